@@ -1,0 +1,321 @@
+"""Tests of alien.py: pure functions first, then against the local test grid."""
+import base64
+import hashlib
+import json
+import os
+import socket
+import ssl
+import struct
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+REPO = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, REPO)
+import alien  # noqa: E402
+
+ALIEN = os.path.join(REPO, 'alien.py')
+
+
+def run_cli(args, env=None, input=None, timeout=60, python=None):
+    """Run `python3 alien.py ARGS` as a user would; returns CompletedProcess (text)."""
+    cmd = [python or sys.executable, ALIEN] + list(args)
+    return subprocess.run(cmd, env=env, input=input, capture_output=True, text=True, timeout=timeout)
+
+
+# ===== core unit tests (no network) =====
+
+def server_frame(opcode, payload, fin=True, masked=False, rsv=0):
+    """A frame as a server would send it (unmasked unless asked)."""
+    head = bytearray([(0x80 if fin else 0) | rsv | opcode])
+    n = len(payload)
+    mbit = 0x80 if masked else 0
+    if n < 126:
+        head.append(mbit | n)
+    elif n < 65536:
+        head.append(mbit | 126)
+        head += struct.pack('!H', n)
+    else:
+        head.append(mbit | 127)
+        head += struct.pack('!Q', n)
+    if masked:
+        mask = b'abcd'
+        head += mask
+        payload = alien.mask_payload(payload, mask)
+    return bytes(head) + payload
+
+
+def decode_client_frame(data):
+    """Inverse of encode_frame, for checking what the client sends."""
+    b0, b1 = data[0], data[1]
+    assert b1 & 0x80, 'client frames must be masked'
+    n, pos = b1 & 0x7F, 2
+    if n == 126:
+        n, pos = struct.unpack_from('!H', data, 2)[0], 4
+    elif n == 127:
+        n, pos = struct.unpack_from('!Q', data, 2)[0], 10
+    mask = data[pos:pos + 4]
+    return bool(b0 & 0x80), b0 & 0x0F, alien.mask_payload(data[pos + 4:pos + 4 + n], mask)
+
+
+@pytest.mark.parametrize('size', [0, 1, 125, 126, 65535, 65536, 200000])
+def test_encode_frame_lengths_roundtrip(size):
+    payload = os.urandom(size)
+    data = alien.encode_frame(alien.OP_TEXT, payload)
+    fin, opcode, got = decode_client_frame(data)
+    assert (fin, opcode, got) == (True, alien.OP_TEXT, payload)
+    expected_header = 2 + 4 + (0 if size < 126 else 2 if size < 65536 else 8)
+    assert len(data) == expected_header + size
+
+
+@pytest.mark.parametrize('size', [0, 5, 125, 126, 300, 65535, 65536, 100000])
+def test_parse_frame_lengths(size):
+    payload = b'x' * size
+    data = server_frame(alien.OP_TEXT, payload)
+    assert alien.parse_frame(data) == (True, alien.OP_TEXT, payload, len(data))
+    for cut in (0, 1, len(data) - 1):  # incomplete input asks for more
+        if cut < len(data):
+            assert alien.parse_frame(data[:cut]) is None
+
+
+@pytest.mark.parametrize('frame,reason', [
+    (server_frame(1, b'hi', masked=True), 'masked'),
+    (server_frame(1, b'hi', rsv=0x40), 'reserved'),
+    (server_frame(3, b'hi'), 'opcode'),
+    (server_frame(9, b'x', fin=False), 'control'),
+    (bytes([0x89, 126]) + struct.pack('!H', 200) + b'x' * 200, 'control'),
+    (bytes([0x81, 127]) + struct.pack('!Q', 1 << 63), 'most significant'),
+    (bytes([0x81, 126]) + struct.pack('!H', 5) + b'hello', 'non-minimal'),
+])
+def test_parse_frame_rejects(frame, reason):
+    with pytest.raises(alien.WebSocketError) as e:
+        alien.parse_frame(frame)
+    assert reason in str(e.value)
+
+
+def test_parse_frame_huge_length_is_an_error_not_an_allocation():
+    frame = bytes([0x81, 127]) + struct.pack('!Q', 1 << 62)
+    with pytest.raises(alien.WebSocketError) as e:
+        alien.parse_frame(frame)
+    assert 'maximum' in str(e.value)
+
+
+def test_assembler_fragments_with_interleaved_control_frames():
+    asm = alien.MessageAssembler()
+    data = (server_frame(alien.OP_TEXT, b'hel', fin=False) + server_frame(alien.OP_PING, b'p1')
+            + server_frame(alien.OP_CONT, b'lo ', fin=False) + server_frame(alien.OP_PONG, b'')
+            + server_frame(alien.OP_CONT, b'world'))
+    for i in range(0, len(data), 3):  # byte-by-byte-ish delivery
+        asm.feed(data[i:i + 3])
+    events = []
+    while True:
+        ev = asm.next_event()
+        if ev is None:
+            break
+        events.append(ev)
+    assert events == [('ping', b'p1'), ('pong', b''), ('message', alien.OP_TEXT, b'hello world')]
+
+
+def test_assembler_rejects_bad_fragment_sequences():
+    asm = alien.MessageAssembler()
+    asm.feed(server_frame(alien.OP_CONT, b'x'))
+    with pytest.raises(alien.WebSocketError):
+        asm.next_event()
+    asm = alien.MessageAssembler()
+    asm.feed(server_frame(alien.OP_TEXT, b'a', fin=False) + server_frame(alien.OP_TEXT, b'b'))
+    with pytest.raises(alien.WebSocketError):
+        asm.next_event()
+
+
+def test_assembler_message_size_limit_counts_fragments():
+    asm = alien.MessageAssembler(max_size=10)
+    asm.feed(server_frame(alien.OP_TEXT, b'x' * 6, fin=False) + server_frame(alien.OP_CONT, b'y' * 6))
+    with pytest.raises(alien.WebSocketError) as e:
+        asm.next_event()
+    assert 'maximum' in str(e.value)
+
+
+def test_close_payload():
+    assert alien.parse_close_payload(b'') == (1005, '')
+    assert alien.parse_close_payload(struct.pack('!H', 1013) + b'Session timed out') == (1013, 'Session timed out')
+    with pytest.raises(alien.WebSocketError):
+        alien.parse_close_payload(b'\x03')
+    with pytest.raises(alien.WebSocketError):
+        alien.parse_close_payload(b'\x03\xe8\xff')
+
+
+def test_handshake_request_and_accept():
+    key = 'dGhlIHNhbXBsZSBub25jZQ=='
+    # RFC 6455 section 1.3 example
+    assert alien.ws_accept_key(key) == 's3pPLMBiTxaQ9kYGzzhZRbK+xOo='
+    req = alien.build_handshake('example.org', 8097, '/websocket/json', key).decode()
+    assert req.startswith('GET /websocket/json HTTP/1.1\r\n')
+    assert 'Host: example.org:8097\r\n' in req and 'Sec-WebSocket-Version: 13\r\n' in req
+    assert req.endswith('\r\n\r\n')
+    ok = ('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n'
+          'Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=').encode()
+    assert alien.parse_handshake_response(ok, key)['upgrade'] == 'websocket'
+
+
+@pytest.mark.parametrize('reply,code', [
+    (b'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: wrong', 107),
+    (b'HTTP/1.1 200 OK\r\nContent-Length: 0', 107),
+    (b'HTTP/1.1 401 Unauthorized', 129),
+    (b'garbage', 107),
+    (b'HTTP/1.1 101 X\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nbroken header', 107),
+])
+def test_handshake_response_errors(reply, code):
+    with pytest.raises(alien.AlienError) as e:
+        alien.parse_handshake_response(reply, 'dGhlIHNhbXBsZSBub25jZQ==')
+    assert e.value.exitcode == code
+
+
+@pytest.mark.parametrize('path,expected', [
+    ('', '/home/u/cwd'),
+    ('.', '/home/u/cwd'),
+    ('..', '/home/u'),
+    ('../x/', '/home/u/x/'),
+    ('f.txt', '/home/u/cwd/f.txt'),
+    ('./a//b/../c', '/home/u/cwd/a/c'),
+    ('~', '/home/u'),
+    ('~/data/', '/home/u/data/'),
+    ('%ALIEN/x', '/home/u/x'),
+    ('/%ALIEN', '/home/u'),
+    ('alien:/abs/p', '/abs/p'),
+    ('alien:///abs/p', '/abs/p'),
+    ('alien:rel', '/home/u/cwd/rel'),
+    ('/a/b/../../..', '/'),
+])
+def test_expand_grid_path(path, expected):
+    assert alien.expand_grid_path(path, '/home/u/cwd/', '/home/u/') == expected
+
+
+def test_expand_local_path(tmp_path):
+    d = tmp_path / 'd'
+    d.mkdir()
+    assert alien.expand_local_path('file:' + str(d)) == str(d) + '/'
+    assert alien.expand_local_path('file://' + str(d / 'f')) == str(d / 'f')
+    assert alien.expand_local_path('~/x').startswith(os.path.expanduser('~'))
+
+
+@pytest.mark.parametrize('line,expected', [
+    ('ls; pwd', ['ls', 'pwd']),
+    ('ls\npwd;;', ['ls', 'pwd']),
+    ('echo "a;b"; pwd', ['echo "a;b"', 'pwd']),
+    ("find '/x;y' z", ["find '/x;y' z"]),
+    ('a\\;b', ['a\\;b']),
+    ('   ', []),
+])
+def test_split_chain(line, expected):
+    assert alien.split_chain(line) == expected
+
+
+def test_split_pipe_and_tokenize():
+    assert alien.split_pipe('ls -l | grep x | wc') == ('ls -l', 'grep x | wc')
+    assert alien.split_pipe("find '/a|b'") == ("find '/a|b'", None)
+    assert alien.tokenize('stat "my file" x') == ['stat', 'my file', 'x']
+    with pytest.raises(alien.AlienError) as e:
+        alien.tokenize('stat "open')
+    assert e.value.exitcode == alien.EX_USAGE
+
+
+@pytest.mark.parametrize('env,expected', [
+    ({}, [('alice-jcentral.cern.ch', 8097)]),
+    ({'ALIENPY_JCENTRAL': 'h.example'}, [('h.example', 8097)]),
+    ({'ALIENPY_JCENTRAL': 'h.example', 'ALIENPY_JCENTRAL_PORT': '9000'}, [('h.example', 9000)]),
+    ({'ALIENPY_JCENTRAL': 'h.example:1234'}, [('h.example', 1234)]),
+    ({'ALIENPY_JCENTRAL': '[::1]:1234'}, [('::1', 1234)]),
+    ({'ALIENPY_JCENTRAL': '::1'}, [('::1', 8097)]),
+    ({'JALIEN_HOST': 'box', 'JALIEN_WSPORT': '1111'}, [('box', 1111), ('alice-jcentral.cern.ch', 8097)]),
+])
+def test_endpoints(env, expected, tmp_path):
+    env = dict(env, TMPDIR=str(tmp_path))
+    assert alien.endpoints(env) == expected
+
+
+def test_endpoint_bad_port():
+    with pytest.raises(alien.AlienError) as e:
+        alien.endpoints({'ALIENPY_JCENTRAL': 'h', 'ALIENPY_JCENTRAL_PORT': 'x'})
+    assert e.value.exitcode == alien.EX_EINVAL
+
+
+def test_interleave_addresses():
+    v4 = [(socket.AF_INET, 1, 6, '', ('1.1.1.%d' % i, 1)) for i in range(3)]
+    v6 = [(socket.AF_INET6, 1, 6, '', ('::%d' % i, 1)) for i in range(2)]
+    out = alien.interleave_addresses(v6 + v4)
+    assert [a[4][0] for a in out] == ['::0', '1.1.1.0', '::1', '1.1.1.1', '1.1.1.2']
+
+
+def test_parse_reply_errors():
+    with pytest.raises(alien.AlienError) as e:
+        alien.parse_reply('')
+    assert e.value.exitcode == alien.EX_EMPTY_REPLY
+    with pytest.raises(alien.AlienError) as e:
+        alien.parse_reply('{not json')
+    assert e.value.exitcode == alien.EX_EINVAL
+    with pytest.raises(alien.AlienError) as e:
+        alien.parse_reply('{"results": []}')
+    assert e.value.exitcode == alien.EX_ENOMSG
+    md, res = alien.parse_reply('{"metadata": {"exitcode": "0"}, "results": [{"message": "a\\/b"}, 3]}')
+    r = alien.reply_to_result(md, res)
+    assert (r.exitcode, r.out, r.results) == (0, 'a/b', [{'message': 'a/b'}])
+    r = alien.reply_to_result({'exitcode': '-1', 'error': 'Incoming JSON not ok'}, [])
+    assert (r.exitcode, r.err) == (-1, 'Incoming JSON not ok')
+
+
+def test_exit_status():
+    assert [alien.exit_status(c) for c in (0, 2, 255, -1, 256, 107)] == [0, 2, 255, 255, 1, 107]
+
+
+def test_write_private_file_is_never_readable_by_others(tmp_path):
+    target = tmp_path / 'tokenkey.pem'
+    target.write_text('old')
+    os.chmod(str(target), 0o644)
+    old_umask = os.umask(0)
+    try:
+        alien.write_private_file(str(target), 'SECRET', 0o400)
+    finally:
+        os.umask(old_umask)
+    assert target.read_text() == 'SECRET\n'
+    assert os.stat(str(target)).st_mode & 0o777 == 0o400
+    assert [p.name for p in tmp_path.iterdir()] == ['tokenkey.pem']  # no temp file left
+
+
+def test_key_with_open_permissions_is_refused(tmp_path):
+    key = tmp_path / 'userkey.pem'
+    key.write_text('x')
+    os.chmod(str(key), 0o644)
+    with pytest.raises(alien.AlienError) as e:
+        alien.check_key_permissions(str(key))
+    assert 'chmod 600' in str(e.value)
+
+
+def test_materialized_pem_is_owner_only(tmp_path):
+    path = alien.materialize_pem('-----BEGIN CERTIFICATE-----\nabc\n-----END CERTIFICATE-----', 'tokencert')
+    try:
+        assert os.stat(path).st_mode & 0o777 == 0o600
+    finally:
+        alien._cleanup_temp_files()
+    assert not os.path.exists(path)
+    assert alien.materialize_pem('/some/path.pem', 'tokencert') == '/some/path.pem'
+
+
+def test_no_credentials_is_one_line_error(tmp_path):
+    env = {'HOME': str(tmp_path), 'TMPDIR': str(tmp_path), 'ALIENPY_JCENTRAL': '127.0.0.1:9'}
+    p = run_cli(['pwd'], env=dict(os.environ, **env))
+    assert p.returncode == alien.EX_NOTCONN
+    assert p.stderr.count('\n') == 1 and 'no valid user certificate or token' in p.stderr
+    assert p.stdout == ''
+
+
+def test_client_side_commands_need_no_connection(tmp_path):
+    env = dict(os.environ, HOME=str(tmp_path), TMPDIR=str(tmp_path), ALIENPY_JCENTRAL='127.0.0.1:9')
+    p = run_cli(['version'], env=env)
+    assert p.returncode == 0 and 'alien.py version' in p.stdout
+    p = run_cli(['exitcode'], env=env)
+    assert (p.returncode, p.stdout) == (0, '0\n')
+    p = run_cli(['token-info'], env=env)
+    assert p.returncode == alien.EX_ENOENT and p.stderr.count('\n') == 1
