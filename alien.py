@@ -491,17 +491,18 @@ class WebSocket(object):
     """A client websocket over a connected (TLS) socket."""
 
     def __init__(self, sock, max_size=DEFAULT_MAX_MESSAGE):
-        self.sock = sock
+        self.sock = sock  # its timeout is the keep-alive interval (ALIENPY_TIMEOUT)
         self.asm = MessageAssembler(max_size)
         self.closed = False
         self.last_activity = time.monotonic()
+        self.ping_sent = False
 
     def handshake(self, host, port, path, headers=()):
         key = base64.b64encode(os.urandom(16)).decode('ascii')
         self.sock.sendall(build_handshake(host, port, path, key, headers))
         data = b''
         while b'\r\n\r\n' not in data:
-            chunk = self._recv_raw()
+            chunk = self._recv_raw(keepalive=False)
             data += chunk
             if len(data) > MAX_HANDSHAKE:
                 raise WebSocketError('handshake: reply headers too long')
@@ -509,17 +510,36 @@ class WebSocket(object):
         parse_handshake_response(head, key)
         self.asm.feed(rest)
 
-    def _recv_raw(self):
-        try:
-            chunk = self.sock.recv(1 << 20)
-        except socket.timeout:
-            raise WebSocketError('timed out waiting for the server')
-        except (OSError, ssl.SSLError) as e:
-            raise WebSocketError('connection lost: %s' % (getattr(e, 'strerror', None) or e))
+    def _recv_raw(self, keepalive=True):
+        """Next bytes from the socket. When the server is silent for one timeout we
+        ping it; silence for another timeout means the connection is dead."""
+        while True:
+            try:
+                chunk = self.sock.recv(1 << 20)
+                break
+            except socket.timeout:
+                if not keepalive or self.ping_sent:
+                    raise WebSocketError('no answer from the server for %.0f s (ALIENPY_TIMEOUT)'
+                                         % (self.sock.gettimeout() or 0))
+                self._send_frame(OP_PING, b'keepalive')
+                self.ping_sent = True
+            except (OSError, ssl.SSLError) as e:
+                raise WebSocketError('connection lost: %s' % (getattr(e, 'strerror', None) or e))
         if not chunk:
             raise WebSocketError('connection closed by the server')
         self.last_activity = time.monotonic()
+        self.ping_sent = False
         return chunk
+
+    def alive(self, idle):
+        """After `idle` seconds without traffic, check the connection with a ping."""
+        if time.monotonic() - self.last_activity < idle:
+            return True
+        try:
+            self.ping(b'idle-check')
+            return True
+        except WebSocketError:
+            return False
 
     def _send_frame(self, opcode, payload):
         try:
@@ -538,13 +558,13 @@ class WebSocket(object):
         t0 = time.monotonic()
         self._send_frame(OP_PING, payload)
         while True:
-            event = self._next_event()
+            event = self._next_event(keepalive=False)
             if event[0] == 'pong' and event[1] == payload:
                 return time.monotonic() - t0
             if event[0] == 'message':
                 raise WebSocketError('unexpected message while waiting for a pong')
 
-    def _next_event(self):
+    def _next_event(self, keepalive=True):
         while True:
             try:
                 event = self.asm.next_event()
@@ -552,7 +572,7 @@ class WebSocket(object):
                 self.close(e.close_code)
                 raise
             if event is None:
-                self.asm.feed(self._recv_raw())
+                self.asm.feed(self._recv_raw(keepalive))
                 continue
             if event[0] == 'ping':
                 self._send_frame(OP_PONG, event[1])
@@ -644,6 +664,15 @@ class WebSocketClientTransport(object):
             raise WebSocketError('connection closed by the server')
         return data
 
+    def alive(self, idle):
+        if time.monotonic() - self.last_activity < idle:
+            return True
+        try:
+            self.ping(b'idle-check')
+            return True
+        except WebSocketError:
+            return False
+
     def ping(self, payload=b''):
         t0 = time.monotonic()
         self._call(self.ws.ping, payload)
@@ -661,6 +690,10 @@ class WebSocketClientTransport(object):
                 pass
 
 
+class TLSError(AlienError):
+    """A TLS failure: retrying the same endpoint cannot help."""
+
+
 def tls_error(e, host):
     """One-line explanation of a TLS failure."""
     reason = getattr(e, 'reason', None) or str(e)
@@ -668,13 +701,13 @@ def tls_error(e, host):
     if 'CERTIFICATE_VERIFY_FAILED' in text or reason == 'CERTIFICATE_VERIFY_FAILED':
         detail = getattr(e, 'verify_message', '') or reason
         if 'hostname' in detail.lower() or "doesn't match" in text or 'match' in detail.lower() and 'host' in detail.lower():
-            return AlienError('TLS: the server certificate does not match the host name %s (%s); '
+            return TLSError('TLS: the server certificate does not match the host name %s (%s); '
                               'ALIENPY_NO_VERIFY_HOSTNAME=1 skips this check' % (host, detail), EX_NOTCONN)
-        return AlienError('TLS: cannot verify the server certificate of %s: %s (check X509_CERT_DIR)'
+        return TLSError('TLS: cannot verify the server certificate of %s: %s (check X509_CERT_DIR)'
                           % (host, detail), EX_NOTCONN)
     if 'CERTIFICATE_UNKNOWN' in text or 'UNKNOWN_CA' in text or 'BAD_CERTIFICATE' in text or 'CERTIFICATE_EXPIRED' in text:
-        return AlienError('TLS: the server rejected our certificate (%s)' % reason, EX_NOTCONN)
-    return AlienError('TLS handshake with %s failed: %s' % (host, reason), EX_NOTCONN)
+        return TLSError('TLS: the server rejected our certificate (%s)' % reason, EX_NOTCONN)
+    return TLSError('TLS handshake with %s failed: %s' % (host, reason), EX_NOTCONN)
 
 
 # ==========================================================================
@@ -824,6 +857,57 @@ def connect_tcp(host, port, environ, timeout=5.0, delay=0.25):
     raise AlienError('cannot connect to %s:%d: %s' % (host, port, '; '.join(errors) or 'no address'), EX_NOTCONN)
 
 
+def proxy_for(host, environ):
+    """(proxy_host, proxy_port, 'user:pass' or None) from https_proxy/HTTPS_PROXY,
+    or None when there is no proxy or no_proxy/NO_PROXY exempts host."""
+    url = environ.get('https_proxy') or environ.get('HTTPS_PROXY') or ''
+    if not url:
+        return None
+    exempt = environ.get('no_proxy') or environ.get('NO_PROXY') or ''
+    h = host.lower().strip('[]')
+    for item in exempt.replace(' ', ',').split(','):
+        item = item.strip().lower()
+        if not item:
+            continue
+        if item == '*':
+            return None
+        item = item.lstrip('*')
+        if h == item.lstrip('.') or (item.startswith('.') and h.endswith(item)) or h.endswith('.' + item):
+            return None
+    m = re.match(r'^(?:[a-zA-Z][a-zA-Z0-9+.-]*://)?(?:([^@/]*)@)?([^/]+?)/?$', url.strip())
+    if not m:
+        raise AlienError('cannot parse https_proxy=%r' % url, EX_EINVAL)
+    phost, pport = parse_hostport(m.group(2), 3128)
+    return phost, pport, m.group(1)
+
+
+def connect_tunnel(sock, host, port, auth=None, timeout=10.0):
+    """HTTP CONNECT through a proxy on an open socket; returns when the tunnel is up."""
+    target = '%s:%d' % (('[%s]' % host) if ':' in host else host, port)
+    lines = ['CONNECT %s HTTP/1.1' % target, 'Host: %s' % target]
+    if auth:
+        from urllib.parse import unquote
+        lines.append('Proxy-Authorization: Basic %s'
+                     % base64.b64encode(unquote(auth).encode()).decode())
+    sock.settimeout(timeout)
+    sock.sendall(('\r\n'.join(lines) + '\r\n\r\n').encode())
+    data = b''
+    while b'\r\n\r\n' not in data:
+        try:
+            chunk = sock.recv(4096)
+        except (OSError, socket.timeout) as e:
+            raise AlienError('proxy CONNECT to %s failed: %s' % (target, e), EX_NOTCONN)
+        if not chunk or len(data) > MAX_HANDSHAKE:
+            raise AlienError('proxy CONNECT to %s: no valid reply' % target, EX_NOTCONN)
+        data += chunk
+    status = data.split(b'\r\n', 1)[0].split()
+    if len(status) < 2 or status[1] != b'200':
+        raise AlienError('proxy refused CONNECT to %s: %s' % (target, data.split(b'\r\n', 1)[0].decode('latin-1')),
+                         EX_NOTCONN)
+    if data.index(b'\r\n\r\n') + 4 != len(data):
+        raise AlienError('proxy sent data before the tunnel was up', EX_NOTCONN)
+
+
 def parse_reply(text):
     """(metadata, results) of a JCentral reply text; AlienError when it is not one."""
     if not text:
@@ -889,7 +973,7 @@ class Session(object):
                     break
                 except AlienError as e:
                     last = e
-                    if e.exitcode != EX_NOTCONN or str(e).startswith('TLS'):
+                    if e.exitcode != EX_NOTCONN or isinstance(e, TLSError):
                         raise
             if self.ws:
                 break
@@ -908,7 +992,16 @@ class Session(object):
         log('connecting to %s' % url)
         if self.environ.get('ALIENPY_TRANSPORT', '').lower() in ('websocket-client', 'websocket_client'):
             return WebSocketClientTransport(url, ctx, host, self.timeout, headers)
-        sock = connect_tcp(host, port, self.environ)
+        proxy = proxy_for(host, self.environ)
+        if proxy:
+            sock = connect_tcp(proxy[0], proxy[1], self.environ)
+            try:
+                connect_tunnel(sock, host, port, proxy[2])
+            except AlienError:
+                sock.close()
+                raise
+        else:
+            sock = connect_tcp(host, port, self.environ)
         try:
             sock.settimeout(self.timeout)
             tls = ctx.wrap_socket(sock, server_hostname=host)
@@ -947,6 +1040,10 @@ class Session(object):
         return result
 
     def _exchange(self, text, command, opts):
+        if self.ws is not None and not self.ws.alive(self.timeout):
+            log('idle connection is dead; reconnecting')
+            self.ws.close()
+            self._reconnect()
         fresh = self.ws is None
         if fresh:
             self.connect()

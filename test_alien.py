@@ -319,3 +319,18 @@ def test_client_side_commands_need_no_connection(tmp_path):
     assert (p.returncode, p.stdout) == (0, '0\n')
     p = run_cli(['token-info'], env=env)
     assert p.returncode == alien.EX_ENOENT and p.stderr.count('\n') == 1
+
+
+@pytest.mark.parametrize('env,host,expected', [
+    ({}, 'h.cern.ch', None),
+    ({'https_proxy': 'http://proxy:3128'}, 'h.cern.ch', ('proxy', 3128, None)),
+    ({'HTTPS_PROXY': 'http://u:p%40ss@proxy:8080/'}, 'h.cern.ch', ('proxy', 8080, 'u:p%40ss')),
+    ({'https_proxy': 'proxy'}, 'h.cern.ch', ('proxy', 3128, None)),
+    ({'https_proxy': 'proxy:1', 'no_proxy': '.cern.ch'}, 'h.cern.ch', None),
+    ({'https_proxy': 'proxy:1', 'no_proxy': 'cern.ch'}, 'h.cern.ch', None),
+    ({'https_proxy': 'proxy:1', 'no_proxy': 'localhost,127.0.0.1'}, '127.0.0.1', None),
+    ({'https_proxy': 'proxy:1', 'no_proxy': 'xcern.ch'}, 'h.cern.ch', ('proxy', 1, None)),
+    ({'https_proxy': 'proxy:1', 'NO_PROXY': '*'}, 'h.cern.ch', None),
+])
+def test_proxy_for(env, host, expected):
+    assert alien.proxy_for(host, env) == expected
