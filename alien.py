@@ -333,7 +333,7 @@ def parse_handshake_response(data, key):
         raise WebSocketError('handshake: undecodable reply')
     lines = text.split('\r\n')
     parts = lines[0].split(' ', 2)
-    if len(parts) < 2 or not parts[0].startswith('HTTP/1.') or not parts[1].isdigit():
+    if len(parts) < 2 or not parts[0].startswith('HTTP/1.') or not re.match(r'^[0-9]{3}$', parts[1]):
         raise WebSocketError('handshake: not an HTTP reply: %r' % lines[0][:80])
     status = int(parts[1])
     if status == 401:
@@ -732,7 +732,7 @@ def parse_hostport(text, default_port):
         host, port = text.split(':')
     else:
         host, port = text, ''
-    if port and not port.isdigit():
+    if port and not re.match(r'^[0-9]{1,5}$', port):
         raise AlienError('invalid port in endpoint %r' % text, EX_EINVAL)
     return host, int(port) if port else default_port
 
@@ -741,7 +741,7 @@ def _env_port(environ, name):
     value = environ.get(name, '')
     if not value:
         return DEFAULT_PORT
-    if not value.strip().isdigit():
+    if not re.match(r'^[0-9]{1,5}$', value.strip()):
         raise AlienError('%s=%r is not a port number' % (name, value), EX_EINVAL)
     return int(value)
 

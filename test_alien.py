@@ -334,3 +334,68 @@ def test_client_side_commands_need_no_connection(tmp_path):
 ])
 def test_proxy_for(env, host, expected):
     assert alien.proxy_for(host, env) == expected
+
+
+# ===== fuzz properties (hypothesis, CI-sized) =====
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+def drain(asm):
+    events = []
+    while True:
+        ev = asm.next_event()
+        if ev is None:
+            return events
+        events.append(ev)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=300), st.integers(min_value=1, max_value=64))
+def test_fuzz_assembler_ends_in_data_or_our_error(data, chunk):
+    asm = alien.MessageAssembler(max_size=1 << 16)
+    try:
+        for i in range(0, len(data), chunk):
+            asm.feed(data[i:i + chunk])
+            drain(asm)
+    except alien.WebSocketError:
+        pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([0, 1, 2, 8, 9, 10]), st.binary(max_size=200), st.booleans()),
+                max_size=8))
+def test_fuzz_frame_sequences(frames):
+    data = b''.join(server_frame(op, p[:125] if op >= 8 else p, fin=fin or op >= 8) for op, p, fin in frames)
+    asm = alien.MessageAssembler()
+    asm.feed(data)
+    try:
+        for ev in drain(asm):
+            assert ev[0] in ('message', 'ping', 'pong', 'close')
+    except alien.WebSocketError:
+        pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=400))
+def test_fuzz_handshake_parser(data):
+    try:
+        alien.parse_handshake_response(data, 'dGhlIHNhbXBsZSBub25jZQ==')
+    except alien.AlienError:
+        pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=200))
+def test_fuzz_reply_parser(text):
+    try:
+        alien.reply_to_result(*alien.parse_reply(text))
+    except alien.AlienError:
+        pass
+
+
+def test_non_ascii_digits_are_not_numbers():
+    # found by fuzz/fuzz_websocket.py: str.isdigit() accepts superscripts, int() does not
+    with pytest.raises(alien.WebSocketError):
+        alien.parse_handshake_response('HTTP/1.1 \u00b901 X'.encode('utf-8'), 'k')
+    with pytest.raises(alien.AlienError):
+        alien.parse_hostport('h:\u00b9', 8097)
