@@ -1,0 +1,1 @@
+"""Local test grid of the alien.py project (see grid.py)."""

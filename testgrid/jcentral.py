@@ -1,0 +1,1078 @@
+"""JCentral-compatible websocket service of the local test grid.
+
+Speaks the protocol of /work/shared/spec/jcentral-protocol.md on
+``wss://127.0.0.1:PORT/websocket/json``: TLS 1.2, a client certificate signed
+by the grid CA is mandatory, its DN is mapped to a user (unmapped DN: HTTP 401
+on the upgrade). One JSON request per text frame, one JSON reply per request,
+all values strings. Catalogue in SQLite (testgrid/catalogue.py), data on the
+grid's xrootd storage elements.
+
+Run: ``python3 -m testgrid.jcentral --workdir DIR --port N`` (grid.py does it).
+
+Fault injection: ``<workdir>/faults.json`` is read at every request (missing
+file = no faults). It maps a command name, or ``"*"`` for every command, to
+an action:
+
+``"refuse"``
+    fail with the command's natural refusal: commit -> 53 ``Invalid request
+    descriptor : Nothing was registered``; access -> 77 ``File descriptor in
+    bad state : No <type> PFNs``; token -> 1; anything else -> 13
+    ``Permission denied``.
+``"exception"``
+    exit code 121 ``Remote I/O error : <command> failed with an exception``.
+``"drop"``
+    close the TCP connection without any reply.
+``"empty"``
+    reply with an empty text frame.
+``"delay:SECONDS"``
+    sleep before executing the command normally.
+``{"exitcode": N, "error": "text"}``
+    reply with exactly that exit code and error, no results.
+
+Example: ``{"commit": "refuse"}`` makes every commit fail with 53.
+"""
+
+import argparse
+import base64
+import fnmatch
+import json
+import os
+import posixpath
+import random
+import re
+import signal
+import socket
+import ssl
+import sys
+import threading
+import time
+import uuid
+
+if __package__ in (None, ''):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    __package__ = 'testgrid'
+
+from testgrid import catalogue as cat_mod  # noqa: E402
+from testgrid.pki import PKI, USER_SUBJECT  # noqa: E402
+
+import websockets  # noqa: E402
+from websockets.sync.server import serve  # noqa: E402
+from websockets.datastructures import Headers  # noqa: E402
+from websockets.http11 import Response  # noqa: E402
+
+SERVER_VERSION = '1.9.9-testgrid'
+
+ENOENT, EIO, EACCES, EEXIST, ENOTDIR, EISDIR, EINVAL, ENOTEMPTY = 2, 5, 13, 17, 20, 21, 22, 39
+EBADR, EBADFD, EREMOTEIO = 53, 77, 121
+STRERROR = {
+    ENOENT: 'No such file or directory', EIO: 'Input/output error', EACCES: 'Permission denied',
+    EEXIST: 'File exists', ENOTDIR: 'Not a directory', EISDIR: 'Is a directory',
+    EINVAL: 'Invalid argument', ENOTEMPTY: 'Directory not empty',
+    EBADR: 'Invalid request descriptor', EBADFD: 'File descriptor in bad state',
+    EREMOTEIO: 'Remote I/O error', 1: 'Operation not permitted',
+}
+
+CP_REFUSED = "'cp' grid command is not implemented. Please use native client's Cp() method"
+GLOBAL_FLAGS = {'-nokeys', '-nomsg', '-silent'}
+HELP_FLAGS = {'-h', '--h', '-help', '--help'}
+
+
+class CmdError(Exception):
+    def __init__(self, code, detail, results=None):
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+        self.results = results or []
+
+    @property
+    def error(self):
+        if self.code in STRERROR:
+            return '%s : %s' % (STRERROR[self.code], self.detail)
+        return self.detail
+
+
+class Drop(Exception):
+    """Close the connection without replying."""
+
+
+def parse_opts(args, flags='', valued=''):
+    """Split args into (set of flags, dict of valued options, positional list).
+
+    flags/valued: space-separated option names without the dash. An unknown
+    option (including one with a space inside, e.g. "-l /") gives EINVAL
+    "<name> is not a recognized option". Clusters of one-letter flags
+    ("-la") are accepted like the server's option parser does.
+    """
+    flags = set(flags.split())
+    valued = set(valued.split())
+    got, vals, pos = set(), {}, []
+    i = 0
+    while i < len(args):
+        a = args[i]
+        i += 1
+        if a.startswith('-') and len(a) > 1 and not _is_number(a):
+            name = a.lstrip('-')
+            if name in flags:
+                got.add(name)
+            elif name in valued:
+                if i >= len(args):
+                    raise CmdError(EINVAL, 'Option %s requires an argument' % name)
+                vals[name] = args[i]
+                i += 1
+            elif name and all(c in flags for c in name) and a.count('-') == 1:
+                got.update(name)
+            else:
+                raise CmdError(EINVAL, '%s is not a recognized option' % name)
+        else:
+            pos.append(a)
+    return got, vals, pos
+
+
+def _is_number(a):
+    try:
+        float(a)
+        return True
+    except ValueError:
+        return False
+
+
+def fmt_time(ms):
+    return time.strftime('%b %d %H:%M', time.localtime(ms / 1000.0))
+
+
+def perm_string(entry):
+    bits = ''
+    for digit in entry['perm'][-3:].rjust(3, '0'):
+        d = int(digit)
+        bits += ('r' if d & 4 else '-') + ('w' if d & 2 else '-') + ('x' if d & 1 else '-')
+    return ('d' if entry['type'] == 'd' else '-') + bits
+
+
+def human_size(n):
+    n = float(n)
+    for unit in ('B', 'KB', 'MB', 'GB', 'TB'):
+        if n < 1024 or unit == 'TB':
+            return ('%d %s' % (n, unit)) if unit == 'B' else ('%.2f %s' % (n, unit))
+        n /= 1024
+
+
+def make_envelope():
+    body = base64.b64encode(os.urandom(768)).decode()
+    return '-----BEGIN SEALED CIPHER-----' + body + '-----END SEALED ENVELOPE-----'
+
+
+def dn_oneline(subject):
+    """getpeercert() subject -> '/C=CH/O=JAliEn/CN=jalien'."""
+    short = {'countryName': 'C', 'organizationName': 'O', 'organizationalUnitName': 'OU',
+             'commonName': 'CN', 'stateOrProvinceName': 'ST', 'localityName': 'L',
+             'emailAddress': 'emailAddress'}
+    parts = []
+    for rdn in subject:
+        for k, v in rdn:
+            parts.append('%s=%s' % (short.get(k, k), v))
+    return '/' + '/'.join(parts)
+
+
+def dn_rfc(oneline):
+    """'/C=CH/O=JAliEn/CN=jalien' -> 'CN=jalien, O=JAliEn, C=CH'."""
+    return ', '.join(reversed([p for p in oneline.split('/') if p]))
+
+
+class Grid:
+    """Shared state of the service: catalogue, storage elements, configuration."""
+
+    def __init__(self, workdir, config):
+        self.workdir = workdir
+        self.config = config
+        self.cat = cat_mod.Catalogue(os.path.join(workdir, 'catalogue.sqlite'))
+        self.cat.init_tree()
+        self.lock = threading.RLock()
+        self.pki = PKI(workdir)
+        self.ses = config['ses']
+        self.users = {USER_SUBJECT: 'jalien'}
+        self.users.update(config.get('users', {}))
+        self.faults_path = os.path.join(workdir, 'faults.json')
+        self.log_path = os.path.join(workdir, 'jcentral.log')
+        self.log_lock = threading.Lock()
+
+    def user_for_dn(self, dn):
+        if dn in self.users:
+            return self.users[dn]
+        m = re.match(r'^/C=CH/O=JAliEn/OU=token/CN=([A-Za-z0-9_.-]+)$', dn)
+        if m and m.group(1) in self.users.values():
+            return m.group(1)
+        return None
+
+    def faults(self):
+        try:
+            with open(self.faults_path) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {}
+
+    def log(self, text):
+        with self.log_lock:
+            with open(self.log_path, 'a') as f:
+                f.write('%s %s\n' % (time.strftime('%H:%M:%S'), text))
+
+    def se_by_name(self, name):
+        for se in self.ses:
+            if se['name'].lower() == name.lower():
+                return se
+        return None
+
+
+class Session:
+    """One websocket connection: user, current directory, command dispatch."""
+
+    def __init__(self, grid, user, dn, cert, peer):
+        self.g = grid
+        self.cat = grid.cat
+        self.user = user
+        self.dn = dn
+        self.cert = cert
+        self.peer = peer
+        self.home = cat_mod.home_of(user)
+        self.cwd = self.home
+
+    # -- request handling ---------------------------------------------------------
+    def handle(self, text):
+        """Reply text for one request frame (or raise Drop)."""
+        try:
+            req = json.loads(text)
+        except ValueError:
+            return json.dumps({'metadata': {'exitcode': '-1', 'error': 'Incoming JSON not ok'},
+                               'results': []})
+        if not isinstance(req, dict):
+            return json.dumps({'metadata': {'exitcode': '-1', 'error': 'Incoming JSON not ok'},
+                               'results': []})
+        if 'command' not in req:
+            return None   # empty frame, then close
+        opts = req.get('options', [])
+        if opts is None:
+            opts = []
+        if not isinstance(opts, list):
+            raise Drop()
+        cmd = str(req['command'])
+        args = [o if isinstance(o, str) else json.dumps(o) if isinstance(o, (dict, list))
+                else str(o).lower() if isinstance(o, bool) else str(o) for o in opts]
+        if cmd == 'cp':
+            return json.dumps({'metadata': {'exitcode': '-1', 'error': CP_REFUSED},
+                               'results': []})
+        nokeys = nomsg = helpme = False
+        rest = []
+        for a in args:
+            if a == '-nokeys':
+                nokeys = True
+            elif a == '-nomsg':
+                nomsg = True
+            elif a == '-silent' or a.startswith('-debug='):
+                pass
+            elif a in HELP_FLAGS:
+                helpme = True
+            elif a.startswith('-pwd='):
+                d = self.resolve(a[5:])
+                e = self.cat.get(d)
+                if e is not None and e['type'] == 'd':
+                    self.cwd = e['lfn']
+            else:
+                rest.append(a)
+        code, error, results = self.run(cmd, rest, helpme)
+        if helpme:
+            nomsg = False
+        out = []
+        for r in results:
+            if nokeys:
+                r = {'message': r['message']} if 'message' in r else {}
+            if nomsg:
+                r = {k: v for k, v in r.items() if k != 'message'}
+            if nokeys and nomsg:
+                continue
+            out.append(r)
+        reply = {'metadata': {'exitcode': str(code), 'error': error, 'user': self.user,
+                              'currentdir': self.cwd},
+                 'results': out}
+        # the Java server escapes '/' inside strings; clients must cope with it
+        return json.dumps(reply).replace('/', '\\/')
+
+    def run(self, cmd, args, helpme):
+        """(exitcode, error, results) of one command."""
+        fault = self.g.faults()
+        action = fault.get(cmd, fault.get('*'))
+        if action is not None:
+            res = self.apply_fault(cmd, action, args)
+            if res is not None:
+                return res
+        fn = COMMANDS.get(cmd)
+        if fn is None:
+            return ENOENT, '%s : Command [%s] not found!' % (STRERROR[ENOENT], cmd), []
+        if helpme:
+            doc = (fn.__doc__ or cmd).strip()
+            return 0, '', [{'message': doc}]
+        try:
+            with self.g.lock:
+                results = fn(self, args)
+            return 0, '', results or []
+        except CmdError as e:
+            return e.code, e.error, e.results
+        except Drop:
+            raise
+        except Exception as e:  # a bug or bad input: the server reports 121
+            self.g.log('EXCEPTION in %s %r: %r' % (cmd, args, e))
+            return EREMOTEIO, '%s : %s' % (STRERROR[EREMOTEIO], e), []
+
+    def apply_fault(self, cmd, action, args):
+        if isinstance(action, dict):
+            return int(action.get('exitcode', 1)), str(action.get('error', '')), []
+        action = str(action)
+        if action == 'refuse':
+            if cmd == 'commit':
+                return EBADR, '%s : Nothing was registered' % STRERROR[EBADR], []
+            if cmd == 'access':
+                kind = 'write' if any(a.startswith('write') for a in args) else 'read'
+                return EBADFD, '%s : No %s PFNs' % (STRERROR[EBADFD], kind), []
+            if cmd == 'token':
+                return 1, 'Operation not permitted : token generation refused', []
+            return EACCES, '%s : %s refused by fault injection' % (STRERROR[EACCES], cmd), []
+        if action == 'exception':
+            return EREMOTEIO, '%s : %s failed with an exception' % (STRERROR[EREMOTEIO], cmd), []
+        if action == 'drop':
+            raise Drop()
+        if action == 'empty':
+            raise EmptyReply()
+        if action.startswith('delay:'):
+            time.sleep(float(action.split(':', 1)[1]))
+        return None
+
+    # -- paths ------------------------------------------------------------------------
+    def resolve(self, p):
+        """Absolute normalised LFN of p (no trailing '/' except for '/')."""
+        p = re.sub(r'^alien:(//)?', '', p)
+        if p == '~' or p.startswith('~/'):
+            p = self.home + p[1:]
+        elif not p.startswith('/'):
+            p = self.cwd + p
+        p = posixpath.normpath(p)
+        if p.startswith('//'):
+            p = p[1:]
+        return p
+
+    def lookup(self, p):
+        return self.cat.get(self.resolve(p))
+
+    def require(self, p):
+        e = self.lookup(p)
+        if e is None:
+            raise CmdError(ENOENT, p)
+        return e
+
+    def can_write(self, dir_entry):
+        return dir_entry['owner'] == self.user
+
+    def dir_for_write(self, lfn, create=False):
+        """Parent directory entry of lfn, checked for write permission."""
+        parent_path = posixpath.dirname(lfn.rstrip('/')) or '/'
+        parent = self.cat.get(parent_path)
+        if parent is None:
+            if not create:
+                raise CmdError(ENOENT, parent_path)
+            anc = parent_path
+            while self.cat.get(anc) is None:
+                anc = posixpath.dirname(anc)
+            if not self.can_write(self.cat.get(anc)):
+                raise CmdError(EACCES, 'Cannot write to %s' % lfn)
+            parent = self.cat.mkdirs(parent_path + '/', self.user)
+        if parent['type'] != 'd':
+            raise CmdError(ENOTDIR, parent_path)
+        if not self.can_write(parent):
+            raise CmdError(EACCES, 'Cannot write to %s' % lfn)
+        return parent
+
+    def se_path(self, se, pfn):
+        """Local file of a replica pfn on one of our SEs (or None)."""
+        m = re.match(r'^root://[^/]+/(/.*)$', pfn)
+        if not m or se is None:
+            return None
+        return os.path.join(se['datadir'], m.group(1).lstrip('/'))
+
+    # -- entry formatting ---------------------------------------------------------------
+    def ls_row(self, e, long, classify, guid):
+        name = e['name'] if e['lfn'] != '/' else '/'
+        if classify and e['type'] == 'd':
+            name += '/'
+        r = {'name': name, 'path': e['lfn']}
+        msg = name
+        if long:
+            r.update(permissions=perm_string(e), user=e['owner'], group=e['gowner'],
+                     size=str(e['size']), ctime=str(e['ctime'] // 1000))
+            msg = '%s   %8s %8s %12d %s    %s' % (perm_string(e), e['owner'], e['gowner'],
+                                                 e['size'], fmt_time(e['ctime']), name)
+        if guid and e['type'] == 'f':
+            r['guid'] = e['guid']
+            if not long:
+                msg = '%s   %s' % (e['guid'], msg)
+        r['message'] = msg
+        return r
+
+
+class EmptyReply(Exception):
+    pass
+
+
+COMMANDS = {}
+
+
+def command(name):
+    def deco(fn):
+        COMMANDS[name] = fn
+        return fn
+    return deco
+
+
+@command('pwd')
+def c_pwd(s, args):
+    """pwd: print the current directory"""
+    parse_opts(args)
+    return [{'pwd': s.cwd, 'message': s.cwd}]
+
+
+@command('cd')
+def c_cd(s, args):
+    """cd [dir]: change the current directory (no argument: home)"""
+    _, _, pos = parse_opts(args)
+    if not pos:
+        s.cwd = s.home
+        return []
+    e = s.lookup(pos[0])
+    if e is None:
+        raise CmdError(ENOENT, pos[0])
+    if e['type'] != 'd':
+        raise CmdError(ENOTDIR, pos[0])
+    s.cwd = e['lfn']
+    return []
+
+
+def _glob_entries(s, arg):
+    """Entries matching arg when its last component holds * or ? (else None)."""
+    base = posixpath.basename(arg.rstrip('/'))
+    if '*' not in base and '?' not in base:
+        return None
+    parent = s.cat.get(posixpath.dirname(s.resolve(arg)) or '/')
+    if parent is None or parent['type'] != 'd':
+        return []
+    return [dict(r) for r in s.cat.children(parent) if fnmatch.fnmatchcase(r['name'], base)]
+
+
+@command('ls')
+def c_ls(s, args):
+    """ls [-l] [-a] [-F] [-b] [-c] [-H] [paths...]"""
+    flags, _, pos = parse_opts(args, 'l a F b c H')
+    long = 'l' in flags or 'H' in flags
+    classify = 'F' in flags
+    out, missing = [], []
+    for p in pos or [s.cwd]:
+        globbed = _glob_entries(s, p)
+        if globbed is not None:
+            if not globbed:
+                missing.append(p)
+            entries = globbed
+        else:
+            e = s.lookup(p)
+            if e is None:
+                missing.append(p)
+                continue
+            if e['type'] == 'd':
+                entries = s.cat.children(e)
+            else:
+                entries = [e]
+        for e in entries:
+            if 'a' not in flags and e['name'].startswith('.'):
+                continue
+            if 'c' in flags:
+                name = e['lfn']
+                out.append({'name': name, 'path': e['lfn'], 'message': name})
+            else:
+                out.append(s.ls_row(e, long, classify, 'b' in flags))
+    if missing:
+        raise CmdError(ENOENT, ' '.join(missing), out)
+    return out
+
+
+@command('mkdir')
+def c_mkdir(s, args):
+    """mkdir [-p] dir...: create directories (-p: with parents, no error if existing)"""
+    flags, _, pos = parse_opts(args, 'p s d')
+    if not pos:
+        raise CmdError(EINVAL, 'No directory name given')
+    for p in pos:
+        lfn = s.resolve(p)
+        e = s.cat.get(lfn)
+        if e is not None:
+            if e['type'] != 'd':
+                raise CmdError(EEXIST, p)
+            if 'p' in flags:
+                continue
+            raise CmdError(EEXIST, p)
+        with s.cat.tx():
+            parent_path = posixpath.dirname(lfn) or '/'
+            parent = s.cat.get(parent_path)
+            if parent is None and 'p' not in flags:
+                raise CmdError(ENOENT, 'Could not create directory: %s' % lfn)
+            parent = s.dir_for_write(lfn, create=True)
+            s.cat.insert(parent, lfn + '/', 'd', s.user)
+    return []
+
+
+@command('rmdir')
+def c_rmdir(s, args):
+    """rmdir dir...: remove empty directories"""
+    _, _, pos = parse_opts(args, 'p')
+    for p in pos:
+        e = s.require(p)
+        if e['type'] != 'd':
+            raise CmdError(ENOTDIR, p)
+        if s.cat.has_children(e):
+            raise CmdError(ENOTEMPTY, p)
+        if s.cwd.startswith(e['lfn']):
+            raise CmdError(EINVAL, 'Cannot delete the directory you are in')
+        s.dir_for_write(e['lfn'])
+        with s.cat.tx():
+            s.cat.delete_subtree(e)
+    return []
+
+
+@command('rm')
+def c_rm(s, args):
+    """rm [-f] [-r] lfn...: remove files (-r: directories recursively)"""
+    flags, _, pos = parse_opts(args, 'f r R i v s')
+    recursive = 'r' in flags or 'R' in flags
+    if not pos:
+        raise CmdError(EINVAL, 'No file to remove')
+    for p in pos:
+        targets = _glob_entries(s, p)
+        if targets is None:
+            e = s.lookup(p)
+            targets = [e] if e is not None else []
+        if not targets:
+            if 'f' in flags:
+                continue
+            raise CmdError(EIO, 'Failed to remove [%s]' % s.resolve(p))
+        for e in targets:
+            if e['type'] == 'd':
+                if not recursive:
+                    raise CmdError(EISDIR, '%s is a directory, use -r' % e['lfn'])
+                if s.cwd.startswith(e['lfn']):
+                    raise CmdError(EINVAL, 'Cannot delete the directory you are in')
+            s.dir_for_write(e['lfn'])
+            with s.cat.tx():
+                orphans = s.cat.delete_subtree(e)
+            for r in orphans:
+                path = s.se_path(s.g.se_by_name(r['se']), r['pfn'])
+                if path:
+                    try:
+                        os.unlink(path)
+                    except OSError:
+                        pass
+    return []
+
+
+@command('mv')
+def c_mv(s, args):
+    """mv src dst: rename or move into an existing directory"""
+    _, _, pos = parse_opts(args)
+    if len(pos) != 2:
+        raise CmdError(EINVAL, 'mv needs a source and a destination')
+    src = s.require(pos[0])
+    s.dir_for_write(src['lfn'])
+    dst_path = s.resolve(pos[1])
+    d = s.cat.get(dst_path)
+    if d is not None and d['type'] == 'd':
+        dst_path = posixpath.join(d['lfn'], src['name'])
+        if s.cat.get(dst_path) is not None:
+            raise CmdError(EEXIST, dst_path)
+    elif d is not None:
+        raise CmdError(EEXIST, pos[1])
+    if src['type'] == 'd' and (dst_path + '/').startswith(src['lfn']):
+        raise CmdError(EINVAL, 'Cannot move a directory into itself')
+    new_parent = s.dir_for_write(dst_path)
+    new_lfn = dst_path + ('/' if src['type'] == 'd' else '')
+    with s.cat.tx():
+        s.cat.move(src, new_parent, new_lfn)
+    if s.cwd.startswith(src['lfn']) and src['type'] == 'd':
+        s.cwd = new_lfn + s.cwd[len(src['lfn']):]
+    return []
+
+
+@command('touch')
+def c_touch(s, args):
+    """touch lfn...: create empty files or update their time"""
+    _, _, pos = parse_opts(args)
+    if not pos:
+        raise CmdError(EINVAL, 'No file name given')
+    for p in pos:
+        lfn = s.resolve(p)
+        e = s.cat.get(lfn)
+        with s.cat.tx():
+            if e is not None:
+                s.cat.db.execute('UPDATE entries SET ctime = ? WHERE id = ?',
+                                 (cat_mod.now_ms(), e['id']))
+                continue
+            parent = s.dir_for_write(lfn)
+            s.cat.insert(parent, lfn, 'f', s.user, size=0, md5=cat_mod.EMPTY_MD5,
+                         guid=str(uuid.uuid1()))
+    return []
+
+
+@command('stat')
+def c_stat(s, args):
+    """stat [-v] lfn...: details of catalogue entries"""
+    flags, _, pos = parse_opts(args, 'v')
+    if not pos:
+        raise CmdError(EINVAL, 'No file name given')
+    out, missing = [], []
+    for p in pos:
+        e = s.lookup(p)
+        if e is None:
+            missing.append(p)
+            continue
+        t = 'f' if e['type'] == 'f' else 'd'
+        r = {'lfn': e['lfn'], 'file': e['lfn'], 'type': t, 'owner': e['owner'],
+             'gowner': e['gowner'], 'perm': e['perm'], 'ctime': str(e['ctime']),
+             'size': str(e['size']), 'md5': e['md5']}
+        lines = ['File: %s' % e['lfn'], 'Type: %s' % t,
+                 'Owner: %s:%s' % (e['owner'], e['gowner']), 'Permissions: %s' % e['perm'],
+                 'Last change: %s (%d)' % (time.strftime('%Y-%m-%d %H:%M:%S.000 (%Z)',
+                                                         time.localtime(e['ctime'] / 1000)),
+                                           e['ctime'])]
+        if t == 'f':
+            lines += ['Size: %d (%s)' % (e['size'], human_size(e['size'])), 'MD5: %s' % e['md5']]
+            if e['guid']:
+                r['guid'] = e['guid']
+                r['mtime'] = str(e['ctime'])
+                lines += ['GUID: %s' % e['guid'],
+                          '\tGUID created on %s (%d) by 02:fc:00:00:00:01' % (
+                              time.strftime('%Y-%m-%d %H:%M:%S.000 (%Z)',
+                                            time.localtime(e['ctime'] / 1000)), e['ctime'])]
+            if 'v' in flags:
+                reps = s.cat.replicas(e['guid'])
+                r['replicas'] = {x['se']: x['pfn'] for x in reps}
+                for x in reps:
+                    lines.append('\t%s\t%s' % (x['se'], x['pfn']))
+        r['message'] = '\n'.join(lines)
+        out.append(r)
+    if missing:
+        raise CmdError(ENOENT, ' '.join(missing), out)
+    return out
+
+
+@command('type')
+def c_type(s, args):
+    """type lfn: file or directory"""
+    _, _, pos = parse_opts(args)
+    if not pos:
+        raise CmdError(EINVAL, 'No file name given')
+    e = s.require(pos[0])
+    word = 'file' if e['type'] == 'f' else 'directory'
+    return [{'lfn': e['lfn'], 'type': word, 'message': word}]
+
+
+FIND_FIELDS = ('lfn', 'size', 'md5', 'ctime', 'type', 'owner', 'gowner', 'perm', 'guid')
+
+
+@command('find')
+def c_find(s, args):
+    """find [-a] [-s] [-d] [-f] [-r] [-c] [-w] [-j JOBID] [-l LIMIT] [-o OFFSET] dir pattern"""
+    flags, vals, pos = parse_opts(args, 'a s d f r c w x y z', 'j l o')
+    if len(pos) == 1 and '*' in pos[0]:
+        full = s.resolve(pos[0])
+        head, _, tail = full.partition('*')
+        base = head[:head.rfind('/') + 1]
+        pos = [base, full[len(base):]]
+    if len(pos) < 2:
+        raise CmdError(EINVAL, 'find needs a directory and a pattern')
+    base = s.lookup(pos[0])
+    if base is None:
+        raise CmdError(ENOENT, pos[0])
+    if base['type'] != 'd':
+        raise CmdError(ENOTDIR, pos[0])
+    pattern = pos[1]
+    try:
+        limit = int(vals['l']) if 'l' in vals else None
+        offset = int(vals.get('o', 0))
+    except ValueError:
+        raise CmdError(EINVAL, 'limit and offset must be numbers') from None
+    if 'r' in flags:
+        try:
+            rx = re.compile(pattern)
+        except re.error as e:
+            raise CmdError(EINVAL, 'Invalid regular expression %s: %s' % (pattern, e)) from None
+        match = lambda lfn, rel: rx.search(lfn) is not None  # noqa: E731
+    else:
+        pieces = [re.escape(x) for x in pattern.split('*')]
+        rx = re.compile('.*'.join(pieces), re.S)
+        match = lambda lfn, rel: rx.search(rel) is not None  # noqa: E731
+    root = base['lfn']
+    n0 = len(root)
+    hidden = 'a' not in flags
+    jobid = vals.get('j')
+    found = []
+    for row in s.cat.subtree(root, order='s' not in flags):
+        lfn = row[3]
+        if row[4] == 'd' and 'd' not in flags:
+            continue
+        rel = lfn[n0:]
+        if hidden and ('/.' in '/' + rel):
+            continue
+        if jobid is not None and row[12] != jobid:
+            continue
+        if not match(lfn, rel):
+            continue
+        found.append(row)
+    if offset:
+        found = found[offset:]
+    if limit is not None:
+        found = found[:limit]
+    out = []
+    full_fields = 'f' in flags
+    for row in found:
+        lfn = row[3]
+        if full_fields:
+            r = {'lfn': lfn, 'size': str(row[8]), 'md5': row[9], 'ctime': str(row[10]),
+                 'type': row[4], 'owner': row[5], 'gowner': row[6], 'perm': row[7],
+                 'guid': row[11], 'name': row[2], 'jobid': row[12], 'message': lfn}
+        else:
+            r = {'lfn': lfn, 'message': lfn}
+        if 'w' in flags:
+            e = dict(row)
+            r['message'] = '%s   %8s %8s %12d %s     %s' % (
+                perm_string(e), e['owner'], e['gowner'], e['size'], fmt_time(e['ctime']), lfn)
+        out.append(r)
+    if 'c' in flags:
+        out.append({'message': 'Found %d maching entries' % len(out)})
+    return out
+
+
+@command('whoami')
+def c_whoami(s, args):
+    """whoami [-v]: the user this connection is mapped to"""
+    parse_opts(args, 'v')
+    exp = ''
+    if s.cert and s.cert.get('notAfter'):
+        exp = str(int(ssl.cert_time_to_seconds(s.cert['notAfter'])))
+    return [{'username': s.user, 'role': s.user, 'roles': '%s,vobox' % s.user,
+             'fullname': 'JAliEn test user', 'email': '%s@localhost' % s.user,
+             'certificate_dn': dn_rfc(s.dn), 'certificate_expires': exp,
+             'connected_from': s.peer, 'homedir': s.home, 'message': s.user}]
+
+
+@command('whereis')
+def c_whereis(s, args):
+    """whereis [-g] [-r] [-l] lfn: replicas of a file"""
+    flags, _, pos = parse_opts(args, 'g r l s')
+    if not pos:
+        raise CmdError(EINVAL, 'No file name given')
+    e = s.require(pos[0])
+    if e['type'] != 'f':
+        raise CmdError(EISDIR, pos[0])
+    out = []
+    for i, r in enumerate(s.cat.replicas(e['guid'])):
+        se = s.g.se_by_name(r['se'])
+        line = '\t SE => %-30s pfn => %s' % (r['se'], r['pfn'])
+        if i == 0:
+            line = 'the file %s is in\n\n%s' % (e['name'], line)
+        out.append({'seNumber': str(se['number']) if se else '0', 'seName': r['se'],
+                    'pfn': r['pfn'], 'message': line})
+    return out
+
+
+def _parse_specs(s, specs):
+    wanted, excluded, count = [], set(), None
+    for item in specs:
+        for sp in item.split(','):
+            sp = sp.strip()
+            if not sp:
+                continue
+            if sp.lower().startswith('disk:') or sp.lower().startswith('tape:'):
+                try:
+                    count = int(sp.split(':', 1)[1])
+                except ValueError:
+                    raise CmdError(EINVAL, 'Invalid storage specifier %s' % sp) from None
+            elif sp.startswith('!'):
+                excluded.add(sp[1:].lower())
+            else:
+                se = s.g.se_by_name(sp)
+                if se is not None and se not in wanted:
+                    wanted.append(se)
+    return wanted, excluded, count
+
+
+@command('access')
+def c_access(s, args):
+    """access [-s SIZE] [-m MD5] [-j JOBID] read|write-once|write LFN [SE specifiers]"""
+    flags, vals, pos = parse_opts(args, 'f u', 's m j')
+    if len(pos) < 2:
+        raise CmdError(EINVAL, 'access needs an access type and an LFN')
+    kind, path = pos[0], pos[1]
+    lfn = s.resolve(path)
+    if kind == 'read':
+        e = s.cat.get(lfn)
+        reps = s.cat.replicas(e['guid']) if e is not None and e['type'] == 'f' else []
+        if not reps:
+            raise CmdError(EBADFD, 'No read PFNs')
+        if len(pos) > 2:
+            wanted, excluded, _ = _parse_specs(s, pos[2:])
+            names = [w['name'].lower() for w in wanted]
+            reps = [r for r in reps if r['se'].lower() not in excluded]
+            reps.sort(key=lambda r: 0 if r['se'].lower() in names else 1)
+            if not reps:
+                raise CmdError(EBADFD, 'No read PFNs')
+        return [{'url': r['pfn'], 'envelope': make_envelope(), 'guid': e['guid'],
+                 'se': r['se'], 'tags': '[disk]', 'nSEs': str(len(reps)), 'md5': e['md5'],
+                 'size': str(e['size']), 'message': r['pfn']} for r in reps]
+    if not kind.startswith('write'):
+        raise CmdError(EINVAL, 'Unknown access type %s' % kind)
+    if s.cat.get(lfn) is not None:
+        raise CmdError(EBADFD, 'No write PFNs')
+    _check_creatable(s, lfn)
+    try:
+        size = int(vals.get('s', 0))
+    except ValueError:
+        raise CmdError(EINVAL, 'Invalid size %s' % vals['s']) from None
+    md5 = vals.get('m', '')
+    wanted, excluded, count = _parse_specs(s, pos[2:])
+    if count is None:
+        count = len(wanted) if wanted else 2
+    count = max(count, len(wanted))
+    avail = [se for se in wanted if se['name'].lower() not in excluded]
+    avail += [se for se in s.g.ses if se not in avail and se['name'].lower() not in excluded]
+    chosen = avail[:count]
+    if not chosen:
+        raise CmdError(EBADFD, 'No write PFNs')
+    guid = str(uuid.uuid1())
+    h = int(uuid.UUID(guid).hex[-8:], 16)
+    rel = '%02d/%05d/%s' % (h % 16, (h >> 4) % 100000, guid)
+    out = []
+    now = cat_mod.now_ms()
+    with s.cat.tx():
+        for se in chosen:
+            url = 'root://127.0.0.1:%d//%s' % (se['port'], rel)
+            env = make_envelope()
+            s.cat.db.execute('INSERT INTO bookings VALUES (?,?,?,?,?,?,?,?)',
+                             (env, lfn, guid, se['name'], url, size, md5, now))
+            _prepare_se_dir(se, rel)
+            out.append({'url': url, 'envelope': env, 'guid': guid, 'se': se['name'],
+                        'tags': '[disk]', 'nSEs': str(len(chosen)), 'md5': md5,
+                        'size': str(size), 'message': url})
+    return out
+
+
+def _check_creatable(s, lfn):
+    anc = posixpath.dirname(lfn) or '/'
+    while s.cat.get(anc) is None:
+        anc = posixpath.dirname(anc)
+    e = s.cat.get(anc)
+    if e['type'] != 'd':
+        raise CmdError(ENOTDIR, anc)
+    if not s.can_write(e):
+        raise CmdError(EACCES, 'Cannot write to %s' % lfn)
+
+
+def _prepare_se_dir(se, rel):
+    """Create the replica's parent directories on the SE, owned by the server user."""
+    d = os.path.join(se['datadir'], os.path.dirname(rel))
+    if os.path.isdir(d):
+        return
+    top = se['datadir']
+    os.makedirs(d, exist_ok=True)
+    uid, gid = se.get('uid'), se.get('gid')
+    if uid is not None and os.geteuid() == 0:
+        p = d
+        while p != top and p.startswith(top):
+            try:
+                os.chown(p, uid, gid)
+            except OSError:
+                pass
+            p = os.path.dirname(p)
+
+
+@command('commit')
+def c_commit(s, args):
+    """commit ENVELOPE SIZE LFN PERM EXPIRE URL SE GUID MD5: register an uploaded replica"""
+    _, _, pos = parse_opts(args)
+    nothing = CmdError(EBADR, 'Nothing was registered')
+    if len(pos) < 3:
+        raise nothing
+    envelope = pos[0]
+    size = pos[1]
+    lfn = s.resolve(pos[2])
+    perm = pos[3] if len(pos) > 3 and re.match(r'^[0-7]{3,4}$', pos[3]) else '755'
+    md5 = pos[8] if len(pos) > 8 else ''
+    b = s.cat.db.execute('SELECT * FROM bookings WHERE envelope = ?', (envelope,)).fetchone()
+    if b is None or b['lfn'] != lfn:
+        nothing.results = [{'path': lfn, 'lfn': '0', 'pfn': pos[5] if len(pos) > 5 else '',
+                            'message': '%s 0' % lfn}]
+        raise nothing
+    try:
+        size = int(size)
+    except ValueError:
+        size = b['size']
+    md5 = md5 or b['md5']
+    with s.cat.tx():
+        e = s.cat.get(lfn)
+        if e is None:
+            parent = s.dir_for_write(lfn, create=True)
+            e = s.cat.insert(parent, lfn, 'f', s.user, perm=perm[-3:], size=size, md5=md5,
+                             guid=b['guid'])
+        elif e['guid'] != b['guid']:
+            raise nothing
+        s.cat.db.execute('INSERT OR REPLACE INTO replicas VALUES (?,?,?)',
+                         (b['guid'], b['se'], b['pfn']))
+        s.cat.db.execute('DELETE FROM bookings WHERE envelope = ?', (envelope,))
+    return [{'path': lfn, 'lfn': '1', 'pfn': b['pfn'], 'message': '%s 1' % lfn}]
+
+
+@command('listSEs')
+def c_listses(s, args):
+    """listSEs [-qos tags] [-s] [names...]"""
+    flags, vals, pos = parse_opts(args, 's', 'qos')
+    out = []
+    for se in s.g.ses:
+        if pos and not any(p.lower() in se['name'].lower() for p in pos):
+            continue
+        used, count = s.cat.db.execute(
+            'SELECT COALESCE(SUM(e.size), 0), COUNT(*) FROM replicas r JOIN entries e'
+            ' ON e.guid = r.guid WHERE r.se = ?', (se['name'],)).fetchone()
+        total = 100 * 1024 ** 3
+        r = {'seName': se['name'], 'seNumber': str(se['number']), 'totalSpace': str(total),
+             'usedSpace': str(used), 'freeSpace': str(total - used), 'fileCount': str(count),
+             'demoteRead': '0.0', 'demoteWrite': '0.0', 'qos': 'disk',
+             'endpointUrl': se['url']}
+        r['message'] = '%-32s %4s  %s' % (se['name'], se['number'], se['url'])
+        out.append(r)
+    return out
+
+
+@command('token')
+def c_token(s, args):
+    """token [-v DAYS] [-u USER] [-t TYPE] [-jobid ID] [-hostname FQDN] [-f]: a new token"""
+    _, vals, _ = parse_opts(args, 'f', 'v u t jobid hostname')
+    try:
+        days = int(vals.get('v', 1))
+    except ValueError:
+        raise CmdError(EINVAL, 'Invalid validity %s' % vals['v']) from None
+    days = max(1, min(days, 30))
+    cert, key, subject, expires = s.g.pki.issue_token(s.user, days)
+    msg = 'DN: %s\nExpires: %s\n%s%s' % (subject, expires, cert, key)
+    return [{'tokencert': cert, 'tokenkey': key, 'message': msg.rstrip('\n')}]
+
+
+@command('version')
+def c_version(s, args):
+    """version: server version"""
+    parse_opts(args)
+    return [{'tag': SERVER_VERSION, 'git_hash': '0000000', 'compiled_at': '2026-01-01 00:00',
+             'compiled_by': 'testgrid',
+             'message': 'JAliEn %s (testgrid)' % SERVER_VERSION}]
+
+
+@command('commandlist')
+def c_commandlist(s, args):
+    """commandlist: the commands this server knows"""
+    names = sorted(set(COMMANDS) | {'cp'})
+    out = [{'message': '\n'.join(names), 'commandlist': names[0]}]
+    out += [{'commandlist': n} for n in names[1:]]
+    return out
+
+
+# -- server -------------------------------------------------------------------------------
+
+def make_ssl_context(host_cert, host_key, ca_file):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_verify_locations(cafile=ca_file)
+    ctx.load_cert_chain(host_cert, host_key)
+    return ctx
+
+
+def build_server(grid, port, host_cert, host_key, host='127.0.0.1'):
+    ctx = make_ssl_context(host_cert, host_key, grid.pki.ca_cert)
+
+    def identify(connection):
+        cert = connection.socket.getpeercert() or {}
+        dn = dn_oneline(cert.get('subject', ()))
+        return cert, dn, grid.user_for_dn(dn)
+
+    def process_request(connection, request):
+        path = request.path.split('?', 1)[0]
+        if path not in ('/websocket/json', '/websocket/plain'):
+            return connection.respond(404, 'Not found\n')
+        cert, dn, user = identify(connection)
+        if user is None:
+            grid.log('401 for DN %s' % dn)
+            return connection.respond(401, 'Unauthorized: certificate DN %s is not mapped\n'
+                                      % dn)
+        return None
+
+    def handler(connection):
+        cert, dn, user = identify(connection)
+        peer = connection.remote_address[0] if connection.remote_address else ''
+        sess = Session(grid, user, dn, cert, peer)
+        grid.log('connect %s as %s from %s' % (dn, user, peer))
+        for msg in connection:
+            if isinstance(msg, bytes):
+                msg = msg.decode('utf-8', 'replace')
+            t0 = time.time()
+            try:
+                reply = sess.handle(msg)
+            except Drop:
+                grid.log('drop connection after %.200s' % msg)
+                try:
+                    connection.socket.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                connection.socket.close()
+                return
+            except EmptyReply:
+                connection.send('')
+                continue
+            if reply is None:
+                connection.send('')
+                connection.close()
+                return
+            connection.send(reply)
+            grid.log('%.3fs %.200s' % (time.time() - t0, msg))
+
+    server = serve(handler, host, port, ssl=ctx, process_request=process_request,
+                   ping_interval=None, max_size=64 * 2 ** 20, compression='deflate',
+                   server_header='JAliEn-testgrid/%s' % SERVER_VERSION)
+    return server
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--workdir', required=True)
+    ap.add_argument('--port', type=int, required=True)
+    ap.add_argument('--host-cert')
+    ap.add_argument('--host-key')
+    a = ap.parse_args(argv)
+    workdir = os.path.abspath(a.workdir)
+    with open(os.path.join(workdir, 'config.json')) as f:
+        config = json.load(f)
+    grid = Grid(workdir, config)
+    server = build_server(grid, a.port, a.host_cert or grid.pki.host_cert,
+                          a.host_key or grid.pki.host_key)
+
+    def on_term(signum, frame):
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    grid.log('listening on 127.0.0.1:%d' % a.port)
+    server.serve_forever()
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
