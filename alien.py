@@ -24,7 +24,6 @@ import socket
 import ssl
 import struct
 import sys
-import tempfile
 import time
 
 VERSION = '0.1.0'
@@ -128,7 +127,7 @@ def _cleanup_temp_files():
 
 def tmpdir(environ=None):
     environ = os.environ if environ is None else environ
-    return environ.get('TMPDIR') or tempfile.gettempdir()
+    return environ.get('TMPDIR') or environ.get('TEMP') or environ.get('TMP') or '/tmp'
 
 
 def credential_paths(environ=None):
@@ -151,6 +150,7 @@ def materialize_pem(value, kind):
     """A path stays a path; PEM contents become an owner-only temp file (removed at exit)."""
     if not is_pem_content(value):
         return value
+    import tempfile
     fd, path = tempfile.mkstemp(prefix='%s_%d_' % (kind, os.getuid()), suffix='.pem')  # 0600
     with os.fdopen(fd, 'w') as f:
         f.write(value.strip() + '\n')
@@ -276,6 +276,7 @@ def write_private_file(path, text, mode=0o400):
     """Write text to path atomically, owner-only from the first byte: temp file
     created 0600 in the same directory, fsync, chmod, rename over the target."""
     directory = os.path.dirname(os.path.abspath(path))
+    import tempfile
     fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.')
     try:
         with os.fdopen(fd, 'w') as f:
@@ -496,6 +497,7 @@ class WebSocket(object):
         self.closed = False
         self.last_activity = time.monotonic()
         self.ping_sent = False
+        self.bufsize = 65536  # grows up to 4 MiB while replies keep filling it
 
     def handshake(self, host, port, path, headers=()):
         key = base64.b64encode(os.urandom(16)).decode('ascii')
@@ -515,7 +517,7 @@ class WebSocket(object):
         ping it; silence for another timeout means the connection is dead."""
         while True:
             try:
-                chunk = self.sock.recv(1 << 20)
+                chunk = self.sock.recv(self.bufsize)
                 break
             except socket.timeout:
                 if not keepalive or self.ping_sent:
@@ -529,6 +531,8 @@ class WebSocket(object):
             raise WebSocketError('connection closed by the server')
         self.last_activity = time.monotonic()
         self.ping_sent = False
+        if len(chunk) >= self.bufsize and self.bufsize < (4 << 20):
+            self.bufsize *= 2
         return chunk
 
     def alive(self, idle):
