@@ -704,7 +704,7 @@ def tls_error(e, host):
     text = str(e)
     if 'CERTIFICATE_VERIFY_FAILED' in text or reason == 'CERTIFICATE_VERIFY_FAILED':
         detail = getattr(e, 'verify_message', '') or reason
-        if 'hostname' in detail.lower() or "doesn't match" in text or 'match' in detail.lower() and 'host' in detail.lower():
+        if 'mismatch' in detail.lower() or "doesn't match" in text:
             return TLSError('TLS: the server certificate does not match the host name %s (%s); '
                               'ALIENPY_NO_VERIFY_HOSTNAME=1 skips this check' % (host, detail), EX_NOTCONN)
         return TLSError('TLS: cannot verify the server certificate of %s: %s (check X509_CERT_DIR)'

@@ -399,3 +399,190 @@ def test_non_ascii_digits_are_not_numbers():
         alien.parse_handshake_response('HTTP/1.1 \u00b901 X'.encode('utf-8'), 'k')
     with pytest.raises(alien.AlienError):
         alien.parse_hostport('h:\u00b9', 8097)
+
+
+# ===== core integration tests (command mode against the test grid) =====
+import re  # noqa: E402
+import shutil  # noqa: E402
+
+CLIENT_VARS = ('ALIENPY_', 'X509_', 'JALIEN_', 'https_proxy', 'HTTPS_PROXY')
+KEEP_VARS = ('ALIENPY_TRANSPORT',)  # the transport under test comes from the outside
+
+
+@pytest.fixture
+def cenv(grid_state, tmp_path):
+    """Environment of a user of the test grid with a fresh HOME and no token yet."""
+    env = {k: v for k, v in os.environ.items() if k in KEEP_VARS or not k.startswith(CLIENT_VARS)}
+    env.update(grid_state['env'])
+    home, tmp = tmp_path / 'home', tmp_path / 'tmp'
+    home.mkdir()
+    tmp.mkdir()
+    env.update(HOME=str(home), TMPDIR=str(tmp),
+               JALIEN_TOKEN_CERT=str(tmp / 'tokencert.pem'), JALIEN_TOKEN_KEY=str(tmp / 'tokenkey.pem'))
+    return env
+
+
+def one_line_error(p):
+    return p.returncode != 0 and p.stdout == '' and p.stderr.count('\n') == 1 and 'Traceback' not in p.stderr
+
+
+def test_pwd_whoami_and_token_written_owner_only(cenv, grid_state):
+    p = run_cli(['pwd'], env=cenv)
+    assert (p.returncode, p.stdout, p.stderr) == (0, grid_state['home'] + '\n', '')
+    for name in ('JALIEN_TOKEN_CERT', 'JALIEN_TOKEN_KEY'):
+        assert os.stat(cenv[name]).st_mode & 0o777 == 0o400
+    p = run_cli(['whoami -json'], env=cenv)  # now connects with the token
+    reply = json.loads(p.stdout)
+    assert reply['results'][0]['username'] == 'jalien'
+    assert 'OU=token' in reply['results'][0]['certificate_dn'] or 'token' in reply['results'][0]['certificate_dn']
+
+
+def test_chain_cwd_and_cd_minus(cenv, grid_state):
+    home = grid_state['home']
+    p = run_cli(['mkdir -p chain1/sub; cd chain1; pwd; ls; cd -; pwd; cd chain1/sub; cd; pwd'], env=cenv)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines() == [home + 'chain1/', 'sub/', home, home]
+    p = run_cli(['cd', home + 'chain1'], env=cenv)  # several argv words are joined with quoting
+    assert p.returncode == 0
+
+
+def test_errors_go_to_stderr_with_the_server_exit_code(cenv):
+    cases = [('ls /nonexistent', 2, 'No such file or directory : /nonexistent\n'),
+             ('ls -z', 22, 'Invalid argument : z is not a recognized option\n'),
+             ('bogus', 2, 'No such file or directory : Command [bogus] not found!\n'),
+             ('rm /no/such/file', 5, None)]
+    for line, code, err in cases:
+        p = run_cli([line], env=cenv)
+        assert p.returncode == code and p.stdout == '', (line, p)
+        if err:
+            assert p.stderr == err
+
+
+def test_exit_code_is_the_last_commands(cenv):
+    assert run_cli(['ls /nonexistent; pwd'], env=cenv).returncode == 0
+    p = run_cli(['pwd; ls /nonexistent'], env=cenv)
+    assert p.returncode == 2 and p.stdout.endswith('/\n')
+
+
+def test_json_output(cenv, grid_state):
+    p = run_cli(['ls', '-json', grid_state['home']], env=cenv)
+    reply = json.loads(p.stdout)
+    assert set(reply) == {'metadata', 'results'} and reply['metadata']['exitcode'] == '0'
+    p = run_cli(['-json', 'pwd'], env=cenv)
+    assert json.loads(p.stdout)['results'][0]['pwd'] == grid_state['home']
+    env = dict(cenv, ALIENPY_JSON='1')
+    p = run_cli(['version'], env=env)  # a client-side command has no reply dict
+    assert p.returncode == 0 and 'did not return a json dictionary' in p.stderr
+
+
+def test_ls_aliases(cenv, grid_state):
+    run_cli(['mkdir -p lsal/.hidden lsal/vis'], env=cenv)
+    base = grid_state['home'] + 'lsal/'
+    assert run_cli(['ls ' + base], env=cenv).stdout == 'vis/\n'
+    assert sorted(run_cli(['la ' + base], env=cenv).stdout.split()) == ['.hidden/', 'vis/']
+    assert run_cli(['ll ' + base], env=cenv).stdout.startswith('drwx')
+    assert '.hidden/' in run_cli(['lla ' + base], env=cenv).stdout
+
+
+def test_embedding_api(cenv, grid_state):
+    s = alien.Session(environ=cenv)
+    try:
+        r = s.run('mkdir -p embed; cd embed; pwd')
+        assert (r.exitcode, r.out) == (0, grid_state['home'] + 'embed/')
+        assert s.cwd == grid_state['home'] + 'embed/' and s.home == grid_state['home'] and s.user == 'jalien'
+        r = s.run('ls /nonexistent')
+        assert r.exitcode == 2 and 'No such file' in r.err
+        r = s.request('stat', ['-nomsg', s.grid_path('..')])
+        assert r.results[0]['type'] == 'd'
+    finally:
+        s.close()
+
+
+def test_token_given_as_pem_contents(cenv, tmp_path):
+    assert run_cli(['pwd'], env=cenv).returncode == 0  # writes the token files
+    env = dict(cenv, JALIEN_TOKEN_CERT=open(cenv['JALIEN_TOKEN_CERT']).read(),
+               JALIEN_TOKEN_KEY=open(cenv['JALIEN_TOKEN_KEY']).read(),
+               X509_USER_CERT='/nonexistent', X509_USER_KEY='/nonexistent', TMPDIR=str(tmp_path / 'tmp2'))
+    os.mkdir(env['TMPDIR'])
+    p = run_cli(['pwd'], env=env)
+    assert p.returncode == 0, p.stderr
+    assert os.listdir(env['TMPDIR']) == []  # the temporary PEM files are gone
+
+
+def test_endpoint_host_port_forms(cenv):
+    port = cenv['ALIENPY_JCENTRAL_PORT']
+    env = dict(cenv, ALIENPY_JCENTRAL='127.0.0.1:%s' % port, ALIENPY_JCENTRAL_PORT='1')
+    assert run_cli(['pwd'], env=env).returncode == 0
+    env = dict(cenv, ALIENPY_JCENTRAL='localhost')
+    assert run_cli(['pwd'], env=env).returncode == 0
+
+
+def test_connection_refused_is_107(cenv):
+    env = dict(cenv, ALIENPY_JCENTRAL='127.0.0.1:1', ALIENPY_CONNECT_TRIES='2', ALIENPY_CONNECT_TRIES_INTERVAL='0')
+    p = run_cli(['pwd'], env=env)
+    assert p.returncode == 107 and one_line_error(p) and 'refused' in p.stderr
+
+
+def _other_ca_dir(grid_state, tmp_path):
+    d = tmp_path / 'otherca'
+    d.mkdir()
+    shutil.copy(os.path.join(grid_state['workdir'], 'pki', 'other-ca', 'ca.pem'), str(d / 'ca.pem'))
+    subprocess.run(['openssl', 'rehash', str(d)], check=True)
+    return str(d)
+
+
+def test_tls_wrong_ca(cenv, grid_state, tmp_path):
+    env = dict(cenv, X509_CERT_DIR=_other_ca_dir(grid_state, tmp_path))
+    p = run_cli(['pwd'], env=env)
+    assert p.returncode == 107 and one_line_error(p) and 'verify' in p.stderr
+
+
+def test_tls_untrusted_client_certificate(cenv, grid_state):
+    from testgrid import grid
+    cert, key = grid.make_user_cert(grid_state['workdir'], 'othercauser', ca='other')
+    env = dict(cenv, X509_USER_CERT=cert, X509_USER_KEY=key)
+    p = run_cli(['pwd'], env=env)
+    assert p.returncode == 107 and one_line_error(p), p
+
+
+def test_tls_expired_user_certificate(cenv, grid_state):
+    from testgrid import grid
+    cert, key = grid.make_user_cert(grid_state['workdir'], 'expireduser', expired=True)
+    env = dict(cenv, X509_USER_CERT=cert, X509_USER_KEY=key)
+    p = run_cli(['pwd'], env=env)
+    assert p.returncode == 107 and one_line_error(p) and 'expired' in p.stderr
+
+
+def test_tls_unmapped_dn_is_129(cenv, grid_state):
+    from testgrid import grid
+    cert, key = grid.make_user_cert(grid_state['workdir'], 'nobody', cn='nobody')
+    env = dict(cenv, X509_USER_CERT=cert, X509_USER_KEY=key)
+    p = run_cli(['pwd'], env=env)
+    assert p.returncode == 129 and one_line_error(p), p
+
+
+def test_tls_hostname_mismatch(cenv, grid_state):
+    from testgrid import grid
+    cert, key = grid.make_host_cert(grid_state['workdir'], 'wronghost', san=('DNS:wrong.example',))
+    port = grid.start_service(grid_state['workdir'], host_cert=cert, host_key=key)
+    env = dict(cenv, ALIENPY_JCENTRAL='127.0.0.1:%d' % port)
+    p = run_cli(['pwd'], env=env)
+    assert p.returncode == 107 and one_line_error(p) and 'host name' in p.stderr, p
+    env['ALIENPY_NO_VERIFY_HOSTNAME'] = '1'  # the documented switch; the chain is still verified
+    assert run_cli(['pwd'], env=env).returncode == 0
+
+
+def test_group_readable_key_is_refused(cenv, tmp_path):
+    key = tmp_path / 'key.pem'
+    shutil.copy(cenv['X509_USER_KEY'], str(key))
+    os.chmod(str(key), 0o640)
+    p = run_cli(['pwd'], env=dict(cenv, X509_USER_KEY=str(key)))
+    assert p.returncode == 107 and one_line_error(p) and 'chmod 600' in p.stderr
+
+@pytest.fixture(scope='session')
+def grid_state():
+    from testgrid import grid
+    d = os.path.join(REPO, '.testgrid-pytest')
+    state = grid.start(d, fresh=True)
+    yield state
+    grid.stop(d)
