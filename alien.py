@@ -10,8 +10,19 @@ alternative transport (ALIENPY_TRANSPORT=websocket-client).
 Embedding (batch wrappers)::
 
     import alien
-    s = alien.Session()
-    r = s.run('ls -l /alice/')      # -> Result(exitcode, out, err, results)
+    s = alien.Session()             # or Session(environ={...}); connects lazily
+    r = s.run('ls -l /alice/')      # -> Result
+    r.exitcode                      # int, 0 = success (the process exit code)
+    r.out, r.err                    # printed text: stdout on success, stderr otherwise
+    r.results                       # list of dicts, one per reply row (all values str)
+    s.run('cd /alice/; ls')         # chains; the cwd lives in the session (s.cwd)
+    s.request('stat', ['-nomsg', '/alice/x'])   # one server command, raw rows
+    s.close()
+
+Session.run applies ~/.alienpy_aliases like the shell (set s.aliases = {} to
+turn that off); output of '!cmd' and 'cmd | shellcmd' goes to the real stdout.
+No arguments start the interactive shell (readline history in ~/.alienpy_history,
+tab completion, last directory restored from ~/.alienpy_session).
 """
 
 import base64
@@ -1717,6 +1728,23 @@ def cmd_popd(session, args):
     return Result(0, _stack_text(session))
 
 
+def _refuse_arguments(*names):
+    """Commands that take no arguments say so instead of ignoring a typo."""
+    for name in names:
+        cmd = COMMANDS.get(name)
+        if cmd is None:
+            continue
+
+        def handler(session, args, _inner=cmd.handler, _cmd=cmd):
+            if args:
+                return Result(EX_USAGE, '', '%s: unexpected argument %r (usage: %s)'
+                              % (_cmd.name, args[0], _cmd.usage.strip()))
+            return _inner(session, args)
+        cmd.handler = handler
+
+
+_refuse_arguments('home', 'version', 'exitcode', '$?', 'token-destroy')
+
 # ==========================================================================
 # Interactive shell
 # ==========================================================================
@@ -1903,8 +1931,8 @@ class Shell(object):
         if m:
             prefix, word = m.group(1), word[m.end():]
         dirpart, base = word[:word.rfind('/') + 1], word[word.rfind('/') + 1:]
-        if dirpart.startswith('~') or '%ALIEN' in dirpart or not self.session.cwd:
-            self.session.home or self.session.request('pwd')
+        if not self.session.cwd:
+            self.session.request('pwd')
         directory = self.session.grid_path(dirpart) if dirpart else self.session.cwd
         out = []
         for name in self.listing(directory):
