@@ -579,6 +579,250 @@ def test_group_readable_key_is_refused(cenv, tmp_path):
     p = run_cli(['pwd'], env=dict(cenv, X509_USER_KEY=str(key)))
     assert p.returncode == 107 and one_line_error(p) and 'chmod 600' in p.stderr
 
+
+
+# ===== fault tests: a hostile websocket server =====
+
+class Hostile(object):
+    """A TLS websocket server on loopback that misbehaves on purpose. Each accepted
+    connection is handed to script(server, conn, index) after a correct (or the
+    given) handshake reply. Client messages are collected in .messages."""
+
+    def __init__(self, grid_state, script, handshake=None):
+        self.script = script
+        self.handshake = handshake
+        self.messages = []
+        self.connections = 0
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(grid_state['pki']['host_cert'], grid_state['pki']['host_key'])
+        self.ctx = ctx
+        self.sock = socket.socket()
+        self.sock.bind(('127.0.0.1', 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.stop = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while not self.stop:
+            try:
+                raw, _ = self.sock.accept()
+            except OSError:
+                return
+            index = self.connections
+            self.connections += 1
+            threading.Thread(target=self._handle, args=(raw, index), daemon=True).start()
+
+    def _handle(self, raw, index):
+        try:
+            conn = self.ctx.wrap_socket(raw, server_side=True)
+            data = b''
+            while b'\r\n\r\n' not in data:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                data += chunk
+            key = re.search(rb'Sec-WebSocket-Key: (\S+)', data).group(1).decode()
+            reply = self.handshake or ('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n'
+                                       'Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n'
+                                       % alien.ws_accept_key(key)).encode()
+            conn.sendall(reply)
+            self.script(self, conn, index)
+        except (OSError, ssl.SSLError, AttributeError):
+            pass
+        finally:
+            try:
+                raw.close()
+            except OSError:
+                pass
+
+    def recv(self, conn):
+        """Next client frame (opcode, payload); None when the client went away."""
+        data = b''
+        while True:
+            try:
+                while len(data) < 2 or len(data) < self._need(data):
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return None
+                    data += chunk
+            except OSError:
+                return None
+            fin, opcode, payload = decode_client_frame(data)
+            if opcode == alien.OP_TEXT:
+                self.messages.append(json.loads(payload))
+            return opcode, payload
+
+    @staticmethod
+    def _need(data):
+        n = data[1] & 0x7F
+        if n == 126:
+            return 8 if len(data) < 4 else 8 + struct.unpack_from('!H', data, 2)[0]
+        if n == 127:
+            return 14 if len(data) < 10 else 14 + struct.unpack_from('!Q', data, 2)[0]
+        return 6 + n
+
+    def reply(self, conn, cwd='/localhost/localdomain/user/j/jalien/', message='ok', code='0'):
+        conn.sendall(server_frame(alien.OP_TEXT, json.dumps(
+            {'metadata': {'exitcode': code, 'error': '', 'user': 'jalien', 'currentdir': cwd},
+             'results': [{'message': message}] if message is not None else []}).encode()))
+
+    def close(self):
+        self.stop = True
+        self.sock.close()
+
+
+@pytest.fixture
+def henv(cenv, grid_state):
+    """Client environment with a valid token, so no token request goes to the hostile server."""
+    return dict(cenv, JALIEN_TOKEN_CERT=grid_state['pki']['token_cert'], JALIEN_TOKEN_KEY=grid_state['pki']['token_key'],
+                ALIENPY_TIMEOUT='1', ALIENPY_CONNECT_TRIES='1')
+
+
+# The diagnostics below are those of alien.py's own websocket code; with the
+# websocket-client transport the same faults end in the same exit codes and one-line
+# errors, worded by that library.
+OWN_TRANSPORT = os.environ.get('ALIENPY_TRANSPORT', '') in ('', 'builtin')
+
+
+def hostile_run(grid_state, henv, script, line='pwd', handshake=None, timeout=20):
+    server = Hostile(grid_state, script, handshake)
+    try:
+        t0 = time.monotonic()
+        p = run_cli([line], env=dict(henv, ALIENPY_JCENTRAL='127.0.0.1:%d' % server.port), timeout=timeout)
+        return p, time.monotonic() - t0, server
+    finally:
+        server.close()
+
+
+def then_send(data, close=True):
+    def script(server, conn, index):
+        server.recv(conn)
+        conn.sendall(data)
+        if close:
+            conn.close()
+        else:
+            time.sleep(5)
+    return script
+
+
+@pytest.mark.parametrize('data,code,words', [
+    (b'\x81\x7e\x01', 107, 'closed by the server'),                     # closes mid-header
+    (server_frame(1, b'{"metadata": {"exitcode": "0"}, "results": [{"message": "x"}]}')[:20], 107,
+     'closed by the server'),                                            # closes mid-reply
+    (b'HTTP/1.1 500 garbage garbage', 107, 'reserved'),                 # not websocket frames
+    (server_frame(1, b'\xff\xfe not utf-8'), 107, 'UTF-8'),
+    (server_frame(1, b'{"metadata": '), 22, 'not JSON'),
+    (server_frame(1, b'[1, 2]'), 42, 'format'),
+    (server_frame(1, b''), 70, 'empty'),
+    (bytes([0x81, 127]) + struct.pack('!Q', 1 << 62), 107, 'maximum'),
+    (server_frame(1, b'{}', masked=True), 107, 'masked'),  # websocket-client accepts it: then 42
+    (server_frame(2, b'binary'), 107, 'binary'),
+])
+def test_hostile_replies_end_in_one_line_errors(grid_state, henv, data, code, words):
+    p, elapsed, server = hostile_run(grid_state, henv, then_send(data, close='closed' in words), line='rm /x')
+    assert one_line_error(p), p
+    assert (p.returncode == code and words in p.stderr) or not OWN_TRANSPORT, p
+    assert elapsed < 10
+    assert [m['command'] for m in server.messages] == ['rm']  # never sent twice
+
+
+def test_bad_handshake_replies(grid_state, henv):
+    for reply, code in ((b'HTTP/1.1 401 Unauthorized\r\n\r\n', 129),
+                        (b'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n'
+                         b'Sec-WebSocket-Accept: wrong\r\n\r\n', 107),
+                        (b'\x00' * 70000, 107)):
+        p, _, _ = hostile_run(grid_state, henv, lambda s, c, i: time.sleep(3), handshake=reply)
+        assert p.returncode == code and one_line_error(p), p
+
+
+def test_server_never_answers_times_out(grid_state, henv):
+    def script(server, conn, index):
+        while server.recv(conn) is not None:  # reads the request and our keep-alive ping, answers nothing
+            pass
+    p, elapsed, _ = hostile_run(grid_state, henv, script, line='rm /x')
+    assert p.returncode == 107 and one_line_error(p) and elapsed < 8
+    if OWN_TRANSPORT:
+        assert 'no answer' in p.stderr and elapsed > 1.5  # ALIENPY_TIMEOUT=1: one ping, then give up
+
+
+def test_slow_server_answering_pings_is_waited_for(grid_state, henv):
+    def script(server, conn, index):
+        server.recv(conn)
+        for _ in range(3):  # silent for 3 keep-alive periods, but answers the pings
+            frame = server.recv(conn)
+            if frame and frame[0] == alien.OP_PING:
+                conn.sendall(server_frame(alien.OP_PONG, frame[1]))
+        server.reply(conn, message='late but fine')
+        time.sleep(1)
+    p, elapsed, _ = hostile_run(grid_state, henv, script, line='find / x')
+    assert (p.returncode, p.stdout) == (0, 'late but fine\n'), p
+
+
+def test_slow_trickle_reply(grid_state, henv):
+    def script(server, conn, index):
+        server.recv(conn)
+        frame = server_frame(1, json.dumps({'metadata': {'exitcode': '0'}, 'results': [{'message': 'slow'}]}).encode())
+        for i in range(0, len(frame), 8):
+            conn.sendall(frame[i:i + 8])
+            time.sleep(0.02)
+        time.sleep(1)
+    p, _, _ = hostile_run(grid_state, henv, script)
+    assert (p.returncode, p.stdout) == (0, 'slow\n'), p
+
+
+def test_fragment_storm_and_interleaved_pings(grid_state, henv):
+    text = json.dumps({'metadata': {'exitcode': '0'}, 'results': [{'message': 'y' * 5000}]}).encode()
+
+    def script(server, conn, index):
+        server.recv(conn)
+        frames = [server_frame(alien.OP_TEXT if i == 0 else alien.OP_CONT, text[i:i + 1], fin=(i == len(text) - 1))
+                  + (server_frame(alien.OP_PING, b'p') if i % 100 == 0 else b'') for i in range(len(text))]
+        conn.sendall(b''.join(frames))
+        time.sleep(2)
+    p, elapsed, server = hostile_run(grid_state, henv, script)
+    assert (p.returncode, p.stdout) == (0, 'y' * 5000 + '\n'), p.stderr
+
+
+def test_read_only_command_is_resent_after_the_connection_dies(grid_state, henv):
+    def script(server, conn, index):
+        msg = server.recv(conn)
+        if index == 0:
+            server.reply(conn, cwd='/localhost/localdomain/user/j/jalien/sub/', message=None)  # cd sub
+            server.recv(conn)                                                   # pwd ... then die
+            conn.close()
+            return
+        while msg is not None:
+            cmd = server.messages[-1]
+            server.reply(conn, cwd='/localhost/localdomain/user/j/jalien/sub/',
+                         message=cmd['command'] + ' ' + ' '.join(cmd['options']))
+            msg = server.recv(conn)
+    p, _, server = hostile_run(grid_state, henv, script, line='cd sub; pwd')
+    assert p.returncode == 0, p.stderr
+    sent = [(m['command'], m['options']) for m in server.messages]
+    # the new connection restores the cwd first, then sends pwd again
+    assert sent == [('cd', ['-nokeys', 'sub']), ('pwd', ['-nokeys']),
+                    ('cd', ['/localhost/localdomain/user/j/jalien/sub/']), ('pwd', ['-nokeys'])]
+    assert p.stdout == 'pwd -nokeys\n'
+
+
+def test_modifying_command_is_never_sent_twice(grid_state, henv):
+    def script(server, conn, index):
+        server.recv(conn)
+        conn.close()  # dies after receiving rm: did it happen? nobody knows
+    p, _, server = hostile_run(grid_state, henv, script, line='rm -f /a/file')
+    assert p.returncode == 107 and one_line_error(p) and 'unknown' in p.stderr
+    assert [m['command'] for m in server.messages] == ['rm']
+
+
+def test_ping_without_pong_times_out(grid_state, henv):
+    def script(server, conn, index):
+        while server.recv(conn) is not None:
+            pass
+    p, elapsed, _ = hostile_run(grid_state, henv, script, line='ping 1')
+    assert p.returncode == 107 and one_line_error(p) and elapsed < 8, p
+
 @pytest.fixture(scope='session')
 def grid_state():
     from testgrid import grid
