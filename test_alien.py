@@ -823,6 +823,47 @@ def test_ping_without_pong_times_out(grid_state, henv):
     p, elapsed, _ = hostile_run(grid_state, henv, script, line='ping 1')
     assert p.returncode == 107 and one_line_error(p) and elapsed < 8, p
 
+
+
+# ===== conformance with the reference client (alienpy from PyPI) =====
+REFERENCE = os.environ.get('ALIENPY_REFERENCE', os.path.join(REPO, '.venv-ref', 'bin', 'alien.py'))
+CONFORMANCE_LINES = [
+    'pwd', 'whoami', 'ls', 'ls -l conf', 'ls -a conf', 'ls -l -a conf/', 'ls conf/sub', 'ls /nonexistent', 'ls -z',
+    'stat conf/f1', 'stat /no/such', 'find conf f', 'find conf .txt', 'find -r conf f[0-9]', 'type conf/f1',
+    'type conf', 'listSEs', 'whereis conf/f1', 'cd conf; pwd; ls', 'cd /nonexistent', 'cd conf/f1',
+    'mkdir -p conf/new/deep; ls conf/new; rmdir conf/new/deep; rmdir conf/new; ls conf',
+    'mkdir conf/x/y', 'touch conf/t; ls conf; rm conf/t; ls conf', 'rm conf/missing',
+    'mv conf/f1 conf/f1b; ls conf; mv conf/f1b conf/f1', 'rmdir conf', 'commandlist', 'whoami -v',
+]
+
+
+def _normalize_times(text):
+    return re.sub(r'[A-Z][a-z]{2} [ 0-9]\d \d\d:\d\d', 'MMM DD HH:MM', text)
+
+
+def test_conformance_with_the_reference_client(cenv, grid_state):
+    """The same command lines through alienpy 1.7.0 and alien.py: identical stdout and
+    exit codes (proves the test grid speaks the protocol the reference client expects)."""
+    assert os.access(REFERENCE, os.X_OK), 'reference client missing: run .ci/setup'
+    home = grid_state['home']
+    setup = ('mkdir -p {h}conf/sub; touch {h}conf/f1; touch {h}conf/f2.txt; touch {h}conf/.hidden'
+             .format(h=home))
+    assert run_cli([setup], env=cenv).returncode == 0
+    env = dict(cenv, ALIENPY_NO_CWD_RESTORE='1')
+    mismatches, seen = [], {}
+    for line in CONFORMANCE_LINES:
+        ref = subprocess.run([REFERENCE, line], env=env, capture_output=True, text=True, timeout=60)
+        ours = run_cli([line], env=env)
+        seen[line] = (ours.returncode, ours.stdout)
+        if (_normalize_times(ref.stdout), ref.returncode) != (_normalize_times(ours.stdout), ours.returncode):
+            mismatches.append((line, ref.returncode, ref.stdout[:300], ours.returncode, ours.stdout[:300]))
+        assert 'Traceback' not in ours.stderr
+    assert mismatches == []
+    # not vacuous: real listings and real errors were compared
+    assert seen['ls -l conf'][0] == 0 and 'f2.txt' in seen['ls -l conf'][1] and 'sub/' in seen['ls -l conf'][1]
+    assert seen['ls /nonexistent'][0] == 2 and seen['ls -z'][0] == 22 and seen['rm conf/missing'][0] != 0
+    assert seen['find conf .txt'][1] == home + 'conf/f2.txt\n'
+
 @pytest.fixture(scope='session')
 def grid_state():
     from testgrid import grid
