@@ -11,6 +11,8 @@ import sys
 import threading
 import time
 
+import shutil
+
 import pytest
 
 REPO = os.path.dirname(os.path.abspath(__file__))
@@ -400,6 +402,34 @@ def test_non_ascii_digits_are_not_numbers():
     with pytest.raises(alien.AlienError):
         alien.parse_hostport('h:\u00b9', 8097)
 
+
+
+def test_pip_install_exposes_the_alien_py_command(tmp_path):
+    venv = tmp_path / 'venv'
+    subprocess.run([sys.executable, '-m', 'venv', str(venv)], check=True)
+    p = subprocess.run([str(venv / 'bin' / 'pip'), 'install', '-q', '--disable-pip-version-check', REPO],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    p = subprocess.run([str(venv / 'bin' / 'alien.py'), 'version'], capture_output=True, text=True, cwd=str(tmp_path))
+    assert p.returncode == 0 and 'alien.py version: %s' % alien.VERSION in p.stdout, p.stderr
+    assert str(venv) in p.stdout  # the installed module ran, not this checkout's
+
+
+def test_vermin_python36():
+    vermin = shutil.which('vermin') or os.path.join(os.path.dirname(sys.executable), 'vermin')
+    p = subprocess.run([vermin, '-t=3.6-', '--no-tips', '--violations', ALIEN], capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout + p.stderr
+    p = subprocess.run([vermin, '-t=3.6-', '--no-tips', ALIEN], capture_output=True, text=True)
+    assert 'Minimum required versions: 3.6' in p.stdout, p.stdout
+
+
+def test_imports_with_the_standard_library_only():
+    code = ("import importlib.util as u; s = u.spec_from_file_location('alien', %r); m = u.module_from_spec(s); "
+            "s.loader.exec_module(m); import sys; "
+            "bad = [n for n in ('XRootD', 'gfal2', 'websocket', 'websockets') if n in sys.modules]; "
+            "assert not bad, bad" % ALIEN)
+    p = subprocess.run([sys.executable, '-I', '-S', '-c', code], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
 
 # ===== core integration tests (command mode against the test grid) =====
 import re  # noqa: E402
