@@ -115,9 +115,11 @@ class Catalogue:
                               (keys[0], keys[-1])).fetchone()
         return dict(row) if row else None
 
-    def children(self, entry):
-        cur = self.db.execute('SELECT * FROM entries WHERE parent = ? ORDER BY name',
-                              (entry['id'],))
+    def children(self, entry, as_dict=False):
+        cur = self.db.cursor()
+        if as_dict:
+            cur.row_factory = _dict_row
+        cur.execute('SELECT * FROM entries WHERE parent = ? ORDER BY name', (entry['id'],))
         return cur
 
     def has_children(self, entry):
@@ -189,6 +191,10 @@ class Catalogue:
                             (new_lfn, len(old) + 1, lo, hi))
         self.db.execute('UPDATE entries SET lfn = ?, name = ?, parent = ? WHERE id = ?',
                         (new_lfn, name, new_parent['id'], entry['id']))
+
+
+def _dict_row(cursor, row):
+    return dict(zip(COLUMNS, row))
 
 
 class _Tx:

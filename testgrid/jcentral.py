@@ -35,6 +35,7 @@ Example: ``{"commit": "refuse"}`` makes every commit fail with 53.
 import argparse
 import base64
 import fnmatch
+import hashlib
 import json
 import os
 import posixpath
@@ -136,16 +137,33 @@ def _is_number(a):
         return False
 
 
+_TIME_CACHE = {}
+
+
 def fmt_time(ms):
-    return time.strftime('%b %d %H:%M', time.localtime(ms / 1000.0))
+    """Java 'MMM dd HH:mm' in local time (cached per minute: listings repeat times)."""
+    minute = ms // 60000
+    r = _TIME_CACHE.get(minute)
+    if r is None:
+        if len(_TIME_CACHE) > 100000:
+            _TIME_CACHE.clear()
+        r = _TIME_CACHE[minute] = time.strftime('%b %d %H:%M', time.localtime(minute * 60))
+    return r
+
+
+_PERM_CACHE = {}
 
 
 def perm_string(entry):
-    bits = ''
-    for digit in entry['perm'][-3:].rjust(3, '0'):
-        d = int(digit)
-        bits += ('r' if d & 4 else '-') + ('w' if d & 2 else '-') + ('x' if d & 1 else '-')
-    return ('d' if entry['type'] == 'd' else '-') + bits
+    key = (entry['type'], entry['perm'])
+    r = _PERM_CACHE.get(key)
+    if r is None:
+        bits = ''
+        for digit in entry['perm'][-3:].rjust(3, '0'):
+            d = int(digit)
+            bits += ('r' if d & 4 else '-') + ('w' if d & 2 else '-') + ('x' if d & 1 else '-')
+        r = _PERM_CACHE[key] = ('d' if entry['type'] == 'd' else '-') + bits
+    return r
 
 
 def human_size(n):
@@ -482,7 +500,7 @@ def c_ls(s, args):
                 missing.append(p)
                 continue
             if e['type'] == 'd':
-                entries = s.cat.children(e)
+                entries = s.cat.children(e, as_dict=True)
             else:
                 entries = [e]
         for e in entries:
@@ -849,7 +867,7 @@ def c_access(s, args):
     if not chosen:
         raise CmdError(EBADFD, 'No write PFNs')
     guid = str(uuid.uuid1())
-    h = int(uuid.UUID(guid).hex[-8:], 16)
+    h = int(hashlib.md5(guid.encode()).hexdigest()[:8], 16)
     rel = '%02d/%05d/%s' % (h % 16, (h >> 4) % 100000, guid)
     out = []
     now = cat_mod.now_ms()
@@ -898,7 +916,7 @@ def _prepare_se_dir(se, rel):
 @command('commit')
 def c_commit(s, args):
     """commit ENVELOPE SIZE LFN PERM EXPIRE URL SE GUID MD5: register an uploaded replica"""
-    _, _, pos = parse_opts(args)
+    pos = list(args)   # positional only: the envelope itself starts with dashes
     nothing = CmdError(EBADR, 'Nothing was registered')
     if len(pos) < 3:
         raise nothing
