@@ -579,3 +579,35 @@ def test_reference_client_alienpy(grid_state, tg_dir, tmp_path):
     p = _tg_alienpy(grid_state, 'ls /nonexistent', tok)
     assert p.returncode == 2
     assert p.stderr.strip() == 'No such file or directory : /nonexistent'
+
+
+def test_fault_actions_and_idle_timeout(grid_state):
+    from testgrid import grid
+    from websockets.exceptions import ConnectionClosed
+    try:
+        grid.set_faults(_TG_DIR, {'whoami': 'empty', 'version': 'drop', 'type': 'exception'})
+        with _tg_ws(grid_state) as c:
+            c.send(_tg_json.dumps({'command': 'whoami', 'options': []}))
+            assert c.recv(timeout=5) == ''
+            r = _tg_call(c, 'type', ['/'])
+            assert r['metadata']['exitcode'] == '121'
+            c.send(_tg_json.dumps({'command': 'version', 'options': []}))
+            with pytest.raises((ConnectionClosed, OSError, EOFError)):
+                c.recv(timeout=5)
+        grid.set_faults(_TG_DIR, {'idle_timeout': 0.3})
+        with _tg_ws(grid_state) as c:
+            assert _tg_ok(_tg_call(c, 'pwd'))
+            with pytest.raises(ConnectionClosed) as ei:
+                c.recv(timeout=5)
+            assert ei.value.rcvd.code == 1013 and ei.value.rcvd.reason == 'Session timed out'
+    finally:
+        grid.set_faults(_TG_DIR, None)
+
+
+def test_md5sum_guid_commands(grid_state, tg_dir):
+    with _tg_ws(grid_state) as c:
+        _tg_ok(_tg_call(c, 'touch', [tg_dir + 'g.txt']))
+        g = _tg_ok(_tg_call(c, 'lfn2guid', [tg_dir + 'g.txt']))[0]['guid']
+        assert _tg_ok(_tg_call(c, 'guid2lfn', [g]))[0]['lfn'] == tg_dir + 'g.txt'
+        m = _tg_ok(_tg_call(c, 'md5sum', [tg_dir + 'g.txt']))[0]
+        assert m['md5'] == 'd41d8cd98f00b204e9800998ecf8427e'

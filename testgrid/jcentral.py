@@ -29,6 +29,10 @@ an action:
 ``{"exitcode": N, "error": "text"}``
     reply with exactly that exit code and error, no results.
 
+Besides command names, the key ``"idle_timeout"`` (seconds, default 900) sets
+after how long a silent session is closed with code 1013 "Session timed out";
+it is read while waiting for the next request.
+
 Example: ``{"commit": "refuse"}`` makes every commit fail with 53.
 """
 
@@ -57,6 +61,7 @@ from testgrid import catalogue as cat_mod  # noqa: E402
 from testgrid.pki import PKI, USER_SUBJECT  # noqa: E402
 
 import websockets  # noqa: E402
+from websockets.exceptions import ConnectionClosed  # noqa: E402
 from websockets.sync.server import serve  # noqa: E402
 from websockets.datastructures import Headers  # noqa: E402
 from websockets.http11 import Response  # noqa: E402
@@ -227,6 +232,15 @@ class Grid:
                 return json.load(f)
         except (OSError, ValueError):
             return {}
+
+    def idle_timeout(self):
+        """Seconds of silence after which a session is closed (1013 "Session timed out").
+
+        900 like the real server; faults.json key "idle_timeout" overrides it."""
+        try:
+            return float(self.faults().get('idle_timeout', 900))
+        except (TypeError, ValueError, AttributeError):
+            return 900.0
 
     def log(self, text):
         with self.log_lock:
@@ -993,6 +1007,52 @@ def c_version(s, args):
              'message': 'JAliEn %s (testgrid)' % SERVER_VERSION}]
 
 
+@command('md5sum')
+def c_md5sum(s, args):
+    """md5sum lfn...: catalogue md5 of files"""
+    _, _, pos = parse_opts(args)
+    out = []
+    for p in pos:
+        e = s.require(p)
+        if e['type'] != 'f':
+            raise CmdError(EISDIR, p)
+        out.append({'lfn': e['lfn'], 'md5': e['md5'], 'message': '%s\t%s' % (e['md5'], e['lfn'])})
+    return out
+
+
+@command('lfn2guid')
+def c_lfn2guid(s, args):
+    """lfn2guid lfn: the GUID of a file"""
+    _, _, pos = parse_opts(args)
+    if not pos:
+        raise CmdError(EINVAL, 'No file name given')
+    e = s.require(pos[0])
+    if e['type'] != 'f':
+        raise CmdError(EISDIR, pos[0])
+    return [{'lfn': e['lfn'], 'guid': e['guid'], 'message': '%s\t\t%s' % (e['lfn'], e['guid'])}]
+
+
+@command('guid2lfn')
+def c_guid2lfn(s, args):
+    """guid2lfn guid: the LFN of a GUID"""
+    _, _, pos = parse_opts(args)
+    if not pos:
+        raise CmdError(EINVAL, 'No GUID given')
+    row = s.cat.db.execute('SELECT lfn FROM entries WHERE guid = ? LIMIT 1',
+                           (pos[0].lower(),)).fetchone()
+    if row is None:
+        raise CmdError(ENOENT, pos[0])
+    return [{'guid': pos[0], 'lfn': row[0], 'message': '%s\t\t%s' % (pos[0], row[0])}]
+
+
+@command('setSite')
+def c_setsite(s, args):
+    """setSite SITE: site affinity (accepted, no effect here)"""
+    _, _, pos = parse_opts(args)
+    s.site = pos[0] if pos else ''
+    return []
+
+
 @command('commandlist')
 def c_commandlist(s, args):
     """commandlist: the commands this server knows"""
@@ -1038,7 +1098,16 @@ def build_server(grid, port, host_cert, host_key, host='127.0.0.1'):
         peer = connection.remote_address[0] if connection.remote_address else ''
         sess = Session(grid, user, dn, cert, peer)
         grid.log('connect %s as %s from %s' % (dn, user, peer))
-        for msg in connection:
+        while True:
+            idle = grid.idle_timeout()
+            try:
+                msg = connection.recv(timeout=idle)
+            except TimeoutError:
+                grid.log('idle for %s s: closing' % idle)
+                connection.close(1013, 'Session timed out')
+                return
+            except ConnectionClosed:
+                return
             if isinstance(msg, bytes):
                 msg = msg.decode('utf-8', 'replace')
             t0 = time.time()
@@ -1053,13 +1122,15 @@ def build_server(grid, port, host_cert, host_key, host='127.0.0.1'):
                 connection.socket.close()
                 return
             except EmptyReply:
-                connection.send('')
-                continue
-            if reply is None:
-                connection.send('')
-                connection.close()
+                reply = ''
+            try:
+                if reply is None:
+                    connection.send('')
+                    connection.close()
+                    return
+                connection.send(reply)
+            except ConnectionClosed:
                 return
-            connection.send(reply)
             grid.log('%.3fs %.200s' % (time.time() - t0, msg))
 
     server = serve(handler, host, port, ssl=ctx, process_request=process_request,
