@@ -166,27 +166,66 @@ def _spawn(argv, log_path, env=None):
 
 
 def _wait_ready(items, timeout=READY_TIMEOUT):
-    """items: list of (label, pid, port, logfile). Wait until each port accepts."""
+    """items: list of (label, pid, port, logfile, proof) -- wait until each is serving.
+
+    Ready = the process is alive, its port accepts connections and proof() is true.
+    proof() ties the port to *our* process (a pid file it wrote after binding), so a
+    port grabbed by somebody else between the probe and the bind is caught."""
     pending = list(items)
     end = time.time() + timeout
     while pending:
         for it in list(pending):
-            label, pid, port, logfile = it
+            label, pid, port, logfile, proof = it
             if not _alive(pid):
                 raise GridError('%s (pid %d) died during start-up; see %s:\n%s'
                                 % (label, pid, logfile, _tail(logfile)))
-            if _port_open(port):
+            if _port_open(port) and (proof is None or proof()):
                 pending.remove(it)
         if pending:
             if time.time() > end:
                 raise GridError('%s not ready on port %d after %.0f s; see %s'
                                 % (pending[0][0], pending[0][2], timeout, pending[0][3]))
             time.sleep(0.02)
-    # a port already taken by somebody else makes the new process die right after
-    for label, pid, port, logfile in items:
+    for label, pid, port, logfile, proof in items:
         if not _alive(pid):
             raise GridError('%s (pid %d) died during start-up; see %s:\n%s'
                             % (label, pid, logfile, _tail(logfile)))
+
+
+def _pidfile_proof(path, pid):
+    def proof():
+        try:
+            with open(path) as f:
+                return f.read().split()[0] == str(pid)
+        except (OSError, IndexError):
+            return False
+    return proof
+
+
+def _xrdfs_proof(se):
+    """The storage element answers a real XRootD request (xrdfs ls /)."""
+    xrdfs = shutil.which('xrdfs')
+
+    def proof():
+        if not xrdfs:
+            return True
+        p = subprocess.run([xrdfs, 'root://127.0.0.1:%d' % se['port'], 'ls', '/'],
+                           stdin=subprocess.DEVNULL, capture_output=True, timeout=20,
+                           env=dict(os.environ, XRD_CONNECTIONRETRY='1'))
+        return p.returncode == 0
+    return proof
+
+
+def _se_wait_item(se):
+    pidproof = _pidfile_proof(os.path.join(se['admindir'], 'xrootd.pid'), se['pid'])
+    lsproof = _xrdfs_proof(se)
+    return ('xrootd %s' % se['name'], se['pid'], se['port'], se['log'],
+            lambda: pidproof() and lsproof())
+
+
+def _service_wait_item(workdir, pid, port, logfile):
+    return ('jcentral service', pid, port, logfile,
+            _pidfile_proof(os.path.join(workdir, 'run', 'jcentral-%d.pid' % port), pid))
 
 
 def _tail(path, n=15):
@@ -265,6 +304,10 @@ def _launch_se(se, runas):
             os.replace(se['log'], se['log'] + '.old')
         except OSError:
             pass
+    try:
+        os.unlink(os.path.join(se['admindir'], 'xrootd.pid'))
+    except FileNotFoundError:
+        pass
     argv = [xrootd] + runas + ['-p', str(se['port']), '-c', se['cfg'], '-l', '=' + se['log']]
     return _spawn(argv, se['stderr'])
 
@@ -355,13 +398,14 @@ def start(workdir=None, fresh=False):
         for se in ses:
             _prepare_se(workdir, se, uid, gid)
             se['pid'] = _launch_se(se, runas)
-            waits.append(('xrootd %s' % se['name'], se['pid'], se['port'], se['log']))
+            waits.append(_se_wait_item(se))
         svc_pid = _launch_service(workdir, port)
-        waits.append(('jcentral service', svc_pid, port, os.path.join(workdir, 'jcentral.out')))
+        waits.append(_service_wait_item(workdir, svc_pid, port,
+                                        os.path.join(workdir, 'jcentral.out')))
         _wait_ready(waits)
     except BaseException:
-        for _, pid, _, _ in waits:
-            _kill(pid)
+        for item in waits:
+            _kill(item[1])
         raise
     state = {'workdir': workdir, 'home': HOME, 'ses': ses,
              'service': {'port': port, 'pid': svc_pid, 'url':
@@ -422,7 +466,7 @@ def start_se(workdir, name):
     _prepare_se(workdir, se, uid, gid)
     se['pid'] = _launch_se(se, runas)
     try:
-        _wait_ready([('xrootd %s' % se['name'], se['pid'], se['port'], se['log'])])
+        _wait_ready([_se_wait_item(se)])
     except BaseException:
         _kill(se['pid'])
         raise
@@ -441,8 +485,8 @@ def start_service(workdir, host_cert=None, host_key=None):
     port = _free_port()
     pid = _launch_service(workdir, port, host_cert, host_key, tag='jcentral-%d' % port)
     try:
-        _wait_ready([('extra jcentral service', pid, port,
-                      os.path.join(workdir, 'jcentral-%d.out' % port))])
+        _wait_ready([_service_wait_item(workdir, pid, port,
+                                        os.path.join(workdir, 'jcentral-%d.out' % port))])
     except BaseException:
         _kill(pid)
         raise

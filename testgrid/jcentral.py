@@ -1159,7 +1159,20 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     grid.log('listening on 127.0.0.1:%d' % a.port)
-    server.serve_forever()
+    # readiness proof for grid.py: written only once the port is bound by us
+    rundir = os.path.join(workdir, 'run')
+    os.makedirs(rundir, exist_ok=True)
+    pidfile = os.path.join(rundir, 'jcentral-%d.pid' % a.port)
+    with open(pidfile + '.tmp', 'w') as f:
+        f.write('%d\n' % os.getpid())
+    os.replace(pidfile + '.tmp', pidfile)
+    try:
+        server.serve_forever()
+    finally:
+        try:
+            os.unlink(pidfile)
+        except OSError:
+            pass
     return 0
 
 
