@@ -611,3 +611,21 @@ def test_md5sum_guid_commands(grid_state, tg_dir):
         assert _tg_ok(_tg_call(c, 'guid2lfn', [g]))[0]['lfn'] == tg_dir + 'g.txt'
         m = _tg_ok(_tg_call(c, 'md5sum', [tg_dir + 'g.txt']))[0]
         assert m['md5'] == 'd41d8cd98f00b204e9800998ecf8427e'
+
+
+def test_access_write_adds_replicas_of_same_file(grid_state, tg_dir):
+    lfn = tg_dir + 'two.txt'
+    first, second = [se['name'] for se in grid_state['ses']]
+    with _tg_ws(grid_state) as c:
+        r = _tg_ok(_tg_call(c, 'access', ['-s', '4', '-m', 'a' * 32, 'write', lfn, first]))[0]
+        _tg_ok(_tg_call(c, 'commit', [r['envelope'], '4', lfn, '644', '0', r['url'], r['se'],
+                                      r['guid'], 'a' * 32]))
+        bad = _tg_call(c, 'access', ['-s', '5', '-m', 'b' * 32, 'write', lfn])
+        assert bad['metadata']['exitcode'] == '22'
+        more = _tg_ok(_tg_call(c, 'access', ['-s', '4', '-m', 'a' * 32, 'write', lfn]))
+        assert [m['se'] for m in more] == [second] and more[0]['guid'] == r['guid']
+        _tg_ok(_tg_call(c, 'commit', [more[0]['envelope'], '4', lfn, '644', '0', more[0]['url'],
+                                      second, r['guid'], 'a' * 32]))
+        assert [w['seName'] for w in _tg_ok(_tg_call(c, 'whereis', [lfn]))] == [first, second]
+        full = _tg_call(c, 'access', ['write', lfn])
+        assert full['metadata']['exitcode'] == '77'

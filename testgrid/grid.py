@@ -127,9 +127,21 @@ def _port_open(port):
         return False
 
 
-def _kill(pid, timeout=3.0):
+def _cmdline(pid):
+    try:
+        with open('/proc/%d/cmdline' % pid, 'rb') as f:
+            return f.read().replace(b'\0', b' ').decode(errors='replace')
+    except OSError:
+        return ''
+
+
+def _kill(pid, timeout=3.0, marker=None):
+    """Stop pid (TERM, then KILL). With marker, only if its command line contains it:
+    a pid from an old state file may belong to an unrelated process by now."""
     if not pid or not _alive(pid):
         _children.pop(pid, None)
+        return
+    if marker and pid not in _children and marker not in _cmdline(pid):
         return
     try:
         os.kill(pid, signal.SIGTERM)
@@ -428,10 +440,10 @@ def stop(workdir=None):
     if not state:
         return
     for extra in state.get('extra_services', []):
-        _kill(extra.get('pid'))
-    _kill(state.get('service', {}).get('pid'))
+        _kill(extra.get('pid'), marker=workdir)
+    _kill(state.get('service', {}).get('pid'), marker=workdir)
     for se in state.get('ses', []):
-        _kill(se.get('pid'))
+        _kill(se.get('pid'), marker=se['cfg'])
         se['pid'] = None
     state['service']['pid'] = None
     state['extra_services'] = []
@@ -450,7 +462,7 @@ def stop_se(workdir, name):
     workdir = _abs(workdir)
     state = load_state(workdir)
     se = _find_se(state, name)
-    _kill(se.get('pid'))
+    _kill(se.get('pid'), marker=se['cfg'])
     se['pid'] = None
     _save_state(workdir, state)
 

@@ -863,24 +863,37 @@ def c_access(s, args):
                  'size': str(e['size']), 'message': r['pfn']} for r in reps]
     if not kind.startswith('write'):
         raise CmdError(EINVAL, 'Unknown access type %s' % kind)
-    if s.cat.get(lfn) is not None:
-        raise CmdError(EBADFD, 'No write PFNs')
-    _check_creatable(s, lfn)
     try:
         size = int(vals.get('s', 0))
     except ValueError:
         raise CmdError(EINVAL, 'Invalid size %s' % vals['s']) from None
     md5 = vals.get('m', '')
+    existing = s.cat.get(lfn)
+    if existing is not None:
+        # write-once never adds to an existing LFN; plain "write" books more replicas
+        # of the very same file (same size and md5), on SEs that do not hold one yet
+        if kind == 'write-once' or existing['type'] != 'f':
+            raise CmdError(EBADFD, 'No write PFNs')
+        if (size and size != existing['size']) or (md5 and md5 != existing['md5']):
+            raise CmdError(EINVAL, 'You seem to want to write a different file from the '
+                                   'existing one in the catalogue')
+        s.dir_for_write(lfn)
+    else:
+        _check_creatable(s, lfn)
     wanted, excluded, count = _parse_specs(s, pos[2:])
     if count is None:
         count = len(wanted) if wanted else 2
     count = max(count, len(wanted))
+    if existing is not None:
+        excluded |= {r['se'].lower() for r in s.cat.replicas(existing['guid'])}
     avail = [se for se in wanted if se['name'].lower() not in excluded]
     avail += [se for se in s.g.ses if se not in avail and se['name'].lower() not in excluded]
     chosen = avail[:count]
     if not chosen:
         raise CmdError(EBADFD, 'No write PFNs')
-    guid = str(uuid.uuid1())
+    guid = existing['guid'] if existing is not None else str(uuid.uuid1())
+    if existing is not None:
+        size, md5 = size or existing['size'], md5 or existing['md5']
     h = int(hashlib.md5(guid.encode()).hexdigest()[:8], 16)
     rel = '%02d/%05d/%s' % (h % 16, (h >> 4) % 100000, guid)
     out = []
