@@ -26,6 +26,8 @@ directories are chowned to that user and the ancestors of workdir get the
 ``o+x`` (traverse) bit when they lack it (pytest and mktemp folders are 0700).
 """
 
+import contextlib
+import fcntl
 import json
 import os
 import pwd
@@ -363,14 +365,31 @@ def _client_env(workdir, pki, port):
 
 # -- public API ----------------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def _locked(workdir):
+    """Serialise start/stop/start_se... of one grid across processes (flock)."""
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, '.lock'), 'w') as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def start(workdir=None, fresh=False):
     """Start (or find running) the grid in workdir; return its state dict."""
     workdir = _abs(workdir)
+    with _locked(workdir):
+        return _start(workdir, fresh)
+
+
+def _start(workdir, fresh):
     state = load_state(workdir)
     if _running(state) and not fresh:
         return state
     if state:
-        stop(workdir)
+        _stop(workdir)
     os.makedirs(workdir, exist_ok=True)
     os.chmod(workdir, 0o755)
     _make_traversable(workdir)
@@ -436,6 +455,13 @@ def start(workdir=None, fresh=False):
 def stop(workdir=None):
     """Stop every process of the grid in workdir (files are kept)."""
     workdir = _abs(workdir)
+    if not os.path.isdir(workdir):
+        return
+    with _locked(workdir):
+        _stop(workdir)
+
+
+def _stop(workdir):
     state = load_state(workdir)
     if not state:
         return
