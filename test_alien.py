@@ -629,3 +629,25 @@ def test_access_write_adds_replicas_of_same_file(grid_state, tg_dir):
         assert [w['seName'] for w in _tg_ok(_tg_call(c, 'whereis', [lfn]))] == [first, second]
         full = _tg_call(c, 'access', ['write', lfn])
         assert full['metadata']['exitcode'] == '77'
+
+
+def test_reference_client_alienpy_transfers_and_401(grid_state, tg_dir, tmp_path):
+    """alienpy's cp (access/commit + XRootD) round trip, and its 129 exit on HTTP 401."""
+    from testgrid import grid
+    src = tmp_path / 'payload.txt'
+    src.write_bytes(b'payload for the reference client\n' * 100)
+    p = _tg_alienpy(grid_state, 'cp file:%s %spayload.txt' % (src, tg_dir))
+    assert p.returncode == 0, p.stdout + p.stderr
+    with _tg_ws(grid_state) as c:
+        wh = _tg_ok(_tg_call(c, 'whereis', [tg_dir + 'payload.txt']))
+    assert len(wh) == 2
+    dst = tmp_path / 'back.txt'
+    p = _tg_alienpy(grid_state, 'cp %spayload.txt file:%s' % (tg_dir, dst))
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert dst.read_bytes() == src.read_bytes()
+    cert, key = grid.make_user_cert(_TG_DIR, 'stranger', cn='stranger')
+    p = _tg_alienpy(grid_state, 'pwd', {'X509_USER_CERT': cert, 'X509_USER_KEY': key,
+                                        'JALIEN_TOKEN_CERT': str(tmp_path / 'no_token'),
+                                        'JALIEN_TOKEN_KEY': str(tmp_path / 'no_key'),
+                                        'ALIENPY_CONNECT_TRIES': '1'})
+    assert p.returncode == 129, p.stderr

@@ -1097,7 +1097,7 @@ def build_server(grid, port, host_cert, host_key, host='127.0.0.1'):
 
     def process_request(connection, request):
         path = request.path.split('?', 1)[0]
-        if path not in ('/websocket/json', '/websocket/plain'):
+        if path != '/websocket/json':   # the text endpoint /websocket/plain is not offered
             return connection.respond(404, 'Not found\n')
         cert, dn, user = identify(connection)
         if user is None:
