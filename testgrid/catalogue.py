@@ -10,7 +10,6 @@ an entry plus a replica.
 """
 
 import hashlib
-import os
 import posixpath
 import sqlite3
 import time
@@ -143,7 +142,7 @@ class Catalogue:
     def insert(self, parent, lfn, type_, owner, perm='755', size=0, md5='', guid='',
                ctime=None, jobid=''):
         name = posixpath.basename(lfn.rstrip('/'))
-        cur = self.db.execute(
+        self.db.execute(
             'INSERT INTO entries(parent, name, lfn, type, owner, gowner, perm, size, md5, ctime,'
             ' guid, jobid) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)',
             (parent['id'], name, lfn, type_, owner, owner, perm, size, md5,
@@ -187,8 +186,8 @@ class Catalogue:
         if entry['type'] == 'd':
             old = entry['lfn']
             lo, hi = subtree_bounds(old)
-            self.db.execute('UPDATE entries SET lfn = ? || substr(lfn, ?) WHERE lfn > ? AND lfn < ?',
-                            (new_lfn, len(old) + 1, lo, hi))
+            self.db.execute('UPDATE entries SET lfn = ? || substr(lfn, ?)'
+                            ' WHERE lfn > ? AND lfn < ?', (new_lfn, len(old) + 1, lo, hi))
         self.db.execute('UPDATE entries SET lfn = ?, name = ?, parent = ? WHERE id = ?',
                         (new_lfn, name, new_parent['id'], entry['id']))
 

@@ -43,7 +43,6 @@ import hashlib
 import json
 import os
 import posixpath
-import random
 import re
 import signal
 import socket
@@ -60,11 +59,8 @@ if __package__ in (None, ''):
 from testgrid import catalogue as cat_mod  # noqa: E402
 from testgrid.pki import PKI, USER_SUBJECT  # noqa: E402
 
-import websockets  # noqa: E402
 from websockets.exceptions import ConnectionClosed  # noqa: E402
 from websockets.sync.server import serve  # noqa: E402
-from websockets.datastructures import Headers  # noqa: E402
-from websockets.http11 import Response  # noqa: E402
 
 SERVER_VERSION = '1.9.9-testgrid'
 
