@@ -24,7 +24,6 @@ import socket
 import ssl
 import struct
 import sys
-import tempfile
 import time
 
 VERSION = '0.1.0'
@@ -66,7 +65,7 @@ class AlienError(Exception):
 
 class Result(object):
     """Outcome of one command: what the shell prints and the exit code."""
-    __slots__ = ('exitcode', 'out', 'err', 'results', 'metadata')
+    __slots__ = ('exitcode', 'out', 'err', 'results', 'metadata', 'as_json', 'raw')
 
     def __init__(self, exitcode=0, out='', err='', results=None, metadata=None):
         self.exitcode = exitcode
@@ -74,24 +73,867 @@ class Result(object):
         self.err = err
         self.results = results if results is not None else []
         self.metadata = metadata if metadata is not None else {}
+        self.as_json = False  # print the whole reply as JSON
+        self.raw = None       # the reply text as received
 
     def __repr__(self):
         return 'Result(exitcode=%r, out=%r, err=%r)' % (self.exitcode, self.out, self.err)
 
 
+_LOG = {}
+
+
+def log(message):
+    """Debug log (ALIENPY_DEBUG; file ALIENPY_DEBUG_FILE, default ~/alien_py.log, owner-only)."""
+    if not env_flag('ALIENPY_DEBUG'):
+        return
+    f = _LOG.get('file')
+    if f is None:
+        path = os.environ.get('ALIENPY_DEBUG_FILE') or os.path.join(os.path.expanduser('~'), 'alien_py.log')
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if env_flag('ALIENPY_DEBUG_APPEND') else os.O_TRUNC)
+        try:
+            f = _LOG['file'] = os.fdopen(os.open(path, flags, 0o600), 'a')
+        except OSError:
+            _LOG['file'] = f = open(os.devnull, 'w')
+    f.write('%s %s\n' % (time.strftime('%Y%m%d%H%M%S'), message))
+    f.flush()
+
+
+def log_exception():
+    if env_flag('ALIENPY_DEBUG'):
+        import traceback
+        log(traceback.format_exc())
+
+
 # ==========================================================================
 # Credentials and TLS
 # ==========================================================================
+# Which certificate to present (token first, user certificate otherwise), where
+# the CAs are, and an ssl.SSLContext that always verifies the server chain.
+
+VALIDITY_MARGIN = 600  # seconds a certificate must still be valid to be used
+CA_DIRS = ('/cvmfs/alice.cern.ch/etc/grid-security/certificates',
+           '/etc/grid-security/certificates')
+_TEMP_FILES = []  # PEM contents from the environment written to files; removed at exit
+
+
+def _cleanup_temp_files():
+    while _TEMP_FILES:
+        try:
+            os.unlink(_TEMP_FILES.pop())
+        except OSError:
+            pass
+
+
+def tmpdir(environ=None):
+    environ = os.environ if environ is None else environ
+    return environ.get('TMPDIR') or environ.get('TEMP') or environ.get('TMP') or '/tmp'
+
+
+def credential_paths(environ=None):
+    """(token_cert, token_key, user_cert, user_key) as the environment names them."""
+    environ = os.environ if environ is None else environ
+    uid = os.getuid()
+    tmp = tmpdir(environ)
+    globus = os.path.join(os.path.expanduser('~'), '.globus')
+    return (environ.get('JALIEN_TOKEN_CERT') or os.path.join(tmp, 'tokencert_%d.pem' % uid),
+            environ.get('JALIEN_TOKEN_KEY') or os.path.join(tmp, 'tokenkey_%d.pem' % uid),
+            os.path.expanduser(environ.get('X509_USER_CERT') or os.path.join(globus, 'usercert.pem')),
+            os.path.expanduser(environ.get('X509_USER_KEY') or os.path.join(globus, 'userkey.pem')))
+
+
+def is_pem_content(value):
+    return value.lstrip().startswith('-----BEGIN ')
+
+
+def materialize_pem(value, kind):
+    """A path stays a path; PEM contents become an owner-only temp file (removed at exit)."""
+    if not is_pem_content(value):
+        return value
+    import tempfile
+    fd, path = tempfile.mkstemp(prefix='%s_%d_' % (kind, os.getuid()), suffix='.pem')  # 0600
+    with os.fdopen(fd, 'w') as f:
+        f.write(value.strip() + '\n')
+    if not _TEMP_FILES:
+        import atexit
+        atexit.register(_cleanup_temp_files)
+    _TEMP_FILES.append(path)
+    return path
+
+
+def cert_info(path):
+    """Decoded certificate (subject, issuer, notBefore, notAfter) or None if unreadable."""
+    try:
+        return ssl._ssl._test_decode_cert(path)
+    except (AttributeError, ssl.SSLError, OSError, ValueError):
+        return None
+
+
+def cert_seconds_left(path, now=None):
+    info = cert_info(path)
+    if not info or 'notAfter' not in info:
+        return None
+    return ssl.cert_time_to_seconds(info['notAfter']) - (time.time() if now is None else now)
+
+
+def dn_string(name):
+    """Subject/issuer tuple from the ssl module -> '/C=CH/O=JAliEn/CN=jalien'."""
+    return ''.join('/%s=%s' % (k, v) for rdn in name for (k, v) in rdn).replace(
+        'commonName', 'CN').replace('organizationName', 'O').replace(
+        'organizationalUnitName', 'OU').replace('countryName', 'C').replace(
+        'localityName', 'L').replace('stateOrProvinceName', 'ST').replace('domainComponent', 'DC')
+
+
+def usable_pair(cert, key, now=None):
+    """True if cert and key are readable files and cert has >= VALIDITY_MARGIN seconds left."""
+    if not (os.path.isfile(cert) and os.access(cert, os.R_OK) and os.path.isfile(key) and os.access(key, os.R_OK)):
+        return False
+    left = cert_seconds_left(cert, now)
+    return left is not None and left >= VALIDITY_MARGIN
+
+
+def choose_credentials(environ=None, want_user=False, now=None):
+    """('token'|'user', cert, key): the token pair if usable (and not want_user), else the user pair."""
+    tcert, tkey, ucert, ukey = credential_paths(environ)
+    if not want_user:
+        tcert, tkey = materialize_pem(tcert, 'tokencert'), materialize_pem(tkey, 'tokenkey')
+        if usable_pair(tcert, tkey, now):
+            return 'token', tcert, tkey
+    if usable_pair(ucert, ukey, now):
+        return 'user', ucert, ukey
+    if os.path.isfile(ucert) and cert_seconds_left(ucert, now) is not None and cert_seconds_left(ucert, now) < VALIDITY_MARGIN:
+        raise AlienError('user certificate %s has expired (or expires within %d s) and no valid token was found'
+                         % (ucert, VALIDITY_MARGIN), EX_NOTCONN)
+    raise AlienError('no valid user certificate or token found (user cert: %s, key: %s; token: %s)'
+                     % (ucert, ukey, tcert), EX_NOTCONN)
+
+
+def check_key_permissions(key):
+    """Refuse a private key that others may read (the grid CA's rule, and ssh's)."""
+    try:
+        mode = os.stat(key).st_mode
+    except OSError as e:
+        raise AlienError('cannot read key %s: %s' % (key, e.strerror), EX_NOTCONN)
+    if mode & 0o077:
+        raise AlienError('private key %s is readable by others (mode %o): run chmod 600 %s'
+                         % (key, mode & 0o777, key), EX_NOTCONN)
+
+
+def find_ca(environ=None):
+    """('capath'|'cafile', location) in the order X509_CERT_DIR, X509_CERT_FILE, cvmfs, /etc."""
+    environ = os.environ if environ is None else environ
+    cert_dir = os.path.expanduser(environ.get('X509_CERT_DIR', ''))
+    if cert_dir and os.path.isdir(cert_dir):
+        return 'capath', cert_dir
+    cert_file = os.path.expanduser(environ.get('X509_CERT_FILE', ''))
+    if cert_file and os.path.isfile(cert_file):
+        return 'cafile', cert_file
+    for d in CA_DIRS:
+        if os.path.isdir(d):
+            return 'capath', d
+    raise AlienError('no CA certificates found: set X509_CERT_DIR or X509_CERT_FILE', EX_NOTCONN)
+
+
+def _key_password(key):
+    """Ask for the pass phrase of an encrypted key once, without echo; None if not encrypted."""
+    try:
+        with open(key, 'rb') as f:
+            head = f.read(4096)
+    except OSError:
+        return None
+    if b'ENCRYPTED' not in head:
+        return None
+    import getpass
+    try:
+        return getpass.getpass('Enter PEM pass phrase for %s: ' % key)
+    except (EOFError, KeyboardInterrupt):
+        raise AlienError('no pass phrase given for encrypted key %s' % key, EX_NOTCONN)
+
+
+def make_tls_context(cert, key, environ=None):
+    """Client TLS context: server chain always verified, hostname checked unless
+    ALIENPY_NO_VERIFY_HOSTNAME is set, our certificate presented."""
+    environ = os.environ if environ is None else environ
+    check_key_permissions(key)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.check_hostname = not env_flag('ALIENPY_NO_VERIFY_HOSTNAME', environ)
+    kind, where = find_ca(environ)
+    try:
+        if kind == 'capath':
+            ctx.load_verify_locations(capath=where)
+        else:
+            ctx.load_verify_locations(cafile=where)
+        ctx.load_cert_chain(cert, key, password=_key_password(key))
+    except ssl.SSLError as e:
+        raise AlienError('cannot load certificate %s / key %s: %s' % (cert, key, e.reason or e), EX_NOTCONN)
+    except OSError as e:
+        raise AlienError('cannot read credentials %s / %s: %s' % (cert, key, e.strerror), EX_NOTCONN)
+    return ctx
+
+
+def write_private_file(path, text, mode=0o400):
+    """Write text to path atomically, owner-only from the first byte: temp file
+    created 0600 in the same directory, fsync, chmod, rename over the target."""
+    directory = os.path.dirname(os.path.abspath(path))
+    import tempfile
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.')
+    try:
+        with os.fdopen(fd, 'w') as f:
+            f.write(text if text.endswith('\n') else text + '\n')
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 # ==========================================================================
 # WebSocket (RFC 6455), synchronous client
 # ==========================================================================
+# Pure codecs first (handshake, frames), then the connection that uses them.
+# Every malformed input ends in WebSocketError, never in another exception.
+
+WS_GUID = b'258EAFA5-E914-47DA-95CA-C5AB0DC85B11'
+OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+DEFAULT_MAX_MESSAGE = 1 << 30  # 1 GiB; ALIENPY_MAX_MESSAGE_MB changes it
+MAX_HANDSHAKE = 64 * 1024
+
+
+class WebSocketError(AlienError):
+    """Protocol violation or lost connection on the websocket."""
+
+    def __init__(self, message, exitcode=EX_NOTCONN, close_code=1002):
+        super().__init__(message, exitcode)
+        self.close_code = close_code
+
+
+def ws_accept_key(key):
+    return base64.b64encode(hashlib.sha1(key.encode('ascii') + WS_GUID).digest()).decode('ascii')
+
+
+def build_handshake(host, port, path, key, headers=()):
+    host_hdr = ('[%s]' % host) if ':' in host else host
+    lines = ['GET %s HTTP/1.1' % path, 'Host: %s:%d' % (host_hdr, port), 'Upgrade: websocket',
+             'Connection: Upgrade', 'Sec-WebSocket-Key: %s' % key, 'Sec-WebSocket-Version: 13']
+    lines.extend('%s: %s' % kv for kv in headers)
+    return ('\r\n'.join(lines) + '\r\n\r\n').encode('ascii')
+
+
+def parse_handshake_response(data, key):
+    """Validate the server's 101 reply (bytes up to and including the blank line).
+    Returns the headers (lower-case names); raises WebSocketError/AlienError."""
+    try:
+        text = data.decode('iso-8859-1')
+    except Exception:  # pragma: no cover - iso-8859-1 decodes every byte
+        raise WebSocketError('handshake: undecodable reply')
+    lines = text.split('\r\n')
+    parts = lines[0].split(' ', 2)
+    if len(parts) < 2 or not parts[0].startswith('HTTP/1.') or not re.match(r'^[0-9]{3}$', parts[1]):
+        raise WebSocketError('handshake: not an HTTP reply: %r' % lines[0][:80])
+    status = int(parts[1])
+    if status == 401:
+        raise AlienError('the service refused the certificate (HTTP 401): is it registered in the ALICE VO?',
+                         EX_UNAUTHORIZED)
+    if status != 101:
+        raise WebSocketError('handshake: HTTP %d %s' % (status, parts[2] if len(parts) > 2 else ''))
+    headers = {}
+    for line in lines[1:]:
+        if not line:
+            continue
+        name, sep, value = line.partition(':')
+        if not sep:
+            raise WebSocketError('handshake: malformed header line %r' % line[:80])
+        headers[name.strip().lower()] = value.strip()
+    if headers.get('upgrade', '').lower() != 'websocket' or \
+            'upgrade' not in [t.strip() for t in headers.get('connection', '').lower().split(',')]:
+        raise WebSocketError('handshake: the server did not upgrade to websocket')
+    if headers.get('sec-websocket-accept') != ws_accept_key(key):
+        raise WebSocketError('handshake: wrong Sec-WebSocket-Accept')
+    if headers.get('sec-websocket-extensions'):
+        raise WebSocketError('handshake: the server chose an extension we did not offer')
+    return headers
+
+
+def mask_payload(payload, mask):
+    """XOR payload with the 4-byte mask (fast for any size: one big-int operation)."""
+    n = len(payload)
+    if not n:
+        return b''
+    key = (mask * (n // 4 + 1))[:n]
+    return (int.from_bytes(payload, 'big') ^ int.from_bytes(key, 'big')).to_bytes(n, 'big')
+
+
+def encode_frame(opcode, payload, fin=True, mask=None):
+    """One client frame; mask=None draws a random mask (clients must mask)."""
+    if mask is None:
+        mask = os.urandom(4)
+    n = len(payload)
+    head = bytearray([(0x80 if fin else 0) | opcode])
+    if n < 126:
+        head.append(0x80 | n)
+    elif n < 65536:
+        head.append(0x80 | 126)
+        head += struct.pack('!H', n)
+    else:
+        head.append(0x80 | 127)
+        head += struct.pack('!Q', n)
+    return bytes(head) + mask + mask_payload(payload, mask)
+
+
+def parse_frame(buf, offset=0, max_size=DEFAULT_MAX_MESSAGE):
+    """Parse one server frame in buf[offset:]. Returns (fin, opcode, payload, next_offset)
+    or None when more bytes are needed. Server frames must be unmasked."""
+    avail = len(buf) - offset
+    if avail < 2:
+        return None
+    b0, b1 = buf[offset], buf[offset + 1]
+    if b0 & 0x70:
+        raise WebSocketError('frame with reserved bits set (no extension negotiated)')
+    if b1 & 0x80:
+        raise WebSocketError('masked frame from the server')
+    fin, opcode, n = bool(b0 & 0x80), b0 & 0x0F, b1 & 0x7F
+    pos = offset + 2
+    if opcode not in (OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG):
+        raise WebSocketError('unknown frame opcode %d' % opcode)
+    if opcode >= 8 and (not fin or n > 125):
+        raise WebSocketError('fragmented or oversized control frame')
+    if n == 126:
+        if avail < 4:
+            return None
+        n = struct.unpack_from('!H', buf, pos)[0]
+        pos += 2
+        if n < 126:
+            raise WebSocketError('non-minimal frame length')
+    elif n == 127:
+        if avail < 10:
+            return None
+        n = struct.unpack_from('!Q', buf, pos)[0]
+        pos += 8
+        if n >> 63:
+            raise WebSocketError('frame length with the most significant bit set')
+        if n < 65536:
+            raise WebSocketError('non-minimal frame length')
+    if n > max_size:
+        raise WebSocketError('message larger than the maximum of %d bytes' % max_size, close_code=1009)
+    if len(buf) < pos + n:
+        return None
+    return fin, opcode, bytes(buf[pos:pos + n]), pos + n
+
+
+def parse_close_payload(payload):
+    """(code, reason) of a close frame."""
+    if not payload:
+        return 1005, ''
+    if len(payload) == 1:
+        raise WebSocketError('close frame with a 1-byte payload')
+    code = struct.unpack('!H', payload[:2])[0]
+    try:
+        reason = payload[2:].decode('utf-8')
+    except UnicodeDecodeError:
+        raise WebSocketError('close reason is not UTF-8', close_code=1007)
+    return code, reason
+
+
+class MessageAssembler(object):
+    """Feeds bytes, yields complete messages. Control frames between fragments are
+    handled through callbacks (ping -> on_ping(payload), close -> WebSocketClosed)."""
+
+    def __init__(self, max_size=DEFAULT_MAX_MESSAGE):
+        self.max_size = max_size
+        self.buf = bytearray()
+        self.parts = []
+        self.size = 0
+        self.opcode = None
+
+    def feed(self, data):
+        self.buf += data
+
+    def next_event(self):
+        """('message', opcode, bytes) | ('ping', payload) | ('pong', payload) |
+        ('close', code, reason) | None when more bytes are needed."""
+        while True:
+            frame = parse_frame(self.buf, 0, self.max_size)
+            if frame is None:
+                return None
+            fin, opcode, payload, end = frame
+            del self.buf[:end]
+            if opcode == OP_PING:
+                return ('ping', payload)
+            if opcode == OP_PONG:
+                return ('pong', payload)
+            if opcode == OP_CLOSE:
+                code, reason = parse_close_payload(payload)
+                return ('close', code, reason)
+            if opcode == OP_CONT:
+                if self.opcode is None:
+                    raise WebSocketError('continuation frame without a message')
+            elif self.opcode is not None:
+                raise WebSocketError('new message before the previous one ended')
+            else:
+                self.opcode = opcode
+            self.size += len(payload)
+            if self.size > self.max_size:
+                raise WebSocketError('message larger than the maximum of %d bytes' % self.max_size,
+                                     close_code=1009)
+            self.parts.append(payload)
+            if fin:
+                data = b''.join(self.parts)
+                opcode, self.opcode, self.parts, self.size = self.opcode, None, [], 0
+                return ('message', opcode, data)
+
+
+class WebSocket(object):
+    """A client websocket over a connected (TLS) socket."""
+
+    def __init__(self, sock, max_size=DEFAULT_MAX_MESSAGE):
+        self.sock = sock  # its timeout is the keep-alive interval (ALIENPY_TIMEOUT)
+        self.asm = MessageAssembler(max_size)
+        self.closed = False
+        self.last_activity = time.monotonic()
+        self.ping_sent = False
+        self.bufsize = 65536  # grows up to 4 MiB while replies keep filling it
+
+    def handshake(self, host, port, path, headers=()):
+        key = base64.b64encode(os.urandom(16)).decode('ascii')
+        self.sock.sendall(build_handshake(host, port, path, key, headers))
+        data = b''
+        while b'\r\n\r\n' not in data:
+            chunk = self._recv_raw(keepalive=False)
+            data += chunk
+            if len(data) > MAX_HANDSHAKE:
+                raise WebSocketError('handshake: reply headers too long')
+        head, _, rest = data.partition(b'\r\n\r\n')
+        parse_handshake_response(head, key)
+        self.asm.feed(rest)
+
+    def _recv_raw(self, keepalive=True):
+        """Next bytes from the socket. When the server is silent for one timeout we
+        ping it; silence for another timeout means the connection is dead."""
+        while True:
+            try:
+                chunk = self.sock.recv(self.bufsize)
+                break
+            except socket.timeout:
+                if not keepalive or self.ping_sent:
+                    raise WebSocketError('no answer from the server for %.0f s (ALIENPY_TIMEOUT)'
+                                         % (self.sock.gettimeout() or 0))
+                self._send_frame(OP_PING, b'keepalive')
+                self.ping_sent = True
+            except (OSError, ssl.SSLError) as e:
+                raise WebSocketError('connection lost: %s' % (getattr(e, 'strerror', None) or e))
+        if not chunk:
+            raise WebSocketError('connection closed by the server')
+        self.last_activity = time.monotonic()
+        self.ping_sent = False
+        if len(chunk) >= self.bufsize and self.bufsize < (4 << 20):
+            self.bufsize *= 2
+        return chunk
+
+    def alive(self, idle):
+        """After `idle` seconds without traffic, check the connection with a ping."""
+        if time.monotonic() - self.last_activity < idle:
+            return True
+        try:
+            self.ping(b'idle-check')
+            return True
+        except WebSocketError:
+            return False
+
+    def _send_frame(self, opcode, payload):
+        try:
+            self.sock.sendall(encode_frame(opcode, payload))
+        except socket.timeout:
+            raise WebSocketError('timed out sending to the server')
+        except (OSError, ssl.SSLError) as e:
+            raise WebSocketError('connection lost while sending: %s' % (getattr(e, 'strerror', None) or e))
+        self.last_activity = time.monotonic()
+
+    def send_text(self, text):
+        self._send_frame(OP_TEXT, text.encode('utf-8'))
+
+    def ping(self, payload=b''):
+        """Send a ping and wait for its pong; returns the round-trip time in seconds."""
+        t0 = time.monotonic()
+        self._send_frame(OP_PING, payload)
+        while True:
+            event = self._next_event(keepalive=False)
+            if event[0] == 'pong' and event[1] == payload:
+                return time.monotonic() - t0
+            if event[0] == 'message':
+                raise WebSocketError('unexpected message while waiting for a pong')
+
+    def _next_event(self, keepalive=True):
+        while True:
+            try:
+                event = self.asm.next_event()
+            except WebSocketError as e:
+                self.close(e.close_code)
+                raise
+            if event is None:
+                self.asm.feed(self._recv_raw(keepalive))
+                continue
+            if event[0] == 'ping':
+                self._send_frame(OP_PONG, event[1])
+                continue
+            if event[0] == 'close':
+                self.close(1000)
+                raise WebSocketError('the server closed the connection (code %d%s)'
+                                     % (event[1], ': ' + event[2] if event[2] else ''))
+            return event
+
+    def recv_text(self):
+        """Next text message as str (pings answered on the way)."""
+        while True:
+            event = self._next_event()
+            if event[0] != 'message':
+                continue  # an unsolicited pong
+            if event[1] != OP_TEXT:
+                raise WebSocketError('binary message where text was expected', EX_EINVAL)
+            try:
+                return event[2].decode('utf-8')
+            except UnicodeDecodeError:
+                self.close(1007)
+                raise WebSocketError('text message is not valid UTF-8', close_code=1007)
+
+    def close(self, code=1000):
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.sock.settimeout(1)
+            self.sock.sendall(encode_frame(OP_CLOSE, struct.pack('!H', code)))
+        except Exception:
+            pass
+        try:
+            self.sock.close()
+        except Exception:
+            pass
+
+
+class WebSocketClientTransport(object):
+    """The same interface on top of the optional `websocket-client` package
+    (ALIENPY_TRANSPORT=websocket-client)."""
+
+    def __init__(self, url, ctx, host, timeout, headers=()):
+        try:
+            import websocket  # websocket-client
+        except ImportError:
+            raise AlienError('ALIENPY_TRANSPORT=websocket-client needs the package: pip install websocket-client',
+                             EX_NOTCONN)
+        self._mod = websocket
+        self.closed = False
+        self.last_activity = time.monotonic()
+        try:
+            self.ws = websocket.create_connection(
+                url, timeout=timeout, sslopt={'context': ctx, 'server_hostname': host},
+                header=['%s: %s' % kv for kv in headers], enable_multithread=False)
+        except websocket.WebSocketBadStatusException as e:
+            if getattr(e, 'status_code', None) == 401:
+                raise AlienError('the service refused the certificate (HTTP 401): is it registered in the ALICE VO?',
+                                 EX_UNAUTHORIZED)
+            raise WebSocketError('handshake: %s' % e)
+        except ssl.SSLError as e:
+            raise tls_error(e, host)
+        except (OSError, websocket.WebSocketException) as e:
+            raise WebSocketError('cannot connect: %s' % e)
+
+    def _call(self, fn, *args):
+        try:
+            return fn(*args)
+        except self._mod.WebSocketTimeoutException:
+            raise WebSocketError('timed out waiting for the server')
+        except self._mod.WebSocketPayloadException as e:
+            raise WebSocketError('invalid message: %s' % e, close_code=1007)
+        except (self._mod.WebSocketException, OSError, ssl.SSLError) as e:
+            raise WebSocketError('connection lost: %s' % e)
+        except UnicodeDecodeError:
+            raise WebSocketError('text message is not valid UTF-8', close_code=1007)
+
+    def send_text(self, text):
+        self._call(self.ws.send, text)
+        self.last_activity = time.monotonic()
+
+    def recv_text(self):
+        data = self._call(self.ws.recv)
+        self.last_activity = time.monotonic()
+        if isinstance(data, bytes):
+            raise WebSocketError('binary message where text was expected', EX_EINVAL)
+        if data == '' and not self.ws.connected:
+            raise WebSocketError('connection closed by the server')
+        return data
+
+    def alive(self, idle):
+        if time.monotonic() - self.last_activity < idle:
+            return True
+        try:
+            self.ping(b'idle-check')
+            return True
+        except WebSocketError:
+            return False
+
+    def ping(self, payload=b''):
+        t0 = time.monotonic()
+        self._call(self.ws.ping, payload)
+        while True:
+            opcode, frame = self._call(self.ws.recv_data_frame, True)
+            if opcode == OP_PONG:
+                return time.monotonic() - t0
+
+    def close(self, code=1000):
+        if not self.closed:
+            self.closed = True
+            try:
+                self.ws.close(status=code, timeout=1)
+            except Exception:
+                pass
+
+
+class TLSError(AlienError):
+    """A TLS failure: retrying the same endpoint cannot help."""
+
+
+def tls_error(e, host):
+    """One-line explanation of a TLS failure."""
+    reason = getattr(e, 'reason', None) or str(e)
+    text = str(e)
+    if 'CERTIFICATE_VERIFY_FAILED' in text or reason == 'CERTIFICATE_VERIFY_FAILED':
+        detail = getattr(e, 'verify_message', '') or reason
+        if 'mismatch' in detail.lower() or "doesn't match" in text:
+            return TLSError('TLS: the server certificate does not match the host name %s (%s); '
+                              'ALIENPY_NO_VERIFY_HOSTNAME=1 skips this check' % (host, detail), EX_NOTCONN)
+        return TLSError('TLS: cannot verify the server certificate of %s: %s (check X509_CERT_DIR)'
+                          % (host, detail), EX_NOTCONN)
+    if 'CERTIFICATE_UNKNOWN' in text or 'UNKNOWN_CA' in text or 'BAD_CERTIFICATE' in text or 'CERTIFICATE_EXPIRED' in text:
+        return TLSError('TLS: the server rejected our certificate (%s)' % reason, EX_NOTCONN)
+    return TLSError('TLS handshake with %s failed: %s' % (host, reason), EX_NOTCONN)
 
 
 # ==========================================================================
 # JCentral session: requests, replies, session state
 # ==========================================================================
+# Endpoint choice, connect (RFC 8305 staggered), one JSON request -> one JSON
+# reply, the session state mirrored from every reply's metadata.
+
+# Commands that read only: safe to send again after a transparent reconnect.
+READ_ONLY_COMMANDS = frozenset('''pwd ls find stat whereis whoami listSEs version commandlist type
+    cd lfn2guid guid2lfn guidinfo md5sum du df motd uptime w ps top listCEs quota jquota fquota
+    user whois groups xrdstat access:read'''.split())
+
+
+def parse_hostport(text, default_port):
+    """'host', 'host:port', '[v6]:port', 'v6' -> (host, port)."""
+    text = text.strip()
+    if text.startswith('['):
+        host, _, rest = text[1:].partition(']')
+        port = rest[1:] if rest.startswith(':') else ''
+    elif text.count(':') == 1:
+        host, port = text.split(':')
+    else:
+        host, port = text, ''
+    if port and not re.match(r'^[0-9]{1,5}$', port):
+        raise AlienError('invalid port in endpoint %r' % text, EX_EINVAL)
+    return host, int(port) if port else default_port
+
+
+def _env_port(environ, name):
+    value = environ.get(name, '')
+    if not value:
+        return DEFAULT_PORT
+    if not re.match(r'^[0-9]{1,5}$', value.strip()):
+        raise AlienError('%s=%r is not a port number' % (name, value), EX_EINVAL)
+    return int(value)
+
+
+def jbox_endpoint(environ):
+    """(host, port) of a running local JBox from $TMPDIR/jclient_token_<uid>, or None."""
+    path = os.path.join(tmpdir(environ), 'jclient_token_%d' % os.getuid())
+    try:
+        with open(path) as f:
+            conf = dict(line.strip().split('=', 1) for line in f if '=' in line)
+        pid = int(conf.get('JALIEN_PID', '0'))
+        with open('/proc/%d/status' % pid) as f:
+            uid_line = [line for line in f if line.startswith('Uid:')]
+        if not uid_line or int(uid_line[0].split()[1]) != os.getuid():
+            return None
+        return conf.get('JALIEN_HOST', 'localhost'), int(conf.get('JALIEN_WSPORT', DEFAULT_PORT))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def endpoints(environ):
+    """Endpoints to try, in order. ALIENPY_JCENTRAL (host or host:port) is exclusive;
+    otherwise JALIEN_HOST/JALIEN_WSPORT, a local JBox, then the default service."""
+    if environ.get('ALIENPY_JCENTRAL'):
+        return [parse_hostport(environ['ALIENPY_JCENTRAL'], _env_port(environ, 'ALIENPY_JCENTRAL_PORT'))]
+    found = []
+    if environ.get('JALIEN_HOST'):
+        found.append((environ['JALIEN_HOST'], _env_port(environ, 'JALIEN_WSPORT')))
+    jbox = jbox_endpoint(environ)
+    if jbox:
+        found.append(jbox)
+    found.append((DEFAULT_HOST, DEFAULT_PORT))
+    return found
+
+
+def interleave_addresses(infos):
+    """RFC 8305 order: alternate address families, starting with the first one returned."""
+    by_family = {}
+    order = []
+    for info in infos:
+        if info[0] not in by_family:
+            by_family[info[0]] = []
+            order.append(info[0])
+        by_family[info[0]].append(info)
+    result = []
+    while any(by_family.values()):
+        for fam in order:
+            if by_family[fam]:
+                result.append(by_family[fam].pop(0))
+    return result
+
+
+def resolve(host, port, environ):
+    stack = environ.get('ALIENPY_NETWORKSTACK', '').lower()
+    family = {'ipv4': socket.AF_INET, 'v4': socket.AF_INET, '4': socket.AF_INET,
+              'ipv6': socket.AF_INET6, 'v6': socket.AF_INET6, '6': socket.AF_INET6}.get(stack, socket.AF_UNSPEC)
+    try:
+        infos = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    except socket.gaierror as e:
+        raise AlienError('cannot resolve %s: %s' % (host, e.strerror), EX_NOTCONN)
+    return interleave_addresses(infos)
+
+
+def connect_tcp(host, port, environ, timeout=5.0, delay=0.25):
+    """Connect to the first address that answers. Attempts are staggered by `delay`
+    (RFC 8305); ALIENPY_NO_STAGGER tries them one after the other."""
+    import selectors
+    addrs = resolve(host, port, environ)
+    if env_flag('ALIENPY_NO_STAGGER', environ):
+        delay = timeout
+    sel = selectors.DefaultSelector()
+    pending, errors = [], []
+    deadline = time.monotonic() + timeout
+    next_start = time.monotonic()
+    try:
+        while addrs or pending:
+            now = time.monotonic()
+            if now >= deadline:
+                errors.append('timed out after %.1f s' % timeout)
+                break
+            if addrs and (now >= next_start or not pending):
+                fam, typ, proto, _, addr = addrs.pop(0)
+                s = socket.socket(fam, typ, proto)
+                s.setblocking(False)
+                err = s.connect_ex(addr)
+                if err in (0, 115, 36, 10035) or err == getattr(__import__('errno'), 'EINPROGRESS', 115):
+                    sel.register(s, selectors.EVENT_WRITE, addr)
+                    pending.append(s)
+                else:
+                    errors.append('%s: %s' % (addr[0], os.strerror(err)))
+                    s.close()
+                next_start = time.monotonic() + delay
+                continue
+            wait = max(0.0, min(deadline, next_start if addrs else deadline) - time.monotonic())
+            for key, _ in sel.select(wait):
+                s = key.fileobj
+                err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                sel.unregister(s)
+                pending.remove(s)
+                if err:
+                    errors.append('%s: %s' % (key.data[0], os.strerror(err)))
+                    s.close()
+                    if addrs:
+                        next_start = time.monotonic()
+                    continue
+                s.setblocking(True)
+                log('connected to %s:%s' % key.data[:2])
+                return s
+    finally:
+        for s in pending:
+            s.close()
+        sel.close()
+    raise AlienError('cannot connect to %s:%d: %s' % (host, port, '; '.join(errors) or 'no address'), EX_NOTCONN)
+
+
+def proxy_for(host, environ):
+    """(proxy_host, proxy_port, 'user:pass' or None) from https_proxy/HTTPS_PROXY,
+    or None when there is no proxy or no_proxy/NO_PROXY exempts host."""
+    url = environ.get('https_proxy') or environ.get('HTTPS_PROXY') or ''
+    if not url:
+        return None
+    exempt = environ.get('no_proxy') or environ.get('NO_PROXY') or ''
+    h = host.lower().strip('[]')
+    for item in exempt.replace(' ', ',').split(','):
+        item = item.strip().lower()
+        if not item:
+            continue
+        if item == '*':
+            return None
+        item = item.lstrip('*')
+        if h == item.lstrip('.') or (item.startswith('.') and h.endswith(item)) or h.endswith('.' + item):
+            return None
+    m = re.match(r'^(?:[a-zA-Z][a-zA-Z0-9+.-]*://)?(?:([^@/]*)@)?([^/]+?)/?$', url.strip())
+    if not m:
+        raise AlienError('cannot parse https_proxy=%r' % url, EX_EINVAL)
+    phost, pport = parse_hostport(m.group(2), 3128)
+    return phost, pport, m.group(1)
+
+
+def connect_tunnel(sock, host, port, auth=None, timeout=10.0):
+    """HTTP CONNECT through a proxy on an open socket; returns when the tunnel is up."""
+    target = '%s:%d' % (('[%s]' % host) if ':' in host else host, port)
+    lines = ['CONNECT %s HTTP/1.1' % target, 'Host: %s' % target]
+    if auth:
+        from urllib.parse import unquote
+        lines.append('Proxy-Authorization: Basic %s'
+                     % base64.b64encode(unquote(auth).encode()).decode())
+    sock.settimeout(timeout)
+    sock.sendall(('\r\n'.join(lines) + '\r\n\r\n').encode())
+    data = b''
+    while b'\r\n\r\n' not in data:
+        try:
+            chunk = sock.recv(4096)
+        except (OSError, socket.timeout) as e:
+            raise AlienError('proxy CONNECT to %s failed: %s' % (target, e), EX_NOTCONN)
+        if not chunk or len(data) > MAX_HANDSHAKE:
+            raise AlienError('proxy CONNECT to %s: no valid reply' % target, EX_NOTCONN)
+        data += chunk
+    status = data.split(b'\r\n', 1)[0].split()
+    if len(status) < 2 or status[1] != b'200':
+        raise AlienError('proxy refused CONNECT to %s: %s' % (target, data.split(b'\r\n', 1)[0].decode('latin-1')),
+                         EX_NOTCONN)
+    if data.index(b'\r\n\r\n') + 4 != len(data):
+        raise AlienError('proxy sent data before the tunnel was up', EX_NOTCONN)
+
+
+def parse_reply(text):
+    """(metadata, results) of a JCentral reply text; AlienError when it is not one."""
+    if not text:
+        raise AlienError('empty reply from the server', EX_EMPTY_REPLY)
+    try:
+        reply = json.loads(text)
+    except ValueError:
+        raise AlienError('reply from the server is not JSON', EX_EINVAL)
+    if not isinstance(reply, dict) or not isinstance(reply.get('metadata'), dict) \
+            or not isinstance(reply.get('results'), list):
+        raise AlienError('reply from the server is not in the JCentral format', EX_ENOMSG)
+    return reply['metadata'], [r for r in reply['results'] if isinstance(r, dict)]
+
+
+def reply_to_result(metadata, results):
+    code = metadata.get('exitcode', '0')
+    try:
+        exitcode = int(code)
+    except (TypeError, ValueError):
+        exitcode = 121
+    out = '\n'.join(str(r['message']) for r in results if 'message' in r).strip()
+    return Result(exitcode, out, str(metadata.get('error', '') or ''), results, metadata)
 
 
 class Session(object):
@@ -102,17 +944,350 @@ class Session(object):
     State mirrored from every reply: user, cwd, home, prevdir.
     """
 
-    def __init__(self, environ=None):
+    def __init__(self, environ=None, json_mode=None):
         self.environ = dict(os.environ if environ is None else environ)
         self.user = ''
         self.cwd = ''
         self.home = ''
         self.prevdir = ''
+        self.ws = None
+        self.peer = None
+        self.credential_kind = None
+        self.json_mode = env_flag('ALIENPY_JSON', self.environ) if json_mode is None else json_mode
+        self.timeout = float(self.environ.get('ALIENPY_TIMEOUT') or 20)
+        self.last_exitcode = 0
+        self._commandlist = None
+
+    # -- connection --
+    def connect(self, want_user=False):
+        self.close()
+        kind, cert, key = choose_credentials(self.environ, want_user=want_user)
+        ctx = make_tls_context(cert, key, self.environ)
+        tries = int(self.environ.get('ALIENPY_CONNECT_TRIES') or 3)
+        interval = float(self.environ.get('ALIENPY_CONNECT_TRIES_INTERVAL') or 0.3)
+        t0 = time.monotonic()
+        last = None
+        for host, port in endpoints(self.environ):
+            for attempt in range(max(1, tries)):
+                if attempt:
+                    time.sleep(interval)
+                try:
+                    self.ws = self._open(ctx, host, port)
+                    self.peer = (host, port)
+                    break
+                except AlienError as e:
+                    last = e
+                    if e.exitcode != EX_NOTCONN or isinstance(e, TLSError):
+                        raise
+            if self.ws:
+                break
+        if env_flag('ALIENPY_TIMECONNECT', self.environ):
+            sys.stderr.write('>>>   Websocket connecting time: %.3f ms\n' % ((time.monotonic() - t0) * 1000))
+        if not self.ws:
+            raise last or AlienError('cannot connect', EX_NOTCONN)
+        self.credential_kind = kind
+        if kind == 'user' and not want_user:
+            self.renew_token(quiet=True)
+        return self
+
+    def _open(self, ctx, host, port):
+        headers = [('User-Agent', 'alien.py/%s Python/%s' % (VERSION, sys.version.split()[0]))]
+        url = 'wss://%s:%d%s' % (('[%s]' % host) if ':' in host else host, port, WS_PATH)
+        log('connecting to %s' % url)
+        if self.environ.get('ALIENPY_TRANSPORT', '').lower() in ('websocket-client', 'websocket_client'):
+            return WebSocketClientTransport(url, ctx, host, self.timeout, headers)
+        proxy = proxy_for(host, self.environ)
+        if proxy:
+            sock = connect_tcp(proxy[0], proxy[1], self.environ)
+            try:
+                connect_tunnel(sock, host, port, proxy[2])
+            except AlienError:
+                sock.close()
+                raise
+        else:
+            sock = connect_tcp(host, port, self.environ)
+        try:
+            sock.settimeout(self.timeout)
+            tls = ctx.wrap_socket(sock, server_hostname=host)
+        except ssl.SSLError as e:
+            sock.close()
+            raise tls_error(e, host)
+        except (OSError, socket.timeout) as e:
+            sock.close()
+            raise AlienError('TLS handshake with %s:%d failed: %s' % (host, port, e), EX_NOTCONN)
+        ws = WebSocket(tls, max_size=int(float(self.environ.get('ALIENPY_MAX_MESSAGE_MB') or 1024) * (1 << 20)))
+        try:
+            ws.handshake(host, port, WS_PATH, headers)
+        except AlienError:
+            ws.close()
+            raise
+        return ws
+
+    def close(self):
+        if self.ws is not None:
+            self.ws.close()
+            self.ws = None
+
+    # -- one request, one reply --
+    def request(self, command, options=(), nomsg=False, nokeys=False):
+        opts = [str(o) for o in options]
+        if nokeys:
+            opts.insert(0, '-nokeys')
+        if nomsg:
+            opts.insert(0, '-nomsg')
+        text = json.dumps({'command': command, 'options': opts})
+        reply = self._exchange(text, command, opts)
+        metadata, results = parse_reply(reply)
+        self._update_state(metadata)
+        result = reply_to_result(metadata, results)
+        result.raw = reply
+        return result
+
+    def _exchange(self, text, command, opts):
+        if self.ws is not None and not self.ws.alive(self.timeout):
+            log('idle connection is dead; reconnecting')
+            self.ws.close()
+            self._reconnect()
+        fresh = self.ws is None
+        if fresh:
+            self.connect()
+        try:
+            self.ws.send_text(text)
+        except WebSocketError:
+            if fresh:
+                raise
+            self._reconnect()
+            self.ws.send_text(text)
+            fresh = True
+        try:
+            return self.ws.recv_text()
+        except WebSocketError as e:
+            self.ws = None
+            if fresh or not self._is_read_only(command, opts):
+                raise AlienError('%s; the outcome of "%s" is unknown' % (e, command), EX_NOTCONN)
+            self._reconnect()
+            self.ws.send_text(text)
+            return self.ws.recv_text()
+
+    @staticmethod
+    def _is_read_only(command, opts):
+        if command == 'access':
+            return 'read' in opts
+        return command in READ_ONLY_COMMANDS
+
+    def _reconnect(self):
+        """New connection, same server-side cwd."""
+        log('reconnecting')
+        cwd = self.cwd
+        self.connect()
+        if cwd:
+            self.ws.send_text(json.dumps({'command': 'cd', 'options': [cwd]}))
+            self._update_state(parse_reply(self.ws.recv_text())[0])
+
+    def _update_state(self, metadata):
+        if metadata.get('user'):
+            self.user = metadata['user']
+        cwd = metadata.get('currentdir')
+        if cwd:
+            if not self.home:
+                self.home = cwd
+            if cwd != self.cwd:
+                if self.cwd:
+                    self.prevdir = self.cwd
+                self.cwd = cwd
+
+    def renew_token(self, quiet=False, args=()):
+        """Ask the service for a token certificate and store it owner-only."""
+        r = self.request('token', list(args), nomsg=True)
+        if r.exitcode != 0 or not r.results or 'tokencert' not in r.results[0] or 'tokenkey' not in r.results[0]:
+            if quiet:
+                log('token renewal failed: %s' % r.err)
+                return r
+            raise AlienError('could not get a token: %s' % (r.err or 'no tokencert/tokenkey in the reply'), r.exitcode or EX_ENOMSG)
+        tcert, tkey = credential_paths(self.environ)[:2]
+        if is_pem_content(tcert) or is_pem_content(tkey):
+            return r  # the token is given in the environment: nothing to write
+        try:
+            write_private_file(tkey, r.results[0]['tokenkey'], 0o400)
+            write_private_file(tcert, r.results[0]['tokencert'], 0o400)
+        except OSError as e:
+            raise AlienError('cannot write the token files: %s' % e, EX_EIO)
+        return r
+
+    def server_commands(self):
+        """Names the service knows (commandlist; both reply formats)."""
+        if self._commandlist is None:
+            r = self.request('commandlist')
+            names = set()
+            for res in r.results:
+                if 'commandlist' in res:
+                    names.add(res['commandlist'])
+                if 'message' in res:
+                    names.update(res['message'].split())
+            self._commandlist = sorted(n for n in names if not n.endswith('_csd'))
+        return self._commandlist
+
+    def grid_path(self, path):
+        if not self.cwd:
+            self.request('pwd')
+        return expand_grid_path(path, self.cwd, self.home)
+
+    # -- command lines --
+    def run(self, line, on_result=None):
+        """Run a command line ('cmd1; cmd2 | shellcmd'). on_result(result) is called
+        after each command (the front end prints there). Returns the last Result,
+        with the out/err of the whole chain."""
+        outs, errs = [], []
+        result = Result()
+        for element in split_chain(line):
+            result = self.run_one(element)
+            self.last_exitcode = result.exitcode
+            if on_result is not None:
+                on_result(result)
+            if result.exitcode == 0 and result.out:
+                outs.append(result.out)
+            if result.exitcode != 0 and result.err:
+                errs.append(result.err)
+        chain = Result(result.exitcode, '\n'.join(outs), '\n'.join(errs), result.results, result.metadata)
+        chain.as_json, chain.raw = result.as_json, result.raw
+        return chain
+
+    def run_one(self, element):
+        """One element of a chain: '!shell', 'cmd args', 'cmd args | shell'."""
+        element = element.strip()
+        if element.startswith('!'):
+            return run_local_shell(element[1:])
+        grid_part, shell_part = split_pipe(element)
+        tokens = tokenize(grid_part)
+        if not tokens:
+            return Result()
+        result = self.run_tokens(tokens)
+        if shell_part is not None and result.exitcode == 0:
+            return run_local_shell(shell_part, (result.out + '\n') if result.out else '')
+        return result
+
+    def run_tokens(self, tokens):
+        verb, args = tokens[0], tokens[1:]
+        as_json = self.json_mode or '-json' in args
+        args = [a for a in args if a != '-json']
+        cmd = COMMANDS.get(verb)
+        try:
+            if cmd is not None and args[:1] in (['-h'], ['--help'], ['-help']) and cmd.usage:
+                result = Result(0, cmd.usage.strip())
+            elif cmd is not None:
+                result = cmd.handler(self, args)
+            else:
+                result = self.request(verb, args, nokeys=not as_json)
+        except AlienError as e:
+            result = Result(e.exitcode, '', str(e))
+        result.as_json = as_json
+        return result
 
 
 # ==========================================================================
-# Paths: grid and local path expansion (pure functions)
+# Paths: grid and local path expansion, command-line splitting (pure functions)
 # ==========================================================================
+
+_GRID_PREFIX = re.compile(r'^(alien:(//)?)')
+_LOCAL_PREFIX = re.compile(r'^(file:(//)?)')
+
+
+def expand_grid_path(path, cwd, home):
+    """Absolute LFN for path as typed: alien: prefixes, %ALIEN, ~, ., .., relative
+    paths; a trailing '/' is kept."""
+    trailing = path.endswith('/')
+    p = _GRID_PREFIX.sub('', path.strip())
+    home = home or '/'
+    cwd = cwd or home
+    m = re.match(r'^/*%ALIEN(/|$)', p)
+    if m:
+        p = home.rstrip('/') + '/' + p[m.end():]
+    elif p == '~' or p.startswith('~/'):
+        p = home.rstrip('/') + '/' + p[1:]
+    elif not p.startswith('/'):
+        p = cwd.rstrip('/') + '/' + p
+    p = '/' + '/'.join(part for part in _normalize(p.split('/')))
+    if trailing and not p.endswith('/'):
+        p += '/'
+    return p
+
+
+def _normalize(parts):
+    out = []
+    for part in parts:
+        if part in ('', '.'):
+            continue
+        if part == '..':
+            if out:
+                out.pop()
+            continue
+        out.append(part)
+    return out
+
+
+def expand_local_path(path):
+    """Absolute local path for path as typed (file: prefix, ~); '/' appended for a
+    directory or when the input ended with '/'."""
+    trailing = path.endswith('/')
+    p = os.path.abspath(os.path.expanduser(_LOCAL_PREFIX.sub('', path.strip())))
+    if (trailing or os.path.isdir(p)) and not p.endswith('/'):
+        p += '/'
+    return p
+
+
+def _scan(line, stops):
+    """Yield (index, char) of characters in stops that are outside quotes."""
+    quote = None
+    escaped = False
+    for i, c in enumerate(line):
+        if escaped:
+            escaped = False
+        elif c == '\\' and quote != "'":
+            escaped = True
+        elif quote:
+            if c == quote:
+                quote = None
+        elif c in '"\'':
+            quote = c
+        elif c in stops:
+            yield i, c
+
+
+def split_chain(line):
+    """'a; b\\nc' -> ['a', 'b', 'c']: ';' and newlines outside quotes separate commands."""
+    parts, start = [], 0
+    for i, _ in _scan(line, ';\n'):
+        parts.append(line[start:i])
+        start = i + 1
+    parts.append(line[start:])
+    return [p.strip() for p in parts if p.strip()]
+
+
+def split_pipe(element):
+    """'ls -l | grep x' -> ('ls -l', 'grep x'); no unquoted '|' -> (element, None)."""
+    for i, _ in _scan(element, '|'):
+        return element[:i].strip(), element[i + 1:].strip()
+    return element, None
+
+
+def tokenize(element):
+    try:
+        return shlex.split(element)
+    except ValueError as e:
+        raise AlienError('cannot parse %r: %s' % (element, e), EX_USAGE)
+
+
+def run_local_shell(command, stdin_text=None):
+    """Run a local shell command (for '!cmd' and 'cmd | shellcmd'), output to our terminal."""
+    import subprocess
+    sys.stdout.flush()
+    try:
+        proc = subprocess.run(['/bin/sh', '-c', command],
+                              input=stdin_text.encode() if stdin_text is not None else None)
+    except OSError as e:
+        return Result(EX_GENERIC, '', 'cannot run %r: %s' % (command, e))
+    return Result(proc.returncode)
+
 
 
 # ==========================================================================
@@ -155,11 +1330,159 @@ def command(*names, **kw):
     return deco
 
 
+@command('cd', usage='cd [DIR | - | ~]  change the grid directory (no argument: home; -: previous)')
+def cmd_cd(session, args):
+    if args == ['-']:
+        if not session.prevdir:
+            return Result(EX_GENERIC, '', 'cd -: no previous directory')
+        args = [session.prevdir]
+    return session.request('cd', args, nokeys=True)
+
+
+def _ls_with(*flags):
+    def handler(session, args):
+        as_json = session.json_mode
+        return session.request('ls', ['-F'] + list(flags) + args, nokeys=not as_json)
+    return handler
+
+
+command('ls', usage='ls [-l] [-a] [PATH...]  list grid directories')(_ls_with())
+command('ll', usage='ll [PATH...]  = ls -l')(_ls_with('-l'))
+command('la', usage='la [PATH...]  = ls -a')(_ls_with('-a'))
+command('lla', usage='lla [PATH...]  = ls -l -a')(_ls_with('-l', '-a'))
+
+
+@command('home', usage='home  print the grid home directory')
+def cmd_home(session, args):
+    if not session.home:
+        session.request('pwd')
+    return Result(0, session.home)
+
+
+@command('version', connect=False, usage='version  client and environment versions')
+def cmd_version(session, args):
+    import importlib.util
+    xrd = importlib.util.find_spec('XRootD') is not None
+    lines = ['alien.py version: %s' % VERSION,
+             'alien.py location: %s' % os.path.abspath(__file__),
+             'Interpreter: %s' % sys.executable,
+             'Python version: %s' % sys.version.split()[0],
+             'XRootD: %s' % ('available' if xrd else 'Not Found! (pip install xrootd)')]
+    return Result(0, '\n'.join(lines))
+
+
+@command('help', '?', connect=False, usage='help [COMMAND]  list the commands, or show the usage of one')
+def cmd_help(session, args):
+    if args:
+        cmd = COMMANDS.get(args[0])
+        if cmd is not None and cmd.usage:
+            return Result(0, cmd.usage.strip())
+        return session.request(args[0], ['-h'])
+    names = set(COMMANDS)
+    note = ''
+    try:
+        names.update(session.server_commands())
+    except AlienError as e:
+        note = '\n(server commands not listed: %s)' % e
+    return Result(0, format_columns(sorted(names)) + note)
+
+
+def format_columns(names, width=None):
+    if width is None:
+        try:
+            width = os.get_terminal_size().columns
+        except OSError:
+            width = 120
+    colw = max(len(n) for n in names) + 2 if names else 1
+    ncol = max(1, width // colw)
+    rows = [names[i:i + ncol] for i in range(0, len(names), ncol)]
+    return '\n'.join(''.join(n.ljust(colw) for n in row).rstrip() for row in rows)
+
+
+@command('exit', 'quit', 'logout', connect=False, usage='exit [CODE]  leave the shell')
+def cmd_exit(session, args):
+    code = session.last_exitcode
+    if args:
+        try:
+            code = int(args[0])
+        except ValueError:
+            return Result(EX_EINVAL, '', 'exit: %r is not a number' % args[0])
+    raise SystemExit(code)
+
+
+@command('ping', usage='ping [COUNT]  websocket round-trip time to the service')
+def cmd_ping(session, args):
+    try:
+        count = int(args[0]) if args else 3
+    except ValueError:
+        return Result(EX_EINVAL, '', 'ping: %r is not a number' % args[0])
+    if session.ws is None:
+        session.connect()
+    rtts = [session.ws.ping(str(i).encode()) * 1000 for i in range(count)]
+    return Result(0, 'Websocket ping/pong(s) : %d time(s) to %s:%d\nrtt min/avg/max (ms) = %.3f/%.3f/%.3f'
+                  % (count, session.peer[0], session.peer[1], min(rtts), sum(rtts) / len(rtts), max(rtts)))
+
+
+@command('exitcode', '$?', connect=False, usage='exitcode  the exit code of the last command')
+def cmd_exitcode(session, args):
+    return Result(0, str(session.last_exitcode))
+
+
 # -- transfer commands (cp, cat, edit, ...) --
 
 # -- gfal commands --
 
 # -- credential commands --
+
+def describe_cert(path):
+    info = cert_info(path)
+    if info is None:
+        raise AlienError('cannot read a certificate from %s' % path, EX_EIO if os.path.exists(path) else EX_ENOENT)
+    left = ssl.cert_time_to_seconds(info['notAfter']) - time.time()
+    state = 'valid for %s' % human_duration(left) if left > 0 else 'EXPIRED %s ago' % human_duration(-left)
+    return '\n'.join(['DN >>> %s' % dn_string(info.get('subject', ())),
+                      'ISSUER >>> %s' % dn_string(info.get('issuer', ())),
+                      'BEGIN >>> %s' % info.get('notBefore', ''),
+                      'EXPIRE >>> %s' % info['notAfter'],
+                      'LEFT >>> %s' % state])
+
+
+def human_duration(seconds):
+    seconds = int(seconds)
+    d, rem = divmod(seconds, 86400)
+    h, rem = divmod(rem, 3600)
+    m, s = divmod(rem, 60)
+    return ('%dd ' % d if d else '') + '%02d:%02d:%02d' % (h, m, s)
+
+
+@command('cert-info', connect=False, usage='cert-info [CERT]  subject, issuer and validity of the user certificate')
+def cmd_cert_info(session, args):
+    return Result(0, describe_cert(args[0] if args else credential_paths(session.environ)[2]))
+
+
+@command('token-info', connect=False, usage='token-info  subject, issuer and validity of the token certificate')
+def cmd_token_info(session, args):
+    path = materialize_pem(credential_paths(session.environ)[0], 'tokencert')
+    if not os.path.exists(path):
+        return Result(EX_ENOENT, '', 'no token certificate at %s (run token-init)' % path)
+    return Result(0, describe_cert(path))
+
+
+@command('token-init', connect=False, usage='token-init [-v DAYS]  get a new token with the user certificate')
+def cmd_token_init(session, args):
+    session.connect(want_user=True)
+    session.renew_token(args=args)
+    session.close()
+    return Result(0, describe_cert(materialize_pem(credential_paths(session.environ)[0], 'tokencert')))
+
+
+@command('token-destroy', connect=False, usage='token-destroy  delete the token files')
+def cmd_token_destroy(session, args):
+    for path in credential_paths(session.environ)[:2]:
+        if not is_pem_content(path) and os.path.exists(path):
+            os.unlink(path)
+    return Result(0, 'Token was destroyed! Re-connect for token re-creation.')
+
 
 # -- shell commands --
 
@@ -168,15 +1491,111 @@ def command(*names, **kw):
 # Interactive shell
 # ==========================================================================
 
+def prompt_text(session):
+    return 'AliEn[%s]:%s >' % (session.user, session.cwd)
+
+
+def shell_main(session):
+    try:
+        import readline  # noqa: F401  (line editing and history)
+    except ImportError:
+        pass
+    print('Welcome to the ALICE GRID\n')
+    session.request('pwd')  # connect now: the prompt needs user and cwd
+    while True:
+        try:
+            line = input(prompt_text(session) + ' ')
+        except EOFError:
+            print()
+            return 0
+        except KeyboardInterrupt:
+            print()
+            continue
+        try:
+            session.run(line, on_result=print_result)
+        except SystemExit as e:
+            return e.code if isinstance(e.code, int) else 0
+        except KeyboardInterrupt:
+            print()
+        except AlienError as e:
+            print_error(str(e))
+            session.last_exitcode = e.exitcode
+
 
 # ==========================================================================
 # main()
 # ==========================================================================
 
+def print_error(text):
+    if text:
+        sys.stderr.write(text.rstrip('\n') + '\n')
+        sys.stderr.flush()
+
+
+def print_result(result):
+    if env_flag('ALIENPY_JSONRAW') and result.raw is not None:
+        sys.stdout.write(result.raw + '\n')
+    elif result.as_json:
+        if result.metadata:
+            sys.stdout.write(json.dumps({'metadata': result.metadata, 'results': result.results},
+                                        sort_keys=True, indent=2) + '\n')
+        else:
+            print_error('This command did not return a json dictionary')
+    elif result.exitcode == 0:
+        if result.out:
+            sys.stdout.write(result.out + '\n')
+    else:
+        print_error(result.err)
+    sys.stdout.flush()
+
+
+def exit_status(code):
+    """Process exit status of a command exit code (negative codes wrap like sys.exit)."""
+    return code if 0 <= code <= 255 else (code & 0xFF) or 1
+
+
+USAGE = '''usage: alien.py                     interactive shell
+       alien.py 'cmd1 args; cmd2'   run commands and exit with the last one's code
+       alien.py help                list the commands'''
+
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    return 0
+    argv = sys.argv[1:] if argv is None else list(argv)
+    session = None
+    try:
+        if argv and argv[0] in ('-h', '--help', '-help'):
+            sys.stdout.write(USAGE + '\n')
+            return 0
+        if '-json' in argv[:1]:
+            argv = argv[1:]
+            os.environ['ALIENPY_JSON'] = '1'
+        session = Session()
+        if not argv:
+            return exit_status(shell_main(session))
+        line = argv[0] if len(argv) == 1 else ' '.join(shlex.quote(a) for a in argv)
+        result = session.run(line, on_result=print_result)
+        return exit_status(result.exitcode)
+    except AlienError as e:
+        print_error('alien.py: %s' % e)
+        return exit_status(e.exitcode)
+    except SystemExit as e:
+        return exit_status(e.code) if isinstance(e.code, int) else 0
+    except KeyboardInterrupt:
+        print_error('alien.py: interrupted')
+        return 130
+    except BrokenPipeError:
+        try:
+            sys.stdout = open(os.devnull, 'w')
+        except OSError:
+            pass
+        return 1
+    except Exception as e:  # the last guard: never a traceback
+        log_exception()
+        print_error('alien.py: internal error: %s: %s (ALIENPY_DEBUG=1 logs the details)' % (type(e).__name__, e))
+        return 1
+    finally:
+        if session is not None:
+            session.close()
 
 
 if __name__ == '__main__':

@@ -1,3 +1,584 @@
+"""Tests of alien.py: pure functions first, then against the local test grid."""
+import base64
+import hashlib
+import json
+import os
+import socket
+import ssl
+import struct
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+REPO = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, REPO)
+import alien  # noqa: E402
+
+ALIEN = os.path.join(REPO, 'alien.py')
+
+
+def run_cli(args, env=None, input=None, timeout=60, python=None):
+    """Run `python3 alien.py ARGS` as a user would; returns CompletedProcess (text)."""
+    cmd = [python or sys.executable, ALIEN] + list(args)
+    return subprocess.run(cmd, env=env, input=input, capture_output=True, text=True, timeout=timeout)
+
+
+# ===== core unit tests (no network) =====
+
+def server_frame(opcode, payload, fin=True, masked=False, rsv=0):
+    """A frame as a server would send it (unmasked unless asked)."""
+    head = bytearray([(0x80 if fin else 0) | rsv | opcode])
+    n = len(payload)
+    mbit = 0x80 if masked else 0
+    if n < 126:
+        head.append(mbit | n)
+    elif n < 65536:
+        head.append(mbit | 126)
+        head += struct.pack('!H', n)
+    else:
+        head.append(mbit | 127)
+        head += struct.pack('!Q', n)
+    if masked:
+        mask = b'abcd'
+        head += mask
+        payload = alien.mask_payload(payload, mask)
+    return bytes(head) + payload
+
+
+def decode_client_frame(data):
+    """Inverse of encode_frame, for checking what the client sends."""
+    b0, b1 = data[0], data[1]
+    assert b1 & 0x80, 'client frames must be masked'
+    n, pos = b1 & 0x7F, 2
+    if n == 126:
+        n, pos = struct.unpack_from('!H', data, 2)[0], 4
+    elif n == 127:
+        n, pos = struct.unpack_from('!Q', data, 2)[0], 10
+    mask = data[pos:pos + 4]
+    return bool(b0 & 0x80), b0 & 0x0F, alien.mask_payload(data[pos + 4:pos + 4 + n], mask)
+
+
+@pytest.mark.parametrize('size', [0, 1, 125, 126, 65535, 65536, 200000])
+def test_encode_frame_lengths_roundtrip(size):
+    payload = os.urandom(size)
+    data = alien.encode_frame(alien.OP_TEXT, payload)
+    fin, opcode, got = decode_client_frame(data)
+    assert (fin, opcode, got) == (True, alien.OP_TEXT, payload)
+    expected_header = 2 + 4 + (0 if size < 126 else 2 if size < 65536 else 8)
+    assert len(data) == expected_header + size
+
+
+@pytest.mark.parametrize('size', [0, 5, 125, 126, 300, 65535, 65536, 100000])
+def test_parse_frame_lengths(size):
+    payload = b'x' * size
+    data = server_frame(alien.OP_TEXT, payload)
+    assert alien.parse_frame(data) == (True, alien.OP_TEXT, payload, len(data))
+    for cut in (0, 1, len(data) - 1):  # incomplete input asks for more
+        if cut < len(data):
+            assert alien.parse_frame(data[:cut]) is None
+
+
+@pytest.mark.parametrize('frame,reason', [
+    (server_frame(1, b'hi', masked=True), 'masked'),
+    (server_frame(1, b'hi', rsv=0x40), 'reserved'),
+    (server_frame(3, b'hi'), 'opcode'),
+    (server_frame(9, b'x', fin=False), 'control'),
+    (bytes([0x89, 126]) + struct.pack('!H', 200) + b'x' * 200, 'control'),
+    (bytes([0x81, 127]) + struct.pack('!Q', 1 << 63), 'most significant'),
+    (bytes([0x81, 126]) + struct.pack('!H', 5) + b'hello', 'non-minimal'),
+])
+def test_parse_frame_rejects(frame, reason):
+    with pytest.raises(alien.WebSocketError) as e:
+        alien.parse_frame(frame)
+    assert reason in str(e.value)
+
+
+def test_parse_frame_huge_length_is_an_error_not_an_allocation():
+    frame = bytes([0x81, 127]) + struct.pack('!Q', 1 << 62)
+    with pytest.raises(alien.WebSocketError) as e:
+        alien.parse_frame(frame)
+    assert 'maximum' in str(e.value)
+
+
+def test_assembler_fragments_with_interleaved_control_frames():
+    asm = alien.MessageAssembler()
+    data = (server_frame(alien.OP_TEXT, b'hel', fin=False) + server_frame(alien.OP_PING, b'p1')
+            + server_frame(alien.OP_CONT, b'lo ', fin=False) + server_frame(alien.OP_PONG, b'')
+            + server_frame(alien.OP_CONT, b'world'))
+    for i in range(0, len(data), 3):  # byte-by-byte-ish delivery
+        asm.feed(data[i:i + 3])
+    events = []
+    while True:
+        ev = asm.next_event()
+        if ev is None:
+            break
+        events.append(ev)
+    assert events == [('ping', b'p1'), ('pong', b''), ('message', alien.OP_TEXT, b'hello world')]
+
+
+def test_assembler_rejects_bad_fragment_sequences():
+    asm = alien.MessageAssembler()
+    asm.feed(server_frame(alien.OP_CONT, b'x'))
+    with pytest.raises(alien.WebSocketError):
+        asm.next_event()
+    asm = alien.MessageAssembler()
+    asm.feed(server_frame(alien.OP_TEXT, b'a', fin=False) + server_frame(alien.OP_TEXT, b'b'))
+    with pytest.raises(alien.WebSocketError):
+        asm.next_event()
+
+
+def test_assembler_message_size_limit_counts_fragments():
+    asm = alien.MessageAssembler(max_size=10)
+    asm.feed(server_frame(alien.OP_TEXT, b'x' * 6, fin=False) + server_frame(alien.OP_CONT, b'y' * 6))
+    with pytest.raises(alien.WebSocketError) as e:
+        asm.next_event()
+    assert 'maximum' in str(e.value)
+
+
+def test_close_payload():
+    assert alien.parse_close_payload(b'') == (1005, '')
+    assert alien.parse_close_payload(struct.pack('!H', 1013) + b'Session timed out') == (1013, 'Session timed out')
+    with pytest.raises(alien.WebSocketError):
+        alien.parse_close_payload(b'\x03')
+    with pytest.raises(alien.WebSocketError):
+        alien.parse_close_payload(b'\x03\xe8\xff')
+
+
+def test_handshake_request_and_accept():
+    key = 'dGhlIHNhbXBsZSBub25jZQ=='
+    # RFC 6455 section 1.3 example
+    assert alien.ws_accept_key(key) == 's3pPLMBiTxaQ9kYGzzhZRbK+xOo='
+    req = alien.build_handshake('example.org', 8097, '/websocket/json', key).decode()
+    assert req.startswith('GET /websocket/json HTTP/1.1\r\n')
+    assert 'Host: example.org:8097\r\n' in req and 'Sec-WebSocket-Version: 13\r\n' in req
+    assert req.endswith('\r\n\r\n')
+    ok = ('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n'
+          'Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=').encode()
+    assert alien.parse_handshake_response(ok, key)['upgrade'] == 'websocket'
+
+
+@pytest.mark.parametrize('reply,code', [
+    (b'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: wrong', 107),
+    (b'HTTP/1.1 200 OK\r\nContent-Length: 0', 107),
+    (b'HTTP/1.1 401 Unauthorized', 129),
+    (b'garbage', 107),
+    (b'HTTP/1.1 101 X\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nbroken header', 107),
+])
+def test_handshake_response_errors(reply, code):
+    with pytest.raises(alien.AlienError) as e:
+        alien.parse_handshake_response(reply, 'dGhlIHNhbXBsZSBub25jZQ==')
+    assert e.value.exitcode == code
+
+
+@pytest.mark.parametrize('path,expected', [
+    ('', '/home/u/cwd'),
+    ('.', '/home/u/cwd'),
+    ('..', '/home/u'),
+    ('../x/', '/home/u/x/'),
+    ('f.txt', '/home/u/cwd/f.txt'),
+    ('./a//b/../c', '/home/u/cwd/a/c'),
+    ('~', '/home/u'),
+    ('~/data/', '/home/u/data/'),
+    ('%ALIEN/x', '/home/u/x'),
+    ('/%ALIEN', '/home/u'),
+    ('alien:/abs/p', '/abs/p'),
+    ('alien:///abs/p', '/abs/p'),
+    ('alien:rel', '/home/u/cwd/rel'),
+    ('/a/b/../../..', '/'),
+])
+def test_expand_grid_path(path, expected):
+    assert alien.expand_grid_path(path, '/home/u/cwd/', '/home/u/') == expected
+
+
+def test_expand_local_path(tmp_path):
+    d = tmp_path / 'd'
+    d.mkdir()
+    assert alien.expand_local_path('file:' + str(d)) == str(d) + '/'
+    assert alien.expand_local_path('file://' + str(d / 'f')) == str(d / 'f')
+    assert alien.expand_local_path('~/x').startswith(os.path.expanduser('~'))
+
+
+@pytest.mark.parametrize('line,expected', [
+    ('ls; pwd', ['ls', 'pwd']),
+    ('ls\npwd;;', ['ls', 'pwd']),
+    ('echo "a;b"; pwd', ['echo "a;b"', 'pwd']),
+    ("find '/x;y' z", ["find '/x;y' z"]),
+    ('a\\;b', ['a\\;b']),
+    ('   ', []),
+])
+def test_split_chain(line, expected):
+    assert alien.split_chain(line) == expected
+
+
+def test_split_pipe_and_tokenize():
+    assert alien.split_pipe('ls -l | grep x | wc') == ('ls -l', 'grep x | wc')
+    assert alien.split_pipe("find '/a|b'") == ("find '/a|b'", None)
+    assert alien.tokenize('stat "my file" x') == ['stat', 'my file', 'x']
+    with pytest.raises(alien.AlienError) as e:
+        alien.tokenize('stat "open')
+    assert e.value.exitcode == alien.EX_USAGE
+
+
+@pytest.mark.parametrize('env,expected', [
+    ({}, [('alice-jcentral.cern.ch', 8097)]),
+    ({'ALIENPY_JCENTRAL': 'h.example'}, [('h.example', 8097)]),
+    ({'ALIENPY_JCENTRAL': 'h.example', 'ALIENPY_JCENTRAL_PORT': '9000'}, [('h.example', 9000)]),
+    ({'ALIENPY_JCENTRAL': 'h.example:1234'}, [('h.example', 1234)]),
+    ({'ALIENPY_JCENTRAL': '[::1]:1234'}, [('::1', 1234)]),
+    ({'ALIENPY_JCENTRAL': '::1'}, [('::1', 8097)]),
+    ({'JALIEN_HOST': 'box', 'JALIEN_WSPORT': '1111'}, [('box', 1111), ('alice-jcentral.cern.ch', 8097)]),
+])
+def test_endpoints(env, expected, tmp_path):
+    env = dict(env, TMPDIR=str(tmp_path))
+    assert alien.endpoints(env) == expected
+
+
+def test_endpoint_bad_port():
+    with pytest.raises(alien.AlienError) as e:
+        alien.endpoints({'ALIENPY_JCENTRAL': 'h', 'ALIENPY_JCENTRAL_PORT': 'x'})
+    assert e.value.exitcode == alien.EX_EINVAL
+
+
+def test_interleave_addresses():
+    v4 = [(socket.AF_INET, 1, 6, '', ('1.1.1.%d' % i, 1)) for i in range(3)]
+    v6 = [(socket.AF_INET6, 1, 6, '', ('::%d' % i, 1)) for i in range(2)]
+    out = alien.interleave_addresses(v6 + v4)
+    assert [a[4][0] for a in out] == ['::0', '1.1.1.0', '::1', '1.1.1.1', '1.1.1.2']
+
+
+def test_parse_reply_errors():
+    with pytest.raises(alien.AlienError) as e:
+        alien.parse_reply('')
+    assert e.value.exitcode == alien.EX_EMPTY_REPLY
+    with pytest.raises(alien.AlienError) as e:
+        alien.parse_reply('{not json')
+    assert e.value.exitcode == alien.EX_EINVAL
+    with pytest.raises(alien.AlienError) as e:
+        alien.parse_reply('{"results": []}')
+    assert e.value.exitcode == alien.EX_ENOMSG
+    md, res = alien.parse_reply('{"metadata": {"exitcode": "0"}, "results": [{"message": "a\\/b"}, 3]}')
+    r = alien.reply_to_result(md, res)
+    assert (r.exitcode, r.out, r.results) == (0, 'a/b', [{'message': 'a/b'}])
+    r = alien.reply_to_result({'exitcode': '-1', 'error': 'Incoming JSON not ok'}, [])
+    assert (r.exitcode, r.err) == (-1, 'Incoming JSON not ok')
+
+
+def test_exit_status():
+    assert [alien.exit_status(c) for c in (0, 2, 255, -1, 256, 107)] == [0, 2, 255, 255, 1, 107]
+
+
+def test_write_private_file_is_never_readable_by_others(tmp_path):
+    target = tmp_path / 'tokenkey.pem'
+    target.write_text('old')
+    os.chmod(str(target), 0o644)
+    old_umask = os.umask(0)
+    try:
+        alien.write_private_file(str(target), 'SECRET', 0o400)
+    finally:
+        os.umask(old_umask)
+    assert target.read_text() == 'SECRET\n'
+    assert os.stat(str(target)).st_mode & 0o777 == 0o400
+    assert [p.name for p in tmp_path.iterdir()] == ['tokenkey.pem']  # no temp file left
+
+
+def test_key_with_open_permissions_is_refused(tmp_path):
+    key = tmp_path / 'userkey.pem'
+    key.write_text('x')
+    os.chmod(str(key), 0o644)
+    with pytest.raises(alien.AlienError) as e:
+        alien.check_key_permissions(str(key))
+    assert 'chmod 600' in str(e.value)
+
+
+def test_materialized_pem_is_owner_only(tmp_path):
+    path = alien.materialize_pem('-----BEGIN CERTIFICATE-----\nabc\n-----END CERTIFICATE-----', 'tokencert')
+    try:
+        assert os.stat(path).st_mode & 0o777 == 0o600
+    finally:
+        alien._cleanup_temp_files()
+    assert not os.path.exists(path)
+    assert alien.materialize_pem('/some/path.pem', 'tokencert') == '/some/path.pem'
+
+
+def test_no_credentials_is_one_line_error(tmp_path):
+    env = {'HOME': str(tmp_path), 'TMPDIR': str(tmp_path), 'ALIENPY_JCENTRAL': '127.0.0.1:9'}
+    p = run_cli(['pwd'], env=dict(os.environ, **env))
+    assert p.returncode == alien.EX_NOTCONN
+    assert p.stderr.count('\n') == 1 and 'no valid user certificate or token' in p.stderr
+    assert p.stdout == ''
+
+
+def test_client_side_commands_need_no_connection(tmp_path):
+    env = dict(os.environ, HOME=str(tmp_path), TMPDIR=str(tmp_path), ALIENPY_JCENTRAL='127.0.0.1:9')
+    p = run_cli(['version'], env=env)
+    assert p.returncode == 0 and 'alien.py version' in p.stdout
+    p = run_cli(['exitcode'], env=env)
+    assert (p.returncode, p.stdout) == (0, '0\n')
+    p = run_cli(['token-info'], env=env)
+    assert p.returncode == alien.EX_ENOENT and p.stderr.count('\n') == 1
+
+
+@pytest.mark.parametrize('env,host,expected', [
+    ({}, 'h.cern.ch', None),
+    ({'https_proxy': 'http://proxy:3128'}, 'h.cern.ch', ('proxy', 3128, None)),
+    ({'HTTPS_PROXY': 'http://u:p%40ss@proxy:8080/'}, 'h.cern.ch', ('proxy', 8080, 'u:p%40ss')),
+    ({'https_proxy': 'proxy'}, 'h.cern.ch', ('proxy', 3128, None)),
+    ({'https_proxy': 'proxy:1', 'no_proxy': '.cern.ch'}, 'h.cern.ch', None),
+    ({'https_proxy': 'proxy:1', 'no_proxy': 'cern.ch'}, 'h.cern.ch', None),
+    ({'https_proxy': 'proxy:1', 'no_proxy': 'localhost,127.0.0.1'}, '127.0.0.1', None),
+    ({'https_proxy': 'proxy:1', 'no_proxy': 'xcern.ch'}, 'h.cern.ch', ('proxy', 1, None)),
+    ({'https_proxy': 'proxy:1', 'NO_PROXY': '*'}, 'h.cern.ch', None),
+])
+def test_proxy_for(env, host, expected):
+    assert alien.proxy_for(host, env) == expected
+
+
+# ===== fuzz properties (hypothesis, CI-sized) =====
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+def drain(asm):
+    events = []
+    while True:
+        ev = asm.next_event()
+        if ev is None:
+            return events
+        events.append(ev)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=300), st.integers(min_value=1, max_value=64))
+def test_fuzz_assembler_ends_in_data_or_our_error(data, chunk):
+    asm = alien.MessageAssembler(max_size=1 << 16)
+    try:
+        for i in range(0, len(data), chunk):
+            asm.feed(data[i:i + chunk])
+            drain(asm)
+    except alien.WebSocketError:
+        pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([0, 1, 2, 8, 9, 10]), st.binary(max_size=200), st.booleans()),
+                max_size=8))
+def test_fuzz_frame_sequences(frames):
+    data = b''.join(server_frame(op, p[:125] if op >= 8 else p, fin=fin or op >= 8) for op, p, fin in frames)
+    asm = alien.MessageAssembler()
+    asm.feed(data)
+    try:
+        for ev in drain(asm):
+            assert ev[0] in ('message', 'ping', 'pong', 'close')
+    except alien.WebSocketError:
+        pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=400))
+def test_fuzz_handshake_parser(data):
+    try:
+        alien.parse_handshake_response(data, 'dGhlIHNhbXBsZSBub25jZQ==')
+    except alien.AlienError:
+        pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=200))
+def test_fuzz_reply_parser(text):
+    try:
+        alien.reply_to_result(*alien.parse_reply(text))
+    except alien.AlienError:
+        pass
+
+
+def test_non_ascii_digits_are_not_numbers():
+    # found by fuzz/fuzz_websocket.py: str.isdigit() accepts superscripts, int() does not
+    with pytest.raises(alien.WebSocketError):
+        alien.parse_handshake_response('HTTP/1.1 \u00b901 X'.encode('utf-8'), 'k')
+    with pytest.raises(alien.AlienError):
+        alien.parse_hostport('h:\u00b9', 8097)
+
+
+# ===== core integration tests (command mode against the test grid) =====
+import re  # noqa: E402
+import shutil  # noqa: E402
+
+CLIENT_VARS = ('ALIENPY_', 'X509_', 'JALIEN_', 'https_proxy', 'HTTPS_PROXY')
+KEEP_VARS = ('ALIENPY_TRANSPORT',)  # the transport under test comes from the outside
+
+
+@pytest.fixture
+def cenv(grid_state, tmp_path):
+    """Environment of a user of the test grid with a fresh HOME and no token yet."""
+    env = {k: v for k, v in os.environ.items() if k in KEEP_VARS or not k.startswith(CLIENT_VARS)}
+    env.update(grid_state['env'])
+    home, tmp = tmp_path / 'home', tmp_path / 'tmp'
+    home.mkdir()
+    tmp.mkdir()
+    env.update(HOME=str(home), TMPDIR=str(tmp),
+               JALIEN_TOKEN_CERT=str(tmp / 'tokencert.pem'), JALIEN_TOKEN_KEY=str(tmp / 'tokenkey.pem'))
+    return env
+
+
+def one_line_error(p):
+    return p.returncode != 0 and p.stdout == '' and p.stderr.count('\n') == 1 and 'Traceback' not in p.stderr
+
+
+def test_pwd_whoami_and_token_written_owner_only(cenv, grid_state):
+    p = run_cli(['pwd'], env=cenv)
+    assert (p.returncode, p.stdout, p.stderr) == (0, grid_state['home'] + '\n', '')
+    for name in ('JALIEN_TOKEN_CERT', 'JALIEN_TOKEN_KEY'):
+        assert os.stat(cenv[name]).st_mode & 0o777 == 0o400
+    p = run_cli(['whoami -json'], env=cenv)  # now connects with the token
+    reply = json.loads(p.stdout)
+    assert reply['results'][0]['username'] == 'jalien'
+    assert 'OU=token' in reply['results'][0]['certificate_dn'] or 'token' in reply['results'][0]['certificate_dn']
+
+
+def test_chain_cwd_and_cd_minus(cenv, grid_state):
+    home = grid_state['home']
+    p = run_cli(['mkdir -p chain1/sub; cd chain1; pwd; ls; cd -; pwd; cd chain1/sub; cd; pwd'], env=cenv)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines() == [home + 'chain1/', 'sub/', home, home]
+    p = run_cli(['cd', home + 'chain1'], env=cenv)  # several argv words are joined with quoting
+    assert p.returncode == 0
+
+
+def test_errors_go_to_stderr_with_the_server_exit_code(cenv):
+    cases = [('ls /nonexistent', 2, 'No such file or directory : /nonexistent\n'),
+             ('ls -z', 22, 'Invalid argument : z is not a recognized option\n'),
+             ('bogus', 2, 'No such file or directory : Command [bogus] not found!\n'),
+             ('rm /no/such/file', 5, None)]
+    for line, code, err in cases:
+        p = run_cli([line], env=cenv)
+        assert p.returncode == code and p.stdout == '', (line, p)
+        if err:
+            assert p.stderr == err
+
+
+def test_exit_code_is_the_last_commands(cenv):
+    assert run_cli(['ls /nonexistent; pwd'], env=cenv).returncode == 0
+    p = run_cli(['pwd; ls /nonexistent'], env=cenv)
+    assert p.returncode == 2 and p.stdout.endswith('/\n')
+
+
+def test_json_output(cenv, grid_state):
+    p = run_cli(['ls', '-json', grid_state['home']], env=cenv)
+    reply = json.loads(p.stdout)
+    assert set(reply) == {'metadata', 'results'} and reply['metadata']['exitcode'] == '0'
+    p = run_cli(['-json', 'pwd'], env=cenv)
+    assert json.loads(p.stdout)['results'][0]['pwd'] == grid_state['home']
+    env = dict(cenv, ALIENPY_JSON='1')
+    p = run_cli(['version'], env=env)  # a client-side command has no reply dict
+    assert p.returncode == 0 and 'did not return a json dictionary' in p.stderr
+
+
+def test_ls_aliases(cenv, grid_state):
+    run_cli(['mkdir -p lsal/.hidden lsal/vis'], env=cenv)
+    base = grid_state['home'] + 'lsal/'
+    assert run_cli(['ls ' + base], env=cenv).stdout == 'vis/\n'
+    assert sorted(run_cli(['la ' + base], env=cenv).stdout.split()) == ['.hidden/', 'vis/']
+    assert run_cli(['ll ' + base], env=cenv).stdout.startswith('drwx')
+    assert '.hidden/' in run_cli(['lla ' + base], env=cenv).stdout
+
+
+def test_embedding_api(cenv, grid_state):
+    s = alien.Session(environ=cenv)
+    try:
+        r = s.run('mkdir -p embed; cd embed; pwd')
+        assert (r.exitcode, r.out) == (0, grid_state['home'] + 'embed/')
+        assert s.cwd == grid_state['home'] + 'embed/' and s.home == grid_state['home'] and s.user == 'jalien'
+        r = s.run('ls /nonexistent')
+        assert r.exitcode == 2 and 'No such file' in r.err
+        r = s.request('stat', ['-nomsg', s.grid_path('..')])
+        assert r.results[0]['type'] == 'd'
+    finally:
+        s.close()
+
+
+def test_token_given_as_pem_contents(cenv, tmp_path):
+    assert run_cli(['pwd'], env=cenv).returncode == 0  # writes the token files
+    env = dict(cenv, JALIEN_TOKEN_CERT=open(cenv['JALIEN_TOKEN_CERT']).read(),
+               JALIEN_TOKEN_KEY=open(cenv['JALIEN_TOKEN_KEY']).read(),
+               X509_USER_CERT='/nonexistent', X509_USER_KEY='/nonexistent', TMPDIR=str(tmp_path / 'tmp2'))
+    os.mkdir(env['TMPDIR'])
+    p = run_cli(['pwd'], env=env)
+    assert p.returncode == 0, p.stderr
+    assert os.listdir(env['TMPDIR']) == []  # the temporary PEM files are gone
+
+
+def test_endpoint_host_port_forms(cenv):
+    port = cenv['ALIENPY_JCENTRAL_PORT']
+    env = dict(cenv, ALIENPY_JCENTRAL='127.0.0.1:%s' % port, ALIENPY_JCENTRAL_PORT='1')
+    assert run_cli(['pwd'], env=env).returncode == 0
+    env = dict(cenv, ALIENPY_JCENTRAL='localhost')
+    assert run_cli(['pwd'], env=env).returncode == 0
+
+
+def test_connection_refused_is_107(cenv):
+    env = dict(cenv, ALIENPY_JCENTRAL='127.0.0.1:1', ALIENPY_CONNECT_TRIES='2', ALIENPY_CONNECT_TRIES_INTERVAL='0')
+    p = run_cli(['pwd'], env=env)
+    assert p.returncode == 107 and one_line_error(p) and 'refused' in p.stderr
+
+
+def _other_ca_dir(grid_state, tmp_path):
+    d = tmp_path / 'otherca'
+    d.mkdir()
+    shutil.copy(os.path.join(grid_state['workdir'], 'pki', 'other-ca', 'ca.pem'), str(d / 'ca.pem'))
+    subprocess.run(['openssl', 'rehash', str(d)], check=True)
+    return str(d)
+
+
+def test_tls_wrong_ca(cenv, grid_state, tmp_path):
+    env = dict(cenv, X509_CERT_DIR=_other_ca_dir(grid_state, tmp_path))
+    p = run_cli(['pwd'], env=env)
+    assert p.returncode == 107 and one_line_error(p) and 'verify' in p.stderr
+
+
+def test_tls_untrusted_client_certificate(cenv, grid_state):
+    from testgrid import grid
+    cert, key = grid.make_user_cert(grid_state['workdir'], 'othercauser', ca='other')
+    env = dict(cenv, X509_USER_CERT=cert, X509_USER_KEY=key)
+    p = run_cli(['pwd'], env=env)
+    assert p.returncode == 107 and one_line_error(p), p
+
+
+def test_tls_expired_user_certificate(cenv, grid_state):
+    from testgrid import grid
+    cert, key = grid.make_user_cert(grid_state['workdir'], 'expireduser', expired=True)
+    env = dict(cenv, X509_USER_CERT=cert, X509_USER_KEY=key)
+    p = run_cli(['pwd'], env=env)
+    assert p.returncode == 107 and one_line_error(p) and 'expired' in p.stderr
+
+
+def test_tls_unmapped_dn_is_129(cenv, grid_state):
+    from testgrid import grid
+    cert, key = grid.make_user_cert(grid_state['workdir'], 'nobody', cn='nobody')
+    env = dict(cenv, X509_USER_CERT=cert, X509_USER_KEY=key)
+    p = run_cli(['pwd'], env=env)
+    assert p.returncode == 129 and one_line_error(p), p
+
+
+def test_tls_hostname_mismatch(cenv, grid_state):
+    from testgrid import grid
+    cert, key = grid.make_host_cert(grid_state['workdir'], 'wronghost', san=('DNS:wrong.example',))
+    port = grid.start_service(grid_state['workdir'], host_cert=cert, host_key=key)
+    env = dict(cenv, ALIENPY_JCENTRAL='127.0.0.1:%d' % port)
+    p = run_cli(['pwd'], env=env)
+    assert p.returncode == 107 and one_line_error(p) and 'host name' in p.stderr, p
+    env['ALIENPY_NO_VERIFY_HOSTNAME'] = '1'  # the documented switch; the chain is still verified
+    assert run_cli(['pwd'], env=env).returncode == 0
+
+
+def test_group_readable_key_is_refused(cenv, tmp_path):
+    key = tmp_path / 'key.pem'
+    shutil.copy(cenv['X509_USER_KEY'], str(key))
+    os.chmod(str(key), 0o640)
+    p = run_cli(['pwd'], env=dict(cenv, X509_USER_KEY=str(key)))
+    assert p.returncode == 107 and one_line_error(p) and 'chmod 600' in p.stderr
+
 
 # ===== test grid tests =====
 # The local test grid (testgrid/): a JCentral-compatible websocket service and two
@@ -5,6 +586,7 @@
 # uses; the tests below talk to the service with a bare websockets client so they check
 # the protocol shapes themselves, independently of alien.py.
 import contextlib as _tg_contextlib
+import hashlib as _tg_hashlib
 import json as _tg_json
 import os as _tg_os
 import re as _tg_re
@@ -367,11 +949,10 @@ def _tg_xrdcp(*args):
 
 
 def test_access_commit_whereis_round_trip(grid_state, tg_dir, tmp_path):
-    import hashlib
     data = b'hello test grid\n'
     src = tmp_path / 'up.txt'
     src.write_bytes(data)
-    md5 = hashlib.md5(data).hexdigest()
+    md5 = _tg_hashlib.md5(data).hexdigest()
     lfn = tg_dir + 'up.txt'
     with _tg_ws(grid_state) as c:
         res = _tg_ok(_tg_call(c, 'access', ['-s', str(len(data)), '-m', md5, 'write-once', lfn]))
