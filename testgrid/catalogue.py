@@ -130,7 +130,9 @@ class Catalogue:
         sql = 'SELECT * FROM entries WHERE lfn > ? AND lfn < ?'
         if order:
             sql += ' ORDER BY lfn'
-        return self.db.execute(sql, (lo, hi))
+        cur = self.db.cursor()
+        cur.row_factory = None        # plain tuples in COLUMNS order: fastest for big scans
+        return cur.execute(sql, (lo, hi))
 
     def replicas(self, guid):
         if not guid:

@@ -262,6 +262,8 @@ class Session:
         self.peer = peer
         self.home = cat_mod.home_of(user)
         self.cwd = self.home
+        self.want_keys = self.want_msg = True
+        self.shaped = False
 
     # -- request handling ---------------------------------------------------------
     def handle(self, text):
@@ -305,9 +307,13 @@ class Session:
                     self.cwd = e['lfn']
             else:
                 rest.append(a)
-        code, error, results = self.run(cmd, rest, helpme)
         if helpme:
             nomsg = False
+        # big listings shape their rows themselves (no keys / no message): see shaped
+        self.want_keys, self.want_msg, self.shaped = not nokeys, not nomsg, False
+        code, error, results = self.run(cmd, rest, helpme)
+        if self.shaped and not (nokeys and nomsg):
+            results, nokeys, nomsg = results, False, False
         out = []
         for r in results:
             if nokeys:
@@ -425,21 +431,25 @@ class Session:
 
     # -- entry formatting ---------------------------------------------------------------
     def ls_row(self, e, long, classify, guid):
+        """One ls result; only the parts the client asked for (want_keys / want_msg)."""
         name = e['name'] if e['lfn'] != '/' else '/'
         if classify and e['type'] == 'd':
             name += '/'
-        r = {'name': name, 'path': e['lfn']}
-        msg = name
-        if long:
+        r = {'name': name, 'path': e['lfn']} if self.want_keys else {}
+        if long and self.want_keys:
             r.update(permissions=perm_string(e), user=e['owner'], group=e['gowner'],
                      size=str(e['size']), ctime=str(e['ctime'] // 1000))
-            msg = '%s   %8s %8s %12d %s    %s' % (perm_string(e), e['owner'], e['gowner'],
-                                                 e['size'], fmt_time(e['ctime']), name)
-        if guid and e['type'] == 'f':
+        if guid and e['type'] == 'f' and self.want_keys:
             r['guid'] = e['guid']
-            if not long:
+        if self.want_msg:
+            if long:
+                msg = '%s   %8s %8s %12d %s    %s' % (perm_string(e), e['owner'], e['gowner'],
+                                                     e['size'], fmt_time(e['ctime']), name)
+            else:
+                msg = name
+            if guid and e['type'] == 'f' and not long:
                 msg = '%s   %s' % (e['guid'], msg)
-        r['message'] = msg
+            r['message'] = msg
         return r
 
 
@@ -495,6 +505,7 @@ def _glob_entries(s, arg):
 def c_ls(s, args):
     """ls [-l] [-a] [-F] [-b] [-c] [-H] [paths...]"""
     flags, _, pos = parse_opts(args, 'l a F b c H')
+    s.shaped = True
     long = 'l' in flags or 'H' in flags
     classify = 'F' in flags
     out, missing = [], []
@@ -517,8 +528,10 @@ def c_ls(s, args):
             if 'a' not in flags and e['name'].startswith('.'):
                 continue
             if 'c' in flags:
-                name = e['lfn']
-                out.append({'name': name, 'path': e['lfn'], 'message': name})
+                r = {'name': e['lfn'], 'path': e['lfn']} if s.want_keys else {}
+                if s.want_msg:
+                    r['message'] = e['lfn']
+                out.append(r)
             else:
                 out.append(s.ls_row(e, long, classify, 'b' in flags))
     if missing:
@@ -739,6 +752,8 @@ def c_find(s, args):
         pieces = [re.escape(x) for x in pattern.split('*')]
         rx = re.compile('.*'.join(pieces), re.S)
         match = lambda lfn, rel: rx.search(rel) is not None  # noqa: E731
+        if not pattern.strip('*'):
+            match = None                                      # '*': everything
     root = base['lfn']
     n0 = len(root)
     hidden = 'a' not in flags
@@ -753,7 +768,7 @@ def c_find(s, args):
             continue
         if jobid is not None and row[12] != jobid:
             continue
-        if not match(lfn, rel):
+        if match is not None and not match(lfn, rel):
             continue
         found.append(row)
     if offset:
@@ -761,21 +776,29 @@ def c_find(s, args):
     if limit is not None:
         found = found[:limit]
     out = []
-    full_fields = 'f' in flags
+    s.shaped = True
+    full_fields = 'f' in flags and s.want_keys
+    keys, msgs = s.want_keys, s.want_msg
     for row in found:
         lfn = row[3]
         if full_fields:
             r = {'lfn': lfn, 'size': str(row[8]), 'md5': row[9], 'ctime': str(row[10]),
                  'type': row[4], 'owner': row[5], 'gowner': row[6], 'perm': row[7],
-                 'guid': row[11], 'name': row[2], 'jobid': row[12], 'message': lfn}
+                 'guid': row[11], 'name': row[2], 'jobid': row[12]}
+        elif keys:
+            r = {'lfn': lfn}
         else:
-            r = {'lfn': lfn, 'message': lfn}
-        if 'w' in flags:
-            e = dict(row)
-            r['message'] = '%s   %8s %8s %12d %s     %s' % (
-                perm_string(e), e['owner'], e['gowner'], e['size'], fmt_time(e['ctime']), lfn)
+            r = {}
+        if msgs:
+            if 'w' in flags:
+                e = dict(zip(cat_mod.COLUMNS, row))
+                r['message'] = '%s   %8s %8s %12d %s     %s' % (
+                    perm_string(e), e['owner'], e['gowner'], e['size'], fmt_time(e['ctime']),
+                    lfn)
+            else:
+                r['message'] = lfn
         out.append(r)
-    if 'c' in flags:
+    if 'c' in flags and s.want_msg:
         out.append({'message': 'Found %d maching entries' % len(out)})
     return out
 
