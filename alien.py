@@ -654,30 +654,53 @@ class WebSocketClientTransport(object):
         except (OSError, websocket.WebSocketException) as e:
             raise WebSocketError('cannot connect: %s' % e)
 
+    def _translate(self, e):
+        """The library's exceptions as our WebSocketError (others unchanged)."""
+        m = self._mod
+        if isinstance(e, m.WebSocketTimeoutException):
+            return WebSocketError('timed out waiting for the server')
+        if isinstance(e, (m.WebSocketPayloadException, UnicodeDecodeError)):
+            return WebSocketError('invalid message: %s' % e, close_code=1007)
+        if isinstance(e, (m.WebSocketException, OSError, ssl.SSLError)):
+            return WebSocketError('connection lost: %s' % e)
+        return e
+
     def _call(self, fn, *args):
         try:
             return fn(*args)
-        except self._mod.WebSocketTimeoutException:
-            raise WebSocketError('timed out waiting for the server')
-        except self._mod.WebSocketPayloadException as e:
-            raise WebSocketError('invalid message: %s' % e, close_code=1007)
-        except (self._mod.WebSocketException, OSError, ssl.SSLError) as e:
-            raise WebSocketError('connection lost: %s' % e)
-        except UnicodeDecodeError:
-            raise WebSocketError('text message is not valid UTF-8', close_code=1007)
+        except Exception as e:
+            raise self._translate(e)
 
     def send_text(self, text):
         self._call(self.ws.send, text)
         self.last_activity = time.monotonic()
 
     def recv_text(self):
-        data = self._call(self.ws.recv)
-        self.last_activity = time.monotonic()
-        if isinstance(data, bytes):
-            raise WebSocketError('binary message where text was expected', EX_EINVAL)
-        if data == '' and not self.ws.connected:
-            raise WebSocketError('connection closed by the server')
-        return data
+        """Next text message; like WebSocket: one ping on silence, then give up
+        (a pong or any other frame proves the server alive)."""
+        pinged = False
+        while True:
+            try:
+                opcode, data = self.ws.recv_data(control_frame=True)
+            except self._mod.WebSocketTimeoutException:
+                if pinged:
+                    raise WebSocketError('no answer from the server for %.0f s (ALIENPY_TIMEOUT)' % self.ws.gettimeout())
+                self._call(self.ws.ping, b'keepalive')
+                pinged = True
+                continue
+            except Exception as e:
+                raise self._translate(e)
+            self.last_activity = time.monotonic()
+            pinged = False
+            if opcode == OP_TEXT:
+                try:
+                    return data.decode('utf-8')
+                except UnicodeDecodeError:
+                    raise WebSocketError('text message is not valid UTF-8', close_code=1007)
+            if opcode == OP_BINARY:
+                raise WebSocketError('binary message where text was expected', EX_EINVAL)
+            if opcode == OP_CLOSE:
+                raise WebSocketError('the server closed the connection')
 
     def alive(self, idle):
         if time.monotonic() - self.last_activity < idle:
