@@ -1577,12 +1577,28 @@ def expand_aliases(elements, aliases):
 
 
 def save_cwd(session):
-    """Write CWD/CWDPREV to ~/.alienpy_session (owner-only); never fails a cd."""
+    """Write CWD/CWDPREV to ~/.alienpy_session (owner-only); never fails a cd.
+    Overwritten in place and then cut to length: on ext4 a rename over the file
+    or a truncation to zero forces a flush to disk (~4 ms per cd), and losing
+    the last directory in a power cut is harmless. Readers (a shell starting)
+    ignore lines they cannot use."""
     if not session.cwd:
         return
     text = 'CWD = %s\nCWDPREV = %s\n' % (session.cwd, session.prevdir or session.cwd)
+    if getattr(session, 'saved_cwd_text', None) == text:
+        return
+    path = user_file(session.environ, '.alienpy_session')
     try:
-        write_private_file(user_file(session.environ, '.alienpy_session'), text, 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | getattr(os, 'O_NOFOLLOW', 0), 0o600)
+        try:
+            if os.fstat(fd).st_mode & 0o077:
+                os.fchmod(fd, 0o600)
+            data = text.encode('utf-8', 'surrogateescape')
+            os.write(fd, data)
+            os.ftruncate(fd, len(data))
+        finally:
+            os.close(fd)
+        session.saved_cwd_text = text
     except OSError as e:
         log('cannot write the session file: %s' % e)
 
