@@ -1567,10 +1567,9 @@ def expand_aliases(elements, aliases):
         return list(elements)
     out = []
     for element in elements:
-        word, sep, rest = element.partition(' ')
-        if word in aliases:
-            element = aliases[word] + sep + rest
-            out.extend(split_chain(element))
+        m = re.match(r'(\S+)(.*)$', element, re.S)
+        if m and m.group(1) in aliases:
+            out.extend(split_chain(aliases[m.group(1)] + m.group(2)))
         else:
             out.append(element)
     return out
@@ -1882,7 +1881,9 @@ class Shell(object):
             return
         self.readline = readline
         if env_flag('ALIENPY_NO_HISTORY', self.session.environ):
-            readline.set_auto_history(False) if hasattr(readline, 'set_auto_history') else None
+            if hasattr(readline, 'set_auto_history'):
+                readline.set_auto_history(False)
+            readline.set_completer(lambda text, state: None)  # not even local file names
             return
         self.history = user_file(self.session.environ, '.alienpy_history')
         readline.set_history_length(HISTORY_SIZE)
@@ -1918,7 +1919,10 @@ class Shell(object):
             try:
                 line = self.readline.get_line_buffer()[:self.readline.get_endidx()]
                 self.matches = self.completions(line, text)
-            except (Exception, KeyboardInterrupt):
+            except KeyboardInterrupt:  # a listing was interrupted: drop its connection
+                self.drop_connection(sys.exc_info()[2])
+                self.matches = []
+            except Exception:
                 log_exception()
                 self.matches = []
         return self.matches[state] if state < len(self.matches) else None
@@ -1946,6 +1950,7 @@ class Shell(object):
 
     def command_names(self):
         names = set(n for n in COMMANDS if n not in ('$?',))
+        names.update(getattr(self.session, 'aliases', None) or ())
         try:
             self.restore_connection()
             names.update(self.session.server_commands())
@@ -1998,9 +2003,9 @@ class Shell(object):
     def restore_connection(self):
         """After an interrupted request: a new connection in the same directory."""
         if self.reconnect:
-            self.reconnect = False
             self.session.close()
-            self.session._reconnect()
+            self.session._reconnect()  # raises when the service is gone: try again next time
+            self.reconnect = False
 
     def drop_connection(self, tb):
         """Ctrl-C hit a request: the reply may be half read, so the connection is
@@ -2055,6 +2060,8 @@ class Shell(object):
             sys.stdout.flush()
         session.request('pwd')  # connect now: the prompt needs user and cwd
         restore_cwd(session)
+        if getattr(session, 'aliases', None) is None:
+            session.aliases = load_aliases(session.environ)  # (completion offers them)
         self.setup_readline()
         while True:
             try:

@@ -1595,6 +1595,9 @@ def test_prompt_text_toggles():
     assert alien.prompt_text(s) == 'AliEn[jdoe]:/a/b/ local:%s >' % os.getcwd()
     assert alien.cmd_prompt(s, ['pwd']).exitcode == 0
     assert alien.prompt_text(s) == 'AliEn[jdoe]:/a/b/ >'
+    s = alien.Session(environ={'ALIENPY_PROMPT_CWD': 'yes'})
+    s.user, s.cwd = 'jdoe', '/a/b/'
+    assert alien.prompt_text(s).endswith(' local:%s >' % os.getcwd())
 
 
 def spawn_shell(env, cwd=None):
@@ -1678,11 +1681,59 @@ def test_shell_no_history(cenv):
     env = dict(cenv, ALIENPY_NO_HISTORY='1')
     p = spawn_shell(env)
     shell_cmd(p, 'pwd')
-    p.send('wh\t')  # no completion either
-    p.sendcontrol('c')
-    p.expect(PROMPT)
+    assert shell_cmd(p, 'whoam\t') == ['No such file or directory : Command [whoam] not found!']  # no completion
     shell_end(p)
     assert not os.path.exists(os.path.join(cenv['HOME'], '.alienpy_history'))
+
+
+def test_shell_history_is_bounded(cenv):
+    hist = os.path.join(cenv['HOME'], '.alienpy_history')
+    with open(hist, 'w') as f:
+        f.write(''.join('old %d\n' % i for i in range(alien.HISTORY_SIZE + 700)))
+    p = spawn_shell(cenv)
+    shell_cmd(p, '!true newest')
+    shell_end(p)
+    lines = open(hist).read().splitlines()
+    assert len(lines) == alien.HISTORY_SIZE and lines[-1] == '!true newest'
+
+
+class CountingSession(object):
+    """Enough of a Session for the completer: counts the listings it asks for."""
+    def __init__(self):
+        self.cwd, self.home, self.calls, self.aliases = '/h/', '/h/', [], {'myalias': 'pwd'}
+
+    def request(self, command, options=(), nomsg=False, nokeys=False):
+        self.calls.append((command, list(options), nomsg))
+        names = ['alpha/', 'alps.txt', '.hid/', 'beta']
+        return alien.Result(0, results=[{'name': n, 'path': options[-1] + n} for n in names])
+
+    def grid_path(self, p):
+        return alien.expand_grid_path(p, self.cwd, self.home)
+
+    def server_commands(self):
+        return ['whoami', 'ls']
+
+
+def test_completion_candidates_and_listing_cache(tmp_path):
+    s = CountingSession()
+    sh = alien.Shell(s)
+    assert sh.completions('cd al', 'al') == ['alpha/', 'alps.txt ']
+    assert sh.completions('ls x/.', 'x/.') == ['x/.hid/']
+    assert s.calls == [('ls', ['-a', '-F', '/h/'], True), ('ls', ['-a', '-F', '/h/x/'], True)]
+    assert sh.completions('cd alien:/h/al', 'alien:/h/al') == ['alien:/h/alpha/', 'alien:/h/alps.txt ']
+    assert len(s.calls) == 2  # /h/ again: from the cache
+    sh.listings = {d: (t - alien.COMPLETION_TTL, n) for d, (t, n) in sh.listings.items()}
+    sh.completions('cd al', 'al')  # too old: listed again
+    assert len(s.calls) == 3
+    assert sh.completions('who', 'who') == ['whoami ']
+    assert sh.completions('pwd; my', 'my') == ['myalias ']
+    assert sh.completions('', '') == sorted(n + ' ' for n in (set(alien.COMMANDS) - {'$?'}) | {'whoami', 'ls', 'myalias'})
+    (tmp_path / 'f 1.txt').write_text('')
+    (tmp_path / 'dir').mkdir()
+    word = 'file:%s/' % tmp_path
+    assert sh.completions('cp ' + word, word) == [word + 'dir/', word + 'f\\ 1.txt ']
+    assert sh.completions('cp ' + word + 'f\\ ', '') == ['1.txt ']  # readline's word starts after the space
+    assert sh.completions('ls | cat %s/d' % tmp_path, '%s/d' % tmp_path) == ['%s/dir/' % tmp_path]
 
 
 def test_shell_tab_completion(cenv, grid_state, tmp_path):
