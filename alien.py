@@ -2056,6 +2056,8 @@ class Shell(object):
     def loop(self):
         session = self.session
         if self.tty:
+            import signal  # Ctrl-C must reach us even when started with SIGINT ignored
+            signal.signal(signal.SIGINT, signal.default_int_handler)
             sys.stdout.write(BANNER + '\n')
             sys.stdout.flush()
         session.request('pwd')  # connect now: the prompt needs user and cwd
