@@ -1546,3 +1546,33 @@ def test_reference_client_alienpy_transfers_and_401(grid_state, tg_dir, tmp_path
                                         'JALIEN_TOKEN_KEY': str(tmp_path / 'no_key'),
                                         'ALIENPY_CONNECT_TRIES': '1'})
     assert p.returncode == 129, p.stderr
+
+
+def test_large_listing_printed_identically_and_compactly(cenv, grid_state):
+    from testgrid import grid
+    d = grid_state['home'] + 'big2000/'
+    grid.populate(grid_state['workdir'], d, 2000)
+    p = run_cli(['ls -l ' + d], env=cenv)
+    lines = p.stdout.splitlines()
+    assert p.returncode == 0 and len(lines) == 2000 and lines[0].endswith('file_000000.dat')
+    s = alien.Session(environ=cenv)  # the embedding API keeps full result dicts
+    try:
+        r = s.run('ls ' + d)
+        assert r.results[0] == {'message': 'file_000000.dat'} and r.out.splitlines() == [
+            l.split()[-1] for l in lines]
+    finally:
+        s.close()
+
+
+def test_result_out_and_write_lines_agree():
+    r = alien.Result(0, None, results=['  first', {'message': 'b'}, {'other': 1}, '', ' \n'])
+    assert r.out == 'first\nb'
+    r2 = alien.Result(0, None, results=['  first', {'message': 'b'}, {'other': 1}, '', ' \n'])
+    import io
+    old, sys.stdout = sys.stdout, io.StringIO()
+    try:
+        alien.write_lines(r2)
+        printed = sys.stdout.getvalue()
+    finally:
+        sys.stdout = old
+    assert printed == r.out + '\n'
