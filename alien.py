@@ -76,11 +76,11 @@ class AlienError(Exception):
 
 class Result(object):
     """Outcome of one command: what the shell prints and the exit code."""
-    __slots__ = ('exitcode', 'out', 'err', 'results', 'metadata', 'as_json', 'raw')
+    __slots__ = ('exitcode', '_out', 'err', 'results', 'metadata', 'as_json', 'raw')
 
     def __init__(self, exitcode=0, out='', err='', results=None, metadata=None):
         self.exitcode = exitcode
-        self.out = out
+        self._out = out       # None: joined from the results' messages when first asked for
         self.err = err
         self.results = results if results is not None else []
         self.metadata = metadata if metadata is not None else {}
@@ -89,6 +89,25 @@ class Result(object):
 
     def __repr__(self):
         return 'Result(exitcode=%r, out=%r, err=%r)' % (self.exitcode, self.out, self.err)
+
+    def messages(self):
+        """The `message` of each result row (rows may be compact: the message itself)."""
+        for r in self.results:
+            if isinstance(r, str):
+                yield r
+            elif 'message' in r:
+                yield str(r['message'])
+
+    @property
+    def out(self):
+        """What the command prints: the messages joined by newlines, stripped."""
+        if self._out is None:
+            self._out = '\n'.join(self.messages()).strip()
+        return self._out
+
+    @out.setter
+    def out(self, value):
+        self._out = value
 
 
 _LOG = {}
@@ -434,7 +453,9 @@ def parse_frame(buf, offset=0, max_size=DEFAULT_MAX_MESSAGE):
         raise WebSocketError('message larger than the maximum of %d bytes' % max_size, close_code=1009)
     if len(buf) < pos + n:
         return None
-    return fin, opcode, bytes(buf[pos:pos + n]), pos + n
+    with memoryview(buf) as view:  # one copy of the payload, not two
+        payload = bytes(view[pos:pos + n])
+    return fin, opcode, payload, pos + n
 
 
 def parse_close_payload(payload):
@@ -946,18 +967,24 @@ def connect_tunnel(sock, host, port, auth=None, timeout=10.0):
         raise AlienError('proxy sent data before the tunnel was up', EX_NOTCONN)
 
 
-def parse_reply(text):
-    """(metadata, results) of a JCentral reply text; AlienError when it is not one."""
+def _compact_row(d):
+    return d['message'] if len(d) == 1 and 'message' in d else d
+
+
+def parse_reply(text, compact=False):
+    """(metadata, results) of a JCentral reply text; AlienError when it is not one.
+    compact: rows that carry only a message become that string (a third of the
+    memory for large listings that are only printed)."""
     if not text:
         raise AlienError('empty reply from the server', EX_EMPTY_REPLY)
     try:
-        reply = json.loads(text)
+        reply = json.loads(text, object_hook=_compact_row if compact else None)
     except ValueError:
         raise AlienError('reply from the server is not JSON', EX_EINVAL)
     if not isinstance(reply, dict) or not isinstance(reply.get('metadata'), dict) \
             or not isinstance(reply.get('results'), list):
         raise AlienError('reply from the server is not in the JCentral format', EX_ENOMSG)
-    return reply['metadata'], [r for r in reply['results'] if isinstance(r, dict)]
+    return reply['metadata'], [r for r in reply['results'] if isinstance(r, (dict, str) if compact else dict)]
 
 
 def reply_to_result(metadata, results):
@@ -966,8 +993,7 @@ def reply_to_result(metadata, results):
         exitcode = int(code)
     except (TypeError, ValueError):
         exitcode = 121
-    out = '\n'.join(str(r['message']) for r in results if 'message' in r).strip()
-    return Result(exitcode, out, str(metadata.get('error', '') or ''), results, metadata)
+    return Result(exitcode, None, str(metadata.get('error', '') or ''), results, metadata)
 
 
 class Session(object):
@@ -991,6 +1017,7 @@ class Session(object):
         self.timeout = float(self.environ.get('ALIENPY_TIMEOUT') or 20)
         self.last_exitcode = 0
         self._commandlist = None
+        self.compact_rows = False  # the front end sets it: its results are only printed
 
     # -- connection --
     def connect(self, want_user=False):
@@ -1071,10 +1098,12 @@ class Session(object):
             opts.insert(0, '-nomsg')
         text = json.dumps({'command': command, 'options': opts})
         reply = self._exchange(text, command, opts)
-        metadata, results = parse_reply(reply)
+        metadata, results = parse_reply(reply, self.compact_rows and nokeys)
+        raw = reply if env_flag('ALIENPY_JSONRAW', self.environ) else None
+        del reply  # a large reply's text is freed before its output is joined
         self._update_state(metadata)
         result = reply_to_result(metadata, results)
-        result.raw = reply
+        result.raw = raw
         return result
 
     def _exchange(self, text, command, opts):
@@ -1181,10 +1210,12 @@ class Session(object):
             self.last_exitcode = result.exitcode
             if on_result is not None:
                 on_result(result)
-            if result.exitcode == 0 and result.out:
+            elif result.exitcode == 0 and result.out:
                 outs.append(result.out)
-            if result.exitcode != 0 and result.err:
+            elif result.exitcode != 0 and result.err:
                 errs.append(result.err)
+        if on_result is not None:
+            return result
         chain = Result(result.exitcode, '\n'.join(outs), '\n'.join(errs), result.results, result.metadata)
         chain.as_json, chain.raw = result.as_json, result.raw
         return chain
@@ -1965,7 +1996,7 @@ class Shell(object):
             return hit[1]
         self.restore_connection()
         r = self.session.request('ls', ['-a', '-F', directory], nomsg=True)
-        names = [str(x['name']) for x in r.results if x.get('name')] if r.exitcode == 0 else []
+        names = [str(x['name']) for x in r.results if isinstance(x, dict) and x.get('name')] if r.exitcode == 0 else []
         self.listings[directory] = (now, names)
         return names
 
@@ -2110,11 +2141,29 @@ def print_result(result):
         else:
             print_error('This command did not return a json dictionary')
     elif result.exitcode == 0:
-        if result.out:
-            sys.stdout.write(result.out + '\n')
+        write_lines(result)
     else:
         print_error(result.err)
     sys.stdout.flush()
+
+
+def write_lines(result, batch=4096):
+    """Print result.out without building it: large listings go out in batches."""
+    if result._out is not None:
+        if result._out:
+            sys.stdout.write(result._out + '\n')
+        return
+    lines = list(result.messages())
+    while lines and not lines[-1].strip():
+        lines.pop()
+    while lines and not lines[0].strip():
+        lines.pop(0)
+    if not lines:
+        return
+    lines[0], lines[-1] = lines[0].lstrip(), lines[-1].rstrip()
+    for i in range(0, len(lines), batch):
+        sys.stdout.write('\n'.join(lines[i:i + batch]))
+        sys.stdout.write('\n')
 
 
 def exit_status(code):
@@ -2138,6 +2187,7 @@ def main(argv=None):
             argv = argv[1:]
             os.environ['ALIENPY_JSON'] = '1'
         session = Session()
+        session.compact_rows = True
         if not argv:
             return exit_status(shell_main(session))
         line = argv[0] if len(argv) == 1 else ' '.join(shlex.quote(a) for a in argv)

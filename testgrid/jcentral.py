@@ -501,6 +501,24 @@ def _glob_entries(s, arg):
     return [dict(r) for r in s.cat.children(parent) if fnmatch.fnmatchcase(r['name'], base)]
 
 
+def _ls_messages(s, d, long, classify, hidden):
+    """Message-only rows of a directory listing (what clients ask for with -nokeys),
+    straight from plain tuples: large listings are served several times faster."""
+    rows = s.cat.db.execute('SELECT name, type, perm, owner, gowner, size, ctime FROM entries'
+                            ' WHERE parent = ? ORDER BY name', (d['id'],))
+    out = []
+    for name, type_, perm, owner, gowner, size, ctime in rows:
+        if not hidden and name.startswith('.'):
+            continue
+        if classify and type_ == 'd':
+            name += '/'
+        if long:
+            name = '%s   %8s %8s %12d %s    %s' % (perm_string({'type': type_, 'perm': perm}), owner, gowner,
+                                                  size, fmt_time(ctime), name)
+        out.append({'message': name})
+    return out
+
+
 @command('ls')
 def c_ls(s, args):
     """ls [-l] [-a] [-F] [-b] [-c] [-H] [paths...]"""
@@ -519,6 +537,9 @@ def c_ls(s, args):
             e = s.lookup(p)
             if e is None:
                 missing.append(p)
+                continue
+            if e['type'] == 'd' and s.want_msg and not s.want_keys and not flags & {'b', 'c'}:
+                out.extend(_ls_messages(s, e, long, classify, 'a' in flags))
                 continue
             if e['type'] == 'd':
                 entries = s.cat.children(e, as_dict=True)
