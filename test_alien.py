@@ -1576,3 +1576,151 @@ def test_result_out_and_write_lines_agree():
     finally:
         sys.stdout = old
     assert printed == r.out + '\n'
+
+
+# ===== credentials lifecycle, debugging, connection options =====
+
+def test_token_lifecycle_commands(cenv):
+    p = run_cli(['token-init', '-v', '2'], env=cenv)
+    assert p.returncode == 0, p.stderr
+    assert 'DN >>> /C=CH/O=JAliEn/OU=token/CN=jalien' in p.stdout and 'LEFT >>> valid for 1d' in p.stdout
+    assert os.stat(cenv['JALIEN_TOKEN_KEY']).st_mode & 0o777 == 0o400
+    p = run_cli(['token-info'], env=cenv)
+    assert p.returncode == 0 and 'ISSUER >>> /C=CH/O=JAliEn/CN=JAliEn test grid CA' in p.stdout
+    p = run_cli(['cert-info'], env=cenv)
+    assert p.returncode == 0 and 'DN >>> /C=CH/O=JAliEn/CN=jalien' in p.stdout
+    p = run_cli(['cert-info', '/no/such.pem'], env=cenv)
+    assert p.returncode == 2 and one_line_error(p)
+    p = run_cli(['token-destroy'], env=cenv)
+    assert p.returncode == 0 and not os.path.exists(cenv['JALIEN_TOKEN_CERT'])
+    assert run_cli(['token-info'], env=cenv).returncode == 2
+    p = run_cli(['token-init', '-v', 'x'], env=cenv)   # the service refuses: its error, one line
+    assert p.returncode != 0 and one_line_error(p), p
+
+
+def test_expiring_token_is_replaced_by_the_user_certificate(grid_state):
+    env = dict(grid_state['env'])
+    cert = env['JALIEN_TOKEN_CERT']
+    expiry = ssl.cert_time_to_seconds(alien.cert_info(cert)['notAfter'])
+    kind, _, _ = alien.choose_credentials(env, now=expiry - 3600)
+    assert kind == 'token'
+    kind, _, _ = alien.choose_credentials(env, now=expiry - 100)  # < 600 s left: renew through the user cert
+    assert kind == 'user'
+
+
+def test_encrypted_key_asks_for_the_pass_phrase_once(cenv, tmp_path):
+    import pexpect
+    key = str(tmp_path / 'enc.pem')
+    subprocess.run(['openssl', 'rsa', '-in', cenv['X509_USER_KEY'], '-aes256', '-passout', 'pass:s3cret!',
+                    '-out', key], check=True, capture_output=True)
+    os.chmod(key, 0o600)
+    env = dict(cenv, X509_USER_KEY=key)
+    child = pexpect.spawn(sys.executable, [ALIEN, 'pwd'], env=env, encoding='utf-8', timeout=30)
+    child.expect('pass phrase')
+    child.sendline('s3cret!')
+    child.expect(pexpect.EOF)
+    output = child.before
+    child.close()
+    assert child.exitstatus == 0 and '/localhost/localdomain/user/j/jalien/' in output
+    assert 's3cret!' not in output  # not echoed
+    child = pexpect.spawn(sys.executable, [ALIEN, 'pwd'], env=dict(env, JALIEN_TOKEN_CERT='/none'),
+                          encoding='utf-8', timeout=30)
+    child.expect('pass phrase')
+    child.sendline('wrong')
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 107 and 'Traceback' not in child.before
+
+
+def test_debug_log_is_owner_only_and_redacted(cenv, tmp_path):
+    logfile = tmp_path / 'debug.log'
+    logfile.write_text('old\n')
+    os.chmod(str(logfile), 0o644)
+    env = dict(cenv, ALIENPY_DEBUG='1', ALIENPY_DEBUG_FILE=str(logfile))
+    assert run_cli(['pwd'], env=env).returncode == 0  # user cert, then a token is fetched
+    text = logfile.read_text()
+    assert os.stat(str(logfile)).st_mode & 0o777 == 0o600
+    assert 'old' not in text and 'request {"command": "pwd"' in text
+    assert '<RSA PRIVATE KEY:' in text or '<PRIVATE KEY:' in text  # the token reply, redacted
+    key_body = open(cenv['JALIEN_TOKEN_KEY']).read().splitlines()[1]
+    assert key_body not in text
+    env['ALIENPY_DEBUG_APPEND'] = '1'
+    run_cli(['whoami'], env=env)
+    assert logfile.read_text().startswith(text[:100])
+
+
+def test_redact():
+    pem = '-----BEGIN RSA PRIVATE KEY-----\nMIIEabc\n-----END RSA PRIVATE KEY-----'
+    env = '-----BEGIN SEALED CIPHER-----xyz-----END SEALED ENVELOPE-----'
+    out = alien.redact('{"k": "%s", "e": "%s", "u": "root://h//p?authz=SECRET&x=1"}' % (pem, env))
+    assert 'MIIEabc' not in out and 'xyz' not in out and 'SECRET' not in out and 'x=1' in out
+    assert len(alien.redact('a' * 10000)) < 4100
+
+
+def test_timeconnect_and_timing(cenv, tmp_path):
+    p = run_cli(['pwd'], env=dict(cenv, ALIENPY_TIMECONNECT='1'))
+    assert p.returncode == 0 and 'Websocket connecting time' in p.stderr
+    logfile = tmp_path / 'timing.log'
+    run_cli(['pwd'], env=dict(cenv, ALIENPY_TIMING='1', ALIENPY_DEBUG_FILE=str(logfile)))
+    assert re.search(r'timing pwd [0-9.]+ ms', logfile.read_text())
+
+
+def test_network_stack_and_stagger_switches(cenv):
+    env = dict(cenv, ALIENPY_JCENTRAL='localhost')  # resolves to ::1 and 127.0.0.1; the service is v4 only
+    assert run_cli(['pwd'], env=env).returncode == 0
+    assert run_cli(['pwd'], env=dict(env, ALIENPY_NO_STAGGER='1')).returncode == 0
+    assert run_cli(['pwd'], env=dict(env, ALIENPY_NETWORKSTACK='ipv4')).returncode == 0
+    p = run_cli(['pwd'], env=dict(env, ALIENPY_NETWORKSTACK='ipv6', ALIENPY_CONNECT_TRIES='1'))
+    assert p.returncode == 107 and one_line_error(p)
+
+
+def loopback_black_hole():
+    """(listener, fillers, port): a loopback port whose accept queue is full, so a
+    further connect hangs unanswered (the kernel drops its SYNs)."""
+    listener = socket.socket()
+    listener.bind(('127.0.0.1', 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(8):
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex(('127.0.0.1', port))
+        fillers.append(s)
+    time.sleep(0.1)
+    return listener, fillers, port
+
+
+def test_staggered_connect_prefers_the_first_that_answers(grid_state):
+    # the first address never answers; the second attempt starts 250 ms later and wins,
+    # long before the connect timeout (ALIENPY_NO_STAGGER would wait for the timeout)
+    listener, fillers, hole = loopback_black_hole()
+    port = grid_state['service']['port']
+    infos = [(socket.AF_INET, socket.SOCK_STREAM, 6, '', ('127.0.0.1', hole)),
+             (socket.AF_INET, socket.SOCK_STREAM, 6, '', ('127.0.0.1', port))]
+    old = alien.resolve
+    alien.resolve = lambda host, p, environ: list(infos)
+    try:
+        t0 = time.monotonic()
+        s = alien.connect_tcp('x', port, {})
+        elapsed = time.monotonic() - t0
+        assert s.getpeername() == ('127.0.0.1', port) and 0.2 < elapsed < 2, elapsed
+        s.close()
+        t0 = time.monotonic()
+        s = alien.connect_tcp('x', port, {'ALIENPY_NO_STAGGER': '1'}, timeout=1.0)
+        assert s.getpeername() == ('127.0.0.1', port)
+        assert time.monotonic() - t0 >= 0.9  # sequential: the first had to time out
+        s.close()
+    finally:
+        alien.resolve = old
+        for f in fillers + [listener]:
+            f.close()
+
+
+def test_jbox_endpoint_from_the_jclient_token_file(tmp_path):
+    path = tmp_path / ('jclient_token_%d' % os.getuid())
+    path.write_text('JALIEN_PID=%d\nJALIEN_HOST=127.0.0.1\nJALIEN_WSPORT=4321\n' % os.getpid())
+    env = {'TMPDIR': str(tmp_path)}
+    assert alien.endpoints(env) == [('127.0.0.1', 4321), ('alice-jcentral.cern.ch', 8097)]
+    path.write_text('JALIEN_PID=999999999\nJALIEN_WSPORT=4321\n')  # not running: ignored
+    assert alien.endpoints(env) == [('alice-jcentral.cern.ch', 8097)]
