@@ -1050,12 +1050,19 @@ class Session(object):
         if not self.ws:
             raise last or AlienError('cannot connect', EX_NOTCONN)
         self.credential_kind = kind
+        if self.environ.get('ALIEN_SITE'):  # site affinity for the whole session
+            self.request('setSite', [self.environ['ALIEN_SITE']], nomsg=True)
         if kind == 'user' and not want_user:
             self.renew_token(quiet=True)
         return self
 
     def _open(self, ctx, host, port):
-        headers = [('User-Agent', 'alien.py/%s Python/%s' % (VERSION, sys.version.split()[0]))]
+        agent = 'alien.py/%s Python/%s' % (VERSION, sys.version.split()[0])
+        if self.environ.get('ALIEN_PROC_ID'):  # inside a grid job
+            agent += ' jobid/%s' % self.environ['ALIEN_PROC_ID']
+            if self.environ.get('ALIEN_MASTERJOB_ID'):
+                agent += ' masterjobid/%s' % self.environ['ALIEN_MASTERJOB_ID']
+        headers = [('User-Agent', agent)]
         url = 'wss://%s:%d%s' % (('[%s]' % host) if ':' in host else host, port, WS_PATH)
         log('connecting to %s' % url)
         if self.environ.get('ALIENPY_TRANSPORT', '').lower() in ('websocket-client', 'websocket_client'):

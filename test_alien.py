@@ -1724,3 +1724,11 @@ def test_jbox_endpoint_from_the_jclient_token_file(tmp_path):
     assert alien.endpoints(env) == [('127.0.0.1', 4321), ('alice-jcentral.cern.ch', 8097)]
     path.write_text('JALIEN_PID=999999999\nJALIEN_WSPORT=4321\n')  # not running: ignored
     assert alien.endpoints(env) == [('alice-jcentral.cern.ch', 8097)]
+
+
+def test_alien_site_is_set_at_session_start(cenv, grid_state):
+    p = run_cli(['pwd'], env=dict(cenv, ALIEN_SITE='JTESTSITE', ALIENPY_DEBUG='1',
+                                  ALIENPY_DEBUG_FILE=os.path.join(cenv['TMPDIR'], 'site.log')))
+    assert p.returncode == 0
+    log = open(os.path.join(cenv['TMPDIR'], 'site.log')).read()
+    assert log.index('"command": "setSite"') < log.index('"command": "pwd"')
