@@ -1727,8 +1727,11 @@ def test_jbox_endpoint_from_the_jclient_token_file(tmp_path):
 
 
 def test_alien_site_is_set_at_session_start(cenv, grid_state):
-    p = run_cli(['pwd'], env=dict(cenv, ALIEN_SITE='JTESTSITE', ALIENPY_DEBUG='1',
-                                  ALIENPY_DEBUG_FILE=os.path.join(cenv['TMPDIR'], 'site.log')))
+    service_log = os.path.join(grid_state['workdir'], 'jcentral.log')
+    before = os.path.getsize(service_log)
+    p = run_cli(['pwd'], env=dict(cenv, ALIEN_SITE='JTESTSITE'))
     assert p.returncode == 0
-    log = open(os.path.join(cenv['TMPDIR'], 'site.log')).read()
-    assert log.index('"command": "setSite"') < log.index('"command": "pwd"')
+    with open(service_log) as f:
+        f.seek(before)
+        wire = f.read()  # what the service received, in order
+    assert wire.index('"command": "setSite", "options": ["-nomsg", "JTESTSITE"]') < wire.index('"command": "pwd"')
