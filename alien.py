@@ -1143,9 +1143,10 @@ class Session(object):
         try:
             return self.ws.recv_text()
         except WebSocketError as e:
-            self.ws = None
-            if fresh or not self._is_read_only(command, opts):
+            self.close()
+            if not self._is_read_only(command, opts):
                 raise AlienError('%s; the outcome of "%s" is unknown' % (e, command), EX_NOTCONN)
+            log('%s; sending the read-only "%s" again on a new connection' % (e, command))
             self._reconnect()
             self.ws.send_text(text)
             return self.ws.recv_text()
