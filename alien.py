@@ -115,18 +115,32 @@ _LOG = {}
 
 def log(message):
     """Debug log (ALIENPY_DEBUG; file ALIENPY_DEBUG_FILE, default ~/alien_py.log, owner-only)."""
-    if not env_flag('ALIENPY_DEBUG'):
+    if not (env_flag('ALIENPY_DEBUG') or env_flag('ALIENPY_TIMING')):
         return
     f = _LOG.get('file')
     if f is None:
         path = os.environ.get('ALIENPY_DEBUG_FILE') or os.path.join(os.path.expanduser('~'), 'alien_py.log')
         flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if env_flag('ALIENPY_DEBUG_APPEND') else os.O_TRUNC)
         try:
-            f = _LOG['file'] = os.fdopen(os.open(path, flags, 0o600), 'a')
+            fd = os.open(path, flags, 0o600)
+            os.fchmod(fd, 0o600)  # also when the file was there before
+            f = _LOG['file'] = os.fdopen(fd, 'a')
         except OSError:
             _LOG['file'] = f = open(os.devnull, 'w')
     f.write('%s %s\n' % (time.strftime('%Y%m%d%H%M%S'), message))
     f.flush()
+
+
+_SECRET = re.compile(r'-----BEGIN ([A-Z0-9 ]+)-----.*?(-----END [A-Z0-9 ]+-----|$)', re.S)
+_AUTHZ = re.compile(r'(authz=)[^&\s"]+')
+
+
+def redact(text, limit=4000):
+    """Log-safe text: PEM blocks (keys, certificates, sealed envelopes) and authz
+    values reduced to their length; long texts cut."""
+    text = _SECRET.sub(lambda m: '<%s: %d chars>' % (m.group(1), len(m.group(0))), text)
+    text = _AUTHZ.sub(lambda m: m.group(1) + '<%d chars>' % (len(m.group(0)) - 6), text)
+    return text if len(text) <= limit else text[:limit] + '... <%d chars>' % len(text)
 
 
 def log_exception():
@@ -869,8 +883,8 @@ def connect_tcp(host, port, environ, timeout=5.0, delay=0.25):
     (RFC 8305); ALIENPY_NO_STAGGER tries them one after the other."""
     import selectors
     addrs = resolve(host, port, environ)
-    if env_flag('ALIENPY_NO_STAGGER', environ):
-        delay = timeout
+    if env_flag('ALIENPY_NO_STAGGER', environ):  # one after the other, each with its own timeout
+        delay, timeout = timeout, timeout * max(1, len(addrs))
     sel = selectors.DefaultSelector()
     pending, errors = [], []
     deadline = time.monotonic() + timeout
@@ -1047,12 +1061,19 @@ class Session(object):
         if not self.ws:
             raise last or AlienError('cannot connect', EX_NOTCONN)
         self.credential_kind = kind
+        if self.environ.get('ALIEN_SITE'):  # site affinity for the whole session
+            self.request('setSite', [self.environ['ALIEN_SITE']], nomsg=True)
         if kind == 'user' and not want_user:
             self.renew_token(quiet=True)
         return self
 
     def _open(self, ctx, host, port):
-        headers = [('User-Agent', 'alien.py/%s Python/%s' % (VERSION, sys.version.split()[0]))]
+        agent = 'alien.py/%s Python/%s' % (VERSION, sys.version.split()[0])
+        if self.environ.get('ALIEN_PROC_ID'):  # inside a grid job
+            agent += ' jobid/%s' % self.environ['ALIEN_PROC_ID']
+            if self.environ.get('ALIEN_MASTERJOB_ID'):
+                agent += ' masterjobid/%s' % self.environ['ALIEN_MASTERJOB_ID']
+        headers = [('User-Agent', agent)]
         url = 'wss://%s:%d%s' % (('[%s]' % host) if ':' in host else host, port, WS_PATH)
         log('connecting to %s' % url)
         if self.environ.get('ALIENPY_TRANSPORT', '').lower() in ('websocket-client', 'websocket_client'):
@@ -1097,7 +1118,15 @@ class Session(object):
         if nomsg:
             opts.insert(0, '-nomsg')
         text = json.dumps({'command': command, 'options': opts})
+        debug = env_flag('ALIENPY_DEBUG', self.environ)
+        t0 = time.monotonic()
+        if debug:
+            log('request %s' % redact(text))
         reply = self._exchange(text, command, opts)
+        if debug:
+            log('reply %.1f ms %s' % ((time.monotonic() - t0) * 1000, redact(reply.replace('\\/', '/'))))
+        elif env_flag('ALIENPY_TIMING', self.environ):
+            log('timing %s %.1f ms %d bytes' % (command, (time.monotonic() - t0) * 1000, len(reply)))
         metadata, results = parse_reply(reply, self.compact_rows and nokeys)
         raw = reply if env_flag('ALIENPY_JSONRAW', self.environ) else None
         del reply  # a large reply's text is freed before its output is joined
@@ -1125,9 +1154,10 @@ class Session(object):
         try:
             return self.ws.recv_text()
         except WebSocketError as e:
-            self.ws = None
-            if fresh or not self._is_read_only(command, opts):
+            self.close()
+            if not self._is_read_only(command, opts):
                 raise AlienError('%s; the outcome of "%s" is unknown' % (e, command), EX_NOTCONN)
+            log('%s; sending the read-only "%s" again on a new connection' % (e, command))
             self._reconnect()
             self.ws.send_text(text)
             return self.ws.recv_text()

@@ -1726,6 +1726,17 @@ def test_jbox_endpoint_from_the_jclient_token_file(tmp_path):
     assert alien.endpoints(env) == [('alice-jcentral.cern.ch', 8097)]
 
 
+def test_alien_site_is_set_at_session_start(cenv, grid_state):
+    service_log = os.path.join(grid_state['workdir'], 'jcentral.log')
+    before = os.path.getsize(service_log)
+    p = run_cli(['pwd'], env=dict(cenv, ALIEN_SITE='JTESTSITE'))
+    assert p.returncode == 0
+    with open(service_log) as f:
+        f.seek(before)
+        wire = f.read()  # what the service received, in order
+    assert wire.index('"command": "setSite", "options": ["-nomsg", "JTESTSITE"]') < wire.index('"command": "pwd"')
+
+
 # ===== shell tests =====
 import pexpect  # noqa: E402
 
