@@ -2064,8 +2064,10 @@ class Shell(object):
     def restore_connection(self):
         """After an interrupted request: a new connection in the same directory."""
         if self.reconnect:
+            prev = self.session.prevdir  # (a token renewal on connect passes through home)
             self.session.close()
             self.session._reconnect()  # raises when the service is gone: try again next time
+            self.session.prevdir = prev
             self.reconnect = False
 
     def drop_connection(self, tb):

@@ -2021,6 +2021,7 @@ def test_shell_ctrl_c(cenv, grid_state):
     # a new connection, in the same directory
     assert shell_cmd(p, 'pwd') == [grid_state['home'] + 'ctrlc_dir/']
     assert shell_cmd(p, 'exitcode') == ['0']
+    assert shell_cmd(p, 'cd -; pwd') == [grid_state['home']]
     assert shell_end(p) == 0
 
 
