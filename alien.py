@@ -1855,6 +1855,7 @@ HISTORY_SIZE = 5000        # lines kept in ~/.alienpy_history
 COMPLETION_TTL = 10.0      # seconds a directory listing is reused for completion
 BANNER = 'Welcome to the ALICE GRID\nsupport mail: adrian.sevcenco@cern.ch\n'
 _ESCAPE = set(' \t\'"\\;|&()<>$`')
+DIR_ONLY_VERBS = ('cd', 'pushd', 'rmdir')  # complete directories only
 
 
 def prompt_text(session):
@@ -1956,6 +1957,7 @@ class Shell(object):
             log('history file %s: %s' % (self.history, e))
         readline.set_completer(self.complete)
         readline.set_completer_delims(' \t\n;|')
+        readline.set_completion_display_matches_hook(self.display_matches)
         if 'libedit' in (getattr(readline, '__doc__', '') or ''):
             readline.parse_and_bind('bind ^I rl_complete')
         else:
@@ -1988,6 +1990,22 @@ class Shell(object):
                 self.matches = []
         return self.matches[state] if state < len(self.matches) else None
 
+    def display_matches(self, substitution, matches, longest):
+        """List candidates by their last path component (in columns, like ls),
+        then the prompt and the line again."""
+        names = []
+        for m in matches:
+            if m.endswith(' ') and not m.endswith('\\ '):
+                m = m[:-1]
+            isdir = m.endswith('/')
+            names.append(m.rstrip('/').rsplit('/', 1)[-1] + ('/' if isdir else ''))
+        try:
+            sys.stdout.write('\n' + format_columns(sorted(set(names))) + '\n')
+            sys.stdout.write(prompt_text(self.session) + self.readline.get_line_buffer())
+            sys.stdout.flush()
+        except Exception:
+            log_exception()
+
     def completions(self, line, text):
         """Candidates that replace text (readline's word: the part after the last
         space) for the partial line."""
@@ -2000,6 +2018,9 @@ class Shell(object):
             cands = self.local_paths(plain)
         else:
             cands = self.grid_paths(plain)
+            words = re.split(r'[;|\n]', line)[-1].split()
+            if words and words[0] in DIR_ONLY_VERBS:
+                cands = [c for c in cands if c.endswith('/')]
         cut = len(raw) - len(text)
         out = []
         for c in cands:

@@ -1906,10 +1906,11 @@ class CountingSession(object):
 def test_completion_candidates_and_listing_cache(tmp_path):
     s = CountingSession()
     sh = alien.Shell(s)
-    assert sh.completions('cd al', 'al') == ['alpha/', 'alps.txt ']
+    assert sh.completions('ls al', 'al') == ['alpha/', 'alps.txt ']
+    assert sh.completions('cd al', 'al') == ['alpha/']  # cd: directories only
     assert sh.completions('ls x/.', 'x/.') == ['x/.hid/']
     assert s.calls == [('ls', ['-a', '-F', '/h/'], True), ('ls', ['-a', '-F', '/h/x/'], True)]
-    assert sh.completions('cd alien:/h/al', 'alien:/h/al') == ['alien:/h/alpha/', 'alien:/h/alps.txt ']
+    assert sh.completions('stat alien:/h/al', 'alien:/h/al') == ['alien:/h/alpha/', 'alien:/h/alps.txt ']
     assert len(s.calls) == 2  # /h/ again: from the cache
     sh.listings = {d: (t - alien.COMPLETION_TTL, n) for d, (t, n) in sh.listings.items()}
     sh.completions('cd al', 'al')  # too old: listed again
@@ -1952,6 +1953,19 @@ def test_shell_tab_completion(cenv, grid_state, tmp_path):
     p.send('\r')
     p.expect(PROMPT)
     assert p.match.group(1) == grid_state['home'] + 'tabdir_sp ace/'
+    p.send('ls %stabdir_\t\t' % grid_state['home'])  # two candidates: listed by their names
+    p.expect(r'\n *tabdir_sp\\ ace/ +tabdir_unique/\s*\r\n' + PROMPT)
+    p.sendcontrol('c')
+    p.expect(PROMPT)
+    run_cli(['touch %stabdir_unique/inner_file' % grid_state['home']], env=cenv)
+    p.send('ls ../tabdir_unique/inner\t\t')  # ls: files and directories
+    p.expect(r'inner/ +inner_file')
+    p.sendcontrol('c')
+    p.expect(PROMPT)
+    p.send('cd ../tabdir_unique/inner\t')  # cd: directories only, so a single candidate
+    p.expect(re.escape('tabdir_unique/inner/'))
+    p.sendcontrol('c')
+    p.expect(PROMPT)
     p.send('ls file:%s/localf\t' % local)  # a local path
     p.expect('localfile_abc.txt ')
     p.sendcontrol('c')
