@@ -1032,6 +1032,7 @@ class Session(object):
         self.last_exitcode = 0
         self._commandlist = None
         self.compact_rows = False  # the front end sets it: its results are only printed
+        self.command_json = self.json_mode  # JSON output asked for the command being run
 
     # -- connection --
     def connect(self, want_user=False):
@@ -1268,6 +1269,7 @@ class Session(object):
         verb, args = tokens[0], tokens[1:]
         as_json = self.json_mode or '-json' in args
         args = [a for a in args if a != '-json']
+        self.command_json = as_json  # client-side handlers ask for full replies then
         cmd = COMMANDS.get(verb)
         try:
             if cmd is not None and args[:1] in (['-h'], ['--help'], ['-help']) and cmd.usage:
@@ -1441,8 +1443,7 @@ def cmd_cd(session, args):
 
 def _ls_with(*flags):
     def handler(session, args):
-        as_json = session.json_mode
-        return session.request('ls', ['-F'] + list(flags) + args, nokeys=not as_json)
+        return session.request('ls', ['-F'] + list(flags) + args, nokeys=not session.command_json)
     return handler
 
 

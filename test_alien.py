@@ -497,6 +497,8 @@ def test_json_output(cenv, grid_state):
     p = run_cli(['ls', '-json', grid_state['home']], env=cenv)
     reply = json.loads(p.stdout)
     assert set(reply) == {'metadata', 'results'} and reply['metadata']['exitcode'] == '0'
+    p = run_cli(['ll -json ' + grid_state['home']], env=cenv)  # a client-side alias passes -json on
+    assert json.loads(p.stdout)['results'][0]['permissions'].startswith(('d', '-'))
     p = run_cli(['-json', 'pwd'], env=cenv)
     assert json.loads(p.stdout)['results'][0]['pwd'] == grid_state['home']
     env = dict(cenv, ALIENPY_JSON='1')
