@@ -1854,7 +1854,7 @@ _refuse_arguments('home', 'version', 'exitcode', '$?', 'token-destroy')
 
 HISTORY_SIZE = 5000        # lines kept in ~/.alienpy_history
 COMPLETION_TTL = 10.0      # seconds a directory listing is reused for completion
-BANNER = 'Welcome to the ALICE GRID\nsupport mail: adrian.sevcenco@cern.ch\n'
+BANNER = 'Welcome to the ALICE GRID\n(alien.py %s; help lists the commands, exit or Ctrl-D leaves)\n' % VERSION
 _ESCAPE = set(' \t\'"\\;|&()<>$`')
 DIR_ONLY_VERBS = ('cd', 'pushd', 'rmdir')  # complete directories only
 
