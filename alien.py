@@ -1891,22 +1891,11 @@ def _escape(word):
 def current_word(text):
     """(raw last word, its unescaped form, whether it is the verb, local context)
     of a partial line, following the tokenizer's rules for quotes and backslashes."""
-    element_start, word_start, quote, escaped, local = 0, 0, None, False, False
-    for i, c in enumerate(text):
-        if escaped:
-            escaped = False
-        elif c == '\\' and quote != "'":
-            escaped = True
-        elif quote:
-            if c == quote:
-                quote = None
-        elif c in '"\'':
-            quote = c
-        elif c in ';\n':
-            element_start, word_start, local = i + 1, i + 1, False
-        elif c == '|':
-            element_start, word_start, local = i + 1, i + 1, True
-        elif c.isspace():
+    element_start, word_start, local = 0, 0, False
+    for i, c in _scan(text, ';\n| \t'):
+        if c in ';\n|':
+            element_start, word_start, local = i + 1, i + 1, c == '|'
+        else:
             word_start = i + 1
     raw = text[word_start:]
     element = text[element_start:word_start]
