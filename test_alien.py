@@ -883,15 +883,15 @@ def test_cp_recursive_filters_and_naming(cpenv, grid_state, tmp_path):
         assert p.returncode == 0, p
         return sorted(os.path.relpath(os.path.join(r, f), str(out)) for r, _, fs in os.walk(str(out)) for f in fs)
     get.n = 0
-    assert get(g, '') == sorted(['cp_tree_%d/%s' % (os.getpid(), n) for n in names])   # dir: itself
-    assert get(g.rstrip('/') + '/', '') == sorted(names)                                 # dir/: content
+    assert get(g.rstrip('/'), '') == sorted(['cp_tree_%d/%s' % (os.getpid(), n) for n in names])  # dir: itself
+    assert get(g, '') == sorted(names)                                                    # dir/: content
     assert get('-glob', '*.log', g, '') == ['a.log', 'sub/c.log']
     assert get(g + '*.log', '') == ['a.log', 'sub/c.log']
     assert get('-select', '.*/sub/.*\\.(log|txt)$', g, '') == ['sub/c.log', 'sub/deep/d.txt']
     assert get('-name', 'begin_myf_contain_run1_ext_root', g, '') == ['sub/myfile_run12.root']
     assert get('-name', 'ext_root', '-parent', 1, g, 'x') == \
         ['x/cp_tree_%d/b.root' % os.getpid(), 'x/cp_tree_%d/sub/myfile_run12.root' % os.getpid()]
-    assert get('-glob', '*.txt', '-rmprefix', 4, g, '') == ['cp_tree_%d/sub/deep/d.txt' % os.getpid()]
+    assert get('-glob', '*.txt', '-rmprefix', 5, g, '') == ['cp_tree_%d/sub/deep/d.txt' % os.getpid()]
     assert get('-parent', 2, g + 'sub/deep/d.txt', '') == ['sub/deep/d.txt']
     assert len(get('-l', 2, g, '')) == 2
     # dry run: the plan, nothing copied
