@@ -1728,15 +1728,16 @@ class _Progress(object):
         self.show()
 
     def end(self, job, results):
-        self.current.pop(job, None)
+        moved = self.current.pop(job, 0)
+        status = results.get('status') if hasattr(results, 'get') else None
+        if status is not None and getattr(status, 'ok', False):
+            moved = results.get('size') or moved
+        self.done_bytes += moved or 0
         self.done_files += 1
         self.show()
 
     def should_cancel(self, job):
         return self.cancel
-
-    def add_done_bytes(self, n):
-        self.done_bytes += n
 
     def show(self, final=False):
         if not self.enabled:
@@ -2447,6 +2448,8 @@ def _fetch_temp(session, arg, tmpdir, nses=None):
     opts = dict(_CP_DEFAULTS, quiet=True, force=True)
     cp_download(session, [(lfn, local, [s for s in specs if '::' in s])], opts, stats)
     if stats.failed:
+        if _grid_stat(session, lfn) is None:
+            raise AlienError('%s: no such file' % lfn, EX_ENOENT)
         raise AlienError('%s' % stats.failed[0][1], EX_EIO)
     if nses is not None:
         nses.append(stats.replicas.get(lfn, 0))
