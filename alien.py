@@ -1758,71 +1758,6 @@ class _Progress(object):
         sys.stderr.flush()
 
 
-def run_copy_jobs(jobs, opts, progress=None):
-    """Run jobs in one CopyProcess (opts['parallel'] at once); sets job.ok/.error.
-
-    The copy runs in a worker thread so Ctrl-C reaches the main thread, which
-    then cancels the transfers and re-raises KeyboardInterrupt."""
-    if not jobs:
-        return
-    client = xrootd_client()
-    import threading
-    if opts.get('streams'):
-        client.EnvPutInt('SubStreamsPerChannel', int(opts['streams']))
-    proc = client.CopyProcess()
-    proc.parallel(max(1, min(int(opts.get('parallel') or 1), len(jobs))))
-    extra = {}
-    if opts.get('chunks'):
-        extra['parallelchunks'] = int(opts['chunks'])
-    if opts.get('chunksize'):
-        extra['chunksize'] = int(opts['chunksize'])
-    if opts.get('timeout'):
-        extra['cptimeout'] = int(opts['timeout'])
-    for job in jobs:
-        kw = dict(extra)
-        if job.md5 and job.target.startswith('/'):
-            kw.update(checksummode='target', checksumtype='md5', checksumpreset=job.md5, rmBadCksum=True)
-        proc.add_job(job.source, job.target, sourcelimit=job.sources, force=True, posc=True, mkdir=True,
-                     retry=int(opts.get('retry', 1)), **kw)
-    status = proc.prepare()
-    if not status.ok:
-        for job in jobs:
-            job.error = status.message.strip()
-        return
-    handler = progress or _Progress(0, 0, False)
-    out = {}
-
-    def work():
-        try:
-            out['res'] = proc.run(handler)
-        except Exception as e:   # pragma: no cover - binding failure
-            out['exc'] = e
-    t = threading.Thread(target=work, name='xrootd-copy')
-    t.daemon = True
-    t.start()
-    try:
-        while t.is_alive():
-            t.join(0.2)
-    except KeyboardInterrupt:
-        handler.cancel = True
-        t.join()
-        raise
-    if 'exc' in out:
-        for job in jobs:
-            job.error = str(out['exc'])
-        return
-    _status, results = out['res']
-    for i, job in enumerate(jobs):
-        r = results[i] if i < len(results) else {}
-        st = r.get('status')
-        if st is not None and st.ok:
-            job.ok = True
-            job.error = ''
-        else:
-            msg = st.message if st is not None else 'not run'
-            job.error = ' '.join(msg.split())
-
-
 def write_metalink(path, lfn, size, md5, urls):
     """Metalink 4 file listing every replica (used with -y N > 1)."""
     from xml.sax.saxutils import escape
@@ -1934,103 +1869,224 @@ def _progress_enabled(opts):
     return not opts.get('quiet') and sys.stderr.isatty()
 
 
-def cp_download(session, items, opts, stats):
-    """items: [(lfn, local_dst, specs)]. Downloads with replica fail-over."""
-    jobs = []
-    for lfn, dst, specs in items:
-        r = _access(session, 'read', lfn, specs)
-        if r.exitcode != 0 or not r.results:
-            stats.fail(lfn, 'no access to %s: %s' % (lfn, r.err or 'no replicas (exit %d)' % r.exitcode))
-            continue
-        first = r.results[0]
-        try:
-            size = int(first.get('size') or 0)
-        except ValueError:
-            size = 0
-        md5 = (first.get('md5') or '').lower()
-        if os.path.isfile(dst) and not opts.get('force') and _file_matches(dst, size, md5):
-            stats.skipped += 1
-            continue
-        replicas = [(grid_url(x.get('url', ''), x.get('envelope', '')), x.get('se', '?'))
-                    for x in r.results if x.get('url')]
-        stats.replicas[lfn] = len(replicas)
-        if not replicas:
-            stats.fail(lfn, 'no replica URL for %s' % lfn)
-            continue
-        ddir = os.path.dirname(dst) or '.'
-        try:
-            os.makedirs(ddir, exist_ok=True)
-        except OSError as e:
-            stats.fail(lfn, 'cannot create %s: %s' % (ddir, e.strerror))
-            continue
-        if os.path.isdir(dst):
-            stats.fail(lfn, 'destination %s is a directory' % dst)
-            continue
-        info = {'lfn': lfn, 'dst': dst, 'replicas': replicas, 'next': 0, 'errors': [], 'meta': None}
-        jobs.append(CopyJob('', '', size, md5, 1, info))
-    if not jobs:
-        return
-    total_bytes = sum(j.size for j in jobs)
-    progress = _Progress(len(jobs), total_bytes, _progress_enabled(opts), 'download ')
-    pending = jobs
-    tmpdir = None
+def _copy_batch(jobs, opts, handler):
+    """Run jobs in one CopyProcess in the calling thread (opts['parallel'] at
+    once); sets job.ok/.error, never raises."""
     try:
-        while pending:
-            for job in pending:
-                info = job.info
-                reps = info['replicas']
-                job.target = part_name(info['dst'])
-                job.ok = False
-                if not info.get('metalink_tried') and opts.get('sources', 1) > 1 and len(reps) > 1:
-                    # first attempt: read from several replicas at once
-                    info['metalink_tried'] = True
-                    if tmpdir is None:
-                        import tempfile
-                        tmpdir = tempfile.mkdtemp(prefix='alienpy-meta-')
-                    meta = os.path.join(tmpdir, '%d.meta4' % len(os.listdir(tmpdir)))
-                    write_metalink(meta, info['lfn'], job.size, job.md5, [u for u, _ in reps])
-                    job.source, job.sources = meta, min(opts['sources'], len(reps))
-                    info['se'] = 'all replicas'
-                else:
-                    # then one replica after the other, in the service's order
-                    n = info['next']
-                    job.source, job.sources = reps[n][0], 1
-                    info['se'] = reps[n][1]
-                    info['next'] = n + 1
-            batch = pending
+        client = xrootd_client()
+        if opts.get('streams'):
+            client.EnvPutInt('SubStreamsPerChannel', int(opts['streams']))
+        proc = client.CopyProcess()
+        proc.parallel(max(1, min(int(opts.get('parallel') or 1), len(jobs))))
+        extra = {}
+        if opts.get('chunks'):
+            extra['parallelchunks'] = int(opts['chunks'])
+        if opts.get('chunksize'):
+            extra['chunksize'] = int(opts['chunksize'])
+        if opts.get('timeout'):
+            extra['cptimeout'] = int(opts['timeout'])
+        for job in jobs:
+            kw = dict(extra)
+            if job.target.startswith('/'):
+                # download into a fresh temporary name: the directory exists
+                # already, nothing to overwrite; md5 verified by XRootD after
+                # the transfer and a mismatching file removed
+                if job.md5:
+                    kw.update(checksummode='target', checksumtype='md5', checksumpreset=job.md5, rmBadCksum=True)
+                proc.add_job(job.source, job.target, sourcelimit=job.sources, **kw)
+            else:
+                # upload: POSC so an interrupted write leaves nothing on the SE
+                proc.add_job(job.source, job.target, posc=True, mkdir=True, retry=int(opts.get('retry', 1)), **kw)
+        status = proc.prepare()
+        if not status.ok:
+            raise AlienError(status.message.strip())
+        _status, results = proc.run(handler)
+    except Exception as e:
+        for job in jobs:
+            job.ok, job.error = False, 'XRootD: %s' % e
+        return
+    for i, job in enumerate(jobs):
+        r = results[i] if i < len(results) else {}
+        st = r.get('status')
+        job.ok = st is not None and st.ok
+        job.error = '' if job.ok else ' '.join((st.message if st is not None else 'not run').split())
+
+
+class CopyPipeline(object):
+    """Transfers run batch after batch in a worker thread while the caller
+    keeps talking to the service (access before a transfer, commit after):
+    control and data plane overlap. submit(jobs); results(wait) hands back
+    finished jobs; close(cancel) stops the worker."""
+
+    def __init__(self, opts, progress):
+        import threading
+        self.opts = opts
+        self.progress = progress
+        self.cv = threading.Condition()
+        self.ready = []
+        self.finished = []
+        self.pending = 0          # submitted and not yet handed back
+        self.closed = False
+        self.waiting = False      # the caller waits: do not hold jobs back
+        self.thread = threading.Thread(target=self._work, name='xrootd-copy')
+        self.thread.daemon = True
+        self.thread.start()
+
+    def submit(self, jobs):
+        with self.cv:
+            self.ready.extend(jobs)
+            self.pending += len(jobs)
+            self.cv.notify_all()
+
+    def _work(self):
+        batch_min = 4 * max(1, int(self.opts.get('parallel') or 1))
+        while True:
+            with self.cv:
+                while not self.ready and not self.closed:
+                    self.cv.wait()
+                if not self.ready:
+                    return
+                # gather a batch: a CopyProcess keeps `parallel` transfers busy
+                # only while it has jobs left, so small batches waste slots
+                end = time.time() + 0.05
+                while len(self.ready) < batch_min and not (self.closed or self.waiting) and time.time() < end:
+                    self.cv.wait(max(0.001, end - time.time()))
+                batch, self.ready = self.ready, []
+            _copy_batch(batch, self.opts, self.progress)
+            with self.cv:
+                self.finished.extend(batch)
+                self.cv.notify_all()
+
+    def results(self, wait=False):
+        with self.cv:
+            if wait:
+                self.waiting = True
+                self.cv.notify_all()
+                try:
+                    while not self.finished and self.pending:
+                        self.cv.wait(0.2)
+                finally:
+                    self.waiting = False
+            out, self.finished = self.finished, []
+            self.pending -= len(out)
+            return out
+
+    def close(self, cancel=False):
+        with self.cv:
+            self.closed = True
+            if cancel:
+                self.ready = []
+                self.progress.cancel = True
+            self.cv.notify_all()
+        self.thread.join()
+
+
+def cp_download(session, items, opts, stats):
+    """items: [(lfn, local_dst, specs)]. Each file is written to a temporary
+    name next to its destination, verified against the catalogue md5 and only
+    then renamed; a failed replica is followed by the next one."""
+    progress = _Progress(0, 0, _progress_enabled(opts), 'download ')
+    pipe = CopyPipeline(opts, progress)
+    live = set()
+    tmpdir = []
+
+    def launch(job):
+        info = job.info
+        reps = info['replicas']
+        job.target = part_name(info['dst'])
+        job.ok = False
+        if not info.get('metalink_tried') and opts.get('sources', 1) > 1 and len(reps) > 1:
+            # first attempt with -y N: read from several replicas at once
+            info['metalink_tried'] = True
+            if not tmpdir:
+                import tempfile
+                tmpdir.append(tempfile.mkdtemp(prefix='alienpy-meta-'))
+            meta = os.path.join(tmpdir[0], '%d.meta4' % len(os.listdir(tmpdir[0])))
+            write_metalink(meta, info['lfn'], job.size, job.md5, [u for u, _ in reps])
+            job.source, job.sources = meta, min(opts['sources'], len(reps))
+            info['se'] = 'all replicas'
+        else:
+            # then one replica after the other, in the service's order
+            n = info['next']
+            job.source, job.sources = reps[n][0], 1
+            info['se'] = reps[n][1]
+            info['next'] = n + 1
+        live.add(job)
+        pipe.submit([job])
+
+    def settle(job):
+        live.discard(job)
+        info = job.info
+        if job.ok and os.path.isfile(job.target) and os.path.getsize(job.target) == job.size:
             try:
-                run_copy_jobs(batch, opts, progress)
-            except KeyboardInterrupt:
-                for job in batch:
-                    _unlink_quiet(job.target)
-                raise
-            pending = []
-            for job in batch:
-                info = job.info
-                if job.ok and os.path.isfile(job.target) and os.path.getsize(job.target) == job.size:
-                    try:
-                        os.replace(job.target, info['dst'])
-                    except OSError as e:
-                        _unlink_quiet(job.target)
-                        stats.fail(info['lfn'], 'cannot rename into %s: %s' % (info['dst'], e.strerror))
-                        continue
-                    stats.ok += 1
-                    stats.bytes += job.size
-                    stats.done.append((info['lfn'], info['dst']))
-                    continue
+                os.replace(job.target, info['dst'])
+            except OSError as e:
                 _unlink_quiet(job.target)
-                info['errors'].append('%s: %s' % (info['se'], job.error or 'size mismatch after transfer'))
-                if info['next'] < len(info['replicas']):
-                    pending.append(job)
-                else:
-                    stats.fail(info['lfn'], '%s -> %s failed: %s' % (info['lfn'], info['dst'], '; '.join(info['errors'])))
-            progress.done_files -= len(pending)
+                stats.fail(info['lfn'], 'cannot rename into %s: %s' % (info['dst'], e.strerror))
+                return
+            stats.ok += 1
+            stats.bytes += job.size
+            stats.done.append((info['lfn'], info['dst']))
+            return
+        _unlink_quiet(job.target)
+        info['errors'].append('%s: %s' % (info['se'], job.error or 'size mismatch after transfer'))
+        if info['next'] < len(info['replicas']):
+            progress.done_files -= 1
+            launch(job)
+        else:
+            stats.fail(info['lfn'], '%s -> %s failed: %s' % (info['lfn'], info['dst'], '; '.join(info['errors'])))
+
+    try:
+        for lfn, dst, specs in items:
+            for job in pipe.results():
+                settle(job)
+            r = _access(session, 'read', lfn, specs)
+            if r.exitcode != 0 or not r.results:
+                stats.fail(lfn, 'no access to %s: %s' % (lfn, r.err or 'no replicas (exit %d)' % r.exitcode))
+                continue
+            first = r.results[0]
+            try:
+                size = int(first.get('size') or 0)
+            except ValueError:
+                size = 0
+            md5 = (first.get('md5') or '').lower()
+            replicas = [(grid_url(x.get('url', ''), x.get('envelope', '')), x.get('se', '?'))
+                        for x in r.results if x.get('url')]
+            stats.replicas[lfn] = len(replicas)
+            if os.path.isfile(dst) and not opts.get('force') and _file_matches(dst, size, md5):
+                stats.skipped += 1
+                continue
+            if not replicas:
+                stats.fail(lfn, 'no replica URL for %s' % lfn)
+                continue
+            ddir = os.path.dirname(dst) or '.'
+            try:
+                os.makedirs(ddir, exist_ok=True)
+            except OSError as e:
+                stats.fail(lfn, 'cannot create %s: %s' % (ddir, e.strerror))
+                continue
+            if os.path.isdir(dst):
+                stats.fail(lfn, 'destination %s is a directory' % dst)
+                continue
+            progress.total_files += 1
+            progress.total_bytes += size
+            info = {'lfn': lfn, 'dst': dst, 'replicas': replicas, 'next': 0, 'errors': []}
+            launch(CopyJob('', '', size, md5, 1, info))
+        while pipe.pending:
+            for job in pipe.results(wait=True):
+                settle(job)
+    except BaseException:
+        pipe.close(cancel=True)
+        for job in list(live) + pipe.results():
+            _unlink_quiet(job.target)
+        raise
     finally:
-        if progress.enabled:
+        pipe.close()
+        if progress.enabled and progress.total_files:
             progress.show(final=True)
         if tmpdir:
             import shutil
-            shutil.rmtree(tmpdir, ignore_errors=True)
+            shutil.rmtree(tmpdir[0], ignore_errors=True)
 
 
 def _unlink_quiet(path):
@@ -2041,94 +2097,105 @@ def _unlink_quiet(path):
         pass
 
 
+def _existing_upload_target(session, e, r, opts, stats):
+    """access write-once failed: an identical existing LFN is skipped, another
+    one is replaced through a temporary LFN -> the new access reply or None."""
+    st = _grid_stat(session, e['lfn'])
+    if st is None:
+        stats.fail(e['src'], 'no write access for %s: %s' % (e['lfn'], r.err or 'exit code %d' % r.exitcode))
+        return None
+    if st['type'] != 'f':
+        stats.fail(e['src'], '%s exists and is not a file' % e['lfn'])
+        return None
+    if not opts.get('force') and st['size'] == e['size'] and st['md5'] == e['md5']:
+        stats.skipped += 1
+        return None
+    d, base = e['lfn'].rsplit('/', 1)
+    e['target'] = '%s/.%s.alienpy-part-%s' % (d, base, os.urandom(6).hex())
+    e['replace'] = True
+    r = _access(session, 'write-once', e['target'], _with_default_specs(e['specs']), e['size'], e['md5'])
+    if r.exitcode != 0 or not r.results:
+        stats.fail(e['src'], 'no write access for %s: %s' % (e['lfn'], r.err or 'exit code %d' % r.exitcode))
+        return None
+    return r
+
+
 def cp_upload(session, items, opts, stats):
-    """items: [(local_path, lfn, specs)]: access write-once, copy each replica,
-    commit each good one; failed replicas are re-booked on other SEs twice."""
-    entries = []
-    for src, lfn, specs in items:
-        try:
-            size = os.path.getsize(src)
-            md5 = md5_file(src)
-        except OSError as e:
-            stats.fail(src, 'cannot read %s: %s' % (src, e.strerror))
-            continue
-        entries.append({'src': src, 'lfn': lfn, 'target': lfn, 'specs': list(specs or []), 'size': size,
-                        'md5': md5, 'committed': [], 'tried': [], 'errors': [], 'replace': False})
-    # existing destinations: skip identical ones, replace others through a temporary LFN
+    """items: [(local_path, lfn, specs)]: md5 and size locally, access
+    write-once, copy each booked replica, commit each good one; the failed
+    replicas of a file are re-booked on other SEs (at most twice)."""
+    progress = _Progress(0, 0, _progress_enabled(opts), 'upload ')
+    pipe = CopyPipeline(opts, progress)
     live = []
-    for e in entries:
-        r = _access(session, 'write-once', e['lfn'], _with_default_specs(e['specs']), e['size'], e['md5'])
-        if r.exitcode != 0 or not r.results:
-            st = _grid_stat(session, e['lfn'])
-            if st is None:
-                stats.fail(e['src'], 'no write access for %s: %s' % (e['lfn'], r.err or 'exit code %d' % r.exitcode))
-                continue
-            if st['type'] != 'f':
-                stats.fail(e['src'], '%s exists and is not a file' % e['lfn'])
-                continue
-            if not opts.get('force') and st['size'] == e['size'] and st['md5'] == e['md5']:
-                stats.skipped += 1
-                continue
-            d, base = e['lfn'].rsplit('/', 1)
-            e['target'] = '%s/.%s.alienpy-part-%s' % (d, base, os.urandom(6).hex())
-            e['replace'] = True
-            r = _access(session, 'write-once', e['target'], _with_default_specs(e['specs']), e['size'], e['md5'])
-            if r.exitcode != 0 or not r.results:
-                stats.fail(e['src'], 'no write access for %s: %s' % (e['lfn'], r.err or 'exit code %d' % r.exitcode))
-                continue
-        e['booked'] = r.results
-        live.append(e)
-    if not live:
-        return
-    wanted = {id(e): len(e['booked']) for e in live}
-    total_bytes = sum(e['size'] * len(e['booked']) for e in live)
-    progress = _Progress(sum(len(e['booked']) for e in live), total_bytes, _progress_enabled(opts), 'upload ')
-    pending = live
-    attempt = 0
+
+    def launch(e, booked):
+        jobs = []
+        for rep in booked:
+            e['tried'].append(rep.get('se', ''))
+            jobs.append(CopyJob(e['src'], grid_url(rep.get('url', ''), rep.get('envelope', '')),
+                                e['size'], '', 1, (e, rep)))
+        e['running'] += len(jobs)
+        progress.total_files += len(jobs)
+        progress.total_bytes += e['size'] * len(jobs)
+        pipe.submit(jobs)
+
+    def settle(job):
+        e, rep = job.info
+        e['running'] -= 1
+        if job.ok:
+            c = session.request('commit', [rep.get('envelope', ''), str(e['size']), e['target'], '644', '0',
+                                           rep.get('url', ''), rep.get('se', ''), rep.get('guid', ''), e['md5']],
+                                nomsg=True)
+            if c.exitcode == 0 and not any(str(x.get('lfn', '1')) == '0' for x in c.results):
+                e['committed'].append(rep.get('se', ''))
+            else:
+                e['errors'].append('%s: commit refused: %s' % (rep.get('se', '?'),
+                                                               c.err or 'exit code %d' % c.exitcode))
+        else:
+            e['errors'].append('%s: %s' % (rep.get('se', '?'), job.error))
+            e['failed'] += 1
+        if e['running'] == 0 and e['failed'] and e['attempt'] < 3:
+            # re-book the failed replicas elsewhere: every SE tried so far excluded
+            n, e['failed'] = e['failed'], 0
+            e['attempt'] += 1
+            spec = ['disk:%d' % n] + ['!' + se for se in sorted(set(e['tried'])) if se]
+            r = _access(session, 'write' if e['committed'] else 'write-once', e['target'], spec,
+                        e['size'], e['md5'])
+            if r.exitcode == 0 and r.results:
+                launch(e, r.results)
+            else:
+                e['errors'].append('no other SE: %s' % (r.err or 'exit code %d' % r.exitcode))
+
     try:
-        while pending and attempt < 3:
-            attempt += 1
-            jobs = []
-            for e in pending:
-                for rep in e['booked']:
-                    e['tried'].append(rep.get('se', ''))
-                    jobs.append(CopyJob(e['src'], grid_url(rep.get('url', ''), rep.get('envelope', '')),
-                                        e['size'], '', 1, (e, rep)))
-            run_copy_jobs(jobs, opts, progress)
-            failed_by_entry = {}
-            for job in jobs:
-                e, rep = job.info
-                if not job.ok:
-                    e['errors'].append('%s: %s' % (rep.get('se', '?'), job.error))
-                    failed_by_entry.setdefault(id(e), (e, []))[1].append(rep)
+        for src, lfn, specs in items:
+            for job in pipe.results():
+                settle(job)
+            try:
+                size = os.path.getsize(src)
+                md5 = md5_file(src)
+            except OSError as err:
+                stats.fail(src, 'cannot read %s: %s' % (src, err.strerror))
+                continue
+            e = {'src': src, 'lfn': lfn, 'target': lfn, 'specs': list(specs or []), 'size': size, 'md5': md5,
+                 'committed': [], 'tried': [], 'errors': [], 'replace': False, 'running': 0, 'failed': 0,
+                 'attempt': 1}
+            r = _access(session, 'write-once', lfn, _with_default_specs(e['specs']), size, md5)
+            if r.exitcode != 0 or not r.results:
+                r = _existing_upload_target(session, e, r, opts, stats)
+                if r is None:
                     continue
-                c = session.request('commit', [rep.get('envelope', ''), str(e['size']), e['target'], '644', '0',
-                                               rep.get('url', ''), rep.get('se', ''), rep.get('guid', ''), e['md5']],
-                                    nomsg=True)
-                registered = c.exitcode == 0 and (not c.results or any(
-                    str(x.get('lfn', '1')) != '0' for x in c.results))
-                if registered:
-                    e['committed'].append(rep.get('se', ''))
-                else:
-                    e['errors'].append('%s: commit refused: %s' % (rep.get('se', '?'), c.err or 'exit code %d' % c.exitcode))
-            pending = []
-            if attempt >= 3:
-                break
-            for e, reps in failed_by_entry.values():
-                exclude = ['!' + se for se in sorted(set(e['tried'])) if se]
-                spec = ['disk:%d' % len(reps)] + [s for s in e['specs'] if '::' in s and not s.startswith('!')
-                                                  and s not in e['tried']] + exclude
-                mode = 'write' if e['committed'] else 'write-once'
-                r = _access(session, mode, e['target'], spec, e['size'], e['md5'])
-                if r.exitcode == 0 and r.results:
-                    e['booked'] = r.results
-                    progress.total_files += len(r.results)
-                    progress.total_bytes += e['size'] * len(r.results)
-                    pending.append(e)
-                else:
-                    e['errors'].append('no other SE: %s' % (r.err or 'exit code %d' % r.exitcode))
+            e['wanted'] = len(r.results)
+            live.append(e)
+            launch(e, r.results)
+        while pipe.pending:
+            for job in pipe.results(wait=True):
+                settle(job)
+    except BaseException:
+        pipe.close(cancel=True)
+        raise
     finally:
-        if progress.enabled:
+        pipe.close()
+        if progress.enabled and progress.total_files:
             progress.show(final=True)
     for e in live:
         if not e['committed']:
@@ -2141,9 +2208,9 @@ def cp_upload(session, items, opts, stats):
                 stats.fail(e['src'], 'uploaded as %s but could not rename it to %s: %s'
                            % (e['target'], e['lfn'], mv.err))
                 continue
-        if len(e['committed']) < wanted[id(e)]:
+        if len(e['committed']) < e['wanted']:
             stats.notices.append('%s: %d of %d replicas stored (%s)' % (
-                e['lfn'], len(e['committed']), wanted[id(e)], '; '.join(e['errors'])))
+                e['lfn'], len(e['committed']), e['wanted'], '; '.join(e['errors'])))
         stats.ok += 1
         stats.bytes += e['size']
         stats.done.append((e['src'], e['lfn']))
