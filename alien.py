@@ -65,11 +65,11 @@ class AlienError(Exception):
 
 class Result(object):
     """Outcome of one command: what the shell prints and the exit code."""
-    __slots__ = ('exitcode', 'out', 'err', 'results', 'metadata', 'as_json', 'raw')
+    __slots__ = ('exitcode', '_out', 'err', 'results', 'metadata', 'as_json', 'raw')
 
     def __init__(self, exitcode=0, out='', err='', results=None, metadata=None):
         self.exitcode = exitcode
-        self.out = out
+        self._out = out       # None: joined from the results' messages when first asked for
         self.err = err
         self.results = results if results is not None else []
         self.metadata = metadata if metadata is not None else {}
@@ -79,24 +79,57 @@ class Result(object):
     def __repr__(self):
         return 'Result(exitcode=%r, out=%r, err=%r)' % (self.exitcode, self.out, self.err)
 
+    def messages(self):
+        """The `message` of each result row (rows may be compact: the message itself)."""
+        for r in self.results:
+            if isinstance(r, str):
+                yield r
+            elif 'message' in r:
+                yield str(r['message'])
+
+    @property
+    def out(self):
+        """What the command prints: the messages joined by newlines, stripped."""
+        if self._out is None:
+            self._out = '\n'.join(self.messages()).strip()
+        return self._out
+
+    @out.setter
+    def out(self, value):
+        self._out = value
+
 
 _LOG = {}
 
 
 def log(message):
     """Debug log (ALIENPY_DEBUG; file ALIENPY_DEBUG_FILE, default ~/alien_py.log, owner-only)."""
-    if not env_flag('ALIENPY_DEBUG'):
+    if not (env_flag('ALIENPY_DEBUG') or env_flag('ALIENPY_TIMING')):
         return
     f = _LOG.get('file')
     if f is None:
         path = os.environ.get('ALIENPY_DEBUG_FILE') or os.path.join(os.path.expanduser('~'), 'alien_py.log')
         flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if env_flag('ALIENPY_DEBUG_APPEND') else os.O_TRUNC)
         try:
-            f = _LOG['file'] = os.fdopen(os.open(path, flags, 0o600), 'a')
+            fd = os.open(path, flags, 0o600)
+            os.fchmod(fd, 0o600)  # also when the file was there before
+            f = _LOG['file'] = os.fdopen(fd, 'a')
         except OSError:
             _LOG['file'] = f = open(os.devnull, 'w')
     f.write('%s %s\n' % (time.strftime('%Y%m%d%H%M%S'), message))
     f.flush()
+
+
+_SECRET = re.compile(r'-----BEGIN ([A-Z0-9 ]+)-----.*?(-----END [A-Z0-9 ]+-----|$)', re.S)
+_AUTHZ = re.compile(r'(authz=)[^&\s"]+')
+
+
+def redact(text, limit=4000):
+    """Log-safe text: PEM blocks (keys, certificates, sealed envelopes) and authz
+    values reduced to their length; long texts cut."""
+    text = _SECRET.sub(lambda m: '<%s: %d chars>' % (m.group(1), len(m.group(0))), text)
+    text = _AUTHZ.sub(lambda m: m.group(1) + '<%d chars>' % (len(m.group(0)) - 6), text)
+    return text if len(text) <= limit else text[:limit] + '... <%d chars>' % len(text)
 
 
 def log_exception():
@@ -423,7 +456,9 @@ def parse_frame(buf, offset=0, max_size=DEFAULT_MAX_MESSAGE):
         raise WebSocketError('message larger than the maximum of %d bytes' % max_size, close_code=1009)
     if len(buf) < pos + n:
         return None
-    return fin, opcode, bytes(buf[pos:pos + n]), pos + n
+    with memoryview(buf) as view:  # one copy of the payload, not two
+        payload = bytes(view[pos:pos + n])
+    return fin, opcode, payload, pos + n
 
 
 def parse_close_payload(payload):
@@ -643,30 +678,53 @@ class WebSocketClientTransport(object):
         except (OSError, websocket.WebSocketException) as e:
             raise WebSocketError('cannot connect: %s' % e)
 
+    def _translate(self, e):
+        """The library's exceptions as our WebSocketError (others unchanged)."""
+        m = self._mod
+        if isinstance(e, m.WebSocketTimeoutException):
+            return WebSocketError('timed out waiting for the server')
+        if isinstance(e, (m.WebSocketPayloadException, UnicodeDecodeError)):
+            return WebSocketError('invalid message: %s' % e, close_code=1007)
+        if isinstance(e, (m.WebSocketException, OSError, ssl.SSLError)):
+            return WebSocketError('connection lost: %s' % e)
+        return e
+
     def _call(self, fn, *args):
         try:
             return fn(*args)
-        except self._mod.WebSocketTimeoutException:
-            raise WebSocketError('timed out waiting for the server')
-        except self._mod.WebSocketPayloadException as e:
-            raise WebSocketError('invalid message: %s' % e, close_code=1007)
-        except (self._mod.WebSocketException, OSError, ssl.SSLError) as e:
-            raise WebSocketError('connection lost: %s' % e)
-        except UnicodeDecodeError:
-            raise WebSocketError('text message is not valid UTF-8', close_code=1007)
+        except Exception as e:
+            raise self._translate(e)
 
     def send_text(self, text):
         self._call(self.ws.send, text)
         self.last_activity = time.monotonic()
 
     def recv_text(self):
-        data = self._call(self.ws.recv)
-        self.last_activity = time.monotonic()
-        if isinstance(data, bytes):
-            raise WebSocketError('binary message where text was expected', EX_EINVAL)
-        if data == '' and not self.ws.connected:
-            raise WebSocketError('connection closed by the server')
-        return data
+        """Next text message; like WebSocket: one ping on silence, then give up
+        (a pong or any other frame proves the server alive)."""
+        pinged = False
+        while True:
+            try:
+                opcode, data = self.ws.recv_data(control_frame=True)
+            except self._mod.WebSocketTimeoutException:
+                if pinged:
+                    raise WebSocketError('no answer from the server for %.0f s (ALIENPY_TIMEOUT)' % self.ws.gettimeout())
+                self._call(self.ws.ping, b'keepalive')
+                pinged = True
+                continue
+            except Exception as e:
+                raise self._translate(e)
+            self.last_activity = time.monotonic()
+            pinged = False
+            if opcode == OP_TEXT:
+                try:
+                    return data.decode('utf-8')
+                except UnicodeDecodeError:
+                    raise WebSocketError('text message is not valid UTF-8', close_code=1007)
+            if opcode == OP_BINARY:
+                raise WebSocketError('binary message where text was expected', EX_EINVAL)
+            if opcode == OP_CLOSE:
+                raise WebSocketError('the server closed the connection')
 
     def alive(self, idle):
         if time.monotonic() - self.last_activity < idle:
@@ -814,8 +872,8 @@ def connect_tcp(host, port, environ, timeout=5.0, delay=0.25):
     (RFC 8305); ALIENPY_NO_STAGGER tries them one after the other."""
     import selectors
     addrs = resolve(host, port, environ)
-    if env_flag('ALIENPY_NO_STAGGER', environ):
-        delay = timeout
+    if env_flag('ALIENPY_NO_STAGGER', environ):  # one after the other, each with its own timeout
+        delay, timeout = timeout, timeout * max(1, len(addrs))
     sel = selectors.DefaultSelector()
     pending, errors = [], []
     deadline = time.monotonic() + timeout
@@ -912,18 +970,24 @@ def connect_tunnel(sock, host, port, auth=None, timeout=10.0):
         raise AlienError('proxy sent data before the tunnel was up', EX_NOTCONN)
 
 
-def parse_reply(text):
-    """(metadata, results) of a JCentral reply text; AlienError when it is not one."""
+def _compact_row(d):
+    return d['message'] if len(d) == 1 and 'message' in d else d
+
+
+def parse_reply(text, compact=False):
+    """(metadata, results) of a JCentral reply text; AlienError when it is not one.
+    compact: rows that carry only a message become that string (a third of the
+    memory for large listings that are only printed)."""
     if not text:
         raise AlienError('empty reply from the server', EX_EMPTY_REPLY)
     try:
-        reply = json.loads(text)
+        reply = json.loads(text, object_hook=_compact_row if compact else None)
     except ValueError:
         raise AlienError('reply from the server is not JSON', EX_EINVAL)
     if not isinstance(reply, dict) or not isinstance(reply.get('metadata'), dict) \
             or not isinstance(reply.get('results'), list):
         raise AlienError('reply from the server is not in the JCentral format', EX_ENOMSG)
-    return reply['metadata'], [r for r in reply['results'] if isinstance(r, dict)]
+    return reply['metadata'], [r for r in reply['results'] if isinstance(r, (dict, str) if compact else dict)]
 
 
 def reply_to_result(metadata, results):
@@ -932,8 +996,7 @@ def reply_to_result(metadata, results):
         exitcode = int(code)
     except (TypeError, ValueError):
         exitcode = 121
-    out = '\n'.join(str(r['message']) for r in results if 'message' in r).strip()
-    return Result(exitcode, out, str(metadata.get('error', '') or ''), results, metadata)
+    return Result(exitcode, None, str(metadata.get('error', '') or ''), results, metadata)
 
 
 class Session(object):
@@ -957,6 +1020,7 @@ class Session(object):
         self.timeout = float(self.environ.get('ALIENPY_TIMEOUT') or 20)
         self.last_exitcode = 0
         self._commandlist = None
+        self.compact_rows = False  # the front end sets it: its results are only printed
 
     # -- connection --
     def connect(self, want_user=False):
@@ -986,12 +1050,19 @@ class Session(object):
         if not self.ws:
             raise last or AlienError('cannot connect', EX_NOTCONN)
         self.credential_kind = kind
+        if self.environ.get('ALIEN_SITE'):  # site affinity for the whole session
+            self.request('setSite', [self.environ['ALIEN_SITE']], nomsg=True)
         if kind == 'user' and not want_user:
             self.renew_token(quiet=True)
         return self
 
     def _open(self, ctx, host, port):
-        headers = [('User-Agent', 'alien.py/%s Python/%s' % (VERSION, sys.version.split()[0]))]
+        agent = 'alien.py/%s Python/%s' % (VERSION, sys.version.split()[0])
+        if self.environ.get('ALIEN_PROC_ID'):  # inside a grid job
+            agent += ' jobid/%s' % self.environ['ALIEN_PROC_ID']
+            if self.environ.get('ALIEN_MASTERJOB_ID'):
+                agent += ' masterjobid/%s' % self.environ['ALIEN_MASTERJOB_ID']
+        headers = [('User-Agent', agent)]
         url = 'wss://%s:%d%s' % (('[%s]' % host) if ':' in host else host, port, WS_PATH)
         log('connecting to %s' % url)
         if self.environ.get('ALIENPY_TRANSPORT', '').lower() in ('websocket-client', 'websocket_client'):
@@ -1036,11 +1107,21 @@ class Session(object):
         if nomsg:
             opts.insert(0, '-nomsg')
         text = json.dumps({'command': command, 'options': opts})
+        debug = env_flag('ALIENPY_DEBUG', self.environ)
+        t0 = time.monotonic()
+        if debug:
+            log('request %s' % redact(text))
         reply = self._exchange(text, command, opts)
-        metadata, results = parse_reply(reply)
+        if debug:
+            log('reply %.1f ms %s' % ((time.monotonic() - t0) * 1000, redact(reply.replace('\\/', '/'))))
+        elif env_flag('ALIENPY_TIMING', self.environ):
+            log('timing %s %.1f ms %d bytes' % (command, (time.monotonic() - t0) * 1000, len(reply)))
+        metadata, results = parse_reply(reply, self.compact_rows and nokeys)
+        raw = reply if env_flag('ALIENPY_JSONRAW', self.environ) else None
+        del reply  # a large reply's text is freed before its output is joined
         self._update_state(metadata)
         result = reply_to_result(metadata, results)
-        result.raw = reply
+        result.raw = raw
         return result
 
     def _exchange(self, text, command, opts):
@@ -1062,9 +1143,10 @@ class Session(object):
         try:
             return self.ws.recv_text()
         except WebSocketError as e:
-            self.ws = None
-            if fresh or not self._is_read_only(command, opts):
+            self.close()
+            if not self._is_read_only(command, opts):
                 raise AlienError('%s; the outcome of "%s" is unknown' % (e, command), EX_NOTCONN)
+            log('%s; sending the read-only "%s" again on a new connection' % (e, command))
             self._reconnect()
             self.ws.send_text(text)
             return self.ws.recv_text()
@@ -1144,10 +1226,12 @@ class Session(object):
             self.last_exitcode = result.exitcode
             if on_result is not None:
                 on_result(result)
-            if result.exitcode == 0 and result.out:
+            elif result.exitcode == 0 and result.out:
                 outs.append(result.out)
-            if result.exitcode != 0 and result.err:
+            elif result.exitcode != 0 and result.err:
                 errs.append(result.err)
+        if on_result is not None:
+            return result
         chain = Result(result.exitcode, '\n'.join(outs), '\n'.join(errs), result.results, result.metadata)
         chain.as_json, chain.raw = result.as_json, result.raw
         return chain
@@ -2864,11 +2948,29 @@ def print_result(result):
         else:
             print_error('This command did not return a json dictionary')
     elif result.exitcode == 0:
-        if result.out:
-            sys.stdout.write(result.out + '\n')
+        write_lines(result)
     else:
         print_error(result.err)
     sys.stdout.flush()
+
+
+def write_lines(result, batch=4096):
+    """Print result.out without building it: large listings go out in batches."""
+    if result._out is not None:
+        if result._out:
+            sys.stdout.write(result._out + '\n')
+        return
+    lines = list(result.messages())
+    while lines and not lines[-1].strip():
+        lines.pop()
+    while lines and not lines[0].strip():
+        lines.pop(0)
+    if not lines:
+        return
+    lines[0], lines[-1] = lines[0].lstrip(), lines[-1].rstrip()
+    for i in range(0, len(lines), batch):
+        sys.stdout.write('\n'.join(lines[i:i + batch]))
+        sys.stdout.write('\n')
 
 
 def exit_status(code):
@@ -2892,6 +2994,7 @@ def main(argv=None):
             argv = argv[1:]
             os.environ['ALIENPY_JSON'] = '1'
         session = Session()
+        session.compact_rows = True
         if not argv:
             return exit_status(shell_main(session))
         line = argv[0] if len(argv) == 1 else ' '.join(shlex.quote(a) for a in argv)

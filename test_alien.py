@@ -11,6 +11,8 @@ import sys
 import threading
 import time
 
+import shutil
+
 import pytest
 
 REPO = os.path.dirname(os.path.abspath(__file__))
@@ -401,9 +403,36 @@ def test_non_ascii_digits_are_not_numbers():
         alien.parse_hostport('h:\u00b9', 8097)
 
 
+
+def test_pip_install_exposes_the_alien_py_command(tmp_path):
+    venv = tmp_path / 'venv'
+    subprocess.run([sys.executable, '-m', 'venv', str(venv)], check=True)
+    p = subprocess.run([str(venv / 'bin' / 'pip'), 'install', '-q', '--disable-pip-version-check', REPO],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    p = subprocess.run([str(venv / 'bin' / 'alien.py'), 'version'], capture_output=True, text=True, cwd=str(tmp_path))
+    assert p.returncode == 0 and 'alien.py version: %s' % alien.VERSION in p.stdout, p.stderr
+    assert str(venv) in p.stdout  # the installed module ran, not this checkout's
+
+
+def test_vermin_python36():
+    vermin = shutil.which('vermin') or os.path.join(os.path.dirname(sys.executable), 'vermin')
+    p = subprocess.run([vermin, '-t=3.6-', '--no-tips', '--violations', ALIEN], capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout + p.stderr
+    p = subprocess.run([vermin, '-t=3.6-', '--no-tips', ALIEN], capture_output=True, text=True)
+    assert 'Minimum required versions: 3.6' in p.stdout, p.stdout
+
+
+def test_imports_with_the_standard_library_only():
+    code = ("import importlib.util as u; s = u.spec_from_file_location('alien', %r); m = u.module_from_spec(s); "
+            "s.loader.exec_module(m); import sys; "
+            "bad = [n for n in ('XRootD', 'gfal2', 'websocket', 'websockets') if n in sys.modules]; "
+            "assert not bad, bad" % ALIEN)
+    p = subprocess.run([sys.executable, '-I', '-S', '-c', code], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+
 # ===== core integration tests (command mode against the test grid) =====
 import re  # noqa: E402
-import shutil  # noqa: E402
 
 CLIENT_VARS = ('ALIENPY_', 'X509_', 'JALIEN_', 'https_proxy', 'HTTPS_PROXY')
 KEEP_VARS = ('ALIENPY_TRANSPORT',)  # the transport under test comes from the outside
@@ -579,13 +608,1133 @@ def test_group_readable_key_is_refused(cenv, tmp_path):
     p = run_cli(['pwd'], env=dict(cenv, X509_USER_KEY=str(key)))
     assert p.returncode == 107 and one_line_error(p) and 'chmod 600' in p.stderr
 
+
+
+# ===== fault tests: a hostile websocket server =====
+
+class Hostile(object):
+    """A TLS websocket server on loopback that misbehaves on purpose. Each accepted
+    connection is handed to script(server, conn, index) after a correct (or the
+    given) handshake reply. Client messages are collected in .messages."""
+
+    def __init__(self, grid_state, script, handshake=None):
+        self.script = script
+        self.handshake = handshake
+        self.messages = []
+        self.connections = 0
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(grid_state['pki']['host_cert'], grid_state['pki']['host_key'])
+        self.ctx = ctx
+        self.sock = socket.socket()
+        self.sock.bind(('127.0.0.1', 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.stop = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while not self.stop:
+            try:
+                raw, _ = self.sock.accept()
+            except OSError:
+                return
+            index = self.connections
+            self.connections += 1
+            threading.Thread(target=self._handle, args=(raw, index), daemon=True).start()
+
+    def _handle(self, raw, index):
+        try:
+            conn = self.ctx.wrap_socket(raw, server_side=True)
+            data = b''
+            while b'\r\n\r\n' not in data:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                data += chunk
+            key = re.search(rb'Sec-WebSocket-Key: (\S+)', data).group(1).decode()
+            reply = self.handshake or ('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n'
+                                       'Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n'
+                                       % alien.ws_accept_key(key)).encode()
+            conn.sendall(reply)
+            self.script(self, conn, index)
+        except (OSError, ssl.SSLError, AttributeError):
+            pass
+        finally:
+            try:
+                raw.close()
+            except OSError:
+                pass
+
+    def recv(self, conn):
+        """Next client frame (opcode, payload); None when the client went away."""
+        data = b''
+        while True:
+            try:
+                while len(data) < 2 or len(data) < self._need(data):
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return None
+                    data += chunk
+            except OSError:
+                return None
+            fin, opcode, payload = decode_client_frame(data)
+            if opcode == alien.OP_TEXT:
+                self.messages.append(json.loads(payload))
+            return opcode, payload
+
+    @staticmethod
+    def _need(data):
+        n = data[1] & 0x7F
+        if n == 126:
+            return 8 if len(data) < 4 else 8 + struct.unpack_from('!H', data, 2)[0]
+        if n == 127:
+            return 14 if len(data) < 10 else 14 + struct.unpack_from('!Q', data, 2)[0]
+        return 6 + n
+
+    def reply(self, conn, cwd='/localhost/localdomain/user/j/jalien/', message='ok', code='0'):
+        conn.sendall(server_frame(alien.OP_TEXT, json.dumps(
+            {'metadata': {'exitcode': code, 'error': '', 'user': 'jalien', 'currentdir': cwd},
+             'results': [{'message': message}] if message is not None else []}).encode()))
+
+    def close(self):
+        self.stop = True
+        self.sock.close()
+
+
+@pytest.fixture
+def henv(cenv, grid_state):
+    """Client environment with a valid token, so no token request goes to the hostile server."""
+    return dict(cenv, JALIEN_TOKEN_CERT=grid_state['pki']['token_cert'], JALIEN_TOKEN_KEY=grid_state['pki']['token_key'],
+                ALIENPY_TIMEOUT='1', ALIENPY_CONNECT_TRIES='1')
+
+
+# The diagnostics below are those of alien.py's own websocket code; with the
+# websocket-client transport the same faults end in the same exit codes and one-line
+# errors, worded by that library.
+OWN_TRANSPORT = os.environ.get('ALIENPY_TRANSPORT', '') in ('', 'builtin')
+
+
+def hostile_run(grid_state, henv, script, line='pwd', handshake=None, timeout=20):
+    server = Hostile(grid_state, script, handshake)
+    try:
+        t0 = time.monotonic()
+        p = run_cli([line], env=dict(henv, ALIENPY_JCENTRAL='127.0.0.1:%d' % server.port), timeout=timeout)
+        return p, time.monotonic() - t0, server
+    finally:
+        server.close()
+
+
+def then_send(data, close=True):
+    def script(server, conn, index):
+        server.recv(conn)
+        conn.sendall(data)
+        if close:
+            conn.close()
+        else:
+            time.sleep(5)
+    return script
+
+
+@pytest.mark.parametrize('data,code,words', [
+    (b'\x81\x7e\x01', 107, 'closed by the server'),                     # closes mid-header
+    (server_frame(1, b'{"metadata": {"exitcode": "0"}, "results": [{"message": "x"}]}')[:20], 107,
+     'closed by the server'),                                            # closes mid-reply
+    (b'HTTP/1.1 500 garbage garbage', 107, 'reserved'),                 # not websocket frames
+    (server_frame(1, b'\xff\xfe not utf-8'), 107, 'UTF-8'),
+    (server_frame(1, b'{"metadata": '), 22, 'not JSON'),
+    (server_frame(1, b'[1, 2]'), 42, 'format'),
+    (server_frame(1, b''), 70, 'empty'),
+    (bytes([0x81, 127]) + struct.pack('!Q', 1 << 62), 107, 'maximum'),
+    (server_frame(1, b'{}', masked=True), 107, 'masked'),  # websocket-client accepts it: then 42
+    (server_frame(2, b'binary'), 107, 'binary'),
+])
+def test_hostile_replies_end_in_one_line_errors(grid_state, henv, data, code, words):
+    p, elapsed, server = hostile_run(grid_state, henv, then_send(data, close='closed' in words), line='rm /x')
+    assert one_line_error(p), p
+    assert (p.returncode == code and words in p.stderr) or not OWN_TRANSPORT, p
+    assert elapsed < 10
+    assert [m['command'] for m in server.messages] == ['rm']  # never sent twice
+
+
+def test_bad_handshake_replies(grid_state, henv):
+    for reply, code in ((b'HTTP/1.1 401 Unauthorized\r\n\r\n', 129),
+                        (b'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n'
+                         b'Sec-WebSocket-Accept: wrong\r\n\r\n', 107),
+                        (b'\x00' * 70000, 107)):
+        p, _, _ = hostile_run(grid_state, henv, lambda s, c, i: time.sleep(3), handshake=reply)
+        assert p.returncode == code and one_line_error(p), p
+
+
+def test_server_never_answers_times_out(grid_state, henv):
+    def script(server, conn, index):
+        while server.recv(conn) is not None:  # reads the request and our keep-alive ping, answers nothing
+            pass
+    p, elapsed, _ = hostile_run(grid_state, henv, script, line='rm /x')
+    assert p.returncode == 107 and one_line_error(p) and elapsed < 8
+    if OWN_TRANSPORT:
+        assert 'no answer' in p.stderr and elapsed > 1.5  # ALIENPY_TIMEOUT=1: one ping, then give up
+
+
+def test_slow_server_answering_pings_is_waited_for(grid_state, henv):
+    def script(server, conn, index):
+        server.recv(conn)
+        for _ in range(3):  # silent for 3 keep-alive periods, but answers the pings
+            frame = server.recv(conn)
+            if frame and frame[0] == alien.OP_PING:
+                conn.sendall(server_frame(alien.OP_PONG, frame[1]))
+        server.reply(conn, message='late but fine')
+        time.sleep(1)
+    p, elapsed, _ = hostile_run(grid_state, henv, script, line='find / x')
+    assert (p.returncode, p.stdout) == (0, 'late but fine\n'), p
+
+
+def test_slow_trickle_reply(grid_state, henv):
+    def script(server, conn, index):
+        server.recv(conn)
+        frame = server_frame(1, json.dumps({'metadata': {'exitcode': '0'}, 'results': [{'message': 'slow'}]}).encode())
+        for i in range(0, len(frame), 8):
+            conn.sendall(frame[i:i + 8])
+            time.sleep(0.02)
+        time.sleep(1)
+    p, _, _ = hostile_run(grid_state, henv, script)
+    assert (p.returncode, p.stdout) == (0, 'slow\n'), p
+
+
+def test_fragment_storm_and_interleaved_pings(grid_state, henv):
+    text = json.dumps({'metadata': {'exitcode': '0'}, 'results': [{'message': 'y' * 5000}]}).encode()
+
+    def script(server, conn, index):
+        server.recv(conn)
+        frames = [server_frame(alien.OP_TEXT if i == 0 else alien.OP_CONT, text[i:i + 1], fin=(i == len(text) - 1))
+                  + (server_frame(alien.OP_PING, b'p') if i % 100 == 0 else b'') for i in range(len(text))]
+        conn.sendall(b''.join(frames))
+        time.sleep(2)
+    p, elapsed, server = hostile_run(grid_state, henv, script)
+    assert (p.returncode, p.stdout) == (0, 'y' * 5000 + '\n'), p.stderr
+
+
+def test_read_only_command_is_resent_after_the_connection_dies(grid_state, henv):
+    def script(server, conn, index):
+        msg = server.recv(conn)
+        if index == 0:
+            server.reply(conn, cwd='/localhost/localdomain/user/j/jalien/sub/', message=None)  # cd sub
+            server.recv(conn)                                                   # pwd ... then die
+            conn.close()
+            return
+        while msg is not None:
+            cmd = server.messages[-1]
+            server.reply(conn, cwd='/localhost/localdomain/user/j/jalien/sub/',
+                         message=cmd['command'] + ' ' + ' '.join(cmd['options']))
+            msg = server.recv(conn)
+    p, _, server = hostile_run(grid_state, henv, script, line='cd sub; pwd')
+    assert p.returncode == 0, p.stderr
+    sent = [(m['command'], m['options']) for m in server.messages]
+    # the new connection restores the cwd first, then sends pwd again
+    assert sent == [('cd', ['-nokeys', 'sub']), ('pwd', ['-nokeys']),
+                    ('cd', ['/localhost/localdomain/user/j/jalien/sub/']), ('pwd', ['-nokeys'])]
+    assert p.stdout == 'pwd -nokeys\n'
+
+
+def test_modifying_command_is_never_sent_twice(grid_state, henv):
+    def script(server, conn, index):
+        server.recv(conn)
+        conn.close()  # dies after receiving rm: did it happen? nobody knows
+    p, _, server = hostile_run(grid_state, henv, script, line='rm -f /a/file')
+    assert p.returncode == 107 and one_line_error(p) and 'unknown' in p.stderr
+    assert [m['command'] for m in server.messages] == ['rm']
+
+
+def test_ping_without_pong_times_out(grid_state, henv):
+    def script(server, conn, index):
+        while server.recv(conn) is not None:
+            pass
+    p, elapsed, _ = hostile_run(grid_state, henv, script, line='ping 1')
+    assert p.returncode == 107 and one_line_error(p) and elapsed < 8, p
+
+
+
+# ===== conformance with the reference client (alienpy from PyPI) =====
+REFERENCE = os.environ.get('ALIENPY_REFERENCE', os.path.join(REPO, '.venv-ref', 'bin', 'alien.py'))
+CONFORMANCE_LINES = [
+    'pwd', 'whoami', 'ls', 'ls -l conf', 'ls -a conf', 'ls -l -a conf/', 'ls conf/sub', 'ls /nonexistent', 'ls -z',
+    'stat conf/f1', 'stat /no/such', 'find conf f', 'find conf .txt', 'find -r conf f[0-9]', 'type conf/f1',
+    'type conf', 'listSEs', 'whereis conf/f1', 'cd conf; pwd; ls', 'cd /nonexistent', 'cd conf/f1',
+    'mkdir -p conf/new/deep; ls conf/new; rmdir conf/new/deep; rmdir conf/new; ls conf',
+    'mkdir conf/x/y', 'touch conf/t; ls conf; rm conf/t; ls conf', 'rm conf/missing',
+    'mv conf/f1 conf/f1b; ls conf; mv conf/f1b conf/f1', 'rmdir conf', 'commandlist', 'whoami -v',
+]
+
+
+def _normalize_times(text):
+    return re.sub(r'[A-Z][a-z]{2} [ 0-9]\d \d\d:\d\d', 'MMM DD HH:MM', text)
+
+
+def test_conformance_with_the_reference_client(cenv, grid_state):
+    """The same command lines through alienpy 1.7.0 and alien.py: identical stdout and
+    exit codes (proves the test grid speaks the protocol the reference client expects)."""
+    assert os.access(REFERENCE, os.X_OK), 'reference client missing: run .ci/setup'
+    home = grid_state['home']
+    setup = ('mkdir -p {h}conf/sub; touch {h}conf/f1; touch {h}conf/f2.txt; touch {h}conf/.hidden'
+             .format(h=home))
+    assert run_cli([setup], env=cenv).returncode == 0
+    env = dict(cenv, ALIENPY_NO_CWD_RESTORE='1')
+    mismatches, seen = [], {}
+    for line in CONFORMANCE_LINES:
+        ref = subprocess.run([REFERENCE, line], env=env, capture_output=True, text=True, timeout=60)
+        ours = run_cli([line], env=env)
+        seen[line] = (ours.returncode, ours.stdout)
+        if (_normalize_times(ref.stdout), ref.returncode) != (_normalize_times(ours.stdout), ours.returncode):
+            mismatches.append((line, ref.returncode, ref.stdout[:300], ours.returncode, ours.stdout[:300]))
+        assert 'Traceback' not in ours.stderr
+    assert mismatches == []
+    # not vacuous: real listings and real errors were compared
+    assert seen['ls -l conf'][0] == 0 and 'f2.txt' in seen['ls -l conf'][1] and 'sub/' in seen['ls -l conf'][1]
+    assert seen['ls /nonexistent'][0] == 2 and seen['ls -z'][0] == 22 and seen['rm conf/missing'][0] != 0
+    assert seen['find conf .txt'][1] == home + 'conf/f2.txt\n'
+
+
+# ===== test grid tests =====
+# The local test grid (testgrid/): a JCentral-compatible websocket service and two
+# xrootd storage elements. `grid_state` is the one session-wide grid every test area
+# uses; the tests below talk to the service with a bare websockets client so they check
+# the protocol shapes themselves, independently of alien.py.
+import contextlib as _tg_contextlib
+import hashlib as _tg_hashlib
+import json as _tg_json
+import os as _tg_os
+import re as _tg_re
+import shutil as _tg_shutil
+import ssl as _tg_ssl
+import subprocess as _tg_subprocess
+import sys as _tg_sys
+import time as _tg_time
+
+import pytest
+
+_TG_REPO = _tg_os.path.dirname(_tg_os.path.abspath(__file__))
+if _TG_REPO not in _tg_sys.path:
+    _tg_sys.path.insert(0, _TG_REPO)
+_TG_DIR = _tg_os.path.join(_TG_REPO, '.testgrid-pytest')
+
+
 @pytest.fixture(scope='session')
 def grid_state():
+    """Running test grid (fresh catalogue) for the whole test session; stopped at the end."""
     from testgrid import grid
-    d = os.path.join(REPO, '.testgrid-pytest')
-    state = grid.start(d, fresh=True)
+    state = grid.start(_TG_DIR, fresh=True)
     yield state
-    grid.stop(d)
+    grid.stop(_TG_DIR)
+
+
+def _tg_ctx(state, cert=None, key=None, check_hostname=False):
+    env = state['env']
+    ctx = _tg_ssl.SSLContext(_tg_ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = check_hostname
+    ctx.load_verify_locations(capath=env['X509_CERT_DIR'])
+    if cert is not False:
+        ctx.load_cert_chain(cert or env['X509_USER_CERT'], key or env['X509_USER_KEY'])
+    return ctx
+
+
+@_tg_contextlib.contextmanager
+def _tg_ws(state, cert=None, key=None, port=None, check_hostname=False):
+    from websockets.sync.client import connect
+    url = 'wss://127.0.0.1:%d/websocket/json' % (port or state['service']['port'])
+    with connect(url, ssl=_tg_ctx(state, cert, key, check_hostname), max_size=None,
+                 open_timeout=5, close_timeout=2) as conn:
+        yield conn
+
+
+def _tg_call(conn, command, options=(), raw=None):
+    conn.send(raw if raw is not None else _tg_json.dumps({'command': command,
+                                                          'options': list(options)}))
+    return _tg_json.loads(conn.recv(timeout=10))
+
+
+def _tg_all_strings(obj):
+    if isinstance(obj, dict):
+        return all(isinstance(k, str) and _tg_all_strings(v) for k, v in obj.items())
+    if isinstance(obj, list):
+        return all(_tg_all_strings(v) for v in obj)
+    return isinstance(obj, str)
+
+
+def _tg_ok(reply):
+    assert reply['metadata']['exitcode'] == '0', reply['metadata']
+    return reply['results']
+
+
+@pytest.fixture
+def tg_dir(grid_state):
+    """A fresh empty directory under the grid home for one test; returns its LFN (with /)."""
+    name = 'tg_%d_%d' % (_tg_os.getpid(), int(_tg_time.time() * 1e6))
+    with _tg_ws(grid_state) as c:
+        _tg_ok(_tg_call(c, 'mkdir', ['-p', grid_state['home'] + name]))
+    return grid_state['home'] + name + '/'
+
+
+def test_grid_state_and_credentials(grid_state):
+    st = grid_state
+    assert st['home'] == '/localhost/localdomain/user/j/jalien/'
+    env = st['env']
+    for k in ('ALIENPY_JCENTRAL', 'ALIENPY_JCENTRAL_PORT', 'X509_CERT_DIR', 'X509_USER_CERT',
+              'X509_USER_KEY', 'JALIEN_TOKEN_CERT', 'JALIEN_TOKEN_KEY'):
+        assert k in env
+    assert env['ALIENPY_JCENTRAL'] == '127.0.0.1'
+    for k in ('X509_USER_CERT', 'X509_USER_KEY', 'JALIEN_TOKEN_CERT', 'JALIEN_TOKEN_KEY'):
+        assert env[k].startswith(_TG_DIR), env[k]
+        assert _tg_os.path.isfile(env[k])
+    for k in ('X509_USER_KEY', 'JALIEN_TOKEN_KEY'):
+        assert _tg_os.stat(env[k]).st_mode & 0o077 == 0
+        with open(env[k]) as f:
+            assert f.readline().strip() == '-----BEGIN RSA PRIVATE KEY-----'
+    assert any(n.endswith('.0') for n in _tg_os.listdir(env['X509_CERT_DIR']))
+    assert [se['name'] for se in st['ses']] == ['LOCALHOST::JTESTSITE::FIRSTSE',
+                                                'LOCALHOST::JTESTSITE::SECONDSE']
+    for se in st['ses']:
+        assert se['url'] == 'root://127.0.0.1:%d//' % se['port']
+        assert _tg_os.path.isdir(se['datadir'])
+    from testgrid import grid
+    t = _tg_time.time()
+    again = grid.start(_TG_DIR)          # already running: returns at once, same grid
+    assert _tg_time.time() - t < 1
+    assert again['service']['port'] == st['service']['port']
+
+
+def test_pwd_reply_shape(grid_state):
+    with _tg_ws(grid_state) as c:
+        r = _tg_call(c, 'pwd')
+    assert set(r) == {'metadata', 'results'}
+    assert _tg_all_strings(r)
+    md = r['metadata']
+    assert md == {'exitcode': '0', 'error': '', 'user': 'jalien',
+                  'currentdir': grid_state['home']}
+    assert r['results'] == [{'pwd': grid_state['home'], 'message': grid_state['home']}]
+
+
+def test_slashes_may_arrive_escaped(grid_state):
+    with _tg_ws(grid_state) as c:
+        c.send(_tg_json.dumps({'command': 'pwd', 'options': []}))
+        raw = c.recv(timeout=10)
+    assert '\\/localhost\\/' in raw          # valid JSON, exercised on purpose
+    assert _tg_json.loads(raw)['results'][0]['pwd'] == grid_state['home']
+
+
+def test_cwd_is_per_connection(grid_state, tg_dir):
+    with _tg_ws(grid_state) as a, _tg_ws(grid_state) as b:
+        r = _tg_call(a, 'cd', [tg_dir])
+        assert _tg_ok(r) == [] and r['metadata']['currentdir'] == tg_dir
+        assert _tg_ok(_tg_call(a, 'pwd'))[0]['pwd'] == tg_dir
+        assert _tg_ok(_tg_call(b, 'pwd'))[0]['pwd'] == grid_state['home']
+        _tg_ok(_tg_call(a, 'cd', ['..']))
+        assert _tg_call(a, 'pwd')['metadata']['currentdir'] == grid_state['home']
+        _tg_ok(_tg_call(a, 'cd', ['/']))
+        assert _tg_call(a, 'pwd')['results'][0]['pwd'] == '/'
+        _tg_ok(_tg_call(a, 'cd'))
+        assert _tg_call(a, 'pwd')['results'][0]['pwd'] == grid_state['home']
+    for d in ('/', '/localhost/', '/localhost/localdomain/', '/localhost/localdomain/user/',
+              '/localhost/localdomain/user/j/'):
+        with _tg_ws(grid_state) as c:
+            assert _tg_call(c, 'cd', [d])['metadata']['currentdir'] == d
+
+
+def test_commandlist_format(grid_state):
+    with _tg_ws(grid_state) as c:
+        res = _tg_ok(_tg_call(c, 'commandlist'))
+    names = res[0]['message'].split('\n')
+    assert res[0]['commandlist'] == names[0]
+    assert [r['commandlist'] for r in res] == names
+    assert all(set(r) == {'commandlist'} for r in res[1:])
+    for n in ('pwd', 'cd', 'ls', 'mkdir', 'rmdir', 'rm', 'mv', 'touch', 'stat', 'find',
+              'whoami', 'whereis', 'access', 'commit', 'token', 'listSEs', 'version',
+              'commandlist', 'type'):
+        assert n in names
+
+
+@pytest.mark.parametrize('command,options,code,error', [
+    ('ls', ['/nonexistent'], '2', 'No such file or directory : /nonexistent'),
+    ('cd', ['/nonexist'], '2', 'No such file or directory : /nonexist'),
+    ('ls', ['-z'], '22', 'Invalid argument : z is not a recognized option'),
+    ('ls', ['-l /'], '22', None),
+    ('bogus', [], '2', 'No such file or directory : Command [bogus] not found!'),
+    ('rm', ['/localhost/localdomain/user/j/jalien/no_such_file'], '5',
+     'Input/output error : Failed to remove [/localhost/localdomain/user/j/jalien/no_such_file]'),
+    ('access', ['write-once', '/localhost/localdomain/user/j/jalien/'], '77',
+     'File descriptor in bad state : No write PFNs'),
+    ('access', ['read', '/localhost/localdomain/user/j/jalien/nothing_here'], '77', None),
+    ('commit', ['-----BEGIN SEALED CIPHER-----bogus-----END SEALED ENVELOPE-----', '5',
+                '/localhost/localdomain/user/j/jalien/never', '644', '0', 'root://x//y',
+                'LOCALHOST::JTESTSITE::FIRSTSE', 'guid', 'md5'], '53', None),
+])
+def test_error_codes(grid_state, command, options, code, error):
+    with _tg_ws(grid_state) as c:
+        r = _tg_call(c, command, options)
+    md = r['metadata']
+    assert md['exitcode'] == code, md
+    if error is not None:
+        assert md['error'] == error
+    assert md['user'] == 'jalien' and md['currentdir'] == grid_state['home']
+    assert _tg_all_strings(r)
+
+
+def test_cp_refused_and_bad_json(grid_state):
+    with _tg_ws(grid_state) as c:
+        r = _tg_call(c, 'cp', ['a', 'b'])
+        assert r == {'metadata': {'exitcode': '-1', 'error': "'cp' grid command is not "
+                                  "implemented. Please use native client's Cp() method"},
+                     'results': []}
+        r = _tg_call(c, None, raw='{"command": "ls", "options": [')
+        assert r == {'metadata': {'exitcode': '-1', 'error': 'Incoming JSON not ok'},
+                     'results': []}
+        # the connection survives both; numbers are accepted as options
+        r = _tg_call(c, 'ls', [1])
+        assert r['metadata']['exitcode'] == '2'
+        assert r['metadata']['error'] == 'No such file or directory : 1'
+
+
+def test_options_as_string_drops_connection(grid_state):
+    from websockets.exceptions import ConnectionClosed
+    with _tg_ws(grid_state) as c:
+        c.send('{"command": "ls", "options": "-l"}')
+        with pytest.raises((ConnectionClosed, OSError, EOFError)):
+            c.recv(timeout=5)
+
+
+def test_request_without_command_gets_empty_frame_then_close(grid_state):
+    from websockets.exceptions import ConnectionClosed
+    with _tg_ws(grid_state) as c:
+        c.send('{"options": []}')
+        assert c.recv(timeout=5) == ''
+        with pytest.raises(ConnectionClosed):
+            c.recv(timeout=5)
+
+
+def test_output_flags_stripped_anywhere(grid_state):
+    with _tg_ws(grid_state) as c:
+        assert _tg_ok(_tg_call(c, 'pwd', ['-nokeys'])) == [{'message': grid_state['home']}]
+        assert _tg_ok(_tg_call(c, 'pwd', ['-nomsg'])) == [{'pwd': grid_state['home']}]
+        res = _tg_ok(_tg_call(c, 'ls', ['-F', grid_state['home'], '-nomsg']))
+        assert all('message' not in r for r in res)
+        res = _tg_ok(_tg_call(c, 'ls', ['-help']))
+        assert res and 'ls' in res[0]['message']
+
+
+def test_mkdir_ls_touch_mv_rm(grid_state, tg_dir):
+    with _tg_ws(grid_state) as c:
+        r = _tg_call(c, 'mkdir', [tg_dir + 'x/y/z'])
+        assert r['metadata']['exitcode'] == '2'
+        assert _tg_ok(_tg_call(c, 'mkdir', ['-p', tg_dir + 'x/y/z'])) == []
+        assert _tg_ok(_tg_call(c, 'mkdir', ['-p', tg_dir + 'x/y/z'])) == []
+        assert _tg_ok(_tg_call(c, 'touch', [tg_dir + 'f1.txt', tg_dir + '.hidden'])) == []
+        names = [r['name'] for r in _tg_ok(_tg_call(c, 'ls', [tg_dir]))]
+        assert names == ['f1.txt', 'x']
+        res = _tg_ok(_tg_call(c, 'ls', ['-F', '-a', tg_dir]))
+        assert [r['name'] for r in res] == ['.hidden', 'f1.txt', 'x/']
+        assert res[2]['path'] == tg_dir + 'x/'
+        assert res[1]['path'] == tg_dir + 'f1.txt'
+        long = _tg_ok(_tg_call(c, 'ls', ['-l', tg_dir + 'f1.txt']))[0]
+        assert set(long) >= {'name', 'path', 'permissions', 'user', 'group', 'size', 'ctime',
+                             'message'}
+        assert long['permissions'] == '-rwxr-xr-x' and long['size'] == '0'
+        assert abs(int(long['ctime']) - _tg_time.time()) < 600       # unix seconds
+        assert _tg_re.match(r'^-rwxr-xr-x     jalien   jalien            0 '
+                            r'[A-Z][a-z]{2} \d\d \d\d:\d\d    f1\.txt$', long['message'])
+        dl = _tg_ok(_tg_call(c, 'ls', ['-l', '-F', tg_dir]))
+        assert dl[-1]['message'].startswith('drwxr-xr-x     jalien   jalien ')
+        assert dl[-1]['message'].endswith('    x/')
+        assert _tg_ok(_tg_call(c, 'mv', [tg_dir + 'f1.txt', tg_dir + 'x/f2.txt'])) == []
+        assert _tg_call(c, 'ls', [tg_dir + 'f1.txt'])['metadata']['exitcode'] == '2'
+        assert _tg_ok(_tg_call(c, 'ls', [tg_dir + 'x/f2.txt']))[0]['name'] == 'f2.txt'
+        assert _tg_ok(_tg_call(c, 'mv', [tg_dir + 'x', tg_dir + 'w'])) == []
+        assert _tg_ok(_tg_call(c, 'ls', [tg_dir + 'w/y/']))[0]['name'] == 'z'
+        assert _tg_call(c, 'cd', [tg_dir + 'w/f2.txt'])['metadata']['exitcode'] == '20'
+        r = _tg_call(c, 'rmdir', [tg_dir + 'w'])
+        assert r['metadata']['exitcode'] != '0'
+        assert _tg_ok(_tg_call(c, 'rm', [tg_dir + 'w/f2.txt'])) == []
+        _tg_ok(_tg_call(c, 'cd', [tg_dir + 'w/y']))
+        r = _tg_call(c, 'rm', ['-rf', tg_dir + 'w'])
+        assert r['metadata']['exitcode'] == '22'
+        assert r['metadata']['error'] == 'Invalid argument : Cannot delete the directory you are in'
+        _tg_ok(_tg_call(c, 'cd', [tg_dir]))
+        assert _tg_ok(_tg_call(c, 'rm', ['-rf', 'w'])) == []
+        assert _tg_call(c, 'ls', [tg_dir + 'w'])['metadata']['exitcode'] == '2'
+        # outside the home jalien may not write
+        r = _tg_call(c, 'mkdir', ['-p', '/alice/cern.ch/test_x'])
+        assert r['metadata']['exitcode'] != '0'
+
+
+def test_stat_type_whoami_version(grid_state, tg_dir):
+    with _tg_ws(grid_state) as c:
+        _tg_ok(_tg_call(c, 'touch', [tg_dir + 'e.txt']))
+        st = _tg_ok(_tg_call(c, 'stat', [tg_dir + 'e.txt']))[0]
+        for k in ('file', 'type', 'owner', 'gowner', 'perm', 'ctime', 'size', 'md5', 'guid'):
+            assert k in st, k
+        assert (st['type'], st['owner'], st['gowner'], st['perm'], st['size']) == \
+            ('f', 'jalien', 'jalien', '755', '0')
+        assert st['md5'] == 'd41d8cd98f00b204e9800998ecf8427e'
+        lines = st['message'].split('\n')
+        assert lines[0] == 'File: ' + tg_dir + 'e.txt' and 'Type: f' in lines
+        assert 'Owner: jalien:jalien' in lines and 'MD5: ' + st['md5'] in lines
+        sd = _tg_ok(_tg_call(c, 'stat', [tg_dir]))[0]
+        assert sd['type'] == 'd'
+        assert _tg_call(c, 'stat', ['/fail/no/valid'])['metadata']['exitcode'] == '2'
+        t = _tg_ok(_tg_call(c, 'type', [tg_dir + 'e.txt']))[0]
+        assert t['type'] == 'file' and t['message'] == 'file'
+        assert _tg_ok(_tg_call(c, 'type', [tg_dir]))[0]['type'] == 'directory'
+        w = _tg_ok(_tg_call(c, 'whoami'))[0]
+        for k in ('username', 'role', 'roles', 'certificate_dn', 'certificate_expires',
+                  'connected_from', 'homedir'):
+            assert k in w, k
+        assert w['username'] == 'jalien' and w['message'] == 'jalien'
+        assert w['certificate_dn'] == 'CN=jalien, O=JAliEn, C=CH'
+        assert w['homedir'] == grid_state['home'] and w['connected_from'] == '127.0.0.1'
+        assert int(w['certificate_expires']) > _tg_time.time()
+        v = _tg_ok(_tg_call(c, 'version'))[0]
+        assert set(v) >= {'tag', 'git_hash', 'compiled_at', 'compiled_by'}
+
+
+def test_find(grid_state, tg_dir):
+    from testgrid import grid
+    grid.populate(_TG_DIR, tg_dir + 'many', 50)
+    with _tg_ws(grid_state) as c:
+        _tg_ok(_tg_call(c, 'mkdir', ['-p', tg_dir + 'sub/.hid']))
+        _tg_ok(_tg_call(c, 'touch', [tg_dir + 'sub/a.log', tg_dir + 'sub/b.root',
+                                      tg_dir + 'sub/.hid/c.log']))
+        res = _tg_ok(_tg_call(c, 'find', [tg_dir + 'sub', '.log']))
+        assert res == [{'lfn': tg_dir + 'sub/a.log', 'message': tg_dir + 'sub/a.log'}]
+        res = _tg_ok(_tg_call(c, 'find', ['-a', tg_dir + 'sub', '*.log']))
+        assert [r['lfn'] for r in res] == [tg_dir + 'sub/.hid/c.log', tg_dir + 'sub/a.log']
+        res = _tg_ok(_tg_call(c, 'find', [tg_dir + 'sub/*.root']))
+        assert [r['lfn'] for r in res] == [tg_dir + 'sub/b.root']
+        res = _tg_ok(_tg_call(c, 'find', ['-r', tg_dir + 'sub', r'.*/[ab]\.(log|root)$']))
+        assert len(res) == 2
+        res = _tg_ok(_tg_call(c, 'find', ['-f', '-a', '-s', tg_dir + 'sub/', '*']))
+        assert len(res) == 3
+        for r in res:
+            for k in ('lfn', 'size', 'md5', 'ctime', 'type', 'owner', 'gowner', 'perm', 'guid'):
+                assert k in r, k
+            assert len(r['ctime']) == 13                                   # ms
+        res = _tg_ok(_tg_call(c, 'find', ['-l', '10', '-o', '5', tg_dir + 'many', '*']))
+        assert [r['lfn'].rsplit('/', 1)[1] for r in res] == \
+            ['file_%06d.dat' % i for i in range(5, 15)]
+        r = _tg_call(c, 'find', [tg_dir + 'sub/a.log', '*'])
+        assert r['metadata']['exitcode'] == '20'
+        assert r['metadata']['error'] == 'Not a directory : ' + tg_dir + 'sub/a.log'
+        assert _tg_call(c, 'find', ['-q', tg_dir, '*'])['metadata']['exitcode'] == '22'
+
+
+def test_listses(grid_state):
+    with _tg_ws(grid_state) as c:
+        res = _tg_ok(_tg_call(c, 'listSEs'))
+    assert [r['seName'] for r in res] == [se['name'] for se in grid_state['ses']]
+    for r, se in zip(res, grid_state['ses']):
+        for k in ('seNumber', 'totalSpace', 'usedSpace', 'freeSpace', 'fileCount',
+                  'demoteRead', 'demoteWrite', 'qos'):
+            assert k in r, k
+        assert r['endpointUrl'] == se['url']
+
+
+def test_token_cert_is_accepted(grid_state, tmp_path):
+    with _tg_ws(grid_state) as c:
+        r = _tg_ok(_tg_call(c, 'token', ['-nomsg', '-v', '2']))[0]
+        assert set(r) == {'tokencert', 'tokenkey'}
+        full = _tg_ok(_tg_call(c, 'token'))[0]
+    assert r['tokencert'].startswith('-----BEGIN CERTIFICATE-----')
+    assert r['tokenkey'].startswith('-----BEGIN RSA PRIVATE KEY-----')
+    assert full['message'].startswith('DN: /C=CH/O=JAliEn/OU=token/CN=jalien\nExpires: ')
+    cert, key = tmp_path / 'tokencert.pem', tmp_path / 'tokenkey.pem'
+    cert.write_text(r['tokencert'])
+    key.write_text(r['tokenkey'])
+    key.chmod(0o400)
+    with _tg_ws(grid_state, str(cert), str(key)) as c:
+        w = _tg_ok(_tg_call(c, 'whoami'))[0]
+    assert w['username'] == 'jalien'
+    assert w['certificate_dn'] == 'CN=jalien, OU=token, O=JAliEn, C=CH'
+    # -v 2 days
+    assert 1.5 * 86400 < int(w['certificate_expires']) - _tg_time.time() < 2.5 * 86400
+
+
+def _tg_xrdcp(*args):
+    p = _tg_subprocess.run(['xrdcp', '--nopbar', '--force'] + list(args), capture_output=True,
+                           text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    return p
+
+
+def test_access_commit_whereis_round_trip(grid_state, tg_dir, tmp_path):
+    data = b'hello test grid\n'
+    src = tmp_path / 'up.txt'
+    src.write_bytes(data)
+    md5 = _tg_hashlib.md5(data).hexdigest()
+    lfn = tg_dir + 'up.txt'
+    with _tg_ws(grid_state) as c:
+        res = _tg_ok(_tg_call(c, 'access', ['-s', str(len(data)), '-m', md5, 'write-once', lfn]))
+        assert len(res) == 2 and {r['se'] for r in res} == {se['name'] for se in grid_state['ses']}
+        for r in res:
+            assert set(r) >= {'url', 'envelope', 'guid', 'se', 'tags', 'nSEs', 'md5', 'size'}
+            assert r['nSEs'] == '2' and r['tags'] == '[disk]' and r['md5'] == md5
+            assert r['envelope'].startswith('-----BEGIN SEALED CIPHER-----')
+            assert r['envelope'].endswith('-----END SEALED ENVELOPE-----')
+            assert _tg_re.match(r'^root://127\.0\.0\.1:\d+//\d\d/\d{5}/%s$' % r['guid'], r['url'])
+        assert res[0]['guid'] == res[1]['guid']
+        # nothing visible before the commit
+        assert _tg_call(c, 'ls', [lfn])['metadata']['exitcode'] == '2'
+        first = res[0]
+        _tg_xrdcp(str(src), first['url'] + '?authz=' + first['envelope'])
+        se = [s for s in grid_state['ses'] if s['name'] == first['se']][0]
+        with open(se['log'], errors='replace') as f:
+            assert 'authz=-----BEGIN SEALED CIPHER-----' in f.read()
+        cm = _tg_ok(_tg_call(c, 'commit', [first['envelope'], str(len(data)), lfn, '644', '0',
+                                           first['url'], first['se'], first['guid'], md5]))
+        assert cm[0]['path'] == lfn and cm[0]['lfn'] == '1' and cm[0]['pfn'] == first['url']
+        # committing the same envelope again registers nothing
+        again = _tg_call(c, 'commit', [first['envelope'], str(len(data)), lfn, '644', '0',
+                                       first['url'], first['se'], first['guid'], md5])
+        assert again['metadata']['exitcode'] == '53'
+        wh = _tg_ok(_tg_call(c, 'whereis', [lfn]))
+        assert [(w['seName'], w['pfn']) for w in wh] == [(first['se'], first['url'])]
+        st = _tg_ok(_tg_call(c, 'stat', [lfn]))[0]
+        assert (st['size'], st['md5'], st['guid'], st['perm']) == \
+            (str(len(data)), md5, first['guid'], '644')
+        rd = _tg_ok(_tg_call(c, 'access', ['read', lfn]))
+        assert len(rd) == 1 and rd[0]['url'] == first['url'] and rd[0]['nSEs'] == '1'
+        assert rd[0]['md5'] == md5 and rd[0]['size'] == str(len(data))
+        dst = tmp_path / 'down.txt'
+        _tg_xrdcp(rd[0]['url'] + '?authz=' + rd[0]['envelope'], str(dst))
+        assert dst.read_bytes() == data
+        # write-once of an existing LFN
+        r = _tg_call(c, 'access', ['write-once', lfn])
+        assert r['metadata']['exitcode'] == '77'
+        assert r['metadata']['error'] == 'File descriptor in bad state : No write PFNs'
+        assert _tg_ok(_tg_call(c, 'rm', [lfn])) == []
+        assert _tg_call(c, 'whereis', [lfn])['metadata']['exitcode'] == '2'
+
+
+def test_access_specifiers_and_uncommitted_upload(grid_state, tg_dir):
+    first, second = [se['name'] for se in grid_state['ses']]
+    lfn = tg_dir + 'never_committed.txt'
+    with _tg_ws(grid_state) as c:
+        res = _tg_ok(_tg_call(c, 'access', ['-s', '3', 'write-once', lfn, 'disk:1']))
+        assert len(res) == 1 and res[0]['nSEs'] == '1'
+        res = _tg_ok(_tg_call(c, 'access', ['write-once', lfn, second]))
+        assert [r['se'] for r in res] == [second]
+        res = _tg_ok(_tg_call(c, 'access', ['write-once', lfn, 'disk:2,!' + first]))
+        assert [r['se'] for r in res] == [second]
+        res = _tg_ok(_tg_call(c, 'access', ['write-once', lfn, 'disk:5']))
+        assert len(res) == 2                                   # capped to the SEs we have
+        r = _tg_call(c, 'access', ['write-once', lfn, '!' + first + ',!' + second])
+        assert r['metadata']['exitcode'] == '77'
+        # no commit: the LFN must not exist
+        assert _tg_call(c, 'ls', [lfn])['metadata']['exitcode'] == '2'
+        assert _tg_call(c, 'stat', [lfn])['metadata']['exitcode'] == '2'
+        assert _tg_ok(_tg_call(c, 'find', [tg_dir, 'never'])) == []
+
+
+def test_fault_injection(grid_state, tg_dir):
+    from testgrid import grid
+    lfn = tg_dir + 'refused.txt'
+    with _tg_ws(grid_state) as c:
+        res = _tg_ok(_tg_call(c, 'access', ['-s', '1', 'write-once', lfn, 'disk:1']))
+        r = res[0]
+        grid.set_faults(_TG_DIR, {'commit': 'refuse'})
+        try:
+            cm = _tg_call(c, 'commit', [r['envelope'], '1', lfn, '644', '0', r['url'], r['se'],
+                                        r['guid'], 'x'])
+            assert cm['metadata']['exitcode'] == '53'
+            grid.set_faults(_TG_DIR, {'pwd': {'exitcode': 121, 'error': 'boom'}})
+            assert _tg_call(c, 'pwd')['metadata'] == {
+                'exitcode': '121', 'error': 'boom', 'user': 'jalien',
+                'currentdir': grid_state['home']}
+        finally:
+            grid.set_faults(_TG_DIR, None)
+        assert _tg_call(c, 'ls', [lfn])['metadata']['exitcode'] == '2'
+        cm = _tg_ok(_tg_call(c, 'commit', [r['envelope'], '1', lfn, '644', '0', r['url'],
+                                           r['se'], r['guid'], 'x']))
+        assert cm[0]['lfn'] == '1'
+
+
+def test_unmapped_dn_gets_401(grid_state):
+    from testgrid import grid
+    from websockets.exceptions import InvalidStatus
+    cert, key = grid.make_user_cert(_TG_DIR, 'stranger', cn='stranger')
+    with pytest.raises(InvalidStatus) as ei:
+        with _tg_ws(grid_state, cert, key):
+            pass
+    assert ei.value.response.status_code == 401
+
+
+@pytest.mark.parametrize('kind', ['none', 'other-ca', 'expired'])
+def test_tls_refuses_bad_client_certs(grid_state, kind):
+    from testgrid import grid
+    if kind == 'none':
+        cert = key = False
+    elif kind == 'other-ca':
+        cert, key = grid.make_user_cert(_TG_DIR, 'otherca', ca='other')
+    else:
+        cert, key = grid.make_user_cert(_TG_DIR, 'expired', expired=True)
+    # TLS 1.2: the server's alert (handshake failure / unknown ca / certificate expired)
+    # ends the client's handshake
+    with pytest.raises(_tg_ssl.SSLError):
+        with _tg_ws(grid_state, cert, key) as c:
+            _tg_call(c, 'pwd')
+
+
+def test_tls12_only(grid_state):
+    ctx = _tg_ctx(grid_state)
+    ctx.minimum_version = _tg_ssl.TLSVersion.TLSv1_3
+    import socket
+    with socket.create_connection(('127.0.0.1', grid_state['service']['port']), timeout=5) as s:
+        with pytest.raises(_tg_ssl.SSLError):
+            ctx.wrap_socket(s, server_hostname='127.0.0.1')
+    ctx = _tg_ctx(grid_state)
+    with socket.create_connection(('127.0.0.1', grid_state['service']['port']), timeout=5) as s:
+        with ctx.wrap_socket(s, server_hostname='127.0.0.1') as t:
+            assert t.version() == 'TLSv1.2'
+
+
+def test_hostname_mismatch_service(grid_state):
+    from testgrid import grid
+    cert, key = grid.make_host_cert(_TG_DIR, 'wronghost', san=('DNS:wrong.example',))
+    port = grid.start_service(_TG_DIR, host_cert=cert, host_key=key)
+    # CA-valid certificate: fine without a host name check, refused with one
+    with _tg_ws(grid_state, port=port) as c:
+        assert _tg_ok(_tg_call(c, 'pwd'))
+    with pytest.raises(_tg_ssl.SSLCertVerificationError):
+        with _tg_ws(grid_state, port=port, check_hostname=True):
+            pass
+    with _tg_ws(grid_state, check_hostname=True) as c:        # the main one has IP:127.0.0.1
+        assert _tg_ok(_tg_call(c, 'pwd'))
+
+
+def test_stop_and_start_se(grid_state, tmp_path):
+    from testgrid import grid
+    se = grid_state['ses'][1]
+    grid.stop_se(_TG_DIR, se['name'])
+    try:
+        p = _tg_subprocess.run(['xrdfs', 'root://127.0.0.1:%d' % se['port'], 'ls', '/'],
+                               capture_output=True, text=True, timeout=30,
+                               env=dict(_tg_os.environ, XRD_CONNECTIONRETRY='1',
+                                        XRD_REQUESTTIMEOUT='3'))
+        assert p.returncode != 0
+    finally:
+        again = grid.start_se(_TG_DIR, se['name'])
+    assert again['port'] == se['port']
+    p = _tg_subprocess.run(['xrdfs', 'root://127.0.0.1:%d' % se['port'], 'ls', '/'],
+                           capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0, p.stderr
+
+
+def test_big_directory_listing_is_fast(grid_state, tg_dir):
+    from testgrid import grid
+    n = 20000
+    grid.populate(_TG_DIR, tg_dir + 'big', n)
+    with _tg_ws(grid_state) as c:
+        t = _tg_time.time()
+        res = _tg_ok(_tg_call(c, 'ls', ['-nokeys', tg_dir + 'big']))
+        t_ls = _tg_time.time() - t
+        t = _tg_time.time()
+        found = _tg_ok(_tg_call(c, 'find', ['-nomsg', tg_dir + 'big', '*']))
+        t_find = _tg_time.time() - t
+    assert len(res) == n and len(found) == n
+    assert t_ls < 1.5 and t_find < 1.5, (t_ls, t_find)
+
+
+def _tg_alienpy(state, line, extra_env=None):
+    exe = _tg_shutil.which('alien.py')
+    assert exe, 'the reference client alienpy must be installed (pip install alienpy)'
+    env = dict(_tg_os.environ)
+    env.update(state['env'])
+    env.update(extra_env or {})
+    env['ALIENPY_NO_STAGGER'] = '1'
+    return _tg_subprocess.run([exe, line], capture_output=True, text=True, env=env,
+                              timeout=60, cwd=str(_TG_DIR))
+
+
+def test_reference_client_alienpy(grid_state, tg_dir, tmp_path):
+    """alienpy (an independent implementation of the client side) works against the grid."""
+    home = grid_state['home']
+    name = tg_dir.rstrip('/').rsplit('/', 1)[1]
+    # own token files, so alienpy's token-init does not touch the grid's
+    tok = {'JALIEN_TOKEN_CERT': str(tmp_path / 'tokencert.pem'),
+           'JALIEN_TOKEN_KEY': str(tmp_path / 'tokenkey.pem')}
+    p = _tg_alienpy(grid_state, 'token-init', tok)
+    assert p.returncode == 0, p.stderr
+    assert 'DN >>> C=CH/O=JAliEn/OU=token/CN=jalien' in p.stdout
+    assert (tmp_path / 'tokenkey.pem').read_text().startswith('-----BEGIN RSA PRIVATE KEY-----')
+    p = _tg_alienpy(grid_state, 'pwd; whoami; mkdir -p %s/d1/d2; ls -l %s; stat %s/d1'
+                    % (name, name, name), tok)
+    assert p.returncode == 0, p.stderr
+    out = p.stdout.split('\n')
+    assert out[0] == home and out[1] == 'jalien'
+    assert _tg_re.match(r'^drwxr-xr-x     jalien   jalien            0 .*    d1/$', out[2])
+    assert 'File: %sd1' % tg_dir in p.stdout
+    p = _tg_alienpy(grid_state, 'find %s d2' % tg_dir, tok)
+    assert p.returncode == 0 and p.stdout.strip() == '', (p.stdout, p.stderr)
+    p = _tg_alienpy(grid_state, 'ls /nonexistent', tok)
+    assert p.returncode == 2
+    assert p.stderr.strip() == 'No such file or directory : /nonexistent'
+
+
+def test_fault_actions_and_idle_timeout(grid_state):
+    from testgrid import grid
+    from websockets.exceptions import ConnectionClosed
+    try:
+        grid.set_faults(_TG_DIR, {'whoami': 'empty', 'version': 'drop', 'type': 'exception'})
+        with _tg_ws(grid_state) as c:
+            c.send(_tg_json.dumps({'command': 'whoami', 'options': []}))
+            assert c.recv(timeout=5) == ''
+            r = _tg_call(c, 'type', ['/'])
+            assert r['metadata']['exitcode'] == '121'
+            c.send(_tg_json.dumps({'command': 'version', 'options': []}))
+            with pytest.raises((ConnectionClosed, OSError, EOFError)):
+                c.recv(timeout=5)
+        grid.set_faults(_TG_DIR, {'idle_timeout': 0.3})
+        with _tg_ws(grid_state) as c:
+            assert _tg_ok(_tg_call(c, 'pwd'))
+            with pytest.raises(ConnectionClosed) as ei:
+                c.recv(timeout=5)
+            assert ei.value.rcvd.code == 1013 and ei.value.rcvd.reason == 'Session timed out'
+    finally:
+        grid.set_faults(_TG_DIR, None)
+
+
+def test_md5sum_guid_commands(grid_state, tg_dir):
+    with _tg_ws(grid_state) as c:
+        _tg_ok(_tg_call(c, 'touch', [tg_dir + 'g.txt']))
+        g = _tg_ok(_tg_call(c, 'lfn2guid', [tg_dir + 'g.txt']))[0]['guid']
+        assert _tg_ok(_tg_call(c, 'guid2lfn', [g]))[0]['lfn'] == tg_dir + 'g.txt'
+        m = _tg_ok(_tg_call(c, 'md5sum', [tg_dir + 'g.txt']))[0]
+        assert m['md5'] == 'd41d8cd98f00b204e9800998ecf8427e'
+
+
+def test_access_write_adds_replicas_of_same_file(grid_state, tg_dir):
+    lfn = tg_dir + 'two.txt'
+    first, second = [se['name'] for se in grid_state['ses']]
+    with _tg_ws(grid_state) as c:
+        r = _tg_ok(_tg_call(c, 'access', ['-s', '4', '-m', 'a' * 32, 'write', lfn, first]))[0]
+        _tg_ok(_tg_call(c, 'commit', [r['envelope'], '4', lfn, '644', '0', r['url'], r['se'],
+                                      r['guid'], 'a' * 32]))
+        bad = _tg_call(c, 'access', ['-s', '5', '-m', 'b' * 32, 'write', lfn])
+        assert bad['metadata']['exitcode'] == '22'
+        more = _tg_ok(_tg_call(c, 'access', ['-s', '4', '-m', 'a' * 32, 'write', lfn]))
+        assert [m['se'] for m in more] == [second] and more[0]['guid'] == r['guid']
+        _tg_ok(_tg_call(c, 'commit', [more[0]['envelope'], '4', lfn, '644', '0', more[0]['url'],
+                                      second, r['guid'], 'a' * 32]))
+        assert [w['seName'] for w in _tg_ok(_tg_call(c, 'whereis', [lfn]))] == [first, second]
+        full = _tg_call(c, 'access', ['write', lfn])
+        assert full['metadata']['exitcode'] == '77'
+
+
+def test_reference_client_alienpy_transfers_and_401(grid_state, tg_dir, tmp_path):
+    """alienpy's cp (access/commit + XRootD) round trip, and its 129 exit on HTTP 401."""
+    from testgrid import grid
+    src = tmp_path / 'payload.txt'
+    src.write_bytes(b'payload for the reference client\n' * 100)
+    p = _tg_alienpy(grid_state, 'cp file:%s %spayload.txt' % (src, tg_dir))
+    assert p.returncode == 0, p.stdout + p.stderr
+    with _tg_ws(grid_state) as c:
+        wh = _tg_ok(_tg_call(c, 'whereis', [tg_dir + 'payload.txt']))
+    assert len(wh) == 2
+    dst = tmp_path / 'back.txt'
+    p = _tg_alienpy(grid_state, 'cp %spayload.txt file:%s' % (tg_dir, dst))
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert dst.read_bytes() == src.read_bytes()
+    cert, key = grid.make_user_cert(_TG_DIR, 'stranger', cn='stranger')
+    p = _tg_alienpy(grid_state, 'pwd', {'X509_USER_CERT': cert, 'X509_USER_KEY': key,
+                                        'JALIEN_TOKEN_CERT': str(tmp_path / 'no_token'),
+                                        'JALIEN_TOKEN_KEY': str(tmp_path / 'no_key'),
+                                        'ALIENPY_CONNECT_TRIES': '1'})
+    assert p.returncode == 129, p.stderr
+
+
+def test_large_listing_printed_identically_and_compactly(cenv, grid_state):
+    from testgrid import grid
+    d = grid_state['home'] + 'big2000/'
+    grid.populate(grid_state['workdir'], d, 2000)
+    p = run_cli(['ls -l ' + d], env=cenv)
+    lines = p.stdout.splitlines()
+    assert p.returncode == 0 and len(lines) == 2000 and lines[0].endswith('file_000000.dat')
+    s = alien.Session(environ=cenv)  # the embedding API keeps full result dicts
+    try:
+        r = s.run('ls ' + d)
+        assert r.results[0] == {'message': 'file_000000.dat'} and r.out.splitlines() == [
+            l.split()[-1] for l in lines]
+    finally:
+        s.close()
+
+
+def test_result_out_and_write_lines_agree():
+    r = alien.Result(0, None, results=['  first', {'message': 'b'}, {'other': 1}, '', ' \n'])
+    assert r.out == 'first\nb'
+    r2 = alien.Result(0, None, results=['  first', {'message': 'b'}, {'other': 1}, '', ' \n'])
+    import io
+    old, sys.stdout = sys.stdout, io.StringIO()
+    try:
+        alien.write_lines(r2)
+        printed = sys.stdout.getvalue()
+    finally:
+        sys.stdout = old
+    assert printed == r.out + '\n'
+
+
+# ===== credentials lifecycle, debugging, connection options =====
+
+def test_token_lifecycle_commands(cenv):
+    p = run_cli(['token-init', '-v', '2'], env=cenv)
+    assert p.returncode == 0, p.stderr
+    assert 'DN >>> /C=CH/O=JAliEn/OU=token/CN=jalien' in p.stdout and 'LEFT >>> valid for 1d' in p.stdout
+    assert os.stat(cenv['JALIEN_TOKEN_KEY']).st_mode & 0o777 == 0o400
+    p = run_cli(['token-info'], env=cenv)
+    assert p.returncode == 0 and 'ISSUER >>> /C=CH/O=JAliEn/CN=JAliEn test grid CA' in p.stdout
+    p = run_cli(['cert-info'], env=cenv)
+    assert p.returncode == 0 and 'DN >>> /C=CH/O=JAliEn/CN=jalien' in p.stdout
+    p = run_cli(['cert-info', '/no/such.pem'], env=cenv)
+    assert p.returncode == 2 and one_line_error(p)
+    p = run_cli(['token-destroy'], env=cenv)
+    assert p.returncode == 0 and not os.path.exists(cenv['JALIEN_TOKEN_CERT'])
+    assert run_cli(['token-info'], env=cenv).returncode == 2
+    p = run_cli(['token-init', '-v', 'x'], env=cenv)   # the service refuses: its error, one line
+    assert p.returncode != 0 and one_line_error(p), p
+
+
+def test_expiring_token_is_replaced_by_the_user_certificate(grid_state):
+    env = dict(grid_state['env'])
+    cert = env['JALIEN_TOKEN_CERT']
+    expiry = ssl.cert_time_to_seconds(alien.cert_info(cert)['notAfter'])
+    kind, _, _ = alien.choose_credentials(env, now=expiry - 3600)
+    assert kind == 'token'
+    kind, _, _ = alien.choose_credentials(env, now=expiry - 100)  # < 600 s left: renew through the user cert
+    assert kind == 'user'
+
+
+def test_encrypted_key_asks_for_the_pass_phrase_once(cenv, tmp_path):
+    import pexpect
+    key = str(tmp_path / 'enc.pem')
+    subprocess.run(['openssl', 'rsa', '-in', cenv['X509_USER_KEY'], '-aes256', '-passout', 'pass:s3cret!',
+                    '-out', key], check=True, capture_output=True)
+    os.chmod(key, 0o600)
+    env = dict(cenv, X509_USER_KEY=key)
+    child = pexpect.spawn(sys.executable, [ALIEN, 'pwd'], env=env, encoding='utf-8', timeout=30)
+    child.expect('pass phrase')
+    child.sendline('s3cret!')
+    child.expect(pexpect.EOF)
+    output = child.before
+    child.close()
+    assert child.exitstatus == 0 and '/localhost/localdomain/user/j/jalien/' in output
+    assert 's3cret!' not in output  # not echoed
+    child = pexpect.spawn(sys.executable, [ALIEN, 'pwd'], env=dict(env, JALIEN_TOKEN_CERT='/none'),
+                          encoding='utf-8', timeout=30)
+    child.expect('pass phrase')
+    child.sendline('wrong')
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 107 and 'Traceback' not in child.before
+
+
+def test_debug_log_is_owner_only_and_redacted(cenv, tmp_path):
+    logfile = tmp_path / 'debug.log'
+    logfile.write_text('old\n')
+    os.chmod(str(logfile), 0o644)
+    env = dict(cenv, ALIENPY_DEBUG='1', ALIENPY_DEBUG_FILE=str(logfile))
+    assert run_cli(['pwd'], env=env).returncode == 0  # user cert, then a token is fetched
+    text = logfile.read_text()
+    assert os.stat(str(logfile)).st_mode & 0o777 == 0o600
+    assert 'old' not in text and 'request {"command": "pwd"' in text
+    assert '<RSA PRIVATE KEY:' in text or '<PRIVATE KEY:' in text  # the token reply, redacted
+    key_body = open(cenv['JALIEN_TOKEN_KEY']).read().splitlines()[1]
+    assert key_body not in text
+    env['ALIENPY_DEBUG_APPEND'] = '1'
+    run_cli(['whoami'], env=env)
+    assert logfile.read_text().startswith(text[:100])
+
+
+def test_redact():
+    pem = '-----BEGIN RSA PRIVATE KEY-----\nMIIEabc\n-----END RSA PRIVATE KEY-----'
+    env = '-----BEGIN SEALED CIPHER-----xyz-----END SEALED ENVELOPE-----'
+    out = alien.redact('{"k": "%s", "e": "%s", "u": "root://h//p?authz=SECRET&x=1"}' % (pem, env))
+    assert 'MIIEabc' not in out and 'xyz' not in out and 'SECRET' not in out and 'x=1' in out
+    assert len(alien.redact('a' * 10000)) < 4100
+
+
+def test_timeconnect_and_timing(cenv, tmp_path):
+    p = run_cli(['pwd'], env=dict(cenv, ALIENPY_TIMECONNECT='1'))
+    assert p.returncode == 0 and 'Websocket connecting time' in p.stderr
+    logfile = tmp_path / 'timing.log'
+    run_cli(['pwd'], env=dict(cenv, ALIENPY_TIMING='1', ALIENPY_DEBUG_FILE=str(logfile)))
+    assert re.search(r'timing pwd [0-9.]+ ms', logfile.read_text())
+
+
+def test_network_stack_and_stagger_switches(cenv):
+    env = dict(cenv, ALIENPY_JCENTRAL='localhost')  # resolves to ::1 and 127.0.0.1; the service is v4 only
+    assert run_cli(['pwd'], env=env).returncode == 0
+    assert run_cli(['pwd'], env=dict(env, ALIENPY_NO_STAGGER='1')).returncode == 0
+    assert run_cli(['pwd'], env=dict(env, ALIENPY_NETWORKSTACK='ipv4')).returncode == 0
+    p = run_cli(['pwd'], env=dict(env, ALIENPY_NETWORKSTACK='ipv6', ALIENPY_CONNECT_TRIES='1'))
+    assert p.returncode == 107 and one_line_error(p)
+
+
+def loopback_black_hole():
+    """(listener, fillers, port): a loopback port whose accept queue is full, so a
+    further connect hangs unanswered (the kernel drops its SYNs)."""
+    listener = socket.socket()
+    listener.bind(('127.0.0.1', 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(8):
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex(('127.0.0.1', port))
+        fillers.append(s)
+    time.sleep(0.1)
+    return listener, fillers, port
+
+
+def test_staggered_connect_prefers_the_first_that_answers(grid_state):
+    # the first address never answers; the second attempt starts 250 ms later and wins,
+    # long before the connect timeout (ALIENPY_NO_STAGGER would wait for the timeout)
+    listener, fillers, hole = loopback_black_hole()
+    port = grid_state['service']['port']
+    infos = [(socket.AF_INET, socket.SOCK_STREAM, 6, '', ('127.0.0.1', hole)),
+             (socket.AF_INET, socket.SOCK_STREAM, 6, '', ('127.0.0.1', port))]
+    old = alien.resolve
+    alien.resolve = lambda host, p, environ: list(infos)
+    try:
+        t0 = time.monotonic()
+        s = alien.connect_tcp('x', port, {})
+        elapsed = time.monotonic() - t0
+        assert s.getpeername() == ('127.0.0.1', port) and 0.2 < elapsed < 2, elapsed
+        s.close()
+        t0 = time.monotonic()
+        s = alien.connect_tcp('x', port, {'ALIENPY_NO_STAGGER': '1'}, timeout=1.0)
+        assert s.getpeername() == ('127.0.0.1', port)
+        assert time.monotonic() - t0 >= 0.9  # sequential: the first had to time out
+        s.close()
+    finally:
+        alien.resolve = old
+        for f in fillers + [listener]:
+            f.close()
+
+
+def test_jbox_endpoint_from_the_jclient_token_file(tmp_path):
+    path = tmp_path / ('jclient_token_%d' % os.getuid())
+    path.write_text('JALIEN_PID=%d\nJALIEN_HOST=127.0.0.1\nJALIEN_WSPORT=4321\n' % os.getpid())
+    env = {'TMPDIR': str(tmp_path)}
+    assert alien.endpoints(env) == [('127.0.0.1', 4321), ('alice-jcentral.cern.ch', 8097)]
+    path.write_text('JALIEN_PID=999999999\nJALIEN_WSPORT=4321\n')  # not running: ignored
+    assert alien.endpoints(env) == [('alice-jcentral.cern.ch', 8097)]
+
+
+def test_alien_site_is_set_at_session_start(cenv, grid_state):
+    service_log = os.path.join(grid_state['workdir'], 'jcentral.log')
+    before = os.path.getsize(service_log)
+    p = run_cli(['pwd'], env=dict(cenv, ALIEN_SITE='JTESTSITE'))
+    assert p.returncode == 0
+    with open(service_log) as f:
+        f.seek(before)
+        wire = f.read()  # what the service received, in order
+    assert wire.index('"command": "setSite", "options": ["-nomsg", "JTESTSITE"]') < wire.index('"command": "pwd"')
 
 
 # ===== cp tests =====

@@ -26,6 +26,8 @@ directories are chowned to that user and the ancestors of workdir get the
 ``o+x`` (traverse) bit when they lack it (pytest and mktemp folders are 0700).
 """
 
+import contextlib
+import fcntl
 import json
 import os
 import pwd
@@ -127,9 +129,21 @@ def _port_open(port):
         return False
 
 
-def _kill(pid, timeout=3.0):
+def _cmdline(pid):
+    try:
+        with open('/proc/%d/cmdline' % pid, 'rb') as f:
+            return f.read().replace(b'\0', b' ').decode(errors='replace')
+    except OSError:
+        return ''
+
+
+def _kill(pid, timeout=3.0, marker=None):
+    """Stop pid (TERM, then KILL). With marker, only if its command line contains it:
+    a pid from an old state file may belong to an unrelated process by now."""
     if not pid or not _alive(pid):
         _children.pop(pid, None)
+        return
+    if marker and pid not in _children and marker not in _cmdline(pid):
         return
     try:
         os.kill(pid, signal.SIGTERM)
@@ -166,27 +180,66 @@ def _spawn(argv, log_path, env=None):
 
 
 def _wait_ready(items, timeout=READY_TIMEOUT):
-    """items: list of (label, pid, port, logfile). Wait until each port accepts."""
+    """items: list of (label, pid, port, logfile, proof) -- wait until each is serving.
+
+    Ready = the process is alive, its port accepts connections and proof() is true.
+    proof() ties the port to *our* process (a pid file it wrote after binding), so a
+    port grabbed by somebody else between the probe and the bind is caught."""
     pending = list(items)
     end = time.time() + timeout
     while pending:
         for it in list(pending):
-            label, pid, port, logfile = it
+            label, pid, port, logfile, proof = it
             if not _alive(pid):
                 raise GridError('%s (pid %d) died during start-up; see %s:\n%s'
                                 % (label, pid, logfile, _tail(logfile)))
-            if _port_open(port):
+            if _port_open(port) and (proof is None or proof()):
                 pending.remove(it)
         if pending:
             if time.time() > end:
                 raise GridError('%s not ready on port %d after %.0f s; see %s'
                                 % (pending[0][0], pending[0][2], timeout, pending[0][3]))
             time.sleep(0.02)
-    # a port already taken by somebody else makes the new process die right after
-    for label, pid, port, logfile in items:
+    for label, pid, port, logfile, proof in items:
         if not _alive(pid):
             raise GridError('%s (pid %d) died during start-up; see %s:\n%s'
                             % (label, pid, logfile, _tail(logfile)))
+
+
+def _pidfile_proof(path, pid):
+    def proof():
+        try:
+            with open(path) as f:
+                return f.read().split()[0] == str(pid)
+        except (OSError, IndexError):
+            return False
+    return proof
+
+
+def _xrdfs_proof(se):
+    """The storage element answers a real XRootD request (xrdfs ls /)."""
+    xrdfs = shutil.which('xrdfs')
+
+    def proof():
+        if not xrdfs:
+            return True
+        p = subprocess.run([xrdfs, 'root://127.0.0.1:%d' % se['port'], 'ls', '/'],
+                           stdin=subprocess.DEVNULL, capture_output=True, timeout=20,
+                           env=dict(os.environ, XRD_CONNECTIONRETRY='1'))
+        return p.returncode == 0
+    return proof
+
+
+def _se_wait_item(se):
+    pidproof = _pidfile_proof(os.path.join(se['admindir'], 'xrootd.pid'), se['pid'])
+    lsproof = _xrdfs_proof(se)
+    return ('xrootd %s' % se['name'], se['pid'], se['port'], se['log'],
+            lambda: pidproof() and lsproof())
+
+
+def _service_wait_item(workdir, pid, port, logfile):
+    return ('jcentral service', pid, port, logfile,
+            _pidfile_proof(os.path.join(workdir, 'run', 'jcentral-%d.pid' % port), pid))
 
 
 def _tail(path, n=15):
@@ -265,6 +318,10 @@ def _launch_se(se, runas):
             os.replace(se['log'], se['log'] + '.old')
         except OSError:
             pass
+    try:
+        os.unlink(os.path.join(se['admindir'], 'xrootd.pid'))
+    except FileNotFoundError:
+        pass
     argv = [xrootd] + runas + ['-p', str(se['port']), '-c', se['cfg'], '-l', '=' + se['log']]
     return _spawn(argv, se['stderr'])
 
@@ -308,14 +365,31 @@ def _client_env(workdir, pki, port):
 
 # -- public API ----------------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def _locked(workdir):
+    """Serialise start/stop/start_se... of one grid across processes (flock)."""
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, '.lock'), 'w') as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def start(workdir=None, fresh=False):
     """Start (or find running) the grid in workdir; return its state dict."""
     workdir = _abs(workdir)
+    with _locked(workdir):
+        return _start(workdir, fresh)
+
+
+def _start(workdir, fresh):
     state = load_state(workdir)
     if _running(state) and not fresh:
         return state
     if state:
-        stop(workdir)
+        _stop(workdir)
     os.makedirs(workdir, exist_ok=True)
     os.chmod(workdir, 0o755)
     _make_traversable(workdir)
@@ -355,13 +429,14 @@ def start(workdir=None, fresh=False):
         for se in ses:
             _prepare_se(workdir, se, uid, gid)
             se['pid'] = _launch_se(se, runas)
-            waits.append(('xrootd %s' % se['name'], se['pid'], se['port'], se['log']))
+            waits.append(_se_wait_item(se))
         svc_pid = _launch_service(workdir, port)
-        waits.append(('jcentral service', svc_pid, port, os.path.join(workdir, 'jcentral.out')))
+        waits.append(_service_wait_item(workdir, svc_pid, port,
+                                        os.path.join(workdir, 'jcentral.out')))
         _wait_ready(waits)
     except BaseException:
-        for _, pid, _, _ in waits:
-            _kill(pid)
+        for item in waits:
+            _kill(item[1])
         raise
     state = {'workdir': workdir, 'home': HOME, 'ses': ses,
              'service': {'port': port, 'pid': svc_pid, 'url':
@@ -380,14 +455,21 @@ def start(workdir=None, fresh=False):
 def stop(workdir=None):
     """Stop every process of the grid in workdir (files are kept)."""
     workdir = _abs(workdir)
+    if not os.path.isdir(workdir):
+        return
+    with _locked(workdir):
+        _stop(workdir)
+
+
+def _stop(workdir):
     state = load_state(workdir)
     if not state:
         return
     for extra in state.get('extra_services', []):
-        _kill(extra.get('pid'))
-    _kill(state.get('service', {}).get('pid'))
+        _kill(extra.get('pid'), marker=workdir)
+    _kill(state.get('service', {}).get('pid'), marker=workdir)
     for se in state.get('ses', []):
-        _kill(se.get('pid'))
+        _kill(se.get('pid'), marker=se['cfg'])
         se['pid'] = None
     state['service']['pid'] = None
     state['extra_services'] = []
@@ -406,7 +488,7 @@ def stop_se(workdir, name):
     workdir = _abs(workdir)
     state = load_state(workdir)
     se = _find_se(state, name)
-    _kill(se.get('pid'))
+    _kill(se.get('pid'), marker=se['cfg'])
     se['pid'] = None
     _save_state(workdir, state)
 
@@ -422,7 +504,7 @@ def start_se(workdir, name):
     _prepare_se(workdir, se, uid, gid)
     se['pid'] = _launch_se(se, runas)
     try:
-        _wait_ready([('xrootd %s' % se['name'], se['pid'], se['port'], se['log'])])
+        _wait_ready([_se_wait_item(se)])
     except BaseException:
         _kill(se['pid'])
         raise
@@ -441,8 +523,8 @@ def start_service(workdir, host_cert=None, host_key=None):
     port = _free_port()
     pid = _launch_service(workdir, port, host_cert, host_key, tag='jcentral-%d' % port)
     try:
-        _wait_ready([('extra jcentral service', pid, port,
-                      os.path.join(workdir, 'jcentral-%d.out' % port))])
+        _wait_ready([_service_wait_item(workdir, pid, port,
+                                        os.path.join(workdir, 'jcentral-%d.out' % port))])
     except BaseException:
         _kill(pid)
         raise

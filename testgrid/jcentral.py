@@ -29,16 +29,20 @@ an action:
 ``{"exitcode": N, "error": "text"}``
     reply with exactly that exit code and error, no results.
 
+Besides command names, the key ``"idle_timeout"`` (seconds, default 900) sets
+after how long a silent session is closed with code 1013 "Session timed out";
+it is read while waiting for the next request.
+
 Example: ``{"commit": "refuse"}`` makes every commit fail with 53.
 """
 
 import argparse
 import base64
 import fnmatch
+import hashlib
 import json
 import os
 import posixpath
-import random
 import re
 import signal
 import socket
@@ -55,10 +59,8 @@ if __package__ in (None, ''):
 from testgrid import catalogue as cat_mod  # noqa: E402
 from testgrid.pki import PKI, USER_SUBJECT  # noqa: E402
 
-import websockets  # noqa: E402
+from websockets.exceptions import ConnectionClosed  # noqa: E402
 from websockets.sync.server import serve  # noqa: E402
-from websockets.datastructures import Headers  # noqa: E402
-from websockets.http11 import Response  # noqa: E402
 
 SERVER_VERSION = '1.9.9-testgrid'
 
@@ -136,16 +138,33 @@ def _is_number(a):
         return False
 
 
+_TIME_CACHE = {}
+
+
 def fmt_time(ms):
-    return time.strftime('%b %d %H:%M', time.localtime(ms / 1000.0))
+    """Java 'MMM dd HH:mm' in local time (cached per minute: listings repeat times)."""
+    minute = ms // 60000
+    r = _TIME_CACHE.get(minute)
+    if r is None:
+        if len(_TIME_CACHE) > 100000:
+            _TIME_CACHE.clear()
+        r = _TIME_CACHE[minute] = time.strftime('%b %d %H:%M', time.localtime(minute * 60))
+    return r
+
+
+_PERM_CACHE = {}
 
 
 def perm_string(entry):
-    bits = ''
-    for digit in entry['perm'][-3:].rjust(3, '0'):
-        d = int(digit)
-        bits += ('r' if d & 4 else '-') + ('w' if d & 2 else '-') + ('x' if d & 1 else '-')
-    return ('d' if entry['type'] == 'd' else '-') + bits
+    key = (entry['type'], entry['perm'])
+    r = _PERM_CACHE.get(key)
+    if r is None:
+        bits = ''
+        for digit in entry['perm'][-3:].rjust(3, '0'):
+            d = int(digit)
+            bits += ('r' if d & 4 else '-') + ('w' if d & 2 else '-') + ('x' if d & 1 else '-')
+        r = _PERM_CACHE[key] = ('d' if entry['type'] == 'd' else '-') + bits
+    return r
 
 
 def human_size(n):
@@ -210,6 +229,15 @@ class Grid:
         except (OSError, ValueError):
             return {}
 
+    def idle_timeout(self):
+        """Seconds of silence after which a session is closed (1013 "Session timed out").
+
+        900 like the real server; faults.json key "idle_timeout" overrides it."""
+        try:
+            return float(self.faults().get('idle_timeout', 900))
+        except (TypeError, ValueError, AttributeError):
+            return 900.0
+
     def log(self, text):
         with self.log_lock:
             with open(self.log_path, 'a') as f:
@@ -234,6 +262,8 @@ class Session:
         self.peer = peer
         self.home = cat_mod.home_of(user)
         self.cwd = self.home
+        self.want_keys = self.want_msg = True
+        self.shaped = False
 
     # -- request handling ---------------------------------------------------------
     def handle(self, text):
@@ -277,9 +307,13 @@ class Session:
                     self.cwd = e['lfn']
             else:
                 rest.append(a)
-        code, error, results = self.run(cmd, rest, helpme)
         if helpme:
             nomsg = False
+        # big listings shape their rows themselves (no keys / no message): see shaped
+        self.want_keys, self.want_msg, self.shaped = not nokeys, not nomsg, False
+        code, error, results = self.run(cmd, rest, helpme)
+        if self.shaped and not (nokeys and nomsg):
+            results, nokeys, nomsg = results, False, False
         out = []
         for r in results:
             if nokeys:
@@ -397,21 +431,25 @@ class Session:
 
     # -- entry formatting ---------------------------------------------------------------
     def ls_row(self, e, long, classify, guid):
+        """One ls result; only the parts the client asked for (want_keys / want_msg)."""
         name = e['name'] if e['lfn'] != '/' else '/'
         if classify and e['type'] == 'd':
             name += '/'
-        r = {'name': name, 'path': e['lfn']}
-        msg = name
-        if long:
+        r = {'name': name, 'path': e['lfn']} if self.want_keys else {}
+        if long and self.want_keys:
             r.update(permissions=perm_string(e), user=e['owner'], group=e['gowner'],
                      size=str(e['size']), ctime=str(e['ctime'] // 1000))
-            msg = '%s   %8s %8s %12d %s    %s' % (perm_string(e), e['owner'], e['gowner'],
-                                                 e['size'], fmt_time(e['ctime']), name)
-        if guid and e['type'] == 'f':
+        if guid and e['type'] == 'f' and self.want_keys:
             r['guid'] = e['guid']
-            if not long:
+        if self.want_msg:
+            if long:
+                msg = '%s   %8s %8s %12d %s    %s' % (perm_string(e), e['owner'], e['gowner'],
+                                                     e['size'], fmt_time(e['ctime']), name)
+            else:
+                msg = name
+            if guid and e['type'] == 'f' and not long:
                 msg = '%s   %s' % (e['guid'], msg)
-        r['message'] = msg
+            r['message'] = msg
         return r
 
 
@@ -463,10 +501,29 @@ def _glob_entries(s, arg):
     return [dict(r) for r in s.cat.children(parent) if fnmatch.fnmatchcase(r['name'], base)]
 
 
+def _ls_messages(s, d, long, classify, hidden):
+    """Message-only rows of a directory listing (what clients ask for with -nokeys),
+    straight from plain tuples: large listings are served several times faster."""
+    rows = s.cat.db.execute('SELECT name, type, perm, owner, gowner, size, ctime FROM entries'
+                            ' WHERE parent = ? ORDER BY name', (d['id'],))
+    out = []
+    for name, type_, perm, owner, gowner, size, ctime in rows:
+        if not hidden and name.startswith('.'):
+            continue
+        if classify and type_ == 'd':
+            name += '/'
+        if long:
+            name = '%s   %8s %8s %12d %s    %s' % (perm_string({'type': type_, 'perm': perm}), owner, gowner,
+                                                  size, fmt_time(ctime), name)
+        out.append({'message': name})
+    return out
+
+
 @command('ls')
 def c_ls(s, args):
     """ls [-l] [-a] [-F] [-b] [-c] [-H] [paths...]"""
     flags, _, pos = parse_opts(args, 'l a F b c H')
+    s.shaped = True
     long = 'l' in flags or 'H' in flags
     classify = 'F' in flags
     out, missing = [], []
@@ -481,16 +538,21 @@ def c_ls(s, args):
             if e is None:
                 missing.append(p)
                 continue
+            if e['type'] == 'd' and s.want_msg and not s.want_keys and not flags & {'b', 'c'}:
+                out.extend(_ls_messages(s, e, long, classify, 'a' in flags))
+                continue
             if e['type'] == 'd':
-                entries = s.cat.children(e)
+                entries = s.cat.children(e, as_dict=True)
             else:
                 entries = [e]
         for e in entries:
             if 'a' not in flags and e['name'].startswith('.'):
                 continue
             if 'c' in flags:
-                name = e['lfn']
-                out.append({'name': name, 'path': e['lfn'], 'message': name})
+                r = {'name': e['lfn'], 'path': e['lfn']} if s.want_keys else {}
+                if s.want_msg:
+                    r['message'] = e['lfn']
+                out.append(r)
             else:
                 out.append(s.ls_row(e, long, classify, 'b' in flags))
     if missing:
@@ -711,6 +773,8 @@ def c_find(s, args):
         pieces = [re.escape(x) for x in pattern.split('*')]
         rx = re.compile('.*'.join(pieces), re.S)
         match = lambda lfn, rel: rx.search(rel) is not None  # noqa: E731
+        if not pattern.strip('*'):
+            match = None                                      # '*': everything
     root = base['lfn']
     n0 = len(root)
     hidden = 'a' not in flags
@@ -725,7 +789,7 @@ def c_find(s, args):
             continue
         if jobid is not None and row[12] != jobid:
             continue
-        if not match(lfn, rel):
+        if match is not None and not match(lfn, rel):
             continue
         found.append(row)
     if offset:
@@ -733,21 +797,29 @@ def c_find(s, args):
     if limit is not None:
         found = found[:limit]
     out = []
-    full_fields = 'f' in flags
+    s.shaped = True
+    full_fields = 'f' in flags and s.want_keys
+    keys, msgs = s.want_keys, s.want_msg
     for row in found:
         lfn = row[3]
         if full_fields:
             r = {'lfn': lfn, 'size': str(row[8]), 'md5': row[9], 'ctime': str(row[10]),
                  'type': row[4], 'owner': row[5], 'gowner': row[6], 'perm': row[7],
-                 'guid': row[11], 'name': row[2], 'jobid': row[12], 'message': lfn}
+                 'guid': row[11], 'name': row[2], 'jobid': row[12]}
+        elif keys:
+            r = {'lfn': lfn}
         else:
-            r = {'lfn': lfn, 'message': lfn}
-        if 'w' in flags:
-            e = dict(row)
-            r['message'] = '%s   %8s %8s %12d %s     %s' % (
-                perm_string(e), e['owner'], e['gowner'], e['size'], fmt_time(e['ctime']), lfn)
+            r = {}
+        if msgs:
+            if 'w' in flags:
+                e = dict(zip(cat_mod.COLUMNS, row))
+                r['message'] = '%s   %8s %8s %12d %s     %s' % (
+                    perm_string(e), e['owner'], e['gowner'], e['size'], fmt_time(e['ctime']),
+                    lfn)
+            else:
+                r['message'] = lfn
         out.append(r)
-    if 'c' in flags:
+    if 'c' in flags and s.want_msg:
         out.append({'message': 'Found %d maching entries' % len(out)})
     return out
 
@@ -831,25 +903,38 @@ def c_access(s, args):
                  'size': str(e['size']), 'message': r['pfn']} for r in reps]
     if not kind.startswith('write'):
         raise CmdError(EINVAL, 'Unknown access type %s' % kind)
-    if s.cat.get(lfn) is not None:
-        raise CmdError(EBADFD, 'No write PFNs')
-    _check_creatable(s, lfn)
     try:
         size = int(vals.get('s', 0))
     except ValueError:
         raise CmdError(EINVAL, 'Invalid size %s' % vals['s']) from None
     md5 = vals.get('m', '')
+    existing = s.cat.get(lfn)
+    if existing is not None:
+        # write-once never adds to an existing LFN; plain "write" books more replicas
+        # of the very same file (same size and md5), on SEs that do not hold one yet
+        if kind == 'write-once' or existing['type'] != 'f':
+            raise CmdError(EBADFD, 'No write PFNs')
+        if (size and size != existing['size']) or (md5 and md5 != existing['md5']):
+            raise CmdError(EINVAL, 'You seem to want to write a different file from the '
+                                   'existing one in the catalogue')
+        s.dir_for_write(lfn)
+    else:
+        _check_creatable(s, lfn)
     wanted, excluded, count = _parse_specs(s, pos[2:])
     if count is None:
         count = len(wanted) if wanted else 2
     count = max(count, len(wanted))
+    if existing is not None:
+        excluded |= {r['se'].lower() for r in s.cat.replicas(existing['guid'])}
     avail = [se for se in wanted if se['name'].lower() not in excluded]
     avail += [se for se in s.g.ses if se not in avail and se['name'].lower() not in excluded]
     chosen = avail[:count]
     if not chosen:
         raise CmdError(EBADFD, 'No write PFNs')
-    guid = str(uuid.uuid1())
-    h = int(uuid.UUID(guid).hex[-8:], 16)
+    guid = existing['guid'] if existing is not None else str(uuid.uuid1())
+    if existing is not None:
+        size, md5 = size or existing['size'], md5 or existing['md5']
+    h = int(hashlib.md5(guid.encode()).hexdigest()[:8], 16)
     rel = '%02d/%05d/%s' % (h % 16, (h >> 4) % 100000, guid)
     out = []
     now = cat_mod.now_ms()
@@ -898,7 +983,7 @@ def _prepare_se_dir(se, rel):
 @command('commit')
 def c_commit(s, args):
     """commit ENVELOPE SIZE LFN PERM EXPIRE URL SE GUID MD5: register an uploaded replica"""
-    _, _, pos = parse_opts(args)
+    pos = list(args)   # positional only: the envelope itself starts with dashes
     nothing = CmdError(EBADR, 'Nothing was registered')
     if len(pos) < 3:
         raise nothing
@@ -975,6 +1060,52 @@ def c_version(s, args):
              'message': 'JAliEn %s (testgrid)' % SERVER_VERSION}]
 
 
+@command('md5sum')
+def c_md5sum(s, args):
+    """md5sum lfn...: catalogue md5 of files"""
+    _, _, pos = parse_opts(args)
+    out = []
+    for p in pos:
+        e = s.require(p)
+        if e['type'] != 'f':
+            raise CmdError(EISDIR, p)
+        out.append({'lfn': e['lfn'], 'md5': e['md5'], 'message': '%s\t%s' % (e['md5'], e['lfn'])})
+    return out
+
+
+@command('lfn2guid')
+def c_lfn2guid(s, args):
+    """lfn2guid lfn: the GUID of a file"""
+    _, _, pos = parse_opts(args)
+    if not pos:
+        raise CmdError(EINVAL, 'No file name given')
+    e = s.require(pos[0])
+    if e['type'] != 'f':
+        raise CmdError(EISDIR, pos[0])
+    return [{'lfn': e['lfn'], 'guid': e['guid'], 'message': '%s\t\t%s' % (e['lfn'], e['guid'])}]
+
+
+@command('guid2lfn')
+def c_guid2lfn(s, args):
+    """guid2lfn guid: the LFN of a GUID"""
+    _, _, pos = parse_opts(args)
+    if not pos:
+        raise CmdError(EINVAL, 'No GUID given')
+    row = s.cat.db.execute('SELECT lfn FROM entries WHERE guid = ? LIMIT 1',
+                           (pos[0].lower(),)).fetchone()
+    if row is None:
+        raise CmdError(ENOENT, pos[0])
+    return [{'guid': pos[0], 'lfn': row[0], 'message': '%s\t\t%s' % (pos[0], row[0])}]
+
+
+@command('setSite')
+def c_setsite(s, args):
+    """setSite SITE: site affinity (accepted, no effect here)"""
+    _, _, pos = parse_opts(args)
+    s.site = pos[0] if pos else ''
+    return []
+
+
 @command('commandlist')
 def c_commandlist(s, args):
     """commandlist: the commands this server knows"""
@@ -1006,7 +1137,7 @@ def build_server(grid, port, host_cert, host_key, host='127.0.0.1'):
 
     def process_request(connection, request):
         path = request.path.split('?', 1)[0]
-        if path not in ('/websocket/json', '/websocket/plain'):
+        if path != '/websocket/json':   # the text endpoint /websocket/plain is not offered
             return connection.respond(404, 'Not found\n')
         cert, dn, user = identify(connection)
         if user is None:
@@ -1020,7 +1151,16 @@ def build_server(grid, port, host_cert, host_key, host='127.0.0.1'):
         peer = connection.remote_address[0] if connection.remote_address else ''
         sess = Session(grid, user, dn, cert, peer)
         grid.log('connect %s as %s from %s' % (dn, user, peer))
-        for msg in connection:
+        while True:
+            idle = grid.idle_timeout()
+            try:
+                msg = connection.recv(timeout=idle)
+            except TimeoutError:
+                grid.log('idle for %s s: closing' % idle)
+                connection.close(1013, 'Session timed out')
+                return
+            except ConnectionClosed:
+                return
             if isinstance(msg, bytes):
                 msg = msg.decode('utf-8', 'replace')
             t0 = time.time()
@@ -1035,13 +1175,15 @@ def build_server(grid, port, host_cert, host_key, host='127.0.0.1'):
                 connection.socket.close()
                 return
             except EmptyReply:
-                connection.send('')
-                continue
-            if reply is None:
-                connection.send('')
-                connection.close()
+                reply = ''
+            try:
+                if reply is None:
+                    connection.send('')
+                    connection.close()
+                    return
+                connection.send(reply)
+            except ConnectionClosed:
                 return
-            connection.send(reply)
             grid.log('%.3fs %.200s' % (time.time() - t0, msg))
 
     server = serve(handler, host, port, ssl=ctx, process_request=process_request,
@@ -1070,7 +1212,20 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     grid.log('listening on 127.0.0.1:%d' % a.port)
-    server.serve_forever()
+    # readiness proof for grid.py: written only once the port is bound by us
+    rundir = os.path.join(workdir, 'run')
+    os.makedirs(rundir, exist_ok=True)
+    pidfile = os.path.join(rundir, 'jcentral-%d.pid' % a.port)
+    with open(pidfile + '.tmp', 'w') as f:
+        f.write('%d\n' % os.getpid())
+    os.replace(pidfile + '.tmp', pidfile)
+    try:
+        server.serve_forever()
+    finally:
+        try:
+            os.unlink(pidfile)
+        except OSError:
+            pass
     return 0
 
 

@@ -9,8 +9,9 @@ Layout under ``<workdir>/pki``::
     host/hostcert.pem      service certificate, SAN DNS:localhost, IP:127.0.0.1
     user/usercert.pem      user ``jalien``: /C=CH/O=JAliEn/CN=jalien (key 0400)
     token/tokencert.pem    a token certificate issued at start (1 day)
-    keypool/key<i>.pem     pre-generated RSA keys reused for token certificates,
+    keypool/token<i>.pem   pre-generated RSA keys reused for token certificates,
                            so ``token`` answers in a few milliseconds
+    keypool/extra*.pem     one spare key for the on-demand test certificates
     extra/                 certificates made on demand by make_user_cert()
 
 User keys are traditional RSA PEM (``-----BEGIN RSA PRIVATE KEY-----``): the
@@ -104,11 +105,34 @@ def _serial():
 
 def genkey(path):
     """Write a new 2048-bit RSA key (traditional PEM) to path with mode 0600."""
-    tmp = path + '.tmp'
-    _openssl('genrsa', '-traditional', '-out', tmp, '2048')
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
-    return path
+    return genkeys([path])[0]
+
+
+def genkeys(paths):
+    """Generate several RSA keys at once (in parallel: key generation dominates a cold start)."""
+    procs = []
+    for path in paths:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = path + '.tmp'
+        try:
+            procs.append((path, tmp, subprocess.Popen(
+                ['openssl', 'genrsa', '-traditional', '-out', tmp, '2048'],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)))
+        except FileNotFoundError:
+            raise PKIError('openssl command not found: install the openssl package') from None
+    errors = []
+    for path, tmp, p in procs:
+        _, err = p.communicate()
+        if p.returncode != 0:
+            errors.append(err.decode(errors='replace').strip())
+            continue
+        os.chmod(tmp, 0o600)
+        if os.path.exists(path):
+            os.chmod(path, 0o600)
+        os.replace(tmp, path)
+    if errors:
+        raise PKIError('openssl genrsa failed: %s' % errors[0][-800:])
+    return list(paths)
 
 
 class PKI:
@@ -144,28 +168,36 @@ class PKI:
         if not os.path.exists(self.cnf):
             with open(self.cnf, 'w') as f:
                 f.write(OPENSSL_CNF)
-        pool = self.keypool()
-        if not (os.path.exists(self.ca_cert) and os.path.exists(self.ca_key)):
+        # all missing keys first, generated in parallel
+        new_ca = not (os.path.exists(self.ca_cert) and os.path.exists(self.ca_key))
+        new_other = not (os.path.exists(self.other_ca_cert) and os.path.exists(self.other_ca_key))
+        want = [p for p in self.pool_paths() if not os.path.exists(p)]
+        want += [k for k in (self.user_key, self.host_key) if not os.path.exists(k)]
+        if new_ca:
+            want.append(self.ca_key)
+        if new_other:
+            want.append(self.other_ca_key)
+        genkeys(want)
+        if new_ca:
             self._make_ca(self.ca_cert, self.ca_key, CA_SUBJECT)
             # everything signed by an old CA is now worthless
             for p in (self.host_cert, self.user_cert, self.token_cert):
                 if os.path.exists(p):
                     os.chmod(p, 0o600)
                     os.unlink(p)
-        if not (os.path.exists(self.other_ca_cert) and os.path.exists(self.other_ca_key)):
+        if new_other:
             self._make_ca(self.other_ca_cert, self.other_ca_key, OTHER_CA_SUBJECT)
         self._refresh_certdir()
         if not self._valid_for(self.host_cert, 3600):
             self.make_host_cert(self.host_cert, self.host_key, ['DNS:localhost', 'IP:127.0.0.1'])
         if not self._valid_for(self.user_cert, 3600):
-            self._issue(self.user_cert, self.user_key, USER_SUBJECT, days=365, newkey=True)
+            self._issue(self.user_cert, self.user_key, USER_SUBJECT, days=365)
         if not self._valid_for(self.token_cert, 3 * 3600):
             self._issue(self.token_cert, self.token_key, TOKEN_SUBJECT.format(user='jalien'),
-                        days=1, key_src=pool[0])
+                        days=1, key_src=self.keypool()[0])
         return self
 
     def _make_ca(self, cert, key, subject):
-        genkey(key)
         _openssl('req', '-x509', '-new', '-key', key, '-subj', subject, '-days', '3650',
                  '-sha256', '-config', self.cnf, '-extensions', 'v3_ca', '-set_serial', _serial(),
                  '-out', cert)
@@ -195,15 +227,23 @@ class PKI:
                 h = _openssl('x509', '-hash', '-noout', '-in', target).strip()
                 os.symlink('ca.pem', os.path.join(self.certdir, h + '.0'))
 
+    def pool_paths(self):
+        return [os.path.join(self.keypool_dir, 'token%d.pem' % i) for i in range(KEYPOOL_SIZE)] \
+            + [os.path.join(self.keypool_dir, 'extra.pem'),
+               os.path.join(self.keypool_dir, 'extrahost.pem')]
+
     def keypool(self):
-        """Paths of the pre-generated RSA keys (created on first use)."""
-        keys = []
-        for i in range(KEYPOOL_SIZE):
-            p = os.path.join(self.keypool_dir, 'key%d.pem' % i)
-            if not os.path.exists(p):
-                genkey(p)
-            keys.append(p)
-        return keys
+        """Pre-generated RSA keys for token certificates (created on first use)."""
+        paths = self.pool_paths()
+        genkeys([p for p in paths if not os.path.exists(p)])
+        return paths[:KEYPOOL_SIZE]
+
+    def extra_key(self, host=False):
+        """The key shared by on-demand test certificates (user or host ones)."""
+        p = self.pool_paths()[KEYPOOL_SIZE + (1 if host else 0)]
+        if not os.path.exists(p):
+            genkey(p)
+        return p
 
     @staticmethod
     def _valid_for(cert, seconds):
@@ -222,32 +262,26 @@ class PKI:
             text = f.read()
         _write_private(key_path, text, 0o400)
 
-    def _issue(self, cert, key, subject, days, newkey=False, key_src=None, ca='main',
-               extensions='v3_user', san=None):
-        """Sign a certificate for `subject` with `days` validity into cert/key."""
+    def _issue(self, cert, key, subject, days, key_src=None, ca='main', extensions='v3_user',
+               san=None):
+        """Sign a certificate for `subject` valid `days` into cert. The key is `key` itself
+        when key_src is None, else a copy of key_src is installed as `key` (mode 0400)."""
         ca_cert, ca_key = self._ca_pair(ca)
         os.makedirs(os.path.dirname(cert), exist_ok=True)
-        if newkey:
-            tmpkey = genkey(key + '.new')
-        else:
-            tmpkey = key_src or random.choice(self.keypool())
         env = {'TESTGRID_SAN': ','.join(san)} if san else None
         tmpcert = cert + '.new'
-        _openssl('req', '-x509', '-new', '-key', tmpkey, '-subj', subject, '-CA', ca_cert,
-                 '-CAkey', ca_key, '-days', str(days), '-sha256', '-config', self.cnf,
-                 '-extensions', extensions, '-set_serial', _serial(), '-out', tmpcert,
-                 env_extra=env)
+        _openssl('req', '-x509', '-new', '-key', key_src or key, '-subj', subject,
+                 '-CA', ca_cert, '-CAkey', ca_key, '-days', str(days), '-sha256',
+                 '-config', self.cnf, '-extensions', extensions, '-set_serial', _serial(),
+                 '-out', tmpcert, env_extra=env)
         if os.path.exists(cert):
             os.chmod(cert, 0o600)
         os.replace(tmpcert, cert)
         os.chmod(cert, 0o644)
-        if newkey:
-            if os.path.exists(key):
-                os.chmod(key, 0o600)
-            os.chmod(tmpkey, 0o400)
-            os.replace(tmpkey, key)
+        if key_src is None:
+            os.chmod(key, 0o400)
         else:
-            self._install_key(tmpkey, key)
+            self._install_key(key_src, key)
         return cert, key
 
     def _ca_pair(self, ca):
@@ -259,11 +293,15 @@ class PKI:
 
     # -- on demand -------------------------------------------------------------
     def make_host_cert(self, cert, key, san):
-        """Host certificate (CN=localhost) with the given subjectAltName list."""
+        """Host certificate (CN = first DNS name) with the given subjectAltName list.
+
+        The grid's own host key is used in place; other host certificates share one
+        spare key."""
         names = [s.split(':', 1)[1] for s in san if s.startswith('DNS:')]
         cn = names[0] if names else 'localhost'
+        src = None if key == self.host_key else self.extra_key(host=True)
         return self._issue(cert, key, '/C=CH/O=JAliEn/CN=%s' % cn, days=365,
-                           key_src=self.keypool()[1], extensions='v3_host', san=san)
+                           key_src=src, extensions='v3_host', san=san)
 
     def make_user_cert(self, name, expired=False, ca='main', cn='jalien'):
         """A user certificate (subject /C=CH/O=JAliEn/CN=<cn>) into extra/<name>*.pem.
@@ -275,15 +313,14 @@ class PKI:
         key = os.path.join(self.extra_dir, name + 'key.pem')
         subject = '/C=CH/O=JAliEn/CN=%s' % cn
         if not expired:
-            return self._issue(cert, key, subject, days=30, ca=ca,
-                               key_src=self.keypool()[2])
+            return self._issue(cert, key, subject, days=30, ca=ca, key_src=self.extra_key())
         ca_cert, ca_key = self._ca_pair(ca)
         with tempfile.TemporaryDirectory(dir=self.extra_dir) as db:
             open(os.path.join(db, 'index.txt'), 'w').close()
             with open(os.path.join(db, 'serial'), 'w') as f:
                 f.write('%016X\n' % random.getrandbits(63))
             csr = os.path.join(db, 'req.csr')
-            self._install_key(self.keypool()[2], key)
+            self._install_key(self.extra_key(), key)
             _openssl('req', '-new', '-key', key, '-subj', subject, '-config', self.cnf,
                      '-out', csr)
             _openssl('ca', '-batch', '-config', self.cnf, '-notext', '-cert', ca_cert,
@@ -299,7 +336,7 @@ class PKI:
             with tempfile.TemporaryDirectory(dir=self.extra_dir) as d:
                 cert, key = os.path.join(d, 'c.pem'), os.path.join(d, 'k.pem')
                 subject = TOKEN_SUBJECT.format(user=user)
-                self._issue(cert, key, subject, days=days)
+                self._issue(cert, key, subject, days=days, key_src=random.choice(self.keypool()))
                 with open(cert) as f:
                     cert_pem = f.read()
                 with open(key) as f:
