@@ -2142,8 +2142,7 @@ class CopyPipeline(object):
                 _copy_batch(small, self.opts, self.progress)
             for job in batch:
                 if _streamable(job):
-                    _stream_download(job, self.opts, self.progress, int(self.opts.get('chunksize') or 8 << 20),
-                                     int(self.opts.get('chunks') or 4))
+                    _stream_download(job, self.opts, self.progress)
             with self.cv:
                 self.finished.extend(batch)
                 self.cv.notify_all()
