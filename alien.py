@@ -1953,107 +1953,6 @@ def _progress_enabled(opts):
     return not opts.get('quiet') and sys.stderr.isatty()
 
 
-STREAM_MIN_SIZE = int(os.environ.get('ALIENPY_STREAM_MIN_SIZE') or (64 << 20))
-
-
-def _streamable(job):
-    """Big plain downloads are read by _stream_download (md5 while reading)."""
-    return (job.target.startswith('/') and job.md5 and job.size >= STREAM_MIN_SIZE and job.sources == 1
-            and job.source.startswith(('root://', 'roots://')) and 'xrdcl.unzip=' not in job.source)
-
-
-def _stream_download(job, opts, progress, chunk=8 << 20, readers=4):
-    """Download one big file with several reads in flight, hashing and writing
-    in order as the data arrives: the md5 check costs no second pass over the
-    file (CopyProcess verifies by reading the whole file again afterwards).
-    Sets job.ok/.error; a mismatching file is removed."""
-    import threading
-    client = xrootd_client()
-    from XRootD.client.flags import OpenFlags
-    timeout = int(opts.get('timeout') or 0)
-    f = client.File()
-    key = ('stream', id(job))
-    progress.begin(key, job.size, job.source, job.target)
-    moved = 0
-    try:
-        st, _ = f.open(job.source, OpenFlags.READ, timeout=timeout)
-        if not st.ok:
-            raise AlienError(' '.join(st.message.split()) + ' (source)')
-        offsets = list(range(0, job.size, chunk)) or [0]
-        cv = threading.Condition()
-        state = {'next': 0, 'written': 0, 'err': None}
-        got = {}
-
-        def reader():
-            while True:
-                with cv:
-                    while (state['next'] - state['written'] > 2 * readers and state['err'] is None
-                           and not progress.cancel):
-                        cv.wait(0.5)
-                    if state['err'] is not None or progress.cancel or state['next'] >= len(offsets):
-                        return
-                    i = state['next']
-                    state['next'] += 1
-                try:
-                    rst, data = f.read(offsets[i], chunk, timeout=timeout)
-                except Exception as e:   # binding failure
-                    rst, data = None, str(e)
-                with cv:
-                    if rst is None or not rst.ok:
-                        state['err'] = data if rst is None else ' '.join(rst.message.split()) + ' (source)'
-                    else:
-                        got[i] = data
-                    cv.notify_all()
-        threads = [threading.Thread(target=reader, name='xrootd-read') for _ in range(readers)]
-        for t in threads:
-            t.daemon = True
-            t.start()
-        h = hashlib.md5()
-        try:
-            with open(job.target, 'wb') as out:
-                for i in range(len(offsets)):
-                    with cv:
-                        while i not in got and state['err'] is None and not progress.cancel:
-                            cv.wait(0.5)
-                        if state['err'] is not None:
-                            raise AlienError(state['err'])
-                        if progress.cancel:
-                            raise AlienError('cancelled')
-                        data = got.pop(i)
-                    out.write(data)
-                    h.update(data)
-                    moved += len(data)
-                    progress.current[key] = moved
-                    with cv:
-                        state['written'] = i + 1
-                        cv.notify_all()
-                    progress.show()
-        finally:
-            with cv:
-                if state['err'] is None and moved < job.size:
-                    state['err'] = 'stopped'
-                cv.notify_all()
-            for t in threads:
-                t.join()
-        if moved != job.size:
-            raise AlienError('short read: %d of %d bytes (source)' % (moved, job.size))
-        if h.hexdigest() != job.md5:
-            raise AlienError('[ERROR] CheckSum error: md5 %s, catalogue %s' % (h.hexdigest(), job.md5))
-        job.ok, job.error = True, ''
-    except Exception as e:
-        job.ok, job.error = False, str(e)
-        _unlink_quiet(job.target)
-    finally:
-        try:
-            f.close()
-        except Exception:
-            pass
-        progress.current.pop(key, None)
-        progress.done_files += 1
-        progress.done_bytes += moved if job.ok else 0
-        progress.show()
-
-
 def _copy_batch(jobs, opts, handler):
     """Run jobs in one CopyProcess in the calling thread (opts['parallel'] at
     once); sets job.ok/.error, never raises."""
@@ -2137,12 +2036,7 @@ class CopyPipeline(object):
                 while len(self.ready) < batch_min and not (self.closed or self.waiting) and time.time() < end:
                     self.cv.wait(max(0.001, end - time.time()))
                 batch, self.ready = self.ready, []
-            small = [j for j in batch if not _streamable(j)]
-            if small:
-                _copy_batch(small, self.opts, self.progress)
-            for job in batch:
-                if _streamable(job):
-                    _stream_download(job, self.opts, self.progress)
+            _copy_batch(batch, self.opts, self.progress)
             with self.cv:
                 self.finished.extend(batch)
                 self.cv.notify_all()
