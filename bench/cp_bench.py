@@ -86,7 +86,7 @@ def main():
     try:
         print('machine: %d cores, load %s; xrootd python %s; xrdcp %s' % (
             os.cpu_count(), ' '.join('%.1f' % x for x in os.getloadavg()),
-            __import__('XRootD').__version__ if hasattr(__import__('XRootD'), '__version__') else '?',
+            getattr(alien.xrootd_client(), '__version__', '?'),
             subprocess.run(['xrdcp', '--version'], capture_output=True, text=True).stderr.strip() or
             subprocess.run(['xrdcp', '--version'], capture_output=True, text=True).stdout.strip()))
         print('reference client: %s' % (' '.join(ref) if ref else 'not run'))
