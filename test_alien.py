@@ -2205,3 +2205,24 @@ def test_edit_keeps_a_backup_and_restores_it_on_failure(cpenv, grid_state, tmp_p
     kept = p.stderr.split('edited copy kept at ')[1].split(';')[0]
     assert open(kept).read().endswith('added by editor\nadded by editor\n')
     shutil.rmtree(os.path.dirname(kept), ignore_errors=True)
+
+
+def test_requests_use_request_many_when_the_session_has_it():
+    class Plain(object):
+        def __init__(self):
+            self.calls = []
+
+        def request(self, command, options=(), nomsg=False, nokeys=False):
+            self.calls.append((command, list(options), nomsg))
+            return alien.Result(0, out=command)
+
+    class Many(Plain):
+        def request_many(self, requests, nomsg=False):
+            self.calls.append(('many', len(requests), nomsg))
+            return [alien.Result(0, out=c) for c, _ in requests]
+    reqs = [('access', ['read', '/a']), ('commit', ['x'])]
+    s = Plain()
+    assert [r.out for r in alien._requests(s, reqs)] == ['access', 'commit']
+    assert s.calls == [('access', ['read', '/a'], True), ('commit', ['x'], True)]
+    s = Many()
+    assert [r.out for r in alien._requests(s, reqs)] == ['access', 'commit'] and s.calls == [('many', 2, True)]
