@@ -1900,7 +1900,7 @@ def _grid_find(session, base, opts, glob_pattern=''):
     r = session.request('find', args, nomsg=True)
     if r.exitcode != 0:
         raise AlienError('cp: find %s failed: %s' % (base, r.err or 'exit code %d' % r.exitcode),
-                         EX_ENOMSG if r.exitcode in (0, 2) else r.exitcode)
+                         EX_ENOENT if r.exitcode == 2 else (r.exitcode if r.exitcode > 0 else EX_GENERIC))
     keep = cp_filter(opts, glob_pattern)
     out = []
     for item in r.results:

@@ -1980,6 +1980,10 @@ def test_cp_round_trips(cpenv, grid_state, tmp_path):
     p = cpcli(cpenv, 'stat', g + 'one')
     assert hashlib.md5(b'x').hexdigest() in p.stdout
     assert not [n for n in os.listdir(str(out)) if 'alienpy-part' in n]
+    # %ALIEN is the home directory; -y 2 reads from both replicas at once (metalink)
+    rel = g[len(grid_state['home']):]
+    p = cpx(cpenv, '-y', '2', '%ALIEN/' + rel + 'ünï cødé ☃.dat', 'file:%s/y.dat' % out)
+    assert p.returncode == 0 and (out / 'y.dat').read_bytes() == files['ünï cødé ☃.dat'], p
     # cat prints the content; a relative LFN is expanded against the cwd
     p = cpcli(cpenv, 'cd %s; cat "with space.txt"' % g)
     assert (p.returncode, p.stdout) == (0, 'spaces\n'), p
