@@ -10,7 +10,6 @@ Prints wall times (median of N alternated cold runs) and ratios.
 Environment: ALIENPY_REFERENCE = path of the reference client (default: `alien.py` on PATH).
 """
 import argparse
-import json
 import os
 import shutil
 import statistics
