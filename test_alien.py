@@ -1987,6 +1987,11 @@ def test_cp_round_trips(cpenv, grid_state, tmp_path):
     # cat prints the content; a relative LFN is expanded against the cwd
     p = cpcli(cpenv, 'cd %s; cat "with space.txt"' % g)
     assert (p.returncode, p.stdout) == (0, 'spaces\n'), p
+    p = cpcli(cpenv, 'less', g + 'with space.txt')      # not a terminal: printed like cat
+    assert (p.returncode, p.stdout) == (0, 'spaces\n'), p
+    p = cpcli(cpenv, 'cat', g + 'missing.txt')
+    assert p.returncode == 2 and one_line_error(p), p
+    assert not [n for n in os.listdir(cpenv['TMPDIR']) if n.startswith('alienpy-')]   # temp files removed
 
 
 def test_cp_100mib_and_sigkill_leaves_no_partial_file(cpenv, grid_state, tmp_path):
