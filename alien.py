@@ -10,8 +10,19 @@ alternative transport (ALIENPY_TRANSPORT=websocket-client).
 Embedding (batch wrappers)::
 
     import alien
-    s = alien.Session()
-    r = s.run('ls -l /alice/')      # -> Result(exitcode, out, err, results)
+    s = alien.Session()             # or Session(environ={...}); connects lazily
+    r = s.run('ls -l /alice/')      # -> Result
+    r.exitcode                      # int, 0 = success (the process exit code)
+    r.out, r.err                    # printed text: stdout on success, stderr otherwise
+    r.results                       # list of dicts, one per reply row (all values str)
+    s.run('cd /alice/; ls')         # chains; the cwd lives in the session (s.cwd)
+    s.request('stat', ['-nomsg', '/alice/x'])   # one server command, raw rows
+    s.close()
+
+Session.run applies ~/.alienpy_aliases like the shell (set s.aliases = {} to
+turn that off); output of '!cmd' and 'cmd | shellcmd' goes to the real stdout.
+No arguments start the interactive shell (readline history in ~/.alienpy_history,
+tab completion, last directory restored from ~/.alienpy_session).
 """
 
 import base64
@@ -1021,6 +1032,7 @@ class Session(object):
         self.last_exitcode = 0
         self._commandlist = None
         self.compact_rows = False  # the front end sets it: its results are only printed
+        self.command_json = self.json_mode  # JSON output asked for the command being run
 
     # -- connection --
     def connect(self, want_user=False):
@@ -1221,7 +1233,10 @@ class Session(object):
         with the out/err of the whole chain."""
         outs, errs = [], []
         result = Result()
-        for element in split_chain(line):
+        # aliases (~/.alienpy_aliases, shell section): whole first words of the elements
+        if getattr(self, 'aliases', None) is None:
+            self.aliases = load_aliases(self.environ)
+        for element in expand_aliases(split_chain(line), self.aliases):
             result = self.run_one(element)
             self.last_exitcode = result.exitcode
             if on_result is not None:
@@ -1254,6 +1269,7 @@ class Session(object):
         verb, args = tokens[0], tokens[1:]
         as_json = self.json_mode or '-json' in args
         args = [a for a in args if a != '-json']
+        self.command_json = as_json  # client-side handlers ask for full replies then
         cmd = COMMANDS.get(verb)
         try:
             if cmd is not None and args[:1] in (['-h'], ['--help'], ['-help']) and cmd.usage:
@@ -2502,13 +2518,14 @@ def cmd_cd(session, args):
         if not session.prevdir:
             return Result(EX_GENERIC, '', 'cd -: no previous directory')
         args = [session.prevdir]
-    return session.request('cd', args, nokeys=True)
+    result = session.request('cd', args, nokeys=True)
+    save_cwd(session)  # shell section: restored by the next interactive shell
+    return result
 
 
 def _ls_with(*flags):
     def handler(session, args):
-        as_json = session.json_mode
-        return session.request('ls', ['-F'] + list(flags) + args, nokeys=not as_json)
+        return session.request('ls', ['-F'] + list(flags) + args, nokeys=not session.command_json)
     return handler
 
 
@@ -2819,40 +2836,592 @@ def cmd_token_destroy(session, args):
 
 # -- shell commands --
 
+def user_file(environ, name):
+    """~/name for the user of this session (HOME of its environment)."""
+    home = environ.get('HOME') or os.path.expanduser('~')
+    return os.path.join(home, name)
+
+
+def read_settings(path):
+    """[(key, value)] of a 'key = value' file (also key=value); '#' starts a
+    comment line; one pair of surrounding quotes is removed from the value."""
+    pairs = []
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return pairs
+    for line in lines:
+        line = line.strip()
+        if not line or line.startswith('#') or '=' not in line:
+            continue
+        key, _, value = line.partition('=')
+        key, value = key.strip(), value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in '"\'':
+            value = value[1:-1]
+        if key and not any(c.isspace() for c in key):
+            pairs.append((key, value))
+    return pairs
+
+
+def load_aliases(environ):
+    """Aliases of ~/.alienpy_aliases ('name = cmd1; cmd2'), in file order."""
+    return dict(read_settings(user_file(environ, '.alienpy_aliases')))
+
+
+def expand_aliases(elements, aliases):
+    """Replace an alias name that is the whole first word of a chain element by
+    its value (which may itself be a chain). One pass, so aliases cannot loop.
+    Deliberate deviation from the reference client, which replaced every
+    substring of the line: 'ls' inside a path or an argument is never touched."""
+    if not aliases:
+        return list(elements)
+    out = []
+    for element in elements:
+        m = re.match(r'(\S+)(.*)$', element, re.S)
+        if m and m.group(1) in aliases:
+            out.extend(split_chain(aliases[m.group(1)] + m.group(2)))
+        else:
+            out.append(element)
+    return out
+
+
+def save_cwd(session):
+    """Write CWD/CWDPREV to ~/.alienpy_session (owner-only); never fails a cd.
+    Overwritten in place and then cut to length: on ext4 a rename over the file
+    or a truncation to zero forces a flush to disk (~4 ms per cd), and losing
+    the last directory in a power cut is harmless. Readers (a shell starting)
+    ignore lines they cannot use."""
+    if not session.cwd:
+        return
+    text = 'CWD = %s\nCWDPREV = %s\n' % (session.cwd, session.prevdir or session.cwd)
+    if getattr(session, 'saved_cwd_text', None) == text:
+        return
+    path = user_file(session.environ, '.alienpy_session')
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | getattr(os, 'O_NOFOLLOW', 0), 0o600)
+        try:
+            if os.fstat(fd).st_mode & 0o077:
+                os.fchmod(fd, 0o600)
+            data = text.encode('utf-8', 'surrogateescape')
+            os.write(fd, data)
+            os.ftruncate(fd, len(data))
+        finally:
+            os.close(fd)
+        session.saved_cwd_text = text
+    except OSError as e:
+        log('cannot write the session file: %s' % e)
+
+
+def restore_cwd(session):
+    """Go back to the directory of the last session (interactive shell only)."""
+    if env_flag('ALIENPY_NO_CWD_RESTORE', session.environ):
+        return
+    saved = dict(read_settings(user_file(session.environ, '.alienpy_session')))
+    cwd, prev = saved.get('CWD', ''), saved.get('CWDPREV', '')
+    if cwd and cwd.startswith('/') and cwd != session.cwd:
+        r = session.request('cd', [cwd], nokeys=True)
+        if r.exitcode != 0:
+            print_error('cannot return to %s: %s' % (cwd, r.err or 'cd failed'))
+            return
+    if prev.startswith('/'):
+        session.prevdir = prev
+
+
+def prompt_flags(session):
+    """{'date': bool, 'pwd': bool}, first from ALIENPY_PROMPT_DATE/_CWD."""
+    flags = getattr(session, 'prompt_flags', None)
+    if flags is None:
+        flags = session.prompt_flags = {'date': env_flag('ALIENPY_PROMPT_DATE', session.environ),
+                                        'pwd': env_flag('ALIENPY_PROMPT_CWD', session.environ)}
+    return flags
+
+
+PROMPT_USAGE = 'prompt date|pwd  toggle the date / the local directory in the shell prompt'
+
+
+@command('prompt', connect=False, usage=PROMPT_USAGE)
+def cmd_prompt(session, args):
+    flags = prompt_flags(session)
+    if not args:
+        state = ', '.join('%s %s' % (k, 'on' if v else 'off') for k, v in sorted(flags.items()))
+        return Result(0, 'usage: %s\n(now: %s)' % (PROMPT_USAGE, state))
+    for arg in args:
+        if arg not in flags:
+            return Result(EX_EINVAL, '', 'prompt: unknown item %r (use date or pwd)' % arg)
+    for arg in args:
+        flags[arg] = not flags[arg]
+    return Result(0)
+
+
+def dir_stack(session):
+    """The directory stack below the top; the top is always the current directory."""
+    stack = getattr(session, 'dirstack', None)
+    if stack is None:
+        stack = session.dirstack = []
+    return stack
+
+
+def _short_dir(session, path, full=False):
+    home = session.home
+    if not full and home and (path == home or path.startswith(home)):
+        path = '~/' + path[len(home):]
+    return path.rstrip('/') or '/'
+
+
+def _stack_text(session, opts=()):
+    entries = [session.cwd] + dir_stack(session)
+    shown = [_short_dir(session, p, '-l' in opts) for p in entries]
+    if '-v' in opts:
+        return '\n'.join('%2d  %s' % (i, p) for i, p in enumerate(shown))
+    return ('\n' if '-p' in opts else ' ').join(shown)
+
+
+def _stack_index(session, arg, name):
+    """Index in [cwd] + stack of '+N' (from the left) or '-N' (from the right)."""
+    size = 1 + len(dir_stack(session))
+    try:
+        n = int(arg[1:])
+    except ValueError:
+        raise AlienError('%s: %s: invalid number' % (name, arg), EX_EINVAL)
+    if n >= size or n < 0:
+        raise AlienError('%s: %s: directory stack index out of range' % (name, arg), EX_EINVAL)
+    return n if arg[0] == '+' else size - 1 - n
+
+
+def _is_index(arg):
+    return len(arg) > 1 and arg[0] in '+-' and arg[1:].isdigit()
+
+
+def _need_cwd(session):
+    if not session.cwd:
+        session.request('pwd')
+
+
+@command('dirs', usage='dirs [-c] [-l] [-p] [-v] [+N|-N]  show (or with -c clear) the directory stack')
+def cmd_dirs(session, args):
+    _need_cwd(session)
+    opts = [a for a in args if a in ('-c', '-l', '-p', '-v')]
+    other = [a for a in args if a not in opts]
+    for a in other:
+        if not _is_index(a):
+            return Result(EX_EINVAL, '', 'dirs: %s: invalid option (use -c, -l, -p, -v, +N or -N)' % a)
+    if '-c' in opts:
+        del dir_stack(session)[:]
+        return Result(0)
+    if other:
+        i = _stack_index(session, other[0], 'dirs')
+        return Result(0, _short_dir(session, ([session.cwd] + dir_stack(session))[i], '-l' in opts))
+    return Result(0, _stack_text(session, opts))
+
+
+def _cd_to(session, path):
+    r = cmd_cd(session, [path])
+    if r.exitcode != 0:
+        raise AlienError(r.err or 'cd %s failed' % path, r.exitcode)
+
+
+@command('pushd', usage='pushd [-n] [DIR | +N | -N]  push DIR (no argument: swap the top two) and go there')
+def cmd_pushd(session, args):
+    _need_cwd(session)
+    no_cd = '-n' in args
+    args = [a for a in args if a != '-n']
+    stack = dir_stack(session)
+    if len(args) > 1:
+        return Result(EX_USAGE, '', 'pushd: too many arguments')
+    if not args:
+        if not stack:
+            return Result(EX_GENERIC, '', 'pushd: no other directory')
+        if no_cd:
+            return Result(0, _stack_text(session))
+        old = session.cwd
+        _cd_to(session, stack[0])
+        stack[0] = old
+    elif _is_index(args[0]):
+        entries = [session.cwd] + stack
+        i = _stack_index(session, args[0], 'pushd')
+        rotated = entries[i:] + entries[:i]
+        if i:  # the top is always the current directory: rotating means a cd
+            _cd_to(session, rotated[0])
+        stack[:] = rotated[1:]
+    else:
+        target = session.grid_path(args[0])
+        if no_cd:
+            stack.insert(0, target if target.endswith('/') else target + '/')
+        else:
+            old = session.cwd
+            _cd_to(session, target)
+            stack.insert(0, old)
+    return Result(0, _stack_text(session))
+
+
+@command('popd', usage='popd [-n] [+N | -N]  drop the top of the directory stack and go to the new top')
+def cmd_popd(session, args):
+    _need_cwd(session)
+    no_cd = '-n' in args
+    args = [a for a in args if a != '-n']
+    stack = dir_stack(session)
+    if len(args) > 1 or (args and not _is_index(args[0])):
+        return Result(EX_USAGE, '', 'popd: usage: popd [-n] [+N | -N]')
+    if not stack:
+        return Result(EX_GENERIC, '', 'popd: directory stack empty')
+    i = _stack_index(session, args[0], 'popd') if args else 0
+    if i == 0:
+        if no_cd:
+            del stack[0]
+        else:
+            _cd_to(session, stack[0])
+            del stack[0]
+    else:
+        del stack[i - 1]
+    return Result(0, _stack_text(session))
+
+
+def _refuse_arguments(*names):
+    """Commands that take no arguments say so instead of ignoring a typo."""
+    for name in names:
+        cmd = COMMANDS.get(name)
+        if cmd is None:
+            continue
+
+        def handler(session, args, _inner=cmd.handler, _cmd=cmd):
+            if args:
+                return Result(EX_USAGE, '', '%s: unexpected argument %r (usage: %s)'
+                              % (_cmd.name, args[0], _cmd.usage.strip()))
+            return _inner(session, args)
+        cmd.handler = handler
+
+
+_refuse_arguments('home', 'version', 'exitcode', '$?', 'token-destroy')
 
 # ==========================================================================
 # Interactive shell
 # ==========================================================================
+# Line editing, history and completion come from readline (imported here, not at
+# module import). The session object is shared with command mode; the shell adds
+# the prompt, the loop, Ctrl-C/Ctrl-D handling, history and completion.
+
+HISTORY_SIZE = 5000        # lines kept in ~/.alienpy_history
+COMPLETION_TTL = 10.0      # seconds a directory listing is reused for completion
+BANNER = 'Welcome to the ALICE GRID\n(alien.py %s; help lists the commands, exit or Ctrl-D leaves)\n' % VERSION
+_ESCAPE = set(' \t\'"\\;|&()<>$`')
+DIR_ONLY_VERBS = ('cd', 'pushd', 'rmdir')  # complete directories only
+
 
 def prompt_text(session):
-    return 'AliEn[%s]:%s >' % (session.user, session.cwd)
+    """'AliEn[user]:/cwd/ >' (+ date prefix, + ' local:<dir>' per `prompt`)."""
+    flags = prompt_flags(session)
+    text = 'AliEn[%s]:%s' % (session.user, session.cwd)
+    if flags['date']:
+        text = time.strftime('%Y-%m-%dT%H:%M:%S ') + text
+    if flags['pwd']:
+        try:
+            text += ' local:%s' % os.getcwd()
+        except OSError:
+            text += ' local:?'
+    return text + ' >'
+
+
+def shell_print(result):
+    """print_result, with errors in red when stderr is a terminal."""
+    if result.exitcode != 0 and result.err and not result.as_json and sys.stderr.isatty() \
+            and not os.environ.get('NO_COLOR'):
+        sys.stdout.flush()
+        sys.stderr.write('\033[91m%s\033[0m\n' % result.err.rstrip('\n'))
+        sys.stderr.flush()
+    else:
+        print_result(result)
+
+
+def _escape(word):
+    return ''.join('\\' + c if c in _ESCAPE else c for c in word)
+
+
+def current_word(text):
+    """(raw last word, its unescaped form, whether it is the verb, local context)
+    of a partial line, following the tokenizer's rules for quotes and backslashes."""
+    element_start, word_start, quote, escaped, local = 0, 0, None, False, False
+    for i, c in enumerate(text):
+        if escaped:
+            escaped = False
+        elif c == '\\' and quote != "'":
+            escaped = True
+        elif quote:
+            if c == quote:
+                quote = None
+        elif c in '"\'':
+            quote = c
+        elif c in ';\n':
+            element_start, word_start, local = i + 1, i + 1, False
+        elif c == '|':
+            element_start, word_start, local = i + 1, i + 1, True
+        elif c.isspace():
+            word_start = i + 1
+    raw = text[word_start:]
+    element = text[element_start:word_start]
+    if element.lstrip().startswith('!'):
+        local = True
+    try:
+        plain = shlex.split(raw + ('"' if raw.count('"') % 2 else '')) if raw else ['']
+        plain = plain[0] if plain else ''
+    except ValueError:
+        plain = raw
+    return raw, plain, not element.strip(), local
+
+
+class Shell(object):
+    """The interactive loop around a Session."""
+
+    def __init__(self, session):
+        self.session = session
+        self.tty = sys.stdin.isatty()
+        self.readline = None
+        self.history = None
+        self.listings = {}      # grid dir -> (time, [names])
+        self.matches = []
+        self.reconnect = False  # a request was interrupted: new connection, same cwd
+
+    # -- readline: history and completion --
+    def setup_readline(self):
+        if not self.tty:
+            return
+        try:
+            import readline
+        except ImportError:
+            print('>>> Proper readline implementation for platform was not found! '
+                  'History and tab completion will not work! <<<')
+            return
+        self.readline = readline
+        if env_flag('ALIENPY_NO_HISTORY', self.session.environ):
+            if hasattr(readline, 'set_auto_history'):
+                readline.set_auto_history(False)
+            readline.set_completer(lambda text, state: None)  # not even local file names
+            return
+        self.history = user_file(self.session.environ, '.alienpy_history')
+        readline.set_history_length(HISTORY_SIZE)
+        try:
+            if not os.path.exists(self.history):
+                os.close(os.open(self.history, os.O_WRONLY | os.O_CREAT, 0o600))
+            readline.read_history_file(self.history)
+        except OSError as e:
+            log('history file %s: %s' % (self.history, e))
+        readline.set_completer(self.complete)
+        readline.set_completer_delims(' \t\n;|')
+        readline.set_completion_display_matches_hook(self.display_matches)
+        if 'libedit' in (getattr(readline, '__doc__', '') or ''):
+            readline.parse_and_bind('bind ^I rl_complete')
+        else:
+            readline.parse_and_bind('tab: complete')
+
+    def save_history(self):
+        """Append the line just entered (so a crashing command keeps it), the file
+        bounded to HISTORY_SIZE lines."""
+        rl = self.readline
+        if rl is None or self.history is None or rl.get_current_history_length() < 1:
+            return
+        try:
+            if hasattr(rl, 'append_history_file'):
+                rl.append_history_file(1, self.history)
+            else:
+                rl.write_history_file(self.history)
+        except OSError as e:
+            log('history file %s: %s' % (self.history, e))
+
+    def complete(self, text, state):
+        if state == 0:
+            try:
+                line = self.readline.get_line_buffer()[:self.readline.get_endidx()]
+                self.matches = self.completions(line, text)
+            except KeyboardInterrupt:  # a listing was interrupted: drop its connection
+                self.drop_connection(sys.exc_info()[2])
+                self.matches = []
+            except Exception:
+                log_exception()
+                self.matches = []
+        return self.matches[state] if state < len(self.matches) else None
+
+    def display_matches(self, substitution, matches, longest):
+        """List candidates by their last path component (in columns, like ls),
+        then the prompt and the line again."""
+        names = []
+        for m in matches:
+            if m.endswith(' ') and not m.endswith('\\ '):
+                m = m[:-1]
+            isdir = m.endswith('/')
+            names.append(m.rstrip('/').rsplit('/', 1)[-1] + ('/' if isdir else ''))
+        try:
+            sys.stdout.write('\n' + format_columns(sorted(set(names))) + '\n')
+            sys.stdout.write(prompt_text(self.session) + self.readline.get_line_buffer())
+            sys.stdout.flush()
+        except Exception:
+            log_exception()
+
+    def completions(self, line, text):
+        """Candidates that replace text (readline's word: the part after the last
+        space) for the partial line."""
+        raw, plain, is_verb, local = current_word(line)
+        if is_verb and not local:
+            return [n + ' ' for n in self.command_names() if n.startswith(plain)]
+        if plain.startswith('file:'):
+            cands = ['file:' + c for c in self.local_paths(plain[5:])]
+        elif local:
+            cands = self.local_paths(plain)
+        else:
+            cands = self.grid_paths(plain)
+            words = re.split(r'[;|\n]', line)[-1].split()
+            if words and words[0] in DIR_ONLY_VERBS:
+                cands = [c for c in cands if c.endswith('/')]
+        cut = len(raw) - len(text)
+        out = []
+        for c in cands:
+            tail = c.endswith(' ')
+            esc = _escape(c.rstrip(' ') if tail else c) + (' ' if tail else '')
+            if esc.startswith(raw) and cut >= 0:
+                out.append(esc[cut:])
+        return out
+
+    def command_names(self):
+        names = set(n for n in COMMANDS if n not in ('$?',))
+        names.update(getattr(self.session, 'aliases', None) or ())
+        try:
+            self.restore_connection()
+            names.update(self.session.server_commands())
+        except AlienError:
+            pass
+        return sorted(names)
+
+    def listing(self, directory):
+        now = time.monotonic()
+        hit = self.listings.get(directory)
+        if hit and now - hit[0] < COMPLETION_TTL:
+            return hit[1]
+        self.restore_connection()
+        r = self.session.request('ls', ['-a', '-F', directory], nomsg=True)
+        names = [str(x['name']) for x in r.results if isinstance(x, dict) and x.get('name')] if r.exitcode == 0 else []
+        self.listings[directory] = (now, names)
+        return names
+
+    def grid_paths(self, word):
+        prefix = ''
+        m = _GRID_PREFIX.match(word)
+        if m:
+            prefix, word = m.group(1), word[m.end():]
+        dirpart, base = word[:word.rfind('/') + 1], word[word.rfind('/') + 1:]
+        if not self.session.cwd:
+            self.session.request('pwd')
+        directory = self.session.grid_path(dirpart) if dirpart else self.session.cwd
+        out = []
+        for name in self.listing(directory):
+            if name.startswith(base) and (base.startswith('.') or not name.startswith('.')):
+                out.append(prefix + dirpart + name + ('' if name.endswith('/') else ' '))
+        return sorted(out)
+
+    @staticmethod
+    def local_paths(word):
+        dirpart, base = word[:word.rfind('/') + 1], word[word.rfind('/') + 1:]
+        directory = os.path.expanduser(dirpart) if dirpart else '.'
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            return []
+        out = []
+        for name in names:
+            if name.startswith(base) and (base.startswith('.') or not name.startswith('.')):
+                isdir = os.path.isdir(os.path.join(directory, name))
+                out.append(dirpart + name + ('/' if isdir else ' '))
+        return sorted(out)
+
+    # -- the loop --
+    def restore_connection(self):
+        """After an interrupted request: a new connection in the same directory."""
+        if self.reconnect:
+            prev = self.session.prevdir  # (a token renewal on connect passes through home)
+            self.session.close()
+            self.session._reconnect()  # raises when the service is gone: try again next time
+            self.session.prevdir = prev
+            self.reconnect = False
+
+    def drop_connection(self, tb):
+        """Ctrl-C hit a request: the reply may be half read, so the connection is
+        of no further use. The next request reconnects (restore_connection)."""
+        codes = set()
+        for cls in (Session, WebSocket, WebSocketClientTransport):
+            for value in vars(cls).values():
+                value = getattr(value, '__func__', value)
+                if hasattr(value, '__code__'):
+                    codes.add(value.__code__)
+        while tb is not None:
+            if tb.tb_frame.f_code in codes:
+                break
+            tb = tb.tb_next
+        if tb is None:
+            return
+        ws, self.session.ws = self.session.ws, None
+        if ws is not None:
+            try:
+                ws.close()
+            except Exception:
+                pass
+        self.reconnect = True
+
+    def read_line(self):
+        if self.tty:
+            return input(prompt_text(self.session))
+        line = sys.stdin.readline()
+        if not line:
+            raise EOFError
+        return line.rstrip('\n')
+
+    def run_line(self, line):
+        session = self.session
+        try:
+            self.restore_connection()
+            session.run(line, on_result=shell_print)
+        except KeyboardInterrupt:
+            self.drop_connection(sys.exc_info()[2])
+            sys.stdout.write('\n')
+            print_error('interrupted')
+            session.last_exitcode = 130
+        except AlienError as e:
+            shell_print(Result(e.exitcode, '', str(e)))
+            session.last_exitcode = e.exitcode
+        self.listings.clear()  # the command may have changed the directories
+
+    def loop(self):
+        session = self.session
+        if self.tty:
+            import signal  # Ctrl-C must reach us even when started with SIGINT ignored
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            sys.stdout.write(BANNER + '\n')
+            sys.stdout.flush()
+        session.request('pwd')  # connect now: the prompt needs user and cwd
+        restore_cwd(session)
+        if getattr(session, 'aliases', None) is None:
+            session.aliases = load_aliases(session.environ)  # (completion offers them)
+        self.setup_readline()
+        while True:
+            try:
+                line = self.read_line()
+            except EOFError:
+                if self.tty:
+                    sys.stdout.write('\nExit\n')
+                    return 0
+                return session.last_exitcode  # a script on stdin: like command mode
+            except KeyboardInterrupt:
+                sys.stdout.write('\n')  # Ctrl-C at the prompt: forget the line
+                continue
+            if not line.strip():
+                continue
+            self.save_history()
+            try:
+                self.run_line(line)
+            except SystemExit as e:
+                return e.code if isinstance(e.code, int) else 0
 
 
 def shell_main(session):
-    try:
-        import readline  # noqa: F401  (line editing and history)
-    except ImportError:
-        pass
-    print('Welcome to the ALICE GRID\n')
-    session.request('pwd')  # connect now: the prompt needs user and cwd
-    while True:
-        try:
-            line = input(prompt_text(session) + ' ')
-        except EOFError:
-            print()
-            return 0
-        except KeyboardInterrupt:
-            print()
-            continue
-        try:
-            session.run(line, on_result=print_result)
-        except SystemExit as e:
-            return e.code if isinstance(e.code, int) else 0
-        except KeyboardInterrupt:
-            print()
-        except AlienError as e:
-            print_error(str(e))
-            session.last_exitcode = e.exitcode
+    """The interactive shell (no command-line arguments). Returns the exit code."""
+    return Shell(session).loop()
 
 
 # ==========================================================================

@@ -497,6 +497,8 @@ def test_json_output(cenv, grid_state):
     p = run_cli(['ls', '-json', grid_state['home']], env=cenv)
     reply = json.loads(p.stdout)
     assert set(reply) == {'metadata', 'results'} and reply['metadata']['exitcode'] == '0'
+    p = run_cli(['ll -json ' + grid_state['home']], env=cenv)  # a client-side alias passes -json on
+    assert json.loads(p.stdout)['results'][0]['permissions'].startswith(('d', '-'))
     p = run_cli(['-json', 'pwd'], env=cenv)
     assert json.loads(p.stdout)['results'][0]['pwd'] == grid_state['home']
     env = dict(cenv, ALIENPY_JSON='1')
@@ -1670,8 +1672,9 @@ def test_network_stack_and_stagger_switches(cenv):
     assert run_cli(['pwd'], env=env).returncode == 0
     assert run_cli(['pwd'], env=dict(env, ALIENPY_NO_STAGGER='1')).returncode == 0
     assert run_cli(['pwd'], env=dict(env, ALIENPY_NETWORKSTACK='ipv4')).returncode == 0
-    p = run_cli(['pwd'], env=dict(env, ALIENPY_NETWORKSTACK='ipv6', ALIENPY_CONNECT_TRIES='1'))
-    assert p.returncode == 107 and one_line_error(p)
+    # an IPv4 literal has no IPv6 address: deterministic, whatever the resolver says of localhost
+    p = run_cli(['pwd'], env=dict(cenv, ALIENPY_NETWORKSTACK='ipv6', ALIENPY_CONNECT_TRIES='1'))
+    assert p.returncode == 107 and one_line_error(p) and 'resolve' in p.stderr
 
 
 def loopback_black_hole():
@@ -1735,6 +1738,451 @@ def test_alien_site_is_set_at_session_start(cenv, grid_state):
         f.seek(before)
         wire = f.read()  # what the service received, in order
     assert wire.index('"command": "setSite", "options": ["-nomsg", "JTESTSITE"]') < wire.index('"command": "pwd"')
+
+
+# ===== shell tests =====
+import pexpect  # noqa: E402
+
+PROMPT = r'AliEn\[jalien\]:(/[^\r\n]*?) >'
+
+
+def test_read_settings_and_aliases(tmp_path):
+    (tmp_path / '.alienpy_aliases').write_text(
+        '# comment\nmk=mkdir -p x;cd x\n  p = "pwd"  \nq=\'ls -l\'\nbad key = x\nnovalue\n')
+    aliases = alien.load_aliases({'HOME': str(tmp_path)})
+    assert aliases == {'mk': 'mkdir -p x;cd x', 'p': 'pwd', 'q': 'ls -l'}
+    assert alien.load_aliases({'HOME': str(tmp_path / 'missing')}) == {}
+
+
+def test_expand_aliases_whole_first_word_only():
+    aliases = {'mk': 'mkdir -p x;cd x', 'p': 'pwd', 'ls': 'ls -a'}
+    expand = alien.expand_aliases
+    assert expand(['mk', 'p'], aliases) == ['mkdir -p x', 'cd x', 'pwd']
+    assert expand(['mk -v'], aliases) == ['mkdir -p x', 'cd x -v']  # arguments go to the last element
+    assert expand(['ls /p/mk', 'cat p', 'pwd'], aliases) == ['ls -a /p/mk', 'cat p', 'pwd']
+    assert expand(['ls'], {'ls': 'ls -l', 'll': 'ls'}) == ['ls -l']  # one pass: no loops
+    assert expand(['pp', '"p"'], aliases) == ['pp', '"p"']
+
+
+def test_current_word():
+    cw = alien.current_word
+    assert cw('') == ('', '', True, False)
+    assert cw('wh') == ('wh', 'wh', True, False)
+    assert cw('ls /a/b') == ('/a/b', '/a/b', False, False)
+    assert cw('ls a\\ b') == ('a\\ b', 'a b', False, False)
+    assert cw('pwd; cd') == ('cd', 'cd', True, False)
+    assert cw('ls | gre') == ('gre', 'gre', True, True)
+    assert cw('!cat fi') == ('fi', 'fi', False, True)
+    assert cw('ls "sp a') == ('"sp a', 'sp a', False, False)
+
+
+def test_prompt_text_toggles():
+    s = alien.Session(environ={'ALIENPY_PROMPT_DATE': '1'})
+    s.user, s.cwd = 'jdoe', '/a/b/'
+    assert re.match(r'^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d AliEn\[jdoe\]:/a/b/ >$', alien.prompt_text(s))
+    s = alien.Session(environ={})
+    s.user, s.cwd = 'jdoe', '/a/b/'
+    assert alien.prompt_text(s) == 'AliEn[jdoe]:/a/b/ >'
+    assert alien.cmd_prompt(s, ['pwd']).exitcode == 0
+    assert alien.prompt_text(s) == 'AliEn[jdoe]:/a/b/ local:%s >' % os.getcwd()
+    assert alien.cmd_prompt(s, ['pwd']).exitcode == 0
+    assert alien.prompt_text(s) == 'AliEn[jdoe]:/a/b/ >'
+    s = alien.Session(environ={'ALIENPY_PROMPT_CWD': 'yes'})
+    s.user, s.cwd = 'jdoe', '/a/b/'
+    assert alien.prompt_text(s).endswith(' local:%s >' % os.getcwd())
+
+
+def spawn_shell(env, cwd=None):
+    p = pexpect.spawn(sys.executable, [ALIEN], env=dict(env, TERM='xterm'), cwd=cwd,
+                      encoding='utf-8', timeout=30, dimensions=(50, 300))
+    p.expect(PROMPT)
+    return p
+
+
+def shell_cmd(p, line):
+    """Run one line at the prompt; the output lines (the echo of the line removed)."""
+    p.sendline(line)
+    p.expect(PROMPT)
+    text = re.sub(r'\x1b\[[0-9;?]*[A-Za-z]', '', p.before)  # colours, terminal modes
+    return text.replace('\r\n', '\n').split('\n', 1)[-1].splitlines()
+
+
+def shell_end(p, how='eof'):
+    if how == 'eof':
+        p.sendcontrol('d')
+    else:
+        p.sendline(how)
+    p.expect(pexpect.EOF)
+    p.close()
+    return p.exitstatus
+
+
+def test_shell_prompt_banner_and_ctrl_d(cenv, grid_state):
+    p = pexpect.spawn(sys.executable, [ALIEN], env=cenv, encoding='utf-8', timeout=30)
+    p.expect('Welcome to the ALICE GRID')
+    p.expect(PROMPT)
+    assert p.match.group(0) == 'AliEn[jalien]:%s >' % grid_state['home']
+    assert shell_cmd(p, 'ls /nonexistent') == ['No such file or directory : /nonexistent']
+    assert shell_cmd(p, '') == []  # empty lines are ignored
+    p.sendcontrol('d')
+    p.expect('Exit')
+    p.expect(pexpect.EOF)
+    p.close()
+    assert p.exitstatus == 0  # Ctrl-D exits 0 whatever the last code
+
+
+def test_shell_errors_red_on_a_tty_only(cenv):
+    p = spawn_shell(cenv)
+    p.sendline('ls /nonexistent')
+    p.expect(re.escape('\x1b[91mNo such file or directory : /nonexistent\x1b[0m'))
+    p.expect(PROMPT)
+    assert shell_end(p, 'exit') == 2  # exit without a code: the last code
+    r = run_cli([], env=cenv, input='ls /nonexistent\n')  # not a tty: no colour, no prompt
+    assert (r.returncode, r.stdout, r.stderr) == (2, '', 'No such file or directory : /nonexistent\n')
+
+
+def test_shell_exit_codes(cenv, grid_state):
+    p = spawn_shell(cenv)
+    assert shell_cmd(p, 'exit abc') == ["exit: 'abc' is not a number"]  # bad input: the shell stays
+    assert shell_cmd(p, 'exitcode') == ['22']
+    assert shell_end(p, 'exit 7') == 7
+    p = spawn_shell(cenv)
+    assert shell_end(p, 'pwd; quit') == 0
+    r = run_cli([], env=cenv, input='pwd\nwhoami\n')
+    assert (r.returncode, r.stdout) == (0, grid_state['home'] + '\njalien\n')
+
+
+def test_shell_history_across_runs(cenv):
+    p = spawn_shell(cenv)
+    shell_cmd(p, 'whoami')
+    shell_cmd(p, '!echo second-line')
+    assert shell_end(p) == 0
+    hist = os.path.join(cenv['HOME'], '.alienpy_history')
+    assert open(hist).read().splitlines()[-2:] == ['whoami', '!echo second-line']
+    assert os.stat(hist).st_mode & 0o077 == 0
+    p = spawn_shell(cenv)
+    p.send('\x1b[A\x1b[A\r')  # Up Up Enter: the command of the previous shell
+    p.expect(PROMPT)
+    assert p.before.replace('\r', '').endswith('whoami\njalien\n')
+    shell_end(p)
+    assert open(hist).read().splitlines()[-1] == 'whoami'
+    assert alien.HISTORY_SIZE == 5000
+
+
+def test_shell_no_history(cenv):
+    env = dict(cenv, ALIENPY_NO_HISTORY='1')
+    p = spawn_shell(env)
+    shell_cmd(p, 'pwd')
+    assert shell_cmd(p, 'whoam\t') == ['No such file or directory : Command [whoam] not found!']  # no completion
+    shell_end(p)
+    assert not os.path.exists(os.path.join(cenv['HOME'], '.alienpy_history'))
+
+
+def test_shell_history_is_bounded(cenv):
+    hist = os.path.join(cenv['HOME'], '.alienpy_history')
+    with open(hist, 'w') as f:
+        f.write(''.join('old %d\n' % i for i in range(alien.HISTORY_SIZE + 700)))
+    p = spawn_shell(cenv)
+    shell_cmd(p, '!true newest')
+    shell_end(p)
+    lines = open(hist).read().splitlines()
+    assert len(lines) == alien.HISTORY_SIZE and lines[-1] == '!true newest'
+
+
+class CountingSession(object):
+    """Enough of a Session for the completer: counts the listings it asks for."""
+    def __init__(self):
+        self.cwd, self.home, self.calls, self.aliases = '/h/', '/h/', [], {'myalias': 'pwd'}
+
+    def request(self, command, options=(), nomsg=False, nokeys=False):
+        self.calls.append((command, list(options), nomsg))
+        names = ['alpha/', 'alps.txt', '.hid/', 'beta']
+        return alien.Result(0, results=[{'name': n, 'path': options[-1] + n} for n in names])
+
+    def grid_path(self, p):
+        return alien.expand_grid_path(p, self.cwd, self.home)
+
+    def server_commands(self):
+        return ['whoami', 'ls']
+
+
+def test_completion_candidates_and_listing_cache(tmp_path):
+    s = CountingSession()
+    sh = alien.Shell(s)
+    assert sh.completions('ls al', 'al') == ['alpha/', 'alps.txt ']
+    assert sh.completions('cd al', 'al') == ['alpha/']  # cd: directories only
+    assert sh.completions('ls x/.', 'x/.') == ['x/.hid/']
+    assert s.calls == [('ls', ['-a', '-F', '/h/'], True), ('ls', ['-a', '-F', '/h/x/'], True)]
+    assert sh.completions('stat alien:/h/al', 'alien:/h/al') == ['alien:/h/alpha/', 'alien:/h/alps.txt ']
+    assert len(s.calls) == 2  # /h/ again: from the cache
+    sh.listings = {d: (t - alien.COMPLETION_TTL, n) for d, (t, n) in sh.listings.items()}
+    sh.completions('cd al', 'al')  # too old: listed again
+    assert len(s.calls) == 3
+    assert sh.completions('who', 'who') == ['whoami ']
+    assert sh.completions('pwd; my', 'my') == ['myalias ']
+    assert sh.completions('', '') == sorted(n + ' ' for n in (set(alien.COMMANDS) - {'$?'}) | {'whoami', 'ls', 'myalias'})
+    (tmp_path / 'f 1.txt').write_text('')
+    (tmp_path / 'dir').mkdir()
+    word = 'file:%s/' % tmp_path
+    assert sh.completions('cp ' + word, word) == [word + 'dir/', word + 'f\\ 1.txt ']
+    assert sh.completions('cp ' + word + 'f\\ ', '') == ['1.txt ']  # readline's word starts after the space
+    assert sh.completions('ls | cat %s/d' % tmp_path, '%s/d' % tmp_path) == ['%s/dir/' % tmp_path]
+
+
+def test_shell_tab_completion(cenv, grid_state, tmp_path):
+    run_cli(['mkdir -p tabdir_unique/inner "tabdir_sp ace"'], env=cenv)
+    local = tmp_path / 'loc'
+    local.mkdir()
+    (local / 'localfile_abc.txt').write_text('x')
+    p = spawn_shell(cenv)
+    p.send('whoam\t')  # a server command name
+    p.expect('whoami ')
+    p.send('\r')
+    p.expect('jalien')
+    p.expect(PROMPT)
+    p.send('promp\t')  # a client-side command name
+    p.expect('prompt ')
+    p.send('\x15')  # Ctrl-U: drop the line (a Ctrl-C in the middle of a completion waits for the next key)
+    p.send('cd tabdir_u\t')  # a grid directory
+    p.expect('tabdir_unique/')
+    p.send('in\t')
+    p.expect('inner/')
+    p.send('\r')
+    p.expect(PROMPT)
+    assert p.match.group(1) == grid_state['home'] + 'tabdir_unique/inner/'
+    p.send('cd ../../tabdir_s\t')  # a name with a space comes back escaped
+    p.expect(re.escape('tabdir_sp\\ ace/'))
+    p.send('\r')
+    p.expect(PROMPT)
+    assert p.match.group(1) == grid_state['home'] + 'tabdir_sp ace/'
+    p.send('ls %stabdir_\t\t' % grid_state['home'])  # two candidates: listed by their names
+    p.expect(r'\n *tabdir_sp\\ ace/ +tabdir_unique/\s*\r\n' + PROMPT)
+    p.send('\x15')
+    run_cli(['touch %stabdir_unique/inner_file' % grid_state['home']], env=cenv)
+    p.send('ls ../tabdir_unique/inner\t\t')  # ls: files and directories
+    p.expect(r'inner/ +inner_file')
+    p.send('\x15')
+    p.send('cd ../tabdir_unique/inner\t')  # cd: directories only, so a single candidate
+    p.expect(re.escape('tabdir_unique/inner/'))
+    p.send('\x15')
+    p.send('ls file:%s/localf\t' % local)  # a local path
+    p.expect('localfile_abc.txt ')
+    p.send('\x15')
+    shell_end(p)
+
+
+def test_shell_bang_pipe_chain_and_quoting(cenv, grid_state):
+    p = spawn_shell(cenv)
+    assert shell_cmd(p, '!echo "hello  world"') == ['hello  world']
+    assert shell_cmd(p, 'mkdir -p "q dir/a" "q dir/b"; ls "q dir" | wc -l') == ['2']
+    assert shell_cmd(p, 'cd "q dir"; pwd; !echo done') == [grid_state['home'] + 'q dir/', 'done']
+    assert shell_cmd(p, 'ls | grep b') == ['b/']
+    assert shell_cmd(p, '!exit 3') == []
+    assert shell_cmd(p, 'exitcode') == ['3']
+    assert shell_end(p, 'exit') == 0  # exitcode itself succeeded
+
+
+def test_aliases_in_shell_and_command_mode(cenv, grid_state):
+    with open(os.path.join(cenv['HOME'], '.alienpy_aliases'), 'w') as f:
+        f.write('mkgo = mkdir -p alias_dir; cd alias_dir\nwhere="pwd"\n')
+    p = spawn_shell(cenv)
+    assert shell_cmd(p, 'mkgo; where') == [grid_state['home'] + 'alias_dir/']
+    assert shell_cmd(p, '!echo mkgo where') == ['mkgo where']  # only first words are replaced
+    shell_end(p)
+    r = run_cli(['mkgo; where'], env=cenv)
+    assert (r.returncode, r.stdout) == (0, grid_state['home'] + 'alias_dir/\n')
+    r = run_cli(['!echo where'], env=cenv)  # not a first word: untouched
+    assert r.stdout == 'where\n'
+    s = alien.Session(environ=cenv)
+    try:
+        assert s.run('where').out == grid_state['home']
+    finally:
+        s.close()
+
+
+def test_shell_ctrl_c(cenv, grid_state):
+    from testgrid import grid
+    workdir = grid_state['env']['TESTGRID_DIR']
+    p = spawn_shell(cenv)
+    p.sendline('mkdir -p ctrlc_dir; cd ctrlc_dir')
+    p.expect(PROMPT)
+    p.send('half typed line')
+    p.expect('half typed line')  # readline has the characters (a signal that comes
+    p.sendcontrol('c')           # in the middle of a key stroke waits for the next one)
+    p.expect(PROMPT)
+    t0 = time.monotonic()
+    p.sendline('!sleep 20')  # a local command
+    p.expect('sleep 20')
+    time.sleep(0.3)
+    p.sendcontrol('c')
+    p.expect('interrupted')
+    p.expect(PROMPT)
+    assert time.monotonic() - t0 < 10
+    grid.set_faults(workdir, {'find': 'delay:20'})
+    try:
+        t0 = time.monotonic()
+        p.sendline('find . *')  # a server command: the connection is dropped
+        p.expect('find')
+        time.sleep(0.3)
+        p.sendcontrol('c')
+        p.expect('interrupted')
+        p.expect(PROMPT)
+        assert time.monotonic() - t0 < 10
+    finally:
+        grid.set_faults(workdir, None)
+    # a new connection, in the same directory
+    assert shell_cmd(p, 'pwd') == [grid_state['home'] + 'ctrlc_dir/']
+    assert shell_cmd(p, 'exitcode') == ['0']
+    assert shell_cmd(p, 'cd -; pwd') == [grid_state['home']]
+    assert shell_end(p) == 0
+
+
+def test_cwd_restore(cenv, grid_state):
+    home = grid_state['home']
+    p = spawn_shell(cenv)
+    shell_cmd(p, 'mkdir -p restore_dir/sub; cd restore_dir; cd sub')
+    shell_end(p)
+    path = os.path.join(cenv['HOME'], '.alienpy_session')
+    assert open(path).read() == 'CWD = %srestore_dir/sub/\nCWDPREV = %srestore_dir/\n' % (home, home)
+    assert os.stat(path).st_mode & 0o077 == 0
+    p = spawn_shell(cenv)
+    assert p.match.group(1) == home + 'restore_dir/sub/'
+    assert shell_cmd(p, 'cd -; pwd') == [home + 'restore_dir/']
+    shell_end(p)
+    p = spawn_shell(dict(cenv, ALIENPY_NO_CWD_RESTORE='1'))
+    assert p.match.group(1) == home
+    shell_end(p)
+    assert run_cli(['pwd'], env=cenv).stdout == home + '\n'  # command mode never restores
+    with open(path, 'w') as f:
+        f.write('CWD = "%sno_such_dir/"\n' % home)
+    p = spawn_shell(cenv)  # a directory that is gone: a warning, then home
+    assert p.match.group(1) == home
+    assert 'cannot return to' in p.before
+    shell_end(p)
+
+
+def test_cd_forms_write_the_session_file(cenv, grid_state):
+    home = grid_state['home']
+    r = run_cli(['mkdir -p cdf/x; cd cdf/x; cd ~; pwd; cd -; pwd; cd; pwd; cd ..; pwd'], env=cenv)
+    assert r.stdout.splitlines() == [home, home + 'cdf/x/', home, home.rsplit('/', 2)[0] + '/']
+    assert 'CWD = %s\n' % (home.rsplit('/', 2)[0] + '/') in open(os.path.join(cenv['HOME'], '.alienpy_session')).read()
+    r = run_cli(['cd /no/such/dir'], env=cenv)
+    assert r.returncode == 2 and one_line_error(r)
+    r = run_cli(['cd -'], env=cenv)
+    assert r.returncode == 1 and one_line_error(r)
+
+
+def test_prompt_command_in_the_shell(cenv, tmp_path):
+    p = spawn_shell(cenv, cwd=str(tmp_path))
+    p.sendline('prompt pwd')
+    p.expect(r'AliEn\[jalien\]:/\S* local:%s >' % re.escape(str(tmp_path)))
+    p.sendline('prompt date pwd')
+    p.expect(r'\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d AliEn\[jalien\]:/\S* >')
+    assert "prompt: unknown item 'nonsense' (use date or pwd)" in shell_cmd(p, 'prompt nonsense')
+    shell_end(p)
+    p = pexpect.spawn(sys.executable, [ALIEN], env=dict(cenv, ALIENPY_PROMPT_DATE='1'), encoding='utf-8', timeout=30)
+    p.expect(r'\n\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d AliEn\[jalien\]:/')
+    shell_end(p)
+
+
+# Every client-side command: its happy path and one bad input (one-line error, non-zero).
+CLIENT_CASES = [
+    # (command line, expected exit code, regex on stdout (ok) or stderr (error))
+    ('prompt', 0, r'^usage: prompt date\|pwd'),
+    ('prompt date', 0, r'^$'),
+    ('prompt bogus', 22, r"^prompt: unknown item 'bogus'"),
+    ('help', 0, r'\bcd\b[\s\S]*\bpushd\b[\s\S]*\bwhoami\b'),
+    ('help cd', 0, r'^cd \[DIR'),
+    ('? whoami', 0, r'whoami'),
+    ('whoami -h', 0, r'whoami'),
+    ('help no_such_command', 2, r'not found'),
+    ('exit', 0, r'^$'),
+    ('exit 3', 3, r'^$'),
+    ('exit x', 22, r"^exit: 'x' is not a number"),
+    ('quit 4', 4, r'^$'),
+    ('exitcode', 0, r'^0$'),
+    ('$? extra', 64, r'unexpected argument'),
+    ('home', 0, r'^/localhost/localdomain/user/j/jalien/$'),
+    ('home x', 64, r"^home: unexpected argument 'x'"),
+    ('version', 0, r'^alien.py version: '),
+    ('version x', 64, r'unexpected argument'),
+    ('cd', 0, r'^$'),
+    ('cd /no/such', 2, r'No such file or directory'),
+    ('ls -a', 0, r''),
+    ('ls /no/such', 2, r'No such file or directory'),
+    ('ll', 0, r''), ('ll /no/such', 2, r'No such file'),
+    ('la', 0, r''), ('la /no/such', 2, r'No such file'),
+    ('lla', 0, r''), ('lla /no/such', 2, r'No such file'),
+    ('ping 1', 0, r'^Websocket ping/pong\(s\) : 1 time'),
+    ('ping x', 22, r"^ping: 'x' is not a number"),
+    ('dirs', 0, r'^~$'),
+    ('dirs -x', 22, r'^dirs: -x: invalid option'),
+    ('dirs -c', 0, r'^$'),
+    ('pushd /localhost/', 0, r'^/localhost ~$'),
+    ('pushd /no/such', 2, r'No such file'),
+    ('pushd', 1, r'^pushd: no other directory'),
+    ('mkdir -p pd1 pd2; pushd pd1; pushd ../pd2; pushd +2; dirs -v', 0, r'\n 0  ~\n 1  ~/pd2\n 2  ~/pd1$'),
+    ('pushd /localhost/; popd', 0, r'^/localhost ~\n~$'),
+    ('popd', 1, r'^popd: directory stack empty$'),
+    ('pushd /localhost/; popd x', 64, r'^popd: usage'),
+    ('cert-info', 0, r'^DN >>> '),
+    ('cert-info /no/such.pem', 2, r'cannot read a certificate'),
+    ('token-init', 0, r'OU=token'),
+    ('token-init -v abc', 22, r'could not get a token'),
+    ('pwd; token-info', 0, r'OU=token'),
+    ('token-destroy; token-info', 2, r'no token certificate'),
+    ('pwd; token-destroy', 0, r'Token was destroyed'),
+    ('token-destroy now', 64, r'unexpected argument'),
+]
+
+
+def run_in_process(env, line):
+    """(exit code, out, err) of a command line in a fresh embedded session."""
+    s = alien.Session(environ=env)
+    try:
+        r = s.run(line)
+        return r.exitcode, r.out, r.err
+    except SystemExit as e:  # exit/quit
+        return e.code, '', ''
+    finally:
+        s.close()
+
+
+def test_client_side_commands_good_and_bad(cenv):
+    for line, code, pattern in CLIENT_CASES:
+        got, out, err = run_in_process(cenv, line)
+        assert got == code and re.search(pattern, out if code == 0 else err), (line, got, out, err)
+        if code:
+            assert err.count('\n') == 0 and 'Traceback' not in err, (line, err)
+    for line in ('dirs -x', 'home x', 'prompt bogus', 'exit x'):  # the same through the front end
+        assert one_line_error(run_cli([line], env=cenv)), line
+
+
+def test_every_client_command_is_covered():
+    covered = set()
+    for line, _, _ in CLIENT_CASES:
+        for element in alien.split_chain(line):
+            covered.add(element.split()[0])
+    shell_area = {'cd', 'ls', 'll', 'la', 'lla', 'home', 'version', 'help', '?', 'exit', 'quit',
+                  'ping', 'exitcode', '$?', 'cert-info', 'token-info', 'token-init', 'token-destroy',
+                  'prompt', 'dirs', 'pushd', 'popd'}
+    assert shell_area <= set(alien.COMMANDS)
+    assert shell_area - covered == set()
+
+
+def test_embedding_api_documented(cenv, grid_state):
+    doc = alien.__doc__
+    for word in ('alien.Session()', '.run(', 'exitcode', 'out', 'err', 'results'):
+        assert word in doc
+    s = alien.Session(environ=cenv)
+    try:
+        r = s.run('ls -l ' + grid_state['home'])
+        assert isinstance(r, alien.Result) and r.exitcode == 0 and r.err == ''
+        assert isinstance(r.results, list) and all(isinstance(x, dict) for x in r.results)
+        r = s.run('pushd /localhost/; dirs')
+        assert (r.exitcode, r.out.splitlines()[-1]) == (0, '/localhost ~')
+    finally:
+        s.close()
 
 
 # ===== cp tests =====

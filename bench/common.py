@@ -21,16 +21,32 @@ def start_grid(name='.testgrid-bench'):
     return state, env
 
 
+# Linux counts in a child's peak RSS (ru_maxrss) the memory of the process it was
+# forked from, so a large benchmark process would raise every figure. A minimal
+# interpreter forks the client instead, as /usr/bin/time does, and reports it.
+_REPORTER = (
+    "import os, sys, time\n"
+    "out = sys.argv[1]\n"
+    "t0 = time.perf_counter()\n"
+    "pid = os.fork()\n"
+    "if pid == 0:\n"
+    "    os.execvp(sys.argv[2], sys.argv[2:])\n"
+    "_, status, ru = os.wait4(pid, 0)\n"
+    "wall = time.perf_counter() - t0\n"
+    "code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)\n"
+    "open(out, 'w').write('%f %d %d %f' % (wall, ru.ru_maxrss, code, ru.ru_utime + ru.ru_stime))\n")
+
+
 def measure(cmd, env, stdout=subprocess.DEVNULL):
     """(wall seconds, peak RSS in MiB, exit code, CPU seconds) of one cold run of cmd.
     The CPU time (user + system) is the client's own work: the service's time
     and the waiting for it are not in it."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=stdout, stderr=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status) if hasattr(os, 'waitstatus_to_exitcode') else status >> 8
-    return wall, usage.ru_maxrss / 1024.0, proc.returncode, usage.ru_utime + usage.ru_stime
+    import tempfile
+    with tempfile.NamedTemporaryFile('r') as report:
+        subprocess.run([sys.executable, '-S', '-c', _REPORTER, report.name] + list(cmd), env=env,
+                       stdout=stdout, stderr=subprocess.DEVNULL, check=True)
+        wall, rss, code, cpu = report.read().split()
+    return float(wall), int(rss) / 1024.0, int(code), float(cpu)
 
 
 def compare(label, runs, commands, env):
