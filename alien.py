@@ -1408,6 +1408,8 @@ options:
   -y N            read one file from up to N replicas at once
   -retry N        XRootD retries per attempt (default 1); -timeout S  per file
   -quiet          no progress line, no summary on success; -dryrun  only print the plan
+  -strictspec     the service uses only the SEs named in the specifiers
+  -norecovery     do not re-book failed upload replicas on other SEs
   -P, -cksum      accepted (md5 is always verified on download)
 directories (recursive; listed with the service's find):
   -glob PAT | -select REGEX (full path) | -name begin_X_contain_Y_ends_Z_ext_W
@@ -1420,6 +1422,7 @@ exit code: 0 only when every requested file reached its destination'''
 _CP_OPTIONS = {
     '-f': ('force', 'flag'), '-force': ('force', 'flag'),
     '-P': ('posc', 'flag'), '-cksum': ('cksum', 'flag'), '-a': ('hidden', 'flag'),
+    '-strictspec': ('strictspec', 'flag'), '-norecovery': ('norecovery', 'flag'),
     '-quiet': ('quiet', 'flag'), '-dryrun': ('dryrun', 'flag'),
     '-y': ('sources', 'int'), '-S': ('streams', 'int'), '-chunks': ('chunks', 'int'),
     '-chunksz': ('chunksize', 'int'), '-T': ('parallel', 'int'), '-retry': ('retry', 'int'),
@@ -1431,6 +1434,7 @@ _CP_OPTIONS = {
 
 _CP_DEFAULTS = {
     'force': False, 'posc': True, 'cksum': True, 'hidden': True, 'quiet': False, 'dryrun': False,
+    'strictspec': False, 'norecovery': False,
     'sources': 1, 'streams': 0, 'chunks': 0, 'chunksize': 0, 'parallel': 8, 'retry': 1,
     'timeout': 0, 'parent': 0, 'rmprefix': 0, 'limit': 0, 'offset': 0,
     'input': '', 'glob': '', 'select': '', 'name': '', 'jobid': '', 'help': False,
@@ -1944,8 +1948,8 @@ def _local_walk(base, opts, glob_pattern=''):
     return out
 
 
-def _access_args(mode, lfn, specs=None, size=None, md5=None):
-    args = []
+def _access_args(mode, lfn, specs=None, size=None, md5=None, strict=False):
+    args = ['-f'] if strict and specs else []
     if size is not None:
         args += ['-s', str(size)]
     if md5:
@@ -1956,8 +1960,8 @@ def _access_args(mode, lfn, specs=None, size=None, md5=None):
     return args
 
 
-def _access(session, mode, lfn, specs=None, size=None, md5=None):
-    return session.request('access', _access_args(mode, lfn, specs, size, md5), nomsg=True)
+def _access(session, mode, lfn, specs=None, size=None, md5=None, strict=False):
+    return session.request('access', _access_args(mode, lfn, specs, size, md5, strict), nomsg=True)
 
 
 REQUEST_WINDOW = 32
@@ -2157,7 +2161,7 @@ def cp_download(session, items, opts, stats):
     try:
         for n, (lfn, dst, specs) in enumerate(items):
             if n % REQUEST_WINDOW == 0:
-                window = _requests(session, [('access', _access_args('read', x[0], x[2]))
+                window = _requests(session, [('access', _access_args('read', x[0], x[2], strict=opts.get('strictspec')))
                                              for x in items[n:n + REQUEST_WINDOW]])
             r = window[n % REQUEST_WINDOW]
             for job in pipe.results():
@@ -2234,7 +2238,8 @@ def _existing_upload_target(session, e, r, opts, stats):
     d, base = e['lfn'].rsplit('/', 1)
     e['target'] = '%s/.%s.alienpy-part-%s' % (d, base, os.urandom(6).hex())
     e['replace'] = True
-    r = _access(session, 'write-once', e['target'], _with_default_specs(e['specs']), e['size'], e['md5'])
+    r = _access(session, 'write-once', e['target'], _with_default_specs(e['specs']), e['size'], e['md5'],
+                opts.get('strictspec'))
     if r.exitcode != 0 or not r.results:
         stats.fail(e['src'], 'no write access for %s: %s' % (e['lfn'], r.err or 'exit code %d' % r.exitcode))
         return None
@@ -2283,7 +2288,7 @@ def cp_upload(session, items, opts, stats):
             else:
                 e['errors'].append('%s: %s' % (rep.get('se', '?'), job.error))
                 e['failed'] += 1
-            if e['running'] == 0 and e['failed'] and e['attempt'] < 3:
+            if e['running'] == 0 and e['failed'] and e['attempt'] < (1 if opts.get('norecovery') else 3):
                 rebook.append(e)
         for e in rebook:
             # re-book the failed replicas elsewhere: every SE tried so far excluded
@@ -2312,7 +2317,8 @@ def cp_upload(session, items, opts, stats):
                                 'running': 0, 'failed': 0, 'attempt': 1})
             replies = _requests(session, [('access', _access_args('write-once', x['lfn'],
                                                                   _with_default_specs(x['specs']), x['size'],
-                                                                  x['md5'])) for x in entries])
+                                                                  x['md5'], opts.get('strictspec')))
+                                          for x in entries])
             for e, r in zip(entries, replies):
                 if r.exitcode != 0 or not r.results:
                     r = _existing_upload_target(session, e, r, opts, stats)

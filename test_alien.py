@@ -2605,6 +2605,11 @@ def test_cp_upload_reroutes_and_never_leaves_uncommitted_entries(cpenv, grid_sta
         assert p.returncode == 0, p
         where = cpcli(cpenv, 'whereis', g + 'one.txt').stdout
         assert SE2 in where and SE1 not in where
+        # -norecovery: no second booking, so nothing stored and no catalogue entry
+        p = cpx(cpenv, '-norecovery', 'file:' + f, g + 'norec.txt@disk:1,' + SE1)
+        assert p.returncode == 1 and cpcli(cpenv, 'stat', g + 'norec.txt').returncode == 2, p
+        p = cpx(cpenv, '-strictspec', 'file:' + f, g + 'strict.txt@disk:1,' + SE2)
+        assert p.returncode == 0, p
         # two replicas wanted, only one SE left: stored once, with a notice
         p = cpx(cpenv, 'file:' + f, g + 'two.txt')
         assert p.returncode == 0 and '1 of 2 replicas' in p.stderr, p
