@@ -1867,8 +1867,9 @@ def write_metalink(path, lfn, size, md5, urls):
     from xml.sax.saxutils import escape
     lines = ['<?xml version="1.0" encoding="UTF-8"?>',
              '<metalink xmlns="urn:ietf:params:xml:ns:metalink">',
-             ' <file name="%s">' % escape(os.path.basename(lfn) or 'file'),
-             '  <size>%d</size>' % size]
+             ' <file name="%s">' % escape(os.path.basename(lfn) or 'file')]
+    if size >= 0:
+        lines.append('  <size>%d</size>' % size)
     if md5:
         lines.append('  <hash type="md5">%s</hash>' % md5)
     for u in urls:
@@ -2139,7 +2140,7 @@ def cp_download(session, items, opts, stats):
     def settle(job):
         live.discard(job)
         info = job.info
-        if job.ok and os.path.isfile(job.target) and os.path.getsize(job.target) == job.size:
+        if job.ok and os.path.isfile(job.target) and job.size in (-1, os.path.getsize(job.target)):
             try:
                 os.replace(job.target, info['dst'])
             except OSError as e:
@@ -2147,7 +2148,7 @@ def cp_download(session, items, opts, stats):
                 stats.fail(info['lfn'], 'cannot rename into %s: %s' % (info['dst'], e.strerror))
                 return
             stats.ok += 1
-            stats.bytes += job.size
+            stats.bytes += os.path.getsize(info['dst'])
             stats.done.append((info['lfn'], info['dst']))
             return
         _unlink_quiet(job.target)
@@ -2171,9 +2172,9 @@ def cp_download(session, items, opts, stats):
                 continue
             first = r.results[0]
             try:
-                size = int(first.get('size') or 0)
-            except ValueError:
-                size = 0
+                size = int(first['size'])
+            except (KeyError, ValueError):
+                size = -1           # unknown: not checked
             md5 = (first.get('md5') or '').lower()
             replicas = [(grid_url(x.get('url', ''), x.get('envelope', '')), x.get('se', '?'))
                         for x in r.results if x.get('url')]
@@ -2194,7 +2195,7 @@ def cp_download(session, items, opts, stats):
                 stats.fail(lfn, 'destination %s is a directory' % dst)
                 continue
             progress.total_files += 1
-            progress.total_bytes += size
+            progress.total_bytes += max(size, 0)
             info = {'lfn': lfn, 'dst': dst, 'replicas': replicas, 'next': 0, 'errors': []}
             launch(CopyJob('', '', size, md5, 1, info))
         while pipe.pending:
