@@ -1416,6 +1416,8 @@ directories (recursive; listed with the service's find):
   -parent N       keep the last N directories of the source path
   -rmprefix N     drop the first N directories of the source path
   -a (hidden files, always on)  -j JOBID  -l COUNT  -o OFFSET  (passed to find)
+  filters: -exclude TEXT, -exclude_re REGEX (relative path; repeatable), -minsize/-maxsize BYTES,
+  -mindepth/-maxdepth N, -user U, -group G, -jobid ID, -min-ctime/-max-ctime T (ms, s, YYYY-mm-dd)
 exit code: 0 only when every requested file reached its destination'''
 
 # option -> (key, kind); kind: 'flag', 'int', 'str'
@@ -1430,6 +1432,12 @@ _CP_OPTIONS = {
     '-l': ('limit', 'int'), '-o': ('offset', 'int'),
     '-input': ('input', 'str'), '-glob': ('glob', 'str'), '-select': ('select', 'str'),
     '-name': ('name', 'str'), '-j': ('jobid', 'str'),
+    # client-side filters on the listed files (relative path, size, owner, time)
+    '-exclude': ('exclude', 'list'), '-exclude_re': ('exclude_re', 'list'),
+    '-minsize': ('minsize', 'int'), '-maxsize': ('maxsize', 'int'),
+    '-mindepth': ('mindepth', 'int'), '-maxdepth': ('maxdepth', 'int'),
+    '-user': ('user', 'str'), '-group': ('group', 'str'), '-jobid': ('jobid_is', 'str'),
+    '-min-ctime': ('min_ctime', 'time'), '-max-ctime': ('max_ctime', 'time'),
 }
 
 _CP_DEFAULTS = {
@@ -1438,7 +1446,25 @@ _CP_DEFAULTS = {
     'sources': 1, 'streams': 0, 'chunks': 0, 'chunksize': 0, 'parallel': 8, 'retry': 1,
     'timeout': 0, 'parent': 0, 'rmprefix': 0, 'limit': 0, 'offset': 0,
     'input': '', 'glob': '', 'select': '', 'name': '', 'jobid': '', 'help': False,
+    'exclude': (), 'exclude_re': (), 'minsize': None, 'maxsize': None, 'mindepth': None, 'maxdepth': None,
+    'user': '', 'group': '', 'jobid_is': '', 'min_ctime': None, 'max_ctime': None,
 }
+
+
+def parse_time_ms(value):
+    """'1700000000000' (ms), '1700000000' (s) or 'YYYY-mm-dd[ HH:MM[:SS]]' (local time) -> ms."""
+    v = value.strip()
+    if v.isdigit() and len(v) >= 12:
+        return int(v)
+    if v.isdigit() and len(v) >= 9:
+        return int(v) * 1000
+    for fmt in ('%Y-%m-%d %H:%M:%S', '%Y-%m-%d %H:%M', '%Y-%m-%dT%H:%M:%S', '%Y-%m-%d', '%Y%m%d'):
+        try:
+            return int(time.mktime(time.strptime(v, fmt)) * 1000)
+        except ValueError:
+            pass
+    raise AlienError('cp: cannot read the time %r (ms or s since 1970, or YYYY-mm-dd[ HH:MM[:SS]])' % value,
+                     EX_EINVAL)
 
 
 def parse_cp_args(args):
@@ -1472,6 +1498,12 @@ def parse_cp_args(args):
             raise AlienError('cp: option %s needs a value' % a, EX_EINVAL)
         value = args[i]
         i += 1
+        if kind == 'list':
+            opts[key] = tuple(opts[key]) + (value,)
+            continue
+        if kind == 'time':
+            opts[key] = parse_time_ms(value)
+            continue
         if kind == 'int':
             try:
                 value = int(value)
@@ -1711,6 +1743,45 @@ def cp_filter(opts, glob_pattern=''):
     return lambda full, rel: True
 
 
+def cp_meta_filter(opts):
+    """Client-side filters -> (needs file metadata, function(rel, meta) -> bool
+    or None when no filter is set). meta: size, owner, gowner, ctime (ms), jobid;
+    a value the listing does not have never excludes a file."""
+    tests = []
+    for s in opts.get('exclude') or ():
+        tests.append(lambda rel, m, s=s: s not in rel)
+    for r in opts.get('exclude_re') or ():
+        try:
+            rx = re.compile(r)
+        except re.error as e:
+            raise AlienError('cp: invalid regex %r: %s' % (r, e), EX_USAGE)
+        tests.append(lambda rel, m, rx=rx: not rx.search(rel))
+    if opts.get('mindepth') is not None:
+        tests.append(lambda rel, m, n=opts['mindepth']: rel.count('/') >= n)
+    if opts.get('maxdepth') is not None:
+        tests.append(lambda rel, m, n=opts['maxdepth']: rel.count('/') <= n)
+    by_meta = []
+    for key, field, check in (('minsize', 'size', lambda v, x: v >= x), ('maxsize', 'size', lambda v, x: v <= x),
+                              ('min_ctime', 'ctime', lambda v, x: v >= x), ('max_ctime', 'ctime', lambda v, x: v <= x),
+                              ('user', 'owner', lambda v, x: v == x), ('group', 'gowner', lambda v, x: v == x),
+                              ('jobid_is', 'jobid', lambda v, x: str(v) == str(x))):
+        x = opts.get(key)
+        if x is None or x == '':
+            continue
+        by_meta.append(lambda rel, m, f=field, c=check, x=x: m.get(f) is None or c(m[f], x))
+    tests += by_meta
+    if not tests:
+        return False, None
+    return bool(by_meta), lambda rel, m: all(t(rel, m) for t in tests)
+
+
+def _int_or_none(v):
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return None
+
+
 def part_name(final):
     """Temporary name next to final: '.<name>.alienpy-part-<random>' (no
     characters XRootD would read as URL syntax)."""
@@ -1917,6 +1988,9 @@ def _grid_find(session, base, opts, glob_pattern=''):
         args += ['-o', str(opts['offset'])]
     # Selection is applied here on the client (exact glob/regex semantics); the
     # service only lists, so its pattern dialect cannot change what matches.
+    needs_meta, meta_ok = cp_meta_filter(opts)
+    if needs_meta:
+        args.insert(0, '-f')        # all fields: size, owner, gowner, ctime, jobid
     args += [base, '*']
     r = session.request('find', args, nomsg=True)
     if r.exitcode != 0:
@@ -1929,13 +2003,34 @@ def _grid_find(session, base, opts, glob_pattern=''):
         if not lfn or lfn.endswith('/') or lfn.endswith('.'):
             continue
         rel = lfn[len(base):] if lfn.startswith(base) else lfn.rsplit('/', 1)[-1]
-        if keep(lfn, rel):
-            out.append(lfn)
+        if not keep(lfn, rel):
+            continue
+        if meta_ok is not None:
+            meta = {'size': _int_or_none(item.get('size')), 'owner': item.get('owner'),
+                    'gowner': item.get('gowner'), 'ctime': _int_or_none(item.get('ctime') or item.get('mtime')),
+                    'jobid': item.get('jobid')}
+            if not meta_ok(rel, meta):
+                continue
+        out.append(lfn)
     return out
+
+
+def _local_meta(path):
+    st = os.stat(path)
+    meta = {'size': st.st_size, 'ctime': int(st.st_mtime * 1000), 'jobid': None}
+    try:
+        import pwd
+        import grp
+        meta['owner'] = pwd.getpwuid(st.st_uid).pw_name
+        meta['gowner'] = grp.getgrgid(st.st_gid).gr_name
+    except (ImportError, KeyError):
+        meta['owner'] = meta['gowner'] = None
+    return meta
 
 
 def _local_walk(base, opts, glob_pattern=''):
     keep = cp_filter(opts, glob_pattern)
+    _needs, meta_ok = cp_meta_filter(opts)
     out = []
     for root, dirs, files in os.walk(base, followlinks=True):
         dirs.sort()
@@ -1944,7 +2039,7 @@ def _local_walk(base, opts, glob_pattern=''):
             if not os.path.isfile(full):
                 continue
             rel = os.path.relpath(full, base)
-            if keep(full, rel):
+            if keep(full, rel) and (meta_ok is None or meta_ok(rel, _local_meta(full))):
                 out.append(full)
     return out
 

@@ -2338,6 +2338,27 @@ def test_glob_to_regex(pattern, yes, no):
     assert all(rx.match(y) for y in yes) and not any(rx.match(n) for n in no)
 
 
+def test_cp_meta_filter_and_times():
+    opts = alien.parse_cp_args(['-exclude', 'tmp', '-exclude_re', r'\.bak$', '-maxdepth', '1', '-minsize', '10',
+                                '-user', 'u', '-min-ctime', '1700000000', 'a', 'b'])[0]
+    needs, ok = alien.cp_meta_filter(opts)
+    m = {'size': 10, 'owner': 'u', 'gowner': 'g', 'ctime': 1700000000000, 'jobid': None}
+    assert needs and ok('a/f.root', m)
+    assert not ok('a/tmp/f', m) and not ok('f.bak', m) and not ok('a/b/f', m)
+    assert not ok('f', dict(m, size=9)) and not ok('f', dict(m, owner='v')) and not ok('f', dict(m, ctime=1))
+    assert ok('f', dict(m, size=None))                  # a value the listing lacks does not exclude
+    assert alien.cp_meta_filter(alien.parse_cp_args(['a', 'b'])[0]) == (False, None)
+    assert alien.cp_meta_filter(alien.parse_cp_args(['-mindepth', '1', 'a', 'b'])[0])[0] is False
+    assert alien.parse_time_ms('1700000000123') == 1700000000123
+    assert alien.parse_time_ms('1700000000') == 1700000000000
+    assert alien.parse_time_ms('2024-01-02') == int(time.mktime((2024, 1, 2, 0, 0, 0, 0, 0, -1)) * 1000)
+    with pytest.raises(alien.AlienError):
+        alien.parse_time_ms('yesterday')
+    with pytest.raises(alien.AlienError) as e:
+        alien.cp_meta_filter(alien.parse_cp_args(['-exclude_re', '[', 'a', 'b'])[0])
+    assert e.value.exitcode == alien.EX_USAGE
+
+
 def test_part_name_is_hidden_and_url_safe(tmp_path):
     final = str(tmp_path / 'a?b#c&d.root')
     p = alien.part_name(final)
@@ -2500,6 +2521,13 @@ def test_cp_recursive_filters_and_naming(cpenv, grid_state, tmp_path):
     assert get('-glob', '*.txt', '-rmprefix', 5, g, '') == ['cp_tree_%d/sub/deep/d.txt' % os.getpid()]
     assert get('-parent', 2, g + 'sub/deep/d.txt', '') == ['sub/deep/d.txt']
     assert len(get('-l', 2, g, '')) == 2
+    # client-side filters on the listing (find -f fields)
+    assert get('-exclude', 'sub/', g, '') == ['.hidden', 'a.log', 'b.root']
+    assert get('-exclude_re', r'\.(log|root)$', g, '') == ['.hidden', 'sub/deep/d.txt']
+    assert get('-maxdepth', 0, '-minsize', 6, '-maxsize', 6, g, '') == ['b.root']   # contents are the names
+    assert get('-mindepth', 2, '-user', 'jalien', g, '') == ['sub/deep/d.txt']
+    p = cpx(cpenv, '-min-ctime', int(time.time() * 1000) + 3600000, g, 'file:%s/none/' % tmp_path)
+    assert p.returncode == alien.EX_ENOMSG and 'no files found' in p.stderr, p      # nothing that new
     # dry run: the plan, nothing copied
     p = cpx(cpenv, '-dryrun', '-glob', '*.log', g, 'file:%s/dry/' % tmp_path)
     assert p.returncode == 0 and p.stdout.count(' -> ') == 2 and not os.path.exists(str(tmp_path / 'dry')), p
@@ -2508,6 +2536,9 @@ def test_cp_recursive_filters_and_naming(cpenv, grid_state, tmp_path):
     assert p.returncode == 0, p
     p = cpcli(cpenv, 'find', g + 'up/', '*')
     assert p.stdout.split() == [g + 'up/sub/c.log'], p
+    p = cpx(cpenv, '-exclude_re', 'log', '-maxdepth', 0, 'file:%s/sub/' % src, g + 'up2/')
+    assert p.returncode == 0, p
+    assert cpcli(cpenv, 'find', g + 'up2/', '*').stdout.split() == [g + 'up2/myfile_run12.root']
     p = cpx(cpenv, '-select', '[', g, 'file:%s/bad/' % tmp_path)
     assert p.returncode == alien.EX_USAGE and one_line_error(p), p
 
