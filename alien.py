@@ -1398,6 +1398,7 @@ def run_local_shell(command, stdin_text=None):
 
 CP_USAGE = '''cp [options] SRC DST
 cp [options] -input FILE        (one "SRC DST" pair per line; # ; // comments)
+cp [options] -dst DIR SRC...    (each SRC to DIR/<its path below the sources' common directory>)
   local side: file:PATH (or an existing local path); grid side: LFN, alien:LFN
   grid specifiers after the LFN: LFN@disk:2,ALICE::SITE::SE,!ALICE::SITE::SE
 options:
@@ -1430,7 +1431,7 @@ _CP_OPTIONS = {
     '-chunksz': ('chunksize', 'int'), '-T': ('parallel', 'int'), '-retry': ('retry', 'int'),
     '-timeout': ('timeout', 'int'), '-parent': ('parent', 'int'), '-rmprefix': ('rmprefix', 'int'),
     '-l': ('limit', 'int'), '-o': ('offset', 'int'),
-    '-input': ('input', 'str'), '-glob': ('glob', 'str'), '-select': ('select', 'str'),
+    '-input': ('input', 'str'), '-dst': ('dst', 'str'), '-glob': ('glob', 'str'), '-select': ('select', 'str'),
     '-name': ('name', 'str'), '-j': ('jobid', 'str'),
     # client-side filters on the listed files (relative path, size, owner, time)
     '-exclude': ('exclude', 'list'), '-exclude_re': ('exclude_re', 'list'),
@@ -1445,7 +1446,7 @@ _CP_DEFAULTS = {
     'strictspec': False, 'norecovery': False,
     'sources': 1, 'streams': 0, 'chunks': 0, 'chunksize': 0, 'parallel': 8, 'retry': 1,
     'timeout': 0, 'parent': 0, 'rmprefix': 0, 'limit': 0, 'offset': 0,
-    'input': '', 'glob': '', 'select': '', 'name': '', 'jobid': '', 'help': False,
+    'input': '', 'dst': '', 'glob': '', 'select': '', 'name': '', 'jobid': '', 'help': False,
     'exclude': (), 'exclude_re': (), 'minsize': None, 'maxsize': None, 'mindepth': None, 'maxdepth': None,
     'user': '', 'group': '', 'jobid_is': '', 'min_ctime': None, 'max_ctime': None,
 }
@@ -1615,6 +1616,25 @@ def parse_input_lines(text):
             continue
         pairs.append((fields[0], fields[1]))
     return pairs, notices
+
+
+def dst_dir_targets(sources, dst_dir):
+    """-dst DIR: absolute source paths -> one destination directory each,
+    DIR/<source's directory below the common directory of all sources>/
+    (the source's own name is added by the usual naming rules). Prefix and
+    storage specifiers of DIR are kept on every destination."""
+    import posixpath
+    m = re.match(r'^((?:alien|file):(?://)?)', dst_dir)
+    prefix = m.group(1) if m else ''
+    path, specs = split_specs(dst_dir[len(prefix):]) if not prefix.startswith('file') else (dst_dir[len(prefix):], [])
+    dirs = [posixpath.dirname(s.rstrip('/')) or '/' for s in sources]
+    common = posixpath.commonpath(dirs) if dirs else '/'
+    out = []
+    for d in dirs:
+        rel = d[len(common):].strip('/')
+        target = path.rstrip('/') + '/' + (rel + '/' if rel else '')
+        out.append(prefix + target + ('@' + ','.join(specs) if specs else ''))
+    return out
 
 
 def cp_side(arg):
@@ -2732,6 +2752,19 @@ def cmd_cp(session, args):
         pairs, notices = parse_input_lines(text)
         if not pairs:
             raise AlienError('cp: no "src dst" lines in %s' % opts['input'], EX_EINVAL)
+    elif opts['dst']:
+        if not pos:
+            raise AlienError('cp: -dst DIR needs at least one SRC', EX_EINVAL)
+        d_side = cp_side(opts['dst'])[0]
+        expanded = []
+        for src in pos:
+            s_side, s_path = cp_side(src)
+            if s_side is None:
+                s_side = 'grid' if d_side == 'local' else ('local' if d_side == 'grid' else
+                                                            ('local' if os.path.lexists(s_path) else 'grid'))
+            expanded.append(expand_local_path(s_path) if s_side == 'local' else
+                            session.grid_path(split_specs(s_path)[0]))
+        pairs = list(zip(pos, dst_dir_targets(expanded, opts['dst'])))
     elif len(pos) != 2:
         raise AlienError('cp: need exactly SRC and DST (got %d arguments); see cp -h' % len(pos), EX_EINVAL)
     else:

@@ -2359,6 +2359,12 @@ def test_cp_meta_filter_and_times():
     assert e.value.exitcode == alien.EX_USAGE
 
 
+def test_dst_dir_targets():
+    assert alien.dst_dir_targets(['/a/b/x', '/a/c/y', '/a/z'], 'file:out') == ['file:out/b/', 'file:out/c/', 'file:out/']
+    assert alien.dst_dir_targets(['/a/b/x'], '/g/d@disk:1,!S::E::X') == ['/g/d/@disk:1,!S::E::X']
+    assert alien.dst_dir_targets(['/a/b/dir/', '/a/b/f'], 'alien:/g/') == ['alien:/g/', 'alien:/g/']
+
+
 def test_part_name_is_hidden_and_url_safe(tmp_path):
     final = str(tmp_path / 'a?b#c&d.root')
     p = alien.part_name(final)
@@ -2521,6 +2527,12 @@ def test_cp_recursive_filters_and_naming(cpenv, grid_state, tmp_path):
     assert get('-glob', '*.txt', '-rmprefix', 5, g, '') == ['cp_tree_%d/sub/deep/d.txt' % os.getpid()]
     assert get('-parent', 2, g + 'sub/deep/d.txt', '') == ['sub/deep/d.txt']
     assert len(get('-l', 2, g, '')) == 2
+    # -dst DIR: several sources, each below the sources' common directory
+    p = cpx(cpenv, '-dst', 'file:%s/dstmode' % tmp_path, g + 'a.log', g + 'sub/c.log', g + 'sub/deep')
+    assert p.returncode == 0 and '3/3 files copied' in p.stdout, p
+    assert sorted(os.path.relpath(os.path.join(r, f), str(tmp_path / 'dstmode'))
+                  for r, _, fs in os.walk(str(tmp_path / 'dstmode')) for f in fs) == \
+        ['a.log', 'sub/c.log', 'sub/deep/d.txt']
     # client-side filters on the listing (find -f fields)
     assert get('-exclude', 'sub/', g, '') == ['.hidden', 'a.log', 'b.root']
     assert get('-exclude_re', r'\.(log|root)$', g, '') == ['.hidden', 'sub/deep/d.txt']
