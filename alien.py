@@ -1394,6 +1394,1210 @@ def run_local_shell(command, stdin_text=None):
 # Transfers: cp over XRootD (imported lazily)
 # ==========================================================================
 
+# ---- cp: pure helpers (argument grammar, specifiers, naming) --------------
+
+CP_USAGE = '''cp [options] SRC DST
+cp [options] -input FILE        (one "SRC DST" pair per line; # ; // comments)
+cp [options] -dst DIR SRC...    (each SRC to DIR/<its path below the sources' common directory>)
+  local side: file:PATH (or an existing local path); grid side: LFN, alien:LFN
+  grid specifiers after the LFN: LFN@disk:2,ALICE::SITE::SE,!ALICE::SITE::SE
+options:
+  -f, -force      copy even if an identical destination exists (size+md5)
+  -T N            files transferred at once (default 8)
+  -S N            TCP streams per transfer (1-15)
+  -chunks N       parallel chunks per file;  -chunksz BYTES  chunk size
+  -y N            read one file from up to N replicas at once
+  -retry N        XRootD retries per attempt (default 1); -timeout S  per file
+  -quiet          no progress line, no summary on success; -dryrun  only print the plan
+  -strictspec     the service uses only the SEs named in the specifiers
+  -norecovery     do not re-book failed upload replicas on other SEs
+  -P, -cksum      accepted (md5 is always verified on download)
+directories (recursive; listed with the service's find):
+  -glob PAT | -select REGEX (full path) | -name begin_X_contain_Y_ends_Z_ext_W
+  -parent N       keep the last N directories of the source path
+  -rmprefix N     drop the first N directories of the source path
+  -a (hidden files, always on)  -j JOBID  -l COUNT  -o OFFSET  (passed to find)
+  filters: -exclude TEXT, -exclude_re REGEX (relative path; repeatable), -minsize/-maxsize BYTES,
+  -mindepth/-maxdepth N, -user U, -group G, -jobid ID, -min-ctime/-max-ctime T (ms, s, YYYY-mm-dd)
+exit code: 0 only when every requested file reached its destination'''
+
+# option -> (key, kind); kind: 'flag', 'int', 'str'
+_CP_OPTIONS = {
+    '-f': ('force', 'flag'), '-force': ('force', 'flag'),
+    '-P': ('posc', 'flag'), '-cksum': ('cksum', 'flag'), '-a': ('hidden', 'flag'),
+    '-strictspec': ('strictspec', 'flag'), '-norecovery': ('norecovery', 'flag'),
+    '-quiet': ('quiet', 'flag'), '-dryrun': ('dryrun', 'flag'),
+    '-y': ('sources', 'int'), '-S': ('streams', 'int'), '-chunks': ('chunks', 'int'),
+    '-chunksz': ('chunksize', 'int'), '-T': ('parallel', 'int'), '-retry': ('retry', 'int'),
+    '-timeout': ('timeout', 'int'), '-parent': ('parent', 'int'), '-rmprefix': ('rmprefix', 'int'),
+    '-l': ('limit', 'int'), '-o': ('offset', 'int'),
+    '-input': ('input', 'str'), '-dst': ('dst', 'str'), '-glob': ('glob', 'str'), '-select': ('select', 'str'),
+    '-name': ('name', 'str'), '-j': ('jobid', 'str'),
+    # client-side filters on the listed files (relative path, size, owner, time)
+    '-exclude': ('exclude', 'list'), '-exclude_re': ('exclude_re', 'list'),
+    '-minsize': ('minsize', 'int'), '-maxsize': ('maxsize', 'int'),
+    '-mindepth': ('mindepth', 'int'), '-maxdepth': ('maxdepth', 'int'),
+    '-user': ('user', 'str'), '-group': ('group', 'str'), '-jobid': ('jobid_is', 'str'),
+    '-min-ctime': ('min_ctime', 'time'), '-max-ctime': ('max_ctime', 'time'),
+}
+
+_CP_DEFAULTS = {
+    'force': False, 'posc': True, 'cksum': True, 'hidden': True, 'quiet': False, 'dryrun': False,
+    'strictspec': False, 'norecovery': False,
+    'sources': 1, 'streams': 0, 'chunks': 0, 'chunksize': 0, 'parallel': 8, 'retry': 1,
+    'timeout': 0, 'parent': 0, 'rmprefix': 0, 'limit': 0, 'offset': 0,
+    'input': '', 'dst': '', 'glob': '', 'select': '', 'name': '', 'jobid': '', 'help': False,
+    'exclude': (), 'exclude_re': (), 'minsize': None, 'maxsize': None, 'mindepth': None, 'maxdepth': None,
+    'user': '', 'group': '', 'jobid_is': '', 'min_ctime': None, 'max_ctime': None,
+}
+
+
+def parse_time_ms(value):
+    """'1700000000000' (ms), '1700000000' (s) or 'YYYY-mm-dd[ HH:MM[:SS]]' (local time) -> ms."""
+    v = value.strip()
+    if v.isdigit() and len(v) >= 12:
+        return int(v)
+    if v.isdigit() and len(v) >= 9:
+        return int(v) * 1000
+    for fmt in ('%Y-%m-%d %H:%M:%S', '%Y-%m-%d %H:%M', '%Y-%m-%dT%H:%M:%S', '%Y-%m-%d', '%Y%m%d'):
+        try:
+            return int(time.mktime(time.strptime(v, fmt)) * 1000)
+        except ValueError:
+            pass
+    raise AlienError('cp: cannot read the time %r (ms or s since 1970, or YYYY-mm-dd[ HH:MM[:SS]])' % value,
+                     EX_EINVAL)
+
+
+def parse_cp_args(args):
+    """Parse cp arguments -> (options dict, positional list).
+
+    Options may appear anywhere; '--' ends option parsing. Bad values and
+    unknown options raise AlienError(…, EX_EINVAL)."""
+    opts = dict(_CP_DEFAULTS)
+    pos = []
+    i = 0
+    while i < len(args):
+        a = args[i]
+        i += 1
+        if a == '--':
+            pos.extend(args[i:])
+            break
+        if a in ('-h', '-help', '--help'):
+            opts['help'] = True
+            continue
+        spec = _CP_OPTIONS.get(a)
+        if spec is None:
+            if len(a) > 1 and a.startswith('-') and not a[1:].replace('.', '').isdigit():
+                raise AlienError('cp: unknown option %s (see cp -h)' % a, EX_EINVAL)
+            pos.append(a)
+            continue
+        key, kind = spec
+        if kind == 'flag':
+            opts[key] = True
+            continue
+        if i >= len(args):
+            raise AlienError('cp: option %s needs a value' % a, EX_EINVAL)
+        value = args[i]
+        i += 1
+        if kind == 'list':
+            opts[key] = tuple(opts[key]) + (value,)
+            continue
+        if kind == 'time':
+            opts[key] = parse_time_ms(value)
+            continue
+        if kind == 'int':
+            try:
+                value = int(value)
+            except ValueError:
+                raise AlienError('cp: option %s needs an integer, got %r' % (a, value), EX_EINVAL)
+            if value < 0:
+                raise AlienError('cp: option %s needs a value >= 0, got %d' % (a, value), EX_EINVAL)
+        opts[key] = value
+    if sum(1 for k in ('glob', 'select', 'name') if opts[k]) > 1:
+        raise AlienError('cp: only one selection rule can be used: -select (full path regex), '
+                         '-name (file name) or -glob (globbing)', EX_EINVAL)
+    if opts['parallel'] < 1:
+        opts['parallel'] = 1
+    if opts['streams'] > 15:
+        opts['streams'] = 15
+    if opts['sources'] < 1:
+        opts['sources'] = 1
+    return opts, pos
+
+
+def name_verbs_to_regex(value):
+    """Translate -name begin_X_contain_Y_ends_Z_ext_W into a full-path regex.
+
+    Each verb takes the text up to the next '_'. Text is matched literally.
+    begin_X: the name starts with X; contain_Y: then contains Y (several allowed,
+    in order); ends_Z: the name (without the ext part) ends with Z; ext_W: the
+    extension is W. E.g. begin_myf_contain_run1_ext_root -> .*/myf[^/]*run1[^/]*\\.root$"""
+    tokens = value.split('_')
+    if len(tokens) % 2 or not tokens:
+        raise AlienError('cp: -name needs verb_value pairs (begin_, contain_, ends_, ext_): %r' % value, EX_EINVAL)
+    begin = ext = ends = None
+    contains = []
+    for verb, text in zip(tokens[0::2], tokens[1::2]):
+        if not text:
+            raise AlienError('cp: -name verb %s has no text: %r' % (verb, value), EX_EINVAL)
+        if verb == 'begin' and begin is None:
+            begin = text
+        elif verb == 'ext' and ext is None:
+            ext = text
+        elif verb == 'ends' and ends is None:
+            ends = text
+        elif verb == 'contain':
+            contains.append(text)
+        else:
+            raise AlienError('cp: -name: unknown or repeated verb %r in %r '
+                             '(use begin_X, contain_X, ends_X, ext_X)' % (verb, value), EX_EINVAL)
+    rx = '.*/'
+    rx += re.escape(begin) if begin is not None else ''
+    for c in contains:
+        rx += '[^/]*' + re.escape(c)
+    rx += '[^/]*'
+    if ends is not None:
+        rx += re.escape(ends)
+    if ext is not None:
+        rx += r'\.' + re.escape(ext)
+    return rx + '$'
+
+
+_SPEC_TOKEN_RE = re.compile(r'^(!?[A-Za-z0-9_.-]+::[A-Za-z0-9_.-]+::[A-Za-z0-9_.-]+|[A-Za-z][A-Za-z0-9_-]*[:=]\d+)$')
+
+
+def split_specs(arg):
+    """'path@disk:2,SE1,!SE2' or 'path,disk:2' -> ('path', ['disk:2', 'SE1', '!SE2']).
+
+    '@' always starts the specifiers; a ',' only when every token after it is a
+    valid specifier (so a file name with a comma stays intact)."""
+    head = arg
+    prefix = ''
+    m = re.match(r'^((?:alien|file):(?://)?)', arg)
+    if m:
+        prefix, head = m.group(1), arg[m.end():]
+    if '@' in head:
+        path, rest = head.split('@', 1)
+    elif ',' in head:
+        path, rest = head.split(',', 1)
+        tokens = [t for t in re.split('[@,]', rest) if t]
+        if not tokens or not all(_SPEC_TOKEN_RE.match(t) for t in tokens):
+            return arg, []
+    else:
+        return arg, []
+    specs = [t for t in re.split('[@,]', rest) if t]
+    for t in specs:
+        if not _SPEC_TOKEN_RE.match(t):
+            raise AlienError('cp: invalid storage specifier %r in %r (use disk:N, SITE::NAME::SE, !SITE::NAME::SE)'
+                             % (t, arg), EX_EINVAL)
+        if re.match(r'^[A-Za-z]', t) and '::' not in t and int(re.split('[:=]', t)[1]) < 1:
+            raise AlienError('cp: replica count must be > 0 in %r' % t, EX_EINVAL)
+    return prefix + path, specs
+
+
+def parse_input_lines(text):
+    """-input file content -> ([(src, dst), ...], [notices]).
+
+    Blank lines and lines starting with #, ; or // are ignored; fields are
+    shell-quoted (so names with spaces work); lines without exactly 2 fields
+    are skipped with a notice."""
+    pairs, notices = [], []
+    for n, line in enumerate(text.splitlines(), 1):
+        s = line.strip()
+        if not s or s.startswith(('#', ';', '//')):
+            continue
+        try:
+            fields = shlex.split(s)
+        except ValueError as e:
+            notices.append('cp -input line %d skipped (%s): %s' % (n, e, s))
+            continue
+        if len(fields) != 2:
+            notices.append('cp -input line %d skipped (need "src dst"): %s' % (n, s))
+            continue
+        pairs.append((fields[0], fields[1]))
+    return pairs, notices
+
+
+def dst_dir_targets(sources, dst_dir):
+    """-dst DIR: absolute source paths -> one destination directory each,
+    DIR/<source's directory below the common directory of all sources>/
+    (the source's own name is added by the usual naming rules). Prefix and
+    storage specifiers of DIR are kept on every destination."""
+    import posixpath
+    m = re.match(r'^((?:alien|file):(?://)?)', dst_dir)
+    prefix = m.group(1) if m else ''
+    path, specs = split_specs(dst_dir[len(prefix):]) if not prefix.startswith('file') else (dst_dir[len(prefix):], [])
+    dirs = [posixpath.dirname(s.rstrip('/')) or '/' for s in sources]
+    common = posixpath.commonpath(dirs) if dirs else '/'
+    out = []
+    for d in dirs:
+        rel = d[len(common):].strip('/')
+        target = path.rstrip('/') + '/' + (rel + '/' if rel else '')
+        out.append(prefix + target + ('@' + ','.join(specs) if specs else ''))
+    return out
+
+
+def cp_side(arg):
+    """'file:x' -> ('local', 'x'), 'alien:x' -> ('grid', 'x'), else (None, arg)."""
+    m = re.match(r'^(file|alien):(?://)?', arg)
+    if not m:
+        return None, arg
+    return ('local' if m.group(1) == 'file' else 'grid'), arg[m.end():] or '.'
+
+
+def cp_direction(src, dst, local_exists):
+    """Decide the direction of one pair -> ('upload'|'download', src_path, dst_path).
+
+    local_exists(path) is asked only when neither side has a prefix."""
+    s_side, s_path = cp_side(src)
+    d_side, d_path = cp_side(dst)
+    if s_side is None and d_side is None:
+        s_side = 'local' if local_exists(s_path) else 'grid'
+    if s_side is None:
+        s_side = 'grid' if d_side == 'local' else 'local'
+    if d_side is None:
+        d_side = 'grid' if s_side == 'local' else 'local'
+    if s_side == d_side == 'grid':
+        raise AlienError('cp: grid to grid copy is not supported: download and upload in two steps '
+                         '(mark local paths with file:)', EX_GENERIC)
+    if s_side == d_side == 'local':
+        raise AlienError('cp: both sides are local: use the system cp (mark grid paths with alien:)', EX_GENERIC)
+    return ('upload' if s_side == 'local' else 'download'), s_path, d_path
+
+
+def split_glob(path):
+    """'/a/b/*.log' -> ('/a/b/', '*.log'); a path without '*' -> (path, '')."""
+    if '*' not in path:
+        return path, ''
+    parts = path.split('/')
+    for i, p in enumerate(parts):
+        if '*' in p:
+            return '/'.join(parts[:i]) + '/', '/'.join(parts[i:])
+    return path, ''
+
+
+def _components(dirpath):
+    """'/a/b/' -> ['a', 'b'] (real directories, the root not counted)."""
+    return [c for c in dirpath.split('/') if c and c != '.']
+
+
+def cp_dst_name(src_dir, rel, dst, parent=0, rmprefix=0):
+    """Destination of one file.
+
+    src_dir: the source directory (the file's directory for a single file, the
+    copied directory for a recursive copy); rel: the file's path relative to
+    src_dir; dst: the destination - a directory when it ends with '/', else
+    the exact target name. parent N keeps the last N directories of src_dir,
+    rmprefix N keeps the directories after the first N."""
+    if not dst.endswith('/'):
+        return dst
+    dirs = _components(src_dir)
+    if rmprefix > 0:
+        keep = dirs[min(rmprefix, len(dirs)):]
+    elif parent > 0:
+        keep = dirs[-parent:] if parent < len(dirs) else dirs
+    else:
+        keep = []
+    return posix_normpath(dst + '/'.join(keep + [rel]))
+
+
+def posix_normpath(p):
+    import posixpath
+    keep_slash = p.endswith('/')
+    q = posixpath.normpath(p)
+    if q.startswith('//'):
+        q = q[1:]
+    return q + '/' if keep_slash and not q.endswith('/') else q
+
+
+def glob_to_regex(pattern):
+    """Shell glob -> regex on a relative path: '*' and '?' stay in one path
+    component, '**/' crosses directories. A pattern without '/' matches the
+    file name at any depth."""
+    out = ''
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if pattern.startswith('**/', i):
+            out += '(?:.*/)?'
+            i += 3
+            continue
+        if pattern.startswith('**', i):
+            out += '.*'
+            i += 2
+            continue
+        if c == '*':
+            out += '[^/]*'
+        elif c == '?':
+            out += '[^/]'
+        elif c == '[':
+            j = pattern.find(']', i + 1)
+            if j < 0:
+                out += re.escape(c)
+            else:
+                body = pattern[i + 1:j]
+                if body.startswith('!'):
+                    body = '^' + body[1:]
+                out += '[' + body.replace('\\', '\\\\') + ']'
+                i = j
+        else:
+            out += re.escape(c)
+        i += 1
+    if '/' not in pattern:
+        out = '(?:.*/)?' + out
+    return '^' + out + '$'
+
+
+def cp_filter(opts, glob_pattern=''):
+    """-> function(full_path, rel_path) -> bool for the selection options."""
+    if glob_pattern or opts.get('glob'):
+        rx = re.compile(glob_to_regex(glob_pattern or opts['glob']), re.S)
+        return lambda full, rel: bool(rx.match(rel))
+    regex = opts.get('select') or (name_verbs_to_regex(opts['name']) if opts.get('name') else '')
+    if regex:
+        try:
+            rx = re.compile(regex, re.S)
+        except re.error as e:
+            raise AlienError('cp: invalid regex %r: %s' % (regex, e), EX_USAGE)
+        return lambda full, rel: bool(rx.match(full))
+    return lambda full, rel: True
+
+
+def cp_meta_filter(opts):
+    """Client-side filters -> (needs file metadata, function(rel, meta) -> bool
+    or None when no filter is set). meta: size, owner, gowner, ctime (ms), jobid;
+    a value the listing does not have never excludes a file."""
+    tests = []
+    for s in opts.get('exclude') or ():
+        tests.append(lambda rel, m, s=s: s not in rel)
+    for r in opts.get('exclude_re') or ():
+        try:
+            rx = re.compile(r)
+        except re.error as e:
+            raise AlienError('cp: invalid regex %r: %s' % (r, e), EX_USAGE)
+        tests.append(lambda rel, m, rx=rx: not rx.search(rel))
+    if opts.get('mindepth') is not None:
+        tests.append(lambda rel, m, n=opts['mindepth']: rel.count('/') >= n)
+    if opts.get('maxdepth') is not None:
+        tests.append(lambda rel, m, n=opts['maxdepth']: rel.count('/') <= n)
+    by_meta = []
+    for key, field, check in (('minsize', 'size', lambda v, x: v >= x), ('maxsize', 'size', lambda v, x: v <= x),
+                              ('min_ctime', 'ctime', lambda v, x: v >= x), ('max_ctime', 'ctime', lambda v, x: v <= x),
+                              ('user', 'owner', lambda v, x: v == x), ('group', 'gowner', lambda v, x: v == x),
+                              ('jobid_is', 'jobid', lambda v, x: str(v) == str(x))):
+        x = opts.get(key)
+        if x is None or x == '':
+            continue
+        by_meta.append(lambda rel, m, f=field, c=check, x=x: m.get(f) is None or c(m[f], x))
+    tests += by_meta
+    if not tests:
+        return False, None
+    return bool(by_meta), lambda rel, m: all(t(rel, m) for t in tests)
+
+
+def _int_or_none(v):
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def part_name(final):
+    """Temporary name next to final: '.<name>.alienpy-part-<random>' (no
+    characters XRootD would read as URL syntax)."""
+    d, base = os.path.split(final)
+    safe = re.sub(r'[?#&%\x00-\x1f]', '_', base)[:150]
+    return os.path.join(d, '.%s.alienpy-part-%s' % (safe, os.urandom(6).hex()))
+
+
+def human_bytes(n):
+    n = float(n)
+    for unit in ('B', 'KiB', 'MiB', 'GiB', 'TiB'):
+        if abs(n) < 1024 or unit == 'TiB':
+            return ('%d %s' % (n, unit)) if unit == 'B' else ('%.2f %s' % (n, unit))
+        n /= 1024.0
+
+
+def md5_file(path, chunk=4 << 20):
+    h = hashlib.md5()
+    with open(path, 'rb') as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+def grid_url(url, envelope, extra=''):
+    """Replica URL + authorisation envelope (+ extra opaque) for XRootD."""
+    base, member = url, ''
+    if '#' in url:
+        base, member = url.rsplit('#', 1)
+    sep = '&' if '?' in base else '?'
+    full = '%s%sxrd.wantprot=unix&authz=%s' % (base, sep, envelope)
+    if member:
+        full += '&xrdcl.unzip=' + member
+    return full + extra
+
+
+def stat_fields(result):
+    """Normalise one `stat` result (2021 service: `file`, newer: `lfn`)."""
+    r = dict(result or {})
+    path = r.get('lfn') or r.get('file') or r.get('path') or r.get('name') or ''
+    kind = (r.get('type') or 'f')[:1].lower()
+    try:
+        size = int(r.get('size') or 0)
+    except ValueError:
+        size = 0
+    return {'path': path, 'type': kind, 'size': size, 'md5': (r.get('md5') or '').lower(),
+            'mtime': r.get('mtime') or r.get('ctime') or ''}
+
+
+# ---- XRootD -----------------------------------------------------------------
+
+_XRD_CLIENT = []
+
+
+def xrootd_client():
+    """Import XRootD once and apply our defaults; AlienError if it is missing."""
+    if _XRD_CLIENT:
+        return _XRD_CLIENT[0]
+    try:
+        from XRootD import client
+    except Exception:
+        raise AlienError('cp needs the XRootD Python bindings: pip install xrootd '
+                         '(or apt install python3-xrootd)', EX_GENERIC)
+    # Page checksums (pgread/pgwrite) cost 3-4x throughput on CPU-bound hosts;
+    # downloads are verified end to end with the catalogue md5, and every later
+    # reader verifies what we uploaded, so they are off unless the user sets
+    # XRD_CPUSEPGWRTRD. A refused connection is retried for ConnectionWindow
+    # seconds ConnectionRetry times (default 5 x 120 s): we fail over to the
+    # next replica instead, so one attempt within 15 s.
+    defaults = (('XRD_CPUSEPGWRTRD', 'CpUsePgWrtRd', 0),
+                ('XRD_CONNECTIONRETRY', 'ConnectionRetry', 1),
+                ('XRD_CONNECTIONWINDOW', 'ConnectionWindow', 15))
+    for env, key, value in defaults:
+        if env not in os.environ:
+            client.EnvPutInt(key, value)
+    _XRD_CLIENT.append(client)
+    return client
+
+
+class CopyJob(object):
+    """One file transfer: source/target URLs plus what to do afterwards."""
+    __slots__ = ('source', 'target', 'size', 'md5', 'sources', 'info', 'ok', 'error')
+
+    def __init__(self, source, target, size=0, md5='', sources=1, info=None):
+        self.source = source
+        self.target = target
+        self.size = size
+        self.md5 = md5
+        self.sources = sources
+        self.info = info
+        self.ok = False
+        self.error = ''
+
+
+class _Progress(object):
+    """Progress of one transfer set on one stderr line (tty only)."""
+
+    def __init__(self, total_files, total_bytes, enabled, label=''):
+        self.total_files = total_files
+        self.total_bytes = total_bytes
+        self.enabled = enabled
+        self.label = label
+        self.done_files = 0
+        self.done_bytes = 0
+        self.current = {}
+        self.start = time.time()
+        self.last = 0.0
+        self.cancel = False
+
+    # CopyProgressHandler interface (called from XRootD threads)
+    def begin(self, job, total, source, target):
+        self.current[job] = 0
+
+    def update(self, job, processed, total):
+        self.current[job] = processed
+        self.show()
+
+    def end(self, job, results):
+        moved = self.current.pop(job, 0)
+        status = results.get('status') if hasattr(results, 'get') else None
+        if status is not None and getattr(status, 'ok', False):
+            moved = results.get('size') or moved
+        self.done_bytes += moved or 0
+        self.done_files += 1
+        self.show()
+
+    def should_cancel(self, job):
+        return self.cancel
+
+    def show(self, final=False):
+        if not self.enabled:
+            return
+        now = time.time()
+        if not final and now - self.last < 0.25:
+            return
+        self.last = now
+        moved = self.done_bytes + sum(self.current.values())
+        el = max(now - self.start, 1e-6)
+        rate = moved / el
+        left = self.total_bytes - moved
+        eta = ('%ds' % (left / rate)) if rate > 0 and left > 0 else '-'
+        line = '%s%d/%d files  %s/%s  %s/s  ETA %s' % (
+            self.label, self.done_files, self.total_files, human_bytes(moved),
+            human_bytes(self.total_bytes), human_bytes(rate), eta)
+        sys.stderr.write('\r\x1b[K' + line + ('\n' if final else ''))
+        sys.stderr.flush()
+
+
+def write_metalink(path, lfn, size, md5, urls):
+    """Metalink 4 file listing every replica (used with -y N > 1)."""
+    from xml.sax.saxutils import escape
+    lines = ['<?xml version="1.0" encoding="UTF-8"?>',
+             '<metalink xmlns="urn:ietf:params:xml:ns:metalink">',
+             ' <file name="%s">' % escape(os.path.basename(lfn) or 'file')]
+    if size >= 0:
+        lines.append('  <size>%d</size>' % size)
+    if md5:
+        lines.append('  <hash type="md5">%s</hash>' % md5)
+    for u in urls:
+        lines.append('  <url><![CDATA[%s]]></url>' % u.replace(']]>', ']]]]><![CDATA[>'))
+    lines += [' </file>', '</metalink>', '']
+    with open(path, 'w') as f:
+        f.write('\n'.join(lines))
+
+
+# ---- cp: planning and execution ----------------------------------------------
+
+class CpStats(object):
+    def __init__(self):
+        self.ok = 0
+        self.skipped = 0
+        self.failed = []      # (what, why)
+        self.notices = []
+        self.bytes = 0
+        self.plan = []        # dry-run lines
+        self.done = []        # (src, dst) of delivered files
+        self.replicas = {}    # lfn -> number of replicas the service offered
+
+    def fail(self, what, why):
+        self.failed.append((what, why))
+
+
+def _grid_stat(session, lfn):
+    r = session.request('stat', [lfn], nomsg=True)
+    if r.exitcode != 0 or not r.results:
+        return None
+    st = stat_fields(r.results[0])
+    if not st['path']:
+        st['path'] = lfn
+    return st
+
+
+def _grid_find(session, base, opts, glob_pattern=''):
+    """Every file under the grid directory base (ends with '/') -> [lfn]."""
+    args = ['-a', '-s']
+    if opts.get('jobid'):
+        args += ['-j', str(opts['jobid'])]
+    if opts.get('limit'):
+        args += ['-l', str(opts['limit'])]
+    if opts.get('offset'):
+        args += ['-o', str(opts['offset'])]
+    # Selection is applied here on the client (exact glob/regex semantics); the
+    # service only lists, so its pattern dialect cannot change what matches.
+    needs_meta, meta_ok = cp_meta_filter(opts)
+    if needs_meta:
+        args.insert(0, '-f')        # all fields: size, owner, gowner, ctime, jobid
+    args += [base, '*']
+    r = session.request('find', args, nomsg=True)
+    if r.exitcode != 0:
+        raise AlienError('cp: find %s failed: %s' % (base, r.err or 'exit code %d' % r.exitcode),
+                         EX_ENOENT if r.exitcode == 2 else (r.exitcode if r.exitcode > 0 else EX_GENERIC))
+    keep = cp_filter(opts, glob_pattern)
+    out = []
+    for item in r.results:
+        lfn = item.get('lfn') or item.get('path') or item.get('message') or ''
+        if not lfn or lfn.endswith('/') or lfn.endswith('.'):
+            continue
+        rel = lfn[len(base):] if lfn.startswith(base) else lfn.rsplit('/', 1)[-1]
+        if not keep(lfn, rel):
+            continue
+        if meta_ok is not None:
+            meta = {'size': _int_or_none(item.get('size')), 'owner': item.get('owner'),
+                    'gowner': item.get('gowner'), 'ctime': _int_or_none(item.get('ctime') or item.get('mtime')),
+                    'jobid': item.get('jobid')}
+            if not meta_ok(rel, meta):
+                continue
+        out.append(lfn)
+    return out
+
+
+def _local_meta(path):
+    st = os.stat(path)
+    meta = {'size': st.st_size, 'ctime': int(st.st_mtime * 1000), 'jobid': None}
+    try:
+        import pwd
+        import grp
+        meta['owner'] = pwd.getpwuid(st.st_uid).pw_name
+        meta['gowner'] = grp.getgrgid(st.st_gid).gr_name
+    except (ImportError, KeyError):
+        meta['owner'] = meta['gowner'] = None
+    return meta
+
+
+def _local_walk(base, opts, glob_pattern=''):
+    keep = cp_filter(opts, glob_pattern)
+    _needs, meta_ok = cp_meta_filter(opts)
+    out = []
+    for root, dirs, files in os.walk(base, followlinks=True):
+        dirs.sort()
+        for name in sorted(files):
+            full = os.path.join(root, name)
+            if not os.path.isfile(full):
+                continue
+            rel = os.path.relpath(full, base)
+            if keep(full, rel) and (meta_ok is None or meta_ok(rel, _local_meta(full))):
+                out.append(full)
+    return out
+
+
+def _access_args(mode, lfn, specs=None, size=None, md5=None, strict=False):
+    args = ['-f'] if strict and specs else []
+    if size is not None:
+        args += ['-s', str(size)]
+    if md5:
+        args += ['-m', md5]
+    args += [mode, lfn]
+    if specs:
+        args.append(','.join(specs))
+    return args
+
+
+def _access(session, mode, lfn, specs=None, size=None, md5=None, strict=False):
+    return session.request('access', _access_args(mode, lfn, specs, size, md5, strict), nomsg=True)
+
+
+REQUEST_WINDOW = 32
+
+
+def _requests(session, requests):
+    """[(command, options)] -> [Result], in order (nomsg). Uses the session's
+    request_many (several requests in flight on the connection, which is what
+    matters over a WAN: 1,000 files x 2 round trips) when it has one, else
+    one request after the other."""
+    many = getattr(session, 'request_many', None)
+    if many is not None and len(requests) > 1:
+        return many(requests, nomsg=True)
+    return [session.request(c, o, nomsg=True) for c, o in requests]
+
+
+def _file_matches(path, size, md5):
+    try:
+        if os.path.getsize(path) != size:
+            return False
+        return not md5 or md5_file(path) == md5
+    except OSError:
+        return False
+
+
+def _progress_enabled(opts):
+    return not opts.get('quiet') and sys.stderr.isatty()
+
+
+def _copy_batch(jobs, opts, handler):
+    """Run jobs in one CopyProcess in the calling thread (opts['parallel'] at
+    once); sets job.ok/.error, never raises."""
+    try:
+        client = xrootd_client()
+        if opts.get('streams'):
+            client.EnvPutInt('SubStreamsPerChannel', int(opts['streams']))
+        proc = client.CopyProcess()
+        proc.parallel(max(1, min(int(opts.get('parallel') or 1), len(jobs))))
+        extra = {}
+        if opts.get('chunks'):
+            extra['parallelchunks'] = int(opts['chunks'])
+        if opts.get('chunksize'):
+            extra['chunksize'] = int(opts['chunksize'])
+        if opts.get('timeout'):
+            extra['cptimeout'] = int(opts['timeout'])
+        for job in jobs:
+            kw = dict(extra)
+            if job.target.startswith('/'):
+                # download into a fresh temporary name: the directory exists
+                # already, nothing to overwrite; md5 verified by XRootD after
+                # the transfer and a mismatching file removed
+                if job.md5:
+                    kw.update(checksummode='target', checksumtype='md5', checksumpreset=job.md5, rmBadCksum=True)
+                proc.add_job(job.source, job.target, sourcelimit=job.sources, **kw)
+            else:
+                # upload: POSC so an interrupted write leaves nothing on the SE
+                proc.add_job(job.source, job.target, posc=True, mkdir=True, retry=int(opts.get('retry', 1)), **kw)
+        status = proc.prepare()
+        if not status.ok:
+            raise AlienError(status.message.strip())
+        _status, results = proc.run(handler)
+    except Exception as e:
+        for job in jobs:
+            job.ok, job.error = False, 'XRootD: %s' % e
+        return
+    for i, job in enumerate(jobs):
+        r = results[i] if i < len(results) else {}
+        st = r.get('status')
+        job.ok = st is not None and st.ok
+        job.error = '' if job.ok else ' '.join((st.message if st is not None else 'not run').split())
+
+
+class CopyPipeline(object):
+    """Transfers run batch after batch in a worker thread while the caller
+    keeps talking to the service (access before a transfer, commit after):
+    control and data plane overlap. submit(jobs); results(wait) hands back
+    finished jobs; close(cancel) stops the worker."""
+
+    def __init__(self, opts, progress):
+        import threading
+        self.opts = opts
+        self.progress = progress
+        self.cv = threading.Condition()
+        self.ready = []
+        self.finished = []
+        self.pending = 0          # submitted and not yet handed back
+        self.closed = False
+        self.waiting = False      # the caller waits: do not hold jobs back
+        self.thread = threading.Thread(target=self._work, name='xrootd-copy')
+        self.thread.daemon = True
+        self.thread.start()
+
+    def submit(self, jobs):
+        with self.cv:
+            self.ready.extend(jobs)
+            self.pending += len(jobs)
+            self.cv.notify_all()
+
+    def _work(self):
+        batch_min = 4 * max(1, int(self.opts.get('parallel') or 1))
+        while True:
+            with self.cv:
+                while not self.ready and not self.closed:
+                    self.cv.wait()
+                if not self.ready:
+                    return
+                # gather a batch: a CopyProcess keeps `parallel` transfers busy
+                # only while it has jobs left, so small batches waste slots
+                end = time.time() + 0.05
+                while len(self.ready) < batch_min and not (self.closed or self.waiting) and time.time() < end:
+                    self.cv.wait(max(0.001, end - time.time()))
+                batch, self.ready = self.ready, []
+            _copy_batch(batch, self.opts, self.progress)
+            with self.cv:
+                self.finished.extend(batch)
+                self.cv.notify_all()
+
+    def results(self, wait=False):
+        with self.cv:
+            if wait:
+                self.waiting = True
+                self.cv.notify_all()
+                try:
+                    while not self.finished and self.pending:
+                        self.cv.wait(0.2)
+                finally:
+                    self.waiting = False
+            out, self.finished = self.finished, []
+            self.pending -= len(out)
+            return out
+
+    def close(self, cancel=False):
+        with self.cv:
+            self.closed = True
+            if cancel:
+                self.ready = []
+                self.progress.cancel = True
+            self.cv.notify_all()
+        self.thread.join()
+
+
+def cp_download(session, items, opts, stats):
+    """items: [(lfn, local_dst, specs)]. Each file is written to a temporary
+    name next to its destination, verified against the catalogue md5 and only
+    then renamed; a failed replica is followed by the next one."""
+    progress = _Progress(0, 0, _progress_enabled(opts), 'download ')
+    pipe = CopyPipeline(opts, progress)
+    live = set()
+    tmpdir = []
+
+    def launch(job):
+        info = job.info
+        reps = info['replicas']
+        job.target = part_name(info['dst'])
+        job.ok = False
+        if not info.get('metalink_tried') and opts.get('sources', 1) > 1 and len(reps) > 1:
+            # first attempt with -y N: read from several replicas at once
+            info['metalink_tried'] = True
+            if not tmpdir:
+                import tempfile
+                tmpdir.append(tempfile.mkdtemp(prefix='alienpy-meta-'))
+            meta = os.path.join(tmpdir[0], '%d.meta4' % len(os.listdir(tmpdir[0])))
+            write_metalink(meta, info['lfn'], job.size, job.md5, [u for u, _ in reps])
+            job.source, job.sources = meta, min(opts['sources'], len(reps))
+            info['se'] = 'all replicas'
+        else:
+            # then one replica after the other, in the service's order
+            n = info['next']
+            job.source, job.sources = reps[n][0], 1
+            info['se'] = reps[n][1]
+            info['next'] = n + 1
+        live.add(job)
+        pipe.submit([job])
+
+    def settle(job):
+        live.discard(job)
+        info = job.info
+        if job.ok and os.path.isfile(job.target) and job.size in (-1, os.path.getsize(job.target)):
+            try:
+                os.replace(job.target, info['dst'])
+            except OSError as e:
+                _unlink_quiet(job.target)
+                stats.fail(info['lfn'], 'cannot rename into %s: %s' % (info['dst'], e.strerror))
+                return
+            stats.ok += 1
+            stats.bytes += os.path.getsize(info['dst'])
+            stats.done.append((info['lfn'], info['dst']))
+            return
+        _unlink_quiet(job.target)
+        info['errors'].append('%s: %s' % (info['se'], job.error or 'size mismatch after transfer'))
+        if info['next'] < len(info['replicas']):
+            progress.done_files -= 1
+            launch(job)
+        else:
+            stats.fail(info['lfn'], '%s -> %s failed: %s' % (info['lfn'], info['dst'], '; '.join(info['errors'])))
+
+    try:
+        for n, (lfn, dst, specs) in enumerate(items):
+            if n % REQUEST_WINDOW == 0:
+                window = _requests(session, [('access', _access_args('read', x[0], x[2], strict=opts.get('strictspec')))
+                                             for x in items[n:n + REQUEST_WINDOW]])
+            r = window[n % REQUEST_WINDOW]
+            for job in pipe.results():
+                settle(job)
+            if r.exitcode != 0 or not r.results:
+                stats.fail(lfn, 'no access to %s: %s' % (lfn, r.err or 'no replicas (exit %d)' % r.exitcode))
+                continue
+            first = r.results[0]
+            try:
+                size = int(first['size'])
+            except (KeyError, ValueError):
+                size = -1           # unknown: not checked
+            md5 = (first.get('md5') or '').lower()
+            replicas = [(grid_url(x.get('url', ''), x.get('envelope', '')), x.get('se', '?'))
+                        for x in r.results if x.get('url')]
+            stats.replicas[lfn] = len(replicas)
+            if os.path.isfile(dst) and not opts.get('force') and _file_matches(dst, size, md5):
+                stats.skipped += 1
+                continue
+            if not replicas:
+                stats.fail(lfn, 'no replica URL for %s' % lfn)
+                continue
+            ddir = os.path.dirname(dst) or '.'
+            try:
+                os.makedirs(ddir, exist_ok=True)
+            except OSError as e:
+                stats.fail(lfn, 'cannot create %s: %s' % (ddir, e.strerror))
+                continue
+            if os.path.isdir(dst):
+                stats.fail(lfn, 'destination %s is a directory' % dst)
+                continue
+            progress.total_files += 1
+            progress.total_bytes += max(size, 0)
+            info = {'lfn': lfn, 'dst': dst, 'replicas': replicas, 'next': 0, 'errors': []}
+            launch(CopyJob('', '', size, md5, 1, info))
+        while pipe.pending:
+            for job in pipe.results(wait=True):
+                settle(job)
+    except BaseException:
+        pipe.close(cancel=True)
+        for job in list(live) + pipe.results():
+            _unlink_quiet(job.target)
+        raise
+    finally:
+        pipe.close()
+        if progress.enabled and progress.total_files:
+            progress.show(final=True)
+        if tmpdir:
+            import shutil
+            shutil.rmtree(tmpdir[0], ignore_errors=True)
+
+
+def _unlink_quiet(path):
+    try:
+        if path:
+            os.unlink(path)
+    except OSError:
+        pass
+
+
+def _existing_upload_target(session, e, r, opts, stats):
+    """access write-once failed: an identical existing LFN is skipped, another
+    one is replaced through a temporary LFN -> the new access reply or None."""
+    st = _grid_stat(session, e['lfn'])
+    if st is None:
+        stats.fail(e['src'], 'no write access for %s: %s' % (e['lfn'], r.err or 'exit code %d' % r.exitcode))
+        return None
+    if st['type'] != 'f':
+        stats.fail(e['src'], '%s exists and is not a file' % e['lfn'])
+        return None
+    if not opts.get('force') and st['size'] == e['size'] and st['md5'] == e['md5']:
+        stats.skipped += 1
+        return None
+    d, base = e['lfn'].rsplit('/', 1)
+    e['target'] = '%s/.%s.alienpy-part-%s' % (d, base, os.urandom(6).hex())
+    e['replace'] = True
+    r = _access(session, 'write-once', e['target'], _with_default_specs(e['specs']), e['size'], e['md5'],
+                opts.get('strictspec'))
+    if r.exitcode != 0 or not r.results:
+        stats.fail(e['src'], 'no write access for %s: %s' % (e['lfn'], r.err or 'exit code %d' % r.exitcode))
+        return None
+    return r
+
+
+def cp_upload(session, items, opts, stats):
+    """items: [(local_path, lfn, specs)]: md5 and size locally, access
+    write-once, copy each booked replica, commit each good one; the failed
+    replicas of a file are re-booked on other SEs (at most twice)."""
+    progress = _Progress(0, 0, _progress_enabled(opts), 'upload ')
+    pipe = CopyPipeline(opts, progress)
+    live = []
+
+    def launch(e, booked):
+        jobs = []
+        for rep in booked:
+            e['tried'].append(rep.get('se', ''))
+            jobs.append(CopyJob(e['src'], grid_url(rep.get('url', ''), rep.get('envelope', '')),
+                                e['size'], '', 1, (e, rep)))
+        e['running'] += len(jobs)
+        progress.total_files += len(jobs)
+        progress.total_bytes += e['size'] * len(jobs)
+        pipe.submit(jobs)
+
+    def settle(jobs):
+        if not jobs:
+            return
+        good = [j for j in jobs if j.ok]
+        replies = _requests(session, [('commit', [rep.get('envelope', ''), str(e['size']), e['target'], '644', '0',
+                                                  rep.get('url', ''), rep.get('se', ''), rep.get('guid', ''),
+                                                  e['md5']])
+                                      for e, rep in (j.info for j in good)])
+        commits = dict(zip(map(id, good), replies))
+        rebook = []
+        for job in jobs:
+            e, rep = job.info
+            e['running'] -= 1
+            if job.ok:
+                c = commits[id(job)]
+                if c.exitcode == 0 and not any(str(x.get('lfn', '1')) == '0' for x in c.results):
+                    e['committed'].append(rep.get('se', ''))
+                else:
+                    e['errors'].append('%s: commit refused: %s' % (rep.get('se', '?'),
+                                                                   c.err or 'exit code %d' % c.exitcode))
+            else:
+                e['errors'].append('%s: %s' % (rep.get('se', '?'), job.error))
+                e['failed'] += 1
+            if e['running'] == 0 and e['failed'] and e['attempt'] < (1 if opts.get('norecovery') else 3):
+                rebook.append(e)
+        for e in rebook:
+            # re-book the failed replicas elsewhere: every SE tried so far excluded
+            n, e['failed'] = e['failed'], 0
+            e['attempt'] += 1
+            spec = ['disk:%d' % n] + ['!' + se for se in sorted(set(e['tried'])) if se]
+            r = _access(session, 'write' if e['committed'] else 'write-once', e['target'], spec,
+                        e['size'], e['md5'])
+            if r.exitcode == 0 and r.results:
+                launch(e, r.results)
+            else:
+                e['errors'].append('no other SE: %s' % (r.err or 'exit code %d' % r.exitcode))
+
+    try:
+        for n in range(0, len(items), REQUEST_WINDOW):
+            entries = []
+            for src, lfn, specs in items[n:n + REQUEST_WINDOW]:
+                try:
+                    size = os.path.getsize(src)
+                    md5 = md5_file(src)
+                except OSError as err:
+                    stats.fail(src, 'cannot read %s: %s' % (src, err.strerror))
+                    continue
+                entries.append({'src': src, 'lfn': lfn, 'target': lfn, 'specs': list(specs or []), 'size': size,
+                                'md5': md5, 'committed': [], 'tried': [], 'errors': [], 'replace': False,
+                                'running': 0, 'failed': 0, 'attempt': 1})
+            replies = _requests(session, [('access', _access_args('write-once', x['lfn'],
+                                                                  _with_default_specs(x['specs']), x['size'],
+                                                                  x['md5'], opts.get('strictspec')))
+                                          for x in entries])
+            for e, r in zip(entries, replies):
+                if r.exitcode != 0 or not r.results:
+                    r = _existing_upload_target(session, e, r, opts, stats)
+                    if r is None:
+                        continue
+                e['wanted'] = len(r.results)
+                live.append(e)
+                launch(e, r.results)
+            settle(pipe.results())
+        while pipe.pending:
+            settle(pipe.results(wait=True))
+    except BaseException:
+        pipe.close(cancel=True)
+        raise
+    finally:
+        pipe.close()
+        if progress.enabled and progress.total_files:
+            progress.show(final=True)
+    for e in live:
+        if not e['committed']:
+            stats.fail(e['src'], '%s -> %s failed: %s' % (e['src'], e['lfn'], '; '.join(e['errors'])))
+            continue
+        if e['replace']:
+            session.request('rm', ['-f', e['lfn']], nomsg=True)
+            mv = session.request('mv', [e['target'], e['lfn']], nomsg=True)
+            if mv.exitcode != 0:
+                stats.fail(e['src'], 'uploaded as %s but could not rename it to %s: %s'
+                           % (e['target'], e['lfn'], mv.err))
+                continue
+        if len(e['committed']) < e['wanted']:
+            stats.notices.append('%s: %d of %d replicas stored (%s)' % (
+                e['lfn'], len(e['committed']), e['wanted'], '; '.join(e['errors'])))
+        stats.ok += 1
+        stats.bytes += e['size']
+        stats.done.append((e['src'], e['lfn']))
+
+
+def _with_default_specs(specs):
+    if any(re.match(r'^[A-Za-z][A-Za-z0-9_-]*[:=]\d+$', s) for s in specs) or \
+            any('::' in s and not s.startswith('!') for s in specs):
+        return specs
+    return ['disk:2'] + list(specs)
+
+
+def cp_plan(session, src, dst, opts):
+    """One src/dst pair -> ('download'|'upload', [(src, dst, specs)]).
+
+    A directory source is copied recursively and its destination is always a
+    directory; 'dir' copies the directory itself (parent + 1), 'dir/' or a
+    glob copies its content (rsync convention)."""
+    direction, s_raw, d_raw = cp_direction(src, dst, lambda p: os.path.lexists(
+        os.path.expanduser(split_specs(p)[0])))
+    if direction == 'download':
+        s_path, specs = split_specs(s_raw)
+        g_path, l_path = s_path, d_raw
+    else:
+        d_path, specs = split_specs(d_raw)
+        g_path, l_path = d_path, s_raw
+    if direction == 'download':
+        base, pattern = split_glob(g_path)
+        lfn = session.grid_path(base if pattern else g_path)
+        local = expand_local_path(l_path)
+        if pattern:
+            is_dir = True
+        else:
+            st = _grid_stat(session, lfn.rstrip('/') or '/')
+            if st is None:
+                raise AlienError('cp: source %s not found' % lfn, EX_ENOENT)
+            is_dir = st['type'] == 'd'
+        if not is_dir:
+            if os.path.isdir(local) and not local.endswith('/'):
+                local += '/'
+            d, name = lfn.rstrip('/').rsplit('/', 1)
+            return 'download', [(lfn.rstrip('/'), cp_dst_name(d + '/', name, local, opts['parent'],
+                                                              opts['rmprefix']), specs)]
+        parent = opts['parent'] + (0 if pattern or g_path.endswith('/') else 1)
+        lfn = lfn.rstrip('/') + '/'
+        local = local.rstrip('/') + '/'
+        files = _grid_find(session, lfn, opts, pattern)
+        if not files:
+            raise AlienError('cp: no files found in %s' % lfn, EX_ENOMSG)
+        return 'download', [(f, cp_dst_name(lfn, f[len(lfn):], local, parent, opts['rmprefix']), specs)
+                            for f in files]
+    # upload
+    base, pattern = split_glob(l_path)
+    local = expand_local_path(base if pattern else l_path)
+    if not pattern and not os.path.exists(local):
+        raise AlienError('cp: source %s not found' % l_path, EX_ENOENT)
+    lfn = session.grid_path(g_path)
+    if not pattern and not os.path.isdir(local):
+        if not lfn.endswith('/'):
+            st = _grid_stat(session, lfn)
+            if st is not None and st['type'] == 'd':
+                lfn += '/'
+        d, name = local.rstrip('/').rsplit('/', 1)
+        return 'upload', [(local.rstrip('/'), cp_dst_name(d + '/', name, lfn, opts['parent'],
+                                                          opts['rmprefix']), specs)]
+    parent = opts['parent'] + (0 if pattern or l_path.endswith('/') else 1)
+    local = local.rstrip('/') + '/'
+    lfn = lfn.rstrip('/') + '/'
+    files = _local_walk(local, opts, pattern)
+    if not files:
+        raise AlienError('cp: no files found in %s' % local, EX_ENOMSG)
+    return 'upload', [(f, cp_dst_name(local, f[len(local):], lfn, parent, opts['rmprefix']), specs)
+                      for f in files]
+
+
+def cp_prepare_upload_dirs(session, items):
+    dirs = sorted(set(lfn.rsplit('/', 1)[0] or '/' for _, lfn, _ in items))
+    for d in dirs:
+        session.request('mkdir', ['-p', d], nomsg=True)
+
+
+def cp_run(session, pairs, opts):
+    """Plan and copy every (src, dst) pair -> CpStats."""
+    stats = CpStats()
+    downloads, uploads = [], []
+    for src, dst in pairs:
+        try:
+            direction, items = cp_plan(session, src, dst, opts)
+        except AlienError as e:
+            if len(pairs) == 1:
+                raise
+            stats.fail(src, str(e))
+            continue
+        (downloads if direction == 'download' else uploads).extend(items)
+    if opts.get('dryrun'):
+        stats.plan = ['%s -> %s' % (s, d) for s, d, _ in downloads] + \
+                     ['%s -> %s%s' % (s, d, (' (%s)' % ','.join(sp)) if sp else '') for s, d, sp in uploads]
+        return stats
+    if downloads or uploads:
+        xrootd_client()
+    if downloads:
+        seen = set()
+        uniq = []
+        for it in downloads:
+            if it[1] in seen:
+                stats.fail(it[0], 'two sources map to %s' % it[1])
+                continue
+            seen.add(it[1])
+            uniq.append(it)
+        cp_download(session, uniq, opts, stats)
+    if uploads:
+        cp_prepare_upload_dirs(session, uploads)
+        cp_upload(session, uploads, opts, stats)
+    return stats
+
+
+def cp_result(stats, opts):
+    if opts.get('dryrun'):
+        return Result(EX_GENERIC if stats.failed else 0, out='\n'.join(stats.plan),
+                      err='\n'.join('cp: %s' % why for _, why in stats.failed))
+    total = stats.ok + stats.skipped + len(stats.failed)
+    summary = 'cp: %d/%d files copied (%s), %d already present, %d failed' % (
+        stats.ok, total, human_bytes(stats.bytes), stats.skipped, len(stats.failed))
+    notes = list(stats.notices)
+    if stats.failed:
+        lines = notes + ['cp: %s' % why for _, why in stats.failed] + [summary]
+        return Result(EX_GENERIC, out='', err='\n'.join(lines))
+    if notes:
+        sys.stderr.write('\n'.join(notes) + '\n')
+    return Result(0, out='' if opts.get('quiet') else summary)
+
 
 # ==========================================================================
 # gfal jobs: alien.py gfal list|remove|copy|rename|mkdir (gfal2 imported lazily)
@@ -1530,6 +2734,186 @@ def cmd_exitcode(session, args):
 
 
 # -- transfer commands (cp, cat, edit, ...) --
+@command('cp', usage=CP_USAGE)
+def cmd_cp(session, args):
+    opts, pos = parse_cp_args(args)
+    if opts['help']:
+        return Result(0, out=CP_USAGE)
+    notices = []
+    if opts['input']:
+        if pos:
+            raise AlienError('cp: -input FILE takes no other SRC/DST arguments', EX_EINVAL)
+        try:
+            with open(os.path.expanduser(opts['input']), encoding='utf-8') as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise AlienError('cp: cannot read -input file %s: %s' % (opts['input'], getattr(e, 'strerror', e)),
+                             EX_ENOENT)
+        pairs, notices = parse_input_lines(text)
+        if not pairs:
+            raise AlienError('cp: no "src dst" lines in %s' % opts['input'], EX_EINVAL)
+    elif opts['dst']:
+        if not pos:
+            raise AlienError('cp: -dst DIR needs at least one SRC', EX_EINVAL)
+        d_side = cp_side(opts['dst'])[0]
+        expanded = []
+        for src in pos:
+            s_side, s_path = cp_side(src)
+            if s_side is None:
+                s_side = 'grid' if d_side == 'local' else ('local' if d_side == 'grid' else
+                                                            ('local' if os.path.lexists(s_path) else 'grid'))
+            expanded.append(expand_local_path(s_path) if s_side == 'local' else
+                            session.grid_path(split_specs(s_path)[0]))
+        pairs = list(zip(pos, dst_dir_targets(expanded, opts['dst'])))
+    elif len(pos) != 2:
+        raise AlienError('cp: need exactly SRC and DST (got %d arguments); see cp -h' % len(pos), EX_EINVAL)
+    else:
+        pairs = [(pos[0], pos[1])]
+    if not opts['dryrun']:
+        xrootd_client()
+    if notices:
+        sys.stderr.write('\n'.join(notices) + '\n')
+    return cp_result(cp_run(session, pairs, opts), opts)
+
+
+def _fetch_temp(session, arg, tmpdir, nses=None):
+    """Download one LFN (arg may carry @specs) into tmpdir -> (local path, lfn, specs)."""
+    path, specs = split_specs(arg)
+    lfn = session.grid_path(path).rstrip('/')
+    local = os.path.join(tmpdir, lfn.rsplit('/', 1)[-1] or 'file')
+    stats = CpStats()
+    opts = dict(_CP_DEFAULTS, quiet=True, force=True)
+    cp_download(session, [(lfn, local, [s for s in specs if '::' in s])], opts, stats)
+    if stats.failed:
+        if _grid_stat(session, lfn) is None:
+            raise AlienError('%s: no such file' % lfn, EX_ENOENT)
+        raise AlienError('%s' % stats.failed[0][1], EX_EIO)
+    if nses is not None:
+        nses.append(stats.replicas.get(lfn, 0))
+    return local, lfn, specs
+
+
+def _show_files(session, args, name):
+    files = [a for a in args if a != '-force']   # always a fresh download
+    if not files or '-h' in files:
+        return Result(0 if files else EX_EINVAL, out='%s LFN...' % name if files else '',
+                      err='' if files else 'usage: %s LFN...' % name)
+    xrootd_client()
+    import tempfile
+    tmpdir = tempfile.mkdtemp(prefix='alienpy-%s-' % name)
+    try:
+        paths = [_fetch_temp(session, f, tmpdir)[0] if len(files) == 1 else
+                 _fetch_temp(session, f, tempfile.mkdtemp(dir=tmpdir))[0] for f in files]
+        pager = {'less': os.environ.get('PAGER', 'less'), 'more': 'more'}.get(name)
+        if pager and sys.stdout.isatty():
+            import subprocess
+            try:
+                rc = subprocess.call(shlex.split(pager) + paths)
+            except OSError as e:
+                raise AlienError('%s: cannot run %s: %s' % (name, pager, e.strerror), EX_GENERIC)
+            return Result(rc)
+        data = b''.join(open(p, 'rb').read() for p in paths)
+        text = data.decode('utf-8', 'replace')
+        return Result(0, out=text[:-1] if text.endswith('\n') else text)
+    finally:
+        import shutil
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+@command('cat', usage='cat LFN...  print grid files (downloaded through XRootD)')
+def cmd_cat(session, args):
+    return _show_files(session, args, 'cat')
+
+
+@command('more', usage='more LFN...  page through grid files')
+def cmd_more(session, args):
+    return _show_files(session, args, 'more')
+
+
+@command('less', usage='less LFN...  page through grid files ($PAGER or less)')
+def cmd_less(session, args):
+    return _show_files(session, args, 'less')
+
+
+def edit_grid_file(session, args, editor):
+    """Download, edit, and if changed: keep LFN~, upload, restore on failure."""
+    import subprocess
+    datebck = '-datebck' in args
+    files = [a for a in args if a != '-datebck']
+    if len(files) != 1 or files[0] in ('-h', '-help'):
+        raise AlienError('usage: edit [-datebck] LFN[@disk:N,SE,...]  (editor: $VISUAL, $EDITOR, or the command name)',
+                         EX_EINVAL)
+    xrootd_client()
+    import tempfile
+    tmpdir = tempfile.mkdtemp(prefix='alienpy-edit-')
+    keep = False
+    try:
+        nses = []
+        path, specs = split_specs(files[0])
+        lfn = session.grid_path(path).rstrip('/')
+        st = _grid_stat(session, lfn)
+        if st is not None and st['type'] != 'f':
+            raise AlienError('edit: %s is not a file' % lfn, EX_EINVAL)
+        if st is None:
+            local = os.path.join(tmpdir, lfn.rsplit('/', 1)[-1])
+            open(local, 'wb').close()
+            before = None
+        else:
+            local, lfn, specs = _fetch_temp(session, files[0], tmpdir, nses)
+            before = md5_file(local)
+        try:
+            rc = subprocess.call(shlex.split(editor) + [local])
+        except OSError as e:
+            raise AlienError('edit: cannot run editor %r: %s' % (editor, e.strerror), EX_GENERIC)
+        if rc != 0:
+            raise AlienError('edit: editor %r exited with %d; nothing uploaded' % (editor, rc), EX_GENERIC)
+        if md5_file(local) == before:
+            return Result(0, out='%s unchanged' % lfn)
+        backup = None
+        if before is not None:
+            backup = lfn + (time.strftime('.%Y%m%d_%H%M%S') if datebck else '~')
+            session.request('rm', ['-f', backup], nomsg=True)
+            mv = session.request('mv', [lfn, backup], nomsg=True)
+            if mv.exitcode != 0:
+                keep = True
+                raise AlienError('edit: cannot back up %s as %s (%s); edited copy kept at %s'
+                                 % (lfn, backup, mv.err, local), EX_GENERIC)
+        up_specs = list(specs)
+        if nses and nses[0] > 0 and not any(re.match(r'^[A-Za-z][\w-]*[:=]\d+$', s) for s in specs):
+            up_specs = ['disk:%d' % nses[0]] + up_specs
+        stats = CpStats()
+        cp_upload(session, [(local, lfn, up_specs)], dict(_CP_DEFAULTS, quiet=True), stats)
+        if stats.failed:
+            keep = True
+            msg = 'edit: upload of %s failed (%s); edited copy kept at %s' % (lfn, stats.failed[0][1], local)
+            if backup:
+                session.request('rm', ['-f', lfn], nomsg=True)
+                back = session.request('mv', [backup, lfn], nomsg=True)
+                msg += '; previous version restored' if back.exitcode == 0 else \
+                    '; previous version is at %s' % backup
+            raise AlienError(msg, EX_GENERIC)
+        return Result(0, out='Uploaded %s' % lfn + (' (previous version: %s)' % backup if backup else ''))
+    finally:
+        if not keep:
+            import shutil
+            shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _editor_command(name):
+    def handler(session, args):
+        if name == 'edit':
+            editor = os.environ.get('VISUAL') or os.environ.get('EDITOR') or 'vi'
+        else:
+            editor = name
+        return edit_grid_file(session, args, editor)
+    handler.__name__ = 'cmd_' + name
+    return handler
+
+
+for _name in ('edit', 'vi', 'vim', 'nano', 'mcedit'):
+    command(_name, usage='%s [-datebck] LFN[@specs]  edit a grid file; the old version is kept as LFN~' % _name)(
+        _editor_command(_name))
+
 
 # -- gfal commands --
 

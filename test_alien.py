@@ -2183,3 +2183,551 @@ def test_embedding_api_documented(cenv, grid_state):
         assert (r.exitcode, r.out.splitlines()[-1]) == (0, '/localhost ~')
     finally:
         s.close()
+
+
+# ===== cp tests =====
+import signal  # noqa: E402
+
+
+def test_parse_cp_args():
+    opts, pos = alien.parse_cp_args(['-f', '-T', '4', 'a', '-parent', '2', 'b', '-quiet'])
+    assert pos == ['a', 'b']
+    assert (opts['force'], opts['parallel'], opts['parent'], opts['quiet']) == (True, 4, 2, True)
+    opts, pos = alien.parse_cp_args(['-glob', '*.log', '-chunks', '3', '-chunksz', '1048576', '-S', '99',
+                                     '-y', '2', '-retry', '0', '-timeout', '5', '-l', '10', '-o', '2',
+                                     '-j', '123', '-a', '-P', '-cksum', '-dryrun', 'x', 'y'])
+    assert (opts['glob'], opts['chunks'], opts['chunksize'], opts['streams'], opts['sources']) == \
+        ('*.log', 3, 1048576, 15, 2)
+    assert (opts['limit'], opts['offset'], opts['jobid'], opts['dryrun']) == (10, 2, '123', True)
+    assert alien.parse_cp_args(['-h'])[0]['help']
+    assert alien.parse_cp_args(['-input', 'f.txt'])[0]['input'] == 'f.txt'
+    assert alien.parse_cp_args(['--', '-f', 'x'])[1] == ['-f', 'x']
+
+
+@pytest.mark.parametrize('args, words', [
+    (['-T'], 'needs a value'),
+    (['-T', 'x', 'a', 'b'], 'integer'),
+    (['-parent', '-1', 'a', 'b'], '>= 0'),
+    (['-bogus', 'a', 'b'], 'unknown option'),
+    (['-glob', '*', '-select', 'x', 'a', 'b'], 'only one selection rule'),
+    (['-name', 'ext_root', '-glob', '*', 'a', 'b'], 'only one selection rule'),
+])
+def test_parse_cp_args_errors(args, words):
+    with pytest.raises(alien.AlienError) as e:
+        alien.parse_cp_args(args)
+    assert words in str(e.value) and e.value.exitcode == alien.EX_EINVAL
+
+
+@pytest.mark.parametrize('value, regex', [
+    ('begin_myf_contain_run1_ext_root', r'.*/myf[^/]*run1[^/]*\.root$'),
+    ('ext_root', r'.*/[^/]*\.root$'),
+    ('begin_AO2D', r'.*/AO2D[^/]*$'),
+    ('contain_a_contain_b', r'.*/[^/]*a[^/]*b[^/]*$'),
+    ('ends_log', r'.*/[^/]*log$'),
+    ('begin_x.y_ends_z_ext_gz', r'.*/x\.y[^/]*z\.gz$'),
+])
+def test_name_verbs_to_regex(value, regex):
+    assert alien.name_verbs_to_regex(value) == regex
+
+
+def test_name_verbs_match_what_they_say():
+    rx = re.compile(alien.name_verbs_to_regex('begin_myf_contain_run1_ext_root'))
+    assert rx.match('/a/b/myfile_run12.root')
+    assert not rx.match('/a/b/yourfile_run12.root')
+    assert not rx.match('/a/myf/run1/x.root')   # the whole match stays inside the name
+    assert not rx.match('/a/b/myfile_run12.root.bak')
+
+
+@pytest.mark.parametrize('value', ['root', 'ext_', 'begin_a_begin_b', 'exts_root', 'ext_a_ext_b', ''])
+def test_name_verbs_errors(value):
+    with pytest.raises(alien.AlienError) as e:
+        alien.name_verbs_to_regex(value)
+    assert e.value.exitcode == alien.EX_EINVAL
+
+
+@pytest.mark.parametrize('arg, expected', [
+    ('/a/f', ('/a/f', [])),
+    ('/a/f@disk:2', ('/a/f', ['disk:2'])),
+    ('/a/f@disk:2,ALICE::CERN::EOS,!ALICE::X::Y', ('/a/f', ['disk:2', 'ALICE::CERN::EOS', '!ALICE::X::Y'])),
+    ('/a/f,disk:1', ('/a/f', ['disk:1'])),
+    ('/a/f,v2.txt', ('/a/f,v2.txt', [])),            # a comma in a name is not a specifier
+    ('alien:/a/f@tape=1', ('alien:/a/f', ['tape=1'])),
+    ('dir/@disk:2', ('dir/', ['disk:2'])),
+])
+def test_split_specs(arg, expected):
+    assert alien.split_specs(arg) == expected
+
+
+@pytest.mark.parametrize('arg', ['/a/f@disk:0', '/a/f@nonsense', '/a/f@disk:x'])
+def test_split_specs_errors(arg):
+    with pytest.raises(alien.AlienError) as e:
+        alien.split_specs(arg)
+    assert e.value.exitcode == alien.EX_EINVAL
+
+
+def test_parse_input_lines():
+    text = ('# comment\n\n  ; other\n// c++ style\n/a/f file:out/\n'
+            '"file:my file" "/g/with space"\n one two three\n"unclosed\n')
+    pairs, notices = alien.parse_input_lines(text)
+    assert pairs == [('/a/f', 'file:out/'), ('file:my file', '/g/with space')]
+    assert len(notices) == 2 and 'line 7' in notices[0] and 'line 8' in notices[1]
+
+
+@pytest.mark.parametrize('src, dst, exists, expected', [
+    ('file:a', 'b', False, ('upload', 'a', 'b')),
+    ('file://a', 'alien:b', False, ('upload', 'a', 'b')),
+    ('a', 'file:b', True, ('download', 'a', 'b')),
+    ('alien:a', 'b', True, ('download', 'a', 'b')),
+    ('a', 'alien://b', False, ('upload', 'a', 'b')),
+    ('a', 'b', True, ('upload', 'a', 'b')),      # no prefixes: a local file is uploaded
+    ('a', 'b', False, ('download', 'a', 'b')),
+])
+def test_cp_direction(src, dst, exists, expected):
+    assert alien.cp_direction(src, dst, lambda p: exists) == expected
+
+
+@pytest.mark.parametrize('src, dst, words', [
+    ('alien:a', 'alien:b', 'grid to grid'), ('alien:a', 'b', None), ('file:a', 'file:b', 'both sides are local'),
+    ('file:a', 'a', None),
+])
+def test_cp_direction_refusals(src, dst, words):
+    if words is None:
+        alien.cp_direction(src, dst, lambda p: False)
+        return
+    with pytest.raises(alien.AlienError) as e:
+        alien.cp_direction(src, dst, lambda p: False)
+    assert words in str(e.value) and e.value.exitcode == 1
+
+
+def test_split_glob():
+    assert alien.split_glob('/a/b/*.log') == ('/a/b/', '*.log')
+    assert alien.split_glob('/a/*/x.log') == ('/a/', '*/x.log')
+    assert alien.split_glob('/a/b/') == ('/a/b/', '')
+
+
+REF = '/alice/cern.ch/user/a/admin/referenceData/'
+
+
+@pytest.mark.parametrize('src_dir, rel, dst, parent, rmprefix, expected', [
+    # the worked examples of the behaviour spec (4.5)
+    (REF, 'referenceData.xml', 'ci/', 0, 0, 'ci/referenceData.xml'),
+    (REF, 'referenceData.xml', 'ci/', 2, 0, 'ci/admin/referenceData/referenceData.xml'),
+    (REF, 'referenceData.xml', 'ci/', 0, 4, 'ci/admin/referenceData/referenceData.xml'),
+    (REF + '001/', 'stdout.log', 'ci/', 2, 0, 'ci/referenceData/001/stdout.log'),
+    (REF + '001/', 'stdout.log', 'ci/', 0, 5, 'ci/referenceData/001/stdout.log'),
+    ('/x/dir/', 'sub/f', 'out/', 1, 0, 'out/dir/sub/f'),     # "cp /x/dir out/": parent became 1
+    ('/x/dir/', 'sub/f', 'out/', 0, 0, 'out/sub/f'),         # "cp /x/dir/ out/"
+    ('/x/', 'f', '/l/name', 3, 0, '/l/name'),                # no trailing '/': a rename
+    ('/x/', 'f', '/l/', 9, 0, '/l/x/f'),                     # parent beyond the root
+    ('/x/', 'f', '/l/', 0, 9, '/l/f'),
+    ('/x/', 'a/../f', '/l//', 0, 0, '/l/f'),
+])
+def test_cp_dst_name(src_dir, rel, dst, parent, rmprefix, expected):
+    assert alien.cp_dst_name(src_dir, rel, dst, parent, rmprefix) == expected
+
+
+@pytest.mark.parametrize('pattern, yes, no', [
+    ('*.log', ['a.log', 'x/y/b.log'], ['a.log.gz', 'alog']),
+    ('*/stdout.log', ['001/stdout.log'], ['stdout.log', 'a/b/stdout.log']),
+    ('**/*.root', ['a.root', 'a/b/c.root'], ['a.rootx']),
+    ('f?.txt', ['f1.txt'], ['f12.txt']),
+    ('[ab]*', ['a1', 'b'], ['c']),
+])
+def test_glob_to_regex(pattern, yes, no):
+    rx = re.compile(alien.glob_to_regex(pattern))
+    assert all(rx.match(y) for y in yes) and not any(rx.match(n) for n in no)
+
+
+def test_cp_meta_filter_and_times():
+    opts = alien.parse_cp_args(['-exclude', 'tmp', '-exclude_re', r'\.bak$', '-maxdepth', '1', '-minsize', '10',
+                                '-user', 'u', '-min-ctime', '1700000000', 'a', 'b'])[0]
+    needs, ok = alien.cp_meta_filter(opts)
+    m = {'size': 10, 'owner': 'u', 'gowner': 'g', 'ctime': 1700000000000, 'jobid': None}
+    assert needs and ok('a/f.root', m)
+    assert not ok('a/tmp/f', m) and not ok('f.bak', m) and not ok('a/b/f', m)
+    assert not ok('f', dict(m, size=9)) and not ok('f', dict(m, owner='v')) and not ok('f', dict(m, ctime=1))
+    assert ok('f', dict(m, size=None))                  # a value the listing lacks does not exclude
+    assert alien.cp_meta_filter(alien.parse_cp_args(['a', 'b'])[0]) == (False, None)
+    assert alien.cp_meta_filter(alien.parse_cp_args(['-mindepth', '1', 'a', 'b'])[0])[0] is False
+    assert alien.parse_time_ms('1700000000123') == 1700000000123
+    assert alien.parse_time_ms('1700000000') == 1700000000000
+    assert alien.parse_time_ms('2024-01-02') == int(time.mktime((2024, 1, 2, 0, 0, 0, 0, 0, -1)) * 1000)
+    with pytest.raises(alien.AlienError):
+        alien.parse_time_ms('yesterday')
+    with pytest.raises(alien.AlienError) as e:
+        alien.cp_meta_filter(alien.parse_cp_args(['-exclude_re', '[', 'a', 'b'])[0])
+    assert e.value.exitcode == alien.EX_USAGE
+
+
+def test_dst_dir_targets():
+    assert alien.dst_dir_targets(['/a/b/x', '/a/c/y', '/a/z'], 'file:out') == ['file:out/b/', 'file:out/c/', 'file:out/']
+    assert alien.dst_dir_targets(['/a/b/x'], '/g/d@disk:1,!S::E::X') == ['/g/d/@disk:1,!S::E::X']
+    assert alien.dst_dir_targets(['/a/b/dir/', '/a/b/f'], 'alien:/g/') == ['alien:/g/', 'alien:/g/']
+
+
+def test_part_name_is_hidden_and_url_safe(tmp_path):
+    final = str(tmp_path / 'a?b#c&d.root')
+    p = alien.part_name(final)
+    base = os.path.basename(p)
+    assert os.path.dirname(p) == str(tmp_path)
+    assert base.startswith('.') and '.alienpy-part-' in base and not re.search('[?#&]', base)
+    assert alien.part_name(final) != p
+
+
+def test_grid_url():
+    assert alien.grid_url('root://h:1//a/b', 'ENV') == 'root://h:1//a/b?xrd.wantprot=unix&authz=ENV'
+    assert alien.grid_url('root://h:1//a/z.zip#m.root', 'E') == \
+        'root://h:1//a/z.zip?xrd.wantprot=unix&authz=E&xrdcl.unzip=m.root'
+    assert alien.grid_url('root://h:1//a?x=1', 'E') == 'root://h:1//a?x=1&xrd.wantprot=unix&authz=E'
+
+
+def test_stat_fields_accepts_every_field_set():
+    old = alien.stat_fields({'file': '/a/f', 'type': 'f', 'size': '5', 'md5': 'ABC'})
+    new = alien.stat_fields({'lfn': '/a/f', 'type': 'f', 'size': '5', 'md5': 'abc', 'mtime': '1'})
+    assert old['path'] == new['path'] == '/a/f' and old['md5'] == new['md5'] == 'abc'
+    assert alien.stat_fields({'lfn': '/a/', 'type': 'directory'})['type'] == 'd'
+    assert alien.stat_fields({'lfn': '/a/f', 'size': ''})['size'] == 0
+
+
+def test_human_bytes():
+    assert [alien.human_bytes(n) for n in (0, 1023, 1024, 1536 * 1024 ** 2)] == \
+        ['0 B', '1023 B', '1.00 KiB', '1.50 GiB']
+
+
+# -- cp against the test grid (real xrootd storage elements) --
+
+SE1, SE2 = 'LOCALHOST::JTESTSITE::FIRSTSE', 'LOCALHOST::JTESTSITE::SECONDSE'
+
+
+@pytest.fixture
+def cpenv(cenv, tmp_path):
+    work = tmp_path / 'work'
+    work.mkdir()
+    return dict(cenv, PWD=str(work))
+
+
+def cpcli(env, *args, **kw):
+    return subprocess.run([sys.executable, ALIEN] + list(args), env=env, cwd=env['PWD'],
+                          capture_output=True, text=True, timeout=kw.get('timeout', 60))
+
+
+def cpx(env, *args, **kw):
+    return cpcli(env, 'cp', *[str(a) for a in args], **kw)
+
+
+def grid_dir(grid_state, name):
+    return '%scp_%s_%d/' % (grid_state['home'], name, os.getpid())
+
+
+def write(path, data):
+    os.makedirs(os.path.dirname(str(path)), exist_ok=True)
+    with open(str(path), 'wb') as f:
+        f.write(data)
+    return str(path)
+
+
+def replica_file(grid_state, env, lfn, se):
+    """Path on disk of the replica of lfn on se."""
+    p = cpcli(env, 'whereis', lfn)
+    for line in p.stdout.splitlines():
+        if se in line:
+            pfn = line.split('pfn =>')[1].strip()
+            rel = pfn.split('//', 2)[2]
+            datadir = [s for s in grid_state['ses'] if s['name'] == se][0]['datadir']
+            return os.path.join(datadir, rel)
+    raise AssertionError('no replica of %s on %s: %s' % (lfn, se, p.stdout))
+
+
+def test_cp_round_trips(cpenv, grid_state, tmp_path):
+    g = grid_dir(grid_state, 'rt')
+    files = {'empty': b'', 'one': b'x', 'with space.txt': b'spaces\n', 'ünï cødé ☃.dat': os.urandom(5000)}
+    src = tmp_path / 'src'
+    for name, data in files.items():
+        write(src / name, data)
+    for name in files:
+        p = cpx(cpenv, 'file:' + str(src / name), g + name)
+        assert p.returncode == 0 and '1/1 files copied' in p.stdout, p
+    out = tmp_path / 'out'
+    for name, data in files.items():
+        p = cpx(cpenv, g + name, 'file:%s/' % out)
+        assert p.returncode == 0, p
+        assert (out / name).read_bytes() == data
+    p = cpcli(cpenv, 'stat', g + 'one')
+    assert hashlib.md5(b'x').hexdigest() in p.stdout
+    assert not [n for n in os.listdir(str(out)) if 'alienpy-part' in n]
+    # %ALIEN is the home directory; -y 2 reads from both replicas at once (metalink)
+    rel = g[len(grid_state['home']):]
+    p = cpx(cpenv, '-y', '2', '%ALIEN/' + rel + 'ünï cødé ☃.dat', 'file:%s/y.dat' % out)
+    assert p.returncode == 0 and (out / 'y.dat').read_bytes() == files['ünï cødé ☃.dat'], p
+    # cat prints the content; a relative LFN is expanded against the cwd
+    p = cpcli(cpenv, 'cd %s; cat "with space.txt"' % g)
+    assert (p.returncode, p.stdout) == (0, 'spaces\n'), p
+    p = cpcli(cpenv, 'less', g + 'with space.txt')      # not a terminal: printed like cat
+    assert (p.returncode, p.stdout) == (0, 'spaces\n'), p
+    p = cpcli(cpenv, 'cat', g + 'missing.txt')
+    assert p.returncode == 2 and one_line_error(p), p
+    assert not [n for n in os.listdir(cpenv['TMPDIR']) if n.startswith('alienpy-')]   # temp files removed
+
+
+def test_cp_100mib_and_sigkill_leaves_no_partial_file(cpenv, grid_state, tmp_path):
+    g = grid_dir(grid_state, 'big')
+    data = os.urandom(1 << 20) * 100
+    big = write(tmp_path / 'big.bin', data)
+    p = cpx(cpenv, '-quiet', 'file:' + big, g + 'big.bin')
+    assert p.returncode == 0 and p.stdout == '', p
+    out = tmp_path / 'out'
+    out.mkdir()
+    p = cpx(cpenv, g + 'big.bin', 'file:%s/' % out)
+    assert p.returncode == 0 and (out / 'big.bin').read_bytes() == data, p
+    # an existing good copy is never replaced by an interrupted one
+    good = write(out / 'kept.bin', b'previous good content')
+    for attempt in range(5):
+        proc = subprocess.Popen([sys.executable, ALIEN, 'cp', '-f', g + 'big.bin', 'file:' + good],
+                                env=cpenv, cwd=cpenv['PWD'], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        t0 = time.time()
+        while proc.poll() is None and time.time() - t0 < 30:
+            if [n for n in os.listdir(str(out)) if '.alienpy-part-' in n]:
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.002)
+        proc.communicate()
+        if proc.returncode == -signal.SIGKILL:
+            break
+        write(out / 'kept.bin', b'previous good content')   # finished before the kill: try again
+    assert proc.returncode == -signal.SIGKILL
+    assert (out / 'kept.bin').read_bytes() == b'previous good content'
+    leftovers = [n for n in os.listdir(str(out)) if n not in ('big.bin', 'kept.bin')]
+    assert leftovers and all(n.startswith('.kept.bin.alienpy-part-') for n in leftovers)
+
+
+def test_cp_recursive_filters_and_naming(cpenv, grid_state, tmp_path):
+    g = grid_dir(grid_state, 'tree')
+    src = tmp_path / 'tree'
+    names = ['a.log', 'b.root', 'sub/c.log', 'sub/myfile_run12.root', 'sub/deep/d.txt', '.hidden']
+    for n in names:
+        write(src / n, n.encode())
+    p = cpx(cpenv, 'file:%s/' % src, g)      # content of tree/ into g
+    assert p.returncode == 0 and '6/6 files copied' in p.stdout, p
+
+    def get(*args):
+        out = tmp_path / ('out%d' % get.n)
+        get.n += 1
+        p = cpx(cpenv, *(list(args[:-1]) + ['file:%s/%s' % (out, args[-1])]))
+        assert p.returncode == 0, p
+        return sorted(os.path.relpath(os.path.join(r, f), str(out)) for r, _, fs in os.walk(str(out)) for f in fs)
+    get.n = 0
+    assert get(g.rstrip('/'), '') == sorted(['cp_tree_%d/%s' % (os.getpid(), n) for n in names])  # dir: itself
+    assert get(g, '') == sorted(names)                                                    # dir/: content
+    assert get('-glob', '*.log', g, '') == ['a.log', 'sub/c.log']
+    assert get(g + '*.log', '') == ['a.log', 'sub/c.log']
+    assert get('-select', '.*/sub/.*\\.(log|txt)$', g, '') == ['sub/c.log', 'sub/deep/d.txt']
+    assert get('-name', 'begin_myf_contain_run1_ext_root', g, '') == ['sub/myfile_run12.root']
+    assert get('-name', 'ext_root', '-parent', 1, g, 'x') == \
+        ['x/cp_tree_%d/b.root' % os.getpid(), 'x/cp_tree_%d/sub/myfile_run12.root' % os.getpid()]
+    assert get('-glob', '*.txt', '-rmprefix', 5, g, '') == ['cp_tree_%d/sub/deep/d.txt' % os.getpid()]
+    assert get('-parent', 2, g + 'sub/deep/d.txt', '') == ['sub/deep/d.txt']
+    assert len(get('-l', 2, g, '')) == 2
+    # -dst DIR: several sources, each below the sources' common directory
+    p = cpx(cpenv, '-dst', 'file:%s/dstmode' % tmp_path, g + 'a.log', g + 'sub/c.log', g + 'sub/deep')
+    assert p.returncode == 0 and '3/3 files copied' in p.stdout, p
+    assert sorted(os.path.relpath(os.path.join(r, f), str(tmp_path / 'dstmode'))
+                  for r, _, fs in os.walk(str(tmp_path / 'dstmode')) for f in fs) == \
+        ['a.log', 'sub/c.log', 'sub/deep/d.txt']
+    # client-side filters on the listing (find -f fields)
+    assert get('-exclude', 'sub/', g, '') == ['.hidden', 'a.log', 'b.root']
+    assert get('-exclude_re', r'\.(log|root)$', g, '') == ['.hidden', 'sub/deep/d.txt']
+    assert get('-maxdepth', 0, '-minsize', 6, '-maxsize', 6, g, '') == ['b.root']   # contents are the names
+    assert get('-mindepth', 2, '-user', 'jalien', g, '') == ['sub/deep/d.txt']
+    p = cpx(cpenv, '-min-ctime', int(time.time() * 1000) + 3600000, g, 'file:%s/none/' % tmp_path)
+    assert p.returncode == alien.EX_ENOMSG and 'no files found' in p.stderr, p      # nothing that new
+    # dry run: the plan, nothing copied
+    p = cpx(cpenv, '-dryrun', '-glob', '*.log', g, 'file:%s/dry/' % tmp_path)
+    assert p.returncode == 0 and p.stdout.count(' -> ') == 2 and not os.path.exists(str(tmp_path / 'dry')), p
+    # recursive upload with a filter and -parent
+    p = cpx(cpenv, '-name', 'ext_log', '-parent', 1, 'file:%s/sub/' % src, g + 'up/')
+    assert p.returncode == 0, p
+    p = cpcli(cpenv, 'find', g + 'up/', '*')
+    assert p.stdout.split() == [g + 'up/sub/c.log'], p
+    p = cpx(cpenv, '-exclude_re', 'log', '-maxdepth', 0, 'file:%s/sub/' % src, g + 'up2/')
+    assert p.returncode == 0, p
+    assert cpcli(cpenv, 'find', g + 'up2/', '*').stdout.split() == [g + 'up2/myfile_run12.root']
+    p = cpx(cpenv, '-select', '[', g, 'file:%s/bad/' % tmp_path)
+    assert p.returncode == alien.EX_USAGE and one_line_error(p), p
+
+
+def test_cp_input_file_specifiers_and_overwrite(cpenv, grid_state, tmp_path):
+    g = grid_dir(grid_state, 'in')
+    a = write(tmp_path / 'a.txt', b'aaa')
+    b = write(tmp_path / 'b c.txt', b'bbb')
+    lst = write(tmp_path / 'list.txt', ('# uploads\n\nfile:%s %sa.txt@disk:1,%s\n"file:%s" "%sb c.txt@disk:1,!%s"\n'
+                                       'a b c\n' % (a, g, SE2, b, g, SE2)).encode())
+    p = cpx(cpenv, '-input', lst)
+    assert p.returncode == 0 and '2/2 files copied' in p.stdout and 'skipped' in p.stderr, p
+    where = cpcli(cpenv, 'whereis', g + 'a.txt').stdout
+    assert SE2 in where and SE1 not in where
+    where = cpcli(cpenv, 'whereis', g + 'b c.txt').stdout
+    assert SE1 in where and SE2 not in where
+    # identical destination: skipped; -f copies again; different content replaces it
+    p = cpx(cpenv, 'file:' + a, g + 'a.txt')
+    assert p.returncode == 0 and '1 already present' in p.stdout, p
+    p = cpx(cpenv, '-f', 'file:' + a, g + 'a.txt')
+    assert p.returncode == 0 and '1/1 files copied' in p.stdout, p
+    write(tmp_path / 'a.txt', b'new content')
+    p = cpx(cpenv, 'file:' + a, g + 'a.txt')
+    assert p.returncode == 0 and '1/1 files copied' in p.stdout, p
+    assert cpcli(cpenv, 'cat', g + 'a.txt').stdout == 'new content\n'
+    assert '.alienpy-part' not in cpcli(cpenv, 'ls', '-a', g).stdout
+    # downloads: same rules
+    out = tmp_path / 'out'
+    p = cpx(cpenv, g + 'a.txt', 'file:%s/' % out)
+    mtime = os.stat(str(out / 'a.txt')).st_mtime_ns
+    p = cpx(cpenv, g + 'a.txt', 'file:%s/' % out)
+    assert p.returncode == 0 and '1 already present' in p.stdout and os.stat(str(out / 'a.txt')).st_mtime_ns == mtime
+    write(out / 'a.txt', b'local edit!')
+    p = cpx(cpenv, g + 'a.txt', 'file:%s/' % out)
+    assert p.returncode == 0 and (out / 'a.txt').read_bytes() == b'new content', p
+    # a read specifier selects the replica; an excluded only replica means no access
+    p = cpx(cpenv, g + 'b c.txt@!' + SE1, 'file:%s/x' % out)
+    assert p.returncode != 0 and not os.path.exists(str(out / 'x')), p
+
+
+def test_cp_usage_errors(cpenv, grid_state, tmp_path):
+    for args, code, words in [
+            (['alien:/a', 'alien:/b'], 1, 'grid to grid'),
+            (['file:/a', 'file:/b'], 1, 'both sides are local'),
+            ([grid_state['home'] + 'nope_%d' % os.getpid(), 'file:%s/' % tmp_path], 2, 'not found'),
+            (['file:%s/nope' % tmp_path, grid_state['home']], 2, 'not found'),
+            (['onlyone'], 22, 'SRC and DST'),
+            (['-input', str(tmp_path / 'missing.txt')], 2, 'cannot read'),
+    ]:
+        p = cpx(cpenv, *args)
+        assert p.returncode == code and one_line_error(p) and words in p.stderr, (args, p)
+
+
+def test_cp_download_fails_over_and_detects_corruption(cpenv, grid_state, tmp_path):
+    from testgrid import grid
+    g = grid_dir(grid_state, 'fo')
+    data = os.urandom(300000)
+    f = write(tmp_path / 'f.bin', data)
+    assert cpx(cpenv, 'file:' + f, g + 'f.bin@disk:2').returncode == 0
+    out = tmp_path / 'out'
+    grid.stop_se(grid_state['workdir'], SE1)
+    try:
+        p = cpx(cpenv, g + 'f.bin', 'file:%s/' % out)
+        assert p.returncode == 0 and (out / 'f.bin').read_bytes() == data, p
+    finally:
+        grid.start_se(grid_state['workdir'], SE1)
+    # one corrupted replica: the other one is delivered
+    r1 = replica_file(grid_state, cpenv, g + 'f.bin', SE1)
+    with open(r1, 'r+b') as fh:
+        fh.seek(1000)
+        fh.write(b'CORRUPT')
+    p = cpx(cpenv, '-f', g + 'f.bin', 'file:%s/second.bin' % out)
+    assert p.returncode == 0 and (out / 'second.bin').read_bytes() == data, p
+    # both corrupted: nothing delivered, an existing file kept, exit code non-zero
+    r2 = replica_file(grid_state, cpenv, g + 'f.bin', SE2)
+    with open(r2, 'r+b') as fh:
+        fh.seek(5)
+        fh.write(b'CORRUPT')
+    write(out / 'kept.bin', b'old')
+    for dst in ('new.bin', 'kept.bin'):
+        p = cpx(cpenv, g + 'f.bin', 'file:%s/%s' % (out, dst))
+        assert p.returncode == 1 and 'CheckSum' in p.stderr and '0/1 files copied' in p.stderr, p
+    assert not os.path.exists(str(out / 'new.bin')) and (out / 'kept.bin').read_bytes() == b'old'
+    assert not [n for n in os.listdir(str(out)) if 'alienpy-part' in n]
+
+
+def test_cp_upload_reroutes_and_never_leaves_uncommitted_entries(cpenv, grid_state, tmp_path):
+    from testgrid import grid
+    g = grid_dir(grid_state, 'upf')
+    f = write(tmp_path / 'f.txt', b'payload')
+    grid.stop_se(grid_state['workdir'], SE1)
+    try:
+        # SE1 asked for and down: the replica goes to SE2
+        p = cpx(cpenv, 'file:' + f, g + 'one.txt@disk:1,' + SE1)
+        assert p.returncode == 0, p
+        where = cpcli(cpenv, 'whereis', g + 'one.txt').stdout
+        assert SE2 in where and SE1 not in where
+        # -norecovery: no second booking, so nothing stored and no catalogue entry
+        p = cpx(cpenv, '-norecovery', 'file:' + f, g + 'norec.txt@disk:1,' + SE1)
+        assert p.returncode == 1 and cpcli(cpenv, 'stat', g + 'norec.txt').returncode == 2, p
+        p = cpx(cpenv, '-strictspec', 'file:' + f, g + 'strict.txt@disk:1,' + SE2)
+        assert p.returncode == 0, p
+        # two replicas wanted, only one SE left: stored once, with a notice
+        p = cpx(cpenv, 'file:' + f, g + 'two.txt')
+        assert p.returncode == 0 and '1 of 2 replicas' in p.stderr, p
+        grid.stop_se(grid_state['workdir'], SE2)
+        p = cpx(cpenv, 'file:' + f, g + 'none.txt')
+        assert p.returncode == 1 and 'Connection' in p.stderr and '0/1 files copied' in p.stderr, p
+        assert cpcli(cpenv, 'stat', g + 'none.txt').returncode == 2
+    finally:
+        grid.start_se(grid_state['workdir'], SE1)
+        grid.start_se(grid_state['workdir'], SE2)
+    grid.set_faults(grid_state['workdir'], {'commit': 'refuse'})
+    try:
+        p = cpx(cpenv, 'file:' + f, g + 'refused.txt')
+    finally:
+        grid.set_faults(grid_state['workdir'], None)
+    assert p.returncode == 1 and 'commit refused' in p.stderr, p
+    assert cpcli(cpenv, 'stat', g + 'refused.txt').returncode == 2
+
+
+def test_without_xrootd_cp_says_what_to_install(cpenv, grid_state, tmp_path):
+    code = ('import sys, runpy; sys.modules["XRootD"] = None; sys.argv = ["alien.py"] + sys.argv[1:]; '
+            'runpy.run_path(%r, run_name="__main__")' % ALIEN)
+    f = write(tmp_path / 'f.txt', b'x')
+    p = subprocess.run([sys.executable, '-c', code, 'cp', 'file:' + f, grid_state['home']], env=cpenv,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1 and one_line_error(p) and 'pip install xrootd' in p.stderr, p
+    p = subprocess.run([sys.executable, '-c', code, 'pwd'], env=cpenv, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and p.stdout == grid_state['home'] + '\n', p
+
+
+def test_edit_keeps_a_backup_and_restores_it_on_failure(cpenv, grid_state, tmp_path):
+    from testgrid import grid
+    g = grid_dir(grid_state, 'edit')
+    f = write(tmp_path / 'doc.txt', b'line one\n')
+    assert cpx(cpenv, 'file:' + f, g + 'doc.txt').returncode == 0
+    editor = write(tmp_path / 'ed.sh', b'#!/bin/sh\necho "added by editor" >> "$1"\n')
+    os.chmod(editor, 0o755)
+    env = dict(cpenv, EDITOR=editor, VISUAL='')
+    p = cpcli(env, 'edit', g + 'doc.txt@disk:1')
+    assert p.returncode == 0 and 'Uploaded' in p.stdout, p
+    assert cpcli(cpenv, 'cat', g + 'doc.txt').stdout == 'line one\nadded by editor\n'
+    assert cpcli(cpenv, 'cat', g + 'doc.txt~').stdout == 'line one\n'
+    assert cpcli(cpenv, 'whereis', g + 'doc.txt').stdout.count('SE =>') == 1
+    # unchanged: nothing uploaded
+    p = cpcli(dict(cpenv, EDITOR='true'), 'edit', g + 'doc.txt')
+    assert p.returncode == 0 and 'unchanged' in p.stdout, p
+    # upload refused: the previous version is back under its name
+    grid.set_faults(grid_state['workdir'], {'commit': 'refuse'})
+    try:
+        p = cpcli(env, 'edit', g + 'doc.txt')
+    finally:
+        grid.set_faults(grid_state['workdir'], None)
+    assert p.returncode == 1 and 'restored' in p.stderr and one_line_error(p), p
+    assert cpcli(cpenv, 'cat', g + 'doc.txt').stdout == 'line one\nadded by editor\n'
+    kept = p.stderr.split('edited copy kept at ')[1].split(';')[0]
+    assert open(kept).read().endswith('added by editor\nadded by editor\n')
+    shutil.rmtree(os.path.dirname(kept), ignore_errors=True)
+
+
+def test_requests_use_request_many_when_the_session_has_it():
+    class Plain(object):
+        def __init__(self):
+            self.calls = []
+
+        def request(self, command, options=(), nomsg=False, nokeys=False):
+            self.calls.append((command, list(options), nomsg))
+            return alien.Result(0, out=command)
+
+    class Many(Plain):
+        def request_many(self, requests, nomsg=False):
+            self.calls.append(('many', len(requests), nomsg))
+            return [alien.Result(0, out=c) for c, _ in requests]
+    reqs = [('access', ['read', '/a']), ('commit', ['x'])]
+    s = Plain()
+    assert [r.out for r in alien._requests(s, reqs)] == ['access', 'commit']
+    assert s.calls == [('access', ['read', '/a'], True), ('commit', ['x'], True)]
+    s = Many()
+    assert [r.out for r in alien._requests(s, reqs)] == ['access', 'commit'] and s.calls == [('many', 2, True)]

@@ -1,0 +1,198 @@
+#!/usr/bin/env python3
+"""cp benchmark on the local test grid: alien.py versus the reference client
+(alienpy's `alien.py`) and plain `xrdcp`, in the same run.
+
+  1. 1,000 files of 10 KiB: recursive upload and recursive download;
+  2. one 1 GiB file: upload and download (xrdcp of the same URL as baseline).
+
+Usage: python3 bench/cp_bench.py [--runs N] [--files N] [--big-mib N] [--skip-reference]
+Prints wall times (median of N alternated cold runs) and ratios.
+Environment: ALIENPY_REFERENCE = path of the reference client (default: `alien.py` on PATH).
+"""
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, REPO)
+from testgrid import grid  # noqa: E402
+import alien  # noqa: E402
+
+OURS = [sys.executable, os.path.join(REPO, 'alien.py')]
+
+
+def reference_cmd():
+    exe = os.environ.get('ALIENPY_REFERENCE') or shutil.which('alien.py')
+    if not exe or os.path.realpath(exe) == os.path.realpath(os.path.join(REPO, 'alien.py')):
+        return None
+    return [exe]
+
+
+def timed(cmd, env, cwd=None):
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wall = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise SystemExit('FAILED (%d): %s\n%s' % (p.returncode, ' '.join(cmd)[:300], p.stdout[-2000:]))
+    return wall
+
+
+def report(label, samples, size_bytes):
+    print(label)
+    med = {}
+    for name, values in samples.items():
+        if not values:
+            continue
+        m = statistics.median(values)
+        med[name] = m
+        print('  %-34s %8.3f s  %9.1f MB/s   (runs: %s)' % (
+            name, m, size_bytes / m / 1e6, ', '.join('%.2f' % v for v in values)))
+    return med
+
+
+def ratio(med, a, b):
+    if a in med and b in med:
+        print('  -> speed %s / %s = %.2fx' % (a, b, med[b] / med[a]))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument('--runs', type=int, default=3)
+    ap.add_argument('--files', type=int, default=1000)
+    ap.add_argument('--big-mib', type=int, default=1024)
+    ap.add_argument('--skip-reference', action='store_true')
+    a = ap.parse_args()
+
+    workdir = os.path.join(REPO, '.testgrid-bench-cp')
+    state = grid.start(workdir, fresh=True)
+    scratch = tempfile.mkdtemp(prefix='cp-bench-')
+    env = dict(os.environ, **state['env'])
+    for k in ('ALIENPY_DEBUG', 'XRD_CPUSEPGWRTRD'):
+        env.pop(k, None)
+    env['ALIENPY_NO_STAGGER'] = '1'
+    ref = None if a.skip_reference else reference_cmd()
+    ref_env = dict(env, JALIEN_TOKEN_CERT=os.path.join(scratch, 'ref_tokencert.pem'),
+                   JALIEN_TOKEN_KEY=os.path.join(scratch, 'ref_tokenkey.pem'))
+    if ref:
+        subprocess.run(ref + ['token-init'], env=ref_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    home = state['home']
+    try:
+        print('machine: %d cores, load %s; xrootd python %s; xrdcp %s' % (
+            os.cpu_count(), ' '.join('%.1f' % x for x in os.getloadavg()),
+            getattr(alien.xrootd_client(), '__version__', '?'),
+            subprocess.run(['xrdcp', '--version'], capture_output=True, text=True).stderr.strip() or
+            subprocess.run(['xrdcp', '--version'], capture_output=True, text=True).stdout.strip()))
+        print('reference client: %s' % (' '.join(ref) if ref else 'not run'))
+
+        # ---- 1. many small files ------------------------------------------------
+        small = os.path.join(scratch, 'small')
+        os.makedirs(small)
+        for i in range(a.files):
+            with open(os.path.join(small, 'f%05d.dat' % i), 'wb') as f:
+                f.write(os.urandom(10240))
+        nbytes = a.files * 10240
+        up = {'alien.py -T 8': [], 'alienpy -T 8': []}
+        for r in range(a.runs):
+            up['alien.py -T 8'].append(timed(OURS + ['cp', '-quiet', '-T', '8', 'file:%s/' % small,
+                                                     '%sup_ours_%d/' % (home, r)], env))
+            if ref:
+                up['alienpy -T 8'].append(timed(ref + ['cp', '-T', '8', 'file:%s/' % small,
+                                                       '%sup_ref_%d/' % (home, r)], ref_env))
+        med = report('\n%d x 10 KiB upload (recursive, 2 replicas each)' % a.files, up, nbytes)
+        ratio(med, 'alien.py -T 8', 'alienpy -T 8')
+
+        # URLs of the same files for xrdcp (access read through our Session, not timed)
+        s = alien.Session(env)
+        urls = []
+        r0 = s.request('find', ['-a', '-s', '%sup_ours_0/' % home, '*'], nomsg=True)
+        for item in r0.results:
+            acc = s.request('access', ['read', item['lfn']], nomsg=True)
+            urls.append(alien.grid_url(acc.results[0]['url'], acc.results[0]['envelope']))
+        s.close()
+        infiles = os.path.join(scratch, 'infiles.txt')
+        with open(infiles, 'w') as f:
+            f.write('\n'.join(urls) + '\n')
+
+        down = {'alien.py -T 8': [], 'alienpy -T 8': [], 'xrdcp --parallel 8': [],
+                'xrdcp --parallel 8 (pgread off)': []}
+        for r in range(a.runs):
+            out = os.path.join(scratch, 'd_ours_%d' % r)
+            down['alien.py -T 8'].append(timed(OURS + ['cp', '-quiet', '-T', '8', '%sup_ours_0/' % home,
+                                                       'file:%s/' % out], env))
+            if ref:
+                out = os.path.join(scratch, 'd_ref_%d' % r)
+                down['alienpy -T 8'].append(timed(ref + ['cp', '-T', '8', '%sup_ours_0/' % home,
+                                                         'file:%s/' % out], ref_env))
+            for name, extra in (('xrdcp --parallel 8', {}), ('xrdcp --parallel 8 (pgread off)',
+                                                          {'XRD_CPUSEPGWRTRD': '0'})):
+                out = os.path.join(scratch, 'd_xrdcp_%d_%d' % (r, len(extra)))
+                os.makedirs(out)
+                down[name].append(timed(['xrdcp', '--nopbar', '--parallel', '8', '--infiles', infiles,
+                                         out + '/'], dict(env, **extra)))
+        med = report('\n%d x 10 KiB download (recursive; xrdcp: the same URLs, no catalogue, no md5 check)'
+                     % a.files, down, nbytes)
+        ratio(med, 'alien.py -T 8', 'alienpy -T 8')
+        ratio(med, 'alien.py -T 8', 'xrdcp --parallel 8')
+        for d in os.listdir(scratch):
+            if d.startswith('d_'):
+                shutil.rmtree(os.path.join(scratch, d))
+
+        # ---- 2. one big file ----------------------------------------------------------
+        big = os.path.join(scratch, 'big.bin')
+        block = os.urandom(1 << 20)
+        with open(big, 'wb') as f:
+            for _ in range(a.big_mib):
+                f.write(block)
+        nbytes = a.big_mib << 20
+        se = state['ses'][0]
+        up = {'alien.py (1 replica)': [], 'alienpy (1 replica)': [], 'xrdcp': [], 'xrdcp (pgwrite off)': []}
+        spec = '@disk:1,' + se['name']
+        for r in range(a.runs):
+            up['alien.py (1 replica)'].append(timed(OURS + ['cp', '-quiet', 'file:' + big,
+                                                            '%sbig_ours_%d%s' % (home, r, spec)], env))
+            if ref:
+                up['alienpy (1 replica)'].append(timed(ref + ['cp', 'file:' + big, '%sbig_ref_%d%s' % (home, r, spec)],
+                                                       ref_env))
+            for name, extra in (('xrdcp', {}), ('xrdcp (pgwrite off)', {'XRD_CPUSEPGWRTRD': '0'})):
+                up[name].append(timed(['xrdcp', '--nopbar', '--posc', '--force', big,
+                                       '%sxrdcp_big_%d' % (se['url'], r)], dict(env, **extra)))
+        med = report('\n%d MiB upload' % a.big_mib, up, nbytes)
+        ratio(med, 'alien.py (1 replica)', 'alienpy (1 replica)')
+        ratio(med, 'alien.py (1 replica)', 'xrdcp')
+        # downloads of the same URL
+        s = alien.Session(env)
+        acc = s.request('access', ['read', '%sbig_ours_0' % home], nomsg=True)
+        s.close()
+        url = alien.grid_url(acc.results[0]['url'], acc.results[0]['envelope'])
+        down = {'alien.py': [], 'alienpy': [], 'xrdcp': [], 'xrdcp (pgread off)': []}
+        for r in range(a.runs):
+            out = os.path.join(scratch, 'big_down')
+            for name, cmd, e in (('alien.py', OURS + ['cp', '-quiet', '%sbig_ours_0' % home, 'file:' + out], env),
+                                 ('alienpy', ref + ['cp', '%sbig_ours_0' % home, 'file:' + out] if ref else None,
+                                  ref_env),
+                                 ('xrdcp', ['xrdcp', '--nopbar', '--force', url, out], env),
+                                 ('xrdcp (pgread off)', ['xrdcp', '--nopbar', '--force', url, out],
+                                  dict(env, XRD_CPUSEPGWRTRD='0'))):
+                if cmd is None:
+                    continue
+                if os.path.exists(out):
+                    os.unlink(out)
+                down[name].append(timed(cmd, e))
+        med = report('\n%d MiB download (alien.py/alienpy verify md5; xrdcp does not)' % a.big_mib, down, nbytes)
+        ratio(med, 'alien.py', 'xrdcp')
+        ratio(med, 'alien.py', 'xrdcp (pgread off)')
+        ratio(med, 'alien.py', 'alienpy')
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        grid.stop(workdir)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == '__main__':
+    main()
