@@ -856,6 +856,36 @@ def test_ping_without_pong_times_out(grid_state, henv):
 
 
 
+
+def test_request_many_pipelines_in_order(cenv, grid_state):
+    s = alien.Session(environ=cenv)
+    try:
+        s.run('mkdir -p pipe/a pipe/b pipe/c')
+        reqs = [('stat', [grid_state['home'] + 'pipe/' + n]) for n in 'abcx'] * 20
+        results = s.request_many(reqs, nomsg=True, window=7)
+        assert [r.exitcode for r in results[:4]] == [0, 0, 0, 2] and len(results) == 80
+        assert [r.results[0]['file'] for r in results[:3]] == [grid_state['home'] + 'pipe/%s/' % n for n in 'abc']
+    finally:
+        s.close()
+
+
+def test_request_many_never_resends_a_modifying_request(grid_state, henv):
+    def script(server, conn, index):
+        for i in range(3):
+            server.recv(conn)
+        server.reply(conn, message=None)
+        server.reply(conn, message=None)
+        conn.close()  # the third commit: did it happen? nobody knows
+    server = Hostile(grid_state, script)
+    try:
+        s = alien.Session(environ=dict(henv, ALIENPY_JCENTRAL='127.0.0.1:%d' % server.port))
+        results = s.request_many([('commit', [str(i)]) for i in range(3)], nomsg=True)
+        s.close()
+    finally:
+        server.close()
+    assert [r.exitcode for r in results] == [0, 0, 107] and 'unknown' in results[2].err
+    assert [m['command'] for m in server.messages] == ['commit'] * 3
+
 # ===== conformance with the reference client (alienpy from PyPI) =====
 REFERENCE = os.environ.get('ALIENPY_REFERENCE', os.path.join(REPO, '.venv-ref', 'bin', 'alien.py'))
 CONFORMANCE_LINES = [
@@ -2712,8 +2742,8 @@ def test_edit_keeps_a_backup_and_restores_it_on_failure(cpenv, grid_state, tmp_p
     shutil.rmtree(os.path.dirname(kept), ignore_errors=True)
 
 
-def test_requests_use_request_many_when_the_session_has_it():
-    class Plain(object):
+def test_requests_are_pipelined_through_request_many():
+    class Recorder(object):
         def __init__(self):
             self.calls = []
 
@@ -2721,13 +2751,12 @@ def test_requests_use_request_many_when_the_session_has_it():
             self.calls.append((command, list(options), nomsg))
             return alien.Result(0, out=command)
 
-    class Many(Plain):
-        def request_many(self, requests, nomsg=False):
-            self.calls.append(('many', len(requests), nomsg))
+        def request_many(self, requests, nomsg=False, window=32):
+            self.calls.append(('many', len(requests), nomsg, window))
             return [alien.Result(0, out=c) for c, _ in requests]
     reqs = [('access', ['read', '/a']), ('commit', ['x'])]
-    s = Plain()
+    s = Recorder()
     assert [r.out for r in alien._requests(s, reqs)] == ['access', 'commit']
-    assert s.calls == [('access', ['read', '/a'], True), ('commit', ['x'], True)]
-    s = Many()
-    assert [r.out for r in alien._requests(s, reqs)] == ['access', 'commit'] and s.calls == [('many', 2, True)]
+    assert s.calls == [('many', 2, True, alien.REQUEST_WINDOW)]
+    s = Recorder()
+    assert [r.out for r in alien._requests(s, reqs[:1])] == ['access'] and s.calls == [('access', ['read', '/a'], True)]
