@@ -495,6 +495,10 @@ class _GfalOutput(object):
             self.stderr.flush()
 
 
+# dirent d_type (DT_DIR, DT_REG, DT_LNK) -> st_mode file-type bits
+_GFAL_DTYPE_MODE = {4: stat_mod.S_IFDIR, 8: stat_mod.S_IFREG, 10: stat_mod.S_IFLNK}
+
+
 def _gfal_stat_dict(st, name):
     entry = {}
     for key in GFAL_STAT_KEYS:
@@ -520,8 +524,11 @@ def _gfal_do_list(gfal2, ctx, url, options):
     depth, checksum = options['depth'], options['checksum']
     algo = checksum[0] if checksum else None
 
-    def entry(st, name, entry_url):
+    def entry(st, name, entry_url, d_type=0):
         d = _gfal_stat_dict(st, name)
+        if not stat_mod.S_IFMT(d['st_mode']) and d_type in _GFAL_DTYPE_MODE:
+            # XRootD's dirlist stat carries permission bits only: take the type from the dirent
+            d['st_mode'] |= _GFAL_DTYPE_MODE[d_type]
         if algo and stat_mod.S_ISREG(d['st_mode']):
             d[algo] = ctx.checksum(entry_url, algo).lower()
         return d
@@ -544,8 +551,9 @@ def _gfal_do_list(gfal2, ctx, url, options):
             if name in ('.', '..'):
                 continue
             child = gfal_child_url(dir_url, name)
-            entries.append(entry(st, name, child))
-            if stat_mod.S_ISDIR(st.st_mode):
+            d = entry(st, name, child, getattr(dirent, 'd_type', 0))
+            entries.append(d)
+            if stat_mod.S_ISDIR(d['st_mode']):
                 subdirs.append(child)
         del handle
         listing[dir_url] = entries
@@ -555,7 +563,34 @@ def _gfal_do_list(gfal2, ctx, url, options):
     return listing
 
 
-def _gfal_copy_one(gfal2, ctx, options, src, dst, out):
+class _GfalParentDirs(object):
+    """Destination directories already created in this job (make_dirs).
+
+    Creating each distinct parent once, instead of letting gfal2 check and
+    create it for every file (create_parent), saves two round trips per file.
+    A parent that cannot be made here is left to gfal2 (create_parent), so
+    its own error message is reported.
+    """
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.state = {}
+
+    def ensure(self, ctx, url):
+        parent = gfal_parent_url(url)[0]
+        with self.lock:
+            known = self.state.get(parent)
+            if known is None:
+                try:
+                    ctx.mkdir_rec(parent, GFAL_MKDIR_MODE)
+                    known = True
+                except Exception:
+                    known = False
+                self.state[parent] = known
+        return known
+
+
+def _gfal_copy_one(gfal2, ctx, options, src, dst, out, parents=None):
     """Copy one file; returns None on success or the failure Reason."""
     try:
         if options['encrypt']:
@@ -567,6 +602,8 @@ def _gfal_copy_one(gfal2, ctx, options, src, dst, out):
     params = ctx.transfer_parameters()
     params.overwrite = options['overwrite']
     params.create_parent = options['make_dirs']
+    if options['make_dirs'] and parents is not None and parents.ensure(ctx, dst_url):
+        params.create_parent = False
     if options['nbstreams']:
         params.nbstreams = options['nbstreams']
     if options['timeout']:
@@ -607,12 +644,12 @@ def _gfal_copy_one(gfal2, ctx, options, src, dst, out):
     return None
 
 
-def _gfal_run_entry(gfal2, ctx, job, entry, out):
+def _gfal_run_entry(gfal2, ctx, job, entry, out, parents=None):
     """Run one REMOVE/MKDIR/RENAME/COPY entry -> result dict (never raises)."""
     ident = entry[0]
     try:
         if job.type == 'copy':
-            reason = _gfal_copy_one(gfal2, ctx, job.options, entry[2], entry[3], out)
+            reason = _gfal_copy_one(gfal2, ctx, job.options, entry[2], entry[3], out, parents)
             if reason is not None:
                 return gfal_result(False, reason, ident)
         elif job.type == 'rename':
@@ -635,6 +672,7 @@ def _gfal_run_parallel(gfal2, job, out, workers):
     are done. Returns the number of failed entries.
     """
     entries = job.entries
+    parents = _GfalParentDirs()
     results = [None] * len(entries)
     state = {'next': 0, 'printed': 0, 'failed': 0}
     lock = threading.Lock()
@@ -665,7 +703,7 @@ def _gfal_run_parallel(gfal2, job, out, workers):
                         results[index] = result
                         flush_ready()
                     continue
-            result = _gfal_run_entry(gfal2, ctx, job, entries[index], out)
+            result = _gfal_run_entry(gfal2, ctx, job, entries[index], out, parents)
             with lock:
                 results[index] = result
                 flush_ready()
@@ -700,6 +738,7 @@ def gfal_run_job(gfal2, job, out):
     if workers > 1:
         return 1 if _gfal_run_parallel(gfal2, job, out, workers) else 0
     failed = 0
+    parents = _GfalParentDirs() if job.type == 'copy' else None
     try:
         ctx = _gfal_context(gfal2, job.options)
     except Exception as e:
@@ -708,7 +747,7 @@ def gfal_run_job(gfal2, job, out):
         if ctx is None:
             result = gfal_result(False, context_error, entry[0])
         else:
-            result = _gfal_run_entry(gfal2, ctx, job, entry, out)
+            result = _gfal_run_entry(gfal2, ctx, job, entry, out, parents)
         out.json(result)
         failed += result['Code']
     return 1 if failed else 0
