@@ -125,6 +125,7 @@ class Session(object):
 # ==========================================================================
 
 import collections  # noqa: E402  (stdlib; kept in this section so merges stay clean)
+import errno  # noqa: E402
 import stat as stat_mod  # noqa: E402
 import threading  # noqa: E402
 
@@ -511,12 +512,47 @@ def _gfal_context(gfal2, options):
     ctx = gfal2.creat_context()
     if options.get('timeout'):
         ctx.set_opt_integer('CORE', 'NAMESPACE_TIMEOUT', options['timeout'])
-    if options.get('encrypt'):
-        try:
+    try:
+        if options.get('encrypt'):
             ctx.set_opt_boolean('GRIDFTP PLUGIN', 'DCAU', True)
-        except Exception:   # a missing gridftp plugin is fine: no gsiftp URL will work anyway
-            pass
+        # One file per filecopy call: without this the xrootd plugin sets up a
+        # copy process for 20 parallel jobs each time (about 30 % more CPU per file).
+        ctx.set_opt_integer('XROOTD PLUGIN', 'PARALLEL_COPIES', 1)
+    except Exception:   # options of plugins that are not installed: nothing to tune
+        pass
     return ctx
+
+
+def _gfal_read_dir(ctx, dir_url):
+    """(name, stat, d_type) of every entry of a directory, in server order.
+
+    Remote: opendir/readpp, one round trip for names and stats. file://: listdir
+    and a stat per entry, which the file plugin does faster than readpp, and
+    where a dangling symlink is listed with its own lstat instead of failing
+    the whole listing (readpp follows links and raises ENOENT).
+    """
+    if gfal_scheme(dir_url) == 'file':
+        found = []
+        for name in ctx.listdir(dir_url):
+            if name in ('.', '..'):
+                continue
+            child = gfal_child_url(dir_url, name)
+            try:
+                st = ctx.stat(child)
+            except Exception as e:
+                if getattr(e, 'code', None) not in (errno.ENOENT, errno.ELOOP):
+                    raise
+                st = ctx.lstat(child)
+            found.append((name, st, 0))
+        return found
+    found = []
+    handle = ctx.opendir(dir_url)
+    while True:
+        dirent, st = handle.readpp()
+        if dirent is None:
+            break
+        found.append((dirent.d_name, st, getattr(dirent, 'd_type', 0)))
+    return found
 
 
 def _gfal_do_list(gfal2, ctx, url, options):
@@ -538,24 +574,23 @@ def _gfal_do_list(gfal2, ctx, url, options):
         parent, name = gfal_parent_url(url)
         return collections.OrderedDict([(parent, [entry(root_stat, name, url)])])
     listing = collections.OrderedDict()
+    seen = set([(int(root_stat.st_dev), int(root_stat.st_ino))])
     stack = [(url, 1)]
     while stack:
         dir_url, level = stack.pop()
         entries, subdirs = [], []
-        handle = ctx.opendir(dir_url)
-        while True:
-            dirent, st = handle.readpp()
-            if dirent is None:
-                break
-            name = dirent.d_name
+        for name, st, d_type in _gfal_read_dir(ctx, dir_url):
             if name in ('.', '..'):
                 continue
             child = gfal_child_url(dir_url, name)
-            d = entry(st, name, child, getattr(dirent, 'd_type', 0))
+            d = entry(st, name, child, d_type)
             entries.append(d)
             if stat_mod.S_ISDIR(d['st_mode']):
-                subdirs.append(child)
-        del handle
+                # a directory seen before (a symlink loop on file://) is listed, not entered
+                ident = (d['st_dev'], d['st_ino'])
+                if not d['st_ino'] or ident not in seen:
+                    seen.add(ident)
+                    subdirs.append(child)
         listing[dir_url] = entries
         if depth == -1 or level < depth:
             for child in reversed(subdirs):

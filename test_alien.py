@@ -367,6 +367,21 @@ def test_gfal_list_file_root_is_listed_under_parent(tmp_path):
     assert entry['name'] == 'f1' and entry['st_size'] == 3
 
 
+def test_gfal_list_symlinks(tmp_path):
+    top = tmp_path / 'links'
+    (top / 'real').mkdir(parents=True)
+    (top / 'real' / 'f').write_text('x')
+    _gfal_os.symlink('nowhere', str(top / 'dangling'))
+    _gfal_os.symlink('..', str(top / 'real' / 'loop'))       # a cycle: listed, not entered again
+    rc, lines, _ = gfal_run('list', {'files': ['file://%s' % top]})
+    assert rc == 0, lines
+    root = 'file://%s' % top
+    assert list(lines[0]) == [root, root + '/real']
+    modes = dict((e['name'], e['st_mode']) for e in lines[0][root])
+    assert _gfal_os.path.stat.S_ISLNK(modes['dangling'])
+    assert sorted(e['name'] for e in lines[0][root + '/real']) == ['f', 'loop']
+
+
 def test_gfal_list_checksum(tmp_path):
     top = gfal_tree(str(tmp_path / 'tree'))
     rc, lines, _ = gfal_run('list', {'files': ['file://' + top], 'options': {'checksum': 'adler32'}})
