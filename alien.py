@@ -483,17 +483,23 @@ class _GfalOutput(object):
         self.stdout = stdout
         self.stderr = stderr
         self.lock = threading.Lock()
+        self.broken = False      # the reader went away: stop writing, exit 1
+
+    def _write(self, stream, text):
+        with self.lock:
+            if self.broken:
+                return
+            try:
+                stream.write(text)
+                stream.flush()
+            except (BrokenPipeError, ValueError):
+                self.broken = True
 
     def json(self, obj):
-        line = json.dumps(obj) + '\n'
-        with self.lock:
-            self.stdout.write(line)
-            self.stdout.flush()
+        self._write(self.stdout, json.dumps(obj) + '\n')
 
     def err(self, text):
-        with self.lock:
-            self.stderr.write(text + '\n')
-            self.stderr.flush()
+        self._write(self.stderr, text + '\n')
 
 
 # dirent d_type (DT_DIR, DT_REG, DT_LNK) -> st_mode file-type bits
@@ -828,10 +834,8 @@ def gfal_main(args, stdin=None, stdout=None, stderr=None):
     except GfalJobError as e:
         out.json(gfal_result(False, str(e)))
         return 2
-    try:
-        return gfal_run_job(gfal2, job, out)
-    except BrokenPipeError:
-        return 1
+    status = gfal_run_job(gfal2, job, out)
+    return 1 if out.broken else status
 
 
 # ==========================================================================
