@@ -650,3 +650,34 @@ def test_gfal_output_is_streamed(tmp_path):
     assert proc.poll() is None             # still copying the second file
     rest = proc.stdout.read()
     assert proc.wait() == 0 and _gfal_json.loads(rest.decode()) == gfal_ok()
+
+
+def test_gfal_bad_job_does_nothing(tmp_path):
+    (tmp_path / 'a').write_text('A')
+    base = 'file://%s/' % tmp_path
+    for job in ({'base': base, 'files': [['a', 'b']], 'options': {'make_dir': True}},
+                {'base': base, 'files': [['a', 'b'], ['a']]},
+                {'base': base, 'files': [['a', 'b']], 'options': None}):
+        rc, lines, err = gfal_run('copy', job)
+        assert rc == 2 and len(lines) == 1 and lines[0]['Code'] == 1 and err == ''
+    assert not (tmp_path / 'b').exists()
+    rc, lines, _ = gfal_run('copy', '{"base": "%s", "files": [["a", "b"]]' % base)   # truncated JSON
+    assert rc == 2 and 'invalid JSON' in lines[0]['Reason'] and not (tmp_path / 'b').exists()
+
+
+def test_gfal_timeout_option_everywhere(tmp_path):
+    base = 'file://%s/' % tmp_path
+    rc, lines, _ = gfal_run('mkdir', {'base': base, 'dirs': ['d'], 'options': {'timeout': 5}})
+    assert rc == 0 and lines == [gfal_ok()]
+    rc, lines, _ = gfal_run('rename', {'base': base, 'files': [['d', 'e']], 'options': {'timeout': 5}})
+    assert rc == 0 and (tmp_path / 'e').is_dir()
+    rc, lines, _ = gfal_run('remove', {'base': base, 'dirs': ['e'], 'options': {'timeout': 5}})
+    assert rc == 0 and not (tmp_path / 'e').exists()
+
+
+def test_gfal_command_handler_and_help(capsys):
+    result = alien.COMMANDS['gfal'].handler(None, [])
+    out = capsys.readouterr().out.splitlines()
+    assert result.exitcode == 2 and result.out == '' and len(out) == 1
+    assert 'usage: alien.py gfal' in _gfal_json.loads(out[0])['Reason']
+    assert alien.gfal_main(['--help'], None, _gfal_io.StringIO(), _gfal_io.StringIO()) == 0
