@@ -15,6 +15,7 @@ Run with the interpreter that has gfal2 (Debian: /usr/bin/python3):
 import argparse
 import json
 import os
+import resource
 import shutil
 import socket
 import stat
@@ -84,10 +85,14 @@ def run_alien(jobtype, job):
     whatever the front end does); returns (seconds, CompletedProcess)."""
     code = ('import sys; sys.path.insert(0, %r); import alien; '
             'sys.exit(alien.gfal_main(sys.argv[1:]))' % REPO)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.time()
     proc = subprocess.run([PY, '-c', code, jobtype], input=json.dumps(job).encode(),
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    return time.time() - started, proc
+    took = time.time() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    proc.cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return took, proc
 
 
 def baseline_copy(pairs):
@@ -96,6 +101,7 @@ def baseline_copy(pairs):
     and one result line (here to /dev/null)."""
     import gfal2
     sink = open(os.devnull, 'w')
+    cpu = os.times()
     started = time.time()
     ctx = gfal2.creat_context()
     failed = 0
@@ -112,7 +118,10 @@ def baseline_copy(pairs):
             sink.write(json.dumps({'Code': 1, 'Reason': str(e)}) + '\n')
             failed += 1
         sink.flush()
-    return time.time() - started, failed
+    took = time.time() - started
+    now = os.times()
+    baseline_copy.cpu = (now.user - cpu.user) + (now.system - cpu.system)
+    return took, failed
 
 
 def bench_copy(nfiles, url, top, parallels, rounds):
@@ -129,12 +138,15 @@ def bench_copy(nfiles, url, top, parallels, rounds):
     def pairs(tag):
         return [('file://%s/%s' % (src, n), '%sbench/%s/%s' % (url, tag, n)) for n in names]
 
-    print('COPY %d x 10 KiB file:// -> %s, %d rounds, median seconds' % (nfiles, url, rounds))
+    print('COPY %d x 10 KiB file:// -> %s, %d rounds, median seconds (load average before: %s)'
+          % (nfiles, url, rounds, ' '.join('%.2f' % x for x in os.getloadavg())))
     times = {'base': []}
+    cpus = {'base': []}
     for r in range(rounds):
         took, failed = baseline_copy(pairs('base%d' % r))
         assert failed == 0
         times['base'].append(took)
+        cpus['base'].append(baseline_copy.cpu)
         for par in parallels:
             job = {'files': [list(p) for p in pairs('r%dp%d' % (r, par))], 'options': {'parallel': par}}
             took, proc = run_alien('copy', job)
@@ -142,12 +154,16 @@ def bench_copy(nfiles, url, top, parallels, rounds):
             ok = sum(1 for l in lines if json.loads(l).get('Code') == 0)
             assert ok == nfiles and proc.returncode == 0, (ok, proc.returncode)
             times.setdefault(par, []).append(took)
+            cpus.setdefault(par, []).append(proc.cpu)
     med = dict((k, sorted(v)[len(v) // 2]) for k, v in times.items())
-    print('  baseline sequential gfal2 loop (in-process, no process start): %.2f s  (%d files/s)  all: %s'
-          % (med['base'], nfiles / med['base'], ' '.join('%.2f' % t for t in times['base'])))
+    cpu = dict((k, sorted(v)[len(v) // 2] * 1000.0 / nfiles) for k, v in cpus.items())
+    print('  baseline sequential gfal2 loop (in-process, no process start): %.2f s  (%d files/s, '
+          'client CPU %.2f ms/file)  all: %s'
+          % (med['base'], nfiles / med['base'], cpu['base'], ' '.join('%.2f' % t for t in times['base'])))
     for par in parallels:
-        print('  alien.py gfal copy parallel=%-3d (whole process): %.2f s  (%d files/s)  speed-up %.1fx  all: %s'
-              % (par, med[par], nfiles / med[par], med['base'] / med[par],
+        print('  alien.py gfal copy parallel=%-3d (whole process): %.2f s  (%d files/s, client CPU %.2f ms/file)'
+              '  speed-up %.1fx  all: %s'
+              % (par, med[par], nfiles / med[par], cpu[par], med['base'] / med[par],
                  ' '.join('%.2f' % t for t in times[par])))
     best = min(parallels, key=lambda p: med[p])
     print('  best: parallel=%d, %.1fx the sequential loop' % (best, med['base'] / med[best]))
@@ -220,7 +236,9 @@ def bench_list(nentries, url, label):
     print('  baseline listdir+stat recursion (in-process gfal2): %.2f s (%d entries)  -> %.1fx'
           % (base_t, base_n, base_t / took))
     ls_t, ls_n = baseline_gfal_ls(url)
-    if ls_t is None:
+    if ls_t is None and ls_n == -1:
+        print('  gfal-ls baseline skipped (--skip-gfal-ls)')
+    elif ls_t is None:
         print('  gfal-ls (gfal2-util) not installed: apt-get install gfal2-util-scripts python3-gfal2-util')
     else:
         print('  baseline gfal-ls -la per directory (gfal2-util, %d processes): %.2f s (%d entries)  -> %.1fx'
@@ -252,7 +270,7 @@ def main():
         chown_tree(xrd_top)
         if args.skip_gfal_ls:
             global baseline_gfal_ls
-            baseline_gfal_ls = lambda url: (None, 0)  # noqa: E731
+            baseline_gfal_ls = lambda url: (None, -1)  # noqa: E731
         bench_list(n, url + 'tree', 'root:// (xrootd on loopback)')
         bench_list(n, 'file://' + tree, 'file://')
     finally:
