@@ -146,7 +146,7 @@ GFAL_TOP_KEYS = ('base', 'files', 'dirs', 'options')
 # COPY defaults. make_dirs: True as in the pdm worker (its parent option), so the
 # per-file jobs it produced for a directory tree work unchanged. parallel: chosen
 # by bench/gfal_bench.py (see docs-gfal.md).
-GFAL_DEFAULT_PARALLEL = 8
+GFAL_DEFAULT_PARALLEL = 16
 GFAL_MAX_PARALLEL = 64
 GFAL_MKDIR_MODE = 0o755
 

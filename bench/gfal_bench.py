@@ -170,6 +170,102 @@ def bench_copy(nfiles, url, top, parallels, rounds):
     return med, best
 
 
+def delay_proxy(listen_port, upstream_port, delay):
+    """A TCP relay on 127.0.0.1 that delivers every chunk `delay` seconds late in
+    each direction: a WAN round trip of 2 x delay, on loopback, with no root
+    rights or kernel modules (runs until killed)."""
+    import asyncio
+
+    async def pump(reader, writer):
+        queue = asyncio.Queue()
+        loop = asyncio.get_event_loop()
+
+        async def deliver():
+            while True:
+                due, data = await queue.get()
+                if data is None:
+                    break
+                wait = due - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                writer.write(data)
+                await writer.drain()
+            writer.close()
+
+        task = asyncio.ensure_future(deliver())
+        try:
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    break
+                queue.put_nowait((loop.time() + delay, data))
+        except ConnectionError:
+            pass
+        queue.put_nowait((0, None))
+        try:
+            await task
+        except ConnectionError:
+            pass
+
+    async def handle(client_reader, client_writer):
+        try:
+            up_reader, up_writer = await asyncio.open_connection('127.0.0.1', upstream_port)
+        except OSError:
+            client_writer.close()
+            return
+        await asyncio.gather(pump(client_reader, up_writer), pump(up_reader, client_writer))
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    server = loop.run_until_complete(asyncio.start_server(handle, '127.0.0.1', listen_port))
+    try:
+        loop.run_forever()
+    finally:
+        server.close()
+
+
+def start_delay_proxy(url, delay):
+    """A delay_proxy subprocess in front of the xrootd at url -> (proxied url, proc)."""
+    upstream = int(url.split(':')[2].split('/')[0])
+    port = free_port()
+    proc = subprocess.Popen([PY, os.path.abspath(__file__), '--proxy', str(port), str(upstream), str(delay)])
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            socket.create_connection(('127.0.0.1', port), timeout=1).close()
+            return 'root://127.0.0.1:%d//' % port, proc
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit('delay proxy did not start')
+
+
+def bench_copy_latency(nfiles, url, top, parallels, delay):
+    """COPY through the delay proxy: what a worker sees over a WAN."""
+    proxied, proxy = start_delay_proxy(url, delay)
+    try:
+        src = os.path.join(top, 'src')
+        names = sorted(os.listdir(src))[:nfiles]
+
+        def pairs(tag):
+            return [('file://%s/%s' % (src, n), '%slat/%s/%s' % (proxied, tag, n)) for n in names]
+
+        print('COPY %d x 10 KiB file:// -> root:// through a relay adding %d ms each way (RTT %d ms)'
+              % (nfiles, delay * 1000, 2 * delay * 1000))
+        base, failed = baseline_copy(pairs('base'))
+        assert failed == 0
+        print('  baseline sequential gfal2 loop: %.2f s  (%.1f files/s, %.0f ms/file)'
+              % (base, nfiles / base, base * 1000.0 / nfiles))
+        for par in parallels:
+            took, proc = run_alien('copy', {'files': [list(p) for p in pairs('p%d' % par)],
+                                            'options': {'parallel': par}})
+            assert proc.returncode == 0, proc.stdout[-300:]
+            print('  alien.py gfal copy parallel=%-3d: %.2f s  (%.1f files/s)  speed-up %.1fx'
+                  % (par, took, nfiles / took, base / took))
+    finally:
+        proxy.kill()
+        proxy.wait()
+
+
 def make_tree(top, nentries, per_dir=99):
     """nentries entries: directories of per_dir files each (+ the directories)."""
     made, d = 0, 0
@@ -253,7 +349,17 @@ def main():
     ap.add_argument('--parallel', default='1,2,4,8,16')
     ap.add_argument('--rounds', type=int, default=3)
     ap.add_argument('--skip-gfal-ls', action='store_true')
+    ap.add_argument('--latency-files', type=int, default=200)
+    ap.add_argument('--latency-ms', type=float, default=5.0, help='one-way delay of the WAN relay')
+    ap.add_argument('--latency-parallel', default='1,8,16,32')
+    ap.add_argument('--proxy', nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.proxy:
+        # started from a process where gfal2/XRootD blocked SIGTERM & co., and the mask is inherited
+        import signal
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        delay_proxy(int(args.proxy[0]), int(args.proxy[1]), float(args.proxy[2]))
+        return
     try:
         import gfal2  # noqa: F401
     except ImportError:
@@ -265,6 +371,9 @@ def main():
     url, proc = start_xrootd(xrd_top)
     try:
         bench_copy(args.files, url, top, [int(p) for p in args.parallel.split(',')], args.rounds)
+        if args.latency_files:
+            bench_copy_latency(min(args.latency_files, args.files), url, top,
+                               [int(p) for p in args.latency_parallel.split(',')], args.latency_ms / 1000.0)
         tree = os.path.join(xrd_top, 'data', 'tree')
         n = make_tree(tree, args.tree)
         chown_tree(xrd_top)
@@ -275,7 +384,11 @@ def main():
         bench_list(n, 'file://' + tree, 'file://')
     finally:
         proc.terminate()
-        proc.wait()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
         shutil.rmtree(top, ignore_errors=True)
 
 
