@@ -1,0 +1,396 @@
+#!/usr/bin/env python3
+"""Benchmark of `alien.py gfal` (prints figures; not a test).
+
+1. COPY of N x 10 KiB files file:// -> root:// (a local xrootd on loopback):
+   alien.py gfal copy with several `parallel` values versus a sequential
+   one-file-at-a-time gfal2 filecopy loop (what the pdm worker did).
+2. LIST depth -1 of a 10,000-entry tree on root:// and file://: alien.py gfal
+   list versus (a) a gfal-ls -l style recursion in-process (gfal2 listdir +
+   stat per entry) and (b) gfal2-util's gfal-ls -l run once per directory.
+
+Run with the interpreter that has gfal2 (Debian: /usr/bin/python3):
+    /usr/bin/python3 bench/gfal_bench.py [--files 1000] [--tree 10000]
+"""
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PY = sys.executable
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def start_xrootd(top):
+    """One xrootd serving top/data on a free port; returns (url, proc)."""
+    data, admin = os.path.join(top, 'data'), os.path.join(top, 'admin')
+    for d in (data, admin):
+        os.makedirs(d, exist_ok=True)
+    cfg = os.path.join(top, 'xrd.cfg')
+    with open(cfg, 'w') as f:
+        f.write('all.export /\noss.localroot %s\nall.adminpath %s\nall.pidpath %s\n'
+                'xrootd.chksum adler32\nxrd.allow host localhost\nxrd.allow host 127.0.0.1\n'
+                'ofs.tpc pgm /usr/bin/xrdcp --server\n' % (data, admin, admin))
+    chown_tree(top)
+    port = free_port()
+    log = open(os.path.join(top, 'xrootd.log'), 'w')
+    args = ['xrootd', '-c', cfg, '-p', str(port), '-l', os.path.join(admin, 'log')]
+    if os.geteuid() == 0:
+        args[1:1] = ['-R', 'xrootd']
+    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit('xrootd died, see %s' % log.name)
+        try:     # plain TCP probe: the XRootD client retries a closed port for minutes
+            socket.create_connection(('127.0.0.1', port), timeout=1).close()
+        except OSError:
+            time.sleep(0.05)
+            continue
+        time.sleep(0.1)
+        if proc.poll() is None:      # a port already taken makes our server die
+            return 'root://127.0.0.1:%d//' % port, proc
+    raise SystemExit('xrootd did not start')
+
+
+def chown_tree(top):
+    if os.geteuid() != 0:
+        return
+    import pwd
+    pw = pwd.getpwnam('xrootd')
+    os.chmod(top, 0o755)
+    for root, dirs, files in os.walk(top):
+        os.chown(root, pw.pw_uid, pw.pw_gid)
+        for name in files:
+            os.chown(os.path.join(root, name), pw.pw_uid, pw.pw_gid)
+
+
+def run_alien(jobtype, job):
+    """One `alien.py gfal TYPE` process (gfal_main called directly, so this works
+    whatever the front end does); returns (seconds, CompletedProcess)."""
+    code = ('import sys; sys.path.insert(0, %r); import alien; '
+            'sys.exit(alien.gfal_main(sys.argv[1:]))' % REPO)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.time()
+    proc = subprocess.run([PY, '-c', code, jobtype], input=json.dumps(job).encode(),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    took = time.time() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    proc.cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return took, proc
+
+
+def baseline_copy(pairs):
+    """What the pdm worker did: one context, then per file, in order, filecopy
+    with create_parent, an event callback writing one JSON line per gfal2 event
+    and one result line (here to /dev/null)."""
+    import gfal2
+    sink = open(os.devnull, 'w')
+    cpu = os.times()
+    started = time.time()
+    ctx = gfal2.creat_context()
+    failed = 0
+    for src, dst in pairs:
+        params = ctx.transfer_parameters()
+        params.create_parent = True
+        params.event_callback = lambda ev: (json.dump(
+            {'timestamp': ev.timestamp, 'domain': ev.domain, 'stage': ev.stage,
+             'desc': ev.description}, sink), sink.write('\n'), sink.flush())
+        try:
+            ctx.filecopy(params, src, dst)
+            sink.write(json.dumps({'Code': 0, 'Reason': 'OK'}) + '\n')
+        except gfal2.GError as e:
+            sink.write(json.dumps({'Code': 1, 'Reason': str(e)}) + '\n')
+            failed += 1
+        sink.flush()
+    took = time.time() - started
+    now = os.times()
+    baseline_copy.cpu = (now.user - cpu.user) + (now.system - cpu.system)
+    return took, failed
+
+
+def bench_copy(nfiles, url, top, parallels, rounds):
+    """Rounds of: the baseline loop, then alien.py gfal copy at each `parallel`
+    (interleaved so a busy machine slows all alike); medians are reported."""
+    src = os.path.join(top, 'src')
+    os.makedirs(src)
+    payload = os.urandom(10240)
+    for i in range(nfiles):
+        with open(os.path.join(src, 'f%05d' % i), 'wb') as f:
+            f.write(payload)
+    names = sorted(os.listdir(src))
+
+    def pairs(tag):
+        return [('file://%s/%s' % (src, n), '%sbench/%s/%s' % (url, tag, n)) for n in names]
+
+    print('COPY %d x 10 KiB file:// -> %s, %d rounds, median seconds (load average before: %s)'
+          % (nfiles, url, rounds, ' '.join('%.2f' % x for x in os.getloadavg())))
+    times = {'base': []}
+    cpus = {'base': []}
+    for r in range(rounds):
+        took, failed = baseline_copy(pairs('base%d' % r))
+        assert failed == 0
+        times['base'].append(took)
+        cpus['base'].append(baseline_copy.cpu)
+        for par in parallels:
+            job = {'files': [list(p) for p in pairs('r%dp%d' % (r, par))], 'options': {'parallel': par}}
+            took, proc = run_alien('copy', job)
+            lines = proc.stdout.decode().splitlines()
+            ok = sum(1 for l in lines if json.loads(l).get('Code') == 0)
+            assert ok == nfiles and proc.returncode == 0, (ok, proc.returncode)
+            times.setdefault(par, []).append(took)
+            cpus.setdefault(par, []).append(proc.cpu)
+    med = dict((k, sorted(v)[len(v) // 2]) for k, v in times.items())
+    cpu = dict((k, sorted(v)[len(v) // 2] * 1000.0 / nfiles) for k, v in cpus.items())
+    print('  baseline sequential gfal2 loop (in-process, no process start): %.2f s  (%d files/s, '
+          'client CPU %.2f ms/file)  all: %s'
+          % (med['base'], nfiles / med['base'], cpu['base'], ' '.join('%.2f' % t for t in times['base'])))
+    for par in parallels:
+        print('  alien.py gfal copy parallel=%-3d (whole process): %.2f s  (%d files/s, client CPU %.2f ms/file)'
+              '  speed-up %.1fx  all: %s'
+              % (par, med[par], nfiles / med[par], cpu[par], med['base'] / med[par],
+                 ' '.join('%.2f' % t for t in times[par])))
+    best = min(parallels, key=lambda p: med[p])
+    print('  best: parallel=%d, %.1fx the sequential loop' % (best, med['base'] / med[best]))
+    return med, best
+
+
+def delay_proxy(listen_port, upstream_port, delay):
+    """A TCP relay on 127.0.0.1 that delivers every chunk `delay` seconds late in
+    each direction: a WAN round trip of 2 x delay, on loopback, with no root
+    rights or kernel modules (runs until killed)."""
+    import asyncio
+
+    async def pump(reader, writer):
+        queue = asyncio.Queue()
+        loop = asyncio.get_event_loop()
+
+        async def deliver():
+            while True:
+                due, data = await queue.get()
+                if data is None:
+                    break
+                wait = due - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                writer.write(data)
+                await writer.drain()
+            writer.close()
+
+        task = asyncio.ensure_future(deliver())
+        try:
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    break
+                queue.put_nowait((loop.time() + delay, data))
+        except ConnectionError:
+            pass
+        queue.put_nowait((0, None))
+        try:
+            await task
+        except ConnectionError:
+            pass
+
+    async def handle(client_reader, client_writer):
+        try:
+            up_reader, up_writer = await asyncio.open_connection('127.0.0.1', upstream_port)
+        except OSError:
+            client_writer.close()
+            return
+        await asyncio.gather(pump(client_reader, up_writer), pump(up_reader, client_writer))
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    server = loop.run_until_complete(asyncio.start_server(handle, '127.0.0.1', listen_port))
+    try:
+        loop.run_forever()
+    finally:
+        server.close()
+
+
+def start_delay_proxy(url, delay):
+    """A delay_proxy subprocess in front of the xrootd at url -> (proxied url, proc)."""
+    upstream = int(url.split(':')[2].split('/')[0])
+    port = free_port()
+    proc = subprocess.Popen([PY, os.path.abspath(__file__), '--proxy', str(port), str(upstream), str(delay)])
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            socket.create_connection(('127.0.0.1', port), timeout=1).close()
+            return 'root://127.0.0.1:%d//' % port, proc
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit('delay proxy did not start')
+
+
+def bench_copy_latency(nfiles, url, top, parallels, delay):
+    """COPY through the delay proxy: what a worker sees over a WAN."""
+    proxied, proxy = start_delay_proxy(url, delay)
+    try:
+        src = os.path.join(top, 'src')
+        names = sorted(os.listdir(src))[:nfiles]
+
+        def pairs(tag):
+            return [('file://%s/%s' % (src, n), '%slat/%s/%s' % (proxied, tag, n)) for n in names]
+
+        print('COPY %d x 10 KiB file:// -> root:// through a relay adding %d ms each way (RTT %d ms)'
+              % (nfiles, delay * 1000, 2 * delay * 1000))
+        base, failed = baseline_copy(pairs('base'))
+        assert failed == 0
+        print('  baseline sequential gfal2 loop: %.2f s  (%.1f files/s, %.0f ms/file)'
+              % (base, nfiles / base, base * 1000.0 / nfiles))
+        for par in parallels:
+            took, proc = run_alien('copy', {'files': [list(p) for p in pairs('p%d' % par)],
+                                            'options': {'parallel': par}})
+            assert proc.returncode == 0, proc.stdout[-300:]
+            print('  alien.py gfal copy parallel=%-3d: %.2f s  (%.1f files/s)  speed-up %.1fx'
+                  % (par, took, nfiles / took, base / took))
+    finally:
+        proxy.kill()
+        proxy.wait()
+
+
+def make_tree(top, nentries, per_dir=99):
+    """nentries entries: directories of per_dir files each (+ the directories)."""
+    made, d = 0, 0
+    while made < nentries:
+        sub = os.path.join(top, 'd%03d' % d)
+        os.makedirs(sub)
+        made += 1
+        for i in range(min(per_dir, nentries - made)):
+            open(os.path.join(sub, 'f%03d' % i), 'w').close()
+            made += 1
+        d += 1
+    return made
+
+
+def baseline_list(url):
+    """gfal-ls -lR style: listdir each directory, stat every entry, recurse."""
+    import gfal2
+    started = time.time()
+    ctx = gfal2.creat_context()
+    count, stack = 0, [url]
+    while stack:
+        d = stack.pop()
+        for name in ctx.listdir(d):
+            if name in ('.', '..'):
+                continue
+            child = d.rstrip('/') + '/' + name
+            st = ctx.stat(child)
+            count += 1
+            if stat.S_ISDIR(st.st_mode):
+                stack.append(child)
+    return time.time() - started, count
+
+
+def baseline_gfal_ls(url):
+    """gfal2-util: one `gfal-ls -l` process per directory (it has no -R)."""
+    gfal_ls = shutil.which('gfal-ls')
+    if not gfal_ls:
+        return None, 0
+    env = dict(os.environ, GFAL_PYTHONBIN=PY)
+    started = time.time()
+    count, stack = 0, [url]
+    while stack:
+        d = stack.pop()
+        out = subprocess.run([gfal_ls, '-la', d], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                             env=env).stdout.decode()
+        for line in out.splitlines():
+            parts = line.rstrip().split(None, 8)
+            if len(parts) < 9 or parts[8] in ('.', '..'):
+                continue
+            count += 1
+            if line.startswith('d'):
+                stack.append(d.rstrip('/') + '/' + parts[8])
+    return time.time() - started, count
+
+
+def bench_list(nentries, url, label):
+    print('LIST depth -1 of a %d-entry tree on %s' % (nentries, label))
+    took, proc = run_alien('list', {'files': [url], 'options': {'depth': -1}})
+    listing = json.loads(proc.stdout.decode())
+    count = sum(len(v) for v in listing.values())
+    print('  alien.py gfal list: %.2f s  (%d entries, %d directories, exit %d, process start included)'
+          % (took, count, len(listing), proc.returncode))
+    base_t, base_n = baseline_list(url)
+    print('  baseline listdir+stat recursion (in-process gfal2): %.2f s (%d entries)  -> %.1fx'
+          % (base_t, base_n, base_t / took))
+    ls_t, ls_n = baseline_gfal_ls(url)
+    if ls_t is None and ls_n == -1:
+        print('  gfal-ls baseline skipped (--skip-gfal-ls)')
+    elif ls_t is None:
+        print('  gfal-ls (gfal2-util) not installed: apt-get install gfal2-util-scripts python3-gfal2-util')
+    else:
+        print('  baseline gfal-ls -la per directory (gfal2-util, %d processes): %.2f s (%d entries)  -> %.1fx'
+              % (len(listing), ls_t, ls_n, ls_t / took))
+    return took, base_t, ls_t
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--files', type=int, default=1000)
+    ap.add_argument('--tree', type=int, default=10000)
+    ap.add_argument('--parallel', default='1,2,4,8,16')
+    ap.add_argument('--rounds', type=int, default=3)
+    ap.add_argument('--skip-gfal-ls', action='store_true')
+    ap.add_argument('--latency-files', type=int, default=200)
+    ap.add_argument('--latency-ms', type=float, default=5.0, help='one-way delay of the WAN relay')
+    ap.add_argument('--latency-parallel', default='1,8,16,32')
+    ap.add_argument('--proxy', nargs=3, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.proxy:
+        # started from a process where gfal2/XRootD blocked SIGTERM & co., and the mask is inherited
+        import signal
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        delay_proxy(int(args.proxy[0]), int(args.proxy[1]), float(args.proxy[2]))
+        return
+    try:
+        import gfal2  # noqa: F401
+    except ImportError:
+        raise SystemExit('gfal2 is not importable by %s: run with /usr/bin/python3' % PY)
+    top = tempfile.mkdtemp(prefix='gfal-bench-', dir='/tmp')
+    os.chmod(top, 0o755)
+    xrd_top = os.path.join(top, 'xrd')
+    os.makedirs(xrd_top)
+    url, proc = start_xrootd(xrd_top)
+    try:
+        bench_copy(args.files, url, top, [int(p) for p in args.parallel.split(',')], args.rounds)
+        if args.latency_files:
+            bench_copy_latency(min(args.latency_files, args.files), url, top,
+                               [int(p) for p in args.latency_parallel.split(',')], args.latency_ms / 1000.0)
+        tree = os.path.join(xrd_top, 'data', 'tree')
+        n = make_tree(tree, args.tree)
+        chown_tree(xrd_top)
+        if args.skip_gfal_ls:
+            global baseline_gfal_ls
+            baseline_gfal_ls = lambda url: (None, -1)  # noqa: E731
+        bench_list(n, url + 'tree', 'root:// (xrootd on loopback)')
+        bench_list(n, 'file://' + tree, 'file://')
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(top, ignore_errors=True)
+
+
+if __name__ == '__main__':
+    main()
