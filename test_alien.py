@@ -2774,7 +2774,7 @@ import os as _gfal_os
 import pwd as _gfal_pwd
 import re as _gfal_re
 import shutil as _gfal_shutil
-import socket as _gfal_socket
+
 import subprocess as _gfal_subprocess
 import sys as _gfal_sys
 import tempfile as _gfal_tempfile
@@ -2824,62 +2824,12 @@ def gfal_ok(ident=None):
     return line
 
 
-def _gfal_free_port():
-    s = _gfal_socket.socket()
-    s.bind(('127.0.0.1', 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 @pytest.fixture(scope='session')
-def gfal_xrootd():
-    """One real xrootd on loopback: {'url': 'root://127.0.0.1:PORT//', 'datadir': DIR}.
-
-    (To be replaced by the test grid's grid_state['ses'][0] once it lands.)
-    """
-    top = _gfal_tempfile.mkdtemp(prefix='gfal-xrd-', dir='/tmp')
-    _gfal_os.chmod(top, 0o755)
-    data, admin = _gfal_os.path.join(top, 'data'), _gfal_os.path.join(top, 'admin')
-    _gfal_os.makedirs(data)
-    _gfal_os.makedirs(admin)
-    cfg = _gfal_os.path.join(top, 'xrd.cfg')
-    with open(cfg, 'w') as f:
-        f.write('all.export /\noss.localroot %s\nall.adminpath %s\nall.pidpath %s\n'
-                'xrootd.chksum adler32\nxrd.allow host localhost\nxrd.allow host 127.0.0.1\n'
-                'ofs.tpc pgm /usr/bin/xrdcp --server\n' % (data, admin, admin))
-    pw = _gfal_pwd.getpwnam('xrootd')
-    for d in (top, data, admin):
-        _gfal_os.chown(d, pw.pw_uid, pw.pw_gid)
-    proc = None
-    for _attempt in range(3):
-        port = _gfal_free_port()
-        log = open(_gfal_os.path.join(top, 'xrootd.log'), 'a')
-        proc = _gfal_subprocess.Popen(['xrootd', '-R', 'xrootd', '-c', cfg, '-p', str(port),
-                                       '-l', _gfal_os.path.join(admin, 'log')],
-                                      stdout=log, stderr=_gfal_subprocess.STDOUT)
-        deadline = _gfal_time.time() + 10
-        ready = False
-        while _gfal_time.time() < deadline and proc.poll() is None:
-            try:      # a plain TCP probe: the XRootD client would retry a closed port for minutes
-                _gfal_socket.create_connection(('127.0.0.1', port), timeout=1).close()
-            except OSError:
-                _gfal_time.sleep(0.05)
-                continue
-            _gfal_time.sleep(0.1)
-            ready = proc.poll() is None     # a taken port makes our server die
-            break
-        if ready:
-            break
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait()
-    else:
-        raise RuntimeError('xrootd did not start; see %s' % top)
-    yield {'url': 'root://127.0.0.1:%d//' % port, 'datadir': data, 'top': top}
-    proc.terminate()
-    proc.wait()
-    _gfal_shutil.rmtree(top, ignore_errors=True)
+def gfal_xrootd(grid_state):
+    """A real xrootd on loopback: the test grid's first storage element (it allows
+    third-party copies, which gfal2 uses for root:// -> root://)."""
+    se = grid_state['ses'][0]
+    return {'url': 'root://127.0.0.1:%d//' % se['port'], 'datadir': se['datadir']}
 
 
 @pytest.fixture
@@ -3443,3 +3393,16 @@ def test_gfal_command_handler_and_help(capsys):
     assert result.exitcode == 2 and result.out == '' and len(out) == 1
     assert 'usage: alien.py gfal' in _gfal_json.loads(out[0])['Reason']
     assert alien.gfal_main(['--help'], None, _gfal_io.StringIO(), _gfal_io.StringIO()) == 0
+
+
+
+def test_gfal_through_the_command_line_front_end(tmp_path):
+    """`python3 alien.py gfal TYPE JOB.json` and `... gfal TYPE -` (stdin), as operators run it."""
+    job = tmp_path / 'job.json'
+    job.write_text(json.dumps({'dirs': ['file://%s/a/b' % tmp_path]}))
+    p = run_cli(['gfal', 'MKDIR', str(job)], python=GFAL_PY)
+    assert (p.returncode, p.stdout) == (0, '{"Reason": "OK", "Code": 0}\n') and (tmp_path / 'a' / 'b').is_dir()
+    p = run_cli(['gfal', 'list', '-'], python=GFAL_PY, input=json.dumps({'files': ['file://%s/a' % tmp_path]}))
+    assert p.returncode == 0 and list(json.loads(p.stdout)) == ['file://%s/a' % tmp_path, 'file://%s/a/b' % tmp_path]
+    p = run_cli(['gfal', 'copy', '-'], python=GFAL_PY, input='{not json')
+    assert p.returncode == 2 and json.loads(p.stdout)['Code'] == 1 and p.stderr == ''

@@ -62,6 +62,7 @@ xrootd.chksum adler32
 xrd.allow host localhost
 xrd.allow host 127.0.0.1
 xrootd.trace all
+ofs.tpc pgm /usr/bin/xrdcp --server
 """
 
 _children = {}   # pid -> Popen of processes started by this interpreter (to reap them)
