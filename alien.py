@@ -534,7 +534,22 @@ class MessageAssembler(object):
                 return ('message', opcode, data)
 
 
-class WebSocket(object):
+class _Transport(object):
+    """What both transports share: send_text, recv_text, ping, close, and this."""
+    last_activity = 0.0
+
+    def alive(self, idle):
+        """After `idle` seconds without traffic, check the connection with a ping."""
+        if time.monotonic() - self.last_activity < idle:
+            return True
+        try:
+            self.ping(b'idle-check')
+            return True
+        except WebSocketError:
+            return False
+
+
+class WebSocket(_Transport):
     """A client websocket over a connected (TLS) socket."""
 
     def __init__(self, sock, max_size=DEFAULT_MAX_MESSAGE):
@@ -580,16 +595,6 @@ class WebSocket(object):
         if len(chunk) >= self.bufsize and self.bufsize < (4 << 20):
             self.bufsize *= 2
         return chunk
-
-    def alive(self, idle):
-        """After `idle` seconds without traffic, check the connection with a ping."""
-        if time.monotonic() - self.last_activity < idle:
-            return True
-        try:
-            self.ping(b'idle-check')
-            return True
-        except WebSocketError:
-            return False
 
     def _send_frame(self, opcode, payload):
         try:
@@ -662,7 +667,7 @@ class WebSocket(object):
             pass
 
 
-class WebSocketClientTransport(object):
+class WebSocketClientTransport(_Transport):
     """The same interface on top of the optional `websocket-client` package
     (ALIENPY_TRANSPORT=websocket-client)."""
 
@@ -736,15 +741,6 @@ class WebSocketClientTransport(object):
                 raise WebSocketError('binary message where text was expected', EX_EINVAL)
             if opcode == OP_CLOSE:
                 raise WebSocketError('the server closed the connection')
-
-    def alive(self, idle):
-        if time.monotonic() - self.last_activity < idle:
-            return True
-        try:
-            self.ping(b'idle-check')
-            return True
-        except WebSocketError:
-            return False
 
     def ping(self, payload=b''):
         t0 = time.monotonic()
