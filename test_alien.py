@@ -568,28 +568,16 @@ def test_tls_wrong_ca(cenv, grid_state, tmp_path):
     assert p.returncode == 107 and one_line_error(p) and 'verify' in p.stderr
 
 
-def test_tls_untrusted_client_certificate(cenv, grid_state):
+@pytest.mark.parametrize('name,kwargs,code,words', [
+    ('othercauser', {'ca': 'other'}, 107, ''),        # a client certificate from an unknown CA
+    ('expireduser', {'expired': True}, 107, 'expired'),
+    ('nobody', {'cn': 'nobody'}, 129, ''),            # trusted, but not mapped to a user
+])
+def test_tls_refused_client_certificates(cenv, grid_state, name, kwargs, code, words):
     from testgrid import grid
-    cert, key = grid.make_user_cert(grid_state['workdir'], 'othercauser', ca='other')
-    env = dict(cenv, X509_USER_CERT=cert, X509_USER_KEY=key)
-    p = run_cli(['pwd'], env=env)
-    assert p.returncode == 107 and one_line_error(p), p
-
-
-def test_tls_expired_user_certificate(cenv, grid_state):
-    from testgrid import grid
-    cert, key = grid.make_user_cert(grid_state['workdir'], 'expireduser', expired=True)
-    env = dict(cenv, X509_USER_CERT=cert, X509_USER_KEY=key)
-    p = run_cli(['pwd'], env=env)
-    assert p.returncode == 107 and one_line_error(p) and 'expired' in p.stderr
-
-
-def test_tls_unmapped_dn_is_129(cenv, grid_state):
-    from testgrid import grid
-    cert, key = grid.make_user_cert(grid_state['workdir'], 'nobody', cn='nobody')
-    env = dict(cenv, X509_USER_CERT=cert, X509_USER_KEY=key)
-    p = run_cli(['pwd'], env=env)
-    assert p.returncode == 129 and one_line_error(p), p
+    cert, key = grid.make_user_cert(grid_state['workdir'], name, **kwargs)
+    p = run_cli(['pwd'], env=dict(cenv, X509_USER_CERT=cert, X509_USER_KEY=key))
+    assert p.returncode == code and one_line_error(p) and words in p.stderr, p
 
 
 def test_tls_hostname_mismatch(cenv, grid_state):
