@@ -3394,3 +3394,37 @@ def test_gfal_through_the_command_line_front_end(tmp_path):
     assert p.returncode == 0 and list(json.loads(p.stdout)) == ['file://%s/a' % tmp_path, 'file://%s/a/b' % tmp_path]
     p = run_cli(['gfal', 'copy', '-'], python=GFAL_PY, input='{not json')
     assert p.returncode == 2 and json.loads(p.stdout)['Code'] == 1 and p.stderr == ''
+
+
+# ===== every client-side command name: the aliases too =====
+
+@pytest.mark.parametrize('editor', ['vi', 'vim', 'nano', 'mcedit'])
+def test_named_editor_commands(cpenv, grid_state, tmp_path, editor):
+    """vi/vim/nano/mcedit force that editor (here a stand-in script of that name on PATH)."""
+    g = grid_dir(grid_state, 'named-' + editor)
+    f = write(tmp_path / 'doc.txt', b'one\n')
+    assert cpx(cpenv, 'file:' + f, g + 'doc.txt@disk:1').returncode == 0
+    bindir = tmp_path / 'bin'
+    bindir.mkdir()
+    write(bindir / editor, ('#!/bin/sh\necho "by %s" >> "$1"\n' % editor).encode())
+    os.chmod(str(bindir / editor), 0o755)
+    env = dict(cpenv, PATH='%s:%s' % (bindir, cpenv['PATH']), EDITOR='/bin/false', VISUAL='')
+    p = cpcli(env, editor, g + 'doc.txt@disk:1')
+    assert p.returncode == 0, p
+    assert cpcli(cpenv, 'cat', g + 'doc.txt').stdout == 'one\nby %s\n' % editor
+    p = cpcli(env, editor)  # no LFN: usage error, one line
+    assert p.returncode != 0 and one_line_error(p), p
+
+
+def test_more_less_and_logout(cpenv, grid_state, tmp_path):
+    g = grid_dir(grid_state, 'pagers')
+    f = write(tmp_path / 'p.txt', b'paged\n')
+    assert cpx(cpenv, 'file:' + f, g + 'p.txt@disk:1').returncode == 0
+    for pager in ('more', 'less'):
+        p = cpcli(cpenv, pager, g + 'p.txt')  # not a terminal: printed like cat
+        assert (p.returncode, p.stdout) == (0, 'paged\n'), p
+        p = cpcli(cpenv, pager, g + 'missing.txt')
+        assert p.returncode == 2 and one_line_error(p), p
+    assert run_cli(['logout 3'], env=cpenv).returncode == 3
+    p = run_cli(['logout x'], env=cpenv)
+    assert p.returncode == 22 and one_line_error(p), p
