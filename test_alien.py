@@ -3428,3 +3428,89 @@ def test_more_less_and_logout(cpenv, grid_state, tmp_path):
     assert run_cli(['logout 3'], env=cpenv).returncode == 3
     p = run_cli(['logout x'], env=cpenv)
     assert p.returncode == 22 and one_line_error(p), p
+
+
+class ConnectProxy(object):
+    """A minimal HTTP CONNECT proxy on loopback that records the targets asked for."""
+
+    def __init__(self, refuse=False):
+        self.targets, self.auth = [], []
+        self.refuse = refuse
+        self.sock = socket.socket()
+        self.sock.bind(('127.0.0.1', 0))
+        self.sock.listen(4)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._tunnel, args=(client,), daemon=True).start()
+
+    def _tunnel(self, client):
+        head = b''
+        while b'\r\n\r\n' not in head:
+            chunk = client.recv(4096)
+            if not chunk:
+                return
+            head += chunk
+        first = head.split(b'\r\n')[0].decode()
+        self.targets.append(first)
+        self.auth.extend(l for l in head.decode().split('\r\n') if l.startswith('Proxy-Authorization'))
+        if self.refuse:
+            client.sendall(b'HTTP/1.1 403 Forbidden\r\n\r\n')
+            client.close()
+            return
+        host, port = first.split()[1].rsplit(':', 1)
+        upstream = socket.create_connection((host, int(port)))
+        client.sendall(b'HTTP/1.1 200 Connection established\r\n\r\n')
+
+        def pump(a, b):
+            try:
+                while True:
+                    data = a.recv(65536)
+                    if not data:
+                        break
+                    b.sendall(data)
+            except OSError:
+                pass
+            finally:
+                for s in (a, b):
+                    try:
+                        s.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+        threading.Thread(target=pump, args=(upstream, client), daemon=True).start()
+        pump(client, upstream)
+
+    def close(self):
+        self.sock.close()
+
+
+def test_https_proxy_tunnel(cenv, grid_state):
+    proxy = ConnectProxy()
+    try:
+        env = dict(cenv, https_proxy='http://user:p%%40ss@127.0.0.1:%d' % proxy.port)
+        p = run_cli(['pwd'], env=env)
+        assert (p.returncode, p.stdout) == (0, grid_state['home'] + '\n'), p
+        assert proxy.targets == ['CONNECT 127.0.0.1:%s HTTP/1.1' % cenv['ALIENPY_JCENTRAL_PORT']]
+        assert proxy.auth == ['Proxy-Authorization: Basic %s' % base64.b64encode(b'user:p@ss').decode()]
+        p = run_cli(['pwd'], env=dict(env, no_proxy='127.0.0.1'))  # exempt: straight to the service
+        assert p.returncode == 0 and len(proxy.targets) == 1
+    finally:
+        proxy.close()
+    refusing = ConnectProxy(refuse=True)
+    try:
+        p = run_cli(['pwd'], env=dict(cenv, HTTPS_PROXY='127.0.0.1:%d' % refusing.port))
+        assert p.returncode == 107 and one_line_error(p) and '403' in p.stderr, p
+    finally:
+        refusing.close()
+
+
+def test_jsonraw_prints_the_reply_as_received(cenv):
+    p = run_cli(['pwd'], env=dict(cenv, ALIENPY_JSONRAW='1'))
+    assert p.returncode == 0 and '\\/localhost\\/localdomain' in p.stdout  # the service escapes slashes
+    assert json.loads(p.stdout)['results'][0]['message'].startswith('/localhost/')
