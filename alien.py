@@ -667,32 +667,35 @@ class WebSocket(_Transport):
             pass
 
 
+def import_websocket_client():
+    try:
+        import websocket  # websocket-client
+    except ImportError:
+        raise AlienError('ALIENPY_TRANSPORT=websocket-client needs the package: pip install websocket-client',
+                         EX_NOTCONN)
+    return websocket
+
+
 class WebSocketClientTransport(_Transport):
     """The same interface on top of the optional `websocket-client` package
-    (ALIENPY_TRANSPORT=websocket-client)."""
+    (ALIENPY_TRANSPORT=websocket-client). It is handed our TLS socket, so the
+    connect (staggered, proxy, network stack) and TLS are the same for both."""
 
-    def __init__(self, url, ctx, host, timeout, headers=()):
-        try:
-            import websocket  # websocket-client
-        except ImportError:
-            raise AlienError('ALIENPY_TRANSPORT=websocket-client needs the package: pip install websocket-client',
-                             EX_NOTCONN)
-        self._mod = websocket
+    def __init__(self, url, tls_sock, timeout, headers=()):
+        websocket = self._mod = import_websocket_client()
         self.closed = False
         self.last_activity = time.monotonic()
         try:
-            self.ws = websocket.create_connection(
-                url, timeout=timeout, sslopt={'context': ctx, 'server_hostname': host},
-                header=['%s: %s' % kv for kv in headers], enable_multithread=False)
+            self.ws = websocket.create_connection(url, socket=tls_sock, timeout=timeout,
+                                                  header=['%s: %s' % kv for kv in headers],
+                                                  enable_multithread=False)
         except websocket.WebSocketBadStatusException as e:
             if getattr(e, 'status_code', None) == 401:
                 raise AlienError('the service refused the certificate (HTTP 401): is it registered in the ALICE VO?',
                                  EX_UNAUTHORIZED)
             raise WebSocketError('handshake: %s' % e)
-        except ssl.SSLError as e:
-            raise tls_error(e, host)
         except (OSError, websocket.WebSocketException) as e:
-            raise WebSocketError('cannot connect: %s' % e)
+            raise WebSocketError('handshake: %s' % e)
 
     def _translate(self, e):
         """The library's exceptions as our WebSocketError (others unchanged)."""
@@ -1073,8 +1076,9 @@ class Session(object):
         headers = [('User-Agent', agent)]
         url = 'wss://%s:%d%s' % (('[%s]' % host) if ':' in host else host, port, WS_PATH)
         log('connecting to %s' % url)
-        if self.environ.get('ALIENPY_TRANSPORT', '').lower() in ('websocket-client', 'websocket_client'):
-            return WebSocketClientTransport(url, ctx, host, self.timeout, headers)
+        other = self.environ.get('ALIENPY_TRANSPORT', '').lower() in ('websocket-client', 'websocket_client')
+        if other:
+            import_websocket_client()  # a missing package is said before anything is opened
         proxy = proxy_for(host, self.environ)
         if proxy:
             sock = connect_tcp(proxy[0], proxy[1], self.environ)
@@ -1094,13 +1098,15 @@ class Session(object):
         except (OSError, socket.timeout) as e:
             sock.close()
             raise AlienError('TLS handshake with %s:%d failed: %s' % (host, port, e), EX_NOTCONN)
-        ws = WebSocket(tls, max_size=int(float(self.environ.get('ALIENPY_MAX_MESSAGE_MB') or 1024) * (1 << 20)))
         try:
+            if other:
+                return WebSocketClientTransport(url, tls, self.timeout, headers)
+            ws = WebSocket(tls, max_size=int(float(self.environ.get('ALIENPY_MAX_MESSAGE_MB') or 1024) * (1 << 20)))
             ws.handshake(host, port, WS_PATH, headers)
+            return ws
         except AlienError:
-            ws.close()
+            tls.close()
             raise
-        return ws
 
     def close(self):
         if self.ws is not None:

@@ -3514,3 +3514,11 @@ def test_jsonraw_prints_the_reply_as_received(cenv):
     p = run_cli(['pwd'], env=dict(cenv, ALIENPY_JSONRAW='1'))
     assert p.returncode == 0 and '\\/localhost\\/localdomain' in p.stdout  # the service escapes slashes
     assert json.loads(p.stdout)['results'][0]['message'].startswith('/localhost/')
+
+
+def test_websocket_client_transport_missing_is_one_line(cenv):
+    code = ("import sys; sys.modules['websocket'] = None; sys.path.insert(0, %r); import alien; "
+            "sys.exit(alien.main(['pwd']))" % REPO)
+    p = subprocess.run([sys.executable, '-c', code], env=dict(cenv, ALIENPY_TRANSPORT='websocket-client'),
+                       capture_output=True, text=True)
+    assert p.returncode == 107 and one_line_error(p) and 'pip install websocket-client' in p.stderr
