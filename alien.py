@@ -26,6 +26,8 @@ tab completion, last directory restored from ~/.alienpy_session).
 """
 
 import base64
+import collections
+import errno
 import hashlib
 import json
 import os
@@ -33,8 +35,10 @@ import re
 import shlex
 import socket
 import ssl
+import stat as stat_mod
 import struct
 import sys
+import threading
 import time
 
 VERSION = '0.1.0'
@@ -899,7 +903,7 @@ def connect_tcp(host, port, environ, timeout=5.0, delay=0.25):
                 s = socket.socket(fam, typ, proto)
                 s.setblocking(False)
                 err = s.connect_ex(addr)
-                if err in (0, 115, 36, 10035) or err == getattr(__import__('errno'), 'EINPROGRESS', 115):
+                if err in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
                     sel.register(s, selectors.EVENT_WRITE, addr)
                     pending.append(s)
                 else:
@@ -2642,10 +2646,6 @@ def cp_result(stats, opts):
 # gfal jobs: alien.py gfal list|remove|copy|rename|mkdir (gfal2 imported lazily)
 # ==========================================================================
 
-import collections  # noqa: E402  (stdlib; kept in this section so merges stay clean)
-import errno  # noqa: E402
-import stat as stat_mod  # noqa: E402
-import threading  # noqa: E402
 
 GFAL_JOB_TYPES = ('list', 'remove', 'copy', 'rename', 'mkdir')
 GFAL_USAGE = 'gfal list|remove|copy|rename|mkdir [JOB.json | -]'
