@@ -2587,8 +2587,7 @@ def cp_plan(session, src, dst, opts):
 
 def cp_prepare_upload_dirs(session, items):
     dirs = sorted(set(lfn.rsplit('/', 1)[0] or '/' for _, lfn, _ in items))
-    for d in dirs:
-        session.request('mkdir', ['-p', d], nomsg=True)
+    _requests(session, [('mkdir', ['-p', d]) for d in dirs])  # pipelined, not one round trip each
 
 
 def cp_run(session, pairs, opts):
