@@ -4,7 +4,7 @@ import os
 import statistics
 import subprocess
 import sys
-import time
+
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -12,6 +12,18 @@ from testgrid import grid  # noqa: E402
 
 ALIEN = [sys.executable, os.path.join(REPO, 'alien.py')]
 REFERENCE = [os.environ.get('ALIENPY_REFERENCE', os.path.join(REPO, '.venv-ref', 'bin', 'alien.py'))]
+
+
+def installed_command():
+    """alien.py installed from this checkout into .venv-this (pip install .), run as
+    the installed `alien.py` command, the way the reference client is run."""
+    venv = os.path.join(REPO, '.venv-this')
+    pip = os.path.join(venv, 'bin', 'pip')
+    if not os.path.exists(pip):
+        subprocess.run([sys.executable, '-m', 'venv', venv], check=True)
+    subprocess.run([pip, 'install', '-q', '--disable-pip-version-check', '--no-deps', '--force-reinstall', REPO],
+                   check=True)
+    return [os.path.join(venv, 'bin', 'alien.py')]
 
 
 def start_grid(name='.testgrid-bench'):

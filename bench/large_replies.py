@@ -12,13 +12,14 @@ import statistics
 import subprocess
 import time
 
-from common import ALIEN, REFERENCE, REPO, compare, grid, start_grid
+from common import ALIEN, REFERENCE, REPO, compare, grid, installed_command, start_grid
 
 ap = argparse.ArgumentParser()
 ap.add_argument('--runs', type=int, default=5)
 ap.add_argument('--entries', type=int, default=100000)
 args = ap.parse_args()
 state, env = start_grid()
+INSTALLED = installed_command()  # run like the reference: an installed command
 big = state['home'] + 'big%d/' % args.entries
 grid.populate(os.path.join(REPO, '.testgrid-bench'), big, args.entries)
 
@@ -45,7 +46,7 @@ for label, line, server in (('ls -l of %d entries' % args.entries, ['ls', '-l', 
     out = subprocess.run(ALIEN + line, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert out.returncode == 0 and out.stdout.count('\n') >= args.entries, (out.returncode, out.stderr[:200])
     del out
-    m = compare(label, args.runs, {'alien.py (this)': ALIEN + line, 'alienpy 1.7.0 (reference)': REFERENCE + line}, env)
+    m = compare(label, args.runs, {'alien.py (this)': INSTALLED + line, 'alienpy 1.7.0 (reference)': REFERENCE + line}, env)
     s = service_time(line[0], server, args.runs)
     ours, ref = m['alien.py (this)'][0] - s, m['alienpy 1.7.0 (reference)'][0] - s
     print('  service alone %.3f s; wall above it: alien.py %.3f s, alienpy %.3f s (%.2fx)' % (s, ours, ref, ours / ref))

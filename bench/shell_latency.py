@@ -13,7 +13,6 @@ import os
 import re
 import ssl
 import statistics
-import sys
 import tempfile
 import time
 

@@ -8,24 +8,16 @@ module on every start, which costs time and memory that the installed form
 (cached bytecode) does not pay."""
 import argparse
 import os
-import subprocess
 import sys
 
-from common import REFERENCE, REPO, compare, measure, start_grid
+from common import REFERENCE, REPO, compare, installed_command, measure, start_grid
 
 ap = argparse.ArgumentParser()
 ap.add_argument('--runs', type=int, default=15)
 args = ap.parse_args()
 
-venv = os.path.join(REPO, '.venv-this')
-if not os.path.exists(os.path.join(venv, 'bin', 'alien.py')):
-    subprocess.run([sys.executable, '-m', 'venv', venv], check=True)
-    subprocess.run([os.path.join(venv, 'bin', 'pip'), 'install', '-q', REPO], check=True)
-else:  # keep the installed copy current
-    subprocess.run([os.path.join(venv, 'bin', 'pip'), 'install', '-q', '--no-deps', '--force-reinstall', REPO],
-                   check=True)
-installed = [os.path.join(venv, 'bin', 'alien.py')]
-curled = [os.path.join(venv, 'bin', 'python'), os.path.join(REPO, 'alien.py')]
+installed = installed_command()
+curled = [sys.executable, os.path.join(REPO, 'alien.py')]
 
 state, env = start_grid()
 measure(installed + ['pwd'], env)  # the first run with the user certificate writes the token
