@@ -3522,3 +3522,15 @@ def test_websocket_client_transport_missing_is_one_line(cenv):
     p = subprocess.run([sys.executable, '-c', code], env=dict(cenv, ALIENPY_TRANSPORT='websocket-client'),
                        capture_output=True, text=True)
     assert p.returncode == 107 and one_line_error(p) and 'pip install websocket-client' in p.stderr
+
+
+def test_bare_copy_without_any_package_talks_to_the_grid(cenv, grid_state, tmp_path):
+    """A curl'd alien.py on a worker node with no packages: -I -S hides site-packages."""
+    copy = tmp_path / 'alien.py'
+    shutil.copy(ALIEN, str(copy))
+    p = subprocess.run([sys.executable, '-I', '-S', str(copy), 'pwd; whoami'], env=cenv,
+                       capture_output=True, text=True, timeout=60)
+    assert (p.returncode, p.stdout) == (0, grid_state['home'] + '\njalien\n'), p.stderr
+    p = subprocess.run([sys.executable, '-I', '-S', str(copy), 'cp', '/x', 'file:/tmp/x'], env=cenv,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1 and one_line_error(p) and 'pip install xrootd' in p.stderr, p
