@@ -3725,7 +3725,7 @@ def cmd_token_destroy(session, args):
     for path in credential_paths(session.environ)[:2]:
         if not is_pem_content(path) and os.path.exists(path):
             os.unlink(path)
-    return Result(0, 'Token was destroyed! Re-connect for token re-creation.')
+    return Result(0, 'token files removed; the next connection with the user certificate makes a new token')
 
 
 # -- shell commands --
@@ -4071,8 +4071,7 @@ class Shell(object):
         try:
             import readline
         except ImportError:
-            print('>>> Proper readline implementation for platform was not found! '
-                  'History and tab completion will not work! <<<')
+            print('(no readline module here: no line editing, history or tab completion)')
             return
         self.readline = readline
         if env_flag('ALIENPY_NO_HISTORY', self.session.environ):
@@ -4325,7 +4324,7 @@ def print_result(result):
             sys.stdout.write(json.dumps({'metadata': result.metadata, 'results': result.results},
                                         sort_keys=True, indent=2) + '\n')
         else:
-            print_error('This command did not return a json dictionary')
+            print_error('no JSON reply to print: this command runs in the client')
     elif result.exitcode == 0:
         write_lines(result)
     else:
