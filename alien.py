@@ -1061,7 +1061,7 @@ class Session(object):
             if self.ws:
                 break
         if env_flag('ALIENPY_TIMECONNECT', self.environ):
-            sys.stderr.write('>>>   Websocket connecting time: %.3f ms\n' % ((time.monotonic() - t0) * 1000))
+            sys.stderr.write('connected in %.1f ms\n' % ((time.monotonic() - t0) * 1000))
         if not self.ws:
             raise last or AlienError('cannot connect', EX_NOTCONN)
         self.credential_kind = kind
@@ -3475,7 +3475,7 @@ def cmd_ping(session, args):
     if session.ws is None:
         session.connect()
     rtts = [session.ws.ping(str(i).encode()) * 1000 for i in range(count)]
-    return Result(0, 'Websocket ping/pong(s) : %d time(s) to %s:%d\nrtt min/avg/max (ms) = %.3f/%.3f/%.3f'
+    return Result(0, '%d websocket ping(s) to %s:%d, round trip min/avg/max %.3f/%.3f/%.3f ms'
                   % (count, session.peer[0], session.peer[1], min(rtts), sum(rtts) / len(rtts), max(rtts)))
 
 
