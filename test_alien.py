@@ -3529,6 +3529,7 @@ def test_bare_copy_without_any_package_talks_to_the_grid(cenv, grid_state, tmp_p
     """A curl'd alien.py on a worker node with no packages: -I -S hides site-packages."""
     copy = tmp_path / 'alien.py'
     shutil.copy(ALIEN, str(copy))
+    cenv = {k: v for k, v in cenv.items() if k != 'ALIENPY_TRANSPORT'}  # no packages: our own websocket
     p = subprocess.run([sys.executable, '-I', '-S', str(copy), 'pwd; whoami'], env=cenv,
                        capture_output=True, text=True, timeout=60)
     assert (p.returncode, p.stdout) == (0, grid_state['home'] + '\njalien\n'), p.stderr
