@@ -1684,10 +1684,11 @@ def dst_dir_targets(sources, dst_dir):
 
 def cp_side(arg):
     """'file:x' -> ('local', 'x'), 'alien:x' -> ('grid', 'x'), else (None, arg)."""
-    m = re.match(r'^(file|alien):(?://)?', arg)
-    if not m:
-        return None, arg
-    return ('local' if m.group(1) == 'file' else 'grid'), arg[m.end():] or '.'
+    for side, prefix in (('local', _LOCAL_PREFIX), ('grid', _GRID_PREFIX)):
+        m = prefix.match(arg)
+        if m:
+            return side, arg[m.end():] or '.'
+    return None, arg
 
 
 def cp_direction(src, dst, local_exists):
