@@ -18,8 +18,19 @@ import pytest
 REPO = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, REPO)
 import alien  # noqa: E402
+from testgrid import tools  # noqa: E402
+from testgrid.tools import tool  # noqa: E402
 
 ALIEN = os.path.join(REPO, 'alien.py')
+# Programs are found only where .ci/setup installs them (testgrid/tools.py): with
+# PATH reduced to the system directories, nothing installed by hand elsewhere
+# (a global `pip install alienpy`, say) can stand in for a missing install step.
+tools.restrict_path()
+
+
+def test_ci_setup_installed_every_tool_the_tests_use():
+    missing = tools.missing()
+    assert not missing, 'missing, run `bash .ci/setup`: ' + '; '.join('%s (%s)' % m for m in missing)
 
 
 def run_cli(args, env=None, input=None, timeout=60, python=None):
@@ -416,7 +427,7 @@ def test_pip_install_exposes_the_alien_py_command(tmp_path):
 
 
 def test_vermin_python36():
-    vermin = shutil.which('vermin') or os.path.join(os.path.dirname(sys.executable), 'vermin')
+    vermin = tool('vermin')
     p = subprocess.run([vermin, '-t=3.6-', '--no-tips', '--violations', ALIEN], capture_output=True, text=True)
     assert p.returncode == 0, p.stdout + p.stderr
     p = subprocess.run([vermin, '-t=3.6-', '--no-tips', ALIEN], capture_output=True, text=True)
@@ -559,7 +570,7 @@ def _other_ca_dir(grid_state, tmp_path):
     d = tmp_path / 'otherca'
     d.mkdir()
     shutil.copy(os.path.join(grid_state['workdir'], 'pki', 'other-ca', 'ca.pem'), str(d / 'ca.pem'))
-    subprocess.run(['openssl', 'rehash', str(d)], check=True)
+    subprocess.run([tool('openssl'), 'rehash', str(d)], check=True)
     return str(d)
 
 
@@ -876,7 +887,6 @@ def test_request_many_never_resends_a_modifying_request(grid_state, henv):
     assert [m['command'] for m in server.messages] == ['commit'] * 3
 
 # ===== conformance with the reference client (alienpy from PyPI) =====
-REFERENCE = os.environ.get('ALIENPY_REFERENCE', os.path.join(REPO, '.venv-ref', 'bin', 'alien.py'))
 CONFORMANCE_LINES = [
     'pwd', 'whoami', 'ls', 'ls -l conf', 'ls -a conf', 'ls -l -a conf/', 'ls conf/sub', 'ls /nonexistent', 'ls -z',
     'stat conf/f1', 'stat /no/such', 'find conf f', 'find conf .txt', 'find -r conf f[0-9]', 'type conf/f1',
@@ -894,7 +904,7 @@ def _normalize_times(text):
 def test_conformance_with_the_reference_client(cenv, grid_state):
     """The same command lines through alienpy 1.7.0 and alien.py: identical stdout and
     exit codes (proves the test grid speaks the protocol the reference client expects)."""
-    assert os.access(REFERENCE, os.X_OK), 'reference client missing: run .ci/setup'
+    reference = tool('alienpy')
     home = grid_state['home']
     setup = ('mkdir -p {h}conf/sub; touch {h}conf/f1; touch {h}conf/f2.txt; touch {h}conf/.hidden'
              .format(h=home))
@@ -902,7 +912,7 @@ def test_conformance_with_the_reference_client(cenv, grid_state):
     env = dict(cenv, ALIENPY_NO_CWD_RESTORE='1')
     mismatches, seen = [], {}
     for line in CONFORMANCE_LINES:
-        ref = subprocess.run([REFERENCE, line], env=env, capture_output=True, text=True, timeout=60)
+        ref = subprocess.run([reference, line], env=env, capture_output=True, text=True, timeout=60)
         ours = run_cli([line], env=env)
         seen[line] = (ours.returncode, ours.stdout)
         if (_normalize_times(ref.stdout), ref.returncode) != (_normalize_times(ours.stdout), ours.returncode):
@@ -1277,7 +1287,7 @@ def test_token_cert_is_accepted(grid_state, tmp_path):
 
 
 def _tg_xrdcp(*args):
-    p = _tg_subprocess.run(['xrdcp', '--nopbar', '--force'] + list(args), capture_output=True,
+    p = _tg_subprocess.run([tool('xrdcp'), '--nopbar', '--force'] + list(args), capture_output=True,
                            text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     return p
@@ -1433,7 +1443,7 @@ def test_stop_and_start_se(grid_state, tmp_path):
     se = grid_state['ses'][1]
     grid.stop_se(_TG_DIR, se['name'])
     try:
-        p = _tg_subprocess.run(['xrdfs', 'root://127.0.0.1:%d' % se['port'], 'ls', '/'],
+        p = _tg_subprocess.run([tool('xrdfs'), 'root://127.0.0.1:%d' % se['port'], 'ls', '/'],
                                capture_output=True, text=True, timeout=30,
                                env=dict(_tg_os.environ, XRD_CONNECTIONRETRY='1',
                                         XRD_REQUESTTIMEOUT='3'))
@@ -1441,7 +1451,7 @@ def test_stop_and_start_se(grid_state, tmp_path):
     finally:
         again = grid.start_se(_TG_DIR, se['name'])
     assert again['port'] == se['port']
-    p = _tg_subprocess.run(['xrdfs', 'root://127.0.0.1:%d' % se['port'], 'ls', '/'],
+    p = _tg_subprocess.run([tool('xrdfs'), 'root://127.0.0.1:%d' % se['port'], 'ls', '/'],
                            capture_output=True, text=True, timeout=30)
     assert p.returncode == 0, p.stderr
 
@@ -1462,8 +1472,7 @@ def test_big_directory_listing_is_fast(grid_state, tg_dir):
 
 
 def _tg_alienpy(state, line, extra_env=None):
-    exe = _tg_shutil.which('alien.py')
-    assert exe, 'the reference client alienpy must be installed (pip install alienpy)'
+    exe = tool('alienpy')
     env = dict(_tg_os.environ)
     env.update(state['env'])
     env.update(extra_env or {})
@@ -1632,7 +1641,7 @@ def test_expiring_token_is_replaced_by_the_user_certificate(grid_state):
 def test_encrypted_key_asks_for_the_pass_phrase_once(cenv, tmp_path):
     import pexpect
     key = str(tmp_path / 'enc.pem')
-    subprocess.run(['openssl', 'rsa', '-in', cenv['X509_USER_KEY'], '-aes256', '-passout', 'pass:s3cret!',
+    subprocess.run([tool('openssl'), 'rsa', '-in', cenv['X509_USER_KEY'], '-aes256', '-passout', 'pass:s3cret!',
                     '-out', key], check=True, capture_output=True)
     os.chmod(key, 0o600)
     env = dict(cenv, X509_USER_KEY=key)
@@ -2777,7 +2786,7 @@ if GFAL_REPO not in _gfal_sys.path:
     _gfal_sys.path.insert(0, GFAL_REPO)
 import alien  # noqa: E402
 
-GFAL_PY = '/usr/bin/python3'    # Debian's interpreter: the one python3-gfal2 is built for
+GFAL_PY = tool('gfal-python')    # Debian's interpreter: the one python3-gfal2 is built for
 GFAL_RUNNER = ('import sys; sys.path.insert(0, %r); import alien; '
                'sys.exit(alien.gfal_main(sys.argv[1:]))' % GFAL_REPO)
 GFAL_MONITOR_RE = _gfal_re.compile(r'^MONITOR src: (\S+) \[ *\d+\] \d+\.\d\dMB \(\d+\.\d\dKB/s\)$')

@@ -8,10 +8,10 @@ import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from testgrid import grid  # noqa: E402
+from testgrid import grid, tools  # noqa: E402
 
 ALIEN = [sys.executable, os.path.join(REPO, 'alien.py')]
-REFERENCE = [os.environ.get('ALIENPY_REFERENCE', os.path.join(REPO, '.venv-ref', 'bin', 'alien.py'))]
+REFERENCE = [tools.tool('alienpy')]   # where .ci/setup installs it, never PATH
 
 
 def installed_command():

@@ -7,7 +7,7 @@
 
 Usage: python3 bench/cp_bench.py [--runs N] [--files N] [--big-mib N] [--skip-reference]
 Prints wall times (median of N alternated cold runs) and ratios.
-Environment: ALIENPY_REFERENCE = path of the reference client (default: `alien.py` on PATH).
+Environment: ALIENPY_REFERENCE = path of the reference client (default: .venv-ref, from .ci/setup).
 """
 import argparse
 import os
@@ -21,17 +21,14 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
-from testgrid import grid  # noqa: E402
+from testgrid import grid, tools  # noqa: E402
 import alien  # noqa: E402
 
 OURS = [sys.executable, os.path.join(REPO, 'alien.py')]
 
 
 def reference_cmd():
-    exe = os.environ.get('ALIENPY_REFERENCE') or shutil.which('alien.py')
-    if not exe or os.path.realpath(exe) == os.path.realpath(os.path.join(REPO, 'alien.py')):
-        return None
-    return [exe]
+    return [tools.tool('alienpy')]
 
 
 def timed(cmd, env, cwd=None):
@@ -86,8 +83,8 @@ def main():
         print('machine: %d cores, load %s; xrootd python %s; xrdcp %s' % (
             os.cpu_count(), ' '.join('%.1f' % x for x in os.getloadavg()),
             getattr(alien.xrootd_client(), '__version__', '?'),
-            subprocess.run(['xrdcp', '--version'], capture_output=True, text=True).stderr.strip() or
-            subprocess.run(['xrdcp', '--version'], capture_output=True, text=True).stdout.strip()))
+            subprocess.run([tools.tool('xrdcp'), '--version'], capture_output=True, text=True).stderr.strip() or
+            subprocess.run([tools.tool('xrdcp'), '--version'], capture_output=True, text=True).stdout.strip()))
         print('reference client: %s' % (' '.join(ref) if ref else 'not run'))
 
         # ---- 1. many small files ------------------------------------------------
@@ -133,7 +130,7 @@ def main():
                                                           {'XRD_CPUSEPGWRTRD': '0'})):
                 out = os.path.join(scratch, 'd_xrdcp_%d_%d' % (r, len(extra)))
                 os.makedirs(out)
-                down[name].append(timed(['xrdcp', '--nopbar', '--parallel', '8', '--infiles', infiles,
+                down[name].append(timed([tools.tool('xrdcp'), '--nopbar', '--parallel', '8', '--infiles', infiles,
                                          out + '/'], dict(env, **extra)))
         med = report('\n%d x 10 KiB download (recursive; xrdcp: the same URLs, no catalogue, no md5 check)'
                      % a.files, down, nbytes)
@@ -160,7 +157,7 @@ def main():
                 up['alienpy (1 replica)'].append(timed(ref + ['cp', 'file:' + big, '%sbig_ref_%d%s' % (home, r, spec)],
                                                        ref_env))
             for name, extra in (('xrdcp', {}), ('xrdcp (pgwrite off)', {'XRD_CPUSEPGWRTRD': '0'})):
-                up[name].append(timed(['xrdcp', '--nopbar', '--posc', '--force', big,
+                up[name].append(timed([tools.tool('xrdcp'), '--nopbar', '--posc', '--force', big,
                                        '%sxrdcp_big_%d' % (se['url'], r)], dict(env, **extra)))
         med = report('\n%d MiB upload' % a.big_mib, up, nbytes)
         ratio(med, 'alien.py (1 replica)', 'alienpy (1 replica)')

@@ -24,6 +24,9 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from testgrid import tools  # noqa: E402
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
 
@@ -301,9 +304,7 @@ def baseline_list(url):
 
 def baseline_gfal_ls(url):
     """gfal2-util: one `gfal-ls -l` process per directory (it has no -R)."""
-    gfal_ls = shutil.which('gfal-ls')
-    if not gfal_ls:
-        return None, 0
+    gfal_ls = tools.tool('gfal-ls')   # from .ci/setup (gfal2-util-scripts)
     env = dict(os.environ, GFAL_PYTHONBIN=PY)
     started = time.time()
     count, stack = 0, [url]
@@ -334,8 +335,6 @@ def bench_list(nentries, url, label):
     ls_t, ls_n = baseline_gfal_ls(url)
     if ls_t is None and ls_n == -1:
         print('  gfal-ls baseline skipped (--skip-gfal-ls)')
-    elif ls_t is None:
-        print('  gfal-ls (gfal2-util) not installed: apt-get install gfal2-util-scripts python3-gfal2-util')
     else:
         print('  baseline gfal-ls -la per directory (gfal2-util, %d processes): %.2f s (%d entries)  -> %.1fx'
               % (len(listing), ls_t, ls_n, ls_t / took))

@@ -45,6 +45,7 @@ if REPO not in sys.path:
 
 from testgrid import catalogue  # noqa: E402
 from testgrid.pki import PKI  # noqa: E402
+from testgrid import tools  # noqa: E402
 
 DEFAULT_DIR = os.path.join(REPO, '.testgrid')
 SE_NAMES = ('LOCALHOST::JTESTSITE::FIRSTSE', 'LOCALHOST::JTESTSITE::SECONDSE')
@@ -70,6 +71,13 @@ _children = {}   # pid -> Popen of processes started by this interpreter (to rea
 
 class GridError(RuntimeError):
     pass
+
+
+def _tool(name):
+    try:
+        return tools.tool(name)
+    except tools.MissingTool as e:
+        raise GridError(str(e)) from None
 
 
 # -- small helpers ---------------------------------------------------------------------
@@ -219,11 +227,9 @@ def _pidfile_proof(path, pid):
 
 def _xrdfs_proof(se):
     """The storage element answers a real XRootD request (xrdfs ls /)."""
-    xrdfs = shutil.which('xrdfs')
+    xrdfs = _tool('xrdfs')
 
     def proof():
-        if not xrdfs:
-            return True
         p = subprocess.run([xrdfs, 'root://127.0.0.1:%d' % se['port'], 'ls', '/'],
                            stdin=subprocess.DEVNULL, capture_output=True, timeout=20,
                            env=dict(os.environ, XRD_CONNECTIONRETRY='1'))
@@ -309,10 +315,7 @@ def _prepare_se(workdir, se, uid, gid):
 
 
 def _launch_se(se, runas):
-    xrootd = shutil.which('xrootd')
-    if not xrootd:
-        raise GridError('xrootd not found on PATH: install the xrootd-server package '
-                        '(apt-get install xrootd-server xrootd-client)')
+    xrootd = _tool('xrootd')
     # a new log file per start keeps log greps unambiguous
     if os.path.exists(se['log']):
         try:
@@ -398,9 +401,7 @@ def _start(workdir, fresh):
     if not os.path.exists(gi):
         with open(gi, 'w') as f:
             f.write('# test grid state, never committed\n*\n')
-    if not shutil.which('xrootd'):
-        raise GridError('xrootd not found on PATH: install the xrootd-server package '
-                        '(apt-get install xrootd-server xrootd-client)')
+    _tool('xrootd')
     uid, gid, runas = _xrootd_ids()
     pki = PKI(workdir).ensure()
     if fresh:

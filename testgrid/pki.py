@@ -20,11 +20,12 @@ reference client recognises keys by that header.
 
 import os
 import random
-import shutil
 import subprocess
 import tempfile
 import threading
 import time
+
+from testgrid import tools
 
 USER_SUBJECT = '/C=CH/O=JAliEn/CN=jalien'
 # Token certificates: CN carries the user name, OU marks them as tokens; the
@@ -89,10 +90,10 @@ def _openssl(*args, env_extra=None, input_text=None):
     if env_extra:
         env.update(env_extra)
     try:
-        proc = subprocess.run(['openssl'] + list(args), input=input_text, capture_output=True,
+        proc = subprocess.run([tools.tool('openssl')] + list(args), input=input_text, capture_output=True,
                               text=True, env=env)
-    except FileNotFoundError:
-        raise PKIError('openssl command not found: install the openssl package') from None
+    except tools.MissingTool as e:
+        raise PKIError(str(e)) from None
     if proc.returncode != 0:
         raise PKIError('openssl %s failed: %s' % (args[0], proc.stderr.strip()[-800:]))
     return proc.stdout
@@ -220,12 +221,9 @@ class PKI:
         try:
             _openssl('rehash', self.certdir)
         except PKIError:
-            # older systems: c_rehash script, or a hand-made link
-            if shutil.which('c_rehash'):
-                subprocess.run(['c_rehash', self.certdir], capture_output=True, check=True)
-            else:
-                h = _openssl('x509', '-hash', '-noout', '-in', target).strip()
-                os.symlink('ca.pem', os.path.join(self.certdir, h + '.0'))
+            # an openssl without `rehash`: the hash link made by hand
+            h = _openssl('x509', '-hash', '-noout', '-in', target).strip()
+            os.symlink('ca.pem', os.path.join(self.certdir, h + '.0'))
 
     def pool_paths(self):
         return [os.path.join(self.keypool_dir, 'token%d.pem' % i) for i in range(KEYPOOL_SIZE)] \
