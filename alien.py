@@ -564,9 +564,13 @@ class WebSocket(_Transport):
         self.ping_sent = False
         self.bufsize = 65536  # grows up to 4 MiB while replies keep filling it
 
-    def handshake(self, host, port, path, headers=()):
+    def handshake(self, host, port, path, headers=(), early=()):
+        """The upgrade request, and right behind it the text messages `early`
+        (they wait in the server's buffer until it has upgraded): the first
+        request does not wait a round trip for the 101."""
         key = base64.b64encode(os.urandom(16)).decode('ascii')
-        self.sock.sendall(build_handshake(host, port, path, key, headers))
+        self.sock.sendall(build_handshake(host, port, path, key, headers) +
+                          b''.join(encode_frame(OP_TEXT, t.encode('utf-8')) for t in early))
         data = b''
         while b'\r\n\r\n' not in data:
             chunk = self._recv_raw(keepalive=False)
@@ -1034,11 +1038,16 @@ class Session(object):
         self.timeout = float(self.environ.get('ALIENPY_TIMEOUT') or 20)
         self.last_exitcode = 0
         self._commandlist = None
+        self.renew_due = False     # a token to fetch after the first request's reply
         self.compact_rows = False  # the front end sets it: its results are only printed
         self.command_json = self.json_mode  # JSON output asked for the command being run
 
     # -- connection --
-    def connect(self, want_user=False):
+    def connect(self, want_user=False, first=None):
+        """Open the connection. `first`: the text of the request that made us
+        connect; it goes out right behind the upgrade request (with the built-in
+        websocket), and the caller reads its reply next. A token fetched with the
+        user certificate is then asked for after that reply (renew_due)."""
         self.close()
         kind, cert, key = choose_credentials(self.environ, want_user=want_user)
         ctx = make_tls_context(cert, key, self.environ)
@@ -1046,12 +1055,17 @@ class Session(object):
         interval = float(self.environ.get('ALIENPY_CONNECT_TRIES_INTERVAL') or 0.3)
         t0 = time.monotonic()
         last = None
+        # site affinity for the whole session: before anything else on the connection
+        early = [json.dumps({'command': 'setSite', 'options': ['-nomsg', self.environ['ALIEN_SITE']]})] \
+            if self.environ.get('ALIEN_SITE') else []
+        if first is not None:
+            early.append(first)
         for host, port in endpoints(self.environ):
             for attempt in range(max(1, tries)):
                 if attempt:
                     time.sleep(interval)
                 try:
-                    self.ws = self._open(ctx, host, port)
+                    self.ws = self._open(ctx, host, port, early)
                     self.peer = (host, port)
                     break
                 except AlienError as e:
@@ -1065,13 +1079,21 @@ class Session(object):
         if not self.ws:
             raise last or AlienError('cannot connect', EX_NOTCONN)
         self.credential_kind = kind
-        if self.environ.get('ALIEN_SITE'):  # site affinity for the whole session
-            self.request('setSite', [self.environ['ALIEN_SITE']], nomsg=True)
-        if kind == 'user' and not want_user:
-            self.renew_token(quiet=True)
+        if self.environ.get('ALIEN_SITE'):
+            self._decode(self.ws.recv_text(), False)     # the setSite reply
+        self.renew_due = kind == 'user' and not want_user
+        if first is None:
+            self.renew_pending()
         return self
 
-    def _open(self, ctx, host, port):
+    def renew_pending(self):
+        """Fetch the token that connecting with the user certificate made due
+        (after the user's first request, so that request does not wait for it)."""
+        if self.renew_due:
+            self.renew_due = False
+            self.renew_token(quiet=True)
+
+    def _open(self, ctx, host, port, early=()):
         agent = 'alien.py/%s Python/%s' % (VERSION, sys.version.split()[0])
         if self.environ.get('ALIEN_PROC_ID'):  # inside a grid job
             agent += ' jobid/%s' % self.environ['ALIEN_PROC_ID']
@@ -1104,9 +1126,12 @@ class Session(object):
             raise AlienError('TLS handshake with %s:%d failed: %s' % (host, port, e), EX_NOTCONN)
         try:
             if other:
-                return WebSocketClientTransport(url, tls, self.timeout, headers)
+                ws = WebSocketClientTransport(url, tls, self.timeout, headers)
+                for text in early:
+                    ws.send_text(text)
+                return ws
             ws = WebSocket(tls, max_size=int(float(self.environ.get('ALIENPY_MAX_MESSAGE_MB') or 1024) * (1 << 20)))
-            ws.handshake(host, port, WS_PATH, headers)
+            ws.handshake(host, port, WS_PATH, headers, early)
             return ws
         except AlienError:
             tls.close()
@@ -1188,17 +1213,16 @@ class Session(object):
             self._reconnect()
         fresh = self.ws is None
         if fresh:
-            self.connect()
+            self.connect(first=text)   # sent together with the upgrade request
+        else:
+            try:
+                self.ws.send_text(text)
+            except WebSocketError:
+                self._reconnect()
+                self.ws.send_text(text)
+                fresh = True
         try:
-            self.ws.send_text(text)
-        except WebSocketError:
-            if fresh:
-                raise
-            self._reconnect()
-            self.ws.send_text(text)
-            fresh = True
-        try:
-            return self.ws.recv_text()
+            reply = self.ws.recv_text()
         except WebSocketError as e:
             self.close()
             if not self._is_read_only(command, opts):
@@ -1207,6 +1231,8 @@ class Session(object):
             self._reconnect()
             self.ws.send_text(text)
             return self.ws.recv_text()
+        self.renew_pending()
+        return reply
 
     @staticmethod
     def _is_read_only(command, opts):

@@ -940,7 +940,7 @@ def c_access(s, args):
     now = cat_mod.now_ms()
     with s.cat.tx():
         for se in chosen:
-            url = 'root://127.0.0.1:%d//%s' % (se['port'], rel)
+            url = 'root://127.0.0.1:%d//%s' % (se.get('public_port') or se['port'], rel)
             env = make_envelope()
             s.cat.db.execute('INSERT INTO bookings VALUES (?,?,?,?,?,?,?,?)',
                              (env, lfn, guid, se['name'], url, size, md5, now))
