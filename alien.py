@@ -1515,7 +1515,7 @@ _CP_OPTIONS = {
 _CP_DEFAULTS = {
     'force': False, 'posc': True, 'cksum': True, 'hidden': True, 'quiet': False, 'dryrun': False,
     'strictspec': False, 'norecovery': False,
-    'sources': 1, 'streams': 0, 'chunks': 0, 'chunksize': 0, 'parallel': 8, 'retry': 1,
+    'sources': 1, 'streams': 0, 'chunks': 0, 'chunksize': 0, 'parallel': None, 'retry': 1,
     'timeout': 0, 'parent': 0, 'rmprefix': 0, 'limit': 0, 'offset': 0,
     'input': '', 'dst': '', 'glob': '', 'select': '', 'name': '', 'jobid': '', 'help': False,
     'exclude': (), 'exclude_re': (), 'minsize': None, 'maxsize': None, 'mindepth': None, 'maxdepth': None,
@@ -1587,8 +1587,8 @@ def parse_cp_args(args):
     if sum(1 for k in ('glob', 'select', 'name') if opts[k]) > 1:
         raise AlienError('cp: only one selection rule can be used: -select (full path regex), '
                          '-name (file name) or -glob (globbing)', EX_EINVAL)
-    if opts['parallel'] < 1:
-        opts['parallel'] = 1
+    if opts['parallel'] is not None and opts['parallel'] < 1:
+        opts['parallel'] = 1      # None: CP_PARALLEL large / CP_INFLIGHT small files at once
     if opts['streams'] > 15:
         opts['streams'] = 15
     if opts['sources'] < 1:
@@ -1985,22 +1985,27 @@ class _Progress(object):
         self.start = time.time()
         self.last = 0.0
         self.cancel = False
+        import threading
+        self.lock = threading.Lock()   # many transfers report at once
 
     # CopyProgressHandler interface (called from XRootD threads)
     def begin(self, job, total, source, target):
-        self.current[job] = 0
+        with self.lock:
+            self.current[job] = 0
 
     def update(self, job, processed, total):
-        self.current[job] = processed
+        with self.lock:
+            self.current[job] = processed
         self.show()
 
     def end(self, job, results):
-        moved = self.current.pop(job, 0)
         status = results.get('status') if hasattr(results, 'get') else None
-        if status is not None and getattr(status, 'ok', False):
-            moved = results.get('size') or moved
-        self.done_bytes += moved or 0
-        self.done_files += 1
+        with self.lock:
+            moved = self.current.pop(job, 0)
+            if status is not None and getattr(status, 'ok', False):
+                moved = results.get('size') or moved
+            self.done_bytes += moved or 0
+            self.done_files += 1
         self.show()
 
     def should_cancel(self, job):
@@ -2013,7 +2018,8 @@ class _Progress(object):
         if not final and now - self.last < 0.25:
             return
         self.last = now
-        moved = self.done_bytes + sum(self.current.values())
+        with self.lock:
+            moved = self.done_bytes + sum(self.current.values())
         el = max(now - self.start, 1e-6)
         rate = moved / el
         left = self.total_bytes - moved
@@ -2177,104 +2183,141 @@ def _progress_enabled(opts):
     return not opts.get('quiet') and sys.stderr.isatty()
 
 
-def _copy_batch(jobs, opts, handler):
-    """Run jobs in one CopyProcess in the calling thread (opts['parallel'] at
-    once); sets job.ok/.error, never raises."""
+def _copy_one(job, opts, handler):
+    """Run one transfer in its own CopyProcess in the calling thread; sets
+    job.ok/.error, never raises."""
     try:
         client = xrootd_client()
         if opts.get('streams'):
             client.EnvPutInt('SubStreamsPerChannel', int(opts['streams']))
         proc = client.CopyProcess()
-        proc.parallel(max(1, min(int(opts.get('parallel') or 1), len(jobs))))
-        extra = {}
+        kw = {}
         if opts.get('chunks'):
-            extra['parallelchunks'] = int(opts['chunks'])
+            kw['parallelchunks'] = int(opts['chunks'])
         if opts.get('chunksize'):
-            extra['chunksize'] = int(opts['chunksize'])
+            kw['chunksize'] = int(opts['chunksize'])
         if opts.get('timeout'):
-            extra['cptimeout'] = int(opts['timeout'])
-        for job in jobs:
-            kw = dict(extra)
-            if job.target.startswith('/'):
-                # download into a fresh temporary name: the directory exists
-                # already, nothing to overwrite; md5 verified by XRootD after
-                # the transfer and a mismatching file removed
-                if job.md5:
-                    kw.update(checksummode='target', checksumtype='md5', checksumpreset=job.md5, rmBadCksum=True)
-                proc.add_job(job.source, job.target, sourcelimit=job.sources, **kw)
-            else:
-                # upload: POSC so an interrupted write leaves nothing on the SE
-                proc.add_job(job.source, job.target, posc=True, mkdir=True, retry=int(opts.get('retry', 1)), **kw)
+            kw['cptimeout'] = int(opts['timeout'])
+        if job.target.startswith('/'):
+            # download into a fresh temporary name: the directory exists
+            # already, nothing to overwrite; md5 verified by XRootD after
+            # the transfer and a mismatching file removed
+            if job.md5:
+                kw.update(checksummode='target', checksumtype='md5', checksumpreset=job.md5, rmBadCksum=True)
+            proc.add_job(job.source, job.target, sourcelimit=job.sources, **kw)
+        else:
+            # upload: POSC so an interrupted write leaves nothing on the SE
+            proc.add_job(job.source, job.target, posc=True, mkdir=True, retry=int(opts.get('retry', 1)), **kw)
         status = proc.prepare()
         if not status.ok:
             raise AlienError(status.message.strip())
         _status, results = proc.run(handler)
     except Exception as e:
-        for job in jobs:
-            job.ok, job.error = False, 'XRootD: %s' % e
+        job.ok, job.error = False, 'XRootD: %s' % e
         return
-    for i, job in enumerate(jobs):
-        r = results[i] if i < len(results) else {}
-        st = r.get('status')
-        job.ok = st is not None and st.ok
-        job.error = '' if job.ok else ' '.join((st.message if st is not None else 'not run').split())
+    st = results[0].get('status') if results else None
+    job.ok = st is not None and st.ok
+    job.error = '' if job.ok else ' '.join((st.message if st is not None else 'not run').split())
+
+
+class _JobProgress(object):
+    """The XRootD progress handler of one transfer: reports to the shared
+    _Progress under the job's own key (every CopyProcess numbers its job 1)."""
+
+    def __init__(self, progress, job):
+        self.progress = progress
+        self.job = job
+
+    def begin(self, _n, total, source, target):
+        self.progress.begin(self.job, total, source, target)
+
+    def update(self, _n, processed, total):
+        self.progress.update(self.job, processed, total)
+
+    def end(self, _n, results):
+        self.progress.end(self.job, results)
+
+    def should_cancel(self, _n):
+        return self.progress.cancel
+
+
+# Transfers in flight. A small file costs a few round trips to its SE (open,
+# read or write, close) and almost no bandwidth: over a WAN only many of them
+# at once keep the line busy. A large file is bound by bandwidth, where more
+# at once only share it. Without -T: up to CP_INFLIGHT files at once, of which
+# at most CP_PARALLEL large ones; -T N: N files at once, whatever their size.
+CP_PARALLEL = 8
+CP_INFLIGHT = 64
+CP_SMALL_FILE = 4 << 20
 
 
 class CopyPipeline(object):
-    """Transfers run batch after batch in a worker thread while the caller
-    keeps talking to the service (access before a transfer, commit after):
-    control and data plane overlap. submit(jobs); results(wait) hands back
-    finished jobs; close(cancel) stops the worker."""
+    """Transfers run in worker threads (one XRootD transfer each, so no batch
+    waits for its slowest file) while the caller keeps talking to the service
+    (access before a transfer, commit after): control and data plane overlap.
+    XRootD shares one connection per SE between all of them. submit(jobs);
+    results(wait) hands back finished jobs; close(cancel) stops the workers."""
 
     def __init__(self, opts, progress):
+        import collections
         import threading
         self.opts = opts
         self.progress = progress
         self.cv = threading.Condition()
-        self.ready = []
+        self.small = collections.deque()
+        self.big = collections.deque()
+        self.big_running = 0
+        self.big_limit = opts.get('parallel') or CP_PARALLEL
+        self.limit = opts.get('parallel') or max(CP_INFLIGHT, self.big_limit)
         self.finished = []
         self.pending = 0          # submitted and not yet handed back
         self.closed = False
-        self.waiting = False      # the caller waits: do not hold jobs back
-        self.thread = threading.Thread(target=self._work, name='xrootd-copy')
-        self.thread.daemon = True
-        self.thread.start()
+        self.threads = []
+        self._thread = threading.Thread
 
     def submit(self, jobs):
         with self.cv:
-            self.ready.extend(jobs)
+            for job in jobs:
+                (self.small if 0 <= job.size < CP_SMALL_FILE else self.big).append(job)
             self.pending += len(jobs)
+            busy = len(self.threads)
+            while busy < self.limit and busy < self.pending:
+                t = self._thread(target=self._work, name='xrootd-copy-%d' % busy)
+                t.daemon = True
+                t.start()
+                self.threads.append(t)
+                busy += 1
             self.cv.notify_all()
 
+    def _take(self):
+        if self.small:
+            return self.small.popleft(), False
+        if self.big and self.big_running < self.big_limit:
+            self.big_running += 1
+            return self.big.popleft(), True
+        return None, False
+
     def _work(self):
-        batch_min = 4 * max(1, int(self.opts.get('parallel') or 1))
         while True:
             with self.cv:
-                while not self.ready and not self.closed:
+                job, big = self._take()
+                while job is None:
+                    if self.closed and not self.small and not self.big:
+                        return
                     self.cv.wait()
-                if not self.ready:
-                    return
-                # gather a batch: a CopyProcess keeps `parallel` transfers busy
-                # only while it has jobs left, so small batches waste slots
-                end = time.time() + 0.05
-                while len(self.ready) < batch_min and not (self.closed or self.waiting) and time.time() < end:
-                    self.cv.wait(max(0.001, end - time.time()))
-                batch, self.ready = self.ready, []
-            _copy_batch(batch, self.opts, self.progress)
+                    job, big = self._take()
+            _copy_one(job, self.opts, _JobProgress(self.progress, job))
             with self.cv:
-                self.finished.extend(batch)
+                if big:
+                    self.big_running -= 1
+                self.finished.append(job)
                 self.cv.notify_all()
 
     def results(self, wait=False):
         with self.cv:
             if wait:
-                self.waiting = True
-                self.cv.notify_all()
-                try:
-                    while not self.finished and self.pending:
-                        self.cv.wait(0.2)
-                finally:
-                    self.waiting = False
+                while not self.finished and self.pending:
+                    self.cv.wait(0.2)
             out, self.finished = self.finished, []
             self.pending -= len(out)
             return out
@@ -2283,10 +2326,12 @@ class CopyPipeline(object):
         with self.cv:
             self.closed = True
             if cancel:
-                self.ready = []
+                self.small.clear()
+                self.big.clear()
                 self.progress.cancel = True
             self.cv.notify_all()
-        self.thread.join()
+        for t in self.threads:
+            t.join()
 
 
 def cp_download(session, items, opts, stats):
