@@ -2161,12 +2161,12 @@ def _access(session, mode, lfn, specs=None, size=None, md5=None, strict=False):
 REQUEST_WINDOW = 32
 
 
-def _requests(session, requests):
+def _requests(session, requests, window=REQUEST_WINDOW):
     """[(command, options)] -> [Result], in order (nomsg), several requests in
     flight on the connection: over a WAN, 1,000 files cost 2,000 round trips
     one after the other."""
     if len(requests) > 1:
-        return session.request_many(requests, nomsg=True, window=REQUEST_WINDOW)
+        return session.request_many(requests, nomsg=True, window=window)
     return [session.request(c, o, nomsg=True) for c, o in requests]
 
 
@@ -2496,21 +2496,26 @@ def cp_upload(session, items, opts, stats):
         progress.total_bytes += e['size'] * len(jobs)
         pipe.submit(jobs)
 
-    def settle(jobs):
+    def commits(jobs):
+        """The commit requests of the finished jobs that succeeded -> (those jobs, requests)."""
+        good = [j for j in jobs if j.ok]
+        return good, [('commit', [rep.get('envelope', ''), str(e['size']), e['target'], '644', '0',
+                                  rep.get('url', ''), rep.get('se', ''), rep.get('guid', ''), e['md5']])
+                      for e, rep in (j.info for j in good)]
+
+    def settle(jobs, good=None, replies=None):
         if not jobs:
             return
-        good = [j for j in jobs if j.ok]
-        replies = _requests(session, [('commit', [rep.get('envelope', ''), str(e['size']), e['target'], '644', '0',
-                                                  rep.get('url', ''), rep.get('se', ''), rep.get('guid', ''),
-                                                  e['md5']])
-                                      for e, rep in (j.info for j in good)])
-        commits = dict(zip(map(id, good), replies))
+        if replies is None:
+            good, requests = commits(jobs)
+            replies = _requests(session, requests)
+        commits_of = dict(zip(map(id, good), replies))
         rebook = []
         for job in jobs:
             e, rep = job.info
             e['running'] -= 1
             if job.ok:
-                c = commits[id(job)]
+                c = commits_of[id(job)]
                 if c.exitcode == 0 and not any(str(x.get('lfn', '1')) == '0' for x in c.results):
                     e['committed'].append(rep.get('se', ''))
                 else:
@@ -2546,10 +2551,14 @@ def cp_upload(session, items, opts, stats):
                 entries.append({'src': src, 'lfn': lfn, 'target': lfn, 'specs': list(specs or []), 'size': size,
                                 'md5': md5, 'committed': [], 'tried': [], 'errors': [], 'replace': False,
                                 'running': 0, 'failed': 0, 'attempt': 1})
+            # one round trip books this window and commits what finished meanwhile
+            done = pipe.results()
+            good, commit_requests = commits(done)
             replies = _requests(session, [('access', _access_args('write-once', x['lfn'],
                                                                   _with_default_specs(x['specs']), x['size'],
                                                                   x['md5'], opts.get('strictspec')))
-                                          for x in entries])
+                                          for x in entries] + commit_requests, window=4 * REQUEST_WINDOW)
+            settle(done, good, replies[len(entries):])
             for e, r in zip(entries, replies):
                 if r.exitcode != 0 or not r.results:
                     r = _existing_upload_target(session, e, r, opts, stats)
@@ -2558,7 +2567,6 @@ def cp_upload(session, items, opts, stats):
                 e['wanted'] = len(r.results)
                 live.append(e)
                 launch(e, r.results)
-            settle(pipe.results())
         while pipe.pending:
             settle(pipe.results(wait=True))
     except BaseException:
