@@ -1293,7 +1293,7 @@ class Session(object):
         return self._commandlist
 
     def grid_path(self, path):
-        if not self.cwd:
+        if not self.cwd and path_needs_cwd(path):   # an absolute path costs no round trip
             self.request('pwd')
         return expand_grid_path(path, self.cwd, self.home)
 
@@ -1381,6 +1381,12 @@ def expand_grid_path(path, cwd, home):
     if trailing and not p.endswith('/'):
         p += '/'
     return p
+
+
+def path_needs_cwd(path):
+    """Whether expanding path needs the session's cwd or home (relative, ~, %ALIEN)."""
+    p = _GRID_PREFIX.sub('', path.strip())
+    return not p.startswith('/') or re.match(r'^/*%ALIEN(/|$)', p) is not None
 
 
 def _normalize(parts):

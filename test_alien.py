@@ -3632,3 +3632,21 @@ def test_first_request_travels_right_behind_the_upgrade_request(grid_state, henv
     assert (p.returncode, p.stdout) == (0, 'early\n'), p.stderr
     if OWN_TRANSPORT:
         assert seen and decode_client_frame(seen[0])[2] == b'{"command": "pwd", "options": ["-nokeys"]}'
+
+
+def test_path_needs_cwd_only_when_relative():
+    assert not alien.path_needs_cwd('/alice/data/x')
+    assert not alien.path_needs_cwd('alien:/alice/x')
+    assert all(alien.path_needs_cwd(p) for p in ('x', './x', '../x', '~', '~/x', '%ALIEN/x', '/%ALIEN', 'alien:x'))
+
+
+def test_cold_cp_of_an_absolute_path_sends_no_pwd(cenv, grid_state, tmp_path):
+    src = tmp_path / 'abs.dat'
+    src.write_bytes(b'abs')
+    lfn = grid_state['home'] + 'abs_%d.dat' % os.getpid()
+    log = tmp_path / 'debug.log'
+    p = run_cli(['cp', '-quiet', 'file:%s' % src, lfn], env=dict(cenv, ALIENPY_DEBUG='1', ALIENPY_DEBUG_FILE=str(log)))
+    assert p.returncode == 0, p.stderr
+    sent = [json.loads(line.split(' request ', 1)[1])['command'] for line in log.read_text().splitlines()
+            if ' request ' in line]
+    assert 'pwd' not in sent and sent[0] == 'stat', sent
