@@ -599,11 +599,40 @@ def make_host_cert(workdir, name, san=('DNS:wrong.example',)):
     return pki.make_host_cert(cert, key, list(san))
 
 
-def populate(workdir, dir_lfn, n, **kw):
+def populate(workdir, dir_lfn, n, se=None, **kw):
     """Insert n file entries into dir_lfn (created with parents) directly in the catalogue.
 
-    Names are file_000000.dat ...; keyword arguments: owner, size, prefix, ext."""
-    return catalogue.populate(os.path.join(_abs(workdir), 'catalogue.sqlite'), dir_lfn, n, **kw)
+    Names are file_000000.dat ...; keyword arguments: owner, size, prefix, ext.
+    se (a storage element's name): each file also gets real bytes (size of them,
+    default 1024) on that SE and a replica, so it can be downloaded."""
+    workdir = _abs(workdir)
+    dir_lfn = catalogue.populate(os.path.join(workdir, 'catalogue.sqlite'), dir_lfn, n, **kw)
+    if se is not None:
+        _populate_data(workdir, dir_lfn, _find_se(load_state(workdir), se), kw.get('size', 1024))
+    return dir_lfn
+
+
+def _populate_data(workdir, dir_lfn, se, size):
+    import hashlib
+    cat = catalogue.Catalogue(os.path.join(workdir, 'catalogue.sqlite'))
+    top = os.path.join(se['datadir'], 'populated')
+    os.makedirs(top, exist_ok=True)
+    try:
+        rows = cat.db.execute("SELECT lfn, guid FROM entries WHERE type = 'f' AND lfn LIKE ? AND guid != ''",
+                              (dir_lfn + '%',)).fetchall()
+        updates, replicas = [], []
+        for lfn, guid in rows:
+            data = (lfn.encode() * (size // max(1, len(lfn)) + 1))[:size]
+            with open(os.path.join(top, guid), 'wb') as f:
+                f.write(data)
+            updates.append((len(data), hashlib.md5(data).hexdigest(), lfn))
+            replicas.append((guid, se['name'], 'root://127.0.0.1:%d//populated/%s' % (se.get('public_port') or se['port'], guid)))
+        with cat.tx():
+            cat.db.executemany('UPDATE entries SET size = ?, md5 = ? WHERE lfn = ?', updates)
+            cat.db.executemany('INSERT OR REPLACE INTO replicas VALUES (?,?,?)', replicas)
+    finally:
+        cat.close()
+    _chown_tree(top, se.get('uid'), se.get('gid'))
 
 
 def set_faults(workdir, faults):
