@@ -29,6 +29,7 @@ import base64
 import collections
 import errno
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -1043,11 +1044,12 @@ class Session(object):
         self.command_json = self.json_mode  # JSON output asked for the command being run
 
     # -- connection --
-    def connect(self, want_user=False, first=None):
-        """Open the connection. `first`: the text of the request that made us
-        connect; it goes out right behind the upgrade request (with the built-in
-        websocket), and the caller reads its reply next. A token fetched with the
-        user certificate is then asked for after that reply (renew_due)."""
+    def connect(self, want_user=False, first=None, token_later=False):
+        """Open the connection. `first`: the text of a read-only request that made
+        us connect; it goes out right behind the upgrade request (with the built-in
+        websocket), and the caller reads its reply next. With first or token_later,
+        the token due after a connection with the user certificate is fetched by
+        the caller's renew_pending(), after its request's reply."""
         self.close()
         kind, cert, key = choose_credentials(self.environ, want_user=want_user)
         ctx = make_tls_context(cert, key, self.environ)
@@ -1082,7 +1084,7 @@ class Session(object):
         if self.environ.get('ALIEN_SITE'):
             self._decode(self.ws.recv_text(), False)     # the setSite reply
         self.renew_due = kind == 'user' and not want_user
-        if first is None:
+        if first is None and not token_later:
             self.renew_pending()
         return self
 
@@ -1093,7 +1095,7 @@ class Session(object):
             self.renew_due = False
             self.renew_token(quiet=True)
 
-    def _open(self, ctx, host, port, early=()):
+    def _open(self, ctx, host, port, early=(), pipelined=True):
         agent = 'alien.py/%s Python/%s' % (VERSION, sys.version.split()[0])
         if self.environ.get('ALIEN_PROC_ID'):  # inside a grid job
             agent += ' jobid/%s' % self.environ['ALIEN_PROC_ID']
@@ -1125,17 +1127,31 @@ class Session(object):
             sock.close()
             raise AlienError('TLS handshake with %s:%d failed: %s' % (host, port, e), EX_NOTCONN)
         try:
-            if other:
-                ws = WebSocketClientTransport(url, tls, self.timeout, headers)
+            if other or not pipelined:
+                ws = WebSocketClientTransport(url, tls, self.timeout, headers) if other else \
+                    self._websocket(tls, host, port, headers)
                 for text in early:
                     ws.send_text(text)
                 return ws
-            ws = WebSocket(tls, max_size=int(float(self.environ.get('ALIENPY_MAX_MESSAGE_MB') or 1024) * (1 << 20)))
-            ws.handshake(host, port, WS_PATH, headers, early)
-            return ws
+            try:
+                return self._websocket(tls, host, port, headers, early)
+            except WebSocketError:
+                if not early:
+                    raise
+            # Refusing the upgrade (401), a server may close the connection with our
+            # request unread: its TCP reset can swallow the answer. Once more, and
+            # this time the requests wait for the 101 (they are read-only: no
+            # server acts on a request before it has upgraded, so none ran).
+            tls.close()
+            return self._open(ctx, host, port, early, pipelined=False)
         except AlienError:
             tls.close()
             raise
+
+    def _websocket(self, tls, host, port, headers, early=()):
+        ws = WebSocket(tls, max_size=int(float(self.environ.get('ALIENPY_MAX_MESSAGE_MB') or 1024) * (1 << 20)))
+        ws.handshake(host, port, WS_PATH, headers, early)
+        return ws
 
     def close(self):
         if self.ws is not None:
@@ -1213,7 +1229,12 @@ class Session(object):
             self._reconnect()
         fresh = self.ws is None
         if fresh:
-            self.connect(first=text)   # sent together with the upgrade request
+            # a read-only request rides with the upgrade request; a modifying one
+            # waits for the 101, so that it is never sent into a refused upgrade
+            early = self._is_read_only(command, opts)
+            self.connect(first=text if early else None, token_later=True)
+            if not early:
+                self.ws.send_text(text)
         else:
             try:
                 self.ws.send_text(text)
@@ -2071,8 +2092,15 @@ class CpStats(object):
         self.failed.append((what, why))
 
 
-def _grid_stat(session, lfn):
-    r = session.request('stat', [lfn], nomsg=True)
+def _grid_stat(session, lfn, cache=None):
+    """stat of lfn -> stat_fields dict, None when it does not exist. cache: the
+    replies of _prefetch_stats, used when they hold lfn."""
+    if cache is not None and lfn in cache:
+        return _stat_of(cache[lfn], lfn)
+    return _stat_of(session.request('stat', [lfn], nomsg=True), lfn)
+
+
+def _stat_of(r, lfn):
     if r.exitcode != 0 or not r.results:
         return None
     st = stat_fields(r.results[0])
@@ -2396,44 +2424,47 @@ def cp_download(session, items, opts, stats):
             stats.fail(info['lfn'], '%s -> %s failed: %s' % (info['lfn'], info['dst'], '; '.join(info['errors'])))
 
     try:
-        for n, (lfn, dst, specs) in enumerate(items):
-            if n % REQUEST_WINDOW == 0:
-                window = _requests(session, [('access', _access_args('read', x[0], x[2], strict=opts.get('strictspec')))
-                                             for x in items[n:n + REQUEST_WINDOW]])
-            r = window[n % REQUEST_WINDOW]
-            for job in pipe.results():
-                settle(job)
-            if r.exitcode != 0 or not r.results:
-                stats.fail(lfn, 'no access to %s: %s' % (lfn, r.err or 'no replicas (exit %d)' % r.exitcode))
-                continue
-            first = r.results[0]
-            try:
-                size = int(first['size'])
-            except (KeyError, ValueError):
-                size = -1           # unknown: not checked
-            md5 = (first.get('md5') or '').lower()
-            replicas = [(grid_url(x.get('url', ''), x.get('envelope', '')), x.get('se', '?'))
-                        for x in r.results if x.get('url')]
-            stats.replicas[lfn] = len(replicas)
-            if os.path.isfile(dst) and not opts.get('force') and _file_matches(dst, size, md5):
-                stats.skipped += 1
-                continue
-            if not replicas:
-                stats.fail(lfn, 'no replica URL for %s' % lfn)
-                continue
-            ddir = os.path.dirname(dst) or '.'
-            try:
-                os.makedirs(ddir, exist_ok=True)
-            except OSError as e:
-                stats.fail(lfn, 'cannot create %s: %s' % (ddir, e.strerror))
-                continue
-            if os.path.isdir(dst):
-                stats.fail(lfn, 'destination %s is a directory' % dst)
-                continue
-            progress.total_files += 1
-            progress.total_bytes += max(size, 0)
-            info = {'lfn': lfn, 'dst': dst, 'replicas': replicas, 'next': 0, 'errors': []}
-            launch(CopyJob('', '', size, md5, 1, info))
+        items = iter(items)     # planned while it runs (cp_run)
+        while True:
+            window = list(itertools.islice(items, REQUEST_WINDOW))
+            if not window:
+                break
+            replies = _requests(session, [('access', _access_args('read', x[0], x[2], strict=opts.get('strictspec')))
+                                          for x in window])
+            for (lfn, dst, specs), r in zip(window, replies):
+                for job in pipe.results():
+                    settle(job)
+                if r.exitcode != 0 or not r.results:
+                    stats.fail(lfn, 'no access to %s: %s' % (lfn, r.err or 'no replicas (exit %d)' % r.exitcode))
+                    continue
+                first = r.results[0]
+                try:
+                    size = int(first['size'])
+                except (KeyError, ValueError):
+                    size = -1           # unknown: not checked
+                md5 = (first.get('md5') or '').lower()
+                replicas = [(grid_url(x.get('url', ''), x.get('envelope', '')), x.get('se', '?'))
+                            for x in r.results if x.get('url')]
+                stats.replicas[lfn] = len(replicas)
+                if os.path.isfile(dst) and not opts.get('force') and _file_matches(dst, size, md5):
+                    stats.skipped += 1
+                    continue
+                if not replicas:
+                    stats.fail(lfn, 'no replica URL for %s' % lfn)
+                    continue
+                ddir = os.path.dirname(dst) or '.'
+                try:
+                    os.makedirs(ddir, exist_ok=True)
+                except OSError as e:
+                    stats.fail(lfn, 'cannot create %s: %s' % (ddir, e.strerror))
+                    continue
+                if os.path.isdir(dst):
+                    stats.fail(lfn, 'destination %s is a directory' % dst)
+                    continue
+                progress.total_files += 1
+                progress.total_bytes += max(size, 0)
+                info = {'lfn': lfn, 'dst': dst, 'replicas': replicas, 'next': 0, 'errors': []}
+                launch(CopyJob('', '', size, md5, 1, info))
         while pipe.pending:
             for job in pipe.results(wait=True):
                 settle(job)
@@ -2608,14 +2639,39 @@ def _with_default_specs(specs):
     return ['disk:2'] + list(specs)
 
 
-def cp_plan(session, src, dst, opts):
+def _local_exists(p):
+    return os.path.lexists(os.path.expanduser(split_specs(p)[0]))
+
+
+def _prefetch_stats(session, pairs):
+    """The grid paths cp_plan will stat for these pairs, asked for at once
+    (pipelined: one round trip per window, not per line of a -input list)
+    -> {lfn: Result} for _grid_stat's cache."""
+    lfns = []
+    for src, dst in pairs:
+        try:
+            direction, s_raw, d_raw = cp_direction(src, dst, _local_exists)
+        except AlienError:
+            continue
+        g_path = split_specs(s_raw if direction == 'download' else d_raw)[0]
+        if direction == 'download' and split_glob(g_path)[1]:
+            continue
+        lfn = session.grid_path(g_path)
+        if direction == 'download':
+            lfns.append(lfn.rstrip('/') or '/')
+        elif not lfn.endswith('/'):
+            lfns.append(lfn)
+    lfns = list(dict.fromkeys(lfns))
+    return dict(zip(lfns, _requests(session, [('stat', [lfn]) for lfn in lfns], window=4 * REQUEST_WINDOW)))
+
+
+def cp_plan(session, src, dst, opts, stats_cache=None):
     """One src/dst pair -> ('download'|'upload', [(src, dst, specs)]).
 
     A directory source is copied recursively and its destination is always a
     directory; 'dir' copies the directory itself (parent + 1), 'dir/' or a
     glob copies its content (rsync convention)."""
-    direction, s_raw, d_raw = cp_direction(src, dst, lambda p: os.path.lexists(
-        os.path.expanduser(split_specs(p)[0])))
+    direction, s_raw, d_raw = cp_direction(src, dst, _local_exists)
     if direction == 'download':
         s_path, specs = split_specs(s_raw)
         g_path, l_path = s_path, d_raw
@@ -2629,7 +2685,7 @@ def cp_plan(session, src, dst, opts):
         if pattern:
             is_dir = True
         else:
-            st = _grid_stat(session, lfn.rstrip('/') or '/')
+            st = _grid_stat(session, lfn.rstrip('/') or '/', stats_cache)
             if st is None:
                 raise AlienError('cp: source %s not found' % lfn, EX_ENOENT)
             is_dir = st['type'] == 'd'
@@ -2655,7 +2711,7 @@ def cp_plan(session, src, dst, opts):
     lfn = session.grid_path(g_path)
     if not pattern and not os.path.isdir(local):
         if not lfn.endswith('/'):
-            st = _grid_stat(session, lfn)
+            st = _grid_stat(session, lfn, stats_cache)
             if st is not None and st['type'] == 'd':
                 lfn += '/'
         d, name = local.rstrip('/').rsplit('/', 1)
@@ -2676,35 +2732,47 @@ def cp_prepare_upload_dirs(session, items):
     _requests(session, [('mkdir', ['-p', d]) for d in dirs])  # pipelined, not one round trip each
 
 
+CP_PLAN_CHUNK = 1000
+
+
 def cp_run(session, pairs, opts):
-    """Plan and copy every (src, dst) pair -> CpStats."""
+    """Plan and copy every (src, dst) pair -> CpStats.
+
+    Downloads are planned while they run: the pairs of a long -input list are
+    planned a chunk at a time (their stats pipelined), and the first files
+    transfer while later lines are still being looked up. Uploads follow."""
     stats = CpStats()
-    downloads, uploads = [], []
-    for src, dst in pairs:
-        try:
-            direction, items = cp_plan(session, src, dst, opts)
-        except AlienError as e:
-            if len(pairs) == 1:
-                raise
-            stats.fail(src, str(e))
-            continue
-        (downloads if direction == 'download' else uploads).extend(items)
-    if opts.get('dryrun'):
-        stats.plan = ['%s -> %s' % (s, d) for s, d, _ in downloads] + \
-                     ['%s -> %s%s' % (s, d, (' (%s)' % ','.join(sp)) if sp else '') for s, d, sp in uploads]
-        return stats
-    if downloads or uploads:
-        xrootd_client()
-    if downloads:
+    uploads = []
+
+    def planned_downloads():
         seen = set()
-        uniq = []
-        for it in downloads:
-            if it[1] in seen:
-                stats.fail(it[0], 'two sources map to %s' % it[1])
-                continue
-            seen.add(it[1])
-            uniq.append(it)
-        cp_download(session, uniq, opts, stats)
+        for start in range(0, len(pairs), CP_PLAN_CHUNK):
+            chunk = pairs[start:start + CP_PLAN_CHUNK]
+            cache = _prefetch_stats(session, chunk) if len(pairs) > 1 else None
+            for src, dst in chunk:
+                try:
+                    direction, items = cp_plan(session, src, dst, opts, cache)
+                except AlienError as e:
+                    if len(pairs) == 1:
+                        raise
+                    stats.fail(src, str(e))
+                    continue
+                if direction == 'upload':
+                    uploads.extend(items)
+                    continue
+                for it in items:
+                    if it[1] in seen and not opts.get('dryrun'):
+                        stats.fail(it[0], 'two sources map to %s' % it[1])
+                        continue
+                    seen.add(it[1])
+                    yield it
+
+    if opts.get('dryrun'):
+        stats.plan = ['%s -> %s' % (s, d) for s, d, _ in planned_downloads()]
+        stats.plan += ['%s -> %s%s' % (s, d, (' (%s)' % ','.join(sp)) if sp else '') for s, d, sp in uploads]
+        return stats
+    xrootd_client()
+    cp_download(session, planned_downloads(), opts, stats)
     if uploads:
         cp_prepare_upload_dirs(session, uploads)
         cp_upload(session, uploads, opts, stats)

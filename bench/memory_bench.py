@@ -80,19 +80,24 @@ def main():
     ap.add_argument('--dryrun', action='store_true', help='plan only (cp -dryrun)')
     ap.add_argument('--client', default=os.path.join(REPO, 'alien.py'))
     ap.add_argument('--only', choices=('recursive', 'input'), help='run one of the two')
-    ap.add_argument('--keep-grid', action='store_true', help='reuse the populated grid of an earlier run')
+    ap.add_argument('--keep-grid', action='store_true',
+                    help='leave the grid running at the end, and reuse a running populated one')
     a = ap.parse_args()
     workdir = os.path.join(REPO, '.testgrid-bench-memory')
-    state = grid.start(workdir, fresh=not a.keep_grid)
-    home = state['home']
+    home = grid.HOME
     src = home + 'mem%d/' % a.entries
+    running = grid.load_state(workdir) if a.keep_grid else None
+    reuse = bool(running and grid._running(running) and running.get('populated') == [src, a.size])
+    state = grid.start(workdir, fresh=not reuse)
     env = dict(os.environ, **state['env'])
     env.pop('ALIENPY_DEBUG', None)
     scratch = tempfile.mkdtemp(prefix='mem-bench-')
     try:
         t = time.time()
-        if not a.keep_grid:
+        if not reuse:
             grid.populate(workdir, src, a.entries, se=state['ses'][0]['name'], size=a.size)
+            state['populated'] = [src, a.size]
+            grid._save_state(workdir, state)
         print('%d entries of %d bytes in %s (made in %.0f s); client %s; load %s' % (
             a.entries, a.size, src, time.time() - t, a.client, ' '.join('%.1f' % x for x in os.getloadavg())))
         dry = ['-dryrun'] if a.dryrun else []
@@ -112,7 +117,8 @@ def main():
         probe(a.client, ['cp', '-quiet'] + dry + ['-input', listing], env)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-        grid.stop(workdir)
+        if not a.keep_grid:
+            grid.stop(workdir)
 
 
 if __name__ == '__main__':
