@@ -2701,8 +2701,9 @@ def cp_plan(session, src, dst, opts, stats_cache=None):
         files = _grid_find(session, lfn, opts, pattern)
         if not files:
             raise AlienError('cp: no files found in %s' % lfn, EX_ENOMSG)
-        return 'download', [(f, cp_dst_name(lfn, f[len(lfn):], local, parent, opts['rmprefix']), specs)
-                            for f in files]
+        # named as they are consumed: the first files transfer while later names are made
+        return 'download', ((f, cp_dst_name(lfn, f[len(lfn):], local, parent, opts['rmprefix']), specs)
+                            for f in files)
     # upload
     base, pattern = split_glob(l_path)
     local = expand_local_path(base if pattern else l_path)

@@ -3553,11 +3553,13 @@ def test_bare_copy_without_any_package_talks_to_the_grid(cenv, grid_state, tmp_p
 # ===== WAN mode of the test grid and round trips (issue 11) =====
 
 @pytest.fixture(scope='module')
-def wan_grid(tmp_path_factory):
+def wan_grid():
     """A second test grid in WAN mode: relays adding 10 ms each way (20 ms RTT)
-    in front of the service and of both storage elements."""
+    in front of the service and of both storage elements. In the checkout like the
+    main one: xrootd runs as another user, and every pytest session start makes
+    /tmp/pytest-of-USER untraversable for others again."""
     from testgrid import grid
-    workdir = str(tmp_path_factory.mktemp('wangrid'))
+    workdir = os.path.join(REPO, '.testgrid-pytest-wan')
     state = grid.start(workdir, fresh=True, delay_ms=10)
     yield state
     grid.stop(workdir)

@@ -453,23 +453,14 @@ def _start(workdir, fresh, delay_ms=0.0):
            for i, name in enumerate(SE_NAMES)]
     port = _free_port()
     client_port = port
-    try:
-        if delay:
-            for se in ses:
-                se.update(_se_record(workdir, se['name'], se['number'], se['port'], uid, gid,
-                                     _start_relay(workdir, se['port'], delay, relays)))
-            client_port = _start_relay(workdir, port, delay, relays)
-    except BaseException:
-        for r in relays:
-            _kill(r['pid'])
-        raise
-    config = {'ses': ses, 'port': port}
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-        json.dump(config, f, indent=1)
     # catalogue tables and base directories exist before anyone connects
     cat = catalogue.Catalogue(os.path.join(workdir, 'catalogue.sqlite'))
     cat.init_tree()
     cat.close()
+
+    def write_config():
+        with open(os.path.join(workdir, 'config.json'), 'w') as f:
+            json.dump({'ses': ses, 'port': port}, f, indent=1)
 
     waits = []
     try:
@@ -477,10 +468,21 @@ def _start(workdir, fresh, delay_ms=0.0):
             _prepare_se(workdir, se, uid, gid)
             se['pid'] = _launch_se(se, runas)
             waits.append(_se_wait_item(se))
+        if delay:
+            # WAN mode: a relay starts only once its upstream holds its port (a relay
+            # listens on a port the kernel picks, which must not be one we reserved),
+            # and the service reads the SE relays' ports from its configuration
+            _wait_ready(waits)
+            for se in ses:
+                se.update(_se_record(workdir, se['name'], se['number'], se['port'], uid, gid,
+                                     _start_relay(workdir, se['port'], delay, relays)), pid=se['pid'])
+        write_config()
         svc_pid = _launch_service(workdir, port)
         waits.append(_service_wait_item(workdir, svc_pid, port,
                                         os.path.join(workdir, 'jcentral.out')))
         _wait_ready(waits)
+        if delay:
+            client_port = _start_relay(workdir, port, delay, relays)
     except BaseException:
         for item in waits:
             _kill(item[1])
