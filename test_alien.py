@@ -1258,7 +1258,8 @@ def test_find(grid_state, tg_dir):
 def test_listses(grid_state):
     with _tg_ws(grid_state) as c:
         res = _tg_ok(_tg_call(c, 'listSEs'))
-    assert [r['seName'] for r in res] == [se['name'] for se in grid_state['ses']]
+    assert [r['seName'] for r in res] == [se['original'] for se in grid_state['ses']]
+    assert [r['seName'].upper() for r in res] == [se['name'] for se in grid_state['ses']]
     for r, se in zip(res, grid_state['ses']):
         for k in ('seNumber', 'totalSpace', 'usedSpace', 'freeSpace', 'fileCount',
                   'demoteRead', 'demoteWrite', 'qos'):
