@@ -1970,7 +1970,7 @@ def xrd_ping(host, timeout):
 
 def xrd_config_value(key, raw):
     """A `query config` answer: the server echoes the key back when it is not set."""
-    value = (raw or b'').decode('ascii', 'replace').strip().strip('\x00')
+    value = (raw or b'').decode('ascii', 'replace').strip('\x00 \t\r\n')
     return 'NOT_SET' if value == key or not value else value
 
 
@@ -1994,7 +1994,7 @@ def xrd_query_stats(host, timeout):
     status, raw = fs.query(QueryCode.STATS, 'a', timeout=timeout)
     if not status.ok:
         return '', xrd_status_dict(status)
-    return (raw or b'').decode('utf-8', 'replace').strip().strip('\x00'), None
+    return (raw or b'').decode('utf-8', 'replace').strip('\x00 \t\r\n'), None
 
 
 def _xml_element_dict(e):
@@ -3896,8 +3896,8 @@ def xrd_host_label(label):
 
 
 def lookup_ses(session, labels, name, hosts=False):
-    """SE lookup by label (from listSEs): the SEs the labels match, each once, in
-    listSEs order. hosts: a label no SE matches may name an XRootD server itself."""
+    """SE lookup by label (from listSEs): the SEs the labels match, each once, label
+    after label. hosts: a label no SE matches may name an XRootD server itself."""
     ses, found = list_ses(session), []
     for label in labels:
         hit = [se for se in ses if se_matches(se, label)]
