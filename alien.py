@@ -4060,40 +4060,53 @@ def xrd_targets(session, pos, flags, name):
     return [(se['seName'], se_host(se)) for se in ses if se_host(se)]
 
 
+def xrd_each_se(session, args, name, flags, valued, probe, timeout=PROBE_TIMEOUT):
+    """An xrd_* command: probe(se_name, host, flags, options, timeout) -> (text, row with
+    'ok') for every target; exit 5 when an SE failed (its text says why)."""
+    got, vals, pos = parse_options(args, name, flags, ('-timeout',) + tuple(valued))
+    timeout = number_option(vals, '-timeout', name, timeout, int)
+    texts, rows = [], []
+    for se_name, host in xrd_targets(session, pos, got, name):
+        text, row = probe(se_name, host, got, vals, timeout)
+        row.update(seName=se_name, endpointUrl=host)
+        texts.append(text)
+        rows.append(row)
+    bad = [r['seName'] for r in rows if not r['ok']]
+    return client_result(EX_EIO if bad else 0, '\n'.join(texts),
+                         '%s: no answer from %s' % (name, ', '.join(bad)) if bad else '', rows)
+
+
 XRD_PING_USAGE = '''xrd_ping [-c COUNT] [-timeout S] SE|HOST[:PORT]...  XRootD round trip to storage elements
   SE: an SE number or part of its name (getSE); HOST[:PORT]: any XRootD server.
   COUNT pings (default 3) after one that opens the connection; -timeout per ping (2 s).
   Exit 0 when every SE answered, 5 when one did not (its line says why).'''
 
 
+def _ping_probe(se_name, host, flags, vals, timeout):
+    import statistics
+    count = number_option(vals, '-c', 'xrd_ping', 3, int)
+    st, _ = xrd_ping(host, timeout)   # opens the connection: not counted
+    rtts = []
+    for _ in range(count if st['ok'] else 0):
+        st, ms = xrd_ping(host, timeout)
+        if ms is None:
+            break
+        rtts.append(ms)
+    if len(rtts) < count:
+        return '%-32s %s' % (se_name, st['message']), {'ok': False, 'rtt_ms': rtts, 'message': st['message']}
+    row = {'ok': True, 'rtt_ms': rtts, 'min': min(rtts), 'avg': sum(rtts) / len(rtts), 'max': max(rtts),
+           'mdev': statistics.stdev(rtts) if len(rtts) > 1 else 0.0}
+    return ('%-32s rtt min/avg/max/mdev (ms) = %.3f/%.3f/%.3f/%.3f'
+            % (se_name, row['min'], row['avg'], row['max'], row['mdev'])), row
+
+
 @command('xrd_ping', usage=XRD_PING_USAGE)
 def cmd_xrd_ping(session, args):
-    import statistics
-    _, vals, pos = parse_options(args, 'xrd_ping', (), ('-c', '-timeout'))
+    _, vals, _ = parse_options(args, 'xrd_ping', (), ('-c', '-timeout'))
     count = number_option(vals, '-c', 'xrd_ping', 3, int)
-    timeout = number_option(vals, '-timeout', 'xrd_ping', 2, int)
-    lines, rows = ['XRootD ping(s): %d time(s) to:' % count], []
-    for se_name, host in xrd_targets(session, pos, (), 'xrd_ping'):
-        st, _ = xrd_ping(host, timeout)   # opens the connection: not counted
-        rtts = []
-        for _ in range(count if st['ok'] else 0):
-            st, ms = xrd_ping(host, timeout)
-            if ms is None:
-                break
-            rtts.append(ms)
-        row = {'seName': se_name, 'endpointUrl': host, 'ok': len(rtts) == count, 'rtt_ms': rtts,
-               'message': '' if len(rtts) == count else st['message']}
-        if row['ok']:
-            mdev = statistics.stdev(rtts) if len(rtts) > 1 else 0.0
-            row.update(min=min(rtts), avg=sum(rtts) / len(rtts), max=max(rtts), mdev=mdev)
-            lines.append('%-32s rtt min/avg/max/mdev (ms) = %.3f/%.3f/%.3f/%.3f'
-                         % (se_name, row['min'], row['avg'], row['max'], mdev))
-        else:
-            lines.append('%-32s %s' % (se_name, row['message']))
-        rows.append(row)
-    bad = [r['seName'] for r in rows if not r['ok']]
-    return client_result(EX_EIO if bad else 0, '\n'.join(lines),
-                         'xrd_ping: no answer from %s' % ', '.join(bad) if bad else '', rows)
+    r = xrd_each_se(session, args, 'xrd_ping', (), ('-c',), _ping_probe, timeout=2)
+    r.out = 'XRootD ping(s): %d time(s) to:\n%s' % (count, r.out)
+    return r
 
 
 XRD_CONFIG_USAGE = '''xrd_config [-v] [-a] [-timeout S] SE|HOST[:PORT]...  XRootD configuration of storage elements
@@ -4101,30 +4114,25 @@ XRD_CONFIG_USAGE = '''xrd_config [-v] [-a] [-timeout S] SE|HOST[:PORT]...  XRoot
   windows; -a: every SE of listSEs. Exit 5 when an SE did not answer.'''
 
 
+def _config_probe(se_name, host, flags, vals, timeout):
+    cfg, failure = xrd_query_config(host, timeout)
+    if failure:
+        return '%-32s %s' % (se_name, failure['message']), dict(cfg, ok=False, message=failure['message'])
+    if cfg['sitename'] == 'NOT_SET':
+        cfg['sitename'] = se_name
+    cfg['ok'] = True
+    text = ('Site/XrdVer: %s/%s ; TPC status: %s ; role: %s ; CMS: %s'
+            % (cfg['sitename'], cfg['version'], cfg['tpc'], cfg['role'], cfg['cms']))
+    if '-v' in flags or '-verbose' in flags:
+        text += ('\nChksum type: %s ; Bind max: %s ; PIO max: %s ; Window/WAN window: %s/%s ; '
+                 'readv_{ior,iov}_max: %s/%s' % (cfg['chksum'], cfg['bind_max'], cfg['pio_max'], cfg['window'],
+                                                 cfg['wan_window'], cfg['readv_ior_max'], cfg['readv_iov_max']))
+    return text, cfg
+
+
 @command('xrd_config', usage=XRD_CONFIG_USAGE)
 def cmd_xrd_config(session, args):
-    flags, vals, pos = parse_options(args, 'xrd_config', ('-v', '-verbose', '-a', '-all'), ('-timeout',))
-    timeout = number_option(vals, '-timeout', 'xrd_config', PROBE_TIMEOUT, int)
-    lines, rows, bad = [], [], []
-    for se_name, host in xrd_targets(session, pos, flags, 'xrd_config'):
-        cfg, failure = xrd_query_config(host, timeout)
-        if failure:
-            bad.append(se_name)
-            lines.append('%-32s %s' % (se_name, failure['message']))
-            rows.append(dict(cfg, seName=se_name, endpointUrl=host, ok=False, message=failure['message']))
-            continue
-        if cfg['sitename'] == 'NOT_SET':
-            cfg['sitename'] = se_name
-        cfg.update(seName=se_name, endpointUrl=host, ok=True)
-        rows.append(cfg)
-        lines.append('Site/XrdVer: %s/%s ; TPC status: %s ; role: %s ; CMS: %s'
-                     % (cfg['sitename'], cfg['version'], cfg['tpc'], cfg['role'], cfg['cms']))
-        if '-v' in flags or '-verbose' in flags:
-            lines.append('Chksum type: %s ; Bind max: %s ; PIO max: %s ; Window/WAN window: %s/%s ; '
-                         'readv_{ior,iov}_max: %s/%s' % (cfg['chksum'], cfg['bind_max'], cfg['pio_max'], cfg['window'],
-                                                         cfg['wan_window'], cfg['readv_ior_max'], cfg['readv_iov_max']))
-    return client_result(EX_EIO if bad else 0, '\n'.join(lines),
-                         'xrd_config: no answer from %s' % ', '.join(bad) if bad else '', rows)
+    return xrd_each_se(session, args, 'xrd_config', ('-v', '-verbose', '-a', '-all'), (), _config_probe)
 
 
 XRD_STATS_USAGE = '''xrd_stats [-xml | -xmlraw] [-compact] [-a] [-timeout S] SE|HOST[:PORT]...  XRootD statistics
@@ -4132,35 +4140,29 @@ XRD_STATS_USAGE = '''xrd_stats [-xml | -xmlraw] [-compact] [-a] [-timeout S] SE|
   (-xmlraw); -compact: no indentation; -a: every SE. Exit 5 when an SE did not answer.'''
 
 
+def _stats_probe(se_name, host, flags, vals, timeout):
+    xml_text, failure = xrd_query_stats(host, timeout)
+    if failure:
+        return '%-32s %s' % (se_name, failure['message']), {'ok': False, 'message': failure['message']}
+    stats = xrd_stats_dict(xml_text)
+    if not stats.get('site') or stats.get('site') == 'NOT_SET':
+        stats['site'] = se_name
+    stats.update(seName=se_name, endpointUrl=host)
+    compact = '-compact' in flags
+    if '-xmlraw' in flags:
+        text = xml_text
+    elif '-xml' in flags:
+        import xml.dom.minidom
+        pretty = xml.dom.minidom.parseString(xml_text)
+        text = pretty.toxml() if compact else pretty.toprettyxml(indent='  ').strip()
+    else:
+        text = json.dumps(stats, indent=None if compact else 2, separators=(',', ':') if compact else (', ', ': '))
+    return text, dict(stats, ok=True)
+
+
 @command('xrd_stats', usage=XRD_STATS_USAGE)
 def cmd_xrd_stats(session, args):
-    flags, vals, pos = parse_options(args, 'xrd_stats', ('-xml', '-xmlraw', '-compact', '-a', '-all'), ('-timeout',))
-    timeout = number_option(vals, '-timeout', 'xrd_stats', PROBE_TIMEOUT, int)
-    compact = '-compact' in flags
-    chunks, rows, bad = [], [], []
-    for se_name, host in xrd_targets(session, pos, flags, 'xrd_stats'):
-        xml_text, failure = xrd_query_stats(host, timeout)
-        if failure:
-            bad.append(se_name)
-            chunks.append('%-32s %s' % (se_name, failure['message']))
-            rows.append({'seName': se_name, 'endpointUrl': host, 'ok': False, 'message': failure['message']})
-            continue
-        stats = xrd_stats_dict(xml_text)
-        if not stats.get('site') or stats.get('site') == 'NOT_SET':
-            stats['site'] = se_name
-        stats.update(seName=se_name, endpointUrl=host)
-        rows.append(stats)
-        if '-xmlraw' in flags:
-            chunks.append(xml_text)
-        elif '-xml' in flags:
-            import xml.dom.minidom
-            pretty = xml.dom.minidom.parseString(xml_text)
-            chunks.append(pretty.toxml() if compact else pretty.toprettyxml(indent='  ').strip())
-        else:
-            chunks.append(json.dumps(stats, indent=None if compact else 2,
-                                     separators=(',', ':') if compact else (', ', ': ')))
-    return client_result(EX_EIO if bad else 0, '\n'.join(chunks),
-                         'xrd_stats: no answer from %s' % ', '.join(bad) if bad else '', rows)
+    return xrd_each_se(session, args, 'xrd_stats', ('-xml', '-xmlraw', '-compact', '-a', '-all'), (), _stats_probe)
 
 
 CHECKADDR_USAGE = '''checkAddr [-timeout S] [HOST[:PORT] | HOST PORT]  can the central service be reached?

@@ -3610,6 +3610,17 @@ class SilentServer(object):
             s.close()
 
 
+def _against_silent_server(env, line):
+    """(CompletedProcess, seconds, port) of a command line aimed at a SilentServer (line % port)."""
+    silent = SilentServer()
+    try:
+        t0 = time.monotonic()
+        p = run_cli([line % silent.port], env=env)
+        return p, time.monotonic() - t0, silent.port
+    finally:
+        silent.close()
+
+
 _STORE_FILES = {}
 
 
@@ -3723,13 +3734,7 @@ def test_pfn_status_each_replica_and_a_stopped_se(store, grid_state):
 
 def test_pfn_status_timeout(store):
     env, _ = store
-    silent = SilentServer()
-    try:
-        t0 = time.monotonic()
-        p = run_cli(['pfn-status -timeout 1 root://127.0.0.1:%d//some/file' % silent.port], env=env)
-        took = time.monotonic() - t0
-    finally:
-        silent.close()
+    p, took, port = _against_silent_server(env, 'pfn-status -timeout 1 root://127.0.0.1:%d//some/file')
     assert p.returncode == 5 and 'Message: [ERROR] Operation expired' in p.stdout, p
     assert took < 10, took
 
@@ -3830,15 +3835,9 @@ def test_xrd_probes_se_down_and_timeout(store, grid_state):
     reply = json.loads(stats.stdout)
     assert stats.returncode == 5 and reply['metadata']['exitcode'] == '5' and reply['results'][0]['ok'] is False
     assert run_cli(['xrd_ping -c 1 second'], env=env).returncode == 0  # the SE is back
-    silent = SilentServer()
-    try:
-        t0 = time.monotonic()
-        p = run_cli(['xrd_ping -c 1 -timeout 1 127.0.0.1:%d' % silent.port], env=env)
-        took = time.monotonic() - t0
-    finally:
-        silent.close()
+    p, took, port = _against_silent_server(env, 'xrd_ping -c 1 -timeout 1 127.0.0.1:%d')
     assert p.returncode == 5 and p.stdout.splitlines()[1] == '%-32s [ERROR] Operation expired' % (
-        '127.0.0.1:%d' % silent.port), p
+        '127.0.0.1:%d' % port), p
     assert took < 10, took
 
 
