@@ -3520,31 +3520,36 @@ def command(*names, **kw):
     return deco
 
 
-def parse_options(args, name, flags=(), valued=()):
-    """A client command's words -> (set of flags, {option: value}, positional words).
-    An unknown '-word' or a missing value is a one-line error, exit 22."""
-    got, vals, pos = set(), {}, []
+def parse_options(name, args, flags=(), valued=(), multi=()):
+    """(options dict, positional list) of a client command's arguments. flags -> True,
+    valued -> the next argument, multi -> list of values. An unknown option or a missing
+    value is an AlienError (exit 64) naming the command."""
+    opts, pos = {}, []
     i = 0
     while i < len(args):
         a = args[i]
         i += 1
-        if a in flags:
-            got.add(a)
-        elif a in valued:
+        key = a[1:] if a.startswith('-') and len(a) > 1 else None
+        if key in flags:
+            opts[key] = True
+        elif key in valued or key in multi:
             if i >= len(args):
-                raise AlienError('%s: option %s needs a value' % (name, a), EX_EINVAL)
-            vals[a] = args[i]
+                raise AlienError('%s: option %s needs a value' % (name, a), EX_USAGE)
+            if key in multi:
+                opts.setdefault(key, []).append(args[i])
+            else:
+                opts[key] = args[i]
             i += 1
-        elif a.startswith('-') and len(a) > 1:
-            raise AlienError('%s: unknown option %s (see %s -h)' % (name, a, name), EX_EINVAL)
+        elif key is not None and not re.match(r'^-?[0-9]', a):
+            raise AlienError('%s: unknown option %s (%s -h for the usage)' % (name, a, name), EX_USAGE)
         else:
             pos.append(a)
-    return got, vals, pos
+    return opts, pos
 
 
-def number_option(vals, option, name, default, kind=float):
-    """A positive number option (-c 3, -timeout 2.5), else a one-line error, exit 22."""
-    text = vals.get(option)
+def number_option(opts, key, name, default, kind=float):
+    """A positive number option (-c 3, -timeout 2), else a one-line error, exit 64."""
+    text = opts.get(key)
     if text is None:
         return default
     try:
@@ -3552,13 +3557,16 @@ def number_option(vals, option, name, default, kind=float):
     except ValueError:
         value = 0
     if not value > 0:
-        raise AlienError('%s: %s needs a positive number, not %r' % (name, option, text), EX_EINVAL)
+        raise AlienError('%s: -%s needs a positive number, not %r' % (name, key, text), EX_USAGE)
     return value
 
 
-def client_result(exitcode, out, err='', results=()):
-    """A client-side command's outcome, with a JCentral-shaped reply for -json."""
-    return Result(exitcode, out, err, list(results), {'exitcode': str(exitcode), 'error': err})
+def client_result(out, rows, metadata=None, exitcode=0, err=''):
+    """Result of a client-side command: printed text, and for -json the rows it was made
+    of. A failed check (exitcode, err) keeps its report in out: it is printed too."""
+    md = dict(metadata or {})
+    md.update(exitcode=str(exitcode), error=err)
+    return Result(exitcode, out, err, rows, md)
 
 
 @command('cd', usage='cd [DIR | - | ~]  change the grid directory (no argument: home; -: previous)')
@@ -3854,7 +3862,7 @@ def cmd_gfal(session, args):
 
 # -- storage commands: replicas, storage elements, XRootD probes, checkAddr --
 # Exit codes: 0 all fine; 2 no such LFN/SE label; 5 a replica or SE failed its check
-# (the report on stdout says which); 22 bad option/argument; 107 checkAddr: an address
+# (the report on stdout says which); 64 wrong arguments; 107 checkAddr: an address
 # failed; 1 XRootD bindings missing; a server errno when the service refuses.
 
 PROBE_TIMEOUT = 5   # seconds, default -timeout of one XRootD/TCP/TLS probe
@@ -3918,36 +3926,36 @@ GETSE_USAGE = '''getSE [-id | -name | -srv] [LABEL]  storage elements from listS
 
 @command('getSE', usage=GETSE_USAGE)
 def cmd_getse(session, args):
-    flags, _, pos = parse_options(args, 'getSE', ('-id', '-name', '-srv'))
-    if len(pos) > 1 or len(flags) > 1:
-        raise AlienError('getSE: one LABEL and at most one of -id, -name, -srv (see getSE -h)', EX_EINVAL)
+    opts, pos = parse_options('getSE', args, ('id', 'name', 'srv'))
+    if len(pos) > 1 or len(opts) > 1:
+        raise AlienError('getSE: one LABEL and at most one of -id, -name, -srv (see getSE -h)', EX_USAGE)
     ses = lookup_ses(session, pos, 'getSE') if pos else list_ses(session)
-    field = flags.pop() if flags else ''
+    field = next(iter(opts), '')
     lines = []
     for se in ses:
         if field:
-            lines.append({'-id': se.get('seNumber', ''), '-name': se['seName'], '-srv': se_host(se)}[field])
+            lines.append({'id': se.get('seNumber', ''), 'name': se['seName'], 'srv': se_host(se)}[field])
         elif pos and pos[0].isdigit():
             lines.append('%-32s%s' % (se['seName'], se_host(se)))
         else:
             lines.append('%-6s%-32s%s' % (se.get('seNumber', ''), se['seName'], se_host(se)))
-    return client_result(0, '\n'.join(lines), results=ses)
+    return client_result('\n'.join(lines), ses)
 
 
 @command('SEqos', usage='SEqos SE...  the QoS tags of storage elements (labels as in getSE)')
 def cmd_seqos(session, args):
-    _, _, pos = parse_options(args, 'SEqos')
+    _, pos = parse_options('SEqos', args)
     if not pos:
-        raise AlienError('SEqos: which SE? usage: SEqos SE...', EX_EINVAL)
+        raise AlienError('SEqos: which SE? usage: SEqos SE...', EX_USAGE)
     ses = lookup_ses(session, pos, 'SEqos')
-    return client_result(0, '\n'.join('%-32s%s' % (se['seName'], se.get('qos', '')) for se in ses), results=ses)
+    return client_result('\n'.join('%-32s%s' % (se['seName'], se.get('qos', '')) for se in ses), ses)
 
 
 @command('pfn', usage='pfn LFN  the physical URLs of the replicas of a file (whereis -r)')
 def cmd_pfn(session, args):
-    _, _, pos = parse_options(args, 'pfn')
+    _, pos = parse_options('pfn', args)
     if len(pos) != 1:
-        raise AlienError('pfn: usage: pfn LFN', EX_EINVAL)
+        raise AlienError('pfn: usage: pfn LFN', EX_USAGE)
     r = session.request('whereis', ['-r', pos[0]], nomsg=True)
     if r.exitcode == 0:
         r.out = '\n'.join(x['pfn'] for x in r.results if isinstance(x, dict) and 'pfn' in x)
@@ -3962,10 +3970,10 @@ PFN_STATUS_USAGE = '''pfn-status [-v] [-timeout S] LFN|PFN...  check each replic
 
 @command('pfn-status', usage=PFN_STATUS_USAGE)
 def cmd_pfn_status(session, args):
-    flags, vals, pos = parse_options(args, 'pfn-status', ('-v', '-verbose'), ('-timeout',))
+    opts, pos = parse_options('pfn-status', args, ('v', 'verbose'), ('timeout',))
     if not pos:
-        raise AlienError('pfn-status: usage: pfn-status [-v] LFN|PFN...', EX_EINVAL)
-    timeout = number_option(vals, '-timeout', 'pfn-status', PROBE_TIMEOUT, int)
+        raise AlienError('pfn-status: usage: pfn-status [-v] LFN|PFN...', EX_USAGE)
+    timeout = number_option(opts, 'timeout', 'pfn-status', PROBE_TIMEOUT, int)
     xrootd_client('pfn-status')
     targets = []
     for arg in pos:
@@ -3987,7 +3995,7 @@ def cmd_pfn_status(session, args):
             lines.append('LFN: %s' % lfn)
         if row['ok']:
             lines.append('%s\t\tSize: %d\tR/W status:%d/%d' % (pfn, row['size'], row['is_readable'], row['is_writable']))
-            if '-v' in flags or '-verbose' in flags:
+            if 'v' in opts or 'verbose' in opts:
                 lines.append('IS DIR/OTHER/OFFLINE: %d/%d/%d\tModified: %s\tPOSC pending: %d\t\tBACKUP: %d' % (
                     row['is_dir'], row['other'], row['offline'], row['modtimestr'], row['posc_pending'],
                     row['backup_exists']))
@@ -3996,7 +4004,7 @@ def cmd_pfn_status(session, args):
                 pfn, row['message'], row['status'], row['code'], row['errno']))
     bad = [r for r in rows if not r['online']]
     err = 'pfn-status: %d of %d replicas failed the check' % (len(bad), len(rows)) if bad else ''
-    return client_result(EX_EIO if bad else 0, '\n'.join(lines), err, rows)
+    return client_result('\n'.join(lines), rows, exitcode=EX_EIO if bad else 0, err=err)
 
 
 LFN2URI_USAGE = '''lfn2uri LFN[@SPECS] [LOCAL_FILE] [meta] [write|upload] [strict] [http]
@@ -4009,14 +4017,14 @@ LFN2URI_USAGE = '''lfn2uri LFN[@SPECS] [LOCAL_FILE] [meta] [write|upload] [stric
 
 @command('lfn2uri', usage=LFN2URI_USAGE)
 def cmd_lfn2uri(session, args):
-    _, _, words = parse_options(args, 'lfn2uri')
+    _, words = parse_options('lfn2uri', args)
     keys = set(w for w in words if w in ('meta', 'write', 'upload', 'strict', 'http'))
     pos = [w for w in words if w not in keys]
     write = 'write' in keys or 'upload' in keys
     if not pos or len(pos) > 2:
-        raise AlienError('lfn2uri: usage: lfn2uri LFN [LOCAL_FILE] [meta] [write|upload] [strict] [http]', EX_EINVAL)
+        raise AlienError('lfn2uri: usage: lfn2uri LFN [LOCAL_FILE] [meta] [write|upload] [strict] [http]', EX_USAGE)
     if write and 'meta' in keys:
-        raise AlienError('lfn2uri: meta is for reading; it cannot be combined with write/upload', EX_EINVAL)
+        raise AlienError('lfn2uri: meta is for reading; it cannot be combined with write/upload', EX_USAGE)
     path, specs = split_specs(pos[0])
     lfn = session.grid_path(path)
     size = md5 = None
@@ -4034,7 +4042,7 @@ def cmd_lfn2uri(session, args):
     replicas = [x for x in r.results if isinstance(x, dict) and x.get('url')]
     urls = [grid_url(x['url'], x.get('envelope', '')) for x in replicas]
     if 'meta' not in keys:
-        return client_result(0, '\n'.join(repr(u) for u in urls), results=replicas)
+        return client_result('\n'.join(repr(u) for u in urls), replicas)
     target = os.path.abspath(os.path.basename(lfn) + '.meta4')
     first = replicas[0] if replicas else {}
     temp = part_name(target)
@@ -4044,36 +4052,36 @@ def cmd_lfn2uri(session, args):
     except OSError as e:
         _unlink_quiet(temp)
         raise AlienError('lfn2uri: cannot write %s: %s' % (target, e.strerror), EX_EIO)
-    return client_result(0, target, results=replicas)
+    return client_result(target, replicas)
 
 
-def xrd_targets(session, pos, flags, name):
+def xrd_targets(session, pos, opts, name):
     """(name, host:port) of the SEs/servers an xrd_* command probes (-a: every SE)."""
-    if '-a' in flags or '-all' in flags:
+    if 'a' in opts or 'all' in opts:
         ses = list_ses(session)
     elif pos:
         ses = lookup_ses(session, pos, name, hosts=True)
     else:
         raise AlienError('%s: which SE? usage: %s [options] SE|HOST[:PORT]... (see %s -h)' % (name, name, name),
-                         EX_EINVAL)
+                         EX_USAGE)
     xrootd_client(name)
     return [(se['seName'], se_host(se)) for se in ses if se_host(se)]
 
 
 def xrd_each_se(session, args, name, flags, valued, probe, timeout=PROBE_TIMEOUT):
-    """An xrd_* command: probe(se_name, host, flags, options, timeout) -> (text, row with
+    """An xrd_* command: probe(se_name, host, options, timeout) -> (text, row with
     'ok') for every target; exit 5 when an SE failed (its text says why)."""
-    got, vals, pos = parse_options(args, name, flags, ('-timeout',) + tuple(valued))
-    timeout = number_option(vals, '-timeout', name, timeout, int)
+    opts, pos = parse_options(name, args, flags, ('timeout',) + tuple(valued))
+    timeout = number_option(opts, 'timeout', name, timeout, int)
     texts, rows = [], []
-    for se_name, host in xrd_targets(session, pos, got, name):
-        text, row = probe(se_name, host, got, vals, timeout)
+    for se_name, host in xrd_targets(session, pos, opts, name):
+        text, row = probe(se_name, host, opts, timeout)
         row.update(seName=se_name, endpointUrl=host)
         texts.append(text)
         rows.append(row)
     bad = [r['seName'] for r in rows if not r['ok']]
-    return client_result(EX_EIO if bad else 0, '\n'.join(texts),
-                         '%s: no answer from %s' % (name, ', '.join(bad)) if bad else '', rows)
+    return client_result('\n'.join(texts), rows, exitcode=EX_EIO if bad else 0,
+                         err='%s: no answer from %s' % (name, ', '.join(bad)) if bad else '')
 
 
 XRD_PING_USAGE = '''xrd_ping [-c COUNT] [-timeout S] SE|HOST[:PORT]...  XRootD round trip to storage elements
@@ -4082,9 +4090,9 @@ XRD_PING_USAGE = '''xrd_ping [-c COUNT] [-timeout S] SE|HOST[:PORT]...  XRootD r
   Exit 0 when every SE answered, 5 when one did not (its line says why).'''
 
 
-def _ping_probe(se_name, host, flags, vals, timeout):
+def _ping_probe(se_name, host, opts, timeout):
     import statistics
-    count = number_option(vals, '-c', 'xrd_ping', 3, int)
+    count = number_option(opts, 'c', 'xrd_ping', 3, int)
     st, _ = xrd_ping(host, timeout)   # opens the connection: not counted
     rtts = []
     for _ in range(count if st['ok'] else 0):
@@ -4102,9 +4110,9 @@ def _ping_probe(se_name, host, flags, vals, timeout):
 
 @command('xrd_ping', usage=XRD_PING_USAGE)
 def cmd_xrd_ping(session, args):
-    _, vals, _ = parse_options(args, 'xrd_ping', (), ('-c', '-timeout'))
-    count = number_option(vals, '-c', 'xrd_ping', 3, int)
-    r = xrd_each_se(session, args, 'xrd_ping', (), ('-c',), _ping_probe, timeout=2)
+    opts, _ = parse_options('xrd_ping', args, (), ('c', 'timeout'))
+    count = number_option(opts, 'c', 'xrd_ping', 3, int)
+    r = xrd_each_se(session, args, 'xrd_ping', (), ('c',), _ping_probe, timeout=2)
     r.out = 'XRootD ping(s): %d time(s) to:\n%s' % (count, r.out)
     return r
 
@@ -4114,7 +4122,7 @@ XRD_CONFIG_USAGE = '''xrd_config [-v] [-a] [-timeout S] SE|HOST[:PORT]...  XRoot
   windows; -a: every SE of listSEs. Exit 5 when an SE did not answer.'''
 
 
-def _config_probe(se_name, host, flags, vals, timeout):
+def _config_probe(se_name, host, opts, timeout):
     cfg, failure = xrd_query_config(host, timeout)
     if failure:
         return '%-32s %s' % (se_name, failure['message']), dict(cfg, ok=False, message=failure['message'])
@@ -4123,7 +4131,7 @@ def _config_probe(se_name, host, flags, vals, timeout):
     cfg['ok'] = True
     text = ('Site/XrdVer: %s/%s ; TPC status: %s ; role: %s ; CMS: %s'
             % (cfg['sitename'], cfg['version'], cfg['tpc'], cfg['role'], cfg['cms']))
-    if '-v' in flags or '-verbose' in flags:
+    if 'v' in opts or 'verbose' in opts:
         text += ('\nChksum type: %s ; Bind max: %s ; PIO max: %s ; Window/WAN window: %s/%s ; '
                  'readv_{ior,iov}_max: %s/%s' % (cfg['chksum'], cfg['bind_max'], cfg['pio_max'], cfg['window'],
                                                  cfg['wan_window'], cfg['readv_ior_max'], cfg['readv_iov_max']))
@@ -4132,7 +4140,7 @@ def _config_probe(se_name, host, flags, vals, timeout):
 
 @command('xrd_config', usage=XRD_CONFIG_USAGE)
 def cmd_xrd_config(session, args):
-    return xrd_each_se(session, args, 'xrd_config', ('-v', '-verbose', '-a', '-all'), (), _config_probe)
+    return xrd_each_se(session, args, 'xrd_config', ('v', 'verbose', 'a', 'all'), (), _config_probe)
 
 
 XRD_STATS_USAGE = '''xrd_stats [-xml | -xmlraw] [-compact] [-a] [-timeout S] SE|HOST[:PORT]...  XRootD statistics
@@ -4140,7 +4148,7 @@ XRD_STATS_USAGE = '''xrd_stats [-xml | -xmlraw] [-compact] [-a] [-timeout S] SE|
   (-xmlraw); -compact: no indentation; -a: every SE. Exit 5 when an SE did not answer.'''
 
 
-def _stats_probe(se_name, host, flags, vals, timeout):
+def _stats_probe(se_name, host, opts, timeout):
     xml_text, failure = xrd_query_stats(host, timeout)
     if failure:
         return '%-32s %s' % (se_name, failure['message']), {'ok': False, 'message': failure['message']}
@@ -4148,10 +4156,10 @@ def _stats_probe(se_name, host, flags, vals, timeout):
     if not stats.get('site') or stats.get('site') == 'NOT_SET':
         stats['site'] = se_name
     stats.update(seName=se_name, endpointUrl=host)
-    compact = '-compact' in flags
-    if '-xmlraw' in flags:
+    compact = 'compact' in opts
+    if 'xmlraw' in opts:
         text = xml_text
-    elif '-xml' in flags:
+    elif 'xml' in opts:
         import xml.dom.minidom
         pretty = xml.dom.minidom.parseString(xml_text)
         text = pretty.toxml() if compact else pretty.toprettyxml(indent='  ').strip()
@@ -4162,7 +4170,7 @@ def _stats_probe(se_name, host, flags, vals, timeout):
 
 @command('xrd_stats', usage=XRD_STATS_USAGE)
 def cmd_xrd_stats(session, args):
-    return xrd_each_se(session, args, 'xrd_stats', ('-xml', '-xmlraw', '-compact', '-a', '-all'), (), _stats_probe)
+    return xrd_each_se(session, args, 'xrd_stats', ('xml', 'xmlraw', 'compact', 'a', 'all'), (), _stats_probe)
 
 
 CHECKADDR_USAGE = '''checkAddr [-timeout S] [HOST[:PORT] | HOST PORT]  can the central service be reached?
@@ -4173,11 +4181,11 @@ CHECKADDR_USAGE = '''checkAddr [-timeout S] [HOST[:PORT] | HOST PORT]  can the c
 
 @command('checkAddr', connect=False, usage=CHECKADDR_USAGE)
 def cmd_checkaddr(session, args):
-    _, vals, pos = parse_options(args, 'checkAddr', (), ('-timeout',))
-    timeout = number_option(vals, '-timeout', 'checkAddr', PROBE_TIMEOUT, int)
+    opts, pos = parse_options('checkAddr', args, (), ('timeout',))
+    timeout = number_option(opts, 'timeout', 'checkAddr', PROBE_TIMEOUT, int)
     env = {k: v for k, v in session.environ.items() if k != 'ALIENPY_NETWORKSTACK'}   # every family
     if len(pos) > 2:
-        raise AlienError('checkAddr: usage: checkAddr [HOST[:PORT] | HOST PORT]', EX_EINVAL)
+        raise AlienError('checkAddr: usage: checkAddr [HOST[:PORT] | HOST PORT]', EX_USAGE)
     if pos:
         host, port = parse_hostport(pos[0], DEFAULT_PORT)
         if len(pos) == 2:
@@ -4227,7 +4235,7 @@ def cmd_checkaddr(session, args):
         lines.append(text)
     bad = [r for r in rows if r['error']]
     err = 'checkAddr: %d of %d addresses of %s failed' % (len(bad), len(rows), host) if bad else ''
-    return client_result(EX_NOTCONN if bad else 0, '\n'.join(lines), err, rows)
+    return client_result('\n'.join(lines), rows, exitcode=EX_NOTCONN if bad else 0, err=err)
 
 
 # -- credential commands --
