@@ -15,6 +15,7 @@ Python API (tests, benchmarks)::
     grid.start_service(workdir, host_cert=..., host_key=...) -> port
     grid.populate(workdir, dir_lfn, n)        # n file entries straight into the catalogue
     grid.set_faults(workdir, {'commit': 'refuse'}); grid.set_faults(workdir, None)
+    grid.run_job(workdir, jobid, ce=..., status='DONE'); grid.set_job_quota(workdir, 'jalien', {...})
 
 CLI: ``python3 testgrid/grid.py start|stop|env [--dir DIR] [--fresh]`` (default DIR
 ``<repo>/.testgrid``); ``start`` and ``env`` print ``export VAR=value`` lines.
@@ -554,6 +555,20 @@ def populate(workdir, dir_lfn, n, **kw):
 
     Names are file_000000.dat ...; keyword arguments: owner, size, prefix, ext."""
     return catalogue.populate(os.path.join(_abs(workdir), 'catalogue.sqlite'), dir_lfn, n, **kw)
+
+
+def run_job(workdir, jobid, **kw):
+    """Play a site's job agent for job `jobid` (see testgrid/jobs.py: ce, status, node,
+    start); returns the trace text it left."""
+    from testgrid import jobs
+    return jobs.run_job(os.path.join(_abs(workdir), 'catalogue.sqlite'), jobid, **kw)
+
+
+def set_job_quota(workdir, user, fields=None):
+    """Give `user` a job quota (jquota list then answers; fields override the defaults of
+    testgrid/jobs.py); None removes it (jquota list: 61 No jobs quota found)."""
+    from testgrid import jobs
+    jobs.set_job_quota(os.path.join(_abs(workdir), 'catalogue.sqlite'), user, fields)
 
 
 def set_faults(workdir, faults):
