@@ -3872,3 +3872,27 @@ def test_http_proxy_is_used_unless_no_proxy(cenv):
     assert p.returncode == 107 and one_line_error(p) and '127.0.0.1:1' in p.stderr, p
     p = run_cli(['queryML', 'x'], env=dict(env, no_proxy='127.0.0.1'))
     assert p.returncode == 0, p.stderr
+
+
+def test_https_get_verifies_the_server_and_tunnels_through_https_proxy(cenv, grid_state):
+    """An HTTPS MonALISA (the grid's host certificate, checked against X509_CERT_DIR),
+    reached through an https_proxy CONNECT tunnel like the websocket."""
+    import ssl as _ssl
+    from testgrid import httpsvc
+    tls = _ssl.SSLContext(_ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(grid_state['pki']['host_cert'], grid_state['pki']['host_key'])
+    srv = httpsvc.serve('monalisa', 0, _TG_DIR, tls=tls)
+    proxy = ConnectProxy()
+    try:
+        url = 'https://127.0.0.1:%d/rest/' % srv.server_address[1]
+        env = _gj_env(cenv, https_proxy='127.0.0.1:%d' % proxy.port)
+        p = run_cli(['queryML', '-host', url, 'OtherSite/*/*/RUNNING_jobs'], env=env)
+        assert p.returncode == 0 and p.stdout.splitlines()[1].split()[0] == 'OtherSite', p
+        assert proxy.targets == ['CONNECT 127.0.0.1:%d HTTP/1.1' % srv.server_address[1]]
+        p = run_cli(['queryML', '-host', url.replace('127.0.0.1', 'localhost'), 'x'],
+                    env=dict(env, X509_CERT_DIR=str(grid_state['workdir'])))   # no CA there
+        assert p.returncode == 107 and one_line_error(p) and 'TLS' in p.stderr, p
+    finally:
+        proxy.close()
+        srv.shutdown()
+        srv.server_close()

@@ -228,8 +228,12 @@ class Handler(BaseHTTPRequestHandler):
                          'text/plain')
 
 
-def serve(kind, port, workdir):
+def serve(kind, port, workdir, tls=None):
+    """One service ('ccdb' or 'monalisa') in a thread; tls: an ssl.SSLContext for HTTPS.
+    Returns the server (its port: server_address[1])."""
     srv = ThreadingHTTPServer(('127.0.0.1', port), Handler)
+    if tls is not None:
+        srv.socket = tls.wrap_socket(srv.socket, server_side=True)
     srv.daemon_threads = True
     srv.kind, srv.workdir = kind, workdir
     srv.log_path = os.path.join(workdir, 'http.log')
