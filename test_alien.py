@@ -4001,3 +4001,60 @@ def test_https_get_verifies_the_server_and_tunnels_through_https_proxy(cenv, gri
         proxy.close()
         srv.shutdown()
         srv.server_close()
+
+
+class _GjForwardProxy(object):
+    """A plain HTTP forward proxy on loopback: takes 'GET http://host:port/path', records
+    the request line and Proxy-Authorization, forwards the request with the path only."""
+
+    def __init__(self):
+        self.lines, self.auth = [], []
+        self.sock = socket.socket()
+        self.sock.bind(('127.0.0.1', 0))
+        self.sock.listen(4)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._forward, args=(client,), daemon=True).start()
+
+    def _forward(self, client):
+        head = b''
+        while b'\r\n\r\n' not in head:
+            chunk = client.recv(4096)
+            if not chunk:
+                return
+            head += chunk
+        lines = head.decode().split('\r\n')
+        self.lines.append(lines[0])
+        self.auth.extend(l for l in lines if l.startswith('Proxy-Authorization'))
+        m = re.match(r'^GET http://([^/:]+):([0-9]+)(/\S*) (HTTP/1\.[01])$', lines[0])
+        rest = [l for l in lines[1:] if l and not l.startswith('Proxy-')] + ['Connection: close']
+        with socket.create_connection((m.group(1), int(m.group(2)))) as up:
+            up.sendall(('GET %s %s\r\n%s\r\n\r\n' % (m.group(3), m.group(4), '\r\n'.join(rest))).encode())
+            while True:
+                data = up.recv(65536)
+                if not data:
+                    break
+                client.sendall(data)
+        client.close()
+
+    def close(self):
+        self.sock.close()
+
+
+def test_http_get_through_a_plain_http_proxy(cenv):
+    proxy = _GjForwardProxy()
+    try:
+        env = _gj_env(cenv, http_proxy='http://u:p%%40ss@127.0.0.1:%d' % proxy.port)
+        p = run_cli(['ccdb', 'TPC/Calib/PadGainFull'], env=env)
+        assert p.returncode == 0 and 'PadGainFull.root' in p.stdout, p
+        assert proxy.lines == ['GET %slatest/TPC/Calib/PadGainFull HTTP/1.1' % alien.service_base(cenv['ALIENPY_CCDB'])]
+        assert proxy.auth == ['Proxy-Authorization: Basic %s' % base64.b64encode(b'u:p@ss').decode()]
+    finally:
+        proxy.close()
