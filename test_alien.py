@@ -4058,3 +4058,12 @@ def test_http_get_through_a_plain_http_proxy(cenv):
         assert proxy.auth == ['Proxy-Authorization: Basic %s' % base64.b64encode(b'u:p@ss').decode()]
     finally:
         proxy.close()
+
+
+@pytest.mark.parametrize('line', ['jobInfo 1', 'getCE', 'siteJobs jtestsite', 'quota'])
+def test_job_helpers_when_the_service_drops_the_connection(cenv, line):
+    """Read-only helpers are sent again once on a new connection; a service that drops
+    every time is one line, exit 107."""
+    with _gj_faults({'ps': 'drop', 'listCEs': 'drop', 'jquota': 'drop', 'fquota': 'drop'}):
+        p = run_cli([line], env=dict(cenv, ALIENPY_CONNECT_TRIES='1'), timeout=60)
+    assert p.returncode == 107 and one_line_error(p), p
