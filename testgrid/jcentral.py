@@ -57,6 +57,7 @@ if __package__ in (None, ''):
     __package__ = 'testgrid'
 
 from testgrid import catalogue as cat_mod  # noqa: E402
+from testgrid import jobs as jobs_mod  # noqa: E402
 from testgrid.pki import PKI, USER_SUBJECT  # noqa: E402
 
 from websockets.exceptions import ConnectionClosed  # noqa: E402
@@ -173,18 +174,6 @@ def human_size(n):
         if n < 1024 or unit == 'TB':
             return ('%d %s' % (n, unit)) if unit == 'B' else ('%.2f %s' % (n, unit))
         n /= 1024
-
-
-_JSON_ESCAPE = re.compile(r'\\\\|\\u([0-9a-f]{4})')
-
-
-def java_json(reply):
-    """Reply text as the Java server writes it: no spaces between tokens, '/' escaped
-    as '\\/' (clients must cope with it), \\u escapes in upper-case hex (\\u001B)."""
-    text = json.dumps(reply, separators=(',', ':'))
-    if '\\u' in text:
-        text = _JSON_ESCAPE.sub(lambda m: m.group(0) if m.group(1) is None else '\\u' + m.group(1).upper(), text)
-    return text.replace('/', '\\/')
 
 
 def make_envelope():
@@ -351,13 +340,19 @@ class Session:
         fn = COMMANDS.get(cmd)
         if fn is None:
             return ENOENT, '%s : Command [%s] not found!' % (STRERROR[ENOENT], cmd), []
-        if helpme:   # a docstring starting with a newline is the service's exact help text
-            doc = fn.__doc__ or cmd
-            doc = doc.rstrip() if doc.startswith('\n') else doc.strip()
+        if helpme:   # help_text, or a docstring starting with a newline: the service's exact help
+            doc = getattr(fn, 'help_text', None)
+            if doc is None:
+                doc = fn.__doc__ or cmd
+                doc = doc.rstrip() if doc.startswith('\n') else doc.strip()
             return 0, '', [{'message': doc}]
         try:
+            self.pending_error = None
             with self.g.lock:
                 results = fn(self, args)
+            if self.pending_error:   # an error code set next to results, like the Java commander
+                code, detail = self.pending_error
+                return code, CmdError(code, detail).error, results or []
             return 0, '', results or []
         except CmdError as e:
             return e.code, e.error, e.results
@@ -463,6 +458,21 @@ class Session:
                 msg = '%s   %s' % (e['guid'], msg)
             r['message'] = msg
         return r
+
+
+_JAVA_ESCAPE = re.compile('[\x7f-\x9f\u2000-\u20ff\ud800-\udfff]')
+_JSON_ESCAPE = re.compile(r'\\(u[0-9a-f]{4}|.)')
+
+
+def java_json(obj):
+    """JSON text laid out like the Java service's (../shared/spec/jcentral-replies.md):
+    no spaces, '/' escaped as '\\/', control characters as upper-case \\uXXXX, other
+    non-ASCII characters as they are (lone surrogates escaped: the frame must be UTF-8)."""
+    text = json.dumps(obj, separators=(',', ':'), ensure_ascii=False)
+    text = _JSON_ESCAPE.sub(lambda m: '\\u' + m.group(1)[1:].upper() if m.group(1)[0] == 'u'
+                            else m.group(0), text)
+    text = _JAVA_ESCAPE.sub(lambda m: '\\u%04X' % ord(m.group(0)), text)
+    return text.replace('/', '\\/')
 
 
 class EmptyReply(Exception):
@@ -1284,6 +1294,12 @@ def c_commandlist(s, args):
     out = [{'message': '\n'.join(names), 'commandlist': names[0]}]
     out += [{'commandlist': n} for n in names[1:]]
     return out
+
+
+# job, CE and quota commands (listCEs ps masterjob submit jquota fquota): testgrid/jobs.py
+jobs_mod.register(command, CmdError, human_size, STRERROR)
+for _name in jobs_mod.HELP:
+    COMMANDS[_name].help_text = jobs_mod.HELP[_name]
 
 
 # -- server -------------------------------------------------------------------------------
