@@ -3620,13 +3620,14 @@ def http_get_json(url, environ, headers=(), what='GET', check=None):
 
 
 def local_time(stamp, unixtime=False):
-    """A unix time in s (10 digits) or ms (13 digits) as local 'YYYY-mm-dd HH:MM:SS[.mmm]+zone';
-    the digits themselves with unixtime. Anything else is returned as it is."""
+    """A unix time in s (10 digits) or ms (13 digits) as local 'YYYY-mm-dd HH:MM:SS[.mmm]+zone'
+    (no .000, as the reference prints whole seconds); the digits themselves with unixtime.
+    Anything else is returned as it is."""
     text = str(stamp)
     if unixtime or not re.match(r'^[0-9]{10}([0-9]{3})?$', text):
         return text
     t = time.localtime(int(text[:10]))
-    ms = '.' + text[10:] if len(text) > 10 else ''
+    ms = '.' + text[10:] if len(text) > 10 and text[10:] != '000' else ''
     return time.strftime('%Y-%m-%d %H:%M:%S', t) + ms + time.strftime('%z', t)
 
 

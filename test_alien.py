@@ -4070,6 +4070,26 @@ def test_job_helpers_when_the_service_drops_the_connection(cenv, line):
     assert p.returncode == 107 and one_line_error(p), p
 
 
+def test_job_and_ccdb_helpers_print_what_the_reference_prints(grid_state, cenv, tg_dir, tmp_path):
+    """The same command lines through alienpy 1.7.0 and alien.py against the test grid
+    (its listCEs, ps, CCDB): identical stdout and exit code where no deviation is
+    documented. Proves the stand-ins answer in the shapes the reference expects."""
+    from testgrid import grid
+    jobid = _gj_job(cenv, tg_dir, tmp_path)
+    grid.run_job(_TG_DIR, int(jobid), ce='ALICE::OtherSite::CE', status='DONE', start=1700000000)
+    ccdb = cenv['ALIENPY_CCDB']
+    lines = ['getCE', 'getCE -name second', 'siteJobs othersite -id', 'ps -trace %s' % jobid,
+             'submit %snonexistent.jdl' % tg_dir, 'ccdb -host %s /' % ccdb,
+             'ccdb -host %s TPC/Calib/PadGainFull -history' % ccdb,
+             'ccdb -host %s TPC/Calib/PadGainFull -history -unixtime -limit 2' % ccdb]
+    env = _gj_env(cenv, ALIENPY_NO_CWD_RESTORE='1')
+    for line in lines:
+        ref = subprocess.run([tool('alienpy'), line], env=env, capture_output=True, text=True, timeout=60)
+        ours = run_cli([line], env=env)
+        assert (ours.returncode, ours.stdout) == (ref.returncode, ref.stdout), (line, ref, ours)
+        assert ours.stdout or ours.returncode, line     # not vacuous
+
+
 # ===== storage toolkit (issue 9): pfn, pfn-status, lfn2uri, getSE, SEqos, xrd_*, checkAddr =====
 # Normal case, -json, -h, a wrong argument (one line, documented exit code) and a failing
 # service (an SE stopped with grid.stop_se and always restarted; a silent server that
