@@ -22,21 +22,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import common  # noqa: E402
-from common import REPO, grid  # noqa: E402
-
-
-def timed(cmd, env):
-    t0 = time.perf_counter()
-    p = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
-    wall = time.perf_counter() - t0
-    if p.returncode != 0:
-        raise SystemExit('FAILED (%d): %s\n%s' % (p.returncode, ' '.join(cmd)[:300], p.stdout[-2000:]))
-    return wall
+from common import REPO, finish, grid, timed  # noqa: E402
 
 
 def copies(label, runs, commands):
@@ -152,9 +142,7 @@ def main():
             dn['alienpy cp (download)'] = down(ref + ['cp'], ref_env, 'ref')
         copies('\n%d x 10 KiB recursive download, default options' % a.files, a.copy_runs, dn)
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-        grid.stop(workdir)
-        shutil.rmtree(workdir, ignore_errors=True)
+        finish(scratch, workdir)
 
 
 if __name__ == '__main__':
