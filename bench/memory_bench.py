@@ -26,9 +26,11 @@ from common import REPO, grid  # noqa: E402
 # Runs the client in a fresh interpreter, marking when the listing arrived and
 # when the first transfer started (the client's own functions, wrapped).
 _PROBE = r'''
-import json, os, resource, sys, time
-sys.path.insert(0, os.path.dirname(sys.argv[1]))
-import alien
+import importlib.util, json, os, resource, sys, time
+spec = importlib.util.spec_from_file_location('alien', sys.argv[1])   # exactly that file
+alien = importlib.util.module_from_spec(spec)
+sys.modules['alien'] = alien
+spec.loader.exec_module(alien)
 marks = {'start': time.monotonic()}
 _request = alien.Session.request
 def request(self, command, *a, **k):
@@ -63,6 +65,7 @@ def probe(client, args, env):
     if not line:
         raise SystemExit('probe failed:\n' + p.stderr[-2000:])
     m = json.loads(line[-1][6:])
+    m['client'] = client
     since = m.get('listing', m['start'])
     first = ('%.2f s' % (m['first'] - since)) if 'first' in m else '-'
     print('  exit %s, peak RSS %.1f MiB, total %.1f s, first transfer %s after the listing'
