@@ -11,7 +11,7 @@ alternating the clients so that machine load hits both alike:
   3. 1,000 x 10 KiB recursive upload (2 replicas each) and download.
 
 Usage: python3 bench/wan_bench.py [--delay-ms 25] [--runs 7] [--copy-runs 1] [--files 1000]
-         [--entries 10000] [--skip-reference]
+         [--entries 10000] [--skip-reference] [--skip-copies]
 pwd and ls run both clients as installed commands (alien.py from this checkout in
 .venv-this); cp runs `python3 alien.py` with this interpreter, which has XRootD.
 """
@@ -54,6 +54,7 @@ def main():
     ap.add_argument('--files', type=int, default=1000)
     ap.add_argument('--entries', type=int, default=10000)
     ap.add_argument('--skip-reference', action='store_true')
+    ap.add_argument('--skip-copies', action='store_true', help='pwd and ls only')
     a = ap.parse_args()
 
     workdir = os.path.join(REPO, '.testgrid-bench-wan')
@@ -117,6 +118,8 @@ def main():
                 for n, c in cmds.items()})
 
         # ---- 3. 1,000 x 10 KiB upload and download --------------------------------------
+        if a.skip_copies:
+            return
         small = os.path.join(scratch, 'small')
         os.makedirs(small)
         for i in range(a.files):
