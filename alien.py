@@ -2438,7 +2438,9 @@ class CopyPipeline(object):
         import threading
         self.opts = opts
         self.progress = progress
-        self.cv = threading.Condition()
+        lock = threading.Lock()
+        self.cv = threading.Condition(lock)      # idle workers wait here for jobs
+        self.done = threading.Condition(lock)    # the caller waits here for results
         self.small = collections.deque()
         self.big = collections.deque()
         self.big_running = 0
@@ -2462,7 +2464,7 @@ class CopyPipeline(object):
                 t.start()
                 self.threads.append(t)
                 busy += 1
-            self.cv.notify_all()
+            self.cv.notify(len(jobs))    # not all: a woken idle worker costs the GIL
 
     def _take(self):
         if self.small:
@@ -2485,14 +2487,15 @@ class CopyPipeline(object):
             with self.cv:
                 if big:
                     self.big_running -= 1
+                    self.cv.notify()     # a large file's slot is free
                 self.finished.append(job)
-                self.cv.notify_all()
+                self.done.notify()
 
     def results(self, wait=False):
         with self.cv:
             if wait:
                 while not self.finished and self.pending:
-                    self.cv.wait(0.2)
+                    self.done.wait(0.2)
             out, self.finished = self.finished, []
             self.pending -= len(out)
             return out
@@ -2545,7 +2548,8 @@ def cp_download(session, items, opts, stats):
     def settle(job):
         live.discard(job)
         info = job.info
-        if job.ok and os.path.isfile(job.target) and job.size in (-1, os.path.getsize(job.target)):
+        got = _regular_size(job.target) if job.ok else None
+        if got is not None and job.size in (-1, got):
             try:
                 os.replace(job.target, info['dst'])
             except OSError as e:
@@ -2553,7 +2557,7 @@ def cp_download(session, items, opts, stats):
                 stats.fail(info['lfn'], 'cannot rename into %s: %s' % (info['dst'], e.strerror))
                 return
             stats.ok += 1
-            stats.bytes += os.path.getsize(info['dst'])
+            stats.bytes += got
             stats.done.append((info['lfn'], info['dst']))
             return
         _unlink_quiet(job.target)
@@ -2564,6 +2568,7 @@ def cp_download(session, items, opts, stats):
         else:
             stats.fail(info['lfn'], '%s -> %s failed: %s' % (info['lfn'], info['dst'], '; '.join(info['errors'])))
 
+    made_dirs = set()
     try:
         items = iter(items)     # planned while it runs (cp_run)
         while True:
@@ -2587,19 +2592,26 @@ def cp_download(session, items, opts, stats):
                 replicas = [(grid_url(x.get('url', ''), x.get('envelope', '')), x.get('se', '?'))
                             for x in r.results if x.get('url')]
                 stats.replicas[lfn] = len(replicas)
-                if os.path.isfile(dst) and not opts.get('force') and _file_matches(dst, size, md5):
+                try:
+                    st = os.stat(dst)      # one look at the destination (a stat per file counts)
+                except OSError:
+                    st = None
+                if st is not None and stat_mod.S_ISREG(st.st_mode) and not opts.get('force') and \
+                        _file_matches(dst, size, md5):
                     stats.skipped += 1
                     continue
                 if not replicas:
                     stats.fail(lfn, 'no replica URL for %s' % lfn)
                     continue
                 ddir = os.path.dirname(dst) or '.'
-                try:
-                    os.makedirs(ddir, exist_ok=True)
-                except OSError as e:
-                    stats.fail(lfn, 'cannot create %s: %s' % (ddir, e.strerror))
-                    continue
-                if os.path.isdir(dst):
+                if ddir not in made_dirs:
+                    try:
+                        os.makedirs(ddir, exist_ok=True)
+                    except OSError as e:
+                        stats.fail(lfn, 'cannot create %s: %s' % (ddir, e.strerror))
+                        continue
+                    made_dirs.add(ddir)
+                if st is not None and stat_mod.S_ISDIR(st.st_mode):
                     stats.fail(lfn, 'destination %s is a directory' % dst)
                     continue
                 progress.total_files += 1
@@ -2621,6 +2633,15 @@ def cp_download(session, items, opts, stats):
         if tmpdir:
             import shutil
             shutil.rmtree(tmpdir[0], ignore_errors=True)
+
+
+def _regular_size(path):
+    """Size of path if it is a regular file, else None (one stat)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size if stat_mod.S_ISREG(st.st_mode) else None
 
 
 def _unlink_quiet(path):
