@@ -1814,17 +1814,23 @@ def tokenize(element):
         raise AlienError('cannot parse %r: %s' % (element, e), EX_USAGE)
 
 
-def run_local_shell(command, stdin_text=None):
-    """Run a local shell command (for '!cmd' and 'cmd | shellcmd'), output to our terminal."""
+def run_local(argv, stdin_text=None):
+    """Run a local program with our terminal as its stdout/stderr -> Result(its exit
+    code); 127 when the program does not exist, 126 when it cannot be executed."""
     import subprocess
     sys.stdout.flush()
     try:
-        proc = subprocess.run(['/bin/sh', '-c', command],
-                              input=stdin_text.encode() if stdin_text is not None else None)
+        proc = subprocess.run(argv, input=stdin_text.encode() if stdin_text is not None else None)
+    except FileNotFoundError:
+        return Result(127, '', '%s: command not found' % argv[0])
     except OSError as e:
-        return Result(EX_GENERIC, '', 'cannot run %r: %s' % (command, e))
+        return Result(126, '', 'cannot run %s: %s' % (argv[0], e.strerror or e))
     return Result(proc.returncode)
 
+
+def run_local_shell(command, stdin_text=None):
+    """Run a local shell command (for '!cmd' and 'cmd | shellcmd'), output to our terminal."""
+    return run_local(['/bin/sh', '-c', command], stdin_text)
 
 
 # ==========================================================================
@@ -1901,16 +1907,17 @@ def parse_time_ms(value):
             return int(time.mktime(time.strptime(v, fmt)) * 1000)
         except ValueError:
             pass
-    raise AlienError('cp: cannot read the time %r (ms or s since 1970, or YYYY-mm-dd[ HH:MM[:SS]])' % value,
+    raise AlienError('cannot read the time %r (ms or s since 1970, or YYYY-mm-dd[ HH:MM[:SS]])' % value,
                      EX_EINVAL)
 
 
-def parse_cp_args(args):
-    """Parse cp arguments -> (options dict, positional list).
-
-    Options may appear anywhere; '--' ends option parsing. Bad values and
-    unknown options raise AlienError(…, EX_EINVAL)."""
-    opts = dict(_CP_DEFAULTS)
+def parse_options(args, table, defaults, cmd):
+    """Parse a client command's arguments with an option table -> (options dict,
+    positional list). table: option -> (key, kind), kind one of 'flag', 'int'
+    (>= 0), 'str', 'list' (repeatable), 'time' (parse_time_ms), 'ignore' (a flag
+    accepted and dropped). Options may appear anywhere; '--' ends option parsing.
+    Bad values and unknown options raise AlienError(…, EX_EINVAL)."""
+    opts = dict(defaults)
     pos = []
     i = 0
     while i < len(args):
@@ -1922,18 +1929,20 @@ def parse_cp_args(args):
         if a in ('-h', '-help', '--help'):
             opts['help'] = True
             continue
-        spec = _CP_OPTIONS.get(a)
+        spec = table.get(a)
         if spec is None:
             if len(a) > 1 and a.startswith('-') and not a[1:].replace('.', '').isdigit():
-                raise AlienError('cp: unknown option %s (see cp -h)' % a, EX_EINVAL)
+                raise AlienError('%s: unknown option %s (see %s -h)' % (cmd, a, cmd), EX_EINVAL)
             pos.append(a)
             continue
         key, kind = spec
+        if kind == 'ignore':
+            continue
         if kind == 'flag':
             opts[key] = True
             continue
         if i >= len(args):
-            raise AlienError('cp: option %s needs a value' % a, EX_EINVAL)
+            raise AlienError('%s: option %s needs a value' % (cmd, a), EX_EINVAL)
         value = args[i]
         i += 1
         if kind == 'list':
@@ -1946,13 +1955,19 @@ def parse_cp_args(args):
             try:
                 value = int(value)
             except ValueError:
-                raise AlienError('cp: option %s needs an integer, got %r' % (a, value), EX_EINVAL)
+                raise AlienError('%s: option %s needs an integer, got %r' % (cmd, a, value), EX_EINVAL)
             if value < 0:
-                raise AlienError('cp: option %s needs a value >= 0, got %d' % (a, value), EX_EINVAL)
+                raise AlienError('%s: option %s needs a value >= 0, got %d' % (cmd, a, value), EX_EINVAL)
         opts[key] = value
-    if sum(1 for k in ('glob', 'select', 'name') if opts[k]) > 1:
-        raise AlienError('cp: only one selection rule can be used: -select (full path regex), '
-                         '-name (file name) or -glob (globbing)', EX_EINVAL)
+    if sum(1 for k in ('glob', 'select', 'name') if opts.get(k)) > 1:
+        raise AlienError('%s: only one selection rule can be used: -select (full path regex), '
+                         '-name (file name) or -glob (globbing)' % cmd, EX_EINVAL)
+    return opts, pos
+
+
+def parse_cp_args(args):
+    """Parse cp arguments -> (options dict, positional list); see parse_options."""
+    opts, pos = parse_options(args, _CP_OPTIONS, _CP_DEFAULTS, 'cp')
     if opts['parallel'] < 1:
         opts['parallel'] = 1
     if opts['streams'] > 15:
@@ -2435,8 +2450,9 @@ def _grid_stat(session, lfn):
     return st
 
 
-def _grid_find(session, base, opts, glob_pattern=''):
-    """Every file under the grid directory base (ends with '/') -> [lfn]."""
+def _grid_find(session, base, opts, glob_pattern='', rows=None):
+    """Every file under the grid directory base (ends with '/') -> [lfn] (cp, find2).
+    rows: a list to fill with the listing's row of each of them (all fields)."""
     args = ['-a', '-s']
     if opts.get('jobid'):
         args += ['-j', str(opts['jobid'])]
@@ -2447,12 +2463,12 @@ def _grid_find(session, base, opts, glob_pattern=''):
     # Selection is applied here on the client (exact glob/regex semantics); the
     # service only lists, so its pattern dialect cannot change what matches.
     needs_meta, meta_ok = cp_meta_filter(opts)
-    if needs_meta:
+    if needs_meta or rows is not None:
         args.insert(0, '-f')        # all fields: size, owner, gowner, ctime, jobid
     args += [base, '*']
     r = session.request('find', args, nomsg=True)
     if r.exitcode != 0:
-        raise AlienError('cp: find %s failed: %s' % (base, r.err or 'exit code %d' % r.exitcode),
+        raise AlienError('find %s failed: %s' % (base, r.err or 'exit code %d' % r.exitcode),
                          EX_ENOENT if r.exitcode == 2 else (r.exitcode if r.exitcode > 0 else EX_GENERIC))
     keep = cp_filter(opts, glob_pattern)
     out = []
@@ -2469,6 +2485,8 @@ def _grid_find(session, base, opts, glob_pattern=''):
                     'jobid': item.get('jobid')}
             if not meta_ok(rel, meta):
                 continue
+        if rows is not None:
+            rows.append(item)
         out.append(lfn)
     return out
 
@@ -4057,6 +4075,220 @@ def _editor_command(name):
 for _name in ('edit', 'vi', 'vim', 'nano', 'mcedit'):
     command(_name, usage='%s [-datebck] LFN[@specs]  edit a grid file; the old version is kept as LFN~' % _name)(
         _editor_command(_name))
+
+
+# -- find2, toXml: catalogue listings and XML collections --
+
+FIND2_USAGE = '''find2 [options] DIR        (or DIR/PATTERN, e.g. /alice/data/*/AO2D.root)
+every file under DIR that passes the client-side filters, one LFN per line
+(exit 2 when none does). The selection and filters are cp's:
+  -glob PAT | -select REGEX (full path) | -name begin_X_contain_Y_ends_Z_ext_W
+  -exclude TEXT, -exclude_re REGEX (relative path; repeatable), -minsize/-maxsize BYTES,
+  -mindepth/-maxdepth N, -user U, -group G, -jobid ID, -min-ctime/-max-ctime T (ms, s, YYYY-mm-dd)
+  -j JOBID, -l COUNT, -o OFFSET   passed to the service's find
+  -x FILE         also write the files as an AliEn XML collection to the local FILE
+  -v -a -s -f -d -w -wh           accepted and ignored, as by the reference client'''
+
+_FIND2_OPTIONS = dict((o, _CP_OPTIONS[o]) for o in (
+    '-glob', '-select', '-name', '-exclude', '-exclude_re', '-minsize', '-maxsize', '-mindepth', '-maxdepth',
+    '-user', '-group', '-jobid', '-min-ctime', '-max-ctime', '-j', '-l', '-o'))
+_FIND2_OPTIONS.update((o, ('', 'ignore')) for o in ('-v', '-a', '-s', '-f', '-d', '-w', '-wh'))
+_FIND2_OPTIONS['-x'] = ('xml', 'str')
+
+# the attributes of a <file> in the service's XML collections, in its order
+_XML_FILE_FIELDS = ('name', 'aclId', 'broken', 'ctime', 'dir', 'entryId', 'expiretime', 'gowner', 'guid',
+                    'guidtime', 'jobid', 'lfn', 'md5', 'owner', 'perm', 'replicated', 'size', 'turl', 'type')
+
+
+def xml_collection(entries, command, creator, now=None):
+    """An AliEn XML collection (the shape of the service's toXml) of entries:
+    dicts with the _XML_FILE_FIELDS (missing ones are empty)."""
+    from xml.sax.saxutils import quoteattr
+    now = time.time() if now is None else now
+    lines = ['<?xml version="1.0"?>', '<alien>', '  <collection name="tempCollection">']
+    for i, e in enumerate(entries, 1):
+        attrs = ' '.join('%s=%s' % (k, quoteattr(str(e.get(k, '')))) for k in _XML_FILE_FIELDS)
+        lines += ['    <event name="%d">' % i, '      <file %s />' % attrs, '    </event>']
+    lines.append('    <info command=%s creator=%s date=%s timestamp="%d" />' % (
+        quoteattr(command), quoteattr(creator),
+        quoteattr(time.strftime('%a %b %d %H:%M:%S UTC %Y', time.gmtime(now))), int(now * 1000)))
+    return '\n'.join(lines + ['  </collection>', '</alien>']) + '\n'
+
+
+def xml_entry_grid(row):
+    """A row of `find -f` -> collection entry (ctime: ms since 1970 -> UTC text)."""
+    e = dict((k, row.get(k, '')) for k in _XML_FILE_FIELDS)
+    lfn = row.get('lfn', '')
+    ms = _int_or_none(row.get('ctime'))
+    e.update(name=row.get('name') or lfn.rsplit('/', 1)[-1], turl='alien://' + lfn,
+             ctime=_utc(ms / 1000.0) if ms is not None else row.get('ctime', ''))
+    return e
+
+
+def xml_entry_local(path):
+    """A local file -> collection entry (lfn and turl: file://ABSPATH)."""
+    path = os.path.abspath(path)
+    st = os.stat(path)
+    if not stat_mod.S_ISREG(st.st_mode):
+        raise AlienError('%s is not a regular file' % path, EX_EINVAL)
+    meta = _local_meta(path)
+    return {'name': os.path.basename(path), 'broken': '0', 'replicated': '0', 'type': 'f',
+            'ctime': _utc(st.st_ctime), 'owner': meta['owner'] or st.st_uid, 'gowner': meta['gowner'] or st.st_gid,
+            'perm': '%o' % (st.st_mode & 0o777), 'size': st.st_size, 'md5': md5_file(path),
+            'lfn': 'file://' + path, 'turl': 'file://' + path}
+
+
+def write_local_text(path, text):
+    """Write text to a local file atomically (a temp file renamed over it)."""
+    path = os.path.abspath(os.path.expanduser(path))
+    tmp = part_name(path)
+    try:
+        with open(tmp, 'w', encoding='utf-8') as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        _unlink_quiet(tmp)
+        raise AlienError('cannot write %s: %s' % (path, e.strerror), EX_EIO)
+
+
+def _local_target(value, cmd):
+    """-x target that must be local: file:PATH or PATH; an alien: one is refused."""
+    side, path = cp_side(value)
+    if side == 'grid':
+        raise AlienError('%s: -x %s: the collection is written locally; upload it with cp' % (cmd, value), EX_EINVAL)
+    return path
+
+
+@command('find2', usage=FIND2_USAGE)
+def cmd_find2(session, args):
+    opts, pos = parse_options(args, _FIND2_OPTIONS, dict(_CP_DEFAULTS, xml=''), 'find2')
+    if opts['help']:
+        return Result(0, FIND2_USAGE)
+    if len(pos) != 1:
+        return Result(EX_EINVAL, '', 'find2: give one directory (DIR or DIR/PATTERN); see find2 -h')
+    xml = _local_target(opts['xml'], 'find2') if opts['xml'] else ''
+    base, pattern = split_glob(session.grid_path(pos[0]))
+    base = base.rstrip('/') + '/'
+    rows = [] if xml else None
+    try:
+        lfns = _grid_find(session, base, opts, pattern, rows=rows)
+    except AlienError as e:
+        return Result(e.exitcode, '', 'find2: %s' % e)
+    if not lfns:
+        return Result(EX_ENOENT, '', 'find2: no file under %s passes the selection' % base)
+    if xml:
+        write_local_text(xml, xml_collection([xml_entry_grid(r) for r in rows], 'find2 ' + ' '.join(args),
+                                             session.user or ''))
+    return Result(0, '\n'.join(lfns))
+
+
+TOXML_USAGE = '''toXml [-i] [-a] [-x OUT] [-l LIST] [LFN...]   the service's toXml (see toXml -h there), plus:
+  -local          the targets (LFN... or the lines of LIST) are local files: the
+                  collection is made here, with lfn/turl file://PATH
+  -x file:OUT     write the collection to the local file OUT (without file: the
+                  service writes it to the catalogue; with -local OUT is always local)'''
+
+
+@command('toXml', usage=TOXML_USAGE)
+def cmd_toxml(session, args):
+    opts, pos = parse_options(args, {'-local': ('local', 'flag'), '-i': ('ignore', 'flag'), '-a': ('append', 'flag'),
+                                     '-x': ('xml', 'str'), '-l': ('list', 'str')},
+                              {'local': False, 'ignore': False, 'append': False, 'xml': '', 'list': ''}, 'toXml')
+    if opts['help']:
+        return Result(0, TOXML_USAGE)
+    if opts['append'] and not opts['xml']:
+        return Result(EX_EINVAL, '', 'toXml: -a appends to the collection given with -x')
+    if not opts['local']:
+        side, out = cp_side(opts['xml']) if opts['xml'] else (None, '')
+        srv = (['-i'] if opts['ignore'] else []) + (['-a'] if opts['append'] else []) + \
+              (['-l', opts['list']] if opts['list'] else []) + (['-x', out] if out and side != 'local' else []) + pos
+        if side == 'local' and opts['append']:
+            return Result(EX_EINVAL, '', 'toXml: -a appends to a collection in the catalogue, not to a local file')
+        result = session.request('toXml', srv)
+        if side == 'local' and result.exitcode == 0:
+            write_local_text(out, result.out + '\n')
+        return result
+    if opts['append']:
+        return Result(EX_EINVAL, '', 'toXml -local: appending to a collection is not supported; write a new one')
+    targets = list(pos)
+    if opts['list']:
+        try:
+            with open(os.path.expanduser(cp_side(opts['list'])[1]), encoding='utf-8') as f:
+                targets += [l.strip() for l in f if l.strip() and not l.lstrip().startswith('#')]
+        except OSError as e:
+            return Result(EX_ENOENT, '', 'toXml: cannot read %s: %s' % (opts['list'], e.strerror))
+    if not targets:
+        return Result(EX_EINVAL, '', 'toXml -local: no files given')
+    entries = []
+    for t in targets:
+        side, path = cp_side(t)
+        if side == 'grid':
+            return Result(EX_EINVAL, '', 'toXml -local: %s is a grid file' % t)
+        try:
+            entries.append(xml_entry_local(path))
+        except OSError as e:
+            if not opts['ignore']:
+                return Result(EX_ENOENT, '', 'toXml: %s: %s' % (path, e.strerror))
+    text = xml_collection(entries, 'toXml ' + ' '.join(args), session.user or pwd_name())
+    if opts['xml']:
+        write_local_text(_local_target(opts['xml'], 'toXml'), text)
+    return Result(0, text.rstrip('\n'))
+
+
+def pwd_name():
+    try:
+        import pwd
+        return pwd.getpwuid(os.getuid()).pw_name
+    except (ImportError, KeyError):
+        return str(os.getuid())
+
+
+# -- run, exec: a grid file used by a local program --
+
+RUN_USAGE = '''run COMMAND [ARGS...] LFN     download LFN (md5-verified), run COMMAND ARGS... FILE here,
+                              remove the file; the exit code is COMMAND's
+  several grid files: mark each with alien: (they are appended in their order);
+  -force, -noout: accepted (the file is always downloaded afresh, the output
+  is never captured: it goes straight to the terminal)'''
+EXEC_USAGE = '''exec LFN [ARGS...]            download the program LFN (md5-verified), run it with ARGS,
+                              remove it; the exit code is the program's (-force, -noout: as in run)'''
+
+
+def _run_with_grid_files(session, argv, grid_at, make_executable=False):
+    """Download argv[i] for each i in grid_at into a private temp directory, run
+    argv with the local copies in their places, remove them -> Result."""
+    xrootd_client()
+    import shutil
+    import tempfile
+    tmp = tempfile.mkdtemp(prefix='alienpy-run-')
+    try:
+        argv = list(argv)
+        for i in grid_at:
+            argv[i] = _fetch_temp(session, argv[i], tempfile.mkdtemp(dir=tmp))[0]
+            if make_executable:
+                os.chmod(argv[i], 0o700)
+        return run_local(argv)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@command('run', usage=RUN_USAGE)
+def cmd_run(session, args):
+    args = [a for a in args if a not in ('-force', '-noout')]
+    if len(args) < 2:
+        return Result(EX_USAGE, '', 'usage: run COMMAND [ARGS...] LFN')
+    marked = [a for a in args[1:] if a.startswith('alien:')]
+    lfns = marked or [args[-1]]
+    argv = [a for a in args if a not in lfns] + lfns
+    return _run_with_grid_files(session, argv, range(len(argv) - len(lfns), len(argv)))
+
+
+@command('exec', usage=EXEC_USAGE)
+def cmd_exec(session, args):
+    args = [a for a in args if a not in ('-force', '-noout')]
+    if not args:
+        return Result(EX_USAGE, '', 'usage: exec LFN [ARGS...]')
+    return _run_with_grid_files(session, args, [0], make_executable=True)
 
 
 # -- gfal commands --
