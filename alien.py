@@ -666,16 +666,20 @@ def find_ca(environ=None):
 
 
 def ask_pass_phrase(key):
-    """The pass phrase of an encrypted key: from the terminal without echo, or
-    one line of stdin when there is no terminal (without getpass's warning)."""
+    """The pass phrase of an encrypted key: asked on the terminal without echo;
+    without a terminal (batch jobs, tests) the first line of stdin, no prompt."""
     import getpass
-    import warnings
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore', getpass.GetPassWarning)
-        try:
-            return getpass.getpass('Enter PEM pass phrase for %s: ' % key)
-        except (EOFError, KeyboardInterrupt):
+    try:
+        open('/dev/tty').close()
+    except OSError:
+        line = sys.stdin.readline() if sys.stdin is not None else ''
+        if not line:
             raise AlienError('no pass phrase given for encrypted key %s' % key, EX_NOTCONN)
+        return line.rstrip('\r\n')
+    try:
+        return getpass.getpass('Enter PEM pass phrase for %s: ' % key)
+    except (EOFError, KeyboardInterrupt):
+        raise AlienError('no pass phrase given for encrypted key %s' % key, EX_NOTCONN)
 
 
 def _key_password(key):
@@ -1917,7 +1921,7 @@ def parse_options(args, table, defaults, cmd):
     (>= 0), 'str', 'list' (repeatable), 'time' (parse_time_ms), 'ignore' (a flag
     accepted and dropped). Options may appear anywhere; '--' ends option parsing.
     Bad values and unknown options raise AlienError(…, EX_EINVAL)."""
-    opts = dict(defaults)
+    opts = dict(defaults, help=False)
     pos = []
     i = 0
     while i < len(args):
