@@ -3928,3 +3928,141 @@ def test_run_and_exec(cenv, f2dir, tmp_path):
         assert p.returncode == code and one_line_error(p) and words in p.stderr, (args, p)
     import tempfile
     assert not [n for n in os.listdir(tempfile.gettempdir()) + os.listdir(tmp) if n.startswith('alienpy-run-')]
+
+
+# -- compatibility with alienpy 1.7: reference-style invocations through both clients --
+# One row per invocation: (arguments, comparison, reason, extra environment).
+#   'same'          exit code and stdout identical (after _compat_normalize)
+#   'code'          exit codes identical; the printed text differs, for the reason given
+#   ('deviation', N)  a deliberate difference listed in the README: alien.py exits N
+# Placeholders: {d} a grid directory with a/x.py a/b/r.md l.txt s.sh, {mine} a local
+# and {gmine} a grid directory of the client running the case, {local} a local
+# directory with a.root, {expired} an expired user certificate, {cert}/{key} the user's.
+# A row's arguments go to the program as they are (one argv element each); prog
+# names the program to run as ('alien.py', or an entry point such as 'alien_ls').
+OWN_WORDS = 'our own wording (same facts, same exit code)'
+COMPAT_CASES = [
+    # credential tools
+    (['cert-info'], 'same', '', {}),
+    (['token-info'], 'same', '', {}),
+    (['cert-verify'], 'code', OWN_WORDS + '; names the CA location used', {}),
+    (['token-verify'], 'code', OWN_WORDS + '; names the CA location used', {}),
+    (['cert-verify'], ('deviation', 1), 'the reference drops an expired user certificate before checking it '
+     "and answers 2 'File >>>  <<< not found'; alien.py checks the file and says it expired (1, as for every "
+     'chain that does not verify)', {'X509_USER_CERT': '{expired}'}),
+    (['certkey-match'], 'code', OWN_WORDS, {}),
+    (['tokenkey-match'], 'code', OWN_WORDS, {}),
+    (['certkey-match'], 'code', OWN_WORDS + ' (42: they do not match)', {'X509_USER_KEY': '{expired_key}'}),
+    (['cert-info'], 'code', OWN_WORDS + ' (2: no such file)', {'X509_USER_CERT': '{mine}/none.pem'}),
+    # find2 and its client-side filters
+    (['find2', '{d}'], 'same', '', {}),
+    (['find2', '-name', 'ext_md', '{d}'], 'same', '', {}),
+    (['find2', '-glob', '*.py', '{d}'], 'same', '', {}),
+    (['find2', '{d}a/*.py'], 'same', '', {}),
+    (['find2', '-select', '.*/l[.]txt$', '{d}'], 'same', '', {}),
+    (['find2', '-minsize', '1000', '{d}'], 'same', '', {}),
+    (['find2', '-maxsize', '100', '{d}'], 'same', '', {}),
+    (['find2', '-maxdepth', '0', '{d}'], 'same', '', {}),
+    (['find2', '-mindepth', '1', '{d}'], 'same', '', {}),
+    (['find2', '-exclude', 'a/', '{d}'], 'same', '', {}),
+    (['find2', '-exclude_re', '^a/.*py$', '{d}'], 'same', '', {}),
+    (['find2', '-user', 'jalien', '-v', '{d}'], 'same', '', {}),
+    (['find2', '-min-ctime', '1000000000', '{d}'], 'same', '', {}),
+    (['find2', '{d}nothere/'], 'code', OWN_WORDS + ' (2: nothing found)', {}),
+    # run and exec: download, run here, clean up
+    (['run', 'cat', '{d}l.txt'], 'same', '', {}),
+    (['run', 'cat', 'alien:{d}l.txt', 'alien:{d}s.sh'], 'same', '', {}),
+    (['exec', '{d}s.sh', 'one', 'two'], 'same', '', {}),
+    (['run', 'wc', '-c', '{d}l.txt'], 'code', "the local copy's name: alien.py keeps the file's own name "
+     '(in a private temp directory, removed after the run); the reference names it after the whole LFN '
+     'and leaves it in $TMPDIR', {}),
+    (['run', 'cat', '{d}missing'], ('deviation', 2), 'a missing LFN is ENOENT (2) as for cat and cp; the '
+     'reference answers 1 to every failed download', {}),
+    # toXml -local: collections of local files
+    (['toXml', '-local', 'file:{local}/a.root'], 'code', "the collection has the service's toXml layout "
+     "(attribute order, <info> line); the reference pretty-prints its own", {}),
+    (['toXml', '-local', '-x', 'file:{mine}/c.xml', '{local}/a.root'], 'code', 'as above', {}),
+    # cp (the reference's options)
+    (['cp', 'file:{local}/a.root', '{gmine}up/a.root'], 'code', 'own progress and summary lines', {}),
+    (['cp', '{d}l.txt', 'file:{mine}/dl/'], 'code', 'own progress and summary lines', {}),
+    (['cp', '-glob', '*.md', '{d}', 'file:{mine}/g/'], 'code', 'own progress and summary lines', {}),
+    (['cp', '-f', '-T', '2', '-retry', '1', '-timeout', '60', '{d}a/', 'file:{mine}/t/'], 'code',
+     'own progress and summary lines', {}),
+]
+
+
+def _compat_normalize(text, values):
+    for name, value in sorted(values.items(), key=lambda kv: -len(kv[1])):
+        text = text.replace(value, '{%s}' % name)
+    return _normalize_times(text)
+
+
+def _compat_run(argv, env, cwd):
+    return subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_compatibility_with_the_reference_client(cenv, grid_state, f2dir, tmp_path):
+    """Reference-style invocations through alienpy 1.7.0 and alien.py on the test grid."""
+    from concurrent.futures import ThreadPoolExecutor
+    from testgrid import grid
+    expired, expired_key = grid.make_user_cert(_TG_DIR, 'expired13c', expired=True)
+    local = tmp_path / 'local'
+    write(local / 'a.root', b'root data\n' * 10)
+    base = dict(cenv, ALIENPY_NO_CWD_RESTORE='1', ALIENPY_NO_STAGGER='1')
+    assert run_cli(['pwd'], env=base).returncode == 0            # one token, shared by both clients
+    clients = {'ref': tool('alienpy'), 'ours': ALIEN}
+    work = {}
+    for name in clients:
+        mine = tmp_path / name
+        mine.mkdir()
+        work[name] = {'d': f2dir, 'local': str(local), 'mine': str(mine), 'expired': expired,
+                      'expired_key': expired_key, 'gmine': '%s%s_%d/' % (f2dir, name, os.getpid()),
+                      'cert': cenv.get('X509_USER_CERT', ''), 'key': cenv.get('X509_USER_KEY', '')}
+
+    def one(name, case):
+        args, _how, _why, extra = case[:4]
+        prog = case[4] if len(case) > 4 else 'alien.py'
+        v = work[name]
+        argv = [a.format(**v) for a in args]
+        env = dict(base, **dict((k, x.format(**v)) for k, x in extra.items()))
+        if name == 'ref':
+            exe = clients['ref'] if prog == 'alien.py' else os.path.join(os.path.dirname(clients['ref']), prog)
+            cmd = [exe] + argv
+        else:
+            exe = ALIEN
+            if prog != 'alien.py':
+                exe = os.path.join(v['mine'], prog)
+                if not os.path.lexists(exe):
+                    os.symlink(ALIEN, exe)
+            cmd = [sys.executable, exe] + argv
+        return _compat_run(cmd, env, v['mine'])
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        futures = [(case, pool.submit(one, 'ref', case), pool.submit(one, 'ours', case)) for case in COMPAT_CASES]
+        runs = [(case, f1.result(), f2.result()) for case, f1, f2 in futures]
+    problems = []
+    for case, ref, ours in runs:
+        args, how, why = case[:3]
+        assert 'Traceback' not in ours.stderr, (args, ours.stderr)
+        if how == 'same':
+            a = (ref.returncode, _compat_normalize(ref.stdout, work['ref']))
+            b = (ours.returncode, _compat_normalize(ours.stdout, work['ours']))
+            ok = a == b
+        elif how == 'code':
+            assert why, args
+            ok = ref.returncode == ours.returncode
+        else:
+            assert why and how[0] == 'deviation', args
+            ok = ours.returncode == how[1] and ref.returncode != how[1]
+        if not ok:
+            problems.append((args, how, ref.returncode, ref.stdout[-300:], ref.stderr[-300:],
+                             ours.returncode, ours.stdout[-300:], ours.stderr[-300:]))
+    assert problems == []
+    # not vacuous: both clients did the work
+    by_args = dict((' '.join(case[0]), (ref, ours)) for case, ref, ours in runs)
+    ref, ours = by_args['find2 -name ext_md {d}']
+    assert ours.stdout == ref.stdout == f2dir + 'a/b/r.md\n'
+    ref, ours = by_args['exec {d}s.sh one two']
+    assert ref.returncode == ours.returncode == 3 and ours.stdout == 'script: one two\n'
+    assert os.path.getsize(os.path.join(work['ours']['mine'], 'c.xml')) > 0
+    assert open(os.path.join(work['ours']['mine'], 't', 'x.py'), 'rb').read() == b'print(1)\n' * 300
