@@ -4210,7 +4210,7 @@ def cmd_toxml(session, args):
             return Result(EX_EINVAL, '', 'toXml: -a appends to a collection in the catalogue, not to a local file')
         result = session.request('toXml', srv)
         if side == 'local' and result.exitcode == 0:
-            write_local_text(out, result.out + '\n')
+            write_local_text(out, result.out)     # as the service sent it
         return result
     if opts['append']:
         return Result(EX_EINVAL, '', 'toXml -local: appending to a collection is not supported; write a new one')
@@ -4276,15 +4276,23 @@ def _run_with_grid_files(session, argv, grid_at, make_executable=False):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-@command('run', usage=RUN_USAGE)
-def cmd_run(session, args):
+def run_argv(args):
+    """run's arguments -> (argv, indexes of the grid files in it): the alien:-marked
+    arguments (moved to the end, in order), or else the last one; None if too few."""
     args = [a for a in args if a not in ('-force', '-noout')]
     if len(args) < 2:
+        return None
+    marked = [i for i, a in enumerate(args) if i > 0 and a.startswith('alien:')] or [len(args) - 1]
+    argv = [a for i, a in enumerate(args) if i not in marked] + [args[i] for i in marked]
+    return argv, list(range(len(argv) - len(marked), len(argv)))
+
+
+@command('run', usage=RUN_USAGE)
+def cmd_run(session, args):
+    parsed = run_argv(args)
+    if parsed is None:
         return Result(EX_USAGE, '', 'usage: run COMMAND [ARGS...] LFN')
-    marked = [a for a in args[1:] if a.startswith('alien:')]
-    lfns = marked or [args[-1]]
-    argv = [a for a in args if a not in lfns] + lfns
-    return _run_with_grid_files(session, argv, range(len(argv) - len(lfns), len(argv)))
+    return _run_with_grid_files(session, *parsed)
 
 
 @command('exec', usage=EXEC_USAGE)

@@ -3906,6 +3906,30 @@ def test_toxml_local_and_file_targets(cenv, tmp_path):
         assert p.returncode == code and one_line_error(p) and words in p.stderr, (args, p)
 
 
+@pytest.mark.parametrize('args,want', [
+    (['cat', 'f'], (['cat', 'f'], [1])),
+    (['wc', '-l', '-force', 'f', '-noout'], (['wc', '-l', 'f'], [2])),
+    (['diff', 'alien:a', '-u', 'alien:b'], (['diff', '-u', 'alien:a', 'alien:b'], [2, 3])),
+    (['grep', 'alien:x', 'alien:x'], (['grep', 'alien:x', 'alien:x'], [1, 2])),
+    (['cat'], None), (['-force', 'cat', '-noout'], None), ([], None),
+])
+def test_run_arguments(args, want):
+    assert alien.run_argv(args) == want
+
+
+def test_toxml_from_the_service_into_a_local_file(cenv, f2dir, tmp_path):
+    d = f2dir
+    out = tmp_path / 'o.xml'
+    p = run_cli(['toXml', '-x', 'file:%s' % out, d + 'l.txt', d + 's.sh'], env=cenv)
+    assert p.returncode == 0 and out.read_text() == p.stdout.rstrip('\n'), p.stderr
+    assert out.read_text().startswith('<?xml') and out.read_text().count('<event ') == 2
+    for args, code, words in [(['-a', '-x', 'file:%s' % out, d + 'l.txt'], 22, 'not to a local file'),
+                              ([d + 'missing'], 2, 'No such file')]:
+        p = run_cli(['toXml'] + args, env=cenv)
+        assert p.returncode == code and one_line_error(p) and words in p.stderr, (args, p)
+    assert out.read_text().count('<event ') == 2     # untouched by the failures
+
+
 def test_run_and_exec(cenv, f2dir, tmp_path):
     d = f2dir
     tmp = cenv['TMPDIR']
@@ -3978,7 +4002,10 @@ COMPAT_CASES = [
      'and leaves it in $TMPDIR', {}),
     (['run', 'cat', '{d}missing'], ('deviation', 2), 'a missing LFN is ENOENT (2) as for cat and cp; the '
      'reference answers 1 to every failed download', {}),
-    # toXml -local: collections of local files
+    # toXml: the service's collection, also into a local file; -local: collections of local files
+    (['toXml', '{d}l.txt', '{d}a/x.py'], 'same', '', {}),
+    (['toXml', '-i', '-x', 'file:{mine}/s.xml', '{d}l.txt', '{d}none'], 'same', '', {}),
+    (['toXml', '{d}none'], 'code', 'the service error, printed as our one line', {}),
     (['toXml', '-local', 'file:{local}/a.root'], 'code', "the collection has the service's toXml layout "
      "(attribute order, <info> line); the reference pretty-prints its own", {}),
     (['toXml', '-local', '-x', 'file:{mine}/c.xml', '{local}/a.root'], 'code', 'as above', {}),
@@ -3994,6 +4021,7 @@ COMPAT_CASES = [
 def _compat_normalize(text, values):
     for name, value in sorted(values.items(), key=lambda kv: -len(kv[1])):
         text = text.replace(value, '{%s}' % name)
+    text = re.sub(r'date="[^"]*" timestamp="\d+"', 'date="D" timestamp="T"', text)   # XML collections
     return _normalize_times(text)
 
 
@@ -4065,4 +4093,6 @@ def test_compatibility_with_the_reference_client(cenv, grid_state, f2dir, tmp_pa
     ref, ours = by_args['exec {d}s.sh one two']
     assert ref.returncode == ours.returncode == 3 and ours.stdout == 'script: one two\n'
     assert os.path.getsize(os.path.join(work['ours']['mine'], 'c.xml')) > 0
+    files = [_compat_normalize(open(os.path.join(work[n]['mine'], 's.xml')).read(), work[n]) for n in work]
+    assert files[0] == files[1] and 'lfn="{d}l.txt"' in files[0]
     assert open(os.path.join(work['ours']['mine'], 't', 'x.py'), 'rb').read() == b'print(1)\n' * 300
