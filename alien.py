@@ -1922,13 +1922,14 @@ def parse_time_ms(value):
                      EX_EINVAL)
 
 
-def parse_options(args, table, defaults, cmd):
+def parse_option_table(args, table, defaults, cmd, code=EX_EINVAL, help_opts=('-h', '-help', '--help')):
     """Parse a client command's arguments with an option table -> (options dict,
     positional list). table: option -> (key, kind), kind one of 'flag', 'int'
     (>= 0), 'str', 'list' (repeatable), 'time' (parse_time_ms), 'ignore' (a flag
-    accepted and dropped). Options may appear anywhere; '--' ends option parsing.
-    Bad values and unknown options raise AlienError(…, EX_EINVAL)."""
-    opts = dict(defaults, help=False)
+    accepted and dropped). Options may appear anywhere; '--' ends option parsing;
+    '-5' is an argument. help_opts set opts['help']. Bad values and unknown options
+    raise AlienError(…, code)."""
+    opts = dict(defaults, help=False) if help_opts else dict(defaults)
     pos = []
     i = 0
     while i < len(args):
@@ -1937,13 +1938,13 @@ def parse_options(args, table, defaults, cmd):
         if a == '--':
             pos.extend(args[i:])
             break
-        if a in ('-h', '-help', '--help'):
+        if a in help_opts:
             opts['help'] = True
             continue
         spec = table.get(a)
         if spec is None:
-            if len(a) > 1 and a.startswith('-') and not a[1:].replace('.', '').isdigit():
-                raise AlienError('%s: unknown option %s (see %s -h)' % (cmd, a, cmd), EX_EINVAL)
+            if len(a) > 1 and a.startswith('-') and not re.match(r'^-[0-9]', a):
+                raise AlienError('%s: unknown option %s (%s -h for the usage)' % (cmd, a, cmd), code)
             pos.append(a)
             continue
         key, kind = spec
@@ -1953,11 +1954,11 @@ def parse_options(args, table, defaults, cmd):
             opts[key] = True
             continue
         if i >= len(args):
-            raise AlienError('%s: option %s needs a value' % (cmd, a), EX_EINVAL)
+            raise AlienError('%s: option %s needs a value' % (cmd, a), code)
         value = args[i]
         i += 1
         if kind == 'list':
-            opts[key] = tuple(opts[key]) + (value,)
+            opts[key] = tuple(opts.get(key, ())) + (value,)
             continue
         if kind == 'time':
             opts[key] = parse_time_ms(value)
@@ -1966,19 +1967,19 @@ def parse_options(args, table, defaults, cmd):
             try:
                 value = int(value)
             except ValueError:
-                raise AlienError('%s: option %s needs an integer, got %r' % (cmd, a, value), EX_EINVAL)
+                raise AlienError('%s: option %s needs an integer, got %r' % (cmd, a, value), code)
             if value < 0:
-                raise AlienError('%s: option %s needs a value >= 0, got %d' % (cmd, a, value), EX_EINVAL)
+                raise AlienError('%s: option %s needs a value >= 0, got %d' % (cmd, a, value), code)
         opts[key] = value
     if sum(1 for k in ('glob', 'select', 'name') if opts.get(k)) > 1:
         raise AlienError('%s: only one selection rule can be used: -select (full path regex), '
-                         '-name (file name) or -glob (globbing)' % cmd, EX_EINVAL)
+                         '-name (file name) or -glob (globbing)' % cmd, code)
     return opts, pos
 
 
 def parse_cp_args(args):
-    """Parse cp arguments -> (options dict, positional list); see parse_options."""
-    opts, pos = parse_options(args, _CP_OPTIONS, _CP_DEFAULTS, 'cp')
+    """Parse cp arguments -> (options dict, positional list); see parse_option_table."""
+    opts, pos = parse_option_table(args, _CP_OPTIONS, _CP_DEFAULTS, 'cp')
     if opts['parallel'] < 1:
         opts['parallel'] = 1
     if opts['streams'] > 15:
@@ -4306,7 +4307,7 @@ def _local_target(value, cmd):
 
 @command('find2', usage=FIND2_USAGE)
 def cmd_find2(session, args):
-    opts, pos = parse_options(args, _FIND2_OPTIONS, dict(_CP_DEFAULTS, xml=''), 'find2')
+    opts, pos = parse_option_table(args, _FIND2_OPTIONS, dict(_CP_DEFAULTS, xml=''), 'find2')
     if opts['help']:
         return Result(0, FIND2_USAGE)
     if len(pos) != 1:
@@ -4336,7 +4337,7 @@ TOXML_USAGE = '''toXml [-i] [-a] [-x OUT] [-l LIST] [LFN...]   the service's toX
 
 @command('toXml', usage=TOXML_USAGE)
 def cmd_toxml(session, args):
-    opts, pos = parse_options(args, {'-local': ('local', 'flag'), '-i': ('ignore', 'flag'), '-a': ('append', 'flag'),
+    opts, pos = parse_option_table(args, {'-local': ('local', 'flag'), '-i': ('ignore', 'flag'), '-a': ('append', 'flag'),
                                      '-x': ('xml', 'str'), '-l': ('list', 'str')},
                               {'local': False, 'ignore': False, 'append': False, 'xml': '', 'list': ''}, 'toXml')
     if opts['help']:
@@ -4916,28 +4917,11 @@ def cmd_popd(session, args):
 def parse_options(name, args, flags=(), valued=(), multi=()):
     """(options dict, positional list) of a client command's arguments. flags -> True,
     valued -> the next argument, multi -> list of values. An unknown option or a missing
-    value is an AlienError (exit 64) naming the command."""
-    opts, pos = {}, []
-    i = 0
-    while i < len(args):
-        a = args[i]
-        i += 1
-        key = a[1:] if a.startswith('-') and len(a) > 1 else None
-        if key in flags:
-            opts[key] = True
-        elif key in valued or key in multi:
-            if i >= len(args):
-                raise AlienError('%s: option %s needs a value' % (name, a), EX_USAGE)
-            if key in multi:
-                opts.setdefault(key, []).append(args[i])
-            else:
-                opts[key] = args[i]
-            i += 1
-        elif key is not None and not re.match(r'^-?[0-9]', a):
-            raise AlienError('%s: unknown option %s (%s -h for the usage)' % (name, a, name), EX_USAGE)
-        else:
-            pos.append(a)
-    return opts, pos
+    value is an AlienError (exit 64) naming the command (parse_option_table's rules)."""
+    table = dict([('-' + k, (k, 'flag')) for k in flags] + [('-' + k, (k, 'str')) for k in valued] +
+                 [('-' + k, (k, 'list')) for k in multi])
+    opts, pos = parse_option_table(args, table, {}, name, code=EX_USAGE, help_opts=())
+    return dict((k, list(v) if isinstance(v, tuple) else v) for k, v in opts.items()), pos
 
 
 def client_result(out, rows, metadata=None):

@@ -3764,7 +3764,7 @@ FIND2_PARSE = [
 
 @pytest.mark.parametrize('args,want,pos', FIND2_PARSE)
 def test_find2_options(args, want, pos):
-    opts, got = alien.parse_options(args, alien._FIND2_OPTIONS, dict(alien._CP_DEFAULTS, xml=''), 'find2')
+    opts, got = alien.parse_option_table(args, alien._FIND2_OPTIONS, dict(alien._CP_DEFAULTS, xml=''), 'find2')
     assert got == pos and {k: opts[k] for k in want} == want
 
 
@@ -3775,7 +3775,7 @@ def test_find2_options(args, want, pos):
 ])
 def test_find2_bad_options(args, words):
     with pytest.raises(alien.AlienError) as e:
-        alien.parse_options(args, alien._FIND2_OPTIONS, dict(alien._CP_DEFAULTS, xml=''), 'find2')
+        alien.parse_option_table(args, alien._FIND2_OPTIONS, dict(alien._CP_DEFAULTS, xml=''), 'find2')
     assert e.value.exitcode == alien.EX_EINVAL and words in str(e.value)
 
 
