@@ -2953,7 +2953,7 @@ def test_gfal_bad_job_is_one_error_line(jobtype, doc, message):
     lines = out.getvalue().splitlines()
     assert rc == 2 and len(lines) == 1 and err.getvalue() == ''
     line = _gfal_json.loads(lines[0])
-    assert list(line) == ['Reason', 'Code'] and line['Code'] == 1 and message in line['Reason']
+    assert list(line) == ['Reason', 'Code', 'id'] and line['id'] == '' and line['Code'] == 1 and message in line['Reason']
 
 
 @pytest.mark.parametrize('args,text,message', [
