@@ -29,6 +29,7 @@ import base64
 import collections
 import errno
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -135,6 +136,7 @@ LINE_MAX_ELEMENTS = 10000    # commands in one chain after alias expansion
 _JSON_NOISE = {i: None for i in range(128) if chr(i) not in '[]{}"'}
 _JSON_STRING = re.compile(r'"[^"]*"')
 _JSON_NON_BRACKET = re.compile(r'[^\[\]{}]+')
+_JSON_LEVEL = {'[': 1, '{': 1, ']': -1, '}': -1}
 
 
 class JsonTooDeep(ValueError):
@@ -145,7 +147,8 @@ def json_too_deep(text, limit=JSON_MAX_DEPTH):
     """True when the JSON text nests arrays/objects more than limit levels deep.
     Brackets inside strings do not count. C-speed string operations only (about
     4 ns a character): escapes and everything but brackets and quotes are
-    dropped, strings removed, then innermost pairs removed level by level."""
+    dropped, strings removed; flat documents end after a few passes removing
+    innermost pairs, others get their exact depth from a running sum."""
     if len(text) <= 2 * limit:
         return False
     if '\\\\' in text:
@@ -159,12 +162,12 @@ def json_too_deep(text, limit=JSON_MAX_DEPTH):
             t = _JSON_STRING.sub('', t)
     if not t.isascii() if hasattr(t, 'isascii') else any(ord(c) > 127 for c in t):
         t = _JSON_NON_BRACKET.sub('', t)
-    for _ in range(limit):
-        n = len(t)
+    brackets = t = t.replace('"', '')     # (a quote left over: not JSON, json.loads says so)
+    for _ in range(min(4, limit // 2)):   # each pass removes one or two levels: flat documents end here
         t = t.replace('{}', '').replace('[]', '')
-        if not t or len(t) == n:
-            return False          # done, or not JSON at all (json.loads says so)
-    return bool(t)
+        if not t:
+            return False
+    return bool(brackets) and max(itertools.accumulate(map(_JSON_LEVEL.__getitem__, brackets))) > limit
 
 
 def load_json(text, **kw):
@@ -1139,7 +1142,7 @@ def reply_to_result(metadata, results):
     code = metadata.get('exitcode', '0')
     try:
         exitcode = int(code)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         exitcode = 121
     return Result(exitcode, None, str(metadata.get('error', '') or ''), results, metadata)
 
@@ -1355,10 +1358,11 @@ class Session(object):
             self._update_state(parse_reply(self.ws.recv_text())[0])
 
     def _update_state(self, metadata):
-        if metadata.get('user'):
-            self.user = metadata['user']
+        user = metadata.get('user')
+        if user and isinstance(user, str):
+            self.user = user
         cwd = metadata.get('currentdir')
-        if cwd:
+        if cwd and isinstance(cwd, str) and cwd.startswith('/'):
             if not self.home:
                 self.home = cwd
             if cwd != self.cwd:
@@ -3912,17 +3916,22 @@ def user_file(environ, name):
 
 
 def read_settings(path):
-    """[(key, value)] of a 'key = value' file (also key=value); '#' starts a
-    comment line; one pair of surrounding quotes is removed from the value."""
-    pairs = []
+    """[(key, value)] of a settings file (parse_settings); a missing file is
+    empty, an oversized or non-UTF-8 one is ignored with a one-line notice."""
     try:
-        lines = read_text_limited(path, SETTINGS_MAX_BYTES).splitlines()
+        return parse_settings(read_text_limited(path, SETTINGS_MAX_BYTES))
     except OSError:
-        return pairs
+        return []
     except ValueError as e:
         print_error('alien.py: %s ignored: %s' % (path, e))
-        return pairs
-    for line in lines:
+        return []
+
+
+def parse_settings(text):
+    """[(key, value)] of 'key = value' lines (also key=value); '#' starts a
+    comment line; one pair of surrounding quotes is removed from the value."""
+    pairs = []
+    for line in text.splitlines():
         line = line.strip()
         if not line or line.startswith('#') or '=' not in line:
             continue

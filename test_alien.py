@@ -3815,3 +3815,11 @@ def test_gfal_every_job_kind_reads_under_the_pdm_worker_rules(tmp_path):
                               capture_output=True, timeout=60)
         results, job_failed = pdm_worker_read(proc.stdout.decode())
         assert (proc.returncode, results, job_failed) == (2, {}, 1), (jobtype, text, proc)
+
+
+def test_fuzz_parsers_short_run():
+    """The CI-sized run of fuzz/fuzz_parsers.py (the long runs are in the README)."""
+    p = subprocess.run([sys.executable, os.path.join(REPO, 'fuzz', 'fuzz_parsers.py'), '--count', '2000',
+                        '--seed', str(int(time.time()))], capture_output=True, text=True, timeout=300)
+    lines = p.stdout.splitlines()
+    assert p.returncode == 0 and len(lines) == 7 and all(line.endswith(', 0 crashes') for line in lines), p
