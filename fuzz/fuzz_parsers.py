@@ -249,15 +249,20 @@ def check_cp_args(args, rng):
     return 'data'
 
 
-def gen_cp_input(rng):
-    lines = []
-    for _ in range(rng.randint(0, 6)):
+def parts(rng, count, branches):
+    """count pieces, each made by the first branch (limit, make) with random() < limit."""
+    out = []
+    for _ in range(count):
         r = rng.random()
-        if r < 0.6:
-            lines.append('%s %s' % (rng.choice(['file:/a', '"a b"', "'x y'", '/alice/f@disk:1', word(rng)]),
-                                    rng.choice(['/alice/d/', 'file:/tmp/', word(rng)])))
-        else:
-            lines.append(rng.choice(['# c', '; c', '// c', '', ' '.join(word(rng) for _ in range(3))]))
+        out.append(next(make for limit, make in branches if r < limit)())
+    return out
+
+
+def gen_cp_input(rng):
+    lines = parts(rng, rng.randint(0, 6), [
+        (0.6, lambda: '%s %s' % (rng.choice(['file:/a', '"a b"', "'x y'", '/alice/f@disk:1', word(rng)]),
+                                 rng.choice(['/alice/d/', 'file:/tmp/', word(rng)]))),
+        (1.0, lambda: rng.choice(['# c', '; c', '// c', '', ' '.join(word(rng) for _ in range(3))]))])
     return mutate(rng, '\n'.join(lines)) if rng.random() < 0.5 else '\n'.join(lines)
 
 
@@ -286,16 +291,10 @@ def check_specs(text, rng):
 # ---- command lines and aliases -----------------------------------------------------
 
 def gen_line(rng):
-    parts = []
-    for _ in range(rng.randint(0, 6)):
-        r = rng.random()
-        if r < 0.5:
-            parts.append(word(rng))
-        elif r < 0.7:
-            parts.append(rng.choice(['"a b"', "'c;d'", '"e\\"f"', 'g\\ h', '!ls', '| grep x', ';', '\n']))
-        else:
-            parts.append(rng.choice(['ls', 'cd', 'cp', '-l', '-json', '$?', '&&']))
-    line = ' '.join(parts)
+    line = ' '.join(parts(rng, rng.randint(0, 6), [
+        (0.5, lambda: word(rng)),
+        (0.7, lambda: rng.choice(['"a b"', "'c;d'", '"e\\"f"', 'g\\ h', '!ls', '| grep x', ';', '\n'])),
+        (1.0, lambda: rng.choice(['ls', 'cd', 'cp', '-l', '-json', '$?', '&&']))]))
     return mutate(rng, line) if rng.random() < 0.5 else line
 
 
