@@ -1288,6 +1288,8 @@ class Session(object):
         result = self._decode(reply, nokeys)
         del reply  # a large reply's text is freed before its output is joined
         result.raw = raw
+        if command in SERVICE_COLOUR_COMMANDS:
+            result.style = 'colour'
         return result
 
     def request_many(self, requests, nomsg=False, nokeys=False, window=32):
@@ -1468,8 +1470,6 @@ class Session(object):
         except AlienError as e:
             result = Result(e.exitcode, '', str(e))
         result.as_json = as_json
-        if cmd is None and verb in SERVICE_COLOUR_COMMANDS:
-            result.style = 'colour'
         return result
 
 
