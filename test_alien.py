@@ -4019,7 +4019,7 @@ def _gj_job(cenv, tg_dir, tmp_path):
     p = run_cli(['mkdir -p ~/bin; cp -f file:%s ~/bin/myjob.sh; cp file:%s %sjob2.jdl; cd %s; submit job2.jdl'
                  % (tmp_path / 'myjob.sh', tmp_path / 'job2.jdl', tg_dir, tg_dir)], env=cenv)
     assert p.returncode == 0, p.stderr
-    m = re.search(r'Your new job ID is \x1b\[34m([0-9]+)\x1b\[0m', p.stdout)
+    m = re.search(r'Your new job ID is ([0-9]+)\n', p.stdout)   # the service's colour codes removed in a pipe
     assert m, p.stdout
     return m.group(1)
 
