@@ -919,6 +919,20 @@ def tls_error(e, host):
     return TLSError('TLS handshake with %s failed: %s' % (host, reason), EX_NOTCONN)
 
 
+def tls_handshake(sock, ctx, host, port, timeout):
+    """TLS over a connected socket (closed on failure) -> the verified TLS socket;
+    failures as one-line TLSError/AlienError (exit 107)."""
+    try:
+        sock.settimeout(timeout)
+        return ctx.wrap_socket(sock, server_hostname=host)
+    except ssl.SSLError as e:
+        sock.close()
+        raise tls_error(e, host)
+    except (OSError, socket.timeout) as e:
+        sock.close()
+        raise AlienError('TLS handshake with %s:%d failed: %s' % (host, port, e), EX_NOTCONN)
+
+
 # ==========================================================================
 # JCentral session: requests, replies, session state
 # ==========================================================================
@@ -1234,15 +1248,7 @@ class Session(object):
                 raise
         else:
             sock = connect_tcp(host, port, self.environ)
-        try:
-            sock.settimeout(self.timeout)
-            tls = ctx.wrap_socket(sock, server_hostname=host)
-        except ssl.SSLError as e:
-            sock.close()
-            raise tls_error(e, host)
-        except (OSError, socket.timeout) as e:
-            sock.close()
-            raise AlienError('TLS handshake with %s:%d failed: %s' % (host, port, e), EX_NOTCONN)
+        tls = tls_handshake(sock, ctx, host, port, self.timeout)
         try:
             if other:
                 return WebSocketClientTransport(url, tls, self.timeout, headers)
@@ -2057,15 +2063,16 @@ def stat_fields(result):
 _XRD_CLIENT = []
 
 
-def xrootd_client():
-    """Import XRootD once and apply our defaults; AlienError if it is missing."""
+def xrootd_client(what='cp'):
+    """Import XRootD once and apply our defaults; AlienError if it is missing
+    (`what`: the command that needs it, named in the one-line message)."""
     if _XRD_CLIENT:
         return _XRD_CLIENT[0]
     try:
         from XRootD import client
     except Exception:
-        raise AlienError('cp needs the XRootD Python bindings: pip install xrootd '
-                         '(or apt install python3-xrootd)', EX_GENERIC)
+        raise AlienError('%s needs the XRootD Python bindings: pip install xrootd '
+                         '(or apt install python3-xrootd)' % what, EX_GENERIC)
     # Page checksums (pgread/pgwrite) cost 3-4x throughput on CPU-bound hosts;
     # downloads are verified end to end with the catalogue md5, and every later
     # reader verifies what we uploaded, so they are off unless the user sets
@@ -2080,6 +2087,133 @@ def xrootd_client():
             client.EnvPutInt(key, value)
     _XRD_CLIENT.append(client)
     return client
+
+
+# ---- XRootD probes of storage elements (pfn-status, xrd_ping/config/stats) ------
+
+XRD_CONFIG_KEYS = ('bind_max', 'chksum', 'pio_max', 'readv_ior_max', 'readv_iov_max', 'tpc',
+                   'wan_port', 'wan_window', 'window', 'cms', 'role', 'sitename', 'version')
+
+
+def xrd_probe_fs(host, what):
+    """XRootD FileSystem of root://host (host[:port]) for a probe. Timeouts are checked
+    every second (XRootD's default granularity, 15 s, would make a 2 s timeout last 15 s)."""
+    client = xrootd_client(what)
+    if 'XRD_TIMEOUTRESOLUTION' not in os.environ:
+        client.EnvPutInt('TimeoutResolution', 1)
+    return client.FileSystem('root://%s/?xrd.wantprot=unix' % host)
+
+
+def xrd_status_dict(status):
+    """The fields of an XRootDStatus every probe reports."""
+    return {'ok': bool(status.ok), 'status': int(status.status), 'code': int(status.code),
+            'errno': int(status.errno), 'message': (status.message or '').strip()}
+
+
+def xrd_ping(host, timeout):
+    """(status dict, round trip in ms or None) of one XRootD ping."""
+    fs = xrd_probe_fs(host, 'xrd_ping')
+    t0 = time.monotonic()
+    status, _ = fs.ping(timeout=timeout)
+    ms = (time.monotonic() - t0) * 1000
+    st = xrd_status_dict(status)
+    return st, (ms if st['ok'] else None)
+
+
+def xrd_config_value(key, raw):
+    """A `query config` answer: the server echoes the key back when it is not set."""
+    value = (raw or b'').decode('ascii', 'replace').strip('\x00 \t\r\n')
+    return 'NOT_SET' if value == key or not value else value
+
+
+def xrd_query_config(host, timeout):
+    """({key: value}, status dict of the first failure or None)."""
+    from XRootD.client.flags import QueryCode
+    fs = xrd_probe_fs(host, 'xrd_config')
+    config = {}
+    for key in XRD_CONFIG_KEYS:
+        status, raw = fs.query(QueryCode.CONFIG, key, timeout=timeout)
+        if not status.ok:
+            return config, xrd_status_dict(status)
+        config[key] = xrd_config_value(key, raw)
+    return config, None
+
+
+def xrd_query_stats(host, timeout):
+    """(XML text of `query stats a`, status dict of a failure or None)."""
+    from XRootD.client.flags import QueryCode
+    fs = xrd_probe_fs(host, 'xrd_stats')
+    status, raw = fs.query(QueryCode.STATS, 'a', timeout=timeout)
+    if not status.ok:
+        return '', xrd_status_dict(status)
+    return (raw or b'').decode('utf-8', 'replace').strip('\x00 \t\r\n'), None
+
+
+def _xml_element_dict(e):
+    """An element as xmltodict shows it (attributes as plain keys, repeated children as
+    lists, text alone as a string, mixed text as '#text'); quoted values unquoted."""
+    d = {k: v for k, v in e.attrib.items()}
+    for child in e:
+        v = _xml_element_dict(child)
+        if child.tag in d:
+            if not isinstance(d[child.tag], list):
+                d[child.tag] = [d[child.tag]]
+            d[child.tag].append(v)
+        else:
+            d[child.tag] = v
+    text = (e.text or '').strip()
+    if len(text) > 1 and text[0] == text[-1] == '"':
+        text = text[1:-1]
+    if text and not d:
+        return text
+    if text:
+        d['#text'] = text
+    return d or None
+
+
+def xrd_stats_dict(xml_text):
+    """`query stats` XML -> the reference client's dict: the <statistics> attributes
+    plus 'stats' = {id: {...}} (the oss paths' stats keyed by their id too)."""
+    import xml.etree.ElementTree as ET
+    try:
+        root = ET.fromstring(xml_text)
+    except ET.ParseError as e:
+        raise AlienError('xrd_stats: the server sent statistics that are not XML: %s' % e, EX_ENOMSG)
+    d = _xml_element_dict(root) or {}
+    blocks = d.pop('stats', None) or []
+    merged = {}
+    for block in blocks if isinstance(blocks, list) else [blocks]:
+        block = dict(block or {})
+        ident = block.pop('id', '')
+        paths = block.get('paths')
+        if isinstance(paths, dict) and isinstance(paths.get('stats'), dict):
+            inner = dict(paths['stats'])
+            paths['stats'] = {inner.pop('id', ''): inner}
+        merged[ident] = block
+    d['stats'] = merged
+    return d
+
+
+XRD_STAT_FLAGS = (('x_bit_set', 1), ('is_dir', 2), ('other', 4), ('offline', 8),
+                  ('is_readable', 16), ('is_writable', 32), ('posc_pending', 64), ('backup_exists', 128))
+
+
+def xrd_stat_pfn(pfn, timeout):
+    """Metadata of one replica on its SE: status fields, and size/modtime/flags when ok."""
+    from urllib.parse import urlsplit
+    u = urlsplit(pfn)
+    if u.scheme not in ('root', 'xroot') or not u.netloc:
+        return {'ok': False, 'status': 1, 'code': 0, 'errno': 0,
+                'message': 'not an XRootD URL (root://host//path)'}
+    fs = xrd_probe_fs(u.netloc, 'pfn-status')
+    path = u.path + ('?' + u.query if u.query else '')
+    status, info = fs.stat(path, timeout=timeout)
+    d = xrd_status_dict(status)
+    if status.ok and info is not None:
+        d.update(size=int(info.size), modtime=int(info.modtime), modtimestr=info.modtimestr,
+                 flags=int(info.flags))
+        d.update((name, bool(info.flags & bit)) for name, bit in XRD_STAT_FLAGS)
+    return d
 
 
 class CopyJob(object):
@@ -3663,13 +3797,14 @@ def http_get_json(url, environ, headers=(), what='GET', check=None):
 
 
 def local_time(stamp, unixtime=False):
-    """A unix time in s (10 digits) or ms (13 digits) as local 'YYYY-mm-dd HH:MM:SS[.mmm]+zone';
-    the digits themselves with unixtime. Anything else is returned as it is."""
+    """A unix time in s (10 digits) or ms (13 digits) as local 'YYYY-mm-dd HH:MM:SS[.mmm]+zone'
+    (no .000, as the reference prints whole seconds); the digits themselves with unixtime.
+    Anything else is returned as it is."""
     text = str(stamp)
     if unixtime or not re.match(r'^[0-9]{10}([0-9]{3})?$', text):
         return text
     t = time.localtime(int(text[:10]))
-    ms = '.' + text[10:] if len(text) > 10 else ''
+    ms = '.' + text[10:] if len(text) > 10 and text[10:] != '000' else ''
     return time.strftime('%Y-%m-%d %H:%M:%S', t) + ms + time.strftime('%z', t)
 
 
@@ -3701,6 +3836,55 @@ def command(*names, **kw):
             COMMANDS[name] = Command(name, fn, kw.get('usage', fn.__doc__ or ''), kw.get('connect', True))
         return fn
     return deco
+
+
+def parse_options(name, args, flags=(), valued=(), multi=()):
+    """(options dict, positional list) of a client command's arguments. flags -> True,
+    valued -> the next argument, multi -> list of values. An unknown option or a missing
+    value is an AlienError (exit 64) naming the command."""
+    opts, pos = {}, []
+    i = 0
+    while i < len(args):
+        a = args[i]
+        i += 1
+        key = a[1:] if a.startswith('-') and len(a) > 1 else None
+        if key in flags:
+            opts[key] = True
+        elif key in valued or key in multi:
+            if i >= len(args):
+                raise AlienError('%s: option %s needs a value' % (name, a), EX_USAGE)
+            if key in multi:
+                opts.setdefault(key, []).append(args[i])
+            else:
+                opts[key] = args[i]
+            i += 1
+        elif key is not None and not re.match(r'^-?[0-9]', a):
+            raise AlienError('%s: unknown option %s (%s -h for the usage)' % (name, a, name), EX_USAGE)
+        else:
+            pos.append(a)
+    return opts, pos
+
+
+def number_option(opts, key, name, default, kind=float):
+    """A positive number option (-c 3, -timeout 2), else a one-line error, exit 64."""
+    text = opts.get(key)
+    if text is None:
+        return default
+    try:
+        value = kind(text)
+    except ValueError:
+        value = 0
+    if not value > 0:
+        raise AlienError('%s: -%s needs a positive number, not %r' % (name, key, text), EX_USAGE)
+    return value
+
+
+def client_result(out, rows, metadata=None, exitcode=0, err=''):
+    """Result of a client-side command: printed text, and for -json the rows it was made
+    of. A failed check (exitcode, err) keeps its report in out: it is printed too."""
+    md = dict(metadata or {})
+    md.update(exitcode=str(exitcode), error=err)
+    return Result(exitcode, out, err, rows, md)
 
 
 @command('cd', usage='cd [DIR | - | ~]  change the grid directory (no argument: home; -: previous)')
@@ -3995,6 +4179,384 @@ Exit 0: all entries OK, 1: some failed, 2: job error. Needs gfal2's Python
 bindings (python3-gfal2): run it with the system interpreter, /usr/bin/python3.""")
 def cmd_gfal(session, args):
     return Result(gfal_main(args))
+
+# -- storage commands: replicas, storage elements, XRootD probes, checkAddr --
+# Exit codes: 0 all fine; 2 no such LFN/SE label; 5 a replica or SE failed its check
+# (the report on stdout says which); 64 wrong arguments; 107 checkAddr: an address
+# failed; 1 XRootD bindings missing; a server errno when the service refuses.
+
+PROBE_TIMEOUT = 5   # seconds, default -timeout of one XRootD/TCP/TLS probe
+
+def list_ses(session):
+    """Every storage element of the service (listSEs rows)."""
+    r = session.request('listSEs', [], nomsg=True)
+    if r.exitcode != 0:
+        raise AlienError('listSEs: %s' % (r.err or 'failed'), r.exitcode)
+    return [x for x in r.results if isinstance(x, dict) and x.get('seName')]
+
+
+def se_matches(se, label):
+    """SE label rule: a number is the SE number; text is a case-insensitive part of
+    the SE name or endpoint URL (so 'ALICE::' can be left out)."""
+    if label.isdigit():
+        return str(se.get('seNumber', '')).lstrip('0') == label.lstrip('0')
+    text = label.casefold()
+    return any(text in str(se.get(k) or '').casefold() for k in ('seName', 'endpointUrl'))
+
+
+def se_host(se):
+    """host:port of an SE's endpoint URL."""
+    from urllib.parse import urlsplit
+    return urlsplit(se.get('endpointUrl') or '').netloc
+
+
+def xrd_host_label(label):
+    """'host[:port]' (default port 1094) when a label names an XRootD server, else None."""
+    if not ('.' in label or ':' in label or label == 'localhost'):
+        return None
+    try:
+        host, port = parse_hostport(label, 1094)
+    except AlienError:
+        return None
+    if not host or not re.match(r'^[A-Za-z0-9.:-]+$', host):
+        return None
+    return '%s:%d' % (('[%s]' % host) if ':' in host else host, port)
+
+
+def lookup_ses(session, labels, name, hosts=False):
+    """SE lookup by label (from listSEs): the SEs the labels match, each once, label
+    after label. hosts: a label no SE matches may name an XRootD server itself."""
+    ses, found = list_ses(session), []
+    for label in labels:
+        hit = [se for se in ses if se_matches(se, label)]
+        host = xrd_host_label(label) if hosts and not hit else None
+        if host:
+            hit = [{'seName': label, 'endpointUrl': 'root://%s' % host}]
+        if not hit:
+            raise AlienError('%s: no storage element matches "%s" (getSE lists them)' % (name, label), EX_ENOENT)
+        found.extend(se for se in hit if se not in found)
+    return found
+
+
+GETSE_USAGE = '''getSE [-id | -name | -srv] [LABEL]  storage elements from listSEs
+  no LABEL: every SE as "number name host:port"; LABEL: an SE number, or part of
+  an SE name or endpoint (case-insensitive); -id, -name, -srv print only that field.
+  Exit 2 when no SE matches.'''
+
+
+@command('getSE', usage=GETSE_USAGE)
+def cmd_getse(session, args):
+    opts, pos = parse_options('getSE', args, ('id', 'name', 'srv'))
+    if len(pos) > 1 or len(opts) > 1:
+        raise AlienError('getSE: one LABEL and at most one of -id, -name, -srv (see getSE -h)', EX_USAGE)
+    ses = lookup_ses(session, pos, 'getSE') if pos else list_ses(session)
+    field = next(iter(opts), '')
+    lines = []
+    for se in ses:
+        if field:
+            lines.append({'id': se.get('seNumber', ''), 'name': se['seName'], 'srv': se_host(se)}[field])
+        elif pos and pos[0].isdigit():
+            lines.append('%-32s%s' % (se['seName'], se_host(se)))
+        else:
+            lines.append('%-6s%-32s%s' % (se.get('seNumber', ''), se['seName'], se_host(se)))
+    return client_result('\n'.join(lines), ses)
+
+
+@command('SEqos', usage='SEqos SE...  the QoS tags of storage elements (labels as in getSE)')
+def cmd_seqos(session, args):
+    _, pos = parse_options('SEqos', args)
+    if not pos:
+        raise AlienError('SEqos: which SE? usage: SEqos SE...', EX_USAGE)
+    ses = lookup_ses(session, pos, 'SEqos')
+    return client_result('\n'.join('%-32s%s' % (se['seName'], se.get('qos', '')) for se in ses), ses)
+
+
+@command('pfn', usage='pfn LFN  the physical URLs of the replicas of a file (whereis -r)')
+def cmd_pfn(session, args):
+    _, pos = parse_options('pfn', args)
+    if len(pos) != 1:
+        raise AlienError('pfn: usage: pfn LFN', EX_USAGE)
+    r = session.request('whereis', ['-r', pos[0]], nomsg=True)
+    if r.exitcode == 0:
+        r.out = '\n'.join(x['pfn'] for x in r.results if isinstance(x, dict) and 'pfn' in x)
+    return r
+
+
+PFN_STATUS_USAGE = '''pfn-status [-v] [-timeout S] LFN|PFN...  check each replica on its SE over XRootD
+  an argument starting with root:// is a PFN, anything else an LFN (all its replicas).
+  One line per replica: size and R/W flags, or what failed; -v adds the other flags.
+  Exit 0 when every replica answered and is online, 5 when one did not.'''
+
+
+@command('pfn-status', usage=PFN_STATUS_USAGE)
+def cmd_pfn_status(session, args):
+    opts, pos = parse_options('pfn-status', args, ('v', 'verbose'), ('timeout',))
+    if not pos:
+        raise AlienError('pfn-status: usage: pfn-status [-v] LFN|PFN...', EX_USAGE)
+    timeout = number_option(opts, 'timeout', 'pfn-status', PROBE_TIMEOUT, int)
+    xrootd_client('pfn-status')
+    targets = []
+    for arg in pos:
+        if re.match(r'^x?root://', arg):
+            targets.append(('', '', arg))
+            continue
+        lfn = session.grid_path(arg)
+        r = session.request('whereis', ['-r', lfn], nomsg=True)
+        if r.exitcode != 0:
+            raise AlienError('pfn-status: %s' % (r.err or 'whereis %s failed' % lfn), r.exitcode)
+        targets += [(lfn, x.get('seName', ''), x['pfn']) for x in r.results if isinstance(x, dict) and x.get('pfn')]
+    rows, lines = [], []
+    for lfn, se, pfn in targets:
+        row = {'lfn': lfn, 'se': se, 'pfn': pfn}
+        row.update(xrd_stat_pfn(pfn, timeout))
+        row['online'] = bool(row['ok'] and not row.get('offline'))
+        rows.append(row)
+        if lfn:
+            lines.append('LFN: %s' % lfn)
+        if row['ok']:
+            lines.append('%s\t\tSize: %d\tR/W status:%d/%d' % (pfn, row['size'], row['is_readable'], row['is_writable']))
+            if 'v' in opts or 'verbose' in opts:
+                lines.append('IS DIR/OTHER/OFFLINE: %d/%d/%d\tModified: %s\tPOSC pending: %d\t\tBACKUP: %d' % (
+                    row['is_dir'], row['other'], row['offline'], row['modtimestr'], row['posc_pending'],
+                    row['backup_exists']))
+        else:
+            lines.append('%s\t\tMessage: %s\tStatus/Code/ErrNo:%d/%d/%d' % (
+                pfn, row['message'], row['status'], row['code'], row['errno']))
+    bad = [r for r in rows if not r['online']]
+    err = 'pfn-status: %d of %d replicas failed the check' % (len(bad), len(rows)) if bad else ''
+    return client_result('\n'.join(lines), rows, exitcode=EX_EIO if bad else 0, err=err)
+
+
+LFN2URI_USAGE = '''lfn2uri LFN[@SPECS] [LOCAL_FILE] [meta] [write|upload] [strict] [http]
+  the XRootD URLs (with their access envelopes) of the replicas of LFN, one per line
+  as a Python string literal (the envelope holds newlines): ready for xrdcp.
+  meta: write LFN's replicas into ./NAME.meta4 (a metalink for xrdcp) and print its path
+  write|upload: URLs to write LOCAL_FILE as LFN (default specs disk:2); not with meta
+  strict: only the SEs named in SPECS; http: http(s) URLs where the SEs have them'''
+
+
+@command('lfn2uri', usage=LFN2URI_USAGE)
+def cmd_lfn2uri(session, args):
+    _, words = parse_options('lfn2uri', args)
+    keys = set(w for w in words if w in ('meta', 'write', 'upload', 'strict', 'http'))
+    pos = [w for w in words if w not in keys]
+    write = 'write' in keys or 'upload' in keys
+    if not pos or len(pos) > 2:
+        raise AlienError('lfn2uri: usage: lfn2uri LFN [LOCAL_FILE] [meta] [write|upload] [strict] [http]', EX_USAGE)
+    if write and 'meta' in keys:
+        raise AlienError('lfn2uri: meta is for reading; it cannot be combined with write/upload', EX_USAGE)
+    path, specs = split_specs(pos[0])
+    lfn = session.grid_path(path)
+    size = md5 = None
+    if write:
+        local = expand_local_path(pos[1]) if len(pos) > 1 else ''
+        if not local or not os.path.isfile(local):
+            raise AlienError('lfn2uri: write URLs need an existing LOCAL_FILE to upload (got %r)'
+                             % (pos[1] if len(pos) > 1 else ''), EX_ENOENT)
+        size, md5 = os.path.getsize(local), md5_file(local)
+        specs = _with_default_specs(specs)
+    access = _access_args('write' if write else 'read', lfn, specs, size, md5, 'strict' in keys)
+    r = session.request('access', (['-u'] if 'http' in keys else []) + access, nomsg=True)
+    if r.exitcode != 0:
+        return r
+    replicas = [x for x in r.results if isinstance(x, dict) and x.get('url')]
+    urls = [grid_url(x['url'], x.get('envelope', '')) for x in replicas]
+    if 'meta' not in keys:
+        return client_result('\n'.join(repr(u) for u in urls), replicas)
+    target = os.path.abspath(os.path.basename(lfn) + '.meta4')
+    first = replicas[0] if replicas else {}
+    temp = part_name(target)
+    try:
+        write_metalink(temp, lfn, _int_or_none(first.get('size')) or 0, first.get('md5') or '', urls)
+        os.replace(temp, target)
+    except OSError as e:
+        _unlink_quiet(temp)
+        raise AlienError('lfn2uri: cannot write %s: %s' % (target, e.strerror), EX_EIO)
+    return client_result(target, replicas)
+
+
+def xrd_targets(session, pos, opts, name):
+    """(name, host:port) of the SEs/servers an xrd_* command probes (-a: every SE)."""
+    if 'a' in opts or 'all' in opts:
+        ses = list_ses(session)
+    elif pos:
+        ses = lookup_ses(session, pos, name, hosts=True)
+    else:
+        raise AlienError('%s: which SE? usage: %s [options] SE|HOST[:PORT]... (see %s -h)' % (name, name, name),
+                         EX_USAGE)
+    xrootd_client(name)
+    return [(se['seName'], se_host(se)) for se in ses if se_host(se)]
+
+
+def xrd_each_se(session, args, name, flags, valued, probe, timeout=PROBE_TIMEOUT):
+    """An xrd_* command: probe(se_name, host, options, timeout) -> (text, row with
+    'ok') for every target; exit 5 when an SE failed (its text says why)."""
+    opts, pos = parse_options(name, args, flags, ('timeout',) + tuple(valued))
+    timeout = number_option(opts, 'timeout', name, timeout, int)
+    texts, rows = [], []
+    for se_name, host in xrd_targets(session, pos, opts, name):
+        text, row = probe(se_name, host, opts, timeout)
+        row.update(seName=se_name, endpointUrl=host)
+        texts.append(text)
+        rows.append(row)
+    bad = [r['seName'] for r in rows if not r['ok']]
+    return client_result('\n'.join(texts), rows, exitcode=EX_EIO if bad else 0,
+                         err='%s: no answer from %s' % (name, ', '.join(bad)) if bad else '')
+
+
+XRD_PING_USAGE = '''xrd_ping [-c COUNT] [-timeout S] SE|HOST[:PORT]...  XRootD round trip to storage elements
+  SE: an SE number or part of its name (getSE); HOST[:PORT]: any XRootD server.
+  COUNT pings (default 3) after one that opens the connection; -timeout per ping (2 s).
+  Exit 0 when every SE answered, 5 when one did not (its line says why).'''
+
+
+def _ping_probe(se_name, host, opts, timeout):
+    import statistics
+    count = number_option(opts, 'c', 'xrd_ping', 3, int)
+    st, _ = xrd_ping(host, timeout)   # opens the connection: not counted
+    rtts = []
+    for _ in range(count if st['ok'] else 0):
+        st, ms = xrd_ping(host, timeout)
+        if ms is None:
+            break
+        rtts.append(ms)
+    if len(rtts) < count:
+        return '%-32s %s' % (se_name, st['message']), {'ok': False, 'rtt_ms': rtts, 'message': st['message']}
+    row = {'ok': True, 'rtt_ms': rtts, 'min': min(rtts), 'avg': sum(rtts) / len(rtts), 'max': max(rtts),
+           'mdev': statistics.stdev(rtts) if len(rtts) > 1 else 0.0}
+    return ('%-32s rtt min/avg/max/mdev (ms) = %.3f/%.3f/%.3f/%.3f'
+            % (se_name, row['min'], row['avg'], row['max'], row['mdev'])), row
+
+
+@command('xrd_ping', usage=XRD_PING_USAGE)
+def cmd_xrd_ping(session, args):
+    opts, _ = parse_options('xrd_ping', args, (), ('c', 'timeout'))
+    count = number_option(opts, 'c', 'xrd_ping', 3, int)
+    r = xrd_each_se(session, args, 'xrd_ping', (), ('c',), _ping_probe, timeout=2)
+    r.out = 'XRootD ping(s): %d time(s) to:\n%s' % (count, r.out)
+    return r
+
+
+XRD_CONFIG_USAGE = '''xrd_config [-v] [-a] [-timeout S] SE|HOST[:PORT]...  XRootD configuration of storage elements
+  one line per SE: site, XRootD version, TPC, role, CMS; -v adds checksum, limits and
+  windows; -a: every SE of listSEs. Exit 5 when an SE did not answer.'''
+
+
+def _config_probe(se_name, host, opts, timeout):
+    cfg, failure = xrd_query_config(host, timeout)
+    if failure:
+        return '%-32s %s' % (se_name, failure['message']), dict(cfg, ok=False, message=failure['message'])
+    if cfg['sitename'] == 'NOT_SET':
+        cfg['sitename'] = se_name
+    cfg['ok'] = True
+    text = ('Site/XrdVer: %s/%s ; TPC status: %s ; role: %s ; CMS: %s'
+            % (cfg['sitename'], cfg['version'], cfg['tpc'], cfg['role'], cfg['cms']))
+    if 'v' in opts or 'verbose' in opts:
+        text += ('\nChksum type: %s ; Bind max: %s ; PIO max: %s ; Window/WAN window: %s/%s ; '
+                 'readv_{ior,iov}_max: %s/%s' % (cfg['chksum'], cfg['bind_max'], cfg['pio_max'], cfg['window'],
+                                                 cfg['wan_window'], cfg['readv_ior_max'], cfg['readv_iov_max']))
+    return text, cfg
+
+
+@command('xrd_config', usage=XRD_CONFIG_USAGE)
+def cmd_xrd_config(session, args):
+    return xrd_each_se(session, args, 'xrd_config', ('v', 'verbose', 'a', 'all'), (), _config_probe)
+
+
+XRD_STATS_USAGE = '''xrd_stats [-xml | -xmlraw] [-compact] [-a] [-timeout S] SE|HOST[:PORT]...  XRootD statistics
+  of storage elements, as JSON (default), indented XML (-xml) or as the server sent it
+  (-xmlraw); -compact: no indentation; -a: every SE. Exit 5 when an SE did not answer.'''
+
+
+def _stats_probe(se_name, host, opts, timeout):
+    xml_text, failure = xrd_query_stats(host, timeout)
+    if failure:
+        return '%-32s %s' % (se_name, failure['message']), {'ok': False, 'message': failure['message']}
+    stats = xrd_stats_dict(xml_text)
+    if not stats.get('site') or stats.get('site') == 'NOT_SET':
+        stats['site'] = se_name
+    stats.update(seName=se_name, endpointUrl=host)
+    compact = 'compact' in opts
+    if 'xmlraw' in opts:
+        text = xml_text
+    elif 'xml' in opts:
+        import xml.dom.minidom
+        pretty = xml.dom.minidom.parseString(xml_text)
+        text = pretty.toxml() if compact else pretty.toprettyxml(indent='  ').strip()
+    else:
+        text = json.dumps(stats, indent=None if compact else 2, separators=(',', ':') if compact else (', ', ': '))
+    return text, dict(stats, ok=True)
+
+
+@command('xrd_stats', usage=XRD_STATS_USAGE)
+def cmd_xrd_stats(session, args):
+    return xrd_each_se(session, args, 'xrd_stats', ('xml', 'xmlraw', 'compact', 'a', 'all'), (), _stats_probe)
+
+
+CHECKADDR_USAGE = '''checkAddr [-timeout S] [HOST[:PORT] | HOST PORT]  can the central service be reached?
+  Resolves HOST (default: the endpoint alien.py connects to) and tries every address,
+  IPv4 and IPv6: TCP connect, then the TLS handshake with your certificate (server
+  chain and host name verified). Exit 0 when every address passed, 107 otherwise.'''
+
+
+@command('checkAddr', connect=False, usage=CHECKADDR_USAGE)
+def cmd_checkaddr(session, args):
+    opts, pos = parse_options('checkAddr', args, (), ('timeout',))
+    timeout = number_option(opts, 'timeout', 'checkAddr', PROBE_TIMEOUT, int)
+    env = {k: v for k, v in session.environ.items() if k != 'ALIENPY_NETWORKSTACK'}   # every family
+    if len(pos) > 2:
+        raise AlienError('checkAddr: usage: checkAddr [HOST[:PORT] | HOST PORT]', EX_USAGE)
+    if pos:
+        host, port = parse_hostport(pos[0], DEFAULT_PORT)
+        if len(pos) == 2:
+            if not re.match(r'^[0-9]{1,5}$', pos[1]):
+                raise AlienError('checkAddr: %r is not a port number' % pos[1], EX_EINVAL)
+            port = int(pos[1])
+    else:
+        host, port = endpoints(session.environ)[0]
+    try:
+        kind, cert, key = choose_credentials(session.environ)
+        ctx, why = make_tls_context(cert, key, session.environ), ''
+    except AlienError as e:
+        ctx, why = None, str(e)
+    addrs = [info[4][0] for info in resolve(host, port, env)]
+    lines = ['%s:%d resolves to %s' % (host, port, ', '.join(addrs))]
+    proxy = proxy_for(host, session.environ)
+    if proxy:
+        lines.append('(https_proxy is set: alien.py connects through %s:%d, not to these addresses)' % proxy[:2])
+    rows = []
+    for addr in addrs:
+        row = {'host': host, 'port': port, 'address': addr, 'family': 'IPv6' if ':' in addr else 'IPv4',
+               'tcp': 'FAIL', 'tls': 'not tried', 'error': ''}
+        shown = '[%s]:%d' % (addr, port) if ':' in addr else '%s:%d' % (addr, port)
+        t0 = time.monotonic()
+        try:
+            sock = connect_tcp(addr, port, env, timeout=timeout)
+            row.update(tcp='OK', tcp_ms=round((time.monotonic() - t0) * 1000, 3))
+            if ctx is None:
+                row['tls'] = 'not tried: %s' % why
+                sock.close()
+            else:
+                t0 = time.monotonic()
+                tls_handshake(sock, ctx, host, port, timeout).close()
+                row.update(tls='OK', tls_ms=round((time.monotonic() - t0) * 1000, 3))
+        except AlienError as e:
+            row['error'] = str(e)
+            if row['tcp'] == 'OK':
+                row['tls'] = 'FAIL'
+        rows.append(row)
+        text = '%-45s TCP %s' % (shown, row['tcp'])
+        if row['tcp'] == 'OK':
+            text += ' %.1f ms   TLS %s' % (row['tcp_ms'], row['tls'])
+            if row['tls'] == 'OK':
+                text += ' %.1f ms' % row['tls_ms']
+        if row['error']:
+            text += '   (%s)' % row['error']
+        lines.append(text)
+    bad = [r for r in rows if r['error']]
+    err = 'checkAddr: %d of %d addresses of %s failed' % (len(bad), len(rows), host) if bad else ''
+    return client_result('\n'.join(lines), rows, exitcode=EX_NOTCONN if bad else 0, err=err)
+
 
 # -- credential commands --
 
@@ -4304,40 +4866,6 @@ def cmd_popd(session, args):
 
 
 # -- grid operations: jobs and quotas --
-
-def parse_options(name, args, flags=(), valued=(), multi=()):
-    """(options dict, positional list) of a client command's arguments. flags -> True,
-    valued -> the next argument, multi -> list of values. An unknown option or a missing
-    value is an AlienError (exit 64) naming the command."""
-    opts, pos = {}, []
-    i = 0
-    while i < len(args):
-        a = args[i]
-        i += 1
-        key = a[1:] if a.startswith('-') and len(a) > 1 else None
-        if key in flags:
-            opts[key] = True
-        elif key in valued or key in multi:
-            if i >= len(args):
-                raise AlienError('%s: option %s needs a value' % (name, a), EX_USAGE)
-            if key in multi:
-                opts.setdefault(key, []).append(args[i])
-            else:
-                opts[key] = args[i]
-            i += 1
-        elif key is not None and not re.match(r'^-?[0-9]', a):
-            raise AlienError('%s: unknown option %s (%s -h for the usage)' % (name, a, name), EX_USAGE)
-        else:
-            pos.append(a)
-    return opts, pos
-
-
-def client_result(out, rows, metadata=None):
-    """Result of a client-side command: printed text, and for -json the rows it was made of."""
-    md = dict(metadata or {})
-    md.update(exitcode='0', error='')
-    return Result(0, out, '', rows, md)
-
 
 _TRACE_TIME = re.compile(r'^([0-9]{10}) \[')
 
@@ -4838,6 +5366,8 @@ def shell_print(result):
     """print_result, with errors in red when stderr is a terminal."""
     if result.exitcode != 0 and result.err and not result.as_json and sys.stderr.isatty() \
             and not os.environ.get('NO_COLOR'):
+        if result._out:
+            write_lines(result)
         sys.stdout.flush()
         sys.stderr.write('\033[91m%s\033[0m\n' % term_text(result.err.rstrip('\n'), sys.stderr))
         sys.stderr.flush()
@@ -5146,6 +5676,8 @@ def print_result(result):
     elif result.exitcode == 0:
         write_lines(result)
     else:
+        if result._out:   # a client command's report (e.g. which replicas failed)
+            write_lines(result)
         print_error(result.err)
     sys.stdout.flush()
 
