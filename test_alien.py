@@ -2868,6 +2868,7 @@ def test_requests_are_pipelined_through_request_many():
 
 
 # ===== gfal jobs tests =====
+# All marked `once`: gfal jobs never touch the websocket.
 # `alien.py gfal TYPE [JOB.json|-]`: validation is tested in-process (pure
 # functions, no gfal2 needed); jobs run for real in a subprocess with the
 # system interpreter, which imports Debian's gfal2, on file:// trees, on a
@@ -2957,6 +2958,7 @@ def gfal_chown_tree(top):
 
 # ---- pure functions (no gfal2 needed) ----
 
+@pytest.mark.once
 def test_gfal_join_url():
     j = alien.gfal_join_url
     assert j('root://h:1094//data/', 'sub/f') == 'root://h:1094//data/sub/f'
@@ -2970,6 +2972,7 @@ def test_gfal_join_url():
         j(None, 'relative/path')
 
 
+@pytest.mark.once
 def test_gfal_job_type_is_case_insensitive():
     assert alien.gfal_job_type('COPY') == 'copy'
     assert alien.gfal_job_type('List') == 'list'
@@ -2977,6 +2980,7 @@ def test_gfal_job_type_is_case_insensitive():
         alien.gfal_job_type('chmod')
 
 
+@pytest.mark.once
 def test_gfal_parse_both_input_styles():
     doc = {'base': 'root://h//d/', 'files': ['a', ['7.1', 'b'], 'file:///abs'], 'dirs': [['7.2', 'x/']]}
     job = alien.gfal_parse_job('remove', doc)
@@ -2991,6 +2995,7 @@ def test_gfal_parse_both_input_styles():
     assert job.entries == [(5, 'dir', 'file:///n')]
 
 
+@pytest.mark.once
 def test_gfal_option_defaults():
     opts = alien.gfal_parse_job('copy', {'files': [['file:///a', 'file:///b']]}).options
     assert opts == {'timeout': None, 'make_dirs': True, 'checksum': None, 'encrypt': False,
@@ -3048,6 +3053,7 @@ GFAL_BAD_JOBS = [
 ]
 
 
+@pytest.mark.once
 @pytest.mark.parametrize('jobtype,doc,message', GFAL_BAD_JOBS)
 def test_gfal_bad_job_is_one_error_line(jobtype, doc, message):
     with pytest.raises(alien.GfalJobError) as info:
@@ -3062,6 +3068,7 @@ def test_gfal_bad_job_is_one_error_line(jobtype, doc, message):
     assert list(line) == ['Reason', 'Code', 'id'] and line['id'] == '' and line['Code'] == 1 and message in line['Reason']
 
 
+@pytest.mark.once
 @pytest.mark.parametrize('args,text,message', [
     (['copy'], '{not json', 'invalid JSON'),
     (['copy'], '', 'empty input'),
@@ -3081,6 +3088,7 @@ def test_gfal_main_bad_input(args, text, message):
     assert line['Code'] == 1 and message in line['Reason']
 
 
+@pytest.mark.once
 def test_gfal_missing_module_in_process(monkeypatch, tmp_path):
     monkeypatch.setitem(_gfal_sys.modules, 'gfal2', None)     # import gfal2 -> ImportError
     out, err = _gfal_io.StringIO(), _gfal_io.StringIO()
@@ -3092,6 +3100,7 @@ def test_gfal_missing_module_in_process(monkeypatch, tmp_path):
     assert not (tmp_path / 'new').exists()
 
 
+@pytest.mark.once
 def test_gfal_missing_module_pyenv_python(tmp_path):
     # The project's own interpreter (pyenv) has no gfal2: one error line naming the package.
     assert _gfal_subprocess.call([_gfal_sys.executable, '-c', 'import gfal2'],
@@ -3102,6 +3111,7 @@ def test_gfal_missing_module_pyenv_python(tmp_path):
     assert not (tmp_path / 'new').exists()
 
 
+@pytest.mark.once
 def test_gfal_encrypted_url():
     e = alien.gfal_encrypted_url
     assert e('root://h//f') == 'roots://h//f'
@@ -3115,6 +3125,7 @@ def test_gfal_encrypted_url():
             e(url)
 
 
+@pytest.mark.once
 def test_gfal_url_helpers():
     assert alien.gfal_parent_url('root://h//d/f') == ('root://h//d', 'f')
     assert alien.gfal_parent_url('root://h//f') == ('root://h//', 'f')
@@ -3129,6 +3140,7 @@ def test_gfal_url_helpers():
         'MONITOR src: file:///a [  11] 500.00MB (44137.00KB/s)'
 
 
+@pytest.mark.once
 def test_gfal_command_registered():
     cmd = alien.COMMANDS['gfal']
     assert cmd.connect is False and 'list|remove|copy|rename|mkdir' in cmd.usage
@@ -3136,6 +3148,7 @@ def test_gfal_command_registered():
 
 # ---- real gfal2: LIST ----
 
+@pytest.mark.once
 def test_gfal_list_file_tree_unlimited(tmp_path):
     top = gfal_tree(str(tmp_path / 'tree'))
     rc, lines, err = gfal_run('list', {'files': ['file://' + top], 'options': {'depth': -1}})
@@ -3155,6 +3168,7 @@ def test_gfal_list_file_tree_unlimited(tmp_path):
     assert a['st_size'] == 6 and a['st_mode'] == _gfal_os.stat(_gfal_os.path.join(top, 'a.txt')).st_mode
 
 
+@pytest.mark.once
 @pytest.mark.parametrize('depth,levels', [(0, 1), (1, 1), (2, 3), (-1, 4), (-5, 4)])
 def test_gfal_list_depth(tmp_path, depth, levels):
     top = gfal_tree(str(tmp_path / 'tree'))
@@ -3162,6 +3176,7 @@ def test_gfal_list_depth(tmp_path, depth, levels):
     assert rc == 0 and len(lines[0]) == levels
 
 
+@pytest.mark.once
 def test_gfal_list_relative_and_pdm_wrapped(tmp_path):
     top = gfal_tree(str(tmp_path / 'tree'))
     rc, lines, _ = gfal_run('list', {'base': 'file://%s/' % top, 'dirs': [['7.0', 'sub']],
@@ -3174,6 +3189,7 @@ def test_gfal_list_relative_and_pdm_wrapped(tmp_path):
     assert sorted(e['name'] for e in wrapped['Listing']['file://%s/sub' % top]) == ['deep', 'f1']
 
 
+@pytest.mark.once
 def test_gfal_list_file_root_is_listed_under_parent(tmp_path):
     top = gfal_tree(str(tmp_path / 'tree'))
     rc, lines, _ = gfal_run('list', {'files': ['file://%s/sub/f1' % top]})
@@ -3183,6 +3199,7 @@ def test_gfal_list_file_root_is_listed_under_parent(tmp_path):
     assert entry['name'] == 'f1' and entry['st_size'] == 3
 
 
+@pytest.mark.once
 def test_gfal_list_symlinks(tmp_path):
     top = tmp_path / 'links'
     (top / 'real').mkdir(parents=True)
@@ -3198,6 +3215,7 @@ def test_gfal_list_symlinks(tmp_path):
     assert sorted(e['name'] for e in lines[0][root + '/real']) == ['f', 'loop']
 
 
+@pytest.mark.once
 def test_gfal_list_checksum(tmp_path):
     top = gfal_tree(str(tmp_path / 'tree'))
     rc, lines, _ = gfal_run('list', {'files': ['file://' + top], 'options': {'checksum': 'adler32'}})
@@ -3211,6 +3229,7 @@ def test_gfal_list_checksum(tmp_path):
                 assert e['adler32'] == '%08x' % _gfal_zlib.adler32(open(path, 'rb').read())
 
 
+@pytest.mark.once
 def test_gfal_list_errors(tmp_path):
     missing = 'file://%s/nope' % tmp_path
     rc, lines, _ = gfal_run('list', {'files': [missing]})
@@ -3225,6 +3244,7 @@ def test_gfal_list_errors(tmp_path):
     assert rc == 1 and len(lines) == 1 and lines[0]['Code'] == 1 and 'bogus' in lines[0]['Reason']
 
 
+@pytest.mark.once
 def test_gfal_list_mock_directory():
     url = 'mock://host/d?list=a:100644:10,b:40755:0'
     rc, lines, _ = gfal_run('list', {'files': [url], 'options': {'depth': 1}})
@@ -3232,6 +3252,7 @@ def test_gfal_list_mock_directory():
     assert [(e['name'], e['st_size']) for e in lines[0][url]] == [('a', 10), ('b', 0)]
 
 
+@pytest.mark.once
 def test_gfal_list_xrootd(gfal_se):
     url, path = gfal_se
     gfal_tree(_gfal_os.path.join(path, 'tree'))
@@ -3249,6 +3270,7 @@ def test_gfal_list_xrootd(gfal_se):
 
 # ---- real gfal2: REMOVE, MKDIR, RENAME ----
 
+@pytest.mark.once
 def test_gfal_remove_files_then_dirs(tmp_path):
     top = gfal_tree(str(tmp_path / 'tree'))
     base = 'file://%s/' % top
@@ -3269,12 +3291,14 @@ def test_gfal_remove_files_then_dirs(tmp_path):
     assert not _gfal_os.path.exists(_gfal_os.path.join(top, 'sub'))
 
 
+@pytest.mark.once
 def test_gfal_remove_mock_error_injection():
     rc, lines, _ = gfal_run('remove', {'files': ['mock://host/p?errno=2', 'mock://host/q?size=1']})
     assert rc == 1 and lines[0]['Code'] == 1 and 'No such file' in lines[0]['Reason']
     assert lines[1] == gfal_ok()
 
 
+@pytest.mark.once
 def test_gfal_mkdir(tmp_path):
     base = 'file://%s/' % tmp_path
     (tmp_path / 'plainfile').write_text('x')
@@ -3288,6 +3312,7 @@ def test_gfal_mkdir(tmp_path):
     assert rc == 1 and 'Protocol not supported' in lines[0]['Reason']
 
 
+@pytest.mark.once
 def test_gfal_rename(tmp_path):
     (tmp_path / 'old').write_text('data')
     base = 'file://%s/' % tmp_path
@@ -3297,6 +3322,7 @@ def test_gfal_rename(tmp_path):
     assert (tmp_path / 'new').read_text() == 'data' and not (tmp_path / 'old').exists()
 
 
+@pytest.mark.once
 def test_gfal_namespace_ops_xrootd(gfal_se):
     url, path = gfal_se
     with open(_gfal_os.path.join(path, 'f'), 'w') as f:
@@ -3318,6 +3344,7 @@ def _gfal_monitor_sources(err):
     return [m.group(1) for m in map(GFAL_MONITOR_RE.match, err.splitlines()) if m]
 
 
+@pytest.mark.once
 def test_gfal_copy_file_to_file_both_styles(tmp_path):
     top = gfal_tree(str(tmp_path / 'src'))
     dst = tmp_path / 'dst'
@@ -3335,6 +3362,7 @@ def test_gfal_copy_file_to_file_both_styles(tmp_path):
     assert sorted(set(srcs)) == sorted('file://%s/%s' % (top, p) for p in ('a.txt', 'sub/f1', 'sub/deep/f2'))
 
 
+@pytest.mark.once
 def test_gfal_copy_job_file_argument(tmp_path):
     (tmp_path / 'a').write_text('A')
     job = tmp_path / 'job.json'
@@ -3343,6 +3371,7 @@ def test_gfal_copy_job_file_argument(tmp_path):
     assert rc == 0 and lines == [gfal_ok()] and (tmp_path / 'b').read_text() == 'A'
 
 
+@pytest.mark.once
 def test_gfal_copy_make_dirs_false(tmp_path):
     (tmp_path / 'a').write_text('A')
     base = 'file://%s/' % tmp_path
@@ -3354,6 +3383,7 @@ def test_gfal_copy_make_dirs_false(tmp_path):
     assert rc == 0 and (tmp_path / 'new' / 'a').read_text() == 'A'
 
 
+@pytest.mark.once
 def test_gfal_copy_overwrite(tmp_path):
     (tmp_path / 'a').write_text('new')
     (tmp_path / 'b').write_text('old')
@@ -3364,6 +3394,7 @@ def test_gfal_copy_overwrite(tmp_path):
     assert rc == 0 and (tmp_path / 'b').read_text() == 'new'
 
 
+@pytest.mark.once
 def test_gfal_copy_checksum(tmp_path):
     (tmp_path / 'a').write_bytes(b'hello\n')
     base = 'file://%s/' % tmp_path
@@ -3381,6 +3412,7 @@ def test_gfal_copy_checksum(tmp_path):
     assert _gfal_monitor_sources(err) == []          # nothing was copied
 
 
+@pytest.mark.once
 def test_gfal_copy_encrypt(tmp_path, gfal_se):
     url, path = gfal_se
     (tmp_path / 'a').write_text('secret')
@@ -3399,6 +3431,7 @@ def test_gfal_copy_encrypt(tmp_path, gfal_se):
     assert _gfal_monitor_sources(err) == ['file://%s/a' % tmp_path]
 
 
+@pytest.mark.once
 def test_gfal_copy_preserve_timestamp(tmp_path, gfal_se):
     url, path = gfal_se
     src = tmp_path / 'a'
@@ -3417,6 +3450,7 @@ def test_gfal_copy_preserve_timestamp(tmp_path, gfal_se):
     assert int(_gfal_os.stat(str(tmp_path / 'd')).st_mtime) != 1234567890
 
 
+@pytest.mark.once
 def test_gfal_copy_across_file_and_xrootd(tmp_path, gfal_se):
     url, path = gfal_se
     (tmp_path / 'a').write_bytes(b'payload' * 100)
@@ -3433,6 +3467,7 @@ def test_gfal_copy_across_file_and_xrootd(tmp_path, gfal_se):
     assert 'file://%s/a' % tmp_path in _gfal_monitor_sources(err)
 
 
+@pytest.mark.once
 def test_gfal_copy_parallel_order_and_concurrency(tmp_path):
     # three mock copies of 1 s each run at once; results stay in input order
     files = [['%d' % i, 'mock://host/src%d?size=10' % i, 'mock://host/dst%d?time=1&size_post=10' % i]
@@ -3452,6 +3487,7 @@ def test_gfal_copy_parallel_order_and_concurrency(tmp_path):
     assert len(set(_gfal_monitor_sources(err))) == 9
 
 
+@pytest.mark.once
 def test_gfal_output_is_streamed(tmp_path):
     # The first result line arrives while a later entry is still being copied.
     job = {'files': [['mock://host/a?size=1', 'mock://host/b?time=0&size_post=1'],
@@ -3468,6 +3504,7 @@ def test_gfal_output_is_streamed(tmp_path):
     assert proc.wait() == 0 and _gfal_json.loads(rest.decode()) == gfal_ok()
 
 
+@pytest.mark.once
 def test_gfal_bad_job_does_nothing(tmp_path):
     (tmp_path / 'a').write_text('A')
     base = 'file://%s/' % tmp_path
@@ -3481,6 +3518,7 @@ def test_gfal_bad_job_does_nothing(tmp_path):
     assert rc == 2 and 'invalid JSON' in lines[0]['Reason'] and not (tmp_path / 'b').exists()
 
 
+@pytest.mark.once
 def test_gfal_timeout_option_everywhere(tmp_path):
     base = 'file://%s/' % tmp_path
     rc, lines, _ = gfal_run('mkdir', {'base': base, 'dirs': ['d'], 'options': {'timeout': 5}})
@@ -3491,6 +3529,7 @@ def test_gfal_timeout_option_everywhere(tmp_path):
     assert rc == 0 and not (tmp_path / 'e').exists()
 
 
+@pytest.mark.once
 def test_gfal_command_handler_and_help(capsys):
     result = alien.COMMANDS['gfal'].handler(None, [])
     out = capsys.readouterr().out.splitlines()
@@ -3500,6 +3539,7 @@ def test_gfal_command_handler_and_help(capsys):
 
 
 
+@pytest.mark.once
 def test_gfal_through_the_command_line_front_end(tmp_path):
     """`python3 alien.py gfal TYPE JOB.json` and `... gfal TYPE -` (stdin), as operators run it."""
     job = tmp_path / 'job.json'
