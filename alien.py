@@ -65,6 +65,11 @@ EX_NOTCONN = 107
 EX_EREMOTEIO = 121
 EX_UNAUTHORIZED = 129
 
+# Server commands whose messages carry the service's own colour codes (SGR):
+# kept on a terminal, removed in a pipe or with NO_COLOR. Any other text from
+# the network shows its control characters escaped on a terminal.
+SERVICE_COLOUR_COMMANDS = ('listSEs', 'xrdstat', 'testSE', 'submit')
+
 
 def env_flag(name, environ=None):
     """True when the environment variable is set to anything but '', 0, false, no."""
@@ -82,7 +87,7 @@ class AlienError(Exception):
 
 class Result(object):
     """Outcome of one command: what the shell prints and the exit code."""
-    __slots__ = ('exitcode', '_out', 'err', 'results', 'metadata', 'as_json', 'raw')
+    __slots__ = ('exitcode', '_out', 'err', 'results', 'metadata', 'as_json', 'raw', 'style')
 
     def __init__(self, exitcode=0, out='', err='', results=None, metadata=None):
         self.exitcode = exitcode
@@ -92,6 +97,7 @@ class Result(object):
         self.metadata = metadata if metadata is not None else {}
         self.as_json = False  # print the whole reply as JSON
         self.raw = None       # the reply text as received
+        self.style = ''       # how out reaches a terminal: '' escaped, 'colour' service SGR kept, 'raw' as is
 
     def __repr__(self):
         return 'Result(exitcode=%r, out=%r, err=%r)' % (self.exitcode, self.out, self.err)
@@ -114,6 +120,131 @@ class Result(object):
     @out.setter
     def out(self, value):
         self._out = value
+
+
+# ---- untrusted input and output: bounded JSON, terminal-safe text ----------
+# Everything that comes from the network or from user files is parsed with
+# bounds (nesting, size, count), and every text that reaches a terminal goes
+# through term_text(): control characters are shown escaped, not obeyed.
+
+JSON_MAX_DEPTH = 64          # replies nest 3 deep, gfal jobs 4: far more than any real document
+INPUT_MAX_BYTES = 16 << 20   # -input files, gfal jobs: 16 MiB
+INPUT_MAX_LINES = 1000000    # lines of a -input file
+SETTINGS_MAX_BYTES = 1 << 20  # ~/.alienpy_aliases, ~/.alienpy_session
+ALIAS_MAX = 1000             # aliases read from ~/.alienpy_aliases
+LINE_MAX_ELEMENTS = 10000    # commands in one chain after alias expansion
+
+_JSON_NOISE = {i: None for i in range(128) if chr(i) not in '[]{}"'}
+_JSON_STRING = re.compile(r'"[^"]*"')
+_JSON_NON_BRACKET = re.compile(r'[^\[\]{}]+')
+_JSON_LEVEL = {'[': 1, '{': 1, ']': -1, '}': -1}
+
+
+class JsonTooDeep(ValueError):
+    """A JSON text nests deeper than JSON_MAX_DEPTH."""
+
+
+def json_too_deep(text, limit=JSON_MAX_DEPTH):
+    """True when the JSON text nests arrays/objects more than limit levels deep.
+    Brackets inside strings do not count. C-speed string operations only (about
+    4 ns a character): escapes and everything but brackets and quotes are
+    dropped, strings removed; flat documents end after a few passes removing
+    innermost pairs, others get their exact depth from a running sum."""
+    if len(text) <= 2 * limit:
+        return False
+    if '\\\\' in text:
+        text = text.replace('\\\\', '')
+    if '\\"' in text:
+        text = text.replace('\\"', '')
+    t = text.translate(_JSON_NOISE)
+    if '"' in t:
+        t = t.replace('""', '')   # empty strings, or two strings with nothing between
+        if '"' in t:
+            t = _JSON_STRING.sub('', t)
+    if not t.isascii() if hasattr(t, 'isascii') else any(ord(c) > 127 for c in t):
+        t = _JSON_NON_BRACKET.sub('', t)
+    brackets = t = t.replace('"', '')     # (a quote left over: not JSON, json.loads says so)
+    for _ in range(min(4, limit // 2)):   # each pass removes one or two levels: flat documents end here
+        t = t.replace('{}', '').replace('[]', '')
+        if not t:
+            return False
+    return bool(brackets) and max(itertools.accumulate(map(_JSON_LEVEL.__getitem__, brackets))) > limit
+
+
+def load_json(text, **kw):
+    """json.loads with bounded nesting: JsonTooDeep (a ValueError) beyond
+    JSON_MAX_DEPTH levels, ValueError when it is not JSON; never RecursionError.
+    The one JSON parser for replies and jobs."""
+    if json_too_deep(text):
+        raise JsonTooDeep('nested more than %d levels deep' % JSON_MAX_DEPTH)
+    try:
+        return json.loads(text, **kw)
+    except RecursionError:
+        raise JsonTooDeep('nested too deep')
+
+
+def read_text_limited(source, limit):
+    """UTF-8 text of a file (path) or stream, read at most limit bytes into
+    memory. ValueError when it is larger or not UTF-8, OSError when unreadable."""
+    if isinstance(source, str):
+        with open(source, 'rb') as f:
+            data = f.read(limit + 1)
+    else:
+        data = getattr(source, 'buffer', source).read(limit + 1)
+    if len(data) > limit:
+        raise ValueError('larger than %s' % human_bytes(limit))
+    return data if isinstance(data, str) else data.decode('utf-8')
+
+
+_CTRL = re.compile('[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]')
+_CTRL_OR_SGR = re.compile('\x1b\\[[0-9;]*m|[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]')
+_SGR = re.compile('\x1b\\[[0-9;]*m')
+_C_ESCAPES = {'\a': '\\a', '\b': '\\b', '\t': '\\t', '\n': '\\n', '\v': '\\v', '\f': '\\f', '\r': '\\r'}
+
+
+def _visible_char(c):
+    if c in _C_ESCAPES:
+        return _C_ESCAPES[c]
+    o = ord(c)
+    if 0xdc80 <= o <= 0xdcff:     # an undecodable byte of a local name (surrogateescape)
+        return '\\%03o' % (o - 0xdc00)
+    if o < 0x80:
+        return '\\%03o' % o
+    return ''.join('\\%03o' % b for b in c.encode('utf-8', 'surrogatepass'))
+
+
+def visible(text, keep_sgr=False, newlines=False):
+    """text with control characters (C0 but tab/newline, DEL, C1) and undecodable
+    bytes written as C escapes, like GNU ls -b: ESC -> \\033, CR -> \\r, byte
+    0xff -> \\377. keep_sgr keeps plain colour codes (ESC [ digits ; m);
+    newlines=True escapes newlines and tabs too (a name on one line)."""
+    rx = _CTRL_OR_SGR if keep_sgr else _CTRL
+    if newlines:
+        text = text.replace('\t', '\\t').replace('\n', '\\n')
+    if rx.search(text) is None:
+        return text
+    return rx.sub(lambda m: m.group(0) if len(m.group(0)) > 1 else _visible_char(m.group(0)), text)
+
+
+def term_text(text, stream, colour=False):
+    """The one sanitiser at the output points. text: untrusted text bound for
+    stream. On a terminal its control characters are escaped (visible()); when
+    colour is set (the messages of commands the service colours, e.g. listSEs),
+    plain SGR colour codes are kept unless NO_COLOR is set. Off a terminal
+    nothing is escaped (scripts get the bytes), but colour codes are removed."""
+    try:
+        tty = stream.isatty()
+    except (AttributeError, ValueError):
+        tty = False
+    keep = colour and tty and not os.environ.get('NO_COLOR')
+    if colour and not keep and '\x1b' in text:
+        text = _SGR.sub('', text)
+    if not tty:
+        return text
+    text = visible(text, keep_sgr=keep)
+    if keep and '\x1b' in text:
+        text += '\x1b[0m'         # a colour left open by the service ends here
+    return text
 
 
 _LOG = {}
@@ -211,27 +342,384 @@ def materialize_pem(value, kind):
     return path
 
 
-def cert_info(path):
-    """Decoded certificate (subject, issuer, notBefore, notAfter) or None if unreadable."""
+# ---- certificates: a small DER reader (the ssl module has no public parser) ----
+# X.509 certificates are read here from their DER bytes: names, validity,
+# public key, extensions. Chain checks (cert-verify) verify RSA (PKCS#1 v1.5)
+# and ECDSA (P-256, P-384) signatures with integer arithmetic and hashlib.
+
+class CertError(ValueError):
+    """A file that holds no readable X.509 certificate."""
+
+
+def der_tlv(data, pos=0):
+    """One DER element at pos -> (tag, content start, end)."""
+    if pos + 2 > len(data):
+        raise CertError('truncated DER')
+    tag, n = data[pos], data[pos + 1]
+    pos += 2
+    if tag & 0x1f == 0x1f:
+        raise CertError('multi-byte DER tag')
+    if n & 0x80:
+        k = n & 0x7f
+        if not 1 <= k <= 4 or pos + k > len(data):
+            raise CertError('bad DER length')
+        n = int.from_bytes(data[pos:pos + k], 'big')
+        pos += k
+    if pos + n > len(data):
+        raise CertError('truncated DER')
+    return tag, pos, pos + n
+
+
+def der_items(data, start=0, end=None):
+    """The elements between start and end -> [(tag, content start, end, element start)]."""
+    end = len(data) if end is None else end
+    out = []
+    while start < end:
+        tag, s, e = der_tlv(data, start)
+        out.append((tag, s, e, start))
+        start = e
+    return out
+
+
+def der_oid(body):
+    if not body:
+        raise CertError('empty OID')
+    first = body[0] // 40 if body[0] < 80 else 2
+    parts, v = [first, body[0] - 40 * first], 0
+    for b in body[1:]:
+        v = (v << 7) | (b & 0x7f)
+        if not b & 0x80:
+            parts.append(v)
+            v = 0
+    return '.'.join(str(p) for p in parts)
+
+
+def der_time(tag, body):
+    """UTCTime / GeneralizedTime (Z) -> seconds since the epoch."""
+    import calendar
+    s = body.decode('ascii', 'replace').rstrip('Z')
+    if tag == 0x17:
+        yy = int(s[:2])
+        s = ('19' if yy >= 50 else '20') + s
+    elif tag != 0x18:
+        raise CertError('bad time')
     try:
-        return ssl._ssl._test_decode_cert(path)
-    except (AttributeError, ssl.SSLError, OSError, ValueError):
+        return calendar.timegm(time.strptime(s[:14], '%Y%m%d%H%M%S'))
+    except ValueError:
+        raise CertError('bad time %r' % s)
+
+
+_DN_NAMES = {'2.5.4.3': 'CN', '2.5.4.7': 'L', '2.5.4.8': 'ST', '2.5.4.10': 'O', '2.5.4.11': 'OU',
+             '2.5.4.6': 'C', '2.5.4.9': 'STREET', '0.9.2342.19200300.100.1.25': 'DC',
+             '0.9.2342.19200300.100.1.1': 'UID'}
+_DER_STRINGS = {0x0c: 'utf-8', 0x13: 'latin-1', 0x14: 'latin-1', 0x16: 'latin-1', 0x1a: 'latin-1',
+                0x1e: 'utf-16-be', 0x1c: 'utf-32-be'}
+
+
+def der_name(data, start, end):
+    """Name -> [[(oid, value tag, value bytes, value element bytes)], ...] (one list per RDN)."""
+    rdns = []
+    for _t, s, e, _h in der_items(data, start, end):
+        rdn = []
+        for _t2, s2, e2, _h2 in der_items(data, s, e):
+            (_o, os_, oe, _), (vt, vs, ve, vh) = der_items(data, s2, e2)[:2]
+            rdn.append((der_oid(data[os_:oe]), vt, data[vs:ve], data[vh:ve]))
+        rdns.append(rdn)
+    return rdns
+
+
+def _dn_value(oid, tag, value, element):
+    enc = _DER_STRINGS.get(tag)
+    if enc is None or oid not in _DN_NAMES:  # RFC 4514: other types as #hex of the DER value
+        return '#' + element.hex()
+    v = value.decode(enc, 'replace')
+    for c in '\\"+,;<>':
+        v = v.replace(c, '\\' + c)
+    v = v.replace('\0', '\\00')
+    if v[:1] in ('#', ' '):
+        v = '\\' + v
+    if v.endswith(' ') and not v.endswith('\\ '):
+        v = v[:-1] + '\\ '
+    return v
+
+
+def dn_text(rdns):
+    """Name in the reference client's form: RFC 4514 attributes in certificate
+    order joined by '/', without a leading '/' ('C=CH/O=JAliEn/CN=jalien')."""
+    return '/'.join('+'.join('%s=%s' % (_DN_NAMES.get(oid, oid), _dn_value(oid, tag, value, el))
+                             for oid, tag, value, el in rdn) for rdn in rdns)
+
+
+class Cert(object):
+    """One parsed X.509 certificate."""
+
+    def __init__(self, der):
+        self.der = der
+        try:
+            _t, s, e = der_tlv(der)
+            (tt, ts, te, th), (_a, as_, ae, _), (_b, bs, be, _) = der_items(der, s, e)[:3]
+            self.tbs = der[th:te]
+            self.sig_alg = der_oid(der[slice(*der_items(der, as_, ae)[0][1:3])])
+            self.signature = der[bs + 1:be]  # BIT STRING without its unused-bits byte
+            fields = der_items(der, ts, te)
+            if fields[0][0] == 0xa0:       # [0] version
+                fields = fields[1:]
+            self.serial = int.from_bytes(der[fields[0][1]:fields[0][2]], 'big')
+            issuer, validity, subject, spki = fields[2], fields[3], fields[4], fields[5]
+            self.issuer_der = der[issuer[3]:issuer[2]]
+            self.subject_der = der[subject[3]:subject[2]]
+            self.issuer = der_name(der, issuer[1], issuer[2])
+            self.subject = der_name(der, subject[1], subject[2])
+            (t1, s1, e1, _), (t2, s2, e2, _) = der_items(der, validity[1], validity[2])[:2]
+            self.not_before, self.not_after = der_time(t1, der[s1:e1]), der_time(t2, der[s2:e2])
+            (_k, ks, ke, _), (_p, ps, pe, _) = der_items(der, spki[1], spki[2])[:2]
+            alg = der_items(der, ks, ke)
+            self.key_alg = der_oid(der[alg[0][1]:alg[0][2]])
+            self.key_param = der_oid(der[alg[1][1]:alg[1][2]]) if len(alg) > 1 and alg[1][0] == 0x06 else ''
+            self.key = der[ps + 1:pe]
+            self.extensions = {}
+            for tag, xs, xe, _h in fields[6:]:
+                if tag != 0xa3:
+                    continue
+                for _x, es, ee, _ in der_items(der, *der_items(der, xs, xe)[0][1:3]):
+                    parts = der_items(der, es, ee)
+                    critical = len(parts) == 3 and der[parts[1][1]:parts[1][2]] != b'\x00'
+                    self.extensions[der_oid(der[parts[0][1]:parts[0][2]])] = (critical, der[parts[-1][1]:parts[-1][2]])
+        except (IndexError, ValueError, TypeError) as e:
+            raise CertError('not an X.509 certificate (%s)' % e)
+
+    def is_ca(self):
+        """basicConstraints cA = TRUE."""
+        bc = self.extensions.get('2.5.29.19')
+        if not bc:
+            return False
+        items = der_items(bc[1], *der_tlv(bc[1])[1:])
+        return bool(items) and items[0][0] == 0x01 and bc[1][items[0][1]:items[0][2]] != b'\x00'
+
+    def is_proxy(self):
+        """An RFC 3820 proxy certificate (or a legacy Globus proxy: CN=proxy)."""
+        return '1.3.6.1.5.5.7.1.14' in self.extensions or (
+            self.subject[:-1] == self.issuer and self.subject[-1][0][0] == '2.5.4.3')
+
+
+_PEM_CERT = re.compile(rb'-----BEGIN (?:X509 |TRUSTED )?CERTIFICATE-----\s*(.*?)-----END', re.S)
+
+
+def read_certs(path):
+    """Every certificate in a PEM file -> [Cert] (CertError if there is none)."""
+    with open(path, 'rb') as f:
+        data = f.read()
+    blocks = _PEM_CERT.findall(data)
+    if not blocks:
+        raise CertError('%s holds no PEM certificate' % path)
+    try:
+        return [Cert(base64.b64decode(b''.join(b.split()), validate=True)) for b in blocks]
+    except ValueError as e:
+        raise CertError('%s: not a readable certificate (%s)' % (path, e))
+
+
+def cert_info(path):
+    """The first certificate of a PEM file -> Cert, or None if there is none."""
+    try:
+        return read_certs(path)[0]
+    except (OSError, CertError):
         return None
 
 
 def cert_seconds_left(path, now=None):
     info = cert_info(path)
-    if not info or 'notAfter' not in info:
+    if info is None:
         return None
-    return ssl.cert_time_to_seconds(info['notAfter']) - (time.time() if now is None else now)
+    return info.not_after - (time.time() if now is None else now)
 
 
-def dn_string(name):
-    """Subject/issuer tuple from the ssl module -> '/C=CH/O=JAliEn/CN=jalien'."""
-    return ''.join('/%s=%s' % (k, v) for rdn in name for (k, v) in rdn).replace(
-        'commonName', 'CN').replace('organizationName', 'O').replace(
-        'organizationalUnitName', 'OU').replace('countryName', 'C').replace(
-        'localityName', 'L').replace('stateOrProvinceName', 'ST').replace('domainComponent', 'DC')
+def der_encode(tag, body):
+    n = len(body)
+    if n < 0x80:
+        return bytes([tag, n]) + body
+    size = n.to_bytes((n.bit_length() + 7) // 8, 'big')
+    return bytes([tag, 0x80 | len(size)]) + size + body
+
+
+def name_hash(rdns):
+    """OpenSSL's subject hash (the <hash>.0 names of a CA directory): SHA-1 of the
+    canonical name - string values as UTF8String, lower case, blanks trimmed and
+    collapsed - first 4 bytes, little endian."""
+    out = b''
+    for rdn in rdns:
+        attrs = b''
+        for oid, tag, value, element in rdn:
+            enc = _DER_STRINGS.get(tag)
+            if enc is not None:
+                text = ' '.join(value.decode(enc, 'replace').split(None))
+                text = ''.join(c.lower() if c < '\x80' else c for c in text)
+                element = der_encode(0x0c, text.encode('utf-8'))
+            oid_der = _oid_der(oid)
+            attrs += der_encode(0x30, oid_der + element)
+        out += der_encode(0x31, attrs)
+    return '%08x' % int.from_bytes(hashlib.sha1(out).digest()[:4], 'little')
+
+
+def _oid_der(oid):
+    parts = [int(x) for x in oid.split('.')]
+    body = bytes([40 * parts[0] + parts[1]])
+    for p in parts[2:]:
+        chunk = [p & 0x7f]
+        p >>= 7
+        while p:
+            chunk.append(0x80 | (p & 0x7f))
+            p >>= 7
+        body += bytes(reversed(chunk))
+    return der_encode(0x06, body)
+
+
+# signature algorithm OID -> (key type, hashlib name)
+_SIG_ALGS = {'1.2.840.113549.1.1.5': ('rsa', 'sha1'), '1.2.840.113549.1.1.14': ('rsa', 'sha224'),
+             '1.2.840.113549.1.1.11': ('rsa', 'sha256'), '1.2.840.113549.1.1.12': ('rsa', 'sha384'),
+             '1.2.840.113549.1.1.13': ('rsa', 'sha512'), '1.2.840.10045.4.1': ('ec', 'sha1'),
+             '1.2.840.10045.4.3.2': ('ec', 'sha256'), '1.2.840.10045.4.3.3': ('ec', 'sha384'),
+             '1.2.840.10045.4.3.4': ('ec', 'sha512')}
+_HASH_OIDS = {'sha1': '1.3.14.3.2.26', 'sha224': '2.16.840.1.101.3.4.2.4', 'sha256': '2.16.840.1.101.3.4.2.1',
+              'sha384': '2.16.840.1.101.3.4.2.2', 'sha512': '2.16.840.1.101.3.4.2.3'}
+# NIST curves: OID -> (p, a, b, Gx, Gy, n)
+_CURVES = {
+    '1.2.840.10045.3.1.7': (
+        0xffffffff00000001000000000000000000000000ffffffffffffffffffffffff, -3,
+        0x5ac635d8aa3a93e7b3ebbd55769886bc651d06b0cc53b0f63bce3c3e27d2604b,
+        0x6b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c296,
+        0x4fe342e2fe1a7f9b8ee7eb4a7c0f9e162bce33576b315ececbb6406837bf51f5,
+        0xffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551),
+    '1.3.132.0.34': (
+        int('fffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffeffffffff0000000000000000ffffffff', 16), -3,
+        int('b3312fa7e23ee7e4988e056be3f82d19181d9c6efe8141120314088f5013875ac656398d8a2ed19d2a85c8edd3ec2aef', 16),
+        int('aa87ca22be8b05378eb1c71ef320ad746e1d3b628ba79b9859f741e082542a385502f25dbf55296c3a545e3872760ab7', 16),
+        int('3617de4a96262c6f5d9e98bf9292dc29f8f41dbd289a147ce9da3113b5f0b8c00a60b1ce1d7e819d7a431d7c90ea0e5f', 16),
+        int('ffffffffffffffffffffffffffffffffffffffffffffffffc7634d81f4372ddf581a0db248b0a77aecec196accc52973', 16)),
+}
+
+
+def _ec_add(P, Q, p, a):
+    if P is None:
+        return Q
+    if Q is None:
+        return P
+    if P[0] == Q[0] and (P[1] + Q[1]) % p == 0:
+        return None
+    if P == Q:
+        m = (3 * P[0] * P[0] + a) * pow(2 * P[1], p - 2, p) % p
+    else:
+        m = (Q[1] - P[1]) * pow(Q[0] - P[0], p - 2, p) % p
+    x = (m * m - P[0] - Q[0]) % p
+    return x, (m * (P[0] - x) - P[1]) % p
+
+
+def _ec_mul(k, P, p, a):
+    R = None
+    while k:
+        if k & 1:
+            R = _ec_add(R, P, p, a)
+        P = _ec_add(P, P, p, a)
+        k >>= 1
+    return R
+
+
+def signed_by(cert, issuer):
+    """True if issuer's public key verifies cert's signature (RSA PKCS#1 v1.5 or ECDSA)."""
+    alg = _SIG_ALGS.get(cert.sig_alg)
+    if alg is None:
+        raise CertError('signature algorithm %s is not supported' % cert.sig_alg)
+    kind, hname = alg
+    digest = hashlib.new(hname, cert.tbs).digest()
+    if kind == 'rsa':
+        if issuer.key_alg != '1.2.840.113549.1.1.1':
+            return False
+        n_item, e_item = der_items(issuer.key, *der_tlv(issuer.key)[1:])[:2]
+        n = int.from_bytes(issuer.key[n_item[1]:n_item[2]], 'big')
+        e = int.from_bytes(issuer.key[e_item[1]:e_item[2]], 'big')
+        k = (n.bit_length() + 7) // 8
+        s = int.from_bytes(cert.signature, 'big')
+        if s >= n:
+            return False
+        info = der_encode(0x30, der_encode(0x30, _oid_der(_HASH_OIDS[hname]) + b'\x05\x00') + der_encode(0x04, digest))
+        expected = b'\x00\x01' + b'\xff' * (k - len(info) - 3) + b'\x00' + info
+        return pow(s, e, n).to_bytes(k, 'big') == expected
+    curve = _CURVES.get(issuer.key_param) if issuer.key_alg == '1.2.840.10045.2.1' else None
+    if curve is None or issuer.key[:1] != b'\x04':
+        return False
+    p, a, _b, gx, gy, n = curve
+    size = (len(issuer.key) - 1) // 2
+    Q = (int.from_bytes(issuer.key[1:1 + size], 'big'), int.from_bytes(issuer.key[1 + size:], 'big'))
+    r_item, s_item = der_items(cert.signature, *der_tlv(cert.signature)[1:])[:2]
+    r = int.from_bytes(cert.signature[r_item[1]:r_item[2]], 'big')
+    s = int.from_bytes(cert.signature[s_item[1]:s_item[2]], 'big')
+    if not (0 < r < n and 0 < s < n):
+        return False
+    z = int.from_bytes(digest, 'big') >> max(0, len(digest) * 8 - n.bit_length())
+    w = pow(s, n - 2, n)
+    R = _ec_add(_ec_mul(z * w % n, (gx, gy), p, a), _ec_mul(r * w % n, Q, p, a), p, a)
+    return R is not None and R[0] % n == r
+
+
+def load_ca_store(kind, where):
+    """CA certificates of a directory (every *.pem and <hash>.N file) or a file -> {subject DER: [Cert]}."""
+    paths = [where]
+    if kind == 'capath':
+        try:
+            names = sorted(os.listdir(where))
+        except OSError:
+            names = []
+        seen, paths = set(), []
+        for name in names:
+            full = os.path.join(where, name)
+            real = os.path.realpath(full)
+            if real not in seen and (name.endswith('.pem') or re.match(r'^[0-9a-f]{8}\.\d+$', name)) \
+                    and os.path.isfile(full):
+                seen.add(real)
+                paths.append(full)
+    store = {}
+    for path in paths:
+        try:
+            certs = read_certs(path)
+        except (OSError, CertError):
+            continue
+        for c in certs:
+            store.setdefault(c.subject_der, []).append(c)
+    return store
+
+
+def verify_chain(path, kind, where, now=None):
+    """Check the certificate in path (with any further certificates of the same file
+    as intermediates, e.g. a proxy's chain) up to a CA of kind/where (find_ca()).
+    Returns None when it verifies, else the reason in a few words."""
+    now = time.time() if now is None else now
+    chain = read_certs(path)
+    store = load_ca_store(kind, where)
+    if not store:
+        return 'no CA certificates in %s' % where
+    cur, trusted = chain[0], False
+    for _depth in range(12):
+        if now > cur.not_after:
+            return '%s expired on %s' % (dn_text(cur.subject), time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(cur.not_after)))
+        if now < cur.not_before:
+            return '%s is not valid before %s' % (dn_text(cur.subject),
+                                                  time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(cur.not_before)))
+        if trusted:
+            return None
+        anchors = store.get(cur.issuer_der, [])
+        if any(a.der == cur.der for a in anchors):
+            return None  # the certificate is itself one of the CAs
+        candidates = [(a, True) for a in anchors] + [(c, False) for c in chain[1:] if c.subject_der == cur.issuer_der]
+        if not candidates:
+            return 'issuer %s is not among the CAs in %s' % (dn_text(cur.issuer), where)
+        for issuer, is_anchor in candidates:
+            if signed_by(cur, issuer):
+                break
+        else:
+            return 'the signature of %s does not verify with the key of %s' % (dn_text(cur.subject), dn_text(cur.issuer))
+        if not issuer.is_ca() and not cur.is_proxy():
+            return 'issuer %s is not a CA' % dn_text(issuer.subject)
+        cur, trusted = issuer, is_anchor
+    return 'certificate chain too long'
 
 
 def usable_pair(cert, key, now=None):
@@ -269,9 +757,34 @@ def check_key_permissions(key):
                          % (key, mode & 0o777, key), EX_NOTCONN)
 
 
-def find_ca(environ=None):
-    """('capath'|'cafile', location) in the order X509_CERT_DIR, X509_CERT_FILE, cvmfs, /etc."""
+def local_cas_dir(environ=None):
+    """The CA directory ALIENPY_USE_LOCAL_CAS asks for: its value if that is a
+    directory, else ~/.globus/certificates (where getCAcerts puts them)."""
     environ = os.environ if environ is None else environ
+    value = os.path.expanduser(environ.get('ALIENPY_USE_LOCAL_CAS', ''))
+    if value and os.path.isdir(value):
+        return value
+    return os.path.join(os.path.expanduser('~'), '.globus', 'certificates')
+
+
+def _has_pem(directory):
+    try:
+        return any(n.endswith('.pem') for n in os.listdir(directory))
+    except OSError:
+        return False
+
+
+def find_ca(environ=None):
+    """('capath'|'cafile', location) in the order ALIENPY_USE_LOCAL_CAS, X509_CERT_DIR,
+    X509_CERT_FILE, cvmfs, /etc/grid-security/certificates."""
+    environ = os.environ if environ is None else environ
+    if environ.get('ALIENPY_USE_LOCAL_CAS'):
+        local = local_cas_dir(environ)
+        # as the reference client: the directory must hold getCAcerts' download
+        if _has_pem(local) and os.path.isfile(os.path.join(local, 'CERN-GridCA.pem')):
+            return 'capath', local
+        sys.stderr.write('alien.py: ALIENPY_USE_LOCAL_CAS is set but %s holds no CA certificates '
+                         '(run: alien.py getCAcerts); looking further\n' % local)
     cert_dir = os.path.expanduser(environ.get('X509_CERT_DIR', ''))
     if cert_dir and os.path.isdir(cert_dir):
         return 'capath', cert_dir
@@ -281,11 +794,29 @@ def find_ca(environ=None):
     for d in CA_DIRS:
         if os.path.isdir(d):
             return 'capath', d
-    raise AlienError('no CA certificates found: set X509_CERT_DIR or X509_CERT_FILE', EX_NOTCONN)
+    raise AlienError('no CA certificates found: set X509_CERT_DIR or X509_CERT_FILE, '
+                     'or run getCAcerts and set ALIENPY_USE_LOCAL_CAS=1', EX_NOTCONN)
+
+
+def ask_pass_phrase(key):
+    """The pass phrase of an encrypted key: asked on the terminal without echo;
+    without a terminal (batch jobs, tests) the first line of stdin, no prompt."""
+    import getpass
+    try:
+        open('/dev/tty').close()
+    except OSError:
+        line = sys.stdin.readline() if sys.stdin is not None else ''
+        if not line:
+            raise AlienError('no pass phrase given for encrypted key %s' % key, EX_NOTCONN)
+        return line.rstrip('\r\n')
+    try:
+        return getpass.getpass('Enter PEM pass phrase for %s: ' % key)
+    except (EOFError, KeyboardInterrupt):
+        raise AlienError('no pass phrase given for encrypted key %s' % key, EX_NOTCONN)
 
 
 def _key_password(key):
-    """Ask for the pass phrase of an encrypted key once, without echo; None if not encrypted."""
+    """Ask for the pass phrase of an encrypted key once; None if not encrypted."""
     try:
         with open(key, 'rb') as f:
             head = f.read(4096)
@@ -293,11 +824,7 @@ def _key_password(key):
         return None
     if b'ENCRYPTED' not in head:
         return None
-    import getpass
-    try:
-        return getpass.getpass('Enter PEM pass phrase for %s: ' % key)
-    except (EOFError, KeyboardInterrupt):
-        raise AlienError('no pass phrase given for encrypted key %s' % key, EX_NOTCONN)
+    return ask_pass_phrase(key)
 
 
 def make_tls_context(cert, key, environ=None):
@@ -1026,7 +1553,9 @@ def parse_reply(text, compact=False):
     if not text:
         raise AlienError('empty reply from the server', EX_EMPTY_REPLY)
     try:
-        reply = json.loads(text, object_hook=_compact_row if compact else None)
+        reply = load_json(text, object_hook=_compact_row if compact else None)
+    except JsonTooDeep as e:
+        raise AlienError('reply from the server is not in the JCentral format: %s' % e, EX_ENOMSG)
     except ValueError:
         raise AlienError('reply from the server is not JSON', EX_EINVAL)
     if not isinstance(reply, dict) or not isinstance(reply.get('metadata'), dict) \
@@ -1039,7 +1568,7 @@ def reply_to_result(metadata, results):
     code = metadata.get('exitcode', '0')
     try:
         exitcode = int(code)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         exitcode = 121
     return Result(exitcode, None, str(metadata.get('error', '') or ''), results, metadata)
 
@@ -1201,6 +1730,8 @@ class Session(object):
         result = self._decode(reply, nokeys)
         del reply  # a large reply's text is freed before its output is joined
         result.raw = raw
+        if command in SERVICE_COLOUR_COMMANDS:
+            result.style = 'colour'
         return result
 
     def request_many(self, requests, nomsg=False, nokeys=False, window=32):
@@ -1284,10 +1815,11 @@ class Session(object):
             self._update_state(parse_reply(self.ws.recv_text())[0])
 
     def _update_state(self, metadata):
-        if metadata.get('user'):
-            self.user = metadata['user']
+        user = metadata.get('user')
+        if user and isinstance(user, str):
+            self.user = user
         cwd = metadata.get('currentdir')
-        if cwd:
+        if cwd and isinstance(cwd, str) and cwd.startswith('/'):
             if not self.home:
                 self.home = cwd
             if cwd != self.cwd:
@@ -1488,17 +2020,23 @@ def tokenize(element):
         raise AlienError('cannot parse %r: %s' % (element, e), EX_USAGE)
 
 
-def run_local_shell(command, stdin_text=None):
-    """Run a local shell command (for '!cmd' and 'cmd | shellcmd'), output to our terminal."""
+def run_local(argv, stdin_text=None):
+    """Run a local program with our terminal as its stdout/stderr -> Result(its exit
+    code); 127 when the program does not exist, 126 when it cannot be executed."""
     import subprocess
     sys.stdout.flush()
     try:
-        proc = subprocess.run(['/bin/sh', '-c', command],
-                              input=stdin_text.encode() if stdin_text is not None else None)
+        proc = subprocess.run(argv, input=stdin_text.encode() if stdin_text is not None else None)
+    except FileNotFoundError:
+        return Result(127, '', '%s: command not found' % argv[0])
     except OSError as e:
-        return Result(EX_GENERIC, '', 'cannot run %r: %s' % (command, e))
+        return Result(126, '', 'cannot run %s: %s' % (argv[0], e.strerror or e))
     return Result(proc.returncode)
 
+
+def run_local_shell(command, stdin_text=None):
+    """Run a local shell command (for '!cmd' and 'cmd | shellcmd'), output to our terminal."""
+    return run_local(['/bin/sh', '-c', command], stdin_text)
 
 
 # ==========================================================================
@@ -1575,16 +2113,18 @@ def parse_time_ms(value):
             return int(time.mktime(time.strptime(v, fmt)) * 1000)
         except ValueError:
             pass
-    raise AlienError('cp: cannot read the time %r (ms or s since 1970, or YYYY-mm-dd[ HH:MM[:SS]])' % value,
+    raise AlienError('cannot read the time %r (ms or s since 1970, or YYYY-mm-dd[ HH:MM[:SS]])' % value,
                      EX_EINVAL)
 
 
-def parse_cp_args(args):
-    """Parse cp arguments -> (options dict, positional list).
-
-    Options may appear anywhere; '--' ends option parsing. Bad values and
-    unknown options raise AlienError(…, EX_EINVAL)."""
-    opts = dict(_CP_DEFAULTS)
+def parse_option_table(args, table, defaults, cmd, code=EX_EINVAL, help_opts=('-h', '-help', '--help')):
+    """Parse a client command's arguments with an option table -> (options dict,
+    positional list). table: option -> (key, kind), kind one of 'flag', 'int'
+    (>= 0), 'str', 'list' (repeatable), 'time' (parse_time_ms), 'ignore' (a flag
+    accepted and dropped). Options may appear anywhere; '--' ends option parsing;
+    '-5' is an argument. help_opts set opts['help']. Bad values and unknown options
+    raise AlienError(…, code)."""
+    opts = dict(defaults, help=False) if help_opts else dict(defaults)
     pos = []
     i = 0
     while i < len(args):
@@ -1593,25 +2133,27 @@ def parse_cp_args(args):
         if a == '--':
             pos.extend(args[i:])
             break
-        if a in ('-h', '-help', '--help'):
+        if a in help_opts:
             opts['help'] = True
             continue
-        spec = _CP_OPTIONS.get(a)
+        spec = table.get(a)
         if spec is None:
-            if len(a) > 1 and a.startswith('-') and not a[1:].replace('.', '').isdigit():
-                raise AlienError('cp: unknown option %s (see cp -h)' % a, EX_EINVAL)
+            if len(a) > 1 and a.startswith('-') and not re.match(r'^-[0-9]', a):
+                raise AlienError('%s: unknown option %s (%s -h for the usage)' % (cmd, a, cmd), code)
             pos.append(a)
             continue
         key, kind = spec
+        if kind == 'ignore':
+            continue
         if kind == 'flag':
             opts[key] = True
             continue
         if i >= len(args):
-            raise AlienError('cp: option %s needs a value' % a, EX_EINVAL)
+            raise AlienError('%s: option %s needs a value' % (cmd, a), code)
         value = args[i]
         i += 1
         if kind == 'list':
-            opts[key] = tuple(opts[key]) + (value,)
+            opts[key] = tuple(opts.get(key, ())) + (value,)
             continue
         if kind == 'time':
             opts[key] = parse_time_ms(value)
@@ -1620,13 +2162,19 @@ def parse_cp_args(args):
             try:
                 value = int(value)
             except ValueError:
-                raise AlienError('cp: option %s needs an integer, got %r' % (a, value), EX_EINVAL)
+                raise AlienError('%s: option %s needs an integer, got %r' % (cmd, a, value), code)
             if value < 0:
-                raise AlienError('cp: option %s needs a value >= 0, got %d' % (a, value), EX_EINVAL)
+                raise AlienError('%s: option %s needs a value >= 0, got %d' % (cmd, a, value), code)
         opts[key] = value
-    if sum(1 for k in ('glob', 'select', 'name') if opts[k]) > 1:
-        raise AlienError('cp: only one selection rule can be used: -select (full path regex), '
-                         '-name (file name) or -glob (globbing)', EX_EINVAL)
+    if sum(1 for k in ('glob', 'select', 'name') if opts.get(k)) > 1:
+        raise AlienError('%s: only one selection rule can be used: -select (full path regex), '
+                         '-name (file name) or -glob (globbing)' % cmd, code)
+    return opts, pos
+
+
+def parse_cp_args(args):
+    """Parse cp arguments -> (options dict, positional list); see parse_option_table."""
+    opts, pos = parse_option_table(args, _CP_OPTIONS, _CP_DEFAULTS, 'cp')
     if opts['parallel'] is not None and opts['parallel'] < 1:
         opts['parallel'] = 1      # None: CP_PARALLEL large / CP_INFLIGHT small files at once
     if opts['streams'] > 15:
@@ -1713,19 +2261,27 @@ def parse_input_lines(text):
     shell-quoted (so names with spaces work); lines without exactly 2 fields
     are skipped with a notice."""
     pairs, notices = [], []
+    skipped = 0
     for n, line in enumerate(text.splitlines(), 1):
         s = line.strip()
         if not s or s.startswith(('#', ';', '//')):
             continue
+        if len(pairs) >= INPUT_MAX_LINES:
+            raise AlienError('cp: -input holds more than %d "src dst" lines' % INPUT_MAX_LINES, EX_EINVAL)
         try:
             fields = shlex.split(s)
+            why = None if len(fields) == 2 else 'need "src dst"'
         except ValueError as e:
-            notices.append('cp -input line %d skipped (%s): %s' % (n, e, s))
-            continue
-        if len(fields) != 2:
-            notices.append('cp -input line %d skipped (need "src dst"): %s' % (n, s))
-            continue
-        pairs.append((fields[0], fields[1]))
+            why = str(e)
+        if why is None:
+            pairs.append((fields[0], fields[1]))
+        elif skipped < 100:
+            skipped += 1
+            notices.append('cp -input line %d skipped (%s): %s' % (n, why, visible(s, newlines=True)))
+        else:
+            skipped += 1
+    if skipped > 100:
+        notices.append('cp -input: %d more lines skipped' % (skipped - 100))
     return pairs, notices
 
 
@@ -2195,7 +2751,7 @@ class _Progress(object):
         line = '%s%d/%d files  %s/%s  %s/s  ETA %s' % (
             self.label, self.done_files, self.total_files, human_bytes(moved),
             human_bytes(self.total_bytes), human_bytes(rate), eta)
-        sys.stderr.write('\r\x1b[K' + line + ('\n' if final else ''))
+        sys.stderr.write('\r\x1b[K' + term_text(line, sys.stderr) + ('\n' if final else ''))
         sys.stderr.flush()
 
 
@@ -2250,8 +2806,9 @@ def _stat_of(r, lfn):
     return st
 
 
-def _grid_find(session, base, opts, glob_pattern=''):
-    """Every file under the grid directory base (ends with '/') -> [lfn]."""
+def _grid_find(session, base, opts, glob_pattern='', rows=None):
+    """Every file under the grid directory base (ends with '/') -> [lfn] (cp, find2).
+    rows: a list to fill with the listing's row of each of them (all fields)."""
     args = ['-a', '-s']
     if opts.get('jobid'):
         args += ['-j', str(opts['jobid'])]
@@ -2262,12 +2819,12 @@ def _grid_find(session, base, opts, glob_pattern=''):
     # Selection is applied here on the client (exact glob/regex semantics); the
     # service only lists, so its pattern dialect cannot change what matches.
     needs_meta, meta_ok = cp_meta_filter(opts)
-    if needs_meta:
+    if needs_meta or rows is not None:
         args.insert(0, '-f')        # all fields: size, owner, gowner, ctime, jobid
     args += [base, '*']
     r = session.request('find', args, nomsg=True)
     if r.exitcode != 0:
-        raise AlienError('cp: find %s failed: %s' % (base, r.err or 'exit code %d' % r.exitcode),
+        raise AlienError('find %s failed: %s' % (base, r.err or 'exit code %d' % r.exitcode),
                          EX_ENOENT if r.exitcode == 2 else (r.exitcode if r.exitcode > 0 else EX_GENERIC))
     keep = cp_filter(opts, glob_pattern)
     out = []
@@ -2284,6 +2841,8 @@ def _grid_find(session, base, opts, glob_pattern=''):
                     'jobid': item.get('jobid')}
             if not meta_ok(rel, meta):
                 continue
+        if rows is not None:
+            rows.append(item)
         out.append(lfn)
     return out
 
@@ -2890,6 +3449,39 @@ def cp_plan(session, src, dst, opts, stats_cache=None):
                       for f in files]
 
 
+_SURROGATE = re.compile('[\ud800-\udfff]')
+
+
+def cp_name_problem(path, side):
+    """Why path cannot be a file name on side ('grid': an LFN the catalogue can
+    hold; 'local': a local destination name), or '' when it can."""
+    if _SURROGATE.search(path):
+        return 'the name is not valid UTF-8'
+    if '\x00' in path:
+        return 'the name holds a NUL character'
+    if side == 'grid':
+        if '\n' in path or '\r' in path:
+            return 'a grid file name cannot hold a line break'
+        if any(c in ('.', '..') for c in path.split('/')):
+            return 'a grid file name cannot have "." or ".." components'
+    elif any(len(c.encode('utf-8')) > 255 for c in path.split('/')):
+        return 'a name component is longer than 255 bytes'
+    return ''
+
+
+def cp_refuse_bad_names(items, direction, stats):
+    """Planned items -> (as they are consumed) those whose names both sides can
+    hold; each other one is refused up front with a one-line reason (nothing is
+    booked for it)."""
+    for src, dst, specs in items:
+        lfn, local = (dst, src) if direction == 'upload' else (src, dst)
+        why = cp_name_problem(lfn, 'grid') or (direction == 'download' and cp_name_problem(local, 'local'))
+        if why:
+            stats.fail(src, 'refused %s -> %s: %s' % (visible(src, newlines=True), visible(dst, newlines=True), why))
+        else:
+            yield src, dst, specs
+
+
 def cp_prepare_upload_dirs(session, items):
     dirs = sorted(set(lfn.rsplit('/', 1)[0] or '/' for _, lfn, _ in items))
     _requests(session, [('mkdir', ['-p', d]) for d in dirs])  # pipelined, not one round trip each
@@ -2920,6 +3512,7 @@ def cp_run(session, pairs, opts):
                         raise
                     stats.fail(src, str(e))
                     continue
+                items = cp_refuse_bad_names(items, direction, stats)
                 if direction == 'upload':
                     uploads.extend(items)
                     continue
@@ -2954,7 +3547,7 @@ def cp_result(stats, opts):
         lines = notes + ['cp: %s' % why for _, why in stats.failed] + [summary]
         return Result(EX_GENERIC, out='', err='\n'.join(lines))
     if notes:
-        sys.stderr.write('\n'.join(notes) + '\n')
+        print_error('\n'.join(notes))
     return Result(0, out='' if opts.get('quiet') else summary)
 
 
@@ -3053,7 +3646,7 @@ def gfal_load_json(text):
     if not text.strip():
         raise GfalJobError('empty input: expected a JSON job object')
     try:
-        doc = json.loads(text)
+        doc = load_json(text)
     except ValueError as e:
         raise GfalJobError('invalid JSON: %s' % e)
     if not isinstance(doc, dict):
@@ -3333,7 +3926,7 @@ class _GfalOutput(object):
         self._write(self.stdout, json.dumps(obj) + '\n')
 
     def err(self, text):
-        self._write(self.stderr, text + '\n')
+        self._write(self.stderr, term_text(text, self.stderr) + '\n')
 
 
 # dirent d_type (DT_DIR, DT_REG, DT_LNK) -> st_mode file-type bits
@@ -3655,18 +4248,15 @@ def gfal_main(args, stdin=None, stdout=None, stderr=None):
             raise GfalJobError('usage: alien.py %s' % GFAL_USAGE)
         jobtype = gfal_job_type(args[0])
         source = args[1] if len(args) == 2 else '-'
-        if source == '-':
-            text = stdin.read()
-        else:
-            try:
-                with open(source, 'rb') as f:
-                    text = f.read().decode('utf-8')
-            except (OSError, UnicodeDecodeError) as e:
-                raise GfalJobError('cannot read the job file %s: %s' % (source, e))
+        try:
+            text = read_text_limited(stdin if source == '-' else source, INPUT_MAX_BYTES)
+        except (OSError, ValueError) as e:
+            raise GfalJobError('cannot read the job %s: %s' % (
+                'from stdin' if source == '-' else 'file ' + source, getattr(e, 'strerror', None) or e))
         job = gfal_parse_job(jobtype, gfal_load_json(text))
         gfal2 = _gfal_import()
     except GfalJobError as e:
-        out.json(gfal_result(False, str(e)))
+        out.json(gfal_result(False, str(e), ''))   # id "": the whole job failed (pdm worker)
         return 2
     status = gfal_run_job(gfal2, job, out)
     return 1 if out.broken else status
@@ -3786,9 +4376,10 @@ def http_get_json(url, environ, headers=(), what='GET', check=None):
     A body that is not JSON, or not of that shape, is a one-line error (exit 42)."""
     _, body = http_get(url, environ, [('Accept', 'application/json')] + list(headers), what=what)
     try:
-        doc = json.loads(body.decode('utf-8'))
-    except ValueError:
-        raise AlienError('%s %s: the reply is not JSON' % (what, url), EX_ENOMSG)
+        doc = load_json(body.decode('utf-8'))
+    except ValueError as e:
+        raise AlienError('%s %s: the reply is not JSON%s' % (
+            what, url, ' (%s)' % e if isinstance(e, JsonTooDeep) else ''), EX_ENOMSG)
     if check is not None and not check(doc):
         raise AlienError('%s %s: the reply is not in the expected format' % (what, url), EX_ENOMSG)
     return doc
@@ -3839,28 +4430,11 @@ def command(*names, **kw):
 def parse_options(name, args, flags=(), valued=(), multi=()):
     """(options dict, positional list) of a client command's arguments. flags -> True,
     valued -> the next argument, multi -> list of values. An unknown option or a missing
-    value is an AlienError (exit 64) naming the command."""
-    opts, pos = {}, []
-    i = 0
-    while i < len(args):
-        a = args[i]
-        i += 1
-        key = a[1:] if a.startswith('-') and len(a) > 1 else None
-        if key in flags:
-            opts[key] = True
-        elif key in valued or key in multi:
-            if i >= len(args):
-                raise AlienError('%s: option %s needs a value' % (name, a), EX_USAGE)
-            if key in multi:
-                opts.setdefault(key, []).append(args[i])
-            else:
-                opts[key] = args[i]
-            i += 1
-        elif key is not None and not re.match(r'^-?[0-9]', a):
-            raise AlienError('%s: unknown option %s (%s -h for the usage)' % (name, a, name), EX_USAGE)
-        else:
-            pos.append(a)
-    return opts, pos
+    value is an AlienError (exit 64) naming the command (parse_option_table's rules)."""
+    table = dict([('-' + k, (k, 'flag')) for k in flags] + [('-' + k, (k, 'str')) for k in valued] +
+                 [('-' + k, (k, 'list')) for k in multi])
+    opts, pos = parse_option_table(args, table, {}, name, code=EX_USAGE, help_opts=())
+    return dict((k, list(v) if isinstance(v, tuple) else v) for k, v in opts.items()), pos
 
 
 def number_option(opts, key, name, default, kind=float):
@@ -3995,11 +4569,11 @@ def cmd_cp(session, args):
         if pos:
             raise AlienError('cp: -input FILE takes no other SRC/DST arguments', EX_EINVAL)
         try:
-            with open(os.path.expanduser(opts['input']), encoding='utf-8') as f:
-                text = f.read()
-        except (OSError, UnicodeDecodeError) as e:
-            raise AlienError('cp: cannot read -input file %s: %s' % (opts['input'], getattr(e, 'strerror', e)),
-                             EX_ENOENT)
+            text = read_text_limited(os.path.expanduser(opts['input']), INPUT_MAX_BYTES)
+        except OSError as e:
+            raise AlienError('cp: cannot read -input file %s: %s' % (opts['input'], e.strerror), EX_ENOENT)
+        except ValueError as e:
+            raise AlienError('cp: cannot read -input file %s: %s' % (opts['input'], e), EX_EINVAL)
         pairs, notices = parse_input_lines(text)
         if not pairs:
             raise AlienError('cp: no "src dst" lines in %s' % opts['input'], EX_EINVAL)
@@ -4023,7 +4597,7 @@ def cmd_cp(session, args):
     if not opts['dryrun']:
         xrootd_client()
     if notices:
-        sys.stderr.write('\n'.join(notices) + '\n')
+        print_error('\n'.join(notices))
     return cp_result(cp_run(session, pairs, opts), opts)
 
 
@@ -4065,7 +4639,9 @@ def _show_files(session, args, name):
             return Result(rc)
         data = b''.join(open(p, 'rb').read() for p in paths)
         text = data.decode('utf-8', 'replace')
-        return Result(0, out=text[:-1] if text.endswith('\n') else text)
+        result = Result(0, out=text[:-1] if text.endswith('\n') else text)
+        result.style = 'raw'   # file content, printed as is like the system cat
+        return result
     finally:
         import shutil
         shutil.rmtree(tmpdir, ignore_errors=True)
@@ -4164,6 +4740,228 @@ def _editor_command(name):
 for _name in ('edit', 'vi', 'vim', 'nano', 'mcedit'):
     command(_name, usage='%s [-datebck] LFN[@specs]  edit a grid file; the old version is kept as LFN~' % _name)(
         _editor_command(_name))
+
+
+# -- find2, toXml: catalogue listings and XML collections --
+
+FIND2_USAGE = '''find2 [options] DIR        (or DIR/PATTERN, e.g. /alice/data/*/AO2D.root)
+every file under DIR that passes the client-side filters, one LFN per line
+(exit 2 when none does). The selection and filters are cp's:
+  -glob PAT | -select REGEX (full path) | -name begin_X_contain_Y_ends_Z_ext_W
+  -exclude TEXT, -exclude_re REGEX (relative path; repeatable), -minsize/-maxsize BYTES,
+  -mindepth/-maxdepth N, -user U, -group G, -jobid ID, -min-ctime/-max-ctime T (ms, s, YYYY-mm-dd)
+  -j JOBID, -l COUNT, -o OFFSET   passed to the service's find
+  -x FILE         also write the files as an AliEn XML collection to the local FILE
+  -v -a -s -f -d -w -wh           accepted and ignored, as by the reference client'''
+
+_FIND2_OPTIONS = dict((o, _CP_OPTIONS[o]) for o in (
+    '-glob', '-select', '-name', '-exclude', '-exclude_re', '-minsize', '-maxsize', '-mindepth', '-maxdepth',
+    '-user', '-group', '-jobid', '-min-ctime', '-max-ctime', '-j', '-l', '-o'))
+_FIND2_OPTIONS.update((o, ('', 'ignore')) for o in ('-v', '-a', '-s', '-f', '-d', '-w', '-wh'))
+_FIND2_OPTIONS['-x'] = ('xml', 'str')
+
+# the attributes of a <file> in the service's XML collections, in its order
+_XML_FILE_FIELDS = ('name', 'aclId', 'broken', 'ctime', 'dir', 'entryId', 'expiretime', 'gowner', 'guid',
+                    'guidtime', 'jobid', 'lfn', 'md5', 'owner', 'perm', 'replicated', 'size', 'turl', 'type')
+
+
+def xml_collection(entries, command, creator, now=None):
+    """An AliEn XML collection (the shape of the service's toXml) of entries:
+    dicts with the _XML_FILE_FIELDS (missing ones are empty)."""
+    from xml.sax.saxutils import quoteattr
+    now = time.time() if now is None else now
+    lines = ['<?xml version="1.0"?>', '<alien>', '  <collection name="tempCollection">']
+    for i, e in enumerate(entries, 1):
+        attrs = ' '.join('%s=%s' % (k, quoteattr(str(e.get(k, '')))) for k in _XML_FILE_FIELDS)
+        lines += ['    <event name="%d">' % i, '      <file %s />' % attrs, '    </event>']
+    lines.append('    <info command=%s creator=%s date=%s timestamp="%d" />' % (
+        quoteattr(command), quoteattr(creator),
+        quoteattr(time.strftime('%a %b %d %H:%M:%S UTC %Y', time.gmtime(now))), int(now * 1000)))
+    return '\n'.join(lines + ['  </collection>', '</alien>']) + '\n'
+
+
+def xml_entry_grid(row):
+    """A row of `find -f` -> collection entry (ctime: ms since 1970 -> UTC text)."""
+    e = dict((k, row.get(k, '')) for k in _XML_FILE_FIELDS)
+    lfn = row.get('lfn', '')
+    ms = _int_or_none(row.get('ctime'))
+    e.update(name=row.get('name') or lfn.rsplit('/', 1)[-1], turl='alien://' + lfn,
+             ctime=_utc(ms / 1000.0) if ms is not None else row.get('ctime', ''))
+    return e
+
+
+def xml_entry_local(path):
+    """A local file -> collection entry (lfn and turl: file://ABSPATH)."""
+    path = os.path.abspath(path)
+    st = os.stat(path)
+    if not stat_mod.S_ISREG(st.st_mode):
+        raise AlienError('%s is not a regular file' % path, EX_EINVAL)
+    meta = _local_meta(path)
+    return {'name': os.path.basename(path), 'broken': '0', 'replicated': '0', 'type': 'f',
+            'ctime': _utc(st.st_ctime), 'owner': meta['owner'] or st.st_uid, 'gowner': meta['gowner'] or st.st_gid,
+            'perm': '%o' % (st.st_mode & 0o777), 'size': st.st_size, 'md5': md5_file(path),
+            'lfn': 'file://' + path, 'turl': 'file://' + path}
+
+
+def write_local_text(path, text):
+    """Write text to a local file atomically (a temp file renamed over it)."""
+    path = os.path.abspath(os.path.expanduser(path))
+    tmp = part_name(path)
+    try:
+        with open(tmp, 'w', encoding='utf-8') as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        _unlink_quiet(tmp)
+        raise AlienError('cannot write %s: %s' % (path, e.strerror), EX_EIO)
+
+
+def _local_target(value, cmd):
+    """-x target that must be local: file:PATH or PATH; an alien: one is refused."""
+    side, path = cp_side(value)
+    if side == 'grid':
+        raise AlienError('%s: -x %s: the collection is written locally; upload it with cp' % (cmd, value), EX_EINVAL)
+    return path
+
+
+@command('find2', usage=FIND2_USAGE)
+def cmd_find2(session, args):
+    opts, pos = parse_option_table(args, _FIND2_OPTIONS, dict(_CP_DEFAULTS, xml=''), 'find2')
+    if opts['help']:
+        return Result(0, FIND2_USAGE)
+    if len(pos) != 1:
+        return Result(EX_EINVAL, '', 'find2: give one directory (DIR or DIR/PATTERN); see find2 -h')
+    xml = _local_target(opts['xml'], 'find2') if opts['xml'] else ''
+    base, pattern = split_glob(session.grid_path(pos[0]))
+    base = base.rstrip('/') + '/'
+    rows = [] if xml else None
+    try:
+        lfns = _grid_find(session, base, opts, pattern, rows=rows)
+    except AlienError as e:
+        return Result(e.exitcode, '', 'find2: %s' % e)
+    if not lfns:
+        return Result(EX_ENOENT, '', 'find2: no file under %s passes the selection' % base)
+    if xml:
+        write_local_text(xml, xml_collection([xml_entry_grid(r) for r in rows], 'find2 ' + ' '.join(args),
+                                             session.user or ''))
+    return Result(0, '\n'.join(lfns))
+
+
+TOXML_USAGE = '''toXml [-i] [-a] [-x OUT] [-l LIST] [LFN...]   the service's toXml (see toXml -h there), plus:
+  -local          the targets (LFN... or the lines of LIST) are local files: the
+                  collection is made here, with lfn/turl file://PATH
+  -x file:OUT     write the collection to the local file OUT (without file: the
+                  service writes it to the catalogue; with -local OUT is always local)'''
+
+
+@command('toXml', usage=TOXML_USAGE)
+def cmd_toxml(session, args):
+    opts, pos = parse_option_table(args, {'-local': ('local', 'flag'), '-i': ('ignore', 'flag'), '-a': ('append', 'flag'),
+                                     '-x': ('xml', 'str'), '-l': ('list', 'str')},
+                              {'local': False, 'ignore': False, 'append': False, 'xml': '', 'list': ''}, 'toXml')
+    if opts['help']:
+        return Result(0, TOXML_USAGE)
+    if opts['append'] and not opts['xml']:
+        return Result(EX_EINVAL, '', 'toXml: -a appends to the collection given with -x')
+    if not opts['local']:
+        side, out = cp_side(opts['xml']) if opts['xml'] else (None, '')
+        srv = (['-i'] if opts['ignore'] else []) + (['-a'] if opts['append'] else []) + \
+              (['-l', opts['list']] if opts['list'] else []) + (['-x', out] if out and side != 'local' else []) + pos
+        if side == 'local' and opts['append']:
+            return Result(EX_EINVAL, '', 'toXml: -a appends to a collection in the catalogue, not to a local file')
+        result = session.request('toXml', srv)
+        if side == 'local' and result.exitcode == 0:
+            write_local_text(out, result.out)     # as the service sent it
+        return result
+    if opts['append']:
+        return Result(EX_EINVAL, '', 'toXml -local: appending to a collection is not supported; write a new one')
+    targets = list(pos)
+    if opts['list']:
+        try:
+            with open(os.path.expanduser(cp_side(opts['list'])[1]), encoding='utf-8') as f:
+                targets += [l.strip() for l in f if l.strip() and not l.lstrip().startswith('#')]
+        except OSError as e:
+            return Result(EX_ENOENT, '', 'toXml: cannot read %s: %s' % (opts['list'], e.strerror))
+    if not targets:
+        return Result(EX_EINVAL, '', 'toXml -local: no files given')
+    entries = []
+    for t in targets:
+        side, path = cp_side(t)
+        if side == 'grid':
+            return Result(EX_EINVAL, '', 'toXml -local: %s is a grid file' % t)
+        try:
+            entries.append(xml_entry_local(path))
+        except OSError as e:
+            if not opts['ignore']:
+                return Result(EX_ENOENT, '', 'toXml: %s: %s' % (path, e.strerror))
+    text = xml_collection(entries, 'toXml ' + ' '.join(args), session.user or pwd_name())
+    if opts['xml']:
+        write_local_text(_local_target(opts['xml'], 'toXml'), text)
+    return Result(0, text.rstrip('\n'))
+
+
+def pwd_name():
+    try:
+        import pwd
+        return pwd.getpwuid(os.getuid()).pw_name
+    except (ImportError, KeyError):
+        return str(os.getuid())
+
+
+# -- run, exec: a grid file used by a local program --
+
+RUN_USAGE = '''run COMMAND [ARGS...] LFN     download LFN (md5-verified), run COMMAND ARGS... FILE here,
+                              remove the file; the exit code is COMMAND's
+  several grid files: mark each with alien: (they are appended in their order);
+  -force, -noout: accepted (the file is always downloaded afresh, the output
+  is never captured: it goes straight to the terminal)'''
+EXEC_USAGE = '''exec LFN [ARGS...]            download the program LFN (md5-verified), run it with ARGS,
+                              remove it; the exit code is the program's (-force, -noout: as in run)'''
+
+
+def _run_with_grid_files(session, argv, grid_at, make_executable=False):
+    """Download argv[i] for each i in grid_at into a private temp directory, run
+    argv with the local copies in their places, remove them -> Result."""
+    xrootd_client()
+    import shutil
+    import tempfile
+    tmp = tempfile.mkdtemp(prefix='alienpy-run-')
+    try:
+        argv = list(argv)
+        for i in grid_at:
+            argv[i] = _fetch_temp(session, argv[i], tempfile.mkdtemp(dir=tmp))[0]
+            if make_executable:
+                os.chmod(argv[i], 0o700)
+        return run_local(argv)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_argv(args):
+    """run's arguments -> (argv, indexes of the grid files in it): the alien:-marked
+    arguments (moved to the end, in order), or else the last one; None if too few."""
+    args = [a for a in args if a not in ('-force', '-noout')]
+    if len(args) < 2:
+        return None
+    marked = [i for i, a in enumerate(args) if i > 0 and a.startswith('alien:')] or [len(args) - 1]
+    argv = [a for i, a in enumerate(args) if i not in marked] + [args[i] for i in marked]
+    return argv, list(range(len(argv) - len(marked), len(argv)))
+
+
+@command('run', usage=RUN_USAGE)
+def cmd_run(session, args):
+    parsed = run_argv(args)
+    if parsed is None:
+        return Result(EX_USAGE, '', 'usage: run COMMAND [ARGS...] LFN')
+    return _run_with_grid_files(session, *parsed)
+
+
+@command('exec', usage=EXEC_USAGE)
+def cmd_exec(session, args):
+    args = [a for a in args if a not in ('-force', '-noout')]
+    if not args:
+        return Result(EX_USAGE, '', 'usage: exec LFN [ARGS...]')
+    return _run_with_grid_files(session, args, [0], make_executable=True)
 
 
 # -- gfal commands --
@@ -4556,38 +5354,200 @@ def cmd_checkaddr(session, args):
 
 # -- credential commands --
 
+def _utc(t):
+    return time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(t))
+
+
+def load_cert_file(path):
+    """[Cert] of a PEM file; a missing file exits 2 (ENOENT), one that holds no
+    certificate 5 (EIO), like the reference client."""
+    try:
+        return read_certs(path)
+    except OSError as e:
+        raise AlienError('cannot read %s: %s' % (path, e.strerror), EX_ENOENT)
+    except CertError as e:
+        raise AlienError(str(e), EX_EIO)
+
+
 def describe_cert(path):
-    info = cert_info(path)
-    if info is None:
-        raise AlienError('cannot read a certificate from %s' % path, EX_EIO if os.path.exists(path) else EX_ENOENT)
-    left = ssl.cert_time_to_seconds(info['notAfter']) - time.time()
-    state = 'valid for %s' % human_duration(left) if left > 0 else 'EXPIRED %s ago' % human_duration(-left)
-    return '\n'.join(['DN >>> %s' % dn_string(info.get('subject', ())),
-                      'ISSUER >>> %s' % dn_string(info.get('issuer', ())),
-                      'BEGIN >>> %s' % info.get('notBefore', ''),
-                      'EXPIRE >>> %s' % info['notAfter'],
-                      'LEFT >>> %s' % state])
+    """cert-info in the reference client's format (UTC times)."""
+    c = load_cert_file(path)[0]
+    return 'DN >>> %s\nISSUER >>> %s\nBEGIN >>> %s\nEXPIRE >>> %s' % (
+        dn_text(c.subject), dn_text(c.issuer), _utc(c.not_before), _utc(c.not_after))
 
 
-def human_duration(seconds):
-    seconds = int(seconds)
-    d, rem = divmod(seconds, 86400)
-    h, rem = divmod(rem, 3600)
-    m, s = divmod(rem, 60)
-    return ('%dd ' % d if d else '') + '%02d:%02d:%02d' % (h, m, s)
+def verify_cert_file(path, environ):
+    """cert-verify: the chain of path up to the CAs in use -> Result (1 if it does not verify)."""
+    load_cert_file(path)
+    try:
+        kind, where = find_ca(environ)
+    except AlienError as e:
+        raise AlienError(str(e), EX_GENERIC)
+    try:
+        reason = verify_chain(path, kind, where)
+    except CertError as e:
+        reason = str(e)
+    if reason:
+        return Result(EX_GENERIC, '', '%s does not verify against %s: %s' % (path, where, reason))
+    return Result(0, '%s verifies against the CAs in %s' % (path, where))
 
 
-@command('cert-info', connect=False, usage='cert-info [CERT]  subject, issuer and validity of the user certificate')
+def match_cert_key(cert, key):
+    """certkey-match: 0 when key is the private key of cert, 42 when it is not."""
+    load_cert_file(cert)
+    if not os.path.isfile(key):
+        raise AlienError('cannot read %s: no such file' % key, EX_ENOENT)
+    asked = []
+
+    def password():
+        asked.append(True)
+        return ask_pass_phrase(key)
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(cert, key, password=password)
+    except ssl.SSLError as e:
+        if 'MISMATCH' in ('%s %s' % (e.reason, e)).upper():
+            return Result(EX_ENOMSG, '', 'certificate %s and key %s do not match' % (cert, key))
+        if asked:
+            raise AlienError('cannot decrypt key %s: wrong pass phrase' % key, EX_EIO)
+        raise AlienError('cannot load key %s: %s' % (key, e.reason or e), EX_EIO)
+    except OSError as e:
+        raise AlienError('cannot read %s: %s' % (key, e.strerror), EX_EIO)
+    return Result(0, 'certificate %s and key %s match' % (cert, key))
+
+
+def _token_pair(environ):
+    tcert, tkey = credential_paths(environ)[:2]
+    return materialize_pem(tcert, 'tokencert'), materialize_pem(tkey, 'tokenkey')
+
+
+@command('cert-info', connect=False, usage='cert-info [CERT]  subject, issuer and validity (UTC) of the user certificate')
 def cmd_cert_info(session, args):
     return Result(0, describe_cert(args[0] if args else credential_paths(session.environ)[2]))
 
 
-@command('token-info', connect=False, usage='token-info  subject, issuer and validity of the token certificate')
+@command('token-info', connect=False, usage='token-info  subject, issuer and validity (UTC) of the token certificate')
 def cmd_token_info(session, args):
-    path = materialize_pem(credential_paths(session.environ)[0], 'tokencert')
+    path = _token_pair(session.environ)[0]
     if not os.path.exists(path):
         return Result(EX_ENOENT, '', 'no token certificate at %s (run token-init)' % path)
     return Result(0, describe_cert(path))
+
+
+@command('cert-verify', connect=False,
+         usage='cert-verify [CERT]  verify the user certificate\'s chain against the CAs in use (exit 1 if it does not)')
+def cmd_cert_verify(session, args):
+    return verify_cert_file(args[0] if args else credential_paths(session.environ)[2], session.environ)
+
+
+@command('token-verify', connect=False,
+         usage='token-verify  verify the token certificate\'s chain against the CAs in use (exit 1 if it does not)')
+def cmd_token_verify(session, args):
+    return verify_cert_file(_token_pair(session.environ)[0], session.environ)
+
+
+@command('certkey-match', connect=False,
+         usage='certkey-match [CERT KEY]  check that the user key belongs to the user certificate (exit 42 if not)')
+def cmd_certkey_match(session, args):
+    if len(args) not in (0, 2):
+        return Result(EX_USAGE, '', 'usage: certkey-match [CERT KEY]')
+    return match_cert_key(*(args or credential_paths(session.environ)[2:]))
+
+
+@command('tokenkey-match', connect=False,
+         usage='tokenkey-match  check that the token key belongs to the token certificate (exit 42 if not)')
+def cmd_tokenkey_match(session, args):
+    return match_cert_key(*_token_pair(session.environ))
+
+
+CAS_REPOSITORY = 'https://github.com/alisw/alien-cas.git'
+_HASH_NAME = re.compile(r'^[0-9a-f]{8}\.r?\d+$')
+
+
+def hash_links(directory):
+    """<hash>.N links to every CA certificate (*.pem) of directory, as
+    `openssl rehash` makes them -> number of certificates."""
+    count = 0
+    for name in sorted(os.listdir(directory)):
+        if not name.endswith('.pem'):
+            continue
+        c = cert_info(os.path.join(directory, name))
+        if c is None:
+            continue
+        h, n = name_hash(c.subject), 0
+        while os.path.lexists(os.path.join(directory, '%s.%d' % (h, n))):
+            n += 1
+        os.symlink(name, os.path.join(directory, '%s.%d' % (h, n)))
+        count += 1
+    return count
+
+
+def fetch_ca_certs(source, target, timeout=120):
+    """Clone the CA repository source (git), copy the content of each of its
+    top-level directories into target and make the hash links. target is
+    replaced only when all of that worked -> number of CA certificates."""
+    import shutil
+    import subprocess
+    import tempfile
+    git = shutil.which('git')
+    if git is None:
+        raise AlienError('getCAcerts needs git (e.g. apt-get install git)', EX_GENERIC)
+    work = tempfile.mkdtemp(dir=os.path.dirname(target), prefix='.alienpy-cas-')
+    try:
+        repo = os.path.join(work, 'repo')
+        env = dict(os.environ, GIT_TERMINAL_PROMPT='0')
+        try:
+            p = subprocess.run([git, 'clone', '--quiet', '--depth=1', source, repo], stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+                               timeout=timeout, env=env)
+        except subprocess.TimeoutExpired:
+            raise AlienError('getCAcerts: git clone %s took more than %d s' % (source, timeout), EX_GENERIC)
+        if p.returncode != 0:
+            why = [l for l in p.stderr.splitlines() if l.strip() and 'depth is ignored' not in l]
+            raise AlienError('getCAcerts: git clone %s failed: %s' % (source, why[-1] if why else 'exit %d' % p.returncode),
+                             EX_GENERIC)
+        new = os.path.join(work, 'certificates')
+        os.mkdir(new)
+        for top in sorted(os.listdir(repo)):
+            if top.startswith('.') or not os.path.isdir(os.path.join(repo, top)):
+                continue
+            for root, dirs, files in os.walk(os.path.join(repo, top)):
+                dirs[:] = [d for d in dirs if d != '.git']
+                out = os.path.join(new, os.path.relpath(root, os.path.join(repo, top)))
+                os.makedirs(out, exist_ok=True)
+                for name in files:
+                    if not _HASH_NAME.match(name):      # the links are made again below
+                        shutil.copy(os.path.join(root, name), os.path.join(out, name))
+        count = hash_links(new)
+        if not count:
+            raise AlienError('getCAcerts: %s holds no CA certificate' % source, EX_GENERIC)
+        if os.path.lexists(target):
+            os.rename(target, os.path.join(work, 'old'))
+        os.rename(new, target)
+        return count
+    except OSError as e:
+        raise AlienError('getCAcerts: %s: %s' % (e.filename or target, e.strerror), EX_GENERIC)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@command('getCAcerts', connect=False, usage='''getCAcerts [DIR]  download the grid CA certificates into DIR/certificates
+  (default ~/.globus/certificates) from the ALICE CA repository with git
+  (ALIENPY_CAS_REPO: another repository URL or path). Use them with
+  export X509_CERT_DIR=DIR/certificates, or ALIENPY_USE_LOCAL_CAS=1 for the default place.''')
+def cmd_getcacerts(session, args):
+    if len(args) > 1:
+        return Result(EX_USAGE, '', 'usage: getCAcerts [DIR]')
+    if args:
+        parent = os.path.expanduser(args[0])
+        if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+            return Result(EX_GENERIC, '', 'getCAcerts: %s is not a writable directory' % parent)
+    else:
+        parent = user_file(session.environ, '.globus')
+        os.makedirs(parent, mode=0o700, exist_ok=True)
+    target = os.path.join(os.path.abspath(parent), 'certificates')
+    count = fetch_ca_certs(session.environ.get('ALIENPY_CAS_REPO') or CAS_REPOSITORY, target)
+    use = 'ALIENPY_USE_LOCAL_CAS=1 or ' if not args else ''
+    return Result(0, '%d CA certificates in %s; to use them: %sexport X509_CERT_DIR=%s' % (count, target, use, target))
 
 
 @command('token-init', connect=False, usage='token-init [-v DAYS]  get a new token with the user certificate')
@@ -4615,15 +5575,22 @@ def user_file(environ, name):
 
 
 def read_settings(path):
-    """[(key, value)] of a 'key = value' file (also key=value); '#' starts a
+    """[(key, value)] of a settings file (parse_settings); a missing file is
+    empty, an oversized or non-UTF-8 one is ignored with a one-line notice."""
+    try:
+        return parse_settings(read_text_limited(path, SETTINGS_MAX_BYTES))
+    except OSError:
+        return []
+    except ValueError as e:
+        print_error('alien.py: %s ignored: %s' % (path, e))
+        return []
+
+
+def parse_settings(text):
+    """[(key, value)] of 'key = value' lines (also key=value); '#' starts a
     comment line; one pair of surrounding quotes is removed from the value."""
     pairs = []
-    try:
-        with open(path) as f:
-            lines = f.read().splitlines()
-    except (OSError, UnicodeDecodeError):
-        return pairs
-    for line in lines:
+    for line in text.splitlines():
         line = line.strip()
         if not line or line.startswith('#') or '=' not in line:
             continue
@@ -4638,7 +5605,10 @@ def read_settings(path):
 
 def load_aliases(environ):
     """Aliases of ~/.alienpy_aliases ('name = cmd1; cmd2'), in file order."""
-    return dict(read_settings(user_file(environ, '.alienpy_aliases')))
+    aliases = read_settings(user_file(environ, '.alienpy_aliases'))
+    if len(aliases) > ALIAS_MAX:
+        print_error('alien.py: only the first %d aliases of ~/.alienpy_aliases are used' % ALIAS_MAX)
+    return dict(aliases[:ALIAS_MAX])
 
 
 def expand_aliases(elements, aliases):
@@ -4655,6 +5625,8 @@ def expand_aliases(elements, aliases):
             out.extend(split_chain(aliases[m.group(1)] + m.group(2)))
         else:
             out.append(element)
+        if len(out) > LINE_MAX_ELEMENTS:
+            raise AlienError('the command line expands to more than %d commands' % LINE_MAX_ELEMENTS, EX_USAGE)
     return out
 
 
@@ -5343,7 +6315,7 @@ def prompt_text(session):
             text += ' local:%s' % os.getcwd()
         except OSError:
             text += ' local:?'
-    return text + ' >'
+    return term_text(text, sys.stdout) + ' >'
 
 
 def shell_print(result):
@@ -5353,7 +6325,7 @@ def shell_print(result):
         if result._out:
             write_lines(result)
         sys.stdout.flush()
-        sys.stderr.write('\033[91m%s\033[0m\n' % result.err.rstrip('\n'))
+        sys.stderr.write('\033[91m%s\033[0m\n' % term_text(result.err.rstrip('\n'), sys.stderr))
         sys.stderr.flush()
     else:
         print_result(result)
@@ -5464,8 +6436,8 @@ class Shell(object):
             isdir = m.endswith('/')
             names.append(m.rstrip('/').rsplit('/', 1)[-1] + ('/' if isdir else ''))
         try:
-            sys.stdout.write('\n' + format_columns(sorted(set(names))) + '\n')
-            sys.stdout.write(prompt_text(self.session) + self.readline.get_line_buffer())
+            sys.stdout.write('\n' + term_text(format_columns(sorted(set(names))), sys.stdout) + '\n')
+            sys.stdout.write(prompt_text(self.session) + term_text(self.readline.get_line_buffer(), sys.stdout))
             sys.stdout.flush()
         except Exception:
             log_exception()
@@ -5644,7 +6616,7 @@ def shell_main(session):
 
 def print_error(text):
     if text:
-        sys.stderr.write(text.rstrip('\n') + '\n')
+        sys.stderr.write(term_text(text.rstrip('\n'), sys.stderr) + '\n')
         sys.stderr.flush()
 
 
@@ -5668,9 +6640,11 @@ def print_result(result):
 
 def write_lines(result, batch=4096):
     """Print result.out without building it: large listings go out in batches."""
+    def safe(text):
+        return text if result.style == 'raw' else term_text(text, sys.stdout, result.style == 'colour')
     if result._out is not None:
         if result._out:
-            sys.stdout.write(result._out + '\n')
+            sys.stdout.write(safe(result._out) + '\n')
         return
     lines = list(result.messages())
     while lines and not lines[-1].strip():
@@ -5681,7 +6655,7 @@ def write_lines(result, batch=4096):
         return
     lines[0], lines[-1] = lines[0].lstrip(), lines[-1].rstrip()
     for i in range(0, len(lines), batch):
-        sys.stdout.write('\n'.join(lines[i:i + batch]))
+        sys.stdout.write(safe('\n'.join(lines[i:i + batch])))
         sys.stdout.write('\n')
 
 

@@ -27,7 +27,12 @@ an action:
 ``"delay:SECONDS"``
     sleep before executing the command normally.
 ``{"exitcode": N, "error": "text"}``
-    reply with exactly that exit code and error, no results.
+    reply with exactly that exit code and error, no results; with
+    ``"results": [{...}, ...]`` also those result rows (e.g. a hostile
+    ``{"message": "\u001b]0;title\u0007"}``).
+``{"raw": "text"}``
+    reply with exactly that text, whatever it is (deeply nested JSON, not
+    JSON at all, a reply not in the JCentral format).
 
 Besides command names, the key ``"idle_timeout"`` (seconds, default 900) sets
 after how long a silent session is closed with code 1013 "Session timed out";
@@ -270,6 +275,12 @@ class Session:
     def handle(self, text):
         """Reply text for one request frame (or raise Drop)."""
         try:
+            return self._handle(text)
+        except RawReply as r:
+            return r.text
+
+    def _handle(self, text):
+        try:
             req = json.loads(text)
         except ValueError:
             return json.dumps({'metadata': {'exitcode': '-1', 'error': 'Incoming JSON not ok'},
@@ -364,7 +375,9 @@ class Session:
 
     def apply_fault(self, cmd, action, args):
         if isinstance(action, dict):
-            return int(action.get('exitcode', 1)), str(action.get('error', '')), []
+            if 'raw' in action:
+                raise RawReply(str(action['raw']))
+            return int(action.get('exitcode', 1)), str(action.get('error', '')), list(action.get('results', []))
         action = str(action)
         if action == 'refuse':
             if cmd == 'commit':
@@ -458,6 +471,14 @@ class Session:
                 msg = '%s   %s' % (e['guid'], msg)
             r['message'] = msg
         return r
+
+
+class RawReply(Exception):
+    """Fault injection: reply with exactly this text."""
+
+    def __init__(self, text):
+        super().__init__('raw reply')
+        self.text = text
 
 
 _JAVA_ESCAPE = re.compile('[\x7f-\x9f\u2000-\u20ff\ud800-\udfff]')
@@ -1239,6 +1260,41 @@ def c_version(s, args):
     return [{'tag': SERVER_VERSION, 'git_hash': '0000000', 'compiled_at': '2026-01-01 00:00',
              'compiled_by': 'testgrid',
              'message': 'JAliEn %s (testgrid)' % SERVER_VERSION}]
+
+
+@command('toXml')
+def c_toxml(s, args):
+    """toXml [-i] lfn...: the XML collection of files (printed; -x/-a/-l, which write to
+    or read from the catalogue, are not offered by the test grid)"""
+    from xml.sax.saxutils import quoteattr
+    flags, vals, pos = parse_opts(args, 'i a', 'x l')
+    if 'x' in vals or 'l' in vals or 'a' in flags:
+        raise CmdError(EINVAL, 'toXml -x/-a/-l are not offered by the test grid')
+    if not pos:
+        raise CmdError(EINVAL, 'toXml needs at least one LFN')
+    lines = ['<?xml version="1.0"?>', '<alien>', '  <collection name="tempCollection">']
+    n = 0
+    for p in pos:
+        e = s.lookup(p)
+        if e is None or e['type'] != 'f':
+            if 'i' in flags:
+                continue
+            raise CmdError(ENOENT, p)
+        n += 1
+        attrs = (('name', e['name']), ('aclId', ''), ('broken', '0'),
+                 ('ctime', time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(e['ctime'] / 1000.0))),
+                 ('dir', ''), ('entryId', str(e['id'])), ('expiretime', ''), ('gowner', e['gowner']),
+                 ('guid', e['guid'] or ''), ('guidtime', ''), ('jobid', e['jobid'] or ''), ('lfn', e['lfn']),
+                 ('md5', e['md5'] or ''), ('owner', e['owner']), ('perm', e['perm']), ('replicated', '0'),
+                 ('size', str(e['size'])), ('turl', 'alien://' + e['lfn']), ('type', 'f'))
+        lines += ['    <event name="%d">' % n,
+                  '      <file %s />' % ' '.join('%s=%s' % (k, quoteattr(str(v))) for k, v in attrs),
+                  '    </event>']
+    now = time.time()
+    lines += ['    <info command=%s creator=%s date="%s" timestamp="%d" />'
+              % (quoteattr(' '.join(args)), quoteattr(s.user), time.strftime('%a %b %d %H:%M:%S UTC %Y', time.gmtime(now)),
+                 int(now * 1000)), '  </collection>', '</alien>']
+    return [{'message': '\n'.join(lines)}]
 
 
 @command('md5sum')
