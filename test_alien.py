@@ -4434,3 +4434,16 @@ def test_checkaddr(cenv, grid_state):
     assert p.returncode == 107 and 'TCP OK' in p.stdout and 'TLS FAIL' in p.stdout and 'timed out' in p.stdout, p
     p = run_cli(['checkAddr 127.0.0.1:%d' % port], env=dict(cenv, ALIENPY_JCENTRAL='127.0.0.2'))
     assert p.returncode == 0, p  # an explicit HOST wins over the configured endpoint
+
+
+def test_storage_conformance_with_the_reference_client(store):
+    """Where alien.py keeps the reference's output shape, both clients print the same."""
+    env, lfn = store
+    env = dict(env, ALIENPY_NO_CWD_RESTORE='1')
+    lines = ['getSE', 'getSE 2', 'getSE -srv first', 'getSE -name jtestsite', 'SEqos second first',
+             'pfn ' + lfn, 'pfn-status ' + lfn, 'pfn-status -v ' + lfn, 'xrd_config first', 'xrd_config -v second']
+    for line in lines:
+        ref = subprocess.run([tool('alienpy'), line], env=env, capture_output=True, text=True, timeout=60)
+        ours = run_cli([line], env=env)
+        assert (ours.returncode, ours.stdout) == (ref.returncode, ref.stdout), (line, ref, ours)
+        assert ours.returncode == 0 and ours.stdout.strip(), (line, ours)
