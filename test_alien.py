@@ -4220,17 +4220,6 @@ def test_getse_and_seqos(store, grid_state):
         assert p.returncode == code and one_line_error(p), (line, p)
 
 
-def test_getse_service_failure(store, grid_state):
-    env, _ = store
-    from testgrid import grid
-    grid.set_faults(grid_state['workdir'], {'listSEs': 'exception'})
-    try:
-        p = run_cli(['getSE first'], env=env)
-    finally:
-        grid.set_faults(grid_state['workdir'], None)
-    assert p.returncode == 121 and one_line_error(p) and 'listSEs' in p.stderr, p
-
-
 def test_pfn(store):
     env, lfn = store
     where = json.loads(run_cli(['whereis -json ' + lfn], env=env).stdout)['results']
@@ -4447,3 +4436,22 @@ def test_storage_conformance_with_the_reference_client(store):
         ours = run_cli([line], env=env)
         assert (ours.returncode, ours.stdout) == (ref.returncode, ref.stdout), (line, ref, ours)
         assert ours.returncode == 0 and ours.stdout.strip(), (line, ours)
+
+
+@pytest.mark.parametrize('fault,line,code', [
+    ({'listSEs': 'exception'}, 'getSE first', 121),
+    ({'whereis': 'exception'}, 'pfn {lfn}', 121),
+    ({'whereis': 'drop'}, 'pfn-status {lfn}', 107),
+    ({'listSEs': 'refuse'}, 'SEqos first', 13),
+    ({'listSEs': 'exception'}, 'xrd_ping first', 121),
+    ({'access': 'refuse'}, 'lfn2uri {lfn}', 77),
+])
+def test_storage_commands_when_the_service_fails(store, grid_state, fault, line, code):
+    env, lfn = store
+    from testgrid import grid
+    grid.set_faults(grid_state['workdir'], fault)
+    try:
+        p = run_cli([line.format(lfn=lfn)], env=env)
+    finally:
+        grid.set_faults(grid_state['workdir'], None)
+    assert p.returncode == code and one_line_error(p), p
