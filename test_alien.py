@@ -3059,7 +3059,7 @@ def test_gfal_bad_job_is_one_error_line(jobtype, doc, message):
     lines = out.getvalue().splitlines()
     assert rc == 2 and len(lines) == 1 and err.getvalue() == ''
     line = _gfal_json.loads(lines[0])
-    assert list(line) == ['Reason', 'Code'] and line['Code'] == 1 and message in line['Reason']
+    assert list(line) == ['Reason', 'Code', 'id'] and line['id'] == '' and line['Code'] == 1 and message in line['Reason']
 
 
 @pytest.mark.parametrize('args,text,message', [
@@ -3653,6 +3653,284 @@ def test_bare_copy_without_any_package_talks_to_the_grid(cenv, grid_state, tmp_p
     assert p.returncode == 1 and one_line_error(p) and 'pip install xrootd' in p.stderr, p
 
 
+# ===== hostile names and payloads (issue 10): bounded parsing, terminal-safe output, per-file name refusal =====
+
+import contextlib  # noqa: E402
+import io  # noqa: E402
+
+from testgrid import grid as _h10_grid  # noqa: E402
+
+
+@contextlib.contextmanager
+def h10_faults(grid_state, faults):
+    _h10_grid.set_faults(grid_state['workdir'], faults)
+    try:
+        yield
+    finally:
+        _h10_grid.set_faults(grid_state['workdir'], None)
+
+
+def h10_tty_run(args, env, cwd=None):
+    """alien.py ARGS on a pseudo-terminal -> (exit status, everything it printed)."""
+    child = pexpect.spawn(sys.executable, [ALIEN] + list(args), env=dict(env, TERM='xterm'), cwd=cwd,
+                          encoding='utf-8', codec_errors='surrogateescape', timeout=60, dimensions=(50, 300))
+    child.expect(pexpect.EOF)
+    child.close()
+    return child.exitstatus, child.before.replace('\r\n', '\n')
+
+
+class _FakeTTY(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_load_json_bounds_nesting_and_never_recurses():
+    assert alien.load_json('[' * 64 + ']' * 64) is not None
+    for text in ('[' * 65 + ']' * 65, '{"a":' * 65 + '1' + '}' * 65, '[' * 100000 + ']' * 100000,
+                 '[' * 100000, '[' * 70 + '"\\"]]]]\\\\"' + ']' * 70):
+        with pytest.raises(alien.JsonTooDeep):
+            alien.load_json(text)
+    # brackets inside strings, escaped quotes and backslashes do not count
+    deep_in_string = '[' * 60 + json.dumps('[' * 500 + '\\"{') + ']' * 60
+    assert alien.load_json(deep_in_string) is not None
+    with pytest.raises(ValueError):
+        alien.load_json('[' * 10 + '}')
+    with pytest.raises(alien.AlienError) as e:
+        alien.parse_reply('{"metadata": {}, "results": ' + '[' * 100000 + ']' * 100000 + '}')
+    assert e.value.exitcode == 42 and 'JCentral format' in str(e.value)
+
+
+def test_bounded_readers_and_input_lines(tmp_path):
+    f = tmp_path / 'big'
+    f.write_bytes(b'x' * 11)
+    with pytest.raises(ValueError):
+        alien.read_text_limited(str(f), 10)
+    assert alien.read_text_limited(str(f), 11) == 'x' * 11
+    f.write_bytes(b'\xff')
+    with pytest.raises(ValueError):
+        alien.read_text_limited(str(f), 10)
+    pairs, notices = alien.parse_input_lines('a b\n' + 'bad\n' * 150 + "'un closed\nc d\n")
+    assert pairs == [('a', 'b'), ('c', 'd')] and len(notices) == 101 and notices[-1] == 'cp -input: 51 more lines skipped'
+    with pytest.raises(alien.AlienError) as e:
+        alien.expand_aliases(['x'] * 3, {'x': ';'.join(['pwd'] * 5000)})
+    assert e.value.exitcode == 64
+
+
+def test_gfal_deep_or_huge_job_is_one_job_error_line(tmp_path):
+    for text in ('[' * 100000, '{"files": ' + '[' * 100000 + ']' * 100000 + '}'):
+        out, err = io.StringIO(), io.StringIO()
+        assert alien.gfal_main(['list'], io.StringIO(text), out, err) == 2
+        lines = out.getvalue().splitlines()
+        assert len(lines) == 1 and err.getvalue() == ''
+        line = json.loads(lines[0])
+        assert line['id'] == '' and line['Code'] == 1 and 'nested' in line['Reason']
+    big = tmp_path / 'job.json'
+    with open(str(big), 'wb') as fh:
+        fh.truncate(alien.INPUT_MAX_BYTES + 1)
+    out = io.StringIO()
+    assert alien.gfal_main(['list', str(big)], io.StringIO(), out, io.StringIO()) == 2
+    assert 'larger than' in json.loads(out.getvalue())['Reason']
+    # through the command-line front end, as the worker runs it
+    p = run_cli(['gfal', 'list'], input='[' * 100000)
+    assert p.returncode == 2 and p.stderr == '' and json.loads(p.stdout)['id'] == '', p
+
+
+def test_hostile_deep_reply_is_exit_42(cenv, grid_state):
+    deep = '{"metadata": {"exitcode": "0"}, "results": [' + '[' * 100000 + ']' * 100000 + ']}'
+    with h10_faults(grid_state, {'ls': {'raw': deep}, 'stat': {'raw': '{"metadata": {}, "results": 5}'}}):
+        p = run_cli(['ls'], env=cenv)
+        assert p.returncode == 42 and one_line_error(p) and 'Traceback' not in p.stderr, p
+        p = run_cli(['stat /x'], env=cenv)
+        assert p.returncode == 42 and one_line_error(p), p
+
+
+def test_oversized_input_and_settings_files(cenv, grid_state, tmp_path):
+    big = tmp_path / 'pairs.txt'
+    with open(str(big), 'wb') as fh:
+        fh.truncate(alien.INPUT_MAX_BYTES + 1)
+    p = run_cli(['cp', '-input', str(big)], env=cenv)
+    assert p.returncode == 22 and one_line_error(p) and 'larger than' in p.stderr, p
+    home = cenv['HOME']
+    with open(os.path.join(home, '.alienpy_aliases'), 'wb') as fh:
+        fh.truncate(alien.SETTINGS_MAX_BYTES + 1)
+    with open(os.path.join(home, '.alienpy_session'), 'wb') as fh:
+        fh.truncate(alien.SETTINGS_MAX_BYTES + 1)
+    p = run_cli([], env=cenv, input='pwd\n')       # the shell starts: both files ignored with a notice
+    assert p.returncode == 0 and p.stdout.strip().endswith(grid_state['home']), p
+    assert 'alienpy_aliases ignored: larger than' in p.stderr and 'Traceback' not in p.stderr
+    with open(os.path.join(home, '.alienpy_aliases'), 'w') as fh:
+        fh.write('bomb = %s\n' % ';'.join(['pwd'] * 5000))
+    p = run_cli(['bomb;bomb;bomb'], env=cenv)
+    assert p.returncode == 64 and one_line_error(p) and 'more than' in p.stderr, p
+
+
+def test_term_text_escapes_on_a_terminal_only(monkeypatch):
+    monkeypatch.delenv('NO_COLOR', raising=False)
+    tty, pipe = _FakeTTY(), io.StringIO()
+    hostile = 'esc\x1b[31mred\x1b]0;title\x07\r\x9b2J\udcff'
+    assert alien.term_text(hostile, tty) == 'esc\\033[31mred\\033]0;title\\a\\r\\302\\2332J\\377'
+    assert alien.term_text(hostile, pipe) == hostile            # scripts get the bytes
+    msg = 'Your new job ID is \x1b[34m42\x1b[0m \x1b[2J'
+    assert alien.term_text(msg, tty, colour=True) == 'Your new job ID is \x1b[34m42\x1b[0m \\033[2J\x1b[0m'
+    assert alien.term_text(msg, pipe, colour=True) == 'Your new job ID is 42 \x1b[2J'
+    monkeypatch.setenv('NO_COLOR', '1')
+    assert alien.term_text(msg, tty, colour=True) == 'Your new job ID is 42 \\033[2J'
+    assert alien.visible('a\nb\tc', newlines=True) == 'a\\nb\\tc'
+
+
+def test_service_messages_and_errors_on_a_terminal(cenv, grid_state):
+    colour = {'exitcode': 0, 'results': [{'message': 'Your new job ID is \x1b[34m42\x1b[0m'}]}
+    hostile = {'exitcode': 0, 'results': [{'message': 'user \x1b]0;pwned\x07\x1b[2J\x1b[31mred'}]}
+    with h10_faults(grid_state, {'submit': colour, 'whoami': hostile,
+                                 'pwd': {'exitcode': 5, 'error': 'bad \x1b[2Jthing'}}):
+        p = run_cli(['submit x.jdl'], env=cenv)                   # a pipe: clean text
+        assert (p.returncode, p.stdout) == (0, 'Your new job ID is 42\n'), p
+        code, out = h10_tty_run(['submit x.jdl'], cenv)          # a terminal: the service's colour
+        assert code == 0 and 'Your new job ID is \x1b[34m42\x1b[0m' in out, repr(out)
+        code, out = h10_tty_run(['submit x.jdl'], dict(cenv, NO_COLOR='1'))
+        assert code == 0 and 'Your new job ID is 42\n' in out and '\x1b' not in out, repr(out)
+        code, out = h10_tty_run(['whoami'], cenv)                # nothing else reaches the terminal raw
+        assert code == 0 and 'user \\033]0;pwned\\a\\033[2J\\033[31mred' in out and '\x1b' not in out, repr(out)
+        code, out = h10_tty_run(['pwd'], cenv)
+        assert code == 5 and 'bad \\033[2Jthing' in out and '\x1b' not in out, repr(out)
+        p = run_cli(['whoami'], env=cenv)                         # off a terminal: the bytes
+        assert p.stdout == 'user \x1b]0;pwned\x07\x1b[2J\x1b[31mred\n', p
+        p = run_cli(['submit -json x.jdl'], env=cenv)             # -json: exact, escaped by JSON
+        assert json.loads(p.stdout)['results'][0]['message'] == 'Your new job ID is \x1b[34m42\x1b[0m'
+        p = run_cli(['submit x.jdl'], env=dict(cenv, ALIENPY_JSONRAW='1'))
+        assert '\\u001b[34m42' in p.stdout.lower(), p   # exactly the service's text
+
+
+def test_cp_mixed_directory_good_files_arrive_bad_names_refused(cpenv, grid_state, tmp_path):
+    g = grid_dir(grid_state, 'mixed')
+    src = tmp_path / 'mixed'
+    write(src / 'ok.txt', b'fine\n')
+    write(src / 'sub' / 'ok2.txt', b'fine too\n')
+    write(src / 'esc\x1b[31mred', b'red\n')                 # the catalogue holds it: uploaded
+    write(src / 'bad\nname', b'nl\n')
+    with open(os.path.join(str(src).encode(), b'bad\xffname'), 'wb') as fh:
+        fh.write(b'ff\n')
+    p = cpx(cpenv, 'file:%s/' % src, g)
+    refused = [line for line in p.stderr.splitlines() if 'refused' in line]
+    assert p.returncode == 1 and len(refused) == 2, p
+    assert any('bad\\nname' in line and 'line break' in line for line in refused), refused
+    assert any('bad\\377name' in line and 'not valid UTF-8' in line for line in refused), refused
+    assert 'Traceback' not in p.stderr and p.stdout == '', p
+    p = cpcli(cpenv, 'ls', g)
+    assert sorted(p.stdout.split('\n')[:-1]) == ['esc\x1b[31mred', 'ok.txt', 'sub/'], p   # nothing booked for the bad ones
+    # ls of that name on a terminal shows it escaped; the good files came back intact
+    code, out = h10_tty_run(['ls', g], cpenv)
+    assert code == 0 and 'esc\\033[31mred' in out and '\x1b' not in out, repr(out)
+    out_dir = tmp_path / 'back'
+    p = cpx(cpenv, g, 'file:%s/' % out_dir)
+    assert p.returncode == 0, p
+    assert (out_dir / 'ok.txt').read_bytes() == b'fine\n' and (out_dir / 'sub' / 'ok2.txt').read_bytes() == b'fine too\n'
+    assert (out_dir / 'esc\x1b[31mred').read_bytes() == b'red\n'
+
+
+def test_cp_download_refuses_lfns_that_cannot_be_local_names(cpenv, grid_state, tmp_path):
+    g = grid_dir(grid_state, 'longname')
+    write(tmp_path / 'ok.txt', b'ok\n')
+    assert cpx(cpenv, 'file:%s' % (tmp_path / 'ok.txt'), g + 'ok.txt').returncode == 0
+    long_name = 'L' * 300
+    p = cpcli(cpenv, 'touch', g + long_name)
+    assert p.returncode == 0, p
+    p = cpx(cpenv, g, 'file:%s/' % (tmp_path / 'out'))
+    refused = [line for line in p.stderr.splitlines() if 'refused' in line]
+    assert p.returncode == 1 and len(refused) == 1 and long_name in refused[0] and '255 bytes' in refused[0], p
+    assert (tmp_path / 'out' / 'ok.txt').read_bytes() == b'ok\n'
+
+
+def test_cp_download_refuses_dot_dot_names_from_a_hostile_find(grid_state, henv, tmp_path):
+    home = '/localhost/localdomain/user/j/jalien/'
+
+    def script(server, conn, index):
+        while True:
+            msg = server.recv(conn)
+            if msg is None or msg[0] != alien.OP_TEXT:
+                return
+            cmd = server.messages[-1]['command']
+            rows = {'stat': [{'lfn': home + 'd', 'type': 'd', 'size': '0'}],
+                    'find': [{'lfn': home + 'd/../../../../../../tmp/evil'},
+                             {'lfn': home + 'd/./x'}]}.get(cmd, [{'message': 'ok'}])
+            conn.sendall(server_frame(alien.OP_TEXT, json.dumps(
+                {'metadata': {'exitcode': '0', 'error': '', 'user': 'jalien', 'currentdir': home},
+                 'results': rows}).encode()))
+    server = Hostile(grid_state, script)
+    try:
+        p = run_cli(['cp', home + 'd/', 'file:%s/' % (tmp_path / 'out')],
+                    env=dict(henv, ALIENPY_JCENTRAL='127.0.0.1:%d' % server.port))
+    finally:
+        server.close()
+    refused = [line for line in p.stderr.splitlines() if 'refused' in line]
+    assert p.returncode == 1 and len(refused) == 2 and all('".."' in line for line in refused), p
+    assert 'access' not in [m['command'] for m in server.messages]     # nothing was asked for them
+    assert not os.path.exists('/tmp/evil') and not (tmp_path / 'out').exists()
+
+
+def pdm_worker_read(stdout):
+    """Read a job's stdout by the pdm Worker's rules (../shared/spec/gfal-jobs-reference.md
+    section 1): every line is a JSON object; `domain` -> a transfer event, `transferred` ->
+    monitoring, `Code` -> the result of element `id` (id "" = the whole job failed);
+    a KeyError or a non-JSON line here is what would stop the real Worker."""
+    results, job_failed = {}, None
+    for line in stdout.splitlines():
+        obj = json.loads(line)
+        assert isinstance(obj, dict), line
+        if 'domain' in obj:
+            '%s -- %s -- %s' % (obj['domain'], obj['stage'], obj['desc'])
+            obj['id']
+        elif 'transferred' in obj:
+            obj['id']
+        elif 'Code' in obj:
+            ident = obj['id']
+            if ident == '':
+                job_failed = obj['Code']
+            else:
+                results[ident] = (obj['Code'], obj.get('Listing'))
+    return results, job_failed
+
+
+def test_gfal_every_job_kind_reads_under_the_pdm_worker_rules(tmp_path):
+    base = 'file://%s' % tmp_path
+    (tmp_path / 'a').write_text('A')
+    (tmp_path / 'd').mkdir()
+    jobs = [
+        ('list', {'files': [['1.0', base + '/d']]}, {'1.0': 0}),
+        ('list', {'files': [['1.1', base + '/missing']]}, {'1.1': 1}),
+        ('mkdir', {'files': [], 'dirs': [['2.1', base + '/new'], ['2.2', base + '/a/under_a_file']]},
+         {'2.1': 0, '2.2': 1}),
+        ('copy', {'files': [['3.1', base + '/a', base + '/b'], ['3.2', base + '/missing', base + '/c']]},
+         {'3.1': 0, '3.2': 1}),
+        ('rename', {'files': [['4.1', base + '/b', base + '/b2'], ['4.2', base + '/missing', base + '/x']]},
+         {'4.1': 0, '4.2': 1}),
+        ('remove', {'files': [['5.1', base + '/b2'], ['5.2', base + '/missing']], 'dirs': [['5.3', base + '/new']]},
+         {'5.1': 0, '5.2': 1, '5.3': 0}),
+    ]
+    for jobtype, job, expected in jobs:
+        proc = subprocess.run([GFAL_PY, '-c', GFAL_RUNNER, jobtype], input=json.dumps(job).encode(),
+                              capture_output=True, timeout=60)
+        results, job_failed = pdm_worker_read(proc.stdout.decode())
+        assert job_failed is None and {k: v[0] for k, v in results.items()} == expected, (jobtype, proc)
+        assert proc.returncode == (1 if 1 in expected.values() else 0)
+    # job errors: one line, id "", exit 2 -- every kind of them
+    for jobtype, text in (('copy', '{not json'), ('copy', '{"files": []}'), ('list', '{"options": {"x": 1}}'),
+                          ('mkdir', '{"dirs": []}'), ('chmod', '{}'), ('list', '[' * 100000),
+                          ('remove', '{"files": [[1, 2, 3, 4]]}')):
+        proc = subprocess.run([GFAL_PY, '-c', GFAL_RUNNER, jobtype], input=text.encode(),
+                              capture_output=True, timeout=60)
+        results, job_failed = pdm_worker_read(proc.stdout.decode())
+        assert (proc.returncode, results, job_failed) == (2, {}, 1), (jobtype, text, proc)
+
+
+def test_fuzz_parsers_short_run():
+    """The CI-sized run of fuzz/fuzz_parsers.py (the long runs are in the README)."""
+    p = subprocess.run([sys.executable, os.path.join(REPO, 'fuzz', 'fuzz_parsers.py'), '--count', '2000',
+                        '--seed', str(int(time.time()))], capture_output=True, text=True, timeout=300)
+    lines = p.stdout.splitlines()
+    assert p.returncode == 0 and len(lines) == 7 and all(line.endswith(', 0 crashes') for line in lines), p
+
+
 # ===== grid operations toolkit: jobs and outside services (h9jobs) =====
 # jobInfo, siteJobs, getCE, ps -trace, quota, submit against the test JCentral's task
 # queue (testgrid/jobs.py); ccdb and queryML against the CCDB/MonALISA stand-ins
@@ -3742,7 +4020,7 @@ def _gj_job(cenv, tg_dir, tmp_path):
     p = run_cli(['mkdir -p ~/bin; cp -f file:%s ~/bin/myjob.sh; cp file:%s %sjob2.jdl; cd %s; submit job2.jdl'
                  % (tmp_path / 'myjob.sh', tmp_path / 'job2.jdl', tg_dir, tg_dir)], env=cenv)
     assert p.returncode == 0, p.stderr
-    m = re.search(r'Your new job ID is \x1b\[34m([0-9]+)\x1b\[0m', p.stdout)
+    m = re.search(r'Your new job ID is ([0-9]+)\n', p.stdout)   # the service's colour codes removed in a pipe
     assert m, p.stdout
     return m.group(1)
 
