@@ -1005,6 +1005,9 @@ CONFORMANCE_LINES = [
 
 
 def _normalize_times(text):
+    """Times masked, and colour codes removed: off a terminal alien.py drops the colours
+    the service puts in listSEs/xrdstat (README), the reference prints them."""
+    text = re.sub(r'\x1b\[[0-9;]*m', '', text)
     return re.sub(r'[A-Z][a-z]{2} [ 0-9]\d \d\d:\d\d', 'MMM DD HH:MM', text)
 
 
