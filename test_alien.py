@@ -2871,6 +2871,7 @@ def test_requests_are_pipelined_through_request_many():
 
 
 # ===== gfal jobs tests =====
+# All marked `once`: gfal jobs never touch the websocket.
 # `alien.py gfal TYPE [JOB.json|-]`: validation is tested in-process (pure
 # functions, no gfal2 needed); jobs run for real in a subprocess with the
 # system interpreter, which imports Debian's gfal2, on file:// trees, on a
@@ -2960,6 +2961,7 @@ def gfal_chown_tree(top):
 
 # ---- pure functions (no gfal2 needed) ----
 
+@pytest.mark.once
 def test_gfal_join_url():
     j = alien.gfal_join_url
     assert j('root://h:1094//data/', 'sub/f') == 'root://h:1094//data/sub/f'
@@ -2973,6 +2975,7 @@ def test_gfal_join_url():
         j(None, 'relative/path')
 
 
+@pytest.mark.once
 def test_gfal_job_type_is_case_insensitive():
     assert alien.gfal_job_type('COPY') == 'copy'
     assert alien.gfal_job_type('List') == 'list'
@@ -2980,6 +2983,7 @@ def test_gfal_job_type_is_case_insensitive():
         alien.gfal_job_type('chmod')
 
 
+@pytest.mark.once
 def test_gfal_parse_both_input_styles():
     doc = {'base': 'root://h//d/', 'files': ['a', ['7.1', 'b'], 'file:///abs'], 'dirs': [['7.2', 'x/']]}
     job = alien.gfal_parse_job('remove', doc)
@@ -2994,6 +2998,7 @@ def test_gfal_parse_both_input_styles():
     assert job.entries == [(5, 'dir', 'file:///n')]
 
 
+@pytest.mark.once
 def test_gfal_option_defaults():
     opts = alien.gfal_parse_job('copy', {'files': [['file:///a', 'file:///b']]}).options
     assert opts == {'timeout': None, 'make_dirs': True, 'checksum': None, 'encrypt': False,
@@ -3051,6 +3056,7 @@ GFAL_BAD_JOBS = [
 ]
 
 
+@pytest.mark.once
 @pytest.mark.parametrize('jobtype,doc,message', GFAL_BAD_JOBS)
 def test_gfal_bad_job_is_one_error_line(jobtype, doc, message):
     with pytest.raises(alien.GfalJobError) as info:
@@ -3065,6 +3071,7 @@ def test_gfal_bad_job_is_one_error_line(jobtype, doc, message):
     assert list(line) == ['Reason', 'Code', 'id'] and line['id'] == '' and line['Code'] == 1 and message in line['Reason']
 
 
+@pytest.mark.once
 @pytest.mark.parametrize('args,text,message', [
     (['copy'], '{not json', 'invalid JSON'),
     (['copy'], '', 'empty input'),
@@ -3084,6 +3091,7 @@ def test_gfal_main_bad_input(args, text, message):
     assert line['Code'] == 1 and message in line['Reason']
 
 
+@pytest.mark.once
 def test_gfal_missing_module_in_process(monkeypatch, tmp_path):
     monkeypatch.setitem(_gfal_sys.modules, 'gfal2', None)     # import gfal2 -> ImportError
     out, err = _gfal_io.StringIO(), _gfal_io.StringIO()
@@ -3095,6 +3103,7 @@ def test_gfal_missing_module_in_process(monkeypatch, tmp_path):
     assert not (tmp_path / 'new').exists()
 
 
+@pytest.mark.once
 def test_gfal_missing_module_pyenv_python(tmp_path):
     # The project's own interpreter (pyenv) has no gfal2: one error line naming the package.
     assert _gfal_subprocess.call([_gfal_sys.executable, '-c', 'import gfal2'],
@@ -3105,6 +3114,7 @@ def test_gfal_missing_module_pyenv_python(tmp_path):
     assert not (tmp_path / 'new').exists()
 
 
+@pytest.mark.once
 def test_gfal_encrypted_url():
     e = alien.gfal_encrypted_url
     assert e('root://h//f') == 'roots://h//f'
@@ -3118,6 +3128,7 @@ def test_gfal_encrypted_url():
             e(url)
 
 
+@pytest.mark.once
 def test_gfal_url_helpers():
     assert alien.gfal_parent_url('root://h//d/f') == ('root://h//d', 'f')
     assert alien.gfal_parent_url('root://h//f') == ('root://h//', 'f')
@@ -3132,6 +3143,7 @@ def test_gfal_url_helpers():
         'MONITOR src: file:///a [  11] 500.00MB (44137.00KB/s)'
 
 
+@pytest.mark.once
 def test_gfal_command_registered():
     cmd = alien.COMMANDS['gfal']
     assert cmd.connect is False and 'list|remove|copy|rename|mkdir' in cmd.usage
@@ -3139,6 +3151,7 @@ def test_gfal_command_registered():
 
 # ---- real gfal2: LIST ----
 
+@pytest.mark.once
 def test_gfal_list_file_tree_unlimited(tmp_path):
     top = gfal_tree(str(tmp_path / 'tree'))
     rc, lines, err = gfal_run('list', {'files': ['file://' + top], 'options': {'depth': -1}})
@@ -3158,6 +3171,7 @@ def test_gfal_list_file_tree_unlimited(tmp_path):
     assert a['st_size'] == 6 and a['st_mode'] == _gfal_os.stat(_gfal_os.path.join(top, 'a.txt')).st_mode
 
 
+@pytest.mark.once
 @pytest.mark.parametrize('depth,levels', [(0, 1), (1, 1), (2, 3), (-1, 4), (-5, 4)])
 def test_gfal_list_depth(tmp_path, depth, levels):
     top = gfal_tree(str(tmp_path / 'tree'))
@@ -3165,6 +3179,7 @@ def test_gfal_list_depth(tmp_path, depth, levels):
     assert rc == 0 and len(lines[0]) == levels
 
 
+@pytest.mark.once
 def test_gfal_list_relative_and_pdm_wrapped(tmp_path):
     top = gfal_tree(str(tmp_path / 'tree'))
     rc, lines, _ = gfal_run('list', {'base': 'file://%s/' % top, 'dirs': [['7.0', 'sub']],
@@ -3177,6 +3192,7 @@ def test_gfal_list_relative_and_pdm_wrapped(tmp_path):
     assert sorted(e['name'] for e in wrapped['Listing']['file://%s/sub' % top]) == ['deep', 'f1']
 
 
+@pytest.mark.once
 def test_gfal_list_file_root_is_listed_under_parent(tmp_path):
     top = gfal_tree(str(tmp_path / 'tree'))
     rc, lines, _ = gfal_run('list', {'files': ['file://%s/sub/f1' % top]})
@@ -3186,6 +3202,7 @@ def test_gfal_list_file_root_is_listed_under_parent(tmp_path):
     assert entry['name'] == 'f1' and entry['st_size'] == 3
 
 
+@pytest.mark.once
 def test_gfal_list_symlinks(tmp_path):
     top = tmp_path / 'links'
     (top / 'real').mkdir(parents=True)
@@ -3201,6 +3218,7 @@ def test_gfal_list_symlinks(tmp_path):
     assert sorted(e['name'] for e in lines[0][root + '/real']) == ['f', 'loop']
 
 
+@pytest.mark.once
 def test_gfal_list_checksum(tmp_path):
     top = gfal_tree(str(tmp_path / 'tree'))
     rc, lines, _ = gfal_run('list', {'files': ['file://' + top], 'options': {'checksum': 'adler32'}})
@@ -3214,6 +3232,7 @@ def test_gfal_list_checksum(tmp_path):
                 assert e['adler32'] == '%08x' % _gfal_zlib.adler32(open(path, 'rb').read())
 
 
+@pytest.mark.once
 def test_gfal_list_errors(tmp_path):
     missing = 'file://%s/nope' % tmp_path
     rc, lines, _ = gfal_run('list', {'files': [missing]})
@@ -3228,6 +3247,7 @@ def test_gfal_list_errors(tmp_path):
     assert rc == 1 and len(lines) == 1 and lines[0]['Code'] == 1 and 'bogus' in lines[0]['Reason']
 
 
+@pytest.mark.once
 def test_gfal_list_mock_directory():
     url = 'mock://host/d?list=a:100644:10,b:40755:0'
     rc, lines, _ = gfal_run('list', {'files': [url], 'options': {'depth': 1}})
@@ -3235,6 +3255,7 @@ def test_gfal_list_mock_directory():
     assert [(e['name'], e['st_size']) for e in lines[0][url]] == [('a', 10), ('b', 0)]
 
 
+@pytest.mark.once
 def test_gfal_list_xrootd(gfal_se):
     url, path = gfal_se
     gfal_tree(_gfal_os.path.join(path, 'tree'))
@@ -3252,6 +3273,7 @@ def test_gfal_list_xrootd(gfal_se):
 
 # ---- real gfal2: REMOVE, MKDIR, RENAME ----
 
+@pytest.mark.once
 def test_gfal_remove_files_then_dirs(tmp_path):
     top = gfal_tree(str(tmp_path / 'tree'))
     base = 'file://%s/' % top
@@ -3272,12 +3294,14 @@ def test_gfal_remove_files_then_dirs(tmp_path):
     assert not _gfal_os.path.exists(_gfal_os.path.join(top, 'sub'))
 
 
+@pytest.mark.once
 def test_gfal_remove_mock_error_injection():
     rc, lines, _ = gfal_run('remove', {'files': ['mock://host/p?errno=2', 'mock://host/q?size=1']})
     assert rc == 1 and lines[0]['Code'] == 1 and 'No such file' in lines[0]['Reason']
     assert lines[1] == gfal_ok()
 
 
+@pytest.mark.once
 def test_gfal_mkdir(tmp_path):
     base = 'file://%s/' % tmp_path
     (tmp_path / 'plainfile').write_text('x')
@@ -3291,6 +3315,7 @@ def test_gfal_mkdir(tmp_path):
     assert rc == 1 and 'Protocol not supported' in lines[0]['Reason']
 
 
+@pytest.mark.once
 def test_gfal_rename(tmp_path):
     (tmp_path / 'old').write_text('data')
     base = 'file://%s/' % tmp_path
@@ -3300,6 +3325,7 @@ def test_gfal_rename(tmp_path):
     assert (tmp_path / 'new').read_text() == 'data' and not (tmp_path / 'old').exists()
 
 
+@pytest.mark.once
 def test_gfal_namespace_ops_xrootd(gfal_se):
     url, path = gfal_se
     with open(_gfal_os.path.join(path, 'f'), 'w') as f:
@@ -3321,6 +3347,7 @@ def _gfal_monitor_sources(err):
     return [m.group(1) for m in map(GFAL_MONITOR_RE.match, err.splitlines()) if m]
 
 
+@pytest.mark.once
 def test_gfal_copy_file_to_file_both_styles(tmp_path):
     top = gfal_tree(str(tmp_path / 'src'))
     dst = tmp_path / 'dst'
@@ -3338,6 +3365,7 @@ def test_gfal_copy_file_to_file_both_styles(tmp_path):
     assert sorted(set(srcs)) == sorted('file://%s/%s' % (top, p) for p in ('a.txt', 'sub/f1', 'sub/deep/f2'))
 
 
+@pytest.mark.once
 def test_gfal_copy_job_file_argument(tmp_path):
     (tmp_path / 'a').write_text('A')
     job = tmp_path / 'job.json'
@@ -3346,6 +3374,7 @@ def test_gfal_copy_job_file_argument(tmp_path):
     assert rc == 0 and lines == [gfal_ok()] and (tmp_path / 'b').read_text() == 'A'
 
 
+@pytest.mark.once
 def test_gfal_copy_make_dirs_false(tmp_path):
     (tmp_path / 'a').write_text('A')
     base = 'file://%s/' % tmp_path
@@ -3357,6 +3386,7 @@ def test_gfal_copy_make_dirs_false(tmp_path):
     assert rc == 0 and (tmp_path / 'new' / 'a').read_text() == 'A'
 
 
+@pytest.mark.once
 def test_gfal_copy_overwrite(tmp_path):
     (tmp_path / 'a').write_text('new')
     (tmp_path / 'b').write_text('old')
@@ -3367,6 +3397,7 @@ def test_gfal_copy_overwrite(tmp_path):
     assert rc == 0 and (tmp_path / 'b').read_text() == 'new'
 
 
+@pytest.mark.once
 def test_gfal_copy_checksum(tmp_path):
     (tmp_path / 'a').write_bytes(b'hello\n')
     base = 'file://%s/' % tmp_path
@@ -3384,6 +3415,7 @@ def test_gfal_copy_checksum(tmp_path):
     assert _gfal_monitor_sources(err) == []          # nothing was copied
 
 
+@pytest.mark.once
 def test_gfal_copy_encrypt(tmp_path, gfal_se):
     url, path = gfal_se
     (tmp_path / 'a').write_text('secret')
@@ -3402,6 +3434,7 @@ def test_gfal_copy_encrypt(tmp_path, gfal_se):
     assert _gfal_monitor_sources(err) == ['file://%s/a' % tmp_path]
 
 
+@pytest.mark.once
 def test_gfal_copy_preserve_timestamp(tmp_path, gfal_se):
     url, path = gfal_se
     src = tmp_path / 'a'
@@ -3420,6 +3453,7 @@ def test_gfal_copy_preserve_timestamp(tmp_path, gfal_se):
     assert int(_gfal_os.stat(str(tmp_path / 'd')).st_mtime) != 1234567890
 
 
+@pytest.mark.once
 def test_gfal_copy_across_file_and_xrootd(tmp_path, gfal_se):
     url, path = gfal_se
     (tmp_path / 'a').write_bytes(b'payload' * 100)
@@ -3436,6 +3470,7 @@ def test_gfal_copy_across_file_and_xrootd(tmp_path, gfal_se):
     assert 'file://%s/a' % tmp_path in _gfal_monitor_sources(err)
 
 
+@pytest.mark.once
 def test_gfal_copy_parallel_order_and_concurrency(tmp_path):
     # three mock copies of 1 s each run at once; results stay in input order
     files = [['%d' % i, 'mock://host/src%d?size=10' % i, 'mock://host/dst%d?time=1&size_post=10' % i]
@@ -3455,6 +3490,7 @@ def test_gfal_copy_parallel_order_and_concurrency(tmp_path):
     assert len(set(_gfal_monitor_sources(err))) == 9
 
 
+@pytest.mark.once
 def test_gfal_output_is_streamed(tmp_path):
     # The first result line arrives while a later entry is still being copied.
     job = {'files': [['mock://host/a?size=1', 'mock://host/b?time=0&size_post=1'],
@@ -3471,6 +3507,7 @@ def test_gfal_output_is_streamed(tmp_path):
     assert proc.wait() == 0 and _gfal_json.loads(rest.decode()) == gfal_ok()
 
 
+@pytest.mark.once
 def test_gfal_bad_job_does_nothing(tmp_path):
     (tmp_path / 'a').write_text('A')
     base = 'file://%s/' % tmp_path
@@ -3484,6 +3521,7 @@ def test_gfal_bad_job_does_nothing(tmp_path):
     assert rc == 2 and 'invalid JSON' in lines[0]['Reason'] and not (tmp_path / 'b').exists()
 
 
+@pytest.mark.once
 def test_gfal_timeout_option_everywhere(tmp_path):
     base = 'file://%s/' % tmp_path
     rc, lines, _ = gfal_run('mkdir', {'base': base, 'dirs': ['d'], 'options': {'timeout': 5}})
@@ -3494,6 +3532,7 @@ def test_gfal_timeout_option_everywhere(tmp_path):
     assert rc == 0 and not (tmp_path / 'e').exists()
 
 
+@pytest.mark.once
 def test_gfal_command_handler_and_help(capsys):
     result = alien.COMMANDS['gfal'].handler(None, [])
     out = capsys.readouterr().out.splitlines()
@@ -3503,6 +3542,7 @@ def test_gfal_command_handler_and_help(capsys):
 
 
 
+@pytest.mark.once
 def test_gfal_through_the_command_line_front_end(tmp_path):
     """`python3 alien.py gfal TYPE JOB.json` and `... gfal TYPE -` (stdin), as operators run it."""
     job = tmp_path / 'job.json'
