@@ -4973,6 +4973,7 @@ STORE_XML = ('<statistics tod="1" ver="v5.5.3" src="h:1094" tos="0" pgm="xrootd"
              '<space>0</space></stats><stats id="sched"><jobs>4</jobs></stats></statistics>')
 
 
+@pytest.mark.once   # no network
 def test_storage_pure_helpers():
     se = {'seName': 'ALICE::CERN::EOS', 'seNumber': '12', 'endpointUrl': 'root://eos.cern.ch:1094//eos/alice'}
     assert alien.se_matches(se, 'cern::eos') and alien.se_matches(se, 'eos.cern') and alien.se_matches(se, '12')
@@ -5036,6 +5037,18 @@ def _against_silent_server(env, line):
         silent.close()
 
 
+def _usage_errors(env, cases):
+    """Each (line, exit code): one line on stderr, nothing printed. In one in-process
+    session (the command-line path of an error is the same for every command)."""
+    session = alien.Session(environ=env)
+    try:
+        for line, code in cases:
+            r = session.run(line)
+            assert (r.exitcode, r.out) == (code, '') and r.err and '\n' not in r.err, (line, r)
+    finally:
+        session.close()
+
+
 _STORE_FILES = {}
 
 
@@ -5078,18 +5091,14 @@ def test_getse_and_seqos(store, grid_state):
     assert reply['results'][0]['endpointUrl'] == ses[0]['url']
     p = run_cli(['getSE -h'], env=env)
     assert p.returncode == 0 and p.stdout.startswith('getSE [-id | -name | -srv] [LABEL]')
-    for line, code in (('getSE nosuch', 2), ('getSE -x first', 64), ('getSE -id -srv first', 64), ('getSE a b', 64)):
-        p = run_cli([line], env=env)
-        assert p.returncode == code and one_line_error(p), (line, p)
+    _usage_errors(env, (('getSE nosuch', 2), ('getSE -x first', 64), ('getSE -id -srv first', 64), ('getSE a b', 64)))
     # SEqos: the QoS tags of each matching SE
     p = run_cli(['SEqos', 'secondse', 'first'], env=env)
     assert p.stdout.splitlines() == ['%-32sdisk,legooutput' % ses[1]['original'], '%-32sdisk' % ses[0]['original']]
     reply = json.loads(run_cli(['SEqos -json second'], env=env).stdout)
     assert [r['qos'] for r in reply['results']] == ['disk,legooutput']
     assert run_cli(['SEqos -h'], env=env).stdout.startswith('SEqos SE...')
-    for line, code in (('SEqos', 64), ('SEqos nosuch', 2), ('SEqos -v first', 64)):
-        p = run_cli([line], env=env)
-        assert p.returncode == code and one_line_error(p), (line, p)
+    _usage_errors(env, (('SEqos', 64), ('SEqos nosuch', 2), ('SEqos -v first', 64)))
 
 
 def test_pfn(store):
@@ -5100,9 +5109,9 @@ def test_pfn(store):
     reply = json.loads(run_cli(['pfn', '-json', lfn], env=env).stdout)
     assert [r['pfn'] for r in reply['results']] == [w['pfn'] for w in where]
     assert run_cli(['pfn -h'], env=env).stdout.startswith('pfn LFN')
-    for line, code in (('pfn', 64), ('pfn a b', 64), ('pfn -q x', 64), ('pfn %s.missing' % lfn, 2)):
-        p = run_cli([line], env=env)
-        assert p.returncode == code and one_line_error(p), (line, p)
+    p = run_cli(['pfn'], env=env)
+    assert p.returncode == 64 and one_line_error(p), p
+    _usage_errors(env, (('pfn a b', 64), ('pfn -q x', 64), ('pfn %s.missing' % lfn, 2)))
 
 
 def test_pfn_status_each_replica_and_a_stopped_se(store, grid_state):
@@ -5118,10 +5127,8 @@ def test_pfn_status_each_replica_and_a_stopped_se(store, grid_state):
         [(u, True, True, 13, True) for u in pfns]
     assert [r['se'] for r in rows] == [se['name'] for se in grid_state['ses']]
     assert run_cli(['pfn-status -h'], env=env).stdout.startswith('pfn-status [-v]')
-    for line, code in (('pfn-status', 64), ('pfn-status -x ' + lfn, 64), ('pfn-status -timeout 0 ' + lfn, 64),
-                       ('pfn-status %s.missing' % lfn, 2)):
-        p = run_cli([line], env=env)
-        assert p.returncode == code and one_line_error(p), (line, p)
+    _usage_errors(env, (('pfn-status', 64), ('pfn-status -x ' + lfn, 64), ('pfn-status -timeout 0 ' + lfn, 64),
+                        ('pfn-status %s.missing' % lfn, 2)))
     restart = _se_down(grid_state, 0)
     try:
         p = run_cli(['pfn-status', lfn], env=env)
@@ -5136,6 +5143,7 @@ def test_pfn_status_each_replica_and_a_stopped_se(store, grid_state):
     assert run_cli(['pfn-status', lfn], env=env).returncode == 0  # the SE is back
 
 
+@pytest.mark.once   # a PFN: XRootD only, no websocket
 def test_pfn_status_timeout(store):
     env, _ = store
     p, took, port = _against_silent_server(env, 'pfn-status -timeout 1 root://127.0.0.1:%d//some/file')
@@ -5175,11 +5183,9 @@ def test_lfn2uri(store, grid_state, tmp_path):
     assert p.returncode == 0 and len(p.stdout.splitlines()) == 2, p     # disk:2 by default
     assert run_cli(['stat', target], env=env).returncode == 2
     assert run_cli(['lfn2uri -h'], env=env).stdout.startswith('lfn2uri LFN[@SPECS]')
-    for line, code in (('lfn2uri', 64), ('lfn2uri %s meta write' % lfn, 64), ('lfn2uri a b c', 64),
-                       ('lfn2uri %s %s upload' % (target, tmp_path / 'nope'), 2), ('lfn2uri -z ' + lfn, 64),
-                       ('lfn2uri %s.missing' % lfn, 77)):
-        p = run_cli([line], env=env)
-        assert p.returncode == code and one_line_error(p), (line, p)
+    _usage_errors(env, (('lfn2uri', 64), ('lfn2uri %s meta write' % lfn, 64), ('lfn2uri a b c', 64),
+                        ('lfn2uri %s %s upload' % (target, tmp_path / 'nope'), 2), ('lfn2uri -z ' + lfn, 64),
+                        ('lfn2uri %s.missing' % lfn, 77)))
 
 
 def test_xrd_ping_config_stats(store, grid_state):
@@ -5211,14 +5217,12 @@ def test_xrd_ping_config_stats(store, grid_state):
     assert run_cli(['xrd_stats -xml first'], env=env).stdout.startswith('<?xml version="1.0" ?>\n<statistics')
     rows = json.loads(run_cli(['xrd_stats -json second'], env=env).stdout)['results']
     assert rows[0]['stats']['info']['port'] == str(ses[1]['port'])
-    for name in ('xrd_ping', 'xrd_config', 'xrd_stats'):
-        assert run_cli([name + ' -h'], env=env).stdout.startswith(name + ' ['), name
-        for line, code in ((name, 64), (name + ' nosuch', 2), (name + ' -q first', 64),
-                           (name + ' -timeout x first', 64)):
-            p = run_cli([line], env=env)
-            assert p.returncode == code and one_line_error(p), (line, p)
-    p = run_cli(['xrd_ping -c 0 first'], env=env)
-    assert p.returncode == 64 and one_line_error(p), p
+    p = run_cli(['xrd_ping -h; xrd_config -h; xrd_stats -h'], env=env)
+    firsts = [l for l in p.stdout.splitlines() if l.startswith('xrd_')]
+    assert [l.split()[0] for l in firsts] == ['xrd_ping', 'xrd_config', 'xrd_stats'] and p.returncode == 0, p
+    _usage_errors(env, [(line % name, code) for name in ('xrd_ping', 'xrd_config', 'xrd_stats')
+                        for line, code in (('%s', 64), ('%s nosuch', 2), ('%s -q first', 64),
+                                           ('%s -timeout x first', 64))] + [('xrd_ping -c 0 first', 64)])
 
 
 def test_xrd_probes_se_down_and_timeout(store, grid_state):
@@ -5257,6 +5261,7 @@ def test_storage_commands_without_xrootd(store):
     assert p.returncode == 0 and p.stdout.startswith('localhost::JTestSite::firstse'), p
 
 
+@pytest.mark.once   # TCP and TLS, never the websocket
 def test_checkaddr(cenv, grid_state):
     port = int(cenv['ALIENPY_JCENTRAL_PORT'])
     p = run_cli(['checkAddr'], env=cenv)  # the endpoint alien.py would use
@@ -5276,10 +5281,10 @@ def test_checkaddr(cenv, grid_state):
         if r['address'] == '127.0.0.1':   # the service listens there; the host cert names localhost
             assert (r['tcp'], r['tls'], r['error']) == ('OK', 'OK', ''), r
     assert run_cli(['checkAddr -h'], env=cenv).stdout.startswith('checkAddr [-timeout S] [HOST[:PORT]')
-    for line, code in (('checkAddr localhost x', 22), ('checkAddr localhost:99x', 22), ('checkAddr -q', 64),
-                       ('checkAddr a b c', 64), ('checkAddr no-such-host.invalid', 107)):
-        p = run_cli([line], env=cenv)
-        assert p.returncode == code and one_line_error(p), (line, p)
+    p = run_cli(['checkAddr no-such-host.invalid'], env=cenv)
+    assert p.returncode == 107 and one_line_error(p), p
+    _usage_errors(cenv, (('checkAddr localhost x', 22), ('checkAddr localhost:99x', 22), ('checkAddr -q', 64),
+                         ('checkAddr a b c', 64)))
     # nothing listening: TCP fails; a silent server: TLS times out; a wrong host name: TLS refuses
     closed = socket.socket()
     closed.bind(('127.0.0.1', 0))
@@ -5303,11 +5308,11 @@ def test_storage_conformance_with_the_reference_client(store):
     env = dict(env, ALIENPY_NO_CWD_RESTORE='1')
     lines = ['getSE', 'getSE 2', 'getSE -srv first', 'getSE -name jtestsite', 'SEqos second first',
              'pfn ' + lfn, 'pfn-status ' + lfn, 'pfn-status -v ' + lfn, 'xrd_config first', 'xrd_config -v second']
-    for line in lines:
-        ref = subprocess.run([tool('alienpy'), line], env=env, capture_output=True, text=True, timeout=60)
-        ours = run_cli([line], env=env)
-        assert (ours.returncode, ours.stdout) == (ref.returncode, ref.stdout), (line, ref, ours)
-        assert ours.returncode == 0 and ours.stdout.strip(), (line, ours)
+    chain = '; '.join(lines)   # one process per client: both print each command's output in turn
+    ref = subprocess.run([tool('alienpy'), chain], env=env, capture_output=True, text=True, timeout=120)
+    ours = run_cli([chain], env=env, timeout=120)
+    assert (ours.returncode, ours.stdout) == (ref.returncode, ref.stdout), (ref, ours)
+    assert ours.returncode == 0 and ours.stderr == '' and len(ours.stdout.splitlines()) == 23, ours
 
 
 @pytest.mark.parametrize('fault,line,code', [
