@@ -3697,6 +3697,13 @@ def test_job_trace_and_jdl_parsing():
         ['7', '0', 'DONE', 'u', 'n']
 
 
+def test_ccdb_download_urls():
+    o = {'path': 'A/B', 'Valid-From': '1700000000000', 'ETag': 'id1',
+         'replicas': ['alien:///alice/x', '/download/id1', 'https://mirror/id1']}
+    assert alien.ccdb_download_urls('http://ccdb:8080/', o) == [
+        'http://ccdb:8080/download/id1', 'https://mirror/id1', 'http://ccdb:8080/A/B/1700000000000/id1']
+
+
 def test_ccdb_query_path_and_options():
     assert alien.ccdb_query_path('TPC/Calib/*') == ('TPC/Calib', False)
     assert alien.ccdb_query_path('/A/B/1700000000000/runNumber=5', '') == ('A/B/1700000000000/runNumber=5', True)
@@ -3901,7 +3908,10 @@ def test_ccdb_get_is_verified_and_atomic(cenv, tmp_path):
     target = dst / 'TPC/Calib/PadGainFull/PadGainFull.root'
     assert p.returncode == 0 and str(target) in p.stdout, p.stderr
     data = target.read_bytes()
-    assert data.startswith(b'TPC/Calib/PadGainFull version 2\n')
+    assert data.startswith(b'TPC/Calib/PadGainFull version 2\n')   # after the stand-in's dead first replica
+    obj = json.loads(run_cli(['ccdb', 'TPC/Calib/PadGainFull', '-json'], env=env).stdout)['results'][0]
+    rest = alien.ccdb_download_urls(alien.service_base(env['ALIENPY_CCDB']), obj)[-1]   # 303 to the bytes
+    assert alien.http_get(rest, env)[1] == data
     p = run_cli(['ccdb', 'TPC/Calib/PadGainFull', '-history', '-mirror', '-dst', str(dst)], env=env)
     assert p.returncode == 0 and len(p.stdout.splitlines()) == 3
     props = list(dst.glob('TPC/Calib/PadGainFull/*/*.properties'))
