@@ -4571,9 +4571,15 @@ def _ccdb_download(base, objs, opts, env, metadata):
             props = ''.join('%s=%s\n' % (rename.get(k, k), v) for k, v in o.items() if k not in skip)
             props += 'OriginalFileName=%s\n' % o['filename']
             tmp = part_name(os.path.abspath(dest + '.properties'))
-            with open(tmp, 'w', encoding='utf-8') as f:
-                f.write(props)
-            os.replace(tmp, dest + '.properties')
+            try:
+                with open(tmp, 'w', encoding='utf-8') as f:
+                    f.write(props)
+                os.replace(tmp, dest + '.properties')
+                tmp = None
+            except OSError as e:
+                raise AlienError('ccdb: cannot write %s.properties: %s' % (dest, e.strerror), EX_EIO)
+            finally:
+                _unlink_quiet(tmp)
         lines.append('%s (%d bytes)' % (dest, size))
         o['local'] = dest
     return client_result('\n'.join(lines), objs, metadata)

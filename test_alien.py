@@ -3916,6 +3916,10 @@ def test_ccdb_get_is_verified_and_atomic(cenv, tmp_path):
     assert p.returncode == 0 and len(p.stdout.splitlines()) == 3
     props = list(dst.glob('TPC/Calib/PadGainFull/*/*.properties'))
     assert len(props) == 3 and 'OriginalFileName=PadGainFull.root' in props[0].read_text()
+    blocker = tmp_path / 'a_file'
+    blocker.write_text('x')      # a destination below a file cannot be created, even by root
+    p = run_cli(['ccdb', 'TPC/Calib/PadGainFull', '-get', '-dst', str(blocker / 'sub')], env=env)
+    assert p.returncode == 5 and one_line_error(p) and 'cannot create' in p.stderr, p
     # a download cut half-way leaves neither a part file nor a changed destination
     target.write_bytes(b'keep me')
     with open(os.path.join(_TG_DIR, 'http-faults.json'), 'w') as f:
