@@ -137,6 +137,7 @@ LINE_MAX_ELEMENTS = 10000    # commands in one chain after alias expansion
 _JSON_NOISE = {i: None for i in range(128) if chr(i) not in '[]{}"'}
 _JSON_STRING = re.compile(r'"[^"]*"')
 _JSON_NON_BRACKET = re.compile(r'[^\[\]{}]+')
+_JSON_ESCAPED = re.compile(r'\\[\\"]')
 _JSON_LEVEL = {'[': 1, '{': 1, ']': -1, '}': -1}
 
 
@@ -152,10 +153,8 @@ def json_too_deep(text, limit=JSON_MAX_DEPTH):
     innermost pairs, others get their exact depth from a running sum."""
     if len(text) <= 2 * limit:
         return False
-    if '\\\\' in text:
-        text = text.replace('\\\\', '')
-    if '\\"' in text:
-        text = text.replace('\\"', '')
+    if _JSON_ESCAPED.search(text):       # an escaped backslash or quote (one regex: much faster than 'in')
+        text = text.replace('\\\\', '').replace('\\"', '')
     t = text.translate(_JSON_NOISE)
     if '"' in t:
         t = t.replace('""', '')   # empty strings, or two strings with nothing between
