@@ -2363,17 +2363,27 @@ def glob_to_regex(pattern):
     return '^' + out + '$'
 
 
+def user_regex(pattern, flags=0, what='cp'):
+    """A regular expression typed by the user, compiled; AlienError (exit 64) when
+    it is not one, also when it nests too deep for the compiler (RecursionError)
+    or is too large; the compiler's FutureWarnings are not printed."""
+    import warnings
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            return re.compile(pattern, flags)
+    except (re.error, RecursionError, OverflowError, ValueError) as e:
+        raise AlienError('%s: invalid regex %s: %s' % (what, visible(repr(pattern[:100])), e), EX_USAGE)
+
+
 def cp_filter(opts, glob_pattern=''):
     """-> function(full_path, rel_path) -> bool for the selection options."""
     if glob_pattern or opts.get('glob'):
-        rx = re.compile(glob_to_regex(glob_pattern or opts['glob']), re.S)
+        rx = user_regex(glob_to_regex(glob_pattern or opts['glob']), re.S)
         return lambda full, rel: bool(rx.match(rel))
     regex = opts.get('select') or (name_verbs_to_regex(opts['name']) if opts.get('name') else '')
     if regex:
-        try:
-            rx = re.compile(regex, re.S)
-        except re.error as e:
-            raise AlienError('cp: invalid regex %r: %s' % (regex, e), EX_USAGE)
+        rx = user_regex(regex, re.S)
         return lambda full, rel: bool(rx.match(full))
     return lambda full, rel: True
 
@@ -2386,10 +2396,7 @@ def cp_meta_filter(opts):
     for s in opts.get('exclude') or ():
         tests.append(lambda rel, m, s=s: s not in rel)
     for r in opts.get('exclude_re') or ():
-        try:
-            rx = re.compile(r)
-        except re.error as e:
-            raise AlienError('cp: invalid regex %r: %s' % (r, e), EX_USAGE)
+        rx = user_regex(r)
         tests.append(lambda rel, m, rx=rx: not rx.search(rel))
     if opts.get('mindepth') is not None:
         tests.append(lambda rel, m, n=opts['mindepth']: rel.count('/') >= n)

@@ -4310,6 +4310,18 @@ def test_bounded_readers_and_input_lines(tmp_path):
     assert e.value.exitcode == 64
 
 
+def test_user_regex_is_one_line_error_whatever_it_holds(cenv, grid_state, tmp_path):
+    for pattern in ('(' * 5000 + ')' * 5000, '[[a]', '(', 'a{99999999999}'):
+        try:
+            alien.user_regex(pattern)
+        except alien.AlienError as e:
+            assert e.exitcode == 64 and '\n' not in str(e)
+    for option in ('-select', '-exclude_re'):
+        p = run_cli(['cp', '-dryrun', option, '(' * 5000 + ')' * 5000, grid_state['home'], 'file:%s/' % tmp_path],
+                    env=cenv)
+        assert p.returncode == 64 and one_line_error(p) and 'invalid regex' in p.stderr, p
+
+
 def test_gfal_deep_or_huge_job_is_one_job_error_line(tmp_path):
     for text in ('[' * 100000, '{"files": ' + '[' * 100000 + ']' * 100000 + '}'):
         out, err = io.StringIO(), io.StringIO()
