@@ -6039,6 +6039,16 @@ def cmd_ccdb(session, args):
     return _ccdb_download(base, objs, opts, env, metadata)
 
 
+def ccdb_download_urls(base, obj):
+    """Where an object can be fetched over HTTP, in order: its http(s) replicas (a path
+    is on the CCDB server itself), then the REST path /PATH/VALIDFROM/ID."""
+    from urllib.parse import urljoin
+    urls = [urljoin(base, r) for r in obj.get('replicas', []) if isinstance(r, str)
+            and (r.startswith(('http://', 'https://')) or r.startswith('/'))]
+    urls.append('%s%s/%s/%s' % (base, obj.get('path', '').strip('/'), obj.get('Valid-From', ''), obj['ETag']))
+    return urls
+
+
 def _ccdb_download(base, objs, opts, env, metadata):
     dst = opts.get('dst', '.')
     unique = len({(o.get('path', ''), o['filename']) for o in objs}) == len(objs)
@@ -6051,17 +6061,31 @@ def _ccdb_download(base, objs, opts, env, metadata):
             stem, dot, ext = name.rpartition('.')
             name = '%s_%s.%s' % (stem, o['ETag'], ext) if dot else '%s_%s' % (name, o['ETag'])
         dest = os.path.join(dst, o.get('path', '').strip('/'), name)
-        url = '%s%s/%s/%s' % (base, o.get('path', '').strip('/'), o.get('Valid-From', ''), o['ETag'])
-        size = download_file(url, dest, env, md5=o.get('MD5') or o.get('Content-MD5'), what='ccdb')
+        size, error = None, None
+        for url in ccdb_download_urls(base, o):   # the next one when a replica fails
+            try:
+                size = download_file(url, dest, env, md5=o.get('MD5') or o.get('Content-MD5'), what='ccdb')
+                break
+            except AlienError as e:
+                error = e
+                log('ccdb: %s' % e)
+        if size is None:
+            raise error
         if opts.get('mirror'):
             skip = ('replicas', 'path', 'ETag', 'Valid-From', 'Content-Length', 'filename', 'Lifetime')
             rename = {'Created': 'CreateTime', 'Valid-Until': 'ValidUntil'}
             props = ''.join('%s=%s\n' % (rename.get(k, k), v) for k, v in o.items() if k not in skip)
             props += 'OriginalFileName=%s\n' % o['filename']
             tmp = part_name(os.path.abspath(dest + '.properties'))
-            with open(tmp, 'w', encoding='utf-8') as f:
-                f.write(props)
-            os.replace(tmp, dest + '.properties')
+            try:
+                with open(tmp, 'w', encoding='utf-8') as f:
+                    f.write(props)
+                os.replace(tmp, dest + '.properties')
+                tmp = None
+            except OSError as e:
+                raise AlienError('ccdb: cannot write %s.properties: %s' % (dest, e.strerror), EX_EIO)
+            finally:
+                _unlink_quiet(tmp)
         lines.append('%s (%d bytes)' % (dest, size))
         o['local'] = dest
     return client_result('\n'.join(lines), objs, metadata)

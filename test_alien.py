@@ -4562,6 +4562,7 @@ def _gj_faults(jcentral=None, http=None):
         grid.set_http_faults(_TG_DIR, None)
 
 
+@pytest.mark.pure
 def test_job_trace_and_jdl_parsing():
     t = 1700000000
     trace = '\n'.join(['%d [state     ]: Job state transition from WAITING to ASSIGNED' % t,
@@ -4582,6 +4583,15 @@ def test_job_trace_and_jdl_parsing():
         ['7', '0', 'DONE', 'u', 'n']
 
 
+@pytest.mark.pure
+def test_ccdb_download_urls():
+    o = {'path': 'A/B', 'Valid-From': '1700000000000', 'ETag': 'id1',
+         'replicas': ['alien:///alice/x', '/download/id1', 'https://mirror/id1']}
+    assert alien.ccdb_download_urls('http://ccdb:8080/', o) == [
+        'http://ccdb:8080/download/id1', 'https://mirror/id1', 'http://ccdb:8080/A/B/1700000000000/id1']
+
+
+@pytest.mark.pure
 def test_ccdb_query_path_and_options():
     assert alien.ccdb_query_path('TPC/Calib/*') == ('TPC/Calib', False)
     assert alien.ccdb_query_path('/A/B/1700000000000/runNumber=5', '') == ('A/B/1700000000000/runNumber=5', True)
@@ -4595,6 +4605,7 @@ def test_ccdb_query_path_and_options():
         ({'a': True, 'h2': ['v']}, ['p', '-5'])
 
 
+@pytest.mark.pure
 def test_quota_report_says_when_there_is_no_job_quota():
     text = alien.quota_report(None, {'username': 'u', 'totalSize': '1048576', 'maxTotalSize': '0',
                                      'nbFiles': '1', 'maxNbFiles': '4'}, 'No jobs quota found for user u')
@@ -4631,6 +4642,7 @@ def _gj_job(cenv, tg_dir, tmp_path):
     return m.group(1)
 
 
+@pytest.mark.once
 def test_job_replies_are_the_captured_service_bytes(grid_state, cenv, tg_dir, tmp_path):
     jobid = _gj_job(cenv, tg_dir, tmp_path)
     with _tg_ws(grid_state) as c:
@@ -4757,6 +4769,7 @@ def test_quota_with_and_without_a_job_quota(cenv):
         assert p.returncode == code and one_line_error(p), p
 
 
+@pytest.mark.once
 def test_ccdb_browse_history_report_and_run(cenv, tmp_path):
     env = _gj_env(cenv)
     p = run_cli(['ccdb', '/'], env=env, timeout=30)
@@ -4779,6 +4792,7 @@ def test_ccdb_browse_history_report_and_run(cenv, tmp_path):
     assert run_cli(['ccdb', '-h'], env=env).stdout.startswith('ccdb [-host URL]')
 
 
+@pytest.mark.once
 def test_ccdb_get_is_verified_and_atomic(cenv, tmp_path):
     env = _gj_env(cenv)
     dst = tmp_path / 'snap'
@@ -4786,11 +4800,18 @@ def test_ccdb_get_is_verified_and_atomic(cenv, tmp_path):
     target = dst / 'TPC/Calib/PadGainFull/PadGainFull.root'
     assert p.returncode == 0 and str(target) in p.stdout, p.stderr
     data = target.read_bytes()
-    assert data.startswith(b'TPC/Calib/PadGainFull version 2\n')
+    assert data.startswith(b'TPC/Calib/PadGainFull version 2\n')   # after the stand-in's dead first replica
+    obj = json.loads(run_cli(['ccdb', 'TPC/Calib/PadGainFull', '-json'], env=env).stdout)['results'][0]
+    rest = alien.ccdb_download_urls(alien.service_base(env['ALIENPY_CCDB']), obj)[-1]   # 303 to the bytes
+    assert alien.http_get(rest, env)[1] == data
     p = run_cli(['ccdb', 'TPC/Calib/PadGainFull', '-history', '-mirror', '-dst', str(dst)], env=env)
     assert p.returncode == 0 and len(p.stdout.splitlines()) == 3
     props = list(dst.glob('TPC/Calib/PadGainFull/*/*.properties'))
     assert len(props) == 3 and 'OriginalFileName=PadGainFull.root' in props[0].read_text()
+    blocker = tmp_path / 'a_file'
+    blocker.write_text('x')      # a destination below a file cannot be created, even by root
+    p = run_cli(['ccdb', 'TPC/Calib/PadGainFull', '-get', '-dst', str(blocker / 'sub')], env=env)
+    assert p.returncode == 5 and one_line_error(p) and 'cannot create' in p.stderr, p
     # a download cut half-way leaves neither a part file nor a changed destination
     target.write_bytes(b'keep me')
     with open(os.path.join(_TG_DIR, 'http-faults.json'), 'w') as f:
@@ -4804,6 +4825,7 @@ def test_ccdb_get_is_verified_and_atomic(cenv, tmp_path):
     assert not [f for f in os.listdir(str(target.parent)) if 'alienpy-part' in f]
 
 
+@pytest.mark.once
 @pytest.mark.parametrize('fault,code,words', [
     ('404', 2, 'HTTP 404'), ('500', 121, 'HTTP 500'), ('garbage', 42, 'not JSON'),
     ('hang', 107, 'no answer within 1 s'), ('drop', 107, 'ccdb'),
@@ -4814,6 +4836,7 @@ def test_ccdb_failing_service_is_one_line(cenv, fault, code, words):
     assert p.returncode == code and one_line_error(p) and words in p.stderr, p
 
 
+@pytest.mark.once
 def test_ccdb_wrong_arguments_and_unreachable_host(cenv):
     env = _gj_env(cenv)
     for args in (['ccdb'], ['ccdb', 'a', 'b'], ['ccdb', '-limit', 'x', 'A'], ['ccdb', '-get', '-mirror', 'A'],
@@ -4829,6 +4852,7 @@ def test_ccdb_wrong_arguments_and_unreachable_host(cenv):
     assert p.returncode == 2 and one_line_error(p)
 
 
+@pytest.mark.once
 def test_queryml_table_text_json_and_failures(cenv):
     env = _gj_env(cenv)
     p = run_cli(['queryML', '*/*/jobs/RUNNING_jobs'], env=env)
@@ -4854,6 +4878,7 @@ def test_queryml_table_text_json_and_failures(cenv):
     assert p.returncode == 107 and one_line_error(p)
 
 
+@pytest.mark.once
 def test_http_proxy_is_used_unless_no_proxy(cenv):
     """The HTTP GET goes through http_proxy (here a dead one: 107 naming the proxy port)
     and no_proxy exempts the service, like the websocket's https_proxy/no_proxy."""
@@ -4864,6 +4889,7 @@ def test_http_proxy_is_used_unless_no_proxy(cenv):
     assert p.returncode == 0, p.stderr
 
 
+@pytest.mark.once
 def test_https_get_verifies_the_server_and_tunnels_through_https_proxy(cenv, grid_state):
     """An HTTPS MonALISA (the grid's host certificate, checked against X509_CERT_DIR),
     reached through an https_proxy CONNECT tunnel like the websocket."""
@@ -4933,6 +4959,7 @@ class _GjForwardProxy(object):
         self.sock.close()
 
 
+@pytest.mark.once
 def test_http_get_through_a_plain_http_proxy(cenv):
     proxy = _GjForwardProxy()
     try:
