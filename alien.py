@@ -5122,7 +5122,35 @@ def cmd_xrd_stats(session, args):
 CHECKADDR_USAGE = '''checkAddr [-timeout S] [HOST[:PORT] | HOST PORT]  can the central service be reached?
   Resolves HOST (default: the endpoint alien.py connects to) and tries every address,
   IPv4 and IPv6: TCP connect, then the TLS handshake with your certificate (server
-  chain and host name verified). Exit 0 when every address passed, 107 otherwise.'''
+  chain and host name verified). With https_proxy set, also the path through the
+  proxy (CONNECT), which then alone decides the exit code. Exit 0 when every address
+  passed, 107 otherwise.'''
+
+
+@command('checkAddr', connect=False, usage=CHECKADDR_USAGE)
+def _checkaddr_path(row, open_socket, ctx, why, timeout):
+    """TCP (open_socket()) then TLS along one path to the service; fills row, returns its line."""
+    t0 = time.monotonic()
+    try:
+        sock = open_socket()
+        row.update(tcp='OK', tcp_ms=round((time.monotonic() - t0) * 1000, 3))
+        if ctx is None:
+            row['tls'] = 'not tried: %s' % why
+            sock.close()
+        else:
+            t0 = time.monotonic()
+            tls_handshake(sock, ctx, row['host'], row['port'], timeout).close()
+            row.update(tls='OK', tls_ms=round((time.monotonic() - t0) * 1000, 3))
+    except AlienError as e:
+        row['error'] = str(e)
+        if row['tcp'] == 'OK':
+            row['tls'] = 'FAIL'
+    text = '%-45s TCP %s' % (row['shown'], row['tcp'])
+    if row['tcp'] == 'OK':
+        text += ' %.1f ms   TLS %s' % (row['tcp_ms'], row['tls'])
+        if row['tls'] == 'OK':
+            text += ' %.1f ms' % row['tls_ms']
+    return text + ('   (%s)' % row['error'] if row['error'] else '')
 
 
 @command('checkAddr', connect=False, usage=CHECKADDR_USAGE)
@@ -5145,42 +5173,38 @@ def cmd_checkaddr(session, args):
         ctx, why = make_tls_context(cert, key, session.environ), ''
     except AlienError as e:
         ctx, why = None, str(e)
-    addrs = [info[4][0] for info in resolve(host, port, env)]
-    lines = ['%s:%d resolves to %s' % (host, port, ', '.join(addrs))]
     proxy = proxy_for(host, session.environ)
-    if proxy:
-        lines.append('(https_proxy is set: alien.py connects through %s:%d, not to these addresses)' % proxy[:2])
+    try:
+        addrs = [info[4][0] for info in resolve(host, port, env)]
+        lines = ['%s:%d resolves to %s' % (host, port, ', '.join(addrs))]
+    except AlienError as e:
+        if not proxy:
+            raise
+        addrs, lines = [], ['%s (the proxy resolves it)' % e]
     rows = []
     for addr in addrs:
         row = {'host': host, 'port': port, 'address': addr, 'family': 'IPv6' if ':' in addr else 'IPv4',
-               'tcp': 'FAIL', 'tls': 'not tried', 'error': ''}
-        shown = '[%s]:%d' % (addr, port) if ':' in addr else '%s:%d' % (addr, port)
-        t0 = time.monotonic()
-        try:
-            sock = connect_tcp(addr, port, env, timeout=timeout)
-            row.update(tcp='OK', tcp_ms=round((time.monotonic() - t0) * 1000, 3))
-            if ctx is None:
-                row['tls'] = 'not tried: %s' % why
-                sock.close()
-            else:
-                t0 = time.monotonic()
-                tls_handshake(sock, ctx, host, port, timeout).close()
-                row.update(tls='OK', tls_ms=round((time.monotonic() - t0) * 1000, 3))
-        except AlienError as e:
-            row['error'] = str(e)
-            if row['tcp'] == 'OK':
-                row['tls'] = 'FAIL'
+               'tcp': 'FAIL', 'tls': 'not tried', 'error': '',
+               'shown': '[%s]:%d' % (addr, port) if ':' in addr else '%s:%d' % (addr, port)}
+        lines.append(_checkaddr_path(row, lambda: connect_tcp(row['address'], port, env, timeout=timeout),
+                                     ctx, why, timeout))
         rows.append(row)
-        text = '%-45s TCP %s' % (shown, row['tcp'])
-        if row['tcp'] == 'OK':
-            text += ' %.1f ms   TLS %s' % (row['tcp_ms'], row['tls'])
-            if row['tls'] == 'OK':
-                text += ' %.1f ms' % row['tls_ms']
-        if row['error']:
-            text += '   (%s)' % row['error']
-        lines.append(text)
-    bad = [r for r in rows if r['error']]
-    err = 'checkAddr: %d of %d addresses of %s failed' % (len(bad), len(rows), host) if bad else ''
+    if proxy:   # the path alien.py takes: its exit code is this row's
+        def tunnel():
+            sock = connect_tcp(proxy[0], proxy[1], session.environ, timeout=timeout)
+            try:
+                connect_tunnel(sock, host, port, proxy[2], timeout)
+            except AlienError:
+                sock.close()
+                raise
+            return sock
+        row = {'host': host, 'port': port, 'address': 'proxy %s:%d' % proxy[:2], 'family': 'proxy',
+               'tcp': 'FAIL', 'tls': 'not tried', 'error': '', 'shown': 'via https_proxy %s:%d' % proxy[:2]}
+        lines.append(_checkaddr_path(row, tunnel, ctx, why, timeout))
+        rows.append(row)
+    bad = [r for r in (rows[-1:] if proxy else rows) if r['error']]
+    err = ('checkAddr: %d of %d addresses of %s failed' % (len(bad), len(rows), host) if bad and not proxy else
+           'checkAddr: %s through the proxy failed' % host if bad else '')
     return client_result('\n'.join(lines), rows, exitcode=EX_NOTCONN if bad else 0, err=err)
 
 

@@ -5339,6 +5339,22 @@ def test_checkaddr(cenv, grid_state):
     assert p.returncode == 107 and 'TCP OK' in p.stdout and 'TLS FAIL' in p.stdout and 'timed out' in p.stdout, p
     p = run_cli(['checkAddr 127.0.0.1:%d' % port], env=dict(cenv, ALIENPY_JCENTRAL='127.0.0.2'))
     assert p.returncode == 0, p  # an explicit HOST wins over the configured endpoint
+    # behind https_proxy: the tunnel alien.py would use is checked too, and decides the exit code
+    proxy = ConnectProxy()
+    try:
+        p = run_cli(['checkAddr'], env=dict(cenv, https_proxy='http://127.0.0.1:%d' % proxy.port))
+    finally:
+        proxy.close()
+    assert p.returncode == 0 and re.search(r'^via https_proxy 127\.0\.0\.1:%d +TCP OK [0-9.]+ ms   TLS OK'
+                                           % proxy.port, p.stdout, re.M), p
+    assert proxy.targets == ['CONNECT 127.0.0.1:%d HTTP/1.1' % port]
+    refusing = ConnectProxy(refuse=True)
+    try:
+        p = run_cli(['checkAddr'], env=dict(cenv, https_proxy='http://127.0.0.1:%d' % refusing.port))
+    finally:
+        refusing.close()
+    assert p.returncode == 107 and '403 Forbidden' in p.stdout, p
+    assert p.stderr == 'checkAddr: 127.0.0.1 through the proxy failed\n', p
 
 
 def test_storage_conformance_with_the_reference_client(store):
