@@ -3726,6 +3726,7 @@ def _make_leaf(d, name, ca, curve=None, subj=None, digest='sha256'):
     return d / (name + '.pem'), d / (name + '.key')
 
 
+@pytest.mark.once
 def test_cert_reader_names_dates_and_openssl_hash(tmp_path):
     subj = '/DC=ch/DC=cern/OU=Org  Units/CN=Mixed   Case Name/CN=a\\+b,c'
     ca = _make_ca(tmp_path, 'ca', subj='/C=CH/O=Test/CN=Test CA')
@@ -3742,6 +3743,7 @@ def test_cert_reader_names_dates_and_openssl_hash(tmp_path):
     assert alien.read_certs(str(ca[0]))[0].is_ca() and not c.is_ca()
 
 
+@pytest.mark.once
 @pytest.mark.parametrize('curve,digest', [(None, 'sha256'), (None, 'sha1'), (None, 'sha512'),
                                           ('P-256', 'sha256'), ('P-384', 'sha384')])
 def test_verify_chain_rsa_and_ecdsa(tmp_path, curve, digest):
@@ -3766,6 +3768,7 @@ def test_verify_chain_rsa_and_ecdsa(tmp_path, curve, digest):
     assert 'expired' in alien.verify_chain(str(cert), 'capath', str(cadir), now=time.time() + 10 * 86400)
 
 
+@pytest.mark.once
 def test_verify_chain_leaf_signed_by_a_non_ca_is_refused(tmp_path):
     ca = _make_ca(tmp_path, 'ca')
     mid = _make_leaf(tmp_path, 'mid', ca)      # an end-entity certificate ...
@@ -3775,6 +3778,7 @@ def test_verify_chain_leaf_signed_by_a_non_ca_is_refused(tmp_path):
     assert 'not a CA' in alien.verify_chain(str(chain), 'cafile', str(ca[0]))
 
 
+@pytest.mark.pure
 def test_cert_reader_rejects_what_is_not_a_certificate(tmp_path):
     for text in ('', 'hello', '-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n',
                  '-----BEGIN CERTIFICATE-----\n!!notbase64\n-----END CERTIFICATE-----\n'):
@@ -3788,6 +3792,7 @@ def test_cert_reader_rejects_what_is_not_a_certificate(tmp_path):
         alien.read_certs(str(tmp_path / 'missing.pem'))
 
 
+@pytest.mark.pure
 def test_find_ca_local_cas_first(tmp_path):
     local = tmp_path / 'globus' / 'certificates'
     local.mkdir(parents=True)
@@ -3809,12 +3814,14 @@ FIND2_PARSE = [
 ]
 
 
+@pytest.mark.pure
 @pytest.mark.parametrize('args,want,pos', FIND2_PARSE)
 def test_find2_options(args, want, pos):
     opts, got = alien.parse_option_table(args, alien._FIND2_OPTIONS, dict(alien._CP_DEFAULTS, xml=''), 'find2')
     assert got == pos and {k: opts[k] for k in want} == want
 
 
+@pytest.mark.pure
 @pytest.mark.parametrize('args,words', [
     (['-bogus', 'd'], 'unknown option -bogus'), (['-minsize', 'x', 'd'], 'needs an integer'),
     (['-glob', '*', '-name', 'ext_x', 'd'], 'only one selection rule'), (['-x'], 'needs a value'),
@@ -3826,6 +3833,7 @@ def test_find2_bad_options(args, words):
     assert e.value.exitcode == alien.EX_EINVAL and words in str(e.value)
 
 
+@pytest.mark.pure
 def test_xml_collection_shape(tmp_path):
     import xml.etree.ElementTree as ET
     f = tmp_path / 'a&b.txt'
@@ -3863,6 +3871,7 @@ def _cas_repo(tmp_path, ca_pem):
     return str(repo)
 
 
+@pytest.mark.once
 def test_getcacerts_and_local_cas(cenv, grid_state, tmp_path):
     repo = _cas_repo(tmp_path, os.path.join(grid_state['env']['X509_CERT_DIR'], 'ca.pem'))
     env = dict(cenv, ALIENPY_CAS_REPO=repo)
@@ -3930,6 +3939,7 @@ def _run_cli_no_tty(args, env, input_text):
                           text=True, timeout=60, start_new_session=True)
 
 
+@pytest.mark.once
 def test_credential_tools_bad_input(cenv, grid_state, tmp_path):
     from testgrid import grid
     env = grid_state['env']
@@ -4028,6 +4038,7 @@ def test_find2_filters_and_xml(cenv, f2dir, tmp_path):
     assert not os.path.exists(str(tmp_path / 'no'))
 
 
+@pytest.mark.once
 def test_toxml_local_and_file_targets(cenv, tmp_path):
     import xml.etree.ElementTree as ET
     a, b = write(tmp_path / 'a.root', b'aaa'), write(tmp_path / 'sub' / 'b.root', b'bbbb')
@@ -4058,6 +4069,7 @@ def test_toxml_local_and_file_targets(cenv, tmp_path):
         assert p.returncode == code and one_line_error(p) and words in p.stderr, (args, p)
 
 
+@pytest.mark.pure
 @pytest.mark.parametrize('args,want', [
     (['cat', 'f'], (['cat', 'f'], [1])),
     (['wc', '-l', '-force', 'f', '-noout'], (['wc', '-l', 'f'], [2])),
@@ -4117,6 +4129,7 @@ def test_run_and_exec(cenv, f2dir, tmp_path):
 # A row's arguments go to the program as they are (one argv element each); prog
 # names the program to run as ('alien.py', or an entry point such as 'alien_ls').
 OWN_WORDS = 'our own wording (same facts, same exit code)'
+CP_WORDS = 'own progress and summary lines (the files that arrive are compared below)'
 COMPAT_CASES = [
     # credential tools
     (['cert-info'], 'same', '', {}),
@@ -4165,8 +4178,31 @@ COMPAT_CASES = [
     (['cp', 'file:{local}/a.root', '{gmine}up/a.root'], 'code', 'own progress and summary lines', {}),
     (['cp', '{d}l.txt', 'file:{mine}/dl/'], 'code', 'own progress and summary lines', {}),
     (['cp', '-glob', '*.md', '{d}', 'file:{mine}/g/'], 'code', 'own progress and summary lines', {}),
-    (['cp', '-f', '-T', '2', '-retry', '1', '-timeout', '60', '{d}a/', 'file:{mine}/t/'], 'code',
-     'own progress and summary lines', {}),
+    (['cp', '-f', '-T', '2', '-retry', '1', '-timeout', '60', '{d}a/', 'file:{mine}/t/'], 'code', CP_WORDS, {}),
+    (['cp', '{d}', 'file:{mine}/whole/'], 'code', CP_WORDS, {}),
+    (['cp', '{d}a', 'file:{mine}/noslash/'], 'code', CP_WORDS, {}),
+    (['cp', '-parent', '1', '{d}a/b/r.md', 'file:{mine}/par/'], 'code', CP_WORDS, {}),
+    (['cp', '-parent', '2', '{d}a/', 'file:{mine}/par2/'], 'code', CP_WORDS, {}),
+    (['cp', '-rmprefix', '3', '{d}a/', 'file:{mine}/rmp/'], 'code', CP_WORDS, {}),
+    (['cp', '-dst', 'file:{mine}/dst/', '{d}l.txt', '{d}a/x.py'], 'code', CP_WORDS, {}),
+    (['cp', '-input', '{mine}/in.txt'], 'code', CP_WORDS, {}),
+    (['cp', '-select', '.*md$', '{d}', 'file:{mine}/sel/'], 'code', CP_WORDS, {}),
+    (['cp', '-name', 'ext_py', '{d}', 'file:{mine}/nm/'], 'code', CP_WORDS, {}),
+    (['cp', '-exclude', 'a/', '-exclude_re', '^s', '{d}', 'file:{mine}/ex/'], 'code', CP_WORDS, {}),
+    (['cp', '-minsize', '1000', '{d}', 'file:{mine}/ms/'], 'code', CP_WORDS, {}),
+    (['cp', '-maxdepth', '0', '-user', 'jalien', '{d}', 'file:{mine}/md/'], 'code', CP_WORDS, {}),
+    (['cp', '-l', '1', '{d}a/', 'file:{mine}/l1/'], 'code', CP_WORDS, {}),
+    (['cp', '-S', '2', '-chunks', '2', '-chunksz', '1048576', '-y', '2', '{d}l.txt', 'file:{mine}/tun/'],
+     'code', CP_WORDS, {}),
+    (['cp', '-cksum', '-f', '{d}l.txt', 'file:{mine}/ck/'], 'code', CP_WORDS, {}),
+    (['cp', '-dryrun', '{d}l.txt', 'file:{mine}/dry/'], 'code', CP_WORDS + '; both copy nothing', {}),
+    (['cp', '-j', '5', '{d}', 'file:{mine}/j/'], 'code', CP_WORDS + ' (42: no file of job 5)', {}),
+    (['cp', '{d}missing', 'file:{mine}/m'], 'code', CP_WORDS + ' (2: no such source)', {}),
+    (['cp', '-norecovery', '-strictspec', 'file:{local}/a.root', '{gmine}ss/a.root@disk:1'], 'code', CP_WORDS, {}),
+    (['cp', '-T', 'x', '{d}l.txt', 'file:{mine}/tx/'], ('deviation', 22), 'a bad option value is EINVAL (22) with '
+     'one line; the reference exits 1', {}),
+    (['cp', '-bogus', '{d}l.txt', 'file:{mine}/b/'], ('deviation', 22), 'an option cp does not know is refused '
+     '(22): the reference silently ignores it, so a mistyped option changes what is copied unnoticed', {}),
 ]
 
 
@@ -4181,6 +4217,7 @@ def _compat_run(argv, env, cwd):
     return subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.once
 def test_compatibility_with_the_reference_client(cenv, grid_state, f2dir, tmp_path):
     """Reference-style invocations through alienpy 1.7.0 and alien.py on the test grid."""
     from concurrent.futures import ThreadPoolExecutor
@@ -4195,8 +4232,9 @@ def test_compatibility_with_the_reference_client(cenv, grid_state, f2dir, tmp_pa
     for name in clients:
         mine = tmp_path / name
         mine.mkdir()
+        (mine / 'in.txt').write_text('# cp -input\n%sl.txt file:%s/inp/l.txt\n' % (f2dir, mine))
         work[name] = {'d': f2dir, 'local': str(local), 'mine': str(mine), 'expired': expired,
-                      'expired_key': expired_key, 'gmine': '%s%s_%d/' % (f2dir, name, os.getpid()),
+                      'expired_key': expired_key, 'gmine': '%s_%s/' % (f2dir.rstrip('/'), name),
                       'cert': cenv.get('X509_USER_CERT', ''), 'key': cenv.get('X509_USER_KEY', '')}
 
     def one(name, case):
@@ -4248,6 +4286,19 @@ def test_compatibility_with_the_reference_client(cenv, grid_state, f2dir, tmp_pa
     files = [_compat_normalize(open(os.path.join(work[n]['mine'], 's.xml')).read(), work[n]) for n in work]
     assert files[0] == files[1] and 'lfn="{d}l.txt"' in files[0]
     assert open(os.path.join(work['ours']['mine'], 't', 'x.py'), 'rb').read() == b'print(1)\n' * 300
+    # the same files arrived, under the same names, for every copy above
+    trees = []
+    for name in clients:
+        top = work[name]['mine']
+        trees.append(sorted((os.path.relpath(os.path.join(r, f), top), hashlib.md5(open(os.path.join(r, f), 'rb')
+                                                                                  .read()).hexdigest())
+                            for r, _d, fs in os.walk(top) for f in fs
+                            if r != top and os.path.relpath(r, top) != 'b'))   # b/: the -bogus deviation
+    assert trees[0] == trees[1] and len(trees[1]) > 25, trees
+    assert ('rmp/j/jalien/%s/a/x.py' % f2dir.rstrip('/').rsplit('/', 1)[1]) in [t[0] for t in trees[1]]
+    uploads = [run_cli(['find2', work[name]['gmine']], env=base).stdout.replace(work[name]['gmine'], '')
+               for name in clients]
+    assert uploads[0] == uploads[1] == 'ss/a.root\nup/a.root\n'
 
 
 # ===== hostile names and payloads (issue 10): bounded parsing, terminal-safe output, per-file name refusal =====
