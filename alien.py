@@ -3341,9 +3341,23 @@ def cp_upload(session, items, opts, stats):
             jobs.append(CopyJob(e['src'], grid_url(rep.get('url', ''), rep.get('envelope', '')),
                                 e['size'], '', 1, (e, rep)))
         e['running'] += len(jobs)
+        e['launched'] = jobs
         progress.total_files += len(jobs)
         progress.total_bytes += e['size'] * len(jobs)
         pipe.submit(jobs)
+
+    def whole_files(jobs):
+        """Finished jobs -> those of the files with no transfer left, each file's
+        in booking order: the catalogue lists replicas in the order of their
+        commits, which must not depend on which transfer finished first."""
+        out = []
+        for j in jobs:
+            e = j.info[0]
+            e.setdefault('held', set()).add(j)
+            if len(e['held']) == e['running']:
+                out.extend(x for x in e['launched'] if x in e['held'])
+                e['held'] = set()
+        return out
 
     def commits(jobs):
         """The commit requests of the finished jobs that succeeded -> (those jobs, requests)."""
@@ -3401,7 +3415,7 @@ def cp_upload(session, items, opts, stats):
                                 'md5': md5, 'committed': [], 'tried': [], 'errors': [], 'replace': False,
                                 'running': 0, 'failed': 0, 'attempt': 1})
             # one round trip books this window and commits what finished meanwhile
-            done = pipe.results()
+            done = whole_files(pipe.results())
             good, commit_requests = commits(done)
             replies = _requests(session, [('access', _access_args('write-once', x['lfn'],
                                                                   _with_default_specs(x['specs']), x['size'],
@@ -3417,7 +3431,7 @@ def cp_upload(session, items, opts, stats):
                 live.append(e)
                 launch(e, r.results)
         while pipe.pending:
-            settle(pipe.results(wait=True))
+            settle(whole_files(pipe.results(wait=True)))
     except BaseException:
         pipe.close(cancel=True)
         raise
