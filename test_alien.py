@@ -731,6 +731,7 @@ class Hostile(object):
         self.handshake = handshake
         self.messages = []
         self.connections = 0
+        self.buffered = {}   # conn -> bytes read beyond the last frame (the client pipelines)
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(grid_state['pki']['host_cert'], grid_state['pki']['host_key'])
         self.ctx = ctx
@@ -762,6 +763,7 @@ class Hostile(object):
                     return
                 data += chunk
             key = re.search(rb'Sec-WebSocket-Key: (\S+)', data).group(1).decode()
+            self.buffered[conn] = data.partition(b'\r\n\r\n')[2]   # the request sent behind the upgrade
             reply = self.handshake or ('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n'
                                        'Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n'
                                        % alien.ws_accept_key(key)).encode()
@@ -777,7 +779,7 @@ class Hostile(object):
 
     def recv(self, conn):
         """Next client frame (opcode, payload); None when the client went away."""
-        data = b''
+        data = self.buffered.pop(conn, b'')
         while True:
             try:
                 while len(data) < 2 or len(data) < self._need(data):
@@ -788,6 +790,7 @@ class Hostile(object):
             except OSError:
                 return None
             fin, opcode, payload = decode_client_frame(data)
+            self.buffered[conn] = data[self._need(data):]
             if opcode == alien.OP_TEXT:
                 self.messages.append(json.loads(payload))
             return opcode, payload
@@ -5438,3 +5441,107 @@ def test_storage_commands_when_the_service_fails(store, grid_state, fault, line,
     finally:
         grid.set_faults(grid_state['workdir'], None)
     assert p.returncode == code and one_line_error(p), p
+
+
+# ===== WAN mode of the test grid and round trips (issue 11) =====
+
+@pytest.fixture(scope='module')
+def wan_grid():
+    """A second test grid in WAN mode: relays adding 10 ms each way (20 ms RTT)
+    in front of the service and of both storage elements. In the checkout like the
+    main one: xrootd runs as another user, and every pytest session start makes
+    /tmp/pytest-of-USER untraversable for others again."""
+    from testgrid import grid
+    workdir = os.path.join(REPO, '.testgrid-pytest-wan')
+    state = grid.start(workdir, fresh=True, delay_ms=10)
+    yield state
+    grid.stop(workdir)
+
+
+def test_relay_delays_both_ways_and_keeps_order(grid_state):
+    from testgrid import relay
+    srv = socket.socket()
+    srv.bind(('127.0.0.1', 0))
+    srv.listen(1)
+    port, proc = relay.start(srv.getsockname()[1], 0.02)
+    try:
+        c = socket.create_connection(('127.0.0.1', port), timeout=5)
+        s, _ = srv.accept()
+        s.settimeout(5)
+        t0 = time.monotonic()
+        for i in range(50):
+            c.sendall(b'%03d' % i)
+        got = b''
+        while len(got) < 150:
+            got += s.recv(1000)
+        s.sendall(got)
+        back = b''
+        while len(back) < 150:
+            back += c.recv(1000)
+        assert back == b''.join(b'%03d' % i for i in range(50))
+        assert time.monotonic() - t0 >= 0.04          # one delay each way, never less
+        c.close()
+        assert s.recv(10) == b''                      # the end of the stream is relayed too
+        s.close()
+    finally:
+        proc.kill()
+        proc.wait()
+        srv.close()
+
+
+def test_wan_grid_serves_commands_and_copies_through_the_relays(wan_grid, tmp_path):
+    st = wan_grid
+    relay_ports = {r['port'] for r in st['relays']}
+    assert int(st['env']['ALIENPY_JCENTRAL_PORT']) in relay_ports
+    assert st['env']['ALIENPY_JCENTRAL_PORT'] != str(st['service']['port'])
+    assert all(se['public_port'] in relay_ports and se['url'].endswith(':%d//' % se['public_port'])
+               for se in st['ses'])
+    env = {k: v for k, v in os.environ.items() if k in KEEP_VARS or not k.startswith(CLIENT_VARS)}
+    env.update(st['env'], HOME=str(tmp_path), TMPDIR=str(tmp_path), ALIENPY_TIMECONNECT='1')
+    p = run_cli(['pwd'], env=env)
+    assert (p.returncode, p.stdout) == (0, st['home'] + '\n'), p.stderr
+    assert 'connected in' in p.stderr
+    src = tmp_path / 'wan.dat'
+    src.write_bytes(os.urandom(3000))
+    p = run_cli(['cp', '-quiet', 'file:%s' % src, st['home'] + 'wan.dat'], env=env)
+    assert p.returncode == 0, p.stderr
+    s = alien.Session(env)
+    acc = s.request('access', ['read', st['home'] + 'wan.dat'], nomsg=True)
+    s.close()
+    assert {int(r['url'].split(':')[2].split('/')[0]) for r in acc.results} <= relay_ports
+    p = run_cli(['cp', '-quiet', st['home'] + 'wan.dat', 'file:%s' % (tmp_path / 'back.dat')], env=env)
+    assert p.returncode == 0 and (tmp_path / 'back.dat').read_bytes() == src.read_bytes(), p.stderr
+
+
+def test_first_request_travels_right_behind_the_upgrade_request(grid_state, henv):
+    """One round trip less for every cold command (the websocket-client package
+    cannot do it: with it the request follows the 101)."""
+    seen = []
+
+    def script(server, conn, index):
+        seen.append(server.buffered.get(conn, b''))   # read together with the upgrade request
+        server.recv(conn)
+        server.reply(conn, message='early')
+        time.sleep(1)
+    p, _, server = hostile_run(grid_state, henv, script)
+    assert (p.returncode, p.stdout) == (0, 'early\n'), p.stderr
+    if OWN_TRANSPORT:
+        assert seen and decode_client_frame(seen[0])[2] == b'{"command": "pwd", "options": ["-nokeys"]}'
+
+
+def test_path_needs_cwd_only_when_relative():
+    assert not alien.path_needs_cwd('/alice/data/x')
+    assert not alien.path_needs_cwd('alien:/alice/x')
+    assert all(alien.path_needs_cwd(p) for p in ('x', './x', '../x', '~', '~/x', '%ALIEN/x', '/%ALIEN', 'alien:x'))
+
+
+def test_cold_cp_of_an_absolute_path_sends_no_pwd(cenv, grid_state, tmp_path):
+    src = tmp_path / 'abs.dat'
+    src.write_bytes(b'abs')
+    lfn = grid_state['home'] + 'abs_%d.dat' % os.getpid()
+    log = tmp_path / 'debug.log'
+    p = run_cli(['cp', '-quiet', 'file:%s' % src, lfn], env=dict(cenv, ALIENPY_DEBUG='1', ALIENPY_DEBUG_FILE=str(log)))
+    assert p.returncode == 0, p.stderr
+    sent = [json.loads(line.split(' request ', 1)[1])['command'] for line in log.read_text().splitlines()
+            if ' request ' in line]
+    assert 'pwd' not in sent and sent[0] == 'stat', sent
