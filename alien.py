@@ -5445,7 +5445,7 @@ def cmd_checkaddr(session, args):
     else:
         host, port = endpoints(session.environ)[0]
     try:
-        kind, cert, key = choose_credentials(session.environ)
+        _, cert, key = choose_credentials(session.environ)
         ctx, why = make_tls_context(cert, key, session.environ), ''
     except AlienError as e:
         ctx, why = None, str(e)
