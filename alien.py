@@ -1940,6 +1940,18 @@ def stat_fields(result):
 _XRD_CLIENT = []
 
 
+_XRD_MISSING = 'cp needs the XRootD Python bindings: pip install xrootd (or apt install python3-xrootd)'
+
+
+def require_xrootd():
+    """AlienError when the XRootD bindings are not installed, without importing
+    them (a copy with every file present never needs them)."""
+    if not _XRD_CLIENT:
+        import importlib.util
+        if importlib.util.find_spec('XRootD') is None:
+            raise AlienError(_XRD_MISSING, EX_GENERIC)
+
+
 def xrootd_client():
     """Import XRootD once and apply our defaults; AlienError if it is missing."""
     if _XRD_CLIENT:
@@ -1947,8 +1959,7 @@ def xrootd_client():
     try:
         from XRootD import client
     except Exception:
-        raise AlienError('cp needs the XRootD Python bindings: pip install xrootd '
-                         '(or apt install python3-xrootd)', EX_GENERIC)
+        raise AlienError(_XRD_MISSING, EX_GENERIC)
     # Page checksums (pgread/pgwrite) cost 3-4x throughput on CPU-bound hosts;
     # downloads are verified end to end with the catalogue md5, and every later
     # reader verifies what we uploaded, so they are off unless the user sets
@@ -2385,6 +2396,8 @@ def cp_download(session, items, opts, stats, known=None):
             else:
                 todo.append(it)
         items = todo
+    if not items:
+        return
     progress = _Progress(0, 0, _progress_enabled(opts), 'download ')
     pipe = CopyPipeline(opts, progress)
     live = set()
@@ -2780,8 +2793,6 @@ def cp_run(session, pairs, opts):
         return stats
     if uploads and opts.get('http'):
         stats.notices.append('cp: -http ignored for uploads (XRootD writes)')
-    if downloads or uploads:
-        xrootd_client()
     if downloads:
         seen = set()
         uniq = []
@@ -3750,7 +3761,7 @@ def cmd_cp(session, args):
     else:
         pairs = [(pos[0], pos[1])]
     if not opts['dryrun']:
-        xrootd_client()
+        require_xrootd()
     if notices:
         sys.stderr.write('\n'.join(notices) + '\n')
     if opts['site'] and not opts['dryrun']:

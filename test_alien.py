@@ -3673,9 +3673,9 @@ def test_bare_copy_without_any_package_talks_to_the_grid(cenv, grid_state, tmp_p
     assert p.returncode == 1 and one_line_error(p) and 'pip install xrootd' in p.stderr, p
 
 
-# @pytest.mark.pure
-===== h13cli: entry points, the command line, cp compatibility with alienpy 1.7 =====
+# ===== h13cli: entry points, the command line, cp compatibility with alienpy 1.7 =====
 
+@pytest.mark.pure
 @pytest.mark.parametrize('argv0, verb', [
     ('alien.py', ''), ('/usr/bin/alien.py', ''), ('alien_cmd', ''), ('python3', ''), ('alien_', ''),
     ('/x/alien_ls', 'ls'), ('alien_cp', 'cp'), ('alien_home', 'home'), ('alien_whereis.py', 'whereis'),
