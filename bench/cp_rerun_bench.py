@@ -16,16 +16,14 @@ Prints wall times (median of N alternated cold runs) and the ratio.
 """
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from common import ALIEN, REPO, grid  # noqa: E402
+from common import ALIEN, fresh_grid  # noqa: E402
 
 
 def run(args, env):
@@ -70,14 +68,8 @@ def main():
     ap.add_argument('--files', type=int, default=1000)
     ap.add_argument('--big-mib', type=int, default=1024)
     a = ap.parse_args()
-    workdir = os.path.join(REPO, '.testgrid-bench-rerun')
-    state = grid.start(workdir, fresh=True)
-    env = dict(os.environ, **state['env'])
-    env.pop('ALIENPY_DEBUG', None)
-    env['ALIENPY_NO_STAGGER'] = '1'
-    scratch = tempfile.mkdtemp(prefix='cp-rerun-bench-')
-    home = state['home']
-    try:
+    with fresh_grid('.testgrid-bench-rerun', 'cp-rerun-bench-') as (state, env, scratch):
+        home = state['home']
         print('machine: %d cores, load %s' % (os.cpu_count(), ' '.join('%.1f' % x for x in os.getloadavg())))
         small = os.path.join(scratch, 'small')
         os.makedirs(small)
@@ -102,11 +94,6 @@ def main():
         run(['cp', '-quiet', '%sbig' % home, 'file:' + out], env)
         compare('\n%d MiB file, present' % a.big_mib, ['cp', '%sbig' % home, 'file:' + out], out, env, a.runs,
                 '1 already present, 0 failed')
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-        grid.stop(workdir)
-        shutil.rmtree(workdir, ignore_errors=True)
-
 
 if __name__ == '__main__':
     main()
