@@ -61,6 +61,7 @@ EX_ENOMSG = 42
 EX_USAGE = 64
 EX_EMPTY_REPLY = 70
 EX_NOTCONN = 107
+EX_EREMOTEIO = 121
 EX_UNAUTHORIZED = 129
 
 
@@ -933,10 +934,11 @@ def connect_tcp(host, port, environ, timeout=5.0, delay=0.25):
     raise AlienError('cannot connect to %s:%d: %s' % (host, port, '; '.join(errors) or 'no address'), EX_NOTCONN)
 
 
-def proxy_for(host, environ):
-    """(proxy_host, proxy_port, 'user:pass' or None) from https_proxy/HTTPS_PROXY,
-    or None when there is no proxy or no_proxy/NO_PROXY exempts host."""
-    url = environ.get('https_proxy') or environ.get('HTTPS_PROXY') or ''
+def proxy_for(host, environ, scheme='https'):
+    """(proxy_host, proxy_port, 'user:pass' or None) from https_proxy/HTTPS_PROXY
+    (http_proxy/HTTP_PROXY for scheme 'http'), or None when there is no proxy or
+    no_proxy/NO_PROXY exempts host."""
+    url = environ.get(scheme + '_proxy') or environ.get(scheme.upper() + '_PROXY') or ''
     if not url:
         return None
     exempt = environ.get('no_proxy') or environ.get('NO_PROXY') or ''
@@ -982,6 +984,16 @@ def connect_tunnel(sock, host, port, auth=None, timeout=10.0):
                          EX_NOTCONN)
     if data.index(b'\r\n\r\n') + 4 != len(data):
         raise AlienError('proxy sent data before the tunnel was up', EX_NOTCONN)
+
+
+def user_agent(environ):
+    """User-Agent of every connection (websocket and HTTP); names the grid job inside one."""
+    agent = 'alien.py/%s Python/%s' % (VERSION, sys.version.split()[0])
+    if environ.get('ALIEN_PROC_ID'):  # inside a grid job
+        agent += ' jobid/%s' % environ['ALIEN_PROC_ID']
+        if environ.get('ALIEN_MASTERJOB_ID'):
+            agent += ' masterjobid/%s' % environ['ALIEN_MASTERJOB_ID']
+    return agent
 
 
 def _compact_row(d):
@@ -1072,12 +1084,7 @@ class Session(object):
         return self
 
     def _open(self, ctx, host, port):
-        agent = 'alien.py/%s Python/%s' % (VERSION, sys.version.split()[0])
-        if self.environ.get('ALIEN_PROC_ID'):  # inside a grid job
-            agent += ' jobid/%s' % self.environ['ALIEN_PROC_ID']
-            if self.environ.get('ALIEN_MASTERJOB_ID'):
-                agent += ' masterjobid/%s' % self.environ['ALIEN_MASTERJOB_ID']
-        headers = [('User-Agent', agent)]
+        headers = [('User-Agent', user_agent(self.environ))]
         url = 'wss://%s:%d%s' % (('[%s]' % host) if ':' in host else host, port, WS_PATH)
         log('connecting to %s' % url)
         other = self.environ.get('ALIENPY_TRANSPORT', '').lower() in ('websocket-client', 'websocket_client')
@@ -3540,6 +3547,140 @@ def gfal_main(args, stdin=None, stdout=None, stderr=None):
 
 
 # ==========================================================================
+# Outside services: one HTTP(S) GET for CCDB and MonALISA
+# ==========================================================================
+# Plain HTTP/1.1 on the websocket's own pieces: connect_tcp (RFC 8305), proxy_for
+# (https_proxy/http_proxy, no_proxy) with connect_tunnel, the CA search of find_ca.
+# http.client is imported only when a GET is made (it costs start-up time).
+
+HTTP_TIMEOUT = 10.0          # seconds to connect and between bytes (ALIENPY_HTTP_TIMEOUT)
+HTTP_MAX_BODY = 256 << 20    # a reply kept in memory; downloads stream to a file instead
+HTTP_REDIRECTS = 5
+
+
+def _http_connection(scheme, host, port, environ, timeout):
+    """(http.client connection on an open socket, True when requests go to a plain
+    HTTP proxy and need the absolute URL)."""
+    import http.client
+    proxy = proxy_for(host, environ, scheme)
+    sock = connect_tcp(proxy[0] if proxy else host, proxy[1] if proxy else port, environ, timeout=timeout)
+    try:
+        if proxy and scheme == 'https':
+            connect_tunnel(sock, host, port, proxy[2], timeout)
+        sock.settimeout(timeout)
+        if scheme == 'https':
+            ctx = ssl.create_default_context()
+            try:
+                kind, where = find_ca(environ)
+                ctx.load_verify_locations(**{kind: where})
+            except AlienError:
+                pass  # the system CAs only
+            try:
+                sock = ctx.wrap_socket(sock, server_hostname=host)
+            except ssl.SSLError as e:
+                raise tls_error(e, host)
+            conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=ctx)
+        else:
+            conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    except (AlienError, OSError):
+        sock.close()
+        raise
+    conn.sock = sock
+    return conn, bool(proxy) and scheme == 'http', proxy
+
+
+def http_get(url, environ, headers=(), timeout=None, sink=None, what='GET'):
+    """GET url (redirects followed) -> (response headers with lower-case names, body).
+    With sink (a binary file) the body is written there and b'' returned. One-line
+    AlienError otherwise: 107 unreachable or no answer within the timeout, 2 for
+    HTTP 404, 121 for any other HTTP error, 42 for a truncated or oversized body."""
+    import http.client
+    from urllib.parse import urlsplit, urljoin
+    try:
+        timeout = float(timeout or environ.get('ALIENPY_HTTP_TIMEOUT') or HTTP_TIMEOUT)
+    except ValueError:
+        raise AlienError('ALIENPY_HTTP_TIMEOUT=%r is not a number' % environ.get('ALIENPY_HTTP_TIMEOUT'), EX_EINVAL)
+    for _ in range(HTTP_REDIRECTS + 1):
+        u = urlsplit(url)
+        try:
+            port = u.port or (443 if u.scheme == 'https' else 80)
+        except ValueError:
+            port = None
+        if u.scheme not in ('http', 'https') or not u.hostname or not port:
+            raise AlienError('%s: not a valid http(s) URL: %s' % (what, url), EX_EINVAL)
+        try:
+            conn, absolute, proxy = _http_connection(u.scheme, u.hostname, port, environ, timeout)
+        except AlienError as e:
+            raise AlienError('%s %s: %s' % (what, url, e), e.exitcode)
+        hdrs = dict([('User-Agent', user_agent(environ))] + list(headers))
+        if absolute and proxy[2]:
+            from urllib.parse import unquote
+            hdrs['Proxy-Authorization'] = 'Basic ' + base64.b64encode(unquote(proxy[2]).encode()).decode()
+        try:
+            conn.request('GET', url if absolute else (u.path or '/') + ('?' + u.query if u.query else ''),
+                         headers=hdrs)
+            resp = conn.getresponse()
+            location = resp.getheader('Location')
+            if resp.status in (301, 302, 303, 307, 308) and location:
+                url = urljoin(url, location)
+                continue
+            if resp.status != 200:
+                raise AlienError('%s %s: HTTP %d %s' % (what, url, resp.status, resp.reason),
+                                 EX_ENOENT if resp.status == 404 else EX_EREMOTEIO)
+            got, body = 0, b''
+            if sink is None:
+                body = resp.read(HTTP_MAX_BODY + 1)
+                got = len(body)
+                if got > HTTP_MAX_BODY:
+                    raise AlienError('%s %s: reply larger than %d MiB' % (what, url, HTTP_MAX_BODY >> 20), EX_ENOMSG)
+            else:
+                while True:
+                    chunk = resp.read(1 << 20)
+                    if not chunk:
+                        break
+                    sink.write(chunk)
+                    got += len(chunk)
+            length = resp.getheader('Content-Length')
+            if length and length.isdigit() and int(length) != got:
+                raise AlienError('%s %s: reply cut after %d of %s bytes' % (what, url, got, length), EX_ENOMSG)
+            return dict((k.lower(), v) for k, v in resp.getheaders()), body
+        except socket.timeout:
+            raise AlienError('%s %s: no answer within %g s' % (what, url, timeout), EX_NOTCONN)
+        except http.client.IncompleteRead as e:
+            raise AlienError('%s %s: reply cut after %d bytes' % (what, url, len(e.partial)), EX_ENOMSG)
+        except (OSError, http.client.HTTPException) as e:
+            raise AlienError('%s %s: %s' % (what, url, e or type(e).__name__), EX_NOTCONN)
+        finally:
+            conn.close()
+    raise AlienError('%s %s: more than %d redirects' % (what, url, HTTP_REDIRECTS), EX_EREMOTEIO)
+
+
+def http_get_json(url, environ, headers=(), what='GET', check=None):
+    """http_get of a JSON document; `check(doc)` says whether its shape is the expected one.
+    A body that is not JSON, or not of that shape, is a one-line error (exit 42)."""
+    _, body = http_get(url, environ, [('Accept', 'application/json')] + list(headers), what=what)
+    try:
+        doc = json.loads(body.decode('utf-8'))
+    except ValueError:
+        raise AlienError('%s %s: the reply is not JSON' % (what, url), EX_ENOMSG)
+    if check is not None and not check(doc):
+        raise AlienError('%s %s: the reply is not in the expected format' % (what, url), EX_ENOMSG)
+    return doc
+
+
+def local_time(stamp, unixtime=False):
+    """A unix time in s (10 digits) or ms (13 digits) as local 'YYYY-mm-dd HH:MM:SS[.mmm]+zone'
+    (no .000, as the reference prints whole seconds); the digits themselves with unixtime.
+    Anything else is returned as it is."""
+    text = str(stamp)
+    if unixtime or not re.match(r'^[0-9]{10}([0-9]{3})?$', text):
+        return text
+    t = time.localtime(int(text[:10]))
+    ms = '.' + text[10:] if len(text) > 10 and text[10:] != '000' else ''
+    return time.strftime('%Y-%m-%d %H:%M:%S', t) + ms + time.strftime('%z', t)
+
+
+# ==========================================================================
 # Commands: one registry maps command names to handlers
 # ==========================================================================
 
@@ -4226,6 +4367,492 @@ def cmd_popd(session, args):
     else:
         del stack[i - 1]
     return Result(0, _stack_text(session))
+
+
+# -- grid operations: jobs and quotas --
+
+def parse_options(name, args, flags=(), valued=(), multi=()):
+    """(options dict, positional list) of a client command's arguments. flags -> True,
+    valued -> the next argument, multi -> list of values. An unknown option or a missing
+    value is an AlienError (exit 64) naming the command."""
+    opts, pos = {}, []
+    i = 0
+    while i < len(args):
+        a = args[i]
+        i += 1
+        key = a[1:] if a.startswith('-') and len(a) > 1 else None
+        if key in flags:
+            opts[key] = True
+        elif key in valued or key in multi:
+            if i >= len(args):
+                raise AlienError('%s: option %s needs a value' % (name, a), EX_USAGE)
+            if key in multi:
+                opts.setdefault(key, []).append(args[i])
+            else:
+                opts[key] = args[i]
+            i += 1
+        elif key is not None and not re.match(r'^-?[0-9]', a):
+            raise AlienError('%s: unknown option %s (%s -h for the usage)' % (name, a, name), EX_USAGE)
+        else:
+            pos.append(a)
+    return opts, pos
+
+
+def client_result(out, rows, metadata=None):
+    """Result of a client-side command: printed text, and for -json the rows it was made of."""
+    md = dict(metadata or {})
+    md.update(exitcode='0', error='')
+    return Result(0, out, '', rows, md)
+
+
+_TRACE_TIME = re.compile(r'^([0-9]{10}) \[')
+
+
+def trace_local_times(text, unixtime=False):
+    """Lines of a job trace with their leading unix time shown as local time."""
+    if unixtime:
+        return text
+    return '\n'.join(_TRACE_TIME.sub(lambda m: local_time(m.group(1)) + ' [', line, 1)
+                     for line in text.split('\n'))
+
+
+def parse_trace(trace, unixtime=False):
+    """A job trace split into the parts jobInfo shows: state, trace, proc lines (proc
+    format lines first), the worker node, the work directory and the batch queue ids."""
+    info = {'state': [], 'trace': [], 'proc': [], 'workdir': '', 'wn': '', 'queue': []}
+    procfmt = []
+    for line in trace_local_times(trace or '', unixtime).split('\n'):
+        m = re.match(r'^(.*?) ?\[(state|trace|proc|procfmt) *\]: (.*)$', line)
+        if not m:
+            continue
+        when, tag, text = m.groups()
+        (procfmt if tag == 'procfmt' else info[tag]).append('%s %s' % (when, text))
+        if tag == 'trace':
+            if text.startswith('Created workdir'):
+                info['workdir'] = text.split(': ', 1)[-1].strip()
+            w = re.match(r'Running JAliEn JobAgent .* on ([\w.-]+?)\.?$', text)
+            if w:
+                info['wn'] = w.group(1)
+            if 'BatchId' in text:
+                info['queue'].append(text.replace('BatchId', '').strip())
+    info['proc'][0:0] = procfmt
+    return info
+
+
+def parse_jdl(jdl):
+    """A JDL as a dict: 'Name = value;' statements; {...} lists become lists of strings."""
+    out = {}
+    for stmt in re.split(r';\s*(?=[A-Za-z_][A-Za-z0-9_]*\s*=|$)', jdl or ''):
+        name, eq, value = stmt.strip().partition('=')
+        if not eq:
+            continue
+        value = re.sub(r'\s+', ' ', value).strip()
+        if value.startswith('{') and value.endswith('}'):
+            out[name.strip()] = [v.strip().strip('"') for v in value[1:-1].split(',') if v.strip()]
+        else:
+            out[name.strip()] = value.replace('"', '').strip()
+    return out
+
+
+def job_field(row, name):
+    """A ps row field; the 2021 service names two of them with a trailing space."""
+    return str(row.get(name, row.get(name + ' ', '')))
+
+
+JOB_HEADER = 'JobID        MasterJobID  Status      User          Name'
+
+
+def job_line(row):
+    return '%-13s%-13s%-12s%-14s%s' % tuple(job_field(row, k) for k in ('id', 'split', 'status', 'owner', 'name'))
+
+
+def jobinfo_text(row, info, show_trace=False, show_proc=False):
+    parts = ['#' * 66, JOB_HEADER, job_line(row), '',
+             'Machine info:', 'WorkerNode: %s' % info['wn'], 'Workdir: %s' % info['workdir'],
+             'Local queue info:'] + info['queue'] + ['', 'State info:'] + info['state'] + ['']
+    if show_trace:
+        parts += ['Trace info:'] + info['trace'] + ['']
+    if show_proc:
+        parts += ['Proc info:'] + info['proc'] + ['']
+    return '\n'.join(parts)
+
+
+JOBINFO_USAGE = '''jobInfo ID[,ID...] [-trace] [-proc] [-jdl] [-unixtime]  what a job did
+    for each job: ID, master job, status, owner, name, worker node, work directory,
+    batch queue id and state transitions (times in local time)
+    -trace     also the trace messages      -proc  also the process monitoring lines
+    -jdl       only the JDL, as one JSON object per job
+    -unixtime  keep the unix times of the trace'''
+
+
+@command('jobInfo', usage=JOBINFO_USAGE)
+def cmd_jobinfo(session, args):
+    opts, pos = parse_options('jobInfo', args, flags=('trace', 'proc', 'jdl', 'unixtime'))
+    if len(pos) != 1 or not re.match(r'^[0-9]+(,[0-9]+)*$', pos[0]):
+        return Result(EX_USAGE, '', 'jobInfo: give one list of job IDs, like 123 or 123,124')
+    r = session.request('ps', ['-j', pos[0], '-trace', '-jdl'], nomsg=True)
+    if not r.results:   # jobs without a trace still come with their rows (and exit code 61)
+        return r if r.exitcode else Result(EX_ENOENT, '', 'jobInfo: no job with ID %s' % pos[0])
+    rows, texts = [], []
+    for row in r.results:
+        info = parse_trace(row.get('trace', ''), opts.get('unixtime'))
+        jdl = parse_jdl(row.get('jdl', ''))
+        rows.append(dict(row, trace=info, jdl=jdl))
+        texts.append(json.dumps(jdl, separators=(',', ':')) if opts.get('jdl') else
+                     jobinfo_text(row, info, opts.get('trace'), opts.get('proc')))
+    return client_result('\n'.join(texts).strip(), rows, r.metadata)
+
+
+@command('ps', usage='')   # -h: the server's usage
+def cmd_ps(session, args):
+    """ps as the server answers it; with -trace the unix times become local times."""
+    r = session.request('ps', args, nokeys=not session.command_json)
+    if '-trace' in args and r.exitcode == 0 and not session.command_json:
+        r.out = trace_local_times('\n'.join(r.messages())).strip()
+    return r
+
+
+def ce_line(ce):
+    return '%-28s%-50s%-8s%-10s%-6s%-6s%-10s%s' % (
+        ce.get('ceName', '').replace('ALICE::', ''), ce.get('host', ''), ce.get('status', ''), ce.get('type', ''),
+        ce.get('maxRunning', ''), ce.get('maxQueued', ''), ce.get('TTL', ''), ce.get('partitions', '').strip(','))
+
+
+CE_HEADER = '%-28s%-50s%-8s%-10s%-6s%-6s%-10s%s' % ('Name', 'Host', 'State', 'Type', 'R', 'W', 'TTL', 'Partitions')
+
+
+def select_ces(ces, name=None, host=None, part=None):
+    """CEs whose name and host contain the given texts and that serve the partition
+    (case-insensitive; every given filter must match)."""
+    def ok(ce):
+        return ((not name or name.lower() in ce.get('ceName', '').lower())
+                and (not host or host.lower() in ce.get('host', '').lower())
+                and (not part or part.lower() in ce.get('partitions', '').lower().split(',')))
+    return [ce for ce in ces if ok(ce)]
+
+
+def _list_ces(session):
+    r = session.request('listCEs', [], nomsg=True)
+    if r.exitcode != 0:
+        raise AlienError('listCEs: %s' % (r.err or 'failed'), r.exitcode)
+    return r
+
+
+@command('getCE', usage='getCE [-name TEXT] [-host TEXT] [-part PARTITION]  computing elements (all given filters apply)')
+def cmd_getce(session, args):
+    opts, pos = parse_options('getCE', args, valued=('name', 'host', 'part'))
+    if pos:
+        return Result(EX_USAGE, '', 'getCE: unexpected argument %r (filters are -name, -host, -part)' % pos[0])
+    r = _list_ces(session)
+    ces = select_ces(r.results, opts.get('name'), opts.get('host'), opts.get('part'))
+    if not ces:
+        return Result(EX_ENOENT, '', 'getCE: no computing element matches')
+    return client_result('\n'.join([CE_HEADER] + [ce_line(ce) for ce in ces]), ces, r.metadata)
+
+
+SITEJOBS_USAGE = '''siteJobs SITE [-id] [-running] [-status TEXT] [-user TEXT]  jobs of the CEs whose name contains SITE
+    -id  only the job IDs    -running (-r)  = -status RUNNING
+    -status / -user: the status / owner contains TEXT (case-insensitive)'''
+
+
+@command('siteJobs', usage=SITEJOBS_USAGE)
+def cmd_sitejobs(session, args):
+    opts, pos = parse_options('siteJobs', args, flags=('id', 'running', 'r'), valued=('status', 'user'))
+    if len(pos) != 1:
+        return Result(EX_USAGE, '', 'siteJobs: give one SITE (usage: siteJobs -h)')
+    ces = select_ces(_list_ces(session).results, name=pos[0])
+    if not ces:
+        return Result(EX_ENOENT, '', 'siteJobs: no computing element name contains %r (getCE lists them)' % pos[0])
+    r = session.request('ps', ['-s', ','.join(ce['ceName'] for ce in ces), '-a'], nomsg=True)
+    if r.exitcode != 0:
+        return r
+    status = 'RUNNING' if opts.get('running') or opts.get('r') else opts.get('status')
+    user = opts.get('user')
+    jobs = [j for j in r.results if (not status or status.lower() in job_field(j, 'status').lower())
+            and (not user or user.lower() in job_field(j, 'owner').lower())]
+    if opts.get('id'):
+        text = '\n'.join(job_field(j, 'id') for j in jobs)
+    else:
+        text = '\n'.join([JOB_HEADER] + [job_line(j) for j in jobs]) if jobs else ''
+    return client_result(text, jobs, r.metadata)
+
+
+def _ratio(used, limit, fmt='%.2f'):
+    return ('%.2f%%' % (100.0 * used / limit)) if limit else 'n/a'
+
+
+def quota_report(jq, fq, jq_missing=''):
+    """The text of `quota`: job quota (or why there is none) and file quota."""
+    user = (jq or fq).get('username', '')
+    lines = ['Quota report for user : %s' % user]
+    num = lambda d, *keys: float(next((d[k] for k in keys if k in d), 0) or 0)   # noqa: E731
+    if jq:
+        run, wait, maxu = num(jq, 'running'), num(jq, 'waiting'), num(jq, 'maxUnfinishedJobs')
+        rt, rtmax = num(jq, 'totalRunningTimeLast24h') / 3600, num(jq, 'maxTotalRunningTime') / 3600
+        cpu, cpumax = num(jq, 'totalCpuCostLast24h') / 3600, num(jq, 'maxTotalCpuCost') / 3600
+        lines += ['Unfinished jobs(R + W / Max):\t\t%d + %d / %d --> %s used' % (run, wait, maxu, _ratio(run + wait, maxu)),
+                  'Running time (last 24h) used/max:\t%.2f/%.2f(h) --> %s used' % (rt, rtmax, _ratio(rt, rtmax)),
+                  'CPU Cost (last 24h) used/max:\t\t%.2f/%.2f(h) --> %s used' % (cpu, cpumax, _ratio(cpu, cpumax)),
+                  'ParallelJobs (nominal/max) :\t%d/%d' % (num(jq, 'nominalParallelJobs', 'nominalparallelJobs'),
+                                                           num(jq, 'maxParallelJobs', 'maxparallelJobs'))]
+    else:
+        lines.append('Job quota :\t\t\tnone (%s)' % jq_missing)
+    size, smax = num(fq, 'totalSize'), num(fq, 'maxTotalSize')
+    files, fmax = num(fq, 'nbFiles'), num(fq, 'maxNbFiles')
+    lines += ['Storage size :\t\t\t%.2f/%.2f MiB --> %s' % (size / 1048576, smax / 1048576, _ratio(size, smax)),
+              'Number of files :\t\t%d/%d --> %s' % (files, fmax, _ratio(files, fmax))]
+    return '\n'.join(lines)
+
+
+ENODATA = 61
+
+
+@command('quota', usage='quota [USER]  job and file quotas (server jquota and fquota); a user without a job quota is said so')
+def cmd_quota(session, args):
+    opts, pos = parse_options('quota', args)
+    if len(pos) > 1 or pos[:1] == ['set']:
+        return Result(EX_USAGE, '', 'quota: give at most one USER (setting quotas: jquota set / fquota set, admins only)')
+    jr, fr = session.request_many([('jquota', ['list'] + pos), ('fquota', ['list'] + pos)], nomsg=True)
+    if fr.exitcode != 0 or not fr.results:
+        return Result(fr.exitcode or EX_ENOMSG, '', 'quota: fquota: %s' % (fr.err or 'empty reply'))
+    if jr.exitcode not in (0, ENODATA) or (jr.exitcode == 0 and not jr.results):
+        return Result(jr.exitcode or EX_ENOMSG, '', 'quota: jquota: %s' % (jr.err or 'empty reply'))
+    jq = jr.results[0] if jr.results else None
+    rows = [dict(jq or {}, **fr.results[0])]
+    return client_result(quota_report(jq, fr.results[0], jr.err.split(' : ')[-1]), rows, fr.metadata)
+
+
+@command('submit', usage='submit JDL [ARGS...]  submit the grid JDL file (path as for ls; $1.. in it take ARGS)')
+def cmd_submit(session, args):
+    if not args:
+        return Result(EX_USAGE, '', 'submit: give the JDL (a grid file) to submit')
+    if _LOCAL_PREFIX.match(args[0]):
+        return Result(EX_EINVAL, '', 'submit: %s is a local file: copy it to the grid first '
+                      '(cp %s JOB.jdl), then submit that' % (args[0], args[0]))
+    return session.request('submit', [session.grid_path(args[0])] + args[1:],
+                           nokeys=not session.command_json)
+
+
+# -- grid operations: outside services (CCDB, MonALISA) --
+
+CCDB_DEFAULT = 'http://alice-ccdb.cern.ch'
+MONALISA_DEFAULT = 'http://alimonitor.cern.ch/rest/'
+
+
+def service_base(url):
+    """'host', 'host:port' or a URL -> 'http(s)://.../' (http:// when no scheme is given)."""
+    url = url.strip()
+    if not re.match(r'^https?://', url):
+        url = 'http://' + url
+    return url.rstrip('/') + '/'
+
+
+def ccdb_query_path(query, when=''):
+    """The CCDB path of a query 'path[/TIME][/key=value...]': wildcards dropped, a 13-digit
+    time component or `when` put after the object path, key=value filters last."""
+    query = query.replace('.*', '').replace('*', '')
+    path, times, keys = [], [], []
+    for part in query.split('/'):
+        if re.match(r'^[0-9]{13}$', part):
+            times.append(part)
+        elif '=' in part:
+            keys.append(part)
+        elif part:
+            path.append(part)
+    return '/'.join(path + (times[-1:] or ([when] if when else [])) + keys), bool(times)
+
+
+def ccdb_object(obj):
+    """A CCDB object description reduced to the fields shown, with its file name and
+    lifetime (ms)."""
+    o = dict(obj)
+    name = o.get('fileName') or re.sub(r'^(inline|attachment);\s*filename=', '', o.get('Content-Disposition', ''))
+    o['filename'] = name.replace('"', '').replace('::', '-').strip() or o.get('id', 'object')
+    o['ETag'] = str(o.get('ETag', o.get('id', ''))).strip('"')
+    try:
+        o['Lifetime'] = int(o.get('Valid-Until', 0)) - int(o.get('Valid-From', 0))
+    except ValueError:
+        o['Lifetime'] = ''
+    return o
+
+
+def ccdb_listing(doc, unixtime=False):
+    lines = ['%s/' % d for d in doc['subfolders']]
+    objs = [ccdb_object(o) for o in doc['objects']]
+    if objs:
+        lines.append('%-47s%-28s%-19s%-20s%s' % ('Filename', 'Type', 'ValidFrom', 'ValidUntil', 'Lifetime(ms)'))
+    for o in objs:
+        lines.append('%s  %s  "%s"  "%s"  %s' % (o['filename'], o.get('ObjectType', 'TYPE NOT FOUND'),
+                                                local_time(o.get('Valid-From', ''), unixtime),
+                                                local_time(o.get('Valid-Until', ''), unixtime), o['Lifetime']))
+    return '\n'.join(lines)
+
+
+def ccdb_report(doc):
+    lines = ['%-40s%12s%12s%12s%14s' % ('Name', 'ownFiles', 'ownSize', 'filesSub', 'sizeSub')]
+    total_size = total = 0
+    for f in doc['subfolders']:
+        if not isinstance(f, dict):
+            continue
+        own, sub = int(f.get('ownSize', 0)), int(f.get('sizeOfSubfolders', 0))
+        total_size += own + sub
+        total += int(f.get('ownFiles', 0)) + int(f.get('filesInSubfolders', 0))
+        lines.append('%-40s%12s%12s%12s%14s' % (f.get('name', ''), f.get('ownFiles', 0), human_bytes(own),
+                                               f.get('filesInSubfolders', 0), human_bytes(sub)))
+    if doc['objects']:
+        total = len(doc['objects'])
+        total_size += sum(int(o.get('size', o.get('Content-Length', 0)) or 0) for o in doc['objects'])
+    lines.append('%s%12s%12s%12s%14s' % ('TOTAL'.center(40), '-', '-', total, human_bytes(total_size)))
+    return '\n'.join(lines)
+
+
+def _ccdb_doc_ok(doc):
+    return isinstance(doc, dict) and isinstance(doc.get('objects'), list) \
+        and isinstance(doc.get('subfolders'), list) and all(isinstance(o, dict) for o in doc['objects'])
+
+
+def download_file(url, dest, environ, md5=None, what='GET'):
+    """Download url to dest: written to a hidden temp file next to it, checked (length,
+    md5 when known), then renamed; a failure leaves dest as it was. Returns the size."""
+    d = os.path.dirname(os.path.abspath(dest))
+    try:
+        os.makedirs(d, exist_ok=True)
+    except OSError as e:
+        raise AlienError('%s: cannot create %s: %s' % (what, d, e.strerror), EX_EIO)
+    tmp = part_name(os.path.abspath(dest))
+    try:
+        with open(tmp, 'wb') as f:
+            http_get(url, environ, sink=f, what=what)
+        if md5 and md5_file(tmp) != md5.lower():
+            raise AlienError('%s %s: md5 mismatch (the download is not the object)' % (what, url), EX_EIO)
+        os.replace(tmp, dest)
+        tmp = None
+        return os.path.getsize(dest)
+    except OSError as e:
+        raise AlienError('%s: cannot write %s: %s' % (what, dest, e.strerror), EX_EIO)
+    finally:
+        _unlink_quiet(tmp)
+
+
+CCDB_USAGE = '''ccdb [-host URL] [-history] [-limit N] [-unixtime] [-run RUN | -objtime MS] [-header "K: V"]...
+     [-get | -mirror] [-dst DIR] [-report] QUERY       query the CCDB (REST, plain HTTP)
+QUERY: path/of/object[/TIME_MS][/key=value...]   ("*" and ".*" are dropped)
+    -host URL      another CCDB server (default $ALIENPY_CCDB or http://alice-ccdb.cern.ch)
+    -history       every version (browse), newest first, at most -limit N (default 10)
+    -run RUN       the version valid at the start of run RUN    -objtime MS: valid at that time
+    -unixtime      times in ms instead of local time            -header: extra request headers
+    -get           download the objects to DST/path/filename (default DST: .)
+    -mirror        download as DST/path/VALIDFROM/ETAG with a .properties file (a CCDB snapshot)
+    -report        files and sizes of a path and its subfolders'''
+
+
+@command('ccdb', connect=False, usage=CCDB_USAGE)
+def cmd_ccdb(session, args):
+    opts, pos = parse_options('ccdb', args, flags=('history', 'unixtime', 'get', 'mirror', 'report', 'nicetime'),
+                              valued=('host', 'run', 'objtime', 'limit', 'dst'), multi=('header',))
+    if len(pos) != 1:
+        return Result(EX_USAGE, '', 'ccdb: give one QUERY (at least "/"; ccdb -h for the usage)')
+    if opts.get('get') and opts.get('mirror'):
+        return Result(EX_USAGE, '', 'ccdb: -get and -mirror exclude each other')
+    if opts.get('run') and opts.get('objtime'):
+        return Result(EX_USAGE, '', 'ccdb: -run and -objtime exclude each other')
+    for key, pattern in (('limit', r'^[0-9]+$'), ('run', r'^[0-9]+$'), ('objtime', r'^[0-9]{13}$')):
+        if key in opts and not re.match(pattern, opts[key]):
+            return Result(EX_USAGE, '', 'ccdb: -%s %r is not %s' % (
+                key, opts[key], 'a time in ms (13 digits)' if key == 'objtime' else 'a number'))
+    headers = [('Browse-Limit', opts.get('limit', '10'))]
+    for h in opts.get('header', []):
+        k, colon, v = h.partition(':')
+        if not colon or not k.strip():
+            return Result(EX_USAGE, '', 'ccdb: -header %r is not "Name: value"' % h)
+        headers.append((k.strip(), v.strip()))
+    env = session.environ
+    base = service_base(opts.get('host') or env.get('ALIENPY_CCDB') or CCDB_DEFAULT)
+    when = opts.get('objtime', '')
+    path, has_time = ccdb_query_path(pos[0], when)
+    if opts.get('run') and not has_time:
+        info = http_get_json('%slatest/RCT/Info/RunInformation/%s' % (base, opts['run']), env, what='ccdb',
+                             check=_ccdb_doc_ok)
+        sor = info['objects'][0].get('SOR') if info['objects'] else None
+        if not sor:
+            return Result(EX_ENOENT, '', 'ccdb: no start-of-run time registered for run %s' % opts['run'])
+        path, _ = ccdb_query_path(pos[0], str(sor))
+    listing = 'browse/' if opts.get('history') or opts.get('report') else 'latest/'
+    url = base + listing + path + ('?report=true' if opts.get('report') else '')
+    doc = http_get_json(url, env, headers, what='ccdb', check=_ccdb_doc_ok)
+    metadata = {'url': url, 'subfolders': doc['subfolders']}
+    if opts.get('report'):
+        return client_result(ccdb_report(doc), doc['objects'], metadata)
+    objs = [ccdb_object(o) for o in doc['objects']]
+    if not (opts.get('get') or opts.get('mirror')):
+        return client_result(ccdb_listing(doc, opts.get('unixtime')), objs, metadata)
+    return _ccdb_download(base, objs, opts, env, metadata)
+
+
+def _ccdb_download(base, objs, opts, env, metadata):
+    dst = opts.get('dst', '.')
+    unique = len({(o.get('path', ''), o['filename']) for o in objs}) == len(objs)
+    lines = []
+    for o in objs:
+        name = o['filename']
+        if opts.get('mirror'):
+            name = '%s/%s' % (o.get('Valid-From', ''), o['ETag'])
+        elif not unique:
+            stem, dot, ext = name.rpartition('.')
+            name = '%s_%s.%s' % (stem, o['ETag'], ext) if dot else '%s_%s' % (name, o['ETag'])
+        dest = os.path.join(dst, o.get('path', '').strip('/'), name)
+        url = '%s%s/%s/%s' % (base, o.get('path', '').strip('/'), o.get('Valid-From', ''), o['ETag'])
+        size = download_file(url, dest, env, md5=o.get('MD5') or o.get('Content-MD5'), what='ccdb')
+        if opts.get('mirror'):
+            skip = ('replicas', 'path', 'ETag', 'Valid-From', 'Content-Length', 'filename', 'Lifetime')
+            rename = {'Created': 'CreateTime', 'Valid-Until': 'ValidUntil'}
+            props = ''.join('%s=%s\n' % (rename.get(k, k), v) for k, v in o.items() if k not in skip)
+            props += 'OriginalFileName=%s\n' % o['filename']
+            tmp = part_name(os.path.abspath(dest + '.properties'))
+            with open(tmp, 'w', encoding='utf-8') as f:
+                f.write(props)
+            os.replace(tmp, dest + '.properties')
+        lines.append('%s (%d bytes)' % (dest, size))
+        o['local'] = dest
+    return client_result('\n'.join(lines), objs, metadata)
+
+
+QUERYML_USAGE = '''queryML [-host URL] [text|xml|json] PATH   query the MonALISA REST service
+    PATH: farm/cluster/node/parameter, each part may be *; a time range goes first:
+    /START/END/parameter, in ms since the epoch, or negative = relative to now (-60000: a minute ago)
+    json (default): a table (Timestamp in local time); text, xml: the reply as it is
+    -host URL  another MonALISA REST endpoint (default $ALIENPY_MONALISA or http://alimonitor.cern.ch/rest/)'''
+
+
+def ml_table(rows):
+    """MonALISA rows as columns (the first row's keys), each 3 wider than its widest value."""
+    keys = list(rows[0].keys())
+    cells = [[str(r.get(k)) if k != 'Timestamp' else local_time(r.get(k)) for k in keys] for r in rows]
+    widths = [max([len(k)] + [len(c[i]) for c in cells]) + 3 for i, k in enumerate(keys)]
+    return '\n'.join(''.join(v.ljust(w) for v, w in zip(line, widths)).rstrip() for line in [keys] + cells)
+
+
+@command('queryML', connect=False, usage=QUERYML_USAGE)
+def cmd_queryml(session, args):
+    opts, pos = parse_options('queryML', args, valued=('host',))
+    kind = 'json'
+    for word in ('text', 'xml', 'json'):
+        if word in pos:
+            kind = word
+            pos.remove(word)
+    if len(pos) != 1:
+        return Result(EX_USAGE, '', 'queryML: give one PATH (queryML -h for the usage)')
+    env = session.environ
+    base = service_base(opts.get('host') or env.get('ALIENPY_MONALISA') or MONALISA_DEFAULT)
+    accept = {'json': 'application/json', 'xml': 'text/xml', 'text': 'text/plain'}[kind]
+    url = '%s%s?Accept=%s' % (base, pos[0].lstrip('/'), accept)
+    if kind != 'json':
+        _, body = http_get(url, env, [('Accept', accept)], what='queryML')
+        return Result(0, body.decode('utf-8', 'replace').strip())
+    doc = http_get_json(url, env, what='queryML', check=lambda d: isinstance(d, dict) and isinstance(
+        d.get('results'), list) and all(isinstance(r, dict) for r in d['results']))
+    rows = doc['results']
+    return client_result(ml_table(rows) if rows else '', rows, {'url': url})
 
 
 def _refuse_arguments(*names):

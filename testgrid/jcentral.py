@@ -57,6 +57,7 @@ if __package__ in (None, ''):
     __package__ = 'testgrid'
 
 from testgrid import catalogue as cat_mod  # noqa: E402
+from testgrid import jobs as jobs_mod  # noqa: E402
 from testgrid.pki import PKI, USER_SUBJECT  # noqa: E402
 
 from websockets.exceptions import ConnectionClosed  # noqa: E402
@@ -323,11 +324,10 @@ class Session:
             if nokeys and nomsg:
                 continue
             out.append(r)
-        reply = {'metadata': {'exitcode': str(code), 'error': error, 'user': self.user,
-                              'currentdir': self.cwd},
+        reply = {'metadata': {'currentdir': self.cwd, 'exitcode': str(code), 'error': error,
+                              'user': self.user},
                  'results': out}
-        # the Java server escapes '/' inside strings; clients must cope with it
-        return json.dumps(reply).replace('/', '\\/')
+        return java_json(reply)
 
     def run(self, cmd, args, helpme):
         """(exitcode, error, results) of one command."""
@@ -341,11 +341,15 @@ class Session:
         if fn is None:
             return ENOENT, '%s : Command [%s] not found!' % (STRERROR[ENOENT], cmd), []
         if helpme:
-            doc = (fn.__doc__ or cmd).strip()
+            doc = getattr(fn, 'help_text', None) or (fn.__doc__ or cmd).strip()
             return 0, '', [{'message': doc}]
         try:
+            self.pending_error = None
             with self.g.lock:
                 results = fn(self, args)
+            if self.pending_error:   # an error code set next to results, like the Java commander
+                code, detail = self.pending_error
+                return code, CmdError(code, detail).error, results or []
             return 0, '', results or []
         except CmdError as e:
             return e.code, e.error, e.results
@@ -451,6 +455,21 @@ class Session:
                 msg = '%s   %s' % (e['guid'], msg)
             r['message'] = msg
         return r
+
+
+_JAVA_ESCAPE = re.compile('[\x7f-\x9f\u2000-\u20ff\ud800-\udfff]')
+_JSON_ESCAPE = re.compile(r'\\(u[0-9a-f]{4}|.)')
+
+
+def java_json(obj):
+    """JSON text laid out like the Java service's (../shared/spec/jcentral-replies.md):
+    no spaces, '/' escaped as '\\/', control characters as upper-case \\uXXXX, other
+    non-ASCII characters as they are (lone surrogates escaped: the frame must be UTF-8)."""
+    text = json.dumps(obj, separators=(',', ':'), ensure_ascii=False)
+    text = _JSON_ESCAPE.sub(lambda m: '\\u' + m.group(1)[1:].upper() if m.group(1)[0] == 'u'
+                            else m.group(0), text)
+    text = _JAVA_ESCAPE.sub(lambda m: '\\u%04X' % ord(m.group(0)), text)
+    return text.replace('/', '\\/')
 
 
 class EmptyReply(Exception):
@@ -1130,6 +1149,12 @@ def c_commandlist(s, args):
     out = [{'message': '\n'.join(names), 'commandlist': names[0]}]
     out += [{'commandlist': n} for n in names[1:]]
     return out
+
+
+# job, CE and quota commands (listCEs ps masterjob submit jquota fquota): testgrid/jobs.py
+jobs_mod.register(command, CmdError, human_size, STRERROR)
+for _name in jobs_mod.HELP:
+    COMMANDS[_name].help_text = jobs_mod.HELP[_name]
 
 
 # -- server -------------------------------------------------------------------------------
