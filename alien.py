@@ -2447,7 +2447,8 @@ def cp_download(session, items, opts, stats, known=None):
             job.error = extract_zip_member(job.target, info['unzip'], info['md5'])
             job.ok = not job.error
         if job.ok and os.path.isfile(job.target) and job.size in (-1, os.path.getsize(job.target)):
-            write_xattrs(job.target, info['lfn'], info.get('guid', ''), info.get('md5', ''), job.size)
+            write_xattrs(job.target, info['lfn'], info.get('guid', ''), info.get('md5', ''),
+                         job.size if job.size >= 0 else None)
             try:
                 os.replace(job.target, info['dst'])
             except OSError as e:

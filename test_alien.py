@@ -3906,7 +3906,7 @@ def test_ccdb_browse_history_report_and_run(cenv, tmp_path):
     assert [o['runNumber'] for o in doc['results']] == ['523897'] and '/1700086460000' in doc['metadata']['url']
     p = run_cli(['ccdb', '-report', 'TPC'], env=env)
     assert p.returncode == 0 and p.stdout.splitlines()[1].split()[:5] == ['TPC/Calib', '0', '0', 'B', '4']
-    p = run_cli(['ccdb', 'TPC/Calib/PadGainFull', '-header', 'X-Test: 1'], env=env)
+    p = run_cli(["ccdb TPC/Calib/PadGainFull -header 'X-Test: 1'"], env=env)  # quoted: argv is joined
     assert p.returncode == 0 and p.stdout.count('PadGainFull.root') == 1
     with open(os.path.join(_TG_DIR, 'http.log')) as f:
         log = f.read().splitlines()
