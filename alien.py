@@ -29,6 +29,7 @@ import base64
 import collections
 import errno
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -64,6 +65,11 @@ EX_NOTCONN = 107
 EX_EREMOTEIO = 121
 EX_UNAUTHORIZED = 129
 
+# Server commands whose messages carry the service's own colour codes (SGR):
+# kept on a terminal, removed in a pipe or with NO_COLOR. Any other text from
+# the network shows its control characters escaped on a terminal.
+SERVICE_COLOUR_COMMANDS = ('listSEs', 'xrdstat', 'testSE', 'submit')
+
 
 def env_flag(name, environ=None):
     """True when the environment variable is set to anything but '', 0, false, no."""
@@ -81,7 +87,7 @@ class AlienError(Exception):
 
 class Result(object):
     """Outcome of one command: what the shell prints and the exit code."""
-    __slots__ = ('exitcode', '_out', 'err', 'results', 'metadata', 'as_json', 'raw')
+    __slots__ = ('exitcode', '_out', 'err', 'results', 'metadata', 'as_json', 'raw', 'style')
 
     def __init__(self, exitcode=0, out='', err='', results=None, metadata=None):
         self.exitcode = exitcode
@@ -91,6 +97,7 @@ class Result(object):
         self.metadata = metadata if metadata is not None else {}
         self.as_json = False  # print the whole reply as JSON
         self.raw = None       # the reply text as received
+        self.style = ''       # how out reaches a terminal: '' escaped, 'colour' service SGR kept, 'raw' as is
 
     def __repr__(self):
         return 'Result(exitcode=%r, out=%r, err=%r)' % (self.exitcode, self.out, self.err)
@@ -113,6 +120,131 @@ class Result(object):
     @out.setter
     def out(self, value):
         self._out = value
+
+
+# ---- untrusted input and output: bounded JSON, terminal-safe text ----------
+# Everything that comes from the network or from user files is parsed with
+# bounds (nesting, size, count), and every text that reaches a terminal goes
+# through term_text(): control characters are shown escaped, not obeyed.
+
+JSON_MAX_DEPTH = 64          # replies nest 3 deep, gfal jobs 4: far more than any real document
+INPUT_MAX_BYTES = 16 << 20   # -input files, gfal jobs: 16 MiB
+INPUT_MAX_LINES = 1000000    # lines of a -input file
+SETTINGS_MAX_BYTES = 1 << 20  # ~/.alienpy_aliases, ~/.alienpy_session
+ALIAS_MAX = 1000             # aliases read from ~/.alienpy_aliases
+LINE_MAX_ELEMENTS = 10000    # commands in one chain after alias expansion
+
+_JSON_NOISE = {i: None for i in range(128) if chr(i) not in '[]{}"'}
+_JSON_STRING = re.compile(r'"[^"]*"')
+_JSON_NON_BRACKET = re.compile(r'[^\[\]{}]+')
+_JSON_LEVEL = {'[': 1, '{': 1, ']': -1, '}': -1}
+
+
+class JsonTooDeep(ValueError):
+    """A JSON text nests deeper than JSON_MAX_DEPTH."""
+
+
+def json_too_deep(text, limit=JSON_MAX_DEPTH):
+    """True when the JSON text nests arrays/objects more than limit levels deep.
+    Brackets inside strings do not count. C-speed string operations only (about
+    4 ns a character): escapes and everything but brackets and quotes are
+    dropped, strings removed; flat documents end after a few passes removing
+    innermost pairs, others get their exact depth from a running sum."""
+    if len(text) <= 2 * limit:
+        return False
+    if '\\\\' in text:
+        text = text.replace('\\\\', '')
+    if '\\"' in text:
+        text = text.replace('\\"', '')
+    t = text.translate(_JSON_NOISE)
+    if '"' in t:
+        t = t.replace('""', '')   # empty strings, or two strings with nothing between
+        if '"' in t:
+            t = _JSON_STRING.sub('', t)
+    if not t.isascii() if hasattr(t, 'isascii') else any(ord(c) > 127 for c in t):
+        t = _JSON_NON_BRACKET.sub('', t)
+    brackets = t = t.replace('"', '')     # (a quote left over: not JSON, json.loads says so)
+    for _ in range(min(4, limit // 2)):   # each pass removes one or two levels: flat documents end here
+        t = t.replace('{}', '').replace('[]', '')
+        if not t:
+            return False
+    return bool(brackets) and max(itertools.accumulate(map(_JSON_LEVEL.__getitem__, brackets))) > limit
+
+
+def load_json(text, **kw):
+    """json.loads with bounded nesting: JsonTooDeep (a ValueError) beyond
+    JSON_MAX_DEPTH levels, ValueError when it is not JSON; never RecursionError.
+    The one JSON parser for replies and jobs."""
+    if json_too_deep(text):
+        raise JsonTooDeep('nested more than %d levels deep' % JSON_MAX_DEPTH)
+    try:
+        return json.loads(text, **kw)
+    except RecursionError:
+        raise JsonTooDeep('nested too deep')
+
+
+def read_text_limited(source, limit):
+    """UTF-8 text of a file (path) or stream, read at most limit bytes into
+    memory. ValueError when it is larger or not UTF-8, OSError when unreadable."""
+    if isinstance(source, str):
+        with open(source, 'rb') as f:
+            data = f.read(limit + 1)
+    else:
+        data = getattr(source, 'buffer', source).read(limit + 1)
+    if len(data) > limit:
+        raise ValueError('larger than %s' % human_bytes(limit))
+    return data if isinstance(data, str) else data.decode('utf-8')
+
+
+_CTRL = re.compile('[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]')
+_CTRL_OR_SGR = re.compile('\x1b\\[[0-9;]*m|[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]')
+_SGR = re.compile('\x1b\\[[0-9;]*m')
+_C_ESCAPES = {'\a': '\\a', '\b': '\\b', '\t': '\\t', '\n': '\\n', '\v': '\\v', '\f': '\\f', '\r': '\\r'}
+
+
+def _visible_char(c):
+    if c in _C_ESCAPES:
+        return _C_ESCAPES[c]
+    o = ord(c)
+    if 0xdc80 <= o <= 0xdcff:     # an undecodable byte of a local name (surrogateescape)
+        return '\\%03o' % (o - 0xdc00)
+    if o < 0x80:
+        return '\\%03o' % o
+    return ''.join('\\%03o' % b for b in c.encode('utf-8', 'surrogatepass'))
+
+
+def visible(text, keep_sgr=False, newlines=False):
+    """text with control characters (C0 but tab/newline, DEL, C1) and undecodable
+    bytes written as C escapes, like GNU ls -b: ESC -> \\033, CR -> \\r, byte
+    0xff -> \\377. keep_sgr keeps plain colour codes (ESC [ digits ; m);
+    newlines=True escapes newlines and tabs too (a name on one line)."""
+    rx = _CTRL_OR_SGR if keep_sgr else _CTRL
+    if newlines:
+        text = text.replace('\t', '\\t').replace('\n', '\\n')
+    if rx.search(text) is None:
+        return text
+    return rx.sub(lambda m: m.group(0) if len(m.group(0)) > 1 else _visible_char(m.group(0)), text)
+
+
+def term_text(text, stream, colour=False):
+    """The one sanitiser at the output points. text: untrusted text bound for
+    stream. On a terminal its control characters are escaped (visible()); when
+    colour is set (the messages of commands the service colours, e.g. listSEs),
+    plain SGR colour codes are kept unless NO_COLOR is set. Off a terminal
+    nothing is escaped (scripts get the bytes), but colour codes are removed."""
+    try:
+        tty = stream.isatty()
+    except (AttributeError, ValueError):
+        tty = False
+    keep = colour and tty and not os.environ.get('NO_COLOR')
+    if colour and not keep and '\x1b' in text:
+        text = _SGR.sub('', text)
+    if not tty:
+        return text
+    text = visible(text, keep_sgr=keep)
+    if keep and '\x1b' in text:
+        text += '\x1b[0m'         # a colour left open by the service ends here
+    return text
 
 
 _LOG = {}
@@ -787,6 +919,20 @@ def tls_error(e, host):
     return TLSError('TLS handshake with %s failed: %s' % (host, reason), EX_NOTCONN)
 
 
+def tls_handshake(sock, ctx, host, port, timeout):
+    """TLS over a connected socket (closed on failure) -> the verified TLS socket;
+    failures as one-line TLSError/AlienError (exit 107)."""
+    try:
+        sock.settimeout(timeout)
+        return ctx.wrap_socket(sock, server_hostname=host)
+    except ssl.SSLError as e:
+        sock.close()
+        raise tls_error(e, host)
+    except (OSError, socket.timeout) as e:
+        sock.close()
+        raise AlienError('TLS handshake with %s:%d failed: %s' % (host, port, e), EX_NOTCONN)
+
+
 # ==========================================================================
 # JCentral session: requests, replies, session state
 # ==========================================================================
@@ -1007,7 +1153,9 @@ def parse_reply(text, compact=False):
     if not text:
         raise AlienError('empty reply from the server', EX_EMPTY_REPLY)
     try:
-        reply = json.loads(text, object_hook=_compact_row if compact else None)
+        reply = load_json(text, object_hook=_compact_row if compact else None)
+    except JsonTooDeep as e:
+        raise AlienError('reply from the server is not in the JCentral format: %s' % e, EX_ENOMSG)
     except ValueError:
         raise AlienError('reply from the server is not JSON', EX_EINVAL)
     if not isinstance(reply, dict) or not isinstance(reply.get('metadata'), dict) \
@@ -1020,7 +1168,7 @@ def reply_to_result(metadata, results):
     code = metadata.get('exitcode', '0')
     try:
         exitcode = int(code)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         exitcode = 121
     return Result(exitcode, None, str(metadata.get('error', '') or ''), results, metadata)
 
@@ -1100,15 +1248,7 @@ class Session(object):
                 raise
         else:
             sock = connect_tcp(host, port, self.environ)
-        try:
-            sock.settimeout(self.timeout)
-            tls = ctx.wrap_socket(sock, server_hostname=host)
-        except ssl.SSLError as e:
-            sock.close()
-            raise tls_error(e, host)
-        except (OSError, socket.timeout) as e:
-            sock.close()
-            raise AlienError('TLS handshake with %s:%d failed: %s' % (host, port, e), EX_NOTCONN)
+        tls = tls_handshake(sock, ctx, host, port, self.timeout)
         try:
             if other:
                 return WebSocketClientTransport(url, tls, self.timeout, headers)
@@ -1154,6 +1294,8 @@ class Session(object):
         result = self._decode(reply, nokeys)
         del reply  # a large reply's text is freed before its output is joined
         result.raw = raw
+        if command in SERVICE_COLOUR_COMMANDS:
+            result.style = 'colour'
         return result
 
     def request_many(self, requests, nomsg=False, nokeys=False, window=32):
@@ -1231,10 +1373,11 @@ class Session(object):
             self._update_state(parse_reply(self.ws.recv_text())[0])
 
     def _update_state(self, metadata):
-        if metadata.get('user'):
-            self.user = metadata['user']
+        user = metadata.get('user')
+        if user and isinstance(user, str):
+            self.user = user
         cwd = metadata.get('currentdir')
-        if cwd:
+        if cwd and isinstance(cwd, str) and cwd.startswith('/'):
             if not self.home:
                 self.home = cwd
             if cwd != self.cwd:
@@ -1686,19 +1829,27 @@ def parse_input_lines(text):
     shell-quoted (so names with spaces work); lines without exactly 2 fields
     are skipped with a notice."""
     pairs, notices = [], []
+    skipped = 0
     for n, line in enumerate(text.splitlines(), 1):
         s = line.strip()
         if not s or s.startswith(('#', ';', '//')):
             continue
+        if len(pairs) >= INPUT_MAX_LINES:
+            raise AlienError('cp: -input holds more than %d "src dst" lines' % INPUT_MAX_LINES, EX_EINVAL)
         try:
             fields = shlex.split(s)
+            why = None if len(fields) == 2 else 'need "src dst"'
         except ValueError as e:
-            notices.append('cp -input line %d skipped (%s): %s' % (n, e, s))
-            continue
-        if len(fields) != 2:
-            notices.append('cp -input line %d skipped (need "src dst"): %s' % (n, s))
-            continue
-        pairs.append((fields[0], fields[1]))
+            why = str(e)
+        if why is None:
+            pairs.append((fields[0], fields[1]))
+        elif skipped < 100:
+            skipped += 1
+            notices.append('cp -input line %d skipped (%s): %s' % (n, why, visible(s, newlines=True)))
+        else:
+            skipped += 1
+    if skipped > 100:
+        notices.append('cp -input: %d more lines skipped' % (skipped - 100))
     return pairs, notices
 
 
@@ -1947,26 +2098,27 @@ def stat_fields(result):
 _XRD_CLIENT = []
 
 
-_XRD_MISSING = 'cp needs the XRootD Python bindings: pip install xrootd (or apt install python3-xrootd)'
+_XRD_MISSING = '%s needs the XRootD Python bindings: pip install xrootd (or apt install python3-xrootd)'
 
 
-def require_xrootd():
+def require_xrootd(what='cp'):
     """AlienError when the XRootD bindings are not installed, without importing
     them (a copy with every file present never needs them)."""
     if not _XRD_CLIENT:
         import importlib.util
         if importlib.util.find_spec('XRootD') is None:
-            raise AlienError(_XRD_MISSING, EX_GENERIC)
+            raise AlienError(_XRD_MISSING % what, EX_GENERIC)
 
 
-def xrootd_client():
-    """Import XRootD once and apply our defaults; AlienError if it is missing."""
+def xrootd_client(what='cp'):
+    """Import XRootD once and apply our defaults; AlienError if it is missing
+    (`what`: the command that needs it, named in the one-line message)."""
     if _XRD_CLIENT:
         return _XRD_CLIENT[0]
     try:
         from XRootD import client
     except Exception:
-        raise AlienError(_XRD_MISSING, EX_GENERIC)
+        raise AlienError(_XRD_MISSING % what, EX_GENERIC)
     # Page checksums (pgread/pgwrite) cost 3-4x throughput on CPU-bound hosts;
     # downloads are verified end to end with the catalogue md5, and every later
     # reader verifies what we uploaded, so they are off unless the user sets
@@ -1992,6 +2144,132 @@ def xrootd_client():
             (client.EnvPutString if isinstance(value, str) else client.EnvPutInt)(key, value)
     _XRD_CLIENT.append(client)
     return client
+
+
+# ---- XRootD probes of storage elements (pfn-status, xrd_ping/config/stats) ------
+
+XRD_CONFIG_KEYS = ('bind_max', 'chksum', 'pio_max', 'readv_ior_max', 'readv_iov_max', 'tpc',
+                   'wan_port', 'wan_window', 'window', 'cms', 'role', 'sitename', 'version')
+
+
+def xrd_probe_fs(host, what):
+    """XRootD FileSystem of root://host (host[:port]) for a probe. Timeouts are checked
+    every second (xrootd_client sets TimeoutResolution 1: XRootD's default granularity,
+    15 s, would make a 2 s timeout last 15 s)."""
+    client = xrootd_client(what)
+    return client.FileSystem('root://%s/?xrd.wantprot=unix' % host)
+
+
+def xrd_status_dict(status):
+    """The fields of an XRootDStatus every probe reports."""
+    return {'ok': bool(status.ok), 'status': int(status.status), 'code': int(status.code),
+            'errno': int(status.errno), 'message': (status.message or '').strip()}
+
+
+def xrd_ping(host, timeout):
+    """(status dict, round trip in ms or None) of one XRootD ping."""
+    fs = xrd_probe_fs(host, 'xrd_ping')
+    t0 = time.monotonic()
+    status, _ = fs.ping(timeout=timeout)
+    ms = (time.monotonic() - t0) * 1000
+    st = xrd_status_dict(status)
+    return st, (ms if st['ok'] else None)
+
+
+def xrd_config_value(key, raw):
+    """A `query config` answer: the server echoes the key back when it is not set."""
+    value = (raw or b'').decode('ascii', 'replace').strip('\x00 \t\r\n')
+    return 'NOT_SET' if value == key or not value else value
+
+
+def xrd_query_config(host, timeout):
+    """({key: value}, status dict of the first failure or None)."""
+    from XRootD.client.flags import QueryCode
+    fs = xrd_probe_fs(host, 'xrd_config')
+    config = {}
+    for key in XRD_CONFIG_KEYS:
+        status, raw = fs.query(QueryCode.CONFIG, key, timeout=timeout)
+        if not status.ok:
+            return config, xrd_status_dict(status)
+        config[key] = xrd_config_value(key, raw)
+    return config, None
+
+
+def xrd_query_stats(host, timeout):
+    """(XML text of `query stats a`, status dict of a failure or None)."""
+    from XRootD.client.flags import QueryCode
+    fs = xrd_probe_fs(host, 'xrd_stats')
+    status, raw = fs.query(QueryCode.STATS, 'a', timeout=timeout)
+    if not status.ok:
+        return '', xrd_status_dict(status)
+    return (raw or b'').decode('utf-8', 'replace').strip('\x00 \t\r\n'), None
+
+
+def _xml_element_dict(e):
+    """An element as xmltodict shows it (attributes as plain keys, repeated children as
+    lists, text alone as a string, mixed text as '#text'); quoted values unquoted."""
+    d = {k: v for k, v in e.attrib.items()}
+    for child in e:
+        v = _xml_element_dict(child)
+        if child.tag in d:
+            if not isinstance(d[child.tag], list):
+                d[child.tag] = [d[child.tag]]
+            d[child.tag].append(v)
+        else:
+            d[child.tag] = v
+    text = (e.text or '').strip()
+    if len(text) > 1 and text[0] == text[-1] == '"':
+        text = text[1:-1]
+    if text and not d:
+        return text
+    if text:
+        d['#text'] = text
+    return d or None
+
+
+def xrd_stats_dict(xml_text):
+    """`query stats` XML -> the reference client's dict: the <statistics> attributes
+    plus 'stats' = {id: {...}} (the oss paths' stats keyed by their id too)."""
+    import xml.etree.ElementTree as ET
+    try:
+        root = ET.fromstring(xml_text)
+    except ET.ParseError as e:
+        raise AlienError('xrd_stats: the server sent statistics that are not XML: %s' % e, EX_ENOMSG)
+    d = _xml_element_dict(root) or {}
+    blocks = d.pop('stats', None) or []
+    merged = {}
+    for block in blocks if isinstance(blocks, list) else [blocks]:
+        block = dict(block or {})
+        ident = block.pop('id', '')
+        paths = block.get('paths')
+        if isinstance(paths, dict) and isinstance(paths.get('stats'), dict):
+            inner = dict(paths['stats'])
+            paths['stats'] = {inner.pop('id', ''): inner}
+        merged[ident] = block
+    d['stats'] = merged
+    return d
+
+
+XRD_STAT_FLAGS = (('x_bit_set', 1), ('is_dir', 2), ('other', 4), ('offline', 8),
+                  ('is_readable', 16), ('is_writable', 32), ('posc_pending', 64), ('backup_exists', 128))
+
+
+def xrd_stat_pfn(pfn, timeout):
+    """Metadata of one replica on its SE: status fields, and size/modtime/flags when ok."""
+    from urllib.parse import urlsplit
+    u = urlsplit(pfn)
+    if u.scheme not in ('root', 'xroot') or not u.netloc:
+        return {'ok': False, 'status': 1, 'code': 0, 'errno': 0,
+                'message': 'not an XRootD URL (root://host//path)'}
+    fs = xrd_probe_fs(u.netloc, 'pfn-status')
+    path = u.path + ('?' + u.query if u.query else '')
+    status, info = fs.stat(path, timeout=timeout)
+    d = xrd_status_dict(status)
+    if status.ok and info is not None:
+        d.update(size=int(info.size), modtime=int(info.modtime), modtimestr=info.modtimestr,
+                 flags=int(info.flags))
+        d.update((name, bool(info.flags & bit)) for name, bit in XRD_STAT_FLAGS)
+    return d
 
 
 class CopyJob(object):
@@ -2060,7 +2338,7 @@ class _Progress(object):
         line = '%s%d/%d files  %s/%s  %s/s  ETA %s' % (
             self.label, self.done_files, self.total_files, human_bytes(moved),
             human_bytes(self.total_bytes), human_bytes(rate), eta)
-        sys.stderr.write('\r\x1b[K' + line + ('\n' if final else ''))
+        sys.stderr.write('\r\x1b[K' + term_text(line, sys.stderr) + ('\n' if final else ''))
         sys.stderr.flush()
 
 
@@ -2778,6 +3056,40 @@ def cp_plan(session, src, dst, opts, known=None):
                       for f in files]
 
 
+_SURROGATE = re.compile('[\ud800-\udfff]')
+
+
+def cp_name_problem(path, side):
+    """Why path cannot be a file name on side ('grid': an LFN the catalogue can
+    hold; 'local': a local destination name), or '' when it can."""
+    if _SURROGATE.search(path):
+        return 'the name is not valid UTF-8'
+    if '\x00' in path:
+        return 'the name holds a NUL character'
+    if side == 'grid':
+        if '\n' in path or '\r' in path:
+            return 'a grid file name cannot hold a line break'
+        if any(c in ('.', '..') for c in path.split('/')):
+            return 'a grid file name cannot have "." or ".." components'
+    elif any(len(c.encode('utf-8')) > 255 for c in path.split('/')):
+        return 'a name component is longer than 255 bytes'
+    return ''
+
+
+def cp_refuse_bad_names(items, direction, stats):
+    """Planned items -> those whose names both sides can hold; each other one
+    is refused up front with a one-line reason (nothing is booked for it)."""
+    good = []
+    for src, dst, specs in items:
+        lfn, local = (dst, src) if direction == 'upload' else (src, dst)
+        why = cp_name_problem(lfn, 'grid') or (direction == 'download' and cp_name_problem(local, 'local'))
+        if why:
+            stats.fail(src, 'refused %s -> %s: %s' % (visible(src, newlines=True), visible(dst, newlines=True), why))
+        else:
+            good.append((src, dst, specs))
+    return good
+
+
 def cp_prepare_upload_dirs(session, items):
     dirs = sorted(set(lfn.rsplit('/', 1)[0] or '/' for _, lfn, _ in items))
     _requests(session, [('mkdir', ['-p', d]) for d in dirs])  # pipelined, not one round trip each
@@ -2796,7 +3108,7 @@ def cp_run(session, pairs, opts):
                 raise
             stats.fail(src, str(e))
             continue
-        (downloads if direction == 'download' else uploads).extend(items)
+        (downloads if direction == 'download' else uploads).extend(cp_refuse_bad_names(items, direction, stats))
     if opts.get('dryrun'):
         stats.plan = ['%s -> %s' % (s, d) for s, d, _ in downloads] + \
                      ['%s -> %s%s' % (s, d, (' (%s)' % ','.join(sp)) if sp else '') for s, d, sp in uploads]
@@ -2831,7 +3143,7 @@ def cp_result(stats, opts):
         lines = notes + ['cp: %s' % why for _, why in stats.failed] + [summary]
         return Result(EX_GENERIC, out='', err='\n'.join(lines))
     if notes:
-        sys.stderr.write('\n'.join(notes) + '\n')
+        print_error('\n'.join(notes))
     return Result(0, out='' if opts.get('quiet') else summary)
 
 
@@ -2930,7 +3242,7 @@ def gfal_load_json(text):
     if not text.strip():
         raise GfalJobError('empty input: expected a JSON job object')
     try:
-        doc = json.loads(text)
+        doc = load_json(text)
     except ValueError as e:
         raise GfalJobError('invalid JSON: %s' % e)
     if not isinstance(doc, dict):
@@ -3210,7 +3522,7 @@ class _GfalOutput(object):
         self._write(self.stdout, json.dumps(obj) + '\n')
 
     def err(self, text):
-        self._write(self.stderr, text + '\n')
+        self._write(self.stderr, term_text(text, self.stderr) + '\n')
 
 
 # dirent d_type (DT_DIR, DT_REG, DT_LNK) -> st_mode file-type bits
@@ -3532,18 +3844,15 @@ def gfal_main(args, stdin=None, stdout=None, stderr=None):
             raise GfalJobError('usage: alien.py %s' % GFAL_USAGE)
         jobtype = gfal_job_type(args[0])
         source = args[1] if len(args) == 2 else '-'
-        if source == '-':
-            text = stdin.read()
-        else:
-            try:
-                with open(source, 'rb') as f:
-                    text = f.read().decode('utf-8')
-            except (OSError, UnicodeDecodeError) as e:
-                raise GfalJobError('cannot read the job file %s: %s' % (source, e))
+        try:
+            text = read_text_limited(stdin if source == '-' else source, INPUT_MAX_BYTES)
+        except (OSError, ValueError) as e:
+            raise GfalJobError('cannot read the job %s: %s' % (
+                'from stdin' if source == '-' else 'file ' + source, getattr(e, 'strerror', None) or e))
         job = gfal_parse_job(jobtype, gfal_load_json(text))
         gfal2 = _gfal_import()
     except GfalJobError as e:
-        out.json(gfal_result(False, str(e)))
+        out.json(gfal_result(False, str(e), ''))   # id "": the whole job failed (pdm worker)
         return 2
     status = gfal_run_job(gfal2, job, out)
     return 1 if out.broken else status
@@ -3663,9 +3972,10 @@ def http_get_json(url, environ, headers=(), what='GET', check=None):
     A body that is not JSON, or not of that shape, is a one-line error (exit 42)."""
     _, body = http_get(url, environ, [('Accept', 'application/json')] + list(headers), what=what)
     try:
-        doc = json.loads(body.decode('utf-8'))
-    except ValueError:
-        raise AlienError('%s %s: the reply is not JSON' % (what, url), EX_ENOMSG)
+        doc = load_json(body.decode('utf-8'))
+    except ValueError as e:
+        raise AlienError('%s %s: the reply is not JSON%s' % (
+            what, url, ' (%s)' % e if isinstance(e, JsonTooDeep) else ''), EX_ENOMSG)
     if check is not None and not check(doc):
         raise AlienError('%s %s: the reply is not in the expected format' % (what, url), EX_ENOMSG)
     return doc
@@ -3711,6 +4021,55 @@ def command(*names, **kw):
             COMMANDS[name] = Command(name, fn, kw.get('usage', fn.__doc__ or ''), kw.get('connect', True))
         return fn
     return deco
+
+
+def parse_options(name, args, flags=(), valued=(), multi=()):
+    """(options dict, positional list) of a client command's arguments. flags -> True,
+    valued -> the next argument, multi -> list of values. An unknown option or a missing
+    value is an AlienError (exit 64) naming the command."""
+    opts, pos = {}, []
+    i = 0
+    while i < len(args):
+        a = args[i]
+        i += 1
+        key = a[1:] if a.startswith('-') and len(a) > 1 else None
+        if key in flags:
+            opts[key] = True
+        elif key in valued or key in multi:
+            if i >= len(args):
+                raise AlienError('%s: option %s needs a value' % (name, a), EX_USAGE)
+            if key in multi:
+                opts.setdefault(key, []).append(args[i])
+            else:
+                opts[key] = args[i]
+            i += 1
+        elif key is not None and not re.match(r'^-?[0-9]', a):
+            raise AlienError('%s: unknown option %s (%s -h for the usage)' % (name, a, name), EX_USAGE)
+        else:
+            pos.append(a)
+    return opts, pos
+
+
+def number_option(opts, key, name, default, kind=float):
+    """A positive number option (-c 3, -timeout 2), else a one-line error, exit 64."""
+    text = opts.get(key)
+    if text is None:
+        return default
+    try:
+        value = kind(text)
+    except ValueError:
+        value = 0
+    if not value > 0:
+        raise AlienError('%s: -%s needs a positive number, not %r' % (name, key, text), EX_USAGE)
+    return value
+
+
+def client_result(out, rows, metadata=None, exitcode=0, err=''):
+    """Result of a client-side command: printed text, and for -json the rows it was made
+    of. A failed check (exitcode, err) keeps its report in out: it is printed too."""
+    md = dict(metadata or {})
+    md.update(exitcode=str(exitcode), error=err)
+    return Result(exitcode, out, err, rows, md)
 
 
 @command('cd', usage='cd [DIR | - | ~]  change the grid directory (no argument: home; -: previous)')
@@ -3878,11 +4237,11 @@ def cmd_cp(session, args):
         if pos:
             raise AlienError('cp: -input FILE takes no other SRC/DST arguments', EX_EINVAL)
         try:
-            with open(os.path.expanduser(opts['input']), encoding='utf-8') as f:
-                text = f.read()
-        except (OSError, UnicodeDecodeError) as e:
-            raise AlienError('cp: cannot read -input file %s: %s' % (opts['input'], getattr(e, 'strerror', e)),
-                             EX_ENOENT)
+            text = read_text_limited(os.path.expanduser(opts['input']), INPUT_MAX_BYTES)
+        except OSError as e:
+            raise AlienError('cp: cannot read -input file %s: %s' % (opts['input'], e.strerror), EX_ENOENT)
+        except ValueError as e:
+            raise AlienError('cp: cannot read -input file %s: %s' % (opts['input'], e), EX_EINVAL)
         pairs, more = parse_input_lines(text)
         notices += more
         if not pairs:
@@ -3907,7 +4266,7 @@ def cmd_cp(session, args):
     if not opts['dryrun']:
         require_xrootd()
     if notices:
-        sys.stderr.write('\n'.join(notices) + '\n')
+        print_error('\n'.join(notices))
     if opts['site'] and not opts['dryrun']:
         return cp_at_site(session, pairs, opts)
     return cp_result(cp_run(session, pairs, opts), opts)
@@ -3966,7 +4325,9 @@ def _show_files(session, args, name):
             return Result(rc)
         data = b''.join(open(p, 'rb').read() for p in paths)
         text = data.decode('utf-8', 'replace')
-        return Result(0, out=text[:-1] if text.endswith('\n') else text)
+        result = Result(0, out=text[:-1] if text.endswith('\n') else text)
+        result.style = 'raw'   # file content, printed as is like the system cat
+        return result
     finally:
         import shutil
         shutil.rmtree(tmpdir, ignore_errors=True)
@@ -4077,6 +4438,384 @@ bindings (python3-gfal2): run it with the system interpreter, /usr/bin/python3."
 def cmd_gfal(session, args):
     return Result(gfal_main(args))
 
+# -- storage commands: replicas, storage elements, XRootD probes, checkAddr --
+# Exit codes: 0 all fine; 2 no such LFN/SE label; 5 a replica or SE failed its check
+# (the report on stdout says which); 64 wrong arguments; 107 checkAddr: an address
+# failed; 1 XRootD bindings missing; a server errno when the service refuses.
+
+PROBE_TIMEOUT = 5   # seconds, default -timeout of one XRootD/TCP/TLS probe
+
+def list_ses(session):
+    """Every storage element of the service (listSEs rows)."""
+    r = session.request('listSEs', [], nomsg=True)
+    if r.exitcode != 0:
+        raise AlienError('listSEs: %s' % (r.err or 'failed'), r.exitcode)
+    return [x for x in r.results if isinstance(x, dict) and x.get('seName')]
+
+
+def se_matches(se, label):
+    """SE label rule: a number is the SE number; text is a case-insensitive part of
+    the SE name or endpoint URL (so 'ALICE::' can be left out)."""
+    if label.isdigit():
+        return str(se.get('seNumber', '')).lstrip('0') == label.lstrip('0')
+    text = label.casefold()
+    return any(text in str(se.get(k) or '').casefold() for k in ('seName', 'endpointUrl'))
+
+
+def se_host(se):
+    """host:port of an SE's endpoint URL."""
+    from urllib.parse import urlsplit
+    return urlsplit(se.get('endpointUrl') or '').netloc
+
+
+def xrd_host_label(label):
+    """'host[:port]' (default port 1094) when a label names an XRootD server, else None."""
+    if not ('.' in label or ':' in label or label == 'localhost'):
+        return None
+    try:
+        host, port = parse_hostport(label, 1094)
+    except AlienError:
+        return None
+    if not host or not re.match(r'^[A-Za-z0-9.:-]+$', host):
+        return None
+    return '%s:%d' % (('[%s]' % host) if ':' in host else host, port)
+
+
+def lookup_ses(session, labels, name, hosts=False):
+    """SE lookup by label (from listSEs): the SEs the labels match, each once, label
+    after label. hosts: a label no SE matches may name an XRootD server itself."""
+    ses, found = list_ses(session), []
+    for label in labels:
+        hit = [se for se in ses if se_matches(se, label)]
+        host = xrd_host_label(label) if hosts and not hit else None
+        if host:
+            hit = [{'seName': label, 'endpointUrl': 'root://%s' % host}]
+        if not hit:
+            raise AlienError('%s: no storage element matches "%s" (getSE lists them)' % (name, label), EX_ENOENT)
+        found.extend(se for se in hit if se not in found)
+    return found
+
+
+GETSE_USAGE = '''getSE [-id | -name | -srv] [LABEL]  storage elements from listSEs
+  no LABEL: every SE as "number name host:port"; LABEL: an SE number, or part of
+  an SE name or endpoint (case-insensitive); -id, -name, -srv print only that field.
+  Exit 2 when no SE matches.'''
+
+
+@command('getSE', usage=GETSE_USAGE)
+def cmd_getse(session, args):
+    opts, pos = parse_options('getSE', args, ('id', 'name', 'srv'))
+    if len(pos) > 1 or len(opts) > 1:
+        raise AlienError('getSE: one LABEL and at most one of -id, -name, -srv (see getSE -h)', EX_USAGE)
+    ses = lookup_ses(session, pos, 'getSE') if pos else list_ses(session)
+    field = next(iter(opts), '')
+    lines = []
+    for se in ses:
+        if field:
+            lines.append({'id': se.get('seNumber', ''), 'name': se['seName'], 'srv': se_host(se)}[field])
+        elif pos and pos[0].isdigit():
+            lines.append('%-32s%s' % (se['seName'], se_host(se)))
+        else:
+            lines.append('%-6s%-32s%s' % (se.get('seNumber', ''), se['seName'], se_host(se)))
+    return client_result('\n'.join(lines), ses)
+
+
+@command('SEqos', usage='SEqos SE...  the QoS tags of storage elements (labels as in getSE)')
+def cmd_seqos(session, args):
+    _, pos = parse_options('SEqos', args)
+    if not pos:
+        raise AlienError('SEqos: which SE? usage: SEqos SE...', EX_USAGE)
+    ses = lookup_ses(session, pos, 'SEqos')
+    return client_result('\n'.join('%-32s%s' % (se['seName'], se.get('qos', '')) for se in ses), ses)
+
+
+@command('pfn', usage='pfn LFN  the physical URLs of the replicas of a file (whereis -r)')
+def cmd_pfn(session, args):
+    _, pos = parse_options('pfn', args)
+    if len(pos) != 1:
+        raise AlienError('pfn: usage: pfn LFN', EX_USAGE)
+    r = session.request('whereis', ['-r', pos[0]], nomsg=True)
+    if r.exitcode == 0:
+        r.out = '\n'.join(x['pfn'] for x in r.results if isinstance(x, dict) and 'pfn' in x)
+    return r
+
+
+PFN_STATUS_USAGE = '''pfn-status [-v] [-timeout S] LFN|PFN...  check each replica on its SE over XRootD
+  an argument starting with root:// is a PFN, anything else an LFN (all its replicas).
+  One line per replica: size and R/W flags, or what failed; -v adds the other flags.
+  Exit 0 when every replica answered and is online, 5 when one did not.'''
+
+
+@command('pfn-status', usage=PFN_STATUS_USAGE)
+def cmd_pfn_status(session, args):
+    opts, pos = parse_options('pfn-status', args, ('v', 'verbose'), ('timeout',))
+    if not pos:
+        raise AlienError('pfn-status: usage: pfn-status [-v] LFN|PFN...', EX_USAGE)
+    timeout = number_option(opts, 'timeout', 'pfn-status', PROBE_TIMEOUT, int)
+    xrootd_client('pfn-status')
+    targets = []
+    for arg in pos:
+        if re.match(r'^x?root://', arg):
+            targets.append(('', '', arg))
+            continue
+        lfn = session.grid_path(arg)
+        r = session.request('whereis', ['-r', lfn], nomsg=True)
+        if r.exitcode != 0:
+            raise AlienError('pfn-status: %s' % (r.err or 'whereis %s failed' % lfn), r.exitcode)
+        targets += [(lfn, x.get('seName', ''), x['pfn']) for x in r.results if isinstance(x, dict) and x.get('pfn')]
+    rows, lines = [], []
+    for lfn, se, pfn in targets:
+        row = {'lfn': lfn, 'se': se, 'pfn': pfn}
+        row.update(xrd_stat_pfn(pfn, timeout))
+        row['online'] = bool(row['ok'] and not row.get('offline'))
+        rows.append(row)
+        if lfn:
+            lines.append('LFN: %s' % lfn)
+        if row['ok']:
+            lines.append('%s\t\tSize: %d\tR/W status:%d/%d' % (pfn, row['size'], row['is_readable'], row['is_writable']))
+            if 'v' in opts or 'verbose' in opts:
+                lines.append('IS DIR/OTHER/OFFLINE: %d/%d/%d\tModified: %s\tPOSC pending: %d\t\tBACKUP: %d' % (
+                    row['is_dir'], row['other'], row['offline'], row['modtimestr'], row['posc_pending'],
+                    row['backup_exists']))
+        else:
+            lines.append('%s\t\tMessage: %s\tStatus/Code/ErrNo:%d/%d/%d' % (
+                pfn, row['message'], row['status'], row['code'], row['errno']))
+    bad = [r for r in rows if not r['online']]
+    err = 'pfn-status: %d of %d replicas failed the check' % (len(bad), len(rows)) if bad else ''
+    return client_result('\n'.join(lines), rows, exitcode=EX_EIO if bad else 0, err=err)
+
+
+LFN2URI_USAGE = '''lfn2uri LFN[@SPECS] [LOCAL_FILE] [meta] [write|upload] [strict] [http]
+  the XRootD URLs (with their access envelopes) of the replicas of LFN, one per line
+  as a Python string literal (the envelope holds newlines): ready for xrdcp.
+  meta: write LFN's replicas into ./NAME.meta4 (a metalink for xrdcp) and print its path
+  write|upload: URLs to write LOCAL_FILE as LFN (default specs disk:2); not with meta
+  strict: only the SEs named in SPECS; http: http(s) URLs where the SEs have them'''
+
+
+@command('lfn2uri', usage=LFN2URI_USAGE)
+def cmd_lfn2uri(session, args):
+    _, words = parse_options('lfn2uri', args)
+    keys = set(w for w in words if w in ('meta', 'write', 'upload', 'strict', 'http'))
+    pos = [w for w in words if w not in keys]
+    write = 'write' in keys or 'upload' in keys
+    if not pos or len(pos) > 2:
+        raise AlienError('lfn2uri: usage: lfn2uri LFN [LOCAL_FILE] [meta] [write|upload] [strict] [http]', EX_USAGE)
+    if write and 'meta' in keys:
+        raise AlienError('lfn2uri: meta is for reading; it cannot be combined with write/upload', EX_USAGE)
+    path, specs = split_specs(pos[0])
+    lfn = session.grid_path(path)
+    size = md5 = None
+    if write:
+        local = expand_local_path(pos[1]) if len(pos) > 1 else ''
+        if not local or not os.path.isfile(local):
+            raise AlienError('lfn2uri: write URLs need an existing LOCAL_FILE to upload (got %r)'
+                             % (pos[1] if len(pos) > 1 else ''), EX_ENOENT)
+        size, md5 = os.path.getsize(local), md5_file(local)
+        specs = _with_default_specs(specs)
+    access = _access_args('write' if write else 'read', lfn, specs, size, md5, 'strict' in keys)
+    r = session.request('access', (['-u'] if 'http' in keys else []) + access, nomsg=True)
+    if r.exitcode != 0:
+        return r
+    replicas = [x for x in r.results if isinstance(x, dict) and x.get('url')]
+    urls = [grid_url(x['url'], x.get('envelope', '')) for x in replicas]
+    if 'meta' not in keys:
+        return client_result('\n'.join(repr(u) for u in urls), replicas)
+    target = os.path.abspath(os.path.basename(lfn) + '.meta4')
+    first = replicas[0] if replicas else {}
+    temp = part_name(target)
+    try:
+        write_metalink(temp, lfn, _int_or_none(first.get('size')) or 0, first.get('md5') or '', urls)
+        os.replace(temp, target)
+    except OSError as e:
+        _unlink_quiet(temp)
+        raise AlienError('lfn2uri: cannot write %s: %s' % (target, e.strerror), EX_EIO)
+    return client_result(target, replicas)
+
+
+def xrd_targets(session, pos, opts, name):
+    """(name, host:port) of the SEs/servers an xrd_* command probes (-a: every SE)."""
+    if 'a' in opts or 'all' in opts:
+        ses = list_ses(session)
+    elif pos:
+        ses = lookup_ses(session, pos, name, hosts=True)
+    else:
+        raise AlienError('%s: which SE? usage: %s [options] SE|HOST[:PORT]... (see %s -h)' % (name, name, name),
+                         EX_USAGE)
+    xrootd_client(name)
+    return [(se['seName'], se_host(se)) for se in ses if se_host(se)]
+
+
+def xrd_each_se(session, args, name, flags, valued, probe, timeout=PROBE_TIMEOUT):
+    """An xrd_* command: probe(se_name, host, options, timeout) -> (text, row with
+    'ok') for every target; exit 5 when an SE failed (its text says why)."""
+    opts, pos = parse_options(name, args, flags, ('timeout',) + tuple(valued))
+    timeout = number_option(opts, 'timeout', name, timeout, int)
+    texts, rows = [], []
+    for se_name, host in xrd_targets(session, pos, opts, name):
+        text, row = probe(se_name, host, opts, timeout)
+        row.update(seName=se_name, endpointUrl=host)
+        texts.append(text)
+        rows.append(row)
+    bad = [r['seName'] for r in rows if not r['ok']]
+    return client_result('\n'.join(texts), rows, exitcode=EX_EIO if bad else 0,
+                         err='%s: no answer from %s' % (name, ', '.join(bad)) if bad else '')
+
+
+XRD_PING_USAGE = '''xrd_ping [-c COUNT] [-timeout S] SE|HOST[:PORT]...  XRootD round trip to storage elements
+  SE: an SE number or part of its name (getSE); HOST[:PORT]: any XRootD server.
+  COUNT pings (default 3) after one that opens the connection; -timeout per ping (2 s).
+  Exit 0 when every SE answered, 5 when one did not (its line says why).'''
+
+
+def _ping_probe(se_name, host, opts, timeout):
+    import statistics
+    count = number_option(opts, 'c', 'xrd_ping', 3, int)
+    st, _ = xrd_ping(host, timeout)   # opens the connection: not counted
+    rtts = []
+    for _ in range(count if st['ok'] else 0):
+        st, ms = xrd_ping(host, timeout)
+        if ms is None:
+            break
+        rtts.append(ms)
+    if len(rtts) < count:
+        return '%-32s %s' % (se_name, st['message']), {'ok': False, 'rtt_ms': rtts, 'message': st['message']}
+    row = {'ok': True, 'rtt_ms': rtts, 'min': min(rtts), 'avg': sum(rtts) / len(rtts), 'max': max(rtts),
+           'mdev': statistics.stdev(rtts) if len(rtts) > 1 else 0.0}
+    return ('%-32s rtt min/avg/max/mdev (ms) = %.3f/%.3f/%.3f/%.3f'
+            % (se_name, row['min'], row['avg'], row['max'], row['mdev'])), row
+
+
+@command('xrd_ping', usage=XRD_PING_USAGE)
+def cmd_xrd_ping(session, args):
+    opts, _ = parse_options('xrd_ping', args, (), ('c', 'timeout'))
+    count = number_option(opts, 'c', 'xrd_ping', 3, int)
+    r = xrd_each_se(session, args, 'xrd_ping', (), ('c',), _ping_probe, timeout=2)
+    r.out = 'XRootD ping(s): %d time(s) to:\n%s' % (count, r.out)
+    return r
+
+
+XRD_CONFIG_USAGE = '''xrd_config [-v] [-a] [-timeout S] SE|HOST[:PORT]...  XRootD configuration of storage elements
+  one line per SE: site, XRootD version, TPC, role, CMS; -v adds checksum, limits and
+  windows; -a: every SE of listSEs. Exit 5 when an SE did not answer.'''
+
+
+def _config_probe(se_name, host, opts, timeout):
+    cfg, failure = xrd_query_config(host, timeout)
+    if failure:
+        return '%-32s %s' % (se_name, failure['message']), dict(cfg, ok=False, message=failure['message'])
+    if cfg['sitename'] == 'NOT_SET':
+        cfg['sitename'] = se_name
+    cfg['ok'] = True
+    text = ('Site/XrdVer: %s/%s ; TPC status: %s ; role: %s ; CMS: %s'
+            % (cfg['sitename'], cfg['version'], cfg['tpc'], cfg['role'], cfg['cms']))
+    if 'v' in opts or 'verbose' in opts:
+        text += ('\nChksum type: %s ; Bind max: %s ; PIO max: %s ; Window/WAN window: %s/%s ; '
+                 'readv_{ior,iov}_max: %s/%s' % (cfg['chksum'], cfg['bind_max'], cfg['pio_max'], cfg['window'],
+                                                 cfg['wan_window'], cfg['readv_ior_max'], cfg['readv_iov_max']))
+    return text, cfg
+
+
+@command('xrd_config', usage=XRD_CONFIG_USAGE)
+def cmd_xrd_config(session, args):
+    return xrd_each_se(session, args, 'xrd_config', ('v', 'verbose', 'a', 'all'), (), _config_probe)
+
+
+XRD_STATS_USAGE = '''xrd_stats [-xml | -xmlraw] [-compact] [-a] [-timeout S] SE|HOST[:PORT]...  XRootD statistics
+  of storage elements, as JSON (default), indented XML (-xml) or as the server sent it
+  (-xmlraw); -compact: no indentation; -a: every SE. Exit 5 when an SE did not answer.'''
+
+
+def _stats_probe(se_name, host, opts, timeout):
+    xml_text, failure = xrd_query_stats(host, timeout)
+    if failure:
+        return '%-32s %s' % (se_name, failure['message']), {'ok': False, 'message': failure['message']}
+    stats = xrd_stats_dict(xml_text)
+    if not stats.get('site') or stats.get('site') == 'NOT_SET':
+        stats['site'] = se_name
+    stats.update(seName=se_name, endpointUrl=host)
+    compact = 'compact' in opts
+    if 'xmlraw' in opts:
+        text = xml_text
+    elif 'xml' in opts:
+        import xml.dom.minidom
+        pretty = xml.dom.minidom.parseString(xml_text)
+        text = pretty.toxml() if compact else pretty.toprettyxml(indent='  ').strip()
+    else:
+        text = json.dumps(stats, indent=None if compact else 2, separators=(',', ':') if compact else (', ', ': '))
+    return text, dict(stats, ok=True)
+
+
+@command('xrd_stats', usage=XRD_STATS_USAGE)
+def cmd_xrd_stats(session, args):
+    return xrd_each_se(session, args, 'xrd_stats', ('xml', 'xmlraw', 'compact', 'a', 'all'), (), _stats_probe)
+
+
+CHECKADDR_USAGE = '''checkAddr [-timeout S] [HOST[:PORT] | HOST PORT]  can the central service be reached?
+  Resolves HOST (default: the endpoint alien.py connects to) and tries every address,
+  IPv4 and IPv6: TCP connect, then the TLS handshake with your certificate (server
+  chain and host name verified). Exit 0 when every address passed, 107 otherwise.'''
+
+
+@command('checkAddr', connect=False, usage=CHECKADDR_USAGE)
+def cmd_checkaddr(session, args):
+    opts, pos = parse_options('checkAddr', args, (), ('timeout',))
+    timeout = number_option(opts, 'timeout', 'checkAddr', PROBE_TIMEOUT, int)
+    env = {k: v for k, v in session.environ.items() if k != 'ALIENPY_NETWORKSTACK'}   # every family
+    if len(pos) > 2:
+        raise AlienError('checkAddr: usage: checkAddr [HOST[:PORT] | HOST PORT]', EX_USAGE)
+    if pos:
+        host, port = parse_hostport(pos[0], DEFAULT_PORT)
+        if len(pos) == 2:
+            if not re.match(r'^[0-9]{1,5}$', pos[1]):
+                raise AlienError('checkAddr: %r is not a port number' % pos[1], EX_EINVAL)
+            port = int(pos[1])
+    else:
+        host, port = endpoints(session.environ)[0]
+    try:
+        kind, cert, key = choose_credentials(session.environ)
+        ctx, why = make_tls_context(cert, key, session.environ), ''
+    except AlienError as e:
+        ctx, why = None, str(e)
+    addrs = [info[4][0] for info in resolve(host, port, env)]
+    lines = ['%s:%d resolves to %s' % (host, port, ', '.join(addrs))]
+    proxy = proxy_for(host, session.environ)
+    if proxy:
+        lines.append('(https_proxy is set: alien.py connects through %s:%d, not to these addresses)' % proxy[:2])
+    rows = []
+    for addr in addrs:
+        row = {'host': host, 'port': port, 'address': addr, 'family': 'IPv6' if ':' in addr else 'IPv4',
+               'tcp': 'FAIL', 'tls': 'not tried', 'error': ''}
+        shown = '[%s]:%d' % (addr, port) if ':' in addr else '%s:%d' % (addr, port)
+        t0 = time.monotonic()
+        try:
+            sock = connect_tcp(addr, port, env, timeout=timeout)
+            row.update(tcp='OK', tcp_ms=round((time.monotonic() - t0) * 1000, 3))
+            if ctx is None:
+                row['tls'] = 'not tried: %s' % why
+                sock.close()
+            else:
+                t0 = time.monotonic()
+                tls_handshake(sock, ctx, host, port, timeout).close()
+                row.update(tls='OK', tls_ms=round((time.monotonic() - t0) * 1000, 3))
+        except AlienError as e:
+            row['error'] = str(e)
+            if row['tcp'] == 'OK':
+                row['tls'] = 'FAIL'
+        rows.append(row)
+        text = '%-45s TCP %s' % (shown, row['tcp'])
+        if row['tcp'] == 'OK':
+            text += ' %.1f ms   TLS %s' % (row['tcp_ms'], row['tls'])
+            if row['tls'] == 'OK':
+                text += ' %.1f ms' % row['tls_ms']
+        if row['error']:
+            text += '   (%s)' % row['error']
+        lines.append(text)
+    bad = [r for r in rows if r['error']]
+    err = 'checkAddr: %d of %d addresses of %s failed' % (len(bad), len(rows), host) if bad else ''
+    return client_result('\n'.join(lines), rows, exitcode=EX_NOTCONN if bad else 0, err=err)
+
+
 # -- credential commands --
 
 def describe_cert(path):
@@ -4138,15 +4877,22 @@ def user_file(environ, name):
 
 
 def read_settings(path):
-    """[(key, value)] of a 'key = value' file (also key=value); '#' starts a
+    """[(key, value)] of a settings file (parse_settings); a missing file is
+    empty, an oversized or non-UTF-8 one is ignored with a one-line notice."""
+    try:
+        return parse_settings(read_text_limited(path, SETTINGS_MAX_BYTES))
+    except OSError:
+        return []
+    except ValueError as e:
+        print_error('alien.py: %s ignored: %s' % (path, e))
+        return []
+
+
+def parse_settings(text):
+    """[(key, value)] of 'key = value' lines (also key=value); '#' starts a
     comment line; one pair of surrounding quotes is removed from the value."""
     pairs = []
-    try:
-        with open(path) as f:
-            lines = f.read().splitlines()
-    except (OSError, UnicodeDecodeError):
-        return pairs
-    for line in lines:
+    for line in text.splitlines():
         line = line.strip()
         if not line or line.startswith('#') or '=' not in line:
             continue
@@ -4161,7 +4907,10 @@ def read_settings(path):
 
 def load_aliases(environ):
     """Aliases of ~/.alienpy_aliases ('name = cmd1; cmd2'), in file order."""
-    return dict(read_settings(user_file(environ, '.alienpy_aliases')))
+    aliases = read_settings(user_file(environ, '.alienpy_aliases'))
+    if len(aliases) > ALIAS_MAX:
+        print_error('alien.py: only the first %d aliases of ~/.alienpy_aliases are used' % ALIAS_MAX)
+    return dict(aliases[:ALIAS_MAX])
 
 
 def expand_aliases(elements, aliases):
@@ -4178,6 +4927,8 @@ def expand_aliases(elements, aliases):
             out.extend(split_chain(aliases[m.group(1)] + m.group(2)))
         else:
             out.append(element)
+        if len(out) > LINE_MAX_ELEMENTS:
+            raise AlienError('the command line expands to more than %d commands' % LINE_MAX_ELEMENTS, EX_USAGE)
     return out
 
 
@@ -4373,40 +5124,6 @@ def cmd_popd(session, args):
 
 
 # -- grid operations: jobs and quotas --
-
-def parse_options(name, args, flags=(), valued=(), multi=()):
-    """(options dict, positional list) of a client command's arguments. flags -> True,
-    valued -> the next argument, multi -> list of values. An unknown option or a missing
-    value is an AlienError (exit 64) naming the command."""
-    opts, pos = {}, []
-    i = 0
-    while i < len(args):
-        a = args[i]
-        i += 1
-        key = a[1:] if a.startswith('-') and len(a) > 1 else None
-        if key in flags:
-            opts[key] = True
-        elif key in valued or key in multi:
-            if i >= len(args):
-                raise AlienError('%s: option %s needs a value' % (name, a), EX_USAGE)
-            if key in multi:
-                opts.setdefault(key, []).append(args[i])
-            else:
-                opts[key] = args[i]
-            i += 1
-        elif key is not None and not re.match(r'^-?[0-9]', a):
-            raise AlienError('%s: unknown option %s (%s -h for the usage)' % (name, a, name), EX_USAGE)
-        else:
-            pos.append(a)
-    return opts, pos
-
-
-def client_result(out, rows, metadata=None):
-    """Result of a client-side command: printed text, and for -json the rows it was made of."""
-    md = dict(metadata or {})
-    md.update(exitcode='0', error='')
-    return Result(0, out, '', rows, md)
-
 
 _TRACE_TIME = re.compile(r'^([0-9]{10}) \[')
 
@@ -4900,15 +5617,17 @@ def prompt_text(session):
             text += ' local:%s' % os.getcwd()
         except OSError:
             text += ' local:?'
-    return text + ' >'
+    return term_text(text, sys.stdout) + ' >'
 
 
 def shell_print(result):
     """print_result, with errors in red when stderr is a terminal."""
     if result.exitcode != 0 and result.err and not result.as_json and sys.stderr.isatty() \
             and not os.environ.get('NO_COLOR'):
+        if result._out:
+            write_lines(result)
         sys.stdout.flush()
-        sys.stderr.write('\033[91m%s\033[0m\n' % result.err.rstrip('\n'))
+        sys.stderr.write('\033[91m%s\033[0m\n' % term_text(result.err.rstrip('\n'), sys.stderr))
         sys.stderr.flush()
     else:
         print_result(result)
@@ -5019,8 +5738,8 @@ class Shell(object):
             isdir = m.endswith('/')
             names.append(m.rstrip('/').rsplit('/', 1)[-1] + ('/' if isdir else ''))
         try:
-            sys.stdout.write('\n' + format_columns(sorted(set(names))) + '\n')
-            sys.stdout.write(prompt_text(self.session) + self.readline.get_line_buffer())
+            sys.stdout.write('\n' + term_text(format_columns(sorted(set(names))), sys.stdout) + '\n')
+            sys.stdout.write(prompt_text(self.session) + term_text(self.readline.get_line_buffer(), sys.stdout))
             sys.stdout.flush()
         except Exception:
             log_exception()
@@ -5199,7 +5918,7 @@ def shell_main(session):
 
 def print_error(text):
     if text:
-        sys.stderr.write(text.rstrip('\n') + '\n')
+        sys.stderr.write(term_text(text.rstrip('\n'), sys.stderr) + '\n')
         sys.stderr.flush()
 
 
@@ -5215,15 +5934,19 @@ def print_result(result):
     elif result.exitcode == 0:
         write_lines(result)
     else:
+        if result._out:   # a client command's report (e.g. which replicas failed)
+            write_lines(result)
         print_error(result.err)
     sys.stdout.flush()
 
 
 def write_lines(result, batch=4096):
     """Print result.out without building it: large listings go out in batches."""
+    def safe(text):
+        return text if result.style == 'raw' else term_text(text, sys.stdout, result.style == 'colour')
     if result._out is not None:
         if result._out:
-            sys.stdout.write(result._out + '\n')
+            sys.stdout.write(safe(result._out) + '\n')
         return
     lines = list(result.messages())
     while lines and not lines[-1].strip():
@@ -5234,7 +5957,7 @@ def write_lines(result, batch=4096):
         return
     lines[0], lines[-1] = lines[0].lstrip(), lines[-1].rstrip()
     for i in range(0, len(lines), batch):
-        sys.stdout.write('\n'.join(lines[i:i + batch]))
+        sys.stdout.write(safe('\n'.join(lines[i:i + batch])))
         sys.stdout.write('\n')
 
 

@@ -1381,7 +1381,8 @@ def test_find(grid_state, tg_dir):
 def test_listses(grid_state):
     with _tg_ws(grid_state) as c:
         res = _tg_ok(_tg_call(c, 'listSEs'))
-    assert [r['seName'] for r in res] == [se['name'] for se in grid_state['ses']]
+    assert [r['seName'] for r in res] == [se['original'] for se in grid_state['ses']]
+    assert [r['seName'].upper() for r in res] == [se['name'] for se in grid_state['ses']]
     for r, se in zip(res, grid_state['ses']):
         for k in ('seNumber', 'totalSpace', 'usedSpace', 'freeSpace', 'fileCount',
                   'demoteRead', 'demoteWrite', 'qos'):
@@ -2888,6 +2889,7 @@ def test_requests_are_pipelined_through_request_many():
 
 
 # ===== gfal jobs tests =====
+# All marked `once`: gfal jobs never touch the websocket.
 # `alien.py gfal TYPE [JOB.json|-]`: validation is tested in-process (pure
 # functions, no gfal2 needed); jobs run for real in a subprocess with the
 # system interpreter, which imports Debian's gfal2, on file:// trees, on a
@@ -2977,6 +2979,7 @@ def gfal_chown_tree(top):
 
 # ---- pure functions (no gfal2 needed) ----
 
+@pytest.mark.once
 def test_gfal_join_url():
     j = alien.gfal_join_url
     assert j('root://h:1094//data/', 'sub/f') == 'root://h:1094//data/sub/f'
@@ -2990,6 +2993,7 @@ def test_gfal_join_url():
         j(None, 'relative/path')
 
 
+@pytest.mark.once
 def test_gfal_job_type_is_case_insensitive():
     assert alien.gfal_job_type('COPY') == 'copy'
     assert alien.gfal_job_type('List') == 'list'
@@ -2997,6 +3001,7 @@ def test_gfal_job_type_is_case_insensitive():
         alien.gfal_job_type('chmod')
 
 
+@pytest.mark.once
 def test_gfal_parse_both_input_styles():
     doc = {'base': 'root://h//d/', 'files': ['a', ['7.1', 'b'], 'file:///abs'], 'dirs': [['7.2', 'x/']]}
     job = alien.gfal_parse_job('remove', doc)
@@ -3011,6 +3016,7 @@ def test_gfal_parse_both_input_styles():
     assert job.entries == [(5, 'dir', 'file:///n')]
 
 
+@pytest.mark.once
 def test_gfal_option_defaults():
     opts = alien.gfal_parse_job('copy', {'files': [['file:///a', 'file:///b']]}).options
     assert opts == {'timeout': None, 'make_dirs': True, 'checksum': None, 'encrypt': False,
@@ -3068,6 +3074,7 @@ GFAL_BAD_JOBS = [
 ]
 
 
+@pytest.mark.once
 @pytest.mark.parametrize('jobtype,doc,message', GFAL_BAD_JOBS)
 def test_gfal_bad_job_is_one_error_line(jobtype, doc, message):
     with pytest.raises(alien.GfalJobError) as info:
@@ -3079,9 +3086,10 @@ def test_gfal_bad_job_is_one_error_line(jobtype, doc, message):
     lines = out.getvalue().splitlines()
     assert rc == 2 and len(lines) == 1 and err.getvalue() == ''
     line = _gfal_json.loads(lines[0])
-    assert list(line) == ['Reason', 'Code'] and line['Code'] == 1 and message in line['Reason']
+    assert list(line) == ['Reason', 'Code', 'id'] and line['id'] == '' and line['Code'] == 1 and message in line['Reason']
 
 
+@pytest.mark.once
 @pytest.mark.parametrize('args,text,message', [
     (['copy'], '{not json', 'invalid JSON'),
     (['copy'], '', 'empty input'),
@@ -3101,6 +3109,7 @@ def test_gfal_main_bad_input(args, text, message):
     assert line['Code'] == 1 and message in line['Reason']
 
 
+@pytest.mark.once
 def test_gfal_missing_module_in_process(monkeypatch, tmp_path):
     monkeypatch.setitem(_gfal_sys.modules, 'gfal2', None)     # import gfal2 -> ImportError
     out, err = _gfal_io.StringIO(), _gfal_io.StringIO()
@@ -3112,6 +3121,7 @@ def test_gfal_missing_module_in_process(monkeypatch, tmp_path):
     assert not (tmp_path / 'new').exists()
 
 
+@pytest.mark.once
 def test_gfal_missing_module_pyenv_python(tmp_path):
     # The project's own interpreter (pyenv) has no gfal2: one error line naming the package.
     assert _gfal_subprocess.call([_gfal_sys.executable, '-c', 'import gfal2'],
@@ -3122,6 +3132,7 @@ def test_gfal_missing_module_pyenv_python(tmp_path):
     assert not (tmp_path / 'new').exists()
 
 
+@pytest.mark.once
 def test_gfal_encrypted_url():
     e = alien.gfal_encrypted_url
     assert e('root://h//f') == 'roots://h//f'
@@ -3135,6 +3146,7 @@ def test_gfal_encrypted_url():
             e(url)
 
 
+@pytest.mark.once
 def test_gfal_url_helpers():
     assert alien.gfal_parent_url('root://h//d/f') == ('root://h//d', 'f')
     assert alien.gfal_parent_url('root://h//f') == ('root://h//', 'f')
@@ -3149,6 +3161,7 @@ def test_gfal_url_helpers():
         'MONITOR src: file:///a [  11] 500.00MB (44137.00KB/s)'
 
 
+@pytest.mark.once
 def test_gfal_command_registered():
     cmd = alien.COMMANDS['gfal']
     assert cmd.connect is False and 'list|remove|copy|rename|mkdir' in cmd.usage
@@ -3156,6 +3169,7 @@ def test_gfal_command_registered():
 
 # ---- real gfal2: LIST ----
 
+@pytest.mark.once
 def test_gfal_list_file_tree_unlimited(tmp_path):
     top = gfal_tree(str(tmp_path / 'tree'))
     rc, lines, err = gfal_run('list', {'files': ['file://' + top], 'options': {'depth': -1}})
@@ -3175,6 +3189,7 @@ def test_gfal_list_file_tree_unlimited(tmp_path):
     assert a['st_size'] == 6 and a['st_mode'] == _gfal_os.stat(_gfal_os.path.join(top, 'a.txt')).st_mode
 
 
+@pytest.mark.once
 @pytest.mark.parametrize('depth,levels', [(0, 1), (1, 1), (2, 3), (-1, 4), (-5, 4)])
 def test_gfal_list_depth(tmp_path, depth, levels):
     top = gfal_tree(str(tmp_path / 'tree'))
@@ -3182,6 +3197,7 @@ def test_gfal_list_depth(tmp_path, depth, levels):
     assert rc == 0 and len(lines[0]) == levels
 
 
+@pytest.mark.once
 def test_gfal_list_relative_and_pdm_wrapped(tmp_path):
     top = gfal_tree(str(tmp_path / 'tree'))
     rc, lines, _ = gfal_run('list', {'base': 'file://%s/' % top, 'dirs': [['7.0', 'sub']],
@@ -3194,6 +3210,7 @@ def test_gfal_list_relative_and_pdm_wrapped(tmp_path):
     assert sorted(e['name'] for e in wrapped['Listing']['file://%s/sub' % top]) == ['deep', 'f1']
 
 
+@pytest.mark.once
 def test_gfal_list_file_root_is_listed_under_parent(tmp_path):
     top = gfal_tree(str(tmp_path / 'tree'))
     rc, lines, _ = gfal_run('list', {'files': ['file://%s/sub/f1' % top]})
@@ -3203,6 +3220,7 @@ def test_gfal_list_file_root_is_listed_under_parent(tmp_path):
     assert entry['name'] == 'f1' and entry['st_size'] == 3
 
 
+@pytest.mark.once
 def test_gfal_list_symlinks(tmp_path):
     top = tmp_path / 'links'
     (top / 'real').mkdir(parents=True)
@@ -3218,6 +3236,7 @@ def test_gfal_list_symlinks(tmp_path):
     assert sorted(e['name'] for e in lines[0][root + '/real']) == ['f', 'loop']
 
 
+@pytest.mark.once
 def test_gfal_list_checksum(tmp_path):
     top = gfal_tree(str(tmp_path / 'tree'))
     rc, lines, _ = gfal_run('list', {'files': ['file://' + top], 'options': {'checksum': 'adler32'}})
@@ -3231,6 +3250,7 @@ def test_gfal_list_checksum(tmp_path):
                 assert e['adler32'] == '%08x' % _gfal_zlib.adler32(open(path, 'rb').read())
 
 
+@pytest.mark.once
 def test_gfal_list_errors(tmp_path):
     missing = 'file://%s/nope' % tmp_path
     rc, lines, _ = gfal_run('list', {'files': [missing]})
@@ -3245,6 +3265,7 @@ def test_gfal_list_errors(tmp_path):
     assert rc == 1 and len(lines) == 1 and lines[0]['Code'] == 1 and 'bogus' in lines[0]['Reason']
 
 
+@pytest.mark.once
 def test_gfal_list_mock_directory():
     url = 'mock://host/d?list=a:100644:10,b:40755:0'
     rc, lines, _ = gfal_run('list', {'files': [url], 'options': {'depth': 1}})
@@ -3252,6 +3273,7 @@ def test_gfal_list_mock_directory():
     assert [(e['name'], e['st_size']) for e in lines[0][url]] == [('a', 10), ('b', 0)]
 
 
+@pytest.mark.once
 def test_gfal_list_xrootd(gfal_se):
     url, path = gfal_se
     gfal_tree(_gfal_os.path.join(path, 'tree'))
@@ -3269,6 +3291,7 @@ def test_gfal_list_xrootd(gfal_se):
 
 # ---- real gfal2: REMOVE, MKDIR, RENAME ----
 
+@pytest.mark.once
 def test_gfal_remove_files_then_dirs(tmp_path):
     top = gfal_tree(str(tmp_path / 'tree'))
     base = 'file://%s/' % top
@@ -3289,12 +3312,14 @@ def test_gfal_remove_files_then_dirs(tmp_path):
     assert not _gfal_os.path.exists(_gfal_os.path.join(top, 'sub'))
 
 
+@pytest.mark.once
 def test_gfal_remove_mock_error_injection():
     rc, lines, _ = gfal_run('remove', {'files': ['mock://host/p?errno=2', 'mock://host/q?size=1']})
     assert rc == 1 and lines[0]['Code'] == 1 and 'No such file' in lines[0]['Reason']
     assert lines[1] == gfal_ok()
 
 
+@pytest.mark.once
 def test_gfal_mkdir(tmp_path):
     base = 'file://%s/' % tmp_path
     (tmp_path / 'plainfile').write_text('x')
@@ -3308,6 +3333,7 @@ def test_gfal_mkdir(tmp_path):
     assert rc == 1 and 'Protocol not supported' in lines[0]['Reason']
 
 
+@pytest.mark.once
 def test_gfal_rename(tmp_path):
     (tmp_path / 'old').write_text('data')
     base = 'file://%s/' % tmp_path
@@ -3317,6 +3343,7 @@ def test_gfal_rename(tmp_path):
     assert (tmp_path / 'new').read_text() == 'data' and not (tmp_path / 'old').exists()
 
 
+@pytest.mark.once
 def test_gfal_namespace_ops_xrootd(gfal_se):
     url, path = gfal_se
     with open(_gfal_os.path.join(path, 'f'), 'w') as f:
@@ -3338,6 +3365,7 @@ def _gfal_monitor_sources(err):
     return [m.group(1) for m in map(GFAL_MONITOR_RE.match, err.splitlines()) if m]
 
 
+@pytest.mark.once
 def test_gfal_copy_file_to_file_both_styles(tmp_path):
     top = gfal_tree(str(tmp_path / 'src'))
     dst = tmp_path / 'dst'
@@ -3355,6 +3383,7 @@ def test_gfal_copy_file_to_file_both_styles(tmp_path):
     assert sorted(set(srcs)) == sorted('file://%s/%s' % (top, p) for p in ('a.txt', 'sub/f1', 'sub/deep/f2'))
 
 
+@pytest.mark.once
 def test_gfal_copy_job_file_argument(tmp_path):
     (tmp_path / 'a').write_text('A')
     job = tmp_path / 'job.json'
@@ -3363,6 +3392,7 @@ def test_gfal_copy_job_file_argument(tmp_path):
     assert rc == 0 and lines == [gfal_ok()] and (tmp_path / 'b').read_text() == 'A'
 
 
+@pytest.mark.once
 def test_gfal_copy_make_dirs_false(tmp_path):
     (tmp_path / 'a').write_text('A')
     base = 'file://%s/' % tmp_path
@@ -3374,6 +3404,7 @@ def test_gfal_copy_make_dirs_false(tmp_path):
     assert rc == 0 and (tmp_path / 'new' / 'a').read_text() == 'A'
 
 
+@pytest.mark.once
 def test_gfal_copy_overwrite(tmp_path):
     (tmp_path / 'a').write_text('new')
     (tmp_path / 'b').write_text('old')
@@ -3384,6 +3415,7 @@ def test_gfal_copy_overwrite(tmp_path):
     assert rc == 0 and (tmp_path / 'b').read_text() == 'new'
 
 
+@pytest.mark.once
 def test_gfal_copy_checksum(tmp_path):
     (tmp_path / 'a').write_bytes(b'hello\n')
     base = 'file://%s/' % tmp_path
@@ -3401,6 +3433,7 @@ def test_gfal_copy_checksum(tmp_path):
     assert _gfal_monitor_sources(err) == []          # nothing was copied
 
 
+@pytest.mark.once
 def test_gfal_copy_encrypt(tmp_path, gfal_se):
     url, path = gfal_se
     (tmp_path / 'a').write_text('secret')
@@ -3419,6 +3452,7 @@ def test_gfal_copy_encrypt(tmp_path, gfal_se):
     assert _gfal_monitor_sources(err) == ['file://%s/a' % tmp_path]
 
 
+@pytest.mark.once
 def test_gfal_copy_preserve_timestamp(tmp_path, gfal_se):
     url, path = gfal_se
     src = tmp_path / 'a'
@@ -3437,6 +3471,7 @@ def test_gfal_copy_preserve_timestamp(tmp_path, gfal_se):
     assert int(_gfal_os.stat(str(tmp_path / 'd')).st_mtime) != 1234567890
 
 
+@pytest.mark.once
 def test_gfal_copy_across_file_and_xrootd(tmp_path, gfal_se):
     url, path = gfal_se
     (tmp_path / 'a').write_bytes(b'payload' * 100)
@@ -3453,6 +3488,7 @@ def test_gfal_copy_across_file_and_xrootd(tmp_path, gfal_se):
     assert 'file://%s/a' % tmp_path in _gfal_monitor_sources(err)
 
 
+@pytest.mark.once
 def test_gfal_copy_parallel_order_and_concurrency(tmp_path):
     # three mock copies of 1 s each run at once; results stay in input order
     files = [['%d' % i, 'mock://host/src%d?size=10' % i, 'mock://host/dst%d?time=1&size_post=10' % i]
@@ -3472,6 +3508,7 @@ def test_gfal_copy_parallel_order_and_concurrency(tmp_path):
     assert len(set(_gfal_monitor_sources(err))) == 9
 
 
+@pytest.mark.once
 def test_gfal_output_is_streamed(tmp_path):
     # The first result line arrives while a later entry is still being copied.
     job = {'files': [['mock://host/a?size=1', 'mock://host/b?time=0&size_post=1'],
@@ -3488,6 +3525,7 @@ def test_gfal_output_is_streamed(tmp_path):
     assert proc.wait() == 0 and _gfal_json.loads(rest.decode()) == gfal_ok()
 
 
+@pytest.mark.once
 def test_gfal_bad_job_does_nothing(tmp_path):
     (tmp_path / 'a').write_text('A')
     base = 'file://%s/' % tmp_path
@@ -3501,6 +3539,7 @@ def test_gfal_bad_job_does_nothing(tmp_path):
     assert rc == 2 and 'invalid JSON' in lines[0]['Reason'] and not (tmp_path / 'b').exists()
 
 
+@pytest.mark.once
 def test_gfal_timeout_option_everywhere(tmp_path):
     base = 'file://%s/' % tmp_path
     rc, lines, _ = gfal_run('mkdir', {'base': base, 'dirs': ['d'], 'options': {'timeout': 5}})
@@ -3511,6 +3550,7 @@ def test_gfal_timeout_option_everywhere(tmp_path):
     assert rc == 0 and not (tmp_path / 'e').exists()
 
 
+@pytest.mark.once
 def test_gfal_command_handler_and_help(capsys):
     result = alien.COMMANDS['gfal'].handler(None, [])
     out = capsys.readouterr().out.splitlines()
@@ -3520,6 +3560,7 @@ def test_gfal_command_handler_and_help(capsys):
 
 
 
+@pytest.mark.once
 def test_gfal_through_the_command_line_front_end(tmp_path):
     """`python3 alien.py gfal TYPE JOB.json` and `... gfal TYPE -` (stdin), as operators run it."""
     job = tmp_path / 'job.json'
@@ -3673,6 +3714,284 @@ def test_bare_copy_without_any_package_talks_to_the_grid(cenv, grid_state, tmp_p
     assert p.returncode == 1 and one_line_error(p) and 'pip install xrootd' in p.stderr, p
 
 
+# ===== hostile names and payloads (issue 10): bounded parsing, terminal-safe output, per-file name refusal =====
+
+import contextlib  # noqa: E402
+import io  # noqa: E402
+
+from testgrid import grid as _h10_grid  # noqa: E402
+
+
+@contextlib.contextmanager
+def h10_faults(grid_state, faults):
+    _h10_grid.set_faults(grid_state['workdir'], faults)
+    try:
+        yield
+    finally:
+        _h10_grid.set_faults(grid_state['workdir'], None)
+
+
+def h10_tty_run(args, env, cwd=None):
+    """alien.py ARGS on a pseudo-terminal -> (exit status, everything it printed)."""
+    child = pexpect.spawn(sys.executable, [ALIEN] + list(args), env=dict(env, TERM='xterm'), cwd=cwd,
+                          encoding='utf-8', codec_errors='surrogateescape', timeout=60, dimensions=(50, 300))
+    child.expect(pexpect.EOF)
+    child.close()
+    return child.exitstatus, child.before.replace('\r\n', '\n')
+
+
+class _FakeTTY(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_load_json_bounds_nesting_and_never_recurses():
+    assert alien.load_json('[' * 64 + ']' * 64) is not None
+    for text in ('[' * 65 + ']' * 65, '{"a":' * 65 + '1' + '}' * 65, '[' * 100000 + ']' * 100000,
+                 '[' * 100000, '[' * 70 + '"\\"]]]]\\\\"' + ']' * 70):
+        with pytest.raises(alien.JsonTooDeep):
+            alien.load_json(text)
+    # brackets inside strings, escaped quotes and backslashes do not count
+    deep_in_string = '[' * 60 + json.dumps('[' * 500 + '\\"{') + ']' * 60
+    assert alien.load_json(deep_in_string) is not None
+    with pytest.raises(ValueError):
+        alien.load_json('[' * 10 + '}')
+    with pytest.raises(alien.AlienError) as e:
+        alien.parse_reply('{"metadata": {}, "results": ' + '[' * 100000 + ']' * 100000 + '}')
+    assert e.value.exitcode == 42 and 'JCentral format' in str(e.value)
+
+
+def test_bounded_readers_and_input_lines(tmp_path):
+    f = tmp_path / 'big'
+    f.write_bytes(b'x' * 11)
+    with pytest.raises(ValueError):
+        alien.read_text_limited(str(f), 10)
+    assert alien.read_text_limited(str(f), 11) == 'x' * 11
+    f.write_bytes(b'\xff')
+    with pytest.raises(ValueError):
+        alien.read_text_limited(str(f), 10)
+    pairs, notices = alien.parse_input_lines('a b\n' + 'bad\n' * 150 + "'un closed\nc d\n")
+    assert pairs == [('a', 'b'), ('c', 'd')] and len(notices) == 101 and notices[-1] == 'cp -input: 51 more lines skipped'
+    with pytest.raises(alien.AlienError) as e:
+        alien.expand_aliases(['x'] * 3, {'x': ';'.join(['pwd'] * 5000)})
+    assert e.value.exitcode == 64
+
+
+def test_gfal_deep_or_huge_job_is_one_job_error_line(tmp_path):
+    for text in ('[' * 100000, '{"files": ' + '[' * 100000 + ']' * 100000 + '}'):
+        out, err = io.StringIO(), io.StringIO()
+        assert alien.gfal_main(['list'], io.StringIO(text), out, err) == 2
+        lines = out.getvalue().splitlines()
+        assert len(lines) == 1 and err.getvalue() == ''
+        line = json.loads(lines[0])
+        assert line['id'] == '' and line['Code'] == 1 and 'nested' in line['Reason']
+    big = tmp_path / 'job.json'
+    with open(str(big), 'wb') as fh:
+        fh.truncate(alien.INPUT_MAX_BYTES + 1)
+    out = io.StringIO()
+    assert alien.gfal_main(['list', str(big)], io.StringIO(), out, io.StringIO()) == 2
+    assert 'larger than' in json.loads(out.getvalue())['Reason']
+    # through the command-line front end, as the worker runs it
+    p = run_cli(['gfal', 'list'], input='[' * 100000)
+    assert p.returncode == 2 and p.stderr == '' and json.loads(p.stdout)['id'] == '', p
+
+
+def test_hostile_deep_reply_is_exit_42(cenv, grid_state):
+    deep = '{"metadata": {"exitcode": "0"}, "results": [' + '[' * 100000 + ']' * 100000 + ']}'
+    with h10_faults(grid_state, {'ls': {'raw': deep}, 'stat': {'raw': '{"metadata": {}, "results": 5}'}}):
+        p = run_cli(['ls'], env=cenv)
+        assert p.returncode == 42 and one_line_error(p) and 'Traceback' not in p.stderr, p
+        p = run_cli(['stat /x'], env=cenv)
+        assert p.returncode == 42 and one_line_error(p), p
+
+
+def test_oversized_input_and_settings_files(cenv, grid_state, tmp_path):
+    big = tmp_path / 'pairs.txt'
+    with open(str(big), 'wb') as fh:
+        fh.truncate(alien.INPUT_MAX_BYTES + 1)
+    p = run_cli(['cp', '-input', str(big)], env=cenv)
+    assert p.returncode == 22 and one_line_error(p) and 'larger than' in p.stderr, p
+    home = cenv['HOME']
+    with open(os.path.join(home, '.alienpy_aliases'), 'wb') as fh:
+        fh.truncate(alien.SETTINGS_MAX_BYTES + 1)
+    with open(os.path.join(home, '.alienpy_session'), 'wb') as fh:
+        fh.truncate(alien.SETTINGS_MAX_BYTES + 1)
+    p = run_cli([], env=cenv, input='pwd\n')       # the shell starts: both files ignored with a notice
+    assert p.returncode == 0 and p.stdout.strip().endswith(grid_state['home']), p
+    assert 'alienpy_aliases ignored: larger than' in p.stderr and 'Traceback' not in p.stderr
+    with open(os.path.join(home, '.alienpy_aliases'), 'w') as fh:
+        fh.write('bomb = %s\n' % ';'.join(['pwd'] * 5000))
+    p = run_cli(['bomb;bomb;bomb'], env=cenv)
+    assert p.returncode == 64 and one_line_error(p) and 'more than' in p.stderr, p
+
+
+def test_term_text_escapes_on_a_terminal_only(monkeypatch):
+    monkeypatch.delenv('NO_COLOR', raising=False)
+    tty, pipe = _FakeTTY(), io.StringIO()
+    hostile = 'esc\x1b[31mred\x1b]0;title\x07\r\x9b2J\udcff'
+    assert alien.term_text(hostile, tty) == 'esc\\033[31mred\\033]0;title\\a\\r\\302\\2332J\\377'
+    assert alien.term_text(hostile, pipe) == hostile            # scripts get the bytes
+    msg = 'Your new job ID is \x1b[34m42\x1b[0m \x1b[2J'
+    assert alien.term_text(msg, tty, colour=True) == 'Your new job ID is \x1b[34m42\x1b[0m \\033[2J\x1b[0m'
+    assert alien.term_text(msg, pipe, colour=True) == 'Your new job ID is 42 \x1b[2J'
+    monkeypatch.setenv('NO_COLOR', '1')
+    assert alien.term_text(msg, tty, colour=True) == 'Your new job ID is 42 \\033[2J'
+    assert alien.visible('a\nb\tc', newlines=True) == 'a\\nb\\tc'
+
+
+def test_service_messages_and_errors_on_a_terminal(cenv, grid_state):
+    colour = {'exitcode': 0, 'results': [{'message': 'Your new job ID is \x1b[34m42\x1b[0m'}]}
+    hostile = {'exitcode': 0, 'results': [{'message': 'user \x1b]0;pwned\x07\x1b[2J\x1b[31mred'}]}
+    with h10_faults(grid_state, {'submit': colour, 'whoami': hostile,
+                                 'pwd': {'exitcode': 5, 'error': 'bad \x1b[2Jthing'}}):
+        p = run_cli(['submit x.jdl'], env=cenv)                   # a pipe: clean text
+        assert (p.returncode, p.stdout) == (0, 'Your new job ID is 42\n'), p
+        code, out = h10_tty_run(['submit x.jdl'], cenv)          # a terminal: the service's colour
+        assert code == 0 and 'Your new job ID is \x1b[34m42\x1b[0m' in out, repr(out)
+        code, out = h10_tty_run(['submit x.jdl'], dict(cenv, NO_COLOR='1'))
+        assert code == 0 and 'Your new job ID is 42\n' in out and '\x1b' not in out, repr(out)
+        code, out = h10_tty_run(['whoami'], cenv)                # nothing else reaches the terminal raw
+        assert code == 0 and 'user \\033]0;pwned\\a\\033[2J\\033[31mred' in out and '\x1b' not in out, repr(out)
+        code, out = h10_tty_run(['pwd'], cenv)
+        assert code == 5 and 'bad \\033[2Jthing' in out and '\x1b' not in out, repr(out)
+        p = run_cli(['whoami'], env=cenv)                         # off a terminal: the bytes
+        assert p.stdout == 'user \x1b]0;pwned\x07\x1b[2J\x1b[31mred\n', p
+        p = run_cli(['submit -json x.jdl'], env=cenv)             # -json: exact, escaped by JSON
+        assert json.loads(p.stdout)['results'][0]['message'] == 'Your new job ID is \x1b[34m42\x1b[0m'
+        p = run_cli(['submit x.jdl'], env=dict(cenv, ALIENPY_JSONRAW='1'))
+        assert '\\u001b[34m42' in p.stdout.lower(), p   # exactly the service's text
+
+
+def test_cp_mixed_directory_good_files_arrive_bad_names_refused(cpenv, grid_state, tmp_path):
+    g = grid_dir(grid_state, 'mixed')
+    src = tmp_path / 'mixed'
+    write(src / 'ok.txt', b'fine\n')
+    write(src / 'sub' / 'ok2.txt', b'fine too\n')
+    write(src / 'esc\x1b[31mred', b'red\n')                 # the catalogue holds it: uploaded
+    write(src / 'bad\nname', b'nl\n')
+    with open(os.path.join(str(src).encode(), b'bad\xffname'), 'wb') as fh:
+        fh.write(b'ff\n')
+    p = cpx(cpenv, 'file:%s/' % src, g)
+    refused = [line for line in p.stderr.splitlines() if 'refused' in line]
+    assert p.returncode == 1 and len(refused) == 2, p
+    assert any('bad\\nname' in line and 'line break' in line for line in refused), refused
+    assert any('bad\\377name' in line and 'not valid UTF-8' in line for line in refused), refused
+    assert 'Traceback' not in p.stderr and p.stdout == '', p
+    p = cpcli(cpenv, 'ls', g)
+    assert sorted(p.stdout.split('\n')[:-1]) == ['esc\x1b[31mred', 'ok.txt', 'sub/'], p   # nothing booked for the bad ones
+    # ls of that name on a terminal shows it escaped; the good files came back intact
+    code, out = h10_tty_run(['ls', g], cpenv)
+    assert code == 0 and 'esc\\033[31mred' in out and '\x1b' not in out, repr(out)
+    out_dir = tmp_path / 'back'
+    p = cpx(cpenv, g, 'file:%s/' % out_dir)
+    assert p.returncode == 0, p
+    assert (out_dir / 'ok.txt').read_bytes() == b'fine\n' and (out_dir / 'sub' / 'ok2.txt').read_bytes() == b'fine too\n'
+    assert (out_dir / 'esc\x1b[31mred').read_bytes() == b'red\n'
+
+
+def test_cp_download_refuses_lfns_that_cannot_be_local_names(cpenv, grid_state, tmp_path):
+    g = grid_dir(grid_state, 'longname')
+    write(tmp_path / 'ok.txt', b'ok\n')
+    assert cpx(cpenv, 'file:%s' % (tmp_path / 'ok.txt'), g + 'ok.txt').returncode == 0
+    long_name = 'L' * 300
+    p = cpcli(cpenv, 'touch', g + long_name)
+    assert p.returncode == 0, p
+    p = cpx(cpenv, g, 'file:%s/' % (tmp_path / 'out'))
+    refused = [line for line in p.stderr.splitlines() if 'refused' in line]
+    assert p.returncode == 1 and len(refused) == 1 and long_name in refused[0] and '255 bytes' in refused[0], p
+    assert (tmp_path / 'out' / 'ok.txt').read_bytes() == b'ok\n'
+
+
+def test_cp_download_refuses_dot_dot_names_from_a_hostile_find(grid_state, henv, tmp_path):
+    home = '/localhost/localdomain/user/j/jalien/'
+
+    def script(server, conn, index):
+        while True:
+            msg = server.recv(conn)
+            if msg is None or msg[0] != alien.OP_TEXT:
+                return
+            cmd = server.messages[-1]['command']
+            rows = {'stat': [{'lfn': home + 'd', 'type': 'd', 'size': '0'}],
+                    'find': [{'lfn': home + 'd/../../../../../../tmp/evil'},
+                             {'lfn': home + 'd/./x'}]}.get(cmd, [{'message': 'ok'}])
+            conn.sendall(server_frame(alien.OP_TEXT, json.dumps(
+                {'metadata': {'exitcode': '0', 'error': '', 'user': 'jalien', 'currentdir': home},
+                 'results': rows}).encode()))
+    server = Hostile(grid_state, script)
+    try:
+        p = run_cli(['cp', home + 'd/', 'file:%s/' % (tmp_path / 'out')],
+                    env=dict(henv, ALIENPY_JCENTRAL='127.0.0.1:%d' % server.port))
+    finally:
+        server.close()
+    refused = [line for line in p.stderr.splitlines() if 'refused' in line]
+    assert p.returncode == 1 and len(refused) == 2 and all('".."' in line for line in refused), p
+    assert 'access' not in [m['command'] for m in server.messages]     # nothing was asked for them
+    assert not os.path.exists('/tmp/evil') and not (tmp_path / 'out').exists()
+
+
+def pdm_worker_read(stdout):
+    """Read a job's stdout by the pdm Worker's rules (../shared/spec/gfal-jobs-reference.md
+    section 1): every line is a JSON object; `domain` -> a transfer event, `transferred` ->
+    monitoring, `Code` -> the result of element `id` (id "" = the whole job failed);
+    a KeyError or a non-JSON line here is what would stop the real Worker."""
+    results, job_failed = {}, None
+    for line in stdout.splitlines():
+        obj = json.loads(line)
+        assert isinstance(obj, dict), line
+        if 'domain' in obj:
+            '%s -- %s -- %s' % (obj['domain'], obj['stage'], obj['desc'])
+            obj['id']
+        elif 'transferred' in obj:
+            obj['id']
+        elif 'Code' in obj:
+            ident = obj['id']
+            if ident == '':
+                job_failed = obj['Code']
+            else:
+                results[ident] = (obj['Code'], obj.get('Listing'))
+    return results, job_failed
+
+
+def test_gfal_every_job_kind_reads_under_the_pdm_worker_rules(tmp_path):
+    base = 'file://%s' % tmp_path
+    (tmp_path / 'a').write_text('A')
+    (tmp_path / 'd').mkdir()
+    jobs = [
+        ('list', {'files': [['1.0', base + '/d']]}, {'1.0': 0}),
+        ('list', {'files': [['1.1', base + '/missing']]}, {'1.1': 1}),
+        ('mkdir', {'files': [], 'dirs': [['2.1', base + '/new'], ['2.2', base + '/a/under_a_file']]},
+         {'2.1': 0, '2.2': 1}),
+        ('copy', {'files': [['3.1', base + '/a', base + '/b'], ['3.2', base + '/missing', base + '/c']]},
+         {'3.1': 0, '3.2': 1}),
+        ('rename', {'files': [['4.1', base + '/b', base + '/b2'], ['4.2', base + '/missing', base + '/x']]},
+         {'4.1': 0, '4.2': 1}),
+        ('remove', {'files': [['5.1', base + '/b2'], ['5.2', base + '/missing']], 'dirs': [['5.3', base + '/new']]},
+         {'5.1': 0, '5.2': 1, '5.3': 0}),
+    ]
+    for jobtype, job, expected in jobs:
+        proc = subprocess.run([GFAL_PY, '-c', GFAL_RUNNER, jobtype], input=json.dumps(job).encode(),
+                              capture_output=True, timeout=60)
+        results, job_failed = pdm_worker_read(proc.stdout.decode())
+        assert job_failed is None and {k: v[0] for k, v in results.items()} == expected, (jobtype, proc)
+        assert proc.returncode == (1 if 1 in expected.values() else 0)
+    # job errors: one line, id "", exit 2 -- every kind of them
+    for jobtype, text in (('copy', '{not json'), ('copy', '{"files": []}'), ('list', '{"options": {"x": 1}}'),
+                          ('mkdir', '{"dirs": []}'), ('chmod', '{}'), ('list', '[' * 100000),
+                          ('remove', '{"files": [[1, 2, 3, 4]]}')):
+        proc = subprocess.run([GFAL_PY, '-c', GFAL_RUNNER, jobtype], input=text.encode(),
+                              capture_output=True, timeout=60)
+        results, job_failed = pdm_worker_read(proc.stdout.decode())
+        assert (proc.returncode, results, job_failed) == (2, {}, 1), (jobtype, text, proc)
+
+
+def test_fuzz_parsers_short_run():
+    """The CI-sized run of fuzz/fuzz_parsers.py (the long runs are in the README)."""
+    p = subprocess.run([sys.executable, os.path.join(REPO, 'fuzz', 'fuzz_parsers.py'), '--count', '2000',
+                        '--seed', str(int(time.time()))], capture_output=True, text=True, timeout=300)
+    lines = p.stdout.splitlines()
+    assert p.returncode == 0 and len(lines) == 7 and all(line.endswith(', 0 crashes') for line in lines), p
+
+
 # ===== grid operations toolkit: jobs and outside services (h9jobs) =====
 # jobInfo, siteJobs, getCE, ps -trace, quota, submit against the test JCentral's task
 # queue (testgrid/jobs.py); ccdb and queryML against the CCDB/MonALISA stand-ins
@@ -3762,7 +4081,7 @@ def _gj_job(cenv, tg_dir, tmp_path):
     p = run_cli(['mkdir -p ~/bin; cp -f file:%s ~/bin/myjob.sh; cp file:%s %sjob2.jdl; cd %s; submit job2.jdl'
                  % (tmp_path / 'myjob.sh', tmp_path / 'job2.jdl', tg_dir, tg_dir)], env=cenv)
     assert p.returncode == 0, p.stderr
-    m = re.search(r'Your new job ID is \x1b\[34m([0-9]+)\x1b\[0m', p.stdout)
+    m = re.search(r'Your new job ID is ([0-9]+)\n', p.stdout)   # the service's colour codes removed in a pipe
     assert m, p.stdout
     return m.group(1)
 
@@ -4108,6 +4427,352 @@ def test_job_and_ccdb_helpers_print_what_the_reference_prints(grid_state, cenv, 
         ours = run_cli([line], env=env)
         assert (ours.returncode, ours.stdout) == (ref.returncode, ref.stdout), (line, ref, ours)
         assert ours.stdout or ours.returncode, line     # not vacuous
+
+
+# ===== storage toolkit (issue 9): pfn, pfn-status, lfn2uri, getSE, SEqos, xrd_*, checkAddr =====
+# Normal case, -json, -h, a wrong argument (one line, documented exit code) and a failing
+# service (an SE stopped with grid.stop_se and always restarted; a silent server that
+# never answers) for each command. The grid is shared: every test restores it.
+
+STORE_XML = ('<statistics tod="1" ver="v5.5.3" src="h:1094" tos="0" pgm="xrootd" ins="anon" pid="7" site="">'
+             '<stats id="info"><host>h</host><port>1094</port></stats>'
+             '<stats id="oss" v="2"><paths>1<stats id="0"><lp>"/"</lp><tot>10</tot></stats></paths>'
+             '<space>0</space></stats><stats id="sched"><jobs>4</jobs></stats></statistics>')
+
+
+def test_storage_pure_helpers():
+    se = {'seName': 'ALICE::CERN::EOS', 'seNumber': '12', 'endpointUrl': 'root://eos.cern.ch:1094//eos/alice'}
+    assert alien.se_matches(se, 'cern::eos') and alien.se_matches(se, 'eos.cern') and alien.se_matches(se, '12')
+    assert not alien.se_matches(se, '1') and not alien.se_matches(se, '2')  # a number is the whole SE number
+    assert alien.se_host(se) == 'eos.cern.ch:1094'
+    assert alien.xrd_host_label('eos.cern.ch') == 'eos.cern.ch:1094'
+    assert alien.xrd_host_label('[::1]:1095') == '[::1]:1095' and alien.xrd_host_label('nosuch') is None
+    assert alien.xrd_host_label('h.x:99999999') is None and alien.xrd_host_label('a b.c') is None
+    assert alien.xrd_config_value('sitename', b'sitename\n') == 'NOT_SET'
+    assert alien.xrd_config_value('version', b'v5.5.3\n\x00') == 'v5.5.3'
+    d = alien.xrd_stats_dict(STORE_XML)
+    assert d['ver'] == 'v5.5.3' and d['site'] == '' and d['stats']['info'] == {'host': 'h', 'port': '1094'}
+    assert d['stats']['oss']['paths'] == {'#text': '1', 'stats': {'0': {'lp': '/', 'tot': '10'}}}
+    assert d['stats']['sched'] == {'jobs': '4'}
+    with pytest.raises(alien.AlienError) as e:
+        alien.xrd_stats_dict('<statistics')
+    assert e.value.exitcode == 42
+    assert alien.parse_options('n', ['-v', 'x', '-c', '3'], ('v',), ('c',)) == ({'v': True, 'c': '3'}, ['x'])
+    for bad in (['-q'], ['-c']):
+        with pytest.raises(alien.AlienError) as e:
+            alien.parse_options('n', bad, ('v',), ('c',))
+        assert e.value.exitcode == 64
+    for text in ('0', '-1', 'x'):
+        with pytest.raises(alien.AlienError) as e:
+            alien.number_option({'c': text}, 'c', 'n', 3, int)
+        assert e.value.exitcode == 64
+    assert alien.number_option({}, 'c', 'n', 3, int) == 3
+
+
+class SilentServer(object):
+    """A TCP listener that accepts connections and never answers (an SE that hangs)."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(('127.0.0.1', 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.held = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                self.held.append(self.sock.accept()[0])
+            except OSError:
+                return
+
+    def close(self):
+        for s in self.held + [self.sock]:
+            s.close()
+
+
+def _against_silent_server(env, line):
+    """(CompletedProcess, seconds, port) of a command line aimed at a SilentServer (line % port)."""
+    silent = SilentServer()
+    try:
+        t0 = time.monotonic()
+        p = run_cli([line % silent.port], env=env)
+        return p, time.monotonic() - t0, silent.port
+    finally:
+        silent.close()
+
+
+_STORE_FILES = {}
+
+
+@pytest.fixture
+def store(cenv, grid_state, tmp_path):
+    """(env, LFN of a file with one replica on each SE); uploaded once per session."""
+    env = dict(cenv, PWD=str(tmp_path))
+    key = grid_state['workdir']
+    if key not in _STORE_FILES:
+        lfn = '%sh9store_%d/two.txt' % (grid_state['home'], os.getpid())
+        src = tmp_path / 'two.txt'
+        src.write_bytes(b'two replicas\n')
+        p = run_cli(['mkdir -p %s; cp file:%s %s@disk:2' % (lfn.rsplit('/', 1)[0], src, lfn)], env=env)
+        assert p.returncode == 0, p
+        _STORE_FILES[key] = lfn
+    return env, _STORE_FILES[key]
+
+
+def _se_down(grid_state, index):
+    """Stop one SE; returns the function that restarts it."""
+    from testgrid import grid
+    name = grid_state['ses'][index]['name']
+    grid.stop_se(grid_state['workdir'], name)
+    return lambda: grid.start_se(grid_state['workdir'], name)
+
+
+def test_getse_and_seqos(store, grid_state):
+    env, _ = store
+    ses = grid_state['ses']
+    p = run_cli(['getSE'], env=env)
+    assert p.returncode == 0, p
+    assert p.stdout.splitlines() == ['%-6s%-32s127.0.0.1:%d' % (se['number'], se['original'], se['port']) for se in ses]
+    p = run_cli(['getSE 2'], env=env)
+    assert p.stdout == '%-32s127.0.0.1:%d\n' % (ses[1]['original'], ses[1]['port']), p
+    assert run_cli(['getSE -srv firstse'], env=env).stdout == '127.0.0.1:%d\n' % ses[0]['port']
+    assert run_cli(['getSE -id SECONDSE'], env=env).stdout == '2\n'
+    assert run_cli(['getSE -name jtestsite'], env=env).stdout.splitlines() == [se['original'] for se in ses]
+    reply = json.loads(run_cli(['getSE -json first'], env=env).stdout)
+    assert reply['metadata']['exitcode'] == '0' and [r['seName'] for r in reply['results']] == [ses[0]['original']]
+    assert reply['results'][0]['endpointUrl'] == ses[0]['url']
+    p = run_cli(['getSE -h'], env=env)
+    assert p.returncode == 0 and p.stdout.startswith('getSE [-id | -name | -srv] [LABEL]')
+    for line, code in (('getSE nosuch', 2), ('getSE -x first', 64), ('getSE -id -srv first', 64), ('getSE a b', 64)):
+        p = run_cli([line], env=env)
+        assert p.returncode == code and one_line_error(p), (line, p)
+    # SEqos: the QoS tags of each matching SE
+    p = run_cli(['SEqos', 'secondse', 'first'], env=env)
+    assert p.stdout.splitlines() == ['%-32sdisk,legooutput' % ses[1]['original'], '%-32sdisk' % ses[0]['original']]
+    reply = json.loads(run_cli(['SEqos -json second'], env=env).stdout)
+    assert [r['qos'] for r in reply['results']] == ['disk,legooutput']
+    assert run_cli(['SEqos -h'], env=env).stdout.startswith('SEqos SE...')
+    for line, code in (('SEqos', 64), ('SEqos nosuch', 2), ('SEqos -v first', 64)):
+        p = run_cli([line], env=env)
+        assert p.returncode == code and one_line_error(p), (line, p)
+
+
+def test_getse_service_failure(store, grid_state):
+    env, _ = store
+    from testgrid import grid
+    grid.set_faults(grid_state['workdir'], {'listSEs': 'exception'})
+    try:
+        p = run_cli(['getSE first'], env=env)
+    finally:
+        grid.set_faults(grid_state['workdir'], None)
+    assert p.returncode == 121 and one_line_error(p) and 'listSEs' in p.stderr, p
+
+
+def test_pfn(store):
+    env, lfn = store
+    where = json.loads(run_cli(['whereis -json ' + lfn], env=env).stdout)['results']
+    p = run_cli(['pfn', lfn], env=env)
+    assert p.returncode == 0 and p.stdout.splitlines() == [w['pfn'] for w in where] and len(where) == 2, p
+    reply = json.loads(run_cli(['pfn', '-json', lfn], env=env).stdout)
+    assert [r['pfn'] for r in reply['results']] == [w['pfn'] for w in where]
+    assert run_cli(['pfn -h'], env=env).stdout.startswith('pfn LFN')
+    for line, code in (('pfn', 64), ('pfn a b', 64), ('pfn -q x', 64), ('pfn %s.missing' % lfn, 2)):
+        p = run_cli([line], env=env)
+        assert p.returncode == code and one_line_error(p), (line, p)
+
+
+def test_pfn_status_each_replica_and_a_stopped_se(store, grid_state):
+    env, lfn = store
+    pfns = run_cli(['pfn', lfn], env=env).stdout.split()
+    p = run_cli(['pfn-status', lfn], env=env)
+    assert p.returncode == 0 and p.stderr == '', p
+    assert p.stdout.splitlines() == sum([['LFN: ' + lfn, '%s\t\tSize: 13\tR/W status:1/1' % u] for u in pfns], [])
+    p = run_cli(['pfn-status -v ' + pfns[1]], env=env)  # a PFN: no LFN line
+    assert p.returncode == 0 and p.stdout.startswith(pfns[1] + '\t\tSize: 13') and 'IS DIR/OTHER/OFFLINE: 0/0/0' in p.stdout
+    rows = json.loads(run_cli(['pfn-status -json ' + lfn], env=env).stdout)['results']
+    assert [(r['pfn'], r['ok'], r['online'], r['size'], r['is_readable']) for r in rows] == \
+        [(u, True, True, 13, True) for u in pfns]
+    assert [r['se'] for r in rows] == [se['name'] for se in grid_state['ses']]
+    assert run_cli(['pfn-status -h'], env=env).stdout.startswith('pfn-status [-v]')
+    for line, code in (('pfn-status', 64), ('pfn-status -x ' + lfn, 64), ('pfn-status -timeout 0 ' + lfn, 64),
+                       ('pfn-status %s.missing' % lfn, 2)):
+        p = run_cli([line], env=env)
+        assert p.returncode == code and one_line_error(p), (line, p)
+    restart = _se_down(grid_state, 0)
+    try:
+        p = run_cli(['pfn-status', lfn], env=env)
+        rows = json.loads(run_cli(['pfn-status', '-json', lfn], env=env).stdout)['results']
+    finally:
+        restart()
+    lines = p.stdout.splitlines()
+    assert p.returncode == 5 and p.stderr == 'pfn-status: 1 of 2 replicas failed the check\n', p
+    assert lines[1].startswith(pfns[0] + '\t\tMessage: ') and 'Status/Code/ErrNo:' in lines[1], lines
+    assert lines[3] == '%s\t\tSize: 13\tR/W status:1/1' % pfns[1]
+    assert [r['ok'] for r in rows] == [False, True] and rows[0]['message']
+    assert run_cli(['pfn-status', lfn], env=env).returncode == 0  # the SE is back
+
+
+def test_pfn_status_timeout(store):
+    env, _ = store
+    p, took, port = _against_silent_server(env, 'pfn-status -timeout 1 root://127.0.0.1:%d//some/file')
+    assert p.returncode == 5 and 'Message: [ERROR] Operation expired' in p.stdout, p
+    assert took < 10, took
+
+
+def test_lfn2uri(store, grid_state, tmp_path):
+    env, lfn = store
+    import ast
+    p = run_cli(['lfn2uri', lfn], env=env)
+    urls = [ast.literal_eval(line) for line in p.stdout.splitlines()]
+    assert p.returncode == 0 and len(urls) == 2, p
+    pfns = run_cli(['pfn', lfn], env=env).stdout.split()
+    assert [u.split('?')[0] for u in urls] == pfns
+    assert all('?xrd.wantprot=unix&authz=-----BEGIN' in u for u in urls)
+    second = grid_state['ses'][1]['name']
+    p = run_cli(['lfn2uri %s@%s strict' % (lfn, second)], env=env)  # access -f: only that SE
+    assert [ast.literal_eval(l).split('?')[0] for l in p.stdout.splitlines()] == [pfns[1]], p
+    p = run_cli(['lfn2uri', lfn + '@!' + grid_state['ses'][0]['name']], env=env)
+    assert [ast.literal_eval(l).split('?')[0] for l in p.stdout.splitlines()] == [pfns[1]], p
+    reply = json.loads(run_cli(['lfn2uri -json ' + lfn], env=env).stdout)
+    assert [r['url'] for r in reply['results']] == pfns and all(r['envelope'] for r in reply['results'])
+    # meta: a metalink of every replica in the current directory
+    p = subprocess.run([sys.executable, ALIEN, 'lfn2uri', lfn, 'meta'], env=env, cwd=str(tmp_path),
+                       capture_output=True, text=True, timeout=60)
+    meta = tmp_path / 'two.txt.meta4'
+    assert p.returncode == 0 and p.stdout == '%s\n' % meta, p
+    text = meta.read_text()
+    assert '<size>13</size>' in text and text.count('<url>') == 2 and pfns[1] in text
+    assert [n for n in os.listdir(str(tmp_path)) if 'two.txt' in n] == ['two.txt.meta4']  # no temp file left
+    # write: upload URLs for a local file (booked, nothing in the catalogue until a commit)
+    local = tmp_path / 'up.txt'
+    local.write_bytes(b'to upload\n')
+    target = lfn.rsplit('/', 1)[0] + '/booked.txt'
+    p = run_cli(['lfn2uri %s %s write' % (target, local)], env=env)
+    assert p.returncode == 0 and len(p.stdout.splitlines()) == 2, p     # disk:2 by default
+    assert run_cli(['stat', target], env=env).returncode == 2
+    assert run_cli(['lfn2uri -h'], env=env).stdout.startswith('lfn2uri LFN[@SPECS]')
+    for line, code in (('lfn2uri', 64), ('lfn2uri %s meta write' % lfn, 64), ('lfn2uri a b c', 64),
+                       ('lfn2uri %s %s upload' % (target, tmp_path / 'nope'), 2), ('lfn2uri -z ' + lfn, 64),
+                       ('lfn2uri %s.missing' % lfn, 77)):
+        p = run_cli([line], env=env)
+        assert p.returncode == code and one_line_error(p), (line, p)
+
+
+def test_xrd_ping_config_stats(store, grid_state):
+    env, _ = store
+    ses = grid_state['ses']
+    p = run_cli(['xrd_ping -c 2 firstse SECONDSE'], env=env)
+    lines = p.stdout.splitlines()
+    assert p.returncode == 0 and lines[0] == 'XRootD ping(s): 2 time(s) to:', p
+    assert [l[:32].rstrip() for l in lines[1:]] == [se['original'] for se in ses]
+    assert all(re.match(r'^.{32} rtt min/avg/max/mdev \(ms\) = [0-9.]+/[0-9.]+/[0-9.]+/[0-9.]+$', l) for l in lines[1:])
+    rows = json.loads(run_cli(['xrd_ping -json -c 2 1'], env=env).stdout)['results']
+    assert len(rows) == 1 and rows[0]['ok'] and len(rows[0]['rtt_ms']) == 2
+    assert rows[0]['endpointUrl'] == '127.0.0.1:%d' % ses[0]['port']
+    p = run_cli(['xrd_config -v 127.0.0.1:%d' % ses[1]['port']], env=env)  # a host:port of an SE: its name
+    assert p.returncode == 0, p
+    assert re.match(r'^Site/XrdVer: %s/v\S+ ; TPC status: 1 ; role: server ; CMS: ' % re.escape(ses[1]['original']),
+                    p.stdout), p
+    assert 'Chksum type: 0:adler32' in p.stdout
+    rows = json.loads(run_cli(['xrd_config -json -a'], env=env).stdout)['results']
+    assert [r['seName'] for r in rows] == [se['original'] for se in ses] and all(r['role'] == 'server' for r in rows)
+    p = run_cli(['xrd_stats', 'first'], env=env)
+    stats = json.loads(p.stdout)
+    assert p.returncode == 0 and stats['pgm'] == 'xrootd' and stats['site'] == ses[0]['original'], p
+    assert stats['stats']['info']['port'] == str(ses[0]['port']) and 'link' in stats['stats']
+    p = run_cli(['xrd_stats -compact first'], env=env)
+    assert p.stdout.count('\n') == 1 and json.loads(p.stdout)['seName'] == ses[0]['original']
+    p = run_cli(['xrd_stats -xmlraw first'], env=env)
+    assert p.stdout.startswith('<statistics ') and p.stdout.count('\n') == 1
+    assert run_cli(['xrd_stats -xml first'], env=env).stdout.startswith('<?xml version="1.0" ?>\n<statistics')
+    rows = json.loads(run_cli(['xrd_stats -json second'], env=env).stdout)['results']
+    assert rows[0]['stats']['info']['port'] == str(ses[1]['port'])
+    for name in ('xrd_ping', 'xrd_config', 'xrd_stats'):
+        assert run_cli([name + ' -h'], env=env).stdout.startswith(name + ' ['), name
+        for line, code in ((name, 64), (name + ' nosuch', 2), (name + ' -q first', 64),
+                           (name + ' -timeout x first', 64)):
+            p = run_cli([line], env=env)
+            assert p.returncode == code and one_line_error(p), (line, p)
+    p = run_cli(['xrd_ping -c 0 first'], env=env)
+    assert p.returncode == 64 and one_line_error(p), p
+
+
+def test_xrd_probes_se_down_and_timeout(store, grid_state):
+    env, _ = store
+    ses = grid_state['ses']
+    restart = _se_down(grid_state, 1)
+    try:
+        ping = run_cli(['xrd_ping -c 1 first second'], env=env)
+        config = run_cli(['xrd_config first second'], env=env)
+        stats = run_cli(['xrd_stats -json second'], env=env)
+    finally:
+        restart()
+    lines = ping.stdout.splitlines()
+    assert ping.returncode == 5 and ping.stderr == 'xrd_ping: no answer from %s\n' % ses[1]['original'], ping
+    assert 'rtt min/avg/max/mdev' in lines[1] and lines[2] == '%-32s [FATAL] Connection error' % ses[1]['original']
+    assert config.returncode == 5 and config.stdout.splitlines()[0].startswith('Site/XrdVer: ' + ses[0]['original'])
+    assert config.stdout.splitlines()[1].startswith(ses[1]['original']) and 'error' in config.stdout.splitlines()[1]
+    reply = json.loads(stats.stdout)
+    assert stats.returncode == 5 and reply['metadata']['exitcode'] == '5' and reply['results'][0]['ok'] is False
+    assert run_cli(['xrd_ping -c 1 second'], env=env).returncode == 0  # the SE is back
+    p, took, port = _against_silent_server(env, 'xrd_ping -c 1 -timeout 1 127.0.0.1:%d')
+    assert p.returncode == 5 and p.stdout.splitlines()[1] == '%-32s [ERROR] Operation expired' % (
+        '127.0.0.1:%d' % port), p
+    assert took < 10, took
+
+
+def test_storage_commands_without_xrootd(store):
+    env, lfn = store
+    code = ('import sys, runpy; sys.modules["XRootD"] = None; sys.argv = ["alien.py"] + sys.argv[1:]; '
+            'runpy.run_path(%r, run_name="__main__")' % ALIEN)
+    for args in (['pfn-status', lfn], ['xrd_ping', 'first'], ['xrd_config', 'first'], ['xrd_stats', 'first']):
+        p = subprocess.run([sys.executable, '-c', code] + args, env=env, capture_output=True, text=True, timeout=60)
+        assert p.returncode == 1 and one_line_error(p), p
+        assert p.stderr.startswith('%s needs the XRootD Python bindings: pip install xrootd' % args[0])
+    p = subprocess.run([sys.executable, '-c', code, 'getSE', '1'], env=env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and p.stdout.startswith('localhost::JTestSite::firstse'), p
+
+
+def test_checkaddr(cenv, grid_state):
+    port = int(cenv['ALIENPY_JCENTRAL_PORT'])
+    p = run_cli(['checkAddr'], env=cenv)  # the endpoint alien.py would use
+    lines = p.stdout.splitlines()
+    assert p.returncode == 0 and p.stderr == '', p
+    assert lines[0] == '127.0.0.1:%d resolves to 127.0.0.1' % port
+    assert re.match(r'^127\.0\.0\.1:%d +TCP OK [0-9.]+ ms   TLS OK [0-9.]+ ms$' % port, lines[1]), lines
+    # every address of a name, IPv4 and IPv6 alike, each tried on its own
+    addrs = [i[4][0] for i in alien.interleave_addresses(
+        socket.getaddrinfo('localhost', port, 0, socket.SOCK_STREAM, socket.IPPROTO_TCP))]
+    p = run_cli(['checkAddr localhost %d' % port], env=dict(cenv, ALIENPY_NETWORKSTACK='ipv4'))
+    rows = json.loads(run_cli(['checkAddr -json localhost:%d' % port], env=cenv).stdout)['results']
+    assert [r['address'] for r in rows] == addrs and p.stdout.startswith('localhost:%d resolves to %s\n'
+                                                                         % (port, ', '.join(addrs))), p
+    for r in rows:
+        assert r['family'] == ('IPv6' if ':' in r['address'] else 'IPv4')
+        if r['address'] == '127.0.0.1':   # the service listens there; the host cert names localhost
+            assert (r['tcp'], r['tls'], r['error']) == ('OK', 'OK', ''), r
+    assert run_cli(['checkAddr -h'], env=cenv).stdout.startswith('checkAddr [-timeout S] [HOST[:PORT]')
+    for line, code in (('checkAddr localhost x', 22), ('checkAddr localhost:99x', 22), ('checkAddr -q', 64),
+                       ('checkAddr a b c', 64), ('checkAddr no-such-host.invalid', 107)):
+        p = run_cli([line], env=cenv)
+        assert p.returncode == code and one_line_error(p), (line, p)
+    # nothing listening: TCP fails; a silent server: TLS times out; a wrong host name: TLS refuses
+    closed = socket.socket()
+    closed.bind(('127.0.0.1', 0))
+    free = closed.getsockname()[1]
+    closed.close()
+    p = run_cli(['checkAddr 127.0.0.1:%d' % free], env=cenv)
+    assert p.returncode == 107 and 'TCP FAIL' in p.stdout and p.stderr.startswith('checkAddr: 1 of 1 addresses'), p
+    silent = SilentServer()
+    try:
+        p = run_cli(['checkAddr -timeout 1 127.0.0.1:%d' % silent.port], env=cenv)
+    finally:
+        silent.close()
+    assert p.returncode == 107 and 'TCP OK' in p.stdout and 'TLS FAIL' in p.stdout and 'timed out' in p.stdout, p
+    p = run_cli(['checkAddr 127.0.0.1:%d' % port], env=dict(cenv, ALIENPY_JCENTRAL='127.0.0.2'))
+    assert p.returncode == 0, p  # an explicit HOST wins over the configured endpoint
 
 
 # ===== h13cli: entry points, the command line, cp compatibility with alienpy 1.7 =====

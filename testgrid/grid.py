@@ -52,6 +52,11 @@ from testgrid import tools  # noqa: E402
 
 DEFAULT_DIR = os.path.join(REPO, '.testgrid')
 SE_NAMES = ('LOCALHOST::JTESTSITE::FIRSTSE', 'LOCALHOST::JTESTSITE::SECONDSE')
+# as written in LDAP (listSEs shows these; replicas carry the upper-case names) and QoS tags
+SE_ORIGINAL = {'LOCALHOST::JTESTSITE::FIRSTSE': 'localhost::JTestSite::firstse',
+               'LOCALHOST::JTESTSITE::SECONDSE': 'localhost::JTestSite::secondse'}
+SE_QOS = {'LOCALHOST::JTESTSITE::FIRSTSE': ['disk'],
+          'LOCALHOST::JTESTSITE::SECONDSE': ['disk', 'legooutput']}
 HOME = catalogue.home_of('jalien')
 XROOTD_USER = 'xrootd'
 READY_TIMEOUT = 15.0
@@ -339,7 +344,8 @@ def _se_record(workdir, name, number, port, uid, gid):
             'url': 'root://127.0.0.1:%d//' % port, 'datadir': os.path.join(base, 'data'),
             'admindir': os.path.join(base, 'admin'), 'cfg': os.path.join(base, 'xrootd.cfg'),
             'log': os.path.join(base, 'xrootd.log'), 'stderr': os.path.join(base, 'stderr.log'),
-            'uid': uid, 'gid': gid, 'pid': None}
+            'uid': uid, 'gid': gid, 'pid': None,
+            'original': SE_ORIGINAL.get(name, name), 'qos': SE_QOS.get(name, ['disk'])}
 
 
 # -- service -----------------------------------------------------------------------------------
