@@ -4185,6 +4185,36 @@ COMPAT_CASES = [
     (['cp', '-glob', '*.md', '{d}', 'file:{mine}/g/'], 'code', 'own progress and summary lines', {}),
     (['cp', '-f', '-T', '2', '-retry', '1', '-timeout', '60', '{d}a/', 'file:{mine}/t/'], 'code',
      'own progress and summary lines', {}),
+    (['cp', '-v', '-fastcheck', '-skipmd5', '-ratethreshold', '1000000000', '-s', '-c', '-w', '-wh', '-d', '-xrdcp',
+      '-a', '-cksum', '-strictspec', '-norecovery', '{d}l.txt', 'file:{mine}/o1/'], 'code',
+     'own progress and summary lines; -skipmd5/-fastcheck get a notice on stderr', {}),
+    (['cp', '-noxrdzip', '-http', '-site', 'JTestSite', '-S', '2', '-chunks', '2', '-chunksz', '65536', '-y', '2',
+      '{d}l.txt', 'file:{mine}/o2/'], 'code', 'own progress and summary lines', {}),
+    (['cp', '-parent', '1', '-rmprefix', '1', '-l', '5', '-o', '0', '-name', 'ext_py', '{d}', 'file:{mine}/o3/'],
+     'code', 'own progress and summary lines', {}),
+    (['cp', '-dryrun', '{d}l.txt', 'file:{mine}/o4/'], 'code', 'own plan lines', {}),
+    (['cp', '{d}l.txt', 'file:{mine}/o5/'], 'code', 'own progress and summary lines',
+     {'XRD_CPRETRY': '3', 'XRD_CPTIMEOUT': '60', 'XRD_CPCHUNKSIZE': '65536', 'XRD_CPPARALLELCHUNKS': '2'}),
+    (['cp', '-tpc', '{d}l.txt', 'file:{mine}/o6/'], 'code', OWN_WORDS + ' (1: refused)', {}),
+    (['cp', '{d}l.txt', '{d}s.sh', 'file:{mine}/o7/'], 'code', 'both exit 0, but the reference copies only the '
+     'last source (it takes the last two arguments); alien.py copies each into the directory', {}),
+    # entry points and the command line
+    (['{d}'], 'same', '', {}, 'alien_ls'),
+    ([], 'same', '', {}, 'alien_pwd'),
+    (['{d}l.txt'], 'same', '', {}, 'alien_stat'),
+    (['{d}l.txt'], 'same', '', {}, 'alien_whereis'),
+    ([], 'same', '', {}, 'alien-token-info'),
+    (['find', '{d} .txt'], 'same', '', {}),                          # joined, then split again
+    (['find {d} .md'], 'same', '', {}),
+    (['{local}/cmds.txt'], 'same', '', {}),                          # a command file
+    (['pwd', '-debug'], 'same', '', {}),
+    (['whoami', '-debugfile', '{mine}/debug.log'], 'same', '', {}),
+    (['ls', '-json', '{d}'], 'code', 'the JSON layout (sorted keys, indent 2)', {}),
+    (['time', 'pwd'], 'code', 'the timing line in our own words', {}),
+    (['exit', '3', 'bye'], 'same', '', {}),
+    (['exit', '0', 'bye'], 'code', 'the reference prints MSG on stderr even with code 0 (it compares the text '
+     "'0' with the number 0); alien.py prints it on stdout", {}),
+    (['version'], 'code', 'our own lines (no version date/hash: one file, no build)', {}),
 ]
 
 
@@ -4206,6 +4236,7 @@ def test_compatibility_with_the_reference_client(cenv, grid_state, f2dir, tmp_pa
     expired, expired_key = grid.make_user_cert(_TG_DIR, 'expired13c', expired=True)
     local = tmp_path / 'local'
     write(local / 'a.root', b'root data\n' * 10)
+    write(local / 'cmds.txt', b'whoami\npwd\nls /nonexistent\n')   # no comment lines: the reference has none
     base = dict(cenv, ALIENPY_NO_CWD_RESTORE='1', ALIENPY_NO_STAGGER='1')
     assert run_cli(['pwd'], env=base).returncode == 0            # one token, shared by both clients
     clients = {'ref': tool('alienpy'), 'ours': ALIEN}
