@@ -4111,7 +4111,7 @@ def test_run_and_exec(cenv, f2dir, tmp_path):
     assert p.returncode == 1 and 'differ' in p.stdout, p            # cmp's own exit code
     p = run_cli(['exec', d + 's.sh', 'one', 'two'], env=cenv)
     assert (p.returncode, p.stdout) == (3, 'script: one two\n'), p.stderr
-    p = run_cli(['run', 'sh', '-c', 'exit 7', d + 'l.txt'], env=cenv)
+    p = run_cli(["run sh -c 'exit 7' %sl.txt" % d], env=cenv)   # quoted: the words are joined and split again
     assert p.returncode == 7
     for args, code, words in [(['run'], 64, 'usage'), (['run', 'cat'], 64, 'usage'), (['exec'], 64, 'usage'),
                               (['run', 'cat', d + 'missing'], 2, 'no such file'),
@@ -4255,6 +4255,10 @@ def test_compatibility_with_the_reference_client(cenv, grid_state, f2dir, tmp_pa
         argv = [a.format(**v) for a in args]
         env = dict(base, **dict((k, x.format(**v)) for k, x in extra.items()))
         if name == 'ref':
+            # the reference's run/cat name their temp file after the LFN in $TMPDIR: cases
+            # running at once on the same LFN would share it
+            import tempfile
+            env['TMPDIR'] = tempfile.mkdtemp(dir=str(tmp_path))
             exe = clients['ref'] if prog == 'alien.py' else os.path.join(os.path.dirname(clients['ref']), prog)
             cmd = [exe] + argv
         else:
