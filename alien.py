@@ -137,6 +137,7 @@ LINE_MAX_ELEMENTS = 10000    # commands in one chain after alias expansion
 _JSON_NOISE = {i: None for i in range(128) if chr(i) not in '[]{}"'}
 _JSON_STRING = re.compile(r'"[^"]*"')
 _JSON_NON_BRACKET = re.compile(r'[^\[\]{}]+')
+_JSON_ESCAPED = re.compile(r'\\[\\"]')
 _JSON_LEVEL = {'[': 1, '{': 1, ']': -1, '}': -1}
 
 
@@ -152,10 +153,8 @@ def json_too_deep(text, limit=JSON_MAX_DEPTH):
     innermost pairs, others get their exact depth from a running sum."""
     if len(text) <= 2 * limit:
         return False
-    if '\\\\' in text:
-        text = text.replace('\\\\', '')
-    if '\\"' in text:
-        text = text.replace('\\"', '')
+    if _JSON_ESCAPED.search(text):       # an escaped backslash or quote (one regex: much faster than 'in')
+        text = text.replace('\\\\', '').replace('\\"', '')
     t = text.translate(_JSON_NOISE)
     if '"' in t:
         t = t.replace('""', '')   # empty strings, or two strings with nothing between
@@ -1093,9 +1092,13 @@ class WebSocket(_Transport):
         self.ping_sent = False
         self.bufsize = 65536  # grows up to 4 MiB while replies keep filling it
 
-    def handshake(self, host, port, path, headers=()):
+    def handshake(self, host, port, path, headers=(), early=()):
+        """The upgrade request, and right behind it the text messages `early`
+        (they wait in the server's buffer until it has upgraded): the first
+        request does not wait a round trip for the 101."""
         key = base64.b64encode(os.urandom(16)).decode('ascii')
-        self.sock.sendall(build_handshake(host, port, path, key, headers))
+        self.sock.sendall(build_handshake(host, port, path, key, headers) +
+                          b''.join(encode_frame(OP_TEXT, t.encode('utf-8')) for t in early))
         data = b''
         while b'\r\n\r\n' not in data:
             chunk = self._recv_raw(keepalive=False)
@@ -1590,11 +1593,17 @@ class Session(object):
         self.timeout = float(self.environ.get('ALIENPY_TIMEOUT') or 20)
         self.last_exitcode = 0
         self._commandlist = None
+        self.renew_due = False     # a token to fetch after the first request's reply
         self.compact_rows = False  # the front end sets it: its results are only printed
         self.command_json = self.json_mode  # JSON output asked for the command being run
 
     # -- connection --
-    def connect(self, want_user=False):
+    def connect(self, want_user=False, first=None, token_later=False):
+        """Open the connection. `first`: the text of a read-only request that made
+        us connect; it goes out right behind the upgrade request (with the built-in
+        websocket), and the caller reads its reply next. With first or token_later,
+        the token due after a connection with the user certificate is fetched by
+        the caller's renew_pending(), after its request's reply."""
         self.close()
         kind, cert, key = choose_credentials(self.environ, want_user=want_user)
         ctx = make_tls_context(cert, key, self.environ)
@@ -1602,12 +1611,17 @@ class Session(object):
         interval = float(self.environ.get('ALIENPY_CONNECT_TRIES_INTERVAL') or 0.3)
         t0 = time.monotonic()
         last = None
+        # site affinity for the whole session: before anything else on the connection
+        early = [json.dumps({'command': 'setSite', 'options': ['-nomsg', self.environ['ALIEN_SITE']]})] \
+            if self.environ.get('ALIEN_SITE') else []
+        if first is not None:
+            early.append(first)
         for host, port in endpoints(self.environ):
             for attempt in range(max(1, tries)):
                 if attempt:
                     time.sleep(interval)
                 try:
-                    self.ws = self._open(ctx, host, port)
+                    self.ws = self._open(ctx, host, port, early)
                     self.peer = (host, port)
                     break
                 except AlienError as e:
@@ -1621,13 +1635,21 @@ class Session(object):
         if not self.ws:
             raise last or AlienError('cannot connect', EX_NOTCONN)
         self.credential_kind = kind
-        if self.environ.get('ALIEN_SITE'):  # site affinity for the whole session
-            self.request('setSite', [self.environ['ALIEN_SITE']], nomsg=True)
-        if kind == 'user' and not want_user:
-            self.renew_token(quiet=True)
+        if self.environ.get('ALIEN_SITE'):
+            self._decode(self.ws.recv_text(), False)     # the setSite reply
+        self.renew_due = kind == 'user' and not want_user
+        if first is None and not token_later:
+            self.renew_pending()
         return self
 
-    def _open(self, ctx, host, port):
+    def renew_pending(self):
+        """Fetch the token that connecting with the user certificate made due
+        (after the user's first request, so that request does not wait for it)."""
+        if self.renew_due:
+            self.renew_due = False
+            self.renew_token(quiet=True)
+
+    def _open(self, ctx, host, port, early=(), pipelined=True):
         headers = [('User-Agent', user_agent(self.environ))]
         url = 'wss://%s:%d%s' % (('[%s]' % host) if ':' in host else host, port, WS_PATH)
         log('connecting to %s' % url)
@@ -1646,14 +1668,31 @@ class Session(object):
             sock = connect_tcp(host, port, self.environ)
         tls = tls_handshake(sock, ctx, host, port, self.timeout)
         try:
-            if other:
-                return WebSocketClientTransport(url, tls, self.timeout, headers)
-            ws = WebSocket(tls, max_size=int(float(self.environ.get('ALIENPY_MAX_MESSAGE_MB') or 1024) * (1 << 20)))
-            ws.handshake(host, port, WS_PATH, headers)
-            return ws
+            if other or not pipelined:
+                ws = WebSocketClientTransport(url, tls, self.timeout, headers) if other else \
+                    self._websocket(tls, host, port, headers)
+                for text in early:
+                    ws.send_text(text)
+                return ws
+            try:
+                return self._websocket(tls, host, port, headers, early)
+            except WebSocketError:
+                if not early:
+                    raise
+            # Refusing the upgrade (401), a server may close the connection with our
+            # request unread: its TCP reset can swallow the answer. Once more, and
+            # this time the requests wait for the 101 (they are read-only: no
+            # server acts on a request before it has upgraded, so none ran).
+            tls.close()
+            return self._open(ctx, host, port, early, pipelined=False)
         except AlienError:
             tls.close()
             raise
+
+    def _websocket(self, tls, host, port, headers, early=()):
+        ws = WebSocket(tls, max_size=int(float(self.environ.get('ALIENPY_MAX_MESSAGE_MB') or 1024) * (1 << 20)))
+        ws.handshake(host, port, WS_PATH, headers, early)
+        return ws
 
     def close(self):
         if self.ws is not None:
@@ -1733,17 +1772,21 @@ class Session(object):
             self._reconnect()
         fresh = self.ws is None
         if fresh:
-            self.connect()
+            # a read-only request rides with the upgrade request; a modifying one
+            # waits for the 101, so that it is never sent into a refused upgrade
+            early = self._is_read_only(command, opts)
+            self.connect(first=text if early else None, token_later=True)
+            if not early:
+                self.ws.send_text(text)
+        else:
+            try:
+                self.ws.send_text(text)
+            except WebSocketError:
+                self._reconnect()
+                self.ws.send_text(text)
+                fresh = True
         try:
-            self.ws.send_text(text)
-        except WebSocketError:
-            if fresh:
-                raise
-            self._reconnect()
-            self.ws.send_text(text)
-            fresh = True
-        try:
-            return self.ws.recv_text()
+            reply = self.ws.recv_text()
         except WebSocketError as e:
             self.close()
             if not self._is_read_only(command, opts):
@@ -1752,6 +1795,8 @@ class Session(object):
             self._reconnect()
             self.ws.send_text(text)
             return self.ws.recv_text()
+        self.renew_pending()
+        return reply
 
     @staticmethod
     def _is_read_only(command, opts):
@@ -1813,8 +1858,8 @@ class Session(object):
         return self._commandlist
 
     def grid_path(self, path):
-        if not self.cwd and not re.match(r'^(alien:(//)?)?/(?!/*%ALIEN(/|$))', path.strip()):
-            self.request('pwd')     # an absolute path needs neither the cwd nor the home
+        if not self.cwd and path_needs_cwd(path):   # an absolute path costs no round trip
+            self.request('pwd')
         return expand_grid_path(path, self.cwd, self.home)
 
     # -- command lines --
@@ -1901,6 +1946,12 @@ def expand_grid_path(path, cwd, home):
     if trailing and not p.endswith('/'):
         p += '/'
     return p
+
+
+def path_needs_cwd(path):
+    """Whether expanding path needs the session's cwd or home (relative, ~, %ALIEN)."""
+    p = _GRID_PREFIX.sub('', path.strip())
+    return not p.startswith('/') or re.match(r'^/*%ALIEN(/|$)', p) is not None
 
 
 def _normalize(parts):
@@ -2060,7 +2111,7 @@ _CP_ENV_DEFAULTS = (('XRD_CPRETRY', 'retry'), ('XRD_CPTIMEOUT', 'timeout'), ('XR
 _CP_DEFAULTS = {
     'force': False, 'posc': True, 'cksum': True, 'hidden': True, 'quiet': False, 'dryrun': False,
     'strictspec': False, 'norecovery': False,
-    'sources': 1, 'streams': 0, 'chunks': 0, 'chunksize': 0, 'parallel': 8, 'retry': 2, 'ratethreshold': 0,
+    'sources': 1, 'streams': 0, 'chunks': 0, 'chunksize': 0, 'parallel': None, 'retry': 2, 'ratethreshold': 0,
     'http': False, 'noxrdzip': False, 'tpc': False, 'skipmd5': False, 'fastcheck': False, 'site': '',
     'exclude_pat': (),
     'timeout': 0, 'parent': 0, 'rmprefix': 0, 'limit': 0, 'offset': 0,
@@ -2155,8 +2206,8 @@ def parse_cp_args(args, environ=None):
             except ValueError:
                 raise AlienError('cp: %s=%r is not an integer' % (var, value), EX_EINVAL)
     opts, pos = parse_option_table(args, _CP_OPTIONS, defaults, 'cp')
-    if opts['parallel'] < 1:
-        opts['parallel'] = 1
+    if opts['parallel'] is not None and opts['parallel'] < 1:
+        opts['parallel'] = 1      # None: CP_PARALLEL large / CP_INFLIGHT small files at once
     if opts['streams'] > 15:
         opts['streams'] = 15
     if opts['sources'] < 1:
@@ -2396,17 +2447,27 @@ def glob_to_regex(pattern):
     return '^' + out + '$'
 
 
+def user_regex(pattern, flags=0, what='cp'):
+    """A regular expression typed by the user, compiled; AlienError (exit 64) when
+    it is not one, also when it nests too deep for the compiler (RecursionError)
+    or is too large; the compiler's FutureWarnings are not printed."""
+    import warnings
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            return re.compile(pattern, flags)
+    except (re.error, RecursionError, OverflowError, ValueError) as e:
+        raise AlienError('%s: invalid regex %s: %s' % (what, visible(repr(pattern[:100])), e), EX_USAGE)
+
+
 def cp_filter(opts, glob_pattern=''):
     """-> function(full_path, rel_path) -> bool for the selection options."""
     if glob_pattern or opts.get('glob'):
-        rx = re.compile(glob_to_regex(glob_pattern or opts['glob']), re.S)
+        rx = user_regex(glob_to_regex(glob_pattern or opts['glob']), re.S)
         return lambda full, rel: bool(rx.match(rel))
     regex = opts.get('select') or (name_verbs_to_regex(opts['name']) if opts.get('name') else '')
     if regex:
-        try:
-            rx = re.compile(regex, re.S)
-        except re.error as e:
-            raise AlienError('cp: invalid regex %r: %s' % (regex, e), EX_USAGE)
+        rx = user_regex(regex, re.S)
         return lambda full, rel: bool(rx.match(full))
     return lambda full, rel: True
 
@@ -2422,10 +2483,7 @@ def cp_meta_filter(opts):
         rx = re.compile('.*'.join(re.escape(x) for x in p.split('*')), re.S)
         tests.append(lambda rel, m, rx=rx: not rx.search(rel))
     for r in opts.get('exclude_re') or ():
-        try:
-            rx = re.compile(r)
-        except re.error as e:
-            raise AlienError('cp: invalid regex %r: %s' % (r, e), EX_USAGE)
+        rx = user_regex(r)
         tests.append(lambda rel, m, rx=rx: not rx.search(rel))
     if opts.get('mindepth') is not None:
         tests.append(lambda rel, m, n=opts['mindepth']: rel.count('/') >= n)
@@ -2714,22 +2772,27 @@ class _Progress(object):
         self.start = time.time()
         self.last = 0.0
         self.cancel = False
+        import threading
+        self.lock = threading.Lock()   # many transfers report at once
 
     # CopyProgressHandler interface (called from XRootD threads)
     def begin(self, job, total, source, target):
-        self.current[job] = 0
+        with self.lock:
+            self.current[job] = 0
 
     def update(self, job, processed, total):
-        self.current[job] = processed
+        with self.lock:
+            self.current[job] = processed
         self.show()
 
     def end(self, job, results):
-        moved = self.current.pop(job, 0)
         status = results.get('status') if hasattr(results, 'get') else None
-        if status is not None and getattr(status, 'ok', False):
-            moved = results.get('size') or moved
-        self.done_bytes += moved or 0
-        self.done_files += 1
+        with self.lock:
+            moved = self.current.pop(job, 0)
+            if status is not None and getattr(status, 'ok', False):
+                moved = results.get('size') or moved
+            self.done_bytes += moved or 0
+            self.done_files += 1
         self.show()
 
     def should_cancel(self, job):
@@ -2742,7 +2805,8 @@ class _Progress(object):
         if not final and now - self.last < 0.25:
             return
         self.last = now
-        moved = self.done_bytes + sum(self.current.values())
+        with self.lock:
+            moved = self.done_bytes + sum(self.current.values())
         el = max(now - self.start, 1e-6)
         rate = moved / el
         left = self.total_bytes - moved
@@ -2788,8 +2852,15 @@ class CpStats(object):
         self.failed.append((what, why))
 
 
-def _grid_stat(session, lfn):
-    r = session.request('stat', [lfn], nomsg=True)
+def _grid_stat(session, lfn, cache=None):
+    """stat of lfn -> stat_fields dict, None when it does not exist. cache: the
+    replies of _prefetch_stats, used when they hold lfn."""
+    if cache is not None and lfn in cache:
+        return _stat_of(cache[lfn], lfn)
+    return _stat_of(session.request('stat', [lfn], nomsg=True), lfn)
+
+
+def _stat_of(r, lfn):
     if r.exitcode != 0 or not r.results:
         return None
     st = stat_fields(r.results[0])
@@ -2893,12 +2964,12 @@ def _access(session, mode, lfn, specs=None, size=None, md5=None, strict=False):
 REQUEST_WINDOW = 32
 
 
-def _requests(session, requests):
+def _requests(session, requests, window=REQUEST_WINDOW):
     """[(command, options)] -> [Result], in order (nomsg), several requests in
     flight on the connection: over a WAN, 1,000 files cost 2,000 round trips
     one after the other."""
     if len(requests) > 1:
-        return session.request_many(requests, nomsg=True, window=REQUEST_WINDOW)
+        return session.request_many(requests, nomsg=True, window=window)
     return [session.request(c, o, nomsg=True) for c, o in requests]
 
 
@@ -2966,109 +3037,149 @@ def _progress_enabled(opts):
     return not opts.get('quiet') and sys.stderr.isatty()
 
 
-def _copy_batch(jobs, opts, handler):
-    """Run jobs in one CopyProcess in the calling thread (opts['parallel'] at
-    once); sets job.ok/.error, never raises."""
+def _copy_one(job, opts, handler):
+    """Run one transfer in its own CopyProcess in the calling thread; sets
+    job.ok/.error, never raises."""
     try:
         client = xrootd_client()
         if opts.get('streams'):
             client.EnvPutInt('SubStreamsPerChannel', int(opts['streams']))
         proc = client.CopyProcess()
-        proc.parallel(max(1, min(int(opts.get('parallel') or 1), len(jobs))))
-        extra = {}
+        kw = {}
         if opts.get('chunks'):
-            extra['parallelchunks'] = int(opts['chunks'])
+            kw['parallelchunks'] = int(opts['chunks'])
         if opts.get('chunksize'):
-            extra['chunksize'] = int(opts['chunksize'])
+            kw['chunksize'] = int(opts['chunksize'])
         if opts.get('timeout'):
-            extra['cptimeout'] = int(opts['timeout'])
+            kw['cptimeout'] = int(opts['timeout'])
         if opts.get('ratethreshold'):
-            extra['xrateThreshold'] = int(opts['ratethreshold'])
+            kw['xrateThreshold'] = int(opts['ratethreshold'])
         # the init timeout is not taken from the environment by add_job
-        extra['inittimeout'] = int(client.EnvGetInt('CPInitTimeout') or 90)
-        for job in jobs:
-            kw = dict(extra)
-            kw['retry'] = int(opts.get('retry', 2) if job.retry is None else job.retry)
-            if job.target.startswith('/'):
-                # download into a fresh temporary name: the directory exists
-                # already, nothing to overwrite; md5 verified by XRootD after
-                # the transfer and a mismatching file removed
-                if job.md5:
-                    kw.update(checksummode='target', checksumtype='md5', checksumpreset=job.md5, rmBadCksum=True)
-                proc.add_job(job.source, job.target, sourcelimit=job.sources, **kw)
-            else:
-                # upload: POSC so an interrupted write leaves nothing on the SE
-                proc.add_job(job.source, job.target, posc=True, mkdir=True, **kw)
+        kw['inittimeout'] = int(client.EnvGetInt('CPInitTimeout') or 90)
+        kw['retry'] = int(opts.get('retry', 2) if job.retry is None else job.retry)
+        if job.target.startswith('/'):
+            # download into a fresh temporary name: the directory exists
+            # already, nothing to overwrite; md5 verified by XRootD after
+            # the transfer and a mismatching file removed
+            if job.md5:
+                kw.update(checksummode='target', checksumtype='md5', checksumpreset=job.md5, rmBadCksum=True)
+            proc.add_job(job.source, job.target, sourcelimit=job.sources, **kw)
+        else:
+            # upload: POSC so an interrupted write leaves nothing on the SE
+            proc.add_job(job.source, job.target, posc=True, mkdir=True, **kw)
         status = proc.prepare()
         if not status.ok:
             raise AlienError(status.message.strip())
         _status, results = proc.run(handler)
     except Exception as e:
-        for job in jobs:
-            job.ok, job.error = False, 'XRootD: %s' % e
+        job.ok, job.error = False, 'XRootD: %s' % e
         return
-    for i, job in enumerate(jobs):
-        r = results[i] if i < len(results) else {}
-        st = r.get('status')
-        job.ok = st is not None and st.ok
-        job.error = '' if job.ok else ' '.join((st.message if st is not None else 'not run').split())
+    st = results[0].get('status') if results else None
+    job.ok = st is not None and st.ok
+    job.error = '' if job.ok else ' '.join((st.message if st is not None else 'not run').split())
+
+
+class _JobProgress(object):
+    """The XRootD progress handler of one transfer: reports to the shared
+    _Progress under the job's own key (every CopyProcess numbers its job 1)."""
+
+    def __init__(self, progress, job):
+        self.progress = progress
+        self.job = job
+
+    def begin(self, _n, total, source, target):
+        self.progress.begin(self.job, total, source, target)
+
+    def update(self, _n, processed, total):
+        self.progress.update(self.job, processed, total)
+
+    def end(self, _n, results):
+        self.progress.end(self.job, results)
+
+    def should_cancel(self, _n):
+        return self.progress.cancel
+
+
+# Transfers in flight. A small file costs a few round trips to its SE (open,
+# read or write, close) and almost no bandwidth: over a WAN only many of them
+# at once keep the line busy. A large file is bound by bandwidth, where more
+# at once only share it. Without -T: up to CP_INFLIGHT files at once, of which
+# at most CP_PARALLEL large ones; -T N: N files at once, whatever their size.
+CP_PARALLEL = 8
+CP_INFLIGHT = 64
+CP_SMALL_FILE = 4 << 20
 
 
 class CopyPipeline(object):
-    """Transfers run batch after batch in a worker thread while the caller
-    keeps talking to the service (access before a transfer, commit after):
-    control and data plane overlap. submit(jobs); results(wait) hands back
-    finished jobs; close(cancel) stops the worker."""
+    """Transfers run in worker threads (one XRootD transfer each, so no batch
+    waits for its slowest file) while the caller keeps talking to the service
+    (access before a transfer, commit after): control and data plane overlap.
+    XRootD shares one connection per SE between all of them. submit(jobs);
+    results(wait) hands back finished jobs; close(cancel) stops the workers."""
 
     def __init__(self, opts, progress):
+        import collections
         import threading
         self.opts = opts
         self.progress = progress
-        self.cv = threading.Condition()
-        self.ready = []
+        lock = threading.Lock()
+        self.cv = threading.Condition(lock)      # idle workers wait here for jobs
+        self.done = threading.Condition(lock)    # the caller waits here for results
+        self.small = collections.deque()
+        self.big = collections.deque()
+        self.big_running = 0
+        self.big_limit = opts.get('parallel') or CP_PARALLEL
+        self.limit = opts.get('parallel') or max(CP_INFLIGHT, self.big_limit)
         self.finished = []
         self.pending = 0          # submitted and not yet handed back
         self.closed = False
-        self.waiting = False      # the caller waits: do not hold jobs back
-        self.thread = threading.Thread(target=self._work, name='xrootd-copy')
-        self.thread.daemon = True
-        self.thread.start()
+        self.threads = []
+        self._thread = threading.Thread
 
     def submit(self, jobs):
         with self.cv:
-            self.ready.extend(jobs)
+            for job in jobs:
+                (self.small if 0 <= job.size < CP_SMALL_FILE else self.big).append(job)
             self.pending += len(jobs)
-            self.cv.notify_all()
+            busy = len(self.threads)
+            while busy < self.limit and busy < self.pending:
+                t = self._thread(target=self._work, name='xrootd-copy-%d' % busy)
+                t.daemon = True
+                t.start()
+                self.threads.append(t)
+                busy += 1
+            self.cv.notify(len(jobs))    # not all: a woken idle worker costs the GIL
+
+    def _take(self):
+        if self.small:
+            return self.small.popleft(), False
+        if self.big and self.big_running < self.big_limit:
+            self.big_running += 1
+            return self.big.popleft(), True
+        return None, False
 
     def _work(self):
-        batch_min = 4 * max(1, int(self.opts.get('parallel') or 1))
         while True:
             with self.cv:
-                while not self.ready and not self.closed:
+                job, big = self._take()
+                while job is None:
+                    if self.closed and not self.small and not self.big:
+                        return
                     self.cv.wait()
-                if not self.ready:
-                    return
-                # gather a batch: a CopyProcess keeps `parallel` transfers busy
-                # only while it has jobs left, so small batches waste slots
-                end = time.time() + 0.05
-                while len(self.ready) < batch_min and not (self.closed or self.waiting) and time.time() < end:
-                    self.cv.wait(max(0.001, end - time.time()))
-                batch, self.ready = self.ready, []
-            _copy_batch(batch, self.opts, self.progress)
+                    job, big = self._take()
+            _copy_one(job, self.opts, _JobProgress(self.progress, job))
             with self.cv:
-                self.finished.extend(batch)
-                self.cv.notify_all()
+                if big:
+                    self.big_running -= 1
+                    self.cv.notify()     # a large file's slot is free
+                self.finished.append(job)
+                self.done.notify()
 
     def results(self, wait=False):
         with self.cv:
             if wait:
-                self.waiting = True
-                self.cv.notify_all()
-                try:
-                    while not self.finished and self.pending:
-                        self.cv.wait(0.2)
-                finally:
-                    self.waiting = False
+                while not self.finished and self.pending:
+                    self.done.wait(0.2)
             out, self.finished = self.finished, []
             self.pending -= len(out)
             return out
@@ -3077,29 +3188,18 @@ class CopyPipeline(object):
         with self.cv:
             self.closed = True
             if cancel:
-                self.ready = []
+                self.small.clear()
+                self.big.clear()
                 self.progress.cancel = True
             self.cv.notify_all()
-        self.thread.join()
+        for t in self.threads:
+            t.join()
 
 
-def cp_download(session, items, opts, stats, known=None):
+def cp_download(session, items, opts, stats):
     """items: [(lfn, local_dst, specs)]. Each file is written to a temporary
     name next to its destination, verified against the catalogue md5 and only
-    then renamed; a failed replica is followed by the next one. known: {lfn:
-    (size, md5)} from the listing: a destination already holding the file by its
-    xattrs is skipped before any access request."""
-    if known and not opts.get('force'):
-        todo = []
-        for it in items:
-            k = known.get(it[0])
-            if k is not None and present_unchanged(it[1], k[0], k[1]):
-                stats.skipped += 1
-            else:
-                todo.append(it)
-        items = todo
-    if not items:
-        return
+    then renamed; a failed replica is followed by the next one."""
     progress = _Progress(0, 0, _progress_enabled(opts), 'download ')
     pipe = CopyPipeline(opts, progress)
     live = set()
@@ -3141,7 +3241,8 @@ def cp_download(session, items, opts, stats, known=None):
         if job.ok and info.get('unzip'):
             job.error = extract_zip_member(job.target, info['unzip'], info['md5'])
             job.ok = not job.error
-        if job.ok and os.path.isfile(job.target) and job.size in (-1, os.path.getsize(job.target)):
+        got = _regular_size(job.target) if job.ok else None
+        if got is not None and job.size in (-1, got):
             write_xattrs(job.target, info['lfn'], info.get('guid', ''), info.get('md5', ''),
                          job.size if job.size >= 0 else None)
             try:
@@ -3151,7 +3252,7 @@ def cp_download(session, items, opts, stats, known=None):
                 stats.fail(info['lfn'], 'cannot rename into %s: %s' % (info['dst'], e.strerror))
                 return
             stats.ok += 1
-            stats.bytes += os.path.getsize(info['dst'])
+            stats.bytes += got
             stats.done.append((info['lfn'], info['dst']))
             return
         _unlink_quiet(job.target)
@@ -3162,50 +3263,61 @@ def cp_download(session, items, opts, stats, known=None):
         else:
             stats.fail(info['lfn'], '%s -> %s failed: %s' % (info['lfn'], info['dst'], '; '.join(info['errors'])))
 
+    made_dirs = set()
     try:
-        for n, (lfn, dst, specs) in enumerate(items):
-            if n % REQUEST_WINDOW == 0:
-                window = _requests(session, [('access', _access_args('read', x[0], x[2], strict=opts.get('strictspec'),
-                                                                        http=opts.get('http')))
-                                             for x in items[n:n + REQUEST_WINDOW]])
-            r = window[n % REQUEST_WINDOW]
-            for job in pipe.results():
-                settle(job)
-            if r.exitcode != 0 or not r.results:
-                stats.fail(lfn, 'no access to %s: %s' % (lfn, r.err or 'no replicas (exit %d)' % r.exitcode))
-                continue
-            first = r.results[0]
-            try:
-                size = int(first['size'])
-            except (KeyError, ValueError):
-                size = -1           # unknown: not checked
-            md5 = (first.get('md5') or '').lower()
-            member = ''
-            if opts.get('noxrdzip'):   # fetch the whole archive: no xrdcl.unzip
-                member = next((x['url'].rsplit('#', 1)[1] for x in r.results if '#' in x.get('url', '')), '')
-            replicas = [(grid_url(x['url'].split('#', 1)[0] if member else x['url'], x.get('envelope', '')),
-                         x.get('se', '?')) for x in r.results if x.get('url')]
-            stats.replicas[lfn] = len(replicas)
-            if os.path.isfile(dst) and not opts.get('force') and _file_matches(dst, size, md5, lfn):
-                stats.skipped += 1
-                continue
-            if not replicas:
-                stats.fail(lfn, 'no replica URL for %s' % lfn)
-                continue
-            ddir = os.path.dirname(dst) or '.'
-            try:
-                os.makedirs(ddir, exist_ok=True)
-            except OSError as e:
-                stats.fail(lfn, 'cannot create %s: %s' % (ddir, e.strerror))
-                continue
-            if os.path.isdir(dst):
-                stats.fail(lfn, 'destination %s is a directory' % dst)
-                continue
-            progress.total_files += 1
-            progress.total_bytes += max(size, 0)
-            info = {'lfn': lfn, 'dst': dst, 'replicas': replicas, 'next': 0, 'errors': [], 'md5': md5,
-                    'guid': first.get('guid', ''), 'unzip': member}
-            launch(CopyJob('', '', size, md5, 1, info))
+        items = iter(items)     # planned while it runs (cp_run)
+        while True:
+            window = list(itertools.islice(items, REQUEST_WINDOW))
+            if not window:
+                break
+            replies = _requests(session, [('access', _access_args('read', x[0], x[2], strict=opts.get('strictspec'),
+                                                                 http=opts.get('http')))
+                                          for x in window])
+            for (lfn, dst, specs), r in zip(window, replies):
+                for job in pipe.results():
+                    settle(job)
+                if r.exitcode != 0 or not r.results:
+                    stats.fail(lfn, 'no access to %s: %s' % (lfn, r.err or 'no replicas (exit %d)' % r.exitcode))
+                    continue
+                first = r.results[0]
+                try:
+                    size = int(first['size'])
+                except (KeyError, ValueError):
+                    size = -1           # unknown: not checked
+                md5 = (first.get('md5') or '').lower()
+                member = ''
+                if opts.get('noxrdzip'):   # fetch the whole archive: no xrdcl.unzip
+                    member = next((x['url'].rsplit('#', 1)[1] for x in r.results if '#' in x.get('url', '')), '')
+                replicas = [(grid_url(x['url'].split('#', 1)[0] if member else x['url'], x.get('envelope', '')),
+                             x.get('se', '?')) for x in r.results if x.get('url')]
+                stats.replicas[lfn] = len(replicas)
+                try:
+                    st = os.stat(dst)      # one look at the destination (a stat per file counts)
+                except OSError:
+                    st = None
+                if st is not None and stat_mod.S_ISREG(st.st_mode) and not opts.get('force') and \
+                        _file_matches(dst, size, md5, lfn):
+                    stats.skipped += 1
+                    continue
+                if not replicas:
+                    stats.fail(lfn, 'no replica URL for %s' % lfn)
+                    continue
+                ddir = os.path.dirname(dst) or '.'
+                if ddir not in made_dirs:
+                    try:
+                        os.makedirs(ddir, exist_ok=True)
+                    except OSError as e:
+                        stats.fail(lfn, 'cannot create %s: %s' % (ddir, e.strerror))
+                        continue
+                    made_dirs.add(ddir)
+                if st is not None and stat_mod.S_ISDIR(st.st_mode):
+                    stats.fail(lfn, 'destination %s is a directory' % dst)
+                    continue
+                progress.total_files += 1
+                progress.total_bytes += max(size, 0)
+                info = {'lfn': lfn, 'dst': dst, 'replicas': replicas, 'next': 0, 'errors': [], 'md5': md5,
+                        'guid': first.get('guid', ''), 'unzip': member}
+                launch(CopyJob('', '', size, md5, 1, info))
         while pipe.pending:
             for job in pipe.results(wait=True):
                 settle(job)
@@ -3244,6 +3356,15 @@ def extract_zip_member(path, member, md5):
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
         _unlink_quiet(tmp)
         return 'cannot extract %s from the archive: %s' % (member, e)
+
+
+def _regular_size(path):
+    """Size of path if it is a regular file, else None (one stat)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size if stat_mod.S_ISREG(st.st_mode) else None
 
 
 def _unlink_quiet(path):
@@ -3298,21 +3419,26 @@ def cp_upload(session, items, opts, stats):
         progress.total_bytes += e['size'] * len(jobs)
         pipe.submit(jobs)
 
-    def settle(jobs):
+    def commits(jobs):
+        """The commit requests of the finished jobs that succeeded -> (those jobs, requests)."""
+        good = [j for j in jobs if j.ok]
+        return good, [('commit', [rep.get('envelope', ''), str(e['size']), e['target'], '644', '0',
+                                  rep.get('url', ''), rep.get('se', ''), rep.get('guid', ''), e['md5']])
+                      for e, rep in (j.info for j in good)]
+
+    def settle(jobs, good=None, replies=None):
         if not jobs:
             return
-        good = [j for j in jobs if j.ok]
-        replies = _requests(session, [('commit', [rep.get('envelope', ''), str(e['size']), e['target'], '644', '0',
-                                                  rep.get('url', ''), rep.get('se', ''), rep.get('guid', ''),
-                                                  e['md5']])
-                                      for e, rep in (j.info for j in good)])
-        commits = dict(zip(map(id, good), replies))
+        if replies is None:
+            good, requests = commits(jobs)
+            replies = _requests(session, requests)
+        commits_of = dict(zip(map(id, good), replies))
         rebook = []
         for job in jobs:
             e, rep = job.info
             e['running'] -= 1
             if job.ok:
-                c = commits[id(job)]
+                c = commits_of[id(job)]
                 if c.exitcode == 0 and not any(str(x.get('lfn', '1')) == '0' for x in c.results):
                     e['committed'].append(rep.get('se', ''))
                 else:
@@ -3348,11 +3474,15 @@ def cp_upload(session, items, opts, stats):
                 entries.append({'src': src, 'lfn': lfn, 'target': lfn, 'specs': list(specs or []), 'size': size,
                                 'md5': md5, 'committed': [], 'tried': [], 'errors': [], 'replace': False,
                                 'running': 0, 'failed': 0, 'attempt': 1})
+            # one round trip books this window and commits what finished meanwhile
+            done = pipe.results()
+            good, commit_requests = commits(done)
             replies = _requests(session, [('access', _access_args('write-once', x['lfn'],
                                                                   _with_default_specs(x['specs'], x['lfn'],
                                                                                       x['size']), x['size'],
                                                                   x['md5'], opts.get('strictspec')))
-                                          for x in entries])
+                                          for x in entries] + commit_requests, window=4 * REQUEST_WINDOW)
+            settle(done, good, replies[len(entries):])
             for e, r in zip(entries, replies):
                 if r.exitcode != 0 or not r.results:
                     r = _existing_upload_target(session, e, r, opts, stats)
@@ -3361,7 +3491,6 @@ def cp_upload(session, items, opts, stats):
                 e['wanted'] = len(r.results)
                 live.append(e)
                 launch(e, r.results)
-            settle(pipe.results())
         while pipe.pending:
             settle(pipe.results(wait=True))
     except BaseException:
@@ -3405,14 +3534,39 @@ def _with_default_specs(specs, lfn='', size=None):
     return ['disk:2'] + list(specs)
 
 
-def cp_plan(session, src, dst, opts, known=None):
+def _local_exists(p):
+    return os.path.lexists(os.path.expanduser(split_specs(p)[0]))
+
+
+def _prefetch_stats(session, pairs):
+    """The grid paths cp_plan will stat for these pairs, asked for at once
+    (pipelined: one round trip per window, not per line of a -input list)
+    -> {lfn: Result} for _grid_stat's cache."""
+    lfns = []
+    for src, dst in pairs:
+        try:
+            direction, s_raw, d_raw = cp_direction(src, dst, _local_exists)
+        except AlienError:
+            continue
+        g_path = split_specs(s_raw if direction == 'download' else d_raw)[0]
+        if direction == 'download' and split_glob(g_path)[1]:
+            continue
+        lfn = session.grid_path(g_path)
+        if direction == 'download':
+            lfns.append(lfn.rstrip('/') or '/')
+        elif not lfn.endswith('/'):
+            lfns.append(lfn)
+    lfns = list(dict.fromkeys(lfns))
+    return dict(zip(lfns, _requests(session, [('stat', [lfn]) for lfn in lfns], window=4 * REQUEST_WINDOW)))
+
+
+def cp_plan(session, src, dst, opts, stats_cache=None, known=None):
     """One src/dst pair -> ('download'|'upload', [(src, dst, specs)]).
 
     A directory source is copied recursively and its destination is always a
     directory; 'dir' copies the directory itself (parent + 1), 'dir/' or a
     glob copies its content (rsync convention)."""
-    direction, s_raw, d_raw = cp_direction(src, dst, lambda p: os.path.lexists(
-        os.path.expanduser(split_specs(p)[0])))
+    direction, s_raw, d_raw = cp_direction(src, dst, _local_exists)
     if direction == 'download':
         s_path, specs = split_specs(s_raw)
         g_path, l_path = s_path, d_raw
@@ -3426,7 +3580,7 @@ def cp_plan(session, src, dst, opts, known=None):
         if pattern:
             is_dir = True
         else:
-            st = _grid_stat(session, lfn.rstrip('/') or '/')
+            st = _grid_stat(session, lfn.rstrip('/') or '/', stats_cache)
             if st is None:
                 raise AlienError('cp: source %s not found' % lfn, EX_ENOENT)
             is_dir = st['type'] == 'd'
@@ -3445,8 +3599,9 @@ def cp_plan(session, src, dst, opts, known=None):
         files = _grid_find(session, lfn, opts, pattern, known=known if os.path.isdir(local) else None)
         if not files:
             raise AlienError('cp: no files found in %s' % lfn, EX_ENOMSG)
-        return 'download', [(f, cp_dst_name(lfn, f[len(lfn):], local, parent, opts['rmprefix']), specs)
-                            for f in files]
+        # named as they are consumed: the first files transfer while later names are made
+        return 'download', ((f, cp_dst_name(lfn, f[len(lfn):], local, parent, opts['rmprefix']), specs)
+                            for f in files)
     # upload
     base, pattern = split_glob(l_path)
     local = expand_local_path(base if pattern else l_path)
@@ -3455,7 +3610,7 @@ def cp_plan(session, src, dst, opts, known=None):
     lfn = session.grid_path(g_path)
     if not pattern and not os.path.isdir(local):
         if not lfn.endswith('/'):
-            st = _grid_stat(session, lfn)
+            st = _grid_stat(session, lfn, stats_cache)
             if st is not None and st['type'] == 'd':
                 lfn += '/'
         d, name = local.rstrip('/').rsplit('/', 1)
@@ -3492,17 +3647,16 @@ def cp_name_problem(path, side):
 
 
 def cp_refuse_bad_names(items, direction, stats):
-    """Planned items -> those whose names both sides can hold; each other one
-    is refused up front with a one-line reason (nothing is booked for it)."""
-    good = []
+    """Planned items -> (as they are consumed) those whose names both sides can
+    hold; each other one is refused up front with a one-line reason (nothing is
+    booked for it)."""
     for src, dst, specs in items:
         lfn, local = (dst, src) if direction == 'upload' else (src, dst)
         why = cp_name_problem(lfn, 'grid') or (direction == 'download' and cp_name_problem(local, 'local'))
         if why:
             stats.fail(src, 'refused %s -> %s: %s' % (visible(src, newlines=True), visible(dst, newlines=True), why))
         else:
-            good.append((src, dst, specs))
-    return good
+            yield src, dst, specs
 
 
 def cp_prepare_upload_dirs(session, items):
@@ -3510,36 +3664,59 @@ def cp_prepare_upload_dirs(session, items):
     _requests(session, [('mkdir', ['-p', d]) for d in dirs])  # pipelined, not one round trip each
 
 
+CP_PLAN_CHUNK = 1000
+
+
 def cp_run(session, pairs, opts):
-    """Plan and copy every (src, dst) pair -> CpStats."""
+    """Plan and copy every (src, dst) pair -> CpStats.
+
+    Downloads are planned while they run: the pairs of a long -input list are
+    planned a chunk at a time (their stats pipelined), and the first files
+    transfer while later lines are still being looked up. Uploads follow."""
     stats = CpStats()
-    downloads, uploads = [], []
-    known = {}      # lfn -> (size, md5) from the listings
-    for src, dst in pairs:
-        try:
-            direction, items = cp_plan(session, src, dst, opts, known)
-        except AlienError as e:
-            if len(pairs) == 1:
-                raise
-            stats.fail(src, str(e))
-            continue
-        (downloads if direction == 'download' else uploads).extend(cp_refuse_bad_names(items, direction, stats))
+    uploads = []
+    known = {}      # lfn -> (size, md5) from the listings: present files are skipped unread
+
+    def planned_downloads():
+        seen = set()
+        for start in range(0, len(pairs), CP_PLAN_CHUNK):
+            chunk = pairs[start:start + CP_PLAN_CHUNK]
+            cache = _prefetch_stats(session, chunk) if len(pairs) > 1 else None
+            for src, dst in chunk:
+                try:
+                    direction, items = cp_plan(session, src, dst, opts, cache, known)
+                except AlienError as e:
+                    if len(pairs) == 1:
+                        raise
+                    stats.fail(src, str(e))
+                    continue
+                items = cp_refuse_bad_names(items, direction, stats)
+                if direction == 'upload':
+                    uploads.extend(items)
+                    continue
+                for it in items:
+                    if it[1] in seen and not opts.get('dryrun'):
+                        stats.fail(it[0], 'two sources map to %s' % it[1])
+                        continue
+                    seen.add(it[1])
+                    k = known.get(it[0])
+                    if k is not None and not opts.get('force') and not opts.get('dryrun') and \
+                            present_unchanged(it[1], k[0], k[1]):
+                        stats.skipped += 1      # by its xattrs: no access request, nothing read
+                        continue
+                    yield it
+
     if opts.get('dryrun'):
-        stats.plan = ['%s -> %s' % (s, d) for s, d, _ in downloads] + \
-                     ['%s -> %s%s' % (s, d, (' (%s)' % ','.join(sp)) if sp else '') for s, d, sp in uploads]
+        stats.plan = ['%s -> %s' % (s, d) for s, d, _ in planned_downloads()]
+        stats.plan += ['%s -> %s%s' % (s, d, (' (%s)' % ','.join(sp)) if sp else '') for s, d, sp in uploads]
         return stats
+    downloads = planned_downloads()
+    first = next(downloads, None)
+    if first is not None:       # with everything present, XRootD is not even imported
+        xrootd_client()
+        cp_download(session, itertools.chain([first], downloads), opts, stats)
     if uploads and opts.get('http'):
         stats.notices.append('cp: -http ignored for uploads (XRootD writes)')
-    if downloads:
-        seen = set()
-        uniq = []
-        for it in downloads:
-            if it[1] in seen:
-                stats.fail(it[0], 'two sources map to %s' % it[1])
-                continue
-            seen.add(it[1])
-            uniq.append(it)
-        cp_download(session, uniq, opts, stats, known)
     if uploads:
         cp_prepare_upload_dirs(session, uploads)
         cp_upload(session, uploads, opts, stats)
@@ -5374,7 +5551,35 @@ def cmd_xrd_stats(session, args):
 CHECKADDR_USAGE = '''checkAddr [-timeout S] [HOST[:PORT] | HOST PORT]  can the central service be reached?
   Resolves HOST (default: the endpoint alien.py connects to) and tries every address,
   IPv4 and IPv6: TCP connect, then the TLS handshake with your certificate (server
-  chain and host name verified). Exit 0 when every address passed, 107 otherwise.'''
+  chain and host name verified). With https_proxy set, also the path through the
+  proxy (CONNECT), which then alone decides the exit code. Exit 0 when every address
+  passed, 107 otherwise.'''
+
+
+@command('checkAddr', connect=False, usage=CHECKADDR_USAGE)
+def _checkaddr_path(row, open_socket, ctx, why, timeout):
+    """TCP (open_socket()) then TLS along one path to the service; fills row, returns its line."""
+    t0 = time.monotonic()
+    try:
+        sock = open_socket()
+        row.update(tcp='OK', tcp_ms=round((time.monotonic() - t0) * 1000, 3))
+        if ctx is None:
+            row['tls'] = 'not tried: %s' % why
+            sock.close()
+        else:
+            t0 = time.monotonic()
+            tls_handshake(sock, ctx, row['host'], row['port'], timeout).close()
+            row.update(tls='OK', tls_ms=round((time.monotonic() - t0) * 1000, 3))
+    except AlienError as e:
+        row['error'] = str(e)
+        if row['tcp'] == 'OK':
+            row['tls'] = 'FAIL'
+    text = '%-45s TCP %s' % (row['shown'], row['tcp'])
+    if row['tcp'] == 'OK':
+        text += ' %.1f ms   TLS %s' % (row['tcp_ms'], row['tls'])
+        if row['tls'] == 'OK':
+            text += ' %.1f ms' % row['tls_ms']
+    return text + ('   (%s)' % row['error'] if row['error'] else '')
 
 
 @command('checkAddr', connect=False, usage=CHECKADDR_USAGE)
@@ -5393,46 +5598,42 @@ def cmd_checkaddr(session, args):
     else:
         host, port = endpoints(session.environ)[0]
     try:
-        kind, cert, key = choose_credentials(session.environ)
+        _, cert, key = choose_credentials(session.environ)
         ctx, why = make_tls_context(cert, key, session.environ), ''
     except AlienError as e:
         ctx, why = None, str(e)
-    addrs = [info[4][0] for info in resolve(host, port, env)]
-    lines = ['%s:%d resolves to %s' % (host, port, ', '.join(addrs))]
     proxy = proxy_for(host, session.environ)
-    if proxy:
-        lines.append('(https_proxy is set: alien.py connects through %s:%d, not to these addresses)' % proxy[:2])
+    try:
+        addrs = [info[4][0] for info in resolve(host, port, env)]
+        lines = ['%s:%d resolves to %s' % (host, port, ', '.join(addrs))]
+    except AlienError as e:
+        if not proxy:
+            raise
+        addrs, lines = [], ['%s (the proxy resolves it)' % e]
     rows = []
     for addr in addrs:
         row = {'host': host, 'port': port, 'address': addr, 'family': 'IPv6' if ':' in addr else 'IPv4',
-               'tcp': 'FAIL', 'tls': 'not tried', 'error': ''}
-        shown = '[%s]:%d' % (addr, port) if ':' in addr else '%s:%d' % (addr, port)
-        t0 = time.monotonic()
-        try:
-            sock = connect_tcp(addr, port, env, timeout=timeout)
-            row.update(tcp='OK', tcp_ms=round((time.monotonic() - t0) * 1000, 3))
-            if ctx is None:
-                row['tls'] = 'not tried: %s' % why
-                sock.close()
-            else:
-                t0 = time.monotonic()
-                tls_handshake(sock, ctx, host, port, timeout).close()
-                row.update(tls='OK', tls_ms=round((time.monotonic() - t0) * 1000, 3))
-        except AlienError as e:
-            row['error'] = str(e)
-            if row['tcp'] == 'OK':
-                row['tls'] = 'FAIL'
+               'tcp': 'FAIL', 'tls': 'not tried', 'error': '',
+               'shown': '[%s]:%d' % (addr, port) if ':' in addr else '%s:%d' % (addr, port)}
+        lines.append(_checkaddr_path(row, lambda: connect_tcp(row['address'], port, env, timeout=timeout),
+                                     ctx, why, timeout))
         rows.append(row)
-        text = '%-45s TCP %s' % (shown, row['tcp'])
-        if row['tcp'] == 'OK':
-            text += ' %.1f ms   TLS %s' % (row['tcp_ms'], row['tls'])
-            if row['tls'] == 'OK':
-                text += ' %.1f ms' % row['tls_ms']
-        if row['error']:
-            text += '   (%s)' % row['error']
-        lines.append(text)
-    bad = [r for r in rows if r['error']]
-    err = 'checkAddr: %d of %d addresses of %s failed' % (len(bad), len(rows), host) if bad else ''
+    if proxy:   # the path alien.py takes: its exit code is this row's
+        def tunnel():
+            sock = connect_tcp(proxy[0], proxy[1], session.environ, timeout=timeout)
+            try:
+                connect_tunnel(sock, host, port, proxy[2], timeout)
+            except AlienError:
+                sock.close()
+                raise
+            return sock
+        row = {'host': host, 'port': port, 'address': 'proxy %s:%d' % proxy[:2], 'family': 'proxy',
+               'tcp': 'FAIL', 'tls': 'not tried', 'error': '', 'shown': 'via https_proxy %s:%d' % proxy[:2]}
+        lines.append(_checkaddr_path(row, tunnel, ctx, why, timeout))
+        rows.append(row)
+    bad = [r for r in (rows[-1:] if proxy else rows) if r['error']]
+    err = ('checkAddr: %d of %d addresses of %s failed' % (len(bad), len(rows), host) if bad and not proxy else
+           'checkAddr: %s through the proxy failed' % host if bad else '')
     return client_result('\n'.join(lines), rows, exitcode=EX_NOTCONN if bad else 0, err=err)
 
 
@@ -6291,6 +6492,16 @@ def cmd_ccdb(session, args):
     return _ccdb_download(base, objs, opts, env, metadata)
 
 
+def ccdb_download_urls(base, obj):
+    """Where an object can be fetched over HTTP, in order: its http(s) replicas (a path
+    is on the CCDB server itself), then the REST path /PATH/VALIDFROM/ID."""
+    from urllib.parse import urljoin
+    urls = [urljoin(base, r) for r in obj.get('replicas', []) if isinstance(r, str)
+            and (r.startswith(('http://', 'https://')) or r.startswith('/'))]
+    urls.append('%s%s/%s/%s' % (base, obj.get('path', '').strip('/'), obj.get('Valid-From', ''), obj['ETag']))
+    return urls
+
+
 def _ccdb_download(base, objs, opts, env, metadata):
     dst = opts.get('dst', '.')
     unique = len({(o.get('path', ''), o['filename']) for o in objs}) == len(objs)
@@ -6303,17 +6514,31 @@ def _ccdb_download(base, objs, opts, env, metadata):
             stem, dot, ext = name.rpartition('.')
             name = '%s_%s.%s' % (stem, o['ETag'], ext) if dot else '%s_%s' % (name, o['ETag'])
         dest = os.path.join(dst, o.get('path', '').strip('/'), name)
-        url = '%s%s/%s/%s' % (base, o.get('path', '').strip('/'), o.get('Valid-From', ''), o['ETag'])
-        size = download_file(url, dest, env, md5=o.get('MD5') or o.get('Content-MD5'), what='ccdb')
+        size, error = None, None
+        for url in ccdb_download_urls(base, o):   # the next one when a replica fails
+            try:
+                size = download_file(url, dest, env, md5=o.get('MD5') or o.get('Content-MD5'), what='ccdb')
+                break
+            except AlienError as e:
+                error = e
+                log('ccdb: %s' % e)
+        if size is None:
+            raise error
         if opts.get('mirror'):
             skip = ('replicas', 'path', 'ETag', 'Valid-From', 'Content-Length', 'filename', 'Lifetime')
             rename = {'Created': 'CreateTime', 'Valid-Until': 'ValidUntil'}
             props = ''.join('%s=%s\n' % (rename.get(k, k), v) for k, v in o.items() if k not in skip)
             props += 'OriginalFileName=%s\n' % o['filename']
             tmp = part_name(os.path.abspath(dest + '.properties'))
-            with open(tmp, 'w', encoding='utf-8') as f:
-                f.write(props)
-            os.replace(tmp, dest + '.properties')
+            try:
+                with open(tmp, 'w', encoding='utf-8') as f:
+                    f.write(props)
+                os.replace(tmp, dest + '.properties')
+                tmp = None
+            except OSError as e:
+                raise AlienError('ccdb: cannot write %s.properties: %s' % (dest, e.strerror), EX_EIO)
+            finally:
+                _unlink_quiet(tmp)
         lines.append('%s (%d bytes)' % (dest, size))
         o['local'] = dest
     return client_result('\n'.join(lines), objs, metadata)

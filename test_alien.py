@@ -748,6 +748,7 @@ class Hostile(object):
         self.handshake = handshake
         self.messages = []
         self.connections = 0
+        self.buffered = {}   # conn -> bytes read beyond the last frame (the client pipelines)
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(grid_state['pki']['host_cert'], grid_state['pki']['host_key'])
         self.ctx = ctx
@@ -779,6 +780,7 @@ class Hostile(object):
                     return
                 data += chunk
             key = re.search(rb'Sec-WebSocket-Key: (\S+)', data).group(1).decode()
+            self.buffered[conn] = data.partition(b'\r\n\r\n')[2]   # the request sent behind the upgrade
             reply = self.handshake or ('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n'
                                        'Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n'
                                        % alien.ws_accept_key(key)).encode()
@@ -794,7 +796,7 @@ class Hostile(object):
 
     def recv(self, conn):
         """Next client frame (opcode, payload); None when the client went away."""
-        data = b''
+        data = self.buffered.pop(conn, b'')
         while True:
             try:
                 while len(data) < 2 or len(data) < self._need(data):
@@ -805,6 +807,7 @@ class Hostile(object):
             except OSError:
                 return None
             fin, opcode, payload = decode_client_frame(data)
+            self.buffered[conn] = data[self._need(data):]
             if opcode == alien.OP_TEXT:
                 self.messages.append(json.loads(payload))
             return opcode, payload
@@ -3744,6 +3747,7 @@ def _make_leaf(d, name, ca, curve=None, subj=None, digest='sha256'):
     return d / (name + '.pem'), d / (name + '.key')
 
 
+@pytest.mark.once
 def test_cert_reader_names_dates_and_openssl_hash(tmp_path):
     subj = '/DC=ch/DC=cern/OU=Org  Units/CN=Mixed   Case Name/CN=a\\+b,c'
     ca = _make_ca(tmp_path, 'ca', subj='/C=CH/O=Test/CN=Test CA')
@@ -3760,6 +3764,7 @@ def test_cert_reader_names_dates_and_openssl_hash(tmp_path):
     assert alien.read_certs(str(ca[0]))[0].is_ca() and not c.is_ca()
 
 
+@pytest.mark.once
 @pytest.mark.parametrize('curve,digest', [(None, 'sha256'), (None, 'sha1'), (None, 'sha512'),
                                           ('P-256', 'sha256'), ('P-384', 'sha384')])
 def test_verify_chain_rsa_and_ecdsa(tmp_path, curve, digest):
@@ -3784,6 +3789,7 @@ def test_verify_chain_rsa_and_ecdsa(tmp_path, curve, digest):
     assert 'expired' in alien.verify_chain(str(cert), 'capath', str(cadir), now=time.time() + 10 * 86400)
 
 
+@pytest.mark.once
 def test_verify_chain_leaf_signed_by_a_non_ca_is_refused(tmp_path):
     ca = _make_ca(tmp_path, 'ca')
     mid = _make_leaf(tmp_path, 'mid', ca)      # an end-entity certificate ...
@@ -3793,6 +3799,7 @@ def test_verify_chain_leaf_signed_by_a_non_ca_is_refused(tmp_path):
     assert 'not a CA' in alien.verify_chain(str(chain), 'cafile', str(ca[0]))
 
 
+@pytest.mark.pure
 def test_cert_reader_rejects_what_is_not_a_certificate(tmp_path):
     for text in ('', 'hello', '-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n',
                  '-----BEGIN CERTIFICATE-----\n!!notbase64\n-----END CERTIFICATE-----\n'):
@@ -3806,6 +3813,7 @@ def test_cert_reader_rejects_what_is_not_a_certificate(tmp_path):
         alien.read_certs(str(tmp_path / 'missing.pem'))
 
 
+@pytest.mark.pure
 def test_find_ca_local_cas_first(tmp_path):
     local = tmp_path / 'globus' / 'certificates'
     local.mkdir(parents=True)
@@ -3827,12 +3835,14 @@ FIND2_PARSE = [
 ]
 
 
+@pytest.mark.pure
 @pytest.mark.parametrize('args,want,pos', FIND2_PARSE)
 def test_find2_options(args, want, pos):
     opts, got = alien.parse_option_table(args, alien._FIND2_OPTIONS, dict(alien._CP_DEFAULTS, xml=''), 'find2')
     assert got == pos and {k: opts[k] for k in want} == want
 
 
+@pytest.mark.pure
 @pytest.mark.parametrize('args,words', [
     (['-bogus', 'd'], 'unknown option -bogus'), (['-minsize', 'x', 'd'], 'needs an integer'),
     (['-glob', '*', '-name', 'ext_x', 'd'], 'only one selection rule'), (['-x'], 'needs a value'),
@@ -3844,6 +3854,7 @@ def test_find2_bad_options(args, words):
     assert e.value.exitcode == alien.EX_EINVAL and words in str(e.value)
 
 
+@pytest.mark.pure
 def test_xml_collection_shape(tmp_path):
     import xml.etree.ElementTree as ET
     f = tmp_path / 'a&b.txt'
@@ -3881,6 +3892,7 @@ def _cas_repo(tmp_path, ca_pem):
     return str(repo)
 
 
+@pytest.mark.once
 def test_getcacerts_and_local_cas(cenv, grid_state, tmp_path):
     repo = _cas_repo(tmp_path, os.path.join(grid_state['env']['X509_CERT_DIR'], 'ca.pem'))
     env = dict(cenv, ALIENPY_CAS_REPO=repo)
@@ -3948,6 +3960,7 @@ def _run_cli_no_tty(args, env, input_text):
                           text=True, timeout=60, start_new_session=True)
 
 
+@pytest.mark.once
 def test_credential_tools_bad_input(cenv, grid_state, tmp_path):
     from testgrid import grid
     env = grid_state['env']
@@ -4046,6 +4059,7 @@ def test_find2_filters_and_xml(cenv, f2dir, tmp_path):
     assert not os.path.exists(str(tmp_path / 'no'))
 
 
+@pytest.mark.once
 def test_toxml_local_and_file_targets(cenv, tmp_path):
     import xml.etree.ElementTree as ET
     a, b = write(tmp_path / 'a.root', b'aaa'), write(tmp_path / 'sub' / 'b.root', b'bbbb')
@@ -4076,6 +4090,7 @@ def test_toxml_local_and_file_targets(cenv, tmp_path):
         assert p.returncode == code and one_line_error(p) and words in p.stderr, (args, p)
 
 
+@pytest.mark.pure
 @pytest.mark.parametrize('args,want', [
     (['cat', 'f'], (['cat', 'f'], [1])),
     (['wc', '-l', '-force', 'f', '-noout'], (['wc', '-l', 'f'], [2])),
@@ -4135,6 +4150,7 @@ def test_run_and_exec(cenv, f2dir, tmp_path):
 # A row's arguments go to the program as they are (one argv element each); prog
 # names the program to run as ('alien.py', or an entry point such as 'alien_ls').
 OWN_WORDS = 'our own wording (same facts, same exit code)'
+CP_WORDS = 'own progress and summary lines (the files that arrive are compared below)'
 COMPAT_CASES = [
     # credential tools
     (['cert-info'], 'same', '', {}),
@@ -4183,8 +4199,31 @@ COMPAT_CASES = [
     (['cp', 'file:{local}/a.root', '{gmine}up/a.root'], 'code', 'own progress and summary lines', {}),
     (['cp', '{d}l.txt', 'file:{mine}/dl/'], 'code', 'own progress and summary lines', {}),
     (['cp', '-glob', '*.md', '{d}', 'file:{mine}/g/'], 'code', 'own progress and summary lines', {}),
-    (['cp', '-f', '-T', '2', '-retry', '1', '-timeout', '60', '{d}a/', 'file:{mine}/t/'], 'code',
-     'own progress and summary lines', {}),
+    (['cp', '-f', '-T', '2', '-retry', '1', '-timeout', '60', '{d}a/', 'file:{mine}/t/'], 'code', CP_WORDS, {}),
+    (['cp', '{d}', 'file:{mine}/whole/'], 'code', CP_WORDS, {}),
+    (['cp', '{d}a', 'file:{mine}/noslash/'], 'code', CP_WORDS, {}),
+    (['cp', '-parent', '1', '{d}a/b/r.md', 'file:{mine}/par/'], 'code', CP_WORDS, {}),
+    (['cp', '-parent', '2', '{d}a/', 'file:{mine}/par2/'], 'code', CP_WORDS, {}),
+    (['cp', '-rmprefix', '3', '{d}a/', 'file:{mine}/rmp/'], 'code', CP_WORDS, {}),
+    (['cp', '-dst', 'file:{mine}/dst/', '{d}l.txt', '{d}a/x.py'], 'code', CP_WORDS, {}),
+    (['cp', '-input', '{mine}/in.txt'], 'code', CP_WORDS, {}),
+    (['cp', '-select', '.*md$', '{d}', 'file:{mine}/sel/'], 'code', CP_WORDS, {}),
+    (['cp', '-name', 'ext_py', '{d}', 'file:{mine}/nm/'], 'code', CP_WORDS, {}),
+    (['cp', '-exclude', 'a/', '-exclude_re', '^s', '{d}', 'file:{mine}/ex/'], 'code', CP_WORDS, {}),
+    (['cp', '-minsize', '1000', '{d}', 'file:{mine}/ms/'], 'code', CP_WORDS, {}),
+    (['cp', '-maxdepth', '0', '-user', 'jalien', '{d}', 'file:{mine}/md/'], 'code', CP_WORDS, {}),
+    (['cp', '-l', '1', '{d}a/', 'file:{mine}/l1/'], 'code', CP_WORDS, {}),
+    (['cp', '-S', '2', '-chunks', '2', '-chunksz', '1048576', '-y', '2', '{d}l.txt', 'file:{mine}/tun/'],
+     'code', CP_WORDS, {}),
+    (['cp', '-cksum', '-f', '{d}l.txt', 'file:{mine}/ck/'], 'code', CP_WORDS, {}),
+    (['cp', '-dryrun', '{d}l.txt', 'file:{mine}/dry/'], 'code', CP_WORDS + '; both copy nothing', {}),
+    (['cp', '-j', '5', '{d}', 'file:{mine}/j/'], 'code', CP_WORDS + ' (42: no file of job 5)', {}),
+    (['cp', '{d}missing', 'file:{mine}/m'], 'code', CP_WORDS + ' (2: no such source)', {}),
+    (['cp', '-norecovery', '-strictspec', 'file:{local}/a.root', '{gmine}ss/a.root@disk:1'], 'code', CP_WORDS, {}),
+    (['cp', '-T', 'x', '{d}l.txt', 'file:{mine}/tx/'], ('deviation', 22), 'a bad option value is EINVAL (22) with '
+     'one line; the reference exits 1', {}),
+    (['cp', '-bogus', '{d}l.txt', 'file:{mine}/b/'], ('deviation', 22), 'an option cp does not know is refused '
+     '(22): the reference silently ignores it, so a mistyped option changes what is copied unnoticed', {}),
     (['cp', '-v', '-fastcheck', '-skipmd5', '-ratethreshold', '1000000000', '-s', '-c', '-w', '-wh', '-d', '-xrdcp',
       '-a', '-cksum', '-strictspec', '-norecovery', '{d}l.txt', 'file:{mine}/o1/'], 'code',
      'own progress and summary lines; -skipmd5/-fastcheck get a notice on stderr', {}),
@@ -4192,7 +4231,6 @@ COMPAT_CASES = [
       '{d}l.txt', 'file:{mine}/o2/'], 'code', 'own progress and summary lines', {}),
     (['cp', '-parent', '1', '-rmprefix', '1', '-l', '5', '-o', '0', '-name', 'ext_py', '{d}', 'file:{mine}/o3/'],
      'code', 'own progress and summary lines', {}),
-    (['cp', '-dryrun', '{d}l.txt', 'file:{mine}/o4/'], 'code', 'own plan lines', {}),
     (['cp', '{d}l.txt', 'file:{mine}/o5/'], 'code', 'own progress and summary lines',
      {'XRD_CPRETRY': '3', 'XRD_CPTIMEOUT': '60', 'XRD_CPCHUNKSIZE': '65536', 'XRD_CPPARALLELCHUNKS': '2'}),
     (['cp', '-tpc', '{d}l.txt', 'file:{mine}/o6/'], 'code', OWN_WORDS + ' (1: refused)', {}),
@@ -4229,6 +4267,7 @@ def _compat_run(argv, env, cwd):
     return subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.once
 def test_compatibility_with_the_reference_client(cenv, grid_state, f2dir, tmp_path):
     """Reference-style invocations through alienpy 1.7.0 and alien.py on the test grid."""
     from concurrent.futures import ThreadPoolExecutor
@@ -4244,8 +4283,9 @@ def test_compatibility_with_the_reference_client(cenv, grid_state, f2dir, tmp_pa
     for name in clients:
         mine = tmp_path / name
         mine.mkdir()
+        (mine / 'in.txt').write_text('# cp -input\n%sl.txt file:%s/inp/l.txt\n' % (f2dir, mine))
         work[name] = {'d': f2dir, 'local': str(local), 'mine': str(mine), 'expired': expired,
-                      'expired_key': expired_key, 'gmine': '%s%s_%d/' % (f2dir, name, os.getpid()),
+                      'expired_key': expired_key, 'gmine': '%s_%s/' % (f2dir.rstrip('/'), name),
                       'cert': cenv.get('X509_USER_CERT', ''), 'key': cenv.get('X509_USER_KEY', '')}
 
     def one(name, case):
@@ -4301,6 +4341,19 @@ def test_compatibility_with_the_reference_client(cenv, grid_state, f2dir, tmp_pa
     files = [_compat_normalize(open(os.path.join(work[n]['mine'], 's.xml')).read(), work[n]) for n in work]
     assert files[0] == files[1] and 'lfn="{d}l.txt"' in files[0]
     assert open(os.path.join(work['ours']['mine'], 't', 'x.py'), 'rb').read() == b'print(1)\n' * 300
+    # the same files arrived, under the same names, for every copy above
+    trees = []
+    for name in clients:
+        top = work[name]['mine']
+        trees.append(sorted((os.path.relpath(os.path.join(r, f), top), hashlib.md5(open(os.path.join(r, f), 'rb')
+                                                                                  .read()).hexdigest())
+                            for r, _d, fs in os.walk(top) for f in fs
+                            if r != top and os.path.relpath(r, top) != 'b'))   # b/: the -bogus deviation
+    assert trees[0] == trees[1] and len(trees[1]) > 25, trees
+    assert ('rmp/j/jalien/%s/a/x.py' % f2dir.rstrip('/').rsplit('/', 1)[1]) in [t[0] for t in trees[1]]
+    uploads = [run_cli(['find2', work[name]['gmine']], env=base).stdout.replace(work[name]['gmine'], '')
+               for name in clients]
+    assert uploads[0] == uploads[1] == 'ss/a.root\nup/a.root\n'
 
 
 # ===== hostile names and payloads (issue 10): bounded parsing, terminal-safe output, per-file name refusal =====
@@ -4364,6 +4417,18 @@ def test_bounded_readers_and_input_lines(tmp_path):
     with pytest.raises(alien.AlienError) as e:
         alien.expand_aliases(['x'] * 3, {'x': ';'.join(['pwd'] * 5000)})
     assert e.value.exitcode == 64
+
+
+def test_user_regex_is_one_line_error_whatever_it_holds(cenv, grid_state, tmp_path):
+    for pattern in ('(' * 5000 + ')' * 5000, '[[a]', '(', 'a{99999999999}'):
+        try:
+            alien.user_regex(pattern)
+        except alien.AlienError as e:
+            assert e.exitcode == 64 and '\n' not in str(e)
+    for option in ('-select', '-exclude_re'):
+        p = run_cli(['cp', '-dryrun', option, '(' * 5000 + ')' * 5000, grid_state['home'], 'file:%s/' % tmp_path],
+                    env=cenv)
+        assert p.returncode == 64 and one_line_error(p) and 'invalid regex' in p.stderr, p
 
 
 def test_gfal_deep_or_huge_job_is_one_job_error_line(tmp_path):
@@ -4606,6 +4671,7 @@ def _gj_faults(jcentral=None, http=None):
         grid.set_http_faults(_TG_DIR, None)
 
 
+@pytest.mark.pure
 def test_job_trace_and_jdl_parsing():
     t = 1700000000
     trace = '\n'.join(['%d [state     ]: Job state transition from WAITING to ASSIGNED' % t,
@@ -4626,6 +4692,15 @@ def test_job_trace_and_jdl_parsing():
         ['7', '0', 'DONE', 'u', 'n']
 
 
+@pytest.mark.pure
+def test_ccdb_download_urls():
+    o = {'path': 'A/B', 'Valid-From': '1700000000000', 'ETag': 'id1',
+         'replicas': ['alien:///alice/x', '/download/id1', 'https://mirror/id1']}
+    assert alien.ccdb_download_urls('http://ccdb:8080/', o) == [
+        'http://ccdb:8080/download/id1', 'https://mirror/id1', 'http://ccdb:8080/A/B/1700000000000/id1']
+
+
+@pytest.mark.pure
 def test_ccdb_query_path_and_options():
     assert alien.ccdb_query_path('TPC/Calib/*') == ('TPC/Calib', False)
     assert alien.ccdb_query_path('/A/B/1700000000000/runNumber=5', '') == ('A/B/1700000000000/runNumber=5', True)
@@ -4639,6 +4714,7 @@ def test_ccdb_query_path_and_options():
         ({'a': True, 'h2': ['v']}, ['p', '-5'])
 
 
+@pytest.mark.pure
 def test_quota_report_says_when_there_is_no_job_quota():
     text = alien.quota_report(None, {'username': 'u', 'totalSize': '1048576', 'maxTotalSize': '0',
                                      'nbFiles': '1', 'maxNbFiles': '4'}, 'No jobs quota found for user u')
@@ -4675,6 +4751,7 @@ def _gj_job(cenv, tg_dir, tmp_path):
     return m.group(1)
 
 
+@pytest.mark.once
 def test_job_replies_are_the_captured_service_bytes(grid_state, cenv, tg_dir, tmp_path):
     jobid = _gj_job(cenv, tg_dir, tmp_path)
     with _tg_ws(grid_state) as c:
@@ -4801,6 +4878,7 @@ def test_quota_with_and_without_a_job_quota(cenv):
         assert p.returncode == code and one_line_error(p), p
 
 
+@pytest.mark.once
 def test_ccdb_browse_history_report_and_run(cenv, tmp_path):
     env = _gj_env(cenv)
     p = run_cli(['ccdb', '/'], env=env, timeout=30)
@@ -4823,6 +4901,7 @@ def test_ccdb_browse_history_report_and_run(cenv, tmp_path):
     assert run_cli(['ccdb', '-h'], env=env).stdout.startswith('ccdb [-host URL]')
 
 
+@pytest.mark.once
 def test_ccdb_get_is_verified_and_atomic(cenv, tmp_path):
     env = _gj_env(cenv)
     dst = tmp_path / 'snap'
@@ -4830,11 +4909,18 @@ def test_ccdb_get_is_verified_and_atomic(cenv, tmp_path):
     target = dst / 'TPC/Calib/PadGainFull/PadGainFull.root'
     assert p.returncode == 0 and str(target) in p.stdout, p.stderr
     data = target.read_bytes()
-    assert data.startswith(b'TPC/Calib/PadGainFull version 2\n')
+    assert data.startswith(b'TPC/Calib/PadGainFull version 2\n')   # after the stand-in's dead first replica
+    obj = json.loads(run_cli(['ccdb', 'TPC/Calib/PadGainFull', '-json'], env=env).stdout)['results'][0]
+    rest = alien.ccdb_download_urls(alien.service_base(env['ALIENPY_CCDB']), obj)[-1]   # 303 to the bytes
+    assert alien.http_get(rest, env)[1] == data
     p = run_cli(['ccdb', 'TPC/Calib/PadGainFull', '-history', '-mirror', '-dst', str(dst)], env=env)
     assert p.returncode == 0 and len(p.stdout.splitlines()) == 3
     props = list(dst.glob('TPC/Calib/PadGainFull/*/*.properties'))
     assert len(props) == 3 and 'OriginalFileName=PadGainFull.root' in props[0].read_text()
+    blocker = tmp_path / 'a_file'
+    blocker.write_text('x')      # a destination below a file cannot be created, even by root
+    p = run_cli(['ccdb', 'TPC/Calib/PadGainFull', '-get', '-dst', str(blocker / 'sub')], env=env)
+    assert p.returncode == 5 and one_line_error(p) and 'cannot create' in p.stderr, p
     # a download cut half-way leaves neither a part file nor a changed destination
     target.write_bytes(b'keep me')
     with open(os.path.join(_TG_DIR, 'http-faults.json'), 'w') as f:
@@ -4848,6 +4934,7 @@ def test_ccdb_get_is_verified_and_atomic(cenv, tmp_path):
     assert not [f for f in os.listdir(str(target.parent)) if 'alienpy-part' in f]
 
 
+@pytest.mark.once
 @pytest.mark.parametrize('fault,code,words', [
     ('404', 2, 'HTTP 404'), ('500', 121, 'HTTP 500'), ('garbage', 42, 'not JSON'),
     ('hang', 107, 'no answer within 1 s'), ('drop', 107, 'ccdb'),
@@ -4858,6 +4945,7 @@ def test_ccdb_failing_service_is_one_line(cenv, fault, code, words):
     assert p.returncode == code and one_line_error(p) and words in p.stderr, p
 
 
+@pytest.mark.once
 def test_ccdb_wrong_arguments_and_unreachable_host(cenv):
     env = _gj_env(cenv)
     for args in (['ccdb'], ['ccdb', 'a', 'b'], ['ccdb', '-limit', 'x', 'A'], ['ccdb', '-get', '-mirror', 'A'],
@@ -4873,6 +4961,7 @@ def test_ccdb_wrong_arguments_and_unreachable_host(cenv):
     assert p.returncode == 2 and one_line_error(p)
 
 
+@pytest.mark.once
 def test_queryml_table_text_json_and_failures(cenv):
     env = _gj_env(cenv)
     p = run_cli(['queryML', '*/*/jobs/RUNNING_jobs'], env=env)
@@ -4898,6 +4987,7 @@ def test_queryml_table_text_json_and_failures(cenv):
     assert p.returncode == 107 and one_line_error(p)
 
 
+@pytest.mark.once
 def test_http_proxy_is_used_unless_no_proxy(cenv):
     """The HTTP GET goes through http_proxy (here a dead one: 107 naming the proxy port)
     and no_proxy exempts the service, like the websocket's https_proxy/no_proxy."""
@@ -4908,6 +4998,7 @@ def test_http_proxy_is_used_unless_no_proxy(cenv):
     assert p.returncode == 0, p.stderr
 
 
+@pytest.mark.once
 def test_https_get_verifies_the_server_and_tunnels_through_https_proxy(cenv, grid_state):
     """An HTTPS MonALISA (the grid's host certificate, checked against X509_CERT_DIR),
     reached through an https_proxy CONNECT tunnel like the websocket."""
@@ -4977,6 +5068,7 @@ class _GjForwardProxy(object):
         self.sock.close()
 
 
+@pytest.mark.once
 def test_http_get_through_a_plain_http_proxy(cenv):
     proxy = _GjForwardProxy()
     try:
@@ -5029,6 +5121,7 @@ STORE_XML = ('<statistics tod="1" ver="v5.5.3" src="h:1094" tos="0" pgm="xrootd"
              '<space>0</space></stats><stats id="sched"><jobs>4</jobs></stats></statistics>')
 
 
+@pytest.mark.once   # no network
 def test_storage_pure_helpers():
     se = {'seName': 'ALICE::CERN::EOS', 'seNumber': '12', 'endpointUrl': 'root://eos.cern.ch:1094//eos/alice'}
     assert alien.se_matches(se, 'cern::eos') and alien.se_matches(se, 'eos.cern') and alien.se_matches(se, '12')
@@ -5092,6 +5185,18 @@ def _against_silent_server(env, line):
         silent.close()
 
 
+def _usage_errors(env, cases):
+    """Each (line, exit code): one line on stderr, nothing printed. In one in-process
+    session (the command-line path of an error is the same for every command)."""
+    session = alien.Session(environ=env)
+    try:
+        for line, code in cases:
+            r = session.run(line)
+            assert (r.exitcode, r.out) == (code, '') and r.err and '\n' not in r.err, (line, r)
+    finally:
+        session.close()
+
+
 _STORE_FILES = {}
 
 
@@ -5134,18 +5239,14 @@ def test_getse_and_seqos(store, grid_state):
     assert reply['results'][0]['endpointUrl'] == ses[0]['url']
     p = run_cli(['getSE -h'], env=env)
     assert p.returncode == 0 and p.stdout.startswith('getSE [-id | -name | -srv] [LABEL]')
-    for line, code in (('getSE nosuch', 2), ('getSE -x first', 64), ('getSE -id -srv first', 64), ('getSE a b', 64)):
-        p = run_cli([line], env=env)
-        assert p.returncode == code and one_line_error(p), (line, p)
+    _usage_errors(env, (('getSE nosuch', 2), ('getSE -x first', 64), ('getSE -id -srv first', 64), ('getSE a b', 64)))
     # SEqos: the QoS tags of each matching SE
     p = run_cli(['SEqos', 'secondse', 'first'], env=env)
     assert p.stdout.splitlines() == ['%-32sdisk,legooutput' % ses[1]['original'], '%-32sdisk' % ses[0]['original']]
     reply = json.loads(run_cli(['SEqos -json second'], env=env).stdout)
     assert [r['qos'] for r in reply['results']] == ['disk,legooutput']
     assert run_cli(['SEqos -h'], env=env).stdout.startswith('SEqos SE...')
-    for line, code in (('SEqos', 64), ('SEqos nosuch', 2), ('SEqos -v first', 64)):
-        p = run_cli([line], env=env)
-        assert p.returncode == code and one_line_error(p), (line, p)
+    _usage_errors(env, (('SEqos', 64), ('SEqos nosuch', 2), ('SEqos -v first', 64)))
 
 
 def test_pfn(store):
@@ -5156,9 +5257,9 @@ def test_pfn(store):
     reply = json.loads(run_cli(['pfn', '-json', lfn], env=env).stdout)
     assert [r['pfn'] for r in reply['results']] == [w['pfn'] for w in where]
     assert run_cli(['pfn -h'], env=env).stdout.startswith('pfn LFN')
-    for line, code in (('pfn', 64), ('pfn a b', 64), ('pfn -q x', 64), ('pfn %s.missing' % lfn, 2)):
-        p = run_cli([line], env=env)
-        assert p.returncode == code and one_line_error(p), (line, p)
+    p = run_cli(['pfn'], env=env)
+    assert p.returncode == 64 and one_line_error(p), p
+    _usage_errors(env, (('pfn a b', 64), ('pfn -q x', 64), ('pfn %s.missing' % lfn, 2)))
 
 
 def test_pfn_status_each_replica_and_a_stopped_se(store, grid_state):
@@ -5174,10 +5275,8 @@ def test_pfn_status_each_replica_and_a_stopped_se(store, grid_state):
         [(u, True, True, 13, True) for u in pfns]
     assert [r['se'] for r in rows] == [se['name'] for se in grid_state['ses']]
     assert run_cli(['pfn-status -h'], env=env).stdout.startswith('pfn-status [-v]')
-    for line, code in (('pfn-status', 64), ('pfn-status -x ' + lfn, 64), ('pfn-status -timeout 0 ' + lfn, 64),
-                       ('pfn-status %s.missing' % lfn, 2)):
-        p = run_cli([line], env=env)
-        assert p.returncode == code and one_line_error(p), (line, p)
+    _usage_errors(env, (('pfn-status', 64), ('pfn-status -x ' + lfn, 64), ('pfn-status -timeout 0 ' + lfn, 64),
+                        ('pfn-status %s.missing' % lfn, 2)))
     restart = _se_down(grid_state, 0)
     try:
         p = run_cli(['pfn-status', lfn], env=env)
@@ -5192,6 +5291,7 @@ def test_pfn_status_each_replica_and_a_stopped_se(store, grid_state):
     assert run_cli(['pfn-status', lfn], env=env).returncode == 0  # the SE is back
 
 
+@pytest.mark.once   # a PFN: XRootD only, no websocket
 def test_pfn_status_timeout(store):
     env, _ = store
     p, took, port = _against_silent_server(env, 'pfn-status -timeout 1 root://127.0.0.1:%d//some/file')
@@ -5231,11 +5331,9 @@ def test_lfn2uri(store, grid_state, tmp_path):
     assert p.returncode == 0 and len(p.stdout.splitlines()) == 2, p     # disk:2 by default
     assert run_cli(['stat', target], env=env).returncode == 2
     assert run_cli(['lfn2uri -h'], env=env).stdout.startswith('lfn2uri LFN[@SPECS]')
-    for line, code in (('lfn2uri', 64), ('lfn2uri %s meta write' % lfn, 64), ('lfn2uri a b c', 64),
-                       ('lfn2uri %s %s upload' % (target, tmp_path / 'nope'), 2), ('lfn2uri -z ' + lfn, 64),
-                       ('lfn2uri %s.missing' % lfn, 77)):
-        p = run_cli([line], env=env)
-        assert p.returncode == code and one_line_error(p), (line, p)
+    _usage_errors(env, (('lfn2uri', 64), ('lfn2uri %s meta write' % lfn, 64), ('lfn2uri a b c', 64),
+                        ('lfn2uri %s %s upload' % (target, tmp_path / 'nope'), 2), ('lfn2uri -z ' + lfn, 64),
+                        ('lfn2uri %s.missing' % lfn, 77)))
 
 
 def test_xrd_ping_config_stats(store, grid_state):
@@ -5267,14 +5365,12 @@ def test_xrd_ping_config_stats(store, grid_state):
     assert run_cli(['xrd_stats -xml first'], env=env).stdout.startswith('<?xml version="1.0" ?>\n<statistics')
     rows = json.loads(run_cli(['xrd_stats -json second'], env=env).stdout)['results']
     assert rows[0]['stats']['info']['port'] == str(ses[1]['port'])
-    for name in ('xrd_ping', 'xrd_config', 'xrd_stats'):
-        assert run_cli([name + ' -h'], env=env).stdout.startswith(name + ' ['), name
-        for line, code in ((name, 64), (name + ' nosuch', 2), (name + ' -q first', 64),
-                           (name + ' -timeout x first', 64)):
-            p = run_cli([line], env=env)
-            assert p.returncode == code and one_line_error(p), (line, p)
-    p = run_cli(['xrd_ping -c 0 first'], env=env)
-    assert p.returncode == 64 and one_line_error(p), p
+    p = run_cli(['xrd_ping -h; xrd_config -h; xrd_stats -h'], env=env)
+    firsts = [l for l in p.stdout.splitlines() if l.startswith('xrd_')]
+    assert [l.split()[0] for l in firsts] == ['xrd_ping', 'xrd_config', 'xrd_stats'] and p.returncode == 0, p
+    _usage_errors(env, [(line % name, code) for name in ('xrd_ping', 'xrd_config', 'xrd_stats')
+                        for line, code in (('%s', 64), ('%s nosuch', 2), ('%s -q first', 64),
+                                           ('%s -timeout x first', 64))] + [('xrd_ping -c 0 first', 64)])
 
 
 def test_xrd_probes_se_down_and_timeout(store, grid_state):
@@ -5313,6 +5409,7 @@ def test_storage_commands_without_xrootd(store):
     assert p.returncode == 0 and p.stdout.startswith('localhost::JTestSite::firstse'), p
 
 
+@pytest.mark.once   # TCP and TLS, never the websocket
 def test_checkaddr(cenv, grid_state):
     port = int(cenv['ALIENPY_JCENTRAL_PORT'])
     p = run_cli(['checkAddr'], env=cenv)  # the endpoint alien.py would use
@@ -5332,10 +5429,10 @@ def test_checkaddr(cenv, grid_state):
         if r['address'] == '127.0.0.1':   # the service listens there; the host cert names localhost
             assert (r['tcp'], r['tls'], r['error']) == ('OK', 'OK', ''), r
     assert run_cli(['checkAddr -h'], env=cenv).stdout.startswith('checkAddr [-timeout S] [HOST[:PORT]')
-    for line, code in (('checkAddr localhost x', 22), ('checkAddr localhost:99x', 22), ('checkAddr -q', 64),
-                       ('checkAddr a b c', 64), ('checkAddr no-such-host.invalid', 107)):
-        p = run_cli([line], env=cenv)
-        assert p.returncode == code and one_line_error(p), (line, p)
+    p = run_cli(['checkAddr no-such-host.invalid'], env=cenv)
+    assert p.returncode == 107 and one_line_error(p), p
+    _usage_errors(cenv, (('checkAddr localhost x', 22), ('checkAddr localhost:99x', 22), ('checkAddr -q', 64),
+                         ('checkAddr a b c', 64)))
     # nothing listening: TCP fails; a silent server: TLS times out; a wrong host name: TLS refuses
     closed = socket.socket()
     closed.bind(('127.0.0.1', 0))
@@ -5351,6 +5448,22 @@ def test_checkaddr(cenv, grid_state):
     assert p.returncode == 107 and 'TCP OK' in p.stdout and 'TLS FAIL' in p.stdout and 'timed out' in p.stdout, p
     p = run_cli(['checkAddr 127.0.0.1:%d' % port], env=dict(cenv, ALIENPY_JCENTRAL='127.0.0.2'))
     assert p.returncode == 0, p  # an explicit HOST wins over the configured endpoint
+    # behind https_proxy: the tunnel alien.py would use is checked too, and decides the exit code
+    proxy = ConnectProxy()
+    try:
+        p = run_cli(['checkAddr'], env=dict(cenv, https_proxy='http://127.0.0.1:%d' % proxy.port))
+    finally:
+        proxy.close()
+    assert p.returncode == 0 and re.search(r'^via https_proxy 127\.0\.0\.1:%d +TCP OK [0-9.]+ ms   TLS OK'
+                                           % proxy.port, p.stdout, re.M), p
+    assert proxy.targets == ['CONNECT 127.0.0.1:%d HTTP/1.1' % port]
+    refusing = ConnectProxy(refuse=True)
+    try:
+        p = run_cli(['checkAddr'], env=dict(cenv, https_proxy='http://127.0.0.1:%d' % refusing.port))
+    finally:
+        refusing.close()
+    assert p.returncode == 107 and '403 Forbidden' in p.stdout, p
+    assert p.stderr == 'checkAddr: 127.0.0.1 through the proxy failed\n', p
 
 
 def test_storage_conformance_with_the_reference_client(store):
@@ -5359,11 +5472,11 @@ def test_storage_conformance_with_the_reference_client(store):
     env = dict(env, ALIENPY_NO_CWD_RESTORE='1')
     lines = ['getSE', 'getSE 2', 'getSE -srv first', 'getSE -name jtestsite', 'SEqos second first',
              'pfn ' + lfn, 'pfn-status ' + lfn, 'pfn-status -v ' + lfn, 'xrd_config first', 'xrd_config -v second']
-    for line in lines:
-        ref = subprocess.run([tool('alienpy'), line], env=env, capture_output=True, text=True, timeout=60)
-        ours = run_cli([line], env=env)
-        assert (ours.returncode, ours.stdout) == (ref.returncode, ref.stdout), (line, ref, ours)
-        assert ours.returncode == 0 and ours.stdout.strip(), (line, ours)
+    chain = '; '.join(lines)   # one process per client: both print each command's output in turn
+    ref = subprocess.run([tool('alienpy'), chain], env=env, capture_output=True, text=True, timeout=120)
+    ours = run_cli([chain], env=env, timeout=120)
+    assert (ours.returncode, ours.stdout) == (ref.returncode, ref.stdout), (ref, ours)
+    assert ours.returncode == 0 and ours.stderr == '' and len(ours.stdout.splitlines()) == 23, ours
 
 
 @pytest.mark.parametrize('fault,line,code', [
@@ -5383,6 +5496,110 @@ def test_storage_commands_when_the_service_fails(store, grid_state, fault, line,
     finally:
         grid.set_faults(grid_state['workdir'], None)
     assert p.returncode == code and one_line_error(p), p
+
+
+# ===== WAN mode of the test grid and round trips (issue 11) =====
+
+@pytest.fixture(scope='module')
+def wan_grid():
+    """A second test grid in WAN mode: relays adding 10 ms each way (20 ms RTT)
+    in front of the service and of both storage elements. In the checkout like the
+    main one: xrootd runs as another user, and every pytest session start makes
+    /tmp/pytest-of-USER untraversable for others again."""
+    from testgrid import grid
+    workdir = os.path.join(REPO, '.testgrid-pytest-wan')
+    state = grid.start(workdir, fresh=True, delay_ms=10)
+    yield state
+    grid.stop(workdir)
+
+
+def test_relay_delays_both_ways_and_keeps_order(grid_state):
+    from testgrid import relay
+    srv = socket.socket()
+    srv.bind(('127.0.0.1', 0))
+    srv.listen(1)
+    port, proc = relay.start(srv.getsockname()[1], 0.02)
+    try:
+        c = socket.create_connection(('127.0.0.1', port), timeout=5)
+        s, _ = srv.accept()
+        s.settimeout(5)
+        t0 = time.monotonic()
+        for i in range(50):
+            c.sendall(b'%03d' % i)
+        got = b''
+        while len(got) < 150:
+            got += s.recv(1000)
+        s.sendall(got)
+        back = b''
+        while len(back) < 150:
+            back += c.recv(1000)
+        assert back == b''.join(b'%03d' % i for i in range(50))
+        assert time.monotonic() - t0 >= 0.04          # one delay each way, never less
+        c.close()
+        assert s.recv(10) == b''                      # the end of the stream is relayed too
+        s.close()
+    finally:
+        proc.kill()
+        proc.wait()
+        srv.close()
+
+
+def test_wan_grid_serves_commands_and_copies_through_the_relays(wan_grid, tmp_path):
+    st = wan_grid
+    relay_ports = {r['port'] for r in st['relays']}
+    assert int(st['env']['ALIENPY_JCENTRAL_PORT']) in relay_ports
+    assert st['env']['ALIENPY_JCENTRAL_PORT'] != str(st['service']['port'])
+    assert all(se['public_port'] in relay_ports and se['url'].endswith(':%d//' % se['public_port'])
+               for se in st['ses'])
+    env = {k: v for k, v in os.environ.items() if k in KEEP_VARS or not k.startswith(CLIENT_VARS)}
+    env.update(st['env'], HOME=str(tmp_path), TMPDIR=str(tmp_path), ALIENPY_TIMECONNECT='1')
+    p = run_cli(['pwd'], env=env)
+    assert (p.returncode, p.stdout) == (0, st['home'] + '\n'), p.stderr
+    assert 'connected in' in p.stderr
+    src = tmp_path / 'wan.dat'
+    src.write_bytes(os.urandom(3000))
+    p = run_cli(['cp', '-quiet', 'file:%s' % src, st['home'] + 'wan.dat'], env=env)
+    assert p.returncode == 0, p.stderr
+    s = alien.Session(env)
+    acc = s.request('access', ['read', st['home'] + 'wan.dat'], nomsg=True)
+    s.close()
+    assert {int(r['url'].split(':')[2].split('/')[0]) for r in acc.results} <= relay_ports
+    p = run_cli(['cp', '-quiet', st['home'] + 'wan.dat', 'file:%s' % (tmp_path / 'back.dat')], env=env)
+    assert p.returncode == 0 and (tmp_path / 'back.dat').read_bytes() == src.read_bytes(), p.stderr
+
+
+def test_first_request_travels_right_behind_the_upgrade_request(grid_state, henv):
+    """One round trip less for every cold command (the websocket-client package
+    cannot do it: with it the request follows the 101)."""
+    seen = []
+
+    def script(server, conn, index):
+        seen.append(server.buffered.get(conn, b''))   # read together with the upgrade request
+        server.recv(conn)
+        server.reply(conn, message='early')
+        time.sleep(1)
+    p, _, server = hostile_run(grid_state, henv, script)
+    assert (p.returncode, p.stdout) == (0, 'early\n'), p.stderr
+    if OWN_TRANSPORT:
+        assert seen and decode_client_frame(seen[0])[2] == b'{"command": "pwd", "options": ["-nokeys"]}'
+
+
+def test_path_needs_cwd_only_when_relative():
+    assert not alien.path_needs_cwd('/alice/data/x')
+    assert not alien.path_needs_cwd('alien:/alice/x')
+    assert all(alien.path_needs_cwd(p) for p in ('x', './x', '../x', '~', '~/x', '%ALIEN/x', '/%ALIEN', 'alien:x'))
+
+
+def test_cold_cp_of_an_absolute_path_sends_no_pwd(cenv, grid_state, tmp_path):
+    src = tmp_path / 'abs.dat'
+    src.write_bytes(b'abs')
+    lfn = grid_state['home'] + 'abs_%d.dat' % os.getpid()
+    log = tmp_path / 'debug.log'
+    p = run_cli(['cp', '-quiet', 'file:%s' % src, lfn], env=dict(cenv, ALIENPY_DEBUG='1', ALIENPY_DEBUG_FILE=str(log)))
+    assert p.returncode == 0, p.stderr
+    sent = [json.loads(line.split(' request ', 1)[1])['command'] for line in log.read_text().splitlines()
+            if ' request ' in line]
+    assert 'pwd' not in sent and sent[0] == 'stat', sent
 
 
 # ===== h13cli: entry points, the command line, cp compatibility with alienpy 1.7 =====
