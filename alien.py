@@ -240,20 +240,99 @@ def usable_pair(cert, key, now=None):
     return left is not None and left >= VALIDITY_MARGIN
 
 
+def token_problem(cert, key, now=None):
+    """Why the token pair cannot be used: None when it can (as far as the files
+    tell: the key must still match, see Session._credentials), 'missing' when
+    there is no token at all, else a short reason."""
+    if not os.path.exists(cert) and not os.path.exists(key):
+        return 'missing'
+    for path in (cert, key):
+        if not os.path.isfile(path):
+            return '%s is missing' % path
+        if not os.access(path, os.R_OK):
+            return '%s is unreadable' % path
+    left = cert_seconds_left(cert, now)
+    if left is None:
+        return '%s is not a certificate' % cert
+    if left < VALIDITY_MARGIN:
+        return 'it has expired' if left <= 0 else 'it expires within %d s' % VALIDITY_MARGIN
+    return None
+
+
 def choose_credentials(environ=None, want_user=False, now=None):
     """('token'|'user', cert, key): the token pair if usable (and not want_user), else the user pair."""
     tcert, tkey, ucert, ukey = credential_paths(environ)
+    problem = ''
     if not want_user:
         tcert, tkey = materialize_pem(tcert, 'tokencert'), materialize_pem(tkey, 'tokenkey')
-        if usable_pair(tcert, tkey, now):
+        problem = token_problem(tcert, tkey, now)
+        if problem is None:
             return 'token', tcert, tkey
     if usable_pair(ucert, ukey, now):
         return 'user', ucert, ukey
     if os.path.isfile(ucert) and cert_seconds_left(ucert, now) is not None and cert_seconds_left(ucert, now) < VALIDITY_MARGIN:
         raise AlienError('user certificate %s has expired (or expires within %d s) and no valid token was found'
                          % (ucert, VALIDITY_MARGIN), EX_NOTCONN)
-    raise AlienError('no valid user certificate or token found (user cert: %s, key: %s; token: %s)'
-                     % (ucert, ukey, tcert), EX_NOTCONN)
+    raise AlienError('no valid user certificate or token found (user cert: %s, key: %s; token: %s%s)'
+                     % (ucert, ukey, tcert, '' if problem in ('', 'missing') else ': ' + problem), EX_NOTCONN)
+
+
+# Token renewal is serialised across processes (a worker node starts many jobs at
+# once): a flock on a file next to the token certificate. The holder fetches and
+# writes the pair; the others wait for it and use its pair.
+TOKEN_LOCK_WAIT = 5.0
+_TOKEN_LOCK = []   # the open lock file while this process is the one renewing
+
+
+def lock_token(cert, wait=TOKEN_LOCK_WAIT):
+    """Take the renewal lock (CERT.lock, owner-only): True when held within `wait`
+    seconds, False when another process holds it longer, None when it cannot be
+    made (no fcntl, read-only directory): renewal then goes on without it."""
+    if _TOKEN_LOCK:
+        return True
+    try:
+        import fcntl
+        fd = os.open(cert + '.lock', os.O_RDWR | os.O_CREAT, 0o600)
+    except (ImportError, OSError):
+        return None
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _TOKEN_LOCK.append(fd)
+            return True
+        except OSError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                return False
+            time.sleep(0.02)
+
+
+def unlock_token():
+    while _TOKEN_LOCK:
+        os.close(_TOKEN_LOCK.pop())  # closing the file releases the flock
+
+
+def write_token_pair(cert, key, cert_text, key_text):
+    """Replace the token pair as a unit: both files staged next to their targets
+    first, then renamed one right after the other, under the renewal lock. A
+    process reading the pair between the two renames finds it mismatched, waits
+    for the lock and reads it again."""
+    own = not _TOKEN_LOCK and lock_token(cert)   # token-init: not locked yet
+    staged = []
+    try:
+        staged.append((stage_private_file(key, key_text), key))
+        staged.append((stage_private_file(cert, cert_text), cert))
+        for tmp, path in staged:
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp, _ in staged:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        raise
+    finally:
+        if own:
+            unlock_token()
 
 
 def check_key_permissions(key):
@@ -320,9 +399,9 @@ def make_tls_context(cert, key, environ=None):
     return ctx
 
 
-def write_private_file(path, text, mode=0o400):
-    """Write text to path atomically, owner-only from the first byte: temp file
-    created 0600 in the same directory, fsync, chmod, rename over the target."""
+def stage_private_file(path, text, mode=0o400):
+    """A temp file next to path holding text, owner-only from the first byte
+    (created 0600, fsync, chmod mode) -> its name, to be renamed over path."""
     directory = os.path.dirname(os.path.abspath(path))
     import tempfile
     fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.')
@@ -332,6 +411,19 @@ def write_private_file(path, text, mode=0o400):
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, mode)
+        return tmp
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def write_private_file(path, text, mode=0o400):
+    """Write text to path atomically, owner-only from the first byte."""
+    tmp = stage_private_file(path, text, mode)
+    try:
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -767,7 +859,8 @@ class WebSocketClientTransport(_Transport):
 
 
 class TLSError(AlienError):
-    """A TLS failure: retrying the same endpoint cannot help."""
+    """A TLS failure: retrying the same endpoint cannot help (unless transient)."""
+    transient = False
 
 
 def tls_error(e, host):
@@ -783,7 +876,10 @@ def tls_error(e, host):
                           % (host, detail), EX_NOTCONN)
     if 'CERTIFICATE_UNKNOWN' in text or 'UNKNOWN_CA' in text or 'BAD_CERTIFICATE' in text or 'CERTIFICATE_EXPIRED' in text:
         return TLSError('TLS: the server rejected our certificate (%s)' % reason, EX_NOTCONN)
-    return TLSError('TLS handshake with %s failed: %s' % (host, reason), EX_NOTCONN)
+    e2 = TLSError('TLS handshake with %s failed: %s' % (host, reason), EX_NOTCONN)
+    # cut off mid-handshake (a service going down or coming up): worth another try
+    e2.transient = isinstance(e, (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError))
+    return e2
 
 
 # ==========================================================================
@@ -881,11 +977,14 @@ def resolve(host, port, environ):
     return interleave_addresses(infos)
 
 
-def connect_tcp(host, port, environ, timeout=5.0, delay=0.25):
+def connect_tcp(host, port, environ, timeout=5.0, delay=0.25, avoid=None):
     """Connect to the first address that answers. Attempts are staggered by `delay`
-    (RFC 8305); ALIENPY_NO_STAGGER tries them one after the other."""
+    (RFC 8305); ALIENPY_NO_STAGGER tries them one after the other. An address
+    equal to `avoid` (the one a connection was just lost on) is tried last."""
     import selectors
     addrs = resolve(host, port, environ)
+    if avoid:
+        addrs.sort(key=lambda info: info[4][:2] == tuple(avoid[:2]))  # stable: the order stays otherwise
     if env_flag('ALIENPY_NO_STAGGER', environ):  # one after the other, each with its own timeout
         delay, timeout = timeout, timeout * max(1, len(addrs))
     sel = selectors.DefaultSelector()
@@ -1013,6 +1112,25 @@ def reply_to_result(metadata, results):
     return Result(exitcode, None, str(metadata.get('error', '') or ''), results, metadata)
 
 
+class ConnectionLost(AlienError):
+    """The connection was lost and did not come back within the reconnect budget.
+    .results: what Session.request_many got before (answered requests keep their
+    results; the others are 107 results whose metadata 'outcome' says 'unknown'
+    (sent, reply lost) or 'not sent')."""
+
+    def __init__(self, message, results=None, exitcode=EX_NOTCONN):
+        super().__init__(message, exitcode)
+        self.results = results or []
+
+
+def lost_result(error, command, outcome):
+    """The 107 result of a request whose reply never came (outcome 'unknown') or
+    that was never sent ('not sent')."""
+    text = ('%s; the outcome of "%s" is unknown' % (error, command) if outcome == 'unknown'
+            else '%s; "%s" was not sent' % (error, command))
+    return Result(EX_NOTCONN, '', text, [], {'exitcode': str(EX_NOTCONN), 'error': text, 'outcome': outcome})
+
+
 class Session(object):
     """A JCentral session. Connects lazily on the first server request.
 
@@ -1029,20 +1147,26 @@ class Session(object):
         self.prevdir = ''
         self.ws = None
         self.peer = None
+        self.peer_addr = None     # socket address of the connection (tried last after a loss)
         self.credential_kind = None
         self.json_mode = env_flag('ALIENPY_JSON', self.environ) if json_mode is None else json_mode
         self.timeout = float(self.environ.get('ALIENPY_TIMEOUT') or 20)
+        self.reconnect_timeout = float(self.environ.get('ALIENPY_RECONNECT_TIMEOUT') or 60)
         self.last_exitcode = 0
         self._commandlist = None
+        self._token_due = None     # 'after-first' -> 'due' -> fetched (see _credentials)
+        self._loss = ''            # why the last connection was lost
         self.compact_rows = False  # the front end sets it: its results are only printed
         self.command_json = self.json_mode  # JSON output asked for the command being run
 
     # -- connection --
-    def connect(self, want_user=False):
+    def connect(self, want_user=False, avoid=None, tries=None):
+        """Open a connection (closing any old one). `avoid`: a socket address to try
+        last; `tries`: rounds over the endpoints (default ALIENPY_CONNECT_TRIES)."""
         self.close()
-        kind, cert, key = choose_credentials(self.environ, want_user=want_user)
-        ctx = make_tls_context(cert, key, self.environ)
-        tries = int(self.environ.get('ALIENPY_CONNECT_TRIES') or 3)
+        kind, ctx = self._credentials(want_user)
+        if tries is None:
+            tries = int(self.environ.get('ALIENPY_CONNECT_TRIES') or 3)
         interval = float(self.environ.get('ALIENPY_CONNECT_TRIES_INTERVAL') or 0.3)
         t0 = time.monotonic()
         last = None
@@ -1051,12 +1175,12 @@ class Session(object):
                 if attempt:
                     time.sleep(interval)
                 try:
-                    self.ws = self._open(ctx, host, port)
+                    self.ws = self._open(ctx, host, port, avoid)
                     self.peer = (host, port)
                     break
                 except AlienError as e:
                     last = e
-                    if e.exitcode != EX_NOTCONN or isinstance(e, TLSError):
+                    if e.exitcode != EX_NOTCONN or (isinstance(e, TLSError) and not e.transient):
                         raise
             if self.ws:
                 break
@@ -1066,12 +1190,57 @@ class Session(object):
             raise last or AlienError('cannot connect', EX_NOTCONN)
         self.credential_kind = kind
         if self.environ.get('ALIEN_SITE'):  # site affinity for the whole session
-            self.request('setSite', [self.environ['ALIEN_SITE']], nomsg=True)
-        if kind == 'user' and not want_user:
-            self.renew_token(quiet=True)
+            self._direct('setSite', ['-nomsg', self.environ['ALIEN_SITE']])
         return self
 
-    def _open(self, ctx, host, port):
+    def _credentials(self, want_user):
+        """(kind, TLS context): the token pair when it can be used, else the user pair.
+
+        An unusable token pair (expired, corrupt, unreadable, a key that does not
+        match) is passed over with a one-line notice, and renewed with the user
+        certificate. Renewal is for one process at a time (lock_token): the
+        others wait for its pair. The new token is fetched after the user's first
+        command, on the same connection (_token_due)."""
+        env = self.environ
+        problem = None
+        if not want_user:
+            kind, cert, key = choose_credentials(env)
+            if kind == 'token':
+                try:
+                    return kind, make_tls_context(cert, key, env)
+                except AlienError as e:
+                    problem = str(e)
+            else:
+                tcert, tkey = credential_paths(env)[:2]
+                problem = token_problem(materialize_pem(tcert, 'tokencert'), materialize_pem(tkey, 'tokenkey'))
+        renewable = not want_user and not any(is_pem_content(p) for p in credential_paths(env)[:2])
+        held = False
+        if renewable:
+            held = lock_token(credential_paths(env)[0])
+            if held:
+                # another process may have renewed the pair while we waited
+                kind, cert, key = choose_credentials(env)
+                if kind == 'token':
+                    try:
+                        ctx = make_tls_context(cert, key, env)
+                        unlock_token()
+                        return kind, ctx
+                    except AlienError as e:
+                        problem = str(e)
+        try:
+            kind, cert, key = choose_credentials(env, want_user=True)
+            ctx = make_tls_context(cert, key, env)
+        except AlienError:
+            unlock_token()
+            raise
+        if held is not False and renewable:
+            self._token_due = self._token_due or 'after-first'
+        if problem and problem != 'missing':
+            sys.stderr.write('alien.py: token not usable (%s): using the user certificate%s\n'
+                             % (problem, ' and renewing the token' if held is not False and renewable else ''))
+        return kind, ctx
+
+    def _open(self, ctx, host, port, avoid=None):
         agent = 'alien.py/%s Python/%s' % (VERSION, sys.version.split()[0])
         if self.environ.get('ALIEN_PROC_ID'):  # inside a grid job
             agent += ' jobid/%s' % self.environ['ALIEN_PROC_ID']
@@ -1085,14 +1254,18 @@ class Session(object):
             import_websocket_client()  # a missing package is said before anything is opened
         proxy = proxy_for(host, self.environ)
         if proxy:
-            sock = connect_tcp(proxy[0], proxy[1], self.environ)
+            sock = connect_tcp(proxy[0], proxy[1], self.environ, avoid=avoid)
             try:
                 connect_tunnel(sock, host, port, proxy[2])
             except AlienError:
                 sock.close()
                 raise
         else:
-            sock = connect_tcp(host, port, self.environ)
+            sock = connect_tcp(host, port, self.environ, avoid=avoid)
+        try:
+            self.peer_addr = sock.getpeername()
+        except OSError:
+            pass
         try:
             sock.settimeout(self.timeout)
             tls = ctx.wrap_socket(sock, server_hostname=host)
@@ -1113,9 +1286,76 @@ class Session(object):
             raise
 
     def close(self):
+        """Close the connection; a token renewal still due is done first (after the
+        user's command has been answered and printed)."""
+        if self.ws is not None and self._token_due == 'due':
+            self._fetch_token(direct=True)  # no reconnect: the command is done
         if self.ws is not None:
             self.ws.close()
             self.ws = None
+
+    def _direct(self, command, options):
+        """One request on the current connection, no recovery (used while connecting)."""
+        self.ws.send_text(json.dumps({'command': command, 'options': options}))
+        metadata, results = parse_reply(self.ws.recv_text())
+        self._update_state(metadata)
+        return reply_to_result(metadata, results)
+
+    def _reconnect(self, reason=''):
+        """A new connection in the same server-side directory, after a loss (or a
+        connection dropped on purpose). Tried over every address of the endpoint,
+        the lost one last, with exponential backoff and jitter, for up to
+        ALIENPY_RECONNECT_TIMEOUT seconds. When the first attempt fails the outage
+        is real: one line on stderr then, and one when the connection is back."""
+        import random
+        failed = self.peer_addr
+        if self.ws is not None:
+            self.ws.close()
+            self.ws = None
+        t0 = time.monotonic()
+        pause = 0.1
+        said = False
+        while True:
+            try:
+                self.connect(avoid=failed, tries=1)
+                if self.cwd:
+                    self._direct('cd', [self.cwd])
+                break
+            except AlienError as e:
+                if self.ws is not None:
+                    self.ws.close()
+                    self.ws = None
+                if e.exitcode != EX_NOTCONN or (isinstance(e, TLSError) and not e.transient) \
+                        or getattr(e, 'final', False):
+                    raise
+                last = e
+            elapsed = time.monotonic() - t0
+            if not said:
+                said = True
+                where = '%s:%d' % self.peer if self.peer else 'the service'
+                sys.stderr.write('alien.py: connection to %s lost (%s); reconnecting for up to %g s\n'
+                                 % (where, reason or last, self.reconnect_timeout))
+                sys.stderr.flush()
+            if elapsed >= self.reconnect_timeout:
+                raise AlienError('connection lost and not back within %g s (ALIENPY_RECONNECT_TIMEOUT): %s'
+                                 % (self.reconnect_timeout, last), EX_NOTCONN)
+            time.sleep(max(0.0, min(pause * random.uniform(0.5, 1.5), self.reconnect_timeout - elapsed)))
+            pause = min(pause * 2, 5.0)
+        log('reconnected after %.3f s' % (time.monotonic() - t0))
+        if said:
+            sys.stderr.write('alien.py: connection back after %.1f s\n' % (time.monotonic() - t0))
+            sys.stderr.flush()
+
+    def _ensure_connected(self):
+        """A usable connection: the first one, or a new one (same cwd) when the old
+        one was lost, dropped, or found dead by the idle check."""
+        if self.ws is not None and self.ws.alive(self.timeout):
+            return
+        if self.ws is None and self.peer is None:
+            self.connect()
+            return
+        reason, self._loss = self._loss, ''
+        self._reconnect(reason if self.ws is None else 'no answer to the idle check')
 
     # -- one request, one reply --
     @staticmethod
@@ -1138,7 +1378,9 @@ class Session(object):
         t0 = time.monotonic()
         if debug:
             log('request %s' % redact(text))
-        reply = self._exchange(text, command, opts)
+        reply = self._transact([(text, command, opts)], lambda t: t)[0]
+        if isinstance(reply, Result):  # the reply was lost
+            raise AlienError(reply.err, reply.exitcode)
         if debug:
             log('reply %.1f ms %s' % ((time.monotonic() - t0) * 1000, redact(reply.replace('\\/', '/'))))
         elif env_flag('ALIENPY_TIMING', self.environ):
@@ -1152,61 +1394,82 @@ class Session(object):
     def request_many(self, requests, nomsg=False, nokeys=False, window=32):
         """[(command, options)] -> [Result] in order, with up to `window` requests in
         flight (the service answers in order; over a WAN this saves a round trip per
-        request). If the connection dies, answered requests keep their results;
-        unanswered read-only ones are sent again once on a new connection, the
-        others get a 107 result saying their outcome is unknown."""
-        encoded = [self._encode(c, o, nomsg, nokeys) + (c,) for c, o in requests]
-        results = []
-        retried = False
-        while len(results) < len(encoded):
-            chunk = encoded[len(results):len(results) + window]
-            try:
-                if self.ws is None or not self.ws.alive(self.timeout):
-                    self.close()
-                    self.connect()
-                debug = env_flag('ALIENPY_DEBUG', self.environ)
-                for _, text, _ in chunk:
-                    if debug:
-                        log('request %s' % redact(text))
-                    self.ws.send_text(text)
-                for _ in chunk:
-                    results.append(self._decode(self.ws.recv_text(), nokeys))
-            except WebSocketError as e:
-                self.close()
-                rest = encoded[len(results):]
-                if not retried and all(self._is_read_only(c, o) for o, _, c in rest):
-                    retried = True
-                    continue
-                results.extend(Result(EX_NOTCONN, '', '%s; the outcome of "%s" is unknown' % (e, c))
-                               for _, _, c in rest)
-        return results
+        request). A lost connection is handled by _transact: the result of a
+        modifying request whose reply was lost says so (metadata 'outcome':
+        'unknown'), for the caller to resolve; ConnectionLost when it is not back."""
+        items = []
+        for c, o in requests:
+            opts, text = self._encode(c, o, nomsg, nokeys)
+            items.append((text, c, opts))
+        if env_flag('ALIENPY_DEBUG', self.environ):
+            for text, _, _ in items:
+                log('request %s' % redact(text))
 
-    def _exchange(self, text, command, opts):
-        if self.ws is not None and not self.ws.alive(self.timeout):
-            log('idle connection is dead; reconnecting')
-            self.ws.close()
-            self._reconnect()
-        fresh = self.ws is None
-        if fresh:
-            self.connect()
-        try:
-            self.ws.send_text(text)
-        except WebSocketError:
-            if fresh:
-                raise
-            self._reconnect()
-            self.ws.send_text(text)
-            fresh = True
-        try:
-            return self.ws.recv_text()
-        except WebSocketError as e:
-            self.close()
-            if not self._is_read_only(command, opts):
-                raise AlienError('%s; the outcome of "%s" is unknown' % (e, command), EX_NOTCONN)
-            log('%s; sending the read-only "%s" again on a new connection' % (e, command))
-            self._reconnect()
-            self.ws.send_text(text)
-            return self.ws.recv_text()
+        def decode(text):
+            try:
+                return self._decode(text, nokeys)
+            except AlienError as e:
+                return Result(e.exitcode, '', str(e))
+        return self._transact(items, decode, window)
+
+    RESEND_LIMIT = 3  # times one request is sent again after lost connections
+
+    def _transact(self, items, decode, window=1):
+        """Send items [(text, command, opts)], up to `window` in flight, and return
+        [decode(reply text)] in order, riding through lost connections: answered
+        requests keep their results, the connection comes back (_reconnect), and an
+        unanswered request is sent again when that is safe (_can_resend: read-only,
+        access, mkdir -p), at most RESEND_LIMIT times. A modifying request whose
+        reply was lost is never repeated: its result is lost_result(... 'unknown').
+        A read-only request answered with an empty reply is sent again once."""
+        if self._token_due == 'due':
+            self._fetch_token()
+        out = [None] * len(items)
+        todo = list(range(len(items)))
+        lost_count = [0] * len(items)
+        empty = set()
+        while todo:
+            chunk, again = todo[:window], []
+            sent = got = 0
+            try:
+                self._ensure_connected()
+            except AlienError as e:
+                if self.peer is None:  # the first connection: nothing was lost
+                    raise
+                raise ConnectionLost(str(e), [r if r is not None else lost_result(e, items[i][1], 'not sent')
+                                              for i, r in enumerate(out)], e.exitcode)
+            try:
+                for i in chunk:
+                    self.ws.send_text(items[i][0])
+                    sent += 1
+                for i in chunk:
+                    reply = self.ws.recv_text()
+                    got += 1
+                    if not reply and i not in empty and self._can_resend(items[i][1], items[i][2]):
+                        empty.add(i)  # (the real service does that under load)
+                        log('empty reply to "%s": sending it again' % items[i][1])
+                        again.append(i)
+                        continue
+                    out[i] = decode(reply)
+                todo = again + todo[len(chunk):]
+            except WebSocketError as e:
+                if self.ws is not None:
+                    self.ws.close()
+                    self.ws = None
+                keep = []
+                for i in chunk[got:sent]:   # sent, no reply
+                    lost_count[i] += 1
+                    if self._can_resend(items[i][1], items[i][2]) and lost_count[i] <= self.RESEND_LIMIT:
+                        keep.append(i)
+                    else:
+                        out[i] = lost_result(e, items[i][1], 'unknown')
+                todo = again + keep + chunk[sent:] + todo[len(chunk):]
+                self._loss = str(e)
+                log('%s; %d request(s) to send again' % (e, len(todo)))
+                # the next round reconnects (_ensure_connected) and sends the rest
+        if self._token_due == 'after-first':
+            self._token_due = 'due'
+        return out
 
     @staticmethod
     def _is_read_only(command, opts):
@@ -1214,14 +1477,31 @@ class Session(object):
             return 'read' in opts
         return command in READ_ONLY_COMMANDS
 
-    def _reconnect(self):
-        """New connection, same server-side cwd."""
-        log('reconnecting')
-        cwd = self.cwd
-        self.connect()
-        if cwd:
-            self.ws.send_text(json.dumps({'command': 'cd', 'options': [cwd]}))
-            self._update_state(parse_reply(self.ws.recv_text())[0])
+    @classmethod
+    def _can_resend(cls, command, opts):
+        """Safe to send again when its reply was lost: read-only commands, `access`
+        (a booking nobody commits leaves nothing in the catalogue) and `mkdir -p`."""
+        return cls._is_read_only(command, opts) or command == 'access' or (command == 'mkdir' and '-p' in opts)
+
+    def flush_token(self):
+        """Fetch a token renewal that is due now (the shell does it before it waits
+        for the user's input, so the renewal lock is not held while they type)."""
+        if self._token_due == 'due' and self.ws is not None:
+            self._fetch_token()
+
+    def _fetch_token(self, direct=False):
+        """The token renewal that was due (see _credentials), on this connection;
+        direct: without recovery if the connection is gone."""
+        self._token_due = None
+        try:
+            if direct:
+                self._store_token(self._direct('token', ['-nomsg']), quiet=True)
+            else:
+                self.renew_token(quiet=True)
+        except AlienError as e:
+            log('token renewal failed: %s' % e)
+        finally:
+            unlock_token()
 
     def _update_state(self, metadata):
         if metadata.get('user'):
@@ -1236,8 +1516,10 @@ class Session(object):
                 self.cwd = cwd
 
     def renew_token(self, quiet=False, args=()):
-        """Ask the service for a token certificate and store it owner-only."""
-        r = self.request('token', list(args), nomsg=True)
+        """Ask the service for a token certificate and store the pair owner-only."""
+        return self._store_token(self.request('token', list(args), nomsg=True), quiet)
+
+    def _store_token(self, r, quiet):
         if r.exitcode != 0 or not r.results or 'tokencert' not in r.results[0] or 'tokenkey' not in r.results[0]:
             if quiet:
                 log('token renewal failed: %s' % r.err)
@@ -1247,8 +1529,7 @@ class Session(object):
         if is_pem_content(tcert) or is_pem_content(tkey):
             return r  # the token is given in the environment: nothing to write
         try:
-            write_private_file(tkey, r.results[0]['tokenkey'], 0o400)
-            write_private_file(tcert, r.results[0]['tokencert'], 0o400)
+            write_token_pair(tcert, tkey, r.results[0]['tokencert'], r.results[0]['tokenkey'])
         except OSError as e:
             raise AlienError('cannot write the token files: %s' % e, EX_EIO)
         return r
@@ -4282,6 +4563,7 @@ class Shell(object):
         if getattr(session, 'aliases', None) is None:
             session.aliases = load_aliases(session.environ)  # (completion offers them)
         self.setup_readline()
+        session.flush_token()
         while True:
             try:
                 line = self.read_line()
