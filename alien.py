@@ -634,6 +634,10 @@ class _Transport(object):
     """What both transports share: send_text, recv_text, ping, close, and this."""
     last_activity = 0.0
 
+    def set_timeout(self, seconds):
+        """The keep-alive period from now on (see Session.timeout)."""
+        (self.sock if hasattr(self, 'sock') else self.ws).settimeout(seconds)
+
     def alive(self, idle):
         """After `idle` seconds without traffic, check the connection with a ping."""
         if time.monotonic() - self.last_activity < idle:
@@ -1294,6 +1298,16 @@ class Session(object):
             self.ws.close()
             self.ws = None
 
+    def drop(self):
+        """Forget the connection without a word (a reply may be half read); the
+        next request makes a new one in the same directory."""
+        ws, self.ws = self.ws, None
+        if ws is not None:
+            try:
+                ws.close()
+            except Exception:
+                pass
+
     def _direct(self, command, options):
         """One request on the current connection, no recovery (used while connecting)."""
         self.ws.send_text(json.dumps({'command': command, 'options': options}))
@@ -1452,6 +1466,12 @@ class Session(object):
                         continue
                     out[i] = decode(reply)
                 todo = again + todo[len(chunk):]
+            except KeyboardInterrupt as e:
+                if sent == len(chunk):  # every request went out whole: their replies are on the way
+                    self._drain(chunk[got:], out, decode)
+                self.drop()    # a reply may be half read
+                e.results = list(out)  # the answered ones (None: no reply)
+                raise
             except WebSocketError as e:
                 if self.ws is not None:
                     self.ws.close()
@@ -1470,6 +1490,16 @@ class Session(object):
         if self._token_due == 'after-first':
             self._token_due = 'due'
         return out
+
+    def _drain(self, pending, out, decode, wait=2.0):
+        """After Ctrl-C: read the replies of requests already sent, for up to about
+        `wait` seconds, so that what they did is known (a second Ctrl-C stops it)."""
+        try:
+            self.ws.set_timeout(wait / 2)  # one ping after wait/2 of silence, then give up
+            for i in pending:
+                out[i] = decode(self.ws.recv_text())
+        except (AlienError, KeyboardInterrupt):
+            pass
 
     @staticmethod
     def _is_read_only(command, opts):
@@ -2299,7 +2329,13 @@ def write_metalink(path, lfn, size, md5, urls):
 
 # ---- cp: planning and execution ----------------------------------------------
 
+CP_STATES = ('copied', 'present', 'failed', 'not attempted')
+
+
 class CpStats(object):
+    """What a copy did, file by file: every planned file ends in exactly one of
+    CP_STATES, whatever ends the copy (abort: why it was cut short)."""
+
     def __init__(self):
         self.ok = 0
         self.skipped = 0
@@ -2308,10 +2344,33 @@ class CpStats(object):
         self.bytes = 0
         self.plan = []        # dry-run lines
         self.done = []        # (src, dst) of delivered files
+        self.present = []     # (src, dst) of files that were there already
+        self.planned = []     # (src, dst) of every file to deliver
+        self.abort = None     # (exit code, reason) when the copy was cut short
         self.replicas = {}    # lfn -> number of replicas the service offered
 
     def fail(self, what, why):
         self.failed.append((what, why))
+
+    def already(self, src, dst):
+        self.skipped += 1
+        self.present.append((src, dst))
+
+    def states(self):
+        """{state: [(src, dst, why)]}: each file once; planned files that none of
+        the others mention were not attempted."""
+        out = dict((k, []) for k in CP_STATES)
+        dst_of = dict(self.planned)
+        seen = set()
+        for state, rows in (('copied', self.done), ('present', self.present)):
+            for src, dst in rows:
+                out[state].append((src, dst, ''))
+                seen.add(src)
+        for what, why in self.failed:
+            out['failed'].append((what, dst_of.get(what, ''), why))
+            seen.add(what)
+        out['not attempted'] = [(src, dst, '') for src, dst in self.planned if src not in seen]
+        return out
 
 
 def _grid_stat(session, lfn):
@@ -2414,9 +2473,7 @@ def _requests(session, requests):
     """[(command, options)] -> [Result], in order (nomsg), several requests in
     flight on the connection: over a WAN, 1,000 files cost 2,000 round trips
     one after the other."""
-    if len(requests) > 1:
-        return session.request_many(requests, nomsg=True, window=REQUEST_WINDOW)
-    return [session.request(c, o, nomsg=True) for c, o in requests]
+    return session.request_many(requests, nomsg=True, window=REQUEST_WINDOW)
 
 
 def _file_matches(path, size, md5):
@@ -2620,7 +2677,7 @@ def cp_download(session, items, opts, stats):
                         for x in r.results if x.get('url')]
             stats.replicas[lfn] = len(replicas)
             if os.path.isfile(dst) and not opts.get('force') and _file_matches(dst, size, md5):
-                stats.skipped += 1
+                stats.already(lfn, dst)
                 continue
             if not replicas:
                 stats.fail(lfn, 'no replica URL for %s' % lfn)
@@ -2641,10 +2698,13 @@ def cp_download(session, items, opts, stats):
         while pipe.pending:
             for job in pipe.results(wait=True):
                 settle(job)
-    except BaseException:
+    except BaseException as exc:
         pipe.close(cancel=True)
         for job in list(live) + pipe.results():
             _unlink_quiet(job.target)
+        why = 'interrupted' if isinstance(exc, KeyboardInterrupt) else str(exc)
+        for job in live:
+            stats.fail(job.info['lfn'], '%s -> %s not finished: %s' % (job.info['lfn'], job.info['dst'], why))
         raise
     finally:
         pipe.close()
@@ -2674,7 +2734,7 @@ def _existing_upload_target(session, e, r, opts, stats):
         stats.fail(e['src'], '%s exists and is not a file' % e['lfn'])
         return None
     if not opts.get('force') and st['size'] == e['size'] and st['md5'] == e['md5']:
-        stats.skipped += 1
+        stats.already(e['src'], e['lfn'])
         return None
     d, base = e['lfn'].rsplit('/', 1)
     e['target'] = '%s/.%s.alienpy-part-%s' % (d, base, os.urandom(6).hex())
@@ -2709,12 +2769,7 @@ def cp_upload(session, items, opts, stats):
     def settle(jobs):
         if not jobs:
             return
-        good = [j for j in jobs if j.ok]
-        replies = _requests(session, [('commit', [rep.get('envelope', ''), str(e['size']), e['target'], '644', '0',
-                                                  rep.get('url', ''), rep.get('se', ''), rep.get('guid', ''),
-                                                  e['md5']])
-                                      for e, rep in (j.info for j in good)])
-        commits = dict(zip(map(id, good), replies))
+        commits, lost = _commit(session, [j for j in jobs if j.ok])
         rebook = []
         for job in jobs:
             e, rep = job.info
@@ -2724,13 +2779,16 @@ def cp_upload(session, items, opts, stats):
                 if c.exitcode == 0 and not any(str(x.get('lfn', '1')) == '0' for x in c.results):
                     e['committed'].append(rep.get('se', ''))
                 else:
-                    e['errors'].append('%s: commit refused: %s' % (rep.get('se', '?'),
-                                                                   c.err or 'exit code %d' % c.exitcode))
+                    e['errors'].append('%s: commit %s: %s' % (
+                        rep.get('se', '?'), 'outcome unknown' if c.metadata.get('outcome') else 'refused',
+                        c.err or 'exit code %d' % c.exitcode))
             else:
                 e['errors'].append('%s: %s' % (rep.get('se', '?'), job.error))
                 e['failed'] += 1
             if e['running'] == 0 and e['failed'] and e['attempt'] < (1 if opts.get('norecovery') else 3):
                 rebook.append(e)
+        if lost is not None:
+            raise lost  # the answered commits are counted; the copy stops here
         for e in rebook:
             # re-book the failed replicas elsewhere: every SE tried so far excluded
             n, e['failed'] = e['failed'], 0
@@ -2771,30 +2829,133 @@ def cp_upload(session, items, opts, stats):
             settle(pipe.results())
         while pipe.pending:
             settle(pipe.results(wait=True))
-    except BaseException:
+    except BaseException as exc:
         pipe.close(cancel=True)
+        # cut short: files whose transfers are over are counted as usual, the
+        # others failed (their replicas were cancelled: POSC leaves nothing)
+        why = 'interrupted' if isinstance(exc, KeyboardInterrupt) else str(exc)
+        for e in live:
+            if e['running'] == 0 and e['committed'] and not e['replace']:
+                _cp_upload_finish(session, e, stats)
+            else:
+                stats.fail(e['src'], '%s -> %s not finished: %s' % (e['src'], e['lfn'], why))
         raise
     finally:
         pipe.close()
         if progress.enabled and progress.total_files:
             progress.show(final=True)
     for e in live:
-        if not e['committed']:
-            stats.fail(e['src'], '%s -> %s failed: %s' % (e['src'], e['lfn'], '; '.join(e['errors'])))
+        _cp_upload_finish(session, e, stats)
+
+
+def _cp_upload_finish(session, e, stats):
+    """Count one uploaded file whose transfers are over (replace: rename it into place)."""
+    if not e['committed']:
+        stats.fail(e['src'], '%s -> %s failed: %s' % (e['src'], e['lfn'], '; '.join(e['errors'])))
+        return
+    if e['replace']:
+        session.request('rm', ['-f', e['lfn']], nomsg=True)
+        mv = session.request('mv', [e['target'], e['lfn']], nomsg=True)
+        if mv.exitcode != 0:
+            stats.fail(e['src'], 'uploaded as %s but could not rename it to %s: %s'
+                       % (e['target'], e['lfn'], mv.err))
+            return
+    if len(e['committed']) < e['wanted']:
+        stats.notices.append('%s: %d of %d replicas stored (%s)' % (
+            e['lfn'], len(e['committed']), e['wanted'], '; '.join(e['errors'])))
+    stats.ok += 1
+    stats.bytes += e['size']
+    stats.done.append((e['src'], e['lfn']))
+
+
+def _commit_request(e, rep):
+    return ('commit', [rep.get('envelope', ''), str(e['size']), e['target'], '644', '0', rep.get('url', ''),
+                       rep.get('se', ''), rep.get('guid', ''), e['md5']])
+
+
+def _committed_in_catalogue(session, pairs):
+    """For commits whose reply was lost, [(e, rep)] -> [True | False | None]: the
+    catalogue holds exactly this replica (the entry has our size, md5 and the
+    GUID we booked, and lists the SE) / it holds nothing of ours yet (safe to
+    commit again) / the name belongs to another file (never to be touched)."""
+    replies = _requests(session, [q for e, rep in pairs for q in (('stat', [e['target']]), ('whereis', [e['target']]))])
+    out = []
+    for n, (e, rep) in enumerate(pairs):
+        st, where = replies[2 * n], replies[2 * n + 1]
+        if st.exitcode != 0 or not st.results:
+            out.append(False)
             continue
-        if e['replace']:
-            session.request('rm', ['-f', e['lfn']], nomsg=True)
-            mv = session.request('mv', [e['target'], e['lfn']], nomsg=True)
-            if mv.exitcode != 0:
-                stats.fail(e['src'], 'uploaded as %s but could not rename it to %s: %s'
-                           % (e['target'], e['lfn'], mv.err))
-                continue
-        if len(e['committed']) < e['wanted']:
-            stats.notices.append('%s: %d of %d replicas stored (%s)' % (
-                e['lfn'], len(e['committed']), e['wanted'], '; '.join(e['errors'])))
-        stats.ok += 1
-        stats.bytes += e['size']
-        stats.done.append((e['src'], e['lfn']))
+        row = st.results[0]
+        fields = stat_fields(row)
+        if (row.get('guid') or '').lower() != (rep.get('guid') or '').lower() or fields['type'] != 'f' \
+                or fields['size'] != e['size'] or fields['md5'] != e['md5']:
+            out.append(None)
+            continue
+        ses = set((x.get('seName') or x.get('se') or '').lower() for x in where.results)
+        out.append((rep.get('se') or '').lower() in ses)
+    return out
+
+
+def _commit(session, jobs):
+    """Commit the replicas of the finished jobs -> ({id(job): Result}, ConnectionLost or None).
+
+    Exactly once: a commit whose reply was lost is not repeated blindly. The
+    catalogue is asked (_committed_in_catalogue): registered -> done; nothing
+    there -> committed again; another file there -> refused. When the connection
+    does not come back, the answered commits keep their results and the others
+    get the 107 'outcome unknown' result, for the caller to count as failed."""
+    results = {}
+    todo = list(jobs)
+    for _round in range(4):
+        if not todo:
+            break
+        stop = None
+        try:
+            replies = _requests(session, [_commit_request(*j.info) for j in todo])
+        except ConnectionLost as e:
+            results.update(zip(map(id, todo), e.results))
+            return results, e
+        except KeyboardInterrupt as e:
+            # Ctrl-C with commits in flight: count the answered ones, ask the
+            # catalogue about the others (briefly), then stop
+            stop = e
+            replies = [r or lost_result('interrupted', 'commit', 'unknown') for r in getattr(e, 'results', [None] * len(todo))]
+        unknown = []
+        for job, r in zip(todo, replies):
+            if r.metadata.get('outcome') == 'unknown':
+                unknown.append(job)
+            else:
+                results[id(job)] = r
+        todo = []
+        if not unknown:
+            if stop is not None:
+                return results, stop
+            break
+        budget = session.reconnect_timeout
+        if stop is not None:
+            session.reconnect_timeout = min(budget, 5.0)
+        try:
+            found = _committed_in_catalogue(session, [j.info for j in unknown])
+        except (AlienError, KeyboardInterrupt) as e:
+            results.update((id(j), lost_result(e, 'commit', 'unknown')) for j in unknown)
+            return results, stop or e
+        finally:
+            session.reconnect_timeout = budget
+        for job, there in zip(unknown, found):
+            if there:
+                results[id(job)] = Result(0, '', '', [{'lfn': '1'}])
+            elif there is None:
+                results[id(job)] = Result(EX_EIO, '', 'the catalogue holds another file under %s' % job.info[0]['target'])
+            elif stop is not None:
+                results[id(job)] = lost_result('interrupted', 'commit', 'not sent')
+            else:
+                todo.append(job)  # not registered: now it is safe to send it again
+                log('commit of %s on %s was not registered: sending it again' % (job.info[0]['target'], job.info[1].get('se')))
+        if stop is not None:
+            return results, stop
+    for job in todo:
+        results[id(job)] = lost_result('connection lost repeatedly', 'commit', 'unknown')
+    return results, None
 
 
 def _with_default_specs(specs):
@@ -2891,36 +3052,59 @@ def cp_run(session, pairs, opts):
         return stats
     if downloads or uploads:
         xrootd_client()
-    if downloads:
-        seen = set()
-        uniq = []
-        for it in downloads:
-            if it[1] in seen:
-                stats.fail(it[0], 'two sources map to %s' % it[1])
-                continue
-            seen.add(it[1])
-            uniq.append(it)
-        cp_download(session, uniq, opts, stats)
-    if uploads:
-        cp_prepare_upload_dirs(session, uploads)
-        cp_upload(session, uploads, opts, stats)
+    stats.planned = [(s, d) for s, d, _ in downloads + uploads]
+    try:
+        if downloads:
+            seen = set()
+            uniq = []
+            for it in downloads:
+                if it[1] in seen:
+                    stats.fail(it[0], 'two sources map to %s' % it[1])
+                    continue
+                seen.add(it[1])
+                uniq.append(it)
+            cp_download(session, uniq, opts, stats)
+        if uploads:
+            cp_prepare_upload_dirs(session, uploads)
+            cp_upload(session, uploads, opts, stats)
+    except KeyboardInterrupt:
+        session.drop()  # a reply may be half read: the next request reconnects
+        stats.abort = (130, 'cp: interrupted')
+    except AlienError as e:
+        if not isinstance(e, ConnectionLost) and e.exitcode != EX_NOTCONN:
+            raise
+        stats.abort = (e.exitcode, 'cp: %s' % e)
     return stats
 
 
-def cp_result(stats, opts):
+def cp_result(stats, opts, as_json=False):
+    """The Result of a copy: exit 0 only when every file arrived; the summary
+    line (copied, already present, failed, not attempted) however it ended;
+    as_json: every file with its state, as a JCentral-style reply."""
     if opts.get('dryrun'):
         return Result(EX_GENERIC if stats.failed else 0, out='\n'.join(stats.plan),
                       err='\n'.join('cp: %s' % why for _, why in stats.failed))
-    total = stats.ok + stats.skipped + len(stats.failed)
-    summary = 'cp: %d/%d files copied (%s), %d already present, %d failed' % (
-        stats.ok, total, human_bytes(stats.bytes), stats.skipped, len(stats.failed))
-    notes = list(stats.notices)
-    if stats.failed:
-        lines = notes + ['cp: %s' % why for _, why in stats.failed] + [summary]
-        return Result(EX_GENERIC, out='', err='\n'.join(lines))
-    if notes:
-        sys.stderr.write('\n'.join(notes) + '\n')
-    return Result(0, out='' if opts.get('quiet') else summary)
+    states = stats.states()
+    total = sum(len(v) for v in states.values())
+    summary = 'cp: %d/%d files copied (%s), %d already present, %d failed, %d not attempted' % (
+        len(states['copied']), total, human_bytes(stats.bytes), len(states['present']), len(states['failed']),
+        len(states['not attempted']))
+    code = stats.abort[0] if stats.abort else (EX_GENERIC if stats.failed or states['not attempted'] else 0)
+    lines = list(stats.notices)
+    if code:
+        lines += ['cp: %s' % why for _, why in stats.failed] + ([stats.abort[1]] if stats.abort else []) + [summary]
+    result = Result(code, out='' if code or opts.get('quiet') else summary, err='\n'.join(lines) if code else '')
+    if not code and lines:
+        sys.stderr.write('\n'.join(lines) + '\n')
+    if as_json:
+        if code:
+            sys.stderr.write(result.err + '\n')
+        result.results = [dict(state=state, src=src, dst=dst, **({'error': why} if why else {}))
+                          for state in CP_STATES for src, dst, why in states[state]]
+        result.metadata = {'exitcode': str(code), 'error': stats.abort[1] if stats.abort else '',
+                           'copied': str(len(states['copied'])), 'present': str(len(states['present'])),
+                           'failed': str(len(states['failed'])), 'not_attempted': str(len(states['not attempted']))}
+    return result
 
 
 # ==========================================================================
@@ -3806,7 +3990,7 @@ def cmd_cp(session, args):
         xrootd_client()
     if notices:
         sys.stderr.write('\n'.join(notices) + '\n')
-    return cp_result(cp_run(session, pairs, opts), opts)
+    return cp_result(cp_run(session, pairs, opts), opts, session.command_json)
 
 
 def _fetch_temp(session, arg, tmpdir, nses=None):
