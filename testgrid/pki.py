@@ -249,7 +249,7 @@ class PKI:
         if not os.path.exists(cert):
             return False
         try:
-            subprocess.run(['openssl', 'x509', '-checkend', str(int(seconds)), '-noout',
+            subprocess.run([tools.tool('openssl'), 'x509', '-checkend', str(int(seconds)), '-noout',
                             '-in', cert], capture_output=True, check=True)
             return True
         except (subprocess.CalledProcessError, FileNotFoundError):

@@ -84,6 +84,8 @@ def restrict_path(environ=os.environ):
 
 # ---- other interpreters (pyenv in the machine image) --------------------------
 PYENV_VERSIONS = ('3.6', '3.7', '3.8', '3.9', '3.10', '3.11', '3.12', '3.13')
+# the interpreter running the suite covers its own version
+OTHER_VERSIONS = tuple(v for v in PYENV_VERSIONS if v != '%d.%d' % sys.version_info[:2])
 
 
 def interpreter(version):
@@ -100,3 +102,12 @@ def interpreter(version):
         if os.path.isfile(p) and os.access(p, os.X_OK):
             return p
     return None
+
+
+def test_venv(version):
+    """The python of .venv-pyXY, the test venv .ci/setup makes for CPython VERSION."""
+    py = os.path.join(REPO, '.venv-py' + version.replace('.', ''), 'bin', 'python')
+    if not os.access(py, os.X_OK):
+        raise MissingTool('%s is missing; it comes from .ci/setup (a venv with pytest for python%s)'
+                          % (os.path.relpath(py, REPO), version))
+    return py
