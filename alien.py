@@ -319,17 +319,8 @@ def write_token_pair(cert, key, cert_text, key_text):
     process reading the pair between the two renames finds it mismatched, waits
     for the lock and reads it again."""
     own = not _TOKEN_LOCK and lock_token(cert)   # token-init: not locked yet
-    staged = []
     try:
-        staged.append((stage_private_file(key, key_text), key))
-        staged.append((stage_private_file(cert, cert_text), cert))
-        for tmp, path in staged:
-            os.replace(tmp, path)
-    except BaseException:
-        for tmp, _ in staged:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        raise
+        write_private_files([(key, key_text), (cert, cert_text)])
     finally:
         if own:
             unlock_token()
@@ -420,17 +411,26 @@ def stage_private_file(path, text, mode=0o400):
         raise
 
 
+def write_private_files(pairs, mode=0o400):
+    """Write [(path, text)] owner-only from the first byte, as a unit: every file
+    is staged next to its target first, then all are renamed one right after
+    the other (nothing is replaced if one cannot be written)."""
+    staged = []
+    try:
+        for path, text in pairs:
+            staged.append((stage_private_file(path, text, mode), path))
+        for tmp, path in staged:
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp, _ in staged:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        raise
+
+
 def write_private_file(path, text, mode=0o400):
     """Write text to path atomically, owner-only from the first byte."""
-    tmp = stage_private_file(path, text, mode)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_private_files([(path, text)], mode)
 
 
 # ==========================================================================

@@ -3722,6 +3722,7 @@ def _rc_restart_when(workdir, counter, thresholds, proc, down=0.3):
     return t, done
 
 
+@pytest.mark.once  # session and cp logic: the same with either transport
 def test_connect_tries_the_lost_address_last(grid_state):
     a, b = socket.socket(), socket.socket()
     for s in (a, b):
@@ -3780,6 +3781,7 @@ def test_empty_reply_to_a_read_only_request_is_sent_again_once(cenv, grid_state,
     assert p.returncode == 70 and one_line_error(p), p
 
 
+@pytest.mark.once  # session and cp logic: the same with either transport
 @pytest.mark.parametrize('fault', ['nth:3:drop-after', 'nth:3:drop'])
 def test_a_commit_whose_reply_is_lost_is_resolved_in_the_catalogue(cpenv, grid_state, service_back, tmp_path, fault):
     """drop-after: the third commit was registered, its reply lost -> counted once, not
@@ -3800,6 +3802,7 @@ def test_a_commit_whose_reply_is_lost_is_resolved_in_the_catalogue(cpenv, grid_s
     assert commits == (6 if fault.endswith('drop-after') else 7), wire  # drop-after: registered, not repeated
 
 
+@pytest.mark.once  # session and cp logic: the same with either transport
 def test_chaos_service_restarted_three_times_during_upload_and_download(cpenv, grid_state, service_back, tmp_path):
     n = 500
     files = _rc_files(tmp_path / 'src', n)
@@ -3841,6 +3844,7 @@ def test_chaos_service_restarted_three_times_during_upload_and_download(cpenv, g
     print('chaos: upload %.1f s, download %.1f s (%d restarts during the download)' % (up_time, down_time, len(kills)))
 
 
+@pytest.mark.once  # session and cp logic: the same with either transport
 def test_reconnect_budget_runs_out_mid_upload(cpenv, grid_state, service_back, tmp_path):
     from testgrid import grid
     n = 60
@@ -3873,6 +3877,7 @@ def test_reconnect_budget_runs_out_mid_upload(cpenv, grid_state, service_back, t
         assert entries[r['dst']][:2] == (len(data), hashlib.md5(data).hexdigest()) and entries[r['dst']][3] == 1
 
 
+@pytest.mark.once  # session and cp logic: the same with either transport
 def test_download_finishes_from_the_other_replica_when_an_se_dies_mid_transfer(cpenv, grid_state, service_back,
                                                                               tmp_path):
     from testgrid import grid
@@ -3908,6 +3913,7 @@ def test_download_finishes_from_the_other_replica_when_an_se_dies_mid_transfer(c
         grid.start_se(service_back, first)
 
 
+@pytest.mark.once  # session and cp logic: the same with either transport
 def test_shell_keeps_cwd_and_history_across_a_reconnect(cenv, grid_state, service_back):
     from testgrid import grid
     p = spawn_shell(cenv)
@@ -3923,6 +3929,7 @@ def test_shell_keeps_cwd_and_history_across_a_reconnect(cenv, grid_state, servic
 
 # -- many processes at once: one token renewal --
 
+@pytest.mark.once  # session and cp logic: the same with either transport
 def test_token_is_fetched_after_the_first_command(cenv, grid_state):
     log = _rc_service_log(grid_state)
     p = run_cli(['pwd'], env=cenv)
@@ -3931,6 +3938,7 @@ def test_token_is_fetched_after_the_first_command(cenv, grid_state):
     assert wire.index('"command": "pwd"') < wire.index('"command": "token"')
 
 
+@pytest.mark.once  # session and cp logic: the same with either transport
 def test_32_processes_without_a_token_ask_for_exactly_one(cenv, grid_state):
     log = _rc_service_log(grid_state)
     procs = [subprocess.Popen([sys.executable, ALIEN, 'pwd'], env=cenv, stdout=subprocess.PIPE,
@@ -3941,6 +3949,7 @@ def test_32_processes_without_a_token_ask_for_exactly_one(cenv, grid_state):
     assert alien.make_tls_context(cenv['JALIEN_TOKEN_CERT'], cenv['JALIEN_TOKEN_KEY'], cenv)  # a matching pair
 
 
+@pytest.mark.once  # session and cp logic: the same with either transport
 def test_a_mismatched_token_pair_heals_on_the_next_run(cenv, grid_state):
     pki = grid_state['pki']
     for src, dst in ((pki['token_cert'], 'JALIEN_TOKEN_CERT'), (pki['user_key'], 'JALIEN_TOKEN_KEY')):
