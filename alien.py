@@ -64,6 +64,20 @@ EX_NOTCONN = 107
 EX_UNAUTHORIZED = 129
 
 
+def env_seconds(environ, name, default):
+    """A duration from the environment (seconds, >= 0); one-line error when it is not one."""
+    value = environ.get(name, '').strip()
+    if not value:
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1
+    if not seconds >= 0:
+        raise AlienError('%s=%r is not a number of seconds' % (name, value), EX_EINVAL)
+    return seconds
+
+
 def env_flag(name, environ=None):
     """True when the environment variable is set to anything but '', 0, false, no."""
     value = (os.environ if environ is None else environ).get(name, '')
@@ -1155,7 +1169,8 @@ class Session(object):
         self.credential_kind = None
         self.json_mode = env_flag('ALIENPY_JSON', self.environ) if json_mode is None else json_mode
         self.timeout = float(self.environ.get('ALIENPY_TIMEOUT') or 20)
-        self.reconnect_timeout = float(self.environ.get('ALIENPY_RECONNECT_TIMEOUT') or 60)
+        self.reconnect_timeout = env_seconds(self.environ, 'ALIENPY_RECONNECT_TIMEOUT', 60.0)
+        self._lock_wait = TOKEN_LOCK_WAIT  # 0 once another process kept the renewal lock too long
         self.last_exitcode = 0
         self._commandlist = None
         self._token_due = None     # 'after-first' -> 'due' -> fetched (see _credentials)
@@ -1220,7 +1235,9 @@ class Session(object):
         renewable = not want_user and not any(is_pem_content(p) for p in credential_paths(env)[:2])
         held = False
         if renewable:
-            held = lock_token(credential_paths(env)[0])
+            held = lock_token(credential_paths(env)[0], self._lock_wait)
+            if held is False:
+                self._lock_wait = 0  # (reconnects do not wait for it again)
             if held:
                 # another process may have renewed the pair while we waited
                 kind, cert, key = choose_credentials(env)
@@ -1234,8 +1251,10 @@ class Session(object):
         try:
             kind, cert, key = choose_credentials(env, want_user=True)
             ctx = make_tls_context(cert, key, env)
-        except AlienError:
+        except AlienError as e:
             unlock_token()
+            if problem and problem != 'missing' and 'token' not in str(e):
+                raise AlienError('%s; the token is not usable either: %s' % (e, problem), e.exitcode)
             raise
         if held is not False and renewable:
             self._token_due = self._token_due or 'after-first'
