@@ -647,6 +647,10 @@ class MessageAssembler(object):
 class _Transport(object):
     """What both transports share: send_text, recv_text, ping, close, and this."""
     last_activity = 0.0
+    deadline = None  # monotonic time after which a silent server is given up on, pings or not
+
+    def _past_deadline(self):
+        return self.deadline is not None and time.monotonic() >= self.deadline
 
     def set_timeout(self, seconds):
         """The keep-alive period from now on (see Session.timeout)."""
@@ -695,7 +699,7 @@ class WebSocket(_Transport):
                 chunk = self.sock.recv(self.bufsize)
                 break
             except socket.timeout:
-                if not keepalive or self.ping_sent:
+                if not keepalive or self.ping_sent or self._past_deadline():
                     raise WebSocketError('no answer from the server for %.0f s (ALIENPY_TIMEOUT)'
                                          % (self.sock.gettimeout() or 0))
                 self._send_frame(OP_PING, b'keepalive')
@@ -840,7 +844,7 @@ class WebSocketClientTransport(_Transport):
             try:
                 opcode, data = self.ws.recv_data(control_frame=True)
             except self._mod.WebSocketTimeoutException:
-                if pinged:
+                if pinged or self._past_deadline():
                     raise WebSocketError('no answer from the server for %.0f s (ALIENPY_TIMEOUT)' % self.ws.gettimeout())
                 self._call(self.ws.ping, b'keepalive')
                 pinged = True
@@ -1329,8 +1333,15 @@ class Session(object):
 
     def _direct(self, command, options):
         """One request on the current connection, no recovery (used while connecting)."""
-        self.ws.send_text(json.dumps({'command': command, 'options': options}))
-        metadata, results = parse_reply(self.ws.recv_text())
+        text = json.dumps({'command': command, 'options': options})
+        debug = env_flag('ALIENPY_DEBUG', self.environ)
+        if debug:
+            log('request %s' % redact(text))
+        self.ws.send_text(text)
+        reply = self.ws.recv_text()
+        if debug:
+            log('reply %s' % redact(reply.replace('\\/', '/')))
+        metadata, results = parse_reply(reply)
         self._update_state(metadata)
         return reply_to_result(metadata, results)
 
@@ -1487,7 +1498,7 @@ class Session(object):
                 todo = again + todo[len(chunk):]
             except KeyboardInterrupt as e:
                 if sent == len(chunk):  # every request went out whole: their replies are on the way
-                    self._drain(chunk[got:], out, decode)
+                    self._drain([(i,) + items[i][1:] for i in chunk[got:]], out, decode)
                 self.drop()    # a reply may be half read
                 e.results = list(out)  # the answered ones (None: no reply)
                 raise
@@ -1511,11 +1522,15 @@ class Session(object):
         return out
 
     def _drain(self, pending, out, decode, wait=2.0):
-        """After Ctrl-C: read the replies of requests already sent, for up to about
-        `wait` seconds, so that what they did is known (a second Ctrl-C stops it)."""
+        """After Ctrl-C: read the replies of requests already sent, for up to
+        `wait` seconds, so that what they did is known (a second Ctrl-C stops it).
+        Only for modifying requests: a read-only one is simply dropped."""
+        if all(self._can_resend(command, opts) for _, command, opts in pending):
+            return
         try:
-            self.ws.set_timeout(wait / 2)  # one ping after wait/2 of silence, then give up
-            for i in pending:
+            self.ws.set_timeout(0.2)
+            self.ws.deadline = time.monotonic() + wait  # (pongs would keep it waiting)
+            for i, _, _ in pending:
                 out[i] = decode(self.ws.recv_text())
         except (AlienError, KeyboardInterrupt):
             pass
