@@ -61,6 +61,7 @@ EX_ENOMSG = 42
 EX_USAGE = 64
 EX_EMPTY_REPLY = 70
 EX_NOTCONN = 107
+EX_EREMOTEIO = 121
 EX_UNAUTHORIZED = 129
 
 
@@ -904,6 +905,20 @@ def tls_error(e, host):
     return e2
 
 
+def tls_handshake(sock, ctx, host, port, timeout):
+    """TLS over a connected socket (closed on failure) -> the verified TLS socket;
+    failures as one-line TLSError/AlienError (exit 107)."""
+    try:
+        sock.settimeout(timeout)
+        return ctx.wrap_socket(sock, server_hostname=host)
+    except ssl.SSLError as e:
+        sock.close()
+        raise tls_error(e, host)
+    except (OSError, socket.timeout) as e:
+        sock.close()
+        raise AlienError('TLS handshake with %s:%d failed: %s' % (host, port, e), EX_NOTCONN)
+
+
 # ==========================================================================
 # JCentral session: requests, replies, session state
 # ==========================================================================
@@ -1054,10 +1069,11 @@ def connect_tcp(host, port, environ, timeout=5.0, delay=0.25, avoid=None):
     raise AlienError('cannot connect to %s:%d: %s' % (host, port, '; '.join(errors) or 'no address'), EX_NOTCONN)
 
 
-def proxy_for(host, environ):
-    """(proxy_host, proxy_port, 'user:pass' or None) from https_proxy/HTTPS_PROXY,
-    or None when there is no proxy or no_proxy/NO_PROXY exempts host."""
-    url = environ.get('https_proxy') or environ.get('HTTPS_PROXY') or ''
+def proxy_for(host, environ, scheme='https'):
+    """(proxy_host, proxy_port, 'user:pass' or None) from https_proxy/HTTPS_PROXY
+    (http_proxy/HTTP_PROXY for scheme 'http'), or None when there is no proxy or
+    no_proxy/NO_PROXY exempts host."""
+    url = environ.get(scheme + '_proxy') or environ.get(scheme.upper() + '_PROXY') or ''
     if not url:
         return None
     exempt = environ.get('no_proxy') or environ.get('NO_PROXY') or ''
@@ -1103,6 +1119,16 @@ def connect_tunnel(sock, host, port, auth=None, timeout=10.0):
                          EX_NOTCONN)
     if data.index(b'\r\n\r\n') + 4 != len(data):
         raise AlienError('proxy sent data before the tunnel was up', EX_NOTCONN)
+
+
+def user_agent(environ):
+    """User-Agent of every connection (websocket and HTTP); names the grid job inside one."""
+    agent = 'alien.py/%s Python/%s' % (VERSION, sys.version.split()[0])
+    if environ.get('ALIEN_PROC_ID'):  # inside a grid job
+        agent += ' jobid/%s' % environ['ALIEN_PROC_ID']
+        if environ.get('ALIEN_MASTERJOB_ID'):
+            agent += ' masterjobid/%s' % environ['ALIEN_MASTERJOB_ID']
+    return agent
 
 
 def _compact_row(d):
@@ -1268,12 +1294,7 @@ class Session(object):
         return kind, ctx
 
     def _open(self, ctx, host, port, avoid=None):
-        agent = 'alien.py/%s Python/%s' % (VERSION, sys.version.split()[0])
-        if self.environ.get('ALIEN_PROC_ID'):  # inside a grid job
-            agent += ' jobid/%s' % self.environ['ALIEN_PROC_ID']
-            if self.environ.get('ALIEN_MASTERJOB_ID'):
-                agent += ' masterjobid/%s' % self.environ['ALIEN_MASTERJOB_ID']
-        headers = [('User-Agent', agent)]
+        headers = [('User-Agent', user_agent(self.environ))]
         url = 'wss://%s:%d%s' % (('[%s]' % host) if ':' in host else host, port, WS_PATH)
         log('connecting to %s' % url)
         other = self.environ.get('ALIENPY_TRANSPORT', '').lower() in ('websocket-client', 'websocket_client')
@@ -1293,15 +1314,7 @@ class Session(object):
             self.peer_addr = sock.getpeername()
         except OSError:
             pass
-        try:
-            sock.settimeout(self.timeout)
-            tls = ctx.wrap_socket(sock, server_hostname=host)
-        except ssl.SSLError as e:
-            sock.close()
-            raise tls_error(e, host)
-        except (OSError, socket.timeout) as e:
-            sock.close()
-            raise AlienError('TLS handshake with %s:%d failed: %s' % (host, port, e), EX_NOTCONN)
+        tls = tls_handshake(sock, ctx, host, port, self.timeout)
         try:
             if other:
                 return WebSocketClientTransport(url, tls, self.timeout, headers)
@@ -2250,15 +2263,16 @@ def stat_fields(result):
 _XRD_CLIENT = []
 
 
-def xrootd_client():
-    """Import XRootD once and apply our defaults; AlienError if it is missing."""
+def xrootd_client(what='cp'):
+    """Import XRootD once and apply our defaults; AlienError if it is missing
+    (`what`: the command that needs it, named in the one-line message)."""
     if _XRD_CLIENT:
         return _XRD_CLIENT[0]
     try:
         from XRootD import client
     except Exception:
-        raise AlienError('cp needs the XRootD Python bindings: pip install xrootd '
-                         '(or apt install python3-xrootd)', EX_GENERIC)
+        raise AlienError('%s needs the XRootD Python bindings: pip install xrootd '
+                         '(or apt install python3-xrootd)' % what, EX_GENERIC)
     # Page checksums (pgread/pgwrite) cost 3-4x throughput on CPU-bound hosts;
     # downloads are verified end to end with the catalogue md5, and every later
     # reader verifies what we uploaded, so they are off unless the user sets
@@ -2273,6 +2287,133 @@ def xrootd_client():
             client.EnvPutInt(key, value)
     _XRD_CLIENT.append(client)
     return client
+
+
+# ---- XRootD probes of storage elements (pfn-status, xrd_ping/config/stats) ------
+
+XRD_CONFIG_KEYS = ('bind_max', 'chksum', 'pio_max', 'readv_ior_max', 'readv_iov_max', 'tpc',
+                   'wan_port', 'wan_window', 'window', 'cms', 'role', 'sitename', 'version')
+
+
+def xrd_probe_fs(host, what):
+    """XRootD FileSystem of root://host (host[:port]) for a probe. Timeouts are checked
+    every second (XRootD's default granularity, 15 s, would make a 2 s timeout last 15 s)."""
+    client = xrootd_client(what)
+    if 'XRD_TIMEOUTRESOLUTION' not in os.environ:
+        client.EnvPutInt('TimeoutResolution', 1)
+    return client.FileSystem('root://%s/?xrd.wantprot=unix' % host)
+
+
+def xrd_status_dict(status):
+    """The fields of an XRootDStatus every probe reports."""
+    return {'ok': bool(status.ok), 'status': int(status.status), 'code': int(status.code),
+            'errno': int(status.errno), 'message': (status.message or '').strip()}
+
+
+def xrd_ping(host, timeout):
+    """(status dict, round trip in ms or None) of one XRootD ping."""
+    fs = xrd_probe_fs(host, 'xrd_ping')
+    t0 = time.monotonic()
+    status, _ = fs.ping(timeout=timeout)
+    ms = (time.monotonic() - t0) * 1000
+    st = xrd_status_dict(status)
+    return st, (ms if st['ok'] else None)
+
+
+def xrd_config_value(key, raw):
+    """A `query config` answer: the server echoes the key back when it is not set."""
+    value = (raw or b'').decode('ascii', 'replace').strip('\x00 \t\r\n')
+    return 'NOT_SET' if value == key or not value else value
+
+
+def xrd_query_config(host, timeout):
+    """({key: value}, status dict of the first failure or None)."""
+    from XRootD.client.flags import QueryCode
+    fs = xrd_probe_fs(host, 'xrd_config')
+    config = {}
+    for key in XRD_CONFIG_KEYS:
+        status, raw = fs.query(QueryCode.CONFIG, key, timeout=timeout)
+        if not status.ok:
+            return config, xrd_status_dict(status)
+        config[key] = xrd_config_value(key, raw)
+    return config, None
+
+
+def xrd_query_stats(host, timeout):
+    """(XML text of `query stats a`, status dict of a failure or None)."""
+    from XRootD.client.flags import QueryCode
+    fs = xrd_probe_fs(host, 'xrd_stats')
+    status, raw = fs.query(QueryCode.STATS, 'a', timeout=timeout)
+    if not status.ok:
+        return '', xrd_status_dict(status)
+    return (raw or b'').decode('utf-8', 'replace').strip('\x00 \t\r\n'), None
+
+
+def _xml_element_dict(e):
+    """An element as xmltodict shows it (attributes as plain keys, repeated children as
+    lists, text alone as a string, mixed text as '#text'); quoted values unquoted."""
+    d = {k: v for k, v in e.attrib.items()}
+    for child in e:
+        v = _xml_element_dict(child)
+        if child.tag in d:
+            if not isinstance(d[child.tag], list):
+                d[child.tag] = [d[child.tag]]
+            d[child.tag].append(v)
+        else:
+            d[child.tag] = v
+    text = (e.text or '').strip()
+    if len(text) > 1 and text[0] == text[-1] == '"':
+        text = text[1:-1]
+    if text and not d:
+        return text
+    if text:
+        d['#text'] = text
+    return d or None
+
+
+def xrd_stats_dict(xml_text):
+    """`query stats` XML -> the reference client's dict: the <statistics> attributes
+    plus 'stats' = {id: {...}} (the oss paths' stats keyed by their id too)."""
+    import xml.etree.ElementTree as ET
+    try:
+        root = ET.fromstring(xml_text)
+    except ET.ParseError as e:
+        raise AlienError('xrd_stats: the server sent statistics that are not XML: %s' % e, EX_ENOMSG)
+    d = _xml_element_dict(root) or {}
+    blocks = d.pop('stats', None) or []
+    merged = {}
+    for block in blocks if isinstance(blocks, list) else [blocks]:
+        block = dict(block or {})
+        ident = block.pop('id', '')
+        paths = block.get('paths')
+        if isinstance(paths, dict) and isinstance(paths.get('stats'), dict):
+            inner = dict(paths['stats'])
+            paths['stats'] = {inner.pop('id', ''): inner}
+        merged[ident] = block
+    d['stats'] = merged
+    return d
+
+
+XRD_STAT_FLAGS = (('x_bit_set', 1), ('is_dir', 2), ('other', 4), ('offline', 8),
+                  ('is_readable', 16), ('is_writable', 32), ('posc_pending', 64), ('backup_exists', 128))
+
+
+def xrd_stat_pfn(pfn, timeout):
+    """Metadata of one replica on its SE: status fields, and size/modtime/flags when ok."""
+    from urllib.parse import urlsplit
+    u = urlsplit(pfn)
+    if u.scheme not in ('root', 'xroot') or not u.netloc:
+        return {'ok': False, 'status': 1, 'code': 0, 'errno': 0,
+                'message': 'not an XRootD URL (root://host//path)'}
+    fs = xrd_probe_fs(u.netloc, 'pfn-status')
+    path = u.path + ('?' + u.query if u.query else '')
+    status, info = fs.stat(path, timeout=timeout)
+    d = xrd_status_dict(status)
+    if status.ok and info is not None:
+        d.update(size=int(info.size), modtime=int(info.modtime), modtimestr=info.modtimestr,
+                 flags=int(info.flags))
+        d.update((name, bool(info.flags & bit)) for name, bit in XRD_STAT_FLAGS)
+    return d
 
 
 class CopyJob(object):
@@ -3856,6 +3997,140 @@ def gfal_main(args, stdin=None, stdout=None, stderr=None):
 
 
 # ==========================================================================
+# Outside services: one HTTP(S) GET for CCDB and MonALISA
+# ==========================================================================
+# Plain HTTP/1.1 on the websocket's own pieces: connect_tcp (RFC 8305), proxy_for
+# (https_proxy/http_proxy, no_proxy) with connect_tunnel, the CA search of find_ca.
+# http.client is imported only when a GET is made (it costs start-up time).
+
+HTTP_TIMEOUT = 10.0          # seconds to connect and between bytes (ALIENPY_HTTP_TIMEOUT)
+HTTP_MAX_BODY = 256 << 20    # a reply kept in memory; downloads stream to a file instead
+HTTP_REDIRECTS = 5
+
+
+def _http_connection(scheme, host, port, environ, timeout):
+    """(http.client connection on an open socket, True when requests go to a plain
+    HTTP proxy and need the absolute URL)."""
+    import http.client
+    proxy = proxy_for(host, environ, scheme)
+    sock = connect_tcp(proxy[0] if proxy else host, proxy[1] if proxy else port, environ, timeout=timeout)
+    try:
+        if proxy and scheme == 'https':
+            connect_tunnel(sock, host, port, proxy[2], timeout)
+        sock.settimeout(timeout)
+        if scheme == 'https':
+            ctx = ssl.create_default_context()
+            try:
+                kind, where = find_ca(environ)
+                ctx.load_verify_locations(**{kind: where})
+            except AlienError:
+                pass  # the system CAs only
+            try:
+                sock = ctx.wrap_socket(sock, server_hostname=host)
+            except ssl.SSLError as e:
+                raise tls_error(e, host)
+            conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=ctx)
+        else:
+            conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    except (AlienError, OSError):
+        sock.close()
+        raise
+    conn.sock = sock
+    return conn, bool(proxy) and scheme == 'http', proxy
+
+
+def http_get(url, environ, headers=(), timeout=None, sink=None, what='GET'):
+    """GET url (redirects followed) -> (response headers with lower-case names, body).
+    With sink (a binary file) the body is written there and b'' returned. One-line
+    AlienError otherwise: 107 unreachable or no answer within the timeout, 2 for
+    HTTP 404, 121 for any other HTTP error, 42 for a truncated or oversized body."""
+    import http.client
+    from urllib.parse import urlsplit, urljoin
+    try:
+        timeout = float(timeout or environ.get('ALIENPY_HTTP_TIMEOUT') or HTTP_TIMEOUT)
+    except ValueError:
+        raise AlienError('ALIENPY_HTTP_TIMEOUT=%r is not a number' % environ.get('ALIENPY_HTTP_TIMEOUT'), EX_EINVAL)
+    for _ in range(HTTP_REDIRECTS + 1):
+        u = urlsplit(url)
+        try:
+            port = u.port or (443 if u.scheme == 'https' else 80)
+        except ValueError:
+            port = None
+        if u.scheme not in ('http', 'https') or not u.hostname or not port:
+            raise AlienError('%s: not a valid http(s) URL: %s' % (what, url), EX_EINVAL)
+        try:
+            conn, absolute, proxy = _http_connection(u.scheme, u.hostname, port, environ, timeout)
+        except AlienError as e:
+            raise AlienError('%s %s: %s' % (what, url, e), e.exitcode)
+        hdrs = dict([('User-Agent', user_agent(environ))] + list(headers))
+        if absolute and proxy[2]:
+            from urllib.parse import unquote
+            hdrs['Proxy-Authorization'] = 'Basic ' + base64.b64encode(unquote(proxy[2]).encode()).decode()
+        try:
+            conn.request('GET', url if absolute else (u.path or '/') + ('?' + u.query if u.query else ''),
+                         headers=hdrs)
+            resp = conn.getresponse()
+            location = resp.getheader('Location')
+            if resp.status in (301, 302, 303, 307, 308) and location:
+                url = urljoin(url, location)
+                continue
+            if resp.status != 200:
+                raise AlienError('%s %s: HTTP %d %s' % (what, url, resp.status, resp.reason),
+                                 EX_ENOENT if resp.status == 404 else EX_EREMOTEIO)
+            got, body = 0, b''
+            if sink is None:
+                body = resp.read(HTTP_MAX_BODY + 1)
+                got = len(body)
+                if got > HTTP_MAX_BODY:
+                    raise AlienError('%s %s: reply larger than %d MiB' % (what, url, HTTP_MAX_BODY >> 20), EX_ENOMSG)
+            else:
+                while True:
+                    chunk = resp.read(1 << 20)
+                    if not chunk:
+                        break
+                    sink.write(chunk)
+                    got += len(chunk)
+            length = resp.getheader('Content-Length')
+            if length and length.isdigit() and int(length) != got:
+                raise AlienError('%s %s: reply cut after %d of %s bytes' % (what, url, got, length), EX_ENOMSG)
+            return dict((k.lower(), v) for k, v in resp.getheaders()), body
+        except socket.timeout:
+            raise AlienError('%s %s: no answer within %g s' % (what, url, timeout), EX_NOTCONN)
+        except http.client.IncompleteRead as e:
+            raise AlienError('%s %s: reply cut after %d bytes' % (what, url, len(e.partial)), EX_ENOMSG)
+        except (OSError, http.client.HTTPException) as e:
+            raise AlienError('%s %s: %s' % (what, url, e or type(e).__name__), EX_NOTCONN)
+        finally:
+            conn.close()
+    raise AlienError('%s %s: more than %d redirects' % (what, url, HTTP_REDIRECTS), EX_EREMOTEIO)
+
+
+def http_get_json(url, environ, headers=(), what='GET', check=None):
+    """http_get of a JSON document; `check(doc)` says whether its shape is the expected one.
+    A body that is not JSON, or not of that shape, is a one-line error (exit 42)."""
+    _, body = http_get(url, environ, [('Accept', 'application/json')] + list(headers), what=what)
+    try:
+        doc = json.loads(body.decode('utf-8'))
+    except ValueError:
+        raise AlienError('%s %s: the reply is not JSON' % (what, url), EX_ENOMSG)
+    if check is not None and not check(doc):
+        raise AlienError('%s %s: the reply is not in the expected format' % (what, url), EX_ENOMSG)
+    return doc
+
+
+def local_time(stamp, unixtime=False):
+    """A unix time in s (10 digits) or ms (13 digits) as local 'YYYY-mm-dd HH:MM:SS[.mmm]+zone'
+    (no .000, as the reference prints whole seconds); the digits themselves with unixtime.
+    Anything else is returned as it is."""
+    text = str(stamp)
+    if unixtime or not re.match(r'^[0-9]{10}([0-9]{3})?$', text):
+        return text
+    t = time.localtime(int(text[:10]))
+    ms = '.' + text[10:] if len(text) > 10 and text[10:] != '000' else ''
+    return time.strftime('%Y-%m-%d %H:%M:%S', t) + ms + time.strftime('%z', t)
+
+
+# ==========================================================================
 # Commands: one registry maps command names to handlers
 # ==========================================================================
 
@@ -3883,6 +4158,55 @@ def command(*names, **kw):
             COMMANDS[name] = Command(name, fn, kw.get('usage', fn.__doc__ or ''), kw.get('connect', True))
         return fn
     return deco
+
+
+def parse_options(name, args, flags=(), valued=(), multi=()):
+    """(options dict, positional list) of a client command's arguments. flags -> True,
+    valued -> the next argument, multi -> list of values. An unknown option or a missing
+    value is an AlienError (exit 64) naming the command."""
+    opts, pos = {}, []
+    i = 0
+    while i < len(args):
+        a = args[i]
+        i += 1
+        key = a[1:] if a.startswith('-') and len(a) > 1 else None
+        if key in flags:
+            opts[key] = True
+        elif key in valued or key in multi:
+            if i >= len(args):
+                raise AlienError('%s: option %s needs a value' % (name, a), EX_USAGE)
+            if key in multi:
+                opts.setdefault(key, []).append(args[i])
+            else:
+                opts[key] = args[i]
+            i += 1
+        elif key is not None and not re.match(r'^-?[0-9]', a):
+            raise AlienError('%s: unknown option %s (%s -h for the usage)' % (name, a, name), EX_USAGE)
+        else:
+            pos.append(a)
+    return opts, pos
+
+
+def number_option(opts, key, name, default, kind=float):
+    """A positive number option (-c 3, -timeout 2), else a one-line error, exit 64."""
+    text = opts.get(key)
+    if text is None:
+        return default
+    try:
+        value = kind(text)
+    except ValueError:
+        value = 0
+    if not value > 0:
+        raise AlienError('%s: -%s needs a positive number, not %r' % (name, key, text), EX_USAGE)
+    return value
+
+
+def client_result(out, rows, metadata=None, exitcode=0, err=''):
+    """Result of a client-side command: printed text, and for -json the rows it was made
+    of. A failed check (exitcode, err) keeps its report in out: it is printed too."""
+    md = dict(metadata or {})
+    md.update(exitcode=str(exitcode), error=err)
+    return Result(exitcode, out, err, rows, md)
 
 
 @command('cd', usage='cd [DIR | - | ~]  change the grid directory (no argument: home; -: previous)')
@@ -4175,6 +4499,384 @@ Exit 0: all entries OK, 1: some failed, 2: job error. Needs gfal2's Python
 bindings (python3-gfal2): run it with the system interpreter, /usr/bin/python3.""")
 def cmd_gfal(session, args):
     return Result(gfal_main(args))
+
+# -- storage commands: replicas, storage elements, XRootD probes, checkAddr --
+# Exit codes: 0 all fine; 2 no such LFN/SE label; 5 a replica or SE failed its check
+# (the report on stdout says which); 64 wrong arguments; 107 checkAddr: an address
+# failed; 1 XRootD bindings missing; a server errno when the service refuses.
+
+PROBE_TIMEOUT = 5   # seconds, default -timeout of one XRootD/TCP/TLS probe
+
+def list_ses(session):
+    """Every storage element of the service (listSEs rows)."""
+    r = session.request('listSEs', [], nomsg=True)
+    if r.exitcode != 0:
+        raise AlienError('listSEs: %s' % (r.err or 'failed'), r.exitcode)
+    return [x for x in r.results if isinstance(x, dict) and x.get('seName')]
+
+
+def se_matches(se, label):
+    """SE label rule: a number is the SE number; text is a case-insensitive part of
+    the SE name or endpoint URL (so 'ALICE::' can be left out)."""
+    if label.isdigit():
+        return str(se.get('seNumber', '')).lstrip('0') == label.lstrip('0')
+    text = label.casefold()
+    return any(text in str(se.get(k) or '').casefold() for k in ('seName', 'endpointUrl'))
+
+
+def se_host(se):
+    """host:port of an SE's endpoint URL."""
+    from urllib.parse import urlsplit
+    return urlsplit(se.get('endpointUrl') or '').netloc
+
+
+def xrd_host_label(label):
+    """'host[:port]' (default port 1094) when a label names an XRootD server, else None."""
+    if not ('.' in label or ':' in label or label == 'localhost'):
+        return None
+    try:
+        host, port = parse_hostport(label, 1094)
+    except AlienError:
+        return None
+    if not host or not re.match(r'^[A-Za-z0-9.:-]+$', host):
+        return None
+    return '%s:%d' % (('[%s]' % host) if ':' in host else host, port)
+
+
+def lookup_ses(session, labels, name, hosts=False):
+    """SE lookup by label (from listSEs): the SEs the labels match, each once, label
+    after label. hosts: a label no SE matches may name an XRootD server itself."""
+    ses, found = list_ses(session), []
+    for label in labels:
+        hit = [se for se in ses if se_matches(se, label)]
+        host = xrd_host_label(label) if hosts and not hit else None
+        if host:
+            hit = [{'seName': label, 'endpointUrl': 'root://%s' % host}]
+        if not hit:
+            raise AlienError('%s: no storage element matches "%s" (getSE lists them)' % (name, label), EX_ENOENT)
+        found.extend(se for se in hit if se not in found)
+    return found
+
+
+GETSE_USAGE = '''getSE [-id | -name | -srv] [LABEL]  storage elements from listSEs
+  no LABEL: every SE as "number name host:port"; LABEL: an SE number, or part of
+  an SE name or endpoint (case-insensitive); -id, -name, -srv print only that field.
+  Exit 2 when no SE matches.'''
+
+
+@command('getSE', usage=GETSE_USAGE)
+def cmd_getse(session, args):
+    opts, pos = parse_options('getSE', args, ('id', 'name', 'srv'))
+    if len(pos) > 1 or len(opts) > 1:
+        raise AlienError('getSE: one LABEL and at most one of -id, -name, -srv (see getSE -h)', EX_USAGE)
+    ses = lookup_ses(session, pos, 'getSE') if pos else list_ses(session)
+    field = next(iter(opts), '')
+    lines = []
+    for se in ses:
+        if field:
+            lines.append({'id': se.get('seNumber', ''), 'name': se['seName'], 'srv': se_host(se)}[field])
+        elif pos and pos[0].isdigit():
+            lines.append('%-32s%s' % (se['seName'], se_host(se)))
+        else:
+            lines.append('%-6s%-32s%s' % (se.get('seNumber', ''), se['seName'], se_host(se)))
+    return client_result('\n'.join(lines), ses)
+
+
+@command('SEqos', usage='SEqos SE...  the QoS tags of storage elements (labels as in getSE)')
+def cmd_seqos(session, args):
+    _, pos = parse_options('SEqos', args)
+    if not pos:
+        raise AlienError('SEqos: which SE? usage: SEqos SE...', EX_USAGE)
+    ses = lookup_ses(session, pos, 'SEqos')
+    return client_result('\n'.join('%-32s%s' % (se['seName'], se.get('qos', '')) for se in ses), ses)
+
+
+@command('pfn', usage='pfn LFN  the physical URLs of the replicas of a file (whereis -r)')
+def cmd_pfn(session, args):
+    _, pos = parse_options('pfn', args)
+    if len(pos) != 1:
+        raise AlienError('pfn: usage: pfn LFN', EX_USAGE)
+    r = session.request('whereis', ['-r', pos[0]], nomsg=True)
+    if r.exitcode == 0:
+        r.out = '\n'.join(x['pfn'] for x in r.results if isinstance(x, dict) and 'pfn' in x)
+    return r
+
+
+PFN_STATUS_USAGE = '''pfn-status [-v] [-timeout S] LFN|PFN...  check each replica on its SE over XRootD
+  an argument starting with root:// is a PFN, anything else an LFN (all its replicas).
+  One line per replica: size and R/W flags, or what failed; -v adds the other flags.
+  Exit 0 when every replica answered and is online, 5 when one did not.'''
+
+
+@command('pfn-status', usage=PFN_STATUS_USAGE)
+def cmd_pfn_status(session, args):
+    opts, pos = parse_options('pfn-status', args, ('v', 'verbose'), ('timeout',))
+    if not pos:
+        raise AlienError('pfn-status: usage: pfn-status [-v] LFN|PFN...', EX_USAGE)
+    timeout = number_option(opts, 'timeout', 'pfn-status', PROBE_TIMEOUT, int)
+    xrootd_client('pfn-status')
+    targets = []
+    for arg in pos:
+        if re.match(r'^x?root://', arg):
+            targets.append(('', '', arg))
+            continue
+        lfn = session.grid_path(arg)
+        r = session.request('whereis', ['-r', lfn], nomsg=True)
+        if r.exitcode != 0:
+            raise AlienError('pfn-status: %s' % (r.err or 'whereis %s failed' % lfn), r.exitcode)
+        targets += [(lfn, x.get('seName', ''), x['pfn']) for x in r.results if isinstance(x, dict) and x.get('pfn')]
+    rows, lines = [], []
+    for lfn, se, pfn in targets:
+        row = {'lfn': lfn, 'se': se, 'pfn': pfn}
+        row.update(xrd_stat_pfn(pfn, timeout))
+        row['online'] = bool(row['ok'] and not row.get('offline'))
+        rows.append(row)
+        if lfn:
+            lines.append('LFN: %s' % lfn)
+        if row['ok']:
+            lines.append('%s\t\tSize: %d\tR/W status:%d/%d' % (pfn, row['size'], row['is_readable'], row['is_writable']))
+            if 'v' in opts or 'verbose' in opts:
+                lines.append('IS DIR/OTHER/OFFLINE: %d/%d/%d\tModified: %s\tPOSC pending: %d\t\tBACKUP: %d' % (
+                    row['is_dir'], row['other'], row['offline'], row['modtimestr'], row['posc_pending'],
+                    row['backup_exists']))
+        else:
+            lines.append('%s\t\tMessage: %s\tStatus/Code/ErrNo:%d/%d/%d' % (
+                pfn, row['message'], row['status'], row['code'], row['errno']))
+    bad = [r for r in rows if not r['online']]
+    err = 'pfn-status: %d of %d replicas failed the check' % (len(bad), len(rows)) if bad else ''
+    return client_result('\n'.join(lines), rows, exitcode=EX_EIO if bad else 0, err=err)
+
+
+LFN2URI_USAGE = '''lfn2uri LFN[@SPECS] [LOCAL_FILE] [meta] [write|upload] [strict] [http]
+  the XRootD URLs (with their access envelopes) of the replicas of LFN, one per line
+  as a Python string literal (the envelope holds newlines): ready for xrdcp.
+  meta: write LFN's replicas into ./NAME.meta4 (a metalink for xrdcp) and print its path
+  write|upload: URLs to write LOCAL_FILE as LFN (default specs disk:2); not with meta
+  strict: only the SEs named in SPECS; http: http(s) URLs where the SEs have them'''
+
+
+@command('lfn2uri', usage=LFN2URI_USAGE)
+def cmd_lfn2uri(session, args):
+    _, words = parse_options('lfn2uri', args)
+    keys = set(w for w in words if w in ('meta', 'write', 'upload', 'strict', 'http'))
+    pos = [w for w in words if w not in keys]
+    write = 'write' in keys or 'upload' in keys
+    if not pos or len(pos) > 2:
+        raise AlienError('lfn2uri: usage: lfn2uri LFN [LOCAL_FILE] [meta] [write|upload] [strict] [http]', EX_USAGE)
+    if write and 'meta' in keys:
+        raise AlienError('lfn2uri: meta is for reading; it cannot be combined with write/upload', EX_USAGE)
+    path, specs = split_specs(pos[0])
+    lfn = session.grid_path(path)
+    size = md5 = None
+    if write:
+        local = expand_local_path(pos[1]) if len(pos) > 1 else ''
+        if not local or not os.path.isfile(local):
+            raise AlienError('lfn2uri: write URLs need an existing LOCAL_FILE to upload (got %r)'
+                             % (pos[1] if len(pos) > 1 else ''), EX_ENOENT)
+        size, md5 = os.path.getsize(local), md5_file(local)
+        specs = _with_default_specs(specs)
+    access = _access_args('write' if write else 'read', lfn, specs, size, md5, 'strict' in keys)
+    r = session.request('access', (['-u'] if 'http' in keys else []) + access, nomsg=True)
+    if r.exitcode != 0:
+        return r
+    replicas = [x for x in r.results if isinstance(x, dict) and x.get('url')]
+    urls = [grid_url(x['url'], x.get('envelope', '')) for x in replicas]
+    if 'meta' not in keys:
+        return client_result('\n'.join(repr(u) for u in urls), replicas)
+    target = os.path.abspath(os.path.basename(lfn) + '.meta4')
+    first = replicas[0] if replicas else {}
+    temp = part_name(target)
+    try:
+        write_metalink(temp, lfn, _int_or_none(first.get('size')) or 0, first.get('md5') or '', urls)
+        os.replace(temp, target)
+    except OSError as e:
+        _unlink_quiet(temp)
+        raise AlienError('lfn2uri: cannot write %s: %s' % (target, e.strerror), EX_EIO)
+    return client_result(target, replicas)
+
+
+def xrd_targets(session, pos, opts, name):
+    """(name, host:port) of the SEs/servers an xrd_* command probes (-a: every SE)."""
+    if 'a' in opts or 'all' in opts:
+        ses = list_ses(session)
+    elif pos:
+        ses = lookup_ses(session, pos, name, hosts=True)
+    else:
+        raise AlienError('%s: which SE? usage: %s [options] SE|HOST[:PORT]... (see %s -h)' % (name, name, name),
+                         EX_USAGE)
+    xrootd_client(name)
+    return [(se['seName'], se_host(se)) for se in ses if se_host(se)]
+
+
+def xrd_each_se(session, args, name, flags, valued, probe, timeout=PROBE_TIMEOUT):
+    """An xrd_* command: probe(se_name, host, options, timeout) -> (text, row with
+    'ok') for every target; exit 5 when an SE failed (its text says why)."""
+    opts, pos = parse_options(name, args, flags, ('timeout',) + tuple(valued))
+    timeout = number_option(opts, 'timeout', name, timeout, int)
+    texts, rows = [], []
+    for se_name, host in xrd_targets(session, pos, opts, name):
+        text, row = probe(se_name, host, opts, timeout)
+        row.update(seName=se_name, endpointUrl=host)
+        texts.append(text)
+        rows.append(row)
+    bad = [r['seName'] for r in rows if not r['ok']]
+    return client_result('\n'.join(texts), rows, exitcode=EX_EIO if bad else 0,
+                         err='%s: no answer from %s' % (name, ', '.join(bad)) if bad else '')
+
+
+XRD_PING_USAGE = '''xrd_ping [-c COUNT] [-timeout S] SE|HOST[:PORT]...  XRootD round trip to storage elements
+  SE: an SE number or part of its name (getSE); HOST[:PORT]: any XRootD server.
+  COUNT pings (default 3) after one that opens the connection; -timeout per ping (2 s).
+  Exit 0 when every SE answered, 5 when one did not (its line says why).'''
+
+
+def _ping_probe(se_name, host, opts, timeout):
+    import statistics
+    count = number_option(opts, 'c', 'xrd_ping', 3, int)
+    st, _ = xrd_ping(host, timeout)   # opens the connection: not counted
+    rtts = []
+    for _ in range(count if st['ok'] else 0):
+        st, ms = xrd_ping(host, timeout)
+        if ms is None:
+            break
+        rtts.append(ms)
+    if len(rtts) < count:
+        return '%-32s %s' % (se_name, st['message']), {'ok': False, 'rtt_ms': rtts, 'message': st['message']}
+    row = {'ok': True, 'rtt_ms': rtts, 'min': min(rtts), 'avg': sum(rtts) / len(rtts), 'max': max(rtts),
+           'mdev': statistics.stdev(rtts) if len(rtts) > 1 else 0.0}
+    return ('%-32s rtt min/avg/max/mdev (ms) = %.3f/%.3f/%.3f/%.3f'
+            % (se_name, row['min'], row['avg'], row['max'], row['mdev'])), row
+
+
+@command('xrd_ping', usage=XRD_PING_USAGE)
+def cmd_xrd_ping(session, args):
+    opts, _ = parse_options('xrd_ping', args, (), ('c', 'timeout'))
+    count = number_option(opts, 'c', 'xrd_ping', 3, int)
+    r = xrd_each_se(session, args, 'xrd_ping', (), ('c',), _ping_probe, timeout=2)
+    r.out = 'XRootD ping(s): %d time(s) to:\n%s' % (count, r.out)
+    return r
+
+
+XRD_CONFIG_USAGE = '''xrd_config [-v] [-a] [-timeout S] SE|HOST[:PORT]...  XRootD configuration of storage elements
+  one line per SE: site, XRootD version, TPC, role, CMS; -v adds checksum, limits and
+  windows; -a: every SE of listSEs. Exit 5 when an SE did not answer.'''
+
+
+def _config_probe(se_name, host, opts, timeout):
+    cfg, failure = xrd_query_config(host, timeout)
+    if failure:
+        return '%-32s %s' % (se_name, failure['message']), dict(cfg, ok=False, message=failure['message'])
+    if cfg['sitename'] == 'NOT_SET':
+        cfg['sitename'] = se_name
+    cfg['ok'] = True
+    text = ('Site/XrdVer: %s/%s ; TPC status: %s ; role: %s ; CMS: %s'
+            % (cfg['sitename'], cfg['version'], cfg['tpc'], cfg['role'], cfg['cms']))
+    if 'v' in opts or 'verbose' in opts:
+        text += ('\nChksum type: %s ; Bind max: %s ; PIO max: %s ; Window/WAN window: %s/%s ; '
+                 'readv_{ior,iov}_max: %s/%s' % (cfg['chksum'], cfg['bind_max'], cfg['pio_max'], cfg['window'],
+                                                 cfg['wan_window'], cfg['readv_ior_max'], cfg['readv_iov_max']))
+    return text, cfg
+
+
+@command('xrd_config', usage=XRD_CONFIG_USAGE)
+def cmd_xrd_config(session, args):
+    return xrd_each_se(session, args, 'xrd_config', ('v', 'verbose', 'a', 'all'), (), _config_probe)
+
+
+XRD_STATS_USAGE = '''xrd_stats [-xml | -xmlraw] [-compact] [-a] [-timeout S] SE|HOST[:PORT]...  XRootD statistics
+  of storage elements, as JSON (default), indented XML (-xml) or as the server sent it
+  (-xmlraw); -compact: no indentation; -a: every SE. Exit 5 when an SE did not answer.'''
+
+
+def _stats_probe(se_name, host, opts, timeout):
+    xml_text, failure = xrd_query_stats(host, timeout)
+    if failure:
+        return '%-32s %s' % (se_name, failure['message']), {'ok': False, 'message': failure['message']}
+    stats = xrd_stats_dict(xml_text)
+    if not stats.get('site') or stats.get('site') == 'NOT_SET':
+        stats['site'] = se_name
+    stats.update(seName=se_name, endpointUrl=host)
+    compact = 'compact' in opts
+    if 'xmlraw' in opts:
+        text = xml_text
+    elif 'xml' in opts:
+        import xml.dom.minidom
+        pretty = xml.dom.minidom.parseString(xml_text)
+        text = pretty.toxml() if compact else pretty.toprettyxml(indent='  ').strip()
+    else:
+        text = json.dumps(stats, indent=None if compact else 2, separators=(',', ':') if compact else (', ', ': '))
+    return text, dict(stats, ok=True)
+
+
+@command('xrd_stats', usage=XRD_STATS_USAGE)
+def cmd_xrd_stats(session, args):
+    return xrd_each_se(session, args, 'xrd_stats', ('xml', 'xmlraw', 'compact', 'a', 'all'), (), _stats_probe)
+
+
+CHECKADDR_USAGE = '''checkAddr [-timeout S] [HOST[:PORT] | HOST PORT]  can the central service be reached?
+  Resolves HOST (default: the endpoint alien.py connects to) and tries every address,
+  IPv4 and IPv6: TCP connect, then the TLS handshake with your certificate (server
+  chain and host name verified). Exit 0 when every address passed, 107 otherwise.'''
+
+
+@command('checkAddr', connect=False, usage=CHECKADDR_USAGE)
+def cmd_checkaddr(session, args):
+    opts, pos = parse_options('checkAddr', args, (), ('timeout',))
+    timeout = number_option(opts, 'timeout', 'checkAddr', PROBE_TIMEOUT, int)
+    env = {k: v for k, v in session.environ.items() if k != 'ALIENPY_NETWORKSTACK'}   # every family
+    if len(pos) > 2:
+        raise AlienError('checkAddr: usage: checkAddr [HOST[:PORT] | HOST PORT]', EX_USAGE)
+    if pos:
+        host, port = parse_hostport(pos[0], DEFAULT_PORT)
+        if len(pos) == 2:
+            if not re.match(r'^[0-9]{1,5}$', pos[1]):
+                raise AlienError('checkAddr: %r is not a port number' % pos[1], EX_EINVAL)
+            port = int(pos[1])
+    else:
+        host, port = endpoints(session.environ)[0]
+    try:
+        kind, cert, key = choose_credentials(session.environ)
+        ctx, why = make_tls_context(cert, key, session.environ), ''
+    except AlienError as e:
+        ctx, why = None, str(e)
+    addrs = [info[4][0] for info in resolve(host, port, env)]
+    lines = ['%s:%d resolves to %s' % (host, port, ', '.join(addrs))]
+    proxy = proxy_for(host, session.environ)
+    if proxy:
+        lines.append('(https_proxy is set: alien.py connects through %s:%d, not to these addresses)' % proxy[:2])
+    rows = []
+    for addr in addrs:
+        row = {'host': host, 'port': port, 'address': addr, 'family': 'IPv6' if ':' in addr else 'IPv4',
+               'tcp': 'FAIL', 'tls': 'not tried', 'error': ''}
+        shown = '[%s]:%d' % (addr, port) if ':' in addr else '%s:%d' % (addr, port)
+        t0 = time.monotonic()
+        try:
+            sock = connect_tcp(addr, port, env, timeout=timeout)
+            row.update(tcp='OK', tcp_ms=round((time.monotonic() - t0) * 1000, 3))
+            if ctx is None:
+                row['tls'] = 'not tried: %s' % why
+                sock.close()
+            else:
+                t0 = time.monotonic()
+                tls_handshake(sock, ctx, host, port, timeout).close()
+                row.update(tls='OK', tls_ms=round((time.monotonic() - t0) * 1000, 3))
+        except AlienError as e:
+            row['error'] = str(e)
+            if row['tcp'] == 'OK':
+                row['tls'] = 'FAIL'
+        rows.append(row)
+        text = '%-45s TCP %s' % (shown, row['tcp'])
+        if row['tcp'] == 'OK':
+            text += ' %.1f ms   TLS %s' % (row['tcp_ms'], row['tls'])
+            if row['tls'] == 'OK':
+                text += ' %.1f ms' % row['tls_ms']
+        if row['error']:
+            text += '   (%s)' % row['error']
+        lines.append(text)
+    bad = [r for r in rows if r['error']]
+    err = 'checkAddr: %d of %d addresses of %s failed' % (len(bad), len(rows), host) if bad else ''
+    return client_result('\n'.join(lines), rows, exitcode=EX_NOTCONN if bad else 0, err=err)
+
 
 # -- credential commands --
 
@@ -4471,6 +5173,458 @@ def cmd_popd(session, args):
     return Result(0, _stack_text(session))
 
 
+# -- grid operations: jobs and quotas --
+
+_TRACE_TIME = re.compile(r'^([0-9]{10}) \[')
+
+
+def trace_local_times(text, unixtime=False):
+    """Lines of a job trace with their leading unix time shown as local time."""
+    if unixtime:
+        return text
+    return '\n'.join(_TRACE_TIME.sub(lambda m: local_time(m.group(1)) + ' [', line, 1)
+                     for line in text.split('\n'))
+
+
+def parse_trace(trace, unixtime=False):
+    """A job trace split into the parts jobInfo shows: state, trace, proc lines (proc
+    format lines first), the worker node, the work directory and the batch queue ids."""
+    info = {'state': [], 'trace': [], 'proc': [], 'workdir': '', 'wn': '', 'queue': []}
+    procfmt = []
+    for line in trace_local_times(trace or '', unixtime).split('\n'):
+        m = re.match(r'^(.*?) ?\[(state|trace|proc|procfmt) *\]: (.*)$', line)
+        if not m:
+            continue
+        when, tag, text = m.groups()
+        (procfmt if tag == 'procfmt' else info[tag]).append('%s %s' % (when, text))
+        if tag == 'trace':
+            if text.startswith('Created workdir'):
+                info['workdir'] = text.split(': ', 1)[-1].strip()
+            w = re.match(r'Running JAliEn JobAgent .* on ([\w.-]+?)\.?$', text)
+            if w:
+                info['wn'] = w.group(1)
+            if 'BatchId' in text:
+                info['queue'].append(text.replace('BatchId', '').strip())
+    info['proc'][0:0] = procfmt
+    return info
+
+
+def parse_jdl(jdl):
+    """A JDL as a dict: 'Name = value;' statements; {...} lists become lists of strings."""
+    out = {}
+    for stmt in re.split(r';\s*(?=[A-Za-z_][A-Za-z0-9_]*\s*=|$)', jdl or ''):
+        name, eq, value = stmt.strip().partition('=')
+        if not eq:
+            continue
+        value = re.sub(r'\s+', ' ', value).strip()
+        if value.startswith('{') and value.endswith('}'):
+            out[name.strip()] = [v.strip().strip('"') for v in value[1:-1].split(',') if v.strip()]
+        else:
+            out[name.strip()] = value.replace('"', '').strip()
+    return out
+
+
+def job_field(row, name):
+    """A ps row field; the 2021 service names two of them with a trailing space."""
+    return str(row.get(name, row.get(name + ' ', '')))
+
+
+JOB_HEADER = 'JobID        MasterJobID  Status      User          Name'
+
+
+def job_line(row):
+    return '%-13s%-13s%-12s%-14s%s' % tuple(job_field(row, k) for k in ('id', 'split', 'status', 'owner', 'name'))
+
+
+def jobinfo_text(row, info, show_trace=False, show_proc=False):
+    parts = ['#' * 66, JOB_HEADER, job_line(row), '',
+             'Machine info:', 'WorkerNode: %s' % info['wn'], 'Workdir: %s' % info['workdir'],
+             'Local queue info:'] + info['queue'] + ['', 'State info:'] + info['state'] + ['']
+    if show_trace:
+        parts += ['Trace info:'] + info['trace'] + ['']
+    if show_proc:
+        parts += ['Proc info:'] + info['proc'] + ['']
+    return '\n'.join(parts)
+
+
+JOBINFO_USAGE = '''jobInfo ID[,ID...] [-trace] [-proc] [-jdl] [-unixtime]  what a job did
+    for each job: ID, master job, status, owner, name, worker node, work directory,
+    batch queue id and state transitions (times in local time)
+    -trace     also the trace messages      -proc  also the process monitoring lines
+    -jdl       only the JDL, as one JSON object per job
+    -unixtime  keep the unix times of the trace'''
+
+
+@command('jobInfo', usage=JOBINFO_USAGE)
+def cmd_jobinfo(session, args):
+    opts, pos = parse_options('jobInfo', args, flags=('trace', 'proc', 'jdl', 'unixtime'))
+    if len(pos) != 1 or not re.match(r'^[0-9]+(,[0-9]+)*$', pos[0]):
+        return Result(EX_USAGE, '', 'jobInfo: give one list of job IDs, like 123 or 123,124')
+    r = session.request('ps', ['-j', pos[0], '-trace', '-jdl'], nomsg=True)
+    if not r.results:   # jobs without a trace still come with their rows (and exit code 61)
+        return r if r.exitcode else Result(EX_ENOENT, '', 'jobInfo: no job with ID %s' % pos[0])
+    rows, texts = [], []
+    for row in r.results:
+        info = parse_trace(row.get('trace', ''), opts.get('unixtime'))
+        jdl = parse_jdl(row.get('jdl', ''))
+        rows.append(dict(row, trace=info, jdl=jdl))
+        texts.append(json.dumps(jdl, separators=(',', ':')) if opts.get('jdl') else
+                     jobinfo_text(row, info, opts.get('trace'), opts.get('proc')))
+    return client_result('\n'.join(texts).strip(), rows, r.metadata)
+
+
+@command('ps', usage='')   # -h: the server's usage
+def cmd_ps(session, args):
+    """ps as the server answers it; with -trace the unix times become local times."""
+    r = session.request('ps', args, nokeys=not session.command_json)
+    if '-trace' in args and r.exitcode == 0 and not session.command_json:
+        r.out = trace_local_times('\n'.join(r.messages())).strip()
+    return r
+
+
+def ce_line(ce):
+    return '%-28s%-50s%-8s%-10s%-6s%-6s%-10s%s' % (
+        ce.get('ceName', '').replace('ALICE::', ''), ce.get('host', ''), ce.get('status', ''), ce.get('type', ''),
+        ce.get('maxRunning', ''), ce.get('maxQueued', ''), ce.get('TTL', ''), ce.get('partitions', '').strip(','))
+
+
+CE_HEADER = '%-28s%-50s%-8s%-10s%-6s%-6s%-10s%s' % ('Name', 'Host', 'State', 'Type', 'R', 'W', 'TTL', 'Partitions')
+
+
+def select_ces(ces, name=None, host=None, part=None):
+    """CEs whose name and host contain the given texts and that serve the partition
+    (case-insensitive; every given filter must match)."""
+    def ok(ce):
+        return ((not name or name.lower() in ce.get('ceName', '').lower())
+                and (not host or host.lower() in ce.get('host', '').lower())
+                and (not part or part.lower() in ce.get('partitions', '').lower().split(',')))
+    return [ce for ce in ces if ok(ce)]
+
+
+def _list_ces(session):
+    r = session.request('listCEs', [], nomsg=True)
+    if r.exitcode != 0:
+        raise AlienError('listCEs: %s' % (r.err or 'failed'), r.exitcode)
+    return r
+
+
+@command('getCE', usage='getCE [-name TEXT] [-host TEXT] [-part PARTITION]  computing elements (all given filters apply)')
+def cmd_getce(session, args):
+    opts, pos = parse_options('getCE', args, valued=('name', 'host', 'part'))
+    if pos:
+        return Result(EX_USAGE, '', 'getCE: unexpected argument %r (filters are -name, -host, -part)' % pos[0])
+    r = _list_ces(session)
+    ces = select_ces(r.results, opts.get('name'), opts.get('host'), opts.get('part'))
+    if not ces:
+        return Result(EX_ENOENT, '', 'getCE: no computing element matches')
+    return client_result('\n'.join([CE_HEADER] + [ce_line(ce) for ce in ces]), ces, r.metadata)
+
+
+SITEJOBS_USAGE = '''siteJobs SITE [-id] [-running] [-status TEXT] [-user TEXT]  jobs of the CEs whose name contains SITE
+    -id  only the job IDs    -running (-r)  = -status RUNNING
+    -status / -user: the status / owner contains TEXT (case-insensitive)'''
+
+
+@command('siteJobs', usage=SITEJOBS_USAGE)
+def cmd_sitejobs(session, args):
+    opts, pos = parse_options('siteJobs', args, flags=('id', 'running', 'r'), valued=('status', 'user'))
+    if len(pos) != 1:
+        return Result(EX_USAGE, '', 'siteJobs: give one SITE (usage: siteJobs -h)')
+    ces = select_ces(_list_ces(session).results, name=pos[0])
+    if not ces:
+        return Result(EX_ENOENT, '', 'siteJobs: no computing element name contains %r (getCE lists them)' % pos[0])
+    r = session.request('ps', ['-s', ','.join(ce['ceName'] for ce in ces), '-a'], nomsg=True)
+    if r.exitcode != 0:
+        return r
+    status = 'RUNNING' if opts.get('running') or opts.get('r') else opts.get('status')
+    user = opts.get('user')
+    jobs = [j for j in r.results if (not status or status.lower() in job_field(j, 'status').lower())
+            and (not user or user.lower() in job_field(j, 'owner').lower())]
+    if opts.get('id'):
+        text = '\n'.join(job_field(j, 'id') for j in jobs)
+    else:
+        text = '\n'.join([JOB_HEADER] + [job_line(j) for j in jobs]) if jobs else ''
+    return client_result(text, jobs, r.metadata)
+
+
+def _ratio(used, limit, fmt='%.2f'):
+    return ('%.2f%%' % (100.0 * used / limit)) if limit else 'n/a'
+
+
+def quota_report(jq, fq, jq_missing=''):
+    """The text of `quota`: job quota (or why there is none) and file quota."""
+    user = (jq or fq).get('username', '')
+    lines = ['Quota report for user : %s' % user]
+    num = lambda d, *keys: float(next((d[k] for k in keys if k in d), 0) or 0)   # noqa: E731
+    if jq:
+        run, wait, maxu = num(jq, 'running'), num(jq, 'waiting'), num(jq, 'maxUnfinishedJobs')
+        rt, rtmax = num(jq, 'totalRunningTimeLast24h') / 3600, num(jq, 'maxTotalRunningTime') / 3600
+        cpu, cpumax = num(jq, 'totalCpuCostLast24h') / 3600, num(jq, 'maxTotalCpuCost') / 3600
+        lines += ['Unfinished jobs(R + W / Max):\t\t%d + %d / %d --> %s used' % (run, wait, maxu, _ratio(run + wait, maxu)),
+                  'Running time (last 24h) used/max:\t%.2f/%.2f(h) --> %s used' % (rt, rtmax, _ratio(rt, rtmax)),
+                  'CPU Cost (last 24h) used/max:\t\t%.2f/%.2f(h) --> %s used' % (cpu, cpumax, _ratio(cpu, cpumax)),
+                  'ParallelJobs (nominal/max) :\t%d/%d' % (num(jq, 'nominalParallelJobs', 'nominalparallelJobs'),
+                                                           num(jq, 'maxParallelJobs', 'maxparallelJobs'))]
+    else:
+        lines.append('Job quota :\t\t\tnone (%s)' % jq_missing)
+    size, smax = num(fq, 'totalSize'), num(fq, 'maxTotalSize')
+    files, fmax = num(fq, 'nbFiles'), num(fq, 'maxNbFiles')
+    lines += ['Storage size :\t\t\t%.2f/%.2f MiB --> %s' % (size / 1048576, smax / 1048576, _ratio(size, smax)),
+              'Number of files :\t\t%d/%d --> %s' % (files, fmax, _ratio(files, fmax))]
+    return '\n'.join(lines)
+
+
+ENODATA = 61
+
+
+@command('quota', usage='quota [USER]  job and file quotas (server jquota and fquota); a user without a job quota is said so')
+def cmd_quota(session, args):
+    opts, pos = parse_options('quota', args)
+    if len(pos) > 1 or pos[:1] == ['set']:
+        return Result(EX_USAGE, '', 'quota: give at most one USER (setting quotas: jquota set / fquota set, admins only)')
+    jr, fr = session.request_many([('jquota', ['list'] + pos), ('fquota', ['list'] + pos)], nomsg=True)
+    if fr.exitcode != 0 or not fr.results:
+        return Result(fr.exitcode or EX_ENOMSG, '', 'quota: fquota: %s' % (fr.err or 'empty reply'))
+    if jr.exitcode not in (0, ENODATA) or (jr.exitcode == 0 and not jr.results):
+        return Result(jr.exitcode or EX_ENOMSG, '', 'quota: jquota: %s' % (jr.err or 'empty reply'))
+    jq = jr.results[0] if jr.results else None
+    rows = [dict(jq or {}, **fr.results[0])]
+    return client_result(quota_report(jq, fr.results[0], jr.err.split(' : ')[-1]), rows, fr.metadata)
+
+
+@command('submit', usage='submit JDL [ARGS...]  submit the grid JDL file (path as for ls; $1.. in it take ARGS)')
+def cmd_submit(session, args):
+    if not args:
+        return Result(EX_USAGE, '', 'submit: give the JDL (a grid file) to submit')
+    if _LOCAL_PREFIX.match(args[0]):
+        return Result(EX_EINVAL, '', 'submit: %s is a local file: copy it to the grid first '
+                      '(cp %s JOB.jdl), then submit that' % (args[0], args[0]))
+    return session.request('submit', [session.grid_path(args[0])] + args[1:],
+                           nokeys=not session.command_json)
+
+
+# -- grid operations: outside services (CCDB, MonALISA) --
+
+CCDB_DEFAULT = 'http://alice-ccdb.cern.ch'
+MONALISA_DEFAULT = 'http://alimonitor.cern.ch/rest/'
+
+
+def service_base(url):
+    """'host', 'host:port' or a URL -> 'http(s)://.../' (http:// when no scheme is given)."""
+    url = url.strip()
+    if not re.match(r'^https?://', url):
+        url = 'http://' + url
+    return url.rstrip('/') + '/'
+
+
+def ccdb_query_path(query, when=''):
+    """The CCDB path of a query 'path[/TIME][/key=value...]': wildcards dropped, a 13-digit
+    time component or `when` put after the object path, key=value filters last."""
+    query = query.replace('.*', '').replace('*', '')
+    path, times, keys = [], [], []
+    for part in query.split('/'):
+        if re.match(r'^[0-9]{13}$', part):
+            times.append(part)
+        elif '=' in part:
+            keys.append(part)
+        elif part:
+            path.append(part)
+    return '/'.join(path + (times[-1:] or ([when] if when else [])) + keys), bool(times)
+
+
+def ccdb_object(obj):
+    """A CCDB object description reduced to the fields shown, with its file name and
+    lifetime (ms)."""
+    o = dict(obj)
+    name = o.get('fileName') or re.sub(r'^(inline|attachment);\s*filename=', '', o.get('Content-Disposition', ''))
+    o['filename'] = name.replace('"', '').replace('::', '-').strip() or o.get('id', 'object')
+    o['ETag'] = str(o.get('ETag', o.get('id', ''))).strip('"')
+    try:
+        o['Lifetime'] = int(o.get('Valid-Until', 0)) - int(o.get('Valid-From', 0))
+    except ValueError:
+        o['Lifetime'] = ''
+    return o
+
+
+def ccdb_listing(doc, unixtime=False):
+    lines = ['%s/' % d for d in doc['subfolders']]
+    objs = [ccdb_object(o) for o in doc['objects']]
+    if objs:
+        lines.append('%-47s%-28s%-19s%-20s%s' % ('Filename', 'Type', 'ValidFrom', 'ValidUntil', 'Lifetime(ms)'))
+    for o in objs:
+        lines.append('%s  %s  "%s"  "%s"  %s' % (o['filename'], o.get('ObjectType', 'TYPE NOT FOUND'),
+                                                local_time(o.get('Valid-From', ''), unixtime),
+                                                local_time(o.get('Valid-Until', ''), unixtime), o['Lifetime']))
+    return '\n'.join(lines)
+
+
+def ccdb_report(doc):
+    lines = ['%-40s%12s%12s%12s%14s' % ('Name', 'ownFiles', 'ownSize', 'filesSub', 'sizeSub')]
+    total_size = total = 0
+    for f in doc['subfolders']:
+        if not isinstance(f, dict):
+            continue
+        own, sub = int(f.get('ownSize', 0)), int(f.get('sizeOfSubfolders', 0))
+        total_size += own + sub
+        total += int(f.get('ownFiles', 0)) + int(f.get('filesInSubfolders', 0))
+        lines.append('%-40s%12s%12s%12s%14s' % (f.get('name', ''), f.get('ownFiles', 0), human_bytes(own),
+                                               f.get('filesInSubfolders', 0), human_bytes(sub)))
+    if doc['objects']:
+        total = len(doc['objects'])
+        total_size += sum(int(o.get('size', o.get('Content-Length', 0)) or 0) for o in doc['objects'])
+    lines.append('%s%12s%12s%12s%14s' % ('TOTAL'.center(40), '-', '-', total, human_bytes(total_size)))
+    return '\n'.join(lines)
+
+
+def _ccdb_doc_ok(doc):
+    return isinstance(doc, dict) and isinstance(doc.get('objects'), list) \
+        and isinstance(doc.get('subfolders'), list) and all(isinstance(o, dict) for o in doc['objects'])
+
+
+def download_file(url, dest, environ, md5=None, what='GET'):
+    """Download url to dest: written to a hidden temp file next to it, checked (length,
+    md5 when known), then renamed; a failure leaves dest as it was. Returns the size."""
+    d = os.path.dirname(os.path.abspath(dest))
+    try:
+        os.makedirs(d, exist_ok=True)
+    except OSError as e:
+        raise AlienError('%s: cannot create %s: %s' % (what, d, e.strerror), EX_EIO)
+    tmp = part_name(os.path.abspath(dest))
+    try:
+        with open(tmp, 'wb') as f:
+            http_get(url, environ, sink=f, what=what)
+        if md5 and md5_file(tmp) != md5.lower():
+            raise AlienError('%s %s: md5 mismatch (the download is not the object)' % (what, url), EX_EIO)
+        os.replace(tmp, dest)
+        tmp = None
+        return os.path.getsize(dest)
+    except OSError as e:
+        raise AlienError('%s: cannot write %s: %s' % (what, dest, e.strerror), EX_EIO)
+    finally:
+        _unlink_quiet(tmp)
+
+
+CCDB_USAGE = '''ccdb [-host URL] [-history] [-limit N] [-unixtime] [-run RUN | -objtime MS] [-header "K: V"]...
+     [-get | -mirror] [-dst DIR] [-report] QUERY       query the CCDB (REST, plain HTTP)
+QUERY: path/of/object[/TIME_MS][/key=value...]   ("*" and ".*" are dropped)
+    -host URL      another CCDB server (default $ALIENPY_CCDB or http://alice-ccdb.cern.ch)
+    -history       every version (browse), newest first, at most -limit N (default 10)
+    -run RUN       the version valid at the start of run RUN    -objtime MS: valid at that time
+    -unixtime      times in ms instead of local time            -header: extra request headers
+    -get           download the objects to DST/path/filename (default DST: .)
+    -mirror        download as DST/path/VALIDFROM/ETAG with a .properties file (a CCDB snapshot)
+    -report        files and sizes of a path and its subfolders'''
+
+
+@command('ccdb', connect=False, usage=CCDB_USAGE)
+def cmd_ccdb(session, args):
+    opts, pos = parse_options('ccdb', args, flags=('history', 'unixtime', 'get', 'mirror', 'report', 'nicetime'),
+                              valued=('host', 'run', 'objtime', 'limit', 'dst'), multi=('header',))
+    if len(pos) != 1:
+        return Result(EX_USAGE, '', 'ccdb: give one QUERY (at least "/"; ccdb -h for the usage)')
+    if opts.get('get') and opts.get('mirror'):
+        return Result(EX_USAGE, '', 'ccdb: -get and -mirror exclude each other')
+    if opts.get('run') and opts.get('objtime'):
+        return Result(EX_USAGE, '', 'ccdb: -run and -objtime exclude each other')
+    for key, pattern in (('limit', r'^[0-9]+$'), ('run', r'^[0-9]+$'), ('objtime', r'^[0-9]{13}$')):
+        if key in opts and not re.match(pattern, opts[key]):
+            return Result(EX_USAGE, '', 'ccdb: -%s %r is not %s' % (
+                key, opts[key], 'a time in ms (13 digits)' if key == 'objtime' else 'a number'))
+    headers = [('Browse-Limit', opts.get('limit', '10'))]
+    for h in opts.get('header', []):
+        k, colon, v = h.partition(':')
+        if not colon or not k.strip():
+            return Result(EX_USAGE, '', 'ccdb: -header %r is not "Name: value"' % h)
+        headers.append((k.strip(), v.strip()))
+    env = session.environ
+    base = service_base(opts.get('host') or env.get('ALIENPY_CCDB') or CCDB_DEFAULT)
+    when = opts.get('objtime', '')
+    path, has_time = ccdb_query_path(pos[0], when)
+    if opts.get('run') and not has_time:
+        info = http_get_json('%slatest/RCT/Info/RunInformation/%s' % (base, opts['run']), env, what='ccdb',
+                             check=_ccdb_doc_ok)
+        sor = info['objects'][0].get('SOR') if info['objects'] else None
+        if not sor:
+            return Result(EX_ENOENT, '', 'ccdb: no start-of-run time registered for run %s' % opts['run'])
+        path, _ = ccdb_query_path(pos[0], str(sor))
+    listing = 'browse/' if opts.get('history') or opts.get('report') else 'latest/'
+    url = base + listing + path + ('?report=true' if opts.get('report') else '')
+    doc = http_get_json(url, env, headers, what='ccdb', check=_ccdb_doc_ok)
+    metadata = {'url': url, 'subfolders': doc['subfolders']}
+    if opts.get('report'):
+        return client_result(ccdb_report(doc), doc['objects'], metadata)
+    objs = [ccdb_object(o) for o in doc['objects']]
+    if not (opts.get('get') or opts.get('mirror')):
+        return client_result(ccdb_listing(doc, opts.get('unixtime')), objs, metadata)
+    return _ccdb_download(base, objs, opts, env, metadata)
+
+
+def _ccdb_download(base, objs, opts, env, metadata):
+    dst = opts.get('dst', '.')
+    unique = len({(o.get('path', ''), o['filename']) for o in objs}) == len(objs)
+    lines = []
+    for o in objs:
+        name = o['filename']
+        if opts.get('mirror'):
+            name = '%s/%s' % (o.get('Valid-From', ''), o['ETag'])
+        elif not unique:
+            stem, dot, ext = name.rpartition('.')
+            name = '%s_%s.%s' % (stem, o['ETag'], ext) if dot else '%s_%s' % (name, o['ETag'])
+        dest = os.path.join(dst, o.get('path', '').strip('/'), name)
+        url = '%s%s/%s/%s' % (base, o.get('path', '').strip('/'), o.get('Valid-From', ''), o['ETag'])
+        size = download_file(url, dest, env, md5=o.get('MD5') or o.get('Content-MD5'), what='ccdb')
+        if opts.get('mirror'):
+            skip = ('replicas', 'path', 'ETag', 'Valid-From', 'Content-Length', 'filename', 'Lifetime')
+            rename = {'Created': 'CreateTime', 'Valid-Until': 'ValidUntil'}
+            props = ''.join('%s=%s\n' % (rename.get(k, k), v) for k, v in o.items() if k not in skip)
+            props += 'OriginalFileName=%s\n' % o['filename']
+            tmp = part_name(os.path.abspath(dest + '.properties'))
+            with open(tmp, 'w', encoding='utf-8') as f:
+                f.write(props)
+            os.replace(tmp, dest + '.properties')
+        lines.append('%s (%d bytes)' % (dest, size))
+        o['local'] = dest
+    return client_result('\n'.join(lines), objs, metadata)
+
+
+QUERYML_USAGE = '''queryML [-host URL] [text|xml|json] PATH   query the MonALISA REST service
+    PATH: farm/cluster/node/parameter, each part may be *; a time range goes first:
+    /START/END/parameter, in ms since the epoch, or negative = relative to now (-60000: a minute ago)
+    json (default): a table (Timestamp in local time); text, xml: the reply as it is
+    -host URL  another MonALISA REST endpoint (default $ALIENPY_MONALISA or http://alimonitor.cern.ch/rest/)'''
+
+
+def ml_table(rows):
+    """MonALISA rows as columns (the first row's keys), each 3 wider than its widest value."""
+    keys = list(rows[0].keys())
+    cells = [[str(r.get(k)) if k != 'Timestamp' else local_time(r.get(k)) for k in keys] for r in rows]
+    widths = [max([len(k)] + [len(c[i]) for c in cells]) + 3 for i, k in enumerate(keys)]
+    return '\n'.join(''.join(v.ljust(w) for v, w in zip(line, widths)).rstrip() for line in [keys] + cells)
+
+
+@command('queryML', connect=False, usage=QUERYML_USAGE)
+def cmd_queryml(session, args):
+    opts, pos = parse_options('queryML', args, valued=('host',))
+    kind = 'json'
+    for word in ('text', 'xml', 'json'):
+        if word in pos:
+            kind = word
+            pos.remove(word)
+    if len(pos) != 1:
+        return Result(EX_USAGE, '', 'queryML: give one PATH (queryML -h for the usage)')
+    env = session.environ
+    base = service_base(opts.get('host') or env.get('ALIENPY_MONALISA') or MONALISA_DEFAULT)
+    accept = {'json': 'application/json', 'xml': 'text/xml', 'text': 'text/plain'}[kind]
+    url = '%s%s?Accept=%s' % (base, pos[0].lstrip('/'), accept)
+    if kind != 'json':
+        _, body = http_get(url, env, [('Accept', accept)], what='queryML')
+        return Result(0, body.decode('utf-8', 'replace').strip())
+    doc = http_get_json(url, env, what='queryML', check=lambda d: isinstance(d, dict) and isinstance(
+        d.get('results'), list) and all(isinstance(r, dict) for r in d['results']))
+    rows = doc['results']
+    return client_result(ml_table(rows) if rows else '', rows, {'url': url})
+
+
 def _refuse_arguments(*names):
     """Commands that take no arguments say so instead of ignoring a typo."""
     for name in names:
@@ -4520,6 +5674,8 @@ def shell_print(result):
     """print_result, with errors in red when stderr is a terminal."""
     if result.exitcode != 0 and result.err and not result.as_json and sys.stderr.isatty() \
             and not os.environ.get('NO_COLOR'):
+        if result._out:
+            write_lines(result)
         sys.stdout.flush()
         sys.stderr.write('\033[91m%s\033[0m\n' % result.err.rstrip('\n'))
         sys.stderr.flush()
@@ -4829,6 +5985,8 @@ def print_result(result):
     elif result.exitcode == 0:
         write_lines(result)
     else:
+        if result._out:   # a client command's report (e.g. which replicas failed)
+            write_lines(result)
         print_error(result.err)
     sys.stdout.flush()
 

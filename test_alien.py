@@ -1364,7 +1364,8 @@ def test_find(grid_state, tg_dir):
 def test_listses(grid_state):
     with _tg_ws(grid_state) as c:
         res = _tg_ok(_tg_call(c, 'listSEs'))
-    assert [r['seName'] for r in res] == [se['name'] for se in grid_state['ses']]
+    assert [r['seName'] for r in res] == [se['original'] for se in grid_state['ses']]
+    assert [r['seName'].upper() for r in res] == [se['name'] for se in grid_state['ses']]
     for r, se in zip(res, grid_state['ses']):
         for k in ('seNumber', 'totalSpace', 'usedSpace', 'freeSpace', 'fileCount',
                   'demoteRead', 'demoteWrite', 'qos'):
@@ -3650,6 +3651,789 @@ def test_bare_copy_without_any_package_talks_to_the_grid(cenv, grid_state, tmp_p
     p = subprocess.run([sys.executable, '-I', '-S', str(copy), 'cp', '/x', 'file:/tmp/x'], env=cenv,
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 1 and one_line_error(p) and 'pip install xrootd' in p.stderr, p
+
+
+# ===== grid operations toolkit: jobs and outside services (h9jobs) =====
+# jobInfo, siteJobs, getCE, ps -trace, quota, submit against the test JCentral's task
+# queue (testgrid/jobs.py); ccdb and queryML against the CCDB/MonALISA stand-ins
+# (testgrid/httpsvc.py) with HTTP faults (404, 500, hang, garbage, cut reply).
+import contextlib as _gj_contextlib
+
+
+def _gj_env(cenv, **extra):
+    env = {k: v for k, v in cenv.items() if k.lower() not in ('http_proxy', 'no_proxy')}
+    env.update(extra)
+    return env
+
+
+@_gj_contextlib.contextmanager
+def _gj_faults(jcentral=None, http=None):
+    from testgrid import grid
+    grid.set_faults(_TG_DIR, jcentral)
+    grid.set_http_faults(_TG_DIR, http)
+    try:
+        yield
+    finally:
+        grid.set_faults(_TG_DIR, None)
+        grid.set_http_faults(_TG_DIR, None)
+
+
+def test_job_trace_and_jdl_parsing():
+    t = 1700000000
+    trace = '\n'.join(['%d [state     ]: Job state transition from WAITING to ASSIGNED' % t,
+                       '%d [trace     ]: Running JAliEn JobAgent 1.9 on wn7.site.org.' % t,
+                       '%d [trace     ]: BatchId 12345' % t,
+                       '%d [trace     ]: Created workdir: /pool/job1' % t,
+                       '%d [procfmt   ]: time cpu rss' % t, '%d [proc      ]: 1 2 3' % t, 'junk'])
+    info = alien.parse_trace(trace)
+    local = time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(t)) + time.strftime('%z', time.localtime(t))
+    assert info['wn'] == 'wn7.site.org' and info['workdir'] == '/pool/job1' and info['queue'] == ['12345']
+    assert info['state'] == [local + ' Job state transition from WAITING to ASSIGNED']
+    assert [p.split(' ', 2)[-1] for p in info['proc']] == ['time cpu rss', '1 2 3']
+    assert alien.parse_trace(trace, unixtime=True)['state'][0].startswith('%d Job' % t)
+    assert alien.trace_local_times('%d [state     ]: x\n12 [a]' % t) == local + ' [state     ]: x\n12 [a]'
+    jdl = alien.parse_jdl('User = "u";\nOutputFile = {\n"a@disk=1",\n "b"\n};\nTTL = 300;\n')
+    assert jdl == {'User': 'u', 'OutputFile': ['a@disk=1', 'b'], 'TTL': '300'}
+    assert alien.job_line({'id ': '7', 'owner ': 'u', 'split': '0', 'status': 'DONE', 'name': 'n'}).split() == \
+        ['7', '0', 'DONE', 'u', 'n']
+
+
+def test_ccdb_query_path_and_options():
+    assert alien.ccdb_query_path('TPC/Calib/*') == ('TPC/Calib', False)
+    assert alien.ccdb_query_path('/A/B/1700000000000/runNumber=5', '') == ('A/B/1700000000000/runNumber=5', True)
+    assert alien.ccdb_query_path('A/B/k=v', '1700000000001') == ('A/B/1700000000001/k=v', False)
+    assert alien.service_base('host:8080') == 'http://host:8080/'
+    assert alien.service_base('https://h/rest') == 'https://h/rest/'
+    with pytest.raises(alien.AlienError) as e:
+        alien.parse_options('x', ['-limit'], valued=('limit',))
+    assert e.value.exitcode == 64
+    assert alien.parse_options('x', ['-a', 'p', '-h2', 'v', '-5'], flags=('a',), multi=('h2',)) == \
+        ({'a': True, 'h2': ['v']}, ['p', '-5'])
+
+
+def test_quota_report_says_when_there_is_no_job_quota():
+    text = alien.quota_report(None, {'username': 'u', 'totalSize': '1048576', 'maxTotalSize': '0',
+                                     'nbFiles': '1', 'maxNbFiles': '4'}, 'No jobs quota found for user u')
+    assert 'Job quota :\t\t\tnone (No jobs quota found for user u)' in text
+    assert 'Storage size :\t\t\t1.00/0.00 MiB --> n/a' in text and '1/4 --> 25.00%' in text
+
+
+# The 2021 JCentral's exact replies (../shared/spec/jcentral-replies.md), job id as {id}.
+_GJ_SPEC = {
+    ('ps', ('-j', '{id}')): '{"metadata":{"currentdir":"\\/localhost\\/localdomain\\/user\\/j\\/jalien\\/","exitcode":"0","error":"","user":"jalien"},"results":[{"owner ":"jalien","id ":"{id}","split":"0","priority":"0","status":"INSERTING","name":"myjob.sh","message":"    jalien {id}    0    I                          myjob.sh"}]}',
+    ('ps', ('-trace', '{id}')): '{"metadata":{"currentdir":"\\/localhost\\/localdomain\\/user\\/j\\/jalien\\/","exitcode":"61","error":"No data available : No trace information for {id}","user":"jalien"},"results":[]}',
+    ('masterjob', ('{id}',)): '{"metadata":{"currentdir":"\\/localhost\\/localdomain\\/user\\/j\\/jalien\\/","exitcode":"0","error":"","user":"jalien"},"results":[{"message":"Checking the masterjob {id}\\nThe job {id} is in status: INSERTING\\nIt has the following subjobs:\\n\\nIn total, there are 0 subjobs"}]}',
+    ('masterjob', ('1',)): '{"metadata":{"currentdir":"\\/localhost\\/localdomain\\/user\\/j\\/jalien\\/","exitcode":"0","error":"","user":"jalien"},"results":[]}',
+    ('jquota', ('list',)): '{"metadata":{"currentdir":"\\/localhost\\/localdomain\\/user\\/j\\/jalien\\/","exitcode":"61","error":"No data available : No jobs quota found for user jalien","user":"jalien"},"results":[]}',
+    ('ps', ('-l',)): '{"metadata":{"currentdir":"\\/localhost\\/localdomain\\/user\\/j\\/jalien\\/","exitcode":"22","error":"Invalid argument : Option l requires an argument","user":"jalien"},"results":[]}',
+    ('ps', ('-s', 'I,W')): '{"metadata":{"currentdir":"\\/localhost\\/localdomain\\/user\\/j\\/jalien\\/","exitcode":"0","error":"","user":"jalien"},"results":[]}',
+    ('quota', ()): '{"metadata":{"currentdir":"\\/localhost\\/localdomain\\/user\\/j\\/jalien\\/","exitcode":"2","error":"No such file or directory : Command [quota] not found!","user":"jalien"},"results":[]}',
+    ('submit', ('-h',)): '{"metadata":{"currentdir":"\\/localhost\\/localdomain\\/user\\/j\\/jalien\\/","exitcode":"0","error":"","user":"jalien"},"results":[{"message":"\\nusage: submit   <URL>\\n\\n                    <URL> => <LFN>\\n                    <URL> => file:\\/\\/\\/<local path>"}]}',
+    ('ps', ('-h',)): '{"metadata":{"currentdir":"\\/localhost\\/localdomain\\/user\\/j\\/jalien\\/","exitcode":"0","error":"","user":"jalien"},"results":[{"message":"\\nusage: ps   [-options]\\n\\noptions:\\n                    -F l | -Fl | -L        :  long output format\\n                    -f <flags|status>      :  any number of (long or short) upper case job states, or \'a\' for all, \'r\' for running states, \'f\' for failed, \'d\' for done, \'s\' for queued\\n                    -u <userlist>        \\n                    -s <sitelist>        \\n                    -n <nodelist>        \\n                    -m <masterjoblist>   \\n                    -o <sortkey>         \\n                    -j <jobidlist>       \\n                    -l <query-limit>     \\n\\n                    -M                     :  show only masterjobs\\n                    -X                     :  active jobs in extended format\\n                    -A                     :  select all owned jobs of you\\n                    -W                     :  select all jobs which are waiting for execution of you\\n                    -E                     :  select all jobs which are in error state of you\\n                    -a                     :  select jobs of all users\\n                    -b                     :  do only black-white output\\n                    -jdl <jobid>           :  display the job jdl\\n                    -trace <jobid> <tag>*  :  display the job trace information\\n                    -id                    :  only list the matching job IDs, for batch processing (implies -b)"}]}',
+}
+
+
+def _gj_job(cenv, tg_dir, tmp_path):
+    """A submitted job (INSERTING): uploads ~/bin/myjob.sh and TG_DIR/job2.jdl, submits
+    with a relative path; returns the job id."""
+    (tmp_path / 'myjob.sh').write_text('#!/bin/sh\necho hello\n')
+    (tmp_path / 'job2.jdl').write_text('Executable = "~/bin/myjob.sh";\nSplit = "production:1-2";\n'
+                                       'OutputFile = {\n"stdout@disk=1"\n};\nTTL = 300;\n')
+    p = run_cli(['mkdir -p ~/bin; cp -f file:%s ~/bin/myjob.sh; cp file:%s %sjob2.jdl; cd %s; submit job2.jdl'
+                 % (tmp_path / 'myjob.sh', tmp_path / 'job2.jdl', tg_dir, tg_dir)], env=cenv)
+    assert p.returncode == 0, p.stderr
+    m = re.search(r'Your new job ID is \x1b\[34m([0-9]+)\x1b\[0m', p.stdout)
+    assert m, p.stdout
+    return m.group(1)
+
+
+def test_job_replies_are_the_captured_service_bytes(grid_state, cenv, tg_dir, tmp_path):
+    jobid = _gj_job(cenv, tg_dir, tmp_path)
+    with _tg_ws(grid_state) as c:
+        for (cmd, opts), expected in _GJ_SPEC.items():
+            c.send(_tg_json.dumps({'command': cmd, 'options': [o.replace('{id}', jobid) for o in opts]}))
+            assert c.recv(timeout=10) == expected.replace('{id}', jobid), (cmd, opts)
+        # a submit reply, byte for byte (the new id in blue, key jobId)
+        c.send(_tg_json.dumps({'command': 'submit', 'options': [tg_dir + 'job2.jdl', '7']}))
+        new = str(int(jobid) + 1)
+        assert c.recv(timeout=10) == (
+            '{"metadata":{"currentdir":"\\/localhost\\/localdomain\\/user\\/j\\/jalien\\/","exitcode":"0",'
+            '"error":"","user":"jalien"},"results":[{"message":"Submitting %s\\nYour new job ID is '
+            '\\u001B[34m%s\\u001B[0m","jobId":"%s"}]}' % (tg_dir.replace('/', '\\/') + 'job2.jdl', new, new))
+        r = _tg_call(c, 'listCEs')
+        assert _tg_ok(r) and {'ceName', 'host', 'status', 'type', 'maxRunning', 'maxQueued', 'TTL',
+                              'partitions', 'message'} <= set(r['results'][0])
+        r = _tg_call(c, 'ps', ['-j', jobid, '-trace', '-jdl'])      # the newer service's combined form
+        assert r['metadata']['exitcode'] == '61' and r['results'][0]['id'] == jobid
+        assert 'Executable = "%sbin/myjob.sh";' % grid_state['home'] in r['results'][0]['jdl']
+
+
+def test_submit_ps_trace_and_jobinfo(grid_state, cenv, tg_dir, tmp_path):
+    from testgrid import grid
+    jobid = _gj_job(cenv, tg_dir, tmp_path)
+    trace = grid.run_job(_TG_DIR, int(jobid), status='DONE', start=1700000000)
+    assert '1700000005 [state     ]: Job state transition from INSERTING to WAITING' in trace
+    p = run_cli(['ps', '-trace', jobid], env=cenv)
+    first = time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(1700000005))
+    assert p.returncode == 0 and p.stdout.startswith(first) and not re.search(r'(?m)^[0-9]{10} \[', p.stdout)
+    p = run_cli(['ps', '-trace', jobid, '-json'], env=cenv)       # JSON: the reply untouched
+    assert p.returncode == 0 and json.loads(p.stdout)['results'][0]['trace'] == trace
+    p = run_cli(['jobInfo', jobid, '-trace', '-proc'], env=cenv)
+    assert p.returncode == 0, p.stderr
+    assert re.search(r'(?m)^%s +0 +DONE +jalien +myjob.sh$' % jobid, p.stdout)
+    for words in ('WorkerNode: wn01.jtestsite.localdomain', 'Workdir: /tmp/alien-job-%s' % jobid,
+                  'State info:', 'Trace info:', 'Proc info:', 'Job state transition from SAVING to DONE'):
+        assert words in p.stdout
+    p = run_cli(['jobInfo', jobid, '-unixtime'], env=cenv)
+    assert '1700000005 Job state transition' in p.stdout and 'Trace info:' not in p.stdout
+    p = run_cli(['jobInfo', '-jdl', jobid], env=cenv)
+    assert json.loads(p.stdout)['Executable'] == grid_state['home'] + 'bin/myjob.sh'
+    p = run_cli(['jobInfo', jobid, '-json'], env=cenv)
+    row = json.loads(p.stdout)['results'][0]
+    assert row['trace']['wn'] == 'wn01.jtestsite.localdomain' and row['jdl']['TTL'] == '300'
+    p = run_cli(['jobInfo', '-h'], env=cenv)
+    assert p.returncode == 0 and p.stdout.startswith('jobInfo ID[,ID...]')
+    for bad, code in (('jobInfo abc', 64), ('jobInfo 1 -bogus', 64), ('jobInfo 999', 2)):
+        p = run_cli([bad], env=cenv)
+        assert p.returncode == code and one_line_error(p), (bad, p)
+    with _gj_faults({'ps': 'exception'}):
+        p = run_cli(['jobInfo', jobid], env=cenv)
+    assert p.returncode == 121 and one_line_error(p)
+
+
+def test_submit_checks(cenv, tg_dir, tmp_path):
+    p = run_cli(['submit', 'file:%s' % (tmp_path / 'x.jdl')], env=cenv)
+    assert p.returncode == 22 and one_line_error(p) and 'cp ' in p.stderr
+    p = run_cli(['submit'], env=cenv)
+    assert p.returncode == 64 and one_line_error(p)
+    p = run_cli(['submit -h'], env=cenv)
+    assert p.returncode == 0 and p.stdout.startswith('submit JDL')
+    p = run_cli(['cd %s; submit missing.jdl' % tg_dir], env=cenv)
+    assert p.returncode == 2 and tg_dir + 'missing.jdl' in p.stderr      # expanded before sending
+    p = run_cli(['submit -json %smissing.jdl' % tg_dir], env=cenv)
+    assert json.loads(p.stdout)['metadata']['exitcode'] == '2'
+
+
+def test_getce_and_sitejobs(grid_state, cenv, tg_dir, tmp_path):
+    from testgrid import grid
+    jobid = _gj_job(cenv, tg_dir, tmp_path)
+    grid.run_job(_TG_DIR, int(jobid), ce='ALICE::JTestSite::SecondCE', status='RUNNING')
+    p = run_cli(['getCE'], env=cenv)
+    lines = p.stdout.splitlines()
+    assert p.returncode == 0 and lines[0].split() == ['Name', 'Host', 'State', 'Type', 'R', 'W', 'TTL', 'Partitions']
+    assert len(lines) == 4 and lines[2].split()[:3] == ['JTestSite::SecondCE', 'secondce.jtestsite.localdomain', 'locked']
+    p = run_cli(['getCE -name jtestsite -part pdc08'], env=cenv)
+    assert p.returncode == 0 and [l.split()[0] for l in p.stdout.splitlines()[1:]] == ['JTestSite::SecondCE']
+    p = run_cli(['getCE', '-host', 'othersite', '-json'], env=cenv)
+    assert [c['ceName'] for c in json.loads(p.stdout)['results']] == ['ALICE::OtherSite::CE']
+    assert run_cli(['getCE -h'], env=cenv).stdout.startswith('getCE ')
+    for bad, code in (('getCE -name', 64), ('getCE extra', 64), ('getCE -name nosuchce', 2),
+                      ('siteJobs', 64), ('siteJobs nosuchsite', 2), ('siteJobs jtest -bogus', 64)):
+        p = run_cli([bad], env=cenv)
+        assert p.returncode == code and one_line_error(p), (bad, p)
+    p = run_cli(['siteJobs JTestSite'], env=cenv)
+    assert p.returncode == 0 and re.search(r'(?m)^%s +0 +RUNNING +jalien +myjob.sh$' % jobid, p.stdout)
+    p = run_cli(['siteJobs jtestsite -running -id'], env=cenv)
+    assert jobid in p.stdout.split()
+    p = run_cli(['siteJobs jtestsite -status done -id'], env=cenv)
+    assert p.returncode == 0 and jobid not in p.stdout.split()
+    p = run_cli(['siteJobs OtherSite -json'], env=cenv)
+    assert p.returncode == 0 and json.loads(p.stdout)['results'] == []
+    assert run_cli(['siteJobs -h'], env=cenv).stdout.startswith('siteJobs SITE')
+    with _gj_faults({'listCEs': 'refuse'}):
+        for line in ('getCE', 'siteJobs jtestsite'):
+            p = run_cli([line], env=cenv)
+            assert p.returncode == 13 and one_line_error(p), p
+
+
+def test_quota_with_and_without_a_job_quota(cenv):
+    from testgrid import grid
+    p = run_cli(['quota'], env=cenv)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith('Quota report for user : jalien\nJob quota :\t\t\tnone (No jobs quota found')
+    assert re.search(r'Number of files :\t\t[0-9]+/1000000 --> ', p.stdout)
+    grid.set_job_quota(_TG_DIR, 'jalien', {'running': 3, 'waiting': 2, 'maxUnfinishedJobs': 100,
+                                           'totalRunningTimeLast24h': 5400, 'maxTotalRunningTime': 36000})
+    try:
+        p = run_cli(['quota jalien'], env=cenv)
+        assert 'Unfinished jobs(R + W / Max):\t\t3 + 2 / 100 --> 5.00% used' in p.stdout
+        assert 'Running time (last 24h) used/max:\t1.50/10.00(h) --> 15.00% used' in p.stdout
+        p = run_cli(['quota', '-json'], env=cenv)
+        row = json.loads(p.stdout)['results'][0]
+        assert row['maxUnfinishedJobs'] == '100' and row['maxNbFiles'] == '1000000'
+    finally:
+        grid.set_job_quota(_TG_DIR, 'jalien', None)
+    assert run_cli(['quota -h'], env=cenv).stdout.startswith('quota [USER]')
+    for bad, code in (('quota a b', 64), ('quota set x', 64), ('quota nosuchuser', 126)):
+        p = run_cli([bad], env=cenv)
+        assert p.returncode == code and one_line_error(p), (bad, p)
+    for faults, code in (({'fquota': 'exception'}, 121), ({'jquota': 'refuse'}, 13)):
+        with _gj_faults(faults):
+            p = run_cli(['quota'], env=cenv)
+        assert p.returncode == code and one_line_error(p), p
+
+
+def test_ccdb_browse_history_report_and_run(cenv, tmp_path):
+    env = _gj_env(cenv)
+    p = run_cli(['ccdb', '/'], env=env, timeout=30)
+    assert (p.returncode, p.stdout) == (0, 'GLO/\nRCT/\nTPC/\n'), p.stderr
+    p = run_cli(['ccdb', 'TPC/Calib/PadGainFull', '-history', '-limit', '2', '-unixtime'], env=env)
+    lines = p.stdout.splitlines()
+    assert p.returncode == 0 and lines[0].startswith('Filename') and len(lines) == 3
+    assert lines[1].split()[:3] == ['PadGainFull.root', 'o2::tpc::CalDet<float>', '"1700172800000"']
+    p = run_cli(['ccdb', 'GLO/Config/GRPECS', '-run', '523897', '-json'], env=env)
+    doc = json.loads(p.stdout)
+    assert [o['runNumber'] for o in doc['results']] == ['523897'] and '/1700086460000' in doc['metadata']['url']
+    p = run_cli(['ccdb', '-report', 'TPC'], env=env)
+    assert p.returncode == 0 and p.stdout.splitlines()[1].split()[:5] == ['TPC/Calib', '0', '0', 'B', '4']
+    p = run_cli(['ccdb', 'TPC/Calib/PadGainFull', '-header', 'X-Test: 1'], env=env)
+    assert p.returncode == 0 and p.stdout.count('PadGainFull.root') == 1
+    with open(os.path.join(_TG_DIR, 'http.log')) as f:
+        log = f.read().splitlines()
+    assert 'GET /latest/TPC/Calib/PadGainFull HTTP/1.1' in log[-1] and '"X-Test": "1"' in log[-1]
+    assert '"Accept": "application/json"' in log[-1] and '"Browse-Limit": "10"' in log[-1]
+    assert run_cli(['ccdb', '-h'], env=env).stdout.startswith('ccdb [-host URL]')
+
+
+def test_ccdb_get_is_verified_and_atomic(cenv, tmp_path):
+    env = _gj_env(cenv)
+    dst = tmp_path / 'snap'
+    p = run_cli(['ccdb', 'TPC/Calib/PadGainFull', '-get', '-dst', str(dst)], env=env)
+    target = dst / 'TPC/Calib/PadGainFull/PadGainFull.root'
+    assert p.returncode == 0 and str(target) in p.stdout, p.stderr
+    data = target.read_bytes()
+    assert data.startswith(b'TPC/Calib/PadGainFull version 2\n')
+    p = run_cli(['ccdb', 'TPC/Calib/PadGainFull', '-history', '-mirror', '-dst', str(dst)], env=env)
+    assert p.returncode == 0 and len(p.stdout.splitlines()) == 3
+    props = list(dst.glob('TPC/Calib/PadGainFull/*/*.properties'))
+    assert len(props) == 3 and 'OriginalFileName=PadGainFull.root' in props[0].read_text()
+    # a download cut half-way leaves neither a part file nor a changed destination
+    target.write_bytes(b'keep me')
+    with open(os.path.join(_TG_DIR, 'http-faults.json'), 'w') as f:
+        json.dump({'ccdb-download': 'cut'}, f)
+    try:
+        p = run_cli(['ccdb', 'TPC/Calib/PadGainFull', '-get', '-dst', str(dst)], env=env)
+    finally:
+        os.unlink(os.path.join(_TG_DIR, 'http-faults.json'))
+    assert p.returncode == 42 and one_line_error(p) and 'cut' in p.stderr, p
+    assert target.read_bytes() == b'keep me'
+    assert not [f for f in os.listdir(str(target.parent)) if 'alienpy-part' in f]
+
+
+@pytest.mark.parametrize('fault,code,words', [
+    ('404', 2, 'HTTP 404'), ('500', 121, 'HTTP 500'), ('garbage', 42, 'not JSON'),
+    ('hang', 107, 'no answer within 1 s'), ('drop', 107, 'ccdb'),
+])
+def test_ccdb_failing_service_is_one_line(cenv, fault, code, words):
+    with _gj_faults(http={'ccdb': fault}):
+        p = run_cli(['ccdb', 'TPC'], env=_gj_env(cenv, ALIENPY_HTTP_TIMEOUT='1'), timeout=30)
+    assert p.returncode == code and one_line_error(p) and words in p.stderr, p
+
+
+def test_ccdb_wrong_arguments_and_unreachable_host(cenv):
+    env = _gj_env(cenv)
+    for args in (['ccdb'], ['ccdb', 'a', 'b'], ['ccdb', '-limit', 'x', 'A'], ['ccdb', '-get', '-mirror', 'A'],
+                 ['ccdb', '-run', '1', '-objtime', '1700000000000', 'A'], ['ccdb', '-header', 'nocolon', 'A'],
+                 ['ccdb', '-bogus', 'A']):
+        p = run_cli(args, env=env)
+        assert p.returncode == 64 and one_line_error(p), (args, p)
+    p = run_cli(['ccdb', '-host', '127.0.0.1:1', 'TPC'], env=env)
+    assert p.returncode == 107 and one_line_error(p) and '127.0.0.1:1' in p.stderr
+    p = run_cli(['ccdb', '-host', 'nosuchhost.invalid', 'TPC'], env=env)
+    assert p.returncode == 107 and one_line_error(p) and 'resolve' in p.stderr
+    p = run_cli(['ccdb', 'A', '-run', '999'], env=env)
+    assert p.returncode == 2 and one_line_error(p)
+
+
+def test_queryml_table_text_json_and_failures(cenv):
+    env = _gj_env(cenv)
+    p = run_cli(['queryML', '*/*/jobs/RUNNING_jobs'], env=env)
+    lines = p.stdout.splitlines()
+    assert p.returncode == 0 and lines[0].split() == ['Farm', 'Cluster', 'Node', 'Parameter', 'Timestamp', 'Value']
+    assert len(lines) == 3 and lines[1].split()[0] == 'JTestSite' and lines[1].split()[-1] == '42'
+    assert time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(1700000000)) in lines[1]
+    p = run_cli(['queryML', 'text', '/-60000/-1/JTestSite/*/storage/*'], env=env)
+    assert (p.returncode, p.stdout) == (0, 'JTestSite/Site_Jobs_Summary/storage/used_GB\t1700000240000\t1250.5\n')
+    p = run_cli(['queryML', 'xml', 'OtherSite/*/*/WAITING_jobs'], env=env)
+    assert p.stdout.startswith('<results><result Farm="OtherSite"')
+    p = run_cli(['queryML', '-json', 'nosuchfarm'], env=env)
+    assert p.returncode == 0 and json.loads(p.stdout)['results'] == []
+    assert run_cli(['queryML', '-h'], env=env).stdout.startswith('queryML [-host URL]')
+    for args in (['queryML'], ['queryML', 'a', 'b'], ['queryML', '-host']):
+        p = run_cli(args, env=env)
+        assert p.returncode == 64 and one_line_error(p), (args, p)
+    for fault, code in (('404', 2), ('500', 121), ('garbage', 42), ('hang', 107)):
+        with _gj_faults(http={'monalisa': fault}):
+            p = run_cli(['queryML', 'x'], env=dict(env, ALIENPY_HTTP_TIMEOUT='1'), timeout=30)
+        assert p.returncode == code and one_line_error(p), (fault, p)
+    p = run_cli(['queryML', '-host', 'http://127.0.0.1:1/rest/', 'x'], env=env)
+    assert p.returncode == 107 and one_line_error(p)
+
+
+def test_http_proxy_is_used_unless_no_proxy(cenv):
+    """The HTTP GET goes through http_proxy (here a dead one: 107 naming the proxy port)
+    and no_proxy exempts the service, like the websocket's https_proxy/no_proxy."""
+    env = _gj_env(cenv, http_proxy='http://127.0.0.1:1')
+    p = run_cli(['queryML', 'x'], env=env)
+    assert p.returncode == 107 and one_line_error(p) and '127.0.0.1:1' in p.stderr, p
+    p = run_cli(['queryML', 'x'], env=dict(env, no_proxy='127.0.0.1'))
+    assert p.returncode == 0, p.stderr
+
+
+def test_https_get_verifies_the_server_and_tunnels_through_https_proxy(cenv, grid_state):
+    """An HTTPS MonALISA (the grid's host certificate, checked against X509_CERT_DIR),
+    reached through an https_proxy CONNECT tunnel like the websocket."""
+    import ssl as _ssl
+    from testgrid import httpsvc
+    tls = _ssl.SSLContext(_ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(grid_state['pki']['host_cert'], grid_state['pki']['host_key'])
+    srv = httpsvc.serve('monalisa', 0, _TG_DIR, tls=tls)
+    proxy = ConnectProxy()
+    try:
+        url = 'https://127.0.0.1:%d/rest/' % srv.server_address[1]
+        env = _gj_env(cenv, https_proxy='127.0.0.1:%d' % proxy.port)
+        p = run_cli(['queryML', '-host', url, 'OtherSite/*/*/RUNNING_jobs'], env=env)
+        assert p.returncode == 0 and p.stdout.splitlines()[1].split()[0] == 'OtherSite', p
+        assert proxy.targets == ['CONNECT 127.0.0.1:%d HTTP/1.1' % srv.server_address[1]]
+        p = run_cli(['queryML', '-host', url.replace('127.0.0.1', 'localhost'), 'x'],
+                    env=dict(env, X509_CERT_DIR=str(grid_state['workdir'])))   # no CA there
+        assert p.returncode == 107 and one_line_error(p) and 'TLS' in p.stderr, p
+    finally:
+        proxy.close()
+        srv.shutdown()
+        srv.server_close()
+
+
+class _GjForwardProxy(object):
+    """A plain HTTP forward proxy on loopback: takes 'GET http://host:port/path', records
+    the request line and Proxy-Authorization, forwards the request with the path only."""
+
+    def __init__(self):
+        self.lines, self.auth = [], []
+        self.sock = socket.socket()
+        self.sock.bind(('127.0.0.1', 0))
+        self.sock.listen(4)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._forward, args=(client,), daemon=True).start()
+
+    def _forward(self, client):
+        head = b''
+        while b'\r\n\r\n' not in head:
+            chunk = client.recv(4096)
+            if not chunk:
+                return
+            head += chunk
+        lines = head.decode().split('\r\n')
+        self.lines.append(lines[0])
+        self.auth.extend(l for l in lines if l.startswith('Proxy-Authorization'))
+        m = re.match(r'^GET http://([^/:]+):([0-9]+)(/\S*) (HTTP/1\.[01])$', lines[0])
+        rest = [l for l in lines[1:] if l and not l.startswith('Proxy-')] + ['Connection: close']
+        with socket.create_connection((m.group(1), int(m.group(2)))) as up:
+            up.sendall(('GET %s %s\r\n%s\r\n\r\n' % (m.group(3), m.group(4), '\r\n'.join(rest))).encode())
+            while True:
+                data = up.recv(65536)
+                if not data:
+                    break
+                client.sendall(data)
+        client.close()
+
+    def close(self):
+        self.sock.close()
+
+
+def test_http_get_through_a_plain_http_proxy(cenv):
+    proxy = _GjForwardProxy()
+    try:
+        env = _gj_env(cenv, http_proxy='http://u:p%%40ss@127.0.0.1:%d' % proxy.port)
+        p = run_cli(['ccdb', 'TPC/Calib/PadGainFull'], env=env)
+        assert p.returncode == 0 and 'PadGainFull.root' in p.stdout, p
+        assert proxy.lines == ['GET %slatest/TPC/Calib/PadGainFull HTTP/1.1' % alien.service_base(cenv['ALIENPY_CCDB'])]
+        assert proxy.auth == ['Proxy-Authorization: Basic %s' % base64.b64encode(b'u:p@ss').decode()]
+    finally:
+        proxy.close()
+
+
+@pytest.mark.parametrize('line', ['jobInfo 1', 'getCE', 'siteJobs jtestsite', 'quota'])
+def test_job_helpers_when_the_service_drops_the_connection(cenv, line):
+    """Read-only helpers are sent again once on a new connection; a service that drops
+    every time is one line, exit 107."""
+    with _gj_faults({'ps': 'drop', 'listCEs': 'drop', 'jquota': 'drop', 'fquota': 'drop'}):
+        p = run_cli([line], env=dict(cenv, ALIENPY_CONNECT_TRIES='1'), timeout=60)
+    assert p.returncode == 107 and one_line_error(p), p
+
+
+def test_job_and_ccdb_helpers_print_what_the_reference_prints(grid_state, cenv, tg_dir, tmp_path):
+    """The same command lines through alienpy 1.7.0 and alien.py against the test grid
+    (its listCEs, ps, CCDB): identical stdout and exit code where no deviation is
+    documented. Proves the stand-ins answer in the shapes the reference expects."""
+    from testgrid import grid
+    jobid = _gj_job(cenv, tg_dir, tmp_path)
+    grid.run_job(_TG_DIR, int(jobid), ce='ALICE::OtherSite::CE', status='DONE', start=1700000000)
+    ccdb = cenv['ALIENPY_CCDB']
+    lines = ['getCE', 'getCE -name second', 'siteJobs othersite -id', 'ps -trace %s' % jobid,
+             'submit %snonexistent.jdl' % tg_dir, 'ccdb -host %s /' % ccdb,
+             'ccdb -host %s TPC/Calib/PadGainFull -history' % ccdb,
+             'ccdb -host %s TPC/Calib/PadGainFull -history -unixtime -limit 2' % ccdb]
+    env = _gj_env(cenv, ALIENPY_NO_CWD_RESTORE='1')
+    for line in lines:
+        ref = subprocess.run([tool('alienpy'), line], env=env, capture_output=True, text=True, timeout=60)
+        ours = run_cli([line], env=env)
+        assert (ours.returncode, ours.stdout) == (ref.returncode, ref.stdout), (line, ref, ours)
+        assert ours.stdout or ours.returncode, line     # not vacuous
+
+
+# ===== storage toolkit (issue 9): pfn, pfn-status, lfn2uri, getSE, SEqos, xrd_*, checkAddr =====
+# Normal case, -json, -h, a wrong argument (one line, documented exit code) and a failing
+# service (an SE stopped with grid.stop_se and always restarted; a silent server that
+# never answers) for each command. The grid is shared: every test restores it.
+
+STORE_XML = ('<statistics tod="1" ver="v5.5.3" src="h:1094" tos="0" pgm="xrootd" ins="anon" pid="7" site="">'
+             '<stats id="info"><host>h</host><port>1094</port></stats>'
+             '<stats id="oss" v="2"><paths>1<stats id="0"><lp>"/"</lp><tot>10</tot></stats></paths>'
+             '<space>0</space></stats><stats id="sched"><jobs>4</jobs></stats></statistics>')
+
+
+def test_storage_pure_helpers():
+    se = {'seName': 'ALICE::CERN::EOS', 'seNumber': '12', 'endpointUrl': 'root://eos.cern.ch:1094//eos/alice'}
+    assert alien.se_matches(se, 'cern::eos') and alien.se_matches(se, 'eos.cern') and alien.se_matches(se, '12')
+    assert not alien.se_matches(se, '1') and not alien.se_matches(se, '2')  # a number is the whole SE number
+    assert alien.se_host(se) == 'eos.cern.ch:1094'
+    assert alien.xrd_host_label('eos.cern.ch') == 'eos.cern.ch:1094'
+    assert alien.xrd_host_label('[::1]:1095') == '[::1]:1095' and alien.xrd_host_label('nosuch') is None
+    assert alien.xrd_host_label('h.x:99999999') is None and alien.xrd_host_label('a b.c') is None
+    assert alien.xrd_config_value('sitename', b'sitename\n') == 'NOT_SET'
+    assert alien.xrd_config_value('version', b'v5.5.3\n\x00') == 'v5.5.3'
+    d = alien.xrd_stats_dict(STORE_XML)
+    assert d['ver'] == 'v5.5.3' and d['site'] == '' and d['stats']['info'] == {'host': 'h', 'port': '1094'}
+    assert d['stats']['oss']['paths'] == {'#text': '1', 'stats': {'0': {'lp': '/', 'tot': '10'}}}
+    assert d['stats']['sched'] == {'jobs': '4'}
+    with pytest.raises(alien.AlienError) as e:
+        alien.xrd_stats_dict('<statistics')
+    assert e.value.exitcode == 42
+    assert alien.parse_options('n', ['-v', 'x', '-c', '3'], ('v',), ('c',)) == ({'v': True, 'c': '3'}, ['x'])
+    for bad in (['-q'], ['-c']):
+        with pytest.raises(alien.AlienError) as e:
+            alien.parse_options('n', bad, ('v',), ('c',))
+        assert e.value.exitcode == 64
+    for text in ('0', '-1', 'x'):
+        with pytest.raises(alien.AlienError) as e:
+            alien.number_option({'c': text}, 'c', 'n', 3, int)
+        assert e.value.exitcode == 64
+    assert alien.number_option({}, 'c', 'n', 3, int) == 3
+
+
+class SilentServer(object):
+    """A TCP listener that accepts connections and never answers (an SE that hangs)."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(('127.0.0.1', 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.held = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                self.held.append(self.sock.accept()[0])
+            except OSError:
+                return
+
+    def close(self):
+        for s in self.held + [self.sock]:
+            s.close()
+
+
+def _against_silent_server(env, line):
+    """(CompletedProcess, seconds, port) of a command line aimed at a SilentServer (line % port)."""
+    silent = SilentServer()
+    try:
+        t0 = time.monotonic()
+        p = run_cli([line % silent.port], env=env)
+        return p, time.monotonic() - t0, silent.port
+    finally:
+        silent.close()
+
+
+_STORE_FILES = {}
+
+
+@pytest.fixture
+def store(cenv, grid_state, tmp_path):
+    """(env, LFN of a file with one replica on each SE); uploaded once per session."""
+    env = dict(cenv, PWD=str(tmp_path))
+    key = grid_state['workdir']
+    if key not in _STORE_FILES:
+        lfn = '%sh9store_%d/two.txt' % (grid_state['home'], os.getpid())
+        src = tmp_path / 'two.txt'
+        src.write_bytes(b'two replicas\n')
+        p = run_cli(['mkdir -p %s; cp file:%s %s@disk:2' % (lfn.rsplit('/', 1)[0], src, lfn)], env=env)
+        assert p.returncode == 0, p
+        _STORE_FILES[key] = lfn
+    return env, _STORE_FILES[key]
+
+
+def _se_down(grid_state, index):
+    """Stop one SE; returns the function that restarts it."""
+    from testgrid import grid
+    name = grid_state['ses'][index]['name']
+    grid.stop_se(grid_state['workdir'], name)
+    return lambda: grid.start_se(grid_state['workdir'], name)
+
+
+def test_getse_and_seqos(store, grid_state):
+    env, _ = store
+    ses = grid_state['ses']
+    p = run_cli(['getSE'], env=env)
+    assert p.returncode == 0, p
+    assert p.stdout.splitlines() == ['%-6s%-32s127.0.0.1:%d' % (se['number'], se['original'], se['port']) for se in ses]
+    p = run_cli(['getSE 2'], env=env)
+    assert p.stdout == '%-32s127.0.0.1:%d\n' % (ses[1]['original'], ses[1]['port']), p
+    assert run_cli(['getSE -srv firstse'], env=env).stdout == '127.0.0.1:%d\n' % ses[0]['port']
+    assert run_cli(['getSE -id SECONDSE'], env=env).stdout == '2\n'
+    assert run_cli(['getSE -name jtestsite'], env=env).stdout.splitlines() == [se['original'] for se in ses]
+    reply = json.loads(run_cli(['getSE -json first'], env=env).stdout)
+    assert reply['metadata']['exitcode'] == '0' and [r['seName'] for r in reply['results']] == [ses[0]['original']]
+    assert reply['results'][0]['endpointUrl'] == ses[0]['url']
+    p = run_cli(['getSE -h'], env=env)
+    assert p.returncode == 0 and p.stdout.startswith('getSE [-id | -name | -srv] [LABEL]')
+    for line, code in (('getSE nosuch', 2), ('getSE -x first', 64), ('getSE -id -srv first', 64), ('getSE a b', 64)):
+        p = run_cli([line], env=env)
+        assert p.returncode == code and one_line_error(p), (line, p)
+    # SEqos: the QoS tags of each matching SE
+    p = run_cli(['SEqos', 'secondse', 'first'], env=env)
+    assert p.stdout.splitlines() == ['%-32sdisk,legooutput' % ses[1]['original'], '%-32sdisk' % ses[0]['original']]
+    reply = json.loads(run_cli(['SEqos -json second'], env=env).stdout)
+    assert [r['qos'] for r in reply['results']] == ['disk,legooutput']
+    assert run_cli(['SEqos -h'], env=env).stdout.startswith('SEqos SE...')
+    for line, code in (('SEqos', 64), ('SEqos nosuch', 2), ('SEqos -v first', 64)):
+        p = run_cli([line], env=env)
+        assert p.returncode == code and one_line_error(p), (line, p)
+
+
+def test_getse_service_failure(store, grid_state):
+    env, _ = store
+    from testgrid import grid
+    grid.set_faults(grid_state['workdir'], {'listSEs': 'exception'})
+    try:
+        p = run_cli(['getSE first'], env=env)
+    finally:
+        grid.set_faults(grid_state['workdir'], None)
+    assert p.returncode == 121 and one_line_error(p) and 'listSEs' in p.stderr, p
+
+
+def test_pfn(store):
+    env, lfn = store
+    where = json.loads(run_cli(['whereis -json ' + lfn], env=env).stdout)['results']
+    p = run_cli(['pfn', lfn], env=env)
+    assert p.returncode == 0 and p.stdout.splitlines() == [w['pfn'] for w in where] and len(where) == 2, p
+    reply = json.loads(run_cli(['pfn', '-json', lfn], env=env).stdout)
+    assert [r['pfn'] for r in reply['results']] == [w['pfn'] for w in where]
+    assert run_cli(['pfn -h'], env=env).stdout.startswith('pfn LFN')
+    for line, code in (('pfn', 64), ('pfn a b', 64), ('pfn -q x', 64), ('pfn %s.missing' % lfn, 2)):
+        p = run_cli([line], env=env)
+        assert p.returncode == code and one_line_error(p), (line, p)
+
+
+def test_pfn_status_each_replica_and_a_stopped_se(store, grid_state):
+    env, lfn = store
+    pfns = run_cli(['pfn', lfn], env=env).stdout.split()
+    p = run_cli(['pfn-status', lfn], env=env)
+    assert p.returncode == 0 and p.stderr == '', p
+    assert p.stdout.splitlines() == sum([['LFN: ' + lfn, '%s\t\tSize: 13\tR/W status:1/1' % u] for u in pfns], [])
+    p = run_cli(['pfn-status -v ' + pfns[1]], env=env)  # a PFN: no LFN line
+    assert p.returncode == 0 and p.stdout.startswith(pfns[1] + '\t\tSize: 13') and 'IS DIR/OTHER/OFFLINE: 0/0/0' in p.stdout
+    rows = json.loads(run_cli(['pfn-status -json ' + lfn], env=env).stdout)['results']
+    assert [(r['pfn'], r['ok'], r['online'], r['size'], r['is_readable']) for r in rows] == \
+        [(u, True, True, 13, True) for u in pfns]
+    assert [r['se'] for r in rows] == [se['name'] for se in grid_state['ses']]
+    assert run_cli(['pfn-status -h'], env=env).stdout.startswith('pfn-status [-v]')
+    for line, code in (('pfn-status', 64), ('pfn-status -x ' + lfn, 64), ('pfn-status -timeout 0 ' + lfn, 64),
+                       ('pfn-status %s.missing' % lfn, 2)):
+        p = run_cli([line], env=env)
+        assert p.returncode == code and one_line_error(p), (line, p)
+    restart = _se_down(grid_state, 0)
+    try:
+        p = run_cli(['pfn-status', lfn], env=env)
+        rows = json.loads(run_cli(['pfn-status', '-json', lfn], env=env).stdout)['results']
+    finally:
+        restart()
+    lines = p.stdout.splitlines()
+    assert p.returncode == 5 and p.stderr == 'pfn-status: 1 of 2 replicas failed the check\n', p
+    assert lines[1].startswith(pfns[0] + '\t\tMessage: ') and 'Status/Code/ErrNo:' in lines[1], lines
+    assert lines[3] == '%s\t\tSize: 13\tR/W status:1/1' % pfns[1]
+    assert [r['ok'] for r in rows] == [False, True] and rows[0]['message']
+    assert run_cli(['pfn-status', lfn], env=env).returncode == 0  # the SE is back
+
+
+def test_pfn_status_timeout(store):
+    env, _ = store
+    p, took, port = _against_silent_server(env, 'pfn-status -timeout 1 root://127.0.0.1:%d//some/file')
+    assert p.returncode == 5 and 'Message: [ERROR] Operation expired' in p.stdout, p
+    assert took < 10, took
+
+
+def test_lfn2uri(store, grid_state, tmp_path):
+    env, lfn = store
+    import ast
+    p = run_cli(['lfn2uri', lfn], env=env)
+    urls = [ast.literal_eval(line) for line in p.stdout.splitlines()]
+    assert p.returncode == 0 and len(urls) == 2, p
+    pfns = run_cli(['pfn', lfn], env=env).stdout.split()
+    assert [u.split('?')[0] for u in urls] == pfns
+    assert all('?xrd.wantprot=unix&authz=-----BEGIN' in u for u in urls)
+    second = grid_state['ses'][1]['name']
+    p = run_cli(['lfn2uri %s@%s strict' % (lfn, second)], env=env)  # access -f: only that SE
+    assert [ast.literal_eval(l).split('?')[0] for l in p.stdout.splitlines()] == [pfns[1]], p
+    p = run_cli(['lfn2uri', lfn + '@!' + grid_state['ses'][0]['name']], env=env)
+    assert [ast.literal_eval(l).split('?')[0] for l in p.stdout.splitlines()] == [pfns[1]], p
+    reply = json.loads(run_cli(['lfn2uri -json ' + lfn], env=env).stdout)
+    assert [r['url'] for r in reply['results']] == pfns and all(r['envelope'] for r in reply['results'])
+    # meta: a metalink of every replica in the current directory
+    p = subprocess.run([sys.executable, ALIEN, 'lfn2uri', lfn, 'meta'], env=env, cwd=str(tmp_path),
+                       capture_output=True, text=True, timeout=60)
+    meta = tmp_path / 'two.txt.meta4'
+    assert p.returncode == 0 and p.stdout == '%s\n' % meta, p
+    text = meta.read_text()
+    assert '<size>13</size>' in text and text.count('<url>') == 2 and pfns[1] in text
+    assert [n for n in os.listdir(str(tmp_path)) if 'two.txt' in n] == ['two.txt.meta4']  # no temp file left
+    # write: upload URLs for a local file (booked, nothing in the catalogue until a commit)
+    local = tmp_path / 'up.txt'
+    local.write_bytes(b'to upload\n')
+    target = lfn.rsplit('/', 1)[0] + '/booked.txt'
+    p = run_cli(['lfn2uri %s %s write' % (target, local)], env=env)
+    assert p.returncode == 0 and len(p.stdout.splitlines()) == 2, p     # disk:2 by default
+    assert run_cli(['stat', target], env=env).returncode == 2
+    assert run_cli(['lfn2uri -h'], env=env).stdout.startswith('lfn2uri LFN[@SPECS]')
+    for line, code in (('lfn2uri', 64), ('lfn2uri %s meta write' % lfn, 64), ('lfn2uri a b c', 64),
+                       ('lfn2uri %s %s upload' % (target, tmp_path / 'nope'), 2), ('lfn2uri -z ' + lfn, 64),
+                       ('lfn2uri %s.missing' % lfn, 77)):
+        p = run_cli([line], env=env)
+        assert p.returncode == code and one_line_error(p), (line, p)
+
+
+def test_xrd_ping_config_stats(store, grid_state):
+    env, _ = store
+    ses = grid_state['ses']
+    p = run_cli(['xrd_ping -c 2 firstse SECONDSE'], env=env)
+    lines = p.stdout.splitlines()
+    assert p.returncode == 0 and lines[0] == 'XRootD ping(s): 2 time(s) to:', p
+    assert [l[:32].rstrip() for l in lines[1:]] == [se['original'] for se in ses]
+    assert all(re.match(r'^.{32} rtt min/avg/max/mdev \(ms\) = [0-9.]+/[0-9.]+/[0-9.]+/[0-9.]+$', l) for l in lines[1:])
+    rows = json.loads(run_cli(['xrd_ping -json -c 2 1'], env=env).stdout)['results']
+    assert len(rows) == 1 and rows[0]['ok'] and len(rows[0]['rtt_ms']) == 2
+    assert rows[0]['endpointUrl'] == '127.0.0.1:%d' % ses[0]['port']
+    p = run_cli(['xrd_config -v 127.0.0.1:%d' % ses[1]['port']], env=env)  # a host:port of an SE: its name
+    assert p.returncode == 0, p
+    assert re.match(r'^Site/XrdVer: %s/v\S+ ; TPC status: 1 ; role: server ; CMS: ' % re.escape(ses[1]['original']),
+                    p.stdout), p
+    assert 'Chksum type: 0:adler32' in p.stdout
+    rows = json.loads(run_cli(['xrd_config -json -a'], env=env).stdout)['results']
+    assert [r['seName'] for r in rows] == [se['original'] for se in ses] and all(r['role'] == 'server' for r in rows)
+    p = run_cli(['xrd_stats', 'first'], env=env)
+    stats = json.loads(p.stdout)
+    assert p.returncode == 0 and stats['pgm'] == 'xrootd' and stats['site'] == ses[0]['original'], p
+    assert stats['stats']['info']['port'] == str(ses[0]['port']) and 'link' in stats['stats']
+    p = run_cli(['xrd_stats -compact first'], env=env)
+    assert p.stdout.count('\n') == 1 and json.loads(p.stdout)['seName'] == ses[0]['original']
+    p = run_cli(['xrd_stats -xmlraw first'], env=env)
+    assert p.stdout.startswith('<statistics ') and p.stdout.count('\n') == 1
+    assert run_cli(['xrd_stats -xml first'], env=env).stdout.startswith('<?xml version="1.0" ?>\n<statistics')
+    rows = json.loads(run_cli(['xrd_stats -json second'], env=env).stdout)['results']
+    assert rows[0]['stats']['info']['port'] == str(ses[1]['port'])
+    for name in ('xrd_ping', 'xrd_config', 'xrd_stats'):
+        assert run_cli([name + ' -h'], env=env).stdout.startswith(name + ' ['), name
+        for line, code in ((name, 64), (name + ' nosuch', 2), (name + ' -q first', 64),
+                           (name + ' -timeout x first', 64)):
+            p = run_cli([line], env=env)
+            assert p.returncode == code and one_line_error(p), (line, p)
+    p = run_cli(['xrd_ping -c 0 first'], env=env)
+    assert p.returncode == 64 and one_line_error(p), p
+
+
+def test_xrd_probes_se_down_and_timeout(store, grid_state):
+    env, _ = store
+    ses = grid_state['ses']
+    restart = _se_down(grid_state, 1)
+    try:
+        ping = run_cli(['xrd_ping -c 1 first second'], env=env)
+        config = run_cli(['xrd_config first second'], env=env)
+        stats = run_cli(['xrd_stats -json second'], env=env)
+    finally:
+        restart()
+    lines = ping.stdout.splitlines()
+    assert ping.returncode == 5 and ping.stderr == 'xrd_ping: no answer from %s\n' % ses[1]['original'], ping
+    assert 'rtt min/avg/max/mdev' in lines[1] and lines[2] == '%-32s [FATAL] Connection error' % ses[1]['original']
+    assert config.returncode == 5 and config.stdout.splitlines()[0].startswith('Site/XrdVer: ' + ses[0]['original'])
+    assert config.stdout.splitlines()[1].startswith(ses[1]['original']) and 'error' in config.stdout.splitlines()[1]
+    reply = json.loads(stats.stdout)
+    assert stats.returncode == 5 and reply['metadata']['exitcode'] == '5' and reply['results'][0]['ok'] is False
+    assert run_cli(['xrd_ping -c 1 second'], env=env).returncode == 0  # the SE is back
+    p, took, port = _against_silent_server(env, 'xrd_ping -c 1 -timeout 1 127.0.0.1:%d')
+    assert p.returncode == 5 and p.stdout.splitlines()[1] == '%-32s [ERROR] Operation expired' % (
+        '127.0.0.1:%d' % port), p
+    assert took < 10, took
+
+
+def test_storage_commands_without_xrootd(store):
+    env, lfn = store
+    code = ('import sys, runpy; sys.modules["XRootD"] = None; sys.argv = ["alien.py"] + sys.argv[1:]; '
+            'runpy.run_path(%r, run_name="__main__")' % ALIEN)
+    for args in (['pfn-status', lfn], ['xrd_ping', 'first'], ['xrd_config', 'first'], ['xrd_stats', 'first']):
+        p = subprocess.run([sys.executable, '-c', code] + args, env=env, capture_output=True, text=True, timeout=60)
+        assert p.returncode == 1 and one_line_error(p), p
+        assert p.stderr.startswith('%s needs the XRootD Python bindings: pip install xrootd' % args[0])
+    p = subprocess.run([sys.executable, '-c', code, 'getSE', '1'], env=env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and p.stdout.startswith('localhost::JTestSite::firstse'), p
+
+
+def test_checkaddr(cenv, grid_state):
+    port = int(cenv['ALIENPY_JCENTRAL_PORT'])
+    p = run_cli(['checkAddr'], env=cenv)  # the endpoint alien.py would use
+    lines = p.stdout.splitlines()
+    assert p.returncode == 0 and p.stderr == '', p
+    assert lines[0] == '127.0.0.1:%d resolves to 127.0.0.1' % port
+    assert re.match(r'^127\.0\.0\.1:%d +TCP OK [0-9.]+ ms   TLS OK [0-9.]+ ms$' % port, lines[1]), lines
+    # every address of a name, IPv4 and IPv6 alike, each tried on its own
+    addrs = [i[4][0] for i in alien.interleave_addresses(
+        socket.getaddrinfo('localhost', port, 0, socket.SOCK_STREAM, socket.IPPROTO_TCP))]
+    p = run_cli(['checkAddr localhost %d' % port], env=dict(cenv, ALIENPY_NETWORKSTACK='ipv4'))
+    rows = json.loads(run_cli(['checkAddr -json localhost:%d' % port], env=cenv).stdout)['results']
+    assert [r['address'] for r in rows] == addrs and p.stdout.startswith('localhost:%d resolves to %s\n'
+                                                                         % (port, ', '.join(addrs))), p
+    for r in rows:
+        assert r['family'] == ('IPv6' if ':' in r['address'] else 'IPv4')
+        if r['address'] == '127.0.0.1':   # the service listens there; the host cert names localhost
+            assert (r['tcp'], r['tls'], r['error']) == ('OK', 'OK', ''), r
+    assert run_cli(['checkAddr -h'], env=cenv).stdout.startswith('checkAddr [-timeout S] [HOST[:PORT]')
+    for line, code in (('checkAddr localhost x', 22), ('checkAddr localhost:99x', 22), ('checkAddr -q', 64),
+                       ('checkAddr a b c', 64), ('checkAddr no-such-host.invalid', 107)):
+        p = run_cli([line], env=cenv)
+        assert p.returncode == code and one_line_error(p), (line, p)
+    # nothing listening: TCP fails; a silent server: TLS times out; a wrong host name: TLS refuses
+    closed = socket.socket()
+    closed.bind(('127.0.0.1', 0))
+    free = closed.getsockname()[1]
+    closed.close()
+    p = run_cli(['checkAddr 127.0.0.1:%d' % free], env=cenv)
+    assert p.returncode == 107 and 'TCP FAIL' in p.stdout and p.stderr.startswith('checkAddr: 1 of 1 addresses'), p
+    silent = SilentServer()
+    try:
+        p = run_cli(['checkAddr -timeout 1 127.0.0.1:%d' % silent.port], env=cenv)
+    finally:
+        silent.close()
+    assert p.returncode == 107 and 'TCP OK' in p.stdout and 'TLS FAIL' in p.stdout and 'timed out' in p.stdout, p
+    p = run_cli(['checkAddr 127.0.0.1:%d' % port], env=dict(cenv, ALIENPY_JCENTRAL='127.0.0.2'))
+    assert p.returncode == 0, p  # an explicit HOST wins over the configured endpoint
 
 
 # ===== reconnect and resume, many processes at once, chaos (issue 11) =====

@@ -16,6 +16,9 @@ Python API (tests, benchmarks)::
     grid.stop_service(workdir); grid.restart_service(workdir, down=0.5)   # SIGKILL, same port
     grid.populate(workdir, dir_lfn, n)        # n file entries straight into the catalogue
     grid.set_faults(workdir, {'commit': 'refuse'}); grid.set_faults(workdir, None)
+    grid.run_job(workdir, jobid, ce=..., status='DONE'); grid.set_job_quota(workdir, 'jalien', {...})
+    state['http']   # CCDB and MonALISA stand-ins: ccdb_url, monalisa_url (also in env as
+                    # ALIENPY_CCDB, ALIENPY_MONALISA); grid.set_http_faults(workdir, {'ccdb': '500'})
 
 CLI: ``python3 testgrid/grid.py start|stop|env [--dir DIR] [--fresh]`` (default DIR
 ``<repo>/.testgrid``); ``start`` and ``env`` print ``export VAR=value`` lines.
@@ -50,6 +53,11 @@ from testgrid import tools  # noqa: E402
 
 DEFAULT_DIR = os.path.join(REPO, '.testgrid')
 SE_NAMES = ('LOCALHOST::JTESTSITE::FIRSTSE', 'LOCALHOST::JTESTSITE::SECONDSE')
+# as written in LDAP (listSEs shows these; replicas carry the upper-case names) and QoS tags
+SE_ORIGINAL = {'LOCALHOST::JTESTSITE::FIRSTSE': 'localhost::JTestSite::firstse',
+               'LOCALHOST::JTESTSITE::SECONDSE': 'localhost::JTestSite::secondse'}
+SE_QOS = {'LOCALHOST::JTESTSITE::FIRSTSE': ['disk'],
+          'LOCALHOST::JTESTSITE::SECONDSE': ['disk', 'legooutput']}
 HOME = catalogue.home_of('jalien')
 XROOTD_USER = 'xrootd'
 READY_TIMEOUT = 15.0
@@ -337,7 +345,8 @@ def _se_record(workdir, name, number, port, uid, gid):
             'url': 'root://127.0.0.1:%d//' % port, 'datadir': os.path.join(base, 'data'),
             'admindir': os.path.join(base, 'admin'), 'cfg': os.path.join(base, 'xrootd.cfg'),
             'log': os.path.join(base, 'xrootd.log'), 'stderr': os.path.join(base, 'stderr.log'),
-            'uid': uid, 'gid': gid, 'pid': None}
+            'uid': uid, 'gid': gid, 'pid': None,
+            'original': SE_ORIGINAL.get(name, name), 'qos': SE_QOS.get(name, ['disk'])}
 
 
 # -- service -----------------------------------------------------------------------------------
@@ -352,20 +361,43 @@ def _launch_service(workdir, port, host_cert=None, host_key=None, tag='jcentral'
     return _spawn(argv, os.path.join(workdir, tag + '.out'), env=env)
 
 
+def _launch_http(workdir, ccdb_port, ml_port):
+    """The CCDB and MonALISA stand-ins (testgrid/httpsvc.py), one process."""
+    argv = [sys.executable, '-m', 'testgrid.httpsvc', '--workdir', workdir,
+            '--ccdb-port', str(ccdb_port), '--ml-port', str(ml_port)]
+    env = dict(os.environ)
+    env['PYTHONPATH'] = REPO + (os.pathsep + env['PYTHONPATH'] if env.get('PYTHONPATH') else '')
+    env['PYTHONDONTWRITEBYTECODE'] = '1'
+    try:
+        os.unlink(os.path.join(workdir, 'run', 'httpsvc.pid'))
+    except FileNotFoundError:
+        pass
+    pid = _spawn(argv, os.path.join(workdir, 'httpsvc.out'), env=env)
+    return pid, [('http services (ccdb)', pid, ccdb_port, os.path.join(workdir, 'httpsvc.out'),
+                  _pidfile_proof(os.path.join(workdir, 'run', 'httpsvc.pid'), pid)),
+                 ('http services (monalisa)', pid, ml_port, os.path.join(workdir, 'httpsvc.out'), None)]
+
+
 def _running(state):
     if not state:
         return False
     svc = state.get('service', {})
     if not (_alive(svc.get('pid')) and _port_open(svc.get('port', 0))):
         return False
+    if not _alive(state.get('http', {}).get('pid')):
+        return False
     return all(_alive(se.get('pid')) for se in state.get('ses', []))
 
 
-def _client_env(workdir, pki, port):
-    return {'ALIENPY_JCENTRAL': '127.0.0.1', 'ALIENPY_JCENTRAL_PORT': str(port),
-            'X509_CERT_DIR': pki.certdir, 'X509_USER_CERT': pki.user_cert,
-            'X509_USER_KEY': pki.user_key, 'JALIEN_TOKEN_CERT': pki.token_cert,
-            'JALIEN_TOKEN_KEY': pki.token_key, 'TESTGRID_DIR': workdir}
+def _client_env(workdir, pki, port, http=None):
+    env = {'ALIENPY_JCENTRAL': '127.0.0.1', 'ALIENPY_JCENTRAL_PORT': str(port),
+           'X509_CERT_DIR': pki.certdir, 'X509_USER_CERT': pki.user_cert,
+           'X509_USER_KEY': pki.user_key, 'JALIEN_TOKEN_CERT': pki.token_cert,
+           'JALIEN_TOKEN_KEY': pki.token_key, 'TESTGRID_DIR': workdir}
+    if http:
+        env['ALIENPY_CCDB'] = http['ccdb_url']
+        env['ALIENPY_MONALISA'] = http['monalisa_url']
+    return env
 
 
 # -- public API ----------------------------------------------------------------------------------
@@ -407,7 +439,7 @@ def _start(workdir, fresh):
     pki = PKI(workdir).ensure()
     if fresh:
         for n in ('catalogue.sqlite', 'catalogue.sqlite-wal', 'catalogue.sqlite-shm',
-                  'faults.json', 'jcentral.log'):
+                  'faults.json', 'http-faults.json', 'jcentral.log'):
             try:
                 os.unlink(os.path.join(workdir, n))
             except FileNotFoundError:
@@ -436,15 +468,22 @@ def _start(workdir, fresh):
         svc_pid = _launch_service(workdir, port)
         waits.append(_service_wait_item(workdir, svc_pid, port,
                                         os.path.join(workdir, 'jcentral.out')))
+        ccdb_port, ml_port = _free_port(), _free_port()
+        http_pid, http_waits = _launch_http(workdir, ccdb_port, ml_port)
+        waits.extend(http_waits)
         _wait_ready(waits)
     except BaseException:
         for item in waits:
             _kill(item[1])
         raise
+    http = {'pid': http_pid, 'ccdb_port': ccdb_port, 'monalisa_port': ml_port,
+            'ccdb_url': 'http://127.0.0.1:%d' % ccdb_port,
+            'monalisa_url': 'http://127.0.0.1:%d/rest/' % ml_port}
     state = {'workdir': workdir, 'home': HOME, 'ses': ses,
              'service': {'port': port, 'pid': svc_pid, 'url':
                          'wss://127.0.0.1:%d/websocket/json' % port},
-             'env': _client_env(workdir, pki, port),
+             'http': http,
+             'env': _client_env(workdir, pki, port, http),
              'pki': {'ca_cert': pki.ca_cert, 'ca_key': pki.ca_key, 'certdir': pki.certdir,
                      'host_cert': pki.host_cert, 'host_key': pki.host_key,
                      'user_cert': pki.user_cert, 'user_key': pki.user_key,
@@ -471,6 +510,9 @@ def _stop(workdir):
     for extra in state.get('extra_services', []):
         _kill(extra.get('pid'), marker=workdir)
     _kill(state.get('service', {}).get('pid'), marker=workdir)
+    if state.get('http'):
+        _kill(state['http'].get('pid'), marker=workdir)
+        state['http']['pid'] = None
     for se in state.get('ses', []):
         _kill(se.get('pid'), marker=se['cfg'])
         se['pid'] = None
@@ -596,10 +638,28 @@ def populate(workdir, dir_lfn, n, **kw):
     return catalogue.populate(os.path.join(_abs(workdir), 'catalogue.sqlite'), dir_lfn, n, **kw)
 
 
-def set_faults(workdir, faults):
-    """Write workdir/faults.json (see testgrid/jcentral.py for the keys); None clears it."""
-    path = os.path.join(_abs(workdir), 'faults.json')
-    if not faults:
+def run_job(workdir, jobid, **kw):
+    """Play a site's job agent for job `jobid` (see testgrid/jobs.py: ce, status, node,
+    start); returns the trace text it left."""
+    from testgrid import jobs
+    return jobs.run_job(os.path.join(_abs(workdir), 'catalogue.sqlite'), jobid, **kw)
+
+
+def set_job_quota(workdir, user, fields=None):
+    """Give `user` a job quota (jquota list then answers; fields override the defaults of
+    testgrid/jobs.py); None removes it (jquota list: 61 No jobs quota found)."""
+    from testgrid import jobs
+    jobs.set_job_quota(os.path.join(_abs(workdir), 'catalogue.sqlite'), user, fields)
+
+
+def set_http_faults(workdir, faults):
+    """Make the CCDB/MonALISA stand-ins fail: {'ccdb': '404'|'500'|'hang'|'garbage'|'cut'|'drop',
+    'monalisa': ...} (see testgrid/httpsvc.py); None clears it."""
+    _write_json(os.path.join(_abs(workdir), 'http-faults.json'), faults)
+
+
+def _write_json(path, doc):
+    if not doc:
         try:
             os.unlink(path)
         except FileNotFoundError:
@@ -607,8 +667,13 @@ def set_faults(workdir, faults):
         return
     tmp = path + '.tmp'
     with open(tmp, 'w') as f:
-        json.dump(faults, f)
+        json.dump(doc, f)
     os.replace(tmp, path)
+
+
+def set_faults(workdir, faults):
+    """Write workdir/faults.json (see testgrid/jcentral.py for the keys); None clears it."""
+    _write_json(os.path.join(_abs(workdir), 'faults.json'), faults)
 
 
 def env_lines(state):

@@ -65,6 +65,7 @@ if __package__ in (None, ''):
     __package__ = 'testgrid'
 
 from testgrid import catalogue as cat_mod  # noqa: E402
+from testgrid import jobs as jobs_mod  # noqa: E402
 from testgrid.pki import PKI, USER_SUBJECT  # noqa: E402
 
 from websockets.exceptions import ConnectionClosed  # noqa: E402
@@ -347,11 +348,10 @@ class Session:
             if nokeys and nomsg:
                 continue
             out.append(r)
-        reply = {'metadata': {'exitcode': str(code), 'error': error, 'user': self.user,
-                              'currentdir': self.cwd},
+        reply = {'metadata': {'currentdir': self.cwd, 'exitcode': str(code), 'error': error,
+                              'user': self.user},
                  'results': out}
-        # the Java server escapes '/' inside strings; clients must cope with it
-        return json.dumps(reply).replace('/', '\\/')
+        return java_json(reply)
 
     def run(self, cmd, args, helpme):
         """(exitcode, error, results) of one command."""
@@ -366,14 +366,21 @@ class Session:
         fn = COMMANDS.get(cmd)
         if fn is None:
             return ENOENT, '%s : Command [%s] not found!' % (STRERROR[ENOENT], cmd), []
-        if helpme:
-            doc = (fn.__doc__ or cmd).strip()
+        if helpme:   # help_text, or a docstring starting with a newline: the service's exact help
+            doc = getattr(fn, 'help_text', None)
+            if doc is None:
+                doc = fn.__doc__ or cmd
+                doc = doc.rstrip() if doc.startswith('\n') else doc.strip()
             return 0, '', [{'message': doc}]
         try:
+            self.pending_error = None
             with self.g.lock:
                 results = fn(self, args)
             if action == 'drop-after':
                 raise Drop()
+            if self.pending_error:   # an error code set next to results, like the Java commander
+                code, detail = self.pending_error
+                return code, CmdError(code, detail).error, results or []
             return 0, '', results or []
         except CmdError as e:
             return e.code, e.error, e.results
@@ -479,6 +486,21 @@ class Session:
                 msg = '%s   %s' % (e['guid'], msg)
             r['message'] = msg
         return r
+
+
+_JAVA_ESCAPE = re.compile('[\x7f-\x9f\u2000-\u20ff\ud800-\udfff]')
+_JSON_ESCAPE = re.compile(r'\\(u[0-9a-f]{4}|.)')
+
+
+def java_json(obj):
+    """JSON text laid out like the Java service's (../shared/spec/jcentral-replies.md):
+    no spaces, '/' escaped as '\\/', control characters as upper-case \\uXXXX, other
+    non-ASCII characters as they are (lone surrogates escaped: the frame must be UTF-8)."""
+    text = json.dumps(obj, separators=(',', ':'), ensure_ascii=False)
+    text = _JSON_ESCAPE.sub(lambda m: '\\u' + m.group(1)[1:].upper() if m.group(1)[0] == 'u'
+                            else m.group(0), text)
+    text = _JAVA_ESCAPE.sub(lambda m: '\\u%04X' % ord(m.group(0)), text)
+    return text.replace('/', '\\/')
 
 
 class EmptyReply(Exception):
@@ -871,17 +893,24 @@ def c_whereis(s, args):
     flags, _, pos = parse_opts(args, 'g r l s')
     if not pos:
         raise CmdError(EINVAL, 'No file name given')
-    e = s.require(pos[0])
+    e = s.lookup(pos[0])
+    if e is None:
+        raise CmdError(ENOENT, pos[0])
     if e['type'] != 'f':
-        raise CmdError(EISDIR, pos[0])
+        raise CmdError(EINVAL, 'The path you indicated is not a file: %s' % pos[0])
     out = []
+    # key order of the real service: the header line opens the first result's message
     for i, r in enumerate(s.cat.replicas(e['guid'])):
         se = s.g.se_by_name(r['se'])
-        line = '\t SE => %-30s pfn => %s' % (r['se'], r['pfn'])
+        line = '\t %-30s pfn => %s' % ('SE => ' + r['se'], r['pfn'])
+        row = {}
         if i == 0:
-            line = 'the file %s is in\n\n%s' % (e['name'], line)
-        out.append({'seNumber': str(se['number']) if se else '0', 'seName': r['se'],
-                    'pfn': r['pfn'], 'message': line})
+            row['message'] = 'the file %s is in\n\n%s' % (pos[0].rsplit('/', 1)[-1], line)
+        row.update(seNumber=str(se['number']) if se else '0', seName=r['se'])
+        if i:
+            row['message'] = line
+        row['pfn'] = r['pfn']
+        out.append(row)
     return out
 
 
@@ -923,12 +952,13 @@ def c_access(s, args):
             wanted, excluded, _ = _parse_specs(s, pos[2:])
             names = [w['name'].lower() for w in wanted]
             reps = [r for r in reps if r['se'].lower() not in excluded]
+            if 'f' in flags:   # -f: only the SEs the specs name
+                reps = [r for r in reps if r['se'].lower() in names]
             reps.sort(key=lambda r: 0 if r['se'].lower() in names else 1)
             if not reps:
                 raise CmdError(EBADFD, 'No read PFNs')
-        return [{'url': r['pfn'], 'envelope': make_envelope(), 'guid': e['guid'],
-                 'se': r['se'], 'tags': '[disk]', 'nSEs': str(len(reps)), 'md5': e['md5'],
-                 'size': str(e['size']), 'message': r['pfn']} for r in reps]
+        return [_access_row(r['pfn'], r['se'], e['guid'], len(reps), e['md5'], e['size'],
+                            'u' in flags) for r in reps]
     if not kind.startswith('write'):
         raise CmdError(EINVAL, 'Unknown access type %s' % kind)
     try:
@@ -969,14 +999,24 @@ def c_access(s, args):
     with s.cat.tx():
         for se in chosen:
             url = 'root://127.0.0.1:%d//%s' % (se['port'], rel)
-            env = make_envelope()
+            row = _access_row(url, se['name'], guid, len(chosen), md5 or None, size)
             s.cat.db.execute('INSERT INTO bookings VALUES (?,?,?,?,?,?,?,?)',
-                             (env, lfn, guid, se['name'], url, size, md5, now))
+                             (row['envelope'], lfn, guid, se['name'], url, size, md5, now))
             _prepare_se_dir(se, rel)
-            out.append({'url': url, 'envelope': env, 'guid': guid, 'se': se['name'],
-                        'tags': '[disk]', 'nSEs': str(len(chosen)), 'md5': md5,
-                        'size': str(size), 'message': url})
+            out.append(row)
     return out
+
+
+def _access_row(url, se_name, guid, nses, md5, size, urlencoded=False):
+    """One replica of an access reply, keys in the real service's order; md5 is
+    null in a write reply made without -m, like the real service's."""
+    env = make_envelope()
+    if urlencoded:   # -u: the envelope urlencoded (our SEs have no http endpoint)
+        from urllib.parse import quote
+        env = quote(env, safe='')
+    msg = '%s\nSE: %s (needs encrypted envelopes)\nEncrypted envelope:\n%s' % (url, se_name, env)
+    return {'message': msg.rstrip('\n'), 'envelope': env, 'url': url, 'guid': guid,
+            'se': se_name, 'tags': '[disk]', 'nSEs': str(nses), 'md5': md5, 'size': str(size)}
 
 
 def _check_creatable(s, lfn):
@@ -1044,24 +1084,165 @@ def c_commit(s, args):
     return [{'path': lfn, 'lfn': '1', 'pfn': b['pfn'], 'message': '%s 1' % lfn}]
 
 
+def java_size(n):
+    """lazyj Format.size(): 1024-based, 'B', 'KB', ... with the server's rounding."""
+    d, units = abs(float(n)), ['B', 'K', 'M', 'G', 'T', 'P', 'X']
+    u = 0
+    while d > 1024 and u < len(units) - 1:
+        d /= 1024
+        u += 1
+    if d < 10:
+        txt = repr(round(d, 3))
+    elif d < 100:
+        txt = repr(round(d, 2))
+    elif d < 1000:
+        txt = repr(round(d, 1))
+    else:
+        txt = str(int(d))
+    if '.' in txt:
+        txt = txt.rstrip('0').rstrip('.')
+    if n < 0 and txt != '0':
+        txt = '-' + txt
+    unit = units[u] if units[u] == 'B' else units[u] + 'B'
+    return '%s %s' % (txt, unit)
+
+
+SE_TOTAL_SPACE = 100 * 1024 ** 3   # what every test SE announces
+
+
+def se_original_name(se):
+    """The SE name as written in LDAP (listSEs, xrdstat text); replicas carry it upper-case."""
+    return se.get('original') or se['name']
+
+
 @command('listSEs')
 def c_listses(s, args):
-    """listSEs [-qos tags] [-s] [names...]"""
-    flags, vals, pos = parse_opts(args, 's', 'qos')
-    out = []
-    for se in s.g.ses:
-        if pos and not any(p.lower() in se['name'].lower() for p in pos):
+    """
+listSEs: print all (or a subset) of the defined SEs with their details
+usage: listSEs   [-qos filter,by,qos] [-s] [SE name] [SE name] ...
+
+options:
+                    -qos                   :  filter the SEs by the given QoS classes. Comma separate entries for 'AND', pass multiple -qos options for an 'OR'
+                    -s                     :  print summary information"""
+    qos_sets, rest = [], []
+    it = iter(args)
+    for a in it:   # -qos may be given several times (OR of the AND-lists)
+        if a.lstrip('-') == 'qos' and a.startswith('-'):
+            value = next(it, None)
+            if value is None:
+                raise CmdError(EINVAL, 'Option qos requires an argument')
+            tags = set(t for t in re.split(r'[ ,;]+', value) if t)
+            if tags:
+                qos_sets.append(tags)
+        else:
+            rest.append(a)
+    flags, _, names = parse_opts(rest, 's')
+    ses = []
+    for se in sorted(s.g.ses, key=lambda x: x['name'].lower()):
+        if names and not any(n.lower() == se['name'].lower() for n in names):
             continue
+        qos = se.get('qos', ['disk'])
+        if qos_sets and not any(q <= set(qos) for q in qos_sets):
+            continue
+        ses.append((se, qos))
+    width = max([len(se_original_name(se)) for se, _ in ses] or [0])
+    qos_width = max([sum(len(q) for q in qos) + 2 * (len(qos) - 1) for _, qos in ses] or [0])
+    lines = [' ' * width + '\t\t                Capacity\t  \t\t\t\t\tDemote',
+             'SE name'.rjust(width) + '\t ID\t   Total  \t    Used  \t    Free      File count\t'
+             '   Read   Write\t' + 'QoS'.ljust(qos_width) + '\t  Endpoint URL']
+    colors = {'disk': '\x1b[32m', 'tape': '\x1b[34m', 'legooutput': '\x1b[33m', 'legoinput': '\x1b[33m'}
+    out, sums = [], [0, 0, 0, 0]
+    for se, qos in ses:
         used, count = s.cat.db.execute(
             'SELECT COALESCE(SUM(e.size), 0), COUNT(*) FROM replicas r JOIN entries e'
             ' ON e.guid = r.guid WHERE r.se = ?', (se['name'],)).fetchone()
-        total = 100 * 1024 ** 3
-        r = {'seName': se['name'], 'seNumber': str(se['number']), 'totalSpace': str(total),
-             'usedSpace': str(used), 'freeSpace': str(total - used), 'fileCount': str(count),
-             'demoteRead': '0.0', 'demoteWrite': '0.0', 'qos': 'disk',
-             'endpointUrl': se['url']}
-        r['message'] = '%-32s %4s  %s' % (se['name'], se['number'], se['url'])
-        out.append(r)
+        total = SE_TOTAL_SPACE
+        free = total - used if used <= total else 0
+        for i, v in enumerate((total, used, free, count)):
+            sums[i] += v
+        qos_text = ', '.join(colors.get(q, '\x1b[31m') + q + '\x1b[0m' for q in qos)
+        qos_text += ' ' * (qos_width - (sum(len(q) for q in qos) + 2 * (len(qos) - 1)))
+        lines.append('%s\t%3d\t%8s\t%8s\t%8s%16d\t% .4f % .4f\t%s\t  %s' % (
+            se_original_name(se).rjust(width), se['number'], java_size(total), java_size(used),
+            java_size(free), count, 0.0, 0.0, qos_text, se['url']))
+        out.append({'message': '\n'.join(lines), 'seName': se_original_name(se),
+                    'seNumber': str(se['number']), 'totalSpace': str(total), 'usedSpace': str(used),
+                    'freeSpace': str(free), 'fileCount': str(count), 'demoteRead': '0.0',
+                    'demoteWrite': '0.0', 'qos': ','.join(qos), 'endpointUrl': se['url']})
+        lines = []
+    if 's' in flags and len(ses) > 1:
+        out.append({'message': '\n' + ('TOTAL: %d SEs' % len(ses)).rjust(width) + '\t \t%8s\t%8s\t%8s%16d files' % (
+            java_size(sums[0]), java_size(sums[1]), java_size(sums[2]), sums[3])})
+    elif not ses:
+        out.append({'message': '\n'.join(lines)})
+    return out
+
+
+def _xrdstat_replica(s, pfn):
+    """(ok, detail) of a metadata check of one replica on its SE over XRootD (the
+    grid's xrdfs, as the real service runs xrdstat). The service lock is released
+    meanwhile: a silent SE must not stall the other sessions."""
+    from testgrid.tools import tool
+    import subprocess
+    m = re.match(r'^(root://[^/]+)/(/.*)$', pfn)
+    if not m:
+        return False, 'not an XRootD URL: %s' % pfn
+    env = dict(os.environ, XRD_CONNECTIONRETRY='1', XRD_REQUESTTIMEOUT='10', XRD_TIMEOUTRESOLUTION='1')
+    s.g.lock.release()
+    try:
+        p = subprocess.run([tool('xrdfs'), m.group(1), 'stat', m.group(2)], env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, universal_newlines=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        return False, 'xrdfs stat timed out'
+    finally:
+        s.g.lock.acquire()
+    if p.returncode != 0:
+        lines = (p.stderr.strip() or p.stdout.strip() or 'xrdfs stat failed').splitlines()
+        return False, lines[-1]
+    return True, p.stdout.strip()
+
+
+@command('xrdstat')
+def c_xrdstat(s, args):
+    """
+usage: xrdstat   [-d [-i]] [-v] [-p PID,PID,...] [-s SE1,SE2,...] [-c] <filename1> [<or UUID>] ...
+
+options:
+                    -d                     :  Check by physically downloading each replica and checking its content. Without this a stat (metadata) check is done only.
+                    -i                     :  When downloading each replica, ignore `stat` calls and directly try to fetch the content.
+                    -s                     :  Comma-separated list of SE names to restrict the checking to. Default is to check all replicas.
+                    -c                     :  Print the full command line in case of errors.
+                    -v                     :  More details on the status.
+                    -p                     :  Comma-separated list of job IDs to check the input data of
+                    -o                     :  Only show the online status (for files with tape replicas in particular)
+                    -O                     :  Request the file to be brought online
+                    -4                     :  Force IPv4 usage on all commands
+                    -6                     :  Force IPv6 usage on all commands"""
+    flags, vals, pos = parse_opts(args, 'd i c v o O 4 6', 's p')
+    if not pos:
+        raise CmdError(EINVAL, 'No file name given')
+    only = None
+    if 's' in vals:
+        only = set(n.lower() for n in re.split(r'[,;]', vals['s']) if n)
+    out = []
+    for path in pos:
+        e = s.lookup(path)
+        if e is None or e['type'] != 'f':
+            raise CmdError(ENOENT, 'This LFN does not exist in the catalogue: %s' % path)
+        header = 'Checking the replicas of %s' % e['lfn']
+        for r in s.cat.replicas(e['guid']):
+            se = s.g.se_by_name(r['se'])
+            if only is not None and r['se'].lower() not in only:
+                continue
+            ok, detail = _xrdstat_replica(s, r['pfn'])
+            line = '\t%s\t%s\t%s' % (se_original_name(se).ljust(20) if se else '(unknown SE)', r['pfn'],
+                                      '\x1b[32mOK\x1b[0m' if ok else '\x1b[31mERR\x1b[0m')
+            if 'v' in flags:
+                line += '\n' + detail
+            msg = header + '\n' + line if header else line
+            header = ''
+            out.append({'message': msg, 'seName': r['se'], 'seNumber': str(se['number']) if se else '0',
+                        'pfn': r['pfn'], 'status': 'ok' if ok else 'error'})
     return out
 
 
@@ -1141,6 +1322,12 @@ def c_commandlist(s, args):
     out = [{'message': '\n'.join(names), 'commandlist': names[0]}]
     out += [{'commandlist': n} for n in names[1:]]
     return out
+
+
+# job, CE and quota commands (listCEs ps masterjob submit jquota fquota): testgrid/jobs.py
+jobs_mod.register(command, CmdError, human_size, STRERROR)
+for _name in jobs_mod.HELP:
+    COMMANDS[_name].help_text = jobs_mod.HELP[_name]
 
 
 # -- server -------------------------------------------------------------------------------
