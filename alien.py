@@ -29,6 +29,7 @@ import base64
 import collections
 import errno
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -64,6 +65,11 @@ EX_NOTCONN = 107
 EX_EREMOTEIO = 121
 EX_UNAUTHORIZED = 129
 
+# Server commands whose messages carry the service's own colour codes (SGR):
+# kept on a terminal, removed in a pipe or with NO_COLOR. Any other text from
+# the network shows its control characters escaped on a terminal.
+SERVICE_COLOUR_COMMANDS = ('listSEs', 'xrdstat', 'testSE', 'submit')
+
 
 def env_seconds(environ, name, default):
     """A duration from the environment (seconds, >= 0); one-line error when it is not one."""
@@ -95,7 +101,7 @@ class AlienError(Exception):
 
 class Result(object):
     """Outcome of one command: what the shell prints and the exit code."""
-    __slots__ = ('exitcode', '_out', 'err', 'results', 'metadata', 'as_json', 'raw')
+    __slots__ = ('exitcode', '_out', 'err', 'results', 'metadata', 'as_json', 'raw', 'style')
 
     def __init__(self, exitcode=0, out='', err='', results=None, metadata=None):
         self.exitcode = exitcode
@@ -105,6 +111,7 @@ class Result(object):
         self.metadata = metadata if metadata is not None else {}
         self.as_json = False  # print the whole reply as JSON
         self.raw = None       # the reply text as received
+        self.style = ''       # how out reaches a terminal: '' escaped, 'colour' service SGR kept, 'raw' as is
 
     def __repr__(self):
         return 'Result(exitcode=%r, out=%r, err=%r)' % (self.exitcode, self.out, self.err)
@@ -127,6 +134,131 @@ class Result(object):
     @out.setter
     def out(self, value):
         self._out = value
+
+
+# ---- untrusted input and output: bounded JSON, terminal-safe text ----------
+# Everything that comes from the network or from user files is parsed with
+# bounds (nesting, size, count), and every text that reaches a terminal goes
+# through term_text(): control characters are shown escaped, not obeyed.
+
+JSON_MAX_DEPTH = 64          # replies nest 3 deep, gfal jobs 4: far more than any real document
+INPUT_MAX_BYTES = 16 << 20   # -input files, gfal jobs: 16 MiB
+INPUT_MAX_LINES = 1000000    # lines of a -input file
+SETTINGS_MAX_BYTES = 1 << 20  # ~/.alienpy_aliases, ~/.alienpy_session
+ALIAS_MAX = 1000             # aliases read from ~/.alienpy_aliases
+LINE_MAX_ELEMENTS = 10000    # commands in one chain after alias expansion
+
+_JSON_NOISE = {i: None for i in range(128) if chr(i) not in '[]{}"'}
+_JSON_STRING = re.compile(r'"[^"]*"')
+_JSON_NON_BRACKET = re.compile(r'[^\[\]{}]+')
+_JSON_LEVEL = {'[': 1, '{': 1, ']': -1, '}': -1}
+
+
+class JsonTooDeep(ValueError):
+    """A JSON text nests deeper than JSON_MAX_DEPTH."""
+
+
+def json_too_deep(text, limit=JSON_MAX_DEPTH):
+    """True when the JSON text nests arrays/objects more than limit levels deep.
+    Brackets inside strings do not count. C-speed string operations only (about
+    4 ns a character): escapes and everything but brackets and quotes are
+    dropped, strings removed; flat documents end after a few passes removing
+    innermost pairs, others get their exact depth from a running sum."""
+    if len(text) <= 2 * limit:
+        return False
+    if '\\\\' in text:
+        text = text.replace('\\\\', '')
+    if '\\"' in text:
+        text = text.replace('\\"', '')
+    t = text.translate(_JSON_NOISE)
+    if '"' in t:
+        t = t.replace('""', '')   # empty strings, or two strings with nothing between
+        if '"' in t:
+            t = _JSON_STRING.sub('', t)
+    if not t.isascii() if hasattr(t, 'isascii') else any(ord(c) > 127 for c in t):
+        t = _JSON_NON_BRACKET.sub('', t)
+    brackets = t = t.replace('"', '')     # (a quote left over: not JSON, json.loads says so)
+    for _ in range(min(4, limit // 2)):   # each pass removes one or two levels: flat documents end here
+        t = t.replace('{}', '').replace('[]', '')
+        if not t:
+            return False
+    return bool(brackets) and max(itertools.accumulate(map(_JSON_LEVEL.__getitem__, brackets))) > limit
+
+
+def load_json(text, **kw):
+    """json.loads with bounded nesting: JsonTooDeep (a ValueError) beyond
+    JSON_MAX_DEPTH levels, ValueError when it is not JSON; never RecursionError.
+    The one JSON parser for replies and jobs."""
+    if json_too_deep(text):
+        raise JsonTooDeep('nested more than %d levels deep' % JSON_MAX_DEPTH)
+    try:
+        return json.loads(text, **kw)
+    except RecursionError:
+        raise JsonTooDeep('nested too deep')
+
+
+def read_text_limited(source, limit):
+    """UTF-8 text of a file (path) or stream, read at most limit bytes into
+    memory. ValueError when it is larger or not UTF-8, OSError when unreadable."""
+    if isinstance(source, str):
+        with open(source, 'rb') as f:
+            data = f.read(limit + 1)
+    else:
+        data = getattr(source, 'buffer', source).read(limit + 1)
+    if len(data) > limit:
+        raise ValueError('larger than %s' % human_bytes(limit))
+    return data if isinstance(data, str) else data.decode('utf-8')
+
+
+_CTRL = re.compile('[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]')
+_CTRL_OR_SGR = re.compile('\x1b\\[[0-9;]*m|[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]')
+_SGR = re.compile('\x1b\\[[0-9;]*m')
+_C_ESCAPES = {'\a': '\\a', '\b': '\\b', '\t': '\\t', '\n': '\\n', '\v': '\\v', '\f': '\\f', '\r': '\\r'}
+
+
+def _visible_char(c):
+    if c in _C_ESCAPES:
+        return _C_ESCAPES[c]
+    o = ord(c)
+    if 0xdc80 <= o <= 0xdcff:     # an undecodable byte of a local name (surrogateescape)
+        return '\\%03o' % (o - 0xdc00)
+    if o < 0x80:
+        return '\\%03o' % o
+    return ''.join('\\%03o' % b for b in c.encode('utf-8', 'surrogatepass'))
+
+
+def visible(text, keep_sgr=False, newlines=False):
+    """text with control characters (C0 but tab/newline, DEL, C1) and undecodable
+    bytes written as C escapes, like GNU ls -b: ESC -> \\033, CR -> \\r, byte
+    0xff -> \\377. keep_sgr keeps plain colour codes (ESC [ digits ; m);
+    newlines=True escapes newlines and tabs too (a name on one line)."""
+    rx = _CTRL_OR_SGR if keep_sgr else _CTRL
+    if newlines:
+        text = text.replace('\t', '\\t').replace('\n', '\\n')
+    if rx.search(text) is None:
+        return text
+    return rx.sub(lambda m: m.group(0) if len(m.group(0)) > 1 else _visible_char(m.group(0)), text)
+
+
+def term_text(text, stream, colour=False):
+    """The one sanitiser at the output points. text: untrusted text bound for
+    stream. On a terminal its control characters are escaped (visible()); when
+    colour is set (the messages of commands the service colours, e.g. listSEs),
+    plain SGR colour codes are kept unless NO_COLOR is set. Off a terminal
+    nothing is escaped (scripts get the bytes), but colour codes are removed."""
+    try:
+        tty = stream.isatty()
+    except (AttributeError, ValueError):
+        tty = False
+    keep = colour and tty and not os.environ.get('NO_COLOR')
+    if colour and not keep and '\x1b' in text:
+        text = _SGR.sub('', text)
+    if not tty:
+        return text
+    text = visible(text, keep_sgr=keep)
+    if keep and '\x1b' in text:
+        text += '\x1b[0m'         # a colour left open by the service ends here
+    return text
 
 
 _LOG = {}
@@ -1142,7 +1274,9 @@ def parse_reply(text, compact=False):
     if not text:
         raise AlienError('empty reply from the server', EX_EMPTY_REPLY)
     try:
-        reply = json.loads(text, object_hook=_compact_row if compact else None)
+        reply = load_json(text, object_hook=_compact_row if compact else None)
+    except JsonTooDeep as e:
+        raise AlienError('reply from the server is not in the JCentral format: %s' % e, EX_ENOMSG)
     except ValueError:
         raise AlienError('reply from the server is not JSON', EX_EINVAL)
     if not isinstance(reply, dict) or not isinstance(reply.get('metadata'), dict) \
@@ -1155,7 +1289,7 @@ def reply_to_result(metadata, results):
     code = metadata.get('exitcode', '0')
     try:
         exitcode = int(code)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         exitcode = 121
     return Result(exitcode, None, str(metadata.get('error', '') or ''), results, metadata)
 
@@ -1289,8 +1423,8 @@ class Session(object):
         if held is not False and renewable:
             self._token_due = self._token_due or 'after-first'
         if problem and problem != 'missing':
-            sys.stderr.write('alien.py: token not usable (%s): using the user certificate%s\n'
-                             % (problem, ' and renewing the token' if held is not False and renewable else ''))
+            print_error('alien.py: token not usable (%s): using the user certificate%s'
+                        % (problem, ' and renewing the token' if held is not False and renewable else ''))
         return kind, ctx
 
     def _open(self, ctx, host, port, avoid=None):
@@ -1390,9 +1524,8 @@ class Session(object):
             if not said:
                 said = True
                 where = '%s:%d' % self.peer if self.peer else 'the service'
-                sys.stderr.write('alien.py: connection to %s lost (%s); reconnecting for up to %g s\n'
-                                 % (where, reason or last, self.reconnect_timeout))
-                sys.stderr.flush()
+                print_error('alien.py: connection to %s lost (%s); reconnecting for up to %g s'
+                            % (where, reason or last, self.reconnect_timeout))
             if elapsed >= self.reconnect_timeout:
                 raise AlienError('connection lost and not back within %g s (ALIENPY_RECONNECT_TIMEOUT): %s'
                                  % (self.reconnect_timeout, last), EX_NOTCONN)
@@ -1400,8 +1533,7 @@ class Session(object):
             pause = min(pause * 2, 5.0)
         log('reconnected after %.3f s' % (time.monotonic() - t0))
         if said:
-            sys.stderr.write('alien.py: connection back after %.1f s\n' % (time.monotonic() - t0))
-            sys.stderr.flush()
+            print_error('alien.py: connection back after %.1f s' % (time.monotonic() - t0))
 
     def _ensure_connected(self):
         """A usable connection: the first one, or a new one (same cwd) when the old
@@ -1446,6 +1578,8 @@ class Session(object):
         result = self._decode(reply, nokeys)
         del reply  # a large reply's text is freed before its output is joined
         result.raw = raw
+        if command in SERVICE_COLOUR_COMMANDS:
+            result.style = 'colour'
         return result
 
     def request_many(self, requests, nomsg=False, nokeys=False, window=32):
@@ -1581,10 +1715,11 @@ class Session(object):
             unlock_token()
 
     def _update_state(self, metadata):
-        if metadata.get('user'):
-            self.user = metadata['user']
+        user = metadata.get('user')
+        if user and isinstance(user, str):
+            self.user = user
         cwd = metadata.get('currentdir')
-        if cwd:
+        if cwd and isinstance(cwd, str) and cwd.startswith('/'):
             if not self.home:
                 self.home = cwd
             if cwd != self.cwd:
@@ -2005,19 +2140,27 @@ def parse_input_lines(text):
     shell-quoted (so names with spaces work); lines without exactly 2 fields
     are skipped with a notice."""
     pairs, notices = [], []
+    skipped = 0
     for n, line in enumerate(text.splitlines(), 1):
         s = line.strip()
         if not s or s.startswith(('#', ';', '//')):
             continue
+        if len(pairs) >= INPUT_MAX_LINES:
+            raise AlienError('cp: -input holds more than %d "src dst" lines' % INPUT_MAX_LINES, EX_EINVAL)
         try:
             fields = shlex.split(s)
+            why = None if len(fields) == 2 else 'need "src dst"'
         except ValueError as e:
-            notices.append('cp -input line %d skipped (%s): %s' % (n, e, s))
-            continue
-        if len(fields) != 2:
-            notices.append('cp -input line %d skipped (need "src dst"): %s' % (n, s))
-            continue
-        pairs.append((fields[0], fields[1]))
+            why = str(e)
+        if why is None:
+            pairs.append((fields[0], fields[1]))
+        elif skipped < 100:
+            skipped += 1
+            notices.append('cp -input line %d skipped (%s): %s' % (n, why, visible(s, newlines=True)))
+        else:
+            skipped += 1
+    if skipped > 100:
+        notices.append('cp -input: %d more lines skipped' % (skipped - 100))
     return pairs, notices
 
 
@@ -2481,7 +2624,7 @@ class _Progress(object):
         line = '%s%d/%d files  %s/%s  %s/s  ETA %s' % (
             self.label, self.done_files, self.total_files, human_bytes(moved),
             human_bytes(self.total_bytes), human_bytes(rate), eta)
-        sys.stderr.write('\r\x1b[K' + line + ('\n' if final else ''))
+        sys.stderr.write('\r\x1b[K' + term_text(line, sys.stderr) + ('\n' if final else ''))
         sys.stderr.flush()
 
 
@@ -3203,6 +3346,40 @@ def cp_plan(session, src, dst, opts):
                       for f in files]
 
 
+_SURROGATE = re.compile('[\ud800-\udfff]')
+
+
+def cp_name_problem(path, side):
+    """Why path cannot be a file name on side ('grid': an LFN the catalogue can
+    hold; 'local': a local destination name), or '' when it can."""
+    if _SURROGATE.search(path):
+        return 'the name is not valid UTF-8'
+    if '\x00' in path:
+        return 'the name holds a NUL character'
+    if side == 'grid':
+        if '\n' in path or '\r' in path:
+            return 'a grid file name cannot hold a line break'
+        if any(c in ('.', '..') for c in path.split('/')):
+            return 'a grid file name cannot have "." or ".." components'
+    elif any(len(c.encode('utf-8')) > 255 for c in path.split('/')):
+        return 'a name component is longer than 255 bytes'
+    return ''
+
+
+def cp_refuse_bad_names(items, direction, stats):
+    """Planned items -> those whose names both sides can hold; each other one
+    is refused up front with a one-line reason (nothing is booked for it)."""
+    good = []
+    for src, dst, specs in items:
+        lfn, local = (dst, src) if direction == 'upload' else (src, dst)
+        why = cp_name_problem(lfn, 'grid') or (direction == 'download' and cp_name_problem(local, 'local'))
+        if why:
+            stats.fail(src, 'refused %s -> %s: %s' % (visible(src, newlines=True), visible(dst, newlines=True), why))
+        else:
+            good.append((src, dst, specs))
+    return good
+
+
 def cp_prepare_upload_dirs(session, items):
     dirs = sorted(set(lfn.rsplit('/', 1)[0] or '/' for _, lfn, _ in items))
     _requests(session, [('mkdir', ['-p', d]) for d in dirs])  # pipelined, not one round trip each
@@ -3220,7 +3397,7 @@ def cp_run(session, pairs, opts):
                 raise
             stats.fail(src, str(e))
             continue
-        (downloads if direction == 'download' else uploads).extend(items)
+        (downloads if direction == 'download' else uploads).extend(cp_refuse_bad_names(items, direction, stats))
     if opts.get('dryrun'):
         stats.plan = ['%s -> %s' % (s, d) for s, d, _ in downloads] + \
                      ['%s -> %s%s' % (s, d, (' (%s)' % ','.join(sp)) if sp else '') for s, d, sp in uploads]
@@ -3270,10 +3447,10 @@ def cp_result(stats, opts, as_json=False):
         lines += ['cp: %s' % why for _, why in stats.failed] + ([stats.abort[1]] if stats.abort else []) + [summary]
     result = Result(code, out='' if code or opts.get('quiet') else summary, err='\n'.join(lines) if code else '')
     if not code and lines:
-        sys.stderr.write('\n'.join(lines) + '\n')
+        print_error('\n'.join(lines))
     if as_json:
         if code:
-            sys.stderr.write(result.err + '\n')
+            print_error(result.err)
         result.results = [dict(state=state, src=src, dst=dst, **({'error': why} if why else {}))
                           for state in CP_STATES for src, dst, why in states[state]]
         result.metadata = {'exitcode': str(code), 'error': stats.abort[1] if stats.abort else '',
@@ -3377,7 +3554,7 @@ def gfal_load_json(text):
     if not text.strip():
         raise GfalJobError('empty input: expected a JSON job object')
     try:
-        doc = json.loads(text)
+        doc = load_json(text)
     except ValueError as e:
         raise GfalJobError('invalid JSON: %s' % e)
     if not isinstance(doc, dict):
@@ -3657,7 +3834,7 @@ class _GfalOutput(object):
         self._write(self.stdout, json.dumps(obj) + '\n')
 
     def err(self, text):
-        self._write(self.stderr, text + '\n')
+        self._write(self.stderr, term_text(text, self.stderr) + '\n')
 
 
 # dirent d_type (DT_DIR, DT_REG, DT_LNK) -> st_mode file-type bits
@@ -3979,18 +4156,15 @@ def gfal_main(args, stdin=None, stdout=None, stderr=None):
             raise GfalJobError('usage: alien.py %s' % GFAL_USAGE)
         jobtype = gfal_job_type(args[0])
         source = args[1] if len(args) == 2 else '-'
-        if source == '-':
-            text = stdin.read()
-        else:
-            try:
-                with open(source, 'rb') as f:
-                    text = f.read().decode('utf-8')
-            except (OSError, UnicodeDecodeError) as e:
-                raise GfalJobError('cannot read the job file %s: %s' % (source, e))
+        try:
+            text = read_text_limited(stdin if source == '-' else source, INPUT_MAX_BYTES)
+        except (OSError, ValueError) as e:
+            raise GfalJobError('cannot read the job %s: %s' % (
+                'from stdin' if source == '-' else 'file ' + source, getattr(e, 'strerror', None) or e))
         job = gfal_parse_job(jobtype, gfal_load_json(text))
         gfal2 = _gfal_import()
     except GfalJobError as e:
-        out.json(gfal_result(False, str(e)))
+        out.json(gfal_result(False, str(e), ''))   # id "": the whole job failed (pdm worker)
         return 2
     status = gfal_run_job(gfal2, job, out)
     return 1 if out.broken else status
@@ -4110,9 +4284,10 @@ def http_get_json(url, environ, headers=(), what='GET', check=None):
     A body that is not JSON, or not of that shape, is a one-line error (exit 42)."""
     _, body = http_get(url, environ, [('Accept', 'application/json')] + list(headers), what=what)
     try:
-        doc = json.loads(body.decode('utf-8'))
-    except ValueError:
-        raise AlienError('%s %s: the reply is not JSON' % (what, url), EX_ENOMSG)
+        doc = load_json(body.decode('utf-8'))
+    except ValueError as e:
+        raise AlienError('%s %s: the reply is not JSON%s' % (
+            what, url, ' (%s)' % e if isinstance(e, JsonTooDeep) else ''), EX_ENOMSG)
     if check is not None and not check(doc):
         raise AlienError('%s %s: the reply is not in the expected format' % (what, url), EX_ENOMSG)
     return doc
@@ -4319,11 +4494,11 @@ def cmd_cp(session, args):
         if pos:
             raise AlienError('cp: -input FILE takes no other SRC/DST arguments', EX_EINVAL)
         try:
-            with open(os.path.expanduser(opts['input']), encoding='utf-8') as f:
-                text = f.read()
-        except (OSError, UnicodeDecodeError) as e:
-            raise AlienError('cp: cannot read -input file %s: %s' % (opts['input'], getattr(e, 'strerror', e)),
-                             EX_ENOENT)
+            text = read_text_limited(os.path.expanduser(opts['input']), INPUT_MAX_BYTES)
+        except OSError as e:
+            raise AlienError('cp: cannot read -input file %s: %s' % (opts['input'], e.strerror), EX_ENOENT)
+        except ValueError as e:
+            raise AlienError('cp: cannot read -input file %s: %s' % (opts['input'], e), EX_EINVAL)
         pairs, notices = parse_input_lines(text)
         if not pairs:
             raise AlienError('cp: no "src dst" lines in %s' % opts['input'], EX_EINVAL)
@@ -4347,7 +4522,7 @@ def cmd_cp(session, args):
     if not opts['dryrun']:
         xrootd_client()
     if notices:
-        sys.stderr.write('\n'.join(notices) + '\n')
+        print_error('\n'.join(notices))
     return cp_result(cp_run(session, pairs, opts), opts, session.command_json)
 
 
@@ -4389,7 +4564,9 @@ def _show_files(session, args, name):
             return Result(rc)
         data = b''.join(open(p, 'rb').read() for p in paths)
         text = data.decode('utf-8', 'replace')
-        return Result(0, out=text[:-1] if text.endswith('\n') else text)
+        result = Result(0, out=text[:-1] if text.endswith('\n') else text)
+        result.style = 'raw'   # file content, printed as is like the system cat
+        return result
     finally:
         import shutil
         shutil.rmtree(tmpdir, ignore_errors=True)
@@ -4939,15 +5116,22 @@ def user_file(environ, name):
 
 
 def read_settings(path):
-    """[(key, value)] of a 'key = value' file (also key=value); '#' starts a
+    """[(key, value)] of a settings file (parse_settings); a missing file is
+    empty, an oversized or non-UTF-8 one is ignored with a one-line notice."""
+    try:
+        return parse_settings(read_text_limited(path, SETTINGS_MAX_BYTES))
+    except OSError:
+        return []
+    except ValueError as e:
+        print_error('alien.py: %s ignored: %s' % (path, e))
+        return []
+
+
+def parse_settings(text):
+    """[(key, value)] of 'key = value' lines (also key=value); '#' starts a
     comment line; one pair of surrounding quotes is removed from the value."""
     pairs = []
-    try:
-        with open(path) as f:
-            lines = f.read().splitlines()
-    except (OSError, UnicodeDecodeError):
-        return pairs
-    for line in lines:
+    for line in text.splitlines():
         line = line.strip()
         if not line or line.startswith('#') or '=' not in line:
             continue
@@ -4962,7 +5146,10 @@ def read_settings(path):
 
 def load_aliases(environ):
     """Aliases of ~/.alienpy_aliases ('name = cmd1; cmd2'), in file order."""
-    return dict(read_settings(user_file(environ, '.alienpy_aliases')))
+    aliases = read_settings(user_file(environ, '.alienpy_aliases'))
+    if len(aliases) > ALIAS_MAX:
+        print_error('alien.py: only the first %d aliases of ~/.alienpy_aliases are used' % ALIAS_MAX)
+    return dict(aliases[:ALIAS_MAX])
 
 
 def expand_aliases(elements, aliases):
@@ -4979,6 +5166,8 @@ def expand_aliases(elements, aliases):
             out.extend(split_chain(aliases[m.group(1)] + m.group(2)))
         else:
             out.append(element)
+        if len(out) > LINE_MAX_ELEMENTS:
+            raise AlienError('the command line expands to more than %d commands' % LINE_MAX_ELEMENTS, EX_USAGE)
     return out
 
 
@@ -5667,7 +5856,7 @@ def prompt_text(session):
             text += ' local:%s' % os.getcwd()
         except OSError:
             text += ' local:?'
-    return text + ' >'
+    return term_text(text, sys.stdout) + ' >'
 
 
 def shell_print(result):
@@ -5677,7 +5866,7 @@ def shell_print(result):
         if result._out:
             write_lines(result)
         sys.stdout.flush()
-        sys.stderr.write('\033[91m%s\033[0m\n' % result.err.rstrip('\n'))
+        sys.stderr.write('\033[91m%s\033[0m\n' % term_text(result.err.rstrip('\n'), sys.stderr))
         sys.stderr.flush()
     else:
         print_result(result)
@@ -5788,8 +5977,8 @@ class Shell(object):
             isdir = m.endswith('/')
             names.append(m.rstrip('/').rsplit('/', 1)[-1] + ('/' if isdir else ''))
         try:
-            sys.stdout.write('\n' + format_columns(sorted(set(names))) + '\n')
-            sys.stdout.write(prompt_text(self.session) + self.readline.get_line_buffer())
+            sys.stdout.write('\n' + term_text(format_columns(sorted(set(names))), sys.stdout) + '\n')
+            sys.stdout.write(prompt_text(self.session) + term_text(self.readline.get_line_buffer(), sys.stdout))
             sys.stdout.flush()
         except Exception:
             log_exception()
@@ -5969,7 +6158,7 @@ def shell_main(session):
 
 def print_error(text):
     if text:
-        sys.stderr.write(text.rstrip('\n') + '\n')
+        sys.stderr.write(term_text(text.rstrip('\n'), sys.stderr) + '\n')
         sys.stderr.flush()
 
 
@@ -5993,9 +6182,11 @@ def print_result(result):
 
 def write_lines(result, batch=4096):
     """Print result.out without building it: large listings go out in batches."""
+    def safe(text):
+        return text if result.style == 'raw' else term_text(text, sys.stdout, result.style == 'colour')
     if result._out is not None:
         if result._out:
-            sys.stdout.write(result._out + '\n')
+            sys.stdout.write(safe(result._out) + '\n')
         return
     lines = list(result.messages())
     while lines and not lines[-1].strip():
@@ -6006,7 +6197,7 @@ def write_lines(result, batch=4096):
         return
     lines[0], lines[-1] = lines[0].lstrip(), lines[-1].rstrip()
     for i in range(0, len(lines), batch):
-        sys.stdout.write('\n'.join(lines[i:i + batch]))
+        sys.stdout.write(safe('\n'.join(lines[i:i + batch])))
         sys.stdout.write('\n')
 
 

@@ -2868,6 +2868,7 @@ def test_requests_are_pipelined_through_request_many():
 
 
 # ===== gfal jobs tests =====
+# All marked `once`: gfal jobs never touch the websocket.
 # `alien.py gfal TYPE [JOB.json|-]`: validation is tested in-process (pure
 # functions, no gfal2 needed); jobs run for real in a subprocess with the
 # system interpreter, which imports Debian's gfal2, on file:// trees, on a
@@ -2957,6 +2958,7 @@ def gfal_chown_tree(top):
 
 # ---- pure functions (no gfal2 needed) ----
 
+@pytest.mark.once
 def test_gfal_join_url():
     j = alien.gfal_join_url
     assert j('root://h:1094//data/', 'sub/f') == 'root://h:1094//data/sub/f'
@@ -2970,6 +2972,7 @@ def test_gfal_join_url():
         j(None, 'relative/path')
 
 
+@pytest.mark.once
 def test_gfal_job_type_is_case_insensitive():
     assert alien.gfal_job_type('COPY') == 'copy'
     assert alien.gfal_job_type('List') == 'list'
@@ -2977,6 +2980,7 @@ def test_gfal_job_type_is_case_insensitive():
         alien.gfal_job_type('chmod')
 
 
+@pytest.mark.once
 def test_gfal_parse_both_input_styles():
     doc = {'base': 'root://h//d/', 'files': ['a', ['7.1', 'b'], 'file:///abs'], 'dirs': [['7.2', 'x/']]}
     job = alien.gfal_parse_job('remove', doc)
@@ -2991,6 +2995,7 @@ def test_gfal_parse_both_input_styles():
     assert job.entries == [(5, 'dir', 'file:///n')]
 
 
+@pytest.mark.once
 def test_gfal_option_defaults():
     opts = alien.gfal_parse_job('copy', {'files': [['file:///a', 'file:///b']]}).options
     assert opts == {'timeout': None, 'make_dirs': True, 'checksum': None, 'encrypt': False,
@@ -3048,6 +3053,7 @@ GFAL_BAD_JOBS = [
 ]
 
 
+@pytest.mark.once
 @pytest.mark.parametrize('jobtype,doc,message', GFAL_BAD_JOBS)
 def test_gfal_bad_job_is_one_error_line(jobtype, doc, message):
     with pytest.raises(alien.GfalJobError) as info:
@@ -3059,9 +3065,10 @@ def test_gfal_bad_job_is_one_error_line(jobtype, doc, message):
     lines = out.getvalue().splitlines()
     assert rc == 2 and len(lines) == 1 and err.getvalue() == ''
     line = _gfal_json.loads(lines[0])
-    assert list(line) == ['Reason', 'Code'] and line['Code'] == 1 and message in line['Reason']
+    assert list(line) == ['Reason', 'Code', 'id'] and line['id'] == '' and line['Code'] == 1 and message in line['Reason']
 
 
+@pytest.mark.once
 @pytest.mark.parametrize('args,text,message', [
     (['copy'], '{not json', 'invalid JSON'),
     (['copy'], '', 'empty input'),
@@ -3081,6 +3088,7 @@ def test_gfal_main_bad_input(args, text, message):
     assert line['Code'] == 1 and message in line['Reason']
 
 
+@pytest.mark.once
 def test_gfal_missing_module_in_process(monkeypatch, tmp_path):
     monkeypatch.setitem(_gfal_sys.modules, 'gfal2', None)     # import gfal2 -> ImportError
     out, err = _gfal_io.StringIO(), _gfal_io.StringIO()
@@ -3092,6 +3100,7 @@ def test_gfal_missing_module_in_process(monkeypatch, tmp_path):
     assert not (tmp_path / 'new').exists()
 
 
+@pytest.mark.once
 def test_gfal_missing_module_pyenv_python(tmp_path):
     # The project's own interpreter (pyenv) has no gfal2: one error line naming the package.
     assert _gfal_subprocess.call([_gfal_sys.executable, '-c', 'import gfal2'],
@@ -3102,6 +3111,7 @@ def test_gfal_missing_module_pyenv_python(tmp_path):
     assert not (tmp_path / 'new').exists()
 
 
+@pytest.mark.once
 def test_gfal_encrypted_url():
     e = alien.gfal_encrypted_url
     assert e('root://h//f') == 'roots://h//f'
@@ -3115,6 +3125,7 @@ def test_gfal_encrypted_url():
             e(url)
 
 
+@pytest.mark.once
 def test_gfal_url_helpers():
     assert alien.gfal_parent_url('root://h//d/f') == ('root://h//d', 'f')
     assert alien.gfal_parent_url('root://h//f') == ('root://h//', 'f')
@@ -3129,6 +3140,7 @@ def test_gfal_url_helpers():
         'MONITOR src: file:///a [  11] 500.00MB (44137.00KB/s)'
 
 
+@pytest.mark.once
 def test_gfal_command_registered():
     cmd = alien.COMMANDS['gfal']
     assert cmd.connect is False and 'list|remove|copy|rename|mkdir' in cmd.usage
@@ -3136,6 +3148,7 @@ def test_gfal_command_registered():
 
 # ---- real gfal2: LIST ----
 
+@pytest.mark.once
 def test_gfal_list_file_tree_unlimited(tmp_path):
     top = gfal_tree(str(tmp_path / 'tree'))
     rc, lines, err = gfal_run('list', {'files': ['file://' + top], 'options': {'depth': -1}})
@@ -3155,6 +3168,7 @@ def test_gfal_list_file_tree_unlimited(tmp_path):
     assert a['st_size'] == 6 and a['st_mode'] == _gfal_os.stat(_gfal_os.path.join(top, 'a.txt')).st_mode
 
 
+@pytest.mark.once
 @pytest.mark.parametrize('depth,levels', [(0, 1), (1, 1), (2, 3), (-1, 4), (-5, 4)])
 def test_gfal_list_depth(tmp_path, depth, levels):
     top = gfal_tree(str(tmp_path / 'tree'))
@@ -3162,6 +3176,7 @@ def test_gfal_list_depth(tmp_path, depth, levels):
     assert rc == 0 and len(lines[0]) == levels
 
 
+@pytest.mark.once
 def test_gfal_list_relative_and_pdm_wrapped(tmp_path):
     top = gfal_tree(str(tmp_path / 'tree'))
     rc, lines, _ = gfal_run('list', {'base': 'file://%s/' % top, 'dirs': [['7.0', 'sub']],
@@ -3174,6 +3189,7 @@ def test_gfal_list_relative_and_pdm_wrapped(tmp_path):
     assert sorted(e['name'] for e in wrapped['Listing']['file://%s/sub' % top]) == ['deep', 'f1']
 
 
+@pytest.mark.once
 def test_gfal_list_file_root_is_listed_under_parent(tmp_path):
     top = gfal_tree(str(tmp_path / 'tree'))
     rc, lines, _ = gfal_run('list', {'files': ['file://%s/sub/f1' % top]})
@@ -3183,6 +3199,7 @@ def test_gfal_list_file_root_is_listed_under_parent(tmp_path):
     assert entry['name'] == 'f1' and entry['st_size'] == 3
 
 
+@pytest.mark.once
 def test_gfal_list_symlinks(tmp_path):
     top = tmp_path / 'links'
     (top / 'real').mkdir(parents=True)
@@ -3198,6 +3215,7 @@ def test_gfal_list_symlinks(tmp_path):
     assert sorted(e['name'] for e in lines[0][root + '/real']) == ['f', 'loop']
 
 
+@pytest.mark.once
 def test_gfal_list_checksum(tmp_path):
     top = gfal_tree(str(tmp_path / 'tree'))
     rc, lines, _ = gfal_run('list', {'files': ['file://' + top], 'options': {'checksum': 'adler32'}})
@@ -3211,6 +3229,7 @@ def test_gfal_list_checksum(tmp_path):
                 assert e['adler32'] == '%08x' % _gfal_zlib.adler32(open(path, 'rb').read())
 
 
+@pytest.mark.once
 def test_gfal_list_errors(tmp_path):
     missing = 'file://%s/nope' % tmp_path
     rc, lines, _ = gfal_run('list', {'files': [missing]})
@@ -3225,6 +3244,7 @@ def test_gfal_list_errors(tmp_path):
     assert rc == 1 and len(lines) == 1 and lines[0]['Code'] == 1 and 'bogus' in lines[0]['Reason']
 
 
+@pytest.mark.once
 def test_gfal_list_mock_directory():
     url = 'mock://host/d?list=a:100644:10,b:40755:0'
     rc, lines, _ = gfal_run('list', {'files': [url], 'options': {'depth': 1}})
@@ -3232,6 +3252,7 @@ def test_gfal_list_mock_directory():
     assert [(e['name'], e['st_size']) for e in lines[0][url]] == [('a', 10), ('b', 0)]
 
 
+@pytest.mark.once
 def test_gfal_list_xrootd(gfal_se):
     url, path = gfal_se
     gfal_tree(_gfal_os.path.join(path, 'tree'))
@@ -3249,6 +3270,7 @@ def test_gfal_list_xrootd(gfal_se):
 
 # ---- real gfal2: REMOVE, MKDIR, RENAME ----
 
+@pytest.mark.once
 def test_gfal_remove_files_then_dirs(tmp_path):
     top = gfal_tree(str(tmp_path / 'tree'))
     base = 'file://%s/' % top
@@ -3269,12 +3291,14 @@ def test_gfal_remove_files_then_dirs(tmp_path):
     assert not _gfal_os.path.exists(_gfal_os.path.join(top, 'sub'))
 
 
+@pytest.mark.once
 def test_gfal_remove_mock_error_injection():
     rc, lines, _ = gfal_run('remove', {'files': ['mock://host/p?errno=2', 'mock://host/q?size=1']})
     assert rc == 1 and lines[0]['Code'] == 1 and 'No such file' in lines[0]['Reason']
     assert lines[1] == gfal_ok()
 
 
+@pytest.mark.once
 def test_gfal_mkdir(tmp_path):
     base = 'file://%s/' % tmp_path
     (tmp_path / 'plainfile').write_text('x')
@@ -3288,6 +3312,7 @@ def test_gfal_mkdir(tmp_path):
     assert rc == 1 and 'Protocol not supported' in lines[0]['Reason']
 
 
+@pytest.mark.once
 def test_gfal_rename(tmp_path):
     (tmp_path / 'old').write_text('data')
     base = 'file://%s/' % tmp_path
@@ -3297,6 +3322,7 @@ def test_gfal_rename(tmp_path):
     assert (tmp_path / 'new').read_text() == 'data' and not (tmp_path / 'old').exists()
 
 
+@pytest.mark.once
 def test_gfal_namespace_ops_xrootd(gfal_se):
     url, path = gfal_se
     with open(_gfal_os.path.join(path, 'f'), 'w') as f:
@@ -3318,6 +3344,7 @@ def _gfal_monitor_sources(err):
     return [m.group(1) for m in map(GFAL_MONITOR_RE.match, err.splitlines()) if m]
 
 
+@pytest.mark.once
 def test_gfal_copy_file_to_file_both_styles(tmp_path):
     top = gfal_tree(str(tmp_path / 'src'))
     dst = tmp_path / 'dst'
@@ -3335,6 +3362,7 @@ def test_gfal_copy_file_to_file_both_styles(tmp_path):
     assert sorted(set(srcs)) == sorted('file://%s/%s' % (top, p) for p in ('a.txt', 'sub/f1', 'sub/deep/f2'))
 
 
+@pytest.mark.once
 def test_gfal_copy_job_file_argument(tmp_path):
     (tmp_path / 'a').write_text('A')
     job = tmp_path / 'job.json'
@@ -3343,6 +3371,7 @@ def test_gfal_copy_job_file_argument(tmp_path):
     assert rc == 0 and lines == [gfal_ok()] and (tmp_path / 'b').read_text() == 'A'
 
 
+@pytest.mark.once
 def test_gfal_copy_make_dirs_false(tmp_path):
     (tmp_path / 'a').write_text('A')
     base = 'file://%s/' % tmp_path
@@ -3354,6 +3383,7 @@ def test_gfal_copy_make_dirs_false(tmp_path):
     assert rc == 0 and (tmp_path / 'new' / 'a').read_text() == 'A'
 
 
+@pytest.mark.once
 def test_gfal_copy_overwrite(tmp_path):
     (tmp_path / 'a').write_text('new')
     (tmp_path / 'b').write_text('old')
@@ -3364,6 +3394,7 @@ def test_gfal_copy_overwrite(tmp_path):
     assert rc == 0 and (tmp_path / 'b').read_text() == 'new'
 
 
+@pytest.mark.once
 def test_gfal_copy_checksum(tmp_path):
     (tmp_path / 'a').write_bytes(b'hello\n')
     base = 'file://%s/' % tmp_path
@@ -3381,6 +3412,7 @@ def test_gfal_copy_checksum(tmp_path):
     assert _gfal_monitor_sources(err) == []          # nothing was copied
 
 
+@pytest.mark.once
 def test_gfal_copy_encrypt(tmp_path, gfal_se):
     url, path = gfal_se
     (tmp_path / 'a').write_text('secret')
@@ -3399,6 +3431,7 @@ def test_gfal_copy_encrypt(tmp_path, gfal_se):
     assert _gfal_monitor_sources(err) == ['file://%s/a' % tmp_path]
 
 
+@pytest.mark.once
 def test_gfal_copy_preserve_timestamp(tmp_path, gfal_se):
     url, path = gfal_se
     src = tmp_path / 'a'
@@ -3417,6 +3450,7 @@ def test_gfal_copy_preserve_timestamp(tmp_path, gfal_se):
     assert int(_gfal_os.stat(str(tmp_path / 'd')).st_mtime) != 1234567890
 
 
+@pytest.mark.once
 def test_gfal_copy_across_file_and_xrootd(tmp_path, gfal_se):
     url, path = gfal_se
     (tmp_path / 'a').write_bytes(b'payload' * 100)
@@ -3433,6 +3467,7 @@ def test_gfal_copy_across_file_and_xrootd(tmp_path, gfal_se):
     assert 'file://%s/a' % tmp_path in _gfal_monitor_sources(err)
 
 
+@pytest.mark.once
 def test_gfal_copy_parallel_order_and_concurrency(tmp_path):
     # three mock copies of 1 s each run at once; results stay in input order
     files = [['%d' % i, 'mock://host/src%d?size=10' % i, 'mock://host/dst%d?time=1&size_post=10' % i]
@@ -3452,6 +3487,7 @@ def test_gfal_copy_parallel_order_and_concurrency(tmp_path):
     assert len(set(_gfal_monitor_sources(err))) == 9
 
 
+@pytest.mark.once
 def test_gfal_output_is_streamed(tmp_path):
     # The first result line arrives while a later entry is still being copied.
     job = {'files': [['mock://host/a?size=1', 'mock://host/b?time=0&size_post=1'],
@@ -3468,6 +3504,7 @@ def test_gfal_output_is_streamed(tmp_path):
     assert proc.wait() == 0 and _gfal_json.loads(rest.decode()) == gfal_ok()
 
 
+@pytest.mark.once
 def test_gfal_bad_job_does_nothing(tmp_path):
     (tmp_path / 'a').write_text('A')
     base = 'file://%s/' % tmp_path
@@ -3481,6 +3518,7 @@ def test_gfal_bad_job_does_nothing(tmp_path):
     assert rc == 2 and 'invalid JSON' in lines[0]['Reason'] and not (tmp_path / 'b').exists()
 
 
+@pytest.mark.once
 def test_gfal_timeout_option_everywhere(tmp_path):
     base = 'file://%s/' % tmp_path
     rc, lines, _ = gfal_run('mkdir', {'base': base, 'dirs': ['d'], 'options': {'timeout': 5}})
@@ -3491,6 +3529,7 @@ def test_gfal_timeout_option_everywhere(tmp_path):
     assert rc == 0 and not (tmp_path / 'e').exists()
 
 
+@pytest.mark.once
 def test_gfal_command_handler_and_help(capsys):
     result = alien.COMMANDS['gfal'].handler(None, [])
     out = capsys.readouterr().out.splitlines()
@@ -3500,6 +3539,7 @@ def test_gfal_command_handler_and_help(capsys):
 
 
 
+@pytest.mark.once
 def test_gfal_through_the_command_line_front_end(tmp_path):
     """`python3 alien.py gfal TYPE JOB.json` and `... gfal TYPE -` (stdin), as operators run it."""
     job = tmp_path / 'job.json'
@@ -3653,6 +3693,284 @@ def test_bare_copy_without_any_package_talks_to_the_grid(cenv, grid_state, tmp_p
     assert p.returncode == 1 and one_line_error(p) and 'pip install xrootd' in p.stderr, p
 
 
+# ===== hostile names and payloads (issue 10): bounded parsing, terminal-safe output, per-file name refusal =====
+
+import contextlib  # noqa: E402
+import io  # noqa: E402
+
+from testgrid import grid as _h10_grid  # noqa: E402
+
+
+@contextlib.contextmanager
+def h10_faults(grid_state, faults):
+    _h10_grid.set_faults(grid_state['workdir'], faults)
+    try:
+        yield
+    finally:
+        _h10_grid.set_faults(grid_state['workdir'], None)
+
+
+def h10_tty_run(args, env, cwd=None):
+    """alien.py ARGS on a pseudo-terminal -> (exit status, everything it printed)."""
+    child = pexpect.spawn(sys.executable, [ALIEN] + list(args), env=dict(env, TERM='xterm'), cwd=cwd,
+                          encoding='utf-8', codec_errors='surrogateescape', timeout=60, dimensions=(50, 300))
+    child.expect(pexpect.EOF)
+    child.close()
+    return child.exitstatus, child.before.replace('\r\n', '\n')
+
+
+class _FakeTTY(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_load_json_bounds_nesting_and_never_recurses():
+    assert alien.load_json('[' * 64 + ']' * 64) is not None
+    for text in ('[' * 65 + ']' * 65, '{"a":' * 65 + '1' + '}' * 65, '[' * 100000 + ']' * 100000,
+                 '[' * 100000, '[' * 70 + '"\\"]]]]\\\\"' + ']' * 70):
+        with pytest.raises(alien.JsonTooDeep):
+            alien.load_json(text)
+    # brackets inside strings, escaped quotes and backslashes do not count
+    deep_in_string = '[' * 60 + json.dumps('[' * 500 + '\\"{') + ']' * 60
+    assert alien.load_json(deep_in_string) is not None
+    with pytest.raises(ValueError):
+        alien.load_json('[' * 10 + '}')
+    with pytest.raises(alien.AlienError) as e:
+        alien.parse_reply('{"metadata": {}, "results": ' + '[' * 100000 + ']' * 100000 + '}')
+    assert e.value.exitcode == 42 and 'JCentral format' in str(e.value)
+
+
+def test_bounded_readers_and_input_lines(tmp_path):
+    f = tmp_path / 'big'
+    f.write_bytes(b'x' * 11)
+    with pytest.raises(ValueError):
+        alien.read_text_limited(str(f), 10)
+    assert alien.read_text_limited(str(f), 11) == 'x' * 11
+    f.write_bytes(b'\xff')
+    with pytest.raises(ValueError):
+        alien.read_text_limited(str(f), 10)
+    pairs, notices = alien.parse_input_lines('a b\n' + 'bad\n' * 150 + "'un closed\nc d\n")
+    assert pairs == [('a', 'b'), ('c', 'd')] and len(notices) == 101 and notices[-1] == 'cp -input: 51 more lines skipped'
+    with pytest.raises(alien.AlienError) as e:
+        alien.expand_aliases(['x'] * 3, {'x': ';'.join(['pwd'] * 5000)})
+    assert e.value.exitcode == 64
+
+
+def test_gfal_deep_or_huge_job_is_one_job_error_line(tmp_path):
+    for text in ('[' * 100000, '{"files": ' + '[' * 100000 + ']' * 100000 + '}'):
+        out, err = io.StringIO(), io.StringIO()
+        assert alien.gfal_main(['list'], io.StringIO(text), out, err) == 2
+        lines = out.getvalue().splitlines()
+        assert len(lines) == 1 and err.getvalue() == ''
+        line = json.loads(lines[0])
+        assert line['id'] == '' and line['Code'] == 1 and 'nested' in line['Reason']
+    big = tmp_path / 'job.json'
+    with open(str(big), 'wb') as fh:
+        fh.truncate(alien.INPUT_MAX_BYTES + 1)
+    out = io.StringIO()
+    assert alien.gfal_main(['list', str(big)], io.StringIO(), out, io.StringIO()) == 2
+    assert 'larger than' in json.loads(out.getvalue())['Reason']
+    # through the command-line front end, as the worker runs it
+    p = run_cli(['gfal', 'list'], input='[' * 100000)
+    assert p.returncode == 2 and p.stderr == '' and json.loads(p.stdout)['id'] == '', p
+
+
+def test_hostile_deep_reply_is_exit_42(cenv, grid_state):
+    deep = '{"metadata": {"exitcode": "0"}, "results": [' + '[' * 100000 + ']' * 100000 + ']}'
+    with h10_faults(grid_state, {'ls': {'raw': deep}, 'stat': {'raw': '{"metadata": {}, "results": 5}'}}):
+        p = run_cli(['ls'], env=cenv)
+        assert p.returncode == 42 and one_line_error(p) and 'Traceback' not in p.stderr, p
+        p = run_cli(['stat /x'], env=cenv)
+        assert p.returncode == 42 and one_line_error(p), p
+
+
+def test_oversized_input_and_settings_files(cenv, grid_state, tmp_path):
+    big = tmp_path / 'pairs.txt'
+    with open(str(big), 'wb') as fh:
+        fh.truncate(alien.INPUT_MAX_BYTES + 1)
+    p = run_cli(['cp', '-input', str(big)], env=cenv)
+    assert p.returncode == 22 and one_line_error(p) and 'larger than' in p.stderr, p
+    home = cenv['HOME']
+    with open(os.path.join(home, '.alienpy_aliases'), 'wb') as fh:
+        fh.truncate(alien.SETTINGS_MAX_BYTES + 1)
+    with open(os.path.join(home, '.alienpy_session'), 'wb') as fh:
+        fh.truncate(alien.SETTINGS_MAX_BYTES + 1)
+    p = run_cli([], env=cenv, input='pwd\n')       # the shell starts: both files ignored with a notice
+    assert p.returncode == 0 and p.stdout.strip().endswith(grid_state['home']), p
+    assert 'alienpy_aliases ignored: larger than' in p.stderr and 'Traceback' not in p.stderr
+    with open(os.path.join(home, '.alienpy_aliases'), 'w') as fh:
+        fh.write('bomb = %s\n' % ';'.join(['pwd'] * 5000))
+    p = run_cli(['bomb;bomb;bomb'], env=cenv)
+    assert p.returncode == 64 and one_line_error(p) and 'more than' in p.stderr, p
+
+
+def test_term_text_escapes_on_a_terminal_only(monkeypatch):
+    monkeypatch.delenv('NO_COLOR', raising=False)
+    tty, pipe = _FakeTTY(), io.StringIO()
+    hostile = 'esc\x1b[31mred\x1b]0;title\x07\r\x9b2J\udcff'
+    assert alien.term_text(hostile, tty) == 'esc\\033[31mred\\033]0;title\\a\\r\\302\\2332J\\377'
+    assert alien.term_text(hostile, pipe) == hostile            # scripts get the bytes
+    msg = 'Your new job ID is \x1b[34m42\x1b[0m \x1b[2J'
+    assert alien.term_text(msg, tty, colour=True) == 'Your new job ID is \x1b[34m42\x1b[0m \\033[2J\x1b[0m'
+    assert alien.term_text(msg, pipe, colour=True) == 'Your new job ID is 42 \x1b[2J'
+    monkeypatch.setenv('NO_COLOR', '1')
+    assert alien.term_text(msg, tty, colour=True) == 'Your new job ID is 42 \\033[2J'
+    assert alien.visible('a\nb\tc', newlines=True) == 'a\\nb\\tc'
+
+
+def test_service_messages_and_errors_on_a_terminal(cenv, grid_state):
+    colour = {'exitcode': 0, 'results': [{'message': 'Your new job ID is \x1b[34m42\x1b[0m'}]}
+    hostile = {'exitcode': 0, 'results': [{'message': 'user \x1b]0;pwned\x07\x1b[2J\x1b[31mred'}]}
+    with h10_faults(grid_state, {'submit': colour, 'whoami': hostile,
+                                 'pwd': {'exitcode': 5, 'error': 'bad \x1b[2Jthing'}}):
+        p = run_cli(['submit x.jdl'], env=cenv)                   # a pipe: clean text
+        assert (p.returncode, p.stdout) == (0, 'Your new job ID is 42\n'), p
+        code, out = h10_tty_run(['submit x.jdl'], cenv)          # a terminal: the service's colour
+        assert code == 0 and 'Your new job ID is \x1b[34m42\x1b[0m' in out, repr(out)
+        code, out = h10_tty_run(['submit x.jdl'], dict(cenv, NO_COLOR='1'))
+        assert code == 0 and 'Your new job ID is 42\n' in out and '\x1b' not in out, repr(out)
+        code, out = h10_tty_run(['whoami'], cenv)                # nothing else reaches the terminal raw
+        assert code == 0 and 'user \\033]0;pwned\\a\\033[2J\\033[31mred' in out and '\x1b' not in out, repr(out)
+        code, out = h10_tty_run(['pwd'], cenv)
+        assert code == 5 and 'bad \\033[2Jthing' in out and '\x1b' not in out, repr(out)
+        p = run_cli(['whoami'], env=cenv)                         # off a terminal: the bytes
+        assert p.stdout == 'user \x1b]0;pwned\x07\x1b[2J\x1b[31mred\n', p
+        p = run_cli(['submit -json x.jdl'], env=cenv)             # -json: exact, escaped by JSON
+        assert json.loads(p.stdout)['results'][0]['message'] == 'Your new job ID is \x1b[34m42\x1b[0m'
+        p = run_cli(['submit x.jdl'], env=dict(cenv, ALIENPY_JSONRAW='1'))
+        assert '\\u001b[34m42' in p.stdout.lower(), p   # exactly the service's text
+
+
+def test_cp_mixed_directory_good_files_arrive_bad_names_refused(cpenv, grid_state, tmp_path):
+    g = grid_dir(grid_state, 'mixed')
+    src = tmp_path / 'mixed'
+    write(src / 'ok.txt', b'fine\n')
+    write(src / 'sub' / 'ok2.txt', b'fine too\n')
+    write(src / 'esc\x1b[31mred', b'red\n')                 # the catalogue holds it: uploaded
+    write(src / 'bad\nname', b'nl\n')
+    with open(os.path.join(str(src).encode(), b'bad\xffname'), 'wb') as fh:
+        fh.write(b'ff\n')
+    p = cpx(cpenv, 'file:%s/' % src, g)
+    refused = [line for line in p.stderr.splitlines() if 'refused' in line]
+    assert p.returncode == 1 and len(refused) == 2, p
+    assert any('bad\\nname' in line and 'line break' in line for line in refused), refused
+    assert any('bad\\377name' in line and 'not valid UTF-8' in line for line in refused), refused
+    assert 'Traceback' not in p.stderr and p.stdout == '', p
+    p = cpcli(cpenv, 'ls', g)
+    assert sorted(p.stdout.split('\n')[:-1]) == ['esc\x1b[31mred', 'ok.txt', 'sub/'], p   # nothing booked for the bad ones
+    # ls of that name on a terminal shows it escaped; the good files came back intact
+    code, out = h10_tty_run(['ls', g], cpenv)
+    assert code == 0 and 'esc\\033[31mred' in out and '\x1b' not in out, repr(out)
+    out_dir = tmp_path / 'back'
+    p = cpx(cpenv, g, 'file:%s/' % out_dir)
+    assert p.returncode == 0, p
+    assert (out_dir / 'ok.txt').read_bytes() == b'fine\n' and (out_dir / 'sub' / 'ok2.txt').read_bytes() == b'fine too\n'
+    assert (out_dir / 'esc\x1b[31mred').read_bytes() == b'red\n'
+
+
+def test_cp_download_refuses_lfns_that_cannot_be_local_names(cpenv, grid_state, tmp_path):
+    g = grid_dir(grid_state, 'longname')
+    write(tmp_path / 'ok.txt', b'ok\n')
+    assert cpx(cpenv, 'file:%s' % (tmp_path / 'ok.txt'), g + 'ok.txt').returncode == 0
+    long_name = 'L' * 300
+    p = cpcli(cpenv, 'touch', g + long_name)
+    assert p.returncode == 0, p
+    p = cpx(cpenv, g, 'file:%s/' % (tmp_path / 'out'))
+    refused = [line for line in p.stderr.splitlines() if 'refused' in line]
+    assert p.returncode == 1 and len(refused) == 1 and long_name in refused[0] and '255 bytes' in refused[0], p
+    assert (tmp_path / 'out' / 'ok.txt').read_bytes() == b'ok\n'
+
+
+def test_cp_download_refuses_dot_dot_names_from_a_hostile_find(grid_state, henv, tmp_path):
+    home = '/localhost/localdomain/user/j/jalien/'
+
+    def script(server, conn, index):
+        while True:
+            msg = server.recv(conn)
+            if msg is None or msg[0] != alien.OP_TEXT:
+                return
+            cmd = server.messages[-1]['command']
+            rows = {'stat': [{'lfn': home + 'd', 'type': 'd', 'size': '0'}],
+                    'find': [{'lfn': home + 'd/../../../../../../tmp/evil'},
+                             {'lfn': home + 'd/./x'}]}.get(cmd, [{'message': 'ok'}])
+            conn.sendall(server_frame(alien.OP_TEXT, json.dumps(
+                {'metadata': {'exitcode': '0', 'error': '', 'user': 'jalien', 'currentdir': home},
+                 'results': rows}).encode()))
+    server = Hostile(grid_state, script)
+    try:
+        p = run_cli(['cp', home + 'd/', 'file:%s/' % (tmp_path / 'out')],
+                    env=dict(henv, ALIENPY_JCENTRAL='127.0.0.1:%d' % server.port))
+    finally:
+        server.close()
+    refused = [line for line in p.stderr.splitlines() if 'refused' in line]
+    assert p.returncode == 1 and len(refused) == 2 and all('".."' in line for line in refused), p
+    assert 'access' not in [m['command'] for m in server.messages]     # nothing was asked for them
+    assert not os.path.exists('/tmp/evil') and not (tmp_path / 'out').exists()
+
+
+def pdm_worker_read(stdout):
+    """Read a job's stdout by the pdm Worker's rules (../shared/spec/gfal-jobs-reference.md
+    section 1): every line is a JSON object; `domain` -> a transfer event, `transferred` ->
+    monitoring, `Code` -> the result of element `id` (id "" = the whole job failed);
+    a KeyError or a non-JSON line here is what would stop the real Worker."""
+    results, job_failed = {}, None
+    for line in stdout.splitlines():
+        obj = json.loads(line)
+        assert isinstance(obj, dict), line
+        if 'domain' in obj:
+            '%s -- %s -- %s' % (obj['domain'], obj['stage'], obj['desc'])
+            obj['id']
+        elif 'transferred' in obj:
+            obj['id']
+        elif 'Code' in obj:
+            ident = obj['id']
+            if ident == '':
+                job_failed = obj['Code']
+            else:
+                results[ident] = (obj['Code'], obj.get('Listing'))
+    return results, job_failed
+
+
+def test_gfal_every_job_kind_reads_under_the_pdm_worker_rules(tmp_path):
+    base = 'file://%s' % tmp_path
+    (tmp_path / 'a').write_text('A')
+    (tmp_path / 'd').mkdir()
+    jobs = [
+        ('list', {'files': [['1.0', base + '/d']]}, {'1.0': 0}),
+        ('list', {'files': [['1.1', base + '/missing']]}, {'1.1': 1}),
+        ('mkdir', {'files': [], 'dirs': [['2.1', base + '/new'], ['2.2', base + '/a/under_a_file']]},
+         {'2.1': 0, '2.2': 1}),
+        ('copy', {'files': [['3.1', base + '/a', base + '/b'], ['3.2', base + '/missing', base + '/c']]},
+         {'3.1': 0, '3.2': 1}),
+        ('rename', {'files': [['4.1', base + '/b', base + '/b2'], ['4.2', base + '/missing', base + '/x']]},
+         {'4.1': 0, '4.2': 1}),
+        ('remove', {'files': [['5.1', base + '/b2'], ['5.2', base + '/missing']], 'dirs': [['5.3', base + '/new']]},
+         {'5.1': 0, '5.2': 1, '5.3': 0}),
+    ]
+    for jobtype, job, expected in jobs:
+        proc = subprocess.run([GFAL_PY, '-c', GFAL_RUNNER, jobtype], input=json.dumps(job).encode(),
+                              capture_output=True, timeout=60)
+        results, job_failed = pdm_worker_read(proc.stdout.decode())
+        assert job_failed is None and {k: v[0] for k, v in results.items()} == expected, (jobtype, proc)
+        assert proc.returncode == (1 if 1 in expected.values() else 0)
+    # job errors: one line, id "", exit 2 -- every kind of them
+    for jobtype, text in (('copy', '{not json'), ('copy', '{"files": []}'), ('list', '{"options": {"x": 1}}'),
+                          ('mkdir', '{"dirs": []}'), ('chmod', '{}'), ('list', '[' * 100000),
+                          ('remove', '{"files": [[1, 2, 3, 4]]}')):
+        proc = subprocess.run([GFAL_PY, '-c', GFAL_RUNNER, jobtype], input=text.encode(),
+                              capture_output=True, timeout=60)
+        results, job_failed = pdm_worker_read(proc.stdout.decode())
+        assert (proc.returncode, results, job_failed) == (2, {}, 1), (jobtype, text, proc)
+
+
+def test_fuzz_parsers_short_run():
+    """The CI-sized run of fuzz/fuzz_parsers.py (the long runs are in the README)."""
+    p = subprocess.run([sys.executable, os.path.join(REPO, 'fuzz', 'fuzz_parsers.py'), '--count', '2000',
+                        '--seed', str(int(time.time()))], capture_output=True, text=True, timeout=300)
+    lines = p.stdout.splitlines()
+    assert p.returncode == 0 and len(lines) == 7 and all(line.endswith(', 0 crashes') for line in lines), p
+
+
 # ===== grid operations toolkit: jobs and outside services (h9jobs) =====
 # jobInfo, siteJobs, getCE, ps -trace, quota, submit against the test JCentral's task
 # queue (testgrid/jobs.py); ccdb and queryML against the CCDB/MonALISA stand-ins
@@ -3742,7 +4060,7 @@ def _gj_job(cenv, tg_dir, tmp_path):
     p = run_cli(['mkdir -p ~/bin; cp -f file:%s ~/bin/myjob.sh; cp file:%s %sjob2.jdl; cd %s; submit job2.jdl'
                  % (tmp_path / 'myjob.sh', tmp_path / 'job2.jdl', tg_dir, tg_dir)], env=cenv)
     assert p.returncode == 0, p.stderr
-    m = re.search(r'Your new job ID is \x1b\[34m([0-9]+)\x1b\[0m', p.stdout)
+    m = re.search(r'Your new job ID is ([0-9]+)\n', p.stdout)   # the service's colour codes removed in a pipe
     assert m, p.stdout
     return m.group(1)
 

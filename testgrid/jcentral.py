@@ -30,7 +30,12 @@ an action:
 ``"delay:SECONDS"``
     sleep before executing the command normally.
 ``{"exitcode": N, "error": "text"}``
-    reply with exactly that exit code and error, no results.
+    reply with exactly that exit code and error, no results; with
+    ``"results": [{...}, ...]`` also those result rows (e.g. a hostile
+    ``{"message": "\u001b]0;title\u0007"}``).
+``{"raw": "text"}``
+    reply with exactly that text, whatever it is (deeply nested JSON, not
+    JSON at all, a reply not in the JCentral format).
 
 A string action may be prefixed with ``"nth:N:"`` (only the N-th request of that
 command, counted from when faults.json was last written, gets it) or ``"once:"``
@@ -294,6 +299,12 @@ class Session:
     def handle(self, text):
         """Reply text for one request frame (or raise Drop)."""
         try:
+            return self._handle(text)
+        except RawReply as r:
+            return r.text
+
+    def _handle(self, text):
+        try:
             req = json.loads(text)
         except ValueError:
             return json.dumps({'metadata': {'exitcode': '-1', 'error': 'Incoming JSON not ok'},
@@ -392,7 +403,9 @@ class Session:
 
     def apply_fault(self, cmd, action, args):
         if isinstance(action, dict):
-            return int(action.get('exitcode', 1)), str(action.get('error', '')), []
+            if 'raw' in action:
+                raise RawReply(str(action['raw']))
+            return int(action.get('exitcode', 1)), str(action.get('error', '')), list(action.get('results', []))
         action = str(action)
         if action == 'refuse':
             if cmd == 'commit':
@@ -486,6 +499,14 @@ class Session:
                 msg = '%s   %s' % (e['guid'], msg)
             r['message'] = msg
         return r
+
+
+class RawReply(Exception):
+    """Fault injection: reply with exactly this text."""
+
+    def __init__(self, text):
+        super().__init__('raw reply')
+        self.text = text
 
 
 _JAVA_ESCAPE = re.compile('[\x7f-\x9f\u2000-\u20ff\ud800-\udfff]')
