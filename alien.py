@@ -356,27 +356,384 @@ def materialize_pem(value, kind):
     return path
 
 
-def cert_info(path):
-    """Decoded certificate (subject, issuer, notBefore, notAfter) or None if unreadable."""
+# ---- certificates: a small DER reader (the ssl module has no public parser) ----
+# X.509 certificates are read here from their DER bytes: names, validity,
+# public key, extensions. Chain checks (cert-verify) verify RSA (PKCS#1 v1.5)
+# and ECDSA (P-256, P-384) signatures with integer arithmetic and hashlib.
+
+class CertError(ValueError):
+    """A file that holds no readable X.509 certificate."""
+
+
+def der_tlv(data, pos=0):
+    """One DER element at pos -> (tag, content start, end)."""
+    if pos + 2 > len(data):
+        raise CertError('truncated DER')
+    tag, n = data[pos], data[pos + 1]
+    pos += 2
+    if tag & 0x1f == 0x1f:
+        raise CertError('multi-byte DER tag')
+    if n & 0x80:
+        k = n & 0x7f
+        if not 1 <= k <= 4 or pos + k > len(data):
+            raise CertError('bad DER length')
+        n = int.from_bytes(data[pos:pos + k], 'big')
+        pos += k
+    if pos + n > len(data):
+        raise CertError('truncated DER')
+    return tag, pos, pos + n
+
+
+def der_items(data, start=0, end=None):
+    """The elements between start and end -> [(tag, content start, end, element start)]."""
+    end = len(data) if end is None else end
+    out = []
+    while start < end:
+        tag, s, e = der_tlv(data, start)
+        out.append((tag, s, e, start))
+        start = e
+    return out
+
+
+def der_oid(body):
+    if not body:
+        raise CertError('empty OID')
+    first = body[0] // 40 if body[0] < 80 else 2
+    parts, v = [first, body[0] - 40 * first], 0
+    for b in body[1:]:
+        v = (v << 7) | (b & 0x7f)
+        if not b & 0x80:
+            parts.append(v)
+            v = 0
+    return '.'.join(str(p) for p in parts)
+
+
+def der_time(tag, body):
+    """UTCTime / GeneralizedTime (Z) -> seconds since the epoch."""
+    import calendar
+    s = body.decode('ascii', 'replace').rstrip('Z')
+    if tag == 0x17:
+        yy = int(s[:2])
+        s = ('19' if yy >= 50 else '20') + s
+    elif tag != 0x18:
+        raise CertError('bad time')
     try:
-        return ssl._ssl._test_decode_cert(path)
-    except (AttributeError, ssl.SSLError, OSError, ValueError):
+        return calendar.timegm(time.strptime(s[:14], '%Y%m%d%H%M%S'))
+    except ValueError:
+        raise CertError('bad time %r' % s)
+
+
+_DN_NAMES = {'2.5.4.3': 'CN', '2.5.4.7': 'L', '2.5.4.8': 'ST', '2.5.4.10': 'O', '2.5.4.11': 'OU',
+             '2.5.4.6': 'C', '2.5.4.9': 'STREET', '0.9.2342.19200300.100.1.25': 'DC',
+             '0.9.2342.19200300.100.1.1': 'UID'}
+_DER_STRINGS = {0x0c: 'utf-8', 0x13: 'latin-1', 0x14: 'latin-1', 0x16: 'latin-1', 0x1a: 'latin-1',
+                0x1e: 'utf-16-be', 0x1c: 'utf-32-be'}
+
+
+def der_name(data, start, end):
+    """Name -> [[(oid, value tag, value bytes, value element bytes)], ...] (one list per RDN)."""
+    rdns = []
+    for _t, s, e, _h in der_items(data, start, end):
+        rdn = []
+        for _t2, s2, e2, _h2 in der_items(data, s, e):
+            (_o, os_, oe, _), (vt, vs, ve, vh) = der_items(data, s2, e2)[:2]
+            rdn.append((der_oid(data[os_:oe]), vt, data[vs:ve], data[vh:ve]))
+        rdns.append(rdn)
+    return rdns
+
+
+def _dn_value(oid, tag, value, element):
+    enc = _DER_STRINGS.get(tag)
+    if enc is None or oid not in _DN_NAMES:  # RFC 4514: other types as #hex of the DER value
+        return '#' + element.hex()
+    v = value.decode(enc, 'replace')
+    for c in '\\"+,;<>':
+        v = v.replace(c, '\\' + c)
+    v = v.replace('\0', '\\00')
+    if v[:1] in ('#', ' '):
+        v = '\\' + v
+    if v.endswith(' ') and not v.endswith('\\ '):
+        v = v[:-1] + '\\ '
+    return v
+
+
+def dn_text(rdns):
+    """Name in the reference client's form: RFC 4514 attributes in certificate
+    order joined by '/', without a leading '/' ('C=CH/O=JAliEn/CN=jalien')."""
+    return '/'.join('+'.join('%s=%s' % (_DN_NAMES.get(oid, oid), _dn_value(oid, tag, value, el))
+                             for oid, tag, value, el in rdn) for rdn in rdns)
+
+
+class Cert(object):
+    """One parsed X.509 certificate."""
+
+    def __init__(self, der):
+        self.der = der
+        try:
+            _t, s, e = der_tlv(der)
+            (tt, ts, te, th), (_a, as_, ae, _), (_b, bs, be, _) = der_items(der, s, e)[:3]
+            self.tbs = der[th:te]
+            self.sig_alg = der_oid(der[slice(*der_items(der, as_, ae)[0][1:3])])
+            self.signature = der[bs + 1:be]  # BIT STRING without its unused-bits byte
+            fields = der_items(der, ts, te)
+            if fields[0][0] == 0xa0:       # [0] version
+                fields = fields[1:]
+            self.serial = int.from_bytes(der[fields[0][1]:fields[0][2]], 'big')
+            issuer, validity, subject, spki = fields[2], fields[3], fields[4], fields[5]
+            self.issuer_der = der[issuer[3]:issuer[2]]
+            self.subject_der = der[subject[3]:subject[2]]
+            self.issuer = der_name(der, issuer[1], issuer[2])
+            self.subject = der_name(der, subject[1], subject[2])
+            (t1, s1, e1, _), (t2, s2, e2, _) = der_items(der, validity[1], validity[2])[:2]
+            self.not_before, self.not_after = der_time(t1, der[s1:e1]), der_time(t2, der[s2:e2])
+            (_k, ks, ke, _), (_p, ps, pe, _) = der_items(der, spki[1], spki[2])[:2]
+            alg = der_items(der, ks, ke)
+            self.key_alg = der_oid(der[alg[0][1]:alg[0][2]])
+            self.key_param = der_oid(der[alg[1][1]:alg[1][2]]) if len(alg) > 1 and alg[1][0] == 0x06 else ''
+            self.key = der[ps + 1:pe]
+            self.extensions = {}
+            for tag, xs, xe, _h in fields[6:]:
+                if tag != 0xa3:
+                    continue
+                for _x, es, ee, _ in der_items(der, *der_items(der, xs, xe)[0][1:3]):
+                    parts = der_items(der, es, ee)
+                    critical = len(parts) == 3 and der[parts[1][1]:parts[1][2]] != b'\x00'
+                    self.extensions[der_oid(der[parts[0][1]:parts[0][2]])] = (critical, der[parts[-1][1]:parts[-1][2]])
+        except (IndexError, ValueError, TypeError) as e:
+            raise CertError('not an X.509 certificate (%s)' % e)
+
+    def is_ca(self):
+        """basicConstraints cA = TRUE."""
+        bc = self.extensions.get('2.5.29.19')
+        if not bc:
+            return False
+        items = der_items(bc[1], *der_tlv(bc[1])[1:])
+        return bool(items) and items[0][0] == 0x01 and bc[1][items[0][1]:items[0][2]] != b'\x00'
+
+    def is_proxy(self):
+        """An RFC 3820 proxy certificate (or a legacy Globus proxy: CN=proxy)."""
+        return '1.3.6.1.5.5.7.1.14' in self.extensions or (
+            self.subject[:-1] == self.issuer and self.subject[-1][0][0] == '2.5.4.3')
+
+
+_PEM_CERT = re.compile(rb'-----BEGIN (?:X509 |TRUSTED )?CERTIFICATE-----\s*(.*?)-----END', re.S)
+
+
+def read_certs(path):
+    """Every certificate in a PEM file -> [Cert] (CertError if there is none)."""
+    with open(path, 'rb') as f:
+        data = f.read()
+    blocks = _PEM_CERT.findall(data)
+    if not blocks:
+        raise CertError('%s holds no PEM certificate' % path)
+    try:
+        return [Cert(base64.b64decode(b''.join(b.split()), validate=True)) for b in blocks]
+    except ValueError as e:
+        raise CertError('%s: not a readable certificate (%s)' % (path, e))
+
+
+def cert_info(path):
+    """The first certificate of a PEM file -> Cert, or None if there is none."""
+    try:
+        return read_certs(path)[0]
+    except (OSError, CertError):
         return None
 
 
 def cert_seconds_left(path, now=None):
     info = cert_info(path)
-    if not info or 'notAfter' not in info:
+    if info is None:
         return None
-    return ssl.cert_time_to_seconds(info['notAfter']) - (time.time() if now is None else now)
+    return info.not_after - (time.time() if now is None else now)
 
 
-def dn_string(name):
-    """Subject/issuer tuple from the ssl module -> '/C=CH/O=JAliEn/CN=jalien'."""
-    return ''.join('/%s=%s' % (k, v) for rdn in name for (k, v) in rdn).replace(
-        'commonName', 'CN').replace('organizationName', 'O').replace(
-        'organizationalUnitName', 'OU').replace('countryName', 'C').replace(
-        'localityName', 'L').replace('stateOrProvinceName', 'ST').replace('domainComponent', 'DC')
+def der_encode(tag, body):
+    n = len(body)
+    if n < 0x80:
+        return bytes([tag, n]) + body
+    size = n.to_bytes((n.bit_length() + 7) // 8, 'big')
+    return bytes([tag, 0x80 | len(size)]) + size + body
+
+
+def name_hash(rdns):
+    """OpenSSL's subject hash (the <hash>.0 names of a CA directory): SHA-1 of the
+    canonical name - string values as UTF8String, lower case, blanks trimmed and
+    collapsed - first 4 bytes, little endian."""
+    out = b''
+    for rdn in rdns:
+        attrs = b''
+        for oid, tag, value, element in rdn:
+            enc = _DER_STRINGS.get(tag)
+            if enc is not None:
+                text = ' '.join(value.decode(enc, 'replace').split(None))
+                text = ''.join(c.lower() if c < '\x80' else c for c in text)
+                element = der_encode(0x0c, text.encode('utf-8'))
+            oid_der = _oid_der(oid)
+            attrs += der_encode(0x30, oid_der + element)
+        out += der_encode(0x31, attrs)
+    return '%08x' % int.from_bytes(hashlib.sha1(out).digest()[:4], 'little')
+
+
+def _oid_der(oid):
+    parts = [int(x) for x in oid.split('.')]
+    body = bytes([40 * parts[0] + parts[1]])
+    for p in parts[2:]:
+        chunk = [p & 0x7f]
+        p >>= 7
+        while p:
+            chunk.append(0x80 | (p & 0x7f))
+            p >>= 7
+        body += bytes(reversed(chunk))
+    return der_encode(0x06, body)
+
+
+# signature algorithm OID -> (key type, hashlib name)
+_SIG_ALGS = {'1.2.840.113549.1.1.5': ('rsa', 'sha1'), '1.2.840.113549.1.1.14': ('rsa', 'sha224'),
+             '1.2.840.113549.1.1.11': ('rsa', 'sha256'), '1.2.840.113549.1.1.12': ('rsa', 'sha384'),
+             '1.2.840.113549.1.1.13': ('rsa', 'sha512'), '1.2.840.10045.4.1': ('ec', 'sha1'),
+             '1.2.840.10045.4.3.2': ('ec', 'sha256'), '1.2.840.10045.4.3.3': ('ec', 'sha384'),
+             '1.2.840.10045.4.3.4': ('ec', 'sha512')}
+_HASH_OIDS = {'sha1': '1.3.14.3.2.26', 'sha224': '2.16.840.1.101.3.4.2.4', 'sha256': '2.16.840.1.101.3.4.2.1',
+              'sha384': '2.16.840.1.101.3.4.2.2', 'sha512': '2.16.840.1.101.3.4.2.3'}
+# NIST curves: OID -> (p, a, b, Gx, Gy, n)
+_CURVES = {
+    '1.2.840.10045.3.1.7': (
+        0xffffffff00000001000000000000000000000000ffffffffffffffffffffffff, -3,
+        0x5ac635d8aa3a93e7b3ebbd55769886bc651d06b0cc53b0f63bce3c3e27d2604b,
+        0x6b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c296,
+        0x4fe342e2fe1a7f9b8ee7eb4a7c0f9e162bce33576b315ececbb6406837bf51f5,
+        0xffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551),
+    '1.3.132.0.34': (
+        int('fffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffeffffffff0000000000000000ffffffff', 16), -3,
+        int('b3312fa7e23ee7e4988e056be3f82d19181d9c6efe8141120314088f5013875ac656398d8a2ed19d2a85c8edd3ec2aef', 16),
+        int('aa87ca22be8b05378eb1c71ef320ad746e1d3b628ba79b9859f741e082542a385502f25dbf55296c3a545e3872760ab7', 16),
+        int('3617de4a96262c6f5d9e98bf9292dc29f8f41dbd289a147ce9da3113b5f0b8c00a60b1ce1d7e819d7a431d7c90ea0e5f', 16),
+        int('ffffffffffffffffffffffffffffffffffffffffffffffffc7634d81f4372ddf581a0db248b0a77aecec196accc52973', 16)),
+}
+
+
+def _ec_add(P, Q, p, a):
+    if P is None:
+        return Q
+    if Q is None:
+        return P
+    if P[0] == Q[0] and (P[1] + Q[1]) % p == 0:
+        return None
+    if P == Q:
+        m = (3 * P[0] * P[0] + a) * pow(2 * P[1], p - 2, p) % p
+    else:
+        m = (Q[1] - P[1]) * pow(Q[0] - P[0], p - 2, p) % p
+    x = (m * m - P[0] - Q[0]) % p
+    return x, (m * (P[0] - x) - P[1]) % p
+
+
+def _ec_mul(k, P, p, a):
+    R = None
+    while k:
+        if k & 1:
+            R = _ec_add(R, P, p, a)
+        P = _ec_add(P, P, p, a)
+        k >>= 1
+    return R
+
+
+def signed_by(cert, issuer):
+    """True if issuer's public key verifies cert's signature (RSA PKCS#1 v1.5 or ECDSA)."""
+    alg = _SIG_ALGS.get(cert.sig_alg)
+    if alg is None:
+        raise CertError('signature algorithm %s is not supported' % cert.sig_alg)
+    kind, hname = alg
+    digest = hashlib.new(hname, cert.tbs).digest()
+    if kind == 'rsa':
+        if issuer.key_alg != '1.2.840.113549.1.1.1':
+            return False
+        n_item, e_item = der_items(issuer.key, *der_tlv(issuer.key)[1:])[:2]
+        n = int.from_bytes(issuer.key[n_item[1]:n_item[2]], 'big')
+        e = int.from_bytes(issuer.key[e_item[1]:e_item[2]], 'big')
+        k = (n.bit_length() + 7) // 8
+        s = int.from_bytes(cert.signature, 'big')
+        if s >= n:
+            return False
+        info = der_encode(0x30, der_encode(0x30, _oid_der(_HASH_OIDS[hname]) + b'\x05\x00') + der_encode(0x04, digest))
+        expected = b'\x00\x01' + b'\xff' * (k - len(info) - 3) + b'\x00' + info
+        return pow(s, e, n).to_bytes(k, 'big') == expected
+    curve = _CURVES.get(issuer.key_param) if issuer.key_alg == '1.2.840.10045.2.1' else None
+    if curve is None or issuer.key[:1] != b'\x04':
+        return False
+    p, a, _b, gx, gy, n = curve
+    size = (len(issuer.key) - 1) // 2
+    Q = (int.from_bytes(issuer.key[1:1 + size], 'big'), int.from_bytes(issuer.key[1 + size:], 'big'))
+    r_item, s_item = der_items(cert.signature, *der_tlv(cert.signature)[1:])[:2]
+    r = int.from_bytes(cert.signature[r_item[1]:r_item[2]], 'big')
+    s = int.from_bytes(cert.signature[s_item[1]:s_item[2]], 'big')
+    if not (0 < r < n and 0 < s < n):
+        return False
+    z = int.from_bytes(digest, 'big') >> max(0, len(digest) * 8 - n.bit_length())
+    w = pow(s, n - 2, n)
+    R = _ec_add(_ec_mul(z * w % n, (gx, gy), p, a), _ec_mul(r * w % n, Q, p, a), p, a)
+    return R is not None and R[0] % n == r
+
+
+def load_ca_store(kind, where):
+    """CA certificates of a directory (every *.pem and <hash>.N file) or a file -> {subject DER: [Cert]}."""
+    paths = [where]
+    if kind == 'capath':
+        try:
+            names = sorted(os.listdir(where))
+        except OSError:
+            names = []
+        seen, paths = set(), []
+        for name in names:
+            full = os.path.join(where, name)
+            real = os.path.realpath(full)
+            if real not in seen and (name.endswith('.pem') or re.match(r'^[0-9a-f]{8}\.\d+$', name)) \
+                    and os.path.isfile(full):
+                seen.add(real)
+                paths.append(full)
+    store = {}
+    for path in paths:
+        try:
+            certs = read_certs(path)
+        except (OSError, CertError):
+            continue
+        for c in certs:
+            store.setdefault(c.subject_der, []).append(c)
+    return store
+
+
+def verify_chain(path, kind, where, now=None):
+    """Check the certificate in path (with any further certificates of the same file
+    as intermediates, e.g. a proxy's chain) up to a CA of kind/where (find_ca()).
+    Returns None when it verifies, else the reason in a few words."""
+    now = time.time() if now is None else now
+    chain = read_certs(path)
+    store = load_ca_store(kind, where)
+    if not store:
+        return 'no CA certificates in %s' % where
+    cur, trusted = chain[0], False
+    for _depth in range(12):
+        if now > cur.not_after:
+            return '%s expired on %s' % (dn_text(cur.subject), time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(cur.not_after)))
+        if now < cur.not_before:
+            return '%s is not valid before %s' % (dn_text(cur.subject),
+                                                  time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(cur.not_before)))
+        if trusted:
+            return None
+        anchors = store.get(cur.issuer_der, [])
+        if any(a.der == cur.der for a in anchors):
+            return None  # the certificate is itself one of the CAs
+        candidates = [(a, True) for a in anchors] + [(c, False) for c in chain[1:] if c.subject_der == cur.issuer_der]
+        if not candidates:
+            return 'issuer %s is not among the CAs in %s' % (dn_text(cur.issuer), where)
+        for issuer, is_anchor in candidates:
+            if signed_by(cur, issuer):
+                break
+        else:
+            return 'the signature of %s does not verify with the key of %s' % (dn_text(cur.subject), dn_text(cur.issuer))
+        if not issuer.is_ca() and not cur.is_proxy():
+            return 'issuer %s is not a CA' % dn_text(issuer.subject)
+        cur, trusted = issuer, is_anchor
+    return 'certificate chain too long'
 
 
 def usable_pair(cert, key, now=None):
@@ -484,9 +841,34 @@ def check_key_permissions(key):
                          % (key, mode & 0o777, key), EX_NOTCONN)
 
 
-def find_ca(environ=None):
-    """('capath'|'cafile', location) in the order X509_CERT_DIR, X509_CERT_FILE, cvmfs, /etc."""
+def local_cas_dir(environ=None):
+    """The CA directory ALIENPY_USE_LOCAL_CAS asks for: its value if that is a
+    directory, else ~/.globus/certificates (where getCAcerts puts them)."""
     environ = os.environ if environ is None else environ
+    value = os.path.expanduser(environ.get('ALIENPY_USE_LOCAL_CAS', ''))
+    if value and os.path.isdir(value):
+        return value
+    return os.path.join(os.path.expanduser('~'), '.globus', 'certificates')
+
+
+def _has_pem(directory):
+    try:
+        return any(n.endswith('.pem') for n in os.listdir(directory))
+    except OSError:
+        return False
+
+
+def find_ca(environ=None):
+    """('capath'|'cafile', location) in the order ALIENPY_USE_LOCAL_CAS, X509_CERT_DIR,
+    X509_CERT_FILE, cvmfs, /etc/grid-security/certificates."""
+    environ = os.environ if environ is None else environ
+    if environ.get('ALIENPY_USE_LOCAL_CAS'):
+        local = local_cas_dir(environ)
+        # as the reference client: the directory must hold getCAcerts' download
+        if _has_pem(local) and os.path.isfile(os.path.join(local, 'CERN-GridCA.pem')):
+            return 'capath', local
+        sys.stderr.write('alien.py: ALIENPY_USE_LOCAL_CAS is set but %s holds no CA certificates '
+                         '(run: alien.py getCAcerts); looking further\n' % local)
     cert_dir = os.path.expanduser(environ.get('X509_CERT_DIR', ''))
     if cert_dir and os.path.isdir(cert_dir):
         return 'capath', cert_dir
@@ -496,11 +878,29 @@ def find_ca(environ=None):
     for d in CA_DIRS:
         if os.path.isdir(d):
             return 'capath', d
-    raise AlienError('no CA certificates found: set X509_CERT_DIR or X509_CERT_FILE', EX_NOTCONN)
+    raise AlienError('no CA certificates found: set X509_CERT_DIR or X509_CERT_FILE, '
+                     'or run getCAcerts and set ALIENPY_USE_LOCAL_CAS=1', EX_NOTCONN)
+
+
+def ask_pass_phrase(key):
+    """The pass phrase of an encrypted key: asked on the terminal without echo;
+    without a terminal (batch jobs, tests) the first line of stdin, no prompt."""
+    import getpass
+    try:
+        open('/dev/tty').close()
+    except OSError:
+        line = sys.stdin.readline() if sys.stdin is not None else ''
+        if not line:
+            raise AlienError('no pass phrase given for encrypted key %s' % key, EX_NOTCONN)
+        return line.rstrip('\r\n')
+    try:
+        return getpass.getpass('Enter PEM pass phrase for %s: ' % key)
+    except (EOFError, KeyboardInterrupt):
+        raise AlienError('no pass phrase given for encrypted key %s' % key, EX_NOTCONN)
 
 
 def _key_password(key):
-    """Ask for the pass phrase of an encrypted key once, without echo; None if not encrypted."""
+    """Ask for the pass phrase of an encrypted key once; None if not encrypted."""
     try:
         with open(key, 'rb') as f:
             head = f.read(4096)
@@ -508,11 +908,7 @@ def _key_password(key):
         return None
     if b'ENCRYPTED' not in head:
         return None
-    import getpass
-    try:
-        return getpass.getpass('Enter PEM pass phrase for %s: ' % key)
-    except (EOFError, KeyboardInterrupt):
-        raise AlienError('no pass phrase given for encrypted key %s' % key, EX_NOTCONN)
+    return ask_pass_phrase(key)
 
 
 def make_tls_context(cert, key, environ=None):
@@ -1915,17 +2311,23 @@ def tokenize(element):
         raise AlienError('cannot parse %r: %s' % (element, e), EX_USAGE)
 
 
-def run_local_shell(command, stdin_text=None):
-    """Run a local shell command (for '!cmd' and 'cmd | shellcmd'), output to our terminal."""
+def run_local(argv, stdin_text=None):
+    """Run a local program with our terminal as its stdout/stderr -> Result(its exit
+    code); 127 when the program does not exist, 126 when it cannot be executed."""
     import subprocess
     sys.stdout.flush()
     try:
-        proc = subprocess.run(['/bin/sh', '-c', command],
-                              input=stdin_text.encode() if stdin_text is not None else None)
+        proc = subprocess.run(argv, input=stdin_text.encode() if stdin_text is not None else None)
+    except FileNotFoundError:
+        return Result(127, '', '%s: command not found' % argv[0])
     except OSError as e:
-        return Result(EX_GENERIC, '', 'cannot run %r: %s' % (command, e))
+        return Result(126, '', 'cannot run %s: %s' % (argv[0], e.strerror or e))
     return Result(proc.returncode)
 
+
+def run_local_shell(command, stdin_text=None):
+    """Run a local shell command (for '!cmd' and 'cmd | shellcmd'), output to our terminal."""
+    return run_local(['/bin/sh', '-c', command], stdin_text)
 
 
 # ==========================================================================
@@ -2002,16 +2404,18 @@ def parse_time_ms(value):
             return int(time.mktime(time.strptime(v, fmt)) * 1000)
         except ValueError:
             pass
-    raise AlienError('cp: cannot read the time %r (ms or s since 1970, or YYYY-mm-dd[ HH:MM[:SS]])' % value,
+    raise AlienError('cannot read the time %r (ms or s since 1970, or YYYY-mm-dd[ HH:MM[:SS]])' % value,
                      EX_EINVAL)
 
 
-def parse_cp_args(args):
-    """Parse cp arguments -> (options dict, positional list).
-
-    Options may appear anywhere; '--' ends option parsing. Bad values and
-    unknown options raise AlienError(…, EX_EINVAL)."""
-    opts = dict(_CP_DEFAULTS)
+def parse_option_table(args, table, defaults, cmd, code=EX_EINVAL, help_opts=('-h', '-help', '--help')):
+    """Parse a client command's arguments with an option table -> (options dict,
+    positional list). table: option -> (key, kind), kind one of 'flag', 'int'
+    (>= 0), 'str', 'list' (repeatable), 'time' (parse_time_ms), 'ignore' (a flag
+    accepted and dropped). Options may appear anywhere; '--' ends option parsing;
+    '-5' is an argument. help_opts set opts['help']. Bad values and unknown options
+    raise AlienError(…, code)."""
+    opts = dict(defaults, help=False) if help_opts else dict(defaults)
     pos = []
     i = 0
     while i < len(args):
@@ -2020,25 +2424,27 @@ def parse_cp_args(args):
         if a == '--':
             pos.extend(args[i:])
             break
-        if a in ('-h', '-help', '--help'):
+        if a in help_opts:
             opts['help'] = True
             continue
-        spec = _CP_OPTIONS.get(a)
+        spec = table.get(a)
         if spec is None:
-            if len(a) > 1 and a.startswith('-') and not a[1:].replace('.', '').isdigit():
-                raise AlienError('cp: unknown option %s (see cp -h)' % a, EX_EINVAL)
+            if len(a) > 1 and a.startswith('-') and not re.match(r'^-[0-9]', a):
+                raise AlienError('%s: unknown option %s (%s -h for the usage)' % (cmd, a, cmd), code)
             pos.append(a)
             continue
         key, kind = spec
+        if kind == 'ignore':
+            continue
         if kind == 'flag':
             opts[key] = True
             continue
         if i >= len(args):
-            raise AlienError('cp: option %s needs a value' % a, EX_EINVAL)
+            raise AlienError('%s: option %s needs a value' % (cmd, a), code)
         value = args[i]
         i += 1
         if kind == 'list':
-            opts[key] = tuple(opts[key]) + (value,)
+            opts[key] = tuple(opts.get(key, ())) + (value,)
             continue
         if kind == 'time':
             opts[key] = parse_time_ms(value)
@@ -2047,13 +2453,19 @@ def parse_cp_args(args):
             try:
                 value = int(value)
             except ValueError:
-                raise AlienError('cp: option %s needs an integer, got %r' % (a, value), EX_EINVAL)
+                raise AlienError('%s: option %s needs an integer, got %r' % (cmd, a, value), code)
             if value < 0:
-                raise AlienError('cp: option %s needs a value >= 0, got %d' % (a, value), EX_EINVAL)
+                raise AlienError('%s: option %s needs a value >= 0, got %d' % (cmd, a, value), code)
         opts[key] = value
-    if sum(1 for k in ('glob', 'select', 'name') if opts[k]) > 1:
-        raise AlienError('cp: only one selection rule can be used: -select (full path regex), '
-                         '-name (file name) or -glob (globbing)', EX_EINVAL)
+    if sum(1 for k in ('glob', 'select', 'name') if opts.get(k)) > 1:
+        raise AlienError('%s: only one selection rule can be used: -select (full path regex), '
+                         '-name (file name) or -glob (globbing)' % cmd, code)
+    return opts, pos
+
+
+def parse_cp_args(args):
+    """Parse cp arguments -> (options dict, positional list); see parse_option_table."""
+    opts, pos = parse_option_table(args, _CP_OPTIONS, _CP_DEFAULTS, 'cp')
     if opts['parallel'] < 1:
         opts['parallel'] = 1
     if opts['streams'] > 15:
@@ -2701,8 +3113,9 @@ def _grid_stat(session, lfn):
     return st
 
 
-def _grid_find(session, base, opts, glob_pattern=''):
-    """Every file under the grid directory base (ends with '/') -> [lfn]."""
+def _grid_find(session, base, opts, glob_pattern='', rows=None):
+    """Every file under the grid directory base (ends with '/') -> [lfn] (cp, find2).
+    rows: a list to fill with the listing's row of each of them (all fields)."""
     args = ['-a', '-s']
     if opts.get('jobid'):
         args += ['-j', str(opts['jobid'])]
@@ -2713,12 +3126,12 @@ def _grid_find(session, base, opts, glob_pattern=''):
     # Selection is applied here on the client (exact glob/regex semantics); the
     # service only lists, so its pattern dialect cannot change what matches.
     needs_meta, meta_ok = cp_meta_filter(opts)
-    if needs_meta:
+    if needs_meta or rows is not None:
         args.insert(0, '-f')        # all fields: size, owner, gowner, ctime, jobid
     args += [base, '*']
     r = session.request('find', args, nomsg=True)
     if r.exitcode != 0:
-        raise AlienError('cp: find %s failed: %s' % (base, r.err or 'exit code %d' % r.exitcode),
+        raise AlienError('find %s failed: %s' % (base, r.err or 'exit code %d' % r.exitcode),
                          EX_ENOENT if r.exitcode == 2 else (r.exitcode if r.exitcode > 0 else EX_GENERIC))
     keep = cp_filter(opts, glob_pattern)
     out = []
@@ -2735,6 +3148,8 @@ def _grid_find(session, base, opts, glob_pattern=''):
                     'jobid': item.get('jobid')}
             if not meta_ok(rel, meta):
                 continue
+        if rows is not None:
+            rows.append(item)
         out.append(lfn)
     return out
 
@@ -4338,28 +4753,11 @@ def command(*names, **kw):
 def parse_options(name, args, flags=(), valued=(), multi=()):
     """(options dict, positional list) of a client command's arguments. flags -> True,
     valued -> the next argument, multi -> list of values. An unknown option or a missing
-    value is an AlienError (exit 64) naming the command."""
-    opts, pos = {}, []
-    i = 0
-    while i < len(args):
-        a = args[i]
-        i += 1
-        key = a[1:] if a.startswith('-') and len(a) > 1 else None
-        if key in flags:
-            opts[key] = True
-        elif key in valued or key in multi:
-            if i >= len(args):
-                raise AlienError('%s: option %s needs a value' % (name, a), EX_USAGE)
-            if key in multi:
-                opts.setdefault(key, []).append(args[i])
-            else:
-                opts[key] = args[i]
-            i += 1
-        elif key is not None and not re.match(r'^-?[0-9]', a):
-            raise AlienError('%s: unknown option %s (%s -h for the usage)' % (name, a, name), EX_USAGE)
-        else:
-            pos.append(a)
-    return opts, pos
+    value is an AlienError (exit 64) naming the command (parse_option_table's rules)."""
+    table = dict([('-' + k, (k, 'flag')) for k in flags] + [('-' + k, (k, 'str')) for k in valued] +
+                 [('-' + k, (k, 'list')) for k in multi])
+    opts, pos = parse_option_table(args, table, {}, name, code=EX_USAGE, help_opts=())
+    return dict((k, list(v) if isinstance(v, tuple) else v) for k, v in opts.items()), pos
 
 
 def number_option(opts, key, name, default, kind=float):
@@ -4665,6 +5063,228 @@ def _editor_command(name):
 for _name in ('edit', 'vi', 'vim', 'nano', 'mcedit'):
     command(_name, usage='%s [-datebck] LFN[@specs]  edit a grid file; the old version is kept as LFN~' % _name)(
         _editor_command(_name))
+
+
+# -- find2, toXml: catalogue listings and XML collections --
+
+FIND2_USAGE = '''find2 [options] DIR        (or DIR/PATTERN, e.g. /alice/data/*/AO2D.root)
+every file under DIR that passes the client-side filters, one LFN per line
+(exit 2 when none does). The selection and filters are cp's:
+  -glob PAT | -select REGEX (full path) | -name begin_X_contain_Y_ends_Z_ext_W
+  -exclude TEXT, -exclude_re REGEX (relative path; repeatable), -minsize/-maxsize BYTES,
+  -mindepth/-maxdepth N, -user U, -group G, -jobid ID, -min-ctime/-max-ctime T (ms, s, YYYY-mm-dd)
+  -j JOBID, -l COUNT, -o OFFSET   passed to the service's find
+  -x FILE         also write the files as an AliEn XML collection to the local FILE
+  -v -a -s -f -d -w -wh           accepted and ignored, as by the reference client'''
+
+_FIND2_OPTIONS = dict((o, _CP_OPTIONS[o]) for o in (
+    '-glob', '-select', '-name', '-exclude', '-exclude_re', '-minsize', '-maxsize', '-mindepth', '-maxdepth',
+    '-user', '-group', '-jobid', '-min-ctime', '-max-ctime', '-j', '-l', '-o'))
+_FIND2_OPTIONS.update((o, ('', 'ignore')) for o in ('-v', '-a', '-s', '-f', '-d', '-w', '-wh'))
+_FIND2_OPTIONS['-x'] = ('xml', 'str')
+
+# the attributes of a <file> in the service's XML collections, in its order
+_XML_FILE_FIELDS = ('name', 'aclId', 'broken', 'ctime', 'dir', 'entryId', 'expiretime', 'gowner', 'guid',
+                    'guidtime', 'jobid', 'lfn', 'md5', 'owner', 'perm', 'replicated', 'size', 'turl', 'type')
+
+
+def xml_collection(entries, command, creator, now=None):
+    """An AliEn XML collection (the shape of the service's toXml) of entries:
+    dicts with the _XML_FILE_FIELDS (missing ones are empty)."""
+    from xml.sax.saxutils import quoteattr
+    now = time.time() if now is None else now
+    lines = ['<?xml version="1.0"?>', '<alien>', '  <collection name="tempCollection">']
+    for i, e in enumerate(entries, 1):
+        attrs = ' '.join('%s=%s' % (k, quoteattr(str(e.get(k, '')))) for k in _XML_FILE_FIELDS)
+        lines += ['    <event name="%d">' % i, '      <file %s />' % attrs, '    </event>']
+    lines.append('    <info command=%s creator=%s date=%s timestamp="%d" />' % (
+        quoteattr(command), quoteattr(creator),
+        quoteattr(time.strftime('%a %b %d %H:%M:%S UTC %Y', time.gmtime(now))), int(now * 1000)))
+    return '\n'.join(lines + ['  </collection>', '</alien>']) + '\n'
+
+
+def xml_entry_grid(row):
+    """A row of `find -f` -> collection entry (ctime: ms since 1970 -> UTC text)."""
+    e = dict((k, row.get(k, '')) for k in _XML_FILE_FIELDS)
+    lfn = row.get('lfn', '')
+    ms = _int_or_none(row.get('ctime'))
+    e.update(name=row.get('name') or lfn.rsplit('/', 1)[-1], turl='alien://' + lfn,
+             ctime=_utc(ms / 1000.0) if ms is not None else row.get('ctime', ''))
+    return e
+
+
+def xml_entry_local(path):
+    """A local file -> collection entry (lfn and turl: file://ABSPATH)."""
+    path = os.path.abspath(path)
+    st = os.stat(path)
+    if not stat_mod.S_ISREG(st.st_mode):
+        raise AlienError('%s is not a regular file' % path, EX_EINVAL)
+    meta = _local_meta(path)
+    return {'name': os.path.basename(path), 'broken': '0', 'replicated': '0', 'type': 'f',
+            'ctime': _utc(st.st_ctime), 'owner': meta['owner'] or st.st_uid, 'gowner': meta['gowner'] or st.st_gid,
+            'perm': '%o' % (st.st_mode & 0o777), 'size': st.st_size, 'md5': md5_file(path),
+            'lfn': 'file://' + path, 'turl': 'file://' + path}
+
+
+def write_local_text(path, text):
+    """Write text to a local file atomically (a temp file renamed over it)."""
+    path = os.path.abspath(os.path.expanduser(path))
+    tmp = part_name(path)
+    try:
+        with open(tmp, 'w', encoding='utf-8') as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        _unlink_quiet(tmp)
+        raise AlienError('cannot write %s: %s' % (path, e.strerror), EX_EIO)
+
+
+def _local_target(value, cmd):
+    """-x target that must be local: file:PATH or PATH; an alien: one is refused."""
+    side, path = cp_side(value)
+    if side == 'grid':
+        raise AlienError('%s: -x %s: the collection is written locally; upload it with cp' % (cmd, value), EX_EINVAL)
+    return path
+
+
+@command('find2', usage=FIND2_USAGE)
+def cmd_find2(session, args):
+    opts, pos = parse_option_table(args, _FIND2_OPTIONS, dict(_CP_DEFAULTS, xml=''), 'find2')
+    if opts['help']:
+        return Result(0, FIND2_USAGE)
+    if len(pos) != 1:
+        return Result(EX_EINVAL, '', 'find2: give one directory (DIR or DIR/PATTERN); see find2 -h')
+    xml = _local_target(opts['xml'], 'find2') if opts['xml'] else ''
+    base, pattern = split_glob(session.grid_path(pos[0]))
+    base = base.rstrip('/') + '/'
+    rows = [] if xml else None
+    try:
+        lfns = _grid_find(session, base, opts, pattern, rows=rows)
+    except AlienError as e:
+        return Result(e.exitcode, '', 'find2: %s' % e)
+    if not lfns:
+        return Result(EX_ENOENT, '', 'find2: no file under %s passes the selection' % base)
+    if xml:
+        write_local_text(xml, xml_collection([xml_entry_grid(r) for r in rows], 'find2 ' + ' '.join(args),
+                                             session.user or ''))
+    return Result(0, '\n'.join(lfns))
+
+
+TOXML_USAGE = '''toXml [-i] [-a] [-x OUT] [-l LIST] [LFN...]   the service's toXml (see toXml -h there), plus:
+  -local          the targets (LFN... or the lines of LIST) are local files: the
+                  collection is made here, with lfn/turl file://PATH
+  -x file:OUT     write the collection to the local file OUT (without file: the
+                  service writes it to the catalogue; with -local OUT is always local)'''
+
+
+@command('toXml', usage=TOXML_USAGE)
+def cmd_toxml(session, args):
+    opts, pos = parse_option_table(args, {'-local': ('local', 'flag'), '-i': ('ignore', 'flag'), '-a': ('append', 'flag'),
+                                     '-x': ('xml', 'str'), '-l': ('list', 'str')},
+                              {'local': False, 'ignore': False, 'append': False, 'xml': '', 'list': ''}, 'toXml')
+    if opts['help']:
+        return Result(0, TOXML_USAGE)
+    if opts['append'] and not opts['xml']:
+        return Result(EX_EINVAL, '', 'toXml: -a appends to the collection given with -x')
+    if not opts['local']:
+        side, out = cp_side(opts['xml']) if opts['xml'] else (None, '')
+        srv = (['-i'] if opts['ignore'] else []) + (['-a'] if opts['append'] else []) + \
+              (['-l', opts['list']] if opts['list'] else []) + (['-x', out] if out and side != 'local' else []) + pos
+        if side == 'local' and opts['append']:
+            return Result(EX_EINVAL, '', 'toXml: -a appends to a collection in the catalogue, not to a local file')
+        result = session.request('toXml', srv)
+        if side == 'local' and result.exitcode == 0:
+            write_local_text(out, result.out)     # as the service sent it
+        return result
+    if opts['append']:
+        return Result(EX_EINVAL, '', 'toXml -local: appending to a collection is not supported; write a new one')
+    targets = list(pos)
+    if opts['list']:
+        try:
+            with open(os.path.expanduser(cp_side(opts['list'])[1]), encoding='utf-8') as f:
+                targets += [l.strip() for l in f if l.strip() and not l.lstrip().startswith('#')]
+        except OSError as e:
+            return Result(EX_ENOENT, '', 'toXml: cannot read %s: %s' % (opts['list'], e.strerror))
+    if not targets:
+        return Result(EX_EINVAL, '', 'toXml -local: no files given')
+    entries = []
+    for t in targets:
+        side, path = cp_side(t)
+        if side == 'grid':
+            return Result(EX_EINVAL, '', 'toXml -local: %s is a grid file' % t)
+        try:
+            entries.append(xml_entry_local(path))
+        except OSError as e:
+            if not opts['ignore']:
+                return Result(EX_ENOENT, '', 'toXml: %s: %s' % (path, e.strerror))
+    text = xml_collection(entries, 'toXml ' + ' '.join(args), session.user or pwd_name())
+    if opts['xml']:
+        write_local_text(_local_target(opts['xml'], 'toXml'), text)
+    return Result(0, text.rstrip('\n'))
+
+
+def pwd_name():
+    try:
+        import pwd
+        return pwd.getpwuid(os.getuid()).pw_name
+    except (ImportError, KeyError):
+        return str(os.getuid())
+
+
+# -- run, exec: a grid file used by a local program --
+
+RUN_USAGE = '''run COMMAND [ARGS...] LFN     download LFN (md5-verified), run COMMAND ARGS... FILE here,
+                              remove the file; the exit code is COMMAND's
+  several grid files: mark each with alien: (they are appended in their order);
+  -force, -noout: accepted (the file is always downloaded afresh, the output
+  is never captured: it goes straight to the terminal)'''
+EXEC_USAGE = '''exec LFN [ARGS...]            download the program LFN (md5-verified), run it with ARGS,
+                              remove it; the exit code is the program's (-force, -noout: as in run)'''
+
+
+def _run_with_grid_files(session, argv, grid_at, make_executable=False):
+    """Download argv[i] for each i in grid_at into a private temp directory, run
+    argv with the local copies in their places, remove them -> Result."""
+    xrootd_client()
+    import shutil
+    import tempfile
+    tmp = tempfile.mkdtemp(prefix='alienpy-run-')
+    try:
+        argv = list(argv)
+        for i in grid_at:
+            argv[i] = _fetch_temp(session, argv[i], tempfile.mkdtemp(dir=tmp))[0]
+            if make_executable:
+                os.chmod(argv[i], 0o700)
+        return run_local(argv)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_argv(args):
+    """run's arguments -> (argv, indexes of the grid files in it): the alien:-marked
+    arguments (moved to the end, in order), or else the last one; None if too few."""
+    args = [a for a in args if a not in ('-force', '-noout')]
+    if len(args) < 2:
+        return None
+    marked = [i for i, a in enumerate(args) if i > 0 and a.startswith('alien:')] or [len(args) - 1]
+    argv = [a for i, a in enumerate(args) if i not in marked] + [args[i] for i in marked]
+    return argv, list(range(len(argv) - len(marked), len(argv)))
+
+
+@command('run', usage=RUN_USAGE)
+def cmd_run(session, args):
+    parsed = run_argv(args)
+    if parsed is None:
+        return Result(EX_USAGE, '', 'usage: run COMMAND [ARGS...] LFN')
+    return _run_with_grid_files(session, *parsed)
+
+
+@command('exec', usage=EXEC_USAGE)
+def cmd_exec(session, args):
+    args = [a for a in args if a not in ('-force', '-noout')]
+    if not args:
+        return Result(EX_USAGE, '', 'usage: exec LFN [ARGS...]')
+    return _run_with_grid_files(session, args, [0], make_executable=True)
 
 
 # -- gfal commands --
@@ -5057,38 +5677,200 @@ def cmd_checkaddr(session, args):
 
 # -- credential commands --
 
+def _utc(t):
+    return time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(t))
+
+
+def load_cert_file(path):
+    """[Cert] of a PEM file; a missing file exits 2 (ENOENT), one that holds no
+    certificate 5 (EIO), like the reference client."""
+    try:
+        return read_certs(path)
+    except OSError as e:
+        raise AlienError('cannot read %s: %s' % (path, e.strerror), EX_ENOENT)
+    except CertError as e:
+        raise AlienError(str(e), EX_EIO)
+
+
 def describe_cert(path):
-    info = cert_info(path)
-    if info is None:
-        raise AlienError('cannot read a certificate from %s' % path, EX_EIO if os.path.exists(path) else EX_ENOENT)
-    left = ssl.cert_time_to_seconds(info['notAfter']) - time.time()
-    state = 'valid for %s' % human_duration(left) if left > 0 else 'EXPIRED %s ago' % human_duration(-left)
-    return '\n'.join(['DN >>> %s' % dn_string(info.get('subject', ())),
-                      'ISSUER >>> %s' % dn_string(info.get('issuer', ())),
-                      'BEGIN >>> %s' % info.get('notBefore', ''),
-                      'EXPIRE >>> %s' % info['notAfter'],
-                      'LEFT >>> %s' % state])
+    """cert-info in the reference client's format (UTC times)."""
+    c = load_cert_file(path)[0]
+    return 'DN >>> %s\nISSUER >>> %s\nBEGIN >>> %s\nEXPIRE >>> %s' % (
+        dn_text(c.subject), dn_text(c.issuer), _utc(c.not_before), _utc(c.not_after))
 
 
-def human_duration(seconds):
-    seconds = int(seconds)
-    d, rem = divmod(seconds, 86400)
-    h, rem = divmod(rem, 3600)
-    m, s = divmod(rem, 60)
-    return ('%dd ' % d if d else '') + '%02d:%02d:%02d' % (h, m, s)
+def verify_cert_file(path, environ):
+    """cert-verify: the chain of path up to the CAs in use -> Result (1 if it does not verify)."""
+    load_cert_file(path)
+    try:
+        kind, where = find_ca(environ)
+    except AlienError as e:
+        raise AlienError(str(e), EX_GENERIC)
+    try:
+        reason = verify_chain(path, kind, where)
+    except CertError as e:
+        reason = str(e)
+    if reason:
+        return Result(EX_GENERIC, '', '%s does not verify against %s: %s' % (path, where, reason))
+    return Result(0, '%s verifies against the CAs in %s' % (path, where))
 
 
-@command('cert-info', connect=False, usage='cert-info [CERT]  subject, issuer and validity of the user certificate')
+def match_cert_key(cert, key):
+    """certkey-match: 0 when key is the private key of cert, 42 when it is not."""
+    load_cert_file(cert)
+    if not os.path.isfile(key):
+        raise AlienError('cannot read %s: no such file' % key, EX_ENOENT)
+    asked = []
+
+    def password():
+        asked.append(True)
+        return ask_pass_phrase(key)
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(cert, key, password=password)
+    except ssl.SSLError as e:
+        if 'MISMATCH' in ('%s %s' % (e.reason, e)).upper():
+            return Result(EX_ENOMSG, '', 'certificate %s and key %s do not match' % (cert, key))
+        if asked:
+            raise AlienError('cannot decrypt key %s: wrong pass phrase' % key, EX_EIO)
+        raise AlienError('cannot load key %s: %s' % (key, e.reason or e), EX_EIO)
+    except OSError as e:
+        raise AlienError('cannot read %s: %s' % (key, e.strerror), EX_EIO)
+    return Result(0, 'certificate %s and key %s match' % (cert, key))
+
+
+def _token_pair(environ):
+    tcert, tkey = credential_paths(environ)[:2]
+    return materialize_pem(tcert, 'tokencert'), materialize_pem(tkey, 'tokenkey')
+
+
+@command('cert-info', connect=False, usage='cert-info [CERT]  subject, issuer and validity (UTC) of the user certificate')
 def cmd_cert_info(session, args):
     return Result(0, describe_cert(args[0] if args else credential_paths(session.environ)[2]))
 
 
-@command('token-info', connect=False, usage='token-info  subject, issuer and validity of the token certificate')
+@command('token-info', connect=False, usage='token-info  subject, issuer and validity (UTC) of the token certificate')
 def cmd_token_info(session, args):
-    path = materialize_pem(credential_paths(session.environ)[0], 'tokencert')
+    path = _token_pair(session.environ)[0]
     if not os.path.exists(path):
         return Result(EX_ENOENT, '', 'no token certificate at %s (run token-init)' % path)
     return Result(0, describe_cert(path))
+
+
+@command('cert-verify', connect=False,
+         usage='cert-verify [CERT]  verify the user certificate\'s chain against the CAs in use (exit 1 if it does not)')
+def cmd_cert_verify(session, args):
+    return verify_cert_file(args[0] if args else credential_paths(session.environ)[2], session.environ)
+
+
+@command('token-verify', connect=False,
+         usage='token-verify  verify the token certificate\'s chain against the CAs in use (exit 1 if it does not)')
+def cmd_token_verify(session, args):
+    return verify_cert_file(_token_pair(session.environ)[0], session.environ)
+
+
+@command('certkey-match', connect=False,
+         usage='certkey-match [CERT KEY]  check that the user key belongs to the user certificate (exit 42 if not)')
+def cmd_certkey_match(session, args):
+    if len(args) not in (0, 2):
+        return Result(EX_USAGE, '', 'usage: certkey-match [CERT KEY]')
+    return match_cert_key(*(args or credential_paths(session.environ)[2:]))
+
+
+@command('tokenkey-match', connect=False,
+         usage='tokenkey-match  check that the token key belongs to the token certificate (exit 42 if not)')
+def cmd_tokenkey_match(session, args):
+    return match_cert_key(*_token_pair(session.environ))
+
+
+CAS_REPOSITORY = 'https://github.com/alisw/alien-cas.git'
+_HASH_NAME = re.compile(r'^[0-9a-f]{8}\.r?\d+$')
+
+
+def hash_links(directory):
+    """<hash>.N links to every CA certificate (*.pem) of directory, as
+    `openssl rehash` makes them -> number of certificates."""
+    count = 0
+    for name in sorted(os.listdir(directory)):
+        if not name.endswith('.pem'):
+            continue
+        c = cert_info(os.path.join(directory, name))
+        if c is None:
+            continue
+        h, n = name_hash(c.subject), 0
+        while os.path.lexists(os.path.join(directory, '%s.%d' % (h, n))):
+            n += 1
+        os.symlink(name, os.path.join(directory, '%s.%d' % (h, n)))
+        count += 1
+    return count
+
+
+def fetch_ca_certs(source, target, timeout=120):
+    """Clone the CA repository source (git), copy the content of each of its
+    top-level directories into target and make the hash links. target is
+    replaced only when all of that worked -> number of CA certificates."""
+    import shutil
+    import subprocess
+    import tempfile
+    git = shutil.which('git')
+    if git is None:
+        raise AlienError('getCAcerts needs git (e.g. apt-get install git)', EX_GENERIC)
+    work = tempfile.mkdtemp(dir=os.path.dirname(target), prefix='.alienpy-cas-')
+    try:
+        repo = os.path.join(work, 'repo')
+        env = dict(os.environ, GIT_TERMINAL_PROMPT='0')
+        try:
+            p = subprocess.run([git, 'clone', '--quiet', '--depth=1', source, repo], stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+                               timeout=timeout, env=env)
+        except subprocess.TimeoutExpired:
+            raise AlienError('getCAcerts: git clone %s took more than %d s' % (source, timeout), EX_GENERIC)
+        if p.returncode != 0:
+            why = [l for l in p.stderr.splitlines() if l.strip() and 'depth is ignored' not in l]
+            raise AlienError('getCAcerts: git clone %s failed: %s' % (source, why[-1] if why else 'exit %d' % p.returncode),
+                             EX_GENERIC)
+        new = os.path.join(work, 'certificates')
+        os.mkdir(new)
+        for top in sorted(os.listdir(repo)):
+            if top.startswith('.') or not os.path.isdir(os.path.join(repo, top)):
+                continue
+            for root, dirs, files in os.walk(os.path.join(repo, top)):
+                dirs[:] = [d for d in dirs if d != '.git']
+                out = os.path.join(new, os.path.relpath(root, os.path.join(repo, top)))
+                os.makedirs(out, exist_ok=True)
+                for name in files:
+                    if not _HASH_NAME.match(name):      # the links are made again below
+                        shutil.copy(os.path.join(root, name), os.path.join(out, name))
+        count = hash_links(new)
+        if not count:
+            raise AlienError('getCAcerts: %s holds no CA certificate' % source, EX_GENERIC)
+        if os.path.lexists(target):
+            os.rename(target, os.path.join(work, 'old'))
+        os.rename(new, target)
+        return count
+    except OSError as e:
+        raise AlienError('getCAcerts: %s: %s' % (e.filename or target, e.strerror), EX_GENERIC)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@command('getCAcerts', connect=False, usage='''getCAcerts [DIR]  download the grid CA certificates into DIR/certificates
+  (default ~/.globus/certificates) from the ALICE CA repository with git
+  (ALIENPY_CAS_REPO: another repository URL or path). Use them with
+  export X509_CERT_DIR=DIR/certificates, or ALIENPY_USE_LOCAL_CAS=1 for the default place.''')
+def cmd_getcacerts(session, args):
+    if len(args) > 1:
+        return Result(EX_USAGE, '', 'usage: getCAcerts [DIR]')
+    if args:
+        parent = os.path.expanduser(args[0])
+        if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+            return Result(EX_GENERIC, '', 'getCAcerts: %s is not a writable directory' % parent)
+    else:
+        parent = user_file(session.environ, '.globus')
+        os.makedirs(parent, mode=0o700, exist_ok=True)
+    target = os.path.join(os.path.abspath(parent), 'certificates')
+    count = fetch_ca_certs(session.environ.get('ALIENPY_CAS_REPO') or CAS_REPOSITORY, target)
+    use = 'ALIENPY_USE_LOCAL_CAS=1 or ' if not args else ''
+    return Result(0, '%d CA certificates in %s; to use them: %sexport X509_CERT_DIR=%s' % (count, target, use, target))
 
 
 @command('token-init', connect=False, usage='token-init [-v DAYS]  get a new token with the user certificate')

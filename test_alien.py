@@ -1005,6 +1005,9 @@ CONFORMANCE_LINES = [
 
 
 def _normalize_times(text):
+    """Times masked, and colour codes removed: off a terminal alien.py drops the colours
+    the service puts in listSEs/xrdstat (README), the reference prints them."""
+    text = re.sub(r'\x1b\[[0-9;]*m', '', text)
     return re.sub(r'[A-Z][a-z]{2} [ 0-9]\d \d\d:\d\d', 'MMM DD HH:MM', text)
 
 
@@ -1720,12 +1723,12 @@ def test_result_out_and_write_lines_agree():
 def test_token_lifecycle_commands(cenv):
     p = run_cli(['token-init', '-v', '2'], env=cenv)
     assert p.returncode == 0, p.stderr
-    assert 'DN >>> /C=CH/O=JAliEn/OU=token/CN=jalien' in p.stdout and 'LEFT >>> valid for 1d' in p.stdout
+    assert 'DN >>> C=CH/O=JAliEn/OU=token/CN=jalien' in p.stdout and p.stdout.count('\n') == 4
     assert os.stat(cenv['JALIEN_TOKEN_KEY']).st_mode & 0o777 == 0o400
     p = run_cli(['token-info'], env=cenv)
-    assert p.returncode == 0 and 'ISSUER >>> /C=CH/O=JAliEn/CN=JAliEn test grid CA' in p.stdout
+    assert p.returncode == 0 and 'ISSUER >>> C=CH/O=JAliEn/CN=JAliEn test grid CA' in p.stdout
     p = run_cli(['cert-info'], env=cenv)
-    assert p.returncode == 0 and 'DN >>> /C=CH/O=JAliEn/CN=jalien' in p.stdout
+    assert p.returncode == 0 and 'DN >>> C=CH/O=JAliEn/CN=jalien' in p.stdout
     p = run_cli(['cert-info', '/no/such.pem'], env=cenv)
     assert p.returncode == 2 and one_line_error(p)
     p = run_cli(['token-destroy'], env=cenv)
@@ -1738,7 +1741,7 @@ def test_token_lifecycle_commands(cenv):
 def test_expiring_token_is_replaced_by_the_user_certificate(grid_state):
     env = dict(grid_state['env'])
     cert = env['JALIEN_TOKEN_CERT']
-    expiry = ssl.cert_time_to_seconds(alien.cert_info(cert)['notAfter'])
+    expiry = alien.cert_info(cert).not_after
     kind, _, _ = alien.choose_credentials(env, now=expiry - 3600)
     assert kind == 'token'
     kind, _, _ = alien.choose_credentials(env, now=expiry - 100)  # < 600 s left: renew through the user cert
@@ -2261,7 +2264,7 @@ CLIENT_CASES = [
     ('popd', 1, r'^popd: directory stack empty$'),
     ('pushd /localhost/; popd x', 64, r'^popd: usage'),
     ('cert-info', 0, r'^DN >>> '),
-    ('cert-info /no/such.pem', 2, r'cannot read a certificate'),
+    ('cert-info /no/such.pem', 2, r'cannot read /no/such.pem'),
     ('token-init', 0, r'OU=token'),
     ('token-init -v abc', 22, r'could not get a token'),
     ('pwd; token-info', 0, r'OU=token'),
@@ -3693,6 +3696,557 @@ def test_bare_copy_without_any_package_talks_to_the_grid(cenv, grid_state, tmp_p
     assert p.returncode == 1 and one_line_error(p) and 'pip install xrootd' in p.stderr, p
 
 
+# ===== issue 13: credential and CA tools, find2, toXml, run/exec, compatibility =====
+# Certificates for the pure tests are made with openssl in tmp_path; the commands
+# run against the test grid (its CA, user and token certificates).
+
+def _ossl(*args, cwd=None):
+    p = subprocess.run([tool('openssl')] + [str(a) for a in args], capture_output=True, text=True, cwd=cwd)
+    assert p.returncode == 0, p.stderr
+    return p.stdout
+
+
+def _make_ca(d, name, curve=None, subj=None):
+    key = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:%s' % curve] if curve else ['-newkey', 'rsa:1024']
+    _ossl('req', '-x509', '-new', *key, '-nodes', '-keyout', d / (name + '.key'), '-out', d / (name + '.pem'),
+          '-subj', subj or '/C=CH/O=Test/CN=%s' % name, '-days', '30',
+          '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign')
+    return d / (name + '.pem'), d / (name + '.key')
+
+
+def _make_leaf(d, name, ca, curve=None, subj=None, digest='sha256'):
+    key = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:%s' % curve] if curve else ['-newkey', 'rsa:1024']
+    _ossl('req', '-new', *key, '-nodes', '-keyout', d / (name + '.key'), '-out', d / (name + '.csr'),
+          '-subj', subj or '/C=CH/O=Test/CN=%s' % name)
+    _ossl('x509', '-req', '-in', d / (name + '.csr'), '-CA', ca[0], '-CAkey', ca[1], '-CAcreateserial',
+          '-days', '5', '-%s' % digest, '-out', d / (name + '.pem'))
+    return d / (name + '.pem'), d / (name + '.key')
+
+
+def test_cert_reader_names_dates_and_openssl_hash(tmp_path):
+    subj = '/DC=ch/DC=cern/OU=Org  Units/CN=Mixed   Case Name/CN=a\\+b,c'
+    ca = _make_ca(tmp_path, 'ca', subj='/C=CH/O=Test/CN=Test CA')
+    cert, _key = _make_leaf(tmp_path, 'leaf', ca, subj=subj)
+    c = alien.read_certs(str(cert))[0]
+    # the reference client's form: RFC 4514 attributes in certificate order, '/'-joined
+    assert alien.dn_text(c.subject) == r'DC=ch/DC=cern/OU=Org  Units/CN=Mixed   Case Name/CN=a\+b\,c'
+    assert alien.dn_text(c.issuer) == 'C=CH/O=Test/CN=Test CA'
+    for path in (cert, ca[0]):
+        got = alien.name_hash(alien.read_certs(str(path))[0].subject)
+        assert got == _ossl('x509', '-hash', '-noout', '-in', path).strip()
+    end = _ossl('x509', '-enddate', '-noout', '-in', cert).strip().split('=', 1)[1]
+    assert c.not_after == ssl.cert_time_to_seconds(end)
+    assert alien.read_certs(str(ca[0]))[0].is_ca() and not c.is_ca()
+
+
+@pytest.mark.parametrize('curve,digest', [(None, 'sha256'), (None, 'sha1'), (None, 'sha512'),
+                                          ('P-256', 'sha256'), ('P-384', 'sha384')])
+def test_verify_chain_rsa_and_ecdsa(tmp_path, curve, digest):
+    ca = _make_ca(tmp_path, 'ca', curve)
+    cert, _ = _make_leaf(tmp_path, 'leaf', ca, curve, digest=digest)
+    cadir = tmp_path / 'cas'
+    cadir.mkdir()
+    shutil.copy(str(ca[0]), str(cadir / 'ca.pem'))
+    assert alien.verify_chain(str(cert), 'capath', str(cadir)) is None
+    assert alien.verify_chain(str(cert), 'cafile', str(ca[0])) is None
+    other = _make_ca(tmp_path, 'other', curve, subj='/C=CH/O=Test/CN=ca')   # same name, another key
+    assert 'does not verify' in alien.verify_chain(str(cert), 'cafile', str(other[0]))
+    assert 'not among the CAs' in alien.verify_chain(str(cert), 'cafile', str(_make_ca(tmp_path, 'x', curve)[0]))
+    # a flipped bit in the signed part
+    pem = cert.read_text()
+    der = bytearray(base64.b64decode(''.join(pem.strip().splitlines()[1:-1])))
+    der[18] ^= 1      # inside the serial number
+    bad = tmp_path / 'bad.pem'
+    bad.write_text('-----BEGIN CERTIFICATE-----\n%s\n-----END CERTIFICATE-----\n' % base64.b64encode(bytes(der)).decode())
+    assert alien.verify_chain(str(bad), 'capath', str(cadir)) is not None
+    # later than the end of validity
+    assert 'expired' in alien.verify_chain(str(cert), 'capath', str(cadir), now=time.time() + 10 * 86400)
+
+
+def test_verify_chain_leaf_signed_by_a_non_ca_is_refused(tmp_path):
+    ca = _make_ca(tmp_path, 'ca')
+    mid = _make_leaf(tmp_path, 'mid', ca)      # an end-entity certificate ...
+    leaf, _ = _make_leaf(tmp_path, 'leaf', mid)  # ... that signs another one
+    chain = tmp_path / 'chain.pem'
+    chain.write_text(leaf.read_text() + mid[0].read_text())
+    assert 'not a CA' in alien.verify_chain(str(chain), 'cafile', str(ca[0]))
+
+
+def test_cert_reader_rejects_what_is_not_a_certificate(tmp_path):
+    for text in ('', 'hello', '-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n',
+                 '-----BEGIN CERTIFICATE-----\n!!notbase64\n-----END CERTIFICATE-----\n'):
+        f = tmp_path / 'x.pem'
+        f.write_text(text)
+        with pytest.raises(alien.CertError):
+            alien.read_certs(str(f))
+    with pytest.raises(alien.CertError):
+        alien.Cert(b'\x30\x84\xff\xff\xff\xff')
+    with pytest.raises(OSError):
+        alien.read_certs(str(tmp_path / 'missing.pem'))
+
+
+def test_find_ca_local_cas_first(tmp_path):
+    local = tmp_path / 'globus' / 'certificates'
+    local.mkdir(parents=True)
+    env = {'ALIENPY_USE_LOCAL_CAS': str(local), 'X509_CERT_DIR': str(tmp_path)}
+    assert alien.find_ca(env) == ('capath', str(tmp_path))     # empty: not used, the search goes on
+    (local / 'CERN-GridCA.pem').write_text('x')
+    assert alien.find_ca(env) == ('capath', str(local))
+    assert alien.local_cas_dir({'ALIENPY_USE_LOCAL_CAS': '1'}).endswith('/.globus/certificates')
+
+
+FIND2_PARSE = [
+    (['-glob', '*.root', '/d'], {'glob': '*.root'}, ['/d']),
+    (['-name', 'ext_root', '-exclude', 'a', '-exclude', 'b', 'd'], {'name': 'ext_root', 'exclude': ('a', 'b')}, ['d']),
+    (['-minsize', '10', '-maxdepth', '2', '-user', 'u', '-x', 'file:o.xml', 'd'],
+     {'minsize': 10, 'maxdepth': 2, 'user': 'u', 'xml': 'file:o.xml'}, ['d']),
+    (['-v', '-a', '-s', '-f', '-d', '-w', '-wh', '-j', '7', '-l', '5', '-o', '1', 'd'],
+     {'jobid': '7', 'limit': 5, 'offset': 1}, ['d']),
+    (['-min-ctime', '1700000000', 'd'], {'min_ctime': 1700000000000}, ['d']),
+]
+
+
+@pytest.mark.parametrize('args,want,pos', FIND2_PARSE)
+def test_find2_options(args, want, pos):
+    opts, got = alien.parse_option_table(args, alien._FIND2_OPTIONS, dict(alien._CP_DEFAULTS, xml=''), 'find2')
+    assert got == pos and {k: opts[k] for k in want} == want
+
+
+@pytest.mark.parametrize('args,words', [
+    (['-bogus', 'd'], 'unknown option -bogus'), (['-minsize', 'x', 'd'], 'needs an integer'),
+    (['-glob', '*', '-name', 'ext_x', 'd'], 'only one selection rule'), (['-x'], 'needs a value'),
+    (['-min-ctime', 'yesterday', 'd'], 'cannot read the time'),
+])
+def test_find2_bad_options(args, words):
+    with pytest.raises(alien.AlienError) as e:
+        alien.parse_option_table(args, alien._FIND2_OPTIONS, dict(alien._CP_DEFAULTS, xml=''), 'find2')
+    assert e.value.exitcode == alien.EX_EINVAL and words in str(e.value)
+
+
+def test_xml_collection_shape(tmp_path):
+    import xml.etree.ElementTree as ET
+    f = tmp_path / 'a&b.txt'
+    f.write_bytes(b'hello\n')
+    rows = [alien.xml_entry_grid({'lfn': '/d/x "1".root', 'size': '3', 'md5': 'ab', 'ctime': '1700000000000',
+                                  'owner': 'u', 'gowner': 'g', 'guid': 'G', 'perm': '755', 'type': 'f'}),
+            alien.xml_entry_local(str(f))]
+    text = alien.xml_collection(rows, 'find2 -x o.xml /d', 'jalien', now=1700000000)
+    root = ET.fromstring(text)
+    files = [e.find('file').attrib for e in root.find('collection').findall('event')]
+    assert [e.attrib['name'] for e in root.find('collection').findall('event')] == ['1', '2']
+    assert files[0]['lfn'] == '/d/x "1".root' and files[0]['turl'] == 'alien:///d/x "1".root'
+    assert files[0]['ctime'] == '2023-11-14 22:13:20' and files[0]['name'] == 'x "1".root'
+    assert list(files[0]) == list(alien._XML_FILE_FIELDS)
+    assert files[1]['lfn'] == 'file://' + str(f) and files[1]['md5'] == hashlib.md5(b'hello\n').hexdigest()
+    assert files[1]['size'] == '6' and files[1]['name'] == 'a&b.txt'
+    info = root.find('collection').find('info').attrib
+    assert info['command'] == 'find2 -x o.xml /d' and info['creator'] == 'jalien' and info['timestamp'] == '1700000000000'
+
+
+def _cas_repo(tmp_path, ca_pem):
+    """A local git repository laid out like alisw/alien-cas: a directory per CA source."""
+    repo = tmp_path / 'alien-cas'
+    (repo / 'CERN').mkdir(parents=True)
+    (repo / 'other').mkdir()
+    shutil.copy(ca_pem, str(repo / 'CERN' / 'CERN-GridCA.pem'))
+    (repo / 'CERN' / 'CERN-GridCA.signing_policy').write_text('policy\n')
+    (repo / 'other' / 'README.pem').write_text('not a certificate\n')
+    (repo / 'top.pem').write_text('a top-level file is not copied\n')
+    git = tool('git')
+    for args in (['init', '-q'], ['add', '.'],
+                 ['-c', 'user.name=t', '-c', 'user.email=t@t', 'commit', '-q', '-m', 'CAs']):
+        p = subprocess.run([git] + args, cwd=str(repo), capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+    return str(repo)
+
+
+def test_getcacerts_and_local_cas(cenv, grid_state, tmp_path):
+    repo = _cas_repo(tmp_path, os.path.join(grid_state['env']['X509_CERT_DIR'], 'ca.pem'))
+    env = dict(cenv, ALIENPY_CAS_REPO=repo)
+    p = run_cli(['getCAcerts'], env=env)
+    assert p.returncode == 0, p.stderr
+    certs = os.path.join(cenv['HOME'], '.globus', 'certificates')
+    assert '1 CA certificates in %s' % certs in p.stdout
+    names = sorted(os.listdir(certs))
+    h = _ossl('x509', '-hash', '-noout', '-in', os.path.join(certs, 'CERN-GridCA.pem')).strip()
+    assert names == sorted(['CERN-GridCA.pem', 'CERN-GridCA.signing_policy', 'README.pem', h + '.0'])
+    assert os.readlink(os.path.join(certs, h + '.0')) == 'CERN-GridCA.pem'
+    # the local CAs come first: a wrong X509_CERT_DIR does not matter any more
+    wrong = dict(cenv, X509_CERT_DIR=str(tmp_path))
+    assert run_cli(['pwd'], env=wrong).returncode == 107
+    p = run_cli(['pwd'], env=dict(wrong, ALIENPY_USE_LOCAL_CAS='1'))
+    assert (p.returncode, p.stdout) == (0, grid_state['home'] + '\n'), p.stderr
+    p = run_cli(['cert-verify'], env=dict(wrong, ALIENPY_USE_LOCAL_CAS='1'))
+    assert p.returncode == 0 and certs in p.stdout
+    # again, into a given directory: replaces the old content in one step
+    dest = tmp_path / 'dest'
+    dest.mkdir()
+    (dest / 'certificates').mkdir()
+    (dest / 'certificates' / 'stale.pem').write_text('old')
+    p = run_cli(['getCAcerts', str(dest)], env=env)
+    assert p.returncode == 0 and 'export X509_CERT_DIR=%s/certificates' % dest in p.stdout
+    assert not (dest / 'certificates' / 'stale.pem').exists() and sorted(os.listdir(str(dest))) == ['certificates']
+    # bad input: one line, non-zero, nothing replaced
+    for args, extra, code, words in [
+            (['getCAcerts', str(tmp_path / 'nodir')], {}, 1, 'not a writable directory'),
+            (['getCAcerts', str(dest)], {'ALIENPY_CAS_REPO': str(tmp_path / 'norepo')}, 1, 'git clone'),
+            (['getCAcerts', 'a', 'b'], {}, 64, 'usage'),
+            (['getCAcerts', str(dest)], {'ALIENPY_CAS_REPO': _cas_repo(tmp_path / 'e', __file__)}, 1,
+             'holds no CA certificate')]:
+        p = run_cli(args, env=dict(env, **extra))
+        assert p.returncode == code and one_line_error(p) and words in p.stderr, (args, p)
+    assert sorted(os.listdir(str(dest / 'certificates'))) == names
+    assert not [n for n in os.listdir(str(dest)) if n != 'certificates']   # no temp directory left
+
+
+def test_use_local_cas_without_download_says_so(cenv, grid_state, tmp_path):
+    p = run_cli(['pwd'], env=dict(cenv, ALIENPY_USE_LOCAL_CAS='1'))   # falls back to X509_CERT_DIR
+    assert p.returncode == 0 and 'getCAcerts' in p.stderr and p.stderr.count('\n') == 1
+
+
+def test_credential_tools_on_the_grid(cenv, grid_state):
+    env = grid_state['env']
+    assert run_cli(['pwd'], env=cenv).returncode == 0        # makes the token
+    for line, code, out in [
+            ('cert-info', 0, 'DN >>> C=CH/O=JAliEn/CN=jalien\nISSUER >>> C=CH/O=JAliEn/CN=JAliEn test grid CA\n'),
+            ('token-info', 0, 'DN >>> C=CH/O=JAliEn/OU=token/CN=jalien\n'),
+            ('cert-verify', 0, env['X509_USER_CERT'] + ' verifies against the CAs in ' + env['X509_CERT_DIR']),
+            ('token-verify', 0, cenv['JALIEN_TOKEN_CERT'] + ' verifies'),
+            ('certkey-match', 0, 'certificate %s and key %s match' % (env['X509_USER_CERT'], env['X509_USER_KEY'])),
+            ('tokenkey-match', 0, 'certificate %s and key ' % cenv['JALIEN_TOKEN_CERT'])]:
+        p = run_cli([line], env=cenv)
+        assert p.returncode == code and p.stdout.startswith(out) and p.stderr == '', (line, p)
+    p = run_cli(['cert-info'], env=cenv)
+    assert re.match(r'^DN >>> .*\nISSUER >>> .*\nBEGIN >>> \d{4}-\d\d-\d\d \d\d:\d\d:\d\d\n'
+                    r'EXPIRE >>> \d{4}-\d\d-\d\d \d\d:\d\d:\d\d\n$', p.stdout)
+
+
+def _run_cli_no_tty(args, env, input_text):
+    """Like run_cli, in a new session: no controlling terminal, the pass phrase comes from stdin."""
+    return subprocess.run([sys.executable, ALIEN] + args, env=env, input=input_text, capture_output=True,
+                          text=True, timeout=60, start_new_session=True)
+
+
+def test_credential_tools_bad_input(cenv, grid_state, tmp_path):
+    from testgrid import grid
+    env = grid_state['env']
+    expired, expired_key = grid.make_user_cert(_TG_DIR, 'expired13', expired=True)
+    other, _ = grid.make_user_cert(_TG_DIR, 'other13', ca='other')
+    enc = tmp_path / 'enc.pem'
+    _ossl('rsa', '-in', env['X509_USER_KEY'], '-aes256', '-passout', 'pass:right', '-out', enc)
+    os.chmod(str(enc), 0o600)
+    notcert = tmp_path / 'notcert.pem'
+    notcert.write_text(open(env['X509_USER_KEY']).read())
+    missing = str(tmp_path / 'missing.pem')
+    cases = [
+        (['cert-info', missing], {}, 2, 'cannot read'),
+        (['cert-info', str(notcert)], {}, 5, 'holds no PEM certificate'),
+        (['cert-verify', missing], {}, 2, 'cannot read'),
+        (['cert-verify', str(notcert)], {}, 5, 'holds no PEM certificate'),
+        (['cert-verify', expired], {}, 1, 'expired on 2020-01-02 00:00:00'),
+        (['cert-verify', other], {}, 1, 'is not among the CAs'),
+        (['cert-verify'], {'X509_USER_CERT': expired}, 1, 'expired'),
+        (['token-verify'], {'JALIEN_TOKEN_CERT': missing}, 2, 'cannot read'),
+        (['cert-verify'], {'X509_CERT_DIR': '', 'X509_CERT_FILE': missing}, 1, 'no CA certificates'),
+        (['certkey-match', env['X509_USER_CERT'], expired_key], {}, 42, 'do not match'),
+        (['certkey-match', env['X509_USER_CERT'], missing], {}, 2, 'cannot read'),
+        (['certkey-match', missing, env['X509_USER_KEY']], {}, 2, 'cannot read'),
+        (['certkey-match', str(notcert), env['X509_USER_KEY']], {}, 5, 'holds no PEM certificate'),
+        (['certkey-match', env['X509_USER_CERT'], env['X509_USER_CERT']], {}, 5, 'cannot load key'),
+        (['certkey-match', 'onlyone'], {}, 64, 'usage'),
+        (['tokenkey-match'], {'JALIEN_TOKEN_CERT': env['JALIEN_TOKEN_CERT'], 'JALIEN_TOKEN_KEY': env['X509_USER_KEY']},
+         42, 'do not match'),
+    ]
+    if os.getuid() != 0:  # root reads any file
+        unreadable = tmp_path / 'unreadable.pem'
+        shutil.copy(env['X509_USER_CERT'], str(unreadable))
+        os.chmod(str(unreadable), 0)
+        cases.append((['cert-info', str(unreadable)], {}, 2, 'Permission denied'))
+    for args, extra, code, words in cases:
+        p = run_cli(args, env=dict(cenv, **extra))
+        assert p.returncode == code and one_line_error(p) and words in p.stderr, (args, p)
+    # an encrypted key: the pass phrase is asked (here on stdin, no terminal)
+    p = _run_cli_no_tty(['certkey-match', env['X509_USER_CERT'], str(enc)], cenv, 'wrong\n')
+    assert p.returncode == 5 and one_line_error(p) and 'wrong pass phrase' in p.stderr, p
+    assert 'Warning' not in p.stderr
+    p = _run_cli_no_tty(['certkey-match', env['X509_USER_CERT'], str(enc)], cenv, '')
+    assert p.returncode == 107 and one_line_error(p) and 'no pass phrase' in p.stderr, p
+    p = _run_cli_no_tty(['certkey-match', env['X509_USER_CERT'], str(enc)], cenv, 'right\n')
+    assert p.returncode == 0 and 'match' in p.stdout, p
+
+
+@pytest.fixture
+def f2dir(cenv, grid_state, tmp_path):
+    """A grid directory with a small tree (uploaded with cp) for find2, toXml, run, exec."""
+    d = '%sissue13_%d_%s/' % (grid_state['home'], os.getpid(), tmp_path.name[-12:])
+    src = tmp_path / 'src'
+    write(src / 'a' / 'x.py', b'print(1)\n' * 300)
+    write(src / 'a' / 'b' / 'r.md', b'# readme\n' * 100)
+    write(src / 'l.txt', b'line\n' * 3)
+    write(src / 's.sh', b'#!/bin/sh\necho "script: $*"\nexit 3\n')
+    p = run_cli(['cp', '-quiet', 'file:%s/' % src, d], env=cenv)
+    assert p.returncode == 0, p.stderr
+    return d
+
+
+def test_find2_filters_and_xml(cenv, f2dir, tmp_path):
+    d = f2dir
+    names = lambda p: [l[len(d):] for l in p.stdout.splitlines()]  # noqa: E731
+    for args, want in [([d], ['a/b/r.md', 'a/x.py', 'l.txt', 's.sh']),
+                       (['-name', 'ext_md', d], ['a/b/r.md']),
+                       (['-glob', '*.py', d], ['a/x.py']),
+                       ([d + 'a/*.py'], ['a/x.py']),
+                       (['-select', '.*/[ls][.].*', d], ['l.txt', 's.sh']),
+                       (['-minsize', '1000', d], ['a/x.py']),
+                       (['-maxsize', '100', '-exclude', 'l.', d], ['s.sh']),
+                       (['-maxdepth', '0', d], ['l.txt', 's.sh']),
+                       (['-mindepth', '2', d], ['a/b/r.md']),
+                       (['-exclude_re', '^a/', '-user', 'jalien', '-v', d], ['l.txt', 's.sh']),
+                       (['-user', 'nobody', '-minsize', '0', d + 'a/'], None)]:
+        p = run_cli(['find2'] + args, env=cenv)
+        if want is None:
+            assert p.returncode == 2 and one_line_error(p) and 'no file under' in p.stderr, (args, p)
+        else:
+            assert p.returncode == 0 and names(p) == want, (args, p)
+    out = tmp_path / 'coll.xml'
+    p = run_cli(['find2', '-minsize', '50', '-x', 'file:%s' % out, d], env=cenv)
+    assert p.returncode == 0 and names(p) == ['a/b/r.md', 'a/x.py'], p
+    import xml.etree.ElementTree as ET
+    files = [e.find('file').attrib for e in ET.parse(str(out)).getroot().iter('event')]
+    assert [f['lfn'] for f in files] == [d + 'a/b/r.md', d + 'a/x.py']
+    assert files[1]['size'] == '2700' and files[1]['md5'] == hashlib.md5(b'print(1)\n' * 300).hexdigest()
+    assert files[1]['guid'] and files[1]['owner'] == 'jalien' and files[1]['turl'] == 'alien://' + d + 'a/x.py'
+    for args, code, words in [([], 22, 'give one directory'), ([d, d], 22, 'give one directory'),
+                              (['-bogus', d], 22, 'unknown option'), (['-x', 'alien:/c.xml', d], 22, 'written locally'),
+                              (['-x', str(tmp_path / 'no' / 'dir.xml'), d], 5, 'cannot write'),
+                              (['/no/such/dir'], 2, 'find2'), (['-name', 'bogus_x', d], 22, '-name')]:
+        p = run_cli(['find2'] + args, env=cenv)
+        assert p.returncode == code and one_line_error(p) and words in p.stderr, (args, p)
+    assert not os.path.exists(str(tmp_path / 'no'))
+
+
+def test_toxml_local_and_file_targets(cenv, tmp_path):
+    import xml.etree.ElementTree as ET
+    a, b = write(tmp_path / 'a.root', b'aaa'), write(tmp_path / 'sub' / 'b.root', b'bbbb')
+    lst = tmp_path / 'list.txt'
+    lst.write_text('%s\n\n# comment\nfile:%s\n' % (a, b))
+    out = tmp_path / 'out.xml'
+    env = dict(cenv, ALIENPY_JCENTRAL='127.0.0.1:9')      # -local needs no service
+    p = run_cli(['toXml', '-local', '-x', 'file:%s' % out, 'file:' + a, b], env=env)
+    assert p.returncode == 0 and p.stdout == out.read_text(), p.stderr
+    files = [e.find('file').attrib for e in ET.parse(str(out)).getroot().iter('event')]
+    assert [f['lfn'] for f in files] == ['file://' + a, 'file://' + b] and files[1]['size'] == '4'
+    p = run_cli(['toXml', '-local', '-l', str(lst)], env=env)
+    assert p.returncode == 0 and [f.attrib['turl'] for f in ET.fromstring(p.stdout).iter('file')] == \
+        ['file://' + a, 'file://' + b]
+    p = run_cli(['toXml', '-local', '-i', a, str(tmp_path / 'missing')], env=env)
+    assert p.returncode == 0 and len(list(ET.fromstring(p.stdout).iter('file'))) == 1
+    for args, code, words in [
+            (['-local', str(tmp_path / 'missing')], 2, 'No such file'),
+            (['-local', '-a', '-x', str(out), a], 22, 'appending'),
+            (['-local'], 22, 'no files given'),
+            (['-local', 'alien:/x/y'], 22, 'is a grid file'),
+            (['-local', '-x', 'alien:/x.xml', a], 22, 'written locally'),
+            (['-local', str(tmp_path / 'sub')], 22, 'not a regular file'),
+            (['-local', '-l', str(tmp_path / 'nolist')], 2, 'cannot read'),
+            (['-a', a], 22, '-a appends'),
+            (['-local', '-zz', a], 22, 'unknown option')]:
+        p = run_cli(['toXml'] + args, env=env)
+        assert p.returncode == code and one_line_error(p) and words in p.stderr, (args, p)
+
+
+@pytest.mark.parametrize('args,want', [
+    (['cat', 'f'], (['cat', 'f'], [1])),
+    (['wc', '-l', '-force', 'f', '-noout'], (['wc', '-l', 'f'], [2])),
+    (['diff', 'alien:a', '-u', 'alien:b'], (['diff', '-u', 'alien:a', 'alien:b'], [2, 3])),
+    (['grep', 'alien:x', 'alien:x'], (['grep', 'alien:x', 'alien:x'], [1, 2])),
+    (['cat'], None), (['-force', 'cat', '-noout'], None), ([], None),
+])
+def test_run_arguments(args, want):
+    assert alien.run_argv(args) == want
+
+
+def test_toxml_from_the_service_into_a_local_file(cenv, f2dir, tmp_path):
+    d = f2dir
+    out = tmp_path / 'o.xml'
+    p = run_cli(['toXml', '-x', 'file:%s' % out, d + 'l.txt', d + 's.sh'], env=cenv)
+    assert p.returncode == 0 and out.read_text() == p.stdout.rstrip('\n'), p.stderr
+    assert out.read_text().startswith('<?xml') and out.read_text().count('<event ') == 2
+    for args, code, words in [(['-a', '-x', 'file:%s' % out, d + 'l.txt'], 22, 'not to a local file'),
+                              ([d + 'missing'], 2, 'No such file')]:
+        p = run_cli(['toXml'] + args, env=cenv)
+        assert p.returncode == code and one_line_error(p) and words in p.stderr, (args, p)
+    assert out.read_text().count('<event ') == 2     # untouched by the failures
+
+
+def test_run_and_exec(cenv, f2dir, tmp_path):
+    d = f2dir
+    tmp = cenv['TMPDIR']
+    p = run_cli(['run', 'cat', d + 'l.txt'], env=cenv)
+    assert (p.returncode, p.stdout) == (0, 'line\n' * 3), p.stderr
+    p = run_cli(['run', 'grep', '-c', 'print(1)', 'alien:' + d + 'a/x.py', '-force'], env=cenv)
+    assert (p.returncode, p.stdout) == (0, '300\n'), p.stderr
+    p = run_cli(['run -noout cmp alien:%sl.txt alien:%sa/x.py' % (d, d)], env=cenv)
+    assert p.returncode == 1 and 'differ' in p.stdout, p            # cmp's own exit code
+    p = run_cli(['exec', d + 's.sh', 'one', 'two'], env=cenv)
+    assert (p.returncode, p.stdout) == (3, 'script: one two\n'), p.stderr
+    p = run_cli(['run', 'sh', '-c', 'exit 7', d + 'l.txt'], env=cenv)
+    assert p.returncode == 7
+    for args, code, words in [(['run'], 64, 'usage'), (['run', 'cat'], 64, 'usage'), (['exec'], 64, 'usage'),
+                              (['run', 'cat', d + 'missing'], 2, 'no such file'),
+                              (['exec', d + 'missing'], 2, 'no such file'),
+                              (['run', 'no-such-program-13', d + 'l.txt'], 127, 'command not found'),
+                              (['exec', d + 'l.txt'], 126, 'cannot run')]:
+        p = run_cli(args, env=cenv)
+        assert p.returncode == code and one_line_error(p) and words in p.stderr, (args, p)
+    import tempfile
+    assert not [n for n in os.listdir(tempfile.gettempdir()) + os.listdir(tmp) if n.startswith('alienpy-run-')]
+
+
+# -- compatibility with alienpy 1.7: reference-style invocations through both clients --
+# One row per invocation: (arguments, comparison, reason, extra environment).
+#   'same'          exit code and stdout identical (after _compat_normalize)
+#   'code'          exit codes identical; the printed text differs, for the reason given
+#   ('deviation', N)  a deliberate difference listed in the README: alien.py exits N
+# Placeholders: {d} a grid directory with a/x.py a/b/r.md l.txt s.sh, {mine} a local
+# and {gmine} a grid directory of the client running the case, {local} a local
+# directory with a.root, {expired} an expired user certificate, {cert}/{key} the user's.
+# A row's arguments go to the program as they are (one argv element each); prog
+# names the program to run as ('alien.py', or an entry point such as 'alien_ls').
+OWN_WORDS = 'our own wording (same facts, same exit code)'
+COMPAT_CASES = [
+    # credential tools
+    (['cert-info'], 'same', '', {}),
+    (['token-info'], 'same', '', {}),
+    (['cert-verify'], 'code', OWN_WORDS + '; names the CA location used', {}),
+    (['token-verify'], 'code', OWN_WORDS + '; names the CA location used', {}),
+    (['cert-verify'], ('deviation', 1), 'the reference drops an expired user certificate before checking it '
+     "and answers 2 'File >>>  <<< not found'; alien.py checks the file and says it expired (1, as for every "
+     'chain that does not verify)', {'X509_USER_CERT': '{expired}'}),
+    (['certkey-match'], 'code', OWN_WORDS, {}),
+    (['tokenkey-match'], 'code', OWN_WORDS, {}),
+    (['certkey-match'], 'code', OWN_WORDS + ' (42: they do not match)', {'X509_USER_KEY': '{expired_key}'}),
+    (['cert-info'], 'code', OWN_WORDS + ' (2: no such file)', {'X509_USER_CERT': '{mine}/none.pem'}),
+    # find2 and its client-side filters
+    (['find2', '{d}'], 'same', '', {}),
+    (['find2', '-name', 'ext_md', '{d}'], 'same', '', {}),
+    (['find2', '-glob', '*.py', '{d}'], 'same', '', {}),
+    (['find2', '{d}a/*.py'], 'same', '', {}),
+    (['find2', '-select', '.*/l[.]txt$', '{d}'], 'same', '', {}),
+    (['find2', '-minsize', '1000', '{d}'], 'same', '', {}),
+    (['find2', '-maxsize', '100', '{d}'], 'same', '', {}),
+    (['find2', '-maxdepth', '0', '{d}'], 'same', '', {}),
+    (['find2', '-mindepth', '1', '{d}'], 'same', '', {}),
+    (['find2', '-exclude', 'a/', '{d}'], 'same', '', {}),
+    (['find2', '-exclude_re', '^a/.*py$', '{d}'], 'same', '', {}),
+    (['find2', '-user', 'jalien', '-v', '{d}'], 'same', '', {}),
+    (['find2', '-min-ctime', '1000000000', '{d}'], 'same', '', {}),
+    (['find2', '{d}nothere/'], 'code', OWN_WORDS + ' (2: nothing found)', {}),
+    # run and exec: download, run here, clean up
+    (['run', 'cat', '{d}l.txt'], 'same', '', {}),
+    (['run', 'cat', 'alien:{d}l.txt', 'alien:{d}s.sh'], 'same', '', {}),
+    (['exec', '{d}s.sh', 'one', 'two'], 'same', '', {}),
+    (['run', 'wc', '-c', '{d}l.txt'], 'code', "the local copy's name: alien.py keeps the file's own name "
+     '(in a private temp directory, removed after the run); the reference names it after the whole LFN '
+     'and leaves it in $TMPDIR', {}),
+    (['run', 'cat', '{d}missing'], ('deviation', 2), 'a missing LFN is ENOENT (2) as for cat and cp; the '
+     'reference answers 1 to every failed download', {}),
+    # toXml: the service's collection, also into a local file; -local: collections of local files
+    (['toXml', '{d}l.txt', '{d}a/x.py'], 'same', '', {}),
+    (['toXml', '-i', '-x', 'file:{mine}/s.xml', '{d}l.txt', '{d}none'], 'same', '', {}),
+    (['toXml', '{d}none'], 'code', 'the service error, printed as our one line', {}),
+    (['toXml', '-local', 'file:{local}/a.root'], 'code', "the collection has the service's toXml layout "
+     "(attribute order, <info> line); the reference pretty-prints its own", {}),
+    (['toXml', '-local', '-x', 'file:{mine}/c.xml', '{local}/a.root'], 'code', 'as above', {}),
+    # cp (the reference's options)
+    (['cp', 'file:{local}/a.root', '{gmine}up/a.root'], 'code', 'own progress and summary lines', {}),
+    (['cp', '{d}l.txt', 'file:{mine}/dl/'], 'code', 'own progress and summary lines', {}),
+    (['cp', '-glob', '*.md', '{d}', 'file:{mine}/g/'], 'code', 'own progress and summary lines', {}),
+    (['cp', '-f', '-T', '2', '-retry', '1', '-timeout', '60', '{d}a/', 'file:{mine}/t/'], 'code',
+     'own progress and summary lines', {}),
+]
+
+
+def _compat_normalize(text, values):
+    for name, value in sorted(values.items(), key=lambda kv: -len(kv[1])):
+        text = text.replace(value, '{%s}' % name)
+    text = re.sub(r'date="[^"]*" timestamp="\d+"', 'date="D" timestamp="T"', text)   # XML collections
+    return _normalize_times(text)
+
+
+def _compat_run(argv, env, cwd):
+    return subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_compatibility_with_the_reference_client(cenv, grid_state, f2dir, tmp_path):
+    """Reference-style invocations through alienpy 1.7.0 and alien.py on the test grid."""
+    from concurrent.futures import ThreadPoolExecutor
+    from testgrid import grid
+    expired, expired_key = grid.make_user_cert(_TG_DIR, 'expired13c', expired=True)
+    local = tmp_path / 'local'
+    write(local / 'a.root', b'root data\n' * 10)
+    base = dict(cenv, ALIENPY_NO_CWD_RESTORE='1', ALIENPY_NO_STAGGER='1')
+    assert run_cli(['pwd'], env=base).returncode == 0            # one token, shared by both clients
+    clients = {'ref': tool('alienpy'), 'ours': ALIEN}
+    work = {}
+    for name in clients:
+        mine = tmp_path / name
+        mine.mkdir()
+        work[name] = {'d': f2dir, 'local': str(local), 'mine': str(mine), 'expired': expired,
+                      'expired_key': expired_key, 'gmine': '%s%s_%d/' % (f2dir, name, os.getpid()),
+                      'cert': cenv.get('X509_USER_CERT', ''), 'key': cenv.get('X509_USER_KEY', '')}
+
+    def one(name, case):
+        args, _how, _why, extra = case[:4]
+        prog = case[4] if len(case) > 4 else 'alien.py'
+        v = work[name]
+        argv = [a.format(**v) for a in args]
+        env = dict(base, **dict((k, x.format(**v)) for k, x in extra.items()))
+        if name == 'ref':
+            exe = clients['ref'] if prog == 'alien.py' else os.path.join(os.path.dirname(clients['ref']), prog)
+            cmd = [exe] + argv
+        else:
+            exe = ALIEN
+            if prog != 'alien.py':
+                exe = os.path.join(v['mine'], prog)
+                if not os.path.lexists(exe):
+                    os.symlink(ALIEN, exe)
+            cmd = [sys.executable, exe] + argv
+        return _compat_run(cmd, env, v['mine'])
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        futures = [(case, pool.submit(one, 'ref', case), pool.submit(one, 'ours', case)) for case in COMPAT_CASES]
+        runs = [(case, f1.result(), f2.result()) for case, f1, f2 in futures]
+    problems = []
+    for case, ref, ours in runs:
+        args, how, why = case[:3]
+        assert 'Traceback' not in ours.stderr, (args, ours.stderr)
+        if how == 'same':
+            a = (ref.returncode, _compat_normalize(ref.stdout, work['ref']))
+            b = (ours.returncode, _compat_normalize(ours.stdout, work['ours']))
+            ok = a == b
+        elif how == 'code':
+            assert why, args
+            ok = ref.returncode == ours.returncode
+        else:
+            assert why and how[0] == 'deviation', args
+            ok = ours.returncode == how[1] and ref.returncode != how[1]
+        if not ok:
+            problems.append((args, how, ref.returncode, ref.stdout[-300:], ref.stderr[-300:],
+                             ours.returncode, ours.stdout[-300:], ours.stderr[-300:]))
+    assert problems == []
+    # not vacuous: both clients did the work
+    by_args = dict((' '.join(case[0]), (ref, ours)) for case, ref, ours in runs)
+    ref, ours = by_args['find2 -name ext_md {d}']
+    assert ours.stdout == ref.stdout == f2dir + 'a/b/r.md\n'
+    ref, ours = by_args['exec {d}s.sh one two']
+    assert ref.returncode == ours.returncode == 3 and ours.stdout == 'script: one two\n'
+    assert os.path.getsize(os.path.join(work['ours']['mine'], 'c.xml')) > 0
+    files = [_compat_normalize(open(os.path.join(work[n]['mine'], 's.xml')).read(), work[n]) for n in work]
+    assert files[0] == files[1] and 'lfn="{d}l.txt"' in files[0]
+    assert open(os.path.join(work['ours']['mine'], 't', 'x.py'), 'rb').read() == b'print(1)\n' * 300
+
+
 # ===== hostile names and payloads (issue 10): bounded parsing, terminal-safe output, per-file name refusal =====
 
 import contextlib  # noqa: E402
@@ -4538,17 +5092,6 @@ def test_getse_and_seqos(store, grid_state):
         assert p.returncode == code and one_line_error(p), (line, p)
 
 
-def test_getse_service_failure(store, grid_state):
-    env, _ = store
-    from testgrid import grid
-    grid.set_faults(grid_state['workdir'], {'listSEs': 'exception'})
-    try:
-        p = run_cli(['getSE first'], env=env)
-    finally:
-        grid.set_faults(grid_state['workdir'], None)
-    assert p.returncode == 121 and one_line_error(p) and 'listSEs' in p.stderr, p
-
-
 def test_pfn(store):
     env, lfn = store
     where = json.loads(run_cli(['whereis -json ' + lfn], env=env).stdout)['results']
@@ -4752,6 +5295,38 @@ def test_checkaddr(cenv, grid_state):
     assert p.returncode == 107 and 'TCP OK' in p.stdout and 'TLS FAIL' in p.stdout and 'timed out' in p.stdout, p
     p = run_cli(['checkAddr 127.0.0.1:%d' % port], env=dict(cenv, ALIENPY_JCENTRAL='127.0.0.2'))
     assert p.returncode == 0, p  # an explicit HOST wins over the configured endpoint
+
+
+def test_storage_conformance_with_the_reference_client(store):
+    """Where alien.py keeps the reference's output shape, both clients print the same."""
+    env, lfn = store
+    env = dict(env, ALIENPY_NO_CWD_RESTORE='1')
+    lines = ['getSE', 'getSE 2', 'getSE -srv first', 'getSE -name jtestsite', 'SEqos second first',
+             'pfn ' + lfn, 'pfn-status ' + lfn, 'pfn-status -v ' + lfn, 'xrd_config first', 'xrd_config -v second']
+    for line in lines:
+        ref = subprocess.run([tool('alienpy'), line], env=env, capture_output=True, text=True, timeout=60)
+        ours = run_cli([line], env=env)
+        assert (ours.returncode, ours.stdout) == (ref.returncode, ref.stdout), (line, ref, ours)
+        assert ours.returncode == 0 and ours.stdout.strip(), (line, ours)
+
+
+@pytest.mark.parametrize('fault,line,code', [
+    ({'listSEs': 'exception'}, 'getSE first', 121),
+    ({'whereis': 'exception'}, 'pfn {lfn}', 121),
+    ({'whereis': 'drop'}, 'pfn-status {lfn}', 107),
+    ({'listSEs': 'refuse'}, 'SEqos first', 13),
+    ({'listSEs': 'exception'}, 'xrd_ping first', 121),
+    ({'access': 'refuse'}, 'lfn2uri {lfn}', 77),
+])
+def test_storage_commands_when_the_service_fails(store, grid_state, fault, line, code):
+    env, lfn = store
+    from testgrid import grid
+    grid.set_faults(grid_state['workdir'], fault)
+    try:
+        p = run_cli([line.format(lfn=lfn)], env=env)
+    finally:
+        grid.set_faults(grid_state['workdir'], None)
+    assert p.returncode == code and one_line_error(p), p
 
 
 # ===== reconnect and resume, many processes at once, chaos (issue 11) =====

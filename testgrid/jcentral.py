@@ -1290,6 +1290,41 @@ def c_version(s, args):
              'message': 'JAliEn %s (testgrid)' % SERVER_VERSION}]
 
 
+@command('toXml')
+def c_toxml(s, args):
+    """toXml [-i] lfn...: the XML collection of files (printed; -x/-a/-l, which write to
+    or read from the catalogue, are not offered by the test grid)"""
+    from xml.sax.saxutils import quoteattr
+    flags, vals, pos = parse_opts(args, 'i a', 'x l')
+    if 'x' in vals or 'l' in vals or 'a' in flags:
+        raise CmdError(EINVAL, 'toXml -x/-a/-l are not offered by the test grid')
+    if not pos:
+        raise CmdError(EINVAL, 'toXml needs at least one LFN')
+    lines = ['<?xml version="1.0"?>', '<alien>', '  <collection name="tempCollection">']
+    n = 0
+    for p in pos:
+        e = s.lookup(p)
+        if e is None or e['type'] != 'f':
+            if 'i' in flags:
+                continue
+            raise CmdError(ENOENT, p)
+        n += 1
+        attrs = (('name', e['name']), ('aclId', ''), ('broken', '0'),
+                 ('ctime', time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(e['ctime'] / 1000.0))),
+                 ('dir', ''), ('entryId', str(e['id'])), ('expiretime', ''), ('gowner', e['gowner']),
+                 ('guid', e['guid'] or ''), ('guidtime', ''), ('jobid', e['jobid'] or ''), ('lfn', e['lfn']),
+                 ('md5', e['md5'] or ''), ('owner', e['owner']), ('perm', e['perm']), ('replicated', '0'),
+                 ('size', str(e['size'])), ('turl', 'alien://' + e['lfn']), ('type', 'f'))
+        lines += ['    <event name="%d">' % n,
+                  '      <file %s />' % ' '.join('%s=%s' % (k, quoteattr(str(v))) for k, v in attrs),
+                  '    </event>']
+    now = time.time()
+    lines += ['    <info command=%s creator=%s date="%s" timestamp="%d" />'
+              % (quoteattr(' '.join(args)), quoteattr(s.user), time.strftime('%a %b %d %H:%M:%S UTC %Y', time.gmtime(now)),
+                 int(now * 1000)), '  </collection>', '</alien>']
+    return [{'message': '\n'.join(lines)}]
+
+
 @command('md5sum')
 def c_md5sum(s, args):
     """md5sum lfn...: catalogue md5 of files"""

@@ -41,6 +41,7 @@ TOOLS = {
     'xrdfs': (lambda: ['/usr/bin/xrdfs'], _APT % 'xrootd-client'),
     'openssl': (lambda: ['/usr/bin/openssl'], _APT % 'openssl'),
     'tmux': (lambda: ['/usr/bin/tmux'], _APT % 'tmux'),
+    'git': (lambda: ['/usr/bin/git'], _APT % 'git'),
     # gfal2 exists only as Debian's python3-gfal2, built for the system interpreter
     'gfal-python': (lambda: ['/usr/bin/python3'], _APT % 'python3-gfal2 gfal2-plugin-file gfal2-plugin-xrootd'),
     'gfal-ls': (lambda: ['/usr/bin/gfal-ls'], _APT % 'gfal2-util-scripts'),
