@@ -151,6 +151,7 @@ LINE_MAX_ELEMENTS = 10000    # commands in one chain after alias expansion
 _JSON_NOISE = {i: None for i in range(128) if chr(i) not in '[]{}"'}
 _JSON_STRING = re.compile(r'"[^"]*"')
 _JSON_NON_BRACKET = re.compile(r'[^\[\]{}]+')
+_JSON_ESCAPED = re.compile(r'\\[\\"]')
 _JSON_LEVEL = {'[': 1, '{': 1, ']': -1, '}': -1}
 
 
@@ -166,10 +167,8 @@ def json_too_deep(text, limit=JSON_MAX_DEPTH):
     innermost pairs, others get their exact depth from a running sum."""
     if len(text) <= 2 * limit:
         return False
-    if '\\\\' in text:
-        text = text.replace('\\\\', '')
-    if '\\"' in text:
-        text = text.replace('\\"', '')
+    if _JSON_ESCAPED.search(text):       # an escaped backslash or quote (one regex: much faster than 'in')
+        text = text.replace('\\\\', '').replace('\\"', '')
     t = text.translate(_JSON_NOISE)
     if '"' in t:
         t = t.replace('""', '')   # empty strings, or two strings with nothing between
@@ -2707,17 +2706,27 @@ def glob_to_regex(pattern):
     return '^' + out + '$'
 
 
+def user_regex(pattern, flags=0, what='cp'):
+    """A regular expression typed by the user, compiled; AlienError (exit 64) when
+    it is not one, also when it nests too deep for the compiler (RecursionError)
+    or is too large; the compiler's FutureWarnings are not printed."""
+    import warnings
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            return re.compile(pattern, flags)
+    except (re.error, RecursionError, OverflowError, ValueError) as e:
+        raise AlienError('%s: invalid regex %s: %s' % (what, visible(repr(pattern[:100])), e), EX_USAGE)
+
+
 def cp_filter(opts, glob_pattern=''):
     """-> function(full_path, rel_path) -> bool for the selection options."""
     if glob_pattern or opts.get('glob'):
-        rx = re.compile(glob_to_regex(glob_pattern or opts['glob']), re.S)
+        rx = user_regex(glob_to_regex(glob_pattern or opts['glob']), re.S)
         return lambda full, rel: bool(rx.match(rel))
     regex = opts.get('select') or (name_verbs_to_regex(opts['name']) if opts.get('name') else '')
     if regex:
-        try:
-            rx = re.compile(regex, re.S)
-        except re.error as e:
-            raise AlienError('cp: invalid regex %r: %s' % (regex, e), EX_USAGE)
+        rx = user_regex(regex, re.S)
         return lambda full, rel: bool(rx.match(full))
     return lambda full, rel: True
 
@@ -2730,10 +2739,7 @@ def cp_meta_filter(opts):
     for s in opts.get('exclude') or ():
         tests.append(lambda rel, m, s=s: s not in rel)
     for r in opts.get('exclude_re') or ():
-        try:
-            rx = re.compile(r)
-        except re.error as e:
-            raise AlienError('cp: invalid regex %r: %s' % (r, e), EX_USAGE)
+        rx = user_regex(r)
         tests.append(lambda rel, m, rx=rx: not rx.search(rel))
     if opts.get('mindepth') is not None:
         tests.append(lambda rel, m, n=opts['mindepth']: rel.count('/') >= n)
@@ -5613,7 +5619,35 @@ def cmd_xrd_stats(session, args):
 CHECKADDR_USAGE = '''checkAddr [-timeout S] [HOST[:PORT] | HOST PORT]  can the central service be reached?
   Resolves HOST (default: the endpoint alien.py connects to) and tries every address,
   IPv4 and IPv6: TCP connect, then the TLS handshake with your certificate (server
-  chain and host name verified). Exit 0 when every address passed, 107 otherwise.'''
+  chain and host name verified). With https_proxy set, also the path through the
+  proxy (CONNECT), which then alone decides the exit code. Exit 0 when every address
+  passed, 107 otherwise.'''
+
+
+@command('checkAddr', connect=False, usage=CHECKADDR_USAGE)
+def _checkaddr_path(row, open_socket, ctx, why, timeout):
+    """TCP (open_socket()) then TLS along one path to the service; fills row, returns its line."""
+    t0 = time.monotonic()
+    try:
+        sock = open_socket()
+        row.update(tcp='OK', tcp_ms=round((time.monotonic() - t0) * 1000, 3))
+        if ctx is None:
+            row['tls'] = 'not tried: %s' % why
+            sock.close()
+        else:
+            t0 = time.monotonic()
+            tls_handshake(sock, ctx, row['host'], row['port'], timeout).close()
+            row.update(tls='OK', tls_ms=round((time.monotonic() - t0) * 1000, 3))
+    except AlienError as e:
+        row['error'] = str(e)
+        if row['tcp'] == 'OK':
+            row['tls'] = 'FAIL'
+    text = '%-45s TCP %s' % (row['shown'], row['tcp'])
+    if row['tcp'] == 'OK':
+        text += ' %.1f ms   TLS %s' % (row['tcp_ms'], row['tls'])
+        if row['tls'] == 'OK':
+            text += ' %.1f ms' % row['tls_ms']
+    return text + ('   (%s)' % row['error'] if row['error'] else '')
 
 
 @command('checkAddr', connect=False, usage=CHECKADDR_USAGE)
@@ -5636,42 +5670,38 @@ def cmd_checkaddr(session, args):
         ctx, why = make_tls_context(cert, key, session.environ), ''
     except AlienError as e:
         ctx, why = None, str(e)
-    addrs = [info[4][0] for info in resolve(host, port, env)]
-    lines = ['%s:%d resolves to %s' % (host, port, ', '.join(addrs))]
     proxy = proxy_for(host, session.environ)
-    if proxy:
-        lines.append('(https_proxy is set: alien.py connects through %s:%d, not to these addresses)' % proxy[:2])
+    try:
+        addrs = [info[4][0] for info in resolve(host, port, env)]
+        lines = ['%s:%d resolves to %s' % (host, port, ', '.join(addrs))]
+    except AlienError as e:
+        if not proxy:
+            raise
+        addrs, lines = [], ['%s (the proxy resolves it)' % e]
     rows = []
     for addr in addrs:
         row = {'host': host, 'port': port, 'address': addr, 'family': 'IPv6' if ':' in addr else 'IPv4',
-               'tcp': 'FAIL', 'tls': 'not tried', 'error': ''}
-        shown = '[%s]:%d' % (addr, port) if ':' in addr else '%s:%d' % (addr, port)
-        t0 = time.monotonic()
-        try:
-            sock = connect_tcp(addr, port, env, timeout=timeout)
-            row.update(tcp='OK', tcp_ms=round((time.monotonic() - t0) * 1000, 3))
-            if ctx is None:
-                row['tls'] = 'not tried: %s' % why
-                sock.close()
-            else:
-                t0 = time.monotonic()
-                tls_handshake(sock, ctx, host, port, timeout).close()
-                row.update(tls='OK', tls_ms=round((time.monotonic() - t0) * 1000, 3))
-        except AlienError as e:
-            row['error'] = str(e)
-            if row['tcp'] == 'OK':
-                row['tls'] = 'FAIL'
+               'tcp': 'FAIL', 'tls': 'not tried', 'error': '',
+               'shown': '[%s]:%d' % (addr, port) if ':' in addr else '%s:%d' % (addr, port)}
+        lines.append(_checkaddr_path(row, lambda: connect_tcp(row['address'], port, env, timeout=timeout),
+                                     ctx, why, timeout))
         rows.append(row)
-        text = '%-45s TCP %s' % (shown, row['tcp'])
-        if row['tcp'] == 'OK':
-            text += ' %.1f ms   TLS %s' % (row['tcp_ms'], row['tls'])
-            if row['tls'] == 'OK':
-                text += ' %.1f ms' % row['tls_ms']
-        if row['error']:
-            text += '   (%s)' % row['error']
-        lines.append(text)
-    bad = [r for r in rows if r['error']]
-    err = 'checkAddr: %d of %d addresses of %s failed' % (len(bad), len(rows), host) if bad else ''
+    if proxy:   # the path alien.py takes: its exit code is this row's
+        def tunnel():
+            sock = connect_tcp(proxy[0], proxy[1], session.environ, timeout=timeout)
+            try:
+                connect_tunnel(sock, host, port, proxy[2], timeout)
+            except AlienError:
+                sock.close()
+                raise
+            return sock
+        row = {'host': host, 'port': port, 'address': 'proxy %s:%d' % proxy[:2], 'family': 'proxy',
+               'tcp': 'FAIL', 'tls': 'not tried', 'error': '', 'shown': 'via https_proxy %s:%d' % proxy[:2]}
+        lines.append(_checkaddr_path(row, tunnel, ctx, why, timeout))
+        rows.append(row)
+    bad = [r for r in (rows[-1:] if proxy else rows) if r['error']]
+    err = ('checkAddr: %d of %d addresses of %s failed' % (len(bad), len(rows), host) if bad and not proxy else
+           'checkAddr: %s through the proxy failed' % host if bad else '')
     return client_result('\n'.join(lines), rows, exitcode=EX_NOTCONN if bad else 0, err=err)
 
 
@@ -6530,6 +6560,16 @@ def cmd_ccdb(session, args):
     return _ccdb_download(base, objs, opts, env, metadata)
 
 
+def ccdb_download_urls(base, obj):
+    """Where an object can be fetched over HTTP, in order: its http(s) replicas (a path
+    is on the CCDB server itself), then the REST path /PATH/VALIDFROM/ID."""
+    from urllib.parse import urljoin
+    urls = [urljoin(base, r) for r in obj.get('replicas', []) if isinstance(r, str)
+            and (r.startswith(('http://', 'https://')) or r.startswith('/'))]
+    urls.append('%s%s/%s/%s' % (base, obj.get('path', '').strip('/'), obj.get('Valid-From', ''), obj['ETag']))
+    return urls
+
+
 def _ccdb_download(base, objs, opts, env, metadata):
     dst = opts.get('dst', '.')
     unique = len({(o.get('path', ''), o['filename']) for o in objs}) == len(objs)
@@ -6542,17 +6582,31 @@ def _ccdb_download(base, objs, opts, env, metadata):
             stem, dot, ext = name.rpartition('.')
             name = '%s_%s.%s' % (stem, o['ETag'], ext) if dot else '%s_%s' % (name, o['ETag'])
         dest = os.path.join(dst, o.get('path', '').strip('/'), name)
-        url = '%s%s/%s/%s' % (base, o.get('path', '').strip('/'), o.get('Valid-From', ''), o['ETag'])
-        size = download_file(url, dest, env, md5=o.get('MD5') or o.get('Content-MD5'), what='ccdb')
+        size, error = None, None
+        for url in ccdb_download_urls(base, o):   # the next one when a replica fails
+            try:
+                size = download_file(url, dest, env, md5=o.get('MD5') or o.get('Content-MD5'), what='ccdb')
+                break
+            except AlienError as e:
+                error = e
+                log('ccdb: %s' % e)
+        if size is None:
+            raise error
         if opts.get('mirror'):
             skip = ('replicas', 'path', 'ETag', 'Valid-From', 'Content-Length', 'filename', 'Lifetime')
             rename = {'Created': 'CreateTime', 'Valid-Until': 'ValidUntil'}
             props = ''.join('%s=%s\n' % (rename.get(k, k), v) for k, v in o.items() if k not in skip)
             props += 'OriginalFileName=%s\n' % o['filename']
             tmp = part_name(os.path.abspath(dest + '.properties'))
-            with open(tmp, 'w', encoding='utf-8') as f:
-                f.write(props)
-            os.replace(tmp, dest + '.properties')
+            try:
+                with open(tmp, 'w', encoding='utf-8') as f:
+                    f.write(props)
+                os.replace(tmp, dest + '.properties')
+                tmp = None
+            except OSError as e:
+                raise AlienError('ccdb: cannot write %s.properties: %s' % (dest, e.strerror), EX_EIO)
+            finally:
+                _unlink_quiet(tmp)
         lines.append('%s (%d bytes)' % (dest, size))
         o['local'] = dest
     return client_result('\n'.join(lines), objs, metadata)
