@@ -1206,9 +1206,13 @@ class WebSocket(_Transport):
         self.ping_sent = False
         self.bufsize = 65536  # grows up to 4 MiB while replies keep filling it
 
-    def handshake(self, host, port, path, headers=()):
+    def handshake(self, host, port, path, headers=(), early=()):
+        """The upgrade request, and right behind it the text messages `early`
+        (they wait in the server's buffer until it has upgraded): the first
+        request does not wait a round trip for the 101."""
         key = base64.b64encode(os.urandom(16)).decode('ascii')
-        self.sock.sendall(build_handshake(host, port, path, key, headers))
+        self.sock.sendall(build_handshake(host, port, path, key, headers) +
+                          b''.join(encode_frame(OP_TEXT, t.encode('utf-8')) for t in early))
         data = b''
         while b'\r\n\r\n' not in data:
             chunk = self._recv_raw(keepalive=False)
@@ -1738,9 +1742,12 @@ class Session(object):
         self.command_json = self.json_mode  # JSON output asked for the command being run
 
     # -- connection --
-    def connect(self, want_user=False, avoid=None, tries=None):
+    def connect(self, want_user=False, avoid=None, tries=None, first=None):
         """Open a connection (closing any old one). `avoid`: a socket address to try
-        last; `tries`: rounds over the endpoints (default ALIENPY_CONNECT_TRIES)."""
+        last; `tries`: rounds over the endpoints (default ALIENPY_CONNECT_TRIES);
+        `first`: the text of a read-only request that made us connect: it goes out
+        right behind the upgrade request (with the built-in websocket), and the
+        caller reads its reply next."""
         self.close()
         kind, ctx = self._credentials(want_user)
         if tries is None:
@@ -1748,12 +1755,17 @@ class Session(object):
         interval = float(self.environ.get('ALIENPY_CONNECT_TRIES_INTERVAL') or 0.3)
         t0 = time.monotonic()
         last = None
+        # site affinity for the whole session: before anything else on the connection
+        early = [json.dumps({'command': 'setSite', 'options': ['-nomsg', self.environ['ALIEN_SITE']]})] \
+            if self.environ.get('ALIEN_SITE') else []
+        if first is not None:
+            early.append(first)
         for host, port in endpoints(self.environ):
             for attempt in range(max(1, tries)):
                 if attempt:
                     time.sleep(interval)
                 try:
-                    self.ws = self._open(ctx, host, port, avoid)
+                    self.ws = self._open(ctx, host, port, early, avoid)
                     self.peer = (host, port)
                     break
                 except AlienError as e:
@@ -1767,8 +1779,8 @@ class Session(object):
         if not self.ws:
             raise last or AlienError('cannot connect', EX_NOTCONN)
         self.credential_kind = kind
-        if self.environ.get('ALIEN_SITE'):  # site affinity for the whole session
-            self._direct('setSite', ['-nomsg', self.environ['ALIEN_SITE']])
+        if self.environ.get('ALIEN_SITE'):
+            self._decode(self.ws.recv_text(), False)     # the setSite reply
         return self
 
     def _credentials(self, want_user):
@@ -1822,7 +1834,7 @@ class Session(object):
                         % (problem, ' and renewing the token' if held is not False and renewable else ''))
         return kind, ctx
 
-    def _open(self, ctx, host, port, avoid=None):
+    def _open(self, ctx, host, port, early=(), avoid=None, pipelined=True):
         headers = [('User-Agent', user_agent(self.environ))]
         url = 'wss://%s:%d%s' % (('[%s]' % host) if ':' in host else host, port, WS_PATH)
         log('connecting to %s' % url)
@@ -1845,14 +1857,31 @@ class Session(object):
             pass
         tls = tls_handshake(sock, ctx, host, port, self.timeout)
         try:
-            if other:
-                return WebSocketClientTransport(url, tls, self.timeout, headers)
-            ws = WebSocket(tls, max_size=int(float(self.environ.get('ALIENPY_MAX_MESSAGE_MB') or 1024) * (1 << 20)))
-            ws.handshake(host, port, WS_PATH, headers)
-            return ws
+            if other or not pipelined:
+                ws = WebSocketClientTransport(url, tls, self.timeout, headers) if other else \
+                    self._websocket(tls, host, port, headers)
+                for text in early:
+                    ws.send_text(text)
+                return ws
+            try:
+                return self._websocket(tls, host, port, headers, early)
+            except WebSocketError:
+                if not early:
+                    raise
+            # Refusing the upgrade (401), a server may close the connection with our
+            # request unread: its TCP reset can swallow the answer. Once more, and
+            # this time the requests wait for the 101 (they are read-only: no
+            # server acts on a request before it has upgraded, so none ran).
+            tls.close()
+            return self._open(ctx, host, port, early, avoid, pipelined=False)
         except AlienError:
             tls.close()
             raise
+
+    def _websocket(self, tls, host, port, headers, early=()):
+        ws = WebSocket(tls, max_size=int(float(self.environ.get('ALIENPY_MAX_MESSAGE_MB') or 1024) * (1 << 20)))
+        ws.handshake(host, port, WS_PATH, headers, early)
+        return ws
 
     def close(self):
         """Close the connection; a token renewal still due is done first (after the
@@ -2018,14 +2047,21 @@ class Session(object):
             chunk, again = todo[:window], []
             sent = got = 0
             try:
-                self._ensure_connected()
+                first = items[chunk[0]]
+                if self.ws is None and self.peer is None and self._is_read_only(first[1], first[2]):
+                    # the session's first request, read-only: it rides with the upgrade
+                    # request (a modifying one waits for the 101: never sent into a refused upgrade)
+                    self.connect(first=first[0])
+                    sent = 1
+                else:
+                    self._ensure_connected()
             except AlienError as e:
                 if self.peer is None:  # the first connection: nothing was lost
                     raise
                 raise ConnectionLost(str(e), [r if r is not None else lost_result(e, items[i][1], 'not sent')
                                               for i, r in enumerate(out)], e.exitcode)
             try:
-                for i in chunk:
+                for i in chunk[sent:]:
                     self.ws.send_text(items[i][0])
                     sent += 1
                 for i in chunk:
@@ -2155,7 +2191,7 @@ class Session(object):
         return self._commandlist
 
     def grid_path(self, path):
-        if not self.cwd:
+        if not self.cwd and path_needs_cwd(path):   # an absolute path costs no round trip
             self.request('pwd')
         return expand_grid_path(path, self.cwd, self.home)
 
@@ -2243,6 +2279,12 @@ def expand_grid_path(path, cwd, home):
     if trailing and not p.endswith('/'):
         p += '/'
     return p
+
+
+def path_needs_cwd(path):
+    """Whether expanding path needs the session's cwd or home (relative, ~, %ALIEN)."""
+    p = _GRID_PREFIX.sub('', path.strip())
+    return not p.startswith('/') or re.match(r'^/*%ALIEN(/|$)', p) is not None
 
 
 def _normalize(parts):
@@ -2383,7 +2425,7 @@ _CP_OPTIONS = {
 _CP_DEFAULTS = {
     'force': False, 'posc': True, 'cksum': True, 'hidden': True, 'quiet': False, 'dryrun': False,
     'strictspec': False, 'norecovery': False,
-    'sources': 1, 'streams': 0, 'chunks': 0, 'chunksize': 0, 'parallel': 8, 'retry': 1,
+    'sources': 1, 'streams': 0, 'chunks': 0, 'chunksize': 0, 'parallel': None, 'retry': 1,
     'timeout': 0, 'parent': 0, 'rmprefix': 0, 'limit': 0, 'offset': 0,
     'input': '', 'dst': '', 'glob': '', 'select': '', 'name': '', 'jobid': '', 'help': False,
     'exclude': (), 'exclude_re': (), 'minsize': None, 'maxsize': None, 'mindepth': None, 'maxdepth': None,
@@ -2465,8 +2507,8 @@ def parse_option_table(args, table, defaults, cmd, code=EX_EINVAL, help_opts=('-
 def parse_cp_args(args):
     """Parse cp arguments -> (options dict, positional list); see parse_option_table."""
     opts, pos = parse_option_table(args, _CP_OPTIONS, _CP_DEFAULTS, 'cp')
-    if opts['parallel'] < 1:
-        opts['parallel'] = 1
+    if opts['parallel'] is not None and opts['parallel'] < 1:
+        opts['parallel'] = 1      # None: CP_PARALLEL large / CP_INFLIGHT small files at once
     if opts['streams'] > 15:
         opts['streams'] = 15
     if opts['sources'] < 1:
@@ -3006,22 +3048,27 @@ class _Progress(object):
         self.start = time.time()
         self.last = 0.0
         self.cancel = False
+        import threading
+        self.lock = threading.Lock()   # many transfers report at once
 
     # CopyProgressHandler interface (called from XRootD threads)
     def begin(self, job, total, source, target):
-        self.current[job] = 0
+        with self.lock:
+            self.current[job] = 0
 
     def update(self, job, processed, total):
-        self.current[job] = processed
+        with self.lock:
+            self.current[job] = processed
         self.show()
 
     def end(self, job, results):
-        moved = self.current.pop(job, 0)
         status = results.get('status') if hasattr(results, 'get') else None
-        if status is not None and getattr(status, 'ok', False):
-            moved = results.get('size') or moved
-        self.done_bytes += moved or 0
-        self.done_files += 1
+        with self.lock:
+            moved = self.current.pop(job, 0)
+            if status is not None and getattr(status, 'ok', False):
+                moved = results.get('size') or moved
+            self.done_bytes += moved or 0
+            self.done_files += 1
         self.show()
 
     def should_cancel(self, job):
@@ -3034,7 +3081,8 @@ class _Progress(object):
         if not final and now - self.last < 0.25:
             return
         self.last = now
-        moved = self.done_bytes + sum(self.current.values())
+        with self.lock:
+            moved = self.done_bytes + sum(self.current.values())
         el = max(now - self.start, 1e-6)
         rate = moved / el
         left = self.total_bytes - moved
@@ -3109,8 +3157,15 @@ class CpStats(object):
         return out
 
 
-def _grid_stat(session, lfn):
-    r = session.request('stat', [lfn], nomsg=True)
+def _grid_stat(session, lfn, cache=None):
+    """stat of lfn -> stat_fields dict, None when it does not exist. cache: the
+    replies of _prefetch_stats, used when they hold lfn."""
+    if cache is not None and lfn in cache:
+        return _stat_of(cache[lfn], lfn)
+    return _stat_of(session.request('stat', [lfn], nomsg=True), lfn)
+
+
+def _stat_of(r, lfn):
     if r.exitcode != 0 or not r.results:
         return None
     st = stat_fields(r.results[0])
@@ -3208,11 +3263,11 @@ def _access(session, mode, lfn, specs=None, size=None, md5=None, strict=False):
 REQUEST_WINDOW = 32
 
 
-def _requests(session, requests):
+def _requests(session, requests, window=REQUEST_WINDOW):
     """[(command, options)] -> [Result], in order (nomsg), several requests in
     flight on the connection: over a WAN, 1,000 files cost 2,000 round trips
     one after the other."""
-    return session.request_many(requests, nomsg=True, window=REQUEST_WINDOW)
+    return session.request_many(requests, nomsg=True, window=window)
 
 
 def _file_matches(path, size, md5):
@@ -3228,104 +3283,144 @@ def _progress_enabled(opts):
     return not opts.get('quiet') and sys.stderr.isatty()
 
 
-def _copy_batch(jobs, opts, handler):
-    """Run jobs in one CopyProcess in the calling thread (opts['parallel'] at
-    once); sets job.ok/.error, never raises."""
+def _copy_one(job, opts, handler):
+    """Run one transfer in its own CopyProcess in the calling thread; sets
+    job.ok/.error, never raises."""
     try:
         client = xrootd_client()
         if opts.get('streams'):
             client.EnvPutInt('SubStreamsPerChannel', int(opts['streams']))
         proc = client.CopyProcess()
-        proc.parallel(max(1, min(int(opts.get('parallel') or 1), len(jobs))))
-        extra = {}
+        kw = {}
         if opts.get('chunks'):
-            extra['parallelchunks'] = int(opts['chunks'])
+            kw['parallelchunks'] = int(opts['chunks'])
         if opts.get('chunksize'):
-            extra['chunksize'] = int(opts['chunksize'])
+            kw['chunksize'] = int(opts['chunksize'])
         if opts.get('timeout'):
-            extra['cptimeout'] = int(opts['timeout'])
-        for job in jobs:
-            kw = dict(extra)
-            if job.target.startswith('/'):
-                # download into a fresh temporary name: the directory exists
-                # already, nothing to overwrite; md5 verified by XRootD after
-                # the transfer and a mismatching file removed
-                if job.md5:
-                    kw.update(checksummode='target', checksumtype='md5', checksumpreset=job.md5, rmBadCksum=True)
-                proc.add_job(job.source, job.target, sourcelimit=job.sources, **kw)
-            else:
-                # upload: POSC so an interrupted write leaves nothing on the SE
-                proc.add_job(job.source, job.target, posc=True, mkdir=True, retry=int(opts.get('retry', 1)), **kw)
+            kw['cptimeout'] = int(opts['timeout'])
+        if job.target.startswith('/'):
+            # download into a fresh temporary name: the directory exists
+            # already, nothing to overwrite; md5 verified by XRootD after
+            # the transfer and a mismatching file removed
+            if job.md5:
+                kw.update(checksummode='target', checksumtype='md5', checksumpreset=job.md5, rmBadCksum=True)
+            proc.add_job(job.source, job.target, sourcelimit=job.sources, **kw)
+        else:
+            # upload: POSC so an interrupted write leaves nothing on the SE
+            proc.add_job(job.source, job.target, posc=True, mkdir=True, retry=int(opts.get('retry', 1)), **kw)
         status = proc.prepare()
         if not status.ok:
             raise AlienError(status.message.strip())
         _status, results = proc.run(handler)
     except Exception as e:
-        for job in jobs:
-            job.ok, job.error = False, 'XRootD: %s' % e
+        job.ok, job.error = False, 'XRootD: %s' % e
         return
-    for i, job in enumerate(jobs):
-        r = results[i] if i < len(results) else {}
-        st = r.get('status')
-        job.ok = st is not None and st.ok
-        job.error = '' if job.ok else ' '.join((st.message if st is not None else 'not run').split())
+    st = results[0].get('status') if results else None
+    job.ok = st is not None and st.ok
+    job.error = '' if job.ok else ' '.join((st.message if st is not None else 'not run').split())
+
+
+class _JobProgress(object):
+    """The XRootD progress handler of one transfer: reports to the shared
+    _Progress under the job's own key (every CopyProcess numbers its job 1)."""
+
+    def __init__(self, progress, job):
+        self.progress = progress
+        self.job = job
+
+    def begin(self, _n, total, source, target):
+        self.progress.begin(self.job, total, source, target)
+
+    def update(self, _n, processed, total):
+        self.progress.update(self.job, processed, total)
+
+    def end(self, _n, results):
+        self.progress.end(self.job, results)
+
+    def should_cancel(self, _n):
+        return self.progress.cancel
+
+
+# Transfers in flight. A small file costs a few round trips to its SE (open,
+# read or write, close) and almost no bandwidth: over a WAN only many of them
+# at once keep the line busy. A large file is bound by bandwidth, where more
+# at once only share it. Without -T: up to CP_INFLIGHT files at once, of which
+# at most CP_PARALLEL large ones; -T N: N files at once, whatever their size.
+CP_PARALLEL = 8
+CP_INFLIGHT = 64
+CP_SMALL_FILE = 4 << 20
 
 
 class CopyPipeline(object):
-    """Transfers run batch after batch in a worker thread while the caller
-    keeps talking to the service (access before a transfer, commit after):
-    control and data plane overlap. submit(jobs); results(wait) hands back
-    finished jobs; close(cancel) stops the worker."""
+    """Transfers run in worker threads (one XRootD transfer each, so no batch
+    waits for its slowest file) while the caller keeps talking to the service
+    (access before a transfer, commit after): control and data plane overlap.
+    XRootD shares one connection per SE between all of them. submit(jobs);
+    results(wait) hands back finished jobs; close(cancel) stops the workers."""
 
     def __init__(self, opts, progress):
+        import collections
         import threading
         self.opts = opts
         self.progress = progress
-        self.cv = threading.Condition()
-        self.ready = []
+        lock = threading.Lock()
+        self.cv = threading.Condition(lock)      # idle workers wait here for jobs
+        self.done = threading.Condition(lock)    # the caller waits here for results
+        self.small = collections.deque()
+        self.big = collections.deque()
+        self.big_running = 0
+        self.big_limit = opts.get('parallel') or CP_PARALLEL
+        self.limit = opts.get('parallel') or max(CP_INFLIGHT, self.big_limit)
         self.finished = []
         self.pending = 0          # submitted and not yet handed back
         self.closed = False
-        self.waiting = False      # the caller waits: do not hold jobs back
-        self.thread = threading.Thread(target=self._work, name='xrootd-copy')
-        self.thread.daemon = True
-        self.thread.start()
+        self.threads = []
+        self._thread = threading.Thread
 
     def submit(self, jobs):
         with self.cv:
-            self.ready.extend(jobs)
+            for job in jobs:
+                (self.small if 0 <= job.size < CP_SMALL_FILE else self.big).append(job)
             self.pending += len(jobs)
-            self.cv.notify_all()
+            busy = len(self.threads)
+            while busy < self.limit and busy < self.pending:
+                t = self._thread(target=self._work, name='xrootd-copy-%d' % busy)
+                t.daemon = True
+                t.start()
+                self.threads.append(t)
+                busy += 1
+            self.cv.notify(len(jobs))    # not all: a woken idle worker costs the GIL
+
+    def _take(self):
+        if self.small:
+            return self.small.popleft(), False
+        if self.big and self.big_running < self.big_limit:
+            self.big_running += 1
+            return self.big.popleft(), True
+        return None, False
 
     def _work(self):
-        batch_min = 4 * max(1, int(self.opts.get('parallel') or 1))
         while True:
             with self.cv:
-                while not self.ready and not self.closed:
+                job, big = self._take()
+                while job is None:
+                    if self.closed and not self.small and not self.big:
+                        return
                     self.cv.wait()
-                if not self.ready:
-                    return
-                # gather a batch: a CopyProcess keeps `parallel` transfers busy
-                # only while it has jobs left, so small batches waste slots
-                end = time.time() + 0.05
-                while len(self.ready) < batch_min and not (self.closed or self.waiting) and time.time() < end:
-                    self.cv.wait(max(0.001, end - time.time()))
-                batch, self.ready = self.ready, []
-            _copy_batch(batch, self.opts, self.progress)
+                    job, big = self._take()
+            _copy_one(job, self.opts, _JobProgress(self.progress, job))
             with self.cv:
-                self.finished.extend(batch)
-                self.cv.notify_all()
+                if big:
+                    self.big_running -= 1
+                    self.cv.notify()     # a large file's slot is free
+                self.finished.append(job)
+                self.done.notify()
 
     def results(self, wait=False):
         with self.cv:
             if wait:
-                self.waiting = True
-                self.cv.notify_all()
-                try:
-                    while not self.finished and self.pending:
-                        self.cv.wait(0.2)
-                finally:
-                    self.waiting = False
+                while not self.finished and self.pending:
+                    self.done.wait(0.2)
             out, self.finished = self.finished, []
             self.pending -= len(out)
             return out
@@ -3334,10 +3429,12 @@ class CopyPipeline(object):
         with self.cv:
             self.closed = True
             if cancel:
-                self.ready = []
+                self.small.clear()
+                self.big.clear()
                 self.progress.cancel = True
             self.cv.notify_all()
-        self.thread.join()
+        for t in self.threads:
+            t.join()
 
 
 def cp_download(session, items, opts, stats):
@@ -3376,7 +3473,8 @@ def cp_download(session, items, opts, stats):
     def settle(job):
         live.discard(job)
         info = job.info
-        if job.ok and os.path.isfile(job.target) and job.size in (-1, os.path.getsize(job.target)):
+        got = _regular_size(job.target) if job.ok else None
+        if got is not None and job.size in (-1, got):
             try:
                 os.replace(job.target, info['dst'])
             except OSError as e:
@@ -3384,7 +3482,7 @@ def cp_download(session, items, opts, stats):
                 stats.fail(info['lfn'], 'cannot rename into %s: %s' % (info['dst'], e.strerror))
                 return
             stats.ok += 1
-            stats.bytes += os.path.getsize(info['dst'])
+            stats.bytes += got
             stats.done.append((info['lfn'], info['dst']))
             return
         _unlink_quiet(job.target)
@@ -3395,45 +3493,56 @@ def cp_download(session, items, opts, stats):
         else:
             stats.fail(info['lfn'], '%s -> %s failed: %s' % (info['lfn'], info['dst'], '; '.join(info['errors'])))
 
+    made_dirs = set()
     try:
-        for n, (lfn, dst, specs) in enumerate(items):
-            if n % REQUEST_WINDOW == 0:
-                window = _requests(session, [('access', _access_args('read', x[0], x[2], strict=opts.get('strictspec')))
-                                             for x in items[n:n + REQUEST_WINDOW]])
-            r = window[n % REQUEST_WINDOW]
-            for job in pipe.results():
-                settle(job)
-            if r.exitcode != 0 or not r.results:
-                stats.fail(lfn, 'no access to %s: %s' % (lfn, r.err or 'no replicas (exit %d)' % r.exitcode))
-                continue
-            first = r.results[0]
-            try:
-                size = int(first['size'])
-            except (KeyError, ValueError):
-                size = -1           # unknown: not checked
-            md5 = (first.get('md5') or '').lower()
-            replicas = [(grid_url(x.get('url', ''), x.get('envelope', '')), x.get('se', '?'))
-                        for x in r.results if x.get('url')]
-            stats.replicas[lfn] = len(replicas)
-            if os.path.isfile(dst) and not opts.get('force') and _file_matches(dst, size, md5):
-                stats.already(lfn, dst)
-                continue
-            if not replicas:
-                stats.fail(lfn, 'no replica URL for %s' % lfn)
-                continue
-            ddir = os.path.dirname(dst) or '.'
-            try:
-                os.makedirs(ddir, exist_ok=True)
-            except OSError as e:
-                stats.fail(lfn, 'cannot create %s: %s' % (ddir, e.strerror))
-                continue
-            if os.path.isdir(dst):
-                stats.fail(lfn, 'destination %s is a directory' % dst)
-                continue
-            progress.total_files += 1
-            progress.total_bytes += max(size, 0)
-            info = {'lfn': lfn, 'dst': dst, 'replicas': replicas, 'next': 0, 'errors': []}
-            launch(CopyJob('', '', size, md5, 1, info))
+        items = iter(items)     # planned while it runs (cp_run)
+        while True:
+            window = list(itertools.islice(items, REQUEST_WINDOW))
+            if not window:
+                break
+            replies = _requests(session, [('access', _access_args('read', x[0], x[2], strict=opts.get('strictspec')))
+                                          for x in window])
+            for (lfn, dst, specs), r in zip(window, replies):
+                for job in pipe.results():
+                    settle(job)
+                if r.exitcode != 0 or not r.results:
+                    stats.fail(lfn, 'no access to %s: %s' % (lfn, r.err or 'no replicas (exit %d)' % r.exitcode))
+                    continue
+                first = r.results[0]
+                try:
+                    size = int(first['size'])
+                except (KeyError, ValueError):
+                    size = -1           # unknown: not checked
+                md5 = (first.get('md5') or '').lower()
+                replicas = [(grid_url(x.get('url', ''), x.get('envelope', '')), x.get('se', '?'))
+                            for x in r.results if x.get('url')]
+                stats.replicas[lfn] = len(replicas)
+                try:
+                    st = os.stat(dst)      # one look at the destination (a stat per file counts)
+                except OSError:
+                    st = None
+                if st is not None and stat_mod.S_ISREG(st.st_mode) and not opts.get('force') and \
+                        _file_matches(dst, size, md5):
+                    stats.already(lfn, dst)
+                    continue
+                if not replicas:
+                    stats.fail(lfn, 'no replica URL for %s' % lfn)
+                    continue
+                ddir = os.path.dirname(dst) or '.'
+                if ddir not in made_dirs:
+                    try:
+                        os.makedirs(ddir, exist_ok=True)
+                    except OSError as e:
+                        stats.fail(lfn, 'cannot create %s: %s' % (ddir, e.strerror))
+                        continue
+                    made_dirs.add(ddir)
+                if st is not None and stat_mod.S_ISDIR(st.st_mode):
+                    stats.fail(lfn, 'destination %s is a directory' % dst)
+                    continue
+                progress.total_files += 1
+                progress.total_bytes += max(size, 0)
+                info = {'lfn': lfn, 'dst': dst, 'replicas': replicas, 'next': 0, 'errors': []}
+                launch(CopyJob('', '', size, md5, 1, info))
         while pipe.pending:
             for job in pipe.results(wait=True):
                 settle(job)
@@ -3452,6 +3561,15 @@ def cp_download(session, items, opts, stats):
         if tmpdir:
             import shutil
             shutil.rmtree(tmpdir[0], ignore_errors=True)
+
+
+def _regular_size(path):
+    """Size of path if it is a regular file, else None (one stat)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size if stat_mod.S_ISREG(st.st_mode) else None
 
 
 def _unlink_quiet(path):
@@ -3505,16 +3623,23 @@ def cp_upload(session, items, opts, stats):
         progress.total_bytes += e['size'] * len(jobs)
         pipe.submit(jobs)
 
-    def settle(jobs):
+    def commits(jobs):
+        """The commit requests of the finished jobs that succeeded -> (those jobs, requests)."""
+        good = [j for j in jobs if j.ok]
+        return good, [_commit_request(*j.info) for j in good]
+
+    def settle(jobs, good=None, replies=None, stop=None):
         if not jobs:
             return
-        commits, lost = _commit(session, [j for j in jobs if j.ok])
+        if replies is None:
+            good = [j for j in jobs if j.ok]
+        commits_of, lost = _commit(session, good, replies, stop)
         rebook = []
         for job in jobs:
             e, rep = job.info
             e['running'] -= 1
             if job.ok:
-                c = commits[id(job)]
+                c = commits_of[id(job)]
                 if c.exitcode == 0 and not any(str(x.get('lfn', '1')) == '0' for x in c.results):
                     e['committed'].append(rep.get('se', ''))
                 else:
@@ -3553,10 +3678,21 @@ def cp_upload(session, items, opts, stats):
                 entries.append({'src': src, 'lfn': lfn, 'target': lfn, 'specs': list(specs or []), 'size': size,
                                 'md5': md5, 'committed': [], 'tried': [], 'errors': [], 'replace': False,
                                 'running': 0, 'failed': 0, 'attempt': 1})
-            replies = _requests(session, [('access', _access_args('write-once', x['lfn'],
-                                                                  _with_default_specs(x['specs']), x['size'],
-                                                                  x['md5'], opts.get('strictspec')))
-                                          for x in entries])
+            # one round trip books this window and commits what finished meanwhile
+            done = pipe.results()
+            good, commit_requests = commits(done)
+            try:
+                replies = _requests(session, [('access', _access_args('write-once', x['lfn'],
+                                                                      _with_default_specs(x['specs']), x['size'],
+                                                                      x['md5'], opts.get('strictspec')))
+                                              for x in entries] + commit_requests, window=4 * REQUEST_WINDOW)
+            except (ConnectionLost, KeyboardInterrupt) as e:
+                # the answered commits are counted (settle raises e then), this window is not attempted
+                got = list(getattr(e, 'results', None) or [])[len(entries):]
+                got += [None] * (len(commit_requests) - len(got))
+                settle(done, good, got, stop=e)
+                raise
+            settle(done, good, replies[len(entries):])
             for e, r in zip(entries, replies):
                 if r.exitcode != 0 or not r.results:
                     r = _existing_upload_target(session, e, r, opts, stats)
@@ -3565,7 +3701,6 @@ def cp_upload(session, items, opts, stats):
                 e['wanted'] = len(r.results)
                 live.append(e)
                 launch(e, r.results)
-            settle(pipe.results())
         while pipe.pending:
             settle(pipe.results(wait=True))
     except BaseException as exc:
@@ -3635,37 +3770,42 @@ def _committed_in_catalogue(session, pairs):
     return out
 
 
-def _commit(session, jobs):
-    """Commit the replicas of the finished jobs -> ({id(job): Result}, ConnectionLost or None).
+def _commit(session, jobs, replies=None, stop=None):
+    """Commit the replicas of the finished jobs -> ({id(job): Result}, the
+    exception that stops the copy or None). `replies`: their commit replies when
+    they went out already (None: no reply), `stop` the exception that cut them off.
 
     Exactly once: a commit whose reply was lost is not repeated blindly. The
     catalogue is asked (_committed_in_catalogue): registered -> done; nothing
     there -> committed again; another file there -> refused. When the connection
     does not come back, the answered commits keep their results and the others
-    get the 107 'outcome unknown' result, for the caller to count as failed."""
+    get the 107 'outcome unknown' result, for the caller to count as failed.
+    After Ctrl-C the catalogue is asked briefly (5 s at most), then the copy stops."""
     results = {}
     todo = list(jobs)
     for _round in range(4):
         if not todo:
             break
-        stop = None
-        try:
-            replies = _requests(session, [_commit_request(*j.info) for j in todo])
-        except ConnectionLost as e:
-            results.update(zip(map(id, todo), e.results))
-            return results, e
-        except KeyboardInterrupt as e:
-            # Ctrl-C with commits in flight: count the answered ones, ask the
-            # catalogue about the others (briefly), then stop
-            stop = e
-            replies = [r or lost_result('interrupted', 'commit', 'unknown') for r in getattr(e, 'results', [None] * len(todo))]
+        if replies is None:
+            try:
+                replies = _requests(session, [_commit_request(*j.info) for j in todo])
+            except ConnectionLost as e:
+                replies, stop = e.results, e
+            except KeyboardInterrupt as e:
+                replies, stop = getattr(e, 'results', None) or [], e
+        replies = list(replies) + [None] * (len(todo) - len(replies))
+        why = 'interrupted' if isinstance(stop, KeyboardInterrupt) else (stop or 'no reply')
+        replies = [r or lost_result(why, 'commit', 'unknown') for r in replies]
+        if isinstance(stop, ConnectionLost):  # nobody to ask
+            results.update(zip(map(id, todo), replies))
+            return results, stop
         unknown = []
         for job, r in zip(todo, replies):
             if r.metadata.get('outcome') == 'unknown':
                 unknown.append(job)
             else:
                 results[id(job)] = r
-        todo = []
+        todo, replies = [], None
         if not unknown:
             if stop is not None:
                 return results, stop
@@ -3704,14 +3844,39 @@ def _with_default_specs(specs):
     return ['disk:2'] + list(specs)
 
 
-def cp_plan(session, src, dst, opts):
+def _local_exists(p):
+    return os.path.lexists(os.path.expanduser(split_specs(p)[0]))
+
+
+def _prefetch_stats(session, pairs):
+    """The grid paths cp_plan will stat for these pairs, asked for at once
+    (pipelined: one round trip per window, not per line of a -input list)
+    -> {lfn: Result} for _grid_stat's cache."""
+    lfns = []
+    for src, dst in pairs:
+        try:
+            direction, s_raw, d_raw = cp_direction(src, dst, _local_exists)
+        except AlienError:
+            continue
+        g_path = split_specs(s_raw if direction == 'download' else d_raw)[0]
+        if direction == 'download' and split_glob(g_path)[1]:
+            continue
+        lfn = session.grid_path(g_path)
+        if direction == 'download':
+            lfns.append(lfn.rstrip('/') or '/')
+        elif not lfn.endswith('/'):
+            lfns.append(lfn)
+    lfns = list(dict.fromkeys(lfns))
+    return dict(zip(lfns, _requests(session, [('stat', [lfn]) for lfn in lfns], window=4 * REQUEST_WINDOW)))
+
+
+def cp_plan(session, src, dst, opts, stats_cache=None):
     """One src/dst pair -> ('download'|'upload', [(src, dst, specs)]).
 
     A directory source is copied recursively and its destination is always a
     directory; 'dir' copies the directory itself (parent + 1), 'dir/' or a
     glob copies its content (rsync convention)."""
-    direction, s_raw, d_raw = cp_direction(src, dst, lambda p: os.path.lexists(
-        os.path.expanduser(split_specs(p)[0])))
+    direction, s_raw, d_raw = cp_direction(src, dst, _local_exists)
     if direction == 'download':
         s_path, specs = split_specs(s_raw)
         g_path, l_path = s_path, d_raw
@@ -3725,7 +3890,7 @@ def cp_plan(session, src, dst, opts):
         if pattern:
             is_dir = True
         else:
-            st = _grid_stat(session, lfn.rstrip('/') or '/')
+            st = _grid_stat(session, lfn.rstrip('/') or '/', stats_cache)
             if st is None:
                 raise AlienError('cp: source %s not found' % lfn, EX_ENOENT)
             is_dir = st['type'] == 'd'
@@ -3741,8 +3906,9 @@ def cp_plan(session, src, dst, opts):
         files = _grid_find(session, lfn, opts, pattern)
         if not files:
             raise AlienError('cp: no files found in %s' % lfn, EX_ENOMSG)
-        return 'download', [(f, cp_dst_name(lfn, f[len(lfn):], local, parent, opts['rmprefix']), specs)
-                            for f in files]
+        # named as they are consumed: the first files transfer while later names are made
+        return 'download', ((f, cp_dst_name(lfn, f[len(lfn):], local, parent, opts['rmprefix']), specs)
+                            for f in files)
     # upload
     base, pattern = split_glob(l_path)
     local = expand_local_path(base if pattern else l_path)
@@ -3751,7 +3917,7 @@ def cp_plan(session, src, dst, opts):
     lfn = session.grid_path(g_path)
     if not pattern and not os.path.isdir(local):
         if not lfn.endswith('/'):
-            st = _grid_stat(session, lfn)
+            st = _grid_stat(session, lfn, stats_cache)
             if st is not None and st['type'] == 'd':
                 lfn += '/'
         d, name = local.rstrip('/').rsplit('/', 1)
@@ -3788,17 +3954,16 @@ def cp_name_problem(path, side):
 
 
 def cp_refuse_bad_names(items, direction, stats):
-    """Planned items -> those whose names both sides can hold; each other one
-    is refused up front with a one-line reason (nothing is booked for it)."""
-    good = []
+    """Planned items -> (as they are consumed) those whose names both sides can
+    hold; each other one is refused up front with a one-line reason (nothing is
+    booked for it)."""
     for src, dst, specs in items:
         lfn, local = (dst, src) if direction == 'upload' else (src, dst)
         why = cp_name_problem(lfn, 'grid') or (direction == 'download' and cp_name_problem(local, 'local'))
         if why:
             stats.fail(src, 'refused %s -> %s: %s' % (visible(src, newlines=True), visible(dst, newlines=True), why))
         else:
-            good.append((src, dst, specs))
-    return good
+            yield src, dst, specs
 
 
 def cp_prepare_upload_dirs(session, items):
@@ -3806,38 +3971,57 @@ def cp_prepare_upload_dirs(session, items):
     _requests(session, [('mkdir', ['-p', d]) for d in dirs])  # pipelined, not one round trip each
 
 
+CP_PLAN_CHUNK = 1000
+
+
 def cp_run(session, pairs, opts):
-    """Plan and copy every (src, dst) pair -> CpStats."""
+    """Plan and copy every (src, dst) pair -> CpStats.
+
+    Downloads are planned while they run: the pairs of a long -input list are
+    planned a chunk at a time (their stats pipelined), and the first files
+    transfer while later lines are still being looked up. Uploads follow."""
     stats = CpStats()
-    downloads, uploads = [], []
-    for src, dst in pairs:
-        try:
-            direction, items = cp_plan(session, src, dst, opts)
-        except AlienError as e:
-            if len(pairs) == 1:
-                raise
-            stats.fail(src, str(e))
-            continue
-        (downloads if direction == 'download' else uploads).extend(cp_refuse_bad_names(items, direction, stats))
-    if opts.get('dryrun'):
-        stats.plan = ['%s -> %s' % (s, d) for s, d, _ in downloads] + \
-                     ['%s -> %s%s' % (s, d, (' (%s)' % ','.join(sp)) if sp else '') for s, d, sp in uploads]
-        return stats
-    if downloads or uploads:
-        xrootd_client()
-    stats.planned = [(s, d) for s, d, _ in downloads + uploads]
-    try:
-        if downloads:
-            seen = set()
-            uniq = []
-            for it in downloads:
-                if it[1] in seen:
-                    stats.fail(it[0], 'two sources map to %s' % it[1])
+    uploads = []
+    unplanned = [0]   # index of the first pair not planned yet
+
+    def planned_downloads():
+        seen = set()
+        for start in range(0, len(pairs), CP_PLAN_CHUNK):
+            chunk = pairs[start:start + CP_PLAN_CHUNK]
+            cache = _prefetch_stats(session, chunk) if len(pairs) > 1 else None
+            for n, (src, dst) in enumerate(chunk):
+                unplanned[0] = start + n + 1
+                try:
+                    direction, items = cp_plan(session, src, dst, opts, cache)
+                except AlienError as e:
+                    if len(pairs) == 1:
+                        raise
+                    stats.fail(src, str(e))
                     continue
-                seen.add(it[1])
-                uniq.append(it)
-            cp_download(session, uniq, opts, stats)
+                items = cp_refuse_bad_names(items, direction, stats)
+                if direction == 'upload':
+                    uploads.extend(items)
+                    continue
+                unique = []
+                for it in items:
+                    if it[1] in seen and not opts.get('dryrun'):
+                        stats.fail(it[0], 'two sources map to %s' % it[1])
+                        continue
+                    seen.add(it[1])
+                    unique.append(it)
+                stats.planned.extend((it[0], it[1]) for it in unique)  # (each one's final state is reported)
+                for it in unique:
+                    yield it
+
+    if opts.get('dryrun'):
+        stats.plan = ['%s -> %s' % (s, d) for s, d, _ in planned_downloads()]
+        stats.plan += ['%s -> %s%s' % (s, d, (' (%s)' % ','.join(sp)) if sp else '') for s, d, sp in uploads]
+        return stats
+    xrootd_client()
+    try:
+        cp_download(session, planned_downloads(), opts, stats)
         if uploads:
+            stats.planned.extend((s, d) for s, d, _ in uploads)
             cp_prepare_upload_dirs(session, uploads)
             cp_upload(session, uploads, opts, stats)
     except KeyboardInterrupt:
@@ -3847,6 +4031,10 @@ def cp_run(session, pairs, opts):
         if not isinstance(e, ConnectionLost) and e.exitcode != EX_NOTCONN:
             raise
         stats.abort = (e.exitcode, 'cp: %s' % e)
+    if stats.abort:  # what was never reached: not attempted (pairs not planned yet as they are)
+        listed = set(src for src, _ in stats.planned)
+        stats.planned.extend((s, d) for s, d, _ in uploads if s not in listed)
+        stats.planned.extend(pairs[unplanned[0]:])
     return stats
 
 

@@ -731,6 +731,7 @@ class Hostile(object):
         self.handshake = handshake
         self.messages = []
         self.connections = 0
+        self.buffered = {}   # conn -> bytes read beyond the last frame (the client pipelines)
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(grid_state['pki']['host_cert'], grid_state['pki']['host_key'])
         self.ctx = ctx
@@ -762,6 +763,7 @@ class Hostile(object):
                     return
                 data += chunk
             key = re.search(rb'Sec-WebSocket-Key: (\S+)', data).group(1).decode()
+            self.buffered[conn] = data.partition(b'\r\n\r\n')[2]   # the request sent behind the upgrade
             reply = self.handshake or ('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n'
                                        'Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n'
                                        % alien.ws_accept_key(key)).encode()
@@ -777,7 +779,7 @@ class Hostile(object):
 
     def recv(self, conn):
         """Next client frame (opcode, payload); None when the client went away."""
-        data = b''
+        data = self.buffered.pop(conn, b'')
         while True:
             try:
                 while len(data) < 2 or len(data) < self._need(data):
@@ -788,6 +790,7 @@ class Hostile(object):
             except OSError:
                 return None
             fin, opcode, payload = decode_client_frame(data)
+            self.buffered[conn] = data[self._need(data):]
             if opcode == alien.OP_TEXT:
                 self.messages.append(json.loads(payload))
             return opcode, payload
@@ -3723,6 +3726,7 @@ def _make_leaf(d, name, ca, curve=None, subj=None, digest='sha256'):
     return d / (name + '.pem'), d / (name + '.key')
 
 
+@pytest.mark.once
 def test_cert_reader_names_dates_and_openssl_hash(tmp_path):
     subj = '/DC=ch/DC=cern/OU=Org  Units/CN=Mixed   Case Name/CN=a\\+b,c'
     ca = _make_ca(tmp_path, 'ca', subj='/C=CH/O=Test/CN=Test CA')
@@ -3739,6 +3743,7 @@ def test_cert_reader_names_dates_and_openssl_hash(tmp_path):
     assert alien.read_certs(str(ca[0]))[0].is_ca() and not c.is_ca()
 
 
+@pytest.mark.once
 @pytest.mark.parametrize('curve,digest', [(None, 'sha256'), (None, 'sha1'), (None, 'sha512'),
                                           ('P-256', 'sha256'), ('P-384', 'sha384')])
 def test_verify_chain_rsa_and_ecdsa(tmp_path, curve, digest):
@@ -3763,6 +3768,7 @@ def test_verify_chain_rsa_and_ecdsa(tmp_path, curve, digest):
     assert 'expired' in alien.verify_chain(str(cert), 'capath', str(cadir), now=time.time() + 10 * 86400)
 
 
+@pytest.mark.once
 def test_verify_chain_leaf_signed_by_a_non_ca_is_refused(tmp_path):
     ca = _make_ca(tmp_path, 'ca')
     mid = _make_leaf(tmp_path, 'mid', ca)      # an end-entity certificate ...
@@ -3772,6 +3778,7 @@ def test_verify_chain_leaf_signed_by_a_non_ca_is_refused(tmp_path):
     assert 'not a CA' in alien.verify_chain(str(chain), 'cafile', str(ca[0]))
 
 
+@pytest.mark.pure
 def test_cert_reader_rejects_what_is_not_a_certificate(tmp_path):
     for text in ('', 'hello', '-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n',
                  '-----BEGIN CERTIFICATE-----\n!!notbase64\n-----END CERTIFICATE-----\n'):
@@ -3785,6 +3792,7 @@ def test_cert_reader_rejects_what_is_not_a_certificate(tmp_path):
         alien.read_certs(str(tmp_path / 'missing.pem'))
 
 
+@pytest.mark.pure
 def test_find_ca_local_cas_first(tmp_path):
     local = tmp_path / 'globus' / 'certificates'
     local.mkdir(parents=True)
@@ -3806,12 +3814,14 @@ FIND2_PARSE = [
 ]
 
 
+@pytest.mark.pure
 @pytest.mark.parametrize('args,want,pos', FIND2_PARSE)
 def test_find2_options(args, want, pos):
     opts, got = alien.parse_option_table(args, alien._FIND2_OPTIONS, dict(alien._CP_DEFAULTS, xml=''), 'find2')
     assert got == pos and {k: opts[k] for k in want} == want
 
 
+@pytest.mark.pure
 @pytest.mark.parametrize('args,words', [
     (['-bogus', 'd'], 'unknown option -bogus'), (['-minsize', 'x', 'd'], 'needs an integer'),
     (['-glob', '*', '-name', 'ext_x', 'd'], 'only one selection rule'), (['-x'], 'needs a value'),
@@ -3823,6 +3833,7 @@ def test_find2_bad_options(args, words):
     assert e.value.exitcode == alien.EX_EINVAL and words in str(e.value)
 
 
+@pytest.mark.pure
 def test_xml_collection_shape(tmp_path):
     import xml.etree.ElementTree as ET
     f = tmp_path / 'a&b.txt'
@@ -3860,6 +3871,7 @@ def _cas_repo(tmp_path, ca_pem):
     return str(repo)
 
 
+@pytest.mark.once
 def test_getcacerts_and_local_cas(cenv, grid_state, tmp_path):
     repo = _cas_repo(tmp_path, os.path.join(grid_state['env']['X509_CERT_DIR'], 'ca.pem'))
     env = dict(cenv, ALIENPY_CAS_REPO=repo)
@@ -3927,6 +3939,7 @@ def _run_cli_no_tty(args, env, input_text):
                           text=True, timeout=60, start_new_session=True)
 
 
+@pytest.mark.once
 def test_credential_tools_bad_input(cenv, grid_state, tmp_path):
     from testgrid import grid
     env = grid_state['env']
@@ -4025,6 +4038,7 @@ def test_find2_filters_and_xml(cenv, f2dir, tmp_path):
     assert not os.path.exists(str(tmp_path / 'no'))
 
 
+@pytest.mark.once
 def test_toxml_local_and_file_targets(cenv, tmp_path):
     import xml.etree.ElementTree as ET
     a, b = write(tmp_path / 'a.root', b'aaa'), write(tmp_path / 'sub' / 'b.root', b'bbbb')
@@ -4055,6 +4069,7 @@ def test_toxml_local_and_file_targets(cenv, tmp_path):
         assert p.returncode == code and one_line_error(p) and words in p.stderr, (args, p)
 
 
+@pytest.mark.pure
 @pytest.mark.parametrize('args,want', [
     (['cat', 'f'], (['cat', 'f'], [1])),
     (['wc', '-l', '-force', 'f', '-noout'], (['wc', '-l', 'f'], [2])),
@@ -4114,6 +4129,7 @@ def test_run_and_exec(cenv, f2dir, tmp_path):
 # A row's arguments go to the program as they are (one argv element each); prog
 # names the program to run as ('alien.py', or an entry point such as 'alien_ls').
 OWN_WORDS = 'our own wording (same facts, same exit code)'
+CP_WORDS = 'own progress and summary lines (the files that arrive are compared below)'
 COMPAT_CASES = [
     # credential tools
     (['cert-info'], 'same', '', {}),
@@ -4162,8 +4178,31 @@ COMPAT_CASES = [
     (['cp', 'file:{local}/a.root', '{gmine}up/a.root'], 'code', 'own progress and summary lines', {}),
     (['cp', '{d}l.txt', 'file:{mine}/dl/'], 'code', 'own progress and summary lines', {}),
     (['cp', '-glob', '*.md', '{d}', 'file:{mine}/g/'], 'code', 'own progress and summary lines', {}),
-    (['cp', '-f', '-T', '2', '-retry', '1', '-timeout', '60', '{d}a/', 'file:{mine}/t/'], 'code',
-     'own progress and summary lines', {}),
+    (['cp', '-f', '-T', '2', '-retry', '1', '-timeout', '60', '{d}a/', 'file:{mine}/t/'], 'code', CP_WORDS, {}),
+    (['cp', '{d}', 'file:{mine}/whole/'], 'code', CP_WORDS, {}),
+    (['cp', '{d}a', 'file:{mine}/noslash/'], 'code', CP_WORDS, {}),
+    (['cp', '-parent', '1', '{d}a/b/r.md', 'file:{mine}/par/'], 'code', CP_WORDS, {}),
+    (['cp', '-parent', '2', '{d}a/', 'file:{mine}/par2/'], 'code', CP_WORDS, {}),
+    (['cp', '-rmprefix', '3', '{d}a/', 'file:{mine}/rmp/'], 'code', CP_WORDS, {}),
+    (['cp', '-dst', 'file:{mine}/dst/', '{d}l.txt', '{d}a/x.py'], 'code', CP_WORDS, {}),
+    (['cp', '-input', '{mine}/in.txt'], 'code', CP_WORDS, {}),
+    (['cp', '-select', '.*md$', '{d}', 'file:{mine}/sel/'], 'code', CP_WORDS, {}),
+    (['cp', '-name', 'ext_py', '{d}', 'file:{mine}/nm/'], 'code', CP_WORDS, {}),
+    (['cp', '-exclude', 'a/', '-exclude_re', '^s', '{d}', 'file:{mine}/ex/'], 'code', CP_WORDS, {}),
+    (['cp', '-minsize', '1000', '{d}', 'file:{mine}/ms/'], 'code', CP_WORDS, {}),
+    (['cp', '-maxdepth', '0', '-user', 'jalien', '{d}', 'file:{mine}/md/'], 'code', CP_WORDS, {}),
+    (['cp', '-l', '1', '{d}a/', 'file:{mine}/l1/'], 'code', CP_WORDS, {}),
+    (['cp', '-S', '2', '-chunks', '2', '-chunksz', '1048576', '-y', '2', '{d}l.txt', 'file:{mine}/tun/'],
+     'code', CP_WORDS, {}),
+    (['cp', '-cksum', '-f', '{d}l.txt', 'file:{mine}/ck/'], 'code', CP_WORDS, {}),
+    (['cp', '-dryrun', '{d}l.txt', 'file:{mine}/dry/'], 'code', CP_WORDS + '; both copy nothing', {}),
+    (['cp', '-j', '5', '{d}', 'file:{mine}/j/'], 'code', CP_WORDS + ' (42: no file of job 5)', {}),
+    (['cp', '{d}missing', 'file:{mine}/m'], 'code', CP_WORDS + ' (2: no such source)', {}),
+    (['cp', '-norecovery', '-strictspec', 'file:{local}/a.root', '{gmine}ss/a.root@disk:1'], 'code', CP_WORDS, {}),
+    (['cp', '-T', 'x', '{d}l.txt', 'file:{mine}/tx/'], ('deviation', 22), 'a bad option value is EINVAL (22) with '
+     'one line; the reference exits 1', {}),
+    (['cp', '-bogus', '{d}l.txt', 'file:{mine}/b/'], ('deviation', 22), 'an option cp does not know is refused '
+     '(22): the reference silently ignores it, so a mistyped option changes what is copied unnoticed', {}),
 ]
 
 
@@ -4178,6 +4217,7 @@ def _compat_run(argv, env, cwd):
     return subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.once
 def test_compatibility_with_the_reference_client(cenv, grid_state, f2dir, tmp_path):
     """Reference-style invocations through alienpy 1.7.0 and alien.py on the test grid."""
     from concurrent.futures import ThreadPoolExecutor
@@ -4192,8 +4232,9 @@ def test_compatibility_with_the_reference_client(cenv, grid_state, f2dir, tmp_pa
     for name in clients:
         mine = tmp_path / name
         mine.mkdir()
+        (mine / 'in.txt').write_text('# cp -input\n%sl.txt file:%s/inp/l.txt\n' % (f2dir, mine))
         work[name] = {'d': f2dir, 'local': str(local), 'mine': str(mine), 'expired': expired,
-                      'expired_key': expired_key, 'gmine': '%s%s_%d/' % (f2dir, name, os.getpid()),
+                      'expired_key': expired_key, 'gmine': '%s_%s/' % (f2dir.rstrip('/'), name),
                       'cert': cenv.get('X509_USER_CERT', ''), 'key': cenv.get('X509_USER_KEY', '')}
 
     def one(name, case):
@@ -4245,6 +4286,19 @@ def test_compatibility_with_the_reference_client(cenv, grid_state, f2dir, tmp_pa
     files = [_compat_normalize(open(os.path.join(work[n]['mine'], 's.xml')).read(), work[n]) for n in work]
     assert files[0] == files[1] and 'lfn="{d}l.txt"' in files[0]
     assert open(os.path.join(work['ours']['mine'], 't', 'x.py'), 'rb').read() == b'print(1)\n' * 300
+    # the same files arrived, under the same names, for every copy above
+    trees = []
+    for name in clients:
+        top = work[name]['mine']
+        trees.append(sorted((os.path.relpath(os.path.join(r, f), top), hashlib.md5(open(os.path.join(r, f), 'rb')
+                                                                                  .read()).hexdigest())
+                            for r, _d, fs in os.walk(top) for f in fs
+                            if r != top and os.path.relpath(r, top) != 'b'))   # b/: the -bogus deviation
+    assert trees[0] == trees[1] and len(trees[1]) > 25, trees
+    assert ('rmp/j/jalien/%s/a/x.py' % f2dir.rstrip('/').rsplit('/', 1)[1]) in [t[0] for t in trees[1]]
+    uploads = [run_cli(['find2', work[name]['gmine']], env=base).stdout.replace(work[name]['gmine'], '')
+               for name in clients]
+    assert uploads[0] == uploads[1] == 'ss/a.root\nup/a.root\n'
 
 
 # ===== hostile names and payloads (issue 10): bounded parsing, terminal-safe output, per-file name refusal =====
@@ -5387,6 +5441,110 @@ def test_storage_commands_when_the_service_fails(store, grid_state, fault, line,
     finally:
         grid.set_faults(grid_state['workdir'], None)
     assert p.returncode == code and one_line_error(p), p
+
+
+# ===== WAN mode of the test grid and round trips (issue 11) =====
+
+@pytest.fixture(scope='module')
+def wan_grid():
+    """A second test grid in WAN mode: relays adding 10 ms each way (20 ms RTT)
+    in front of the service and of both storage elements. In the checkout like the
+    main one: xrootd runs as another user, and every pytest session start makes
+    /tmp/pytest-of-USER untraversable for others again."""
+    from testgrid import grid
+    workdir = os.path.join(REPO, '.testgrid-pytest-wan')
+    state = grid.start(workdir, fresh=True, delay_ms=10)
+    yield state
+    grid.stop(workdir)
+
+
+def test_relay_delays_both_ways_and_keeps_order(grid_state):
+    from testgrid import relay
+    srv = socket.socket()
+    srv.bind(('127.0.0.1', 0))
+    srv.listen(1)
+    port, proc = relay.start(srv.getsockname()[1], 0.02)
+    try:
+        c = socket.create_connection(('127.0.0.1', port), timeout=5)
+        s, _ = srv.accept()
+        s.settimeout(5)
+        t0 = time.monotonic()
+        for i in range(50):
+            c.sendall(b'%03d' % i)
+        got = b''
+        while len(got) < 150:
+            got += s.recv(1000)
+        s.sendall(got)
+        back = b''
+        while len(back) < 150:
+            back += c.recv(1000)
+        assert back == b''.join(b'%03d' % i for i in range(50))
+        assert time.monotonic() - t0 >= 0.04          # one delay each way, never less
+        c.close()
+        assert s.recv(10) == b''                      # the end of the stream is relayed too
+        s.close()
+    finally:
+        proc.kill()
+        proc.wait()
+        srv.close()
+
+
+def test_wan_grid_serves_commands_and_copies_through_the_relays(wan_grid, tmp_path):
+    st = wan_grid
+    relay_ports = {r['port'] for r in st['relays']}
+    assert int(st['env']['ALIENPY_JCENTRAL_PORT']) in relay_ports
+    assert st['env']['ALIENPY_JCENTRAL_PORT'] != str(st['service']['port'])
+    assert all(se['public_port'] in relay_ports and se['url'].endswith(':%d//' % se['public_port'])
+               for se in st['ses'])
+    env = {k: v for k, v in os.environ.items() if k in KEEP_VARS or not k.startswith(CLIENT_VARS)}
+    env.update(st['env'], HOME=str(tmp_path), TMPDIR=str(tmp_path), ALIENPY_TIMECONNECT='1')
+    p = run_cli(['pwd'], env=env)
+    assert (p.returncode, p.stdout) == (0, st['home'] + '\n'), p.stderr
+    assert 'connected in' in p.stderr
+    src = tmp_path / 'wan.dat'
+    src.write_bytes(os.urandom(3000))
+    p = run_cli(['cp', '-quiet', 'file:%s' % src, st['home'] + 'wan.dat'], env=env)
+    assert p.returncode == 0, p.stderr
+    s = alien.Session(env)
+    acc = s.request('access', ['read', st['home'] + 'wan.dat'], nomsg=True)
+    s.close()
+    assert {int(r['url'].split(':')[2].split('/')[0]) for r in acc.results} <= relay_ports
+    p = run_cli(['cp', '-quiet', st['home'] + 'wan.dat', 'file:%s' % (tmp_path / 'back.dat')], env=env)
+    assert p.returncode == 0 and (tmp_path / 'back.dat').read_bytes() == src.read_bytes(), p.stderr
+
+
+def test_first_request_travels_right_behind_the_upgrade_request(grid_state, henv):
+    """One round trip less for every cold command (the websocket-client package
+    cannot do it: with it the request follows the 101)."""
+    seen = []
+
+    def script(server, conn, index):
+        seen.append(server.buffered.get(conn, b''))   # read together with the upgrade request
+        server.recv(conn)
+        server.reply(conn, message='early')
+        time.sleep(1)
+    p, _, server = hostile_run(grid_state, henv, script)
+    assert (p.returncode, p.stdout) == (0, 'early\n'), p.stderr
+    if OWN_TRANSPORT:
+        assert seen and decode_client_frame(seen[0])[2] == b'{"command": "pwd", "options": ["-nokeys"]}'
+
+
+def test_path_needs_cwd_only_when_relative():
+    assert not alien.path_needs_cwd('/alice/data/x')
+    assert not alien.path_needs_cwd('alien:/alice/x')
+    assert all(alien.path_needs_cwd(p) for p in ('x', './x', '../x', '~', '~/x', '%ALIEN/x', '/%ALIEN', 'alien:x'))
+
+
+def test_cold_cp_of_an_absolute_path_sends_no_pwd(cenv, grid_state, tmp_path):
+    src = tmp_path / 'abs.dat'
+    src.write_bytes(b'abs')
+    lfn = grid_state['home'] + 'abs_%d.dat' % os.getpid()
+    log = tmp_path / 'debug.log'
+    p = run_cli(['cp', '-quiet', 'file:%s' % src, lfn], env=dict(cenv, ALIENPY_DEBUG='1', ALIENPY_DEBUG_FILE=str(log)))
+    assert p.returncode == 0, p.stderr
+    sent = [json.loads(line.split(' request ', 1)[1])['command'] for line in log.read_text().splitlines()
+            if ' request ' in line]
+    assert 'pwd' not in sent and sent[0] == 'stat', sent
 
 
 # ===== reconnect and resume, many processes at once, chaos (issue 11) =====

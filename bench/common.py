@@ -26,6 +26,26 @@ def installed_command():
     return [os.path.join(venv, 'bin', 'alien.py')]
 
 
+def timed(cmd, env, cwd=None):
+    """Wall seconds of one run of cmd; a failure ends the benchmark with its output."""
+    import time
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       universal_newlines=True)
+    wall = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise SystemExit('FAILED (%d): %s\n%s' % (p.returncode, ' '.join(cmd)[:300], p.stdout[-2000:]))
+    return wall
+
+
+def finish(scratch, workdir):
+    """Remove the scratch directory, stop and remove the benchmark's grid."""
+    import shutil
+    shutil.rmtree(scratch, ignore_errors=True)
+    grid.stop(workdir)
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
 def start_grid(name='.testgrid-bench'):
     state = grid.start(os.path.join(REPO, name))
     env = dict(os.environ, **state['env'])

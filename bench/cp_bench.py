@@ -16,7 +16,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -31,13 +30,8 @@ def reference_cmd():
     return [tools.tool('alienpy')]
 
 
-def timed(cmd, env, cwd=None):
-    t0 = time.perf_counter()
-    p = subprocess.run(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    wall = time.perf_counter() - t0
-    if p.returncode != 0:
-        raise SystemExit('FAILED (%d): %s\n%s' % (p.returncode, ' '.join(cmd)[:300], p.stdout[-2000:]))
-    return wall
+sys.path.insert(0, HERE)
+from common import finish, timed  # noqa: E402
 
 
 def report(label, samples, size_bytes):
@@ -186,9 +180,7 @@ def main():
         ratio(med, 'alien.py', 'xrdcp (pgread off)')
         ratio(med, 'alien.py', 'alienpy')
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-        grid.stop(workdir)
-        shutil.rmtree(workdir, ignore_errors=True)
+        finish(scratch, workdir)
 
 
 if __name__ == '__main__':

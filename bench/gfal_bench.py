@@ -25,7 +25,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from testgrid import tools  # noqa: E402
+from testgrid import relay, tools  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
@@ -173,73 +173,11 @@ def bench_copy(nfiles, url, top, parallels, rounds):
     return med, best
 
 
-def delay_proxy(listen_port, upstream_port, delay):
-    """A TCP relay on 127.0.0.1 that delivers every chunk `delay` seconds late in
-    each direction: a WAN round trip of 2 x delay, on loopback, with no root
-    rights or kernel modules (runs until killed)."""
-    import asyncio
-
-    async def pump(reader, writer):
-        queue = asyncio.Queue()
-        loop = asyncio.get_event_loop()
-
-        async def deliver():
-            while True:
-                due, data = await queue.get()
-                if data is None:
-                    break
-                wait = due - loop.time()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                writer.write(data)
-                await writer.drain()
-            writer.close()
-
-        task = asyncio.ensure_future(deliver())
-        try:
-            while True:
-                data = await reader.read(65536)
-                if not data:
-                    break
-                queue.put_nowait((loop.time() + delay, data))
-        except ConnectionError:
-            pass
-        queue.put_nowait((0, None))
-        try:
-            await task
-        except ConnectionError:
-            pass
-
-    async def handle(client_reader, client_writer):
-        try:
-            up_reader, up_writer = await asyncio.open_connection('127.0.0.1', upstream_port)
-        except OSError:
-            client_writer.close()
-            return
-        await asyncio.gather(pump(client_reader, up_writer), pump(up_reader, client_writer))
-
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    server = loop.run_until_complete(asyncio.start_server(handle, '127.0.0.1', listen_port))
-    try:
-        loop.run_forever()
-    finally:
-        server.close()
-
-
 def start_delay_proxy(url, delay):
-    """A delay_proxy subprocess in front of the xrootd at url -> (proxied url, proc)."""
+    """The test grid's delay relay in front of the xrootd at url -> (relayed url, proc)."""
     upstream = int(url.split(':')[2].split('/')[0])
-    port = free_port()
-    proc = subprocess.Popen([PY, os.path.abspath(__file__), '--proxy', str(port), str(upstream), str(delay)])
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        try:
-            socket.create_connection(('127.0.0.1', port), timeout=1).close()
-            return 'root://127.0.0.1:%d//' % port, proc
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit('delay proxy did not start')
+    port, proc = relay.start(upstream, delay)
+    return 'root://127.0.0.1:%d//' % port, proc
 
 
 def bench_copy_latency(nfiles, url, top, parallels, delay):
@@ -351,14 +289,7 @@ def main():
     ap.add_argument('--latency-files', type=int, default=200)
     ap.add_argument('--latency-ms', type=float, default=5.0, help='one-way delay of the WAN relay')
     ap.add_argument('--latency-parallel', default='1,8,16,32')
-    ap.add_argument('--proxy', nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.proxy:
-        # started from a process where gfal2/XRootD blocked SIGTERM & co., and the mask is inherited
-        import signal
-        signal.pthread_sigmask(signal.SIG_SETMASK, [])
-        delay_proxy(int(args.proxy[0]), int(args.proxy[1]), float(args.proxy[2]))
-        return
     try:
         import gfal2  # noqa: F401
     except ImportError:

@@ -19,9 +19,18 @@ Python API (tests, benchmarks)::
     grid.run_job(workdir, jobid, ce=..., status='DONE'); grid.set_job_quota(workdir, 'jalien', {...})
     state['http']   # CCDB and MonALISA stand-ins: ccdb_url, monalisa_url (also in env as
                     # ALIENPY_CCDB, ALIENPY_MONALISA); grid.set_http_faults(workdir, {'ccdb': '500'})
+    grid.start(workdir, delay_ms=25)   # WAN mode: 25 ms each way (50 ms RTT), see below
 
-CLI: ``python3 testgrid/grid.py start|stop|env [--dir DIR] [--fresh]`` (default DIR
-``<repo>/.testgrid``); ``start`` and ``env`` print ``export VAR=value`` lines.
+CLI: ``python3 testgrid/grid.py start|stop|env [--dir DIR] [--fresh] [--delay-ms MS]``
+(default DIR ``<repo>/.testgrid``); ``start`` and ``env`` print ``export VAR=value`` lines.
+
+WAN mode (``delay_ms`` > 0): a delay relay (testgrid/relay.py) in front of the
+service and one in front of each storage element, each adding delay_ms in each
+direction. The client environment points at the service's relay, and the SE
+URLs the service hands out (``access``, ``listSEs``; ``se['url']``) point at the
+SEs' relays (``se['public_port']``); ``se['port']`` stays xrootd's own port.
+Replicas written in WAN mode keep relay URLs in the catalogue, so a grid
+directory stays in the mode it was created with (another delay = ``fresh``).
 
 ``start`` reuses existing certificates and catalogue (``fresh=True`` wipes catalogue,
 storage contents and faults) and returns at once when the grid in workdir is already
@@ -339,14 +348,30 @@ def _launch_se(se, runas):
     return _spawn(argv, se['stderr'])
 
 
-def _se_record(workdir, name, number, port, uid, gid):
+def _se_record(workdir, name, number, port, uid, gid, public_port=None):
     base = os.path.join(workdir, 'se', _se_short(name))
-    return {'name': name, 'number': number, 'port': port,
-            'url': 'root://127.0.0.1:%d//' % port, 'datadir': os.path.join(base, 'data'),
+    public_port = public_port or port    # a relay's in WAN mode: what access replies carry
+    return {'name': name, 'number': number, 'port': port, 'public_port': public_port,
+            'url': 'root://127.0.0.1:%d//' % public_port, 'datadir': os.path.join(base, 'data'),
             'admindir': os.path.join(base, 'admin'), 'cfg': os.path.join(base, 'xrootd.cfg'),
             'log': os.path.join(base, 'xrootd.log'), 'stderr': os.path.join(base, 'stderr.log'),
             'uid': uid, 'gid': gid, 'pid': None,
             'original': SE_ORIGINAL.get(name, name), 'qos': SE_QOS.get(name, ['disk'])}
+
+
+# -- WAN mode: delay relays ----------------------------------------------------------------
+
+def _start_relay(workdir, upstream_port, delay, relays):
+    """A delay relay in front of 127.0.0.1:upstream_port (recorded in relays) -> its port."""
+    from testgrid import relay
+    log = open(os.path.join(workdir, 'relays.log'), 'ab')
+    try:
+        port, proc = relay.start(upstream_port, delay, log=log)
+    finally:
+        log.close()
+    _children[proc.pid] = proc
+    relays.append({'pid': proc.pid, 'port': port, 'upstream': upstream_port, 'delay': delay})
+    return port
 
 
 # -- service -----------------------------------------------------------------------------------
@@ -386,6 +411,8 @@ def _running(state):
         return False
     if not _alive(state.get('http', {}).get('pid')):
         return False
+    if not all(_alive(r.get('pid')) for r in state.get('relays', [])):
+        return False
     return all(_alive(se.get('pid')) for se in state.get('ses', []))
 
 
@@ -414,15 +441,20 @@ def _locked(workdir):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def start(workdir=None, fresh=False):
-    """Start (or find running) the grid in workdir; return its state dict."""
+def start(workdir=None, fresh=False, delay_ms=0):
+    """Start (or find running) the grid in workdir; return its state dict.
+
+    delay_ms > 0: WAN mode, delay relays in front of the service and the SEs
+    (a running grid with another delay is restarted fresh)."""
     workdir = _abs(workdir)
     with _locked(workdir):
-        return _start(workdir, fresh)
+        return _start(workdir, fresh, float(delay_ms or 0))
 
 
-def _start(workdir, fresh):
+def _start(workdir, fresh, delay_ms=0.0):
     state = load_state(workdir)
+    if state and float(state.get('delay_ms') or 0) != delay_ms:
+        fresh = True      # replicas in the catalogue carry the other mode's ports
     if _running(state) and not fresh:
         return state
     if state:
@@ -448,16 +480,20 @@ def _start(workdir, fresh):
     os.makedirs(os.path.join(workdir, 'se'), exist_ok=True)
     os.chmod(os.path.join(workdir, 'se'), 0o755)
 
+    delay = delay_ms / 1000.0
+    relays = []
     ses = [_se_record(workdir, name, i + 1, _free_port(), uid, gid)
            for i, name in enumerate(SE_NAMES)]
     port = _free_port()
-    config = {'ses': ses, 'port': port}
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-        json.dump(config, f, indent=1)
+    client_port = port
     # catalogue tables and base directories exist before anyone connects
     cat = catalogue.Catalogue(os.path.join(workdir, 'catalogue.sqlite'))
     cat.init_tree()
     cat.close()
+
+    def write_config():
+        with open(os.path.join(workdir, 'config.json'), 'w') as f:
+            json.dump({'ses': ses, 'port': port}, f, indent=1)
 
     waits = []
     try:
@@ -465,6 +501,15 @@ def _start(workdir, fresh):
             _prepare_se(workdir, se, uid, gid)
             se['pid'] = _launch_se(se, runas)
             waits.append(_se_wait_item(se))
+        if delay:
+            # WAN mode: a relay starts only once its upstream holds its port (a relay
+            # listens on a port the kernel picks, which must not be one we reserved),
+            # and the service reads the SE relays' ports from its configuration
+            _wait_ready(waits)
+            for se in ses:
+                se.update(_se_record(workdir, se['name'], se['number'], se['port'], uid, gid,
+                                     _start_relay(workdir, se['port'], delay, relays)), pid=se['pid'])
+        write_config()
         svc_pid = _launch_service(workdir, port)
         waits.append(_service_wait_item(workdir, svc_pid, port,
                                         os.path.join(workdir, 'jcentral.out')))
@@ -472,18 +517,22 @@ def _start(workdir, fresh):
         http_pid, http_waits = _launch_http(workdir, ccdb_port, ml_port)
         waits.extend(http_waits)
         _wait_ready(waits)
+        if delay:
+            client_port = _start_relay(workdir, port, delay, relays)
     except BaseException:
         for item in waits:
             _kill(item[1])
+        for r in relays:
+            _kill(r['pid'])
         raise
     http = {'pid': http_pid, 'ccdb_port': ccdb_port, 'monalisa_port': ml_port,
             'ccdb_url': 'http://127.0.0.1:%d' % ccdb_port,
             'monalisa_url': 'http://127.0.0.1:%d/rest/' % ml_port}
-    state = {'workdir': workdir, 'home': HOME, 'ses': ses,
-             'service': {'port': port, 'pid': svc_pid, 'url':
-                         'wss://127.0.0.1:%d/websocket/json' % port},
+    state = {'workdir': workdir, 'home': HOME, 'ses': ses, 'delay_ms': delay_ms, 'relays': relays,
+             'service': {'port': port, 'pid': svc_pid, 'public_port': client_port, 'url':
+                         'wss://127.0.0.1:%d/websocket/json' % client_port},
              'http': http,
-             'env': _client_env(workdir, pki, port, http),
+             'env': _client_env(workdir, pki, client_port, http),
              'pki': {'ca_cert': pki.ca_cert, 'ca_key': pki.ca_key, 'certdir': pki.certdir,
                      'host_cert': pki.host_cert, 'host_key': pki.host_key,
                      'user_cert': pki.user_cert, 'user_key': pki.user_key,
@@ -516,6 +565,9 @@ def _stop(workdir):
     for se in state.get('ses', []):
         _kill(se.get('pid'), marker=se['cfg'])
         se['pid'] = None
+    for r in state.get('relays', []):
+        _kill(r.get('pid'), marker='testgrid.relay')
+    state['relays'] = []
     state['service']['pid'] = None
     state['extra_services'] = []
     _save_state(workdir, state)
@@ -631,11 +683,40 @@ def make_host_cert(workdir, name, san=('DNS:wrong.example',)):
     return pki.make_host_cert(cert, key, list(san))
 
 
-def populate(workdir, dir_lfn, n, **kw):
+def populate(workdir, dir_lfn, n, se=None, **kw):
     """Insert n file entries into dir_lfn (created with parents) directly in the catalogue.
 
-    Names are file_000000.dat ...; keyword arguments: owner, size, prefix, ext."""
-    return catalogue.populate(os.path.join(_abs(workdir), 'catalogue.sqlite'), dir_lfn, n, **kw)
+    Names are file_000000.dat ...; keyword arguments: owner, size, prefix, ext.
+    se (a storage element's name): each file also gets real bytes (size of them,
+    default 1024) on that SE and a replica, so it can be downloaded."""
+    workdir = _abs(workdir)
+    dir_lfn = catalogue.populate(os.path.join(workdir, 'catalogue.sqlite'), dir_lfn, n, **kw)
+    if se is not None:
+        _populate_data(workdir, dir_lfn, _find_se(load_state(workdir), se), kw.get('size', 1024))
+    return dir_lfn
+
+
+def _populate_data(workdir, dir_lfn, se, size):
+    import hashlib
+    cat = catalogue.Catalogue(os.path.join(workdir, 'catalogue.sqlite'))
+    top = os.path.join(se['datadir'], 'populated')
+    os.makedirs(top, exist_ok=True)
+    try:
+        rows = cat.db.execute("SELECT lfn, guid FROM entries WHERE type = 'f' AND lfn LIKE ? AND guid != ''",
+                              (dir_lfn + '%',)).fetchall()
+        updates, replicas = [], []
+        for lfn, guid in rows:
+            data = (lfn.encode() * (size // max(1, len(lfn)) + 1))[:size]
+            with open(os.path.join(top, guid), 'wb') as f:
+                f.write(data)
+            updates.append((len(data), hashlib.md5(data).hexdigest(), lfn))
+            replicas.append((guid, se['name'], 'root://127.0.0.1:%d//populated/%s' % (se.get('public_port') or se['port'], guid)))
+        with cat.tx():
+            cat.db.executemany('UPDATE entries SET size = ?, md5 = ? WHERE lfn = ?', updates)
+            cat.db.executemany('INSERT OR REPLACE INTO replicas VALUES (?,?,?)', replicas)
+    finally:
+        cat.close()
+    _chown_tree(top, se.get('uid'), se.get('gid'))
 
 
 def run_job(workdir, jobid, **kw):
@@ -691,11 +772,13 @@ def main(argv=None):
     ap.add_argument('action', choices=('start', 'stop', 'env', 'status'))
     ap.add_argument('--dir', default=DEFAULT_DIR, help='grid directory (default %(default)s)')
     ap.add_argument('--fresh', action='store_true', help='start with an empty catalogue')
+    ap.add_argument('--delay-ms', type=float, default=0,
+                    help='WAN mode: delay relays adding this much in each direction')
     a = ap.parse_args(argv)
     try:
         if a.action == 'start':
             t = time.time()
-            state = start(a.dir, fresh=a.fresh)
+            state = start(a.dir, fresh=a.fresh, delay_ms=a.delay_ms)
             print('\n'.join(env_lines(state)))
             print('# grid ready in %.2f s: %s' % (time.time() - t, state['service']['url']),
                   file=sys.stderr)

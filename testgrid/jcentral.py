@@ -1019,7 +1019,7 @@ def c_access(s, args):
     now = cat_mod.now_ms()
     with s.cat.tx():
         for se in chosen:
-            url = 'root://127.0.0.1:%d//%s' % (se['port'], rel)
+            url = 'root://127.0.0.1:%d//%s' % (se.get('public_port') or se['port'], rel)
             row = _access_row(url, se['name'], guid, len(chosen), md5 or None, size)
             s.cat.db.execute('INSERT INTO bookings VALUES (?,?,?,?,?,?,?,?)',
                              (row['envelope'], lfn, guid, se['name'], url, size, md5, now))
