@@ -29,7 +29,9 @@ def _venv_ref(name):
 
 
 def _beside_interpreter(name):
-    return os.path.join(os.path.dirname(sys.executable), name)
+    """Where pip puts NAME's script for this interpreter (its venv, or its prefix)."""
+    import sysconfig
+    return os.path.join(sysconfig.get_path('scripts'), name)
 
 
 # name -> (candidate paths, in order; the .ci/setup step that provides it)
