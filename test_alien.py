@@ -5768,6 +5768,7 @@ def test_reconnect_budget_runs_out_mid_upload(cpenv, grid_state, service_back, t
     files = _rc_files(tmp_path / 'src', n)
     g = grid_dir(grid_state, 'budget')
     env = dict(cpenv, ALIENPY_RECONNECT_TIMEOUT='2')
+    grid.set_faults(service_back, {'commit': 'delay:0.05'})  # (so the service dies mid-copy, not after it)
     proc = subprocess.Popen([sys.executable, ALIEN, 'cp', '-json', 'file:%s/' % (tmp_path / 'src'), g + '@disk:1'],
                             env=env, cwd=cpenv['PWD'], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     while proc.poll() is None and len(_rc_entries(grid_state, g)) < 10:
