@@ -2388,16 +2388,25 @@ options:
   -S N            TCP streams per transfer (1-15)
   -chunks N       parallel chunks per file;  -chunksz BYTES  chunk size
   -y N            read one file from up to N replicas at once
-  -retry N        XRootD retries per attempt (default 1); -timeout S  per file
+  -retry N        XRootD retries of a transfer (default 2; downloads: on the last replica left)
+  -timeout S      per file;  -ratethreshold B/S  fail a transfer slower than B bytes/s
+  defaults from XRD_CPRETRY, XRD_CPTIMEOUT, XRD_XRATETHRESHOLD, XRD_SUBSTREAMSPERCHANNEL,
+  XRD_CPPARALLELCHUNKS, XRD_CPCHUNKSIZE when set
+  -site SITE      prefer replicas close to SITE (the service's site affinity, for this copy)
+  -http           ask the service for HTTP replica URLs (downloads; needs XRootD's HTTP plugin)
+  -noxrdzip       a file inside a zip archive: download the archive, extract the file locally
   -quiet          no progress line, no summary on success; -dryrun  only print the plan
   -strictspec     the service uses only the SEs named in the specifiers
   -norecovery     do not re-book failed upload replicas on other SEs
   -P, -cksum      accepted (md5 is always verified on download)
+  -skipmd5, -fastcheck  accepted with a notice: the md5 is always verified
+  -v, -s, -c, -w, -wh, -d, -xrdcp  accepted and ignored, as by the reference client; -tpc refused
 directories (recursive; listed with the service's find):
   -glob PAT | -select REGEX (full path) | -name begin_X_contain_Y_ends_Z_ext_W
   -parent N       keep the last N directories of the source path
   -rmprefix N     drop the first N directories of the source path
   -a (hidden files, always on)  -j JOBID  -l COUNT  -o OFFSET  (passed to find)
+  -e PATTERN      exclude files whose relative path contains PATTERN (* = any text; repeatable)
   filters: -exclude TEXT, -exclude_re REGEX (relative path; repeatable), -minsize/-maxsize BYTES,
   -mindepth/-maxdepth N, -user U, -group G, -jobid ID, -min-ctime/-max-ctime T (ms, s, YYYY-mm-dd)
 exit code: 0 only when every requested file reached its destination'''
@@ -2406,6 +2415,9 @@ exit code: 0 only when every requested file reached its destination'''
 _CP_OPTIONS = {
     '-f': ('force', 'flag'), '-force': ('force', 'flag'),
     '-P': ('posc', 'flag'), '-cksum': ('cksum', 'flag'), '-a': ('hidden', 'flag'),
+    '-http': ('http', 'flag'), '-noxrdzip': ('noxrdzip', 'flag'), '-tpc': ('tpc', 'flag'),
+    '-skipmd5': ('skipmd5', 'flag'), '-fastcheck': ('fastcheck', 'flag'),
+    '-ratethreshold': ('ratethreshold', 'int'), '-site': ('site', 'str'), '-e': ('exclude_pat', 'list'),
     '-strictspec': ('strictspec', 'flag'), '-norecovery': ('norecovery', 'flag'),
     '-quiet': ('quiet', 'flag'), '-dryrun': ('dryrun', 'flag'),
     '-y': ('sources', 'int'), '-S': ('streams', 'int'), '-chunks': ('chunks', 'int'),
@@ -2421,11 +2433,20 @@ _CP_OPTIONS = {
     '-user': ('user', 'str'), '-group': ('group', 'str'), '-jobid': ('jobid_is', 'str'),
     '-min-ctime': ('min_ctime', 'time'), '-max-ctime': ('max_ctime', 'time'),
 }
+# accepted and ignored, as the reference client ignores them (find options it does not
+# pass on, its unimplemented verbose mode, its unused -xrdcp)
+_CP_OPTIONS.update((o, (None, 'ignore')) for o in ('-v', '-s', '-c', '-w', '-wh', '-d', '-xrdcp'))
+# cp defaults the reference client reads from XRootD's variables
+_CP_ENV_DEFAULTS = (('XRD_CPRETRY', 'retry'), ('XRD_CPTIMEOUT', 'timeout'), ('XRD_XRATETHRESHOLD', 'ratethreshold'),
+                    ('XRD_SUBSTREAMSPERCHANNEL', 'streams'), ('XRD_CPPARALLELCHUNKS', 'chunks'),
+                    ('XRD_CPCHUNKSIZE', 'chunksize'))
 
 _CP_DEFAULTS = {
     'force': False, 'posc': True, 'cksum': True, 'hidden': True, 'quiet': False, 'dryrun': False,
     'strictspec': False, 'norecovery': False,
-    'sources': 1, 'streams': 0, 'chunks': 0, 'chunksize': 0, 'parallel': None, 'retry': 1,
+    'sources': 1, 'streams': 0, 'chunks': 0, 'chunksize': 0, 'parallel': None, 'retry': 2, 'ratethreshold': 0,
+    'http': False, 'noxrdzip': False, 'tpc': False, 'skipmd5': False, 'fastcheck': False, 'site': '',
+    'exclude_pat': (),
     'timeout': 0, 'parent': 0, 'rmprefix': 0, 'limit': 0, 'offset': 0,
     'input': '', 'dst': '', 'glob': '', 'select': '', 'name': '', 'jobid': '', 'help': False,
     'exclude': (), 'exclude_re': (), 'minsize': None, 'maxsize': None, 'mindepth': None, 'maxdepth': None,
@@ -2504,9 +2525,20 @@ def parse_option_table(args, table, defaults, cmd, code=EX_EINVAL, help_opts=('-
     return opts, pos
 
 
-def parse_cp_args(args):
-    """Parse cp arguments -> (options dict, positional list); see parse_option_table."""
-    opts, pos = parse_option_table(args, _CP_OPTIONS, _CP_DEFAULTS, 'cp')
+def parse_cp_args(args, environ=None):
+    """Parse cp arguments -> (options dict, positional list); see parse_option_table.
+    The XRD_* variables of _CP_ENV_DEFAULTS in environ (default: os.environ)
+    replace the defaults."""
+    defaults = dict(_CP_DEFAULTS)
+    environ = os.environ if environ is None else environ
+    for var, key in _CP_ENV_DEFAULTS:
+        value = environ.get(var, '').strip()
+        if value:
+            try:
+                defaults[key] = abs(int(value))
+            except ValueError:
+                raise AlienError('cp: %s=%r is not an integer' % (var, value), EX_EINVAL)
+    opts, pos = parse_option_table(args, _CP_OPTIONS, defaults, 'cp')
     if opts['parallel'] is not None and opts['parallel'] < 1:
         opts['parallel'] = 1      # None: CP_PARALLEL large / CP_INFLIGHT small files at once
     if opts['streams'] > 15:
@@ -2784,6 +2816,9 @@ def cp_meta_filter(opts):
     tests = []
     for s in opts.get('exclude') or ():
         tests.append(lambda rel, m, s=s: s not in rel)
+    for p in opts.get('exclude_pat') or ():   # -e: '*' stands for any text
+        rx = re.compile('.*'.join(re.escape(x) for x in p.split('*')), re.S)
+        tests.append(lambda rel, m, rx=rx: not rx.search(rel))
     for r in opts.get('exclude_re') or ():
         rx = user_regex(r)
         tests.append(lambda rel, m, rx=rx: not rx.search(rel))
@@ -2870,6 +2905,18 @@ def stat_fields(result):
 _XRD_CLIENT = []
 
 
+_XRD_MISSING = '%s needs the XRootD Python bindings: pip install xrootd (or apt install python3-xrootd)'
+
+
+def require_xrootd(what='cp'):
+    """AlienError when the XRootD bindings are not installed, without importing
+    them (a copy with every file present never needs them)."""
+    if not _XRD_CLIENT:
+        import importlib.util
+        if importlib.util.find_spec('XRootD') is None:
+            raise AlienError(_XRD_MISSING % what, EX_GENERIC)
+
+
 def xrootd_client(what='cp'):
     """Import XRootD once and apply our defaults; AlienError if it is missing
     (`what`: the command that needs it, named in the one-line message)."""
@@ -2878,20 +2925,30 @@ def xrootd_client(what='cp'):
     try:
         from XRootD import client
     except Exception:
-        raise AlienError('%s needs the XRootD Python bindings: pip install xrootd '
-                         '(or apt install python3-xrootd)' % what, EX_GENERIC)
+        raise AlienError(_XRD_MISSING % what, EX_GENERIC)
     # Page checksums (pgread/pgwrite) cost 3-4x throughput on CPU-bound hosts;
     # downloads are verified end to end with the catalogue md5, and every later
     # reader verifies what we uploaded, so they are off unless the user sets
     # XRD_CPUSEPGWRTRD. A refused connection is retried for ConnectionWindow
     # seconds ConnectionRetry times (default 5 x 120 s): we fail over to the
     # next replica instead, so one attempt within 15 s.
+    # The rest as the reference client sets them, so that SEs see a grid client:
+    # application name, timeouts (s), idle connections closed early.
     defaults = (('XRD_CPUSEPGWRTRD', 'CpUsePgWrtRd', 0),
                 ('XRD_CONNECTIONRETRY', 'ConnectionRetry', 1),
-                ('XRD_CONNECTIONWINDOW', 'ConnectionWindow', 15))
+                ('XRD_CONNECTIONWINDOW', 'ConnectionWindow', 15),
+                ('XRD_APPNAME', 'AppName', 'alien.py/%s xrootd/%s' % (VERSION, getattr(client, '__version__', '?'))),
+                ('XRD_TIMEOUTRESOLUTION', 'TimeoutResolution', 1),
+                ('XRD_REQUESTTIMEOUT', 'RequestTimeout', 1200),
+                ('XRD_STREAMTIMEOUT', 'StreamTimeout', 60),
+                ('XRD_CPINITTIMEOUT', 'CPInitTimeout', 90),
+                ('XRD_DATASERVERTTL', 'DataServerTTL', 20),
+                ('XRD_LOADBALANCERTTL', 'LoadBalancerTTL', 30),
+                ('XRD_ZIPMTLNCKSUM', 'ZipMtlnCksum', 1),
+                ('XRD_CPRETRYPOLICY', 'CpRetryPolicy', 'force'))
     for env, key, value in defaults:
         if env not in os.environ:
-            client.EnvPutInt(key, value)
+            (client.EnvPutString if isinstance(value, str) else client.EnvPutInt)(key, value)
     _XRD_CLIENT.append(client)
     return client
 
@@ -2904,10 +2961,9 @@ XRD_CONFIG_KEYS = ('bind_max', 'chksum', 'pio_max', 'readv_ior_max', 'readv_iov_
 
 def xrd_probe_fs(host, what):
     """XRootD FileSystem of root://host (host[:port]) for a probe. Timeouts are checked
-    every second (XRootD's default granularity, 15 s, would make a 2 s timeout last 15 s)."""
+    every second (xrootd_client sets TimeoutResolution 1: XRootD's default granularity,
+    15 s, would make a 2 s timeout last 15 s)."""
     client = xrootd_client(what)
-    if 'XRD_TIMEOUTRESOLUTION' not in os.environ:
-        client.EnvPutInt('TimeoutResolution', 1)
     return client.FileSystem('root://%s/?xrd.wantprot=unix' % host)
 
 
@@ -3025,7 +3081,7 @@ def xrd_stat_pfn(pfn, timeout):
 
 class CopyJob(object):
     """One file transfer: source/target URLs plus what to do afterwards."""
-    __slots__ = ('source', 'target', 'size', 'md5', 'sources', 'info', 'ok', 'error')
+    __slots__ = ('source', 'target', 'size', 'md5', 'sources', 'info', 'ok', 'error', 'retry')
 
     def __init__(self, source, target, size=0, md5='', sources=1, info=None):
         self.source = source
@@ -3036,6 +3092,7 @@ class CopyJob(object):
         self.info = info
         self.ok = False
         self.error = ''
+        self.retry = None       # XRootD retries; None: the -retry option
 
 
 class _Progress(object):
@@ -3178,9 +3235,10 @@ def _stat_of(r, lfn):
     return st
 
 
-def _grid_find(session, base, opts, glob_pattern='', rows=None):
+def _grid_find(session, base, opts, glob_pattern='', rows=None, known=None):
     """Every file under the grid directory base (ends with '/') -> [lfn] (cp, find2).
-    rows: a list to fill with the listing's row of each of them (all fields)."""
+    rows: a list to fill with the listing's row of each of them (all fields);
+    known: a dict to fill with {lfn: (size, md5)} (all fields too)."""
     args = ['-a', '-s']
     if opts.get('jobid'):
         args += ['-j', str(opts['jobid'])]
@@ -3191,8 +3249,8 @@ def _grid_find(session, base, opts, glob_pattern='', rows=None):
     # Selection is applied here on the client (exact glob/regex semantics); the
     # service only lists, so its pattern dialect cannot change what matches.
     needs_meta, meta_ok = cp_meta_filter(opts)
-    if needs_meta or rows is not None:
-        args.insert(0, '-f')        # all fields: size, owner, gowner, ctime, jobid
+    if needs_meta or rows is not None or known is not None:
+        args.insert(0, '-f')        # all fields: size, md5, owner, gowner, ctime, jobid
     args += [base, '*']
     r = session.request('find', args, nomsg=True)
     if r.exitcode != 0:
@@ -3215,6 +3273,9 @@ def _grid_find(session, base, opts, glob_pattern='', rows=None):
                 continue
         if rows is not None:
             rows.append(item)
+        if known is not None and item.get('md5'):
+            size = _int_or_none(item.get('size'))
+            known[lfn] = (-1 if size is None else size, item['md5'].lower())
         out.append(lfn)
     return out
 
@@ -3248,8 +3309,10 @@ def _local_walk(base, opts, glob_pattern=''):
     return out
 
 
-def _access_args(mode, lfn, specs=None, size=None, md5=None, strict=False):
+def _access_args(mode, lfn, specs=None, size=None, md5=None, strict=False, http=False):
     args = ['-f'] if strict and specs else []
+    if http:
+        args.append('-u')   # HTTP replica URLs
     if size is not None:
         args += ['-s', str(size)]
     if md5:
@@ -3274,13 +3337,64 @@ def _requests(session, requests, window=REQUEST_WINDOW):
     return session.request_many(requests, nomsg=True, window=window)
 
 
-def _file_matches(path, size, md5):
+# ---- cp: extended attributes of downloaded files ------------------------------
+# A download records the reference client's attributes (user.lfn, user.guid,
+# user.md5, user.size, user.ts_r, user.ts_w). Here ts_w is the file's mtime in ms
+# when it was delivered: a later write moves the mtime, so a re-run can tell an
+# untouched file (skipped without reading it) from one whose bytes may differ
+# (hashed again).
+
+def _mtime_ms(st):
+    return str(st.st_mtime_ns // 1000000)
+
+
+def write_xattrs(path, lfn='', guid='', md5='', size=None):
+    """Record what path holds -> False when the file system has no user xattrs."""
+    try:
+        st = os.stat(path)
+        for key, value in (('lfn', lfn), ('guid', guid), ('md5', md5),
+                           ('size', str(st.st_size if size is None else size)),
+                           ('ts_r', _mtime_ms(st)), ('ts_w', _mtime_ms(st))):
+            if value:
+                os.setxattr(path, 'user.' + key, value.encode('utf-8'))
+        return True
+    except (OSError, AttributeError):   # no user xattrs here (or no os.setxattr)
+        return False
+
+
+def present_unchanged(path, size, md5):
+    """True when path holds the catalogue file (size, md5) by the xattrs of its
+    download and its size and mtime have not moved since; nothing is read."""
+    if not md5:
+        return False
+    try:
+        st = os.stat(path)
+        if size >= 0 and st.st_size != size:
+            return False
+        # with the catalogue size known and equal, user.size adds nothing: 2 reads, not 3
+        keys = ('ts_w', 'md5') if size >= 0 else ('ts_w', 'md5', 'size')
+        x = [os.getxattr(path, 'user.' + k).decode('ascii', 'replace') for k in keys]
+    except (OSError, AttributeError):
+        return False
+    return x == [_mtime_ms(st), md5, str(st.st_size)][:len(keys)]
+
+
+def _file_matches(path, size, md5, lfn=''):
+    """The local file holds the catalogue's bytes: by its xattrs when it is untouched
+    since they were written, else by its md5 (and the xattrs are then written)."""
+    if present_unchanged(path, size, md5):
+        return True
     try:
         if os.path.getsize(path) != size:
             return False
-        return not md5 or md5_file(path) == md5
+        if not md5:
+            return True
+        if md5_file(path) != md5:
+            return False
     except OSError:
         return False
+    write_xattrs(path, lfn, '', md5, size)
+    return True
 
 
 def _progress_enabled(opts):
@@ -3380,6 +3494,11 @@ def _copy_one(job, opts, handler):
             kw['chunksize'] = int(opts['chunksize'])
         if opts.get('timeout'):
             kw['cptimeout'] = int(opts['timeout'])
+        if opts.get('ratethreshold'):
+            kw['xrateThreshold'] = int(opts['ratethreshold'])
+        # the init timeout is not taken from the environment by add_job
+        kw['inittimeout'] = int(client.EnvGetInt('CPInitTimeout') or 90)
+        kw['retry'] = int(opts.get('retry', 2) if job.retry is None else job.retry)
         if job.target.startswith('/'):
             # download into a fresh temporary name: the directory exists
             # already, nothing to overwrite; md5 verified by XRootD after
@@ -3389,7 +3508,7 @@ def _copy_one(job, opts, handler):
             proc.add_job(job.source, job.target, sourcelimit=job.sources, **kw)
         else:
             # upload: POSC so an interrupted write leaves nothing on the SE
-            proc.add_job(job.source, job.target, posc=True, mkdir=True, retry=int(opts.get('retry', 1)), **kw)
+            proc.add_job(job.source, job.target, posc=True, mkdir=True, **kw)
         status = proc.prepare()
         if not status.ok:
             raise AlienError(status.message.strip())
@@ -3536,7 +3655,10 @@ def cp_download(session, items, opts, stats):
         reps = info['replicas']
         job.target = part_name(info['dst'])
         job.ok = False
-        if not info.get('metalink_tried') and opts.get('sources', 1) > 1 and len(reps) > 1:
+        if info.get('unzip'):
+            job.md5 = ''    # the archive is fetched: its member is checked after extraction
+        if not info.get('metalink_tried') and not info.get('unzip') and opts.get('sources', 1) > 1 \
+                and len(reps) > 1:
             # first attempt with -y N: read from several replicas at once
             info['metalink_tried'] = True
             if not tmpdir:
@@ -3545,6 +3667,7 @@ def cp_download(session, items, opts, stats):
             meta = os.path.join(tmpdir[0], '%d.meta4' % len(os.listdir(tmpdir[0])))
             write_metalink(meta, info['lfn'], job.size, job.md5, [u for u, _ in reps])
             job.source, job.sources = meta, min(opts['sources'], len(reps))
+            job.retry = 0
             info['se'] = 'all replicas'
         else:
             # then one replica after the other, in the service's order
@@ -3552,14 +3675,21 @@ def cp_download(session, items, opts, stats):
             job.source, job.sources = reps[n][0], 1
             info['se'] = reps[n][1]
             info['next'] = n + 1
+            # the next replica is the better retry; the last one gets XRootD's retries
+            job.retry = None if info['next'] == len(reps) else 0
         live.add(job)
         pipe.submit([job])
 
     def settle(job):
         live.discard(job)
         info = job.info
+        if job.ok and info.get('unzip'):
+            job.error = extract_zip_member(job.target, info['unzip'], info['md5'])
+            job.ok = not job.error
         got = _regular_size(job.target) if job.ok else None
         if got is not None and job.size in (-1, got):
+            write_xattrs(job.target, info['lfn'], info.get('guid', ''), info.get('md5', ''),
+                         job.size if job.size >= 0 else None)
             try:
                 os.replace(job.target, info['dst'])
             except OSError as e:
@@ -3585,7 +3715,8 @@ def cp_download(session, items, opts, stats):
             window = list(itertools.islice(items, REQUEST_WINDOW))
             if not window:
                 break
-            replies = _requests(session, [('access', _access_args('read', x[0], x[2], strict=opts.get('strictspec')))
+            replies = _requests(session, [('access', _access_args('read', x[0], x[2], strict=opts.get('strictspec'),
+                                                                 http=opts.get('http')))
                                           for x in window])
             for (lfn, dst, specs), r in zip(window, replies):
                 for job in pipe.results():
@@ -3599,15 +3730,18 @@ def cp_download(session, items, opts, stats):
                 except (KeyError, ValueError):
                     size = -1           # unknown: not checked
                 md5 = (first.get('md5') or '').lower()
-                replicas = [(grid_url(x.get('url', ''), x.get('envelope', '')), x.get('se', '?'))
-                            for x in r.results if x.get('url')]
+                member = ''
+                if opts.get('noxrdzip'):   # fetch the whole archive: no xrdcl.unzip
+                    member = next((x['url'].rsplit('#', 1)[1] for x in r.results if '#' in x.get('url', '')), '')
+                replicas = [(grid_url(x['url'].split('#', 1)[0] if member else x['url'], x.get('envelope', '')),
+                             x.get('se', '?')) for x in r.results if x.get('url')]
                 stats.replicas[lfn] = len(replicas)
                 try:
                     st = os.stat(dst)      # one look at the destination (a stat per file counts)
                 except OSError:
                     st = None
                 if st is not None and stat_mod.S_ISREG(st.st_mode) and not opts.get('force') and \
-                        _file_matches(dst, size, md5):
+                        _file_matches(dst, size, md5, lfn):
                     stats.already(lfn, dst)
                     continue
                 if not replicas:
@@ -3626,7 +3760,8 @@ def cp_download(session, items, opts, stats):
                     continue
                 progress.total_files += 1
                 progress.total_bytes += max(size, 0)
-                info = {'lfn': lfn, 'dst': dst, 'replicas': replicas, 'next': 0, 'errors': []}
+                info = {'lfn': lfn, 'dst': dst, 'replicas': replicas, 'next': 0, 'errors': [], 'md5': md5,
+                        'guid': first.get('guid', ''), 'unzip': member}
                 launch(CopyJob('', '', size, md5, 1, info))
         while pipe.pending:
             for job in pipe.results(wait=True):
@@ -3646,6 +3781,29 @@ def cp_download(session, items, opts, stats):
         if tmpdir:
             import shutil
             shutil.rmtree(tmpdir[0], ignore_errors=True)
+
+
+def extract_zip_member(path, member, md5):
+    """-noxrdzip: path holds a zip archive; replace it by its member (checked
+    against md5 when given) -> '' or the reason it failed."""
+    import zipfile
+    tmp = path + '.member'
+    try:
+        with zipfile.ZipFile(path) as z, z.open(member) as src, open(tmp, 'wb') as out:
+            h = hashlib.md5()
+            while True:
+                b = src.read(4 << 20)
+                if not b:
+                    break
+                h.update(b)
+                out.write(b)
+        if md5 and h.hexdigest() != md5:
+            raise ValueError('md5 of the extracted %s is %s, the catalogue says %s' % (member, h.hexdigest(), md5))
+        os.replace(tmp, path)
+        return ''
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
+        _unlink_quiet(tmp)
+        return 'cannot extract %s from the archive: %s' % (member, e)
 
 
 def _regular_size(path):
@@ -3681,7 +3839,8 @@ def _existing_upload_target(session, e, r, opts, stats):
     d, base = e['lfn'].rsplit('/', 1)
     e['target'] = '%s/.%s.alienpy-part-%s' % (d, base, os.urandom(6).hex())
     e['replace'] = True
-    r = _access(session, 'write-once', e['target'], _with_default_specs(e['specs']), e['size'], e['md5'],
+    r = _access(session, 'write-once', e['target'], _with_default_specs(e['specs'], e['lfn'], e['size']),
+                e['size'], e['md5'],
                 opts.get('strictspec'))
     if r.exitcode != 0 or not r.results:
         stats.fail(e['src'], 'no write access for %s: %s' % (e['lfn'], r.err or 'exit code %d' % r.exitcode))
@@ -3782,7 +3941,8 @@ def cp_upload(session, items, opts, stats):
             good, commit_requests = commits(done)
             try:
                 replies = _requests(session, [('access', _access_args('write-once', x['lfn'],
-                                                                      _with_default_specs(x['specs']), x['size'],
+                                                                      _with_default_specs(x['specs'], x['lfn'],
+                                                                                          x['size']), x['size'],
                                                                       x['md5'], opts.get('strictspec')))
                                               for x in entries] + commit_requests, window=4 * REQUEST_WINDOW)
             except (ConnectionLost, KeyboardInterrupt) as e:
@@ -3936,10 +4096,18 @@ def _commit(session, jobs, replies=None, stop=None):
     return results, None
 
 
-def _with_default_specs(specs):
+# small job files (scripts, macros, JDLs, collections) get more replicas, as with the reference
+JOB_FILE_EXTENSIONS = ('.sh', '.C', '.jdl', '.xml')
+
+
+def _with_default_specs(specs, lfn='', size=None):
+    """Upload specifiers with the default replica count: disk:4 for a job file under
+    1 MiB with no specifier at all, else disk:2 unless a count or an SE is named."""
     if any(re.match(r'^[A-Za-z][A-Za-z0-9_-]*[:=]\d+$', s) for s in specs) or \
             any('::' in s and not s.startswith('!') for s in specs):
         return specs
+    if not specs and lfn.endswith(JOB_FILE_EXTENSIONS) and size is not None and size < (1 << 20):
+        return ['disk:4']
     return ['disk:2'] + list(specs)
 
 
@@ -3969,7 +4137,7 @@ def _prefetch_stats(session, pairs):
     return dict(zip(lfns, _requests(session, [('stat', [lfn]) for lfn in lfns], window=4 * REQUEST_WINDOW)))
 
 
-def cp_plan(session, src, dst, opts, stats_cache=None):
+def cp_plan(session, src, dst, opts, stats_cache=None, known=None):
     """One src/dst pair -> ('download'|'upload', [(src, dst, specs)]).
 
     A directory source is copied recursively and its destination is always a
@@ -3993,6 +4161,8 @@ def cp_plan(session, src, dst, opts, stats_cache=None):
             if st is None:
                 raise AlienError('cp: source %s not found' % lfn, EX_ENOENT)
             is_dir = st['type'] == 'd'
+            if known is not None and not is_dir and st['md5']:
+                known[lfn.rstrip('/')] = (st['size'], st['md5'])
         if not is_dir:
             if os.path.isdir(local) and not local.endswith('/'):
                 local += '/'
@@ -4002,7 +4172,8 @@ def cp_plan(session, src, dst, opts, stats_cache=None):
         parent = opts['parent'] + (0 if pattern or g_path.endswith('/') else 1)
         lfn = lfn.rstrip('/') + '/'
         local = local.rstrip('/') + '/'
-        files = _grid_find(session, lfn, opts, pattern)
+        # files may be present already only when the destination directory is
+        files = _grid_find(session, lfn, opts, pattern, known=known if os.path.isdir(local) else None)
         if not files:
             raise AlienError('cp: no files found in %s' % lfn, EX_ENOMSG)
         # named as they are consumed: the first files transfer while later names are made
@@ -4082,6 +4253,7 @@ def cp_run(session, pairs, opts):
     stats = CpStats()
     uploads = []
     unplanned = [0]   # index of the first pair not planned yet
+    known = {}      # lfn -> (size, md5) from the listings: present files are skipped unread
 
     def planned_downloads():
         seen = set()
@@ -4092,9 +4264,9 @@ def cp_run(session, pairs, opts):
             start += len(chunk)
             cache = _prefetch_stats(session, chunk) if len(pairs) > 1 else None
             for n, (src, dst) in enumerate(chunk):
-                unplanned[0] = start + n + 1
+                unplanned[0] = start - len(chunk) + n + 1
                 try:
-                    direction, items = cp_plan(session, src, dst, opts, cache)
+                    direction, items = cp_plan(session, src, dst, opts, cache, known)
                 except AlienError as e:
                     if len(pairs) == 1:
                         raise
@@ -4110,6 +4282,11 @@ def cp_run(session, pairs, opts):
                         stats.fail(it[0], 'two sources map to %s' % it[1])
                         continue
                     seen.add(it[1])
+                    k = known.get(it[0])
+                    if k is not None and not opts.get('force') and not opts.get('dryrun') and \
+                            present_unchanged(it[1], k[0], k[1]):
+                        stats.already(it[0], it[1])      # by its xattrs: no access request, nothing read
+                        continue
                     unique.append(it)
                 stats.planned.extend((it[0], it[1]) for it in unique)  # (each one's final state is reported)
                 for it in unique:
@@ -4119,9 +4296,14 @@ def cp_run(session, pairs, opts):
         stats.plan = ['%s -> %s' % (s, d) for s, d, _ in planned_downloads()]
         stats.plan += ['%s -> %s%s' % (s, d, (' (%s)' % ','.join(sp)) if sp else '') for s, d, sp in uploads]
         return stats
-    xrootd_client()
     try:
-        cp_download(session, planned_downloads(), opts, stats)
+        downloads = planned_downloads()
+        first = next(downloads, None)
+        if first is not None:       # with everything present, XRootD is not even imported
+            xrootd_client()
+            cp_download(session, itertools.chain([first], downloads), opts, stats)
+        if uploads and opts.get('http'):
+            stats.notices.append('cp: -http ignored for uploads (XRootD writes)')
         if uploads:
             stats.planned.extend((s, d) for s, d, _ in uploads)
             cp_prepare_upload_dirs(session, uploads)
@@ -5108,15 +5290,18 @@ def cmd_home(session, args):
     return Result(0, session.home)
 
 
-@command('version', connect=False, usage='version  client and environment versions')
+@command('version', connect=False, usage='version  client and environment versions (XRootD, Python, locations)')
 def cmd_version(session, args):
-    import importlib.util
-    xrd = importlib.util.find_spec('XRootD') is not None
     lines = ['alien.py version: %s' % VERSION,
-             'alien.py location: %s' % os.path.abspath(__file__),
-             'Interpreter: %s' % sys.executable,
-             'Python version: %s' % sys.version.split()[0],
-             'XRootD: %s' % ('available' if xrd else 'Not Found! (pip install xrootd)')]
+             'alien.py location: %s' % os.path.realpath(__file__),
+             'script location: %s' % (sys.argv[0] if sys.argv and sys.argv[0] else '-'),
+             'Interpreter: %s' % os.path.realpath(sys.executable),
+             'Python version: %s' % sys.version.replace('\n', ' ')]
+    try:
+        from XRootD import client as xrd
+        lines += ['XRootD version: %s' % getattr(xrd, '__version__', '?'), 'XRootD path: %s' % xrd.__file__]
+    except Exception:
+        lines.append('XRootD version: Not Found! (pip install xrootd)')
     return Result(0, '\n'.join(lines))
 
 
@@ -5148,15 +5333,39 @@ def format_columns(names, width=None):
     return '\n'.join(''.join(n.ljust(colw) for n in row).rstrip() for row in rows)
 
 
-@command('exit', 'quit', 'logout', connect=False, usage='exit [CODE]  leave the shell')
+@command('exit', 'quit', 'logout', connect=False,
+         usage='exit [CODE [stderr] [MESSAGE...]]  leave with CODE (default: the last exit code), printing MESSAGE '
+               '(on stderr when CODE is not 0 or with stderr)')
 def cmd_exit(session, args):
     code = session.last_exitcode
-    if args:
-        try:
-            code = int(args[0])
-        except ValueError:
-            return Result(EX_EINVAL, '', 'exit: %r is not a number' % args[0])
+    args = list(args)
+    if args and re.match(r'^-?\d+$', args[0]):
+        code = int(args.pop(0))
+    elif args and args[0] not in ('stderr', 'err'):  # a typo must not end the shell
+        return Result(EX_EINVAL, '', 'exit: %r is not a number' % args[0])
+    to_err = code != 0
+    if args and args[0] in ('stderr', 'err'):
+        args.pop(0)
+        to_err = True
+    message = ' '.join(args).strip()
+    if message:
+        (sys.stderr if to_err else sys.stdout).write(message + '\n')
     raise SystemExit(code)
+
+
+@command('time', usage='time COMMAND [ARGS]  run COMMAND and add its wall time seen by the client\n'
+                       'time N COMMAND [ARGS]  the service runs COMMAND N times and reports its own timing')
+def cmd_time(session, args):
+    if not args:
+        return Result(EX_EINVAL, '', 'time: need a command (see time -h)')
+    if re.match(r'^\d+$', args[0]):  # the service's own repeat-and-time
+        return session.request('time', args, nokeys=not session.command_json)
+    as_json = session.command_json
+    t0 = time.monotonic()
+    result = session.run_tokens(list(args) + (['-json'] if as_json else []))
+    if result.exitcode == 0 and not result.as_json:
+        result.out = (result.out + '\n' if result.out else '') + 'time: %.3f ms' % ((time.monotonic() - t0) * 1000)
+    return result
 
 
 @command('ping', usage='ping [COUNT]  websocket round-trip time to the service')
@@ -5178,12 +5387,40 @@ def cmd_exitcode(session, args):
 
 
 # -- transfer commands (cp, cat, edit, ...) --
+def cp_option_notices(opts):
+    """What alien.py does instead of the reference client's options that would
+    weaken its checks -> [notice lines]; -tpc is refused (AlienError, exit 1)."""
+    if opts['tpc']:
+        raise AlienError('cp: -tpc is not allowed: third-party copies are not supported', EX_GENERIC)
+    out = []
+    if opts['skipmd5']:
+        out.append('cp: -skipmd5 ignored: alien.py always verifies the md5 of what it copies')
+    if opts['fastcheck']:
+        out.append('cp: -fastcheck ignored: a present file is skipped without reading it only when its '
+                   'size, mtime and recorded md5 (xattrs) match the catalogue, else its md5 is checked')
+    return out
+
+
+def cp_sources_to_dir(pos, local_isdir=os.path.isdir):
+    """cp SRC1 SRC2 ... DIR/: several sources and a directory last -> (DIR, [SRC...]);
+    the directory ends with '/' or is an existing local directory."""
+    dst = pos[-1]
+    side, path = cp_side(dst)
+    if dst.endswith('/') or split_specs(dst)[0].endswith('/') or (side != 'grid' and local_isdir(
+            os.path.expanduser(path))):
+        return dst, pos[:-1]
+    raise AlienError('cp: %d sources need a directory as the last argument (end it with /); see cp -h'
+                     % (len(pos) - 1), EX_EINVAL)
+
+
 @command('cp', usage=CP_USAGE)
 def cmd_cp(session, args):
-    opts, pos = parse_cp_args(args)
+    opts, pos = parse_cp_args(args, session.environ)
     if opts['help']:
         return Result(0, out=CP_USAGE)
-    notices = []
+    notices = cp_option_notices(opts)
+    if not opts['input'] and not opts['dst'] and len(pos) > 2:
+        opts['dst'], pos = cp_sources_to_dir(pos)
     if opts['input']:
         if pos:
             raise AlienError('cp: -input FILE takes no other SRC/DST arguments', EX_EINVAL)
@@ -5193,7 +5430,8 @@ def cmd_cp(session, args):
             raise AlienError('cp: cannot read -input file %s: %s' % (opts['input'], e.strerror), EX_ENOENT)
         except ValueError as e:
             raise AlienError('cp: cannot read -input file %s: %s' % (opts['input'], e), EX_EINVAL)
-        pairs, notices = parse_input_lines(text)
+        pairs, more = parse_input_lines(text)
+        notices += more
         if not pairs:
             raise AlienError('cp: no "src dst" lines in %s' % opts['input'], EX_EINVAL)
     elif opts['dst']:
@@ -5214,10 +5452,27 @@ def cmd_cp(session, args):
     else:
         pairs = [(pos[0], pos[1])]
     if not opts['dryrun']:
-        xrootd_client()
+        require_xrootd()
     if notices:
         print_error('\n'.join(notices))
+    if opts['site'] and not opts['dryrun']:
+        return cp_at_site(session, pairs, opts)
     return cp_result(cp_run(session, pairs, opts), opts, session.command_json)
+
+
+def cp_at_site(session, pairs, opts):
+    """-site SITE: the service's site affinity (setSite) for this copy only; the
+    previous site (from the reply 'Setting close site to X (was Y)') is restored."""
+    r = session.request('setSite', [opts['site']], nomsg=False)
+    if r.exitcode != 0:
+        raise AlienError('cp: -site %s: %s' % (opts['site'], r.err or 'exit code %d' % r.exitcode), r.exitcode)
+    m = re.search(r'\(was ([^)]*)\)', r.out or '')
+    try:
+        return cp_result(cp_run(session, pairs, opts), opts)
+    finally:
+        previous = m.group(1).strip() if m else session.environ.get('ALIEN_SITE', '')
+        if previous and previous != opts['site']:
+            session.request('setSite', [previous], nomsg=True)
 
 
 def _fetch_temp(session, arg, tmpdir, nses=None):
@@ -7332,27 +7587,101 @@ def exit_status(code):
     return code if 0 <= code <= 255 else (code & 0xFF) or 1
 
 
-USAGE = '''usage: alien.py                     interactive shell
+USAGE = """usage: alien.py                     interactive shell
        alien.py 'cmd1 args; cmd2'   run commands and exit with the last one's code
-       alien.py help                list the commands'''
+       alien.py FILE                run the command lines of a local file
+       alien.py help                list the commands
+  anywhere: -json (JSON replies for the whole run), -debug, -debugfile FILE (debug log)
+  the arguments are joined with spaces and split again honouring quotes:
+  alien.py "stat 'my file'" for a name with a space"""
+
+# The alien-<verb> commands of the reference client (alien_<verb> is any verb).
+ENTRY_VERBS = ('token-init', 'token-info', 'token-destroy', 'cert-info')
+
+
+def entry_verb(argv0):
+    """The verb a program name stands for: alien_ls -> 'ls', alien-token-init ->
+    'token-init'; '' for alien.py itself (and alien_cmd, the reference's plain name)."""
+    name = os.path.basename(argv0 or '')
+    if name.endswith('.py'):
+        name = name[:-3]
+    if name.startswith('alien_') and name not in ('alien_', 'alien_cmd'):
+        return name[6:]
+    if name.startswith('alien-') and name[6:] in ENTRY_VERBS:
+        return name[6:]
+    return ''
+
+
+def parse_main_args(argv):
+    """Front-end options anywhere on the command line -> (words, options).
+    options: json (bool), debug (bool), debugfile (str or None)."""
+    words, opts = [], {'json': False, 'debug': False, 'debugfile': None}
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == '-json':
+            opts['json'] = True
+        elif a == '-debug':
+            opts['debug'] = True
+        elif a == '-debugfile':
+            if i + 1 >= len(argv) or not argv[i + 1]:
+                raise AlienError('-debugfile needs a file name', EX_USAGE)
+            opts['debug'], opts['debugfile'] = True, argv[i + 1]
+            i += 1
+        else:
+            words.append(a)
+        i += 1
+    return words, opts
+
+
+def command_file_lines(text):
+    """Content of a command file -> its command lines (blank lines and # comments dropped)."""
+    return [s for s in (line.strip() for line in text.splitlines()) if s and not s.startswith('#')]
+
+
+def run_command_file(session, path):
+    """Each line of a local file as a command line -> exit code of the last command."""
+    try:
+        with open(path, encoding='utf-8', errors='replace') as f:
+            lines = command_file_lines(f.read())
+    except OSError as e:
+        raise AlienError('cannot read the command file %s: %s' % (path, e.strerror), EX_ENOENT)
+    code = 0
+    for line in lines:
+        try:
+            code = session.run(line, on_result=print_result).exitcode
+        except AlienError as e:
+            print_error('alien.py: %s' % e)
+            code = session.last_exitcode = e.exitcode
+    return code
 
 
 def main(argv=None):
+    prog = sys.argv[0] if argv is None else 'alien.py'
     argv = sys.argv[1:] if argv is None else list(argv)
     session = None
     try:
-        if argv and argv[0] in ('-h', '--help', '-help'):
+        verb = entry_verb(prog)
+        if not verb and argv and argv[0] in ('-h', '--help', '-help'):
             sys.stdout.write(USAGE + '\n')
             return 0
-        if '-json' in argv[:1]:
-            argv = argv[1:]
+        words, opts = parse_main_args(argv)
+        if opts['json']:
             os.environ['ALIENPY_JSON'] = '1'
+        if opts['debug']:
+            os.environ['ALIENPY_DEBUG'] = '1'
+        if opts['debugfile']:
+            os.environ['ALIENPY_DEBUG_FILE'] = opts['debugfile']
+        if verb:
+            words.insert(0, verb)
         session = Session()
         session.compact_rows = True
-        if not argv:
+        if not words:
             return exit_status(shell_main(session))
-        line = argv[0] if len(argv) == 1 else ' '.join(shlex.quote(a) for a in argv)
-        result = session.run(line, on_result=print_result)
+        if not verb and len(words) == 1 and os.path.isfile(words[0]):
+            return exit_status(run_command_file(session, words[0]))
+        # like the reference client: join with spaces and split again, honouring quotes
+        result = session.run(' '.join(words), on_result=print_result)
         return exit_status(result.exitcode)
     except AlienError as e:
         print_error('alien.py: %s' % e)

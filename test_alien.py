@@ -455,7 +455,7 @@ def test_ci_setup_installed_every_tool_the_tests_use():
 
 
 @pytest.mark.once
-def test_pip_install_exposes_the_alien_py_command(tmp_path):
+def test_pip_install_exposes_the_alien_py_command(tmp_path, cenv, grid_state):
     venv = tmp_path / 'venv'
     subprocess.run([sys.executable, '-m', 'venv', str(venv)], check=True)
     p = subprocess.run([str(venv / 'bin' / 'pip'), 'install', '-q', '--disable-pip-version-check', REPO],
@@ -464,6 +464,23 @@ def test_pip_install_exposes_the_alien_py_command(tmp_path):
     p = subprocess.run([str(venv / 'bin' / 'alien.py'), 'version'], capture_output=True, text=True, cwd=str(tmp_path))
     assert p.returncode == 0 and 'alien.py version: %s' % alien.VERSION in p.stdout, p.stderr
     assert str(venv) in p.stdout  # the installed module ran, not this checkout's
+    # the reference client's commands, from its packaging metadata: one launcher under each name
+    ref = os.path.join(REPO, '.venv-ref', 'lib', 'python3.11', 'site-packages', 'alienpy-1.7.0.dist-info',
+                       'entry_points.txt')
+    names = [line.split('=')[0].strip() for line in open(ref) if '=' in line]
+    assert len(names) == 23 and 'alien_cp' in names and 'alien-token-init' in names
+    launcher = open(os.path.join(REPO, 'packaging', 'alien.py')).read()
+    for name in names:
+        assert open(str(venv / 'bin' / name)).read().split('\n', 1)[1] == launcher.split('\n', 1)[1], name
+    p = subprocess.run([str(venv / 'bin' / 'alien_cmd'), 'exit 0 plain'], capture_output=True, text=True,
+                       cwd=str(tmp_path))
+    assert (p.returncode, p.stdout) == (0, 'plain\n'), p
+    for name in ('alien_pwd', 'alien_home'):
+        p = subprocess.run([str(venv / 'bin' / name)], capture_output=True, text=True, cwd=str(tmp_path), env=cenv)
+        assert (p.returncode, p.stdout) == (0, grid_state['home'] + '\n'), (name, p)
+    p = subprocess.run([str(venv / 'bin' / 'alien-token-info')], capture_output=True, text=True,
+                       cwd=str(tmp_path), env=cenv)
+    assert p.returncode == 0 and 'jalien' in p.stdout, p   # the token the commands above fetched
 
 
 @pytest.mark.once
@@ -2548,7 +2565,11 @@ def cpenv(cenv, tmp_path):
 
 
 def cpcli(env, *args, **kw):
-    return subprocess.run([sys.executable, ALIEN] + list(args), env=env, cwd=env['PWD'],
+    """alien.py with these words; several words are quoted for the shell-like split
+    of the joined command line (one word is a whole command line)."""
+    import shlex
+    words = list(args) if len(args) == 1 else [shlex.quote(a) for a in args]
+    return subprocess.run([sys.executable, ALIEN] + words, env=env, cwd=env['PWD'],
                           capture_output=True, text=True, timeout=kw.get('timeout', 60))
 
 
@@ -4107,7 +4128,7 @@ def test_run_and_exec(cenv, f2dir, tmp_path):
     assert p.returncode == 1 and 'differ' in p.stdout, p            # cmp's own exit code
     p = run_cli(['exec', d + 's.sh', 'one', 'two'], env=cenv)
     assert (p.returncode, p.stdout) == (3, 'script: one two\n'), p.stderr
-    p = run_cli(['run', 'sh', '-c', 'exit 7', d + 'l.txt'], env=cenv)
+    p = run_cli(["run sh -c 'exit 7' %sl.txt" % d], env=cenv)   # quoted: the words are joined and split again
     assert p.returncode == 7
     for args, code, words in [(['run'], 64, 'usage'), (['run', 'cat'], 64, 'usage'), (['exec'], 64, 'usage'),
                               (['run', 'cat', d + 'missing'], 2, 'no such file'),
@@ -4205,6 +4226,35 @@ COMPAT_CASES = [
      'one line; the reference exits 1', {}),
     (['cp', '-bogus', '{d}l.txt', 'file:{mine}/b/'], ('deviation', 22), 'an option cp does not know is refused '
      '(22): the reference silently ignores it, so a mistyped option changes what is copied unnoticed', {}),
+    (['cp', '-v', '-fastcheck', '-skipmd5', '-ratethreshold', '1000000000', '-s', '-c', '-w', '-wh', '-d', '-xrdcp',
+      '-a', '-cksum', '-strictspec', '-norecovery', '{d}l.txt', 'file:{mine}/o1/'], 'code',
+     'own progress and summary lines; -skipmd5/-fastcheck get a notice on stderr', {}),
+    (['cp', '-noxrdzip', '-http', '-site', 'JTestSite', '-S', '2', '-chunks', '2', '-chunksz', '65536', '-y', '2',
+      '{d}l.txt', 'file:{mine}/o2/'], 'code', 'own progress and summary lines', {}),
+    (['cp', '-parent', '1', '-rmprefix', '1', '-l', '5', '-o', '0', '-name', 'ext_py', '{d}', 'file:{mine}/o3/'],
+     'code', 'own progress and summary lines', {}),
+    (['cp', '{d}l.txt', 'file:{mine}/o5/'], 'code', 'own progress and summary lines',
+     {'XRD_CPRETRY': '3', 'XRD_CPTIMEOUT': '60', 'XRD_CPCHUNKSIZE': '65536', 'XRD_CPPARALLELCHUNKS': '2'}),
+    (['cp', '-tpc', '{d}l.txt', 'file:{mine}/o6/'], 'code', OWN_WORDS + ' (1: refused)', {}),
+    (['cp', '{d}l.txt', '{d}s.sh', 'file:{mine}/o7/'], 'code', 'both exit 0, but the reference copies only the '
+     'last source (it takes the last two arguments); alien.py copies each into the directory', {}),
+    # entry points and the command line
+    (['{d}'], 'same', '', {}, 'alien_ls'),
+    ([], 'same', '', {}, 'alien_pwd'),
+    (['{d}l.txt'], 'same', '', {}, 'alien_stat'),
+    (['{d}l.txt'], 'same', '', {}, 'alien_whereis'),
+    ([], 'same', '', {}, 'alien-token-info'),
+    (['find', '{d} .txt'], 'same', '', {}),                          # joined, then split again
+    (['find {d} .md'], 'same', '', {}),
+    (['{local}/cmds.txt'], 'same', '', {}),                          # a command file
+    (['pwd', '-debug'], 'same', '', {}),
+    (['whoami', '-debugfile', '{mine}/debug.log'], 'same', '', {}),
+    (['ls', '-json', '{d}'], 'code', 'the JSON layout (sorted keys, indent 2)', {}),
+    (['time', 'pwd'], 'code', 'the timing line in our own words', {}),
+    (['exit', '3', 'bye'], 'same', '', {}),
+    (['exit', '0', 'bye'], 'code', 'the reference prints MSG on stderr even with code 0 (it compares the text '
+     "'0' with the number 0); alien.py prints it on stdout", {}),
+    (['version'], 'code', 'our own lines (no version date/hash: one file, no build)', {}),
 ]
 
 
@@ -4227,6 +4277,7 @@ def test_compatibility_with_the_reference_client(cenv, grid_state, f2dir, tmp_pa
     expired, expired_key = grid.make_user_cert(_TG_DIR, 'expired13c', expired=True)
     local = tmp_path / 'local'
     write(local / 'a.root', b'root data\n' * 10)
+    write(local / 'cmds.txt', b'whoami\npwd\nls /nonexistent\n')   # no comment lines: the reference has none
     base = dict(cenv, ALIENPY_NO_CWD_RESTORE='1', ALIENPY_NO_STAGGER='1')
     assert run_cli(['pwd'], env=base).returncode == 0            # one token, shared by both clients
     clients = {'ref': tool('alienpy'), 'ours': ALIEN}
@@ -4246,6 +4297,10 @@ def test_compatibility_with_the_reference_client(cenv, grid_state, f2dir, tmp_pa
         argv = [a.format(**v) for a in args]
         env = dict(base, **dict((k, x.format(**v)) for k, x in extra.items()))
         if name == 'ref':
+            # the reference's run/cat name their temp file after the LFN in $TMPDIR: cases
+            # running at once on the same LFN would share it
+            import tempfile
+            env['TMPDIR'] = tempfile.mkdtemp(dir=str(tmp_path))
             exe = clients['ref'] if prog == 'alien.py' else os.path.join(os.path.dirname(clients['ref']), prog)
             cmd = [exe] + argv
         else:
@@ -4295,7 +4350,8 @@ def test_compatibility_with_the_reference_client(cenv, grid_state, f2dir, tmp_pa
         trees.append(sorted((os.path.relpath(os.path.join(r, f), top), hashlib.md5(open(os.path.join(r, f), 'rb')
                                                                                   .read()).hexdigest())
                             for r, _d, fs in os.walk(top) for f in fs
-                            if r != top and os.path.relpath(r, top) != 'b'))   # b/: the -bogus deviation
+                            if r != top and os.path.relpath(r, top) not in ('b', 'o7')))
+    # b/: the -bogus deviation; o7/: several sources, of which the reference copies only the last
     assert trees[0] == trees[1] and len(trees[1]) > 25, trees
     assert ('rmp/j/jalien/%s/a/x.py' % f2dir.rstrip('/').rsplit('/', 1)[1]) in [t[0] for t in trees[1]]
     uploads = [run_cli(['find2', work[name]['gmine']], env=base).stdout.replace(work[name]['gmine'], '')
@@ -4839,7 +4895,7 @@ def test_ccdb_browse_history_report_and_run(cenv, tmp_path):
     assert [o['runNumber'] for o in doc['results']] == ['523897'] and '/1700086460000' in doc['metadata']['url']
     p = run_cli(['ccdb', '-report', 'TPC'], env=env)
     assert p.returncode == 0 and p.stdout.splitlines()[1].split()[:5] == ['TPC/Calib', '0', '0', 'B', '4']
-    p = run_cli(['ccdb', 'TPC/Calib/PadGainFull', '-header', 'X-Test: 1'], env=env)
+    p = run_cli(["ccdb TPC/Calib/PadGainFull -header 'X-Test: 1'"], env=env)  # quoted: argv is joined
     assert p.returncode == 0 and p.stdout.count('PadGainFull.root') == 1
     with open(os.path.join(_TG_DIR, 'http.log')) as f:
         log = f.read().splitlines()
@@ -5565,6 +5621,284 @@ def test_input_lines_fast_path_splits_like_shlex():
     lines = ['a b', '  a\tb  ', 'a\xa0b c', '/x/y.root file:/tmp/y.root', 'a#b c', "x 'y z'", 'p\\ q r']
     pairs, _ = alien.parse_input_lines('\n'.join(lines))
     assert pairs == [tuple(shlex.split(l.strip())) for l in lines if len(shlex.split(l.strip())) == 2]
+
+
+# ===== h13cli: entry points, the command line, cp compatibility with alienpy 1.7 =====
+
+@pytest.mark.pure
+@pytest.mark.parametrize('argv0, verb', [
+    ('alien.py', ''), ('/usr/bin/alien.py', ''), ('alien_cmd', ''), ('python3', ''), ('alien_', ''),
+    ('/x/alien_ls', 'ls'), ('alien_cp', 'cp'), ('alien_home', 'home'), ('alien_whereis.py', 'whereis'),
+    ('alien-token-init', 'token-init'), ('alien-cert-info', 'cert-info'), ('alien-bogus', ''),
+])
+def test_entry_verb(argv0, verb):
+    assert alien.entry_verb(argv0) == verb
+
+
+@pytest.mark.pure
+def test_parse_main_args():
+    words, o = alien.parse_main_args(['ls', '-json', '-l', '-debugfile', 'log.txt', '/a', '-debug'])
+    assert words == ['ls', '-l', '/a'] and o == {'json': True, 'debug': True, 'debugfile': 'log.txt'}
+    assert alien.parse_main_args(['pwd']) == (['pwd'], {'json': False, 'debug': False, 'debugfile': None})
+    for bad in (['pwd', '-debugfile'], ['-debugfile', '']):
+        with pytest.raises(alien.AlienError) as e:
+            alien.parse_main_args(bad)
+        assert e.value.exitcode == alien.EX_USAGE
+
+
+@pytest.mark.pure
+def test_command_file_lines():
+    text = '# comment\n\n  pwd  \n   # indented comment\nls -l; whoami\n\t\nexit 3\n'
+    assert alien.command_file_lines(text) == ['pwd', 'ls -l; whoami', 'exit 3']
+
+
+@pytest.mark.pure
+def test_parse_cp_args_accepts_every_reference_option():
+    args = ['-dryrun', '-f', '-force', '-S', '2', '-chunks', '3', '-chunksz', '1024', '-parent', '1',
+            '-rmprefix', '1', '-T', '4', '-timeout', '5', '-retry', '6', '-ratethreshold', '7', '-strictspec',
+            '-norecovery', '-noxrdzip', '-j', '1', '-l', '2', '-o', '3', '-e', 'x*y', '-glob', '*',
+            '-exclude', 'a', '-exclude_re', 'b', '-user', 'u', '-group', 'g', '-jobid', '9', '-minsize', '1',
+            '-maxsize', '2', '-mindepth', '0', '-maxdepth', '3', '-min-ctime', '1700000000',
+            '-max-ctime', '1800000000', '-fastcheck', '-skipmd5', '-cksum', '-y', '2', '-http', '-site', 'S',
+            '-v', '-a', '-s', '-c', '-w', '-wh', '-d', '-xrdcp', '-tpc', 'SRC', 'DST']
+    opts, pos = alien.parse_cp_args(args, environ={})
+    assert pos == ['SRC', 'DST']
+    assert (opts['ratethreshold'], opts['retry'], opts['site'], opts['exclude_pat']) == (7, 6, 'S', ('x*y',))
+    assert opts['http'] and opts['noxrdzip'] and opts['tpc'] and opts['skipmd5'] and opts['fastcheck']
+    assert alien.parse_cp_args(['-dst', 'D', 'S'], environ={})[0]['dst'] == 'D'
+    assert alien.parse_cp_args(['-input', 'F'], environ={})[0]['input'] == 'F'
+
+
+@pytest.mark.pure
+def test_parse_cp_args_xrd_variables_are_defaults():
+    assert alien.parse_cp_args(['a', 'b'], environ={})[0]['retry'] == 2   # the reference's default
+    env = {'XRD_CPRETRY': '4', 'XRD_CPTIMEOUT': '30', 'XRD_XRATETHRESHOLD': '100', 'XRD_SUBSTREAMSPERCHANNEL': '20',
+           'XRD_CPPARALLELCHUNKS': '2', 'XRD_CPCHUNKSIZE': '65536'}
+    o = alien.parse_cp_args(['a', 'b'], environ=env)[0]
+    assert (o['retry'], o['timeout'], o['ratethreshold'], o['streams'], o['chunks'], o['chunksize']) == \
+        (4, 30, 100, 15, 2, 65536)
+    assert alien.parse_cp_args(['-retry', '0', 'a', 'b'], environ=env)[0]['retry'] == 0  # the option wins
+    with pytest.raises(alien.AlienError) as e:
+        alien.parse_cp_args(['a', 'b'], environ={'XRD_CPRETRY': 'many'})
+    assert e.value.exitcode == alien.EX_EINVAL and 'XRD_CPRETRY' in str(e.value)
+
+
+@pytest.mark.pure
+def test_cp_option_notices_and_tpc():
+    base = alien.parse_cp_args(['a', 'b'], environ={})[0]
+    assert alien.cp_option_notices(base) == []
+    notes = alien.cp_option_notices(dict(base, skipmd5=True, fastcheck=True))
+    assert len(notes) == 2 and all(n.startswith('cp: -') and '\n' not in n for n in notes)
+    with pytest.raises(alien.AlienError) as e:
+        alien.cp_option_notices(dict(base, tpc=True))
+    assert e.value.exitcode == 1 and '-tpc' in str(e.value)
+
+
+@pytest.mark.pure
+def test_cp_sources_to_dir(tmp_path):
+    assert alien.cp_sources_to_dir(['a', 'b', '/g/d/']) == ('/g/d/', ['a', 'b'])
+    assert alien.cp_sources_to_dir(['a', 'b', '/g/d/@disk:1']) == ('/g/d/@disk:1', ['a', 'b'])
+    assert alien.cp_sources_to_dir(['/g/a', '/g/b', 'file:%s' % tmp_path]) == ('file:%s' % tmp_path, ['/g/a', '/g/b'])
+    with pytest.raises(alien.AlienError) as e:
+        alien.cp_sources_to_dir(['a', 'b', '/g/notadir'])
+    assert e.value.exitcode == alien.EX_EINVAL
+    with pytest.raises(alien.AlienError):   # a grid path is never taken for a local directory
+        alien.cp_sources_to_dir(['file:a', 'file:b', 'alien:%s' % tmp_path])
+
+
+@pytest.mark.pure
+@pytest.mark.parametrize('specs, lfn, size, expected', [
+    ([], '/a/run.sh', 100, ['disk:4']), ([], '/a/Macro.C', 100, ['disk:4']), ([], '/a/j.jdl', 0, ['disk:4']),
+    ([], '/a/c.xml', (1 << 20) - 1, ['disk:4']), ([], '/a/c.xml', 1 << 20, ['disk:2']),
+    ([], '/a/f.root', 100, ['disk:2']), (['!ALICE::X::SE'], '/a/run.sh', 1, ['disk:2', '!ALICE::X::SE']),
+    (['disk:1'], '/a/run.sh', 1, ['disk:1']), ([], '/a/macro.c', 1, ['disk:2']),
+])
+def test_default_replicas_of_job_files(specs, lfn, size, expected):
+    assert alien._with_default_specs(specs, lfn, size) == expected
+
+
+@pytest.mark.pure
+def test_cp_exclude_pattern_option():
+    _, ok = alien.cp_meta_filter(alien.parse_cp_args(['-e', 'tmp*log', '-e', 'core', 'a', 'b'], environ={})[0])
+    assert ok('x/tmp_1.log', {}) is False and ok('core.1', {}) is False and ok('x/data.root', {}) is True
+
+
+@pytest.mark.pure
+def test_xattrs_mark_an_untouched_download(tmp_path):
+    f = tmp_path / 'f'
+    f.write_bytes(b'0123456789')
+    md5 = hashlib.md5(b'0123456789').hexdigest()
+    assert not alien.present_unchanged(str(f), 10, md5)          # nothing recorded
+    assert alien.write_xattrs(str(f), '/g/f', 'guid-1', md5, 10)
+    x = {k: os.getxattr(str(f), k).decode() for k in os.listxattr(str(f))}
+    assert {k: x[k] for k in ('user.lfn', 'user.guid', 'user.md5', 'user.size')} == \
+        {'user.lfn': '/g/f', 'user.guid': 'guid-1', 'user.md5': md5, 'user.size': '10'}
+    assert x['user.ts_w'] == x['user.ts_r'] == str(os.stat(str(f)).st_mtime_ns // 1000000)
+    assert alien.present_unchanged(str(f), 10, md5)
+    assert not alien.present_unchanged(str(f), 10, 'f' * 32)     # the catalogue has another file
+    assert not alien.present_unchanged(str(f), 11, md5)
+    os.utime(str(f), ns=(0, os.stat(str(f)).st_mtime_ns + 5000000))  # written again: same size, new mtime
+    assert not alien.present_unchanged(str(f), 10, md5)
+    assert alien._file_matches(str(f), 10, md5)                  # hashed, still right: recorded again
+    assert alien.present_unchanged(str(f), 10, md5)
+
+
+@pytest.mark.pure
+def test_extract_zip_member(tmp_path):
+    import zipfile
+    z = tmp_path / 'a.zip'
+    with zipfile.ZipFile(str(z), 'w') as w:
+        w.writestr('inner.txt', b'hello')
+    good = hashlib.md5(b'hello').hexdigest()
+    assert alien.extract_zip_member(str(z), 'nothere', good).startswith('cannot extract nothere')
+    assert 'md5' in alien.extract_zip_member(str(z), 'inner.txt', 'f' * 32)
+    assert zipfile.is_zipfile(str(z)) and sorted(os.listdir(str(tmp_path))) == ['a.zip']   # untouched
+    assert alien.extract_zip_member(str(z), 'inner.txt', good) == ''
+    assert z.read_bytes() == b'hello'
+    p = tmp_path / 'plain'
+    p.write_bytes(b'not a zip')
+    assert alien.extract_zip_member(str(p), 'inner.txt', '') != ''
+
+
+def test_argv0_dispatch_runs_the_verb(cenv, grid_state, tmp_path):
+    for name in ('alien_pwd', 'alien_home'):
+        link = tmp_path / name
+        link.symlink_to(ALIEN)
+        p = subprocess.run([sys.executable, str(link)], env=cenv, capture_output=True, text=True, timeout=60)
+        assert (p.returncode, p.stdout, p.stderr) == (0, grid_state['home'] + '\n', ''), p
+    link = tmp_path / 'alien_stat'
+    link.symlink_to(ALIEN)
+    p = subprocess.run([sys.executable, str(link), '/nonexistent'], env=cenv, capture_output=True, text=True)
+    assert p.returncode == 2 and one_line_error(p), p
+
+
+def test_command_file(cenv, grid_state, tmp_path):
+    f = tmp_path / 'cmds.txt'
+    f.write_text('# set up\n\nmkdir -p h13cmdfile\ncd h13cmdfile\n  # the check\npwd; whoami\nstat nothere\n')
+    p = run_cli([str(f)], env=cenv)
+    assert p.returncode == 2 and p.stdout == grid_state['home'] + 'h13cmdfile/\njalien\n', p
+    f.write_text('stat nothere\npwd\n')
+    p = run_cli([str(f)], env=cenv)
+    assert p.returncode == 0 and p.stdout == grid_state['home'] + '\n'
+    f.write_text('pwd\nexit 5 stderr bye\npwd\n')
+    p = run_cli([str(f)], env=cenv)
+    assert (p.returncode, p.stdout, p.stderr) == (5, grid_state['home'] + '\n', 'bye\n')
+
+
+def test_debug_and_json_anywhere(cenv, grid_state, tmp_path):
+    log = tmp_path / 'dbg.log'
+    p = run_cli(['pwd', '-debugfile', str(log)], env=cenv)
+    assert (p.returncode, p.stdout) == (0, grid_state['home'] + '\n'), p
+    assert '"command": "pwd"' in log.read_text()
+    assert oct(os.stat(str(log)).st_mode & 0o777) == oct(0o600)
+    p = run_cli(['-debug', 'whoami'], env=cenv)
+    assert (p.returncode, p.stdout) == (0, 'jalien\n')
+    assert os.path.exists(os.path.join(cenv['HOME'], 'alien_py.log'))
+    p = run_cli(['pwd; whoami', '-json'], env=cenv)   # the whole run, both commands
+    assert p.returncode == 0 and p.stdout.count('"metadata"') == 2, p.stdout
+
+
+def test_arguments_are_joined_and_split_like_the_reference(cenv, grid_state):
+    home = grid_state['home']
+    p = run_cli(['mkdir -p h13join/a; touch h13join/a/x.root; touch h13join/a/y.txt; touch "h13join/my file"'],
+                env=cenv)
+    assert p.returncode == 0, p.stderr
+    p = run_cli(['find', home + 'h13join .root'], env=cenv)   # a path and a pattern in one argument
+    assert p.returncode == 0 and p.stdout.split() == [home + 'h13join/a/x.root'], p
+    p = run_cli(["stat 'h13join/my file'"], env=cenv)           # a name with a space, quoted inside
+    assert p.returncode == 0 and 'my file' in p.stdout, p
+    p = run_cli(['ls', 'h13join/a', ';', 'pwd'], env=cenv)     # a lone ; separates commands
+    assert p.stdout.split() == ['x.root', 'y.txt', home], p
+
+
+def test_time_and_exit_and_version(cenv, grid_state):
+    p = run_cli(['time', 'pwd'], env=cenv)
+    lines = p.stdout.splitlines()
+    assert p.returncode == 0 and lines[0] == grid_state['home'] and re.match(r'^time: \d+\.\d{3} ms$', lines[1]), p
+    p = run_cli(['time 2 pwd'], env=cenv)      # the service repeats and times the command itself
+    assert p.returncode == 0 and p.stdout.count(grid_state['home']) >= 2 and 'time:' not in p.stdout, p
+    p = run_cli(['time'], env=cenv)
+    assert p.returncode == 22 and one_line_error(p)
+    p = run_cli(['time stat /nonexistent'], env=cenv)   # a failure: no timing line
+    assert p.returncode == 2 and one_line_error(p)
+    p = run_cli(['exit 3 see you'], env=cenv)
+    assert (p.returncode, p.stdout, p.stderr) == (3, '', 'see you\n')
+    p = run_cli(['exit 0 done'], env=cenv)
+    assert (p.returncode, p.stdout, p.stderr) == (0, 'done\n', '')
+    p = run_cli(['version'], env=cenv)
+    keys = [line.split(':')[0] for line in p.stdout.splitlines()]
+    assert keys == ['alien.py version', 'alien.py location', 'script location', 'Interpreter', 'Python version',
+                    'XRootD version', 'XRootD path'], p.stdout
+    from XRootD import client as xrd
+    assert 'XRootD version: %s\n' % xrd.__version__ in p.stdout
+
+
+def h13_debug_requests(log):
+    return [json.loads(line.split(' request ', 1)[1]) for line in open(log) if ' request {' in line]
+
+
+def test_cp_reference_options_on_the_grid(cpenv, grid_state, tmp_path):
+    g = grid_dir(grid_state, 'h13opts')
+    src = tmp_path / 'src'
+    write(src / 'a.txt', b'a' * 100)
+    write(src / 'b.txt', b'b' * 200)
+    write(src / 'run.sh', b'#!/bin/sh\necho hi\n')
+    log = str(tmp_path / 'dbg.log')
+    p = cpcli(cpenv, 'cp', '-v', '-s', '-c', '-w', '-wh', '-d', '-xrdcp', '-cksum', '-a', '-ratethreshold', '1000000000',
+              '-retry', '1', '-fastcheck', '-skipmd5', '-debugfile', log,
+              'file:' + str(src / 'a.txt'), 'file:' + str(src / 'b.txt'), 'file:' + str(src / 'run.sh'), g)
+    assert p.returncode == 0 and '3/3 files copied' in p.stdout, p
+    notes = p.stderr.splitlines()
+    assert len(notes) == 2 and '-skipmd5' in notes[0] and '-fastcheck' in notes[1], p.stderr
+    access = [r['options'] for r in h13_debug_requests(log) if r['command'] == 'access']
+    specs = {o[o.index('write-once') + 1].rsplit('/', 1)[1]: o[-1] for o in access if 'write-once' in o}
+    assert specs == {'a.txt': 'disk:2', 'b.txt': 'disk:2', 'run.sh': 'disk:4'}, access
+    p = cpcli(cpenv, 'cp', '-tpc', g + 'a.txt', 'file:' + str(tmp_path / 'x'))
+    assert p.returncode == 1 and one_line_error(p) and '-tpc' in p.stderr
+    p = cpcli(cpenv, 'cp', g + 'a.txt', g + 'b.txt', 'file:' + str(tmp_path / 'nodir'))
+    assert p.returncode == 22 and one_line_error(p)
+    out = tmp_path / 'out'
+    p = cpcli(cpenv, 'cp', '-http', '-site', 'JTestSite', '-e', 'b*t', '-debugfile', log, g, 'file:%s/' % out)
+    assert p.returncode == 0 and '2/2 files copied' in p.stdout, p
+    assert sorted(os.listdir(str(out))) == ['a.txt', 'run.sh']   # the content of g/
+    reqs = h13_debug_requests(log)
+    assert [r['options'] for r in reqs if r['command'] == 'setSite'][:1] == [['JTestSite']]
+    assert all('-u' in r['options'] for r in reqs if r['command'] == 'access')
+    p = cpcli(dict(cpenv, XRD_CPRETRY='x'), 'cp', g + 'a.txt', 'file:' + str(tmp_path / 'y'))
+    assert p.returncode == 22 and one_line_error(p) and 'XRD_CPRETRY' in p.stderr
+
+
+def test_cp_rerun_skips_by_xattrs_and_reverifies_changed_bytes(cpenv, grid_state, tmp_path, monkeypatch):
+    g = grid_dir(grid_state, 'h13x')
+    src = tmp_path / 'src'
+    for i in range(3):
+        write(src / ('f%d' % i), os.urandom(1000 + i))
+    assert cpx(cpenv, 'file:%s/' % src, g).returncode == 0
+    out = tmp_path / 'out'
+    p = cpx(cpenv, g, 'file:%s/' % out)
+    assert p.returncode == 0 and '3/3 files copied' in p.stdout, p
+    f0 = out / 'f0'
+    x = {k: os.getxattr(str(f0), k).decode() for k in os.listxattr(str(f0))}
+    assert x['user.lfn'] == g + 'f0' and x['user.size'] == '1000' and len(x['user.guid']) == 36
+    assert x['user.md5'] == hashlib.md5((src / 'f0').read_bytes()).hexdigest()
+    # in this process, to see that nothing is hashed and nothing is asked for access
+    env = {k: v for k, v in cpenv.items()}
+    monkeypatch.chdir(cpenv['PWD'])
+    hashed = []
+    real_md5 = alien.md5_file
+    monkeypatch.setattr(alien, 'md5_file', lambda path, *a: hashed.append(path) or real_md5(path, *a))
+    s = alien.Session(environ=env)
+    try:
+        r = s.run('cp -quiet %s file:%s/' % (g, out))
+        assert r.exitcode == 0 and hashed == [], (r, hashed)
+        # same size, new bytes and a new mtime: hashed, found wrong, copied again
+        f0.write_bytes(os.urandom(1000))
+        r = s.run('cp %s file:%s/' % (g, out))
+        assert r.exitcode == 0 and '1/3 files copied' in r.out and '2 already present' in r.out, r
+        assert hashed == [str(f0)]
+        assert f0.read_bytes() == (src / 'f0').read_bytes()
+    finally:
+        s.close()
 
 
 # ===== reconnect and resume, many processes at once, chaos (issue 11) =====

@@ -1,5 +1,6 @@
 """Shared pieces of the benchmarks: the test grid, the two clients, measuring a
 cold process (wall time and its own peak RSS through wait4)."""
+import contextlib
 import os
 import statistics
 import subprocess
@@ -104,3 +105,23 @@ def compare(label, runs, commands, env):
         print('  ratio %s / %s: wall %.2fx, peak RSS %.2fx, client CPU %.2fx'
               % (names[0], names[1], w0 / w1, r0 / r1, c0 / c1))
     return medians
+
+
+@contextlib.contextmanager
+def fresh_grid(name, scratch_prefix='bench-'):
+    """A fresh test grid under REPO/name and a scratch directory -> (state, env, scratch);
+    both are removed afterwards."""
+    import shutil
+    import tempfile
+    workdir = os.path.join(REPO, name)
+    state = grid.start(workdir, fresh=True)
+    env = dict(os.environ, **state['env'])
+    env.pop('ALIENPY_DEBUG', None)
+    env['ALIENPY_NO_STAGGER'] = '1'
+    scratch = tempfile.mkdtemp(prefix=scratch_prefix)
+    try:
+        yield state, env, scratch
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        grid.stop(workdir)
+        shutil.rmtree(workdir, ignore_errors=True)

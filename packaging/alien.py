@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""Launcher installed as the `alien.py` command by `pip install .`.
+"""Launcher installed as the `alien.py` command by `pip install .`, and under the
+reference client's names (`alien_ls`, `alien-token-init`, ...: links to this file in
+packaging/): main() reads the verb from the program name.
 
 The command and the module share the name alien.py; Python puts the command's
 own directory first on sys.path, so without this launcher `import alien` would

@@ -1290,6 +1290,23 @@ def c_version(s, args):
              'message': 'JAliEn %s (testgrid)' % SERVER_VERSION}]
 
 
+@command('time')
+def c_time(s, args):
+    """time N COMMAND [ARGS]: run COMMAND N times; its messages and the timing"""
+    if len(args) < 2 or not args[0].isdigit() or int(args[0]) < 1:
+        raise CmdError(EINVAL, 'time needs a repeat count and a command')
+    n, cmd = int(args[0]), args[1]
+    fn = COMMANDS.get(cmd)
+    if fn is None or cmd == 'time':
+        raise CmdError(ENOENT, 'Command [%s] not found!' % cmd)
+    msgs, t0 = [], time.monotonic()
+    for _ in range(n):
+        msgs += [r['message'] for r in fn(s, list(args[2:])) or [] if 'message' in r]
+    ms = (time.monotonic() - t0) * 1000
+    msgs.append('"%s" with #%d tries,\tavr/total msec:\t\t%d/%d' % (cmd, n, ms / n, ms))
+    return [{'message': '\n'.join(msgs)}]
+
+
 @command('toXml')
 def c_toxml(s, args):
     """toXml [-i] lfn...: the XML collection of files (printed; -x/-a/-l, which write to
