@@ -71,6 +71,20 @@ EX_UNAUTHORIZED = 129
 SERVICE_COLOUR_COMMANDS = ('listSEs', 'xrdstat', 'testSE', 'submit')
 
 
+def env_seconds(environ, name, default):
+    """A duration from the environment (seconds, >= 0); one-line error when it is not one."""
+    value = environ.get(name, '').strip()
+    if not value:
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1
+    if not seconds >= 0:
+        raise AlienError('%s=%r is not a number of seconds' % (name, value), EX_EINVAL)
+    return seconds
+
+
 def env_flag(name, environ=None):
     """True when the environment variable is set to anything but '', 0, false, no."""
     value = (os.environ if environ is None else environ).get(name, '')
@@ -729,20 +743,90 @@ def usable_pair(cert, key, now=None):
     return left is not None and left >= VALIDITY_MARGIN
 
 
+def token_problem(cert, key, now=None):
+    """Why the token pair cannot be used: None when it can (as far as the files
+    tell: the key must still match, see Session._credentials), 'missing' when
+    there is no token at all, else a short reason."""
+    if not os.path.exists(cert) and not os.path.exists(key):
+        return 'missing'
+    for path in (cert, key):
+        if not os.path.isfile(path):
+            return '%s is missing' % path
+        if not os.access(path, os.R_OK):
+            return '%s is unreadable' % path
+    left = cert_seconds_left(cert, now)
+    if left is None:
+        return '%s is not a certificate' % cert
+    if left < VALIDITY_MARGIN:
+        return 'it has expired' if left <= 0 else 'it expires within %d s' % VALIDITY_MARGIN
+    return None
+
+
 def choose_credentials(environ=None, want_user=False, now=None):
     """('token'|'user', cert, key): the token pair if usable (and not want_user), else the user pair."""
     tcert, tkey, ucert, ukey = credential_paths(environ)
+    problem = ''
     if not want_user:
         tcert, tkey = materialize_pem(tcert, 'tokencert'), materialize_pem(tkey, 'tokenkey')
-        if usable_pair(tcert, tkey, now):
+        problem = token_problem(tcert, tkey, now)
+        if problem is None:
             return 'token', tcert, tkey
     if usable_pair(ucert, ukey, now):
         return 'user', ucert, ukey
     if os.path.isfile(ucert) and cert_seconds_left(ucert, now) is not None and cert_seconds_left(ucert, now) < VALIDITY_MARGIN:
         raise AlienError('user certificate %s has expired (or expires within %d s) and no valid token was found'
                          % (ucert, VALIDITY_MARGIN), EX_NOTCONN)
-    raise AlienError('no valid user certificate or token found (user cert: %s, key: %s; token: %s)'
-                     % (ucert, ukey, tcert), EX_NOTCONN)
+    raise AlienError('no valid user certificate or token found (user cert: %s, key: %s; token: %s%s)'
+                     % (ucert, ukey, tcert, '' if problem in ('', 'missing') else ': ' + problem), EX_NOTCONN)
+
+
+# Token renewal is serialised across processes (a worker node starts many jobs at
+# once): a flock on a file next to the token certificate. The holder fetches and
+# writes the pair; the others wait for it and use its pair.
+TOKEN_LOCK_WAIT = 5.0
+_TOKEN_LOCK = []   # the open lock file while this process is the one renewing
+
+
+def lock_token(cert, wait=TOKEN_LOCK_WAIT):
+    """Take the renewal lock (CERT.lock, owner-only): True when held within `wait`
+    seconds, False when another process holds it longer, None when it cannot be
+    made (no fcntl, read-only directory): renewal then goes on without it."""
+    if _TOKEN_LOCK:
+        return True
+    try:
+        import fcntl
+        fd = os.open(cert + '.lock', os.O_RDWR | os.O_CREAT, 0o600)
+    except (ImportError, OSError):
+        return None
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _TOKEN_LOCK.append(fd)
+            return True
+        except OSError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                return False
+            time.sleep(0.02)
+
+
+def unlock_token():
+    while _TOKEN_LOCK:
+        os.close(_TOKEN_LOCK.pop())  # closing the file releases the flock
+
+
+def write_token_pair(cert, key, cert_text, key_text):
+    """Replace the token pair as a unit: both files staged next to their targets
+    first, then renamed one right after the other, under the renewal lock. A
+    process reading the pair between the two renames finds it mismatched, waits
+    for the lock and reads it again."""
+    own = not _TOKEN_LOCK and lock_token(cert)   # token-init: not locked yet
+    try:
+        write_private_files([(key, key_text), (cert, cert_text)])
+    finally:
+        if own:
+            unlock_token()
 
 
 def check_key_permissions(key):
@@ -848,9 +932,9 @@ def make_tls_context(cert, key, environ=None):
     return ctx
 
 
-def write_private_file(path, text, mode=0o400):
-    """Write text to path atomically, owner-only from the first byte: temp file
-    created 0600 in the same directory, fsync, chmod, rename over the target."""
+def stage_private_file(path, text, mode=0o400):
+    """A temp file next to path holding text, owner-only from the first byte
+    (created 0600, fsync, chmod mode) -> its name, to be renamed over path."""
     directory = os.path.dirname(os.path.abspath(path))
     import tempfile
     fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.')
@@ -860,13 +944,35 @@ def write_private_file(path, text, mode=0o400):
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, mode)
-        os.replace(tmp, path)
+        return tmp
     except BaseException:
         try:
             os.unlink(tmp)
         except OSError:
             pass
         raise
+
+
+def write_private_files(pairs, mode=0o400):
+    """Write [(path, text)] owner-only from the first byte, as a unit: every file
+    is staged next to its target first, then all are renamed one right after
+    the other (nothing is replaced if one cannot be written)."""
+    staged = []
+    try:
+        for path, text in pairs:
+            staged.append((stage_private_file(path, text, mode), path))
+        for tmp, path in staged:
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp, _ in staged:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        raise
+
+
+def write_private_file(path, text, mode=0o400):
+    """Write text to path atomically, owner-only from the first byte."""
+    write_private_files([(path, text)], mode)
 
 
 # ==========================================================================
@@ -1069,6 +1175,14 @@ class MessageAssembler(object):
 class _Transport(object):
     """What both transports share: send_text, recv_text, ping, close, and this."""
     last_activity = 0.0
+    deadline = None  # monotonic time after which a silent server is given up on, pings or not
+
+    def _past_deadline(self):
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def set_timeout(self, seconds):
+        """The keep-alive period from now on (see Session.timeout)."""
+        (self.sock if hasattr(self, 'sock') else self.ws).settimeout(seconds)
 
     def alive(self, idle):
         """After `idle` seconds without traffic, check the connection with a ping."""
@@ -1117,7 +1231,7 @@ class WebSocket(_Transport):
                 chunk = self.sock.recv(self.bufsize)
                 break
             except socket.timeout:
-                if not keepalive or self.ping_sent:
+                if not keepalive or self.ping_sent or self._past_deadline():
                     raise WebSocketError('no answer from the server for %.0f s (ALIENPY_TIMEOUT)'
                                          % (self.sock.gettimeout() or 0))
                 self._send_frame(OP_PING, b'keepalive')
@@ -1262,7 +1376,7 @@ class WebSocketClientTransport(_Transport):
             try:
                 opcode, data = self.ws.recv_data(control_frame=True)
             except self._mod.WebSocketTimeoutException:
-                if pinged:
+                if pinged or self._past_deadline():
                     raise WebSocketError('no answer from the server for %.0f s (ALIENPY_TIMEOUT)' % self.ws.gettimeout())
                 self._call(self.ws.ping, b'keepalive')
                 pinged = True
@@ -1299,7 +1413,8 @@ class WebSocketClientTransport(_Transport):
 
 
 class TLSError(AlienError):
-    """A TLS failure: retrying the same endpoint cannot help."""
+    """A TLS failure: retrying the same endpoint cannot help (unless transient)."""
+    transient = False
 
 
 def tls_error(e, host):
@@ -1315,7 +1430,10 @@ def tls_error(e, host):
                           % (host, detail), EX_NOTCONN)
     if 'CERTIFICATE_UNKNOWN' in text or 'UNKNOWN_CA' in text or 'BAD_CERTIFICATE' in text or 'CERTIFICATE_EXPIRED' in text:
         return TLSError('TLS: the server rejected our certificate (%s)' % reason, EX_NOTCONN)
-    return TLSError('TLS handshake with %s failed: %s' % (host, reason), EX_NOTCONN)
+    e2 = TLSError('TLS handshake with %s failed: %s' % (host, reason), EX_NOTCONN)
+    # cut off mid-handshake (a service going down or coming up): worth another try
+    e2.transient = isinstance(e, (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError))
+    return e2
 
 
 def tls_handshake(sock, ctx, host, port, timeout):
@@ -1427,11 +1545,14 @@ def resolve(host, port, environ):
     return interleave_addresses(infos)
 
 
-def connect_tcp(host, port, environ, timeout=5.0, delay=0.25):
+def connect_tcp(host, port, environ, timeout=5.0, delay=0.25, avoid=None):
     """Connect to the first address that answers. Attempts are staggered by `delay`
-    (RFC 8305); ALIENPY_NO_STAGGER tries them one after the other."""
+    (RFC 8305); ALIENPY_NO_STAGGER tries them one after the other. An address
+    equal to `avoid` (the one a connection was just lost on) is tried last."""
     import selectors
     addrs = resolve(host, port, environ)
+    if avoid:
+        addrs.sort(key=lambda info: info[4][:2] == tuple(avoid[:2]))  # stable: the order stays otherwise
     if env_flag('ALIENPY_NO_STAGGER', environ):  # one after the other, each with its own timeout
         delay, timeout = timeout, timeout * max(1, len(addrs))
     sel = selectors.DefaultSelector()
@@ -1572,6 +1693,25 @@ def reply_to_result(metadata, results):
     return Result(exitcode, None, str(metadata.get('error', '') or ''), results, metadata)
 
 
+class ConnectionLost(AlienError):
+    """The connection was lost and did not come back within the reconnect budget.
+    .results: what Session.request_many got before (answered requests keep their
+    results; the others are 107 results whose metadata 'outcome' says 'unknown'
+    (sent, reply lost) or 'not sent')."""
+
+    def __init__(self, message, results=None, exitcode=EX_NOTCONN):
+        super().__init__(message, exitcode)
+        self.results = results or []
+
+
+def lost_result(error, command, outcome):
+    """The 107 result of a request whose reply never came (outcome 'unknown') or
+    that was never sent ('not sent')."""
+    text = ('%s; the outcome of "%s" is unknown' % (error, command) if outcome == 'unknown'
+            else '%s; "%s" was not sent' % (error, command))
+    return Result(EX_NOTCONN, '', text, [], {'exitcode': str(EX_NOTCONN), 'error': text, 'outcome': outcome})
+
+
 class Session(object):
     """A JCentral session. Connects lazily on the first server request.
 
@@ -1588,26 +1728,30 @@ class Session(object):
         self.prevdir = ''
         self.ws = None
         self.peer = None
+        self.peer_addr = None     # socket address of the connection (tried last after a loss)
         self.credential_kind = None
         self.json_mode = env_flag('ALIENPY_JSON', self.environ) if json_mode is None else json_mode
         self.timeout = float(self.environ.get('ALIENPY_TIMEOUT') or 20)
+        self.reconnect_timeout = env_seconds(self.environ, 'ALIENPY_RECONNECT_TIMEOUT', 60.0)
+        self._lock_wait = TOKEN_LOCK_WAIT  # 0 once another process kept the renewal lock too long
         self.last_exitcode = 0
         self._commandlist = None
-        self.renew_due = False     # a token to fetch after the first request's reply
+        self._token_due = None     # 'after-first' -> 'due' -> fetched (see _credentials)
+        self._loss = ''            # why the last connection was lost
         self.compact_rows = False  # the front end sets it: its results are only printed
         self.command_json = self.json_mode  # JSON output asked for the command being run
 
     # -- connection --
-    def connect(self, want_user=False, first=None, token_later=False):
-        """Open the connection. `first`: the text of a read-only request that made
-        us connect; it goes out right behind the upgrade request (with the built-in
-        websocket), and the caller reads its reply next. With first or token_later,
-        the token due after a connection with the user certificate is fetched by
-        the caller's renew_pending(), after its request's reply."""
+    def connect(self, want_user=False, avoid=None, tries=None, first=None):
+        """Open a connection (closing any old one). `avoid`: a socket address to try
+        last; `tries`: rounds over the endpoints (default ALIENPY_CONNECT_TRIES);
+        `first`: the text of a read-only request that made us connect: it goes out
+        right behind the upgrade request (with the built-in websocket), and the
+        caller reads its reply next."""
         self.close()
-        kind, cert, key = choose_credentials(self.environ, want_user=want_user)
-        ctx = make_tls_context(cert, key, self.environ)
-        tries = int(self.environ.get('ALIENPY_CONNECT_TRIES') or 3)
+        kind, ctx = self._credentials(want_user)
+        if tries is None:
+            tries = int(self.environ.get('ALIENPY_CONNECT_TRIES') or 3)
         interval = float(self.environ.get('ALIENPY_CONNECT_TRIES_INTERVAL') or 0.3)
         t0 = time.monotonic()
         last = None
@@ -1621,12 +1765,12 @@ class Session(object):
                 if attempt:
                     time.sleep(interval)
                 try:
-                    self.ws = self._open(ctx, host, port, early)
+                    self.ws = self._open(ctx, host, port, early, avoid)
                     self.peer = (host, port)
                     break
                 except AlienError as e:
                     last = e
-                    if e.exitcode != EX_NOTCONN or isinstance(e, TLSError):
+                    if e.exitcode != EX_NOTCONN or (isinstance(e, TLSError) and not e.transient):
                         raise
             if self.ws:
                 break
@@ -1637,19 +1781,60 @@ class Session(object):
         self.credential_kind = kind
         if self.environ.get('ALIEN_SITE'):
             self._decode(self.ws.recv_text(), False)     # the setSite reply
-        self.renew_due = kind == 'user' and not want_user
-        if first is None and not token_later:
-            self.renew_pending()
         return self
 
-    def renew_pending(self):
-        """Fetch the token that connecting with the user certificate made due
-        (after the user's first request, so that request does not wait for it)."""
-        if self.renew_due:
-            self.renew_due = False
-            self.renew_token(quiet=True)
+    def _credentials(self, want_user):
+        """(kind, TLS context): the token pair when it can be used, else the user pair.
 
-    def _open(self, ctx, host, port, early=(), pipelined=True):
+        An unusable token pair (expired, corrupt, unreadable, a key that does not
+        match) is passed over with a one-line notice, and renewed with the user
+        certificate. Renewal is for one process at a time (lock_token): the
+        others wait for its pair. The new token is fetched after the user's first
+        command, on the same connection (_token_due)."""
+        env = self.environ
+        problem = None
+        if not want_user:
+            kind, cert, key = choose_credentials(env)
+            if kind == 'token':
+                try:
+                    return kind, make_tls_context(cert, key, env)
+                except AlienError as e:
+                    problem = str(e)
+            else:
+                tcert, tkey = credential_paths(env)[:2]
+                problem = token_problem(materialize_pem(tcert, 'tokencert'), materialize_pem(tkey, 'tokenkey'))
+        renewable = not want_user and not any(is_pem_content(p) for p in credential_paths(env)[:2])
+        held = False
+        if renewable:
+            held = lock_token(credential_paths(env)[0], self._lock_wait)
+            if held is False:
+                self._lock_wait = 0  # (reconnects do not wait for it again)
+            if held:
+                # another process may have renewed the pair while we waited
+                kind, cert, key = choose_credentials(env)
+                if kind == 'token':
+                    try:
+                        ctx = make_tls_context(cert, key, env)
+                        unlock_token()
+                        return kind, ctx
+                    except AlienError as e:
+                        problem = str(e)
+        try:
+            kind, cert, key = choose_credentials(env, want_user=True)
+            ctx = make_tls_context(cert, key, env)
+        except AlienError as e:
+            unlock_token()
+            if problem and problem != 'missing' and 'token' not in str(e):
+                raise AlienError('%s; the token is not usable either: %s' % (e, problem), e.exitcode)
+            raise
+        if held is not False and renewable:
+            self._token_due = self._token_due or 'after-first'
+        if problem and problem != 'missing':
+            print_error('alien.py: token not usable (%s): using the user certificate%s'
+                        % (problem, ' and renewing the token' if held is not False and renewable else ''))
+        return kind, ctx
+
+    def _open(self, ctx, host, port, early=(), avoid=None, pipelined=True):
         headers = [('User-Agent', user_agent(self.environ))]
         url = 'wss://%s:%d%s' % (('[%s]' % host) if ':' in host else host, port, WS_PATH)
         log('connecting to %s' % url)
@@ -1658,14 +1843,18 @@ class Session(object):
             import_websocket_client()  # a missing package is said before anything is opened
         proxy = proxy_for(host, self.environ)
         if proxy:
-            sock = connect_tcp(proxy[0], proxy[1], self.environ)
+            sock = connect_tcp(proxy[0], proxy[1], self.environ, avoid=avoid)
             try:
                 connect_tunnel(sock, host, port, proxy[2])
             except AlienError:
                 sock.close()
                 raise
         else:
-            sock = connect_tcp(host, port, self.environ)
+            sock = connect_tcp(host, port, self.environ, avoid=avoid)
+        try:
+            self.peer_addr = sock.getpeername()
+        except OSError:
+            pass
         tls = tls_handshake(sock, ctx, host, port, self.timeout)
         try:
             if other or not pipelined:
@@ -1684,7 +1873,7 @@ class Session(object):
             # this time the requests wait for the 101 (they are read-only: no
             # server acts on a request before it has upgraded, so none ran).
             tls.close()
-            return self._open(ctx, host, port, early, pipelined=False)
+            return self._open(ctx, host, port, early, avoid, pipelined=False)
         except AlienError:
             tls.close()
             raise
@@ -1695,9 +1884,91 @@ class Session(object):
         return ws
 
     def close(self):
+        """Close the connection; a token renewal still due is done first (after the
+        user's command has been answered and printed)."""
+        if self.ws is not None and self._token_due == 'due':
+            self._fetch_token(direct=True)  # no reconnect: the command is done
         if self.ws is not None:
             self.ws.close()
             self.ws = None
+
+    def drop(self):
+        """Forget the connection without a word (a reply may be half read); the
+        next request makes a new one in the same directory."""
+        ws, self.ws = self.ws, None
+        if ws is not None:
+            try:
+                ws.close()
+            except Exception:
+                pass
+
+    def _direct(self, command, options):
+        """One request on the current connection, no recovery (used while connecting)."""
+        text = json.dumps({'command': command, 'options': options})
+        debug = env_flag('ALIENPY_DEBUG', self.environ)
+        if debug:
+            log('request %s' % redact(text))
+        self.ws.send_text(text)
+        reply = self.ws.recv_text()
+        if debug:
+            log('reply %s' % redact(reply.replace('\\/', '/')))
+        metadata, results = parse_reply(reply)
+        self._update_state(metadata)
+        return reply_to_result(metadata, results)
+
+    def _reconnect(self, reason=''):
+        """A new connection in the same server-side directory, after a loss (or a
+        connection dropped on purpose). Tried over every address of the endpoint,
+        the lost one last, with exponential backoff and jitter, for up to
+        ALIENPY_RECONNECT_TIMEOUT seconds. When the first attempt fails the outage
+        is real: one line on stderr then, and one when the connection is back."""
+        import random
+        failed = self.peer_addr
+        if self.ws is not None:
+            self.ws.close()
+            self.ws = None
+        t0 = time.monotonic()
+        pause = 0.1
+        said = False
+        while True:
+            try:
+                self.connect(avoid=failed, tries=1)
+                if self.cwd:
+                    self._direct('cd', [self.cwd])
+                break
+            except AlienError as e:
+                if self.ws is not None:
+                    self.ws.close()
+                    self.ws = None
+                if e.exitcode != EX_NOTCONN or (isinstance(e, TLSError) and not e.transient) \
+                        or getattr(e, 'final', False):
+                    raise
+                last = e
+            elapsed = time.monotonic() - t0
+            if not said:
+                said = True
+                where = '%s:%d' % self.peer if self.peer else 'the service'
+                print_error('alien.py: connection to %s lost (%s); reconnecting for up to %g s'
+                            % (where, reason or last, self.reconnect_timeout))
+            if elapsed >= self.reconnect_timeout:
+                raise AlienError('connection lost and not back within %g s (ALIENPY_RECONNECT_TIMEOUT): %s'
+                                 % (self.reconnect_timeout, last), EX_NOTCONN)
+            time.sleep(max(0.0, min(pause * random.uniform(0.5, 1.5), self.reconnect_timeout - elapsed)))
+            pause = min(pause * 2, 5.0)
+        log('reconnected after %.3f s' % (time.monotonic() - t0))
+        if said:
+            print_error('alien.py: connection back after %.1f s' % (time.monotonic() - t0))
+
+    def _ensure_connected(self):
+        """A usable connection: the first one, or a new one (same cwd) when the old
+        one was lost, dropped, or found dead by the idle check."""
+        if self.ws is not None and self.ws.alive(self.timeout):
+            return
+        if self.ws is None and self.peer is None:
+            self.connect()
+            return
+        reason, self._loss = self._loss, ''
+        self._reconnect(reason if self.ws is None else 'no answer to the idle check')
 
     # -- one request, one reply --
     @staticmethod
@@ -1720,7 +1991,9 @@ class Session(object):
         t0 = time.monotonic()
         if debug:
             log('request %s' % redact(text))
-        reply = self._exchange(text, command, opts)
+        reply = self._transact([(text, command, opts)], lambda t: t)[0]
+        if isinstance(reply, Result):  # the reply was lost
+            raise AlienError(reply.err, reply.exitcode)
         if debug:
             log('reply %.1f ms %s' % ((time.monotonic() - t0) * 1000, redact(reply.replace('\\/', '/'))))
         elif env_flag('ALIENPY_TIMING', self.environ):
@@ -1736,67 +2009,109 @@ class Session(object):
     def request_many(self, requests, nomsg=False, nokeys=False, window=32):
         """[(command, options)] -> [Result] in order, with up to `window` requests in
         flight (the service answers in order; over a WAN this saves a round trip per
-        request). If the connection dies, answered requests keep their results;
-        unanswered read-only ones are sent again once on a new connection, the
-        others get a 107 result saying their outcome is unknown."""
-        encoded = [self._encode(c, o, nomsg, nokeys) + (c,) for c, o in requests]
-        results = []
-        retried = False
-        while len(results) < len(encoded):
-            chunk = encoded[len(results):len(results) + window]
-            try:
-                if self.ws is None or not self.ws.alive(self.timeout):
-                    self.close()
-                    self.connect()
-                debug = env_flag('ALIENPY_DEBUG', self.environ)
-                for _, text, _ in chunk:
-                    if debug:
-                        log('request %s' % redact(text))
-                    self.ws.send_text(text)
-                for _ in chunk:
-                    results.append(self._decode(self.ws.recv_text(), nokeys))
-            except WebSocketError as e:
-                self.close()
-                rest = encoded[len(results):]
-                if not retried and all(self._is_read_only(c, o) for o, _, c in rest):
-                    retried = True
-                    continue
-                results.extend(Result(EX_NOTCONN, '', '%s; the outcome of "%s" is unknown' % (e, c))
-                               for _, _, c in rest)
-        return results
+        request). A lost connection is handled by _transact: the result of a
+        modifying request whose reply was lost says so (metadata 'outcome':
+        'unknown'), for the caller to resolve; ConnectionLost when it is not back."""
+        items = []
+        for c, o in requests:
+            opts, text = self._encode(c, o, nomsg, nokeys)
+            items.append((text, c, opts))
+        if env_flag('ALIENPY_DEBUG', self.environ):
+            for text, _, _ in items:
+                log('request %s' % redact(text))
 
-    def _exchange(self, text, command, opts):
-        if self.ws is not None and not self.ws.alive(self.timeout):
-            log('idle connection is dead; reconnecting')
-            self.ws.close()
-            self._reconnect()
-        fresh = self.ws is None
-        if fresh:
-            # a read-only request rides with the upgrade request; a modifying one
-            # waits for the 101, so that it is never sent into a refused upgrade
-            early = self._is_read_only(command, opts)
-            self.connect(first=text if early else None, token_later=True)
-            if not early:
-                self.ws.send_text(text)
-        else:
+        def decode(text):
             try:
-                self.ws.send_text(text)
-            except WebSocketError:
-                self._reconnect()
-                self.ws.send_text(text)
-                fresh = True
+                return self._decode(text, nokeys)
+            except AlienError as e:
+                return Result(e.exitcode, '', str(e))
+        return self._transact(items, decode, window)
+
+    RESEND_LIMIT = 3  # times one request is sent again after lost connections
+
+    def _transact(self, items, decode, window=1):
+        """Send items [(text, command, opts)], up to `window` in flight, and return
+        [decode(reply text)] in order, riding through lost connections: answered
+        requests keep their results, the connection comes back (_reconnect), and an
+        unanswered request is sent again when that is safe (_can_resend: read-only,
+        access, mkdir -p), at most RESEND_LIMIT times. A modifying request whose
+        reply was lost is never repeated: its result is lost_result(... 'unknown').
+        A read-only request answered with an empty reply is sent again once."""
+        if self._token_due == 'due':
+            self._fetch_token()
+        out = [None] * len(items)
+        todo = list(range(len(items)))
+        lost_count = [0] * len(items)
+        empty = set()
+        while todo:
+            chunk, again = todo[:window], []
+            sent = got = 0
+            try:
+                first = items[chunk[0]]
+                if self.ws is None and self.peer is None and self._is_read_only(first[1], first[2]):
+                    # the session's first request, read-only: it rides with the upgrade
+                    # request (a modifying one waits for the 101: never sent into a refused upgrade)
+                    self.connect(first=first[0])
+                    sent = 1
+                else:
+                    self._ensure_connected()
+            except AlienError as e:
+                if self.peer is None:  # the first connection: nothing was lost
+                    raise
+                raise ConnectionLost(str(e), [r if r is not None else lost_result(e, items[i][1], 'not sent')
+                                              for i, r in enumerate(out)], e.exitcode)
+            try:
+                for i in chunk[sent:]:
+                    self.ws.send_text(items[i][0])
+                    sent += 1
+                for i in chunk:
+                    reply = self.ws.recv_text()
+                    got += 1
+                    if not reply and i not in empty and self._can_resend(items[i][1], items[i][2]):
+                        empty.add(i)  # (the real service does that under load)
+                        log('empty reply to "%s": sending it again' % items[i][1])
+                        again.append(i)
+                        continue
+                    out[i] = decode(reply)
+                todo = again + todo[len(chunk):]
+            except KeyboardInterrupt as e:
+                if sent == len(chunk):  # every request went out whole: their replies are on the way
+                    self._drain([(i,) + items[i][1:] for i in chunk[got:]], out, decode)
+                self.drop()    # a reply may be half read
+                e.results = list(out)  # the answered ones (None: no reply)
+                raise
+            except WebSocketError as e:
+                if self.ws is not None:
+                    self.ws.close()
+                    self.ws = None
+                keep = []
+                for i in chunk[got:sent]:   # sent, no reply
+                    lost_count[i] += 1
+                    if self._can_resend(items[i][1], items[i][2]) and lost_count[i] <= self.RESEND_LIMIT:
+                        keep.append(i)
+                    else:
+                        out[i] = lost_result(e, items[i][1], 'unknown')
+                todo = again + keep + chunk[sent:] + todo[len(chunk):]
+                self._loss = str(e)
+                log('%s; %d request(s) to send again' % (e, len(todo)))
+                # the next round reconnects (_ensure_connected) and sends the rest
+        if self._token_due == 'after-first':
+            self._token_due = 'due'
+        return out
+
+    def _drain(self, pending, out, decode, wait=2.0):
+        """After Ctrl-C: read the replies of requests already sent, for up to
+        `wait` seconds, so that what they did is known (a second Ctrl-C stops it).
+        Only for modifying requests: a read-only one is simply dropped."""
+        if all(self._can_resend(command, opts) for _, command, opts in pending):
+            return
         try:
-            reply = self.ws.recv_text()
-        except WebSocketError as e:
-            self.close()
-            if not self._is_read_only(command, opts):
-                raise AlienError('%s; the outcome of "%s" is unknown' % (e, command), EX_NOTCONN)
-            log('%s; sending the read-only "%s" again on a new connection' % (e, command))
-            self._reconnect()
-            self.ws.send_text(text)
-            return self.ws.recv_text()
-        self.renew_pending()
-        return reply
+            self.ws.set_timeout(0.2)
+            self.ws.deadline = time.monotonic() + wait  # (pongs would keep it waiting)
+            for i, _, _ in pending:
+                out[i] = decode(self.ws.recv_text())
+        except (AlienError, KeyboardInterrupt):
+            pass
 
     @staticmethod
     def _is_read_only(command, opts):
@@ -1804,14 +2119,31 @@ class Session(object):
             return 'read' in opts
         return command in READ_ONLY_COMMANDS
 
-    def _reconnect(self):
-        """New connection, same server-side cwd."""
-        log('reconnecting')
-        cwd = self.cwd
-        self.connect()
-        if cwd:
-            self.ws.send_text(json.dumps({'command': 'cd', 'options': [cwd]}))
-            self._update_state(parse_reply(self.ws.recv_text())[0])
+    @classmethod
+    def _can_resend(cls, command, opts):
+        """Safe to send again when its reply was lost: read-only commands, `access`
+        (a booking nobody commits leaves nothing in the catalogue) and `mkdir -p`."""
+        return cls._is_read_only(command, opts) or command == 'access' or (command == 'mkdir' and '-p' in opts)
+
+    def flush_token(self):
+        """Fetch a token renewal that is due now (the shell does it before it waits
+        for the user's input, so the renewal lock is not held while they type)."""
+        if self._token_due == 'due' and self.ws is not None:
+            self._fetch_token()
+
+    def _fetch_token(self, direct=False):
+        """The token renewal that was due (see _credentials), on this connection;
+        direct: without recovery if the connection is gone."""
+        self._token_due = None
+        try:
+            if direct:
+                self._store_token(self._direct('token', ['-nomsg']), quiet=True)
+            else:
+                self.renew_token(quiet=True)
+        except AlienError as e:
+            log('token renewal failed: %s' % e)
+        finally:
+            unlock_token()
 
     def _update_state(self, metadata):
         user = metadata.get('user')
@@ -1827,8 +2159,10 @@ class Session(object):
                 self.cwd = cwd
 
     def renew_token(self, quiet=False, args=()):
-        """Ask the service for a token certificate and store it owner-only."""
-        r = self.request('token', list(args), nomsg=True)
+        """Ask the service for a token certificate and store the pair owner-only."""
+        return self._store_token(self.request('token', list(args), nomsg=True), quiet)
+
+    def _store_token(self, r, quiet):
         if r.exitcode != 0 or not r.results or 'tokencert' not in r.results[0] or 'tokenkey' not in r.results[0]:
             if quiet:
                 log('token renewal failed: %s' % r.err)
@@ -1838,8 +2172,7 @@ class Session(object):
         if is_pem_content(tcert) or is_pem_content(tkey):
             return r  # the token is given in the environment: nothing to write
         try:
-            write_private_file(tkey, r.results[0]['tokenkey'], 0o400)
-            write_private_file(tcert, r.results[0]['tokencert'], 0o400)
+            write_token_pair(tcert, tkey, r.results[0]['tokencert'], r.results[0]['tokenkey'])
         except OSError as e:
             raise AlienError('cannot write the token files: %s' % e, EX_EIO)
         return r
@@ -2841,7 +3174,13 @@ def write_metalink(path, lfn, size, md5, urls):
 
 # ---- cp: planning and execution ----------------------------------------------
 
+CP_STATES = ('copied', 'present', 'failed', 'not attempted')
+
+
 class CpStats(object):
+    """What a copy did, file by file: every planned file ends in exactly one of
+    CP_STATES, whatever ends the copy (abort: why it was cut short)."""
+
     def __init__(self):
         self.ok = 0
         self.skipped = 0
@@ -2850,10 +3189,33 @@ class CpStats(object):
         self.bytes = 0
         self.plan = []        # dry-run lines
         self.done = []        # (src, dst) of delivered files
+        self.present = []     # (src, dst) of files that were there already
+        self.planned = []     # (src, dst) of every file to deliver
+        self.abort = None     # (exit code, reason) when the copy was cut short
         self.replicas = {}    # lfn -> number of replicas the service offered
 
     def fail(self, what, why):
         self.failed.append((what, why))
+
+    def already(self, src, dst):
+        self.skipped += 1
+        self.present.append((src, dst))
+
+    def states(self):
+        """{state: [(src, dst, why)]}: each file once; planned files that none of
+        the others mention were not attempted."""
+        out = dict((k, []) for k in CP_STATES)
+        dst_of = dict(self.planned)
+        seen = set()
+        for state, rows in (('copied', self.done), ('present', self.present)):
+            for src, dst in rows:
+                out[state].append((src, dst, ''))
+                seen.add(src)
+        for what, why in self.failed:
+            out['failed'].append((what, dst_of.get(what, ''), why))
+            seen.add(what)
+        out['not attempted'] = [(src, dst, '') for src, dst in self.planned if src not in seen]
+        return out
 
 
 def _grid_stat(session, lfn, cache=None):
@@ -2972,9 +3334,7 @@ def _requests(session, requests, window=REQUEST_WINDOW):
     """[(command, options)] -> [Result], in order (nomsg), several requests in
     flight on the connection: over a WAN, 1,000 files cost 2,000 round trips
     one after the other."""
-    if len(requests) > 1:
-        return session.request_many(requests, nomsg=True, window=window)
-    return [session.request(c, o, nomsg=True) for c, o in requests]
+    return session.request_many(requests, nomsg=True, window=window)
 
 
 # ---- cp: extended attributes of downloaded files ------------------------------
@@ -3382,7 +3742,7 @@ def cp_download(session, items, opts, stats):
                     st = None
                 if st is not None and stat_mod.S_ISREG(st.st_mode) and not opts.get('force') and \
                         _file_matches(dst, size, md5, lfn):
-                    stats.skipped += 1
+                    stats.already(lfn, dst)
                     continue
                 if not replicas:
                     stats.fail(lfn, 'no replica URL for %s' % lfn)
@@ -3406,10 +3766,13 @@ def cp_download(session, items, opts, stats):
         while pipe.pending:
             for job in pipe.results(wait=True):
                 settle(job)
-    except BaseException:
+    except BaseException as exc:
         pipe.close(cancel=True)
         for job in list(live) + pipe.results():
             _unlink_quiet(job.target)
+        why = 'interrupted' if isinstance(exc, KeyboardInterrupt) else str(exc)
+        for job in live:
+            stats.fail(job.info['lfn'], '%s -> %s not finished: %s' % (job.info['lfn'], job.info['dst'], why))
         raise
     finally:
         pipe.close()
@@ -3471,7 +3834,7 @@ def _existing_upload_target(session, e, r, opts, stats):
         stats.fail(e['src'], '%s exists and is not a file' % e['lfn'])
         return None
     if not opts.get('force') and st['size'] == e['size'] and st['md5'] == e['md5']:
-        stats.skipped += 1
+        stats.already(e['src'], e['lfn'])
         return None
     d, base = e['lfn'].rsplit('/', 1)
     e['target'] = '%s/.%s.alienpy-part-%s' % (d, base, os.urandom(6).hex())
@@ -3521,17 +3884,14 @@ def cp_upload(session, items, opts, stats):
     def commits(jobs):
         """The commit requests of the finished jobs that succeeded -> (those jobs, requests)."""
         good = [j for j in jobs if j.ok]
-        return good, [('commit', [rep.get('envelope', ''), str(e['size']), e['target'], '644', '0',
-                                  rep.get('url', ''), rep.get('se', ''), rep.get('guid', ''), e['md5']])
-                      for e, rep in (j.info for j in good)]
+        return good, [_commit_request(*j.info) for j in good]
 
-    def settle(jobs, good=None, replies=None):
+    def settle(jobs, good=None, replies=None, stop=None):
         if not jobs:
             return
         if replies is None:
-            good, requests = commits(jobs)
-            replies = _requests(session, requests)
-        commits_of = dict(zip(map(id, good), replies))
+            good = [j for j in jobs if j.ok]
+        commits_of, lost = _commit(session, good, replies, stop)
         rebook = []
         for job in jobs:
             e, rep = job.info
@@ -3541,13 +3901,16 @@ def cp_upload(session, items, opts, stats):
                 if c.exitcode == 0 and not any(str(x.get('lfn', '1')) == '0' for x in c.results):
                     e['committed'].append(rep.get('se', ''))
                 else:
-                    e['errors'].append('%s: commit refused: %s' % (rep.get('se', '?'),
-                                                                   c.err or 'exit code %d' % c.exitcode))
+                    e['errors'].append('%s: commit %s: %s' % (
+                        rep.get('se', '?'), 'outcome unknown' if c.metadata.get('outcome') else 'refused',
+                        c.err or 'exit code %d' % c.exitcode))
             else:
                 e['errors'].append('%s: %s' % (rep.get('se', '?'), job.error))
                 e['failed'] += 1
             if e['running'] == 0 and e['failed'] and e['attempt'] < (1 if opts.get('norecovery') else 3):
                 rebook.append(e)
+        if lost is not None:
+            raise lost  # the answered commits are counted; the copy stops here
         for e in rebook:
             # re-book the failed replicas elsewhere: every SE tried so far excluded
             n, e['failed'] = e['failed'], 0
@@ -3576,11 +3939,18 @@ def cp_upload(session, items, opts, stats):
             # one round trip books this window and commits what finished meanwhile
             done = whole_files(pipe.results())
             good, commit_requests = commits(done)
-            replies = _requests(session, [('access', _access_args('write-once', x['lfn'],
-                                                                  _with_default_specs(x['specs'], x['lfn'],
-                                                                                      x['size']), x['size'],
-                                                                  x['md5'], opts.get('strictspec')))
-                                          for x in entries] + commit_requests, window=4 * REQUEST_WINDOW)
+            try:
+                replies = _requests(session, [('access', _access_args('write-once', x['lfn'],
+                                                                      _with_default_specs(x['specs'], x['lfn'],
+                                                                                          x['size']), x['size'],
+                                                                      x['md5'], opts.get('strictspec')))
+                                              for x in entries] + commit_requests, window=4 * REQUEST_WINDOW)
+            except (ConnectionLost, KeyboardInterrupt) as e:
+                # the answered commits are counted (settle raises e then), this window is not attempted
+                got = list(getattr(e, 'results', None) or [])[len(entries):]
+                got += [None] * (len(commit_requests) - len(got))
+                settle(done, good, got, stop=e)
+                raise
             settle(done, good, replies[len(entries):])
             for e, r in zip(entries, replies):
                 if r.exitcode != 0 or not r.results:
@@ -3592,30 +3962,138 @@ def cp_upload(session, items, opts, stats):
                 launch(e, r.results)
         while pipe.pending:
             settle(whole_files(pipe.results(wait=True)))
-    except BaseException:
+    except BaseException as exc:
         pipe.close(cancel=True)
+        # cut short: files whose transfers are over are counted as usual, the
+        # others failed (their replicas were cancelled: POSC leaves nothing)
+        why = 'interrupted' if isinstance(exc, KeyboardInterrupt) else str(exc)
+        for e in live:
+            if e['running'] == 0 and e['committed'] and not e['replace']:
+                _cp_upload_finish(session, e, stats)
+            else:
+                stats.fail(e['src'], '%s -> %s not finished: %s' % (e['src'], e['lfn'], why))
         raise
     finally:
         pipe.close()
         if progress.enabled and progress.total_files:
             progress.show(final=True)
     for e in live:
-        if not e['committed']:
-            stats.fail(e['src'], '%s -> %s failed: %s' % (e['src'], e['lfn'], '; '.join(e['errors'])))
+        _cp_upload_finish(session, e, stats)
+
+
+def _cp_upload_finish(session, e, stats):
+    """Count one uploaded file whose transfers are over (replace: rename it into place)."""
+    if not e['committed']:
+        stats.fail(e['src'], '%s -> %s failed: %s' % (e['src'], e['lfn'], '; '.join(e['errors'])))
+        return
+    if e['replace']:
+        session.request('rm', ['-f', e['lfn']], nomsg=True)
+        mv = session.request('mv', [e['target'], e['lfn']], nomsg=True)
+        if mv.exitcode != 0:
+            stats.fail(e['src'], 'uploaded as %s but could not rename it to %s: %s'
+                       % (e['target'], e['lfn'], mv.err))
+            return
+    if len(e['committed']) < e['wanted']:
+        stats.notices.append('%s: %d of %d replicas stored (%s)' % (
+            e['lfn'], len(e['committed']), e['wanted'], '; '.join(e['errors'])))
+    stats.ok += 1
+    stats.bytes += e['size']
+    stats.done.append((e['src'], e['lfn']))
+
+
+def _commit_request(e, rep):
+    return ('commit', [rep.get('envelope', ''), str(e['size']), e['target'], '644', '0', rep.get('url', ''),
+                       rep.get('se', ''), rep.get('guid', ''), e['md5']])
+
+
+def _committed_in_catalogue(session, pairs):
+    """For commits whose reply was lost, [(e, rep)] -> [True | False | None]: the
+    catalogue holds exactly this replica (the entry has our size, md5 and the
+    GUID we booked, and lists the SE) / it holds nothing of ours yet (safe to
+    commit again) / the name belongs to another file (never to be touched)."""
+    replies = _requests(session, [q for e, rep in pairs for q in (('stat', [e['target']]), ('whereis', [e['target']]))])
+    out = []
+    for n, (e, rep) in enumerate(pairs):
+        st, where = replies[2 * n], replies[2 * n + 1]
+        if st.exitcode != 0 or not st.results:
+            out.append(False)
             continue
-        if e['replace']:
-            session.request('rm', ['-f', e['lfn']], nomsg=True)
-            mv = session.request('mv', [e['target'], e['lfn']], nomsg=True)
-            if mv.exitcode != 0:
-                stats.fail(e['src'], 'uploaded as %s but could not rename it to %s: %s'
-                           % (e['target'], e['lfn'], mv.err))
-                continue
-        if len(e['committed']) < e['wanted']:
-            stats.notices.append('%s: %d of %d replicas stored (%s)' % (
-                e['lfn'], len(e['committed']), e['wanted'], '; '.join(e['errors'])))
-        stats.ok += 1
-        stats.bytes += e['size']
-        stats.done.append((e['src'], e['lfn']))
+        row = st.results[0]
+        fields = stat_fields(row)
+        if (row.get('guid') or '').lower() != (rep.get('guid') or '').lower() or fields['type'] != 'f' \
+                or fields['size'] != e['size'] or fields['md5'] != e['md5']:
+            out.append(None)
+            continue
+        ses = set((x.get('seName') or x.get('se') or '').lower() for x in where.results)
+        out.append((rep.get('se') or '').lower() in ses)
+    return out
+
+
+def _commit(session, jobs, replies=None, stop=None):
+    """Commit the replicas of the finished jobs -> ({id(job): Result}, the
+    exception that stops the copy or None). `replies`: their commit replies when
+    they went out already (None: no reply), `stop` the exception that cut them off.
+
+    Exactly once: a commit whose reply was lost is not repeated blindly. The
+    catalogue is asked (_committed_in_catalogue): registered -> done; nothing
+    there -> committed again; another file there -> refused. When the connection
+    does not come back, the answered commits keep their results and the others
+    get the 107 'outcome unknown' result, for the caller to count as failed.
+    After Ctrl-C the catalogue is asked briefly (5 s at most), then the copy stops."""
+    results = {}
+    todo = list(jobs)
+    for _round in range(4):
+        if not todo:
+            break
+        if replies is None:
+            try:
+                replies = _requests(session, [_commit_request(*j.info) for j in todo])
+            except ConnectionLost as e:
+                replies, stop = e.results, e
+            except KeyboardInterrupt as e:
+                replies, stop = getattr(e, 'results', None) or [], e
+        replies = list(replies) + [None] * (len(todo) - len(replies))
+        why = 'interrupted' if isinstance(stop, KeyboardInterrupt) else (stop or 'no reply')
+        replies = [r or lost_result(why, 'commit', 'unknown') for r in replies]
+        if isinstance(stop, ConnectionLost):  # nobody to ask
+            results.update(zip(map(id, todo), replies))
+            return results, stop
+        unknown = []
+        for job, r in zip(todo, replies):
+            if r.metadata.get('outcome') == 'unknown':
+                unknown.append(job)
+            else:
+                results[id(job)] = r
+        todo, replies = [], None
+        if not unknown:
+            if stop is not None:
+                return results, stop
+            break
+        budget = session.reconnect_timeout
+        if stop is not None:
+            session.reconnect_timeout = min(budget, 5.0)
+        try:
+            found = _committed_in_catalogue(session, [j.info for j in unknown])
+        except (AlienError, KeyboardInterrupt) as e:
+            results.update((id(j), lost_result(e, 'commit', 'unknown')) for j in unknown)
+            return results, stop or e
+        finally:
+            session.reconnect_timeout = budget
+        for job, there in zip(unknown, found):
+            if there:
+                results[id(job)] = Result(0, '', '', [{'lfn': '1'}])
+            elif there is None:
+                results[id(job)] = Result(EX_EIO, '', 'the catalogue holds another file under %s' % job.info[0]['target'])
+            elif stop is not None:
+                results[id(job)] = lost_result('interrupted', 'commit', 'not sent')
+            else:
+                todo.append(job)  # not registered: now it is safe to send it again
+                log('commit of %s on %s was not registered: sending it again' % (job.info[0]['target'], job.info[1].get('se')))
+        if stop is not None:
+            return results, stop
+    for job in todo:
+        results[id(job)] = lost_result('connection lost repeatedly', 'commit', 'unknown')
+    return results, None
 
 
 # small job files (scripts, macros, JDLs, collections) get more replicas, as with the reference
@@ -3774,6 +4252,7 @@ def cp_run(session, pairs, opts):
     transfer while later lines are still being looked up. Uploads follow."""
     stats = CpStats()
     uploads = []
+    unplanned = [0]   # index of the first pair not planned yet
     known = {}      # lfn -> (size, md5) from the listings: present files are skipped unread
 
     def planned_downloads():
@@ -3784,7 +4263,8 @@ def cp_run(session, pairs, opts):
             chunk = pairs[start:start + (CP_PLAN_CHUNK if start else REQUEST_WINDOW)]
             start += len(chunk)
             cache = _prefetch_stats(session, chunk) if len(pairs) > 1 else None
-            for src, dst in chunk:
+            for n, (src, dst) in enumerate(chunk):
+                unplanned[0] = start - len(chunk) + n + 1
                 try:
                     direction, items = cp_plan(session, src, dst, opts, cache, known)
                 except AlienError as e:
@@ -3796,6 +4276,7 @@ def cp_run(session, pairs, opts):
                 if direction == 'upload':
                     uploads.extend(items)
                     continue
+                unique = []
                 for it in items:
                     if it[1] in seen and not opts.get('dryrun'):
                         stats.fail(it[0], 'two sources map to %s' % it[1])
@@ -3804,41 +4285,71 @@ def cp_run(session, pairs, opts):
                     k = known.get(it[0])
                     if k is not None and not opts.get('force') and not opts.get('dryrun') and \
                             present_unchanged(it[1], k[0], k[1]):
-                        stats.skipped += 1      # by its xattrs: no access request, nothing read
+                        stats.already(it[0], it[1])      # by its xattrs: no access request, nothing read
                         continue
+                    unique.append(it)
+                stats.planned.extend((it[0], it[1]) for it in unique)  # (each one's final state is reported)
+                for it in unique:
                     yield it
 
     if opts.get('dryrun'):
         stats.plan = ['%s -> %s' % (s, d) for s, d, _ in planned_downloads()]
         stats.plan += ['%s -> %s%s' % (s, d, (' (%s)' % ','.join(sp)) if sp else '') for s, d, sp in uploads]
         return stats
-    downloads = planned_downloads()
-    first = next(downloads, None)
-    if first is not None:       # with everything present, XRootD is not even imported
-        xrootd_client()
-        cp_download(session, itertools.chain([first], downloads), opts, stats)
-    if uploads and opts.get('http'):
-        stats.notices.append('cp: -http ignored for uploads (XRootD writes)')
-    if uploads:
-        cp_prepare_upload_dirs(session, uploads)
-        cp_upload(session, uploads, opts, stats)
+    try:
+        downloads = planned_downloads()
+        first = next(downloads, None)
+        if first is not None:       # with everything present, XRootD is not even imported
+            xrootd_client()
+            cp_download(session, itertools.chain([first], downloads), opts, stats)
+        if uploads and opts.get('http'):
+            stats.notices.append('cp: -http ignored for uploads (XRootD writes)')
+        if uploads:
+            stats.planned.extend((s, d) for s, d, _ in uploads)
+            cp_prepare_upload_dirs(session, uploads)
+            cp_upload(session, uploads, opts, stats)
+    except KeyboardInterrupt:
+        session.drop()  # a reply may be half read: the next request reconnects
+        stats.abort = (130, 'cp: interrupted')
+    except AlienError as e:
+        if not isinstance(e, ConnectionLost) and e.exitcode != EX_NOTCONN:
+            raise
+        stats.abort = (e.exitcode, 'cp: %s' % e)
+    if stats.abort:  # what was never reached: not attempted (pairs not planned yet as they are)
+        listed = set(src for src, _ in stats.planned)
+        stats.planned.extend((s, d) for s, d, _ in uploads if s not in listed)
+        stats.planned.extend(pairs[unplanned[0]:])
     return stats
 
 
-def cp_result(stats, opts):
+def cp_result(stats, opts, as_json=False):
+    """The Result of a copy: exit 0 only when every file arrived; the summary
+    line (copied, already present, failed, not attempted) however it ended;
+    as_json: every file with its state, as a JCentral-style reply."""
     if opts.get('dryrun'):
         return Result(EX_GENERIC if stats.failed else 0, out='\n'.join(stats.plan),
                       err='\n'.join('cp: %s' % why for _, why in stats.failed))
-    total = stats.ok + stats.skipped + len(stats.failed)
-    summary = 'cp: %d/%d files copied (%s), %d already present, %d failed' % (
-        stats.ok, total, human_bytes(stats.bytes), stats.skipped, len(stats.failed))
-    notes = list(stats.notices)
-    if stats.failed:
-        lines = notes + ['cp: %s' % why for _, why in stats.failed] + [summary]
-        return Result(EX_GENERIC, out='', err='\n'.join(lines))
-    if notes:
-        print_error('\n'.join(notes))
-    return Result(0, out='' if opts.get('quiet') else summary)
+    states = stats.states()
+    total = sum(len(v) for v in states.values())
+    summary = 'cp: %d/%d files copied (%s), %d already present, %d failed, %d not attempted' % (
+        len(states['copied']), total, human_bytes(stats.bytes), len(states['present']), len(states['failed']),
+        len(states['not attempted']))
+    code = stats.abort[0] if stats.abort else (EX_GENERIC if stats.failed or states['not attempted'] else 0)
+    lines = list(stats.notices)
+    if code:
+        lines += ['cp: %s' % why for _, why in stats.failed] + ([stats.abort[1]] if stats.abort else []) + [summary]
+    result = Result(code, out='' if code or opts.get('quiet') else summary, err='\n'.join(lines) if code else '')
+    if not code and lines:
+        print_error('\n'.join(lines))
+    if as_json:
+        if code:
+            print_error(result.err)
+        result.results = [dict(state=state, src=src, dst=dst, **({'error': why} if why else {}))
+                          for state in CP_STATES for src, dst, why in states[state]]
+        result.metadata = {'exitcode': str(code), 'error': stats.abort[1] if stats.abort else '',
+                           'copied': str(len(states['copied'])), 'present': str(len(states['present'])),
+                           'failed': str(len(states['failed'])), 'not_attempted': str(len(states['not attempted']))}
+    return result
 
 
 # ==========================================================================
@@ -4946,7 +5457,7 @@ def cmd_cp(session, args):
         print_error('\n'.join(notices))
     if opts['site'] and not opts['dryrun']:
         return cp_at_site(session, pairs, opts)
-    return cp_result(cp_run(session, pairs, opts), opts)
+    return cp_result(cp_run(session, pairs, opts), opts, session.command_json)
 
 
 def cp_at_site(session, pairs, opts):
@@ -6996,6 +7507,7 @@ class Shell(object):
         if getattr(session, 'aliases', None) is None:
             session.aliases = load_aliases(session.environ)  # (completion offers them)
         self.setup_readline()
+        session.flush_token()
         while True:
             try:
                 line = self.read_line()

@@ -13,6 +13,7 @@ Python API (tests, benchmarks)::
     grid.make_user_cert(workdir, name, expired=False, ca='main'|'other', cn='jalien')
     grid.make_host_cert(workdir, name, san=('DNS:wrong.example',))
     grid.start_service(workdir, host_cert=..., host_key=...) -> port
+    grid.stop_service(workdir); grid.restart_service(workdir, down=0.5)   # SIGKILL, same port
     grid.populate(workdir, dir_lfn, n)        # n file entries straight into the catalogue
     grid.set_faults(workdir, {'commit': 'refuse'}); grid.set_faults(workdir, None)
     grid.run_job(workdir, jobid, ce=..., status='DONE'); grid.set_job_quota(workdir, 'jalien', {...})
@@ -627,6 +628,45 @@ def start_service(workdir, host_cert=None, host_key=None):
     state.setdefault('extra_services', []).append({'port': port, 'pid': pid})
     _save_state(workdir, state)
     return port
+
+
+def stop_service(workdir, sig=signal.SIGKILL):
+    """Stop the grid's service the hard way (SIGKILL by default: no close frames,
+    like a crashed or failed-over machine). Its port stays reserved in the state."""
+    workdir = _abs(workdir)
+    with _locked(workdir):
+        state = load_state(workdir)
+        pid = state['service'].get('pid')
+        if pid and _alive(pid) and (pid in _children or workdir in _cmdline(pid)):
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+        _kill(pid, marker=workdir)
+        state['service']['pid'] = None
+        _save_state(workdir, state)
+
+
+def restart_service(workdir, down=0.0, sig=signal.SIGKILL):
+    """Kill the service (stop_service), wait `down` seconds, start it again on the
+    SAME port (clients reconnect to the address they know) and wait until it
+    serves. The catalogue is SQLite: what was committed survives. Returns the pid."""
+    workdir = _abs(workdir)
+    stop_service(workdir, sig)
+    if down:
+        time.sleep(down)
+    with _locked(workdir):
+        state = load_state(workdir)
+        port = state['service']['port']
+        pid = _launch_service(workdir, port)
+        try:
+            _wait_ready([_service_wait_item(workdir, pid, port, os.path.join(workdir, 'jcentral.out'))])
+        except BaseException:
+            _kill(pid)
+            raise
+        state['service']['pid'] = pid
+        _save_state(workdir, state)
+        return pid
 
 
 def make_user_cert(workdir, name, expired=False, ca='main', cn='jalien'):

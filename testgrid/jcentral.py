@@ -22,6 +22,9 @@ an action:
     exit code 121 ``Remote I/O error : <command> failed with an exception``.
 ``"drop"``
     close the TCP connection without any reply.
+``"drop-after"``
+    execute the command (a commit is registered), then close the TCP connection
+    without the reply: the client cannot know what happened.
 ``"empty"``
     reply with an empty text frame.
 ``"delay:SECONDS"``
@@ -33,6 +36,11 @@ an action:
 ``{"raw": "text"}``
     reply with exactly that text, whatever it is (deeply nested JSON, not
     JSON at all, a reply not in the JCentral format).
+
+A string action may be prefixed with ``"nth:N:"`` (only the N-th request of that
+command, counted from when faults.json was last written, gets it) or ``"once:"``
+(= ``"nth:1:"``): ``{"commit": "nth:3:drop-after"}`` cuts the connection after
+the third commit was registered, and only then.
 
 Besides command names, the key ``"idle_timeout"`` (seconds, default 900) sets
 after how long a silent session is closed with code 1013 "Session timed out";
@@ -217,6 +225,7 @@ class Grid:
         self.users = {USER_SUBJECT: 'jalien'}
         self.users.update(config.get('users', {}))
         self.faults_path = os.path.join(workdir, 'faults.json')
+        self.fault_counts = {}   # (faults.json mtime, command) -> requests seen (nth:N:)
         self.log_path = os.path.join(workdir, 'jcentral.log')
         self.log_lock = threading.Lock()
 
@@ -234,6 +243,21 @@ class Grid:
                 return json.load(f)
         except (OSError, ValueError):
             return {}
+
+    def fault_applies(self, cmd, action):
+        """The action without its nth:N:/once: prefix, or None when this request is
+        not the one it is meant for."""
+        m = re.match(r'^(?:nth:(\d+):|(once):)(.*)$', action)
+        if not m:
+            return action
+        n = int(m.group(1) or 1)
+        try:
+            key = (os.stat(self.faults_path).st_mtime_ns, cmd)
+        except OSError:
+            return None
+        with self.lock:
+            seen = self.fault_counts[key] = self.fault_counts.get(key, 0) + 1
+        return m.group(3) if seen == n else None
 
     def idle_timeout(self):
         """Seconds of silence after which a session is closed (1013 "Session timed out").
@@ -344,7 +368,9 @@ class Session:
         """(exitcode, error, results) of one command."""
         fault = self.g.faults()
         action = fault.get(cmd, fault.get('*'))
-        if action is not None:
+        if isinstance(action, str):
+            action = self.g.fault_applies(cmd, action)
+        if action is not None and action != 'drop-after':
             res = self.apply_fault(cmd, action, args)
             if res is not None:
                 return res
@@ -361,6 +387,8 @@ class Session:
             self.pending_error = None
             with self.g.lock:
                 results = fn(self, args)
+            if action == 'drop-after':
+                raise Drop()
             if self.pending_error:   # an error code set next to results, like the Java commander
                 code, detail = self.pending_error
                 return code, CmdError(code, detail).error, results or []
