@@ -3615,12 +3615,12 @@ def test_more_less_and_logout(cpenv, grid_state, tmp_path):
     assert p.returncode == 22 and one_line_error(p), p
 
 
-class ConnectProxy(object):
-    """A minimal HTTP CONNECT proxy on loopback that records the targets asked for."""
+class LoopbackProxy(object):
+    """An HTTP proxy on loopback, one thread per client: records each request line
+    and Proxy-Authorization header, then hands the client to handle(client, lines)."""
 
-    def __init__(self, refuse=False):
-        self.targets, self.auth = [], []
-        self.refuse = refuse
+    def __init__(self):
+        self.lines, self.auth = [], []
         self.sock = socket.socket()
         self.sock.bind(('127.0.0.1', 0))
         self.sock.listen(4)
@@ -3633,23 +3633,37 @@ class ConnectProxy(object):
                 client, _ = self.sock.accept()
             except OSError:
                 return
-            threading.Thread(target=self._tunnel, args=(client,), daemon=True).start()
+            threading.Thread(target=self._client, args=(client,), daemon=True).start()
 
-    def _tunnel(self, client):
+    def _client(self, client):
         head = b''
         while b'\r\n\r\n' not in head:
             chunk = client.recv(4096)
             if not chunk:
                 return
             head += chunk
-        first = head.split(b'\r\n')[0].decode()
-        self.targets.append(first)
-        self.auth.extend(l for l in head.decode().split('\r\n') if l.startswith('Proxy-Authorization'))
+        lines = head.decode().split('\r\n')
+        self.lines.append(lines[0])
+        self.auth.extend(l for l in lines if l.startswith('Proxy-Authorization'))
+        self.handle(client, lines)
+
+    def close(self):
+        self.sock.close()
+
+
+class ConnectProxy(LoopbackProxy):
+    """A minimal HTTP CONNECT proxy (lines: the CONNECT requests it got)."""
+
+    def __init__(self, refuse=False):
+        self.refuse = refuse
+        LoopbackProxy.__init__(self)
+
+    def handle(self, client, lines):
         if self.refuse:
             client.sendall(b'HTTP/1.1 403 Forbidden\r\n\r\n')
             client.close()
             return
-        host, port = first.split()[1].rsplit(':', 1)
+        host, port = lines[0].split()[1].rsplit(':', 1)
         upstream = socket.create_connection((host, int(port)))
         client.sendall(b'HTTP/1.1 200 Connection established\r\n\r\n')
 
@@ -3671,9 +3685,6 @@ class ConnectProxy(object):
         threading.Thread(target=pump, args=(upstream, client), daemon=True).start()
         pump(client, upstream)
 
-    def close(self):
-        self.sock.close()
-
 
 def test_https_proxy_tunnel(cenv, grid_state):
     proxy = ConnectProxy()
@@ -3681,10 +3692,10 @@ def test_https_proxy_tunnel(cenv, grid_state):
         env = dict(cenv, https_proxy='http://user:p%%40ss@127.0.0.1:%d' % proxy.port)
         p = run_cli(['pwd'], env=env)
         assert (p.returncode, p.stdout) == (0, grid_state['home'] + '\n'), p
-        assert proxy.targets == ['CONNECT 127.0.0.1:%s HTTP/1.1' % cenv['ALIENPY_JCENTRAL_PORT']]
+        assert proxy.lines == ['CONNECT 127.0.0.1:%s HTTP/1.1' % cenv['ALIENPY_JCENTRAL_PORT']]
         assert proxy.auth == ['Proxy-Authorization: Basic %s' % base64.b64encode(b'user:p@ss').decode()]
         p = run_cli(['pwd'], env=dict(env, no_proxy='127.0.0.1'))  # exempt: straight to the service
-        assert p.returncode == 0 and len(proxy.targets) == 1
+        assert p.returncode == 0 and len(proxy.lines) == 1
     finally:
         proxy.close()
     refusing = ConnectProxy(refuse=True)
@@ -5016,7 +5027,7 @@ def test_https_get_verifies_the_server_and_tunnels_through_https_proxy(cenv, gri
         env = _gj_env(cenv, https_proxy='127.0.0.1:%d' % proxy.port)
         p = run_cli(['queryML', '-host', url, 'OtherSite/*/*/RUNNING_jobs'], env=env)
         assert p.returncode == 0 and p.stdout.splitlines()[1].split()[0] == 'OtherSite', p
-        assert proxy.targets == ['CONNECT 127.0.0.1:%d HTTP/1.1' % srv.server_address[1]]
+        assert proxy.lines == ['CONNECT 127.0.0.1:%d HTTP/1.1' % srv.server_address[1]]
         p = run_cli(['queryML', '-host', url.replace('127.0.0.1', 'localhost'), 'x'],
                     env=dict(env, X509_CERT_DIR=str(grid_state['workdir'])))   # no CA there
         assert p.returncode == 107 and one_line_error(p) and 'TLS' in p.stderr, p
@@ -5026,36 +5037,11 @@ def test_https_get_verifies_the_server_and_tunnels_through_https_proxy(cenv, gri
         srv.server_close()
 
 
-class _GjForwardProxy(object):
-    """A plain HTTP forward proxy on loopback: takes 'GET http://host:port/path', records
-    the request line and Proxy-Authorization, forwards the request with the path only."""
+class _GjForwardProxy(LoopbackProxy):
+    """A plain HTTP forward proxy: takes 'GET http://host:port/path' and forwards the
+    request with the path only."""
 
-    def __init__(self):
-        self.lines, self.auth = [], []
-        self.sock = socket.socket()
-        self.sock.bind(('127.0.0.1', 0))
-        self.sock.listen(4)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self):
-        while True:
-            try:
-                client, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._forward, args=(client,), daemon=True).start()
-
-    def _forward(self, client):
-        head = b''
-        while b'\r\n\r\n' not in head:
-            chunk = client.recv(4096)
-            if not chunk:
-                return
-            head += chunk
-        lines = head.decode().split('\r\n')
-        self.lines.append(lines[0])
-        self.auth.extend(l for l in lines if l.startswith('Proxy-Authorization'))
+    def handle(self, client, lines):
         m = re.match(r'^GET http://([^/:]+):([0-9]+)(/\S*) (HTTP/1\.[01])$', lines[0])
         rest = [l for l in lines[1:] if l and not l.startswith('Proxy-')] + ['Connection: close']
         with socket.create_connection((m.group(1), int(m.group(2)))) as up:
@@ -5066,9 +5052,6 @@ class _GjForwardProxy(object):
                     break
                 client.sendall(data)
         client.close()
-
-    def close(self):
-        self.sock.close()
 
 
 @pytest.mark.once
@@ -5470,7 +5453,7 @@ def test_checkaddr(cenv, grid_state):
         proxy.close()
     assert p.returncode == 0 and re.search(r'^via https_proxy 127\.0\.0\.1:%d +TCP OK [0-9.]+ ms   TLS OK'
                                            % proxy.port, p.stdout, re.M), p
-    assert proxy.targets == ['CONNECT 127.0.0.1:%d HTTP/1.1' % port]
+    assert proxy.lines == ['CONNECT 127.0.0.1:%d HTTP/1.1' % port]
     refusing = ConnectProxy(refuse=True)
     try:
         p = run_cli(['checkAddr'], env=dict(cenv, https_proxy='http://127.0.0.1:%d' % refusing.port))
