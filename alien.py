@@ -3155,8 +3155,8 @@ class _Progress(object):
         sys.stderr.flush()
 
 
-def write_metalink(path, lfn, size, md5, urls):
-    """Metalink 4 file listing every replica (used with -y N > 1)."""
+def metalink_text(lfn, size, md5, urls):
+    """Metalink 4 document listing every replica (cp -y N > 1, lfn2uri meta)."""
     from xml.sax.saxutils import escape
     lines = ['<?xml version="1.0" encoding="UTF-8"?>',
              '<metalink xmlns="urn:ietf:params:xml:ns:metalink">',
@@ -3168,8 +3168,7 @@ def write_metalink(path, lfn, size, md5, urls):
     for u in urls:
         lines.append('  <url><![CDATA[%s]]></url>' % u.replace(']]>', ']]]]><![CDATA[>'))
     lines += [' </file>', '</metalink>', '']
-    with open(path, 'w') as f:
-        f.write('\n'.join(lines))
+    return '\n'.join(lines)
 
 
 # ---- cp: planning and execution ----------------------------------------------
@@ -3665,7 +3664,8 @@ def cp_download(session, items, opts, stats):
                 import tempfile
                 tmpdir.append(tempfile.mkdtemp(prefix='alienpy-meta-'))
             meta = os.path.join(tmpdir[0], '%d.meta4' % len(os.listdir(tmpdir[0])))
-            write_metalink(meta, info['lfn'], job.size, job.md5, [u for u, _ in reps])
+            with open(meta, 'w', encoding='utf-8') as f:   # a private temp dir: no rename needed
+                f.write(metalink_text(info['lfn'], job.size, job.md5, [u for u, _ in reps]))
             job.source, job.sources = meta, min(opts['sources'], len(reps))
             job.retry = 0
             info['se'] = 'all replicas'
@@ -5677,8 +5677,9 @@ def xml_entry_local(path):
             'lfn': 'file://' + path, 'turl': 'file://' + path}
 
 
-def write_local_text(path, text):
-    """Write text to a local file atomically (a temp file renamed over it)."""
+def write_local_text(path, text, what=''):
+    """Write text to a local file atomically (a temp file renamed over it); a
+    failure is one error line (prefixed 'WHAT: ' when given) and leaves path as it was."""
     path = os.path.abspath(os.path.expanduser(path))
     tmp = part_name(path)
     try:
@@ -5687,7 +5688,7 @@ def write_local_text(path, text):
         os.replace(tmp, path)
     except OSError as e:
         _unlink_quiet(tmp)
-        raise AlienError('cannot write %s: %s' % (path, e.strerror), EX_EIO)
+        raise AlienError('%scannot write %s: %s' % (what + ': ' if what else '', path, e.strerror), EX_EIO)
 
 
 def _local_target(value, cmd):
@@ -6033,13 +6034,8 @@ def cmd_lfn2uri(session, args):
         return client_result('\n'.join(repr(u) for u in urls), replicas)
     target = os.path.abspath(os.path.basename(lfn) + '.meta4')
     first = replicas[0] if replicas else {}
-    temp = part_name(target)
-    try:
-        write_metalink(temp, lfn, _int_or_none(first.get('size')) or 0, first.get('md5') or '', urls)
-        os.replace(temp, target)
-    except OSError as e:
-        _unlink_quiet(temp)
-        raise AlienError('lfn2uri: cannot write %s: %s' % (target, e.strerror), EX_EIO)
+    write_local_text(target, metalink_text(lfn, _int_or_none(first.get('size')) or 0, first.get('md5') or '', urls),
+                     what='lfn2uri')
     return client_result(target, replicas)
 
 
@@ -7142,16 +7138,7 @@ def _ccdb_download(base, objs, opts, env, metadata):
             rename = {'Created': 'CreateTime', 'Valid-Until': 'ValidUntil'}
             props = ''.join('%s=%s\n' % (rename.get(k, k), v) for k, v in o.items() if k not in skip)
             props += 'OriginalFileName=%s\n' % o['filename']
-            tmp = part_name(os.path.abspath(dest + '.properties'))
-            try:
-                with open(tmp, 'w', encoding='utf-8') as f:
-                    f.write(props)
-                os.replace(tmp, dest + '.properties')
-                tmp = None
-            except OSError as e:
-                raise AlienError('ccdb: cannot write %s.properties: %s' % (dest, e.strerror), EX_EIO)
-            finally:
-                _unlink_quiet(tmp)
+            write_local_text(dest + '.properties', props, what='ccdb')
         lines.append('%s (%d bytes)' % (dest, size))
         o['local'] = dest
     return client_result('\n'.join(lines), objs, metadata)
