@@ -5193,7 +5193,8 @@ def store(cenv, grid_state, tmp_path):
     key = grid_state['workdir']
     if key not in _STORE_FILES:
         lfn = '%sh9store_%d/two.txt' % (grid_state['home'], os.getpid())
-        src = tmp_path / 'two.txt'
+        src = tmp_path / 'store-source' / 'two.txt'   # not in tmp_path itself: tests list it
+        src.parent.mkdir()
         src.write_bytes(b'two replicas\n')
         p = run_cli(['mkdir -p %s; cp file:%s %s@disk:2' % (lfn.rsplit('/', 1)[0], src, lfn)], env=env)
         assert p.returncode == 0, p
