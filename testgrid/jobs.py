@@ -13,7 +13,6 @@ Their replies follow ../shared/spec/jcentral-replies.md where it shows them;
 see testgrid/README.md for the choices where it does not.
 """
 
-import os
 import re
 import sqlite3
 import time
