@@ -3404,87 +3404,217 @@ STREAM_CHUNK = 8 << 20     # bytes per read of a streamed download
 STREAM_READS = 4           # reads in flight
 
 
+def _write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+class VerifiedRead(object):
+    """One verified download, driven by XRootD's callbacks (no thread of its own):
+    open job.source, read it whole with up to STREAM_READS reads of STREAM_CHUNK in
+    flight, write the bytes in order to job.target (a fresh private name, created
+    only once the source is open) hashing them as they are written, compare the
+    md5 with the catalogue's (job.md5), close. The file is never read a second
+    time and a small file costs three requests (open, read, close) on the SE's
+    shared connection. start() returns at once; done(self) is called once, from
+    an XRootD thread (or from start() when nothing could be sent), when the
+    target is closed and the source released; job.ok / job.error tell how it
+    went (a failed target is left for the caller to remove). cancel(): no
+    target is created once it returned, and the transfer stops at the next reply.
+    handler: None or the progress interface (begin/update/end of _JobProgress)."""
+
+    def __init__(self, job, timeout, done, handler=None):
+        self.job = job
+        self.timeout = timeout
+        self.done = done
+        self.handler = handler
+        self.lock = threading.Lock()
+        self.file = None
+        self.fd = None
+        self.md5 = hashlib.md5()
+        self.ahead = 0           # the next offset to ask for
+        self.written = 0         # bytes written and hashed, in order
+        self.early = {}          # offset -> bytes that arrived before their turn
+        self.inflight = 0        # requests sent and not answered
+        self.busy = False        # a thread is writing and hashing
+        self.error = None
+        self.ending = False      # the close is sent (or nothing to close)
+
+    def start(self):
+        from XRootD.client.flags import OpenFlags
+        self.file = xrootd_client().File()
+        self.inflight = 1
+        try:
+            status = self.file.open(self.job.source, OpenFlags.READ, timeout=self.timeout, callback=self._opened)
+        except Exception as e:          # e.g. a URL the binding refuses
+            status = None
+            self.error = str(e)
+        if status is None or not status.ok:
+            self.error = self.error or status.message
+            self.inflight = 0
+            self.ending = True
+            self._finish()
+        return self
+
+    def cancel(self):
+        with self.lock:
+            if self.error is None:
+                self.error = 'cancelled'
+
+    def _fail(self, why):
+        if self.error is None:
+            self.error = ' '.join(str(why).split())
+
+    def _opened(self, status, _response, _hosts):
+        with self.lock:
+            self.inflight -= 1
+            if not status.ok:
+                self._fail(status.message)
+            elif self.error is None:
+                try:
+                    self.fd = os.open(self.job.target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                except OSError as e:
+                    self._fail('cannot create %s: %s' % (self.job.target, e.strerror))
+            if self.error is None and self.handler is not None:
+                self.handler.begin(1, 1, self.job.source, self.job.target)
+            if status.ok:
+                self._ask()
+            self.busy = True
+        self._drain()
+
+    def _ask(self):
+        """Keep STREAM_READS reads in flight (self.lock held)."""
+        size = self.job.size
+        while self.error is None and self.ahead < size and self.inflight < STREAM_READS:
+            offset, n = self.ahead, min(STREAM_CHUNK, size - self.ahead)
+            status = self.file.read(offset, n, timeout=self.timeout,
+                                    callback=lambda s, d, _h, o=offset, n=n: self._arrived(o, n, s, d))
+            if not status.ok:
+                self._fail(status.message)
+                return
+            self.inflight += 1
+            self.ahead += n
+
+    def _arrived(self, offset, n, status, data):
+        with self.lock:
+            self.inflight -= 1
+            if not status.ok:
+                self._fail(status.message)
+            elif len(data or b'') != n:
+                self._fail('short read at byte %d of %d' % (offset + len(data or b''), self.job.size))
+            elif self.error is None:
+                self.early[offset] = data
+            if self.busy:
+                return               # the thread that is busy takes these bytes in turn
+            self.busy = True
+        self._drain()
+
+    def _drain(self):
+        """Write and hash the bytes whose turn it is, outside the lock (md5 releases
+        the GIL: other replies keep arriving), then close when all is done."""
+        while True:
+            with self.lock:
+                data = None if self.error is not None else self.early.pop(self.written, None)
+                if data is None:
+                    self.busy = False
+                    if self.ending or self.inflight:
+                        return
+                    if self.error is None and self.written < self.job.size:
+                        return
+                    self.ending = True
+                    break
+                self._ask()
+            try:
+                _write_all(self.fd, data)
+            except OSError as e:
+                with self.lock:
+                    self._fail('cannot write %s: %s' % (self.job.target, e.strerror))
+                continue
+            self.md5.update(data)
+            with self.lock:
+                self.written += len(data)
+            if self.handler is not None:
+                self.handler.update(1, self.written, self.job.size)
+        if self.error is None and self.md5.hexdigest() != self.job.md5.lower():
+            self._fail('md5 mismatch: %s, the catalogue says %s' % (self.md5.hexdigest(), self.job.md5))
+        self.early.clear()
+        try:
+            status = self.file.close(timeout=self.timeout, callback=lambda *_a: self._finish())
+        except Exception:
+            status = None
+        if status is None or not status.ok:
+            self._finish()
+
+    def _finish(self):
+        if self.fd is not None:
+            try:
+                os.close(self.fd)
+            except OSError as e:
+                self._fail('cannot write %s: %s' % (self.job.target, e.strerror))
+            self.fd = None
+        self.job.ok = self.error is None
+        self.job.error = '' if self.job.ok else 'XRootD: %s' % self.error
+        if self.handler is not None:
+            self.handler.end(1, {'status': _XrdStatus(self.job.ok), 'size': self.job.size})
+        self.done(self)
+
+
+_XrdStatus = collections.namedtuple('_XrdStatus', 'ok')   # what _Progress.end reads of XRootD's
+
+
+def verified_read_possible(job):
+    """A download that VerifiedRead can do: known size and md5, one replica at a
+    time, no member of a zip archive (that is XRootD's copy's work)."""
+    return (job.md5 and job.sources == 1 and job.size >= 0 and job.target.startswith('/')
+            and 'xrdcl.unzip=' not in job.source)
+
+
+def _read_again(job, opts):
+    """After a failed VerifiedRead: True when the same replica is to be read
+    again (-retry, used like XRootD's retries of a copy: only where job.retry
+    allows; never after an md5 mismatch or a cancel); its part file is removed."""
+    if job.ok or 'md5 mismatch' in job.error or job.error.endswith('cancelled'):
+        return False
+    left = int(opts.get('retry', 2) if job.retry is None else job.retry)
+    if left <= 0:
+        return False
+    job.retry = left - 1
+    _unlink_quiet(job.target)
+    return True
+
+
 def _stream_download(job, opts, handler):
-    """Download job.source into job.target with STREAM_READS reads in flight,
-    hashing the bytes as they arrive (in order): the md5 check costs no second
-    read of the file, and the hashing overlaps the transfer. Raises AlienError."""
-    client = xrootd_client()
-    from XRootD.client.flags import OpenFlags
-    timeout = int(opts.get('timeout') or 0)
-    f = client.File()
-    st, _ = f.open(job.source, OpenFlags.READ, timeout=timeout)
-    if not st.ok:
-        raise AlienError(st.message)
-    fd = None
-    try:
-        fd = os.open(job.target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        md5 = hashlib.md5()
-        slots = {}
-
-        def issue(offset):
-            done, box = threading.Event(), []
-
-            def arrived(status, data, _hosts):
-                box.append((status, data))
-                done.set()
-            slots[offset] = (done, box)
-            status = f.read(offset, min(STREAM_CHUNK, job.size - offset), timeout=timeout, callback=arrived)
-            if not status.ok:
-                box.append((status, None))
-                done.set()
-
-        ahead = 0
-        while ahead < job.size and len(slots) < STREAM_READS:
-            issue(ahead)
-            ahead += STREAM_CHUNK
-        offset = 0
+    """A VerifiedRead in the calling thread (a worker of CopyPipeline: a large
+    file), which waits for it and polls the handler for a cancel; sets job.ok and
+    job.error."""
+    while True:
+        finished = threading.Event()
+        reader = VerifiedRead(job, int(opts.get('timeout') or 0), lambda _r: finished.set(), handler).start()
+        while not finished.wait(0.5):
+            if handler is not None and handler.should_cancel(1):
+                reader.cancel()
+                if not finished.wait(5):     # the replies in flight come back before the file goes
+                    job.ok, job.error = False, 'XRootD: cancelled'
+                return
+        if not _read_again(job, opts):
+            return
         if handler is not None:
-            handler.begin(1, 1, job.source, job.target)
-        while offset < job.size:
-            done, box = slots.pop(offset)
-            while not done.wait(0.5):
-                if handler is not None and handler.should_cancel(1):
-                    raise AlienError('cancelled')
-            status, data = box[0]
-            if not status.ok:
-                raise AlienError(status.message)
-            if not data or (len(data) < STREAM_CHUNK and offset + len(data) < job.size):
-                raise AlienError('short read at byte %d of %d' % (offset + len(data or b''), job.size))
-            if ahead < job.size:
-                issue(ahead)
-                ahead += STREAM_CHUNK
-            os.write(fd, data)
-            md5.update(data)          # releases the GIL: the next reads keep arriving
-            offset += len(data)
-            if handler is not None:
-                handler.update(1, offset, job.size)
-        if md5.hexdigest() != job.md5.lower():
-            raise AlienError('md5 mismatch: %s, the catalogue says %s' % (md5.hexdigest(), job.md5))
-        if handler is not None:
-            handler.end(1, {'status': status, 'size': job.size})
-    finally:
-        if fd is not None:
-            os.close(fd)
-        for done, _box in slots.values() if fd is not None else ():
-            done.wait(5)              # no callback may outlive the file object
-        f.close()
+            handler.progress.done_files -= 1
 
 
 def _copy_one(job, opts, handler):
-    """Run one transfer in its own CopyProcess in the calling thread; sets
-    job.ok/.error, never raises. A large download with a known md5 from one
-    replica is streamed instead (hashed as it arrives)."""
-    if job.target.startswith('/') and job.md5 and job.sources == 1 and job.size >= CP_SMALL_FILE:
-        try:
-            _stream_download(job, opts, handler)
-            job.ok, job.error = True, ''
-        except Exception as e:
-            job.ok, job.error = False, 'XRootD: %s' % e
-        return
+    """Run one transfer in the calling thread; sets job.ok/.error, never raises.
+    A download with a known size and md5 from one replica is a VerifiedRead
+    (hashed as it arrives), the rest (uploads, -y N metalinks, zip members,
+    files without an md5) one XRootD CopyProcess each."""
     try:
         client = xrootd_client()
         if opts.get('streams'):
             client.EnvPutInt('SubStreamsPerChannel', int(opts['streams']))
+        if verified_read_possible(job):
+            _stream_download(job, opts, handler)
+            return
         proc = client.CopyProcess()
         kw = {}
         if opts.get('chunks'):
@@ -3552,25 +3682,32 @@ CP_SMALL_FILE = 4 << 20
 
 
 class CopyPipeline(object):
-    """Transfers run in worker threads (one XRootD transfer each, so no batch
-    waits for its slowest file) while the caller keeps talking to the service
-    (access before a transfer, commit after): control and data plane overlap.
-    XRootD shares one connection per SE between all of them. submit(jobs);
-    results(wait) hands back finished jobs; close(cancel) stops the workers."""
+    """Transfers run while the caller keeps talking to the service (access before
+    a transfer, commit after): control and data plane overlap. A small download
+    that VerifiedRead can do needs no thread: it is started here and driven by
+    XRootD's callbacks. Every other transfer runs in a worker thread (one XRootD
+    transfer each, so no batch waits for its slowest file). XRootD shares one
+    connection per SE between all of them. submit(jobs); results(wait) hands
+    back finished jobs; close(cancel) stops everything."""
 
     def __init__(self, opts, progress):
         import collections
-        import threading
         self.opts = opts
         self.progress = progress
         lock = threading.Lock()
         self.cv = threading.Condition(lock)      # idle workers wait here for jobs
         self.done = threading.Condition(lock)    # the caller waits here for results
+        self.quick = collections.deque()         # small downloads for VerifiedRead
         self.small = collections.deque()
         self.big = collections.deque()
         self.big_running = 0
         self.big_limit = opts.get('parallel') or CP_PARALLEL
         self.limit = opts.get('parallel') or max(CP_INFLIGHT, self.big_limit)
+        self.running = 0          # transfers in flight, of both kinds
+        self.threaded = 0         # transfers for the worker threads, queued or running
+        self.streams_set = False
+        self.readers = set()      # VerifiedReads in flight
+        self.timeout = int(opts.get('timeout') or 0)
         self.finished = []
         self.pending = 0          # submitted and not yet handed back
         self.closed = False
@@ -3579,23 +3716,67 @@ class CopyPipeline(object):
 
     def submit(self, jobs):
         with self.cv:
+            threaded = 0
             for job in jobs:
+                if 0 <= job.size < CP_SMALL_FILE and verified_read_possible(job):
+                    self.quick.append(job)
+                    continue
                 (self.small if 0 <= job.size < CP_SMALL_FILE else self.big).append(job)
+                threaded += 1
             self.pending += len(jobs)
+            self.threaded += threaded
             busy = len(self.threads)
-            while busy < self.limit and busy < self.pending:
+            while busy < self.limit and busy < self.threaded:
                 t = self._thread(target=self._work, name='xrootd-copy-%d' % busy)
                 t.daemon = True
                 t.start()
                 self.threads.append(t)
                 busy += 1
-            self.cv.notify(len(jobs))    # not all: a woken idle worker costs the GIL
+            if threaded:
+                self.cv.notify(threaded)    # not all: a woken idle worker costs the GIL
+        self._start_reads()
+
+    def _start_reads(self):
+        """Start queued small downloads while fewer than limit transfers run."""
+        while True:
+            with self.cv:
+                if not self.quick or self.running >= self.limit or self.closed and self.progress.cancel:
+                    return
+                job = self.quick.popleft()
+                self.running += 1
+                handler = _JobProgress(self.progress, job) if self.progress.enabled else None
+                reader = VerifiedRead(job, self.timeout, self._read_done, handler)
+                self.readers.add(reader)
+            if not self.streams_set:
+                self.streams_set = True
+                if self.opts.get('streams'):
+                    xrootd_client().EnvPutInt('SubStreamsPerChannel', int(self.opts['streams']))
+            reader.start()
+
+    def _read_done(self, reader):
+        job = reader.job
+        with self.cv:
+            self.readers.discard(reader)
+            self.running -= 1
+            if _read_again(job, self.opts) and not self.progress.cancel:
+                self.quick.appendleft(job)
+                if self.progress.enabled:
+                    self.progress.done_files -= 1
+            else:
+                self.finished.append(job)
+            self.done.notify()
+            self.cv.notify()             # a worker may take a transfer now
+        self._start_reads()
 
     def _take(self):
+        if self.running >= self.limit:
+            return None, False
         if self.small:
+            self.running += 1
             return self.small.popleft(), False
         if self.big and self.big_running < self.big_limit:
             self.big_running += 1
+            self.running += 1
             return self.big.popleft(), True
         return None, False
 
@@ -3613,11 +3794,14 @@ class CopyPipeline(object):
             watched = self.progress.enabled or big or not 0 <= job.size < CP_SMALL_FILE
             _copy_one(job, self.opts, _JobProgress(self.progress, job) if watched else None)
             with self.cv:
+                self.running -= 1
+                self.threaded -= 1
                 if big:
                     self.big_running -= 1
-                    self.cv.notify()     # a large file's slot is free
+                self.cv.notify()         # a slot is free
                 self.finished.append(job)
                 self.done.notify()
+            self._start_reads()
 
     def results(self, wait=False):
         with self.cv:
@@ -3632,12 +3816,20 @@ class CopyPipeline(object):
         with self.cv:
             self.closed = True
             if cancel:
+                self.quick.clear()
                 self.small.clear()
                 self.big.clear()
                 self.progress.cancel = True
+            readers = list(self.readers)
             self.cv.notify_all()
+        for reader in readers:
+            reader.cancel()              # no part file is created after this
         for t in self.threads:
             t.join()
+        deadline = time.monotonic() + 5
+        with self.cv:                    # the replies in flight come back before XRootD goes
+            while self.readers and time.monotonic() < deadline:
+                self.done.wait(0.2)
 
 
 def cp_download(session, items, opts, stats):
