@@ -3398,21 +3398,68 @@ def write_xattrs(path, lfn='', guid='', md5='', size=None):
         return False
 
 
-def present_unchanged(path, size, md5):
-    """True when path holds the catalogue file (size, md5) by the xattrs of its
-    download and its size and mtime have not moved since; nothing is read."""
-    if not md5:
-        return False
+def _local_facts(path):
+    """(size, mtime in ms, user.ts_w, user.md5) of a local file -> tuple, or None
+    when it cannot be read or has no such attributes."""
     try:
         st = os.stat(path)
-        if size >= 0 and st.st_size != size:
-            return False
-        # with the catalogue size known and equal, user.size adds nothing: 2 reads, not 3
-        keys = ('ts_w', 'md5') if size >= 0 else ('ts_w', 'md5', 'size')
-        x = [os.getxattr(path, 'user.' + k).decode('ascii', 'replace') for k in keys]
+        return (st.st_size, _mtime_ms(st), os.getxattr(path, 'user.ts_w').decode('ascii', 'replace'),
+                os.getxattr(path, 'user.md5').decode('ascii', 'replace'))
+    except (OSError, AttributeError):   # no such file or attribute (or no os.getxattr)
+        return None
+
+
+class LocalFacts(object):
+    """_local_facts of every file under local directories, read in a background
+    thread while the service lists the grid side: a re-run's 1,000 present files
+    cost about 30 ms of stat and getxattr calls, which then overlap the service's
+    own time instead of following it. At most `limit` files per directory tree;
+    a path it did not read is read when asked for."""
+
+    def __init__(self, limit=100000):
+        self.limit = limit
+        self.facts = {}
+        self.threads = []
+
+    def prefetch(self, root):
+        t = threading.Thread(target=self._scan, args=(root,), name='local-facts', daemon=True)
+        t.start()
+        self.threads.append(t)
+
+    def _scan(self, root):
+        n = 0
+        for d, _dirs, files in os.walk(root):
+            for name in files:
+                path = os.path.join(d, name)
+                self.facts[path] = _local_facts(path)
+                n += 1
+                if n >= self.limit:
+                    return
+
+    def get(self, path):
+        while self.threads:
+            self.threads.pop().join()
+        if path in self.facts:
+            return self.facts[path]
+        return _local_facts(path)
+
+
+def present_unchanged(path, size, md5, facts=None):
+    """True when path holds the catalogue file (size, md5) by the xattrs of its
+    download and its size and mtime have not moved since; nothing is read.
+    facts: a LocalFacts that may have read the file's metadata already."""
+    if not md5:
+        return False
+    if size >= 0:
+        # with the catalogue size known and equal, user.size adds nothing
+        f = facts.get(path) if facts is not None else _local_facts(path)
+        return f is not None and f[0] == size and f[2] == f[1] and f[3] == md5
+    try:
+        st = os.stat(path)
+        x = [os.getxattr(path, 'user.' + k).decode('ascii', 'replace') for k in ('ts_w', 'md5', 'size')]
     except (OSError, AttributeError):
         return False
-    return x == [_mtime_ms(st), md5, str(st.st_size)][:len(keys)]
+    return x == [_mtime_ms(st), md5, str(st.st_size)]
 
 
 def _file_matches(path, size, md5, lfn=''):
@@ -4174,8 +4221,10 @@ def _prefetch_stats(session, pairs):
     return dict(zip(lfns, _requests(session, [('stat', [lfn]) for lfn in lfns], window=4 * REQUEST_WINDOW)))
 
 
-def cp_plan(session, src, dst, opts, stats_cache=None, known=None):
+def cp_plan(session, src, dst, opts, stats_cache=None, known=None, facts=None):
     """One src/dst pair -> ('download'|'upload', [(src, dst, specs)]).
+    facts: a LocalFacts to read an existing destination directory into while
+    the grid side is listed (with known: present files are skipped unread).
 
     A directory source is copied recursively and its destination is always a
     directory; 'dir' copies the directory itself (parent + 1), 'dir/' or a
@@ -4210,7 +4259,10 @@ def cp_plan(session, src, dst, opts, stats_cache=None, known=None):
         lfn = lfn.rstrip('/') + '/'
         local = local.rstrip('/') + '/'
         # files may be present already only when the destination directory is
-        files = _grid_find(session, lfn, opts, pattern, known=known if os.path.isdir(local) else None)
+        present = known is not None and os.path.isdir(local)
+        if present and facts is not None:
+            facts.prefetch(local)
+        files = _grid_find(session, lfn, opts, pattern, known=known if present else None)
         if not files:
             raise AlienError('cp: no files found in %s' % lfn, EX_ENOMSG)
         # named as they are consumed: the first files transfer while later names are made
@@ -4241,11 +4293,15 @@ def cp_plan(session, src, dst, opts, stats_cache=None, known=None):
 
 
 _SURROGATE = LazyRegex('[\ud800-\udfff]')
+# anything cp_name_problem may object to; most names have none of it
+_NAME_SUSPECT = LazyRegex('[\ud800-\udfff\x00\n\r]|(?:^|/)\\.\\.?(?:/|$)|[^/]{64}')
 
 
 def cp_name_problem(path, side):
     """Why path cannot be a file name on side ('grid': an LFN the catalogue can
     hold; 'local': a local destination name), or '' when it can."""
+    if _NAME_SUSPECT.search(path) is None:      # 1,000s of names per copy: one scan each
+        return ''
     if _SURROGATE.search(path):
         return 'the name is not valid UTF-8'
     if '\x00' in path:
@@ -4291,6 +4347,7 @@ def cp_run(session, pairs, opts):
     uploads = []
     unplanned = [0]   # index of the first pair not planned yet
     known = {}      # lfn -> (size, md5) from the listings: present files are skipped unread
+    facts = None if opts.get('force') or opts.get('dryrun') else LocalFacts()
 
     def planned_downloads():
         seen = set()
@@ -4303,7 +4360,7 @@ def cp_run(session, pairs, opts):
             for n, (src, dst) in enumerate(chunk):
                 unplanned[0] = start - len(chunk) + n + 1
                 try:
-                    direction, items = cp_plan(session, src, dst, opts, cache, known)
+                    direction, items = cp_plan(session, src, dst, opts, cache, known, facts)
                 except AlienError as e:
                     if len(pairs) == 1:
                         raise
@@ -4321,7 +4378,7 @@ def cp_run(session, pairs, opts):
                     seen.add(it[1])
                     k = known.get(it[0])
                     if k is not None and not opts.get('force') and not opts.get('dryrun') and \
-                            present_unchanged(it[1], k[0], k[1]):
+                            present_unchanged(it[1], k[0], k[1], facts):
                         stats.already(it[0], it[1])      # by its xattrs: no access request, nothing read
                         continue
                     unique.append(it)

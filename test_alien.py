@@ -6290,3 +6290,34 @@ def test_fast_exit_flushes_output_and_keeps_exit_codes(cenv):
                                    JALIEN_TOKEN_KEY=open(cenv['X509_USER_KEY']).read()))
     assert p.returncode == 0
     assert not [n for n in os.listdir(cenv['TMPDIR']) if n.endswith('.pem') and '_' in n and n.startswith(('tokencert', 'tokenkey', 'cert', 'key'))]
+
+
+@pytest.mark.pure
+def test_cp_name_fast_path_never_hides_a_problem():
+    import random
+    rnd = random.Random(10)
+    alphabet = ['a', 'é', '.', '/', '\x00', '\n', '\r', '\udcff', 'x' * 40, '€' * 20]
+    for _ in range(20000):
+        name = ''.join(rnd.choice(alphabet) for _ in range(rnd.randrange(1, 9)))
+        if alien._NAME_SUSPECT.search(name) is None:
+            assert alien.cp_name_problem(name, 'grid') == '' and alien.cp_name_problem(name, 'local') == '', repr(name)
+
+
+@pytest.mark.pure
+def test_local_facts_prefetch_reads_what_a_direct_read_reads(tmp_path):
+    (tmp_path / 'sub').mkdir()
+    paths = [tmp_path / 'a.dat', tmp_path / 'sub' / 'b.dat', tmp_path / 'sub' / 'plain.dat']
+    for p in paths:
+        p.write_bytes(b'x' * 10)
+    for p in paths[:2]:
+        assert alien.write_xattrs(str(p), md5='0' * 32)
+    facts = alien.LocalFacts()
+    facts.prefetch(str(tmp_path))
+    for p in paths:
+        assert facts.get(str(p)) == alien._local_facts(str(p))
+    assert facts.get(str(paths[0]))[3] == '0' * 32 and facts.get(str(paths[2])) is None
+    assert alien.present_unchanged(str(paths[0]), 10, '0' * 32, facts)
+    assert not alien.present_unchanged(str(paths[0]), 11, '0' * 32, facts)
+    limited = alien.LocalFacts(limit=1)
+    limited.prefetch(str(tmp_path))
+    assert all(limited.get(str(p)) == alien._local_facts(str(p)) for p in paths)  # the rest read when asked
