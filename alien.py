@@ -3488,20 +3488,25 @@ STREAM_CHUNK = 8 << 20     # bytes per read of a streamed download
 STREAM_READS = 4           # reads in flight
 
 
-def _write_all(fd, data):
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
+def _pwrite_all(fd, data, offset):
+    """os.pwrite until every byte is written (a regular file may take fewer)."""
+    done = os.pwrite(fd, data, offset)
+    if done < len(data):
+        view = memoryview(data)
+        while done < len(data):
+            done += os.pwrite(fd, view[done:], offset + done)
 
 
 class VerifiedRead(object):
     """One verified download, driven by XRootD's callbacks (no thread of its own):
     open job.source, read it whole with up to STREAM_READS reads of STREAM_CHUNK in
-    flight, write the bytes in order to job.target (a fresh private name, created
-    only once the source is open) hashing them as they are written, compare the
-    md5 with the catalogue's (job.md5), close. The file is never read a second
-    time and a small file costs three requests (open, read, close) on the SE's
-    shared connection. start() returns at once; done(self) is called once, from
+    flight, write each chunk to job.target (a fresh private name, created only
+    once the source is open) at its offset as soon as it arrives, hash the chunks
+    in order, compare the md5 with the catalogue's (job.md5), close. The file is
+    never read a second time, and a small file costs three requests (open,
+    read, close) on the SE's shared connection. Hashing is the longest piece of
+    a large verified download: os.pwrite and md5.update release the GIL, so
+    receiving, writing and hashing run at the same time in XRootD's threads. start() returns at once; done(self) is called once, from
     an XRootD thread (or from start() when nothing could be sent), when the
     target is closed and the source released; job.ok / job.error tell how it
     went (a failed target is left for the caller to remove). cancel(): no
@@ -3518,10 +3523,10 @@ class VerifiedRead(object):
         self.fd = None
         self.md5 = hashlib.md5()
         self.ahead = 0           # the next offset to ask for
-        self.written = 0         # bytes written and hashed, in order
-        self.early = {}          # offset -> bytes that arrived before their turn
+        self.hashed = 0          # bytes hashed, in order
+        self.early = {}          # offset -> bytes written, not hashed yet
         self.inflight = 0        # requests sent and not answered
-        self.busy = False        # a thread is writing and hashing
+        self.busy = False        # a thread is hashing
         self.error = None
         self.ending = False      # the close is sent (or nothing to close)
 
@@ -3568,9 +3573,9 @@ class VerifiedRead(object):
         self._drain()
 
     def _ask(self):
-        """Keep STREAM_READS reads in flight (self.lock held)."""
+        """Keep STREAM_READS chunks in flight or not hashed yet (self.lock held)."""
         size = self.job.size
-        while self.error is None and self.ahead < size and self.inflight < STREAM_READS:
+        while self.error is None and self.ahead < size and self.inflight + len(self.early) < STREAM_READS:
             offset, n = self.ahead, min(STREAM_CHUNK, size - self.ahead)
             status = self.file.read(offset, n, timeout=self.timeout,
                                     callback=lambda s, d, _h, o=offset, n=n: self._arrived(o, n, s, d))
@@ -3581,13 +3586,22 @@ class VerifiedRead(object):
             self.ahead += n
 
     def _arrived(self, offset, n, status, data):
+        written = None
+        if status.ok and len(data or b'') == n and self.error is None:
+            try:                 # the file stays open while a request is in flight
+                _pwrite_all(self.fd, data, offset)
+                written = data
+            except OSError as e:
+                written = e
         with self.lock:
             self.inflight -= 1
             if not status.ok:
                 self._fail(status.message)
             elif len(data or b'') != n:
                 self._fail('short read at byte %d of %d' % (offset + len(data or b''), self.job.size))
-            elif self.error is None:
+            elif isinstance(written, OSError):
+                self._fail('cannot write %s: %s' % (self.job.target, written.strerror))
+            elif self.error is None and written is not None:
                 self.early[offset] = data
             if self.busy:
                 return               # the thread that is busy takes these bytes in turn
@@ -3595,31 +3609,25 @@ class VerifiedRead(object):
         self._drain()
 
     def _drain(self):
-        """Write and hash the bytes whose turn it is, outside the lock (md5 releases
-        the GIL: other replies keep arriving), then close when all is done."""
+        """Hash the bytes whose turn it is, outside the lock (other replies keep
+        arriving meanwhile), then close when all is done."""
         while True:
             with self.lock:
-                data = None if self.error is not None else self.early.pop(self.written, None)
+                data = None if self.error is not None else self.early.pop(self.hashed, None)
                 if data is None:
                     self.busy = False
                     if self.ending or self.inflight:
                         return
-                    if self.error is None and self.written < self.job.size:
+                    if self.error is None and self.hashed < self.job.size:
                         return
                     self.ending = True
                     break
                 self._ask()
-            try:
-                _write_all(self.fd, data)
-            except OSError as e:
-                with self.lock:
-                    self._fail('cannot write %s: %s' % (self.job.target, e.strerror))
-                continue
             self.md5.update(data)
             with self.lock:
-                self.written += len(data)
+                self.hashed += len(data)
             if self.handler is not None:
-                self.handler.update(1, self.written, self.job.size)
+                self.handler.update(1, self.hashed, self.job.size)
         if self.error is None and self.md5.hexdigest() != self.job.md5.lower():
             self._fail('md5 mismatch: %s, the catalogue says %s' % (self.md5.hexdigest(), self.job.md5))
         self.early.clear()
@@ -3957,7 +3965,8 @@ def cp_download(session, items, opts, stats):
         pipe.submit([job])
 
     def settle(job):
-        live.discard(job)
+        # the job leaves `live` only when its outcome is recorded: a Ctrl-C at any
+        # point of this leaves no part file and no delivered file uncounted
         info = job.info
         if job.ok and info.get('unzip'):
             job.error = extract_zip_member(job.target, info['unzip'], info['md5'])
@@ -3966,15 +3975,16 @@ def cp_download(session, items, opts, stats):
         if got is not None and job.size in (-1, got):
             write_xattrs(job.target, info['lfn'], info.get('guid', ''), info.get('md5', ''),
                          job.size if job.size >= 0 else None)
+            info['delivered'] = got     # once the part file is gone (a Ctrl-C may come at any point)
             try:
                 os.replace(job.target, info['dst'])
             except OSError as e:
+                info['delivered'] = None
                 _unlink_quiet(job.target)
+                live.discard(job)
                 stats.fail(info['lfn'], 'cannot rename into %s: %s' % (info['dst'], e.strerror))
                 return
-            stats.ok += 1
-            stats.bytes += got
-            stats.done.append((info['lfn'], info['dst']))
+            delivered(job)
             return
         _unlink_quiet(job.target)
         info['errors'].append('%s: %s' % (info['se'], job.error or 'size mismatch after transfer'))
@@ -3982,7 +3992,16 @@ def cp_download(session, items, opts, stats):
             progress.done_files -= 1
             launch(job)
         else:
+            live.discard(job)
             stats.fail(info['lfn'], '%s -> %s failed: %s' % (info['lfn'], info['dst'], '; '.join(info['errors'])))
+
+    def delivered(job):
+        info = job.info
+        if (info['lfn'], info['dst']) not in stats.done[-1:]:
+            stats.ok += 1
+            stats.bytes += info['delivered']
+            stats.done.append((info['lfn'], info['dst']))
+        live.discard(job)
 
     made_dirs = set()
     try:
@@ -4044,6 +4063,9 @@ def cp_download(session, items, opts, stats):
                 settle(job)
     except BaseException as exc:
         pipe.close(cancel=True)
+        for job in list(live):      # renamed, cut short before it was counted
+            if job.info.get('delivered') is not None and not os.path.lexists(job.target):
+                delivered(job)
         for job in list(live) + pipe.results():
             _unlink_quiet(job.target)
         why = 'interrupted' if isinstance(exc, KeyboardInterrupt) else str(exc)
