@@ -6222,3 +6222,55 @@ def test_ctrl_c_ends_a_copy_with_its_summary(cpenv, grid_state, service_back, tm
     assert len(rows) == len(files) and set(r['state'] for r in rows) <= {'copied', 'failed', 'not attempted'}
     copied = sorted(r['dst'] for r in rows if r['state'] == 'copied')
     assert copied and sorted(_rc_entries(grid_state, g)) == copied  # nothing counted that is not there, and back
+
+
+# -- issue 11, large files: the streamed, verified download and the upload's hashing --
+
+def _stream_job(env, lfn, target, md5=None):
+    """A CopyJob reading lfn's first replica into target, as cp_download makes it."""
+    s = alien.Session(environ=env)
+    try:
+        r = s.request('access', ['read', lfn], nomsg=True).results[0]
+    finally:
+        s.close()
+    return alien.CopyJob(alien.grid_url(r['url'], r['envelope']), target, int(r['size']), md5 or r['md5'], 1, None)
+
+
+def test_streamed_download_puts_many_chunks_in_order_and_checks_the_md5(cpenv, grid_state, tmp_path, monkeypatch):
+    g = grid_dir(grid_state, 'stream')
+    data = os.urandom(5 * 2 ** 20 + 12345)
+    assert cpx(cpenv, 'file:' + write(tmp_path / 'f.bin', data), g + 'f.bin@disk:1').returncode == 0
+    monkeypatch.setattr(alien, 'STREAM_CHUNK', 2 ** 19 + 3)   # 11 reads, 3 in flight, the last one short
+    monkeypatch.setattr(alien, 'STREAM_READS', 3)
+    alien._stream_download(_stream_job(cpenv, g + 'f.bin', str(tmp_path / 'out')), {}, None)
+    assert (tmp_path / 'out').read_bytes() == data
+    # a wrong md5 is found once every byte is hashed, before anyone renames the file
+    with pytest.raises(alien.AlienError, match='md5 mismatch'):
+        alien._stream_download(_stream_job(cpenv, g + 'f.bin', str(tmp_path / 'bad'), '0' * 32), {}, None)
+    # the target is private and fresh: never written through an existing name
+    with pytest.raises(OSError):
+        alien._stream_download(_stream_job(cpenv, g + 'f.bin', str(tmp_path / 'out')), {}, None)
+    assert (tmp_path / 'out').read_bytes() == data
+
+
+def _file_size_limit(limit):
+    def apply():
+        import resource
+        import signal
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # a write past the limit fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def test_streamed_download_write_error_tries_the_other_replica_and_leaves_nothing(cpenv, grid_state, tmp_path):
+    g = grid_dir(grid_state, 'efbig')
+    data = os.urandom(6 * 2 ** 20)
+    assert cpx(cpenv, 'file:' + write(tmp_path / 'f.bin', data), g + 'f.bin@disk:2').returncode == 0
+    out = tmp_path / 'out'
+    out.mkdir()
+    p = subprocess.run([sys.executable, ALIEN, 'cp', g + 'f.bin', 'file:%s/' % out], env=cpenv, cwd=cpenv['PWD'],
+                       capture_output=True, text=True, timeout=60, preexec_fn=_file_size_limit(2 ** 20))
+    assert p.returncode == 1 and 'Traceback' not in p.stderr, p
+    err = [line for line in p.stderr.splitlines() if 'cannot write' in line]
+    assert len(err) == 1 and err[0].count('File too large') == 2 and SE1 in err[0] and SE2 in err[0], p.stderr
+    assert os.listdir(str(out)) == []   # no destination, no temp file
