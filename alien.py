@@ -3410,35 +3410,38 @@ def _local_facts(path):
 
 
 class LocalFacts(object):
-    """_local_facts of every file under local directories, read in a background
-    thread while the service lists the grid side: a re-run's 1,000 present files
-    cost about 30 ms of stat and getxattr calls, which then overlap the service's
-    own time instead of following it. At most `limit` files per directory tree;
-    a path it did not read is read when asked for."""
+    """_local_facts of the files under a local directory, read in a background
+    thread only while the service lists the grid side: a re-run's 1,000 present
+    files cost about 30 ms of stat and getxattr calls, which then overlap the
+    service's own time instead of following it. stop() ends the scan when the
+    listing has arrived (a large unrelated tree is never read in full); a path
+    it did not reach is read when asked for."""
 
-    def __init__(self, limit=100000):
-        self.limit = limit
+    def __init__(self):
         self.facts = {}
         self.threads = []
+        self.stopped = False
 
     def prefetch(self, root):
+        self.stopped = False
         t = threading.Thread(target=self._scan, args=(root,), name='local-facts', daemon=True)
         t.start()
         self.threads.append(t)
 
     def _scan(self, root):
-        n = 0
         for d, _dirs, files in os.walk(root):
             for name in files:
+                if self.stopped:
+                    return
                 path = os.path.join(d, name)
                 self.facts[path] = _local_facts(path)
-                n += 1
-                if n >= self.limit:
-                    return
 
-    def get(self, path):
+    def stop(self):
+        self.stopped = True
         while self.threads:
             self.threads.pop().join()
+
+    def get(self, path):
         if path in self.facts:
             return self.facts[path]
         return _local_facts(path)
@@ -4262,7 +4265,11 @@ def cp_plan(session, src, dst, opts, stats_cache=None, known=None, facts=None):
         present = known is not None and os.path.isdir(local)
         if present and facts is not None:
             facts.prefetch(local)
-        files = _grid_find(session, lfn, opts, pattern, known=known if present else None)
+        try:
+            files = _grid_find(session, lfn, opts, pattern, known=known if present else None)
+        finally:
+            if facts is not None:
+                facts.stop()
         if not files:
             raise AlienError('cp: no files found in %s' % lfn, EX_ENOMSG)
         # named as they are consumed: the first files transfer while later names are made

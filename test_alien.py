@@ -6316,11 +6316,16 @@ def test_local_facts_prefetch_reads_what_a_direct_read_reads(tmp_path):
         assert alien.write_xattrs(str(p), md5='0' * 32)
     facts = alien.LocalFacts()
     facts.prefetch(str(tmp_path))
+    facts.threads[0].join()              # a listing slower than the scan: everything read ahead
+    facts.stop()
+    assert sorted(facts.facts) == sorted(map(str, paths))
     for p in paths:
         assert facts.get(str(p)) == alien._local_facts(str(p))
     assert facts.get(str(paths[0]))[3] == '0' * 32 and facts.get(str(paths[2])) is None
     assert alien.present_unchanged(str(paths[0]), 10, '0' * 32, facts)
     assert not alien.present_unchanged(str(paths[0]), 11, '0' * 32, facts)
-    limited = alien.LocalFacts(limit=1)
-    limited.prefetch(str(tmp_path))
-    assert all(limited.get(str(p)) == alien._local_facts(str(p)) for p in paths)  # the rest read when asked
+    stopped = alien.LocalFacts()
+    stopped.stopped = True
+    stopped._scan(str(tmp_path))         # stopped before it began: nothing read ahead
+    assert stopped.facts == {}
+    assert all(stopped.get(str(p)) == alien._local_facts(str(p)) for p in paths)  # read when asked
