@@ -6224,6 +6224,113 @@ def test_ctrl_c_ends_a_copy_with_its_summary(cpenv, grid_state, service_back, tm
     assert copied and sorted(_rc_entries(grid_state, g)) == copied  # nothing counted that is not there, and back
 
 
+# ===== start-up cost of the curl'd copy (issue 13) =====
+
+@pytest.mark.pure
+def test_der_time_matches_the_calendar_without_importing_it():
+    import calendar
+    import random
+    rnd = random.Random(13)
+    for _ in range(3000):
+        t = rnd.randrange(-2000000000, 4000000000)
+        g = time.gmtime(t)
+        general = time.strftime('%Y%m%d%H%M%SZ', g).encode()
+        assert alien.der_time(0x18, general) == calendar.timegm(g)
+        if 1950 <= g.tm_year < 2050:
+            assert alien.der_time(0x17, general[2:]) == calendar.timegm(g)
+    assert alien.der_time(0x17, b'491231235959Z') == calendar.timegm((2049, 12, 31, 23, 59, 59))
+    assert alien.der_time(0x17, b'500101000000Z') == calendar.timegm((1950, 1, 1, 0, 0, 0))
+    for tag, bad in ((0x18, b'2024130100000Z'), (0x18, b'20240100000000Z'), (0x18, b'2024-1-1'),
+                     (0x17, b'24ab01000000Z'), (0x18, b''), (0x02, b'20240101000000Z')):
+        with pytest.raises(alien.CertError):
+            alien.der_time(tag, bad)
+
+
+@pytest.mark.pure
+def test_lazy_regex_compiles_at_first_use_and_behaves_like_the_pattern():
+    rx = alien.LazyRegex(r'(a+)(b)?', re.I)
+    assert 'match' not in rx.__dict__
+    assert rx.match('AAb').groups() == ('AA', 'b')
+    assert 'match' in rx.__dict__            # bound once, then found directly
+    assert rx.sub('x', 'caab') == 'cx' and rx.pattern == '(a+)(b)?' and rx.flags & re.I
+    with pytest.raises(AttributeError):
+        rx.__len__
+
+
+@pytest.mark.pure
+def test_ascii_host_keeps_the_idna_codec_out():
+    assert alien.ascii_host('alice-jcentral.cern.ch') == b'alice-jcentral.cern.ch'
+    assert alien.ascii_host('bücher.example') == 'bücher.example'   # the codec does its job
+
+
+@pytest.mark.once
+def test_pwd_loads_no_module_it_does_not_need(cenv):
+    """The start-up path of `python3 alien.py pwd` imports nothing beyond what the
+    connection needs: the IDNA codec, calendar, time.strptime and the HTTP, XRootD
+    and gfal2 modules stay out (each costs milliseconds of every start)."""
+    cenv = dict(cenv)
+    cenv.pop('ALIENPY_TRANSPORT', None)           # the built-in websocket: -S hides site-packages
+    run_cli(['pwd'], env=cenv)                    # the first run fetches the token
+    # -S: what site and .pth files of this interpreter import is not alien.py's doing
+    p = subprocess.run([sys.executable, '-S', '-X', 'importtime', ALIEN, 'pwd'], env=cenv,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+    assert p.returncode == 0 and p.stdout.strip().endswith('/'), p.stderr[-500:]
+    loaded = {line.rsplit('|', 1)[-1].strip() for line in p.stderr.splitlines() if line.startswith('import time:')}
+    assert 'ssl' in loaded and 'json' in loaded
+    for name in ('encodings.idna', 'calendar', '_strptime', 'http.client', 'XRootD', 'gfal2', 'tempfile',
+                 'subprocess', 'urllib.parse'):
+        assert name not in loaded, name
+
+
+def test_fast_exit_flushes_output_and_keeps_exit_codes(cenv):
+    """leave(): os._exit after main() must lose neither output nor exit code."""
+    many = ';'.join(['pwd'] * 300)
+    p = run_cli([many], env=cenv)
+    assert p.returncode == 0 and p.stdout.count('\n') == 300
+    p = run_cli(['stat /no/such/file'], env=cenv)
+    assert p.returncode != 0 and 'No such file' in p.stderr
+    p = run_cli(['pwd'], env=dict(cenv, JALIEN_TOKEN_CERT=open(cenv['X509_USER_CERT']).read(),
+                                   JALIEN_TOKEN_KEY=open(cenv['X509_USER_KEY']).read()))
+    assert p.returncode == 0
+    assert not [n for n in os.listdir(cenv['TMPDIR']) if n.endswith('.pem') and '_' in n and n.startswith(('tokencert', 'tokenkey', 'cert', 'key'))]
+
+
+@pytest.mark.pure
+def test_cp_name_fast_path_never_hides_a_problem():
+    import random
+    rnd = random.Random(10)
+    alphabet = ['a', 'é', '.', '/', '\x00', '\n', '\r', '\udcff', 'x' * 40, '€' * 20]
+    for _ in range(20000):
+        name = ''.join(rnd.choice(alphabet) for _ in range(rnd.randrange(1, 9)))
+        if alien._NAME_SUSPECT.search(name) is None:
+            assert alien.cp_name_problem(name, 'grid') == '' and alien.cp_name_problem(name, 'local') == '', repr(name)
+
+
+@pytest.mark.pure
+def test_local_facts_prefetch_reads_what_a_direct_read_reads(tmp_path):
+    (tmp_path / 'sub').mkdir()
+    paths = [tmp_path / 'a.dat', tmp_path / 'sub' / 'b.dat', tmp_path / 'sub' / 'plain.dat']
+    for p in paths:
+        p.write_bytes(b'x' * 10)
+    for p in paths[:2]:
+        assert alien.write_xattrs(str(p), md5='0' * 32)
+    facts = alien.LocalFacts()
+    facts.prefetch(str(tmp_path))
+    facts.threads[0].join()              # a listing slower than the scan: everything read ahead
+    facts.stop()
+    assert sorted(facts.facts) == sorted(map(str, paths))
+    for p in paths:
+        assert facts.get(str(p)) == alien._local_facts(str(p))
+    assert facts.get(str(paths[0]))[3] == '0' * 32 and facts.get(str(paths[2])) is None
+    assert alien.present_unchanged(str(paths[0]), 10, '0' * 32, facts)
+    assert not alien.present_unchanged(str(paths[0]), 11, '0' * 32, facts)
+    stopped = alien.LocalFacts()
+    stopped.stopped = True
+    stopped._scan(str(tmp_path))         # stopped before it began: nothing read ahead
+    assert stopped.facts == {}
+    assert all(stopped.get(str(p)) == alien._local_facts(str(p)) for p in paths)  # read when asked
+
+
 # -- issue 11, large files: the streamed, verified download and the upload's hashing --
 
 def _stream_job(env, lfn, target, md5=None):

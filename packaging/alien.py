@@ -12,7 +12,7 @@ import sys
 
 _here = os.path.dirname(os.path.realpath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.realpath(p or '.') != _here]
-from alien import main  # noqa: E402
+from alien import leave, main  # noqa: E402
 
 if __name__ == '__main__':
-    sys.exit(main())
+    leave(main())
