@@ -3410,35 +3410,38 @@ def _local_facts(path):
 
 
 class LocalFacts(object):
-    """_local_facts of every file under local directories, read in a background
-    thread while the service lists the grid side: a re-run's 1,000 present files
-    cost about 30 ms of stat and getxattr calls, which then overlap the service's
-    own time instead of following it. At most `limit` files per directory tree;
-    a path it did not read is read when asked for."""
+    """_local_facts of the files under a local directory, read in a background
+    thread only while the service lists the grid side: a re-run's 1,000 present
+    files cost about 30 ms of stat and getxattr calls, which then overlap the
+    service's own time instead of following it. stop() ends the scan when the
+    listing has arrived (a large unrelated tree is never read in full); a path
+    it did not reach is read when asked for."""
 
-    def __init__(self, limit=100000):
-        self.limit = limit
+    def __init__(self):
         self.facts = {}
         self.threads = []
+        self.stopped = False
 
     def prefetch(self, root):
+        self.stopped = False
         t = threading.Thread(target=self._scan, args=(root,), name='local-facts', daemon=True)
         t.start()
         self.threads.append(t)
 
     def _scan(self, root):
-        n = 0
         for d, _dirs, files in os.walk(root):
             for name in files:
+                if self.stopped:
+                    return
                 path = os.path.join(d, name)
                 self.facts[path] = _local_facts(path)
-                n += 1
-                if n >= self.limit:
-                    return
 
-    def get(self, path):
+    def stop(self):
+        self.stopped = True
         while self.threads:
             self.threads.pop().join()
+
+    def get(self, path):
         if path in self.facts:
             return self.facts[path]
         return _local_facts(path)
@@ -3528,6 +3531,8 @@ class VerifiedRead(object):
         self.inflight = 0        # requests sent and not answered
         self.busy = False        # a thread is hashing
         self.error = None
+        self.retry = False       # after an error: worth reading the replica again
+        self.created = False     # job.target is ours (to remove when it is read again)
         self.ending = False      # the close is sent (or nothing to close)
 
     def start(self):
@@ -3538,9 +3543,10 @@ class VerifiedRead(object):
             status = self.file.open(self.job.source, OpenFlags.READ, timeout=self.timeout, callback=self._opened)
         except Exception as e:          # e.g. a URL the binding refuses
             status = None
-            self.error = str(e)
+            self._fail(e, False)
         if status is None or not status.ok:
-            self.error = self.error or status.message
+            if status is not None:
+                self._fail(status.message)
             self.inflight = 0
             self.ending = True
             self._finish()
@@ -3548,12 +3554,14 @@ class VerifiedRead(object):
 
     def cancel(self):
         with self.lock:
-            if self.error is None:
-                self.error = 'cancelled'
+            self._fail('cancelled', False)
 
-    def _fail(self, why):
+    def _fail(self, why, retry=True):
+        """The first error is the one reported; retry: reading the same replica
+        again may help (not after a local error, an md5 mismatch or a cancel)."""
         if self.error is None:
             self.error = ' '.join(str(why).split())
+            self.retry = retry
 
     def _opened(self, status, _response, _hosts):
         with self.lock:
@@ -3563,8 +3571,9 @@ class VerifiedRead(object):
             elif self.error is None:
                 try:
                     self.fd = os.open(self.job.target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                    self.created = True
                 except OSError as e:
-                    self._fail('cannot create %s: %s' % (self.job.target, e.strerror))
+                    self._fail('cannot create %s: %s' % (self.job.target, e.strerror), False)
             if self.error is None and self.handler is not None:
                 self.handler.begin(1, 1, self.job.source, self.job.target)
             if status.ok:
@@ -3600,7 +3609,7 @@ class VerifiedRead(object):
             elif len(data or b'') != n:
                 self._fail('short read at byte %d of %d' % (offset + len(data or b''), self.job.size))
             elif isinstance(written, OSError):
-                self._fail('cannot write %s: %s' % (self.job.target, written.strerror))
+                self._fail('cannot write %s: %s' % (self.job.target, written.strerror), False)
             elif self.error is None and written is not None:
                 self.early[offset] = data
             if self.busy:
@@ -3629,7 +3638,7 @@ class VerifiedRead(object):
             if self.handler is not None:
                 self.handler.update(1, self.hashed, self.job.size)
         if self.error is None and self.md5.hexdigest() != self.job.md5.lower():
-            self._fail('md5 mismatch: %s, the catalogue says %s' % (self.md5.hexdigest(), self.job.md5))
+            self._fail('md5 mismatch: %s, the catalogue says %s' % (self.md5.hexdigest(), self.job.md5), False)
         self.early.clear()
         try:
             status = self.file.close(timeout=self.timeout, callback=lambda *_a: self._finish())
@@ -3643,7 +3652,7 @@ class VerifiedRead(object):
             try:
                 os.close(self.fd)
             except OSError as e:
-                self._fail('cannot write %s: %s' % (self.job.target, e.strerror))
+                self._fail('cannot write %s: %s' % (self.job.target, e.strerror), False)
             self.fd = None
         self.job.ok = self.error is None
         self.job.error = '' if self.job.ok else 'XRootD: %s' % self.error
@@ -3662,35 +3671,39 @@ def verified_read_possible(job):
             and 'xrdcl.unzip=' not in job.source)
 
 
-def _read_again(job, opts):
+def _read_again(reader, opts):
     """After a failed VerifiedRead: True when the same replica is to be read
     again (-retry, used like XRootD's retries of a copy: only where job.retry
-    allows; never after an md5 mismatch or a cancel); its part file is removed."""
-    if job.ok or 'md5 mismatch' in job.error or job.error.endswith('cancelled'):
+    allows, and only after an error of the transfer itself); the part file it
+    made is removed."""
+    job = reader.job
+    if job.ok or not reader.retry:
         return False
     left = int(opts.get('retry', 2) if job.retry is None else job.retry)
     if left <= 0:
         return False
     job.retry = left - 1
-    _unlink_quiet(job.target)
+    if reader.created:
+        _unlink_quiet(job.target)
     return True
 
 
 def _stream_download(job, opts, handler):
     """A VerifiedRead in the calling thread (a worker of CopyPipeline: a large
-    file), which waits for it and polls the handler for a cancel; sets job.ok and
-    job.error."""
+    file), which waits for it and polls the handler for a cancel; -retry reads
+    the replica again. Raises AlienError (why, without 'XRootD: ')."""
     while True:
         finished = threading.Event()
         reader = VerifiedRead(job, int(opts.get('timeout') or 0), lambda _r: finished.set(), handler).start()
         while not finished.wait(0.5):
             if handler is not None and handler.should_cancel(1):
                 reader.cancel()
-                if not finished.wait(5):     # the replies in flight come back before the file goes
-                    job.ok, job.error = False, 'XRootD: cancelled'
-                return
-        if not _read_again(job, opts):
+                finished.wait(5)     # the replies in flight come back before the file goes
+                raise AlienError('cancelled')
+        if job.ok:
             return
+        if not _read_again(reader, opts):
+            raise AlienError(reader.error)
         if handler is not None:
             handler.progress.done_files -= 1
 
@@ -3706,6 +3719,7 @@ def _copy_one(job, opts, handler):
             client.EnvPutInt('SubStreamsPerChannel', int(opts['streams']))
         if verified_read_possible(job):
             _stream_download(job, opts, handler)
+            job.ok, job.error = True, ''
             return
         proc = client.CopyProcess()
         kw = {}
@@ -3850,7 +3864,7 @@ class CopyPipeline(object):
         with self.cv:
             self.readers.discard(reader)
             self.running -= 1
-            if _read_again(job, self.opts) and not self.progress.cancel:
+            if _read_again(reader, self.opts) and not self.progress.cancel:
                 self.quick.appendleft(job)
                 if self.progress.enabled:
                     self.progress.done_files -= 1
@@ -4476,7 +4490,11 @@ def cp_plan(session, src, dst, opts, stats_cache=None, known=None, facts=None):
         present = known is not None and os.path.isdir(local)
         if present and facts is not None:
             facts.prefetch(local)
-        files = _grid_find(session, lfn, opts, pattern, known=known if present else None)
+        try:
+            files = _grid_find(session, lfn, opts, pattern, known=known if present else None)
+        finally:
+            if facts is not None:
+                facts.stop()
         if not files:
             raise AlienError('cp: no files found in %s' % lfn, EX_ENOMSG)
         # named as they are consumed: the first files transfer while later names are made

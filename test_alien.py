@@ -6263,10 +6263,13 @@ def test_ascii_host_keeps_the_idna_codec_out():
     assert alien.ascii_host('bücher.example') == 'bücher.example'   # the codec does its job
 
 
+@pytest.mark.once
 def test_pwd_loads_no_module_it_does_not_need(cenv):
     """The start-up path of `python3 alien.py pwd` imports nothing beyond what the
     connection needs: the IDNA codec, calendar, time.strptime and the HTTP, XRootD
     and gfal2 modules stay out (each costs milliseconds of every start)."""
+    cenv = dict(cenv)
+    cenv.pop('ALIENPY_TRANSPORT', None)           # the built-in websocket: -S hides site-packages
     run_cli(['pwd'], env=cenv)                    # the first run fetches the token
     # -S: what site and .pth files of this interpreter import is not alien.py's doing
     p = subprocess.run([sys.executable, '-S', '-X', 'importtime', ALIEN, 'pwd'], env=cenv,
@@ -6313,14 +6316,71 @@ def test_local_facts_prefetch_reads_what_a_direct_read_reads(tmp_path):
         assert alien.write_xattrs(str(p), md5='0' * 32)
     facts = alien.LocalFacts()
     facts.prefetch(str(tmp_path))
+    facts.threads[0].join()              # a listing slower than the scan: everything read ahead
+    facts.stop()
+    assert sorted(facts.facts) == sorted(map(str, paths))
     for p in paths:
         assert facts.get(str(p)) == alien._local_facts(str(p))
     assert facts.get(str(paths[0]))[3] == '0' * 32 and facts.get(str(paths[2])) is None
     assert alien.present_unchanged(str(paths[0]), 10, '0' * 32, facts)
     assert not alien.present_unchanged(str(paths[0]), 11, '0' * 32, facts)
-    limited = alien.LocalFacts(limit=1)
-    limited.prefetch(str(tmp_path))
-    assert all(limited.get(str(p)) == alien._local_facts(str(p)) for p in paths)  # the rest read when asked
+    stopped = alien.LocalFacts()
+    stopped.stopped = True
+    stopped._scan(str(tmp_path))         # stopped before it began: nothing read ahead
+    assert stopped.facts == {}
+    assert all(stopped.get(str(p)) == alien._local_facts(str(p)) for p in paths)  # read when asked
+
+
+# -- issue 11, large files: the streamed, verified download and the upload's hashing --
+
+def _stream_job(env, lfn, target, md5=None):
+    """A CopyJob reading lfn's first replica into target, as cp_download makes it."""
+    s = alien.Session(environ=env)
+    try:
+        r = s.request('access', ['read', lfn], nomsg=True).results[0]
+    finally:
+        s.close()
+    return alien.CopyJob(alien.grid_url(r['url'], r['envelope']), target, int(r['size']), md5 or r['md5'], 1, None)
+
+
+def test_streamed_download_puts_many_chunks_in_order_and_checks_the_md5(cpenv, grid_state, tmp_path, monkeypatch):
+    g = grid_dir(grid_state, 'stream')
+    data = os.urandom(5 * 2 ** 20 + 12345)
+    assert cpx(cpenv, 'file:' + write(tmp_path / 'f.bin', data), g + 'f.bin@disk:1').returncode == 0
+    monkeypatch.setattr(alien, 'STREAM_CHUNK', 2 ** 19 + 3)   # 11 reads, 3 in flight, the last one short
+    monkeypatch.setattr(alien, 'STREAM_READS', 3)
+    alien._stream_download(_stream_job(cpenv, g + 'f.bin', str(tmp_path / 'out')), {}, None)
+    assert (tmp_path / 'out').read_bytes() == data
+    # a wrong md5 is found once every byte is hashed, before anyone renames the file
+    with pytest.raises(alien.AlienError, match='md5 mismatch'):
+        alien._stream_download(_stream_job(cpenv, g + 'f.bin', str(tmp_path / 'bad'), '0' * 32), {}, None)
+    # the target is private and fresh: never written through an existing name
+    with pytest.raises(alien.AlienError, match='File exists'):
+        alien._stream_download(_stream_job(cpenv, g + 'f.bin', str(tmp_path / 'out')), {}, None)
+    assert (tmp_path / 'out').read_bytes() == data
+
+
+def _file_size_limit(limit):
+    def apply():
+        import resource
+        import signal
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # a write past the limit fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def test_streamed_download_write_error_tries_the_other_replica_and_leaves_nothing(cpenv, grid_state, tmp_path):
+    g = grid_dir(grid_state, 'efbig')
+    data = os.urandom(6 * 2 ** 20)
+    assert cpx(cpenv, 'file:' + write(tmp_path / 'f.bin', data), g + 'f.bin@disk:2').returncode == 0
+    out = tmp_path / 'out'
+    out.mkdir()
+    p = subprocess.run([sys.executable, ALIEN, 'cp', g + 'f.bin', 'file:%s/' % out], env=cpenv, cwd=cpenv['PWD'],
+                       capture_output=True, text=True, timeout=60, preexec_fn=_file_size_limit(2 ** 20))
+    assert p.returncode == 1 and 'Traceback' not in p.stderr, p
+    err = [line for line in p.stderr.splitlines() if 'cannot write' in line]
+    assert len(err) == 1 and err[0].count('File too large') == 2 and SE1 in err[0] and SE2 in err[0], p.stderr
+    assert os.listdir(str(out)) == []   # no destination, no temp file
 
 
 # ===== small downloads without a CopyProcess: VerifiedRead (issue 11, many small files) =====
