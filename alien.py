@@ -3118,7 +3118,7 @@ def xrd_stat_pfn(pfn, timeout):
 
 class CopyJob(object):
     """One file transfer: source/target URLs plus what to do afterwards."""
-    __slots__ = ('source', 'target', 'size', 'md5', 'sources', 'info', 'ok', 'error', 'retry')
+    __slots__ = ('source', 'target', 'size', 'md5', 'sources', 'info', 'ok', 'error', 'retry', 'attrs', 'stamped')
 
     def __init__(self, source, target, size=0, md5='', sources=1, info=None):
         self.source = source
@@ -3130,6 +3130,8 @@ class CopyJob(object):
         self.ok = False
         self.error = ''
         self.retry = None       # XRootD retries; None: the -retry option
+        self.attrs = None       # download: write_xattrs arguments (lfn, guid, md5) for the target
+        self.stamped = False    # the target has its size and those attributes (a VerifiedRead did it)
 
 
 class _Progress(object):
@@ -3385,7 +3387,8 @@ def _mtime_ms(st):
 
 
 def write_xattrs(path, lfn='', guid='', md5='', size=None):
-    """Record what path holds -> False when the file system has no user xattrs."""
+    """Record what path (or an open file descriptor) holds -> False when the
+    file system has no user xattrs."""
     try:
         st = os.stat(path)
         for key, value in (('lfn', lfn), ('guid', guid), ('md5', md5),
@@ -3639,6 +3642,10 @@ class VerifiedRead(object):
                 self.handler.update(1, self.hashed, self.job.size)
         if self.error is None and self.md5.hexdigest() != self.job.md5.lower():
             self._fail('md5 mismatch: %s, the catalogue says %s' % (self.md5.hexdigest(), self.job.md5), False)
+        if self.error is None and self.job.attrs is not None:
+            # through the open file: no path lookups, and from this thread, not cp's
+            write_xattrs(self.fd, *self.job.attrs, size=self.job.size)
+            self.job.stamped = True
         self.early.clear()
         try:
             status = self.file.close(timeout=self.timeout, callback=lambda *_a: self._finish())
@@ -3975,6 +3982,7 @@ def cp_download(session, items, opts, stats):
             info['next'] = n + 1
             # the next replica is the better retry; the last one gets XRootD's retries
             job.retry = None if info['next'] == len(reps) else 0
+        job.attrs, job.stamped = (info['lfn'], info.get('guid', ''), info.get('md5', '')), False
         live.add(job)
         pipe.submit([job])
 
@@ -3985,10 +3993,13 @@ def cp_download(session, items, opts, stats):
         if job.ok and info.get('unzip'):
             job.error = extract_zip_member(job.target, info['unzip'], info['md5'])
             job.ok = not job.error
-        got = _regular_size(job.target) if job.ok else None
+        if job.ok and job.stamped:
+            got = job.size              # written and verified through its open file
+        else:
+            got = _regular_size(job.target) if job.ok else None
         if got is not None and job.size in (-1, got):
-            write_xattrs(job.target, info['lfn'], info.get('guid', ''), info.get('md5', ''),
-                         job.size if job.size >= 0 else None)
+            if not job.stamped:
+                write_xattrs(job.target, *job.attrs, size=job.size if job.size >= 0 else None)
             info['delivered'] = got     # once the part file is gone (a Ctrl-C may come at any point)
             try:
                 os.replace(job.target, info['dst'])
