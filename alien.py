@@ -3621,6 +3621,7 @@ class VerifiedRead(object):
             self.ahead += n
 
     def _arrived(self, offset, n, status, data):
+        _pin_thread_state()
         written = None
         if status.ok and len(data or b'') == n and self.error is None:
             try:                 # the file stays open while a request is in flight
@@ -3671,11 +3672,15 @@ class VerifiedRead(object):
             self.job.stamped = True
         self.early.clear()
         try:
-            status = self.file.close(timeout=self.timeout, callback=lambda *_a: self._finish())
+            status = self.file.close(timeout=self.timeout, callback=self._closed)
         except Exception:
             status = None
         if status is None or not status.ok:
             self._finish()
+
+    def _closed(self, _status, _response, _hosts):
+        _pin_thread_state()
+        self._finish()
 
     def _finish(self):
         if self.fd is not None:
