@@ -6381,3 +6381,34 @@ def test_streamed_download_write_error_tries_the_other_replica_and_leaves_nothin
     err = [line for line in p.stderr.splitlines() if 'cannot write' in line]
     assert len(err) == 1 and err[0].count('File too large') == 2 and SE1 in err[0] and SE2 in err[0], p.stderr
     assert os.listdir(str(out)) == []   # no destination, no temp file
+
+
+@pytest.mark.pure
+@pytest.mark.once
+def test_md5_ahead_hashes_in_order_and_hands_errors_back_in_place(tmp_path):
+    paths = []
+    for n, data in enumerate([b'', b'abc', os.urandom(3 * 2 ** 20 + 7)]):
+        p = tmp_path / ('f%d' % n)
+        p.write_bytes(data)
+        paths.append(str(p))
+    paths[1:1] = [str(tmp_path / 'missing')]
+    paths.append(paths[2])                  # the same file twice: hashed twice, taken twice
+    ahead = alien.Md5Ahead()
+    ahead.add(paths[:2])
+    ahead.add(p for p in paths[2:])
+    got = []
+    for p in paths:
+        try:
+            got.append(ahead.take())
+        except OSError as e:
+            got.append(e.__class__.__name__)
+    want = [(hashlib.md5(open(p, 'rb').read()).hexdigest(), os.path.getsize(p)) if os.path.exists(p)
+            else 'FileNotFoundError' for p in paths]
+    assert got == want
+    assert not ahead.ready()
+    ahead.close()
+    with pytest.raises(alien.AlienError):
+        ahead.take()                          # nothing queued any more: never waits forever
+    stop = threading.Event()
+    stop.set()
+    assert alien.md5_and_size(paths[-1], stop=stop) == (None, 0)   # a stopped hash gives no digest
