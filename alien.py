@@ -3513,122 +3513,227 @@ def _pwrite_all(fd, data, offset):
             done += os.pwrite(fd, view[done:], offset + done)
 
 
-def _stream_download(job, opts, handler):
-    """Download job.source into job.target (a fresh private name) with
-    STREAM_READS reads in flight and verify its md5 on the way: the md5 check
-    costs no second read of the file. Raises AlienError.
+class VerifiedRead(object):
+    """One verified download, driven by XRootD's callbacks (no thread of its own):
+    open job.source, read it whole with up to STREAM_READS reads of STREAM_CHUNK in
+    flight, write each chunk to job.target (a fresh private name, created only
+    once the source is open) at its offset as soon as it arrives, hash the chunks
+    in order, compare the md5 with the catalogue's (job.md5), close. The file is
+    never read a second time, and a small file costs three requests (open,
+    read, close) on the SE's shared connection. Hashing is the longest piece of
+    a large verified download: os.pwrite and md5.update release the GIL, so
+    receiving, writing and hashing run at the same time in XRootD's threads. start() returns at once; done(self) is called once, from
+    an XRootD thread (or from start() when nothing could be sent), when the
+    target is closed and the source released; job.ok / job.error tell how it
+    went (a failed target is left for the caller to remove). cancel(): no
+    target is created once it returned, and the transfer stops at the next reply.
+    handler: None or the progress interface (begin/update/end of _JobProgress)."""
 
-    Hashing is the longest piece of a verified download (CPU budget of 1 GiB in
-    docs/cp.md), so the calling thread only hashes, in order, and asks for the
-    next chunk; XRootD's callback thread writes each chunk at its offset as
-    soon as it has handed it over. os.pwrite and md5.update release the GIL:
-    receiving, writing and hashing run at the same time."""
-    client = xrootd_client()
-    from XRootD.client.flags import OpenFlags
-    timeout = int(opts.get('timeout') or 0)
-    f = client.File()
-    st, _ = f.open(job.source, OpenFlags.READ, timeout=timeout)
-    if not st.ok:
-        raise AlienError(st.message)
-    target = {'fd': None}
-    wlock = threading.Lock()    # a callback writes only while the file is open
-    slots = {}                  # offset -> (arrived, written, box) of the reads not yet hashed
-    writing = []                # (written, box) of the chunks hashed, maybe not yet written
+    def __init__(self, job, timeout, done, handler=None):
+        self.job = job
+        self.timeout = timeout
+        self.done = done
+        self.handler = handler
+        self.lock = threading.Lock()
+        self.file = None
+        self.fd = None
+        self.md5 = hashlib.md5()
+        self.ahead = 0           # the next offset to ask for
+        self.hashed = 0          # bytes hashed, in order
+        self.early = {}          # offset -> bytes written, not hashed yet
+        self.inflight = 0        # requests sent and not answered
+        self.busy = False        # a thread is hashing
+        self.error = None
+        self.retry = False       # after an error: worth reading the replica again
+        self.created = False     # job.target is ours (to remove when it is read again)
+        self.ending = False      # the close is sent (or nothing to close)
 
-    def issue(offset):
-        arrived, written, box = threading.Event(), threading.Event(), [None, None]   # (status, data), error
+    def start(self):
+        from XRootD.client.flags import OpenFlags
+        self.file = xrootd_client().File()
+        self.inflight = 1
+        try:
+            status = self.file.open(self.job.source, OpenFlags.READ, timeout=self.timeout, callback=self._opened)
+        except Exception as e:          # e.g. a URL the binding refuses
+            status = None
+            self._fail(e, False)
+        if status is None or not status.ok:
+            if status is not None:
+                self._fail(status.message)
+            self.inflight = 0
+            self.ending = True
+            self._finish()
+        return self
 
-        def callback(status, data, _hosts):
-            box[0] = (status, data)
-            arrived.set()
-            if status.ok and data:
-                try:
-                    with wlock:
-                        if target['fd'] is None:
-                            raise OSError(errno.EBADF, 'download abandoned')
-                        _pwrite_all(target['fd'], data, offset)
-                except OSError as e:
-                    box[1] = e
-            written.set()
-        slots[offset] = (arrived, written, box)
-        status = f.read(offset, min(STREAM_CHUNK, job.size - offset), timeout=timeout, callback=callback)
-        if not status.ok:
-            box[0] = (status, None)
-            arrived.set()
-            written.set()
+    def cancel(self):
+        with self.lock:
+            self._fail('cancelled', False)
 
-    def wait(event):
-        while not event.wait(0.5):
-            if handler is not None and handler.should_cancel(1):
-                raise AlienError('cancelled')
+    def _fail(self, why, retry=True):
+        """The first error is the one reported; retry: reading the same replica
+        again may help (not after a local error, an md5 mismatch or a cancel)."""
+        if self.error is None:
+            self.error = ' '.join(str(why).split())
+            self.retry = retry
 
-    def written_ok(block):
-        """Forget the chunks already written; AlienError if a write failed."""
-        while writing and (block or writing[0][0].is_set()):
-            written, box = writing.pop(0)
-            wait(written)
-            if box[1] is not None:
-                raise AlienError('cannot write %s: %s' % (job.target, box[1].strerror))
-
-    try:
-        target['fd'] = os.open(job.target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        md5 = hashlib.md5()
-        ahead = 0
-        while ahead < job.size and len(slots) < STREAM_READS:
-            issue(ahead)
-            ahead += STREAM_CHUNK
-        offset = 0
-        if handler is not None:
-            handler.begin(1, 1, job.source, job.target)
-        while offset < job.size:
-            arrived, written, box = slots.pop(offset)
-            wait(arrived)
-            status, data = box[0]
+    def _opened(self, status, _response, _hosts):
+        with self.lock:
+            self.inflight -= 1
             if not status.ok:
-                raise AlienError(status.message)
-            if not data or (len(data) < STREAM_CHUNK and offset + len(data) < job.size):
-                raise AlienError('short read at byte %d of %d' % (offset + len(data or b''), job.size))
-            writing.append((written, box))
-            written_ok(False)
-            if ahead < job.size:
-                issue(ahead)
-                ahead += STREAM_CHUNK
-            md5.update(data)          # releases the GIL: chunks keep arriving and being written
-            offset += len(data)
-            del data
-            box[0] = None
-            if handler is not None:
-                handler.update(1, offset, job.size)
-        written_ok(True)
-        if md5.hexdigest() != job.md5.lower():
-            raise AlienError('md5 mismatch: %s, the catalogue says %s' % (md5.hexdigest(), job.md5))
+                self._fail(status.message)
+            elif self.error is None:
+                try:
+                    self.fd = os.open(self.job.target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                    self.created = True
+                except OSError as e:
+                    self._fail('cannot create %s: %s' % (self.job.target, e.strerror), False)
+            if self.error is None and self.handler is not None:
+                self.handler.begin(1, 1, self.job.source, self.job.target)
+            if status.ok:
+                self._ask()
+            self.busy = True
+        self._drain()
+
+    def _ask(self):
+        """Keep STREAM_READS chunks in flight or not hashed yet (self.lock held)."""
+        size = self.job.size
+        while self.error is None and self.ahead < size and self.inflight + len(self.early) < STREAM_READS:
+            offset, n = self.ahead, min(STREAM_CHUNK, size - self.ahead)
+            status = self.file.read(offset, n, timeout=self.timeout,
+                                    callback=lambda s, d, _h, o=offset, n=n: self._arrived(o, n, s, d))
+            if not status.ok:
+                self._fail(status.message)
+                return
+            self.inflight += 1
+            self.ahead += n
+
+    def _arrived(self, offset, n, status, data):
+        written = None
+        if status.ok and len(data or b'') == n and self.error is None:
+            try:                 # the file stays open while a request is in flight
+                _pwrite_all(self.fd, data, offset)
+                written = data
+            except OSError as e:
+                written = e
+        with self.lock:
+            self.inflight -= 1
+            if not status.ok:
+                self._fail(status.message)
+            elif len(data or b'') != n:
+                self._fail('short read at byte %d of %d' % (offset + len(data or b''), self.job.size))
+            elif isinstance(written, OSError):
+                self._fail('cannot write %s: %s' % (self.job.target, written.strerror), False)
+            elif self.error is None and written is not None:
+                self.early[offset] = data
+            if self.busy:
+                return               # the thread that is busy takes these bytes in turn
+            self.busy = True
+        self._drain()
+
+    def _drain(self):
+        """Hash the bytes whose turn it is, outside the lock (other replies keep
+        arriving meanwhile), then close when all is done."""
+        while True:
+            with self.lock:
+                data = None if self.error is not None else self.early.pop(self.hashed, None)
+                if data is None:
+                    self.busy = False
+                    if self.ending or self.inflight:
+                        return
+                    if self.error is None and self.hashed < self.job.size:
+                        return
+                    self.ending = True
+                    break
+                self._ask()
+            self.md5.update(data)
+            with self.lock:
+                self.hashed += len(data)
+            if self.handler is not None:
+                self.handler.update(1, self.hashed, self.job.size)
+        if self.error is None and self.md5.hexdigest() != self.job.md5.lower():
+            self._fail('md5 mismatch: %s, the catalogue says %s' % (self.md5.hexdigest(), self.job.md5), False)
+        self.early.clear()
+        try:
+            status = self.file.close(timeout=self.timeout, callback=lambda *_a: self._finish())
+        except Exception:
+            status = None
+        if status is None or not status.ok:
+            self._finish()
+
+    def _finish(self):
+        if self.fd is not None:
+            try:
+                os.close(self.fd)
+            except OSError as e:
+                self._fail('cannot write %s: %s' % (self.job.target, e.strerror), False)
+            self.fd = None
+        self.job.ok = self.error is None
+        self.job.error = '' if self.job.ok else 'XRootD: %s' % self.error
+        if self.handler is not None:
+            self.handler.end(1, {'status': _XrdStatus(self.job.ok), 'size': self.job.size})
+        self.done(self)
+
+
+_XrdStatus = collections.namedtuple('_XrdStatus', 'ok')   # what _Progress.end reads of XRootD's
+
+
+def verified_read_possible(job):
+    """A download that VerifiedRead can do: known size and md5, one replica at a
+    time, no member of a zip archive (that is XRootD's copy's work)."""
+    return (job.md5 and job.sources == 1 and job.size >= 0 and job.target.startswith('/')
+            and 'xrdcl.unzip=' not in job.source)
+
+
+def _read_again(reader, opts):
+    """After a failed VerifiedRead: True when the same replica is to be read
+    again (-retry, used like XRootD's retries of a copy: only where job.retry
+    allows, and only after an error of the transfer itself); the part file it
+    made is removed."""
+    job = reader.job
+    if job.ok or not reader.retry:
+        return False
+    left = int(opts.get('retry', 2) if job.retry is None else job.retry)
+    if left <= 0:
+        return False
+    job.retry = left - 1
+    if reader.created:
+        _unlink_quiet(job.target)
+    return True
+
+
+def _stream_download(job, opts, handler):
+    """A VerifiedRead in the calling thread (a worker of CopyPipeline: a large
+    file), which waits for it and polls the handler for a cancel; -retry reads
+    the replica again. Raises AlienError (why, without 'XRootD: ')."""
+    while True:
+        finished = threading.Event()
+        reader = VerifiedRead(job, int(opts.get('timeout') or 0), lambda _r: finished.set(), handler).start()
+        while not finished.wait(0.5):
+            if handler is not None and handler.should_cancel(1):
+                reader.cancel()
+                finished.wait(5)     # the replies in flight come back before the file goes
+                raise AlienError('cancelled')
+        if job.ok:
+            return
+        if not _read_again(reader, opts):
+            raise AlienError(reader.error)
         if handler is not None:
-            handler.end(1, {'status': status, 'size': job.size})
-    finally:
-        for event in [x[1] for x in slots.values()] + [x[0] for x in writing]:
-            event.wait(5)             # no callback may outlive the file object
-        with wlock:
-            if target['fd'] is not None:
-                os.close(target['fd'])
-                target['fd'] = None
-        f.close()
+            handler.progress.done_files -= 1
 
 
 def _copy_one(job, opts, handler):
-    """Run one transfer in its own CopyProcess in the calling thread; sets
-    job.ok/.error, never raises. A large download with a known md5 from one
-    replica is streamed instead (hashed as it arrives)."""
-    if job.target.startswith('/') and job.md5 and job.sources == 1 and job.size >= CP_SMALL_FILE:
-        try:
-            _stream_download(job, opts, handler)
-            job.ok, job.error = True, ''
-        except Exception as e:
-            job.ok, job.error = False, 'XRootD: %s' % e
-        return
+    """Run one transfer in the calling thread; sets job.ok/.error, never raises.
+    A download with a known size and md5 from one replica is a VerifiedRead
+    (hashed as it arrives), the rest (uploads, -y N metalinks, zip members,
+    files without an md5) one XRootD CopyProcess each."""
     try:
         client = xrootd_client()
         if opts.get('streams'):
             client.EnvPutInt('SubStreamsPerChannel', int(opts['streams']))
+        if verified_read_possible(job):
+            _stream_download(job, opts, handler)
+            job.ok, job.error = True, ''
+            return
         proc = client.CopyProcess()
         kw = {}
         if opts.get('chunks'):
@@ -3696,25 +3801,32 @@ CP_SMALL_FILE = 4 << 20
 
 
 class CopyPipeline(object):
-    """Transfers run in worker threads (one XRootD transfer each, so no batch
-    waits for its slowest file) while the caller keeps talking to the service
-    (access before a transfer, commit after): control and data plane overlap.
-    XRootD shares one connection per SE between all of them. submit(jobs);
-    results(wait) hands back finished jobs; close(cancel) stops the workers."""
+    """Transfers run while the caller keeps talking to the service (access before
+    a transfer, commit after): control and data plane overlap. A small download
+    that VerifiedRead can do needs no thread: it is started here and driven by
+    XRootD's callbacks. Every other transfer runs in a worker thread (one XRootD
+    transfer each, so no batch waits for its slowest file). XRootD shares one
+    connection per SE between all of them. submit(jobs); results(wait) hands
+    back finished jobs; close(cancel) stops everything."""
 
     def __init__(self, opts, progress):
         import collections
-        import threading
         self.opts = opts
         self.progress = progress
         lock = threading.Lock()
         self.cv = threading.Condition(lock)      # idle workers wait here for jobs
         self.done = threading.Condition(lock)    # the caller waits here for results
+        self.quick = collections.deque()         # small downloads for VerifiedRead
         self.small = collections.deque()
         self.big = collections.deque()
         self.big_running = 0
         self.big_limit = opts.get('parallel') or CP_PARALLEL
         self.limit = opts.get('parallel') or max(CP_INFLIGHT, self.big_limit)
+        self.running = 0          # transfers in flight, of both kinds
+        self.threaded = 0         # transfers for the worker threads, queued or running
+        self.streams_set = False
+        self.readers = set()      # VerifiedReads in flight
+        self.timeout = int(opts.get('timeout') or 0)
         self.finished = []
         self.pending = 0          # submitted and not yet handed back
         self.closed = False
@@ -3723,23 +3835,67 @@ class CopyPipeline(object):
 
     def submit(self, jobs):
         with self.cv:
+            threaded = 0
             for job in jobs:
+                if 0 <= job.size < CP_SMALL_FILE and verified_read_possible(job):
+                    self.quick.append(job)
+                    continue
                 (self.small if 0 <= job.size < CP_SMALL_FILE else self.big).append(job)
+                threaded += 1
             self.pending += len(jobs)
+            self.threaded += threaded
             busy = len(self.threads)
-            while busy < self.limit and busy < self.pending:
+            while busy < self.limit and busy < self.threaded:
                 t = self._thread(target=self._work, name='xrootd-copy-%d' % busy)
                 t.daemon = True
                 t.start()
                 self.threads.append(t)
                 busy += 1
-            self.cv.notify(len(jobs))    # not all: a woken idle worker costs the GIL
+            if threaded:
+                self.cv.notify(threaded)    # not all: a woken idle worker costs the GIL
+        self._start_reads()
+
+    def _start_reads(self):
+        """Start queued small downloads while fewer than limit transfers run."""
+        while True:
+            with self.cv:
+                if not self.quick or self.running >= self.limit or self.closed and self.progress.cancel:
+                    return
+                job = self.quick.popleft()
+                self.running += 1
+                handler = _JobProgress(self.progress, job) if self.progress.enabled else None
+                reader = VerifiedRead(job, self.timeout, self._read_done, handler)
+                self.readers.add(reader)
+            if not self.streams_set:
+                self.streams_set = True
+                if self.opts.get('streams'):
+                    xrootd_client().EnvPutInt('SubStreamsPerChannel', int(self.opts['streams']))
+            reader.start()
+
+    def _read_done(self, reader):
+        job = reader.job
+        with self.cv:
+            self.readers.discard(reader)
+            self.running -= 1
+            if _read_again(reader, self.opts) and not self.progress.cancel:
+                self.quick.appendleft(job)
+                if self.progress.enabled:
+                    self.progress.done_files -= 1
+            else:
+                self.finished.append(job)
+            self.done.notify()
+            self.cv.notify()             # a worker may take a transfer now
+        self._start_reads()
 
     def _take(self):
+        if self.running >= self.limit:
+            return None, False
         if self.small:
+            self.running += 1
             return self.small.popleft(), False
         if self.big and self.big_running < self.big_limit:
             self.big_running += 1
+            self.running += 1
             return self.big.popleft(), True
         return None, False
 
@@ -3757,11 +3913,14 @@ class CopyPipeline(object):
             watched = self.progress.enabled or big or not 0 <= job.size < CP_SMALL_FILE
             _copy_one(job, self.opts, _JobProgress(self.progress, job) if watched else None)
             with self.cv:
+                self.running -= 1
+                self.threaded -= 1
                 if big:
                     self.big_running -= 1
-                    self.cv.notify()     # a large file's slot is free
+                self.cv.notify()         # a slot is free
                 self.finished.append(job)
                 self.done.notify()
+            self._start_reads()
 
     def results(self, wait=False):
         with self.cv:
@@ -3776,12 +3935,20 @@ class CopyPipeline(object):
         with self.cv:
             self.closed = True
             if cancel:
+                self.quick.clear()
                 self.small.clear()
                 self.big.clear()
                 self.progress.cancel = True
+            readers = list(self.readers)
             self.cv.notify_all()
+        for reader in readers:
+            reader.cancel()              # no part file is created after this
         for t in self.threads:
             t.join()
+        deadline = time.monotonic() + 5
+        with self.cv:                    # the replies in flight come back before XRootD goes
+            while self.readers and time.monotonic() < deadline:
+                self.done.wait(0.2)
 
 
 def cp_download(session, items, opts, stats):
@@ -3825,7 +3992,8 @@ def cp_download(session, items, opts, stats):
         pipe.submit([job])
 
     def settle(job):
-        live.discard(job)
+        # the job leaves `live` only when its outcome is recorded: a Ctrl-C at any
+        # point of this leaves no part file and no delivered file uncounted
         info = job.info
         if job.ok and info.get('unzip'):
             job.error = extract_zip_member(job.target, info['unzip'], info['md5'])
@@ -3834,15 +4002,16 @@ def cp_download(session, items, opts, stats):
         if got is not None and job.size in (-1, got):
             write_xattrs(job.target, info['lfn'], info.get('guid', ''), info.get('md5', ''),
                          job.size if job.size >= 0 else None)
+            info['delivered'] = got     # once the part file is gone (a Ctrl-C may come at any point)
             try:
                 os.replace(job.target, info['dst'])
             except OSError as e:
+                info['delivered'] = None
                 _unlink_quiet(job.target)
+                live.discard(job)
                 stats.fail(info['lfn'], 'cannot rename into %s: %s' % (info['dst'], e.strerror))
                 return
-            stats.ok += 1
-            stats.bytes += got
-            stats.done.append((info['lfn'], info['dst']))
+            delivered(job)
             return
         _unlink_quiet(job.target)
         info['errors'].append('%s: %s' % (info['se'], job.error or 'size mismatch after transfer'))
@@ -3850,7 +4019,16 @@ def cp_download(session, items, opts, stats):
             progress.done_files -= 1
             launch(job)
         else:
+            live.discard(job)
             stats.fail(info['lfn'], '%s -> %s failed: %s' % (info['lfn'], info['dst'], '; '.join(info['errors'])))
+
+    def delivered(job):
+        info = job.info
+        if (info['lfn'], info['dst']) not in stats.done[-1:]:
+            stats.ok += 1
+            stats.bytes += info['delivered']
+            stats.done.append((info['lfn'], info['dst']))
+        live.discard(job)
 
     made_dirs = set()
     try:
@@ -3912,6 +4090,9 @@ def cp_download(session, items, opts, stats):
                 settle(job)
     except BaseException as exc:
         pipe.close(cancel=True)
+        for job in list(live):      # renamed, cut short before it was counted
+            if job.info.get('delivered') is not None and not os.path.lexists(job.target):
+                delivered(job)
         for job in list(live) + pipe.results():
             _unlink_quiet(job.target)
         why = 'interrupted' if isinstance(exc, KeyboardInterrupt) else str(exc)

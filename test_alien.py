@@ -6355,7 +6355,7 @@ def test_streamed_download_puts_many_chunks_in_order_and_checks_the_md5(cpenv, g
     with pytest.raises(alien.AlienError, match='md5 mismatch'):
         alien._stream_download(_stream_job(cpenv, g + 'f.bin', str(tmp_path / 'bad'), '0' * 32), {}, None)
     # the target is private and fresh: never written through an existing name
-    with pytest.raises(OSError):
+    with pytest.raises(alien.AlienError, match='File exists'):
         alien._stream_download(_stream_job(cpenv, g + 'f.bin', str(tmp_path / 'out')), {}, None)
     assert (tmp_path / 'out').read_bytes() == data
 
@@ -6412,3 +6412,94 @@ def test_md5_ahead_hashes_in_order_and_hands_errors_back_in_place(tmp_path):
     stop = threading.Event()
     stop.set()
     assert alien.md5_and_size(paths[-1], stop=stop) == (None, 0)   # a stopped hash gives no digest
+
+
+# ===== small downloads without a CopyProcess: VerifiedRead (issue 11, many small files) =====
+
+def _vr_upload(cpenv, grid_state, tmp_path, name, n, spec='@disk:2'):
+    """n files of ~10 KiB uploaded into a fresh grid directory -> (dir, {name: bytes})."""
+    g = grid_dir(grid_state, name)
+    files = {'f%02d.bin' % i: os.urandom(10240 + i) for i in range(n)}
+    for k, v in files.items():
+        write(tmp_path / name / k, v)
+    p = cpx(cpenv, 'file:%s/' % (tmp_path / name), g + spec)
+    assert p.returncode == 0, p
+    return g, files
+
+
+def _vr_first_se(cpenv, lfn):
+    s = alien.Session(environ=cpenv)
+    try:
+        return s.request('access', ['read', lfn], nomsg=True).results[0]['se']
+    finally:
+        s.close()
+
+
+def _vr_corrupt(grid_state, cpenv, lfn, se):
+    with open(replica_file(grid_state, cpenv, lfn, se), 'r+b') as fh:
+        fh.seek(100)
+        fh.write(b'CORRUPT')
+
+
+def test_small_download_md5_mismatch_is_never_renamed_and_the_other_replica_is_read(cpenv, grid_state, tmp_path):
+    g, files = _vr_upload(cpenv, grid_state, tmp_path, 'vrmd5', 8)
+    for k in ('f00.bin', 'f01.bin', 'f02.bin'):   # the replica read first is bad
+        _vr_corrupt(grid_state, cpenv, g + k, _vr_first_se(cpenv, g + k))
+    for se in (SE1, SE2):                          # both replicas of f03 are bad
+        _vr_corrupt(grid_state, cpenv, g + 'f03.bin', se)
+    out = tmp_path / 'out'
+    write(out / 'f03.bin', b'an older copy')
+    p = cpx(cpenv, '-f', g, 'file:%s/' % out)
+    assert p.returncode == 1 and '7/8 files copied' in p.stderr, p
+    bad = [line for line in p.stderr.splitlines() if 'f03.bin' in line]
+    assert len(bad) == 1 and bad[0].count('md5 mismatch') == 2 and SE1 in bad[0] and SE2 in bad[0], p.stderr
+    assert (out / 'f03.bin').read_bytes() == b'an older copy'   # never replaced by bad bytes
+    for k, v in files.items():
+        if k != 'f03.bin':
+            assert (out / k).read_bytes() == v, k
+            assert os.getxattr(str(out / k), 'user.md5').decode() == hashlib.md5(v).hexdigest()
+    assert sorted(os.listdir(str(out))) == sorted(files)       # no part file left
+
+
+def test_small_download_se_down_uses_the_other_replica_and_a_lone_replica_fails(cpenv, grid_state, tmp_path):
+    from testgrid import grid
+    g, files = _vr_upload(cpenv, grid_state, tmp_path, 'vrdown', 6)
+    lone = write(tmp_path / 'lone.bin', os.urandom(3000))
+    assert cpx(cpenv, 'file:' + lone, g + 'lone.bin@disk:1,' + SE1).returncode == 0
+    out = tmp_path / 'out'
+    grid.stop_se(grid_state['workdir'], SE1)
+    try:
+        t0 = time.monotonic()
+        p = cpx(cpenv, '-retry', '1', g, 'file:%s/' % out)
+        took = time.monotonic() - t0
+    finally:
+        grid.start_se(grid_state['workdir'], SE1)
+    assert p.returncode == 1 and '6/7 files copied' in p.stderr and took < 30, (took, p)
+    line = [x for x in p.stderr.splitlines() if 'lone.bin' in x]
+    assert len(line) == 1 and SE1 in line[0], p.stderr
+    assert sorted(os.listdir(str(out))) == sorted(files)
+    for k, v in files.items():
+        assert (out / k).read_bytes() == v, k
+
+
+def test_ctrl_c_during_many_small_downloads_leaves_no_part_file(cpenv, grid_state, service_back, tmp_path):
+    from testgrid import grid
+    g, files = _vr_upload(cpenv, grid_state, tmp_path, 'vrintr', 40, '@disk:1')
+    out = tmp_path / 'out'
+    grid.set_faults(service_back, {'access': 'delay:0.05'})
+    try:
+        proc = subprocess.Popen([sys.executable, ALIEN, 'cp', '-json', '-T', '4', g, 'file:%s/' % out], env=cpenv,
+                                cwd=cpenv['PWD'], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        while proc.poll() is None and not (os.path.isdir(str(out)) and
+                                           len([n for n in os.listdir(str(out)) if 'part' not in n]) >= 3):
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGINT)
+        out_text, err = proc.communicate(timeout=60)
+    finally:
+        grid.set_faults(service_back, None)
+    assert proc.returncode == 130 and 'not attempted' in err.splitlines()[-1], err
+    rows = json.loads(out_text)['results']
+    copied = sorted(os.path.basename(r['dst']) for r in rows if r['state'] == 'copied')
+    assert copied and sorted(os.listdir(str(out))) == copied, (err, rows)  # no part file, nothing half-written
+    for k in copied:
+        assert (out / k).read_bytes() == files[k]
