@@ -165,11 +165,10 @@ SETTINGS_MAX_BYTES = 1 << 20  # ~/.alienpy_aliases, ~/.alienpy_session
 ALIAS_MAX = 1000             # aliases read from ~/.alienpy_aliases
 LINE_MAX_ELEMENTS = 10000    # commands in one chain after alias expansion
 
-_JSON_NOISE = {i: None for i in range(128) if chr(i) not in '[]{}"'}
-_JSON_STRING = LazyRegex(r'"[^"]*"')
-_JSON_NON_BRACKET = LazyRegex(r'[^\[\]{}]+')
-_JSON_ESCAPED = LazyRegex(r'\\[\\"]')
-_JSON_LEVEL = {'[': 1, '{': 1, ']': -1, '}': -1}
+_JSON_NOISE = bytes(i for i in range(256) if i not in b'[]{}"')   # all but brackets and quotes
+_JSON_STRING = LazyRegex(rb'"[^"]*"')
+_JSON_SLICE = 1 << 20
+_JSON_LEVEL = {ord('['): 1, ord('{'): 1, ord(']'): -1, ord('}'): -1}
 
 
 class JsonTooDeep(ValueError):
@@ -178,24 +177,25 @@ class JsonTooDeep(ValueError):
 
 def json_too_deep(text, limit=JSON_MAX_DEPTH):
     """True when the JSON text nests arrays/objects more than limit levels deep.
-    Brackets inside strings do not count. C-speed string operations only (about
-    4 ns a character): escapes and everything but brackets and quotes are
-    dropped, strings removed; flat documents end after a few passes removing
-    innermost pairs, others get their exact depth from a running sum."""
+    Brackets inside strings do not count. C-speed byte operations only (about
+    1 ns a character): escapes dropped, then everything but brackets and quotes
+    (UTF-8 sequences included), then strings; flat documents end
+    after a few passes removing innermost pairs, others get their exact depth
+    from a running sum."""
     if len(text) <= 2 * limit:
         return False
-    if _JSON_ESCAPED.search(text):       # an escaped backslash or quote (one regex: much faster than 'in')
-        text = text.replace('\\\\', '').replace('\\"', '')
-    t = text.translate(_JSON_NOISE)
-    if '"' in t:
-        t = t.replace('""', '')   # empty strings, or two strings with nothing between
-        if '"' in t:
-            t = _JSON_STRING.sub('', t)
-    if not t.isascii() if hasattr(t, 'isascii') else any(ord(c) > 127 for c in t):
-        t = _JSON_NON_BRACKET.sub('', t)
-    brackets = t = t.replace('"', '')     # (a quote left over: not JSON, json.loads says so)
+    if '\\' in text:
+        text = text.replace('\\\\', '').replace('\\"', '')   # escaped backslashes, then escaped quotes
+    # a slice at a time: the bytes of a 10 MB reply are never all in memory at once
+    t = b''.join(text[i:i + _JSON_SLICE].encode('utf-8', 'surrogatepass').translate(None, _JSON_NOISE)
+                 for i in range(0, len(text), _JSON_SLICE))
+    if b'"' in t:
+        t = t.replace(b'""', b'')   # empty strings, or two strings with nothing between
+        if b'"' in t:
+            t = _JSON_STRING.sub(b'', t)
+    brackets = t = t.replace(b'"', b'')     # (a quote left over: not JSON, json.loads says so)
     for _ in range(min(4, limit // 2)):   # each pass removes one or two levels: flat documents end here
-        t = t.replace('{}', '').replace('[]', '')
+        t = t.replace(b'{}', b'').replace(b'[]', b'')
         if not t:
             return False
     return bool(brackets) and max(itertools.accumulate(map(_JSON_LEVEL.__getitem__, brackets))) > limit

@@ -6503,3 +6503,34 @@ def test_ctrl_c_during_many_small_downloads_leaves_no_part_file(cpenv, grid_stat
     assert copied and sorted(os.listdir(str(out))) == copied, (err, rows)  # no part file, nothing half-written
     for k in copied:
         assert (out / k).read_bytes() == files[k]
+
+
+@pytest.mark.pure
+@pytest.mark.parametrize('slice_chars', [1 << 20, 7])
+def test_json_depth_scan_agrees_with_the_parsed_depth(slice_chars, monkeypatch):
+    """json_too_deep on bytes: strings full of brackets, quotes, backslashes,
+    escapes and non-ASCII text never change the depth it finds."""
+    import random
+    monkeypatch.setattr(alien, '_JSON_SLICE', slice_chars)     # slices cut anywhere, even in a string
+    rnd = random.Random(64)
+    pieces = ['[', ']', '{', '}', '"', '\\', '\\"', '\\n', 'é', '€', '\udcff', '\u2028', 'x', ' ', '""']
+
+    def build(depth):
+        if depth == 0 or rnd.random() < 0.2:
+            return ''.join(rnd.choice(pieces) for _ in range(rnd.randrange(0, 6)))
+        kids = [build(depth - 1) for _ in range(rnd.randrange(1, 4))]
+        return kids if rnd.random() < 0.5 else {'k%d%s' % (i, rnd.choice(pieces)): v for i, v in enumerate(kids)}
+
+    def depth(v):
+        if isinstance(v, list):
+            return 1 + max([depth(x) for x in v] or [0])
+        if isinstance(v, dict):
+            return 1 + max([depth(x) for x in v.values()] or [0])
+        return 0
+
+    for _ in range(1500):
+        doc = build(rnd.randrange(1, 12))
+        text = json.dumps(doc, ensure_ascii=rnd.random() < 0.5)
+        for limit in (1, 2, 3, 5, 8):
+            if len(text) > 2 * limit:
+                assert alien.json_too_deep(text, limit) == (depth(doc) > limit), (text, limit)
