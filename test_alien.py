@@ -6534,3 +6534,45 @@ def test_json_depth_scan_agrees_with_the_parsed_depth(slice_chars, monkeypatch):
         for limit in (1, 2, 3, 5, 8):
             if len(text) > 2 * limit:
                 assert alien.json_too_deep(text, limit) == (depth(doc) > limit), (text, limit)
+
+
+def _bytes_on_an_se(grid_state, data):
+    """True when a file holding exactly data is in some SE's data directory."""
+    for se in grid_state['ses']:
+        for root, _dirs, names in os.walk(se['datadir']):
+            for n in names:
+                p = os.path.join(root, n)
+                try:
+                    if os.path.getsize(p) == len(data) and open(p, 'rb').read() == data:
+                        return True
+                except OSError:
+                    pass
+    return False
+
+
+def test_upload_transfers_a_file_while_the_next_one_is_hashed(cpenv, grid_state, tmp_path, monkeypatch):
+    src = tmp_path / 'src'
+    first, second = os.urandom(5 * 2 ** 20), os.urandom(5 * 2 ** 20 + 1)
+    write(src / 'a.bin', first)
+    write(src / 'b.bin', second)
+    g = grid_dir(grid_state, 'md5ahead')
+    real = alien.md5_and_size
+    seen = []
+
+    def hash_b_late(path, *a, **kw):
+        if path.endswith('b.bin'):      # a.bin is booked and transferred meanwhile
+            deadline = time.monotonic() + 30
+            while not _bytes_on_an_se(grid_state, first) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            seen.append(_bytes_on_an_se(grid_state, first))
+        return real(path, *a, **kw)
+    monkeypatch.setattr(alien, 'md5_and_size', hash_b_late)
+    monkeypatch.chdir(cpenv['PWD'])
+    s = alien.Session(environ=dict(cpenv))
+    try:
+        r = s.run('cp -quiet file:%s/ %s@disk:1' % (src, g))
+    finally:
+        s.close()
+    assert r.exitcode == 0 and seen == [True], (r, seen)
+    p = cpcli(cpenv, 'ls -l ' + g)
+    assert p.returncode == 0 and 'a.bin' in p.stdout and 'b.bin' in p.stdout, p
