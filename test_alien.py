@@ -6557,6 +6557,18 @@ def test_archive_members_whereis_and_access_point_at_the_archive(zip_members, gr
         # the archive itself is unchanged: its own replicas, no member suffix
         assert all('#' not in r['url'] for r in _tg_ok(_tg_call(c, 'access', ['read', archive])))
         assert _tg_ok(_tg_call(c, 'whereis', ['-r', archive])) == arch
+        assert _tg_ok(_tg_call(c, 'stat', ['-v', lfn]))[0]['replicas'] == {'ArchiveMember': link}
+        # a member registered twice is refused, and nothing changes
+        from testgrid import grid
+        with pytest.raises(ValueError):
+            grid.register_archive(grid_state['workdir'], archive)
+        assert _tg_ok(_tg_call(c, 'stat', [lfn]))[0]['guid'] == mguid
+        # rm of a member: its entry and link only; rm of the archive leaves members dangling
+        _tg_ok(_tg_call(c, 'rm', [lfns['deflated.txt']]))
+        assert len(_tg_ok(_tg_call(c, 'access', ['read', lfn]))) == 2
+        _tg_ok(_tg_call(c, 'rm', [archive]))
+        gone = _tg_call(c, 'access', ['read', lfn])
+        assert gone['metadata']['exitcode'] == '77' and 'No read PFNs' in gone['metadata']['error'], gone
 
 
 @pytest.mark.parametrize('how', [[], ['-noxrdzip'], ['-y', '2']], ids=['xrdcl-unzip', 'noxrdzip', 'y2'])
