@@ -167,6 +167,7 @@ LINE_MAX_ELEMENTS = 10000    # commands in one chain after alias expansion
 
 _JSON_NOISE = bytes(i for i in range(256) if i not in b'[]{}"')   # all but brackets and quotes
 _JSON_STRING = LazyRegex(rb'"[^"]*"')
+_JSON_SLICE = 1 << 20
 _JSON_LEVEL = {ord('['): 1, ord('{'): 1, ord(']'): -1, ord('}'): -1}
 
 
@@ -183,10 +184,11 @@ def json_too_deep(text, limit=JSON_MAX_DEPTH):
     from a running sum."""
     if len(text) <= 2 * limit:
         return False
-    t = text.encode('utf-8', 'surrogatepass')
-    if b'\\' in t:
-        t = t.replace(b'\\\\', b'').replace(b'\\"', b'')   # escaped backslashes, then escaped quotes
-    t = t.translate(None, _JSON_NOISE)
+    if '\\' in text:
+        text = text.replace('\\\\', '').replace('\\"', '')   # escaped backslashes, then escaped quotes
+    # a slice at a time: the bytes of a 10 MB reply are never all in memory at once
+    t = b''.join(text[i:i + _JSON_SLICE].encode('utf-8', 'surrogatepass').translate(None, _JSON_NOISE)
+                 for i in range(0, len(text), _JSON_SLICE))
     if b'"' in t:
         t = t.replace(b'""', b'')   # empty strings, or two strings with nothing between
         if b'"' in t:

@@ -6475,10 +6475,12 @@ def test_ctrl_c_during_many_small_downloads_leaves_no_part_file(cpenv, grid_stat
 
 
 @pytest.mark.pure
-def test_json_depth_scan_agrees_with_the_parsed_depth():
+@pytest.mark.parametrize('slice_chars', [1 << 20, 7])
+def test_json_depth_scan_agrees_with_the_parsed_depth(slice_chars, monkeypatch):
     """json_too_deep on bytes: strings full of brackets, quotes, backslashes,
     escapes and non-ASCII text never change the depth it finds."""
     import random
+    monkeypatch.setattr(alien, '_JSON_SLICE', slice_chars)     # slices cut anywhere, even in a string
     rnd = random.Random(64)
     pieces = ['[', ']', '{', '}', '"', '\\', '\\"', '\\n', 'é', '€', '\udcff', '\u2028', 'x', ' ', '""']
 
