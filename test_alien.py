@@ -6383,6 +6383,37 @@ def test_streamed_download_write_error_tries_the_other_replica_and_leaves_nothin
     assert os.listdir(str(out)) == []   # no destination, no temp file
 
 
+@pytest.mark.pure
+@pytest.mark.once
+def test_md5_ahead_hashes_in_order_and_hands_errors_back_in_place(tmp_path):
+    paths = []
+    for n, data in enumerate([b'', b'abc', os.urandom(3 * 2 ** 20 + 7)]):
+        p = tmp_path / ('f%d' % n)
+        p.write_bytes(data)
+        paths.append(str(p))
+    paths[1:1] = [str(tmp_path / 'missing')]
+    paths.append(paths[2])                  # the same file twice: hashed twice, taken twice
+    ahead = alien.Md5Ahead()
+    ahead.add(paths[:2])
+    ahead.add(p for p in paths[2:])
+    got = []
+    for p in paths:
+        try:
+            got.append(ahead.take())
+        except OSError as e:
+            got.append(e.__class__.__name__)
+    want = [(hashlib.md5(open(p, 'rb').read()).hexdigest(), os.path.getsize(p)) if os.path.exists(p)
+            else 'FileNotFoundError' for p in paths]
+    assert got == want
+    assert not ahead.ready()
+    ahead.close()
+    with pytest.raises(alien.AlienError):
+        ahead.take()                          # nothing queued any more: never waits forever
+    stop = threading.Event()
+    stop.set()
+    assert alien.md5_and_size(paths[-1], stop=stop) == (None, 0)   # a stopped hash gives no digest
+
+
 # ===== small downloads without a CopyProcess: VerifiedRead (issue 11, many small files) =====
 
 def _vr_upload(cpenv, grid_state, tmp_path, name, n, spec='@disk:2'):
@@ -6604,3 +6635,45 @@ def test_cp_archive_member_with_a_wrong_catalogue_md5_fails_and_leaves_nothing(z
     assert lfns['bad.txt'] in lines[0] and ('md5' in lines[0] or 'CheckSum' in lines[0]), p.stderr
     assert lines[1].startswith('cp: 0/1 files copied'), p.stderr
     assert os.listdir(str(out)) == [] and sorted(os.listdir(cpenv['TMPDIR'])) == tmp_before
+
+
+def _bytes_on_an_se(grid_state, data):
+    """True when a file holding exactly data is in some SE's data directory."""
+    for se in grid_state['ses']:
+        for root, _dirs, names in os.walk(se['datadir']):
+            for n in names:
+                p = os.path.join(root, n)
+                try:
+                    if os.path.getsize(p) == len(data) and open(p, 'rb').read() == data:
+                        return True
+                except OSError:
+                    pass
+    return False
+
+
+def test_upload_transfers_a_file_while_the_next_one_is_hashed(cpenv, grid_state, tmp_path, monkeypatch):
+    src = tmp_path / 'src'
+    first, second = os.urandom(5 * 2 ** 20), os.urandom(5 * 2 ** 20 + 1)
+    write(src / 'a.bin', first)
+    write(src / 'b.bin', second)
+    g = grid_dir(grid_state, 'md5ahead')
+    real = alien.md5_and_size
+    seen = []
+
+    def hash_b_late(path, *a, **kw):
+        if path.endswith('b.bin'):      # a.bin is booked and transferred meanwhile
+            deadline = time.monotonic() + 30
+            while not _bytes_on_an_se(grid_state, first) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            seen.append(_bytes_on_an_se(grid_state, first))
+        return real(path, *a, **kw)
+    monkeypatch.setattr(alien, 'md5_and_size', hash_b_late)
+    monkeypatch.chdir(cpenv['PWD'])
+    s = alien.Session(environ=dict(cpenv))
+    try:
+        r = s.run('cp -quiet file:%s/ %s@disk:1' % (src, g))
+    finally:
+        s.close()
+    assert r.exitcode == 0 and seen == [True], (r, seen)
+    p = cpcli(cpenv, 'ls -l ' + g)
+    assert p.returncode == 0 and 'a.bin' in p.stdout and 'b.bin' in p.stdout, p
