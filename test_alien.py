@@ -6536,6 +6536,107 @@ def test_json_depth_scan_agrees_with_the_parsed_depth(slice_chars, monkeypatch):
                 assert alien.json_too_deep(text, limit) == (depth(doc) > limit), (text, limit)
 
 
+# ===== zip archive members (testgrid archive links; cp via xrdcl.unzip and -noxrdzip) =====
+
+ZIP_MEMBERS = {'stored.bin': os.urandom(20000),                        # ZIP_STORED
+               'deflated.txt': b'job output line, compressible\n' * 2000,   # ZIP_DEFLATED
+               'bad.txt': b'the catalogue md5 of this member is wrong\n' * 50}
+
+
+@pytest.fixture
+def zip_members(cpenv, grid_state, tmp_path):
+    """A real zip uploaded with alien.py cp (2 replicas) and its members registered
+    -> (archive LFN, {member: LFN}); bad.txt is registered with a wrong md5."""
+    import zipfile
+    from testgrid import grid
+    z = str(tmp_path / 'root_archive.zip')
+    with zipfile.ZipFile(z, 'w') as w:
+        for name, data in ZIP_MEMBERS.items():
+            w.writestr(name, data, zipfile.ZIP_STORED if name.endswith('.bin') else zipfile.ZIP_DEFLATED)
+    with zipfile.ZipFile(z) as r:
+        assert {i.filename: i.compress_type for i in r.infolist()} == {
+            'stored.bin': zipfile.ZIP_STORED, 'deflated.txt': zipfile.ZIP_DEFLATED, 'bad.txt': zipfile.ZIP_DEFLATED}
+    archive = grid_dir(grid_state, 'zip%d' % int(time.time() * 1e6)) + 'root_archive.zip'
+    p = cpx(cpenv, 'file:' + z, archive + '@disk:2')
+    assert p.returncode == 0, p
+    lfns = grid.register_archive(grid_state['workdir'], archive, md5s={'bad.txt': '0' * 32})
+    assert sorted(lfns) == sorted(ZIP_MEMBERS)
+    return archive, lfns
+
+
+def test_archive_members_whereis_and_access_point_at_the_archive(zip_members, grid_state):
+    archive, lfns = zip_members
+    with _tg_ws(grid_state) as c:
+        arch = _tg_ok(_tg_call(c, 'whereis', [archive]))
+        aguid = _tg_ok(_tg_call(c, 'lfn2guid', [archive]))[0]['guid']
+        lfn = lfns['stored.bin']
+        data = ZIP_MEMBERS['stored.bin']
+        st = _tg_ok(_tg_call(c, 'stat', [lfn]))[0]
+        mguid = st['guid']
+        assert (st['size'], st['md5']) == (str(len(data)), hashlib.md5(data).hexdigest()) and mguid != aguid
+        link = 'guid:///%s?ZIP=stored.bin' % aguid
+        assert _tg_ok(_tg_call(c, 'whereis', [lfn])) == [
+            {'message': 'the file stored.bin is in\n\n\t SE => ArchiveMember%s pfn => %s' % (' ' * 11, link),
+             'seNumber': '0', 'seName': 'ArchiveMember', 'pfn': link}]
+        resolved = _tg_ok(_tg_call(c, 'whereis', ['-r', lfn]))
+        assert len(arch) == 2 and [(r['seName'], r['seNumber'], r['pfn']) for r in resolved] == \
+            [(r['seName'], r['seNumber'], r['pfn'] + '?ZIP=stored.bin') for r in arch]
+        assert resolved[0]['message'].startswith('the file stored.bin is in\n\n\t SE => ')
+        rows = _tg_ok(_tg_call(c, 'access', ['read', lfn]))
+        assert [r['url'] for r in rows] == [r['pfn'] + '#stored.bin' for r in arch]
+        for r in rows:
+            assert (r['size'], r['md5'], r['guid'], r['nSEs']) == (str(len(data)), hashlib.md5(data).hexdigest(),
+                                                                  mguid, '2')
+        # the archive itself is unchanged: its own replicas, no member suffix
+        assert all('#' not in r['url'] for r in _tg_ok(_tg_call(c, 'access', ['read', archive])))
+        assert _tg_ok(_tg_call(c, 'whereis', ['-r', archive])) == arch
+        assert _tg_ok(_tg_call(c, 'stat', ['-v', lfn]))[0]['replicas'] == {'ArchiveMember': link}
+        # a member registered twice is refused, and nothing changes
+        from testgrid import grid
+        with pytest.raises(ValueError):
+            grid.register_archive(grid_state['workdir'], archive)
+        assert _tg_ok(_tg_call(c, 'stat', [lfn]))[0]['guid'] == mguid
+        # rm of a member: its entry and link only; rm of the archive leaves members dangling
+        _tg_ok(_tg_call(c, 'rm', [lfns['deflated.txt']]))
+        assert len(_tg_ok(_tg_call(c, 'access', ['read', lfn]))) == 2
+        _tg_ok(_tg_call(c, 'rm', [archive]))
+        gone = _tg_call(c, 'access', ['read', lfn])
+        assert gone['metadata']['exitcode'] == '77' and 'No read PFNs' in gone['metadata']['error'], gone
+
+
+@pytest.mark.parametrize('how', [[], ['-noxrdzip'], ['-y', '2']], ids=['xrdcl-unzip', 'noxrdzip', 'y2'])
+def test_cp_archive_member_downloads_exactly_the_member(zip_members, cpenv, tmp_path, how):
+    """Default: XRootD's copy reads the member out of the archive replica
+    (xrdcl.unzip, also inside a -y 2 metalink); -noxrdzip: the whole archive is
+    fetched and the member extracted and md5-checked locally."""
+    _archive, lfns = zip_members
+    out = tmp_path / 'out'
+    tmp_before = sorted(os.listdir(cpenv['TMPDIR']))     # the token files
+    for name in ('stored.bin', 'deflated.txt'):
+        p = cpx(cpenv, *(how + [lfns[name], 'file:%s/%s' % (out, name)]))
+        assert p.returncode == 0, p
+        assert (out / name).read_bytes() == ZIP_MEMBERS[name], name
+        assert os.getxattr(str(out / name), 'user.md5').decode() == hashlib.md5(ZIP_MEMBERS[name]).hexdigest()
+    # no archive, no part file, no extraction temp file, nothing in TMPDIR
+    assert sorted(os.listdir(str(out))) == ['deflated.txt', 'stored.bin']
+    assert sorted(os.listdir(cpenv['TMPDIR'])) == tmp_before and os.listdir(cpenv['PWD']) == []
+
+
+@pytest.mark.parametrize('how', [[], ['-noxrdzip']], ids=['xrdcl-unzip', 'noxrdzip'])
+def test_cp_archive_member_with_a_wrong_catalogue_md5_fails_and_leaves_nothing(zip_members, cpenv, tmp_path, how):
+    _archive, lfns = zip_members
+    out = tmp_path / 'out'
+    out.mkdir()
+    tmp_before = sorted(os.listdir(cpenv['TMPDIR']))
+    p = cpx(cpenv, *(how + [lfns['bad.txt'], 'file:%s/bad.txt' % out]))
+    # cp's failure report: one line for the file, then the summary
+    lines = p.stderr.splitlines()
+    assert p.returncode == 1 and p.stdout == '' and len(lines) == 2 and 'Traceback' not in p.stderr, p
+    assert lfns['bad.txt'] in lines[0] and ('md5' in lines[0] or 'CheckSum' in lines[0]), p.stderr
+    assert lines[1].startswith('cp: 0/1 files copied'), p.stderr
+    assert os.listdir(str(out)) == [] and sorted(os.listdir(cpenv['TMPDIR'])) == tmp_before
+
+
 def _bytes_on_an_se(grid_state, data):
     """True when a file holding exactly data is in some SE's data directory."""
     for se in grid_state['ses']:
