@@ -2901,15 +2901,28 @@ def human_bytes(n):
         n /= 1024.0
 
 
-def md5_file(path, chunk=4 << 20):
+def md5_file(path, chunk=1 << 20, stop=None):
+    """md5 hex digest of a local file (OSError if unreadable); None when the
+    threading.Event stop is set before the end. One buffer, reused."""
+    return md5_and_size(path, chunk, stop)[0]
+
+
+def md5_and_size(path, chunk=1 << 20, stop=None):
+    """(md5 hex digest, bytes read) of a local file: the size that was hashed."""
     h = hashlib.md5()
-    with open(path, 'rb') as f:
+    buf = bytearray(chunk)
+    view = memoryview(buf)
+    size = 0
+    with open(path, 'rb', buffering=0) as f:
         while True:
-            b = f.read(chunk)
-            if not b:
+            if stop is not None and stop.is_set():
+                return None, size
+            n = f.readinto(buf)
+            if not n:
                 break
-            h.update(b)
-    return h.hexdigest()
+            h.update(view[:n])
+            size += n
+    return h.hexdigest(), size
 
 
 def grid_url(url, envelope, extra=''):
@@ -4199,10 +4212,83 @@ def _existing_upload_target(session, e, r, opts, stats):
     return r
 
 
-def cp_upload(session, items, opts, stats):
+class Md5Ahead(object):
+    """The md5 and size of local files, hashed one after the other in a
+    background thread while the caller goes on: an upload needs a file's md5
+    for its `access` request, so the next files are hashed while the service
+    is asked and the files before them transfer. add(paths) queues them;
+    take() hands back the results in the same order, (md5, size) or the
+    OSError, waiting for the next one if needed; at most AHEAD wait to be
+    taken. close() stops the thread at its next read."""
+
+    AHEAD = 256
+
+    def __init__(self):
+        self.cv = threading.Condition()
+        self.todo = collections.deque()
+        self.results = collections.deque()
+        self.stop = threading.Event()
+        self.thread = None
+
+    def add(self, paths):
+        with self.cv:
+            self.todo.extend(paths)
+            if self.thread is None and self.todo:
+                self.thread = threading.Thread(target=self._run, name='md5-ahead')
+                self.thread.daemon = True
+                self.thread.start()
+            self.cv.notify_all()
+
+    def _run(self):
+        while True:
+            with self.cv:
+                while not self.stop.is_set() and (not self.todo or len(self.results) >= self.AHEAD):
+                    self.cv.wait()
+                if self.stop.is_set():
+                    return
+                path = self.todo.popleft()
+            try:
+                result = md5_and_size(path, stop=self.stop)
+            except OSError as e:
+                result = e
+            with self.cv:
+                self.results.append(result)
+                self.cv.notify_all()
+
+    def ready(self):
+        """The next result is there: take() would not wait."""
+        with self.cv:
+            return bool(self.results)
+
+    def take(self):
+        with self.cv:
+            while not self.results:
+                if self.stop.is_set() or (self.thread is None and not self.todo):
+                    raise AlienError('md5: nothing queued')
+                self.cv.wait(0.5)
+            result = self.results.popleft()
+            self.cv.notify_all()
+        if isinstance(result, OSError):
+            raise result
+        return result
+
+    def close(self):
+        self.stop.set()
+        with self.cv:
+            self.cv.notify_all()
+
+
+def cp_upload(session, items, opts, stats, md5s=None):
     """items: [(local_path, lfn, specs)]: md5 and size locally, access
     write-once, copy each booked replica, commit each good one; the failed
-    replicas of a file are re-booked on other SEs (at most twice)."""
+    replicas of a file are re-booked on other SEs (at most twice).
+    md5s: an Md5Ahead already hashing these paths in this order (cp_run starts
+    it while planning), else one is started here. A window of `access`
+    requests is the next file (waiting for its md5) and the ones already
+    hashed: a large file transfers while the next one is hashed."""
+    if md5s is None:
+        md5s = Md5Ahead()
+        md5s.add(src for src, _, _ in items)
     progress = _Progress(0, 0, _progress_enabled(opts), 'upload ')
     pipe = CopyPipeline(opts, progress)
     live = []
@@ -4275,12 +4361,16 @@ def cp_upload(session, items, opts, stats):
                 e['errors'].append('no other SE: %s' % (r.err or 'exit code %d' % r.exitcode))
 
     try:
-        for n in range(0, len(items), REQUEST_WINDOW):
+        pos = 0
+        while pos < len(items):
             entries = []
-            for src, lfn, specs in items[n:n + REQUEST_WINDOW]:
+            first = True
+            while pos < len(items) and len(entries) < REQUEST_WINDOW and (first or md5s.ready()):
+                first = False
+                src, lfn, specs = items[pos]
+                pos += 1
                 try:
-                    size = os.path.getsize(src)
-                    md5 = md5_file(src)
+                    md5, size = md5s.take()
                 except OSError as err:
                     stats.fail(src, 'cannot read %s: %s' % (src, err.strerror))
                     continue
@@ -4325,6 +4415,7 @@ def cp_upload(session, items, opts, stats):
                 stats.fail(e['src'], '%s -> %s not finished: %s' % (e['src'], e['lfn'], why))
         raise
     finally:
+        md5s.close()
         pipe.close()
         if progress.enabled and progress.total_files:
             progress.show(final=True)
@@ -4616,6 +4707,7 @@ def cp_run(session, pairs, opts):
     transfer while later lines are still being looked up. Uploads follow."""
     stats = CpStats()
     uploads = []
+    md5s = Md5Ahead()  # the files to upload are hashed from the moment they are planned
     unplanned = [0]   # index of the first pair not planned yet
     known = {}      # lfn -> (size, md5) from the listings: present files are skipped unread
     facts = None if opts.get('force') or opts.get('dryrun') else LocalFacts()
@@ -4639,7 +4731,10 @@ def cp_run(session, pairs, opts):
                     continue
                 items = cp_refuse_bad_names(items, direction, stats)
                 if direction == 'upload':
+                    n = len(uploads)
                     uploads.extend(items)
+                    if not opts.get('dryrun'):
+                        md5s.add(src for src, _, _ in uploads[n:])
                     continue
                 unique = []
                 for it in items:
@@ -4672,7 +4767,7 @@ def cp_run(session, pairs, opts):
         if uploads:
             stats.planned.extend((s, d) for s, d, _ in uploads)
             cp_prepare_upload_dirs(session, uploads)
-            cp_upload(session, uploads, opts, stats)
+            cp_upload(session, uploads, opts, stats, md5s)
     except KeyboardInterrupt:
         session.drop()  # a reply may be half read: the next request reconnects
         stats.abort = (130, 'cp: interrupted')
@@ -4680,6 +4775,8 @@ def cp_run(session, pairs, opts):
         if not isinstance(e, ConnectionLost) and e.exitcode != EX_NOTCONN:
             raise
         stats.abort = (e.exitcode, 'cp: %s' % e)
+    finally:
+        md5s.close()
     if stats.abort:  # what was never reached: not attempted (pairs not planned yet as they are)
         listed = set(src for src, _ in stats.planned)
         stats.planned.extend((s, d) for s, d, _ in uploads if s not in listed)

@@ -6383,6 +6383,37 @@ def test_streamed_download_write_error_tries_the_other_replica_and_leaves_nothin
     assert os.listdir(str(out)) == []   # no destination, no temp file
 
 
+@pytest.mark.pure
+@pytest.mark.once
+def test_md5_ahead_hashes_in_order_and_hands_errors_back_in_place(tmp_path):
+    paths = []
+    for n, data in enumerate([b'', b'abc', os.urandom(3 * 2 ** 20 + 7)]):
+        p = tmp_path / ('f%d' % n)
+        p.write_bytes(data)
+        paths.append(str(p))
+    paths[1:1] = [str(tmp_path / 'missing')]
+    paths.append(paths[2])                  # the same file twice: hashed twice, taken twice
+    ahead = alien.Md5Ahead()
+    ahead.add(paths[:2])
+    ahead.add(p for p in paths[2:])
+    got = []
+    for p in paths:
+        try:
+            got.append(ahead.take())
+        except OSError as e:
+            got.append(e.__class__.__name__)
+    want = [(hashlib.md5(open(p, 'rb').read()).hexdigest(), os.path.getsize(p)) if os.path.exists(p)
+            else 'FileNotFoundError' for p in paths]
+    assert got == want
+    assert not ahead.ready()
+    ahead.close()
+    with pytest.raises(alien.AlienError):
+        ahead.take()                          # nothing queued any more: never waits forever
+    stop = threading.Event()
+    stop.set()
+    assert alien.md5_and_size(paths[-1], stop=stop) == (None, 0)   # a stopped hash gives no digest
+
+
 # ===== small downloads without a CopyProcess: VerifiedRead (issue 11, many small files) =====
 
 def _vr_upload(cpenv, grid_state, tmp_path, name, n, spec='@disk:2'):
@@ -6503,3 +6534,146 @@ def test_json_depth_scan_agrees_with_the_parsed_depth(slice_chars, monkeypatch):
         for limit in (1, 2, 3, 5, 8):
             if len(text) > 2 * limit:
                 assert alien.json_too_deep(text, limit) == (depth(doc) > limit), (text, limit)
+
+
+# ===== zip archive members (testgrid archive links; cp via xrdcl.unzip and -noxrdzip) =====
+
+ZIP_MEMBERS = {'stored.bin': os.urandom(20000),                        # ZIP_STORED
+               'deflated.txt': b'job output line, compressible\n' * 2000,   # ZIP_DEFLATED
+               'bad.txt': b'the catalogue md5 of this member is wrong\n' * 50}
+
+
+@pytest.fixture
+def zip_members(cpenv, grid_state, tmp_path):
+    """A real zip uploaded with alien.py cp (2 replicas) and its members registered
+    -> (archive LFN, {member: LFN}); bad.txt is registered with a wrong md5."""
+    import zipfile
+    from testgrid import grid
+    z = str(tmp_path / 'root_archive.zip')
+    with zipfile.ZipFile(z, 'w') as w:
+        for name, data in ZIP_MEMBERS.items():
+            w.writestr(name, data, zipfile.ZIP_STORED if name.endswith('.bin') else zipfile.ZIP_DEFLATED)
+    with zipfile.ZipFile(z) as r:
+        assert {i.filename: i.compress_type for i in r.infolist()} == {
+            'stored.bin': zipfile.ZIP_STORED, 'deflated.txt': zipfile.ZIP_DEFLATED, 'bad.txt': zipfile.ZIP_DEFLATED}
+    archive = grid_dir(grid_state, 'zip%d' % int(time.time() * 1e6)) + 'root_archive.zip'
+    p = cpx(cpenv, 'file:' + z, archive + '@disk:2')
+    assert p.returncode == 0, p
+    lfns = grid.register_archive(grid_state['workdir'], archive, md5s={'bad.txt': '0' * 32})
+    assert sorted(lfns) == sorted(ZIP_MEMBERS)
+    return archive, lfns
+
+
+def test_archive_members_whereis_and_access_point_at_the_archive(zip_members, grid_state):
+    archive, lfns = zip_members
+    with _tg_ws(grid_state) as c:
+        arch = _tg_ok(_tg_call(c, 'whereis', [archive]))
+        aguid = _tg_ok(_tg_call(c, 'lfn2guid', [archive]))[0]['guid']
+        lfn = lfns['stored.bin']
+        data = ZIP_MEMBERS['stored.bin']
+        st = _tg_ok(_tg_call(c, 'stat', [lfn]))[0]
+        mguid = st['guid']
+        assert (st['size'], st['md5']) == (str(len(data)), hashlib.md5(data).hexdigest()) and mguid != aguid
+        link = 'guid:///%s?ZIP=stored.bin' % aguid
+        assert _tg_ok(_tg_call(c, 'whereis', [lfn])) == [
+            {'message': 'the file stored.bin is in\n\n\t SE => ArchiveMember%s pfn => %s' % (' ' * 11, link),
+             'seNumber': '0', 'seName': 'ArchiveMember', 'pfn': link}]
+        resolved = _tg_ok(_tg_call(c, 'whereis', ['-r', lfn]))
+        assert len(arch) == 2 and [(r['seName'], r['seNumber'], r['pfn']) for r in resolved] == \
+            [(r['seName'], r['seNumber'], r['pfn'] + '?ZIP=stored.bin') for r in arch]
+        assert resolved[0]['message'].startswith('the file stored.bin is in\n\n\t SE => ')
+        rows = _tg_ok(_tg_call(c, 'access', ['read', lfn]))
+        assert [r['url'] for r in rows] == [r['pfn'] + '#stored.bin' for r in arch]
+        for r in rows:
+            assert (r['size'], r['md5'], r['guid'], r['nSEs']) == (str(len(data)), hashlib.md5(data).hexdigest(),
+                                                                  mguid, '2')
+        # the archive itself is unchanged: its own replicas, no member suffix
+        assert all('#' not in r['url'] for r in _tg_ok(_tg_call(c, 'access', ['read', archive])))
+        assert _tg_ok(_tg_call(c, 'whereis', ['-r', archive])) == arch
+        assert _tg_ok(_tg_call(c, 'stat', ['-v', lfn]))[0]['replicas'] == {'ArchiveMember': link}
+        # a member registered twice is refused, and nothing changes
+        from testgrid import grid
+        with pytest.raises(ValueError):
+            grid.register_archive(grid_state['workdir'], archive)
+        assert _tg_ok(_tg_call(c, 'stat', [lfn]))[0]['guid'] == mguid
+        # rm of a member: its entry and link only; rm of the archive leaves members dangling
+        _tg_ok(_tg_call(c, 'rm', [lfns['deflated.txt']]))
+        assert len(_tg_ok(_tg_call(c, 'access', ['read', lfn]))) == 2
+        _tg_ok(_tg_call(c, 'rm', [archive]))
+        gone = _tg_call(c, 'access', ['read', lfn])
+        assert gone['metadata']['exitcode'] == '77' and 'No read PFNs' in gone['metadata']['error'], gone
+
+
+@pytest.mark.parametrize('how', [[], ['-noxrdzip'], ['-y', '2']], ids=['xrdcl-unzip', 'noxrdzip', 'y2'])
+def test_cp_archive_member_downloads_exactly_the_member(zip_members, cpenv, tmp_path, how):
+    """Default: XRootD's copy reads the member out of the archive replica
+    (xrdcl.unzip, also inside a -y 2 metalink); -noxrdzip: the whole archive is
+    fetched and the member extracted and md5-checked locally."""
+    _archive, lfns = zip_members
+    out = tmp_path / 'out'
+    tmp_before = sorted(os.listdir(cpenv['TMPDIR']))     # the token files
+    for name in ('stored.bin', 'deflated.txt'):
+        p = cpx(cpenv, *(how + [lfns[name], 'file:%s/%s' % (out, name)]))
+        assert p.returncode == 0, p
+        assert (out / name).read_bytes() == ZIP_MEMBERS[name], name
+        assert os.getxattr(str(out / name), 'user.md5').decode() == hashlib.md5(ZIP_MEMBERS[name]).hexdigest()
+    # no archive, no part file, no extraction temp file, nothing in TMPDIR
+    assert sorted(os.listdir(str(out))) == ['deflated.txt', 'stored.bin']
+    assert sorted(os.listdir(cpenv['TMPDIR'])) == tmp_before and os.listdir(cpenv['PWD']) == []
+
+
+@pytest.mark.parametrize('how', [[], ['-noxrdzip']], ids=['xrdcl-unzip', 'noxrdzip'])
+def test_cp_archive_member_with_a_wrong_catalogue_md5_fails_and_leaves_nothing(zip_members, cpenv, tmp_path, how):
+    _archive, lfns = zip_members
+    out = tmp_path / 'out'
+    out.mkdir()
+    tmp_before = sorted(os.listdir(cpenv['TMPDIR']))
+    p = cpx(cpenv, *(how + [lfns['bad.txt'], 'file:%s/bad.txt' % out]))
+    # cp's failure report: one line for the file, then the summary
+    lines = p.stderr.splitlines()
+    assert p.returncode == 1 and p.stdout == '' and len(lines) == 2 and 'Traceback' not in p.stderr, p
+    assert lfns['bad.txt'] in lines[0] and ('md5' in lines[0] or 'CheckSum' in lines[0]), p.stderr
+    assert lines[1].startswith('cp: 0/1 files copied'), p.stderr
+    assert os.listdir(str(out)) == [] and sorted(os.listdir(cpenv['TMPDIR'])) == tmp_before
+
+
+def _bytes_on_an_se(grid_state, data):
+    """True when a file holding exactly data is in some SE's data directory."""
+    for se in grid_state['ses']:
+        for root, _dirs, names in os.walk(se['datadir']):
+            for n in names:
+                p = os.path.join(root, n)
+                try:
+                    if os.path.getsize(p) == len(data) and open(p, 'rb').read() == data:
+                        return True
+                except OSError:
+                    pass
+    return False
+
+
+def test_upload_transfers_a_file_while_the_next_one_is_hashed(cpenv, grid_state, tmp_path, monkeypatch):
+    src = tmp_path / 'src'
+    first, second = os.urandom(5 * 2 ** 20), os.urandom(5 * 2 ** 20 + 1)
+    write(src / 'a.bin', first)
+    write(src / 'b.bin', second)
+    g = grid_dir(grid_state, 'md5ahead')
+    real = alien.md5_and_size
+    seen = []
+
+    def hash_b_late(path, *a, **kw):
+        if path.endswith('b.bin'):      # a.bin is booked and transferred meanwhile
+            deadline = time.monotonic() + 30
+            while not _bytes_on_an_se(grid_state, first) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            seen.append(_bytes_on_an_se(grid_state, first))
+        return real(path, *a, **kw)
+    monkeypatch.setattr(alien, 'md5_and_size', hash_b_late)
+    monkeypatch.chdir(cpenv['PWD'])
+    s = alien.Session(environ=dict(cpenv))
+    try:
+        r = s.run('cp -quiet file:%s/ %s@disk:1' % (src, g))
+    finally:
+        s.close()
+    assert r.exitcode == 0 and seen == [True], (r, seen)
+    p = cpcli(cpenv, 'ls -l ' + g)
+    assert p.returncode == 0 and 'a.bin' in p.stdout and 'b.bin' in p.stdout, p

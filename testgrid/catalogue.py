@@ -7,10 +7,17 @@ follows ``/``); ``(parent, name)`` serves directory listings. Replicas are
 rows of ``replicas`` keyed by the file GUID; upload bookings made by
 ``access write-once`` wait in ``bookings`` until ``commit`` turns them into
 an entry plus a replica.
+
+A member of a zip archive (the grid keeps many small job outputs inside
+``root_archive.zip``) is an entry of its own (size and md5 of the member) whose
+only replica is a link to the archive: SE ``ArchiveMember``, pfn
+``guid:///<archive guid>?ZIP=<member>``. ``resolve_links`` turns such a link into
+the archive's own replicas.
 """
 
 import hashlib
 import posixpath
+import re
 import sqlite3
 import time
 import uuid
@@ -18,6 +25,8 @@ import uuid
 HOME_BASE = '/localhost/localdomain/user/'
 ADMIN = 'admin'
 EMPTY_MD5 = 'd41d8cd98f00b204e9800998ecf8427e'
+ARCHIVE_SE = 'ArchiveMember'
+_ARCHIVE_LINK = re.compile(r'^guid:///([^?]+)\?ZIP=(.+)$')
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -140,7 +149,37 @@ class Catalogue:
         return [dict(r) for r in self.db.execute(
             'SELECT * FROM replicas WHERE guid = ? ORDER BY rowid', (guid,))]
 
+    def resolve_links(self, reps):
+        """Replicas with every archive link replaced by the archive's replicas;
+        each row gets 'member' (the member's name inside the archive, or '')."""
+        out = []
+        for r in reps:
+            m = _ARCHIVE_LINK.match(r['pfn'])
+            if m is None:
+                out.append(dict(r, member=''))
+            else:
+                out.extend(dict(a, member=m.group(2)) for a in self.replicas(m.group(1)))
+        return out
+
     # -- changes (callers wrap them in tx()) -------------------------------------
+    def add_archive_members(self, archive, members, owner):
+        """Register members [(name, size, md5)] of the archive entry as files next
+        to it (a name with '/' below it), each with a fresh GUID and one replica:
+        the link to the archive. Returns their LFNs."""
+        base = posixpath.dirname(archive['lfn']) + '/'
+        lfns = []
+        for name, size, md5 in members:
+            lfn = base + name
+            if self.get(lfn) is not None:
+                raise ValueError('%s exists already' % lfn)
+            parent = self.mkdirs(posixpath.dirname(lfn) + '/', owner)
+            guid = str(uuid.uuid1())
+            self.insert(parent, lfn, 'f', owner, size=size, md5=md5, guid=guid)
+            self.db.execute('INSERT INTO replicas VALUES (?,?,?)',
+                            (guid, ARCHIVE_SE, 'guid:///%s?ZIP=%s' % (archive['guid'], name)))
+            lfns.append(lfn)
+        return lfns
+
     def insert(self, parent, lfn, type_, owner, perm='755', size=0, md5='', guid='',
                ctime=None, jobid=''):
         name = posixpath.basename(lfn.rstrip('/'))

@@ -15,6 +15,7 @@ Python API (tests, benchmarks)::
     grid.start_service(workdir, host_cert=..., host_key=...) -> port
     grid.stop_service(workdir); grid.restart_service(workdir, down=0.5)   # SIGKILL, same port
     grid.populate(workdir, dir_lfn, n)        # n file entries straight into the catalogue
+    grid.register_archive(workdir, archive_lfn)   # an uploaded zip's members become LFNs
     grid.set_faults(workdir, {'commit': 'refuse'}); grid.set_faults(workdir, None)
     grid.run_job(workdir, jobid, ce=..., status='DONE'); grid.set_job_quota(workdir, 'jalien', {...})
     state['http']   # CCDB and MonALISA stand-ins: ccdb_url, monalisa_url (also in env as
@@ -717,6 +718,44 @@ def _populate_data(workdir, dir_lfn, se, size):
     finally:
         cat.close()
     _chown_tree(top, se.get('uid'), se.get('gid'))
+
+
+def register_archive(workdir, archive_lfn, md5s=None):
+    """Register the members of an uploaded zip archive as catalogue files next to it,
+    as a job agent registers the outputs it packed into root_archive.zip: each member
+    is an LFN with the member's size and md5 and a fresh GUID whose one replica links
+    to the archive (SE ArchiveMember, pfn guid:///<archive guid>?ZIP=<member>).
+    The archive is read from its first replica's file on the SE. md5s: {member: md5}
+    to register instead of the real md5 (a corrupt catalogue entry).
+    Returns {member name: LFN}."""
+    import hashlib
+    import re
+    import zipfile
+    workdir = _abs(workdir)
+    state = load_state(workdir)
+    cat = catalogue.Catalogue(os.path.join(workdir, 'catalogue.sqlite'))
+    try:
+        archive = cat.get(archive_lfn)
+        reps = cat.replicas(archive['guid']) if archive is not None and archive['type'] == 'f' else []
+        if not reps:
+            raise GridError('%s is no file with a replica' % archive_lfn)
+        path = os.path.join(_find_se(state, reps[0]['se'])['datadir'],
+                            re.sub(r'^root://[^/]+//', '', reps[0]['pfn']))
+        members = []
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                if info.is_dir():
+                    continue
+                h = hashlib.md5()
+                with z.open(info) as f:
+                    for chunk in iter(lambda: f.read(1 << 20), b''):
+                        h.update(chunk)
+                members.append((info.filename, info.file_size, (md5s or {}).get(info.filename, h.hexdigest())))
+        with cat.tx():
+            lfns = cat.add_archive_members(archive, members, archive['owner'])
+        return {m[0]: lfn for m, lfn in zip(members, lfns)}
+    finally:
+        cat.close()
 
 
 def run_job(workdir, jobid, **kw):

@@ -919,9 +919,13 @@ def c_whereis(s, args):
         raise CmdError(ENOENT, pos[0])
     if e['type'] != 'f':
         raise CmdError(EINVAL, 'The path you indicated is not a file: %s' % pos[0])
+    reps = s.cat.replicas(e['guid'])
+    if 'r' in flags:    # -r: an archive member's link becomes the archive's replicas
+        reps = [dict(r, pfn=r['pfn'] + '?ZIP=' + r['member'] if r['member'] else r['pfn'])
+                for r in s.cat.resolve_links(reps)]
     out = []
     # key order of the real service: the header line opens the first result's message
-    for i, r in enumerate(s.cat.replicas(e['guid'])):
+    for i, r in enumerate(reps):
         se = s.g.se_by_name(r['se'])
         line = '\t %-30s pfn => %s' % ('SE => ' + r['se'], r['pfn'])
         row = {}
@@ -966,7 +970,8 @@ def c_access(s, args):
     lfn = s.resolve(path)
     if kind == 'read':
         e = s.cat.get(lfn)
-        reps = s.cat.replicas(e['guid']) if e is not None and e['type'] == 'f' else []
+        # an archive member is read from the archive's replicas: URL#member
+        reps = s.cat.resolve_links(s.cat.replicas(e['guid'])) if e is not None and e['type'] == 'f' else []
         if not reps:
             raise CmdError(EBADFD, 'No read PFNs')
         if len(pos) > 2:
@@ -978,7 +983,8 @@ def c_access(s, args):
             reps.sort(key=lambda r: 0 if r['se'].lower() in names else 1)
             if not reps:
                 raise CmdError(EBADFD, 'No read PFNs')
-        return [_access_row(r['pfn'], r['se'], e['guid'], len(reps), e['md5'], e['size'],
+        return [_access_row(r['pfn'] + ('#' + r['member'] if r['member'] else ''), r['se'], e['guid'],
+                            len(reps), e['md5'], e['size'],
                             'u' in flags) for r in reps]
     if not kind.startswith('write'):
         raise CmdError(EINVAL, 'Unknown access type %s' % kind)
