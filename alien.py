@@ -3833,6 +3833,7 @@ class _JobProgress(object):
 CP_PARALLEL = 8
 CP_INFLIGHT = 64
 CP_SMALL_FILE = 4 << 20
+CP_BACKLOG = 16 * REQUEST_WINDOW  # downloads waiting to start: cp then waits before asking for more access
 
 
 class CopyPipeline(object):
@@ -3889,6 +3890,11 @@ class CopyPipeline(object):
             if threaded:
                 self.cv.notify(threaded)    # not all: a woken idle worker costs the GIL
         self._start_reads()
+
+    def queued(self):
+        """Transfers submitted and not started yet."""
+        with self.cv:
+            return len(self.quick) + len(self.small) + len(self.big)
 
     def _start_reads(self):
         """Start queued small downloads while fewer than limit transfers run."""
@@ -4073,6 +4079,14 @@ def cp_download(session, items, opts, stats):
     try:
         items = iter(items)     # planned while it runs (cp_run)
         while True:
+            # ask for more access only while a bounded number of transfers wait
+            # to start: the queued jobs (each with its replicas' envelopes) stay
+            # few, no envelope is fetched long before use; at the high mark, the
+            # queue is let down to half of it (results settled in batches)
+            if pipe.queued() >= CP_BACKLOG:
+                while pipe.queued() > CP_BACKLOG // 2:
+                    for job in pipe.results(wait=True):
+                        settle(job)
             window = list(itertools.islice(items, REQUEST_WINDOW))
             if not window:
                 break

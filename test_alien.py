@@ -6677,3 +6677,29 @@ def test_upload_transfers_a_file_while_the_next_one_is_hashed(cpenv, grid_state,
     assert r.exitcode == 0 and seen == [True], (r, seen)
     p = cpcli(cpenv, 'ls -l ' + g)
     assert p.returncode == 0 and 'a.bin' in p.stdout and 'b.bin' in p.stdout, p
+
+
+def test_download_asks_for_access_only_while_few_transfers_wait(cpenv, grid_state, tmp_path):
+    """Backpressure: cp asks for more `access` only while fewer than CP_BACKLOG
+    downloads wait to start (made tiny here), so a long listing never queues
+    thousands of jobs with their envelopes; every file still arrives intact."""
+    g, files = _vr_upload(cpenv, grid_state, tmp_path, 'backlog', 12, spec='')
+    out = tmp_path / 'out'
+    code = ("import sys; sys.path.insert(0, %r); import alien\n"
+            "alien.CP_BACKLOG, alien.REQUEST_WINDOW = 4, 2\n"
+            "seen = [0]\n"
+            "submit = alien.CopyPipeline.submit\n"
+            "def watched(self, jobs):\n"
+            "    submit(self, jobs)\n"
+            "    seen[0] = max(seen[0], self.queued())\n"
+            "alien.CopyPipeline.submit = watched\n"
+            "code = alien.main(['cp', '-quiet', '-T', '1', %r, 'file:%s/'])\n"
+            "sys.stderr.write('MAXQ %%d\\n' %% seen[0])\n"
+            "sys.exit(code)\n" % (REPO, g, out))
+    p = subprocess.run([sys.executable, '-c', code], env=cpenv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       universal_newlines=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    # one transfer at a time: without the bound all 12 would queue
+    assert 2 <= int(p.stderr.split('MAXQ ')[1].split()[0]) <= 4 + 2 - 1, p.stderr
+    for k, v in files.items():
+        assert (out / k).read_bytes() == v
