@@ -3469,16 +3469,15 @@ def present_unchanged(path, size, md5, facts=None):
     facts: a LocalFacts that may have read the file's metadata already."""
     if not md5:
         return False
+    f = facts.get(path) if facts is not None else _local_facts(path)
+    if f is None or f[2] != f[1] or f[3] != md5:
+        return False
     if size >= 0:
-        # with the catalogue size known and equal, user.size adds nothing
-        f = facts.get(path) if facts is not None else _local_facts(path)
-        return f is not None and f[0] == size and f[2] == f[1] and f[3] == md5
-    try:
-        st = os.stat(path)
-        x = [os.getxattr(path, 'user.' + k).decode('ascii', 'replace') for k in ('ts_w', 'md5', 'size')]
+        return f[0] == size     # with the catalogue size known and equal, user.size adds nothing
+    try:                        # unknown: the size recorded at the download stands in for it
+        return os.getxattr(path, 'user.size').decode('ascii', 'replace') == str(f[0])
     except (OSError, AttributeError):
         return False
-    return x == [_mtime_ms(st), md5, str(st.st_size)]
 
 
 def _file_matches(path, size, md5, lfn=''):
@@ -3709,7 +3708,13 @@ class VerifiedRead(object):
         self.done(self)
 
 
-_XrdStatus = collections.namedtuple('_XrdStatus', 'ok')   # what _Progress.end reads of XRootD's
+class _XrdStatus(object):
+    """What _Progress.end reads of an XRootD status (a class, not a namedtuple:
+    nothing is built at import for a type only downloads use)."""
+    __slots__ = ('ok',)
+
+    def __init__(self, ok):
+        self.ok = ok
 
 
 def verified_read_possible(job):
@@ -3763,8 +3768,6 @@ def _copy_one(job, opts, handler):
     files without an md5) one XRootD CopyProcess each."""
     try:
         client = xrootd_client()
-        if opts.get('streams'):
-            client.EnvPutInt('SubStreamsPerChannel', int(opts['streams']))
         if verified_read_possible(job):
             _stream_download(job, opts, handler)
             job.ok, job.error = True, ''
@@ -3846,7 +3849,8 @@ class CopyPipeline(object):
     back finished jobs; close(cancel) stops everything."""
 
     def __init__(self, opts, progress):
-        import collections
+        if opts.get('streams'):     # -S N: a setting of the whole XRootD client, made once
+            xrootd_client().EnvPutInt('SubStreamsPerChannel', int(opts['streams']))
         self.opts = opts
         self.progress = progress
         lock = threading.Lock()
@@ -3860,7 +3864,6 @@ class CopyPipeline(object):
         self.limit = opts.get('parallel') or max(CP_INFLIGHT, self.big_limit)
         self.running = 0          # transfers in flight, of both kinds
         self.threaded = 0         # transfers for the worker threads, queued or running
-        self.streams_set = False
         self.readers = set()      # VerifiedReads in flight
         self.timeout = int(opts.get('timeout') or 0)
         self.finished = []
@@ -3907,10 +3910,6 @@ class CopyPipeline(object):
                 handler = _JobProgress(self.progress, job) if self.progress.enabled else None
                 reader = VerifiedRead(job, self.timeout, self._read_done, handler)
                 self.readers.add(reader)
-            if not self.streams_set:
-                self.streams_set = True
-                if self.opts.get('streams'):
-                    xrootd_client().EnvPutInt('SubStreamsPerChannel', int(self.opts['streams']))
             reader.start()
 
     def _read_done(self, reader):
