@@ -2925,11 +2925,23 @@ def md5_and_size(path, chunk=1 << 20, stop=None):
     return h.hexdigest(), size
 
 
+def split_member(url):
+    """A replica URL of a zip archive member, 'pfn#member' -> (pfn, member);
+    (url, '') for a plain replica. PFNs hold no '#', member names may."""
+    base, _, member = url.partition('#')
+    return base, member
+
+
+def member_needs_local_unzip(member):
+    """XRootD reads xrdcl.unzip=NAME verbatim, up to the next '&' (a '?' ends the
+    path's CGI too), and decodes no %-escapes: a member with '&' or '?' in its
+    name cannot be named to it, so its archive is fetched whole and unzipped here."""
+    return '&' in member or '?' in member
+
+
 def grid_url(url, envelope, extra=''):
     """Replica URL + authorisation envelope (+ extra opaque) for XRootD."""
-    base, member = url, ''
-    if '#' in url:
-        base, member = url.rsplit('#', 1)
+    base, member = split_member(url)
     sep = '&' if '?' in base else '?'
     full = '%s%sxrd.wantprot=unix&authz=%s' % (base, sep, envelope)
     if member:
@@ -4104,10 +4116,10 @@ def cp_download(session, items, opts, stats):
                 except (KeyError, ValueError):
                     size = -1           # unknown: not checked
                 md5 = (first.get('md5') or '').lower()
-                member = ''
-                if opts.get('noxrdzip'):   # fetch the whole archive: no xrdcl.unzip
-                    member = next((x['url'].rsplit('#', 1)[1] for x in r.results if '#' in x.get('url', '')), '')
-                replicas = [(grid_url(x['url'].split('#', 1)[0] if member else x['url'], x.get('envelope', '')),
+                member = next((split_member(x['url'])[1] for x in r.results if '#' in x.get('url', '')), '')
+                if not (opts.get('noxrdzip') or member_needs_local_unzip(member)):
+                    member = ''            # XRootD reads the member out of the archive (xrdcl.unzip)
+                replicas = [(grid_url(split_member(x['url'])[0] if member else x['url'], x.get('envelope', '')),
                              x.get('se', '?')) for x in r.results if x.get('url')]
                 stats.replicas[lfn] = len(replicas)
                 try:
