@@ -2933,9 +2933,10 @@ def split_member(url):
 
 
 def member_needs_local_unzip(member):
-    """XRootD reads xrdcl.unzip=NAME verbatim, up to the next '&' (a '?' ends the
-    path's CGI too), and decodes no %-escapes: a member with '&' or '?' in its
-    name cannot be named to it, so its archive is fetched whole and unzipped here."""
+    """True for a member that XRootD cannot find through xrdcl.unzip=NAME: it
+    takes the value verbatim up to the next '&' and decodes no %-escapes, and a
+    name with '&' or '?' is not found either way (checked with xrdcp). Its archive
+    is fetched whole and unzipped here instead."""
     return '&' in member or '?' in member
 
 
