@@ -5943,20 +5943,20 @@ def cmd_cp(session, args):
         require_xrootd()
     if notices:
         print_error('\n'.join(notices))
-    if opts['site'] and not opts['dryrun']:
-        return cp_at_site(session, pairs, opts)
-    return cp_result(cp_run(session, pairs, opts), opts, session.command_json)
+    run = cp_at_site if opts['site'] and not opts['dryrun'] else cp_run
+    return cp_result(run(session, pairs, opts), opts, session.command_json)
 
 
 def cp_at_site(session, pairs, opts):
-    """-site SITE: the service's site affinity (setSite) for this copy only; the
-    previous site (from the reply 'Setting close site to X (was Y)') is restored."""
+    """cp_run with -site SITE: the service's site affinity (setSite) for this copy
+    only; the previous site (from the reply 'Setting close site to X (was Y)') is
+    restored."""
     r = session.request('setSite', [opts['site']], nomsg=False)
     if r.exitcode != 0:
         raise AlienError('cp: -site %s: %s' % (opts['site'], r.err or 'exit code %d' % r.exitcode), r.exitcode)
     m = re.search(r'\(was ([^)]*)\)', r.out or '')
     try:
-        return cp_result(cp_run(session, pairs, opts), opts)
+        return cp_run(session, pairs, opts)
     finally:
         previous = m.group(1).strip() if m else session.environ.get('ALIEN_SITE', '')
         if previous and previous != opts['site']:

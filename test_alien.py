@@ -5858,6 +5858,9 @@ def test_cp_reference_options_on_the_grid(cpenv, grid_state, tmp_path):
     reqs = h13_debug_requests(log)
     assert [r['options'] for r in reqs if r['command'] == 'setSite'][:1] == [['JTestSite']]
     assert all('-u' in r['options'] for r in reqs if r['command'] == 'access')
+    # -site only wraps the copy: -json gives the per-file states as without it
+    p = cpcli(cpenv, '-json', 'cp', '-site', 'JTestSite', g + 'a.txt', 'file:%s/' % out)
+    assert p.returncode == 0 and [r['state'] for r in json.loads(p.stdout)['results']] == ['present'], p
     p = cpcli(dict(cpenv, XRD_CPRETRY='x'), 'cp', g + 'a.txt', 'file:' + str(tmp_path / 'y'))
     assert p.returncode == 22 and one_line_error(p) and 'XRD_CPRETRY' in p.stderr
 
