@@ -4020,7 +4020,10 @@ def cp_download(session, items, opts, stats):
         job.ok = False
         if info.get('unzip'):
             job.md5 = ''    # the archive is fetched: its member is checked after extraction
-        if not info.get('metalink_tried') and not info.get('unzip') and opts.get('sources', 1) > 1 \
+        # -y N: XRootD's several-replica copy. Never for an archive member: reading a
+        # deflated member that way hung now and then in XRootD (xrootd 6.2.1: the copy
+        # waits for a chunk its sources never send; about 1 run in 150 under load)
+        if not info.get('metalink_tried') and not info.get('member') and opts.get('sources', 1) > 1 \
                 and len(reps) > 1:
             # first attempt with -y N: read from several replicas at once
             info['metalink_tried'] = True
@@ -4118,9 +4121,9 @@ def cp_download(session, items, opts, stats):
                     size = -1           # unknown: not checked
                 md5 = (first.get('md5') or '').lower()
                 member = next((split_member(x['url'])[1] for x in r.results if '#' in x.get('url', '')), '')
-                if not (opts.get('noxrdzip') or member_needs_local_unzip(member)):
-                    member = ''            # XRootD reads the member out of the archive (xrdcl.unzip)
-                replicas = [(grid_url(split_member(x['url'])[0] if member else x['url'], x.get('envelope', '')),
+                # the whole archive, unzipped here; else XRootD reads the member out of it (xrdcl.unzip)
+                unzip = member if opts.get('noxrdzip') or member_needs_local_unzip(member) else ''
+                replicas = [(grid_url(split_member(x['url'])[0] if unzip else x['url'], x.get('envelope', '')),
                              x.get('se', '?')) for x in r.results if x.get('url')]
                 stats.replicas[lfn] = len(replicas)
                 try:
@@ -4148,7 +4151,7 @@ def cp_download(session, items, opts, stats):
                 progress.total_files += 1
                 progress.total_bytes += max(size, 0)
                 info = {'lfn': lfn, 'dst': dst, 'replicas': replicas, 'next': 0, 'errors': [], 'md5': md5,
-                        'guid': first.get('guid', ''), 'unzip': member}
+                        'guid': first.get('guid', ''), 'member': member, 'unzip': unzip}
                 launch(CopyJob('', '', size, md5, 1, info))
         while pipe.pending:
             for job in pipe.results(wait=True):

@@ -6620,7 +6620,8 @@ def test_archive_members_whereis_and_access_point_at_the_archive(zip_members, gr
 @pytest.mark.parametrize('how', [[], ['-noxrdzip'], ['-y', '2']], ids=['xrdcl-unzip', 'noxrdzip', 'y2'])
 def test_cp_archive_member_downloads_exactly_the_member(zip_members, cpenv, tmp_path, how):
     """Default: XRootD's copy reads the member out of the archive replica
-    (xrdcl.unzip, also inside a -y 2 metalink); -noxrdzip: the whole archive is
+    (xrdcl.unzip; with -y 2 too, one replica at a time: XRootD's several-replica
+    copy of a deflated member hung now and then); -noxrdzip: the whole archive is
     fetched and the member extracted and md5-checked locally."""
     _archive, lfns = zip_members
     out = tmp_path / 'out'
