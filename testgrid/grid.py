@@ -17,6 +17,7 @@ Python API (tests, benchmarks)::
     grid.populate(workdir, dir_lfn, n)        # n file entries straight into the catalogue
     grid.register_archive(workdir, archive_lfn)   # an uploaded zip's members become LFNs
     grid.set_faults(workdir, {'commit': 'refuse'}); grid.set_faults(workdir, None)
+    grid.set_service(workdir, {'dialect': '2021'}); grid.set_service(workdir, None)   # behaviour
     grid.run_job(workdir, jobid, ce=..., status='DONE'); grid.set_job_quota(workdir, 'jalien', {...})
     state['http']   # CCDB and MonALISA stand-ins: ccdb_url, monalisa_url (also in env as
                     # ALIENPY_CCDB, ALIENPY_MONALISA); grid.set_http_faults(workdir, {'ccdb': '500'})
@@ -472,7 +473,7 @@ def _start(workdir, fresh, delay_ms=0.0):
     pki = PKI(workdir).ensure()
     if fresh:
         for n in ('catalogue.sqlite', 'catalogue.sqlite-wal', 'catalogue.sqlite-shm',
-                  'faults.json', 'http-faults.json', 'jcentral.log'):
+                  'faults.json', 'http-faults.json', 'service.json', 'jcentral.log'):
             try:
                 os.unlink(os.path.join(workdir, n))
             except FileNotFoundError:
@@ -794,6 +795,12 @@ def _write_json(path, doc):
 def set_faults(workdir, faults):
     """Write workdir/faults.json (see testgrid/jcentral.py for the keys); None clears it."""
     _write_json(os.path.join(_abs(workdir), 'faults.json'), faults)
+
+
+def set_service(workdir, settings):
+    """Write workdir/service.json, how the service behaves (see testgrid/jcentral.py,
+    "Behaviour"): {'dialect': '2021'|'2024', ...}; None restores the defaults."""
+    _write_json(os.path.join(_abs(workdir), 'service.json'), settings)
 
 
 def env_lines(state):

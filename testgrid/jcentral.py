@@ -47,6 +47,14 @@ after how long a silent session is closed with code 1013 "Session timed out";
 it is read while waiting for the next request.
 
 Example: ``{"commit": "refuse"}`` makes every commit fail with 53.
+
+Behaviour: ``<workdir>/service.json`` (``grid.set_service``; missing = the defaults)
+says how the service behaves, like a real one of a given code base would:
+
+``"dialect"``
+    ``"2024"`` (default: JAliEn 1.8.6, ../shared/spec/jcentral-replies-2024.md) or
+    ``"2021"`` (../shared/spec/jcentral-replies.md). Read when a connection opens:
+    one connection speaks one dialect.
 """
 
 import argparse
@@ -225,6 +233,7 @@ class Grid:
         self.users = {USER_SUBJECT: 'jalien'}
         self.users.update(config.get('users', {}))
         self.faults_path = os.path.join(workdir, 'faults.json')
+        self.service_path = os.path.join(workdir, 'service.json')
         self.fault_counts = {}   # (faults.json mtime, command) -> requests seen (nth:N:)
         self.log_path = os.path.join(workdir, 'jcentral.log')
         self.log_lock = threading.Lock()
@@ -238,11 +247,11 @@ class Grid:
         return None
 
     def faults(self):
-        try:
-            with open(self.faults_path) as f:
-                return json.load(f)
-        except (OSError, ValueError):
-            return {}
+        return _read_json(self.faults_path)
+
+    def service(self):
+        """The behaviour settings of service.json (see the module's docstring)."""
+        return _read_json(self.service_path)
 
     def fault_applies(self, cmd, action):
         """The action without its nth:N:/once: prefix, or None when this request is
@@ -280,11 +289,21 @@ class Grid:
         return None
 
 
+def _read_json(path):
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
 class Session:
     """One websocket connection: user, current directory, command dispatch."""
 
     def __init__(self, grid, user, dn, cert, peer):
         self.g = grid
+        self.dialect = str(grid.service().get('dialect', '2024'))
         self.cat = grid.cat
         self.user = user
         self.dn = dn
