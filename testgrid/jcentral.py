@@ -55,6 +55,21 @@ says how the service behaves, like a real one of a given code base would:
     ``"2024"`` (default: JAliEn 1.8.6, ../shared/spec/jcentral-replies-2024.md) or
     ``"2021"`` (../shared/spec/jcentral-replies.md). Read when a connection opens:
     one connection speaks one dialect.
+``"handoff"``
+    seconds the endpoint waits for a command before it reads the next message
+    (default 1.0, the real value; tests may scale it down). Always on: every session
+    has one commander, and a message that arrives while a command runs past the
+    hand-off races with it exactly as on the real service (see "the real endpoint").
+``"throttle"``
+    true: the 2024 per-user throttle (class Throttle; 2024 dialect only), with
+    ``"throttle_scale"`` (default 1.0, scales its sleeps and its 5-minute decay) and
+    ``"throttle_start"`` (the count a certificate subject starts from, default 0).
+``"cost_ms"``
+    ``{command: ms}``: what each command costs the service after it has read its
+    arguments (a real one spends about 6 ms on ``access`` and on ``commit``).
+``"queue_delay"``, ``"work_delay"``
+    ``[min, max]`` seconds: a random delay of every command before it reads its
+    arguments (queueing, throttling) / while it runs; ``"seed"`` seeds them.
 """
 
 import argparse
@@ -64,6 +79,7 @@ import hashlib
 import json
 import os
 import posixpath
+import random
 import re
 import signal
 import socket
@@ -237,6 +253,8 @@ class Grid:
         self.fault_counts = {}   # (faults.json mtime, command) -> requests seen (nth:N:)
         self.log_path = os.path.join(workdir, 'jcentral.log')
         self.log_lock = threading.Lock()
+        self.throttle = Throttle()
+        self.rng = random.Random(self.service().get('seed'))   # the random delays of service.json
 
     def user_for_dn(self, dn):
         if dn in self.users:
@@ -304,6 +322,11 @@ class Session:
     def __init__(self, grid, user, dn, cert, peer):
         self.g = grid
         self.dialect = str(grid.service().get('dialect', '2024'))
+        # the throttle's key: X500Principal.getName(), RFC 2253 ('CN=jalien,O=JAliEn,C=CH');
+        # training and hyperloop certificates are exempt; the 2021 service has no throttle
+        self.subject = ','.join(reversed([p for p in dn.split('/') if p]))
+        self.throttled = self.dialect == '2024' and not self.subject.startswith(('OU=alitrain,', 'OU=alihyperloop,'))
+        self.drop_connection = lambda: None
         self.cat = grid.cat
         self.user = user
         self.dn = dn
@@ -315,24 +338,19 @@ class Session:
         self.shaped = False
 
     # -- request handling ---------------------------------------------------------
-    def handle(self, text):
-        """Reply text for one request frame (or raise Drop)."""
-        try:
-            return self._handle(text)
-        except RawReply as r:
-            return r.text
-
-    def _handle(self, text):
+    def parse(self, text):
+        """One request frame -> ('run', (command, args, text)) for the commander, ('reply', text)
+        for what the endpoint answers itself at once, ('close', None) for a request
+        without a command (an empty frame, then a close); Drop for options not a list."""
         try:
             req = json.loads(text)
         except ValueError:
-            return json.dumps({'metadata': {'exitcode': '-1', 'error': 'Incoming JSON not ok'},
-                               'results': []})
+            req = None
         if not isinstance(req, dict):
-            return json.dumps({'metadata': {'exitcode': '-1', 'error': 'Incoming JSON not ok'},
-                               'results': []})
+            return 'reply', json.dumps({'metadata': {'exitcode': '-1', 'error': 'Incoming JSON not ok'},
+                                        'results': []})
         if 'command' not in req:
-            return None   # empty frame, then close
+            return 'close', None
         opts = req.get('options', [])
         if opts is None:
             opts = []
@@ -342,8 +360,17 @@ class Session:
         args = [o if isinstance(o, str) else json.dumps(o) if isinstance(o, (dict, list))
                 else str(o).lower() if isinstance(o, bool) else str(o) for o in opts]
         if cmd == 'cp':
-            return json.dumps({'metadata': {'exitcode': '-1', 'error': CP_REFUSED},
-                               'results': []})
+            return 'reply', json.dumps({'metadata': {'exitcode': '-1', 'error': CP_REFUSED},
+                                        'results': []})
+        return 'run', (cmd, args, text)
+
+    def execute(self, cm, line):
+        """JAliEnCOMMander.execute: run one command line and print it into the commander's
+        writer, field by field, if the writer is still set (a run whose writer another run
+        cleared prints nothing: "client went away")."""
+        cmd, args, _text = line
+        if cm.out is not None:
+            cm.out.set_return_code(0, '')
         nokeys = nomsg = helpme = False
         rest = []
         for a in args:
@@ -366,10 +393,16 @@ class Session:
             nomsg = False
         # big listings shape their rows themselves (no keys / no message): see shaped
         self.want_keys, self.want_msg, self.shaped = not nokeys, not nomsg, False
-        code, error, results = self.run(cmd, rest, helpme)
+        try:
+            code, error, results = self.run(cmd, rest, helpme)
+        except RawReply as r:     # fault injection: exactly this text on the output stream
+            cm.stream.append(r.text)
+            return
+        except EmptyReply:
+            return
         if self.shaped and not (nokeys and nomsg):
             results, nokeys, nomsg = results, False, False
-        out = []
+        rows = []
         for r in results:
             if nokeys:
                 r = {'message': r['message']} if 'message' in r else {}
@@ -377,11 +410,34 @@ class Session:
                 r = {k: v for k, v in r.items() if k != 'message'}
             if nokeys and nomsg:
                 continue
-            out.append(r)
-        reply = {'metadata': {'currentdir': self.cwd, 'exitcode': str(code), 'error': error,
-                              'user': self.user},
-                 'results': out}
-        return java_json(reply)
+            rows.append(r)
+        yield_between = len(rows) <= 64   # a concurrent run may print between two fields
+        for r in rows:
+            for k, v in r.items():
+                w = cm.out
+                if w is None:
+                    return
+                w.field(k, v)
+                if yield_between:
+                    time.sleep(0)
+            w = cm.out
+            if w is None:
+                return
+            w.next_result()
+        w = cm.out
+        if w is None:
+            return
+        w.set_return_code(code, error)
+        w.meta.update(user=self.user, currentdir=self.cwd)
+        w.flush(cm.stream)
+
+    def before_execute(self):
+        """What a run does before it reads its arguments: the 2024 per-user throttle,
+        then the configured queueing delay (service.json "queue_delay")."""
+        conf = self.g.service()
+        if conf.get('throttle') and self.throttled:
+            self.g.throttle.sleep(self.subject, 1, conf)
+        _sleep_range(conf.get('queue_delay'), self.g.rng)
 
     def run(self, cmd, args, helpme):
         """(exitcode, error, results) of one command."""
@@ -396,6 +452,11 @@ class Session:
         fn = COMMANDS.get(cmd)
         if fn is None:
             return ENOENT, '%s : Command [%s] not found!' % (STRERROR[ENOENT], cmd), []
+        conf = self.g.service()
+        cost = (conf.get('cost_ms') or {}).get(cmd) if isinstance(conf.get('cost_ms'), dict) else None
+        if cost:     # what the real service spends on the command (catalogue, booking)
+            time.sleep(float(cost) / 1000.0)
+        _sleep_range(conf.get('work_delay'), self.g.rng)
         if helpme:   # help_text, or a docstring starting with a newline: the service's exact help
             doc = getattr(fn, 'help_text', None)
             if doc is None:
@@ -1096,25 +1157,28 @@ def _prepare_se_dir(se, rel):
 
 @command('commit')
 def c_commit(s, args):
-    """commit ENVELOPE SIZE LFN PERM EXPIRE URL SE GUID MD5: register an uploaded replica"""
+    """commit ENVELOPE SIZE LFN PERM EXPIRE URL SE GUID MD5: register an uploaded replica.
+
+    Like the real service (JAliEnCommandcommit + registerEncryptedEnvelope): what is
+    registered is the booking the envelope stands for, under the booking's LFN, with
+    the size and md5 of this request; the LFN argument is only echoed as `path`."""
     pos = list(args)   # positional only: the envelope itself starts with dashes
+    echo = pos[2] if len(pos) > 2 else ''
     nothing = CmdError(EBADR, 'Nothing was registered')
-    if len(pos) < 3:
+    nothing.results = [{'path': echo, 'lfn': '0', 'pfn': pos[5] if len(pos) > 5 else '',
+                        'message': '%s 0' % echo}]
+    if not pos:
         raise nothing
-    envelope = pos[0]
-    size = pos[1]
-    lfn = s.resolve(pos[2])
-    perm = pos[3] if len(pos) > 3 and re.match(r'^[0-7]{3,4}$', pos[3]) else '755'
     md5 = pos[8] if len(pos) > 8 else ''
-    b = s.cat.db.execute('SELECT * FROM bookings WHERE envelope = ?', (envelope,)).fetchone()
-    if b is None or b['lfn'] != lfn:
-        nothing.results = [{'path': lfn, 'lfn': '0', 'pfn': pos[5] if len(pos) > 5 else '',
-                            'message': '%s 0' % lfn}]
+    b = s.cat.db.execute('SELECT * FROM bookings WHERE envelope = ?', (pos[0],)).fetchone()
+    if b is None:
         raise nothing
     try:
-        size = int(size)
-    except ValueError:
+        size = int(pos[1])
+    except (IndexError, ValueError):
         size = b['size']
+    lfn = b['lfn']
+    perm = pos[3] if len(pos) > 3 and re.match(r'^[0-7]{3,4}$', pos[3]) else '755'
     md5 = md5 or b['md5']
     with s.cat.tx():
         e = s.cat.get(lfn)
@@ -1126,8 +1190,8 @@ def c_commit(s, args):
             raise nothing
         s.cat.db.execute('INSERT OR REPLACE INTO replicas VALUES (?,?,?)',
                          (b['guid'], b['se'], b['pfn']))
-        s.cat.db.execute('DELETE FROM bookings WHERE envelope = ?', (envelope,))
-    return [{'path': lfn, 'lfn': '1', 'pfn': b['pfn'], 'message': '%s 1' % lfn}]
+        s.cat.db.execute('DELETE FROM bookings WHERE envelope = ?', (pos[0],))
+    return [{'path': echo, 'lfn': '1', 'pfn': b['pfn'], 'message': '%s 1' % echo}]
 
 
 def java_size(n):
@@ -1430,6 +1494,158 @@ for _name in jobs_mod.HELP:
 
 # -- server -------------------------------------------------------------------------------
 
+# -- the real endpoint: one commander per session, a 1 s hand-off ---------------------------
+# alien/websockets/WebsocketEndpoint.java and alien/shell/commands/JAliEnCOMMander.java:
+# for every message the endpoint sets the session's single commander to the new arguments
+# and output writer and submits it to an executor, then waits for it at most 1 s. A command
+# still running then gets its reply later, from another thread, while the endpoint reads the
+# next message: that message's setLine overwrites the arguments (a run that has not read
+# them yet, e.g. one sleeping in the throttle, runs the newer request) and submits the
+# commander again; all runs print into one writer and one output stream, which whichever
+# reply goes out first sends and resets.
+
+def _sleep_range(spec, rng):
+    """Sleep a uniformly random time from [min, max] seconds (service.json delays)."""
+    if isinstance(spec, (list, tuple)) and len(spec) == 2:
+        lo, hi = float(spec[0]), float(spec[1])
+        if hi > 0:
+            time.sleep(lo + (hi - lo) * rng.random())
+
+
+class Writer:
+    """The session's one JSONPrintWriter: fields go into the current row, next_result()
+    closes it, flush() writes one JSON document to the output stream and clears all."""
+
+    def __init__(self):
+        self.rows, self.row, self.meta = [], None, {}
+
+    def field(self, key, value):
+        if self.row is None:
+            self.row = {}
+        self.row[key] = value
+
+    def next_result(self):
+        if self.row is not None:
+            self.rows.append(self.row)
+            self.row = None
+
+    def set_return_code(self, code, error):
+        self.meta['exitcode'], self.meta['error'] = str(code), error
+
+    def flush(self, stream):
+        self.next_result()
+        meta = self.meta
+        doc = {'results': self.rows}
+        if meta:
+            doc = {'metadata': {k: meta[k] for k in ('currentdir', 'exitcode', 'error', 'user') if k in meta},
+                   'results': self.rows}
+        stream.append(java_json(doc))
+        self.rows, self.meta = [], {}
+
+
+class Commander:
+    """JAliEnCOMMander of one session: status 1 while a run may be going, out the writer
+    runs print into (None once any run ended), arg the line the next run to start reads."""
+
+    def __init__(self, sess):
+        self.sess = sess
+        self.cond = threading.Condition()
+        self.status = 0
+        self.out = None
+        self.arg = None
+        self.kill = False
+        self.writer = Writer()
+        self.stream = []          # the session's ByteArrayOutputStream
+
+    def set_line(self, out, arg):
+        with self.cond:
+            if self.kill:
+                self.status = 0
+                self.cond.notify_all()
+                return
+            self.out, self.arg = out, arg
+            if out is None or arg is None:
+                self.status = 0
+                self.cond.notify_all()
+                return
+            self.status = 1
+        threading.Thread(target=self.run, name='CommandExecutor', daemon=True).start()
+
+    def run(self):
+        line = None
+        try:
+            self.sess.before_execute()
+            line = self.arg          # read only now: a newer setLine may have replaced it
+            if line is not None:
+                self.sess.execute(self, line)
+        except Drop:
+            self.sess.g.log('drop connection after %.200s' % (line[2] if line else ''))
+            self.sess.drop_connection()
+        except Exception as e:      # never kills the service
+            self.sess.g.log('EXCEPTION in a run: %r' % (e,))
+        finally:
+            with self.cond:
+                self.out = None
+                self.status = 0
+                self.cond.notify_all()
+
+    def wait(self, timeout):
+        """waitForCommand(oneShot=True): one wait of at most timeout -> finished."""
+        with self.cond:
+            if self.status == 1:
+                self.cond.wait(timeout)
+            return self.status == 0
+
+    def wait_done(self):
+        with self.cond:
+            while self.status == 1:
+                self.cond.wait(1.0)
+
+    def shutdown(self):
+        with self.cond:
+            self.out = self.arg = None
+            self.kill = True
+            self.status = 0
+            self.cond.notify_all()
+
+
+class Throttle:
+    """The 2024 per-user rate limit (JAliEnCOMMander.incrementCommandCount): per
+    certificate subject a login adds 10, a command and a logout 1; once DECAY_TIME has
+    passed since the last halving, the next increment halves every count; a command
+    whose count is above 100 first sleeps (count - 100) ms. service.json "throttle_scale"
+    scales the sleep and the decay time alike (tests), "throttle_start" is the count a
+    subject starts from."""
+
+    DECAY_TIME = 300.0
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.counts = {}
+        self.next_swap = None
+
+    def add(self, subject, delta, conf):
+        scale = float(conf.get('throttle_scale') or 1.0)
+        with self.lock:
+            now = time.monotonic()
+            if self.next_swap is None:
+                self.next_swap = now + self.DECAY_TIME * scale
+            if subject not in self.counts:
+                self.counts[subject] = int(conf.get('throttle_start') or 0)
+            self.counts[subject] += delta
+            value = self.counts[subject]
+            if now > self.next_swap:
+                for k in self.counts:
+                    self.counts[k] //= 2
+                self.next_swap = now + self.DECAY_TIME * scale
+            return value
+
+    def sleep(self, subject, delta, conf):
+        value = self.add(subject, delta, conf)
+        if value > 100:
+            time.sleep((value - 100) / 1000.0 * float(conf.get('throttle_scale') or 1.0))
+
+
 def make_ssl_context(host_cert, host_key, ca_file):
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -1438,6 +1654,15 @@ def make_ssl_context(host_cert, host_key, ca_file):
     ctx.load_verify_locations(cafile=ca_file)
     ctx.load_cert_chain(host_cert, host_key)
     return ctx
+
+
+def _drop(connection):
+    """Close the TCP connection without a word."""
+    try:
+        connection.socket.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    connection.socket.close()
 
 
 def build_server(grid, port, host_cert, host_key, host='127.0.0.1'):
@@ -1463,41 +1688,78 @@ def build_server(grid, port, host_cert, host_key, host='127.0.0.1'):
         cert, dn, user = identify(connection)
         peer = connection.remote_address[0] if connection.remote_address else ''
         sess = Session(grid, user, dn, cert, peer)
+        cm = Commander(sess)
+        send_lock = threading.Lock()
+        dropped = []
+
+        def drop():     # fault injection: the connection ends here, nothing more is read
+            dropped.append(True)
+            _drop(connection)
+        sess.drop_connection = drop
         grid.log('connect %s as %s from %s' % (dn, user, peer))
-        while True:
-            idle = grid.idle_timeout()
+        conf = grid.service()
+        if conf.get('throttle') and sess.throttled:
+            grid.throttle.add(sess.subject, 10, conf)    # the login
+        handoff = float(conf.get('handoff', 1.0))
+
+        def send(text):
             try:
-                msg = connection.recv(timeout=idle)
-            except TimeoutError:
-                grid.log('idle for %s s: closing' % idle)
-                connection.close(1013, 'Session timed out')
-                return
+                with send_lock:
+                    connection.send(text)
             except ConnectionClosed:
-                return
-            if isinstance(msg, bytes):
-                msg = msg.decode('utf-8', 'replace')
-            t0 = time.time()
-            try:
-                reply = sess.handle(msg)
-            except Drop:
-                grid.log('drop connection after %.200s' % msg)
+                pass
+
+        def return_result():
+            with send_lock:      # WSMessageHandler.returnResult: send the stream, then reset it
+                text = ''.join(cm.stream)
+                del cm.stream[:]
                 try:
-                    connection.socket.shutdown(socket.SHUT_RDWR)
-                except OSError:
+                    connection.send(text)
+                except ConnectionClosed:
                     pass
-                connection.socket.close()
-                return
-            except EmptyReply:
-                reply = ''
-            try:
-                if reply is None:
-                    connection.send('')
+
+        def late_result():
+            cm.wait_done()
+            return_result()
+
+        try:
+            while True:
+                idle = grid.idle_timeout()
+                try:
+                    msg = connection.recv(timeout=idle)
+                except TimeoutError:
+                    grid.log('idle for %s s: closing' % idle)
+                    connection.close(1013, 'Session timed out')
+                    return
+                except ConnectionClosed:
+                    return
+                if dropped:
+                    return
+                if isinstance(msg, bytes):
+                    msg = msg.decode('utf-8', 'replace')
+                grid.log('recv %.200s' % msg)
+                try:
+                    kind, what = sess.parse(msg)
+                except Drop:
+                    grid.log('drop connection after %.200s' % msg)
+                    _drop(connection)
+                    return
+                if kind == 'reply':
+                    send(what)
+                    continue
+                if kind == 'close':
+                    send('')
                     connection.close()
                     return
-                connection.send(reply)
-            except ConnectionClosed:
-                return
-            grid.log('%.3fs %.200s' % (time.time() - t0, msg))
+                cm.set_line(cm.writer, what)
+                if cm.wait(handoff):
+                    return_result()
+                else:                # the command goes on; its reply comes from another thread
+                    threading.Thread(target=late_result, daemon=True).start()
+        finally:
+            cm.shutdown()
+            if conf.get('throttle') and sess.throttled:
+                grid.throttle.add(sess.subject, 1, conf)   # the logout
 
     server = serve(handler, host, port, ssl=ctx, process_request=process_request,
                    ping_interval=None, max_size=64 * 2 ** 20, compression='deflate',
