@@ -1776,6 +1776,10 @@ class Session(object):
         self._token_due = None     # 'after-first' -> 'due' -> fetched (see _credentials)
         self._loss = ''            # why the last connection was lost
         self.compact_rows = False  # the front end sets it: its results are only printed
+        self.pipeline = self.environ.get('ALIENPY_PIPELINE', '1').strip().lower() not in ('0', 'false', 'no', 'off')
+        self.slow_reply = env_seconds(self.environ, 'ALIENPY_SLOW_REPLY', 0.5)
+        self.rtt = 0.0             # round trip to the service (half the TLS handshake, at most a reply's time)
+        self.requests = self.logins = 0   # what this session cost the user (the 2024 service throttles both)
         self.command_json = self.json_mode  # JSON output asked for the command being run
 
     # -- connection --
@@ -1792,11 +1796,11 @@ class Session(object):
         interval = float(self.environ.get('ALIENPY_CONNECT_TRIES_INTERVAL') or 0.3)
         t0 = time.monotonic()
         last = None
-        # site affinity for the whole session: before anything else on the connection
-        early = [json.dumps({'command': 'setSite', 'options': ['-nomsg', self.environ['ALIEN_SITE']]})] \
-            if self.environ.get('ALIEN_SITE') else []
-        if first is not None:
-            early.append(first)
+        # site affinity for the whole session: before anything else on the connection; the
+        # first request then waits for its reply (two requests in flight could race)
+        site = self.environ.get('ALIEN_SITE')
+        early = [json.dumps({'command': 'setSite', 'options': ['-nomsg', site]})] if site else \
+            [first] if first is not None else []
         for host, port in endpoints(self.environ):
             for attempt in range(max(1, tries)):
                 if attempt:
@@ -1816,8 +1820,11 @@ class Session(object):
         if not self.ws:
             raise last or AlienError('cannot connect', EX_NOTCONN)
         self.credential_kind = kind
-        if self.environ.get('ALIEN_SITE'):
+        if site:
             self._decode(self.ws.recv_text(), False)     # the setSite reply
+            self.requests += 1
+            if first is not None:
+                self.ws.send_text(first)
         return self
 
     def _credentials(self, want_user):
@@ -1892,7 +1899,10 @@ class Session(object):
             self.peer_addr = sock.getpeername()
         except OSError:
             pass
+        t0 = time.monotonic()
         tls = tls_handshake(sock, ctx, host, port, self.timeout)
+        self.rtt = (time.monotonic() - t0) / 2   # TLS 1.2: two round trips
+        self.logins += 1
         try:
             if other or not pipelined:
                 ws = WebSocketClientTransport(url, tls, self.timeout, headers) if other else \
@@ -1946,6 +1956,7 @@ class Session(object):
         if debug:
             log('request %s' % redact(text))
         self.ws.send_text(text)
+        self.requests += 1
         reply = self.ws.recv_text()
         if debug:
             log('reply %s' % redact(reply.replace('\\/', '/')))
@@ -2023,66 +2034,63 @@ class Session(object):
         return reply_to_result(metadata, results)
 
     def request(self, command, options=(), nomsg=False, nokeys=False):
-        opts, text = self._encode(command, options, nomsg, nokeys)
-        debug = env_flag('ALIENPY_DEBUG', self.environ)
-        t0 = time.monotonic()
-        if debug:
-            log('request %s' % redact(text))
-        reply = self._transact([(text, command, opts)], lambda t: t)[0]
-        if isinstance(reply, Result):  # the reply was lost
-            raise AlienError(reply.err, reply.exitcode)
-        if debug:
-            log('reply %.1f ms %s' % ((time.monotonic() - t0) * 1000, redact(reply.replace('\\/', '/'))))
-        elif env_flag('ALIENPY_TIMING', self.environ):
-            log('timing %s %.1f ms %d bytes' % (command, (time.monotonic() - t0) * 1000, len(reply)))
-        raw = reply if env_flag('ALIENPY_JSONRAW', self.environ) else None
-        result = self._decode(reply, nokeys)
-        del reply  # a large reply's text is freed before its output is joined
-        result.raw = raw
+        result = self._transact([self._item(command, options, nomsg, nokeys)], nokeys)[0]
+        if result.metadata.get('outcome'):  # the reply was lost
+            raise AlienError(result.err, result.exitcode)
         if command in SERVICE_COLOUR_COMMANDS:
             result.style = 'colour'
         return result
 
     def request_many(self, requests, nomsg=False, nokeys=False, window=32):
-        """[(command, options)] -> [Result] in order, with up to `window` requests in
-        flight (the service answers in order; over a WAN this saves a round trip per
-        request). A lost connection is handled by _transact: the result of a
-        modifying request whose reply was lost says so (metadata 'outcome':
-        'unknown'), for the caller to resolve; ConnectionLost when it is not back."""
-        items = []
-        for c, o in requests:
-            opts, text = self._encode(c, o, nomsg, nokeys)
-            items.append((text, c, opts))
-        if env_flag('ALIENPY_DEBUG', self.environ):
-            for text, _, _ in items:
-                log('request %s' % redact(text))
+        """[(command, options[, check])] -> [Result] in order.
 
-        def decode(text):
-            try:
-                return self._decode(text, nokeys)
-            except AlienError as e:
-                return Result(e.exitcode, '', str(e))
-        return self._transact(items, decode, window)
+        The real endpoint runs a session's commands on one commander and waits for
+        each at most 1 s before it reads the next message: a message sent while the
+        previous command still runs may run with another request's arguments, or
+        get another request's reply (docs/protocol.md). So requests go out several
+        at a time (up to `window`) only when each has a check(result) -> True (the
+        reply provably answers it), None (it cannot tell: an error naming nothing)
+        or False (it contradicts the request), and only while replies are quick.
+        A reply that is slow, empty, not JSON or contradicts its request ends the
+        pipelining for good and retires the connection (a run may still be going
+        on it). A reply that is not proven is asked for again alone when that is
+        safe (_can_resend), else its result says 'outcome': 'unknown' for the
+        caller to resolve from the catalogue; ConnectionLost when the connection
+        does not come back."""
+        return self._transact([self._item(r[0], r[1], nomsg, nokeys, r[2] if len(r) > 2 else None)
+                               for r in requests], nokeys, window)
 
-    RESEND_LIMIT = 3  # times one request is sent again after lost connections
+    RESEND_LIMIT = 3  # times one request is sent again after lost connections or unproven replies
 
-    def _transact(self, items, decode, window=1):
-        """Send items [(text, command, opts)], up to `window` in flight, and return
-        [decode(reply text)] in order, riding through lost connections: answered
+    @staticmethod
+    def _item(command, options, nomsg, nokeys, check=None):
+        opts, text = Session._encode(command, options, nomsg, nokeys)
+        return (text, command, opts, check)
+
+    def _transact(self, items, nokeys, window=1):
+        """Send items [(text, command, opts, check)] and return [Result] in order,
+        pipelined as request_many says, riding through lost connections: answered
         requests keep their results, the connection comes back (_reconnect), and an
-        unanswered request is sent again when that is safe (_can_resend: read-only,
-        access, mkdir -p), at most RESEND_LIMIT times. A modifying request whose
-        reply was lost is never repeated: its result is lost_result(... 'unknown').
-        A read-only request answered with an empty reply is sent again once."""
+        unanswered request is sent again when that is safe, at most RESEND_LIMIT
+        times. A modifying request whose reply was lost or not proven is never
+        repeated: its result is lost_result(... 'unknown')."""
         if self._token_due == 'due':
             self._fetch_token()
+        debug = env_flag('ALIENPY_DEBUG', self.environ)
         out = [None] * len(items)
         todo = list(range(len(items)))
-        lost_count = [0] * len(items)
-        empty = set()
+        tries = [0] * len(items)
+        alone = set()     # asked again one at a time: their replies are then their own
         while todo:
-            chunk, again = todo[:window], []
+            chunk = todo[:1]
+            if self.pipeline and window > 1 and todo[0] not in alone:
+                chunk = list(itertools.takewhile(lambda i: items[i][3] is not None and i not in alone,
+                                                 todo[:window])) or chunk
+            again, bad = [], False
             sent = got = 0
+            if debug:
+                for i in chunk:
+                    log('request %s' % redact(items[i][0]))
             try:
                 first = items[chunk[0]]
                 if self.ws is None and self.peer is None and self._is_read_only(first[1], first[2]):
@@ -2098,22 +2106,48 @@ class Session(object):
                 raise ConnectionLost(str(e), [r if r is not None else lost_result(e, items[i][1], 'not sent')
                                               for i, r in enumerate(out)], e.exitcode)
             try:
+                t_send = time.monotonic()
                 for i in chunk[sent:]:
                     self.ws.send_text(items[i][0])
                     sent += 1
+                self.requests += len(chunk)
+                last = None
                 for i in chunk:
-                    reply = self.ws.recv_text()
+                    text = self.ws.recv_text()
+                    now = time.monotonic()
                     got += 1
-                    if not reply and i not in empty and self._can_resend(items[i][1], items[i][2]):
-                        empty.add(i)  # (the real service does that under load)
-                        log('empty reply to "%s": sending it again' % items[i][1])
-                        again.append(i)
+                    # how long the service may have worked on it: since the previous reply, or
+                    # since it went out less a round trip
+                    busy = now - last if last is not None else now - t_send - self.rtt
+                    last = now
+                    if len(chunk) == 1:
+                        self.rtt = min(self.rtt, now - t_send) if self.rtt else now - t_send
+                    if debug:
+                        log('reply %.1f ms %s' % ((now - t_send) * 1000, redact(text.replace('\\/', '/'))))
+                    elif env_flag('ALIENPY_TIMING', self.environ):
+                        log('timing %s %.1f ms %d bytes' % (items[i][1], (now - t_send) * 1000, len(text)))
+                    if busy > self.slow_reply and self.pipeline:
+                        self.pipeline = False
+                        bad = bad or len(chunk) > 1
+                        log('a reply took %.2f s: requests go one at a time from now on' % busy)
+                    result, verdict = self._judge(items[i], text, nokeys, len(chunk) > 1)
+                    del text  # a large reply's text is freed before its output is joined
+                    if verdict is True:
+                        out[i] = result
                         continue
-                    out[i] = decode(reply)
+                    bad = bad or verdict is False
+                    tries[i] += 1
+                    if self._can_resend(items[i][1], items[i][2]) and tries[i] <= self.RESEND_LIMIT:
+                        again.append(i)
+                        alone.add(i)
+                    elif self._is_read_only(items[i][1], items[i][2]):
+                        out[i] = result   # asked often enough: what the service says
+                    else:
+                        out[i] = lost_result('the reply cannot be told to be its own', items[i][1], 'unknown')
                 todo = again + todo[len(chunk):]
             except KeyboardInterrupt as e:
                 if sent == len(chunk):  # every request went out whole: their replies are on the way
-                    self._drain([(i,) + items[i][1:] for i in chunk[got:]], out, decode)
+                    self._drain([(i,) + items[i][1:] for i in chunk[got:]], out, nokeys)
                 self.drop()    # a reply may be half read
                 e.results = list(out)  # the answered ones (None: no reply)
                 raise
@@ -2123,30 +2157,62 @@ class Session(object):
                     self.ws = None
                 keep = []
                 for i in chunk[got:sent]:   # sent, no reply
-                    lost_count[i] += 1
-                    if self._can_resend(items[i][1], items[i][2]) and lost_count[i] <= self.RESEND_LIMIT:
+                    tries[i] += 1
+                    if self._can_resend(items[i][1], items[i][2]) and tries[i] <= self.RESEND_LIMIT:
                         keep.append(i)
                     else:
                         out[i] = lost_result(e, items[i][1], 'unknown')
                 todo = again + keep + chunk[sent:] + todo[len(chunk):]
                 self._loss = str(e)
                 log('%s; %d request(s) to send again' % (e, len(todo)))
-                # the next round reconnects (_ensure_connected) and sends the rest
+                continue  # the next round reconnects (_ensure_connected) and sends the rest
+            if bad:
+                # a run of this connection may still be going: it could take the arguments
+                # of our next request or print into its reply. A new connection has its own.
+                self.pipeline = False
+                log('a reply did not answer its own request: requests go one at a time on a new connection')
+                self.drop()
         if self._token_due == 'after-first':
             self._token_due = 'due'
         return out
 
-    def _drain(self, pending, out, decode, wait=2.0):
+    def _judge(self, item, text, nokeys, pipelined):
+        """(Result, verdict) of one reply: True when it is the request's own, None when
+        that cannot be told, False when it cannot be (its check says so, or among
+        others it is empty or not JSON: a sign of the race). Alone on a connection a
+        broken reply is the service's answer, except an empty one, which is asked
+        for again where that is safe (the service sends one under load); the outcome
+        of a modifying request answered so is unknown."""
+        check = item[3]
+        try:
+            result = self._decode(text, nokeys)
+        except AlienError as e:   # empty, not JSON, not in the JCentral format
+            result = Result(e.exitcode, '', str(e))
+            if pipelined:
+                return result, False
+            if not text and self._can_resend(item[1], item[2]):
+                return result, None
+            if not self._is_read_only(item[1], item[2]):
+                result.metadata = {'exitcode': str(e.exitcode), 'error': str(e), 'outcome': 'unknown'}
+            return result, True
+        if env_flag('ALIENPY_JSONRAW', self.environ):
+            result.raw = text
+        if check is None:
+            return result, True
+        verdict = check(result)
+        return result, (True if verdict is None and not pipelined else verdict)
+
+    def _drain(self, pending, out, nokeys, wait=2.0):
         """After Ctrl-C: read the replies of requests already sent, for up to
         `wait` seconds, so that what they did is known (a second Ctrl-C stops it).
         Only for modifying requests: a read-only one is simply dropped."""
-        if all(self._can_resend(command, opts) for _, command, opts in pending):
+        if all(self._can_resend(command, opts) for _, command, opts, _c in pending):
             return
         try:
             self.ws.set_timeout(0.2)
             self.ws.deadline = time.monotonic() + wait  # (pongs would keep it waiting)
-            for i, _, _ in pending:
-                out[i] = decode(self.ws.recv_text())
+            for i, _, _, _ in pending:
+                out[i] = self._judge(self._item('', [], False, False), self.ws.recv_text(), nokeys, False)[0]
         except (AlienError, KeyboardInterrupt):
             pass
 
@@ -2960,7 +3026,73 @@ def stat_fields(result):
     except ValueError:
         size = 0
     return {'path': path, 'type': kind, 'size': size, 'md5': (r.get('md5') or '').lower(),
-            'mtime': r.get('mtime') or r.get('ctime') or ''}
+            'mtime': r.get('mtime') or r.get('ctime') or '', 'guid': (r.get('guid') or '').lower()}
+
+
+# ---- replies that answer their own request ------------------------------------
+# Session.request_many sends requests several at a time only when each has a check:
+# check(result) -> True (the reply provably answers this request), None (it cannot
+# tell: an error naming nothing), False (it cannot be this request's reply). On the
+# real endpoint a request sent while another runs can get the other one's reply.
+
+def _error_naming(r, name):
+    if r.results:
+        return False
+    return True if name and r.err.rstrip().endswith(' : ' + name) else None
+
+
+def check_stat(lfn):
+    """A stat reply names its LFN (2024: lfn, 2021: file); its 'not found' error does too."""
+    want = lfn.rstrip('/')
+
+    def check(r):
+        if r.exitcode != 0:
+            return _error_naming(r, lfn)
+        return len(r.results) == 1 and stat_fields(r.results[0])['path'].rstrip('/') == want
+    return check
+
+
+def check_access(size=-1, md5='', guid='', write=False):
+    """An access reply: the replicas of one file, one GUID (the listed one, for a read),
+    the size and md5 that were listed (read) or asked for (write: each URL ends in
+    that GUID, as many rows as nSEs says). A write reply with another file's size and
+    md5 may still book another name: its bytes are then that name's own."""
+    md5, guid = (md5 or '').lower(), (guid or '').lower()
+
+    def check(r):
+        if r.exitcode != 0 or not r.results:
+            return None if r.exitcode != 0 and not r.results else False
+        guids = set()
+        for x in r.results:
+            g = str(x.get('guid') or '').lower()
+            guids.add(g)
+            if size >= 0 and str(x.get('size')) != str(size) or md5 and str(x.get('md5') or '').lower() != md5:
+                return False
+            if write and (not g or not str(x.get('url') or '').endswith(g)
+                          or str(x.get('nSEs', len(r.results))) != str(len(r.results))):
+                return False
+        return len(guids) == 1 and (not guid or guid in guids)
+    return check
+
+
+def check_commit(lfn, guid):
+    """A commit reply names the LFN it was given (path) and the PFN it registered,
+    whose name ends in the booking's GUID. A refusal (lfn '0') proves nothing: the
+    same arguments may have run twice."""
+    def check(r):
+        rows = r.results
+        if len(rows) != 1 or str(rows[0].get('path', '')) != lfn:
+            return None if r.exitcode != 0 and not rows else False
+        if r.exitcode == 0 and str(rows[0].get('lfn')) == '1':
+            return bool(guid) and str(rows[0].get('pfn') or '').endswith(guid)
+        return None
+    return check
+
+
+def check_mkdir(r):
+    """mkdir -p: done, with nothing to print. Nothing else rests on it: access and
+    commit make missing directories themselves."""
+    return None if r.exitcode != 0 and not r.results else (r.exitcode == 0 and not r.results)
 
 
 # ---- XRootD -----------------------------------------------------------------
@@ -3302,7 +3434,7 @@ def _stat_of(r, lfn):
 def _grid_find(session, base, opts, glob_pattern='', rows=None, known=None):
     """Every file under the grid directory base (ends with '/') -> [lfn] (cp, find2).
     rows: a list to fill with the listing's row of each of them (all fields);
-    known: a dict to fill with {lfn: (size, md5)} (all fields too)."""
+    known: a dict to fill with {lfn: (size, md5, guid)} (all fields too)."""
     args = ['-a', '-s']
     if opts.get('jobid'):
         args += ['-j', str(opts['jobid'])]
@@ -3337,9 +3469,10 @@ def _grid_find(session, base, opts, glob_pattern='', rows=None, known=None):
                 continue
         if rows is not None:
             rows.append(item)
-        if known is not None and item.get('md5'):
+        if known is not None and item.get('type', 'f') == 'f':
             size = _int_or_none(item.get('size'))
-            known[lfn] = (-1 if size is None else size, item['md5'].lower())
+            known[lfn] = (-1 if size is None else size, (item.get('md5') or '').lower(),
+                          (item.get('guid') or '').lower())
         out.append(lfn)
     return out
 
@@ -4004,10 +4137,13 @@ class CopyPipeline(object):
                 self.done.wait(0.2)
 
 
-def cp_download(session, items, opts, stats):
+def cp_download(session, items, opts, stats, known=None):
     """items: [(lfn, local_dst, specs)]. Each file is written to a temporary
     name next to its destination, verified against the catalogue md5 and only
-    then renamed; a failed replica is followed by the next one."""
+    then renamed; a failed replica is followed by the next one. known: {lfn:
+    (size, md5, guid)} from replies that named the LFN: each access reply must be
+    that file's (check_access) before its md5 is believed."""
+    known = known if known is not None else {}
     progress = _Progress(0, 0, _progress_enabled(opts), 'download ')
     pipe = CopyPipeline(opts, progress)
     live = set()
@@ -4106,7 +4242,8 @@ def cp_download(session, items, opts, stats):
             if not window:
                 break
             replies = _requests(session, [('access', _access_args('read', x[0], x[2], strict=opts.get('strictspec'),
-                                                                 http=opts.get('http')))
+                                                                 http=opts.get('http')),
+                                           check_access(*known[x[0]]) if x[0] in known else None)
                                           for x in window])
             for (lfn, dst, specs), r in zip(window, replies):
                 for job in pipe.results():
@@ -4413,7 +4550,8 @@ def cp_upload(session, items, opts, stats, md5s=None):
                 replies = _requests(session, [('access', _access_args('write-once', x['lfn'],
                                                                       _with_default_specs(x['specs'], x['lfn'],
                                                                                           x['size']), x['size'],
-                                                                      x['md5'], opts.get('strictspec')))
+                                                                      x['md5'], opts.get('strictspec')),
+                                               check_access(x['size'], x['md5'], write=True))
                                               for x in entries] + commit_requests, window=4 * REQUEST_WINDOW)
             except (ConnectionLost, KeyboardInterrupt) as e:
                 # the answered commits are counted (settle raises e then), this window is not attempted
@@ -4474,7 +4612,8 @@ def _cp_upload_finish(session, e, stats):
 
 def _commit_request(e, rep):
     return ('commit', [rep.get('envelope', ''), str(e['size']), e['target'], '644', '0', rep.get('url', ''),
-                       rep.get('se', ''), rep.get('guid', ''), e['md5']])
+                       rep.get('se', ''), rep.get('guid', ''), e['md5']],
+            check_commit(e['target'], (rep.get('guid') or '').lower()))
 
 
 def _committed_in_catalogue(session, pairs):
@@ -4482,7 +4621,8 @@ def _committed_in_catalogue(session, pairs):
     catalogue holds exactly this replica (the entry has our size, md5 and the
     GUID we booked, and lists the SE) / it holds nothing of ours yet (safe to
     commit again) / the name belongs to another file (never to be touched)."""
-    replies = _requests(session, [q for e, rep in pairs for q in (('stat', [e['target']]), ('whereis', [e['target']]))])
+    replies = _requests(session, [q for e, rep in pairs
+                                  for q in (('stat', [e['target']], check_stat(e['target'])), ('whereis', [e['target']]))])
     out = []
     for n, (e, rep) in enumerate(pairs):
         st, where = replies[2 * n], replies[2 * n + 1]
@@ -4517,8 +4657,8 @@ def _commit(session, jobs, replies=None, stop=None):
         if not todo:
             break
         if replies is None:
-            try:
-                replies = _requests(session, [_commit_request(*j.info) for j in todo])
+            try:   # (sent again: one at a time, its reply is then its own)
+                replies = _requests(session, [_commit_request(*j.info) for j in todo], window=1 if _round else REQUEST_WINDOW)
             except ConnectionLost as e:
                 replies, stop = e.results, e
             except KeyboardInterrupt as e:
@@ -4605,7 +4745,8 @@ def _prefetch_stats(session, pairs):
         elif not lfn.endswith('/'):
             lfns.append(lfn)
     lfns = list(dict.fromkeys(lfns))
-    return dict(zip(lfns, _requests(session, [('stat', [lfn]) for lfn in lfns], window=4 * REQUEST_WINDOW)))
+    return dict(zip(lfns, _requests(session, [('stat', [lfn], check_stat(lfn)) for lfn in lfns],
+                                    window=4 * REQUEST_WINDOW)))
 
 
 def cp_plan(session, src, dst, opts, stats_cache=None, known=None, facts=None):
@@ -4634,8 +4775,8 @@ def cp_plan(session, src, dst, opts, stats_cache=None, known=None, facts=None):
             if st is None:
                 raise AlienError('cp: source %s not found' % lfn, EX_ENOENT)
             is_dir = st['type'] == 'd'
-            if known is not None and not is_dir and st['md5']:
-                known[lfn.rstrip('/')] = (st['size'], st['md5'])
+            if known is not None and not is_dir:
+                known[lfn.rstrip('/')] = (st['size'], st['md5'], st['guid'])
         if not is_dir:
             if os.path.isdir(local) and not local.endswith('/'):
                 local += '/'
@@ -4650,7 +4791,7 @@ def cp_plan(session, src, dst, opts, stats_cache=None, known=None, facts=None):
         if present and facts is not None:
             facts.prefetch(local)
         try:
-            files = _grid_find(session, lfn, opts, pattern, known=known if present else None)
+            files = _grid_find(session, lfn, opts, pattern, known=known)
         finally:
             if facts is not None:
                 facts.stop()
@@ -4721,8 +4862,17 @@ def cp_refuse_bad_names(items, direction, stats):
 
 
 def cp_prepare_upload_dirs(session, items):
-    dirs = sorted(set(lfn.rsplit('/', 1)[0] or '/' for _, lfn, _ in items))
-    _requests(session, [('mkdir', ['-p', d]) for d in dirs])  # pipelined, not one round trip each
+    """mkdir -p of the top destination directories (the service makes the ones
+    below when it registers a file in them)."""
+    dirs = set(lfn.rsplit('/', 1)[0] or '/' for _, lfn, _ in items)
+
+    def below_another(d):
+        while d.count('/') > 1:
+            d = d.rsplit('/', 1)[0]
+            if d in dirs:
+                return True
+        return False
+    _requests(session, [('mkdir', ['-p', d], check_mkdir) for d in sorted(dirs) if not below_another(d)])
 
 
 CP_PLAN_CHUNK = 1000
@@ -4738,7 +4888,8 @@ def cp_run(session, pairs, opts):
     uploads = []
     md5s = Md5Ahead()  # the files to upload are hashed from the moment they are planned
     unplanned = [0]   # index of the first pair not planned yet
-    known = {}      # lfn -> (size, md5) from the listings: present files are skipped unread
+    known = {}      # lfn -> (size, md5, guid) from the listings and stats: what each access
+    # reply is checked against, and present files are skipped unread
     facts = None if opts.get('force') or opts.get('dryrun') else LocalFacts()
 
     def planned_downloads():
@@ -4790,7 +4941,7 @@ def cp_run(session, pairs, opts):
         first = next(downloads, None)
         if first is not None:       # with everything present, XRootD is not even imported
             xrootd_client()
-            cp_download(session, itertools.chain([first], downloads), opts, stats)
+            cp_download(session, itertools.chain([first], downloads), opts, stats, known)
         if uploads and opts.get('http'):
             stats.notices.append('cp: -http ignored for uploads (XRootD writes)')
         if uploads:
