@@ -3397,6 +3397,18 @@ class CpStats(object):
         self.skipped += 1
         self.present.append((src, dst))
 
+    def copied(self, src, dst, size):
+        self.ok += 1
+        self.bytes += size
+        self.done.append((src, dst))
+
+    def forget(self, src):
+        """Take back what was said of src (the catalogue has the last word)."""
+        gone = [d for d in self.done if d[0] == src]
+        self.done = [d for d in self.done if d[0] != src]
+        self.failed = [f for f in self.failed if f[0] != src]
+        return bool(gone)
+
     def states(self):
         """{state: [(src, dst, why)]}: each file once; planned files that none of
         the others mention were not attempted."""
@@ -4458,11 +4470,13 @@ def cp_upload(session, items, opts, stats, md5s=None):
     progress = _Progress(0, 0, _progress_enabled(opts), 'upload ')
     pipe = CopyPipeline(opts, progress)
     live = []
+    hashed = []    # every file that was hashed: what cp_check_uploads looks up
 
     def launch(e, booked):
         jobs = []
         for rep in booked:
             e['tried'].append(rep.get('se', ''))
+            e['guids'].add((rep.get('guid') or '').lower())
             jobs.append(CopyJob(e['src'], grid_url(rep.get('url', ''), rep.get('envelope', '')),
                                 e['size'], '', 1, (e, rep)))
         e['running'] += len(jobs)
@@ -4542,7 +4556,8 @@ def cp_upload(session, items, opts, stats, md5s=None):
                     continue
                 entries.append({'src': src, 'lfn': lfn, 'target': lfn, 'specs': list(specs or []), 'size': size,
                                 'md5': md5, 'committed': [], 'tried': [], 'errors': [], 'replace': False,
-                                'running': 0, 'failed': 0, 'attempt': 1})
+                                'running': 0, 'failed': 0, 'attempt': 1, 'guids': set()})
+                hashed.append(entries[-1])
             # one round trip books this window and commits what finished meanwhile
             done = whole_files(pipe.results())
             good, commit_requests = commits(done)
@@ -4588,6 +4603,7 @@ def cp_upload(session, items, opts, stats, md5s=None):
             progress.show(final=True)
     for e in live:
         _cp_upload_finish(session, e, stats)
+    return hashed
 
 
 def _cp_upload_finish(session, e, stats):
@@ -4605,9 +4621,7 @@ def _cp_upload_finish(session, e, stats):
     if len(e['committed']) < e['wanted']:
         stats.notices.append('%s: %d of %d replicas stored (%s)' % (
             e['lfn'], len(e['committed']), e['wanted'], '; '.join(e['errors'])))
-    stats.ok += 1
-    stats.bytes += e['size']
-    stats.done.append((e['src'], e['lfn']))
+    stats.copied(e['src'], e['lfn'], e['size'])
 
 
 def _commit_request(e, rep):
@@ -4861,10 +4875,9 @@ def cp_refuse_bad_names(items, direction, stats):
             yield src, dst, specs
 
 
-def cp_prepare_upload_dirs(session, items):
-    """mkdir -p of the top destination directories (the service makes the ones
-    below when it registers a file in them)."""
-    dirs = set(lfn.rsplit('/', 1)[0] or '/' for _, lfn, _ in items)
+def _top_dirs(lfns):
+    """The directories of these LFNs that are not below another one of them."""
+    dirs = set(lfn.rsplit('/', 1)[0] or '/' for lfn in lfns)
 
     def below_another(d):
         while d.count('/') > 1:
@@ -4872,7 +4885,76 @@ def cp_prepare_upload_dirs(session, items):
             if d in dirs:
                 return True
         return False
-    _requests(session, [('mkdir', ['-p', d], check_mkdir) for d in sorted(dirs) if not below_another(d)])
+    return sorted(d for d in dirs if not below_another(d))
+
+
+def cp_prepare_upload_dirs(session, items):
+    """mkdir -p of the top destination directories (the service makes the ones
+    below when it registers a file in them)."""
+    _requests(session, [('mkdir', ['-p', d], check_mkdir) for d in _top_dirs(lfn for _, lfn, _ in items)])
+
+
+CP_LIST_ABOVE = 16   # files under one directory from which cp_catalogue_facts lists it instead of stat-ing each
+
+
+def cp_catalogue_facts(session, lfns):
+    """{lfn: (size, md5, guid)} of those of lfns the catalogue holds as files, from
+    replies that name them: one listing of each top directory holding more than
+    CP_LIST_ABOVE of them, a checked stat of each of the others."""
+    lfns = list(lfns)
+    facts, single = {}, []
+    for top in _top_dirs(lfns):
+        under = [x for x in lfns if x.startswith(top.rstrip('/') + '/')]
+        if len(under) > CP_LIST_ABOVE:
+            _grid_find(session, top.rstrip('/') + '/', _CP_DEFAULTS, known=facts)
+        else:
+            single.extend(under)
+    for lfn, r in zip(single, _requests(session, [('stat', [x], check_stat(x)) for x in single])):
+        st = _stat_of(r, lfn)
+        if st is not None and st['type'] == 'f':
+            facts[lfn] = (st['size'], st['md5'], st['guid'])
+    return facts
+
+
+def cp_check_uploads(session, hashed, stats, last=False):
+    """After an upload the catalogue has the last word: every file's entry against
+    its local size and md5. A right entry counts the file as copied whatever the
+    replies said; a wrong one this copy made (a GUID it booked) is removed. Those
+    and the files said to be copied but missing -> [(src, lfn, specs)] to upload
+    again (last: reported as failed, and named, instead)."""
+    booked = set(g for e in hashed for g in e['guids'])
+    facts = cp_catalogue_facts(session, [e['lfn'] for e in hashed])
+    present = set(src for src, _ in stats.present)
+    copied = set(src for src, _ in stats.done)
+    again = []
+    for e in hashed:
+        got, src = facts.get(e['lfn']), e['src']
+        if src in present:
+            continue
+        if got is not None and got[:2] == (e['size'], e['md5']):
+            if src not in copied:    # a reply said otherwise: the catalogue holds it
+                stats.forget(src)
+                stats.copied(src, e['lfn'], e['size'])
+            continue
+        ours = got is not None and got[2] in booked
+        why = 'the catalogue has no entry' if got is None else \
+            'the catalogue entry holds other bytes (size %d, md5 %s)' % (got[0], got[1] or '?')
+        if got is not None and not ours:    # not made by this copy: not ours to touch
+            if src in copied:
+                stats.forget(src)
+                stats.fail(src, '%s -> %s: %s' % (src, e['lfn'], why))
+            continue
+        if ours:
+            session.request('rm', ['-f', e['lfn']], nomsg=True)
+        elif src not in copied:
+            continue                 # missing, and reported as failed
+        stats.forget(src)
+        if last:
+            stats.fail(src, '%s -> %s failed: %s after the upload' % (src, e['lfn'], why))
+        else:
+            log('%s: %s: uploading it again' % (e['lfn'], why))
+            again.append((src, e['lfn'], e['specs']))
+    return again
 
 
 CP_PLAN_CHUNK = 1000
@@ -4947,7 +5029,10 @@ def cp_run(session, pairs, opts):
         if uploads:
             stats.planned.extend((s, d) for s, d, _ in uploads)
             cp_prepare_upload_dirs(session, uploads)
-            cp_upload(session, uploads, opts, stats, md5s)
+            hashed = cp_upload(session, uploads, opts, stats, md5s)
+            again = cp_check_uploads(session, hashed, stats)
+            if again:     # once more, then what is still not right is reported
+                cp_check_uploads(session, cp_upload(session, again, opts, stats), stats, last=True)
     except KeyboardInterrupt:
         session.drop()  # a reply may be half read: the next request reconnects
         stats.abort = (130, 'cp: interrupted')

@@ -1,6 +1,7 @@
 """Tests of alien.py: pure functions first, then against the local test grid."""
 import base64
 import hashlib
+import itertools
 import json
 import os
 import socket
@@ -373,6 +374,7 @@ def test_proxy_for(env, host, expected):
 
 # ===== fuzz properties (hypothesis, CI-sized) =====
 from hypothesis import given, settings, strategies as st  # noqa: E402
+import hypothesis as _hyp  # noqa: E402
 
 
 def drain(asm):
@@ -6743,3 +6745,217 @@ def test_download_asks_for_access_only_while_few_transfers_wait(cpenv, grid_stat
     assert 2 <= int(p.stderr.split('MAXQ ')[1].split()[0]) <= 4 + 2 - 1, p.stderr
     for k, v in files.items():
         assert (out / k).read_bytes() == v
+
+
+# ===== a slow, throttled, racing service (issue 18) =====
+# The test service behaves like the real endpoint (testgrid/jcentral.py, "the real
+# endpoint"): one commander per session; a message that arrives after the hand-off
+# while a command still runs overwrites its arguments and shares its output. The
+# tests make commands slower than the hand-off, scaled down from the real 1 s with
+# the delays in proportion; the client's ALIENPY_SLOW_REPLY is scaled alike.
+
+RACE_HANDOFF = 0.05
+RACE_SLOW = {'handoff': RACE_HANDOFF, 'queue_delay': [1.2 * RACE_HANDOFF, 1.5 * RACE_HANDOFF]}
+
+
+@pytest.fixture
+def service_conf(grid_state):
+    """set_conf(dict): how the service behaves (service.json); the defaults afterwards."""
+    from testgrid import grid
+    yield lambda conf: grid.set_service(grid_state['workdir'], conf)
+    grid.set_service(grid_state['workdir'], None)
+
+
+def _race_env(cpenv, slow=RACE_HANDOFF / 2):
+    return dict(cpenv, ALIENPY_SLOW_REPLY=str(slow))
+
+
+def _race_files(root, n, size=700):
+    """n files of random bytes (f000.bin ...) in two directories -> {relative name: bytes}."""
+    files = {}
+    for i in range(n):
+        name = '%s/f%03d.bin' % ('ab'[i % 2], i)
+        files[name] = os.urandom(size + i)
+        write(os.path.join(str(root), name), files[name])
+    return files
+
+
+def _race_catalogue_problems(grid_state, g, files):
+    """What is wrong in the catalogue under g against the local files: an entry whose
+    size or md5 is not its file's, a replica missing or holding other bytes, an
+    entry that should not be there."""
+    db = _rc_sqlite3.connect(os.path.join(grid_state['workdir'], 'catalogue.sqlite'), timeout=10)
+    try:
+        rows = db.execute("SELECT lfn, size, md5, guid FROM entries WHERE type = 'f' AND lfn LIKE ?",
+                          (g + '%',)).fetchall()
+        reps = {r[0]: db.execute('SELECT se, pfn FROM replicas WHERE guid = ?', (r[3],)).fetchall() for r in rows}
+    finally:
+        db.close()
+    datadir = {se['name']: se['datadir'] for se in grid_state['ses']}
+    problems = []
+    for lfn, size, md5, guid in rows:
+        data = files.get(lfn[len(g):])
+        if data is None:
+            problems.append('%s: not one of ours' % lfn)
+            continue
+        if (size, md5) != (len(data), hashlib.md5(data).hexdigest()):
+            problems.append('%s: entry of another file' % lfn)
+        if not reps[lfn]:
+            problems.append('%s: no replica' % lfn)
+        for se, pfn in reps[lfn]:
+            path = os.path.join(datadir[se], pfn.split('//', 2)[2].lstrip('/'))
+            try:
+                got = open(path, 'rb').read()
+            except OSError:
+                problems.append('%s: replica on %s missing' % (lfn, se))
+                continue
+            if got != data:
+                other = [k for k, v in files.items() if v == got]
+                problems.append('%s: replica on %s holds %s' % (lfn, se, other or 'other bytes'))
+    return problems
+
+
+def _race_local(root):
+    got = {}
+    for d, _, fs in os.walk(str(root)):
+        for f in fs:
+            full = os.path.join(d, f)
+            got[os.path.relpath(full, str(root))] = open(full, 'rb').read()
+    return got
+
+
+def test_the_service_races_like_the_real_endpoint(grid_state, service_conf, tg_dir):
+    """Three requests sent at once to commands slower than the hand-off: the first gets
+    the second's reply, the second an empty frame, and a run that had not read its
+    arguments yet ran the newer request (two directories made, one asked for twice)."""
+    service_conf({'handoff': 0.1, 'queue_delay': [0.15, 0.15]})
+    with _tg_ws(grid_state) as c:
+        for name in ('r1', 'r2'):
+            c.send(_tg_json.dumps({'command': 'mkdir', 'options': ['-p', tg_dir + name]}))
+        c.send(_tg_json.dumps({'command': 'whoami', 'options': []}))
+        frames = [c.recv(timeout=10) for _ in range(3)]
+        listing = _tg_ok(_tg_call(c, 'ls', [tg_dir]))
+    assert '' in frames, frames                      # a reply taken by another request
+    names = [r['name'] for r in listing]
+    assert 'r2' in names and 'r1' not in names, names   # r1's run read r2's arguments
+
+
+def test_the_throttle_counts_logins_and_commands_and_halves():
+    from testgrid.jcentral import Throttle
+    t, conf = Throttle(), {'throttle_scale': 1.0}
+    assert t.add('CN=jalien,O=JAliEn,C=CH', 10, conf) == 10          # a login
+    for _ in range(95):
+        t.add('CN=jalien,O=JAliEn,C=CH', 1, conf)
+    assert t.add('CN=jalien,O=JAliEn,C=CH', 1, conf) == 106           # above 100: 6 ms of sleep
+    t.next_swap = time.monotonic() - 1                               # 5 minutes later
+    assert t.add('CN=jalien,O=JAliEn,C=CH', 1, conf) == 107 and t.counts['CN=jalien,O=JAliEn,C=CH'] == 53
+    t0 = time.monotonic()
+    Throttle().sleep('x', 1, {'throttle_start': 299, 'throttle_scale': 0.5})   # 200 ms, scaled to 100
+    assert 0.09 < time.monotonic() - t0 < 1.0
+
+
+@pytest.mark.once  # cp and session logic: the same with either transport
+@pytest.mark.parametrize('case', ['slow', 'throttled', 'checks-only', 'restart', 'parallel'])
+def test_cp_on_a_slow_racing_service_puts_no_byte_under_a_wrong_name(cpenv, grid_state, service_conf,
+                                                                     service_back, tmp_path, case):
+    """40 files up and back down while every command is slower than the hand-off
+    (slow), under the 2024 throttle (throttled), with random delays and the client
+    pipelining through them on its checks alone (checks-only), with the service
+    killed and restarted in the middle (restart), with -T 4 / -y 2 (parallel):
+    every file arrives and no entry, replica or downloaded file holds another's bytes."""
+    from testgrid import grid
+    n = 40
+    files = _race_files(tmp_path / 'src', n)
+    g = grid_dir(grid_state, 'race_' + case)
+    env = _race_env(cpenv)
+    conf = dict(RACE_SLOW)
+    if case == 'throttled':    # a batch node after ~120 logins: every command sleeps over the hand-off
+        conf = {'handoff': RACE_HANDOFF, 'throttle': True, 'throttle_start': 1200, 'throttle_scale': 0.05}
+    elif case == 'checks-only':   # some commands slow, some quick; the client never slows down itself
+        conf = {'handoff': RACE_HANDOFF, 'queue_delay': [0, 1.5 * RACE_HANDOFF], 'work_delay': [0, 0.3 * RACE_HANDOFF]}
+        env['ALIENPY_SLOW_REPLY'] = '100'
+    extra = ['-T', '4'] if case == 'parallel' else []
+    cpenv_run = lambda *a: subprocess.Popen([sys.executable, ALIEN, 'cp'] + extra + list(a), env=env,  # noqa: E731
+                                            cwd=env['PWD'], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                            text=True)
+    service_conf(conf)
+    proc = cpenv_run('file:%s/' % (tmp_path / 'src'), g)
+    if case == 'restart':
+        killer, kills = _rc_restart_when(service_back, lambda: len(_rc_entries(grid_state, g)), (n // 2,), proc)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and '%d/%d files copied' % (n, n) in out, (out, err)
+    assert _race_catalogue_problems(grid_state, g, files) == []
+    assert sorted(_rc_entries(grid_state, g)) == sorted(g + k for k in files)
+    if case == 'restart':
+        killer.join(30)
+        assert kills, err
+    if case == 'parallel':
+        extra = ['-y', '2']
+    proc = cpenv_run(g, 'file:%s/' % (tmp_path / 'back'))
+    if case == 'restart':
+        arrived = lambda: len(_race_local(tmp_path / 'back')) if (tmp_path / 'back').exists() else 0  # noqa: E731
+        killer, kills = _rc_restart_when(service_back, arrived, (n // 2,), proc)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and '%d/%d files copied' % (n, n) in out, (out, err)
+    assert _race_local(tmp_path / 'back') == files
+
+
+@pytest.mark.once  # cp and session logic: the same with either transport
+def test_cp_of_1000_files_on_a_slow_racing_service(cpenv, grid_state, service_conf, tmp_path):
+    """1,000 files up and down with every command slower than the hand-off."""
+    n = 1000
+    files = _race_files(tmp_path / 'src', n, size=100)
+    g = grid_dir(grid_state, 'race_1000')
+    service_conf({'handoff': 0.005, 'queue_delay': [0.006, 0.008]})
+    env = _race_env(cpenv, slow=0.0025)
+    p = cpx(env, '-quiet', 'file:%s/' % (tmp_path / 'src'), g + '@disk:1', timeout=600)
+    assert p.returncode == 0 and not p.stdout, p
+    assert _race_catalogue_problems(grid_state, g, files) == []
+    assert len(_rc_entries(grid_state, g)) == n
+    p = cpx(env, '-quiet', g, 'file:%s/' % (tmp_path / 'back'), timeout=600)
+    assert p.returncode == 0, p
+    assert _race_local(tmp_path / 'back') == files
+
+
+_RACE_EXAMPLES = itertools.count()
+
+
+@pytest.mark.once  # cp and session logic: the same with either transport
+@settings(max_examples=6, deadline=None, suppress_health_check=list(_hyp.HealthCheck))
+@given(handoff=st.sampled_from([0.03, 0.05]), before=st.floats(0.5, 2), during=st.floats(0, 1),
+       checks_only=st.booleans(), n=st.integers(10, 30))
+def test_property_no_wrong_result_is_ever_used(cpenv, grid_state, service_conf, tmp_path, handoff, before,
+                                               during, checks_only, n):
+    """Random delays of 0-2 hand-offs before and during every command, the client
+    slowing down on slow replies or pipelining on its checks alone: on one session,
+    cp up, find, ls, rm of several files, cp -input and cp down give exactly the truth."""
+    k = next(_RACE_EXAMPLES)
+    root = tmp_path / ('ex%d' % k)
+    files = _race_files(root / 'src', n)
+    g = grid_dir(grid_state, 'prop%d' % k)
+    service_conf({'handoff': handoff, 'queue_delay': [0, before * handoff], 'work_delay': [0, during * handoff]})
+    env = _race_env(cpenv, slow=100 if checks_only else handoff / 2)
+    s = alien.Session(environ=env)
+    try:
+        r = s.run('cp -quiet file:%s/ %s' % (root / 'src', g))
+        assert r.exitcode == 0, r
+        assert _race_catalogue_problems(grid_state, g, files) == []
+        r = s.run('find %s .bin' % g)
+        assert r.exitcode == 0 and sorted(r.out.split()) == sorted(g + x for x in files), r
+        r = s.run('ls %sa' % g)
+        assert r.exitcode == 0 and sorted(r.out.split()) == sorted(x[2:] for x in files if x[0] == 'a'), r
+        gone = sorted(files)[:2]
+        r = s.run('rm ' + ' '.join(g + x for x in gone))
+        assert r.exitcode == 0, r
+        assert sorted(_rc_entries(grid_state, g)) == sorted(g + x for x in files if x not in gone)
+        left = sorted(x for x in files if x not in gone)
+        listing = root / 'input.txt'
+        listing.write_text(''.join('%s%s file:%s/in/%s\n' % (g, x, root, x) for x in left))
+        r = s.run('cp -quiet -input %s' % listing)
+        assert r.exitcode == 0, r
+        assert _race_local(root / 'in') == {x: files[x] for x in left}
+        r = s.run('cp -quiet %s file:%s/down/' % (g, root))
+        assert r.exitcode == 0, r
+        assert _race_local(root / 'down') == {x: files[x] for x in left}
+    finally:
+        s.close()
