@@ -3536,7 +3536,7 @@ def _access(session, mode, lfn, specs=None, size=None, md5=None, strict=False):
     return session.request('access', _access_args(mode, lfn, specs, size, md5, strict), nomsg=True)
 
 
-REQUEST_WINDOW = 32
+REQUEST_WINDOW = 128
 
 
 def _requests(session, requests, window=REQUEST_WINDOW):
@@ -3994,7 +3994,7 @@ class _JobProgress(object):
 CP_PARALLEL = 8
 CP_INFLIGHT = 64
 CP_SMALL_FILE = 4 << 20
-CP_BACKLOG = 16 * REQUEST_WINDOW  # downloads waiting to start: cp then waits before asking for more access
+CP_BACKLOG = 512  # downloads waiting to start: cp then waits before asking for more access
 
 
 class CopyPipeline(object):
@@ -4456,14 +4456,15 @@ class Md5Ahead(object):
             self.cv.notify_all()
 
 
-def cp_upload(session, items, opts, stats, md5s=None):
+def cp_upload(session, items, opts, stats, md5s=None, prepare=()):
     """items: [(local_path, lfn, specs)]: md5 and size locally, access
     write-once, copy each booked replica, commit each good one; the failed
     replicas of a file are re-booked on other SEs (at most twice).
     md5s: an Md5Ahead already hashing these paths in this order (cp_run starts
     it while planning), else one is started here. A window of `access`
     requests is the next file (waiting for its md5) and the ones already
-    hashed: a large file transfers while the next one is hashed."""
+    hashed: a large file transfers while the next one is hashed. prepare:
+    requests to send with the first window (the destinations' mkdir -p)."""
     if md5s is None:
         md5s = Md5Ahead()
         md5s.add(src for src, _, _ in items)
@@ -4562,15 +4563,16 @@ def cp_upload(session, items, opts, stats, md5s=None):
             done = whole_files(pipe.results())
             good, commit_requests = commits(done)
             try:
-                replies = _requests(session, [('access', _access_args('write-once', x['lfn'],
+                replies = _requests(session, list(prepare) + [('access', _access_args('write-once', x['lfn'],
                                                                       _with_default_specs(x['specs'], x['lfn'],
                                                                                           x['size']), x['size'],
                                                                       x['md5'], opts.get('strictspec')),
                                                check_access(x['size'], x['md5'], write=True))
-                                              for x in entries] + commit_requests, window=4 * REQUEST_WINDOW)
+                                              for x in entries] + commit_requests, window=2 * REQUEST_WINDOW)
+                replies, prepare = replies[len(prepare):], ()
             except (ConnectionLost, KeyboardInterrupt) as e:
                 # the answered commits are counted (settle raises e then), this window is not attempted
-                got = list(getattr(e, 'results', None) or [])[len(entries):]
+                got = list(getattr(e, 'results', None) or [])[len(prepare) + len(entries):]
                 got += [None] * (len(commit_requests) - len(got))
                 settle(done, good, got, stop=e)
                 raise
@@ -4782,8 +4784,8 @@ def cp_plan(session, src, dst, opts, stats_cache=None, known=None, facts=None):
         base, pattern = split_glob(g_path)
         lfn = session.grid_path(base if pattern else g_path)
         local = expand_local_path(l_path)
-        if pattern:
-            is_dir = True
+        if pattern or g_path.endswith('/') and stats_cache is None:
+            is_dir = True     # a directory by its name: its listing says so if it is not
         else:
             st = _grid_stat(session, lfn.rstrip('/') or '/', stats_cache)
             if st is None:
@@ -4806,6 +4808,10 @@ def cp_plan(session, src, dst, opts, stats_cache=None, known=None, facts=None):
             facts.prefetch(local)
         try:
             files = _grid_find(session, lfn, opts, pattern, known=known)
+        except AlienError as e:
+            if e.exitcode == EX_ENOENT and not pattern:
+                raise AlienError('cp: source %s not found' % lfn, EX_ENOENT)
+            raise
         finally:
             if facts is not None:
                 facts.stop()
@@ -4888,10 +4894,10 @@ def _top_dirs(lfns):
     return sorted(d for d in dirs if not below_another(d))
 
 
-def cp_prepare_upload_dirs(session, items):
-    """mkdir -p of the top destination directories (the service makes the ones
-    below when it registers a file in them)."""
-    _requests(session, [('mkdir', ['-p', d], check_mkdir) for d in _top_dirs(lfn for _, lfn, _ in items)])
+def cp_upload_dirs(items):
+    """The mkdir -p requests of the top destination directories (the service makes
+    the ones below when it registers a file in them)."""
+    return [('mkdir', ['-p', d], check_mkdir) for d in _top_dirs(lfn for _, lfn, _ in items)]
 
 
 CP_LIST_ABOVE = 16   # files under one directory from which cp_catalogue_facts lists it instead of stat-ing each
@@ -5028,8 +5034,7 @@ def cp_run(session, pairs, opts):
             stats.notices.append('cp: -http ignored for uploads (XRootD writes)')
         if uploads:
             stats.planned.extend((s, d) for s, d, _ in uploads)
-            cp_prepare_upload_dirs(session, uploads)
-            hashed = cp_upload(session, uploads, opts, stats, md5s)
+            hashed = cp_upload(session, uploads, opts, stats, md5s, cp_upload_dirs(uploads))
             again = cp_check_uploads(session, hashed, stats)
             if again:     # once more, then what is still not right is reported
                 cp_check_uploads(session, cp_upload(session, again, opts, stats), stats, last=True)

@@ -2905,7 +2905,7 @@ def test_requests_are_pipelined_through_request_many():
     assert [r.out for r in alien._requests(s, reqs)] == ['access', 'commit']
     assert s.calls == [('many', 2, True, alien.REQUEST_WINDOW)]
     s = Recorder()  # one request too: a lost reply comes back as a result to resolve, not an exception
-    assert [r.out for r in alien._requests(s, reqs[:1])] == ['access'] and s.calls == [('many', 1, True, 32)]
+    assert [r.out for r in alien._requests(s, reqs[:1])] == ['access'] and s.calls == [('many', 1, True, alien.REQUEST_WINDOW)]
 
 
 # ===== gfal jobs tests =====

@@ -18,6 +18,7 @@ Python API (tests, benchmarks)::
     grid.register_archive(workdir, archive_lfn)   # an uploaded zip's members become LFNs
     grid.set_faults(workdir, {'commit': 'refuse'}); grid.set_faults(workdir, None)
     grid.set_service(workdir, {'dialect': '2021'}); grid.set_service(workdir, None)   # behaviour
+    count = grid.request_counter(workdir); ...; logins, commands = count()   # what it cost
     grid.run_job(workdir, jobid, ce=..., status='DONE'); grid.set_job_quota(workdir, 'jalien', {...})
     state['http']   # CCDB and MonALISA stand-ins: ccdb_url, monalisa_url (also in env as
                     # ALIENPY_CCDB, ALIENPY_MONALISA); grid.set_http_faults(workdir, {'ccdb': '500'})
@@ -801,6 +802,28 @@ def set_service(workdir, settings):
     """Write workdir/service.json, how the service behaves (see testgrid/jcentral.py,
     "Behaviour"): {'dialect': '2021'|'2024', ...}; None restores the defaults."""
     _write_json(os.path.join(_abs(workdir), 'service.json'), settings)
+
+
+def request_counter(workdir):
+    """-> count(): (logins, collections.Counter of the commands) the service has
+    received since this call, read from its log (what a command cost the user)."""
+    import collections
+    import re
+    path = os.path.join(_abs(workdir), 'jcentral.log')
+    start = os.path.getsize(path) if os.path.exists(path) else 0
+
+    def count():
+        logins, commands = 0, collections.Counter()
+        with open(path, errors='replace') as f:
+            f.seek(start)
+            for line in f:
+                if ' connect ' in line:
+                    logins += 1
+                m = re.match(r'^\S+ recv \{"command": "([^"]*)"', line)
+                if m:
+                    commands[m.group(1)] += 1
+        return logins, commands
+    return count
 
 
 def env_lines(state):
