@@ -1951,16 +1951,13 @@ def c_archivelist(s, args):
     return out
 
 
-@command('resyncLDAP')
-def c_resyncldap(s, args):
-    """resyncLDAP: reload the LDAP configuration (administrators only)"""
+def c_admins_only(s, args):
+    """CMD ...: administrators only (resyncLDAP, optimiserLogs, setCEstatus; newer service)"""
     raise CmdError(EPERM, 'Only administrators can do it')
 
 
-@command('optimiserLogs')
-def c_optimiserlogs(s, args):
-    """optimiserLogs [-l N] [-v] [-f classes]: the optimisers' logs (administrators only)"""
-    raise CmdError(EPERM, 'Only administrators can do it')
+for _name in ('resyncLDAP', 'optimiserLogs', 'setCEstatus'):
+    command(_name)(c_admins_only)
 
 
 # job, CE and quota commands (listCEs ps masterjob submit jquota fquota ...): testgrid/jobs.py

@@ -435,11 +435,6 @@ def register(command, CmdError, human_size, strerror):
         ces = [ce['ceName'] for ce in CES if ce['status'] == 'open']
         return [{'message': 'The job %d can run on: %s' % (j['id'], ', '.join(ces)), 'CEs': ','.join(ces)}]
 
-    @command('setCEstatus')
-    def c_setcestatus(s, args):
-        """setCEstatus <status> <CE>...: open or lock CEs (administrators only; newer service)"""
-        raise CmdError(1, 'Only administrators can do it')
-
     def jdl_attributes(text):
         """[(name, value text)] of a JDL ('Name = value;' statements, values kept verbatim)."""
         text = re.sub(r'(?m)^\s*#.*$', '', text)
