@@ -1220,9 +1220,18 @@ def test_cwd_is_per_connection(grid_state, dialect, tg_dir):
 
 
 def test_commandlist_format(grid_state, dialect):
+    newer = ('listCEs', 'guidinfo', 'archiveList', 'jobListMatch', 'listpartitions', 'setCEstatus', 'resyncLDAP',
+             'optimiserLogs', 'echo')
     with _tg_ws(grid_state) as c:
         res = _tg_ok(_tg_call(c, 'commandlist'))
+        for n in newer:       # the 2021 service has none of them
+            r = _tg_call(c, n, ['x'])
+            if dialect == '2021':
+                assert r['metadata']['error'] == 'No such file or directory : Command [%s] not found!' % n
+            else:
+                assert r['metadata']['exitcode'] != '2' or 'not found' not in r['metadata']['error'], r
     names = res[0]['message'].split('\n')
+    assert all((n in names) == (dialect != '2021') for n in newer), names
     assert res[0]['commandlist'] == names[0]
     assert [r['commandlist'] for r in res] == names
     assert all(set(r) == {'commandlist'} for r in res[1:])
