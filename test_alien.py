@@ -4291,8 +4291,9 @@ def f2dir(cenv, grid_state, tmp_path):
     return d
 
 
-def test_find2_filters_and_xml(cenv, f2dir, tmp_path):
+def test_find2_filters_and_xml(cenv, f2dir, tmp_path, dialect):
     d = f2dir
+    hour_ago = str(int(time.time()) - 3600)     # find -f ctime: seconds from 2021, ms from newer services
     names = lambda p: [l[len(d):] for l in p.stdout.splitlines()]  # noqa: E731
     for args, want in [([d], ['a/b/r.md', 'a/x.py', 'l.txt', 's.sh']),
                        (['-name', 'ext_md', d], ['a/b/r.md']),
@@ -4304,6 +4305,8 @@ def test_find2_filters_and_xml(cenv, f2dir, tmp_path):
                        (['-maxdepth', '0', d], ['l.txt', 's.sh']),
                        (['-mindepth', '2', d], ['a/b/r.md']),
                        (['-exclude_re', '^a/', '-user', 'jalien', '-v', d], ['l.txt', 's.sh']),
+                       (['-min-ctime', hour_ago, '-maxdepth', '0', d], ['l.txt', 's.sh']),
+                       (['-max-ctime', hour_ago, d], None),
                        (['-user', 'nobody', '-minsize', '0', d + 'a/'], None)]:
         p = run_cli(['find2'] + args, env=cenv)
         if want is None:
@@ -4318,6 +4321,8 @@ def test_find2_filters_and_xml(cenv, f2dir, tmp_path):
     assert [f['lfn'] for f in files] == [d + 'a/b/r.md', d + 'a/x.py']
     assert files[1]['size'] == '2700' and files[1]['md5'] == hashlib.md5(b'print(1)\n' * 300).hexdigest()
     assert files[1]['guid'] and files[1]['owner'] == 'jalien' and files[1]['turl'] == 'alien://' + d + 'a/x.py'
+    made = time.mktime(time.strptime(files[1]['ctime'], '%Y-%m-%d %H:%M:%S')) - time.timezone    # UTC
+    assert abs(made - time.time()) < 600, files[1]['ctime']
     for args, code, words in [([], 22, 'give one directory'), ([d, d], 22, 'give one directory'),
                               (['-bogus', d], 22, 'unknown option'), (['-x', 'alien:/c.xml', d], 22, 'written locally'),
                               (['-x', str(tmp_path / 'no' / 'dir.xml'), d], 5, 'cannot write'),
@@ -4957,8 +4962,12 @@ def test_job_trace_and_jdl_parsing():
     assert alien.trace_local_times('%d [state     ]: x\n12 [a]' % t) == local + ' [state     ]: x\n12 [a]'
     jdl = alien.parse_jdl('User = "u";\nOutputFile = {\n"a@disk=1",\n "b"\n};\nTTL = 300;\n')
     assert jdl == {'User': 'u', 'OutputFile': ['a@disk=1', 'b'], 'TTL': '300'}
-    assert alien.job_line({'id ': '7', 'owner ': 'u', 'split': '0', 'status': 'DONE', 'name': 'n'}).split() == \
-        ['7', '0', 'DONE', 'u', 'n']
+    row = {'id ': '7', 'owner ': 'u', 'split': '0', 'status': 'DONE', 'name': 'n'}     # the 2021 keys
+    assert alien.ps_row(row) == {'id': '7', 'owner': 'u', 'split': '0', 'status': 'DONE', 'name': 'n'}
+    assert alien.job_line(alien.ps_row(row)).split() == ['7', '0', 'DONE', 'u', 'n']
+    # time stamps: seconds (2021 ls -l, stat, find -f) and ms (newer) both come out in ms
+    assert alien.ctime_ms('1796121869') == alien.ctime_ms('1796121869000') == 1796121869000
+    assert alien.ctime_ms('') is None and alien.ctime_ms('0') == 0
 
 
 @pytest.mark.pure
@@ -5051,7 +5060,7 @@ def test_job_replies_are_the_captured_service_bytes(grid_state, cenv, tg_dir, tm
         assert 'Executable = "%sbin/myjob.sh";' % grid_state['home'] in r['results'][0]['jdl']
 
 
-def test_submit_ps_trace_and_jobinfo(grid_state, cenv, tg_dir, tmp_path):
+def test_submit_ps_trace_and_jobinfo(grid_state, cenv, tg_dir, tmp_path, dialect):
     from testgrid import grid
     jobid = _gj_job(cenv, tg_dir, tmp_path)
     trace = grid.run_job(_TG_DIR, int(jobid), status='DONE', start=1700000000)
@@ -5074,6 +5083,13 @@ def test_submit_ps_trace_and_jobinfo(grid_state, cenv, tg_dir, tmp_path):
     p = run_cli(['jobInfo', jobid, '-json'], env=cenv)
     row = json.loads(p.stdout)['results'][0]
     assert row['trace']['wn'] == 'wn01.jtestsite.localdomain' and row['jdl']['TTL'] == '300'
+    assert (row['id'], row['owner']) == (jobid, 'jalien')      # the newer keys, whatever the service wrote
+    # the 2021 service refuses the combined `ps -j ID -trace -jdl`: the rows, traces and JDLs apart
+    log = tmp_path / 'ps.log'
+    run_cli(['-debugfile', str(log), 'jobInfo', jobid], env=cenv)
+    sent = [r['options'] for r in h13_debug_requests(str(log)) if r['command'] == 'ps']
+    assert sent == [['-nomsg', '-j', jobid, '-trace', '-jdl']] + {
+        '2021': [['-nomsg', '-j', jobid], ['-nomsg', '-trace', jobid], ['-nomsg', '-jdl', jobid]], '2024': []}[dialect]
     p = run_cli(['jobInfo', '-h'], env=cenv)
     assert p.returncode == 0 and p.stdout.startswith('jobInfo ID[,ID...]')
     for bad, code in (('jobInfo abc', 64), ('jobInfo 1 -bogus', 64), ('jobInfo 999', 2)):
@@ -5084,7 +5100,7 @@ def test_submit_ps_trace_and_jobinfo(grid_state, cenv, tg_dir, tmp_path):
     assert p.returncode == 121 and one_line_error(p)
 
 
-def test_submit_checks(cenv, tg_dir, tmp_path):
+def test_submit_checks(cenv, tg_dir, tmp_path, dialect):
     p = run_cli(['submit', 'file:%s' % (tmp_path / 'x.jdl')], env=cenv)
     assert p.returncode == 22 and one_line_error(p) and 'cp ' in p.stderr
     p = run_cli(['submit'], env=cenv)
@@ -5097,10 +5113,15 @@ def test_submit_checks(cenv, tg_dir, tmp_path):
     assert json.loads(p.stdout)['metadata']['exitcode'] == '2'
 
 
-def test_getce_and_sitejobs(grid_state, cenv, tg_dir, tmp_path):
+def test_getce_and_sitejobs(grid_state, cenv, tg_dir, tmp_path, dialect):
     from testgrid import grid
     jobid = _gj_job(cenv, tg_dir, tmp_path)
     grid.run_job(_TG_DIR, int(jobid), ce='ALICE::JTestSite::SecondCE', status='RUNNING')
+    if dialect == '2021':     # no listCEs before JAliEn 1.8: nothing to list, nothing to map a site to
+        for line in ('getCE', 'siteJobs JTestSite'):
+            p = run_cli([line], env=cenv)
+            assert p.returncode == 2 and one_line_error(p) and 'JAliEn before 1.8' in p.stderr, (line, p)
+        return
     p = run_cli(['getCE'], env=cenv)
     lines = p.stdout.splitlines()
     assert p.returncode == 0 and lines[0].split() == ['Name', 'Host', 'State', 'Type', 'R', 'W', 'TTL', 'Partitions']
@@ -5129,7 +5150,7 @@ def test_getce_and_sitejobs(grid_state, cenv, tg_dir, tmp_path):
             assert p.returncode == 13 and one_line_error(p), p
 
 
-def test_quota_with_and_without_a_job_quota(cenv):
+def test_quota_with_and_without_a_job_quota(cenv, dialect):
     from testgrid import grid
     p = run_cli(['quota'], env=cenv)
     assert p.returncode == 0, p.stderr
@@ -5332,7 +5353,7 @@ def test_http_get_through_a_plain_http_proxy(cenv):
 
 
 @pytest.mark.parametrize('line', ['jobInfo 1', 'getCE', 'siteJobs jtestsite', 'quota'])
-def test_job_helpers_when_the_service_drops_the_connection(cenv, line):
+def test_job_helpers_when_the_service_drops_the_connection(cenv, line, dialect):
     """Read-only helpers are sent again once on a new connection; a service that drops
     every time is one line, exit 107."""
     with _gj_faults({'ps': 'drop', 'listCEs': 'drop', 'jquota': 'drop', 'fquota': 'drop'}):
@@ -5477,7 +5498,7 @@ def _se_down(grid_state, index):
     return lambda: grid.start_se(grid_state['workdir'], name)
 
 
-def test_getse_and_seqos(store, grid_state):
+def test_getse_and_seqos(store, grid_state, dialect):
     env, _ = store
     ses = grid_state['ses']
     p = run_cli(['getSE'], env=env)
@@ -5503,7 +5524,7 @@ def test_getse_and_seqos(store, grid_state):
     _usage_errors(env, (('SEqos', 64), ('SEqos nosuch', 2), ('SEqos -v first', 64)))
 
 
-def test_pfn(store):
+def test_pfn(store, dialect):
     env, lfn = store
     where = json.loads(run_cli(['whereis -json ' + lfn], env=env).stdout)['results']
     p = run_cli(['pfn', lfn], env=env)
@@ -5525,7 +5546,7 @@ def _on_se(pfns, grid_state, i):
     return next(u for u in pfns if _se_of(u, grid_state) is grid_state['ses'][i])
 
 
-def test_pfn_status_each_replica_and_a_stopped_se(store, grid_state):
+def test_pfn_status_each_replica_and_a_stopped_se(store, grid_state, dialect):
     env, lfn = store
     pfns = run_cli(['pfn', lfn], env=env).stdout.split()
     p = run_cli(['pfn-status', lfn], env=env)
@@ -5563,7 +5584,7 @@ def test_pfn_status_timeout(store):
     assert took < 10, took
 
 
-def test_lfn2uri(store, grid_state, tmp_path):
+def test_lfn2uri(store, grid_state, tmp_path, dialect):
     env, lfn = store
     import ast
     p = run_cli(['lfn2uri', lfn], env=env)
@@ -5601,7 +5622,7 @@ def test_lfn2uri(store, grid_state, tmp_path):
                         ('lfn2uri %s.missing' % lfn, 77)))
 
 
-def test_xrd_ping_config_stats(store, grid_state):
+def test_xrd_ping_config_stats(store, grid_state, dialect):
     env, _ = store
     ses = grid_state['ses']
     p = run_cli(['xrd_ping -c 2 firstse SECONDSE'], env=env)
@@ -5731,7 +5752,7 @@ def test_checkaddr(cenv, grid_state):
     assert p.stderr == 'checkAddr: 127.0.0.1 through the proxy failed\n', p
 
 
-def test_storage_conformance_with_the_reference_client(store):
+def test_storage_conformance_with_the_reference_client(store, dialect):
     """Where alien.py keeps the reference's output shape, both clients print the same."""
     env, lfn = store
     env = dict(env, ALIENPY_NO_CWD_RESTORE='1')
@@ -5752,7 +5773,7 @@ def test_storage_conformance_with_the_reference_client(store):
     ({'listSEs': 'exception'}, 'xrd_ping first', 121),
     ({'access': 'refuse'}, 'lfn2uri {lfn}', 77),
 ])
-def test_storage_commands_when_the_service_fails(store, grid_state, fault, line, code):
+def test_storage_commands_when_the_service_fails(store, grid_state, fault, line, code, dialect):
     env, lfn = store
     from testgrid import grid
     grid.set_faults(grid_state['workdir'], fault)
