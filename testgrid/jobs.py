@@ -3,14 +3,16 @@
 The task queue lives in the catalogue's SQLite file (tables ``jobs`` and
 ``jobquota``), so the service and the Python API of grid.py (``run_job``,
 ``set_job_quota``) share it. Nothing runs a job here: ``submit`` leaves it
-INSERTING like the captured 2021 service (no optimizer); ``run_job`` plays the
+INSERTING like the captured services (no optimizer); ``run_job`` plays the
 job agent of a site, moving the job through its states and writing the trace
 lines a real agent leaves (``<unix time> [state     ]: ...``).
 
-Server commands registered into jcentral.py's table by ``register()``:
-``listCEs``, ``ps``, ``masterjob``, ``submit``, ``jquota``, ``fquota``.
-Their replies follow ../shared/spec/jcentral-replies.md where it shows them;
-see testgrid/README.md for the choices where it does not.
+Server commands registered into jcentral.py's table by ``register()``: ``ps``,
+``masterjob``, ``submit``, ``kill``, ``resubmit``, ``registerOutput``, ``top``,
+``w``, ``uptime``, ``jquota``, ``fquota`` and, newer service only, ``listCEs``,
+``listpartitions``, ``jobListMatch``. Their replies follow the session's dialect
+(../shared/spec/jcentral-replies.md for 2021, jcentral-replies-2024.md) where the
+captures show them; see testgrid/README.md for the choices where they do not.
 """
 
 import re
