@@ -1726,6 +1726,35 @@ def test_md5sum_guid_commands(grid_state, dialect, tg_dir):
         assert m == [{'message': 'd41d8cd98f00b204e9800998ecf8427e\t' + tg_dir + 'g.txt'}]
 
 
+def test_mirror_and_the_options_of_one_dialect(grid_state, dialect, tg_dir):
+    """mirror copies to the other SE at once (-r SE: a move, newer service); options only
+    the newer service has are refused by the 2021 one with its parser's 22."""
+    first, second = [se['name'] for se in grid_state['ses']]
+    lfn = tg_dir + 'm.txt'
+    with _tg_ws(grid_state) as c:
+        r = _tg_ok(_tg_call(c, 'access', ['-s', '3', '-m', _tg_hashlib.md5(b'mm\n').hexdigest(), 'write-once', lfn,
+                                          first]))[0]
+        src = _tg_os.path.join(str(_TG_DIR), 'mirror-src.txt')
+        with open(src, 'wb') as f:
+            f.write(b'mm\n')
+        _tg_xrdcp(src, r['url'] + '?authz=' + r['envelope'])
+        _tg_ok(_tg_call(c, 'commit', [r['envelope'], '3', lfn, '644', '0', r['url'], r['se'], r['guid'], '']))
+        assert _tg_ok(_tg_call(c, 'mirror', [lfn, second])) == []
+        assert [w['seName'] for w in _tg_ok(_tg_call(c, 'whereis', [lfn]))] == [first, second]
+        assert _tg_ok(_tg_call(c, 'cat', [lfn])) == [{'value': 'mm', 'message': 'mm'}]
+        newer = [('w', ['-a']), ('packages', ['-all']), ('listFilesFromCollection', ['-t', lfn]),
+                 ('jquota', ['list', 'jalien', 'jalien']), ('mirror', ['-r', first, lfn, second]), ('ps', ['-q'])]
+        for cmd, opts in newer:
+            r = _tg_call(c, cmd, opts)
+            if dialect == '2021':
+                assert r['metadata']['exitcode'] == '22', (cmd, r)
+            else:
+                assert r['metadata']['exitcode'] != '22' or cmd == 'listFilesFromCollection', (cmd, r)
+        where = [w['seName'] for w in _tg_ok(_tg_call(c, 'whereis', [lfn]))]
+        assert where == {'2021': [first, second], '2024': [second]}[dialect]      # -r moved it off the first
+        assert _tg_ok(_tg_call(c, 'cat', [lfn]))[0]['value'] == 'mm'
+
+
 def test_access_write_adds_replicas_of_same_file(grid_state, dialect, tg_dir):
     lfn = tg_dir + 'two.txt'
     first, second = [se['name'] for se in grid_state['ses']]

@@ -1653,7 +1653,7 @@ def c_showtagvalue(s, args):
 @command('listFilesFromCollection')
 def c_listfilesfromcollection(s, args):
     """listFilesFromCollection [-z] [-s] collection: the LFNs of an XML collection"""
-    _, _, pos = parse_opts(args, 'z s t')
+    _, _, pos = parse_opts(args, 'z s' + ' t' * (s.dialect != '2021'))
     for p in pos:
         e = s.lookup(p)
         raise CmdError(EREMOTEIO, ('No such LFN "%s"' if e is None else '%s is not a collection') % s.resolve(p))
@@ -1689,8 +1689,9 @@ def c_changediff(s, args):
 
 @command('packages')
 def c_packages(s, args):
-    """packages [-platform P] [-all]: software packages (the test grid has none)"""
-    parse_opts(args, 'all', 'platform')
+    """packages [-platform P] [-all]: software packages (the test grid has none; the options: newer service)"""
+    newer = s.dialect != '2021'
+    parse_opts(args, 'all' * newer, 'platform' * newer)
     return []
 
 
@@ -1698,7 +1699,7 @@ def c_packages(s, args):
 def c_mirror(s, args):
     """mirror [-g] [-try N] [-r SE] [-S SPECS] lfn [SE]: one more replica of a file. The test
     grid copies the bytes between its SEs at once (the real service queues a transfer)."""
-    _, vals, pos = parse_opts(args, 'g', 'try r S')
+    _, vals, pos = parse_opts(args, 'g', 'try S' + ' r' * (s.dialect != '2021'))     # -r SE: a move (newer)
     if not pos:
         raise CmdError(EINVAL, 'Command requires an argument')
     e = _file_entry(s, pos[0])
@@ -1722,6 +1723,13 @@ def c_mirror(s, args):
         with s.cat.tx():
             s.cat.db.execute('INSERT OR REPLACE INTO replicas VALUES (?,?,?)', (
                 e['guid'], se['name'], 'root://127.0.0.1:%d//%s' % (se.get('public_port') or se['port'], rel)))
+    moved = have.get(vals.get('r', '').lower())    # -r SE: a move, that replica goes once there is another
+    if moved is not None and len(s.cat.replicas(e['guid'])) > 1:
+        with s.cat.tx():
+            s.cat.db.execute('DELETE FROM replicas WHERE guid = ? AND se = ?', (e['guid'], moved['se']))
+        path = s.se_path(s.g.se_by_name(moved['se']), moved['pfn'])
+        if path and os.path.exists(path):
+            os.unlink(path)
     return []
 
 

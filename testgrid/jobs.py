@@ -400,7 +400,10 @@ def register(command, CmdError, human_size, strerror):
 
     @command('w')
     def c_w(s, args):
-        """w: active and waiting jobs per account"""
+        """w [-a] [-w] [-r]: active and waiting jobs per account (the options: newer service)"""
+        for a in args:      # accepted, and the same table here
+            if s.dialect == '2021' or a not in ('-a', '-w', '-r'):
+                raise CmdError(22, '%s is not a recognized option' % a.lstrip('-'))
         sep = '-' * 26 + '+' + '-' * 14 + '+' + '-' * 14
         lines = ['     Account name         |  Active jobs | Waiting jobs', sep]
         by_user = counts(s)
@@ -524,6 +527,8 @@ def register(command, CmdError, human_size, strerror):
             raise CmdError(22, 'Wrong command passed: %s' % (args[0] if args else ''))
         if args[0] == 'set':
             raise CmdError(1, 'Only administrators can set %s quotas' % what)
+        if what == 'job' and s.dialect == '2021' and len(args) > 2:   # several users: newer service
+            raise CmdError(22, 'Only one user name is accepted')
         users = []
         for u in args[1:]:
             if u not in known_users(s):
