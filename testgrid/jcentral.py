@@ -459,8 +459,8 @@ class Session:
 
     def help(self, fn, name):
         """`name -h`: the captured text of this dialect (testgrid/dialects.py), else the
-        handler's help_text, or its docstring (one starting with a newline is the exact help)."""
-        doc = dialects.help_text(name, self.dialect) or getattr(fn, 'help_text', None)
+        handler's docstring (one starting with a newline is the exact help)."""
+        doc = dialects.help_text(name, self.dialect)
         if doc is None:
             doc = fn.__doc__ or name
             doc = doc.rstrip() if doc.startswith('\n') else doc.strip()
