@@ -2951,6 +2951,13 @@ def _int_or_none(v):
         return None
 
 
+def ctime_ms(v):
+    """A catalogue time stamp in ms: the 2021 service gives seconds (ls -l, stat, find -f),
+    the newer one ms. Below 10^11 (1973 in ms, the year 5138 in seconds) it is seconds."""
+    n = _int_or_none(v)
+    return n * 1000 if n is not None and n < 10 ** 11 else n
+
+
 def part_name(final):
     """Temporary name next to final: '.<name>.alienpy-part-<random>' (no
     characters XRootD would read as URL syntax)."""
@@ -3026,7 +3033,7 @@ def stat_fields(result):
     except ValueError:
         size = 0
     return {'path': path, 'type': kind, 'size': size, 'md5': (r.get('md5') or '').lower(),
-            'mtime': r.get('mtime') or r.get('ctime') or '', 'guid': (r.get('guid') or '').lower()}
+            'guid': (r.get('guid') or '').lower()}
 
 
 # ---- replies that answer their own request ------------------------------------
@@ -3475,7 +3482,7 @@ def _grid_find(session, base, opts, glob_pattern='', rows=None, known=None):
             continue
         if meta_ok is not None:
             meta = {'size': _int_or_none(item.get('size')), 'owner': item.get('owner'),
-                    'gowner': item.get('gowner'), 'ctime': _int_or_none(item.get('ctime') or item.get('mtime')),
+                    'gowner': item.get('gowner'), 'ctime': ctime_ms(item.get('ctime') or item.get('mtime')),
                     'jobid': item.get('jobid')}
             if not meta_ok(rel, meta):
                 continue
@@ -6390,7 +6397,7 @@ def xml_entry_grid(row):
     """A row of `find -f` -> collection entry (ctime: ms since 1970 -> UTC text)."""
     e = dict((k, row.get(k, '')) for k in _XML_FILE_FIELDS)
     lfn = row.get('lfn', '')
-    ms = _int_or_none(row.get('ctime'))
+    ms = ctime_ms(row.get('ctime'))
     e.update(name=row.get('name') or lfn.rsplit('/', 1)[-1], turl='alien://' + lfn,
              ctime=_utc(ms / 1000.0) if ms is not None else row.get('ctime', ''))
     return e
@@ -7498,16 +7505,16 @@ def parse_jdl(jdl):
     return out
 
 
-def job_field(row, name):
-    """A ps row field; the 2021 service names two of them with a trailing space."""
-    return str(row.get(name, row.get(name + ' ', '')))
+def ps_row(row):
+    """A ps row with the newer service's keys: the 2021 service writes `id ` and `owner `."""
+    return dict((k.strip(), v) for k, v in row.items())
 
 
 JOB_HEADER = 'JobID        MasterJobID  Status      User          Name'
 
 
 def job_line(row):
-    return '%-13s%-13s%-12s%-14s%s' % tuple(job_field(row, k) for k in ('id', 'split', 'status', 'owner', 'name'))
+    return '%-13s%-13s%-12s%-14s%s' % tuple(str(row.get(k, '')) for k in ('id', 'split', 'status', 'owner', 'name'))
 
 
 def jobinfo_text(row, info, show_trace=False, show_proc=False):
@@ -7529,16 +7536,34 @@ JOBINFO_USAGE = '''jobInfo ID[,ID...] [-trace] [-proc] [-jdl] [-unixtime]  what 
     -unixtime  keep the unix times of the trace'''
 
 
+def _jobs_with_trace(session, ids):
+    """ps rows of the jobs IDS with their trace and jdl fields, in one request where the
+    service takes `ps -j IDS -trace -jdl` (newer services). The 2021 service refuses it (22:
+    its -trace and -jdl each take one job ID): then the rows, and each job's trace and JDL."""
+    r = session.request('ps', ['-j', ids, '-trace', '-jdl'], nomsg=True)
+    if r.exitcode != EX_EINVAL:
+        return r
+    r = session.request('ps', ['-j', ids], nomsg=True)
+    rows = [ps_row(x) for x in r.results]
+    if not rows:
+        return r
+    parts = session.request_many([('ps', [f, x.get('id', '')]) for x in rows for f in ('-trace', '-jdl')], nomsg=True)
+    for n, row in enumerate(rows):
+        for field, part in zip(('trace', 'jdl'), parts[2 * n:2 * n + 2]):
+            row[field] = str(part.results[0].get(field, '')) if part.results else ''
+    return Result(r.exitcode, None, r.err, rows, r.metadata)
+
+
 @command('jobInfo', usage=JOBINFO_USAGE)
 def cmd_jobinfo(session, args):
     opts, pos = parse_options('jobInfo', args, flags=('trace', 'proc', 'jdl', 'unixtime'))
     if len(pos) != 1 or not re.match(r'^[0-9]+(,[0-9]+)*$', pos[0]):
         return Result(EX_USAGE, '', 'jobInfo: give one list of job IDs, like 123 or 123,124')
-    r = session.request('ps', ['-j', pos[0], '-trace', '-jdl'], nomsg=True)
+    r = _jobs_with_trace(session, pos[0])
     if not r.results:   # jobs without a trace still come with their rows (and exit code 61)
         return r if r.exitcode else Result(EX_ENOENT, '', 'jobInfo: no job with ID %s' % pos[0])
     rows, texts = [], []
-    for row in r.results:
+    for row in map(ps_row, r.results):
         info = parse_trace(row.get('trace', ''), opts.get('unixtime'))
         jdl = parse_jdl(row.get('jdl', ''))
         rows.append(dict(row, trace=info, jdl=jdl))
@@ -7577,6 +7602,8 @@ def select_ces(ces, name=None, host=None, part=None):
 
 def _list_ces(session):
     r = session.request('listCEs', [], nomsg=True)
+    if r.exitcode == EX_ENOENT and 'Command [listCEs] not found' in r.err:
+        raise AlienError('listCEs: this service does not list its computing elements (JAliEn before 1.8)', EX_ENOENT)
     if r.exitcode != 0:
         raise AlienError('listCEs: %s' % (r.err or 'failed'), r.exitcode)
     return r
@@ -7612,10 +7639,10 @@ def cmd_sitejobs(session, args):
         return r
     status = 'RUNNING' if opts.get('running') or opts.get('r') else opts.get('status')
     user = opts.get('user')
-    jobs = [j for j in r.results if (not status or status.lower() in job_field(j, 'status').lower())
-            and (not user or user.lower() in job_field(j, 'owner').lower())]
+    jobs = [j for j in map(ps_row, r.results) if (not status or status.lower() in j.get('status', '').lower())
+            and (not user or user.lower() in j.get('owner', '').lower())]
     if opts.get('id'):
-        text = '\n'.join(job_field(j, 'id') for j in jobs)
+        text = '\n'.join(j.get('id', '') for j in jobs)
     else:
         text = '\n'.join([JOB_HEADER] + [job_line(j) for j in jobs]) if jobs else ''
     return client_result(text, jobs, r.metadata)

@@ -23,6 +23,7 @@ Python API (tests, benchmarks)::
     state['http']   # CCDB and MonALISA stand-ins: ccdb_url, monalisa_url (also in env as
                     # ALIENPY_CCDB, ALIENPY_MONALISA); grid.set_http_faults(workdir, {'ccdb': '500'})
     grid.start(workdir, delay_ms=25)   # WAN mode: 25 ms each way (50 ms RTT), see below
+    grid.start(workdir, se_count=1)    # only the first SE (as the captured services)
 
 CLI: ``python3 testgrid/grid.py start|stop|env [--dir DIR] [--fresh] [--delay-ms MS]``
 (default DIR ``<repo>/.testgrid``); ``start`` and ``env`` print ``export VAR=value`` lines.
@@ -444,20 +445,21 @@ def _locked(workdir):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def start(workdir=None, fresh=False, delay_ms=0):
+def start(workdir=None, fresh=False, delay_ms=0, se_count=len(SE_NAMES)):
     """Start (or find running) the grid in workdir; return its state dict.
 
     delay_ms > 0: WAN mode, delay relays in front of the service and the SEs
-    (a running grid with another delay is restarted fresh)."""
+    (a running grid with another delay is restarted fresh). se_count: how many of
+    the SEs (1: only the first, like the captured services of ../shared/spec)."""
     workdir = _abs(workdir)
     with _locked(workdir):
-        return _start(workdir, fresh, float(delay_ms or 0))
+        return _start(workdir, fresh, float(delay_ms or 0), se_count)
 
 
-def _start(workdir, fresh, delay_ms=0.0):
+def _start(workdir, fresh, delay_ms=0.0, se_count=len(SE_NAMES)):
     state = load_state(workdir)
-    if state and float(state.get('delay_ms') or 0) != delay_ms:
-        fresh = True      # replicas in the catalogue carry the other mode's ports
+    if state and (float(state.get('delay_ms') or 0) != delay_ms or len(state.get('ses', ())) != se_count):
+        fresh = True      # replicas in the catalogue carry the other mode's ports / SEs
     if _running(state) and not fresh:
         return state
     if state:
@@ -486,7 +488,7 @@ def _start(workdir, fresh, delay_ms=0.0):
     delay = delay_ms / 1000.0
     relays = []
     ses = [_se_record(workdir, name, i + 1, _free_port(), uid, gid)
-           for i, name in enumerate(SE_NAMES)]
+           for i, name in enumerate(SE_NAMES[:se_count])]
     port = _free_port()
     client_port = port
     # catalogue tables and base directories exist before anyone connects

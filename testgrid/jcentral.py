@@ -1,6 +1,6 @@
 """JCentral-compatible websocket service of the local test grid.
 
-Speaks the protocol of /work/shared/spec/jcentral-protocol.md on
+Speaks the protocol of ../shared/spec/jcentral-protocol.md on
 ``wss://127.0.0.1:PORT/websocket/json``: TLS 1.2, a client certificate signed
 by the grid CA is mandatory, its DN is mapped to a user (unmapped DN: HTTP 401
 on the upgrade). One JSON request per text frame, one JSON reply per request,
@@ -54,7 +54,8 @@ says how the service behaves, like a real one of a given code base would:
 ``"dialect"``
     ``"2024"`` (default: JAliEn 1.8.6, ../shared/spec/jcentral-replies-2024.md) or
     ``"2021"`` (../shared/spec/jcentral-replies.md). Read when a connection opens:
-    one connection speaks one dialect.
+    one connection speaks one dialect. What differs is gathered in testgrid/dialects.py;
+    the command handlers shape their rows with it (``s.dialect``).
 ``"handoff"``
     seconds the endpoint waits for a command before it reads the next message
     (default 1.0, the real value; tests may scale it down). Always on: every session
@@ -94,25 +95,27 @@ if __package__ in (None, ''):
     __package__ = 'testgrid'
 
 from testgrid import catalogue as cat_mod  # noqa: E402
+from testgrid import dialects  # noqa: E402
 from testgrid import jobs as jobs_mod  # noqa: E402
-from testgrid.pki import PKI, USER_SUBJECT  # noqa: E402
+from testgrid.pki import HOST_SUBJECT, PKI, USER_SUBJECT  # noqa: E402
 
 from websockets.exceptions import ConnectionClosed  # noqa: E402
 from websockets.sync.server import serve  # noqa: E402
 
 SERVER_VERSION = '1.9.9-testgrid'
+GRID_SITE = 'JTestSite'        # the site of the grid's SEs and CEs, every session's close site
 
-ENOENT, EIO, EACCES, EEXIST, ENOTDIR, EISDIR, EINVAL, ENOTEMPTY = 2, 5, 13, 17, 20, 21, 22, 39
-EBADR, EBADFD, EREMOTEIO = 53, 77, 121
+EPERM, ENOENT, EIO, EACCES, EEXIST, ENOTDIR, EISDIR, EINVAL, ENOTEMPTY = 1, 2, 5, 13, 17, 20, 21, 22, 39
+ENOSYS, EBADR, EBADFD, ENOKEY, EREMOTEIO = 38, 53, 77, 126, 121
 STRERROR = {
     ENOENT: 'No such file or directory', EIO: 'Input/output error', EACCES: 'Permission denied',
     EEXIST: 'File exists', ENOTDIR: 'Not a directory', EISDIR: 'Is a directory',
     EINVAL: 'Invalid argument', ENOTEMPTY: 'Directory not empty',
     EBADR: 'Invalid request descriptor', EBADFD: 'File descriptor in bad state',
-    EREMOTEIO: 'Remote I/O error', 1: 'Operation not permitted',
+    EREMOTEIO: 'Remote I/O error', EPERM: 'Operation not permitted', ENOSYS: 'Function not implemented',
+    ENOKEY: 'Required key not available', 3: 'No such process',
 }
 
-CP_REFUSED = "'cp' grid command is not implemented. Please use native client's Cp() method"
 GLOBAL_FLAGS = {'-nokeys', '-nomsg', '-silent'}
 HELP_FLAGS = {'-h', '--h', '-help', '--help'}
 
@@ -127,7 +130,7 @@ class CmdError(Exception):
     @property
     def error(self):
         if self.code in STRERROR:
-            return '%s : %s' % (STRERROR[self.code], self.detail)
+            return '%s : %s' % (STRERROR[self.code], self.detail) if self.detail else STRERROR[self.code]
         return self.detail
 
 
@@ -213,9 +216,14 @@ def human_size(n):
         n /= 1024
 
 
-def make_envelope():
-    body = base64.b64encode(os.urandom(768)).decode()
-    return '-----BEGIN SEALED CIPHER-----' + body + '-----END SEALED ENVELOPE-----'
+def make_envelope(tail=''):
+    """An opaque access envelope laid out like the real one: two armoured blocks of
+    76-column base64 (with '-' for '/'), a final newline, then the dialect's tail."""
+    def block(n):
+        b64 = base64.b64encode(os.urandom(n)).decode().replace('/', '-')
+        return '\n'.join(b64[i:i + 76] for i in range(0, len(b64), 76))
+    return ('-----BEGIN SEALED CIPHER-----\n%s\n-----END SEALED CIPHER-----\n-----BEGIN SEALED ENVELOPE-----\n'
+            '%s\n-----END SEALED ENVELOPE-----\n%s' % (block(129), block(885), tail))
 
 
 def dn_oneline(subject):
@@ -321,7 +329,7 @@ class Session:
 
     def __init__(self, grid, user, dn, cert, peer):
         self.g = grid
-        self.dialect = str(grid.service().get('dialect', '2024'))
+        self.dialect = str(grid.service().get('dialect', dialects.DEFAULT))
         # the throttle's key: X500Principal.getName(), RFC 2253 ('CN=jalien,O=JAliEn,C=CH');
         # training and hyperloop certificates are exempt; the 2021 service has no throttle
         self.subject = ','.join(reversed([p for p in dn.split('/') if p]))
@@ -347,8 +355,7 @@ class Session:
         except ValueError:
             req = None
         if not isinstance(req, dict):
-            return 'reply', json.dumps({'metadata': {'exitcode': '-1', 'error': 'Incoming JSON not ok'},
-                                        'results': []})
+            return 'reply', self.refusal(dialects.INVALID_JSON[self.dialect])
         if 'command' not in req:
             return 'close', None
         opts = req.get('options', [])
@@ -360,8 +367,7 @@ class Session:
         args = [o if isinstance(o, str) else json.dumps(o) if isinstance(o, (dict, list))
                 else str(o).lower() if isinstance(o, bool) else str(o) for o in opts]
         if cmd == 'cp':
-            return 'reply', json.dumps({'metadata': {'exitcode': '-1', 'error': CP_REFUSED},
-                                        'results': []})
+            return 'reply', self.refusal(dialects.CP_REFUSED)
         return 'run', (cmd, args, text)
 
     def execute(self, cm, line):
@@ -449,7 +455,7 @@ class Session:
             res = self.apply_fault(cmd, action, args)
             if res is not None:
                 return res
-        fn = COMMANDS.get(cmd)
+        fn = self.command(cmd)
         if fn is None:
             return ENOENT, '%s : Command [%s] not found!' % (STRERROR[ENOENT], cmd), []
         conf = self.g.service()
@@ -457,12 +463,8 @@ class Session:
         if cost:     # what the real service spends on the command (catalogue, booking)
             time.sleep(float(cost) / 1000.0)
         _sleep_range(conf.get('work_delay'), self.g.rng)
-        if helpme:   # help_text, or a docstring starting with a newline: the service's exact help
-            doc = getattr(fn, 'help_text', None)
-            if doc is None:
-                doc = fn.__doc__ or cmd
-                doc = doc.rstrip() if doc.startswith('\n') else doc.strip()
-            return 0, '', [{'message': doc}]
+        if helpme:
+            return 0, '', [{'message': self.help(fn, cmd)}]
         try:
             self.pending_error = None
             with self.g.lock:
@@ -505,6 +507,32 @@ class Session:
         if action.startswith('delay:'):
             time.sleep(float(action.split(':', 1)[1]))
         return None
+
+    # -- what the dialect decides ------------------------------------------------------
+    def refusal(self, error):
+        """Reply text of a request refused before any command runs (not JSON, cp)."""
+        return java_json({'metadata': dialects.refusal_metadata(self.dialect, error, self.cwd, self.user),
+                          'results': []})
+
+    def command(self, name):
+        """The handler of a server command, None when this dialect's service has none."""
+        fn = COMMANDS.get(name)
+        return fn if fn is not None and dialects.has_command(self.dialect, name) else None
+
+    def help(self, fn, name):
+        """`name -h`: the captured text of this dialect (testgrid/dialects.py), else the
+        handler's docstring (one starting with a newline is the exact help)."""
+        doc = dialects.help_text(name, self.dialect)
+        if doc is None:
+            doc = fn.__doc__ or name
+            doc = doc.rstrip() if doc.startswith('\n') else doc.strip()
+        return doc
+
+    def ctime(self, e):
+        return dialects.ctime(self.dialect, e['ctime'])
+
+    def colour(self, code, text):
+        return dialects.colour(self.dialect, code, text)
 
     # -- paths ------------------------------------------------------------------------
     def resolve(self, p):
@@ -557,16 +585,31 @@ class Session:
             return None
         return os.path.join(se['datadir'], m.group(1).lstrip('/'))
 
+    def read_text(self, e):
+        """The content of a catalogue file from its first readable replica on our SEs
+        (None when there is none)."""
+        for r in self.cat.replicas(e['guid']):
+            path = self.se_path(self.g.se_by_name(r['se']), r['pfn'])
+            if path:
+                try:
+                    with open(path, 'rb') as f:
+                        return f.read().decode('utf-8', 'replace')
+                except OSError:
+                    continue
+        return None
+
     # -- entry formatting ---------------------------------------------------------------
     def ls_row(self, e, long, classify, guid):
         """One ls result; only the parts the client asked for (want_keys / want_msg)."""
         name = e['name'] if e['lfn'] != '/' else '/'
-        if classify and e['type'] == 'd':
-            name += '/'
-        r = {'name': name, 'path': e['lfn']} if self.want_keys else {}
-        if long and self.want_keys:
+        slash = '/' if classify and e['type'] == 'd' else ''   # -F: on the path too (sub//)
+        name += slash
+        r = {}
+        if long and self.want_keys:     # key order of the real services
             r.update(permissions=perm_string(e), user=e['owner'], group=e['gowner'],
-                     size=str(e['size']), ctime=str(e['ctime'] // 1000))
+                     size=str(e['size']), ctime=self.ctime(e))
+        if self.want_keys:
+            r.update(name=name, path=e['lfn'] + slash)
         if guid and e['type'] == 'f' and self.want_keys:
             r['guid'] = e['guid']
         if self.want_msg:
@@ -723,9 +766,7 @@ def c_mkdir(s, args):
         if e is not None:
             if e['type'] != 'd':
                 raise CmdError(EEXIST, p)
-            if 'p' in flags:
-                continue
-            raise CmdError(EEXIST, p)
+            continue          # an existing directory: exit 0, silent (both code bases)
         with s.cat.tx():
             parent_path = posixpath.dirname(lfn) or '/'
             parent = s.cat.get(parent_path)
@@ -795,7 +836,11 @@ def c_mv(s, args):
     _, _, pos = parse_opts(args)
     if len(pos) != 2:
         raise CmdError(EINVAL, 'mv needs a source and a destination')
-    src = s.require(pos[0])
+    src = s.lookup(pos[0])
+    if src is None:    # the 2021 service failed inside, the newer one says so
+        if s.dialect == '2021':
+            raise CmdError(EREMOTEIO, 'java.lang.NullPointerException')
+        raise CmdError(EINVAL, 'Source cannot be found')
     s.dir_for_write(src['lfn'])
     dst_path = s.resolve(pos[1])
     d = s.cat.get(dst_path)
@@ -836,6 +881,22 @@ def c_touch(s, args):
     return []
 
 
+def java_date(ms):
+    """Java's Date.toString(): 'Tue Dec 01 10:44:29 UTC 2026'."""
+    return time.strftime('%a %b %d %H:%M:%S %Z %Y', time.localtime(ms / 1000.0))
+
+
+def guid_origin(guid, fallback_ms):
+    """(creation time in ms, node 'xx:xx:...') of a version-1 GUID (stat shows them)."""
+    try:
+        u = uuid.UUID(guid)
+    except ValueError:
+        u = None
+    if u is None or u.version != 1:
+        return fallback_ms, '00:00:00:00:00:00'
+    return (u.time - 0x01b21dd213814000) // 10000, ':'.join('%02x' % b for b in u.node.to_bytes(6, 'big'))
+
+
 @command('stat')
 def c_stat(s, args):
     """stat [-v] lfn...: details of catalogue entries"""
@@ -849,23 +910,21 @@ def c_stat(s, args):
             missing.append(p)
             continue
         t = 'f' if e['type'] == 'f' else 'd'
-        r = {'lfn': e['lfn'], 'file': e['lfn'], 'type': t, 'owner': e['owner'],
-             'gowner': e['gowner'], 'perm': e['perm'], 'ctime': str(e['ctime']),
-             'size': str(e['size']), 'md5': e['md5']}
-        lines = ['File: %s' % e['lfn'], 'Type: %s' % t,
-                 'Owner: %s:%s' % (e['owner'], e['gowner']), 'Permissions: %s' % e['perm'],
-                 'Last change: %s (%d)' % (time.strftime('%Y-%m-%d %H:%M:%S.000 (%Z)',
-                                                         time.localtime(e['ctime'] / 1000)),
-                                           e['ctime'])]
+        changed = e['ctime'] // 1000 * 1000          # the catalogue keeps seconds
+        lines = ['File: %s' % e['lfn'], 'Type: %s' % t, 'Owner: %s:%s' % (e['owner'], e['gowner']),
+                 'Permissions: %s' % e['perm'],
+                 'Last change: %s.0 (%d)' % (time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(changed / 1000)),
+                                             changed)]
+        # 2021 names the path "file", the newer service "lfn"
+        r = {'message': '', ('file' if s.dialect == '2021' else 'lfn'): e['lfn'], 'type': t,
+             'owner': e['owner'], 'gowner': e['gowner'], 'perm': e['perm'], 'ctime': s.ctime(e)}
         if t == 'f':
-            lines += ['Size: %d (%s)' % (e['size'], human_size(e['size'])), 'MD5: %s' % e['md5']]
+            r.update(size=str(e['size']), md5=e['md5'])
+            lines += ['Size: %d (%s)' % (e['size'], java_size(e['size'])), 'MD5: %s' % e['md5']]
             if e['guid']:
-                r['guid'] = e['guid']
-                r['mtime'] = str(e['ctime'])
-                lines += ['GUID: %s' % e['guid'],
-                          '\tGUID created on %s (%d) by 02:fc:00:00:00:01' % (
-                              time.strftime('%Y-%m-%d %H:%M:%S.000 (%Z)',
-                                            time.localtime(e['ctime'] / 1000)), e['ctime'])]
+                made, node = guid_origin(e['guid'], e['ctime'])
+                r.update(guid=e['guid'], mtime=str(made))
+                lines += ['GUID: %s' % e['guid'], '\tGUID created on %s (%d) by %s' % (java_date(made), made, node)]
             if 'v' in flags:
                 reps = s.cat.replicas(e['guid'])
                 r['replicas'] = {x['se']: x['pfn'] for x in reps}
@@ -895,7 +954,11 @@ FIND_FIELDS = ('lfn', 'size', 'md5', 'ctime', 'type', 'owner', 'gowner', 'perm',
 @command('find')
 def c_find(s, args):
     """find [-a] [-s] [-d] [-f] [-r] [-c] [-w] [-j JOBID] [-l LIMIT] [-o OFFSET] dir pattern"""
-    flags, vals, pos = parse_opts(args, 'a s d f r c w x y z', 'j l o')
+    newer = s.dialect != '2021'     # -c, -S SITE, -e PATTERN and -x - came after 2021
+    flags, vals, pos = parse_opts(args, 'a s d f r w y z' + ' c' * newer, 'j l o x' + ' S e' * newer)
+    for name in 'ljo':
+        if not re.match(r'^-?[0-9]+$', vals.get(name, '0')):
+            raise CmdError(EINVAL, "Cannot parse argument '%s' of option %s" % (vals[name], name))
     if len(pos) == 1 and '*' in pos[0]:
         full = s.resolve(pos[0])
         head, _, tail = full.partition('*')
@@ -909,11 +972,8 @@ def c_find(s, args):
     if base['type'] != 'd':
         raise CmdError(ENOTDIR, pos[0])
     pattern = pos[1]
-    try:
-        limit = int(vals['l']) if 'l' in vals else None
-        offset = int(vals.get('o', 0))
-    except ValueError:
-        raise CmdError(EINVAL, 'limit and offset must be numbers') from None
+    limit = int(vals['l']) if 'l' in vals else None
+    offset = int(vals.get('o', 0))
     if 'r' in flags:
         try:
             rx = re.compile(pattern)
@@ -929,7 +989,8 @@ def c_find(s, args):
     root = base['lfn']
     n0 = len(root)
     hidden = 'a' not in flags
-    jobid = vals.get('j')
+    jobid = vals.get('j') if vals.get('j', '0') != '0' else None     # 0: no job filter
+    exclude = re.compile('.*'.join(re.escape(x) for x in vals['e'].split('*')), re.S) if 'e' in vals else None
     found = []
     for row in s.cat.subtree(root, order='s' not in flags):
         lfn = row[3]
@@ -942,11 +1003,18 @@ def c_find(s, args):
             continue
         if match is not None and not match(lfn, rel):
             continue
+        if exclude is not None and exclude.search(rel):
+            continue
         found.append(row)
     if offset:
         found = found[offset:]
     if limit is not None:
         found = found[:limit]
+    if 'x' in vals:   # -x -: the collection on screen; -x LFN: written there (not by the test grid)
+        if vals['x'] != '-' or not newer:
+            return []
+        return [{'message': xml_collection(s, [dict(zip(cat_mod.COLUMNS, r)) for r in found if r[4] == 'f'],
+                                           ' '.join(args))}]
     out = []
     s.shaped = True
     full_fields = 'f' in flags and s.want_keys
@@ -954,7 +1022,7 @@ def c_find(s, args):
     for row in found:
         lfn = row[3]
         if full_fields:
-            r = {'lfn': lfn, 'size': str(row[8]), 'md5': row[9], 'ctime': str(row[10]),
+            r = {'lfn': lfn, 'size': str(row[8]), 'md5': row[9], 'ctime': dialects.ctime(s.dialect, row[10]),
                  'type': row[4], 'owner': row[5], 'gowner': row[6], 'perm': row[7],
                  'guid': row[11], 'name': row[2], 'jobid': row[12]}
         elif keys:
@@ -982,10 +1050,12 @@ def c_whoami(s, args):
     exp = ''
     if s.cert and s.cert.get('notAfter'):
         exp = str(int(ssl.cert_time_to_seconds(s.cert['notAfter'])))
-    return [{'username': s.user, 'role': s.user, 'roles': '%s,vobox' % s.user,
-             'fullname': 'JAliEn test user', 'email': '%s@localhost' % s.user,
-             'certificate_dn': dn_rfc(s.dn), 'certificate_expires': exp,
-             'connected_from': s.peer, 'homedir': s.home, 'message': s.user}]
+    r = {'username': s.user, 'role': s.user, 'roles': '%s,vobox' % s.user, 'message': s.user,
+         'certificate_expires': exp, 'certificate_dn': dn_rfc(s.dn)}
+    if s.dialect != '2021':
+        r['connected_from'] = s.peer
+    r['homedir'] = s.home
+    return [r]
 
 
 @command('whereis')
@@ -1063,7 +1133,7 @@ def c_access(s, args):
             reps.sort(key=lambda r: 0 if r['se'].lower() in names else 1)
             if not reps:
                 raise CmdError(EBADFD, 'No read PFNs')
-        return [_access_row(r['pfn'] + ('#' + r['member'] if r['member'] else ''), r['se'], e['guid'],
+        return [_access_row(s, r['pfn'] + ('#' + r['member'] if r['member'] else ''), r['se'], e['guid'],
                             len(reps), e['md5'], e['size'],
                             'u' in flags) for r in reps]
     if not kind.startswith('write'):
@@ -1106,7 +1176,7 @@ def c_access(s, args):
     with s.cat.tx():
         for se in chosen:
             url = 'root://127.0.0.1:%d//%s' % (se.get('public_port') or se['port'], rel)
-            row = _access_row(url, se['name'], guid, len(chosen), md5 or None, size)
+            row = _access_row(s, url, se['name'], guid, len(chosen), md5 or None, size, write=True)
             s.cat.db.execute('INSERT INTO bookings VALUES (?,?,?,?,?,?,?,?)',
                              (row['envelope'], lfn, guid, se['name'], url, size, md5, now))
             _prepare_se_dir(se, rel)
@@ -1114,10 +1184,11 @@ def c_access(s, args):
     return out
 
 
-def _access_row(url, se_name, guid, nses, md5, size, urlencoded=False):
+def _access_row(s, url, se_name, guid, nses, md5, size, urlencoded=False, write=False):
     """One replica of an access reply, keys in the real service's order; md5 is
-    null in a write reply made without -m, like the real service's."""
-    env = make_envelope()
+    null in a write reply made without -m, like the real service's. The newer
+    service appends its traffic marks (scitag flow, EOS application) to the envelope."""
+    env = make_envelope(dialects.envelope_tail(s.dialect, write))
     if urlencoded:   # -u: the envelope urlencoded (our SEs have no http endpoint)
         from urllib.parse import quote
         env = quote(env, safe='')
@@ -1260,7 +1331,7 @@ options:
     lines = [' ' * width + '\t\t                Capacity\t  \t\t\t\t\tDemote',
              'SE name'.rjust(width) + '\t ID\t   Total  \t    Used  \t    Free      File count\t'
              '   Read   Write\t' + 'QoS'.ljust(qos_width) + '\t  Endpoint URL']
-    colors = {'disk': '\x1b[32m', 'tape': '\x1b[34m', 'legooutput': '\x1b[33m', 'legoinput': '\x1b[33m'}
+    colors = {'disk': '32', 'tape': '34', 'legooutput': '33', 'legoinput': '33'}
     out, sums = [], [0, 0, 0, 0]
     for se, qos in ses:
         used, count = s.cat.db.execute(
@@ -1270,7 +1341,7 @@ options:
         free = total - used if used <= total else 0
         for i, v in enumerate((total, used, free, count)):
             sums[i] += v
-        qos_text = ', '.join(colors.get(q, '\x1b[31m') + q + '\x1b[0m' for q in qos)
+        qos_text = ', '.join(s.colour(colors.get(q, '31'), q) for q in qos)
         qos_text += ' ' * (qos_width - (sum(len(q) for q in qos) + 2 * (len(qos) - 1)))
         lines.append('%s\t%3d\t%8s\t%8s\t%8s%16d\t% .4f % .4f\t%s\t  %s' % (
             se_original_name(se).rjust(width), se['number'], java_size(total), java_size(used),
@@ -1288,28 +1359,33 @@ options:
     return out
 
 
-def _xrdstat_replica(s, pfn):
-    """(ok, detail) of a metadata check of one replica on its SE over XRootD (the
-    grid's xrdfs, as the real service runs xrdstat). The service lock is released
-    meanwhile: a silent SE must not stall the other sessions."""
+def _xrootd(s, program, *args):
+    """(ok, output or the last error line) of one run of the grid's xrdfs or xrdcp, as
+    the real service runs such checks. The service lock is released meanwhile: a
+    silent SE must not stall the other sessions."""
     from testgrid.tools import tool
     import subprocess
-    m = re.match(r'^(root://[^/]+)/(/.*)$', pfn)
-    if not m:
-        return False, 'not an XRootD URL: %s' % pfn
     env = dict(os.environ, XRD_CONNECTIONRETRY='1', XRD_REQUESTTIMEOUT='10', XRD_TIMEOUTRESOLUTION='1')
     s.g.lock.release()
     try:
-        p = subprocess.run([tool('xrdfs'), m.group(1), 'stat', m.group(2)], env=env, stdout=subprocess.PIPE,
+        p = subprocess.run([tool(program)] + list(args), env=env, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, universal_newlines=True, timeout=20)
     except subprocess.TimeoutExpired:
-        return False, 'xrdfs stat timed out'
+        return False, '%s %s timed out' % (program, args[0])
     finally:
         s.g.lock.acquire()
     if p.returncode != 0:
-        lines = (p.stderr.strip() or p.stdout.strip() or 'xrdfs stat failed').splitlines()
+        lines = (p.stderr.strip() or p.stdout.strip() or '%s failed' % program).splitlines()
         return False, lines[-1]
     return True, p.stdout.strip()
+
+
+def _xrdstat_replica(s, pfn):
+    """(ok, detail) of a metadata check of one replica on its SE over XRootD."""
+    m = re.match(r'^(root://[^/]+)/(/.*)$', pfn)
+    if not m:
+        return False, 'not an XRootD URL: %s' % pfn
+    return _xrootd(s, 'xrdfs', m.group(1), 'stat', m.group(2))
 
 
 @command('xrdstat')
@@ -1346,7 +1422,7 @@ options:
                 continue
             ok, detail = _xrdstat_replica(s, r['pfn'])
             line = '\t%s\t%s\t%s' % (se_original_name(se).ljust(20) if se else '(unknown SE)', r['pfn'],
-                                      '\x1b[32mOK\x1b[0m' if ok else '\x1b[31mERR\x1b[0m')
+                                      s.colour('32', 'OK') if ok else s.colour('31', 'ERR'))
             if 'v' in flags:
                 line += '\n' + detail
             msg = header + '\n' + line if header else line
@@ -1374,9 +1450,10 @@ def c_token(s, args):
 def c_version(s, args):
     """version: server version"""
     parse_opts(args)
-    return [{'tag': SERVER_VERSION, 'git_hash': '0000000', 'compiled_at': '2026-01-01 00:00',
-             'compiled_by': 'testgrid',
-             'message': 'JAliEn %s (testgrid)' % SERVER_VERSION}]
+    tag, git_hash, built = dialects.BUILD[s.dialect]
+    return [{'message': 'JAliEn tag: %s\nGit hash: %s\nCompiled at: %s @ testgrid' % (
+                 tag, git_hash, time.strftime('%d %b %Y %H:%M', time.localtime(built / 1000))),
+             'tag': tag, 'git_hash': git_hash, 'compiled_at': str(built), 'compiled_by': 'testgrid'}]
 
 
 @command('time')
@@ -1385,39 +1462,49 @@ def c_time(s, args):
     if len(args) < 2 or not args[0].isdigit() or int(args[0]) < 1:
         raise CmdError(EINVAL, 'time needs a repeat count and a command')
     n, cmd = int(args[0]), args[1]
-    fn = COMMANDS.get(cmd)
+    fn = s.command(cmd)
     if fn is None or cmd == 'time':
         raise CmdError(ENOENT, 'Command [%s] not found!' % cmd)
-    msgs, t0 = [], time.monotonic()
+    msgs, rows, t0 = [], [], time.monotonic()
     for _ in range(n):
-        msgs += [r['message'] for r in fn(s, list(args[2:])) or [] if 'message' in r]
+        rows = fn(s, list(args[2:])) or []
+        msgs += [r['message'] for r in rows if 'message' in r]
     ms = (time.monotonic() - t0) * 1000
     msgs.append('"%s" with #%d tries,\tavr/total msec:\t\t%d/%d' % (cmd, n, ms / n, ms))
-    return [{'message': '\n'.join(msgs)}]
+    # one row: the fields of the last run's first row, all the messages and the timing
+    row = {k: v for k, v in (rows[0] if rows else {}).items() if k != 'message'}
+    row['message'] = '\n'.join(msgs)
+    return [row]
 
 
 @command('toXml')
 def c_toxml(s, args):
     """toXml [-i] lfn...: the XML collection of files (printed; -x/-a/-l, which write to
     or read from the catalogue, are not offered by the test grid)"""
-    from xml.sax.saxutils import quoteattr
     flags, vals, pos = parse_opts(args, 'i a', 'x l')
     if 'x' in vals or 'l' in vals or 'a' in flags:
         raise CmdError(EINVAL, 'toXml -x/-a/-l are not offered by the test grid')
     if not pos:
         raise CmdError(EINVAL, 'toXml needs at least one LFN')
-    lines = ['<?xml version="1.0"?>', '<alien>', '  <collection name="tempCollection">']
-    n = 0
+    entries = []
     for p in pos:
         e = s.lookup(p)
         if e is None or e['type'] != 'f':
             if 'i' in flags:
                 continue
             raise CmdError(ENOENT, p)
-        n += 1
+        entries.append(e)
+    return [{'message': xml_collection(s, entries, ' '.join(args))}]
+
+
+def xml_collection(s, entries, command):
+    """The XML collection text of catalogue entries (toXml, find -x -)."""
+    from xml.sax.saxutils import quoteattr
+    lines = ['<?xml version="1.0"?>', '<alien>', '  <collection name="tempCollection">']
+    for n, e in enumerate(entries, 1):
         attrs = (('name', e['name']), ('aclId', ''), ('broken', '0'),
                  ('ctime', time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(e['ctime'] / 1000.0))),
-                 ('dir', ''), ('entryId', str(e['id'])), ('expiretime', ''), ('gowner', e['gowner']),
+                 ('dir', str(e['parent'])), ('entryId', str(e['id'])), ('expiretime', ''), ('gowner', e['gowner']),
                  ('guid', e['guid'] or ''), ('guidtime', ''), ('jobid', e['jobid'] or ''), ('lfn', e['lfn']),
                  ('md5', e['md5'] or ''), ('owner', e['owner']), ('perm', e['perm']), ('replicated', '0'),
                  ('size', str(e['size'])), ('turl', 'alien://' + e['lfn']), ('type', 'f'))
@@ -1426,9 +1513,9 @@ def c_toxml(s, args):
                   '    </event>']
     now = time.time()
     lines += ['    <info command=%s creator=%s date="%s" timestamp="%d" />'
-              % (quoteattr(' '.join(args)), quoteattr(s.user), time.strftime('%a %b %d %H:%M:%S UTC %Y', time.gmtime(now)),
-                 int(now * 1000)), '  </collection>', '</alien>']
-    return [{'message': '\n'.join(lines)}]
+              % (quoteattr(command), quoteattr(s.user), java_date(now * 1000), int(now * 1000)),
+              '  </collection>', '</alien>']
+    return '\n'.join(lines)
 
 
 @command('md5sum')
@@ -1440,7 +1527,7 @@ def c_md5sum(s, args):
         e = s.require(p)
         if e['type'] != 'f':
             raise CmdError(EISDIR, p)
-        out.append({'lfn': e['lfn'], 'md5': e['md5'], 'message': '%s\t%s' % (e['md5'], e['lfn'])})
+        out.append({'message': '%s\t%s' % (e['md5'], e['lfn'])})
     return out
 
 
@@ -1453,7 +1540,7 @@ def c_lfn2guid(s, args):
     e = s.require(pos[0])
     if e['type'] != 'f':
         raise CmdError(EISDIR, pos[0])
-    return [{'lfn': e['lfn'], 'guid': e['guid'], 'message': '%s\t\t%s' % (e['lfn'], e['guid'])}]
+    return [{'lfn': e['lfn'], 'type': 'f', 'message': '%-80s%s' % (e['lfn'], e['guid']), 'guid': e['guid']}]
 
 
 @command('guid2lfn')
@@ -1466,30 +1553,488 @@ def c_guid2lfn(s, args):
                            (pos[0].lower(),)).fetchone()
     if row is None:
         raise CmdError(ENOENT, pos[0])
-    return [{'guid': pos[0], 'lfn': row[0], 'message': '%s\t\t%s' % (pos[0], row[0])}]
+    return [{'guid': pos[0], 'message': '%-40s%s' % (pos[0], row[0]), 'lfn': row[0]}]
 
 
 @command('setSite')
 def c_setsite(s, args):
-    """setSite SITE: site affinity (accepted, no effect here)"""
+    """setSite SITE: site affinity (remembered for the session, no other effect here)"""
     _, _, pos = parse_opts(args)
-    s.site = pos[0] if pos else ''
-    return []
+    if not pos:
+        raise CmdError(EINVAL, 'Command requires an argument')
+    was, s.site = getattr(s, 'site', GRID_SITE), pos[0]
+    return [{'message': 'Setting close site to %s (was %s)' % (s.site, was)}]
 
 
 @command('commandlist')
 def c_commandlist(s, args):
     """commandlist: the commands this server knows"""
-    names = sorted(set(COMMANDS) | {'cp'})
+    names = sorted(set(n for n in COMMANDS if s.command(n)) | {'cp'})
     out = [{'message': '\n'.join(names), 'commandlist': names[0]}]
     out += [{'commandlist': n} for n in names[1:]]
     return out
 
 
-# job, CE and quota commands (listCEs ps masterjob submit jquota fquota): testgrid/jobs.py
+# -- more commands of the real services (../shared/spec/jcentral-replies*.md) ----------------
+# Replies as captured where the captures show them; otherwise testgrid/README.md says what
+# the test grid chose.
+
+def _file_entry(s, p):
+    e = s.require(p)
+    if e['type'] != 'f':
+        raise CmdError(EISDIR, p)
+    return e
+
+
+def _text_of(s, e):
+    text = s.read_text(e)
+    if text is None:
+        raise CmdError(EIO, 'Could not read %s' % e['lfn'])
+    return text
+
+
+def _point(x):
+    """A number as the Java service prints a double: at most two decimals, no trailing zeros."""
+    return ('%.2f' % x).rstrip('0').rstrip('.')
+
+
+@command('du')
+def c_du(s, args):
+    """du [-ncs] path...: disk space used below directories"""
+    flags, _, pos = parse_opts(args, 'n c s')
+    size_text = (lambda n: '%d bytes' % n) if 'n' in flags else java_size
+    out = []
+    for p in pos or [s.cwd]:
+        e = s.require(p)
+        rows = [e] if e['type'] == 'f' else [e] + [dict(zip(cat_mod.COLUMNS, r)) for r in s.cat.subtree(e['lfn'])]
+        folders = sum(1 for r in rows if r['type'] == 'd')
+        phys = [0, 0, 0, 0]     # files, size of all replicas, replicas, size of one replica
+        logical = [0, 0]        # files without a physical replica (archive members): count, size
+        for r in rows:
+            if r['type'] != 'f':
+                continue
+            reps = [x for x in s.cat.replicas(r['guid']) if x['se'] != cat_mod.ARCHIVE_SE]
+            if not reps and s.cat.replicas(r['guid']):
+                logical[0] += 1
+                logical[1] += r['size']
+                continue
+            phys[0] += 1
+            phys[1] += r['size'] * len(reps)
+            phys[2] += len(reps)
+            phys[3] += r['size']
+        path = s.resolve(p)
+        msg = ['%s' % path, '  Folders: %d' % folders,
+               '  Files: %d of an apparent size of %s, of which:' % (phys[0] + logical[0], size_text(phys[3] + logical[1])),
+               '  - physical files: %d files of %s with %d replicas (avg %s replicas/file), size of one replica: %s'
+               % (phys[0], size_text(phys[1]), phys[2], _point(phys[2] / phys[0]) if phys[0] else '0',
+                  size_text(phys[3]))]
+        if logical[0]:
+            msg.append('  - logical files: %d files of %s' % (logical[0], size_text(logical[1])))
+        out += [{'message': '\n'.join(msg)},
+                {'entry': path, 'folders': str(folders), 'physical_files_count': str(phys[0]),
+                 'physical_files_size': str(phys[1]), 'physical_files_replicas': str(phys[2]),
+                 'physical_files_one_replica_size': str(phys[3]), 'logical_files_count': str(logical[0]),
+                 'logical_files_size': str(logical[1])}]
+    return out
+
+
+@command('df')
+def c_df(s, args):
+    """df: not implemented by the services"""
+    raise CmdError(ENOSYS, '')
+
+
+@command('cat')
+def c_cat(s, args):
+    """cat lfn...: the content of grid files"""
+    _, _, pos = parse_opts(args)
+    out = []
+    for p in pos:
+        text = _text_of(s, _file_entry(s, p)).rstrip('\n')
+        out.append({'value': text, 'message': text})
+    return out
+
+
+@command('grep')
+def c_grep(s, args):
+    """grep [-i] PATTERN lfn...: the lines of grid files that match a regular expression"""
+    flags, _, pos = parse_opts(args, 'i')
+    if len(pos) < 2:
+        raise CmdError(EINVAL, 'Command requires a pattern and a file')
+    try:
+        rx = re.compile(pos[0], re.I if 'i' in flags else 0)
+    except re.error as e:
+        raise CmdError(EINVAL, 'Invalid pattern %s: %s' % (pos[0], e)) from None
+    out = []
+    for p in pos[1:]:
+        lines = [x for x in _text_of(s, _file_entry(s, p)).splitlines() if rx.search(x)]
+        if lines:
+            out.append({'message': '\n'.join(lines)})
+    return out
+
+
+def _owned_entries(s, paths):
+    entries = [s.require(p) for p in paths]
+    for e in entries:
+        if e['owner'] != s.user:
+            raise CmdError(EACCES, 'Not the owner of %s' % e['lfn'])
+    return entries
+
+
+@command('chmod')
+def c_chmod(s, args):
+    """chmod MODE lfn...: change the permissions (octal) of catalogue entries"""
+    _, _, pos = parse_opts(args)
+    if len(pos) < 2 or not re.match(r'^[0-7]{3,4}$', pos[0]):
+        raise CmdError(EINVAL, 'Command requires an octal mode and at least one file')
+    with s.cat.tx():
+        for e in _owned_entries(s, pos[1:]):
+            s.cat.db.execute('UPDATE entries SET perm = ? WHERE id = ?', (pos[0][-3:], e['id']))
+    return []
+
+
+@command('chown')
+def c_chown(s, args):
+    """chown USER[:GROUP] lfn...: change the owner of catalogue entries"""
+    _, _, pos = parse_opts(args)
+    if len(pos) < 2:
+        raise CmdError(EINVAL, 'Command requires an owner and at least one file')
+    user, _, group = pos[0].replace('.', ':').partition(':')
+    if user not in set(s.g.users.values()):
+        raise CmdError(EINVAL, 'No such user: %s' % user)
+    with s.cat.tx():
+        for e in _owned_entries(s, pos[1:]):
+            s.cat.db.execute('UPDATE entries SET owner = ?, gowner = ? WHERE id = ?', (user, group or user, e['id']))
+    return []
+
+
+@command('showTagValue')
+def c_showtagvalue(s, args):
+    """showTagValue path: the metadata tags of a directory (none here)"""
+    _, _, pos = parse_opts(args, 't c')
+    return [{'message': '%s\n  no tags defined for this path' % s.require(p)['lfn'].rstrip('/')} for p in pos]
+
+
+@command('listFilesFromCollection')
+def c_listfilesfromcollection(s, args):
+    """listFilesFromCollection [-z] [-s] collection: the LFNs of an XML collection"""
+    _, _, pos = parse_opts(args, 'z s' + ' t' * (s.dialect != '2021'))
+    for p in pos:
+        e = s.lookup(p)
+        raise CmdError(EREMOTEIO, ('No such LFN "%s"' if e is None else '%s is not a collection') % s.resolve(p))
+    raise CmdError(EINVAL, 'Command requires an argument')
+
+
+@command('lfnexpiretime')
+def c_lfnexpiretime(s, args):
+    """lfnexpiretime [-options] lfn...: expiry times of LFNs (accepted; nothing expires here)"""
+    _, _, pos = parse_opts(args, 'r a e', 'd w m y')
+    if not pos:
+        raise CmdError(EINVAL, 'Command requires an argument', [{'message': s.help(c_lfnexpiretime, 'lfnexpiretime')}])
+    for p in pos:
+        s.require(p)
+    return []
+
+
+@command('changeDiff')
+def c_changediff(s, args):
+    """changeDiff lfn: the differences between a file and its backup (lfn~)"""
+    import difflib
+    _, _, pos = parse_opts(args)
+    if not pos:
+        raise CmdError(EINVAL, 'Command requires an argument')
+    new = _file_entry(s, pos[0])
+    old = s.lookup(new['lfn'] + '~')
+    if old is None:
+        raise CmdError(ENOENT, new['lfn'] + '~')
+    diff = difflib.unified_diff(_text_of(s, old).splitlines(), _text_of(s, new).splitlines(),
+                                old['lfn'], new['lfn'], lineterm='')
+    return [{'message': '\n'.join(diff)}]
+
+
+@command('packages')
+def c_packages(s, args):
+    """packages [-platform P] [-all]: software packages (the test grid has none; the options: newer service)"""
+    newer = s.dialect != '2021'
+    parse_opts(args, 'all' * newer, 'platform' * newer)
+    return []
+
+
+@command('mirror')
+def c_mirror(s, args):
+    """mirror [-g] [-try N] [-r SE] [-S SPECS] lfn [SE]: one more replica of a file. The test
+    grid copies the bytes between its SEs at once (the real service queues a transfer)."""
+    _, vals, pos = parse_opts(args, 'g', 'try S' + ' r' * (s.dialect != '2021'))     # -r SE: a move (newer)
+    if not pos:
+        raise CmdError(EINVAL, 'Command requires an argument')
+    e = _file_entry(s, pos[0])
+    targets = [s.g.se_by_name(n) for n in ([pos[1]] if len(pos) > 1 else vals.get('S', '').split(',')) if n]
+    if not targets or None in targets:
+        raise CmdError(EINVAL, 'No such SE: %s' % (pos[1] if len(pos) > 1 else vals.get('S', '')))
+    have = {r['se'].lower(): r for r in s.cat.replicas(e['guid'])}
+    source = next((s.se_path(s.g.se_by_name(r['se']), r['pfn']) for r in have.values()
+                   if s.se_path(s.g.se_by_name(r['se']), r['pfn'])), None)
+    for se in targets:
+        if se['name'].lower() in have or source is None:
+            continue
+        h = int(hashlib.md5(e['guid'].encode()).hexdigest()[:8], 16)
+        rel = '%02d/%05d/%s' % (h % 16, (h >> 4) % 100000, e['guid'])
+        _prepare_se_dir(se, rel)
+        dst = os.path.join(se['datadir'], rel)
+        import shutil
+        shutil.copyfile(source, dst)
+        if se.get('uid') is not None and os.geteuid() == 0:
+            os.chown(dst, se['uid'], se['gid'])
+        with s.cat.tx():
+            s.cat.db.execute('INSERT OR REPLACE INTO replicas VALUES (?,?,?)', (
+                e['guid'], se['name'], 'root://127.0.0.1:%d//%s' % (se.get('public_port') or se['port'], rel)))
+    moved = have.get(vals.get('r', '').lower())    # -r SE: a move, that replica goes once there is another
+    if moved is not None and len(s.cat.replicas(e['guid'])) > 1:
+        with s.cat.tx():
+            s.cat.db.execute('DELETE FROM replicas WHERE guid = ? AND se = ?', (e['guid'], moved['se']))
+        path = s.se_path(s.g.se_by_name(moved['se']), moved['pfn'])
+        if path and os.path.exists(path):
+            os.unlink(path)
+    return []
+
+
+@command('listSEDistance')
+def c_listsedistance(s, args):
+    """listSEDistance [-site SITE] [-read|-write] [lfn]: the SEs sorted by distance from a site"""
+    parse_opts(args, 'read write', 'site qos')
+    return [{'message': '%40s\t(read: %6.3f,  write: %6.3f,  distance: %6.3f)' % (se['name'], 0, 0, 0)}
+            for se in sorted(s.g.ses, key=lambda x: x['number'])]
+
+
+@command('testSE')
+def c_testse(s, args):
+    """testSE [-v] [-c] [-t] [-e] SE...: test an SE the way the central services use it"""
+    _, _, pos = parse_opts(args, 'v c t e a')
+    out = []
+    for name in pos:
+        se = s.g.se_by_name(name)
+        if se is None:
+            raise CmdError(EINVAL, 'No such SE: %s' % name)
+        base = 'root://127.0.0.1:%d' % (se.get('public_port') or se['port'])
+        probe = os.path.join(s.g.workdir, 'testSE-%s.txt' % uuid.uuid4())
+        with open(probe, 'w') as f:
+            f.write('testSE %s\n' % name)
+        bad, good = s.colour('31;40', 'NOT OK'), s.colour('32', 'expected')
+        lines = [se['name']]
+        for what, authz in (('Open', ''), ('Authenticated', '?authz=' + make_envelope())):
+            url = '%s//testSE/%s%s' % (base, os.path.basename(probe), authz)
+            wrote = _xrootd(s, 'xrdcp', '--nopbar', '--force', probe, url)[0]
+            read = wrote and _xrootd(s, 'xrdcp', '--nopbar', '--force', url, probe + '.back')[0]
+            gone = wrote and _xrootd(s, 'xrdfs', base, 'rm', '/testSE/' + os.path.basename(probe))[0]
+            if what == 'Open':
+                lines += ['  Open write test: ' + ('could write,  (%s), please check authorization configuration' % bad
+                                                   if wrote else 'cannot write (%s)' % good),
+                          '  Open read test: ' + ('reading worked (%s) please check authorization configuration' % bad
+                                                  if read else 'cannot read (%s)' % good),
+                          '  Open delete test: ' + ('delete worked (%s)' % bad if gone else 'cannot delete (%s)' % good)]
+            else:
+                lines += ['  Authenticated write test: ' + ('could write (%s)' % good if wrote else 'cannot write (%s)' % bad),
+                          '  Authenticated read: ' + ('file read back ok (%s)' % good if read else 'cannot read (%s)' % bad),
+                          '  Authenticated delete: ' + ('delete worked ok (%s)' % good if gone else 'cannot delete (%s)' % bad)]
+        for f in (probe, probe + '.back'):
+            if os.path.exists(f):
+                os.unlink(f)
+        ok, space = _xrootd(s, 'xrdfs', base, 'spaceinfo', '/')
+        info = dict(re.findall(r'(?m)^([A-Za-z ]+):\s+(\d+)$', space)) if ok else {}
+        num = lambda k: int(info.get(k, 0))   # noqa: E731
+        lines += ['  Space information:', 'Path:  /', 'Total: %s (LDAP setting: %d)' % (java_size(num('Total')),
+                                                                                       num('Total') // 1024),
+                  'Free:  %s' % java_size(num('Free')), 'Used:  %s' % java_size(num('Used')),
+                  'Chunk: %s' % java_size(num('Largest free chunk')),
+                  'Version: Xrootd %s' % _xrootd(s, 'xrdfs', base, 'query', 'config', 'version')[1]]
+        used, count = s.cat.db.execute(
+            'SELECT COALESCE(SUM(e.size), 0), COUNT(*) FROM replicas r JOIN entries e ON e.guid = r.guid'
+            ' WHERE r.se = ?', (se['name'],)).fetchone()
+        lines += ['  LDAP information:', 'SE: seName: %s' % se['name'], 'seNumber\t: %d' % se['number'],
+                  'seVersion\t: 0', 'qos\t: [%s]' % ', '.join(se.get('qos', ['disk'])), 'seioDaemons\t: %s' % base,
+                  'seStoragePath\t: /', 'seSize:\t: 0', 'seUsedSpace\t: %d' % used, 'seNumFiles\t: %d' % count,
+                  'seMinSize\t: 0', 'seType\t: %s' % ('File' if s.dialect == '2021' else 'disk'),
+                  'exclusiveUsers\t: []', 'seExclusiveRead\t: []', 'seExclusiveWrite\t: []', 'options:\t{}']
+        out.append({'message': '\n'.join(lines)})
+    return out
+
+
+@command('listTransfer')
+def c_listtransfer(s, args):
+    """listTransfer [-list N] [-status S] [-user U] [-id N]: transfers (mirror copies at once here)"""
+    parse_opts(args, 'verbose master summary all_status jdl', 'list status user id')
+    head = 'TransferId\t   Status\t   User\t\tDestination      \tSize\t\tAttempts'
+    return [{'message': head + ('\n\nTotal: 0 transfers' if s.dialect == '2021' else '\tFile name')}]
+
+
+def _roles(s, user):
+    return [user, 'vobox']
+
+
+def _account(s, args):
+    _, _, pos = parse_opts(args)
+    user = pos[0] if pos else s.user
+    if user not in set(s.g.users.values()):
+        raise CmdError(ENOKEY, 'No such account name: %s' % user)
+    return user
+
+
+@command('whois')
+def c_whois(s, args):
+    """whois [-s] [-f] account: the roles and certificate subjects of an account"""
+    user = _account(s, [a for a in args if a not in ('-s', '-f')])
+    # the account's user DNs, and the grid's host certificate (the vobox role), like the captured LDAP
+    subjects = sorted(dn for dn, u in s.g.users.items() if u == user) + [HOST_SUBJECT]
+    roles = ', '.join(_roles(s, user))
+    return [{'message': 'Username: %s\n  Roles: %s\n  Subject: \n    %s' % (user, roles, '\n    '.join(subjects)),
+             'username': user, 'roles': roles, 'subject': ', '.join(subjects)}]
+
+
+@command('groups')
+def c_groups(s, args):
+    """groups [account]: the groups of an account"""
+    user = _account(s, args)
+    return [{'message': 'User: %s, main group: %s\nMember of groups: %s' % (
+        user, user, ''.join(r + ' ' for r in _roles(s, user)))}]
+
+
+@command('user')
+def c_user(s, args):
+    """user account: switch to another role of yours (only your own account here)"""
+    _, _, pos = parse_opts(args)
+    if not pos:
+        raise CmdError(EINVAL, 'Command requires an argument')
+    if pos[0] not in _roles(s, s.user) or pos[0] == 'vobox':
+        raise CmdError(EACCES, 'Switching user %s failed' % pos[0])
+    return [{'homedir': s.home}]
+
+
+MOTD = ('\nAliEn Service Message: All is well in the Grid world. Enjoy!\n\nProject links:\n'
+        '\tDocumentation: https://jalien.docs.cern.ch/\n\tBug reporting: https://alice.its.cern.ch/jira/projects/JAL/\n'
+        '\tOperational issues: alice-analysis-operations@cern.ch')
+
+
+@command('motd')
+def c_motd(s, args):
+    """motd: the message of the day"""
+    parse_opts(args)
+    return [{'message': MOTD}]
+
+
+@command('uuid')
+def c_uuid(s, args):
+    """uuid guid|lfn...: decode version-1 GUIDs (creation time and node)"""
+    _, _, pos = parse_opts(args)
+    if not pos:
+        raise CmdError(EINVAL, 'Command requires an argument', [{'message': s.help(c_uuid, 'uuid')}])
+    out = []
+    for p in pos:
+        e = s.lookup(p) if '/' in p else None
+        guid = e['guid'] if e is not None else p
+        try:
+            uuid.UUID(guid)
+        except ValueError:
+            raise CmdError(EINVAL, '%s is neither a UUID nor a file' % p) from None
+        made, node = guid_origin(guid, 0)
+        out.append({'message': '%s : created on %s (%d) by %s' % (guid, java_date(made), made, node),
+                    'uuid': guid, 'uuidtime': str(made), 'mac': node})
+    return out
+
+
+@command('ping')
+def c_ping(s, args):
+    """ping [-c COUNT] [-s MS]: round trips to the service's back end, a pause between them"""
+    _, vals, _ = parse_opts(args, '', 'c s')
+    try:
+        count, pause = max(1, int(vals.get('c', 3))), max(0, int(vals.get('s', 1000)))
+    except ValueError:
+        raise CmdError(EINVAL, 'count and pause are numbers') from None
+    lines, times, t0 = ['Sending %d messages with a pause of %d ms between them' % (count, pause)], [], time.monotonic()
+    for i in range(count):
+        if i:
+            s.g.lock.release()     # the pause blocks this session only
+            try:
+                time.sleep(pause / 1000.0)
+            finally:
+                s.g.lock.acquire()
+        t = time.perf_counter()
+        s.cat.db.execute('SELECT 1').fetchone()
+        times.append((time.perf_counter() - t) * 1000)
+        lines.append('reply from localhost: time=%r ms' % round(times[-1], 3))
+    avg = sum(times) / count
+    mdev = (sum((x - avg) ** 2 for x in times) / count) ** 0.5
+    lines += ['%d packets transmitted, time %d ms' % (count, (time.monotonic() - t0) * 1000),
+              'rtt min/avg/max/mdev = %s ms' % '/'.join(repr(round(x, 3)) for x in (min(times), avg, max(times), mdev)),
+              '', 'Central service endpoint information:', '  hostname : %s' % socket.gethostname()]
+    return [{'message': '\n'.join(lines)}]
+
+
+@command('timing')
+def c_timing(s, args):
+    """timing [on|off]: the service's own command timing (reported, not measured here)"""
+    _, _, pos = parse_opts(args)
+    if pos:
+        s.timing = pos[0] in ('on', 'true', '1')
+    on = getattr(s, 'timing', False)
+    return [{'message': 'Command timing is %s' % ('enabled' if on else 'disabled'), 'timing': str(on).lower()}]
+
+
+@command('echo')
+def c_echo(s, args):
+    """echo words...: the words back (newer service)"""
+    return [{'message': ' '.join(args)}]
+
+
+@command('guidinfo')
+def c_guidinfo(s, args):
+    """guidinfo guid...: what the catalogue knows about GUIDs (newer service)"""
+    _, _, pos = parse_opts(args)
+    if not pos:
+        raise CmdError(EINVAL, 'Command requires an argument')
+    out = []
+    for g in pos:
+        row = s.cat.db.execute('SELECT * FROM entries WHERE guid = ? LIMIT 1', (g.lower(),)).fetchone()
+        if row is None:
+            raise CmdError(ENOENT, 'No such GUID: %s' % g)
+        made, node = guid_origin(row['guid'], row['ctime'])
+        reps = s.cat.replicas(row['guid'])
+        out.append({'message': 'GUID: %s\nOwner: %s:%s\nPermissions: %s\nSize: %d (%s)\nMD5: %s\nCreated: %s (%d) by %s\n'
+                               'Replicas: %s' % (row['guid'], row['owner'], row['gowner'], row['perm'], row['size'],
+                                                 java_size(row['size']), row['md5'], java_date(made), made, node,
+                                                 ', '.join(r['se'] for r in reps) or 'none'),
+                    'guid': row['guid'], 'owner': row['owner'], 'gowner': row['gowner'], 'perm': row['perm'],
+                    'size': str(row['size']), 'md5': row['md5'], 'ctime': str(made),
+                    'replicas': ','.join(r['se'] for r in reps)})
+    return out
+
+
+@command('archiveList')
+def c_archivelist(s, args):
+    """archiveList archive...: the members of zip archives (newer service)"""
+    _, _, pos = parse_opts(args)
+    out = []
+    for p in pos:
+        e = _file_entry(s, p)
+        rows = s.cat.db.execute('SELECT e.lfn, e.size, r.pfn FROM replicas r JOIN entries e ON e.guid = r.guid'
+                                ' WHERE r.se = ? AND r.pfn LIKE ? ORDER BY e.lfn',
+                                (cat_mod.ARCHIVE_SE, 'guid:///%s?ZIP=%%' % e['guid'])).fetchall()
+        for lfn, size, pfn in rows:
+            out.append({'message': '%s\t%d\t%s' % (pfn.split('?ZIP=', 1)[1], size, lfn), 'member': pfn.split('?ZIP=', 1)[1],
+                        'size': str(size), 'lfn': lfn})
+    return out
+
+
+def c_admins_only(s, args):
+    """CMD ...: administrators only (resyncLDAP, optimiserLogs, setCEstatus; newer service)"""
+    raise CmdError(EPERM, 'Only administrators can do it')
+
+
+for _name in ('resyncLDAP', 'optimiserLogs', 'setCEstatus'):
+    command(_name)(c_admins_only)
+
+
+# job, CE and quota commands (listCEs ps masterjob submit jquota fquota ...): testgrid/jobs.py
 jobs_mod.register(command, CmdError, human_size, STRERROR)
-for _name in jobs_mod.HELP:
-    COMMANDS[_name].help_text = jobs_mod.HELP[_name]
 
 
 # -- server -------------------------------------------------------------------------------
@@ -1749,7 +2294,7 @@ def build_server(grid, port, host_cert, host_key, host='127.0.0.1'):
                     continue
                 if kind == 'close':
                     send('')
-                    connection.close()
+                    connection.close(1002)     # protocol error, as both code bases close it
                     return
                 cm.set_line(cm.writer, what)
                 if cm.wait(handoff):

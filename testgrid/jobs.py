@@ -3,14 +3,16 @@
 The task queue lives in the catalogue's SQLite file (tables ``jobs`` and
 ``jobquota``), so the service and the Python API of grid.py (``run_job``,
 ``set_job_quota``) share it. Nothing runs a job here: ``submit`` leaves it
-INSERTING like the captured 2021 service (no optimizer); ``run_job`` plays the
+INSERTING like the captured services (no optimizer); ``run_job`` plays the
 job agent of a site, moving the job through its states and writing the trace
 lines a real agent leaves (``<unix time> [state     ]: ...``).
 
-Server commands registered into jcentral.py's table by ``register()``:
-``listCEs``, ``ps``, ``masterjob``, ``submit``, ``jquota``, ``fquota``.
-Their replies follow ../shared/spec/jcentral-replies.md where it shows them;
-see testgrid/README.md for the choices where it does not.
+Server commands registered into jcentral.py's table by ``register()``: ``ps``,
+``masterjob``, ``submit``, ``kill``, ``resubmit``, ``registerOutput``, ``top``,
+``w``, ``uptime``, ``jquota``, ``fquota`` and, newer service only, ``listCEs``,
+``listpartitions``, ``jobListMatch``. Their replies follow the session's dialect
+(../shared/spec/jcentral-replies.md for 2021, jcentral-replies-2024.md) where the
+captures show them; see testgrid/README.md for the choices where they do not.
 """
 
 import re
@@ -66,52 +68,14 @@ JQUOTA_DEFAULTS = {'nominalParallelJobs': '100', 'running': '0', 'waiting': '0',
                    'maxParallelJobs': '200', 'maxUnfinishedJobs': '1000',
                    'maxTotalCpuCost': '7200000', 'maxTotalRunningTime': '3600000'}
 FQUOTA_MAX_SIZE, FQUOTA_MAX_FILES = 100000000000, 1000000
+ACTIVE = ('ASSIGNED', 'STARTED', 'RUNNING', 'SAVING', 'SAVED')      # w, uptime: "active"
+FAILED = ('ERROR_E', 'ERROR_IB', 'ERROR_V', 'FAILED', 'EXPIRED', 'ZOMBIE', 'KILLED')
+# The stored JDL: these attributes first, in this order (then the others as written, Type
+# last), and the defaults the service adds (../shared/spec/jcentral-replies.md, ps -jdl).
+JDL_ORDER = ('User', 'Executable', 'Arguments', 'Split', 'SplitArguments', 'JDLPath', 'JDLArguments', 'InputFile',
+             'InputData', 'OutputFile', 'OutputArchive', 'OutputDir', 'Requirements', 'TTL', 'Price', 'MemorySize',
+             'JDLVariables')
 
-PS_HELP = ("\nusage: ps   [-options]\n\noptions:\n"
-           "                    -F l | -Fl | -L        :  long output format\n"
-           "                    -f <flags|status>      :  any number of (long or short) upper case "
-           "job states, or 'a' for all, 'r' for running states, 'f' for failed, 'd' for done, 's' "
-           "for queued\n"
-           "                    -u <userlist>        \n"
-           "                    -s <sitelist>        \n"
-           "                    -n <nodelist>        \n"
-           "                    -m <masterjoblist>   \n"
-           "                    -o <sortkey>         \n"
-           "                    -j <jobidlist>       \n"
-           "                    -l <query-limit>     \n\n"
-           "                    -M                     :  show only masterjobs\n"
-           "                    -X                     :  active jobs in extended format\n"
-           "                    -A                     :  select all owned jobs of you\n"
-           "                    -W                     :  select all jobs which are waiting for "
-           "execution of you\n"
-           "                    -E                     :  select all jobs which are in error state "
-           "of you\n"
-           "                    -a                     :  select jobs of all users\n"
-           "                    -b                     :  do only black-white output\n"
-           "                    -jdl <jobid>           :  display the job jdl\n"
-           "                    -trace <jobid> <tag>*  :  display the job trace information\n"
-           "                    -id                    :  only list the matching job IDs, for batch "
-           "processing (implies -b)")
-SUBMIT_HELP = ("\nusage: submit   <URL>\n\n                    <URL> => <LFN>\n"
-               "                    <URL> => file:///<local path>")
-MASTERJOB_HELP = (
-    "\nusage: masterjob   <jobId> [-options] [merge|kill|resubmit|expunge]\n\noptions:\n"
-    "                    -status <status>       :  display only the subjobs with that status\n"
-    "                    -id <id>               :  display only the subjobs with that id\n"
-    "                    -site <id>             :  display only the subjobs on that site\n"
-    "                    -printid               :  print also the id of all the subjobs\n"
-    "                    -printsite             :  split the number of jobs according to the "
-    "execution site\n\n"
-    "                    merge                  :  collect the output of all the subjobs that have "
-    "already finished\n"
-    "                    kill                   :  kill all the subjobs\n"
-    "                    resubmit               :  resubmit all the subjobs selected\n"
-    "                    expunge                :  delete completely the subjobs\n\n"
-    "                    You can combine kill and resubmit with '-status <status>' and '-id <id>'.\n"
-    "                    For instance, if you do something like 'masterjob <jobId> -status "
-    "ERROR_IB resubmit',\n"
-    "                     all the subjobs with status ERROR_IB will be resubmitted")
-HELP = {'ps': PS_HELP, 'submit': SUBMIT_HELP, 'masterjob': MASTERJOB_HELP}
 
 ENODATA, ENOKEY, EILSEQ = 61, 126, 84
 
@@ -268,9 +232,14 @@ def register(command, CmdError, human_size, strerror):
                 out.add(int(x))
         return out
 
+    def waiting(s):
+        """Job states counted as waiting: the newer service counts those still being inserted."""
+        return ('WAITING',) if s.dialect == '2021' else ('WAITING', 'INSERTING')
+
     @command('ps')
     def c_ps(s, args):
         """ps [-options]"""
+        old = s.dialect == '2021'
         opts = {}
         trace_id = jdl_id = None
         flag_trace = flag_jdl = False
@@ -280,37 +249,39 @@ def register(command, CmdError, human_size, strerror):
             i += 1
             name = a[1:] if a.startswith('-') else None
             nxt = args[i] if i < len(args) else None
-            if name in ('trace', 'jdl'):
-                if nxt is not None and not nxt.startswith('-'):   # 2021 form: -trace ID
-                    i += 1
-                    if not re.match(r'^[0-9]+$', nxt):
-                        raise CmdError(EILSEQ, 'Illegal job ID %s' % nxt)
-                    if name == 'trace':
-                        trace_id = int(nxt)
-                    else:
-                        jdl_id = int(nxt)
-                elif name == 'trace':      # newer service: flags that add fields to the rows
-                    flag_trace = True
-                else:
-                    flag_jdl = True
-            elif name in ('u', 's', 'n', 'm', 'o', 'j', 'l', 'f', 'F'):
+            if name in ('trace', 'jdl') and old:
+                # 2021: -trace ID / -jdl ID, the next argument taken as the ID whatever it is
+                # (so `ps -j ID -trace -jdl`, the newer form, is refused with 22)
                 if nxt is None:
                     raise CmdError(22, 'Option %s requires an argument' % name)
                 i += 1
-                if name == 'u':
-                    opts['u'] = set(nxt.split(','))
-                elif name == 's':
-                    opts['s'] = set(nxt.split(','))
+                if not re.match(r'^[0-9]+$', nxt):
+                    raise CmdError(22, "Cannot parse argument '%s' of option %s" % (nxt, name))
+                if name == 'trace':
+                    trace_id = int(nxt)
+                else:
+                    jdl_id = int(nxt)
+            elif name in ('trace', 'jdl'):      # newer service: flags that add fields to the rows
+                flag_trace = flag_trace or name == 'trace'
+                flag_jdl = flag_jdl or name == 'jdl'
+            elif name in ('u', 's', 'n', 'm', 'o', 'j', 'l', 'f', 'F') or (name == 't' and not old):
+                if nxt is None:
+                    raise CmdError(22, 'Option %s requires an argument' % name)
+                i += 1
+                if name in ('u', 's'):
+                    opts[name] = set(nxt.split(','))
                 elif name in ('j', 'm'):
-                    opts[name] = ids(nxt, name)
+                    opts[name] = opts.get(name, set()) | ids(nxt, name)
                 elif name == 'l':
                     if not re.match(r'^-?[0-9]+$', nxt):
                         raise CmdError(22, "Cannot parse argument '%s' of option l" % nxt)
                     opts['l'] = max(0, int(nxt))
                 elif name == 'f':
                     opts['f'] = {SHORT.get(x, x) for x in re.split(r'[,\s]+', nxt) if x}
-            elif name in ('M', 'X', 'A', 'W', 'E', 'a', 'b', 'id', 'Fl', 'L', 'q'):
+            elif name in ('M', 'X', 'A', 'W', 'E', 'a', 'b', 'id', 'Fl', 'L') or (name == 'q' and not old):
                 opts[name] = True
+            elif name is None and not old and re.match(r'^[0-9]+(,[0-9]+)*$', a):   # newer: job IDs
+                opts['j'] = opts.get('j', set()) | ids(a, 'j')
             else:
                 raise CmdError(22, '%s is not a recognized option' % (name if name is not None else a))
         db = db_of(s)
@@ -325,17 +296,11 @@ def register(command, CmdError, human_size, strerror):
                 raise CmdError(ENODATA, 'No trace information for %d' % trace_id)
             return [{'message': j['trace'], 'id': str(trace_id), 'trace': j['trace']}]
         out = []
-        newer = flag_trace or flag_jdl
+        blank = ' ' if old else ''      # the 2021 service's keys carry a trailing blank
         for j in select_jobs(s, opts):
-            if newer:   # the newer service's keys (the reference client's jobInfo reads them)
-                r = {'owner': j['owner'], 'id': str(j['id'])}
-            else:       # the 2021 service's keys, trailing spaces included
-                r = {'owner ': j['owner'], 'id ': str(j['id'])}
-            r.update(split=str(j['split']), priority=str(j['priority']), status=j['status'],
-                     name=j['name'])
-            msg = []
-            if not newer:
-                msg.append(str(j['id']) if opts.get('id') else job_row(j))
+            r = {'owner' + blank: j['owner'], 'id' + blank: str(j['id']), 'split': str(j['split']),
+                 'priority': str(j['priority']), 'status': j['status'], 'name': j['name']}
+            msg = [] if flag_trace or flag_jdl else [str(j['id']) if opts.get('id') else job_row(j)]
             if flag_trace:
                 if j['trace'].strip():
                     r['trace'] = j['trace']
@@ -349,26 +314,131 @@ def register(command, CmdError, human_size, strerror):
             out.append(r)
         return out
 
+    def job_of(s, text):
+        j = db_of(s).execute('SELECT * FROM jobs WHERE id = ?', (int(text),)).fetchone() \
+            if re.match(r'^[0-9]+$', text) else None
+        return dict(j) if j is not None else None
+
     @command('masterjob')
     def c_masterjob(s, args):
         """masterjob <jobId> [-options]"""
-        if not args or not re.match(r'^[0-9]+$', args[0]):
+        if not args or not re.match(r'^[0-9]+(,[0-9]+)*$', args[0]):
             raise CmdError(22, 'masterjob needs a job ID')
-        j = db_of(s).execute('SELECT * FROM jobs WHERE id = ?', (int(args[0]),)).fetchone()
+        out = []
+        for jobid in args[0].split(',') if s.dialect != '2021' else [args[0]]:
+            j = job_of(s, jobid)
+            if j is None:
+                if s.dialect != '2021':     # the newer service says so, with exit code 0
+                    s.pending_error = (0, 'Could not load the details of %s\n' % jobid)
+                continue
+            subs = db_of(s).execute('SELECT id, status FROM jobs WHERE split = ?', (j['id'],)).fetchall()
+            lines = ['Checking the masterjob %d' % j['id'], 'The job %d is in status: %s' % (j['id'], j['status']),
+                     'It has the following subjobs:']
+            by_status = {}
+            for sub in subs:
+                by_status.setdefault(sub['status'], []).append(sub['id'])
+            for st in sorted(by_status):
+                lines.append('\t\tSubjobs in %s: %d' % (st, len(by_status[st])))
+                if '-printid' in args:
+                    lines.append('\t\t ids: %s' % ','.join(str(x) for x in by_status[st]))
+            lines += ['', 'In total, there are %d subjobs' % len(subs)]
+            out.append({'message': '\n'.join(lines)})
+        return out
+
+    @command('top')
+    def c_top(s, args):
+        """top: not implemented by the services"""
+        raise CmdError(38, 'not implemented yet')
+
+    def job_ids(args):
+        return [int(x) for a in args for x in a.split(',') if x.strip().isdigit()]
+
+    @command('kill')
+    def c_kill(s, args):
+        """kill <jobId>[,<jobId>]...: kill your jobs (unknown IDs are ignored, as by the services)"""
+        db = db_of(s)
+        for jobid in job_ids(args):
+            db.execute("UPDATE jobs SET status = 'KILLED' WHERE id = ? AND owner = ? AND status NOT IN (%s)"
+                       % ','.join('?' * len(FAILED + ('DONE',))), (jobid, s.user) + FAILED + ('DONE',))
+        return []
+
+    @command('resubmit')
+    def c_resubmit(s, args):
+        """resubmit <jobId>...: put failed jobs of yours back into the queue"""
+        out = []
+        for jobid in (args or ['']):
+            j = job_of(s, jobid)
+            if j is None or j['owner'] != s.user or j['status'] not in FAILED:
+                raise CmdError(121, 'Problem with the resubmit request' + (jobid if s.dialect == '2021'
+                                                                            else ' of job ID %s' % jobid))
+            db_of(s).execute("UPDATE jobs SET status = 'WAITING' WHERE id = ?", (j['id'],))
+            out.append({'message': 'Resubmitting %d' % j['id']})
+        return out
+
+    @command('registerOutput')
+    def c_registeroutput(s, args):
+        """registerOutput <jobId>: register the output of a failed job (nothing to register here)"""
+        j = job_of(s, args[0]) if args else None
         if j is None:
-            return []
-        subs = db_of(s).execute('SELECT id, status FROM jobs WHERE split = ?', (j['id'],)).fetchall()
-        lines = ['Checking the masterjob %d' % j['id'], 'The job %d is in status: %s' % (j['id'], j['status']),
-                 'It has the following subjobs:']
-        by_status = {}
-        for sub in subs:
-            by_status.setdefault(sub['status'], []).append(sub['id'])
-        for st in sorted(by_status):
-            lines.append('\t\tSubjobs in %s: %d' % (st, len(by_status[st])))
-            if '-printid' in args:
-                lines.append('\t\t ids: %s' % ','.join(str(x) for x in by_status[st]))
-        lines += ['', 'In total, there are %d subjobs' % len(subs)]
-        return [{'message': '\n'.join(lines)}]
+            raise CmdError(3, 'Job ID %s was not found in the task queue' % (args[0] if args else ''))
+        if re.search(r'(?m)^Split\s*=', j['jdl']):
+            raise CmdError(22, 'Job ID %d is a masterjob, you can only register the output of a failed (sub)job'
+                           % j['id'])
+        if j['status'] not in FAILED:
+            raise CmdError(22, 'Job ID %d is in state %s, you can only register the output of a failed (sub)job'
+                           % (j['id'], j['status']))
+        return []
+
+    def counts(s):
+        """{owner: [active, waiting]} of the queue."""
+        out = {}
+        for j in db_of(s).execute('SELECT owner, status FROM jobs'):
+            c = out.setdefault(j['owner'], [0, 0])
+            c[0] += j['status'] in ACTIVE
+            c[1] += j['status'] in waiting(s)
+        return {u: c for u, c in out.items() if any(c)}
+
+    @command('w')
+    def c_w(s, args):
+        """w [-a] [-w] [-r]: active and waiting jobs per account (the options: newer service)"""
+        for a in args:      # accepted, and the same table here
+            if s.dialect == '2021' or a not in ('-a', '-w', '-r'):
+                raise CmdError(22, '%s is not a recognized option' % a.lstrip('-'))
+        sep = '-' * 26 + '+' + '-' * 14 + '+' + '-' * 14
+        lines = ['     Account name         |  Active jobs | Waiting jobs', sep]
+        by_user = counts(s)
+        lines += ['%3d. %-21s|%13d |%13d' % (n, u, a, w) for n, (u, (a, w)) in enumerate(sorted(by_user.items()), 1)]
+        lines += [sep, '     %-21s|%13d |%13d' % ('TOTAL', sum(c[0] for c in by_user.values()),
+                                                   sum(c[1] for c in by_user.values()))]
+        text = '\n'.join(lines)
+        return [{'value': text + '\n', 'message': text}]
+
+    @command('uptime')
+    def c_uptime(s, args):
+        """uptime: running and waiting jobs, active users"""
+        by_user = counts(s)
+        run, wait = sum(c[0] for c in by_user.values()), sum(c[1] for c in by_user.values())
+        return [{'running jobs': ' %d' % run, 'waiting jobs': ' %d' % wait, 'active users': ' %d' % len(by_user),
+                 'message': '%d running jobs, %d waiting jobs, %d active users' % (run, wait, len(by_user))}]
+
+    @command('listpartitions')
+    def c_listpartitions(s, args):
+        """listpartitions [partition]...: the partitions and their CEs (newer service)"""
+        parts = {}
+        for ce in CES:
+            for p in ce['partitions'].strip(',').split(','):
+                parts.setdefault(p, []).append(ce['ceName'])
+        return [{'message': '%s\t%s' % (p, ', '.join(ces)), 'partitionName': p, 'CEs': ','.join(ces)}
+                for p, ces in sorted(parts.items()) if not args or p in args]
+
+    @command('jobListMatch')
+    def c_joblistmatch(s, args):
+        """jobListMatch <jobId>: the CEs that could run a waiting job (newer service)"""
+        j = job_of(s, args[0]) if args else None
+        if j is None:
+            raise CmdError(2, 'No such job: %s' % (args[0] if args else ''))
+        ces = [ce['ceName'] for ce in CES if ce['status'] == 'open']
+        return [{'message': 'The job %d can run on: %s' % (j['id'], ', '.join(ces)), 'CEs': ','.join(ces)}]
 
     def jdl_attributes(text):
         """[(name, value text)] of a JDL ('Name = value;' statements, values kept verbatim)."""
@@ -386,17 +456,34 @@ def register(command, CmdError, human_size, strerror):
 
     def read_lfn(s, lfn):
         e = s.cat.get(lfn)
-        if e is None or e['type'] != 'f':
-            return None
-        for r in s.cat.replicas(e['guid']):
-            path = s.se_path(s.g.se_by_name(r['se']), r['pfn'])
-            if path:
-                try:
-                    with open(path, 'rb') as f:
-                        return f.read().decode('utf-8', 'replace')
-                except OSError:
-                    continue
-        return None
+        return s.read_text(e) if e is not None and e['type'] == 'f' else None
+
+    def stored_jdl(s, attrs, exe, lfn):
+        """The JDL as the task queue keeps it: User, the absolute Executable, JDLPath, the
+        service's defaults (Requirements from TTL and Price, Price 1.0, MemorySize 8GB,
+        CPUCores 1 and its JDLVariables entry), in the service's order, Type last."""
+        values = [(k, v) for k, v in attrs if k.lower() not in ('user', 'executable', 'jdlpath')]
+        values += [('User', '"%s"' % s.user), ('Executable', '"%s"' % exe), ('JDLPath', '"%s"' % lfn)]
+        have = dict((k.lower(), v) for k, v in values)
+        price = have.get('price', '1.0')
+        req = ['( %s )' % have['requirements']] if 'requirements' in have else []
+        if 'ttl' in have:
+            req.append('( other.TTL > %s )' % have['ttl'])
+        req.append('( other.Price <= %s )' % re.sub(r'\.0+$', '', price))
+        values = [(k, v) for k, v in values if k.lower() not in ('requirements', 'jdlvariables')]
+        variables = re.findall(r'"([^"]*)"', have.get('jdlvariables', ''))
+        variables += ['CPUCores'] if 'CPUCores' not in variables else []
+        values += [('Requirements', ' && '.join(req)), ('JDLVariables', '{\n%s\n}' % ',\n'.join(
+            '"%s"' % x for x in variables))]
+        for k, v in (('Price', '1.0'), ('MemorySize', '"8GB"'), ('CPUCores', '"1"'), ('Type', '"Job"')):
+            if k.lower() not in have:
+                values.append((k, v))
+        order = [x.lower() for x in JDL_ORDER]
+
+        def rank(item):
+            name = item[0].lower()
+            return (2, 0) if name == 'type' else (0, order.index(name)) if name in order else (1, 0)
+        return ''.join('%s = %s;\n' % kv for kv in sorted(values, key=rank))
 
     @command('submit')
     def c_submit(s, args):
@@ -415,7 +502,6 @@ def register(command, CmdError, human_size, strerror):
         except ValueError as e:
             raise CmdError(121, 'Task queue rejected %s due to:\n  %s' % (lfn, e),
                            [{'message': 'Submitting %s' % lfn}])
-        names = [k.lower() for k, _ in attrs]
         exe = dict((k.lower(), v) for k, v in attrs).get('executable', '').strip('"')
         if exe.startswith('~'):
             exe = s.home.rstrip('/') + exe[1:]
@@ -427,23 +513,13 @@ def register(command, CmdError, human_size, strerror):
                                 '(%s) cannot be located in any standard PATH'
                            % (lfn, dict((k.lower(), v) for k, v in attrs).get('executable', '').strip('"')),
                            [{'message': 'Submitting %s' % lfn}])
-        lines = ['User = "%s";' % s.user]
-        for k, v in attrs:
-            if k.lower() == 'user':
-                continue
-            if k.lower() == 'executable':
-                v = '"%s"' % exe
-            lines.append('%s = %s;' % (k, v))
-        lines.append('JDLPath = "%s";' % lfn)
-        if 'type' not in names:
-            lines.append('Type = "Job";')
-        jdl = '\n'.join(lines) + '\n'
+        jdl = stored_jdl(s, attrs, exe, lfn)
         db = db_of(s)
         last = db.execute('SELECT MAX(id) FROM jobs').fetchone()[0]
         jobid = max(FIRST_JOB_ID, (last or 0) + 1)
         db.execute('INSERT INTO jobs(id, owner, status, name, jdl, submitted) VALUES (?,?,?,?,?,?)',
                    (jobid, s.user, 'INSERTING', exe.rsplit('/', 1)[-1], jdl, int(time.time())))
-        return [{'message': 'Submitting %s\nYour new job ID is \x1b[34m%d\x1b[0m' % (lfn, jobid),
+        return [{'message': 'Submitting %s\nYour new job ID is %s' % (lfn, s.colour('34', str(jobid))),
                  'jobId': str(jobid)}]
 
     def quota_users(s, args, what):
@@ -451,6 +527,8 @@ def register(command, CmdError, human_size, strerror):
             raise CmdError(22, 'Wrong command passed: %s' % (args[0] if args else ''))
         if args[0] == 'set':
             raise CmdError(1, 'Only administrators can set %s quotas' % what)
+        if what == 'job' and s.dialect == '2021' and len(args) > 2:   # several users: newer service
+            raise CmdError(22, 'Only one user name is accepted')
         users = []
         for u in args[1:]:
             if u not in known_users(s):

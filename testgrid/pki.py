@@ -28,6 +28,7 @@ import time
 from testgrid import tools
 
 USER_SUBJECT = '/C=CH/O=JAliEn/CN=jalien'
+HOST_SUBJECT = '/C=CH/O=JAliEn/CN=localhost'      # the service's own certificate (DNS:localhost)
 # Token certificates: CN carries the user name, OU marks them as tokens; the
 # service maps every such DN issued by the grid CA back to the user.
 TOKEN_SUBJECT = '/C=CH/O=JAliEn/OU=token/CN={user}'
