@@ -1783,12 +1783,12 @@ class Session(object):
         self.command_json = self.json_mode  # JSON output asked for the command being run
 
     # -- connection --
-    def connect(self, want_user=False, avoid=None, tries=None, first=None):
+    def connect(self, want_user=False, avoid=None, tries=None, first=()):
         """Open a connection (closing any old one). `avoid`: a socket address to try
         last; `tries`: rounds over the endpoints (default ALIENPY_CONNECT_TRIES);
-        `first`: the text of a read-only request that made us connect: it goes out
-        right behind the upgrade request (with the built-in websocket), and the
-        caller reads its reply next."""
+        `first`: the texts of the requests that made us connect: they go out right
+        behind the upgrade request (with the built-in websocket; a service that
+        refuses the upgrade runs none of them), and the caller reads their replies."""
         self.close()
         kind, ctx = self._credentials(want_user)
         if tries is None:
@@ -1799,8 +1799,7 @@ class Session(object):
         # site affinity for the whole session: before anything else on the connection; the
         # first request then waits for its reply (two requests in flight could race)
         site = self.environ.get('ALIEN_SITE')
-        early = [json.dumps({'command': 'setSite', 'options': ['-nomsg', site]})] if site else \
-            [first] if first is not None else []
+        early = [json.dumps({'command': 'setSite', 'options': ['-nomsg', site]})] if site else list(first)
         for host, port in endpoints(self.environ):
             for attempt in range(max(1, tries)):
                 if attempt:
@@ -1823,8 +1822,8 @@ class Session(object):
         if site:
             self._decode(self.ws.recv_text(), False)     # the setSite reply
             self.requests += 1
-            if first is not None:
-                self.ws.send_text(first)
+            for text in first:
+                self.ws.send_text(text)
         return self
 
     def _credentials(self, want_user):
@@ -1916,9 +1915,9 @@ class Session(object):
                 if not early:
                     raise
             # Refusing the upgrade (401), a server may close the connection with our
-            # request unread: its TCP reset can swallow the answer. Once more, and
-            # this time the requests wait for the 101 (they are read-only: no
-            # server acts on a request before it has upgraded, so none ran).
+            # requests unread: its TCP reset can swallow the answer. Once more, and
+            # this time the requests wait for the 101 (no server acts on a request
+            # before it has upgraded, so none ran).
             tls.close()
             return self._open(ctx, host, port, early, avoid, pipelined=False)
         except AlienError:
@@ -2092,12 +2091,10 @@ class Session(object):
                 for i in chunk:
                     log('request %s' % redact(items[i][0]))
             try:
-                first = items[chunk[0]]
-                if self.ws is None and self.peer is None and self._is_read_only(first[1], first[2]):
-                    # the session's first request, read-only: it rides with the upgrade
-                    # request (a modifying one waits for the 101: never sent into a refused upgrade)
-                    self.connect(first=first[0])
-                    sent = 1
+                if self.ws is None and self.peer is None:
+                    # the session's first requests ride with the upgrade request
+                    self.connect(first=[items[i][0] for i in chunk])
+                    sent = len(chunk)
                 else:
                     self._ensure_connected()
             except AlienError as e:
@@ -3999,7 +3996,7 @@ class _JobProgress(object):
 # at once only share it. Without -T: up to CP_INFLIGHT files at once, of which
 # at most CP_PARALLEL large ones; -T N: N files at once, whatever their size.
 CP_PARALLEL = 8
-CP_INFLIGHT = 64
+CP_INFLIGHT = 128
 CP_SMALL_FILE = 4 << 20
 CP_BACKLOG = 512  # downloads waiting to start: cp then waits before asking for more access
 
@@ -4889,8 +4886,12 @@ def cp_refuse_bad_names(items, direction, stats):
 
 
 def _top_dirs(lfns):
-    """The directories of these LFNs that are not below another one of them."""
+    """The directory all these LFNs are in (the deepest one), or, when that is the
+    root, the directories of them that are not below another one of them."""
     dirs = set(lfn.rsplit('/', 1)[0] or '/' for lfn in lfns)
+    common = os.path.commonpath(list(dirs)) if dirs else '/'
+    if common != '/':
+        return [common]
 
     def below_another(d):
         while d.count('/') > 1:
@@ -4913,15 +4914,19 @@ CP_LIST_ABOVE = 16   # files under one directory from which cp_catalogue_facts l
 def cp_catalogue_facts(session, lfns):
     """{lfn: (size, md5, guid)} of those of lfns the catalogue holds as files, from
     replies that name them: one listing of each top directory holding more than
-    CP_LIST_ABOVE of them, a checked stat of each of the others."""
+    CP_LIST_ABOVE of them (cut at twice their number, so a directory full of other
+    files costs little), a checked stat of each of the others and of those the
+    listing did not show."""
     lfns = list(lfns)
     facts, single = {}, []
     for top in _top_dirs(lfns):
         under = [x for x in lfns if x.startswith(top.rstrip('/') + '/')]
         if len(under) > CP_LIST_ABOVE:
-            _grid_find(session, top.rstrip('/') + '/', _CP_DEFAULTS, known=facts)
-        else:
-            single.extend(under)
+            try:
+                _grid_find(session, top.rstrip('/') + '/', dict(_CP_DEFAULTS, limit=2 * len(under) + 64), known=facts)
+            except AlienError as e:       # (no such directory: nothing arrived)
+                log('cannot list %s: %s' % (top, e))
+        single.extend(x for x in under if x not in facts)
     for lfn, r in zip(single, _requests(session, [('stat', [x], check_stat(x)) for x in single])):
         st = _stat_of(r, lfn)
         if st is not None and st['type'] == 'f':
@@ -6092,7 +6097,8 @@ def cmd_exit(session, args):
     raise SystemExit(code)
 
 
-@command('time', usage='time COMMAND [ARGS]  run COMMAND and add its wall time seen by the client\n'
+@command('time', usage='time COMMAND [ARGS]  run COMMAND; add its wall time seen by the client and what it cost\n'
+                       '    the user (requests and logins: the 2024 service throttles users by both)\n'
                        'time N COMMAND [ARGS]  the service runs COMMAND N times and reports its own timing')
 def cmd_time(session, args):
     if not args:
@@ -6100,10 +6106,11 @@ def cmd_time(session, args):
     if re.match(r'^\d+$', args[0]):  # the service's own repeat-and-time
         return session.request('time', args, nokeys=not session.command_json)
     as_json = session.command_json
-    t0 = time.monotonic()
+    t0, requests, logins = time.monotonic(), session.requests, session.logins
     result = session.run_tokens(list(args) + (['-json'] if as_json else []))
     if result.exitcode == 0 and not result.as_json:
-        result.out = (result.out + '\n' if result.out else '') + 'time: %.3f ms' % ((time.monotonic() - t0) * 1000)
+        result.out = (result.out + '\n' if result.out else '') + 'time: %.3f ms, requests %d, logins %d' % (
+            (time.monotonic() - t0) * 1000, session.requests - requests, session.logins - logins)
     return result
 
 
