@@ -1780,6 +1780,11 @@ class Session(object):
         self.slow_reply = env_seconds(self.environ, 'ALIENPY_SLOW_REPLY', 0.5)
         self.rtt = 0.0             # round trip to the service (half the TLS handshake, at most a reply's time)
         self.requests = self.logins = 0   # what this session cost the user (the 2024 service throttles both)
+        self.spread = True         # large checked batches may be shared with more sessions (_spread)
+        self.helpers = []          # those sessions, made at the first such batch
+        self.helper = False        # one of them (it reconnects without a word)
+        self.connecting = None     # a helper's connecting thread
+        self.tls = None            # (credential kind, TLS context) of the last connection
         self.command_json = self.json_mode  # JSON output asked for the command being run
 
     # -- connection --
@@ -1789,8 +1794,9 @@ class Session(object):
         `first`: the texts of the requests that made us connect: they go out right
         behind the upgrade request (with the built-in websocket; a service that
         refuses the upgrade runs none of them), and the caller reads their replies."""
-        self.close()
-        kind, ctx = self._credentials(want_user)
+        self.close(helpers=False)
+        kind, ctx = self.tls if self.tls and not want_user else self._credentials(want_user)
+        self.tls = kind, ctx
         if tries is None:
             tries = int(self.environ.get('ALIENPY_CONNECT_TRIES') or 3)
         interval = float(self.environ.get('ALIENPY_CONNECT_TRIES_INTERVAL') or 0.3)
@@ -1929,9 +1935,11 @@ class Session(object):
         ws.handshake(host, port, WS_PATH, headers, early)
         return ws
 
-    def close(self):
-        """Close the connection; a token renewal still due is done first (after the
-        user's command has been answered and printed)."""
+    def close(self, helpers=True):
+        """Close the connection (and the helpers' too); a token renewal still due is
+        done first (after the user's command has been answered and printed)."""
+        for h in self.helpers if helpers else ():
+            h.close()
         if self.ws is not None and self._token_due == 'due':
             self._fetch_token(direct=True)  # no reconnect: the command is done
         if self.ws is not None:
@@ -1995,16 +2003,16 @@ class Session(object):
             if not said:
                 said = True
                 where = '%s:%d' % self.peer if self.peer else 'the service'
-                print_error('alien.py: connection to %s lost (%s); reconnecting for up to %g s'
-                            % (where, reason or last, self.reconnect_timeout))
+                (log if self.helper else print_error)('alien.py: connection to %s lost (%s); reconnecting for up to %g s'
+                                                      % (where, reason or last, self.reconnect_timeout))
             if elapsed >= self.reconnect_timeout:
                 raise AlienError('connection lost and not back within %g s (ALIENPY_RECONNECT_TIMEOUT): %s'
                                  % (self.reconnect_timeout, last), EX_NOTCONN)
             time.sleep(max(0.0, min(pause * random.uniform(0.5, 1.5), self.reconnect_timeout - elapsed)))
             pause = min(pause * 2, 5.0)
         log('reconnected after %.3f s' % (time.monotonic() - t0))
-        if said:
-            print_error('alien.py: connection back after %.1f s' % (time.monotonic() - t0))
+        if said:   # (a helper session only logs it: one line each is enough)
+            (log if self.helper else print_error)('alien.py: connection back after %.1f s' % (time.monotonic() - t0))
 
     def _ensure_connected(self):
         """A usable connection: the first one, or a new one (same cwd) when the old
@@ -2056,8 +2064,103 @@ class Session(object):
         safe (_can_resend), else its result says 'outcome': 'unknown' for the
         caller to resolve from the catalogue; ConnectionLost when the connection
         does not come back."""
-        return self._transact([self._item(r[0], r[1], nomsg, nokeys, r[2] if len(r) > 2 else None)
-                               for r in requests], nokeys, window)
+        items = [self._item(r[0], r[1], nomsg, nokeys, r[2] if len(r) > 2 else None) for r in requests]
+        if self.spread and self.pipeline and len(items) >= self.SPREAD_MIN and all(i[3] for i in items):
+            return self._spread(items, nokeys, window)
+        return self._transact(items, nokeys, window)
+
+    # The endpoint runs one session's commands one after the other, however they are
+    # pipelined: a session does at most about 1/(cost) of them a second (a real service
+    # spends ~6 ms on an access or a commit). A large batch of checked requests is
+    # shared with up to SPREAD - 1 more sessions (each a login, which the 2024 throttle
+    # counts as 10 requests), only while replies are quick: once one is slow, requests
+    # go one at a time on this session alone.
+    SPREAD = 4
+    SPREAD_MIN = 32
+
+    def spread_ahead(self):
+        """Connect the helper sessions now, in the background: cp calls it when a copy
+        large enough to share its requests is coming, so that they are ready by then."""
+        if not self.spread or not self.pipeline:
+            return
+        if self.tls is None:
+            self.tls = self._credentials(False)
+        while len(self.helpers) < self.SPREAD - 1:
+            h = Session(self.environ, self.json_mode)
+            h.tls, h.timeout, h.reconnect_timeout, h.spread, h.helper = \
+                self.tls, self.timeout, self.reconnect_timeout, False, True
+            h.connecting = threading.Thread(target=h._connect_quietly, name='alienpy-connect')
+            h.connecting.daemon = True
+            h.connecting.start()
+            self.helpers.append(h)
+
+    def _connect_quietly(self):
+        try:
+            self._ensure_connected()
+        except AlienError as e:
+            log('a helper session could not connect: %s' % e)
+
+    def _spread(self, items, nokeys, window):
+        """_transact of items, shared out a slice at a time between this session (in
+        the calling thread) and its helpers (threads, spread_ahead) that are connected:
+        one slice each (all of it while none is: a helper still connecting delays
+        nothing, and over a WAN a slice costs a round trip)."""
+        self.spread_ahead()
+        out = [None] * len(items)
+        ready = 1 + sum(h.ws is not None for h in self.helpers)
+        take = len(items) if ready == 1 else max(16, -(-len(items) // ready))
+        state = {'next': 0, 'error': None}
+        lock = threading.Lock()
+        before = [(h.requests, h.logins) for h in self.helpers]
+
+        def work(session):
+            if session is not self:
+                session.connecting.join()
+                if session.ws is None:
+                    return
+            while True:
+                with lock:
+                    start = state['next']
+                    if state['error'] is not None or start >= len(items) or (session is not self and not self.pipeline):
+                        return
+                    state['next'] = start + take
+                try:
+                    got = session._transact(items[start:start + take], nokeys, window)
+                except BaseException as e:   # (ConnectionLost: the answered ones, the rest lost)
+                    got = list(getattr(e, 'results', None) or [])
+                    with lock:
+                        state['error'] = state['error'] or e
+                out[start:start + len(got)] = got
+                if not session.pipeline:
+                    self.pipeline = False        # slow replies: fewer sessions
+                if state['error'] is not None:
+                    return
+        threads = [threading.Thread(target=work, args=(h,), name='alienpy-session') for h in self.helpers]
+        for t in threads:
+            t.daemon = True
+            t.start()
+        try:
+            work(self)
+            for t in threads:
+                t.join()
+        except KeyboardInterrupt as e:
+            e.results = list(out)
+            raise
+        finally:
+            for h, (r, l) in zip(self.helpers, before):
+                self.requests += h.requests - r
+                self.logins += h.logins - l
+        e = state['error']
+        if e is not None:
+            if isinstance(e, ConnectionLost):
+                raise ConnectionLost(str(e), [r if r is not None else lost_result(e, items[i][1], 'unknown')
+                                              for i, r in enumerate(out)], e.exitcode)
+            raise e
+        # a slice not taken (the helpers stopped): this session, one request at a time
+        rest = [i for i, r in enumerate(out) if r is None]
+        for i, r in zip(rest, self._transact([items[i] for i in rest], nokeys, window) if rest else []):
+            out[i] = r
+        return out
 
     RESEND_LIMIT = 3  # times one request is sent again after lost connections or unproven replies
 
@@ -2082,7 +2185,9 @@ class Session(object):
         alone = set()     # asked again one at a time: their replies are then their own
         while todo:
             chunk = todo[:1]
-            if self.pipeline and window > 1 and todo[0] not in alone:
+            # the session's first request goes alone (behind the upgrade request): how
+            # quickly it is answered says whether more may follow it at once
+            if self.pipeline and window > 1 and todo[0] not in alone and self.peer is not None:
                 chunk = list(itertools.takewhile(lambda i: items[i][3] is not None and i not in alone,
                                                  todo[:window])) or chunk
             again, bad = [], False
@@ -2092,9 +2197,8 @@ class Session(object):
                     log('request %s' % redact(items[i][0]))
             try:
                 if self.ws is None and self.peer is None:
-                    # the session's first requests ride with the upgrade request
-                    self.connect(first=[items[i][0] for i in chunk])
-                    sent = len(chunk)
+                    self.connect(first=[items[chunk[0]][0]])
+                    sent = 1
                 else:
                     self._ensure_connected()
             except AlienError as e:
@@ -2123,7 +2227,9 @@ class Session(object):
                         log('reply %.1f ms %s' % ((now - t_send) * 1000, redact(text.replace('\\/', '/'))))
                     elif env_flag('ALIENPY_TIMING', self.environ):
                         log('timing %s %.1f ms %d bytes' % (items[i][1], (now - t_send) * 1000, len(text)))
-                    if busy > self.slow_reply and self.pipeline:
+                    # (a listing alone may take its time: only the requests that may go
+                    # out several at a time tell how quick the service is)
+                    if busy > self.slow_reply and self.pipeline and (len(chunk) > 1 or items[i][3] is not None):
                         self.pipeline = False
                         bad = bad or len(chunk) > 1
                         log('a reply took %.2f s: requests go one at a time from now on' % busy)
@@ -4160,6 +4266,8 @@ def cp_download(session, items, opts, stats, known=None):
     (size, md5, guid)} from replies that named the LFN: each access reply must be
     that file's (check_access) before its md5 is believed."""
     known = known if known is not None else {}
+    if len(known) >= session.SPREAD_MIN:
+        session.spread_ahead()       # more sessions for the access requests, connected meanwhile
     progress = _Progress(0, 0, _progress_enabled(opts), 'download ')
     pipe = CopyPipeline(opts, progress)
     live = set()
@@ -4472,6 +4580,8 @@ def cp_upload(session, items, opts, stats, md5s=None, prepare=()):
     if md5s is None:
         md5s = Md5Ahead()
         md5s.add(src for src, _, _ in items)
+    if len(items) >= session.SPREAD_MIN:
+        session.spread_ahead()   # more sessions for the access and commit requests, connected meanwhile
     progress = _Progress(0, 0, _progress_enabled(opts), 'upload ')
     pipe = CopyPipeline(opts, progress)
     live = []
@@ -4908,7 +5018,7 @@ def cp_upload_dirs(items):
     return [('mkdir', ['-p', d], check_mkdir) for d in _top_dirs(lfn for _, lfn, _ in items)]
 
 
-CP_LIST_ABOVE = 16   # files under one directory from which cp_catalogue_facts lists it instead of stat-ing each
+CP_LIST_ABOVE = 1   # files under one directory from which cp_catalogue_facts lists it instead of stat-ing each
 
 
 def cp_catalogue_facts(session, lfns):
@@ -6213,9 +6323,11 @@ def cp_at_site(session, pairs, opts):
     if r.exitcode != 0:
         raise AlienError('cp: -site %s: %s' % (opts['site'], r.err or 'exit code %d' % r.exitcode), r.exitcode)
     m = re.search(r'\(was ([^)]*)\)', r.out or '')
+    spread, session.spread = session.spread, False    # (more sessions would not have the site)
     try:
         return cp_run(session, pairs, opts)
     finally:
+        session.spread = spread
         previous = m.group(1).strip() if m else session.environ.get('ALIEN_SITE', '')
         if previous and previous != opts['site']:
             session.request('setSite', [previous], nomsg=True)
