@@ -4890,6 +4890,7 @@ GFAL_STAT_KEYS = ('st_dev', 'st_ino', 'st_mode', 'st_nlink', 'st_uid', 'st_gid',
 GFAL_ENCRYPTED_SCHEMES = ('roots', 'xroots', 'https', 'davs', 'sftp', 's3s', 'gsiftp')
 GFAL_TLS_TWIN = {'root': 'roots', 'xroot': 'xroots'}
 GFAL_LOCAL_SCHEMES = ('file',)
+GFAL_HTTP_SCHEMES = ('http', 'https', 'dav', 'davs')
 
 _GFAL_SCHEME_RE = LazyRegex(r'^([A-Za-z][A-Za-z0-9+.-]*)://')
 _GFAL_CHECKSUM_RE = LazyRegex(r'^[A-Za-z][A-Za-z0-9_-]{0,31}$')
@@ -4905,17 +4906,18 @@ class GfalJob(object):
     entries: list of tuples (id, kind, url) for list/remove/mkdir (kind 'file'
     or 'dir') and (id, 'file', src, dst) for copy/rename; id is None for
     wiki-style entries. creds: (source, destination) credential, each
-    (variable, file) or None (gfal_credentials); bound, shared: the URL prefixes
-    given a credential, the endpoints on both sides with two (gfal_cred_bindings).
+    (variable, file) or None (gfal_credentials); bound, shared, tokens: the URL
+    prefixes given a credential, the endpoints on both sides with two, whether
+    gfal2 may fetch tokens from HTTP storage (gfal_cred_bindings).
     """
-    __slots__ = ('type', 'entries', 'options', 'creds', 'bound', 'shared')
+    __slots__ = ('type', 'entries', 'options', 'creds', 'bound', 'shared', 'tokens')
 
     def __init__(self, jobtype, entries, options):
         self.type = jobtype
         self.entries = entries
         self.options = options
         self.creds = (None, None)
-        self.bound, self.shared = {}, frozenset()
+        self.bound, self.shared, self.tokens = {}, frozenset(), False
 
 
 def gfal_scheme(url):
@@ -5221,15 +5223,19 @@ def gfal_credentials(jobtype, environ):
 
 
 def gfal_cred_bindings(job):
-    """({URL prefix: credential file}, shared endpoints) of a job.
+    """({URL prefix: credential file}, shared endpoints, tokens) of a job.
 
     The prefixes, for gfal2's cred_set: each COPY side's credential on the root of
     every endpoint of that side (also as the TLS twin when encrypting). The
     destination's comes last: an endpoint on both sides with two different files
     is bound to the destination's and is `shared` (each source file there is then
     bound to the source's for its copy). Other jobs: nothing (gfal2 reads
-    X509_USER_PROXY itself).
+    X509_USER_PROXY itself). tokens: some entry may be an HTTP third-party copy,
+    the only use of the tokens gfal2 asks HTTP storage for (one more request for
+    every file otherwise).
     """
+    tokens = job.type == 'copy' and job.options['copy_mode'] != 'streamed' and any(
+        gfal_scheme(e[2]) in GFAL_HTTP_SCHEMES and gfal_scheme(e[3]) in GFAL_HTTP_SCHEMES for e in job.entries)
     bound, shared = {}, set()
     for side, cred in zip((2, 3), job.creds if job.type == 'copy' else ()):
         for entry in job.entries if cred else ():
@@ -5243,7 +5249,7 @@ def gfal_cred_bindings(job):
                 if side == 3 and bound.get(root, cred[1]) != cred[1]:
                     shared.add(root)
                 bound[root] = cred[1]
-    return bound, frozenset(shared)
+    return bound, frozenset(shared), tokens
 
 
 _GFAL_AUTH_RE = LazyRegex(r'\b40[13]\b|[Pp]ermission|SSL|TLS|[Cc]ertificate|[Hh]andshake|reset by peer|'
@@ -5336,6 +5342,8 @@ def _gfal_context(gfal2, job):
     for prefix, path in job.bound.items():
         ctx.cred_set(prefix, ctx.cred_new('X509_CERT', path))
     try:
+        if not job.tokens:
+            ctx.set_opt_boolean('HTTP PLUGIN', 'RETRIEVE_BEARER_TOKEN', False)
         if job.shared:
             # davix reuses a TLS connection, and the identity of its certificate, for
             # any request to the same host and port: one connection per request then
@@ -5616,7 +5624,7 @@ def gfal_run_job(gfal2, job, out):
             out.json(collections.OrderedDict([('Reason', 'OK'), ('Code', 0), ('id', ident),
                                               ('Listing', listing)]))
         return 0
-    job.bound, job.shared = gfal_cred_bindings(job)
+    job.bound, job.shared, job.tokens = gfal_cred_bindings(job)
     workers = min(job.options.get('parallel', 1), len(job.entries)) if job.type == 'copy' else 1
     if workers > 1:
         return 1 if _gfal_run_parallel(gfal2, job, out, workers) else 0

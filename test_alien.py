@@ -3668,20 +3668,25 @@ def test_gfal_cred_bindings(tmp_path):
         'davs://a.example:443/': src, 'davs://a2.example/': src,
         'davs://b.example:8443/': dst,            # on both sides: the destination's
         'root://x.example:1094/': dst},           # file:// takes no credential
-        frozenset(['davs://b.example:8443/']))
+        frozenset(['davs://b.example:8443/']), True)      # davs -> davs: tokens for its agent
     job.creds = (('X509_USER_PROXY_SRC', src), ('X509_USER_PROXY_DST', src))     # one file: nothing shared
     assert alien.gfal_cred_bindings(job)[1] == frozenset()
     job.creds = (None, ('X509_USER_PROXY_DST', dst))
     assert alien.gfal_cred_bindings(job) == ({'davs://b.example:8443/': dst, 'root://x.example:1094/': dst},
-                                             frozenset())
+                                             frozenset(), True)
     job = alien.gfal_parse_job('copy', {'files': [['root://a.example//p', 'http://h/q']],
                                         'options': {'encrypt': True}})
     job.creds = (('X509_USER_PROXY', src),) * 2
     assert alien.gfal_cred_bindings(job) == ({'root://a.example/': src, 'roots://a.example/': src,
-                                              'http://h/': src}, frozenset())
+                                              'http://h/': src}, frozenset(), False)
     job = alien.gfal_parse_job('list', {'files': ['davs://a.example/p']})
     job.creds = (('X509_USER_PROXY', src),) * 2
-    assert alien.gfal_cred_bindings(job) == ({}, frozenset())    # gfal2 reads X509_USER_PROXY itself
+    assert alien.gfal_cred_bindings(job) == ({}, frozenset(), False)    # gfal2 reads X509_USER_PROXY itself
+    for files, options, tokens in (([['davs://a/1', 'https://b/2']], {}, True),
+                                   ([['davs://a/1', 'davs://b/2']], {'copy_mode': 'streamed'}, False),
+                                   ([['file:///1', 'davs://b/2'], ['davs://a/1', 'file:///2']], {}, False)):
+        job = alien.gfal_parse_job('copy', {'files': files, 'options': options})
+        assert alien.gfal_cred_bindings(job)[2] is tokens
     assert alien.gfal_endpoint('davs://h:1') == 'davs://h:1/'
     assert alien.gfal_endpoint('file:///x') is None
 
