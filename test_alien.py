@@ -3715,6 +3715,36 @@ def test_gfal_credential_note():
         'HTTP 403 [credential for davs://a:1/: no credential (X509_USER_PROXY unset)]'
 
 
+@pytest.mark.once
+def test_gfal_lazy_system_cas(tmp_path, monkeypatch):
+    """davix parses OpenSSL's default CA file for every HTTPS request; where the default
+    directory holds a hash link for each of its certificates, the file is swapped for an
+    empty one (the same CAs, found by hash on demand), and only then."""
+    import collections
+    Paths = collections.namedtuple('Paths', 'openssl_cafile_env openssl_cafile openssl_capath_env openssl_capath')
+    bundle, capath = tmp_path / 'bundle.pem', tmp_path / 'certs'
+    bundle.write_text(GFAL_FAKE_CERT * 3)
+    capath.mkdir()
+    paths = Paths('SSL_CERT_FILE', str(bundle), 'SSL_CERT_DIR', str(capath))
+    monkeypatch.setattr(alien.ssl, 'get_default_verify_paths', lambda: paths)
+
+    def lazy(env, links):
+        for n in _gfal_os.listdir(str(capath)):
+            _gfal_os.unlink(str(capath / n))
+        for i in range(links):
+            (capath / ('%08x.0' % i)).write_text('')
+        env = dict(env)
+        alien.gfal_lazy_system_cas(env)
+        return env.get('SSL_CERT_FILE')
+    assert lazy({}, 3) == _gfal_os.devnull
+    assert lazy({'SSL_CERT_FILE': str(bundle), 'SSL_CERT_DIR': str(capath)}, 3) == _gfal_os.devnull
+    assert lazy({}, 2) is None                                     # a CA of the file not in the directory
+    other = tmp_path / 'mine.pem'
+    other.write_text(GFAL_FAKE_CERT)
+    assert lazy({'SSL_CERT_FILE': str(other)}, 3) == str(other)    # the user's own file: kept
+    assert lazy({'SSL_CERT_DIR': str(tmp_path)}, 3) is None        # another directory: nothing changed
+
+
 # ---- WebDAV over HTTPS (davs://) on two sites with their own CAs, root:// with TLS ----
 
 @pytest.fixture(scope='session')
