@@ -36,6 +36,7 @@ Python API::
                           #  'user', 'reader', 'writer' (only under /rw/), 'stranger' (unmapped DN)}}
     state['tls']          # {'url': 'roots://127.0.0.1:PORT//', 'datadir', ...}
     state['certdir']      # X509_CERT_DIR with both sites' CAs (what a pdm worker builds)
+    davs.start(workdir, trust_all=True)   # one grid: every site trusts every CA (benchmarks)
     davs.kill_server(workdir, 'b'); davs.start_server(workdir, 'b')   # a crash and back
     davs.stop(workdir)
 
@@ -137,20 +138,20 @@ def _write_proxy(cert, key, path):
     return path
 
 
-def _server_record(workdir, name, kind, pki, uid, gid):
+def _server_record(workdir, name, kind, pki, uid, gid, cadir):
     base = os.path.join(workdir, name, kind)
     port = grid._free_port()
     rec = {'name': name, 'kind': kind, 'port': port, 'base': base,
            'datadir': os.path.join(base, 'data'), 'admindir': os.path.join(base, 'admin'),
            'cfg': os.path.join(base, 'xrootd.cfg'), 'log': os.path.join(base, 'xrootd.log'),
            'stderr': os.path.join(base, 'stderr.log'), 'uid': uid, 'gid': gid,
-           'ca_cert': pki.ca_cert, 'cadir': pki.certdir, 'pid': None,
+           'ca_cert': pki.ca_cert, 'cadir': cadir, 'pid': None,
            'xrd_port': port if kind == 'tls' else grid._free_port()}
     rec['url'] = ('roots://127.0.0.1:%d//' if kind == 'tls' else 'davs://127.0.0.1:%d/') % port
     return rec
 
 
-def _prepare(rec, pki, users):
+def _prepare(rec, pki, grants):
     """Directories, host key copy, gridmap, authorisation, secret and config of one server."""
     uid, gid = rec['uid'], rec['gid']
     shutil.rmtree(rec['datadir'], ignore_errors=True)
@@ -166,12 +167,10 @@ def _prepare(rec, pki, users):
             os.chmod(dst, 0o600)
         shutil.copyfile(src, dst)
     os.chmod(files['hostkey'], 0o400)
-    rules = dict((role, (path, privs)) for role, path, privs in ROLES + (('user', '/', 'a'),))
     with open(files['gridmap'], 'w') as gridmap, open(files['authdb'], 'w') as authdb:
-        for role, (dn, _) in sorted(users.items()):
-            if rules[role][1]:
-                gridmap.write('"%s" site%s-%s\n' % (dn, rec['name'], role))
-                authdb.write('u site%s-%s %s %s\n' % ((rec['name'], role) + rules[role]))
+        for local, dn, path, privs in grants:
+            gridmap.write('"%s" %s\n' % (dn, local))
+            authdb.write('u %s %s %s\n' % (local, path, privs))
     os.makedirs(os.path.join(rec['datadir'], WRITER_AREA))
     if not os.path.exists(files['secret']):
         with open(files['secret'], 'w') as f:
@@ -204,9 +203,13 @@ def _launch(rec):
             grid._pidfile_proof(os.path.join(rec['admindir'], 'xrootd.pid'), rec['pid']))
 
 
-def start(workdir):
+def start(workdir, trust_all=False):
     """Start both sites and the TLS SE in workdir (stopping any left running there);
-    storage starts empty, certificates are reused. Returns the state dict."""
+    storage starts empty, certificates are reused. Returns the state dict.
+
+    trust_all: every site trusts every site's CA (clients and its TPC agent) and lets
+    every site's main user do everything, as sites of one grid do (IGTF): one
+    credential works everywhere and TPC works between the sites (the benchmarks)."""
     workdir = os.path.abspath(workdir)
     stop(workdir)
     os.makedirs(workdir, exist_ok=True)
@@ -215,31 +218,39 @@ def start(workdir):
     with open(os.path.join(workdir, '.gitignore'), 'w') as f:
         f.write('# gfal test storage, never committed\n*\n')
     uid, gid, _ = grid._xrootd_ids()
-    state = {'workdir': workdir, 'sites': {}, 'certdir': os.path.join(workdir, 'certificates')}
+    state = {'workdir': workdir, 'sites': {}, 'certdir': os.path.join(workdir, 'certificates'),
+             'trust_all': trust_all}
+    pkis = dict((name, _site_pki(workdir, name)) for name in SITES)
+    shutil.rmtree(state['certdir'], ignore_errors=True)
+    os.makedirs(state['certdir'])
+    for name in SITES:
+        shutil.copyfile(pkis[name][0].ca_cert, os.path.join(state['certdir'], 'site%s.pem' % name))
+    _openssl('rehash', state['certdir'])
     waits = []
     try:
         for name in SITES:
-            pki, users = _site_pki(workdir, name)
-            rec = _server_record(workdir, name, 'davs', pki, uid, gid)
+            pki, users = pkis[name]
+            grants = [('site%s-%s' % (name, role), users[role][0], path, privs)
+                      for role, path, privs in (('user', '/', 'a'),) + ROLES if privs]
+            if trust_all:
+                grants += [('site%s-user' % other, pkis[other][1]['user'][0], '/', 'a')
+                           for other in SITES if other != name]
+            cadir = state['certdir'] if trust_all else pki.certdir
+            rec = _server_record(workdir, name, 'davs', pki, uid, gid, cadir)
             rec.update(dn=users['user'][0], proxy=users['user'][1],
                        proxies=dict((role, proxy) for role, (_, proxy) in users.items()))
-            _prepare(rec, pki, users)
+            _prepare(rec, pki, grants)
             waits.append(_launch(rec))
             state['sites'][name] = rec
             if name == 'a':
-                state['tls'] = _server_record(workdir, name, 'tls', pki, uid, gid)
-                _prepare(state['tls'], pki, users)
+                state['tls'] = _server_record(workdir, name, 'tls', pki, uid, gid, cadir)
+                _prepare(state['tls'], pki, grants)
                 waits.append(_launch(state['tls']))
         grid._wait_ready(waits)
     except BaseException:
         for item in waits:
             grid._kill(item[1])
         raise
-    shutil.rmtree(state['certdir'], ignore_errors=True)
-    os.makedirs(state['certdir'])
-    for name in SITES:
-        shutil.copyfile(state['sites'][name]['ca_cert'], os.path.join(state['certdir'], 'site%s.pem' % name))
-    _openssl('rehash', state['certdir'])
     _save(workdir, state)
     return state
 
