@@ -334,49 +334,34 @@ def bench_davs(top, nfiles, big_mib, rounds):
                 f.write(payload)
         one = davs_env(state, X509_USER_PROXY='a')                # what gfal-copy gets: one -E for both
         two = davs_env(state, X509_USER_PROXY_SRC='a', X509_USER_PROXY_DST='b')   # the pdm worker's way
-        rows = []
-
         def row(label, seconds, base=None):
-            rows.append((label, seconds, base))
-            print('  %-58s %7.2f s  %7.1f files/s%s' % (
-                label, seconds, nfiles / seconds if 'GiB' not in label else 0,
-                '' if base is None else '   alien.py %.1fx faster' % (seconds / base)))
+            print('  %-58s %7.2f s  %7.1f files/s%s' % (label, seconds, nfiles / seconds,
+                                                    '' if base is None else '   alien.py %.1fx faster' % (seconds / base)))
 
-        # file:// -> davs://
-        print('COPY %d x 10 KiB file:// -> davs:// (site a), load average %s'
-              % (nfiles, ' '.join('%.2f' % x for x in os.getloadavg())))
+        def compare(title, pairs, env, src_dir, dst_url):
+            """pairs(tag)(round) -> [(src, dst)]: gfal-copy per file (also with the lazy CA
+            lookup), --from-file and -r of src_dir into dst_url, alien.py parallel 1 and 16."""
+            print('COPY %d x 10 KiB %s, load average %s' % (nfiles, title, ' '.join('%.2f' % x for x in os.getloadavg())))
+            seq = sum(gfal_copy(['-p', s, d], one) for s, d in pairs('each')(0))
+            lazy = sum(gfal_copy(['-p', s, d], dict(one, SSL_CERT_FILE=os.devnull)) for s, d in pairs('lazy')(0))
+            alien16 = alien_copy(pairs('p16'), env, rounds)
+            row('gfal-copy, one process per file', seq, alien16)
+            row('  the same with SSL_CERT_FILE=/dev/null (alien.py\'s CA lookup)', lazy, alien16)
+            listing = os.path.join(top, 'sources.list')
+            with open(listing, 'w') as f:
+                f.write(''.join(s + '\n' for s, _ in pairs('x')(0)))
+            run_alien('mkdir', {'dirs': [dst_url + 'list']}, one)
+            row('gfal-copy --from-file (one process, file by file)',
+                gfal_copy(['-p', '--from-file', listing, dst_url + 'list'], one), alien16)
+            row('gfal-copy -r (one process, file by file)', gfal_copy(['-r', '-p', src_dir, dst_url + 'rec'], one), alien16)
+            row('alien.py gfal copy parallel=1', alien_copy(pairs('p1'), env, rounds, parallel=1), alien16)
+            row('alien.py gfal copy parallel=16 (default)', alien16)
+
         up = lambda tag: (lambda r: [('file://%s/%s' % (src, n), '%sup/%s%d/%s' % (a['url'], tag, r, n)) for n in names])
-        seq = sum(gfal_copy(['-p', s, d], one) for s, d in up('each')(0))
-        lazy = sum(gfal_copy(['-p', s, d], dict(one, SSL_CERT_FILE=os.devnull)) for s, d in up('lazy')(0))
-        alien16 = alien_copy(up('p16'), one, rounds)
-        row('gfal-copy, one process per file', seq, alien16)
-        row('  the same with SSL_CERT_FILE=/dev/null (alien.py\'s CA lookup)', lazy, alien16)
-        run_alien('mkdir', {'dirs': [a['url'] + 'up/list0']}, one)
-        with open(os.path.join(top, 'up.list'), 'w') as f:
-            f.write(''.join('file://%s/%s\n' % (src, n) for n in names))
-        row('gfal-copy --from-file (one process, file by file)',
-            gfal_copy(['-p', '--from-file', os.path.join(top, 'up.list'), a['url'] + 'up/list0'], one), alien16)
-        row('gfal-copy -r (one process, file by file)', gfal_copy(['-r', '-p', 'file://' + src, a['url'] + 'up/rec0'], one),
-            alien16)
-        row('alien.py gfal copy parallel=1', alien_copy(up('p1'), one, rounds, parallel=1), alien16)
-        row('alien.py gfal copy parallel=16 (default)', alien16)
-        # davs -> davs, site a -> site b: third-party (b pulls from a)
-        print('COPY %d x 10 KiB davs:// site a -> davs:// site b (third-party pull)' % nfiles)
+        compare('file:// -> davs:// (site a)', up, one, 'file://' + src, a['url'] + 'up/')
         srcurl = a['url'] + 'up/p160/'
         cross = lambda tag: (lambda r: [(srcurl + n, '%sin/%s%d/%s' % (b['url'], tag, r, n)) for n in names])
-        seq = sum(gfal_copy(['-p', s, d], one) for s, d in cross('each')(0))
-        lazy = sum(gfal_copy(['-p', s, d], dict(one, SSL_CERT_FILE=os.devnull)) for s, d in cross('lazy')(0))
-        alien16 = alien_copy(cross('p16'), two, rounds)
-        row('gfal-copy, one process per file', seq, alien16)
-        row('  the same with SSL_CERT_FILE=/dev/null (alien.py\'s CA lookup)', lazy, alien16)
-        run_alien('mkdir', {'dirs': [b['url'] + 'in/list0']}, one)
-        with open(os.path.join(top, 'cross.list'), 'w') as f:
-            f.write(''.join(srcurl + n + '\n' for n in names))
-        row('gfal-copy --from-file', gfal_copy(['-p', '--from-file', os.path.join(top, 'cross.list'),
-                                                b['url'] + 'in/list0'], one), alien16)
-        row('gfal-copy -r', gfal_copy(['-r', '-p', srcurl, b['url'] + 'in/rec0'], one), alien16)
-        row('alien.py gfal copy parallel=1', alien_copy(cross('p1'), two, rounds, parallel=1), alien16)
-        row('alien.py gfal copy parallel=16 (default)', alien16)
+        compare('davs:// site a -> davs:// site b (third-party pull)', cross, two, srcurl, b['url'] + 'in/')
         row('alien.py gfal copy parallel=16 copy_mode=streamed', alien_copy(cross('str'), two, rounds,
                                                                              copy_mode='streamed'))
         # one large file, davs -> davs

@@ -108,10 +108,7 @@ def load_state(workdir):
 
 
 def _save(workdir, state):
-    tmp = _state_path(workdir) + '.tmp'
-    with open(tmp, 'w') as f:
-        json.dump(state, f, indent=1, sort_keys=True)
-    os.replace(tmp, _state_path(workdir))
+    grid._write_json(_state_path(workdir), state)
 
 
 def _site_pki(workdir, name):
