@@ -5221,8 +5221,14 @@ GFAL_OPTIONS = {
     'rename': ('timeout',),
     'mkdir': ('timeout',),
     'copy': ('make_dirs', 'parent', 'checksum', 'encrypt', 'preserve_timestamp',
-             'overwrite', 'nbstreams', 'timeout', 'parallel'),
+             'overwrite', 'nbstreams', 'timeout', 'parallel', 'copy_mode'),
 }
+# copy_mode (HTTP): that mode only, without gfal2's fallback from pull to push to streamed
+GFAL_COPY_MODES = {'pull': '3rd pull', 'push': '3rd push', 'streamed': 'streamed'}
+# Credentials (docs/gfal.md): COPY gives its source side X509_USER_PROXY_SRC and its
+# destination side X509_USER_PROXY_DST, each falling back to X509_USER_PROXY, the
+# one credential of every other job.
+GFAL_PROXY_VARS = ('X509_USER_PROXY_SRC', 'X509_USER_PROXY_DST')
 GFAL_TOP_KEYS = ('base', 'files', 'dirs', 'options')
 
 # COPY defaults. make_dirs: True as in the pdm worker (its parent option), so the
@@ -5247,6 +5253,7 @@ GFAL_STAT_KEYS = ('st_dev', 'st_ino', 'st_mode', 'st_nlink', 'st_uid', 'st_gid',
 GFAL_ENCRYPTED_SCHEMES = ('roots', 'xroots', 'https', 'davs', 'sftp', 's3s', 'gsiftp')
 GFAL_TLS_TWIN = {'root': 'roots', 'xroot': 'xroots'}
 GFAL_LOCAL_SCHEMES = ('file',)
+GFAL_HTTP_SCHEMES = ('http', 'https', 'dav', 'davs')
 
 _GFAL_SCHEME_RE = LazyRegex(r'^([A-Za-z][A-Za-z0-9+.-]*)://')
 _GFAL_CHECKSUM_RE = LazyRegex(r'^[A-Za-z][A-Za-z0-9_-]{0,31}$')
@@ -5261,14 +5268,19 @@ class GfalJob(object):
 
     entries: list of tuples (id, kind, url) for list/remove/mkdir (kind 'file'
     or 'dir') and (id, 'file', src, dst) for copy/rename; id is None for
-    wiki-style entries.
+    wiki-style entries. creds: (source, destination) credential, each
+    (variable, file) or None (gfal_credentials); bound, shared, tokens: the URL
+    prefixes given a credential, the endpoints on both sides with two, whether
+    gfal2 may fetch tokens from HTTP storage (gfal_cred_bindings).
     """
-    __slots__ = ('type', 'entries', 'options')
+    __slots__ = ('type', 'entries', 'options', 'creds', 'bound', 'shared', 'tokens')
 
     def __init__(self, jobtype, entries, options):
         self.type = jobtype
         self.entries = entries
         self.options = options
+        self.creds = (None, None)
+        self.bound, self.shared, self.tokens = {}, frozenset(), False
 
 
 def gfal_scheme(url):
@@ -5467,6 +5479,11 @@ def gfal_check_options(jobtype, options):
         if parallel > GFAL_MAX_PARALLEL:
             raise GfalJobError('option parallel must be at most %d, not %d' % (GFAL_MAX_PARALLEL, parallel))
         out['parallel'] = parallel
+        mode = options.get('copy_mode')
+        if mode is not None and mode not in GFAL_COPY_MODES:
+            raise GfalJobError('option copy_mode must be one of %s, not %s' % (
+                ', '.join(sorted(GFAL_COPY_MODES)), _gfal_short(mode)))
+        out['copy_mode'] = mode
     return out
 
 
@@ -5538,6 +5555,89 @@ def gfal_child_url(parent, name):
     return parent + name if parent.endswith('/') else parent + '/' + name
 
 
+def gfal_endpoint(url):
+    """'scheme://host[:port]/' of a remote URL (what a credential is bound to); None for file://."""
+    m = _GFAL_SCHEME_RE.match(url)
+    if not m or m.group(1).lower() in GFAL_LOCAL_SCHEMES:
+        return None
+    slash = url.find('/', m.end())
+    return (url if slash < 0 else url[:slash]) + '/'
+
+
+def gfal_credentials(jobtype, environ):
+    """(source, destination) credential of a job, each (variable, file) or None.
+
+    COPY: X509_USER_PROXY_SRC and X509_USER_PROXY_DST, each side falling back to
+    X509_USER_PROXY; any other job: X509_USER_PROXY for both. A file named and
+    not readable, or holding no certificate, is a job error.
+    """
+    one = ('X509_USER_PROXY', environ['X509_USER_PROXY']) if environ.get('X509_USER_PROXY') else None
+    sides = tuple((var, environ[var]) if jobtype == 'copy' and environ.get(var) else one
+                  for var in GFAL_PROXY_VARS)
+    for var, path in sorted(set(filter(None, sides))):
+        try:
+            with open(path, 'rb') as f:
+                ok = b'-----BEGIN CERTIFICATE-----' in f.read(1 << 20)
+        except OSError as e:
+            raise GfalJobError('%s=%s: cannot read the credential file: %s' % (var, path, e.strerror or e))
+        if not ok:
+            raise GfalJobError('%s=%s: the credential file holds no PEM certificate' % (var, path))
+    return sides
+
+
+def gfal_cred_bindings(job):
+    """({URL prefix: credential file}, shared endpoints, tokens) of a job.
+
+    The prefixes, for gfal2's cred_set: each COPY side's credential on the root of
+    every endpoint of that side (also as the TLS twin when encrypting). The
+    destination's comes last: an endpoint on both sides with two different files
+    is bound to the destination's and is `shared` (each source file there is then
+    bound to the source's for its copy). Other jobs: nothing (gfal2 reads
+    X509_USER_PROXY itself). tokens: some entry may be an HTTP third-party copy,
+    the only use of the tokens gfal2 asks HTTP storage for (one more request for
+    every file otherwise).
+    """
+    tokens = job.type == 'copy' and job.options['copy_mode'] != 'streamed' and any(
+        gfal_scheme(e[2]) in GFAL_HTTP_SCHEMES and gfal_scheme(e[3]) in GFAL_HTTP_SCHEMES for e in job.entries)
+    bound, shared = {}, set()
+    for side, cred in zip((2, 3), job.creds if job.type == 'copy' else ()):
+        for entry in job.entries if cred else ():
+            urls = [entry[side]]
+            if job.options['encrypt']:
+                try:
+                    urls.append(gfal_encrypted_url(entry[side]))
+                except ValueError:
+                    pass
+            for root in filter(None, map(gfal_endpoint, urls)):
+                if side == 3 and bound.get(root, cred[1]) != cred[1]:
+                    shared.add(root)
+                bound[root] = cred[1]
+    return bound, frozenset(shared), tokens
+
+
+_GFAL_AUTH_RE = LazyRegex(r'\b40[13]\b|[Pp]ermission|SSL|TLS|[Cc]ertificate|[Hh]andshake|reset by peer|'
+                          r'[Aa]uthenticat|unknown ca')
+
+
+def gfal_credential_note(reason, creds, urls, copy=False):
+    """reason, plus the credential each remote endpoint of the entry was given, when
+    the failure looks like one of authentication: a server that refuses a certificate
+    (or its CA), or wants one, is then named with what it got. A COPY failure that
+    gfal2 places on one side (SOURCE/DESTINATION) names that side only."""
+    if not _GFAL_AUTH_RE.search(reason):
+        return reason
+    side = re.search(r'^(SOURCE|DESTINATION)\b|\((source|destination)\)$', reason) if copy else None
+    side = side and (side.group(1) or side.group(2)).lower()
+    notes = []
+    for name, cred, url, var in zip(('source', 'destination'), creds, urls, GFAL_PROXY_VARS):
+        root = gfal_endpoint(url)
+        note = '%s%s: %s' % (name + ' ' if copy else '', root, '%s=%s' % cred if cred else
+                             'no credential (%sX509_USER_PROXY unset)' % (var + ' and ' if copy else ''))
+        if root and side in (None, name) and note not in notes:
+            notes.append(note)
+    return reason + ' [credential for %s]' % '; '.join(notes) if notes else reason
+
+
 def gfal_result(ok, reason='OK', ident=None):
     """One result line as a dict: Reason, Code (0/1), id when the entry carried one."""
     line = {'Reason': reason if not ok else 'OK', 'Code': 0 if ok else 1}
@@ -5554,7 +5654,8 @@ def gfal_monitor_line(src, elapsed, transferred, average):
 def gfal_error_text(exc):
     """A one-line Reason from a gfal2.GError or any exception."""
     text = getattr(exc, 'message', None) or str(exc) or exc.__class__.__name__
-    text = text.replace('\x00', '').strip()
+    # davix escapes its own newlines (a literal backslash-n)
+    text = text.replace('\x00', '').replace('\\n', '\n').strip()
     return ' '.join(text.split()) if '\n' in text else text
 
 
@@ -5596,11 +5697,23 @@ def _gfal_stat_dict(st, name):
     return entry
 
 
-def _gfal_context(gfal2, options):
+def _gfal_context(gfal2, job):
+    options = job.options
     ctx = gfal2.creat_context()
     if options.get('timeout'):
         ctx.set_opt_integer('CORE', 'NAMESPACE_TIMEOUT', options['timeout'])
+    for prefix, path in job.bound.items():
+        ctx.cred_set(prefix, ctx.cred_new('X509_CERT', path))
     try:
+        if not job.tokens:
+            ctx.set_opt_boolean('HTTP PLUGIN', 'RETRIEVE_BEARER_TOKEN', False)
+        if job.shared:
+            # davix reuses a TLS connection, and the identity of its certificate, for
+            # any request to the same host and port: one connection per request then
+            ctx.set_opt_boolean('HTTP PLUGIN', 'KEEP_ALIVE', False)
+        if options.get('copy_mode'):
+            ctx.set_opt_string('HTTP PLUGIN', 'DEFAULT_COPY_MODE', GFAL_COPY_MODES[options['copy_mode']])
+            ctx.set_opt_boolean('HTTP PLUGIN', 'ENABLE_FALLBACK_TPC_COPY', False)
         if options.get('encrypt'):
             ctx.set_opt_boolean('GRIDFTP PLUGIN', 'DCAU', True)
         # One file per filecopy call: without this the xrootd plugin sets up a
@@ -5713,8 +5826,12 @@ class _GfalParentDirs(object):
         return known
 
 
-def _gfal_copy_one(gfal2, ctx, options, src, dst, out, parents=None):
-    """Copy one file; returns None on success or the failure Reason."""
+def _gfal_copy_one(gfal2, ctx, job, src, dst, out, parents=None):
+    """Copy one file; returns None on success or the failure Reason.
+
+    A source on an endpoint of both sides (bound to the destination's credential)
+    is bound to the source's for the copy: its URL is the longer prefix."""
+    options = job.options
     try:
         if options['encrypt']:
             src_url, dst_url = gfal_encrypted_url(src), gfal_encrypted_url(dst)
@@ -5722,6 +5839,17 @@ def _gfal_copy_one(gfal2, ctx, options, src, dst, out, parents=None):
             src_url, dst_url = src, dst
     except ValueError as e:
         return str(e)
+    pinned = job.creds[0] and gfal_endpoint(src_url) in job.shared
+    if pinned:
+        ctx.cred_set(src_url, ctx.cred_new('X509_CERT', job.creds[0][1]))
+    try:
+        return _gfal_filecopy(gfal2, ctx, options, src, dst, src_url, dst_url, out, parents)
+    finally:
+        if pinned:
+            ctx.cred_del('X509_CERT', src_url)
+
+
+def _gfal_filecopy(gfal2, ctx, options, src, dst, src_url, dst_url, out, parents):
     params = ctx.transfer_parameters()
     params.overwrite = options['overwrite']
     params.create_parent = options['make_dirs']
@@ -5750,7 +5878,8 @@ def _gfal_copy_one(gfal2, ctx, options, src, dst, out, parents=None):
                     'the modification time; %s keeps the copy time' % (gfal_scheme(dst_url), dst))
         else:
             src_st = os.stat(src_path) if src_path is not None else ctx.stat(src_url)
-            os.utime(dst_path, (int(src_st.st_atime), int(src_st.st_mtime)))
+            # davs:// stat gives no access time: the file gets its mtime then
+            os.utime(dst_path, (int(src_st.st_atime or src_st.st_mtime), int(src_st.st_mtime)))
     # The summary line: gfal2 calls the monitor only for long transfers.
     try:
         if src_st is not None:
@@ -5772,7 +5901,7 @@ def _gfal_run_entry(gfal2, ctx, job, entry, out, parents=None):
     ident = entry[0]
     try:
         if job.type == 'copy':
-            reason = _gfal_copy_one(gfal2, ctx, job.options, entry[2], entry[3], out, parents)
+            reason = _gfal_copy_one(gfal2, ctx, job, entry[2], entry[3], out, parents)
             if reason is not None:
                 return gfal_result(False, reason, ident)
         elif job.type == 'rename':
@@ -5784,7 +5913,8 @@ def _gfal_run_entry(gfal2, ctx, job, entry, out, parents=None):
         else:
             ctx.unlink(entry[2])
     except Exception as e:   # gfal2.GError above all, but no entry may crash the job
-        return gfal_result(False, gfal_error_text(e), ident)
+        reason = gfal_credential_note(gfal_error_text(e), job.creds, entry[2:], job.type == 'copy')
+        return gfal_result(False, reason, ident)
     return gfal_result(True, 'OK', ident)
 
 
@@ -5819,7 +5949,7 @@ def _gfal_run_parallel(gfal2, job, out, workers):
                 state['next'] += 1
             if ctx is None:
                 try:
-                    ctx = _gfal_context(gfal2, job.options)
+                    ctx = _gfal_context(gfal2, job)
                 except Exception as e:
                     result = gfal_result(False, gfal_error_text(e), entries[index][0])
                     with lock:
@@ -5846,10 +5976,10 @@ def gfal_run_job(gfal2, job, out):
     if job.type == 'list':
         ident, _kind, url = job.entries[0]
         try:
-            ctx = _gfal_context(gfal2, job.options)
+            ctx = _gfal_context(gfal2, job)
             listing = _gfal_do_list(gfal2, ctx, url, job.options)
         except Exception as e:
-            out.json(gfal_result(False, gfal_error_text(e), ident))
+            out.json(gfal_result(False, gfal_credential_note(gfal_error_text(e), job.creds, (url,)), ident))
             return 1
         if ident is None:
             out.json(listing)
@@ -5857,13 +5987,14 @@ def gfal_run_job(gfal2, job, out):
             out.json(collections.OrderedDict([('Reason', 'OK'), ('Code', 0), ('id', ident),
                                               ('Listing', listing)]))
         return 0
+    job.bound, job.shared, job.tokens = gfal_cred_bindings(job)
     workers = min(job.options.get('parallel', 1), len(job.entries)) if job.type == 'copy' else 1
     if workers > 1:
         return 1 if _gfal_run_parallel(gfal2, job, out, workers) else 0
     failed = 0
     parents = _GfalParentDirs() if job.type == 'copy' else None
     try:
-        ctx = _gfal_context(gfal2, job.options)
+        ctx = _gfal_context(gfal2, job)
     except Exception as e:
         ctx, context_error = None, gfal_error_text(e)
     for entry in job.entries:
@@ -5874,6 +6005,29 @@ def gfal_run_job(gfal2, job, out):
         out.json(result)
         failed += result['Code']
     return 1 if failed else 0
+
+
+def gfal_lazy_system_cas(environ):
+    """Let OpenSSL find the system CAs by hash in its default directory, not by parsing
+    its default CA file: davix loads that file, the whole system bundle (about 30 ms
+    of CPU here), for every HTTPS request. Only while the file and the directory in
+    use are the system's (SSL_CERT_FILE, SSL_CERT_DIR unset or naming them) and the
+    directory holds a hash link for every certificate of the file (Debian's
+    /etc/ssl/certs): trust stays the same."""
+    paths = ssl.get_default_verify_paths()
+    real = os.path.realpath
+    cafile = environ.get(paths.openssl_cafile_env) or paths.openssl_cafile
+    capath = environ.get(paths.openssl_capath_env) or paths.openssl_capath
+    if real(cafile) != real(paths.openssl_cafile) or real(capath) != real(paths.openssl_capath):
+        return
+    try:
+        with open(cafile, 'rb') as f:
+            certs = f.read().count(b'-----BEGIN CERTIFICATE-----')
+        links = sum(1 for name in os.listdir(capath) if re.match(r'^[0-9a-f]{8}\.\d+$', name))
+    except OSError:
+        return
+    if 0 < certs <= links:
+        environ[paths.openssl_cafile_env] = os.devnull
 
 
 def _gfal_import():
@@ -5909,10 +6063,12 @@ def gfal_main(args, stdin=None, stdout=None, stderr=None):
             raise GfalJobError('cannot read the job %s: %s' % (
                 'from stdin' if source == '-' else 'file ' + source, getattr(e, 'strerror', None) or e))
         job = gfal_parse_job(jobtype, gfal_load_json(text))
+        job.creds = gfal_credentials(jobtype, os.environ)
         gfal2 = _gfal_import()
     except GfalJobError as e:
         out.json(gfal_result(False, str(e), ''))   # id "": the whole job failed (pdm worker)
         return 2
+    gfal_lazy_system_cas(os.environ)
     status = gfal_run_job(gfal2, job, out)
     return 1 if out.broken else status
 

@@ -3189,6 +3189,7 @@ def test_requests_are_pipelined_through_request_many():
 # system interpreter, which imports Debian's gfal2, on file:// trees, on a
 # real xrootd on loopback (fixture gfal_xrootd) and on mock:// URLs.
 
+import hashlib as _gfal_hashlib
 import io as _gfal_io
 import json as _gfal_json
 import os as _gfal_os
@@ -3216,12 +3217,12 @@ GFAL_STAT_KEYS = ['st_dev', 'st_ino', 'st_mode', 'st_nlink', 'st_uid', 'st_gid',
                   'st_atime', 'st_mtime', 'st_ctime', 'name']
 
 
-def gfal_run(jobtype, job, *args, python=GFAL_PY, timeout=60):
+def gfal_run(jobtype, job, *args, python=GFAL_PY, timeout=120, env=None):
     """Run one gfal job in a subprocess -> (exit status, [stdout JSON objects], stderr)."""
     data = job if isinstance(job, str) else _gfal_json.dumps(job)
     proc = _gfal_subprocess.run([python, '-c', GFAL_RUNNER, jobtype] + list(args),
                                 input=data.encode(), stdout=_gfal_subprocess.PIPE,
-                                stderr=_gfal_subprocess.PIPE, timeout=timeout)
+                                stderr=_gfal_subprocess.PIPE, timeout=timeout, env=env)
     lines = proc.stdout.decode().splitlines()
     return proc.returncode, [_gfal_json.loads(line) for line in lines], proc.stderr.decode()
 
@@ -3315,7 +3316,7 @@ def test_gfal_option_defaults():
     opts = alien.gfal_parse_job('copy', {'files': [['file:///a', 'file:///b']]}).options
     assert opts == {'timeout': None, 'make_dirs': True, 'checksum': None, 'encrypt': False,
                     'preserve_timestamp': False, 'overwrite': False, 'nbstreams': None,
-                    'parallel': alien.GFAL_DEFAULT_PARALLEL}
+                    'parallel': alien.GFAL_DEFAULT_PARALLEL, 'copy_mode': None}
     opts = alien.gfal_check_options('copy', {'parent': False, 'checksum': 'ADLER32:DEADBEEF',
                                              'timeout': 30, 'nbstreams': 2, 'parallel': 3})
     assert (opts['make_dirs'], opts['checksum'], opts['timeout'], opts['nbstreams'], opts['parallel']) == \
@@ -3365,6 +3366,8 @@ GFAL_BAD_JOBS = [
     ('copy', {'files': [['file:///a', 'file:///b']], 'options': {'make_dirs': True, 'parent': False}},
      'disagree'),
     ('copy', {'files': [['file:///a', 'file:///b']], 'options': {'verbosity': 10}}, 'unknown option'),
+    ('copy', {'files': [['file:///a', 'file:///b']], 'options': {'copy_mode': '3rd pull'}}, 'copy_mode must be one of'),
+    ('list', {'files': ['file:///a'], 'options': {'copy_mode': 'pull'}}, 'unknown option "copy_mode"'),
 ]
 
 
@@ -3865,6 +3868,642 @@ def test_gfal_through_the_command_line_front_end(tmp_path):
     assert p.returncode == 0 and list(json.loads(p.stdout)) == ['file://%s/a' % tmp_path, 'file://%s/a/b' % tmp_path]
     p = run_cli(['gfal', 'copy', '-'], python=GFAL_PY, input='{not json')
     assert p.returncode == 2 and json.loads(p.stdout)['Code'] == 1 and p.stderr == ''
+
+
+# ---- credentials: which file each side of a job gets (pure) ----
+
+GFAL_FAKE_CERT = '-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n'
+
+
+def _gfal_cred_files(tmp_path, *names):
+    paths = []
+    for name in names:
+        (tmp_path / name).write_text(GFAL_FAKE_CERT)
+        paths.append(str(tmp_path / name))
+    return paths
+
+
+@pytest.mark.once
+def test_gfal_credentials_rule(tmp_path):
+    src, dst, one = _gfal_cred_files(tmp_path, 'src.pem', 'dst.pem', 'one.pem')
+    c = alien.gfal_credentials
+    env = {'X509_USER_PROXY_SRC': src, 'X509_USER_PROXY_DST': dst, 'X509_USER_PROXY': one}
+    assert c('copy', env) == (('X509_USER_PROXY_SRC', src), ('X509_USER_PROXY_DST', dst))
+    # each COPY side falls back to X509_USER_PROXY; nothing set: no credential
+    assert c('copy', {'X509_USER_PROXY_SRC': src, 'X509_USER_PROXY': one}) == \
+        (('X509_USER_PROXY_SRC', src), ('X509_USER_PROXY', one))
+    assert c('copy', {'X509_USER_PROXY_DST': dst}) == (None, ('X509_USER_PROXY_DST', dst))
+    assert c('copy', {'X509_USER_PROXY_SRC': ''}) == (None, None)
+    # every other job has the one credential of X509_USER_PROXY, whatever _SRC/_DST say
+    for jobtype in ('list', 'remove', 'rename', 'mkdir'):
+        assert c(jobtype, env) == (('X509_USER_PROXY', one),) * 2
+        assert c(jobtype, {'X509_USER_PROXY_SRC': str(tmp_path / 'missing')}) == (None, None)
+
+
+@pytest.mark.once
+@pytest.mark.parametrize('var', ['X509_USER_PROXY_SRC', 'X509_USER_PROXY_DST', 'X509_USER_PROXY'])
+def test_gfal_credential_file_missing_or_unreadable_is_a_job_error(tmp_path, var):
+    (tmp_path / 'a').write_text('A')
+    (tmp_path / 'nocert.pem').write_text('-----BEGIN RSA PRIVATE KEY-----\n')
+    (tmp_path / 'dir.pem').mkdir()
+    good = _gfal_cred_files(tmp_path, 'good.pem')[0]
+    job = {'files': [['3.1', 'file://%s/a' % tmp_path, 'file://%s/out/a' % tmp_path]]}
+    for bad, message in (('missing.pem', 'cannot read the credential file: No such file or directory'),
+                         ('dir.pem', 'cannot read the credential file: Is a directory'),
+                         ('nocert.pem', 'the credential file holds no PEM certificate')):
+        env = {k: v for k, v in _gfal_os.environ.items() if not k.startswith('X509_USER_PROXY')}
+        env.update({'X509_USER_PROXY_SRC': good, 'X509_USER_PROXY_DST': good})
+        env.pop(var, None)
+        env[var] = str(tmp_path / bad)
+        if var == 'X509_USER_PROXY':        # read by COPY only for a side without its own
+            del env['X509_USER_PROXY_DST']
+        rc, lines, err = gfal_run('copy', job, env=env)
+        assert (rc, err) == (2, '') and lines == [{'Reason': '%s=%s: %s' % (var, tmp_path / bad, message),
+                                                   'Code': 1, 'id': ''}]
+        assert not (tmp_path / 'out').exists()          # nothing was touched
+    # a LIST reads X509_USER_PROXY only
+    env = dict(_gfal_os.environ, X509_USER_PROXY=str(tmp_path / 'missing.pem'))
+    rc, lines, _ = gfal_run('list', {'files': [['7.0', 'file://%s' % tmp_path]]}, env=env)
+    assert rc == 2 and lines[0]['id'] == '' and 'X509_USER_PROXY=' in lines[0]['Reason']
+    env = dict(_gfal_os.environ, X509_USER_PROXY_SRC=str(tmp_path / 'missing.pem'))
+    env.pop('X509_USER_PROXY', None)
+    rc, lines, _ = gfal_run('list', {'files': [['7.0', 'file://%s' % tmp_path]]}, env=env)
+    assert rc == 0 and lines[0]['Code'] == 0
+
+
+@pytest.mark.once
+def test_gfal_cred_bindings(tmp_path):
+    src, dst = _gfal_cred_files(tmp_path, 'src.pem', 'dst.pem')
+    job = alien.gfal_parse_job('copy', {'files': [
+        ['davs://a.example:443/p/1', 'davs://b.example:8443/q/1'],
+        ['davs://a2.example/p/2', 'davs://b.example:8443/q/2'],
+        ['file:///local/3', 'root://x.example:1094//q/3'],
+        ['davs://b.example:8443/p/4', 'davs://b.example:8443/q/4']]})   # within one endpoint
+    job.creds = (('X509_USER_PROXY_SRC', src), ('X509_USER_PROXY_DST', dst))
+    assert alien.gfal_cred_bindings(job) == ({
+        'davs://a.example:443/': src, 'davs://a2.example/': src,
+        'davs://b.example:8443/': dst,            # on both sides: the destination's
+        'root://x.example:1094/': dst},           # file:// takes no credential
+        frozenset(['davs://b.example:8443/']), True)      # davs -> davs: tokens for its agent
+    job.creds = (('X509_USER_PROXY_SRC', src), ('X509_USER_PROXY_DST', src))     # one file: nothing shared
+    assert alien.gfal_cred_bindings(job)[1] == frozenset()
+    job.creds = (None, ('X509_USER_PROXY_DST', dst))
+    assert alien.gfal_cred_bindings(job) == ({'davs://b.example:8443/': dst, 'root://x.example:1094/': dst},
+                                             frozenset(), True)
+    job = alien.gfal_parse_job('copy', {'files': [['root://a.example//p', 'http://h/q']],
+                                        'options': {'encrypt': True}})
+    job.creds = (('X509_USER_PROXY', src),) * 2
+    assert alien.gfal_cred_bindings(job) == ({'root://a.example/': src, 'roots://a.example/': src,
+                                              'http://h/': src}, frozenset(), False)
+    job = alien.gfal_parse_job('list', {'files': ['davs://a.example/p']})
+    job.creds = (('X509_USER_PROXY', src),) * 2
+    assert alien.gfal_cred_bindings(job) == ({}, frozenset(), False)    # gfal2 reads X509_USER_PROXY itself
+    for files, options, tokens in (([['davs://a/1', 'https://b/2']], {}, True),
+                                   ([['davs://a/1', 'davs://b/2']], {'copy_mode': 'streamed'}, False),
+                                   ([['file:///1', 'davs://b/2'], ['davs://a/1', 'file:///2']], {}, False)):
+        job = alien.gfal_parse_job('copy', {'files': files, 'options': options})
+        assert alien.gfal_cred_bindings(job)[2] is tokens
+    assert alien.gfal_endpoint('davs://h:1') == 'davs://h:1/'
+    assert alien.gfal_endpoint('file:///x') is None
+
+
+@pytest.mark.once
+def test_gfal_credential_note():
+    note = alien.gfal_credential_note
+    creds = (('X509_USER_PROXY_SRC', '/s.pem'), None)
+    urls = ('davs://a:1/p/f', 'davs://b:2/q/f')
+    assert note('DESTINATION MAKE_PARENT HTTP 403 : Permission refused', creds, urls, True) == \
+        'DESTINATION MAKE_PARENT HTTP 403 : Permission refused [credential for destination davs://b:2/: ' \
+        'no credential (X509_USER_PROXY_DST and X509_USER_PROXY unset)]'
+    assert note('Copy failed: SSL error: tlsv1 alert unknown ca (source)', creds, urls, True).endswith(
+        '[credential for source davs://a:1/: X509_USER_PROXY_SRC=/s.pem]')
+    assert note('Connection reset by peer', creds, urls, True).endswith(
+        '[credential for source davs://a:1/: X509_USER_PROXY_SRC=/s.pem; destination davs://b:2/: '
+        'no credential (X509_USER_PROXY_DST and X509_USER_PROXY unset)]')
+    # not about authentication: unchanged; local files take no credential
+    assert note('The file exists and overwrite is not set', creds, urls, True) == \
+        'The file exists and overwrite is not set'
+    assert note('Permission denied', creds, ('file:///x', 'file:///y'), True) == 'Permission denied'
+    one = (('X509_USER_PROXY', '/u.pem'),) * 2
+    assert note('HTTP 403 : Permission refused', one, ('davs://a:1/x', 'davs://a:1/y')) == \
+        'HTTP 403 : Permission refused [credential for davs://a:1/: X509_USER_PROXY=/u.pem]'
+    assert note('HTTP 403', (None, None), ('davs://a:1/x',)) == \
+        'HTTP 403 [credential for davs://a:1/: no credential (X509_USER_PROXY unset)]'
+
+
+@pytest.mark.once
+def test_gfal_lazy_system_cas(tmp_path, monkeypatch):
+    """davix parses OpenSSL's default CA file for every HTTPS request; where the default
+    directory holds a hash link for each of its certificates, the file is swapped for an
+    empty one (the same CAs, found by hash on demand), and only then."""
+    import collections
+    Paths = collections.namedtuple('Paths', 'openssl_cafile_env openssl_cafile openssl_capath_env openssl_capath')
+    bundle, capath = tmp_path / 'bundle.pem', tmp_path / 'certs'
+    bundle.write_text(GFAL_FAKE_CERT * 3)
+    capath.mkdir()
+    paths = Paths('SSL_CERT_FILE', str(bundle), 'SSL_CERT_DIR', str(capath))
+    monkeypatch.setattr(alien.ssl, 'get_default_verify_paths', lambda: paths)
+
+    def lazy(env, links):
+        for n in _gfal_os.listdir(str(capath)):
+            _gfal_os.unlink(str(capath / n))
+        for i in range(links):
+            (capath / ('%08x.0' % i)).write_text('')
+        env = dict(env)
+        alien.gfal_lazy_system_cas(env)
+        return env.get('SSL_CERT_FILE')
+    assert lazy({}, 3) == _gfal_os.devnull
+    assert lazy({'SSL_CERT_FILE': str(bundle), 'SSL_CERT_DIR': str(capath)}, 3) == _gfal_os.devnull
+    assert lazy({}, 2) is None                                     # a CA of the file not in the directory
+    other = tmp_path / 'mine.pem'
+    other.write_text(GFAL_FAKE_CERT)
+    assert lazy({'SSL_CERT_FILE': str(other)}, 3) == str(other)    # the user's own file: kept
+    assert lazy({'SSL_CERT_DIR': str(tmp_path)}, 3) is None        # another directory: nothing changed
+
+
+# ---- WebDAV over HTTPS (davs://) on two sites with their own CAs, root:// with TLS ----
+
+@pytest.fixture(scope='session')
+def gfal_davs():
+    """Two WebDAV sites, each trusting only its own CA, and site a's TLS-only root:// SE
+    (testgrid/davs.py); started for the session, stopped at its end."""
+    from testgrid import davs
+    workdir = _gfal_os.path.join(GFAL_REPO, '.testgrid-pytest-davs')
+    state = davs.start(workdir)
+    yield state
+    davs.stop(workdir)
+
+
+@pytest.fixture
+def davs_dir(gfal_davs, request):
+    """A directory name for one test on each site (and the TLS SE), not created:
+    {site: (URL ending in '/', local path)}."""
+    name = 't_%s_%d' % (_gfal_re.sub(r'\W', '_', request.node.name)[:50], _gfal_time.time() * 1e6)
+    found = dict((s, (rec['url'] + name + '/', _gfal_os.path.join(rec['datadir'], name)))
+                 for s, rec in gfal_davs['sites'].items())
+    found['tls'] = (gfal_davs['tls']['url'] + name + '/', _gfal_os.path.join(gfal_davs['tls']['datadir'], name))
+    return found
+
+
+def gfal_davs_env(davs, **creds):
+    """A job's environment for the WebDAV sites: X509_CERT_DIR with both sites' CAs, as
+    the pdm worker builds it, and the X509_USER_PROXY* given: 'a' (site a's user),
+    'a:reader' (another of its users, testgrid/davs.py ROLES) or a file."""
+    env = dict((k, v) for k, v in _gfal_os.environ.items() if not k.startswith('X509_'))
+    env['X509_CERT_DIR'] = davs['certdir']
+    for var, value in creds.items():
+        site, _, role = value.partition(':')
+        env[var] = davs['sites'][site]['proxies'][role or 'user'] if site in davs['sites'] else value
+    return env
+
+
+def _davs_log_mark(davs):
+    return dict((s, _gfal_os.path.getsize(rec['log'])) for s, rec in davs['sites'].items())
+
+
+def _davs_log_since(davs, mark, site):
+    with open(davs['sites'][site]['log'], errors='replace') as f:
+        f.seek(mark[site])
+        return f.read()
+
+
+def _davs_request(site, method='PROPFIND', path='/', proxy=None, cadir=None):
+    """One HTTPS request with Python's own ssl and http.client (independent of gfal2) -> status."""
+    import http.client
+    import ssl
+    ctx = ssl.create_default_context(capath=cadir)
+    if proxy:
+        ctx.load_cert_chain(proxy)
+    conn = http.client.HTTPSConnection('127.0.0.1', site['port'], context=ctx, timeout=10)
+    try:
+        conn.request(method, path, headers={'Depth': '1'})
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+    finally:
+        conn.close()
+
+
+def _gfal_upload(davs, site, pairs):
+    """Put local files on a site with a COPY job (its own user's credential)."""
+    rc, lines, err = gfal_run('copy', {'files': [['file://%s' % src, dst] for src, dst in pairs]},
+                              env=gfal_davs_env(davs, X509_USER_PROXY=site))
+    assert rc == 0, (lines, err)
+
+
+@pytest.mark.once
+def test_gfal_davs_sites_each_trust_only_their_own_ca(gfal_davs):
+    """The test grid's WebDAV sites are what the gfal tests rely on."""
+    import ssl
+    certdir = gfal_davs['certdir']
+    for name, other in (('a', 'b'), ('b', 'a')):
+        site = gfal_davs['sites'][name]
+        assert site['url'].startswith('davs://127.0.0.1:') and site['dn'] != gfal_davs['sites'][other]['dn']
+        assert _davs_request(site, proxy=site['proxy'], cadir=certdir) == 207
+        assert _davs_request(site, cadir=certdir) == 403                     # no certificate
+        with pytest.raises((ssl.SSLError, ConnectionError)):                 # the other site's CA
+            _davs_request(site, proxy=gfal_davs['sites'][other]['proxy'], cadir=certdir)
+        with pytest.raises(ssl.SSLError):                                    # the client checks the host too
+            _davs_request(site, proxy=site['proxy'], cadir=gfal_davs['sites'][other]['cadir'])
+        assert _gfal_os.stat(site['proxy']).st_mode & 0o077 == 0
+    site = gfal_davs['sites']['a']
+    assert _davs_request(site, proxy=site['proxies']['stranger'], cadir=certdir) == 403   # own CA, unmapped DN
+    assert _davs_request(site, proxy=site['proxies']['reader'], cadir=certdir) == 207
+    assert _davs_request(site, 'MKCOL', '/rw/by-reader/', proxy=site['proxies']['reader'], cadir=certdir) == 403
+    assert _davs_request(site, 'MKCOL', '/rw/by-writer/', proxy=site['proxies']['writer'], cadir=certdir) == 201
+    assert _davs_request(site, proxy=site['proxies']['writer'], cadir=certdir) == 403     # only /rw/
+    assert _davs_request(site, path='/rw/', proxy=site['proxies']['writer'], cadir=certdir) == 207
+
+
+@pytest.mark.once
+@pytest.mark.parametrize('site', ['a', 'b'])
+def test_gfal_davs_every_job_type(gfal_davs, davs_dir, tmp_path, site):
+    url, path = davs_dir[site]
+    env = gfal_davs_env(gfal_davs, X509_USER_PROXY=site)
+    top = gfal_tree(str(tmp_path / 'tree'))
+    rels = ['a.txt', '.hidden', 'sub/f1', 'sub/deep/f2']
+    data = dict((rel, open(_gfal_os.path.join(top, rel), 'rb').read()) for rel in rels)
+    # MKDIR: parents created, an existing directory is fine
+    rc, lines, _ = gfal_run('mkdir', {'base': url, 'dirs': [['5.1', 'tree/sub/deep'], ['5.2', 'tree/empty'],
+                                                          ['5.3', 'tree/sub']]}, env=env)
+    assert rc == 0 and lines == [gfal_ok('5.1'), gfal_ok('5.2'), gfal_ok('5.3')]
+    assert _gfal_os.path.isdir(_gfal_os.path.join(path, 'tree', 'sub', 'deep'))
+    # COPY up, each file's adler32 compared by gfal2 with the server's
+    files = [['3.%d' % i, 'file://%s/%s' % (top, rel), url + 'tree/' + rel] for i, rel in enumerate(rels)]
+    rc, lines, err = gfal_run('copy', {'files': files, 'options': {'checksum': 'adler32'}}, env=env)
+    assert rc == 0 and lines == [gfal_ok(f[0]) for f in files], lines
+    assert sorted(_gfal_monitor_sources(err)) == sorted(f[1] for f in files)
+    for rel in rels:
+        assert open(_gfal_os.path.join(path, 'tree', rel), 'rb').read() == data[rel]
+    # LIST depth 1, 2, -1; the checksums are the server's own
+    root = url + 'tree'
+    for depth, algo, keys in ((1, 'adler32', [root]),
+                              (2, 'md5', [root, root + '/empty', root + '/sub']),
+                              (-1, 'adler32', [root, root + '/empty', root + '/sub', root + '/sub/deep'])):
+        rc, lines, _ = gfal_run('list', {'files': [['7.0', root]], 'options': {'depth': depth, 'checksum': algo}},
+                                env=env)
+        assert rc == 0 and lines[0]['Code'] == 0, lines
+        listing = lines[0]['Listing']
+        assert sorted(listing) == sorted(keys) and list(listing)[0] == root
+        if depth == -1:
+            assert list(listing).index(root + '/sub') + 1 == list(listing).index(root + '/sub/deep')
+        assert listing.get(root + '/empty', []) == []
+        for key, entries in listing.items():
+            for e in entries:
+                rel = (key[len(root) + 1:] + '/' + e['name']).lstrip('/')
+                assert list(e)[:11] == GFAL_STAT_KEYS
+                if rel in data:
+                    assert _gfal_os.path.stat.S_ISREG(e['st_mode']) and e['st_size'] == len(data[rel])
+                    want = ('%08x' % _gfal_zlib.adler32(data[rel]) if algo == 'adler32'
+                            else _gfal_hashlib.md5(data[rel]).hexdigest())
+                    assert e[algo] == want, (rel, e)
+                else:
+                    assert _gfal_os.path.stat.S_ISDIR(e['st_mode']) and algo not in e
+    # a file as the root: listed under its parent
+    rc, lines, _ = gfal_run('list', {'files': [root + '/sub/f1']}, env=env)
+    assert rc == 0 and [e['name'] for e in lines[0][root + '/sub']] == ['f1']
+    # RENAME (parents created), a missing source fails that entry only
+    rc, lines, _ = gfal_run('rename', {'base': url, 'files': [['6.1', 'tree/a.txt', 'tree/moved/a.txt'],
+                                                             ['6.2', 'tree/nope', 'tree/x']]}, env=env)
+    assert rc == 1 and lines[0] == gfal_ok('6.1') and lines[1]['Code'] == 1 and lines[1]['id'] == '6.2'
+    assert open(_gfal_os.path.join(path, 'tree', 'moved', 'a.txt'), 'rb').read() == data['a.txt']
+    # COPY down, md5 compared with the server's
+    rc, lines, err = gfal_run('copy', {'files': [['3.9', root + '/moved/a.txt', 'file://%s/back/a.txt' % tmp_path]],
+                                       'options': {'checksum': 'md5'}}, env=env)
+    assert rc == 0 and lines == [gfal_ok('3.9')] and (tmp_path / 'back' / 'a.txt').read_bytes() == data['a.txt']
+    assert _gfal_monitor_sources(err) == [root + '/moved/a.txt']
+    # REMOVE: the files, then the directories (a directory with something in it stays)
+    rc, lines, _ = gfal_run('remove', {'base': root + '/', 'files': [['4.1', 'moved/a.txt'], ['4.2', '.hidden'],
+                                                                     ['4.3', 'sub/f1'], ['4.4', 'sub/deep/f2'],
+                                                                     ['4.5', 'nope'], ['4.6', 'sub']],
+                                       'dirs': [['4.7', 'sub'], ['4.8', 'sub/deep'], ['4.9', 'sub/'],
+                                                ['4.10', 'empty'], ['4.11', 'moved']]}, env=env)
+    assert rc == 1 and [l['Code'] for l in lines] == [0, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0], lines
+    assert _gfal_os.listdir(_gfal_os.path.join(path, 'tree')) == []
+
+
+@pytest.mark.once
+@pytest.mark.parametrize('site', ['a', 'b'])
+def test_gfal_davs_third_party_copy_within_a_site(gfal_davs, davs_dir, tmp_path, site):
+    """Within one site the copy is third-party: gfal2's default tries pull first; copy_mode
+    asks for pull, push or streamed only. The site's TPC log says which mode ran."""
+    url, path = davs_dir[site]
+    env = gfal_davs_env(gfal_davs, X509_USER_PROXY=site)
+    payload = _gfal_os.urandom(300000)
+    (tmp_path / 'src').write_bytes(payload)
+    _gfal_upload(gfal_davs, site, [(tmp_path / 'src', url + 'src')])
+    for mode, event in ((None, 'PULL_START'), ('pull', 'PULL_START'), ('push', 'PUSH_START'), ('streamed', None)):
+        mark = _davs_log_mark(gfal_davs)
+        options = {'checksum': 'md5'}
+        if mode:
+            options['copy_mode'] = mode
+        dst = url + 'tpc/%s' % mode
+        rc, lines, err = gfal_run('copy', {'files': [['3.1', url + 'src', dst]], 'options': options}, env=env)
+        assert rc == 0 and lines == [gfal_ok('3.1')], (mode, lines)
+        assert open(_gfal_os.path.join(path, 'tpc', str(mode)), 'rb').read() == payload
+        assert _gfal_monitor_sources(err) == [url + 'src']
+        tpc = [l for l in _davs_log_since(gfal_davs, mark, site).splitlines() if '_START' in l]
+        assert [l.split('event=')[1].split(',')[0] for l in tpc] == ([event] if event else []), (mode, tpc)
+
+
+@pytest.mark.once
+def test_gfal_davs_cross_site_copy_with_two_credentials(gfal_davs, davs_dir, tmp_path):
+    """A -> B with X509_USER_PROXY_SRC (site a's user) and _DST (site b's), as the pdm worker
+    runs it. The sites' TPC agents trust only their own CA, so gfal2 tries pull (b's agent
+    cannot check a's certificate) and push (nor a's b's) and streams each file through the
+    client: a GET from a with a's credential, a PUT to b with b's."""
+    (url_a, path_a), (url_b, path_b) = davs_dir['a'], davs_dir['b']
+    sizes = [0, 1, 4096, 1 << 20, 3 * 1000 * 1000 + 7]
+    for i, size in enumerate(sizes):
+        (tmp_path / ('f%d' % i)).write_bytes(_gfal_os.urandom(size))
+    _gfal_upload(gfal_davs, 'a', [(tmp_path / ('f%d' % i), url_a + 'out/f%d' % i) for i in range(len(sizes))])
+    env = gfal_davs_env(gfal_davs, X509_USER_PROXY_SRC='a', X509_USER_PROXY_DST='b')
+    files = [['3.%d' % i, url_a + 'out/f%d' % i, url_b + 'in/f%d' % i] for i in range(len(sizes))]
+    mark = _davs_log_mark(gfal_davs)
+    rc, lines, err = gfal_run('copy', {'files': files, 'options': {'checksum': 'adler32'}}, env=env)
+    assert rc == 0 and lines == [gfal_ok(f[0]) for f in files], lines
+    for i in range(len(sizes)):
+        assert open(_gfal_os.path.join(path_b, 'in', 'f%d' % i), 'rb').read() == (tmp_path / ('f%d' % i)).read_bytes()
+    assert sorted(_gfal_monitor_sources(err)) == sorted(f[1] for f in files)
+    # b's agent tried to pull each file and could not verify site a's host certificate
+    pulls = [l for l in _davs_log_since(gfal_davs, mark, 'b').splitlines() if 'TPC_PullRequest' in l]
+    assert sum('PULL_START' in l for l in pulls) == len(sizes) and not any('TRANSFER_SUCCESS' in l for l in pulls)
+    assert any('SSL peer certificate' in l for l in pulls)
+    # and back, B -> A, with the credentials the other way round, one file at a time
+    env = gfal_davs_env(gfal_davs, X509_USER_PROXY_SRC='b', X509_USER_PROXY_DST='a')
+    back = [['4.%d' % i, f[2], url_a + 'back/f%d' % i] for i, f in enumerate(files)]
+    rc, lines, err = gfal_run('copy', {'files': back, 'options': {'checksum': 'md5', 'parallel': 1}}, env=env)
+    assert rc == 0 and lines == [gfal_ok(f[0]) for f in back], lines
+    assert sorted(_gfal_os.listdir(_gfal_os.path.join(path_a, 'back'))) == ['f%d' % i for i in range(len(sizes))]
+    # third-party only, between the sites: refused file by file, nothing at the destination
+    for mode in ('pull', 'push'):
+        rc, lines, _ = gfal_run('copy', {'files': [['5.1', files[2][1], url_b + mode + '/f']],
+                                         'options': {'copy_mode': mode}}, env=gfal_davs_env(
+            gfal_davs, X509_USER_PROXY_SRC='a', X509_USER_PROXY_DST='b'))
+        assert rc == 1 and lines[0]['Code'] == 1 and lines[0]['id'] == '5.1', lines
+        assert not _gfal_os.path.exists(_gfal_os.path.join(path_b, mode, 'f'))
+
+
+@pytest.mark.once
+def test_gfal_davs_one_endpoint_on_both_sides_with_two_credentials(gfal_davs, davs_dir, tmp_path):
+    """Source and destination on one server with different credentials: gfal2 binds them by
+    URL prefix, so the server's root gets the destination's and each file's own URL its
+    side's. Site a's reader may read but not write, its writer write (and read) only under
+    /rw/: each mode works only if every request (and every macaroon request of a
+    third-party copy) carries the right credential."""
+    url, path = davs_dir['a']
+    site = gfal_davs['sites']['a']
+    out_url = site['url'] + 'rw/' + url[len(site['url']):]
+    out_path = _gfal_os.path.join(site['datadir'], 'rw', _gfal_os.path.basename(path))
+    payload = _gfal_os.urandom(100000)
+    (tmp_path / 'src').write_bytes(payload)
+    _gfal_upload(gfal_davs, 'a', [(tmp_path / 'src', url + 'src')])
+    env = gfal_davs_env(gfal_davs, X509_USER_PROXY_SRC='a:reader', X509_USER_PROXY_DST='a:writer')
+    for mode in (None, 'pull', 'push', 'streamed'):
+        options = {'copy_mode': mode} if mode else {}
+        rc, lines, _ = gfal_run('copy', {'files': [['3.1', url + 'src', out_url + '%s/f' % mode]],
+                                         'options': options}, env=env)
+        assert rc == 0 and lines == [gfal_ok('3.1')], (mode, lines)
+        assert open(_gfal_os.path.join(out_path, str(mode), 'f'), 'rb').read() == payload
+    env = gfal_davs_env(gfal_davs, X509_USER_PROXY_SRC='a:writer', X509_USER_PROXY_DST='a:reader')
+    rc, lines, _ = gfal_run('copy', {'files': [['3.2', url + 'src', out_url + 'swapped/f']]}, env=env)
+    assert rc == 1 and lines[0]['Code'] == 1 and '403' in lines[0]['Reason'], lines
+    assert not _gfal_os.path.exists(_gfal_os.path.join(out_path, 'swapped', 'f'))
+
+
+@pytest.mark.once
+def test_gfal_davs_cross_site_copy_with_one_credential_fails_file_by_file(gfal_davs, davs_dir, tmp_path):
+    (url_a, _), (url_b, path_b) = davs_dir['a'], davs_dir['b']
+    (tmp_path / 'f').write_bytes(b'x' * 1000)
+    _gfal_upload(gfal_davs, 'a', [(tmp_path / 'f', url_a + 'f%d' % i) for i in range(3)])
+    files = [['3.%d' % i, url_a + 'f%d' % i, url_b + 'in/f%d' % i] for i in range(3)]
+    b_root, a_root = alien.gfal_endpoint(url_b), alien.gfal_endpoint(url_a)
+    proxy_a = gfal_davs['sites']['a']['proxy']
+    for creds, note in (
+            ({'X509_USER_PROXY_SRC': 'a'},
+             '[credential for destination %s: no credential (X509_USER_PROXY_DST and X509_USER_PROXY unset)]' % b_root),
+            ({'X509_USER_PROXY': 'a'}, 'destination %s: X509_USER_PROXY=%s' % (b_root, proxy_a)),
+            ({'X509_USER_PROXY_DST': 'b'}, 'source %s: no credential (X509_USER_PROXY_SRC and X509_USER_PROXY unset)'
+             % a_root)):
+        rc, lines, _ = gfal_run('copy', {'files': files}, env=gfal_davs_env(gfal_davs, **creds))
+        assert rc == 1 and [(l['id'], l['Code']) for l in lines] == [(f[0], 1) for f in files], (creds, lines)
+        assert all(note in l['Reason'] for l in lines), (creds, lines)
+        assert not _gfal_os.path.exists(path_b) or _gfal_os.listdir(path_b) in ([], ['in']) and \
+            not _gfal_os.listdir(_gfal_os.path.join(path_b, 'in'))
+
+
+@pytest.mark.once
+def test_gfal_davs_refused_client_certificate(gfal_davs, davs_dir, tmp_path):
+    (url_a, _), (url_b, path_b) = davs_dir['a'], davs_dir['b']
+    (tmp_path / 'f').write_bytes(b'payload')
+    _gfal_upload(gfal_davs, 'a', [(tmp_path / 'f', url_a + 'f')])
+    a_root = alien.gfal_endpoint(url_a)
+    # site b's credential at site a: refused in the TLS handshake (b's CA is unknown to a)
+    proxy_b = gfal_davs['sites']['b']['proxy']
+    rc, lines, _ = gfal_run('list', {'files': [['7.0', url_a]]}, env=gfal_davs_env(gfal_davs, X509_USER_PROXY='b'))
+    assert rc == 1 and lines[0]['Code'] == 1 and lines[0]['id'] == '7.0'
+    assert lines[0]['Reason'].endswith('[credential for %s: X509_USER_PROXY=%s]' % (a_root, proxy_b)), lines
+    # a certificate of site a's CA whose DN site a does not know: HTTP 403
+    stranger = gfal_davs['sites']['a']['proxies']['stranger']
+    rc, lines, _ = gfal_run('mkdir', {'dirs': [['5.1', url_a + 'new']]}, env=gfal_davs_env(gfal_davs, X509_USER_PROXY=stranger))
+    assert rc == 1 and '403' in lines[0]['Reason'] and 'X509_USER_PROXY=%s' % stranger in lines[0]['Reason']
+    # the credentials swapped: gfal2 asks the destination first (does the file exist?), which
+    # refuses; nothing reaches it
+    rc, lines, _ = gfal_run('copy', {'files': [['3.1', url_a + 'f', url_b + 'f']]},
+                            env=gfal_davs_env(gfal_davs, X509_USER_PROXY_SRC='b', X509_USER_PROXY_DST='a'))
+    assert rc == 1 and lines[0]['Reason'].endswith('[credential for destination %s: X509_USER_PROXY_DST=%s]' % (
+        alien.gfal_endpoint(url_b), gfal_davs['sites']['a']['proxy'])), lines
+    assert not _gfal_os.path.exists(_gfal_os.path.join(path_b, 'f'))
+
+
+@pytest.mark.once
+def test_gfal_davs_checksum_mismatch_leaves_no_destination_file(gfal_davs, davs_dir, tmp_path):
+    (url_a, path_a), (url_b, path_b) = davs_dir['a'], davs_dir['b']
+    data = b'checked bytes\n' * 100
+    (tmp_path / 'f').write_bytes(data)
+    right = '%08x' % _gfal_zlib.adler32(data)
+    env = gfal_davs_env(gfal_davs, X509_USER_PROXY_SRC='a', X509_USER_PROXY_DST='a')
+    rc, lines, err = gfal_run('copy', {'files': [['3.1', 'file://%s/f' % tmp_path, url_a + 'bad'],
+                                                 ['3.2', 'file://%s/f' % tmp_path, url_a + 'good']],
+                                       'options': {'checksum': 'adler32:deadbeef'}}, env=env)
+    assert rc == 1 and [l['Code'] for l in lines] == [1, 1] and all('deadbeef' in l['Reason'] for l in lines)
+    assert not _gfal_os.path.exists(path_a) or _gfal_os.listdir(path_a) == []
+    assert _gfal_monitor_sources(err) == []
+    rc, lines, _ = gfal_run('copy', {'files': [['3.3', 'file://%s/f' % tmp_path, url_a + 'good']],
+                                     'options': {'checksum': 'adler32:' + right.upper()}}, env=env)
+    assert rc == 0 and open(_gfal_os.path.join(path_a, 'good'), 'rb').read() == data
+    env = gfal_davs_env(gfal_davs, X509_USER_PROXY_SRC='a', X509_USER_PROXY_DST='b')
+    rc, lines, _ = gfal_run('copy', {'files': [['3.4', url_a + 'good', url_b + 'bad']],
+                                     'options': {'checksum': 'md5:' + '0' * 32}}, env=env)
+    assert rc == 1 and lines[0]['Code'] == 1 and '0' * 32 in lines[0]['Reason'].lower(), lines
+    assert not _gfal_os.path.exists(_gfal_os.path.join(path_b, 'bad'))
+
+
+def _gfal_copy_and_kill(davs, job, env, victim, watch):
+    """Run a COPY job; SIGKILL site `victim`'s server once the file `watch` (a local path
+    on the destination) holds 16 MiB; start it again. -> ({id: Code}, exit status)."""
+    from testgrid import davs as davs_mod
+    killed = False
+    proc = _gfal_subprocess.Popen([GFAL_PY, '-c', GFAL_RUNNER, 'copy'], stdin=_gfal_subprocess.PIPE,
+                                  stdout=_gfal_subprocess.PIPE, stderr=_gfal_subprocess.DEVNULL, env=env)
+    try:
+        proc.stdin.write(_gfal_json.dumps(job).encode())
+        proc.stdin.close()
+        deadline = _gfal_time.time() + 60
+        while _gfal_time.time() < deadline and proc.poll() is None:
+            if _gfal_os.path.exists(watch) and _gfal_os.path.getsize(watch) > (16 << 20):
+                davs_mod.kill_server(davs['workdir'], victim)
+                killed = True
+                break
+            _gfal_time.sleep(0.005)
+        out = proc.stdout.read()
+        proc.wait(120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        davs_mod.start_server(davs['workdir'], victim)
+    assert killed, 'the large file was never seen being written'
+    lines = [_gfal_json.loads(l) for l in out.decode().splitlines()]
+    assert [l['id'] for l in lines] == [f[0] for f in job['files']]
+    return dict((l['id'], l['Code']) for l in lines), proc.returncode
+
+
+@pytest.mark.once
+def test_gfal_davs_server_dies_mid_copy(gfal_davs, davs_dir, tmp_path):
+    """A server is killed (SIGKILL) while a large file goes through it: that file and the
+    later ones it holds fail (Code 1), the others go on, and no half-written file is left: the destination
+    keeps a file only once its upload was closed (gfal2 removes what it could not finish;
+    a server killed while writing drops the file when it starts again)."""
+    (url_a, path_a), (url_b, path_b), (url_t, path_t) = davs_dir['a'], davs_dir['b'], davs_dir['tls']
+    small = _gfal_os.urandom(50000)
+    (tmp_path / 'small').write_bytes(small)
+    _gfal_os.makedirs(path_a)
+    for name in ('big', 'small'):                  # on site a itself: a sparse file reads fast
+        with open(_gfal_os.path.join(path_a, name), 'wb') as f:
+            f.write(small) if name == 'small' else f.truncate(768 << 20)
+    gfal_chown_tree(path_a)
+    local = 'file://%s/small' % tmp_path
+    # 1. the source dies: site a, while its big file streams to site b
+    plan = [url_a + 'small', local, url_a + 'small', local, url_a + 'big', local, url_a + 'small', local]
+    job = {'files': [['3.%d' % i, src, url_b + 'f%d' % i] for i, src in enumerate(plan)], 'options': {'parallel': 1}}
+    codes, rc = _gfal_copy_and_kill(gfal_davs, job, gfal_davs_env(
+        gfal_davs, X509_USER_PROXY_SRC='a', X509_USER_PROXY_DST='b'), 'a', _gfal_os.path.join(path_b, 'f4'))
+    assert rc == 1 and [codes['3.%d' % i] for i in range(len(plan))] == [0, 0, 0, 0, 1, 0, 1, 0], codes
+    for (ident, src, dst) in job['files']:
+        on_b = _gfal_os.path.join(path_b, dst.rsplit('/', 1)[1])
+        if src == local:
+            assert codes[ident] == 0 and open(on_b, 'rb').read() == small, ident
+        elif codes[ident]:
+            assert not _gfal_os.path.exists(on_b), ident               # nothing half-written
+        else:
+            assert open(on_b, 'rb').read() == small
+    # 2. the destination dies: site b, while a big file is written to it; the TLS SE goes on
+    with open(str(tmp_path / 'big'), 'wb') as f:
+        f.truncate(768 << 20)
+    plan = [url_b, url_t, url_b, 'big', url_t, url_b, url_t]
+    job = {'files': [['4.%d' % i, 'file://%s/%s' % (tmp_path, 'big' if dst == 'big' else 'small'),
+                      (url_b if dst == 'big' else dst) + 'g%d' % i] for i, dst in enumerate(plan)],
+           'options': {'parallel': 1}}
+    codes, rc = _gfal_copy_and_kill(gfal_davs, job, gfal_davs_env(gfal_davs, X509_USER_PROXY_DST='b'),
+                                    'b', _gfal_os.path.join(path_b, 'g3'))
+    assert rc == 1 and [codes['4.%d' % i] for i in range(len(plan))] == [0, 0, 0, 1, 0, 1, 0], codes
+    for (ident, src, dst) in job['files']:
+        name = dst.rsplit('/', 1)[1]
+        if dst.startswith(url_t):
+            assert codes[ident] == 0 and open(_gfal_os.path.join(path_t, name), 'rb').read() == small
+        elif codes[ident]:
+            assert not _gfal_os.path.exists(_gfal_os.path.join(path_b, name)), ident
+        else:
+            assert open(_gfal_os.path.join(path_b, name), 'rb').read() == small
+
+
+@pytest.mark.once
+def test_gfal_davs_timestamps_and_make_dirs(gfal_davs, davs_dir, tmp_path):
+    url, path = davs_dir['a']
+    env = gfal_davs_env(gfal_davs, X509_USER_PROXY='a')
+    (tmp_path / 'f').write_text('old file')
+    _gfal_os.utime(str(tmp_path / 'f'), (1000000000, 1234567890))
+    # to davs://: WebDAV cannot set a modification time; the copy succeeds with a warning
+    rc, lines, err = gfal_run('copy', {'files': [['file://%s/f' % tmp_path, url + 'f']],
+                                       'options': {'preserve_timestamp': True}}, env=env)
+    warnings = [l for l in err.splitlines() if l.startswith('WARNING')]
+    assert rc == 0 and len(warnings) == 1 and 'davs:// destination' in warnings[0] and url + 'f' in warnings[0]
+    server_mtime = int(_gfal_os.stat(_gfal_os.path.join(path, 'f')).st_mtime)
+    assert server_mtime != 1234567890
+    # from davs:// to file://: the local copy gets the server's modification time
+    rc, lines, err = gfal_run('copy', {'files': [[url + 'f', 'file://%s/back' % tmp_path]],
+                                       'options': {'preserve_timestamp': True}}, env=env)
+    assert rc == 0 and err.count('WARNING') == 0
+    assert int(_gfal_os.stat(str(tmp_path / 'back')).st_mtime) == server_mtime
+    # make_dirs true: the directories are made first (MKCOL); false: none is made by the
+    # client, but XrdHttp makes a PUT's missing parents itself (as xrootd does for root://)
+    for opt, sub in ((True, 'made/by/client/f'), (False, 'made/by/server/f')):
+        rc, lines, _ = gfal_run('copy', {'files': [['file://%s/f' % tmp_path, url + sub]],
+                                         'options': {'make_dirs': opt}}, env=env)
+        assert rc == 0 and open(_gfal_os.path.join(path, sub)).read() == 'old file'
+
+
+@pytest.mark.once
+def test_gfal_roots_on_an_se_that_requires_tls(gfal_davs, davs_dir, tmp_path):
+    url, path = davs_dir['tls']            # roots://127.0.0.1:PORT//name/
+    plain = 'root' + url[len('roots'):]
+    data = _gfal_os.urandom(200000)
+    (tmp_path / 'f').write_bytes(data)
+    env = gfal_davs_env(gfal_davs)
+    # encrypt: root:// is rewritten to roots://; a roots:// URL is used as it is
+    rc, lines, err = gfal_run('copy', {'files': [['3.1', 'file://%s/f' % tmp_path, plain + 'enc'],
+                                                 ['3.2', 'file://%s/f' % tmp_path, url + 'tls']],
+                                       'options': {'encrypt': True, 'checksum': 'adler32'}}, env=env)
+    assert rc == 0 and lines == [gfal_ok('3.1'), gfal_ok('3.2')], lines
+    assert all(open(_gfal_os.path.join(path, n), 'rb').read() == data for n in ('enc', 'tls'))
+    rc, lines, _ = gfal_run('list', {'files': [url], 'options': {'checksum': 'adler32'}}, env=env)
+    assert rc == 0 and sorted((e['name'], e['adler32']) for e in lines[0][url]) == \
+        [(n, '%08x' % _gfal_zlib.adler32(data)) for n in ('enc', 'tls')]
+    rc, lines, _ = gfal_run('copy', {'files': [[url + 'tls', 'file://%s/back' % tmp_path]],
+                                     'options': {'encrypt': True}}, env=env)
+    assert rc == 0 and (tmp_path / 'back').read_bytes() == data
+    # a client that cannot verify the SE's certificate gets no connection at all
+    env['X509_CERT_DIR'] = gfal_davs['sites']['b']['cadir']
+    rc, lines, _ = gfal_run('copy', {'files': [['file://%s/f' % tmp_path, url + 'unverified']]}, env=env)
+    assert rc == 1 and 'TLS' in lines[0]['Reason'] and not _gfal_os.path.exists(_gfal_os.path.join(path, 'unverified'))
+
+
+@pytest.mark.once
+def test_gfal_davs_jobs_read_under_the_pdm_worker_rules(gfal_davs, davs_dir, tmp_path):
+    """Every line of every job kind on the WebDAV sites, read as the pdm Worker reads
+    them (pdm_worker_read, in the issue-10 section): element ids as it makes them."""
+    (url_a, _), (url_b, _) = davs_dir['a'], davs_dir['b']
+    (tmp_path / 'f').write_bytes(b'pdm')
+    two = gfal_davs_env(gfal_davs, X509_USER_PROXY_SRC='a', X509_USER_PROXY_DST='b')
+    one_a = gfal_davs_env(gfal_davs, X509_USER_PROXY='a')
+    jobs = [
+        ('mkdir', {'files': [], 'dirs': [['2.1', url_a + 'd'], ['2.2', url_a + 'd/e']]}, one_a, {'2.1': 0, '2.2': 0}),
+        ('copy', {'files': [['3.1', 'file://%s/f' % tmp_path, url_a + 'd/f'],
+                            ['3.2', 'file://%s/missing' % tmp_path, url_a + 'd/g']]}, one_a, {'3.1': 0, '3.2': 1}),
+        ('list', {'files': [['1.0', url_a + 'd']], 'options': {'depth': -1}}, one_a, {'1.0': 0}),
+        ('copy', {'files': [['3.3', url_a + 'd/f', url_b + 'x/f'], ['3.4', url_a + 'd/nope', url_b + 'x/g']],
+                  'options': {'overwrite': False}}, two, {'3.3': 0, '3.4': 1}),
+        ('copy', {'files': [['3.5', url_a + 'd/f', url_b + 'y/f']]}, gfal_davs_env(gfal_davs, X509_USER_PROXY='a'),
+         {'3.5': 1}),
+        ('rename', {'files': [['4.1', url_a + 'd/f', url_a + 'd/f2']]}, one_a, {'4.1': 0}),
+        ('list', {'files': [['1.1', url_a + 'nothing']]}, one_a, {'1.1': 1}),
+        ('remove', {'files': [['5.1', url_a + 'd/f2']], 'dirs': [['5.2', url_a + 'd/e/'], ['5.3', url_a + 'd/']]},
+         one_a, {'5.1': 0, '5.2': 0, '5.3': 0}),
+    ]
+    for jobtype, job, env, expected in jobs:
+        proc = _gfal_subprocess.run([GFAL_PY, '-c', GFAL_RUNNER, jobtype], input=_gfal_json.dumps(job).encode(),
+                                    stdout=_gfal_subprocess.PIPE, stderr=_gfal_subprocess.PIPE, env=env, timeout=120)
+        results, job_failed = pdm_worker_read(proc.stdout.decode(), expected)
+        assert job_failed is None and dict((k, v[0]) for k, v in results.items()) == expected, (jobtype, proc)
+        assert proc.returncode == (1 if 1 in expected.values() else 0)
+        if jobtype == 'list' and not expected['1.0' if '1.0' in expected else '1.1']:
+            assert list(results['1.0'][1]) == [url_a + 'd', url_a + 'd/e']
+    # a credential file that is not there: one line for the whole job, nothing done
+    env = dict(two, X509_USER_PROXY_DST=str(tmp_path / 'gone.pem'))
+    proc = _gfal_subprocess.run([GFAL_PY, '-c', GFAL_RUNNER, 'copy'], env=env, timeout=60,
+                                input=_gfal_json.dumps({'files': [['3.9', url_a + 'd/f', url_b + 'z/f']]}).encode(),
+                                stdout=_gfal_subprocess.PIPE, stderr=_gfal_subprocess.PIPE)
+    assert (proc.returncode,) + pdm_worker_read(proc.stdout.decode(), ['3.9']) == (2, {}, 1)
 
 
 # ===== every client-side command name: the aliases too =====
@@ -4888,26 +5527,39 @@ def test_cp_download_refuses_dot_dot_names_from_a_hostile_find(grid_state, henv,
     assert not os.path.exists('/tmp/evil') and not (tmp_path / 'out').exists()
 
 
-def pdm_worker_read(stdout):
+def pdm_worker_read(stdout, ids=None):
     """Read a job's stdout by the pdm Worker's rules (../shared/spec/gfal-jobs-reference.md
-    section 1): every line is a JSON object; `domain` -> a transfer event, `transferred` ->
-    monitoring, `Code` -> the result of element `id` (id "" = the whole job failed);
-    a KeyError or a non-JSON line here is what would stop the real Worker."""
+    section 1, StdOutDispatcher.handle_read of ic-hep/pdm): every line is a JSON object
+    with an `id`; `domain` -> a transfer event, `transferred` -> monitoring, `Code` -> the
+    result of element `id` (id "" = the whole job failed: the rest is not read), its
+    `Listing` keys taken apart with urlsplit; anything else is an unknown dictionary.
+    With `ids` (the job's element ids), a result must be for an element still waiting
+    (the Worker pops its token: a KeyError for an unknown or a second result) and every
+    element must have one. A KeyError or a non-JSON line here is what would stop the
+    real Worker."""
+    from urllib.parse import urlsplit
     results, job_failed = {}, None
+    waiting = None if ids is None else set(ids)
     for line in stdout.splitlines():
         obj = json.loads(line)
         assert isinstance(obj, dict), line
+        ident = obj['id']
         if 'domain' in obj:
             '%s -- %s -- %s' % (obj['domain'], obj['stage'], obj['desc'])
-            obj['id']
         elif 'transferred' in obj:
-            obj['id']
+            pass
         elif 'Code' in obj:
-            ident = obj['id']
             if ident == '':
                 job_failed = obj['Code']
-            else:
-                results[ident] = (obj['Code'], obj.get('Listing'))
+                break
+            for root in obj.get('Listing', {}):
+                urlsplit(root).path
+            if waiting is not None:
+                waiting.remove(ident)
+            results[ident] = (obj['Code'], obj.get('Listing'))
+        else:
+            raise AssertionError('unknown dictionary type: %s' % line)
+    assert job_failed is not None or not waiting, 'elements without a result: %s' % waiting
     return results, job_failed
 
 

@@ -7,9 +7,18 @@
 2. LIST depth -1 of a 10,000-entry tree on root:// and file://: alien.py gfal
    list versus (a) a gfal-ls -l style recursion in-process (gfal2 listdir +
    stat per entry) and (b) gfal2-util's gfal-ls -l run once per directory.
+3. davs:// on the WebDAV sites of testgrid/davs.py (XrdHttp on loopback):
+   COPY of N x 10 KiB file:// -> davs:// and davs -> davs (site a -> site b),
+   and of one large file davs -> davs, by alien.py gfal copy versus gfal2-util's
+   gfal-copy run once per file and with its bulk forms (--from-file, -r). The
+   sites trust each other's CA here (one grid, as with IGTF), so one credential
+   works for gfal-copy and davs -> davs is a third-party copy (pull); the
+   streamed mode is measured too. Also the test grid's case, sites that trust
+   only their own CA, copied with two credentials (gfal-copy cannot: one -E).
 
 Run with the interpreter that has gfal2 (Debian: /usr/bin/python3):
-    /usr/bin/python3 bench/gfal_bench.py [--files 1000] [--tree 10000]
+    /usr/bin/python3 bench/gfal_bench.py [--files 1000] [--tree 10000] [--davs-files 200]
+    /usr/bin/python3 bench/gfal_bench.py --davs-only       # section 3 only
 """
 
 import argparse
@@ -25,7 +34,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from testgrid import relay, tools  # noqa: E402
+from testgrid import davs, relay, tools  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
@@ -83,7 +92,7 @@ def chown_tree(top):
             os.chown(os.path.join(root, name), pw.pw_uid, pw.pw_gid)
 
 
-def run_alien(jobtype, job):
+def run_alien(jobtype, job, env=None):
     """One `alien.py gfal TYPE` process (gfal_main called directly, so this works
     whatever the front end does); returns (seconds, CompletedProcess)."""
     code = ('import sys; sys.path.insert(0, %r); import alien; '
@@ -91,7 +100,7 @@ def run_alien(jobtype, job):
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.time()
     proc = subprocess.run([PY, '-c', code, jobtype], input=json.dumps(job).encode(),
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     took = time.time() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc.cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -279,6 +288,123 @@ def bench_list(nentries, url, label):
     return took, base_t, ls_t
 
 
+def gfal_copy(args, env):
+    """One gfal-copy process (gfal2-util, on the interpreter with gfal2) -> seconds; it must succeed."""
+    started = time.time()
+    proc = subprocess.run([tools.tool('gfal-copy')] + args, env=dict(env, GFAL_PYTHONBIN=PY),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if proc.returncode:
+        raise SystemExit('gfal-copy %s failed: %s' % (' '.join(args), proc.stderr.decode()[-500:]))
+    return time.time() - started
+
+
+def alien_copy(pairs, env, rounds=1, **options):
+    """Median seconds of `rounds` alien.py gfal copy jobs of pairs (each round to
+    its own destination directory: pairs(round) -> [(src, dst)]); all must succeed."""
+    times = []
+    for r in range(rounds):
+        job = {'files': [list(p) for p in pairs(r)], 'options': options}
+        took, proc = run_alien('copy', job, env)
+        lines = [json.loads(l) for l in proc.stdout.decode().splitlines()]
+        if proc.returncode or len(lines) != len(job['files']):
+            raise SystemExit('alien.py gfal copy failed: %s' % proc.stdout.decode()[-500:])
+        times.append(took)
+    return sorted(times)[len(times) // 2]
+
+
+def davs_env(state, **creds):
+    env = dict((k, v) for k, v in os.environ.items() if not k.startswith('X509_'))
+    env['X509_CERT_DIR'] = state['certdir']
+    env.update((var, state['sites'][site]['proxy']) for var, site in creds.items())
+    return env
+
+
+def bench_davs(top, nfiles, big_mib, rounds):
+    """Section 3: COPY on the WebDAV sites against gfal-copy (see the module docstring)."""
+    workdir = os.path.join(top, 'davs')
+    state = davs.start(workdir, trust_all=True)
+    try:
+        a, b = state['sites']['a'], state['sites']['b']
+        src = os.path.join(top, 'davs-src')
+        os.makedirs(src)
+        payload = os.urandom(10240)
+        names = ['f%05d' % i for i in range(nfiles)]
+        for n in names:
+            with open(os.path.join(src, n), 'wb') as f:
+                f.write(payload)
+        one = davs_env(state, X509_USER_PROXY='a')                # what gfal-copy gets: one -E for both
+        two = davs_env(state, X509_USER_PROXY_SRC='a', X509_USER_PROXY_DST='b')   # the pdm worker's way
+        def row(label, seconds, base=None):
+            print('  %-58s %7.2f s  %7.1f files/s%s' % (label, seconds, nfiles / seconds,
+                                                    '' if base is None else '   alien.py %.1fx faster' % (seconds / base)))
+
+        def compare(title, pairs, env, src_dir, dst_url):
+            """pairs(tag)(round) -> [(src, dst)]: gfal-copy per file (also with the lazy CA
+            lookup), --from-file and -r of src_dir into dst_url, alien.py parallel 1 and 16."""
+            print('COPY %d x 10 KiB %s, load average %s' % (nfiles, title, ' '.join('%.2f' % x for x in os.getloadavg())))
+            seq = sum(gfal_copy(['-p', s, d], one) for s, d in pairs('each')(0))
+            lazy = sum(gfal_copy(['-p', s, d], dict(one, SSL_CERT_FILE=os.devnull)) for s, d in pairs('lazy')(0))
+            alien16 = alien_copy(pairs('p16'), env, rounds)
+            row('gfal-copy, one process per file', seq, alien16)
+            row('  the same with SSL_CERT_FILE=/dev/null (alien.py\'s CA lookup)', lazy, alien16)
+            listing = os.path.join(top, 'sources.list')
+            with open(listing, 'w') as f:
+                f.write(''.join(s + '\n' for s, _ in pairs('x')(0)))
+            run_alien('mkdir', {'dirs': [dst_url + 'list']}, one)
+            row('gfal-copy --from-file (one process, file by file)',
+                gfal_copy(['-p', '--from-file', listing, dst_url + 'list'], one), alien16)
+            row('gfal-copy -r (one process, file by file)', gfal_copy(['-r', '-p', src_dir, dst_url + 'rec'], one), alien16)
+            row('alien.py gfal copy parallel=1', alien_copy(pairs('p1'), env, rounds, parallel=1), alien16)
+            row('alien.py gfal copy parallel=16 (default)', alien16)
+
+        up = lambda tag: (lambda r: [('file://%s/%s' % (src, n), '%sup/%s%d/%s' % (a['url'], tag, r, n)) for n in names])
+        compare('file:// -> davs:// (site a)', up, one, 'file://' + src, a['url'] + 'up/')
+        srcurl = a['url'] + 'up/p160/'
+        cross = lambda tag: (lambda r: [(srcurl + n, '%sin/%s%d/%s' % (b['url'], tag, r, n)) for n in names])
+        compare('davs:// site a -> davs:// site b (third-party pull)', cross, two, srcurl, b['url'] + 'in/')
+        row('alien.py gfal copy parallel=16 copy_mode=streamed', alien_copy(cross('str'), two, rounds,
+                                                                             copy_mode='streamed'))
+        # one large file, davs -> davs
+        big = os.path.join(a['datadir'], 'big')
+        with open(big, 'wb') as f:
+            f.truncate(big_mib << 20)           # sparse on site a: read fast, sent and written for real
+        chown_tree(a['datadir'])
+        print('COPY 1 x %d MiB davs:// site a -> davs:// site b, median of %d (alien.py and gfal-copy in turn)'
+              % (big_mib, rounds))
+        for label, mode in (('third-party pull', None), ('streamed through the client', 'streamed')):
+            dst = b['url'] + 'big-%s' % (mode or 'pull')
+            opts = {'copy_mode': mode} if mode else {}
+            extra = ['--copy-mode', mode] if mode else []
+            ours, theirs = [], []
+            for r in range(rounds):
+                ours.append(alien_copy(lambda r: [(a['url'] + 'big', dst + '-alien')], two, **opts))
+                theirs.append(gfal_copy(extra + [a['url'] + 'big', dst + '-gfal'], one))
+                for p in (dst + '-alien', dst + '-gfal'):
+                    os.unlink(os.path.join(b['datadir'], p[len(b['url']):]))
+            ours, theirs = sorted(ours)[rounds // 2], sorted(theirs)[rounds // 2]
+            print('  %-30s alien.py %.2f s (%.0f MiB/s)   gfal-copy %.2f s (%.0f MiB/s)'
+                  % (label, ours, big_mib / ours, theirs, big_mib / theirs))
+        os.unlink(big)
+    finally:
+        davs.stop(workdir)
+    # the test grid's sites: each trusts only its own CA; two credentials, streamed after pull and push fail
+    state = davs.start(workdir)
+    try:
+        a, b = state['sites']['a'], state['sites']['b']
+        two = davs_env(state, X509_USER_PROXY_SRC='a', X509_USER_PROXY_DST='b')
+        print('COPY %d x 10 KiB davs:// -> davs:// between sites that trust only their own CA '
+              '(two credentials; gfal-copy has one -E and cannot)' % nfiles)
+        alien_copy(lambda r: [('file://%s/%s' % (src, n), a['url'] + 'src/' + n) for n in names],
+                   davs_env(state, X509_USER_PROXY='a'))
+        for label, opts in (('gfal2 default: pull, push fail; streamed', {}),
+                            ('copy_mode=streamed', {'copy_mode': 'streamed'})):
+            took = alien_copy(lambda r: [(a['url'] + 'src/' + n, '%sin%d%s/%s' % (b['url'], r, 's' if opts else '', n))
+                                         for n in names], two, rounds, **opts)
+            print('  alien.py parallel=16, %-42s %6.2f s  %6.1f files/s' % (label, took, nfiles / took))
+    finally:
+        davs.stop(workdir)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--files', type=int, default=1000)
@@ -289,6 +415,9 @@ def main():
     ap.add_argument('--latency-files', type=int, default=200)
     ap.add_argument('--latency-ms', type=float, default=5.0, help='one-way delay of the WAN relay')
     ap.add_argument('--latency-parallel', default='1,8,16,32')
+    ap.add_argument('--davs-files', type=int, default=200, help='small files of the davs:// section (0: skip it)')
+    ap.add_argument('--davs-big-mib', type=int, default=1024)
+    ap.add_argument('--davs-only', action='store_true', help='only the davs:// section')
     args = ap.parse_args()
     try:
         import gfal2  # noqa: F401
@@ -296,6 +425,12 @@ def main():
         raise SystemExit('gfal2 is not importable by %s: run with /usr/bin/python3' % PY)
     top = tempfile.mkdtemp(prefix='gfal-bench-', dir='/tmp')
     os.chmod(top, 0o755)
+    if args.davs_only:
+        try:
+            bench_davs(top, args.davs_files, args.davs_big_mib, args.rounds)
+        finally:
+            shutil.rmtree(top, ignore_errors=True)
+        return
     xrd_top = os.path.join(top, 'xrd')
     os.makedirs(xrd_top)
     url, proc = start_xrootd(xrd_top)
@@ -312,6 +447,8 @@ def main():
             baseline_gfal_ls = lambda url: (None, -1)  # noqa: E731
         bench_list(n, url + 'tree', 'root:// (xrootd on loopback)')
         bench_list(n, 'file://' + tree, 'file://')
+        if args.davs_files:
+            bench_davs(top, args.davs_files, args.davs_big_mib, args.rounds)
     finally:
         proc.terminate()
         try:

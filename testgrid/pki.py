@@ -140,7 +140,10 @@ def genkeys(paths):
 class PKI:
     """Paths of one grid's certificates, with the operations that make them."""
 
-    def __init__(self, workdir):
+    def __init__(self, workdir, ca_subject=CA_SUBJECT, user_subject=USER_SUBJECT):
+        """ca_subject, user_subject: the names of another site's CA and user (the
+        gfal tests' WebDAV sites, testgrid/davs.py, each have their own)."""
+        self.ca_subject, self.user_subject = ca_subject, user_subject
         self.root = os.path.join(os.path.abspath(workdir), 'pki')
         self.cnf = os.path.join(self.root, 'openssl.cnf')
         self.ca_dir = os.path.join(self.root, 'ca')
@@ -181,7 +184,7 @@ class PKI:
             want.append(self.other_ca_key)
         genkeys(want)
         if new_ca:
-            self._make_ca(self.ca_cert, self.ca_key, CA_SUBJECT)
+            self._make_ca(self.ca_cert, self.ca_key, self.ca_subject)
             # everything signed by an old CA is now worthless
             for p in (self.host_cert, self.user_cert, self.token_cert):
                 if os.path.exists(p):
@@ -193,7 +196,7 @@ class PKI:
         if not self._valid_for(self.host_cert, 3600):
             self.make_host_cert(self.host_cert, self.host_key, ['DNS:localhost', 'IP:127.0.0.1'])
         if not self._valid_for(self.user_cert, 3600):
-            self._issue(self.user_cert, self.user_key, USER_SUBJECT, days=365)
+            self._issue(self.user_cert, self.user_key, self.user_subject, days=365)
         if not self._valid_for(self.token_cert, 3 * 3600):
             self._issue(self.token_cert, self.token_key, TOKEN_SUBJECT.format(user='jalien'),
                         days=1, key_src=self.keypool()[0])

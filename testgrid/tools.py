@@ -45,8 +45,10 @@ TOOLS = {
     'tmux': (lambda: ['/usr/bin/tmux'], _APT % 'tmux'),
     'git': (lambda: ['/usr/bin/git'], _APT % 'git'),
     # gfal2 exists only as Debian's python3-gfal2, built for the system interpreter
-    'gfal-python': (lambda: ['/usr/bin/python3'], _APT % 'python3-gfal2 gfal2-plugin-file gfal2-plugin-xrootd'),
-    'gfal-ls': (lambda: ['/usr/bin/gfal-ls'], _APT % 'gfal2-util-scripts'),
+    'gfal-python': (lambda: ['/usr/bin/python3'],
+                    _APT % 'python3-gfal2 gfal2-plugin-file gfal2-plugin-xrootd gfal2-plugin-http'),
+    'gfal-ls': (lambda: ['/usr/bin/gfal-ls'], _APT % 'gfal2-util-scripts python3-gfal2-util'),
+    'gfal-copy': (lambda: ['/usr/bin/gfal-copy'], _APT % 'gfal2-util-scripts python3-gfal2-util'),
     'vermin': (lambda: [_beside_interpreter('vermin')], _PIP % ('vermin', sys.executable)),
 }
 
