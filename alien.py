@@ -71,18 +71,19 @@ EX_UNAUTHORIZED = 129
 SERVICE_COLOUR_COMMANDS = ('listSEs', 'xrdstat', 'testSE', 'submit')
 
 
-def env_seconds(environ, name, default):
-    """A duration from the environment (seconds, >= 0); one-line error when it is not one."""
+def env_number(environ, name, default, kind=float, what='a number of seconds'):
+    """A number >= 0 from the environment (seconds by default); one-line error when
+    it is not one."""
     value = environ.get(name, '').strip()
     if not value:
         return default
     try:
-        seconds = float(value)
+        number = kind(value)
     except ValueError:
-        seconds = -1
-    if not seconds >= 0:
-        raise AlienError('%s=%r is not a number of seconds' % (name, value), EX_EINVAL)
-    return seconds
+        number = -1
+    if not number >= 0:
+        raise AlienError('%s=%r is not %s' % (name, value, what), EX_EINVAL)
+    return number
 
 
 def env_flag(name, environ=None):
@@ -1769,7 +1770,7 @@ class Session(object):
         self.credential_kind = None
         self.json_mode = env_flag('ALIENPY_JSON', self.environ) if json_mode is None else json_mode
         self.timeout = float(self.environ.get('ALIENPY_TIMEOUT') or 20)
-        self.reconnect_timeout = env_seconds(self.environ, 'ALIENPY_RECONNECT_TIMEOUT', 60.0)
+        self.reconnect_timeout = env_number(self.environ, 'ALIENPY_RECONNECT_TIMEOUT', 60.0)
         self._lock_wait = TOKEN_LOCK_WAIT  # 0 once another process kept the renewal lock too long
         self.last_exitcode = 0
         self._commandlist = None
@@ -1777,10 +1778,11 @@ class Session(object):
         self._loss = ''            # why the last connection was lost
         self.compact_rows = False  # the front end sets it: its results are only printed
         self.pipeline = self.environ.get('ALIENPY_PIPELINE', '1').strip().lower() not in ('0', 'false', 'no', 'off')
-        self.slow_reply = env_seconds(self.environ, 'ALIENPY_SLOW_REPLY', 0.5)
+        self.slow_reply = env_number(self.environ, 'ALIENPY_SLOW_REPLY', 0.5)
         self.rtt = 0.0             # round trip to the service (half the TLS handshake, at most a reply's time)
         self.requests = self.logins = 0   # what this session cost the user (the 2024 service throttles both)
         self.spread = True         # large checked batches may be shared with more sessions (_spread)
+        self.sessions = env_number(self.environ, 'ALIENPY_SESSIONS', 4, int, 'a number of sessions')
         self.helpers = []          # those sessions, made at the first such batch
         self.helper = False        # one of them (it reconnects without a word)
         self.connecting = None     # a helper's connecting thread
@@ -2072,10 +2074,9 @@ class Session(object):
     # The endpoint runs one session's commands one after the other, however they are
     # pipelined: a session does at most about 1/(cost) of them a second (a real service
     # spends ~6 ms on an access or a commit). A large batch of checked requests is
-    # shared with up to SPREAD - 1 more sessions (each a login, which the 2024 throttle
+    # shared with up to ALIENPY_SESSIONS - 1 more sessions (each a login, which the 2024 throttle
     # counts as 10 requests), only while replies are quick: once one is slow, requests
     # go one at a time on this session alone.
-    SPREAD = 4
     SPREAD_MIN = 32
 
     def spread_ahead(self):
@@ -2085,7 +2086,7 @@ class Session(object):
             return
         if self.tls is None:
             self.tls = self._credentials(False)
-        while len(self.helpers) < self.SPREAD - 1:
+        while len(self.helpers) < self.sessions - 1:
             h = Session(self.environ, self.json_mode)
             h.tls, h.timeout, h.reconnect_timeout, h.spread, h.helper = \
                 self.tls, self.timeout, self.reconnect_timeout, False, True
@@ -2227,9 +2228,10 @@ class Session(object):
                         log('reply %.1f ms %s' % ((now - t_send) * 1000, redact(text.replace('\\/', '/'))))
                     elif env_flag('ALIENPY_TIMING', self.environ):
                         log('timing %s %.1f ms %d bytes' % (items[i][1], (now - t_send) * 1000, len(text)))
-                    # (a listing alone may take its time: only the requests that may go
-                    # out several at a time tell how quick the service is)
-                    if busy > self.slow_reply and self.pipeline and (len(chunk) > 1 or items[i][3] is not None):
+                    # (a large reply alone, a listing, may take its time: a microsecond
+                    # a byte is allowed for making and sending it)
+                    allowed = self.slow_reply + (len(text) * 1e-6 if len(chunk) == 1 and items[i][3] is None else 0)
+                    if busy > allowed and self.pipeline:
                         self.pipeline = False
                         bad = bad or len(chunk) > 1
                         log('a reply took %.2f s: requests go one at a time from now on' % busy)

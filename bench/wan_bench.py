@@ -13,9 +13,10 @@ and charges --cost-ms for every access and commit, as a real one does.
   small     --small files up and down over the WAN and on a LAN grid (a second
             grid without relays): the difference in round trips;
   options   the same --small upload with the ways to send requests safely:
-            verified pipelining (the default), one request in flight
-            (ALIENPY_PIPELINE=0), and one in flight on --sessions sessions at
-            once (as many processes, each with its share of the files);
+            checked pipelining on 4 sessions (the default) and on one
+            (ALIENPY_SESSIONS=1), one request in flight (ALIENPY_PIPELINE=0),
+            and one in flight on --sessions sessions at once (as many
+            processes, each with its share of the files);
   throttled --throttled files up and down, both clients, on the 2024 throttle
             after ~120 logins (every command sleeps over a second): wall time,
             requests and logins each client spent.
@@ -253,8 +254,11 @@ def request_options(a, workdir, env, ours_cp, home, scratch):
         return wall, code, logins, sum(commands.values()), commands
 
     for r in range(max(1, a.copy_runs)):
-        show_counts('verified pipelining (default)',
+        show_counts('checked pipelining, 4 sessions',
                     *counted(workdir, ours_cp + ['cp', '-quiet', 'file:%s/' % tree, '%sopt_p_%d/' % (home, r)], env))
+        show_counts('checked pipelining, 1 session',
+                    *counted(workdir, ours_cp + ['cp', '-quiet', 'file:%s/' % tree, '%sopt_q_%d/' % (home, r)],
+                             dict(env, ALIENPY_SESSIONS='1')))
         show_counts('one in flight',
                     *counted(workdir, ours_cp + ['cp', '-quiet', 'file:%s/' % tree, '%sopt_1_%d/' % (home, r)],
                              dict(env, ALIENPY_PIPELINE='0')))
