@@ -2144,14 +2144,23 @@ class Session(object):
             work(self)
             for t in threads:
                 t.join()
-        except KeyboardInterrupt as e:
-            e.results = list(out)
-            raise
+        except KeyboardInterrupt as e:   # the helpers finish the slice they have (its replies
+            with lock:                  # say what it did), for up to 5 s
+                state['error'] = state['error'] or e
+            deadline = time.monotonic() + 5
+            try:
+                for t in threads:
+                    t.join(max(0.0, deadline - time.monotonic()))
+            except KeyboardInterrupt:
+                pass
         finally:
             for h, (r, l) in zip(self.helpers, before):
                 self.requests += h.requests - r
                 self.logins += h.logins - l
         e = state['error']
+        if isinstance(e, KeyboardInterrupt):
+            e.results = list(out)      # every slice's answered requests (the helpers finished theirs)
+            raise e
         if e is not None:
             if isinstance(e, ConnectionLost):
                 raise ConnectionLost(str(e), [r if r is not None else lost_result(e, items[i][1], 'unknown')
@@ -3166,9 +3175,10 @@ def check_stat(lfn):
 
 def check_access(size=-1, md5='', guid='', write=False):
     """An access reply: the replicas of one file, one GUID (the listed one, for a read),
-    the size and md5 that were listed (read) or asked for (write: each URL ends in
-    that GUID, as many rows as nSEs says). A write reply with another file's size and
-    md5 may still book another name: its bytes are then that name's own."""
+    each URL ending in it (but an archive member's, URL#member), the size and md5 that
+    were listed (read) or asked for (write: as many rows as nSEs says). A write reply
+    with another file's size and md5 may still book another name: its bytes are then
+    that name's own. (The envelope is opaque: the storage element checks it.)"""
     md5, guid = (md5 or '').lower(), (guid or '').lower()
 
     def check(r):
@@ -3180,8 +3190,9 @@ def check_access(size=-1, md5='', guid='', write=False):
             guids.add(g)
             if size >= 0 and str(x.get('size')) != str(size) or md5 and str(x.get('md5') or '').lower() != md5:
                 return False
-            if write and (not g or not str(x.get('url') or '').endswith(g)
-                          or str(x.get('nSEs', len(r.results))) != str(len(r.results))):
+            url = str(x.get('url') or '')
+            if '#' not in url and not url.endswith(g) or \
+                    write and (not g or str(x.get('nSEs', len(r.results))) != str(len(r.results))):
                 return False
         return len(guids) == 1 and (not guid or guid in guids)
     return check
@@ -4631,10 +4642,12 @@ def cp_upload(session, items, opts, stats, md5s=None, prepare=()):
             e, rep = job.info
             e['running'] -= 1
             if job.ok:
+                e['written'].add((rep.get('guid') or '').lower())
                 c = commits_of[id(job)]
                 if c.exitcode == 0 and not any(str(x.get('lfn', '1')) == '0' for x in c.results):
                     e['committed'].append(rep.get('se', ''))
                 else:
+                    e['doubt'] = True   # (a race can register another booking of the name: see cp_check_uploads)
                     e['errors'].append('%s: commit %s: %s' % (
                         rep.get('se', '?'), 'outcome unknown' if c.metadata.get('outcome') else 'refused',
                         c.err or 'exit code %d' % c.exitcode))
@@ -4673,7 +4686,8 @@ def cp_upload(session, items, opts, stats, md5s=None, prepare=()):
                     continue
                 entries.append({'src': src, 'lfn': lfn, 'target': lfn, 'specs': list(specs or []), 'size': size,
                                 'md5': md5, 'committed': [], 'tried': [], 'errors': [], 'replace': False,
-                                'running': 0, 'failed': 0, 'attempt': 1, 'guids': set()})
+                                'running': 0, 'failed': 0, 'attempt': 1, 'guids': set(), 'written': set(),
+                                'doubt': False})
                 hashed.append(entries[-1])
             # one round trip books this window and commits what finished meanwhile
             done = whole_files(pipe.results())
@@ -5048,10 +5062,13 @@ def cp_catalogue_facts(session, lfns):
 
 def cp_check_uploads(session, hashed, stats, last=False):
     """After an upload the catalogue has the last word: every file's entry against
-    its local size and md5. A right entry counts the file as copied whatever the
-    replies said; a wrong one this copy made (a GUID it booked) is removed. Those
-    and the files said to be copied but missing -> [(src, lfn, specs)] to upload
-    again (last: reported as failed, and named, instead)."""
+    its local size and md5, and against the GUIDs this copy wrote replicas of when
+    the entry may be its own (a GUID it booked, or a file one of whose commits was
+    refused or unanswered: on a racing service a commit can register another booking
+    of the name, one that holds no data). A right entry counts the file as copied
+    whatever the replies said; a wrong one of this copy is removed. Those, and the
+    files said to be copied but missing or whose commit failed, -> [(src, lfn, specs)]
+    to upload again (last: reported as failed, and named, instead)."""
     booked = set(g for e in hashed for g in e['guids'])
     facts = cp_catalogue_facts(session, [e['lfn'] for e in hashed])
     present = set(src for src, _ in stats.present)
@@ -5061,22 +5078,23 @@ def cp_check_uploads(session, hashed, stats, last=False):
         got, src = facts.get(e['lfn']), e['src']
         if src in present:
             continue
-        if got is not None and got[:2] == (e['size'], e['md5']):
+        mine = got is not None and (got[2] in booked or e['doubt'])
+        if got is not None and got[:2] == (e['size'], e['md5']) and (got[2] in e['written'] or not mine):
             if src not in copied:    # a reply said otherwise: the catalogue holds it
                 stats.forget(src)
                 stats.copied(src, e['lfn'], e['size'])
             continue
-        ours = got is not None and got[2] in booked
         why = 'the catalogue has no entry' if got is None else \
-            'the catalogue entry holds other bytes (size %d, md5 %s)' % (got[0], got[1] or '?')
-        if got is not None and not ours:    # not made by this copy: not ours to touch
+            'the catalogue entry holds other bytes (size %d, md5 %s)' % (got[0], got[1] or '?') \
+            if got[:2] != (e['size'], e['md5']) else 'the catalogue entry has no replica this copy wrote'
+        if got is not None and not mine:    # not made by this copy: not ours to touch
             if src in copied:
                 stats.forget(src)
                 stats.fail(src, '%s -> %s: %s' % (src, e['lfn'], why))
             continue
-        if ours:
+        if mine:
             session.request('rm', ['-f', e['lfn']], nomsg=True)
-        elif src not in copied:
+        elif src not in copied and not e['doubt']:
             continue                 # missing, and reported as failed
         stats.forget(src)
         if last:

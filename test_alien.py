@@ -7873,7 +7873,7 @@ def test_cp_of_1000_files_on_a_slow_racing_service(cpenv, grid_state, service_co
     assert _race_catalogue_problems(grid_state, g, files) == []
     assert len(_rc_entries(grid_state, g)) == n
     p = cpx(env, '-quiet', g, 'file:%s/' % (tmp_path / 'back'), timeout=600)
-    assert p.returncode == 0, p
+    assert p.returncode == 0, p.stderr
     assert _race_local(tmp_path / 'back') == files
 
 
