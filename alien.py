@@ -5094,8 +5094,8 @@ def cp_check_uploads(session, hashed, stats, last=False):
             continue
         if mine:
             session.request('rm', ['-f', e['lfn']], nomsg=True)
-        elif src not in copied and not e['doubt']:
-            continue                 # missing, and reported as failed
+        elif src not in copied and (last or not e['doubt']):
+            continue                 # missing, and reported as failed (why, it said)
         stats.forget(src)
         if last:
             stats.fail(src, '%s -> %s failed: %s after the upload' % (src, e['lfn'], why))
