@@ -44,13 +44,10 @@ import time
 
 VERSION = '0.1.0'
 
-# ==========================================================================
-# Configuration: environment, defaults, exit codes
-# ==========================================================================
 
-DEFAULT_HOST = 'alice-jcentral.cern.ch'
-DEFAULT_PORT = 8097
-WS_PATH = '/websocket/json'
+# ==========================================================================
+# Helpers used everywhere: errors, exit codes, results, bounded input, terminal-safe output, logging
+# ==========================================================================
 
 # Exit codes (documented in the README).
 EX_OK = 0
@@ -64,26 +61,6 @@ EX_EMPTY_REPLY = 70
 EX_NOTCONN = 107
 EX_EREMOTEIO = 121
 EX_UNAUTHORIZED = 129
-
-# Server commands whose messages carry the service's own colour codes (SGR):
-# kept on a terminal, removed in a pipe or with NO_COLOR. Any other text from
-# the network shows its control characters escaped on a terminal.
-SERVICE_COLOUR_COMMANDS = ('listSEs', 'xrdstat', 'testSE', 'submit')
-
-
-def env_number(environ, name, default, kind=float, what='a number of seconds'):
-    """A number >= 0 from the environment (seconds by default); one-line error when
-    it is not one."""
-    value = environ.get(name, '').strip()
-    if not value:
-        return default
-    try:
-        number = kind(value)
-    except ValueError:
-        number = -1
-    if not number >= 0:
-        raise AlienError('%s=%r is not %s' % (name, value, what), EX_EINVAL)
-    return number
 
 
 def env_flag(name, environ=None):
@@ -165,7 +142,6 @@ INPUT_MAX_LINES = 1000000    # lines of a -input file
 SETTINGS_MAX_BYTES = 1 << 20  # ~/.alienpy_aliases, ~/.alienpy_session
 ALIAS_MAX = 1000             # aliases read from ~/.alienpy_aliases
 LINE_MAX_ELEMENTS = 10000    # commands in one chain after alias expansion
-
 _JSON_NOISE = bytes(i for i in range(256) if i not in b'[]{}"')   # all but brackets and quotes
 _JSON_STRING = LazyRegex(rb'"[^"]*"')
 _JSON_SLICE = 1 << 20
@@ -317,6 +293,249 @@ def log_exception():
         log(traceback.format_exc())
 
 
+def human_bytes(n):
+    n = float(n)
+    for unit in ('B', 'KiB', 'MiB', 'GiB', 'TiB'):
+        if abs(n) < 1024 or unit == 'TiB':
+            return ('%d %s' % (n, unit)) if unit == 'B' else ('%.2f %s' % (n, unit))
+        n /= 1024.0
+
+
+def local_time(stamp, unixtime=False):
+    """A unix time in s (10 digits) or ms (13 digits) as local 'YYYY-mm-dd HH:MM:SS[.mmm]+zone'
+    (no .000, as the reference prints whole seconds); the digits themselves with unixtime.
+    Anything else is returned as it is."""
+    text = str(stamp)
+    if unixtime or not re.match(r'^[0-9]{10}([0-9]{3})?$', text):
+        return text
+    t = time.localtime(int(text[:10]))
+    ms = '.' + text[10:] if len(text) > 10 and text[10:] != '000' else ''
+    return time.strftime('%Y-%m-%d %H:%M:%S', t) + ms + time.strftime('%z', t)
+
+
+def _utc(t):
+    return time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(t))
+
+
+def print_error(text):
+    if text:
+        sys.stderr.write(term_text(text.rstrip('\n'), sys.stderr) + '\n')
+        sys.stderr.flush()
+
+
+def print_result(result):
+    if env_flag('ALIENPY_JSONRAW') and result.raw is not None:
+        sys.stdout.write(result.raw + '\n')
+    elif result.as_json:
+        if result.metadata:
+            sys.stdout.write(json.dumps({'metadata': result.metadata, 'results': result.results},
+                                        sort_keys=True, indent=2) + '\n')
+        else:
+            print_error('no JSON reply to print: this command runs in the client')
+    elif result.exitcode == 0:
+        write_lines(result)
+    else:
+        if result._out:   # a client command's report (e.g. which replicas failed)
+            write_lines(result)
+        print_error(result.err)
+    sys.stdout.flush()
+
+
+def write_lines(result, batch=4096):
+    """Print result.out without building it: large listings go out in batches."""
+    def safe(text):
+        return text if result.style == 'raw' else term_text(text, sys.stdout, result.style == 'colour')
+    if result._out is not None:
+        if result._out:
+            sys.stdout.write(safe(result._out) + '\n')
+        return
+    lines = list(result.messages())
+    while lines and not lines[-1].strip():
+        lines.pop()
+    while lines and not lines[0].strip():
+        lines.pop(0)
+    if not lines:
+        return
+    lines[0], lines[-1] = lines[0].lstrip(), lines[-1].rstrip()
+    for i in range(0, len(lines), batch):
+        sys.stdout.write(safe('\n'.join(lines[i:i + batch])))
+        sys.stdout.write('\n')
+
+
+def exit_status(code):
+    """Process exit status of a command exit code (negative codes wrap like sys.exit)."""
+    return code if 0 <= code <= 255 else (code & 0xFF) or 1
+
+
+# ==========================================================================
+# Configuration: the service's address, environment switches, settings files
+# ==========================================================================
+
+DEFAULT_HOST = 'alice-jcentral.cern.ch'
+DEFAULT_PORT = 8097
+WS_PATH = '/websocket/json'
+
+
+# Server commands whose messages carry the service's own colour codes (SGR):
+# kept on a terminal, removed in a pipe or with NO_COLOR. Any other text from
+# the network shows its control characters escaped on a terminal.
+SERVICE_COLOUR_COMMANDS = ('listSEs', 'xrdstat', 'testSE', 'submit')
+
+
+def env_number(environ, name, default, kind=float, what='a number of seconds'):
+    """A number >= 0 from the environment (seconds by default); one-line error when
+    it is not one."""
+    value = environ.get(name, '').strip()
+    if not value:
+        return default
+    try:
+        number = kind(value)
+    except ValueError:
+        number = -1
+    if not number >= 0:
+        raise AlienError('%s=%r is not %s' % (name, value, what), EX_EINVAL)
+    return number
+
+
+def tmpdir(environ=None):
+    environ = os.environ if environ is None else environ
+    return environ.get('TMPDIR') or environ.get('TEMP') or environ.get('TMP') or '/tmp'
+
+
+def parse_hostport(text, default_port):
+    """'host', 'host:port', '[v6]:port', 'v6' -> (host, port)."""
+    text = text.strip()
+    if text.startswith('['):
+        host, _, rest = text[1:].partition(']')
+        port = rest[1:] if rest.startswith(':') else ''
+    elif text.count(':') == 1:
+        host, port = text.split(':')
+    else:
+        host, port = text, ''
+    if port and not re.match(r'^[0-9]{1,5}$', port):
+        raise AlienError('invalid port in endpoint %r' % text, EX_EINVAL)
+    return host, int(port) if port else default_port
+
+
+def _env_port(environ, name):
+    value = environ.get(name, '')
+    if not value:
+        return DEFAULT_PORT
+    if not re.match(r'^[0-9]{1,5}$', value.strip()):
+        raise AlienError('%s=%r is not a port number' % (name, value), EX_EINVAL)
+    return int(value)
+
+
+def jbox_endpoint(environ):
+    """(host, port) of a running local JBox from $TMPDIR/jclient_token_<uid>, or None."""
+    path = os.path.join(tmpdir(environ), 'jclient_token_%d' % os.getuid())
+    try:
+        with open(path) as f:
+            conf = dict(line.strip().split('=', 1) for line in f if '=' in line)
+        pid = int(conf.get('JALIEN_PID', '0'))
+        with open('/proc/%d/status' % pid) as f:
+            uid_line = [line for line in f if line.startswith('Uid:')]
+        if not uid_line or int(uid_line[0].split()[1]) != os.getuid():
+            return None
+        return conf.get('JALIEN_HOST', 'localhost'), int(conf.get('JALIEN_WSPORT', DEFAULT_PORT))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def endpoints(environ):
+    """Endpoints to try, in order. ALIENPY_JCENTRAL (host or host:port) is exclusive;
+    otherwise JALIEN_HOST/JALIEN_WSPORT, a local JBox, then the default service."""
+    if environ.get('ALIENPY_JCENTRAL'):
+        return [parse_hostport(environ['ALIENPY_JCENTRAL'], _env_port(environ, 'ALIENPY_JCENTRAL_PORT'))]
+    found = []
+    if environ.get('JALIEN_HOST'):
+        found.append((environ['JALIEN_HOST'], _env_port(environ, 'JALIEN_WSPORT')))
+    jbox = jbox_endpoint(environ)
+    if jbox:
+        found.append(jbox)
+    found.append((DEFAULT_HOST, DEFAULT_PORT))
+    return found
+
+
+def ascii_host(host):
+    """A host name as bytes when it is plain ASCII: socket and ssl then take it as
+    it is, while a str makes them load the IDNA codec (about 2 ms of every start)."""
+    try:
+        return host.encode('ascii')
+    except UnicodeEncodeError:
+        return host
+
+
+def proxy_for(host, environ, scheme='https'):
+    """(proxy_host, proxy_port, 'user:pass' or None) from https_proxy/HTTPS_PROXY
+    (http_proxy/HTTP_PROXY for scheme 'http'), or None when there is no proxy or
+    no_proxy/NO_PROXY exempts host."""
+    url = environ.get(scheme + '_proxy') or environ.get(scheme.upper() + '_PROXY') or ''
+    if not url:
+        return None
+    exempt = environ.get('no_proxy') or environ.get('NO_PROXY') or ''
+    h = host.lower().strip('[]')
+    for item in exempt.replace(' ', ',').split(','):
+        item = item.strip().lower()
+        if not item:
+            continue
+        if item == '*':
+            return None
+        item = item.lstrip('*')
+        if h == item.lstrip('.') or (item.startswith('.') and h.endswith(item)) or h.endswith('.' + item):
+            return None
+    m = re.match(r'^(?:[a-zA-Z][a-zA-Z0-9+.-]*://)?(?:([^@/]*)@)?([^/]+?)/?$', url.strip())
+    if not m:
+        raise AlienError('cannot parse https_proxy=%r' % url, EX_EINVAL)
+    phost, pport = parse_hostport(m.group(2), 3128)
+    return phost, pport, m.group(1)
+
+
+def user_agent(environ):
+    """User-Agent of every connection (websocket and HTTP); names the grid job inside one."""
+    agent = 'alien.py/%s Python/%s' % (VERSION, sys.version.split()[0])
+    if environ.get('ALIEN_PROC_ID'):  # inside a grid job
+        agent += ' jobid/%s' % environ['ALIEN_PROC_ID']
+        if environ.get('ALIEN_MASTERJOB_ID'):
+            agent += ' masterjobid/%s' % environ['ALIEN_MASTERJOB_ID']
+    return agent
+
+
+def user_file(environ, name):
+    """~/name for the user of this session (HOME of its environment)."""
+    home = environ.get('HOME') or os.path.expanduser('~')
+    return os.path.join(home, name)
+
+
+def read_settings(path):
+    """[(key, value)] of a settings file (parse_settings); a missing file is
+    empty, an oversized or non-UTF-8 one is ignored with a one-line notice."""
+    try:
+        return parse_settings(read_text_limited(path, SETTINGS_MAX_BYTES))
+    except OSError:
+        return []
+    except ValueError as e:
+        print_error('alien.py: %s ignored: %s' % (path, e))
+        return []
+
+
+def parse_settings(text):
+    """[(key, value)] of 'key = value' lines (also key=value); '#' starts a
+    comment line; one pair of surrounding quotes is removed from the value."""
+    pairs = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith('#') or '=' not in line:
+            continue
+        key, _, value = line.partition('=')
+        key, value = key.strip(), value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in '"\'':
+            value = value[1:-1]
+        if key and not any(c.isspace() for c in key):
+            pairs.append((key, value))
+    return pairs
+
+
 # ==========================================================================
 # Credentials and TLS
 # ==========================================================================
@@ -335,11 +554,6 @@ def _cleanup_temp_files():
             os.unlink(_TEMP_FILES.pop())
         except OSError:
             pass
-
-
-def tmpdir(environ=None):
-    environ = os.environ if environ is None else environ
-    return environ.get('TMPDIR') or environ.get('TEMP') or environ.get('TMP') or '/tmp'
 
 
 def credential_paths(environ=None):
@@ -1003,11 +1217,51 @@ def write_private_file(path, text, mode=0o400):
     write_private_files([(path, text)], mode)
 
 
+class TLSError(AlienError):
+    """A TLS failure: retrying the same endpoint cannot help (unless transient)."""
+    transient = False
+
+
+def tls_error(e, host):
+    """One-line explanation of a TLS failure."""
+    reason = getattr(e, 'reason', None) or str(e)
+    text = str(e)
+    if 'CERTIFICATE_VERIFY_FAILED' in text or reason == 'CERTIFICATE_VERIFY_FAILED':
+        detail = getattr(e, 'verify_message', '') or reason
+        if 'mismatch' in detail.lower() or "doesn't match" in text:
+            return TLSError('TLS: the server certificate does not match the host name %s (%s); '
+                              'ALIENPY_NO_VERIFY_HOSTNAME=1 skips this check' % (host, detail), EX_NOTCONN)
+        return TLSError('TLS: cannot verify the server certificate of %s: %s (check X509_CERT_DIR)'
+                          % (host, detail), EX_NOTCONN)
+    if 'CERTIFICATE_UNKNOWN' in text or 'UNKNOWN_CA' in text or 'BAD_CERTIFICATE' in text or 'CERTIFICATE_EXPIRED' in text:
+        return TLSError('TLS: the server rejected our certificate (%s)' % reason, EX_NOTCONN)
+    e2 = TLSError('TLS handshake with %s failed: %s' % (host, reason), EX_NOTCONN)
+    # cut off mid-handshake (a service going down or coming up): worth another try
+    e2.transient = isinstance(e, (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError))
+    return e2
+
+
+def tls_handshake(sock, ctx, host, port, timeout):
+    """TLS over a connected socket (closed on failure) -> the verified TLS socket;
+    failures as one-line TLSError/AlienError (exit 107)."""
+    try:
+        sock.settimeout(timeout)
+        # Python 3.6 checks the name itself and needs it as str
+        return ctx.wrap_socket(sock, server_hostname=ascii_host(host) if sys.version_info >= (3, 7) else host)
+    except ssl.SSLError as e:
+        sock.close()
+        raise tls_error(e, host)
+    except (OSError, socket.timeout) as e:
+        sock.close()
+        raise AlienError('TLS handshake with %s:%d failed: %s' % (host, port, e), EX_NOTCONN)
+
+
 # ==========================================================================
-# WebSocket (RFC 6455), synchronous client
+# Transport: TCP (RFC 8305), HTTP proxies, WebSocket (RFC 6455)
 # ==========================================================================
-# Pure codecs first (handshake, frames), then the connection that uses them.
-# Every malformed input ends in WebSocketError, never in another exception.
+# Connect (RFC 8305 staggered), an HTTP proxy tunnel, then the websocket: pure
+# codecs first (handshake, frames), then the connection that uses them. Every
+# malformed input ends in WebSocketError, never in another exception.
 
 WS_GUID = b'258EAFA5-E914-47DA-95CA-C5AB0DC85B11'
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
@@ -1440,112 +1694,6 @@ class WebSocketClientTransport(_Transport):
                 pass
 
 
-class TLSError(AlienError):
-    """A TLS failure: retrying the same endpoint cannot help (unless transient)."""
-    transient = False
-
-
-def tls_error(e, host):
-    """One-line explanation of a TLS failure."""
-    reason = getattr(e, 'reason', None) or str(e)
-    text = str(e)
-    if 'CERTIFICATE_VERIFY_FAILED' in text or reason == 'CERTIFICATE_VERIFY_FAILED':
-        detail = getattr(e, 'verify_message', '') or reason
-        if 'mismatch' in detail.lower() or "doesn't match" in text:
-            return TLSError('TLS: the server certificate does not match the host name %s (%s); '
-                              'ALIENPY_NO_VERIFY_HOSTNAME=1 skips this check' % (host, detail), EX_NOTCONN)
-        return TLSError('TLS: cannot verify the server certificate of %s: %s (check X509_CERT_DIR)'
-                          % (host, detail), EX_NOTCONN)
-    if 'CERTIFICATE_UNKNOWN' in text or 'UNKNOWN_CA' in text or 'BAD_CERTIFICATE' in text or 'CERTIFICATE_EXPIRED' in text:
-        return TLSError('TLS: the server rejected our certificate (%s)' % reason, EX_NOTCONN)
-    e2 = TLSError('TLS handshake with %s failed: %s' % (host, reason), EX_NOTCONN)
-    # cut off mid-handshake (a service going down or coming up): worth another try
-    e2.transient = isinstance(e, (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError))
-    return e2
-
-
-def tls_handshake(sock, ctx, host, port, timeout):
-    """TLS over a connected socket (closed on failure) -> the verified TLS socket;
-    failures as one-line TLSError/AlienError (exit 107)."""
-    try:
-        sock.settimeout(timeout)
-        # Python 3.6 checks the name itself and needs it as str
-        return ctx.wrap_socket(sock, server_hostname=ascii_host(host) if sys.version_info >= (3, 7) else host)
-    except ssl.SSLError as e:
-        sock.close()
-        raise tls_error(e, host)
-    except (OSError, socket.timeout) as e:
-        sock.close()
-        raise AlienError('TLS handshake with %s:%d failed: %s' % (host, port, e), EX_NOTCONN)
-
-
-# ==========================================================================
-# JCentral session: requests, replies, session state
-# ==========================================================================
-# Endpoint choice, connect (RFC 8305 staggered), one JSON request -> one JSON
-# reply, the session state mirrored from every reply's metadata.
-
-# Commands that read only: safe to send again after a transparent reconnect.
-READ_ONLY_COMMANDS = frozenset('''pwd ls find stat whereis whoami listSEs version commandlist type
-    cd lfn2guid guid2lfn guidinfo md5sum du df motd uptime w ps top listCEs quota jquota fquota
-    user whois groups xrdstat access:read'''.split())
-
-
-def parse_hostport(text, default_port):
-    """'host', 'host:port', '[v6]:port', 'v6' -> (host, port)."""
-    text = text.strip()
-    if text.startswith('['):
-        host, _, rest = text[1:].partition(']')
-        port = rest[1:] if rest.startswith(':') else ''
-    elif text.count(':') == 1:
-        host, port = text.split(':')
-    else:
-        host, port = text, ''
-    if port and not re.match(r'^[0-9]{1,5}$', port):
-        raise AlienError('invalid port in endpoint %r' % text, EX_EINVAL)
-    return host, int(port) if port else default_port
-
-
-def _env_port(environ, name):
-    value = environ.get(name, '')
-    if not value:
-        return DEFAULT_PORT
-    if not re.match(r'^[0-9]{1,5}$', value.strip()):
-        raise AlienError('%s=%r is not a port number' % (name, value), EX_EINVAL)
-    return int(value)
-
-
-def jbox_endpoint(environ):
-    """(host, port) of a running local JBox from $TMPDIR/jclient_token_<uid>, or None."""
-    path = os.path.join(tmpdir(environ), 'jclient_token_%d' % os.getuid())
-    try:
-        with open(path) as f:
-            conf = dict(line.strip().split('=', 1) for line in f if '=' in line)
-        pid = int(conf.get('JALIEN_PID', '0'))
-        with open('/proc/%d/status' % pid) as f:
-            uid_line = [line for line in f if line.startswith('Uid:')]
-        if not uid_line or int(uid_line[0].split()[1]) != os.getuid():
-            return None
-        return conf.get('JALIEN_HOST', 'localhost'), int(conf.get('JALIEN_WSPORT', DEFAULT_PORT))
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def endpoints(environ):
-    """Endpoints to try, in order. ALIENPY_JCENTRAL (host or host:port) is exclusive;
-    otherwise JALIEN_HOST/JALIEN_WSPORT, a local JBox, then the default service."""
-    if environ.get('ALIENPY_JCENTRAL'):
-        return [parse_hostport(environ['ALIENPY_JCENTRAL'], _env_port(environ, 'ALIENPY_JCENTRAL_PORT'))]
-    found = []
-    if environ.get('JALIEN_HOST'):
-        found.append((environ['JALIEN_HOST'], _env_port(environ, 'JALIEN_WSPORT')))
-    jbox = jbox_endpoint(environ)
-    if jbox:
-        found.append(jbox)
-    found.append((DEFAULT_HOST, DEFAULT_PORT))
-    return found
-
-
 def interleave_addresses(infos):
     """RFC 8305 order: alternate address families, starting with the first one returned."""
     by_family = {}
@@ -1561,15 +1709,6 @@ def interleave_addresses(infos):
             if by_family[fam]:
                 result.append(by_family[fam].pop(0))
     return result
-
-
-def ascii_host(host):
-    """A host name as bytes when it is plain ASCII: socket and ssl then take it as
-    it is, while a str makes them load the IDNA codec (about 2 ms of every start)."""
-    try:
-        return host.encode('ascii')
-    except UnicodeEncodeError:
-        return host
 
 
 def resolve(host, port, environ):
@@ -1638,31 +1777,6 @@ def connect_tcp(host, port, environ, timeout=5.0, delay=0.25, avoid=None):
     raise AlienError('cannot connect to %s:%d: %s' % (host, port, '; '.join(errors) or 'no address'), EX_NOTCONN)
 
 
-def proxy_for(host, environ, scheme='https'):
-    """(proxy_host, proxy_port, 'user:pass' or None) from https_proxy/HTTPS_PROXY
-    (http_proxy/HTTP_PROXY for scheme 'http'), or None when there is no proxy or
-    no_proxy/NO_PROXY exempts host."""
-    url = environ.get(scheme + '_proxy') or environ.get(scheme.upper() + '_PROXY') or ''
-    if not url:
-        return None
-    exempt = environ.get('no_proxy') or environ.get('NO_PROXY') or ''
-    h = host.lower().strip('[]')
-    for item in exempt.replace(' ', ',').split(','):
-        item = item.strip().lower()
-        if not item:
-            continue
-        if item == '*':
-            return None
-        item = item.lstrip('*')
-        if h == item.lstrip('.') or (item.startswith('.') and h.endswith(item)) or h.endswith('.' + item):
-            return None
-    m = re.match(r'^(?:[a-zA-Z][a-zA-Z0-9+.-]*://)?(?:([^@/]*)@)?([^/]+?)/?$', url.strip())
-    if not m:
-        raise AlienError('cannot parse https_proxy=%r' % url, EX_EINVAL)
-    phost, pport = parse_hostport(m.group(2), 3128)
-    return phost, pport, m.group(1)
-
-
 def connect_tunnel(sock, host, port, auth=None, timeout=10.0):
     """HTTP CONNECT through a proxy on an open socket; returns when the tunnel is up."""
     target = '%s:%d' % (('[%s]' % host) if ':' in host else host, port)
@@ -1690,14 +1804,17 @@ def connect_tunnel(sock, host, port, auth=None, timeout=10.0):
         raise AlienError('proxy sent data before the tunnel was up', EX_NOTCONN)
 
 
-def user_agent(environ):
-    """User-Agent of every connection (websocket and HTTP); names the grid job inside one."""
-    agent = 'alien.py/%s Python/%s' % (VERSION, sys.version.split()[0])
-    if environ.get('ALIEN_PROC_ID'):  # inside a grid job
-        agent += ' jobid/%s' % environ['ALIEN_PROC_ID']
-        if environ.get('ALIEN_MASTERJOB_ID'):
-            agent += ' masterjobid/%s' % environ['ALIEN_MASTERJOB_ID']
-    return agent
+# ==========================================================================
+# JCentral session: requests, replies, session state
+# ==========================================================================
+# One JSON request -> one JSON reply, several at once only when each reply can
+# be told to be its own (docs/protocol.md); the session state mirrored from
+# every reply's metadata.
+
+# Commands that read only: safe to send again after a transparent reconnect.
+READ_ONLY_COMMANDS = frozenset('''pwd ls find stat whereis whoami listSEs version commandlist type
+    cd lfn2guid guid2lfn guidinfo md5sum du df motd uptime w ps top listCEs quota jquota fquota
+    user whois groups xrdstat access:read'''.split())
 
 
 def _compact_row(d):
@@ -2471,7 +2588,7 @@ class Session(object):
 
 
 # ==========================================================================
-# Paths: grid and local path expansion, command-line splitting (pure functions)
+# Paths: grid and local path expansion (pure functions)
 # ==========================================================================
 
 _GRID_PREFIX = LazyRegex(r'^(alien:(//)?)')
@@ -2526,6 +2643,19 @@ def expand_local_path(path):
         p += '/'
     return p
 
+
+def posix_normpath(p):
+    import posixpath
+    keep_slash = p.endswith('/')
+    q = posixpath.normpath(p)
+    if q.startswith('//'):
+        q = q[1:]
+    return q + '/' if keep_slash and not q.endswith('/') else q
+
+
+# ==========================================================================
+# The command line: splitting, aliases, options, the command registry
+# ==========================================================================
 
 def _scan(line, stops):
     """Yield (index, char) of characters in stops that are outside quotes."""
@@ -2586,89 +2716,6 @@ def run_local(argv, stdin_text=None):
 def run_local_shell(command, stdin_text=None):
     """Run a local shell command (for '!cmd' and 'cmd | shellcmd'), output to our terminal."""
     return run_local(['/bin/sh', '-c', command], stdin_text)
-
-
-# ==========================================================================
-# Transfers: cp over XRootD (imported lazily)
-# ==========================================================================
-
-# ---- cp: pure helpers (argument grammar, specifiers, naming) --------------
-
-CP_USAGE = '''cp [options] SRC DST
-cp [options] -input FILE        (one "SRC DST" pair per line; # ; // comments)
-cp [options] -dst DIR SRC...    (each SRC to DIR/<its path below the sources' common directory>)
-  local side: file:PATH (or an existing local path); grid side: LFN, alien:LFN
-  grid specifiers after the LFN: LFN@disk:2,ALICE::SITE::SE,!ALICE::SITE::SE
-options:
-  -f, -force      copy even if an identical destination exists (size+md5)
-  -T N            files transferred at once (default 8)
-  -S N            TCP streams per transfer (1-15)
-  -chunks N       parallel chunks per file;  -chunksz BYTES  chunk size
-  -y N            read one file from up to N replicas at once
-  -retry N        XRootD retries of a transfer (default 2; downloads: on the last replica left)
-  -timeout S      per file;  -ratethreshold B/S  fail a transfer slower than B bytes/s
-  defaults from XRD_CPRETRY, XRD_CPTIMEOUT, XRD_XRATETHRESHOLD, XRD_SUBSTREAMSPERCHANNEL,
-  XRD_CPPARALLELCHUNKS, XRD_CPCHUNKSIZE when set
-  -site SITE      prefer replicas close to SITE (the service's site affinity, for this copy)
-  -http           ask the service for HTTP replica URLs (downloads; needs XRootD's HTTP plugin)
-  -noxrdzip       a file inside a zip archive: download the archive, extract the file locally
-  -quiet          no progress line, no summary on success; -dryrun  only print the plan
-  -strictspec     the service uses only the SEs named in the specifiers
-  -norecovery     do not re-book failed upload replicas on other SEs
-  -P, -cksum      accepted (md5 is always verified on download)
-  -skipmd5, -fastcheck  accepted with a notice: the md5 is always verified
-  -v, -s, -c, -w, -wh, -d, -xrdcp  accepted and ignored, as by the reference client; -tpc refused
-directories (recursive; listed with the service's find):
-  -glob PAT | -select REGEX (full path) | -name begin_X_contain_Y_ends_Z_ext_W
-  -parent N       keep the last N directories of the source path
-  -rmprefix N     drop the first N directories of the source path
-  -a (hidden files, always on)  -j JOBID  -l COUNT  -o OFFSET  (passed to find)
-  -e PATTERN      exclude files whose relative path contains PATTERN (* = any text; repeatable)
-  filters: -exclude TEXT, -exclude_re REGEX (relative path; repeatable), -minsize/-maxsize BYTES,
-  -mindepth/-maxdepth N, -user U, -group G, -jobid ID, -min-ctime/-max-ctime T (ms, s, YYYY-mm-dd)
-exit code: 0 only when every requested file reached its destination'''
-
-# option -> (key, kind); kind: 'flag', 'int', 'str'
-_CP_OPTIONS = {
-    '-f': ('force', 'flag'), '-force': ('force', 'flag'),
-    '-P': ('posc', 'flag'), '-cksum': ('cksum', 'flag'), '-a': ('hidden', 'flag'),
-    '-http': ('http', 'flag'), '-noxrdzip': ('noxrdzip', 'flag'), '-tpc': ('tpc', 'flag'),
-    '-skipmd5': ('skipmd5', 'flag'), '-fastcheck': ('fastcheck', 'flag'),
-    '-ratethreshold': ('ratethreshold', 'int'), '-site': ('site', 'str'), '-e': ('exclude_pat', 'list'),
-    '-strictspec': ('strictspec', 'flag'), '-norecovery': ('norecovery', 'flag'),
-    '-quiet': ('quiet', 'flag'), '-dryrun': ('dryrun', 'flag'),
-    '-y': ('sources', 'int'), '-S': ('streams', 'int'), '-chunks': ('chunks', 'int'),
-    '-chunksz': ('chunksize', 'int'), '-T': ('parallel', 'int'), '-retry': ('retry', 'int'),
-    '-timeout': ('timeout', 'int'), '-parent': ('parent', 'int'), '-rmprefix': ('rmprefix', 'int'),
-    '-l': ('limit', 'int'), '-o': ('offset', 'int'),
-    '-input': ('input', 'str'), '-dst': ('dst', 'str'), '-glob': ('glob', 'str'), '-select': ('select', 'str'),
-    '-name': ('name', 'str'), '-j': ('jobid', 'str'),
-    # client-side filters on the listed files (relative path, size, owner, time)
-    '-exclude': ('exclude', 'list'), '-exclude_re': ('exclude_re', 'list'),
-    '-minsize': ('minsize', 'int'), '-maxsize': ('maxsize', 'int'),
-    '-mindepth': ('mindepth', 'int'), '-maxdepth': ('maxdepth', 'int'),
-    '-user': ('user', 'str'), '-group': ('group', 'str'), '-jobid': ('jobid_is', 'str'),
-    '-min-ctime': ('min_ctime', 'time'), '-max-ctime': ('max_ctime', 'time'),
-}
-# accepted and ignored, as the reference client ignores them (find options it does not
-# pass on, its unimplemented verbose mode, its unused -xrdcp)
-_CP_OPTIONS.update((o, (None, 'ignore')) for o in ('-v', '-s', '-c', '-w', '-wh', '-d', '-xrdcp'))
-# cp defaults the reference client reads from XRootD's variables
-_CP_ENV_DEFAULTS = (('XRD_CPRETRY', 'retry'), ('XRD_CPTIMEOUT', 'timeout'), ('XRD_XRATETHRESHOLD', 'ratethreshold'),
-                    ('XRD_SUBSTREAMSPERCHANNEL', 'streams'), ('XRD_CPPARALLELCHUNKS', 'chunks'),
-                    ('XRD_CPCHUNKSIZE', 'chunksize'))
-
-_CP_DEFAULTS = {
-    'force': False, 'posc': True, 'cksum': True, 'hidden': True, 'quiet': False, 'dryrun': False,
-    'strictspec': False, 'norecovery': False,
-    'sources': 1, 'streams': 0, 'chunks': 0, 'chunksize': 0, 'parallel': None, 'retry': 2, 'ratethreshold': 0,
-    'http': False, 'noxrdzip': False, 'tpc': False, 'skipmd5': False, 'fastcheck': False, 'site': '',
-    'exclude_pat': (),
-    'timeout': 0, 'parent': 0, 'rmprefix': 0, 'limit': 0, 'offset': 0,
-    'input': '', 'dst': '', 'glob': '', 'select': '', 'name': '', 'jobid': '', 'help': False,
-    'exclude': (), 'exclude_re': (), 'minsize': None, 'maxsize': None, 'mindepth': None, 'maxdepth': None,
-    'user': '', 'group': '', 'jobid_is': '', 'min_ctime': None, 'max_ctime': None,
-}
 
 
 def parse_time_ms(value):
@@ -2740,6 +2787,184 @@ def parse_option_table(args, table, defaults, cmd, code=EX_EINVAL, help_opts=('-
         raise AlienError('%s: only one selection rule can be used: -select (full path regex), '
                          '-name (file name) or -glob (globbing)' % cmd, code)
     return opts, pos
+
+
+COMMANDS = {}
+
+
+class Command(object):
+    __slots__ = ('name', 'handler', 'usage', 'connect')
+
+    def __init__(self, name, handler, usage, connect):
+        self.name = name
+        self.handler = handler
+        self.usage = usage
+        self.connect = connect
+
+
+def command(*names, **kw):
+    """Register handler(session, args) -> Result under one or more names.
+
+    usage: the help text; connect=False for commands that never need the
+    central service (the session then stays unconnected).
+    """
+    def deco(fn):
+        for name in names:
+            COMMANDS[name] = Command(name, fn, kw.get('usage', fn.__doc__ or ''), kw.get('connect', True))
+        return fn
+    return deco
+
+
+def parse_options(name, args, flags=(), valued=(), multi=()):
+    """(options dict, positional list) of a client command's arguments. flags -> True,
+    valued -> the next argument, multi -> list of values. An unknown option or a missing
+    value is an AlienError (exit 64) naming the command (parse_option_table's rules)."""
+    table = dict([('-' + k, (k, 'flag')) for k in flags] + [('-' + k, (k, 'str')) for k in valued] +
+                 [('-' + k, (k, 'list')) for k in multi])
+    opts, pos = parse_option_table(args, table, {}, name, code=EX_USAGE, help_opts=())
+    return dict((k, list(v) if isinstance(v, tuple) else v) for k, v in opts.items()), pos
+
+
+def number_option(opts, key, name, default, kind=float):
+    """A positive number option (-c 3, -timeout 2), else a one-line error, exit 64."""
+    text = opts.get(key)
+    if text is None:
+        return default
+    try:
+        value = kind(text)
+    except ValueError:
+        value = 0
+    if not value > 0:
+        raise AlienError('%s: -%s needs a positive number, not %r' % (name, key, text), EX_USAGE)
+    return value
+
+
+def client_result(out, rows, metadata=None, exitcode=0, err=''):
+    """Result of a client-side command: printed text, and for -json the rows it was made
+    of. A failed check (exitcode, err) keeps its report in out: it is printed too."""
+    md = dict(metadata or {})
+    md.update(exitcode=str(exitcode), error=err)
+    return Result(exitcode, out, err, rows, md)
+
+
+def format_columns(names, width=None):
+    if width is None:
+        try:
+            width = os.get_terminal_size().columns
+        except OSError:
+            width = 120
+    colw = max(len(n) for n in names) + 2 if names else 1
+    ncol = max(1, width // colw)
+    rows = [names[i:i + ncol] for i in range(0, len(names), ncol)]
+    return '\n'.join(''.join(n.ljust(colw) for n in row).rstrip() for row in rows)
+
+
+def load_aliases(environ):
+    """Aliases of ~/.alienpy_aliases ('name = cmd1; cmd2'), in file order."""
+    aliases = read_settings(user_file(environ, '.alienpy_aliases'))
+    if len(aliases) > ALIAS_MAX:
+        print_error('alien.py: only the first %d aliases of ~/.alienpy_aliases are used' % ALIAS_MAX)
+    return dict(aliases[:ALIAS_MAX])
+
+
+def expand_aliases(elements, aliases):
+    """Replace an alias name that is the whole first word of a chain element by
+    its value (which may itself be a chain). One pass, so aliases cannot loop.
+    Deliberate deviation from the reference client, which replaced every
+    substring of the line: 'ls' inside a path or an argument is never touched."""
+    if not aliases:
+        return list(elements)
+    out = []
+    for element in elements:
+        m = re.match(r'(\S+)(.*)$', element, re.S)
+        if m and m.group(1) in aliases:
+            out.extend(split_chain(aliases[m.group(1)] + m.group(2)))
+        else:
+            out.append(element)
+        if len(out) > LINE_MAX_ELEMENTS:
+            raise AlienError('the command line expands to more than %d commands' % LINE_MAX_ELEMENTS, EX_USAGE)
+    return out
+
+
+# ==========================================================================
+# Transfers: cp arguments, names, selections, listings, replies that answer their own request
+# ==========================================================================
+
+# ---- cp: pure helpers (argument grammar, specifiers, naming) --------------
+
+CP_USAGE = '''cp [options] SRC DST
+cp [options] -input FILE        (one "SRC DST" pair per line; # ; // comments)
+cp [options] -dst DIR SRC...    (each SRC to DIR/<its path below the sources' common directory>)
+  local side: file:PATH (or an existing local path); grid side: LFN, alien:LFN
+  grid specifiers after the LFN: LFN@disk:2,ALICE::SITE::SE,!ALICE::SITE::SE
+options:
+  -f, -force      copy even if an identical destination exists (size+md5)
+  -T N            files transferred at once (default 8)
+  -S N            TCP streams per transfer (1-15)
+  -chunks N       parallel chunks per file;  -chunksz BYTES  chunk size
+  -y N            read one file from up to N replicas at once
+  -retry N        XRootD retries of a transfer (default 2; downloads: on the last replica left)
+  -timeout S      per file;  -ratethreshold B/S  fail a transfer slower than B bytes/s
+  defaults from XRD_CPRETRY, XRD_CPTIMEOUT, XRD_XRATETHRESHOLD, XRD_SUBSTREAMSPERCHANNEL,
+  XRD_CPPARALLELCHUNKS, XRD_CPCHUNKSIZE when set
+  -site SITE      prefer replicas close to SITE (the service's site affinity, for this copy)
+  -http           ask the service for HTTP replica URLs (downloads; needs XRootD's HTTP plugin)
+  -noxrdzip       a file inside a zip archive: download the archive, extract the file locally
+  -quiet          no progress line, no summary on success; -dryrun  only print the plan
+  -strictspec     the service uses only the SEs named in the specifiers
+  -norecovery     do not re-book failed upload replicas on other SEs
+  -P, -cksum      accepted (md5 is always verified on download)
+  -skipmd5, -fastcheck  accepted with a notice: the md5 is always verified
+  -v, -s, -c, -w, -wh, -d, -xrdcp  accepted and ignored, as by the reference client; -tpc refused
+directories (recursive; listed with the service's find):
+  -glob PAT | -select REGEX (full path) | -name begin_X_contain_Y_ends_Z_ext_W
+  -parent N       keep the last N directories of the source path
+  -rmprefix N     drop the first N directories of the source path
+  -a (hidden files, always on)  -j JOBID  -l COUNT  -o OFFSET  (passed to find)
+  -e PATTERN      exclude files whose relative path contains PATTERN (* = any text; repeatable)
+  filters: -exclude TEXT, -exclude_re REGEX (relative path; repeatable), -minsize/-maxsize BYTES,
+  -mindepth/-maxdepth N, -user U, -group G, -jobid ID, -min-ctime/-max-ctime T (ms, s, YYYY-mm-dd)
+exit code: 0 only when every requested file reached its destination'''
+# option -> (key, kind); kind: 'flag', 'int', 'str'
+_CP_OPTIONS = {
+    '-f': ('force', 'flag'), '-force': ('force', 'flag'),
+    '-P': ('posc', 'flag'), '-cksum': ('cksum', 'flag'), '-a': ('hidden', 'flag'),
+    '-http': ('http', 'flag'), '-noxrdzip': ('noxrdzip', 'flag'), '-tpc': ('tpc', 'flag'),
+    '-skipmd5': ('skipmd5', 'flag'), '-fastcheck': ('fastcheck', 'flag'),
+    '-ratethreshold': ('ratethreshold', 'int'), '-site': ('site', 'str'), '-e': ('exclude_pat', 'list'),
+    '-strictspec': ('strictspec', 'flag'), '-norecovery': ('norecovery', 'flag'),
+    '-quiet': ('quiet', 'flag'), '-dryrun': ('dryrun', 'flag'),
+    '-y': ('sources', 'int'), '-S': ('streams', 'int'), '-chunks': ('chunks', 'int'),
+    '-chunksz': ('chunksize', 'int'), '-T': ('parallel', 'int'), '-retry': ('retry', 'int'),
+    '-timeout': ('timeout', 'int'), '-parent': ('parent', 'int'), '-rmprefix': ('rmprefix', 'int'),
+    '-l': ('limit', 'int'), '-o': ('offset', 'int'),
+    '-input': ('input', 'str'), '-dst': ('dst', 'str'), '-glob': ('glob', 'str'), '-select': ('select', 'str'),
+    '-name': ('name', 'str'), '-j': ('jobid', 'str'),
+    # client-side filters on the listed files (relative path, size, owner, time)
+    '-exclude': ('exclude', 'list'), '-exclude_re': ('exclude_re', 'list'),
+    '-minsize': ('minsize', 'int'), '-maxsize': ('maxsize', 'int'),
+    '-mindepth': ('mindepth', 'int'), '-maxdepth': ('maxdepth', 'int'),
+    '-user': ('user', 'str'), '-group': ('group', 'str'), '-jobid': ('jobid_is', 'str'),
+    '-min-ctime': ('min_ctime', 'time'), '-max-ctime': ('max_ctime', 'time'),
+}
+# accepted and ignored, as the reference client ignores them (find options it does not
+# pass on, its unimplemented verbose mode, its unused -xrdcp)
+_CP_OPTIONS.update((o, (None, 'ignore')) for o in ('-v', '-s', '-c', '-w', '-wh', '-d', '-xrdcp'))
+# cp defaults the reference client reads from XRootD's variables
+_CP_ENV_DEFAULTS = (('XRD_CPRETRY', 'retry'), ('XRD_CPTIMEOUT', 'timeout'), ('XRD_XRATETHRESHOLD', 'ratethreshold'),
+                    ('XRD_SUBSTREAMSPERCHANNEL', 'streams'), ('XRD_CPPARALLELCHUNKS', 'chunks'),
+                    ('XRD_CPCHUNKSIZE', 'chunksize'))
+_CP_DEFAULTS = {
+    'force': False, 'posc': True, 'cksum': True, 'hidden': True, 'quiet': False, 'dryrun': False,
+    'strictspec': False, 'norecovery': False,
+    'sources': 1, 'streams': 0, 'chunks': 0, 'chunksize': 0, 'parallel': None, 'retry': 2, 'ratethreshold': 0,
+    'http': False, 'noxrdzip': False, 'tpc': False, 'skipmd5': False, 'fastcheck': False, 'site': '',
+    'exclude_pat': (),
+    'timeout': 0, 'parent': 0, 'rmprefix': 0, 'limit': 0, 'offset': 0,
+    'input': '', 'dst': '', 'glob': '', 'select': '', 'name': '', 'jobid': '', 'help': False,
+    'exclude': (), 'exclude_re': (), 'minsize': None, 'maxsize': None, 'mindepth': None, 'maxdepth': None,
+    'user': '', 'group': '', 'jobid_is': '', 'min_ctime': None, 'max_ctime': None,
+}
 
 
 def parse_cp_args(args, environ=None):
@@ -2954,15 +3179,6 @@ def cp_dst_name(src_dir, rel, dst, parent=0, rmprefix=0):
     return posix_normpath(dst + '/'.join(keep + [rel]))
 
 
-def posix_normpath(p):
-    import posixpath
-    keep_slash = p.endswith('/')
-    q = posixpath.normpath(p)
-    if q.startswith('//'):
-        q = q[1:]
-    return q + '/' if keep_slash and not q.endswith('/') else q
-
-
 def glob_to_regex(pattern):
     """Shell glob -> regex on a relative path: '*' and '?' stay in one path
     component, '**/' crosses directories. A pattern without '/' matches the
@@ -3072,71 +3288,6 @@ def ctime_ms(v):
     return n * 1000 if n is not None and n < 10 ** 11 else n
 
 
-def part_name(final):
-    """Temporary name next to final: '.<name>.alienpy-part-<random>' (no
-    characters XRootD would read as URL syntax)."""
-    d, base = os.path.split(final)
-    safe = re.sub(r'[?#&%\x00-\x1f]', '_', base)[:150]
-    return os.path.join(d, '.%s.alienpy-part-%s' % (safe, os.urandom(6).hex()))
-
-
-def human_bytes(n):
-    n = float(n)
-    for unit in ('B', 'KiB', 'MiB', 'GiB', 'TiB'):
-        if abs(n) < 1024 or unit == 'TiB':
-            return ('%d %s' % (n, unit)) if unit == 'B' else ('%.2f %s' % (n, unit))
-        n /= 1024.0
-
-
-def md5_file(path, chunk=1 << 20, stop=None):
-    """md5 hex digest of a local file (OSError if unreadable); None when the
-    threading.Event stop is set before the end. One buffer, reused."""
-    return md5_and_size(path, chunk, stop)[0]
-
-
-def md5_and_size(path, chunk=1 << 20, stop=None):
-    """(md5 hex digest, bytes read) of a local file: the size that was hashed."""
-    h = hashlib.md5()
-    buf = bytearray(chunk)
-    view = memoryview(buf)
-    size = 0
-    with open(path, 'rb', buffering=0) as f:
-        while True:
-            if stop is not None and stop.is_set():
-                return None, size
-            n = f.readinto(buf)
-            if not n:
-                break
-            h.update(view[:n])
-            size += n
-    return h.hexdigest(), size
-
-
-def split_member(url):
-    """A replica URL of a zip archive member, 'pfn#member' -> (pfn, member);
-    (url, '') for a plain replica. PFNs hold no '#', member names may."""
-    base, _, member = url.partition('#')
-    return base, member
-
-
-def member_needs_local_unzip(member):
-    """True for a member that XRootD cannot find through xrdcl.unzip=NAME: it
-    takes the value verbatim up to the next '&' and decodes no %-escapes, and a
-    name with '&' or '?' is not found either way (checked with xrdcp). Its archive
-    is fetched whole and unzipped here instead."""
-    return '&' in member or '?' in member
-
-
-def grid_url(url, envelope, extra=''):
-    """Replica URL + authorisation envelope (+ extra opaque) for XRootD."""
-    base, member = split_member(url)
-    sep = '&' if '?' in base else '?'
-    full = '%s%sxrd.wantprot=unix&authz=%s' % (base, sep, envelope)
-    if member:
-        full += '&xrdcl.unzip=' + member
-    return full + extra
-
-
 def stat_fields(result):
     """Normalise one `stat` result (2021 service: `file`, newer: `lfn`)."""
     r = dict(result or {})
@@ -3216,337 +3367,6 @@ def check_mkdir(r):
     """mkdir -p: done, with nothing to print. Nothing else rests on it: access and
     commit make missing directories themselves."""
     return None if r.exitcode != 0 and not r.results else (r.exitcode == 0 and not r.results)
-
-
-# ---- XRootD -----------------------------------------------------------------
-
-_XRD_CLIENT = []
-
-
-_XRD_MISSING = '%s needs the XRootD Python bindings: pip install xrootd (or apt install python3-xrootd)'
-
-
-def require_xrootd(what='cp'):
-    """AlienError when the XRootD bindings are not installed, without importing
-    them (a copy with every file present never needs them)."""
-    if not _XRD_CLIENT:
-        import importlib.util
-        if importlib.util.find_spec('XRootD') is None:
-            raise AlienError(_XRD_MISSING % what, EX_GENERIC)
-
-
-def xrootd_client(what='cp'):
-    """Import XRootD once and apply our defaults; AlienError if it is missing
-    (`what`: the command that needs it, named in the one-line message)."""
-    if _XRD_CLIENT:
-        return _XRD_CLIENT[0]
-    try:
-        from XRootD import client
-    except Exception:
-        raise AlienError(_XRD_MISSING % what, EX_GENERIC)
-    # Page checksums (pgread/pgwrite) cost 3-4x throughput on CPU-bound hosts;
-    # downloads are verified end to end with the catalogue md5, and every later
-    # reader verifies what we uploaded, so they are off unless the user sets
-    # XRD_CPUSEPGWRTRD. A refused connection is retried for ConnectionWindow
-    # seconds ConnectionRetry times (default 5 x 120 s): we fail over to the
-    # next replica instead, so one attempt within 15 s.
-    # The rest as the reference client sets them, so that SEs see a grid client:
-    # application name, timeouts (s), idle connections closed early.
-    defaults = (('XRD_CPUSEPGWRTRD', 'CpUsePgWrtRd', 0),
-                ('XRD_CONNECTIONRETRY', 'ConnectionRetry', 1),
-                ('XRD_CONNECTIONWINDOW', 'ConnectionWindow', 15),
-                ('XRD_APPNAME', 'AppName', 'alien.py/%s xrootd/%s' % (VERSION, getattr(client, '__version__', '?'))),
-                ('XRD_TIMEOUTRESOLUTION', 'TimeoutResolution', 1),
-                ('XRD_REQUESTTIMEOUT', 'RequestTimeout', 1200),
-                ('XRD_STREAMTIMEOUT', 'StreamTimeout', 60),
-                ('XRD_CPINITTIMEOUT', 'CPInitTimeout', 90),
-                ('XRD_DATASERVERTTL', 'DataServerTTL', 20),
-                ('XRD_LOADBALANCERTTL', 'LoadBalancerTTL', 30),
-                ('XRD_ZIPMTLNCKSUM', 'ZipMtlnCksum', 1),
-                ('XRD_CPRETRYPOLICY', 'CpRetryPolicy', 'force'))
-    for env, key, value in defaults:
-        if env not in os.environ:
-            (client.EnvPutString if isinstance(value, str) else client.EnvPutInt)(key, value)
-    _XRD_CLIENT.append(client)
-    return client
-
-
-# ---- XRootD probes of storage elements (pfn-status, xrd_ping/config/stats) ------
-
-XRD_CONFIG_KEYS = ('bind_max', 'chksum', 'pio_max', 'readv_ior_max', 'readv_iov_max', 'tpc',
-                   'wan_port', 'wan_window', 'window', 'cms', 'role', 'sitename', 'version')
-
-
-def xrd_probe_fs(host, what):
-    """XRootD FileSystem of root://host (host[:port]) for a probe. Timeouts are checked
-    every second (xrootd_client sets TimeoutResolution 1: XRootD's default granularity,
-    15 s, would make a 2 s timeout last 15 s)."""
-    client = xrootd_client(what)
-    return client.FileSystem('root://%s/?xrd.wantprot=unix' % host)
-
-
-def xrd_status_dict(status):
-    """The fields of an XRootDStatus every probe reports."""
-    return {'ok': bool(status.ok), 'status': int(status.status), 'code': int(status.code),
-            'errno': int(status.errno), 'message': (status.message or '').strip()}
-
-
-def xrd_ping(host, timeout):
-    """(status dict, round trip in ms or None) of one XRootD ping."""
-    fs = xrd_probe_fs(host, 'xrd_ping')
-    t0 = time.monotonic()
-    status, _ = fs.ping(timeout=timeout)
-    ms = (time.monotonic() - t0) * 1000
-    st = xrd_status_dict(status)
-    return st, (ms if st['ok'] else None)
-
-
-def xrd_config_value(key, raw):
-    """A `query config` answer: the server echoes the key back when it is not set."""
-    value = (raw or b'').decode('ascii', 'replace').strip('\x00 \t\r\n')
-    return 'NOT_SET' if value == key or not value else value
-
-
-def xrd_query_config(host, timeout):
-    """({key: value}, status dict of the first failure or None)."""
-    from XRootD.client.flags import QueryCode
-    fs = xrd_probe_fs(host, 'xrd_config')
-    config = {}
-    for key in XRD_CONFIG_KEYS:
-        status, raw = fs.query(QueryCode.CONFIG, key, timeout=timeout)
-        if not status.ok:
-            return config, xrd_status_dict(status)
-        config[key] = xrd_config_value(key, raw)
-    return config, None
-
-
-def xrd_query_stats(host, timeout):
-    """(XML text of `query stats a`, status dict of a failure or None)."""
-    from XRootD.client.flags import QueryCode
-    fs = xrd_probe_fs(host, 'xrd_stats')
-    status, raw = fs.query(QueryCode.STATS, 'a', timeout=timeout)
-    if not status.ok:
-        return '', xrd_status_dict(status)
-    return (raw or b'').decode('utf-8', 'replace').strip('\x00 \t\r\n'), None
-
-
-def _xml_element_dict(e):
-    """An element as xmltodict shows it (attributes as plain keys, repeated children as
-    lists, text alone as a string, mixed text as '#text'); quoted values unquoted."""
-    d = {k: v for k, v in e.attrib.items()}
-    for child in e:
-        v = _xml_element_dict(child)
-        if child.tag in d:
-            if not isinstance(d[child.tag], list):
-                d[child.tag] = [d[child.tag]]
-            d[child.tag].append(v)
-        else:
-            d[child.tag] = v
-    text = (e.text or '').strip()
-    if len(text) > 1 and text[0] == text[-1] == '"':
-        text = text[1:-1]
-    if text and not d:
-        return text
-    if text:
-        d['#text'] = text
-    return d or None
-
-
-def xrd_stats_dict(xml_text):
-    """`query stats` XML -> the reference client's dict: the <statistics> attributes
-    plus 'stats' = {id: {...}} (the oss paths' stats keyed by their id too)."""
-    import xml.etree.ElementTree as ET
-    try:
-        root = ET.fromstring(xml_text)
-    except ET.ParseError as e:
-        raise AlienError('xrd_stats: the server sent statistics that are not XML: %s' % e, EX_ENOMSG)
-    d = _xml_element_dict(root) or {}
-    blocks = d.pop('stats', None) or []
-    merged = {}
-    for block in blocks if isinstance(blocks, list) else [blocks]:
-        block = dict(block or {})
-        ident = block.pop('id', '')
-        paths = block.get('paths')
-        if isinstance(paths, dict) and isinstance(paths.get('stats'), dict):
-            inner = dict(paths['stats'])
-            paths['stats'] = {inner.pop('id', ''): inner}
-        merged[ident] = block
-    d['stats'] = merged
-    return d
-
-
-XRD_STAT_FLAGS = (('x_bit_set', 1), ('is_dir', 2), ('other', 4), ('offline', 8),
-                  ('is_readable', 16), ('is_writable', 32), ('posc_pending', 64), ('backup_exists', 128))
-
-
-def xrd_stat_pfn(pfn, timeout):
-    """Metadata of one replica on its SE: status fields, and size/modtime/flags when ok."""
-    from urllib.parse import urlsplit
-    u = urlsplit(pfn)
-    if u.scheme not in ('root', 'xroot') or not u.netloc:
-        return {'ok': False, 'status': 1, 'code': 0, 'errno': 0,
-                'message': 'not an XRootD URL (root://host//path)'}
-    fs = xrd_probe_fs(u.netloc, 'pfn-status')
-    path = u.path + ('?' + u.query if u.query else '')
-    status, info = fs.stat(path, timeout=timeout)
-    d = xrd_status_dict(status)
-    if status.ok and info is not None:
-        d.update(size=int(info.size), modtime=int(info.modtime), modtimestr=info.modtimestr,
-                 flags=int(info.flags))
-        d.update((name, bool(info.flags & bit)) for name, bit in XRD_STAT_FLAGS)
-    return d
-
-
-class CopyJob(object):
-    """One file transfer: source/target URLs plus what to do afterwards."""
-    __slots__ = ('source', 'target', 'size', 'md5', 'sources', 'info', 'ok', 'error', 'retry', 'attrs', 'stamped')
-
-    def __init__(self, source, target, size=0, md5='', sources=1, info=None):
-        self.source = source
-        self.target = target
-        self.size = size
-        self.md5 = md5
-        self.sources = sources
-        self.info = info
-        self.ok = False
-        self.error = ''
-        self.retry = None       # XRootD retries; None: the -retry option
-        self.attrs = None       # download: write_xattrs arguments (lfn, guid, md5) for the target
-        self.stamped = False    # the target has its size and those attributes (a VerifiedRead did it)
-
-
-class _Progress(object):
-    """Progress of one transfer set on one stderr line (tty only)."""
-
-    def __init__(self, total_files, total_bytes, enabled, label=''):
-        self.total_files = total_files
-        self.total_bytes = total_bytes
-        self.enabled = enabled
-        self.label = label
-        self.done_files = 0
-        self.done_bytes = 0
-        self.current = {}
-        self.start = time.time()
-        self.last = 0.0
-        self.cancel = False
-        import threading
-        self.lock = threading.Lock()   # many transfers report at once
-
-    # CopyProgressHandler interface (called from XRootD threads)
-    def begin(self, job, total, source, target):
-        with self.lock:
-            self.current[job] = 0
-
-    def update(self, job, processed, total):
-        with self.lock:
-            self.current[job] = processed
-        self.show()
-
-    def end(self, job, results):
-        status = results.get('status') if hasattr(results, 'get') else None
-        with self.lock:
-            moved = self.current.pop(job, 0)
-            if status is not None and getattr(status, 'ok', False):
-                moved = results.get('size') or moved
-            self.done_bytes += moved or 0
-            self.done_files += 1
-        self.show()
-
-    def should_cancel(self, job):
-        return self.cancel
-
-    def show(self, final=False):
-        if not self.enabled:
-            return
-        now = time.time()
-        if not final and now - self.last < 0.25:
-            return
-        self.last = now
-        with self.lock:
-            moved = self.done_bytes + sum(self.current.values())
-        el = max(now - self.start, 1e-6)
-        rate = moved / el
-        left = self.total_bytes - moved
-        eta = ('%ds' % (left / rate)) if rate > 0 and left > 0 else '-'
-        line = '%s%d/%d files  %s/%s  %s/s  ETA %s' % (
-            self.label, self.done_files, self.total_files, human_bytes(moved),
-            human_bytes(self.total_bytes), human_bytes(rate), eta)
-        sys.stderr.write('\r\x1b[K' + term_text(line, sys.stderr) + ('\n' if final else ''))
-        sys.stderr.flush()
-
-
-def metalink_text(lfn, size, md5, urls):
-    """Metalink 4 document listing every replica (cp -y N > 1, lfn2uri meta)."""
-    from xml.sax.saxutils import escape
-    lines = ['<?xml version="1.0" encoding="UTF-8"?>',
-             '<metalink xmlns="urn:ietf:params:xml:ns:metalink">',
-             ' <file name="%s">' % escape(os.path.basename(lfn) or 'file')]
-    if size >= 0:
-        lines.append('  <size>%d</size>' % size)
-    if md5:
-        lines.append('  <hash type="md5">%s</hash>' % md5)
-    for u in urls:
-        lines.append('  <url><![CDATA[%s]]></url>' % u.replace(']]>', ']]]]><![CDATA[>'))
-    lines += [' </file>', '</metalink>', '']
-    return '\n'.join(lines)
-
-
-# ---- cp: planning and execution ----------------------------------------------
-
-CP_STATES = ('copied', 'present', 'failed', 'not attempted')
-
-
-class CpStats(object):
-    """What a copy did, file by file: every planned file ends in exactly one of
-    CP_STATES, whatever ends the copy (abort: why it was cut short)."""
-
-    def __init__(self):
-        self.ok = 0
-        self.skipped = 0
-        self.failed = []      # (what, why)
-        self.notices = []
-        self.bytes = 0
-        self.plan = []        # dry-run lines
-        self.done = []        # (src, dst) of delivered files
-        self.present = []     # (src, dst) of files that were there already
-        self.planned = []     # (src, dst) of every file to deliver
-        self.abort = None     # (exit code, reason) when the copy was cut short
-        self.replicas = {}    # lfn -> number of replicas the service offered
-
-    def fail(self, what, why):
-        self.failed.append((what, why))
-
-    def already(self, src, dst):
-        self.skipped += 1
-        self.present.append((src, dst))
-
-    def copied(self, src, dst, size):
-        self.ok += 1
-        self.bytes += size
-        self.done.append((src, dst))
-
-    def forget(self, src):
-        """Take back what was said of src (the catalogue has the last word)."""
-        gone = [d for d in self.done if d[0] == src]
-        self.done = [d for d in self.done if d[0] != src]
-        self.failed = [f for f in self.failed if f[0] != src]
-        return bool(gone)
-
-    def states(self):
-        """{state: [(src, dst, why)]}: each file once; planned files that none of
-        the others mention were not attempted."""
-        out = dict((k, []) for k in CP_STATES)
-        dst_of = dict(self.planned)
-        seen = set()
-        for state, rows in (('copied', self.done), ('present', self.present)):
-            for src, dst in rows:
-                out[state].append((src, dst, ''))
-                seen.add(src)
-        for what, why in self.failed:
-            out['failed'].append((what, dst_of.get(what, ''), why))
-            seen.add(what)
-        out['not attempted'] = [(src, dst, '') for src, dst in self.planned if src not in seen]
-        return out
 
 
 def _grid_stat(session, lfn, cache=None):
@@ -3655,10 +3475,6 @@ def _access_args(mode, lfn, specs=None, size=None, md5=None, strict=False, http=
     return args
 
 
-def _access(session, mode, lfn, specs=None, size=None, md5=None, strict=False):
-    return session.request('access', _access_args(mode, lfn, specs, size, md5, strict), nomsg=True)
-
-
 REQUEST_WINDOW = 128
 
 
@@ -3667,6 +3483,395 @@ def _requests(session, requests, window=REQUEST_WINDOW):
     flight on the connection: over a WAN, 1,000 files cost 2,000 round trips
     one after the other."""
     return session.request_many(requests, nomsg=True, window=window)
+
+
+# small job files (scripts, macros, JDLs, collections) get more replicas, as with the reference
+JOB_FILE_EXTENSIONS = ('.sh', '.C', '.jdl', '.xml')
+
+
+def _with_default_specs(specs, lfn='', size=None):
+    """Upload specifiers with the default replica count: disk:4 for a job file under
+    1 MiB with no specifier at all, else disk:2 unless a count or an SE is named."""
+    if any(re.match(r'^[A-Za-z][A-Za-z0-9_-]*[:=]\d+$', s) for s in specs) or \
+            any('::' in s and not s.startswith('!') for s in specs):
+        return specs
+    if not specs and lfn.endswith(JOB_FILE_EXTENSIONS) and size is not None and size < (1 << 20):
+        return ['disk:4']
+    return ['disk:2'] + list(specs)
+
+
+def _local_exists(p):
+    return os.path.lexists(os.path.expanduser(split_specs(p)[0]))
+
+
+def _prefetch_stats(session, pairs):
+    """The grid paths cp_plan will stat for these pairs, asked for at once
+    (pipelined: one round trip per window, not per line of a -input list)
+    -> {lfn: Result} for _grid_stat's cache."""
+    lfns = []
+    for src, dst in pairs:
+        try:
+            direction, s_raw, d_raw = cp_direction(src, dst, _local_exists)
+        except AlienError:
+            continue
+        g_path = split_specs(s_raw if direction == 'download' else d_raw)[0]
+        if direction == 'download' and split_glob(g_path)[1]:
+            continue
+        lfn = session.grid_path(g_path)
+        if direction == 'download':
+            lfns.append(lfn.rstrip('/') or '/')
+        elif not lfn.endswith('/'):
+            lfns.append(lfn)
+    lfns = list(dict.fromkeys(lfns))
+    return dict(zip(lfns, _requests(session, [('stat', [lfn], check_stat(lfn)) for lfn in lfns],
+                                    window=4 * REQUEST_WINDOW)))
+
+
+def cp_plan(session, src, dst, opts, stats_cache=None, known=None, facts=None):
+    """One src/dst pair -> ('download'|'upload', [(src, dst, specs)]).
+    facts: a LocalFacts to read an existing destination directory into while
+    the grid side is listed (with known: present files are skipped unread).
+
+    A directory source is copied recursively and its destination is always a
+    directory; 'dir' copies the directory itself (parent + 1), 'dir/' or a
+    glob copies its content (rsync convention)."""
+    direction, s_raw, d_raw = cp_direction(src, dst, _local_exists)
+    if direction == 'download':
+        s_path, specs = split_specs(s_raw)
+        g_path, l_path = s_path, d_raw
+    else:
+        d_path, specs = split_specs(d_raw)
+        g_path, l_path = d_path, s_raw
+    if direction == 'download':
+        base, pattern = split_glob(g_path)
+        lfn = session.grid_path(base if pattern else g_path)
+        local = expand_local_path(l_path)
+        if pattern or g_path.endswith('/') and stats_cache is None:
+            is_dir = True     # a directory by its name: its listing says so if it is not
+        else:
+            st = _grid_stat(session, lfn.rstrip('/') or '/', stats_cache)
+            if st is None:
+                raise AlienError('cp: source %s not found' % lfn, EX_ENOENT)
+            is_dir = st['type'] == 'd'
+            if known is not None and not is_dir:
+                known[lfn.rstrip('/')] = (st['size'], st['md5'], st['guid'])
+        if not is_dir:
+            if os.path.isdir(local) and not local.endswith('/'):
+                local += '/'
+            d, name = lfn.rstrip('/').rsplit('/', 1)
+            return 'download', [(lfn.rstrip('/'), cp_dst_name(d + '/', name, local, opts['parent'],
+                                                              opts['rmprefix']), specs)]
+        parent = opts['parent'] + (0 if pattern or g_path.endswith('/') else 1)
+        lfn = lfn.rstrip('/') + '/'
+        local = local.rstrip('/') + '/'
+        # files may be present already only when the destination directory is
+        present = known is not None and os.path.isdir(local)
+        if present and facts is not None:
+            facts.prefetch(local)
+        try:
+            files = _grid_find(session, lfn, opts, pattern, known=known)
+        except AlienError as e:
+            if e.exitcode == EX_ENOENT and not pattern:
+                raise AlienError('cp: source %s not found' % lfn, EX_ENOENT)
+            raise
+        finally:
+            if facts is not None:
+                facts.stop()
+        if not files:
+            raise AlienError('cp: no files found in %s' % lfn, EX_ENOMSG)
+        # named as they are consumed: the first files transfer while later names are made
+        return 'download', ((f, cp_dst_name(lfn, f[len(lfn):], local, parent, opts['rmprefix']), specs)
+                            for f in files)
+    # upload
+    base, pattern = split_glob(l_path)
+    local = expand_local_path(base if pattern else l_path)
+    if not pattern and not os.path.exists(local):
+        raise AlienError('cp: source %s not found' % l_path, EX_ENOENT)
+    lfn = session.grid_path(g_path)
+    if not pattern and not os.path.isdir(local):
+        if not lfn.endswith('/'):
+            st = _grid_stat(session, lfn, stats_cache)
+            if st is not None and st['type'] == 'd':
+                lfn += '/'
+        d, name = local.rstrip('/').rsplit('/', 1)
+        return 'upload', [(local.rstrip('/'), cp_dst_name(d + '/', name, lfn, opts['parent'],
+                                                          opts['rmprefix']), specs)]
+    parent = opts['parent'] + (0 if pattern or l_path.endswith('/') else 1)
+    local = local.rstrip('/') + '/'
+    lfn = lfn.rstrip('/') + '/'
+    files = _local_walk(local, opts, pattern)
+    if not files:
+        raise AlienError('cp: no files found in %s' % local, EX_ENOMSG)
+    return 'upload', [(f, cp_dst_name(local, f[len(local):], lfn, parent, opts['rmprefix']), specs)
+                      for f in files]
+
+
+_SURROGATE = LazyRegex('[\ud800-\udfff]')
+# anything cp_name_problem may object to; most names have none of it
+_NAME_SUSPECT = LazyRegex('[\ud800-\udfff\x00\n\r]|(?:^|/)\\.\\.?(?:/|$)|[^/]{64}')
+
+
+def cp_name_problem(path, side):
+    """Why path cannot be a file name on side ('grid': an LFN the catalogue can
+    hold; 'local': a local destination name), or '' when it can."""
+    if _NAME_SUSPECT.search(path) is None:      # 1,000s of names per copy: one scan each
+        return ''
+    if _SURROGATE.search(path):
+        return 'the name is not valid UTF-8'
+    if '\x00' in path:
+        return 'the name holds a NUL character'
+    if side == 'grid':
+        if '\n' in path or '\r' in path:
+            return 'a grid file name cannot hold a line break'
+        if any(c in ('.', '..') for c in path.split('/')):
+            return 'a grid file name cannot have "." or ".." components'
+    elif any(len(c.encode('utf-8')) > 255 for c in path.split('/')):
+        return 'a name component is longer than 255 bytes'
+    return ''
+
+
+def cp_refuse_bad_names(items, direction, stats):
+    """Planned items -> (as they are consumed) those whose names both sides can
+    hold; each other one is refused up front with a one-line reason (nothing is
+    booked for it)."""
+    for src, dst, specs in items:
+        lfn, local = (dst, src) if direction == 'upload' else (src, dst)
+        why = cp_name_problem(lfn, 'grid') or (direction == 'download' and cp_name_problem(local, 'local'))
+        if why:
+            stats.fail(src, 'refused %s -> %s: %s' % (visible(src, newlines=True), visible(dst, newlines=True), why))
+        else:
+            yield src, dst, specs
+
+
+def _top_dirs(lfns):
+    """The directory all these LFNs are in (the deepest one), or, when that is the
+    root, the directories of them that are not below another one of them."""
+    dirs = set(lfn.rsplit('/', 1)[0] or '/' for lfn in lfns)
+    common = os.path.commonpath(list(dirs)) if dirs else '/'
+    if common != '/':
+        return [common]
+
+    def below_another(d):
+        while d.count('/') > 1:
+            d = d.rsplit('/', 1)[0]
+            if d in dirs:
+                return True
+        return False
+    return sorted(d for d in dirs if not below_another(d))
+
+
+def cp_upload_dirs(items):
+    """The mkdir -p requests of the top destination directories (the service makes
+    the ones below when it registers a file in them)."""
+    return [('mkdir', ['-p', d], check_mkdir) for d in _top_dirs(lfn for _, lfn, _ in items)]
+
+
+# ==========================================================================
+# Transfers: XRootD I/O
+# ==========================================================================
+
+def part_name(final):
+    """Temporary name next to final: '.<name>.alienpy-part-<random>' (no
+    characters XRootD would read as URL syntax)."""
+    d, base = os.path.split(final)
+    safe = re.sub(r'[?#&%\x00-\x1f]', '_', base)[:150]
+    return os.path.join(d, '.%s.alienpy-part-%s' % (safe, os.urandom(6).hex()))
+
+
+def md5_file(path, chunk=1 << 20, stop=None):
+    """md5 hex digest of a local file (OSError if unreadable); None when the
+    threading.Event stop is set before the end. One buffer, reused."""
+    return md5_and_size(path, chunk, stop)[0]
+
+
+def md5_and_size(path, chunk=1 << 20, stop=None):
+    """(md5 hex digest, bytes read) of a local file: the size that was hashed."""
+    h = hashlib.md5()
+    buf = bytearray(chunk)
+    view = memoryview(buf)
+    size = 0
+    with open(path, 'rb', buffering=0) as f:
+        while True:
+            if stop is not None and stop.is_set():
+                return None, size
+            n = f.readinto(buf)
+            if not n:
+                break
+            h.update(view[:n])
+            size += n
+    return h.hexdigest(), size
+
+
+def split_member(url):
+    """A replica URL of a zip archive member, 'pfn#member' -> (pfn, member);
+    (url, '') for a plain replica. PFNs hold no '#', member names may."""
+    base, _, member = url.partition('#')
+    return base, member
+
+
+def member_needs_local_unzip(member):
+    """True for a member that XRootD cannot find through xrdcl.unzip=NAME: it
+    takes the value verbatim up to the next '&' and decodes no %-escapes, and a
+    name with '&' or '?' is not found either way (checked with xrdcp). Its archive
+    is fetched whole and unzipped here instead."""
+    return '&' in member or '?' in member
+
+
+def grid_url(url, envelope, extra=''):
+    """Replica URL + authorisation envelope (+ extra opaque) for XRootD."""
+    base, member = split_member(url)
+    sep = '&' if '?' in base else '?'
+    full = '%s%sxrd.wantprot=unix&authz=%s' % (base, sep, envelope)
+    if member:
+        full += '&xrdcl.unzip=' + member
+    return full + extra
+
+
+# ---- XRootD -----------------------------------------------------------------
+
+_XRD_CLIENT = []
+
+
+_XRD_MISSING = '%s needs the XRootD Python bindings: pip install xrootd (or apt install python3-xrootd)'
+
+
+def require_xrootd(what='cp'):
+    """AlienError when the XRootD bindings are not installed, without importing
+    them (a copy with every file present never needs them)."""
+    if not _XRD_CLIENT:
+        import importlib.util
+        if importlib.util.find_spec('XRootD') is None:
+            raise AlienError(_XRD_MISSING % what, EX_GENERIC)
+
+
+def xrootd_client(what='cp'):
+    """Import XRootD once and apply our defaults; AlienError if it is missing
+    (`what`: the command that needs it, named in the one-line message)."""
+    if _XRD_CLIENT:
+        return _XRD_CLIENT[0]
+    try:
+        from XRootD import client
+    except Exception:
+        raise AlienError(_XRD_MISSING % what, EX_GENERIC)
+    # Page checksums (pgread/pgwrite) cost 3-4x throughput on CPU-bound hosts;
+    # downloads are verified end to end with the catalogue md5, and every later
+    # reader verifies what we uploaded, so they are off unless the user sets
+    # XRD_CPUSEPGWRTRD. A refused connection is retried for ConnectionWindow
+    # seconds ConnectionRetry times (default 5 x 120 s): we fail over to the
+    # next replica instead, so one attempt within 15 s.
+    # The rest as the reference client sets them, so that SEs see a grid client:
+    # application name, timeouts (s), idle connections closed early.
+    defaults = (('XRD_CPUSEPGWRTRD', 'CpUsePgWrtRd', 0),
+                ('XRD_CONNECTIONRETRY', 'ConnectionRetry', 1),
+                ('XRD_CONNECTIONWINDOW', 'ConnectionWindow', 15),
+                ('XRD_APPNAME', 'AppName', 'alien.py/%s xrootd/%s' % (VERSION, getattr(client, '__version__', '?'))),
+                ('XRD_TIMEOUTRESOLUTION', 'TimeoutResolution', 1),
+                ('XRD_REQUESTTIMEOUT', 'RequestTimeout', 1200),
+                ('XRD_STREAMTIMEOUT', 'StreamTimeout', 60),
+                ('XRD_CPINITTIMEOUT', 'CPInitTimeout', 90),
+                ('XRD_DATASERVERTTL', 'DataServerTTL', 20),
+                ('XRD_LOADBALANCERTTL', 'LoadBalancerTTL', 30),
+                ('XRD_ZIPMTLNCKSUM', 'ZipMtlnCksum', 1),
+                ('XRD_CPRETRYPOLICY', 'CpRetryPolicy', 'force'))
+    for env, key, value in defaults:
+        if env not in os.environ:
+            (client.EnvPutString if isinstance(value, str) else client.EnvPutInt)(key, value)
+    _XRD_CLIENT.append(client)
+    return client
+
+
+class CopyJob(object):
+    """One file transfer: source/target URLs plus what to do afterwards."""
+    __slots__ = ('source', 'target', 'size', 'md5', 'sources', 'info', 'ok', 'error', 'retry', 'attrs', 'stamped')
+
+    def __init__(self, source, target, size=0, md5='', sources=1, info=None):
+        self.source = source
+        self.target = target
+        self.size = size
+        self.md5 = md5
+        self.sources = sources
+        self.info = info
+        self.ok = False
+        self.error = ''
+        self.retry = None       # XRootD retries; None: the -retry option
+        self.attrs = None       # download: write_xattrs arguments (lfn, guid, md5) for the target
+        self.stamped = False    # the target has its size and those attributes (a VerifiedRead did it)
+
+
+class _Progress(object):
+    """Progress of one transfer set on one stderr line (tty only)."""
+
+    def __init__(self, total_files, total_bytes, enabled, label=''):
+        self.total_files = total_files
+        self.total_bytes = total_bytes
+        self.enabled = enabled
+        self.label = label
+        self.done_files = 0
+        self.done_bytes = 0
+        self.current = {}
+        self.start = time.time()
+        self.last = 0.0
+        self.cancel = False
+        import threading
+        self.lock = threading.Lock()   # many transfers report at once
+
+    # CopyProgressHandler interface (called from XRootD threads)
+    def begin(self, job, total, source, target):
+        with self.lock:
+            self.current[job] = 0
+
+    def update(self, job, processed, total):
+        with self.lock:
+            self.current[job] = processed
+        self.show()
+
+    def end(self, job, results):
+        status = results.get('status') if hasattr(results, 'get') else None
+        with self.lock:
+            moved = self.current.pop(job, 0)
+            if status is not None and getattr(status, 'ok', False):
+                moved = results.get('size') or moved
+            self.done_bytes += moved or 0
+            self.done_files += 1
+        self.show()
+
+    def should_cancel(self, job):
+        return self.cancel
+
+    def show(self, final=False):
+        if not self.enabled:
+            return
+        now = time.time()
+        if not final and now - self.last < 0.25:
+            return
+        self.last = now
+        with self.lock:
+            moved = self.done_bytes + sum(self.current.values())
+        el = max(now - self.start, 1e-6)
+        rate = moved / el
+        left = self.total_bytes - moved
+        eta = ('%ds' % (left / rate)) if rate > 0 and left > 0 else '-'
+        line = '%s%d/%d files  %s/%s  %s/s  ETA %s' % (
+            self.label, self.done_files, self.total_files, human_bytes(moved),
+            human_bytes(self.total_bytes), human_bytes(rate), eta)
+        sys.stderr.write('\r\x1b[K' + term_text(line, sys.stderr) + ('\n' if final else ''))
+        sys.stderr.flush()
+
+
+def metalink_text(lfn, size, md5, urls):
+    """Metalink 4 document listing every replica (cp -y N > 1, lfn2uri meta)."""
+    from xml.sax.saxutils import escape
+    lines = ['<?xml version="1.0" encoding="UTF-8"?>',
+             '<metalink xmlns="urn:ietf:params:xml:ns:metalink">',
+             ' <file name="%s">' % escape(os.path.basename(lfn) or 'file')]
+    if size >= 0:
+        lines.append('  <size>%d</size>' % size)
+    if md5:
+        lines.append('  <hash type="md5">%s</hash>' % md5)
+    for u in urls:
+        lines.append('  <url><![CDATA[%s]]></url>' % u.replace(']]>', ']]]]><![CDATA[>'))
+    lines += [' </file>', '</metalink>', '']
+    return '\n'.join(lines)
 
 
 # ---- cp: extended attributes of downloaded files ------------------------------
@@ -3693,90 +3898,6 @@ def write_xattrs(path, lfn='', guid='', md5='', size=None):
         return True
     except (OSError, AttributeError):   # no user xattrs here (or no os.setxattr)
         return False
-
-
-def _local_facts(path):
-    """(size, mtime in ms, user.ts_w, user.md5) of a local file -> tuple, or None
-    when it cannot be read or has no such attributes."""
-    try:
-        st = os.stat(path)
-        return (st.st_size, _mtime_ms(st), os.getxattr(path, 'user.ts_w').decode('ascii', 'replace'),
-                os.getxattr(path, 'user.md5').decode('ascii', 'replace'))
-    except (OSError, AttributeError):   # no such file or attribute (or no os.getxattr)
-        return None
-
-
-class LocalFacts(object):
-    """_local_facts of the files under a local directory, read in a background
-    thread only while the service lists the grid side: a re-run's 1,000 present
-    files cost about 30 ms of stat and getxattr calls, which then overlap the
-    service's own time instead of following it. stop() ends the scan when the
-    listing has arrived (a large unrelated tree is never read in full); a path
-    it did not reach is read when asked for."""
-
-    def __init__(self):
-        self.facts = {}
-        self.threads = []
-        self.stopped = False
-
-    def prefetch(self, root):
-        self.stopped = False
-        t = threading.Thread(target=self._scan, args=(root,), name='local-facts', daemon=True)
-        t.start()
-        self.threads.append(t)
-
-    def _scan(self, root):
-        for d, _dirs, files in os.walk(root):
-            for name in files:
-                if self.stopped:
-                    return
-                path = os.path.join(d, name)
-                self.facts[path] = _local_facts(path)
-
-    def stop(self):
-        self.stopped = True
-        while self.threads:
-            self.threads.pop().join()
-
-    def get(self, path):
-        if path in self.facts:
-            return self.facts[path]
-        return _local_facts(path)
-
-
-def present_unchanged(path, size, md5, facts=None):
-    """True when path holds the catalogue file (size, md5) by the xattrs of its
-    download and its size and mtime have not moved since; nothing is read.
-    facts: a LocalFacts that may have read the file's metadata already."""
-    if not md5:
-        return False
-    f = facts.get(path) if facts is not None else _local_facts(path)
-    if f is None or f[2] != f[1] or f[3] != md5:
-        return False
-    if size >= 0:
-        return f[0] == size     # with the catalogue size known and equal, user.size adds nothing
-    try:                        # unknown: the size recorded at the download stands in for it
-        return os.getxattr(path, 'user.size').decode('ascii', 'replace') == str(f[0])
-    except (OSError, AttributeError):
-        return False
-
-
-def _file_matches(path, size, md5, lfn=''):
-    """The local file holds the catalogue's bytes: by its xattrs when it is untouched
-    since they were written, else by its md5 (and the xattrs are then written)."""
-    if present_unchanged(path, size, md5):
-        return True
-    try:
-        if os.path.getsize(path) != size:
-            return False
-        if not md5:
-            return True
-        if md5_file(path) != md5:
-            return False
-    except OSError:
-        return False
-    write_xattrs(path, lfn, '', md5, size)
-    return True
 
 
 def _progress_enabled(opts):
@@ -4272,6 +4393,115 @@ class CopyPipeline(object):
                 self.done.wait(0.2)
 
 
+def _regular_size(path):
+    """Size of path if it is a regular file, else None (one stat)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size if stat_mod.S_ISREG(st.st_mode) else None
+
+
+def _unlink_quiet(path):
+    try:
+        if path:
+            os.unlink(path)
+    except OSError:
+        pass
+
+
+# ==========================================================================
+# Transfers: verified downloads and uploads
+# ==========================================================================
+
+def _access(session, mode, lfn, specs=None, size=None, md5=None, strict=False):
+    return session.request('access', _access_args(mode, lfn, specs, size, md5, strict), nomsg=True)
+
+
+def _local_facts(path):
+    """(size, mtime in ms, user.ts_w, user.md5) of a local file -> tuple, or None
+    when it cannot be read or has no such attributes."""
+    try:
+        st = os.stat(path)
+        return (st.st_size, _mtime_ms(st), os.getxattr(path, 'user.ts_w').decode('ascii', 'replace'),
+                os.getxattr(path, 'user.md5').decode('ascii', 'replace'))
+    except (OSError, AttributeError):   # no such file or attribute (or no os.getxattr)
+        return None
+
+
+class LocalFacts(object):
+    """_local_facts of the files under a local directory, read in a background
+    thread only while the service lists the grid side: a re-run's 1,000 present
+    files cost about 30 ms of stat and getxattr calls, which then overlap the
+    service's own time instead of following it. stop() ends the scan when the
+    listing has arrived (a large unrelated tree is never read in full); a path
+    it did not reach is read when asked for."""
+
+    def __init__(self):
+        self.facts = {}
+        self.threads = []
+        self.stopped = False
+
+    def prefetch(self, root):
+        self.stopped = False
+        t = threading.Thread(target=self._scan, args=(root,), name='local-facts', daemon=True)
+        t.start()
+        self.threads.append(t)
+
+    def _scan(self, root):
+        for d, _dirs, files in os.walk(root):
+            for name in files:
+                if self.stopped:
+                    return
+                path = os.path.join(d, name)
+                self.facts[path] = _local_facts(path)
+
+    def stop(self):
+        self.stopped = True
+        while self.threads:
+            self.threads.pop().join()
+
+    def get(self, path):
+        if path in self.facts:
+            return self.facts[path]
+        return _local_facts(path)
+
+
+def present_unchanged(path, size, md5, facts=None):
+    """True when path holds the catalogue file (size, md5) by the xattrs of its
+    download and its size and mtime have not moved since; nothing is read.
+    facts: a LocalFacts that may have read the file's metadata already."""
+    if not md5:
+        return False
+    f = facts.get(path) if facts is not None else _local_facts(path)
+    if f is None or f[2] != f[1] or f[3] != md5:
+        return False
+    if size >= 0:
+        return f[0] == size     # with the catalogue size known and equal, user.size adds nothing
+    try:                        # unknown: the size recorded at the download stands in for it
+        return os.getxattr(path, 'user.size').decode('ascii', 'replace') == str(f[0])
+    except (OSError, AttributeError):
+        return False
+
+
+def _file_matches(path, size, md5, lfn=''):
+    """The local file holds the catalogue's bytes: by its xattrs when it is untouched
+    since they were written, else by its md5 (and the xattrs are then written)."""
+    if present_unchanged(path, size, md5):
+        return True
+    try:
+        if os.path.getsize(path) != size:
+            return False
+        if not md5:
+            return True
+        if md5_file(path) != md5:
+            return False
+    except OSError:
+        return False
+    write_xattrs(path, lfn, '', md5, size)
+    return True
+
+
 def cp_download(session, items, opts, stats, known=None):
     """items: [(lfn, local_dst, specs)]. Each file is written to a temporary
     name next to its destination, verified against the catalogue md5 and only
@@ -4471,23 +4701,6 @@ def extract_zip_member(path, member, md5):
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
         _unlink_quiet(tmp)
         return 'cannot extract %s from the archive: %s' % (member, e)
-
-
-def _regular_size(path):
-    """Size of path if it is a regular file, else None (one stat)."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_size if stat_mod.S_ISREG(st.st_mode) else None
-
-
-def _unlink_quiet(path):
-    try:
-        if path:
-            os.unlink(path)
-    except OSError:
-        pass
 
 
 def _existing_upload_target(session, e, r, opts, stats):
@@ -4853,185 +5066,66 @@ def _commit(session, jobs, replies=None, stop=None):
     return results, None
 
 
-# small job files (scripts, macros, JDLs, collections) get more replicas, as with the reference
-JOB_FILE_EXTENSIONS = ('.sh', '.C', '.jdl', '.xml')
+# ==========================================================================
+# Transfers: the cp command, its catalogue check and its summary
+# ==========================================================================
+
+# ---- cp: planning and execution ----------------------------------------------
+
+CP_STATES = ('copied', 'present', 'failed', 'not attempted')
 
 
-def _with_default_specs(specs, lfn='', size=None):
-    """Upload specifiers with the default replica count: disk:4 for a job file under
-    1 MiB with no specifier at all, else disk:2 unless a count or an SE is named."""
-    if any(re.match(r'^[A-Za-z][A-Za-z0-9_-]*[:=]\d+$', s) for s in specs) or \
-            any('::' in s and not s.startswith('!') for s in specs):
-        return specs
-    if not specs and lfn.endswith(JOB_FILE_EXTENSIONS) and size is not None and size < (1 << 20):
-        return ['disk:4']
-    return ['disk:2'] + list(specs)
+class CpStats(object):
+    """What a copy did, file by file: every planned file ends in exactly one of
+    CP_STATES, whatever ends the copy (abort: why it was cut short)."""
 
+    def __init__(self):
+        self.ok = 0
+        self.skipped = 0
+        self.failed = []      # (what, why)
+        self.notices = []
+        self.bytes = 0
+        self.plan = []        # dry-run lines
+        self.done = []        # (src, dst) of delivered files
+        self.present = []     # (src, dst) of files that were there already
+        self.planned = []     # (src, dst) of every file to deliver
+        self.abort = None     # (exit code, reason) when the copy was cut short
+        self.replicas = {}    # lfn -> number of replicas the service offered
 
-def _local_exists(p):
-    return os.path.lexists(os.path.expanduser(split_specs(p)[0]))
+    def fail(self, what, why):
+        self.failed.append((what, why))
 
+    def already(self, src, dst):
+        self.skipped += 1
+        self.present.append((src, dst))
 
-def _prefetch_stats(session, pairs):
-    """The grid paths cp_plan will stat for these pairs, asked for at once
-    (pipelined: one round trip per window, not per line of a -input list)
-    -> {lfn: Result} for _grid_stat's cache."""
-    lfns = []
-    for src, dst in pairs:
-        try:
-            direction, s_raw, d_raw = cp_direction(src, dst, _local_exists)
-        except AlienError:
-            continue
-        g_path = split_specs(s_raw if direction == 'download' else d_raw)[0]
-        if direction == 'download' and split_glob(g_path)[1]:
-            continue
-        lfn = session.grid_path(g_path)
-        if direction == 'download':
-            lfns.append(lfn.rstrip('/') or '/')
-        elif not lfn.endswith('/'):
-            lfns.append(lfn)
-    lfns = list(dict.fromkeys(lfns))
-    return dict(zip(lfns, _requests(session, [('stat', [lfn], check_stat(lfn)) for lfn in lfns],
-                                    window=4 * REQUEST_WINDOW)))
+    def copied(self, src, dst, size):
+        self.ok += 1
+        self.bytes += size
+        self.done.append((src, dst))
 
+    def forget(self, src):
+        """Take back what was said of src (the catalogue has the last word)."""
+        gone = [d for d in self.done if d[0] == src]
+        self.done = [d for d in self.done if d[0] != src]
+        self.failed = [f for f in self.failed if f[0] != src]
+        return bool(gone)
 
-def cp_plan(session, src, dst, opts, stats_cache=None, known=None, facts=None):
-    """One src/dst pair -> ('download'|'upload', [(src, dst, specs)]).
-    facts: a LocalFacts to read an existing destination directory into while
-    the grid side is listed (with known: present files are skipped unread).
-
-    A directory source is copied recursively and its destination is always a
-    directory; 'dir' copies the directory itself (parent + 1), 'dir/' or a
-    glob copies its content (rsync convention)."""
-    direction, s_raw, d_raw = cp_direction(src, dst, _local_exists)
-    if direction == 'download':
-        s_path, specs = split_specs(s_raw)
-        g_path, l_path = s_path, d_raw
-    else:
-        d_path, specs = split_specs(d_raw)
-        g_path, l_path = d_path, s_raw
-    if direction == 'download':
-        base, pattern = split_glob(g_path)
-        lfn = session.grid_path(base if pattern else g_path)
-        local = expand_local_path(l_path)
-        if pattern or g_path.endswith('/') and stats_cache is None:
-            is_dir = True     # a directory by its name: its listing says so if it is not
-        else:
-            st = _grid_stat(session, lfn.rstrip('/') or '/', stats_cache)
-            if st is None:
-                raise AlienError('cp: source %s not found' % lfn, EX_ENOENT)
-            is_dir = st['type'] == 'd'
-            if known is not None and not is_dir:
-                known[lfn.rstrip('/')] = (st['size'], st['md5'], st['guid'])
-        if not is_dir:
-            if os.path.isdir(local) and not local.endswith('/'):
-                local += '/'
-            d, name = lfn.rstrip('/').rsplit('/', 1)
-            return 'download', [(lfn.rstrip('/'), cp_dst_name(d + '/', name, local, opts['parent'],
-                                                              opts['rmprefix']), specs)]
-        parent = opts['parent'] + (0 if pattern or g_path.endswith('/') else 1)
-        lfn = lfn.rstrip('/') + '/'
-        local = local.rstrip('/') + '/'
-        # files may be present already only when the destination directory is
-        present = known is not None and os.path.isdir(local)
-        if present and facts is not None:
-            facts.prefetch(local)
-        try:
-            files = _grid_find(session, lfn, opts, pattern, known=known)
-        except AlienError as e:
-            if e.exitcode == EX_ENOENT and not pattern:
-                raise AlienError('cp: source %s not found' % lfn, EX_ENOENT)
-            raise
-        finally:
-            if facts is not None:
-                facts.stop()
-        if not files:
-            raise AlienError('cp: no files found in %s' % lfn, EX_ENOMSG)
-        # named as they are consumed: the first files transfer while later names are made
-        return 'download', ((f, cp_dst_name(lfn, f[len(lfn):], local, parent, opts['rmprefix']), specs)
-                            for f in files)
-    # upload
-    base, pattern = split_glob(l_path)
-    local = expand_local_path(base if pattern else l_path)
-    if not pattern and not os.path.exists(local):
-        raise AlienError('cp: source %s not found' % l_path, EX_ENOENT)
-    lfn = session.grid_path(g_path)
-    if not pattern and not os.path.isdir(local):
-        if not lfn.endswith('/'):
-            st = _grid_stat(session, lfn, stats_cache)
-            if st is not None and st['type'] == 'd':
-                lfn += '/'
-        d, name = local.rstrip('/').rsplit('/', 1)
-        return 'upload', [(local.rstrip('/'), cp_dst_name(d + '/', name, lfn, opts['parent'],
-                                                          opts['rmprefix']), specs)]
-    parent = opts['parent'] + (0 if pattern or l_path.endswith('/') else 1)
-    local = local.rstrip('/') + '/'
-    lfn = lfn.rstrip('/') + '/'
-    files = _local_walk(local, opts, pattern)
-    if not files:
-        raise AlienError('cp: no files found in %s' % local, EX_ENOMSG)
-    return 'upload', [(f, cp_dst_name(local, f[len(local):], lfn, parent, opts['rmprefix']), specs)
-                      for f in files]
-
-
-_SURROGATE = LazyRegex('[\ud800-\udfff]')
-# anything cp_name_problem may object to; most names have none of it
-_NAME_SUSPECT = LazyRegex('[\ud800-\udfff\x00\n\r]|(?:^|/)\\.\\.?(?:/|$)|[^/]{64}')
-
-
-def cp_name_problem(path, side):
-    """Why path cannot be a file name on side ('grid': an LFN the catalogue can
-    hold; 'local': a local destination name), or '' when it can."""
-    if _NAME_SUSPECT.search(path) is None:      # 1,000s of names per copy: one scan each
-        return ''
-    if _SURROGATE.search(path):
-        return 'the name is not valid UTF-8'
-    if '\x00' in path:
-        return 'the name holds a NUL character'
-    if side == 'grid':
-        if '\n' in path or '\r' in path:
-            return 'a grid file name cannot hold a line break'
-        if any(c in ('.', '..') for c in path.split('/')):
-            return 'a grid file name cannot have "." or ".." components'
-    elif any(len(c.encode('utf-8')) > 255 for c in path.split('/')):
-        return 'a name component is longer than 255 bytes'
-    return ''
-
-
-def cp_refuse_bad_names(items, direction, stats):
-    """Planned items -> (as they are consumed) those whose names both sides can
-    hold; each other one is refused up front with a one-line reason (nothing is
-    booked for it)."""
-    for src, dst, specs in items:
-        lfn, local = (dst, src) if direction == 'upload' else (src, dst)
-        why = cp_name_problem(lfn, 'grid') or (direction == 'download' and cp_name_problem(local, 'local'))
-        if why:
-            stats.fail(src, 'refused %s -> %s: %s' % (visible(src, newlines=True), visible(dst, newlines=True), why))
-        else:
-            yield src, dst, specs
-
-
-def _top_dirs(lfns):
-    """The directory all these LFNs are in (the deepest one), or, when that is the
-    root, the directories of them that are not below another one of them."""
-    dirs = set(lfn.rsplit('/', 1)[0] or '/' for lfn in lfns)
-    common = os.path.commonpath(list(dirs)) if dirs else '/'
-    if common != '/':
-        return [common]
-
-    def below_another(d):
-        while d.count('/') > 1:
-            d = d.rsplit('/', 1)[0]
-            if d in dirs:
-                return True
-        return False
-    return sorted(d for d in dirs if not below_another(d))
-
-
-def cp_upload_dirs(items):
-    """The mkdir -p requests of the top destination directories (the service makes
-    the ones below when it registers a file in them)."""
-    return [('mkdir', ['-p', d], check_mkdir) for d in _top_dirs(lfn for _, lfn, _ in items)]
+    def states(self):
+        """{state: [(src, dst, why)]}: each file once; planned files that none of
+        the others mention were not attempted."""
+        out = dict((k, []) for k in CP_STATES)
+        dst_of = dict(self.planned)
+        seen = set()
+        for state, rows in (('copied', self.done), ('present', self.present)):
+            for src, dst in rows:
+                out[state].append((src, dst, ''))
+                seen.add(src)
+        for what, why in self.failed:
+            out['failed'].append((what, dst_of.get(what, ''), why))
+            seen.add(what)
+        out['not attempted'] = [(src, dst, '') for src, dst in self.planned if src not in seen]
+        return out
 
 
 CP_LIST_ABOVE = 1   # files under one directory from which cp_catalogue_facts lists it instead of stat-ing each
@@ -5226,14 +5320,2449 @@ def cp_result(stats, opts, as_json=False):
     return result
 
 
+# -- transfer commands (cp, cat, edit, ...) --
+def cp_option_notices(opts):
+    """What alien.py does instead of the reference client's options that would
+    weaken its checks -> [notice lines]; -tpc is refused (AlienError, exit 1)."""
+    if opts['tpc']:
+        raise AlienError('cp: -tpc is not allowed: third-party copies are not supported', EX_GENERIC)
+    out = []
+    if opts['skipmd5']:
+        out.append('cp: -skipmd5 ignored: alien.py always verifies the md5 of what it copies')
+    if opts['fastcheck']:
+        out.append('cp: -fastcheck ignored: a present file is skipped without reading it only when its '
+                   'size, mtime and recorded md5 (xattrs) match the catalogue, else its md5 is checked')
+    return out
+
+
+def cp_sources_to_dir(pos, local_isdir=os.path.isdir):
+    """cp SRC1 SRC2 ... DIR/: several sources and a directory last -> (DIR, [SRC...]);
+    the directory ends with '/' or is an existing local directory."""
+    dst = pos[-1]
+    side, path = cp_side(dst)
+    if dst.endswith('/') or split_specs(dst)[0].endswith('/') or (side != 'grid' and local_isdir(
+            os.path.expanduser(path))):
+        return dst, pos[:-1]
+    raise AlienError('cp: %d sources need a directory as the last argument (end it with /); see cp -h'
+                     % (len(pos) - 1), EX_EINVAL)
+
+
+@command('cp', usage=CP_USAGE)
+def cmd_cp(session, args):
+    opts, pos = parse_cp_args(args, session.environ)
+    if opts['help']:
+        return Result(0, out=CP_USAGE)
+    notices = cp_option_notices(opts)
+    if not opts['input'] and not opts['dst'] and len(pos) > 2:
+        opts['dst'], pos = cp_sources_to_dir(pos)
+    if opts['input']:
+        if pos:
+            raise AlienError('cp: -input FILE takes no other SRC/DST arguments', EX_EINVAL)
+        try:
+            text = read_text_limited(os.path.expanduser(opts['input']), INPUT_MAX_BYTES)
+        except OSError as e:
+            raise AlienError('cp: cannot read -input file %s: %s' % (opts['input'], e.strerror), EX_ENOENT)
+        except ValueError as e:
+            raise AlienError('cp: cannot read -input file %s: %s' % (opts['input'], e), EX_EINVAL)
+        pairs, more = parse_input_lines(text)
+        notices += more
+        if not pairs:
+            raise AlienError('cp: no "src dst" lines in %s' % opts['input'], EX_EINVAL)
+    elif opts['dst']:
+        if not pos:
+            raise AlienError('cp: -dst DIR needs at least one SRC', EX_EINVAL)
+        d_side = cp_side(opts['dst'])[0]
+        expanded = []
+        for src in pos:
+            s_side, s_path = cp_side(src)
+            if s_side is None:
+                s_side = 'grid' if d_side == 'local' else ('local' if d_side == 'grid' else
+                                                            ('local' if os.path.lexists(s_path) else 'grid'))
+            expanded.append(expand_local_path(s_path) if s_side == 'local' else
+                            session.grid_path(split_specs(s_path)[0]))
+        pairs = list(zip(pos, dst_dir_targets(expanded, opts['dst'])))
+    elif len(pos) != 2:
+        raise AlienError('cp: need exactly SRC and DST (got %d arguments); see cp -h' % len(pos), EX_EINVAL)
+    else:
+        pairs = [(pos[0], pos[1])]
+    if not opts['dryrun']:
+        require_xrootd()
+    if notices:
+        print_error('\n'.join(notices))
+    run = cp_at_site if opts['site'] and not opts['dryrun'] else cp_run
+    return cp_result(run(session, pairs, opts), opts, session.command_json)
+
+
+def cp_at_site(session, pairs, opts):
+    """cp_run with -site SITE: the service's site affinity (setSite) for this copy
+    only; the previous site (from the reply 'Setting close site to X (was Y)') is
+    restored."""
+    r = session.request('setSite', [opts['site']], nomsg=False)
+    if r.exitcode != 0:
+        raise AlienError('cp: -site %s: %s' % (opts['site'], r.err or 'exit code %d' % r.exitcode), r.exitcode)
+    m = re.search(r'\(was ([^)]*)\)', r.out or '')
+    spread, session.spread = session.spread, False    # (more sessions would not have the site)
+    try:
+        return cp_run(session, pairs, opts)
+    finally:
+        session.spread = spread
+        previous = m.group(1).strip() if m else session.environ.get('ALIEN_SITE', '')
+        if previous and previous != opts['site']:
+            session.request('setSite', [previous], nomsg=True)
+
+
 # ==========================================================================
-# gfal jobs: alien.py gfal list|remove|copy|rename|mkdir (gfal2 imported lazily)
+# Commands: the session, files and the catalogue
 # ==========================================================================
 
+@command('cd', usage='cd [DIR | - | ~]  change the grid directory (no argument: home; -: previous)')
+def cmd_cd(session, args):
+    if args == ['-']:
+        if not session.prevdir:
+            return Result(EX_GENERIC, '', 'cd -: no previous directory')
+        args = [session.prevdir]
+    result = session.request('cd', args, nokeys=True)
+    save_cwd(session)  # shell section: restored by the next interactive shell
+    return result
+
+
+def _ls_with(*flags):
+    def handler(session, args):
+        return session.request('ls', ['-F'] + list(flags) + args, nokeys=not session.command_json)
+    return handler
+
+
+command('ls', usage='ls [-l] [-a] [PATH...]  list grid directories')(_ls_with())
+command('ll', usage='ll [PATH...]  = ls -l')(_ls_with('-l'))
+command('la', usage='la [PATH...]  = ls -a')(_ls_with('-a'))
+command('lla', usage='lla [PATH...]  = ls -l -a')(_ls_with('-l', '-a'))
+
+
+@command('home', usage='home  print the grid home directory')
+def cmd_home(session, args):
+    if not session.home:
+        session.request('pwd')
+    return Result(0, session.home)
+
+
+@command('version', connect=False, usage='version  client and environment versions (XRootD, Python, locations)')
+def cmd_version(session, args):
+    lines = ['alien.py version: %s' % VERSION,
+             'alien.py location: %s' % os.path.realpath(__file__),
+             'script location: %s' % (sys.argv[0] if sys.argv and sys.argv[0] else '-'),
+             'Interpreter: %s' % os.path.realpath(sys.executable),
+             'Python version: %s' % sys.version.replace('\n', ' ')]
+    try:
+        from XRootD import client as xrd
+        lines += ['XRootD version: %s' % getattr(xrd, '__version__', '?'), 'XRootD path: %s' % xrd.__file__]
+    except Exception:
+        lines.append('XRootD version: Not Found! (pip install xrootd)')
+    return Result(0, '\n'.join(lines))
+
+
+@command('help', '?', connect=False, usage='help [COMMAND]  list the commands, or show the usage of one')
+def cmd_help(session, args):
+    if args:
+        cmd = COMMANDS.get(args[0])
+        if cmd is not None and cmd.usage:
+            return Result(0, cmd.usage.strip())
+        return session.request(args[0], ['-h'])
+    names = set(COMMANDS)
+    note = ''
+    try:
+        names.update(session.server_commands())
+    except AlienError as e:
+        note = '\n(server commands not listed: %s)' % e
+    return Result(0, format_columns(sorted(names)) + note)
+
+
+@command('exit', 'quit', 'logout', connect=False,
+         usage='exit [CODE [stderr] [MESSAGE...]]  leave with CODE (default: the last exit code), printing MESSAGE '
+               '(on stderr when CODE is not 0 or with stderr)')
+def cmd_exit(session, args):
+    code = session.last_exitcode
+    args = list(args)
+    if args and re.match(r'^-?\d+$', args[0]):
+        code = int(args.pop(0))
+    elif args and args[0] not in ('stderr', 'err'):  # a typo must not end the shell
+        return Result(EX_EINVAL, '', 'exit: %r is not a number' % args[0])
+    to_err = code != 0
+    if args and args[0] in ('stderr', 'err'):
+        args.pop(0)
+        to_err = True
+    message = ' '.join(args).strip()
+    if message:
+        (sys.stderr if to_err else sys.stdout).write(message + '\n')
+    raise SystemExit(code)
+
+
+@command('time', usage='time COMMAND [ARGS]  run COMMAND; add its wall time seen by the client and what it cost\n'
+                       '    the user (requests and logins: the 2024 service throttles users by both)\n'
+                       'time N COMMAND [ARGS]  the service runs COMMAND N times and reports its own timing')
+def cmd_time(session, args):
+    if not args:
+        return Result(EX_EINVAL, '', 'time: need a command (see time -h)')
+    if re.match(r'^\d+$', args[0]):  # the service's own repeat-and-time
+        return session.request('time', args, nokeys=not session.command_json)
+    as_json = session.command_json
+    t0, requests, logins = time.monotonic(), session.requests, session.logins
+    result = session.run_tokens(list(args) + (['-json'] if as_json else []))
+    if result.exitcode == 0 and not result.as_json:
+        result.out = (result.out + '\n' if result.out else '') + 'time: %.3f ms, requests %d, logins %d' % (
+            (time.monotonic() - t0) * 1000, session.requests - requests, session.logins - logins)
+    return result
+
+
+@command('ping', usage='ping [COUNT]  websocket round-trip time to the service')
+def cmd_ping(session, args):
+    try:
+        count = int(args[0]) if args else 3
+    except ValueError:
+        return Result(EX_EINVAL, '', 'ping: %r is not a number' % args[0])
+    if session.ws is None:
+        session.connect()
+    rtts = [session.ws.ping(str(i).encode()) * 1000 for i in range(count)]
+    return Result(0, '%d websocket ping(s) to %s:%d, round trip min/avg/max %.3f/%.3f/%.3f ms'
+                  % (count, session.peer[0], session.peer[1], min(rtts), sum(rtts) / len(rtts), max(rtts)))
+
+
+@command('exitcode', '$?', connect=False, usage='exitcode  the exit code of the last command')
+def cmd_exitcode(session, args):
+    return Result(0, str(session.last_exitcode))
+
+
+def _fetch_temp(session, arg, tmpdir, nses=None):
+    """Download one LFN (arg may carry @specs) into tmpdir -> (local path, lfn, specs)."""
+    path, specs = split_specs(arg)
+    lfn = session.grid_path(path).rstrip('/')
+    local = os.path.join(tmpdir, lfn.rsplit('/', 1)[-1] or 'file')
+    stats = CpStats()
+    opts = dict(_CP_DEFAULTS, quiet=True, force=True)
+    cp_download(session, [(lfn, local, [s for s in specs if '::' in s])], opts, stats)
+    if stats.failed:
+        if _grid_stat(session, lfn) is None:
+            raise AlienError('%s: no such file' % lfn, EX_ENOENT)
+        raise AlienError('%s' % stats.failed[0][1], EX_EIO)
+    if nses is not None:
+        nses.append(stats.replicas.get(lfn, 0))
+    return local, lfn, specs
+
+
+def _show_files(session, args, name):
+    files = [a for a in args if a != '-force']   # always a fresh download
+    if not files or '-h' in files:
+        return Result(0 if files else EX_EINVAL, out='%s LFN...' % name if files else '',
+                      err='' if files else 'usage: %s LFN...' % name)
+    xrootd_client()
+    import tempfile
+    tmpdir = tempfile.mkdtemp(prefix='alienpy-%s-' % name)
+    try:
+        paths = [_fetch_temp(session, f, tmpdir)[0] if len(files) == 1 else
+                 _fetch_temp(session, f, tempfile.mkdtemp(dir=tmpdir))[0] for f in files]
+        pager = {'less': os.environ.get('PAGER', 'less'), 'more': 'more'}.get(name)
+        if pager and sys.stdout.isatty():
+            import subprocess
+            try:
+                rc = subprocess.call(shlex.split(pager) + paths)
+            except OSError as e:
+                raise AlienError('%s: cannot run %s: %s' % (name, pager, e.strerror), EX_GENERIC)
+            return Result(rc)
+        data = b''.join(open(p, 'rb').read() for p in paths)
+        text = data.decode('utf-8', 'replace')
+        result = Result(0, out=text[:-1] if text.endswith('\n') else text)
+        result.style = 'raw'   # file content, printed as is like the system cat
+        return result
+    finally:
+        import shutil
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+@command('cat', usage='cat LFN...  print grid files (downloaded through XRootD)')
+def cmd_cat(session, args):
+    return _show_files(session, args, 'cat')
+
+
+@command('more', usage='more LFN...  page through grid files')
+def cmd_more(session, args):
+    return _show_files(session, args, 'more')
+
+
+@command('less', usage='less LFN...  page through grid files ($PAGER or less)')
+def cmd_less(session, args):
+    return _show_files(session, args, 'less')
+
+
+def edit_grid_file(session, args, editor):
+    """Download, edit, and if changed: keep LFN~, upload, restore on failure."""
+    import subprocess
+    datebck = '-datebck' in args
+    files = [a for a in args if a != '-datebck']
+    if len(files) != 1 or files[0] in ('-h', '-help'):
+        raise AlienError('usage: edit [-datebck] LFN[@disk:N,SE,...]  (editor: $VISUAL, $EDITOR, or the command name)',
+                         EX_EINVAL)
+    xrootd_client()
+    import tempfile
+    tmpdir = tempfile.mkdtemp(prefix='alienpy-edit-')
+    keep = False
+    try:
+        nses = []
+        path, specs = split_specs(files[0])
+        lfn = session.grid_path(path).rstrip('/')
+        st = _grid_stat(session, lfn)
+        if st is not None and st['type'] != 'f':
+            raise AlienError('edit: %s is not a file' % lfn, EX_EINVAL)
+        if st is None:
+            local = os.path.join(tmpdir, lfn.rsplit('/', 1)[-1])
+            open(local, 'wb').close()
+            before = None
+        else:
+            local, lfn, specs = _fetch_temp(session, files[0], tmpdir, nses)
+            before = md5_file(local)
+        try:
+            rc = subprocess.call(shlex.split(editor) + [local])
+        except OSError as e:
+            raise AlienError('edit: cannot run editor %r: %s' % (editor, e.strerror), EX_GENERIC)
+        if rc != 0:
+            raise AlienError('edit: editor %r exited with %d; nothing uploaded' % (editor, rc), EX_GENERIC)
+        if md5_file(local) == before:
+            return Result(0, out='%s unchanged' % lfn)
+        backup = None
+        if before is not None:
+            backup = lfn + (time.strftime('.%Y%m%d_%H%M%S') if datebck else '~')
+            session.request('rm', ['-f', backup], nomsg=True)
+            mv = session.request('mv', [lfn, backup], nomsg=True)
+            if mv.exitcode != 0:
+                keep = True
+                raise AlienError('edit: cannot back up %s as %s (%s); edited copy kept at %s'
+                                 % (lfn, backup, mv.err, local), EX_GENERIC)
+        up_specs = list(specs)
+        if nses and nses[0] > 0 and not any(re.match(r'^[A-Za-z][\w-]*[:=]\d+$', s) for s in specs):
+            up_specs = ['disk:%d' % nses[0]] + up_specs
+        stats = CpStats()
+        cp_upload(session, [(local, lfn, up_specs)], dict(_CP_DEFAULTS, quiet=True), stats)
+        if stats.failed:
+            keep = True
+            msg = 'edit: upload of %s failed (%s); edited copy kept at %s' % (lfn, stats.failed[0][1], local)
+            if backup:
+                session.request('rm', ['-f', lfn], nomsg=True)
+                back = session.request('mv', [backup, lfn], nomsg=True)
+                msg += '; previous version restored' if back.exitcode == 0 else \
+                    '; previous version is at %s' % backup
+            raise AlienError(msg, EX_GENERIC)
+        return Result(0, out='Uploaded %s' % lfn + (' (previous version: %s)' % backup if backup else ''))
+    finally:
+        if not keep:
+            import shutil
+            shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _editor_command(name):
+    def handler(session, args):
+        if name == 'edit':
+            editor = os.environ.get('VISUAL') or os.environ.get('EDITOR') or 'vi'
+        else:
+            editor = name
+        return edit_grid_file(session, args, editor)
+    handler.__name__ = 'cmd_' + name
+    return handler
+
+
+for _name in ('edit', 'vi', 'vim', 'nano', 'mcedit'):
+    command(_name, usage='%s [-datebck] LFN[@specs]  edit a grid file; the old version is kept as LFN~' % _name)(
+        _editor_command(_name))
+
+
+FIND2_USAGE = '''find2 [options] DIR        (or DIR/PATTERN, e.g. /alice/data/*/AO2D.root)
+every file under DIR that passes the client-side filters, one LFN per line
+(exit 2 when none does). The selection and filters are cp's:
+  -glob PAT | -select REGEX (full path) | -name begin_X_contain_Y_ends_Z_ext_W
+  -exclude TEXT, -exclude_re REGEX (relative path; repeatable), -minsize/-maxsize BYTES,
+  -mindepth/-maxdepth N, -user U, -group G, -jobid ID, -min-ctime/-max-ctime T (ms, s, YYYY-mm-dd)
+  -j JOBID, -l COUNT, -o OFFSET   passed to the service's find
+  -x FILE         also write the files as an AliEn XML collection to the local FILE
+  -v -a -s -f -d -w -wh           accepted and ignored, as by the reference client'''
+_FIND2_OPTIONS = dict((o, _CP_OPTIONS[o]) for o in (
+    '-glob', '-select', '-name', '-exclude', '-exclude_re', '-minsize', '-maxsize', '-mindepth', '-maxdepth',
+    '-user', '-group', '-jobid', '-min-ctime', '-max-ctime', '-j', '-l', '-o'))
+_FIND2_OPTIONS.update((o, ('', 'ignore')) for o in ('-v', '-a', '-s', '-f', '-d', '-w', '-wh'))
+_FIND2_OPTIONS['-x'] = ('xml', 'str')
+# the attributes of a <file> in the service's XML collections, in its order
+_XML_FILE_FIELDS = ('name', 'aclId', 'broken', 'ctime', 'dir', 'entryId', 'expiretime', 'gowner', 'guid',
+                    'guidtime', 'jobid', 'lfn', 'md5', 'owner', 'perm', 'replicated', 'size', 'turl', 'type')
+
+
+def xml_collection(entries, command, creator, now=None):
+    """An AliEn XML collection (the shape of the service's toXml) of entries:
+    dicts with the _XML_FILE_FIELDS (missing ones are empty)."""
+    from xml.sax.saxutils import quoteattr
+    now = time.time() if now is None else now
+    lines = ['<?xml version="1.0"?>', '<alien>', '  <collection name="tempCollection">']
+    for i, e in enumerate(entries, 1):
+        attrs = ' '.join('%s=%s' % (k, quoteattr(str(e.get(k, '')))) for k in _XML_FILE_FIELDS)
+        lines += ['    <event name="%d">' % i, '      <file %s />' % attrs, '    </event>']
+    lines.append('    <info command=%s creator=%s date=%s timestamp="%d" />' % (
+        quoteattr(command), quoteattr(creator),
+        quoteattr(time.strftime('%a %b %d %H:%M:%S UTC %Y', time.gmtime(now))), int(now * 1000)))
+    return '\n'.join(lines + ['  </collection>', '</alien>']) + '\n'
+
+
+def xml_entry_grid(row):
+    """A row of `find -f` -> collection entry (ctime: ms since 1970 -> UTC text)."""
+    e = dict((k, row.get(k, '')) for k in _XML_FILE_FIELDS)
+    lfn = row.get('lfn', '')
+    ms = ctime_ms(row.get('ctime'))
+    e.update(name=row.get('name') or lfn.rsplit('/', 1)[-1], turl='alien://' + lfn,
+             ctime=_utc(ms / 1000.0) if ms is not None else row.get('ctime', ''))
+    return e
+
+
+def xml_entry_local(path):
+    """A local file -> collection entry (lfn and turl: file://ABSPATH)."""
+    path = os.path.abspath(path)
+    st = os.stat(path)
+    if not stat_mod.S_ISREG(st.st_mode):
+        raise AlienError('%s is not a regular file' % path, EX_EINVAL)
+    meta = _local_meta(path)
+    return {'name': os.path.basename(path), 'broken': '0', 'replicated': '0', 'type': 'f',
+            'ctime': _utc(st.st_ctime), 'owner': meta['owner'] or st.st_uid, 'gowner': meta['gowner'] or st.st_gid,
+            'perm': '%o' % (st.st_mode & 0o777), 'size': st.st_size, 'md5': md5_file(path),
+            'lfn': 'file://' + path, 'turl': 'file://' + path}
+
+
+def write_local_text(path, text, what=''):
+    """Write text to a local file atomically (a temp file renamed over it); a
+    failure is one error line (prefixed 'WHAT: ' when given) and leaves path as it was."""
+    path = os.path.abspath(os.path.expanduser(path))
+    tmp = part_name(path)
+    try:
+        with open(tmp, 'w', encoding='utf-8') as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        _unlink_quiet(tmp)
+        raise AlienError('%scannot write %s: %s' % (what + ': ' if what else '', path, e.strerror), EX_EIO)
+
+
+def _local_target(value, cmd):
+    """-x target that must be local: file:PATH or PATH; an alien: one is refused."""
+    side, path = cp_side(value)
+    if side == 'grid':
+        raise AlienError('%s: -x %s: the collection is written locally; upload it with cp' % (cmd, value), EX_EINVAL)
+    return path
+
+
+@command('find2', usage=FIND2_USAGE)
+def cmd_find2(session, args):
+    opts, pos = parse_option_table(args, _FIND2_OPTIONS, dict(_CP_DEFAULTS, xml=''), 'find2')
+    if opts['help']:
+        return Result(0, FIND2_USAGE)
+    if len(pos) != 1:
+        return Result(EX_EINVAL, '', 'find2: give one directory (DIR or DIR/PATTERN); see find2 -h')
+    xml = _local_target(opts['xml'], 'find2') if opts['xml'] else ''
+    base, pattern = split_glob(session.grid_path(pos[0]))
+    base = base.rstrip('/') + '/'
+    rows = [] if xml else None
+    try:
+        lfns = _grid_find(session, base, opts, pattern, rows=rows)
+    except AlienError as e:
+        return Result(e.exitcode, '', 'find2: %s' % e)
+    if not lfns:
+        return Result(EX_ENOENT, '', 'find2: no file under %s passes the selection' % base)
+    if xml:
+        write_local_text(xml, xml_collection([xml_entry_grid(r) for r in rows], 'find2 ' + ' '.join(args),
+                                             session.user or ''))
+    return Result(0, '\n'.join(lfns))
+
+
+TOXML_USAGE = '''toXml [-i] [-a] [-x OUT] [-l LIST] [LFN...]   the service's toXml (see toXml -h there), plus:
+  -local          the targets (LFN... or the lines of LIST) are local files: the
+                  collection is made here, with lfn/turl file://PATH
+  -x file:OUT     write the collection to the local file OUT (without file: the
+                  service writes it to the catalogue; with -local OUT is always local)'''
+
+
+@command('toXml', usage=TOXML_USAGE)
+def cmd_toxml(session, args):
+    opts, pos = parse_option_table(args, {'-local': ('local', 'flag'), '-i': ('ignore', 'flag'), '-a': ('append', 'flag'),
+                                     '-x': ('xml', 'str'), '-l': ('list', 'str')},
+                              {'local': False, 'ignore': False, 'append': False, 'xml': '', 'list': ''}, 'toXml')
+    if opts['help']:
+        return Result(0, TOXML_USAGE)
+    if opts['append'] and not opts['xml']:
+        return Result(EX_EINVAL, '', 'toXml: -a appends to the collection given with -x')
+    if not opts['local']:
+        side, out = cp_side(opts['xml']) if opts['xml'] else (None, '')
+        srv = (['-i'] if opts['ignore'] else []) + (['-a'] if opts['append'] else []) + \
+              (['-l', opts['list']] if opts['list'] else []) + (['-x', out] if out and side != 'local' else []) + pos
+        if side == 'local' and opts['append']:
+            return Result(EX_EINVAL, '', 'toXml: -a appends to a collection in the catalogue, not to a local file')
+        result = session.request('toXml', srv)
+        if side == 'local' and result.exitcode == 0:
+            write_local_text(out, result.out)     # as the service sent it
+        return result
+    if opts['append']:
+        return Result(EX_EINVAL, '', 'toXml -local: appending to a collection is not supported; write a new one')
+    targets = list(pos)
+    if opts['list']:
+        try:
+            with open(os.path.expanduser(cp_side(opts['list'])[1]), encoding='utf-8') as f:
+                targets += [l.strip() for l in f if l.strip() and not l.lstrip().startswith('#')]
+        except OSError as e:
+            return Result(EX_ENOENT, '', 'toXml: cannot read %s: %s' % (opts['list'], e.strerror))
+    if not targets:
+        return Result(EX_EINVAL, '', 'toXml -local: no files given')
+    entries = []
+    for t in targets:
+        side, path = cp_side(t)
+        if side == 'grid':
+            return Result(EX_EINVAL, '', 'toXml -local: %s is a grid file' % t)
+        try:
+            entries.append(xml_entry_local(path))
+        except OSError as e:
+            if not opts['ignore']:
+                return Result(EX_ENOENT, '', 'toXml: %s: %s' % (path, e.strerror))
+    text = xml_collection(entries, 'toXml ' + ' '.join(args), session.user or pwd_name())
+    if opts['xml']:
+        write_local_text(_local_target(opts['xml'], 'toXml'), text)
+    return Result(0, text.rstrip('\n'))
+
+
+def pwd_name():
+    try:
+        import pwd
+        return pwd.getpwuid(os.getuid()).pw_name
+    except (ImportError, KeyError):
+        return str(os.getuid())
+
+
+RUN_USAGE = '''run COMMAND [ARGS...] LFN     download LFN (md5-verified), run COMMAND ARGS... FILE here,
+                              remove the file; the exit code is COMMAND's
+  several grid files: mark each with alien: (they are appended in their order);
+  -force, -noout: accepted (the file is always downloaded afresh, the output
+  is never captured: it goes straight to the terminal)'''
+EXEC_USAGE = '''exec LFN [ARGS...]            download the program LFN (md5-verified), run it with ARGS,
+                              remove it; the exit code is the program's (-force, -noout: as in run)'''
+
+
+def _run_with_grid_files(session, argv, grid_at, make_executable=False):
+    """Download argv[i] for each i in grid_at into a private temp directory, run
+    argv with the local copies in their places, remove them -> Result."""
+    xrootd_client()
+    import shutil
+    import tempfile
+    tmp = tempfile.mkdtemp(prefix='alienpy-run-')
+    try:
+        argv = list(argv)
+        for i in grid_at:
+            argv[i] = _fetch_temp(session, argv[i], tempfile.mkdtemp(dir=tmp))[0]
+            if make_executable:
+                os.chmod(argv[i], 0o700)
+        return run_local(argv)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_argv(args):
+    """run's arguments -> (argv, indexes of the grid files in it): the alien:-marked
+    arguments (moved to the end, in order), or else the last one; None if too few."""
+    args = [a for a in args if a not in ('-force', '-noout')]
+    if len(args) < 2:
+        return None
+    marked = [i for i, a in enumerate(args) if i > 0 and a.startswith('alien:')] or [len(args) - 1]
+    argv = [a for i, a in enumerate(args) if i not in marked] + [args[i] for i in marked]
+    return argv, list(range(len(argv) - len(marked), len(argv)))
+
+
+@command('run', usage=RUN_USAGE)
+def cmd_run(session, args):
+    parsed = run_argv(args)
+    if parsed is None:
+        return Result(EX_USAGE, '', 'usage: run COMMAND [ARGS...] LFN')
+    return _run_with_grid_files(session, *parsed)
+
+
+@command('exec', usage=EXEC_USAGE)
+def cmd_exec(session, args):
+    args = [a for a in args if a not in ('-force', '-noout')]
+    if not args:
+        return Result(EX_USAGE, '', 'usage: exec LFN [ARGS...]')
+    return _run_with_grid_files(session, args, [0], make_executable=True)
+
+
+def save_cwd(session):
+    """Write CWD/CWDPREV to ~/.alienpy_session (owner-only); never fails a cd.
+    Overwritten in place and then cut to length: on ext4 a rename over the file
+    or a truncation to zero forces a flush to disk (~4 ms per cd), and losing
+    the last directory in a power cut is harmless. Readers (a shell starting)
+    ignore lines they cannot use."""
+    if not session.cwd:
+        return
+    text = 'CWD = %s\nCWDPREV = %s\n' % (session.cwd, session.prevdir or session.cwd)
+    if getattr(session, 'saved_cwd_text', None) == text:
+        return
+    path = user_file(session.environ, '.alienpy_session')
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | getattr(os, 'O_NOFOLLOW', 0), 0o600)
+        try:
+            if os.fstat(fd).st_mode & 0o077:
+                os.fchmod(fd, 0o600)
+            data = text.encode('utf-8', 'surrogateescape')
+            os.write(fd, data)
+            os.ftruncate(fd, len(data))
+        finally:
+            os.close(fd)
+        session.saved_cwd_text = text
+    except OSError as e:
+        log('cannot write the session file: %s' % e)
+
+
+def restore_cwd(session):
+    """Go back to the directory of the last session (interactive shell only)."""
+    if env_flag('ALIENPY_NO_CWD_RESTORE', session.environ):
+        return
+    saved = dict(read_settings(user_file(session.environ, '.alienpy_session')))
+    cwd, prev = saved.get('CWD', ''), saved.get('CWDPREV', '')
+    if cwd and cwd.startswith('/') and cwd != session.cwd:
+        r = session.request('cd', [cwd], nokeys=True)
+        if r.exitcode != 0:
+            print_error('cannot return to %s: %s' % (cwd, r.err or 'cd failed'))
+            return
+    if prev.startswith('/'):
+        session.prevdir = prev
+
+
+def dir_stack(session):
+    """The directory stack below the top; the top is always the current directory."""
+    stack = getattr(session, 'dirstack', None)
+    if stack is None:
+        stack = session.dirstack = []
+    return stack
+
+
+def _short_dir(session, path, full=False):
+    home = session.home
+    if not full and home and (path == home or path.startswith(home)):
+        path = '~/' + path[len(home):]
+    return path.rstrip('/') or '/'
+
+
+def _stack_text(session, opts=()):
+    entries = [session.cwd] + dir_stack(session)
+    shown = [_short_dir(session, p, '-l' in opts) for p in entries]
+    if '-v' in opts:
+        return '\n'.join('%2d  %s' % (i, p) for i, p in enumerate(shown))
+    return ('\n' if '-p' in opts else ' ').join(shown)
+
+
+def _stack_index(session, arg, name):
+    """Index in [cwd] + stack of '+N' (from the left) or '-N' (from the right)."""
+    size = 1 + len(dir_stack(session))
+    try:
+        n = int(arg[1:])
+    except ValueError:
+        raise AlienError('%s: %s: invalid number' % (name, arg), EX_EINVAL)
+    if n >= size or n < 0:
+        raise AlienError('%s: %s: directory stack index out of range' % (name, arg), EX_EINVAL)
+    return n if arg[0] == '+' else size - 1 - n
+
+
+def _is_index(arg):
+    return len(arg) > 1 and arg[0] in '+-' and arg[1:].isdigit()
+
+
+def _need_cwd(session):
+    if not session.cwd:
+        session.request('pwd')
+
+
+@command('dirs', usage='dirs [-c] [-l] [-p] [-v] [+N|-N]  show (or with -c clear) the directory stack')
+def cmd_dirs(session, args):
+    _need_cwd(session)
+    opts = [a for a in args if a in ('-c', '-l', '-p', '-v')]
+    other = [a for a in args if a not in opts]
+    for a in other:
+        if not _is_index(a):
+            return Result(EX_EINVAL, '', 'dirs: %s: invalid option (use -c, -l, -p, -v, +N or -N)' % a)
+    if '-c' in opts:
+        del dir_stack(session)[:]
+        return Result(0)
+    if other:
+        i = _stack_index(session, other[0], 'dirs')
+        return Result(0, _short_dir(session, ([session.cwd] + dir_stack(session))[i], '-l' in opts))
+    return Result(0, _stack_text(session, opts))
+
+
+def _cd_to(session, path):
+    r = cmd_cd(session, [path])
+    if r.exitcode != 0:
+        raise AlienError(r.err or 'cd %s failed' % path, r.exitcode)
+
+
+@command('pushd', usage='pushd [-n] [DIR | +N | -N]  push DIR (no argument: swap the top two) and go there')
+def cmd_pushd(session, args):
+    _need_cwd(session)
+    no_cd = '-n' in args
+    args = [a for a in args if a != '-n']
+    stack = dir_stack(session)
+    if len(args) > 1:
+        return Result(EX_USAGE, '', 'pushd: too many arguments')
+    if not args:
+        if not stack:
+            return Result(EX_GENERIC, '', 'pushd: no other directory')
+        if no_cd:
+            return Result(0, _stack_text(session))
+        old = session.cwd
+        _cd_to(session, stack[0])
+        stack[0] = old
+    elif _is_index(args[0]):
+        entries = [session.cwd] + stack
+        i = _stack_index(session, args[0], 'pushd')
+        rotated = entries[i:] + entries[:i]
+        if i:  # the top is always the current directory: rotating means a cd
+            _cd_to(session, rotated[0])
+        stack[:] = rotated[1:]
+    else:
+        target = session.grid_path(args[0])
+        if no_cd:
+            stack.insert(0, target if target.endswith('/') else target + '/')
+        else:
+            old = session.cwd
+            _cd_to(session, target)
+            stack.insert(0, old)
+    return Result(0, _stack_text(session))
+
+
+@command('popd', usage='popd [-n] [+N | -N]  drop the top of the directory stack and go to the new top')
+def cmd_popd(session, args):
+    _need_cwd(session)
+    no_cd = '-n' in args
+    args = [a for a in args if a != '-n']
+    stack = dir_stack(session)
+    if len(args) > 1 or (args and not _is_index(args[0])):
+        return Result(EX_USAGE, '', 'popd: usage: popd [-n] [+N | -N]')
+    if not stack:
+        return Result(EX_GENERIC, '', 'popd: directory stack empty')
+    i = _stack_index(session, args[0], 'popd') if args else 0
+    if i == 0:
+        if no_cd:
+            del stack[0]
+        else:
+            _cd_to(session, stack[0])
+            del stack[0]
+    else:
+        del stack[i - 1]
+    return Result(0, _stack_text(session))
+
+
+# ==========================================================================
+# Commands: storage elements (XRootD probes and the storage commands)
+# ==========================================================================
+# Exit codes: 0 all fine; 2 no such LFN/SE label; 5 a replica or SE failed its check
+# (the report on stdout says which); 64 wrong arguments; 107 checkAddr: an address
+# failed; 1 XRootD bindings missing; a server errno when the service refuses.
+
+# ---- XRootD probes of storage elements (pfn-status, xrd_ping/config/stats) ------
+
+XRD_CONFIG_KEYS = ('bind_max', 'chksum', 'pio_max', 'readv_ior_max', 'readv_iov_max', 'tpc',
+                   'wan_port', 'wan_window', 'window', 'cms', 'role', 'sitename', 'version')
+
+
+def xrd_probe_fs(host, what):
+    """XRootD FileSystem of root://host (host[:port]) for a probe. Timeouts are checked
+    every second (xrootd_client sets TimeoutResolution 1: XRootD's default granularity,
+    15 s, would make a 2 s timeout last 15 s)."""
+    client = xrootd_client(what)
+    return client.FileSystem('root://%s/?xrd.wantprot=unix' % host)
+
+
+def xrd_status_dict(status):
+    """The fields of an XRootDStatus every probe reports."""
+    return {'ok': bool(status.ok), 'status': int(status.status), 'code': int(status.code),
+            'errno': int(status.errno), 'message': (status.message or '').strip()}
+
+
+def xrd_ping(host, timeout):
+    """(status dict, round trip in ms or None) of one XRootD ping."""
+    fs = xrd_probe_fs(host, 'xrd_ping')
+    t0 = time.monotonic()
+    status, _ = fs.ping(timeout=timeout)
+    ms = (time.monotonic() - t0) * 1000
+    st = xrd_status_dict(status)
+    return st, (ms if st['ok'] else None)
+
+
+def xrd_config_value(key, raw):
+    """A `query config` answer: the server echoes the key back when it is not set."""
+    value = (raw or b'').decode('ascii', 'replace').strip('\x00 \t\r\n')
+    return 'NOT_SET' if value == key or not value else value
+
+
+def xrd_query_config(host, timeout):
+    """({key: value}, status dict of the first failure or None)."""
+    from XRootD.client.flags import QueryCode
+    fs = xrd_probe_fs(host, 'xrd_config')
+    config = {}
+    for key in XRD_CONFIG_KEYS:
+        status, raw = fs.query(QueryCode.CONFIG, key, timeout=timeout)
+        if not status.ok:
+            return config, xrd_status_dict(status)
+        config[key] = xrd_config_value(key, raw)
+    return config, None
+
+
+def xrd_query_stats(host, timeout):
+    """(XML text of `query stats a`, status dict of a failure or None)."""
+    from XRootD.client.flags import QueryCode
+    fs = xrd_probe_fs(host, 'xrd_stats')
+    status, raw = fs.query(QueryCode.STATS, 'a', timeout=timeout)
+    if not status.ok:
+        return '', xrd_status_dict(status)
+    return (raw or b'').decode('utf-8', 'replace').strip('\x00 \t\r\n'), None
+
+
+def _xml_element_dict(e):
+    """An element as xmltodict shows it (attributes as plain keys, repeated children as
+    lists, text alone as a string, mixed text as '#text'); quoted values unquoted."""
+    d = {k: v for k, v in e.attrib.items()}
+    for child in e:
+        v = _xml_element_dict(child)
+        if child.tag in d:
+            if not isinstance(d[child.tag], list):
+                d[child.tag] = [d[child.tag]]
+            d[child.tag].append(v)
+        else:
+            d[child.tag] = v
+    text = (e.text or '').strip()
+    if len(text) > 1 and text[0] == text[-1] == '"':
+        text = text[1:-1]
+    if text and not d:
+        return text
+    if text:
+        d['#text'] = text
+    return d or None
+
+
+def xrd_stats_dict(xml_text):
+    """`query stats` XML -> the reference client's dict: the <statistics> attributes
+    plus 'stats' = {id: {...}} (the oss paths' stats keyed by their id too)."""
+    import xml.etree.ElementTree as ET
+    try:
+        root = ET.fromstring(xml_text)
+    except ET.ParseError as e:
+        raise AlienError('xrd_stats: the server sent statistics that are not XML: %s' % e, EX_ENOMSG)
+    d = _xml_element_dict(root) or {}
+    blocks = d.pop('stats', None) or []
+    merged = {}
+    for block in blocks if isinstance(blocks, list) else [blocks]:
+        block = dict(block or {})
+        ident = block.pop('id', '')
+        paths = block.get('paths')
+        if isinstance(paths, dict) and isinstance(paths.get('stats'), dict):
+            inner = dict(paths['stats'])
+            paths['stats'] = {inner.pop('id', ''): inner}
+        merged[ident] = block
+    d['stats'] = merged
+    return d
+
+
+XRD_STAT_FLAGS = (('x_bit_set', 1), ('is_dir', 2), ('other', 4), ('offline', 8),
+                  ('is_readable', 16), ('is_writable', 32), ('posc_pending', 64), ('backup_exists', 128))
+
+
+def xrd_stat_pfn(pfn, timeout):
+    """Metadata of one replica on its SE: status fields, and size/modtime/flags when ok."""
+    from urllib.parse import urlsplit
+    u = urlsplit(pfn)
+    if u.scheme not in ('root', 'xroot') or not u.netloc:
+        return {'ok': False, 'status': 1, 'code': 0, 'errno': 0,
+                'message': 'not an XRootD URL (root://host//path)'}
+    fs = xrd_probe_fs(u.netloc, 'pfn-status')
+    path = u.path + ('?' + u.query if u.query else '')
+    status, info = fs.stat(path, timeout=timeout)
+    d = xrd_status_dict(status)
+    if status.ok and info is not None:
+        d.update(size=int(info.size), modtime=int(info.modtime), modtimestr=info.modtimestr,
+                 flags=int(info.flags))
+        d.update((name, bool(info.flags & bit)) for name, bit in XRD_STAT_FLAGS)
+    return d
+
+
+PROBE_TIMEOUT = 5   # seconds, default -timeout of one XRootD/TCP/TLS probe
+def list_ses(session):
+    """Every storage element of the service (listSEs rows)."""
+    r = session.request('listSEs', [], nomsg=True)
+    if r.exitcode != 0:
+        raise AlienError('listSEs: %s' % (r.err or 'failed'), r.exitcode)
+    return [x for x in r.results if isinstance(x, dict) and x.get('seName')]
+
+
+def se_matches(se, label):
+    """SE label rule: a number is the SE number; text is a case-insensitive part of
+    the SE name or endpoint URL (so 'ALICE::' can be left out)."""
+    if label.isdigit():
+        return str(se.get('seNumber', '')).lstrip('0') == label.lstrip('0')
+    text = label.casefold()
+    return any(text in str(se.get(k) or '').casefold() for k in ('seName', 'endpointUrl'))
+
+
+def se_host(se):
+    """host:port of an SE's endpoint URL."""
+    from urllib.parse import urlsplit
+    return urlsplit(se.get('endpointUrl') or '').netloc
+
+
+def xrd_host_label(label):
+    """'host[:port]' (default port 1094) when a label names an XRootD server, else None."""
+    if not ('.' in label or ':' in label or label == 'localhost'):
+        return None
+    try:
+        host, port = parse_hostport(label, 1094)
+    except AlienError:
+        return None
+    if not host or not re.match(r'^[A-Za-z0-9.:-]+$', host):
+        return None
+    return '%s:%d' % (('[%s]' % host) if ':' in host else host, port)
+
+
+def lookup_ses(session, labels, name, hosts=False):
+    """SE lookup by label (from listSEs): the SEs the labels match, each once, label
+    after label. hosts: a label no SE matches may name an XRootD server itself."""
+    ses, found = list_ses(session), []
+    for label in labels:
+        hit = [se for se in ses if se_matches(se, label)]
+        host = xrd_host_label(label) if hosts and not hit else None
+        if host:
+            hit = [{'seName': label, 'endpointUrl': 'root://%s' % host}]
+        if not hit:
+            raise AlienError('%s: no storage element matches "%s" (getSE lists them)' % (name, label), EX_ENOENT)
+        found.extend(se for se in hit if se not in found)
+    return found
+
+
+GETSE_USAGE = '''getSE [-id | -name | -srv] [LABEL]  storage elements from listSEs
+  no LABEL: every SE as "number name host:port"; LABEL: an SE number, or part of
+  an SE name or endpoint (case-insensitive); -id, -name, -srv print only that field.
+  Exit 2 when no SE matches.'''
+
+
+@command('getSE', usage=GETSE_USAGE)
+def cmd_getse(session, args):
+    opts, pos = parse_options('getSE', args, ('id', 'name', 'srv'))
+    if len(pos) > 1 or len(opts) > 1:
+        raise AlienError('getSE: one LABEL and at most one of -id, -name, -srv (see getSE -h)', EX_USAGE)
+    ses = lookup_ses(session, pos, 'getSE') if pos else list_ses(session)
+    field = next(iter(opts), '')
+    lines = []
+    for se in ses:
+        if field:
+            lines.append({'id': se.get('seNumber', ''), 'name': se['seName'], 'srv': se_host(se)}[field])
+        elif pos and pos[0].isdigit():
+            lines.append('%-32s%s' % (se['seName'], se_host(se)))
+        else:
+            lines.append('%-6s%-32s%s' % (se.get('seNumber', ''), se['seName'], se_host(se)))
+    return client_result('\n'.join(lines), ses)
+
+
+@command('SEqos', usage='SEqos SE...  the QoS tags of storage elements (labels as in getSE)')
+def cmd_seqos(session, args):
+    _, pos = parse_options('SEqos', args)
+    if not pos:
+        raise AlienError('SEqos: which SE? usage: SEqos SE...', EX_USAGE)
+    ses = lookup_ses(session, pos, 'SEqos')
+    return client_result('\n'.join('%-32s%s' % (se['seName'], se.get('qos', '')) for se in ses), ses)
+
+
+@command('pfn', usage='pfn LFN  the physical URLs of the replicas of a file (whereis -r)')
+def cmd_pfn(session, args):
+    _, pos = parse_options('pfn', args)
+    if len(pos) != 1:
+        raise AlienError('pfn: usage: pfn LFN', EX_USAGE)
+    r = session.request('whereis', ['-r', pos[0]], nomsg=True)
+    if r.exitcode == 0:
+        r.out = '\n'.join(x['pfn'] for x in r.results if isinstance(x, dict) and 'pfn' in x)
+    return r
+
+
+PFN_STATUS_USAGE = '''pfn-status [-v] [-timeout S] LFN|PFN...  check each replica on its SE over XRootD
+  an argument starting with root:// is a PFN, anything else an LFN (all its replicas).
+  One line per replica: size and R/W flags, or what failed; -v adds the other flags.
+  Exit 0 when every replica answered and is online, 5 when one did not.'''
+
+
+@command('pfn-status', usage=PFN_STATUS_USAGE)
+def cmd_pfn_status(session, args):
+    opts, pos = parse_options('pfn-status', args, ('v', 'verbose'), ('timeout',))
+    if not pos:
+        raise AlienError('pfn-status: usage: pfn-status [-v] LFN|PFN...', EX_USAGE)
+    timeout = number_option(opts, 'timeout', 'pfn-status', PROBE_TIMEOUT, int)
+    xrootd_client('pfn-status')
+    targets = []
+    for arg in pos:
+        if re.match(r'^x?root://', arg):
+            targets.append(('', '', arg))
+            continue
+        lfn = session.grid_path(arg)
+        r = session.request('whereis', ['-r', lfn], nomsg=True)
+        if r.exitcode != 0:
+            raise AlienError('pfn-status: %s' % (r.err or 'whereis %s failed' % lfn), r.exitcode)
+        targets += [(lfn, x.get('seName', ''), x['pfn']) for x in r.results if isinstance(x, dict) and x.get('pfn')]
+    rows, lines = [], []
+    for lfn, se, pfn in targets:
+        row = {'lfn': lfn, 'se': se, 'pfn': pfn}
+        row.update(xrd_stat_pfn(pfn, timeout))
+        row['online'] = bool(row['ok'] and not row.get('offline'))
+        rows.append(row)
+        if lfn:
+            lines.append('LFN: %s' % lfn)
+        if row['ok']:
+            lines.append('%s\t\tSize: %d\tR/W status:%d/%d' % (pfn, row['size'], row['is_readable'], row['is_writable']))
+            if 'v' in opts or 'verbose' in opts:
+                lines.append('IS DIR/OTHER/OFFLINE: %d/%d/%d\tModified: %s\tPOSC pending: %d\t\tBACKUP: %d' % (
+                    row['is_dir'], row['other'], row['offline'], row['modtimestr'], row['posc_pending'],
+                    row['backup_exists']))
+        else:
+            lines.append('%s\t\tMessage: %s\tStatus/Code/ErrNo:%d/%d/%d' % (
+                pfn, row['message'], row['status'], row['code'], row['errno']))
+    bad = [r for r in rows if not r['online']]
+    err = 'pfn-status: %d of %d replicas failed the check' % (len(bad), len(rows)) if bad else ''
+    return client_result('\n'.join(lines), rows, exitcode=EX_EIO if bad else 0, err=err)
+
+
+LFN2URI_USAGE = '''lfn2uri LFN[@SPECS] [LOCAL_FILE] [meta] [write|upload] [strict] [http]
+  the XRootD URLs (with their access envelopes) of the replicas of LFN, one per line
+  as a Python string literal (the envelope holds newlines): ready for xrdcp.
+  meta: write LFN's replicas into ./NAME.meta4 (a metalink for xrdcp) and print its path
+  write|upload: URLs to write LOCAL_FILE as LFN (default specs disk:2); not with meta
+  strict: only the SEs named in SPECS; http: http(s) URLs where the SEs have them'''
+
+
+@command('lfn2uri', usage=LFN2URI_USAGE)
+def cmd_lfn2uri(session, args):
+    _, words = parse_options('lfn2uri', args)
+    keys = set(w for w in words if w in ('meta', 'write', 'upload', 'strict', 'http'))
+    pos = [w for w in words if w not in keys]
+    write = 'write' in keys or 'upload' in keys
+    if not pos or len(pos) > 2:
+        raise AlienError('lfn2uri: usage: lfn2uri LFN [LOCAL_FILE] [meta] [write|upload] [strict] [http]', EX_USAGE)
+    if write and 'meta' in keys:
+        raise AlienError('lfn2uri: meta is for reading; it cannot be combined with write/upload', EX_USAGE)
+    path, specs = split_specs(pos[0])
+    lfn = session.grid_path(path)
+    size = md5 = None
+    if write:
+        local = expand_local_path(pos[1]) if len(pos) > 1 else ''
+        if not local or not os.path.isfile(local):
+            raise AlienError('lfn2uri: write URLs need an existing LOCAL_FILE to upload (got %r)'
+                             % (pos[1] if len(pos) > 1 else ''), EX_ENOENT)
+        size, md5 = os.path.getsize(local), md5_file(local)
+        specs = _with_default_specs(specs)
+    access = _access_args('write' if write else 'read', lfn, specs, size, md5, 'strict' in keys)
+    r = session.request('access', (['-u'] if 'http' in keys else []) + access, nomsg=True)
+    if r.exitcode != 0:
+        return r
+    replicas = [x for x in r.results if isinstance(x, dict) and x.get('url')]
+    urls = [grid_url(x['url'], x.get('envelope', '')) for x in replicas]
+    if 'meta' not in keys:
+        return client_result('\n'.join(repr(u) for u in urls), replicas)
+    target = os.path.abspath(os.path.basename(lfn) + '.meta4')
+    first = replicas[0] if replicas else {}
+    write_local_text(target, metalink_text(lfn, _int_or_none(first.get('size')) or 0, first.get('md5') or '', urls),
+                     what='lfn2uri')
+    return client_result(target, replicas)
+
+
+def xrd_targets(session, pos, opts, name):
+    """(name, host:port) of the SEs/servers an xrd_* command probes (-a: every SE)."""
+    if 'a' in opts or 'all' in opts:
+        ses = list_ses(session)
+    elif pos:
+        ses = lookup_ses(session, pos, name, hosts=True)
+    else:
+        raise AlienError('%s: which SE? usage: %s [options] SE|HOST[:PORT]... (see %s -h)' % (name, name, name),
+                         EX_USAGE)
+    xrootd_client(name)
+    return [(se['seName'], se_host(se)) for se in ses if se_host(se)]
+
+
+def xrd_each_se(session, args, name, flags, valued, probe, timeout=PROBE_TIMEOUT):
+    """An xrd_* command: probe(se_name, host, options, timeout) -> (text, row with
+    'ok') for every target; exit 5 when an SE failed (its text says why)."""
+    opts, pos = parse_options(name, args, flags, ('timeout',) + tuple(valued))
+    timeout = number_option(opts, 'timeout', name, timeout, int)
+    texts, rows = [], []
+    for se_name, host in xrd_targets(session, pos, opts, name):
+        text, row = probe(se_name, host, opts, timeout)
+        row.update(seName=se_name, endpointUrl=host)
+        texts.append(text)
+        rows.append(row)
+    bad = [r['seName'] for r in rows if not r['ok']]
+    return client_result('\n'.join(texts), rows, exitcode=EX_EIO if bad else 0,
+                         err='%s: no answer from %s' % (name, ', '.join(bad)) if bad else '')
+
+
+XRD_PING_USAGE = '''xrd_ping [-c COUNT] [-timeout S] SE|HOST[:PORT]...  XRootD round trip to storage elements
+  SE: an SE number or part of its name (getSE); HOST[:PORT]: any XRootD server.
+  COUNT pings (default 3) after one that opens the connection; -timeout per ping (2 s).
+  Exit 0 when every SE answered, 5 when one did not (its line says why).'''
+
+
+def _ping_probe(se_name, host, opts, timeout):
+    import statistics
+    count = number_option(opts, 'c', 'xrd_ping', 3, int)
+    st, _ = xrd_ping(host, timeout)   # opens the connection: not counted
+    rtts = []
+    for _ in range(count if st['ok'] else 0):
+        st, ms = xrd_ping(host, timeout)
+        if ms is None:
+            break
+        rtts.append(ms)
+    if len(rtts) < count:
+        return '%-32s %s' % (se_name, st['message']), {'ok': False, 'rtt_ms': rtts, 'message': st['message']}
+    row = {'ok': True, 'rtt_ms': rtts, 'min': min(rtts), 'avg': sum(rtts) / len(rtts), 'max': max(rtts),
+           'mdev': statistics.stdev(rtts) if len(rtts) > 1 else 0.0}
+    return ('%-32s rtt min/avg/max/mdev (ms) = %.3f/%.3f/%.3f/%.3f'
+            % (se_name, row['min'], row['avg'], row['max'], row['mdev'])), row
+
+
+@command('xrd_ping', usage=XRD_PING_USAGE)
+def cmd_xrd_ping(session, args):
+    opts, _ = parse_options('xrd_ping', args, (), ('c', 'timeout'))
+    count = number_option(opts, 'c', 'xrd_ping', 3, int)
+    r = xrd_each_se(session, args, 'xrd_ping', (), ('c',), _ping_probe, timeout=2)
+    r.out = 'XRootD ping(s): %d time(s) to:\n%s' % (count, r.out)
+    return r
+
+
+XRD_CONFIG_USAGE = '''xrd_config [-v] [-a] [-timeout S] SE|HOST[:PORT]...  XRootD configuration of storage elements
+  one line per SE: site, XRootD version, TPC, role, CMS; -v adds checksum, limits and
+  windows; -a: every SE of listSEs. Exit 5 when an SE did not answer.'''
+
+
+def _config_probe(se_name, host, opts, timeout):
+    cfg, failure = xrd_query_config(host, timeout)
+    if failure:
+        return '%-32s %s' % (se_name, failure['message']), dict(cfg, ok=False, message=failure['message'])
+    if cfg['sitename'] == 'NOT_SET':
+        cfg['sitename'] = se_name
+    cfg['ok'] = True
+    text = ('Site/XrdVer: %s/%s ; TPC status: %s ; role: %s ; CMS: %s'
+            % (cfg['sitename'], cfg['version'], cfg['tpc'], cfg['role'], cfg['cms']))
+    if 'v' in opts or 'verbose' in opts:
+        text += ('\nChksum type: %s ; Bind max: %s ; PIO max: %s ; Window/WAN window: %s/%s ; '
+                 'readv_{ior,iov}_max: %s/%s' % (cfg['chksum'], cfg['bind_max'], cfg['pio_max'], cfg['window'],
+                                                 cfg['wan_window'], cfg['readv_ior_max'], cfg['readv_iov_max']))
+    return text, cfg
+
+
+@command('xrd_config', usage=XRD_CONFIG_USAGE)
+def cmd_xrd_config(session, args):
+    return xrd_each_se(session, args, 'xrd_config', ('v', 'verbose', 'a', 'all'), (), _config_probe)
+
+
+XRD_STATS_USAGE = '''xrd_stats [-xml | -xmlraw] [-compact] [-a] [-timeout S] SE|HOST[:PORT]...  XRootD statistics
+  of storage elements, as JSON (default), indented XML (-xml) or as the server sent it
+  (-xmlraw); -compact: no indentation; -a: every SE. Exit 5 when an SE did not answer.'''
+
+
+def _stats_probe(se_name, host, opts, timeout):
+    xml_text, failure = xrd_query_stats(host, timeout)
+    if failure:
+        return '%-32s %s' % (se_name, failure['message']), {'ok': False, 'message': failure['message']}
+    stats = xrd_stats_dict(xml_text)
+    if not stats.get('site') or stats.get('site') == 'NOT_SET':
+        stats['site'] = se_name
+    stats.update(seName=se_name, endpointUrl=host)
+    compact = 'compact' in opts
+    if 'xmlraw' in opts:
+        text = xml_text
+    elif 'xml' in opts:
+        import xml.dom.minidom
+        pretty = xml.dom.minidom.parseString(xml_text)
+        text = pretty.toxml() if compact else pretty.toprettyxml(indent='  ').strip()
+    else:
+        text = json.dumps(stats, indent=None if compact else 2, separators=(',', ':') if compact else (', ', ': '))
+    return text, dict(stats, ok=True)
+
+
+@command('xrd_stats', usage=XRD_STATS_USAGE)
+def cmd_xrd_stats(session, args):
+    return xrd_each_se(session, args, 'xrd_stats', ('xml', 'xmlraw', 'compact', 'a', 'all'), (), _stats_probe)
+
+
+CHECKADDR_USAGE = '''checkAddr [-timeout S] [HOST[:PORT] | HOST PORT]  can the central service be reached?
+  Resolves HOST (default: the endpoint alien.py connects to) and tries every address,
+  IPv4 and IPv6: TCP connect, then the TLS handshake with your certificate (server
+  chain and host name verified). With https_proxy set, also the path through the
+  proxy (CONNECT), which then alone decides the exit code. Exit 0 when every address
+  passed, 107 otherwise.'''
+
+
+@command('checkAddr', connect=False, usage=CHECKADDR_USAGE)
+def _checkaddr_path(row, open_socket, ctx, why, timeout):
+    """TCP (open_socket()) then TLS along one path to the service; fills row, returns its line."""
+    t0 = time.monotonic()
+    try:
+        sock = open_socket()
+        row.update(tcp='OK', tcp_ms=round((time.monotonic() - t0) * 1000, 3))
+        if ctx is None:
+            row['tls'] = 'not tried: %s' % why
+            sock.close()
+        else:
+            t0 = time.monotonic()
+            tls_handshake(sock, ctx, row['host'], row['port'], timeout).close()
+            row.update(tls='OK', tls_ms=round((time.monotonic() - t0) * 1000, 3))
+    except AlienError as e:
+        row['error'] = str(e)
+        if row['tcp'] == 'OK':
+            row['tls'] = 'FAIL'
+    text = '%-45s TCP %s' % (row['shown'], row['tcp'])
+    if row['tcp'] == 'OK':
+        text += ' %.1f ms   TLS %s' % (row['tcp_ms'], row['tls'])
+        if row['tls'] == 'OK':
+            text += ' %.1f ms' % row['tls_ms']
+    return text + ('   (%s)' % row['error'] if row['error'] else '')
+
+
+@command('checkAddr', connect=False, usage=CHECKADDR_USAGE)
+def cmd_checkaddr(session, args):
+    opts, pos = parse_options('checkAddr', args, (), ('timeout',))
+    timeout = number_option(opts, 'timeout', 'checkAddr', PROBE_TIMEOUT, int)
+    env = {k: v for k, v in session.environ.items() if k != 'ALIENPY_NETWORKSTACK'}   # every family
+    if len(pos) > 2:
+        raise AlienError('checkAddr: usage: checkAddr [HOST[:PORT] | HOST PORT]', EX_USAGE)
+    if pos:
+        host, port = parse_hostport(pos[0], DEFAULT_PORT)
+        if len(pos) == 2:
+            if not re.match(r'^[0-9]{1,5}$', pos[1]):
+                raise AlienError('checkAddr: %r is not a port number' % pos[1], EX_EINVAL)
+            port = int(pos[1])
+    else:
+        host, port = endpoints(session.environ)[0]
+    try:
+        _, cert, key = choose_credentials(session.environ)
+        ctx, why = make_tls_context(cert, key, session.environ), ''
+    except AlienError as e:
+        ctx, why = None, str(e)
+    proxy = proxy_for(host, session.environ)
+    try:
+        addrs = [info[4][0] for info in resolve(host, port, env)]
+        lines = ['%s:%d resolves to %s' % (host, port, ', '.join(addrs))]
+    except AlienError as e:
+        if not proxy:
+            raise
+        addrs, lines = [], ['%s (the proxy resolves it)' % e]
+    rows = []
+    for addr in addrs:
+        row = {'host': host, 'port': port, 'address': addr, 'family': 'IPv6' if ':' in addr else 'IPv4',
+               'tcp': 'FAIL', 'tls': 'not tried', 'error': '',
+               'shown': '[%s]:%d' % (addr, port) if ':' in addr else '%s:%d' % (addr, port)}
+        lines.append(_checkaddr_path(row, lambda: connect_tcp(row['address'], port, env, timeout=timeout),
+                                     ctx, why, timeout))
+        rows.append(row)
+    if proxy:   # the path alien.py takes: its exit code is this row's
+        def tunnel():
+            sock = connect_tcp(proxy[0], proxy[1], session.environ, timeout=timeout)
+            try:
+                connect_tunnel(sock, host, port, proxy[2], timeout)
+            except AlienError:
+                sock.close()
+                raise
+            return sock
+        row = {'host': host, 'port': port, 'address': 'proxy %s:%d' % proxy[:2], 'family': 'proxy',
+               'tcp': 'FAIL', 'tls': 'not tried', 'error': '', 'shown': 'via https_proxy %s:%d' % proxy[:2]}
+        lines.append(_checkaddr_path(row, tunnel, ctx, why, timeout))
+        rows.append(row)
+    bad = [r for r in (rows[-1:] if proxy else rows) if r['error']]
+    err = ('checkAddr: %d of %d addresses of %s failed' % (len(bad), len(rows), host) if bad and not proxy else
+           'checkAddr: %s through the proxy failed' % host if bad else '')
+    return client_result('\n'.join(lines), rows, exitcode=EX_NOTCONN if bad else 0, err=err)
+
+
+# ==========================================================================
+# Commands: credentials, jobs, outside services (one HTTP GET)
+# ==========================================================================
+# Outside services: plain HTTP/1.1 on the websocket's own pieces: connect_tcp
+# (RFC 8305), proxy_for (https_proxy/http_proxy, no_proxy) with connect_tunnel, the
+# CA search of find_ca. http.client is imported only when a GET is made.
+
+HTTP_TIMEOUT = 10.0          # seconds to connect and between bytes (ALIENPY_HTTP_TIMEOUT)
+HTTP_MAX_BODY = 256 << 20    # a reply kept in memory; downloads stream to a file instead
+HTTP_REDIRECTS = 5
+
+
+def _http_connection(scheme, host, port, environ, timeout):
+    """(http.client connection on an open socket, True when requests go to a plain
+    HTTP proxy and need the absolute URL)."""
+    import http.client
+    proxy = proxy_for(host, environ, scheme)
+    sock = connect_tcp(proxy[0] if proxy else host, proxy[1] if proxy else port, environ, timeout=timeout)
+    try:
+        if proxy and scheme == 'https':
+            connect_tunnel(sock, host, port, proxy[2], timeout)
+        sock.settimeout(timeout)
+        if scheme == 'https':
+            ctx = ssl.create_default_context()
+            try:
+                kind, where = find_ca(environ)
+                ctx.load_verify_locations(**{kind: where})
+            except AlienError:
+                pass  # the system CAs only
+            try:
+                sock = ctx.wrap_socket(sock, server_hostname=host)
+            except ssl.SSLError as e:
+                raise tls_error(e, host)
+            conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=ctx)
+        else:
+            conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    except (AlienError, OSError):
+        sock.close()
+        raise
+    conn.sock = sock
+    return conn, bool(proxy) and scheme == 'http', proxy
+
+
+def http_get(url, environ, headers=(), timeout=None, sink=None, what='GET'):
+    """GET url (redirects followed) -> (response headers with lower-case names, body).
+    With sink (a binary file) the body is written there and b'' returned. One-line
+    AlienError otherwise: 107 unreachable or no answer within the timeout, 2 for
+    HTTP 404, 121 for any other HTTP error, 42 for a truncated or oversized body."""
+    import http.client
+    from urllib.parse import urlsplit, urljoin
+    try:
+        timeout = float(timeout or environ.get('ALIENPY_HTTP_TIMEOUT') or HTTP_TIMEOUT)
+    except ValueError:
+        raise AlienError('ALIENPY_HTTP_TIMEOUT=%r is not a number' % environ.get('ALIENPY_HTTP_TIMEOUT'), EX_EINVAL)
+    for _ in range(HTTP_REDIRECTS + 1):
+        u = urlsplit(url)
+        try:
+            port = u.port or (443 if u.scheme == 'https' else 80)
+        except ValueError:
+            port = None
+        if u.scheme not in ('http', 'https') or not u.hostname or not port:
+            raise AlienError('%s: not a valid http(s) URL: %s' % (what, url), EX_EINVAL)
+        try:
+            conn, absolute, proxy = _http_connection(u.scheme, u.hostname, port, environ, timeout)
+        except AlienError as e:
+            raise AlienError('%s %s: %s' % (what, url, e), e.exitcode)
+        hdrs = dict([('User-Agent', user_agent(environ))] + list(headers))
+        if absolute and proxy[2]:
+            from urllib.parse import unquote
+            hdrs['Proxy-Authorization'] = 'Basic ' + base64.b64encode(unquote(proxy[2]).encode()).decode()
+        try:
+            conn.request('GET', url if absolute else (u.path or '/') + ('?' + u.query if u.query else ''),
+                         headers=hdrs)
+            resp = conn.getresponse()
+            location = resp.getheader('Location')
+            if resp.status in (301, 302, 303, 307, 308) and location:
+                url = urljoin(url, location)
+                continue
+            if resp.status != 200:
+                raise AlienError('%s %s: HTTP %d %s' % (what, url, resp.status, resp.reason),
+                                 EX_ENOENT if resp.status == 404 else EX_EREMOTEIO)
+            got, body = 0, b''
+            if sink is None:
+                body = resp.read(HTTP_MAX_BODY + 1)
+                got = len(body)
+                if got > HTTP_MAX_BODY:
+                    raise AlienError('%s %s: reply larger than %d MiB' % (what, url, HTTP_MAX_BODY >> 20), EX_ENOMSG)
+            else:
+                while True:
+                    chunk = resp.read(1 << 20)
+                    if not chunk:
+                        break
+                    sink.write(chunk)
+                    got += len(chunk)
+            length = resp.getheader('Content-Length')
+            if length and length.isdigit() and int(length) != got:
+                raise AlienError('%s %s: reply cut after %d of %s bytes' % (what, url, got, length), EX_ENOMSG)
+            return dict((k.lower(), v) for k, v in resp.getheaders()), body
+        except socket.timeout:
+            raise AlienError('%s %s: no answer within %g s' % (what, url, timeout), EX_NOTCONN)
+        except http.client.IncompleteRead as e:
+            raise AlienError('%s %s: reply cut after %d bytes' % (what, url, len(e.partial)), EX_ENOMSG)
+        except (OSError, http.client.HTTPException) as e:
+            raise AlienError('%s %s: %s' % (what, url, e or type(e).__name__), EX_NOTCONN)
+        finally:
+            conn.close()
+    raise AlienError('%s %s: more than %d redirects' % (what, url, HTTP_REDIRECTS), EX_EREMOTEIO)
+
+
+def http_get_json(url, environ, headers=(), what='GET', check=None):
+    """http_get of a JSON document; `check(doc)` says whether its shape is the expected one.
+    A body that is not JSON, or not of that shape, is a one-line error (exit 42)."""
+    _, body = http_get(url, environ, [('Accept', 'application/json')] + list(headers), what=what)
+    try:
+        doc = load_json(body.decode('utf-8'))
+    except ValueError as e:
+        raise AlienError('%s %s: the reply is not JSON%s' % (
+            what, url, ' (%s)' % e if isinstance(e, JsonTooDeep) else ''), EX_ENOMSG)
+    if check is not None and not check(doc):
+        raise AlienError('%s %s: the reply is not in the expected format' % (what, url), EX_ENOMSG)
+    return doc
+
+
+def load_cert_file(path):
+    """[Cert] of a PEM file; a missing file exits 2 (ENOENT), one that holds no
+    certificate 5 (EIO), like the reference client."""
+    try:
+        return read_certs(path)
+    except OSError as e:
+        raise AlienError('cannot read %s: %s' % (path, e.strerror), EX_ENOENT)
+    except CertError as e:
+        raise AlienError(str(e), EX_EIO)
+
+
+def describe_cert(path):
+    """cert-info in the reference client's format (UTC times)."""
+    c = load_cert_file(path)[0]
+    return 'DN >>> %s\nISSUER >>> %s\nBEGIN >>> %s\nEXPIRE >>> %s' % (
+        dn_text(c.subject), dn_text(c.issuer), _utc(c.not_before), _utc(c.not_after))
+
+
+def verify_cert_file(path, environ):
+    """cert-verify: the chain of path up to the CAs in use -> Result (1 if it does not verify)."""
+    load_cert_file(path)
+    try:
+        kind, where = find_ca(environ)
+    except AlienError as e:
+        raise AlienError(str(e), EX_GENERIC)
+    try:
+        reason = verify_chain(path, kind, where)
+    except CertError as e:
+        reason = str(e)
+    if reason:
+        return Result(EX_GENERIC, '', '%s does not verify against %s: %s' % (path, where, reason))
+    return Result(0, '%s verifies against the CAs in %s' % (path, where))
+
+
+def match_cert_key(cert, key):
+    """certkey-match: 0 when key is the private key of cert, 42 when it is not."""
+    load_cert_file(cert)
+    if not os.path.isfile(key):
+        raise AlienError('cannot read %s: no such file' % key, EX_ENOENT)
+    asked = []
+
+    def password():
+        asked.append(True)
+        return ask_pass_phrase(key)
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(cert, key, password=password)
+    except ssl.SSLError as e:
+        if 'MISMATCH' in ('%s %s' % (e.reason, e)).upper():
+            return Result(EX_ENOMSG, '', 'certificate %s and key %s do not match' % (cert, key))
+        if asked:
+            raise AlienError('cannot decrypt key %s: wrong pass phrase' % key, EX_EIO)
+        raise AlienError('cannot load key %s: %s' % (key, e.reason or e), EX_EIO)
+    except OSError as e:
+        raise AlienError('cannot read %s: %s' % (key, e.strerror), EX_EIO)
+    return Result(0, 'certificate %s and key %s match' % (cert, key))
+
+
+def _token_pair(environ):
+    tcert, tkey = credential_paths(environ)[:2]
+    return materialize_pem(tcert, 'tokencert'), materialize_pem(tkey, 'tokenkey')
+
+
+@command('cert-info', connect=False, usage='cert-info [CERT]  subject, issuer and validity (UTC) of the user certificate')
+def cmd_cert_info(session, args):
+    return Result(0, describe_cert(args[0] if args else credential_paths(session.environ)[2]))
+
+
+@command('token-info', connect=False, usage='token-info  subject, issuer and validity (UTC) of the token certificate')
+def cmd_token_info(session, args):
+    path = _token_pair(session.environ)[0]
+    if not os.path.exists(path):
+        return Result(EX_ENOENT, '', 'no token certificate at %s (run token-init)' % path)
+    return Result(0, describe_cert(path))
+
+
+@command('cert-verify', connect=False,
+         usage='cert-verify [CERT]  verify the user certificate\'s chain against the CAs in use (exit 1 if it does not)')
+def cmd_cert_verify(session, args):
+    return verify_cert_file(args[0] if args else credential_paths(session.environ)[2], session.environ)
+
+
+@command('token-verify', connect=False,
+         usage='token-verify  verify the token certificate\'s chain against the CAs in use (exit 1 if it does not)')
+def cmd_token_verify(session, args):
+    return verify_cert_file(_token_pair(session.environ)[0], session.environ)
+
+
+@command('certkey-match', connect=False,
+         usage='certkey-match [CERT KEY]  check that the user key belongs to the user certificate (exit 42 if not)')
+def cmd_certkey_match(session, args):
+    if len(args) not in (0, 2):
+        return Result(EX_USAGE, '', 'usage: certkey-match [CERT KEY]')
+    return match_cert_key(*(args or credential_paths(session.environ)[2:]))
+
+
+@command('tokenkey-match', connect=False,
+         usage='tokenkey-match  check that the token key belongs to the token certificate (exit 42 if not)')
+def cmd_tokenkey_match(session, args):
+    return match_cert_key(*_token_pair(session.environ))
+
+
+CAS_REPOSITORY = 'https://github.com/alisw/alien-cas.git'
+_HASH_NAME = LazyRegex(r'^[0-9a-f]{8}\.r?\d+$')
+
+
+def hash_links(directory):
+    """<hash>.N links to every CA certificate (*.pem) of directory, as
+    `openssl rehash` makes them -> number of certificates."""
+    count = 0
+    for name in sorted(os.listdir(directory)):
+        if not name.endswith('.pem'):
+            continue
+        c = cert_info(os.path.join(directory, name))
+        if c is None:
+            continue
+        h, n = name_hash(c.subject), 0
+        while os.path.lexists(os.path.join(directory, '%s.%d' % (h, n))):
+            n += 1
+        os.symlink(name, os.path.join(directory, '%s.%d' % (h, n)))
+        count += 1
+    return count
+
+
+def fetch_ca_certs(source, target, timeout=120):
+    """Clone the CA repository source (git), copy the content of each of its
+    top-level directories into target and make the hash links. target is
+    replaced only when all of that worked -> number of CA certificates."""
+    import shutil
+    import subprocess
+    import tempfile
+    git = shutil.which('git')
+    if git is None:
+        raise AlienError('getCAcerts needs git (e.g. apt-get install git)', EX_GENERIC)
+    work = tempfile.mkdtemp(dir=os.path.dirname(target), prefix='.alienpy-cas-')
+    try:
+        repo = os.path.join(work, 'repo')
+        env = dict(os.environ, GIT_TERMINAL_PROMPT='0')
+        try:
+            p = subprocess.run([git, 'clone', '--quiet', '--depth=1', source, repo], stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+                               timeout=timeout, env=env)
+        except subprocess.TimeoutExpired:
+            raise AlienError('getCAcerts: git clone %s took more than %d s' % (source, timeout), EX_GENERIC)
+        if p.returncode != 0:
+            why = [l for l in p.stderr.splitlines() if l.strip() and 'depth is ignored' not in l]
+            raise AlienError('getCAcerts: git clone %s failed: %s' % (source, why[-1] if why else 'exit %d' % p.returncode),
+                             EX_GENERIC)
+        new = os.path.join(work, 'certificates')
+        os.mkdir(new)
+        for top in sorted(os.listdir(repo)):
+            if top.startswith('.') or not os.path.isdir(os.path.join(repo, top)):
+                continue
+            for root, dirs, files in os.walk(os.path.join(repo, top)):
+                dirs[:] = [d for d in dirs if d != '.git']
+                out = os.path.join(new, os.path.relpath(root, os.path.join(repo, top)))
+                os.makedirs(out, exist_ok=True)
+                for name in files:
+                    if not _HASH_NAME.match(name):      # the links are made again below
+                        shutil.copy(os.path.join(root, name), os.path.join(out, name))
+        count = hash_links(new)
+        if not count:
+            raise AlienError('getCAcerts: %s holds no CA certificate' % source, EX_GENERIC)
+        if os.path.lexists(target):
+            os.rename(target, os.path.join(work, 'old'))
+        os.rename(new, target)
+        return count
+    except OSError as e:
+        raise AlienError('getCAcerts: %s: %s' % (e.filename or target, e.strerror), EX_GENERIC)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@command('getCAcerts', connect=False, usage='''getCAcerts [DIR]  download the grid CA certificates into DIR/certificates
+  (default ~/.globus/certificates) from the ALICE CA repository with git
+  (ALIENPY_CAS_REPO: another repository URL or path). Use them with
+  export X509_CERT_DIR=DIR/certificates, or ALIENPY_USE_LOCAL_CAS=1 for the default place.''')
+def cmd_getcacerts(session, args):
+    if len(args) > 1:
+        return Result(EX_USAGE, '', 'usage: getCAcerts [DIR]')
+    if args:
+        parent = os.path.expanduser(args[0])
+        if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+            return Result(EX_GENERIC, '', 'getCAcerts: %s is not a writable directory' % parent)
+    else:
+        parent = user_file(session.environ, '.globus')
+        os.makedirs(parent, mode=0o700, exist_ok=True)
+    target = os.path.join(os.path.abspath(parent), 'certificates')
+    count = fetch_ca_certs(session.environ.get('ALIENPY_CAS_REPO') or CAS_REPOSITORY, target)
+    use = 'ALIENPY_USE_LOCAL_CAS=1 or ' if not args else ''
+    return Result(0, '%d CA certificates in %s; to use them: %sexport X509_CERT_DIR=%s' % (count, target, use, target))
+
+
+@command('token-init', connect=False, usage='token-init [-v DAYS]  get a new token with the user certificate')
+def cmd_token_init(session, args):
+    session.connect(want_user=True)
+    session.renew_token(args=args)
+    session.close()
+    return Result(0, describe_cert(materialize_pem(credential_paths(session.environ)[0], 'tokencert')))
+
+
+@command('token-destroy', connect=False, usage='token-destroy  delete the token files')
+def cmd_token_destroy(session, args):
+    for path in credential_paths(session.environ)[:2]:
+        if not is_pem_content(path) and os.path.exists(path):
+            os.unlink(path)
+    return Result(0, 'token files removed; the next connection with the user certificate makes a new token')
+
+
+_TRACE_TIME = LazyRegex(r'^([0-9]{10}) \[')
+
+
+def trace_local_times(text, unixtime=False):
+    """Lines of a job trace with their leading unix time shown as local time."""
+    if unixtime:
+        return text
+    return '\n'.join(_TRACE_TIME.sub(lambda m: local_time(m.group(1)) + ' [', line, 1)
+                     for line in text.split('\n'))
+
+
+def parse_trace(trace, unixtime=False):
+    """A job trace split into the parts jobInfo shows: state, trace, proc lines (proc
+    format lines first), the worker node, the work directory and the batch queue ids."""
+    info = {'state': [], 'trace': [], 'proc': [], 'workdir': '', 'wn': '', 'queue': []}
+    procfmt = []
+    for line in trace_local_times(trace or '', unixtime).split('\n'):
+        m = re.match(r'^(.*?) ?\[(state|trace|proc|procfmt) *\]: (.*)$', line)
+        if not m:
+            continue
+        when, tag, text = m.groups()
+        (procfmt if tag == 'procfmt' else info[tag]).append('%s %s' % (when, text))
+        if tag == 'trace':
+            if text.startswith('Created workdir'):
+                info['workdir'] = text.split(': ', 1)[-1].strip()
+            w = re.match(r'Running JAliEn JobAgent .* on ([\w.-]+?)\.?$', text)
+            if w:
+                info['wn'] = w.group(1)
+            if 'BatchId' in text:
+                info['queue'].append(text.replace('BatchId', '').strip())
+    info['proc'][0:0] = procfmt
+    return info
+
+
+def parse_jdl(jdl):
+    """A JDL as a dict: 'Name = value;' statements; {...} lists become lists of strings."""
+    out = {}
+    for stmt in re.split(r';\s*(?=[A-Za-z_][A-Za-z0-9_]*\s*=|$)', jdl or ''):
+        name, eq, value = stmt.strip().partition('=')
+        if not eq:
+            continue
+        value = re.sub(r'\s+', ' ', value).strip()
+        if value.startswith('{') and value.endswith('}'):
+            out[name.strip()] = [v.strip().strip('"') for v in value[1:-1].split(',') if v.strip()]
+        else:
+            out[name.strip()] = value.replace('"', '').strip()
+    return out
+
+
+def ps_row(row):
+    """A ps row with the newer service's keys: the 2021 service writes `id ` and `owner `."""
+    return dict((k.strip(), v) for k, v in row.items())
+
+
+JOB_HEADER = 'JobID        MasterJobID  Status      User          Name'
+
+
+def job_line(row):
+    return '%-13s%-13s%-12s%-14s%s' % tuple(str(row.get(k, '')) for k in ('id', 'split', 'status', 'owner', 'name'))
+
+
+def jobinfo_text(row, info, show_trace=False, show_proc=False):
+    parts = ['#' * 66, JOB_HEADER, job_line(row), '',
+             'Machine info:', 'WorkerNode: %s' % info['wn'], 'Workdir: %s' % info['workdir'],
+             'Local queue info:'] + info['queue'] + ['', 'State info:'] + info['state'] + ['']
+    if show_trace:
+        parts += ['Trace info:'] + info['trace'] + ['']
+    if show_proc:
+        parts += ['Proc info:'] + info['proc'] + ['']
+    return '\n'.join(parts)
+
+
+JOBINFO_USAGE = '''jobInfo ID[,ID...] [-trace] [-proc] [-jdl] [-unixtime]  what a job did
+    for each job: ID, master job, status, owner, name, worker node, work directory,
+    batch queue id and state transitions (times in local time)
+    -trace     also the trace messages      -proc  also the process monitoring lines
+    -jdl       only the JDL, as one JSON object per job
+    -unixtime  keep the unix times of the trace'''
+
+
+def _jobs_with_trace(session, ids):
+    """ps rows of the jobs IDS with their trace and jdl fields, in one request where the
+    service takes `ps -j IDS -trace -jdl` (newer services). The 2021 service refuses it (22:
+    its -trace and -jdl each take one job ID): then the rows, and each job's trace and JDL."""
+    r = session.request('ps', ['-j', ids, '-trace', '-jdl'], nomsg=True)
+    if r.exitcode != EX_EINVAL:
+        return r
+    r = session.request('ps', ['-j', ids], nomsg=True)
+    rows = [ps_row(x) for x in r.results]
+    if not rows:
+        return r
+    parts = session.request_many([('ps', [f, x.get('id', '')]) for x in rows for f in ('-trace', '-jdl')], nomsg=True)
+    for n, row in enumerate(rows):
+        for field, part in zip(('trace', 'jdl'), parts[2 * n:2 * n + 2]):
+            row[field] = str(part.results[0].get(field, '')) if part.results else ''
+    return Result(r.exitcode, None, r.err, rows, r.metadata)
+
+
+@command('jobInfo', usage=JOBINFO_USAGE)
+def cmd_jobinfo(session, args):
+    opts, pos = parse_options('jobInfo', args, flags=('trace', 'proc', 'jdl', 'unixtime'))
+    if len(pos) != 1 or not re.match(r'^[0-9]+(,[0-9]+)*$', pos[0]):
+        return Result(EX_USAGE, '', 'jobInfo: give one list of job IDs, like 123 or 123,124')
+    r = _jobs_with_trace(session, pos[0])
+    if not r.results:   # jobs without a trace still come with their rows (and exit code 61)
+        return r if r.exitcode else Result(EX_ENOENT, '', 'jobInfo: no job with ID %s' % pos[0])
+    rows, texts = [], []
+    for row in map(ps_row, r.results):
+        info = parse_trace(row.get('trace', ''), opts.get('unixtime'))
+        jdl = parse_jdl(row.get('jdl', ''))
+        rows.append(dict(row, trace=info, jdl=jdl))
+        texts.append(json.dumps(jdl, separators=(',', ':')) if opts.get('jdl') else
+                     jobinfo_text(row, info, opts.get('trace'), opts.get('proc')))
+    return client_result('\n'.join(texts).strip(), rows, r.metadata)
+
+
+@command('ps', usage='')   # -h: the server's usage
+def cmd_ps(session, args):
+    """ps as the server answers it; with -trace the unix times become local times."""
+    r = session.request('ps', args, nokeys=not session.command_json)
+    if '-trace' in args and r.exitcode == 0 and not session.command_json:
+        r.out = trace_local_times('\n'.join(r.messages())).strip()
+    return r
+
+
+def ce_line(ce):
+    return '%-28s%-50s%-8s%-10s%-6s%-6s%-10s%s' % (
+        ce.get('ceName', '').replace('ALICE::', ''), ce.get('host', ''), ce.get('status', ''), ce.get('type', ''),
+        ce.get('maxRunning', ''), ce.get('maxQueued', ''), ce.get('TTL', ''), ce.get('partitions', '').strip(','))
+
+
+CE_HEADER = '%-28s%-50s%-8s%-10s%-6s%-6s%-10s%s' % ('Name', 'Host', 'State', 'Type', 'R', 'W', 'TTL', 'Partitions')
+
+
+def select_ces(ces, name=None, host=None, part=None):
+    """CEs whose name and host contain the given texts and that serve the partition
+    (case-insensitive; every given filter must match)."""
+    def ok(ce):
+        return ((not name or name.lower() in ce.get('ceName', '').lower())
+                and (not host or host.lower() in ce.get('host', '').lower())
+                and (not part or part.lower() in ce.get('partitions', '').lower().split(',')))
+    return [ce for ce in ces if ok(ce)]
+
+
+def _list_ces(session):
+    r = session.request('listCEs', [], nomsg=True)
+    if r.exitcode == EX_ENOENT and 'Command [listCEs] not found' in r.err:
+        raise AlienError('listCEs: this service does not list its computing elements (JAliEn before 1.8)', EX_ENOENT)
+    if r.exitcode != 0:
+        raise AlienError('listCEs: %s' % (r.err or 'failed'), r.exitcode)
+    return r
+
+
+@command('getCE', usage='getCE [-name TEXT] [-host TEXT] [-part PARTITION]  computing elements (all given filters apply)')
+def cmd_getce(session, args):
+    opts, pos = parse_options('getCE', args, valued=('name', 'host', 'part'))
+    if pos:
+        return Result(EX_USAGE, '', 'getCE: unexpected argument %r (filters are -name, -host, -part)' % pos[0])
+    r = _list_ces(session)
+    ces = select_ces(r.results, opts.get('name'), opts.get('host'), opts.get('part'))
+    if not ces:
+        return Result(EX_ENOENT, '', 'getCE: no computing element matches')
+    return client_result('\n'.join([CE_HEADER] + [ce_line(ce) for ce in ces]), ces, r.metadata)
+
+
+SITEJOBS_USAGE = '''siteJobs SITE [-id] [-running] [-status TEXT] [-user TEXT]  jobs of the CEs whose name contains SITE
+    -id  only the job IDs    -running (-r)  = -status RUNNING
+    -status / -user: the status / owner contains TEXT (case-insensitive)'''
+
+
+@command('siteJobs', usage=SITEJOBS_USAGE)
+def cmd_sitejobs(session, args):
+    opts, pos = parse_options('siteJobs', args, flags=('id', 'running', 'r'), valued=('status', 'user'))
+    if len(pos) != 1:
+        return Result(EX_USAGE, '', 'siteJobs: give one SITE (usage: siteJobs -h)')
+    ces = select_ces(_list_ces(session).results, name=pos[0])
+    if not ces:
+        return Result(EX_ENOENT, '', 'siteJobs: no computing element name contains %r (getCE lists them)' % pos[0])
+    r = session.request('ps', ['-s', ','.join(ce['ceName'] for ce in ces), '-a'], nomsg=True)
+    if r.exitcode != 0:
+        return r
+    status = 'RUNNING' if opts.get('running') or opts.get('r') else opts.get('status')
+    user = opts.get('user')
+    jobs = [j for j in map(ps_row, r.results) if (not status or status.lower() in j.get('status', '').lower())
+            and (not user or user.lower() in j.get('owner', '').lower())]
+    if opts.get('id'):
+        text = '\n'.join(j.get('id', '') for j in jobs)
+    else:
+        text = '\n'.join([JOB_HEADER] + [job_line(j) for j in jobs]) if jobs else ''
+    return client_result(text, jobs, r.metadata)
+
+
+def _ratio(used, limit, fmt='%.2f'):
+    return ('%.2f%%' % (100.0 * used / limit)) if limit else 'n/a'
+
+
+def quota_report(jq, fq, jq_missing=''):
+    """The text of `quota`: job quota (or why there is none) and file quota."""
+    user = (jq or fq).get('username', '')
+    lines = ['Quota report for user : %s' % user]
+    num = lambda d, *keys: float(next((d[k] for k in keys if k in d), 0) or 0)   # noqa: E731
+    if jq:
+        run, wait, maxu = num(jq, 'running'), num(jq, 'waiting'), num(jq, 'maxUnfinishedJobs')
+        rt, rtmax = num(jq, 'totalRunningTimeLast24h') / 3600, num(jq, 'maxTotalRunningTime') / 3600
+        cpu, cpumax = num(jq, 'totalCpuCostLast24h') / 3600, num(jq, 'maxTotalCpuCost') / 3600
+        lines += ['Unfinished jobs(R + W / Max):\t\t%d + %d / %d --> %s used' % (run, wait, maxu, _ratio(run + wait, maxu)),
+                  'Running time (last 24h) used/max:\t%.2f/%.2f(h) --> %s used' % (rt, rtmax, _ratio(rt, rtmax)),
+                  'CPU Cost (last 24h) used/max:\t\t%.2f/%.2f(h) --> %s used' % (cpu, cpumax, _ratio(cpu, cpumax)),
+                  'ParallelJobs (nominal/max) :\t%d/%d' % (num(jq, 'nominalParallelJobs', 'nominalparallelJobs'),
+                                                           num(jq, 'maxParallelJobs', 'maxparallelJobs'))]
+    else:
+        lines.append('Job quota :\t\t\tnone (%s)' % jq_missing)
+    size, smax = num(fq, 'totalSize'), num(fq, 'maxTotalSize')
+    files, fmax = num(fq, 'nbFiles'), num(fq, 'maxNbFiles')
+    lines += ['Storage size :\t\t\t%.2f/%.2f MiB --> %s' % (size / 1048576, smax / 1048576, _ratio(size, smax)),
+              'Number of files :\t\t%d/%d --> %s' % (files, fmax, _ratio(files, fmax))]
+    return '\n'.join(lines)
+
+
+ENODATA = 61
+
+
+@command('quota', usage='quota [USER]  job and file quotas (server jquota and fquota); a user without a job quota is said so')
+def cmd_quota(session, args):
+    opts, pos = parse_options('quota', args)
+    if len(pos) > 1 or pos[:1] == ['set']:
+        return Result(EX_USAGE, '', 'quota: give at most one USER (setting quotas: jquota set / fquota set, admins only)')
+    jr, fr = session.request_many([('jquota', ['list'] + pos), ('fquota', ['list'] + pos)], nomsg=True)
+    if fr.exitcode != 0 or not fr.results:
+        return Result(fr.exitcode or EX_ENOMSG, '', 'quota: fquota: %s' % (fr.err or 'empty reply'))
+    if jr.exitcode not in (0, ENODATA) or (jr.exitcode == 0 and not jr.results):
+        return Result(jr.exitcode or EX_ENOMSG, '', 'quota: jquota: %s' % (jr.err or 'empty reply'))
+    jq = jr.results[0] if jr.results else None
+    rows = [dict(jq or {}, **fr.results[0])]
+    return client_result(quota_report(jq, fr.results[0], jr.err.split(' : ')[-1]), rows, fr.metadata)
+
+
+@command('submit', usage='submit JDL [ARGS...]  submit the grid JDL file (path as for ls; $1.. in it take ARGS)')
+def cmd_submit(session, args):
+    if not args:
+        return Result(EX_USAGE, '', 'submit: give the JDL (a grid file) to submit')
+    if _LOCAL_PREFIX.match(args[0]):
+        return Result(EX_EINVAL, '', 'submit: %s is a local file: copy it to the grid first '
+                      '(cp %s JOB.jdl), then submit that' % (args[0], args[0]))
+    return session.request('submit', [session.grid_path(args[0])] + args[1:],
+                           nokeys=not session.command_json)
+
+
+CCDB_DEFAULT = 'http://alice-ccdb.cern.ch'
+MONALISA_DEFAULT = 'http://alimonitor.cern.ch/rest/'
+
+
+def service_base(url):
+    """'host', 'host:port' or a URL -> 'http(s)://.../' (http:// when no scheme is given)."""
+    url = url.strip()
+    if not re.match(r'^https?://', url):
+        url = 'http://' + url
+    return url.rstrip('/') + '/'
+
+
+def ccdb_query_path(query, when=''):
+    """The CCDB path of a query 'path[/TIME][/key=value...]': wildcards dropped, a 13-digit
+    time component or `when` put after the object path, key=value filters last."""
+    query = query.replace('.*', '').replace('*', '')
+    path, times, keys = [], [], []
+    for part in query.split('/'):
+        if re.match(r'^[0-9]{13}$', part):
+            times.append(part)
+        elif '=' in part:
+            keys.append(part)
+        elif part:
+            path.append(part)
+    return '/'.join(path + (times[-1:] or ([when] if when else [])) + keys), bool(times)
+
+
+def ccdb_object(obj):
+    """A CCDB object description reduced to the fields shown, with its file name and
+    lifetime (ms)."""
+    o = dict(obj)
+    name = o.get('fileName') or re.sub(r'^(inline|attachment);\s*filename=', '', o.get('Content-Disposition', ''))
+    o['filename'] = name.replace('"', '').replace('::', '-').strip() or o.get('id', 'object')
+    o['ETag'] = str(o.get('ETag', o.get('id', ''))).strip('"')
+    try:
+        o['Lifetime'] = int(o.get('Valid-Until', 0)) - int(o.get('Valid-From', 0))
+    except ValueError:
+        o['Lifetime'] = ''
+    return o
+
+
+def ccdb_listing(doc, unixtime=False):
+    lines = ['%s/' % d for d in doc['subfolders']]
+    objs = [ccdb_object(o) for o in doc['objects']]
+    if objs:
+        lines.append('%-47s%-28s%-19s%-20s%s' % ('Filename', 'Type', 'ValidFrom', 'ValidUntil', 'Lifetime(ms)'))
+    for o in objs:
+        lines.append('%s  %s  "%s"  "%s"  %s' % (o['filename'], o.get('ObjectType', 'TYPE NOT FOUND'),
+                                                local_time(o.get('Valid-From', ''), unixtime),
+                                                local_time(o.get('Valid-Until', ''), unixtime), o['Lifetime']))
+    return '\n'.join(lines)
+
+
+def ccdb_report(doc):
+    lines = ['%-40s%12s%12s%12s%14s' % ('Name', 'ownFiles', 'ownSize', 'filesSub', 'sizeSub')]
+    total_size = total = 0
+    for f in doc['subfolders']:
+        if not isinstance(f, dict):
+            continue
+        own, sub = int(f.get('ownSize', 0)), int(f.get('sizeOfSubfolders', 0))
+        total_size += own + sub
+        total += int(f.get('ownFiles', 0)) + int(f.get('filesInSubfolders', 0))
+        lines.append('%-40s%12s%12s%12s%14s' % (f.get('name', ''), f.get('ownFiles', 0), human_bytes(own),
+                                               f.get('filesInSubfolders', 0), human_bytes(sub)))
+    if doc['objects']:
+        total = len(doc['objects'])
+        total_size += sum(int(o.get('size', o.get('Content-Length', 0)) or 0) for o in doc['objects'])
+    lines.append('%s%12s%12s%12s%14s' % ('TOTAL'.center(40), '-', '-', total, human_bytes(total_size)))
+    return '\n'.join(lines)
+
+
+def _ccdb_doc_ok(doc):
+    return isinstance(doc, dict) and isinstance(doc.get('objects'), list) \
+        and isinstance(doc.get('subfolders'), list) and all(isinstance(o, dict) for o in doc['objects'])
+
+
+def download_file(url, dest, environ, md5=None, what='GET'):
+    """Download url to dest: written to a hidden temp file next to it, checked (length,
+    md5 when known), then renamed; a failure leaves dest as it was. Returns the size."""
+    d = os.path.dirname(os.path.abspath(dest))
+    try:
+        os.makedirs(d, exist_ok=True)
+    except OSError as e:
+        raise AlienError('%s: cannot create %s: %s' % (what, d, e.strerror), EX_EIO)
+    tmp = part_name(os.path.abspath(dest))
+    try:
+        with open(tmp, 'wb') as f:
+            http_get(url, environ, sink=f, what=what)
+        if md5 and md5_file(tmp) != md5.lower():
+            raise AlienError('%s %s: md5 mismatch (the download is not the object)' % (what, url), EX_EIO)
+        os.replace(tmp, dest)
+        tmp = None
+        return os.path.getsize(dest)
+    except OSError as e:
+        raise AlienError('%s: cannot write %s: %s' % (what, dest, e.strerror), EX_EIO)
+    finally:
+        _unlink_quiet(tmp)
+
+
+CCDB_USAGE = '''ccdb [-host URL] [-history] [-limit N] [-unixtime] [-run RUN | -objtime MS] [-header "K: V"]...
+     [-get | -mirror] [-dst DIR] [-report] QUERY       query the CCDB (REST, plain HTTP)
+QUERY: path/of/object[/TIME_MS][/key=value...]   ("*" and ".*" are dropped)
+    -host URL      another CCDB server (default $ALIENPY_CCDB or http://alice-ccdb.cern.ch)
+    -history       every version (browse), newest first, at most -limit N (default 10)
+    -run RUN       the version valid at the start of run RUN    -objtime MS: valid at that time
+    -unixtime      times in ms instead of local time            -header: extra request headers
+    -get           download the objects to DST/path/filename (default DST: .)
+    -mirror        download as DST/path/VALIDFROM/ETAG with a .properties file (a CCDB snapshot)
+    -report        files and sizes of a path and its subfolders'''
+
+
+@command('ccdb', connect=False, usage=CCDB_USAGE)
+def cmd_ccdb(session, args):
+    opts, pos = parse_options('ccdb', args, flags=('history', 'unixtime', 'get', 'mirror', 'report', 'nicetime'),
+                              valued=('host', 'run', 'objtime', 'limit', 'dst'), multi=('header',))
+    if len(pos) != 1:
+        return Result(EX_USAGE, '', 'ccdb: give one QUERY (at least "/"; ccdb -h for the usage)')
+    if opts.get('get') and opts.get('mirror'):
+        return Result(EX_USAGE, '', 'ccdb: -get and -mirror exclude each other')
+    if opts.get('run') and opts.get('objtime'):
+        return Result(EX_USAGE, '', 'ccdb: -run and -objtime exclude each other')
+    for key, pattern in (('limit', r'^[0-9]+$'), ('run', r'^[0-9]+$'), ('objtime', r'^[0-9]{13}$')):
+        if key in opts and not re.match(pattern, opts[key]):
+            return Result(EX_USAGE, '', 'ccdb: -%s %r is not %s' % (
+                key, opts[key], 'a time in ms (13 digits)' if key == 'objtime' else 'a number'))
+    headers = [('Browse-Limit', opts.get('limit', '10'))]
+    for h in opts.get('header', []):
+        k, colon, v = h.partition(':')
+        if not colon or not k.strip():
+            return Result(EX_USAGE, '', 'ccdb: -header %r is not "Name: value"' % h)
+        headers.append((k.strip(), v.strip()))
+    env = session.environ
+    base = service_base(opts.get('host') or env.get('ALIENPY_CCDB') or CCDB_DEFAULT)
+    when = opts.get('objtime', '')
+    path, has_time = ccdb_query_path(pos[0], when)
+    if opts.get('run') and not has_time:
+        info = http_get_json('%slatest/RCT/Info/RunInformation/%s' % (base, opts['run']), env, what='ccdb',
+                             check=_ccdb_doc_ok)
+        sor = info['objects'][0].get('SOR') if info['objects'] else None
+        if not sor:
+            return Result(EX_ENOENT, '', 'ccdb: no start-of-run time registered for run %s' % opts['run'])
+        path, _ = ccdb_query_path(pos[0], str(sor))
+    listing = 'browse/' if opts.get('history') or opts.get('report') else 'latest/'
+    url = base + listing + path + ('?report=true' if opts.get('report') else '')
+    doc = http_get_json(url, env, headers, what='ccdb', check=_ccdb_doc_ok)
+    metadata = {'url': url, 'subfolders': doc['subfolders']}
+    if opts.get('report'):
+        return client_result(ccdb_report(doc), doc['objects'], metadata)
+    objs = [ccdb_object(o) for o in doc['objects']]
+    if not (opts.get('get') or opts.get('mirror')):
+        return client_result(ccdb_listing(doc, opts.get('unixtime')), objs, metadata)
+    return _ccdb_download(base, objs, opts, env, metadata)
+
+
+def ccdb_download_urls(base, obj):
+    """Where an object can be fetched over HTTP, in order: its http(s) replicas (a path
+    is on the CCDB server itself), then the REST path /PATH/VALIDFROM/ID."""
+    from urllib.parse import urljoin
+    urls = [urljoin(base, r) for r in obj.get('replicas', []) if isinstance(r, str)
+            and (r.startswith(('http://', 'https://')) or r.startswith('/'))]
+    urls.append('%s%s/%s/%s' % (base, obj.get('path', '').strip('/'), obj.get('Valid-From', ''), obj['ETag']))
+    return urls
+
+
+def _ccdb_download(base, objs, opts, env, metadata):
+    dst = opts.get('dst', '.')
+    unique = len({(o.get('path', ''), o['filename']) for o in objs}) == len(objs)
+    lines = []
+    for o in objs:
+        name = o['filename']
+        if opts.get('mirror'):
+            name = '%s/%s' % (o.get('Valid-From', ''), o['ETag'])
+        elif not unique:
+            stem, dot, ext = name.rpartition('.')
+            name = '%s_%s.%s' % (stem, o['ETag'], ext) if dot else '%s_%s' % (name, o['ETag'])
+        dest = os.path.join(dst, o.get('path', '').strip('/'), name)
+        size, error = None, None
+        for url in ccdb_download_urls(base, o):   # the next one when a replica fails
+            try:
+                size = download_file(url, dest, env, md5=o.get('MD5') or o.get('Content-MD5'), what='ccdb')
+                break
+            except AlienError as e:
+                error = e
+                log('ccdb: %s' % e)
+        if size is None:
+            raise error
+        if opts.get('mirror'):
+            skip = ('replicas', 'path', 'ETag', 'Valid-From', 'Content-Length', 'filename', 'Lifetime')
+            rename = {'Created': 'CreateTime', 'Valid-Until': 'ValidUntil'}
+            props = ''.join('%s=%s\n' % (rename.get(k, k), v) for k, v in o.items() if k not in skip)
+            props += 'OriginalFileName=%s\n' % o['filename']
+            write_local_text(dest + '.properties', props, what='ccdb')
+        lines.append('%s (%d bytes)' % (dest, size))
+        o['local'] = dest
+    return client_result('\n'.join(lines), objs, metadata)
+
+
+QUERYML_USAGE = '''queryML [-host URL] [text|xml|json] PATH   query the MonALISA REST service
+    PATH: farm/cluster/node/parameter, each part may be *; a time range goes first:
+    /START/END/parameter, in ms since the epoch, or negative = relative to now (-60000: a minute ago)
+    json (default): a table (Timestamp in local time); text, xml: the reply as it is
+    -host URL  another MonALISA REST endpoint (default $ALIENPY_MONALISA or http://alimonitor.cern.ch/rest/)'''
+
+
+def ml_table(rows):
+    """MonALISA rows as columns (the first row's keys), each 3 wider than its widest value."""
+    keys = list(rows[0].keys())
+    cells = [[str(r.get(k)) if k != 'Timestamp' else local_time(r.get(k)) for k in keys] for r in rows]
+    widths = [max([len(k)] + [len(c[i]) for c in cells]) + 3 for i, k in enumerate(keys)]
+    return '\n'.join(''.join(v.ljust(w) for v, w in zip(line, widths)).rstrip() for line in [keys] + cells)
+
+
+@command('queryML', connect=False, usage=QUERYML_USAGE)
+def cmd_queryml(session, args):
+    opts, pos = parse_options('queryML', args, valued=('host',))
+    kind = 'json'
+    for word in ('text', 'xml', 'json'):
+        if word in pos:
+            kind = word
+            pos.remove(word)
+    if len(pos) != 1:
+        return Result(EX_USAGE, '', 'queryML: give one PATH (queryML -h for the usage)')
+    env = session.environ
+    base = service_base(opts.get('host') or env.get('ALIENPY_MONALISA') or MONALISA_DEFAULT)
+    accept = {'json': 'application/json', 'xml': 'text/xml', 'text': 'text/plain'}[kind]
+    url = '%s%s?Accept=%s' % (base, pos[0].lstrip('/'), accept)
+    if kind != 'json':
+        _, body = http_get(url, env, [('Accept', accept)], what='queryML')
+        return Result(0, body.decode('utf-8', 'replace').strip())
+    doc = http_get_json(url, env, what='queryML', check=lambda d: isinstance(d, dict) and isinstance(
+        d.get('results'), list) and all(isinstance(r, dict) for r in d['results']))
+    rows = doc['results']
+    return client_result(ml_table(rows) if rows else '', rows, {'url': url})
+
+
+def _refuse_arguments(*names):
+    """Commands that take no arguments say so instead of ignoring a typo."""
+    for name in names:
+        cmd = COMMANDS.get(name)
+        if cmd is None:
+            continue
+
+        def handler(session, args, _inner=cmd.handler, _cmd=cmd):
+            if args:
+                return Result(EX_USAGE, '', '%s: unexpected argument %r (usage: %s)'
+                              % (_cmd.name, args[0], _cmd.usage.strip()))
+            return _inner(session, args)
+        cmd.handler = handler
+
+
+_refuse_arguments('home', 'version', 'exitcode', '$?', 'token-destroy')
+
+
+# ==========================================================================
+# Interactive shell: prompt, working directory, completion
+# ==========================================================================
+# Line editing, history and completion come from readline (imported here, not at
+# module import). The session object is shared with command mode; the shell adds
+# the prompt, the loop, Ctrl-C/Ctrl-D handling, history and completion.
+
+def prompt_flags(session):
+    """{'date': bool, 'pwd': bool}, first from ALIENPY_PROMPT_DATE/_CWD."""
+    flags = getattr(session, 'prompt_flags', None)
+    if flags is None:
+        flags = session.prompt_flags = {'date': env_flag('ALIENPY_PROMPT_DATE', session.environ),
+                                        'pwd': env_flag('ALIENPY_PROMPT_CWD', session.environ)}
+    return flags
+
+
+PROMPT_USAGE = 'prompt date|pwd  toggle the date / the local directory in the shell prompt'
+
+
+@command('prompt', connect=False, usage=PROMPT_USAGE)
+def cmd_prompt(session, args):
+    flags = prompt_flags(session)
+    if not args:
+        state = ', '.join('%s %s' % (k, 'on' if v else 'off') for k, v in sorted(flags.items()))
+        return Result(0, 'usage: %s\n(now: %s)' % (PROMPT_USAGE, state))
+    for arg in args:
+        if arg not in flags:
+            return Result(EX_EINVAL, '', 'prompt: unknown item %r (use date or pwd)' % arg)
+    for arg in args:
+        flags[arg] = not flags[arg]
+    return Result(0)
+
+
+HISTORY_SIZE = 5000        # lines kept in ~/.alienpy_history
+COMPLETION_TTL = 10.0      # seconds a directory listing is reused for completion
+BANNER = 'Welcome to the ALICE GRID\n(alien.py %s; help lists the commands, exit or Ctrl-D leaves)\n' % VERSION
+_ESCAPE = set(' \t\'"\\;|&()<>$`')
+DIR_ONLY_VERBS = ('cd', 'pushd', 'rmdir')  # complete directories only
+
+
+def prompt_text(session):
+    """'AliEn[user]:/cwd/ >' (+ date prefix, + ' local:<dir>' per `prompt`)."""
+    flags = prompt_flags(session)
+    text = 'AliEn[%s]:%s' % (session.user, session.cwd)
+    if flags['date']:
+        text = time.strftime('%Y-%m-%dT%H:%M:%S ') + text
+    if flags['pwd']:
+        try:
+            text += ' local:%s' % os.getcwd()
+        except OSError:
+            text += ' local:?'
+    return term_text(text, sys.stdout) + ' >'
+
+
+def shell_print(result):
+    """print_result, with errors in red when stderr is a terminal."""
+    if result.exitcode != 0 and result.err and not result.as_json and sys.stderr.isatty() \
+            and not os.environ.get('NO_COLOR'):
+        if result._out:
+            write_lines(result)
+        sys.stdout.flush()
+        sys.stderr.write('\033[91m%s\033[0m\n' % term_text(result.err.rstrip('\n'), sys.stderr))
+        sys.stderr.flush()
+    else:
+        print_result(result)
+
+
+def _escape(word):
+    return ''.join('\\' + c if c in _ESCAPE else c for c in word)
+
+
+def current_word(text):
+    """(raw last word, its unescaped form, whether it is the verb, local context)
+    of a partial line, following the tokenizer's rules for quotes and backslashes."""
+    element_start, word_start, local = 0, 0, False
+    for i, c in _scan(text, ';\n| \t'):
+        if c in ';\n|':
+            element_start, word_start, local = i + 1, i + 1, c == '|'
+        else:
+            word_start = i + 1
+    raw = text[word_start:]
+    element = text[element_start:word_start]
+    if element.lstrip().startswith('!'):
+        local = True
+    try:
+        plain = shlex.split(raw + ('"' if raw.count('"') % 2 else '')) if raw else ['']
+        plain = plain[0] if plain else ''
+    except ValueError:
+        plain = raw
+    return raw, plain, not element.strip(), local
+
+
+class Shell(object):
+    """The interactive loop around a Session."""
+
+    def __init__(self, session):
+        self.session = session
+        self.tty = sys.stdin.isatty()
+        self.readline = None
+        self.history = None
+        self.listings = {}      # grid dir -> (time, [names])
+        self.matches = []
+        self.reconnect = False  # a request was interrupted: new connection, same cwd
+
+    # -- readline: history and completion --
+    def setup_readline(self):
+        if not self.tty:
+            return
+        try:
+            import readline
+        except ImportError:
+            print('(no readline module here: no line editing, history or tab completion)')
+            return
+        self.readline = readline
+        if env_flag('ALIENPY_NO_HISTORY', self.session.environ):
+            if hasattr(readline, 'set_auto_history'):
+                readline.set_auto_history(False)
+            readline.set_completer(lambda text, state: None)  # not even local file names
+            return
+        self.history = user_file(self.session.environ, '.alienpy_history')
+        readline.set_history_length(HISTORY_SIZE)
+        try:
+            if not os.path.exists(self.history):
+                os.close(os.open(self.history, os.O_WRONLY | os.O_CREAT, 0o600))
+            readline.read_history_file(self.history)
+        except OSError as e:
+            log('history file %s: %s' % (self.history, e))
+        readline.set_completer(self.complete)
+        readline.set_completer_delims(' \t\n;|')
+        readline.set_completion_display_matches_hook(self.display_matches)
+        if 'libedit' in (getattr(readline, '__doc__', '') or ''):
+            readline.parse_and_bind('bind ^I rl_complete')
+        else:
+            readline.parse_and_bind('tab: complete')
+
+    def save_history(self):
+        """Append the line just entered (so a crashing command keeps it), the file
+        bounded to HISTORY_SIZE lines."""
+        rl = self.readline
+        if rl is None or self.history is None or rl.get_current_history_length() < 1:
+            return
+        try:
+            if hasattr(rl, 'append_history_file'):
+                rl.append_history_file(1, self.history)
+            else:
+                rl.write_history_file(self.history)
+        except OSError as e:
+            log('history file %s: %s' % (self.history, e))
+
+    def complete(self, text, state):
+        if state == 0:
+            try:
+                line = self.readline.get_line_buffer()[:self.readline.get_endidx()]
+                self.matches = self.completions(line, text)
+            except KeyboardInterrupt:  # a listing was interrupted: drop its connection
+                self.drop_connection(sys.exc_info()[2])
+                self.matches = []
+            except Exception:
+                log_exception()
+                self.matches = []
+        return self.matches[state] if state < len(self.matches) else None
+
+    def display_matches(self, substitution, matches, longest):
+        """List candidates by their last path component (in columns, like ls),
+        then the prompt and the line again."""
+        names = []
+        for m in matches:
+            if m.endswith(' ') and not m.endswith('\\ '):
+                m = m[:-1]
+            isdir = m.endswith('/')
+            names.append(m.rstrip('/').rsplit('/', 1)[-1] + ('/' if isdir else ''))
+        try:
+            sys.stdout.write('\n' + term_text(format_columns(sorted(set(names))), sys.stdout) + '\n')
+            sys.stdout.write(prompt_text(self.session) + term_text(self.readline.get_line_buffer(), sys.stdout))
+            sys.stdout.flush()
+        except Exception:
+            log_exception()
+
+    def completions(self, line, text):
+        """Candidates that replace text (readline's word: the part after the last
+        space) for the partial line."""
+        raw, plain, is_verb, local = current_word(line)
+        if is_verb and not local:
+            return [n + ' ' for n in self.command_names() if n.startswith(plain)]
+        if plain.startswith('file:'):
+            cands = ['file:' + c for c in self.local_paths(plain[5:])]
+        elif local:
+            cands = self.local_paths(plain)
+        else:
+            cands = self.grid_paths(plain)
+            words = re.split(r'[;|\n]', line)[-1].split()
+            if words and words[0] in DIR_ONLY_VERBS:
+                cands = [c for c in cands if c.endswith('/')]
+        cut = len(raw) - len(text)
+        out = []
+        for c in cands:
+            tail = c.endswith(' ')
+            esc = _escape(c.rstrip(' ') if tail else c) + (' ' if tail else '')
+            if esc.startswith(raw) and cut >= 0:
+                out.append(esc[cut:])
+        return out
+
+    def command_names(self):
+        names = set(n for n in COMMANDS if n not in ('$?',))
+        names.update(getattr(self.session, 'aliases', None) or ())
+        try:
+            self.restore_connection()
+            names.update(self.session.server_commands())
+        except AlienError:
+            pass
+        return sorted(names)
+
+    def listing(self, directory):
+        now = time.monotonic()
+        hit = self.listings.get(directory)
+        if hit and now - hit[0] < COMPLETION_TTL:
+            return hit[1]
+        self.restore_connection()
+        r = self.session.request('ls', ['-a', '-F', directory], nomsg=True)
+        names = [str(x['name']) for x in r.results if isinstance(x, dict) and x.get('name')] if r.exitcode == 0 else []
+        self.listings[directory] = (now, names)
+        return names
+
+    def grid_paths(self, word):
+        prefix = ''
+        m = _GRID_PREFIX.match(word)
+        if m:
+            prefix, word = m.group(1), word[m.end():]
+        dirpart, base = word[:word.rfind('/') + 1], word[word.rfind('/') + 1:]
+        if not self.session.cwd:
+            self.session.request('pwd')
+        directory = self.session.grid_path(dirpart) if dirpart else self.session.cwd
+        out = []
+        for name in self.listing(directory):
+            if name.startswith(base) and (base.startswith('.') or not name.startswith('.')):
+                out.append(prefix + dirpart + name + ('' if name.endswith('/') else ' '))
+        return sorted(out)
+
+    @staticmethod
+    def local_paths(word):
+        dirpart, base = word[:word.rfind('/') + 1], word[word.rfind('/') + 1:]
+        directory = os.path.expanduser(dirpart) if dirpart else '.'
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            return []
+        out = []
+        for name in names:
+            if name.startswith(base) and (base.startswith('.') or not name.startswith('.')):
+                isdir = os.path.isdir(os.path.join(directory, name))
+                out.append(dirpart + name + ('/' if isdir else ' '))
+        return sorted(out)
+
+    # -- the loop --
+    def restore_connection(self):
+        """After an interrupted request: a new connection in the same directory."""
+        if self.reconnect:
+            prev = self.session.prevdir  # (a token renewal on connect passes through home)
+            self.session.close()
+            self.session._reconnect()  # raises when the service is gone: try again next time
+            self.session.prevdir = prev
+            self.reconnect = False
+
+    def drop_connection(self, tb):
+        """Ctrl-C hit a request: the reply may be half read, so the connection is
+        of no further use. The next request reconnects (restore_connection)."""
+        codes = set()
+        for cls in (Session, WebSocket, WebSocketClientTransport):
+            for value in vars(cls).values():
+                value = getattr(value, '__func__', value)
+                if hasattr(value, '__code__'):
+                    codes.add(value.__code__)
+        while tb is not None:
+            if tb.tb_frame.f_code in codes:
+                break
+            tb = tb.tb_next
+        if tb is None:
+            return
+        ws, self.session.ws = self.session.ws, None
+        if ws is not None:
+            try:
+                ws.close()
+            except Exception:
+                pass
+        self.reconnect = True
+
+    def read_line(self):
+        if self.tty:
+            return input(prompt_text(self.session))
+        line = sys.stdin.readline()
+        if not line:
+            raise EOFError
+        return line.rstrip('\n')
+
+    def run_line(self, line):
+        session = self.session
+        try:
+            self.restore_connection()
+            session.run(line, on_result=shell_print)
+        except KeyboardInterrupt:
+            self.drop_connection(sys.exc_info()[2])
+            sys.stdout.write('\n')
+            print_error('interrupted')
+            session.last_exitcode = 130
+        except AlienError as e:
+            shell_print(Result(e.exitcode, '', str(e)))
+            session.last_exitcode = e.exitcode
+        self.listings.clear()  # the command may have changed the directories
+
+    def loop(self):
+        session = self.session
+        if self.tty:
+            import signal  # Ctrl-C must reach us even when started with SIGINT ignored
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            sys.stdout.write(BANNER + '\n')
+            sys.stdout.flush()
+        session.request('pwd')  # connect now: the prompt needs user and cwd
+        restore_cwd(session)
+        if getattr(session, 'aliases', None) is None:
+            session.aliases = load_aliases(session.environ)  # (completion offers them)
+        self.setup_readline()
+        session.flush_token()
+        while True:
+            try:
+                line = self.read_line()
+            except EOFError:
+                if self.tty:
+                    sys.stdout.write('\nExit\n')
+                    return 0
+                return session.last_exitcode  # a script on stdin: like command mode
+            except KeyboardInterrupt:
+                sys.stdout.write('\n')  # Ctrl-C at the prompt: forget the line
+                continue
+            if not line.strip():
+                continue
+            self.save_history()
+            try:
+                self.run_line(line)
+            except SystemExit as e:
+                return e.code if isinstance(e.code, int) else 0
+
+
+def shell_main(session):
+    """The interactive shell (no command-line arguments). Returns the exit code."""
+    return Shell(session).loop()
+
+
+# ==========================================================================
+# gfal jobs: the job, its entries, options and credentials, its output lines
+# ==========================================================================
 
 GFAL_JOB_TYPES = ('list', 'remove', 'copy', 'rename', 'mkdir')
 GFAL_USAGE = 'gfal list|remove|copy|rename|mkdir [JOB.json | -]'
-
 # Options each job type accepts (anything else is a job error: nothing is done).
 GFAL_OPTIONS = {
     'list': ('depth', 'checksum', 'timeout'),
@@ -5250,31 +7779,26 @@ GFAL_COPY_MODES = {'pull': '3rd pull', 'push': '3rd push', 'streamed': 'streamed
 # one credential of every other job.
 GFAL_PROXY_VARS = ('X509_USER_PROXY_SRC', 'X509_USER_PROXY_DST')
 GFAL_TOP_KEYS = ('base', 'files', 'dirs', 'options')
-
 # COPY defaults. make_dirs: True as in the pdm worker (its parent option), so the
 # per-file jobs it produced for a directory tree work unchanged. parallel: chosen
 # by bench/gfal_bench.py (see docs-gfal.md).
 GFAL_DEFAULT_PARALLEL = 16
 GFAL_MAX_PARALLEL = 64
 GFAL_MKDIR_MODE = 0o755
-
 GFAL_MISSING_HINT = (
     'gfal2 Python bindings are not importable by this interpreter (%s): install the '
     'distribution package python3-gfal2 (apt-get install python3-gfal2; EL: dnf install '
     'python3-gfal2) plus the plugins for your protocols (gfal2-plugin-file, '
     'gfal2-plugin-xrootd, gfal2-plugin-gridftp, gfal2-plugin-http), and run alien.py with '
     'the interpreter they are built for, e.g. /usr/bin/python3 alien.py gfal ...')
-
 GFAL_STAT_KEYS = ('st_dev', 'st_ino', 'st_mode', 'st_nlink', 'st_uid', 'st_gid',
                   'st_size', 'st_atime', 'st_mtime', 'st_ctime')
-
 # Encryption of the data channel, by scheme: schemes whose channel is encrypted
 # anyway, schemes upgraded to their TLS twin, schemes with no network at all.
 GFAL_ENCRYPTED_SCHEMES = ('roots', 'xroots', 'https', 'davs', 'sftp', 's3s', 'gsiftp')
 GFAL_TLS_TWIN = {'root': 'roots', 'xroot': 'xroots'}
 GFAL_LOCAL_SCHEMES = ('file',)
 GFAL_HTTP_SCHEMES = ('http', 'https', 'dav', 'davs')
-
 _GFAL_SCHEME_RE = LazyRegex(r'^([A-Za-z][A-Za-z0-9+.-]*)://')
 _GFAL_CHECKSUM_RE = LazyRegex(r'^[A-Za-z][A-Za-z0-9_-]{0,31}$')
 
@@ -5705,6 +8229,10 @@ class _GfalOutput(object):
         self._write(self.stderr, term_text(text, self.stderr) + '\n')
 
 
+# ==========================================================================
+# gfal jobs: running them on gfal2 (imported lazily)
+# ==========================================================================
+
 # dirent d_type (DT_DIR, DT_REG, DT_LNK) -> st_mode file-type bits
 _GFAL_DTYPE_MODE = {4: stat_mod.S_IFDIR, 8: stat_mod.S_IFREG, 10: stat_mod.S_IFLNK}
 
@@ -6093,788 +8621,6 @@ def gfal_main(args, stdin=None, stdout=None, stderr=None):
     return 1 if out.broken else status
 
 
-# ==========================================================================
-# Outside services: one HTTP(S) GET for CCDB and MonALISA
-# ==========================================================================
-# Plain HTTP/1.1 on the websocket's own pieces: connect_tcp (RFC 8305), proxy_for
-# (https_proxy/http_proxy, no_proxy) with connect_tunnel, the CA search of find_ca.
-# http.client is imported only when a GET is made (it costs start-up time).
-
-HTTP_TIMEOUT = 10.0          # seconds to connect and between bytes (ALIENPY_HTTP_TIMEOUT)
-HTTP_MAX_BODY = 256 << 20    # a reply kept in memory; downloads stream to a file instead
-HTTP_REDIRECTS = 5
-
-
-def _http_connection(scheme, host, port, environ, timeout):
-    """(http.client connection on an open socket, True when requests go to a plain
-    HTTP proxy and need the absolute URL)."""
-    import http.client
-    proxy = proxy_for(host, environ, scheme)
-    sock = connect_tcp(proxy[0] if proxy else host, proxy[1] if proxy else port, environ, timeout=timeout)
-    try:
-        if proxy and scheme == 'https':
-            connect_tunnel(sock, host, port, proxy[2], timeout)
-        sock.settimeout(timeout)
-        if scheme == 'https':
-            ctx = ssl.create_default_context()
-            try:
-                kind, where = find_ca(environ)
-                ctx.load_verify_locations(**{kind: where})
-            except AlienError:
-                pass  # the system CAs only
-            try:
-                sock = ctx.wrap_socket(sock, server_hostname=host)
-            except ssl.SSLError as e:
-                raise tls_error(e, host)
-            conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=ctx)
-        else:
-            conn = http.client.HTTPConnection(host, port, timeout=timeout)
-    except (AlienError, OSError):
-        sock.close()
-        raise
-    conn.sock = sock
-    return conn, bool(proxy) and scheme == 'http', proxy
-
-
-def http_get(url, environ, headers=(), timeout=None, sink=None, what='GET'):
-    """GET url (redirects followed) -> (response headers with lower-case names, body).
-    With sink (a binary file) the body is written there and b'' returned. One-line
-    AlienError otherwise: 107 unreachable or no answer within the timeout, 2 for
-    HTTP 404, 121 for any other HTTP error, 42 for a truncated or oversized body."""
-    import http.client
-    from urllib.parse import urlsplit, urljoin
-    try:
-        timeout = float(timeout or environ.get('ALIENPY_HTTP_TIMEOUT') or HTTP_TIMEOUT)
-    except ValueError:
-        raise AlienError('ALIENPY_HTTP_TIMEOUT=%r is not a number' % environ.get('ALIENPY_HTTP_TIMEOUT'), EX_EINVAL)
-    for _ in range(HTTP_REDIRECTS + 1):
-        u = urlsplit(url)
-        try:
-            port = u.port or (443 if u.scheme == 'https' else 80)
-        except ValueError:
-            port = None
-        if u.scheme not in ('http', 'https') or not u.hostname or not port:
-            raise AlienError('%s: not a valid http(s) URL: %s' % (what, url), EX_EINVAL)
-        try:
-            conn, absolute, proxy = _http_connection(u.scheme, u.hostname, port, environ, timeout)
-        except AlienError as e:
-            raise AlienError('%s %s: %s' % (what, url, e), e.exitcode)
-        hdrs = dict([('User-Agent', user_agent(environ))] + list(headers))
-        if absolute and proxy[2]:
-            from urllib.parse import unquote
-            hdrs['Proxy-Authorization'] = 'Basic ' + base64.b64encode(unquote(proxy[2]).encode()).decode()
-        try:
-            conn.request('GET', url if absolute else (u.path or '/') + ('?' + u.query if u.query else ''),
-                         headers=hdrs)
-            resp = conn.getresponse()
-            location = resp.getheader('Location')
-            if resp.status in (301, 302, 303, 307, 308) and location:
-                url = urljoin(url, location)
-                continue
-            if resp.status != 200:
-                raise AlienError('%s %s: HTTP %d %s' % (what, url, resp.status, resp.reason),
-                                 EX_ENOENT if resp.status == 404 else EX_EREMOTEIO)
-            got, body = 0, b''
-            if sink is None:
-                body = resp.read(HTTP_MAX_BODY + 1)
-                got = len(body)
-                if got > HTTP_MAX_BODY:
-                    raise AlienError('%s %s: reply larger than %d MiB' % (what, url, HTTP_MAX_BODY >> 20), EX_ENOMSG)
-            else:
-                while True:
-                    chunk = resp.read(1 << 20)
-                    if not chunk:
-                        break
-                    sink.write(chunk)
-                    got += len(chunk)
-            length = resp.getheader('Content-Length')
-            if length and length.isdigit() and int(length) != got:
-                raise AlienError('%s %s: reply cut after %d of %s bytes' % (what, url, got, length), EX_ENOMSG)
-            return dict((k.lower(), v) for k, v in resp.getheaders()), body
-        except socket.timeout:
-            raise AlienError('%s %s: no answer within %g s' % (what, url, timeout), EX_NOTCONN)
-        except http.client.IncompleteRead as e:
-            raise AlienError('%s %s: reply cut after %d bytes' % (what, url, len(e.partial)), EX_ENOMSG)
-        except (OSError, http.client.HTTPException) as e:
-            raise AlienError('%s %s: %s' % (what, url, e or type(e).__name__), EX_NOTCONN)
-        finally:
-            conn.close()
-    raise AlienError('%s %s: more than %d redirects' % (what, url, HTTP_REDIRECTS), EX_EREMOTEIO)
-
-
-def http_get_json(url, environ, headers=(), what='GET', check=None):
-    """http_get of a JSON document; `check(doc)` says whether its shape is the expected one.
-    A body that is not JSON, or not of that shape, is a one-line error (exit 42)."""
-    _, body = http_get(url, environ, [('Accept', 'application/json')] + list(headers), what=what)
-    try:
-        doc = load_json(body.decode('utf-8'))
-    except ValueError as e:
-        raise AlienError('%s %s: the reply is not JSON%s' % (
-            what, url, ' (%s)' % e if isinstance(e, JsonTooDeep) else ''), EX_ENOMSG)
-    if check is not None and not check(doc):
-        raise AlienError('%s %s: the reply is not in the expected format' % (what, url), EX_ENOMSG)
-    return doc
-
-
-def local_time(stamp, unixtime=False):
-    """A unix time in s (10 digits) or ms (13 digits) as local 'YYYY-mm-dd HH:MM:SS[.mmm]+zone'
-    (no .000, as the reference prints whole seconds); the digits themselves with unixtime.
-    Anything else is returned as it is."""
-    text = str(stamp)
-    if unixtime or not re.match(r'^[0-9]{10}([0-9]{3})?$', text):
-        return text
-    t = time.localtime(int(text[:10]))
-    ms = '.' + text[10:] if len(text) > 10 and text[10:] != '000' else ''
-    return time.strftime('%Y-%m-%d %H:%M:%S', t) + ms + time.strftime('%z', t)
-
-
-# ==========================================================================
-# Commands: one registry maps command names to handlers
-# ==========================================================================
-
-COMMANDS = {}
-
-
-class Command(object):
-    __slots__ = ('name', 'handler', 'usage', 'connect')
-
-    def __init__(self, name, handler, usage, connect):
-        self.name = name
-        self.handler = handler
-        self.usage = usage
-        self.connect = connect
-
-
-def command(*names, **kw):
-    """Register handler(session, args) -> Result under one or more names.
-
-    usage: the help text; connect=False for commands that never need the
-    central service (the session then stays unconnected).
-    """
-    def deco(fn):
-        for name in names:
-            COMMANDS[name] = Command(name, fn, kw.get('usage', fn.__doc__ or ''), kw.get('connect', True))
-        return fn
-    return deco
-
-
-def parse_options(name, args, flags=(), valued=(), multi=()):
-    """(options dict, positional list) of a client command's arguments. flags -> True,
-    valued -> the next argument, multi -> list of values. An unknown option or a missing
-    value is an AlienError (exit 64) naming the command (parse_option_table's rules)."""
-    table = dict([('-' + k, (k, 'flag')) for k in flags] + [('-' + k, (k, 'str')) for k in valued] +
-                 [('-' + k, (k, 'list')) for k in multi])
-    opts, pos = parse_option_table(args, table, {}, name, code=EX_USAGE, help_opts=())
-    return dict((k, list(v) if isinstance(v, tuple) else v) for k, v in opts.items()), pos
-
-
-def number_option(opts, key, name, default, kind=float):
-    """A positive number option (-c 3, -timeout 2), else a one-line error, exit 64."""
-    text = opts.get(key)
-    if text is None:
-        return default
-    try:
-        value = kind(text)
-    except ValueError:
-        value = 0
-    if not value > 0:
-        raise AlienError('%s: -%s needs a positive number, not %r' % (name, key, text), EX_USAGE)
-    return value
-
-
-def client_result(out, rows, metadata=None, exitcode=0, err=''):
-    """Result of a client-side command: printed text, and for -json the rows it was made
-    of. A failed check (exitcode, err) keeps its report in out: it is printed too."""
-    md = dict(metadata or {})
-    md.update(exitcode=str(exitcode), error=err)
-    return Result(exitcode, out, err, rows, md)
-
-
-@command('cd', usage='cd [DIR | - | ~]  change the grid directory (no argument: home; -: previous)')
-def cmd_cd(session, args):
-    if args == ['-']:
-        if not session.prevdir:
-            return Result(EX_GENERIC, '', 'cd -: no previous directory')
-        args = [session.prevdir]
-    result = session.request('cd', args, nokeys=True)
-    save_cwd(session)  # shell section: restored by the next interactive shell
-    return result
-
-
-def _ls_with(*flags):
-    def handler(session, args):
-        return session.request('ls', ['-F'] + list(flags) + args, nokeys=not session.command_json)
-    return handler
-
-
-command('ls', usage='ls [-l] [-a] [PATH...]  list grid directories')(_ls_with())
-command('ll', usage='ll [PATH...]  = ls -l')(_ls_with('-l'))
-command('la', usage='la [PATH...]  = ls -a')(_ls_with('-a'))
-command('lla', usage='lla [PATH...]  = ls -l -a')(_ls_with('-l', '-a'))
-
-
-@command('home', usage='home  print the grid home directory')
-def cmd_home(session, args):
-    if not session.home:
-        session.request('pwd')
-    return Result(0, session.home)
-
-
-@command('version', connect=False, usage='version  client and environment versions (XRootD, Python, locations)')
-def cmd_version(session, args):
-    lines = ['alien.py version: %s' % VERSION,
-             'alien.py location: %s' % os.path.realpath(__file__),
-             'script location: %s' % (sys.argv[0] if sys.argv and sys.argv[0] else '-'),
-             'Interpreter: %s' % os.path.realpath(sys.executable),
-             'Python version: %s' % sys.version.replace('\n', ' ')]
-    try:
-        from XRootD import client as xrd
-        lines += ['XRootD version: %s' % getattr(xrd, '__version__', '?'), 'XRootD path: %s' % xrd.__file__]
-    except Exception:
-        lines.append('XRootD version: Not Found! (pip install xrootd)')
-    return Result(0, '\n'.join(lines))
-
-
-@command('help', '?', connect=False, usage='help [COMMAND]  list the commands, or show the usage of one')
-def cmd_help(session, args):
-    if args:
-        cmd = COMMANDS.get(args[0])
-        if cmd is not None and cmd.usage:
-            return Result(0, cmd.usage.strip())
-        return session.request(args[0], ['-h'])
-    names = set(COMMANDS)
-    note = ''
-    try:
-        names.update(session.server_commands())
-    except AlienError as e:
-        note = '\n(server commands not listed: %s)' % e
-    return Result(0, format_columns(sorted(names)) + note)
-
-
-def format_columns(names, width=None):
-    if width is None:
-        try:
-            width = os.get_terminal_size().columns
-        except OSError:
-            width = 120
-    colw = max(len(n) for n in names) + 2 if names else 1
-    ncol = max(1, width // colw)
-    rows = [names[i:i + ncol] for i in range(0, len(names), ncol)]
-    return '\n'.join(''.join(n.ljust(colw) for n in row).rstrip() for row in rows)
-
-
-@command('exit', 'quit', 'logout', connect=False,
-         usage='exit [CODE [stderr] [MESSAGE...]]  leave with CODE (default: the last exit code), printing MESSAGE '
-               '(on stderr when CODE is not 0 or with stderr)')
-def cmd_exit(session, args):
-    code = session.last_exitcode
-    args = list(args)
-    if args and re.match(r'^-?\d+$', args[0]):
-        code = int(args.pop(0))
-    elif args and args[0] not in ('stderr', 'err'):  # a typo must not end the shell
-        return Result(EX_EINVAL, '', 'exit: %r is not a number' % args[0])
-    to_err = code != 0
-    if args and args[0] in ('stderr', 'err'):
-        args.pop(0)
-        to_err = True
-    message = ' '.join(args).strip()
-    if message:
-        (sys.stderr if to_err else sys.stdout).write(message + '\n')
-    raise SystemExit(code)
-
-
-@command('time', usage='time COMMAND [ARGS]  run COMMAND; add its wall time seen by the client and what it cost\n'
-                       '    the user (requests and logins: the 2024 service throttles users by both)\n'
-                       'time N COMMAND [ARGS]  the service runs COMMAND N times and reports its own timing')
-def cmd_time(session, args):
-    if not args:
-        return Result(EX_EINVAL, '', 'time: need a command (see time -h)')
-    if re.match(r'^\d+$', args[0]):  # the service's own repeat-and-time
-        return session.request('time', args, nokeys=not session.command_json)
-    as_json = session.command_json
-    t0, requests, logins = time.monotonic(), session.requests, session.logins
-    result = session.run_tokens(list(args) + (['-json'] if as_json else []))
-    if result.exitcode == 0 and not result.as_json:
-        result.out = (result.out + '\n' if result.out else '') + 'time: %.3f ms, requests %d, logins %d' % (
-            (time.monotonic() - t0) * 1000, session.requests - requests, session.logins - logins)
-    return result
-
-
-@command('ping', usage='ping [COUNT]  websocket round-trip time to the service')
-def cmd_ping(session, args):
-    try:
-        count = int(args[0]) if args else 3
-    except ValueError:
-        return Result(EX_EINVAL, '', 'ping: %r is not a number' % args[0])
-    if session.ws is None:
-        session.connect()
-    rtts = [session.ws.ping(str(i).encode()) * 1000 for i in range(count)]
-    return Result(0, '%d websocket ping(s) to %s:%d, round trip min/avg/max %.3f/%.3f/%.3f ms'
-                  % (count, session.peer[0], session.peer[1], min(rtts), sum(rtts) / len(rtts), max(rtts)))
-
-
-@command('exitcode', '$?', connect=False, usage='exitcode  the exit code of the last command')
-def cmd_exitcode(session, args):
-    return Result(0, str(session.last_exitcode))
-
-
-# -- transfer commands (cp, cat, edit, ...) --
-def cp_option_notices(opts):
-    """What alien.py does instead of the reference client's options that would
-    weaken its checks -> [notice lines]; -tpc is refused (AlienError, exit 1)."""
-    if opts['tpc']:
-        raise AlienError('cp: -tpc is not allowed: third-party copies are not supported', EX_GENERIC)
-    out = []
-    if opts['skipmd5']:
-        out.append('cp: -skipmd5 ignored: alien.py always verifies the md5 of what it copies')
-    if opts['fastcheck']:
-        out.append('cp: -fastcheck ignored: a present file is skipped without reading it only when its '
-                   'size, mtime and recorded md5 (xattrs) match the catalogue, else its md5 is checked')
-    return out
-
-
-def cp_sources_to_dir(pos, local_isdir=os.path.isdir):
-    """cp SRC1 SRC2 ... DIR/: several sources and a directory last -> (DIR, [SRC...]);
-    the directory ends with '/' or is an existing local directory."""
-    dst = pos[-1]
-    side, path = cp_side(dst)
-    if dst.endswith('/') or split_specs(dst)[0].endswith('/') or (side != 'grid' and local_isdir(
-            os.path.expanduser(path))):
-        return dst, pos[:-1]
-    raise AlienError('cp: %d sources need a directory as the last argument (end it with /); see cp -h'
-                     % (len(pos) - 1), EX_EINVAL)
-
-
-@command('cp', usage=CP_USAGE)
-def cmd_cp(session, args):
-    opts, pos = parse_cp_args(args, session.environ)
-    if opts['help']:
-        return Result(0, out=CP_USAGE)
-    notices = cp_option_notices(opts)
-    if not opts['input'] and not opts['dst'] and len(pos) > 2:
-        opts['dst'], pos = cp_sources_to_dir(pos)
-    if opts['input']:
-        if pos:
-            raise AlienError('cp: -input FILE takes no other SRC/DST arguments', EX_EINVAL)
-        try:
-            text = read_text_limited(os.path.expanduser(opts['input']), INPUT_MAX_BYTES)
-        except OSError as e:
-            raise AlienError('cp: cannot read -input file %s: %s' % (opts['input'], e.strerror), EX_ENOENT)
-        except ValueError as e:
-            raise AlienError('cp: cannot read -input file %s: %s' % (opts['input'], e), EX_EINVAL)
-        pairs, more = parse_input_lines(text)
-        notices += more
-        if not pairs:
-            raise AlienError('cp: no "src dst" lines in %s' % opts['input'], EX_EINVAL)
-    elif opts['dst']:
-        if not pos:
-            raise AlienError('cp: -dst DIR needs at least one SRC', EX_EINVAL)
-        d_side = cp_side(opts['dst'])[0]
-        expanded = []
-        for src in pos:
-            s_side, s_path = cp_side(src)
-            if s_side is None:
-                s_side = 'grid' if d_side == 'local' else ('local' if d_side == 'grid' else
-                                                            ('local' if os.path.lexists(s_path) else 'grid'))
-            expanded.append(expand_local_path(s_path) if s_side == 'local' else
-                            session.grid_path(split_specs(s_path)[0]))
-        pairs = list(zip(pos, dst_dir_targets(expanded, opts['dst'])))
-    elif len(pos) != 2:
-        raise AlienError('cp: need exactly SRC and DST (got %d arguments); see cp -h' % len(pos), EX_EINVAL)
-    else:
-        pairs = [(pos[0], pos[1])]
-    if not opts['dryrun']:
-        require_xrootd()
-    if notices:
-        print_error('\n'.join(notices))
-    run = cp_at_site if opts['site'] and not opts['dryrun'] else cp_run
-    return cp_result(run(session, pairs, opts), opts, session.command_json)
-
-
-def cp_at_site(session, pairs, opts):
-    """cp_run with -site SITE: the service's site affinity (setSite) for this copy
-    only; the previous site (from the reply 'Setting close site to X (was Y)') is
-    restored."""
-    r = session.request('setSite', [opts['site']], nomsg=False)
-    if r.exitcode != 0:
-        raise AlienError('cp: -site %s: %s' % (opts['site'], r.err or 'exit code %d' % r.exitcode), r.exitcode)
-    m = re.search(r'\(was ([^)]*)\)', r.out or '')
-    spread, session.spread = session.spread, False    # (more sessions would not have the site)
-    try:
-        return cp_run(session, pairs, opts)
-    finally:
-        session.spread = spread
-        previous = m.group(1).strip() if m else session.environ.get('ALIEN_SITE', '')
-        if previous and previous != opts['site']:
-            session.request('setSite', [previous], nomsg=True)
-
-
-def _fetch_temp(session, arg, tmpdir, nses=None):
-    """Download one LFN (arg may carry @specs) into tmpdir -> (local path, lfn, specs)."""
-    path, specs = split_specs(arg)
-    lfn = session.grid_path(path).rstrip('/')
-    local = os.path.join(tmpdir, lfn.rsplit('/', 1)[-1] or 'file')
-    stats = CpStats()
-    opts = dict(_CP_DEFAULTS, quiet=True, force=True)
-    cp_download(session, [(lfn, local, [s for s in specs if '::' in s])], opts, stats)
-    if stats.failed:
-        if _grid_stat(session, lfn) is None:
-            raise AlienError('%s: no such file' % lfn, EX_ENOENT)
-        raise AlienError('%s' % stats.failed[0][1], EX_EIO)
-    if nses is not None:
-        nses.append(stats.replicas.get(lfn, 0))
-    return local, lfn, specs
-
-
-def _show_files(session, args, name):
-    files = [a for a in args if a != '-force']   # always a fresh download
-    if not files or '-h' in files:
-        return Result(0 if files else EX_EINVAL, out='%s LFN...' % name if files else '',
-                      err='' if files else 'usage: %s LFN...' % name)
-    xrootd_client()
-    import tempfile
-    tmpdir = tempfile.mkdtemp(prefix='alienpy-%s-' % name)
-    try:
-        paths = [_fetch_temp(session, f, tmpdir)[0] if len(files) == 1 else
-                 _fetch_temp(session, f, tempfile.mkdtemp(dir=tmpdir))[0] for f in files]
-        pager = {'less': os.environ.get('PAGER', 'less'), 'more': 'more'}.get(name)
-        if pager and sys.stdout.isatty():
-            import subprocess
-            try:
-                rc = subprocess.call(shlex.split(pager) + paths)
-            except OSError as e:
-                raise AlienError('%s: cannot run %s: %s' % (name, pager, e.strerror), EX_GENERIC)
-            return Result(rc)
-        data = b''.join(open(p, 'rb').read() for p in paths)
-        text = data.decode('utf-8', 'replace')
-        result = Result(0, out=text[:-1] if text.endswith('\n') else text)
-        result.style = 'raw'   # file content, printed as is like the system cat
-        return result
-    finally:
-        import shutil
-        shutil.rmtree(tmpdir, ignore_errors=True)
-
-
-@command('cat', usage='cat LFN...  print grid files (downloaded through XRootD)')
-def cmd_cat(session, args):
-    return _show_files(session, args, 'cat')
-
-
-@command('more', usage='more LFN...  page through grid files')
-def cmd_more(session, args):
-    return _show_files(session, args, 'more')
-
-
-@command('less', usage='less LFN...  page through grid files ($PAGER or less)')
-def cmd_less(session, args):
-    return _show_files(session, args, 'less')
-
-
-def edit_grid_file(session, args, editor):
-    """Download, edit, and if changed: keep LFN~, upload, restore on failure."""
-    import subprocess
-    datebck = '-datebck' in args
-    files = [a for a in args if a != '-datebck']
-    if len(files) != 1 or files[0] in ('-h', '-help'):
-        raise AlienError('usage: edit [-datebck] LFN[@disk:N,SE,...]  (editor: $VISUAL, $EDITOR, or the command name)',
-                         EX_EINVAL)
-    xrootd_client()
-    import tempfile
-    tmpdir = tempfile.mkdtemp(prefix='alienpy-edit-')
-    keep = False
-    try:
-        nses = []
-        path, specs = split_specs(files[0])
-        lfn = session.grid_path(path).rstrip('/')
-        st = _grid_stat(session, lfn)
-        if st is not None and st['type'] != 'f':
-            raise AlienError('edit: %s is not a file' % lfn, EX_EINVAL)
-        if st is None:
-            local = os.path.join(tmpdir, lfn.rsplit('/', 1)[-1])
-            open(local, 'wb').close()
-            before = None
-        else:
-            local, lfn, specs = _fetch_temp(session, files[0], tmpdir, nses)
-            before = md5_file(local)
-        try:
-            rc = subprocess.call(shlex.split(editor) + [local])
-        except OSError as e:
-            raise AlienError('edit: cannot run editor %r: %s' % (editor, e.strerror), EX_GENERIC)
-        if rc != 0:
-            raise AlienError('edit: editor %r exited with %d; nothing uploaded' % (editor, rc), EX_GENERIC)
-        if md5_file(local) == before:
-            return Result(0, out='%s unchanged' % lfn)
-        backup = None
-        if before is not None:
-            backup = lfn + (time.strftime('.%Y%m%d_%H%M%S') if datebck else '~')
-            session.request('rm', ['-f', backup], nomsg=True)
-            mv = session.request('mv', [lfn, backup], nomsg=True)
-            if mv.exitcode != 0:
-                keep = True
-                raise AlienError('edit: cannot back up %s as %s (%s); edited copy kept at %s'
-                                 % (lfn, backup, mv.err, local), EX_GENERIC)
-        up_specs = list(specs)
-        if nses and nses[0] > 0 and not any(re.match(r'^[A-Za-z][\w-]*[:=]\d+$', s) for s in specs):
-            up_specs = ['disk:%d' % nses[0]] + up_specs
-        stats = CpStats()
-        cp_upload(session, [(local, lfn, up_specs)], dict(_CP_DEFAULTS, quiet=True), stats)
-        if stats.failed:
-            keep = True
-            msg = 'edit: upload of %s failed (%s); edited copy kept at %s' % (lfn, stats.failed[0][1], local)
-            if backup:
-                session.request('rm', ['-f', lfn], nomsg=True)
-                back = session.request('mv', [backup, lfn], nomsg=True)
-                msg += '; previous version restored' if back.exitcode == 0 else \
-                    '; previous version is at %s' % backup
-            raise AlienError(msg, EX_GENERIC)
-        return Result(0, out='Uploaded %s' % lfn + (' (previous version: %s)' % backup if backup else ''))
-    finally:
-        if not keep:
-            import shutil
-            shutil.rmtree(tmpdir, ignore_errors=True)
-
-
-def _editor_command(name):
-    def handler(session, args):
-        if name == 'edit':
-            editor = os.environ.get('VISUAL') or os.environ.get('EDITOR') or 'vi'
-        else:
-            editor = name
-        return edit_grid_file(session, args, editor)
-    handler.__name__ = 'cmd_' + name
-    return handler
-
-
-for _name in ('edit', 'vi', 'vim', 'nano', 'mcedit'):
-    command(_name, usage='%s [-datebck] LFN[@specs]  edit a grid file; the old version is kept as LFN~' % _name)(
-        _editor_command(_name))
-
-
-# -- find2, toXml: catalogue listings and XML collections --
-
-FIND2_USAGE = '''find2 [options] DIR        (or DIR/PATTERN, e.g. /alice/data/*/AO2D.root)
-every file under DIR that passes the client-side filters, one LFN per line
-(exit 2 when none does). The selection and filters are cp's:
-  -glob PAT | -select REGEX (full path) | -name begin_X_contain_Y_ends_Z_ext_W
-  -exclude TEXT, -exclude_re REGEX (relative path; repeatable), -minsize/-maxsize BYTES,
-  -mindepth/-maxdepth N, -user U, -group G, -jobid ID, -min-ctime/-max-ctime T (ms, s, YYYY-mm-dd)
-  -j JOBID, -l COUNT, -o OFFSET   passed to the service's find
-  -x FILE         also write the files as an AliEn XML collection to the local FILE
-  -v -a -s -f -d -w -wh           accepted and ignored, as by the reference client'''
-
-_FIND2_OPTIONS = dict((o, _CP_OPTIONS[o]) for o in (
-    '-glob', '-select', '-name', '-exclude', '-exclude_re', '-minsize', '-maxsize', '-mindepth', '-maxdepth',
-    '-user', '-group', '-jobid', '-min-ctime', '-max-ctime', '-j', '-l', '-o'))
-_FIND2_OPTIONS.update((o, ('', 'ignore')) for o in ('-v', '-a', '-s', '-f', '-d', '-w', '-wh'))
-_FIND2_OPTIONS['-x'] = ('xml', 'str')
-
-# the attributes of a <file> in the service's XML collections, in its order
-_XML_FILE_FIELDS = ('name', 'aclId', 'broken', 'ctime', 'dir', 'entryId', 'expiretime', 'gowner', 'guid',
-                    'guidtime', 'jobid', 'lfn', 'md5', 'owner', 'perm', 'replicated', 'size', 'turl', 'type')
-
-
-def xml_collection(entries, command, creator, now=None):
-    """An AliEn XML collection (the shape of the service's toXml) of entries:
-    dicts with the _XML_FILE_FIELDS (missing ones are empty)."""
-    from xml.sax.saxutils import quoteattr
-    now = time.time() if now is None else now
-    lines = ['<?xml version="1.0"?>', '<alien>', '  <collection name="tempCollection">']
-    for i, e in enumerate(entries, 1):
-        attrs = ' '.join('%s=%s' % (k, quoteattr(str(e.get(k, '')))) for k in _XML_FILE_FIELDS)
-        lines += ['    <event name="%d">' % i, '      <file %s />' % attrs, '    </event>']
-    lines.append('    <info command=%s creator=%s date=%s timestamp="%d" />' % (
-        quoteattr(command), quoteattr(creator),
-        quoteattr(time.strftime('%a %b %d %H:%M:%S UTC %Y', time.gmtime(now))), int(now * 1000)))
-    return '\n'.join(lines + ['  </collection>', '</alien>']) + '\n'
-
-
-def xml_entry_grid(row):
-    """A row of `find -f` -> collection entry (ctime: ms since 1970 -> UTC text)."""
-    e = dict((k, row.get(k, '')) for k in _XML_FILE_FIELDS)
-    lfn = row.get('lfn', '')
-    ms = ctime_ms(row.get('ctime'))
-    e.update(name=row.get('name') or lfn.rsplit('/', 1)[-1], turl='alien://' + lfn,
-             ctime=_utc(ms / 1000.0) if ms is not None else row.get('ctime', ''))
-    return e
-
-
-def xml_entry_local(path):
-    """A local file -> collection entry (lfn and turl: file://ABSPATH)."""
-    path = os.path.abspath(path)
-    st = os.stat(path)
-    if not stat_mod.S_ISREG(st.st_mode):
-        raise AlienError('%s is not a regular file' % path, EX_EINVAL)
-    meta = _local_meta(path)
-    return {'name': os.path.basename(path), 'broken': '0', 'replicated': '0', 'type': 'f',
-            'ctime': _utc(st.st_ctime), 'owner': meta['owner'] or st.st_uid, 'gowner': meta['gowner'] or st.st_gid,
-            'perm': '%o' % (st.st_mode & 0o777), 'size': st.st_size, 'md5': md5_file(path),
-            'lfn': 'file://' + path, 'turl': 'file://' + path}
-
-
-def write_local_text(path, text, what=''):
-    """Write text to a local file atomically (a temp file renamed over it); a
-    failure is one error line (prefixed 'WHAT: ' when given) and leaves path as it was."""
-    path = os.path.abspath(os.path.expanduser(path))
-    tmp = part_name(path)
-    try:
-        with open(tmp, 'w', encoding='utf-8') as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except OSError as e:
-        _unlink_quiet(tmp)
-        raise AlienError('%scannot write %s: %s' % (what + ': ' if what else '', path, e.strerror), EX_EIO)
-
-
-def _local_target(value, cmd):
-    """-x target that must be local: file:PATH or PATH; an alien: one is refused."""
-    side, path = cp_side(value)
-    if side == 'grid':
-        raise AlienError('%s: -x %s: the collection is written locally; upload it with cp' % (cmd, value), EX_EINVAL)
-    return path
-
-
-@command('find2', usage=FIND2_USAGE)
-def cmd_find2(session, args):
-    opts, pos = parse_option_table(args, _FIND2_OPTIONS, dict(_CP_DEFAULTS, xml=''), 'find2')
-    if opts['help']:
-        return Result(0, FIND2_USAGE)
-    if len(pos) != 1:
-        return Result(EX_EINVAL, '', 'find2: give one directory (DIR or DIR/PATTERN); see find2 -h')
-    xml = _local_target(opts['xml'], 'find2') if opts['xml'] else ''
-    base, pattern = split_glob(session.grid_path(pos[0]))
-    base = base.rstrip('/') + '/'
-    rows = [] if xml else None
-    try:
-        lfns = _grid_find(session, base, opts, pattern, rows=rows)
-    except AlienError as e:
-        return Result(e.exitcode, '', 'find2: %s' % e)
-    if not lfns:
-        return Result(EX_ENOENT, '', 'find2: no file under %s passes the selection' % base)
-    if xml:
-        write_local_text(xml, xml_collection([xml_entry_grid(r) for r in rows], 'find2 ' + ' '.join(args),
-                                             session.user or ''))
-    return Result(0, '\n'.join(lfns))
-
-
-TOXML_USAGE = '''toXml [-i] [-a] [-x OUT] [-l LIST] [LFN...]   the service's toXml (see toXml -h there), plus:
-  -local          the targets (LFN... or the lines of LIST) are local files: the
-                  collection is made here, with lfn/turl file://PATH
-  -x file:OUT     write the collection to the local file OUT (without file: the
-                  service writes it to the catalogue; with -local OUT is always local)'''
-
-
-@command('toXml', usage=TOXML_USAGE)
-def cmd_toxml(session, args):
-    opts, pos = parse_option_table(args, {'-local': ('local', 'flag'), '-i': ('ignore', 'flag'), '-a': ('append', 'flag'),
-                                     '-x': ('xml', 'str'), '-l': ('list', 'str')},
-                              {'local': False, 'ignore': False, 'append': False, 'xml': '', 'list': ''}, 'toXml')
-    if opts['help']:
-        return Result(0, TOXML_USAGE)
-    if opts['append'] and not opts['xml']:
-        return Result(EX_EINVAL, '', 'toXml: -a appends to the collection given with -x')
-    if not opts['local']:
-        side, out = cp_side(opts['xml']) if opts['xml'] else (None, '')
-        srv = (['-i'] if opts['ignore'] else []) + (['-a'] if opts['append'] else []) + \
-              (['-l', opts['list']] if opts['list'] else []) + (['-x', out] if out and side != 'local' else []) + pos
-        if side == 'local' and opts['append']:
-            return Result(EX_EINVAL, '', 'toXml: -a appends to a collection in the catalogue, not to a local file')
-        result = session.request('toXml', srv)
-        if side == 'local' and result.exitcode == 0:
-            write_local_text(out, result.out)     # as the service sent it
-        return result
-    if opts['append']:
-        return Result(EX_EINVAL, '', 'toXml -local: appending to a collection is not supported; write a new one')
-    targets = list(pos)
-    if opts['list']:
-        try:
-            with open(os.path.expanduser(cp_side(opts['list'])[1]), encoding='utf-8') as f:
-                targets += [l.strip() for l in f if l.strip() and not l.lstrip().startswith('#')]
-        except OSError as e:
-            return Result(EX_ENOENT, '', 'toXml: cannot read %s: %s' % (opts['list'], e.strerror))
-    if not targets:
-        return Result(EX_EINVAL, '', 'toXml -local: no files given')
-    entries = []
-    for t in targets:
-        side, path = cp_side(t)
-        if side == 'grid':
-            return Result(EX_EINVAL, '', 'toXml -local: %s is a grid file' % t)
-        try:
-            entries.append(xml_entry_local(path))
-        except OSError as e:
-            if not opts['ignore']:
-                return Result(EX_ENOENT, '', 'toXml: %s: %s' % (path, e.strerror))
-    text = xml_collection(entries, 'toXml ' + ' '.join(args), session.user or pwd_name())
-    if opts['xml']:
-        write_local_text(_local_target(opts['xml'], 'toXml'), text)
-    return Result(0, text.rstrip('\n'))
-
-
-def pwd_name():
-    try:
-        import pwd
-        return pwd.getpwuid(os.getuid()).pw_name
-    except (ImportError, KeyError):
-        return str(os.getuid())
-
-
-# -- run, exec: a grid file used by a local program --
-
-RUN_USAGE = '''run COMMAND [ARGS...] LFN     download LFN (md5-verified), run COMMAND ARGS... FILE here,
-                              remove the file; the exit code is COMMAND's
-  several grid files: mark each with alien: (they are appended in their order);
-  -force, -noout: accepted (the file is always downloaded afresh, the output
-  is never captured: it goes straight to the terminal)'''
-EXEC_USAGE = '''exec LFN [ARGS...]            download the program LFN (md5-verified), run it with ARGS,
-                              remove it; the exit code is the program's (-force, -noout: as in run)'''
-
-
-def _run_with_grid_files(session, argv, grid_at, make_executable=False):
-    """Download argv[i] for each i in grid_at into a private temp directory, run
-    argv with the local copies in their places, remove them -> Result."""
-    xrootd_client()
-    import shutil
-    import tempfile
-    tmp = tempfile.mkdtemp(prefix='alienpy-run-')
-    try:
-        argv = list(argv)
-        for i in grid_at:
-            argv[i] = _fetch_temp(session, argv[i], tempfile.mkdtemp(dir=tmp))[0]
-            if make_executable:
-                os.chmod(argv[i], 0o700)
-        return run_local(argv)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def run_argv(args):
-    """run's arguments -> (argv, indexes of the grid files in it): the alien:-marked
-    arguments (moved to the end, in order), or else the last one; None if too few."""
-    args = [a for a in args if a not in ('-force', '-noout')]
-    if len(args) < 2:
-        return None
-    marked = [i for i, a in enumerate(args) if i > 0 and a.startswith('alien:')] or [len(args) - 1]
-    argv = [a for i, a in enumerate(args) if i not in marked] + [args[i] for i in marked]
-    return argv, list(range(len(argv) - len(marked), len(argv)))
-
-
-@command('run', usage=RUN_USAGE)
-def cmd_run(session, args):
-    parsed = run_argv(args)
-    if parsed is None:
-        return Result(EX_USAGE, '', 'usage: run COMMAND [ARGS...] LFN')
-    return _run_with_grid_files(session, *parsed)
-
-
-@command('exec', usage=EXEC_USAGE)
-def cmd_exec(session, args):
-    args = [a for a in args if a not in ('-force', '-noout')]
-    if not args:
-        return Result(EX_USAGE, '', 'usage: exec LFN [ARGS...]')
-    return _run_with_grid_files(session, args, [0], make_executable=True)
-
-
-# -- gfal commands --
-
 @command('gfal', connect=False, usage='usage: alien.py ' + GFAL_USAGE + """
 Run a GridPP worker job (JSON on stdin or in JOB.json) with gfal2; one JSON
 result line per entry on stdout, COPY progress (MONITOR lines) on stderr.
@@ -6883,1750 +8629,10 @@ bindings (python3-gfal2): run it with the system interpreter, /usr/bin/python3."
 def cmd_gfal(session, args):
     return Result(gfal_main(args))
 
-# -- storage commands: replicas, storage elements, XRootD probes, checkAddr --
-# Exit codes: 0 all fine; 2 no such LFN/SE label; 5 a replica or SE failed its check
-# (the report on stdout says which); 64 wrong arguments; 107 checkAddr: an address
-# failed; 1 XRootD bindings missing; a server errno when the service refuses.
-
-PROBE_TIMEOUT = 5   # seconds, default -timeout of one XRootD/TCP/TLS probe
-
-def list_ses(session):
-    """Every storage element of the service (listSEs rows)."""
-    r = session.request('listSEs', [], nomsg=True)
-    if r.exitcode != 0:
-        raise AlienError('listSEs: %s' % (r.err or 'failed'), r.exitcode)
-    return [x for x in r.results if isinstance(x, dict) and x.get('seName')]
-
-
-def se_matches(se, label):
-    """SE label rule: a number is the SE number; text is a case-insensitive part of
-    the SE name or endpoint URL (so 'ALICE::' can be left out)."""
-    if label.isdigit():
-        return str(se.get('seNumber', '')).lstrip('0') == label.lstrip('0')
-    text = label.casefold()
-    return any(text in str(se.get(k) or '').casefold() for k in ('seName', 'endpointUrl'))
-
-
-def se_host(se):
-    """host:port of an SE's endpoint URL."""
-    from urllib.parse import urlsplit
-    return urlsplit(se.get('endpointUrl') or '').netloc
-
-
-def xrd_host_label(label):
-    """'host[:port]' (default port 1094) when a label names an XRootD server, else None."""
-    if not ('.' in label or ':' in label or label == 'localhost'):
-        return None
-    try:
-        host, port = parse_hostport(label, 1094)
-    except AlienError:
-        return None
-    if not host or not re.match(r'^[A-Za-z0-9.:-]+$', host):
-        return None
-    return '%s:%d' % (('[%s]' % host) if ':' in host else host, port)
-
-
-def lookup_ses(session, labels, name, hosts=False):
-    """SE lookup by label (from listSEs): the SEs the labels match, each once, label
-    after label. hosts: a label no SE matches may name an XRootD server itself."""
-    ses, found = list_ses(session), []
-    for label in labels:
-        hit = [se for se in ses if se_matches(se, label)]
-        host = xrd_host_label(label) if hosts and not hit else None
-        if host:
-            hit = [{'seName': label, 'endpointUrl': 'root://%s' % host}]
-        if not hit:
-            raise AlienError('%s: no storage element matches "%s" (getSE lists them)' % (name, label), EX_ENOENT)
-        found.extend(se for se in hit if se not in found)
-    return found
-
-
-GETSE_USAGE = '''getSE [-id | -name | -srv] [LABEL]  storage elements from listSEs
-  no LABEL: every SE as "number name host:port"; LABEL: an SE number, or part of
-  an SE name or endpoint (case-insensitive); -id, -name, -srv print only that field.
-  Exit 2 when no SE matches.'''
-
-
-@command('getSE', usage=GETSE_USAGE)
-def cmd_getse(session, args):
-    opts, pos = parse_options('getSE', args, ('id', 'name', 'srv'))
-    if len(pos) > 1 or len(opts) > 1:
-        raise AlienError('getSE: one LABEL and at most one of -id, -name, -srv (see getSE -h)', EX_USAGE)
-    ses = lookup_ses(session, pos, 'getSE') if pos else list_ses(session)
-    field = next(iter(opts), '')
-    lines = []
-    for se in ses:
-        if field:
-            lines.append({'id': se.get('seNumber', ''), 'name': se['seName'], 'srv': se_host(se)}[field])
-        elif pos and pos[0].isdigit():
-            lines.append('%-32s%s' % (se['seName'], se_host(se)))
-        else:
-            lines.append('%-6s%-32s%s' % (se.get('seNumber', ''), se['seName'], se_host(se)))
-    return client_result('\n'.join(lines), ses)
-
-
-@command('SEqos', usage='SEqos SE...  the QoS tags of storage elements (labels as in getSE)')
-def cmd_seqos(session, args):
-    _, pos = parse_options('SEqos', args)
-    if not pos:
-        raise AlienError('SEqos: which SE? usage: SEqos SE...', EX_USAGE)
-    ses = lookup_ses(session, pos, 'SEqos')
-    return client_result('\n'.join('%-32s%s' % (se['seName'], se.get('qos', '')) for se in ses), ses)
-
-
-@command('pfn', usage='pfn LFN  the physical URLs of the replicas of a file (whereis -r)')
-def cmd_pfn(session, args):
-    _, pos = parse_options('pfn', args)
-    if len(pos) != 1:
-        raise AlienError('pfn: usage: pfn LFN', EX_USAGE)
-    r = session.request('whereis', ['-r', pos[0]], nomsg=True)
-    if r.exitcode == 0:
-        r.out = '\n'.join(x['pfn'] for x in r.results if isinstance(x, dict) and 'pfn' in x)
-    return r
-
-
-PFN_STATUS_USAGE = '''pfn-status [-v] [-timeout S] LFN|PFN...  check each replica on its SE over XRootD
-  an argument starting with root:// is a PFN, anything else an LFN (all its replicas).
-  One line per replica: size and R/W flags, or what failed; -v adds the other flags.
-  Exit 0 when every replica answered and is online, 5 when one did not.'''
-
-
-@command('pfn-status', usage=PFN_STATUS_USAGE)
-def cmd_pfn_status(session, args):
-    opts, pos = parse_options('pfn-status', args, ('v', 'verbose'), ('timeout',))
-    if not pos:
-        raise AlienError('pfn-status: usage: pfn-status [-v] LFN|PFN...', EX_USAGE)
-    timeout = number_option(opts, 'timeout', 'pfn-status', PROBE_TIMEOUT, int)
-    xrootd_client('pfn-status')
-    targets = []
-    for arg in pos:
-        if re.match(r'^x?root://', arg):
-            targets.append(('', '', arg))
-            continue
-        lfn = session.grid_path(arg)
-        r = session.request('whereis', ['-r', lfn], nomsg=True)
-        if r.exitcode != 0:
-            raise AlienError('pfn-status: %s' % (r.err or 'whereis %s failed' % lfn), r.exitcode)
-        targets += [(lfn, x.get('seName', ''), x['pfn']) for x in r.results if isinstance(x, dict) and x.get('pfn')]
-    rows, lines = [], []
-    for lfn, se, pfn in targets:
-        row = {'lfn': lfn, 'se': se, 'pfn': pfn}
-        row.update(xrd_stat_pfn(pfn, timeout))
-        row['online'] = bool(row['ok'] and not row.get('offline'))
-        rows.append(row)
-        if lfn:
-            lines.append('LFN: %s' % lfn)
-        if row['ok']:
-            lines.append('%s\t\tSize: %d\tR/W status:%d/%d' % (pfn, row['size'], row['is_readable'], row['is_writable']))
-            if 'v' in opts or 'verbose' in opts:
-                lines.append('IS DIR/OTHER/OFFLINE: %d/%d/%d\tModified: %s\tPOSC pending: %d\t\tBACKUP: %d' % (
-                    row['is_dir'], row['other'], row['offline'], row['modtimestr'], row['posc_pending'],
-                    row['backup_exists']))
-        else:
-            lines.append('%s\t\tMessage: %s\tStatus/Code/ErrNo:%d/%d/%d' % (
-                pfn, row['message'], row['status'], row['code'], row['errno']))
-    bad = [r for r in rows if not r['online']]
-    err = 'pfn-status: %d of %d replicas failed the check' % (len(bad), len(rows)) if bad else ''
-    return client_result('\n'.join(lines), rows, exitcode=EX_EIO if bad else 0, err=err)
-
-
-LFN2URI_USAGE = '''lfn2uri LFN[@SPECS] [LOCAL_FILE] [meta] [write|upload] [strict] [http]
-  the XRootD URLs (with their access envelopes) of the replicas of LFN, one per line
-  as a Python string literal (the envelope holds newlines): ready for xrdcp.
-  meta: write LFN's replicas into ./NAME.meta4 (a metalink for xrdcp) and print its path
-  write|upload: URLs to write LOCAL_FILE as LFN (default specs disk:2); not with meta
-  strict: only the SEs named in SPECS; http: http(s) URLs where the SEs have them'''
-
-
-@command('lfn2uri', usage=LFN2URI_USAGE)
-def cmd_lfn2uri(session, args):
-    _, words = parse_options('lfn2uri', args)
-    keys = set(w for w in words if w in ('meta', 'write', 'upload', 'strict', 'http'))
-    pos = [w for w in words if w not in keys]
-    write = 'write' in keys or 'upload' in keys
-    if not pos or len(pos) > 2:
-        raise AlienError('lfn2uri: usage: lfn2uri LFN [LOCAL_FILE] [meta] [write|upload] [strict] [http]', EX_USAGE)
-    if write and 'meta' in keys:
-        raise AlienError('lfn2uri: meta is for reading; it cannot be combined with write/upload', EX_USAGE)
-    path, specs = split_specs(pos[0])
-    lfn = session.grid_path(path)
-    size = md5 = None
-    if write:
-        local = expand_local_path(pos[1]) if len(pos) > 1 else ''
-        if not local or not os.path.isfile(local):
-            raise AlienError('lfn2uri: write URLs need an existing LOCAL_FILE to upload (got %r)'
-                             % (pos[1] if len(pos) > 1 else ''), EX_ENOENT)
-        size, md5 = os.path.getsize(local), md5_file(local)
-        specs = _with_default_specs(specs)
-    access = _access_args('write' if write else 'read', lfn, specs, size, md5, 'strict' in keys)
-    r = session.request('access', (['-u'] if 'http' in keys else []) + access, nomsg=True)
-    if r.exitcode != 0:
-        return r
-    replicas = [x for x in r.results if isinstance(x, dict) and x.get('url')]
-    urls = [grid_url(x['url'], x.get('envelope', '')) for x in replicas]
-    if 'meta' not in keys:
-        return client_result('\n'.join(repr(u) for u in urls), replicas)
-    target = os.path.abspath(os.path.basename(lfn) + '.meta4')
-    first = replicas[0] if replicas else {}
-    write_local_text(target, metalink_text(lfn, _int_or_none(first.get('size')) or 0, first.get('md5') or '', urls),
-                     what='lfn2uri')
-    return client_result(target, replicas)
-
-
-def xrd_targets(session, pos, opts, name):
-    """(name, host:port) of the SEs/servers an xrd_* command probes (-a: every SE)."""
-    if 'a' in opts or 'all' in opts:
-        ses = list_ses(session)
-    elif pos:
-        ses = lookup_ses(session, pos, name, hosts=True)
-    else:
-        raise AlienError('%s: which SE? usage: %s [options] SE|HOST[:PORT]... (see %s -h)' % (name, name, name),
-                         EX_USAGE)
-    xrootd_client(name)
-    return [(se['seName'], se_host(se)) for se in ses if se_host(se)]
-
-
-def xrd_each_se(session, args, name, flags, valued, probe, timeout=PROBE_TIMEOUT):
-    """An xrd_* command: probe(se_name, host, options, timeout) -> (text, row with
-    'ok') for every target; exit 5 when an SE failed (its text says why)."""
-    opts, pos = parse_options(name, args, flags, ('timeout',) + tuple(valued))
-    timeout = number_option(opts, 'timeout', name, timeout, int)
-    texts, rows = [], []
-    for se_name, host in xrd_targets(session, pos, opts, name):
-        text, row = probe(se_name, host, opts, timeout)
-        row.update(seName=se_name, endpointUrl=host)
-        texts.append(text)
-        rows.append(row)
-    bad = [r['seName'] for r in rows if not r['ok']]
-    return client_result('\n'.join(texts), rows, exitcode=EX_EIO if bad else 0,
-                         err='%s: no answer from %s' % (name, ', '.join(bad)) if bad else '')
-
-
-XRD_PING_USAGE = '''xrd_ping [-c COUNT] [-timeout S] SE|HOST[:PORT]...  XRootD round trip to storage elements
-  SE: an SE number or part of its name (getSE); HOST[:PORT]: any XRootD server.
-  COUNT pings (default 3) after one that opens the connection; -timeout per ping (2 s).
-  Exit 0 when every SE answered, 5 when one did not (its line says why).'''
-
-
-def _ping_probe(se_name, host, opts, timeout):
-    import statistics
-    count = number_option(opts, 'c', 'xrd_ping', 3, int)
-    st, _ = xrd_ping(host, timeout)   # opens the connection: not counted
-    rtts = []
-    for _ in range(count if st['ok'] else 0):
-        st, ms = xrd_ping(host, timeout)
-        if ms is None:
-            break
-        rtts.append(ms)
-    if len(rtts) < count:
-        return '%-32s %s' % (se_name, st['message']), {'ok': False, 'rtt_ms': rtts, 'message': st['message']}
-    row = {'ok': True, 'rtt_ms': rtts, 'min': min(rtts), 'avg': sum(rtts) / len(rtts), 'max': max(rtts),
-           'mdev': statistics.stdev(rtts) if len(rtts) > 1 else 0.0}
-    return ('%-32s rtt min/avg/max/mdev (ms) = %.3f/%.3f/%.3f/%.3f'
-            % (se_name, row['min'], row['avg'], row['max'], row['mdev'])), row
-
-
-@command('xrd_ping', usage=XRD_PING_USAGE)
-def cmd_xrd_ping(session, args):
-    opts, _ = parse_options('xrd_ping', args, (), ('c', 'timeout'))
-    count = number_option(opts, 'c', 'xrd_ping', 3, int)
-    r = xrd_each_se(session, args, 'xrd_ping', (), ('c',), _ping_probe, timeout=2)
-    r.out = 'XRootD ping(s): %d time(s) to:\n%s' % (count, r.out)
-    return r
-
-
-XRD_CONFIG_USAGE = '''xrd_config [-v] [-a] [-timeout S] SE|HOST[:PORT]...  XRootD configuration of storage elements
-  one line per SE: site, XRootD version, TPC, role, CMS; -v adds checksum, limits and
-  windows; -a: every SE of listSEs. Exit 5 when an SE did not answer.'''
-
-
-def _config_probe(se_name, host, opts, timeout):
-    cfg, failure = xrd_query_config(host, timeout)
-    if failure:
-        return '%-32s %s' % (se_name, failure['message']), dict(cfg, ok=False, message=failure['message'])
-    if cfg['sitename'] == 'NOT_SET':
-        cfg['sitename'] = se_name
-    cfg['ok'] = True
-    text = ('Site/XrdVer: %s/%s ; TPC status: %s ; role: %s ; CMS: %s'
-            % (cfg['sitename'], cfg['version'], cfg['tpc'], cfg['role'], cfg['cms']))
-    if 'v' in opts or 'verbose' in opts:
-        text += ('\nChksum type: %s ; Bind max: %s ; PIO max: %s ; Window/WAN window: %s/%s ; '
-                 'readv_{ior,iov}_max: %s/%s' % (cfg['chksum'], cfg['bind_max'], cfg['pio_max'], cfg['window'],
-                                                 cfg['wan_window'], cfg['readv_ior_max'], cfg['readv_iov_max']))
-    return text, cfg
-
-
-@command('xrd_config', usage=XRD_CONFIG_USAGE)
-def cmd_xrd_config(session, args):
-    return xrd_each_se(session, args, 'xrd_config', ('v', 'verbose', 'a', 'all'), (), _config_probe)
-
-
-XRD_STATS_USAGE = '''xrd_stats [-xml | -xmlraw] [-compact] [-a] [-timeout S] SE|HOST[:PORT]...  XRootD statistics
-  of storage elements, as JSON (default), indented XML (-xml) or as the server sent it
-  (-xmlraw); -compact: no indentation; -a: every SE. Exit 5 when an SE did not answer.'''
-
-
-def _stats_probe(se_name, host, opts, timeout):
-    xml_text, failure = xrd_query_stats(host, timeout)
-    if failure:
-        return '%-32s %s' % (se_name, failure['message']), {'ok': False, 'message': failure['message']}
-    stats = xrd_stats_dict(xml_text)
-    if not stats.get('site') or stats.get('site') == 'NOT_SET':
-        stats['site'] = se_name
-    stats.update(seName=se_name, endpointUrl=host)
-    compact = 'compact' in opts
-    if 'xmlraw' in opts:
-        text = xml_text
-    elif 'xml' in opts:
-        import xml.dom.minidom
-        pretty = xml.dom.minidom.parseString(xml_text)
-        text = pretty.toxml() if compact else pretty.toprettyxml(indent='  ').strip()
-    else:
-        text = json.dumps(stats, indent=None if compact else 2, separators=(',', ':') if compact else (', ', ': '))
-    return text, dict(stats, ok=True)
-
-
-@command('xrd_stats', usage=XRD_STATS_USAGE)
-def cmd_xrd_stats(session, args):
-    return xrd_each_se(session, args, 'xrd_stats', ('xml', 'xmlraw', 'compact', 'a', 'all'), (), _stats_probe)
-
-
-CHECKADDR_USAGE = '''checkAddr [-timeout S] [HOST[:PORT] | HOST PORT]  can the central service be reached?
-  Resolves HOST (default: the endpoint alien.py connects to) and tries every address,
-  IPv4 and IPv6: TCP connect, then the TLS handshake with your certificate (server
-  chain and host name verified). With https_proxy set, also the path through the
-  proxy (CONNECT), which then alone decides the exit code. Exit 0 when every address
-  passed, 107 otherwise.'''
-
-
-@command('checkAddr', connect=False, usage=CHECKADDR_USAGE)
-def _checkaddr_path(row, open_socket, ctx, why, timeout):
-    """TCP (open_socket()) then TLS along one path to the service; fills row, returns its line."""
-    t0 = time.monotonic()
-    try:
-        sock = open_socket()
-        row.update(tcp='OK', tcp_ms=round((time.monotonic() - t0) * 1000, 3))
-        if ctx is None:
-            row['tls'] = 'not tried: %s' % why
-            sock.close()
-        else:
-            t0 = time.monotonic()
-            tls_handshake(sock, ctx, row['host'], row['port'], timeout).close()
-            row.update(tls='OK', tls_ms=round((time.monotonic() - t0) * 1000, 3))
-    except AlienError as e:
-        row['error'] = str(e)
-        if row['tcp'] == 'OK':
-            row['tls'] = 'FAIL'
-    text = '%-45s TCP %s' % (row['shown'], row['tcp'])
-    if row['tcp'] == 'OK':
-        text += ' %.1f ms   TLS %s' % (row['tcp_ms'], row['tls'])
-        if row['tls'] == 'OK':
-            text += ' %.1f ms' % row['tls_ms']
-    return text + ('   (%s)' % row['error'] if row['error'] else '')
-
-
-@command('checkAddr', connect=False, usage=CHECKADDR_USAGE)
-def cmd_checkaddr(session, args):
-    opts, pos = parse_options('checkAddr', args, (), ('timeout',))
-    timeout = number_option(opts, 'timeout', 'checkAddr', PROBE_TIMEOUT, int)
-    env = {k: v for k, v in session.environ.items() if k != 'ALIENPY_NETWORKSTACK'}   # every family
-    if len(pos) > 2:
-        raise AlienError('checkAddr: usage: checkAddr [HOST[:PORT] | HOST PORT]', EX_USAGE)
-    if pos:
-        host, port = parse_hostport(pos[0], DEFAULT_PORT)
-        if len(pos) == 2:
-            if not re.match(r'^[0-9]{1,5}$', pos[1]):
-                raise AlienError('checkAddr: %r is not a port number' % pos[1], EX_EINVAL)
-            port = int(pos[1])
-    else:
-        host, port = endpoints(session.environ)[0]
-    try:
-        _, cert, key = choose_credentials(session.environ)
-        ctx, why = make_tls_context(cert, key, session.environ), ''
-    except AlienError as e:
-        ctx, why = None, str(e)
-    proxy = proxy_for(host, session.environ)
-    try:
-        addrs = [info[4][0] for info in resolve(host, port, env)]
-        lines = ['%s:%d resolves to %s' % (host, port, ', '.join(addrs))]
-    except AlienError as e:
-        if not proxy:
-            raise
-        addrs, lines = [], ['%s (the proxy resolves it)' % e]
-    rows = []
-    for addr in addrs:
-        row = {'host': host, 'port': port, 'address': addr, 'family': 'IPv6' if ':' in addr else 'IPv4',
-               'tcp': 'FAIL', 'tls': 'not tried', 'error': '',
-               'shown': '[%s]:%d' % (addr, port) if ':' in addr else '%s:%d' % (addr, port)}
-        lines.append(_checkaddr_path(row, lambda: connect_tcp(row['address'], port, env, timeout=timeout),
-                                     ctx, why, timeout))
-        rows.append(row)
-    if proxy:   # the path alien.py takes: its exit code is this row's
-        def tunnel():
-            sock = connect_tcp(proxy[0], proxy[1], session.environ, timeout=timeout)
-            try:
-                connect_tunnel(sock, host, port, proxy[2], timeout)
-            except AlienError:
-                sock.close()
-                raise
-            return sock
-        row = {'host': host, 'port': port, 'address': 'proxy %s:%d' % proxy[:2], 'family': 'proxy',
-               'tcp': 'FAIL', 'tls': 'not tried', 'error': '', 'shown': 'via https_proxy %s:%d' % proxy[:2]}
-        lines.append(_checkaddr_path(row, tunnel, ctx, why, timeout))
-        rows.append(row)
-    bad = [r for r in (rows[-1:] if proxy else rows) if r['error']]
-    err = ('checkAddr: %d of %d addresses of %s failed' % (len(bad), len(rows), host) if bad and not proxy else
-           'checkAddr: %s through the proxy failed' % host if bad else '')
-    return client_result('\n'.join(lines), rows, exitcode=EX_NOTCONN if bad else 0, err=err)
-
-
-# -- credential commands --
-
-def _utc(t):
-    return time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(t))
-
-
-def load_cert_file(path):
-    """[Cert] of a PEM file; a missing file exits 2 (ENOENT), one that holds no
-    certificate 5 (EIO), like the reference client."""
-    try:
-        return read_certs(path)
-    except OSError as e:
-        raise AlienError('cannot read %s: %s' % (path, e.strerror), EX_ENOENT)
-    except CertError as e:
-        raise AlienError(str(e), EX_EIO)
-
-
-def describe_cert(path):
-    """cert-info in the reference client's format (UTC times)."""
-    c = load_cert_file(path)[0]
-    return 'DN >>> %s\nISSUER >>> %s\nBEGIN >>> %s\nEXPIRE >>> %s' % (
-        dn_text(c.subject), dn_text(c.issuer), _utc(c.not_before), _utc(c.not_after))
-
-
-def verify_cert_file(path, environ):
-    """cert-verify: the chain of path up to the CAs in use -> Result (1 if it does not verify)."""
-    load_cert_file(path)
-    try:
-        kind, where = find_ca(environ)
-    except AlienError as e:
-        raise AlienError(str(e), EX_GENERIC)
-    try:
-        reason = verify_chain(path, kind, where)
-    except CertError as e:
-        reason = str(e)
-    if reason:
-        return Result(EX_GENERIC, '', '%s does not verify against %s: %s' % (path, where, reason))
-    return Result(0, '%s verifies against the CAs in %s' % (path, where))
-
-
-def match_cert_key(cert, key):
-    """certkey-match: 0 when key is the private key of cert, 42 when it is not."""
-    load_cert_file(cert)
-    if not os.path.isfile(key):
-        raise AlienError('cannot read %s: no such file' % key, EX_ENOENT)
-    asked = []
-
-    def password():
-        asked.append(True)
-        return ask_pass_phrase(key)
-    try:
-        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(cert, key, password=password)
-    except ssl.SSLError as e:
-        if 'MISMATCH' in ('%s %s' % (e.reason, e)).upper():
-            return Result(EX_ENOMSG, '', 'certificate %s and key %s do not match' % (cert, key))
-        if asked:
-            raise AlienError('cannot decrypt key %s: wrong pass phrase' % key, EX_EIO)
-        raise AlienError('cannot load key %s: %s' % (key, e.reason or e), EX_EIO)
-    except OSError as e:
-        raise AlienError('cannot read %s: %s' % (key, e.strerror), EX_EIO)
-    return Result(0, 'certificate %s and key %s match' % (cert, key))
-
-
-def _token_pair(environ):
-    tcert, tkey = credential_paths(environ)[:2]
-    return materialize_pem(tcert, 'tokencert'), materialize_pem(tkey, 'tokenkey')
-
-
-@command('cert-info', connect=False, usage='cert-info [CERT]  subject, issuer and validity (UTC) of the user certificate')
-def cmd_cert_info(session, args):
-    return Result(0, describe_cert(args[0] if args else credential_paths(session.environ)[2]))
-
-
-@command('token-info', connect=False, usage='token-info  subject, issuer and validity (UTC) of the token certificate')
-def cmd_token_info(session, args):
-    path = _token_pair(session.environ)[0]
-    if not os.path.exists(path):
-        return Result(EX_ENOENT, '', 'no token certificate at %s (run token-init)' % path)
-    return Result(0, describe_cert(path))
-
-
-@command('cert-verify', connect=False,
-         usage='cert-verify [CERT]  verify the user certificate\'s chain against the CAs in use (exit 1 if it does not)')
-def cmd_cert_verify(session, args):
-    return verify_cert_file(args[0] if args else credential_paths(session.environ)[2], session.environ)
-
-
-@command('token-verify', connect=False,
-         usage='token-verify  verify the token certificate\'s chain against the CAs in use (exit 1 if it does not)')
-def cmd_token_verify(session, args):
-    return verify_cert_file(_token_pair(session.environ)[0], session.environ)
-
-
-@command('certkey-match', connect=False,
-         usage='certkey-match [CERT KEY]  check that the user key belongs to the user certificate (exit 42 if not)')
-def cmd_certkey_match(session, args):
-    if len(args) not in (0, 2):
-        return Result(EX_USAGE, '', 'usage: certkey-match [CERT KEY]')
-    return match_cert_key(*(args or credential_paths(session.environ)[2:]))
-
-
-@command('tokenkey-match', connect=False,
-         usage='tokenkey-match  check that the token key belongs to the token certificate (exit 42 if not)')
-def cmd_tokenkey_match(session, args):
-    return match_cert_key(*_token_pair(session.environ))
-
-
-CAS_REPOSITORY = 'https://github.com/alisw/alien-cas.git'
-_HASH_NAME = LazyRegex(r'^[0-9a-f]{8}\.r?\d+$')
-
-
-def hash_links(directory):
-    """<hash>.N links to every CA certificate (*.pem) of directory, as
-    `openssl rehash` makes them -> number of certificates."""
-    count = 0
-    for name in sorted(os.listdir(directory)):
-        if not name.endswith('.pem'):
-            continue
-        c = cert_info(os.path.join(directory, name))
-        if c is None:
-            continue
-        h, n = name_hash(c.subject), 0
-        while os.path.lexists(os.path.join(directory, '%s.%d' % (h, n))):
-            n += 1
-        os.symlink(name, os.path.join(directory, '%s.%d' % (h, n)))
-        count += 1
-    return count
-
-
-def fetch_ca_certs(source, target, timeout=120):
-    """Clone the CA repository source (git), copy the content of each of its
-    top-level directories into target and make the hash links. target is
-    replaced only when all of that worked -> number of CA certificates."""
-    import shutil
-    import subprocess
-    import tempfile
-    git = shutil.which('git')
-    if git is None:
-        raise AlienError('getCAcerts needs git (e.g. apt-get install git)', EX_GENERIC)
-    work = tempfile.mkdtemp(dir=os.path.dirname(target), prefix='.alienpy-cas-')
-    try:
-        repo = os.path.join(work, 'repo')
-        env = dict(os.environ, GIT_TERMINAL_PROMPT='0')
-        try:
-            p = subprocess.run([git, 'clone', '--quiet', '--depth=1', source, repo], stdin=subprocess.DEVNULL,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
-                               timeout=timeout, env=env)
-        except subprocess.TimeoutExpired:
-            raise AlienError('getCAcerts: git clone %s took more than %d s' % (source, timeout), EX_GENERIC)
-        if p.returncode != 0:
-            why = [l for l in p.stderr.splitlines() if l.strip() and 'depth is ignored' not in l]
-            raise AlienError('getCAcerts: git clone %s failed: %s' % (source, why[-1] if why else 'exit %d' % p.returncode),
-                             EX_GENERIC)
-        new = os.path.join(work, 'certificates')
-        os.mkdir(new)
-        for top in sorted(os.listdir(repo)):
-            if top.startswith('.') or not os.path.isdir(os.path.join(repo, top)):
-                continue
-            for root, dirs, files in os.walk(os.path.join(repo, top)):
-                dirs[:] = [d for d in dirs if d != '.git']
-                out = os.path.join(new, os.path.relpath(root, os.path.join(repo, top)))
-                os.makedirs(out, exist_ok=True)
-                for name in files:
-                    if not _HASH_NAME.match(name):      # the links are made again below
-                        shutil.copy(os.path.join(root, name), os.path.join(out, name))
-        count = hash_links(new)
-        if not count:
-            raise AlienError('getCAcerts: %s holds no CA certificate' % source, EX_GENERIC)
-        if os.path.lexists(target):
-            os.rename(target, os.path.join(work, 'old'))
-        os.rename(new, target)
-        return count
-    except OSError as e:
-        raise AlienError('getCAcerts: %s: %s' % (e.filename or target, e.strerror), EX_GENERIC)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
-@command('getCAcerts', connect=False, usage='''getCAcerts [DIR]  download the grid CA certificates into DIR/certificates
-  (default ~/.globus/certificates) from the ALICE CA repository with git
-  (ALIENPY_CAS_REPO: another repository URL or path). Use them with
-  export X509_CERT_DIR=DIR/certificates, or ALIENPY_USE_LOCAL_CAS=1 for the default place.''')
-def cmd_getcacerts(session, args):
-    if len(args) > 1:
-        return Result(EX_USAGE, '', 'usage: getCAcerts [DIR]')
-    if args:
-        parent = os.path.expanduser(args[0])
-        if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
-            return Result(EX_GENERIC, '', 'getCAcerts: %s is not a writable directory' % parent)
-    else:
-        parent = user_file(session.environ, '.globus')
-        os.makedirs(parent, mode=0o700, exist_ok=True)
-    target = os.path.join(os.path.abspath(parent), 'certificates')
-    count = fetch_ca_certs(session.environ.get('ALIENPY_CAS_REPO') or CAS_REPOSITORY, target)
-    use = 'ALIENPY_USE_LOCAL_CAS=1 or ' if not args else ''
-    return Result(0, '%d CA certificates in %s; to use them: %sexport X509_CERT_DIR=%s' % (count, target, use, target))
-
-
-@command('token-init', connect=False, usage='token-init [-v DAYS]  get a new token with the user certificate')
-def cmd_token_init(session, args):
-    session.connect(want_user=True)
-    session.renew_token(args=args)
-    session.close()
-    return Result(0, describe_cert(materialize_pem(credential_paths(session.environ)[0], 'tokencert')))
-
-
-@command('token-destroy', connect=False, usage='token-destroy  delete the token files')
-def cmd_token_destroy(session, args):
-    for path in credential_paths(session.environ)[:2]:
-        if not is_pem_content(path) and os.path.exists(path):
-            os.unlink(path)
-    return Result(0, 'token files removed; the next connection with the user certificate makes a new token')
-
-
-# -- shell commands --
-
-def user_file(environ, name):
-    """~/name for the user of this session (HOME of its environment)."""
-    home = environ.get('HOME') or os.path.expanduser('~')
-    return os.path.join(home, name)
-
-
-def read_settings(path):
-    """[(key, value)] of a settings file (parse_settings); a missing file is
-    empty, an oversized or non-UTF-8 one is ignored with a one-line notice."""
-    try:
-        return parse_settings(read_text_limited(path, SETTINGS_MAX_BYTES))
-    except OSError:
-        return []
-    except ValueError as e:
-        print_error('alien.py: %s ignored: %s' % (path, e))
-        return []
-
-
-def parse_settings(text):
-    """[(key, value)] of 'key = value' lines (also key=value); '#' starts a
-    comment line; one pair of surrounding quotes is removed from the value."""
-    pairs = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith('#') or '=' not in line:
-            continue
-        key, _, value = line.partition('=')
-        key, value = key.strip(), value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in '"\'':
-            value = value[1:-1]
-        if key and not any(c.isspace() for c in key):
-            pairs.append((key, value))
-    return pairs
-
-
-def load_aliases(environ):
-    """Aliases of ~/.alienpy_aliases ('name = cmd1; cmd2'), in file order."""
-    aliases = read_settings(user_file(environ, '.alienpy_aliases'))
-    if len(aliases) > ALIAS_MAX:
-        print_error('alien.py: only the first %d aliases of ~/.alienpy_aliases are used' % ALIAS_MAX)
-    return dict(aliases[:ALIAS_MAX])
-
-
-def expand_aliases(elements, aliases):
-    """Replace an alias name that is the whole first word of a chain element by
-    its value (which may itself be a chain). One pass, so aliases cannot loop.
-    Deliberate deviation from the reference client, which replaced every
-    substring of the line: 'ls' inside a path or an argument is never touched."""
-    if not aliases:
-        return list(elements)
-    out = []
-    for element in elements:
-        m = re.match(r'(\S+)(.*)$', element, re.S)
-        if m and m.group(1) in aliases:
-            out.extend(split_chain(aliases[m.group(1)] + m.group(2)))
-        else:
-            out.append(element)
-        if len(out) > LINE_MAX_ELEMENTS:
-            raise AlienError('the command line expands to more than %d commands' % LINE_MAX_ELEMENTS, EX_USAGE)
-    return out
-
-
-def save_cwd(session):
-    """Write CWD/CWDPREV to ~/.alienpy_session (owner-only); never fails a cd.
-    Overwritten in place and then cut to length: on ext4 a rename over the file
-    or a truncation to zero forces a flush to disk (~4 ms per cd), and losing
-    the last directory in a power cut is harmless. Readers (a shell starting)
-    ignore lines they cannot use."""
-    if not session.cwd:
-        return
-    text = 'CWD = %s\nCWDPREV = %s\n' % (session.cwd, session.prevdir or session.cwd)
-    if getattr(session, 'saved_cwd_text', None) == text:
-        return
-    path = user_file(session.environ, '.alienpy_session')
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | getattr(os, 'O_NOFOLLOW', 0), 0o600)
-        try:
-            if os.fstat(fd).st_mode & 0o077:
-                os.fchmod(fd, 0o600)
-            data = text.encode('utf-8', 'surrogateescape')
-            os.write(fd, data)
-            os.ftruncate(fd, len(data))
-        finally:
-            os.close(fd)
-        session.saved_cwd_text = text
-    except OSError as e:
-        log('cannot write the session file: %s' % e)
-
-
-def restore_cwd(session):
-    """Go back to the directory of the last session (interactive shell only)."""
-    if env_flag('ALIENPY_NO_CWD_RESTORE', session.environ):
-        return
-    saved = dict(read_settings(user_file(session.environ, '.alienpy_session')))
-    cwd, prev = saved.get('CWD', ''), saved.get('CWDPREV', '')
-    if cwd and cwd.startswith('/') and cwd != session.cwd:
-        r = session.request('cd', [cwd], nokeys=True)
-        if r.exitcode != 0:
-            print_error('cannot return to %s: %s' % (cwd, r.err or 'cd failed'))
-            return
-    if prev.startswith('/'):
-        session.prevdir = prev
-
-
-def prompt_flags(session):
-    """{'date': bool, 'pwd': bool}, first from ALIENPY_PROMPT_DATE/_CWD."""
-    flags = getattr(session, 'prompt_flags', None)
-    if flags is None:
-        flags = session.prompt_flags = {'date': env_flag('ALIENPY_PROMPT_DATE', session.environ),
-                                        'pwd': env_flag('ALIENPY_PROMPT_CWD', session.environ)}
-    return flags
-
-
-PROMPT_USAGE = 'prompt date|pwd  toggle the date / the local directory in the shell prompt'
-
-
-@command('prompt', connect=False, usage=PROMPT_USAGE)
-def cmd_prompt(session, args):
-    flags = prompt_flags(session)
-    if not args:
-        state = ', '.join('%s %s' % (k, 'on' if v else 'off') for k, v in sorted(flags.items()))
-        return Result(0, 'usage: %s\n(now: %s)' % (PROMPT_USAGE, state))
-    for arg in args:
-        if arg not in flags:
-            return Result(EX_EINVAL, '', 'prompt: unknown item %r (use date or pwd)' % arg)
-    for arg in args:
-        flags[arg] = not flags[arg]
-    return Result(0)
-
-
-def dir_stack(session):
-    """The directory stack below the top; the top is always the current directory."""
-    stack = getattr(session, 'dirstack', None)
-    if stack is None:
-        stack = session.dirstack = []
-    return stack
-
-
-def _short_dir(session, path, full=False):
-    home = session.home
-    if not full and home and (path == home or path.startswith(home)):
-        path = '~/' + path[len(home):]
-    return path.rstrip('/') or '/'
-
-
-def _stack_text(session, opts=()):
-    entries = [session.cwd] + dir_stack(session)
-    shown = [_short_dir(session, p, '-l' in opts) for p in entries]
-    if '-v' in opts:
-        return '\n'.join('%2d  %s' % (i, p) for i, p in enumerate(shown))
-    return ('\n' if '-p' in opts else ' ').join(shown)
-
-
-def _stack_index(session, arg, name):
-    """Index in [cwd] + stack of '+N' (from the left) or '-N' (from the right)."""
-    size = 1 + len(dir_stack(session))
-    try:
-        n = int(arg[1:])
-    except ValueError:
-        raise AlienError('%s: %s: invalid number' % (name, arg), EX_EINVAL)
-    if n >= size or n < 0:
-        raise AlienError('%s: %s: directory stack index out of range' % (name, arg), EX_EINVAL)
-    return n if arg[0] == '+' else size - 1 - n
-
-
-def _is_index(arg):
-    return len(arg) > 1 and arg[0] in '+-' and arg[1:].isdigit()
-
-
-def _need_cwd(session):
-    if not session.cwd:
-        session.request('pwd')
-
-
-@command('dirs', usage='dirs [-c] [-l] [-p] [-v] [+N|-N]  show (or with -c clear) the directory stack')
-def cmd_dirs(session, args):
-    _need_cwd(session)
-    opts = [a for a in args if a in ('-c', '-l', '-p', '-v')]
-    other = [a for a in args if a not in opts]
-    for a in other:
-        if not _is_index(a):
-            return Result(EX_EINVAL, '', 'dirs: %s: invalid option (use -c, -l, -p, -v, +N or -N)' % a)
-    if '-c' in opts:
-        del dir_stack(session)[:]
-        return Result(0)
-    if other:
-        i = _stack_index(session, other[0], 'dirs')
-        return Result(0, _short_dir(session, ([session.cwd] + dir_stack(session))[i], '-l' in opts))
-    return Result(0, _stack_text(session, opts))
-
-
-def _cd_to(session, path):
-    r = cmd_cd(session, [path])
-    if r.exitcode != 0:
-        raise AlienError(r.err or 'cd %s failed' % path, r.exitcode)
-
-
-@command('pushd', usage='pushd [-n] [DIR | +N | -N]  push DIR (no argument: swap the top two) and go there')
-def cmd_pushd(session, args):
-    _need_cwd(session)
-    no_cd = '-n' in args
-    args = [a for a in args if a != '-n']
-    stack = dir_stack(session)
-    if len(args) > 1:
-        return Result(EX_USAGE, '', 'pushd: too many arguments')
-    if not args:
-        if not stack:
-            return Result(EX_GENERIC, '', 'pushd: no other directory')
-        if no_cd:
-            return Result(0, _stack_text(session))
-        old = session.cwd
-        _cd_to(session, stack[0])
-        stack[0] = old
-    elif _is_index(args[0]):
-        entries = [session.cwd] + stack
-        i = _stack_index(session, args[0], 'pushd')
-        rotated = entries[i:] + entries[:i]
-        if i:  # the top is always the current directory: rotating means a cd
-            _cd_to(session, rotated[0])
-        stack[:] = rotated[1:]
-    else:
-        target = session.grid_path(args[0])
-        if no_cd:
-            stack.insert(0, target if target.endswith('/') else target + '/')
-        else:
-            old = session.cwd
-            _cd_to(session, target)
-            stack.insert(0, old)
-    return Result(0, _stack_text(session))
-
-
-@command('popd', usage='popd [-n] [+N | -N]  drop the top of the directory stack and go to the new top')
-def cmd_popd(session, args):
-    _need_cwd(session)
-    no_cd = '-n' in args
-    args = [a for a in args if a != '-n']
-    stack = dir_stack(session)
-    if len(args) > 1 or (args and not _is_index(args[0])):
-        return Result(EX_USAGE, '', 'popd: usage: popd [-n] [+N | -N]')
-    if not stack:
-        return Result(EX_GENERIC, '', 'popd: directory stack empty')
-    i = _stack_index(session, args[0], 'popd') if args else 0
-    if i == 0:
-        if no_cd:
-            del stack[0]
-        else:
-            _cd_to(session, stack[0])
-            del stack[0]
-    else:
-        del stack[i - 1]
-    return Result(0, _stack_text(session))
-
-
-# -- grid operations: jobs and quotas --
-
-_TRACE_TIME = LazyRegex(r'^([0-9]{10}) \[')
-
-
-def trace_local_times(text, unixtime=False):
-    """Lines of a job trace with their leading unix time shown as local time."""
-    if unixtime:
-        return text
-    return '\n'.join(_TRACE_TIME.sub(lambda m: local_time(m.group(1)) + ' [', line, 1)
-                     for line in text.split('\n'))
-
-
-def parse_trace(trace, unixtime=False):
-    """A job trace split into the parts jobInfo shows: state, trace, proc lines (proc
-    format lines first), the worker node, the work directory and the batch queue ids."""
-    info = {'state': [], 'trace': [], 'proc': [], 'workdir': '', 'wn': '', 'queue': []}
-    procfmt = []
-    for line in trace_local_times(trace or '', unixtime).split('\n'):
-        m = re.match(r'^(.*?) ?\[(state|trace|proc|procfmt) *\]: (.*)$', line)
-        if not m:
-            continue
-        when, tag, text = m.groups()
-        (procfmt if tag == 'procfmt' else info[tag]).append('%s %s' % (when, text))
-        if tag == 'trace':
-            if text.startswith('Created workdir'):
-                info['workdir'] = text.split(': ', 1)[-1].strip()
-            w = re.match(r'Running JAliEn JobAgent .* on ([\w.-]+?)\.?$', text)
-            if w:
-                info['wn'] = w.group(1)
-            if 'BatchId' in text:
-                info['queue'].append(text.replace('BatchId', '').strip())
-    info['proc'][0:0] = procfmt
-    return info
-
-
-def parse_jdl(jdl):
-    """A JDL as a dict: 'Name = value;' statements; {...} lists become lists of strings."""
-    out = {}
-    for stmt in re.split(r';\s*(?=[A-Za-z_][A-Za-z0-9_]*\s*=|$)', jdl or ''):
-        name, eq, value = stmt.strip().partition('=')
-        if not eq:
-            continue
-        value = re.sub(r'\s+', ' ', value).strip()
-        if value.startswith('{') and value.endswith('}'):
-            out[name.strip()] = [v.strip().strip('"') for v in value[1:-1].split(',') if v.strip()]
-        else:
-            out[name.strip()] = value.replace('"', '').strip()
-    return out
-
-
-def ps_row(row):
-    """A ps row with the newer service's keys: the 2021 service writes `id ` and `owner `."""
-    return dict((k.strip(), v) for k, v in row.items())
-
-
-JOB_HEADER = 'JobID        MasterJobID  Status      User          Name'
-
-
-def job_line(row):
-    return '%-13s%-13s%-12s%-14s%s' % tuple(str(row.get(k, '')) for k in ('id', 'split', 'status', 'owner', 'name'))
-
-
-def jobinfo_text(row, info, show_trace=False, show_proc=False):
-    parts = ['#' * 66, JOB_HEADER, job_line(row), '',
-             'Machine info:', 'WorkerNode: %s' % info['wn'], 'Workdir: %s' % info['workdir'],
-             'Local queue info:'] + info['queue'] + ['', 'State info:'] + info['state'] + ['']
-    if show_trace:
-        parts += ['Trace info:'] + info['trace'] + ['']
-    if show_proc:
-        parts += ['Proc info:'] + info['proc'] + ['']
-    return '\n'.join(parts)
-
-
-JOBINFO_USAGE = '''jobInfo ID[,ID...] [-trace] [-proc] [-jdl] [-unixtime]  what a job did
-    for each job: ID, master job, status, owner, name, worker node, work directory,
-    batch queue id and state transitions (times in local time)
-    -trace     also the trace messages      -proc  also the process monitoring lines
-    -jdl       only the JDL, as one JSON object per job
-    -unixtime  keep the unix times of the trace'''
-
-
-def _jobs_with_trace(session, ids):
-    """ps rows of the jobs IDS with their trace and jdl fields, in one request where the
-    service takes `ps -j IDS -trace -jdl` (newer services). The 2021 service refuses it (22:
-    its -trace and -jdl each take one job ID): then the rows, and each job's trace and JDL."""
-    r = session.request('ps', ['-j', ids, '-trace', '-jdl'], nomsg=True)
-    if r.exitcode != EX_EINVAL:
-        return r
-    r = session.request('ps', ['-j', ids], nomsg=True)
-    rows = [ps_row(x) for x in r.results]
-    if not rows:
-        return r
-    parts = session.request_many([('ps', [f, x.get('id', '')]) for x in rows for f in ('-trace', '-jdl')], nomsg=True)
-    for n, row in enumerate(rows):
-        for field, part in zip(('trace', 'jdl'), parts[2 * n:2 * n + 2]):
-            row[field] = str(part.results[0].get(field, '')) if part.results else ''
-    return Result(r.exitcode, None, r.err, rows, r.metadata)
-
-
-@command('jobInfo', usage=JOBINFO_USAGE)
-def cmd_jobinfo(session, args):
-    opts, pos = parse_options('jobInfo', args, flags=('trace', 'proc', 'jdl', 'unixtime'))
-    if len(pos) != 1 or not re.match(r'^[0-9]+(,[0-9]+)*$', pos[0]):
-        return Result(EX_USAGE, '', 'jobInfo: give one list of job IDs, like 123 or 123,124')
-    r = _jobs_with_trace(session, pos[0])
-    if not r.results:   # jobs without a trace still come with their rows (and exit code 61)
-        return r if r.exitcode else Result(EX_ENOENT, '', 'jobInfo: no job with ID %s' % pos[0])
-    rows, texts = [], []
-    for row in map(ps_row, r.results):
-        info = parse_trace(row.get('trace', ''), opts.get('unixtime'))
-        jdl = parse_jdl(row.get('jdl', ''))
-        rows.append(dict(row, trace=info, jdl=jdl))
-        texts.append(json.dumps(jdl, separators=(',', ':')) if opts.get('jdl') else
-                     jobinfo_text(row, info, opts.get('trace'), opts.get('proc')))
-    return client_result('\n'.join(texts).strip(), rows, r.metadata)
-
-
-@command('ps', usage='')   # -h: the server's usage
-def cmd_ps(session, args):
-    """ps as the server answers it; with -trace the unix times become local times."""
-    r = session.request('ps', args, nokeys=not session.command_json)
-    if '-trace' in args and r.exitcode == 0 and not session.command_json:
-        r.out = trace_local_times('\n'.join(r.messages())).strip()
-    return r
-
-
-def ce_line(ce):
-    return '%-28s%-50s%-8s%-10s%-6s%-6s%-10s%s' % (
-        ce.get('ceName', '').replace('ALICE::', ''), ce.get('host', ''), ce.get('status', ''), ce.get('type', ''),
-        ce.get('maxRunning', ''), ce.get('maxQueued', ''), ce.get('TTL', ''), ce.get('partitions', '').strip(','))
-
-
-CE_HEADER = '%-28s%-50s%-8s%-10s%-6s%-6s%-10s%s' % ('Name', 'Host', 'State', 'Type', 'R', 'W', 'TTL', 'Partitions')
-
-
-def select_ces(ces, name=None, host=None, part=None):
-    """CEs whose name and host contain the given texts and that serve the partition
-    (case-insensitive; every given filter must match)."""
-    def ok(ce):
-        return ((not name or name.lower() in ce.get('ceName', '').lower())
-                and (not host or host.lower() in ce.get('host', '').lower())
-                and (not part or part.lower() in ce.get('partitions', '').lower().split(',')))
-    return [ce for ce in ces if ok(ce)]
-
-
-def _list_ces(session):
-    r = session.request('listCEs', [], nomsg=True)
-    if r.exitcode == EX_ENOENT and 'Command [listCEs] not found' in r.err:
-        raise AlienError('listCEs: this service does not list its computing elements (JAliEn before 1.8)', EX_ENOENT)
-    if r.exitcode != 0:
-        raise AlienError('listCEs: %s' % (r.err or 'failed'), r.exitcode)
-    return r
-
-
-@command('getCE', usage='getCE [-name TEXT] [-host TEXT] [-part PARTITION]  computing elements (all given filters apply)')
-def cmd_getce(session, args):
-    opts, pos = parse_options('getCE', args, valued=('name', 'host', 'part'))
-    if pos:
-        return Result(EX_USAGE, '', 'getCE: unexpected argument %r (filters are -name, -host, -part)' % pos[0])
-    r = _list_ces(session)
-    ces = select_ces(r.results, opts.get('name'), opts.get('host'), opts.get('part'))
-    if not ces:
-        return Result(EX_ENOENT, '', 'getCE: no computing element matches')
-    return client_result('\n'.join([CE_HEADER] + [ce_line(ce) for ce in ces]), ces, r.metadata)
-
-
-SITEJOBS_USAGE = '''siteJobs SITE [-id] [-running] [-status TEXT] [-user TEXT]  jobs of the CEs whose name contains SITE
-    -id  only the job IDs    -running (-r)  = -status RUNNING
-    -status / -user: the status / owner contains TEXT (case-insensitive)'''
-
-
-@command('siteJobs', usage=SITEJOBS_USAGE)
-def cmd_sitejobs(session, args):
-    opts, pos = parse_options('siteJobs', args, flags=('id', 'running', 'r'), valued=('status', 'user'))
-    if len(pos) != 1:
-        return Result(EX_USAGE, '', 'siteJobs: give one SITE (usage: siteJobs -h)')
-    ces = select_ces(_list_ces(session).results, name=pos[0])
-    if not ces:
-        return Result(EX_ENOENT, '', 'siteJobs: no computing element name contains %r (getCE lists them)' % pos[0])
-    r = session.request('ps', ['-s', ','.join(ce['ceName'] for ce in ces), '-a'], nomsg=True)
-    if r.exitcode != 0:
-        return r
-    status = 'RUNNING' if opts.get('running') or opts.get('r') else opts.get('status')
-    user = opts.get('user')
-    jobs = [j for j in map(ps_row, r.results) if (not status or status.lower() in j.get('status', '').lower())
-            and (not user or user.lower() in j.get('owner', '').lower())]
-    if opts.get('id'):
-        text = '\n'.join(j.get('id', '') for j in jobs)
-    else:
-        text = '\n'.join([JOB_HEADER] + [job_line(j) for j in jobs]) if jobs else ''
-    return client_result(text, jobs, r.metadata)
-
-
-def _ratio(used, limit, fmt='%.2f'):
-    return ('%.2f%%' % (100.0 * used / limit)) if limit else 'n/a'
-
-
-def quota_report(jq, fq, jq_missing=''):
-    """The text of `quota`: job quota (or why there is none) and file quota."""
-    user = (jq or fq).get('username', '')
-    lines = ['Quota report for user : %s' % user]
-    num = lambda d, *keys: float(next((d[k] for k in keys if k in d), 0) or 0)   # noqa: E731
-    if jq:
-        run, wait, maxu = num(jq, 'running'), num(jq, 'waiting'), num(jq, 'maxUnfinishedJobs')
-        rt, rtmax = num(jq, 'totalRunningTimeLast24h') / 3600, num(jq, 'maxTotalRunningTime') / 3600
-        cpu, cpumax = num(jq, 'totalCpuCostLast24h') / 3600, num(jq, 'maxTotalCpuCost') / 3600
-        lines += ['Unfinished jobs(R + W / Max):\t\t%d + %d / %d --> %s used' % (run, wait, maxu, _ratio(run + wait, maxu)),
-                  'Running time (last 24h) used/max:\t%.2f/%.2f(h) --> %s used' % (rt, rtmax, _ratio(rt, rtmax)),
-                  'CPU Cost (last 24h) used/max:\t\t%.2f/%.2f(h) --> %s used' % (cpu, cpumax, _ratio(cpu, cpumax)),
-                  'ParallelJobs (nominal/max) :\t%d/%d' % (num(jq, 'nominalParallelJobs', 'nominalparallelJobs'),
-                                                           num(jq, 'maxParallelJobs', 'maxparallelJobs'))]
-    else:
-        lines.append('Job quota :\t\t\tnone (%s)' % jq_missing)
-    size, smax = num(fq, 'totalSize'), num(fq, 'maxTotalSize')
-    files, fmax = num(fq, 'nbFiles'), num(fq, 'maxNbFiles')
-    lines += ['Storage size :\t\t\t%.2f/%.2f MiB --> %s' % (size / 1048576, smax / 1048576, _ratio(size, smax)),
-              'Number of files :\t\t%d/%d --> %s' % (files, fmax, _ratio(files, fmax))]
-    return '\n'.join(lines)
-
-
-ENODATA = 61
-
-
-@command('quota', usage='quota [USER]  job and file quotas (server jquota and fquota); a user without a job quota is said so')
-def cmd_quota(session, args):
-    opts, pos = parse_options('quota', args)
-    if len(pos) > 1 or pos[:1] == ['set']:
-        return Result(EX_USAGE, '', 'quota: give at most one USER (setting quotas: jquota set / fquota set, admins only)')
-    jr, fr = session.request_many([('jquota', ['list'] + pos), ('fquota', ['list'] + pos)], nomsg=True)
-    if fr.exitcode != 0 or not fr.results:
-        return Result(fr.exitcode or EX_ENOMSG, '', 'quota: fquota: %s' % (fr.err or 'empty reply'))
-    if jr.exitcode not in (0, ENODATA) or (jr.exitcode == 0 and not jr.results):
-        return Result(jr.exitcode or EX_ENOMSG, '', 'quota: jquota: %s' % (jr.err or 'empty reply'))
-    jq = jr.results[0] if jr.results else None
-    rows = [dict(jq or {}, **fr.results[0])]
-    return client_result(quota_report(jq, fr.results[0], jr.err.split(' : ')[-1]), rows, fr.metadata)
-
-
-@command('submit', usage='submit JDL [ARGS...]  submit the grid JDL file (path as for ls; $1.. in it take ARGS)')
-def cmd_submit(session, args):
-    if not args:
-        return Result(EX_USAGE, '', 'submit: give the JDL (a grid file) to submit')
-    if _LOCAL_PREFIX.match(args[0]):
-        return Result(EX_EINVAL, '', 'submit: %s is a local file: copy it to the grid first '
-                      '(cp %s JOB.jdl), then submit that' % (args[0], args[0]))
-    return session.request('submit', [session.grid_path(args[0])] + args[1:],
-                           nokeys=not session.command_json)
-
-
-# -- grid operations: outside services (CCDB, MonALISA) --
-
-CCDB_DEFAULT = 'http://alice-ccdb.cern.ch'
-MONALISA_DEFAULT = 'http://alimonitor.cern.ch/rest/'
-
-
-def service_base(url):
-    """'host', 'host:port' or a URL -> 'http(s)://.../' (http:// when no scheme is given)."""
-    url = url.strip()
-    if not re.match(r'^https?://', url):
-        url = 'http://' + url
-    return url.rstrip('/') + '/'
-
-
-def ccdb_query_path(query, when=''):
-    """The CCDB path of a query 'path[/TIME][/key=value...]': wildcards dropped, a 13-digit
-    time component or `when` put after the object path, key=value filters last."""
-    query = query.replace('.*', '').replace('*', '')
-    path, times, keys = [], [], []
-    for part in query.split('/'):
-        if re.match(r'^[0-9]{13}$', part):
-            times.append(part)
-        elif '=' in part:
-            keys.append(part)
-        elif part:
-            path.append(part)
-    return '/'.join(path + (times[-1:] or ([when] if when else [])) + keys), bool(times)
-
-
-def ccdb_object(obj):
-    """A CCDB object description reduced to the fields shown, with its file name and
-    lifetime (ms)."""
-    o = dict(obj)
-    name = o.get('fileName') or re.sub(r'^(inline|attachment);\s*filename=', '', o.get('Content-Disposition', ''))
-    o['filename'] = name.replace('"', '').replace('::', '-').strip() or o.get('id', 'object')
-    o['ETag'] = str(o.get('ETag', o.get('id', ''))).strip('"')
-    try:
-        o['Lifetime'] = int(o.get('Valid-Until', 0)) - int(o.get('Valid-From', 0))
-    except ValueError:
-        o['Lifetime'] = ''
-    return o
-
-
-def ccdb_listing(doc, unixtime=False):
-    lines = ['%s/' % d for d in doc['subfolders']]
-    objs = [ccdb_object(o) for o in doc['objects']]
-    if objs:
-        lines.append('%-47s%-28s%-19s%-20s%s' % ('Filename', 'Type', 'ValidFrom', 'ValidUntil', 'Lifetime(ms)'))
-    for o in objs:
-        lines.append('%s  %s  "%s"  "%s"  %s' % (o['filename'], o.get('ObjectType', 'TYPE NOT FOUND'),
-                                                local_time(o.get('Valid-From', ''), unixtime),
-                                                local_time(o.get('Valid-Until', ''), unixtime), o['Lifetime']))
-    return '\n'.join(lines)
-
-
-def ccdb_report(doc):
-    lines = ['%-40s%12s%12s%12s%14s' % ('Name', 'ownFiles', 'ownSize', 'filesSub', 'sizeSub')]
-    total_size = total = 0
-    for f in doc['subfolders']:
-        if not isinstance(f, dict):
-            continue
-        own, sub = int(f.get('ownSize', 0)), int(f.get('sizeOfSubfolders', 0))
-        total_size += own + sub
-        total += int(f.get('ownFiles', 0)) + int(f.get('filesInSubfolders', 0))
-        lines.append('%-40s%12s%12s%12s%14s' % (f.get('name', ''), f.get('ownFiles', 0), human_bytes(own),
-                                               f.get('filesInSubfolders', 0), human_bytes(sub)))
-    if doc['objects']:
-        total = len(doc['objects'])
-        total_size += sum(int(o.get('size', o.get('Content-Length', 0)) or 0) for o in doc['objects'])
-    lines.append('%s%12s%12s%12s%14s' % ('TOTAL'.center(40), '-', '-', total, human_bytes(total_size)))
-    return '\n'.join(lines)
-
-
-def _ccdb_doc_ok(doc):
-    return isinstance(doc, dict) and isinstance(doc.get('objects'), list) \
-        and isinstance(doc.get('subfolders'), list) and all(isinstance(o, dict) for o in doc['objects'])
-
-
-def download_file(url, dest, environ, md5=None, what='GET'):
-    """Download url to dest: written to a hidden temp file next to it, checked (length,
-    md5 when known), then renamed; a failure leaves dest as it was. Returns the size."""
-    d = os.path.dirname(os.path.abspath(dest))
-    try:
-        os.makedirs(d, exist_ok=True)
-    except OSError as e:
-        raise AlienError('%s: cannot create %s: %s' % (what, d, e.strerror), EX_EIO)
-    tmp = part_name(os.path.abspath(dest))
-    try:
-        with open(tmp, 'wb') as f:
-            http_get(url, environ, sink=f, what=what)
-        if md5 and md5_file(tmp) != md5.lower():
-            raise AlienError('%s %s: md5 mismatch (the download is not the object)' % (what, url), EX_EIO)
-        os.replace(tmp, dest)
-        tmp = None
-        return os.path.getsize(dest)
-    except OSError as e:
-        raise AlienError('%s: cannot write %s: %s' % (what, dest, e.strerror), EX_EIO)
-    finally:
-        _unlink_quiet(tmp)
-
-
-CCDB_USAGE = '''ccdb [-host URL] [-history] [-limit N] [-unixtime] [-run RUN | -objtime MS] [-header "K: V"]...
-     [-get | -mirror] [-dst DIR] [-report] QUERY       query the CCDB (REST, plain HTTP)
-QUERY: path/of/object[/TIME_MS][/key=value...]   ("*" and ".*" are dropped)
-    -host URL      another CCDB server (default $ALIENPY_CCDB or http://alice-ccdb.cern.ch)
-    -history       every version (browse), newest first, at most -limit N (default 10)
-    -run RUN       the version valid at the start of run RUN    -objtime MS: valid at that time
-    -unixtime      times in ms instead of local time            -header: extra request headers
-    -get           download the objects to DST/path/filename (default DST: .)
-    -mirror        download as DST/path/VALIDFROM/ETAG with a .properties file (a CCDB snapshot)
-    -report        files and sizes of a path and its subfolders'''
-
-
-@command('ccdb', connect=False, usage=CCDB_USAGE)
-def cmd_ccdb(session, args):
-    opts, pos = parse_options('ccdb', args, flags=('history', 'unixtime', 'get', 'mirror', 'report', 'nicetime'),
-                              valued=('host', 'run', 'objtime', 'limit', 'dst'), multi=('header',))
-    if len(pos) != 1:
-        return Result(EX_USAGE, '', 'ccdb: give one QUERY (at least "/"; ccdb -h for the usage)')
-    if opts.get('get') and opts.get('mirror'):
-        return Result(EX_USAGE, '', 'ccdb: -get and -mirror exclude each other')
-    if opts.get('run') and opts.get('objtime'):
-        return Result(EX_USAGE, '', 'ccdb: -run and -objtime exclude each other')
-    for key, pattern in (('limit', r'^[0-9]+$'), ('run', r'^[0-9]+$'), ('objtime', r'^[0-9]{13}$')):
-        if key in opts and not re.match(pattern, opts[key]):
-            return Result(EX_USAGE, '', 'ccdb: -%s %r is not %s' % (
-                key, opts[key], 'a time in ms (13 digits)' if key == 'objtime' else 'a number'))
-    headers = [('Browse-Limit', opts.get('limit', '10'))]
-    for h in opts.get('header', []):
-        k, colon, v = h.partition(':')
-        if not colon or not k.strip():
-            return Result(EX_USAGE, '', 'ccdb: -header %r is not "Name: value"' % h)
-        headers.append((k.strip(), v.strip()))
-    env = session.environ
-    base = service_base(opts.get('host') or env.get('ALIENPY_CCDB') or CCDB_DEFAULT)
-    when = opts.get('objtime', '')
-    path, has_time = ccdb_query_path(pos[0], when)
-    if opts.get('run') and not has_time:
-        info = http_get_json('%slatest/RCT/Info/RunInformation/%s' % (base, opts['run']), env, what='ccdb',
-                             check=_ccdb_doc_ok)
-        sor = info['objects'][0].get('SOR') if info['objects'] else None
-        if not sor:
-            return Result(EX_ENOENT, '', 'ccdb: no start-of-run time registered for run %s' % opts['run'])
-        path, _ = ccdb_query_path(pos[0], str(sor))
-    listing = 'browse/' if opts.get('history') or opts.get('report') else 'latest/'
-    url = base + listing + path + ('?report=true' if opts.get('report') else '')
-    doc = http_get_json(url, env, headers, what='ccdb', check=_ccdb_doc_ok)
-    metadata = {'url': url, 'subfolders': doc['subfolders']}
-    if opts.get('report'):
-        return client_result(ccdb_report(doc), doc['objects'], metadata)
-    objs = [ccdb_object(o) for o in doc['objects']]
-    if not (opts.get('get') or opts.get('mirror')):
-        return client_result(ccdb_listing(doc, opts.get('unixtime')), objs, metadata)
-    return _ccdb_download(base, objs, opts, env, metadata)
-
-
-def ccdb_download_urls(base, obj):
-    """Where an object can be fetched over HTTP, in order: its http(s) replicas (a path
-    is on the CCDB server itself), then the REST path /PATH/VALIDFROM/ID."""
-    from urllib.parse import urljoin
-    urls = [urljoin(base, r) for r in obj.get('replicas', []) if isinstance(r, str)
-            and (r.startswith(('http://', 'https://')) or r.startswith('/'))]
-    urls.append('%s%s/%s/%s' % (base, obj.get('path', '').strip('/'), obj.get('Valid-From', ''), obj['ETag']))
-    return urls
-
-
-def _ccdb_download(base, objs, opts, env, metadata):
-    dst = opts.get('dst', '.')
-    unique = len({(o.get('path', ''), o['filename']) for o in objs}) == len(objs)
-    lines = []
-    for o in objs:
-        name = o['filename']
-        if opts.get('mirror'):
-            name = '%s/%s' % (o.get('Valid-From', ''), o['ETag'])
-        elif not unique:
-            stem, dot, ext = name.rpartition('.')
-            name = '%s_%s.%s' % (stem, o['ETag'], ext) if dot else '%s_%s' % (name, o['ETag'])
-        dest = os.path.join(dst, o.get('path', '').strip('/'), name)
-        size, error = None, None
-        for url in ccdb_download_urls(base, o):   # the next one when a replica fails
-            try:
-                size = download_file(url, dest, env, md5=o.get('MD5') or o.get('Content-MD5'), what='ccdb')
-                break
-            except AlienError as e:
-                error = e
-                log('ccdb: %s' % e)
-        if size is None:
-            raise error
-        if opts.get('mirror'):
-            skip = ('replicas', 'path', 'ETag', 'Valid-From', 'Content-Length', 'filename', 'Lifetime')
-            rename = {'Created': 'CreateTime', 'Valid-Until': 'ValidUntil'}
-            props = ''.join('%s=%s\n' % (rename.get(k, k), v) for k, v in o.items() if k not in skip)
-            props += 'OriginalFileName=%s\n' % o['filename']
-            write_local_text(dest + '.properties', props, what='ccdb')
-        lines.append('%s (%d bytes)' % (dest, size))
-        o['local'] = dest
-    return client_result('\n'.join(lines), objs, metadata)
-
-
-QUERYML_USAGE = '''queryML [-host URL] [text|xml|json] PATH   query the MonALISA REST service
-    PATH: farm/cluster/node/parameter, each part may be *; a time range goes first:
-    /START/END/parameter, in ms since the epoch, or negative = relative to now (-60000: a minute ago)
-    json (default): a table (Timestamp in local time); text, xml: the reply as it is
-    -host URL  another MonALISA REST endpoint (default $ALIENPY_MONALISA or http://alimonitor.cern.ch/rest/)'''
-
-
-def ml_table(rows):
-    """MonALISA rows as columns (the first row's keys), each 3 wider than its widest value."""
-    keys = list(rows[0].keys())
-    cells = [[str(r.get(k)) if k != 'Timestamp' else local_time(r.get(k)) for k in keys] for r in rows]
-    widths = [max([len(k)] + [len(c[i]) for c in cells]) + 3 for i, k in enumerate(keys)]
-    return '\n'.join(''.join(v.ljust(w) for v, w in zip(line, widths)).rstrip() for line in [keys] + cells)
-
-
-@command('queryML', connect=False, usage=QUERYML_USAGE)
-def cmd_queryml(session, args):
-    opts, pos = parse_options('queryML', args, valued=('host',))
-    kind = 'json'
-    for word in ('text', 'xml', 'json'):
-        if word in pos:
-            kind = word
-            pos.remove(word)
-    if len(pos) != 1:
-        return Result(EX_USAGE, '', 'queryML: give one PATH (queryML -h for the usage)')
-    env = session.environ
-    base = service_base(opts.get('host') or env.get('ALIENPY_MONALISA') or MONALISA_DEFAULT)
-    accept = {'json': 'application/json', 'xml': 'text/xml', 'text': 'text/plain'}[kind]
-    url = '%s%s?Accept=%s' % (base, pos[0].lstrip('/'), accept)
-    if kind != 'json':
-        _, body = http_get(url, env, [('Accept', accept)], what='queryML')
-        return Result(0, body.decode('utf-8', 'replace').strip())
-    doc = http_get_json(url, env, what='queryML', check=lambda d: isinstance(d, dict) and isinstance(
-        d.get('results'), list) and all(isinstance(r, dict) for r in d['results']))
-    rows = doc['results']
-    return client_result(ml_table(rows) if rows else '', rows, {'url': url})
-
-
-def _refuse_arguments(*names):
-    """Commands that take no arguments say so instead of ignoring a typo."""
-    for name in names:
-        cmd = COMMANDS.get(name)
-        if cmd is None:
-            continue
-
-        def handler(session, args, _inner=cmd.handler, _cmd=cmd):
-            if args:
-                return Result(EX_USAGE, '', '%s: unexpected argument %r (usage: %s)'
-                              % (_cmd.name, args[0], _cmd.usage.strip()))
-            return _inner(session, args)
-        cmd.handler = handler
-
-
-_refuse_arguments('home', 'version', 'exitcode', '$?', 'token-destroy')
-
-# ==========================================================================
-# Interactive shell
-# ==========================================================================
-# Line editing, history and completion come from readline (imported here, not at
-# module import). The session object is shared with command mode; the shell adds
-# the prompt, the loop, Ctrl-C/Ctrl-D handling, history and completion.
-
-HISTORY_SIZE = 5000        # lines kept in ~/.alienpy_history
-COMPLETION_TTL = 10.0      # seconds a directory listing is reused for completion
-BANNER = 'Welcome to the ALICE GRID\n(alien.py %s; help lists the commands, exit or Ctrl-D leaves)\n' % VERSION
-_ESCAPE = set(' \t\'"\\;|&()<>$`')
-DIR_ONLY_VERBS = ('cd', 'pushd', 'rmdir')  # complete directories only
-
-
-def prompt_text(session):
-    """'AliEn[user]:/cwd/ >' (+ date prefix, + ' local:<dir>' per `prompt`)."""
-    flags = prompt_flags(session)
-    text = 'AliEn[%s]:%s' % (session.user, session.cwd)
-    if flags['date']:
-        text = time.strftime('%Y-%m-%dT%H:%M:%S ') + text
-    if flags['pwd']:
-        try:
-            text += ' local:%s' % os.getcwd()
-        except OSError:
-            text += ' local:?'
-    return term_text(text, sys.stdout) + ' >'
-
-
-def shell_print(result):
-    """print_result, with errors in red when stderr is a terminal."""
-    if result.exitcode != 0 and result.err and not result.as_json and sys.stderr.isatty() \
-            and not os.environ.get('NO_COLOR'):
-        if result._out:
-            write_lines(result)
-        sys.stdout.flush()
-        sys.stderr.write('\033[91m%s\033[0m\n' % term_text(result.err.rstrip('\n'), sys.stderr))
-        sys.stderr.flush()
-    else:
-        print_result(result)
-
-
-def _escape(word):
-    return ''.join('\\' + c if c in _ESCAPE else c for c in word)
-
-
-def current_word(text):
-    """(raw last word, its unescaped form, whether it is the verb, local context)
-    of a partial line, following the tokenizer's rules for quotes and backslashes."""
-    element_start, word_start, local = 0, 0, False
-    for i, c in _scan(text, ';\n| \t'):
-        if c in ';\n|':
-            element_start, word_start, local = i + 1, i + 1, c == '|'
-        else:
-            word_start = i + 1
-    raw = text[word_start:]
-    element = text[element_start:word_start]
-    if element.lstrip().startswith('!'):
-        local = True
-    try:
-        plain = shlex.split(raw + ('"' if raw.count('"') % 2 else '')) if raw else ['']
-        plain = plain[0] if plain else ''
-    except ValueError:
-        plain = raw
-    return raw, plain, not element.strip(), local
-
-
-class Shell(object):
-    """The interactive loop around a Session."""
-
-    def __init__(self, session):
-        self.session = session
-        self.tty = sys.stdin.isatty()
-        self.readline = None
-        self.history = None
-        self.listings = {}      # grid dir -> (time, [names])
-        self.matches = []
-        self.reconnect = False  # a request was interrupted: new connection, same cwd
-
-    # -- readline: history and completion --
-    def setup_readline(self):
-        if not self.tty:
-            return
-        try:
-            import readline
-        except ImportError:
-            print('(no readline module here: no line editing, history or tab completion)')
-            return
-        self.readline = readline
-        if env_flag('ALIENPY_NO_HISTORY', self.session.environ):
-            if hasattr(readline, 'set_auto_history'):
-                readline.set_auto_history(False)
-            readline.set_completer(lambda text, state: None)  # not even local file names
-            return
-        self.history = user_file(self.session.environ, '.alienpy_history')
-        readline.set_history_length(HISTORY_SIZE)
-        try:
-            if not os.path.exists(self.history):
-                os.close(os.open(self.history, os.O_WRONLY | os.O_CREAT, 0o600))
-            readline.read_history_file(self.history)
-        except OSError as e:
-            log('history file %s: %s' % (self.history, e))
-        readline.set_completer(self.complete)
-        readline.set_completer_delims(' \t\n;|')
-        readline.set_completion_display_matches_hook(self.display_matches)
-        if 'libedit' in (getattr(readline, '__doc__', '') or ''):
-            readline.parse_and_bind('bind ^I rl_complete')
-        else:
-            readline.parse_and_bind('tab: complete')
-
-    def save_history(self):
-        """Append the line just entered (so a crashing command keeps it), the file
-        bounded to HISTORY_SIZE lines."""
-        rl = self.readline
-        if rl is None or self.history is None or rl.get_current_history_length() < 1:
-            return
-        try:
-            if hasattr(rl, 'append_history_file'):
-                rl.append_history_file(1, self.history)
-            else:
-                rl.write_history_file(self.history)
-        except OSError as e:
-            log('history file %s: %s' % (self.history, e))
-
-    def complete(self, text, state):
-        if state == 0:
-            try:
-                line = self.readline.get_line_buffer()[:self.readline.get_endidx()]
-                self.matches = self.completions(line, text)
-            except KeyboardInterrupt:  # a listing was interrupted: drop its connection
-                self.drop_connection(sys.exc_info()[2])
-                self.matches = []
-            except Exception:
-                log_exception()
-                self.matches = []
-        return self.matches[state] if state < len(self.matches) else None
-
-    def display_matches(self, substitution, matches, longest):
-        """List candidates by their last path component (in columns, like ls),
-        then the prompt and the line again."""
-        names = []
-        for m in matches:
-            if m.endswith(' ') and not m.endswith('\\ '):
-                m = m[:-1]
-            isdir = m.endswith('/')
-            names.append(m.rstrip('/').rsplit('/', 1)[-1] + ('/' if isdir else ''))
-        try:
-            sys.stdout.write('\n' + term_text(format_columns(sorted(set(names))), sys.stdout) + '\n')
-            sys.stdout.write(prompt_text(self.session) + term_text(self.readline.get_line_buffer(), sys.stdout))
-            sys.stdout.flush()
-        except Exception:
-            log_exception()
-
-    def completions(self, line, text):
-        """Candidates that replace text (readline's word: the part after the last
-        space) for the partial line."""
-        raw, plain, is_verb, local = current_word(line)
-        if is_verb and not local:
-            return [n + ' ' for n in self.command_names() if n.startswith(plain)]
-        if plain.startswith('file:'):
-            cands = ['file:' + c for c in self.local_paths(plain[5:])]
-        elif local:
-            cands = self.local_paths(plain)
-        else:
-            cands = self.grid_paths(plain)
-            words = re.split(r'[;|\n]', line)[-1].split()
-            if words and words[0] in DIR_ONLY_VERBS:
-                cands = [c for c in cands if c.endswith('/')]
-        cut = len(raw) - len(text)
-        out = []
-        for c in cands:
-            tail = c.endswith(' ')
-            esc = _escape(c.rstrip(' ') if tail else c) + (' ' if tail else '')
-            if esc.startswith(raw) and cut >= 0:
-                out.append(esc[cut:])
-        return out
-
-    def command_names(self):
-        names = set(n for n in COMMANDS if n not in ('$?',))
-        names.update(getattr(self.session, 'aliases', None) or ())
-        try:
-            self.restore_connection()
-            names.update(self.session.server_commands())
-        except AlienError:
-            pass
-        return sorted(names)
-
-    def listing(self, directory):
-        now = time.monotonic()
-        hit = self.listings.get(directory)
-        if hit and now - hit[0] < COMPLETION_TTL:
-            return hit[1]
-        self.restore_connection()
-        r = self.session.request('ls', ['-a', '-F', directory], nomsg=True)
-        names = [str(x['name']) for x in r.results if isinstance(x, dict) and x.get('name')] if r.exitcode == 0 else []
-        self.listings[directory] = (now, names)
-        return names
-
-    def grid_paths(self, word):
-        prefix = ''
-        m = _GRID_PREFIX.match(word)
-        if m:
-            prefix, word = m.group(1), word[m.end():]
-        dirpart, base = word[:word.rfind('/') + 1], word[word.rfind('/') + 1:]
-        if not self.session.cwd:
-            self.session.request('pwd')
-        directory = self.session.grid_path(dirpart) if dirpart else self.session.cwd
-        out = []
-        for name in self.listing(directory):
-            if name.startswith(base) and (base.startswith('.') or not name.startswith('.')):
-                out.append(prefix + dirpart + name + ('' if name.endswith('/') else ' '))
-        return sorted(out)
-
-    @staticmethod
-    def local_paths(word):
-        dirpart, base = word[:word.rfind('/') + 1], word[word.rfind('/') + 1:]
-        directory = os.path.expanduser(dirpart) if dirpart else '.'
-        try:
-            names = os.listdir(directory)
-        except OSError:
-            return []
-        out = []
-        for name in names:
-            if name.startswith(base) and (base.startswith('.') or not name.startswith('.')):
-                isdir = os.path.isdir(os.path.join(directory, name))
-                out.append(dirpart + name + ('/' if isdir else ' '))
-        return sorted(out)
-
-    # -- the loop --
-    def restore_connection(self):
-        """After an interrupted request: a new connection in the same directory."""
-        if self.reconnect:
-            prev = self.session.prevdir  # (a token renewal on connect passes through home)
-            self.session.close()
-            self.session._reconnect()  # raises when the service is gone: try again next time
-            self.session.prevdir = prev
-            self.reconnect = False
-
-    def drop_connection(self, tb):
-        """Ctrl-C hit a request: the reply may be half read, so the connection is
-        of no further use. The next request reconnects (restore_connection)."""
-        codes = set()
-        for cls in (Session, WebSocket, WebSocketClientTransport):
-            for value in vars(cls).values():
-                value = getattr(value, '__func__', value)
-                if hasattr(value, '__code__'):
-                    codes.add(value.__code__)
-        while tb is not None:
-            if tb.tb_frame.f_code in codes:
-                break
-            tb = tb.tb_next
-        if tb is None:
-            return
-        ws, self.session.ws = self.session.ws, None
-        if ws is not None:
-            try:
-                ws.close()
-            except Exception:
-                pass
-        self.reconnect = True
-
-    def read_line(self):
-        if self.tty:
-            return input(prompt_text(self.session))
-        line = sys.stdin.readline()
-        if not line:
-            raise EOFError
-        return line.rstrip('\n')
-
-    def run_line(self, line):
-        session = self.session
-        try:
-            self.restore_connection()
-            session.run(line, on_result=shell_print)
-        except KeyboardInterrupt:
-            self.drop_connection(sys.exc_info()[2])
-            sys.stdout.write('\n')
-            print_error('interrupted')
-            session.last_exitcode = 130
-        except AlienError as e:
-            shell_print(Result(e.exitcode, '', str(e)))
-            session.last_exitcode = e.exitcode
-        self.listings.clear()  # the command may have changed the directories
-
-    def loop(self):
-        session = self.session
-        if self.tty:
-            import signal  # Ctrl-C must reach us even when started with SIGINT ignored
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            sys.stdout.write(BANNER + '\n')
-            sys.stdout.flush()
-        session.request('pwd')  # connect now: the prompt needs user and cwd
-        restore_cwd(session)
-        if getattr(session, 'aliases', None) is None:
-            session.aliases = load_aliases(session.environ)  # (completion offers them)
-        self.setup_readline()
-        session.flush_token()
-        while True:
-            try:
-                line = self.read_line()
-            except EOFError:
-                if self.tty:
-                    sys.stdout.write('\nExit\n')
-                    return 0
-                return session.last_exitcode  # a script on stdin: like command mode
-            except KeyboardInterrupt:
-                sys.stdout.write('\n')  # Ctrl-C at the prompt: forget the line
-                continue
-            if not line.strip():
-                continue
-            self.save_history()
-            try:
-                self.run_line(line)
-            except SystemExit as e:
-                return e.code if isinstance(e.code, int) else 0
-
-
-def shell_main(session):
-    """The interactive shell (no command-line arguments). Returns the exit code."""
-    return Shell(session).loop()
-
 
 # ==========================================================================
 # main()
 # ==========================================================================
-
-def print_error(text):
-    if text:
-        sys.stderr.write(term_text(text.rstrip('\n'), sys.stderr) + '\n')
-        sys.stderr.flush()
-
-
-def print_result(result):
-    if env_flag('ALIENPY_JSONRAW') and result.raw is not None:
-        sys.stdout.write(result.raw + '\n')
-    elif result.as_json:
-        if result.metadata:
-            sys.stdout.write(json.dumps({'metadata': result.metadata, 'results': result.results},
-                                        sort_keys=True, indent=2) + '\n')
-        else:
-            print_error('no JSON reply to print: this command runs in the client')
-    elif result.exitcode == 0:
-        write_lines(result)
-    else:
-        if result._out:   # a client command's report (e.g. which replicas failed)
-            write_lines(result)
-        print_error(result.err)
-    sys.stdout.flush()
-
-
-def write_lines(result, batch=4096):
-    """Print result.out without building it: large listings go out in batches."""
-    def safe(text):
-        return text if result.style == 'raw' else term_text(text, sys.stdout, result.style == 'colour')
-    if result._out is not None:
-        if result._out:
-            sys.stdout.write(safe(result._out) + '\n')
-        return
-    lines = list(result.messages())
-    while lines and not lines[-1].strip():
-        lines.pop()
-    while lines and not lines[0].strip():
-        lines.pop(0)
-    if not lines:
-        return
-    lines[0], lines[-1] = lines[0].lstrip(), lines[-1].rstrip()
-    for i in range(0, len(lines), batch):
-        sys.stdout.write(safe('\n'.join(lines[i:i + batch])))
-        sys.stdout.write('\n')
-
-
-def exit_status(code):
-    """Process exit status of a command exit code (negative codes wrap like sys.exit)."""
-    return code if 0 <= code <= 255 else (code & 0xFF) or 1
-
 
 USAGE = """usage: alien.py                     interactive shell
        alien.py 'cmd1 args; cmd2'   run commands and exit with the last one's code
@@ -8635,7 +8641,6 @@ USAGE = """usage: alien.py                     interactive shell
   anywhere: -json (JSON replies for the whole run), -debug, -debugfile FILE (debug log)
   the arguments are joined with spaces and split again honouring quotes:
   alien.py "stat 'my file'" for a name with a space"""
-
 # The alien-<verb> commands of the reference client (alien_<verb> is any verb).
 ENTRY_VERBS = ('token-init', 'token-info', 'token-destroy', 'cert-info')
 
