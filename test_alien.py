@@ -1828,7 +1828,7 @@ def test_result_out_and_write_lines_agree():
 
 
 # -- the service's two dialects: the captured replies, request by request (issue 18) --
-# ../shared/spec/jcentral-replies.md (2021) and jcentral-replies-2024.md hold the raw
+# testgrid/captures/ (copies of the shared specs jcentral-replies.md, 2021, and jcentral-replies-2024.md) hold the raw
 # replies of two real services to about 100 requests. The corpus test rebuilds their
 # fixture on a grid of its own (one SE like theirs, a fresh catalogue: the job gets the
 # captured id), replays every request under its dialect and compares the replies
@@ -1838,7 +1838,7 @@ def test_result_out_and_write_lines_agree():
 # code base are normalised per command in _CX_GRID_VALUES, with the reason (also in
 # testgrid/README.md, "The corpus test"). No entry is left out.
 _CX_DIR = _tg_os.path.join(_TG_REPO, '.testgrid-corpus')
-_CX_SPEC = {'2021': 'jcentral-replies.md', '2024': 'jcentral-replies-2024.md'}
+_CX_SPEC = {'2021': 'jcentral-replies-2021.md', '2024': 'jcentral-replies-2024.md'}
 # Names in the captures' homes that the fixture made; the others are other tests' folders.
 _CX_HOME = {'2021': {'specdemo'}, '2024': {'specdemo', 'bin'}}
 # command -> (why, [(pattern, replacement)]): values of the grid, not of the code base,
@@ -1858,7 +1858,7 @@ _CX_GRID_VALUES = {
 
 def _cx_corpus(dialect):
     """[(section, title, request dict, reply text)] of a dialect's capture file."""
-    path = _tg_os.path.join(_tg_os.path.dirname(_TG_REPO), 'shared', 'spec', _CX_SPEC[dialect])
+    path = _tg_os.path.join(_TG_REPO, 'testgrid', 'captures', _CX_SPEC[dialect])
     with open(path) as f:
         text = f.read()
     out, section, title = [], '', ''
