@@ -987,7 +987,7 @@ def usable_pair(cert, key, now=None):
 
 def token_problem(cert, key, now=None):
     """Why the token pair cannot be used: None when it can (as far as the files
-    tell: the key must still match, see Session._credentials), 'missing' when
+    tell: the key must still match, see JCentral._credentials), 'missing' when
     there is no token at all, else a short reason."""
     if not os.path.exists(cert) and not os.path.exists(key):
         return 'missing'
@@ -1463,7 +1463,7 @@ class _Transport(object):
         return self.deadline is not None and time.monotonic() >= self.deadline
 
     def set_timeout(self, seconds):
-        """The keep-alive period from now on (see Session.timeout)."""
+        """The keep-alive period from now on (see JCentral.timeout)."""
         (self.sock if hasattr(self, 'sock') else self.ws).settimeout(seconds)
 
     def alive(self, idle):
@@ -1850,7 +1850,7 @@ def reply_to_result(metadata, results):
 
 class ConnectionLost(AlienError):
     """The connection was lost and did not come back within the reconnect budget.
-    .results: what Session.request_many got before (answered requests keep their
+    .results: what JCentral.request_many got before (answered requests keep their
     results; the others are 107 results whose metadata 'outcome' says 'unknown'
     (sent, reply lost) or 'not sent')."""
 
@@ -1867,12 +1867,13 @@ def lost_result(error, command, outcome):
     return Result(EX_NOTCONN, '', text, [], {'exitcode': str(EX_NOTCONN), 'error': text, 'outcome': outcome})
 
 
-class Session(object):
+class JCentral(object):
     """A JCentral session. Connects lazily on the first server request.
 
     request(command, options) -> Result of one server command (raw reply in
-    .results/.metadata); run(line) -> Result of a command line ('a; b').
-    State mirrored from every reply: user, cwd, home, prevdir.
+    .results/.metadata); request_many(requests) -> [Result]. State mirrored from
+    every reply: user, cwd, home, prevdir. Session (the command line section)
+    adds command lines.
     """
 
     def __init__(self, environ=None, json_mode=None):
@@ -2204,7 +2205,7 @@ class Session(object):
         if self.tls is None:
             self.tls = self._credentials(False)
         while len(self.helpers) < self.sessions - 1:
-            h = Session(self.environ, self.json_mode)
+            h = JCentral(self.environ, self.json_mode)
             h.tls, h.timeout, h.reconnect_timeout, h.spread, h.helper = \
                 self.tls, self.timeout, self.reconnect_timeout, False, True
             h.connecting = threading.Thread(target=h._connect_quietly, name='alienpy-connect')
@@ -2293,7 +2294,7 @@ class Session(object):
 
     @staticmethod
     def _item(command, options, nomsg, nokeys, check=None):
-        opts, text = Session._encode(command, options, nomsg, nokeys)
+        opts, text = JCentral._encode(command, options, nomsg, nokeys)
         return (text, command, opts, check)
 
     def _transact(self, items, nokeys, window=1):
@@ -2523,68 +2524,6 @@ class Session(object):
                     names.update(res['message'].split())
             self._commandlist = sorted(n for n in names if not n.endswith('_csd'))
         return self._commandlist
-
-    def grid_path(self, path):
-        if not self.cwd and path_needs_cwd(path):   # an absolute path costs no round trip
-            self.request('pwd')
-        return expand_grid_path(path, self.cwd, self.home)
-
-    # -- command lines --
-    def run(self, line, on_result=None):
-        """Run a command line ('cmd1; cmd2 | shellcmd'). on_result(result) is called
-        after each command (the front end prints there). Returns the last Result,
-        with the out/err of the whole chain."""
-        outs, errs = [], []
-        result = Result()
-        # aliases (~/.alienpy_aliases, shell section): whole first words of the elements
-        if getattr(self, 'aliases', None) is None:
-            self.aliases = load_aliases(self.environ)
-        for element in expand_aliases(split_chain(line), self.aliases):
-            result = self.run_one(element)
-            self.last_exitcode = result.exitcode
-            if on_result is not None:
-                on_result(result)
-            elif result.exitcode == 0 and result.out:
-                outs.append(result.out)
-            elif result.exitcode != 0 and result.err:
-                errs.append(result.err)
-        if on_result is not None:
-            return result
-        chain = Result(result.exitcode, '\n'.join(outs), '\n'.join(errs), result.results, result.metadata)
-        chain.as_json, chain.raw = result.as_json, result.raw
-        return chain
-
-    def run_one(self, element):
-        """One element of a chain: '!shell', 'cmd args', 'cmd args | shell'."""
-        element = element.strip()
-        if element.startswith('!'):
-            return run_local_shell(element[1:])
-        grid_part, shell_part = split_pipe(element)
-        tokens = tokenize(grid_part)
-        if not tokens:
-            return Result()
-        result = self.run_tokens(tokens)
-        if shell_part is not None and result.exitcode == 0:
-            return run_local_shell(shell_part, (result.out + '\n') if result.out else '')
-        return result
-
-    def run_tokens(self, tokens):
-        verb, args = tokens[0], tokens[1:]
-        as_json = self.json_mode or '-json' in args
-        args = [a for a in args if a != '-json']
-        self.command_json = as_json  # client-side handlers ask for full replies then
-        cmd = COMMANDS.get(verb)
-        try:
-            if cmd is not None and args[:1] in (['-h'], ['--help'], ['-help']) and cmd.usage:
-                result = Result(0, cmd.usage.strip())
-            elif cmd is not None:
-                result = cmd.handler(self, args)
-            else:
-                result = self.request(verb, args, nokeys=not as_json)
-        except AlienError as e:
-            result = Result(e.exitcode, '', str(e))
-        result.as_json = as_json
-        return result
 
 
 # ==========================================================================
@@ -2884,6 +2823,74 @@ def expand_aliases(elements, aliases):
         if len(out) > LINE_MAX_ELEMENTS:
             raise AlienError('the command line expands to more than %d commands' % LINE_MAX_ELEMENTS, EX_USAGE)
     return out
+
+
+class Session(JCentral):
+    """A JCentral session that runs command lines: run(line) -> Result of a command
+    line ('a; b', '!shell', 'cmd | shell'), with the aliases and the command
+    registry; grid_path(path) -> the absolute LFN of a path as typed."""
+
+    def grid_path(self, path):
+        if not self.cwd and path_needs_cwd(path):   # an absolute path costs no round trip
+            self.request('pwd')
+        return expand_grid_path(path, self.cwd, self.home)
+
+    # -- command lines --
+    def run(self, line, on_result=None):
+        """Run a command line ('cmd1; cmd2 | shellcmd'). on_result(result) is called
+        after each command (the front end prints there). Returns the last Result,
+        with the out/err of the whole chain."""
+        outs, errs = [], []
+        result = Result()
+        # aliases (~/.alienpy_aliases, shell section): whole first words of the elements
+        if getattr(self, 'aliases', None) is None:
+            self.aliases = load_aliases(self.environ)
+        for element in expand_aliases(split_chain(line), self.aliases):
+            result = self.run_one(element)
+            self.last_exitcode = result.exitcode
+            if on_result is not None:
+                on_result(result)
+            elif result.exitcode == 0 and result.out:
+                outs.append(result.out)
+            elif result.exitcode != 0 and result.err:
+                errs.append(result.err)
+        if on_result is not None:
+            return result
+        chain = Result(result.exitcode, '\n'.join(outs), '\n'.join(errs), result.results, result.metadata)
+        chain.as_json, chain.raw = result.as_json, result.raw
+        return chain
+
+    def run_one(self, element):
+        """One element of a chain: '!shell', 'cmd args', 'cmd args | shell'."""
+        element = element.strip()
+        if element.startswith('!'):
+            return run_local_shell(element[1:])
+        grid_part, shell_part = split_pipe(element)
+        tokens = tokenize(grid_part)
+        if not tokens:
+            return Result()
+        result = self.run_tokens(tokens)
+        if shell_part is not None and result.exitcode == 0:
+            return run_local_shell(shell_part, (result.out + '\n') if result.out else '')
+        return result
+
+    def run_tokens(self, tokens):
+        verb, args = tokens[0], tokens[1:]
+        as_json = self.json_mode or '-json' in args
+        args = [a for a in args if a != '-json']
+        self.command_json = as_json  # client-side handlers ask for full replies then
+        cmd = COMMANDS.get(verb)
+        try:
+            if cmd is not None and args[:1] in (['-h'], ['--help'], ['-help']) and cmd.usage:
+                result = Result(0, cmd.usage.strip())
+            elif cmd is not None:
+                result = cmd.handler(self, args)
+            else:
+                result = self.request(verb, args, nokeys=not as_json)
+        except AlienError as e:
+            result = Result(e.exitcode, '', str(e))
+        result.as_json = as_json
+        return result
 
 
 # ==========================================================================
