@@ -1902,7 +1902,7 @@ class JCentral(object):
         self.spread = True         # large checked batches may be shared with more sessions (_spread)
         self.sessions = env_number(self.environ, 'ALIENPY_SESSIONS', 4, int, 'a number of sessions')
         self.helpers = []          # those sessions, made at the first such batch
-        self.helper = False        # one of them (it reconnects without a word)
+        self.outage = [None]       # the session (of this one and its helpers) that said an outage
         self.connecting = None     # a helper's connecting thread
         self.tls = None            # (credential kind, TLS context) of the last connection
         self.command_json = self.json_mode  # JSON output asked for the command being run
@@ -2123,16 +2123,19 @@ class JCentral(object):
             if not said:
                 said = True
                 where = '%s:%d' % self.peer if self.peer else 'the service'
-                (log if self.helper else print_error)('alien.py: connection to %s lost (%s); reconnecting for up to %g s'
-                                                      % (where, reason or last, self.reconnect_timeout))
+                if self.outage[0] is None:    # (one line for the outage, whichever session met it)
+                    self.outage[0] = self
+                    print_error('alien.py: connection to %s lost (%s); reconnecting for up to %g s'
+                                % (where, reason or last, self.reconnect_timeout))
             if elapsed >= self.reconnect_timeout:
                 raise AlienError('connection lost and not back within %g s (ALIENPY_RECONNECT_TIMEOUT): %s'
                                  % (self.reconnect_timeout, last), EX_NOTCONN)
             time.sleep(max(0.0, min(pause * random.uniform(0.5, 1.5), self.reconnect_timeout - elapsed)))
             pause = min(pause * 2, 5.0)
         log('reconnected after %.3f s' % (time.monotonic() - t0))
-        if said:   # (a helper session only logs it: one line each is enough)
-            (log if self.helper else print_error)('alien.py: connection back after %.1f s' % (time.monotonic() - t0))
+        if said and self.outage[0] is self:
+            self.outage[0] = None
+            print_error('alien.py: connection back after %.1f s' % (time.monotonic() - t0))
 
     def _ensure_connected(self):
         """A usable connection: the first one, or a new one (same cwd) when the old
@@ -2206,8 +2209,8 @@ class JCentral(object):
             self.tls = self._credentials(False)
         while len(self.helpers) < self.sessions - 1:
             h = JCentral(self.environ, self.json_mode)
-            h.tls, h.timeout, h.reconnect_timeout, h.spread, h.helper = \
-                self.tls, self.timeout, self.reconnect_timeout, False, True
+            h.tls, h.timeout, h.reconnect_timeout, h.spread, h.outage = \
+                self.tls, self.timeout, self.reconnect_timeout, False, self.outage
             h.connecting = threading.Thread(target=h._connect_quietly, name='alienpy-connect')
             h.connecting.daemon = True
             h.connecting.start()
