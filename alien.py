@@ -44,13 +44,15 @@ import time
 
 VERSION = '0.1.0'
 
+# the embedding API (see the docstring); everything else may change
+__all__ = ['Session', 'Result', 'AlienError', 'ConnectionLost', 'main', 'VERSION']
+
 
 # ==========================================================================
 # Helpers used everywhere: errors, exit codes, results, bounded input, terminal-safe output, logging
 # ==========================================================================
 
 # Exit codes (documented in the README).
-EX_OK = 0
 EX_GENERIC = 1
 EX_ENOENT = 2
 EX_EIO = 5
@@ -1212,11 +1214,6 @@ def write_private_files(pairs, mode=0o400):
         raise
 
 
-def write_private_file(path, text, mode=0o400):
-    """Write text to path atomically, owner-only from the first byte."""
-    write_private_files([(path, text)], mode)
-
-
 class TLSError(AlienError):
     """A TLS failure: retrying the same endpoint cannot help (unless transient)."""
     transient = False
@@ -1239,6 +1236,13 @@ def tls_error(e, host):
     # cut off mid-handshake (a service going down or coming up): worth another try
     e2.transient = isinstance(e, (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError))
     return e2
+
+
+def worth_retrying(e):
+    """The one retry rule: an unreachable service may come back; a refused
+    credential, a TLS failure (other than a cut-off handshake) or any other
+    error will not."""
+    return e.exitcode == EX_NOTCONN and not (isinstance(e, TLSError) and not e.transient)
 
 
 def tls_handshake(sock, ctx, host, port, timeout):
@@ -1936,7 +1940,7 @@ class JCentral(object):
                     break
                 except AlienError as e:
                     last = e
-                    if e.exitcode != EX_NOTCONN or (isinstance(e, TLSError) and not e.transient):
+                    if not worth_retrying(e):
                         raise
             if self.ws:
                 break
@@ -2115,8 +2119,7 @@ class JCentral(object):
                 if self.ws is not None:
                     self.ws.close()
                     self.ws = None
-                if e.exitcode != EX_NOTCONN or (isinstance(e, TLSError) and not e.transient) \
-                        or getattr(e, 'final', False):
+                if not worth_retrying(e):
                     raise
                 last = e
             elapsed = time.monotonic() - t0
@@ -3822,7 +3825,6 @@ class _Progress(object):
         self.start = time.time()
         self.last = 0.0
         self.cancel = False
-        import threading
         self.lock = threading.Lock()   # many transfers report at once
 
     # CopyProgressHandler interface (called from XRootD threads)
@@ -4598,9 +4600,7 @@ def cp_download(session, items, opts, stats, known=None):
     def delivered(job):
         info = job.info
         if (info['lfn'], info['dst']) not in stats.done[-1:]:
-            stats.ok += 1
-            stats.bytes += info['delivered']
-            stats.done.append((info['lfn'], info['dst']))
+            stats.copied(info['lfn'], info['dst'], info['delivered'])
         live.discard(job)
 
     made_dirs = set()
@@ -5090,11 +5090,9 @@ class CpStats(object):
     CP_STATES, whatever ends the copy (abort: why it was cut short)."""
 
     def __init__(self):
-        self.ok = 0
-        self.skipped = 0
         self.failed = []      # (what, why)
         self.notices = []
-        self.bytes = 0
+        self.sizes = {}       # src -> bytes delivered
         self.plan = []        # dry-run lines
         self.done = []        # (src, dst) of delivered files
         self.present = []     # (src, dst) of files that were there already
@@ -5105,18 +5103,21 @@ class CpStats(object):
     def fail(self, what, why):
         self.failed.append((what, why))
 
+    @property
+    def bytes(self):
+        return sum(self.sizes.values())
+
     def already(self, src, dst):
-        self.skipped += 1
         self.present.append((src, dst))
 
     def copied(self, src, dst, size):
-        self.ok += 1
-        self.bytes += size
+        self.sizes[src] = size
         self.done.append((src, dst))
 
     def forget(self, src):
         """Take back what was said of src (the catalogue has the last word)."""
         gone = [d for d in self.done if d[0] == src]
+        self.sizes.pop(src, None)
         self.done = [d for d in self.done if d[0] != src]
         self.failed = [f for f in self.failed if f[0] != src]
         return bool(gone)
@@ -6507,7 +6508,6 @@ CHECKADDR_USAGE = '''checkAddr [-timeout S] [HOST[:PORT] | HOST PORT]  can the c
   passed, 107 otherwise.'''
 
 
-@command('checkAddr', connect=False, usage=CHECKADDR_USAGE)
 def _checkaddr_path(row, open_socket, ctx, why, timeout):
     """TCP (open_socket()) then TLS along one path to the service; fills row, returns its line."""
     t0 = time.monotonic()
@@ -7111,7 +7111,7 @@ def cmd_sitejobs(session, args):
     return client_result(text, jobs, r.metadata)
 
 
-def _ratio(used, limit, fmt='%.2f'):
+def _ratio(used, limit):
     return ('%.2f%%' % (100.0 * used / limit)) if limit else 'n/a'
 
 

@@ -307,7 +307,7 @@ def test_write_private_file_is_never_readable_by_others(tmp_path):
     os.chmod(str(target), 0o644)
     old_umask = os.umask(0)
     try:
-        alien.write_private_file(str(target), 'SECRET', 0o400)
+        alien.write_private_files([(str(target), 'SECRET')], 0o400)
     finally:
         os.umask(old_umask)
     assert target.read_text() == 'SECRET\n'
