@@ -5092,7 +5092,7 @@ class CpStats(object):
     def __init__(self):
         self.failed = []      # (what, why)
         self.notices = []
-        self.sizes = {}       # src -> bytes delivered
+        self.sizes = {}       # (src, dst) -> bytes delivered
         self.plan = []        # dry-run lines
         self.done = []        # (src, dst) of delivered files
         self.present = []     # (src, dst) of files that were there already
@@ -5111,13 +5111,14 @@ class CpStats(object):
         self.present.append((src, dst))
 
     def copied(self, src, dst, size):
-        self.sizes[src] = size
+        self.sizes[(src, dst)] = size
         self.done.append((src, dst))
 
     def forget(self, src):
         """Take back what was said of src (the catalogue has the last word)."""
         gone = [d for d in self.done if d[0] == src]
-        self.sizes.pop(src, None)
+        for d in gone:
+            self.sizes.pop(d, None)
         self.done = [d for d in self.done if d[0] != src]
         self.failed = [f for f in self.failed if f[0] != src]
         return bool(gone)
