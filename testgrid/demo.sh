@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Newcomer's first command: install what is needed (Debian, as root), start the
 # local test grid and use alien.py on it. Leaves the grid running; stop it with
-#   python3 testgrid/grid.py stop
+#   .venv/bin/python testgrid/grid.py stop
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash .ci/setup
-eval "$(python3 testgrid/grid.py start)"
-run() { echo "\$ alien.py $*"; python3 alien.py "$@" || echo "(exit code $?)"; echo; }
+eval "$(.venv/bin/python testgrid/grid.py start)"
+run() { echo "\$ alien.py $*"; .venv/bin/python alien.py "$@" || echo "(exit code $?)"; echo; }
 run whoami
 run pwd
 run 'mkdir -p demo/run1; cd demo; ls -l'
@@ -17,6 +17,6 @@ run cat demo/hello.txt
 run stat /no/such/file
 cat <<'MSG'
 The grid keeps running. To use it from your shell:
-  eval "$(python3 testgrid/grid.py env)"; python3 alien.py        # interactive shell
-  python3 testgrid/grid.py stop
+  eval "$(.venv/bin/python testgrid/grid.py env)"; .venv/bin/python alien.py        # interactive shell
+  .venv/bin/python testgrid/grid.py stop
 MSG

@@ -20,7 +20,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYSTEM_PATH = '/usr/sbin:/usr/bin:/sbin:/bin'
 
 _APT = '.ci/setup: apt-get install %s'
-_PIP = '.ci/setup: pip install -r .ci/requirements-test.txt (%s, for %s)'
+_PIP = '.ci/setup: .venv/bin/python -m pip install -r .ci/requirements-test.txt (%s, for %s)'
 _REF = '.ci/setup: python3 -m venv .venv-ref && .venv-ref/bin/pip install alienpy==1.7.0'
 
 
