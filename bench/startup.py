@@ -5,7 +5,10 @@ Both clients run as installed commands from their own venvs on the same
 interpreter (ours: `pip install .` into .venv-this; alienpy 1.7.0 in .venv-ref).
 The curl'd single-file form `python3 alien.py` is measured too: it compiles the
 module on every start, which costs time and memory that the installed form
-(cached bytecode) does not pay."""
+(cached bytecode) does not pay.
+
+--before FILE adds, in the same run, the curl'd copy against an earlier alien.py
+(e.g. `git show REV:alien.py > /tmp/alien_before.py`): a re-cut must not start slower."""
 import argparse
 import os
 
@@ -13,6 +16,7 @@ from common import REFERENCE, REPO, compare, installed_command, measure, start_g
 
 ap = argparse.ArgumentParser()
 ap.add_argument('--runs', type=int, default=15)
+ap.add_argument('--before', metavar='FILE', help='an earlier alien.py to compare the curl\'d copy with')
 args = ap.parse_args()
 
 installed = installed_command()
@@ -27,3 +31,6 @@ compare('pwd, installed commands', args.runs,
         {'alien.py (pip install .)': installed + ['pwd'], 'alienpy 1.7.0 (reference)': REFERENCE + ['pwd']}, env)
 compare('pwd, single-file copy', args.runs,
         {'python3 alien.py (curl copy)': curled + ['pwd'], 'alienpy 1.7.0 (reference)': REFERENCE + ['pwd']}, env)
+if args.before:
+    compare('pwd, single-file copy, this checkout against %s' % args.before, args.runs,
+            {'alien.py (this checkout)': curled + ['pwd'], 'alien.py (before)': [curled[0], args.before, 'pwd']}, env)
