@@ -2679,6 +2679,105 @@ def parse_time_ms(value):
                      EX_EINVAL)
 
 
+HELP_WORDS = ('-h', '-help', '--help')
+
+
+class ShowUsage(Exception):
+    """A help option among a command's options: the dispatch prints the command's usage."""
+
+
+class Options(object):
+    """A command's options, declared once: rows (NAMES, KEY, KIND[, DEFAULT[, HELP]])
+    and plain usage lines, or a string of words NAME[:KIND] (key: NAME without its
+    dash; no default, so the key is absent unless given). NAMES: the option and its
+    aliases ('-f -force'; a bare word is a keyword: lfn2uri's meta). KIND: 'flag',
+    'int' (>= 0), 'count' (> 0), 'str', 'list' (repeatable), 'time' (parse_time_ms),
+    'word' (the name given: one of several keywords), 'ignore' (accepted, dropped).
+    HELP: its line of the usage ('' when a neighbour's line covers it). usage: head
+    and those lines; code: the exit code of a bad option; check(opts) -> an error
+    text when options exclude each other."""
+
+    def __init__(self, rows, head='', defaults=None, code=EX_USAGE, check=None):
+        if isinstance(rows, str):
+            rows = [(w.split(':')[0], w.split(':')[0].lstrip('-'), (w.split(':') + ['flag'])[1]) for w in rows.split()]
+        self.rows = [r for r in rows if not isinstance(r, str)]
+        self.kinds, self.defaults, self.code, self.check = {}, dict(defaults or {}), code, check
+        for row in self.rows:
+            for name in row[0].split():
+                self.kinds[name] = row[1:3]
+            if len(row) > 3 and row[1]:
+                self.defaults[row[1]] = row[3]
+        lines = [r if isinstance(r, str) else r[4] for r in rows if isinstance(r, str) or len(r) > 4 and r[4]]
+        self.usage = '\n'.join(([head] if head else []) + lines)
+
+
+def parse_args(cmd, args, options='', defaults=None, free=False):
+    """A command's arguments -> (options dict, positional list), by its Options (or
+    the words of one). Options may appear anywhere; '--' ends them; '-5' is an
+    argument; -h, -help, --help raise ShowUsage. Unknown options, missing or bad
+    values are an AlienError (options.code) naming cmd. free: the arguments are
+    another program's (run's): unknown options, '--' and help words pass as
+    arguments. defaults: replace those of the table."""
+    options = options if isinstance(options, Options) else Options(options)
+    opts = dict(options.defaults, **(defaults or {}))
+    pos, code, where = [], options.code, cmd + ': ' if cmd else ''
+    i = 0
+    while i < len(args):
+        a = args[i]
+        i += 1
+        spec = options.kinds.get(a)
+        if spec is None and not free:
+            if a == '--':
+                pos.extend(args[i:])
+                break
+            if a in HELP_WORDS:
+                raise ShowUsage(cmd)
+            if len(a) > 1 and a.startswith('-') and not re.match(r'^-[0-9]', a):
+                raise AlienError('%sunknown option %s (%s -h for the usage)' % (where, a, cmd), code)
+        if spec is None:
+            pos.append(a)
+            continue
+        key, kind = spec
+        if kind in ('flag', 'word', 'ignore'):
+            if kind != 'ignore':
+                opts[key] = True if kind == 'flag' else a
+            continue
+        if i >= len(args):
+            raise AlienError('%soption %s needs a value' % (where, a), code)
+        value = args[i]
+        i += 1
+        if kind == 'list':
+            value = tuple(opts.get(key, ())) + (value,)
+        elif kind == 'time':
+            value = parse_time_ms(value)
+        elif kind == 'count':
+            try:
+                value = int(value)
+            except ValueError:
+                value = 0
+            if value <= 0:
+                raise AlienError('%s%s needs a positive number, not %r' % (where, a, args[i - 1]), code)
+        elif kind == 'int':
+            try:
+                value = int(value)
+            except ValueError:
+                raise AlienError('%soption %s needs an integer, got %r' % (where, a, value), code)
+            if value < 0:
+                raise AlienError('%soption %s needs a value >= 0, got %d' % (where, a, value), code)
+        opts[key] = value
+    problem = options.check(opts) if options.check else ''
+    if problem:
+        raise AlienError(where + problem, code)
+    return opts, pos
+
+
+def int_arg(cmd, text):
+    """An integer argument (exit's CODE, ping's COUNT), else a one-line error, exit 22."""
+    if not re.match(r'^-?[0-9]+$', text):
+        raise AlienError('%s: %r is not a number' % (cmd, text), EX_EINVAL)
+    return int(text)
+
+
 def parse_option_table(args, table, defaults, cmd, code=EX_EINVAL, help_opts=('-h', '-help', '--help')):
     """Parse a client command's arguments with an option table -> (options dict,
     positional list). table: option -> (key, kind), kind one of 'flag', 'int'
@@ -2887,12 +2986,14 @@ class Session(JCentral):
         self.command_json = as_json  # client-side handlers ask for full replies then
         cmd = COMMANDS.get(verb)
         try:
-            if cmd is not None and args[:1] in (['-h'], ['--help'], ['-help']) and cmd.usage:
-                result = Result(0, cmd.usage.strip())
+            if cmd is not None and args[:1] in [[h] for h in HELP_WORDS] and cmd.usage:
+                raise ShowUsage(verb)
             elif cmd is not None:
                 result = cmd.handler(self, args)
             else:
                 result = self.request(verb, args, nokeys=not as_json)
+        except ShowUsage:   # -h as the first argument, or any help option the command's options meet
+            result = Result(0, cmd.usage.strip())
         except AlienError as e:
             result = Result(e.exitcode, '', str(e))
         result.as_json = as_json
@@ -2905,86 +3006,83 @@ class Session(JCentral):
 
 # ---- cp: pure helpers (argument grammar, specifiers, naming) --------------
 
-CP_USAGE = '''cp [options] SRC DST
+def _one_selection_rule(opts):
+    if sum(1 for k in ('glob', 'select', 'name') if opts.get(k)) > 1:
+        return ('only one selection rule can be used: -select (full path regex), -name (file name) or -glob '
+                '(globbing)')
+
+
+# cp's options: (names, key, kind, default, usage line); the usage, the table and the defaults come from it
+CP_OPTIONS = Options([
+    'options:',
+    ('-f -force', 'force', 'flag', False, '  -f, -force      copy even if an identical destination exists (size+md5)'),
+    ('-T', 'parallel', 'int', None, '  -T N            files transferred at once (default 8)'),
+    ('-S', 'streams', 'int', 0, '  -S N            TCP streams per transfer (1-15)'),
+    ('-chunks', 'chunks', 'int', 0, '  -chunks N       parallel chunks per file;  -chunksz BYTES  chunk size'),
+    ('-chunksz', 'chunksize', 'int', 0),
+    ('-y', 'sources', 'int', 1, '  -y N            read one file from up to N replicas at once'),
+    ('-retry', 'retry', 'int', 2,
+     '  -retry N        XRootD retries of a transfer (default 2; downloads: on the last replica left)'),
+    ('-timeout', 'timeout', 'int', 0,
+     '  -timeout S      per file;  -ratethreshold B/S  fail a transfer slower than B bytes/s'),
+    ('-ratethreshold', 'ratethreshold', 'int', 0),
+    '  defaults from XRD_CPRETRY, XRD_CPTIMEOUT, XRD_XRATETHRESHOLD, XRD_SUBSTREAMSPERCHANNEL,',
+    '  XRD_CPPARALLELCHUNKS, XRD_CPCHUNKSIZE when set',
+    ('-site', 'site', 'str', '',
+     '  -site SITE      prefer replicas close to SITE (the service\'s site affinity, for this copy)'),
+    ('-http', 'http', 'flag', False,
+     '  -http           ask the service for HTTP replica URLs (downloads; needs XRootD\'s HTTP plugin)'),
+    ('-noxrdzip', 'noxrdzip', 'flag', False,
+     '  -noxrdzip       a file inside a zip archive: download the archive, extract the file locally'),
+    ('-quiet', 'quiet', 'flag', False, '  -quiet          no progress line, no summary on success; -dryrun  only print the plan'),
+    ('-dryrun', 'dryrun', 'flag', False),
+    ('-strictspec', 'strictspec', 'flag', False, '  -strictspec     the service uses only the SEs named in the specifiers'),
+    ('-norecovery', 'norecovery', 'flag', False, '  -norecovery     do not re-book failed upload replicas on other SEs'),
+    ('-P', 'posc', 'flag', True, '  -P, -cksum      accepted (md5 is always verified on download)'),
+    ('-cksum', 'cksum', 'flag', True),
+    ('-skipmd5', 'skipmd5', 'flag', False, '  -skipmd5, -fastcheck  accepted with a notice: the md5 is always verified'),
+    ('-fastcheck', 'fastcheck', 'flag', False),
+    # accepted and ignored, as the reference client ignores them (find options it does not
+    # pass on, its unimplemented verbose mode, its unused -xrdcp)
+    ('-v -s -c -w -wh -d -xrdcp', None, 'ignore', None,
+     '  -v, -s, -c, -w, -wh, -d, -xrdcp  accepted and ignored, as by the reference client; -tpc refused'),
+    ('-tpc', 'tpc', 'flag', False),
+    'directories (recursive; listed with the service\'s find):',
+    ('-glob', 'glob', 'str', '', '  -glob PAT | -select REGEX (full path) | -name begin_X_contain_Y_ends_Z_ext_W'),
+    ('-select', 'select', 'str', ''), ('-name', 'name', 'str', ''),
+    ('-parent', 'parent', 'int', 0, '  -parent N       keep the last N directories of the source path'),
+    ('-rmprefix', 'rmprefix', 'int', 0, '  -rmprefix N     drop the first N directories of the source path'),
+    ('-a', 'hidden', 'flag', True, '  -a (hidden files, always on)  -j JOBID  -l COUNT  -o OFFSET  (passed to find)'),
+    ('-j', 'jobid', 'str', ''), ('-l', 'limit', 'int', 0), ('-o', 'offset', 'int', 0),
+    ('-e', 'exclude_pat', 'list', (),
+     '  -e PATTERN      exclude files whose relative path contains PATTERN (* = any text; repeatable)'),
+    # client-side filters on the listed files (relative path, size, owner, time)
+    '  filters: -exclude TEXT, -exclude_re REGEX (relative path; repeatable), -minsize/-maxsize BYTES,',
+    '  -mindepth/-maxdepth N, -user U, -group G, -jobid ID, -min-ctime/-max-ctime T (ms, s, YYYY-mm-dd)',
+    ('-exclude', 'exclude', 'list', ()), ('-exclude_re', 'exclude_re', 'list', ()),
+    ('-minsize', 'minsize', 'int', None), ('-maxsize', 'maxsize', 'int', None),
+    ('-mindepth', 'mindepth', 'int', None), ('-maxdepth', 'maxdepth', 'int', None),
+    ('-user', 'user', 'str', ''), ('-group', 'group', 'str', ''), ('-jobid', 'jobid_is', 'str', ''),
+    ('-min-ctime', 'min_ctime', 'time', None), ('-max-ctime', 'max_ctime', 'time', None),
+    ('-input', 'input', 'str', ''), ('-dst', 'dst', 'str', ''),
+    'exit code: 0 only when every requested file reached its destination',
+], head='''cp [options] SRC DST
 cp [options] -input FILE        (one "SRC DST" pair per line; # ; // comments)
 cp [options] -dst DIR SRC...    (each SRC to DIR/<its path below the sources' common directory>)
   local side: file:PATH (or an existing local path); grid side: LFN, alien:LFN
-  grid specifiers after the LFN: LFN@disk:2,ALICE::SITE::SE,!ALICE::SITE::SE
-options:
-  -f, -force      copy even if an identical destination exists (size+md5)
-  -T N            files transferred at once (default 8)
-  -S N            TCP streams per transfer (1-15)
-  -chunks N       parallel chunks per file;  -chunksz BYTES  chunk size
-  -y N            read one file from up to N replicas at once
-  -retry N        XRootD retries of a transfer (default 2; downloads: on the last replica left)
-  -timeout S      per file;  -ratethreshold B/S  fail a transfer slower than B bytes/s
-  defaults from XRD_CPRETRY, XRD_CPTIMEOUT, XRD_XRATETHRESHOLD, XRD_SUBSTREAMSPERCHANNEL,
-  XRD_CPPARALLELCHUNKS, XRD_CPCHUNKSIZE when set
-  -site SITE      prefer replicas close to SITE (the service's site affinity, for this copy)
-  -http           ask the service for HTTP replica URLs (downloads; needs XRootD's HTTP plugin)
-  -noxrdzip       a file inside a zip archive: download the archive, extract the file locally
-  -quiet          no progress line, no summary on success; -dryrun  only print the plan
-  -strictspec     the service uses only the SEs named in the specifiers
-  -norecovery     do not re-book failed upload replicas on other SEs
-  -P, -cksum      accepted (md5 is always verified on download)
-  -skipmd5, -fastcheck  accepted with a notice: the md5 is always verified
-  -v, -s, -c, -w, -wh, -d, -xrdcp  accepted and ignored, as by the reference client; -tpc refused
-directories (recursive; listed with the service's find):
-  -glob PAT | -select REGEX (full path) | -name begin_X_contain_Y_ends_Z_ext_W
-  -parent N       keep the last N directories of the source path
-  -rmprefix N     drop the first N directories of the source path
-  -a (hidden files, always on)  -j JOBID  -l COUNT  -o OFFSET  (passed to find)
-  -e PATTERN      exclude files whose relative path contains PATTERN (* = any text; repeatable)
-  filters: -exclude TEXT, -exclude_re REGEX (relative path; repeatable), -minsize/-maxsize BYTES,
-  -mindepth/-maxdepth N, -user U, -group G, -jobid ID, -min-ctime/-max-ctime T (ms, s, YYYY-mm-dd)
-exit code: 0 only when every requested file reached its destination'''
-# option -> (key, kind); kind: 'flag', 'int', 'str'
-_CP_OPTIONS = {
-    '-f': ('force', 'flag'), '-force': ('force', 'flag'),
-    '-P': ('posc', 'flag'), '-cksum': ('cksum', 'flag'), '-a': ('hidden', 'flag'),
-    '-http': ('http', 'flag'), '-noxrdzip': ('noxrdzip', 'flag'), '-tpc': ('tpc', 'flag'),
-    '-skipmd5': ('skipmd5', 'flag'), '-fastcheck': ('fastcheck', 'flag'),
-    '-ratethreshold': ('ratethreshold', 'int'), '-site': ('site', 'str'), '-e': ('exclude_pat', 'list'),
-    '-strictspec': ('strictspec', 'flag'), '-norecovery': ('norecovery', 'flag'),
-    '-quiet': ('quiet', 'flag'), '-dryrun': ('dryrun', 'flag'),
-    '-y': ('sources', 'int'), '-S': ('streams', 'int'), '-chunks': ('chunks', 'int'),
-    '-chunksz': ('chunksize', 'int'), '-T': ('parallel', 'int'), '-retry': ('retry', 'int'),
-    '-timeout': ('timeout', 'int'), '-parent': ('parent', 'int'), '-rmprefix': ('rmprefix', 'int'),
-    '-l': ('limit', 'int'), '-o': ('offset', 'int'),
-    '-input': ('input', 'str'), '-dst': ('dst', 'str'), '-glob': ('glob', 'str'), '-select': ('select', 'str'),
-    '-name': ('name', 'str'), '-j': ('jobid', 'str'),
-    # client-side filters on the listed files (relative path, size, owner, time)
-    '-exclude': ('exclude', 'list'), '-exclude_re': ('exclude_re', 'list'),
-    '-minsize': ('minsize', 'int'), '-maxsize': ('maxsize', 'int'),
-    '-mindepth': ('mindepth', 'int'), '-maxdepth': ('maxdepth', 'int'),
-    '-user': ('user', 'str'), '-group': ('group', 'str'), '-jobid': ('jobid_is', 'str'),
-    '-min-ctime': ('min_ctime', 'time'), '-max-ctime': ('max_ctime', 'time'),
-}
-# accepted and ignored, as the reference client ignores them (find options it does not
-# pass on, its unimplemented verbose mode, its unused -xrdcp)
-_CP_OPTIONS.update((o, (None, 'ignore')) for o in ('-v', '-s', '-c', '-w', '-wh', '-d', '-xrdcp'))
+  grid specifiers after the LFN: LFN@disk:2,ALICE::SITE::SE,!ALICE::SITE::SE''', code=EX_EINVAL,
+    check=_one_selection_rule)
+CP_USAGE = CP_OPTIONS.usage
 # cp defaults the reference client reads from XRootD's variables
 _CP_ENV_DEFAULTS = (('XRD_CPRETRY', 'retry'), ('XRD_CPTIMEOUT', 'timeout'), ('XRD_XRATETHRESHOLD', 'ratethreshold'),
                     ('XRD_SUBSTREAMSPERCHANNEL', 'streams'), ('XRD_CPPARALLELCHUNKS', 'chunks'),
                     ('XRD_CPCHUNKSIZE', 'chunksize'))
-_CP_DEFAULTS = {
-    'force': False, 'posc': True, 'cksum': True, 'hidden': True, 'quiet': False, 'dryrun': False,
-    'strictspec': False, 'norecovery': False,
-    'sources': 1, 'streams': 0, 'chunks': 0, 'chunksize': 0, 'parallel': None, 'retry': 2, 'ratethreshold': 0,
-    'http': False, 'noxrdzip': False, 'tpc': False, 'skipmd5': False, 'fastcheck': False, 'site': '',
-    'exclude_pat': (),
-    'timeout': 0, 'parent': 0, 'rmprefix': 0, 'limit': 0, 'offset': 0,
-    'input': '', 'dst': '', 'glob': '', 'select': '', 'name': '', 'jobid': '', 'help': False,
-    'exclude': (), 'exclude_re': (), 'minsize': None, 'maxsize': None, 'mindepth': None, 'maxdepth': None,
-    'user': '', 'group': '', 'jobid_is': '', 'min_ctime': None, 'max_ctime': None,
-}
 
 
 def parse_cp_args(args, environ=None):
-    """Parse cp arguments -> (options dict, positional list); see parse_option_table.
-    The XRD_* variables of _CP_ENV_DEFAULTS in environ (default: os.environ)
-    replace the defaults."""
-    defaults = dict(_CP_DEFAULTS)
+    """Parse cp arguments -> (options dict, positional list) by CP_OPTIONS. The XRD_*
+    variables of _CP_ENV_DEFAULTS in environ (default: os.environ) replace the defaults."""
+    defaults = {}
     environ = os.environ if environ is None else environ
     for var, key in _CP_ENV_DEFAULTS:
         value = environ.get(var, '').strip()
@@ -2993,7 +3091,7 @@ def parse_cp_args(args, environ=None):
                 defaults[key] = abs(int(value))
             except ValueError:
                 raise AlienError('cp: %s=%r is not an integer' % (var, value), EX_EINVAL)
-    opts, pos = parse_option_table(args, _CP_OPTIONS, defaults, 'cp')
+    opts, pos = parse_args('cp', args, CP_OPTIONS, defaults)
     if opts['parallel'] is not None and opts['parallel'] < 1:
         opts['parallel'] = 1      # None: CP_PARALLEL large / CP_INFLIGHT small files at once
     if opts['streams'] > 15:
@@ -5155,7 +5253,7 @@ def cp_catalogue_facts(session, lfns):
         under = [x for x in lfns if x.startswith(top.rstrip('/') + '/')]
         if len(under) > CP_LIST_ABOVE:
             try:
-                _grid_find(session, top.rstrip('/') + '/', dict(_CP_DEFAULTS, limit=2 * len(under) + 64), known=facts)
+                _grid_find(session, top.rstrip('/') + '/', dict(CP_OPTIONS.defaults, limit=2 * len(under) + 64), known=facts)
             except AlienError as e:       # (no such directory: nothing arrived)
                 log('cannot list %s: %s' % (top, e))
         single.extend(x for x in under if x not in facts)
@@ -5362,8 +5460,6 @@ def cp_sources_to_dir(pos, local_isdir=os.path.isdir):
 @command('cp', usage=CP_USAGE)
 def cmd_cp(session, args):
     opts, pos = parse_cp_args(args, session.environ)
-    if opts['help']:
-        return Result(0, out=CP_USAGE)
     notices = cp_option_notices(opts)
     if not opts['input'] and not opts['dst'] and len(pos) > 2:
         opts['dst'], pos = cp_sources_to_dir(pos)
@@ -5549,7 +5645,7 @@ def _fetch_temp(session, arg, tmpdir, nses=None):
     lfn = session.grid_path(path).rstrip('/')
     local = os.path.join(tmpdir, lfn.rsplit('/', 1)[-1] or 'file')
     stats = CpStats()
-    opts = dict(_CP_DEFAULTS, quiet=True, force=True)
+    opts = dict(CP_OPTIONS.defaults, quiet=True, force=True)
     cp_download(session, [(lfn, local, [s for s in specs if '::' in s])], opts, stats)
     if stats.failed:
         if _grid_stat(session, lfn) is None:
@@ -5651,7 +5747,7 @@ def edit_grid_file(session, args, editor):
         if nses and nses[0] > 0 and not any(re.match(r'^[A-Za-z][\w-]*[:=]\d+$', s) for s in specs):
             up_specs = ['disk:%d' % nses[0]] + up_specs
         stats = CpStats()
-        cp_upload(session, [(local, lfn, up_specs)], dict(_CP_DEFAULTS, quiet=True), stats)
+        cp_upload(session, [(local, lfn, up_specs)], dict(CP_OPTIONS.defaults, quiet=True), stats)
         if stats.failed:
             keep = True
             msg = 'edit: upload of %s failed (%s); edited copy kept at %s' % (lfn, stats.failed[0][1], local)
@@ -5693,11 +5789,11 @@ every file under DIR that passes the client-side filters, one LFN per line
   -j JOBID, -l COUNT, -o OFFSET   passed to the service's find
   -x FILE         also write the files as an AliEn XML collection to the local FILE
   -v -a -s -f -d -w -wh           accepted and ignored, as by the reference client'''
-_FIND2_OPTIONS = dict((o, _CP_OPTIONS[o]) for o in (
-    '-glob', '-select', '-name', '-exclude', '-exclude_re', '-minsize', '-maxsize', '-mindepth', '-maxdepth',
-    '-user', '-group', '-jobid', '-min-ctime', '-max-ctime', '-j', '-l', '-o'))
-_FIND2_OPTIONS.update((o, ('', 'ignore')) for o in ('-v', '-a', '-s', '-f', '-d', '-w', '-wh'))
-_FIND2_OPTIONS['-x'] = ('xml', 'str')
+_FIND2_NAMES = ('-glob', '-select', '-name', '-exclude', '-exclude_re', '-minsize', '-maxsize', '-mindepth',
+                '-maxdepth', '-user', '-group', '-jobid', '-min-ctime', '-max-ctime', '-j', '-l', '-o')
+FIND2_OPTIONS = Options([r[:4] for r in CP_OPTIONS.rows if r[0] in _FIND2_NAMES] + [
+    ('-v -a -s -f -d -w -wh', None, 'ignore'), ('-x', 'xml', 'str', '')],
+    head=FIND2_USAGE, defaults=CP_OPTIONS.defaults, code=EX_EINVAL, check=_one_selection_rule)
 # the attributes of a <file> in the service's XML collections, in its order
 _XML_FILE_FIELDS = ('name', 'aclId', 'broken', 'ctime', 'dir', 'entryId', 'expiretime', 'gowner', 'guid',
                     'guidtime', 'jobid', 'lfn', 'md5', 'owner', 'perm', 'replicated', 'size', 'turl', 'type')
@@ -5765,9 +5861,7 @@ def _local_target(value, cmd):
 
 @command('find2', usage=FIND2_USAGE)
 def cmd_find2(session, args):
-    opts, pos = parse_option_table(args, _FIND2_OPTIONS, dict(_CP_DEFAULTS, xml=''), 'find2')
-    if opts['help']:
-        return Result(0, FIND2_USAGE)
+    opts, pos = parse_args('find2', args, FIND2_OPTIONS)
     if len(pos) != 1:
         return Result(EX_EINVAL, '', 'find2: give one directory (DIR or DIR/PATTERN); see find2 -h')
     xml = _local_target(opts['xml'], 'find2') if opts['xml'] else ''

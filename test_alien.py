@@ -2633,7 +2633,8 @@ def test_parse_cp_args():
     assert (opts['glob'], opts['chunks'], opts['chunksize'], opts['streams'], opts['sources']) == \
         ('*.log', 3, 1048576, 15, 2)
     assert (opts['limit'], opts['offset'], opts['jobid'], opts['dryrun']) == (10, 2, '123', True)
-    assert alien.parse_cp_args(['-h'])[0]['help']
+    with pytest.raises(alien.ShowUsage):
+        alien.parse_cp_args(['-h'])
     assert alien.parse_cp_args(['-input', 'f.txt'])[0]['input'] == 'f.txt'
     assert alien.parse_cp_args(['--', '-f', 'x'])[1] == ['-f', 'x']
 
@@ -4776,7 +4777,7 @@ FIND2_PARSE = [
 @pytest.mark.pure
 @pytest.mark.parametrize('args,want,pos', FIND2_PARSE)
 def test_find2_options(args, want, pos):
-    opts, got = alien.parse_option_table(args, alien._FIND2_OPTIONS, dict(alien._CP_DEFAULTS, xml=''), 'find2')
+    opts, got = alien.parse_args('find2', args, alien.FIND2_OPTIONS)
     assert got == pos and {k: opts[k] for k in want} == want
 
 
@@ -4788,7 +4789,7 @@ def test_find2_options(args, want, pos):
 ])
 def test_find2_bad_options(args, words):
     with pytest.raises(alien.AlienError) as e:
-        alien.parse_option_table(args, alien._FIND2_OPTIONS, dict(alien._CP_DEFAULTS, xml=''), 'find2')
+        alien.parse_args('find2', args, alien.FIND2_OPTIONS)
     assert e.value.exitcode == alien.EX_EINVAL and words in str(e.value)
 
 
