@@ -2771,10 +2771,13 @@ def parse_args(cmd, args, options='', defaults=None, free=False):
     return opts, pos
 
 
-def int_arg(cmd, text):
-    """An integer argument (exit's CODE, ping's COUNT), else a one-line error, exit 22."""
+def int_arg(cmd, text, least=None):
+    """An integer argument (exit's CODE, ping's COUNT, at least `least`), else a
+    one-line error, exit 22."""
     if not re.match(r'^-?[0-9]+$', text):
         raise AlienError('%s: %r is not a number' % (cmd, text), EX_EINVAL)
+    if least is not None and int(text) < least:
+        raise AlienError('%s: %s is less than %d' % (cmd, text, least), EX_EINVAL)
     return int(text)
 
 
@@ -2837,24 +2840,27 @@ COMMANDS = {}
 
 
 class Command(object):
-    __slots__ = ('name', 'handler', 'usage', 'connect')
+    __slots__ = ('name', 'handler', 'usage', 'connect', 'noargs')
 
-    def __init__(self, name, handler, usage, connect):
+    def __init__(self, name, handler, usage, connect, noargs):
         self.name = name
         self.handler = handler
         self.usage = usage
         self.connect = connect
+        self.noargs = noargs
 
 
 def command(*names, **kw):
     """Register handler(session, args) -> Result under one or more names.
 
     usage: the help text; connect=False for commands that never need the
-    central service (the session then stays unconnected).
+    central service (the session then stays unconnected); noargs=True for commands
+    that take no arguments (the dispatch refuses a typo instead of ignoring it).
     """
     def deco(fn):
         for name in names:
-            COMMANDS[name] = Command(name, fn, kw.get('usage', fn.__doc__ or ''), kw.get('connect', True))
+            COMMANDS[name] = Command(name, fn, kw.get('usage', fn.__doc__ or ''), kw.get('connect', True),
+                                     kw.get('noargs', False))
         return fn
     return deco
 
@@ -2988,6 +2994,9 @@ class Session(JCentral):
         try:
             if cmd is not None and args[:1] in [[h] for h in HELP_WORDS] and cmd.usage:
                 raise ShowUsage(verb)
+            elif cmd is not None and cmd.noargs and args:
+                result = Result(EX_USAGE, '', '%s: unexpected argument %r (usage: %s)'
+                                % (verb, args[0], cmd.usage.strip()))
             elif cmd is not None:
                 result = cmd.handler(self, args)
             else:
@@ -5546,14 +5555,15 @@ command('la', usage='la [PATH...]  = ls -a')(_ls_with('-a'))
 command('lla', usage='lla [PATH...]  = ls -l -a')(_ls_with('-l', '-a'))
 
 
-@command('home', usage='home  print the grid home directory')
+@command('home', noargs=True, usage='home  print the grid home directory')
 def cmd_home(session, args):
     if not session.home:
         session.request('pwd')
     return Result(0, session.home)
 
 
-@command('version', connect=False, usage='version  client and environment versions (XRootD, Python, locations)')
+@command('version', connect=False, noargs=True,
+         usage='version  client and environment versions (XRootD, Python, locations)')
 def cmd_version(session, args):
     lines = ['alien.py version: %s' % VERSION,
              'alien.py location: %s' % os.path.realpath(__file__),
@@ -5590,10 +5600,8 @@ def cmd_help(session, args):
 def cmd_exit(session, args):
     code = session.last_exitcode
     args = list(args)
-    if args and re.match(r'^-?\d+$', args[0]):
-        code = int(args.pop(0))
-    elif args and args[0] not in ('stderr', 'err'):  # a typo must not end the shell
-        return Result(EX_EINVAL, '', 'exit: %r is not a number' % args[0])
+    if args and args[0] not in ('stderr', 'err'):  # a typo must not end the shell
+        code = int_arg('exit', args.pop(0))
     to_err = code != 0
     if args and args[0] in ('stderr', 'err'):
         args.pop(0)
@@ -5623,10 +5631,8 @@ def cmd_time(session, args):
 
 @command('ping', usage='ping [COUNT]  websocket round-trip time to the service')
 def cmd_ping(session, args):
-    try:
-        count = int(args[0]) if args else 3
-    except ValueError:
-        return Result(EX_EINVAL, '', 'ping: %r is not a number' % args[0])
+    _, pos = parse_args('ping', args)
+    count = int_arg('ping', pos[0], 1) if pos else 3
     if session.ws is None:
         session.connect()
     rtts = [session.ws.ping(str(i).encode()) * 1000 for i in range(count)]
@@ -5634,7 +5640,7 @@ def cmd_ping(session, args):
                   % (count, session.peer[0], session.peer[1], min(rtts), sum(rtts) / len(rtts), max(rtts)))
 
 
-@command('exitcode', '$?', connect=False, usage='exitcode  the exit code of the last command')
+@command('exitcode', '$?', connect=False, noargs=True, usage='exitcode  the exit code of the last command')
 def cmd_exitcode(session, args):
     return Result(0, str(session.last_exitcode))
 
@@ -5657,10 +5663,9 @@ def _fetch_temp(session, arg, tmpdir, nses=None):
 
 
 def _show_files(session, args, name):
-    files = [a for a in args if a != '-force']   # always a fresh download
-    if not files or '-h' in files:
-        return Result(0 if files else EX_EINVAL, out='%s LFN...' % name if files else '',
-                      err='' if files else 'usage: %s LFN...' % name)
+    _, files = parse_args(name, args, '-force:ignore')   # always a fresh download
+    if not files:
+        return Result(EX_USAGE, '', 'usage: %s LFN...' % name)
     xrootd_client()
     import tempfile
     tmpdir = tempfile.mkdtemp(prefix='alienpy-%s-' % name)
@@ -5703,11 +5708,10 @@ def cmd_less(session, args):
 def edit_grid_file(session, args, editor):
     """Download, edit, and if changed: keep LFN~, upload, restore on failure."""
     import subprocess
-    datebck = '-datebck' in args
-    files = [a for a in args if a != '-datebck']
-    if len(files) != 1 or files[0] in ('-h', '-help'):
+    opts, files = parse_args('edit', args, '-datebck')
+    if len(files) != 1:
         raise AlienError('usage: edit [-datebck] LFN[@disk:N,SE,...]  (editor: $VISUAL, $EDITOR, or the command name)',
-                         EX_EINVAL)
+                         EX_USAGE)
     xrootd_client()
     import tempfile
     tmpdir = tempfile.mkdtemp(prefix='alienpy-edit-')
@@ -5736,7 +5740,7 @@ def edit_grid_file(session, args, editor):
             return Result(0, out='%s unchanged' % lfn)
         backup = None
         if before is not None:
-            backup = lfn + (time.strftime('.%Y%m%d_%H%M%S') if datebck else '~')
+            backup = lfn + (time.strftime('.%Y%m%d_%H%M%S') if opts.get('datebck') else '~')
             session.request('rm', ['-f', backup], nomsg=True)
             mv = session.request('mv', [lfn, backup], nomsg=True)
             if mv.exitcode != 0:
@@ -5885,15 +5889,14 @@ TOXML_USAGE = '''toXml [-i] [-a] [-x OUT] [-l LIST] [LFN...]   the service's toX
                   collection is made here, with lfn/turl file://PATH
   -x file:OUT     write the collection to the local file OUT (without file: the
                   service writes it to the catalogue; with -local OUT is always local)'''
+TOXML_OPTIONS = Options([('-local', 'local', 'flag', False), ('-i', 'ignore', 'flag', False),
+                         ('-a', 'append', 'flag', False), ('-x', 'xml', 'str', ''), ('-l', 'list', 'str', '')],
+                        code=EX_EINVAL)
 
 
 @command('toXml', usage=TOXML_USAGE)
 def cmd_toxml(session, args):
-    opts, pos = parse_option_table(args, {'-local': ('local', 'flag'), '-i': ('ignore', 'flag'), '-a': ('append', 'flag'),
-                                     '-x': ('xml', 'str'), '-l': ('list', 'str')},
-                              {'local': False, 'ignore': False, 'append': False, 'xml': '', 'list': ''}, 'toXml')
-    if opts['help']:
-        return Result(0, TOXML_USAGE)
+    opts, pos = parse_args('toXml', args, TOXML_OPTIONS)
     if opts['append'] and not opts['xml']:
         return Result(EX_EINVAL, '', 'toXml: -a appends to the collection given with -x')
     if not opts['local']:
@@ -5948,6 +5951,7 @@ RUN_USAGE = '''run COMMAND [ARGS...] LFN     download LFN (md5-verified), run CO
   is never captured: it goes straight to the terminal)'''
 EXEC_USAGE = '''exec LFN [ARGS...]            download the program LFN (md5-verified), run it with ARGS,
                               remove it; the exit code is the program's (-force, -noout: as in run)'''
+RUN_OPTIONS = '-force:ignore -noout:ignore'   # the other arguments are the program's
 
 
 def _run_with_grid_files(session, argv, grid_at, make_executable=False):
@@ -5971,7 +5975,7 @@ def _run_with_grid_files(session, argv, grid_at, make_executable=False):
 def run_argv(args):
     """run's arguments -> (argv, indexes of the grid files in it): the alien:-marked
     arguments (moved to the end, in order), or else the last one; None if too few."""
-    args = [a for a in args if a not in ('-force', '-noout')]
+    args = parse_args('run', args, RUN_OPTIONS, free=True)[1]
     if len(args) < 2:
         return None
     marked = [i for i, a in enumerate(args) if i > 0 and a.startswith('alien:')] or [len(args) - 1]
@@ -5989,7 +5993,7 @@ def cmd_run(session, args):
 
 @command('exec', usage=EXEC_USAGE)
 def cmd_exec(session, args):
-    args = [a for a in args if a not in ('-force', '-noout')]
+    args = parse_args('exec', args, RUN_OPTIONS, free=True)[1]
     if not args:
         return Result(EX_USAGE, '', 'usage: exec LFN [ARGS...]')
     return _run_with_grid_files(session, args, [0], make_executable=True)
@@ -6052,12 +6056,13 @@ def _short_dir(session, path, full=False):
     return path.rstrip('/') or '/'
 
 
-def _stack_text(session, opts=()):
+def _stack_text(session, opts=None):
+    opts = opts or {}
     entries = [session.cwd] + dir_stack(session)
-    shown = [_short_dir(session, p, '-l' in opts) for p in entries]
-    if '-v' in opts:
+    shown = [_short_dir(session, p, opts.get('l')) for p in entries]
+    if opts.get('v'):
         return '\n'.join('%2d  %s' % (i, p) for i, p in enumerate(shown))
-    return ('\n' if '-p' in opts else ' ').join(shown)
+    return ('\n' if opts.get('p') else ' ').join(shown)
 
 
 def _stack_index(session, arg, name):
@@ -6083,18 +6088,17 @@ def _need_cwd(session):
 
 @command('dirs', usage='dirs [-c] [-l] [-p] [-v] [+N|-N]  show (or with -c clear) the directory stack')
 def cmd_dirs(session, args):
+    opts, other = parse_args('dirs', args, '-c -l -p -v')
     _need_cwd(session)
-    opts = [a for a in args if a in ('-c', '-l', '-p', '-v')]
-    other = [a for a in args if a not in opts]
     for a in other:
         if not _is_index(a):
-            return Result(EX_EINVAL, '', 'dirs: %s: invalid option (use -c, -l, -p, -v, +N or -N)' % a)
-    if '-c' in opts:
+            return Result(EX_USAGE, '', 'dirs: %s: invalid argument (use -c, -l, -p, -v, +N or -N)' % a)
+    if opts.get('c'):
         del dir_stack(session)[:]
         return Result(0)
     if other:
         i = _stack_index(session, other[0], 'dirs')
-        return Result(0, _short_dir(session, ([session.cwd] + dir_stack(session))[i], '-l' in opts))
+        return Result(0, _short_dir(session, ([session.cwd] + dir_stack(session))[i], opts.get('l')))
     return Result(0, _stack_text(session, opts))
 
 
@@ -6106,9 +6110,9 @@ def _cd_to(session, path):
 
 @command('pushd', usage='pushd [-n] [DIR | +N | -N]  push DIR (no argument: swap the top two) and go there')
 def cmd_pushd(session, args):
+    opts, args = parse_args('pushd', args, '-n')
     _need_cwd(session)
-    no_cd = '-n' in args
-    args = [a for a in args if a != '-n']
+    no_cd = opts.get('n')
     stack = dir_stack(session)
     if len(args) > 1:
         return Result(EX_USAGE, '', 'pushd: too many arguments')
@@ -6140,9 +6144,9 @@ def cmd_pushd(session, args):
 
 @command('popd', usage='popd [-n] [+N | -N]  drop the top of the directory stack and go to the new top')
 def cmd_popd(session, args):
+    opts, args = parse_args('popd', args, '-n')
     _need_cwd(session)
-    no_cd = '-n' in args
-    args = [a for a in args if a != '-n']
+    no_cd = opts.get('n')
     stack = dir_stack(session)
     if len(args) > 1 or (args and not _is_index(args[0])):
         return Result(EX_USAGE, '', 'popd: usage: popd [-n] [+N | -N]')
@@ -6353,7 +6357,7 @@ GETSE_USAGE = '''getSE [-id | -name | -srv] [LABEL]  storage elements from listS
 
 @command('getSE', usage=GETSE_USAGE)
 def cmd_getse(session, args):
-    opts, pos = parse_options('getSE', args, ('id', 'name', 'srv'))
+    opts, pos = parse_args('getSE', args, '-id -name -srv')
     if len(pos) > 1 or len(opts) > 1:
         raise AlienError('getSE: one LABEL and at most one of -id, -name, -srv (see getSE -h)', EX_USAGE)
     ses = lookup_ses(session, pos, 'getSE') if pos else list_ses(session)
@@ -6371,7 +6375,7 @@ def cmd_getse(session, args):
 
 @command('SEqos', usage='SEqos SE...  the QoS tags of storage elements (labels as in getSE)')
 def cmd_seqos(session, args):
-    _, pos = parse_options('SEqos', args)
+    _, pos = parse_args('SEqos', args)
     if not pos:
         raise AlienError('SEqos: which SE? usage: SEqos SE...', EX_USAGE)
     ses = lookup_ses(session, pos, 'SEqos')
@@ -6380,7 +6384,7 @@ def cmd_seqos(session, args):
 
 @command('pfn', usage='pfn LFN  the physical URLs of the replicas of a file (whereis -r)')
 def cmd_pfn(session, args):
-    _, pos = parse_options('pfn', args)
+    _, pos = parse_args('pfn', args)
     if len(pos) != 1:
         raise AlienError('pfn: usage: pfn LFN', EX_USAGE)
     r = session.request('whereis', ['-r', pos[0]], nomsg=True)
@@ -6397,10 +6401,9 @@ PFN_STATUS_USAGE = '''pfn-status [-v] [-timeout S] LFN|PFN...  check each replic
 
 @command('pfn-status', usage=PFN_STATUS_USAGE)
 def cmd_pfn_status(session, args):
-    opts, pos = parse_options('pfn-status', args, ('v', 'verbose'), ('timeout',))
+    opts, pos = parse_args('pfn-status', args, '-v -verbose -timeout:count', {'timeout': PROBE_TIMEOUT})
     if not pos:
         raise AlienError('pfn-status: usage: pfn-status [-v] LFN|PFN...', EX_USAGE)
-    timeout = number_option(opts, 'timeout', 'pfn-status', PROBE_TIMEOUT, int)
     xrootd_client('pfn-status')
     targets = []
     for arg in pos:
@@ -6415,7 +6418,7 @@ def cmd_pfn_status(session, args):
     rows, lines = [], []
     for lfn, se, pfn in targets:
         row = {'lfn': lfn, 'se': se, 'pfn': pfn}
-        row.update(xrd_stat_pfn(pfn, timeout))
+        row.update(xrd_stat_pfn(pfn, opts['timeout']))
         row['online'] = bool(row['ok'] and not row.get('offline'))
         rows.append(row)
         if lfn:
@@ -6444,9 +6447,7 @@ LFN2URI_USAGE = '''lfn2uri LFN[@SPECS] [LOCAL_FILE] [meta] [write|upload] [stric
 
 @command('lfn2uri', usage=LFN2URI_USAGE)
 def cmd_lfn2uri(session, args):
-    _, words = parse_options('lfn2uri', args)
-    keys = set(w for w in words if w in ('meta', 'write', 'upload', 'strict', 'http'))
-    pos = [w for w in words if w not in keys]
+    keys, pos = parse_args('lfn2uri', args, 'meta write upload strict http')   # keywords, not options
     write = 'write' in keys or 'upload' in keys
     if not pos or len(pos) > 2:
         raise AlienError('lfn2uri: usage: lfn2uri LFN [LOCAL_FILE] [meta] [write|upload] [strict] [http]', EX_USAGE)
@@ -6490,11 +6491,11 @@ def xrd_targets(session, pos, opts, name):
     return [(se['seName'], se_host(se)) for se in ses if se_host(se)]
 
 
-def xrd_each_se(session, args, name, flags, valued, probe, timeout=PROBE_TIMEOUT):
+def xrd_each_se(session, args, name, options, probe, timeout=PROBE_TIMEOUT):
     """An xrd_* command: probe(se_name, host, options, timeout) -> (text, row with
     'ok') for every target; exit 5 when an SE failed (its text says why)."""
-    opts, pos = parse_options(name, args, flags, ('timeout',) + tuple(valued))
-    timeout = number_option(opts, 'timeout', name, timeout, int)
+    opts, pos = parse_args(name, args, options + ' -timeout:count', {'timeout': timeout})
+    timeout = opts['timeout']
     texts, rows = [], []
     for se_name, host in xrd_targets(session, pos, opts, name):
         text, row = probe(se_name, host, opts, timeout)
@@ -6514,7 +6515,7 @@ XRD_PING_USAGE = '''xrd_ping [-c COUNT] [-timeout S] SE|HOST[:PORT]...  XRootD r
 
 def _ping_probe(se_name, host, opts, timeout):
     import statistics
-    count = number_option(opts, 'c', 'xrd_ping', 3, int)
+    count = opts.get('c', 3)
     st, _ = xrd_ping(host, timeout)   # opens the connection: not counted
     rtts = []
     for _ in range(count if st['ok'] else 0):
@@ -6532,9 +6533,8 @@ def _ping_probe(se_name, host, opts, timeout):
 
 @command('xrd_ping', usage=XRD_PING_USAGE)
 def cmd_xrd_ping(session, args):
-    opts, _ = parse_options('xrd_ping', args, (), ('c', 'timeout'))
-    count = number_option(opts, 'c', 'xrd_ping', 3, int)
-    r = xrd_each_se(session, args, 'xrd_ping', (), ('c',), _ping_probe, timeout=2)
+    count = parse_args('xrd_ping', args, '-c:count -timeout:count')[0].get('c', 3)
+    r = xrd_each_se(session, args, 'xrd_ping', '-c:count', _ping_probe, timeout=2)
     r.out = 'XRootD ping(s): %d time(s) to:\n%s' % (count, r.out)
     return r
 
@@ -6562,7 +6562,7 @@ def _config_probe(se_name, host, opts, timeout):
 
 @command('xrd_config', usage=XRD_CONFIG_USAGE)
 def cmd_xrd_config(session, args):
-    return xrd_each_se(session, args, 'xrd_config', ('v', 'verbose', 'a', 'all'), (), _config_probe)
+    return xrd_each_se(session, args, 'xrd_config', '-v -verbose -a -all', _config_probe)
 
 
 XRD_STATS_USAGE = '''xrd_stats [-xml | -xmlraw] [-compact] [-a] [-timeout S] SE|HOST[:PORT]...  XRootD statistics
@@ -6592,7 +6592,7 @@ def _stats_probe(se_name, host, opts, timeout):
 
 @command('xrd_stats', usage=XRD_STATS_USAGE)
 def cmd_xrd_stats(session, args):
-    return xrd_each_se(session, args, 'xrd_stats', ('xml', 'xmlraw', 'compact', 'a', 'all'), (), _stats_probe)
+    return xrd_each_se(session, args, 'xrd_stats', '-xml -xmlraw -compact -a -all', _stats_probe)
 
 
 CHECKADDR_USAGE = '''checkAddr [-timeout S] [HOST[:PORT] | HOST PORT]  can the central service be reached?
@@ -6630,8 +6630,8 @@ def _checkaddr_path(row, open_socket, ctx, why, timeout):
 
 @command('checkAddr', connect=False, usage=CHECKADDR_USAGE)
 def cmd_checkaddr(session, args):
-    opts, pos = parse_options('checkAddr', args, (), ('timeout',))
-    timeout = number_option(opts, 'timeout', 'checkAddr', PROBE_TIMEOUT, int)
+    opts, pos = parse_args('checkAddr', args, '-timeout:count', {'timeout': PROBE_TIMEOUT})
+    timeout = opts['timeout']
     env = {k: v for k, v in session.environ.items() if k != 'ALIENPY_NETWORKSTACK'}   # every family
     if len(pos) > 2:
         raise AlienError('checkAddr: usage: checkAddr [HOST[:PORT] | HOST PORT]', EX_USAGE)
@@ -7006,7 +7006,7 @@ def cmd_token_init(session, args):
     return Result(0, describe_cert(materialize_pem(credential_paths(session.environ)[0], 'tokencert')))
 
 
-@command('token-destroy', connect=False, usage='token-destroy  delete the token files')
+@command('token-destroy', connect=False, noargs=True, usage='token-destroy  delete the token files')
 def cmd_token_destroy(session, args):
     for path in credential_paths(session.environ)[:2]:
         if not is_pem_content(path) and os.path.exists(path):
@@ -7114,7 +7114,7 @@ def _jobs_with_trace(session, ids):
 
 @command('jobInfo', usage=JOBINFO_USAGE)
 def cmd_jobinfo(session, args):
-    opts, pos = parse_options('jobInfo', args, flags=('trace', 'proc', 'jdl', 'unixtime'))
+    opts, pos = parse_args('jobInfo', args, '-trace -proc -jdl -unixtime')
     if len(pos) != 1 or not re.match(r'^[0-9]+(,[0-9]+)*$', pos[0]):
         return Result(EX_USAGE, '', 'jobInfo: give one list of job IDs, like 123 or 123,124')
     r = _jobs_with_trace(session, pos[0])
@@ -7169,7 +7169,7 @@ def _list_ces(session):
 
 @command('getCE', usage='getCE [-name TEXT] [-host TEXT] [-part PARTITION]  computing elements (all given filters apply)')
 def cmd_getce(session, args):
-    opts, pos = parse_options('getCE', args, valued=('name', 'host', 'part'))
+    opts, pos = parse_args('getCE', args, '-name:str -host:str -part:str')
     if pos:
         return Result(EX_USAGE, '', 'getCE: unexpected argument %r (filters are -name, -host, -part)' % pos[0])
     r = _list_ces(session)
@@ -7186,7 +7186,7 @@ SITEJOBS_USAGE = '''siteJobs SITE [-id] [-running] [-status TEXT] [-user TEXT]  
 
 @command('siteJobs', usage=SITEJOBS_USAGE)
 def cmd_sitejobs(session, args):
-    opts, pos = parse_options('siteJobs', args, flags=('id', 'running', 'r'), valued=('status', 'user'))
+    opts, pos = parse_args('siteJobs', args, '-id -running -r -status:str -user:str')
     if len(pos) != 1:
         return Result(EX_USAGE, '', 'siteJobs: give one SITE (usage: siteJobs -h)')
     ces = select_ces(_list_ces(session).results, name=pos[0])
@@ -7238,7 +7238,7 @@ ENODATA = 61
 
 @command('quota', usage='quota [USER]  job and file quotas (server jquota and fquota); a user without a job quota is said so')
 def cmd_quota(session, args):
-    opts, pos = parse_options('quota', args)
+    opts, pos = parse_args('quota', args)
     if len(pos) > 1 or pos[:1] == ['set']:
         return Result(EX_USAGE, '', 'quota: give at most one USER (setting quotas: jquota set / fquota set, admins only)')
     jr, fr = session.request_many([('jquota', ['list'] + pos), ('fquota', ['list'] + pos)], nomsg=True)
@@ -7375,8 +7375,8 @@ QUERY: path/of/object[/TIME_MS][/key=value...]   ("*" and ".*" are dropped)
 
 @command('ccdb', connect=False, usage=CCDB_USAGE)
 def cmd_ccdb(session, args):
-    opts, pos = parse_options('ccdb', args, flags=('history', 'unixtime', 'get', 'mirror', 'report', 'nicetime'),
-                              valued=('host', 'run', 'objtime', 'limit', 'dst'), multi=('header',))
+    opts, pos = parse_args('ccdb', args, '-history -unixtime -get -mirror -report -nicetime -host:str -run:str '
+                           '-objtime:str -limit:str -dst:str -header:list')
     if len(pos) != 1:
         return Result(EX_USAGE, '', 'ccdb: give one QUERY (at least "/"; ccdb -h for the usage)')
     if opts.get('get') and opts.get('mirror'):
@@ -7476,12 +7476,8 @@ def ml_table(rows):
 
 @command('queryML', connect=False, usage=QUERYML_USAGE)
 def cmd_queryml(session, args):
-    opts, pos = parse_options('queryML', args, valued=('host',))
-    kind = 'json'
-    for word in ('text', 'xml', 'json'):
-        if word in pos:
-            kind = word
-            pos.remove(word)
+    opts, pos = parse_args('queryML', args, [('-host', 'host', 'str'), ('text xml json', 'kind', 'word', 'json')])
+    kind = opts['kind']
     if len(pos) != 1:
         return Result(EX_USAGE, '', 'queryML: give one PATH (queryML -h for the usage)')
     env = session.environ
@@ -7495,24 +7491,6 @@ def cmd_queryml(session, args):
         d.get('results'), list) and all(isinstance(r, dict) for r in d['results']))
     rows = doc['results']
     return client_result(ml_table(rows) if rows else '', rows, {'url': url})
-
-
-def _refuse_arguments(*names):
-    """Commands that take no arguments say so instead of ignoring a typo."""
-    for name in names:
-        cmd = COMMANDS.get(name)
-        if cmd is None:
-            continue
-
-        def handler(session, args, _inner=cmd.handler, _cmd=cmd):
-            if args:
-                return Result(EX_USAGE, '', '%s: unexpected argument %r (usage: %s)'
-                              % (_cmd.name, args[0], _cmd.usage.strip()))
-            return _inner(session, args)
-        cmd.handler = handler
-
-
-_refuse_arguments('home', 'version', 'exitcode', '$?', 'token-destroy')
 
 
 # ==========================================================================
@@ -8746,6 +8724,8 @@ USAGE = """usage: alien.py                     interactive shell
   anywhere: -json (JSON replies for the whole run), -debug, -debugfile FILE (debug log)
   the arguments are joined with spaces and split again honouring quotes:
   alien.py "stat 'my file'" for a name with a space"""
+MAIN_OPTIONS = Options([('-json', 'json', 'flag', False), ('-debug', 'debug', 'flag', False),
+                        ('-debugfile', 'debugfile', 'str', None)])
 # The alien-<verb> commands of the reference client (alien_<verb> is any verb).
 ENTRY_VERBS = ('token-init', 'token-info', 'token-destroy', 'cert-info')
 
@@ -8766,22 +8746,10 @@ def entry_verb(argv0):
 def parse_main_args(argv):
     """Front-end options anywhere on the command line -> (words, options).
     options: json (bool), debug (bool), debugfile (str or None)."""
-    words, opts = [], {'json': False, 'debug': False, 'debugfile': None}
-    i = 0
-    while i < len(argv):
-        a = argv[i]
-        if a == '-json':
-            opts['json'] = True
-        elif a == '-debug':
-            opts['debug'] = True
-        elif a == '-debugfile':
-            if i + 1 >= len(argv) or not argv[i + 1]:
-                raise AlienError('-debugfile needs a file name', EX_USAGE)
-            opts['debug'], opts['debugfile'] = True, argv[i + 1]
-            i += 1
-        else:
-            words.append(a)
-        i += 1
+    opts, words = parse_args('', argv, MAIN_OPTIONS, free=True)   # the other words are the commands'
+    if opts['debugfile'] == '':
+        raise AlienError('-debugfile needs a file name', EX_USAGE)
+    opts['debug'] = opts['debug'] or opts['debugfile'] is not None
     return words, opts
 
 
@@ -8813,7 +8781,7 @@ def main(argv=None):
     session = None
     try:
         verb = entry_verb(prog)
-        if not verb and argv and argv[0] in ('-h', '--help', '-help'):
+        if not verb and argv and argv[0] in HELP_WORDS:
             sys.stdout.write(USAGE + '\n')
             return 0
         words, opts = parse_main_args(argv)

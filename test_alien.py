@@ -2550,7 +2550,7 @@ CLIENT_CASES = [
     ('ping 1', 0, r'^1 websocket ping\(s\) to 127.0.0.1:[0-9]+, round trip'),
     ('ping x', 22, r"^ping: 'x' is not a number"),
     ('dirs', 0, r'^~$'),
-    ('dirs -x', 22, r'^dirs: -x: invalid option'),
+    ('dirs -x', 64, r'^dirs: unknown option -x'),
     ('dirs -c', 0, r'^$'),
     ('pushd /localhost/', 0, r'^/localhost ~$'),
     ('pushd /no/such', 2, r'No such file'),
