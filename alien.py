@@ -2781,61 +2781,6 @@ def int_arg(cmd, text, least=None):
     return int(text)
 
 
-def parse_option_table(args, table, defaults, cmd, code=EX_EINVAL, help_opts=('-h', '-help', '--help')):
-    """Parse a client command's arguments with an option table -> (options dict,
-    positional list). table: option -> (key, kind), kind one of 'flag', 'int'
-    (>= 0), 'str', 'list' (repeatable), 'time' (parse_time_ms), 'ignore' (a flag
-    accepted and dropped). Options may appear anywhere; '--' ends option parsing;
-    '-5' is an argument. help_opts set opts['help']. Bad values and unknown options
-    raise AlienError(…, code)."""
-    opts = dict(defaults, help=False) if help_opts else dict(defaults)
-    pos = []
-    i = 0
-    while i < len(args):
-        a = args[i]
-        i += 1
-        if a == '--':
-            pos.extend(args[i:])
-            break
-        if a in help_opts:
-            opts['help'] = True
-            continue
-        spec = table.get(a)
-        if spec is None:
-            if len(a) > 1 and a.startswith('-') and not re.match(r'^-[0-9]', a):
-                raise AlienError('%s: unknown option %s (%s -h for the usage)' % (cmd, a, cmd), code)
-            pos.append(a)
-            continue
-        key, kind = spec
-        if kind == 'ignore':
-            continue
-        if kind == 'flag':
-            opts[key] = True
-            continue
-        if i >= len(args):
-            raise AlienError('%s: option %s needs a value' % (cmd, a), code)
-        value = args[i]
-        i += 1
-        if kind == 'list':
-            opts[key] = tuple(opts.get(key, ())) + (value,)
-            continue
-        if kind == 'time':
-            opts[key] = parse_time_ms(value)
-            continue
-        if kind == 'int':
-            try:
-                value = int(value)
-            except ValueError:
-                raise AlienError('%s: option %s needs an integer, got %r' % (cmd, a, value), code)
-            if value < 0:
-                raise AlienError('%s: option %s needs a value >= 0, got %d' % (cmd, a, value), code)
-        opts[key] = value
-    if sum(1 for k in ('glob', 'select', 'name') if opts.get(k)) > 1:
-        raise AlienError('%s: only one selection rule can be used: -select (full path regex), '
-                         '-name (file name) or -glob (globbing)' % cmd, code)
-    return opts, pos
-
-
 COMMANDS = {}
 
 
@@ -2863,30 +2808,6 @@ def command(*names, **kw):
                                      kw.get('noargs', False))
         return fn
     return deco
-
-
-def parse_options(name, args, flags=(), valued=(), multi=()):
-    """(options dict, positional list) of a client command's arguments. flags -> True,
-    valued -> the next argument, multi -> list of values. An unknown option or a missing
-    value is an AlienError (exit 64) naming the command (parse_option_table's rules)."""
-    table = dict([('-' + k, (k, 'flag')) for k in flags] + [('-' + k, (k, 'str')) for k in valued] +
-                 [('-' + k, (k, 'list')) for k in multi])
-    opts, pos = parse_option_table(args, table, {}, name, code=EX_USAGE, help_opts=())
-    return dict((k, list(v) if isinstance(v, tuple) else v) for k, v in opts.items()), pos
-
-
-def number_option(opts, key, name, default, kind=float):
-    """A positive number option (-c 3, -timeout 2), else a one-line error, exit 64."""
-    text = opts.get(key)
-    if text is None:
-        return default
-    try:
-        value = kind(text)
-    except ValueError:
-        value = 0
-    if not value > 0:
-        raise AlienError('%s: -%s needs a positive number, not %r' % (name, key, text), EX_USAGE)
-    return value
 
 
 def client_result(out, rows, metadata=None, exitcode=0, err=''):

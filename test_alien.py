@@ -5670,10 +5670,9 @@ def test_ccdb_query_path_and_options():
     assert alien.service_base('host:8080') == 'http://host:8080/'
     assert alien.service_base('https://h/rest') == 'https://h/rest/'
     with pytest.raises(alien.AlienError) as e:
-        alien.parse_options('x', ['-limit'], valued=('limit',))
+        alien.parse_args('x', ['-limit'], '-limit:str')
     assert e.value.exitcode == 64
-    assert alien.parse_options('x', ['-a', 'p', '-h2', 'v', '-5'], flags=('a',), multi=('h2',)) == \
-        ({'a': True, 'h2': ['v']}, ['p', '-5'])
+    assert alien.parse_args('x', ['-a', 'p', '-h2', 'v', '-5'], '-a -h2:list') == ({'a': True, 'h2': ('v',)}, ['p', '-5'])
 
 
 @pytest.mark.pure
@@ -6097,16 +6096,16 @@ def test_storage_pure_helpers():
     with pytest.raises(alien.AlienError) as e:
         alien.xrd_stats_dict('<statistics')
     assert e.value.exitcode == 42
-    assert alien.parse_options('n', ['-v', 'x', '-c', '3'], ('v',), ('c',)) == ({'v': True, 'c': '3'}, ['x'])
+    assert alien.parse_args('n', ['-v', 'x', '-c', '3'], '-v -c:str') == ({'v': True, 'c': '3'}, ['x'])
     for bad in (['-q'], ['-c']):
         with pytest.raises(alien.AlienError) as e:
-            alien.parse_options('n', bad, ('v',), ('c',))
+            alien.parse_args('n', bad, '-v -c:str')
         assert e.value.exitcode == 64
     for text in ('0', '-1', 'x'):
         with pytest.raises(alien.AlienError) as e:
-            alien.number_option({'c': text}, 'c', 'n', 3, int)
+            alien.parse_args('n', ['-c', text], '-c:count', {'c': 3})
         assert e.value.exitcode == 64
-    assert alien.number_option({}, 'c', 'n', 3, int) == 3
+    assert alien.parse_args('n', [], '-c:count', {'c': 3}) == ({'c': 3}, [])
 
 
 class SilentServer(object):
