@@ -2784,15 +2784,7 @@ def int_arg(cmd, text, least=None):
 COMMANDS = {}
 
 
-class Command(object):
-    __slots__ = ('name', 'handler', 'usage', 'connect', 'noargs')
-
-    def __init__(self, name, handler, usage, connect, noargs):
-        self.name = name
-        self.handler = handler
-        self.usage = usage
-        self.connect = connect
-        self.noargs = noargs
+Command = collections.namedtuple('Command', 'name handler usage connect noargs')
 
 
 def command(*names, **kw):
@@ -5611,19 +5603,10 @@ def _show_files(session, args, name):
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
-@command('cat', usage='cat LFN...  print grid files (downloaded through XRootD)')
-def cmd_cat(session, args):
-    return _show_files(session, args, 'cat')
-
-
-@command('more', usage='more LFN...  page through grid files')
-def cmd_more(session, args):
-    return _show_files(session, args, 'more')
-
-
-@command('less', usage='less LFN...  page through grid files ($PAGER or less)')
-def cmd_less(session, args):
-    return _show_files(session, args, 'less')
+for _name, _what in (('cat', 'print grid files (downloaded through XRootD)'), ('more', 'page through grid files'),
+                     ('less', 'page through grid files ($PAGER or less)')):
+    command(_name, usage='%s LFN...  %s' % (_name, _what))(
+        lambda session, args, _name=_name: _show_files(session, args, _name))
 
 
 def edit_grid_file(session, args, editor):
@@ -5689,20 +5672,10 @@ def edit_grid_file(session, args, editor):
             shutil.rmtree(tmpdir, ignore_errors=True)
 
 
-def _editor_command(name):
-    def handler(session, args):
-        if name == 'edit':
-            editor = os.environ.get('VISUAL') or os.environ.get('EDITOR') or 'vi'
-        else:
-            editor = name
-        return edit_grid_file(session, args, editor)
-    handler.__name__ = 'cmd_' + name
-    return handler
-
-
-for _name in ('edit', 'vi', 'vim', 'nano', 'mcedit'):
+for _name in ('edit', 'vi', 'vim', 'nano', 'mcedit'):   # edit: $VISUAL, $EDITOR or vi; the others: that editor
     command(_name, usage='%s [-datebck] LFN[@specs]  edit a grid file; the old version is kept as LFN~' % _name)(
-        _editor_command(_name))
+        lambda session, args, _name=_name: edit_grid_file(session, args, _name if _name != 'edit' else (
+            os.environ.get('VISUAL') or os.environ.get('EDITOR') or 'vi')))
 
 
 FIND2_USAGE = '''find2 [options] DIR        (or DIR/PATTERN, e.g. /alice/data/*/AO2D.root)
@@ -8706,12 +8679,9 @@ def main(argv=None):
             sys.stdout.write(USAGE + '\n')
             return 0
         words, opts = parse_main_args(argv)
-        if opts['json']:
-            os.environ['ALIENPY_JSON'] = '1'
-        if opts['debug']:
-            os.environ['ALIENPY_DEBUG'] = '1'
-        if opts['debugfile']:
-            os.environ['ALIENPY_DEBUG_FILE'] = opts['debugfile']
+        for key, var in (('json', 'ALIENPY_JSON'), ('debug', 'ALIENPY_DEBUG'), ('debugfile', 'ALIENPY_DEBUG_FILE')):
+            if opts[key]:
+                os.environ[var] = '1' if opts[key] is True else opts[key]
         if verb:
             words.insert(0, verb)
         session = Session()
