@@ -2682,8 +2682,12 @@ def parse_time_ms(value):
 HELP_WORDS = ('-h', '-help', '--help')
 
 
-class ShowUsage(Exception):
-    """A help option among a command's options: the dispatch prints the command's usage."""
+class ShowUsage(AlienError):
+    """A help option among a command's options: the dispatch prints the command's usage
+    (exit 0); an AlienError for callers of parse_args outside the dispatch."""
+
+    def __init__(self, cmd):
+        super().__init__('%s: usage asked for' % cmd, 0)
 
 
 class Options(object):
