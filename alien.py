@@ -5966,17 +5966,14 @@ def _stack_text(session, opts=None):
 def _stack_index(session, arg, name):
     """Index in [cwd] + stack of '+N' (from the left) or '-N' (from the right)."""
     size = 1 + len(dir_stack(session))
-    try:
-        n = int(arg[1:])
-    except ValueError:
-        raise AlienError('%s: %s: invalid number' % (name, arg), EX_EINVAL)
+    n = int(arg[1:])   # callers checked _is_index(arg)
     if n >= size or n < 0:
         raise AlienError('%s: %s: directory stack index out of range' % (name, arg), EX_EINVAL)
     return n if arg[0] == '+' else size - 1 - n
 
 
 def _is_index(arg):
-    return len(arg) > 1 and arg[0] in '+-' and arg[1:].isdigit()
+    return re.match(r'^[+-][0-9]+$', arg) is not None
 
 
 def _need_cwd(session):
