@@ -2679,109 +2679,131 @@ def parse_time_ms(value):
                      EX_EINVAL)
 
 
-def parse_option_table(args, table, defaults, cmd, code=EX_EINVAL, help_opts=('-h', '-help', '--help')):
-    """Parse a client command's arguments with an option table -> (options dict,
-    positional list). table: option -> (key, kind), kind one of 'flag', 'int'
-    (>= 0), 'str', 'list' (repeatable), 'time' (parse_time_ms), 'ignore' (a flag
-    accepted and dropped). Options may appear anywhere; '--' ends option parsing;
-    '-5' is an argument. help_opts set opts['help']. Bad values and unknown options
-    raise AlienError(…, code)."""
-    opts = dict(defaults, help=False) if help_opts else dict(defaults)
-    pos = []
+HELP_WORDS = ('-h', '-help', '--help')
+
+
+class ShowUsage(AlienError):
+    """A help option among a command's options: the dispatch prints the command's usage
+    (exit 0); an AlienError for callers of parse_args outside the dispatch."""
+
+    def __init__(self, cmd):
+        super().__init__('%s: usage asked for' % cmd, 0)
+
+
+class Options(object):
+    """A command's options, declared once: rows (NAMES, KEY, KIND[, DEFAULT[, HELP]])
+    and plain usage lines, or a string of words NAME[:KIND] (key: NAME without its
+    dash; no default, so the key is absent unless given). NAMES: the option and its
+    aliases ('-f -force'; a bare word is a keyword: lfn2uri's meta). KIND: 'flag',
+    'int' (>= 0), 'count' (> 0), 'str', 'list' (repeatable), 'time' (parse_time_ms),
+    'word' (the name given: one of several keywords), 'ignore' (accepted, dropped).
+    HELP: its line of the usage ('' when a neighbour's line covers it). usage: head
+    and those lines; code: the exit code of a bad option; check(opts) -> an error
+    text when options exclude each other."""
+
+    def __init__(self, rows, head='', defaults=None, code=EX_USAGE, check=None):
+        if isinstance(rows, str):
+            rows = [(w.split(':')[0], w.split(':')[0].lstrip('-'), (w.split(':') + ['flag'])[1]) for w in rows.split()]
+        self.rows = [r for r in rows if not isinstance(r, str)]
+        self.kinds, self.defaults, self.code, self.check = {}, dict(defaults or {}), code, check
+        for row in self.rows:
+            for name in row[0].split():
+                self.kinds[name] = row[1:3]
+            if len(row) > 3 and row[1]:
+                self.defaults[row[1]] = row[3]
+        lines = [r if isinstance(r, str) else r[4] for r in rows if isinstance(r, str) or len(r) > 4 and r[4]]
+        self.usage = '\n'.join(([head] if head else []) + lines)
+
+
+def parse_args(cmd, args, options='', defaults=None, free=False):
+    """A command's arguments -> (options dict, positional list), by its Options (or
+    the words of one). Options may appear anywhere; '--' ends them; '-5' is an
+    argument; -h, -help, --help raise ShowUsage. Unknown options, missing or bad
+    values are an AlienError (options.code) naming cmd. free: the arguments are
+    another program's (run's): unknown options, '--' and help words pass as
+    arguments. defaults: replace those of the table."""
+    options = options if isinstance(options, Options) else Options(options)
+    opts = dict(options.defaults, **(defaults or {}))
+    pos, code, where = [], options.code, cmd + ': ' if cmd else ''
     i = 0
     while i < len(args):
         a = args[i]
         i += 1
-        if a == '--':
-            pos.extend(args[i:])
-            break
-        if a in help_opts:
-            opts['help'] = True
-            continue
-        spec = table.get(a)
-        if spec is None:
+        spec = options.kinds.get(a)
+        if spec is None and not free:
+            if a == '--':
+                pos.extend(args[i:])
+                break
+            if a in HELP_WORDS:
+                raise ShowUsage(cmd)
             if len(a) > 1 and a.startswith('-') and not re.match(r'^-[0-9]', a):
-                raise AlienError('%s: unknown option %s (%s -h for the usage)' % (cmd, a, cmd), code)
+                raise AlienError('%sunknown option %s (%s -h for the usage)' % (where, a, cmd), code)
+        if spec is None:
             pos.append(a)
             continue
         key, kind = spec
-        if kind == 'ignore':
-            continue
-        if kind == 'flag':
-            opts[key] = True
+        if kind in ('flag', 'word', 'ignore'):
+            if kind != 'ignore':
+                opts[key] = True if kind == 'flag' else a
             continue
         if i >= len(args):
-            raise AlienError('%s: option %s needs a value' % (cmd, a), code)
+            raise AlienError('%soption %s needs a value' % (where, a), code)
         value = args[i]
         i += 1
         if kind == 'list':
-            opts[key] = tuple(opts.get(key, ())) + (value,)
-            continue
-        if kind == 'time':
-            opts[key] = parse_time_ms(value)
-            continue
-        if kind == 'int':
+            value = tuple(opts.get(key, ())) + (value,)
+        elif kind == 'time':
+            value = parse_time_ms(value)
+        elif kind == 'count':
             try:
                 value = int(value)
             except ValueError:
-                raise AlienError('%s: option %s needs an integer, got %r' % (cmd, a, value), code)
+                value = 0
+            if value <= 0:
+                raise AlienError('%s%s needs a positive number, not %r' % (where, a, args[i - 1]), code)
+        elif kind == 'int':
+            try:
+                value = int(value)
+            except ValueError:
+                raise AlienError('%soption %s needs an integer, got %r' % (where, a, value), code)
             if value < 0:
-                raise AlienError('%s: option %s needs a value >= 0, got %d' % (cmd, a, value), code)
+                raise AlienError('%soption %s needs a value >= 0, got %d' % (where, a, value), code)
         opts[key] = value
-    if sum(1 for k in ('glob', 'select', 'name') if opts.get(k)) > 1:
-        raise AlienError('%s: only one selection rule can be used: -select (full path regex), '
-                         '-name (file name) or -glob (globbing)' % cmd, code)
+    problem = options.check(opts) if options.check else ''
+    if problem:
+        raise AlienError(where + problem, code)
     return opts, pos
+
+
+def int_arg(cmd, text, least=None):
+    """An integer argument (exit's CODE, ping's COUNT, at least `least`), else a
+    one-line error, exit 22."""
+    if not re.match(r'^-?[0-9]+$', text):
+        raise AlienError('%s: %r is not a number' % (cmd, text), EX_EINVAL)
+    if least is not None and int(text) < least:
+        raise AlienError('%s: %s is less than %d' % (cmd, text, least), EX_EINVAL)
+    return int(text)
 
 
 COMMANDS = {}
 
 
-class Command(object):
-    __slots__ = ('name', 'handler', 'usage', 'connect')
-
-    def __init__(self, name, handler, usage, connect):
-        self.name = name
-        self.handler = handler
-        self.usage = usage
-        self.connect = connect
+Command = collections.namedtuple('Command', 'name handler usage connect noargs')
 
 
 def command(*names, **kw):
     """Register handler(session, args) -> Result under one or more names.
 
     usage: the help text; connect=False for commands that never need the
-    central service (the session then stays unconnected).
+    central service (the session then stays unconnected); noargs=True for commands
+    that take no arguments (the dispatch refuses a typo instead of ignoring it).
     """
     def deco(fn):
         for name in names:
-            COMMANDS[name] = Command(name, fn, kw.get('usage', fn.__doc__ or ''), kw.get('connect', True))
+            COMMANDS[name] = Command(name, fn, kw.get('usage', fn.__doc__ or ''), kw.get('connect', True),
+                                     kw.get('noargs', False))
         return fn
     return deco
-
-
-def parse_options(name, args, flags=(), valued=(), multi=()):
-    """(options dict, positional list) of a client command's arguments. flags -> True,
-    valued -> the next argument, multi -> list of values. An unknown option or a missing
-    value is an AlienError (exit 64) naming the command (parse_option_table's rules)."""
-    table = dict([('-' + k, (k, 'flag')) for k in flags] + [('-' + k, (k, 'str')) for k in valued] +
-                 [('-' + k, (k, 'list')) for k in multi])
-    opts, pos = parse_option_table(args, table, {}, name, code=EX_USAGE, help_opts=())
-    return dict((k, list(v) if isinstance(v, tuple) else v) for k, v in opts.items()), pos
-
-
-def number_option(opts, key, name, default, kind=float):
-    """A positive number option (-c 3, -timeout 2), else a one-line error, exit 64."""
-    text = opts.get(key)
-    if text is None:
-        return default
-    try:
-        value = kind(text)
-    except ValueError:
-        value = 0
-    if not value > 0:
-        raise AlienError('%s: -%s needs a positive number, not %r' % (name, key, text), EX_USAGE)
-    return value
 
 
 def client_result(out, rows, metadata=None, exitcode=0, err=''):
@@ -2887,12 +2909,17 @@ class Session(JCentral):
         self.command_json = as_json  # client-side handlers ask for full replies then
         cmd = COMMANDS.get(verb)
         try:
-            if cmd is not None and args[:1] in (['-h'], ['--help'], ['-help']) and cmd.usage:
-                result = Result(0, cmd.usage.strip())
+            if cmd is not None and args[:1] in [[h] for h in HELP_WORDS] and cmd.usage:
+                raise ShowUsage(verb)
+            elif cmd is not None and cmd.noargs and args:
+                result = Result(EX_USAGE, '', '%s: unexpected argument %r (usage: %s)'
+                                % (verb, args[0], cmd.usage.strip()))
             elif cmd is not None:
                 result = cmd.handler(self, args)
             else:
                 result = self.request(verb, args, nokeys=not as_json)
+        except ShowUsage:   # -h as the first argument, or any help option the command's options meet
+            result = Result(0, cmd.usage.strip())
         except AlienError as e:
             result = Result(e.exitcode, '', str(e))
         result.as_json = as_json
@@ -2905,86 +2932,83 @@ class Session(JCentral):
 
 # ---- cp: pure helpers (argument grammar, specifiers, naming) --------------
 
-CP_USAGE = '''cp [options] SRC DST
+def _one_selection_rule(opts):
+    if sum(1 for k in ('glob', 'select', 'name') if opts.get(k)) > 1:
+        return ('only one selection rule can be used: -select (full path regex), -name (file name) or -glob '
+                '(globbing)')
+
+
+# cp's options: (names, key, kind, default, usage line); the usage, the table and the defaults come from it
+CP_OPTIONS = Options([
+    'options:',
+    ('-f -force', 'force', 'flag', False, '  -f, -force      copy even if an identical destination exists (size+md5)'),
+    ('-T', 'parallel', 'int', None, '  -T N            files transferred at once (default 8)'),
+    ('-S', 'streams', 'int', 0, '  -S N            TCP streams per transfer (1-15)'),
+    ('-chunks', 'chunks', 'int', 0, '  -chunks N       parallel chunks per file;  -chunksz BYTES  chunk size'),
+    ('-chunksz', 'chunksize', 'int', 0),
+    ('-y', 'sources', 'int', 1, '  -y N            read one file from up to N replicas at once'),
+    ('-retry', 'retry', 'int', 2,
+     '  -retry N        XRootD retries of a transfer (default 2; downloads: on the last replica left)'),
+    ('-timeout', 'timeout', 'int', 0,
+     '  -timeout S      per file;  -ratethreshold B/S  fail a transfer slower than B bytes/s'),
+    ('-ratethreshold', 'ratethreshold', 'int', 0),
+    '  defaults from XRD_CPRETRY, XRD_CPTIMEOUT, XRD_XRATETHRESHOLD, XRD_SUBSTREAMSPERCHANNEL,',
+    '  XRD_CPPARALLELCHUNKS, XRD_CPCHUNKSIZE when set',
+    ('-site', 'site', 'str', '',
+     '  -site SITE      prefer replicas close to SITE (the service\'s site affinity, for this copy)'),
+    ('-http', 'http', 'flag', False,
+     '  -http           ask the service for HTTP replica URLs (downloads; needs XRootD\'s HTTP plugin)'),
+    ('-noxrdzip', 'noxrdzip', 'flag', False,
+     '  -noxrdzip       a file inside a zip archive: download the archive, extract the file locally'),
+    ('-quiet', 'quiet', 'flag', False, '  -quiet          no progress line, no summary on success; -dryrun  only print the plan'),
+    ('-dryrun', 'dryrun', 'flag', False),
+    ('-strictspec', 'strictspec', 'flag', False, '  -strictspec     the service uses only the SEs named in the specifiers'),
+    ('-norecovery', 'norecovery', 'flag', False, '  -norecovery     do not re-book failed upload replicas on other SEs'),
+    ('-P', 'posc', 'flag', True, '  -P, -cksum      accepted (md5 is always verified on download)'),
+    ('-cksum', 'cksum', 'flag', True),
+    ('-skipmd5', 'skipmd5', 'flag', False, '  -skipmd5, -fastcheck  accepted with a notice: the md5 is always verified'),
+    ('-fastcheck', 'fastcheck', 'flag', False),
+    # accepted and ignored, as the reference client ignores them (find options it does not
+    # pass on, its unimplemented verbose mode, its unused -xrdcp)
+    ('-v -s -c -w -wh -d -xrdcp', None, 'ignore', None,
+     '  -v, -s, -c, -w, -wh, -d, -xrdcp  accepted and ignored, as by the reference client; -tpc refused'),
+    ('-tpc', 'tpc', 'flag', False),
+    'directories (recursive; listed with the service\'s find):',
+    ('-glob', 'glob', 'str', '', '  -glob PAT | -select REGEX (full path) | -name begin_X_contain_Y_ends_Z_ext_W'),
+    ('-select', 'select', 'str', ''), ('-name', 'name', 'str', ''),
+    ('-parent', 'parent', 'int', 0, '  -parent N       keep the last N directories of the source path'),
+    ('-rmprefix', 'rmprefix', 'int', 0, '  -rmprefix N     drop the first N directories of the source path'),
+    ('-a', 'hidden', 'flag', True, '  -a (hidden files, always on)  -j JOBID  -l COUNT  -o OFFSET  (passed to find)'),
+    ('-j', 'jobid', 'str', ''), ('-l', 'limit', 'int', 0), ('-o', 'offset', 'int', 0),
+    ('-e', 'exclude_pat', 'list', (),
+     '  -e PATTERN      exclude files whose relative path contains PATTERN (* = any text; repeatable)'),
+    # client-side filters on the listed files (relative path, size, owner, time)
+    '  filters: -exclude TEXT, -exclude_re REGEX (relative path; repeatable), -minsize/-maxsize BYTES,',
+    '  -mindepth/-maxdepth N, -user U, -group G, -jobid ID, -min-ctime/-max-ctime T (ms, s, YYYY-mm-dd)',
+    ('-exclude', 'exclude', 'list', ()), ('-exclude_re', 'exclude_re', 'list', ()),
+    ('-minsize', 'minsize', 'int', None), ('-maxsize', 'maxsize', 'int', None),
+    ('-mindepth', 'mindepth', 'int', None), ('-maxdepth', 'maxdepth', 'int', None),
+    ('-user', 'user', 'str', ''), ('-group', 'group', 'str', ''), ('-jobid', 'jobid_is', 'str', ''),
+    ('-min-ctime', 'min_ctime', 'time', None), ('-max-ctime', 'max_ctime', 'time', None),
+    ('-input', 'input', 'str', ''), ('-dst', 'dst', 'str', ''),
+    'exit code: 0 only when every requested file reached its destination',
+], head='''cp [options] SRC DST
 cp [options] -input FILE        (one "SRC DST" pair per line; # ; // comments)
 cp [options] -dst DIR SRC...    (each SRC to DIR/<its path below the sources' common directory>)
   local side: file:PATH (or an existing local path); grid side: LFN, alien:LFN
-  grid specifiers after the LFN: LFN@disk:2,ALICE::SITE::SE,!ALICE::SITE::SE
-options:
-  -f, -force      copy even if an identical destination exists (size+md5)
-  -T N            files transferred at once (default 8)
-  -S N            TCP streams per transfer (1-15)
-  -chunks N       parallel chunks per file;  -chunksz BYTES  chunk size
-  -y N            read one file from up to N replicas at once
-  -retry N        XRootD retries of a transfer (default 2; downloads: on the last replica left)
-  -timeout S      per file;  -ratethreshold B/S  fail a transfer slower than B bytes/s
-  defaults from XRD_CPRETRY, XRD_CPTIMEOUT, XRD_XRATETHRESHOLD, XRD_SUBSTREAMSPERCHANNEL,
-  XRD_CPPARALLELCHUNKS, XRD_CPCHUNKSIZE when set
-  -site SITE      prefer replicas close to SITE (the service's site affinity, for this copy)
-  -http           ask the service for HTTP replica URLs (downloads; needs XRootD's HTTP plugin)
-  -noxrdzip       a file inside a zip archive: download the archive, extract the file locally
-  -quiet          no progress line, no summary on success; -dryrun  only print the plan
-  -strictspec     the service uses only the SEs named in the specifiers
-  -norecovery     do not re-book failed upload replicas on other SEs
-  -P, -cksum      accepted (md5 is always verified on download)
-  -skipmd5, -fastcheck  accepted with a notice: the md5 is always verified
-  -v, -s, -c, -w, -wh, -d, -xrdcp  accepted and ignored, as by the reference client; -tpc refused
-directories (recursive; listed with the service's find):
-  -glob PAT | -select REGEX (full path) | -name begin_X_contain_Y_ends_Z_ext_W
-  -parent N       keep the last N directories of the source path
-  -rmprefix N     drop the first N directories of the source path
-  -a (hidden files, always on)  -j JOBID  -l COUNT  -o OFFSET  (passed to find)
-  -e PATTERN      exclude files whose relative path contains PATTERN (* = any text; repeatable)
-  filters: -exclude TEXT, -exclude_re REGEX (relative path; repeatable), -minsize/-maxsize BYTES,
-  -mindepth/-maxdepth N, -user U, -group G, -jobid ID, -min-ctime/-max-ctime T (ms, s, YYYY-mm-dd)
-exit code: 0 only when every requested file reached its destination'''
-# option -> (key, kind); kind: 'flag', 'int', 'str'
-_CP_OPTIONS = {
-    '-f': ('force', 'flag'), '-force': ('force', 'flag'),
-    '-P': ('posc', 'flag'), '-cksum': ('cksum', 'flag'), '-a': ('hidden', 'flag'),
-    '-http': ('http', 'flag'), '-noxrdzip': ('noxrdzip', 'flag'), '-tpc': ('tpc', 'flag'),
-    '-skipmd5': ('skipmd5', 'flag'), '-fastcheck': ('fastcheck', 'flag'),
-    '-ratethreshold': ('ratethreshold', 'int'), '-site': ('site', 'str'), '-e': ('exclude_pat', 'list'),
-    '-strictspec': ('strictspec', 'flag'), '-norecovery': ('norecovery', 'flag'),
-    '-quiet': ('quiet', 'flag'), '-dryrun': ('dryrun', 'flag'),
-    '-y': ('sources', 'int'), '-S': ('streams', 'int'), '-chunks': ('chunks', 'int'),
-    '-chunksz': ('chunksize', 'int'), '-T': ('parallel', 'int'), '-retry': ('retry', 'int'),
-    '-timeout': ('timeout', 'int'), '-parent': ('parent', 'int'), '-rmprefix': ('rmprefix', 'int'),
-    '-l': ('limit', 'int'), '-o': ('offset', 'int'),
-    '-input': ('input', 'str'), '-dst': ('dst', 'str'), '-glob': ('glob', 'str'), '-select': ('select', 'str'),
-    '-name': ('name', 'str'), '-j': ('jobid', 'str'),
-    # client-side filters on the listed files (relative path, size, owner, time)
-    '-exclude': ('exclude', 'list'), '-exclude_re': ('exclude_re', 'list'),
-    '-minsize': ('minsize', 'int'), '-maxsize': ('maxsize', 'int'),
-    '-mindepth': ('mindepth', 'int'), '-maxdepth': ('maxdepth', 'int'),
-    '-user': ('user', 'str'), '-group': ('group', 'str'), '-jobid': ('jobid_is', 'str'),
-    '-min-ctime': ('min_ctime', 'time'), '-max-ctime': ('max_ctime', 'time'),
-}
-# accepted and ignored, as the reference client ignores them (find options it does not
-# pass on, its unimplemented verbose mode, its unused -xrdcp)
-_CP_OPTIONS.update((o, (None, 'ignore')) for o in ('-v', '-s', '-c', '-w', '-wh', '-d', '-xrdcp'))
+  grid specifiers after the LFN: LFN@disk:2,ALICE::SITE::SE,!ALICE::SITE::SE''', code=EX_EINVAL,
+    check=_one_selection_rule)
+CP_USAGE = CP_OPTIONS.usage
 # cp defaults the reference client reads from XRootD's variables
 _CP_ENV_DEFAULTS = (('XRD_CPRETRY', 'retry'), ('XRD_CPTIMEOUT', 'timeout'), ('XRD_XRATETHRESHOLD', 'ratethreshold'),
                     ('XRD_SUBSTREAMSPERCHANNEL', 'streams'), ('XRD_CPPARALLELCHUNKS', 'chunks'),
                     ('XRD_CPCHUNKSIZE', 'chunksize'))
-_CP_DEFAULTS = {
-    'force': False, 'posc': True, 'cksum': True, 'hidden': True, 'quiet': False, 'dryrun': False,
-    'strictspec': False, 'norecovery': False,
-    'sources': 1, 'streams': 0, 'chunks': 0, 'chunksize': 0, 'parallel': None, 'retry': 2, 'ratethreshold': 0,
-    'http': False, 'noxrdzip': False, 'tpc': False, 'skipmd5': False, 'fastcheck': False, 'site': '',
-    'exclude_pat': (),
-    'timeout': 0, 'parent': 0, 'rmprefix': 0, 'limit': 0, 'offset': 0,
-    'input': '', 'dst': '', 'glob': '', 'select': '', 'name': '', 'jobid': '', 'help': False,
-    'exclude': (), 'exclude_re': (), 'minsize': None, 'maxsize': None, 'mindepth': None, 'maxdepth': None,
-    'user': '', 'group': '', 'jobid_is': '', 'min_ctime': None, 'max_ctime': None,
-}
 
 
 def parse_cp_args(args, environ=None):
-    """Parse cp arguments -> (options dict, positional list); see parse_option_table.
-    The XRD_* variables of _CP_ENV_DEFAULTS in environ (default: os.environ)
-    replace the defaults."""
-    defaults = dict(_CP_DEFAULTS)
+    """Parse cp arguments -> (options dict, positional list) by CP_OPTIONS. The XRD_*
+    variables of _CP_ENV_DEFAULTS in environ (default: os.environ) replace the defaults."""
+    defaults = {}
     environ = os.environ if environ is None else environ
     for var, key in _CP_ENV_DEFAULTS:
         value = environ.get(var, '').strip()
@@ -2993,7 +3017,7 @@ def parse_cp_args(args, environ=None):
                 defaults[key] = abs(int(value))
             except ValueError:
                 raise AlienError('cp: %s=%r is not an integer' % (var, value), EX_EINVAL)
-    opts, pos = parse_option_table(args, _CP_OPTIONS, defaults, 'cp')
+    opts, pos = parse_args('cp', args, CP_OPTIONS, defaults)
     if opts['parallel'] is not None and opts['parallel'] < 1:
         opts['parallel'] = 1      # None: CP_PARALLEL large / CP_INFLIGHT small files at once
     if opts['streams'] > 15:
@@ -5155,7 +5179,7 @@ def cp_catalogue_facts(session, lfns):
         under = [x for x in lfns if x.startswith(top.rstrip('/') + '/')]
         if len(under) > CP_LIST_ABOVE:
             try:
-                _grid_find(session, top.rstrip('/') + '/', dict(_CP_DEFAULTS, limit=2 * len(under) + 64), known=facts)
+                _grid_find(session, top.rstrip('/') + '/', dict(CP_OPTIONS.defaults, limit=2 * len(under) + 64), known=facts)
             except AlienError as e:       # (no such directory: nothing arrived)
                 log('cannot list %s: %s' % (top, e))
         single.extend(x for x in under if x not in facts)
@@ -5362,8 +5386,6 @@ def cp_sources_to_dir(pos, local_isdir=os.path.isdir):
 @command('cp', usage=CP_USAGE)
 def cmd_cp(session, args):
     opts, pos = parse_cp_args(args, session.environ)
-    if opts['help']:
-        return Result(0, out=CP_USAGE)
     notices = cp_option_notices(opts)
     if not opts['input'] and not opts['dst'] and len(pos) > 2:
         opts['dst'], pos = cp_sources_to_dir(pos)
@@ -5450,14 +5472,15 @@ command('la', usage='la [PATH...]  = ls -a')(_ls_with('-a'))
 command('lla', usage='lla [PATH...]  = ls -l -a')(_ls_with('-l', '-a'))
 
 
-@command('home', usage='home  print the grid home directory')
+@command('home', noargs=True, usage='home  print the grid home directory')
 def cmd_home(session, args):
     if not session.home:
         session.request('pwd')
     return Result(0, session.home)
 
 
-@command('version', connect=False, usage='version  client and environment versions (XRootD, Python, locations)')
+@command('version', connect=False, noargs=True,
+         usage='version  client and environment versions (XRootD, Python, locations)')
 def cmd_version(session, args):
     lines = ['alien.py version: %s' % VERSION,
              'alien.py location: %s' % os.path.realpath(__file__),
@@ -5494,10 +5517,8 @@ def cmd_help(session, args):
 def cmd_exit(session, args):
     code = session.last_exitcode
     args = list(args)
-    if args and re.match(r'^-?\d+$', args[0]):
-        code = int(args.pop(0))
-    elif args and args[0] not in ('stderr', 'err'):  # a typo must not end the shell
-        return Result(EX_EINVAL, '', 'exit: %r is not a number' % args[0])
+    if args and args[0] not in ('stderr', 'err'):  # a typo must not end the shell
+        code = int_arg('exit', args.pop(0))
     to_err = code != 0
     if args and args[0] in ('stderr', 'err'):
         args.pop(0)
@@ -5527,10 +5548,8 @@ def cmd_time(session, args):
 
 @command('ping', usage='ping [COUNT]  websocket round-trip time to the service')
 def cmd_ping(session, args):
-    try:
-        count = int(args[0]) if args else 3
-    except ValueError:
-        return Result(EX_EINVAL, '', 'ping: %r is not a number' % args[0])
+    _, pos = parse_args('ping', args)
+    count = int_arg('ping', pos[0], 1) if pos else 3
     if session.ws is None:
         session.connect()
     rtts = [session.ws.ping(str(i).encode()) * 1000 for i in range(count)]
@@ -5538,7 +5557,7 @@ def cmd_ping(session, args):
                   % (count, session.peer[0], session.peer[1], min(rtts), sum(rtts) / len(rtts), max(rtts)))
 
 
-@command('exitcode', '$?', connect=False, usage='exitcode  the exit code of the last command')
+@command('exitcode', '$?', connect=False, noargs=True, usage='exitcode  the exit code of the last command')
 def cmd_exitcode(session, args):
     return Result(0, str(session.last_exitcode))
 
@@ -5549,7 +5568,7 @@ def _fetch_temp(session, arg, tmpdir, nses=None):
     lfn = session.grid_path(path).rstrip('/')
     local = os.path.join(tmpdir, lfn.rsplit('/', 1)[-1] or 'file')
     stats = CpStats()
-    opts = dict(_CP_DEFAULTS, quiet=True, force=True)
+    opts = dict(CP_OPTIONS.defaults, quiet=True, force=True)
     cp_download(session, [(lfn, local, [s for s in specs if '::' in s])], opts, stats)
     if stats.failed:
         if _grid_stat(session, lfn) is None:
@@ -5561,10 +5580,9 @@ def _fetch_temp(session, arg, tmpdir, nses=None):
 
 
 def _show_files(session, args, name):
-    files = [a for a in args if a != '-force']   # always a fresh download
-    if not files or '-h' in files:
-        return Result(0 if files else EX_EINVAL, out='%s LFN...' % name if files else '',
-                      err='' if files else 'usage: %s LFN...' % name)
+    _, files = parse_args(name, args, '-force:ignore')   # always a fresh download
+    if not files:
+        return Result(EX_USAGE, '', 'usage: %s LFN...' % name)
     xrootd_client()
     import tempfile
     tmpdir = tempfile.mkdtemp(prefix='alienpy-%s-' % name)
@@ -5589,29 +5607,19 @@ def _show_files(session, args, name):
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
-@command('cat', usage='cat LFN...  print grid files (downloaded through XRootD)')
-def cmd_cat(session, args):
-    return _show_files(session, args, 'cat')
-
-
-@command('more', usage='more LFN...  page through grid files')
-def cmd_more(session, args):
-    return _show_files(session, args, 'more')
-
-
-@command('less', usage='less LFN...  page through grid files ($PAGER or less)')
-def cmd_less(session, args):
-    return _show_files(session, args, 'less')
+for _name, _what in (('cat', 'print grid files (downloaded through XRootD)'), ('more', 'page through grid files'),
+                     ('less', 'page through grid files ($PAGER or less)')):
+    command(_name, usage='%s LFN...  %s' % (_name, _what))(
+        lambda session, args, _name=_name: _show_files(session, args, _name))
 
 
 def edit_grid_file(session, args, editor):
     """Download, edit, and if changed: keep LFN~, upload, restore on failure."""
     import subprocess
-    datebck = '-datebck' in args
-    files = [a for a in args if a != '-datebck']
-    if len(files) != 1 or files[0] in ('-h', '-help'):
+    opts, files = parse_args('edit', args, '-datebck')
+    if len(files) != 1:
         raise AlienError('usage: edit [-datebck] LFN[@disk:N,SE,...]  (editor: $VISUAL, $EDITOR, or the command name)',
-                         EX_EINVAL)
+                         EX_USAGE)
     xrootd_client()
     import tempfile
     tmpdir = tempfile.mkdtemp(prefix='alienpy-edit-')
@@ -5640,7 +5648,7 @@ def edit_grid_file(session, args, editor):
             return Result(0, out='%s unchanged' % lfn)
         backup = None
         if before is not None:
-            backup = lfn + (time.strftime('.%Y%m%d_%H%M%S') if datebck else '~')
+            backup = lfn + (time.strftime('.%Y%m%d_%H%M%S') if opts.get('datebck') else '~')
             session.request('rm', ['-f', backup], nomsg=True)
             mv = session.request('mv', [lfn, backup], nomsg=True)
             if mv.exitcode != 0:
@@ -5651,7 +5659,7 @@ def edit_grid_file(session, args, editor):
         if nses and nses[0] > 0 and not any(re.match(r'^[A-Za-z][\w-]*[:=]\d+$', s) for s in specs):
             up_specs = ['disk:%d' % nses[0]] + up_specs
         stats = CpStats()
-        cp_upload(session, [(local, lfn, up_specs)], dict(_CP_DEFAULTS, quiet=True), stats)
+        cp_upload(session, [(local, lfn, up_specs)], dict(CP_OPTIONS.defaults, quiet=True), stats)
         if stats.failed:
             keep = True
             msg = 'edit: upload of %s failed (%s); edited copy kept at %s' % (lfn, stats.failed[0][1], local)
@@ -5668,20 +5676,10 @@ def edit_grid_file(session, args, editor):
             shutil.rmtree(tmpdir, ignore_errors=True)
 
 
-def _editor_command(name):
-    def handler(session, args):
-        if name == 'edit':
-            editor = os.environ.get('VISUAL') or os.environ.get('EDITOR') or 'vi'
-        else:
-            editor = name
-        return edit_grid_file(session, args, editor)
-    handler.__name__ = 'cmd_' + name
-    return handler
-
-
-for _name in ('edit', 'vi', 'vim', 'nano', 'mcedit'):
+for _name in ('edit', 'vi', 'vim', 'nano', 'mcedit'):   # edit: $VISUAL, $EDITOR or vi; the others: that editor
     command(_name, usage='%s [-datebck] LFN[@specs]  edit a grid file; the old version is kept as LFN~' % _name)(
-        _editor_command(_name))
+        lambda session, args, _name=_name: edit_grid_file(session, args, _name if _name != 'edit' else (
+            os.environ.get('VISUAL') or os.environ.get('EDITOR') or 'vi')))
 
 
 FIND2_USAGE = '''find2 [options] DIR        (or DIR/PATTERN, e.g. /alice/data/*/AO2D.root)
@@ -5693,11 +5691,11 @@ every file under DIR that passes the client-side filters, one LFN per line
   -j JOBID, -l COUNT, -o OFFSET   passed to the service's find
   -x FILE         also write the files as an AliEn XML collection to the local FILE
   -v -a -s -f -d -w -wh           accepted and ignored, as by the reference client'''
-_FIND2_OPTIONS = dict((o, _CP_OPTIONS[o]) for o in (
-    '-glob', '-select', '-name', '-exclude', '-exclude_re', '-minsize', '-maxsize', '-mindepth', '-maxdepth',
-    '-user', '-group', '-jobid', '-min-ctime', '-max-ctime', '-j', '-l', '-o'))
-_FIND2_OPTIONS.update((o, ('', 'ignore')) for o in ('-v', '-a', '-s', '-f', '-d', '-w', '-wh'))
-_FIND2_OPTIONS['-x'] = ('xml', 'str')
+_FIND2_NAMES = ('-glob', '-select', '-name', '-exclude', '-exclude_re', '-minsize', '-maxsize', '-mindepth',
+                '-maxdepth', '-user', '-group', '-jobid', '-min-ctime', '-max-ctime', '-j', '-l', '-o')
+FIND2_OPTIONS = Options([r[:4] for r in CP_OPTIONS.rows if r[0] in _FIND2_NAMES] + [
+    ('-v -a -s -f -d -w -wh', None, 'ignore'), ('-x', 'xml', 'str', '')],
+    head=FIND2_USAGE, defaults=CP_OPTIONS.defaults, code=EX_EINVAL, check=_one_selection_rule)
 # the attributes of a <file> in the service's XML collections, in its order
 _XML_FILE_FIELDS = ('name', 'aclId', 'broken', 'ctime', 'dir', 'entryId', 'expiretime', 'gowner', 'guid',
                     'guidtime', 'jobid', 'lfn', 'md5', 'owner', 'perm', 'replicated', 'size', 'turl', 'type')
@@ -5765,9 +5763,7 @@ def _local_target(value, cmd):
 
 @command('find2', usage=FIND2_USAGE)
 def cmd_find2(session, args):
-    opts, pos = parse_option_table(args, _FIND2_OPTIONS, dict(_CP_DEFAULTS, xml=''), 'find2')
-    if opts['help']:
-        return Result(0, FIND2_USAGE)
+    opts, pos = parse_args('find2', args, FIND2_OPTIONS)
     if len(pos) != 1:
         return Result(EX_EINVAL, '', 'find2: give one directory (DIR or DIR/PATTERN); see find2 -h')
     xml = _local_target(opts['xml'], 'find2') if opts['xml'] else ''
@@ -5791,15 +5787,14 @@ TOXML_USAGE = '''toXml [-i] [-a] [-x OUT] [-l LIST] [LFN...]   the service's toX
                   collection is made here, with lfn/turl file://PATH
   -x file:OUT     write the collection to the local file OUT (without file: the
                   service writes it to the catalogue; with -local OUT is always local)'''
+TOXML_OPTIONS = Options([('-local', 'local', 'flag', False), ('-i', 'ignore', 'flag', False),
+                         ('-a', 'append', 'flag', False), ('-x', 'xml', 'str', ''), ('-l', 'list', 'str', '')],
+                        code=EX_EINVAL)
 
 
 @command('toXml', usage=TOXML_USAGE)
 def cmd_toxml(session, args):
-    opts, pos = parse_option_table(args, {'-local': ('local', 'flag'), '-i': ('ignore', 'flag'), '-a': ('append', 'flag'),
-                                     '-x': ('xml', 'str'), '-l': ('list', 'str')},
-                              {'local': False, 'ignore': False, 'append': False, 'xml': '', 'list': ''}, 'toXml')
-    if opts['help']:
-        return Result(0, TOXML_USAGE)
+    opts, pos = parse_args('toXml', args, TOXML_OPTIONS)
     if opts['append'] and not opts['xml']:
         return Result(EX_EINVAL, '', 'toXml: -a appends to the collection given with -x')
     if not opts['local']:
@@ -5854,6 +5849,7 @@ RUN_USAGE = '''run COMMAND [ARGS...] LFN     download LFN (md5-verified), run CO
   is never captured: it goes straight to the terminal)'''
 EXEC_USAGE = '''exec LFN [ARGS...]            download the program LFN (md5-verified), run it with ARGS,
                               remove it; the exit code is the program's (-force, -noout: as in run)'''
+RUN_OPTIONS = '-force:ignore -noout:ignore'   # the other arguments are the program's
 
 
 def _run_with_grid_files(session, argv, grid_at, make_executable=False):
@@ -5877,7 +5873,7 @@ def _run_with_grid_files(session, argv, grid_at, make_executable=False):
 def run_argv(args):
     """run's arguments -> (argv, indexes of the grid files in it): the alien:-marked
     arguments (moved to the end, in order), or else the last one; None if too few."""
-    args = [a for a in args if a not in ('-force', '-noout')]
+    args = parse_args('run', args, RUN_OPTIONS, free=True)[1]
     if len(args) < 2:
         return None
     marked = [i for i, a in enumerate(args) if i > 0 and a.startswith('alien:')] or [len(args) - 1]
@@ -5895,7 +5891,7 @@ def cmd_run(session, args):
 
 @command('exec', usage=EXEC_USAGE)
 def cmd_exec(session, args):
-    args = [a for a in args if a not in ('-force', '-noout')]
+    args = parse_args('exec', args, RUN_OPTIONS, free=True)[1]
     if not args:
         return Result(EX_USAGE, '', 'usage: exec LFN [ARGS...]')
     return _run_with_grid_files(session, args, [0], make_executable=True)
@@ -5958,28 +5954,26 @@ def _short_dir(session, path, full=False):
     return path.rstrip('/') or '/'
 
 
-def _stack_text(session, opts=()):
+def _stack_text(session, opts=None):
+    opts = opts or {}
     entries = [session.cwd] + dir_stack(session)
-    shown = [_short_dir(session, p, '-l' in opts) for p in entries]
-    if '-v' in opts:
+    shown = [_short_dir(session, p, opts.get('l')) for p in entries]
+    if opts.get('v'):
         return '\n'.join('%2d  %s' % (i, p) for i, p in enumerate(shown))
-    return ('\n' if '-p' in opts else ' ').join(shown)
+    return ('\n' if opts.get('p') else ' ').join(shown)
 
 
 def _stack_index(session, arg, name):
     """Index in [cwd] + stack of '+N' (from the left) or '-N' (from the right)."""
     size = 1 + len(dir_stack(session))
-    try:
-        n = int(arg[1:])
-    except ValueError:
-        raise AlienError('%s: %s: invalid number' % (name, arg), EX_EINVAL)
+    n = int(arg[1:])   # callers checked _is_index(arg)
     if n >= size or n < 0:
         raise AlienError('%s: %s: directory stack index out of range' % (name, arg), EX_EINVAL)
     return n if arg[0] == '+' else size - 1 - n
 
 
 def _is_index(arg):
-    return len(arg) > 1 and arg[0] in '+-' and arg[1:].isdigit()
+    return re.match(r'^[+-][0-9]+$', arg) is not None
 
 
 def _need_cwd(session):
@@ -5989,18 +5983,17 @@ def _need_cwd(session):
 
 @command('dirs', usage='dirs [-c] [-l] [-p] [-v] [+N|-N]  show (or with -c clear) the directory stack')
 def cmd_dirs(session, args):
+    opts, other = parse_args('dirs', args, '-c -l -p -v')
     _need_cwd(session)
-    opts = [a for a in args if a in ('-c', '-l', '-p', '-v')]
-    other = [a for a in args if a not in opts]
     for a in other:
         if not _is_index(a):
-            return Result(EX_EINVAL, '', 'dirs: %s: invalid option (use -c, -l, -p, -v, +N or -N)' % a)
-    if '-c' in opts:
+            return Result(EX_USAGE, '', 'dirs: %s: invalid argument (use -c, -l, -p, -v, +N or -N)' % a)
+    if opts.get('c'):
         del dir_stack(session)[:]
         return Result(0)
     if other:
         i = _stack_index(session, other[0], 'dirs')
-        return Result(0, _short_dir(session, ([session.cwd] + dir_stack(session))[i], '-l' in opts))
+        return Result(0, _short_dir(session, ([session.cwd] + dir_stack(session))[i], opts.get('l')))
     return Result(0, _stack_text(session, opts))
 
 
@@ -6012,9 +6005,9 @@ def _cd_to(session, path):
 
 @command('pushd', usage='pushd [-n] [DIR | +N | -N]  push DIR (no argument: swap the top two) and go there')
 def cmd_pushd(session, args):
+    opts, args = parse_args('pushd', args, '-n')
     _need_cwd(session)
-    no_cd = '-n' in args
-    args = [a for a in args if a != '-n']
+    no_cd = opts.get('n')
     stack = dir_stack(session)
     if len(args) > 1:
         return Result(EX_USAGE, '', 'pushd: too many arguments')
@@ -6046,9 +6039,9 @@ def cmd_pushd(session, args):
 
 @command('popd', usage='popd [-n] [+N | -N]  drop the top of the directory stack and go to the new top')
 def cmd_popd(session, args):
+    opts, args = parse_args('popd', args, '-n')
     _need_cwd(session)
-    no_cd = '-n' in args
-    args = [a for a in args if a != '-n']
+    no_cd = opts.get('n')
     stack = dir_stack(session)
     if len(args) > 1 or (args and not _is_index(args[0])):
         return Result(EX_USAGE, '', 'popd: usage: popd [-n] [+N | -N]')
@@ -6259,7 +6252,7 @@ GETSE_USAGE = '''getSE [-id | -name | -srv] [LABEL]  storage elements from listS
 
 @command('getSE', usage=GETSE_USAGE)
 def cmd_getse(session, args):
-    opts, pos = parse_options('getSE', args, ('id', 'name', 'srv'))
+    opts, pos = parse_args('getSE', args, '-id -name -srv')
     if len(pos) > 1 or len(opts) > 1:
         raise AlienError('getSE: one LABEL and at most one of -id, -name, -srv (see getSE -h)', EX_USAGE)
     ses = lookup_ses(session, pos, 'getSE') if pos else list_ses(session)
@@ -6277,7 +6270,7 @@ def cmd_getse(session, args):
 
 @command('SEqos', usage='SEqos SE...  the QoS tags of storage elements (labels as in getSE)')
 def cmd_seqos(session, args):
-    _, pos = parse_options('SEqos', args)
+    _, pos = parse_args('SEqos', args)
     if not pos:
         raise AlienError('SEqos: which SE? usage: SEqos SE...', EX_USAGE)
     ses = lookup_ses(session, pos, 'SEqos')
@@ -6286,7 +6279,7 @@ def cmd_seqos(session, args):
 
 @command('pfn', usage='pfn LFN  the physical URLs of the replicas of a file (whereis -r)')
 def cmd_pfn(session, args):
-    _, pos = parse_options('pfn', args)
+    _, pos = parse_args('pfn', args)
     if len(pos) != 1:
         raise AlienError('pfn: usage: pfn LFN', EX_USAGE)
     r = session.request('whereis', ['-r', pos[0]], nomsg=True)
@@ -6303,10 +6296,9 @@ PFN_STATUS_USAGE = '''pfn-status [-v] [-timeout S] LFN|PFN...  check each replic
 
 @command('pfn-status', usage=PFN_STATUS_USAGE)
 def cmd_pfn_status(session, args):
-    opts, pos = parse_options('pfn-status', args, ('v', 'verbose'), ('timeout',))
+    opts, pos = parse_args('pfn-status', args, '-v -verbose -timeout:count', {'timeout': PROBE_TIMEOUT})
     if not pos:
         raise AlienError('pfn-status: usage: pfn-status [-v] LFN|PFN...', EX_USAGE)
-    timeout = number_option(opts, 'timeout', 'pfn-status', PROBE_TIMEOUT, int)
     xrootd_client('pfn-status')
     targets = []
     for arg in pos:
@@ -6321,7 +6313,7 @@ def cmd_pfn_status(session, args):
     rows, lines = [], []
     for lfn, se, pfn in targets:
         row = {'lfn': lfn, 'se': se, 'pfn': pfn}
-        row.update(xrd_stat_pfn(pfn, timeout))
+        row.update(xrd_stat_pfn(pfn, opts['timeout']))
         row['online'] = bool(row['ok'] and not row.get('offline'))
         rows.append(row)
         if lfn:
@@ -6350,9 +6342,7 @@ LFN2URI_USAGE = '''lfn2uri LFN[@SPECS] [LOCAL_FILE] [meta] [write|upload] [stric
 
 @command('lfn2uri', usage=LFN2URI_USAGE)
 def cmd_lfn2uri(session, args):
-    _, words = parse_options('lfn2uri', args)
-    keys = set(w for w in words if w in ('meta', 'write', 'upload', 'strict', 'http'))
-    pos = [w for w in words if w not in keys]
+    keys, pos = parse_args('lfn2uri', args, 'meta write upload strict http')   # keywords, not options
     write = 'write' in keys or 'upload' in keys
     if not pos or len(pos) > 2:
         raise AlienError('lfn2uri: usage: lfn2uri LFN [LOCAL_FILE] [meta] [write|upload] [strict] [http]', EX_USAGE)
@@ -6396,11 +6386,11 @@ def xrd_targets(session, pos, opts, name):
     return [(se['seName'], se_host(se)) for se in ses if se_host(se)]
 
 
-def xrd_each_se(session, args, name, flags, valued, probe, timeout=PROBE_TIMEOUT):
+def xrd_each_se(session, args, name, options, probe, timeout=PROBE_TIMEOUT):
     """An xrd_* command: probe(se_name, host, options, timeout) -> (text, row with
     'ok') for every target; exit 5 when an SE failed (its text says why)."""
-    opts, pos = parse_options(name, args, flags, ('timeout',) + tuple(valued))
-    timeout = number_option(opts, 'timeout', name, timeout, int)
+    opts, pos = parse_args(name, args, options + ' -timeout:count', {'timeout': timeout})
+    timeout = opts['timeout']
     texts, rows = [], []
     for se_name, host in xrd_targets(session, pos, opts, name):
         text, row = probe(se_name, host, opts, timeout)
@@ -6420,7 +6410,7 @@ XRD_PING_USAGE = '''xrd_ping [-c COUNT] [-timeout S] SE|HOST[:PORT]...  XRootD r
 
 def _ping_probe(se_name, host, opts, timeout):
     import statistics
-    count = number_option(opts, 'c', 'xrd_ping', 3, int)
+    count = opts.get('c', 3)
     st, _ = xrd_ping(host, timeout)   # opens the connection: not counted
     rtts = []
     for _ in range(count if st['ok'] else 0):
@@ -6438,9 +6428,8 @@ def _ping_probe(se_name, host, opts, timeout):
 
 @command('xrd_ping', usage=XRD_PING_USAGE)
 def cmd_xrd_ping(session, args):
-    opts, _ = parse_options('xrd_ping', args, (), ('c', 'timeout'))
-    count = number_option(opts, 'c', 'xrd_ping', 3, int)
-    r = xrd_each_se(session, args, 'xrd_ping', (), ('c',), _ping_probe, timeout=2)
+    count = parse_args('xrd_ping', args, '-c:count -timeout:count')[0].get('c', 3)
+    r = xrd_each_se(session, args, 'xrd_ping', '-c:count', _ping_probe, timeout=2)
     r.out = 'XRootD ping(s): %d time(s) to:\n%s' % (count, r.out)
     return r
 
@@ -6468,7 +6457,7 @@ def _config_probe(se_name, host, opts, timeout):
 
 @command('xrd_config', usage=XRD_CONFIG_USAGE)
 def cmd_xrd_config(session, args):
-    return xrd_each_se(session, args, 'xrd_config', ('v', 'verbose', 'a', 'all'), (), _config_probe)
+    return xrd_each_se(session, args, 'xrd_config', '-v -verbose -a -all', _config_probe)
 
 
 XRD_STATS_USAGE = '''xrd_stats [-xml | -xmlraw] [-compact] [-a] [-timeout S] SE|HOST[:PORT]...  XRootD statistics
@@ -6498,7 +6487,7 @@ def _stats_probe(se_name, host, opts, timeout):
 
 @command('xrd_stats', usage=XRD_STATS_USAGE)
 def cmd_xrd_stats(session, args):
-    return xrd_each_se(session, args, 'xrd_stats', ('xml', 'xmlraw', 'compact', 'a', 'all'), (), _stats_probe)
+    return xrd_each_se(session, args, 'xrd_stats', '-xml -xmlraw -compact -a -all', _stats_probe)
 
 
 CHECKADDR_USAGE = '''checkAddr [-timeout S] [HOST[:PORT] | HOST PORT]  can the central service be reached?
@@ -6536,8 +6525,8 @@ def _checkaddr_path(row, open_socket, ctx, why, timeout):
 
 @command('checkAddr', connect=False, usage=CHECKADDR_USAGE)
 def cmd_checkaddr(session, args):
-    opts, pos = parse_options('checkAddr', args, (), ('timeout',))
-    timeout = number_option(opts, 'timeout', 'checkAddr', PROBE_TIMEOUT, int)
+    opts, pos = parse_args('checkAddr', args, '-timeout:count', {'timeout': PROBE_TIMEOUT})
+    timeout = opts['timeout']
     env = {k: v for k, v in session.environ.items() if k != 'ALIENPY_NETWORKSTACK'}   # every family
     if len(pos) > 2:
         raise AlienError('checkAddr: usage: checkAddr [HOST[:PORT] | HOST PORT]', EX_USAGE)
@@ -6912,7 +6901,7 @@ def cmd_token_init(session, args):
     return Result(0, describe_cert(materialize_pem(credential_paths(session.environ)[0], 'tokencert')))
 
 
-@command('token-destroy', connect=False, usage='token-destroy  delete the token files')
+@command('token-destroy', connect=False, noargs=True, usage='token-destroy  delete the token files')
 def cmd_token_destroy(session, args):
     for path in credential_paths(session.environ)[:2]:
         if not is_pem_content(path) and os.path.exists(path):
@@ -7020,7 +7009,7 @@ def _jobs_with_trace(session, ids):
 
 @command('jobInfo', usage=JOBINFO_USAGE)
 def cmd_jobinfo(session, args):
-    opts, pos = parse_options('jobInfo', args, flags=('trace', 'proc', 'jdl', 'unixtime'))
+    opts, pos = parse_args('jobInfo', args, '-trace -proc -jdl -unixtime')
     if len(pos) != 1 or not re.match(r'^[0-9]+(,[0-9]+)*$', pos[0]):
         return Result(EX_USAGE, '', 'jobInfo: give one list of job IDs, like 123 or 123,124')
     r = _jobs_with_trace(session, pos[0])
@@ -7075,7 +7064,7 @@ def _list_ces(session):
 
 @command('getCE', usage='getCE [-name TEXT] [-host TEXT] [-part PARTITION]  computing elements (all given filters apply)')
 def cmd_getce(session, args):
-    opts, pos = parse_options('getCE', args, valued=('name', 'host', 'part'))
+    opts, pos = parse_args('getCE', args, '-name:str -host:str -part:str')
     if pos:
         return Result(EX_USAGE, '', 'getCE: unexpected argument %r (filters are -name, -host, -part)' % pos[0])
     r = _list_ces(session)
@@ -7092,7 +7081,7 @@ SITEJOBS_USAGE = '''siteJobs SITE [-id] [-running] [-status TEXT] [-user TEXT]  
 
 @command('siteJobs', usage=SITEJOBS_USAGE)
 def cmd_sitejobs(session, args):
-    opts, pos = parse_options('siteJobs', args, flags=('id', 'running', 'r'), valued=('status', 'user'))
+    opts, pos = parse_args('siteJobs', args, '-id -running -r -status:str -user:str')
     if len(pos) != 1:
         return Result(EX_USAGE, '', 'siteJobs: give one SITE (usage: siteJobs -h)')
     ces = select_ces(_list_ces(session).results, name=pos[0])
@@ -7144,7 +7133,7 @@ ENODATA = 61
 
 @command('quota', usage='quota [USER]  job and file quotas (server jquota and fquota); a user without a job quota is said so')
 def cmd_quota(session, args):
-    opts, pos = parse_options('quota', args)
+    opts, pos = parse_args('quota', args)
     if len(pos) > 1 or pos[:1] == ['set']:
         return Result(EX_USAGE, '', 'quota: give at most one USER (setting quotas: jquota set / fquota set, admins only)')
     jr, fr = session.request_many([('jquota', ['list'] + pos), ('fquota', ['list'] + pos)], nomsg=True)
@@ -7281,8 +7270,8 @@ QUERY: path/of/object[/TIME_MS][/key=value...]   ("*" and ".*" are dropped)
 
 @command('ccdb', connect=False, usage=CCDB_USAGE)
 def cmd_ccdb(session, args):
-    opts, pos = parse_options('ccdb', args, flags=('history', 'unixtime', 'get', 'mirror', 'report', 'nicetime'),
-                              valued=('host', 'run', 'objtime', 'limit', 'dst'), multi=('header',))
+    opts, pos = parse_args('ccdb', args, '-history -unixtime -get -mirror -report -nicetime -host:str -run:str '
+                           '-objtime:str -limit:str -dst:str -header:list')
     if len(pos) != 1:
         return Result(EX_USAGE, '', 'ccdb: give one QUERY (at least "/"; ccdb -h for the usage)')
     if opts.get('get') and opts.get('mirror'):
@@ -7382,12 +7371,8 @@ def ml_table(rows):
 
 @command('queryML', connect=False, usage=QUERYML_USAGE)
 def cmd_queryml(session, args):
-    opts, pos = parse_options('queryML', args, valued=('host',))
-    kind = 'json'
-    for word in ('text', 'xml', 'json'):
-        if word in pos:
-            kind = word
-            pos.remove(word)
+    opts, pos = parse_args('queryML', args, [('-host', 'host', 'str'), ('text xml json', 'kind', 'word', 'json')])
+    kind = opts['kind']
     if len(pos) != 1:
         return Result(EX_USAGE, '', 'queryML: give one PATH (queryML -h for the usage)')
     env = session.environ
@@ -7401,24 +7386,6 @@ def cmd_queryml(session, args):
         d.get('results'), list) and all(isinstance(r, dict) for r in d['results']))
     rows = doc['results']
     return client_result(ml_table(rows) if rows else '', rows, {'url': url})
-
-
-def _refuse_arguments(*names):
-    """Commands that take no arguments say so instead of ignoring a typo."""
-    for name in names:
-        cmd = COMMANDS.get(name)
-        if cmd is None:
-            continue
-
-        def handler(session, args, _inner=cmd.handler, _cmd=cmd):
-            if args:
-                return Result(EX_USAGE, '', '%s: unexpected argument %r (usage: %s)'
-                              % (_cmd.name, args[0], _cmd.usage.strip()))
-            return _inner(session, args)
-        cmd.handler = handler
-
-
-_refuse_arguments('home', 'version', 'exitcode', '$?', 'token-destroy')
 
 
 # ==========================================================================
@@ -8652,6 +8619,8 @@ USAGE = """usage: alien.py                     interactive shell
   anywhere: -json (JSON replies for the whole run), -debug, -debugfile FILE (debug log)
   the arguments are joined with spaces and split again honouring quotes:
   alien.py "stat 'my file'" for a name with a space"""
+MAIN_OPTIONS = Options([('-json', 'json', 'flag', False), ('-debug', 'debug', 'flag', False),
+                        ('-debugfile', 'debugfile', 'str', None)])
 # The alien-<verb> commands of the reference client (alien_<verb> is any verb).
 ENTRY_VERBS = ('token-init', 'token-info', 'token-destroy', 'cert-info')
 
@@ -8672,22 +8641,10 @@ def entry_verb(argv0):
 def parse_main_args(argv):
     """Front-end options anywhere on the command line -> (words, options).
     options: json (bool), debug (bool), debugfile (str or None)."""
-    words, opts = [], {'json': False, 'debug': False, 'debugfile': None}
-    i = 0
-    while i < len(argv):
-        a = argv[i]
-        if a == '-json':
-            opts['json'] = True
-        elif a == '-debug':
-            opts['debug'] = True
-        elif a == '-debugfile':
-            if i + 1 >= len(argv) or not argv[i + 1]:
-                raise AlienError('-debugfile needs a file name', EX_USAGE)
-            opts['debug'], opts['debugfile'] = True, argv[i + 1]
-            i += 1
-        else:
-            words.append(a)
-        i += 1
+    opts, words = parse_args('', argv, MAIN_OPTIONS, free=True)   # the other words are the commands'
+    if opts['debugfile'] == '':
+        raise AlienError('-debugfile needs a file name', EX_USAGE)
+    opts['debug'] = opts['debug'] or opts['debugfile'] is not None
     return words, opts
 
 
@@ -8719,16 +8676,13 @@ def main(argv=None):
     session = None
     try:
         verb = entry_verb(prog)
-        if not verb and argv and argv[0] in ('-h', '--help', '-help'):
+        if not verb and argv and argv[0] in HELP_WORDS:
             sys.stdout.write(USAGE + '\n')
             return 0
         words, opts = parse_main_args(argv)
-        if opts['json']:
-            os.environ['ALIENPY_JSON'] = '1'
-        if opts['debug']:
-            os.environ['ALIENPY_DEBUG'] = '1'
-        if opts['debugfile']:
-            os.environ['ALIENPY_DEBUG_FILE'] = opts['debugfile']
+        for key, var in (('json', 'ALIENPY_JSON'), ('debug', 'ALIENPY_DEBUG'), ('debugfile', 'ALIENPY_DEBUG_FILE')):
+            if opts[key]:
+                os.environ[var] = '1' if opts[key] is True else opts[key]
         if verb:
             words.insert(0, verb)
         session = Session()

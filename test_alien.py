@@ -2550,7 +2550,7 @@ CLIENT_CASES = [
     ('ping 1', 0, r'^1 websocket ping\(s\) to 127.0.0.1:[0-9]+, round trip'),
     ('ping x', 22, r"^ping: 'x' is not a number"),
     ('dirs', 0, r'^~$'),
-    ('dirs -x', 22, r'^dirs: -x: invalid option'),
+    ('dirs -x', 64, r'^dirs: unknown option -x'),
     ('dirs -c', 0, r'^$'),
     ('pushd /localhost/', 0, r'^/localhost ~$'),
     ('pushd /no/such', 2, r'No such file'),
@@ -2633,7 +2633,8 @@ def test_parse_cp_args():
     assert (opts['glob'], opts['chunks'], opts['chunksize'], opts['streams'], opts['sources']) == \
         ('*.log', 3, 1048576, 15, 2)
     assert (opts['limit'], opts['offset'], opts['jobid'], opts['dryrun']) == (10, 2, '123', True)
-    assert alien.parse_cp_args(['-h'])[0]['help']
+    with pytest.raises(alien.ShowUsage):
+        alien.parse_cp_args(['-h'])
     assert alien.parse_cp_args(['-input', 'f.txt'])[0]['input'] == 'f.txt'
     assert alien.parse_cp_args(['--', '-f', 'x'])[1] == ['-f', 'x']
 
@@ -4777,7 +4778,7 @@ FIND2_PARSE = [
 @pytest.mark.pure
 @pytest.mark.parametrize('args,want,pos', FIND2_PARSE)
 def test_find2_options(args, want, pos):
-    opts, got = alien.parse_option_table(args, alien._FIND2_OPTIONS, dict(alien._CP_DEFAULTS, xml=''), 'find2')
+    opts, got = alien.parse_args('find2', args, alien.FIND2_OPTIONS)
     assert got == pos and {k: opts[k] for k in want} == want
 
 
@@ -4789,7 +4790,7 @@ def test_find2_options(args, want, pos):
 ])
 def test_find2_bad_options(args, words):
     with pytest.raises(alien.AlienError) as e:
-        alien.parse_option_table(args, alien._FIND2_OPTIONS, dict(alien._CP_DEFAULTS, xml=''), 'find2')
+        alien.parse_args('find2', args, alien.FIND2_OPTIONS)
     assert e.value.exitcode == alien.EX_EINVAL and words in str(e.value)
 
 
@@ -5670,10 +5671,9 @@ def test_ccdb_query_path_and_options():
     assert alien.service_base('host:8080') == 'http://host:8080/'
     assert alien.service_base('https://h/rest') == 'https://h/rest/'
     with pytest.raises(alien.AlienError) as e:
-        alien.parse_options('x', ['-limit'], valued=('limit',))
+        alien.parse_args('x', ['-limit'], '-limit:str')
     assert e.value.exitcode == 64
-    assert alien.parse_options('x', ['-a', 'p', '-h2', 'v', '-5'], flags=('a',), multi=('h2',)) == \
-        ({'a': True, 'h2': ['v']}, ['p', '-5'])
+    assert alien.parse_args('x', ['-a', 'p', '-h2', 'v', '-5'], '-a -h2:list') == ({'a': True, 'h2': ('v',)}, ['p', '-5'])
 
 
 @pytest.mark.pure
@@ -6097,16 +6097,16 @@ def test_storage_pure_helpers():
     with pytest.raises(alien.AlienError) as e:
         alien.xrd_stats_dict('<statistics')
     assert e.value.exitcode == 42
-    assert alien.parse_options('n', ['-v', 'x', '-c', '3'], ('v',), ('c',)) == ({'v': True, 'c': '3'}, ['x'])
+    assert alien.parse_args('n', ['-v', 'x', '-c', '3'], '-v -c:str') == ({'v': True, 'c': '3'}, ['x'])
     for bad in (['-q'], ['-c']):
         with pytest.raises(alien.AlienError) as e:
-            alien.parse_options('n', bad, ('v',), ('c',))
+            alien.parse_args('n', bad, '-v -c:str')
         assert e.value.exitcode == 64
     for text in ('0', '-1', 'x'):
         with pytest.raises(alien.AlienError) as e:
-            alien.number_option({'c': text}, 'c', 'n', 3, int)
+            alien.parse_args('n', ['-c', text], '-c:count', {'c': 3})
         assert e.value.exitcode == 64
-    assert alien.number_option({}, 'c', 'n', 3, int) == 3
+    assert alien.parse_args('n', [], '-c:count', {'c': 3}) == ({'c': 3}, [])
 
 
 class SilentServer(object):

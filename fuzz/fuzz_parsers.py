@@ -226,7 +226,7 @@ def check_gfal(item, rng):
 
 # ---- cp arguments, -input, specifiers ------------------------------------------
 
-CP_WORDS = sorted(alien._CP_OPTIONS) + ['-h', '--', '-json', '-x', '-1', '-0.5']
+CP_WORDS = sorted(alien.CP_OPTIONS.kinds) + ['-h', '--', '-json', '-x', '-1', '-0.5']
 VALUES = ['0', '1', '-1', '15', '16', '99999999999999999999', '¹', '٣', 'x', '', '2024-01-31', '1700000000',
           '1700000000000', 'begin_a_contain_b_ends_c_ext_d', 'begin_', 'contain_x_contain_y', '*.root',
           '[a-', '(', '.*\\.root$', 'a**b?', '/alice/*/x*.root']
