@@ -369,6 +369,36 @@ def exit_status(code):
     return code if 0 <= code <= 255 else (code & 0xFF) or 1
 
 
+class TempDir(object):
+    """The one temporary directory: private (mkdtemp makes it 0700), created at
+    the first use of .path, removed with its content on leaving the with-block
+    unless .keep was set (edit keeps a copy it could not upload)."""
+    __slots__ = ('_prefix', '_dir', '_path', 'keep')
+
+    def __init__(self, prefix, dir=None):
+        self._prefix, self._dir, self._path, self.keep = prefix, dir, None, False
+
+    @property
+    def path(self):
+        if self._path is None:
+            import tempfile
+            self._path = tempfile.mkdtemp(prefix=self._prefix, dir=self._dir)
+        return self._path
+
+    def subdir(self):
+        """A fresh directory inside: several files of the same name side by side."""
+        import tempfile
+        return tempfile.mkdtemp(dir=self.path)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self._path is not None and not self.keep:
+            import shutil
+            shutil.rmtree(self._path, ignore_errors=True)
+
+
 # ==========================================================================
 # Configuration: the service's address, environment switches, settings files
 # ==========================================================================
@@ -4526,7 +4556,7 @@ def cp_download(session, items, opts, stats, known=None):
     progress = _Progress(0, 0, _progress_enabled(opts), 'download ')
     pipe = CopyPipeline(opts, progress)
     live = set()
-    tmpdir = []
+    meta_dir = TempDir('alienpy-meta-')     # made only for a -y metalink
 
     def launch(job):
         info = job.info
@@ -4542,10 +4572,7 @@ def cp_download(session, items, opts, stats, known=None):
                 and len(reps) > 1:
             # first attempt with -y N: read from several replicas at once
             info['metalink_tried'] = True
-            if not tmpdir:
-                import tempfile
-                tmpdir.append(tempfile.mkdtemp(prefix='alienpy-meta-'))
-            meta = os.path.join(tmpdir[0], '%d.meta4' % len(os.listdir(tmpdir[0])))
+            meta = os.path.join(meta_dir.path, '%d.meta4' % len(os.listdir(meta_dir.path)))
             with open(meta, 'w', encoding='utf-8') as f:   # a private temp dir: no rename needed
                 f.write(metalink_text(info['lfn'], job.size, job.md5, [u for u, _ in reps]))
             job.source, job.sources = meta, min(opts['sources'], len(reps))
@@ -4604,90 +4631,88 @@ def cp_download(session, items, opts, stats, known=None):
         live.discard(job)
 
     made_dirs = set()
-    try:
-        items = iter(items)     # planned while it runs (cp_run)
-        while True:
-            # ask for more access only while a bounded number of transfers wait
-            # to start: the queued jobs (each with its replicas' envelopes) stay
-            # few, no envelope is fetched long before use; at the high mark, the
-            # queue is let down to half of it (results settled in batches)
-            if pipe.queued() >= CP_BACKLOG:
-                while pipe.queued() > CP_BACKLOG // 2:
-                    for job in pipe.results(wait=True):
+    with meta_dir:
+        try:
+            items = iter(items)     # planned while it runs (cp_run)
+            while True:
+                # ask for more access only while a bounded number of transfers wait
+                # to start: the queued jobs (each with its replicas' envelopes) stay
+                # few, no envelope is fetched long before use; at the high mark, the
+                # queue is let down to half of it (results settled in batches)
+                if pipe.queued() >= CP_BACKLOG:
+                    while pipe.queued() > CP_BACKLOG // 2:
+                        for job in pipe.results(wait=True):
+                            settle(job)
+                window = list(itertools.islice(items, REQUEST_WINDOW))
+                if not window:
+                    break
+                replies = _requests(session, [('access', _access_args('read', x[0], x[2], strict=opts.get('strictspec'),
+                                                                     http=opts.get('http')),
+                                               check_access(*known[x[0]]) if x[0] in known else None)
+                                              for x in window])
+                for (lfn, dst, specs), r in zip(window, replies):
+                    for job in pipe.results():
                         settle(job)
-            window = list(itertools.islice(items, REQUEST_WINDOW))
-            if not window:
-                break
-            replies = _requests(session, [('access', _access_args('read', x[0], x[2], strict=opts.get('strictspec'),
-                                                                 http=opts.get('http')),
-                                           check_access(*known[x[0]]) if x[0] in known else None)
-                                          for x in window])
-            for (lfn, dst, specs), r in zip(window, replies):
-                for job in pipe.results():
-                    settle(job)
-                if r.exitcode != 0 or not r.results:
-                    stats.fail(lfn, 'no access to %s: %s' % (lfn, r.err or 'no replicas (exit %d)' % r.exitcode))
-                    continue
-                first = r.results[0]
-                try:
-                    size = int(first['size'])
-                except (KeyError, ValueError):
-                    size = -1           # unknown: not checked
-                md5 = (first.get('md5') or '').lower()
-                member = next((split_member(x['url'])[1] for x in r.results if '#' in x.get('url', '')), '')
-                # the whole archive, unzipped here; else XRootD reads the member out of it (xrdcl.unzip)
-                unzip = member if opts.get('noxrdzip') or member_needs_local_unzip(member) else ''
-                replicas = [(grid_url(split_member(x['url'])[0] if unzip else x['url'], x.get('envelope', '')),
-                             x.get('se', '?')) for x in r.results if x.get('url')]
-                stats.replicas[lfn] = len(replicas)
-                try:
-                    st = os.stat(dst)      # one look at the destination (a stat per file counts)
-                except OSError:
-                    st = None
-                if st is not None and stat_mod.S_ISREG(st.st_mode) and not opts.get('force') and \
-                        _file_matches(dst, size, md5, lfn):
-                    stats.already(lfn, dst)
-                    continue
-                if not replicas:
-                    stats.fail(lfn, 'no replica URL for %s' % lfn)
-                    continue
-                ddir = os.path.dirname(dst) or '.'
-                if ddir not in made_dirs:
-                    try:
-                        os.makedirs(ddir, exist_ok=True)
-                    except OSError as e:
-                        stats.fail(lfn, 'cannot create %s: %s' % (ddir, e.strerror))
+                    if r.exitcode != 0 or not r.results:
+                        stats.fail(lfn, 'no access to %s: %s' % (lfn, r.err or 'no replicas (exit %d)' % r.exitcode))
                         continue
-                    made_dirs.add(ddir)
-                if st is not None and stat_mod.S_ISDIR(st.st_mode):
-                    stats.fail(lfn, 'destination %s is a directory' % dst)
-                    continue
-                progress.total_files += 1
-                progress.total_bytes += max(size, 0)
-                info = {'lfn': lfn, 'dst': dst, 'replicas': replicas, 'next': 0, 'errors': [], 'md5': md5,
-                        'guid': first.get('guid', ''), 'member': member, 'unzip': unzip}
-                launch(CopyJob('', '', size, md5, 1, info))
-        while pipe.pending:
-            for job in pipe.results(wait=True):
-                settle(job)
-    except BaseException as exc:
-        pipe.close(cancel=True)
-        for job in list(live):      # renamed, cut short before it was counted
-            if job.info.get('delivered') is not None and not os.path.lexists(job.target):
-                delivered(job)
-        for job in list(live) + pipe.results():
-            _unlink_quiet(job.target)
-        why = 'interrupted' if isinstance(exc, KeyboardInterrupt) else str(exc)
-        for job in live:
-            stats.fail(job.info['lfn'], '%s -> %s not finished: %s' % (job.info['lfn'], job.info['dst'], why))
-        raise
-    finally:
-        pipe.close()
-        if progress.enabled and progress.total_files:
-            progress.show(final=True)
-        if tmpdir:
-            import shutil
-            shutil.rmtree(tmpdir[0], ignore_errors=True)
+                    first = r.results[0]
+                    try:
+                        size = int(first['size'])
+                    except (KeyError, ValueError):
+                        size = -1           # unknown: not checked
+                    md5 = (first.get('md5') or '').lower()
+                    member = next((split_member(x['url'])[1] for x in r.results if '#' in x.get('url', '')), '')
+                    # the whole archive, unzipped here; else XRootD reads the member out of it (xrdcl.unzip)
+                    unzip = member if opts.get('noxrdzip') or member_needs_local_unzip(member) else ''
+                    replicas = [(grid_url(split_member(x['url'])[0] if unzip else x['url'], x.get('envelope', '')),
+                                 x.get('se', '?')) for x in r.results if x.get('url')]
+                    stats.replicas[lfn] = len(replicas)
+                    try:
+                        st = os.stat(dst)      # one look at the destination (a stat per file counts)
+                    except OSError:
+                        st = None
+                    if st is not None and stat_mod.S_ISREG(st.st_mode) and not opts.get('force') and \
+                            _file_matches(dst, size, md5, lfn):
+                        stats.already(lfn, dst)
+                        continue
+                    if not replicas:
+                        stats.fail(lfn, 'no replica URL for %s' % lfn)
+                        continue
+                    ddir = os.path.dirname(dst) or '.'
+                    if ddir not in made_dirs:
+                        try:
+                            os.makedirs(ddir, exist_ok=True)
+                        except OSError as e:
+                            stats.fail(lfn, 'cannot create %s: %s' % (ddir, e.strerror))
+                            continue
+                        made_dirs.add(ddir)
+                    if st is not None and stat_mod.S_ISDIR(st.st_mode):
+                        stats.fail(lfn, 'destination %s is a directory' % dst)
+                        continue
+                    progress.total_files += 1
+                    progress.total_bytes += max(size, 0)
+                    info = {'lfn': lfn, 'dst': dst, 'replicas': replicas, 'next': 0, 'errors': [], 'md5': md5,
+                            'guid': first.get('guid', ''), 'member': member, 'unzip': unzip}
+                    launch(CopyJob('', '', size, md5, 1, info))
+            while pipe.pending:
+                for job in pipe.results(wait=True):
+                    settle(job)
+        except BaseException as exc:
+            pipe.close(cancel=True)
+            for job in list(live):      # renamed, cut short before it was counted
+                if job.info.get('delivered') is not None and not os.path.lexists(job.target):
+                    delivered(job)
+            for job in list(live) + pipe.results():
+                _unlink_quiet(job.target)
+            why = 'interrupted' if isinstance(exc, KeyboardInterrupt) else str(exc)
+            for job in live:
+                stats.fail(job.info['lfn'], '%s -> %s not finished: %s' % (job.info['lfn'], job.info['dst'], why))
+            raise
+        finally:
+            pipe.close()
+            if progress.enabled and progress.total_files:
+                progress.show(final=True)
 
 
 def extract_zip_member(path, member, md5):
@@ -5566,11 +5591,8 @@ def _show_files(session, args, name):
         return Result(0 if files else EX_EINVAL, out='%s LFN...' % name if files else '',
                       err='' if files else 'usage: %s LFN...' % name)
     xrootd_client()
-    import tempfile
-    tmpdir = tempfile.mkdtemp(prefix='alienpy-%s-' % name)
-    try:
-        paths = [_fetch_temp(session, f, tmpdir)[0] if len(files) == 1 else
-                 _fetch_temp(session, f, tempfile.mkdtemp(dir=tmpdir))[0] for f in files]
+    with TempDir('alienpy-%s-' % name) as tmp:
+        paths = [_fetch_temp(session, f, tmp.path if len(files) == 1 else tmp.subdir())[0] for f in files]
         pager = {'less': os.environ.get('PAGER', 'less'), 'more': 'more'}.get(name)
         if pager and sys.stdout.isatty():
             import subprocess
@@ -5584,9 +5606,6 @@ def _show_files(session, args, name):
         result = Result(0, out=text[:-1] if text.endswith('\n') else text)
         result.style = 'raw'   # file content, printed as is like the system cat
         return result
-    finally:
-        import shutil
-        shutil.rmtree(tmpdir, ignore_errors=True)
 
 
 @command('cat', usage='cat LFN...  print grid files (downloaded through XRootD)')
@@ -5613,10 +5632,7 @@ def edit_grid_file(session, args, editor):
         raise AlienError('usage: edit [-datebck] LFN[@disk:N,SE,...]  (editor: $VISUAL, $EDITOR, or the command name)',
                          EX_EINVAL)
     xrootd_client()
-    import tempfile
-    tmpdir = tempfile.mkdtemp(prefix='alienpy-edit-')
-    keep = False
-    try:
+    with TempDir('alienpy-edit-') as tmp:
         nses = []
         path, specs = split_specs(files[0])
         lfn = session.grid_path(path).rstrip('/')
@@ -5624,11 +5640,11 @@ def edit_grid_file(session, args, editor):
         if st is not None and st['type'] != 'f':
             raise AlienError('edit: %s is not a file' % lfn, EX_EINVAL)
         if st is None:
-            local = os.path.join(tmpdir, lfn.rsplit('/', 1)[-1])
+            local = os.path.join(tmp.path, lfn.rsplit('/', 1)[-1])
             open(local, 'wb').close()
             before = None
         else:
-            local, lfn, specs = _fetch_temp(session, files[0], tmpdir, nses)
+            local, lfn, specs = _fetch_temp(session, files[0], tmp.path, nses)
             before = md5_file(local)
         try:
             rc = subprocess.call(shlex.split(editor) + [local])
@@ -5644,7 +5660,7 @@ def edit_grid_file(session, args, editor):
             session.request('rm', ['-f', backup], nomsg=True)
             mv = session.request('mv', [lfn, backup], nomsg=True)
             if mv.exitcode != 0:
-                keep = True
+                tmp.keep = True
                 raise AlienError('edit: cannot back up %s as %s (%s); edited copy kept at %s'
                                  % (lfn, backup, mv.err, local), EX_GENERIC)
         up_specs = list(specs)
@@ -5653,7 +5669,7 @@ def edit_grid_file(session, args, editor):
         stats = CpStats()
         cp_upload(session, [(local, lfn, up_specs)], dict(_CP_DEFAULTS, quiet=True), stats)
         if stats.failed:
-            keep = True
+            tmp.keep = True
             msg = 'edit: upload of %s failed (%s); edited copy kept at %s' % (lfn, stats.failed[0][1], local)
             if backup:
                 session.request('rm', ['-f', lfn], nomsg=True)
@@ -5662,10 +5678,6 @@ def edit_grid_file(session, args, editor):
                     '; previous version is at %s' % backup
             raise AlienError(msg, EX_GENERIC)
         return Result(0, out='Uploaded %s' % lfn + (' (previous version: %s)' % backup if backup else ''))
-    finally:
-        if not keep:
-            import shutil
-            shutil.rmtree(tmpdir, ignore_errors=True)
 
 
 def _editor_command(name):
@@ -5860,18 +5872,13 @@ def _run_with_grid_files(session, argv, grid_at, make_executable=False):
     """Download argv[i] for each i in grid_at into a private temp directory, run
     argv with the local copies in their places, remove them -> Result."""
     xrootd_client()
-    import shutil
-    import tempfile
-    tmp = tempfile.mkdtemp(prefix='alienpy-run-')
-    try:
+    with TempDir('alienpy-run-') as tmp:
         argv = list(argv)
         for i in grid_at:
-            argv[i] = _fetch_temp(session, argv[i], tempfile.mkdtemp(dir=tmp))[0]
+            argv[i] = _fetch_temp(session, argv[i], tmp.subdir())[0]
             if make_executable:
                 os.chmod(argv[i], 0o700)
         return run_local(argv)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def run_argv(args):
@@ -6841,47 +6848,45 @@ def fetch_ca_certs(source, target, timeout=120):
     replaced only when all of that worked -> number of CA certificates."""
     import shutil
     import subprocess
-    import tempfile
     git = shutil.which('git')
     if git is None:
         raise AlienError('getCAcerts needs git (e.g. apt-get install git)', EX_GENERIC)
-    work = tempfile.mkdtemp(dir=os.path.dirname(target), prefix='.alienpy-cas-')
-    try:
-        repo = os.path.join(work, 'repo')
-        env = dict(os.environ, GIT_TERMINAL_PROMPT='0')
+    with TempDir('.alienpy-cas-', dir=os.path.dirname(target)) as tmp:   # beside target: renamed into place
+        work = tmp.path
         try:
-            p = subprocess.run([git, 'clone', '--quiet', '--depth=1', source, repo], stdin=subprocess.DEVNULL,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
-                               timeout=timeout, env=env)
-        except subprocess.TimeoutExpired:
-            raise AlienError('getCAcerts: git clone %s took more than %d s' % (source, timeout), EX_GENERIC)
-        if p.returncode != 0:
-            why = [l for l in p.stderr.splitlines() if l.strip() and 'depth is ignored' not in l]
-            raise AlienError('getCAcerts: git clone %s failed: %s' % (source, why[-1] if why else 'exit %d' % p.returncode),
-                             EX_GENERIC)
-        new = os.path.join(work, 'certificates')
-        os.mkdir(new)
-        for top in sorted(os.listdir(repo)):
-            if top.startswith('.') or not os.path.isdir(os.path.join(repo, top)):
-                continue
-            for root, dirs, files in os.walk(os.path.join(repo, top)):
-                dirs[:] = [d for d in dirs if d != '.git']
-                out = os.path.join(new, os.path.relpath(root, os.path.join(repo, top)))
-                os.makedirs(out, exist_ok=True)
-                for name in files:
-                    if not _HASH_NAME.match(name):      # the links are made again below
-                        shutil.copy(os.path.join(root, name), os.path.join(out, name))
-        count = hash_links(new)
-        if not count:
-            raise AlienError('getCAcerts: %s holds no CA certificate' % source, EX_GENERIC)
-        if os.path.lexists(target):
-            os.rename(target, os.path.join(work, 'old'))
-        os.rename(new, target)
-        return count
-    except OSError as e:
-        raise AlienError('getCAcerts: %s: %s' % (e.filename or target, e.strerror), EX_GENERIC)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+            repo = os.path.join(work, 'repo')
+            env = dict(os.environ, GIT_TERMINAL_PROMPT='0')
+            try:
+                p = subprocess.run([git, 'clone', '--quiet', '--depth=1', source, repo], stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+                                   timeout=timeout, env=env)
+            except subprocess.TimeoutExpired:
+                raise AlienError('getCAcerts: git clone %s took more than %d s' % (source, timeout), EX_GENERIC)
+            if p.returncode != 0:
+                why = [l for l in p.stderr.splitlines() if l.strip() and 'depth is ignored' not in l]
+                raise AlienError('getCAcerts: git clone %s failed: %s' % (source, why[-1] if why else 'exit %d' % p.returncode),
+                                 EX_GENERIC)
+            new = os.path.join(work, 'certificates')
+            os.mkdir(new)
+            for top in sorted(os.listdir(repo)):
+                if top.startswith('.') or not os.path.isdir(os.path.join(repo, top)):
+                    continue
+                for root, dirs, files in os.walk(os.path.join(repo, top)):
+                    dirs[:] = [d for d in dirs if d != '.git']
+                    out = os.path.join(new, os.path.relpath(root, os.path.join(repo, top)))
+                    os.makedirs(out, exist_ok=True)
+                    for name in files:
+                        if not _HASH_NAME.match(name):      # the links are made again below
+                            shutil.copy(os.path.join(root, name), os.path.join(out, name))
+            count = hash_links(new)
+            if not count:
+                raise AlienError('getCAcerts: %s holds no CA certificate' % source, EX_GENERIC)
+            if os.path.lexists(target):
+                os.rename(target, os.path.join(work, 'old'))
+            os.rename(new, target)
+            return count
+        except OSError as e:
+            raise AlienError('getCAcerts: %s: %s' % (e.filename or target, e.strerror), EX_GENERIC)
 
 
 @command('getCAcerts', connect=False, usage='''getCAcerts [DIR]  download the grid CA certificates into DIR/certificates
