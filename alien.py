@@ -1811,14 +1811,18 @@ def connect_tcp(host, port, environ, timeout=5.0, delay=0.25, avoid=None):
     raise AlienError('cannot connect to %s:%d: %s' % (host, port, '; '.join(errors) or 'no address'), EX_NOTCONN)
 
 
+def proxy_authorization(auth):
+    """The Proxy-Authorization value for a proxy URL's 'user:password' (%-quoted)."""
+    from urllib.parse import unquote
+    return 'Basic ' + base64.b64encode(unquote(auth).encode()).decode()
+
+
 def connect_tunnel(sock, host, port, auth=None, timeout=10.0):
     """HTTP CONNECT through a proxy on an open socket; returns when the tunnel is up."""
     target = '%s:%d' % (('[%s]' % host) if ':' in host else host, port)
     lines = ['CONNECT %s HTTP/1.1' % target, 'Host: %s' % target]
     if auth:
-        from urllib.parse import unquote
-        lines.append('Proxy-Authorization: Basic %s'
-                     % base64.b64encode(unquote(auth).encode()).decode())
+        lines.append('Proxy-Authorization: ' + proxy_authorization(auth))
     sock.settimeout(timeout)
     sock.sendall(('\r\n'.join(lines) + '\r\n\r\n').encode())
     data = b''
@@ -3071,7 +3075,9 @@ def name_verbs_to_regex(value):
     return rx + '$'
 
 
-_SPEC_TOKEN_RE = LazyRegex(r'^(!?[A-Za-z0-9_.-]+::[A-Za-z0-9_.-]+::[A-Za-z0-9_.-]+|[A-Za-z][A-Za-z0-9_-]*[:=]\d+)$')
+_REPLICA_COUNT = r'[A-Za-z][A-Za-z0-9_-]*[:=]\d+'       # disk:2: how many replicas to write
+_REPLICA_COUNT_RE = LazyRegex('^%s$' % _REPLICA_COUNT)
+_SPEC_TOKEN_RE = LazyRegex(r'^(!?[A-Za-z0-9_.-]+::[A-Za-z0-9_.-]+::[A-Za-z0-9_.-]+|%s)$' % _REPLICA_COUNT)
 
 
 def split_specs(arg):
@@ -3098,7 +3104,7 @@ def split_specs(arg):
         if not _SPEC_TOKEN_RE.match(t):
             raise AlienError('cp: invalid storage specifier %r in %r (use disk:N, SITE::NAME::SE, !SITE::NAME::SE)'
                              % (t, arg), EX_EINVAL)
-        if re.match(r'^[A-Za-z]', t) and '::' not in t and int(re.split('[:=]', t)[1]) < 1:
+        if _REPLICA_COUNT_RE.match(t) and int(re.split('[:=]', t)[1]) < 1:
             raise AlienError('cp: replica count must be > 0 in %r' % t, EX_EINVAL)
     return prefix + path, specs
 
@@ -3535,7 +3541,7 @@ JOB_FILE_EXTENSIONS = ('.sh', '.C', '.jdl', '.xml')
 def _with_default_specs(specs, lfn='', size=None):
     """Upload specifiers with the default replica count: disk:4 for a job file under
     1 MiB with no specifier at all, else disk:2 unless a count or an SE is named."""
-    if any(re.match(r'^[A-Za-z][A-Za-z0-9_-]*[:=]\d+$', s) for s in specs) or \
+    if any(_REPLICA_COUNT_RE.match(s) for s in specs) or \
             any('::' in s and not s.startswith('!') for s in specs):
         return specs
     if not specs and lfn.endswith(JOB_FILE_EXTENSIONS) and size is not None and size < (1 << 20):
@@ -5664,7 +5670,7 @@ def edit_grid_file(session, args, editor):
                 raise AlienError('edit: cannot back up %s as %s (%s); edited copy kept at %s'
                                  % (lfn, backup, mv.err, local), EX_GENERIC)
         up_specs = list(specs)
-        if nses and nses[0] > 0 and not any(re.match(r'^[A-Za-z][\w-]*[:=]\d+$', s) for s in specs):
+        if nses and nses[0] > 0 and not any(_REPLICA_COUNT_RE.match(s) for s in specs):
             up_specs = ['disk:%d' % nses[0]] + up_specs
         stats = CpStats()
         cp_upload(session, [(local, lfn, up_specs)], dict(_CP_DEFAULTS, quiet=True), stats)
@@ -6664,8 +6670,7 @@ def http_get(url, environ, headers=(), timeout=None, sink=None, what='GET'):
             raise AlienError('%s %s: %s' % (what, url, e), e.exitcode)
         hdrs = dict([('User-Agent', user_agent(environ))] + list(headers))
         if absolute and proxy[2]:
-            from urllib.parse import unquote
-            hdrs['Proxy-Authorization'] = 'Basic ' + base64.b64encode(unquote(proxy[2]).encode()).decode()
+            hdrs['Proxy-Authorization'] = proxy_authorization(proxy[2])
         try:
             conn.request('GET', url if absolute else (u.path or '/') + ('?' + u.query if u.query else ''),
                          headers=hdrs)
