@@ -6603,126 +6603,8 @@ def cmd_checkaddr(session, args):
 
 
 # ==========================================================================
-# Commands: credentials, jobs, outside services (one HTTP GET)
+# Commands: credentials (certificates, tokens, CA certificates)
 # ==========================================================================
-# Outside services: plain HTTP/1.1 on the websocket's own pieces: connect_tcp
-# (RFC 8305), proxy_for (https_proxy/http_proxy, no_proxy) with connect_tunnel, the
-# CA search of find_ca. http.client is imported only when a GET is made.
-
-HTTP_TIMEOUT = 10.0          # seconds to connect and between bytes (ALIENPY_HTTP_TIMEOUT)
-HTTP_MAX_BODY = 256 << 20    # a reply kept in memory; downloads stream to a file instead
-HTTP_REDIRECTS = 5
-
-
-def _http_connection(scheme, host, port, environ, timeout):
-    """(http.client connection on an open socket, True when requests go to a plain
-    HTTP proxy and need the absolute URL)."""
-    import http.client
-    proxy = proxy_for(host, environ, scheme)
-    sock = connect_tcp(proxy[0] if proxy else host, proxy[1] if proxy else port, environ, timeout=timeout)
-    try:
-        if proxy and scheme == 'https':
-            connect_tunnel(sock, host, port, proxy[2], timeout)
-        sock.settimeout(timeout)
-        if scheme == 'https':
-            ctx = ssl.create_default_context()
-            try:
-                kind, where = find_ca(environ)
-                ctx.load_verify_locations(**{kind: where})
-            except AlienError:
-                pass  # the system CAs only
-            try:
-                sock = ctx.wrap_socket(sock, server_hostname=host)
-            except ssl.SSLError as e:
-                raise tls_error(e, host)
-            conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=ctx)
-        else:
-            conn = http.client.HTTPConnection(host, port, timeout=timeout)
-    except (AlienError, OSError):
-        sock.close()
-        raise
-    conn.sock = sock
-    return conn, bool(proxy) and scheme == 'http', proxy
-
-
-def http_get(url, environ, headers=(), timeout=None, sink=None, what='GET'):
-    """GET url (redirects followed) -> (response headers with lower-case names, body).
-    With sink (a binary file) the body is written there and b'' returned. One-line
-    AlienError otherwise: 107 unreachable or no answer within the timeout, 2 for
-    HTTP 404, 121 for any other HTTP error, 42 for a truncated or oversized body."""
-    import http.client
-    from urllib.parse import urlsplit, urljoin
-    try:
-        timeout = float(timeout or environ.get('ALIENPY_HTTP_TIMEOUT') or HTTP_TIMEOUT)
-    except ValueError:
-        raise AlienError('ALIENPY_HTTP_TIMEOUT=%r is not a number' % environ.get('ALIENPY_HTTP_TIMEOUT'), EX_EINVAL)
-    for _ in range(HTTP_REDIRECTS + 1):
-        u = urlsplit(url)
-        try:
-            port = u.port or (443 if u.scheme == 'https' else 80)
-        except ValueError:
-            port = None
-        if u.scheme not in ('http', 'https') or not u.hostname or not port:
-            raise AlienError('%s: not a valid http(s) URL: %s' % (what, url), EX_EINVAL)
-        try:
-            conn, absolute, proxy = _http_connection(u.scheme, u.hostname, port, environ, timeout)
-        except AlienError as e:
-            raise AlienError('%s %s: %s' % (what, url, e), e.exitcode)
-        hdrs = dict([('User-Agent', user_agent(environ))] + list(headers))
-        if absolute and proxy[2]:
-            hdrs['Proxy-Authorization'] = proxy_authorization(proxy[2])
-        try:
-            conn.request('GET', url if absolute else (u.path or '/') + ('?' + u.query if u.query else ''),
-                         headers=hdrs)
-            resp = conn.getresponse()
-            location = resp.getheader('Location')
-            if resp.status in (301, 302, 303, 307, 308) and location:
-                url = urljoin(url, location)
-                continue
-            if resp.status != 200:
-                raise AlienError('%s %s: HTTP %d %s' % (what, url, resp.status, resp.reason),
-                                 EX_ENOENT if resp.status == 404 else EX_EREMOTEIO)
-            got, body = 0, b''
-            if sink is None:
-                body = resp.read(HTTP_MAX_BODY + 1)
-                got = len(body)
-                if got > HTTP_MAX_BODY:
-                    raise AlienError('%s %s: reply larger than %d MiB' % (what, url, HTTP_MAX_BODY >> 20), EX_ENOMSG)
-            else:
-                while True:
-                    chunk = resp.read(1 << 20)
-                    if not chunk:
-                        break
-                    sink.write(chunk)
-                    got += len(chunk)
-            length = resp.getheader('Content-Length')
-            if length and length.isdigit() and int(length) != got:
-                raise AlienError('%s %s: reply cut after %d of %s bytes' % (what, url, got, length), EX_ENOMSG)
-            return dict((k.lower(), v) for k, v in resp.getheaders()), body
-        except socket.timeout:
-            raise AlienError('%s %s: no answer within %g s' % (what, url, timeout), EX_NOTCONN)
-        except http.client.IncompleteRead as e:
-            raise AlienError('%s %s: reply cut after %d bytes' % (what, url, len(e.partial)), EX_ENOMSG)
-        except (OSError, http.client.HTTPException) as e:
-            raise AlienError('%s %s: %s' % (what, url, e or type(e).__name__), EX_NOTCONN)
-        finally:
-            conn.close()
-    raise AlienError('%s %s: more than %d redirects' % (what, url, HTTP_REDIRECTS), EX_EREMOTEIO)
-
-
-def http_get_json(url, environ, headers=(), what='GET', check=None):
-    """http_get of a JSON document; `check(doc)` says whether its shape is the expected one.
-    A body that is not JSON, or not of that shape, is a one-line error (exit 42)."""
-    _, body = http_get(url, environ, [('Accept', 'application/json')] + list(headers), what=what)
-    try:
-        doc = load_json(body.decode('utf-8'))
-    except ValueError as e:
-        raise AlienError('%s %s: the reply is not JSON%s' % (
-            what, url, ' (%s)' % e if isinstance(e, JsonTooDeep) else ''), EX_ENOMSG)
-    if check is not None and not check(doc):
-        raise AlienError('%s %s: the reply is not in the expected format' % (what, url), EX_ENOMSG)
-    return doc
-
 
 def load_cert_file(path):
     """[Cert] of a PEM file; a missing file exits 2 (ENOENT), one that holds no
@@ -6929,6 +6811,10 @@ def cmd_token_destroy(session, args):
             os.unlink(path)
     return Result(0, 'token files removed; the next connection with the user certificate makes a new token')
 
+
+# ==========================================================================
+# Commands: jobs, and outside services (one HTTP GET)
+# ==========================================================================
 
 _TRACE_TIME = LazyRegex(r'^([0-9]{10}) \[')
 
@@ -7176,6 +7062,125 @@ def cmd_submit(session, args):
                       '(cp %s JOB.jdl), then submit that' % (args[0], args[0]))
     return session.request('submit', [session.grid_path(args[0])] + args[1:],
                            nokeys=not session.command_json)
+
+
+# Outside services: plain HTTP/1.1 on the websocket's own pieces: connect_tcp
+# (RFC 8305), proxy_for (https_proxy/http_proxy, no_proxy) with connect_tunnel, the
+# CA search of find_ca. http.client is imported only when a GET is made.
+
+HTTP_TIMEOUT = 10.0          # seconds to connect and between bytes (ALIENPY_HTTP_TIMEOUT)
+HTTP_MAX_BODY = 256 << 20    # a reply kept in memory; downloads stream to a file instead
+HTTP_REDIRECTS = 5
+
+
+def _http_connection(scheme, host, port, environ, timeout):
+    """(http.client connection on an open socket, True when requests go to a plain
+    HTTP proxy and need the absolute URL)."""
+    import http.client
+    proxy = proxy_for(host, environ, scheme)
+    sock = connect_tcp(proxy[0] if proxy else host, proxy[1] if proxy else port, environ, timeout=timeout)
+    try:
+        if proxy and scheme == 'https':
+            connect_tunnel(sock, host, port, proxy[2], timeout)
+        sock.settimeout(timeout)
+        if scheme == 'https':
+            ctx = ssl.create_default_context()
+            try:
+                kind, where = find_ca(environ)
+                ctx.load_verify_locations(**{kind: where})
+            except AlienError:
+                pass  # the system CAs only
+            try:
+                sock = ctx.wrap_socket(sock, server_hostname=host)
+            except ssl.SSLError as e:
+                raise tls_error(e, host)
+            conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=ctx)
+        else:
+            conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    except (AlienError, OSError):
+        sock.close()
+        raise
+    conn.sock = sock
+    return conn, bool(proxy) and scheme == 'http', proxy
+
+
+def http_get(url, environ, headers=(), timeout=None, sink=None, what='GET'):
+    """GET url (redirects followed) -> (response headers with lower-case names, body).
+    With sink (a binary file) the body is written there and b'' returned. One-line
+    AlienError otherwise: 107 unreachable or no answer within the timeout, 2 for
+    HTTP 404, 121 for any other HTTP error, 42 for a truncated or oversized body."""
+    import http.client
+    from urllib.parse import urlsplit, urljoin
+    try:
+        timeout = float(timeout or environ.get('ALIENPY_HTTP_TIMEOUT') or HTTP_TIMEOUT)
+    except ValueError:
+        raise AlienError('ALIENPY_HTTP_TIMEOUT=%r is not a number' % environ.get('ALIENPY_HTTP_TIMEOUT'), EX_EINVAL)
+    for _ in range(HTTP_REDIRECTS + 1):
+        u = urlsplit(url)
+        try:
+            port = u.port or (443 if u.scheme == 'https' else 80)
+        except ValueError:
+            port = None
+        if u.scheme not in ('http', 'https') or not u.hostname or not port:
+            raise AlienError('%s: not a valid http(s) URL: %s' % (what, url), EX_EINVAL)
+        try:
+            conn, absolute, proxy = _http_connection(u.scheme, u.hostname, port, environ, timeout)
+        except AlienError as e:
+            raise AlienError('%s %s: %s' % (what, url, e), e.exitcode)
+        hdrs = dict([('User-Agent', user_agent(environ))] + list(headers))
+        if absolute and proxy[2]:
+            hdrs['Proxy-Authorization'] = proxy_authorization(proxy[2])
+        try:
+            conn.request('GET', url if absolute else (u.path or '/') + ('?' + u.query if u.query else ''),
+                         headers=hdrs)
+            resp = conn.getresponse()
+            location = resp.getheader('Location')
+            if resp.status in (301, 302, 303, 307, 308) and location:
+                url = urljoin(url, location)
+                continue
+            if resp.status != 200:
+                raise AlienError('%s %s: HTTP %d %s' % (what, url, resp.status, resp.reason),
+                                 EX_ENOENT if resp.status == 404 else EX_EREMOTEIO)
+            got, body = 0, b''
+            if sink is None:
+                body = resp.read(HTTP_MAX_BODY + 1)
+                got = len(body)
+                if got > HTTP_MAX_BODY:
+                    raise AlienError('%s %s: reply larger than %d MiB' % (what, url, HTTP_MAX_BODY >> 20), EX_ENOMSG)
+            else:
+                while True:
+                    chunk = resp.read(1 << 20)
+                    if not chunk:
+                        break
+                    sink.write(chunk)
+                    got += len(chunk)
+            length = resp.getheader('Content-Length')
+            if length and length.isdigit() and int(length) != got:
+                raise AlienError('%s %s: reply cut after %d of %s bytes' % (what, url, got, length), EX_ENOMSG)
+            return dict((k.lower(), v) for k, v in resp.getheaders()), body
+        except socket.timeout:
+            raise AlienError('%s %s: no answer within %g s' % (what, url, timeout), EX_NOTCONN)
+        except http.client.IncompleteRead as e:
+            raise AlienError('%s %s: reply cut after %d bytes' % (what, url, len(e.partial)), EX_ENOMSG)
+        except (OSError, http.client.HTTPException) as e:
+            raise AlienError('%s %s: %s' % (what, url, e or type(e).__name__), EX_NOTCONN)
+        finally:
+            conn.close()
+    raise AlienError('%s %s: more than %d redirects' % (what, url, HTTP_REDIRECTS), EX_EREMOTEIO)
+
+
+def http_get_json(url, environ, headers=(), what='GET', check=None):
+    """http_get of a JSON document; `check(doc)` says whether its shape is the expected one.
+    A body that is not JSON, or not of that shape, is a one-line error (exit 42)."""
+    _, body = http_get(url, environ, [('Accept', 'application/json')] + list(headers), what=what)
+    try:
+        doc = load_json(body.decode('utf-8'))
+    except ValueError as e:
+        raise AlienError('%s %s: the reply is not JSON%s' % (
+            what, url, ' (%s)' % e if isinstance(e, JsonTooDeep) else ''), EX_ENOMSG)
+    if check is not None and not check(doc):
+        raise AlienError('%s %s: the reply is not in the expected format' % (what, url), EX_ENOMSG)
+    return doc
 
 
 CCDB_DEFAULT = 'http://alice-ccdb.cern.ch'
