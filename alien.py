@@ -4550,6 +4550,23 @@ def _file_matches(path, size, md5, lfn=''):
     return True
 
 
+class Download(object):
+    """One file cp downloads: its replicas, tried in the service's order, and its outcome."""
+    __slots__ = ('lfn', 'dst', 'replicas', 'md5', 'guid', 'member', 'unzip', 'next', 'se', 'errors',
+                 'metalink_tried', 'delivered')
+
+    def __init__(self, lfn, dst, replicas, md5, guid, member, unzip):
+        self.lfn, self.dst, self.md5, self.guid = lfn, dst, md5, guid
+        self.member = member        # a zip archive's member, read out of the archive
+        self.unzip = unzip          # ... or that member, when the whole archive is fetched and unzipped here
+        self.replicas = replicas    # [(url, se)]
+        self.next = 0               # the replica to try next
+        self.se = ''                # the SE (or 'all replicas') of the current attempt
+        self.errors = []
+        self.metalink_tried = False
+        self.delivered = None       # bytes, once renamed into place
+
+
 def cp_download(session, items, opts, stats, known=None):
     """items: [(lfn, local_dst, specs)]. Each file is written to a temporary
     name next to its destination, verified against the catalogue md5 and only
@@ -4566,33 +4583,33 @@ def cp_download(session, items, opts, stats, known=None):
 
     def launch(job):
         info = job.info
-        reps = info['replicas']
-        job.target = part_name(info['dst'])
+        reps = info.replicas
+        job.target = part_name(info.dst)
         job.ok = False
-        if info.get('unzip'):
+        if info.unzip:
             job.md5 = ''    # the archive is fetched: its member is checked after extraction
         # -y N: XRootD's several-replica copy. Never for an archive member: reading a
         # deflated member that way hung now and then in XRootD (xrootd 6.2.1: the copy
         # waits for a chunk its sources never send; about 1 run in 150 under load)
-        if not info.get('metalink_tried') and not info.get('member') and opts.get('sources', 1) > 1 \
+        if not info.metalink_tried and not info.member and opts.get('sources', 1) > 1 \
                 and len(reps) > 1:
             # first attempt with -y N: read from several replicas at once
-            info['metalink_tried'] = True
+            info.metalink_tried = True
             meta = os.path.join(meta_dir.path, '%d.meta4' % len(os.listdir(meta_dir.path)))
             with open(meta, 'w', encoding='utf-8') as f:   # a private temp dir: no rename needed
-                f.write(metalink_text(info['lfn'], job.size, job.md5, [u for u, _ in reps]))
+                f.write(metalink_text(info.lfn, job.size, job.md5, [u for u, _ in reps]))
             job.source, job.sources = meta, min(opts['sources'], len(reps))
             job.retry = 0
-            info['se'] = 'all replicas'
+            info.se = 'all replicas'
         else:
             # then one replica after the other, in the service's order
-            n = info['next']
+            n = info.next
             job.source, job.sources = reps[n][0], 1
-            info['se'] = reps[n][1]
-            info['next'] = n + 1
+            info.se = reps[n][1]
+            info.next = n + 1
             # the next replica is the better retry; the last one gets XRootD's retries
-            job.retry = None if info['next'] == len(reps) else 0
-        job.attrs, job.stamped = (info['lfn'], info.get('guid', ''), info.get('md5', '')), False
+            job.retry = None if info.next == len(reps) else 0
+        job.attrs, job.stamped = (info.lfn, info.guid, info.md5), False
         live.add(job)
         pipe.submit([job])
 
@@ -4600,8 +4617,8 @@ def cp_download(session, items, opts, stats, known=None):
         # the job leaves `live` only when its outcome is recorded: a Ctrl-C at any
         # point of this leaves no part file and no delivered file uncounted
         info = job.info
-        if job.ok and info.get('unzip'):
-            job.error = extract_zip_member(job.target, info['unzip'], info['md5'])
+        if job.ok and info.unzip:
+            job.error = extract_zip_member(job.target, info.unzip, info.md5)
             job.ok = not job.error
         if job.ok and job.stamped:
             got = job.size              # written and verified through its open file
@@ -4610,30 +4627,30 @@ def cp_download(session, items, opts, stats, known=None):
         if got is not None and job.size in (-1, got):
             if not job.stamped:
                 write_xattrs(job.target, *job.attrs, size=job.size if job.size >= 0 else None)
-            info['delivered'] = got     # once the part file is gone (a Ctrl-C may come at any point)
+            info.delivered = got     # once the part file is gone (a Ctrl-C may come at any point)
             try:
-                os.replace(job.target, info['dst'])
+                os.replace(job.target, info.dst)
             except OSError as e:
-                info['delivered'] = None
+                info.delivered = None
                 _unlink_quiet(job.target)
                 live.discard(job)
-                stats.fail(info['lfn'], 'cannot rename into %s: %s' % (info['dst'], e.strerror))
+                stats.fail(info.lfn, 'cannot rename into %s: %s' % (info.dst, e.strerror))
                 return
             delivered(job)
             return
         _unlink_quiet(job.target)
-        info['errors'].append('%s: %s' % (info['se'], job.error or 'size mismatch after transfer'))
-        if info['next'] < len(info['replicas']):
+        info.errors.append('%s: %s' % (info.se, job.error or 'size mismatch after transfer'))
+        if info.next < len(info.replicas):
             progress.done_files -= 1
             launch(job)
         else:
             live.discard(job)
-            stats.fail(info['lfn'], '%s -> %s failed: %s' % (info['lfn'], info['dst'], '; '.join(info['errors'])))
+            stats.fail(info.lfn, '%s -> %s failed: %s' % (info.lfn, info.dst, '; '.join(info.errors)))
 
     def delivered(job):
         info = job.info
-        if (info['lfn'], info['dst']) not in stats.done[-1:]:
-            stats.copied(info['lfn'], info['dst'], info['delivered'])
+        if (info.lfn, info.dst) not in stats.done[-1:]:
+            stats.copied(info.lfn, info.dst, info.delivered)
         live.discard(job)
 
     made_dirs = set()
@@ -4698,22 +4715,21 @@ def cp_download(session, items, opts, stats, known=None):
                         continue
                     progress.total_files += 1
                     progress.total_bytes += max(size, 0)
-                    info = {'lfn': lfn, 'dst': dst, 'replicas': replicas, 'next': 0, 'errors': [], 'md5': md5,
-                            'guid': first.get('guid', ''), 'member': member, 'unzip': unzip}
-                    launch(CopyJob('', '', size, md5, 1, info))
+                    launch(CopyJob('', '', size, md5, 1, Download(lfn, dst, replicas, md5, first.get('guid', ''),
+                                                                  member, unzip)))
             while pipe.pending:
                 for job in pipe.results(wait=True):
                     settle(job)
         except BaseException as exc:
             pipe.close(cancel=True)
             for job in list(live):      # renamed, cut short before it was counted
-                if job.info.get('delivered') is not None and not os.path.lexists(job.target):
+                if job.info.delivered is not None and not os.path.lexists(job.target):
                     delivered(job)
             for job in list(live) + pipe.results():
                 _unlink_quiet(job.target)
             why = 'interrupted' if isinstance(exc, KeyboardInterrupt) else str(exc)
             for job in live:
-                stats.fail(job.info['lfn'], '%s -> %s not finished: %s' % (job.info['lfn'], job.info['dst'], why))
+                stats.fail(job.info.lfn, '%s -> %s not finished: %s' % (job.info.lfn, job.info.dst, why))
             raise
         finally:
             pipe.close()
@@ -4744,27 +4760,50 @@ def extract_zip_member(path, member, md5):
         return 'cannot extract %s from the archive: %s' % (member, e)
 
 
+class Upload(object):
+    """One file cp uploads: the replicas booked for it, their transfers and commits."""
+    __slots__ = ('src', 'lfn', 'target', 'specs', 'size', 'md5', 'replace', 'wanted', 'attempt', 'tried',
+                 'guids', 'launched', 'running', 'held', 'failed', 'written', 'committed', 'doubt', 'errors')
+
+    def __init__(self, src, lfn, specs, size, md5):
+        self.src, self.lfn, self.specs, self.size, self.md5 = src, lfn, list(specs or []), size, md5
+        self.target = lfn           # a temporary LFN when an existing file is replaced (replace)
+        self.replace = False
+        self.wanted = 0             # replicas the service booked at first
+        self.attempt = 1            # bookings so far (failed replicas are re-booked elsewhere)
+        self.tried = []             # every SE booked
+        self.guids = set()          # every GUID booked
+        self.launched = []          # the transfers of the last booking, in booking order
+        self.running = 0
+        self.held = set()           # finished transfers waiting for the rest of their booking
+        self.failed = 0             # transfers failed since the last booking
+        self.written = set()        # GUIDs of the replicas written
+        self.committed = []         # SEs whose commit was accepted
+        self.doubt = False          # a commit was refused or unanswered
+        self.errors = []
+
+
 def _existing_upload_target(session, e, r, opts, stats):
     """access write-once failed: an identical existing LFN is skipped, another
     one is replaced through a temporary LFN -> the new access reply or None."""
-    st = _grid_stat(session, e['lfn'])
+    st = _grid_stat(session, e.lfn)
     if st is None:
-        stats.fail(e['src'], 'no write access for %s: %s' % (e['lfn'], r.err or 'exit code %d' % r.exitcode))
+        stats.fail(e.src, 'no write access for %s: %s' % (e.lfn, r.err or 'exit code %d' % r.exitcode))
         return None
     if st['type'] != 'f':
-        stats.fail(e['src'], '%s exists and is not a file' % e['lfn'])
+        stats.fail(e.src, '%s exists and is not a file' % e.lfn)
         return None
-    if not opts.get('force') and st['size'] == e['size'] and st['md5'] == e['md5']:
-        stats.already(e['src'], e['lfn'])
+    if not opts.get('force') and st['size'] == e.size and st['md5'] == e.md5:
+        stats.already(e.src, e.lfn)
         return None
-    d, base = e['lfn'].rsplit('/', 1)
-    e['target'] = '%s/.%s.alienpy-part-%s' % (d, base, os.urandom(6).hex())
-    e['replace'] = True
-    r = _access(session, 'write-once', e['target'], _with_default_specs(e['specs'], e['lfn'], e['size']),
-                e['size'], e['md5'],
+    d, base = e.lfn.rsplit('/', 1)
+    e.target = '%s/.%s.alienpy-part-%s' % (d, base, os.urandom(6).hex())
+    e.replace = True
+    r = _access(session, 'write-once', e.target, _with_default_specs(e.specs, e.lfn, e.size),
+                e.size, e.md5,
                 opts.get('strictspec'))
     if r.exitcode != 0 or not r.results:
-        stats.fail(e['src'], 'no write access for %s: %s' % (e['lfn'], r.err or 'exit code %d' % r.exitcode))
+        stats.fail(e.src, 'no write access for %s: %s' % (e.lfn, r.err or 'exit code %d' % r.exitcode))
         return None
     return r
 
@@ -4857,14 +4896,14 @@ def cp_upload(session, items, opts, stats, md5s=None, prepare=()):
     def launch(e, booked):
         jobs = []
         for rep in booked:
-            e['tried'].append(rep.get('se', ''))
-            e['guids'].add((rep.get('guid') or '').lower())
-            jobs.append(CopyJob(e['src'], grid_url(rep.get('url', ''), rep.get('envelope', '')),
-                                e['size'], '', 1, (e, rep)))
-        e['running'] += len(jobs)
-        e['launched'] = jobs
+            e.tried.append(rep.get('se', ''))
+            e.guids.add((rep.get('guid') or '').lower())
+            jobs.append(CopyJob(e.src, grid_url(rep.get('url', ''), rep.get('envelope', '')),
+                                e.size, '', 1, (e, rep)))
+        e.running += len(jobs)
+        e.launched = jobs
         progress.total_files += len(jobs)
-        progress.total_bytes += e['size'] * len(jobs)
+        progress.total_bytes += e.size * len(jobs)
         pipe.submit(jobs)
 
     def whole_files(jobs):
@@ -4874,10 +4913,10 @@ def cp_upload(session, items, opts, stats, md5s=None, prepare=()):
         out = []
         for j in jobs:
             e = j.info[0]
-            e.setdefault('held', set()).add(j)
-            if len(e['held']) == e['running']:
-                out.extend(x for x in e['launched'] if x in e['held'])
-                e['held'] = set()
+            e.held.add(j)
+            if len(e.held) == e.running:
+                out.extend(x for x in e.launched if x in e.held)
+                e.held = set()
         return out
 
     def commits(jobs):
@@ -4894,35 +4933,35 @@ def cp_upload(session, items, opts, stats, md5s=None, prepare=()):
         rebook = []
         for job in jobs:
             e, rep = job.info
-            e['running'] -= 1
+            e.running -= 1
             if job.ok:
-                e['written'].add((rep.get('guid') or '').lower())
+                e.written.add((rep.get('guid') or '').lower())
                 c = commits_of[id(job)]
                 if c.exitcode == 0 and not any(str(x.get('lfn', '1')) == '0' for x in c.results):
-                    e['committed'].append(rep.get('se', ''))
+                    e.committed.append(rep.get('se', ''))
                 else:
-                    e['doubt'] = True   # (a race can register another booking of the name: see cp_check_uploads)
-                    e['errors'].append('%s: commit %s: %s' % (
+                    e.doubt = True   # (a race can register another booking of the name: see cp_check_uploads)
+                    e.errors.append('%s: commit %s: %s' % (
                         rep.get('se', '?'), 'outcome unknown' if c.metadata.get('outcome') else 'refused',
                         c.err or 'exit code %d' % c.exitcode))
             else:
-                e['errors'].append('%s: %s' % (rep.get('se', '?'), job.error))
-                e['failed'] += 1
-            if e['running'] == 0 and e['failed'] and e['attempt'] < (1 if opts.get('norecovery') else 3):
+                e.errors.append('%s: %s' % (rep.get('se', '?'), job.error))
+                e.failed += 1
+            if e.running == 0 and e.failed and e.attempt < (1 if opts.get('norecovery') else 3):
                 rebook.append(e)
         if lost is not None:
             raise lost  # the answered commits are counted; the copy stops here
         for e in rebook:
             # re-book the failed replicas elsewhere: every SE tried so far excluded
-            n, e['failed'] = e['failed'], 0
-            e['attempt'] += 1
-            spec = ['disk:%d' % n] + ['!' + se for se in sorted(set(e['tried'])) if se]
-            r = _access(session, 'write' if e['committed'] else 'write-once', e['target'], spec,
-                        e['size'], e['md5'])
+            n, e.failed = e.failed, 0
+            e.attempt += 1
+            spec = ['disk:%d' % n] + ['!' + se for se in sorted(set(e.tried)) if se]
+            r = _access(session, 'write' if e.committed else 'write-once', e.target, spec,
+                        e.size, e.md5)
             if r.exitcode == 0 and r.results:
                 launch(e, r.results)
             else:
-                e['errors'].append('no other SE: %s' % (r.err or 'exit code %d' % r.exitcode))
+                e.errors.append('no other SE: %s' % (r.err or 'exit code %d' % r.exitcode))
 
     try:
         pos = 0
@@ -4938,20 +4977,17 @@ def cp_upload(session, items, opts, stats, md5s=None, prepare=()):
                 except OSError as err:
                     stats.fail(src, 'cannot read %s: %s' % (src, err.strerror))
                     continue
-                entries.append({'src': src, 'lfn': lfn, 'target': lfn, 'specs': list(specs or []), 'size': size,
-                                'md5': md5, 'committed': [], 'tried': [], 'errors': [], 'replace': False,
-                                'running': 0, 'failed': 0, 'attempt': 1, 'guids': set(), 'written': set(),
-                                'doubt': False})
+                entries.append(Upload(src, lfn, specs, size, md5))
                 hashed.append(entries[-1])
             # one round trip books this window and commits what finished meanwhile
             done = whole_files(pipe.results())
             good, commit_requests = commits(done)
             try:
-                replies = _requests(session, list(prepare) + [('access', _access_args('write-once', x['lfn'],
-                                                                      _with_default_specs(x['specs'], x['lfn'],
-                                                                                          x['size']), x['size'],
-                                                                      x['md5'], opts.get('strictspec')),
-                                               check_access(x['size'], x['md5'], write=True))
+                replies = _requests(session, list(prepare) + [('access', _access_args('write-once', x.lfn,
+                                                                      _with_default_specs(x.specs, x.lfn,
+                                                                                          x.size), x.size,
+                                                                      x.md5, opts.get('strictspec')),
+                                               check_access(x.size, x.md5, write=True))
                                               for x in entries] + commit_requests, window=2 * REQUEST_WINDOW)
                 replies, prepare = replies[len(prepare):], ()
             except (ConnectionLost, KeyboardInterrupt) as e:
@@ -4966,7 +5002,7 @@ def cp_upload(session, items, opts, stats, md5s=None, prepare=()):
                     r = _existing_upload_target(session, e, r, opts, stats)
                     if r is None:
                         continue
-                e['wanted'] = len(r.results)
+                e.wanted = len(r.results)
                 live.append(e)
                 launch(e, r.results)
         while pipe.pending:
@@ -4977,10 +5013,10 @@ def cp_upload(session, items, opts, stats, md5s=None, prepare=()):
         # others failed (their replicas were cancelled: POSC leaves nothing)
         why = 'interrupted' if isinstance(exc, KeyboardInterrupt) else str(exc)
         for e in live:
-            if e['running'] == 0 and e['committed'] and not e['replace']:
+            if e.running == 0 and e.committed and not e.replace:
                 _cp_upload_finish(session, e, stats)
             else:
-                stats.fail(e['src'], '%s -> %s not finished: %s' % (e['src'], e['lfn'], why))
+                stats.fail(e.src, '%s -> %s not finished: %s' % (e.src, e.lfn, why))
         raise
     finally:
         md5s.close()
@@ -4994,26 +5030,26 @@ def cp_upload(session, items, opts, stats, md5s=None, prepare=()):
 
 def _cp_upload_finish(session, e, stats):
     """Count one uploaded file whose transfers are over (replace: rename it into place)."""
-    if not e['committed']:
-        stats.fail(e['src'], '%s -> %s failed: %s' % (e['src'], e['lfn'], '; '.join(e['errors'])))
+    if not e.committed:
+        stats.fail(e.src, '%s -> %s failed: %s' % (e.src, e.lfn, '; '.join(e.errors)))
         return
-    if e['replace']:
-        session.request('rm', ['-f', e['lfn']], nomsg=True)
-        mv = session.request('mv', [e['target'], e['lfn']], nomsg=True)
+    if e.replace:
+        session.request('rm', ['-f', e.lfn], nomsg=True)
+        mv = session.request('mv', [e.target, e.lfn], nomsg=True)
         if mv.exitcode != 0:
-            stats.fail(e['src'], 'uploaded as %s but could not rename it to %s: %s'
-                       % (e['target'], e['lfn'], mv.err))
+            stats.fail(e.src, 'uploaded as %s but could not rename it to %s: %s'
+                       % (e.target, e.lfn, mv.err))
             return
-    if len(e['committed']) < e['wanted']:
+    if len(e.committed) < e.wanted:
         stats.notices.append('%s: %d of %d replicas stored (%s)' % (
-            e['lfn'], len(e['committed']), e['wanted'], '; '.join(e['errors'])))
-    stats.copied(e['src'], e['lfn'], e['size'])
+            e.lfn, len(e.committed), e.wanted, '; '.join(e.errors)))
+    stats.copied(e.src, e.lfn, e.size)
 
 
 def _commit_request(e, rep):
-    return ('commit', [rep.get('envelope', ''), str(e['size']), e['target'], '644', '0', rep.get('url', ''),
-                       rep.get('se', ''), rep.get('guid', ''), e['md5']],
-            check_commit(e['target'], (rep.get('guid') or '').lower()))
+    return ('commit', [rep.get('envelope', ''), str(e.size), e.target, '644', '0', rep.get('url', ''),
+                       rep.get('se', ''), rep.get('guid', ''), e.md5],
+            check_commit(e.target, (rep.get('guid') or '').lower()))
 
 
 def _committed_in_catalogue(session, pairs):
@@ -5022,7 +5058,7 @@ def _committed_in_catalogue(session, pairs):
     GUID we booked, and lists the SE) / it holds nothing of ours yet (safe to
     commit again) / the name belongs to another file (never to be touched)."""
     replies = _requests(session, [q for e, rep in pairs
-                                  for q in (('stat', [e['target']], check_stat(e['target'])), ('whereis', [e['target']]))])
+                                  for q in (('stat', [e.target], check_stat(e.target)), ('whereis', [e.target]))])
     out = []
     for n, (e, rep) in enumerate(pairs):
         st, where = replies[2 * n], replies[2 * n + 1]
@@ -5032,7 +5068,7 @@ def _committed_in_catalogue(session, pairs):
         row = st.results[0]
         fields = stat_fields(row)
         if (row.get('guid') or '').lower() != (rep.get('guid') or '').lower() or fields['type'] != 'f' \
-                or fields['size'] != e['size'] or fields['md5'] != e['md5']:
+                or fields['size'] != e.size or fields['md5'] != e.md5:
             out.append(None)
             continue
         ses = set((x.get('seName') or x.get('se') or '').lower() for x in where.results)
@@ -5094,12 +5130,12 @@ def _commit(session, jobs, replies=None, stop=None):
             if there:
                 results[id(job)] = Result(0, '', '', [{'lfn': '1'}])
             elif there is None:
-                results[id(job)] = Result(EX_EIO, '', 'the catalogue holds another file under %s' % job.info[0]['target'])
+                results[id(job)] = Result(EX_EIO, '', 'the catalogue holds another file under %s' % job.info[0].target)
             elif stop is not None:
                 results[id(job)] = lost_result('interrupted', 'commit', 'not sent')
             else:
                 todo.append(job)  # not registered: now it is safe to send it again
-                log('commit of %s on %s was not registered: sending it again' % (job.info[0]['target'], job.info[1].get('se')))
+                log('commit of %s on %s was not registered: sending it again' % (job.info[0].target, job.info[1].get('se')))
         if stop is not None:
             return results, stop
     for job in todo:
@@ -5206,39 +5242,39 @@ def cp_check_uploads(session, hashed, stats, last=False):
     whatever the replies said; a wrong one of this copy is removed. Those, and the
     files said to be copied but missing or whose commit failed, -> [(src, lfn, specs)]
     to upload again (last: reported as failed, and named, instead)."""
-    booked = set(g for e in hashed for g in e['guids'])
-    facts = cp_catalogue_facts(session, [e['lfn'] for e in hashed])
+    booked = set(g for e in hashed for g in e.guids)
+    facts = cp_catalogue_facts(session, [e.lfn for e in hashed])
     present = set(src for src, _ in stats.present)
     copied = set(src for src, _ in stats.done)
     again = []
     for e in hashed:
-        got, src = facts.get(e['lfn']), e['src']
+        got, src = facts.get(e.lfn), e.src
         if src in present:
             continue
-        mine = got is not None and (got[2] in booked or e['doubt'])
-        if got is not None and got[:2] == (e['size'], e['md5']) and (got[2] in e['written'] or not mine):
+        mine = got is not None and (got[2] in booked or e.doubt)
+        if got is not None and got[:2] == (e.size, e.md5) and (got[2] in e.written or not mine):
             if src not in copied:    # a reply said otherwise: the catalogue holds it
                 stats.forget(src)
-                stats.copied(src, e['lfn'], e['size'])
+                stats.copied(src, e.lfn, e.size)
             continue
         why = 'the catalogue has no entry' if got is None else \
             'the catalogue entry holds other bytes (size %d, md5 %s)' % (got[0], got[1] or '?') \
-            if got[:2] != (e['size'], e['md5']) else 'the catalogue entry has no replica this copy wrote'
+            if got[:2] != (e.size, e.md5) else 'the catalogue entry has no replica this copy wrote'
         if got is not None and not mine:    # not made by this copy: not ours to touch
             if src in copied:
                 stats.forget(src)
-                stats.fail(src, '%s -> %s: %s' % (src, e['lfn'], why))
+                stats.fail(src, '%s -> %s: %s' % (src, e.lfn, why))
             continue
         if mine:
-            session.request('rm', ['-f', e['lfn']], nomsg=True)
-        elif src not in copied and (last or not e['doubt']):
+            session.request('rm', ['-f', e.lfn], nomsg=True)
+        elif src not in copied and (last or not e.doubt):
             continue                 # missing, and reported as failed (why, it said)
         stats.forget(src)
         if last:
-            stats.fail(src, '%s -> %s failed: %s after the upload' % (src, e['lfn'], why))
+            stats.fail(src, '%s -> %s failed: %s after the upload' % (src, e.lfn, why))
         else:
-            log('%s: %s: uploading it again' % (e['lfn'], why))
-            again.append((src, e['lfn'], e['specs']))
+            log('%s: %s: uploading it again' % (e.lfn, why))
+            again.append((src, e.lfn, e.specs))
     return again
 
 
