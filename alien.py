@@ -364,6 +364,13 @@ def write_lines(result, batch=4096):
         sys.stdout.write('\n')
 
 
+def table_line(values, widths):
+    """One line of a fixed-width table: each value padded to its width, printf's
+    field width (negative: left-aligned, positive: right-aligned); the values
+    beyond the widths (usually the last column) as they are."""
+    return ''.join('%*s' % (w, v) for w, v in zip(widths, values)) + ''.join(str(v) for v in values[len(widths):])
+
+
 def exit_status(code):
     """Process exit status of a command exit code (negative codes wrap like sys.exit)."""
     return code if 0 <= code <= 255 else (code & 0xFF) or 1
@@ -2835,7 +2842,7 @@ def format_columns(names, width=None):
     colw = max(len(n) for n in names) + 2 if names else 1
     ncol = max(1, width // colw)
     rows = [names[i:i + ncol] for i in range(0, len(names), ncol)]
-    return '\n'.join(''.join(n.ljust(colw) for n in row).rstrip() for row in rows)
+    return '\n'.join(table_line(row, [-colw] * len(row)).rstrip() for row in rows)
 
 
 def load_aliases(environ):
@@ -6906,11 +6913,12 @@ def ps_row(row):
     return dict((k.strip(), v) for k, v in row.items())
 
 
-JOB_HEADER = 'JobID        MasterJobID  Status      User          Name'
+JOB_COLUMNS = (-13, -13, -12, -14)
+JOB_HEADER = table_line(('JobID', 'MasterJobID', 'Status', 'User', 'Name'), JOB_COLUMNS)
 
 
 def job_line(row):
-    return '%-13s%-13s%-12s%-14s%s' % tuple(str(row.get(k, '')) for k in ('id', 'split', 'status', 'owner', 'name'))
+    return table_line([row.get(k, '') for k in ('id', 'split', 'status', 'owner', 'name')], JOB_COLUMNS)
 
 
 def jobinfo_text(row, info, show_trace=False, show_proc=False):
@@ -6977,13 +6985,14 @@ def cmd_ps(session, args):
     return r
 
 
+CE_COLUMNS = (-28, -50, -8, -10, -6, -6, -10)
+CE_HEADER = table_line(('Name', 'Host', 'State', 'Type', 'R', 'W', 'TTL', 'Partitions'), CE_COLUMNS)
+
+
 def ce_line(ce):
-    return '%-28s%-50s%-8s%-10s%-6s%-6s%-10s%s' % (
-        ce.get('ceName', '').replace('ALICE::', ''), ce.get('host', ''), ce.get('status', ''), ce.get('type', ''),
-        ce.get('maxRunning', ''), ce.get('maxQueued', ''), ce.get('TTL', ''), ce.get('partitions', '').strip(','))
-
-
-CE_HEADER = '%-28s%-50s%-8s%-10s%-6s%-6s%-10s%s' % ('Name', 'Host', 'State', 'Type', 'R', 'W', 'TTL', 'Partitions')
+    return table_line((ce.get('ceName', '').replace('ALICE::', ''), ce.get('host', ''), ce.get('status', ''),
+                       ce.get('type', ''), ce.get('maxRunning', ''), ce.get('maxQueued', ''), ce.get('TTL', ''),
+                       ce.get('partitions', '').strip(',')), CE_COLUMNS)
 
 
 def select_ces(ces, name=None, host=None, part=None):
@@ -7264,7 +7273,7 @@ def ccdb_listing(doc, unixtime=False):
     lines = ['%s/' % d for d in doc['subfolders']]
     objs = [ccdb_object(o) for o in doc['objects']]
     if objs:
-        lines.append('%-47s%-28s%-19s%-20s%s' % ('Filename', 'Type', 'ValidFrom', 'ValidUntil', 'Lifetime(ms)'))
+        lines.append(table_line(('Filename', 'Type', 'ValidFrom', 'ValidUntil', 'Lifetime(ms)'), (-47, -28, -19, -20)))
     for o in objs:
         lines.append('%s  %s  "%s"  "%s"  %s' % (o['filename'], o.get('ObjectType', 'TYPE NOT FOUND'),
                                                 local_time(o.get('Valid-From', ''), unixtime),
@@ -7273,7 +7282,8 @@ def ccdb_listing(doc, unixtime=False):
 
 
 def ccdb_report(doc):
-    lines = ['%-40s%12s%12s%12s%14s' % ('Name', 'ownFiles', 'ownSize', 'filesSub', 'sizeSub')]
+    columns = (-40, 12, 12, 12, 14)
+    lines = [table_line(('Name', 'ownFiles', 'ownSize', 'filesSub', 'sizeSub'), columns)]
     total_size = total = 0
     for f in doc['subfolders']:
         if not isinstance(f, dict):
@@ -7281,12 +7291,12 @@ def ccdb_report(doc):
         own, sub = int(f.get('ownSize', 0)), int(f.get('sizeOfSubfolders', 0))
         total_size += own + sub
         total += int(f.get('ownFiles', 0)) + int(f.get('filesInSubfolders', 0))
-        lines.append('%-40s%12s%12s%12s%14s' % (f.get('name', ''), f.get('ownFiles', 0), human_bytes(own),
-                                               f.get('filesInSubfolders', 0), human_bytes(sub)))
+        lines.append(table_line((f.get('name', ''), f.get('ownFiles', 0), human_bytes(own),
+                                 f.get('filesInSubfolders', 0), human_bytes(sub)), columns))
     if doc['objects']:
         total = len(doc['objects'])
         total_size += sum(int(o.get('size', o.get('Content-Length', 0)) or 0) for o in doc['objects'])
-    lines.append('%s%12s%12s%12s%14s' % ('TOTAL'.center(40), '-', '-', total, human_bytes(total_size)))
+    lines.append(table_line(('TOTAL'.center(40), '-', '-', total, human_bytes(total_size)), columns))
     return '\n'.join(lines)
 
 
@@ -7428,7 +7438,7 @@ def ml_table(rows):
     keys = list(rows[0].keys())
     cells = [[str(r.get(k)) if k != 'Timestamp' else local_time(r.get(k)) for k in keys] for r in rows]
     widths = [max([len(k)] + [len(c[i]) for c in cells]) + 3 for i, k in enumerate(keys)]
-    return '\n'.join(''.join(v.ljust(w) for v, w in zip(line, widths)).rstrip() for line in [keys] + cells)
+    return '\n'.join(table_line(line, [-w for w in widths]).rstrip() for line in [keys] + cells)
 
 
 @command('queryML', connect=False, usage=QUERYML_USAGE)
