@@ -1913,13 +1913,10 @@ def lost_result(error, command, outcome):
 
 
 class JCentral(object):
-    """A JCentral session. Connects lazily on the first server request.
-
-    request(command, options) -> Result of one server command (raw reply in
-    .results/.metadata); request_many(requests) -> [Result]. State mirrored from
-    every reply: user, cwd, home, prevdir. Session (the command line section)
-    adds command lines.
-    """
+    """A JCentral session, connected at the first server request. request(command,
+    options) -> Result (raw reply in .results/.metadata); request_many(requests) ->
+    [Result]. Mirrored from every reply: user, cwd, home, prevdir. Session (the
+    command line section) adds command lines."""
 
     def __init__(self, environ=None, json_mode=None):
         self.environ = dict(os.environ if environ is None else environ)
@@ -2218,19 +2215,15 @@ class JCentral(object):
     def request_many(self, requests, nomsg=False, nokeys=False, window=32):
         """[(command, options[, check])] -> [Result] in order.
 
-        The real endpoint runs a session's commands on one commander and waits for
-        each at most 1 s before it reads the next message: a message sent while the
-        previous command still runs may run with another request's arguments, or
-        get another request's reply (docs/protocol.md). So requests go out several
-        at a time (up to `window`) only when each has a check(result) -> True (the
-        reply provably answers it), None (it cannot tell: an error naming nothing)
-        or False (it contradicts the request), and only while replies are quick.
-        A reply that is slow, empty, not JSON or contradicts its request ends the
-        pipelining for good and retires the connection (a run may still be going
-        on it). A reply that is not proven is asked for again alone when that is
-        safe (_can_resend), else its result says 'outcome': 'unknown' for the
-        caller to resolve from the catalogue; ConnectionLost when the connection
-        does not come back."""
+        The real endpoint waits at most 1 s for a session's command before it reads
+        the next message, which may then run with another request's arguments or get
+        its reply (docs/protocol.md). So requests go out several at a time (up to
+        `window`) only when each has a check(result) -> True (provably its reply),
+        None (cannot tell) or False (contradicts it), and only while replies are
+        quick. A slow, empty, non-JSON or contradicting reply ends the pipelining for
+        good and retires the connection. An unproven reply is asked for again alone
+        when that is safe (_can_resend), else its result says 'outcome': 'unknown';
+        ConnectionLost when the connection does not come back."""
         items = [self._item(r[0], r[1], nomsg, nokeys, r[2] if len(r) > 2 else None) for r in requests]
         if self.spread and self.pipeline and len(items) >= self.SPREAD_MIN and all(i[3] for i in items):
             return self._spread(items, nokeys, window)
@@ -2789,11 +2782,8 @@ class Command(object):
 
 
 def command(*names, **kw):
-    """Register handler(session, args) -> Result under one or more names.
-
-    usage: the help text; connect=False for commands that never need the
-    central service (the session then stays unconnected).
-    """
+    """Register handler(session, args) -> Result under one or more names. usage:
+    the help text; connect=False: never needs the central service (stays unconnected)."""
     def deco(fn):
         for name in names:
             COMMANDS[name] = Command(name, fn, kw.get('usage', fn.__doc__ or ''), kw.get('connect', True))
@@ -3996,19 +3986,16 @@ def _pin_thread_state():
 
 class VerifiedRead(object):
     """One verified download, driven by XRootD's callbacks (no thread of its own):
-    open job.source, read it whole with up to STREAM_READS reads of STREAM_CHUNK in
-    flight, write each chunk to job.target (a fresh private name, created only
-    once the source is open) at its offset as soon as it arrives, hash the chunks
-    in order, compare the md5 with the catalogue's (job.md5), close. The file is
-    never read a second time, and a small file costs three requests (open,
-    read, close) on the SE's shared connection. Hashing is the longest piece of
-    a large verified download: os.pwrite and md5.update release the GIL, so
-    receiving, writing and hashing run at the same time in XRootD's threads. start() returns at once; done(self) is called once, from
-    an XRootD thread (or from start() when nothing could be sent), when the
-    target is closed and the source released; job.ok / job.error tell how it
-    went (a failed target is left for the caller to remove). cancel(): no
-    target is created once it returned, and the transfer stops at the next reply.
-    handler: None or the progress interface (begin/update/end of _JobProgress)."""
+    STREAM_READS reads of STREAM_CHUNK in flight, each chunk written to job.target
+    (created once the source is open) at its offset as it arrives and hashed in
+    order; the md5 is compared with job.md5. The file is never read twice, a small
+    one costs three requests (open, read, close) on the SE's shared connection, and
+    as os.pwrite and md5.update release the GIL, receiving, writing and hashing
+    overlap. done(self) is called once (from an XRootD thread, or from start()
+    when nothing could be sent) when the target is closed: job.ok / job.error say
+    how it went (a failed target is the caller's to remove). After cancel() no
+    target is created and the transfer stops at the next reply. handler: None or
+    the progress interface of _JobProgress."""
 
     def __init__(self, job, timeout, done, handler=None):
         self.job = job
@@ -4297,13 +4284,11 @@ CP_BACKLOG = 512  # downloads waiting to start: cp then waits before asking for 
 
 
 class CopyPipeline(object):
-    """Transfers run while the caller keeps talking to the service (access before
-    a transfer, commit after): control and data plane overlap. A small download
-    that VerifiedRead can do needs no thread: it is started here and driven by
-    XRootD's callbacks. Every other transfer runs in a worker thread (one XRootD
-    transfer each, so no batch waits for its slowest file). XRootD shares one
-    connection per SE between all of them. submit(jobs); results(wait) hands
-    back finished jobs; close(cancel) stops everything."""
+    """Transfers run while the caller keeps talking to the service (access before,
+    commit after). A download VerifiedRead can do is driven by XRootD's callbacks;
+    every other transfer runs in a worker thread of its own (no batch waits for its
+    slowest file). XRootD shares one connection per SE between all of them.
+    submit(jobs); results(wait) hands back finished jobs; close(cancel) stops all."""
 
     def __init__(self, opts, progress):
         if opts.get('streams'):     # -S N: a setting of the whole XRootD client, made once
@@ -4816,13 +4801,10 @@ def _existing_upload_target(session, e, r, opts, stats):
 
 
 class Md5Ahead(object):
-    """The md5 and size of local files, hashed one after the other in a
-    background thread while the caller goes on: an upload needs a file's md5
-    for its `access` request, so the next files are hashed while the service
-    is asked and the files before them transfer. add(paths) queues them;
-    take() hands back the results in the same order, (md5, size) or the
-    OSError, waiting for the next one if needed; at most AHEAD wait to be
-    taken. close() stops the thread at its next read."""
+    """The md5 and size of local files, hashed in a background thread: an upload's
+    `access` request needs the md5, so the next files are hashed while the service
+    is asked and the files before them transfer. add(paths) queues; take() hands
+    back (md5, size) or the OSError in order (at most AHEAD wait); close() stops."""
 
     AHEAD = 256
 
@@ -4882,14 +4864,12 @@ class Md5Ahead(object):
 
 
 def cp_upload(session, items, opts, stats, md5s=None, prepare=()):
-    """items: [(local_path, lfn, specs)]: md5 and size locally, access
-    write-once, copy each booked replica, commit each good one; the failed
-    replicas of a file are re-booked on other SEs (at most twice).
-    md5s: an Md5Ahead already hashing these paths in this order (cp_run starts
-    it while planning), else one is started here. A window of `access`
-    requests is the next file (waiting for its md5) and the ones already
-    hashed: a large file transfers while the next one is hashed. prepare:
-    requests to send with the first window (the destinations' mkdir -p)."""
+    """items: [(local_path, lfn, specs)]: md5 and size locally, access write-once,
+    copy each booked replica, commit each good one; failed replicas are re-booked
+    on other SEs (at most twice). md5s: an Md5Ahead already hashing these paths in
+    order (cp_run starts it while planning). A window of `access` requests is the
+    next file (waiting for its md5) and those already hashed. prepare: requests to
+    send with the first window (the destinations' mkdir -p)."""
     if md5s is None:
         md5s = Md5Ahead()
         md5s.add(src for src, _, _ in items)
@@ -5084,16 +5064,14 @@ def _committed_in_catalogue(session, pairs):
 
 
 def _commit(session, jobs, replies=None, stop=None):
-    """Commit the replicas of the finished jobs -> ({id(job): Result}, the
-    exception that stops the copy or None). `replies`: their commit replies when
-    they went out already (None: no reply), `stop` the exception that cut them off.
+    """Commit the replicas of the finished jobs -> ({id(job): Result}, the exception
+    that stops the copy or None). `replies`: their commit replies if already sent
+    (None: no reply), `stop` the exception that cut them off.
 
-    Exactly once: a commit whose reply was lost is not repeated blindly. The
-    catalogue is asked (_committed_in_catalogue): registered -> done; nothing
-    there -> committed again; another file there -> refused. When the connection
-    does not come back, the answered commits keep their results and the others
-    get the 107 'outcome unknown' result, for the caller to count as failed.
-    After Ctrl-C the catalogue is asked briefly (5 s at most), then the copy stops."""
+    Exactly once: for a commit whose reply was lost the catalogue is asked
+    (_committed_in_catalogue): registered -> done; nothing -> committed again;
+    another file -> refused. Without a connection the unanswered commits get the
+    107 'outcome unknown' result; after Ctrl-C the catalogue is asked for 5 s at most."""
     results = {}
     todo = list(jobs)
     for _round in range(4):
@@ -5242,13 +5220,12 @@ def cp_catalogue_facts(session, lfns):
 
 def cp_check_uploads(session, hashed, stats, last=False):
     """After an upload the catalogue has the last word: every file's entry against
-    its local size and md5, and against the GUIDs this copy wrote replicas of when
-    the entry may be its own (a GUID it booked, or a file one of whose commits was
-    refused or unanswered: on a racing service a commit can register another booking
-    of the name, one that holds no data). A right entry counts the file as copied
-    whatever the replies said; a wrong one of this copy is removed. Those, and the
-    files said to be copied but missing or whose commit failed, -> [(src, lfn, specs)]
-    to upload again (last: reported as failed, and named, instead)."""
+    its local size and md5, and against the GUIDs this copy wrote when the entry may
+    be its own (a GUID it booked, or a commit refused or unanswered: on a racing
+    service a commit can register another booking of the name, with no data). A
+    right entry counts as copied whatever the replies said; a wrong one of this copy
+    is removed. Those, and the missing or uncommitted ones -> [(src, lfn, specs)] to
+    upload again (last: reported as failed instead)."""
     booked = set(g for e in hashed for g in e.guids)
     facts = cp_catalogue_facts(session, [e.lfn for e in hashed])
     present = set(src for src, _ in stats.present)
@@ -7882,13 +7859,10 @@ class GfalJobError(Exception):
 class GfalJob(object):
     """A validated job: type, entries and options with defaults filled in.
 
-    entries: list of tuples (id, kind, url) for list/remove/mkdir (kind 'file'
-    or 'dir') and (id, 'file', src, dst) for copy/rename; id is None for
-    wiki-style entries. creds: (source, destination) credential, each
-    (variable, file) or None (gfal_credentials); bound, shared, tokens: the URL
-    prefixes given a credential, the endpoints on both sides with two, whether
-    gfal2 may fetch tokens from HTTP storage (gfal_cred_bindings).
-    """
+    entries: (id, kind, url) for list/remove/mkdir (kind 'file' or 'dir'), (id,
+    'file', src, dst) for copy/rename; id None for wiki-style entries. creds:
+    (source, destination), each (variable, file) or None (gfal_credentials); bound,
+    shared, tokens: see gfal_cred_bindings."""
     __slots__ = ('type', 'entries', 'options', 'creds', 'bound', 'shared', 'tokens')
 
     def __init__(self, jobtype, entries, options):
