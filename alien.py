@@ -2338,12 +2338,10 @@ class JCentral(object):
         return (text, command, opts, check)
 
     def _transact(self, items, nokeys, window=1):
-        """Send items [(text, command, opts, check)] and return [Result] in order,
-        pipelined as request_many says, riding through lost connections: answered
-        requests keep their results, the connection comes back (_reconnect), and an
-        unanswered request is sent again when that is safe, at most RESEND_LIMIT
-        times. A modifying request whose reply was lost or not proven is never
-        repeated: its result is lost_result(... 'unknown')."""
+        """Send items [(text, command, opts, check)] -> [Result] in order, pipelined
+        as request_many says, through lost connections (_reconnect): an unanswered
+        request is sent again when safe, at most RESEND_LIMIT times; a modifying one
+        whose reply was lost or unproven never is (lost_result(... 'unknown'))."""
         if self._token_due == 'due':
             self._fetch_token()
         debug = env_flag('ALIENPY_DEBUG', self.environ)
@@ -3206,13 +3204,10 @@ def _components(dirpath):
 
 
 def cp_dst_name(src_dir, rel, dst, parent=0, rmprefix=0):
-    """Destination of one file.
-
-    src_dir: the source directory (the file's directory for a single file, the
-    copied directory for a recursive copy); rel: the file's path relative to
-    src_dir; dst: the destination - a directory when it ends with '/', else
-    the exact target name. parent N keeps the last N directories of src_dir,
-    rmprefix N keeps the directories after the first N."""
+    """Destination of one file. src_dir: the file's directory for a single file, the
+    copied directory for a recursive copy; rel: the file's path below src_dir; dst:
+    a directory when it ends with '/', else the exact target name. parent N keeps
+    the last N directories of src_dir, rmprefix N those after the first N."""
     if not dst.endswith('/'):
         return dst
     dirs = _components(src_dir)
@@ -7948,8 +7943,7 @@ def gfal_parse_entry(entry, pair, base, where):
     """One entry -> (id, url) when pair is False, (id, src, dst) when True.
 
     Single-path jobs: "path" or ["ID", "path"]. Pair jobs: ["src", "dst"] or
-    ["ID", "src", "dst"].
-    """
+    ["ID", "src", "dst"]."""
     if pair:
         if isinstance(entry, list) and len(entry) == 2:
             return (None, _gfal_url(entry[0], where, base), _gfal_url(entry[1], where, base))
@@ -8081,8 +8075,7 @@ def _gfal_checksum_option(value, with_value):
     """checksum option -> None or (algorithm, expected value or '').
 
     LIST: an algorithm name. COPY: "ALG" (source checked against destination)
-    or "ALG:VALUE" (both also checked against VALUE); true means adler32.
-    """
+    or "ALG:VALUE" (both also checked against VALUE); true means adler32."""
     if value is None or value is False:
         return None
     if value is True and with_value:
@@ -8106,8 +8099,7 @@ def gfal_encrypted_url(url):
     """The URL to use when encryption is asked, or raise ValueError with the reason.
 
     Local files need none (nothing crosses a network); root/xroot become
-    roots/xroots; encrypted protocols (and gsiftp, with DCAU on) stay as they are.
-    """
+    roots/xroots; encrypted protocols (and gsiftp, with DCAU on) stay as they are."""
     scheme = gfal_scheme(url)
     if scheme in GFAL_LOCAL_SCHEMES or scheme in GFAL_ENCRYPTED_SCHEMES:
         return url
@@ -8159,8 +8151,7 @@ def gfal_credentials(jobtype, environ):
 
     COPY: X509_USER_PROXY_SRC and X509_USER_PROXY_DST, each side falling back to
     X509_USER_PROXY; any other job: X509_USER_PROXY for both. A file named and
-    not readable, or holding no certificate, is a job error.
-    """
+    not readable, or holding no certificate, is a job error."""
     one = ('X509_USER_PROXY', environ['X509_USER_PROXY']) if environ.get('X509_USER_PROXY') else None
     sides = tuple((var, environ[var]) if jobtype == 'copy' and environ.get(var) else one
                   for var in GFAL_PROXY_VARS)
@@ -8179,14 +8170,12 @@ def gfal_cred_bindings(job):
     """({URL prefix: credential file}, shared endpoints, tokens) of a job.
 
     The prefixes, for gfal2's cred_set: each COPY side's credential on the root of
-    every endpoint of that side (also as the TLS twin when encrypting). The
-    destination's comes last: an endpoint on both sides with two different files
-    is bound to the destination's and is `shared` (each source file there is then
-    bound to the source's for its copy). Other jobs: nothing (gfal2 reads
-    X509_USER_PROXY itself). tokens: some entry may be an HTTP third-party copy,
-    the only use of the tokens gfal2 asks HTTP storage for (one more request for
-    every file otherwise).
-    """
+    every endpoint of that side (also as the TLS twin when encrypting), the
+    destination's last: an endpoint on both sides with two different files is bound
+    to the destination's and is `shared` (a source file there is bound to the
+    source's for its copy). Other jobs: nothing (gfal2 reads X509_USER_PROXY).
+    tokens: some entry may be an HTTP third-party copy, the only use of the tokens
+    gfal2 asks HTTP storage for (one more request for every file otherwise)."""
     tokens = job.type == 'copy' and job.options['copy_mode'] != 'streamed' and any(
         gfal_scheme(e[2]) in GFAL_HTTP_SCHEMES and gfal_scheme(e[3]) in GFAL_HTTP_SCHEMES for e in job.entries)
     bound, shared = {}, set()
@@ -8324,8 +8313,7 @@ def _gfal_read_dir(ctx, dir_url):
     Remote: opendir/readpp, one round trip for names and stats. file://: listdir
     and a stat per entry, which the file plugin does faster than readpp, and
     where a dangling symlink is listed with its own lstat instead of failing
-    the whole listing (readpp follows links and raises ENOENT).
-    """
+    the whole listing (readpp follows links and raises ENOENT)."""
     if gfal_scheme(dir_url) == 'file':
         found = []
         for name in ctx.listdir(dir_url):
@@ -8399,8 +8387,7 @@ class _GfalParentDirs(object):
     Creating each distinct parent once, instead of letting gfal2 check and
     create it for every file (create_parent), saves two round trips per file.
     A parent that cannot be made here is left to gfal2 (create_parent), so
-    its own error message is reported.
-    """
+    its own error message is reported."""
 
     def __init__(self):
         self.lock = threading.Lock()
@@ -8516,8 +8503,7 @@ def _gfal_run_parallel(gfal2, job, out, workers):
     """COPY entries on `workers` threads (one gfal2 context each).
 
     Results are printed in input order, each as soon as it and all before it
-    are done. Returns the number of failed entries.
-    """
+    are done. Returns the number of failed entries."""
     entries = job.entries
     parents = _GfalParentDirs()
     results = [None] * len(entries)
@@ -8637,8 +8623,7 @@ def gfal_main(args, stdin=None, stdout=None, stderr=None):
     """alien.py gfal TYPE [JOB.json|-]: run a worker job; returns the exit status.
 
     0: every entry succeeded; 1: at least one failed; 2: job error (one JSON
-    error line on stdout, nothing done).
-    """
+    error line on stdout, nothing done)."""
     stdin = sys.stdin if stdin is None else stdin
     out = _GfalOutput(sys.stdout if stdout is None else stdout, sys.stderr if stderr is None else stderr)
     args = list(args)
