@@ -364,9 +364,46 @@ def write_lines(result, batch=4096):
         sys.stdout.write('\n')
 
 
+def table_line(values, widths):
+    """One line of a fixed-width table: each value padded to its width, printf's
+    field width (negative: left-aligned, positive: right-aligned); the values
+    beyond the widths (usually the last column) as they are."""
+    return ''.join('%*s' % (w, v) for w, v in zip(widths, values)) + ''.join(str(v) for v in values[len(widths):])
+
+
 def exit_status(code):
     """Process exit status of a command exit code (negative codes wrap like sys.exit)."""
     return code if 0 <= code <= 255 else (code & 0xFF) or 1
+
+
+class TempDir(object):
+    """The one temporary directory: private (mkdtemp makes it 0700), created at
+    the first use of .path, removed with its content on leaving the with-block
+    unless .keep was set (edit keeps a copy it could not upload)."""
+    __slots__ = ('_prefix', '_dir', '_path', 'keep')
+
+    def __init__(self, prefix, dir=None):
+        self._prefix, self._dir, self._path, self.keep = prefix, dir, None, False
+
+    @property
+    def path(self):
+        if self._path is None:
+            import tempfile
+            self._path = tempfile.mkdtemp(prefix=self._prefix, dir=self._dir)
+        return self._path
+
+    def subdir(self):
+        """A fresh directory inside: several files of the same name side by side."""
+        import tempfile
+        return tempfile.mkdtemp(dir=self.path)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self._path is not None and not self.keep:
+            import shutil
+            shutil.rmtree(self._path, ignore_errors=True)
 
 
 # ==========================================================================
@@ -1781,14 +1818,18 @@ def connect_tcp(host, port, environ, timeout=5.0, delay=0.25, avoid=None):
     raise AlienError('cannot connect to %s:%d: %s' % (host, port, '; '.join(errors) or 'no address'), EX_NOTCONN)
 
 
+def proxy_authorization(auth):
+    """The Proxy-Authorization value for a proxy URL's 'user:password' (%-quoted)."""
+    from urllib.parse import unquote
+    return 'Basic ' + base64.b64encode(unquote(auth).encode()).decode()
+
+
 def connect_tunnel(sock, host, port, auth=None, timeout=10.0):
     """HTTP CONNECT through a proxy on an open socket; returns when the tunnel is up."""
     target = '%s:%d' % (('[%s]' % host) if ':' in host else host, port)
     lines = ['CONNECT %s HTTP/1.1' % target, 'Host: %s' % target]
     if auth:
-        from urllib.parse import unquote
-        lines.append('Proxy-Authorization: Basic %s'
-                     % base64.b64encode(unquote(auth).encode()).decode())
+        lines.append('Proxy-Authorization: ' + proxy_authorization(auth))
     sock.settimeout(timeout)
     sock.sendall(('\r\n'.join(lines) + '\r\n\r\n').encode())
     data = b''
@@ -1872,13 +1913,10 @@ def lost_result(error, command, outcome):
 
 
 class JCentral(object):
-    """A JCentral session. Connects lazily on the first server request.
-
-    request(command, options) -> Result of one server command (raw reply in
-    .results/.metadata); request_many(requests) -> [Result]. State mirrored from
-    every reply: user, cwd, home, prevdir. Session (the command line section)
-    adds command lines.
-    """
+    """A JCentral session, connected at the first server request. request(command,
+    options) -> Result (raw reply in .results/.metadata); request_many(requests) ->
+    [Result]. Mirrored from every reply: user, cwd, home, prevdir. Session (the
+    command line section) adds command lines."""
 
     def __init__(self, environ=None, json_mode=None):
         self.environ = dict(os.environ if environ is None else environ)
@@ -2177,19 +2215,15 @@ class JCentral(object):
     def request_many(self, requests, nomsg=False, nokeys=False, window=32):
         """[(command, options[, check])] -> [Result] in order.
 
-        The real endpoint runs a session's commands on one commander and waits for
-        each at most 1 s before it reads the next message: a message sent while the
-        previous command still runs may run with another request's arguments, or
-        get another request's reply (docs/protocol.md). So requests go out several
-        at a time (up to `window`) only when each has a check(result) -> True (the
-        reply provably answers it), None (it cannot tell: an error naming nothing)
-        or False (it contradicts the request), and only while replies are quick.
-        A reply that is slow, empty, not JSON or contradicts its request ends the
-        pipelining for good and retires the connection (a run may still be going
-        on it). A reply that is not proven is asked for again alone when that is
-        safe (_can_resend), else its result says 'outcome': 'unknown' for the
-        caller to resolve from the catalogue; ConnectionLost when the connection
-        does not come back."""
+        The real endpoint waits at most 1 s for a session's command before it reads
+        the next message, which may then run with another request's arguments or get
+        its reply (docs/protocol.md). So requests go out several at a time (up to
+        `window`) only when each has a check(result) -> True (provably its reply),
+        None (cannot tell) or False (contradicts it), and only while replies are
+        quick. A slow, empty, non-JSON or contradicting reply ends the pipelining for
+        good and retires the connection. An unproven reply is asked for again alone
+        when that is safe (_can_resend), else its result says 'outcome': 'unknown';
+        ConnectionLost when the connection does not come back."""
         items = [self._item(r[0], r[1], nomsg, nokeys, r[2] if len(r) > 2 else None) for r in requests]
         if self.spread and self.pipeline and len(items) >= self.SPREAD_MIN and all(i[3] for i in items):
             return self._spread(items, nokeys, window)
@@ -2304,12 +2338,10 @@ class JCentral(object):
         return (text, command, opts, check)
 
     def _transact(self, items, nokeys, window=1):
-        """Send items [(text, command, opts, check)] and return [Result] in order,
-        pipelined as request_many says, riding through lost connections: answered
-        requests keep their results, the connection comes back (_reconnect), and an
-        unanswered request is sent again when that is safe, at most RESEND_LIMIT
-        times. A modifying request whose reply was lost or not proven is never
-        repeated: its result is lost_result(... 'unknown')."""
+        """Send items [(text, command, opts, check)] -> [Result] in order, pipelined
+        as request_many says, through lost connections (_reconnect): an unanswered
+        request is sent again when safe, at most RESEND_LIMIT times; a modifying one
+        whose reply was lost or unproven never is (lost_result(... 'unknown'))."""
         if self._token_due == 'due':
             self._fetch_token()
         debug = env_flag('ALIENPY_DEBUG', self.environ)
@@ -2792,12 +2824,9 @@ Command = collections.namedtuple('Command', 'name handler usage connect noargs')
 
 
 def command(*names, **kw):
-    """Register handler(session, args) -> Result under one or more names.
-
-    usage: the help text; connect=False for commands that never need the
-    central service (the session then stays unconnected); noargs=True for commands
-    that take no arguments (the dispatch refuses a typo instead of ignoring it).
-    """
+    """Register handler(session, args) -> Result under one or more names. usage:
+    the help text; connect=False: never needs the central service (stays unconnected);
+    noargs=True: takes no arguments (the dispatch refuses a typo instead of ignoring it)."""
     def deco(fn):
         for name in names:
             COMMANDS[name] = Command(name, fn, kw.get('usage', fn.__doc__ or ''), kw.get('connect', True),
@@ -2823,7 +2852,7 @@ def format_columns(names, width=None):
     colw = max(len(n) for n in names) + 2 if names else 1
     ncol = max(1, width // colw)
     rows = [names[i:i + ncol] for i in range(0, len(names), ncol)]
-    return '\n'.join(''.join(n.ljust(colw) for n in row).rstrip() for row in rows)
+    return '\n'.join(table_line(row, [-colw] * len(row)).rstrip() for row in rows)
 
 
 def load_aliases(environ):
@@ -3065,7 +3094,9 @@ def name_verbs_to_regex(value):
     return rx + '$'
 
 
-_SPEC_TOKEN_RE = LazyRegex(r'^(!?[A-Za-z0-9_.-]+::[A-Za-z0-9_.-]+::[A-Za-z0-9_.-]+|[A-Za-z][A-Za-z0-9_-]*[:=]\d+)$')
+_REPLICA_COUNT = r'[A-Za-z][A-Za-z0-9_-]*[:=]\d+'       # disk:2: how many replicas to write
+_REPLICA_COUNT_RE = LazyRegex('^%s$' % _REPLICA_COUNT)
+_SPEC_TOKEN_RE = LazyRegex(r'^(!?[A-Za-z0-9_.-]+::[A-Za-z0-9_.-]+::[A-Za-z0-9_.-]+|%s)$' % _REPLICA_COUNT)
 
 
 def split_specs(arg):
@@ -3092,7 +3123,7 @@ def split_specs(arg):
         if not _SPEC_TOKEN_RE.match(t):
             raise AlienError('cp: invalid storage specifier %r in %r (use disk:N, SITE::NAME::SE, !SITE::NAME::SE)'
                              % (t, arg), EX_EINVAL)
-        if re.match(r'^[A-Za-z]', t) and '::' not in t and int(re.split('[:=]', t)[1]) < 1:
+        if _REPLICA_COUNT_RE.match(t) and int(re.split('[:=]', t)[1]) < 1:
             raise AlienError('cp: replica count must be > 0 in %r' % t, EX_EINVAL)
     return prefix + path, specs
 
@@ -3197,13 +3228,10 @@ def _components(dirpath):
 
 
 def cp_dst_name(src_dir, rel, dst, parent=0, rmprefix=0):
-    """Destination of one file.
-
-    src_dir: the source directory (the file's directory for a single file, the
-    copied directory for a recursive copy); rel: the file's path relative to
-    src_dir; dst: the destination - a directory when it ends with '/', else
-    the exact target name. parent N keeps the last N directories of src_dir,
-    rmprefix N keeps the directories after the first N."""
+    """Destination of one file. src_dir: the file's directory for a single file, the
+    copied directory for a recursive copy; rel: the file's path below src_dir; dst:
+    a directory when it ends with '/', else the exact target name. parent N keeps
+    the last N directories of src_dir, rmprefix N those after the first N."""
     if not dst.endswith('/'):
         return dst
     dirs = _components(src_dir)
@@ -3529,7 +3557,7 @@ JOB_FILE_EXTENSIONS = ('.sh', '.C', '.jdl', '.xml')
 def _with_default_specs(specs, lfn='', size=None):
     """Upload specifiers with the default replica count: disk:4 for a job file under
     1 MiB with no specifier at all, else disk:2 unless a count or an SE is named."""
-    if any(re.match(r'^[A-Za-z][A-Za-z0-9_-]*[:=]\d+$', s) for s in specs) or \
+    if any(_REPLICA_COUNT_RE.match(s) for s in specs) or \
             any('::' in s and not s.startswith('!') for s in specs):
         return specs
     if not specs and lfn.endswith(JOB_FILE_EXTENSIONS) and size is not None and size < (1 << 20):
@@ -3977,19 +4005,16 @@ def _pin_thread_state():
 
 class VerifiedRead(object):
     """One verified download, driven by XRootD's callbacks (no thread of its own):
-    open job.source, read it whole with up to STREAM_READS reads of STREAM_CHUNK in
-    flight, write each chunk to job.target (a fresh private name, created only
-    once the source is open) at its offset as soon as it arrives, hash the chunks
-    in order, compare the md5 with the catalogue's (job.md5), close. The file is
-    never read a second time, and a small file costs three requests (open,
-    read, close) on the SE's shared connection. Hashing is the longest piece of
-    a large verified download: os.pwrite and md5.update release the GIL, so
-    receiving, writing and hashing run at the same time in XRootD's threads. start() returns at once; done(self) is called once, from
-    an XRootD thread (or from start() when nothing could be sent), when the
-    target is closed and the source released; job.ok / job.error tell how it
-    went (a failed target is left for the caller to remove). cancel(): no
-    target is created once it returned, and the transfer stops at the next reply.
-    handler: None or the progress interface (begin/update/end of _JobProgress)."""
+    STREAM_READS reads of STREAM_CHUNK in flight, each chunk written to job.target
+    (created once the source is open) at its offset as it arrives and hashed in
+    order; the md5 is compared with job.md5. The file is never read twice, a small
+    one costs three requests (open, read, close) on the SE's shared connection, and
+    as os.pwrite and md5.update release the GIL, receiving, writing and hashing
+    overlap. done(self) is called once (from an XRootD thread, or from start()
+    when nothing could be sent) when the target is closed: job.ok / job.error say
+    how it went (a failed target is the caller's to remove). After cancel() no
+    target is created and the transfer stops at the next reply. handler: None or
+    the progress interface of _JobProgress."""
 
     def __init__(self, job, timeout, done, handler=None):
         self.job = job
@@ -4278,13 +4303,11 @@ CP_BACKLOG = 512  # downloads waiting to start: cp then waits before asking for 
 
 
 class CopyPipeline(object):
-    """Transfers run while the caller keeps talking to the service (access before
-    a transfer, commit after): control and data plane overlap. A small download
-    that VerifiedRead can do needs no thread: it is started here and driven by
-    XRootD's callbacks. Every other transfer runs in a worker thread (one XRootD
-    transfer each, so no batch waits for its slowest file). XRootD shares one
-    connection per SE between all of them. submit(jobs); results(wait) hands
-    back finished jobs; close(cancel) stops everything."""
+    """Transfers run while the caller keeps talking to the service (access before,
+    commit after). A download VerifiedRead can do is driven by XRootD's callbacks;
+    every other transfer runs in a worker thread of its own (no batch waits for its
+    slowest file). XRootD shares one connection per SE between all of them.
+    submit(jobs); results(wait) hands back finished jobs; close(cancel) stops all."""
 
     def __init__(self, opts, progress):
         if opts.get('streams'):     # -S N: a setting of the whole XRootD client, made once
@@ -4538,6 +4561,23 @@ def _file_matches(path, size, md5, lfn=''):
     return True
 
 
+class Download(object):
+    """One file cp downloads: its replicas, tried in the service's order, and its outcome."""
+    __slots__ = ('lfn', 'dst', 'replicas', 'md5', 'guid', 'member', 'unzip', 'next', 'se', 'errors',
+                 'metalink_tried', 'delivered')
+
+    def __init__(self, lfn, dst, replicas, md5, guid, member, unzip):
+        self.lfn, self.dst, self.md5, self.guid = lfn, dst, md5, guid
+        self.member = member        # a zip archive's member, read out of the archive
+        self.unzip = unzip          # ... or that member, when the whole archive is fetched and unzipped here
+        self.replicas = replicas    # [(url, se)]
+        self.next = 0               # the replica to try next
+        self.se = ''                # the SE (or 'all replicas') of the current attempt
+        self.errors = []
+        self.metalink_tried = False
+        self.delivered = None       # bytes, once renamed into place
+
+
 def cp_download(session, items, opts, stats, known=None):
     """items: [(lfn, local_dst, specs)]. Each file is written to a temporary
     name next to its destination, verified against the catalogue md5 and only
@@ -4550,40 +4590,37 @@ def cp_download(session, items, opts, stats, known=None):
     progress = _Progress(0, 0, _progress_enabled(opts), 'download ')
     pipe = CopyPipeline(opts, progress)
     live = set()
-    tmpdir = []
+    meta_dir = TempDir('alienpy-meta-')     # made only for a -y metalink
 
     def launch(job):
         info = job.info
-        reps = info['replicas']
-        job.target = part_name(info['dst'])
+        reps = info.replicas
+        job.target = part_name(info.dst)
         job.ok = False
-        if info.get('unzip'):
+        if info.unzip:
             job.md5 = ''    # the archive is fetched: its member is checked after extraction
         # -y N: XRootD's several-replica copy. Never for an archive member: reading a
         # deflated member that way hung now and then in XRootD (xrootd 6.2.1: the copy
         # waits for a chunk its sources never send; about 1 run in 150 under load)
-        if not info.get('metalink_tried') and not info.get('member') and opts.get('sources', 1) > 1 \
+        if not info.metalink_tried and not info.member and opts.get('sources', 1) > 1 \
                 and len(reps) > 1:
             # first attempt with -y N: read from several replicas at once
-            info['metalink_tried'] = True
-            if not tmpdir:
-                import tempfile
-                tmpdir.append(tempfile.mkdtemp(prefix='alienpy-meta-'))
-            meta = os.path.join(tmpdir[0], '%d.meta4' % len(os.listdir(tmpdir[0])))
+            info.metalink_tried = True
+            meta = os.path.join(meta_dir.path, '%d.meta4' % len(os.listdir(meta_dir.path)))
             with open(meta, 'w', encoding='utf-8') as f:   # a private temp dir: no rename needed
-                f.write(metalink_text(info['lfn'], job.size, job.md5, [u for u, _ in reps]))
+                f.write(metalink_text(info.lfn, job.size, job.md5, [u for u, _ in reps]))
             job.source, job.sources = meta, min(opts['sources'], len(reps))
             job.retry = 0
-            info['se'] = 'all replicas'
+            info.se = 'all replicas'
         else:
             # then one replica after the other, in the service's order
-            n = info['next']
+            n = info.next
             job.source, job.sources = reps[n][0], 1
-            info['se'] = reps[n][1]
-            info['next'] = n + 1
+            info.se = reps[n][1]
+            info.next = n + 1
             # the next replica is the better retry; the last one gets XRootD's retries
-            job.retry = None if info['next'] == len(reps) else 0
-        job.attrs, job.stamped = (info['lfn'], info.get('guid', ''), info.get('md5', '')), False
+            job.retry = None if info.next == len(reps) else 0
+        job.attrs, job.stamped = (info.lfn, info.guid, info.md5), False
         live.add(job)
         pipe.submit([job])
 
@@ -4591,8 +4628,8 @@ def cp_download(session, items, opts, stats, known=None):
         # the job leaves `live` only when its outcome is recorded: a Ctrl-C at any
         # point of this leaves no part file and no delivered file uncounted
         info = job.info
-        if job.ok and info.get('unzip'):
-            job.error = extract_zip_member(job.target, info['unzip'], info['md5'])
+        if job.ok and info.unzip:
+            job.error = extract_zip_member(job.target, info.unzip, info.md5)
             job.ok = not job.error
         if job.ok and job.stamped:
             got = job.size              # written and verified through its open file
@@ -4601,117 +4638,114 @@ def cp_download(session, items, opts, stats, known=None):
         if got is not None and job.size in (-1, got):
             if not job.stamped:
                 write_xattrs(job.target, *job.attrs, size=job.size if job.size >= 0 else None)
-            info['delivered'] = got     # once the part file is gone (a Ctrl-C may come at any point)
+            info.delivered = got     # once the part file is gone (a Ctrl-C may come at any point)
             try:
-                os.replace(job.target, info['dst'])
+                os.replace(job.target, info.dst)
             except OSError as e:
-                info['delivered'] = None
+                info.delivered = None
                 _unlink_quiet(job.target)
                 live.discard(job)
-                stats.fail(info['lfn'], 'cannot rename into %s: %s' % (info['dst'], e.strerror))
+                stats.fail(info.lfn, 'cannot rename into %s: %s' % (info.dst, e.strerror))
                 return
             delivered(job)
             return
         _unlink_quiet(job.target)
-        info['errors'].append('%s: %s' % (info['se'], job.error or 'size mismatch after transfer'))
-        if info['next'] < len(info['replicas']):
+        info.errors.append('%s: %s' % (info.se, job.error or 'size mismatch after transfer'))
+        if info.next < len(info.replicas):
             progress.done_files -= 1
             launch(job)
         else:
             live.discard(job)
-            stats.fail(info['lfn'], '%s -> %s failed: %s' % (info['lfn'], info['dst'], '; '.join(info['errors'])))
+            stats.fail(info.lfn, '%s -> %s failed: %s' % (info.lfn, info.dst, '; '.join(info.errors)))
 
     def delivered(job):
         info = job.info
-        if (info['lfn'], info['dst']) not in stats.done[-1:]:
-            stats.copied(info['lfn'], info['dst'], info['delivered'])
+        if (info.lfn, info.dst) not in stats.done[-1:]:
+            stats.copied(info.lfn, info.dst, info.delivered)
         live.discard(job)
 
     made_dirs = set()
-    try:
-        items = iter(items)     # planned while it runs (cp_run)
-        while True:
-            # ask for more access only while a bounded number of transfers wait
-            # to start: the queued jobs (each with its replicas' envelopes) stay
-            # few, no envelope is fetched long before use; at the high mark, the
-            # queue is let down to half of it (results settled in batches)
-            if pipe.queued() >= CP_BACKLOG:
-                while pipe.queued() > CP_BACKLOG // 2:
-                    for job in pipe.results(wait=True):
+    with meta_dir:
+        try:
+            items = iter(items)     # planned while it runs (cp_run)
+            while True:
+                # ask for more access only while a bounded number of transfers wait
+                # to start: the queued jobs (each with its replicas' envelopes) stay
+                # few, no envelope is fetched long before use; at the high mark, the
+                # queue is let down to half of it (results settled in batches)
+                if pipe.queued() >= CP_BACKLOG:
+                    while pipe.queued() > CP_BACKLOG // 2:
+                        for job in pipe.results(wait=True):
+                            settle(job)
+                window = list(itertools.islice(items, REQUEST_WINDOW))
+                if not window:
+                    break
+                replies = _requests(session, [('access', _access_args('read', x[0], x[2], strict=opts.get('strictspec'),
+                                                                     http=opts.get('http')),
+                                               check_access(*known[x[0]]) if x[0] in known else None)
+                                              for x in window])
+                for (lfn, dst, specs), r in zip(window, replies):
+                    for job in pipe.results():
                         settle(job)
-            window = list(itertools.islice(items, REQUEST_WINDOW))
-            if not window:
-                break
-            replies = _requests(session, [('access', _access_args('read', x[0], x[2], strict=opts.get('strictspec'),
-                                                                 http=opts.get('http')),
-                                           check_access(*known[x[0]]) if x[0] in known else None)
-                                          for x in window])
-            for (lfn, dst, specs), r in zip(window, replies):
-                for job in pipe.results():
-                    settle(job)
-                if r.exitcode != 0 or not r.results:
-                    stats.fail(lfn, 'no access to %s: %s' % (lfn, r.err or 'no replicas (exit %d)' % r.exitcode))
-                    continue
-                first = r.results[0]
-                try:
-                    size = int(first['size'])
-                except (KeyError, ValueError):
-                    size = -1           # unknown: not checked
-                md5 = (first.get('md5') or '').lower()
-                member = next((split_member(x['url'])[1] for x in r.results if '#' in x.get('url', '')), '')
-                # the whole archive, unzipped here; else XRootD reads the member out of it (xrdcl.unzip)
-                unzip = member if opts.get('noxrdzip') or member_needs_local_unzip(member) else ''
-                replicas = [(grid_url(split_member(x['url'])[0] if unzip else x['url'], x.get('envelope', '')),
-                             x.get('se', '?')) for x in r.results if x.get('url')]
-                stats.replicas[lfn] = len(replicas)
-                try:
-                    st = os.stat(dst)      # one look at the destination (a stat per file counts)
-                except OSError:
-                    st = None
-                if st is not None and stat_mod.S_ISREG(st.st_mode) and not opts.get('force') and \
-                        _file_matches(dst, size, md5, lfn):
-                    stats.already(lfn, dst)
-                    continue
-                if not replicas:
-                    stats.fail(lfn, 'no replica URL for %s' % lfn)
-                    continue
-                ddir = os.path.dirname(dst) or '.'
-                if ddir not in made_dirs:
-                    try:
-                        os.makedirs(ddir, exist_ok=True)
-                    except OSError as e:
-                        stats.fail(lfn, 'cannot create %s: %s' % (ddir, e.strerror))
+                    if r.exitcode != 0 or not r.results:
+                        stats.fail(lfn, 'no access to %s: %s' % (lfn, r.err or 'no replicas (exit %d)' % r.exitcode))
                         continue
-                    made_dirs.add(ddir)
-                if st is not None and stat_mod.S_ISDIR(st.st_mode):
-                    stats.fail(lfn, 'destination %s is a directory' % dst)
-                    continue
-                progress.total_files += 1
-                progress.total_bytes += max(size, 0)
-                info = {'lfn': lfn, 'dst': dst, 'replicas': replicas, 'next': 0, 'errors': [], 'md5': md5,
-                        'guid': first.get('guid', ''), 'member': member, 'unzip': unzip}
-                launch(CopyJob('', '', size, md5, 1, info))
-        while pipe.pending:
-            for job in pipe.results(wait=True):
-                settle(job)
-    except BaseException as exc:
-        pipe.close(cancel=True)
-        for job in list(live):      # renamed, cut short before it was counted
-            if job.info.get('delivered') is not None and not os.path.lexists(job.target):
-                delivered(job)
-        for job in list(live) + pipe.results():
-            _unlink_quiet(job.target)
-        why = 'interrupted' if isinstance(exc, KeyboardInterrupt) else str(exc)
-        for job in live:
-            stats.fail(job.info['lfn'], '%s -> %s not finished: %s' % (job.info['lfn'], job.info['dst'], why))
-        raise
-    finally:
-        pipe.close()
-        if progress.enabled and progress.total_files:
-            progress.show(final=True)
-        if tmpdir:
-            import shutil
-            shutil.rmtree(tmpdir[0], ignore_errors=True)
+                    first = r.results[0]
+                    try:
+                        size = int(first['size'])
+                    except (KeyError, ValueError):
+                        size = -1           # unknown: not checked
+                    md5 = (first.get('md5') or '').lower()
+                    member = next((split_member(x['url'])[1] for x in r.results if '#' in x.get('url', '')), '')
+                    # the whole archive, unzipped here; else XRootD reads the member out of it (xrdcl.unzip)
+                    unzip = member if opts.get('noxrdzip') or member_needs_local_unzip(member) else ''
+                    replicas = [(grid_url(split_member(x['url'])[0] if unzip else x['url'], x.get('envelope', '')),
+                                 x.get('se', '?')) for x in r.results if x.get('url')]
+                    stats.replicas[lfn] = len(replicas)
+                    try:
+                        st = os.stat(dst)      # one look at the destination (a stat per file counts)
+                    except OSError:
+                        st = None
+                    if st is not None and stat_mod.S_ISREG(st.st_mode) and not opts.get('force') and \
+                            _file_matches(dst, size, md5, lfn):
+                        stats.already(lfn, dst)
+                        continue
+                    if not replicas:
+                        stats.fail(lfn, 'no replica URL for %s' % lfn)
+                        continue
+                    ddir = os.path.dirname(dst) or '.'
+                    if ddir not in made_dirs:
+                        try:
+                            os.makedirs(ddir, exist_ok=True)
+                        except OSError as e:
+                            stats.fail(lfn, 'cannot create %s: %s' % (ddir, e.strerror))
+                            continue
+                        made_dirs.add(ddir)
+                    if st is not None and stat_mod.S_ISDIR(st.st_mode):
+                        stats.fail(lfn, 'destination %s is a directory' % dst)
+                        continue
+                    progress.total_files += 1
+                    progress.total_bytes += max(size, 0)
+                    launch(CopyJob('', '', size, md5, 1, Download(lfn, dst, replicas, md5, first.get('guid', ''),
+                                                                  member, unzip)))
+            while pipe.pending:
+                for job in pipe.results(wait=True):
+                    settle(job)
+        except BaseException as exc:
+            pipe.close(cancel=True)
+            for job in list(live):      # renamed, cut short before it was counted
+                if job.info.delivered is not None and not os.path.lexists(job.target):
+                    delivered(job)
+            for job in list(live) + pipe.results():
+                _unlink_quiet(job.target)
+            why = 'interrupted' if isinstance(exc, KeyboardInterrupt) else str(exc)
+            for job in live:
+                stats.fail(job.info.lfn, '%s -> %s not finished: %s' % (job.info.lfn, job.info.dst, why))
+            raise
+        finally:
+            pipe.close()
+            if progress.enabled and progress.total_files:
+                progress.show(final=True)
 
 
 def extract_zip_member(path, member, md5):
@@ -4737,39 +4771,59 @@ def extract_zip_member(path, member, md5):
         return 'cannot extract %s from the archive: %s' % (member, e)
 
 
+class Upload(object):
+    """One file cp uploads: the replicas booked for it, their transfers and commits."""
+    __slots__ = ('src', 'lfn', 'target', 'specs', 'size', 'md5', 'replace', 'wanted', 'attempt', 'tried',
+                 'guids', 'launched', 'running', 'held', 'failed', 'written', 'committed', 'doubt', 'errors')
+
+    def __init__(self, src, lfn, specs, size, md5):
+        self.src, self.lfn, self.specs, self.size, self.md5 = src, lfn, list(specs or []), size, md5
+        self.target = lfn           # a temporary LFN when an existing file is replaced (replace)
+        self.replace = False
+        self.wanted = 0             # replicas the service booked at first
+        self.attempt = 1            # bookings so far (failed replicas are re-booked elsewhere)
+        self.tried = []             # every SE booked
+        self.guids = set()          # every GUID booked
+        self.launched = []          # the transfers of the last booking, in booking order
+        self.running = 0
+        self.held = set()           # finished transfers waiting for the rest of their booking
+        self.failed = 0             # transfers failed since the last booking
+        self.written = set()        # GUIDs of the replicas written
+        self.committed = []         # SEs whose commit was accepted
+        self.doubt = False          # a commit was refused or unanswered
+        self.errors = []
+
+
 def _existing_upload_target(session, e, r, opts, stats):
     """access write-once failed: an identical existing LFN is skipped, another
     one is replaced through a temporary LFN -> the new access reply or None."""
-    st = _grid_stat(session, e['lfn'])
+    st = _grid_stat(session, e.lfn)
     if st is None:
-        stats.fail(e['src'], 'no write access for %s: %s' % (e['lfn'], r.err or 'exit code %d' % r.exitcode))
+        stats.fail(e.src, 'no write access for %s: %s' % (e.lfn, r.err or 'exit code %d' % r.exitcode))
         return None
     if st['type'] != 'f':
-        stats.fail(e['src'], '%s exists and is not a file' % e['lfn'])
+        stats.fail(e.src, '%s exists and is not a file' % e.lfn)
         return None
-    if not opts.get('force') and st['size'] == e['size'] and st['md5'] == e['md5']:
-        stats.already(e['src'], e['lfn'])
+    if not opts.get('force') and st['size'] == e.size and st['md5'] == e.md5:
+        stats.already(e.src, e.lfn)
         return None
-    d, base = e['lfn'].rsplit('/', 1)
-    e['target'] = '%s/.%s.alienpy-part-%s' % (d, base, os.urandom(6).hex())
-    e['replace'] = True
-    r = _access(session, 'write-once', e['target'], _with_default_specs(e['specs'], e['lfn'], e['size']),
-                e['size'], e['md5'],
+    d, base = e.lfn.rsplit('/', 1)
+    e.target = '%s/.%s.alienpy-part-%s' % (d, base, os.urandom(6).hex())
+    e.replace = True
+    r = _access(session, 'write-once', e.target, _with_default_specs(e.specs, e.lfn, e.size),
+                e.size, e.md5,
                 opts.get('strictspec'))
     if r.exitcode != 0 or not r.results:
-        stats.fail(e['src'], 'no write access for %s: %s' % (e['lfn'], r.err or 'exit code %d' % r.exitcode))
+        stats.fail(e.src, 'no write access for %s: %s' % (e.lfn, r.err or 'exit code %d' % r.exitcode))
         return None
     return r
 
 
 class Md5Ahead(object):
-    """The md5 and size of local files, hashed one after the other in a
-    background thread while the caller goes on: an upload needs a file's md5
-    for its `access` request, so the next files are hashed while the service
-    is asked and the files before them transfer. add(paths) queues them;
-    take() hands back the results in the same order, (md5, size) or the
-    OSError, waiting for the next one if needed; at most AHEAD wait to be
-    taken. close() stops the thread at its next read."""
+    """The md5 and size of local files, hashed in a background thread: an upload's
+    `access` request needs the md5, so the next files are hashed while the service
+    is asked and the files before them transfer. add(paths) queues; take() hands
+    back (md5, size) or the OSError in order (at most AHEAD wait); close() stops."""
 
     AHEAD = 256
 
@@ -4829,14 +4883,12 @@ class Md5Ahead(object):
 
 
 def cp_upload(session, items, opts, stats, md5s=None, prepare=()):
-    """items: [(local_path, lfn, specs)]: md5 and size locally, access
-    write-once, copy each booked replica, commit each good one; the failed
-    replicas of a file are re-booked on other SEs (at most twice).
-    md5s: an Md5Ahead already hashing these paths in this order (cp_run starts
-    it while planning), else one is started here. A window of `access`
-    requests is the next file (waiting for its md5) and the ones already
-    hashed: a large file transfers while the next one is hashed. prepare:
-    requests to send with the first window (the destinations' mkdir -p)."""
+    """items: [(local_path, lfn, specs)]: md5 and size locally, access write-once,
+    copy each booked replica, commit each good one; failed replicas are re-booked
+    on other SEs (at most twice). md5s: an Md5Ahead already hashing these paths in
+    order (cp_run starts it while planning). A window of `access` requests is the
+    next file (waiting for its md5) and those already hashed. prepare: requests to
+    send with the first window (the destinations' mkdir -p)."""
     if md5s is None:
         md5s = Md5Ahead()
         md5s.add(src for src, _, _ in items)
@@ -4850,14 +4902,14 @@ def cp_upload(session, items, opts, stats, md5s=None, prepare=()):
     def launch(e, booked):
         jobs = []
         for rep in booked:
-            e['tried'].append(rep.get('se', ''))
-            e['guids'].add((rep.get('guid') or '').lower())
-            jobs.append(CopyJob(e['src'], grid_url(rep.get('url', ''), rep.get('envelope', '')),
-                                e['size'], '', 1, (e, rep)))
-        e['running'] += len(jobs)
-        e['launched'] = jobs
+            e.tried.append(rep.get('se', ''))
+            e.guids.add((rep.get('guid') or '').lower())
+            jobs.append(CopyJob(e.src, grid_url(rep.get('url', ''), rep.get('envelope', '')),
+                                e.size, '', 1, (e, rep)))
+        e.running += len(jobs)
+        e.launched = jobs
         progress.total_files += len(jobs)
-        progress.total_bytes += e['size'] * len(jobs)
+        progress.total_bytes += e.size * len(jobs)
         pipe.submit(jobs)
 
     def whole_files(jobs):
@@ -4867,10 +4919,10 @@ def cp_upload(session, items, opts, stats, md5s=None, prepare=()):
         out = []
         for j in jobs:
             e = j.info[0]
-            e.setdefault('held', set()).add(j)
-            if len(e['held']) == e['running']:
-                out.extend(x for x in e['launched'] if x in e['held'])
-                e['held'] = set()
+            e.held.add(j)
+            if len(e.held) == e.running:
+                out.extend(x for x in e.launched if x in e.held)
+                e.held = set()
         return out
 
     def commits(jobs):
@@ -4887,35 +4939,35 @@ def cp_upload(session, items, opts, stats, md5s=None, prepare=()):
         rebook = []
         for job in jobs:
             e, rep = job.info
-            e['running'] -= 1
+            e.running -= 1
             if job.ok:
-                e['written'].add((rep.get('guid') or '').lower())
+                e.written.add((rep.get('guid') or '').lower())
                 c = commits_of[id(job)]
                 if c.exitcode == 0 and not any(str(x.get('lfn', '1')) == '0' for x in c.results):
-                    e['committed'].append(rep.get('se', ''))
+                    e.committed.append(rep.get('se', ''))
                 else:
-                    e['doubt'] = True   # (a race can register another booking of the name: see cp_check_uploads)
-                    e['errors'].append('%s: commit %s: %s' % (
+                    e.doubt = True   # (a race can register another booking of the name: see cp_check_uploads)
+                    e.errors.append('%s: commit %s: %s' % (
                         rep.get('se', '?'), 'outcome unknown' if c.metadata.get('outcome') else 'refused',
                         c.err or 'exit code %d' % c.exitcode))
             else:
-                e['errors'].append('%s: %s' % (rep.get('se', '?'), job.error))
-                e['failed'] += 1
-            if e['running'] == 0 and e['failed'] and e['attempt'] < (1 if opts.get('norecovery') else 3):
+                e.errors.append('%s: %s' % (rep.get('se', '?'), job.error))
+                e.failed += 1
+            if e.running == 0 and e.failed and e.attempt < (1 if opts.get('norecovery') else 3):
                 rebook.append(e)
         if lost is not None:
             raise lost  # the answered commits are counted; the copy stops here
         for e in rebook:
             # re-book the failed replicas elsewhere: every SE tried so far excluded
-            n, e['failed'] = e['failed'], 0
-            e['attempt'] += 1
-            spec = ['disk:%d' % n] + ['!' + se for se in sorted(set(e['tried'])) if se]
-            r = _access(session, 'write' if e['committed'] else 'write-once', e['target'], spec,
-                        e['size'], e['md5'])
+            n, e.failed = e.failed, 0
+            e.attempt += 1
+            spec = ['disk:%d' % n] + ['!' + se for se in sorted(set(e.tried)) if se]
+            r = _access(session, 'write' if e.committed else 'write-once', e.target, spec,
+                        e.size, e.md5)
             if r.exitcode == 0 and r.results:
                 launch(e, r.results)
             else:
-                e['errors'].append('no other SE: %s' % (r.err or 'exit code %d' % r.exitcode))
+                e.errors.append('no other SE: %s' % (r.err or 'exit code %d' % r.exitcode))
 
     try:
         pos = 0
@@ -4931,20 +4983,17 @@ def cp_upload(session, items, opts, stats, md5s=None, prepare=()):
                 except OSError as err:
                     stats.fail(src, 'cannot read %s: %s' % (src, err.strerror))
                     continue
-                entries.append({'src': src, 'lfn': lfn, 'target': lfn, 'specs': list(specs or []), 'size': size,
-                                'md5': md5, 'committed': [], 'tried': [], 'errors': [], 'replace': False,
-                                'running': 0, 'failed': 0, 'attempt': 1, 'guids': set(), 'written': set(),
-                                'doubt': False})
+                entries.append(Upload(src, lfn, specs, size, md5))
                 hashed.append(entries[-1])
             # one round trip books this window and commits what finished meanwhile
             done = whole_files(pipe.results())
             good, commit_requests = commits(done)
             try:
-                replies = _requests(session, list(prepare) + [('access', _access_args('write-once', x['lfn'],
-                                                                      _with_default_specs(x['specs'], x['lfn'],
-                                                                                          x['size']), x['size'],
-                                                                      x['md5'], opts.get('strictspec')),
-                                               check_access(x['size'], x['md5'], write=True))
+                replies = _requests(session, list(prepare) + [('access', _access_args('write-once', x.lfn,
+                                                                      _with_default_specs(x.specs, x.lfn,
+                                                                                          x.size), x.size,
+                                                                      x.md5, opts.get('strictspec')),
+                                               check_access(x.size, x.md5, write=True))
                                               for x in entries] + commit_requests, window=2 * REQUEST_WINDOW)
                 replies, prepare = replies[len(prepare):], ()
             except (ConnectionLost, KeyboardInterrupt) as e:
@@ -4959,7 +5008,7 @@ def cp_upload(session, items, opts, stats, md5s=None, prepare=()):
                     r = _existing_upload_target(session, e, r, opts, stats)
                     if r is None:
                         continue
-                e['wanted'] = len(r.results)
+                e.wanted = len(r.results)
                 live.append(e)
                 launch(e, r.results)
         while pipe.pending:
@@ -4970,10 +5019,10 @@ def cp_upload(session, items, opts, stats, md5s=None, prepare=()):
         # others failed (their replicas were cancelled: POSC leaves nothing)
         why = 'interrupted' if isinstance(exc, KeyboardInterrupt) else str(exc)
         for e in live:
-            if e['running'] == 0 and e['committed'] and not e['replace']:
+            if e.running == 0 and e.committed and not e.replace:
                 _cp_upload_finish(session, e, stats)
             else:
-                stats.fail(e['src'], '%s -> %s not finished: %s' % (e['src'], e['lfn'], why))
+                stats.fail(e.src, '%s -> %s not finished: %s' % (e.src, e.lfn, why))
         raise
     finally:
         md5s.close()
@@ -4987,26 +5036,26 @@ def cp_upload(session, items, opts, stats, md5s=None, prepare=()):
 
 def _cp_upload_finish(session, e, stats):
     """Count one uploaded file whose transfers are over (replace: rename it into place)."""
-    if not e['committed']:
-        stats.fail(e['src'], '%s -> %s failed: %s' % (e['src'], e['lfn'], '; '.join(e['errors'])))
+    if not e.committed:
+        stats.fail(e.src, '%s -> %s failed: %s' % (e.src, e.lfn, '; '.join(e.errors)))
         return
-    if e['replace']:
-        session.request('rm', ['-f', e['lfn']], nomsg=True)
-        mv = session.request('mv', [e['target'], e['lfn']], nomsg=True)
+    if e.replace:
+        session.request('rm', ['-f', e.lfn], nomsg=True)
+        mv = session.request('mv', [e.target, e.lfn], nomsg=True)
         if mv.exitcode != 0:
-            stats.fail(e['src'], 'uploaded as %s but could not rename it to %s: %s'
-                       % (e['target'], e['lfn'], mv.err))
+            stats.fail(e.src, 'uploaded as %s but could not rename it to %s: %s'
+                       % (e.target, e.lfn, mv.err))
             return
-    if len(e['committed']) < e['wanted']:
+    if len(e.committed) < e.wanted:
         stats.notices.append('%s: %d of %d replicas stored (%s)' % (
-            e['lfn'], len(e['committed']), e['wanted'], '; '.join(e['errors'])))
-    stats.copied(e['src'], e['lfn'], e['size'])
+            e.lfn, len(e.committed), e.wanted, '; '.join(e.errors)))
+    stats.copied(e.src, e.lfn, e.size)
 
 
 def _commit_request(e, rep):
-    return ('commit', [rep.get('envelope', ''), str(e['size']), e['target'], '644', '0', rep.get('url', ''),
-                       rep.get('se', ''), rep.get('guid', ''), e['md5']],
-            check_commit(e['target'], (rep.get('guid') or '').lower()))
+    return ('commit', [rep.get('envelope', ''), str(e.size), e.target, '644', '0', rep.get('url', ''),
+                       rep.get('se', ''), rep.get('guid', ''), e.md5],
+            check_commit(e.target, (rep.get('guid') or '').lower()))
 
 
 def _committed_in_catalogue(session, pairs):
@@ -5015,7 +5064,7 @@ def _committed_in_catalogue(session, pairs):
     GUID we booked, and lists the SE) / it holds nothing of ours yet (safe to
     commit again) / the name belongs to another file (never to be touched)."""
     replies = _requests(session, [q for e, rep in pairs
-                                  for q in (('stat', [e['target']], check_stat(e['target'])), ('whereis', [e['target']]))])
+                                  for q in (('stat', [e.target], check_stat(e.target)), ('whereis', [e.target]))])
     out = []
     for n, (e, rep) in enumerate(pairs):
         st, where = replies[2 * n], replies[2 * n + 1]
@@ -5025,7 +5074,7 @@ def _committed_in_catalogue(session, pairs):
         row = st.results[0]
         fields = stat_fields(row)
         if (row.get('guid') or '').lower() != (rep.get('guid') or '').lower() or fields['type'] != 'f' \
-                or fields['size'] != e['size'] or fields['md5'] != e['md5']:
+                or fields['size'] != e.size or fields['md5'] != e.md5:
             out.append(None)
             continue
         ses = set((x.get('seName') or x.get('se') or '').lower() for x in where.results)
@@ -5034,16 +5083,14 @@ def _committed_in_catalogue(session, pairs):
 
 
 def _commit(session, jobs, replies=None, stop=None):
-    """Commit the replicas of the finished jobs -> ({id(job): Result}, the
-    exception that stops the copy or None). `replies`: their commit replies when
-    they went out already (None: no reply), `stop` the exception that cut them off.
+    """Commit the replicas of the finished jobs -> ({id(job): Result}, the exception
+    that stops the copy or None). `replies`: their commit replies if already sent
+    (None: no reply), `stop` the exception that cut them off.
 
-    Exactly once: a commit whose reply was lost is not repeated blindly. The
-    catalogue is asked (_committed_in_catalogue): registered -> done; nothing
-    there -> committed again; another file there -> refused. When the connection
-    does not come back, the answered commits keep their results and the others
-    get the 107 'outcome unknown' result, for the caller to count as failed.
-    After Ctrl-C the catalogue is asked briefly (5 s at most), then the copy stops."""
+    Exactly once: for a commit whose reply was lost the catalogue is asked
+    (_committed_in_catalogue): registered -> done; nothing -> committed again;
+    another file -> refused. Without a connection the unanswered commits get the
+    107 'outcome unknown' result; after Ctrl-C the catalogue is asked for 5 s at most."""
     results = {}
     todo = list(jobs)
     for _round in range(4):
@@ -5087,12 +5134,12 @@ def _commit(session, jobs, replies=None, stop=None):
             if there:
                 results[id(job)] = Result(0, '', '', [{'lfn': '1'}])
             elif there is None:
-                results[id(job)] = Result(EX_EIO, '', 'the catalogue holds another file under %s' % job.info[0]['target'])
+                results[id(job)] = Result(EX_EIO, '', 'the catalogue holds another file under %s' % job.info[0].target)
             elif stop is not None:
                 results[id(job)] = lost_result('interrupted', 'commit', 'not sent')
             else:
                 todo.append(job)  # not registered: now it is safe to send it again
-                log('commit of %s on %s was not registered: sending it again' % (job.info[0]['target'], job.info[1].get('se')))
+                log('commit of %s on %s was not registered: sending it again' % (job.info[0].target, job.info[1].get('se')))
         if stop is not None:
             return results, stop
     for job in todo:
@@ -5192,46 +5239,45 @@ def cp_catalogue_facts(session, lfns):
 
 def cp_check_uploads(session, hashed, stats, last=False):
     """After an upload the catalogue has the last word: every file's entry against
-    its local size and md5, and against the GUIDs this copy wrote replicas of when
-    the entry may be its own (a GUID it booked, or a file one of whose commits was
-    refused or unanswered: on a racing service a commit can register another booking
-    of the name, one that holds no data). A right entry counts the file as copied
-    whatever the replies said; a wrong one of this copy is removed. Those, and the
-    files said to be copied but missing or whose commit failed, -> [(src, lfn, specs)]
-    to upload again (last: reported as failed, and named, instead)."""
-    booked = set(g for e in hashed for g in e['guids'])
-    facts = cp_catalogue_facts(session, [e['lfn'] for e in hashed])
+    its local size and md5, and against the GUIDs this copy wrote when the entry may
+    be its own (a GUID it booked, or a commit refused or unanswered: on a racing
+    service a commit can register another booking of the name, with no data). A
+    right entry counts as copied whatever the replies said; a wrong one of this copy
+    is removed. Those, and the missing or uncommitted ones -> [(src, lfn, specs)] to
+    upload again (last: reported as failed instead)."""
+    booked = set(g for e in hashed for g in e.guids)
+    facts = cp_catalogue_facts(session, [e.lfn for e in hashed])
     present = set(src for src, _ in stats.present)
     copied = set(src for src, _ in stats.done)
     again = []
     for e in hashed:
-        got, src = facts.get(e['lfn']), e['src']
+        got, src = facts.get(e.lfn), e.src
         if src in present:
             continue
-        mine = got is not None and (got[2] in booked or e['doubt'])
-        if got is not None and got[:2] == (e['size'], e['md5']) and (got[2] in e['written'] or not mine):
+        mine = got is not None and (got[2] in booked or e.doubt)
+        if got is not None and got[:2] == (e.size, e.md5) and (got[2] in e.written or not mine):
             if src not in copied:    # a reply said otherwise: the catalogue holds it
                 stats.forget(src)
-                stats.copied(src, e['lfn'], e['size'])
+                stats.copied(src, e.lfn, e.size)
             continue
         why = 'the catalogue has no entry' if got is None else \
             'the catalogue entry holds other bytes (size %d, md5 %s)' % (got[0], got[1] or '?') \
-            if got[:2] != (e['size'], e['md5']) else 'the catalogue entry has no replica this copy wrote'
+            if got[:2] != (e.size, e.md5) else 'the catalogue entry has no replica this copy wrote'
         if got is not None and not mine:    # not made by this copy: not ours to touch
             if src in copied:
                 stats.forget(src)
-                stats.fail(src, '%s -> %s: %s' % (src, e['lfn'], why))
+                stats.fail(src, '%s -> %s: %s' % (src, e.lfn, why))
             continue
         if mine:
-            session.request('rm', ['-f', e['lfn']], nomsg=True)
-        elif src not in copied and (last or not e['doubt']):
+            session.request('rm', ['-f', e.lfn], nomsg=True)
+        elif src not in copied and (last or not e.doubt):
             continue                 # missing, and reported as failed (why, it said)
         stats.forget(src)
         if last:
-            stats.fail(src, '%s -> %s failed: %s after the upload' % (src, e['lfn'], why))
+            stats.fail(src, '%s -> %s failed: %s after the upload' % (src, e.lfn, why))
         else:
-            log('%s: %s: uploading it again' % (e['lfn'], why))
-            again.append((src, e['lfn'], e['specs']))
+            log('%s: %s: uploading it again' % (e.lfn, why))
+            again.append((src, e.lfn, e.specs))
     return again
 
 
@@ -5584,11 +5630,8 @@ def _show_files(session, args, name):
     if not files:
         return Result(EX_USAGE, '', 'usage: %s LFN...' % name)
     xrootd_client()
-    import tempfile
-    tmpdir = tempfile.mkdtemp(prefix='alienpy-%s-' % name)
-    try:
-        paths = [_fetch_temp(session, f, tmpdir)[0] if len(files) == 1 else
-                 _fetch_temp(session, f, tempfile.mkdtemp(dir=tmpdir))[0] for f in files]
+    with TempDir('alienpy-%s-' % name) as tmp:
+        paths = [_fetch_temp(session, f, tmp.path if len(files) == 1 else tmp.subdir())[0] for f in files]
         pager = {'less': os.environ.get('PAGER', 'less'), 'more': 'more'}.get(name)
         if pager and sys.stdout.isatty():
             import subprocess
@@ -5602,9 +5645,6 @@ def _show_files(session, args, name):
         result = Result(0, out=text[:-1] if text.endswith('\n') else text)
         result.style = 'raw'   # file content, printed as is like the system cat
         return result
-    finally:
-        import shutil
-        shutil.rmtree(tmpdir, ignore_errors=True)
 
 
 for _name, _what in (('cat', 'print grid files (downloaded through XRootD)'), ('more', 'page through grid files'),
@@ -5621,10 +5661,7 @@ def edit_grid_file(session, args, editor):
         raise AlienError('usage: edit [-datebck] LFN[@disk:N,SE,...]  (editor: $VISUAL, $EDITOR, or the command name)',
                          EX_USAGE)
     xrootd_client()
-    import tempfile
-    tmpdir = tempfile.mkdtemp(prefix='alienpy-edit-')
-    keep = False
-    try:
+    with TempDir('alienpy-edit-') as tmp:
         nses = []
         path, specs = split_specs(files[0])
         lfn = session.grid_path(path).rstrip('/')
@@ -5632,11 +5669,11 @@ def edit_grid_file(session, args, editor):
         if st is not None and st['type'] != 'f':
             raise AlienError('edit: %s is not a file' % lfn, EX_EINVAL)
         if st is None:
-            local = os.path.join(tmpdir, lfn.rsplit('/', 1)[-1])
+            local = os.path.join(tmp.path, lfn.rsplit('/', 1)[-1])
             open(local, 'wb').close()
             before = None
         else:
-            local, lfn, specs = _fetch_temp(session, files[0], tmpdir, nses)
+            local, lfn, specs = _fetch_temp(session, files[0], tmp.path, nses)
             before = md5_file(local)
         try:
             rc = subprocess.call(shlex.split(editor) + [local])
@@ -5652,16 +5689,16 @@ def edit_grid_file(session, args, editor):
             session.request('rm', ['-f', backup], nomsg=True)
             mv = session.request('mv', [lfn, backup], nomsg=True)
             if mv.exitcode != 0:
-                keep = True
+                tmp.keep = True
                 raise AlienError('edit: cannot back up %s as %s (%s); edited copy kept at %s'
                                  % (lfn, backup, mv.err, local), EX_GENERIC)
         up_specs = list(specs)
-        if nses and nses[0] > 0 and not any(re.match(r'^[A-Za-z][\w-]*[:=]\d+$', s) for s in specs):
+        if nses and nses[0] > 0 and not any(_REPLICA_COUNT_RE.match(s) for s in specs):
             up_specs = ['disk:%d' % nses[0]] + up_specs
         stats = CpStats()
         cp_upload(session, [(local, lfn, up_specs)], dict(CP_OPTIONS.defaults, quiet=True), stats)
         if stats.failed:
-            keep = True
+            tmp.keep = True
             msg = 'edit: upload of %s failed (%s); edited copy kept at %s' % (lfn, stats.failed[0][1], local)
             if backup:
                 session.request('rm', ['-f', lfn], nomsg=True)
@@ -5670,10 +5707,6 @@ def edit_grid_file(session, args, editor):
                     '; previous version is at %s' % backup
             raise AlienError(msg, EX_GENERIC)
         return Result(0, out='Uploaded %s' % lfn + (' (previous version: %s)' % backup if backup else ''))
-    finally:
-        if not keep:
-            import shutil
-            shutil.rmtree(tmpdir, ignore_errors=True)
 
 
 for _name in ('edit', 'vi', 'vim', 'nano', 'mcedit'):   # edit: $VISUAL, $EDITOR or vi; the others: that editor
@@ -5856,18 +5889,13 @@ def _run_with_grid_files(session, argv, grid_at, make_executable=False):
     """Download argv[i] for each i in grid_at into a private temp directory, run
     argv with the local copies in their places, remove them -> Result."""
     xrootd_client()
-    import shutil
-    import tempfile
-    tmp = tempfile.mkdtemp(prefix='alienpy-run-')
-    try:
+    with TempDir('alienpy-run-') as tmp:
         argv = list(argv)
         for i in grid_at:
-            argv[i] = _fetch_temp(session, argv[i], tempfile.mkdtemp(dir=tmp))[0]
+            argv[i] = _fetch_temp(session, argv[i], tmp.subdir())[0]
             if make_executable:
                 os.chmod(argv[i], 0o700)
         return run_local(argv)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def run_argv(args):
@@ -6579,127 +6607,8 @@ def cmd_checkaddr(session, args):
 
 
 # ==========================================================================
-# Commands: credentials, jobs, outside services (one HTTP GET)
+# Commands: credentials (certificates, tokens, CA certificates)
 # ==========================================================================
-# Outside services: plain HTTP/1.1 on the websocket's own pieces: connect_tcp
-# (RFC 8305), proxy_for (https_proxy/http_proxy, no_proxy) with connect_tunnel, the
-# CA search of find_ca. http.client is imported only when a GET is made.
-
-HTTP_TIMEOUT = 10.0          # seconds to connect and between bytes (ALIENPY_HTTP_TIMEOUT)
-HTTP_MAX_BODY = 256 << 20    # a reply kept in memory; downloads stream to a file instead
-HTTP_REDIRECTS = 5
-
-
-def _http_connection(scheme, host, port, environ, timeout):
-    """(http.client connection on an open socket, True when requests go to a plain
-    HTTP proxy and need the absolute URL)."""
-    import http.client
-    proxy = proxy_for(host, environ, scheme)
-    sock = connect_tcp(proxy[0] if proxy else host, proxy[1] if proxy else port, environ, timeout=timeout)
-    try:
-        if proxy and scheme == 'https':
-            connect_tunnel(sock, host, port, proxy[2], timeout)
-        sock.settimeout(timeout)
-        if scheme == 'https':
-            ctx = ssl.create_default_context()
-            try:
-                kind, where = find_ca(environ)
-                ctx.load_verify_locations(**{kind: where})
-            except AlienError:
-                pass  # the system CAs only
-            try:
-                sock = ctx.wrap_socket(sock, server_hostname=host)
-            except ssl.SSLError as e:
-                raise tls_error(e, host)
-            conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=ctx)
-        else:
-            conn = http.client.HTTPConnection(host, port, timeout=timeout)
-    except (AlienError, OSError):
-        sock.close()
-        raise
-    conn.sock = sock
-    return conn, bool(proxy) and scheme == 'http', proxy
-
-
-def http_get(url, environ, headers=(), timeout=None, sink=None, what='GET'):
-    """GET url (redirects followed) -> (response headers with lower-case names, body).
-    With sink (a binary file) the body is written there and b'' returned. One-line
-    AlienError otherwise: 107 unreachable or no answer within the timeout, 2 for
-    HTTP 404, 121 for any other HTTP error, 42 for a truncated or oversized body."""
-    import http.client
-    from urllib.parse import urlsplit, urljoin
-    try:
-        timeout = float(timeout or environ.get('ALIENPY_HTTP_TIMEOUT') or HTTP_TIMEOUT)
-    except ValueError:
-        raise AlienError('ALIENPY_HTTP_TIMEOUT=%r is not a number' % environ.get('ALIENPY_HTTP_TIMEOUT'), EX_EINVAL)
-    for _ in range(HTTP_REDIRECTS + 1):
-        u = urlsplit(url)
-        try:
-            port = u.port or (443 if u.scheme == 'https' else 80)
-        except ValueError:
-            port = None
-        if u.scheme not in ('http', 'https') or not u.hostname or not port:
-            raise AlienError('%s: not a valid http(s) URL: %s' % (what, url), EX_EINVAL)
-        try:
-            conn, absolute, proxy = _http_connection(u.scheme, u.hostname, port, environ, timeout)
-        except AlienError as e:
-            raise AlienError('%s %s: %s' % (what, url, e), e.exitcode)
-        hdrs = dict([('User-Agent', user_agent(environ))] + list(headers))
-        if absolute and proxy[2]:
-            from urllib.parse import unquote
-            hdrs['Proxy-Authorization'] = 'Basic ' + base64.b64encode(unquote(proxy[2]).encode()).decode()
-        try:
-            conn.request('GET', url if absolute else (u.path or '/') + ('?' + u.query if u.query else ''),
-                         headers=hdrs)
-            resp = conn.getresponse()
-            location = resp.getheader('Location')
-            if resp.status in (301, 302, 303, 307, 308) and location:
-                url = urljoin(url, location)
-                continue
-            if resp.status != 200:
-                raise AlienError('%s %s: HTTP %d %s' % (what, url, resp.status, resp.reason),
-                                 EX_ENOENT if resp.status == 404 else EX_EREMOTEIO)
-            got, body = 0, b''
-            if sink is None:
-                body = resp.read(HTTP_MAX_BODY + 1)
-                got = len(body)
-                if got > HTTP_MAX_BODY:
-                    raise AlienError('%s %s: reply larger than %d MiB' % (what, url, HTTP_MAX_BODY >> 20), EX_ENOMSG)
-            else:
-                while True:
-                    chunk = resp.read(1 << 20)
-                    if not chunk:
-                        break
-                    sink.write(chunk)
-                    got += len(chunk)
-            length = resp.getheader('Content-Length')
-            if length and length.isdigit() and int(length) != got:
-                raise AlienError('%s %s: reply cut after %d of %s bytes' % (what, url, got, length), EX_ENOMSG)
-            return dict((k.lower(), v) for k, v in resp.getheaders()), body
-        except socket.timeout:
-            raise AlienError('%s %s: no answer within %g s' % (what, url, timeout), EX_NOTCONN)
-        except http.client.IncompleteRead as e:
-            raise AlienError('%s %s: reply cut after %d bytes' % (what, url, len(e.partial)), EX_ENOMSG)
-        except (OSError, http.client.HTTPException) as e:
-            raise AlienError('%s %s: %s' % (what, url, e or type(e).__name__), EX_NOTCONN)
-        finally:
-            conn.close()
-    raise AlienError('%s %s: more than %d redirects' % (what, url, HTTP_REDIRECTS), EX_EREMOTEIO)
-
-
-def http_get_json(url, environ, headers=(), what='GET', check=None):
-    """http_get of a JSON document; `check(doc)` says whether its shape is the expected one.
-    A body that is not JSON, or not of that shape, is a one-line error (exit 42)."""
-    _, body = http_get(url, environ, [('Accept', 'application/json')] + list(headers), what=what)
-    try:
-        doc = load_json(body.decode('utf-8'))
-    except ValueError as e:
-        raise AlienError('%s %s: the reply is not JSON%s' % (
-            what, url, ' (%s)' % e if isinstance(e, JsonTooDeep) else ''), EX_ENOMSG)
-    if check is not None and not check(doc):
-        raise AlienError('%s %s: the reply is not in the expected format' % (what, url), EX_ENOMSG)
-    return doc
-
 
 def load_cert_file(path):
     """[Cert] of a PEM file; a missing file exits 2 (ENOENT), one that holds no
@@ -6830,47 +6739,45 @@ def fetch_ca_certs(source, target, timeout=120):
     replaced only when all of that worked -> number of CA certificates."""
     import shutil
     import subprocess
-    import tempfile
     git = shutil.which('git')
     if git is None:
         raise AlienError('getCAcerts needs git (e.g. apt-get install git)', EX_GENERIC)
-    work = tempfile.mkdtemp(dir=os.path.dirname(target), prefix='.alienpy-cas-')
-    try:
-        repo = os.path.join(work, 'repo')
-        env = dict(os.environ, GIT_TERMINAL_PROMPT='0')
+    with TempDir('.alienpy-cas-', dir=os.path.dirname(target)) as tmp:   # beside target: renamed into place
+        work = tmp.path
         try:
-            p = subprocess.run([git, 'clone', '--quiet', '--depth=1', source, repo], stdin=subprocess.DEVNULL,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
-                               timeout=timeout, env=env)
-        except subprocess.TimeoutExpired:
-            raise AlienError('getCAcerts: git clone %s took more than %d s' % (source, timeout), EX_GENERIC)
-        if p.returncode != 0:
-            why = [l for l in p.stderr.splitlines() if l.strip() and 'depth is ignored' not in l]
-            raise AlienError('getCAcerts: git clone %s failed: %s' % (source, why[-1] if why else 'exit %d' % p.returncode),
-                             EX_GENERIC)
-        new = os.path.join(work, 'certificates')
-        os.mkdir(new)
-        for top in sorted(os.listdir(repo)):
-            if top.startswith('.') or not os.path.isdir(os.path.join(repo, top)):
-                continue
-            for root, dirs, files in os.walk(os.path.join(repo, top)):
-                dirs[:] = [d for d in dirs if d != '.git']
-                out = os.path.join(new, os.path.relpath(root, os.path.join(repo, top)))
-                os.makedirs(out, exist_ok=True)
-                for name in files:
-                    if not _HASH_NAME.match(name):      # the links are made again below
-                        shutil.copy(os.path.join(root, name), os.path.join(out, name))
-        count = hash_links(new)
-        if not count:
-            raise AlienError('getCAcerts: %s holds no CA certificate' % source, EX_GENERIC)
-        if os.path.lexists(target):
-            os.rename(target, os.path.join(work, 'old'))
-        os.rename(new, target)
-        return count
-    except OSError as e:
-        raise AlienError('getCAcerts: %s: %s' % (e.filename or target, e.strerror), EX_GENERIC)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+            repo = os.path.join(work, 'repo')
+            env = dict(os.environ, GIT_TERMINAL_PROMPT='0')
+            try:
+                p = subprocess.run([git, 'clone', '--quiet', '--depth=1', source, repo], stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+                                   timeout=timeout, env=env)
+            except subprocess.TimeoutExpired:
+                raise AlienError('getCAcerts: git clone %s took more than %d s' % (source, timeout), EX_GENERIC)
+            if p.returncode != 0:
+                why = [l for l in p.stderr.splitlines() if l.strip() and 'depth is ignored' not in l]
+                raise AlienError('getCAcerts: git clone %s failed: %s' % (source, why[-1] if why else 'exit %d' % p.returncode),
+                                 EX_GENERIC)
+            new = os.path.join(work, 'certificates')
+            os.mkdir(new)
+            for top in sorted(os.listdir(repo)):
+                if top.startswith('.') or not os.path.isdir(os.path.join(repo, top)):
+                    continue
+                for root, dirs, files in os.walk(os.path.join(repo, top)):
+                    dirs[:] = [d for d in dirs if d != '.git']
+                    out = os.path.join(new, os.path.relpath(root, os.path.join(repo, top)))
+                    os.makedirs(out, exist_ok=True)
+                    for name in files:
+                        if not _HASH_NAME.match(name):      # the links are made again below
+                            shutil.copy(os.path.join(root, name), os.path.join(out, name))
+            count = hash_links(new)
+            if not count:
+                raise AlienError('getCAcerts: %s holds no CA certificate' % source, EX_GENERIC)
+            if os.path.lexists(target):
+                os.rename(target, os.path.join(work, 'old'))
+            os.rename(new, target)
+            return count
+        except OSError as e:
+            raise AlienError('getCAcerts: %s: %s' % (e.filename or target, e.strerror), EX_GENERIC)
 
 
 @command('getCAcerts', connect=False, usage='''getCAcerts [DIR]  download the grid CA certificates into DIR/certificates
@@ -6908,6 +6815,10 @@ def cmd_token_destroy(session, args):
             os.unlink(path)
     return Result(0, 'token files removed; the next connection with the user certificate makes a new token')
 
+
+# ==========================================================================
+# Commands: jobs, and outside services (one HTTP GET)
+# ==========================================================================
 
 _TRACE_TIME = LazyRegex(r'^([0-9]{10}) \[')
 
@@ -6963,11 +6874,12 @@ def ps_row(row):
     return dict((k.strip(), v) for k, v in row.items())
 
 
-JOB_HEADER = 'JobID        MasterJobID  Status      User          Name'
+JOB_COLUMNS = (-13, -13, -12, -14)
+JOB_HEADER = table_line(('JobID', 'MasterJobID', 'Status', 'User', 'Name'), JOB_COLUMNS)
 
 
 def job_line(row):
-    return '%-13s%-13s%-12s%-14s%s' % tuple(str(row.get(k, '')) for k in ('id', 'split', 'status', 'owner', 'name'))
+    return table_line([row.get(k, '') for k in ('id', 'split', 'status', 'owner', 'name')], JOB_COLUMNS)
 
 
 def jobinfo_text(row, info, show_trace=False, show_proc=False):
@@ -7034,13 +6946,14 @@ def cmd_ps(session, args):
     return r
 
 
+CE_COLUMNS = (-28, -50, -8, -10, -6, -6, -10)
+CE_HEADER = table_line(('Name', 'Host', 'State', 'Type', 'R', 'W', 'TTL', 'Partitions'), CE_COLUMNS)
+
+
 def ce_line(ce):
-    return '%-28s%-50s%-8s%-10s%-6s%-6s%-10s%s' % (
-        ce.get('ceName', '').replace('ALICE::', ''), ce.get('host', ''), ce.get('status', ''), ce.get('type', ''),
-        ce.get('maxRunning', ''), ce.get('maxQueued', ''), ce.get('TTL', ''), ce.get('partitions', '').strip(','))
-
-
-CE_HEADER = '%-28s%-50s%-8s%-10s%-6s%-6s%-10s%s' % ('Name', 'Host', 'State', 'Type', 'R', 'W', 'TTL', 'Partitions')
+    return table_line((ce.get('ceName', '').replace('ALICE::', ''), ce.get('host', ''), ce.get('status', ''),
+                       ce.get('type', ''), ce.get('maxRunning', ''), ce.get('maxQueued', ''), ce.get('TTL', ''),
+                       ce.get('partitions', '').strip(',')), CE_COLUMNS)
 
 
 def select_ces(ces, name=None, host=None, part=None):
@@ -7157,6 +7070,125 @@ def cmd_submit(session, args):
                            nokeys=not session.command_json)
 
 
+# Outside services: plain HTTP/1.1 on the websocket's own pieces: connect_tcp
+# (RFC 8305), proxy_for (https_proxy/http_proxy, no_proxy) with connect_tunnel, the
+# CA search of find_ca. http.client is imported only when a GET is made.
+
+HTTP_TIMEOUT = 10.0          # seconds to connect and between bytes (ALIENPY_HTTP_TIMEOUT)
+HTTP_MAX_BODY = 256 << 20    # a reply kept in memory; downloads stream to a file instead
+HTTP_REDIRECTS = 5
+
+
+def _http_connection(scheme, host, port, environ, timeout):
+    """(http.client connection on an open socket, True when requests go to a plain
+    HTTP proxy and need the absolute URL)."""
+    import http.client
+    proxy = proxy_for(host, environ, scheme)
+    sock = connect_tcp(proxy[0] if proxy else host, proxy[1] if proxy else port, environ, timeout=timeout)
+    try:
+        if proxy and scheme == 'https':
+            connect_tunnel(sock, host, port, proxy[2], timeout)
+        sock.settimeout(timeout)
+        if scheme == 'https':
+            ctx = ssl.create_default_context()
+            try:
+                kind, where = find_ca(environ)
+                ctx.load_verify_locations(**{kind: where})
+            except AlienError:
+                pass  # the system CAs only
+            try:
+                sock = ctx.wrap_socket(sock, server_hostname=host)
+            except ssl.SSLError as e:
+                raise tls_error(e, host)
+            conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=ctx)
+        else:
+            conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    except (AlienError, OSError):
+        sock.close()
+        raise
+    conn.sock = sock
+    return conn, bool(proxy) and scheme == 'http', proxy
+
+
+def http_get(url, environ, headers=(), timeout=None, sink=None, what='GET'):
+    """GET url (redirects followed) -> (response headers with lower-case names, body).
+    With sink (a binary file) the body is written there and b'' returned. One-line
+    AlienError otherwise: 107 unreachable or no answer within the timeout, 2 for
+    HTTP 404, 121 for any other HTTP error, 42 for a truncated or oversized body."""
+    import http.client
+    from urllib.parse import urlsplit, urljoin
+    try:
+        timeout = float(timeout or environ.get('ALIENPY_HTTP_TIMEOUT') or HTTP_TIMEOUT)
+    except ValueError:
+        raise AlienError('ALIENPY_HTTP_TIMEOUT=%r is not a number' % environ.get('ALIENPY_HTTP_TIMEOUT'), EX_EINVAL)
+    for _ in range(HTTP_REDIRECTS + 1):
+        u = urlsplit(url)
+        try:
+            port = u.port or (443 if u.scheme == 'https' else 80)
+        except ValueError:
+            port = None
+        if u.scheme not in ('http', 'https') or not u.hostname or not port:
+            raise AlienError('%s: not a valid http(s) URL: %s' % (what, url), EX_EINVAL)
+        try:
+            conn, absolute, proxy = _http_connection(u.scheme, u.hostname, port, environ, timeout)
+        except AlienError as e:
+            raise AlienError('%s %s: %s' % (what, url, e), e.exitcode)
+        hdrs = dict([('User-Agent', user_agent(environ))] + list(headers))
+        if absolute and proxy[2]:
+            hdrs['Proxy-Authorization'] = proxy_authorization(proxy[2])
+        try:
+            conn.request('GET', url if absolute else (u.path or '/') + ('?' + u.query if u.query else ''),
+                         headers=hdrs)
+            resp = conn.getresponse()
+            location = resp.getheader('Location')
+            if resp.status in (301, 302, 303, 307, 308) and location:
+                url = urljoin(url, location)
+                continue
+            if resp.status != 200:
+                raise AlienError('%s %s: HTTP %d %s' % (what, url, resp.status, resp.reason),
+                                 EX_ENOENT if resp.status == 404 else EX_EREMOTEIO)
+            got, body = 0, b''
+            if sink is None:
+                body = resp.read(HTTP_MAX_BODY + 1)
+                got = len(body)
+                if got > HTTP_MAX_BODY:
+                    raise AlienError('%s %s: reply larger than %d MiB' % (what, url, HTTP_MAX_BODY >> 20), EX_ENOMSG)
+            else:
+                while True:
+                    chunk = resp.read(1 << 20)
+                    if not chunk:
+                        break
+                    sink.write(chunk)
+                    got += len(chunk)
+            length = resp.getheader('Content-Length')
+            if length and length.isdigit() and int(length) != got:
+                raise AlienError('%s %s: reply cut after %d of %s bytes' % (what, url, got, length), EX_ENOMSG)
+            return dict((k.lower(), v) for k, v in resp.getheaders()), body
+        except socket.timeout:
+            raise AlienError('%s %s: no answer within %g s' % (what, url, timeout), EX_NOTCONN)
+        except http.client.IncompleteRead as e:
+            raise AlienError('%s %s: reply cut after %d bytes' % (what, url, len(e.partial)), EX_ENOMSG)
+        except (OSError, http.client.HTTPException) as e:
+            raise AlienError('%s %s: %s' % (what, url, e or type(e).__name__), EX_NOTCONN)
+        finally:
+            conn.close()
+    raise AlienError('%s %s: more than %d redirects' % (what, url, HTTP_REDIRECTS), EX_EREMOTEIO)
+
+
+def http_get_json(url, environ, headers=(), what='GET', check=None):
+    """http_get of a JSON document; `check(doc)` says whether its shape is the expected one.
+    A body that is not JSON, or not of that shape, is a one-line error (exit 42)."""
+    _, body = http_get(url, environ, [('Accept', 'application/json')] + list(headers), what=what)
+    try:
+        doc = load_json(body.decode('utf-8'))
+    except ValueError as e:
+        raise AlienError('%s %s: the reply is not JSON%s' % (
+            what, url, ' (%s)' % e if isinstance(e, JsonTooDeep) else ''), EX_ENOMSG)
+    if check is not None and not check(doc):
+        raise AlienError('%s %s: the reply is not in the expected format' % (what, url), EX_ENOMSG)
+    return doc
+
+
 CCDB_DEFAULT = 'http://alice-ccdb.cern.ch'
 MONALISA_DEFAULT = 'http://alimonitor.cern.ch/rest/'
 
@@ -7202,7 +7234,7 @@ def ccdb_listing(doc, unixtime=False):
     lines = ['%s/' % d for d in doc['subfolders']]
     objs = [ccdb_object(o) for o in doc['objects']]
     if objs:
-        lines.append('%-47s%-28s%-19s%-20s%s' % ('Filename', 'Type', 'ValidFrom', 'ValidUntil', 'Lifetime(ms)'))
+        lines.append(table_line(('Filename', 'Type', 'ValidFrom', 'ValidUntil', 'Lifetime(ms)'), (-47, -28, -19, -20)))
     for o in objs:
         lines.append('%s  %s  "%s"  "%s"  %s' % (o['filename'], o.get('ObjectType', 'TYPE NOT FOUND'),
                                                 local_time(o.get('Valid-From', ''), unixtime),
@@ -7211,7 +7243,8 @@ def ccdb_listing(doc, unixtime=False):
 
 
 def ccdb_report(doc):
-    lines = ['%-40s%12s%12s%12s%14s' % ('Name', 'ownFiles', 'ownSize', 'filesSub', 'sizeSub')]
+    columns = (-40, 12, 12, 12, 14)
+    lines = [table_line(('Name', 'ownFiles', 'ownSize', 'filesSub', 'sizeSub'), columns)]
     total_size = total = 0
     for f in doc['subfolders']:
         if not isinstance(f, dict):
@@ -7219,12 +7252,12 @@ def ccdb_report(doc):
         own, sub = int(f.get('ownSize', 0)), int(f.get('sizeOfSubfolders', 0))
         total_size += own + sub
         total += int(f.get('ownFiles', 0)) + int(f.get('filesInSubfolders', 0))
-        lines.append('%-40s%12s%12s%12s%14s' % (f.get('name', ''), f.get('ownFiles', 0), human_bytes(own),
-                                               f.get('filesInSubfolders', 0), human_bytes(sub)))
+        lines.append(table_line((f.get('name', ''), f.get('ownFiles', 0), human_bytes(own),
+                                 f.get('filesInSubfolders', 0), human_bytes(sub)), columns))
     if doc['objects']:
         total = len(doc['objects'])
         total_size += sum(int(o.get('size', o.get('Content-Length', 0)) or 0) for o in doc['objects'])
-    lines.append('%s%12s%12s%12s%14s' % ('TOTAL'.center(40), '-', '-', total, human_bytes(total_size)))
+    lines.append(table_line(('TOTAL'.center(40), '-', '-', total, human_bytes(total_size)), columns))
     return '\n'.join(lines)
 
 
@@ -7366,7 +7399,7 @@ def ml_table(rows):
     keys = list(rows[0].keys())
     cells = [[str(r.get(k)) if k != 'Timestamp' else local_time(r.get(k)) for k in keys] for r in rows]
     widths = [max([len(k)] + [len(c[i]) for c in cells]) + 3 for i, k in enumerate(keys)]
-    return '\n'.join(''.join(v.ljust(w) for v, w in zip(line, widths)).rstrip() for line in [keys] + cells)
+    return '\n'.join(table_line(line, [-w for w in widths]).rstrip() for line in [keys] + cells)
 
 
 @command('queryML', connect=False, usage=QUERYML_USAGE)
@@ -7788,13 +7821,10 @@ class GfalJobError(Exception):
 class GfalJob(object):
     """A validated job: type, entries and options with defaults filled in.
 
-    entries: list of tuples (id, kind, url) for list/remove/mkdir (kind 'file'
-    or 'dir') and (id, 'file', src, dst) for copy/rename; id is None for
-    wiki-style entries. creds: (source, destination) credential, each
-    (variable, file) or None (gfal_credentials); bound, shared, tokens: the URL
-    prefixes given a credential, the endpoints on both sides with two, whether
-    gfal2 may fetch tokens from HTTP storage (gfal_cred_bindings).
-    """
+    entries: (id, kind, url) for list/remove/mkdir (kind 'file' or 'dir'), (id,
+    'file', src, dst) for copy/rename; id None for wiki-style entries. creds:
+    (source, destination), each (variable, file) or None (gfal_credentials); bound,
+    shared, tokens: see gfal_cred_bindings."""
     __slots__ = ('type', 'entries', 'options', 'creds', 'bound', 'shared', 'tokens')
 
     def __init__(self, jobtype, entries, options):
@@ -7880,8 +7910,7 @@ def gfal_parse_entry(entry, pair, base, where):
     """One entry -> (id, url) when pair is False, (id, src, dst) when True.
 
     Single-path jobs: "path" or ["ID", "path"]. Pair jobs: ["src", "dst"] or
-    ["ID", "src", "dst"].
-    """
+    ["ID", "src", "dst"]."""
     if pair:
         if isinstance(entry, list) and len(entry) == 2:
             return (None, _gfal_url(entry[0], where, base), _gfal_url(entry[1], where, base))
@@ -8013,8 +8042,7 @@ def _gfal_checksum_option(value, with_value):
     """checksum option -> None or (algorithm, expected value or '').
 
     LIST: an algorithm name. COPY: "ALG" (source checked against destination)
-    or "ALG:VALUE" (both also checked against VALUE); true means adler32.
-    """
+    or "ALG:VALUE" (both also checked against VALUE); true means adler32."""
     if value is None or value is False:
         return None
     if value is True and with_value:
@@ -8038,8 +8066,7 @@ def gfal_encrypted_url(url):
     """The URL to use when encryption is asked, or raise ValueError with the reason.
 
     Local files need none (nothing crosses a network); root/xroot become
-    roots/xroots; encrypted protocols (and gsiftp, with DCAU on) stay as they are.
-    """
+    roots/xroots; encrypted protocols (and gsiftp, with DCAU on) stay as they are."""
     scheme = gfal_scheme(url)
     if scheme in GFAL_LOCAL_SCHEMES or scheme in GFAL_ENCRYPTED_SCHEMES:
         return url
@@ -8091,8 +8118,7 @@ def gfal_credentials(jobtype, environ):
 
     COPY: X509_USER_PROXY_SRC and X509_USER_PROXY_DST, each side falling back to
     X509_USER_PROXY; any other job: X509_USER_PROXY for both. A file named and
-    not readable, or holding no certificate, is a job error.
-    """
+    not readable, or holding no certificate, is a job error."""
     one = ('X509_USER_PROXY', environ['X509_USER_PROXY']) if environ.get('X509_USER_PROXY') else None
     sides = tuple((var, environ[var]) if jobtype == 'copy' and environ.get(var) else one
                   for var in GFAL_PROXY_VARS)
@@ -8111,14 +8137,12 @@ def gfal_cred_bindings(job):
     """({URL prefix: credential file}, shared endpoints, tokens) of a job.
 
     The prefixes, for gfal2's cred_set: each COPY side's credential on the root of
-    every endpoint of that side (also as the TLS twin when encrypting). The
-    destination's comes last: an endpoint on both sides with two different files
-    is bound to the destination's and is `shared` (each source file there is then
-    bound to the source's for its copy). Other jobs: nothing (gfal2 reads
-    X509_USER_PROXY itself). tokens: some entry may be an HTTP third-party copy,
-    the only use of the tokens gfal2 asks HTTP storage for (one more request for
-    every file otherwise).
-    """
+    every endpoint of that side (also as the TLS twin when encrypting), the
+    destination's last: an endpoint on both sides with two different files is bound
+    to the destination's and is `shared` (a source file there is bound to the
+    source's for its copy). Other jobs: nothing (gfal2 reads X509_USER_PROXY).
+    tokens: some entry may be an HTTP third-party copy, the only use of the tokens
+    gfal2 asks HTTP storage for (one more request for every file otherwise)."""
     tokens = job.type == 'copy' and job.options['copy_mode'] != 'streamed' and any(
         gfal_scheme(e[2]) in GFAL_HTTP_SCHEMES and gfal_scheme(e[3]) in GFAL_HTTP_SCHEMES for e in job.entries)
     bound, shared = {}, set()
@@ -8256,8 +8280,7 @@ def _gfal_read_dir(ctx, dir_url):
     Remote: opendir/readpp, one round trip for names and stats. file://: listdir
     and a stat per entry, which the file plugin does faster than readpp, and
     where a dangling symlink is listed with its own lstat instead of failing
-    the whole listing (readpp follows links and raises ENOENT).
-    """
+    the whole listing (readpp follows links and raises ENOENT)."""
     if gfal_scheme(dir_url) == 'file':
         found = []
         for name in ctx.listdir(dir_url):
@@ -8331,8 +8354,7 @@ class _GfalParentDirs(object):
     Creating each distinct parent once, instead of letting gfal2 check and
     create it for every file (create_parent), saves two round trips per file.
     A parent that cannot be made here is left to gfal2 (create_parent), so
-    its own error message is reported.
-    """
+    its own error message is reported."""
 
     def __init__(self):
         self.lock = threading.Lock()
@@ -8448,8 +8470,7 @@ def _gfal_run_parallel(gfal2, job, out, workers):
     """COPY entries on `workers` threads (one gfal2 context each).
 
     Results are printed in input order, each as soon as it and all before it
-    are done. Returns the number of failed entries.
-    """
+    are done. Returns the number of failed entries."""
     entries = job.entries
     parents = _GfalParentDirs()
     results = [None] * len(entries)
@@ -8569,8 +8590,7 @@ def gfal_main(args, stdin=None, stdout=None, stderr=None):
     """alien.py gfal TYPE [JOB.json|-]: run a worker job; returns the exit status.
 
     0: every entry succeeded; 1: at least one failed; 2: job error (one JSON
-    error line on stdout, nothing done).
-    """
+    error line on stdout, nothing done)."""
     stdin = sys.stdin if stdin is None else stdin
     out = _GfalOutput(sys.stdout if stdout is None else stdout, sys.stderr if stderr is None else stderr)
     args = list(args)
