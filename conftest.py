@@ -9,26 +9,18 @@ Markers (pyproject.toml): `pure` (no network, no external program; also run unde
 CPython 3.6+ of the machine) and `once` (independent of the websocket transport: the
 README's test command runs them in its first pass only).
 """
-import contextlib as _tg_contextlib
+import contextlib
 import json
-import json as _tg_json
 import os
-import os as _gfal_os
-import os as _tg_os
 import re
 import socket
-import sqlite3 as _rc_sqlite3
+import sqlite3
 import ssl
-import ssl as _tg_ssl
 import struct
 import subprocess
-import subprocess as _tg_subprocess
 import sys
-import sys as _gfal_sys
-import sys as _tg_sys
 import threading
 import time
-import time as _tg_time
 
 import pexpect
 import pytest
@@ -105,9 +97,7 @@ CLIENT_VARS = ('ALIENPY_', 'X509_', 'JALIEN_', 'https_proxy', 'HTTPS_PROXY')
 
 KEEP_VARS = ('ALIENPY_TRANSPORT',)  # the transport under test comes from the outside
 
-_TG_REPO = _tg_os.path.dirname(_tg_os.path.abspath(__file__))
-
-_TG_DIR = _tg_os.path.join(_TG_REPO, '.testgrid-pytest')
+_TG_DIR = os.path.join(REPO, '.testgrid-pytest')
 
 
 @pytest.fixture(scope='session')
@@ -252,13 +242,9 @@ def hostile_run(grid_state, henv, script, line='pwd', handshake=None, timeout=20
         server.close()
 
 
-if _TG_REPO not in _tg_sys.path:
-    _tg_sys.path.insert(0, _TG_REPO)
-
-
 def _tg_ctx(state, cert=None, key=None, check_hostname=False):
     env = state['env']
-    ctx = _tg_ssl.SSLContext(_tg_ssl.PROTOCOL_TLS_CLIENT)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = check_hostname
     ctx.load_verify_locations(capath=env['X509_CERT_DIR'])
     if cert is not False:
@@ -266,7 +252,7 @@ def _tg_ctx(state, cert=None, key=None, check_hostname=False):
     return ctx
 
 
-@_tg_contextlib.contextmanager
+@contextlib.contextmanager
 def _tg_ws(state, cert=None, key=None, port=None, check_hostname=False):
     from websockets.sync.client import connect
     url = 'wss://127.0.0.1:%d/websocket/json' % (port or state['service']['port'])
@@ -276,9 +262,9 @@ def _tg_ws(state, cert=None, key=None, port=None, check_hostname=False):
 
 
 def _tg_call(conn, command, options=(), raw=None):
-    conn.send(raw if raw is not None else _tg_json.dumps({'command': command,
+    conn.send(raw if raw is not None else json.dumps({'command': command,
                                                           'options': list(options)}))
-    return _tg_json.loads(conn.recv(timeout=10))
+    return json.loads(conn.recv(timeout=10))
 
 
 def _tg_ok(reply):
@@ -289,13 +275,13 @@ def _tg_ok(reply):
 @pytest.fixture
 def tg_dir(grid_state):
     """A fresh empty directory under the grid home for one test; returns its LFN (with /)."""
-    name = 'tg_%d_%d' % (_tg_os.getpid(), int(_tg_time.time() * 1e6))
+    name = 'tg_%d_%d' % (os.getpid(), int(time.time() * 1e6))
     with _tg_ws(grid_state) as c:
         _tg_ok(_tg_call(c, 'mkdir', ['-p', grid_state['home'] + name]))
     return grid_state['home'] + name + '/'
 
 
-@_tg_contextlib.contextmanager
+@contextlib.contextmanager
 def _tg_dialect(name):
     """The service speaks this dialect (testgrid/dialects.py) to the connections opened
     meanwhile; the default is back afterwards, whatever happens."""
@@ -315,7 +301,7 @@ def dialect(request, grid_state):
 
 
 def _tg_xrdcp(*args):
-    p = _tg_subprocess.run([tool('xrdcp'), '--nopbar', '--force'] + list(args), capture_output=True,
+    p = subprocess.run([tool('xrdcp'), '--nopbar', '--force'] + list(args), capture_output=True,
                            text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     return p
@@ -429,12 +415,6 @@ def write(path, data):
     with open(str(path), 'wb') as f:
         f.write(data)
     return str(path)
-
-
-GFAL_REPO = _gfal_os.path.dirname(_gfal_os.path.abspath(__file__))
-
-if GFAL_REPO not in _gfal_sys.path:
-    _gfal_sys.path.insert(0, GFAL_REPO)
 
 
 # ---- credentials: which file each side of a job gets (pure) ----
@@ -585,7 +565,7 @@ def service_back(grid_state):
 
 def _rc_entries(grid_state, lfn_dir):
     """{lfn: (size, md5, guid, replica count)} of the files below lfn_dir, read from the catalogue itself."""
-    db = _rc_sqlite3.connect(os.path.join(grid_state['workdir'], 'catalogue.sqlite'), timeout=10)
+    db = sqlite3.connect(os.path.join(grid_state['workdir'], 'catalogue.sqlite'), timeout=10)
     try:
         rows = db.execute("SELECT e.lfn, e.size, e.md5, e.guid, (SELECT COUNT(*) FROM replicas r WHERE r.guid = e.guid)"
                           " FROM entries e WHERE e.type = 'f' AND e.lfn LIKE ?", (lfn_dir + '%',)).fetchall()

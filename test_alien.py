@@ -1,17 +1,13 @@
 """Unit tests of alien.py's own pieces, in the order of alien.py's sections: no test grid."""
 import hashlib
 import io
-import io as _gfal_io
 import json
-import json as _gfal_json
 import os
-import os as _gfal_os
 import re
 import socket
 import struct
 import subprocess
 import sys
-import sys as _gfal_sys
 import threading
 import time
 
@@ -38,7 +34,6 @@ def test_result_out_and_write_lines_agree():
     r = alien.Result(0, None, results=['  first', {'message': 'b'}, {'other': 1}, '', ' \n'])
     assert r.out == 'first\nb'
     r2 = alien.Result(0, None, results=['  first', {'message': 'b'}, {'other': 1}, '', ' \n'])
-    import io
     old, sys.stdout = sys.stdout, io.StringIO()
     try:
         alien.write_lines(r2)
@@ -1398,11 +1393,11 @@ def test_gfal_bad_job_is_one_error_line(jobtype, doc, message):
         alien.gfal_parse_job(jobtype, doc)
     assert message in str(info.value)
     # through gfal_main: exactly one JSON line, exit 2 (parsing fails before gfal2 is needed)
-    out, err = _gfal_io.StringIO(), _gfal_io.StringIO()
-    rc = alien.gfal_main([jobtype.upper()], _gfal_io.StringIO(_gfal_json.dumps(doc)), out, err)
+    out, err = io.StringIO(), io.StringIO()
+    rc = alien.gfal_main([jobtype.upper()], io.StringIO(json.dumps(doc)), out, err)
     lines = out.getvalue().splitlines()
     assert rc == 2 and len(lines) == 1 and err.getvalue() == ''
-    line = _gfal_json.loads(lines[0])
+    line = json.loads(lines[0])
     assert list(line) == ['Reason', 'Code', 'id'] and line['id'] == '' and line['Code'] == 1 and message in line['Reason']
 
 
@@ -1527,23 +1522,23 @@ def test_gfal_credential_note():
     (['list', '/nonexistent/job.json'], '', 'cannot read the job file'),
 ])
 def test_gfal_main_bad_input(args, text, message):
-    out, err = _gfal_io.StringIO(), _gfal_io.StringIO()
-    rc = alien.gfal_main(args, _gfal_io.StringIO(text), out, err)
+    out, err = io.StringIO(), io.StringIO()
+    rc = alien.gfal_main(args, io.StringIO(text), out, err)
     lines = out.getvalue().splitlines()
     assert rc == 2 and len(lines) == 1
-    line = _gfal_json.loads(lines[0])
+    line = json.loads(lines[0])
     assert line['Code'] == 1 and message in line['Reason']
 
 
 @pytest.mark.once
 def test_gfal_missing_module_in_process(monkeypatch, tmp_path):
-    monkeypatch.setitem(_gfal_sys.modules, 'gfal2', None)     # import gfal2 -> ImportError
-    out, err = _gfal_io.StringIO(), _gfal_io.StringIO()
+    monkeypatch.setitem(sys.modules, 'gfal2', None)     # import gfal2 -> ImportError
+    out, err = io.StringIO(), io.StringIO()
     job = {'dirs': ['file://%s/new' % tmp_path]}
-    rc = alien.gfal_main(['mkdir'], _gfal_io.StringIO(_gfal_json.dumps(job)), out, err)
+    rc = alien.gfal_main(['mkdir'], io.StringIO(json.dumps(job)), out, err)
     lines = out.getvalue().splitlines()
     assert rc == 2 and len(lines) == 1
-    assert 'python3-gfal2' in _gfal_json.loads(lines[0])['Reason']
+    assert 'python3-gfal2' in json.loads(lines[0])['Reason']
     assert not (tmp_path / 'new').exists()
 
 
@@ -1558,8 +1553,8 @@ def test_gfal_command_handler_and_help(capsys):
     result = alien.COMMANDS['gfal'].handler(None, [])
     out = capsys.readouterr().out.splitlines()
     assert result.exitcode == 2 and result.out == '' and len(out) == 1
-    assert 'usage: alien.py gfal' in _gfal_json.loads(out[0])['Reason']
-    assert alien.gfal_main(['--help'], None, _gfal_io.StringIO(), _gfal_io.StringIO()) == 0
+    assert 'usage: alien.py gfal' in json.loads(out[0])['Reason']
+    assert alien.gfal_main(['--help'], None, io.StringIO(), io.StringIO()) == 0
 
 
 @pytest.mark.once
@@ -1576,15 +1571,15 @@ def test_gfal_lazy_system_cas(tmp_path, monkeypatch):
     monkeypatch.setattr(alien.ssl, 'get_default_verify_paths', lambda: paths)
 
     def lazy(env, links):
-        for n in _gfal_os.listdir(str(capath)):
-            _gfal_os.unlink(str(capath / n))
+        for n in os.listdir(str(capath)):
+            os.unlink(str(capath / n))
         for i in range(links):
             (capath / ('%08x.0' % i)).write_text('')
         env = dict(env)
         alien.gfal_lazy_system_cas(env)
         return env.get('SSL_CERT_FILE')
-    assert lazy({}, 3) == _gfal_os.devnull
-    assert lazy({'SSL_CERT_FILE': str(bundle), 'SSL_CERT_DIR': str(capath)}, 3) == _gfal_os.devnull
+    assert lazy({}, 3) == os.devnull
+    assert lazy({'SSL_CERT_FILE': str(bundle), 'SSL_CERT_DIR': str(capath)}, 3) == os.devnull
     assert lazy({}, 2) is None                                     # a CA of the file not in the directory
     other = tmp_path / 'mine.pem'
     other.write_text(GFAL_FAKE_CERT)

@@ -1,12 +1,12 @@
 """The test grid's replies against the captured bytes of the real services."""
-import hashlib as _tg_hashlib
-import json as _tg_json
-import os as _tg_os
-import re as _tg_re
+import hashlib
+import json
+import os
+import re
 
 import pytest
 
-from conftest import _TG_REPO, _gj_job, _tg_call, _tg_dialect, _tg_ok, _tg_ws, _tg_xrdcp
+from conftest import REPO, _gj_job, _tg_call, _tg_dialect, _tg_ok, _tg_ws, _tg_xrdcp
 
 
 # -- the service's two dialects: the captured replies, request by request (issue 18) --
@@ -19,7 +19,7 @@ from conftest import _TG_REPO, _gj_job, _tg_call, _tg_dialect, _tg_ok, _tg_ws, _
 # the certificate's DN, the build) are normalised; values of the grid rather than of the
 # code base are normalised per command in _CX_GRID_VALUES, with the reason (also in
 # testgrid/README.md, "The corpus test"). No entry is left out.
-_CX_DIR = _tg_os.path.join(_TG_REPO, '.testgrid-corpus')
+_CX_DIR = os.path.join(REPO, '.testgrid-corpus')
 
 
 # the captured files: job.jdl (37 B in 2021, 90 B in 2024; /bin/date is no grid file, its
@@ -31,18 +31,18 @@ _CX_SPEC = {'2021': 'jcentral-replies-2021.md', '2024': 'jcentral-replies-2024.m
 
 def _cx_corpus(dialect):
     """[(section, title, request dict, reply text)] of a dialect's capture file."""
-    path = _tg_os.path.join(_TG_REPO, 'testgrid', 'captures', _CX_SPEC[dialect])
+    path = os.path.join(REPO, 'testgrid', 'captures', _CX_SPEC[dialect])
     with open(path) as f:
         text = f.read()
     out, section, title = [], '', ''
-    for m in _tg_re.finditer(r'^(#+) ([^\n]*)$|^```json\n(.*?)\n```', text, _tg_re.M | _tg_re.S):
+    for m in re.finditer(r'^(#+) ([^\n]*)$|^```json\n(.*?)\n```', text, re.M | re.S):
         if m.group(1) == '#':
             section = m.group(2)
         elif m.group(1):
             title = m.group(2).strip('`')
         else:
             req, _, reply = m.group(3).partition('\n')
-            out.append((section, title, _tg_json.loads(req), reply))
+            out.append((section, title, json.loads(req), reply))
     return out
 
 
@@ -68,7 +68,7 @@ _CX_GRID_VALUES = {
         (r'((?:seUsedSpace|seNumFiles)\t: )\d+', '\\1<N>')]),
 }
 
-_CX_VOLATILE = [(_tg_re.compile(p, _tg_re.S), r) for p, r in (
+_CX_VOLATILE = [(re.compile(p, re.S), r) for p, r in (
     (r'-----BEGIN SEALED CIPHER-----\n[A-Za-z0-9+=\n-]+\n-----END SEALED CIPHER-----\n'
      r'-----BEGIN SEALED ENVELOPE-----\n[A-Za-z0-9+=\n-]+\n-----END SEALED ENVELOPE-----', '<ENVELOPE>'),
     (r'\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b', '<GUID>'),
@@ -97,7 +97,7 @@ def _cx_norm(value, command=''):
     for rx, rep in _CX_VOLATILE:
         value = rx.sub(rep, value)
     for p, rep in _CX_GRID_VALUES.get(command, ('', ()))[1]:
-        value = _tg_re.sub(p, rep, value)
+        value = re.sub(p, rep, value)
     return value
 
 
@@ -105,11 +105,11 @@ def _cx_differences(dialect, title, captured, got):
     """What differs between a captured reply and ours (a list of texts, empty: they match)."""
     command = title.split()[0]
     try:
-        want = _tg_json.loads(captured)
+        want = json.loads(captured)
     except ValueError:
         return [] if captured == got else ['not the same text: %r' % got]
     try:
-        have = _tg_json.loads(got)
+        have = json.loads(got)
     except ValueError:
         return ['our reply is not JSON: %r' % got[:200]]
     diffs = []
@@ -144,9 +144,9 @@ _CX_JOB2_JDL = {'2021': 'Executable = "~/bin/myjob.sh";\nSplit = "production:1-2
 
 def _cx_put(conn, lfn, data):
     """Upload data to lfn on the grid's one SE (access, xrdcp, commit), as any client does."""
-    md5 = _tg_hashlib.md5(data).hexdigest()
+    md5 = hashlib.md5(data).hexdigest()
     rep = _tg_ok(_tg_call(conn, 'access', ['-s', str(len(data)), '-m', md5, 'write-once', lfn, 'disk:1']))[0]
-    src = _tg_os.path.join(_CX_DIR, 'upload.tmp')
+    src = os.path.join(_CX_DIR, 'upload.tmp')
     with open(src, 'wb') as f:
         f.write(data)
     _tg_xrdcp(src, rep['url'] + '?authz=' + rep['envelope'])
@@ -197,7 +197,7 @@ def test_replies_match_the_captured_corpus(dialect):
                     section = sec
                 if req['command'] == 'guid2lfn':     # the captured h.txt's GUID is ours
                     req = dict(req, options=[guid])
-                c.send(_tg_json.dumps(req))
+                c.send(json.dumps(req))
                 got = c.recv(timeout=30)
                 diffs = _cx_differences(dialect, title, reply, got)
                 if diffs:
@@ -230,10 +230,10 @@ def test_job_replies_are_the_captured_service_bytes(grid_state, cenv, tg_dir, tm
     jobid = _gj_job(cenv, tg_dir, tmp_path)
     with _tg_dialect('2021'), _tg_ws(grid_state) as c:
         for (cmd, opts), expected in _GJ_SPEC.items():
-            c.send(_tg_json.dumps({'command': cmd, 'options': [o.replace('{id}', jobid) for o in opts]}))
+            c.send(json.dumps({'command': cmd, 'options': [o.replace('{id}', jobid) for o in opts]}))
             assert c.recv(timeout=10) == expected.replace('{id}', jobid), (cmd, opts)
         # a submit reply, byte for byte (the new id in blue, key jobId)
-        c.send(_tg_json.dumps({'command': 'submit', 'options': [tg_dir + 'job2.jdl', '7']}))
+        c.send(json.dumps({'command': 'submit', 'options': [tg_dir + 'job2.jdl', '7']}))
         new = str(int(jobid) + 1)
         assert c.recv(timeout=10) == (
             '{"metadata":{"currentdir":"\\/localhost\\/localdomain\\/user\\/j\\/jalien\\/","exitcode":"0",'

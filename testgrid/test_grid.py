@@ -1,14 +1,12 @@
 """The test grid itself: its service, its storage elements, its relays and faults."""
-import hashlib as _tg_hashlib
-import json as _tg_json
+import hashlib
+import json
 import os
-import os as _tg_os
-import re as _tg_re
+import re
 import socket
-import ssl as _tg_ssl
-import subprocess as _tg_subprocess
+import ssl
+import subprocess
 import time
-import time as _tg_time
 
 import pytest
 
@@ -31,21 +29,21 @@ def test_grid_state_and_credentials(grid_state):
     assert env['ALIENPY_JCENTRAL'] == '127.0.0.1'
     for k in ('X509_USER_CERT', 'X509_USER_KEY', 'JALIEN_TOKEN_CERT', 'JALIEN_TOKEN_KEY'):
         assert env[k].startswith(_TG_DIR), env[k]
-        assert _tg_os.path.isfile(env[k])
+        assert os.path.isfile(env[k])
     for k in ('X509_USER_KEY', 'JALIEN_TOKEN_KEY'):
-        assert _tg_os.stat(env[k]).st_mode & 0o077 == 0
+        assert os.stat(env[k]).st_mode & 0o077 == 0
         with open(env[k]) as f:
             assert f.readline().strip() == '-----BEGIN RSA PRIVATE KEY-----'
-    assert any(n.endswith('.0') for n in _tg_os.listdir(env['X509_CERT_DIR']))
+    assert any(n.endswith('.0') for n in os.listdir(env['X509_CERT_DIR']))
     assert [se['name'] for se in st['ses']] == ['LOCALHOST::JTESTSITE::FIRSTSE',
                                                 'LOCALHOST::JTESTSITE::SECONDSE']
     for se in st['ses']:
         assert se['url'] == 'root://127.0.0.1:%d//' % se['port']
-        assert _tg_os.path.isdir(se['datadir'])
+        assert os.path.isdir(se['datadir'])
     from testgrid import grid
-    t = _tg_time.time()
+    t = time.time()
     again = grid.start(_TG_DIR)          # already running: returns at once, same grid
-    assert _tg_time.time() - t < 1
+    assert time.time() - t < 1
     assert again['service']['port'] == st['service']['port']
 
 
@@ -70,10 +68,10 @@ def test_pwd_reply_shape(grid_state, dialect):
 
 def test_slashes_may_arrive_escaped(grid_state, dialect):
     with _tg_ws(grid_state) as c:
-        c.send(_tg_json.dumps({'command': 'pwd', 'options': []}))
+        c.send(json.dumps({'command': 'pwd', 'options': []}))
         raw = c.recv(timeout=10)
     assert '\\/localhost\\/' in raw          # valid JSON, exercised on purpose
-    assert _tg_json.loads(raw)['results'][0]['pwd'] == grid_state['home']
+    assert json.loads(raw)['results'][0]['pwd'] == grid_state['home']
 
 
 def test_cwd_is_per_connection(grid_state, dialect, tg_dir):
@@ -147,17 +145,17 @@ def test_cp_refused_and_bad_json(grid_state, dialect):
     with _tg_ws(grid_state) as c:
         # refused before any command runs: 2021 says -1 and nothing else, the newer one 22 with
         # who and where (in that key order)
-        for raw, error in ((_tg_json.dumps({'command': 'cp', 'options': ['a', 'b']}), cp),
+        for raw, error in ((json.dumps({'command': 'cp', 'options': ['a', 'b']}), cp),
                            ('{"command": "ls", "options": [', {'2021': 'Incoming JSON not ok',
                                                                 '2024': 'Incoming JSON is not ok'}[dialect])):
             c.send(raw)
             text = c.recv(timeout=10)
             if dialect == '2021':
-                assert text == '{"metadata":{"exitcode":"-1","error":%s},"results":[]}' % _tg_json.dumps(error)
+                assert text == '{"metadata":{"exitcode":"-1","error":%s},"results":[]}' % json.dumps(error)
             else:
-                assert _tg_json.loads(text) == {'metadata': {'exitcode': '22', 'error': error, 'user': 'jalien',
+                assert json.loads(text) == {'metadata': {'exitcode': '22', 'error': error, 'user': 'jalien',
                                                              'currentdir': grid_state['home']}, 'results': []}
-                assert list(_tg_json.loads(text)['metadata']) == ['exitcode', 'error', 'user', 'currentdir']
+                assert list(json.loads(text)['metadata']) == ['exitcode', 'error', 'user', 'currentdir']
         # the connection survives both; numbers are accepted as options
         r = _tg_call(c, 'ls', [1])
         assert r['metadata']['exitcode'] == '2'
@@ -210,8 +208,8 @@ def test_mkdir_ls_touch_mv_rm(grid_state, dialect, tg_dir):
         assert list(long) == ['permissions', 'user', 'group', 'size', 'ctime', 'name', 'path', 'message']
         assert long['permissions'] == '-rwxr-xr-x' and long['size'] == '0'
         ctime = int(long['ctime']) / (1 if dialect == '2021' else 1000)     # unix seconds / ms
-        assert abs(ctime - _tg_time.time()) < 600 and long['ctime'].endswith('' if dialect == '2021' else '000')
-        assert _tg_re.match(r'^-rwxr-xr-x     jalien   jalien            0 '
+        assert abs(ctime - time.time()) < 600 and long['ctime'].endswith('' if dialect == '2021' else '000')
+        assert re.match(r'^-rwxr-xr-x     jalien   jalien            0 '
                             r'[A-Z][a-z]{2} \d\d \d\d:\d\d    f1\.txt$', long['message'])
         dl = _tg_ok(_tg_call(c, 'ls', ['-l', '-F', tg_dir]))
         assert dl[-1]['message'].startswith('drwxr-xr-x     jalien   jalien ')
@@ -266,7 +264,7 @@ def test_stat_type_whoami_version(grid_state, dialect, tg_dir):
         assert w['username'] == 'jalien' and w['message'] == 'jalien'
         assert w['certificate_dn'] == 'CN=jalien, O=JAliEn, C=CH'
         assert w['homedir'] == grid_state['home'] and w.get('connected_from', '127.0.0.1') == '127.0.0.1'
-        assert int(w['certificate_expires']) > _tg_time.time()
+        assert int(w['certificate_expires']) > time.time()
         v = _tg_ok(_tg_call(c, 'version'))[0]
         assert list(v) == ['message', 'tag', 'git_hash', 'compiled_at', 'compiled_by']
         assert v['tag'] == {'2021': '', '2024': '1.8.6'}[dialect]
@@ -343,14 +341,14 @@ def test_token_cert_is_accepted(grid_state, dialect, tmp_path):
     assert w['username'] == 'jalien'
     assert w['certificate_dn'] == 'CN=jalien, OU=token, O=JAliEn, C=CH'
     # -v 2 days
-    assert 1.5 * 86400 < int(w['certificate_expires']) - _tg_time.time() < 2.5 * 86400
+    assert 1.5 * 86400 < int(w['certificate_expires']) - time.time() < 2.5 * 86400
 
 
 def test_access_commit_whereis_round_trip(grid_state, dialect, tg_dir, tmp_path):
     data = b'hello test grid\n'
     src = tmp_path / 'up.txt'
     src.write_bytes(data)
-    md5 = _tg_hashlib.md5(data).hexdigest()
+    md5 = hashlib.md5(data).hexdigest()
     lfn = tg_dir + 'up.txt'
     with _tg_ws(grid_state) as c:
         res = _tg_ok(_tg_call(c, 'access', ['-s', str(len(data)), '-m', md5, 'write-once', lfn]))
@@ -362,7 +360,7 @@ def test_access_commit_whereis_round_trip(grid_state, dialect, tg_dir, tmp_path)
             assert r['envelope'].startswith('-----BEGIN SEALED CIPHER-----\n')
             assert r['envelope'].endswith('-----END SEALED ENVELOPE-----\n' + {
                 '2021': '', '2024': '&scitag.flow=335&eos.app=cliUpload'}[dialect])
-            assert _tg_re.match(r'^root://127\.0\.0\.1:\d+//\d\d/\d{5}/%s$' % r['guid'], r['url'])
+            assert re.match(r'^root://127\.0\.0\.1:\d+//\d\d/\d{5}/%s$' % r['guid'], r['url'])
         assert res[0]['guid'] == res[1]['guid']
         # nothing visible before the commit
         assert _tg_call(c, 'ls', [lfn])['metadata']['exitcode'] == '2'
@@ -462,17 +460,16 @@ def test_tls_refuses_bad_client_certs(grid_state, kind):
         cert, key = grid.make_user_cert(_TG_DIR, 'expired', expired=True)
     # TLS 1.2: the server's alert (handshake failure / unknown ca / certificate expired)
     # ends the client's handshake
-    with pytest.raises(_tg_ssl.SSLError):
+    with pytest.raises(ssl.SSLError):
         with _tg_ws(grid_state, cert, key) as c:
             _tg_call(c, 'pwd')
 
 
 def test_tls12_only(grid_state):
     ctx = _tg_ctx(grid_state)
-    ctx.minimum_version = _tg_ssl.TLSVersion.TLSv1_3
-    import socket
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     with socket.create_connection(('127.0.0.1', grid_state['service']['port']), timeout=5) as s:
-        with pytest.raises(_tg_ssl.SSLError):
+        with pytest.raises(ssl.SSLError):
             ctx.wrap_socket(s, server_hostname='127.0.0.1')
     ctx = _tg_ctx(grid_state)
     with socket.create_connection(('127.0.0.1', grid_state['service']['port']), timeout=5) as s:
@@ -487,7 +484,7 @@ def test_hostname_mismatch_service(grid_state):
     # CA-valid certificate: fine without a host name check, refused with one
     with _tg_ws(grid_state, port=port) as c:
         assert _tg_ok(_tg_call(c, 'pwd'))
-    with pytest.raises(_tg_ssl.SSLCertVerificationError):
+    with pytest.raises(ssl.SSLCertVerificationError):
         with _tg_ws(grid_state, port=port, check_hostname=True):
             pass
     with _tg_ws(grid_state, check_hostname=True) as c:        # the main one has IP:127.0.0.1
@@ -499,15 +496,15 @@ def test_stop_and_start_se(grid_state, tmp_path):
     se = grid_state['ses'][1]
     grid.stop_se(_TG_DIR, se['name'])
     try:
-        p = _tg_subprocess.run([tool('xrdfs'), 'root://127.0.0.1:%d' % se['port'], 'ls', '/'],
+        p = subprocess.run([tool('xrdfs'), 'root://127.0.0.1:%d' % se['port'], 'ls', '/'],
                                capture_output=True, text=True, timeout=30,
-                               env=dict(_tg_os.environ, XRD_CONNECTIONRETRY='1',
+                               env=dict(os.environ, XRD_CONNECTIONRETRY='1',
                                         XRD_REQUESTTIMEOUT='3'))
         assert p.returncode != 0
     finally:
         again = grid.start_se(_TG_DIR, se['name'])
     assert again['port'] == se['port']
-    p = _tg_subprocess.run([tool('xrdfs'), 'root://127.0.0.1:%d' % se['port'], 'ls', '/'],
+    p = subprocess.run([tool('xrdfs'), 'root://127.0.0.1:%d' % se['port'], 'ls', '/'],
                            capture_output=True, text=True, timeout=30)
     assert p.returncode == 0, p.stderr
 
@@ -517,23 +514,23 @@ def test_big_directory_listing_is_fast(grid_state, tg_dir):
     n = 20000
     grid.populate(_TG_DIR, tg_dir + 'big', n)
     with _tg_ws(grid_state) as c:
-        t = _tg_time.time()
+        t = time.time()
         res = _tg_ok(_tg_call(c, 'ls', ['-nokeys', tg_dir + 'big']))
-        t_ls = _tg_time.time() - t
-        t = _tg_time.time()
+        t_ls = time.time() - t
+        t = time.time()
         found = _tg_ok(_tg_call(c, 'find', ['-nomsg', tg_dir + 'big', '*']))
-        t_find = _tg_time.time() - t
+        t_find = time.time() - t
     assert len(res) == n and len(found) == n
     assert t_ls < 1.5 and t_find < 1.5, (t_ls, t_find)
 
 
 def _tg_alienpy(state, line, extra_env=None):
     exe = tool('alienpy')
-    env = dict(_tg_os.environ)
+    env = dict(os.environ)
     env.update(state['env'])
     env.update(extra_env or {})
     env['ALIENPY_NO_STAGGER'] = '1'
-    return _tg_subprocess.run([exe, line], capture_output=True, text=True, env=env,
+    return subprocess.run([exe, line], capture_output=True, text=True, env=env,
                               timeout=60, cwd=str(_TG_DIR))
 
 
@@ -553,7 +550,7 @@ def test_reference_client_alienpy(grid_state, dialect, tg_dir, tmp_path):
     assert p.returncode == 0, p.stderr
     out = p.stdout.split('\n')
     assert out[0] == home and out[1] == 'jalien'
-    assert _tg_re.match(r'^drwxr-xr-x     jalien   jalien            0 .*    d1/$', out[2])
+    assert re.match(r'^drwxr-xr-x     jalien   jalien            0 .*    d1/$', out[2])
     assert 'File: %sd1' % tg_dir in p.stdout
     p = _tg_alienpy(grid_state, 'find %s d2' % tg_dir, tok)
     assert p.returncode == 0 and p.stdout.strip() == '', (p.stdout, p.stderr)
@@ -568,11 +565,11 @@ def test_fault_actions_and_idle_timeout(grid_state, dialect):
     try:
         grid.set_faults(_TG_DIR, {'whoami': 'empty', 'version': 'drop', 'type': 'exception'})
         with _tg_ws(grid_state) as c:
-            c.send(_tg_json.dumps({'command': 'whoami', 'options': []}))
+            c.send(json.dumps({'command': 'whoami', 'options': []}))
             assert c.recv(timeout=5) == ''
             r = _tg_call(c, 'type', ['/'])
             assert r['metadata']['exitcode'] == '121'
-            c.send(_tg_json.dumps({'command': 'version', 'options': []}))
+            c.send(json.dumps({'command': 'version', 'options': []}))
             with pytest.raises((ConnectionClosed, OSError, EOFError)):
                 c.recv(timeout=5)
         grid.set_faults(_TG_DIR, {'idle_timeout': 0.3})
@@ -600,9 +597,9 @@ def test_mirror_and_the_options_of_one_dialect(grid_state, dialect, tg_dir):
     first, second = [se['name'] for se in grid_state['ses']]
     lfn = tg_dir + 'm.txt'
     with _tg_ws(grid_state) as c:
-        r = _tg_ok(_tg_call(c, 'access', ['-s', '3', '-m', _tg_hashlib.md5(b'mm\n').hexdigest(), 'write-once', lfn,
+        r = _tg_ok(_tg_call(c, 'access', ['-s', '3', '-m', hashlib.md5(b'mm\n').hexdigest(), 'write-once', lfn,
                                           first]))[0]
-        src = _tg_os.path.join(str(_TG_DIR), 'mirror-src.txt')
+        src = os.path.join(str(_TG_DIR), 'mirror-src.txt')
         with open(src, 'wb') as f:
             f.write(b'mm\n')
         _tg_xrdcp(src, r['url'] + '?authz=' + r['envelope'])
@@ -744,8 +741,8 @@ def test_the_service_races_like_the_real_endpoint(grid_state, service_conf, tg_d
     service_conf({'handoff': 0.1, 'queue_delay': [0.15, 0.15]})
     with _tg_ws(grid_state) as c:
         for name in ('r1', 'r2'):
-            c.send(_tg_json.dumps({'command': 'mkdir', 'options': ['-p', tg_dir + name]}))
-        c.send(_tg_json.dumps({'command': 'whoami', 'options': []}))
+            c.send(json.dumps({'command': 'mkdir', 'options': ['-p', tg_dir + name]}))
+        c.send(json.dumps({'command': 'whoami', 'options': []}))
         frames = [c.recv(timeout=10) for _ in range(3)]
         listing = _tg_ok(_tg_call(c, 'ls', [tg_dir]))
     assert '' in frames, frames                      # a reply taken by another request

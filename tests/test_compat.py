@@ -4,6 +4,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -218,7 +219,6 @@ def test_compatibility_with_the_reference_client(cenv, grid_state, f2dir, tmp_pa
         if name == 'ref':
             # the reference's run/cat name their temp file after the LFN in $TMPDIR: cases
             # running at once on the same LFN would share it
-            import tempfile
             env['TMPDIR'] = tempfile.mkdtemp(dir=str(tmp_path))
             exe = clients['ref'] if prog == 'alien.py' else os.path.join(os.path.dirname(clients['ref']), prog)
             cmd = [exe] + argv

@@ -438,7 +438,6 @@ def test_streamed_download_puts_many_chunks_in_order_and_checks_the_md5(cpenv, g
 def _file_size_limit(limit):
     def apply():
         import resource
-        import signal
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # a write past the limit fails with EFBIG
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
     return apply

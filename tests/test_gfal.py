@@ -1,36 +1,35 @@
 """gfal jobs: on files, on the XRootD and the davs storage of the test grid."""
-import hashlib as _gfal_hashlib
+import hashlib
 import json
-import json as _gfal_json
-import os as _gfal_os
-import pwd as _gfal_pwd
-import re as _gfal_re
+import os
+import pwd
+import re
+import ssl
 import subprocess
-import subprocess as _gfal_subprocess
-import time as _gfal_time
-import zlib as _gfal_zlib
+import time
+import zlib
 
 import pytest
 
 import alien
 from testgrid import tools
 from testgrid.tools import tool
-from conftest import GFAL_REPO, _gfal_cred_files, run_cli
+from conftest import REPO, _gfal_cred_files, run_cli
 
 GFAL_PY = tool('gfal-python')    # Debian's interpreter: the one python3-gfal2 is built for
 
 GFAL_RUNNER = ('import sys; sys.path.insert(0, %r); import alien; '
-               'sys.exit(alien.gfal_main(sys.argv[1:]))' % GFAL_REPO)
+               'sys.exit(alien.gfal_main(sys.argv[1:]))' % REPO)
 
 
 def gfal_run(jobtype, job, *args, python=GFAL_PY, timeout=120, env=None):
     """Run one gfal job in a subprocess -> (exit status, [stdout JSON objects], stderr)."""
-    data = job if isinstance(job, str) else _gfal_json.dumps(job)
-    proc = _gfal_subprocess.run([python, '-c', GFAL_RUNNER, jobtype] + list(args),
-                                input=data.encode(), stdout=_gfal_subprocess.PIPE,
-                                stderr=_gfal_subprocess.PIPE, timeout=timeout, env=env)
+    data = job if isinstance(job, str) else json.dumps(job)
+    proc = subprocess.run([python, '-c', GFAL_RUNNER, jobtype] + list(args),
+                                input=data.encode(), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, timeout=timeout, env=env)
     lines = proc.stdout.decode().splitlines()
-    return proc.returncode, [_gfal_json.loads(line) for line in lines], proc.stderr.decode()
+    return proc.returncode, [json.loads(line) for line in lines], proc.stderr.decode()
 
 
 # ===== gfal jobs tests =====
@@ -41,7 +40,7 @@ def test_gfal_missing_module_pyenv_python(tmp_path):
     # A pyenv interpreter's test venv has no gfal2 (the project's .venv sees Debian's):
     # one error line naming the package.
     python = tools.test_venv(tools.OTHER_VERSIONS[-1])
-    assert _gfal_subprocess.call([python, '-c', 'import gfal2'], stderr=_gfal_subprocess.DEVNULL) != 0
+    assert subprocess.call([python, '-c', 'import gfal2'], stderr=subprocess.DEVNULL) != 0
     rc, lines, err = gfal_run('mkdir', {'dirs': ['file://%s/new' % tmp_path]}, python=python)
     assert rc == 2 and len(lines) == 1 and lines[0]['Code'] == 1
     assert 'python3-gfal2' in lines[0]['Reason'] and 'gfal2-plugin-file' in lines[0]['Reason']
@@ -54,11 +53,11 @@ GFAL_STAT_KEYS = ['st_dev', 'st_ino', 'st_mode', 'st_nlink', 'st_uid', 'st_gid',
 
 def gfal_tree(top):
     """A small tree: top/{a.txt, .hidden, sub/{f1, deep/{f2}}, empty/}."""
-    _gfal_os.makedirs(_gfal_os.path.join(top, 'sub', 'deep'))
-    _gfal_os.makedirs(_gfal_os.path.join(top, 'empty'))
+    os.makedirs(os.path.join(top, 'sub', 'deep'))
+    os.makedirs(os.path.join(top, 'empty'))
     for rel, data in (('a.txt', b'hello\n'), ('.hidden', b''), ('sub/f1', b'one'),
                       ('sub/deep/f2', b'two')):
-        with open(_gfal_os.path.join(top, rel), 'wb') as f:
+        with open(os.path.join(top, rel), 'wb') as f:
             f.write(data)
     return top
 
@@ -81,7 +80,7 @@ def test_gfal_list_file_tree_unlimited(tmp_path):
     a = [e for e in listing[root] if e['name'] == 'a.txt'][0]
     assert list(a) == GFAL_STAT_KEYS
     assert all(isinstance(a[k], int) for k in GFAL_STAT_KEYS[:-1])
-    assert a['st_size'] == 6 and a['st_mode'] == _gfal_os.stat(_gfal_os.path.join(top, 'a.txt')).st_mode
+    assert a['st_size'] == 6 and a['st_mode'] == os.stat(os.path.join(top, 'a.txt')).st_mode
 
 
 @pytest.mark.once
@@ -120,14 +119,14 @@ def test_gfal_list_symlinks(tmp_path):
     top = tmp_path / 'links'
     (top / 'real').mkdir(parents=True)
     (top / 'real' / 'f').write_text('x')
-    _gfal_os.symlink('nowhere', str(top / 'dangling'))
-    _gfal_os.symlink('..', str(top / 'real' / 'loop'))       # a cycle: listed, not entered again
+    os.symlink('nowhere', str(top / 'dangling'))
+    os.symlink('..', str(top / 'real' / 'loop'))       # a cycle: listed, not entered again
     rc, lines, _ = gfal_run('list', {'files': ['file://%s' % top]})
     assert rc == 0, lines
     root = 'file://%s' % top
     assert list(lines[0]) == [root, root + '/real']
     modes = dict((e['name'], e['st_mode']) for e in lines[0][root])
-    assert _gfal_os.path.stat.S_ISLNK(modes['dangling'])
+    assert os.path.stat.S_ISLNK(modes['dangling'])
     assert sorted(e['name'] for e in lines[0][root + '/real']) == ['f', 'loop']
 
 
@@ -138,11 +137,11 @@ def test_gfal_list_checksum(tmp_path):
     assert rc == 0
     for entries in lines[0].values():
         for e in entries:
-            path = _gfal_os.path.join(top, e['name'])
+            path = os.path.join(top, e['name'])
             if e['name'] in ('sub', 'empty', 'deep'):
                 assert 'adler32' not in e
             elif e['name'] == 'a.txt':
-                assert e['adler32'] == '%08x' % _gfal_zlib.adler32(open(path, 'rb').read())
+                assert e['adler32'] == '%08x' % zlib.adler32(open(path, 'rb').read())
 
 
 @pytest.mark.once
@@ -169,11 +168,11 @@ def test_gfal_list_mock_directory():
 
 
 def gfal_chown_tree(top):
-    pw = _gfal_pwd.getpwnam('xrootd')
-    for root, dirs, files in _gfal_os.walk(top):
-        _gfal_os.chown(root, pw.pw_uid, pw.pw_gid)
+    pw = pwd.getpwnam('xrootd')
+    for root, dirs, files in os.walk(top):
+        os.chown(root, pw.pw_uid, pw.pw_gid)
         for name in files:
-            _gfal_os.chown(_gfal_os.path.join(root, name), pw.pw_uid, pw.pw_gid)
+            os.chown(os.path.join(root, name), pw.pw_uid, pw.pw_gid)
 
 
 @pytest.fixture(scope='session')
@@ -187,18 +186,18 @@ def gfal_xrootd(grid_state):
 @pytest.fixture
 def gfal_se(gfal_xrootd, request):
     """A fresh directory on the xrootd: (root URL ending in '/', local path of it)."""
-    name = 't_%s_%d' % (_gfal_re.sub(r'\W', '_', request.node.name)[:60], _gfal_time.time() * 1e6)
-    path = _gfal_os.path.join(gfal_xrootd['datadir'], name)
-    _gfal_os.makedirs(path)
-    pw = _gfal_pwd.getpwnam('xrootd')
-    _gfal_os.chown(path, pw.pw_uid, pw.pw_gid)
+    name = 't_%s_%d' % (re.sub(r'\W', '_', request.node.name)[:60], time.time() * 1e6)
+    path = os.path.join(gfal_xrootd['datadir'], name)
+    os.makedirs(path)
+    pw = pwd.getpwnam('xrootd')
+    os.chown(path, pw.pw_uid, pw.pw_gid)
     return gfal_xrootd['url'] + name + '/', path
 
 
 @pytest.mark.once
 def test_gfal_list_xrootd(gfal_se):
     url, path = gfal_se
-    gfal_tree(_gfal_os.path.join(path, 'tree'))
+    gfal_tree(os.path.join(path, 'tree'))
     gfal_chown_tree(path)
     rc, lines, _ = gfal_run('list', {'base': url, 'files': [['1.0', 'tree']],
                                      'options': {'depth': -1, 'checksum': 'adler32'}})
@@ -208,7 +207,7 @@ def test_gfal_list_xrootd(gfal_se):
     assert list(listing)[0] == root
     assert set(listing) == {root, root + '/sub', root + '/sub/deep', root + '/empty'}
     a = [e for e in listing[root] if e['name'] == 'a.txt'][0]
-    assert a['st_size'] == 6 and a['adler32'] == '%08x' % _gfal_zlib.adler32(b'hello\n')
+    assert a['st_size'] == 6 and a['adler32'] == '%08x' % zlib.adler32(b'hello\n')
 
 
 def gfal_ok(ident=None):
@@ -231,13 +230,13 @@ def test_gfal_remove_files_then_dirs(tmp_path):
     assert lines[0] == gfal_ok('4.1')
     assert 'No such file' in lines[1]['Reason'] and 'Is a directory' in lines[2]['Reason']
     assert 'not empty' in lines[3]['Reason']
-    assert not _gfal_os.path.exists(_gfal_os.path.join(top, 'a.txt'))
-    assert not _gfal_os.path.exists(_gfal_os.path.join(top, 'empty'))
+    assert not os.path.exists(os.path.join(top, 'a.txt'))
+    assert not os.path.exists(os.path.join(top, 'empty'))
     # wiki style, every entry fine: exit 0, no ids
     rc, lines, _ = gfal_run('remove', {'base': base, 'files': ['sub/f1', 'sub/deep/f2'],
                                        'dirs': ['sub/deep', 'sub'], 'options': {'timeout': 20}})
     assert rc == 0 and lines == [gfal_ok()] * 4
-    assert not _gfal_os.path.exists(_gfal_os.path.join(top, 'sub'))
+    assert not os.path.exists(os.path.join(top, 'sub'))
 
 
 @pytest.mark.once
@@ -274,20 +273,20 @@ def test_gfal_rename(tmp_path):
 @pytest.mark.once
 def test_gfal_namespace_ops_xrootd(gfal_se):
     url, path = gfal_se
-    with open(_gfal_os.path.join(path, 'f'), 'w') as f:
+    with open(os.path.join(path, 'f'), 'w') as f:
         f.write('x')
     gfal_chown_tree(path)
     rc, lines, _ = gfal_run('mkdir', {'base': url, 'dirs': ['d1/d2', 'd3']})
     assert rc == 0 and lines == [gfal_ok(), gfal_ok()]
-    assert _gfal_os.path.isdir(_gfal_os.path.join(path, 'd1', 'd2'))
+    assert os.path.isdir(os.path.join(path, 'd1', 'd2'))
     rc, lines, _ = gfal_run('rename', {'base': url, 'files': [['f', 'd3/g']]})
-    assert rc == 0 and _gfal_os.path.exists(_gfal_os.path.join(path, 'd3', 'g'))
+    assert rc == 0 and os.path.exists(os.path.join(path, 'd3', 'g'))
     rc, lines, _ = gfal_run('remove', {'base': url, 'files': ['d3/g', 'nope'], 'dirs': ['d1/d2', 'd3']})
     assert rc == 1 and [l['Code'] for l in lines] == [0, 1, 0, 0]
-    assert sorted(_gfal_os.listdir(path)) == ['d1']
+    assert sorted(os.listdir(path)) == ['d1']
 
 
-GFAL_MONITOR_RE = _gfal_re.compile(r'^MONITOR src: (\S+) \[ *\d+\] \d+\.\d\dMB \(\d+\.\d\dKB/s\)$')
+GFAL_MONITOR_RE = re.compile(r'^MONITOR src: (\S+) \[ *\d+\] \d+\.\d\dMB \(\d+\.\d\dKB/s\)$')
 
 
 # ---- real gfal2: COPY ----
@@ -317,7 +316,7 @@ def test_gfal_copy_file_to_file_both_styles(tmp_path):
 def test_gfal_copy_job_file_argument(tmp_path):
     (tmp_path / 'a').write_text('A')
     job = tmp_path / 'job.json'
-    job.write_text(_gfal_json.dumps({'base': 'file://%s' % tmp_path, 'files': [['a', 'b']]}))
+    job.write_text(json.dumps({'base': 'file://%s' % tmp_path, 'files': [['a', 'b']]}))
     rc, lines, _ = gfal_run('Copy', '', str(job))
     assert rc == 0 and lines == [gfal_ok()] and (tmp_path / 'b').read_text() == 'A'
 
@@ -377,7 +376,7 @@ def test_gfal_copy_encrypt(tmp_path, gfal_se):
     assert 'http:// protocol cannot encrypt' in lines[1]['Reason']
     # root:// becomes roots://; this server has no TLS, so the copy fails instead of going in clear
     assert 'encrypt' in lines[2]['Reason'].lower() or 'tls' in lines[2]['Reason'].lower()
-    assert not _gfal_os.path.exists(_gfal_os.path.join(path, 'enc'))
+    assert not os.path.exists(os.path.join(path, 'enc'))
     assert (tmp_path / 'local-copy').read_text() == 'secret'     # file:// to file://: nothing on a wire
     assert _gfal_monitor_sources(err) == ['file://%s/a' % tmp_path]
 
@@ -387,18 +386,18 @@ def test_gfal_copy_preserve_timestamp(tmp_path, gfal_se):
     url, path = gfal_se
     src = tmp_path / 'a'
     src.write_text('old file')
-    _gfal_os.utime(str(src), (1000000000, 1234567890))
+    os.utime(str(src), (1000000000, 1234567890))
     base = 'file://%s/' % tmp_path
     rc, lines, err = gfal_run('copy', {'base': base, 'files': [['a', 'b'], ['a', url + 'c']],
                                        'options': {'preserve_timestamp': True}})
     assert rc == 0 and lines == [gfal_ok(), gfal_ok()]
-    assert int(_gfal_os.stat(str(tmp_path / 'b')).st_mtime) == 1234567890
+    assert int(os.stat(str(tmp_path / 'b')).st_mtime) == 1234567890
     warnings = [l for l in err.splitlines() if l.startswith('WARNING')]
     assert len(warnings) == 1 and 'preserve_timestamp' in warnings[0] and url + 'c' in warnings[0]
-    assert _gfal_os.path.exists(_gfal_os.path.join(path, 'c'))
+    assert os.path.exists(os.path.join(path, 'c'))
     # without the option the copy gets a fresh mtime
     rc, _, _ = gfal_run('copy', {'base': base, 'files': [['a', 'd']]})
-    assert int(_gfal_os.stat(str(tmp_path / 'd')).st_mtime) != 1234567890
+    assert int(os.stat(str(tmp_path / 'd')).st_mtime) != 1234567890
 
 
 @pytest.mark.once
@@ -413,7 +412,7 @@ def test_gfal_copy_across_file_and_xrootd(tmp_path, gfal_se):
     rc, lines, err = gfal_run('copy', job)
     assert rc == 0, lines
     assert lines == [gfal_ok('3.1'), gfal_ok('3.2'), gfal_ok('3.3')]
-    assert open(_gfal_os.path.join(path, 'tpc', 'a'), 'rb').read() == b'payload' * 100
+    assert open(os.path.join(path, 'tpc', 'a'), 'rb').read() == b'payload' * 100
     assert (tmp_path / 'back' / 'a').read_bytes() == b'payload' * 100
     assert 'file://%s/a' % tmp_path in _gfal_monitor_sources(err)
 
@@ -427,9 +426,9 @@ def test_gfal_copy_parallel_order_and_concurrency(tmp_path):
     for i in range(6):
         (tmp_path / ('s%d' % i)).write_text(str(i))
         files.append(['f%d' % i, 'file://%s/s%d' % (tmp_path, i), 'file://%s/d/s%d' % (tmp_path, i)])
-    started = _gfal_time.time()
+    started = time.time()
     rc, lines, err = gfal_run('copy', {'files': files, 'options': {'parallel': 4}})
-    took = _gfal_time.time() - started
+    took = time.time() - started
     assert rc == 1
     assert [l['id'] for l in lines] == [f[0] for f in files]
     assert [l['Code'] for l in lines] == [0, 1, 0, 0] + [0] * 6
@@ -444,15 +443,15 @@ def test_gfal_output_is_streamed(tmp_path):
     job = {'files': [['mock://host/a?size=1', 'mock://host/b?time=0&size_post=1'],
                      ['mock://host/c?size=1', 'mock://host/d?time=1&size_post=1']],
            'options': {'parallel': 1}}
-    proc = _gfal_subprocess.Popen([GFAL_PY, '-c', GFAL_RUNNER, 'copy'], stdin=_gfal_subprocess.PIPE,
-                                  stdout=_gfal_subprocess.PIPE, stderr=_gfal_subprocess.DEVNULL)
-    proc.stdin.write(_gfal_json.dumps(job).encode())
+    proc = subprocess.Popen([GFAL_PY, '-c', GFAL_RUNNER, 'copy'], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    proc.stdin.write(json.dumps(job).encode())
     proc.stdin.close()
     first = proc.stdout.readline()
-    assert _gfal_json.loads(first.decode()) == gfal_ok()
+    assert json.loads(first.decode()) == gfal_ok()
     assert proc.poll() is None             # still copying the second file
     rest = proc.stdout.read()
-    assert proc.wait() == 0 and _gfal_json.loads(rest.decode()) == gfal_ok()
+    assert proc.wait() == 0 and json.loads(rest.decode()) == gfal_ok()
 
 
 @pytest.mark.once
@@ -504,7 +503,7 @@ def test_gfal_credential_file_missing_or_unreadable_is_a_job_error(tmp_path, var
     for bad, message in (('missing.pem', 'cannot read the credential file: No such file or directory'),
                          ('dir.pem', 'cannot read the credential file: Is a directory'),
                          ('nocert.pem', 'the credential file holds no PEM certificate')):
-        env = {k: v for k, v in _gfal_os.environ.items() if not k.startswith('X509_USER_PROXY')}
+        env = {k: v for k, v in os.environ.items() if not k.startswith('X509_USER_PROXY')}
         env.update({'X509_USER_PROXY_SRC': good, 'X509_USER_PROXY_DST': good})
         env.pop(var, None)
         env[var] = str(tmp_path / bad)
@@ -515,10 +514,10 @@ def test_gfal_credential_file_missing_or_unreadable_is_a_job_error(tmp_path, var
                                                    'Code': 1, 'id': ''}]
         assert not (tmp_path / 'out').exists()          # nothing was touched
     # a LIST reads X509_USER_PROXY only
-    env = dict(_gfal_os.environ, X509_USER_PROXY=str(tmp_path / 'missing.pem'))
+    env = dict(os.environ, X509_USER_PROXY=str(tmp_path / 'missing.pem'))
     rc, lines, _ = gfal_run('list', {'files': [['7.0', 'file://%s' % tmp_path]]}, env=env)
     assert rc == 2 and lines[0]['id'] == '' and 'X509_USER_PROXY=' in lines[0]['Reason']
-    env = dict(_gfal_os.environ, X509_USER_PROXY_SRC=str(tmp_path / 'missing.pem'))
+    env = dict(os.environ, X509_USER_PROXY_SRC=str(tmp_path / 'missing.pem'))
     env.pop('X509_USER_PROXY', None)
     rc, lines, _ = gfal_run('list', {'files': [['7.0', 'file://%s' % tmp_path]]}, env=env)
     assert rc == 0 and lines[0]['Code'] == 0
@@ -527,7 +526,6 @@ def test_gfal_credential_file_missing_or_unreadable_is_a_job_error(tmp_path, var
 def _davs_request(site, method='PROPFIND', path='/', proxy=None, cadir=None):
     """One HTTPS request with Python's own ssl and http.client (independent of gfal2) -> status."""
     import http.client
-    import ssl
     ctx = ssl.create_default_context(capath=cadir)
     if proxy:
         ctx.load_cert_chain(proxy)
@@ -547,7 +545,7 @@ def gfal_davs():
     """Two WebDAV sites, each trusting only its own CA, and site a's TLS-only root:// SE
     (testgrid/davs.py); started for the session, stopped at its end."""
     from testgrid import davs
-    workdir = _gfal_os.path.join(GFAL_REPO, '.testgrid-pytest-davs')
+    workdir = os.path.join(REPO, '.testgrid-pytest-davs')
     state = davs.start(workdir)
     yield state
     davs.stop(workdir)
@@ -556,7 +554,6 @@ def gfal_davs():
 @pytest.mark.once
 def test_gfal_davs_sites_each_trust_only_their_own_ca(gfal_davs):
     """The test grid's WebDAV sites are what the gfal tests rely on."""
-    import ssl
     certdir = gfal_davs['certdir']
     for name, other in (('a', 'b'), ('b', 'a')):
         site = gfal_davs['sites'][name]
@@ -567,7 +564,7 @@ def test_gfal_davs_sites_each_trust_only_their_own_ca(gfal_davs):
             _davs_request(site, proxy=gfal_davs['sites'][other]['proxy'], cadir=certdir)
         with pytest.raises(ssl.SSLError):                                    # the client checks the host too
             _davs_request(site, proxy=site['proxy'], cadir=gfal_davs['sites'][other]['cadir'])
-        assert _gfal_os.stat(site['proxy']).st_mode & 0o077 == 0
+        assert os.stat(site['proxy']).st_mode & 0o077 == 0
     site = gfal_davs['sites']['a']
     assert _davs_request(site, proxy=site['proxies']['stranger'], cadir=certdir) == 403   # own CA, unmapped DN
     assert _davs_request(site, proxy=site['proxies']['reader'], cadir=certdir) == 207
@@ -581,10 +578,10 @@ def test_gfal_davs_sites_each_trust_only_their_own_ca(gfal_davs):
 def davs_dir(gfal_davs, request):
     """A directory name for one test on each site (and the TLS SE), not created:
     {site: (URL ending in '/', local path)}."""
-    name = 't_%s_%d' % (_gfal_re.sub(r'\W', '_', request.node.name)[:50], _gfal_time.time() * 1e6)
-    found = dict((s, (rec['url'] + name + '/', _gfal_os.path.join(rec['datadir'], name)))
+    name = 't_%s_%d' % (re.sub(r'\W', '_', request.node.name)[:50], time.time() * 1e6)
+    found = dict((s, (rec['url'] + name + '/', os.path.join(rec['datadir'], name)))
                  for s, rec in gfal_davs['sites'].items())
-    found['tls'] = (gfal_davs['tls']['url'] + name + '/', _gfal_os.path.join(gfal_davs['tls']['datadir'], name))
+    found['tls'] = (gfal_davs['tls']['url'] + name + '/', os.path.join(gfal_davs['tls']['datadir'], name))
     return found
 
 
@@ -592,7 +589,7 @@ def gfal_davs_env(davs, **creds):
     """A job's environment for the WebDAV sites: X509_CERT_DIR with both sites' CAs, as
     the pdm worker builds it, and the X509_USER_PROXY* given: 'a' (site a's user),
     'a:reader' (another of its users, testgrid/davs.py ROLES) or a file."""
-    env = dict((k, v) for k, v in _gfal_os.environ.items() if not k.startswith('X509_'))
+    env = dict((k, v) for k, v in os.environ.items() if not k.startswith('X509_'))
     env['X509_CERT_DIR'] = davs['certdir']
     for var, value in creds.items():
         site, _, role = value.partition(':')
@@ -607,19 +604,19 @@ def test_gfal_davs_every_job_type(gfal_davs, davs_dir, tmp_path, site):
     env = gfal_davs_env(gfal_davs, X509_USER_PROXY=site)
     top = gfal_tree(str(tmp_path / 'tree'))
     rels = ['a.txt', '.hidden', 'sub/f1', 'sub/deep/f2']
-    data = dict((rel, open(_gfal_os.path.join(top, rel), 'rb').read()) for rel in rels)
+    data = dict((rel, open(os.path.join(top, rel), 'rb').read()) for rel in rels)
     # MKDIR: parents created, an existing directory is fine
     rc, lines, _ = gfal_run('mkdir', {'base': url, 'dirs': [['5.1', 'tree/sub/deep'], ['5.2', 'tree/empty'],
                                                           ['5.3', 'tree/sub']]}, env=env)
     assert rc == 0 and lines == [gfal_ok('5.1'), gfal_ok('5.2'), gfal_ok('5.3')]
-    assert _gfal_os.path.isdir(_gfal_os.path.join(path, 'tree', 'sub', 'deep'))
+    assert os.path.isdir(os.path.join(path, 'tree', 'sub', 'deep'))
     # COPY up, each file's adler32 compared by gfal2 with the server's
     files = [['3.%d' % i, 'file://%s/%s' % (top, rel), url + 'tree/' + rel] for i, rel in enumerate(rels)]
     rc, lines, err = gfal_run('copy', {'files': files, 'options': {'checksum': 'adler32'}}, env=env)
     assert rc == 0 and lines == [gfal_ok(f[0]) for f in files], lines
     assert sorted(_gfal_monitor_sources(err)) == sorted(f[1] for f in files)
     for rel in rels:
-        assert open(_gfal_os.path.join(path, 'tree', rel), 'rb').read() == data[rel]
+        assert open(os.path.join(path, 'tree', rel), 'rb').read() == data[rel]
     # LIST depth 1, 2, -1; the checksums are the server's own
     root = url + 'tree'
     for depth, algo, keys in ((1, 'adler32', [root]),
@@ -638,12 +635,12 @@ def test_gfal_davs_every_job_type(gfal_davs, davs_dir, tmp_path, site):
                 rel = (key[len(root) + 1:] + '/' + e['name']).lstrip('/')
                 assert list(e)[:11] == GFAL_STAT_KEYS
                 if rel in data:
-                    assert _gfal_os.path.stat.S_ISREG(e['st_mode']) and e['st_size'] == len(data[rel])
-                    want = ('%08x' % _gfal_zlib.adler32(data[rel]) if algo == 'adler32'
-                            else _gfal_hashlib.md5(data[rel]).hexdigest())
+                    assert os.path.stat.S_ISREG(e['st_mode']) and e['st_size'] == len(data[rel])
+                    want = ('%08x' % zlib.adler32(data[rel]) if algo == 'adler32'
+                            else hashlib.md5(data[rel]).hexdigest())
                     assert e[algo] == want, (rel, e)
                 else:
-                    assert _gfal_os.path.stat.S_ISDIR(e['st_mode']) and algo not in e
+                    assert os.path.stat.S_ISDIR(e['st_mode']) and algo not in e
     # a file as the root: listed under its parent
     rc, lines, _ = gfal_run('list', {'files': [root + '/sub/f1']}, env=env)
     assert rc == 0 and [e['name'] for e in lines[0][root + '/sub']] == ['f1']
@@ -651,7 +648,7 @@ def test_gfal_davs_every_job_type(gfal_davs, davs_dir, tmp_path, site):
     rc, lines, _ = gfal_run('rename', {'base': url, 'files': [['6.1', 'tree/a.txt', 'tree/moved/a.txt'],
                                                              ['6.2', 'tree/nope', 'tree/x']]}, env=env)
     assert rc == 1 and lines[0] == gfal_ok('6.1') and lines[1]['Code'] == 1 and lines[1]['id'] == '6.2'
-    assert open(_gfal_os.path.join(path, 'tree', 'moved', 'a.txt'), 'rb').read() == data['a.txt']
+    assert open(os.path.join(path, 'tree', 'moved', 'a.txt'), 'rb').read() == data['a.txt']
     # COPY down, md5 compared with the server's
     rc, lines, err = gfal_run('copy', {'files': [['3.9', root + '/moved/a.txt', 'file://%s/back/a.txt' % tmp_path]],
                                        'options': {'checksum': 'md5'}}, env=env)
@@ -664,11 +661,11 @@ def test_gfal_davs_every_job_type(gfal_davs, davs_dir, tmp_path, site):
                                        'dirs': [['4.7', 'sub'], ['4.8', 'sub/deep'], ['4.9', 'sub/'],
                                                 ['4.10', 'empty'], ['4.11', 'moved']]}, env=env)
     assert rc == 1 and [l['Code'] for l in lines] == [0, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0], lines
-    assert _gfal_os.listdir(_gfal_os.path.join(path, 'tree')) == []
+    assert os.listdir(os.path.join(path, 'tree')) == []
 
 
 def _davs_log_mark(davs):
-    return dict((s, _gfal_os.path.getsize(rec['log'])) for s, rec in davs['sites'].items())
+    return dict((s, os.path.getsize(rec['log'])) for s, rec in davs['sites'].items())
 
 
 def _davs_log_since(davs, mark, site):
@@ -691,7 +688,7 @@ def test_gfal_davs_third_party_copy_within_a_site(gfal_davs, davs_dir, tmp_path,
     asks for pull, push or streamed only. The site's TPC log says which mode ran."""
     url, path = davs_dir[site]
     env = gfal_davs_env(gfal_davs, X509_USER_PROXY=site)
-    payload = _gfal_os.urandom(300000)
+    payload = os.urandom(300000)
     (tmp_path / 'src').write_bytes(payload)
     _gfal_upload(gfal_davs, site, [(tmp_path / 'src', url + 'src')])
     for mode, event in ((None, 'PULL_START'), ('pull', 'PULL_START'), ('push', 'PUSH_START'), ('streamed', None)):
@@ -702,7 +699,7 @@ def test_gfal_davs_third_party_copy_within_a_site(gfal_davs, davs_dir, tmp_path,
         dst = url + 'tpc/%s' % mode
         rc, lines, err = gfal_run('copy', {'files': [['3.1', url + 'src', dst]], 'options': options}, env=env)
         assert rc == 0 and lines == [gfal_ok('3.1')], (mode, lines)
-        assert open(_gfal_os.path.join(path, 'tpc', str(mode)), 'rb').read() == payload
+        assert open(os.path.join(path, 'tpc', str(mode)), 'rb').read() == payload
         assert _gfal_monitor_sources(err) == [url + 'src']
         tpc = [l for l in _davs_log_since(gfal_davs, mark, site).splitlines() if '_START' in l]
         assert [l.split('event=')[1].split(',')[0] for l in tpc] == ([event] if event else []), (mode, tpc)
@@ -717,7 +714,7 @@ def test_gfal_davs_cross_site_copy_with_two_credentials(gfal_davs, davs_dir, tmp
     (url_a, path_a), (url_b, path_b) = davs_dir['a'], davs_dir['b']
     sizes = [0, 1, 4096, 1 << 20, 3 * 1000 * 1000 + 7]
     for i, size in enumerate(sizes):
-        (tmp_path / ('f%d' % i)).write_bytes(_gfal_os.urandom(size))
+        (tmp_path / ('f%d' % i)).write_bytes(os.urandom(size))
     _gfal_upload(gfal_davs, 'a', [(tmp_path / ('f%d' % i), url_a + 'out/f%d' % i) for i in range(len(sizes))])
     env = gfal_davs_env(gfal_davs, X509_USER_PROXY_SRC='a', X509_USER_PROXY_DST='b')
     files = [['3.%d' % i, url_a + 'out/f%d' % i, url_b + 'in/f%d' % i] for i in range(len(sizes))]
@@ -725,7 +722,7 @@ def test_gfal_davs_cross_site_copy_with_two_credentials(gfal_davs, davs_dir, tmp
     rc, lines, err = gfal_run('copy', {'files': files, 'options': {'checksum': 'adler32'}}, env=env)
     assert rc == 0 and lines == [gfal_ok(f[0]) for f in files], lines
     for i in range(len(sizes)):
-        assert open(_gfal_os.path.join(path_b, 'in', 'f%d' % i), 'rb').read() == (tmp_path / ('f%d' % i)).read_bytes()
+        assert open(os.path.join(path_b, 'in', 'f%d' % i), 'rb').read() == (tmp_path / ('f%d' % i)).read_bytes()
     assert sorted(_gfal_monitor_sources(err)) == sorted(f[1] for f in files)
     # b's agent tried to pull each file and could not verify site a's host certificate
     pulls = [l for l in _davs_log_since(gfal_davs, mark, 'b').splitlines() if 'TPC_PullRequest' in l]
@@ -736,14 +733,14 @@ def test_gfal_davs_cross_site_copy_with_two_credentials(gfal_davs, davs_dir, tmp
     back = [['4.%d' % i, f[2], url_a + 'back/f%d' % i] for i, f in enumerate(files)]
     rc, lines, err = gfal_run('copy', {'files': back, 'options': {'checksum': 'md5', 'parallel': 1}}, env=env)
     assert rc == 0 and lines == [gfal_ok(f[0]) for f in back], lines
-    assert sorted(_gfal_os.listdir(_gfal_os.path.join(path_a, 'back'))) == ['f%d' % i for i in range(len(sizes))]
+    assert sorted(os.listdir(os.path.join(path_a, 'back'))) == ['f%d' % i for i in range(len(sizes))]
     # third-party only, between the sites: refused file by file, nothing at the destination
     for mode in ('pull', 'push'):
         rc, lines, _ = gfal_run('copy', {'files': [['5.1', files[2][1], url_b + mode + '/f']],
                                          'options': {'copy_mode': mode}}, env=gfal_davs_env(
             gfal_davs, X509_USER_PROXY_SRC='a', X509_USER_PROXY_DST='b'))
         assert rc == 1 and lines[0]['Code'] == 1 and lines[0]['id'] == '5.1', lines
-        assert not _gfal_os.path.exists(_gfal_os.path.join(path_b, mode, 'f'))
+        assert not os.path.exists(os.path.join(path_b, mode, 'f'))
 
 
 @pytest.mark.once
@@ -756,8 +753,8 @@ def test_gfal_davs_one_endpoint_on_both_sides_with_two_credentials(gfal_davs, da
     url, path = davs_dir['a']
     site = gfal_davs['sites']['a']
     out_url = site['url'] + 'rw/' + url[len(site['url']):]
-    out_path = _gfal_os.path.join(site['datadir'], 'rw', _gfal_os.path.basename(path))
-    payload = _gfal_os.urandom(100000)
+    out_path = os.path.join(site['datadir'], 'rw', os.path.basename(path))
+    payload = os.urandom(100000)
     (tmp_path / 'src').write_bytes(payload)
     _gfal_upload(gfal_davs, 'a', [(tmp_path / 'src', url + 'src')])
     env = gfal_davs_env(gfal_davs, X509_USER_PROXY_SRC='a:reader', X509_USER_PROXY_DST='a:writer')
@@ -766,11 +763,11 @@ def test_gfal_davs_one_endpoint_on_both_sides_with_two_credentials(gfal_davs, da
         rc, lines, _ = gfal_run('copy', {'files': [['3.1', url + 'src', out_url + '%s/f' % mode]],
                                          'options': options}, env=env)
         assert rc == 0 and lines == [gfal_ok('3.1')], (mode, lines)
-        assert open(_gfal_os.path.join(out_path, str(mode), 'f'), 'rb').read() == payload
+        assert open(os.path.join(out_path, str(mode), 'f'), 'rb').read() == payload
     env = gfal_davs_env(gfal_davs, X509_USER_PROXY_SRC='a:writer', X509_USER_PROXY_DST='a:reader')
     rc, lines, _ = gfal_run('copy', {'files': [['3.2', url + 'src', out_url + 'swapped/f']]}, env=env)
     assert rc == 1 and lines[0]['Code'] == 1 and '403' in lines[0]['Reason'], lines
-    assert not _gfal_os.path.exists(_gfal_os.path.join(out_path, 'swapped', 'f'))
+    assert not os.path.exists(os.path.join(out_path, 'swapped', 'f'))
 
 
 @pytest.mark.once
@@ -790,8 +787,8 @@ def test_gfal_davs_cross_site_copy_with_one_credential_fails_file_by_file(gfal_d
         rc, lines, _ = gfal_run('copy', {'files': files}, env=gfal_davs_env(gfal_davs, **creds))
         assert rc == 1 and [(l['id'], l['Code']) for l in lines] == [(f[0], 1) for f in files], (creds, lines)
         assert all(note in l['Reason'] for l in lines), (creds, lines)
-        assert not _gfal_os.path.exists(path_b) or _gfal_os.listdir(path_b) in ([], ['in']) and \
-            not _gfal_os.listdir(_gfal_os.path.join(path_b, 'in'))
+        assert not os.path.exists(path_b) or os.listdir(path_b) in ([], ['in']) and \
+            not os.listdir(os.path.join(path_b, 'in'))
 
 
 @pytest.mark.once
@@ -815,7 +812,7 @@ def test_gfal_davs_refused_client_certificate(gfal_davs, davs_dir, tmp_path):
                             env=gfal_davs_env(gfal_davs, X509_USER_PROXY_SRC='b', X509_USER_PROXY_DST='a'))
     assert rc == 1 and lines[0]['Reason'].endswith('[credential for destination %s: X509_USER_PROXY_DST=%s]' % (
         alien.gfal_endpoint(url_b), gfal_davs['sites']['a']['proxy'])), lines
-    assert not _gfal_os.path.exists(_gfal_os.path.join(path_b, 'f'))
+    assert not os.path.exists(os.path.join(path_b, 'f'))
 
 
 @pytest.mark.once
@@ -823,22 +820,22 @@ def test_gfal_davs_checksum_mismatch_leaves_no_destination_file(gfal_davs, davs_
     (url_a, path_a), (url_b, path_b) = davs_dir['a'], davs_dir['b']
     data = b'checked bytes\n' * 100
     (tmp_path / 'f').write_bytes(data)
-    right = '%08x' % _gfal_zlib.adler32(data)
+    right = '%08x' % zlib.adler32(data)
     env = gfal_davs_env(gfal_davs, X509_USER_PROXY_SRC='a', X509_USER_PROXY_DST='a')
     rc, lines, err = gfal_run('copy', {'files': [['3.1', 'file://%s/f' % tmp_path, url_a + 'bad'],
                                                  ['3.2', 'file://%s/f' % tmp_path, url_a + 'good']],
                                        'options': {'checksum': 'adler32:deadbeef'}}, env=env)
     assert rc == 1 and [l['Code'] for l in lines] == [1, 1] and all('deadbeef' in l['Reason'] for l in lines)
-    assert not _gfal_os.path.exists(path_a) or _gfal_os.listdir(path_a) == []
+    assert not os.path.exists(path_a) or os.listdir(path_a) == []
     assert _gfal_monitor_sources(err) == []
     rc, lines, _ = gfal_run('copy', {'files': [['3.3', 'file://%s/f' % tmp_path, url_a + 'good']],
                                      'options': {'checksum': 'adler32:' + right.upper()}}, env=env)
-    assert rc == 0 and open(_gfal_os.path.join(path_a, 'good'), 'rb').read() == data
+    assert rc == 0 and open(os.path.join(path_a, 'good'), 'rb').read() == data
     env = gfal_davs_env(gfal_davs, X509_USER_PROXY_SRC='a', X509_USER_PROXY_DST='b')
     rc, lines, _ = gfal_run('copy', {'files': [['3.4', url_a + 'good', url_b + 'bad']],
                                      'options': {'checksum': 'md5:' + '0' * 32}}, env=env)
     assert rc == 1 and lines[0]['Code'] == 1 and '0' * 32 in lines[0]['Reason'].lower(), lines
-    assert not _gfal_os.path.exists(_gfal_os.path.join(path_b, 'bad'))
+    assert not os.path.exists(os.path.join(path_b, 'bad'))
 
 
 def _gfal_copy_and_kill(davs, job, env, victim, watch):
@@ -846,18 +843,18 @@ def _gfal_copy_and_kill(davs, job, env, victim, watch):
     on the destination) holds 16 MiB; start it again. -> ({id: Code}, exit status)."""
     from testgrid import davs as davs_mod
     killed = False
-    proc = _gfal_subprocess.Popen([GFAL_PY, '-c', GFAL_RUNNER, 'copy'], stdin=_gfal_subprocess.PIPE,
-                                  stdout=_gfal_subprocess.PIPE, stderr=_gfal_subprocess.DEVNULL, env=env)
+    proc = subprocess.Popen([GFAL_PY, '-c', GFAL_RUNNER, 'copy'], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
     try:
-        proc.stdin.write(_gfal_json.dumps(job).encode())
+        proc.stdin.write(json.dumps(job).encode())
         proc.stdin.close()
-        deadline = _gfal_time.time() + 60
-        while _gfal_time.time() < deadline and proc.poll() is None:
-            if _gfal_os.path.exists(watch) and _gfal_os.path.getsize(watch) > (16 << 20):
+        deadline = time.time() + 60
+        while time.time() < deadline and proc.poll() is None:
+            if os.path.exists(watch) and os.path.getsize(watch) > (16 << 20):
                 davs_mod.kill_server(davs['workdir'], victim)
                 killed = True
                 break
-            _gfal_time.sleep(0.005)
+            time.sleep(0.005)
         out = proc.stdout.read()
         proc.wait(120)
     finally:
@@ -865,7 +862,7 @@ def _gfal_copy_and_kill(davs, job, env, victim, watch):
             proc.kill()
         davs_mod.start_server(davs['workdir'], victim)
     assert killed, 'the large file was never seen being written'
-    lines = [_gfal_json.loads(l) for l in out.decode().splitlines()]
+    lines = [json.loads(l) for l in out.decode().splitlines()]
     assert [l['id'] for l in lines] == [f[0] for f in job['files']]
     return dict((l['id'], l['Code']) for l in lines), proc.returncode
 
@@ -877,11 +874,11 @@ def test_gfal_davs_server_dies_mid_copy(gfal_davs, davs_dir, tmp_path):
     keeps a file only once its upload was closed (gfal2 removes what it could not finish;
     a server killed while writing drops the file when it starts again)."""
     (url_a, path_a), (url_b, path_b), (url_t, path_t) = davs_dir['a'], davs_dir['b'], davs_dir['tls']
-    small = _gfal_os.urandom(50000)
+    small = os.urandom(50000)
     (tmp_path / 'small').write_bytes(small)
-    _gfal_os.makedirs(path_a)
+    os.makedirs(path_a)
     for name in ('big', 'small'):                  # on site a itself: a sparse file reads fast
-        with open(_gfal_os.path.join(path_a, name), 'wb') as f:
+        with open(os.path.join(path_a, name), 'wb') as f:
             f.write(small) if name == 'small' else f.truncate(768 << 20)
     gfal_chown_tree(path_a)
     local = 'file://%s/small' % tmp_path
@@ -889,14 +886,14 @@ def test_gfal_davs_server_dies_mid_copy(gfal_davs, davs_dir, tmp_path):
     plan = [url_a + 'small', local, url_a + 'small', local, url_a + 'big', local, url_a + 'small', local]
     job = {'files': [['3.%d' % i, src, url_b + 'f%d' % i] for i, src in enumerate(plan)], 'options': {'parallel': 1}}
     codes, rc = _gfal_copy_and_kill(gfal_davs, job, gfal_davs_env(
-        gfal_davs, X509_USER_PROXY_SRC='a', X509_USER_PROXY_DST='b'), 'a', _gfal_os.path.join(path_b, 'f4'))
+        gfal_davs, X509_USER_PROXY_SRC='a', X509_USER_PROXY_DST='b'), 'a', os.path.join(path_b, 'f4'))
     assert rc == 1 and [codes['3.%d' % i] for i in range(len(plan))] == [0, 0, 0, 0, 1, 0, 1, 0], codes
     for (ident, src, dst) in job['files']:
-        on_b = _gfal_os.path.join(path_b, dst.rsplit('/', 1)[1])
+        on_b = os.path.join(path_b, dst.rsplit('/', 1)[1])
         if src == local:
             assert codes[ident] == 0 and open(on_b, 'rb').read() == small, ident
         elif codes[ident]:
-            assert not _gfal_os.path.exists(on_b), ident               # nothing half-written
+            assert not os.path.exists(on_b), ident               # nothing half-written
         else:
             assert open(on_b, 'rb').read() == small
     # 2. the destination dies: site b, while a big file is written to it; the TLS SE goes on
@@ -907,16 +904,16 @@ def test_gfal_davs_server_dies_mid_copy(gfal_davs, davs_dir, tmp_path):
                       (url_b if dst == 'big' else dst) + 'g%d' % i] for i, dst in enumerate(plan)],
            'options': {'parallel': 1}}
     codes, rc = _gfal_copy_and_kill(gfal_davs, job, gfal_davs_env(gfal_davs, X509_USER_PROXY_DST='b'),
-                                    'b', _gfal_os.path.join(path_b, 'g3'))
+                                    'b', os.path.join(path_b, 'g3'))
     assert rc == 1 and [codes['4.%d' % i] for i in range(len(plan))] == [0, 0, 0, 1, 0, 1, 0], codes
     for (ident, src, dst) in job['files']:
         name = dst.rsplit('/', 1)[1]
         if dst.startswith(url_t):
-            assert codes[ident] == 0 and open(_gfal_os.path.join(path_t, name), 'rb').read() == small
+            assert codes[ident] == 0 and open(os.path.join(path_t, name), 'rb').read() == small
         elif codes[ident]:
-            assert not _gfal_os.path.exists(_gfal_os.path.join(path_b, name)), ident
+            assert not os.path.exists(os.path.join(path_b, name)), ident
         else:
-            assert open(_gfal_os.path.join(path_b, name), 'rb').read() == small
+            assert open(os.path.join(path_b, name), 'rb').read() == small
 
 
 @pytest.mark.once
@@ -924,32 +921,32 @@ def test_gfal_davs_timestamps_and_make_dirs(gfal_davs, davs_dir, tmp_path):
     url, path = davs_dir['a']
     env = gfal_davs_env(gfal_davs, X509_USER_PROXY='a')
     (tmp_path / 'f').write_text('old file')
-    _gfal_os.utime(str(tmp_path / 'f'), (1000000000, 1234567890))
+    os.utime(str(tmp_path / 'f'), (1000000000, 1234567890))
     # to davs://: WebDAV cannot set a modification time; the copy succeeds with a warning
     rc, lines, err = gfal_run('copy', {'files': [['file://%s/f' % tmp_path, url + 'f']],
                                        'options': {'preserve_timestamp': True}}, env=env)
     warnings = [l for l in err.splitlines() if l.startswith('WARNING')]
     assert rc == 0 and len(warnings) == 1 and 'davs:// destination' in warnings[0] and url + 'f' in warnings[0]
-    server_mtime = int(_gfal_os.stat(_gfal_os.path.join(path, 'f')).st_mtime)
+    server_mtime = int(os.stat(os.path.join(path, 'f')).st_mtime)
     assert server_mtime != 1234567890
     # from davs:// to file://: the local copy gets the server's modification time
     rc, lines, err = gfal_run('copy', {'files': [[url + 'f', 'file://%s/back' % tmp_path]],
                                        'options': {'preserve_timestamp': True}}, env=env)
     assert rc == 0 and err.count('WARNING') == 0
-    assert int(_gfal_os.stat(str(tmp_path / 'back')).st_mtime) == server_mtime
+    assert int(os.stat(str(tmp_path / 'back')).st_mtime) == server_mtime
     # make_dirs true: the directories are made first (MKCOL); false: none is made by the
     # client, but XrdHttp makes a PUT's missing parents itself (as xrootd does for root://)
     for opt, sub in ((True, 'made/by/client/f'), (False, 'made/by/server/f')):
         rc, lines, _ = gfal_run('copy', {'files': [['file://%s/f' % tmp_path, url + sub]],
                                          'options': {'make_dirs': opt}}, env=env)
-        assert rc == 0 and open(_gfal_os.path.join(path, sub)).read() == 'old file'
+        assert rc == 0 and open(os.path.join(path, sub)).read() == 'old file'
 
 
 @pytest.mark.once
 def test_gfal_roots_on_an_se_that_requires_tls(gfal_davs, davs_dir, tmp_path):
     url, path = davs_dir['tls']            # roots://127.0.0.1:PORT//name/
     plain = 'root' + url[len('roots'):]
-    data = _gfal_os.urandom(200000)
+    data = os.urandom(200000)
     (tmp_path / 'f').write_bytes(data)
     env = gfal_davs_env(gfal_davs)
     # encrypt: root:// is rewritten to roots://; a roots:// URL is used as it is
@@ -957,17 +954,17 @@ def test_gfal_roots_on_an_se_that_requires_tls(gfal_davs, davs_dir, tmp_path):
                                                  ['3.2', 'file://%s/f' % tmp_path, url + 'tls']],
                                        'options': {'encrypt': True, 'checksum': 'adler32'}}, env=env)
     assert rc == 0 and lines == [gfal_ok('3.1'), gfal_ok('3.2')], lines
-    assert all(open(_gfal_os.path.join(path, n), 'rb').read() == data for n in ('enc', 'tls'))
+    assert all(open(os.path.join(path, n), 'rb').read() == data for n in ('enc', 'tls'))
     rc, lines, _ = gfal_run('list', {'files': [url], 'options': {'checksum': 'adler32'}}, env=env)
     assert rc == 0 and sorted((e['name'], e['adler32']) for e in lines[0][url]) == \
-        [(n, '%08x' % _gfal_zlib.adler32(data)) for n in ('enc', 'tls')]
+        [(n, '%08x' % zlib.adler32(data)) for n in ('enc', 'tls')]
     rc, lines, _ = gfal_run('copy', {'files': [[url + 'tls', 'file://%s/back' % tmp_path]],
                                      'options': {'encrypt': True}}, env=env)
     assert rc == 0 and (tmp_path / 'back').read_bytes() == data
     # a client that cannot verify the SE's certificate gets no connection at all
     env['X509_CERT_DIR'] = gfal_davs['sites']['b']['cadir']
     rc, lines, _ = gfal_run('copy', {'files': [['file://%s/f' % tmp_path, url + 'unverified']]}, env=env)
-    assert rc == 1 and 'TLS' in lines[0]['Reason'] and not _gfal_os.path.exists(_gfal_os.path.join(path, 'unverified'))
+    assert rc == 1 and 'TLS' in lines[0]['Reason'] and not os.path.exists(os.path.join(path, 'unverified'))
 
 
 def pdm_worker_read(stdout, ids=None):
@@ -1029,8 +1026,8 @@ def test_gfal_davs_jobs_read_under_the_pdm_worker_rules(gfal_davs, davs_dir, tmp
          one_a, {'5.1': 0, '5.2': 0, '5.3': 0}),
     ]
     for jobtype, job, env, expected in jobs:
-        proc = _gfal_subprocess.run([GFAL_PY, '-c', GFAL_RUNNER, jobtype], input=_gfal_json.dumps(job).encode(),
-                                    stdout=_gfal_subprocess.PIPE, stderr=_gfal_subprocess.PIPE, env=env, timeout=120)
+        proc = subprocess.run([GFAL_PY, '-c', GFAL_RUNNER, jobtype], input=json.dumps(job).encode(),
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, timeout=120)
         results, job_failed = pdm_worker_read(proc.stdout.decode(), expected)
         assert job_failed is None and dict((k, v[0]) for k, v in results.items()) == expected, (jobtype, proc)
         assert proc.returncode == (1 if 1 in expected.values() else 0)
@@ -1038,9 +1035,9 @@ def test_gfal_davs_jobs_read_under_the_pdm_worker_rules(gfal_davs, davs_dir, tmp
             assert list(results['1.0'][1]) == [url_a + 'd', url_a + 'd/e']
     # a credential file that is not there: one line for the whole job, nothing done
     env = dict(two, X509_USER_PROXY_DST=str(tmp_path / 'gone.pem'))
-    proc = _gfal_subprocess.run([GFAL_PY, '-c', GFAL_RUNNER, 'copy'], env=env, timeout=60,
-                                input=_gfal_json.dumps({'files': [['3.9', url_a + 'd/f', url_b + 'z/f']]}).encode(),
-                                stdout=_gfal_subprocess.PIPE, stderr=_gfal_subprocess.PIPE)
+    proc = subprocess.run([GFAL_PY, '-c', GFAL_RUNNER, 'copy'], env=env, timeout=60,
+                                input=json.dumps({'files': [['3.9', url_a + 'd/f', url_b + 'z/f']]}).encode(),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert (proc.returncode,) + pdm_worker_read(proc.stdout.decode(), ['3.9']) == (2, {}, 1)
 
 

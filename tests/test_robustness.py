@@ -8,20 +8,20 @@ import os
 import re
 import signal
 import socket
-import sqlite3 as _rc_sqlite3
+import sqlite3
 import struct
 import subprocess
 import sys
 import threading
 import time
 
-import hypothesis as _hyp
+import hypothesis
 import pexpect
 import pytest
 from hypothesis import given, settings, strategies as st
 
 import alien
-from testgrid import grid as _h10_grid
+from testgrid import grid
 from conftest import (
     ALIEN, Hostile, OWN_TRANSPORT, PROMPT, REPO, _rc_entries, _rc_files, _rc_service_log, cpcli, cpx,
     grid_dir, hostile_run, one_line_error, run_cli, server_frame, shell_cmd, shell_end, spawn_shell, write)
@@ -225,11 +225,11 @@ def test_gfal_deep_or_huge_job_is_one_job_error_line(tmp_path):
 
 @contextlib.contextmanager
 def h10_faults(grid_state, faults):
-    _h10_grid.set_faults(grid_state['workdir'], faults)
+    grid.set_faults(grid_state['workdir'], faults)
     try:
         yield
     finally:
-        _h10_grid.set_faults(grid_state['workdir'], None)
+        grid.set_faults(grid_state['workdir'], None)
 
 
 def test_hostile_deep_reply_is_exit_42(cenv, grid_state):
@@ -616,7 +616,7 @@ def _race_catalogue_problems(grid_state, g, files):
     """What is wrong in the catalogue under g against the local files: an entry whose
     size or md5 is not its file's, a replica missing or holding other bytes, an
     entry that should not be there."""
-    db = _rc_sqlite3.connect(os.path.join(grid_state['workdir'], 'catalogue.sqlite'), timeout=10)
+    db = sqlite3.connect(os.path.join(grid_state['workdir'], 'catalogue.sqlite'), timeout=10)
     try:
         rows = db.execute("SELECT lfn, size, md5, guid FROM entries WHERE type = 'f' AND lfn LIKE ?",
                           (g + '%',)).fetchall()
@@ -740,7 +740,7 @@ _RACE_EXAMPLES = itertools.count()
 
 
 @pytest.mark.once  # cp and session logic: the same with either transport
-@settings(max_examples=6, deadline=None, suppress_health_check=list(_hyp.HealthCheck))
+@settings(max_examples=6, deadline=None, suppress_health_check=list(hypothesis.HealthCheck))
 @given(handoff=st.sampled_from([0.03, 0.05]), before=st.floats(0.5, 2), during=st.floats(0, 1),
        checks_only=st.booleans(), n=st.integers(10, 30))
 def test_property_no_wrong_result_is_ever_used(cpenv, grid_state, service_conf, tmp_path, handoff, before,

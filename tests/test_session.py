@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import pexpect
 import pytest
 
 import alien
@@ -149,7 +150,6 @@ def test_expiring_token_is_replaced_by_the_user_certificate(grid_state):
 
 
 def test_encrypted_key_asks_for_the_pass_phrase_once(cenv, tmp_path):
-    import pexpect
     key = str(tmp_path / 'enc.pem')
     subprocess.run([tool('openssl'), 'rsa', '-in', cenv['X509_USER_KEY'], '-aes256', '-passout', 'pass:s3cret!',
                     '-out', key], check=True, capture_output=True)

@@ -1,14 +1,16 @@
 """The other commands against the test grid: catalogue, jobs, storage, outside services."""
 import base64
-import contextlib as _gj_contextlib
+import contextlib
 import hashlib
 import json
 import os
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -180,11 +182,10 @@ def test_run_and_exec(cenv, f2dir, tmp_path):
                               (['exec', d + 'l.txt'], 126, 'cannot run')]:
         p = run_cli(args, env=cenv)
         assert p.returncode == code and one_line_error(p) and words in p.stderr, (args, p)
-    import tempfile
     assert not [n for n in os.listdir(tempfile.gettempdir()) + os.listdir(tmp) if n.startswith('alienpy-run-')]
 
 
-@_gj_contextlib.contextmanager
+@contextlib.contextmanager
 def _gj_faults(jcentral=None, http=None):
     from testgrid import grid
     grid.set_faults(_TG_DIR, jcentral)
@@ -446,9 +447,8 @@ def test_http_proxy_is_used_unless_no_proxy(cenv):
 def test_https_get_verifies_the_server_and_tunnels_through_https_proxy(cenv, grid_state):
     """An HTTPS MonALISA (the grid's host certificate, checked against X509_CERT_DIR),
     reached through an https_proxy CONNECT tunnel like the websocket."""
-    import ssl as _ssl
     from testgrid import httpsvc
-    tls = _ssl.SSLContext(_ssl.PROTOCOL_TLS_SERVER)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     tls.load_cert_chain(grid_state['pki']['host_cert'], grid_state['pki']['host_key'])
     srv = httpsvc.serve('monalisa', 0, _TG_DIR, tls=tls)
     proxy = ConnectProxy()
