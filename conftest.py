@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import socket
 import sqlite3
 import ssl
@@ -41,12 +42,35 @@ ALIEN = os.path.join(REPO, 'alien.py')
 tools.restrict_path()
 
 
-def run_cli(args, env=None, input=None, timeout=60, python=None):
-    """Run `python3 alien.py ARGS` as a user would; returns CompletedProcess (text)."""
-    cmd = [python or sys.executable, ALIEN] + list(args)
+def run_cli(args, env=None, input=None, timeout=60, python=None, program=None, cwd=None, quote=False,
+            tty=False, no_tty=False, preexec_fn=None):
+    """Run the client as a user would, `python3 alien.py ARGS`: the one way the tests run
+    a client; returns a CompletedProcess (text).
+
+    python      another interpreter for alien.py;
+    program     the command to run instead of `python3 alien.py` (a list: the reference
+                client, alien.py under another name);
+    cwd         the working directory;
+    quote       ARGS are words: several are shell-quoted, as alien.py joins its arguments
+                into one command line and splits it again (one is a whole command line);
+    tty         on a pseudo-terminal (pexpect): stdout is everything printed, stderr '';
+    no_tty      in a new session, with no controlling terminal (a pass phrase then comes
+                from INPUT);
+    preexec_fn  called in the child before the client starts (a resource limit)."""
+    words = [str(a) for a in args]
+    if quote and len(words) > 1:
+        words = [shlex.quote(w) for w in words]
+    cmd = (list(program) if program else [python or sys.executable, ALIEN]) + words
+    if tty:
+        child = pexpect.spawn(cmd[0], cmd[1:], env=dict(env, TERM='xterm'), cwd=cwd, encoding='utf-8',
+                              codec_errors='surrogateescape', timeout=timeout, dimensions=(50, 300))
+        child.expect(pexpect.EOF)
+        child.close()
+        return subprocess.CompletedProcess(cmd, child.exitstatus, child.before.replace('\r\n', '\n'), '')
     # spelled for Python 3.6 (no capture_output/text): the pure tests run under 3.6 too
-    return subprocess.run(cmd, env=env, input=input, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          universal_newlines=True, timeout=timeout)
+    return subprocess.run(cmd, env=env, input=input, cwd=cwd, start_new_session=no_tty, preexec_fn=preexec_fn,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+                          timeout=timeout)
 
 
 def server_frame(opcode, payload, fin=True, masked=False, rsv=0):
@@ -109,17 +133,40 @@ def grid_state():
     grid.stop(_TG_DIR)
 
 
+def client_env(grid_state, tmp_path, token=False, workdir=False, outside_proxy=True, **extra):
+    """The one environment builder: a user of the test grid, with a fresh HOME and TMPDIR
+    under TMP_PATH (the same ones at every call of a test), no token yet and none of the
+    outside's client variables (but the transport under test).
+
+    token          the grid's valid token, and one short connection try (a server that
+                   must see no token request);
+    workdir        PWD: a fresh working directory (run_cli(cwd=env['PWD']));
+    outside_proxy  False: without the outside's http_proxy and no_proxy;
+    EXTRA          more variables."""
+    env = {k: v for k, v in os.environ.items() if k in KEEP_VARS or not k.startswith(CLIENT_VARS)}
+    if not outside_proxy:
+        env = {k: v for k, v in env.items() if k.lower() not in ('http_proxy', 'no_proxy')}
+    env.update(grid_state['env'])
+    home, tmp = tmp_path / 'home', tmp_path / 'tmp'
+    home.mkdir(exist_ok=True)
+    tmp.mkdir(exist_ok=True)
+    env.update(HOME=str(home), TMPDIR=str(tmp),
+               JALIEN_TOKEN_CERT=str(tmp / 'tokencert.pem'), JALIEN_TOKEN_KEY=str(tmp / 'tokenkey.pem'))
+    if token:
+        env.update(JALIEN_TOKEN_CERT=grid_state['pki']['token_cert'], JALIEN_TOKEN_KEY=grid_state['pki']['token_key'],
+                   ALIENPY_TIMEOUT='1', ALIENPY_CONNECT_TRIES='1')
+    if workdir:
+        work = tmp_path / 'work'
+        work.mkdir(exist_ok=True)
+        env['PWD'] = str(work)
+    env.update(extra)
+    return env
+
+
 @pytest.fixture
 def cenv(grid_state, tmp_path):
     """Environment of a user of the test grid with a fresh HOME and no token yet."""
-    env = {k: v for k, v in os.environ.items() if k in KEEP_VARS or not k.startswith(CLIENT_VARS)}
-    env.update(grid_state['env'])
-    home, tmp = tmp_path / 'home', tmp_path / 'tmp'
-    home.mkdir()
-    tmp.mkdir()
-    env.update(HOME=str(home), TMPDIR=str(tmp),
-               JALIEN_TOKEN_CERT=str(tmp / 'tokencert.pem'), JALIEN_TOKEN_KEY=str(tmp / 'tokenkey.pem'))
-    return env
+    return client_env(grid_state, tmp_path)
 
 
 def one_line_error(p):
@@ -220,10 +267,9 @@ class Hostile(object):
 
 
 @pytest.fixture
-def henv(cenv, grid_state):
+def henv(grid_state, tmp_path):
     """Client environment with a valid token, so no token request goes to the hostile server."""
-    return dict(cenv, JALIEN_TOKEN_CERT=grid_state['pki']['token_cert'], JALIEN_TOKEN_KEY=grid_state['pki']['token_key'],
-                ALIENPY_TIMEOUT='1', ALIENPY_CONNECT_TRIES='1')
+    return client_env(grid_state, tmp_path, token=True)
 
 
 # The diagnostics below are those of alien.py's own websocket code; with the
@@ -387,23 +433,14 @@ CLIENT_CASES = [
 
 
 @pytest.fixture
-def cpenv(cenv, tmp_path):
-    work = tmp_path / 'work'
-    work.mkdir()
-    return dict(cenv, PWD=str(work))
-
-
-def cpcli(env, *args, **kw):
-    """alien.py with these words; several words are quoted for the shell-like split
-    of the joined command line (one word is a whole command line)."""
-    import shlex
-    words = list(args) if len(args) == 1 else [shlex.quote(a) for a in args]
-    return subprocess.run([sys.executable, ALIEN] + words, env=env, cwd=env['PWD'],
-                          capture_output=True, text=True, timeout=kw.get('timeout', 60))
+def cpenv(grid_state, tmp_path):
+    """A user's environment with a working directory of its own (PWD)."""
+    return client_env(grid_state, tmp_path, workdir=True)
 
 
 def cpx(env, *args, **kw):
-    return cpcli(env, 'cp', *[str(a) for a in args], **kw)
+    """`alien.py cp ARGS...` in ENV's working directory, each of ARGS one word."""
+    return run_cli(['cp'] + list(args), env=env, cwd=env['PWD'], quote=True, **kw)
 
 
 def grid_dir(grid_state, name):

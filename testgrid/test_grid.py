@@ -530,8 +530,7 @@ def _tg_alienpy(state, line, extra_env=None):
     env.update(state['env'])
     env.update(extra_env or {})
     env['ALIENPY_NO_STAGGER'] = '1'
-    return subprocess.run([exe, line], capture_output=True, text=True, env=env,
-                              timeout=60, cwd=str(_TG_DIR))
+    return run_cli([line], program=[exe], env=env, cwd=str(_TG_DIR))
 
 
 def test_reference_client_alienpy(grid_state, dialect, tg_dir, tmp_path):

@@ -12,7 +12,7 @@ import pytest
 import alien
 from testgrid import tools
 from conftest import (
-    ALIEN, CLIENT_CASES, PROMPT, REPO, _interpreter_or_report, cpcli, cpx, grid_dir, one_line_error, run_cli,
+    ALIEN, CLIENT_CASES, PROMPT, REPO, _interpreter_or_report, cpx, grid_dir, one_line_error, run_cli,
     shell_cmd, shell_end, spawn_shell, write)
 
 
@@ -412,10 +412,10 @@ def test_named_editor_commands(cpenv, grid_state, tmp_path, editor):
     write(bindir / editor, ('#!/bin/sh\necho "by %s" >> "$1"\n' % editor).encode())
     os.chmod(str(bindir / editor), 0o755)
     env = dict(cpenv, PATH='%s:%s' % (bindir, cpenv['PATH']), EDITOR='/bin/false', VISUAL='')
-    p = cpcli(env, editor, g + 'doc.txt@disk:1')
+    p = run_cli([editor, g + 'doc.txt@disk:1'], env=env, cwd=env['PWD'], quote=True)
     assert p.returncode == 0, p
-    assert cpcli(cpenv, 'cat', g + 'doc.txt').stdout == 'one\nby %s\n' % editor
-    p = cpcli(env, editor)  # no LFN: usage error, one line
+    assert run_cli(['cat', g + 'doc.txt'], env=cpenv, cwd=cpenv['PWD'], quote=True).stdout == 'one\nby %s\n' % editor
+    p = run_cli([editor], env=env, cwd=env['PWD'], quote=True)  # no LFN: usage error, one line
     assert p.returncode != 0 and one_line_error(p), p
 
 
@@ -424,9 +424,9 @@ def test_more_less_and_logout(cpenv, grid_state, tmp_path):
     f = write(tmp_path / 'p.txt', b'paged\n')
     assert cpx(cpenv, 'file:' + f, g + 'p.txt@disk:1').returncode == 0
     for pager in ('more', 'less'):
-        p = cpcli(cpenv, pager, g + 'p.txt')  # not a terminal: printed like cat
+        p = run_cli([pager, g + 'p.txt'], env=cpenv, cwd=cpenv['PWD'], quote=True)  # not a terminal: printed like cat
         assert (p.returncode, p.stdout) == (0, 'paged\n'), p
-        p = cpcli(cpenv, pager, g + 'missing.txt')
+        p = run_cli([pager, g + 'missing.txt'], env=cpenv, cwd=cpenv['PWD'], quote=True)
         assert p.returncode == 2 and one_line_error(p), p
     assert run_cli(['logout 3'], env=cpenv).returncode == 3
     p = run_cli(['logout x'], env=cpenv)

@@ -182,10 +182,6 @@ def _compat_normalize(text, values):
     return _normalize_times(text)
 
 
-def _compat_run(argv, env, cwd):
-    return subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=120)
-
-
 # ===== issue 13: credential and CA tools, find2, toXml, run/exec, compatibility =====
 
 
@@ -229,7 +225,7 @@ def test_compatibility_with_the_reference_client(cenv, grid_state, f2dir, tmp_pa
                 if not os.path.lexists(exe):
                     os.symlink(ALIEN, exe)
             cmd = [sys.executable, exe] + argv
-        return _compat_run(cmd, env, v['mine'])
+        return run_cli([], program=cmd, env=env, cwd=v['mine'], timeout=120)
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         futures = [(case, pool.submit(one, 'ref', case), pool.submit(one, 'ours', case)) for case in COMPAT_CASES]

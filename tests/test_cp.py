@@ -12,7 +12,7 @@ import pytest
 
 import alien
 from conftest import (
-    ALIEN, REPO, _rc_entries, _rc_files, _tg_call, _tg_ok, _tg_ws, cpcli, cpx, grid_dir, h13_debug_requests,
+    ALIEN, REPO, _rc_entries, _rc_files, _tg_call, _tg_ok, _tg_ws, cpx, grid_dir, h13_debug_requests,
     one_line_error, run_cli, write)
 
 
@@ -33,7 +33,7 @@ def test_cp_round_trips(cpenv, grid_state, tmp_path):
         p = cpx(cpenv, g + name, 'file:%s/' % out)
         assert p.returncode == 0, p
         assert (out / name).read_bytes() == data
-    p = cpcli(cpenv, 'stat', g + 'one')
+    p = run_cli(['stat', g + 'one'], env=cpenv, cwd=cpenv['PWD'], quote=True)
     assert hashlib.md5(b'x').hexdigest() in p.stdout
     assert not [n for n in os.listdir(str(out)) if 'alienpy-part' in n]
     # %ALIEN is the home directory; -y 2 reads from both replicas at once (metalink)
@@ -41,11 +41,11 @@ def test_cp_round_trips(cpenv, grid_state, tmp_path):
     p = cpx(cpenv, '-y', '2', '%ALIEN/' + rel + 'ünï cødé ☃.dat', 'file:%s/y.dat' % out)
     assert p.returncode == 0 and (out / 'y.dat').read_bytes() == files['ünï cødé ☃.dat'], p
     # cat prints the content; a relative LFN is expanded against the cwd
-    p = cpcli(cpenv, 'cd %s; cat "with space.txt"' % g)
+    p = run_cli(['cd %s; cat "with space.txt"' % g], env=cpenv, cwd=cpenv['PWD'], quote=True)
     assert (p.returncode, p.stdout) == (0, 'spaces\n'), p
-    p = cpcli(cpenv, 'less', g + 'with space.txt')      # not a terminal: printed like cat
+    p = run_cli(['less', g + 'with space.txt'], env=cpenv, cwd=cpenv['PWD'], quote=True)      # not a terminal: printed like cat
     assert (p.returncode, p.stdout) == (0, 'spaces\n'), p
-    p = cpcli(cpenv, 'cat', g + 'missing.txt')
+    p = run_cli(['cat', g + 'missing.txt'], env=cpenv, cwd=cpenv['PWD'], quote=True)
     assert p.returncode == 2 and one_line_error(p), p
     assert not [n for n in os.listdir(cpenv['TMPDIR']) if n.startswith('alienpy-')]   # temp files removed
 
@@ -127,11 +127,11 @@ def test_cp_recursive_filters_and_naming(cpenv, grid_state, tmp_path):
     # recursive upload with a filter and -parent
     p = cpx(cpenv, '-name', 'ext_log', '-parent', 1, 'file:%s/sub/' % src, g + 'up/')
     assert p.returncode == 0, p
-    p = cpcli(cpenv, 'find', g + 'up/', '*')
+    p = run_cli(['find', g + 'up/', '*'], env=cpenv, cwd=cpenv['PWD'], quote=True)
     assert p.stdout.split() == [g + 'up/sub/c.log'], p
     p = cpx(cpenv, '-exclude_re', 'log', '-maxdepth', 0, 'file:%s/sub/' % src, g + 'up2/')
     assert p.returncode == 0, p
-    assert cpcli(cpenv, 'find', g + 'up2/', '*').stdout.split() == [g + 'up2/myfile_run12.root']
+    assert run_cli(['find', g + 'up2/', '*'], env=cpenv, cwd=cpenv['PWD'], quote=True).stdout.split() == [g + 'up2/myfile_run12.root']
     p = cpx(cpenv, '-select', '[', g, 'file:%s/bad/' % tmp_path)
     assert p.returncode == alien.EX_USAGE and one_line_error(p), p
 
@@ -148,9 +148,9 @@ def test_cp_input_file_specifiers_and_overwrite(cpenv, grid_state, tmp_path):
                                        'a b c\n' % (a, g, SE2, b, g, SE2)).encode())
     p = cpx(cpenv, '-input', lst)
     assert p.returncode == 0 and '2/2 files copied' in p.stdout and 'skipped' in p.stderr, p
-    where = cpcli(cpenv, 'whereis', g + 'a.txt').stdout
+    where = run_cli(['whereis', g + 'a.txt'], env=cpenv, cwd=cpenv['PWD'], quote=True).stdout
     assert SE2 in where and SE1 not in where
-    where = cpcli(cpenv, 'whereis', g + 'b c.txt').stdout
+    where = run_cli(['whereis', g + 'b c.txt'], env=cpenv, cwd=cpenv['PWD'], quote=True).stdout
     assert SE1 in where and SE2 not in where
     # identical destination: skipped; -f copies again; different content replaces it
     p = cpx(cpenv, 'file:' + a, g + 'a.txt')
@@ -160,8 +160,8 @@ def test_cp_input_file_specifiers_and_overwrite(cpenv, grid_state, tmp_path):
     write(tmp_path / 'a.txt', b'new content')
     p = cpx(cpenv, 'file:' + a, g + 'a.txt')
     assert p.returncode == 0 and '1/1 files copied' in p.stdout, p
-    assert cpcli(cpenv, 'cat', g + 'a.txt').stdout == 'new content\n'
-    assert '.alienpy-part' not in cpcli(cpenv, 'ls', '-a', g).stdout
+    assert run_cli(['cat', g + 'a.txt'], env=cpenv, cwd=cpenv['PWD'], quote=True).stdout == 'new content\n'
+    assert '.alienpy-part' not in run_cli(['ls', '-a', g], env=cpenv, cwd=cpenv['PWD'], quote=True).stdout
     # downloads: same rules
     out = tmp_path / 'out'
     p = cpx(cpenv, g + 'a.txt', 'file:%s/' % out)
@@ -191,7 +191,7 @@ def test_cp_usage_errors(cpenv, grid_state, tmp_path):
 
 def replica_file(grid_state, env, lfn, se):
     """Path on disk of the replica of lfn on se."""
-    p = cpcli(env, 'whereis', lfn)
+    p = run_cli(['whereis', lfn], env=env, cwd=env['PWD'], quote=True)
     for line in p.stdout.splitlines():
         if se in line:
             pfn = line.split('pfn =>')[1].strip()
@@ -245,11 +245,11 @@ def test_cp_upload_reroutes_and_never_leaves_uncommitted_entries(cpenv, grid_sta
         # SE1 asked for and down: the replica goes to SE2
         p = cpx(cpenv, 'file:' + f, g + 'one.txt@disk:1,' + SE1)
         assert p.returncode == 0, p
-        where = cpcli(cpenv, 'whereis', g + 'one.txt').stdout
+        where = run_cli(['whereis', g + 'one.txt'], env=cpenv, cwd=cpenv['PWD'], quote=True).stdout
         assert SE2 in where and SE1 not in where
         # -norecovery: no second booking, so nothing stored and no catalogue entry
         p = cpx(cpenv, '-norecovery', 'file:' + f, g + 'norec.txt@disk:1,' + SE1)
-        assert p.returncode == 1 and cpcli(cpenv, 'stat', g + 'norec.txt').returncode == 2, p
+        assert p.returncode == 1 and run_cli(['stat', g + 'norec.txt'], env=cpenv, cwd=cpenv['PWD'], quote=True).returncode == 2, p
         p = cpx(cpenv, '-strictspec', 'file:' + f, g + 'strict.txt@disk:1,' + SE2)
         assert p.returncode == 0, p
         # two replicas wanted, only one SE left: stored once, with a notice
@@ -258,7 +258,7 @@ def test_cp_upload_reroutes_and_never_leaves_uncommitted_entries(cpenv, grid_sta
         grid.stop_se(grid_state['workdir'], SE2)
         p = cpx(cpenv, 'file:' + f, g + 'none.txt')
         assert p.returncode == 1 and 'Connection' in p.stderr and '0/1 files copied' in p.stderr, p
-        assert cpcli(cpenv, 'stat', g + 'none.txt').returncode == 2
+        assert run_cli(['stat', g + 'none.txt'], env=cpenv, cwd=cpenv['PWD'], quote=True).returncode == 2
     finally:
         grid.start_se(grid_state['workdir'], SE1)
         grid.start_se(grid_state['workdir'], SE2)
@@ -268,7 +268,7 @@ def test_cp_upload_reroutes_and_never_leaves_uncommitted_entries(cpenv, grid_sta
     finally:
         grid.set_faults(grid_state['workdir'], None)
     assert p.returncode == 1 and 'commit refused' in p.stderr, p
-    assert cpcli(cpenv, 'stat', g + 'refused.txt').returncode == 2
+    assert run_cli(['stat', g + 'refused.txt'], env=cpenv, cwd=cpenv['PWD'], quote=True).returncode == 2
 
 
 def test_without_xrootd_cp_says_what_to_install(cpenv, grid_state, tmp_path):
@@ -323,30 +323,28 @@ def test_cp_reference_options_on_the_grid(cpenv, grid_state, tmp_path):
     write(src / 'b.txt', b'b' * 200)
     write(src / 'run.sh', b'#!/bin/sh\necho hi\n')
     log = str(tmp_path / 'dbg.log')
-    p = cpcli(cpenv, 'cp', '-v', '-s', '-c', '-w', '-wh', '-d', '-xrdcp', '-cksum', '-a', '-ratethreshold', '1000000000',
-              '-retry', '1', '-fastcheck', '-skipmd5', '-debugfile', log,
-              'file:' + str(src / 'a.txt'), 'file:' + str(src / 'b.txt'), 'file:' + str(src / 'run.sh'), g)
+    p = run_cli(['cp', '-v', '-s', '-c', '-w', '-wh', '-d', '-xrdcp', '-cksum', '-a', '-ratethreshold', '1000000000', '-retry', '1', '-fastcheck', '-skipmd5', '-debugfile', log, 'file:' + str(src / 'a.txt'), 'file:' + str(src / 'b.txt'), 'file:' + str(src / 'run.sh'), g], env=cpenv, cwd=cpenv['PWD'], quote=True)
     assert p.returncode == 0 and '3/3 files copied' in p.stdout, p
     notes = p.stderr.splitlines()
     assert len(notes) == 2 and '-skipmd5' in notes[0] and '-fastcheck' in notes[1], p.stderr
     access = [r['options'] for r in h13_debug_requests(log) if r['command'] == 'access']
     specs = {o[o.index('write-once') + 1].rsplit('/', 1)[1]: o[-1] for o in access if 'write-once' in o}
     assert specs == {'a.txt': 'disk:2', 'b.txt': 'disk:2', 'run.sh': 'disk:4'}, access
-    p = cpcli(cpenv, 'cp', '-tpc', g + 'a.txt', 'file:' + str(tmp_path / 'x'))
+    p = run_cli(['cp', '-tpc', g + 'a.txt', 'file:' + str(tmp_path / 'x')], env=cpenv, cwd=cpenv['PWD'], quote=True)
     assert p.returncode == 1 and one_line_error(p) and '-tpc' in p.stderr
-    p = cpcli(cpenv, 'cp', g + 'a.txt', g + 'b.txt', 'file:' + str(tmp_path / 'nodir'))
+    p = run_cli(['cp', g + 'a.txt', g + 'b.txt', 'file:' + str(tmp_path / 'nodir')], env=cpenv, cwd=cpenv['PWD'], quote=True)
     assert p.returncode == 22 and one_line_error(p)
     out = tmp_path / 'out'
-    p = cpcli(cpenv, 'cp', '-http', '-site', 'JTestSite', '-e', 'b*t', '-debugfile', log, g, 'file:%s/' % out)
+    p = run_cli(['cp', '-http', '-site', 'JTestSite', '-e', 'b*t', '-debugfile', log, g, 'file:%s/' % out], env=cpenv, cwd=cpenv['PWD'], quote=True)
     assert p.returncode == 0 and '2/2 files copied' in p.stdout, p
     assert sorted(os.listdir(str(out))) == ['a.txt', 'run.sh']   # the content of g/
     reqs = h13_debug_requests(log)
     assert [r['options'] for r in reqs if r['command'] == 'setSite'][:1] == [['JTestSite']]
     assert all('-u' in r['options'] for r in reqs if r['command'] == 'access')
     # -site only wraps the copy: -json gives the per-file states as without it
-    p = cpcli(cpenv, '-json', 'cp', '-site', 'JTestSite', g + 'a.txt', 'file:%s/' % out)
+    p = run_cli(['-json', 'cp', '-site', 'JTestSite', g + 'a.txt', 'file:%s/' % out], env=cpenv, cwd=cpenv['PWD'], quote=True)
     assert p.returncode == 0 and [r['state'] for r in json.loads(p.stdout)['results']] == ['present'], p
-    p = cpcli(dict(cpenv, XRD_CPRETRY='x'), 'cp', g + 'a.txt', 'file:' + str(tmp_path / 'y'))
+    p = run_cli(['cp', g + 'a.txt', 'file:' + str(tmp_path / 'y')], env=dict(cpenv, XRD_CPRETRY='x'), cwd=cpenv['PWD'], quote=True)
     assert p.returncode == 22 and one_line_error(p) and 'XRD_CPRETRY' in p.stderr
 
 
@@ -449,8 +447,8 @@ def test_streamed_download_write_error_tries_the_other_replica_and_leaves_nothin
     assert cpx(cpenv, 'file:' + write(tmp_path / 'f.bin', data), g + 'f.bin@disk:2').returncode == 0
     out = tmp_path / 'out'
     out.mkdir()
-    p = subprocess.run([sys.executable, ALIEN, 'cp', g + 'f.bin', 'file:%s/' % out], env=cpenv, cwd=cpenv['PWD'],
-                       capture_output=True, text=True, timeout=60, preexec_fn=_file_size_limit(2 ** 20))
+    p = run_cli(['cp', g + 'f.bin', 'file:%s/' % out], env=cpenv, cwd=cpenv['PWD'],
+                preexec_fn=_file_size_limit(2 ** 20))
     assert p.returncode == 1 and 'Traceback' not in p.stderr, p
     err = [line for line in p.stderr.splitlines() if 'cannot write' in line]
     assert len(err) == 1 and err[0].count('File too large') == 2 and SE1 in err[0] and SE2 in err[0], p.stderr
@@ -716,7 +714,7 @@ def test_upload_transfers_a_file_while_the_next_one_is_hashed(cpenv, grid_state,
     finally:
         s.close()
     assert r.exitcode == 0 and seen == [True], (r, seen)
-    p = cpcli(cpenv, 'ls -l ' + g)
+    p = run_cli(['ls -l ' + g], env=cpenv, cwd=cpenv['PWD'], quote=True)
     assert p.returncode == 0 and 'a.bin' in p.stdout and 'b.bin' in p.stdout, p
 
 

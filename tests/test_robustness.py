@@ -16,14 +16,13 @@ import threading
 import time
 
 import hypothesis
-import pexpect
 import pytest
 from hypothesis import given, settings, strategies as st
 
 import alien
 from testgrid import grid
 from conftest import (
-    ALIEN, Hostile, OWN_TRANSPORT, PROMPT, REPO, _rc_entries, _rc_files, _rc_service_log, cpcli, cpx,
+    ALIEN, Hostile, OWN_TRANSPORT, PROMPT, REPO, _rc_entries, _rc_files, _rc_service_log, client_env, cpx,
     grid_dir, hostile_run, one_line_error, run_cli, server_frame, shell_cmd, shell_end, spawn_shell, write)
 
 
@@ -261,15 +260,6 @@ def test_oversized_input_and_settings_files(cenv, grid_state, tmp_path):
     assert p.returncode == 64 and one_line_error(p) and 'more than' in p.stderr, p
 
 
-def h10_tty_run(args, env, cwd=None):
-    """alien.py ARGS on a pseudo-terminal -> (exit status, everything it printed)."""
-    child = pexpect.spawn(sys.executable, [ALIEN] + list(args), env=dict(env, TERM='xterm'), cwd=cwd,
-                          encoding='utf-8', codec_errors='surrogateescape', timeout=60, dimensions=(50, 300))
-    child.expect(pexpect.EOF)
-    child.close()
-    return child.exitstatus, child.before.replace('\r\n', '\n')
-
-
 def test_service_messages_and_errors_on_a_terminal(cenv, grid_state):
     colour = {'exitcode': 0, 'results': [{'message': 'Your new job ID is \x1b[34m42\x1b[0m'}]}
     hostile = {'exitcode': 0, 'results': [{'message': 'user \x1b]0;pwned\x07\x1b[2J\x1b[31mred'}]}
@@ -277,14 +267,14 @@ def test_service_messages_and_errors_on_a_terminal(cenv, grid_state):
                                  'pwd': {'exitcode': 5, 'error': 'bad \x1b[2Jthing'}}):
         p = run_cli(['submit x.jdl'], env=cenv)                   # a pipe: clean text
         assert (p.returncode, p.stdout) == (0, 'Your new job ID is 42\n'), p
-        code, out = h10_tty_run(['submit x.jdl'], cenv)          # a terminal: the service's colour
-        assert code == 0 and 'Your new job ID is \x1b[34m42\x1b[0m' in out, repr(out)
-        code, out = h10_tty_run(['submit x.jdl'], dict(cenv, NO_COLOR='1'))
-        assert code == 0 and 'Your new job ID is 42\n' in out and '\x1b' not in out, repr(out)
-        code, out = h10_tty_run(['whoami'], cenv)                # nothing else reaches the terminal raw
-        assert code == 0 and 'user \\033]0;pwned\\a\\033[2J\\033[31mred' in out and '\x1b' not in out, repr(out)
-        code, out = h10_tty_run(['pwd'], cenv)
-        assert code == 5 and 'bad \\033[2Jthing' in out and '\x1b' not in out, repr(out)
+        p = run_cli(['submit x.jdl'], env=cenv, tty=True)          # a terminal: the service's colour
+        assert p.returncode == 0 and 'Your new job ID is \x1b[34m42\x1b[0m' in p.stdout, repr(p.stdout)
+        p = run_cli(['submit x.jdl'], env=dict(cenv, NO_COLOR='1'), tty=True)
+        assert p.returncode == 0 and 'Your new job ID is 42\n' in p.stdout and '\x1b' not in p.stdout, repr(p.stdout)
+        p = run_cli(['whoami'], env=cenv, tty=True)                # nothing else reaches the terminal raw
+        assert p.returncode == 0 and 'user \\033]0;pwned\\a\\033[2J\\033[31mred' in p.stdout and '\x1b' not in p.stdout, repr(p.stdout)
+        p = run_cli(['pwd'], env=cenv, tty=True)
+        assert p.returncode == 5 and 'bad \\033[2Jthing' in p.stdout and '\x1b' not in p.stdout, repr(p.stdout)
         p = run_cli(['whoami'], env=cenv)                         # off a terminal: the bytes
         assert p.stdout == 'user \x1b]0;pwned\x07\x1b[2J\x1b[31mred\n', p
         p = run_cli(['submit -json x.jdl'], env=cenv)             # -json: exact, escaped by JSON
@@ -308,11 +298,11 @@ def test_cp_mixed_directory_good_files_arrive_bad_names_refused(cpenv, grid_stat
     assert any('bad\\nname' in line and 'line break' in line for line in refused), refused
     assert any('bad\\377name' in line and 'not valid UTF-8' in line for line in refused), refused
     assert 'Traceback' not in p.stderr and p.stdout == '', p
-    p = cpcli(cpenv, 'ls', g)
+    p = run_cli(['ls', g], env=cpenv, cwd=cpenv['PWD'], quote=True)
     assert sorted(p.stdout.split('\n')[:-1]) == ['esc\x1b[31mred', 'ok.txt', 'sub/'], p   # nothing booked for the bad ones
     # ls of that name on a terminal shows it escaped; the good files came back intact
-    code, out = h10_tty_run(['ls', g], cpenv)
-    assert code == 0 and 'esc\\033[31mred' in out and '\x1b' not in out, repr(out)
+    p = run_cli(['ls', g], env=cpenv, tty=True)
+    assert p.returncode == 0 and 'esc\\033[31mred' in p.stdout and '\x1b' not in p.stdout, repr(p.stdout)
     out_dir = tmp_path / 'back'
     p = cpx(cpenv, g, 'file:%s/' % out_dir)
     assert p.returncode == 0, p
@@ -325,7 +315,7 @@ def test_cp_download_refuses_lfns_that_cannot_be_local_names(cpenv, grid_state, 
     write(tmp_path / 'ok.txt', b'ok\n')
     assert cpx(cpenv, 'file:%s' % (tmp_path / 'ok.txt'), g + 'ok.txt').returncode == 0
     long_name = 'L' * 300
-    p = cpcli(cpenv, 'touch', g + long_name)
+    p = run_cli(['touch', g + long_name], env=cpenv, cwd=cpenv['PWD'], quote=True)
     assert p.returncode == 0, p
     p = cpx(cpenv, g, 'file:%s/' % (tmp_path / 'out'))
     refused = [line for line in p.stderr.splitlines() if 'refused' in line]
@@ -647,10 +637,6 @@ def _race_catalogue_problems(grid_state, g, files):
     return problems
 
 
-def _race_env(cpenv, slow=RACE_HANDOFF / 2):
-    return dict(cpenv, ALIENPY_SLOW_REPLY=str(slow))
-
-
 def _race_files(root, n, size=700):
     """n files of random bytes (f000.bin ...) in two directories -> {relative name: bytes}."""
     files = {}
@@ -686,7 +672,7 @@ def test_cp_on_a_slow_racing_service_puts_no_byte_under_a_wrong_name(cpenv, grid
     n = 40
     files = _race_files(tmp_path / 'src', n)
     g = grid_dir(grid_state, 'race_' + case)
-    env = _race_env(cpenv)
+    env = client_env(grid_state, tmp_path, workdir=True, ALIENPY_SLOW_REPLY=str(RACE_HANDOFF / 2))
     conf = dict(RACE_SLOW)
     if case == 'throttled':    # a batch node after ~120 logins: every command sleeps over the hand-off
         conf = {'handoff': RACE_HANDOFF, 'throttle': True, 'throttle_start': 1200, 'throttle_scale': 0.05}
@@ -726,7 +712,7 @@ def test_cp_of_1000_files_on_a_slow_racing_service(cpenv, grid_state, service_co
     files = _race_files(tmp_path / 'src', n, size=100)
     g = grid_dir(grid_state, 'race_1000')
     service_conf({'handoff': 0.005, 'queue_delay': [0.006, 0.008]})
-    env = _race_env(cpenv, slow=0.0025)
+    env = client_env(grid_state, tmp_path, workdir=True, ALIENPY_SLOW_REPLY='0.0025')
     p = cpx(env, '-quiet', 'file:%s/' % (tmp_path / 'src'), g + '@disk:1', timeout=600)
     assert p.returncode == 0 and not p.stdout, p
     assert _race_catalogue_problems(grid_state, g, files) == []
@@ -753,7 +739,8 @@ def test_property_no_wrong_result_is_ever_used(cpenv, grid_state, service_conf, 
     files = _race_files(root / 'src', n)
     g = grid_dir(grid_state, 'prop%d' % k)
     service_conf({'handoff': handoff, 'queue_delay': [0, before * handoff], 'work_delay': [0, during * handoff]})
-    env = _race_env(cpenv, slow=100 if checks_only else handoff / 2)
+    env = client_env(grid_state, tmp_path, workdir=True,
+                     ALIENPY_SLOW_REPLY=str(100 if checks_only else handoff / 2))
     s = alien.Session(environ=env)
     try:
         r = s.run('cp -quiet file:%s/ %s' % (root / 'src', g))

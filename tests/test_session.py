@@ -451,12 +451,6 @@ def test_credential_tools_on_the_grid(cenv, grid_state):
                     r'EXPIRE >>> \d{4}-\d\d-\d\d \d\d:\d\d:\d\d\n$', p.stdout)
 
 
-def _run_cli_no_tty(args, env, input_text):
-    """Like run_cli, in a new session: no controlling terminal, the pass phrase comes from stdin."""
-    return subprocess.run([sys.executable, ALIEN] + args, env=env, input=input_text, capture_output=True,
-                          text=True, timeout=60, start_new_session=True)
-
-
 @pytest.mark.once
 def test_credential_tools_bad_input(cenv, grid_state, tmp_path):
     from testgrid import grid
@@ -497,12 +491,12 @@ def test_credential_tools_bad_input(cenv, grid_state, tmp_path):
         p = run_cli(args, env=dict(cenv, **extra))
         assert p.returncode == code and one_line_error(p) and words in p.stderr, (args, p)
     # an encrypted key: the pass phrase is asked (here on stdin, no terminal)
-    p = _run_cli_no_tty(['certkey-match', env['X509_USER_CERT'], str(enc)], cenv, 'wrong\n')
+    p = run_cli(['certkey-match', env['X509_USER_CERT'], str(enc)], env=cenv, input='wrong\n', no_tty=True)
     assert p.returncode == 5 and one_line_error(p) and 'wrong pass phrase' in p.stderr, p
     assert 'Warning' not in p.stderr
-    p = _run_cli_no_tty(['certkey-match', env['X509_USER_CERT'], str(enc)], cenv, '')
+    p = run_cli(['certkey-match', env['X509_USER_CERT'], str(enc)], env=cenv, input='', no_tty=True)
     assert p.returncode == 107 and one_line_error(p) and 'no pass phrase' in p.stderr, p
-    p = _run_cli_no_tty(['certkey-match', env['X509_USER_CERT'], str(enc)], cenv, 'right\n')
+    p = run_cli(['certkey-match', env['X509_USER_CERT'], str(enc)], env=cenv, input='right\n', no_tty=True)
     assert p.returncode == 0 and 'match' in p.stdout, p
 
 

@@ -19,7 +19,7 @@ import pytest
 import alien
 from testgrid.tools import tool
 from conftest import (
-    ALIEN, ConnectProxy, LoopbackProxy, _TG_DIR, _gj_job, cpcli, cpx, grid_dir, h13_debug_requests,
+    ALIEN, ConnectProxy, LoopbackProxy, _TG_DIR, _gj_job, client_env, cpx, grid_dir, h13_debug_requests,
     one_line_error, run_cli, write)
 
 
@@ -53,22 +53,22 @@ def test_edit_keeps_a_backup_and_restores_it_on_failure(cpenv, grid_state, tmp_p
     editor = write(tmp_path / 'ed.sh', b'#!/bin/sh\necho "added by editor" >> "$1"\n')
     os.chmod(editor, 0o755)
     env = dict(cpenv, EDITOR=editor, VISUAL='')
-    p = cpcli(env, 'edit', g + 'doc.txt@disk:1')
+    p = run_cli(['edit', g + 'doc.txt@disk:1'], env=env, cwd=env['PWD'], quote=True)
     assert p.returncode == 0 and 'Uploaded' in p.stdout, p
-    assert cpcli(cpenv, 'cat', g + 'doc.txt').stdout == 'line one\nadded by editor\n'
-    assert cpcli(cpenv, 'cat', g + 'doc.txt~').stdout == 'line one\n'
-    assert cpcli(cpenv, 'whereis', g + 'doc.txt').stdout.count('SE =>') == 1
+    assert run_cli(['cat', g + 'doc.txt'], env=cpenv, cwd=cpenv['PWD'], quote=True).stdout == 'line one\nadded by editor\n'
+    assert run_cli(['cat', g + 'doc.txt~'], env=cpenv, cwd=cpenv['PWD'], quote=True).stdout == 'line one\n'
+    assert run_cli(['whereis', g + 'doc.txt'], env=cpenv, cwd=cpenv['PWD'], quote=True).stdout.count('SE =>') == 1
     # unchanged: nothing uploaded
-    p = cpcli(dict(cpenv, EDITOR='true'), 'edit', g + 'doc.txt')
+    p = run_cli(['edit', g + 'doc.txt'], env=dict(cpenv, EDITOR='true'), cwd=cpenv['PWD'], quote=True)
     assert p.returncode == 0 and 'unchanged' in p.stdout, p
     # upload refused: the previous version is back under its name
     grid.set_faults(grid_state['workdir'], {'commit': 'refuse'})
     try:
-        p = cpcli(env, 'edit', g + 'doc.txt')
+        p = run_cli(['edit', g + 'doc.txt'], env=env, cwd=env['PWD'], quote=True)
     finally:
         grid.set_faults(grid_state['workdir'], None)
     assert p.returncode == 1 and 'restored' in p.stderr and one_line_error(p), p
-    assert cpcli(cpenv, 'cat', g + 'doc.txt').stdout == 'line one\nadded by editor\n'
+    assert run_cli(['cat', g + 'doc.txt'], env=cpenv, cwd=cpenv['PWD'], quote=True).stdout == 'line one\nadded by editor\n'
     kept = p.stderr.split('edited copy kept at ')[1].split(';')[0]
     assert open(kept).read().endswith('added by editor\nadded by editor\n')
     shutil.rmtree(os.path.dirname(kept), ignore_errors=True)
@@ -317,15 +317,9 @@ def test_quota_with_and_without_a_job_quota(cenv, dialect):
         assert p.returncode == code and one_line_error(p), p
 
 
-def _gj_env(cenv, **extra):
-    env = {k: v for k, v in cenv.items() if k.lower() not in ('http_proxy', 'no_proxy')}
-    env.update(extra)
-    return env
-
-
 @pytest.mark.once
-def test_ccdb_browse_history_report_and_run(cenv, tmp_path):
-    env = _gj_env(cenv)
+def test_ccdb_browse_history_report_and_run(cenv, grid_state, tmp_path):
+    env = client_env(grid_state, tmp_path, outside_proxy=False)
     p = run_cli(['ccdb', '/'], env=env, timeout=30)
     assert (p.returncode, p.stdout) == (0, 'GLO/\nRCT/\nTPC/\n'), p.stderr
     p = run_cli(['ccdb', 'TPC/Calib/PadGainFull', '-history', '-limit', '2', '-unixtime'], env=env)
@@ -347,8 +341,8 @@ def test_ccdb_browse_history_report_and_run(cenv, tmp_path):
 
 
 @pytest.mark.once
-def test_ccdb_get_is_verified_and_atomic(cenv, tmp_path):
-    env = _gj_env(cenv)
+def test_ccdb_get_is_verified_and_atomic(cenv, grid_state, tmp_path):
+    env = client_env(grid_state, tmp_path, outside_proxy=False)
     dst = tmp_path / 'snap'
     p = run_cli(['ccdb', 'TPC/Calib/PadGainFull', '-get', '-dst', str(dst)], env=env)
     target = dst / 'TPC/Calib/PadGainFull/PadGainFull.root'
@@ -384,15 +378,15 @@ def test_ccdb_get_is_verified_and_atomic(cenv, tmp_path):
     ('404', 2, 'HTTP 404'), ('500', 121, 'HTTP 500'), ('garbage', 42, 'not JSON'),
     ('hang', 107, 'no answer within 1 s'), ('drop', 107, 'ccdb'),
 ])
-def test_ccdb_failing_service_is_one_line(cenv, fault, code, words):
+def test_ccdb_failing_service_is_one_line(cenv, grid_state, tmp_path, fault, code, words):
     with _gj_faults(http={'ccdb': fault}):
-        p = run_cli(['ccdb', 'TPC'], env=_gj_env(cenv, ALIENPY_HTTP_TIMEOUT='1'), timeout=30)
+        p = run_cli(['ccdb', 'TPC'], env=client_env(grid_state, tmp_path, outside_proxy=False, ALIENPY_HTTP_TIMEOUT='1'), timeout=30)
     assert p.returncode == code and one_line_error(p) and words in p.stderr, p
 
 
 @pytest.mark.once
-def test_ccdb_wrong_arguments_and_unreachable_host(cenv):
-    env = _gj_env(cenv)
+def test_ccdb_wrong_arguments_and_unreachable_host(cenv, grid_state, tmp_path):
+    env = client_env(grid_state, tmp_path, outside_proxy=False)
     for args in (['ccdb'], ['ccdb', 'a', 'b'], ['ccdb', '-limit', 'x', 'A'], ['ccdb', '-get', '-mirror', 'A'],
                  ['ccdb', '-run', '1', '-objtime', '1700000000000', 'A'], ['ccdb', '-header', 'nocolon', 'A'],
                  ['ccdb', '-bogus', 'A']):
@@ -407,8 +401,8 @@ def test_ccdb_wrong_arguments_and_unreachable_host(cenv):
 
 
 @pytest.mark.once
-def test_queryml_table_text_json_and_failures(cenv):
-    env = _gj_env(cenv)
+def test_queryml_table_text_json_and_failures(cenv, grid_state, tmp_path):
+    env = client_env(grid_state, tmp_path, outside_proxy=False)
     p = run_cli(['queryML', '*/*/jobs/RUNNING_jobs'], env=env)
     lines = p.stdout.splitlines()
     assert p.returncode == 0 and lines[0].split() == ['Farm', 'Cluster', 'Node', 'Parameter', 'Timestamp', 'Value']
@@ -433,10 +427,10 @@ def test_queryml_table_text_json_and_failures(cenv):
 
 
 @pytest.mark.once
-def test_http_proxy_is_used_unless_no_proxy(cenv):
+def test_http_proxy_is_used_unless_no_proxy(cenv, grid_state, tmp_path):
     """The HTTP GET goes through http_proxy (here a dead one: 107 naming the proxy port)
     and no_proxy exempts the service, like the websocket's https_proxy/no_proxy."""
-    env = _gj_env(cenv, http_proxy='http://127.0.0.1:1')
+    env = client_env(grid_state, tmp_path, outside_proxy=False, http_proxy='http://127.0.0.1:1')
     p = run_cli(['queryML', 'x'], env=env)
     assert p.returncode == 107 and one_line_error(p) and '127.0.0.1:1' in p.stderr, p
     p = run_cli(['queryML', 'x'], env=dict(env, no_proxy='127.0.0.1'))
@@ -444,7 +438,7 @@ def test_http_proxy_is_used_unless_no_proxy(cenv):
 
 
 @pytest.mark.once
-def test_https_get_verifies_the_server_and_tunnels_through_https_proxy(cenv, grid_state):
+def test_https_get_verifies_the_server_and_tunnels_through_https_proxy(cenv, tmp_path, grid_state):
     """An HTTPS MonALISA (the grid's host certificate, checked against X509_CERT_DIR),
     reached through an https_proxy CONNECT tunnel like the websocket."""
     from testgrid import httpsvc
@@ -454,7 +448,7 @@ def test_https_get_verifies_the_server_and_tunnels_through_https_proxy(cenv, gri
     proxy = ConnectProxy()
     try:
         url = 'https://127.0.0.1:%d/rest/' % srv.server_address[1]
-        env = _gj_env(cenv, https_proxy='127.0.0.1:%d' % proxy.port)
+        env = client_env(grid_state, tmp_path, outside_proxy=False, https_proxy='127.0.0.1:%d' % proxy.port)
         p = run_cli(['queryML', '-host', url, 'OtherSite/*/*/RUNNING_jobs'], env=env)
         assert p.returncode == 0 and p.stdout.splitlines()[1].split()[0] == 'OtherSite', p
         assert proxy.lines == ['CONNECT 127.0.0.1:%d HTTP/1.1' % srv.server_address[1]]
@@ -485,10 +479,10 @@ class _GjForwardProxy(LoopbackProxy):
 
 
 @pytest.mark.once
-def test_http_get_through_a_plain_http_proxy(cenv):
+def test_http_get_through_a_plain_http_proxy(cenv, grid_state, tmp_path):
     proxy = _GjForwardProxy()
     try:
-        env = _gj_env(cenv, http_proxy='http://u:p%%40ss@127.0.0.1:%d' % proxy.port)
+        env = client_env(grid_state, tmp_path, outside_proxy=False, http_proxy='http://u:p%%40ss@127.0.0.1:%d' % proxy.port)
         p = run_cli(['ccdb', 'TPC/Calib/PadGainFull'], env=env)
         assert p.returncode == 0 and 'PadGainFull.root' in p.stdout, p
         assert proxy.lines == ['GET %slatest/TPC/Calib/PadGainFull HTTP/1.1' % alien.service_base(cenv['ALIENPY_CCDB'])]
@@ -521,7 +515,7 @@ def test_job_and_ccdb_helpers_print_what_the_reference_prints(grid_state, cenv, 
     # table the newer `id`: each fails on one dialect (README, deviations), so only the table here
     if dialect == '2024':
         lines += ['getCE', 'getCE -name second', 'siteJobs othersite']
-    env = _gj_env(cenv, ALIENPY_NO_CWD_RESTORE='1')
+    env = client_env(grid_state, tmp_path, outside_proxy=False, ALIENPY_NO_CWD_RESTORE='1')
     for line in lines:
         ref = subprocess.run([tool('alienpy'), line], env=env, capture_output=True, text=True, timeout=60)
         ours = run_cli([line], env=env)
@@ -690,8 +684,7 @@ def test_lfn2uri(store, grid_state, tmp_path, dialect):
     reply = json.loads(run_cli(['lfn2uri -json ' + lfn], env=env).stdout)
     assert [r['url'] for r in reply['results']] == pfns and all(r['envelope'] for r in reply['results'])
     # meta: a metalink of every replica in the current directory
-    p = subprocess.run([sys.executable, ALIEN, 'lfn2uri', lfn, 'meta'], env=env, cwd=str(tmp_path),
-                       capture_output=True, text=True, timeout=60)
+    p = run_cli(['lfn2uri', lfn, 'meta'], env=env, cwd=str(tmp_path))
     meta = tmp_path / 'two.txt.meta4'
     assert p.returncode == 0 and p.stdout == '%s\n' % meta, p
     text = meta.read_text()
