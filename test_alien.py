@@ -18,7 +18,7 @@ import alien
 from testgrid import tools
 from testgrid.tools import tool
 from conftest import (
-    ALIEN, CLIENT_CASES, GFAL_FAKE_CERT, REPO, _gfal_cred_files, _interpreter_or_report, decode_client_frame,
+    ALIEN, CLIENT_CASES, GFAL_FAKE_CERT, REPO, _gfal_cred_files, decode_client_frame, other_python,
     run_cli, server_frame)
 
 
@@ -1660,8 +1660,7 @@ def _pure_test_names():
 def test_pure_unit_tests_on(version):
     """The pure unit tests of this file, run by pytest under that interpreter (its own
     venv from .ci/setup, with pytest and hypothesis of a release it supports)."""
-    if _interpreter_or_report(version) is None:
-        return
+    other_python(version)
     names = _pure_test_names()
     assert len(names) >= 30, names
     env = dict(os.environ)

@@ -12,7 +12,7 @@ import pytest
 import alien
 from testgrid import tools
 from conftest import (
-    ALIEN, CLIENT_CASES, PROMPT, REPO, _interpreter_or_report, cpx, grid_dir, one_line_error, run_cli,
+    ALIEN, CLIENT_CASES, PROMPT, REPO, cpx, grid_dir, one_line_error, other_python, run_cli,
     shell_cmd, shell_end, spawn_shell, write)
 
 
@@ -53,9 +53,7 @@ def test_pip_install_exposes_the_alien_py_command(tmp_path, cenv, grid_state):
 def test_command_mode_and_shell_on(version, cenv, grid_state):
     """A command-mode session and the shell under a pty on that interpreter (built-in
     websocket: the interpreter's site-packages has no websocket-client)."""
-    py = _interpreter_or_report(version)
-    if py is None:
-        return
+    py = other_python(version)
     env = dict(cenv)
     env.pop('ALIENPY_TRANSPORT', None)
     home = grid_state['home']
