@@ -278,9 +278,9 @@ def henv(grid_state, tmp_path):
     return client_env(grid_state, tmp_path, token=True)
 
 
-# The diagnostics below are those of alien.py's own websocket code; with the
-# websocket-client transport the same faults end in the same exit codes and one-line
-# errors, worded by that library.
+# The diagnostics of the hostile-server tests are those of alien.py's own websocket
+# code; with the websocket-client transport the same faults end in one-line errors
+# worded by that library, a few with other exit codes (WEBSOCKET_CLIENT_ENDS).
 OWN_TRANSPORT = os.environ.get('ALIENPY_TRANSPORT', '') in ('', 'builtin')
 
 
