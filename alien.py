@@ -7843,18 +7843,13 @@ def gfal_load_json(text):
     return doc
 
 
+# (bool before int: True is an int too)
+_GFAL_JSON_TYPES = ((type(None), 'null'), (bool, 'a boolean'), ((int, float), 'a number'),
+                    (str, 'a string'), (list, 'a list'))
+
+
 def _gfal_json_type(value):
-    if value is None:
-        return 'null'
-    if isinstance(value, bool):
-        return 'a boolean'
-    if isinstance(value, (int, float)):
-        return 'a number'
-    if isinstance(value, str):
-        return 'a string'
-    if isinstance(value, list):
-        return 'a list'
-    return 'an object'
+    return next((name for kind, name in _GFAL_JSON_TYPES if isinstance(value, kind)), 'an object')
 
 
 def _gfal_is_int(value):
@@ -7882,19 +7877,14 @@ def gfal_parse_entry(entry, pair, base, where):
     Single-path jobs: "path" or ["ID", "path"]. Pair jobs: ["src", "dst"] or
     ["ID", "src", "dst"].
     """
-    if pair:
-        if isinstance(entry, list) and len(entry) == 2:
-            return (None, _gfal_url(entry[0], where, base), _gfal_url(entry[1], where, base))
-        if isinstance(entry, list) and len(entry) == 3:
-            return (_gfal_id(entry[0], where), _gfal_url(entry[1], where, base),
-                    _gfal_url(entry[2], where, base))
-        raise GfalJobError('%s: expected ["src", "dst"] or ["id", "src", "dst"], got %s' % (
-            where, _gfal_short(entry)))
-    if isinstance(entry, str):
+    paths = 2 if pair else 1
+    if isinstance(entry, str) and not pair:
         return (None, _gfal_url(entry, where, base))
-    if isinstance(entry, list) and len(entry) == 2:
-        return (_gfal_id(entry[0], where), _gfal_url(entry[1], where, base))
-    raise GfalJobError('%s: expected "path" or ["id", "path"], got %s' % (where, _gfal_short(entry)))
+    if not isinstance(entry, list) or len(entry) not in ((2, 3) if pair else (2,)):
+        raise GfalJobError('%s: expected %s, got %s' % (where, '["src", "dst"] or ["id", "src", "dst"]' if pair
+                                                        else '"path" or ["id", "path"]', _gfal_short(entry)))
+    ident = _gfal_id(entry[0], where) if len(entry) > paths else None
+    return (ident,) + tuple(_gfal_url(path, where, base) for path in entry[-paths:])
 
 
 def _gfal_short(value):
@@ -8216,9 +8206,7 @@ _GFAL_DTYPE_MODE = {4: stat_mod.S_IFDIR, 8: stat_mod.S_IFREG, 10: stat_mod.S_IFL
 
 
 def _gfal_stat_dict(st, name):
-    entry = {}
-    for key in GFAL_STAT_KEYS:
-        entry[key] = int(getattr(st, key))
+    entry = {key: int(getattr(st, key)) for key in GFAL_STAT_KEYS}
     entry['name'] = name
     return entry
 
@@ -8408,14 +8396,8 @@ def _gfal_filecopy(gfal2, ctx, options, src, dst, src_url, dst_url, out, parents
             os.utime(dst_path, (int(src_st.st_atime or src_st.st_mtime), int(src_st.st_mtime)))
     # The summary line: gfal2 calls the monitor only for long transfers.
     try:
-        if src_st is not None:
-            size = src_st.st_size
-        elif src_path is not None:
-            size = os.stat(src_path).st_size
-        elif dst_path is not None:
-            size = os.stat(dst_path).st_size
-        else:
-            size = ctx.stat(dst_url).st_size
+        size = (src_st if src_st is not None else os.stat(src_path) if src_path is not None
+                else os.stat(dst_path) if dst_path is not None else ctx.stat(dst_url)).st_size
     except Exception:
         size = 0
     out.err(gfal_monitor_line(src, elapsed, size, size / elapsed if elapsed > 0 else 0))
@@ -8473,16 +8455,12 @@ def _gfal_run_parallel(gfal2, job, out, workers):
                 if index >= len(entries):
                     return
                 state['next'] += 1
-            if ctx is None:
-                try:
-                    ctx = _gfal_context(gfal2, job)
-                except Exception as e:
-                    result = gfal_result(False, gfal_error_text(e), entries[index][0])
-                    with lock:
-                        results[index] = result
-                        flush_ready()
-                    continue
-            result = _gfal_run_entry(gfal2, ctx, job, entries[index], out, parents)
+            try:
+                ctx = _gfal_context(gfal2, job) if ctx is None else ctx
+            except Exception as e:   # (the next entry tries again)
+                result = gfal_result(False, gfal_error_text(e), entries[index][0])
+            else:
+                result = _gfal_run_entry(gfal2, ctx, job, entries[index], out, parents)
             with lock:
                 results[index] = result
                 flush_ready()
