@@ -956,10 +956,9 @@ def verify_chain(path, kind, where, now=None):
     cur, trusted = chain[0], False
     for _depth in range(12):
         if now > cur.not_after:
-            return '%s expired on %s' % (dn_text(cur.subject), time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(cur.not_after)))
+            return '%s expired on %s' % (dn_text(cur.subject), _utc(cur.not_after))
         if now < cur.not_before:
-            return '%s is not valid before %s' % (dn_text(cur.subject),
-                                                  time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(cur.not_before)))
+            return '%s is not valid before %s' % (dn_text(cur.subject), _utc(cur.not_before))
         if trusted:
             return None
         anchors = store.get(cur.issuer_der, [])
@@ -981,10 +980,7 @@ def verify_chain(path, kind, where, now=None):
 
 def usable_pair(cert, key, now=None):
     """True if cert and key are readable files and cert has >= VALIDITY_MARGIN seconds left."""
-    if not (os.path.isfile(cert) and os.access(cert, os.R_OK) and os.path.isfile(key) and os.access(key, os.R_OK)):
-        return False
-    left = cert_seconds_left(cert, now)
-    return left is not None and left >= VALIDITY_MARGIN
+    return token_problem(cert, key, now) is None
 
 
 def token_problem(cert, key, now=None):
@@ -1164,10 +1160,7 @@ def make_tls_context(cert, key, environ=None):
     ctx.check_hostname = not env_flag('ALIENPY_NO_VERIFY_HOSTNAME', environ)
     kind, where = find_ca(environ)
     try:
-        if kind == 'capath':
-            ctx.load_verify_locations(capath=where)
-        else:
-            ctx.load_verify_locations(cafile=where)
+        ctx.load_verify_locations(**{kind: where})   # capath= or cafile=
         ctx.load_cert_chain(cert, key, password=_key_password(key))
     except ssl.SSLError as e:
         raise AlienError('cannot load certificate %s / key %s: %s' % (cert, key, e.reason or e), EX_NOTCONN)
@@ -1433,10 +1426,8 @@ class MessageAssembler(object):
                 return None
             fin, opcode, payload, end = frame
             del self.buf[:end]
-            if opcode == OP_PING:
-                return ('ping', payload)
-            if opcode == OP_PONG:
-                return ('pong', payload)
+            if opcode in (OP_PING, OP_PONG):
+                return ('ping' if opcode == OP_PING else 'pong', payload)
             if opcode == OP_CLOSE:
                 code, reason = parse_close_payload(payload)
                 return ('close', code, reason)
@@ -1700,19 +1691,10 @@ class WebSocketClientTransport(_Transport):
 
 def interleave_addresses(infos):
     """RFC 8305 order: alternate address families, starting with the first one returned."""
-    by_family = {}
-    order = []
+    by_family = collections.OrderedDict()
     for info in infos:
-        if info[0] not in by_family:
-            by_family[info[0]] = []
-            order.append(info[0])
-        by_family[info[0]].append(info)
-    result = []
-    while any(by_family.values()):
-        for fam in order:
-            if by_family[fam]:
-                result.append(by_family[fam].pop(0))
-    return result
+        by_family.setdefault(info[0], []).append(info)
+    return [info for round_ in itertools.zip_longest(*by_family.values()) for info in round_ if info is not None]
 
 
 def resolve(host, port, environ):
@@ -2066,9 +2048,7 @@ class JCentral(object):
             h.close()
         if self.ws is not None and self._token_due == 'due':
             self._fetch_token(direct=True)  # no reconnect: the command is done
-        if self.ws is not None:
-            self.ws.close()
-            self.ws = None
+        self.drop()
 
     def drop(self):
         """Forget the connection without a word (a reply may be half read); the
@@ -2103,9 +2083,7 @@ class JCentral(object):
         is real: one line on stderr then, and one when the connection is back."""
         import random
         failed = self.peer_addr
-        if self.ws is not None:
-            self.ws.close()
-            self.ws = None
+        self.drop()
         t0 = time.monotonic()
         pause = 0.1
         said = False
@@ -2116,9 +2094,7 @@ class JCentral(object):
                     self._direct('cd', [self.cwd])
                 break
             except AlienError as e:
-                if self.ws is not None:
-                    self.ws.close()
-                    self.ws = None
+                self.drop()
                 if not worth_retrying(e):
                     raise
                 last = e
@@ -2390,9 +2366,7 @@ class JCentral(object):
                 e.results = list(out)  # the answered ones (None: no reply)
                 raise
             except WebSocketError as e:
-                if self.ws is not None:
-                    self.ws.close()
-                    self.ws = None
+                self.drop()
                 keep = []
                 for i in chunk[got:sent]:   # sent, no reply
                     tries[i] += 1
@@ -7666,12 +7640,7 @@ class Shell(object):
             tb = tb.tb_next
         if tb is None:
             return
-        ws, self.session.ws = self.session.ws, None
-        if ws is not None:
-            try:
-                ws.close()
-            except Exception:
-                pass
+        self.session.drop()
         self.reconnect = True
 
     def read_line(self):
