@@ -7868,50 +7868,38 @@ def gfal_parse_job(jobtype, doc):
             raise GfalJobError('unknown key %s in the job (expected %s)' % (
                 json.dumps(key), ', '.join(GFAL_TOP_KEYS)))
     base = doc.get('base')
-    if base is not None:
-        if not isinstance(base, str) or not gfal_scheme(base):
-            raise GfalJobError('"base" must be a URL with a scheme (e.g. root://host//path/), got %s'
-                               % _gfal_short(base))
+    if base is not None and not (isinstance(base, str) and gfal_scheme(base)):
+        raise GfalJobError('"base" must be a URL with a scheme (e.g. root://host//path/), got %s'
+                           % _gfal_short(base))
     lists = {}
     for key in ('files', 'dirs'):
         value = doc.get(key, [])
         if not isinstance(value, list):
             raise GfalJobError('"%s" must be a list, not %s' % (key, _gfal_json_type(value)))
         lists[key] = value
-    options = gfal_check_options(jobtype, doc.get('options', {}) if 'options' in doc else {})
+    options = gfal_check_options(jobtype, doc.get('options', {}))
 
     files, dirs = lists['files'], lists['dirs']
-    entries = []
+    pair = jobtype in ('copy', 'rename')
     if jobtype == 'list':
         if len(files) + len(dirs) != 1:
             raise GfalJobError('LIST takes exactly one entry in "files" or "dirs", got %d'
                                % (len(files) + len(dirs)))
-        key = 'files' if files else 'dirs'
-        ident, url = gfal_parse_entry((files or dirs)[0], False, base, key + '[0]')
-        entries.append((ident, 'dir' if key == 'dirs' else 'file', url))
-    elif jobtype in ('copy', 'rename'):
-        if dirs:
-            raise GfalJobError('%s takes its pairs in "files"; "dirs" must be empty' % jobtype.upper())
-        if not files:
-            raise GfalJobError('no files to %s: "files" is empty' % jobtype)
-        for i, entry in enumerate(files):
-            ident, src, dst = gfal_parse_entry(entry, True, base, 'files[%d]' % i)
-            entries.append((ident, 'file', src, dst))
-    elif jobtype == 'mkdir':
-        if files:
-            raise GfalJobError('MKDIR takes its directories in "dirs"; "files" must be empty')
-        if not dirs:
-            raise GfalJobError('no directories to create: "dirs" is empty')
-        for i, entry in enumerate(dirs):
-            ident, url = gfal_parse_entry(entry, False, base, 'dirs[%d]' % i)
-            entries.append((ident, 'dir', url))
-    else:  # remove: every file, then every directory
-        if not files and not dirs:
-            raise GfalJobError('nothing to remove: "files" and "dirs" are empty')
-        for key, kind in (('files', 'file'), ('dirs', 'dir')):
-            for i, entry in enumerate(lists[key]):
-                ident, url = gfal_parse_entry(entry, False, base, '%s[%d]' % (key, i))
-                entries.append((ident, kind, url))
+    elif pair and dirs:
+        raise GfalJobError('%s takes its pairs in "files"; "dirs" must be empty' % jobtype.upper())
+    elif pair and not files:
+        raise GfalJobError('no files to %s: "files" is empty' % jobtype)
+    elif jobtype == 'mkdir' and files:
+        raise GfalJobError('MKDIR takes its directories in "dirs"; "files" must be empty')
+    elif jobtype == 'mkdir' and not dirs:
+        raise GfalJobError('no directories to create: "dirs" is empty')
+    elif not files and not dirs:
+        raise GfalJobError('nothing to remove: "files" and "dirs" are empty')
+    entries = []   # (remove: every file, then every directory)
+    for key, kind in (('files', 'file'), ('dirs', 'dir')):
+        for i, entry in enumerate(lists[key]):
+            parsed = gfal_parse_entry(entry, pair, base, '%s[%d]' % (key, i))
+            entries.append((parsed[0], kind) + parsed[1:])
     return GfalJob(jobtype, entries, options)
 
 
@@ -7952,9 +7940,8 @@ def gfal_check_options(jobtype, options):
             raise GfalJobError('options make_dirs and parent (its alias) disagree')
         out['make_dirs'] = parent if 'parent' in options else make_dirs
         out['checksum'] = _gfal_checksum_option(options.get('checksum'), True)
-        out['encrypt'] = boolean('encrypt', False)
-        out['preserve_timestamp'] = boolean('preserve_timestamp', False)
-        out['overwrite'] = boolean('overwrite', False)
+        for name in ('encrypt', 'preserve_timestamp', 'overwrite'):
+            out[name] = boolean(name, False)
         out['nbstreams'] = integer('nbstreams', None, 1)
         parallel = integer('parallel', GFAL_DEFAULT_PARALLEL, 1)
         if parallel > GFAL_MAX_PARALLEL:
@@ -8046,12 +8033,8 @@ def gfal_endpoint(url):
 
 
 def gfal_credentials(jobtype, environ):
-    """(source, destination) credential of a job, each (variable, file) or None.
-
-    COPY: X509_USER_PROXY_SRC and X509_USER_PROXY_DST, each side falling back to
-    X509_USER_PROXY; any other job: X509_USER_PROXY for both. A file named and
-    not readable, or holding no certificate, is a job error.
-    """
+    """(source, destination) credential of a job (see GFAL_PROXY_VARS), each
+    (variable, file) or None; a file not readable, or holding no certificate, is a job error."""
     one = ('X509_USER_PROXY', environ['X509_USER_PROXY']) if environ.get('X509_USER_PROXY') else None
     sides = tuple((var, environ[var]) if jobtype == 'copy' and environ.get(var) else one
                   for var in GFAL_PROXY_VARS)
