@@ -1289,11 +1289,7 @@ def build_handshake(host, port, path, key, headers=()):
 def parse_handshake_response(data, key):
     """Validate the server's 101 reply (bytes up to and including the blank line).
     Returns the headers (lower-case names); raises WebSocketError/AlienError."""
-    try:
-        text = data.decode('iso-8859-1')
-    except Exception:  # pragma: no cover - iso-8859-1 decodes every byte
-        raise WebSocketError('handshake: undecodable reply')
-    lines = text.split('\r\n')
+    lines = data.decode('iso-8859-1').split('\r\n')   # (decodes every byte)
     parts = lines[0].split(' ', 2)
     if len(parts) < 2 or not parts[0].startswith('HTTP/1.') or not re.match(r'^[0-9]{3}$', parts[1]):
         raise WebSocketError('handshake: not an HTTP reply: %r' % lines[0][:80])
@@ -1324,8 +1320,6 @@ def parse_handshake_response(data, key):
 def mask_payload(payload, mask):
     """XOR payload with the 4-byte mask (fast for any size: one big-int operation)."""
     n = len(payload)
-    if not n:
-        return b''
     key = (mask * (n // 4 + 1))[:n]
     return (int.from_bytes(payload, 'big') ^ int.from_bytes(key, 'big')).to_bytes(n, 'big')
 
@@ -2071,9 +2065,7 @@ class JCentral(object):
         reply = self.ws.recv_text()
         if debug:
             log('reply %s' % redact(reply.replace('\\/', '/')))
-        metadata, results = parse_reply(reply)
-        self._update_state(metadata)
-        return reply_to_result(metadata, results)
+        return self._decode(reply, False)
 
     def _reconnect(self, reason=''):
         """A new connection in the same server-side directory, after a loss (or a
