@@ -7748,14 +7748,9 @@ class GfalJobError(Exception):
 
 class GfalJob(object):
     """A validated job: type, entries and options with defaults filled in.
-
-    entries: list of tuples (id, kind, url) for list/remove/mkdir (kind 'file'
-    or 'dir') and (id, 'file', src, dst) for copy/rename; id is None for
-    wiki-style entries. creds: (source, destination) credential, each
-    (variable, file) or None (gfal_credentials); bound, shared, tokens: the URL
-    prefixes given a credential, the endpoints on both sides with two, whether
-    gfal2 may fetch tokens from HTTP storage (gfal_cred_bindings).
-    """
+    entries: (id, kind, url) for list/remove/mkdir (kind 'file' or 'dir'), (id, 'file',
+    src, dst) for copy/rename; id None for wiki-style entries. creds: gfal_credentials;
+    bound, shared, tokens: gfal_cred_bindings."""
     __slots__ = ('type', 'entries', 'options', 'creds', 'bound', 'shared', 'tokens')
 
     def __init__(self, jobtype, entries, options):
@@ -8190,8 +8185,8 @@ def _gfal_read_dir(ctx, dir_url):
     where a dangling symlink is listed with its own lstat instead of failing
     the whole listing (readpp follows links and raises ENOENT).
     """
+    found = []
     if gfal_scheme(dir_url) == 'file':
-        found = []
         for name in ctx.listdir(dir_url):
             if name in ('.', '..'):
                 continue
@@ -8204,7 +8199,6 @@ def _gfal_read_dir(ctx, dir_url):
                 st = ctx.lstat(child)
             found.append((name, st, 0))
         return found
-    found = []
     handle = ctx.opendir(dir_url)
     while True:
         dirent, st = handle.readpp()
@@ -8291,10 +8285,7 @@ def _gfal_copy_one(gfal2, ctx, job, src, dst, out, parents=None):
     is bound to the source's for the copy: its URL is the longer prefix."""
     options = job.options
     try:
-        if options['encrypt']:
-            src_url, dst_url = gfal_encrypted_url(src), gfal_encrypted_url(dst)
-        else:
-            src_url, dst_url = src, dst
+        src_url, dst_url = map(gfal_encrypted_url, (src, dst)) if options['encrypt'] else (src, dst)
     except ValueError as e:
         return str(e)
     pinned = job.creds[0] and gfal_endpoint(src_url) in job.shared
