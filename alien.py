@@ -785,9 +785,7 @@ def cert_info(path):
 
 def cert_seconds_left(path, now=None):
     info = cert_info(path)
-    if info is None:
-        return None
-    return info.not_after - (time.time() if now is None else now)
+    return None if info is None else info.not_after - (time.time() if now is None else now)
 
 
 def der_encode(tag, body):
@@ -811,8 +809,7 @@ def name_hash(rdns):
                 text = ' '.join(value.decode(enc, 'replace').split(None))
                 text = ''.join(c.lower() if c < '\x80' else c for c in text)
                 element = der_encode(0x0c, text.encode('utf-8'))
-            oid_der = _oid_der(oid)
-            attrs += der_encode(0x30, oid_der + element)
+            attrs += der_encode(0x30, _oid_der(oid) + element)
         out += der_encode(0x31, attrs)
     return '%08x' % int.from_bytes(hashlib.sha1(out).digest()[:4], 'little')
 
@@ -1145,9 +1142,7 @@ def _key_password(key):
             head = f.read(4096)
     except OSError:
         return None
-    if b'ENCRYPTED' not in head:
-        return None
-    return ask_pass_phrase(key)
+    return ask_pass_phrase(key) if b'ENCRYPTED' in head else None
 
 
 def make_tls_context(cert, key, environ=None):
@@ -2422,9 +2417,7 @@ class JCentral(object):
 
     @staticmethod
     def _is_read_only(command, opts):
-        if command == 'access':
-            return 'read' in opts
-        return command in READ_ONLY_COMMANDS
+        return 'read' in opts if command == 'access' else command in READ_ONLY_COMMANDS
 
     @classmethod
     def _can_resend(cls, command, opts):
@@ -7586,11 +7579,8 @@ class Shell(object):
         if not self.session.cwd:
             self.session.request('pwd')
         directory = self.session.grid_path(dirpart) if dirpart else self.session.cwd
-        out = []
-        for name in self.listing(directory):
-            if name.startswith(base) and (base.startswith('.') or not name.startswith('.')):
-                out.append(prefix + dirpart + name + ('' if name.endswith('/') else ' '))
-        return sorted(out)
+        return sorted(prefix + dirpart + name + ('' if name.endswith('/') else ' ') for name in self.listing(directory)
+                      if name.startswith(base) and (base.startswith('.') or not name.startswith('.')))
 
     @staticmethod
     def local_paths(word):
@@ -7600,12 +7590,8 @@ class Shell(object):
             names = os.listdir(directory)
         except OSError:
             return []
-        out = []
-        for name in names:
-            if name.startswith(base) and (base.startswith('.') or not name.startswith('.')):
-                isdir = os.path.isdir(os.path.join(directory, name))
-                out.append(dirpart + name + ('/' if isdir else ' '))
-        return sorted(out)
+        return sorted(dirpart + name + ('/' if os.path.isdir(os.path.join(directory, name)) else ' ') for name in names
+                      if name.startswith(base) and (base.startswith('.') or not name.startswith('.')))
 
     # -- the loop --
     def restore_connection(self):
