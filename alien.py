@@ -1986,15 +1986,13 @@ class JCentral(object):
         if other:
             import_websocket_client()  # a missing package is said before anything is opened
         proxy = proxy_for(host, self.environ)
+        sock = connect_tcp(*(proxy[:2] if proxy else (host, port)), self.environ, avoid=avoid)
         if proxy:
-            sock = connect_tcp(proxy[0], proxy[1], self.environ, avoid=avoid)
             try:
                 connect_tunnel(sock, host, port, proxy[2])
             except AlienError:
                 sock.close()
                 raise
-        else:
-            sock = connect_tcp(host, port, self.environ, avoid=avoid)
         try:
             self.peer_addr = sock.getpeername()
         except OSError:
@@ -7477,10 +7475,8 @@ class Shell(object):
         readline.set_completer(self.complete)
         readline.set_completer_delims(' \t\n;|')
         readline.set_completion_display_matches_hook(self.display_matches)
-        if 'libedit' in (getattr(readline, '__doc__', '') or ''):
-            readline.parse_and_bind('bind ^I rl_complete')
-        else:
-            readline.parse_and_bind('tab: complete')
+        readline.parse_and_bind('bind ^I rl_complete' if 'libedit' in (getattr(readline, '__doc__', '') or '')
+                                else 'tab: complete')
 
     def save_history(self):
         """Append the line just entered (so a crashing command keeps it), the file
@@ -7606,15 +7602,9 @@ class Shell(object):
     def drop_connection(self, tb):
         """Ctrl-C hit a request: the reply may be half read, so the connection is
         of no further use. The next request reconnects (restore_connection)."""
-        codes = set()
-        for cls in (Session, WebSocket, WebSocketClientTransport):
-            for value in vars(cls).values():
-                value = getattr(value, '__func__', value)
-                if hasattr(value, '__code__'):
-                    codes.add(value.__code__)
-        while tb is not None:
-            if tb.tb_frame.f_code in codes:
-                break
+        codes = set(getattr(getattr(value, '__func__', value), '__code__', None)
+                    for cls in (Session, WebSocket, WebSocketClientTransport) for value in vars(cls).values())
+        while tb is not None and tb.tb_frame.f_code not in codes:
             tb = tb.tb_next
         if tb is None:
             return
@@ -7814,11 +7804,7 @@ def _gfal_id(value, where):
 
 
 def gfal_parse_entry(entry, pair, base, where):
-    """One entry -> (id, url) when pair is False, (id, src, dst) when True.
-
-    Single-path jobs: "path" or ["ID", "path"]. Pair jobs: ["src", "dst"] or
-    ["ID", "src", "dst"].
-    """
+    """One entry (the shapes its error names) -> (id, url), or (id, src, dst) when pair."""
     paths = 2 if pair else 1
     if isinstance(entry, str) and not pair:
         return (None, _gfal_url(entry, where, base))
@@ -7903,15 +7889,14 @@ def gfal_check_options(jobtype, options):
 
     out = {'timeout': integer('timeout', None, 1)}
     if jobtype == 'list':
-        depth = integer('depth', -1, None)
-        out['depth'] = -1 if depth < 0 else depth
+        out['depth'] = max(-1, integer('depth', -1, None))   # any negative depth: unlimited
         out['checksum'] = _gfal_checksum_option(options.get('checksum'), False)
     elif jobtype == 'copy':
         make_dirs = boolean('make_dirs', True)
         parent = boolean('parent', make_dirs)
-        if 'make_dirs' in options and 'parent' in options and make_dirs != parent:
+        if 'make_dirs' in options and make_dirs != parent:   # (parent defaults to make_dirs)
             raise GfalJobError('options make_dirs and parent (its alias) disagree')
-        out['make_dirs'] = parent if 'parent' in options else make_dirs
+        out['make_dirs'] = parent
         out['checksum'] = _gfal_checksum_option(options.get('checksum'), True)
         for name in ('encrypt', 'preserve_timestamp', 'overwrite'):
             out[name] = boolean(name, False)
@@ -8348,34 +8333,21 @@ def _gfal_run_entry(gfal2, ctx, job, entry, out, parents=None):
 
 
 def _gfal_run_parallel(gfal2, job, out, workers):
-    """COPY entries on `workers` threads (one gfal2 context each).
-
-    Results are printed in input order, each as soon as it and all before it
-    are done. Returns the number of failed entries.
-    """
+    """COPY entries on `workers` threads (one gfal2 context each), their results printed
+    in input order, each as soon as it and all before it are done -> the number failed."""
     entries = job.entries
     parents = _GfalParentDirs()
     results = [None] * len(entries)
-    state = {'next': 0, 'printed': 0, 'failed': 0}
+    todo, printed = iter(range(len(entries))), [0]
     lock = threading.Lock()
-
-    def flush_ready():
-        # called with lock held
-        while state['printed'] < len(entries) and results[state['printed']] is not None:
-            line = results[state['printed']]
-            out.json(line)
-            if line['Code']:
-                state['failed'] += 1
-            state['printed'] += 1
 
     def worker():
         ctx = None
         while True:
             with lock:
-                index = state['next']
-                if index >= len(entries):
-                    return
-                state['next'] += 1
+                index = next(todo, None)
+            if index is None:
+                return
             try:
                 ctx = _gfal_context(gfal2, job) if ctx is None else ctx
             except Exception as e:   # (the next entry tries again)
@@ -8384,7 +8356,9 @@ def _gfal_run_parallel(gfal2, job, out, workers):
                 result = _gfal_run_entry(gfal2, ctx, job, entries[index], out, parents)
             with lock:
                 results[index] = result
-                flush_ready()
+                while printed[0] < len(entries) and results[printed[0]] is not None:
+                    out.json(results[printed[0]])
+                    printed[0] += 1
 
     threads = [threading.Thread(target=worker, name='gfal-copy-%d' % i) for i in range(workers)]
     for t in threads:
@@ -8393,7 +8367,7 @@ def _gfal_run_parallel(gfal2, job, out, workers):
     for t in threads:
         while t.is_alive():
             t.join(0.5)
-    return state['failed']
+    return sum(line['Code'] for line in results[:printed[0]])
 
 
 def gfal_run_job(gfal2, job, out):
@@ -8423,10 +8397,8 @@ def gfal_run_job(gfal2, job, out):
     except Exception as e:
         ctx, context_error = None, gfal_error_text(e)
     for entry in job.entries:
-        if ctx is None:
-            result = gfal_result(False, context_error, entry[0])
-        else:
-            result = _gfal_run_entry(gfal2, ctx, job, entry, out, parents)
+        result = (gfal_result(False, context_error, entry[0]) if ctx is None
+                  else _gfal_run_entry(gfal2, ctx, job, entry, out, parents))
         out.json(result)
         failed += result['Code']
     return 1 if failed else 0
@@ -8530,9 +8502,8 @@ def entry_verb(argv0):
     name = os.path.basename(argv0 or '')
     if name.endswith('.py'):
         name = name[:-3]
-    if name.startswith('alien_') and name not in ('alien_', 'alien_cmd'):
-        return name[6:]
-    if name.startswith('alien-') and name[6:] in ENTRY_VERBS:
+    if (name.startswith('alien_') and name not in ('alien_', 'alien_cmd')
+            or name.startswith('alien-') and name[6:] in ENTRY_VERBS):
         return name[6:]
     return ''
 
