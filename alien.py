@@ -1082,9 +1082,7 @@ def local_cas_dir(environ=None):
     directory, else ~/.globus/certificates (where getCAcerts puts them)."""
     environ = os.environ if environ is None else environ
     value = os.path.expanduser(environ.get('ALIENPY_USE_LOCAL_CAS', ''))
-    if value and os.path.isdir(value):
-        return value
-    return os.path.join(os.path.expanduser('~'), '.globus', 'certificates')
+    return value if value and os.path.isdir(value) else os.path.join(os.path.expanduser('~'), '.globus', 'certificates')
 
 
 def _has_pem(directory):
@@ -2434,10 +2432,8 @@ class JCentral(object):
         direct: without recovery if the connection is gone."""
         self._token_due = None
         try:
-            if direct:
-                self._store_token(self._direct('token', ['-nomsg']), quiet=True)
-            else:
-                self.renew_token(quiet=True)
+            reply = self._direct('token', ['-nomsg']) if direct else self.request('token', nomsg=True)
+            self._store_token(reply, quiet=True)
         except AlienError as e:
             log('token renewal failed: %s' % e)
         finally:
@@ -8217,8 +8213,7 @@ def _gfal_do_list(gfal2, ctx, url, options):
                     subdirs.append(child)
         listing[dir_url] = entries
         if depth == -1 or level < depth:
-            for child in reversed(subdirs):
-                stack.append((child, level + 1))
+            stack.extend((child, level + 1) for child in reversed(subdirs))
     return listing
 
 
@@ -8275,10 +8270,9 @@ def _gfal_filecopy(gfal2, ctx, options, src, dst, src_url, dst_url, out, parents
     params.create_parent = options['make_dirs']
     if options['make_dirs'] and parents is not None and parents.ensure(ctx, dst_url):
         params.create_parent = False
-    if options['nbstreams']:
-        params.nbstreams = options['nbstreams']
-    if options['timeout']:
-        params.timeout = options['timeout']
+    for name in ('nbstreams', 'timeout'):
+        if options[name]:
+            setattr(params, name, options[name])
     if options['checksum']:
         params.set_checksum(gfal2.checksum_mode.both, options['checksum'][0], options['checksum'][1])
 
@@ -8380,11 +8374,8 @@ def gfal_run_job(gfal2, job, out):
         except Exception as e:
             out.json(gfal_result(False, gfal_credential_note(gfal_error_text(e), job.creds, (url,)), ident))
             return 1
-        if ident is None:
-            out.json(listing)
-        else:
-            out.json(collections.OrderedDict([('Reason', 'OK'), ('Code', 0), ('id', ident),
-                                              ('Listing', listing)]))
+        out.json(listing if ident is None else collections.OrderedDict(
+            [('Reason', 'OK'), ('Code', 0), ('id', ident), ('Listing', listing)]))
         return 0
     job.bound, job.shared, job.tokens = gfal_cred_bindings(job)
     workers = min(job.options.get('parallel', 1), len(job.entries)) if job.type == 'copy' else 1
