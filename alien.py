@@ -1416,8 +1416,7 @@ class MessageAssembler(object):
             if opcode in (OP_PING, OP_PONG):
                 return ('ping' if opcode == OP_PING else 'pong', payload)
             if opcode == OP_CLOSE:
-                code, reason = parse_close_payload(payload)
-                return ('close', code, reason)
+                return ('close',) + parse_close_payload(payload)
             if opcode == OP_CONT:
                 if self.opcode is None:
                     raise WebSocketError('continuation frame without a message')
@@ -1439,6 +1438,7 @@ class MessageAssembler(object):
 class _Transport(object):
     """What both transports share: send_text, recv_text, ping, close, and this."""
     last_activity = 0.0
+    closed = False
     deadline = None  # monotonic time after which a silent server is given up on, pings or not
 
     def _past_deadline(self):
@@ -1465,7 +1465,6 @@ class WebSocket(_Transport):
     def __init__(self, sock, max_size=DEFAULT_MAX_MESSAGE):
         self.sock = sock  # its timeout is the keep-alive interval (ALIENPY_TIMEOUT)
         self.asm = MessageAssembler(max_size)
-        self.closed = False
         self.last_activity = time.monotonic()
         self.ping_sent = False
         self.bufsize = 65536  # grows up to 4 MiB while replies keep filling it
@@ -1479,8 +1478,7 @@ class WebSocket(_Transport):
                           b''.join(encode_frame(OP_TEXT, t.encode('utf-8')) for t in early))
         data = b''
         while b'\r\n\r\n' not in data:
-            chunk = self._recv_raw(keepalive=False)
-            data += chunk
+            data += self._recv_raw(keepalive=False)
             if len(data) > MAX_HANDSHAKE:
                 raise WebSocketError('handshake: reply headers too long')
         head, _, rest = data.partition(b'\r\n\r\n')
@@ -1597,7 +1595,6 @@ class WebSocketClientTransport(_Transport):
 
     def __init__(self, url, tls_sock, timeout, headers=()):
         websocket = self._mod = import_websocket_client()
-        self.closed = False
         self.last_activity = time.monotonic()
         try:
             self.ws = websocket.create_connection(url, socket=tls_sock, timeout=timeout,
@@ -2445,12 +2442,9 @@ class JCentral(object):
             self.user = user
         cwd = metadata.get('currentdir')
         if cwd and isinstance(cwd, str) and cwd.startswith('/'):
-            if not self.home:
-                self.home = cwd
+            self.home = self.home or cwd
             if cwd != self.cwd:
-                if self.cwd:
-                    self.prevdir = self.cwd
-                self.cwd = cwd
+                self.prevdir, self.cwd = self.cwd or self.prevdir, cwd
 
     def renew_token(self, quiet=False, args=()):
         """Ask the service for a token certificate and store the pair owner-only."""
