@@ -479,12 +479,9 @@ def proxy_for(host, environ, scheme='https'):
     h = host.lower().strip('[]')
     for item in exempt.replace(' ', ',').split(','):
         item = item.strip().lower()
-        if not item:
-            continue
-        if item == '*':
-            return None
-        item = item.lstrip('*')
-        if h == item.lstrip('.') or (item.startswith('.') and h.endswith(item)) or h.endswith('.' + item):
+        bare = item.lstrip('*')
+        if item and (item == '*' or h == bare.lstrip('.') or (bare.startswith('.') and h.endswith(bare))
+                     or h.endswith('.' + bare)):
             return None
     m = re.match(r'^(?:[a-zA-Z][a-zA-Z0-9+.-]*://)?(?:([^@/]*)@)?([^/]+?)/?$', url.strip())
     if not m:
@@ -1103,15 +1100,11 @@ def find_ca(environ=None):
             return 'capath', local
         sys.stderr.write('alien.py: ALIENPY_USE_LOCAL_CAS is set but %s holds no CA certificates '
                          '(run: alien.py getCAcerts); looking further\n' % local)
-    cert_dir = os.path.expanduser(environ.get('X509_CERT_DIR', ''))
-    if cert_dir and os.path.isdir(cert_dir):
-        return 'capath', cert_dir
-    cert_file = os.path.expanduser(environ.get('X509_CERT_FILE', ''))
-    if cert_file and os.path.isfile(cert_file):
-        return 'cafile', cert_file
-    for d in CA_DIRS:
-        if os.path.isdir(d):
-            return 'capath', d
+    for kind, where in ([('capath', os.path.expanduser(environ.get('X509_CERT_DIR', ''))),
+                         ('cafile', os.path.expanduser(environ.get('X509_CERT_FILE', '')))]
+                        + [('capath', d) for d in CA_DIRS]):
+        if where and (os.path.isfile if kind == 'cafile' else os.path.isdir)(where):
+            return kind, where
     raise AlienError('no CA certificates found: set X509_CERT_DIR or X509_CERT_FILE, '
                      'or run getCAcerts and set ALIENPY_USE_LOCAL_CAS=1', EX_NOTCONN)
 
@@ -7417,8 +7410,7 @@ def current_word(text):
             word_start = i + 1
     raw = text[word_start:]
     element = text[element_start:word_start]
-    if element.lstrip().startswith('!'):
-        local = True
+    local = local or element.lstrip().startswith('!')
     try:
         plain = shlex.split(raw + ('"' if raw.count('"') % 2 else '')) if raw else ['']
         plain = plain[0] if plain else ''
@@ -7502,8 +7494,7 @@ class Shell(object):
         for m in matches:
             if m.endswith(' ') and not m.endswith('\\ '):
                 m = m[:-1]
-            isdir = m.endswith('/')
-            names.append(m.rstrip('/').rsplit('/', 1)[-1] + ('/' if isdir else ''))
+            names.append(m.rstrip('/').rsplit('/', 1)[-1] + ('/' if m.endswith('/') else ''))
         try:
             sys.stdout.write('\n' + term_text(format_columns(sorted(set(names))), sys.stdout) + '\n')
             sys.stdout.write(prompt_text(self.session) + term_text(self.readline.get_line_buffer(), sys.stdout))
