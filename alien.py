@@ -516,12 +516,9 @@ def proxy_for(host, environ, scheme='https'):
     h = host.lower().strip('[]')
     for item in exempt.replace(' ', ',').split(','):
         item = item.strip().lower()
-        if not item:
-            continue
-        if item == '*':
-            return None
-        item = item.lstrip('*')
-        if h == item.lstrip('.') or (item.startswith('.') and h.endswith(item)) or h.endswith('.' + item):
+        bare = item.lstrip('*')
+        if item and (item == '*' or h == bare.lstrip('.') or (bare.startswith('.') and h.endswith(bare))
+                     or h.endswith('.' + bare)):
             return None
     m = re.match(r'^(?:[a-zA-Z][a-zA-Z0-9+.-]*://)?(?:([^@/]*)@)?([^/]+?)/?$', url.strip())
     if not m:
@@ -822,9 +819,7 @@ def cert_info(path):
 
 def cert_seconds_left(path, now=None):
     info = cert_info(path)
-    if info is None:
-        return None
-    return info.not_after - (time.time() if now is None else now)
+    return None if info is None else info.not_after - (time.time() if now is None else now)
 
 
 def der_encode(tag, body):
@@ -848,8 +843,7 @@ def name_hash(rdns):
                 text = ' '.join(value.decode(enc, 'replace').split(None))
                 text = ''.join(c.lower() if c < '\x80' else c for c in text)
                 element = der_encode(0x0c, text.encode('utf-8'))
-            oid_der = _oid_der(oid)
-            attrs += der_encode(0x30, oid_der + element)
+            attrs += der_encode(0x30, _oid_der(oid) + element)
         out += der_encode(0x31, attrs)
     return '%08x' % int.from_bytes(hashlib.sha1(out).digest()[:4], 'little')
 
@@ -993,10 +987,9 @@ def verify_chain(path, kind, where, now=None):
     cur, trusted = chain[0], False
     for _depth in range(12):
         if now > cur.not_after:
-            return '%s expired on %s' % (dn_text(cur.subject), time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(cur.not_after)))
+            return '%s expired on %s' % (dn_text(cur.subject), _utc(cur.not_after))
         if now < cur.not_before:
-            return '%s is not valid before %s' % (dn_text(cur.subject),
-                                                  time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(cur.not_before)))
+            return '%s is not valid before %s' % (dn_text(cur.subject), _utc(cur.not_before))
         if trusted:
             return None
         anchors = store.get(cur.issuer_der, [])
@@ -1018,10 +1011,7 @@ def verify_chain(path, kind, where, now=None):
 
 def usable_pair(cert, key, now=None):
     """True if cert and key are readable files and cert has >= VALIDITY_MARGIN seconds left."""
-    if not (os.path.isfile(cert) and os.access(cert, os.R_OK) and os.path.isfile(key) and os.access(key, os.R_OK)):
-        return False
-    left = cert_seconds_left(cert, now)
-    return left is not None and left >= VALIDITY_MARGIN
+    return token_problem(cert, key, now) is None
 
 
 def token_problem(cert, key, now=None):
@@ -1126,9 +1116,7 @@ def local_cas_dir(environ=None):
     directory, else ~/.globus/certificates (where getCAcerts puts them)."""
     environ = os.environ if environ is None else environ
     value = os.path.expanduser(environ.get('ALIENPY_USE_LOCAL_CAS', ''))
-    if value and os.path.isdir(value):
-        return value
-    return os.path.join(os.path.expanduser('~'), '.globus', 'certificates')
+    return value if value and os.path.isdir(value) else os.path.join(os.path.expanduser('~'), '.globus', 'certificates')
 
 
 def _has_pem(directory):
@@ -1149,15 +1137,11 @@ def find_ca(environ=None):
             return 'capath', local
         sys.stderr.write('alien.py: ALIENPY_USE_LOCAL_CAS is set but %s holds no CA certificates '
                          '(run: alien.py getCAcerts); looking further\n' % local)
-    cert_dir = os.path.expanduser(environ.get('X509_CERT_DIR', ''))
-    if cert_dir and os.path.isdir(cert_dir):
-        return 'capath', cert_dir
-    cert_file = os.path.expanduser(environ.get('X509_CERT_FILE', ''))
-    if cert_file and os.path.isfile(cert_file):
-        return 'cafile', cert_file
-    for d in CA_DIRS:
-        if os.path.isdir(d):
-            return 'capath', d
+    for kind, where in ([('capath', os.path.expanduser(environ.get('X509_CERT_DIR', ''))),
+                         ('cafile', os.path.expanduser(environ.get('X509_CERT_FILE', '')))]
+                        + [('capath', d) for d in CA_DIRS]):
+        if where and (os.path.isfile if kind == 'cafile' else os.path.isdir)(where):
+            return kind, where
     raise AlienError('no CA certificates found: set X509_CERT_DIR or X509_CERT_FILE, '
                      'or run getCAcerts and set ALIENPY_USE_LOCAL_CAS=1', EX_NOTCONN)
 
@@ -1186,9 +1170,7 @@ def _key_password(key):
             head = f.read(4096)
     except OSError:
         return None
-    if b'ENCRYPTED' not in head:
-        return None
-    return ask_pass_phrase(key)
+    return ask_pass_phrase(key) if b'ENCRYPTED' in head else None
 
 
 def make_tls_context(cert, key, environ=None):
@@ -1201,10 +1183,7 @@ def make_tls_context(cert, key, environ=None):
     ctx.check_hostname = not env_flag('ALIENPY_NO_VERIFY_HOSTNAME', environ)
     kind, where = find_ca(environ)
     try:
-        if kind == 'capath':
-            ctx.load_verify_locations(capath=where)
-        else:
-            ctx.load_verify_locations(cafile=where)
+        ctx.load_verify_locations(**{kind: where})   # capath= or cafile=
         ctx.load_cert_chain(cert, key, password=_key_password(key))
     except ssl.SSLError as e:
         raise AlienError('cannot load certificate %s / key %s: %s' % (cert, key, e.reason or e), EX_NOTCONN)
@@ -1333,11 +1312,7 @@ def build_handshake(host, port, path, key, headers=()):
 def parse_handshake_response(data, key):
     """Validate the server's 101 reply (bytes up to and including the blank line).
     Returns the headers (lower-case names); raises WebSocketError/AlienError."""
-    try:
-        text = data.decode('iso-8859-1')
-    except Exception:  # pragma: no cover - iso-8859-1 decodes every byte
-        raise WebSocketError('handshake: undecodable reply')
-    lines = text.split('\r\n')
+    lines = data.decode('iso-8859-1').split('\r\n')   # (decodes every byte)
     parts = lines[0].split(' ', 2)
     if len(parts) < 2 or not parts[0].startswith('HTTP/1.') or not re.match(r'^[0-9]{3}$', parts[1]):
         raise WebSocketError('handshake: not an HTTP reply: %r' % lines[0][:80])
@@ -1368,8 +1343,6 @@ def parse_handshake_response(data, key):
 def mask_payload(payload, mask):
     """XOR payload with the 4-byte mask (fast for any size: one big-int operation)."""
     n = len(payload)
-    if not n:
-        return b''
     key = (mask * (n // 4 + 1))[:n]
     return (int.from_bytes(payload, 'big') ^ int.from_bytes(key, 'big')).to_bytes(n, 'big')
 
@@ -1470,13 +1443,10 @@ class MessageAssembler(object):
                 return None
             fin, opcode, payload, end = frame
             del self.buf[:end]
-            if opcode == OP_PING:
-                return ('ping', payload)
-            if opcode == OP_PONG:
-                return ('pong', payload)
+            if opcode in (OP_PING, OP_PONG):
+                return ('ping' if opcode == OP_PING else 'pong', payload)
             if opcode == OP_CLOSE:
-                code, reason = parse_close_payload(payload)
-                return ('close', code, reason)
+                return ('close',) + parse_close_payload(payload)
             if opcode == OP_CONT:
                 if self.opcode is None:
                     raise WebSocketError('continuation frame without a message')
@@ -1498,6 +1468,7 @@ class MessageAssembler(object):
 class _Transport(object):
     """What both transports share: send_text, recv_text, ping, close, and this."""
     last_activity = 0.0
+    closed = False
     deadline = None  # monotonic time after which a silent server is given up on, pings or not
 
     def _past_deadline(self):
@@ -1524,7 +1495,6 @@ class WebSocket(_Transport):
     def __init__(self, sock, max_size=DEFAULT_MAX_MESSAGE):
         self.sock = sock  # its timeout is the keep-alive interval (ALIENPY_TIMEOUT)
         self.asm = MessageAssembler(max_size)
-        self.closed = False
         self.last_activity = time.monotonic()
         self.ping_sent = False
         self.bufsize = 65536  # grows up to 4 MiB while replies keep filling it
@@ -1538,8 +1508,7 @@ class WebSocket(_Transport):
                           b''.join(encode_frame(OP_TEXT, t.encode('utf-8')) for t in early))
         data = b''
         while b'\r\n\r\n' not in data:
-            chunk = self._recv_raw(keepalive=False)
-            data += chunk
+            data += self._recv_raw(keepalive=False)
             if len(data) > MAX_HANDSHAKE:
                 raise WebSocketError('handshake: reply headers too long')
         head, _, rest = data.partition(b'\r\n\r\n')
@@ -1656,7 +1625,6 @@ class WebSocketClientTransport(_Transport):
 
     def __init__(self, url, tls_sock, timeout, headers=()):
         websocket = self._mod = import_websocket_client()
-        self.closed = False
         self.last_activity = time.monotonic()
         try:
             self.ws = websocket.create_connection(url, socket=tls_sock, timeout=timeout,
@@ -1737,19 +1705,10 @@ class WebSocketClientTransport(_Transport):
 
 def interleave_addresses(infos):
     """RFC 8305 order: alternate address families, starting with the first one returned."""
-    by_family = {}
-    order = []
+    by_family = collections.OrderedDict()
     for info in infos:
-        if info[0] not in by_family:
-            by_family[info[0]] = []
-            order.append(info[0])
-        by_family[info[0]].append(info)
-    result = []
-    while any(by_family.values()):
-        for fam in order:
-            if by_family[fam]:
-                result.append(by_family[fam].pop(0))
-    return result
+        by_family.setdefault(info[0], []).append(info)
+    return [info for round_ in itertools.zip_longest(*by_family.values()) for info in round_ if info is not None]
 
 
 def resolve(host, port, environ):
@@ -2053,15 +2012,13 @@ class JCentral(object):
         if other:
             import_websocket_client()  # a missing package is said before anything is opened
         proxy = proxy_for(host, self.environ)
+        sock = connect_tcp(*(proxy[:2] if proxy else (host, port)), self.environ, avoid=avoid)
         if proxy:
-            sock = connect_tcp(proxy[0], proxy[1], self.environ, avoid=avoid)
             try:
                 connect_tunnel(sock, host, port, proxy[2])
             except AlienError:
                 sock.close()
                 raise
-        else:
-            sock = connect_tcp(host, port, self.environ, avoid=avoid)
         try:
             self.peer_addr = sock.getpeername()
         except OSError:
@@ -2104,9 +2061,7 @@ class JCentral(object):
             h.close()
         if self.ws is not None and self._token_due == 'due':
             self._fetch_token(direct=True)  # no reconnect: the command is done
-        if self.ws is not None:
-            self.ws.close()
-            self.ws = None
+        self.drop()
 
     def drop(self):
         """Forget the connection without a word (a reply may be half read); the
@@ -2129,9 +2084,7 @@ class JCentral(object):
         reply = self.ws.recv_text()
         if debug:
             log('reply %s' % redact(reply.replace('\\/', '/')))
-        metadata, results = parse_reply(reply)
-        self._update_state(metadata)
-        return reply_to_result(metadata, results)
+        return self._decode(reply, False)
 
     def _reconnect(self, reason=''):
         """A new connection in the same server-side directory, after a loss (or a
@@ -2141,9 +2094,7 @@ class JCentral(object):
         is real: one line on stderr then, and one when the connection is back."""
         import random
         failed = self.peer_addr
-        if self.ws is not None:
-            self.ws.close()
-            self.ws = None
+        self.drop()
         t0 = time.monotonic()
         pause = 0.1
         said = False
@@ -2154,9 +2105,7 @@ class JCentral(object):
                     self._direct('cd', [self.cwd])
                 break
             except AlienError as e:
-                if self.ws is not None:
-                    self.ws.close()
-                    self.ws = None
+                self.drop()
                 if not worth_retrying(e):
                     raise
                 last = e
@@ -2422,9 +2371,7 @@ class JCentral(object):
                 e.results = list(out)  # the answered ones (None: no reply)
                 raise
             except WebSocketError as e:
-                if self.ws is not None:
-                    self.ws.close()
-                    self.ws = None
+                self.drop()
                 keep = []
                 for i in chunk[got:sent]:   # sent, no reply
                     tries[i] += 1
@@ -2488,9 +2435,7 @@ class JCentral(object):
 
     @staticmethod
     def _is_read_only(command, opts):
-        if command == 'access':
-            return 'read' in opts
-        return command in READ_ONLY_COMMANDS
+        return 'read' in opts if command == 'access' else command in READ_ONLY_COMMANDS
 
     @classmethod
     def _can_resend(cls, command, opts):
@@ -2509,10 +2454,8 @@ class JCentral(object):
         direct: without recovery if the connection is gone."""
         self._token_due = None
         try:
-            if direct:
-                self._store_token(self._direct('token', ['-nomsg']), quiet=True)
-            else:
-                self.renew_token(quiet=True)
+            reply = self._direct('token', ['-nomsg']) if direct else self.request('token', nomsg=True)
+            self._store_token(reply, quiet=True)
         except AlienError as e:
             log('token renewal failed: %s' % e)
         finally:
@@ -2524,12 +2467,9 @@ class JCentral(object):
             self.user = user
         cwd = metadata.get('currentdir')
         if cwd and isinstance(cwd, str) and cwd.startswith('/'):
-            if not self.home:
-                self.home = cwd
+            self.home = self.home or cwd
             if cwd != self.cwd:
-                if self.cwd:
-                    self.prevdir = self.cwd
-                self.cwd = cwd
+                self.prevdir, self.cwd = self.cwd or self.prevdir, cwd
 
     def renew_token(self, quiet=False, args=()):
         """Ask the service for a token certificate and store the pair owner-only."""
@@ -7503,8 +7443,7 @@ def current_word(text):
             word_start = i + 1
     raw = text[word_start:]
     element = text[element_start:word_start]
-    if element.lstrip().startswith('!'):
-        local = True
+    local = local or element.lstrip().startswith('!')
     try:
         plain = shlex.split(raw + ('"' if raw.count('"') % 2 else '')) if raw else ['']
         plain = plain[0] if plain else ''
@@ -7551,10 +7490,8 @@ class Shell(object):
         readline.set_completer(self.complete)
         readline.set_completer_delims(' \t\n;|')
         readline.set_completion_display_matches_hook(self.display_matches)
-        if 'libedit' in (getattr(readline, '__doc__', '') or ''):
-            readline.parse_and_bind('bind ^I rl_complete')
-        else:
-            readline.parse_and_bind('tab: complete')
+        readline.parse_and_bind('bind ^I rl_complete' if 'libedit' in (getattr(readline, '__doc__', '') or '')
+                                else 'tab: complete')
 
     def save_history(self):
         """Append the line just entered (so a crashing command keeps it), the file
@@ -7590,8 +7527,7 @@ class Shell(object):
         for m in matches:
             if m.endswith(' ') and not m.endswith('\\ '):
                 m = m[:-1]
-            isdir = m.endswith('/')
-            names.append(m.rstrip('/').rsplit('/', 1)[-1] + ('/' if isdir else ''))
+            names.append(m.rstrip('/').rsplit('/', 1)[-1] + ('/' if m.endswith('/') else ''))
         try:
             sys.stdout.write('\n' + term_text(format_columns(sorted(set(names))), sys.stdout) + '\n')
             sys.stdout.write(prompt_text(self.session) + term_text(self.readline.get_line_buffer(), sys.stdout))
@@ -7653,11 +7589,8 @@ class Shell(object):
         if not self.session.cwd:
             self.session.request('pwd')
         directory = self.session.grid_path(dirpart) if dirpart else self.session.cwd
-        out = []
-        for name in self.listing(directory):
-            if name.startswith(base) and (base.startswith('.') or not name.startswith('.')):
-                out.append(prefix + dirpart + name + ('' if name.endswith('/') else ' '))
-        return sorted(out)
+        return sorted(prefix + dirpart + name + ('' if name.endswith('/') else ' ') for name in self.listing(directory)
+                      if name.startswith(base) and (base.startswith('.') or not name.startswith('.')))
 
     @staticmethod
     def local_paths(word):
@@ -7667,12 +7600,8 @@ class Shell(object):
             names = os.listdir(directory)
         except OSError:
             return []
-        out = []
-        for name in names:
-            if name.startswith(base) and (base.startswith('.') or not name.startswith('.')):
-                isdir = os.path.isdir(os.path.join(directory, name))
-                out.append(dirpart + name + ('/' if isdir else ' '))
-        return sorted(out)
+        return sorted(dirpart + name + ('/' if os.path.isdir(os.path.join(directory, name)) else ' ') for name in names
+                      if name.startswith(base) and (base.startswith('.') or not name.startswith('.')))
 
     # -- the loop --
     def restore_connection(self):
@@ -7687,24 +7616,13 @@ class Shell(object):
     def drop_connection(self, tb):
         """Ctrl-C hit a request: the reply may be half read, so the connection is
         of no further use. The next request reconnects (restore_connection)."""
-        codes = set()
-        for cls in (Session, WebSocket, WebSocketClientTransport):
-            for value in vars(cls).values():
-                value = getattr(value, '__func__', value)
-                if hasattr(value, '__code__'):
-                    codes.add(value.__code__)
-        while tb is not None:
-            if tb.tb_frame.f_code in codes:
-                break
+        codes = set(getattr(getattr(value, '__func__', value), '__code__', None)
+                    for cls in (Session, WebSocket, WebSocketClientTransport) for value in vars(cls).values())
+        while tb is not None and tb.tb_frame.f_code not in codes:
             tb = tb.tb_next
         if tb is None:
             return
-        ws, self.session.ws = self.session.ws, None
-        if ws is not None:
-            try:
-                ws.close()
-            except Exception:
-                pass
+        self.session.drop()
         self.reconnect = True
 
     def read_line(self):
@@ -7820,11 +7738,9 @@ class GfalJobError(Exception):
 
 class GfalJob(object):
     """A validated job: type, entries and options with defaults filled in.
-
-    entries: (id, kind, url) for list/remove/mkdir (kind 'file' or 'dir'), (id,
-    'file', src, dst) for copy/rename; id None for wiki-style entries. creds:
-    (source, destination), each (variable, file) or None (gfal_credentials); bound,
-    shared, tokens: see gfal_cred_bindings."""
+    entries: (id, kind, url) for list/remove/mkdir (kind 'file' or 'dir'), (id, 'file',
+    src, dst) for copy/rename; id None for wiki-style entries. creds: gfal_credentials;
+    bound, shared, tokens: gfal_cred_bindings."""
     __slots__ = ('type', 'entries', 'options', 'creds', 'bound', 'shared', 'tokens')
 
     def __init__(self, jobtype, entries, options):
@@ -7873,18 +7789,13 @@ def gfal_load_json(text):
     return doc
 
 
+# (bool before int: True is an int too)
+_GFAL_JSON_TYPES = ((type(None), 'null'), (bool, 'a boolean'), ((int, float), 'a number'),
+                    (str, 'a string'), (list, 'a list'))
+
+
 def _gfal_json_type(value):
-    if value is None:
-        return 'null'
-    if isinstance(value, bool):
-        return 'a boolean'
-    if isinstance(value, (int, float)):
-        return 'a number'
-    if isinstance(value, str):
-        return 'a string'
-    if isinstance(value, list):
-        return 'a list'
-    return 'an object'
+    return next((name for kind, name in _GFAL_JSON_TYPES if isinstance(value, kind)), 'an object')
 
 
 def _gfal_is_int(value):
@@ -7907,23 +7818,15 @@ def _gfal_id(value, where):
 
 
 def gfal_parse_entry(entry, pair, base, where):
-    """One entry -> (id, url) when pair is False, (id, src, dst) when True.
-
-    Single-path jobs: "path" or ["ID", "path"]. Pair jobs: ["src", "dst"] or
-    ["ID", "src", "dst"]."""
-    if pair:
-        if isinstance(entry, list) and len(entry) == 2:
-            return (None, _gfal_url(entry[0], where, base), _gfal_url(entry[1], where, base))
-        if isinstance(entry, list) and len(entry) == 3:
-            return (_gfal_id(entry[0], where), _gfal_url(entry[1], where, base),
-                    _gfal_url(entry[2], where, base))
-        raise GfalJobError('%s: expected ["src", "dst"] or ["id", "src", "dst"], got %s' % (
-            where, _gfal_short(entry)))
-    if isinstance(entry, str):
+    """One entry (the shapes its error names) -> (id, url), or (id, src, dst) when pair."""
+    paths = 2 if pair else 1
+    if isinstance(entry, str) and not pair:
         return (None, _gfal_url(entry, where, base))
-    if isinstance(entry, list) and len(entry) == 2:
-        return (_gfal_id(entry[0], where), _gfal_url(entry[1], where, base))
-    raise GfalJobError('%s: expected "path" or ["id", "path"], got %s' % (where, _gfal_short(entry)))
+    if not isinstance(entry, list) or len(entry) not in ((2, 3) if pair else (2,)):
+        raise GfalJobError('%s: expected %s, got %s' % (where, '["src", "dst"] or ["id", "src", "dst"]' if pair
+                                                        else '"path" or ["id", "path"]', _gfal_short(entry)))
+    ident = _gfal_id(entry[0], where) if len(entry) > paths else None
+    return (ident,) + tuple(_gfal_url(path, where, base) for path in entry[-paths:])
 
 
 def _gfal_short(value):
@@ -7938,50 +7841,38 @@ def gfal_parse_job(jobtype, doc):
             raise GfalJobError('unknown key %s in the job (expected %s)' % (
                 json.dumps(key), ', '.join(GFAL_TOP_KEYS)))
     base = doc.get('base')
-    if base is not None:
-        if not isinstance(base, str) or not gfal_scheme(base):
-            raise GfalJobError('"base" must be a URL with a scheme (e.g. root://host//path/), got %s'
-                               % _gfal_short(base))
+    if base is not None and not (isinstance(base, str) and gfal_scheme(base)):
+        raise GfalJobError('"base" must be a URL with a scheme (e.g. root://host//path/), got %s'
+                           % _gfal_short(base))
     lists = {}
     for key in ('files', 'dirs'):
         value = doc.get(key, [])
         if not isinstance(value, list):
             raise GfalJobError('"%s" must be a list, not %s' % (key, _gfal_json_type(value)))
         lists[key] = value
-    options = gfal_check_options(jobtype, doc.get('options', {}) if 'options' in doc else {})
+    options = gfal_check_options(jobtype, doc.get('options', {}))
 
     files, dirs = lists['files'], lists['dirs']
-    entries = []
+    pair = jobtype in ('copy', 'rename')
     if jobtype == 'list':
         if len(files) + len(dirs) != 1:
             raise GfalJobError('LIST takes exactly one entry in "files" or "dirs", got %d'
                                % (len(files) + len(dirs)))
-        key = 'files' if files else 'dirs'
-        ident, url = gfal_parse_entry((files or dirs)[0], False, base, key + '[0]')
-        entries.append((ident, 'dir' if key == 'dirs' else 'file', url))
-    elif jobtype in ('copy', 'rename'):
-        if dirs:
-            raise GfalJobError('%s takes its pairs in "files"; "dirs" must be empty' % jobtype.upper())
-        if not files:
-            raise GfalJobError('no files to %s: "files" is empty' % jobtype)
-        for i, entry in enumerate(files):
-            ident, src, dst = gfal_parse_entry(entry, True, base, 'files[%d]' % i)
-            entries.append((ident, 'file', src, dst))
-    elif jobtype == 'mkdir':
-        if files:
-            raise GfalJobError('MKDIR takes its directories in "dirs"; "files" must be empty')
-        if not dirs:
-            raise GfalJobError('no directories to create: "dirs" is empty')
-        for i, entry in enumerate(dirs):
-            ident, url = gfal_parse_entry(entry, False, base, 'dirs[%d]' % i)
-            entries.append((ident, 'dir', url))
-    else:  # remove: every file, then every directory
-        if not files and not dirs:
-            raise GfalJobError('nothing to remove: "files" and "dirs" are empty')
-        for key, kind in (('files', 'file'), ('dirs', 'dir')):
-            for i, entry in enumerate(lists[key]):
-                ident, url = gfal_parse_entry(entry, False, base, '%s[%d]' % (key, i))
-                entries.append((ident, kind, url))
+    elif pair and dirs:
+        raise GfalJobError('%s takes its pairs in "files"; "dirs" must be empty' % jobtype.upper())
+    elif pair and not files:
+        raise GfalJobError('no files to %s: "files" is empty' % jobtype)
+    elif jobtype == 'mkdir' and files:
+        raise GfalJobError('MKDIR takes its directories in "dirs"; "files" must be empty')
+    elif jobtype == 'mkdir' and not dirs:
+        raise GfalJobError('no directories to create: "dirs" is empty')
+    elif not files and not dirs:
+        raise GfalJobError('nothing to remove: "files" and "dirs" are empty')
+    entries = []   # (remove: every file, then every directory)
+    for key, kind in (('files', 'file'), ('dirs', 'dir')):
+        for i, entry in enumerate(lists[key]):
+            parsed = gfal_parse_entry(entry, pair, base, '%s[%d]' % (key, i))
+            entries.append((parsed[0], kind) + parsed[1:])
     return GfalJob(jobtype, entries, options)
 
 
@@ -8012,19 +7903,17 @@ def gfal_check_options(jobtype, options):
 
     out = {'timeout': integer('timeout', None, 1)}
     if jobtype == 'list':
-        depth = integer('depth', -1, None)
-        out['depth'] = -1 if depth < 0 else depth
+        out['depth'] = max(-1, integer('depth', -1, None))   # any negative depth: unlimited
         out['checksum'] = _gfal_checksum_option(options.get('checksum'), False)
     elif jobtype == 'copy':
         make_dirs = boolean('make_dirs', True)
         parent = boolean('parent', make_dirs)
-        if 'make_dirs' in options and 'parent' in options and make_dirs != parent:
+        if 'make_dirs' in options and make_dirs != parent:   # (parent defaults to make_dirs)
             raise GfalJobError('options make_dirs and parent (its alias) disagree')
-        out['make_dirs'] = parent if 'parent' in options else make_dirs
+        out['make_dirs'] = parent
         out['checksum'] = _gfal_checksum_option(options.get('checksum'), True)
-        out['encrypt'] = boolean('encrypt', False)
-        out['preserve_timestamp'] = boolean('preserve_timestamp', False)
-        out['overwrite'] = boolean('overwrite', False)
+        for name in ('encrypt', 'preserve_timestamp', 'overwrite'):
+            out[name] = boolean(name, False)
         out['nbstreams'] = integer('nbstreams', None, 1)
         parallel = integer('parallel', GFAL_DEFAULT_PARALLEL, 1)
         if parallel > GFAL_MAX_PARALLEL:
@@ -8114,11 +8003,8 @@ def gfal_endpoint(url):
 
 
 def gfal_credentials(jobtype, environ):
-    """(source, destination) credential of a job, each (variable, file) or None.
-
-    COPY: X509_USER_PROXY_SRC and X509_USER_PROXY_DST, each side falling back to
-    X509_USER_PROXY; any other job: X509_USER_PROXY for both. A file named and
-    not readable, or holding no certificate, is a job error."""
+    """(source, destination) credential of a job (see GFAL_PROXY_VARS), each
+    (variable, file) or None; a file not readable, or holding no certificate, is a job error."""
     one = ('X509_USER_PROXY', environ['X509_USER_PROXY']) if environ.get('X509_USER_PROXY') else None
     sides = tuple((var, environ[var]) if jobtype == 'copy' and environ.get(var) else one
                   for var in GFAL_PROXY_VARS)
@@ -8240,9 +8126,7 @@ _GFAL_DTYPE_MODE = {4: stat_mod.S_IFDIR, 8: stat_mod.S_IFREG, 10: stat_mod.S_IFL
 
 
 def _gfal_stat_dict(st, name):
-    entry = {}
-    for key in GFAL_STAT_KEYS:
-        entry[key] = int(getattr(st, key))
+    entry = {key: int(getattr(st, key)) for key in GFAL_STAT_KEYS}
     entry['name'] = name
     return entry
 
@@ -8281,8 +8165,8 @@ def _gfal_read_dir(ctx, dir_url):
     and a stat per entry, which the file plugin does faster than readpp, and
     where a dangling symlink is listed with its own lstat instead of failing
     the whole listing (readpp follows links and raises ENOENT)."""
+    found = []
     if gfal_scheme(dir_url) == 'file':
-        found = []
         for name in ctx.listdir(dir_url):
             if name in ('.', '..'):
                 continue
@@ -8295,7 +8179,6 @@ def _gfal_read_dir(ctx, dir_url):
                 st = ctx.lstat(child)
             found.append((name, st, 0))
         return found
-    found = []
     handle = ctx.opendir(dir_url)
     while True:
         dirent, st = handle.readpp()
@@ -8343,8 +8226,7 @@ def _gfal_do_list(gfal2, ctx, url, options):
                     subdirs.append(child)
         listing[dir_url] = entries
         if depth == -1 or level < depth:
-            for child in reversed(subdirs):
-                stack.append((child, level + 1))
+            stack.extend((child, level + 1) for child in reversed(subdirs))
     return listing
 
 
@@ -8381,10 +8263,7 @@ def _gfal_copy_one(gfal2, ctx, job, src, dst, out, parents=None):
     is bound to the source's for the copy: its URL is the longer prefix."""
     options = job.options
     try:
-        if options['encrypt']:
-            src_url, dst_url = gfal_encrypted_url(src), gfal_encrypted_url(dst)
-        else:
-            src_url, dst_url = src, dst
+        src_url, dst_url = map(gfal_encrypted_url, (src, dst)) if options['encrypt'] else (src, dst)
     except ValueError as e:
         return str(e)
     pinned = job.creds[0] and gfal_endpoint(src_url) in job.shared
@@ -8403,10 +8282,9 @@ def _gfal_filecopy(gfal2, ctx, options, src, dst, src_url, dst_url, out, parents
     params.create_parent = options['make_dirs']
     if options['make_dirs'] and parents is not None and parents.ensure(ctx, dst_url):
         params.create_parent = False
-    if options['nbstreams']:
-        params.nbstreams = options['nbstreams']
-    if options['timeout']:
-        params.timeout = options['timeout']
+    for name in ('nbstreams', 'timeout'):
+        if options[name]:
+            setattr(params, name, options[name])
     if options['checksum']:
         params.set_checksum(gfal2.checksum_mode.both, options['checksum'][0], options['checksum'][1])
 
@@ -8430,14 +8308,8 @@ def _gfal_filecopy(gfal2, ctx, options, src, dst, src_url, dst_url, out, parents
             os.utime(dst_path, (int(src_st.st_atime or src_st.st_mtime), int(src_st.st_mtime)))
     # The summary line: gfal2 calls the monitor only for long transfers.
     try:
-        if src_st is not None:
-            size = src_st.st_size
-        elif src_path is not None:
-            size = os.stat(src_path).st_size
-        elif dst_path is not None:
-            size = os.stat(dst_path).st_size
-        else:
-            size = ctx.stat(dst_url).st_size
+        size = (src_st if src_st is not None else os.stat(src_path) if src_path is not None
+                else os.stat(dst_path) if dst_path is not None else ctx.stat(dst_url)).st_size
     except Exception:
         size = 0
     out.err(gfal_monitor_line(src, elapsed, size, size / elapsed if elapsed > 0 else 0))
@@ -8467,46 +8339,32 @@ def _gfal_run_entry(gfal2, ctx, job, entry, out, parents=None):
 
 
 def _gfal_run_parallel(gfal2, job, out, workers):
-    """COPY entries on `workers` threads (one gfal2 context each).
-
-    Results are printed in input order, each as soon as it and all before it
-    are done. Returns the number of failed entries."""
+    """COPY entries on `workers` threads (one gfal2 context each), their results printed
+    in input order, each as soon as it and all before it are done -> the number failed."""
     entries = job.entries
     parents = _GfalParentDirs()
     results = [None] * len(entries)
-    state = {'next': 0, 'printed': 0, 'failed': 0}
+    todo, printed = iter(range(len(entries))), [0]
     lock = threading.Lock()
-
-    def flush_ready():
-        # called with lock held
-        while state['printed'] < len(entries) and results[state['printed']] is not None:
-            line = results[state['printed']]
-            out.json(line)
-            if line['Code']:
-                state['failed'] += 1
-            state['printed'] += 1
 
     def worker():
         ctx = None
         while True:
             with lock:
-                index = state['next']
-                if index >= len(entries):
-                    return
-                state['next'] += 1
-            if ctx is None:
-                try:
-                    ctx = _gfal_context(gfal2, job)
-                except Exception as e:
-                    result = gfal_result(False, gfal_error_text(e), entries[index][0])
-                    with lock:
-                        results[index] = result
-                        flush_ready()
-                    continue
-            result = _gfal_run_entry(gfal2, ctx, job, entries[index], out, parents)
+                index = next(todo, None)
+            if index is None:
+                return
+            try:
+                ctx = _gfal_context(gfal2, job) if ctx is None else ctx
+            except Exception as e:   # (the next entry tries again)
+                result = gfal_result(False, gfal_error_text(e), entries[index][0])
+            else:
+                result = _gfal_run_entry(gfal2, ctx, job, entries[index], out, parents)
             with lock:
                 results[index] = result
-                flush_ready()
+                while printed[0] < len(entries) and results[printed[0]] is not None:
+                    out.json(results[printed[0]])
+                    printed[0] += 1
 
     threads = [threading.Thread(target=worker, name='gfal-copy-%d' % i) for i in range(workers)]
     for t in threads:
@@ -8515,7 +8373,7 @@ def _gfal_run_parallel(gfal2, job, out, workers):
     for t in threads:
         while t.is_alive():
             t.join(0.5)
-    return state['failed']
+    return sum(line['Code'] for line in results[:printed[0]])
 
 
 def gfal_run_job(gfal2, job, out):
@@ -8528,11 +8386,8 @@ def gfal_run_job(gfal2, job, out):
         except Exception as e:
             out.json(gfal_result(False, gfal_credential_note(gfal_error_text(e), job.creds, (url,)), ident))
             return 1
-        if ident is None:
-            out.json(listing)
-        else:
-            out.json(collections.OrderedDict([('Reason', 'OK'), ('Code', 0), ('id', ident),
-                                              ('Listing', listing)]))
+        out.json(listing if ident is None else collections.OrderedDict(
+            [('Reason', 'OK'), ('Code', 0), ('id', ident), ('Listing', listing)]))
         return 0
     job.bound, job.shared, job.tokens = gfal_cred_bindings(job)
     workers = min(job.options.get('parallel', 1), len(job.entries)) if job.type == 'copy' else 1
@@ -8545,10 +8400,8 @@ def gfal_run_job(gfal2, job, out):
     except Exception as e:
         ctx, context_error = None, gfal_error_text(e)
     for entry in job.entries:
-        if ctx is None:
-            result = gfal_result(False, context_error, entry[0])
-        else:
-            result = _gfal_run_entry(gfal2, ctx, job, entry, out, parents)
+        result = (gfal_result(False, context_error, entry[0]) if ctx is None
+                  else _gfal_run_entry(gfal2, ctx, job, entry, out, parents))
         out.json(result)
         failed += result['Code']
     return 1 if failed else 0
@@ -8651,9 +8504,8 @@ def entry_verb(argv0):
     name = os.path.basename(argv0 or '')
     if name.endswith('.py'):
         name = name[:-3]
-    if name.startswith('alien_') and name not in ('alien_', 'alien_cmd'):
-        return name[6:]
-    if name.startswith('alien-') and name[6:] in ENTRY_VERBS:
+    if (name.startswith('alien_') and name not in ('alien_', 'alien_cmd')
+            or name.startswith('alien-') and name[6:] in ENTRY_VERBS):
         return name[6:]
     return ''
 
