@@ -5953,9 +5953,9 @@ def _need_cwd(session):
 def cmd_dirs(session, args):
     opts, other = parse_args('dirs', args, '-c -l -p -v')
     _need_cwd(session)
-    for a in other:
-        if not _is_index(a):
-            return Result(EX_USAGE, '', 'dirs: %s: invalid argument (use -c, -l, -p, -v, +N or -N)' % a)
+    bad = [a for a in other if not _is_index(a)]
+    if bad:
+        return Result(EX_USAGE, '', 'dirs: %s: invalid argument (use -c, -l, -p, -v, +N or -N)' % bad[0])
     if opts.get('c'):
         del dir_stack(session)[:]
         return Result(0)
@@ -6016,14 +6016,9 @@ def cmd_popd(session, args):
     if not stack:
         return Result(EX_GENERIC, '', 'popd: directory stack empty')
     i = _stack_index(session, args[0], 'popd') if args else 0
-    if i == 0:
-        if no_cd:
-            del stack[0]
-        else:
-            _cd_to(session, stack[0])
-            del stack[0]
-    else:
-        del stack[i - 1]
+    if i == 0 and not no_cd:
+        _cd_to(session, stack[0])
+    del stack[max(i - 1, 0)]   # i: the index in [cwd] + stack
     return Result(0, _stack_text(session))
 
 
@@ -6225,14 +6220,12 @@ def cmd_getse(session, args):
         raise AlienError('getSE: one LABEL and at most one of -id, -name, -srv (see getSE -h)', EX_USAGE)
     ses = lookup_ses(session, pos, 'getSE') if pos else list_ses(session)
     field = next(iter(opts), '')
+    widths = (-32,) if pos and pos[0].isdigit() else (-6, -32)   # a number label: the number is known
     lines = []
     for se in ses:
-        if field:
-            lines.append({'id': se.get('seNumber', ''), 'name': se['seName'], 'srv': se_host(se)}[field])
-        elif pos and pos[0].isdigit():
-            lines.append('%-32s%s' % (se['seName'], se_host(se)))
-        else:
-            lines.append('%-6s%-32s%s' % (se.get('seNumber', ''), se['seName'], se_host(se)))
+        row = {'id': se.get('seNumber', ''), 'name': se['seName'], 'srv': se_host(se)}
+        lines.append(row[field] if field else table_line([row['id'], row['name'], row['srv']][-1 - len(widths):],
+                                                         widths))
     return client_result('\n'.join(lines), ses)
 
 
@@ -6242,7 +6235,7 @@ def cmd_seqos(session, args):
     if not pos:
         raise AlienError('SEqos: which SE? usage: SEqos SE...', EX_USAGE)
     ses = lookup_ses(session, pos, 'SEqos')
-    return client_result('\n'.join('%-32s%s' % (se['seName'], se.get('qos', '')) for se in ses), ses)
+    return client_result('\n'.join(table_line((se['seName'], se.get('qos', '')), (-32,)) for se in ses), ses)
 
 
 @command('pfn', usage='pfn LFN  the physical URLs of the replicas of a file (whereis -r)')
@@ -6520,13 +6513,14 @@ def cmd_checkaddr(session, args):
             raise
         addrs, lines = [], ['%s (the proxy resolves it)' % e]
     rows = []
+
+    def check(address, family, shown, open_socket):
+        rows.append({'host': host, 'port': port, 'address': address, 'family': family,
+                     'tcp': 'FAIL', 'tls': 'not tried', 'error': '', 'shown': shown})
+        lines.append(_checkaddr_path(rows[-1], open_socket, ctx, why, timeout))
     for addr in addrs:
-        row = {'host': host, 'port': port, 'address': addr, 'family': 'IPv6' if ':' in addr else 'IPv4',
-               'tcp': 'FAIL', 'tls': 'not tried', 'error': '',
-               'shown': '[%s]:%d' % (addr, port) if ':' in addr else '%s:%d' % (addr, port)}
-        lines.append(_checkaddr_path(row, lambda: connect_tcp(row['address'], port, env, timeout=timeout),
-                                     ctx, why, timeout))
-        rows.append(row)
+        shown = '[%s]:%d' % (addr, port) if ':' in addr else '%s:%d' % (addr, port)
+        check(addr, 'IPv6' if ':' in addr else 'IPv4', shown, lambda: connect_tcp(addr, port, env, timeout=timeout))
     if proxy:   # the path alien.py takes: its exit code is this row's
         def tunnel():
             sock = connect_tcp(proxy[0], proxy[1], session.environ, timeout=timeout)
@@ -6536,10 +6530,7 @@ def cmd_checkaddr(session, args):
                 sock.close()
                 raise
             return sock
-        row = {'host': host, 'port': port, 'address': 'proxy %s:%d' % proxy[:2], 'family': 'proxy',
-               'tcp': 'FAIL', 'tls': 'not tried', 'error': '', 'shown': 'via https_proxy %s:%d' % proxy[:2]}
-        lines.append(_checkaddr_path(row, tunnel, ctx, why, timeout))
-        rows.append(row)
+        check('proxy %s:%d' % proxy[:2], 'proxy', 'via https_proxy %s:%d' % proxy[:2], tunnel)
     bad = [r for r in (rows[-1:] if proxy else rows) if r['error']]
     err = ('checkAddr: %d of %d addresses of %s failed' % (len(bad), len(rows), host) if bad and not proxy else
            'checkAddr: %s through the proxy failed' % host if bad else '')
