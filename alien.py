@@ -5580,8 +5580,7 @@ def _show_files(session, args, name):
             except OSError as e:
                 raise AlienError('%s: cannot run %s: %s' % (name, pager, e.strerror), EX_GENERIC)
             return Result(rc)
-        data = b''.join(open(p, 'rb').read() for p in paths)
-        text = data.decode('utf-8', 'replace')
+        text = b''.join(open(p, 'rb').read() for p in paths).decode('utf-8', 'replace')
         result = Result(0, out=text[:-1] if text.endswith('\n') else text)
         result.style = 'raw'   # file content, printed as is like the system cat
         return result
@@ -5675,8 +5674,7 @@ _XML_FILE_FIELDS = ('name', 'aclId', 'broken', 'ctime', 'dir', 'entryId', 'expir
 
 
 def xml_collection(entries, command, creator, now=None):
-    """An AliEn XML collection (the shape of the service's toXml) of entries:
-    dicts with the _XML_FILE_FIELDS (missing ones are empty)."""
+    """An AliEn XML collection shaped like the service's toXml; missing entry fields are empty."""
     from xml.sax.saxutils import quoteattr
     now = time.time() if now is None else now
     lines = ['<?xml version="1.0"?>', '<alien>', '  <collection name="tempCollection">']
@@ -5713,8 +5711,7 @@ def xml_entry_local(path):
 
 
 def write_local_text(path, text, what=''):
-    """Write text to a local file atomically (a temp file renamed over it); a
-    failure is one error line (prefixed 'WHAT: ' when given) and leaves path as it was."""
+    """Write text to path through a temp file renamed over it: a failure leaves path as it was."""
     path = os.path.abspath(os.path.expanduser(path))
     tmp = part_name(path)
     try:
@@ -5826,8 +5823,7 @@ RUN_OPTIONS = '-force:ignore -noout:ignore'   # the other arguments are the prog
 
 
 def _run_with_grid_files(session, argv, grid_at, make_executable=False):
-    """Download argv[i] for each i in grid_at into a private temp directory, run
-    argv with the local copies in their places, remove them -> Result."""
+    """Run argv with private local copies in place of the grid files argv[i], i in grid_at."""
     xrootd_client()
     with TempDir('alienpy-run-') as tmp:
         argv = list(argv)
@@ -5909,10 +5905,9 @@ def restore_cwd(session):
 
 def dir_stack(session):
     """The directory stack below the top; the top is always the current directory."""
-    stack = getattr(session, 'dirstack', None)
-    if stack is None:
-        stack = session.dirstack = []
-    return stack
+    if getattr(session, 'dirstack', None) is None:
+        session.dirstack = []
+    return session.dirstack
 
 
 def _short_dir(session, path, full=False):
@@ -6647,8 +6642,7 @@ _HASH_NAME = LazyRegex(r'^[0-9a-f]{8}\.r?\d+$')
 
 
 def hash_links(directory):
-    """<hash>.N links to every CA certificate (*.pem) of directory, as
-    `openssl rehash` makes them -> number of certificates."""
+    """The `openssl rehash` links <hash>.N to the CA certificates (*.pem) of directory -> their number."""
     count = 0
     for name in sorted(os.listdir(directory)):
         if not name.endswith('.pem'):
@@ -6665,9 +6659,8 @@ def hash_links(directory):
 
 
 def fetch_ca_certs(source, target, timeout=120):
-    """Clone the CA repository source (git), copy the content of each of its
-    top-level directories into target and make the hash links. target is
-    replaced only when all of that worked -> number of CA certificates."""
+    """git clone source, its top-level directories' content with hash links -> target
+    (replaced only when all of that worked) -> number of CA certificates."""
     import shutil
     import subprocess
     git = shutil.which('git')
@@ -6888,8 +6881,7 @@ def ce_line(ce):
 
 
 def select_ces(ces, name=None, host=None, part=None):
-    """CEs whose name and host contain the given texts and that serve the partition
-    (case-insensitive; every given filter must match)."""
+    """CEs that pass every given filter: parts of name and host, a partition (case-insensitive)."""
     def ok(ce):
         return ((not name or name.lower() in ce.get('ceName', '').lower())
                 and (not host or host.lower() in ce.get('host', '').lower())
@@ -7148,8 +7140,7 @@ def ccdb_query_path(query, when=''):
 
 
 def ccdb_object(obj):
-    """A CCDB object description reduced to the fields shown, with its file name and
-    lifetime (ms)."""
+    """A CCDB object description with its file name and lifetime (ms)."""
     o = dict(obj)
     name = o.get('fileName') or re.sub(r'^(inline|attachment);\s*filename=', '', o.get('Content-Disposition', ''))
     o['filename'] = name.replace('"', '').replace('::', '-').strip() or o.get('id', 'object')
@@ -7238,10 +7229,9 @@ def cmd_ccdb(session, args):
                            '-objtime:str -limit:str -dst:str -header:list')
     if len(pos) != 1:
         return Result(EX_USAGE, '', 'ccdb: give one QUERY (at least "/"; ccdb -h for the usage)')
-    if opts.get('get') and opts.get('mirror'):
-        return Result(EX_USAGE, '', 'ccdb: -get and -mirror exclude each other')
-    if opts.get('run') and opts.get('objtime'):
-        return Result(EX_USAGE, '', 'ccdb: -run and -objtime exclude each other')
+    for a, b in (('get', 'mirror'), ('run', 'objtime')):
+        if opts.get(a) and opts.get(b):
+            return Result(EX_USAGE, '', 'ccdb: -%s and -%s exclude each other' % (a, b))
     for key, pattern in (('limit', r'^[0-9]+$'), ('run', r'^[0-9]+$'), ('objtime', r'^[0-9]{13}$')):
         if key in opts and not re.match(pattern, opts[key]):
             return Result(EX_USAGE, '', 'ccdb: -%s %r is not %s' % (
