@@ -32,5 +32,11 @@ compare('pwd, installed commands', args.runs,
 compare('pwd, single-file copy', args.runs,
         {'python3 alien.py (curl copy)': curled + ['pwd'], 'alienpy 1.7.0 (reference)': REFERENCE + ['pwd']}, env)
 if args.before:
+    # under its own name: a copy called alien_X.py would run the verb X (alien_<verb>)
+    import shutil
+    import tempfile
+    before = os.path.join(tempfile.mkdtemp(prefix='alienpy-before-'), 'alien.py')
+    shutil.copy(args.before, before)
     compare('pwd, single-file copy, this checkout against %s' % args.before, args.runs,
-            {'alien.py (this checkout)': curled + ['pwd'], 'alien.py (before)': [curled[0], args.before, 'pwd']}, env)
+            {'alien.py (this checkout)': curled + ['pwd'], 'alien.py (before)': [curled[0], before, 'pwd']}, env)
+    shutil.rmtree(os.path.dirname(before))
