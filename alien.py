@@ -4961,8 +4961,9 @@ def cp_upload(session, items, opts, stats, md5s=None, prepare=()):
         for e in live:
             if e.running == 0 and e.committed and not e.replace:
                 _cp_upload_finish(session, e, stats)
-            else:
-                stats.fail(e.src, '%s -> %s not finished: %s' % (e.src, e.lfn, why))
+            else:   # a commit sent whose reply was lost may have registered the file: say so
+                unsure = [x for x in e.errors if ': commit outcome unknown: ' in x]
+                stats.fail(e.src, '%s -> %s not finished: %s' % (e.src, e.lfn, '; '.join(unsure) or why))
         raise
     finally:
         md5s.close()
