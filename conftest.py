@@ -179,6 +179,18 @@ def one_line_error(p):
     return p.returncode != 0 and p.stdout == '' and p.stderr.count('\n') == 1 and 'Traceback' not in p.stderr
 
 
+def read_http_head(conn):
+    """The bytes a test server received up to and past the end of an HTTP head; None
+    when the peer closed first."""
+    data = b''
+    while b'\r\n\r\n' not in data:
+        chunk = conn.recv(4096)
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
 class Hostile(object):
     """A TLS websocket server on loopback that misbehaves on purpose. Each accepted
     connection is handed to script(server, conn, index) after a correct (or the
@@ -214,12 +226,9 @@ class Hostile(object):
     def _handle(self, raw, index):
         try:
             conn = self.ctx.wrap_socket(raw, server_side=True)
-            data = b''
-            while b'\r\n\r\n' not in data:
-                chunk = conn.recv(4096)
-                if not chunk:
-                    return
-                data += chunk
+            data = read_http_head(conn)
+            if data is None:
+                return
             key = re.search(rb'Sec-WebSocket-Key: (\S+)', data).group(1).decode()
             self.buffered[conn] = data.partition(b'\r\n\r\n')[2]   # the request sent behind the upgrade
             reply = self.handshake or ('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n'
@@ -493,12 +502,9 @@ class LoopbackProxy(object):
             threading.Thread(target=self._client, args=(client,), daemon=True).start()
 
     def _client(self, client):
-        head = b''
-        while b'\r\n\r\n' not in head:
-            chunk = client.recv(4096)
-            if not chunk:
-                return
-            head += chunk
+        head = read_http_head(client)
+        if head is None:
+            return
         lines = head.decode().split('\r\n')
         self.lines.append(lines[0])
         self.auth.extend(l for l in lines if l.startswith('Proxy-Authorization'))
