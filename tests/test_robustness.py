@@ -534,11 +534,12 @@ def test_reconnect_budget_runs_out_mid_upload(cpenv, grid_state, service_back, t
                             env=env, cwd=cpenv['PWD'], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     while proc.poll() is None and len(_rc_entries(grid_state, g)) < 10:
         time.sleep(0.01)
+    t0 = time.monotonic()  # (before the kill: stopping the service can take a while under load)
     grid.stop_service(service_back)  # for good
-    t0 = time.monotonic()
+    stopped = time.monotonic() - t0
     out, err = proc.communicate(timeout=60)
     elapsed = time.monotonic() - t0
-    assert proc.returncode == 107 and 1.5 < elapsed < 15, (proc.returncode, elapsed, err)
+    assert proc.returncode == 107 and 2 <= elapsed < 15, (proc.returncode, elapsed, stopped, err)
     assert 'ALIENPY_RECONNECT_TIMEOUT' in err and 'not attempted' in err.splitlines()[-1], err
     reply = json.loads(out)
     rows = reply['results']
