@@ -1655,19 +1655,33 @@ def _pure_test_names():
             if name.startswith('test_') and any(m.name == 'pure' for m in getattr(f, 'pytestmark', ()))]
 
 
-@pytest.mark.once
-@pytest.mark.parametrize('version', tools.OTHER_VERSIONS)
-def test_pure_unit_tests_on(version):
+_PURE_RUNS = {}  # version -> Future of its subprocess: all interpreters start at the first test
+
+
+def _pure_run(version):
     """The pure unit tests of this file, run by pytest under that interpreter (its own
     venv from .ci/setup, with pytest and hypothesis of a release it supports)."""
-    other_python(version)
     names = _pure_test_names()
     assert len(names) >= 30, names
     env = dict(os.environ)
     env.pop('ALIENPY_TRANSPORT', None)
-    p = subprocess.run([tools.test_venv(version), '-m', 'pytest', '-q', '-x', '-p', 'no:cacheprovider',
-                        '-W', 'ignore::DeprecationWarning']
-                       + ['%s::%s' % (os.path.basename(__file__), n) for n in names],
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run([tools.test_venv(version), '-m', 'pytest', '-q', '-x', '-p', 'no:cacheprovider',
+                           '-W', 'ignore::DeprecationWarning']
+                          + ['%s::%s' % (os.path.basename(__file__), n) for n in names],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.once
+@pytest.mark.parametrize('version', tools.OTHER_VERSIONS)
+def test_pure_unit_tests_on(version):
+    other_python(version)
+    if not _PURE_RUNS:  # two at a time (the machine's cores): half the wall time of one after the other
+        import concurrent.futures
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=2)
+        for v in tools.OTHER_VERSIONS:
+            if tools.interpreter(v) is not None:
+                _PURE_RUNS[v] = pool.submit(_pure_run, v)
+        pool.shutdown(wait=False)
+    p = _PURE_RUNS[version].result()
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
     assert ' passed' in p.stdout and 'failed' not in p.stdout, p.stdout[-500:]
