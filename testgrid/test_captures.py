@@ -9,6 +9,11 @@ import pytest
 from conftest import REPO, _gj_job, _tg_call, _tg_dialect, _tg_ok, _tg_ws, _tg_xrdcp
 
 
+# The test grid's own tests talk to it with their own clients (websockets, xrdcp, alienpy)
+# or run alien.py only to exercise the grid: the client's transport is not what they test.
+pytestmark = pytest.mark.once
+
+
 # -- the service's two dialects: the captured replies, request by request (issue 18) --
 # testgrid/captures/ (copies of the shared specs jcentral-replies.md, 2021, and jcentral-replies-2024.md) hold the raw
 # replies of two real services to about 100 requests. The corpus test rebuilds their
@@ -225,7 +230,6 @@ _GJ_SPEC = {
 # ===== grid operations toolkit: jobs and outside services (h9jobs) =====
 
 
-@pytest.mark.once
 def test_job_replies_are_the_captured_service_bytes(grid_state, cenv, tg_dir, tmp_path):
     jobid = _gj_job(cenv, tg_dir, tmp_path)
     with _tg_dialect('2021'), _tg_ws(grid_state) as c:

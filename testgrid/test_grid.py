@@ -16,6 +16,11 @@ from conftest import (
     CLIENT_VARS, KEEP_VARS, REPO, _TG_DIR, _tg_call, _tg_ctx, _tg_ok, _tg_ws, _tg_xrdcp, run_cli)
 
 
+# The test grid's own tests talk to it with their own clients (websockets, xrdcp, alienpy)
+# or run alien.py only to exercise the grid: the client's transport is not what they test.
+pytestmark = pytest.mark.once
+
+
 # ===== test grid tests =====
 
 
