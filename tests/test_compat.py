@@ -31,6 +31,7 @@ def _normalize_times(text):
 # ===== conformance with the reference client (alienpy from PyPI) =====
 
 
+@pytest.mark.once  # what is printed, not how it travels: the websocket-client pass re-ran it for 45 s
 def test_conformance_with_the_reference_client(cenv, grid_state):
     """The same command lines through alienpy 1.7.0 and alien.py: identical stdout and
     exit codes (proves the test grid speaks the protocol the reference client expects)."""
