@@ -14,7 +14,7 @@ from conftest import REPO, _gj_job, _tg_call, _tg_dialect, _tg_ok, _tg_ws, _tg_x
 pytestmark = pytest.mark.once
 
 
-# -- the service's two dialects: the captured replies, request by request (issue 18) --
+# -- the service's two dialects: the captured replies, request by request --
 # testgrid/captures/ (copies of the shared specs jcentral-replies.md, 2021, and jcentral-replies-2024.md) hold the raw
 # replies of two real services to about 100 requests. The corpus test rebuilds their
 # fixture on a grid of its own (one SE like theirs, a fresh catalogue: the job gets the
@@ -175,9 +175,6 @@ def _cx_job(conn, dialect, home):
     assert res[0]['jobId'] == '1888757065', res
 
 
-# ===== test grid tests =====
-
-
 @pytest.mark.parametrize('dialect', ['2021', '2024'])
 def test_replies_match_the_captured_corpus(dialect):
     from testgrid import grid
@@ -227,7 +224,7 @@ _GJ_SPEC = {
 }
 
 
-# ===== grid operations toolkit: jobs and outside services (h9jobs) =====
+# ===== the job commands: byte for byte =====
 
 
 def test_job_replies_are_the_captured_service_bytes(grid_state, cenv, tg_dir, tmp_path):

@@ -21,7 +21,7 @@ from conftest import (
 pytestmark = pytest.mark.once
 
 
-# ===== test grid tests =====
+# ===== the service: replies, errors, TLS, faults; the SEs; the reference client on the grid =====
 
 
 def test_grid_state_and_credentials(grid_state):
@@ -664,7 +664,7 @@ def test_reference_client_alienpy_transfers_and_401(grid_state, tg_dir, tmp_path
     assert p.returncode == 129, p.stderr
 
 
-# ===== WAN mode of the test grid and round trips (issue 11) =====
+# ===== WAN mode: the delay relays =====
 
 
 def test_relay_delays_both_ways_and_keeps_order(grid_state):
@@ -735,7 +735,7 @@ def test_wan_grid_serves_commands_and_copies_through_the_relays(wan_grid, tmp_pa
     assert p.returncode == 0 and (tmp_path / 'back.dat').read_bytes() == src.read_bytes(), p.stderr
 
 
-# ===== a slow, throttled, racing service (issue 18) =====
+# ===== the 1 s hand-off race and the per-user throttle =====
 
 
 def test_the_service_races_like_the_real_endpoint(grid_state, service_conf, tg_dir):

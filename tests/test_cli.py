@@ -16,7 +16,7 @@ from conftest import (
     shell_cmd, shell_end, spawn_shell, write)
 
 
-# ===== installation checks (what .ci/setup installs; Python 3.6+ on real interpreters) =====
+# ===== installation: the pip command, command mode and shell on every interpreter =====
 
 
 @pytest.mark.once
@@ -75,7 +75,7 @@ def test_command_mode_and_shell_on(version, cenv, grid_state):
     assert child.exitstatus == 0
 
 
-# ===== core integration tests (command mode against the test grid) =====
+# ===== command mode: chains, exit codes, JSON output =====
 
 
 def test_chain_cwd_and_cd_minus(cenv, grid_state):
@@ -128,7 +128,7 @@ def test_ls_aliases(cenv, grid_state):
     assert '.hidden/' in run_cli(['lla ' + base], env=cenv).stdout
 
 
-# ===== shell tests =====
+# ===== the shell: prompt, history, completion, aliases, cwd =====
 
 
 def test_shell_prompt_banner_and_ctrl_d(cenv, grid_state):
@@ -396,7 +396,7 @@ def test_embedding_api_documented(cenv, grid_state):
         s.close()
 
 
-# ===== every client-side command name: the aliases too =====
+# ===== client-side commands: editors, pagers, raw JSON =====
 
 
 @pytest.mark.parametrize('editor', ['vi', 'vim', 'nano', 'mcedit'])
@@ -437,7 +437,7 @@ def test_jsonraw_prints_the_reply_as_received(cenv):
     assert json.loads(p.stdout)['results'][0]['message'].startswith('/localhost/')
 
 
-# ===== h13cli: entry points, the command line, cp compatibility with alienpy 1.7 =====
+# ===== the command line: entry points, command files, -debug/-json anywhere =====
 
 
 def test_argv0_dispatch_runs_the_verb(cenv, grid_state, tmp_path):
@@ -514,7 +514,7 @@ def test_time_and_exit_and_version(cenv, grid_state):
     assert 'XRootD version: %s\n' % xrd.__version__ in p.stdout
 
 
-# ===== start-up cost of the curl'd copy (issue 13) =====
+# ===== start-up: modules loaded, fast exit =====
 
 
 @pytest.mark.once

@@ -28,7 +28,7 @@ def _normalize_times(text):
     return re.sub(r'[A-Z][a-z]{2} [ 0-9]\d \d\d:\d\d', 'MMM DD HH:MM', text)
 
 
-# ===== conformance with the reference client (alienpy from PyPI) =====
+# ===== line-by-line conformance =====
 
 
 @pytest.mark.once  # what is printed, not how it travels: the websocket-client pass re-ran it for 45 s
@@ -59,7 +59,9 @@ def test_conformance_with_the_reference_client(cenv, grid_state):
 CP_WORDS = 'own progress and summary lines (the files that arrive are compared below)'
 
 
-# -- compatibility with alienpy 1.7: reference-style invocations through both clients --
+# ===== reference-style invocations through both clients =====
+
+
 # One row per invocation: (arguments, comparison, reason, extra environment).
 #   'same'          exit code and stdout identical (after _compat_normalize)
 #   'code'          exit codes identical; the printed text differs, for the reason given
@@ -183,9 +185,6 @@ def _compat_normalize(text, values):
     return _normalize_times(text)
 
 
-# ===== issue 13: credential and CA tools, find2, toXml, run/exec, compatibility =====
-
-
 @pytest.mark.once
 def test_compatibility_with_the_reference_client(cenv, grid_state, f2dir, tmp_path):
     """Reference-style invocations through alienpy 1.7.0 and alien.py on the test grid."""
@@ -275,7 +274,7 @@ def test_compatibility_with_the_reference_client(cenv, grid_state, f2dir, tmp_pa
     assert uploads[0] == uploads[1] == 'ss/a.root\nup/a.root\n'
 
 
-# ===== storage toolkit (issue 9): pfn, pfn-status, lfn2uri, getSE, SEqos, xrd_*, checkAddr =====
+# ===== the storage commands =====
 
 
 def test_storage_conformance_with_the_reference_client(store, dialect):

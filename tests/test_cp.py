@@ -16,7 +16,7 @@ from conftest import (
     one_line_error, run_cli, write)
 
 
-# ===== cp tests =====
+# ===== round trips, recursion, naming =====
 
 
 def test_cp_round_trips(cpenv, grid_state, tmp_path):
@@ -136,7 +136,9 @@ def test_cp_recursive_filters_and_naming(cpenv, grid_state, tmp_path):
     assert p.returncode == alien.EX_USAGE and one_line_error(p), p
 
 
-# -- cp against the test grid (real xrootd storage elements) --
+# ===== specifiers, usage errors, fail-over, upload routing =====
+
+
 SE1, SE2 = 'LOCALHOST::JTESTSITE::FIRSTSE', 'LOCALHOST::JTESTSITE::SECONDSE'
 
 
@@ -282,7 +284,7 @@ def test_without_xrootd_cp_says_what_to_install(cpenv, grid_state, tmp_path):
     assert p.returncode == 0 and p.stdout == grid_state['home'] + '\n', p
 
 
-# ===== every client-side command name: the aliases too =====
+# ===== without optional packages, cold start =====
 
 
 def test_bare_copy_without_any_package_talks_to_the_grid(cenv, grid_state, tmp_path):
@@ -298,9 +300,6 @@ def test_bare_copy_without_any_package_talks_to_the_grid(cenv, grid_state, tmp_p
     assert p.returncode == 1 and one_line_error(p) and 'pip install xrootd' in p.stderr, p
 
 
-# ===== WAN mode of the test grid and round trips (issue 11) =====
-
-
 def test_cold_cp_of_an_absolute_path_sends_no_pwd(cenv, grid_state, tmp_path):
     src = tmp_path / 'abs.dat'
     src.write_bytes(b'abs')
@@ -313,7 +312,7 @@ def test_cold_cp_of_an_absolute_path_sends_no_pwd(cenv, grid_state, tmp_path):
     assert 'pwd' not in sent and sent[0] == 'stat', sent
 
 
-# ===== h13cli: entry points, the command line, cp compatibility with alienpy 1.7 =====
+# ===== the reference's options, re-runs, Ctrl-C =====
 
 
 def test_cp_reference_options_on_the_grid(cpenv, grid_state, tmp_path):
@@ -381,9 +380,6 @@ def test_cp_rerun_skips_by_xattrs_and_reverifies_changed_bytes(cpenv, grid_state
         s.close()
 
 
-# ===== reconnect and resume, many processes at once, chaos (issue 11) =====
-
-
 def _interrupted(env, attempt, tries=3):
     """SIGINT a copy once it has started -> (proc, stdout, stderr, where). attempt() gives
     (command, started, where) for a fresh destination. A copy that ended on its own before
@@ -419,7 +415,9 @@ def test_ctrl_c_ends_a_copy_with_its_summary(cpenv, grid_state, service_back, tm
     assert copied and sorted(_rc_entries(grid_state, g)) == copied  # nothing counted that is not there, and back
 
 
-# -- issue 11, large files: the streamed, verified download and the upload's hashing --
+# ===== large files: the streamed, verified download =====
+
+
 def _stream_job(env, lfn, target, md5=None):
     """A CopyJob reading lfn's first replica into target, as cp_download makes it."""
     s = alien.Session(environ=env)
@@ -428,9 +426,6 @@ def _stream_job(env, lfn, target, md5=None):
     finally:
         s.close()
     return alien.CopyJob(alien.grid_url(r['url'], r['envelope']), target, int(r['size']), md5 or r['md5'], 1, None)
-
-
-# ===== start-up cost of the curl'd copy (issue 13) =====
 
 
 def test_streamed_download_puts_many_chunks_in_order_and_checks_the_md5(cpenv, grid_state, tmp_path, monkeypatch):
@@ -497,7 +492,7 @@ def _vr_upload(cpenv, grid_state, tmp_path, name, n, spec='@disk:2'):
     return g, files
 
 
-# ===== small downloads without a CopyProcess: VerifiedRead (issue 11, many small files) =====
+# ===== many small downloads without a CopyProcess (VerifiedRead) =====
 
 
 def test_small_download_md5_mismatch_is_never_renamed_and_the_other_replica_is_read(cpenv, grid_state, tmp_path):
@@ -591,7 +586,7 @@ def zip_members(cpenv, grid_state, tmp_path):
     return archive, lfns
 
 
-# ===== zip archive members (testgrid archive links; cp via xrdcl.unzip and -noxrdzip) =====
+# ===== zip archive members, the upload pipeline, access pacing =====
 
 
 def test_archive_members_whereis_and_access_point_at_the_archive(zip_members, grid_state):

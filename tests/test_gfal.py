@@ -32,7 +32,7 @@ def gfal_run(jobtype, job, *args, python=GFAL_PY, timeout=120, env=None):
     return proc.returncode, [json.loads(line) for line in lines], proc.stderr.decode()
 
 
-# ===== gfal jobs tests =====
+# ===== gfal jobs: a missing gfal2 module =====
 
 
 @pytest.mark.once

@@ -37,7 +37,7 @@ def then_send(data, close=True):
     return script
 
 
-# ===== fault tests: a hostile websocket server =====
+# ===== a hostile websocket server =====
 
 # The same hostile replies through the websocket-client transport (measured with
 # ALIENPY_TRANSPORT=websocket-client), keyed by the words of alien.py's own transport:
@@ -206,7 +206,7 @@ def test_request_many_never_resends_a_modifying_request(grid_state, henv):
     assert [m['command'] for m in server.messages] == ['commit'] * 3
 
 
-# ===== hostile names and payloads (issue 10): bounded parsing, terminal-safe output, per-file name refusal =====
+# ===== hostile names and payloads: bounded parsing, terminal-safe output, per-file name refusal =====
 
 
 def test_user_regex_is_one_line_error_whatever_it_holds(cenv, grid_state, tmp_path):
@@ -376,7 +376,7 @@ def test_fuzz_parsers_short_run():
     assert p.returncode == 0 and len(lines) == 7 and all(line.endswith(', 0 crashes') for line in lines), p
 
 
-# ===== reconnect and resume, many processes at once, chaos (issue 11) =====
+# ===== reconnect and resume, a service restarted or gone, an SE dying =====
 
 
 @pytest.mark.once  # session and cp logic: the same with either transport
@@ -675,7 +675,7 @@ def _race_local(root):
     return got
 
 
-# ===== a slow, throttled, racing service (issue 18) =====
+# ===== a slow, throttled, racing service =====
 
 
 @pytest.mark.once  # cp and session logic: the same with either transport

@@ -20,7 +20,7 @@ from conftest import (
     one_line_error, run_cli)
 
 
-# ===== core integration tests (command mode against the test grid) =====
+# ===== the session: credentials, endpoint forms, TLS refusals =====
 
 
 def test_pwd_whoami_and_token_written_owner_only(cenv, grid_state):
@@ -261,7 +261,7 @@ def test_alien_site_is_set_at_session_start(cenv, grid_state):
     assert wire.index('"command": "setSite", "options": ["-nomsg", "JTESTSITE"]') < wire.index('"command": "pwd"')
 
 
-# ===== every client-side command name: the aliases too =====
+# ===== proxies and the websocket-client transport =====
 
 
 def test_https_proxy_tunnel(cenv, grid_state):
@@ -317,7 +317,7 @@ def _make_leaf(d, name, ca, curve=None, subj=None, digest='sha256'):
     return d / (name + '.pem'), d / (name + '.key')
 
 
-# ===== issue 13: credential and CA tools, find2, toXml, run/exec, compatibility =====
+# ===== the credential and CA tools =====
 
 
 @pytest.mark.once
@@ -500,7 +500,7 @@ def test_credential_tools_bad_input(cenv, grid_state, tmp_path):
     assert p.returncode == 0 and 'match' in p.stdout, p
 
 
-# ===== WAN mode of the test grid and round trips (issue 11) =====
+# ===== the first request right behind the upgrade =====
 
 
 def test_first_request_travels_right_behind_the_upgrade_request(grid_state, henv):
@@ -519,10 +519,9 @@ def test_first_request_travels_right_behind_the_upgrade_request(grid_state, henv
         assert seen and decode_client_frame(seen[0])[2] == b'{"command": "pwd", "options": ["-nokeys"]}'
 
 
-# ===== reconnect and resume, many processes at once, chaos (issue 11) =====
+# ===== many processes at once: one token renewal =====
 
 
-# -- many processes at once: one token renewal --
 @pytest.mark.once  # session and cp logic: the same with either transport
 def test_token_is_fetched_after_the_first_command(cenv, grid_state):
     log = _rc_service_log(grid_state)

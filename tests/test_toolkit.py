@@ -23,7 +23,7 @@ from conftest import (
     one_line_error, run_cli, write)
 
 
-# ===== test grid tests =====
+# ===== the catalogue: large listings, edit, find2, toXml, run/exec =====
 
 
 def test_large_listing_printed_identically_and_compactly(cenv, grid_state):
@@ -40,9 +40,6 @@ def test_large_listing_printed_identically_and_compactly(cenv, grid_state):
             l.split()[-1] for l in lines]
     finally:
         s.close()
-
-
-# ===== cp tests =====
 
 
 def test_edit_keeps_a_backup_and_restores_it_on_failure(cpenv, grid_state, tmp_path):
@@ -72,9 +69,6 @@ def test_edit_keeps_a_backup_and_restores_it_on_failure(cpenv, grid_state, tmp_p
     kept = p.stderr.split('edited copy kept at ')[1].split(';')[0]
     assert open(kept).read().endswith('added by editor\nadded by editor\n')
     shutil.rmtree(os.path.dirname(kept), ignore_errors=True)
-
-
-# ===== issue 13: credential and CA tools, find2, toXml, run/exec, compatibility =====
 
 
 def test_find2_filters_and_xml(cenv, f2dir, tmp_path, dialect):
@@ -197,7 +191,7 @@ def _gj_faults(jcentral=None, http=None):
         grid.set_http_faults(_TG_DIR, None)
 
 
-# ===== grid operations toolkit: jobs and outside services (h9jobs) =====
+# ===== jobs and outside services (CCDB, MonALISA, HTTP GET) =====
 
 
 def test_submit_ps_trace_and_jobinfo(grid_state, cenv, tg_dir, tmp_path, dialect):
@@ -535,7 +529,7 @@ def _usage_errors(env, cases):
         session.close()
 
 
-# ===== storage toolkit (issue 9): pfn, pfn-status, lfn2uri, getSE, SEqos, xrd_*, checkAddr =====
+# ===== storage: pfn, pfn-status, lfn2uri, getSE, SEqos, xrd_*, checkAddr =====
 
 
 def test_getse_and_seqos(store, grid_state, dialect):
