@@ -7,7 +7,7 @@
      an in-memory md5 of 1 GiB in the same runs: the issue-11 target is
      alien.py <= 1.10 x max(xrdcp, md5)).
 
-Usage: python3 bench/cp_bench.py [--runs N] [--files N] [--big-mib N] [--skip-reference] [--nice N]
+Usage: .venv/bin/python bench/cp_bench.py [--runs N] [--files N] [--big-mib N] [--skip-reference] [--nice N]
 --files 0 runs only part 2. Run it under `flock /tmp/alien-bench.lock` on a shared machine.
 Prints wall times (median of N alternated cold runs) and ratios.
 Environment: ALIENPY_REFERENCE = path of the reference client (default: .venv-ref, from .ci/setup).

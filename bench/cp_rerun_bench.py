@@ -11,7 +11,7 @@ present file), then records them again.
   1. 1,000 files of 10 KiB, recursive download, all present;
   2. one 1 GiB file, present.
 
-Usage: python3 bench/cp_rerun_bench.py [--runs N] [--files N] [--big-mib N]
+Usage: .venv/bin/python bench/cp_rerun_bench.py [--runs N] [--files N] [--big-mib N]
 Runs the installed command (pip install . into a venv that sees XRootD) and
 prints wall times (median of N alternated cold runs) and the ratio.
 """

@@ -8,7 +8,7 @@ For each: peak RSS of the client process, the time from the listing arriving (th
 `find` reply; for -input, the start of the command, the list being local) to the
 first transfer starting, and the total time. `--dryrun` plans only (cp -dryrun).
 
-Usage: python3 bench/memory_bench.py [--entries 100000] [--size 100] [--dryrun] [--client PATH/alien.py]
+Usage: .venv/bin/python bench/memory_bench.py [--entries 100000] [--size 100] [--dryrun] [--client PATH/alien.py]
 """
 import argparse
 import json

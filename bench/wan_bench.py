@@ -21,7 +21,7 @@ and charges --cost-ms for every access and commit, as a real one does.
             after ~120 logins (every command sleeps over a second): wall time,
             requests and logins each client spent.
 
-Usage: python3 bench/wan_bench.py [--delay-ms 25] [--cost-ms 6] [--runs 7] [--copy-runs 1]
+Usage: .venv/bin/python bench/wan_bench.py [--delay-ms 25] [--cost-ms 6] [--runs 7] [--copy-runs 1]
          [--files 1000] [--small 100] [--sessions 8] [--throttled 10] [--entries 10000]
          [--only pwd,ls,copies,small,options,throttled] [--skip-reference]
 pwd and ls run both clients as installed commands (alien.py from this checkout in
