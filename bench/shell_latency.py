@@ -5,7 +5,7 @@ independent websocket client (websockets.sync.client) on its own connection.
 
 Target: median shell latency at most 10 ms above the service's own median.
 
-    python3 bench/shell_latency.py [--runs N]
+    .venv/bin/python bench/shell_latency.py [--runs N]
 """
 import argparse
 import json
