@@ -1009,13 +1009,8 @@ def verify_chain(path, kind, where, now=None):
     return 'certificate chain too long'
 
 
-def usable_pair(cert, key, now=None):
-    """True if cert and key are readable files and cert has >= VALIDITY_MARGIN seconds left."""
-    return token_problem(cert, key, now) is None
-
-
 def token_problem(cert, key, now=None):
-    """Why the token pair cannot be used: None when it can (as far as the files
+    """Why a certificate/key pair cannot be used: None when it can (as far as the files
     tell: the key must still match, see JCentral._credentials), 'missing' when
     there is no token at all, else a short reason."""
     if not os.path.exists(cert) and not os.path.exists(key):
@@ -1042,9 +1037,10 @@ def choose_credentials(environ=None, want_user=False, now=None):
         problem = token_problem(tcert, tkey, now)
         if problem is None:
             return 'token', tcert, tkey
-    if usable_pair(ucert, ukey, now):
+    if token_problem(ucert, ukey, now) is None:
         return 'user', ucert, ukey
-    if os.path.isfile(ucert) and cert_seconds_left(ucert, now) is not None and cert_seconds_left(ucert, now) < VALIDITY_MARGIN:
+    left = cert_seconds_left(ucert, now)   # (None also for a missing file)
+    if left is not None and left < VALIDITY_MARGIN:
         raise AlienError('user certificate %s has expired (or expires within %d s) and no valid token was found'
                          % (ucert, VALIDITY_MARGIN), EX_NOTCONN)
     raise AlienError('no valid user certificate or token found (user cert: %s, key: %s; token: %s%s)'
@@ -1119,13 +1115,6 @@ def local_cas_dir(environ=None):
     return value if value and os.path.isdir(value) else os.path.join(os.path.expanduser('~'), '.globus', 'certificates')
 
 
-def _has_pem(directory):
-    try:
-        return any(n.endswith('.pem') for n in os.listdir(directory))
-    except OSError:
-        return False
-
-
 def find_ca(environ=None):
     """('capath'|'cafile', location) in the order ALIENPY_USE_LOCAL_CAS, X509_CERT_DIR,
     X509_CERT_FILE, cvmfs, /etc/grid-security/certificates."""
@@ -1133,7 +1122,7 @@ def find_ca(environ=None):
     if environ.get('ALIENPY_USE_LOCAL_CAS'):
         local = local_cas_dir(environ)
         # as the reference client: the directory must hold getCAcerts' download
-        if _has_pem(local) and os.path.isfile(os.path.join(local, 'CERN-GridCA.pem')):
+        if os.path.isfile(os.path.join(local, 'CERN-GridCA.pem')):
             return 'capath', local
         sys.stderr.write('alien.py: ALIENPY_USE_LOCAL_CAS is set but %s holds no CA certificates '
                          '(run: alien.py getCAcerts); looking further\n' % local)
@@ -1163,16 +1152,6 @@ def ask_pass_phrase(key):
         raise AlienError('no pass phrase given for encrypted key %s' % key, EX_NOTCONN)
 
 
-def _key_password(key):
-    """Ask for the pass phrase of an encrypted key once; None if not encrypted."""
-    try:
-        with open(key, 'rb') as f:
-            head = f.read(4096)
-    except OSError:
-        return None
-    return ask_pass_phrase(key) if b'ENCRYPTED' in head else None
-
-
 def make_tls_context(cert, key, environ=None):
     """Client TLS context: server chain always verified, hostname checked unless
     ALIENPY_NO_VERIFY_HOSTNAME is set, our certificate presented."""
@@ -1184,7 +1163,8 @@ def make_tls_context(cert, key, environ=None):
     kind, where = find_ca(environ)
     try:
         ctx.load_verify_locations(**{kind: where})   # capath= or cafile=
-        ctx.load_cert_chain(cert, key, password=_key_password(key))
+        # OpenSSL calls the password function only for an encrypted key, and once
+        ctx.load_cert_chain(cert, key, password=lambda: ask_pass_phrase(key))
     except ssl.SSLError as e:
         raise AlienError('cannot load certificate %s / key %s: %s' % (cert, key, e.reason or e), EX_NOTCONN)
     except OSError as e:
