@@ -436,8 +436,7 @@ def env_number(environ, name, default, kind=float, what='a number of seconds'):
     return number
 
 
-def tmpdir(environ=None):
-    environ = os.environ if environ is None else environ
+def tmpdir(environ):
     return environ.get('TMPDIR') or environ.get('TEMP') or environ.get('TMP') or '/tmp'
 
 
@@ -592,9 +591,8 @@ def _cleanup_temp_files():
             pass
 
 
-def credential_paths(environ=None):
+def credential_paths(environ):
     """(token_cert, token_key, user_cert, user_key) as the environment names them."""
-    environ = os.environ if environ is None else environ
     uid = os.getuid()
     tmp = tmpdir(environ)
     globus = os.path.join(os.path.expanduser('~'), '.globus')
@@ -1028,7 +1026,7 @@ def token_problem(cert, key, now=None):
     return None
 
 
-def choose_credentials(environ=None, want_user=False, now=None):
+def choose_credentials(environ, want_user=False, now=None):
     """('token'|'user', cert, key): the token pair if usable (and not want_user), else the user pair."""
     tcert, tkey, ucert, ukey = credential_paths(environ)
     problem = ''
@@ -1107,18 +1105,16 @@ def check_key_permissions(key):
                          % (key, mode & 0o777, key), EX_NOTCONN)
 
 
-def local_cas_dir(environ=None):
+def local_cas_dir(environ):
     """The CA directory ALIENPY_USE_LOCAL_CAS asks for: its value if that is a
     directory, else ~/.globus/certificates (where getCAcerts puts them)."""
-    environ = os.environ if environ is None else environ
     value = os.path.expanduser(environ.get('ALIENPY_USE_LOCAL_CAS', ''))
     return value if value and os.path.isdir(value) else os.path.join(os.path.expanduser('~'), '.globus', 'certificates')
 
 
-def find_ca(environ=None):
+def find_ca(environ):
     """('capath'|'cafile', location) in the order ALIENPY_USE_LOCAL_CAS, X509_CERT_DIR,
     X509_CERT_FILE, cvmfs, /etc/grid-security/certificates."""
-    environ = os.environ if environ is None else environ
     if environ.get('ALIENPY_USE_LOCAL_CAS'):
         local = local_cas_dir(environ)
         # as the reference client: the directory must hold getCAcerts' download
@@ -1152,10 +1148,9 @@ def ask_pass_phrase(key):
         raise AlienError('no pass phrase given for encrypted key %s' % key, EX_NOTCONN)
 
 
-def make_tls_context(cert, key, environ=None):
+def make_tls_context(cert, key, environ):
     """Client TLS context: server chain always verified, hostname checked unless
     ALIENPY_NO_VERIFY_HOSTNAME is set, our certificate presented."""
-    environ = os.environ if environ is None else environ
     check_key_permissions(key)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.verify_mode = ssl.CERT_REQUIRED
@@ -1172,35 +1167,22 @@ def make_tls_context(cert, key, environ=None):
     return ctx
 
 
-def stage_private_file(path, text, mode=0o400):
-    """A temp file next to path holding text, owner-only from the first byte
-    (created 0600, fsync, chmod mode) -> its name, to be renamed over path."""
-    directory = os.path.dirname(os.path.abspath(path))
-    import tempfile
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.')
-    try:
-        with os.fdopen(fd, 'w') as f:
-            f.write(text if text.endswith('\n') else text + '\n')
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        return tmp
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def write_private_files(pairs, mode=0o400):
-    """Write [(path, text)] owner-only from the first byte, as a unit: every file
-    is staged next to its target first, then all are renamed one right after
-    the other (nothing is replaced if one cannot be written)."""
+    """Write [(path, text)] as a unit: each staged in a temp file next to its target, owner-only
+    from the first byte (created 0600, fsync, chmod mode), then all renamed one right after the
+    other (nothing is replaced if one cannot be written)."""
+    import tempfile
     staged = []
     try:
         for path, text in pairs:
-            staged.append((stage_private_file(path, text, mode), path))
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
+                                       prefix='.' + os.path.basename(path) + '.')
+            staged.append((tmp, path))
+            with os.fdopen(fd, 'w') as f:
+                f.write(text if text.endswith('\n') else text + '\n')
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, mode)
         for tmp, path in staged:
             os.replace(tmp, path)
     except BaseException:
