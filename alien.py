@@ -1244,6 +1244,7 @@ def tls_handshake(sock, ctx, host, port, timeout):
 # Connect (RFC 8305 staggered), an HTTP proxy tunnel, then the websocket: pure
 # codecs first (handshake, frames), then the connection that uses them. Every
 # malformed input ends in WebSocketError, never in another exception.
+REFUSED_401 = 'the service refused the certificate (HTTP 401): is it registered in the ALICE VO?'
 
 WS_GUID = b'258EAFA5-E914-47DA-95CA-C5AB0DC85B11'
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
@@ -1280,8 +1281,7 @@ def parse_handshake_response(data, key):
         raise WebSocketError('handshake: not an HTTP reply: %r' % lines[0][:80])
     status = int(parts[1])
     if status == 401:
-        raise AlienError('the service refused the certificate (HTTP 401): is it registered in the ALICE VO?',
-                         EX_UNAUTHORIZED)
+        raise AlienError(REFUSED_401, EX_UNAUTHORIZED)
     if status != 101:
         raise WebSocketError('handshake: HTTP %d %s' % (status, parts[2] if len(parts) > 2 else ''))
     headers = {}
@@ -1387,11 +1387,8 @@ class MessageAssembler(object):
     handled through callbacks (ping -> on_ping(payload), close -> WebSocketClosed)."""
 
     def __init__(self, max_size=DEFAULT_MAX_MESSAGE):
-        self.max_size = max_size
-        self.buf = bytearray()
-        self.parts = []
-        self.size = 0
-        self.opcode = None
+        self.max_size, self.buf = max_size, bytearray()
+        self.parts, self.size, self.opcode = [], 0, None   # the message being assembled
 
     def feed(self, data):
         self.buf += data
@@ -1594,8 +1591,7 @@ class WebSocketClientTransport(_Transport):
                                                   enable_multithread=False)
         except websocket.WebSocketBadStatusException as e:
             if getattr(e, 'status_code', None) == 401:
-                raise AlienError('the service refused the certificate (HTTP 401): is it registered in the ALICE VO?',
-                                 EX_UNAUTHORIZED)
+                raise AlienError(REFUSED_401, EX_UNAUTHORIZED)
             raise WebSocketError('handshake: %s' % e)
         except (OSError, websocket.WebSocketException) as e:
             raise WebSocketError('handshake: %s' % e)
@@ -1841,14 +1837,9 @@ class JCentral(object):
 
     def __init__(self, environ=None, json_mode=None):
         self.environ = dict(os.environ if environ is None else environ)
-        self.user = ''
-        self.cwd = ''
-        self.home = ''
-        self.prevdir = ''
-        self.ws = None
-        self.peer = None
+        self.user = self.cwd = self.home = self.prevdir = ''
+        self.ws = self.peer = self.credential_kind = None
         self.peer_addr = None     # socket address of the connection (tried last after a loss)
-        self.credential_kind = None
         self.json_mode = env_flag('ALIENPY_JSON', self.environ) if json_mode is None else json_mode
         self.timeout = float(self.environ.get('ALIENPY_TIMEOUT') or 20)
         self.reconnect_timeout = env_number(self.environ, 'ALIENPY_RECONNECT_TIMEOUT', 60.0)
@@ -2102,13 +2093,10 @@ class JCentral(object):
 
     # -- one request, one reply --
     @staticmethod
-    def _encode(command, options, nomsg, nokeys):
-        opts = [str(o) for o in options]
-        if nokeys:
-            opts.insert(0, '-nokeys')
-        if nomsg:
-            opts.insert(0, '-nomsg')
-        return opts, json.dumps({'command': command, 'options': opts})
+    def _item(command, options, nomsg, nokeys, check=None):
+        """One request as (text, command, opts, check)."""
+        opts = (['-nomsg'] if nomsg else []) + (['-nokeys'] if nokeys else []) + [str(o) for o in options]
+        return (json.dumps({'command': command, 'options': opts}), command, opts, check)
 
     def _decode(self, reply, nokeys):
         metadata, results = parse_reply(reply, self.compact_rows and nokeys)
@@ -2242,11 +2230,6 @@ class JCentral(object):
         return out
 
     RESEND_LIMIT = 3  # times one request is sent again after lost connections or unproven replies
-
-    @staticmethod
-    def _item(command, options, nomsg, nokeys, check=None):
-        opts, text = JCentral._encode(command, options, nomsg, nokeys)
-        return (text, command, opts, check)
 
     def _transact(self, items, nokeys, window=1):
         """Send items [(text, command, opts, check)] -> [Result] in order, pipelined
