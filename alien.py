@@ -117,10 +117,8 @@ class Result(object):
 
 
 class LazyRegex(object):
-    """re.compile(pattern, flags), done at the first use: compiling the module's
-    twenty patterns at import costs about 3 ms of every start, most of them for
-    commands that are not run. After the first use the pattern's methods sit in
-    the instance, as fast to reach as on the compiled pattern itself."""
+    """re.compile(pattern, flags) at the first use: compiling the module's twenty patterns at
+    import costs ~3 ms of every start. Then the pattern's methods sit in the instance (as fast)."""
 
     def __init__(self, pattern, flags=0):
         self._args = (pattern, flags)
@@ -155,12 +153,10 @@ class JsonTooDeep(ValueError):
 
 
 def json_too_deep(text, limit=JSON_MAX_DEPTH):
-    """True when the JSON text nests arrays/objects more than limit levels deep.
-    Brackets inside strings do not count. C-speed byte operations only (about
-    1 ns a character): escapes dropped, then everything but brackets and quotes
-    (UTF-8 sequences included), then strings; flat documents end
-    after a few passes removing innermost pairs, others get their exact depth
-    from a running sum."""
+    """True when the JSON text nests arrays/objects (brackets in strings aside) more than limit
+    levels deep. C-speed byte operations only (~1 ns a character): escapes, then all but brackets
+    and quotes, then strings dropped; flat documents end after a few passes removing innermost
+    pairs, others get their exact depth from a running sum."""
     if len(text) <= 2 * limit:
         return False
     if '\\' in text:
@@ -181,9 +177,8 @@ def json_too_deep(text, limit=JSON_MAX_DEPTH):
 
 
 def load_json(text, **kw):
-    """json.loads with bounded nesting: JsonTooDeep (a ValueError) beyond
-    JSON_MAX_DEPTH levels, ValueError when it is not JSON; never RecursionError.
-    The one JSON parser for replies and jobs."""
+    """The one JSON parser (replies, jobs): json.loads with JsonTooDeep (a ValueError) beyond
+    JSON_MAX_DEPTH levels, ValueError when it is not JSON; never RecursionError."""
     if json_too_deep(text):
         raise JsonTooDeep('nested more than %d levels deep' % JSON_MAX_DEPTH)
     try:
@@ -223,10 +218,9 @@ def _visible_char(c):
 
 
 def visible(text, keep_sgr=False, newlines=False):
-    """text with control characters (C0 but tab/newline, DEL, C1) and undecodable
-    bytes written as C escapes, like GNU ls -b: ESC -> \\033, CR -> \\r, byte
-    0xff -> \\377. keep_sgr keeps plain colour codes (ESC [ digits ; m);
-    newlines=True escapes newlines and tabs too (a name on one line)."""
+    """text with control characters (C0 but tab/newline, DEL, C1) and undecodable bytes as C
+    escapes, like GNU ls -b: ESC -> \\033, CR -> \\r, byte 0xff -> \\377. keep_sgr keeps colour
+    codes (ESC [ digits ; m); newlines=True escapes newlines and tabs too (a name on one line)."""
     rx = _CTRL_OR_SGR if keep_sgr else _CTRL
     if newlines:
         text = text.replace('\t', '\\t').replace('\n', '\\n')
@@ -236,11 +230,9 @@ def visible(text, keep_sgr=False, newlines=False):
 
 
 def term_text(text, stream, colour=False):
-    """The one sanitiser at the output points. text: untrusted text bound for
-    stream. On a terminal its control characters are escaped (visible()); when
-    colour is set (the messages of commands the service colours, e.g. listSEs),
-    plain SGR colour codes are kept unless NO_COLOR is set. Off a terminal
-    nothing is escaped (scripts get the bytes), but colour codes are removed."""
+    """The one sanitiser of untrusted text bound for stream. On a terminal control characters
+    are escaped (visible()), SGR colour codes kept with colour (commands the service colours,
+    e.g. listSEs) unless NO_COLOR is set. Off a terminal the bytes go as they are, colours removed."""
     try:
         tty = stream.isatty()
     except (AttributeError, ValueError):
@@ -304,9 +296,8 @@ def human_bytes(n):
 
 
 def local_time(stamp, unixtime=False):
-    """A unix time in s (10 digits) or ms (13 digits) as local 'YYYY-mm-dd HH:MM:SS[.mmm]+zone'
-    (no .000, as the reference prints whole seconds); the digits themselves with unixtime.
-    Anything else is returned as it is."""
+    """A unix time in s (10 digits) or ms (13) as local 'YYYY-mm-dd HH:MM:SS[.mmm]+zone' (no .000,
+    as the reference prints whole seconds); anything else, or with unixtime, as it is."""
     text = str(stamp)
     if unixtime or not re.match(r'^[0-9]{10}([0-9]{3})?$', text):
         return text
@@ -365,9 +356,8 @@ def write_lines(result, batch=4096):
 
 
 def table_line(values, widths):
-    """One line of a fixed-width table: each value padded to its width, printf's
-    field width (negative: left-aligned, positive: right-aligned); the values
-    beyond the widths (usually the last column) as they are."""
+    """One line of a fixed-width table: each value padded to its printf field width (negative:
+    left-aligned); the values beyond the widths (usually the last column) as they are."""
     return ''.join('%*s' % (w, v) for w, v in zip(widths, values)) + ''.join(str(v) for v in values[len(widths):])
 
 
@@ -377,9 +367,8 @@ def exit_status(code):
 
 
 class TempDir(object):
-    """The one temporary directory: private (mkdtemp makes it 0700), created at
-    the first use of .path, removed with its content on leaving the with-block
-    unless .keep was set (edit keeps a copy it could not upload)."""
+    """The one temporary directory: private (mkdtemp: 0700), made at the first use of .path, removed
+    with its content after the with-block unless .keep is set (edit's copy it could not upload)."""
     __slots__ = ('_prefix', '_dir', '_path', 'keep')
 
     def __init__(self, prefix, dir=None):
@@ -422,8 +411,7 @@ SERVICE_COLOUR_COMMANDS = ('listSEs', 'xrdstat', 'testSE', 'submit')
 
 
 def env_number(environ, name, default, kind=float, what='a number of seconds'):
-    """A number >= 0 from the environment (seconds by default); one-line error when
-    it is not one."""
+    """A number >= 0 from the environment (seconds by default); a one-line error otherwise."""
     value = environ.get(name, '').strip()
     if not value:
         return default
@@ -505,9 +493,8 @@ def ascii_host(host):
 
 
 def proxy_for(host, environ, scheme='https'):
-    """(proxy_host, proxy_port, 'user:pass' or None) from https_proxy/HTTPS_PROXY
-    (http_proxy/HTTP_PROXY for scheme 'http'), or None when there is no proxy or
-    no_proxy/NO_PROXY exempts host."""
+    """(proxy_host, proxy_port, 'user:pass' or None) from https_proxy/HTTPS_PROXY (http_proxy/
+    HTTP_PROXY for scheme 'http'); None without a proxy or when no_proxy/NO_PROXY exempts host."""
     url = environ.get(scheme + '_proxy') or environ.get(scheme.upper() + '_PROXY') or ''
     if not url:
         return None
@@ -829,9 +816,8 @@ def der_encode(tag, body):
 
 
 def name_hash(rdns):
-    """OpenSSL's subject hash (the <hash>.0 names of a CA directory): SHA-1 of the
-    canonical name - string values as UTF8String, lower case, blanks trimmed and
-    collapsed - first 4 bytes, little endian."""
+    """OpenSSL's subject hash (<hash>.0 in a CA directory): the first 4 bytes, little endian, of the
+    SHA-1 of the canonical name (strings as UTF8String, lower case, blanks trimmed and collapsed)."""
     out = b''
     for rdn in rdns:
         attrs = b''
@@ -974,9 +960,8 @@ def load_ca_store(kind, where):
 
 
 def verify_chain(path, kind, where, now=None):
-    """Check the certificate in path (with any further certificates of the same file
-    as intermediates, e.g. a proxy's chain) up to a CA of kind/where (find_ca()).
-    Returns None when it verifies, else the reason in a few words."""
+    """Check the certificate in path (the file's further certificates are intermediates, e.g. a
+    proxy's chain) up to a CA of kind/where (find_ca()): None when it verifies, else the reason."""
     now = time.time() if now is None else now
     chain = read_certs(path)
     store = load_ca_store(kind, where)
@@ -1082,10 +1067,8 @@ def unlock_token():
 
 
 def write_token_pair(cert, key, cert_text, key_text):
-    """Replace the token pair as a unit: both files staged next to their targets
-    first, then renamed one right after the other, under the renewal lock. A
-    process reading the pair between the two renames finds it mismatched, waits
-    for the lock and reads it again."""
+    """Replace the token pair as a unit (write_private_files) under the renewal lock: a process
+    reading it between the two renames finds it mismatched, waits for the lock, reads it again."""
     own = not _TOKEN_LOCK and lock_token(cert)   # token-init: not locked yet
     try:
         write_private_files([(key, key_text), (cert, cert_text)])
@@ -1217,9 +1200,8 @@ def tls_error(e, host):
 
 
 def worth_retrying(e):
-    """The one retry rule: an unreachable service may come back; a refused
-    credential, a TLS failure (other than a cut-off handshake) or any other
-    error will not."""
+    """The one retry rule: an unreachable service may come back; a refused credential, a TLS
+    failure (other than a cut-off handshake) or any other error will not."""
     return e.exitcode == EX_NOTCONN and not (isinstance(e, TLSError) and not e.transient)
 
 
@@ -1578,9 +1560,8 @@ def import_websocket_client():
 
 
 class WebSocketClientTransport(_Transport):
-    """The same interface on top of the optional `websocket-client` package
-    (ALIENPY_TRANSPORT=websocket-client). It is handed our TLS socket, so the
-    connect (staggered, proxy, network stack) and TLS are the same for both."""
+    """The same interface on the optional `websocket-client` package (ALIENPY_TRANSPORT), handed
+    our TLS socket: the connect (staggered, proxy, network stack) and TLS are the same for both."""
 
     def __init__(self, url, tls_sock, timeout, headers=()):
         websocket = self._mod = import_websocket_client()
@@ -1811,10 +1792,9 @@ def reply_to_result(metadata, results):
 
 
 class ConnectionLost(AlienError):
-    """The connection was lost and did not come back within the reconnect budget.
-    .results: what JCentral.request_many got before (answered requests keep their
-    results; the others are 107 results whose metadata 'outcome' says 'unknown'
-    (sent, reply lost) or 'not sent')."""
+    """The connection was lost and did not come back within the reconnect budget. .results: what
+    JCentral.request_many got before: the answered results, for the others 107 results whose
+    metadata 'outcome' says 'unknown' (sent, reply lost) or 'not sent'."""
 
     def __init__(self, message, results=None, exitcode=EX_NOTCONN):
         super().__init__(message, exitcode)
@@ -1822,18 +1802,16 @@ class ConnectionLost(AlienError):
 
 
 def lost_result(error, command, outcome):
-    """The 107 result of a request whose reply never came (outcome 'unknown') or
-    that was never sent ('not sent')."""
+    """The 107 result of a request whose reply never came (outcome 'unknown') or never sent ('not sent')."""
     text = ('%s; the outcome of "%s" is unknown' % (error, command) if outcome == 'unknown'
             else '%s; "%s" was not sent' % (error, command))
     return Result(EX_NOTCONN, '', text, [], {'exitcode': str(EX_NOTCONN), 'error': text, 'outcome': outcome})
 
 
 class JCentral(object):
-    """A JCentral session, connected at the first server request. request(command,
-    options) -> Result (raw reply in .results/.metadata); request_many(requests) ->
-    [Result]. Mirrored from every reply: user, cwd, home, prevdir. Session (the
-    command line section) adds command lines."""
+    """A JCentral session, connected at the first request: request(command, options) -> Result
+    (raw reply in .results/.metadata), request_many(requests) -> [Result]. Mirrored from every
+    reply: user, cwd, home, prevdir. Session (the command line section) adds command lines."""
 
     def __init__(self, environ=None, json_mode=None):
         self.environ = dict(os.environ if environ is None else environ)
@@ -1863,11 +1841,10 @@ class JCentral(object):
 
     # -- connection --
     def connect(self, want_user=False, avoid=None, tries=None, first=()):
-        """Open a connection (closing any old one). `avoid`: a socket address to try
-        last; `tries`: rounds over the endpoints (default ALIENPY_CONNECT_TRIES);
-        `first`: the texts of the requests that made us connect: they go out right
-        behind the upgrade request (with the built-in websocket; a service that
-        refuses the upgrade runs none of them), and the caller reads their replies."""
+        """Open a connection (closing any old one). avoid: a socket address to try last; tries:
+        rounds over the endpoints (default ALIENPY_CONNECT_TRIES); first: the texts of the requests
+        that made us connect: they go right behind the upgrade request (built-in websocket; a service
+        refusing the upgrade runs none of them), and the caller reads their replies."""
         self.close(helpers=False)
         kind, ctx = self.tls if self.tls and not want_user else self._credentials(want_user)
         self.tls = kind, ctx
@@ -1907,13 +1884,10 @@ class JCentral(object):
         return self
 
     def _credentials(self, want_user):
-        """(kind, TLS context): the token pair when it can be used, else the user pair.
-
-        An unusable token pair (expired, corrupt, unreadable, a key that does not
-        match) is passed over with a one-line notice, and renewed with the user
-        certificate. Renewal is for one process at a time (lock_token): the
-        others wait for its pair. The new token is fetched after the user's first
-        command, on the same connection (_token_due)."""
+        """(kind, TLS context): the token pair when it can be used, else the user pair. An unusable
+        token pair (expired, corrupt, unreadable, a key that does not match) is passed over with a
+        one-line notice, and renewed with the user certificate by one process at a time (lock_token:
+        the others wait for its pair), after the user's first command on that connection (_token_due)."""
         env = self.environ
         problem = None
         if not want_user:
@@ -2008,8 +1982,7 @@ class JCentral(object):
         return ws
 
     def close(self, helpers=True):
-        """Close the connection (and the helpers' too); a token renewal still due is
-        done first (after the user's command has been answered and printed)."""
+        """Close the connection (and the helpers'); a token renewal still due is done first."""
         for h in self.helpers if helpers else ():
             h.close()
         if self.ws is not None and self._token_due == 'due':
@@ -2040,11 +2013,10 @@ class JCentral(object):
         return self._decode(reply, False)
 
     def _reconnect(self, reason=''):
-        """A new connection in the same server-side directory, after a loss (or a
-        connection dropped on purpose). Tried over every address of the endpoint,
-        the lost one last, with exponential backoff and jitter, for up to
-        ALIENPY_RECONNECT_TIMEOUT seconds. When the first attempt fails the outage
-        is real: one line on stderr then, and one when the connection is back."""
+        """A new connection in the same server-side directory after a loss (or a drop on purpose):
+        every address of the endpoint, the lost one last, with exponential backoff and jitter, for up
+        to ALIENPY_RECONNECT_TIMEOUT s. When the first attempt fails the outage is real: one line
+        on stderr then, and one when the connection is back."""
         import random
         failed = self.peer_addr
         self.drop()
@@ -2112,33 +2084,28 @@ class JCentral(object):
         return result
 
     def request_many(self, requests, nomsg=False, nokeys=False, window=32):
-        """[(command, options[, check])] -> [Result] in order.
-
-        The real endpoint waits at most 1 s for a session's command before it reads
-        the next message, which may then run with another request's arguments or get
-        its reply (docs/protocol.md). So requests go out several at a time (up to
-        `window`) only when each has a check(result) -> True (provably its reply),
-        None (cannot tell) or False (contradicts it), and only while replies are
-        quick. A slow, empty, non-JSON or contradicting reply ends the pipelining for
-        good and retires the connection. An unproven reply is asked for again alone
-        when that is safe (_can_resend), else its result says 'outcome': 'unknown';
+        """[(command, options[, check])] -> [Result] in order. The real endpoint waits at most 1 s
+        for a session's command before it reads the next message, which may then run with another
+        request's arguments or get its reply (docs/protocol.md). So requests go out several at a time
+        (up to `window`) only when each has a check(result) -> True (provably its reply), None (cannot
+        tell) or False (contradicts it), and only while replies are quick. A slow, empty, non-JSON or
+        contradicting reply ends the pipelining for good and retires the connection. An unproven reply
+        is asked for again alone when safe (_can_resend), else its result says 'outcome': 'unknown';
         ConnectionLost when the connection does not come back."""
         items = [self._item(r[0], r[1], nomsg, nokeys, r[2] if len(r) > 2 else None) for r in requests]
         if self.spread and self.pipeline and len(items) >= self.SPREAD_MIN and all(i[3] for i in items):
             return self._spread(items, nokeys, window)
         return self._transact(items, nokeys, window)
 
-    # The endpoint runs one session's commands one after the other, however they are
-    # pipelined: a session does at most about 1/(cost) of them a second (a real service
-    # spends ~6 ms on an access or a commit). A large batch of checked requests is
-    # shared with up to ALIENPY_SESSIONS - 1 more sessions (each a login, which the 2024 throttle
-    # counts as 10 requests), only while replies are quick: once one is slow, requests
-    # go one at a time on this session alone.
+    # The endpoint runs one session's commands one after the other, however pipelined: at most
+    # about 1/(cost) a second (~6 ms for an access or a commit). A large batch of checked requests
+    # is shared with up to ALIENPY_SESSIONS - 1 more sessions (each a login, which the 2024 throttle
+    # counts as 10 requests) while replies are quick: once one is slow, one at a time on this one.
     SPREAD_MIN = 32
 
     def spread_ahead(self):
-        """Connect the helper sessions now, in the background: cp calls it when a copy
-        large enough to share its requests is coming, so that they are ready by then."""
+        """Connect the helper sessions now, in the background (cp: a copy large enough to share
+        its requests is coming)."""
         if not self.spread or not self.pipeline:
             return
         if self.tls is None:
@@ -2159,10 +2126,9 @@ class JCentral(object):
             log('a helper session could not connect: %s' % e)
 
     def _spread(self, items, nokeys, window):
-        """_transact of items, shared out a slice at a time between this session (in
-        the calling thread) and its helpers (threads, spread_ahead) that are connected:
-        one slice each (all of it while none is: a helper still connecting delays
-        nothing, and over a WAN a slice costs a round trip)."""
+        """_transact of items, a slice each for this session (the calling thread) and its connected
+        helpers (threads, spread_ahead); all of it while none is: a helper still connecting delays
+        nothing, and over a WAN a slice costs a round trip."""
         self.spread_ahead()
         out = [None] * len(items)
         ready = 1 + sum(h.ws is not None for h in self.helpers)
@@ -2339,12 +2305,10 @@ class JCentral(object):
         return out
 
     def _judge(self, item, text, nokeys, pipelined):
-        """(Result, verdict) of one reply: True when it is the request's own, None when
-        that cannot be told, False when it cannot be (its check says so, or among
-        others it is empty or not JSON: a sign of the race). Alone on a connection a
-        broken reply is the service's answer, except an empty one, which is asked
-        for again where that is safe (the service sends one under load); the outcome
-        of a modifying request answered so is unknown."""
+        """(Result, verdict) of one reply: True when it is the request's own, None when that cannot
+        be told, False when it cannot be (its check says so, or among others it is empty or not JSON:
+        a sign of the race). Alone, a broken reply is the service's answer (a modifying request's
+        outcome unknown), but an empty one (sent under load) is asked for again where safe."""
         check = item[3]
         try:
             result = self._decode(text, nokeys)
@@ -2365,9 +2329,8 @@ class JCentral(object):
         return result, (True if verdict is None and not pipelined else verdict)
 
     def _drain(self, pending, out, nokeys, wait=2.0):
-        """After Ctrl-C: read the replies of requests already sent, for up to
-        `wait` seconds, so that what they did is known (a second Ctrl-C stops it).
-        Only for modifying requests: a read-only one is simply dropped."""
+        """After Ctrl-C: read the replies of modifying requests already sent (for up to `wait` s, a
+        second Ctrl-C stops it), so that what they did is known; read-only ones are dropped."""
         if all(self._can_resend(command, opts) for _, command, opts, _c in pending):
             return
         try:
@@ -2395,8 +2358,7 @@ class JCentral(object):
             self._fetch_token()
 
     def _fetch_token(self, direct=False):
-        """The token renewal that was due (see _credentials), on this connection;
-        direct: without recovery if the connection is gone."""
+        """The token renewal that was due (_credentials); direct: no recovery if the connection is gone."""
         self._token_due = None
         try:
             reply = self._direct('token', ['-nomsg']) if direct else self.request('token', nomsg=True)
