@@ -126,15 +126,13 @@ class LazyRegex(object):
     def __getattr__(self, name):
         if name.startswith('__'):
             raise AttributeError(name)
-        value = getattr(re.compile(*self._args), name)
-        self.__dict__[name] = value
+        value = self.__dict__[name] = getattr(re.compile(*self._args), name)
         return value
 
 
 # ---- untrusted input and output: bounded JSON, terminal-safe text ----------
-# Everything that comes from the network or from user files is parsed with
-# bounds (nesting, size, count), and every text that reaches a terminal goes
-# through term_text(): control characters are shown escaped, not obeyed.
+# Everything from the network or from user files is parsed with bounds (nesting, size, count),
+# and every text that reaches a terminal goes through term_text(): control characters escaped.
 
 JSON_MAX_DEPTH = 64          # replies nest 3 deep, gfal jobs 4: far more than any real document
 INPUT_MAX_BYTES = 16 << 20   # -input files, gfal jobs: 16 MiB
@@ -351,8 +349,7 @@ def write_lines(result, batch=4096):
         return
     lines[0], lines[-1] = lines[0].lstrip(), lines[-1].rstrip()
     for i in range(0, len(lines), batch):
-        sys.stdout.write(safe('\n'.join(lines[i:i + batch])))
-        sys.stdout.write('\n')
+        sys.stdout.write(safe('\n'.join(lines[i:i + batch])) + '\n')
 
 
 def table_line(values, widths):
@@ -694,14 +691,11 @@ _DER_STRINGS = {0x0c: 'utf-8', 0x13: 'latin-1', 0x14: 'latin-1', 0x16: 'latin-1'
 
 def der_name(data, start, end):
     """Name -> [[(oid, value tag, value bytes, value element bytes)], ...] (one list per RDN)."""
-    rdns = []
-    for _t, s, e, _h in der_items(data, start, end):
-        rdn = []
-        for _t2, s2, e2, _h2 in der_items(data, s, e):
-            (_o, os_, oe, _), (vt, vs, ve, vh) = der_items(data, s2, e2)[:2]
-            rdn.append((der_oid(data[os_:oe]), vt, data[vs:ve], data[vh:ve]))
-        rdns.append(rdn)
-    return rdns
+    def attribute(s, e):
+        (_o, os_, oe, _), (vt, vs, ve, vh) = der_items(data, s, e)[:2]
+        return der_oid(data[os_:oe]), vt, data[vs:ve], data[vh:ve]
+    return [[attribute(s2, e2) for _t2, s2, e2, _h2 in der_items(data, s, e)]
+            for _t, s, e, _h in der_items(data, start, end)]
 
 
 def _dn_value(oid, tag, value, element):
@@ -940,14 +934,12 @@ def load_ca_store(kind, where):
             names = sorted(os.listdir(where))
         except OSError:
             names = []
-        seen, paths = set(), []
+        unique = collections.OrderedDict()   # real path -> its first name (<hash>.0 links to a .pem)
         for name in names:
             full = os.path.join(where, name)
-            real = os.path.realpath(full)
-            if real not in seen and (name.endswith('.pem') or re.match(r'^[0-9a-f]{8}\.\d+$', name)) \
-                    and os.path.isfile(full):
-                seen.add(real)
-                paths.append(full)
+            if (name.endswith('.pem') or re.match(r'^[0-9a-f]{8}\.\d+$', name)) and os.path.isfile(full):
+                unique.setdefault(os.path.realpath(full), full)
+        paths = list(unique.values())
     store = {}
     for path in paths:
         try:
@@ -1300,11 +1292,9 @@ def encode_frame(opcode, payload, fin=True, mask=None):
     if n < 126:
         head.append(0x80 | n)
     elif n < 65536:
-        head.append(0x80 | 126)
-        head += struct.pack('!H', n)
+        head += struct.pack('!BH', 0x80 | 126, n)
     else:
-        head.append(0x80 | 127)
-        head += struct.pack('!Q', n)
+        head += struct.pack('!BQ', 0x80 | 127, n)
     return bytes(head) + mask + mask_payload(payload, mask)
 
 
@@ -1511,15 +1501,14 @@ class WebSocket(_Transport):
                 raise
             if event is None:
                 self.asm.feed(self._recv_raw(keepalive))
-                continue
-            if event[0] == 'ping':
+            elif event[0] == 'ping':
                 self._send_frame(OP_PONG, event[1])
-                continue
-            if event[0] == 'close':
+            elif event[0] == 'close':
                 self.close(1000)
                 raise WebSocketError('the server closed the connection (code %d%s)'
                                      % (event[1], ': ' + event[2] if event[2] else ''))
-            return event
+            else:
+                return event
 
     def recv_text(self):
         """Next text message as str (pings answered on the way)."""
@@ -1570,11 +1559,9 @@ class WebSocketClientTransport(_Transport):
             self.ws = websocket.create_connection(url, socket=tls_sock, timeout=timeout,
                                                   header=['%s: %s' % kv for kv in headers],
                                                   enable_multithread=False)
-        except websocket.WebSocketBadStatusException as e:
+        except (OSError, websocket.WebSocketException) as e:   # (a bad status is one, with its code)
             if getattr(e, 'status_code', None) == 401:
                 raise AlienError(REFUSED_401, EX_UNAUTHORIZED)
-            raise WebSocketError('handshake: %s' % e)
-        except (OSError, websocket.WebSocketException) as e:
             raise WebSocketError('handshake: %s' % e)
 
     def _translate(self, e):
@@ -1783,9 +1770,8 @@ def parse_reply(text, compact=False):
 
 
 def reply_to_result(metadata, results):
-    code = metadata.get('exitcode', '0')
     try:
-        exitcode = int(code)
+        exitcode = int(metadata.get('exitcode', '0'))
     except (TypeError, ValueError, OverflowError):
         exitcode = 121
     return Result(exitcode, None, str(metadata.get('error', '') or ''), results, metadata)
@@ -2114,8 +2100,7 @@ class JCentral(object):
             h = JCentral(self.environ, self.json_mode)
             h.tls, h.timeout, h.reconnect_timeout, h.spread, h.outage = \
                 self.tls, self.timeout, self.reconnect_timeout, False, self.outage
-            h.connecting = threading.Thread(target=h._connect_quietly, name='alienpy-connect')
-            h.connecting.daemon = True
+            h.connecting = threading.Thread(target=h._connect_quietly, name='alienpy-connect', daemon=True)
             h.connecting.start()
             self.helpers.append(h)
 
@@ -2159,9 +2144,9 @@ class JCentral(object):
                     self.pipeline = False        # slow replies: fewer sessions
                 if state['error'] is not None:
                     return
-        threads = [threading.Thread(target=work, args=(h,), name='alienpy-session') for h in self.helpers]
+        threads = [threading.Thread(target=work, args=(h,), name='alienpy-session', daemon=True)
+                   for h in self.helpers]
         for t in threads:
-            t.daemon = True
             t.start()
         try:
             work(self)
