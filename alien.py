@@ -186,8 +186,7 @@ def load_json(text, **kw):
 
 
 def read_text_limited(source, limit):
-    """UTF-8 text of a file (path) or stream, read at most limit bytes into
-    memory. ValueError when it is larger or not UTF-8, OSError when unreadable."""
+    """UTF-8 text of a file (path) or stream, at most limit bytes read: ValueError beyond, or not UTF-8."""
     if isinstance(source, str):
         with open(source, 'rb') as f:
             data = f.read(limit + 1)
@@ -272,8 +271,7 @@ _AUTHZ = LazyRegex(r'(authz=)[^&\s"]+')
 
 
 def redact(text, limit=4000):
-    """Log-safe text: PEM blocks (keys, certificates, sealed envelopes) and authz
-    values reduced to their length; long texts cut."""
+    """Log-safe text: PEM blocks (keys, certificates, envelopes), authz values as their length, long cut."""
     text = _SECRET.sub(lambda m: '<%s: %d chars>' % (m.group(1), len(m.group(0))), text)
     text = _AUTHZ.sub(lambda m: m.group(1) + '<%d chars>' % (len(m.group(0)) - 6), text)
     return text if len(text) <= limit else text[:limit] + '... <%d chars>' % len(text)
@@ -401,9 +399,8 @@ DEFAULT_PORT = 8097
 WS_PATH = '/websocket/json'
 
 
-# Server commands whose messages carry the service's own colour codes (SGR):
-# kept on a terminal, removed in a pipe or with NO_COLOR. Any other text from
-# the network shows its control characters escaped on a terminal.
+# Server commands whose messages carry the service's own colour codes (SGR): kept on a terminal,
+# removed in a pipe or with NO_COLOR. Other text from the network has its control characters escaped.
 SERVICE_COLOUR_COMMANDS = ('listSEs', 'xrdstat', 'testSE', 'submit')
 
 
@@ -606,9 +603,8 @@ def materialize_pem(value, kind):
 
 
 # ---- certificates: a small DER reader (the ssl module has no public parser) ----
-# X.509 certificates are read here from their DER bytes: names, validity,
-# public key, extensions. Chain checks (cert-verify) verify RSA (PKCS#1 v1.5)
-# and ECDSA (P-256, P-384) signatures with integer arithmetic and hashlib.
+# X.509 certificates read from their DER bytes: names, validity, public key, extensions. Chain checks
+# (cert-verify) verify RSA (PKCS#1 v1.5) and ECDSA (P-256, P-384) with integers and hashlib.
 
 class CertError(ValueError):
     """A file that holds no readable X.509 certificate."""
@@ -985,9 +981,8 @@ def verify_chain(path, kind, where, now=None):
 
 
 def token_problem(cert, key, now=None):
-    """Why a certificate/key pair cannot be used: None when it can (as far as the files
-    tell: the key must still match, see JCentral._credentials), 'missing' when
-    there is no token at all, else a short reason."""
+    """Why a cert/key pair cannot be used: None when it can (as far as the files tell: the key must
+    still match, see JCentral._credentials), 'missing' when neither file is there, else a reason."""
     if not os.path.exists(cert) and not os.path.exists(key):
         return 'missing'
     for path in (cert, key):
@@ -1022,9 +1017,8 @@ def choose_credentials(environ, want_user=False, now=None):
                      % (ucert, ukey, tcert, '' if problem in ('', 'missing') else ': ' + problem), EX_NOTCONN)
 
 
-# Token renewal is serialised across processes (a worker node starts many jobs at
-# once): a flock on a file next to the token certificate. The holder fetches and
-# writes the pair; the others wait for it and use its pair.
+# Token renewal is serialised across processes (a worker node starts many jobs at once): a flock
+# on a file next to the token certificate. The holder fetches and writes the pair; the others wait for it.
 TOKEN_LOCK_WAIT = 5.0
 _TOKEN_LOCK = []   # the open lock file while this process is the one renewing
 
@@ -1081,15 +1075,13 @@ def check_key_permissions(key):
 
 
 def local_cas_dir(environ):
-    """The CA directory ALIENPY_USE_LOCAL_CAS asks for: its value if that is a
-    directory, else ~/.globus/certificates (where getCAcerts puts them)."""
+    """ALIENPY_USE_LOCAL_CAS's value if it is a directory, else ~/.globus/certificates (getCAcerts')."""
     value = os.path.expanduser(environ.get('ALIENPY_USE_LOCAL_CAS', ''))
     return value if value and os.path.isdir(value) else os.path.join(os.path.expanduser('~'), '.globus', 'certificates')
 
 
 def find_ca(environ):
-    """('capath'|'cafile', location) in the order ALIENPY_USE_LOCAL_CAS, X509_CERT_DIR,
-    X509_CERT_FILE, cvmfs, /etc/grid-security/certificates."""
+    """('capath'|'cafile', location) from ALIENPY_USE_LOCAL_CAS, X509_CERT_DIR, X509_CERT_FILE, CA_DIRS."""
     if environ.get('ALIENPY_USE_LOCAL_CAS'):
         local = local_cas_dir(environ)
         # as the reference client: the directory must hold getCAcerts' download
@@ -1124,8 +1116,7 @@ def ask_pass_phrase(key):
 
 
 def make_tls_context(cert, key, environ):
-    """Client TLS context: server chain always verified, hostname checked unless
-    ALIENPY_NO_VERIFY_HOSTNAME is set, our certificate presented."""
+    """TLS context, our certificate: server chain always verified, name unless ALIENPY_NO_VERIFY_HOSTNAME."""
     check_key_permissions(key)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.verify_mode = ssl.CERT_REQUIRED
@@ -1198,8 +1189,7 @@ def worth_retrying(e):
 
 
 def tls_handshake(sock, ctx, host, port, timeout):
-    """TLS over a connected socket (closed on failure) -> the verified TLS socket;
-    failures as one-line TLSError/AlienError (exit 107)."""
+    """TLS over a connected socket (closed on failure) -> verified TLS socket; one-line errors (107)."""
     try:
         sock.settimeout(timeout)
         # Python 3.6 checks the name itself and needs it as str
@@ -1215,9 +1205,8 @@ def tls_handshake(sock, ctx, host, port, timeout):
 # ==========================================================================
 # Transport: TCP (RFC 8305), HTTP proxies, WebSocket (RFC 6455)
 # ==========================================================================
-# Connect (RFC 8305 staggered), an HTTP proxy tunnel, then the websocket: pure
-# codecs first (handshake, frames), then the connection that uses them. Every
-# malformed input ends in WebSocketError, never in another exception.
+# Connect (RFC 8305 staggered), an HTTP proxy tunnel, then the websocket: pure codecs first (handshake,
+# frames), then the connection. Every malformed input ends in WebSocketError, never in another exception.
 REFUSED_401 = 'the service refused the certificate (HTTP 401): is it registered in the ALICE VO?'
 
 WS_GUID = b'258EAFA5-E914-47DA-95CA-C5AB0DC85B11'
@@ -1247,8 +1236,7 @@ def build_handshake(host, port, path, key, headers=()):
 
 
 def parse_handshake_response(data, key):
-    """Validate the server's 101 reply (bytes up to and including the blank line).
-    Returns the headers (lower-case names); raises WebSocketError/AlienError."""
+    """Check the server's 101 reply (bytes up to the blank line) -> its headers (lower-case names)."""
     lines = data.decode('iso-8859-1').split('\r\n')   # (decodes every byte)
     parts = lines[0].split(' ', 2)
     if len(parts) < 2 or not parts[0].startswith('HTTP/1.') or not re.match(r'^[0-9]{3}$', parts[1]):
@@ -1355,8 +1343,7 @@ def parse_close_payload(payload):
 
 
 class MessageAssembler(object):
-    """Feeds bytes, yields complete messages. Control frames between fragments are
-    handled through callbacks (ping -> on_ping(payload), close -> WebSocketClosed)."""
+    """Fed bytes (feed), returns complete messages and control frames as events (next_event)."""
 
     def __init__(self, max_size=DEFAULT_MAX_MESSAGE):
         self.max_size, self.buf = max_size, bytearray()
@@ -1366,8 +1353,7 @@ class MessageAssembler(object):
         self.buf += data
 
     def next_event(self):
-        """('message', opcode, bytes) | ('ping', payload) | ('pong', payload) |
-        ('close', code, reason) | None when more bytes are needed."""
+        """('message', opcode, bytes) | ('ping'|'pong', payload) | ('close', code, reason) | None."""
         while True:
             frame = parse_frame(self.buf, 0, self.max_size)
             if frame is None:
@@ -1431,9 +1417,8 @@ class WebSocket(_Transport):
         self.bufsize = 65536  # grows up to 4 MiB while replies keep filling it
 
     def handshake(self, host, port, path, headers=(), early=()):
-        """The upgrade request, and right behind it the text messages `early`
-        (they wait in the server's buffer until it has upgraded): the first
-        request does not wait a round trip for the 101."""
+        """The upgrade request and right behind it the text messages `early` (they wait in the
+        server's buffer until it has upgraded): the first request does not wait for the 101."""
         key = base64.b64encode(os.urandom(16)).decode('ascii')
         self.sock.sendall(build_handshake(host, port, path, key, headers) +
                           b''.join(encode_frame(OP_TEXT, t.encode('utf-8')) for t in early))
@@ -1737,9 +1722,8 @@ def connect_tunnel(sock, host, port, auth=None, timeout=10.0):
 # ==========================================================================
 # JCentral session: requests, replies, session state
 # ==========================================================================
-# One JSON request -> one JSON reply, several at once only when each reply can
-# be told to be its own (docs/protocol.md); the session state mirrored from
-# every reply's metadata.
+# One JSON request -> one JSON reply, several at once only when each reply can be told to be its
+# own (docs/protocol.md); the session state mirrored from every reply's metadata.
 
 # Commands that read only: safe to send again after a transparent reconnect.
 READ_ONLY_COMMANDS = frozenset('''pwd ls find stat whereis whoami listSEs version commandlist type
@@ -1752,9 +1736,8 @@ def _compact_row(d):
 
 
 def parse_reply(text, compact=False):
-    """(metadata, results) of a JCentral reply text; AlienError when it is not one.
-    compact: rows that carry only a message become that string (a third of the
-    memory for large listings that are only printed)."""
+    """(metadata, results) of a JCentral reply text, AlienError when it is not one. compact: rows
+    of only a message become that string (a third of the memory for listings only printed)."""
     if not text:
         raise AlienError('empty reply from the server', EX_EMPTY_REPLY)
     try:
@@ -1952,10 +1935,9 @@ class JCentral(object):
             except WebSocketError:
                 if not early:
                     raise
-            # Refusing the upgrade (401), a server may close the connection with our
-            # requests unread: its TCP reset can swallow the answer. Once more, and
-            # this time the requests wait for the 101 (no server acts on a request
-            # before it has upgraded, so none ran).
+            # Refusing the upgrade (401), a server may close the connection with our requests
+            # unread: its TCP reset can swallow the answer. Once more, the requests waiting for
+            # the 101 this time (no server acts on a request before it has upgraded: none ran).
             tls.close()
             return self._open(ctx, host, port, early, avoid, pipelined=False)
         except AlienError:
@@ -1976,8 +1958,7 @@ class JCentral(object):
         self.drop()
 
     def drop(self):
-        """Forget the connection without a word (a reply may be half read); the
-        next request makes a new one in the same directory."""
+        """Forget the connection (a reply may be half read): the next request reconnects, same cwd."""
         ws, self.ws = self.ws, None
         if ws is not None:
             try:
@@ -2039,8 +2020,7 @@ class JCentral(object):
             print_error('alien.py: connection back after %.1f s' % (time.monotonic() - t0))
 
     def _ensure_connected(self):
-        """A usable connection: the first one, or a new one (same cwd) when the old
-        one was lost, dropped, or found dead by the idle check."""
+        """A usable connection: the first, or a new one (same cwd) for one lost, dropped or found dead."""
         if self.ws is not None and self.ws.alive(self.timeout):
             return
         if self.ws is None and self.peer is None:
@@ -2090,8 +2070,7 @@ class JCentral(object):
     SPREAD_MIN = 32
 
     def spread_ahead(self):
-        """Connect the helper sessions now, in the background (cp: a copy large enough to share
-        its requests is coming)."""
+        """Connect the helper sessions now, in the background (cp: a copy large enough is coming)."""
         if not self.spread or not self.pipeline:
             return
         if self.tls is None:
@@ -2183,10 +2162,9 @@ class JCentral(object):
     RESEND_LIMIT = 3  # times one request is sent again after lost connections or unproven replies
 
     def _transact(self, items, nokeys, window=1):
-        """Send items [(text, command, opts, check)] -> [Result] in order, pipelined
-        as request_many says, through lost connections (_reconnect): an unanswered
-        request is sent again when safe, at most RESEND_LIMIT times; a modifying one
-        whose reply was lost or unproven never is (lost_result(... 'unknown'))."""
+        """Send items [(text, command, opts, check)] -> [Result] in order, pipelined as request_many
+        says, through lost connections (_reconnect): an unanswered request is sent again when safe,
+        at most RESEND_LIMIT times; a modifying one whose reply was lost or unproven never is ('unknown')."""
         if self._token_due == 'due':
             self._fetch_token()
         debug = env_flag('ALIENPY_DEBUG', self.environ)
@@ -2238,8 +2216,7 @@ class JCentral(object):
                         log('reply %.1f ms %s' % ((now - t_send) * 1000, redact(text.replace('\\/', '/'))))
                     elif env_flag('ALIENPY_TIMING', self.environ):
                         log('timing %s %.1f ms %d bytes' % (items[i][1], (now - t_send) * 1000, len(text)))
-                    # (a large reply alone, a listing, may take its time: a microsecond
-                    # a byte is allowed for making and sending it)
+                    # (a large reply alone, a listing, is allowed a microsecond a byte to be made and sent)
                     allowed = self.slow_reply + (len(text) * 1e-6 if len(chunk) == 1 and items[i][3] is None else 0)
                     if busy > allowed and self.pipeline:
                         self.pipeline = False
