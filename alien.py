@@ -463,8 +463,7 @@ def jbox_endpoint(environ):
 
 
 def endpoints(environ):
-    """Endpoints to try, in order. ALIENPY_JCENTRAL (host or host:port) is exclusive;
-    otherwise JALIEN_HOST/JALIEN_WSPORT, a local JBox, then the default service."""
+    """Endpoints in order: ALIENPY_JCENTRAL alone, else JALIEN_HOST/JALIEN_WSPORT, a JBox, the default."""
     if environ.get('ALIENPY_JCENTRAL'):
         return [parse_hostport(environ['ALIENPY_JCENTRAL'], _env_port(environ, 'ALIENPY_JCENTRAL_PORT'))]
     found = []
@@ -536,8 +535,7 @@ def read_settings(path):
 
 
 def parse_settings(text):
-    """[(key, value)] of 'key = value' lines (also key=value); '#' starts a
-    comment line; one pair of surrounding quotes is removed from the value."""
+    """[(key, value)] of 'key = value' lines ('#': a comment line), a value's one pair of quotes removed."""
     pairs = []
     for line in text.splitlines():
         line = line.strip()
@@ -1432,8 +1430,7 @@ class WebSocket(_Transport):
         self.asm.feed(rest)
 
     def _recv_raw(self, keepalive=True):
-        """Next bytes from the socket. When the server is silent for one timeout we
-        ping it; silence for another timeout means the connection is dead."""
+        """Next bytes from the socket: a server silent for one timeout is pinged, for another it is dead."""
         while True:
             try:
                 chunk = self.sock.recv(self.bufsize)
@@ -1571,8 +1568,7 @@ class WebSocketClientTransport(_Transport):
         self.last_activity = time.monotonic()
 
     def recv_text(self):
-        """Next text message; like WebSocket: one ping on silence, then give up
-        (a pong or any other frame proves the server alive)."""
+        """Next text message; as WebSocket: one ping on silence, then give up (any frame proves it alive)."""
         pinged = False
         while True:
             try:
