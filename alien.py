@@ -117,10 +117,8 @@ class Result(object):
 
 
 class LazyRegex(object):
-    """re.compile(pattern, flags), done at the first use: compiling the module's
-    twenty patterns at import costs about 3 ms of every start, most of them for
-    commands that are not run. After the first use the pattern's methods sit in
-    the instance, as fast to reach as on the compiled pattern itself."""
+    """re.compile(pattern, flags) at the first use: compiling the module's twenty patterns at
+    import costs ~3 ms of every start. Then the pattern's methods sit in the instance (as fast)."""
 
     def __init__(self, pattern, flags=0):
         self._args = (pattern, flags)
@@ -128,15 +126,13 @@ class LazyRegex(object):
     def __getattr__(self, name):
         if name.startswith('__'):
             raise AttributeError(name)
-        value = getattr(re.compile(*self._args), name)
-        self.__dict__[name] = value
+        value = self.__dict__[name] = getattr(re.compile(*self._args), name)
         return value
 
 
 # ---- untrusted input and output: bounded JSON, terminal-safe text ----------
-# Everything that comes from the network or from user files is parsed with
-# bounds (nesting, size, count), and every text that reaches a terminal goes
-# through term_text(): control characters are shown escaped, not obeyed.
+# Everything from the network or from user files is parsed with bounds (nesting, size, count),
+# and every text that reaches a terminal goes through term_text(): control characters escaped.
 
 JSON_MAX_DEPTH = 64          # replies nest 3 deep, gfal jobs 4: far more than any real document
 INPUT_MAX_BYTES = 16 << 20   # -input files, gfal jobs: 16 MiB
@@ -155,12 +151,10 @@ class JsonTooDeep(ValueError):
 
 
 def json_too_deep(text, limit=JSON_MAX_DEPTH):
-    """True when the JSON text nests arrays/objects more than limit levels deep.
-    Brackets inside strings do not count. C-speed byte operations only (about
-    1 ns a character): escapes dropped, then everything but brackets and quotes
-    (UTF-8 sequences included), then strings; flat documents end
-    after a few passes removing innermost pairs, others get their exact depth
-    from a running sum."""
+    """True when the JSON text nests arrays/objects (brackets in strings aside) more than limit
+    levels deep. C-speed byte operations only (~1 ns a character): escapes, then all but brackets
+    and quotes, then strings dropped; flat documents end after a few passes removing innermost
+    pairs, others get their exact depth from a running sum."""
     if len(text) <= 2 * limit:
         return False
     if '\\' in text:
@@ -181,9 +175,8 @@ def json_too_deep(text, limit=JSON_MAX_DEPTH):
 
 
 def load_json(text, **kw):
-    """json.loads with bounded nesting: JsonTooDeep (a ValueError) beyond
-    JSON_MAX_DEPTH levels, ValueError when it is not JSON; never RecursionError.
-    The one JSON parser for replies and jobs."""
+    """The one JSON parser (replies, jobs): json.loads with JsonTooDeep (a ValueError) beyond
+    JSON_MAX_DEPTH levels, ValueError when it is not JSON; never RecursionError."""
     if json_too_deep(text):
         raise JsonTooDeep('nested more than %d levels deep' % JSON_MAX_DEPTH)
     try:
@@ -193,8 +186,7 @@ def load_json(text, **kw):
 
 
 def read_text_limited(source, limit):
-    """UTF-8 text of a file (path) or stream, read at most limit bytes into
-    memory. ValueError when it is larger or not UTF-8, OSError when unreadable."""
+    """UTF-8 text of a file (path) or stream, at most limit bytes read: ValueError beyond, or not UTF-8."""
     if isinstance(source, str):
         with open(source, 'rb') as f:
             data = f.read(limit + 1)
@@ -223,10 +215,9 @@ def _visible_char(c):
 
 
 def visible(text, keep_sgr=False, newlines=False):
-    """text with control characters (C0 but tab/newline, DEL, C1) and undecodable
-    bytes written as C escapes, like GNU ls -b: ESC -> \\033, CR -> \\r, byte
-    0xff -> \\377. keep_sgr keeps plain colour codes (ESC [ digits ; m);
-    newlines=True escapes newlines and tabs too (a name on one line)."""
+    """text with control characters (C0 but tab/newline, DEL, C1) and undecodable bytes as C
+    escapes, like GNU ls -b: ESC -> \\033, CR -> \\r, byte 0xff -> \\377. keep_sgr keeps colour
+    codes (ESC [ digits ; m); newlines=True escapes newlines and tabs too (a name on one line)."""
     rx = _CTRL_OR_SGR if keep_sgr else _CTRL
     if newlines:
         text = text.replace('\t', '\\t').replace('\n', '\\n')
@@ -236,11 +227,9 @@ def visible(text, keep_sgr=False, newlines=False):
 
 
 def term_text(text, stream, colour=False):
-    """The one sanitiser at the output points. text: untrusted text bound for
-    stream. On a terminal its control characters are escaped (visible()); when
-    colour is set (the messages of commands the service colours, e.g. listSEs),
-    plain SGR colour codes are kept unless NO_COLOR is set. Off a terminal
-    nothing is escaped (scripts get the bytes), but colour codes are removed."""
+    """The one sanitiser of untrusted text bound for stream. On a terminal control characters
+    are escaped (visible()), SGR colour codes kept with colour (commands the service colours,
+    e.g. listSEs) unless NO_COLOR is set. Off a terminal the bytes go as they are, colours removed."""
     try:
         tty = stream.isatty()
     except (AttributeError, ValueError):
@@ -282,8 +271,7 @@ _AUTHZ = LazyRegex(r'(authz=)[^&\s"]+')
 
 
 def redact(text, limit=4000):
-    """Log-safe text: PEM blocks (keys, certificates, sealed envelopes) and authz
-    values reduced to their length; long texts cut."""
+    """Log-safe text: PEM blocks (keys, certificates, envelopes), authz values as their length, long cut."""
     text = _SECRET.sub(lambda m: '<%s: %d chars>' % (m.group(1), len(m.group(0))), text)
     text = _AUTHZ.sub(lambda m: m.group(1) + '<%d chars>' % (len(m.group(0)) - 6), text)
     return text if len(text) <= limit else text[:limit] + '... <%d chars>' % len(text)
@@ -304,9 +292,8 @@ def human_bytes(n):
 
 
 def local_time(stamp, unixtime=False):
-    """A unix time in s (10 digits) or ms (13 digits) as local 'YYYY-mm-dd HH:MM:SS[.mmm]+zone'
-    (no .000, as the reference prints whole seconds); the digits themselves with unixtime.
-    Anything else is returned as it is."""
+    """A unix time in s (10 digits) or ms (13) as local 'YYYY-mm-dd HH:MM:SS[.mmm]+zone' (no .000,
+    as the reference prints whole seconds); anything else, or with unixtime, as it is."""
     text = str(stamp)
     if unixtime or not re.match(r'^[0-9]{10}([0-9]{3})?$', text):
         return text
@@ -360,14 +347,12 @@ def write_lines(result, batch=4096):
         return
     lines[0], lines[-1] = lines[0].lstrip(), lines[-1].rstrip()
     for i in range(0, len(lines), batch):
-        sys.stdout.write(safe('\n'.join(lines[i:i + batch])))
-        sys.stdout.write('\n')
+        sys.stdout.write(safe('\n'.join(lines[i:i + batch])) + '\n')
 
 
 def table_line(values, widths):
-    """One line of a fixed-width table: each value padded to its width, printf's
-    field width (negative: left-aligned, positive: right-aligned); the values
-    beyond the widths (usually the last column) as they are."""
+    """One line of a fixed-width table: each value padded to its printf field width (negative:
+    left-aligned); the values beyond the widths (usually the last column) as they are."""
     return ''.join('%*s' % (w, v) for w, v in zip(widths, values)) + ''.join(str(v) for v in values[len(widths):])
 
 
@@ -377,9 +362,8 @@ def exit_status(code):
 
 
 class TempDir(object):
-    """The one temporary directory: private (mkdtemp makes it 0700), created at
-    the first use of .path, removed with its content on leaving the with-block
-    unless .keep was set (edit keeps a copy it could not upload)."""
+    """The one temporary directory: private (mkdtemp: 0700), made at the first use of .path, removed
+    with its content after the with-block unless .keep is set (edit's copy it could not upload)."""
     __slots__ = ('_prefix', '_dir', '_path', 'keep')
 
     def __init__(self, prefix, dir=None):
@@ -415,15 +399,13 @@ DEFAULT_PORT = 8097
 WS_PATH = '/websocket/json'
 
 
-# Server commands whose messages carry the service's own colour codes (SGR):
-# kept on a terminal, removed in a pipe or with NO_COLOR. Any other text from
-# the network shows its control characters escaped on a terminal.
+# Server commands whose messages carry the service's own colour codes (SGR): kept on a terminal,
+# removed in a pipe or with NO_COLOR. Other text from the network has its control characters escaped.
 SERVICE_COLOUR_COMMANDS = ('listSEs', 'xrdstat', 'testSE', 'submit')
 
 
 def env_number(environ, name, default, kind=float, what='a number of seconds'):
-    """A number >= 0 from the environment (seconds by default); one-line error when
-    it is not one."""
+    """A number >= 0 from the environment (seconds by default); a one-line error otherwise."""
     value = environ.get(name, '').strip()
     if not value:
         return default
@@ -436,8 +418,7 @@ def env_number(environ, name, default, kind=float, what='a number of seconds'):
     return number
 
 
-def tmpdir(environ=None):
-    environ = os.environ if environ is None else environ
+def tmpdir(environ):
     return environ.get('TMPDIR') or environ.get('TEMP') or environ.get('TMP') or '/tmp'
 
 
@@ -482,8 +463,7 @@ def jbox_endpoint(environ):
 
 
 def endpoints(environ):
-    """Endpoints to try, in order. ALIENPY_JCENTRAL (host or host:port) is exclusive;
-    otherwise JALIEN_HOST/JALIEN_WSPORT, a local JBox, then the default service."""
+    """Endpoints in order: ALIENPY_JCENTRAL alone, else JALIEN_HOST/JALIEN_WSPORT, a JBox, the default."""
     if environ.get('ALIENPY_JCENTRAL'):
         return [parse_hostport(environ['ALIENPY_JCENTRAL'], _env_port(environ, 'ALIENPY_JCENTRAL_PORT'))]
     found = []
@@ -506,9 +486,8 @@ def ascii_host(host):
 
 
 def proxy_for(host, environ, scheme='https'):
-    """(proxy_host, proxy_port, 'user:pass' or None) from https_proxy/HTTPS_PROXY
-    (http_proxy/HTTP_PROXY for scheme 'http'), or None when there is no proxy or
-    no_proxy/NO_PROXY exempts host."""
+    """(proxy_host, proxy_port, 'user:pass' or None) from https_proxy/HTTPS_PROXY (http_proxy/
+    HTTP_PROXY for scheme 'http'); None without a proxy or when no_proxy/NO_PROXY exempts host."""
     url = environ.get(scheme + '_proxy') or environ.get(scheme.upper() + '_PROXY') or ''
     if not url:
         return None
@@ -556,8 +535,7 @@ def read_settings(path):
 
 
 def parse_settings(text):
-    """[(key, value)] of 'key = value' lines (also key=value); '#' starts a
-    comment line; one pair of surrounding quotes is removed from the value."""
+    """[(key, value)] of 'key = value' lines ('#': a comment line), a value's one pair of quotes removed."""
     pairs = []
     for line in text.splitlines():
         line = line.strip()
@@ -592,9 +570,8 @@ def _cleanup_temp_files():
             pass
 
 
-def credential_paths(environ=None):
+def credential_paths(environ):
     """(token_cert, token_key, user_cert, user_key) as the environment names them."""
-    environ = os.environ if environ is None else environ
     uid = os.getuid()
     tmp = tmpdir(environ)
     globus = os.path.join(os.path.expanduser('~'), '.globus')
@@ -624,9 +601,8 @@ def materialize_pem(value, kind):
 
 
 # ---- certificates: a small DER reader (the ssl module has no public parser) ----
-# X.509 certificates are read here from their DER bytes: names, validity,
-# public key, extensions. Chain checks (cert-verify) verify RSA (PKCS#1 v1.5)
-# and ECDSA (P-256, P-384) signatures with integer arithmetic and hashlib.
+# X.509 certificates read from their DER bytes: names, validity, public key, extensions. Chain checks
+# (cert-verify) verify RSA (PKCS#1 v1.5) and ECDSA (P-256, P-384) with integers and hashlib.
 
 class CertError(ValueError):
     """A file that holds no readable X.509 certificate."""
@@ -709,14 +685,11 @@ _DER_STRINGS = {0x0c: 'utf-8', 0x13: 'latin-1', 0x14: 'latin-1', 0x16: 'latin-1'
 
 def der_name(data, start, end):
     """Name -> [[(oid, value tag, value bytes, value element bytes)], ...] (one list per RDN)."""
-    rdns = []
-    for _t, s, e, _h in der_items(data, start, end):
-        rdn = []
-        for _t2, s2, e2, _h2 in der_items(data, s, e):
-            (_o, os_, oe, _), (vt, vs, ve, vh) = der_items(data, s2, e2)[:2]
-            rdn.append((der_oid(data[os_:oe]), vt, data[vs:ve], data[vh:ve]))
-        rdns.append(rdn)
-    return rdns
+    def attribute(s, e):
+        (_o, os_, oe, _), (vt, vs, ve, vh) = der_items(data, s, e)[:2]
+        return der_oid(data[os_:oe]), vt, data[vs:ve], data[vh:ve]
+    return [[attribute(s2, e2) for _t2, s2, e2, _h2 in der_items(data, s, e)]
+            for _t, s, e, _h in der_items(data, start, end)]
 
 
 def _dn_value(oid, tag, value, element):
@@ -831,9 +804,8 @@ def der_encode(tag, body):
 
 
 def name_hash(rdns):
-    """OpenSSL's subject hash (the <hash>.0 names of a CA directory): SHA-1 of the
-    canonical name - string values as UTF8String, lower case, blanks trimmed and
-    collapsed - first 4 bytes, little endian."""
+    """OpenSSL's subject hash (<hash>.0 in a CA directory): the first 4 bytes, little endian, of the
+    SHA-1 of the canonical name (strings as UTF8String, lower case, blanks trimmed and collapsed)."""
     out = b''
     for rdn in rdns:
         attrs = b''
@@ -956,14 +928,12 @@ def load_ca_store(kind, where):
             names = sorted(os.listdir(where))
         except OSError:
             names = []
-        seen, paths = set(), []
+        unique = collections.OrderedDict()   # real path -> its first name (<hash>.0 links to a .pem)
         for name in names:
             full = os.path.join(where, name)
-            real = os.path.realpath(full)
-            if real not in seen and (name.endswith('.pem') or re.match(r'^[0-9a-f]{8}\.\d+$', name)) \
-                    and os.path.isfile(full):
-                seen.add(real)
-                paths.append(full)
+            if (name.endswith('.pem') or re.match(r'^[0-9a-f]{8}\.\d+$', name)) and os.path.isfile(full):
+                unique.setdefault(os.path.realpath(full), full)
+        paths = list(unique.values())
     store = {}
     for path in paths:
         try:
@@ -976,9 +946,8 @@ def load_ca_store(kind, where):
 
 
 def verify_chain(path, kind, where, now=None):
-    """Check the certificate in path (with any further certificates of the same file
-    as intermediates, e.g. a proxy's chain) up to a CA of kind/where (find_ca()).
-    Returns None when it verifies, else the reason in a few words."""
+    """Check the certificate in path (the file's further certificates are intermediates, e.g. a
+    proxy's chain) up to a CA of kind/where (find_ca()): None when it verifies, else the reason."""
     now = time.time() if now is None else now
     chain = read_certs(path)
     store = load_ca_store(kind, where)
@@ -1009,15 +978,9 @@ def verify_chain(path, kind, where, now=None):
     return 'certificate chain too long'
 
 
-def usable_pair(cert, key, now=None):
-    """True if cert and key are readable files and cert has >= VALIDITY_MARGIN seconds left."""
-    return token_problem(cert, key, now) is None
-
-
 def token_problem(cert, key, now=None):
-    """Why the token pair cannot be used: None when it can (as far as the files
-    tell: the key must still match, see JCentral._credentials), 'missing' when
-    there is no token at all, else a short reason."""
+    """Why a cert/key pair cannot be used: None when it can (as far as the files tell: the key must
+    still match, see JCentral._credentials), 'missing' when neither file is there, else a reason."""
     if not os.path.exists(cert) and not os.path.exists(key):
         return 'missing'
     for path in (cert, key):
@@ -1033,7 +996,7 @@ def token_problem(cert, key, now=None):
     return None
 
 
-def choose_credentials(environ=None, want_user=False, now=None):
+def choose_credentials(environ, want_user=False, now=None):
     """('token'|'user', cert, key): the token pair if usable (and not want_user), else the user pair."""
     tcert, tkey, ucert, ukey = credential_paths(environ)
     problem = ''
@@ -1042,18 +1005,18 @@ def choose_credentials(environ=None, want_user=False, now=None):
         problem = token_problem(tcert, tkey, now)
         if problem is None:
             return 'token', tcert, tkey
-    if usable_pair(ucert, ukey, now):
+    if token_problem(ucert, ukey, now) is None:
         return 'user', ucert, ukey
-    if os.path.isfile(ucert) and cert_seconds_left(ucert, now) is not None and cert_seconds_left(ucert, now) < VALIDITY_MARGIN:
+    left = cert_seconds_left(ucert, now)   # (None also for a missing file)
+    if left is not None and left < VALIDITY_MARGIN:
         raise AlienError('user certificate %s has expired (or expires within %d s) and no valid token was found'
                          % (ucert, VALIDITY_MARGIN), EX_NOTCONN)
     raise AlienError('no valid user certificate or token found (user cert: %s, key: %s; token: %s%s)'
                      % (ucert, ukey, tcert, '' if problem in ('', 'missing') else ': ' + problem), EX_NOTCONN)
 
 
-# Token renewal is serialised across processes (a worker node starts many jobs at
-# once): a flock on a file next to the token certificate. The holder fetches and
-# writes the pair; the others wait for it and use its pair.
+# Token renewal is serialised across processes (a worker node starts many jobs at once): a flock
+# on a file next to the token certificate. The holder fetches and writes the pair; the others wait for it.
 TOKEN_LOCK_WAIT = 5.0
 _TOKEN_LOCK = []   # the open lock file while this process is the one renewing
 
@@ -1088,10 +1051,8 @@ def unlock_token():
 
 
 def write_token_pair(cert, key, cert_text, key_text):
-    """Replace the token pair as a unit: both files staged next to their targets
-    first, then renamed one right after the other, under the renewal lock. A
-    process reading the pair between the two renames finds it mismatched, waits
-    for the lock and reads it again."""
+    """Replace the token pair as a unit (write_private_files) under the renewal lock: a process
+    reading it between the two renames finds it mismatched, waits for the lock, reads it again."""
     own = not _TOKEN_LOCK and lock_token(cert)   # token-init: not locked yet
     try:
         write_private_files([(key, key_text), (cert, cert_text)])
@@ -1111,29 +1072,18 @@ def check_key_permissions(key):
                          % (key, mode & 0o777, key), EX_NOTCONN)
 
 
-def local_cas_dir(environ=None):
-    """The CA directory ALIENPY_USE_LOCAL_CAS asks for: its value if that is a
-    directory, else ~/.globus/certificates (where getCAcerts puts them)."""
-    environ = os.environ if environ is None else environ
+def local_cas_dir(environ):
+    """ALIENPY_USE_LOCAL_CAS's value if it is a directory, else ~/.globus/certificates (getCAcerts')."""
     value = os.path.expanduser(environ.get('ALIENPY_USE_LOCAL_CAS', ''))
     return value if value and os.path.isdir(value) else os.path.join(os.path.expanduser('~'), '.globus', 'certificates')
 
 
-def _has_pem(directory):
-    try:
-        return any(n.endswith('.pem') for n in os.listdir(directory))
-    except OSError:
-        return False
-
-
-def find_ca(environ=None):
-    """('capath'|'cafile', location) in the order ALIENPY_USE_LOCAL_CAS, X509_CERT_DIR,
-    X509_CERT_FILE, cvmfs, /etc/grid-security/certificates."""
-    environ = os.environ if environ is None else environ
+def find_ca(environ):
+    """('capath'|'cafile', location) from ALIENPY_USE_LOCAL_CAS, X509_CERT_DIR, X509_CERT_FILE, CA_DIRS."""
     if environ.get('ALIENPY_USE_LOCAL_CAS'):
         local = local_cas_dir(environ)
         # as the reference client: the directory must hold getCAcerts' download
-        if _has_pem(local) and os.path.isfile(os.path.join(local, 'CERN-GridCA.pem')):
+        if os.path.isfile(os.path.join(local, 'CERN-GridCA.pem')):
             return 'capath', local
         sys.stderr.write('alien.py: ALIENPY_USE_LOCAL_CAS is set but %s holds no CA certificates '
                          '(run: alien.py getCAcerts); looking further\n' % local)
@@ -1163,20 +1113,8 @@ def ask_pass_phrase(key):
         raise AlienError('no pass phrase given for encrypted key %s' % key, EX_NOTCONN)
 
 
-def _key_password(key):
-    """Ask for the pass phrase of an encrypted key once; None if not encrypted."""
-    try:
-        with open(key, 'rb') as f:
-            head = f.read(4096)
-    except OSError:
-        return None
-    return ask_pass_phrase(key) if b'ENCRYPTED' in head else None
-
-
-def make_tls_context(cert, key, environ=None):
-    """Client TLS context: server chain always verified, hostname checked unless
-    ALIENPY_NO_VERIFY_HOSTNAME is set, our certificate presented."""
-    environ = os.environ if environ is None else environ
+def make_tls_context(cert, key, environ):
+    """TLS context, our certificate: server chain always verified, name unless ALIENPY_NO_VERIFY_HOSTNAME."""
     check_key_permissions(key)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.verify_mode = ssl.CERT_REQUIRED
@@ -1184,7 +1122,8 @@ def make_tls_context(cert, key, environ=None):
     kind, where = find_ca(environ)
     try:
         ctx.load_verify_locations(**{kind: where})   # capath= or cafile=
-        ctx.load_cert_chain(cert, key, password=_key_password(key))
+        # OpenSSL calls the password function only for an encrypted key, and once
+        ctx.load_cert_chain(cert, key, password=lambda: ask_pass_phrase(key))
     except ssl.SSLError as e:
         raise AlienError('cannot load certificate %s / key %s: %s' % (cert, key, e.reason or e), EX_NOTCONN)
     except OSError as e:
@@ -1192,35 +1131,22 @@ def make_tls_context(cert, key, environ=None):
     return ctx
 
 
-def stage_private_file(path, text, mode=0o400):
-    """A temp file next to path holding text, owner-only from the first byte
-    (created 0600, fsync, chmod mode) -> its name, to be renamed over path."""
-    directory = os.path.dirname(os.path.abspath(path))
-    import tempfile
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.')
-    try:
-        with os.fdopen(fd, 'w') as f:
-            f.write(text if text.endswith('\n') else text + '\n')
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        return tmp
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def write_private_files(pairs, mode=0o400):
-    """Write [(path, text)] owner-only from the first byte, as a unit: every file
-    is staged next to its target first, then all are renamed one right after
-    the other (nothing is replaced if one cannot be written)."""
+    """Write [(path, text)] as a unit: each staged in a temp file next to its target, owner-only
+    from the first byte (created 0600, fsync, chmod mode), then all renamed one right after the
+    other (nothing is replaced if one cannot be written)."""
+    import tempfile
     staged = []
     try:
         for path, text in pairs:
-            staged.append((stage_private_file(path, text, mode), path))
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
+                                       prefix='.' + os.path.basename(path) + '.')
+            staged.append((tmp, path))
+            with os.fdopen(fd, 'w') as f:
+                f.write(text if text.endswith('\n') else text + '\n')
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, mode)
         for tmp, path in staged:
             os.replace(tmp, path)
     except BaseException:
@@ -1255,15 +1181,13 @@ def tls_error(e, host):
 
 
 def worth_retrying(e):
-    """The one retry rule: an unreachable service may come back; a refused
-    credential, a TLS failure (other than a cut-off handshake) or any other
-    error will not."""
+    """The one retry rule: an unreachable service may come back; a refused credential, a TLS
+    failure (other than a cut-off handshake) or any other error will not."""
     return e.exitcode == EX_NOTCONN and not (isinstance(e, TLSError) and not e.transient)
 
 
 def tls_handshake(sock, ctx, host, port, timeout):
-    """TLS over a connected socket (closed on failure) -> the verified TLS socket;
-    failures as one-line TLSError/AlienError (exit 107)."""
+    """TLS over a connected socket (closed on failure) -> verified TLS socket; one-line errors (107)."""
     try:
         sock.settimeout(timeout)
         # Python 3.6 checks the name itself and needs it as str
@@ -1279,9 +1203,9 @@ def tls_handshake(sock, ctx, host, port, timeout):
 # ==========================================================================
 # Transport: TCP (RFC 8305), HTTP proxies, WebSocket (RFC 6455)
 # ==========================================================================
-# Connect (RFC 8305 staggered), an HTTP proxy tunnel, then the websocket: pure
-# codecs first (handshake, frames), then the connection that uses them. Every
-# malformed input ends in WebSocketError, never in another exception.
+# Connect (RFC 8305 staggered), an HTTP proxy tunnel, then the websocket: pure codecs first (handshake,
+# frames), then the connection. Every malformed input ends in WebSocketError, never in another exception.
+REFUSED_401 = 'the service refused the certificate (HTTP 401): is it registered in the ALICE VO?'
 
 WS_GUID = b'258EAFA5-E914-47DA-95CA-C5AB0DC85B11'
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
@@ -1310,16 +1234,14 @@ def build_handshake(host, port, path, key, headers=()):
 
 
 def parse_handshake_response(data, key):
-    """Validate the server's 101 reply (bytes up to and including the blank line).
-    Returns the headers (lower-case names); raises WebSocketError/AlienError."""
+    """Check the server's 101 reply (bytes up to the blank line) -> its headers (lower-case names)."""
     lines = data.decode('iso-8859-1').split('\r\n')   # (decodes every byte)
     parts = lines[0].split(' ', 2)
     if len(parts) < 2 or not parts[0].startswith('HTTP/1.') or not re.match(r'^[0-9]{3}$', parts[1]):
         raise WebSocketError('handshake: not an HTTP reply: %r' % lines[0][:80])
     status = int(parts[1])
     if status == 401:
-        raise AlienError('the service refused the certificate (HTTP 401): is it registered in the ALICE VO?',
-                         EX_UNAUTHORIZED)
+        raise AlienError(REFUSED_401, EX_UNAUTHORIZED)
     if status != 101:
         raise WebSocketError('handshake: HTTP %d %s' % (status, parts[2] if len(parts) > 2 else ''))
     headers = {}
@@ -1356,11 +1278,9 @@ def encode_frame(opcode, payload, fin=True, mask=None):
     if n < 126:
         head.append(0x80 | n)
     elif n < 65536:
-        head.append(0x80 | 126)
-        head += struct.pack('!H', n)
+        head += struct.pack('!BH', 0x80 | 126, n)
     else:
-        head.append(0x80 | 127)
-        head += struct.pack('!Q', n)
+        head += struct.pack('!BQ', 0x80 | 127, n)
     return bytes(head) + mask + mask_payload(payload, mask)
 
 
@@ -1421,22 +1341,17 @@ def parse_close_payload(payload):
 
 
 class MessageAssembler(object):
-    """Feeds bytes, yields complete messages. Control frames between fragments are
-    handled through callbacks (ping -> on_ping(payload), close -> WebSocketClosed)."""
+    """Fed bytes (feed), returns complete messages and control frames as events (next_event)."""
 
     def __init__(self, max_size=DEFAULT_MAX_MESSAGE):
-        self.max_size = max_size
-        self.buf = bytearray()
-        self.parts = []
-        self.size = 0
-        self.opcode = None
+        self.max_size, self.buf = max_size, bytearray()
+        self.parts, self.size, self.opcode = [], 0, None   # the message being assembled
 
     def feed(self, data):
         self.buf += data
 
     def next_event(self):
-        """('message', opcode, bytes) | ('ping', payload) | ('pong', payload) |
-        ('close', code, reason) | None when more bytes are needed."""
+        """('message', opcode, bytes) | ('ping'|'pong', payload) | ('close', code, reason) | None."""
         while True:
             frame = parse_frame(self.buf, 0, self.max_size)
             if frame is None:
@@ -1500,9 +1415,8 @@ class WebSocket(_Transport):
         self.bufsize = 65536  # grows up to 4 MiB while replies keep filling it
 
     def handshake(self, host, port, path, headers=(), early=()):
-        """The upgrade request, and right behind it the text messages `early`
-        (they wait in the server's buffer until it has upgraded): the first
-        request does not wait a round trip for the 101."""
+        """The upgrade request and right behind it the text messages `early` (they wait in the
+        server's buffer until it has upgraded): the first request does not wait for the 101."""
         key = base64.b64encode(os.urandom(16)).decode('ascii')
         self.sock.sendall(build_handshake(host, port, path, key, headers) +
                           b''.join(encode_frame(OP_TEXT, t.encode('utf-8')) for t in early))
@@ -1516,8 +1430,7 @@ class WebSocket(_Transport):
         self.asm.feed(rest)
 
     def _recv_raw(self, keepalive=True):
-        """Next bytes from the socket. When the server is silent for one timeout we
-        ping it; silence for another timeout means the connection is dead."""
+        """Next bytes from the socket: a server silent for one timeout is pinged, for another it is dead."""
         while True:
             try:
                 chunk = self.sock.recv(self.bufsize)
@@ -1570,15 +1483,14 @@ class WebSocket(_Transport):
                 raise
             if event is None:
                 self.asm.feed(self._recv_raw(keepalive))
-                continue
-            if event[0] == 'ping':
+            elif event[0] == 'ping':
                 self._send_frame(OP_PONG, event[1])
-                continue
-            if event[0] == 'close':
+            elif event[0] == 'close':
                 self.close(1000)
                 raise WebSocketError('the server closed the connection (code %d%s)'
                                      % (event[1], ': ' + event[2] if event[2] else ''))
-            return event
+            else:
+                return event
 
     def recv_text(self):
         """Next text message as str (pings answered on the way)."""
@@ -1619,9 +1531,8 @@ def import_websocket_client():
 
 
 class WebSocketClientTransport(_Transport):
-    """The same interface on top of the optional `websocket-client` package
-    (ALIENPY_TRANSPORT=websocket-client). It is handed our TLS socket, so the
-    connect (staggered, proxy, network stack) and TLS are the same for both."""
+    """The same interface on the optional `websocket-client` package (ALIENPY_TRANSPORT), handed
+    our TLS socket: the connect (staggered, proxy, network stack) and TLS are the same for both."""
 
     def __init__(self, url, tls_sock, timeout, headers=()):
         websocket = self._mod = import_websocket_client()
@@ -1630,12 +1541,9 @@ class WebSocketClientTransport(_Transport):
             self.ws = websocket.create_connection(url, socket=tls_sock, timeout=timeout,
                                                   header=['%s: %s' % kv for kv in headers],
                                                   enable_multithread=False)
-        except websocket.WebSocketBadStatusException as e:
+        except (OSError, websocket.WebSocketException) as e:   # (a bad status is one, with its code)
             if getattr(e, 'status_code', None) == 401:
-                raise AlienError('the service refused the certificate (HTTP 401): is it registered in the ALICE VO?',
-                                 EX_UNAUTHORIZED)
-            raise WebSocketError('handshake: %s' % e)
-        except (OSError, websocket.WebSocketException) as e:
+                raise AlienError(REFUSED_401, EX_UNAUTHORIZED)
             raise WebSocketError('handshake: %s' % e)
 
     def _translate(self, e):
@@ -1660,8 +1568,7 @@ class WebSocketClientTransport(_Transport):
         self.last_activity = time.monotonic()
 
     def recv_text(self):
-        """Next text message; like WebSocket: one ping on silence, then give up
-        (a pong or any other frame proves the server alive)."""
+        """Next text message; as WebSocket: one ping on silence, then give up (any frame proves it alive)."""
         pinged = False
         while True:
             try:
@@ -1811,9 +1718,8 @@ def connect_tunnel(sock, host, port, auth=None, timeout=10.0):
 # ==========================================================================
 # JCentral session: requests, replies, session state
 # ==========================================================================
-# One JSON request -> one JSON reply, several at once only when each reply can
-# be told to be its own (docs/protocol.md); the session state mirrored from
-# every reply's metadata.
+# One JSON request -> one JSON reply, several at once only when each reply can be told to be its
+# own (docs/protocol.md); the session state mirrored from every reply's metadata.
 
 # Commands that read only: safe to send again after a transparent reconnect.
 READ_ONLY_COMMANDS = frozenset('''pwd ls find stat whereis whoami listSEs version commandlist type
@@ -1826,9 +1732,8 @@ def _compact_row(d):
 
 
 def parse_reply(text, compact=False):
-    """(metadata, results) of a JCentral reply text; AlienError when it is not one.
-    compact: rows that carry only a message become that string (a third of the
-    memory for large listings that are only printed)."""
+    """(metadata, results) of a JCentral reply text, AlienError when it is not one. compact: rows
+    of only a message become that string (a third of the memory for listings only printed)."""
     if not text:
         raise AlienError('empty reply from the server', EX_EMPTY_REPLY)
     try:
@@ -1844,19 +1749,17 @@ def parse_reply(text, compact=False):
 
 
 def reply_to_result(metadata, results):
-    code = metadata.get('exitcode', '0')
     try:
-        exitcode = int(code)
+        exitcode = int(metadata.get('exitcode', '0'))
     except (TypeError, ValueError, OverflowError):
         exitcode = 121
     return Result(exitcode, None, str(metadata.get('error', '') or ''), results, metadata)
 
 
 class ConnectionLost(AlienError):
-    """The connection was lost and did not come back within the reconnect budget.
-    .results: what JCentral.request_many got before (answered requests keep their
-    results; the others are 107 results whose metadata 'outcome' says 'unknown'
-    (sent, reply lost) or 'not sent')."""
+    """The connection was lost and did not come back within the reconnect budget. .results: what
+    JCentral.request_many got before: the answered results, for the others 107 results whose
+    metadata 'outcome' says 'unknown' (sent, reply lost) or 'not sent'."""
 
     def __init__(self, message, results=None, exitcode=EX_NOTCONN):
         super().__init__(message, exitcode)
@@ -1864,29 +1767,22 @@ class ConnectionLost(AlienError):
 
 
 def lost_result(error, command, outcome):
-    """The 107 result of a request whose reply never came (outcome 'unknown') or
-    that was never sent ('not sent')."""
+    """The 107 result of a request whose reply never came (outcome 'unknown') or never sent ('not sent')."""
     text = ('%s; the outcome of "%s" is unknown' % (error, command) if outcome == 'unknown'
             else '%s; "%s" was not sent' % (error, command))
     return Result(EX_NOTCONN, '', text, [], {'exitcode': str(EX_NOTCONN), 'error': text, 'outcome': outcome})
 
 
 class JCentral(object):
-    """A JCentral session, connected at the first server request. request(command,
-    options) -> Result (raw reply in .results/.metadata); request_many(requests) ->
-    [Result]. Mirrored from every reply: user, cwd, home, prevdir. Session (the
-    command line section) adds command lines."""
+    """A JCentral session, connected at the first request: request(command, options) -> Result
+    (raw reply in .results/.metadata), request_many(requests) -> [Result]. Mirrored from every
+    reply: user, cwd, home, prevdir. Session (the command line section) adds command lines."""
 
     def __init__(self, environ=None, json_mode=None):
         self.environ = dict(os.environ if environ is None else environ)
-        self.user = ''
-        self.cwd = ''
-        self.home = ''
-        self.prevdir = ''
-        self.ws = None
-        self.peer = None
+        self.user = self.cwd = self.home = self.prevdir = ''
+        self.ws = self.peer = self.credential_kind = None
         self.peer_addr = None     # socket address of the connection (tried last after a loss)
-        self.credential_kind = None
         self.json_mode = env_flag('ALIENPY_JSON', self.environ) if json_mode is None else json_mode
         self.timeout = float(self.environ.get('ALIENPY_TIMEOUT') or 20)
         self.reconnect_timeout = env_number(self.environ, 'ALIENPY_RECONNECT_TIMEOUT', 60.0)
@@ -1910,11 +1806,10 @@ class JCentral(object):
 
     # -- connection --
     def connect(self, want_user=False, avoid=None, tries=None, first=()):
-        """Open a connection (closing any old one). `avoid`: a socket address to try
-        last; `tries`: rounds over the endpoints (default ALIENPY_CONNECT_TRIES);
-        `first`: the texts of the requests that made us connect: they go out right
-        behind the upgrade request (with the built-in websocket; a service that
-        refuses the upgrade runs none of them), and the caller reads their replies."""
+        """Open a connection (closing any old one). avoid: a socket address to try last; tries:
+        rounds over the endpoints (default ALIENPY_CONNECT_TRIES); first: the texts of the requests
+        that made us connect: they go right behind the upgrade request (built-in websocket; a service
+        refusing the upgrade runs none of them), and the caller reads their replies."""
         self.close(helpers=False)
         kind, ctx = self.tls if self.tls and not want_user else self._credentials(want_user)
         self.tls = kind, ctx
@@ -1954,13 +1849,10 @@ class JCentral(object):
         return self
 
     def _credentials(self, want_user):
-        """(kind, TLS context): the token pair when it can be used, else the user pair.
-
-        An unusable token pair (expired, corrupt, unreadable, a key that does not
-        match) is passed over with a one-line notice, and renewed with the user
-        certificate. Renewal is for one process at a time (lock_token): the
-        others wait for its pair. The new token is fetched after the user's first
-        command, on the same connection (_token_due)."""
+        """(kind, TLS context): the token pair when it can be used, else the user pair. An unusable
+        token pair (expired, corrupt, unreadable, a key that does not match) is passed over with a
+        one-line notice, and renewed with the user certificate by one process at a time (lock_token:
+        the others wait for its pair), after the user's first command on that connection (_token_due)."""
         env = self.environ
         problem = None
         if not want_user:
@@ -2039,10 +1931,9 @@ class JCentral(object):
             except WebSocketError:
                 if not early:
                     raise
-            # Refusing the upgrade (401), a server may close the connection with our
-            # requests unread: its TCP reset can swallow the answer. Once more, and
-            # this time the requests wait for the 101 (no server acts on a request
-            # before it has upgraded, so none ran).
+            # Refusing the upgrade (401), a server may close the connection with our requests
+            # unread: its TCP reset can swallow the answer. Once more, the requests waiting for
+            # the 101 this time (no server acts on a request before it has upgraded: none ran).
             tls.close()
             return self._open(ctx, host, port, early, avoid, pipelined=False)
         except AlienError:
@@ -2055,8 +1946,7 @@ class JCentral(object):
         return ws
 
     def close(self, helpers=True):
-        """Close the connection (and the helpers' too); a token renewal still due is
-        done first (after the user's command has been answered and printed)."""
+        """Close the connection (and the helpers'); a token renewal still due is done first."""
         for h in self.helpers if helpers else ():
             h.close()
         if self.ws is not None and self._token_due == 'due':
@@ -2064,8 +1954,7 @@ class JCentral(object):
         self.drop()
 
     def drop(self):
-        """Forget the connection without a word (a reply may be half read); the
-        next request makes a new one in the same directory."""
+        """Forget the connection (a reply may be half read): the next request reconnects, same cwd."""
         ws, self.ws = self.ws, None
         if ws is not None:
             try:
@@ -2087,11 +1976,10 @@ class JCentral(object):
         return self._decode(reply, False)
 
     def _reconnect(self, reason=''):
-        """A new connection in the same server-side directory, after a loss (or a
-        connection dropped on purpose). Tried over every address of the endpoint,
-        the lost one last, with exponential backoff and jitter, for up to
-        ALIENPY_RECONNECT_TIMEOUT seconds. When the first attempt fails the outage
-        is real: one line on stderr then, and one when the connection is back."""
+        """A new connection in the same server-side directory after a loss (or a drop on purpose):
+        every address of the endpoint, the lost one last, with exponential backoff and jitter, for up
+        to ALIENPY_RECONNECT_TIMEOUT s. When the first attempt fails the outage is real: one line
+        on stderr then, and one when the connection is back."""
         import random
         failed = self.peer_addr
         self.drop()
@@ -2128,8 +2016,7 @@ class JCentral(object):
             print_error('alien.py: connection back after %.1f s' % (time.monotonic() - t0))
 
     def _ensure_connected(self):
-        """A usable connection: the first one, or a new one (same cwd) when the old
-        one was lost, dropped, or found dead by the idle check."""
+        """A usable connection: the first, or a new one (same cwd) for one lost, dropped or found dead."""
         if self.ws is not None and self.ws.alive(self.timeout):
             return
         if self.ws is None and self.peer is None:
@@ -2140,13 +2027,10 @@ class JCentral(object):
 
     # -- one request, one reply --
     @staticmethod
-    def _encode(command, options, nomsg, nokeys):
-        opts = [str(o) for o in options]
-        if nokeys:
-            opts.insert(0, '-nokeys')
-        if nomsg:
-            opts.insert(0, '-nomsg')
-        return opts, json.dumps({'command': command, 'options': opts})
+    def _item(command, options, nomsg, nokeys, check=None):
+        """One request as (text, command, opts, check)."""
+        opts = (['-nomsg'] if nomsg else []) + (['-nokeys'] if nokeys else []) + [str(o) for o in options]
+        return (json.dumps({'command': command, 'options': opts}), command, opts, check)
 
     def _decode(self, reply, nokeys):
         metadata, results = parse_reply(reply, self.compact_rows and nokeys)
@@ -2162,33 +2046,27 @@ class JCentral(object):
         return result
 
     def request_many(self, requests, nomsg=False, nokeys=False, window=32):
-        """[(command, options[, check])] -> [Result] in order.
-
-        The real endpoint waits at most 1 s for a session's command before it reads
-        the next message, which may then run with another request's arguments or get
-        its reply (docs/protocol.md). So requests go out several at a time (up to
-        `window`) only when each has a check(result) -> True (provably its reply),
-        None (cannot tell) or False (contradicts it), and only while replies are
-        quick. A slow, empty, non-JSON or contradicting reply ends the pipelining for
-        good and retires the connection. An unproven reply is asked for again alone
-        when that is safe (_can_resend), else its result says 'outcome': 'unknown';
+        """[(command, options[, check])] -> [Result] in order. The real endpoint waits at most 1 s
+        for a session's command before it reads the next message, which may then run with another
+        request's arguments or get its reply (docs/protocol.md). So requests go out several at a time
+        (up to `window`) only when each has a check(result) -> True (provably its reply), None (cannot
+        tell) or False (contradicts it), and only while replies are quick. A slow, empty, non-JSON or
+        contradicting reply ends the pipelining for good and retires the connection. An unproven reply
+        is asked for again alone when safe (_can_resend), else its result says 'outcome': 'unknown';
         ConnectionLost when the connection does not come back."""
         items = [self._item(r[0], r[1], nomsg, nokeys, r[2] if len(r) > 2 else None) for r in requests]
         if self.spread and self.pipeline and len(items) >= self.SPREAD_MIN and all(i[3] for i in items):
             return self._spread(items, nokeys, window)
         return self._transact(items, nokeys, window)
 
-    # The endpoint runs one session's commands one after the other, however they are
-    # pipelined: a session does at most about 1/(cost) of them a second (a real service
-    # spends ~6 ms on an access or a commit). A large batch of checked requests is
-    # shared with up to ALIENPY_SESSIONS - 1 more sessions (each a login, which the 2024 throttle
-    # counts as 10 requests), only while replies are quick: once one is slow, requests
-    # go one at a time on this session alone.
+    # The endpoint runs one session's commands one after the other, however pipelined: at most
+    # about 1/(cost) a second (~6 ms for an access or a commit). A large batch of checked requests
+    # is shared with up to ALIENPY_SESSIONS - 1 more sessions (each a login, which the 2024 throttle
+    # counts as 10 requests) while replies are quick: once one is slow, one at a time on this one.
     SPREAD_MIN = 32
 
     def spread_ahead(self):
-        """Connect the helper sessions now, in the background: cp calls it when a copy
-        large enough to share its requests is coming, so that they are ready by then."""
+        """Connect the helper sessions now, in the background (cp: a copy large enough is coming)."""
         if not self.spread or not self.pipeline:
             return
         if self.tls is None:
@@ -2197,8 +2075,7 @@ class JCentral(object):
             h = JCentral(self.environ, self.json_mode)
             h.tls, h.timeout, h.reconnect_timeout, h.spread, h.outage = \
                 self.tls, self.timeout, self.reconnect_timeout, False, self.outage
-            h.connecting = threading.Thread(target=h._connect_quietly, name='alienpy-connect')
-            h.connecting.daemon = True
+            h.connecting = threading.Thread(target=h._connect_quietly, name='alienpy-connect', daemon=True)
             h.connecting.start()
             self.helpers.append(h)
 
@@ -2209,10 +2086,9 @@ class JCentral(object):
             log('a helper session could not connect: %s' % e)
 
     def _spread(self, items, nokeys, window):
-        """_transact of items, shared out a slice at a time between this session (in
-        the calling thread) and its helpers (threads, spread_ahead) that are connected:
-        one slice each (all of it while none is: a helper still connecting delays
-        nothing, and over a WAN a slice costs a round trip)."""
+        """_transact of items, a slice each for this session (the calling thread) and its connected
+        helpers (threads, spread_ahead); all of it while none is: a helper still connecting delays
+        nothing, and over a WAN a slice costs a round trip."""
         self.spread_ahead()
         out = [None] * len(items)
         ready = 1 + sum(h.ws is not None for h in self.helpers)
@@ -2243,9 +2119,9 @@ class JCentral(object):
                     self.pipeline = False        # slow replies: fewer sessions
                 if state['error'] is not None:
                     return
-        threads = [threading.Thread(target=work, args=(h,), name='alienpy-session') for h in self.helpers]
+        threads = [threading.Thread(target=work, args=(h,), name='alienpy-session', daemon=True)
+                   for h in self.helpers]
         for t in threads:
-            t.daemon = True
             t.start()
         try:
             work(self)
@@ -2281,16 +2157,10 @@ class JCentral(object):
 
     RESEND_LIMIT = 3  # times one request is sent again after lost connections or unproven replies
 
-    @staticmethod
-    def _item(command, options, nomsg, nokeys, check=None):
-        opts, text = JCentral._encode(command, options, nomsg, nokeys)
-        return (text, command, opts, check)
-
     def _transact(self, items, nokeys, window=1):
-        """Send items [(text, command, opts, check)] -> [Result] in order, pipelined
-        as request_many says, through lost connections (_reconnect): an unanswered
-        request is sent again when safe, at most RESEND_LIMIT times; a modifying one
-        whose reply was lost or unproven never is (lost_result(... 'unknown'))."""
+        """Send items [(text, command, opts, check)] -> [Result] in order, pipelined as request_many
+        says, through lost connections (_reconnect): an unanswered request is sent again when safe,
+        at most RESEND_LIMIT times; a modifying one whose reply was lost or unproven never is ('unknown')."""
         if self._token_due == 'due':
             self._fetch_token()
         debug = env_flag('ALIENPY_DEBUG', self.environ)
@@ -2342,8 +2212,7 @@ class JCentral(object):
                         log('reply %.1f ms %s' % ((now - t_send) * 1000, redact(text.replace('\\/', '/'))))
                     elif env_flag('ALIENPY_TIMING', self.environ):
                         log('timing %s %.1f ms %d bytes' % (items[i][1], (now - t_send) * 1000, len(text)))
-                    # (a large reply alone, a listing, may take its time: a microsecond
-                    # a byte is allowed for making and sending it)
+                    # (a large reply alone, a listing, is allowed a microsecond a byte to be made and sent)
                     allowed = self.slow_reply + (len(text) * 1e-6 if len(chunk) == 1 and items[i][3] is None else 0)
                     if busy > allowed and self.pipeline:
                         self.pipeline = False
@@ -2394,12 +2263,10 @@ class JCentral(object):
         return out
 
     def _judge(self, item, text, nokeys, pipelined):
-        """(Result, verdict) of one reply: True when it is the request's own, None when
-        that cannot be told, False when it cannot be (its check says so, or among
-        others it is empty or not JSON: a sign of the race). Alone on a connection a
-        broken reply is the service's answer, except an empty one, which is asked
-        for again where that is safe (the service sends one under load); the outcome
-        of a modifying request answered so is unknown."""
+        """(Result, verdict) of one reply: True when it is the request's own, None when that cannot
+        be told, False when it cannot be (its check says so, or among others it is empty or not JSON:
+        a sign of the race). Alone, a broken reply is the service's answer (a modifying request's
+        outcome unknown), but an empty one (sent under load) is asked for again where safe."""
         check = item[3]
         try:
             result = self._decode(text, nokeys)
@@ -2420,9 +2287,8 @@ class JCentral(object):
         return result, (True if verdict is None and not pipelined else verdict)
 
     def _drain(self, pending, out, nokeys, wait=2.0):
-        """After Ctrl-C: read the replies of requests already sent, for up to
-        `wait` seconds, so that what they did is known (a second Ctrl-C stops it).
-        Only for modifying requests: a read-only one is simply dropped."""
+        """After Ctrl-C: read the replies of modifying requests already sent (for up to `wait` s, a
+        second Ctrl-C stops it), so that what they did is known; read-only ones are dropped."""
         if all(self._can_resend(command, opts) for _, command, opts, _c in pending):
             return
         try:
@@ -2450,8 +2316,7 @@ class JCentral(object):
             self._fetch_token()
 
     def _fetch_token(self, direct=False):
-        """The token renewal that was due (see _credentials), on this connection;
-        direct: without recovery if the connection is gone."""
+        """The token renewal that was due (_credentials); direct: no recovery if the connection is gone."""
         self._token_due = None
         try:
             reply = self._direct('token', ['-nomsg']) if direct else self.request('token', nomsg=True)
