@@ -5836,8 +5836,7 @@ def _run_with_grid_files(session, argv, grid_at, make_executable=False):
 
 
 def run_argv(args):
-    """run's arguments -> (argv, indexes of the grid files in it): the alien:-marked
-    arguments (moved to the end, in order), or else the last one; None if too few."""
+    """run's arguments -> (argv, indexes of the grid files: the alien:-marked ones moved last, or the last)."""
     args = parse_args('run', args, RUN_OPTIONS, free=True)[1]
     if len(args) < 2:
         return None
@@ -5863,11 +5862,8 @@ def cmd_exec(session, args):
 
 
 def save_cwd(session):
-    """Write CWD/CWDPREV to ~/.alienpy_session (owner-only); never fails a cd.
-    Overwritten in place and then cut to length: on ext4 a rename over the file
-    or a truncation to zero forces a flush to disk (~4 ms per cd), and losing
-    the last directory in a power cut is harmless. Readers (a shell starting)
-    ignore lines they cannot use."""
+    """Write CWD/CWDPREV to ~/.alienpy_session (owner-only); never fails a cd. Written in place, then cut:
+    on ext4 a rename over it or a truncation to zero flushes to disk (~4 ms per cd); a lost cd is harmless."""
     if not session.cwd:
         return
     text = 'CWD = %s\nCWDPREV = %s\n' % (session.cwd, session.prevdir or session.cwd)
@@ -6025,16 +6021,13 @@ def cmd_popd(session, args):
 # (the report on stdout says which); 64 wrong arguments; 107 checkAddr: an address
 # failed; 1 XRootD bindings missing; a server errno when the service refuses.
 
-# ---- XRootD probes of storage elements (pfn-status, xrd_ping/config/stats) ------
-
 XRD_CONFIG_KEYS = ('bind_max', 'chksum', 'pio_max', 'readv_ior_max', 'readv_iov_max', 'tpc',
                    'wan_port', 'wan_window', 'window', 'cms', 'role', 'sitename', 'version')
 
 
 def xrd_probe_fs(host, what):
-    """XRootD FileSystem of root://host (host[:port]) for a probe. Timeouts are checked
-    every second (xrootd_client sets TimeoutResolution 1: XRootD's default granularity,
-    15 s, would make a 2 s timeout last 15 s)."""
+    """XRootD FileSystem of root://host[:port] (xrootd_client sets TimeoutResolution 1: at the
+    default 15 s granularity a 2 s timeout would last 15 s)."""
     client = xrootd_client(what)
     return client.FileSystem('root://%s/?xrd.wantprot=unix' % host)
 
@@ -6085,8 +6078,7 @@ def xrd_query_stats(host, timeout):
 
 
 def _xml_element_dict(e):
-    """An element as xmltodict shows it (attributes as plain keys, repeated children as
-    lists, text alone as a string, mixed text as '#text'); quoted values unquoted."""
+    """An element as xmltodict shows it (repeated children: lists, mixed text: '#text'), quotes dropped."""
     d = {k: v for k, v in e.attrib.items()}
     for child in e:
         v = _xml_element_dict(child)
@@ -6107,8 +6099,7 @@ def _xml_element_dict(e):
 
 
 def xrd_stats_dict(xml_text):
-    """`query stats` XML -> the reference client's dict: the <statistics> attributes
-    plus 'stats' = {id: {...}} (the oss paths' stats keyed by their id too)."""
+    """`query stats` XML -> the reference client's dict: attributes, 'stats' = {id: {...}} (oss paths too)."""
     import xml.etree.ElementTree as ET
     try:
         root = ET.fromstring(xml_text)
@@ -6152,6 +6143,8 @@ def xrd_stat_pfn(pfn, timeout):
 
 
 PROBE_TIMEOUT = 5   # seconds, default -timeout of one XRootD/TCP/TLS probe
+
+
 def list_ses(session):
     """Every storage element of the service (listSEs rows)."""
     r = session.request('listSEs', [], nomsg=True)
@@ -6161,8 +6154,7 @@ def list_ses(session):
 
 
 def se_matches(se, label):
-    """SE label rule: a number is the SE number; text is a case-insensitive part of
-    the SE name or endpoint URL (so 'ALICE::' can be left out)."""
+    """A number label is the SE number; text: a case-insensitive part of the SE name or endpoint URL."""
     if label.isdigit():
         return str(se.get('seNumber', '')).lstrip('0') == label.lstrip('0')
     text = label.casefold()
@@ -6189,8 +6181,7 @@ def xrd_host_label(label):
 
 
 def lookup_ses(session, labels, name, hosts=False):
-    """SE lookup by label (from listSEs): the SEs the labels match, each once, label
-    after label. hosts: a label no SE matches may name an XRootD server itself."""
+    """The SEs the labels match, each once; hosts: a label no SE matches may name an XRootD server."""
     ses, found = list_ses(session), []
     for label in labels:
         hit = [se for se in ses if se_matches(se, label)]
@@ -6344,8 +6335,7 @@ def xrd_targets(session, pos, opts, name):
 
 
 def xrd_each_se(session, args, name, options, probe, timeout=PROBE_TIMEOUT):
-    """An xrd_* command: probe(se_name, host, options, timeout) -> (text, row with
-    'ok') for every target; exit 5 when an SE failed (its text says why)."""
+    """An xrd_* command: probe(se_name, host, opts, timeout) -> (text, row with 'ok') per SE; 5: one failed."""
     opts, pos = parse_args(name, args, options + ' -timeout:count', {'timeout': timeout})
     timeout = opts['timeout']
     texts, rows = [], []
@@ -6538,8 +6528,7 @@ def cmd_checkaddr(session, args):
 # ==========================================================================
 
 def load_cert_file(path):
-    """[Cert] of a PEM file; a missing file exits 2 (ENOENT), one that holds no
-    certificate 5 (EIO), like the reference client."""
+    """[Cert] of a PEM file; like the reference client a missing file exits 2, one without a certificate 5."""
     try:
         return read_certs(path)
     except OSError as e:
@@ -6660,8 +6649,7 @@ def hash_links(directory):
 
 
 def fetch_ca_certs(source, target, timeout=120):
-    """git clone source, its top-level directories' content with hash links -> target
-    (replaced only when all of that worked) -> number of CA certificates."""
+    """git clone source; its top-level directories' content, with hash links, replaces target -> CA count."""
     import shutil
     import subprocess
     git = shutil.which('git')
@@ -6757,8 +6745,7 @@ def trace_local_times(text, unixtime=False):
 
 
 def parse_trace(trace, unixtime=False):
-    """A job trace split into the parts jobInfo shows: state, trace, proc lines (proc
-    format lines first), the worker node, the work directory and the batch queue ids."""
+    """A job trace -> jobInfo's parts: state, trace, proc (procfmt first) lines, worker, workdir, queue ids."""
     info = {'state': [], 'trace': [], 'proc': [], 'workdir': '', 'wn': '', 'queue': []}
     procfmt = []
     for line in trace_local_times(trace or '', unixtime).split('\n'):
@@ -6827,9 +6814,8 @@ JOBINFO_USAGE = '''jobInfo ID[,ID...] [-trace] [-proc] [-jdl] [-unixtime]  what 
 
 
 def _jobs_with_trace(session, ids):
-    """ps rows of the jobs IDS with their trace and jdl fields, in one request where the
-    service takes `ps -j IDS -trace -jdl` (newer services). The 2021 service refuses it (22:
-    its -trace and -jdl each take one job ID): then the rows, and each job's trace and JDL."""
+    """ps rows of the jobs IDS with trace and jdl, in one `ps -j IDS -trace -jdl` where the service takes
+    it; the 2021 one refuses (22: -trace and -jdl take one ID each): then the rows and each job's own."""
     r = session.request('ps', ['-j', ids, '-trace', '-jdl'], nomsg=True)
     if r.exitcode != EX_EINVAL:
         return r
