@@ -6980,9 +6980,8 @@ def cmd_submit(session, args):
                            nokeys=not session.command_json)
 
 
-# Outside services: plain HTTP/1.1 on the websocket's own pieces: connect_tcp
-# (RFC 8305), proxy_for (https_proxy/http_proxy, no_proxy) with connect_tunnel, the
-# CA search of find_ca. http.client is imported only when a GET is made.
+# Outside services: plain HTTP/1.1 on the websocket's pieces (connect_tcp, proxy_for with
+# connect_tunnel, find_ca); http.client is imported only when a GET is made.
 
 HTTP_TIMEOUT = 10.0          # seconds to connect and between bytes (ALIENPY_HTTP_TIMEOUT)
 HTTP_MAX_BODY = 256 << 20    # a reply kept in memory; downloads stream to a file instead
@@ -6990,8 +6989,7 @@ HTTP_REDIRECTS = 5
 
 
 def _http_connection(scheme, host, port, environ, timeout):
-    """(http.client connection on an open socket, True when requests go to a plain
-    HTTP proxy and need the absolute URL)."""
+    """(http.client connection on an open socket, True when a plain HTTP proxy needs absolute URLs, proxy)."""
     import http.client
     proxy = proxy_for(host, environ, scheme)
     sock = connect_tcp(proxy[0] if proxy else host, proxy[1] if proxy else port, environ, timeout=timeout)
@@ -7021,10 +7019,8 @@ def _http_connection(scheme, host, port, environ, timeout):
 
 
 def http_get(url, environ, headers=(), timeout=None, sink=None, what='GET'):
-    """GET url (redirects followed) -> (response headers with lower-case names, body).
-    With sink (a binary file) the body is written there and b'' returned. One-line
-    AlienError otherwise: 107 unreachable or no answer within the timeout, 2 for
-    HTTP 404, 121 for any other HTTP error, 42 for a truncated or oversized body."""
+    """GET url (redirects followed) -> (lower-cased headers, body; b'' when written to sink). AlienError:
+    107 unreachable or no answer in time, 2 HTTP 404, 121 other HTTP errors, 42 a cut or oversized body."""
     import http.client
     from urllib.parse import urlsplit, urljoin
     try:
@@ -7086,8 +7082,7 @@ def http_get(url, environ, headers=(), timeout=None, sink=None, what='GET'):
 
 
 def http_get_json(url, environ, headers=(), what='GET', check=None):
-    """http_get of a JSON document; `check(doc)` says whether its shape is the expected one.
-    A body that is not JSON, or not of that shape, is a one-line error (exit 42)."""
+    """http_get of a JSON document of the shape `check(doc)` accepts; anything else exits 42."""
     _, body = http_get(url, environ, [('Accept', 'application/json')] + list(headers), what=what)
     try:
         doc = load_json(body.decode('utf-8'))
@@ -7112,8 +7107,7 @@ def service_base(url):
 
 
 def ccdb_query_path(query, when=''):
-    """The CCDB path of a query 'path[/TIME][/key=value...]': wildcards dropped, a 13-digit
-    time component or `when` put after the object path, key=value filters last."""
+    """CCDB path of 'path[/TIME][/key=value...]': wildcards dropped, the TIME (or `when`), filters last."""
     query = query.replace('.*', '').replace('*', '')
     path, times, keys = [], [], []
     for part in query.split('/'):
@@ -7176,8 +7170,7 @@ def _ccdb_doc_ok(doc):
 
 
 def download_file(url, dest, environ, md5=None, what='GET'):
-    """Download url to dest: written to a hidden temp file next to it, checked (length,
-    md5 when known), then renamed; a failure leaves dest as it was. Returns the size."""
+    """Download url to dest through a checked (length, md5) temp file renamed over it -> the size."""
     d = os.path.dirname(os.path.abspath(dest))
     try:
         os.makedirs(d, exist_ok=True)
@@ -7253,8 +7246,7 @@ def cmd_ccdb(session, args):
 
 
 def ccdb_download_urls(base, obj):
-    """Where an object can be fetched over HTTP, in order: its http(s) replicas (a path
-    is on the CCDB server itself), then the REST path /PATH/VALIDFROM/ID."""
+    """Where an object can be fetched: http(s) replicas (a bare path: this server), then /PATH/VALIDFROM/ID."""
     from urllib.parse import urljoin
     urls = [urljoin(base, r) for r in obj.get('replicas', []) if isinstance(r, str)
             and (r.startswith(('http://', 'https://')) or r.startswith('/'))]
@@ -7332,9 +7324,8 @@ def cmd_queryml(session, args):
 # ==========================================================================
 # Interactive shell: prompt, working directory, completion
 # ==========================================================================
-# Line editing, history and completion come from readline (imported here, not at
-# module import). The session object is shared with command mode; the shell adds
-# the prompt, the loop, Ctrl-C/Ctrl-D handling, history and completion.
+# readline (imported here, not at module import) gives line editing, history and completion; the
+# session is command mode's, the shell adds the prompt, the loop and Ctrl-C/Ctrl-D handling.
 
 def prompt_flags(session):
     """{'date': bool, 'pwd': bool}, first from ALIENPY_PROMPT_DATE/_CWD."""
@@ -7401,8 +7392,7 @@ def _escape(word):
 
 
 def current_word(text):
-    """(raw last word, its unescaped form, whether it is the verb, local context)
-    of a partial line, following the tokenizer's rules for quotes and backslashes."""
+    """(raw last word, unescaped, is it the verb, local context) of a partial line, by the tokenizer."""
     element_start, word_start, local = 0, 0, False
     for i, c in _scan(text, ';\n| \t'):
         if c in ';\n|':
@@ -7462,8 +7452,7 @@ class Shell(object):
                                 else 'tab: complete')
 
     def save_history(self):
-        """Append the line just entered (so a crashing command keeps it), the file
-        bounded to HISTORY_SIZE lines."""
+        """Append the line just entered (a crashing command keeps it); readline cuts to HISTORY_SIZE lines."""
         rl = self.readline
         if rl is None or self.history is None or rl.get_current_history_length() < 1:
             return
@@ -7489,8 +7478,7 @@ class Shell(object):
         return self.matches[state] if state < len(self.matches) else None
 
     def display_matches(self, substitution, matches, longest):
-        """List candidates by their last path component (in columns, like ls),
-        then the prompt and the line again."""
+        """Candidates by their last path component in columns (like ls), then the prompt and line again."""
         names = []
         for m in matches:
             if m.endswith(' ') and not m.endswith('\\ '):
@@ -7504,8 +7492,7 @@ class Shell(object):
             log_exception()
 
     def completions(self, line, text):
-        """Candidates that replace text (readline's word: the part after the last
-        space) for the partial line."""
+        """Candidates that replace text (readline's word: after the last space) in the partial line."""
         raw, plain, is_verb, local = current_word(line)
         if is_verb and not local:
             return [n + ' ' for n in self.command_names() if n.startswith(plain)]
@@ -7582,8 +7569,7 @@ class Shell(object):
             self.reconnect = False
 
     def drop_connection(self, tb):
-        """Ctrl-C hit a request: the reply may be half read, so the connection is
-        of no further use. The next request reconnects (restore_connection)."""
+        """Ctrl-C hit a request: the reply may be half read, so the next request reconnects."""
         codes = set(getattr(getattr(value, '__func__', value), '__code__', None)
                     for cls in (Session, WebSocket, WebSocketClientTransport) for value in vars(cls).values())
         while tb is not None and tb.tb_frame.f_code not in codes:
@@ -7671,9 +7657,8 @@ GFAL_OPTIONS = {
 }
 # copy_mode (HTTP): that mode only, without gfal2's fallback from pull to push to streamed
 GFAL_COPY_MODES = {'pull': '3rd pull', 'push': '3rd push', 'streamed': 'streamed'}
-# Credentials (docs/gfal.md): COPY gives its source side X509_USER_PROXY_SRC and its
-# destination side X509_USER_PROXY_DST, each falling back to X509_USER_PROXY, the
-# one credential of every other job.
+# Credentials (docs/gfal.md): COPY's source and destination sides take these, each falling
+# back to X509_USER_PROXY, the one credential of every other job.
 GFAL_PROXY_VARS = ('X509_USER_PROXY_SRC', 'X509_USER_PROXY_DST')
 GFAL_TOP_KEYS = ('base', 'files', 'dirs', 'options')
 # COPY defaults. make_dirs: True as in the pdm worker (its parent option), so the
@@ -7705,10 +7690,8 @@ class GfalJobError(Exception):
 
 
 class GfalJob(object):
-    """A validated job: type, entries and options with defaults filled in.
-    entries: (id, kind, url) for list/remove/mkdir (kind 'file' or 'dir'), (id, 'file',
-    src, dst) for copy/rename; id None for wiki-style entries. creds: gfal_credentials;
-    bound, shared, tokens: gfal_cred_bindings."""
+    """A validated job, options with defaults. entries: (id, 'file'|'dir', url), or (id, 'file', src, dst)
+    for copy/rename; id None for wiki-style entries. creds: gfal_credentials; the rest gfal_cred_bindings."""
     __slots__ = ('type', 'entries', 'options', 'creds', 'bound', 'shared', 'tokens')
 
     def __init__(self, jobtype, entries, options):
@@ -7896,10 +7879,8 @@ def gfal_check_options(jobtype, options):
 
 
 def _gfal_checksum_option(value, with_value):
-    """checksum option -> None or (algorithm, expected value or '').
-
-    LIST: an algorithm name. COPY: "ALG" (source checked against destination)
-    or "ALG:VALUE" (both also checked against VALUE); true means adler32."""
+    """checksum option -> None or (algorithm, expected value or ''). LIST: an algorithm; COPY: "ALG"
+    (source against destination), "ALG:VALUE" (both also against VALUE) or true (adler32)."""
     if value is None or value is False:
         return None
     if value is True and with_value:
@@ -7920,10 +7901,8 @@ def _gfal_checksum_option(value, with_value):
 
 
 def gfal_encrypted_url(url):
-    """The URL to use when encryption is asked, or raise ValueError with the reason.
-
-    Local files need none (nothing crosses a network); root/xroot become
-    roots/xroots; encrypted protocols (and gsiftp, with DCAU on) stay as they are."""
+    """The URL to use when encryption is asked (root/xroot: roots/xroots; file://, encrypted protocols and
+    gsiftp, with DCAU on, as they are), or ValueError with the reason."""
     scheme = gfal_scheme(url)
     if scheme in GFAL_LOCAL_SCHEMES or scheme in GFAL_ENCRYPTED_SCHEMES:
         return url
@@ -7971,8 +7950,7 @@ def gfal_endpoint(url):
 
 
 def gfal_credentials(jobtype, environ):
-    """(source, destination) credential of a job (see GFAL_PROXY_VARS), each
-    (variable, file) or None; a file not readable, or holding no certificate, is a job error."""
+    """(source, destination) credential, (variable, file) or None; an unreadable/certless file: job error."""
     one = ('X509_USER_PROXY', environ['X509_USER_PROXY']) if environ.get('X509_USER_PROXY') else None
     sides = tuple((var, environ[var]) if jobtype == 'copy' and environ.get(var) else one
                   for var in GFAL_PROXY_VARS)
@@ -7988,15 +7966,11 @@ def gfal_credentials(jobtype, environ):
 
 
 def gfal_cred_bindings(job):
-    """({URL prefix: credential file}, shared endpoints, tokens) of a job.
-
-    The prefixes, for gfal2's cred_set: each COPY side's credential on the root of
-    every endpoint of that side (also as the TLS twin when encrypting), the
-    destination's last: an endpoint on both sides with two different files is bound
-    to the destination's and is `shared` (a source file there is bound to the
-    source's for its copy). Other jobs: nothing (gfal2 reads X509_USER_PROXY).
-    tokens: some entry may be an HTTP third-party copy, the only use of the tokens
-    gfal2 asks HTTP storage for (one more request for every file otherwise)."""
+    """({URL prefix: credential file}, shared endpoints, tokens) of a job. For cred_set: each COPY side's
+    credential on the root of its endpoints (and their TLS twins when encrypting), the destination's last:
+    an endpoint of both sides with two files is the destination's and `shared` (its sources are bound to
+    the source's per copy). Other jobs: none (gfal2 reads X509_USER_PROXY). tokens: an entry may be an HTTP
+    third-party copy, the only use of the tokens gfal2 asks HTTP storage for (a request per file)."""
     tokens = job.type == 'copy' and job.options['copy_mode'] != 'streamed' and any(
         gfal_scheme(e[2]) in GFAL_HTTP_SCHEMES and gfal_scheme(e[3]) in GFAL_HTTP_SCHEMES for e in job.entries)
     bound, shared = {}, set()
@@ -8020,10 +7994,8 @@ _GFAL_AUTH_RE = LazyRegex(r'\b40[13]\b|[Pp]ermission|SSL|TLS|[Cc]ertificate|[Hh]
 
 
 def gfal_credential_note(reason, creds, urls, copy=False):
-    """reason, plus the credential each remote endpoint of the entry was given, when
-    the failure looks like one of authentication: a server that refuses a certificate
-    (or its CA), or wants one, is then named with what it got. A COPY failure that
-    gfal2 places on one side (SOURCE/DESTINATION) names that side only."""
+    """reason, plus what credential each remote endpoint got when it looks like an authentication failure;
+    a COPY failure gfal2 places on one side (SOURCE/DESTINATION) names that side only."""
     if not _GFAL_AUTH_RE.search(reason):
         return reason
     side = re.search(r'^(SOURCE|DESTINATION)\b|\((source|destination)\)$', reason) if copy else None
@@ -8127,12 +8099,8 @@ def _gfal_context(gfal2, job):
 
 
 def _gfal_read_dir(ctx, dir_url):
-    """(name, stat, d_type) of every entry of a directory, in server order.
-
-    Remote: opendir/readpp, one round trip for names and stats. file://: listdir
-    and a stat per entry, which the file plugin does faster than readpp, and
-    where a dangling symlink is listed with its own lstat instead of failing
-    the whole listing (readpp follows links and raises ENOENT)."""
+    """(name, stat, d_type) of every entry of a directory, in server order. Remote: opendir/readpp (one round
+    trip). file://: listdir and stat, faster there, and a dangling symlink gets its lstat (readpp: ENOENT)."""
     found = []
     if gfal_scheme(dir_url) == 'file':
         for name in ctx.listdir(dir_url):
@@ -8199,12 +8167,8 @@ def _gfal_do_list(gfal2, ctx, url, options):
 
 
 class _GfalParentDirs(object):
-    """Destination directories already created in this job (make_dirs).
-
-    Creating each distinct parent once, instead of letting gfal2 check and
-    create it for every file (create_parent), saves two round trips per file.
-    A parent that cannot be made here is left to gfal2 (create_parent), so
-    its own error message is reported."""
+    """Destination directories created in this job (make_dirs): each parent once, not gfal2's create_parent
+    per file, saves two round trips a file. One that fails here is left to gfal2, to report its error."""
 
     def __init__(self):
         self.lock = threading.Lock()
@@ -8225,10 +8189,8 @@ class _GfalParentDirs(object):
 
 
 def _gfal_copy_one(gfal2, ctx, job, src, dst, out, parents=None):
-    """Copy one file; returns None on success or the failure Reason.
-
-    A source on an endpoint of both sides (bound to the destination's credential)
-    is bound to the source's for the copy: its URL is the longer prefix."""
+    """Copy one file -> None or the failure Reason. A source on a shared endpoint is bound to the
+    source's credential for the copy (its URL is the longer prefix)."""
     options = job.options
     try:
         src_url, dst_url = map(gfal_encrypted_url, (src, dst)) if options['encrypt'] else (src, dst)
@@ -8307,8 +8269,7 @@ def _gfal_run_entry(gfal2, ctx, job, entry, out, parents=None):
 
 
 def _gfal_run_parallel(gfal2, job, out, workers):
-    """COPY entries on `workers` threads (one gfal2 context each), their results printed
-    in input order, each as soon as it and all before it are done -> the number failed."""
+    """COPY entries on `workers` threads (a context each), results printed in order once ready -> failures."""
     entries = job.entries
     parents = _GfalParentDirs()
     results = [None] * len(entries)
@@ -8376,12 +8337,9 @@ def gfal_run_job(gfal2, job, out):
 
 
 def gfal_lazy_system_cas(environ):
-    """Let OpenSSL find the system CAs by hash in its default directory, not by parsing
-    its default CA file: davix loads that file, the whole system bundle (about 30 ms
-    of CPU here), for every HTTPS request. Only while the file and the directory in
-    use are the system's (SSL_CERT_FILE, SSL_CERT_DIR unset or naming them) and the
-    directory holds a hash link for every certificate of the file (Debian's
-    /etc/ssl/certs): trust stays the same."""
+    """Let OpenSSL find the system CAs by hash in their directory: davix parses the whole default CA file
+    (about 30 ms of CPU) for every HTTPS request. Only while both are the system's (SSL_CERT_FILE/_DIR
+    unset or naming them) and the directory links every certificate of the file: trust stays the same."""
     paths = ssl.get_default_verify_paths()
     real = os.path.realpath
     cafile = environ.get(paths.openssl_cafile_env) or paths.openssl_cafile
@@ -8408,10 +8366,7 @@ def _gfal_import():
 
 
 def gfal_main(args, stdin=None, stdout=None, stderr=None):
-    """alien.py gfal TYPE [JOB.json|-]: run a worker job; returns the exit status.
-
-    0: every entry succeeded; 1: at least one failed; 2: job error (one JSON
-    error line on stdout, nothing done)."""
+    """alien.py gfal TYPE [JOB.json|-] -> 0 all entries OK, 1 some failed, 2 job error (one JSON line)."""
     stdin = sys.stdin if stdin is None else stdin
     out = _GfalOutput(sys.stdout if stdout is None else stdout, sys.stderr if stderr is None else stderr)
     args = list(args)
@@ -8467,8 +8422,7 @@ ENTRY_VERBS = ('token-init', 'token-info', 'token-destroy', 'cert-info')
 
 
 def entry_verb(argv0):
-    """The verb a program name stands for: alien_ls -> 'ls', alien-token-init ->
-    'token-init'; '' for alien.py itself (and alien_cmd, the reference's plain name)."""
+    """The verb of a program name: alien_ls -> 'ls', alien-token-init -> 'token-init', alien.py -> ''."""
     name = os.path.basename(argv0 or '')
     if name.endswith('.py'):
         name = name[:-3]
@@ -8479,8 +8433,7 @@ def entry_verb(argv0):
 
 
 def parse_main_args(argv):
-    """Front-end options anywhere on the command line -> (words, options).
-    options: json (bool), debug (bool), debugfile (str or None)."""
+    """Front-end options anywhere on the command line -> (words, {json, debug, debugfile})."""
     opts, words = parse_args('', argv, MAIN_OPTIONS, free=True)   # the other words are the commands'
     if opts['debugfile'] == '':
         raise AlienError('-debugfile needs a file name', EX_USAGE)
@@ -8558,12 +8511,9 @@ def main(argv=None):
 
 
 def leave(code):
-    """End the process with exit status `code` once main() has returned. Python's
-    own teardown frees every module and object one by one, which costs about 10 ms
-    of a 0.14 s command and does nothing for a finished one: flush the output, run
-    the exit handlers (temp PEM files, logging) and os._exit. A process with other
-    threads still running, or with XRootD or gfal2 loaded (their libraries stop
-    their own threads at exit), takes Python's normal exit instead."""
+    """Exit with `code` after main(): flush, run the exit handlers (temp PEM files, logging) and os._exit,
+    skipping Python's teardown of every object (about 10 ms of a 0.14 s command). Other threads running,
+    or XRootD or gfal2 loaded (their libraries stop their threads at exit): Python's normal exit."""
     run_handlers = getattr(__import__('atexit'), '_run_exitfuncs', None)
     if (run_handlers is None or threading.active_count() > 1
             or 'XRootD' in sys.modules or 'gfal2' in sys.modules):
