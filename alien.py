@@ -6017,9 +6017,8 @@ def cmd_popd(session, args):
 # ==========================================================================
 # Commands: storage elements (XRootD probes and the storage commands)
 # ==========================================================================
-# Exit codes: 0 all fine; 2 no such LFN/SE label; 5 a replica or SE failed its check
-# (the report on stdout says which); 64 wrong arguments; 107 checkAddr: an address
-# failed; 1 XRootD bindings missing; a server errno when the service refuses.
+# Exit codes: 0 all fine; 2 no such LFN/SE label; 5 a replica or SE failed its check (stdout says which);
+# 64 wrong arguments; 107 checkAddr: an address failed; 1 no XRootD bindings; a server errno.
 
 XRD_CONFIG_KEYS = ('bind_max', 'chksum', 'pio_max', 'readv_ior_max', 'readv_iov_max', 'tpc',
                    'wan_port', 'wan_window', 'window', 'cms', 'role', 'sitename', 'version')
@@ -6052,29 +6051,6 @@ def xrd_config_value(key, raw):
     """A `query config` answer: the server echoes the key back when it is not set."""
     value = (raw or b'').decode('ascii', 'replace').strip('\x00 \t\r\n')
     return 'NOT_SET' if value == key or not value else value
-
-
-def xrd_query_config(host, timeout):
-    """({key: value}, status dict of the first failure or None)."""
-    from XRootD.client.flags import QueryCode
-    fs = xrd_probe_fs(host, 'xrd_config')
-    config = {}
-    for key in XRD_CONFIG_KEYS:
-        status, raw = fs.query(QueryCode.CONFIG, key, timeout=timeout)
-        if not status.ok:
-            return config, xrd_status_dict(status)
-        config[key] = xrd_config_value(key, raw)
-    return config, None
-
-
-def xrd_query_stats(host, timeout):
-    """(XML text of `query stats a`, status dict of a failure or None)."""
-    from XRootD.client.flags import QueryCode
-    fs = xrd_probe_fs(host, 'xrd_stats')
-    status, raw = fs.query(QueryCode.STATS, 'a', timeout=timeout)
-    if not status.ok:
-        return '', xrd_status_dict(status)
-    return (raw or b'').decode('utf-8', 'replace').strip('\x00 \t\r\n'), None
 
 
 def _xml_element_dict(e):
@@ -6387,9 +6363,15 @@ XRD_CONFIG_USAGE = '''xrd_config [-v] [-a] [-timeout S] SE|HOST[:PORT]...  XRoot
 
 
 def _config_probe(se_name, host, opts, timeout):
-    cfg, failure = xrd_query_config(host, timeout)
-    if failure:
-        return '%-32s %s' % (se_name, failure['message']), dict(cfg, ok=False, message=failure['message'])
+    from XRootD.client.flags import QueryCode
+    fs = xrd_probe_fs(host, 'xrd_config')
+    cfg = {}
+    for key in XRD_CONFIG_KEYS:   # the first failure ends the probe
+        status, raw = fs.query(QueryCode.CONFIG, key, timeout=timeout)
+        if not status.ok:
+            message = xrd_status_dict(status)['message']
+            return '%-32s %s' % (se_name, message), dict(cfg, ok=False, message=message)
+        cfg[key] = xrd_config_value(key, raw)
     if cfg['sitename'] == 'NOT_SET':
         cfg['sitename'] = se_name
     cfg['ok'] = True
@@ -6413,9 +6395,12 @@ XRD_STATS_USAGE = '''xrd_stats [-xml | -xmlraw] [-compact] [-a] [-timeout S] SE|
 
 
 def _stats_probe(se_name, host, opts, timeout):
-    xml_text, failure = xrd_query_stats(host, timeout)
-    if failure:
-        return '%-32s %s' % (se_name, failure['message']), {'ok': False, 'message': failure['message']}
+    from XRootD.client.flags import QueryCode
+    status, raw = xrd_probe_fs(host, 'xrd_stats').query(QueryCode.STATS, 'a', timeout=timeout)
+    if not status.ok:
+        message = xrd_status_dict(status)['message']
+        return '%-32s %s' % (se_name, message), {'ok': False, 'message': message}
+    xml_text = (raw or b'').decode('utf-8', 'replace').strip('\x00 \t\r\n')
     stats = xrd_stats_dict(xml_text)
     if not stats.get('site') or stats.get('site') == 'NOT_SET':
         stats['site'] = se_name
@@ -6869,11 +6854,9 @@ def ce_line(ce):
 
 def select_ces(ces, name=None, host=None, part=None):
     """CEs that pass every given filter: parts of name and host, a partition (case-insensitive)."""
-    def ok(ce):
-        return ((not name or name.lower() in ce.get('ceName', '').lower())
-                and (not host or host.lower() in ce.get('host', '').lower())
-                and (not part or part.lower() in ce.get('partitions', '').lower().split(',')))
-    return [ce for ce in ces if ok(ce)]
+    return [ce for ce in ces if (not name or name.lower() in ce.get('ceName', '').lower())
+            and (not host or host.lower() in ce.get('host', '').lower())
+            and (not part or part.lower() in ce.get('partitions', '').lower().split(','))]
 
 
 def _list_ces(session):
@@ -7541,8 +7524,7 @@ class Shell(object):
         if m:
             prefix, word = m.group(1), word[m.end():]
         dirpart, base = word[:word.rfind('/') + 1], word[word.rfind('/') + 1:]
-        if not self.session.cwd:
-            self.session.request('pwd')
+        _need_cwd(self.session)
         directory = self.session.grid_path(dirpart) if dirpart else self.session.cwd
         return sorted(prefix + dirpart + name + ('' if name.endswith('/') else ' ') for name in self.listing(directory)
                       if name.startswith(base) and (base.startswith('.') or not name.startswith('.')))
@@ -7661,9 +7643,8 @@ GFAL_COPY_MODES = {'pull': '3rd pull', 'push': '3rd push', 'streamed': 'streamed
 # back to X509_USER_PROXY, the one credential of every other job.
 GFAL_PROXY_VARS = ('X509_USER_PROXY_SRC', 'X509_USER_PROXY_DST')
 GFAL_TOP_KEYS = ('base', 'files', 'dirs', 'options')
-# COPY defaults. make_dirs: True as in the pdm worker (its parent option), so the
-# per-file jobs it produced for a directory tree work unchanged. parallel: chosen
-# by bench/gfal_bench.py (see docs-gfal.md).
+# COPY defaults. make_dirs: True as in the pdm worker (its parent option), so its per-file jobs
+# for a directory tree work unchanged. parallel: chosen by bench/gfal_bench.py (see docs-gfal.md).
 GFAL_DEFAULT_PARALLEL = 16
 GFAL_MAX_PARALLEL = 64
 GFAL_MKDIR_MODE = 0o755
@@ -7675,8 +7656,7 @@ GFAL_MISSING_HINT = (
     'the interpreter they are built for, e.g. /usr/bin/python3 alien.py gfal ...')
 GFAL_STAT_KEYS = ('st_dev', 'st_ino', 'st_mode', 'st_nlink', 'st_uid', 'st_gid',
                   'st_size', 'st_atime', 'st_mtime', 'st_ctime')
-# Encryption of the data channel, by scheme: schemes whose channel is encrypted
-# anyway, schemes upgraded to their TLS twin, schemes with no network at all.
+# Data channel encryption by scheme: encrypted anyway, upgraded to a TLS twin, no network at all.
 GFAL_ENCRYPTED_SCHEMES = ('roots', 'xroots', 'https', 'davs', 'sftp', 's3s', 'gsiftp')
 GFAL_TLS_TWIN = {'root': 'roots', 'xroot': 'xroots'}
 GFAL_LOCAL_SCHEMES = ('file',)
@@ -7695,9 +7675,7 @@ class GfalJob(object):
     __slots__ = ('type', 'entries', 'options', 'creds', 'bound', 'shared', 'tokens')
 
     def __init__(self, jobtype, entries, options):
-        self.type = jobtype
-        self.entries = entries
-        self.options = options
+        self.type, self.entries, self.options = jobtype, entries, options
         self.creds = (None, None)
         self.bound, self.shared, self.tokens = {}, frozenset(), False
 
@@ -8035,8 +8013,7 @@ class _GfalOutput(object):
     """Serialised, flushed line output on stdout (JSON) and stderr (text)."""
 
     def __init__(self, stdout, stderr):
-        self.stdout = stdout
-        self.stderr = stderr
+        self.stdout, self.stderr = stdout, stderr
         self.lock = threading.Lock()
         self.broken = False      # the reader went away: stop writing, exit 1
 
@@ -8065,12 +8042,6 @@ class _GfalOutput(object):
 _GFAL_DTYPE_MODE = {4: stat_mod.S_IFDIR, 8: stat_mod.S_IFREG, 10: stat_mod.S_IFLNK}
 
 
-def _gfal_stat_dict(st, name):
-    entry = {key: int(getattr(st, key)) for key in GFAL_STAT_KEYS}
-    entry['name'] = name
-    return entry
-
-
 def _gfal_context(gfal2, job):
     options = job.options
     ctx = gfal2.creat_context()
@@ -8090,8 +8061,7 @@ def _gfal_context(gfal2, job):
             ctx.set_opt_boolean('HTTP PLUGIN', 'ENABLE_FALLBACK_TPC_COPY', False)
         if options.get('encrypt'):
             ctx.set_opt_boolean('GRIDFTP PLUGIN', 'DCAU', True)
-        # One file per filecopy call: without this the xrootd plugin sets up a
-        # copy process for 20 parallel jobs each time (about 30 % more CPU per file).
+        # One file per filecopy call: else xrootd sets up a 20-job copy process each time (+30 % CPU a file)
         ctx.set_opt_integer('XROOTD PLUGIN', 'PARALLEL_COPIES', 1)
     except Exception:   # options of plugins that are not installed: nothing to tune
         pass
@@ -8130,7 +8100,7 @@ def _gfal_do_list(gfal2, ctx, url, options):
     algo = checksum[0] if checksum else None
 
     def entry(st, name, entry_url, d_type=0):
-        d = _gfal_stat_dict(st, name)
+        d = dict(((key, int(getattr(st, key))) for key in GFAL_STAT_KEYS), name=name)
         if not stat_mod.S_IFMT(d['st_mode']) and d_type in _GFAL_DTYPE_MODE:
             # XRootD's dirlist stat carries permission bits only: take the type from the dirent
             d['st_mode'] |= _GFAL_DTYPE_MODE[d_type]
@@ -8295,9 +8265,8 @@ def _gfal_run_parallel(gfal2, job, out, workers):
                     out.json(results[printed[0]])
                     printed[0] += 1
 
-    threads = [threading.Thread(target=worker, name='gfal-copy-%d' % i) for i in range(workers)]
+    threads = [threading.Thread(target=worker, name='gfal-copy-%d' % i, daemon=True) for i in range(workers)]
     for t in threads:
-        t.daemon = True
         t.start()
     for t in threads:
         while t.is_alive():
@@ -8356,15 +8325,6 @@ def gfal_lazy_system_cas(environ):
         environ[paths.openssl_cafile_env] = os.devnull
 
 
-def _gfal_import():
-    """Import gfal2 (only here); GfalJobError naming the package when missing."""
-    try:
-        import gfal2
-    except ImportError:
-        raise GfalJobError(GFAL_MISSING_HINT % (sys.executable or 'python3'))
-    return gfal2
-
-
 def gfal_main(args, stdin=None, stdout=None, stderr=None):
     """alien.py gfal TYPE [JOB.json|-] -> 0 all entries OK, 1 some failed, 2 job error (one JSON line)."""
     stdin = sys.stdin if stdin is None else stdin
@@ -8386,7 +8346,10 @@ def gfal_main(args, stdin=None, stdout=None, stderr=None):
                 'from stdin' if source == '-' else 'file ' + source, getattr(e, 'strerror', None) or e))
         job = gfal_parse_job(jobtype, gfal_load_json(text))
         job.creds = gfal_credentials(jobtype, os.environ)
-        gfal2 = _gfal_import()
+        try:
+            import gfal2   # only here
+        except ImportError:
+            raise GfalJobError(GFAL_MISSING_HINT % (sys.executable or 'python3'))
     except GfalJobError as e:
         out.json(gfal_result(False, str(e), ''))   # id "": the whole job failed (pdm worker)
         return 2
