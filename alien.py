@@ -6037,16 +6037,6 @@ def xrd_status_dict(status):
             'errno': int(status.errno), 'message': (status.message or '').strip()}
 
 
-def xrd_ping(host, timeout):
-    """(status dict, round trip in ms or None) of one XRootD ping."""
-    fs = xrd_probe_fs(host, 'xrd_ping')
-    t0 = time.monotonic()
-    status, _ = fs.ping(timeout=timeout)
-    ms = (time.monotonic() - t0) * 1000
-    st = xrd_status_dict(status)
-    return st, (ms if st['ok'] else None)
-
-
 def xrd_config_value(key, raw):
     """A `query config` answer: the server echoes the key back when it is not set."""
     value = (raw or b'').decode('ascii', 'replace').strip('\x00 \t\r\n')
@@ -6138,7 +6128,6 @@ def se_matches(se, label):
 
 
 def se_host(se):
-    """host:port of an SE's endpoint URL."""
     from urllib.parse import urlsplit
     return urlsplit(se.get('endpointUrl') or '').netloc
 
@@ -6334,13 +6323,17 @@ XRD_PING_USAGE = '''xrd_ping [-c COUNT] [-timeout S] SE|HOST[:PORT]...  XRootD r
 def _ping_probe(se_name, host, opts, timeout):
     import statistics
     count = opts.get('c', 3)
-    st, _ = xrd_ping(host, timeout)   # opens the connection: not counted
     rtts = []
-    for _ in range(count if st['ok'] else 0):
-        st, ms = xrd_ping(host, timeout)
-        if ms is None:
+    for i in range(count + 1):   # ping 0 opens the connection: not counted
+        fs = xrd_probe_fs(host, 'xrd_ping')
+        t0 = time.monotonic()
+        status, _ = fs.ping(timeout=timeout)
+        ms = (time.monotonic() - t0) * 1000
+        st = xrd_status_dict(status)
+        if not st['ok']:
             break
-        rtts.append(ms)
+        if i:
+            rtts.append(ms)
     if len(rtts) < count:
         return '%-32s %s' % (se_name, st['message']), {'ok': False, 'rtt_ms': rtts, 'message': st['message']}
     row = {'ok': True, 'rtt_ms': rtts, 'min': min(rtts), 'avg': sum(rtts) / len(rtts), 'max': max(rtts),
@@ -7617,11 +7610,6 @@ class Shell(object):
                 return e.code if isinstance(e.code, int) else 0
 
 
-def shell_main(session):
-    """The interactive shell (no command-line arguments). Returns the exit code."""
-    return Shell(session).loop()
-
-
 # ==========================================================================
 # gfal jobs: the job, its entries, options and credentials, its output lines
 # ==========================================================================
@@ -7631,9 +7619,7 @@ GFAL_USAGE = 'gfal list|remove|copy|rename|mkdir [JOB.json | -]'
 # Options each job type accepts (anything else is a job error: nothing is done).
 GFAL_OPTIONS = {
     'list': ('depth', 'checksum', 'timeout'),
-    'remove': ('timeout',),
-    'rename': ('timeout',),
-    'mkdir': ('timeout',),
+    'remove': ('timeout',), 'rename': ('timeout',), 'mkdir': ('timeout',),
     'copy': ('make_dirs', 'parent', 'checksum', 'encrypt', 'preserve_timestamp',
              'overwrite', 'nbstreams', 'timeout', 'parallel', 'copy_mode'),
 }
@@ -8444,7 +8430,7 @@ def main(argv=None):
         session = Session()
         session.compact_rows = True
         if not words:
-            return exit_status(shell_main(session))
+            return exit_status(Shell(session).loop())   # no command: the interactive shell
         if not verb and len(words) == 1 and os.path.isfile(words[0]):
             return exit_status(run_command_file(session, words[0]))
         # like the reference client: join with spaces and split again, honouring quotes
