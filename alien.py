@@ -5524,9 +5524,8 @@ def cmd_time(session, args):
         return Result(EX_EINVAL, '', 'time: need a command (see time -h)')
     if re.match(r'^\d+$', args[0]):  # the service's own repeat-and-time
         return session.request('time', args, nokeys=not session.command_json)
-    as_json = session.command_json
     t0, requests, logins = time.monotonic(), session.requests, session.logins
-    result = session.run_tokens(list(args) + (['-json'] if as_json else []))
+    result = session.run_tokens(list(args) + (['-json'] if session.command_json else []))
     if result.exitcode == 0 and not result.as_json:
         result.out = (result.out + '\n' if result.out else '') + 'time: %.3f ms, requests %d, logins %d' % (
             (time.monotonic() - t0) * 1000, session.requests - requests, session.logins - logins)
@@ -6300,14 +6299,13 @@ def xrd_targets(session, pos, opts, name):
 
 
 def xrd_each_se(session, args, name, options, probe, timeout=PROBE_TIMEOUT):
-    """An xrd_* command: probe(se_name, host, opts, timeout) -> (text, row with 'ok') per SE; 5: one failed."""
+    """An xrd_* command: probe(se_name, host, opts, timeout) -> (text or None: failed, row) per SE."""
     opts, pos = parse_args(name, args, options + ' -timeout:count', {'timeout': timeout})
-    timeout = opts['timeout']
     texts, rows = [], []
     for se_name, host in xrd_targets(session, pos, opts, name):
-        text, row = probe(se_name, host, opts, timeout)
+        text, row = probe(se_name, host, opts, opts['timeout'])
         row.update(seName=se_name, endpointUrl=host)
-        texts.append(text)
+        texts.append('%-32s %s' % (se_name, row['message']) if text is None else text)
         rows.append(row)
     bad = [r['seName'] for r in rows if not r['ok']]
     return client_result('\n'.join(texts), rows, exitcode=EX_EIO if bad else 0,
@@ -6335,7 +6333,7 @@ def _ping_probe(se_name, host, opts, timeout):
         if i:
             rtts.append(ms)
     if len(rtts) < count:
-        return '%-32s %s' % (se_name, st['message']), {'ok': False, 'rtt_ms': rtts, 'message': st['message']}
+        return None, {'ok': False, 'rtt_ms': rtts, 'message': st['message']}
     row = {'ok': True, 'rtt_ms': rtts, 'min': min(rtts), 'avg': sum(rtts) / len(rtts), 'max': max(rtts),
            'mdev': statistics.stdev(rtts) if len(rtts) > 1 else 0.0}
     return ('%-32s rtt min/avg/max/mdev (ms) = %.3f/%.3f/%.3f/%.3f'
@@ -6362,8 +6360,7 @@ def _config_probe(se_name, host, opts, timeout):
     for key in XRD_CONFIG_KEYS:   # the first failure ends the probe
         status, raw = fs.query(QueryCode.CONFIG, key, timeout=timeout)
         if not status.ok:
-            message = xrd_status_dict(status)['message']
-            return '%-32s %s' % (se_name, message), dict(cfg, ok=False, message=message)
+            return None, dict(cfg, ok=False, message=xrd_status_dict(status)['message'])
         cfg[key] = xrd_config_value(key, raw)
     if cfg['sitename'] == 'NOT_SET':
         cfg['sitename'] = se_name
@@ -6391,8 +6388,7 @@ def _stats_probe(se_name, host, opts, timeout):
     from XRootD.client.flags import QueryCode
     status, raw = xrd_probe_fs(host, 'xrd_stats').query(QueryCode.STATS, 'a', timeout=timeout)
     if not status.ok:
-        message = xrd_status_dict(status)['message']
-        return '%-32s %s' % (se_name, message), {'ok': False, 'message': message}
+        return None, {'ok': False, 'message': xrd_status_dict(status)['message']}
     xml_text = (raw or b'').decode('utf-8', 'replace').strip('\x00 \t\r\n')
     stats = xrd_stats_dict(xml_text)
     if not stats.get('site') or stats.get('site') == 'NOT_SET':
@@ -7865,8 +7861,7 @@ def _gfal_checksum_option(value, with_value):
 
 
 def gfal_encrypted_url(url):
-    """The URL to use when encryption is asked (root/xroot: roots/xroots; file://, encrypted protocols and
-    gsiftp, with DCAU on, as they are), or ValueError with the reason."""
+    """URL for encryption (root/xroot: roots/xroots; file://, TLS, gsiftp with DCAU: as is) or ValueError."""
     scheme = gfal_scheme(url)
     if scheme in GFAL_LOCAL_SCHEMES or scheme in GFAL_ENCRYPTED_SCHEMES:
         return url
@@ -7930,11 +7925,10 @@ def gfal_credentials(jobtype, environ):
 
 
 def gfal_cred_bindings(job):
-    """({URL prefix: credential file}, shared endpoints, tokens) of a job. For cred_set: each COPY side's
-    credential on the root of its endpoints (and their TLS twins when encrypting), the destination's last:
-    an endpoint of both sides with two files is the destination's and `shared` (its sources are bound to
-    the source's per copy). Other jobs: none (gfal2 reads X509_USER_PROXY). tokens: an entry may be an HTTP
-    third-party copy, the only use of the tokens gfal2 asks HTTP storage for (a request per file)."""
+    """({URL prefix: credential file}, shared endpoints, tokens) of a job. COPY: each side's credential on its
+    endpoints' roots (and TLS twins), the destination's last: an endpoint of both sides with two files is
+    `shared` (sources there get the source's per copy); other jobs: none (gfal2 reads X509_USER_PROXY).
+    tokens: an entry may be an HTTP third-party copy, the one use of gfal2's token requests (one a file)."""
     tokens = job.type == 'copy' and job.options['copy_mode'] != 'streamed' and any(
         gfal_scheme(e[2]) in GFAL_HTTP_SCHEMES and gfal_scheme(e[3]) in GFAL_HTTP_SCHEMES for e in job.entries)
     bound, shared = {}, set()
@@ -8145,8 +8139,7 @@ class _GfalParentDirs(object):
 
 
 def _gfal_copy_one(gfal2, ctx, job, src, dst, out, parents=None):
-    """Copy one file -> None or the failure Reason. A source on a shared endpoint is bound to the
-    source's credential for the copy (its URL is the longer prefix)."""
+    """Copy one file -> None or the failure Reason; a source on a shared endpoint gets the source's cred."""
     options = job.options
     try:
         src_url, dst_url = map(gfal_encrypted_url, (src, dst)) if options['encrypt'] else (src, dst)
