@@ -6285,8 +6285,9 @@ def cmd_lfn2uri(session, args):
     return client_result(target, replicas)
 
 
-def xrd_targets(session, pos, opts, name):
-    """(name, host:port) of the SEs/servers an xrd_* command probes (-a: every SE)."""
+def xrd_each_se(session, args, name, options, probe, timeout=PROBE_TIMEOUT):
+    """An xrd_* command (-a: every SE): probe(se_name, host, opts, timeout) -> (text or None: failed, row)."""
+    opts, pos = parse_args(name, args, options + ' -timeout:count', {'timeout': timeout})
     if 'a' in opts or 'all' in opts:
         ses = list_ses(session)
     elif pos:
@@ -6295,14 +6296,8 @@ def xrd_targets(session, pos, opts, name):
         raise AlienError('%s: which SE? usage: %s [options] SE|HOST[:PORT]... (see %s -h)' % (name, name, name),
                          EX_USAGE)
     xrootd_client(name)
-    return [(se['seName'], se_host(se)) for se in ses if se_host(se)]
-
-
-def xrd_each_se(session, args, name, options, probe, timeout=PROBE_TIMEOUT):
-    """An xrd_* command: probe(se_name, host, opts, timeout) -> (text or None: failed, row) per SE."""
-    opts, pos = parse_args(name, args, options + ' -timeout:count', {'timeout': timeout})
     texts, rows = [], []
-    for se_name, host in xrd_targets(session, pos, opts, name):
+    for se_name, host in [(se['seName'], se_host(se)) for se in ses if se_host(se)]:
         text, row = probe(se_name, host, opts, opts['timeout'])
         row.update(seName=se_name, endpointUrl=host)
         texts.append('%-32s %s' % (se_name, row['message']) if text is None else text)
@@ -6712,10 +6707,8 @@ _TRACE_TIME = LazyRegex(r'^([0-9]{10}) \[')
 
 def trace_local_times(text, unixtime=False):
     """Lines of a job trace with their leading unix time shown as local time."""
-    if unixtime:
-        return text
-    return '\n'.join(_TRACE_TIME.sub(lambda m: local_time(m.group(1)) + ' [', line, 1)
-                     for line in text.split('\n'))
+    return text if unixtime else '\n'.join(_TRACE_TIME.sub(lambda m: local_time(m.group(1)) + ' [', line, 1)
+                                           for line in text.split('\n'))
 
 
 def parse_trace(trace, unixtime=False):
@@ -7755,15 +7748,12 @@ def gfal_parse_job(jobtype, doc):
     if base is not None and not (isinstance(base, str) and gfal_scheme(base)):
         raise GfalJobError('"base" must be a URL with a scheme (e.g. root://host//path/), got %s'
                            % _gfal_short(base))
-    lists = {}
     for key in ('files', 'dirs'):
-        value = doc.get(key, [])
-        if not isinstance(value, list):
-            raise GfalJobError('"%s" must be a list, not %s' % (key, _gfal_json_type(value)))
-        lists[key] = value
+        if not isinstance(doc.get(key, []), list):
+            raise GfalJobError('"%s" must be a list, not %s' % (key, _gfal_json_type(doc[key])))
     options = gfal_check_options(jobtype, doc.get('options', {}))
 
-    files, dirs = lists['files'], lists['dirs']
+    files, dirs = doc.get('files', []), doc.get('dirs', [])
     pair = jobtype in ('copy', 'rename')
     if jobtype == 'list':
         if len(files) + len(dirs) != 1:
@@ -7780,8 +7770,8 @@ def gfal_parse_job(jobtype, doc):
     elif not files and not dirs:
         raise GfalJobError('nothing to remove: "files" and "dirs" are empty')
     entries = []   # (remove: every file, then every directory)
-    for key, kind in (('files', 'file'), ('dirs', 'dir')):
-        for i, entry in enumerate(lists[key]):
+    for key, kind, items in (('files', 'file', files), ('dirs', 'dir', dirs)):
+        for i, entry in enumerate(items):
             parsed = gfal_parse_entry(entry, pair, base, '%s[%d]' % (key, i))
             entries.append((parsed[0], kind) + parsed[1:])
     return GfalJob(jobtype, entries, options)
@@ -8427,8 +8417,7 @@ def main(argv=None):
         if not verb and len(words) == 1 and os.path.isfile(words[0]):
             return exit_status(run_command_file(session, words[0]))
         # like the reference client: join with spaces and split again, honouring quotes
-        result = session.run(' '.join(words), on_result=print_result)
-        return exit_status(result.exitcode)
+        return exit_status(session.run(' '.join(words), on_result=print_result).exitcode)
     except AlienError as e:
         print_error('alien.py: %s' % e)
         return exit_status(e.exitcode)
