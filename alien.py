@@ -5389,9 +5389,8 @@ def cmd_time(session, args):
         return Result(EX_EINVAL, '', 'time: need a command (see time -h)')
     if re.match(r'^\d+$', args[0]):  # the service's own repeat-and-time
         return session.request('time', args, nokeys=not session.command_json)
-    as_json = session.command_json
     t0, requests, logins = time.monotonic(), session.requests, session.logins
-    result = session.run_tokens(list(args) + (['-json'] if as_json else []))
+    result = session.run_tokens(list(args) + (['-json'] if session.command_json else []))
     if result.exitcode == 0 and not result.as_json:
         result.out = (result.out + '\n' if result.out else '') + 'time: %.3f ms, requests %d, logins %d' % (
             (time.monotonic() - t0) * 1000, session.requests - requests, session.logins - logins)
@@ -5701,8 +5700,7 @@ def _run_with_grid_files(session, argv, grid_at, make_executable=False):
 
 
 def run_argv(args):
-    """run's arguments -> (argv, indexes of the grid files in it): the alien:-marked
-    arguments (moved to the end, in order), or else the last one; None if too few."""
+    """run's arguments -> (argv, indexes of the grid files: the alien:-marked ones moved last, or the last)."""
     args = parse_args('run', args, RUN_OPTIONS, free=True)[1]
     if len(args) < 2:
         return None
@@ -5728,11 +5726,8 @@ def cmd_exec(session, args):
 
 
 def save_cwd(session):
-    """Write CWD/CWDPREV to ~/.alienpy_session (owner-only); never fails a cd.
-    Overwritten in place and then cut to length: on ext4 a rename over the file
-    or a truncation to zero forces a flush to disk (~4 ms per cd), and losing
-    the last directory in a power cut is harmless. Readers (a shell starting)
-    ignore lines they cannot use."""
+    """Write CWD/CWDPREV to ~/.alienpy_session (owner-only); never fails a cd. Written in place, then cut:
+    on ext4 a rename over it or a truncation to zero flushes to disk (~4 ms per cd); a lost cd is harmless."""
     if not session.cwd:
         return
     text = 'CWD = %s\nCWDPREV = %s\n' % (session.cwd, session.prevdir or session.cwd)
@@ -5886,20 +5881,16 @@ def cmd_popd(session, args):
 # ==========================================================================
 # Commands: storage elements (XRootD probes and the storage commands)
 # ==========================================================================
-# Exit codes: 0 all fine; 2 no such LFN/SE label; 5 a replica or SE failed its check
-# (the report on stdout says which); 64 wrong arguments; 107 checkAddr: an address
-# failed; 1 XRootD bindings missing; a server errno when the service refuses.
-
-# ---- XRootD probes of storage elements (pfn-status, xrd_ping/config/stats) ------
+# Exit codes: 0 all fine; 2 no such LFN/SE label; 5 a replica or SE failed its check (stdout says which);
+# 64 wrong arguments; 107 checkAddr: an address failed; 1 no XRootD bindings; a server errno.
 
 XRD_CONFIG_KEYS = ('bind_max', 'chksum', 'pio_max', 'readv_ior_max', 'readv_iov_max', 'tpc',
                    'wan_port', 'wan_window', 'window', 'cms', 'role', 'sitename', 'version')
 
 
 def xrd_probe_fs(host, what):
-    """XRootD FileSystem of root://host (host[:port]) for a probe. Timeouts are checked
-    every second (xrootd_client sets TimeoutResolution 1: XRootD's default granularity,
-    15 s, would make a 2 s timeout last 15 s)."""
+    """XRootD FileSystem of root://host[:port] (xrootd_client sets TimeoutResolution 1: at the
+    default 15 s granularity a 2 s timeout would last 15 s)."""
     client = xrootd_client(what)
     return client.FileSystem('root://%s/?xrd.wantprot=unix' % host)
 
@@ -5910,48 +5901,14 @@ def xrd_status_dict(status):
             'errno': int(status.errno), 'message': (status.message or '').strip()}
 
 
-def xrd_ping(host, timeout):
-    """(status dict, round trip in ms or None) of one XRootD ping."""
-    fs = xrd_probe_fs(host, 'xrd_ping')
-    t0 = time.monotonic()
-    status, _ = fs.ping(timeout=timeout)
-    ms = (time.monotonic() - t0) * 1000
-    st = xrd_status_dict(status)
-    return st, (ms if st['ok'] else None)
-
-
 def xrd_config_value(key, raw):
     """A `query config` answer: the server echoes the key back when it is not set."""
     value = (raw or b'').decode('ascii', 'replace').strip('\x00 \t\r\n')
     return 'NOT_SET' if value == key or not value else value
 
 
-def xrd_query_config(host, timeout):
-    """({key: value}, status dict of the first failure or None)."""
-    from XRootD.client.flags import QueryCode
-    fs = xrd_probe_fs(host, 'xrd_config')
-    config = {}
-    for key in XRD_CONFIG_KEYS:
-        status, raw = fs.query(QueryCode.CONFIG, key, timeout=timeout)
-        if not status.ok:
-            return config, xrd_status_dict(status)
-        config[key] = xrd_config_value(key, raw)
-    return config, None
-
-
-def xrd_query_stats(host, timeout):
-    """(XML text of `query stats a`, status dict of a failure or None)."""
-    from XRootD.client.flags import QueryCode
-    fs = xrd_probe_fs(host, 'xrd_stats')
-    status, raw = fs.query(QueryCode.STATS, 'a', timeout=timeout)
-    if not status.ok:
-        return '', xrd_status_dict(status)
-    return (raw or b'').decode('utf-8', 'replace').strip('\x00 \t\r\n'), None
-
-
 def _xml_element_dict(e):
-    """An element as xmltodict shows it (attributes as plain keys, repeated children as
-    lists, text alone as a string, mixed text as '#text'); quoted values unquoted."""
+    """An element as xmltodict shows it (repeated children: lists, mixed text: '#text'), quotes dropped."""
     d = {k: v for k, v in e.attrib.items()}
     for child in e:
         v = _xml_element_dict(child)
@@ -5972,8 +5929,7 @@ def _xml_element_dict(e):
 
 
 def xrd_stats_dict(xml_text):
-    """`query stats` XML -> the reference client's dict: the <statistics> attributes
-    plus 'stats' = {id: {...}} (the oss paths' stats keyed by their id too)."""
+    """`query stats` XML -> the reference client's dict: attributes, 'stats' = {id: {...}} (oss paths too)."""
     import xml.etree.ElementTree as ET
     try:
         root = ET.fromstring(xml_text)
@@ -6017,6 +5973,8 @@ def xrd_stat_pfn(pfn, timeout):
 
 
 PROBE_TIMEOUT = 5   # seconds, default -timeout of one XRootD/TCP/TLS probe
+
+
 def list_ses(session):
     """Every storage element of the service (listSEs rows)."""
     r = session.request('listSEs', [], nomsg=True)
@@ -6026,8 +5984,7 @@ def list_ses(session):
 
 
 def se_matches(se, label):
-    """SE label rule: a number is the SE number; text is a case-insensitive part of
-    the SE name or endpoint URL (so 'ALICE::' can be left out)."""
+    """A number label is the SE number; text: a case-insensitive part of the SE name or endpoint URL."""
     if label.isdigit():
         return str(se.get('seNumber', '')).lstrip('0') == label.lstrip('0')
     text = label.casefold()
@@ -6035,7 +5992,6 @@ def se_matches(se, label):
 
 
 def se_host(se):
-    """host:port of an SE's endpoint URL."""
     from urllib.parse import urlsplit
     return urlsplit(se.get('endpointUrl') or '').netloc
 
@@ -6054,8 +6010,7 @@ def xrd_host_label(label):
 
 
 def lookup_ses(session, labels, name, hosts=False):
-    """SE lookup by label (from listSEs): the SEs the labels match, each once, label
-    after label. hosts: a label no SE matches may name an XRootD server itself."""
+    """The SEs the labels match, each once; hosts: a label no SE matches may name an XRootD server."""
     ses, found = list_ses(session), []
     for label in labels:
         hit = [se for se in ses if se_matches(se, label)]
@@ -6195,8 +6150,9 @@ def cmd_lfn2uri(session, args):
     return client_result(target, replicas)
 
 
-def xrd_targets(session, pos, opts, name):
-    """(name, host:port) of the SEs/servers an xrd_* command probes (-a: every SE)."""
+def xrd_each_se(session, args, name, options, probe, timeout=PROBE_TIMEOUT):
+    """An xrd_* command (-a: every SE): probe(se_name, host, opts, timeout) -> (text or None: failed, row)."""
+    opts, pos = parse_args(name, args, options + ' -timeout:count', {'timeout': timeout})
     if 'a' in opts or 'all' in opts:
         ses = list_ses(session)
     elif pos:
@@ -6205,19 +6161,11 @@ def xrd_targets(session, pos, opts, name):
         raise AlienError('%s: which SE? usage: %s [options] SE|HOST[:PORT]... (see %s -h)' % (name, name, name),
                          EX_USAGE)
     xrootd_client(name)
-    return [(se['seName'], se_host(se)) for se in ses if se_host(se)]
-
-
-def xrd_each_se(session, args, name, options, probe, timeout=PROBE_TIMEOUT):
-    """An xrd_* command: probe(se_name, host, options, timeout) -> (text, row with
-    'ok') for every target; exit 5 when an SE failed (its text says why)."""
-    opts, pos = parse_args(name, args, options + ' -timeout:count', {'timeout': timeout})
-    timeout = opts['timeout']
     texts, rows = [], []
-    for se_name, host in xrd_targets(session, pos, opts, name):
-        text, row = probe(se_name, host, opts, timeout)
+    for se_name, host in [(se['seName'], se_host(se)) for se in ses if se_host(se)]:
+        text, row = probe(se_name, host, opts, opts['timeout'])
         row.update(seName=se_name, endpointUrl=host)
-        texts.append(text)
+        texts.append('%-32s %s' % (se_name, row['message']) if text is None else text)
         rows.append(row)
     bad = [r['seName'] for r in rows if not r['ok']]
     return client_result('\n'.join(texts), rows, exitcode=EX_EIO if bad else 0,
@@ -6233,15 +6181,19 @@ XRD_PING_USAGE = '''xrd_ping [-c COUNT] [-timeout S] SE|HOST[:PORT]...  XRootD r
 def _ping_probe(se_name, host, opts, timeout):
     import statistics
     count = opts.get('c', 3)
-    st, _ = xrd_ping(host, timeout)   # opens the connection: not counted
     rtts = []
-    for _ in range(count if st['ok'] else 0):
-        st, ms = xrd_ping(host, timeout)
-        if ms is None:
+    for i in range(count + 1):   # ping 0 opens the connection: not counted
+        fs = xrd_probe_fs(host, 'xrd_ping')
+        t0 = time.monotonic()
+        status, _ = fs.ping(timeout=timeout)
+        ms = (time.monotonic() - t0) * 1000
+        st = xrd_status_dict(status)
+        if not st['ok']:
             break
-        rtts.append(ms)
+        if i:
+            rtts.append(ms)
     if len(rtts) < count:
-        return '%-32s %s' % (se_name, st['message']), {'ok': False, 'rtt_ms': rtts, 'message': st['message']}
+        return None, {'ok': False, 'rtt_ms': rtts, 'message': st['message']}
     row = {'ok': True, 'rtt_ms': rtts, 'min': min(rtts), 'avg': sum(rtts) / len(rtts), 'max': max(rtts),
            'mdev': statistics.stdev(rtts) if len(rtts) > 1 else 0.0}
     return ('%-32s rtt min/avg/max/mdev (ms) = %.3f/%.3f/%.3f/%.3f'
@@ -6262,9 +6214,14 @@ XRD_CONFIG_USAGE = '''xrd_config [-v] [-a] [-timeout S] SE|HOST[:PORT]...  XRoot
 
 
 def _config_probe(se_name, host, opts, timeout):
-    cfg, failure = xrd_query_config(host, timeout)
-    if failure:
-        return '%-32s %s' % (se_name, failure['message']), dict(cfg, ok=False, message=failure['message'])
+    from XRootD.client.flags import QueryCode
+    fs = xrd_probe_fs(host, 'xrd_config')
+    cfg = {}
+    for key in XRD_CONFIG_KEYS:   # the first failure ends the probe
+        status, raw = fs.query(QueryCode.CONFIG, key, timeout=timeout)
+        if not status.ok:
+            return None, dict(cfg, ok=False, message=xrd_status_dict(status)['message'])
+        cfg[key] = xrd_config_value(key, raw)
     if cfg['sitename'] == 'NOT_SET':
         cfg['sitename'] = se_name
     cfg['ok'] = True
@@ -6288,9 +6245,11 @@ XRD_STATS_USAGE = '''xrd_stats [-xml | -xmlraw] [-compact] [-a] [-timeout S] SE|
 
 
 def _stats_probe(se_name, host, opts, timeout):
-    xml_text, failure = xrd_query_stats(host, timeout)
-    if failure:
-        return '%-32s %s' % (se_name, failure['message']), {'ok': False, 'message': failure['message']}
+    from XRootD.client.flags import QueryCode
+    status, raw = xrd_probe_fs(host, 'xrd_stats').query(QueryCode.STATS, 'a', timeout=timeout)
+    if not status.ok:
+        return None, {'ok': False, 'message': xrd_status_dict(status)['message']}
+    xml_text = (raw or b'').decode('utf-8', 'replace').strip('\x00 \t\r\n')
     stats = xrd_stats_dict(xml_text)
     if not stats.get('site') or stats.get('site') == 'NOT_SET':
         stats['site'] = se_name
@@ -6403,8 +6362,7 @@ def cmd_checkaddr(session, args):
 # ==========================================================================
 
 def load_cert_file(path):
-    """[Cert] of a PEM file; a missing file exits 2 (ENOENT), one that holds no
-    certificate 5 (EIO), like the reference client."""
+    """[Cert] of a PEM file; like the reference client a missing file exits 2, one without a certificate 5."""
     try:
         return read_certs(path)
     except OSError as e:
@@ -6525,8 +6483,7 @@ def hash_links(directory):
 
 
 def fetch_ca_certs(source, target, timeout=120):
-    """git clone source, its top-level directories' content with hash links -> target
-    (replaced only when all of that worked) -> number of CA certificates."""
+    """git clone source; its top-level directories' content, with hash links, replaces target -> CA count."""
     import shutil
     import subprocess
     git = shutil.which('git')
@@ -6615,15 +6572,12 @@ _TRACE_TIME = LazyRegex(r'^([0-9]{10}) \[')
 
 def trace_local_times(text, unixtime=False):
     """Lines of a job trace with their leading unix time shown as local time."""
-    if unixtime:
-        return text
-    return '\n'.join(_TRACE_TIME.sub(lambda m: local_time(m.group(1)) + ' [', line, 1)
-                     for line in text.split('\n'))
+    return text if unixtime else '\n'.join(_TRACE_TIME.sub(lambda m: local_time(m.group(1)) + ' [', line, 1)
+                                           for line in text.split('\n'))
 
 
 def parse_trace(trace, unixtime=False):
-    """A job trace split into the parts jobInfo shows: state, trace, proc lines (proc
-    format lines first), the worker node, the work directory and the batch queue ids."""
+    """A job trace -> jobInfo's parts: state, trace, proc (procfmt first) lines, worker, workdir, queue ids."""
     info = {'state': [], 'trace': [], 'proc': [], 'workdir': '', 'wn': '', 'queue': []}
     procfmt = []
     for line in trace_local_times(trace or '', unixtime).split('\n'):
@@ -6692,9 +6646,8 @@ JOBINFO_USAGE = '''jobInfo ID[,ID...] [-trace] [-proc] [-jdl] [-unixtime]  what 
 
 
 def _jobs_with_trace(session, ids):
-    """ps rows of the jobs IDS with their trace and jdl fields, in one request where the
-    service takes `ps -j IDS -trace -jdl` (newer services). The 2021 service refuses it (22:
-    its -trace and -jdl each take one job ID): then the rows, and each job's trace and JDL."""
+    """ps rows of the jobs IDS with trace and jdl, in one `ps -j IDS -trace -jdl` where the service takes
+    it; the 2021 one refuses (22: -trace and -jdl take one ID each): then the rows and each job's own."""
     r = session.request('ps', ['-j', ids, '-trace', '-jdl'], nomsg=True)
     if r.exitcode != EX_EINVAL:
         return r
@@ -6748,11 +6701,9 @@ def ce_line(ce):
 
 def select_ces(ces, name=None, host=None, part=None):
     """CEs that pass every given filter: parts of name and host, a partition (case-insensitive)."""
-    def ok(ce):
-        return ((not name or name.lower() in ce.get('ceName', '').lower())
-                and (not host or host.lower() in ce.get('host', '').lower())
-                and (not part or part.lower() in ce.get('partitions', '').lower().split(',')))
-    return [ce for ce in ces if ok(ce)]
+    return [ce for ce in ces if (not name or name.lower() in ce.get('ceName', '').lower())
+            and (not host or host.lower() in ce.get('host', '').lower())
+            and (not part or part.lower() in ce.get('partitions', '').lower().split(','))]
 
 
 def _list_ces(session):
@@ -6859,9 +6810,8 @@ def cmd_submit(session, args):
                            nokeys=not session.command_json)
 
 
-# Outside services: plain HTTP/1.1 on the websocket's own pieces: connect_tcp
-# (RFC 8305), proxy_for (https_proxy/http_proxy, no_proxy) with connect_tunnel, the
-# CA search of find_ca. http.client is imported only when a GET is made.
+# Outside services: plain HTTP/1.1 on the websocket's pieces (connect_tcp, proxy_for with
+# connect_tunnel, find_ca); http.client is imported only when a GET is made.
 
 HTTP_TIMEOUT = 10.0          # seconds to connect and between bytes (ALIENPY_HTTP_TIMEOUT)
 HTTP_MAX_BODY = 256 << 20    # a reply kept in memory; downloads stream to a file instead
@@ -6869,8 +6819,7 @@ HTTP_REDIRECTS = 5
 
 
 def _http_connection(scheme, host, port, environ, timeout):
-    """(http.client connection on an open socket, True when requests go to a plain
-    HTTP proxy and need the absolute URL)."""
+    """(http.client connection on an open socket, True when a plain HTTP proxy needs absolute URLs, proxy)."""
     import http.client
     proxy = proxy_for(host, environ, scheme)
     sock = connect_tcp(proxy[0] if proxy else host, proxy[1] if proxy else port, environ, timeout=timeout)
@@ -6900,10 +6849,8 @@ def _http_connection(scheme, host, port, environ, timeout):
 
 
 def http_get(url, environ, headers=(), timeout=None, sink=None, what='GET'):
-    """GET url (redirects followed) -> (response headers with lower-case names, body).
-    With sink (a binary file) the body is written there and b'' returned. One-line
-    AlienError otherwise: 107 unreachable or no answer within the timeout, 2 for
-    HTTP 404, 121 for any other HTTP error, 42 for a truncated or oversized body."""
+    """GET url (redirects followed) -> (lower-cased headers, body; b'' when written to sink). AlienError:
+    107 unreachable or no answer in time, 2 HTTP 404, 121 other HTTP errors, 42 a cut or oversized body."""
     import http.client
     from urllib.parse import urlsplit, urljoin
     try:
@@ -6965,8 +6912,7 @@ def http_get(url, environ, headers=(), timeout=None, sink=None, what='GET'):
 
 
 def http_get_json(url, environ, headers=(), what='GET', check=None):
-    """http_get of a JSON document; `check(doc)` says whether its shape is the expected one.
-    A body that is not JSON, or not of that shape, is a one-line error (exit 42)."""
+    """http_get of a JSON document of the shape `check(doc)` accepts; anything else exits 42."""
     _, body = http_get(url, environ, [('Accept', 'application/json')] + list(headers), what=what)
     try:
         doc = load_json(body.decode('utf-8'))
@@ -6991,8 +6937,7 @@ def service_base(url):
 
 
 def ccdb_query_path(query, when=''):
-    """The CCDB path of a query 'path[/TIME][/key=value...]': wildcards dropped, a 13-digit
-    time component or `when` put after the object path, key=value filters last."""
+    """CCDB path of 'path[/TIME][/key=value...]': wildcards dropped, the TIME (or `when`), filters last."""
     query = query.replace('.*', '').replace('*', '')
     path, times, keys = [], [], []
     for part in query.split('/'):
@@ -7055,8 +7000,7 @@ def _ccdb_doc_ok(doc):
 
 
 def download_file(url, dest, environ, md5=None, what='GET'):
-    """Download url to dest: written to a hidden temp file next to it, checked (length,
-    md5 when known), then renamed; a failure leaves dest as it was. Returns the size."""
+    """Download url to dest through a checked (length, md5) temp file renamed over it -> the size."""
     d = os.path.dirname(os.path.abspath(dest))
     try:
         os.makedirs(d, exist_ok=True)
@@ -7132,8 +7076,7 @@ def cmd_ccdb(session, args):
 
 
 def ccdb_download_urls(base, obj):
-    """Where an object can be fetched over HTTP, in order: its http(s) replicas (a path
-    is on the CCDB server itself), then the REST path /PATH/VALIDFROM/ID."""
+    """Where an object can be fetched: http(s) replicas (a bare path: this server), then /PATH/VALIDFROM/ID."""
     from urllib.parse import urljoin
     urls = [urljoin(base, r) for r in obj.get('replicas', []) if isinstance(r, str)
             and (r.startswith(('http://', 'https://')) or r.startswith('/'))]
@@ -7211,9 +7154,8 @@ def cmd_queryml(session, args):
 # ==========================================================================
 # Interactive shell: prompt, working directory, completion
 # ==========================================================================
-# Line editing, history and completion come from readline (imported here, not at
-# module import). The session object is shared with command mode; the shell adds
-# the prompt, the loop, Ctrl-C/Ctrl-D handling, history and completion.
+# readline (imported here, not at module import) gives line editing, history and completion; the
+# session is command mode's, the shell adds the prompt, the loop and Ctrl-C/Ctrl-D handling.
 
 def prompt_flags(session):
     """{'date': bool, 'pwd': bool}, first from ALIENPY_PROMPT_DATE/_CWD."""
@@ -7280,8 +7222,7 @@ def _escape(word):
 
 
 def current_word(text):
-    """(raw last word, its unescaped form, whether it is the verb, local context)
-    of a partial line, following the tokenizer's rules for quotes and backslashes."""
+    """(raw last word, unescaped, is it the verb, local context) of a partial line, by the tokenizer."""
     element_start, word_start, local = 0, 0, False
     for i, c in _scan(text, ';\n| \t'):
         if c in ';\n|':
@@ -7341,8 +7282,7 @@ class Shell(object):
                                 else 'tab: complete')
 
     def save_history(self):
-        """Append the line just entered (so a crashing command keeps it), the file
-        bounded to HISTORY_SIZE lines."""
+        """Append the line just entered (a crashing command keeps it); readline cuts to HISTORY_SIZE lines."""
         rl = self.readline
         if rl is None or self.history is None or rl.get_current_history_length() < 1:
             return
@@ -7368,8 +7308,7 @@ class Shell(object):
         return self.matches[state] if state < len(self.matches) else None
 
     def display_matches(self, substitution, matches, longest):
-        """List candidates by their last path component (in columns, like ls),
-        then the prompt and the line again."""
+        """Candidates by their last path component in columns (like ls), then the prompt and line again."""
         names = []
         for m in matches:
             if m.endswith(' ') and not m.endswith('\\ '):
@@ -7383,8 +7322,7 @@ class Shell(object):
             log_exception()
 
     def completions(self, line, text):
-        """Candidates that replace text (readline's word: the part after the last
-        space) for the partial line."""
+        """Candidates that replace text (readline's word: after the last space) in the partial line."""
         raw, plain, is_verb, local = current_word(line)
         if is_verb and not local:
             return [n + ' ' for n in self.command_names() if n.startswith(plain)]
@@ -7433,8 +7371,7 @@ class Shell(object):
         if m:
             prefix, word = m.group(1), word[m.end():]
         dirpart, base = word[:word.rfind('/') + 1], word[word.rfind('/') + 1:]
-        if not self.session.cwd:
-            self.session.request('pwd')
+        _need_cwd(self.session)
         directory = self.session.grid_path(dirpart) if dirpart else self.session.cwd
         return sorted(prefix + dirpart + name + ('' if name.endswith('/') else ' ') for name in self.listing(directory)
                       if name.startswith(base) and (base.startswith('.') or not name.startswith('.')))
@@ -7461,8 +7398,7 @@ class Shell(object):
             self.reconnect = False
 
     def drop_connection(self, tb):
-        """Ctrl-C hit a request: the reply may be half read, so the connection is
-        of no further use. The next request reconnects (restore_connection)."""
+        """Ctrl-C hit a request: the reply may be half read, so the next request reconnects."""
         codes = set(getattr(getattr(value, '__func__', value), '__code__', None)
                     for cls in (Session, WebSocket, WebSocketClientTransport) for value in vars(cls).values())
         while tb is not None and tb.tb_frame.f_code not in codes:
@@ -7528,11 +7464,6 @@ class Shell(object):
                 return e.code if isinstance(e.code, int) else 0
 
 
-def shell_main(session):
-    """The interactive shell (no command-line arguments). Returns the exit code."""
-    return Shell(session).loop()
-
-
 # ==========================================================================
 # gfal jobs: the job, its entries, options and credentials, its output lines
 # ==========================================================================
@@ -7542,22 +7473,18 @@ GFAL_USAGE = 'gfal list|remove|copy|rename|mkdir [JOB.json | -]'
 # Options each job type accepts (anything else is a job error: nothing is done).
 GFAL_OPTIONS = {
     'list': ('depth', 'checksum', 'timeout'),
-    'remove': ('timeout',),
-    'rename': ('timeout',),
-    'mkdir': ('timeout',),
+    'remove': ('timeout',), 'rename': ('timeout',), 'mkdir': ('timeout',),
     'copy': ('make_dirs', 'parent', 'checksum', 'encrypt', 'preserve_timestamp',
              'overwrite', 'nbstreams', 'timeout', 'parallel', 'copy_mode'),
 }
 # copy_mode (HTTP): that mode only, without gfal2's fallback from pull to push to streamed
 GFAL_COPY_MODES = {'pull': '3rd pull', 'push': '3rd push', 'streamed': 'streamed'}
-# Credentials (docs/gfal.md): COPY gives its source side X509_USER_PROXY_SRC and its
-# destination side X509_USER_PROXY_DST, each falling back to X509_USER_PROXY, the
-# one credential of every other job.
+# Credentials (docs/gfal.md): COPY's source and destination sides take these, each falling
+# back to X509_USER_PROXY, the one credential of every other job.
 GFAL_PROXY_VARS = ('X509_USER_PROXY_SRC', 'X509_USER_PROXY_DST')
 GFAL_TOP_KEYS = ('base', 'files', 'dirs', 'options')
-# COPY defaults. make_dirs: True as in the pdm worker (its parent option), so the
-# per-file jobs it produced for a directory tree work unchanged. parallel: chosen
-# by bench/gfal_bench.py (see docs-gfal.md).
+# COPY defaults. make_dirs: True as in the pdm worker (its parent option), so its per-file jobs
+# for a directory tree work unchanged. parallel: chosen by bench/gfal_bench.py (see docs-gfal.md).
 GFAL_DEFAULT_PARALLEL = 16
 GFAL_MAX_PARALLEL = 64
 GFAL_MKDIR_MODE = 0o755
@@ -7569,8 +7496,7 @@ GFAL_MISSING_HINT = (
     'the interpreter they are built for, e.g. /usr/bin/python3 alien.py gfal ...')
 GFAL_STAT_KEYS = ('st_dev', 'st_ino', 'st_mode', 'st_nlink', 'st_uid', 'st_gid',
                   'st_size', 'st_atime', 'st_mtime', 'st_ctime')
-# Encryption of the data channel, by scheme: schemes whose channel is encrypted
-# anyway, schemes upgraded to their TLS twin, schemes with no network at all.
+# Data channel encryption by scheme: encrypted anyway, upgraded to a TLS twin, no network at all.
 GFAL_ENCRYPTED_SCHEMES = ('roots', 'xroots', 'https', 'davs', 'sftp', 's3s', 'gsiftp')
 GFAL_TLS_TWIN = {'root': 'roots', 'xroot': 'xroots'}
 GFAL_LOCAL_SCHEMES = ('file',)
@@ -7584,16 +7510,12 @@ class GfalJobError(Exception):
 
 
 class GfalJob(object):
-    """A validated job: type, entries and options with defaults filled in.
-    entries: (id, kind, url) for list/remove/mkdir (kind 'file' or 'dir'), (id, 'file',
-    src, dst) for copy/rename; id None for wiki-style entries. creds: gfal_credentials;
-    bound, shared, tokens: gfal_cred_bindings."""
+    """A validated job, options with defaults. entries: (id, 'file'|'dir', url), or (id, 'file', src, dst)
+    for copy/rename; id None for wiki-style entries. creds: gfal_credentials; the rest gfal_cred_bindings."""
     __slots__ = ('type', 'entries', 'options', 'creds', 'bound', 'shared', 'tokens')
 
     def __init__(self, jobtype, entries, options):
-        self.type = jobtype
-        self.entries = entries
-        self.options = options
+        self.type, self.entries, self.options = jobtype, entries, options
         self.creds = (None, None)
         self.bound, self.shared, self.tokens = {}, frozenset(), False
 
@@ -7691,15 +7613,12 @@ def gfal_parse_job(jobtype, doc):
     if base is not None and not (isinstance(base, str) and gfal_scheme(base)):
         raise GfalJobError('"base" must be a URL with a scheme (e.g. root://host//path/), got %s'
                            % _gfal_short(base))
-    lists = {}
     for key in ('files', 'dirs'):
-        value = doc.get(key, [])
-        if not isinstance(value, list):
-            raise GfalJobError('"%s" must be a list, not %s' % (key, _gfal_json_type(value)))
-        lists[key] = value
+        if not isinstance(doc.get(key, []), list):
+            raise GfalJobError('"%s" must be a list, not %s' % (key, _gfal_json_type(doc[key])))
     options = gfal_check_options(jobtype, doc.get('options', {}))
 
-    files, dirs = lists['files'], lists['dirs']
+    files, dirs = doc.get('files', []), doc.get('dirs', [])
     pair = jobtype in ('copy', 'rename')
     if jobtype == 'list':
         if len(files) + len(dirs) != 1:
@@ -7716,8 +7635,8 @@ def gfal_parse_job(jobtype, doc):
     elif not files and not dirs:
         raise GfalJobError('nothing to remove: "files" and "dirs" are empty')
     entries = []   # (remove: every file, then every directory)
-    for key, kind in (('files', 'file'), ('dirs', 'dir')):
-        for i, entry in enumerate(lists[key]):
+    for key, kind, items in (('files', 'file', files), ('dirs', 'dir', dirs)):
+        for i, entry in enumerate(items):
             parsed = gfal_parse_entry(entry, pair, base, '%s[%d]' % (key, i))
             entries.append((parsed[0], kind) + parsed[1:])
     return GfalJob(jobtype, entries, options)
@@ -7775,10 +7694,8 @@ def gfal_check_options(jobtype, options):
 
 
 def _gfal_checksum_option(value, with_value):
-    """checksum option -> None or (algorithm, expected value or '').
-
-    LIST: an algorithm name. COPY: "ALG" (source checked against destination)
-    or "ALG:VALUE" (both also checked against VALUE); true means adler32."""
+    """checksum option -> None or (algorithm, expected value or ''). LIST: an algorithm; COPY: "ALG"
+    (source against destination), "ALG:VALUE" (both also against VALUE) or true (adler32)."""
     if value is None or value is False:
         return None
     if value is True and with_value:
@@ -7799,10 +7716,7 @@ def _gfal_checksum_option(value, with_value):
 
 
 def gfal_encrypted_url(url):
-    """The URL to use when encryption is asked, or raise ValueError with the reason.
-
-    Local files need none (nothing crosses a network); root/xroot become
-    roots/xroots; encrypted protocols (and gsiftp, with DCAU on) stay as they are."""
+    """URL for encryption (root/xroot: roots/xroots; file://, TLS, gsiftp with DCAU: as is) or ValueError."""
     scheme = gfal_scheme(url)
     if scheme in GFAL_LOCAL_SCHEMES or scheme in GFAL_ENCRYPTED_SCHEMES:
         return url
@@ -7850,8 +7764,7 @@ def gfal_endpoint(url):
 
 
 def gfal_credentials(jobtype, environ):
-    """(source, destination) credential of a job (see GFAL_PROXY_VARS), each
-    (variable, file) or None; a file not readable, or holding no certificate, is a job error."""
+    """(source, destination) credential, (variable, file) or None; an unreadable/certless file: job error."""
     one = ('X509_USER_PROXY', environ['X509_USER_PROXY']) if environ.get('X509_USER_PROXY') else None
     sides = tuple((var, environ[var]) if jobtype == 'copy' and environ.get(var) else one
                   for var in GFAL_PROXY_VARS)
@@ -7867,15 +7780,10 @@ def gfal_credentials(jobtype, environ):
 
 
 def gfal_cred_bindings(job):
-    """({URL prefix: credential file}, shared endpoints, tokens) of a job.
-
-    The prefixes, for gfal2's cred_set: each COPY side's credential on the root of
-    every endpoint of that side (also as the TLS twin when encrypting), the
-    destination's last: an endpoint on both sides with two different files is bound
-    to the destination's and is `shared` (a source file there is bound to the
-    source's for its copy). Other jobs: nothing (gfal2 reads X509_USER_PROXY).
-    tokens: some entry may be an HTTP third-party copy, the only use of the tokens
-    gfal2 asks HTTP storage for (one more request for every file otherwise)."""
+    """({URL prefix: credential file}, shared endpoints, tokens) of a job. COPY: each side's credential on its
+    endpoints' roots (and TLS twins), the destination's last: an endpoint of both sides with two files is
+    `shared` (sources there get the source's per copy); other jobs: none (gfal2 reads X509_USER_PROXY).
+    tokens: an entry may be an HTTP third-party copy, the one use of gfal2's token requests (one a file)."""
     tokens = job.type == 'copy' and job.options['copy_mode'] != 'streamed' and any(
         gfal_scheme(e[2]) in GFAL_HTTP_SCHEMES and gfal_scheme(e[3]) in GFAL_HTTP_SCHEMES for e in job.entries)
     bound, shared = {}, set()
@@ -7899,10 +7807,8 @@ _GFAL_AUTH_RE = LazyRegex(r'\b40[13]\b|[Pp]ermission|SSL|TLS|[Cc]ertificate|[Hh]
 
 
 def gfal_credential_note(reason, creds, urls, copy=False):
-    """reason, plus the credential each remote endpoint of the entry was given, when
-    the failure looks like one of authentication: a server that refuses a certificate
-    (or its CA), or wants one, is then named with what it got. A COPY failure that
-    gfal2 places on one side (SOURCE/DESTINATION) names that side only."""
+    """reason, plus what credential each remote endpoint got when it looks like an authentication failure;
+    a COPY failure gfal2 places on one side (SOURCE/DESTINATION) names that side only."""
     if not _GFAL_AUTH_RE.search(reason):
         return reason
     side = re.search(r'^(SOURCE|DESTINATION)\b|\((source|destination)\)$', reason) if copy else None
@@ -7942,8 +7848,7 @@ class _GfalOutput(object):
     """Serialised, flushed line output on stdout (JSON) and stderr (text)."""
 
     def __init__(self, stdout, stderr):
-        self.stdout = stdout
-        self.stderr = stderr
+        self.stdout, self.stderr = stdout, stderr
         self.lock = threading.Lock()
         self.broken = False      # the reader went away: stop writing, exit 1
 
@@ -7972,12 +7877,6 @@ class _GfalOutput(object):
 _GFAL_DTYPE_MODE = {4: stat_mod.S_IFDIR, 8: stat_mod.S_IFREG, 10: stat_mod.S_IFLNK}
 
 
-def _gfal_stat_dict(st, name):
-    entry = {key: int(getattr(st, key)) for key in GFAL_STAT_KEYS}
-    entry['name'] = name
-    return entry
-
-
 def _gfal_context(gfal2, job):
     options = job.options
     ctx = gfal2.creat_context()
@@ -7997,8 +7896,7 @@ def _gfal_context(gfal2, job):
             ctx.set_opt_boolean('HTTP PLUGIN', 'ENABLE_FALLBACK_TPC_COPY', False)
         if options.get('encrypt'):
             ctx.set_opt_boolean('GRIDFTP PLUGIN', 'DCAU', True)
-        # One file per filecopy call: without this the xrootd plugin sets up a
-        # copy process for 20 parallel jobs each time (about 30 % more CPU per file).
+        # One file per filecopy call: else xrootd sets up a 20-job copy process each time (+30 % CPU a file)
         ctx.set_opt_integer('XROOTD PLUGIN', 'PARALLEL_COPIES', 1)
     except Exception:   # options of plugins that are not installed: nothing to tune
         pass
@@ -8006,12 +7904,8 @@ def _gfal_context(gfal2, job):
 
 
 def _gfal_read_dir(ctx, dir_url):
-    """(name, stat, d_type) of every entry of a directory, in server order.
-
-    Remote: opendir/readpp, one round trip for names and stats. file://: listdir
-    and a stat per entry, which the file plugin does faster than readpp, and
-    where a dangling symlink is listed with its own lstat instead of failing
-    the whole listing (readpp follows links and raises ENOENT)."""
+    """(name, stat, d_type) of every entry of a directory, in server order. Remote: opendir/readpp (one round
+    trip). file://: listdir and stat, faster there, and a dangling symlink gets its lstat (readpp: ENOENT)."""
     found = []
     if gfal_scheme(dir_url) == 'file':
         for name in ctx.listdir(dir_url):
@@ -8041,7 +7935,7 @@ def _gfal_do_list(gfal2, ctx, url, options):
     algo = checksum[0] if checksum else None
 
     def entry(st, name, entry_url, d_type=0):
-        d = _gfal_stat_dict(st, name)
+        d = dict(((key, int(getattr(st, key))) for key in GFAL_STAT_KEYS), name=name)
         if not stat_mod.S_IFMT(d['st_mode']) and d_type in _GFAL_DTYPE_MODE:
             # XRootD's dirlist stat carries permission bits only: take the type from the dirent
             d['st_mode'] |= _GFAL_DTYPE_MODE[d_type]
@@ -8078,12 +7972,8 @@ def _gfal_do_list(gfal2, ctx, url, options):
 
 
 class _GfalParentDirs(object):
-    """Destination directories already created in this job (make_dirs).
-
-    Creating each distinct parent once, instead of letting gfal2 check and
-    create it for every file (create_parent), saves two round trips per file.
-    A parent that cannot be made here is left to gfal2 (create_parent), so
-    its own error message is reported."""
+    """Destination directories created in this job (make_dirs): each parent once, not gfal2's create_parent
+    per file, saves two round trips a file. One that fails here is left to gfal2, to report its error."""
 
     def __init__(self):
         self.lock = threading.Lock()
@@ -8104,10 +7994,7 @@ class _GfalParentDirs(object):
 
 
 def _gfal_copy_one(gfal2, ctx, job, src, dst, out, parents=None):
-    """Copy one file; returns None on success or the failure Reason.
-
-    A source on an endpoint of both sides (bound to the destination's credential)
-    is bound to the source's for the copy: its URL is the longer prefix."""
+    """Copy one file -> None or the failure Reason; a source on a shared endpoint gets the source's cred."""
     options = job.options
     try:
         src_url, dst_url = map(gfal_encrypted_url, (src, dst)) if options['encrypt'] else (src, dst)
@@ -8186,8 +8073,7 @@ def _gfal_run_entry(gfal2, ctx, job, entry, out, parents=None):
 
 
 def _gfal_run_parallel(gfal2, job, out, workers):
-    """COPY entries on `workers` threads (one gfal2 context each), their results printed
-    in input order, each as soon as it and all before it are done -> the number failed."""
+    """COPY entries on `workers` threads (a context each), results printed in order once ready -> failures."""
     entries = job.entries
     parents = _GfalParentDirs()
     results = [None] * len(entries)
@@ -8213,9 +8099,8 @@ def _gfal_run_parallel(gfal2, job, out, workers):
                     out.json(results[printed[0]])
                     printed[0] += 1
 
-    threads = [threading.Thread(target=worker, name='gfal-copy-%d' % i) for i in range(workers)]
+    threads = [threading.Thread(target=worker, name='gfal-copy-%d' % i, daemon=True) for i in range(workers)]
     for t in threads:
-        t.daemon = True
         t.start()
     for t in threads:
         while t.is_alive():
@@ -8255,12 +8140,9 @@ def gfal_run_job(gfal2, job, out):
 
 
 def gfal_lazy_system_cas(environ):
-    """Let OpenSSL find the system CAs by hash in its default directory, not by parsing
-    its default CA file: davix loads that file, the whole system bundle (about 30 ms
-    of CPU here), for every HTTPS request. Only while the file and the directory in
-    use are the system's (SSL_CERT_FILE, SSL_CERT_DIR unset or naming them) and the
-    directory holds a hash link for every certificate of the file (Debian's
-    /etc/ssl/certs): trust stays the same."""
+    """Let OpenSSL find the system CAs by hash in their directory: davix parses the whole default CA file
+    (about 30 ms of CPU) for every HTTPS request. Only while both are the system's (SSL_CERT_FILE/_DIR
+    unset or naming them) and the directory links every certificate of the file: trust stays the same."""
     paths = ssl.get_default_verify_paths()
     real = os.path.realpath
     cafile = environ.get(paths.openssl_cafile_env) or paths.openssl_cafile
@@ -8277,20 +8159,8 @@ def gfal_lazy_system_cas(environ):
         environ[paths.openssl_cafile_env] = os.devnull
 
 
-def _gfal_import():
-    """Import gfal2 (only here); GfalJobError naming the package when missing."""
-    try:
-        import gfal2
-    except ImportError:
-        raise GfalJobError(GFAL_MISSING_HINT % (sys.executable or 'python3'))
-    return gfal2
-
-
 def gfal_main(args, stdin=None, stdout=None, stderr=None):
-    """alien.py gfal TYPE [JOB.json|-]: run a worker job; returns the exit status.
-
-    0: every entry succeeded; 1: at least one failed; 2: job error (one JSON
-    error line on stdout, nothing done)."""
+    """alien.py gfal TYPE [JOB.json|-] -> 0 all entries OK, 1 some failed, 2 job error (one JSON line)."""
     stdin = sys.stdin if stdin is None else stdin
     out = _GfalOutput(sys.stdout if stdout is None else stdout, sys.stderr if stderr is None else stderr)
     args = list(args)
@@ -8310,7 +8180,10 @@ def gfal_main(args, stdin=None, stdout=None, stderr=None):
                 'from stdin' if source == '-' else 'file ' + source, getattr(e, 'strerror', None) or e))
         job = gfal_parse_job(jobtype, gfal_load_json(text))
         job.creds = gfal_credentials(jobtype, os.environ)
-        gfal2 = _gfal_import()
+        try:
+            import gfal2   # only here
+        except ImportError:
+            raise GfalJobError(GFAL_MISSING_HINT % (sys.executable or 'python3'))
     except GfalJobError as e:
         out.json(gfal_result(False, str(e), ''))   # id "": the whole job failed (pdm worker)
         return 2
@@ -8346,8 +8219,7 @@ ENTRY_VERBS = ('token-init', 'token-info', 'token-destroy', 'cert-info')
 
 
 def entry_verb(argv0):
-    """The verb a program name stands for: alien_ls -> 'ls', alien-token-init ->
-    'token-init'; '' for alien.py itself (and alien_cmd, the reference's plain name)."""
+    """The verb of a program name: alien_ls -> 'ls', alien-token-init -> 'token-init', alien.py -> ''."""
     name = os.path.basename(argv0 or '')
     if name.endswith('.py'):
         name = name[:-3]
@@ -8358,8 +8230,7 @@ def entry_verb(argv0):
 
 
 def parse_main_args(argv):
-    """Front-end options anywhere on the command line -> (words, options).
-    options: json (bool), debug (bool), debugfile (str or None)."""
+    """Front-end options anywhere on the command line -> (words, {json, debug, debugfile})."""
     opts, words = parse_args('', argv, MAIN_OPTIONS, free=True)   # the other words are the commands'
     if opts['debugfile'] == '':
         raise AlienError('-debugfile needs a file name', EX_USAGE)
@@ -8407,12 +8278,11 @@ def main(argv=None):
         session = Session()
         session.compact_rows = True
         if not words:
-            return exit_status(shell_main(session))
+            return exit_status(Shell(session).loop())   # no command: the interactive shell
         if not verb and len(words) == 1 and os.path.isfile(words[0]):
             return exit_status(run_command_file(session, words[0]))
         # like the reference client: join with spaces and split again, honouring quotes
-        result = session.run(' '.join(words), on_result=print_result)
-        return exit_status(result.exitcode)
+        return exit_status(session.run(' '.join(words), on_result=print_result).exitcode)
     except AlienError as e:
         print_error('alien.py: %s' % e)
         return exit_status(e.exitcode)
@@ -8437,12 +8307,9 @@ def main(argv=None):
 
 
 def leave(code):
-    """End the process with exit status `code` once main() has returned. Python's
-    own teardown frees every module and object one by one, which costs about 10 ms
-    of a 0.14 s command and does nothing for a finished one: flush the output, run
-    the exit handlers (temp PEM files, logging) and os._exit. A process with other
-    threads still running, or with XRootD or gfal2 loaded (their libraries stop
-    their own threads at exit), takes Python's normal exit instead."""
+    """Exit with `code` after main(): flush, run the exit handlers (temp PEM files, logging) and os._exit,
+    skipping Python's teardown of every object (about 10 ms of a 0.14 s command). Other threads running,
+    or XRootD or gfal2 loaded (their libraries stop their threads at exit): Python's normal exit."""
     run_handlers = getattr(__import__('atexit'), '_run_exitfuncs', None)
     if (run_handlers is None or threading.active_count() > 1
             or 'XRootD' in sys.modules or 'gfal2' in sys.modules):
