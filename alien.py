@@ -3790,33 +3790,21 @@ class CopyJob(object):
     __slots__ = ('source', 'target', 'size', 'md5', 'sources', 'info', 'ok', 'error', 'retry', 'attrs', 'stamped')
 
     def __init__(self, source, target, size=0, md5='', sources=1, info=None):
-        self.source = source
-        self.target = target
-        self.size = size
-        self.md5 = md5
-        self.sources = sources
-        self.info = info
-        self.ok = False
-        self.error = ''
+        self.source, self.target, self.size, self.md5 = source, target, size, md5
+        self.sources, self.info, self.ok, self.error = sources, info, False, ''
         self.retry = None       # XRootD retries; None: the -retry option
         self.attrs = None       # download: write_xattrs arguments (lfn, guid, md5) for the target
         self.stamped = False    # the target has its size and those attributes (a VerifiedRead did it)
 
 
 class _Progress(object):
-    """Progress of one transfer set on one stderr line (tty only)."""
+    """Progress of one transfer set on one stderr line (tty only, not with -quiet)."""
 
-    def __init__(self, total_files, total_bytes, enabled, label=''):
-        self.total_files = total_files
-        self.total_bytes = total_bytes
-        self.enabled = enabled
-        self.label = label
-        self.done_files = 0
-        self.done_bytes = 0
+    def __init__(self, opts, label):
+        self.enabled, self.label = not opts.get('quiet') and sys.stderr.isatty(), label
+        self.total_files = self.total_bytes = self.done_files = self.done_bytes = 0
         self.current = {}
-        self.start = time.time()
-        self.last = 0.0
-        self.cancel = False
+        self.start, self.last, self.cancel = time.time(), 0.0, False
         self.lock = threading.Lock()   # many transfers report at once
 
     # CopyProgressHandler interface (called from XRootD threads)
@@ -3902,10 +3890,6 @@ def write_xattrs(path, lfn='', guid='', md5='', size=None):
         return True
     except (OSError, AttributeError):   # no user xattrs here (or no os.setxattr)
         return False
-
-
-def _progress_enabled(opts):
-    return not opts.get('quiet') and sys.stderr.isatty()
 
 
 STREAM_CHUNK = 8 << 20     # bytes per read of a streamed download
@@ -4107,17 +4091,9 @@ class VerifiedRead(object):
         self.job.ok = self.error is None
         self.job.error = '' if self.job.ok else 'XRootD: %s' % self.error
         if self.handler is not None:
-            self.handler.end(1, {'status': _XrdStatus(self.job.ok), 'size': self.job.size})
+            # the job stands for XRootD's status: _Progress.end reads only its .ok
+            self.handler.end(1, {'status': self.job, 'size': self.job.size})
         self.done(self)
-
-
-class _XrdStatus(object):
-    """What _Progress.end reads of an XRootD status (a class, not a namedtuple:
-    nothing is built at import for a type only downloads use)."""
-    __slots__ = ('ok',)
-
-    def __init__(self, ok):
-        self.ok = ok
 
 
 def verified_read_possible(job):
@@ -4249,11 +4225,11 @@ class CopyPipeline(object):
     slowest file). XRootD shares one connection per SE between all of them.
     submit(jobs); results(wait) hands back finished jobs; close(cancel) stops all."""
 
-    def __init__(self, opts, progress):
+    def __init__(self, opts, label):
         if opts.get('streams'):     # -S N: a setting of the whole XRootD client, made once
             xrootd_client().EnvPutInt('SubStreamsPerChannel', int(opts['streams']))
         self.opts = opts
-        self.progress = progress
+        self.progress = _Progress(opts, label)
         lock = threading.Lock()
         self.cv = threading.Condition(lock)      # idle workers wait here for jobs
         self.done = threading.Condition(lock)    # the caller waits here for results
@@ -4271,7 +4247,6 @@ class CopyPipeline(object):
         self.pending = 0          # submitted and not yet handed back
         self.closed = False
         self.threads = []
-        self._thread = threading.Thread
 
     def submit(self, jobs):
         with self.cv:
@@ -4286,8 +4261,7 @@ class CopyPipeline(object):
             self.threaded += threaded
             busy = len(self.threads)
             while busy < self.limit and busy < self.threaded:
-                t = self._thread(target=self._work, name='xrootd-copy-%d' % busy)
-                t.daemon = True
+                t = threading.Thread(target=self._work, name='xrootd-copy-%d' % busy, daemon=True)
                 t.start()
                 self.threads.append(t)
                 busy += 1
@@ -4376,9 +4350,8 @@ class CopyPipeline(object):
         with self.cv:
             self.closed = True
             if cancel:
-                self.quick.clear()
-                self.small.clear()
-                self.big.clear()
+                for queue in (self.quick, self.small, self.big):
+                    queue.clear()
                 self.progress.cancel = True
             readers = list(self.readers)
             self.cv.notify_all()
@@ -4390,6 +4363,8 @@ class CopyPipeline(object):
         with self.cv:                    # the replies in flight come back before XRootD goes
             while self.readers and time.monotonic() < deadline:
                 self.done.wait(0.2)
+        if not cancel and self.progress.enabled and self.progress.total_files:
+            self.progress.show(final=True)
 
 
 def _regular_size(path):
@@ -4527,8 +4502,8 @@ def cp_download(session, items, opts, stats, known=None):
     known = known if known is not None else {}
     if len(known) >= session.SPREAD_MIN:
         session.spread_ahead()       # more sessions for the access requests, connected meanwhile
-    progress = _Progress(0, 0, _progress_enabled(opts), 'download ')
-    pipe = CopyPipeline(opts, progress)
+    pipe = CopyPipeline(opts, 'download ')
+    progress = pipe.progress
     live = set()
     meta_dir = TempDir('alienpy-meta-')     # made only for a -y metalink
 
@@ -4684,8 +4659,6 @@ def cp_download(session, items, opts, stats, known=None):
             raise
         finally:
             pipe.close()
-            if progress.enabled and progress.total_files:
-                progress.show(final=True)
 
 
 def extract_zip_member(path, member, md5):
@@ -4778,8 +4751,7 @@ class Md5Ahead(object):
         with self.cv:
             self.todo.extend(paths)
             if self.thread is None and self.todo:
-                self.thread = threading.Thread(target=self._run, name='md5-ahead')
-                self.thread.daemon = True
+                self.thread = threading.Thread(target=self._run, name='md5-ahead', daemon=True)
                 self.thread.start()
             self.cv.notify_all()
 
@@ -4834,8 +4806,8 @@ def cp_upload(session, items, opts, stats, md5s=None, prepare=()):
         md5s.add(src for src, _, _ in items)
     if len(items) >= session.SPREAD_MIN:
         session.spread_ahead()   # more sessions for the access and commit requests, connected meanwhile
-    progress = _Progress(0, 0, _progress_enabled(opts), 'upload ')
-    pipe = CopyPipeline(opts, progress)
+    pipe = CopyPipeline(opts, 'upload ')
+    progress = pipe.progress
     live = []
     hashed = []    # every file that was hashed: what cp_check_uploads looks up
 
@@ -4968,8 +4940,6 @@ def cp_upload(session, items, opts, stats, md5s=None, prepare=()):
     finally:
         md5s.close()
         pipe.close()
-        if progress.enabled and progress.total_files:
-            progress.show(final=True)
     for e in live:
         _cp_upload_finish(session, e, stats)
     return hashed
