@@ -2727,10 +2727,7 @@ def parse_args(cmd, args, options='', defaults=None, free=False):
         elif kind == 'time':
             value = parse_time_ms(value)
         elif kind == 'count':
-            try:
-                value = int(value)
-            except ValueError:
-                value = 0
+            value = _int_or_none(value, 0)
             if value <= 0:
                 raise AlienError('%s%s needs a positive number, not %r' % (where, a, args[i - 1]), code)
         elif kind == 'int':
@@ -2987,12 +2984,9 @@ def parse_cp_args(args, environ=None):
             except ValueError:
                 raise AlienError('cp: %s=%r is not an integer' % (var, value), EX_EINVAL)
     opts, pos = parse_args('cp', args, CP_OPTIONS, defaults)
-    if opts['parallel'] is not None and opts['parallel'] < 1:
-        opts['parallel'] = 1      # None: CP_PARALLEL large / CP_INFLIGHT small files at once
-    if opts['streams'] > 15:
-        opts['streams'] = 15
-    if opts['sources'] < 1:
-        opts['sources'] = 1
+    if opts['parallel'] is not None:    # None: CP_PARALLEL large / CP_INFLIGHT small files at once
+        opts['parallel'] = max(opts['parallel'], 1)
+    opts['streams'], opts['sources'] = min(opts['streams'], 15), max(opts['sources'], 1)
     return opts, pos
 
 
@@ -3022,16 +3016,8 @@ def name_verbs_to_regex(value):
         else:
             raise AlienError('cp: -name: unknown or repeated verb %r in %r '
                              '(use begin_X, contain_X, ends_X, ext_X)' % (verb, value), EX_EINVAL)
-    rx = '.*/'
-    rx += re.escape(begin) if begin is not None else ''
-    for c in contains:
-        rx += '[^/]*' + re.escape(c)
-    rx += '[^/]*'
-    if ends is not None:
-        rx += re.escape(ends)
-    if ext is not None:
-        rx += r'\.' + re.escape(ext)
-    return rx + '$'
+    return ('.*/' + re.escape(begin or '') + ''.join('[^/]*' + re.escape(c) for c in contains) + '[^/]*'
+            + re.escape(ends or '') + (r'\.' + re.escape(ext) if ext is not None else '') + '$')
 
 
 _REPLICA_COUNT = r'[A-Za-z][A-Za-z0-9_-]*[:=]\d+'       # disk:2: how many replicas to write
@@ -3093,11 +3079,10 @@ def parse_input_lines(text):
             why = str(e)
         if why is None:
             pairs.append((fields[0], fields[1]))
-        elif skipped < 100:
-            skipped += 1
+            continue
+        skipped += 1
+        if skipped <= 100:
             notices.append('cp -input line %d skipped (%s): %s' % (n, why, visible(s, newlines=True)))
-        else:
-            skipped += 1
     if skipped > 100:
         notices.append('cp -input: %d more lines skipped' % (skipped - 100))
     return pairs, notices
@@ -3279,11 +3264,11 @@ def cp_meta_filter(opts):
     return bool(by_meta), lambda rel, m: all(t(rel, m) for t in tests)
 
 
-def _int_or_none(v):
+def _int_or_none(v, default=None):
     try:
         return int(v)
     except (TypeError, ValueError):
-        return None
+        return default
 
 
 def ctime_ms(v):
@@ -3298,12 +3283,8 @@ def stat_fields(result):
     r = dict(result or {})
     path = r.get('lfn') or r.get('file') or r.get('path') or r.get('name') or ''
     kind = (r.get('type') or 'f')[:1].lower()
-    try:
-        size = int(r.get('size') or 0)
-    except ValueError:
-        size = 0
-    return {'path': path, 'type': kind, 'size': size, 'md5': (r.get('md5') or '').lower(),
-            'guid': (r.get('guid') or '').lower()}
+    return {'path': path, 'type': kind, 'size': _int_or_none(r.get('size'), 0),
+            'md5': (r.get('md5') or '').lower(), 'guid': (r.get('guid') or '').lower()}
 
 
 # ---- replies that answer their own request ------------------------------------
@@ -3396,12 +3377,9 @@ def _grid_find(session, base, opts, glob_pattern='', rows=None, known=None):
     rows: a list to fill with the listing's row of each of them (all fields);
     known: a dict to fill with {lfn: (size, md5, guid)} (all fields too)."""
     args = ['-a', '-s']
-    if opts.get('jobid'):
-        args += ['-j', str(opts['jobid'])]
-    if opts.get('limit'):
-        args += ['-l', str(opts['limit'])]
-    if opts.get('offset'):
-        args += ['-o', str(opts['offset'])]
+    for flag, key in (('-j', 'jobid'), ('-l', 'limit'), ('-o', 'offset')):
+        if opts.get(key):
+            args += [flag, str(opts[key])]
     # Selection is applied here on the client (exact glob/regex semantics); the
     # service only lists, so its pattern dialect cannot change what matches.
     needs_meta, meta_ok = cp_meta_filter(opts)
@@ -3430,8 +3408,7 @@ def _grid_find(session, base, opts, glob_pattern='', rows=None, known=None):
         if rows is not None:
             rows.append(item)
         if known is not None and item.get('type', 'f') == 'f':
-            size = _int_or_none(item.get('size'))
-            known[lfn] = (-1 if size is None else size, (item.get('md5') or '').lower(),
+            known[lfn] = (_int_or_none(item.get('size'), -1), (item.get('md5') or '').lower(),
                           (item.get('guid') or '').lower())
         out.append(lfn)
     return out
@@ -3541,12 +3518,8 @@ def cp_plan(session, src, dst, opts, stats_cache=None, known=None, facts=None):
     directory; 'dir' copies the directory itself (parent + 1), 'dir/' or a
     glob copies its content (rsync convention)."""
     direction, s_raw, d_raw = cp_direction(src, dst, _local_exists)
-    if direction == 'download':
-        s_path, specs = split_specs(s_raw)
-        g_path, l_path = s_path, d_raw
-    else:
-        d_path, specs = split_specs(d_raw)
-        g_path, l_path = d_path, s_raw
+    g_raw, l_path = (s_raw, d_raw) if direction == 'download' else (d_raw, s_raw)
+    g_path, specs = split_specs(g_raw)
     if direction == 'download':
         base, pattern = split_glob(g_path)
         lfn = session.grid_path(base if pattern else g_path)
@@ -4152,15 +4125,9 @@ def _copy_one(job, opts, handler):
             job.ok, job.error = True, ''
             return
         proc = client.CopyProcess()
-        kw = {}
-        if opts.get('chunks'):
-            kw['parallelchunks'] = int(opts['chunks'])
-        if opts.get('chunksize'):
-            kw['chunksize'] = int(opts['chunksize'])
-        if opts.get('timeout'):
-            kw['cptimeout'] = int(opts['timeout'])
-        if opts.get('ratethreshold'):
-            kw['xrateThreshold'] = int(opts['ratethreshold'])
+        kw = dict((name, int(opts[key])) for key, name in (
+            ('chunks', 'parallelchunks'), ('chunksize', 'chunksize'), ('timeout', 'cptimeout'),
+            ('ratethreshold', 'xrateThreshold')) if opts.get(key))
         # the init timeout is not taken from the environment by add_job
         kw['inittimeout'] = int(client.EnvGetInt('CPInitTimeout') or 90)
         kw['retry'] = int(opts.get('retry', 2) if job.retry is None else job.retry)
@@ -4529,10 +4496,8 @@ def cp_download(session, items, opts, stats, known=None):
             info.se = 'all replicas'
         else:
             # then one replica after the other, in the service's order
-            n = info.next
-            job.source, job.sources = reps[n][0], 1
-            info.se = reps[n][1]
-            info.next = n + 1
+            (job.source, info.se), job.sources = reps[info.next], 1
+            info.next += 1
             # the next replica is the better retry; the last one gets XRootD's retries
             job.retry = None if info.next == len(reps) else 0
         job.attrs, job.stamped = (info.lfn, info.guid, info.md5), False
@@ -4546,10 +4511,8 @@ def cp_download(session, items, opts, stats, known=None):
         if job.ok and info.unzip:
             job.error = extract_zip_member(job.target, info.unzip, info.md5)
             job.ok = not job.error
-        if job.ok and job.stamped:
-            got = job.size              # written and verified through its open file
-        else:
-            got = _regular_size(job.target) if job.ok else None
+        # stamped: written and verified through its open file
+        got = (job.size if job.stamped else _regular_size(job.target)) if job.ok else None
         if got is not None and job.size in (-1, got):
             if not job.stamped:
                 write_xattrs(job.target, *job.attrs, size=job.size if job.size >= 0 else None)
@@ -4606,10 +4569,7 @@ def cp_download(session, items, opts, stats, known=None):
                         stats.fail(lfn, 'no access to %s: %s' % (lfn, r.err or 'no replicas (exit %d)' % r.exitcode))
                         continue
                     first = r.results[0]
-                    try:
-                        size = int(first['size'])
-                    except (KeyError, ValueError):
-                        size = -1           # unknown: not checked
+                    size = _int_or_none(first.get('size'), -1)     # -1: unknown, not checked
                     md5 = (first.get('md5') or '').lower()
                     member = next((split_member(x['url'])[1] for x in r.results if '#' in x.get('url', '')), '')
                     # the whole archive, unzipped here; else XRootD reads the member out of it (xrdcl.unzip)
@@ -4711,21 +4671,18 @@ def _existing_upload_target(session, e, r, opts, stats):
     """access write-once failed: an identical existing LFN is skipped, another
     one is replaced through a temporary LFN -> the new access reply or None."""
     st = _grid_stat(session, e.lfn)
-    if st is None:
-        stats.fail(e.src, 'no write access for %s: %s' % (e.lfn, r.err or 'exit code %d' % r.exitcode))
-        return None
-    if st['type'] != 'f':
-        stats.fail(e.src, '%s exists and is not a file' % e.lfn)
-        return None
-    if not opts.get('force') and st['size'] == e.size and st['md5'] == e.md5:
-        stats.already(e.src, e.lfn)
-        return None
-    d, base = e.lfn.rsplit('/', 1)
-    e.target = '%s/.%s.alienpy-part-%s' % (d, base, os.urandom(6).hex())
-    e.replace = True
-    r = _access(session, 'write-once', e.target, _with_default_specs(e.specs, e.lfn, e.size),
-                e.size, e.md5,
-                opts.get('strictspec'))
+    if st is not None:      # (none: r's failure is the one reported)
+        if st['type'] != 'f':
+            stats.fail(e.src, '%s exists and is not a file' % e.lfn)
+            return None
+        if not opts.get('force') and st['size'] == e.size and st['md5'] == e.md5:
+            stats.already(e.src, e.lfn)
+            return None
+        d, base = e.lfn.rsplit('/', 1)
+        e.target = '%s/.%s.alienpy-part-%s' % (d, base, os.urandom(6).hex())
+        e.replace = True
+        r = _access(session, 'write-once', e.target, _with_default_specs(e.specs, e.lfn, e.size), e.size,
+                    e.md5, opts.get('strictspec'))
     if r.exitcode != 0 or not r.results:
         stats.fail(e.src, 'no write access for %s: %s' % (e.lfn, r.err or 'exit code %d' % r.exitcode))
         return None
@@ -4812,12 +4769,10 @@ def cp_upload(session, items, opts, stats, md5s=None, prepare=()):
     hashed = []    # every file that was hashed: what cp_check_uploads looks up
 
     def launch(e, booked):
-        jobs = []
-        for rep in booked:
-            e.tried.append(rep.get('se', ''))
-            e.guids.add((rep.get('guid') or '').lower())
-            jobs.append(CopyJob(e.src, grid_url(rep.get('url', ''), rep.get('envelope', '')),
-                                e.size, '', 1, (e, rep)))
+        e.tried.extend(rep.get('se', '') for rep in booked)
+        e.guids.update((rep.get('guid') or '').lower() for rep in booked)
+        jobs = [CopyJob(e.src, grid_url(rep.get('url', ''), rep.get('envelope', '')), e.size, '', 1, (e, rep))
+                for rep in booked]
         e.running += len(jobs)
         e.launched = jobs
         progress.total_files += len(jobs)
@@ -4836,11 +4791,6 @@ def cp_upload(session, items, opts, stats, md5s=None, prepare=()):
                 out.extend(x for x in e.launched if x in e.held)
                 e.held = set()
         return out
-
-    def commits(jobs):
-        """The commit requests of the finished jobs that succeeded -> (those jobs, requests)."""
-        good = [j for j in jobs if j.ok]
-        return good, [_commit_request(*j.info) for j in good]
 
     def settle(jobs, good=None, replies=None, stop=None):
         if not jobs:
@@ -4884,10 +4834,8 @@ def cp_upload(session, items, opts, stats, md5s=None, prepare=()):
     try:
         pos = 0
         while pos < len(items):
-            entries = []
-            first = True
-            while pos < len(items) and len(entries) < REQUEST_WINDOW and (first or md5s.ready()):
-                first = False
+            entries, start = [], pos
+            while pos < len(items) and len(entries) < REQUEST_WINDOW and (pos == start or md5s.ready()):
                 src, lfn, specs = items[pos]
                 pos += 1
                 try:
@@ -4899,14 +4847,14 @@ def cp_upload(session, items, opts, stats, md5s=None, prepare=()):
                 hashed.append(entries[-1])
             # one round trip books this window and commits what finished meanwhile
             done = whole_files(pipe.results())
-            good, commit_requests = commits(done)
+            good = [j for j in done if j.ok]
+            commit_requests = [_commit_request(*j.info) for j in good]
+            books = [('access', _access_args('write-once', x.lfn, _with_default_specs(x.specs, x.lfn, x.size),
+                                             x.size, x.md5, opts.get('strictspec')),
+                      check_access(x.size, x.md5, write=True)) for x in entries]
             try:
-                replies = _requests(session, list(prepare) + [('access', _access_args('write-once', x.lfn,
-                                                                      _with_default_specs(x.specs, x.lfn,
-                                                                                          x.size), x.size,
-                                                                      x.md5, opts.get('strictspec')),
-                                               check_access(x.size, x.md5, write=True))
-                                              for x in entries] + commit_requests, window=2 * REQUEST_WINDOW)
+                replies = _requests(session, list(prepare) + books + commit_requests,
+                                    window=2 * REQUEST_WINDOW)
                 replies, prepare = replies[len(prepare):], ()
             except (ConnectionLost, KeyboardInterrupt) as e:
                 # the answered commits are counted (settle raises e then), this window is not attempted
