@@ -2513,8 +2513,7 @@ _LOCAL_PREFIX = LazyRegex(r'^(file:(//)?)')
 
 
 def expand_grid_path(path, cwd, home):
-    """Absolute LFN for path as typed: alien: prefixes, %ALIEN, ~, ., .., relative
-    paths; a trailing '/' is kept."""
+    """Absolute LFN for path as typed (alien:, %ALIEN, ~, ., .., relative); a trailing '/' is kept."""
     trailing = path.endswith('/')
     p = _GRID_PREFIX.sub('', path.strip())
     home = home or '/'
@@ -2552,8 +2551,7 @@ def _normalize(parts):
 
 
 def expand_local_path(path):
-    """Absolute local path for path as typed (file: prefix, ~); '/' appended for a
-    directory or when the input ended with '/'."""
+    """Absolute local path for path as typed (file:, ~), ending in '/' for a directory or a '/' typed."""
     trailing = path.endswith('/')
     p = os.path.abspath(os.path.expanduser(_LOCAL_PREFIX.sub('', path.strip())))
     if (trailing or os.path.isdir(p)) and not p.endswith('/'):
@@ -2617,8 +2615,7 @@ def tokenize(element):
 
 
 def run_local(argv, stdin_text=None):
-    """Run a local program with our terminal as its stdout/stderr -> Result(its exit
-    code); 127 when the program does not exist, 126 when it cannot be executed."""
+    """Run a local program on our terminal -> Result(its exit code; 127: not found, 126: not runnable)."""
     import subprocess
     sys.stdout.flush()
     try:
@@ -2663,15 +2660,13 @@ class ShowUsage(AlienError):
 
 
 class Options(object):
-    """A command's options, declared once: rows (NAMES, KEY, KIND[, DEFAULT[, HELP]])
-    and plain usage lines, or a string of words NAME[:KIND] (key: NAME without its
-    dash; no default, so the key is absent unless given). NAMES: the option and its
-    aliases ('-f -force'; a bare word is a keyword: lfn2uri's meta). KIND: 'flag',
-    'int' (>= 0), 'count' (> 0), 'str', 'list' (repeatable), 'time' (parse_time_ms),
-    'word' (the name given: one of several keywords), 'ignore' (accepted, dropped).
-    HELP: its line of the usage ('' when a neighbour's line covers it). usage: head
-    and those lines; code: the exit code of a bad option; check(opts) -> an error
-    text when options exclude each other."""
+    """A command's options, declared once: rows (NAMES, KEY, KIND[, DEFAULT[, HELP]]) and plain usage
+    lines, or a string of words NAME[:KIND] (key: NAME without its dash; no default: absent unless
+    given). NAMES: the option and its aliases ('-f -force'; a bare word is a keyword: lfn2uri's meta).
+    KIND: 'flag', 'int' (>= 0), 'count' (> 0), 'str', 'list' (repeatable), 'time' (parse_time_ms),
+    'word' (the name given: one of several keywords), 'ignore' (accepted, dropped). HELP: its usage
+    line ('' when a neighbour's covers it). usage: head and those lines; code: the exit code of a bad
+    option; check(opts) -> an error text when options exclude each other."""
 
     def __init__(self, rows, head='', defaults=None, code=EX_USAGE, check=None):
         if isinstance(rows, str):
@@ -2688,12 +2683,10 @@ class Options(object):
 
 
 def parse_args(cmd, args, options='', defaults=None, free=False):
-    """A command's arguments -> (options dict, positional list), by its Options (or
-    the words of one). Options may appear anywhere; '--' ends them; '-5' is an
-    argument; -h, -help, --help raise ShowUsage. Unknown options, missing or bad
-    values are an AlienError (options.code) naming cmd. free: the arguments are
-    another program's (run's): unknown options, '--' and help words pass as
-    arguments. defaults: replace those of the table."""
+    """A command's arguments -> (options dict, positional list), by its Options (or the words of
+    one). Options may appear anywhere; '--' ends them; '-5' is an argument; help words raise
+    ShowUsage; a bad option or value is an AlienError (options.code). free: the arguments are
+    run's program's (unknown options, '--' and help words are arguments); defaults: over the table's."""
     options = options if isinstance(options, Options) else Options(options)
     opts = dict(options.defaults, **(defaults or {}))
     pos, code, where = [], options.code, cmd + ': ' if cmd else ''
@@ -2745,8 +2738,7 @@ def parse_args(cmd, args, options='', defaults=None, free=False):
 
 
 def int_arg(cmd, text, least=None):
-    """An integer argument (exit's CODE, ping's COUNT, at least `least`), else a
-    one-line error, exit 22."""
+    """An integer argument (exit's CODE, ping's COUNT) of at least `least`, else an error, exit 22."""
     if not re.match(r'^-?[0-9]+$', text):
         raise AlienError('%s: %r is not a number' % (cmd, text), EX_EINVAL)
     if least is not None and int(text) < least:
@@ -2801,10 +2793,9 @@ def load_aliases(environ):
 
 
 def expand_aliases(elements, aliases):
-    """Replace an alias name that is the whole first word of a chain element by
-    its value (which may itself be a chain). One pass, so aliases cannot loop.
-    Deliberate deviation from the reference client, which replaced every
-    substring of the line: 'ls' inside a path or an argument is never touched."""
+    """Replace an alias that is the whole first word of a chain element by its value (maybe a
+    chain); one pass, so aliases cannot loop. Unlike the reference client, which replaced every
+    substring of the line, 'ls' inside a path or an argument is never touched."""
     if not aliases:
         return list(elements)
     out = []
@@ -2820,23 +2811,19 @@ def expand_aliases(elements, aliases):
 
 
 class Session(JCentral):
-    """A JCentral session that runs command lines: run(line) -> Result of a command
-    line ('a; b', '!shell', 'cmd | shell'), with the aliases and the command
-    registry; grid_path(path) -> the absolute LFN of a path as typed."""
+    """A JCentral session that runs command lines ('a; b', '!shell', 'cmd | shell') with the aliases
+    and the command registry; grid_path(path) -> the absolute LFN of a path as typed."""
 
     def grid_path(self, path):
         if not self.cwd and path_needs_cwd(path):   # an absolute path costs no round trip
             self.request('pwd')
         return expand_grid_path(path, self.cwd, self.home)
 
-    # -- command lines --
     def run(self, line, on_result=None):
-        """Run a command line ('cmd1; cmd2 | shellcmd'). on_result(result) is called
-        after each command (the front end prints there). Returns the last Result,
-        with the out/err of the whole chain."""
+        """Run 'cmd1; cmd2 | shellcmd' -> the last Result, with the out/err of the whole chain;
+        on_result(result) is called after each command (the front end prints there)."""
         outs, errs = [], []
         result = Result()
-        # aliases (~/.alienpy_aliases, shell section): whole first words of the elements
         if getattr(self, 'aliases', None) is None:
             self.aliases = load_aliases(self.environ)
         for element in expand_aliases(split_chain(line), self.aliases):
@@ -2991,12 +2978,9 @@ def parse_cp_args(args, environ=None):
 
 
 def name_verbs_to_regex(value):
-    """Translate -name begin_X_contain_Y_ends_Z_ext_W into a full-path regex.
-
-    Each verb takes the text up to the next '_'. Text is matched literally.
-    begin_X: the name starts with X; contain_Y: then contains Y (several allowed,
-    in order); ends_Z: the name (without the ext part) ends with Z; ext_W: the
-    extension is W. E.g. begin_myf_contain_run1_ext_root -> .*/myf[^/]*run1[^/]*\\.root$"""
+    """-name begin_X_contain_Y_ends_Z_ext_W -> a full-path regex. Each verb takes the text (literal)
+    up to the next '_': the name starts with X, then contains Y (several, in order), ends with Z
+    before the extension W. E.g. begin_myf_contain_run1_ext_root -> .*/myf[^/]*run1[^/]*\\.root$"""
     tokens = value.split('_')
     if len(tokens) % 2 or not tokens:
         raise AlienError('cp: -name needs verb_value pairs (begin_, contain_, ends_, ext_): %r' % value, EX_EINVAL)
@@ -3026,10 +3010,8 @@ _SPEC_TOKEN_RE = LazyRegex(r'^(!?[A-Za-z0-9_.-]+::[A-Za-z0-9_.-]+::[A-Za-z0-9_.-
 
 
 def split_specs(arg):
-    """'path@disk:2,SE1,!SE2' or 'path,disk:2' -> ('path', ['disk:2', 'SE1', '!SE2']).
-
-    '@' always starts the specifiers; a ',' only when every token after it is a
-    valid specifier (so a file name with a comma stays intact)."""
+    """'path@disk:2,SE1,!SE2' or 'path,disk:2' -> ('path', ['disk:2', 'SE1', '!SE2']). '@' always
+    starts the specifiers; a ',' only when every token after it is one (a name may hold a comma)."""
     head = arg
     prefix = ''
     m = re.match(r'^((?:alien|file):(?://)?)', arg)
@@ -3058,11 +3040,8 @@ _SHELL_BLANKS = LazyRegex('[ \t\r\n]+')   # what shlex splits on (str.split() kn
 
 
 def parse_input_lines(text):
-    """-input file content -> ([(src, dst), ...], [notices]).
-
-    Blank lines and lines starting with #, ; or // are ignored; fields are
-    shell-quoted (so names with spaces work); lines without exactly 2 fields
-    are skipped with a notice."""
+    """-input file content -> ([(src, dst), ...], [notices]). Blank lines and lines starting with #, ;
+    or // are ignored; fields are shell-quoted; a line without 2 fields is skipped with a notice."""
     pairs, notices = [], []
     skipped = 0
     for n, line in enumerate(text.splitlines(), 1):
@@ -3089,10 +3068,9 @@ def parse_input_lines(text):
 
 
 def dst_dir_targets(sources, dst_dir):
-    """-dst DIR: absolute source paths -> one destination directory each,
-    DIR/<source's directory below the common directory of all sources>/
-    (the source's own name is added by the usual naming rules). Prefix and
-    storage specifiers of DIR are kept on every destination."""
+    """-dst DIR: absolute source paths -> one destination directory each, DIR/<source's directory
+    below the common directory of all sources>/ (the name is added by the usual naming rules),
+    with DIR's prefix and storage specifiers."""
     import posixpath
     m = re.match(r'^((?:alien|file):(?://)?)', dst_dir)
     prefix = m.group(1) if m else ''
@@ -3117,9 +3095,8 @@ def cp_side(arg):
 
 
 def cp_direction(src, dst, local_exists):
-    """Decide the direction of one pair -> ('upload'|'download', src_path, dst_path).
-
-    local_exists(path) is asked only when neither side has a prefix."""
+    """One pair -> ('upload'|'download', src_path, dst_path); local_exists(path) is asked only when
+    neither side has a prefix."""
     s_side, s_path = cp_side(src)
     d_side, d_path = cp_side(dst)
     if s_side is None and d_side is None:
@@ -3170,9 +3147,8 @@ def cp_dst_name(src_dir, rel, dst, parent=0, rmprefix=0):
 
 
 def glob_to_regex(pattern):
-    """Shell glob -> regex on a relative path: '*' and '?' stay in one path
-    component, '**/' crosses directories. A pattern without '/' matches the
-    file name at any depth."""
+    """Shell glob -> regex on a relative path: '*' and '?' stay in one path component, '**/' crosses
+    directories; a pattern without '/' matches the file name at any depth."""
     out = ''
     i = 0
     while i < len(pattern):
@@ -3208,9 +3184,8 @@ def glob_to_regex(pattern):
 
 
 def user_regex(pattern, flags=0, what='cp'):
-    """A regular expression typed by the user, compiled; AlienError (exit 64) when
-    it is not one, also when it nests too deep for the compiler (RecursionError)
-    or is too large; the compiler's FutureWarnings are not printed."""
+    """A regular expression typed by the user, compiled; AlienError (exit 64) when it is not one, nests
+    too deep for the compiler (RecursionError) or is too large; no FutureWarnings are printed."""
     import warnings
     try:
         with warnings.catch_warnings():
@@ -3233,9 +3208,8 @@ def cp_filter(opts, glob_pattern=''):
 
 
 def cp_meta_filter(opts):
-    """Client-side filters -> (needs file metadata, function(rel, meta) -> bool
-    or None when no filter is set). meta: size, owner, gowner, ctime (ms), jobid;
-    a value the listing does not have never excludes a file."""
+    """Client-side filters -> (needs file metadata, function(rel, meta) -> bool or None when no filter
+    is set). meta: size, owner, gowner, ctime (ms), jobid; a value not listed never excludes a file."""
     tests = []
     for s in opts.get('exclude') or ():
         tests.append(lambda rel, m, s=s: s not in rel)
@@ -3311,11 +3285,10 @@ def check_stat(lfn):
 
 
 def check_access(size=-1, md5='', guid='', write=False):
-    """An access reply: the replicas of one file, one GUID (the listed one, for a read),
-    each URL ending in it (but an archive member's, URL#member), the size and md5 that
-    were listed (read) or asked for (write: as many rows as nSEs says). A write reply
-    with another file's size and md5 may still book another name: its bytes are then
-    that name's own. (The envelope is opaque: the storage element checks it.)"""
+    """An access reply: the replicas of one file, one GUID (the listed one, for a read), each URL
+    ending in it (but an archive member's, URL#member), the size and md5 that were listed (read) or
+    asked for (write: as many rows as nSEs says). A write reply with another file's size and md5 may
+    still book another name: its bytes are then that name's own. (The SE checks the opaque envelope.)"""
     md5, guid = (md5 or '').lower(), (guid or '').lower()
 
     def check(r):
@@ -3336,9 +3309,8 @@ def check_access(size=-1, md5='', guid='', write=False):
 
 
 def check_commit(lfn, guid):
-    """A commit reply names the LFN it was given (path) and the PFN it registered,
-    whose name ends in the booking's GUID. A refusal (lfn '0') proves nothing: the
-    same arguments may have run twice."""
+    """A commit reply names the LFN it was given (path) and the PFN it registered, whose name ends in
+    the booking's GUID. A refusal (lfn '0') proves nothing: the same arguments may have run twice."""
     def check(r):
         rows = r.results
         if len(rows) != 1 or str(rows[0].get('path', '')) != lfn:
@@ -3356,8 +3328,7 @@ def check_mkdir(r):
 
 
 def _grid_stat(session, lfn, cache=None):
-    """stat of lfn -> stat_fields dict, None when it does not exist. cache: the
-    replies of _prefetch_stats, used when they hold lfn."""
+    """stat of lfn -> stat_fields dict, None when it does not exist; cache: _prefetch_stats's replies."""
     if cache is not None and lfn in cache:
         return _stat_of(cache[lfn], lfn)
     return _stat_of(session.request('stat', [lfn], nomsg=True), lfn)
@@ -3461,9 +3432,8 @@ REQUEST_WINDOW = 128
 
 
 def _requests(session, requests, window=REQUEST_WINDOW):
-    """[(command, options)] -> [Result], in order (nomsg), several requests in
-    flight on the connection: over a WAN, 1,000 files cost 2,000 round trips
-    one after the other."""
+    """[(command, options)] -> [Result], in order (nomsg), several requests in flight on the
+    connection: over a WAN, 1,000 files cost 2,000 round trips one after the other."""
     return session.request_many(requests, nomsg=True, window=window)
 
 
@@ -3487,9 +3457,8 @@ def _local_exists(p):
 
 
 def _prefetch_stats(session, pairs):
-    """The grid paths cp_plan will stat for these pairs, asked for at once
-    (pipelined: one round trip per window, not per line of a -input list)
-    -> {lfn: Result} for _grid_stat's cache."""
+    """The grid paths cp_plan will stat for these pairs, asked for at once (one round trip per window,
+    not per line of a -input list) -> {lfn: Result} for _grid_stat's cache."""
     lfns = []
     for src, dst in pairs:
         try:
@@ -3510,13 +3479,10 @@ def _prefetch_stats(session, pairs):
 
 
 def cp_plan(session, src, dst, opts, stats_cache=None, known=None, facts=None):
-    """One src/dst pair -> ('download'|'upload', [(src, dst, specs)]).
-    facts: a LocalFacts to read an existing destination directory into while
-    the grid side is listed (with known: present files are skipped unread).
-
-    A directory source is copied recursively and its destination is always a
-    directory; 'dir' copies the directory itself (parent + 1), 'dir/' or a
-    glob copies its content (rsync convention)."""
+    """One src/dst pair -> ('download'|'upload', [(src, dst, specs)]). A directory source is copied
+    recursively into a directory: 'dir' copies the directory itself (parent + 1), 'dir/' or a glob
+    its content (rsync convention). facts: a LocalFacts to read an existing destination directory
+    into while the grid side is listed (with known: present files are skipped unread)."""
     direction, s_raw, d_raw = cp_direction(src, dst, _local_exists)
     g_raw, l_path = (s_raw, d_raw) if direction == 'download' else (d_raw, s_raw)
     g_path, specs = split_specs(g_raw)
@@ -3609,9 +3575,8 @@ def cp_name_problem(path, side):
 
 
 def cp_refuse_bad_names(items, direction, stats):
-    """Planned items -> (as they are consumed) those whose names both sides can
-    hold; each other one is refused up front with a one-line reason (nothing is
-    booked for it)."""
+    """Planned items -> (as they are consumed) those whose names both sides can hold; each other one is
+    refused up front with a one-line reason (nothing is booked for it)."""
     for src, dst, specs in items:
         lfn, local = (dst, src) if direction == 'upload' else (src, dst)
         why = cp_name_problem(lfn, 'grid') or (direction == 'download' and cp_name_problem(local, 'local'))
@@ -3657,8 +3622,7 @@ def part_name(final):
 
 
 def md5_file(path, chunk=1 << 20, stop=None):
-    """md5 hex digest of a local file (OSError if unreadable); None when the
-    threading.Event stop is set before the end. One buffer, reused."""
+    """md5 hex digest of a local file (OSError if unreadable); None when stop is set before the end."""
     return md5_and_size(path, chunk, stop)[0]
 
 
@@ -3688,10 +3652,9 @@ def split_member(url):
 
 
 def member_needs_local_unzip(member):
-    """True for a member that XRootD cannot find through xrdcl.unzip=NAME: it
-    takes the value verbatim up to the next '&' and decodes no %-escapes, and a
-    name with '&' or '?' is not found either way (checked with xrdcp). Its archive
-    is fetched whole and unzipped here instead."""
+    """True for a member XRootD cannot find through xrdcl.unzip=NAME: it takes the value verbatim up to
+    the next '&', decoding no %-escapes, and a name with '&' or '?' is not found either way (checked
+    with xrdcp). Its archive is fetched whole and unzipped here instead."""
     return '&' in member or '?' in member
 
 
@@ -3731,14 +3694,12 @@ def xrootd_client(what='cp'):
         from XRootD import client
     except Exception:
         raise AlienError(_XRD_MISSING % what, EX_GENERIC)
-    # Page checksums (pgread/pgwrite) cost 3-4x throughput on CPU-bound hosts;
-    # downloads are verified end to end with the catalogue md5, and every later
-    # reader verifies what we uploaded, so they are off unless the user sets
-    # XRD_CPUSEPGWRTRD. A refused connection is retried for ConnectionWindow
-    # seconds ConnectionRetry times (default 5 x 120 s): we fail over to the
-    # next replica instead, so one attempt within 15 s.
-    # The rest as the reference client sets them, so that SEs see a grid client:
-    # application name, timeouts (s), idle connections closed early.
+    # Page checksums (pgread/pgwrite) cost 3-4x throughput on CPU-bound hosts; downloads are verified
+    # end to end with the catalogue md5 and every later reader verifies what we uploaded, so they are
+    # off unless the user sets XRD_CPUSEPGWRTRD. A refused connection is retried for ConnectionWindow
+    # seconds ConnectionRetry times (default 5 x 120 s): we fail over to the next replica instead, so
+    # one attempt within 15 s. The rest as the reference client sets them, so that SEs see a grid
+    # client: application name, timeouts (s), idle connections closed early.
     defaults = (('XRD_CPUSEPGWRTRD', 'CpUsePgWrtRd', 0),
                 ('XRD_CONNECTIONRETRY', 'ConnectionRetry', 1),
                 ('XRD_CONNECTIONWINDOW', 'ConnectionWindow', 15),
@@ -3840,19 +3801,17 @@ def metalink_text(lfn, size, md5, urls):
 
 
 # ---- cp: extended attributes of downloaded files ------------------------------
-# A download records the reference client's attributes (user.lfn, user.guid,
-# user.md5, user.size, user.ts_r, user.ts_w). Here ts_w is the file's mtime in ms
-# when it was delivered: a later write moves the mtime, so a re-run can tell an
-# untouched file (skipped without reading it) from one whose bytes may differ
-# (hashed again).
+# A download records the reference client's attributes (user.lfn, user.guid, user.md5, user.size,
+# user.ts_r, user.ts_w). Here ts_w is the file's mtime in ms when it was delivered: a later write
+# moves the mtime, so a re-run can tell an untouched file (skipped without reading it) from one whose
+# bytes may differ (hashed again).
 
 def _mtime_ms(st):
     return str(st.st_mtime_ns // 1000000)
 
 
 def write_xattrs(path, lfn='', guid='', md5='', size=None):
-    """Record what path (or an open file descriptor) holds -> False when the
-    file system has no user xattrs."""
+    """Record what path (or an open file descriptor) holds -> False when there are no user xattrs."""
     try:
         st = os.stat(path)
         for key, value in (('lfn', lfn), ('guid', guid), ('md5', md5),
@@ -3882,12 +3841,10 @@ _PINNED_THREADS = set()
 
 
 def _pin_thread_state():
-    """Called in an XRootD callback: keep this thread's Python thread state.
-    The binding wraps every callback in PyGILState_Ensure/Release, and a thread
-    Python does not know gets a new thread state each time, with a 16 KiB frame
-    stack mmap'ed and unmapped again (a TLB flush on every core): three
-    callbacks per small file made that about a tenth of a download's client CPU.
-    One extra Ensure, never released, keeps the state for the thread's life."""
+    """Called in an XRootD callback: keep this thread's Python thread state. The binding wraps every
+    callback in PyGILState_Ensure/Release, and a thread Python does not know gets a new thread state
+    each time, its 16 KiB frame stack mmap'ed and unmapped (a TLB flush on every core): three callbacks
+    per small file made that a tenth of a download's client CPU. One Ensure never released keeps it."""
     ident = threading.get_ident()
     if ident in _PINNED_THREADS:
         return
@@ -3901,17 +3858,14 @@ def _pin_thread_state():
 
 
 class VerifiedRead(object):
-    """One verified download, driven by XRootD's callbacks (no thread of its own):
-    STREAM_READS reads of STREAM_CHUNK in flight, each chunk written to job.target
-    (created once the source is open) at its offset as it arrives and hashed in
-    order; the md5 is compared with job.md5. The file is never read twice, a small
-    one costs three requests (open, read, close) on the SE's shared connection, and
-    as os.pwrite and md5.update release the GIL, receiving, writing and hashing
-    overlap. done(self) is called once (from an XRootD thread, or from start()
-    when nothing could be sent) when the target is closed: job.ok / job.error say
-    how it went (a failed target is the caller's to remove). After cancel() no
-    target is created and the transfer stops at the next reply. handler: None or
-    the progress interface of _JobProgress."""
+    """One verified download, driven by XRootD's callbacks (no thread of its own): STREAM_READS reads
+    of STREAM_CHUNK in flight, each chunk written to job.target (created once the source is open) at
+    its offset as it arrives and hashed in order; the md5 is compared with job.md5. The file is never
+    read twice, a small one costs three requests (open, read, close) on the SE's shared connection,
+    and as os.pwrite and md5.update release the GIL, receiving, writing and hashing overlap. done(self)
+    is called once when the target is closed (from an XRootD thread, or from start() when nothing could
+    be sent): job.ok / job.error say how it went (a failed target is the caller's to remove). After
+    cancel() no target is created and the transfer stops at the next reply. handler: a _JobProgress."""
 
     def __init__(self, job, timeout, done, handler=None):
         self.job = job
@@ -4077,10 +4031,9 @@ def verified_read_possible(job):
 
 
 def _read_again(reader, opts):
-    """After a failed VerifiedRead: True when the same replica is to be read
-    again (-retry, used like XRootD's retries of a copy: only where job.retry
-    allows, and only after an error of the transfer itself); the part file it
-    made is removed."""
+    """After a failed VerifiedRead: True when the same replica is to be read again (-retry, as XRootD's
+    retries of a copy: only where job.retry allows, only after an error of the transfer itself); the
+    part file it made is removed."""
     job = reader.job
     if job.ok or not reader.retry:
         return False
@@ -4094,9 +4047,8 @@ def _read_again(reader, opts):
 
 
 def _stream_download(job, opts, handler):
-    """A VerifiedRead in the calling thread (a worker of CopyPipeline: a large
-    file), which waits for it and polls the handler for a cancel; -retry reads
-    the replica again. Raises AlienError (why, without 'XRootD: ')."""
+    """A VerifiedRead waited for in the calling thread (a CopyPipeline worker: a large file), polling
+    the handler for a cancel; -retry reads the replica again. Raises AlienError (without 'XRootD: ')."""
     while True:
         finished = threading.Event()
         reader = VerifiedRead(job, int(opts.get('timeout') or 0), lambda _r: finished.set(), handler).start()
@@ -4114,10 +4066,9 @@ def _stream_download(job, opts, handler):
 
 
 def _copy_one(job, opts, handler):
-    """Run one transfer in the calling thread; sets job.ok/.error, never raises.
-    A download with a known size and md5 from one replica is a VerifiedRead
-    (hashed as it arrives), the rest (uploads, -y N metalinks, zip members,
-    files without an md5) one XRootD CopyProcess each."""
+    """Run one transfer in the calling thread; sets job.ok/.error, never raises. A download with a
+    known size and md5 from one replica is a VerifiedRead (hashed as it arrives), the rest (uploads,
+    -y N metalinks, zip members, files without an md5) one XRootD CopyProcess each."""
     try:
         client = xrootd_client()
         if verified_read_possible(job):
@@ -4132,9 +4083,8 @@ def _copy_one(job, opts, handler):
         kw['inittimeout'] = int(client.EnvGetInt('CPInitTimeout') or 90)
         kw['retry'] = int(opts.get('retry', 2) if job.retry is None else job.retry)
         if job.target.startswith('/'):
-            # download into a fresh temporary name: the directory exists
-            # already, nothing to overwrite; md5 verified by XRootD after
-            # the transfer and a mismatching file removed
+            # download into a fresh temporary name: the directory exists already, nothing to
+            # overwrite; md5 verified by XRootD after the transfer and a mismatching file removed
             if job.md5:
                 kw.update(checksummode='target', checksumtype='md5', checksumpreset=job.md5, rmBadCksum=True)
             proc.add_job(job.source, job.target, sourcelimit=job.sources, **kw)
@@ -4174,11 +4124,10 @@ class _JobProgress(object):
         return self.progress.cancel
 
 
-# Transfers in flight. A small file costs a few round trips to its SE (open,
-# read or write, close) and almost no bandwidth: over a WAN only many of them
-# at once keep the line busy. A large file is bound by bandwidth, where more
-# at once only share it. Without -T: up to CP_INFLIGHT files at once, of which
-# at most CP_PARALLEL large ones; -T N: N files at once, whatever their size.
+# Transfers in flight. A small file costs a few round trips to its SE (open, read or write, close)
+# and almost no bandwidth: over a WAN only many of them at once keep the line busy. A large file is
+# bound by bandwidth, where more at once only share it. Without -T: up to CP_INFLIGHT files at once,
+# of which at most CP_PARALLEL large ones; -T N: N files at once, whatever their size.
 CP_PARALLEL = 8
 CP_INFLIGHT = 128
 CP_SMALL_FILE = 4 << 20
@@ -4186,10 +4135,9 @@ CP_BACKLOG = 512  # downloads waiting to start: cp then waits before asking for 
 
 
 class CopyPipeline(object):
-    """Transfers run while the caller keeps talking to the service (access before,
-    commit after). A download VerifiedRead can do is driven by XRootD's callbacks;
-    every other transfer runs in a worker thread of its own (no batch waits for its
-    slowest file). XRootD shares one connection per SE between all of them.
+    """Transfers run while the caller keeps talking to the service (access before, commit after). A
+    download VerifiedRead can do is driven by XRootD's callbacks; every other transfer runs in a worker
+    thread of its own (no batch waits for its slowest file); one XRootD connection per SE for all.
     submit(jobs); results(wait) hands back finished jobs; close(cancel) stops all."""
 
     def __init__(self, opts, label):
@@ -4360,8 +4308,7 @@ def _access(session, mode, lfn, specs=None, size=None, md5=None, strict=False):
 
 
 def _local_facts(path):
-    """(size, mtime in ms, user.ts_w, user.md5) of a local file -> tuple, or None
-    when it cannot be read or has no such attributes."""
+    """(size, mtime in ms, user.ts_w, user.md5) of a local file, or None when any is missing."""
     try:
         st = os.stat(path)
         return (st.st_size, _mtime_ms(st), os.getxattr(path, 'user.ts_w').decode('ascii', 'replace'),
@@ -4371,12 +4318,10 @@ def _local_facts(path):
 
 
 class LocalFacts(object):
-    """_local_facts of the files under a local directory, read in a background
-    thread only while the service lists the grid side: a re-run's 1,000 present
-    files cost about 30 ms of stat and getxattr calls, which then overlap the
-    service's own time instead of following it. stop() ends the scan when the
-    listing has arrived (a large unrelated tree is never read in full); a path
-    it did not reach is read when asked for."""
+    """_local_facts of the files under a local directory, read in a background thread only while the
+    service lists the grid side: a re-run's 1,000 present files cost about 30 ms of stat and getxattr
+    calls, which then overlap the service's time instead of following it. stop() ends the scan when
+    the listing has arrived (a large unrelated tree is never read in full); the rest is read on demand."""
 
     def __init__(self):
         self.facts = {}
@@ -4409,9 +4354,8 @@ class LocalFacts(object):
 
 
 def present_unchanged(path, size, md5, facts=None):
-    """True when path holds the catalogue file (size, md5) by the xattrs of its
-    download and its size and mtime have not moved since; nothing is read.
-    facts: a LocalFacts that may have read the file's metadata already."""
+    """True when path holds the catalogue file (size, md5) by the xattrs of its download and its size
+    and mtime have not moved since; nothing is read. facts: a LocalFacts that may have read them."""
     if not md5:
         return False
     f = facts.get(path) if facts is not None else _local_facts(path)
@@ -4461,11 +4405,10 @@ class Download(object):
 
 
 def cp_download(session, items, opts, stats, known=None):
-    """items: [(lfn, local_dst, specs)]. Each file is written to a temporary
-    name next to its destination, verified against the catalogue md5 and only
-    then renamed; a failed replica is followed by the next one. known: {lfn:
-    (size, md5, guid)} from replies that named the LFN: each access reply must be
-    that file's (check_access) before its md5 is believed."""
+    """items: [(lfn, local_dst, specs)]. Each file is written to a temporary name next to its
+    destination, verified against the catalogue md5 and only then renamed; a failed replica is followed
+    by the next one. known: {lfn: (size, md5, guid)} from replies that named the LFN: each access reply
+    must be that file's (check_access) before its md5 is believed."""
     known = known if known is not None else {}
     if len(known) >= session.SPREAD_MIN:
         session.spread_ahead()       # more sessions for the access requests, connected meanwhile
@@ -4484,9 +4427,7 @@ def cp_download(session, items, opts, stats, known=None):
         # -y N: XRootD's several-replica copy. Never for an archive member: reading a
         # deflated member that way hung now and then in XRootD (xrootd 6.2.1: the copy
         # waits for a chunk its sources never send; about 1 run in 150 under load)
-        if not info.metalink_tried and not info.member and opts.get('sources', 1) > 1 \
-                and len(reps) > 1:
-            # first attempt with -y N: read from several replicas at once
+        if not info.metalink_tried and not info.member and opts.get('sources', 1) > 1 and len(reps) > 1:
             info.metalink_tried = True
             meta = os.path.join(meta_dir.path, '%d.meta4' % len(os.listdir(meta_dir.path)))
             with open(meta, 'w', encoding='utf-8') as f:   # a private temp dir: no rename needed
@@ -4547,10 +4488,9 @@ def cp_download(session, items, opts, stats, known=None):
         try:
             items = iter(items)     # planned while it runs (cp_run)
             while True:
-                # ask for more access only while a bounded number of transfers wait
-                # to start: the queued jobs (each with its replicas' envelopes) stay
-                # few, no envelope is fetched long before use; at the high mark, the
-                # queue is let down to half of it (results settled in batches)
+                # ask for more access only while a bounded number of transfers wait to start: the
+                # queued jobs (each with its replicas' envelopes) stay few, no envelope is fetched long
+                # before use; at the high mark, the queue is let down to half of it (settled in batches)
                 if pipe.queued() >= CP_BACKLOG:
                     while pipe.queued() > CP_BACKLOG // 2:
                         for job in pipe.results(wait=True):
@@ -4690,10 +4630,9 @@ def _existing_upload_target(session, e, r, opts, stats):
 
 
 class Md5Ahead(object):
-    """The md5 and size of local files, hashed in a background thread: an upload's
-    `access` request needs the md5, so the next files are hashed while the service
-    is asked and the files before them transfer. add(paths) queues; take() hands
-    back (md5, size) or the OSError in order (at most AHEAD wait); close() stops."""
+    """The md5 and size of local files, hashed in a background thread: an upload's `access` request
+    needs the md5, so the next files are hashed while the service is asked and earlier files transfer.
+    add(paths) queues; take() hands back (md5, size) or the OSError in order (at most AHEAD wait)."""
 
     AHEAD = 256
 
@@ -4752,12 +4691,11 @@ class Md5Ahead(object):
 
 
 def cp_upload(session, items, opts, stats, md5s=None, prepare=()):
-    """items: [(local_path, lfn, specs)]: md5 and size locally, access write-once,
-    copy each booked replica, commit each good one; failed replicas are re-booked
-    on other SEs (at most twice). md5s: an Md5Ahead already hashing these paths in
-    order (cp_run starts it while planning). A window of `access` requests is the
-    next file (waiting for its md5) and those already hashed. prepare: requests to
-    send with the first window (the destinations' mkdir -p)."""
+    """items: [(local_path, lfn, specs)]: md5 and size locally, access write-once, copy each booked
+    replica, commit each good one; failed replicas are re-booked on other SEs (at most twice). md5s: an
+    Md5Ahead already hashing these paths in order (cp_run starts it while planning). A window of
+    `access` requests is the next file (waiting for its md5) and those already hashed. prepare:
+    requests to send with the first window (the destinations' mkdir -p)."""
     if md5s is None:
         md5s = Md5Ahead()
         md5s.add(src for src, _, _ in items)
@@ -4780,9 +4718,8 @@ def cp_upload(session, items, opts, stats, md5s=None, prepare=()):
         pipe.submit(jobs)
 
     def whole_files(jobs):
-        """Finished jobs -> those of the files with no transfer left, each file's
-        in booking order: the catalogue lists replicas in the order of their
-        commits, which must not depend on which transfer finished first."""
+        """Finished jobs -> those of the files with no transfer left, each file's in booking order: the
+        catalogue lists replicas in the order of their commits, not of the transfers' ends."""
         out = []
         for j in jobs:
             e = j.info[0]
@@ -4824,8 +4761,7 @@ def cp_upload(session, items, opts, stats, md5s=None, prepare=()):
             n, e.failed = e.failed, 0
             e.attempt += 1
             spec = ['disk:%d' % n] + ['!' + se for se in sorted(set(e.tried)) if se]
-            r = _access(session, 'write' if e.committed else 'write-once', e.target, spec,
-                        e.size, e.md5)
+            r = _access(session, 'write' if e.committed else 'write-once', e.target, spec, e.size, e.md5)
             if r.exitcode == 0 and r.results:
                 launch(e, r.results)
             else:
@@ -4918,10 +4854,9 @@ def _commit_request(e, rep):
 
 
 def _committed_in_catalogue(session, pairs):
-    """For commits whose reply was lost, [(e, rep)] -> [True | False | None]: the
-    catalogue holds exactly this replica (the entry has our size, md5 and the
-    GUID we booked, and lists the SE) / it holds nothing of ours yet (safe to
-    commit again) / the name belongs to another file (never to be touched)."""
+    """For commits whose reply was lost, [(e, rep)] -> [True | False | None]: the catalogue holds
+    exactly this replica (the entry has our size, md5 and booked GUID, and lists the SE) / nothing
+    of ours yet (safe to commit again) / the name belongs to another file (never to be touched)."""
     replies = _requests(session, [q for e, rep in pairs
                                   for q in (('stat', [e.target], check_stat(e.target)), ('whereis', [e.target]))])
     out = []
@@ -4942,14 +4877,12 @@ def _committed_in_catalogue(session, pairs):
 
 
 def _commit(session, jobs, replies=None, stop=None):
-    """Commit the replicas of the finished jobs -> ({id(job): Result}, the exception
-    that stops the copy or None). `replies`: their commit replies if already sent
-    (None: no reply), `stop` the exception that cut them off.
-
-    Exactly once: for a commit whose reply was lost the catalogue is asked
-    (_committed_in_catalogue): registered -> done; nothing -> committed again;
-    another file -> refused. Without a connection the unanswered commits get the
-    107 'outcome unknown' result; after Ctrl-C the catalogue is asked for 5 s at most."""
+    """Commit the replicas of the finished jobs -> ({id(job): Result}, the exception that stops the
+    copy or None). `replies`: their commit replies if already sent (None: no reply), `stop` the
+    exception that cut them off. Exactly once: for a commit whose reply was lost the catalogue is asked
+    (_committed_in_catalogue): registered -> done; nothing -> committed again; another file -> refused.
+    Without a connection the unanswered commits get the 107 'outcome unknown' result; after Ctrl-C the
+    catalogue is asked for 5 s at most."""
     results = {}
     todo = list(jobs)
     for _round in range(4):
@@ -5074,11 +5007,10 @@ CP_LIST_ABOVE = 1   # files under one directory from which cp_catalogue_facts li
 
 
 def cp_catalogue_facts(session, lfns):
-    """{lfn: (size, md5, guid)} of those of lfns the catalogue holds as files, from
-    replies that name them: one listing of each top directory holding more than
-    CP_LIST_ABOVE of them (cut at twice their number, so a directory full of other
-    files costs little), a checked stat of each of the others and of those the
-    listing did not show."""
+    """{lfn: (size, md5, guid)} of those of lfns the catalogue holds as files, from replies that name
+    them: one listing of each top directory holding more than CP_LIST_ABOVE of them (cut at twice their
+    number: a directory full of other files costs little), a checked stat of each of the others and of
+    those the listing did not show."""
     lfns = list(lfns)
     facts, single = {}, []
     for top in _top_dirs(lfns):
@@ -5097,13 +5029,12 @@ def cp_catalogue_facts(session, lfns):
 
 
 def cp_check_uploads(session, hashed, stats, last=False):
-    """After an upload the catalogue has the last word: every file's entry against
-    its local size and md5, and against the GUIDs this copy wrote when the entry may
-    be its own (a GUID it booked, or a commit refused or unanswered: on a racing
-    service a commit can register another booking of the name, with no data). A
-    right entry counts as copied whatever the replies said; a wrong one of this copy
-    is removed. Those, and the missing or uncommitted ones -> [(src, lfn, specs)] to
-    upload again (last: reported as failed instead)."""
+    """After an upload the catalogue has the last word: every file's entry against its local size and
+    md5, and against the GUIDs this copy wrote when the entry may be its own (a GUID it booked, or a
+    commit refused or unanswered: on a racing service a commit can register another booking of the
+    name, with no data). A right entry counts as copied whatever the replies said; a wrong one of this
+    copy is removed. Those, and the missing or uncommitted ones -> [(src, lfn, specs)] to upload
+    again (last: reported as failed instead)."""
     booked = set(g for e in hashed for g in e.guids)
     facts = cp_catalogue_facts(session, [e.lfn for e in hashed])
     present = set(src for src, _ in stats.present)
@@ -5144,11 +5075,9 @@ CP_PLAN_CHUNK = 1000
 
 
 def cp_run(session, pairs, opts):
-    """Plan and copy every (src, dst) pair -> CpStats.
-
-    Downloads are planned while they run: the pairs of a long -input list are
-    planned a chunk at a time (their stats pipelined), and the first files
-    transfer while later lines are still being looked up. Uploads follow."""
+    """Plan and copy every (src, dst) pair -> CpStats. Downloads are planned while they run (a long
+    -input list a chunk at a time, its stats pipelined): the first files transfer while later lines
+    are still looked up. Uploads follow."""
     stats = CpStats()
     uploads = []
     md5s = Md5Ahead()  # the files to upload are hashed from the moment they are planned
@@ -5232,9 +5161,8 @@ def cp_run(session, pairs, opts):
 
 
 def cp_result(stats, opts, as_json=False):
-    """The Result of a copy: exit 0 only when every file arrived; the summary
-    line (copied, already present, failed, not attempted) however it ended;
-    as_json: every file with its state, as a JCentral-style reply."""
+    """The Result of a copy: exit 0 only when every file arrived; the summary line (copied, already
+    present, failed, not attempted) however it ended; as_json: every file's state, JCentral-style."""
     if opts.get('dryrun'):
         return Result(EX_GENERIC if stats.failed else 0, out='\n'.join(stats.plan),
                       err='\n'.join('cp: %s' % why for _, why in stats.failed))
@@ -5333,9 +5261,8 @@ def cmd_cp(session, args):
 
 
 def cp_at_site(session, pairs, opts):
-    """cp_run with -site SITE: the service's site affinity (setSite) for this copy
-    only; the previous site (from the reply 'Setting close site to X (was Y)') is
-    restored."""
+    """cp_run with -site SITE: the service's site affinity (setSite) for this copy only; the previous
+    site (from the reply 'Setting close site to X (was Y)') is restored."""
     r = session.request('setSite', [opts['site']], nomsg=False)
     if r.exitcode != 0:
         raise AlienError('cp: -site %s: %s' % (opts['site'], r.err or 'exit code %d' % r.exitcode), r.exitcode)
