@@ -3012,21 +3012,14 @@ _SPEC_TOKEN_RE = LazyRegex(r'^(!?[A-Za-z0-9_.-]+::[A-Za-z0-9_.-]+::[A-Za-z0-9_.-
 def split_specs(arg):
     """'path@disk:2,SE1,!SE2' or 'path,disk:2' -> ('path', ['disk:2', 'SE1', '!SE2']). '@' always
     starts the specifiers; a ',' only when every token after it is one (a name may hold a comma)."""
-    head = arg
-    prefix = ''
-    m = re.match(r'^((?:alien|file):(?://)?)', arg)
-    if m:
-        prefix, head = m.group(1), arg[m.end():]
-    if '@' in head:
-        path, rest = head.split('@', 1)
-    elif ',' in head:
-        path, rest = head.split(',', 1)
-        tokens = [t for t in re.split('[@,]', rest) if t]
-        if not tokens or not all(_SPEC_TOKEN_RE.match(t) for t in tokens):
-            return arg, []
-    else:
+    m = re.match(r'^((?:alien|file):(?://)?)?', arg)     # (matches with no prefix too)
+    prefix, head = m.group(1) or '', arg[m.end():]
+    if '@' not in head and ',' not in head:
         return arg, []
+    path, rest = head.split('@' if '@' in head else ',', 1)
     specs = [t for t in re.split('[@,]', rest) if t]
+    if '@' not in head and not (specs and all(_SPEC_TOKEN_RE.match(t) for t in specs)):
+        return arg, []
     for t in specs:
         if not _SPEC_TOKEN_RE.match(t):
             raise AlienError('cp: invalid storage specifier %r in %r (use disk:N, SITE::NAME::SE, !SITE::NAME::SE)'
@@ -3773,8 +3766,7 @@ class _Progress(object):
         self.last = now
         with self.lock:
             moved = self.done_bytes + sum(self.current.values())
-        el = max(now - self.start, 1e-6)
-        rate = moved / el
+        rate = moved / max(now - self.start, 1e-6)
         left = self.total_bytes - moved
         eta = ('%ds' % (left / rate)) if rate > 0 and left > 0 else '-'
         line = '%s%d/%d files  %s/%s  %s/s  ETA %s' % (
@@ -3868,13 +3860,9 @@ class VerifiedRead(object):
     cancel() no target is created and the transfer stops at the next reply. handler: a _JobProgress."""
 
     def __init__(self, job, timeout, done, handler=None):
-        self.job = job
-        self.timeout = timeout
-        self.done = done
-        self.handler = handler
+        self.job, self.timeout, self.done, self.handler = job, timeout, done, handler
         self.lock = threading.Lock()
-        self.file = None
-        self.fd = None
+        self.file = self.fd = None
         self.md5 = hashlib.md5()
         self.ahead = 0           # the next offset to ask for
         self.hashed = 0          # bytes hashed, in order
@@ -3898,8 +3886,7 @@ class VerifiedRead(object):
         if status is None or not status.ok:
             if status is not None:
                 self._fail(status.message)
-            self.inflight = 0
-            self.ending = True
+            self.inflight, self.ending = 0, True
             self._finish()
         return self
 
@@ -4348,9 +4335,7 @@ class LocalFacts(object):
             self.threads.pop().join()
 
     def get(self, path):
-        if path in self.facts:
-            return self.facts[path]
-        return _local_facts(path)
+        return self.facts[path] if path in self.facts else _local_facts(path)
 
 
 def present_unchanged(path, size, md5, facts=None):
@@ -4569,10 +4554,7 @@ def extract_zip_member(path, member, md5):
     try:
         with zipfile.ZipFile(path) as z, z.open(member) as src, open(tmp, 'wb') as out:
             h = hashlib.md5()
-            while True:
-                b = src.read(4 << 20)
-                if not b:
-                    break
+            for b in iter(lambda: src.read(4 << 20), b''):
                 h.update(b)
                 out.write(b)
         if md5 and h.hexdigest() != md5:
@@ -5123,8 +5105,7 @@ def cp_run(session, pairs, opts):
                         continue
                     unique.append(it)
                 stats.planned.extend((it[0], it[1]) for it in unique)  # (each one's final state is reported)
-                for it in unique:
-                    yield it
+                yield from unique
 
     if opts.get('dryrun'):
         stats.plan = ['%s -> %s' % (s, d) for s, d, _ in planned_downloads()]
