@@ -5170,7 +5170,6 @@ def cp_result(stats, opts, as_json=False):
     return result
 
 
-# -- transfer commands (cp, cat, edit, ...) --
 def cp_option_notices(opts):
     """What alien.py does instead of the reference client's options that would
     weaken its checks -> [notice lines]; -tpc is refused (AlienError, exit 1)."""
