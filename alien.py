@@ -3250,8 +3250,12 @@ def stat_fields(result):
     r = dict(result or {})
     path = r.get('lfn') or r.get('file') or r.get('path') or r.get('name') or ''
     kind = (r.get('type') or 'f')[:1].lower()
-    return {'path': path, 'type': kind, 'size': _int_or_none(r.get('size'), 0),
-            'md5': (r.get('md5') or '').lower(), 'guid': (r.get('guid') or '').lower()}
+    try:
+        size = int(r.get('size') or 0)
+    except ValueError:
+        size = 0
+    return {'path': path, 'type': kind, 'size': size, 'md5': (r.get('md5') or '').lower(),
+            'guid': (r.get('guid') or '').lower()}
 
 
 # ---- replies that answer their own request ------------------------------------
@@ -4494,7 +4498,10 @@ def cp_download(session, items, opts, stats, known=None):
                         stats.fail(lfn, 'no access to %s: %s' % (lfn, r.err or 'no replicas (exit %d)' % r.exitcode))
                         continue
                     first = r.results[0]
-                    size = _int_or_none(first.get('size'), -1)     # -1: unknown, not checked
+                    try:
+                        size = int(first['size'])
+                    except (KeyError, ValueError):
+                        size = -1           # unknown: not checked
                     md5 = (first.get('md5') or '').lower()
                     member = next((split_member(x['url'])[1] for x in r.results if '#' in x.get('url', '')), '')
                     # the whole archive, unzipped here; else XRootD reads the member out of it (xrdcl.unzip)
