@@ -2378,8 +2378,7 @@ _LOCAL_PREFIX = LazyRegex(r'^(file:(//)?)')
 
 
 def expand_grid_path(path, cwd, home):
-    """Absolute LFN for path as typed: alien: prefixes, %ALIEN, ~, ., .., relative
-    paths; a trailing '/' is kept."""
+    """Absolute LFN for path as typed (alien:, %ALIEN, ~, ., .., relative); a trailing '/' is kept."""
     trailing = path.endswith('/')
     p = _GRID_PREFIX.sub('', path.strip())
     home = home or '/'
@@ -2417,8 +2416,7 @@ def _normalize(parts):
 
 
 def expand_local_path(path):
-    """Absolute local path for path as typed (file: prefix, ~); '/' appended for a
-    directory or when the input ended with '/'."""
+    """Absolute local path for path as typed (file:, ~), ending in '/' for a directory or a '/' typed."""
     trailing = path.endswith('/')
     p = os.path.abspath(os.path.expanduser(_LOCAL_PREFIX.sub('', path.strip())))
     if (trailing or os.path.isdir(p)) and not p.endswith('/'):
@@ -2482,8 +2480,7 @@ def tokenize(element):
 
 
 def run_local(argv, stdin_text=None):
-    """Run a local program with our terminal as its stdout/stderr -> Result(its exit
-    code); 127 when the program does not exist, 126 when it cannot be executed."""
+    """Run a local program on our terminal -> Result(its exit code; 127: not found, 126: not runnable)."""
     import subprocess
     sys.stdout.flush()
     try:
@@ -2528,15 +2525,13 @@ class ShowUsage(AlienError):
 
 
 class Options(object):
-    """A command's options, declared once: rows (NAMES, KEY, KIND[, DEFAULT[, HELP]])
-    and plain usage lines, or a string of words NAME[:KIND] (key: NAME without its
-    dash; no default, so the key is absent unless given). NAMES: the option and its
-    aliases ('-f -force'; a bare word is a keyword: lfn2uri's meta). KIND: 'flag',
-    'int' (>= 0), 'count' (> 0), 'str', 'list' (repeatable), 'time' (parse_time_ms),
-    'word' (the name given: one of several keywords), 'ignore' (accepted, dropped).
-    HELP: its line of the usage ('' when a neighbour's line covers it). usage: head
-    and those lines; code: the exit code of a bad option; check(opts) -> an error
-    text when options exclude each other."""
+    """A command's options, declared once: rows (NAMES, KEY, KIND[, DEFAULT[, HELP]]) and plain usage
+    lines, or a string of words NAME[:KIND] (key: NAME without its dash; no default: absent unless
+    given). NAMES: the option and its aliases ('-f -force'; a bare word is a keyword: lfn2uri's meta).
+    KIND: 'flag', 'int' (>= 0), 'count' (> 0), 'str', 'list' (repeatable), 'time' (parse_time_ms),
+    'word' (the name given: one of several keywords), 'ignore' (accepted, dropped). HELP: its usage
+    line ('' when a neighbour's covers it). usage: head and those lines; code: the exit code of a bad
+    option; check(opts) -> an error text when options exclude each other."""
 
     def __init__(self, rows, head='', defaults=None, code=EX_USAGE, check=None):
         if isinstance(rows, str):
@@ -2553,12 +2548,10 @@ class Options(object):
 
 
 def parse_args(cmd, args, options='', defaults=None, free=False):
-    """A command's arguments -> (options dict, positional list), by its Options (or
-    the words of one). Options may appear anywhere; '--' ends them; '-5' is an
-    argument; -h, -help, --help raise ShowUsage. Unknown options, missing or bad
-    values are an AlienError (options.code) naming cmd. free: the arguments are
-    another program's (run's): unknown options, '--' and help words pass as
-    arguments. defaults: replace those of the table."""
+    """A command's arguments -> (options dict, positional list), by its Options (or the words of
+    one). Options may appear anywhere; '--' ends them; '-5' is an argument; help words raise
+    ShowUsage; a bad option or value is an AlienError (options.code). free: the arguments are
+    run's program's (unknown options, '--' and help words are arguments); defaults: over the table's."""
     options = options if isinstance(options, Options) else Options(options)
     opts = dict(options.defaults, **(defaults or {}))
     pos, code, where = [], options.code, cmd + ': ' if cmd else ''
@@ -2592,10 +2585,7 @@ def parse_args(cmd, args, options='', defaults=None, free=False):
         elif kind == 'time':
             value = parse_time_ms(value)
         elif kind == 'count':
-            try:
-                value = int(value)
-            except ValueError:
-                value = 0
+            value = _int_or_none(value, 0)
             if value <= 0:
                 raise AlienError('%s%s needs a positive number, not %r' % (where, a, args[i - 1]), code)
         elif kind == 'int':
@@ -2613,8 +2603,7 @@ def parse_args(cmd, args, options='', defaults=None, free=False):
 
 
 def int_arg(cmd, text, least=None):
-    """An integer argument (exit's CODE, ping's COUNT, at least `least`), else a
-    one-line error, exit 22."""
+    """An integer argument (exit's CODE, ping's COUNT) of at least `least`, else an error, exit 22."""
     if not re.match(r'^-?[0-9]+$', text):
         raise AlienError('%s: %r is not a number' % (cmd, text), EX_EINVAL)
     if least is not None and int(text) < least:
@@ -2669,10 +2658,9 @@ def load_aliases(environ):
 
 
 def expand_aliases(elements, aliases):
-    """Replace an alias name that is the whole first word of a chain element by
-    its value (which may itself be a chain). One pass, so aliases cannot loop.
-    Deliberate deviation from the reference client, which replaced every
-    substring of the line: 'ls' inside a path or an argument is never touched."""
+    """Replace an alias that is the whole first word of a chain element by its value (maybe a
+    chain); one pass, so aliases cannot loop. Unlike the reference client, which replaced every
+    substring of the line, 'ls' inside a path or an argument is never touched."""
     if not aliases:
         return list(elements)
     out = []
@@ -2688,23 +2676,19 @@ def expand_aliases(elements, aliases):
 
 
 class Session(JCentral):
-    """A JCentral session that runs command lines: run(line) -> Result of a command
-    line ('a; b', '!shell', 'cmd | shell'), with the aliases and the command
-    registry; grid_path(path) -> the absolute LFN of a path as typed."""
+    """A JCentral session that runs command lines ('a; b', '!shell', 'cmd | shell') with the aliases
+    and the command registry; grid_path(path) -> the absolute LFN of a path as typed."""
 
     def grid_path(self, path):
         if not self.cwd and path_needs_cwd(path):   # an absolute path costs no round trip
             self.request('pwd')
         return expand_grid_path(path, self.cwd, self.home)
 
-    # -- command lines --
     def run(self, line, on_result=None):
-        """Run a command line ('cmd1; cmd2 | shellcmd'). on_result(result) is called
-        after each command (the front end prints there). Returns the last Result,
-        with the out/err of the whole chain."""
+        """Run 'cmd1; cmd2 | shellcmd' -> the last Result, with the out/err of the whole chain;
+        on_result(result) is called after each command (the front end prints there)."""
         outs, errs = [], []
         result = Result()
-        # aliases (~/.alienpy_aliases, shell section): whole first words of the elements
         if getattr(self, 'aliases', None) is None:
             self.aliases = load_aliases(self.environ)
         for element in expand_aliases(split_chain(line), self.aliases):
@@ -2852,22 +2836,16 @@ def parse_cp_args(args, environ=None):
             except ValueError:
                 raise AlienError('cp: %s=%r is not an integer' % (var, value), EX_EINVAL)
     opts, pos = parse_args('cp', args, CP_OPTIONS, defaults)
-    if opts['parallel'] is not None and opts['parallel'] < 1:
-        opts['parallel'] = 1      # None: CP_PARALLEL large / CP_INFLIGHT small files at once
-    if opts['streams'] > 15:
-        opts['streams'] = 15
-    if opts['sources'] < 1:
-        opts['sources'] = 1
+    if opts['parallel'] is not None:    # None: CP_PARALLEL large / CP_INFLIGHT small files at once
+        opts['parallel'] = max(opts['parallel'], 1)
+    opts['streams'], opts['sources'] = min(opts['streams'], 15), max(opts['sources'], 1)
     return opts, pos
 
 
 def name_verbs_to_regex(value):
-    """Translate -name begin_X_contain_Y_ends_Z_ext_W into a full-path regex.
-
-    Each verb takes the text up to the next '_'. Text is matched literally.
-    begin_X: the name starts with X; contain_Y: then contains Y (several allowed,
-    in order); ends_Z: the name (without the ext part) ends with Z; ext_W: the
-    extension is W. E.g. begin_myf_contain_run1_ext_root -> .*/myf[^/]*run1[^/]*\\.root$"""
+    """-name begin_X_contain_Y_ends_Z_ext_W -> a full-path regex. Each verb takes the text (literal)
+    up to the next '_': the name starts with X, then contains Y (several, in order), ends with Z
+    before the extension W. E.g. begin_myf_contain_run1_ext_root -> .*/myf[^/]*run1[^/]*\\.root$"""
     tokens = value.split('_')
     if len(tokens) % 2 or not tokens:
         raise AlienError('cp: -name needs verb_value pairs (begin_, contain_, ends_, ext_): %r' % value, EX_EINVAL)
@@ -2887,16 +2865,8 @@ def name_verbs_to_regex(value):
         else:
             raise AlienError('cp: -name: unknown or repeated verb %r in %r '
                              '(use begin_X, contain_X, ends_X, ext_X)' % (verb, value), EX_EINVAL)
-    rx = '.*/'
-    rx += re.escape(begin) if begin is not None else ''
-    for c in contains:
-        rx += '[^/]*' + re.escape(c)
-    rx += '[^/]*'
-    if ends is not None:
-        rx += re.escape(ends)
-    if ext is not None:
-        rx += r'\.' + re.escape(ext)
-    return rx + '$'
+    return ('.*/' + re.escape(begin or '') + ''.join('[^/]*' + re.escape(c) for c in contains) + '[^/]*'
+            + re.escape(ends or '') + (r'\.' + re.escape(ext) if ext is not None else '') + '$')
 
 
 _REPLICA_COUNT = r'[A-Za-z][A-Za-z0-9_-]*[:=]\d+'       # disk:2: how many replicas to write
@@ -2905,25 +2875,16 @@ _SPEC_TOKEN_RE = LazyRegex(r'^(!?[A-Za-z0-9_.-]+::[A-Za-z0-9_.-]+::[A-Za-z0-9_.-
 
 
 def split_specs(arg):
-    """'path@disk:2,SE1,!SE2' or 'path,disk:2' -> ('path', ['disk:2', 'SE1', '!SE2']).
-
-    '@' always starts the specifiers; a ',' only when every token after it is a
-    valid specifier (so a file name with a comma stays intact)."""
-    head = arg
-    prefix = ''
-    m = re.match(r'^((?:alien|file):(?://)?)', arg)
-    if m:
-        prefix, head = m.group(1), arg[m.end():]
-    if '@' in head:
-        path, rest = head.split('@', 1)
-    elif ',' in head:
-        path, rest = head.split(',', 1)
-        tokens = [t for t in re.split('[@,]', rest) if t]
-        if not tokens or not all(_SPEC_TOKEN_RE.match(t) for t in tokens):
-            return arg, []
-    else:
+    """'path@disk:2,SE1,!SE2' or 'path,disk:2' -> ('path', ['disk:2', 'SE1', '!SE2']). '@' always
+    starts the specifiers; a ',' only when every token after it is one (a name may hold a comma)."""
+    m = re.match(r'^((?:alien|file):(?://)?)?', arg)     # (matches with no prefix too)
+    prefix, head = m.group(1) or '', arg[m.end():]
+    if '@' not in head and ',' not in head:
         return arg, []
+    path, rest = head.split('@' if '@' in head else ',', 1)
     specs = [t for t in re.split('[@,]', rest) if t]
+    if '@' not in head and not (specs and all(_SPEC_TOKEN_RE.match(t) for t in specs)):
+        return arg, []
     for t in specs:
         if not _SPEC_TOKEN_RE.match(t):
             raise AlienError('cp: invalid storage specifier %r in %r (use disk:N, SITE::NAME::SE, !SITE::NAME::SE)'
@@ -2937,11 +2898,8 @@ _SHELL_BLANKS = LazyRegex('[ \t\r\n]+')   # what shlex splits on (str.split() kn
 
 
 def parse_input_lines(text):
-    """-input file content -> ([(src, dst), ...], [notices]).
-
-    Blank lines and lines starting with #, ; or // are ignored; fields are
-    shell-quoted (so names with spaces work); lines without exactly 2 fields
-    are skipped with a notice."""
+    """-input file content -> ([(src, dst), ...], [notices]). Blank lines and lines starting with #, ;
+    or // are ignored; fields are shell-quoted; a line without 2 fields is skipped with a notice."""
     pairs, notices = [], []
     skipped = 0
     for n, line in enumerate(text.splitlines(), 1):
@@ -2958,21 +2916,19 @@ def parse_input_lines(text):
             why = str(e)
         if why is None:
             pairs.append((fields[0], fields[1]))
-        elif skipped < 100:
-            skipped += 1
+            continue
+        skipped += 1
+        if skipped <= 100:
             notices.append('cp -input line %d skipped (%s): %s' % (n, why, visible(s, newlines=True)))
-        else:
-            skipped += 1
     if skipped > 100:
         notices.append('cp -input: %d more lines skipped' % (skipped - 100))
     return pairs, notices
 
 
 def dst_dir_targets(sources, dst_dir):
-    """-dst DIR: absolute source paths -> one destination directory each,
-    DIR/<source's directory below the common directory of all sources>/
-    (the source's own name is added by the usual naming rules). Prefix and
-    storage specifiers of DIR are kept on every destination."""
+    """-dst DIR: absolute source paths -> one destination directory each, DIR/<source's directory
+    below the common directory of all sources>/ (the name is added by the usual naming rules),
+    with DIR's prefix and storage specifiers."""
     import posixpath
     m = re.match(r'^((?:alien|file):(?://)?)', dst_dir)
     prefix = m.group(1) if m else ''
@@ -2997,9 +2953,8 @@ def cp_side(arg):
 
 
 def cp_direction(src, dst, local_exists):
-    """Decide the direction of one pair -> ('upload'|'download', src_path, dst_path).
-
-    local_exists(path) is asked only when neither side has a prefix."""
+    """One pair -> ('upload'|'download', src_path, dst_path); local_exists(path) is asked only when
+    neither side has a prefix."""
     s_side, s_path = cp_side(src)
     d_side, d_path = cp_side(dst)
     if s_side is None and d_side is None:
@@ -3050,9 +3005,8 @@ def cp_dst_name(src_dir, rel, dst, parent=0, rmprefix=0):
 
 
 def glob_to_regex(pattern):
-    """Shell glob -> regex on a relative path: '*' and '?' stay in one path
-    component, '**/' crosses directories. A pattern without '/' matches the
-    file name at any depth."""
+    """Shell glob -> regex on a relative path: '*' and '?' stay in one path component, '**/' crosses
+    directories; a pattern without '/' matches the file name at any depth."""
     out = ''
     i = 0
     while i < len(pattern):
@@ -3088,9 +3042,8 @@ def glob_to_regex(pattern):
 
 
 def user_regex(pattern, flags=0, what='cp'):
-    """A regular expression typed by the user, compiled; AlienError (exit 64) when
-    it is not one, also when it nests too deep for the compiler (RecursionError)
-    or is too large; the compiler's FutureWarnings are not printed."""
+    """A regular expression typed by the user, compiled; AlienError (exit 64) when it is not one, nests
+    too deep for the compiler (RecursionError) or is too large; no FutureWarnings are printed."""
     import warnings
     try:
         with warnings.catch_warnings():
@@ -3113,9 +3066,8 @@ def cp_filter(opts, glob_pattern=''):
 
 
 def cp_meta_filter(opts):
-    """Client-side filters -> (needs file metadata, function(rel, meta) -> bool
-    or None when no filter is set). meta: size, owner, gowner, ctime (ms), jobid;
-    a value the listing does not have never excludes a file."""
+    """Client-side filters -> (needs file metadata, function(rel, meta) -> bool or None when no filter
+    is set). meta: size, owner, gowner, ctime (ms), jobid; a value not listed never excludes a file."""
     tests = []
     for s in opts.get('exclude') or ():
         tests.append(lambda rel, m, s=s: s not in rel)
@@ -3144,11 +3096,11 @@ def cp_meta_filter(opts):
     return bool(by_meta), lambda rel, m: all(t(rel, m) for t in tests)
 
 
-def _int_or_none(v):
+def _int_or_none(v, default=None):
     try:
         return int(v)
     except (TypeError, ValueError):
-        return None
+        return default
 
 
 def ctime_ms(v):
@@ -3195,11 +3147,10 @@ def check_stat(lfn):
 
 
 def check_access(size=-1, md5='', guid='', write=False):
-    """An access reply: the replicas of one file, one GUID (the listed one, for a read),
-    each URL ending in it (but an archive member's, URL#member), the size and md5 that
-    were listed (read) or asked for (write: as many rows as nSEs says). A write reply
-    with another file's size and md5 may still book another name: its bytes are then
-    that name's own. (The envelope is opaque: the storage element checks it.)"""
+    """An access reply: the replicas of one file, one GUID (the listed one, for a read), each URL
+    ending in it (but an archive member's, URL#member), the size and md5 that were listed (read) or
+    asked for (write: as many rows as nSEs says). A write reply with another file's size and md5 may
+    still book another name: its bytes are then that name's own. (The SE checks the opaque envelope.)"""
     md5, guid = (md5 or '').lower(), (guid or '').lower()
 
     def check(r):
@@ -3220,9 +3171,8 @@ def check_access(size=-1, md5='', guid='', write=False):
 
 
 def check_commit(lfn, guid):
-    """A commit reply names the LFN it was given (path) and the PFN it registered,
-    whose name ends in the booking's GUID. A refusal (lfn '0') proves nothing: the
-    same arguments may have run twice."""
+    """A commit reply names the LFN it was given (path) and the PFN it registered, whose name ends in
+    the booking's GUID. A refusal (lfn '0') proves nothing: the same arguments may have run twice."""
     def check(r):
         rows = r.results
         if len(rows) != 1 or str(rows[0].get('path', '')) != lfn:
@@ -3240,8 +3190,7 @@ def check_mkdir(r):
 
 
 def _grid_stat(session, lfn, cache=None):
-    """stat of lfn -> stat_fields dict, None when it does not exist. cache: the
-    replies of _prefetch_stats, used when they hold lfn."""
+    """stat of lfn -> stat_fields dict, None when it does not exist; cache: _prefetch_stats's replies."""
     if cache is not None and lfn in cache:
         return _stat_of(cache[lfn], lfn)
     return _stat_of(session.request('stat', [lfn], nomsg=True), lfn)
@@ -3261,12 +3210,9 @@ def _grid_find(session, base, opts, glob_pattern='', rows=None, known=None):
     rows: a list to fill with the listing's row of each of them (all fields);
     known: a dict to fill with {lfn: (size, md5, guid)} (all fields too)."""
     args = ['-a', '-s']
-    if opts.get('jobid'):
-        args += ['-j', str(opts['jobid'])]
-    if opts.get('limit'):
-        args += ['-l', str(opts['limit'])]
-    if opts.get('offset'):
-        args += ['-o', str(opts['offset'])]
+    for flag, key in (('-j', 'jobid'), ('-l', 'limit'), ('-o', 'offset')):
+        if opts.get(key):
+            args += [flag, str(opts[key])]
     # Selection is applied here on the client (exact glob/regex semantics); the
     # service only lists, so its pattern dialect cannot change what matches.
     needs_meta, meta_ok = cp_meta_filter(opts)
@@ -3295,8 +3241,7 @@ def _grid_find(session, base, opts, glob_pattern='', rows=None, known=None):
         if rows is not None:
             rows.append(item)
         if known is not None and item.get('type', 'f') == 'f':
-            size = _int_or_none(item.get('size'))
-            known[lfn] = (-1 if size is None else size, (item.get('md5') or '').lower(),
+            known[lfn] = (_int_or_none(item.get('size'), -1), (item.get('md5') or '').lower(),
                           (item.get('guid') or '').lower())
         out.append(lfn)
     return out
@@ -3349,9 +3294,8 @@ REQUEST_WINDOW = 128
 
 
 def _requests(session, requests, window=REQUEST_WINDOW):
-    """[(command, options)] -> [Result], in order (nomsg), several requests in
-    flight on the connection: over a WAN, 1,000 files cost 2,000 round trips
-    one after the other."""
+    """[(command, options)] -> [Result], in order (nomsg), several requests in flight on the
+    connection: over a WAN, 1,000 files cost 2,000 round trips one after the other."""
     return session.request_many(requests, nomsg=True, window=window)
 
 
@@ -3375,9 +3319,8 @@ def _local_exists(p):
 
 
 def _prefetch_stats(session, pairs):
-    """The grid paths cp_plan will stat for these pairs, asked for at once
-    (pipelined: one round trip per window, not per line of a -input list)
-    -> {lfn: Result} for _grid_stat's cache."""
+    """The grid paths cp_plan will stat for these pairs, asked for at once (one round trip per window,
+    not per line of a -input list) -> {lfn: Result} for _grid_stat's cache."""
     lfns = []
     for src, dst in pairs:
         try:
@@ -3398,20 +3341,13 @@ def _prefetch_stats(session, pairs):
 
 
 def cp_plan(session, src, dst, opts, stats_cache=None, known=None, facts=None):
-    """One src/dst pair -> ('download'|'upload', [(src, dst, specs)]).
-    facts: a LocalFacts to read an existing destination directory into while
-    the grid side is listed (with known: present files are skipped unread).
-
-    A directory source is copied recursively and its destination is always a
-    directory; 'dir' copies the directory itself (parent + 1), 'dir/' or a
-    glob copies its content (rsync convention)."""
+    """One src/dst pair -> ('download'|'upload', [(src, dst, specs)]). A directory source is copied
+    recursively into a directory: 'dir' copies the directory itself (parent + 1), 'dir/' or a glob
+    its content (rsync convention). facts: a LocalFacts to read an existing destination directory
+    into while the grid side is listed (with known: present files are skipped unread)."""
     direction, s_raw, d_raw = cp_direction(src, dst, _local_exists)
-    if direction == 'download':
-        s_path, specs = split_specs(s_raw)
-        g_path, l_path = s_path, d_raw
-    else:
-        d_path, specs = split_specs(d_raw)
-        g_path, l_path = d_path, s_raw
+    g_raw, l_path = (s_raw, d_raw) if direction == 'download' else (d_raw, s_raw)
+    g_path, specs = split_specs(g_raw)
     if direction == 'download':
         base, pattern = split_glob(g_path)
         lfn = session.grid_path(base if pattern else g_path)
@@ -3501,9 +3437,8 @@ def cp_name_problem(path, side):
 
 
 def cp_refuse_bad_names(items, direction, stats):
-    """Planned items -> (as they are consumed) those whose names both sides can
-    hold; each other one is refused up front with a one-line reason (nothing is
-    booked for it)."""
+    """Planned items -> (as they are consumed) those whose names both sides can hold; each other one is
+    refused up front with a one-line reason (nothing is booked for it)."""
     for src, dst, specs in items:
         lfn, local = (dst, src) if direction == 'upload' else (src, dst)
         why = cp_name_problem(lfn, 'grid') or (direction == 'download' and cp_name_problem(local, 'local'))
@@ -3549,8 +3484,7 @@ def part_name(final):
 
 
 def md5_file(path, chunk=1 << 20, stop=None):
-    """md5 hex digest of a local file (OSError if unreadable); None when the
-    threading.Event stop is set before the end. One buffer, reused."""
+    """md5 hex digest of a local file (OSError if unreadable); None when stop is set before the end."""
     return md5_and_size(path, chunk, stop)[0]
 
 
@@ -3580,10 +3514,9 @@ def split_member(url):
 
 
 def member_needs_local_unzip(member):
-    """True for a member that XRootD cannot find through xrdcl.unzip=NAME: it
-    takes the value verbatim up to the next '&' and decodes no %-escapes, and a
-    name with '&' or '?' is not found either way (checked with xrdcp). Its archive
-    is fetched whole and unzipped here instead."""
+    """True for a member XRootD cannot find through xrdcl.unzip=NAME: it takes the value verbatim up to
+    the next '&', decoding no %-escapes, and a name with '&' or '?' is not found either way (checked
+    with xrdcp). Its archive is fetched whole and unzipped here instead."""
     return '&' in member or '?' in member
 
 
@@ -3623,14 +3556,12 @@ def xrootd_client(what='cp'):
         from XRootD import client
     except Exception:
         raise AlienError(_XRD_MISSING % what, EX_GENERIC)
-    # Page checksums (pgread/pgwrite) cost 3-4x throughput on CPU-bound hosts;
-    # downloads are verified end to end with the catalogue md5, and every later
-    # reader verifies what we uploaded, so they are off unless the user sets
-    # XRD_CPUSEPGWRTRD. A refused connection is retried for ConnectionWindow
-    # seconds ConnectionRetry times (default 5 x 120 s): we fail over to the
-    # next replica instead, so one attempt within 15 s.
-    # The rest as the reference client sets them, so that SEs see a grid client:
-    # application name, timeouts (s), idle connections closed early.
+    # Page checksums (pgread/pgwrite) cost 3-4x throughput on CPU-bound hosts; downloads are verified
+    # end to end with the catalogue md5 and every later reader verifies what we uploaded, so they are
+    # off unless the user sets XRD_CPUSEPGWRTRD. A refused connection is retried for ConnectionWindow
+    # seconds ConnectionRetry times (default 5 x 120 s): we fail over to the next replica instead, so
+    # one attempt within 15 s. The rest as the reference client sets them, so that SEs see a grid
+    # client: application name, timeouts (s), idle connections closed early.
     defaults = (('XRD_CPUSEPGWRTRD', 'CpUsePgWrtRd', 0),
                 ('XRD_CONNECTIONRETRY', 'ConnectionRetry', 1),
                 ('XRD_CONNECTIONWINDOW', 'ConnectionWindow', 15),
@@ -3655,33 +3586,21 @@ class CopyJob(object):
     __slots__ = ('source', 'target', 'size', 'md5', 'sources', 'info', 'ok', 'error', 'retry', 'attrs', 'stamped')
 
     def __init__(self, source, target, size=0, md5='', sources=1, info=None):
-        self.source = source
-        self.target = target
-        self.size = size
-        self.md5 = md5
-        self.sources = sources
-        self.info = info
-        self.ok = False
-        self.error = ''
+        self.source, self.target, self.size, self.md5 = source, target, size, md5
+        self.sources, self.info, self.ok, self.error = sources, info, False, ''
         self.retry = None       # XRootD retries; None: the -retry option
         self.attrs = None       # download: write_xattrs arguments (lfn, guid, md5) for the target
         self.stamped = False    # the target has its size and those attributes (a VerifiedRead did it)
 
 
 class _Progress(object):
-    """Progress of one transfer set on one stderr line (tty only)."""
+    """Progress of one transfer set on one stderr line (tty only, not with -quiet)."""
 
-    def __init__(self, total_files, total_bytes, enabled, label=''):
-        self.total_files = total_files
-        self.total_bytes = total_bytes
-        self.enabled = enabled
-        self.label = label
-        self.done_files = 0
-        self.done_bytes = 0
+    def __init__(self, opts, label):
+        self.enabled, self.label = not opts.get('quiet') and sys.stderr.isatty(), label
+        self.total_files = self.total_bytes = self.done_files = self.done_bytes = 0
         self.current = {}
-        self.start = time.time()
-        self.last = 0.0
-        self.cancel = False
+        self.start, self.last, self.cancel = time.time(), 0.0, False
         self.lock = threading.Lock()   # many transfers report at once
 
     # CopyProgressHandler interface (called from XRootD threads)
@@ -3716,8 +3635,7 @@ class _Progress(object):
         self.last = now
         with self.lock:
             moved = self.done_bytes + sum(self.current.values())
-        el = max(now - self.start, 1e-6)
-        rate = moved / el
+        rate = moved / max(now - self.start, 1e-6)
         left = self.total_bytes - moved
         eta = ('%ds' % (left / rate)) if rate > 0 and left > 0 else '-'
         line = '%s%d/%d files  %s/%s  %s/s  ETA %s' % (
@@ -3744,19 +3662,17 @@ def metalink_text(lfn, size, md5, urls):
 
 
 # ---- cp: extended attributes of downloaded files ------------------------------
-# A download records the reference client's attributes (user.lfn, user.guid,
-# user.md5, user.size, user.ts_r, user.ts_w). Here ts_w is the file's mtime in ms
-# when it was delivered: a later write moves the mtime, so a re-run can tell an
-# untouched file (skipped without reading it) from one whose bytes may differ
-# (hashed again).
+# A download records the reference client's attributes (user.lfn, user.guid, user.md5, user.size,
+# user.ts_r, user.ts_w). Here ts_w is the file's mtime in ms when it was delivered: a later write
+# moves the mtime, so a re-run can tell an untouched file (skipped without reading it) from one whose
+# bytes may differ (hashed again).
 
 def _mtime_ms(st):
     return str(st.st_mtime_ns // 1000000)
 
 
 def write_xattrs(path, lfn='', guid='', md5='', size=None):
-    """Record what path (or an open file descriptor) holds -> False when the
-    file system has no user xattrs."""
+    """Record what path (or an open file descriptor) holds -> False when there are no user xattrs."""
     try:
         st = os.stat(path)
         for key, value in (('lfn', lfn), ('guid', guid), ('md5', md5),
@@ -3767,10 +3683,6 @@ def write_xattrs(path, lfn='', guid='', md5='', size=None):
         return True
     except (OSError, AttributeError):   # no user xattrs here (or no os.setxattr)
         return False
-
-
-def _progress_enabled(opts):
-    return not opts.get('quiet') and sys.stderr.isatty()
 
 
 STREAM_CHUNK = 8 << 20     # bytes per read of a streamed download
@@ -3790,12 +3702,10 @@ _PINNED_THREADS = set()
 
 
 def _pin_thread_state():
-    """Called in an XRootD callback: keep this thread's Python thread state.
-    The binding wraps every callback in PyGILState_Ensure/Release, and a thread
-    Python does not know gets a new thread state each time, with a 16 KiB frame
-    stack mmap'ed and unmapped again (a TLB flush on every core): three
-    callbacks per small file made that about a tenth of a download's client CPU.
-    One extra Ensure, never released, keeps the state for the thread's life."""
+    """Called in an XRootD callback: keep this thread's Python thread state. The binding wraps every
+    callback in PyGILState_Ensure/Release, and a thread Python does not know gets a new thread state
+    each time, its 16 KiB frame stack mmap'ed and unmapped (a TLB flush on every core): three callbacks
+    per small file made that a tenth of a download's client CPU. One Ensure never released keeps it."""
     ident = threading.get_ident()
     if ident in _PINNED_THREADS:
         return
@@ -3809,26 +3719,19 @@ def _pin_thread_state():
 
 
 class VerifiedRead(object):
-    """One verified download, driven by XRootD's callbacks (no thread of its own):
-    STREAM_READS reads of STREAM_CHUNK in flight, each chunk written to job.target
-    (created once the source is open) at its offset as it arrives and hashed in
-    order; the md5 is compared with job.md5. The file is never read twice, a small
-    one costs three requests (open, read, close) on the SE's shared connection, and
-    as os.pwrite and md5.update release the GIL, receiving, writing and hashing
-    overlap. done(self) is called once (from an XRootD thread, or from start()
-    when nothing could be sent) when the target is closed: job.ok / job.error say
-    how it went (a failed target is the caller's to remove). After cancel() no
-    target is created and the transfer stops at the next reply. handler: None or
-    the progress interface of _JobProgress."""
+    """One verified download, driven by XRootD's callbacks (no thread of its own): STREAM_READS reads
+    of STREAM_CHUNK in flight, each chunk written to job.target (created once the source is open) at
+    its offset as it arrives and hashed in order; the md5 is compared with job.md5. The file is never
+    read twice, a small one costs three requests (open, read, close) on the SE's shared connection,
+    and as os.pwrite and md5.update release the GIL, receiving, writing and hashing overlap. done(self)
+    is called once when the target is closed (from an XRootD thread, or from start() when nothing could
+    be sent): job.ok / job.error say how it went (a failed target is the caller's to remove). After
+    cancel() no target is created and the transfer stops at the next reply. handler: a _JobProgress."""
 
     def __init__(self, job, timeout, done, handler=None):
-        self.job = job
-        self.timeout = timeout
-        self.done = done
-        self.handler = handler
+        self.job, self.timeout, self.done, self.handler = job, timeout, done, handler
         self.lock = threading.Lock()
-        self.file = None
-        self.fd = None
+        self.file = self.fd = None
         self.md5 = hashlib.md5()
         self.ahead = 0           # the next offset to ask for
         self.hashed = 0          # bytes hashed, in order
@@ -3852,8 +3755,7 @@ class VerifiedRead(object):
         if status is None or not status.ok:
             if status is not None:
                 self._fail(status.message)
-            self.inflight = 0
-            self.ending = True
+            self.inflight, self.ending = 0, True
             self._finish()
         return self
 
@@ -3972,17 +3874,9 @@ class VerifiedRead(object):
         self.job.ok = self.error is None
         self.job.error = '' if self.job.ok else 'XRootD: %s' % self.error
         if self.handler is not None:
-            self.handler.end(1, {'status': _XrdStatus(self.job.ok), 'size': self.job.size})
+            # the job stands for XRootD's status: _Progress.end reads only its .ok
+            self.handler.end(1, {'status': self.job, 'size': self.job.size})
         self.done(self)
-
-
-class _XrdStatus(object):
-    """What _Progress.end reads of an XRootD status (a class, not a namedtuple:
-    nothing is built at import for a type only downloads use)."""
-    __slots__ = ('ok',)
-
-    def __init__(self, ok):
-        self.ok = ok
 
 
 def verified_read_possible(job):
@@ -3993,10 +3887,9 @@ def verified_read_possible(job):
 
 
 def _read_again(reader, opts):
-    """After a failed VerifiedRead: True when the same replica is to be read
-    again (-retry, used like XRootD's retries of a copy: only where job.retry
-    allows, and only after an error of the transfer itself); the part file it
-    made is removed."""
+    """After a failed VerifiedRead: True when the same replica is to be read again (-retry, as XRootD's
+    retries of a copy: only where job.retry allows, only after an error of the transfer itself); the
+    part file it made is removed."""
     job = reader.job
     if job.ok or not reader.retry:
         return False
@@ -4010,9 +3903,8 @@ def _read_again(reader, opts):
 
 
 def _stream_download(job, opts, handler):
-    """A VerifiedRead in the calling thread (a worker of CopyPipeline: a large
-    file), which waits for it and polls the handler for a cancel; -retry reads
-    the replica again. Raises AlienError (why, without 'XRootD: ')."""
+    """A VerifiedRead waited for in the calling thread (a CopyPipeline worker: a large file), polling
+    the handler for a cancel; -retry reads the replica again. Raises AlienError (without 'XRootD: ')."""
     while True:
         finished = threading.Event()
         reader = VerifiedRead(job, int(opts.get('timeout') or 0), lambda _r: finished.set(), handler).start()
@@ -4030,10 +3922,9 @@ def _stream_download(job, opts, handler):
 
 
 def _copy_one(job, opts, handler):
-    """Run one transfer in the calling thread; sets job.ok/.error, never raises.
-    A download with a known size and md5 from one replica is a VerifiedRead
-    (hashed as it arrives), the rest (uploads, -y N metalinks, zip members,
-    files without an md5) one XRootD CopyProcess each."""
+    """Run one transfer in the calling thread; sets job.ok/.error, never raises. A download with a
+    known size and md5 from one replica is a VerifiedRead (hashed as it arrives), the rest (uploads,
+    -y N metalinks, zip members, files without an md5) one XRootD CopyProcess each."""
     try:
         client = xrootd_client()
         if verified_read_possible(job):
@@ -4041,22 +3932,15 @@ def _copy_one(job, opts, handler):
             job.ok, job.error = True, ''
             return
         proc = client.CopyProcess()
-        kw = {}
-        if opts.get('chunks'):
-            kw['parallelchunks'] = int(opts['chunks'])
-        if opts.get('chunksize'):
-            kw['chunksize'] = int(opts['chunksize'])
-        if opts.get('timeout'):
-            kw['cptimeout'] = int(opts['timeout'])
-        if opts.get('ratethreshold'):
-            kw['xrateThreshold'] = int(opts['ratethreshold'])
+        kw = dict((name, int(opts[key])) for key, name in (
+            ('chunks', 'parallelchunks'), ('chunksize', 'chunksize'), ('timeout', 'cptimeout'),
+            ('ratethreshold', 'xrateThreshold')) if opts.get(key))
         # the init timeout is not taken from the environment by add_job
         kw['inittimeout'] = int(client.EnvGetInt('CPInitTimeout') or 90)
         kw['retry'] = int(opts.get('retry', 2) if job.retry is None else job.retry)
         if job.target.startswith('/'):
-            # download into a fresh temporary name: the directory exists
-            # already, nothing to overwrite; md5 verified by XRootD after
-            # the transfer and a mismatching file removed
+            # download into a fresh temporary name: the directory exists already, nothing to
+            # overwrite; md5 verified by XRootD after the transfer and a mismatching file removed
             if job.md5:
                 kw.update(checksummode='target', checksumtype='md5', checksumpreset=job.md5, rmBadCksum=True)
             proc.add_job(job.source, job.target, sourcelimit=job.sources, **kw)
@@ -4096,11 +3980,10 @@ class _JobProgress(object):
         return self.progress.cancel
 
 
-# Transfers in flight. A small file costs a few round trips to its SE (open,
-# read or write, close) and almost no bandwidth: over a WAN only many of them
-# at once keep the line busy. A large file is bound by bandwidth, where more
-# at once only share it. Without -T: up to CP_INFLIGHT files at once, of which
-# at most CP_PARALLEL large ones; -T N: N files at once, whatever their size.
+# Transfers in flight. A small file costs a few round trips to its SE (open, read or write, close)
+# and almost no bandwidth: over a WAN only many of them at once keep the line busy. A large file is
+# bound by bandwidth, where more at once only share it. Without -T: up to CP_INFLIGHT files at once,
+# of which at most CP_PARALLEL large ones; -T N: N files at once, whatever their size.
 CP_PARALLEL = 8
 CP_INFLIGHT = 128
 CP_SMALL_FILE = 4 << 20
@@ -4108,17 +3991,16 @@ CP_BACKLOG = 512  # downloads waiting to start: cp then waits before asking for 
 
 
 class CopyPipeline(object):
-    """Transfers run while the caller keeps talking to the service (access before,
-    commit after). A download VerifiedRead can do is driven by XRootD's callbacks;
-    every other transfer runs in a worker thread of its own (no batch waits for its
-    slowest file). XRootD shares one connection per SE between all of them.
+    """Transfers run while the caller keeps talking to the service (access before, commit after). A
+    download VerifiedRead can do is driven by XRootD's callbacks; every other transfer runs in a worker
+    thread of its own (no batch waits for its slowest file); one XRootD connection per SE for all.
     submit(jobs); results(wait) hands back finished jobs; close(cancel) stops all."""
 
-    def __init__(self, opts, progress):
+    def __init__(self, opts, label):
         if opts.get('streams'):     # -S N: a setting of the whole XRootD client, made once
             xrootd_client().EnvPutInt('SubStreamsPerChannel', int(opts['streams']))
         self.opts = opts
-        self.progress = progress
+        self.progress = _Progress(opts, label)
         lock = threading.Lock()
         self.cv = threading.Condition(lock)      # idle workers wait here for jobs
         self.done = threading.Condition(lock)    # the caller waits here for results
@@ -4136,7 +4018,6 @@ class CopyPipeline(object):
         self.pending = 0          # submitted and not yet handed back
         self.closed = False
         self.threads = []
-        self._thread = threading.Thread
 
     def submit(self, jobs):
         with self.cv:
@@ -4151,8 +4032,7 @@ class CopyPipeline(object):
             self.threaded += threaded
             busy = len(self.threads)
             while busy < self.limit and busy < self.threaded:
-                t = self._thread(target=self._work, name='xrootd-copy-%d' % busy)
-                t.daemon = True
+                t = threading.Thread(target=self._work, name='xrootd-copy-%d' % busy, daemon=True)
                 t.start()
                 self.threads.append(t)
                 busy += 1
@@ -4241,9 +4121,8 @@ class CopyPipeline(object):
         with self.cv:
             self.closed = True
             if cancel:
-                self.quick.clear()
-                self.small.clear()
-                self.big.clear()
+                for queue in (self.quick, self.small, self.big):
+                    queue.clear()
                 self.progress.cancel = True
             readers = list(self.readers)
             self.cv.notify_all()
@@ -4255,6 +4134,8 @@ class CopyPipeline(object):
         with self.cv:                    # the replies in flight come back before XRootD goes
             while self.readers and time.monotonic() < deadline:
                 self.done.wait(0.2)
+        if not cancel and self.progress.enabled and self.progress.total_files:
+            self.progress.show(final=True)
 
 
 def _regular_size(path):
@@ -4283,8 +4164,7 @@ def _access(session, mode, lfn, specs=None, size=None, md5=None, strict=False):
 
 
 def _local_facts(path):
-    """(size, mtime in ms, user.ts_w, user.md5) of a local file -> tuple, or None
-    when it cannot be read or has no such attributes."""
+    """(size, mtime in ms, user.ts_w, user.md5) of a local file, or None when any is missing."""
     try:
         st = os.stat(path)
         return (st.st_size, _mtime_ms(st), os.getxattr(path, 'user.ts_w').decode('ascii', 'replace'),
@@ -4294,12 +4174,10 @@ def _local_facts(path):
 
 
 class LocalFacts(object):
-    """_local_facts of the files under a local directory, read in a background
-    thread only while the service lists the grid side: a re-run's 1,000 present
-    files cost about 30 ms of stat and getxattr calls, which then overlap the
-    service's own time instead of following it. stop() ends the scan when the
-    listing has arrived (a large unrelated tree is never read in full); a path
-    it did not reach is read when asked for."""
+    """_local_facts of the files under a local directory, read in a background thread only while the
+    service lists the grid side: a re-run's 1,000 present files cost about 30 ms of stat and getxattr
+    calls, which then overlap the service's time instead of following it. stop() ends the scan when
+    the listing has arrived (a large unrelated tree is never read in full); the rest is read on demand."""
 
     def __init__(self):
         self.facts = {}
@@ -4326,15 +4204,12 @@ class LocalFacts(object):
             self.threads.pop().join()
 
     def get(self, path):
-        if path in self.facts:
-            return self.facts[path]
-        return _local_facts(path)
+        return self.facts[path] if path in self.facts else _local_facts(path)
 
 
 def present_unchanged(path, size, md5, facts=None):
-    """True when path holds the catalogue file (size, md5) by the xattrs of its
-    download and its size and mtime have not moved since; nothing is read.
-    facts: a LocalFacts that may have read the file's metadata already."""
+    """True when path holds the catalogue file (size, md5) by the xattrs of its download and its size
+    and mtime have not moved since; nothing is read. facts: a LocalFacts that may have read them."""
     if not md5:
         return False
     f = facts.get(path) if facts is not None else _local_facts(path)
@@ -4384,16 +4259,15 @@ class Download(object):
 
 
 def cp_download(session, items, opts, stats, known=None):
-    """items: [(lfn, local_dst, specs)]. Each file is written to a temporary
-    name next to its destination, verified against the catalogue md5 and only
-    then renamed; a failed replica is followed by the next one. known: {lfn:
-    (size, md5, guid)} from replies that named the LFN: each access reply must be
-    that file's (check_access) before its md5 is believed."""
+    """items: [(lfn, local_dst, specs)]. Each file is written to a temporary name next to its
+    destination, verified against the catalogue md5 and only then renamed; a failed replica is followed
+    by the next one. known: {lfn: (size, md5, guid)} from replies that named the LFN: each access reply
+    must be that file's (check_access) before its md5 is believed."""
     known = known if known is not None else {}
     if len(known) >= session.SPREAD_MIN:
         session.spread_ahead()       # more sessions for the access requests, connected meanwhile
-    progress = _Progress(0, 0, _progress_enabled(opts), 'download ')
-    pipe = CopyPipeline(opts, progress)
+    pipe = CopyPipeline(opts, 'download ')
+    progress = pipe.progress
     live = set()
     meta_dir = TempDir('alienpy-meta-')     # made only for a -y metalink
 
@@ -4407,9 +4281,7 @@ def cp_download(session, items, opts, stats, known=None):
         # -y N: XRootD's several-replica copy. Never for an archive member: reading a
         # deflated member that way hung now and then in XRootD (xrootd 6.2.1: the copy
         # waits for a chunk its sources never send; about 1 run in 150 under load)
-        if not info.metalink_tried and not info.member and opts.get('sources', 1) > 1 \
-                and len(reps) > 1:
-            # first attempt with -y N: read from several replicas at once
+        if not info.metalink_tried and not info.member and opts.get('sources', 1) > 1 and len(reps) > 1:
             info.metalink_tried = True
             meta = os.path.join(meta_dir.path, '%d.meta4' % len(os.listdir(meta_dir.path)))
             with open(meta, 'w', encoding='utf-8') as f:   # a private temp dir: no rename needed
@@ -4419,10 +4291,8 @@ def cp_download(session, items, opts, stats, known=None):
             info.se = 'all replicas'
         else:
             # then one replica after the other, in the service's order
-            n = info.next
-            job.source, job.sources = reps[n][0], 1
-            info.se = reps[n][1]
-            info.next = n + 1
+            (job.source, info.se), job.sources = reps[info.next], 1
+            info.next += 1
             # the next replica is the better retry; the last one gets XRootD's retries
             job.retry = None if info.next == len(reps) else 0
         job.attrs, job.stamped = (info.lfn, info.guid, info.md5), False
@@ -4436,10 +4306,8 @@ def cp_download(session, items, opts, stats, known=None):
         if job.ok and info.unzip:
             job.error = extract_zip_member(job.target, info.unzip, info.md5)
             job.ok = not job.error
-        if job.ok and job.stamped:
-            got = job.size              # written and verified through its open file
-        else:
-            got = _regular_size(job.target) if job.ok else None
+        # stamped: written and verified through its open file
+        got = (job.size if job.stamped else _regular_size(job.target)) if job.ok else None
         if got is not None and job.size in (-1, got):
             if not job.stamped:
                 write_xattrs(job.target, *job.attrs, size=job.size if job.size >= 0 else None)
@@ -4474,10 +4342,9 @@ def cp_download(session, items, opts, stats, known=None):
         try:
             items = iter(items)     # planned while it runs (cp_run)
             while True:
-                # ask for more access only while a bounded number of transfers wait
-                # to start: the queued jobs (each with its replicas' envelopes) stay
-                # few, no envelope is fetched long before use; at the high mark, the
-                # queue is let down to half of it (results settled in batches)
+                # ask for more access only while a bounded number of transfers wait to start: the
+                # queued jobs (each with its replicas' envelopes) stay few, no envelope is fetched long
+                # before use; at the high mark, the queue is let down to half of it (settled in batches)
                 if pipe.queued() >= CP_BACKLOG:
                     while pipe.queued() > CP_BACKLOG // 2:
                         for job in pipe.results(wait=True):
@@ -4549,8 +4416,6 @@ def cp_download(session, items, opts, stats, known=None):
             raise
         finally:
             pipe.close()
-            if progress.enabled and progress.total_files:
-                progress.show(final=True)
 
 
 def extract_zip_member(path, member, md5):
@@ -4561,10 +4426,7 @@ def extract_zip_member(path, member, md5):
     try:
         with zipfile.ZipFile(path) as z, z.open(member) as src, open(tmp, 'wb') as out:
             h = hashlib.md5()
-            while True:
-                b = src.read(4 << 20)
-                if not b:
-                    break
+            for b in iter(lambda: src.read(4 << 20), b''):
                 h.update(b)
                 out.write(b)
         if md5 and h.hexdigest() != md5:
@@ -4603,21 +4465,18 @@ def _existing_upload_target(session, e, r, opts, stats):
     """access write-once failed: an identical existing LFN is skipped, another
     one is replaced through a temporary LFN -> the new access reply or None."""
     st = _grid_stat(session, e.lfn)
-    if st is None:
-        stats.fail(e.src, 'no write access for %s: %s' % (e.lfn, r.err or 'exit code %d' % r.exitcode))
-        return None
-    if st['type'] != 'f':
-        stats.fail(e.src, '%s exists and is not a file' % e.lfn)
-        return None
-    if not opts.get('force') and st['size'] == e.size and st['md5'] == e.md5:
-        stats.already(e.src, e.lfn)
-        return None
-    d, base = e.lfn.rsplit('/', 1)
-    e.target = '%s/.%s.alienpy-part-%s' % (d, base, os.urandom(6).hex())
-    e.replace = True
-    r = _access(session, 'write-once', e.target, _with_default_specs(e.specs, e.lfn, e.size),
-                e.size, e.md5,
-                opts.get('strictspec'))
+    if st is not None:      # (none: r's failure is the one reported)
+        if st['type'] != 'f':
+            stats.fail(e.src, '%s exists and is not a file' % e.lfn)
+            return None
+        if not opts.get('force') and st['size'] == e.size and st['md5'] == e.md5:
+            stats.already(e.src, e.lfn)
+            return None
+        d, base = e.lfn.rsplit('/', 1)
+        e.target = '%s/.%s.alienpy-part-%s' % (d, base, os.urandom(6).hex())
+        e.replace = True
+        r = _access(session, 'write-once', e.target, _with_default_specs(e.specs, e.lfn, e.size), e.size,
+                    e.md5, opts.get('strictspec'))
     if r.exitcode != 0 or not r.results:
         stats.fail(e.src, 'no write access for %s: %s' % (e.lfn, r.err or 'exit code %d' % r.exitcode))
         return None
@@ -4625,10 +4484,9 @@ def _existing_upload_target(session, e, r, opts, stats):
 
 
 class Md5Ahead(object):
-    """The md5 and size of local files, hashed in a background thread: an upload's
-    `access` request needs the md5, so the next files are hashed while the service
-    is asked and the files before them transfer. add(paths) queues; take() hands
-    back (md5, size) or the OSError in order (at most AHEAD wait); close() stops."""
+    """The md5 and size of local files, hashed in a background thread: an upload's `access` request
+    needs the md5, so the next files are hashed while the service is asked and earlier files transfer.
+    add(paths) queues; take() hands back (md5, size) or the OSError in order (at most AHEAD wait)."""
 
     AHEAD = 256
 
@@ -4643,8 +4501,7 @@ class Md5Ahead(object):
         with self.cv:
             self.todo.extend(paths)
             if self.thread is None and self.todo:
-                self.thread = threading.Thread(target=self._run, name='md5-ahead')
-                self.thread.daemon = True
+                self.thread = threading.Thread(target=self._run, name='md5-ahead', daemon=True)
                 self.thread.start()
             self.cv.notify_all()
 
@@ -4688,29 +4545,26 @@ class Md5Ahead(object):
 
 
 def cp_upload(session, items, opts, stats, md5s=None, prepare=()):
-    """items: [(local_path, lfn, specs)]: md5 and size locally, access write-once,
-    copy each booked replica, commit each good one; failed replicas are re-booked
-    on other SEs (at most twice). md5s: an Md5Ahead already hashing these paths in
-    order (cp_run starts it while planning). A window of `access` requests is the
-    next file (waiting for its md5) and those already hashed. prepare: requests to
-    send with the first window (the destinations' mkdir -p)."""
+    """items: [(local_path, lfn, specs)]: md5 and size locally, access write-once, copy each booked
+    replica, commit each good one; failed replicas are re-booked on other SEs (at most twice). md5s: an
+    Md5Ahead already hashing these paths in order (cp_run starts it while planning). A window of
+    `access` requests is the next file (waiting for its md5) and those already hashed. prepare:
+    requests to send with the first window (the destinations' mkdir -p)."""
     if md5s is None:
         md5s = Md5Ahead()
         md5s.add(src for src, _, _ in items)
     if len(items) >= session.SPREAD_MIN:
         session.spread_ahead()   # more sessions for the access and commit requests, connected meanwhile
-    progress = _Progress(0, 0, _progress_enabled(opts), 'upload ')
-    pipe = CopyPipeline(opts, progress)
+    pipe = CopyPipeline(opts, 'upload ')
+    progress = pipe.progress
     live = []
     hashed = []    # every file that was hashed: what cp_check_uploads looks up
 
     def launch(e, booked):
-        jobs = []
-        for rep in booked:
-            e.tried.append(rep.get('se', ''))
-            e.guids.add((rep.get('guid') or '').lower())
-            jobs.append(CopyJob(e.src, grid_url(rep.get('url', ''), rep.get('envelope', '')),
-                                e.size, '', 1, (e, rep)))
+        e.tried.extend(rep.get('se', '') for rep in booked)
+        e.guids.update((rep.get('guid') or '').lower() for rep in booked)
+        jobs = [CopyJob(e.src, grid_url(rep.get('url', ''), rep.get('envelope', '')), e.size, '', 1, (e, rep))
+                for rep in booked]
         e.running += len(jobs)
         e.launched = jobs
         progress.total_files += len(jobs)
@@ -4718,9 +4572,8 @@ def cp_upload(session, items, opts, stats, md5s=None, prepare=()):
         pipe.submit(jobs)
 
     def whole_files(jobs):
-        """Finished jobs -> those of the files with no transfer left, each file's
-        in booking order: the catalogue lists replicas in the order of their
-        commits, which must not depend on which transfer finished first."""
+        """Finished jobs -> those of the files with no transfer left, each file's in booking order: the
+        catalogue lists replicas in the order of their commits, not of the transfers' ends."""
         out = []
         for j in jobs:
             e = j.info[0]
@@ -4729,11 +4582,6 @@ def cp_upload(session, items, opts, stats, md5s=None, prepare=()):
                 out.extend(x for x in e.launched if x in e.held)
                 e.held = set()
         return out
-
-    def commits(jobs):
-        """The commit requests of the finished jobs that succeeded -> (those jobs, requests)."""
-        good = [j for j in jobs if j.ok]
-        return good, [_commit_request(*j.info) for j in good]
 
     def settle(jobs, good=None, replies=None, stop=None):
         if not jobs:
@@ -4767,8 +4615,7 @@ def cp_upload(session, items, opts, stats, md5s=None, prepare=()):
             n, e.failed = e.failed, 0
             e.attempt += 1
             spec = ['disk:%d' % n] + ['!' + se for se in sorted(set(e.tried)) if se]
-            r = _access(session, 'write' if e.committed else 'write-once', e.target, spec,
-                        e.size, e.md5)
+            r = _access(session, 'write' if e.committed else 'write-once', e.target, spec, e.size, e.md5)
             if r.exitcode == 0 and r.results:
                 launch(e, r.results)
             else:
@@ -4777,10 +4624,8 @@ def cp_upload(session, items, opts, stats, md5s=None, prepare=()):
     try:
         pos = 0
         while pos < len(items):
-            entries = []
-            first = True
-            while pos < len(items) and len(entries) < REQUEST_WINDOW and (first or md5s.ready()):
-                first = False
+            entries, start = [], pos
+            while pos < len(items) and len(entries) < REQUEST_WINDOW and (pos == start or md5s.ready()):
                 src, lfn, specs = items[pos]
                 pos += 1
                 try:
@@ -4792,14 +4637,14 @@ def cp_upload(session, items, opts, stats, md5s=None, prepare=()):
                 hashed.append(entries[-1])
             # one round trip books this window and commits what finished meanwhile
             done = whole_files(pipe.results())
-            good, commit_requests = commits(done)
+            good = [j for j in done if j.ok]
+            commit_requests = [_commit_request(*j.info) for j in good]
+            books = [('access', _access_args('write-once', x.lfn, _with_default_specs(x.specs, x.lfn, x.size),
+                                             x.size, x.md5, opts.get('strictspec')),
+                      check_access(x.size, x.md5, write=True)) for x in entries]
             try:
-                replies = _requests(session, list(prepare) + [('access', _access_args('write-once', x.lfn,
-                                                                      _with_default_specs(x.specs, x.lfn,
-                                                                                          x.size), x.size,
-                                                                      x.md5, opts.get('strictspec')),
-                                               check_access(x.size, x.md5, write=True))
-                                              for x in entries] + commit_requests, window=2 * REQUEST_WINDOW)
+                replies = _requests(session, list(prepare) + books + commit_requests,
+                                    window=2 * REQUEST_WINDOW)
                 replies, prepare = replies[len(prepare):], ()
             except (ConnectionLost, KeyboardInterrupt) as e:
                 # the answered commits are counted (settle raises e then), this window is not attempted
@@ -4833,8 +4678,6 @@ def cp_upload(session, items, opts, stats, md5s=None, prepare=()):
     finally:
         md5s.close()
         pipe.close()
-        if progress.enabled and progress.total_files:
-            progress.show(final=True)
     for e in live:
         _cp_upload_finish(session, e, stats)
     return hashed
@@ -4865,10 +4708,9 @@ def _commit_request(e, rep):
 
 
 def _committed_in_catalogue(session, pairs):
-    """For commits whose reply was lost, [(e, rep)] -> [True | False | None]: the
-    catalogue holds exactly this replica (the entry has our size, md5 and the
-    GUID we booked, and lists the SE) / it holds nothing of ours yet (safe to
-    commit again) / the name belongs to another file (never to be touched)."""
+    """For commits whose reply was lost, [(e, rep)] -> [True | False | None]: the catalogue holds
+    exactly this replica (the entry has our size, md5 and booked GUID, and lists the SE) / nothing
+    of ours yet (safe to commit again) / the name belongs to another file (never to be touched)."""
     replies = _requests(session, [q for e, rep in pairs
                                   for q in (('stat', [e.target], check_stat(e.target)), ('whereis', [e.target]))])
     out = []
@@ -4889,14 +4731,12 @@ def _committed_in_catalogue(session, pairs):
 
 
 def _commit(session, jobs, replies=None, stop=None):
-    """Commit the replicas of the finished jobs -> ({id(job): Result}, the exception
-    that stops the copy or None). `replies`: their commit replies if already sent
-    (None: no reply), `stop` the exception that cut them off.
-
-    Exactly once: for a commit whose reply was lost the catalogue is asked
-    (_committed_in_catalogue): registered -> done; nothing -> committed again;
-    another file -> refused. Without a connection the unanswered commits get the
-    107 'outcome unknown' result; after Ctrl-C the catalogue is asked for 5 s at most."""
+    """Commit the replicas of the finished jobs -> ({id(job): Result}, the exception that stops the
+    copy or None). `replies`: their commit replies if already sent (None: no reply), `stop` the
+    exception that cut them off. Exactly once: for a commit whose reply was lost the catalogue is asked
+    (_committed_in_catalogue): registered -> done; nothing -> committed again; another file -> refused.
+    Without a connection the unanswered commits get the 107 'outcome unknown' result; after Ctrl-C the
+    catalogue is asked for 5 s at most."""
     results = {}
     todo = list(jobs)
     for _round in range(4):
@@ -5021,11 +4861,10 @@ CP_LIST_ABOVE = 1   # files under one directory from which cp_catalogue_facts li
 
 
 def cp_catalogue_facts(session, lfns):
-    """{lfn: (size, md5, guid)} of those of lfns the catalogue holds as files, from
-    replies that name them: one listing of each top directory holding more than
-    CP_LIST_ABOVE of them (cut at twice their number, so a directory full of other
-    files costs little), a checked stat of each of the others and of those the
-    listing did not show."""
+    """{lfn: (size, md5, guid)} of those of lfns the catalogue holds as files, from replies that name
+    them: one listing of each top directory holding more than CP_LIST_ABOVE of them (cut at twice their
+    number: a directory full of other files costs little), a checked stat of each of the others and of
+    those the listing did not show."""
     lfns = list(lfns)
     facts, single = {}, []
     for top in _top_dirs(lfns):
@@ -5044,13 +4883,12 @@ def cp_catalogue_facts(session, lfns):
 
 
 def cp_check_uploads(session, hashed, stats, last=False):
-    """After an upload the catalogue has the last word: every file's entry against
-    its local size and md5, and against the GUIDs this copy wrote when the entry may
-    be its own (a GUID it booked, or a commit refused or unanswered: on a racing
-    service a commit can register another booking of the name, with no data). A
-    right entry counts as copied whatever the replies said; a wrong one of this copy
-    is removed. Those, and the missing or uncommitted ones -> [(src, lfn, specs)] to
-    upload again (last: reported as failed instead)."""
+    """After an upload the catalogue has the last word: every file's entry against its local size and
+    md5, and against the GUIDs this copy wrote when the entry may be its own (a GUID it booked, or a
+    commit refused or unanswered: on a racing service a commit can register another booking of the
+    name, with no data). A right entry counts as copied whatever the replies said; a wrong one of this
+    copy is removed. Those, and the missing or uncommitted ones -> [(src, lfn, specs)] to upload
+    again (last: reported as failed instead)."""
     booked = set(g for e in hashed for g in e.guids)
     facts = cp_catalogue_facts(session, [e.lfn for e in hashed])
     present = set(src for src, _ in stats.present)
@@ -5091,11 +4929,9 @@ CP_PLAN_CHUNK = 1000
 
 
 def cp_run(session, pairs, opts):
-    """Plan and copy every (src, dst) pair -> CpStats.
-
-    Downloads are planned while they run: the pairs of a long -input list are
-    planned a chunk at a time (their stats pipelined), and the first files
-    transfer while later lines are still being looked up. Uploads follow."""
+    """Plan and copy every (src, dst) pair -> CpStats. Downloads are planned while they run (a long
+    -input list a chunk at a time, its stats pipelined): the first files transfer while later lines
+    are still looked up. Uploads follow."""
     stats = CpStats()
     uploads = []
     md5s = Md5Ahead()  # the files to upload are hashed from the moment they are planned
@@ -5141,8 +4977,7 @@ def cp_run(session, pairs, opts):
                         continue
                     unique.append(it)
                 stats.planned.extend((it[0], it[1]) for it in unique)  # (each one's final state is reported)
-                for it in unique:
-                    yield it
+                yield from unique
 
     if opts.get('dryrun'):
         stats.plan = ['%s -> %s' % (s, d) for s, d, _ in planned_downloads()]
@@ -5179,9 +5014,8 @@ def cp_run(session, pairs, opts):
 
 
 def cp_result(stats, opts, as_json=False):
-    """The Result of a copy: exit 0 only when every file arrived; the summary
-    line (copied, already present, failed, not attempted) however it ended;
-    as_json: every file with its state, as a JCentral-style reply."""
+    """The Result of a copy: exit 0 only when every file arrived; the summary line (copied, already
+    present, failed, not attempted) however it ended; as_json: every file's state, JCentral-style."""
     if opts.get('dryrun'):
         return Result(EX_GENERIC if stats.failed else 0, out='\n'.join(stats.plan),
                       err='\n'.join('cp: %s' % why for _, why in stats.failed))
@@ -5208,7 +5042,6 @@ def cp_result(stats, opts, as_json=False):
     return result
 
 
-# -- transfer commands (cp, cat, edit, ...) --
 def cp_option_notices(opts):
     """What alien.py does instead of the reference client's options that would
     weaken its checks -> [notice lines]; -tpc is refused (AlienError, exit 1)."""
@@ -5280,9 +5113,8 @@ def cmd_cp(session, args):
 
 
 def cp_at_site(session, pairs, opts):
-    """cp_run with -site SITE: the service's site affinity (setSite) for this copy
-    only; the previous site (from the reply 'Setting close site to X (was Y)') is
-    restored."""
+    """cp_run with -site SITE: the service's site affinity (setSite) for this copy only; the previous
+    site (from the reply 'Setting close site to X (was Y)') is restored."""
     r = session.request('setSite', [opts['site']], nomsg=False)
     if r.exitcode != 0:
         raise AlienError('cp: -site %s: %s' % (opts['site'], r.err or 'exit code %d' % r.exitcode), r.exitcode)
