@@ -283,6 +283,13 @@ def log_exception():
         log(traceback.format_exc())
 
 
+def _int_or_none(v, default=None):
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return default
+
+
 def human_bytes(n):
     n = float(n)
     for unit in ('B', 'KiB', 'MiB', 'GiB', 'TiB'):
@@ -3094,13 +3101,6 @@ def cp_meta_filter(opts):
     if not tests:
         return False, None
     return bool(by_meta), lambda rel, m: all(t(rel, m) for t in tests)
-
-
-def _int_or_none(v, default=None):
-    try:
-        return int(v)
-    except (TypeError, ValueError):
-        return default
 
 
 def ctime_ms(v):
