@@ -2542,7 +2542,7 @@ class Options(object):
 
     def __init__(self, rows, head='', defaults=None, code=EX_USAGE, check=None):
         if isinstance(rows, str):
-            rows = [(w.split(':')[0], w.split(':')[0].lstrip('-'), (w.split(':') + ['flag'])[1]) for w in rows.split()]
+            rows = [(n, n.lstrip('-'), kind or 'flag') for n, _, kind in (w.partition(':') for w in rows.split())]
         self.rows = [r for r in rows if not isinstance(r, str)]
         self.kinds, self.defaults, self.code, self.check = {}, dict(defaults or {}), code, check
         for row in self.rows:
@@ -2734,8 +2734,8 @@ class Session(JCentral):
         self.command_json = as_json  # client-side handlers ask for full replies then
         cmd = COMMANDS.get(verb)
         try:
-            if cmd is not None and args[:1] in [[h] for h in HELP_WORDS] and cmd.usage:
-                raise ShowUsage(verb)
+            if cmd is not None and args and args[0] in HELP_WORDS and cmd.usage:
+                result = Result(0, cmd.usage.strip())
             elif cmd is not None and cmd.noargs and args:
                 result = Result(EX_USAGE, '', '%s: unexpected argument %r (usage: %s)'
                                 % (verb, args[0], cmd.usage.strip()))
@@ -2743,7 +2743,7 @@ class Session(JCentral):
                 result = cmd.handler(self, args)
             else:
                 result = self.request(verb, args, nokeys=not as_json)
-        except ShowUsage:   # -h as the first argument, or any help option the command's options meet
+        except ShowUsage:   # a help option the command's options meet
             result = Result(0, cmd.usage.strip())
         except AlienError as e:
             result = Result(e.exitcode, '', str(e))
