@@ -739,19 +739,33 @@ def test_download_asks_for_access_only_while_few_transfers_wait(cpenv, grid_stat
     out = tmp_path / 'out'
     code = ("import sys; sys.path.insert(0, %r); import alien\n"
             "alien.CP_BACKLOG, alien.REQUEST_WINDOW = 4, 2\n"
-            "seen = [0]\n"
+            "seen, pipe = [0], []\n"
             "submit = alien.CopyPipeline.submit\n"
             "def watched(self, jobs):\n"
+            "    pipe[:] = [self]\n"
             "    submit(self, jobs)\n"
             "    seen[0] = max(seen[0], self.queued())\n"
             "alien.CopyPipeline.submit = watched\n"
+            # the first transfer waits, in a thread of its own, until more are queued: however quick
+            # the transfers or slow the service, the backlog fills up to its bound
+            "import threading, time\n"
+            "start = alien.VerifiedRead.start\n"
+            "def held(self):\n"
+            "    def later():\n"
+            "        end = time.monotonic() + 10\n"
+            "        while pipe[0].queued() < 4 and time.monotonic() < end:\n"
+            "            time.sleep(0.01)\n"
+            "        start(self)\n"
+            "    alien.VerifiedRead.start = start\n"
+            "    threading.Thread(target=later).start()\n"
+            "alien.VerifiedRead.start = held\n"
             "code = alien.main(['cp', '-quiet', '-T', '1', %r, 'file:%s/'])\n"
             "sys.stderr.write('MAXQ %%d\\n' %% seen[0])\n"
             "sys.exit(code)\n" % (REPO, g, out))
     p = subprocess.run([sys.executable, '-c', code], env=cpenv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                        universal_newlines=True, timeout=120)
     assert p.returncode == 0, p.stderr
-    # one transfer at a time: without the bound all 12 would queue
-    assert 2 <= int(p.stderr.split('MAXQ ')[1].split()[0]) <= 4 + 2 - 1, p.stderr
+    # one transfer at a time, the first held: without the bound all 11 others would queue
+    assert 4 <= int(p.stderr.split('MAXQ ')[1].split()[0]) <= 4 + 2 - 1, p.stderr
     for k, v in files.items():
         assert (out / k).read_bytes() == v
