@@ -6014,8 +6014,8 @@ def _ping_probe(se_name, host, opts, timeout):
     import statistics
     count = opts.get('c', 3)
     rtts = []
+    fs = xrd_probe_fs(host, 'xrd_ping')
     for i in range(count + 1):   # ping 0 opens the connection: not counted
-        fs = xrd_probe_fs(host, 'xrd_ping')
         t0 = time.monotonic()
         status, _ = fs.ping(timeout=timeout)
         ms = (time.monotonic() - t0) * 1000
