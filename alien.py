@@ -2886,11 +2886,12 @@ def split_specs(arg):
     starts the specifiers; a ',' only when every token after it is one (a name may hold a comma)."""
     m = re.match(r'^((?:alien|file):(?://)?)?', arg)     # (matches with no prefix too)
     prefix, head = m.group(1) or '', arg[m.end():]
-    if '@' not in head and ',' not in head:
+    at = '@' in head
+    if not at and ',' not in head:
         return arg, []
-    path, rest = head.split('@' if '@' in head else ',', 1)
+    path, rest = head.split('@' if at else ',', 1)
     specs = [t for t in re.split('[@,]', rest) if t]
-    if '@' not in head and not (specs and all(_SPEC_TOKEN_RE.match(t) for t in specs)):
+    if not at and not (specs and all(_SPEC_TOKEN_RE.match(t) for t in specs)):
         return arg, []
     for t in specs:
         if not _SPEC_TOKEN_RE.match(t):
