@@ -4292,7 +4292,8 @@ def cp_download(session, items, opts, stats, known=None):
             info.se = 'all replicas'
         else:
             # then one replica after the other, in the service's order
-            (job.source, info.se), job.sources = reps[info.next], 1
+            job.source, info.se = reps[info.next]
+            job.sources = 1
             info.next += 1
             # the next replica is the better retry; the last one gets XRootD's retries
             job.retry = None if info.next == len(reps) else 0
