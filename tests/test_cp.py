@@ -753,7 +753,7 @@ def test_download_asks_for_access_only_while_few_transfers_wait(cpenv, grid_stat
             "def held(self):\n"
             "    def later():\n"
             "        end = time.monotonic() + 10\n"
-            "        while pipe[0].queued() < 4 and time.monotonic() < end:\n"
+            "        while pipe[0].queued() < alien.CP_BACKLOG and time.monotonic() < end:\n"
             "            time.sleep(0.01)\n"
             "        start(self)\n"
             "    alien.VerifiedRead.start = start\n"
